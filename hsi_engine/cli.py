@@ -1,0 +1,156 @@
+"""Command line: ``hsi-engine demo | train | classify | info | import-keras``.
+
+Each subcommand parses its options here and calls one library function; no logic lives in this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="classify the shipped Indian Pines scene with the shipped model")
+    p.add_argument("--out", default="hsi-engine-demo", help="output directory (default: %(default)s)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--backend", default="auto", help="engine backend: auto, eager, compile, triton")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, device=args.device, backend=args.backend)
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train an SSRN with the seed's protocol (or your options)")
+    p.add_argument("--dataset", required=True,
+                   help="indian_pines | pavia_university | ksc | salinas | PATH to a .mat/.npz scene")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--data-dir", default=None, help="directory holding the scenes (default: $HSI_ENGINE_DATA "
+                                                    "or ../shared/data)")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--train-fraction", type=float, default=None, help="default: the dataset's seed protocol")
+    p.add_argument("--val-fraction", type=float, default=None, help="default: the dataset's seed protocol")
+    p.add_argument("--per-class", type=int, default=None, help="fixed number of training pixels per class")
+    p.add_argument("--split", choices=["random", "blocks"], default="random")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--variant", choices=["ssrn", "spc", "spa"], default="ssrn")
+    p.add_argument("--patch", type=int, default=7, choices=[5, 7, 9, 11])
+    p.add_argument("--optimizer", choices=["rmsprop", "adamw"], default="rmsprop")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--schedule", choices=["constant", "cosine"], default="constant")
+    p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs")
+
+
+def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from ssrn.train import run_training
+
+    run_training(dataset=args.dataset, out=args.out, data_dir=args.data_dir, epochs=args.epochs,
+                 batch_size=args.batch_size, train_fraction=args.train_fraction,
+                 val_fraction=args.val_fraction, per_class=args.per_class, split=args.split, seed=args.seed,
+                 device=args.device, variant=args.variant, patch=args.patch, optimizer=args.optimizer,
+                 lr=args.lr, schedule=args.schedule, patience=args.patience,
+                 command="hsi-engine " + shlex.join(argv))
+    return 0
+
+
+def _add_classify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("classify", help="classify a scene into a class map (GeoTIFF or zarr)")
+    p.add_argument("scene", help="zarr store, NetCDF, GeoTIFF, ENVI .hdr or MATLAB .mat scene")
+    p.add_argument("--model", required=True, help="model directory (weights.safetensors + model.json)")
+    p.add_argument("--out", required=True, help="OUT.tif (Cloud-Optimised GeoTIFF) or OUT.zarr")
+    p.add_argument("--tile", type=int, default=None, help="output tile side in pixels")
+    p.add_argument("--device", default=None)
+    p.add_argument("--backend", default="auto", choices=["auto", "eager", "compile", "triton"])
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--nodata", type=float, default=None,
+                   help="input value marking missing pixels; NaN/inf pixels are then masked to class 0 too")
+    p.add_argument("--workers", type=int, default=None, help="run on a local dask cluster of N workers")
+    p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler to join")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted zarr output")
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from .api import classify_to_file
+
+    classify_to_file(args.scene, args.model, args.out, tile=args.tile, device=args.device,
+                     backend=args.backend, precision=args.precision, probabilities=args.probabilities,
+                     overwrite=args.overwrite, nodata=args.nodata, workers=args.workers,
+                     scheduler=args.scheduler, resume=args.resume)
+    return 0
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="shape, bands, dtype, chunks, CRS and size on disk of a scene")
+    p.add_argument("scene")
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .io import scene_info
+
+    print(scene_info(args.scene))
+    return 0
+
+
+def _add_import_keras(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import-keras", help="convert a seed Keras SSRN .hdf5 into a model directory")
+    p.add_argument("hdf5", help="the Keras .hdf5 file (read with h5py; no TensorFlow needed)")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--dataset", default=None, help="record this dataset's preprocessing, class names, palette")
+    p.add_argument("--data-dir", default=None)
+
+
+def _cmd_import_keras(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from ssrn.keras import import_keras_to_dir
+
+    import_keras_to_dir(args.hdf5, args.out, dataset=args.dataset, data_dir=args.data_dir,
+                        command="hsi-engine " + shlex.join(argv))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hsi-engine", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_demo, _add_train, _add_classify, _add_info, _add_import_keras):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ssrn.checkpoint import CheckpointError
+
+    from .errors import HSIEngineError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "demo":
+            return _cmd_demo(args)
+        if args.command == "train":
+            return _cmd_train(args, argv)
+        if args.command == "classify":
+            return _cmd_classify(args)
+        if args.command == "info":
+            return _cmd_info(args)
+        if args.command == "import-keras":
+            return _cmd_import_keras(args, argv)
+    except (HSIEngineError, CheckpointError, FileNotFoundError, FileExistsError, PermissionError) as e:
+        print(f"hsi-engine {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""One error hierarchy: every message says what was found, what was expected, and the fix."""
+
+from __future__ import annotations
+
+from ssrn.checkpoint import CheckpointError
+
+
+class HSIEngineError(Exception):
+    """Base of hsi-engine's errors."""
+
+
+class SceneError(HSIEngineError, ValueError):
+    """A scene that cannot be read or is not shaped like a hyperspectral cube."""
+
+
+class MissingSpatialDimsError(SceneError):
+    """A DataArray without the (band, y, x) dimensions."""
+
+
+class BandMismatchError(HSIEngineError, ValueError):
+    """The scene's band count (or wavelengths) differs from the model's."""
+
+
+class SceneTooSmallError(HSIEngineError, ValueError):
+    """A scene smaller than one patch."""
+
+
+class NonFiniteInputError(HSIEngineError, ValueError):
+    """NaN or inf in the scene and no nodata policy given."""
+
+
+class CorruptChunkError(SceneError):
+    """A zarr chunk that is missing or cannot be decoded."""
+
+
+class OutputError(HSIEngineError, OSError):
+    """The output exists (without overwrite) or cannot be written."""
+
+
+__all__ = ["BandMismatchError", "CheckpointError", "CorruptChunkError", "HSIEngineError",
+           "MissingSpatialDimsError", "NonFiniteInputError", "OutputError", "SceneError", "SceneTooSmallError"]

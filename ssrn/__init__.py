@@ -1,0 +1,9 @@
+"""SSRN: the spectral-spatial residual network, its data pipeline, trainer and checkpoints."""
+
+from .config import PRESETS, SSRNConfig
+from .model import SSRN, count_parameters
+
+__all__ = ["PRESETS", "SSRN", "SSRNConfig", "count_parameters"]
+from .checkpoint import CheckpointError, load_model, save_model  # noqa: E402
+
+__all__ += ["CheckpointError", "load_model", "save_model"]
