@@ -1,0 +1,27 @@
+"""Shared fixtures: where the real data lives, and a skip with a clear reason when it does not."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """$HSI_ENGINE_DATA, else ../shared/data beside the checkout; None when neither exists."""
+    env = os.environ.get("HSI_ENGINE_DATA")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
+        if cand.is_dir():
+            return cand
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = shared_data_dir()
+    if d is None:
+        pytest.skip("real data directory not found: set HSI_ENGINE_DATA or place shared/data beside the checkout")
+    return d
