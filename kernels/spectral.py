@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .program import Affine, FoldedConv, SpectralProgram
+from .program import Affine, FoldedBlock, FoldedConv, SpectralProgram
 
 
 def _conv(y: torch.Tensor, c: FoldedConv) -> torch.Tensor:
@@ -37,3 +37,46 @@ def spectral_stage_reference(x: torch.Tensor, program: SpectralProgram) -> torch
         y = _affine(y, a)
     y = _conv(y, program.reduce)  # (1, F, 1, P)
     return y.reshape(-1, p).t()
+
+
+def _random_program(bands: int, width: int = 24, out_features: int = 128, *, blocks: int = 2,
+                    form: str = "paper", stage_norms: int = 0, kernel: int = 7, stride: int = 2,
+                    generator: torch.Generator | None = None) -> SpectralProgram:
+    """A random folded program (for self-checks, tests and benchmarks); weights scaled to keep O(1) activations.
+
+    ``form="seed"``: blocks after the first get a ``pre`` affine, the block ReLU and conv2's ReLU are off,
+    and ``stage_norms`` post affines follow, as ``hsi_engine.fused.fold_spectral`` folds the seed's variant.
+    """
+    g = generator
+
+    def conv(c_out: int, c_in: int, k: int, *, stride: int = 1, padding: int = 0, relu: bool = True) -> FoldedConv:
+        w = torch.randn(c_out, c_in, k, generator=g) * (2.0 / (c_in * k)) ** 0.5
+        return FoldedConv(w, 0.1 * torch.randn(c_out, generator=g), stride, padding, relu)
+
+    def affine() -> Affine:
+        return Affine(1.0 + 0.2 * torch.randn(width, generator=g), 0.1 * torch.randn(width, generator=g))
+
+    d = (bands - kernel) // stride + 1
+    seed = form == "seed"
+    blks = tuple(FoldedBlock(conv(width, width, kernel, padding=kernel // 2),
+                             conv(width, width, kernel, padding=kernel // 2, relu=not seed),
+                             pre=affine() if seed and i > 0 else None, relu=not seed)
+                 for i in range(blocks))
+    return SpectralProgram(bands=bands, stem=conv(width, 1, kernel, stride=stride), blocks=blks,
+                           post=tuple(affine() for _ in range(stage_norms)), reduce=conv(out_features, width, d))
+
+
+try:  # Triton is optional (absent on macOS / Windows wheels); the reference above never needs it.
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover
+    triton = None
+    tl = None
+    HAS_TRITON = False
+
+
+def spectral_stage_triton(x: torch.Tensor, program: SpectralProgram, *, allow_tf32: bool = False) -> torch.Tensor:
+    """Placeholder until the fused kernel lands."""
+    raise NotImplementedError("the fused Triton spectral kernel is not implemented yet")

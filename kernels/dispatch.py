@@ -1,0 +1,128 @@
+"""Pick the spectral-stage implementation: ``triton`` / ``compile`` / ``eager``, by device and availability.
+
+One small function decides (STYLE: never an environment variable read at import time):
+
+- ``eager``: :func:`kernels.spectral.spectral_stage_reference`, everywhere.
+- ``compile``: a cached ``torch.compile`` of the reference (``max-autotune`` on CUDA, default mode on
+  CPU; ``dynamic=True`` so changing tile sizes, i.e. pixel counts, do not recompile).
+- ``triton``: :func:`kernels.spectral.spectral_stage_triton`, CUDA only.
+- ``auto``: ``triton`` on CUDA when Triton imports and the kernel passes a tiny self-check against the
+  reference; otherwise ``eager`` (on CPU compile needs ~20 s to warm up and does not beat the
+  channels-last eager path by enough to pay for it on a scene; see benchmarks/results/kernels-cpu.md).
+
+Asking for ``triton`` where it cannot run falls back with ONE warning on
+``logging.getLogger("kernels.dispatch")`` (per device and reason), never an exception.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Callable
+
+import torch
+
+from .program import SpectralProgram
+from .spectral import spectral_stage_reference
+
+log = logging.getLogger("kernels.dispatch")
+
+BACKENDS = ("auto", "eager", "compile", "triton")
+
+SpectralStage = Callable[[torch.Tensor, SpectralProgram], torch.Tensor]
+
+
+def _device(device: torch.device | str | None) -> torch.device:
+    return torch.device(device if device is not None else "cpu")
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_import_error() -> str | None:
+    """None when Triton imports (and the kernel module defined its kernel); else the reason."""
+    try:
+        import triton  # noqa: F401
+    except Exception as e:  # pragma: no cover - depends on the install
+        return f"Triton does not import ({type(e).__name__}: {e})"
+    from . import spectral
+
+    if not getattr(spectral, "HAS_TRITON", False):  # pragma: no cover
+        return "Triton imported but the spectral kernel was not defined"
+    return None
+
+
+def _triton_unavailable_reason(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return f"the triton backend needs a CUDA device; got {device}"
+    if not torch.cuda.is_available():
+        return "the triton backend needs CUDA; torch.cuda.is_available() is False"
+    return _triton_import_error()
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_self_check(device: torch.device) -> str | None:
+    """Run the kernel once on a tiny random program; None when it matches the reference."""
+    try:
+        from .spectral import _random_program, spectral_stage_triton
+
+        g = torch.Generator().manual_seed(0)
+        prog = _random_program(23, 8, 16, generator=g).to(device)
+        x = torch.randn(5, 23, generator=g).to(device)
+        ref = spectral_stage_reference(x, prog)
+        out = spectral_stage_triton(x, prog)
+        torch.cuda.synchronize(device)
+        if not torch.allclose(out, ref, rtol=1e-3, atol=1e-3):
+            return f"the Triton kernel's self-check differs from the reference by {(out - ref).abs().max():.3g}"
+    except Exception as e:  # noqa: BLE001 - any failure means: do not pick triton automatically
+        return f"the Triton kernel failed its self-check ({type(e).__name__}: {e})"
+    return None
+
+
+def available_backends(device: torch.device | str | None = None) -> list[str]:
+    """Concrete backends that can run on ``device`` (``auto`` excluded), fastest first."""
+    dev = _device(device)
+    out = ["eager", "compile"]
+    if _triton_unavailable_reason(dev) is None:
+        out.insert(0, "triton")
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    log.warning(message)
+
+
+def resolve_backend(backend: str, device: torch.device | str | None = None) -> str:
+    """The concrete backend (``eager``, ``compile`` or ``triton``) that ``backend`` means on ``device``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown spectral backend {backend!r}; valid backends are {list(BACKENDS)}")
+    dev = _device(device)
+    if backend == "auto":
+        if _triton_unavailable_reason(dev) is None and _triton_self_check(dev) is None:
+            return "triton"
+        return "eager"
+    if backend == "triton":
+        reason = _triton_unavailable_reason(dev)
+        if reason is not None:
+            fallback = "eager"
+            _warn_once(f"spectral backend 'triton' is not available ({reason}); falling back to '{fallback}'")
+            return fallback
+    return backend
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(device_type: str) -> SpectralStage:
+    mode = "max-autotune" if device_type == "cuda" else None
+    return torch.compile(spectral_stage_reference, mode=mode, dynamic=True)
+
+
+def get_spectral_stage(backend: str, device: torch.device | str | None = None) -> SpectralStage:
+    """A callable ``(x (P, bands), program) -> (P, out_features)`` for ``backend`` on ``device``."""
+    dev = _device(device)
+    name = resolve_backend(backend, dev)
+    if name == "eager":
+        return spectral_stage_reference
+    if name == "compile":
+        return _compiled(dev.type)
+    from .spectral import spectral_stage_triton
+
+    return spectral_stage_triton
