@@ -1,0 +1,291 @@
+"""Inference form of SSRN: batch norms folded into convs, the spectral stage run once per pixel.
+
+Every spectral layer of SSRN has a 1x1 spatial footprint, so its output at a pixel does not depend
+on the patch the pixel sits in. ``FusedSSRN`` therefore runs, for one tile read with a halo of
+``patch // 2`` pixels on every side:
+
+1. the folded spectral program once per pixel of the tile plus halo (``kernels`` backends),
+2. the valid 3x3 spatial stem densely over the tile's 128-feature map (a plain conv2d),
+3. only the small spatial residual blocks, pooling and head per pixel, on the ``(P-2) x (P-2)``
+   windows of the dense stem output (``unfold``; the blocks' same-padding zero-pads each window
+   exactly as in patch mode).
+
+The result equals ``SSRN.forward`` on the pixel's patch cut from the zero-padded normalised scene
+(float32: logits to ~1e-6 relative; tests hold 1e-4), at ~1/30 of the arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels.program import Affine, FoldedBlock, FoldedConv, SpectralProgram
+
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ----------------------------------------------------------------------------------------------
+# folding
+
+
+def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BN as ``x * scale + shift`` (float64)."""
+    var = bn.running_var.detach().double()
+    mean = bn.running_mean.detach().double()
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    return scale, beta - mean * scale
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``W' = W * s``, ``b' = (b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)`` (float32 out)."""
+    w = conv.weight.detach().double()
+    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64,
+                                                                                 device=w.device)
+    if bn is not None:
+        scale, shift = _bn_scale_shift(bn)
+        w = w * scale.view(-1, *([1] * (w.dim() - 1)))
+        b = b * scale + shift
+    return w.float(), b.float()
+
+
+def _affine(bn: nn.BatchNorm2d) -> Affine:
+    scale, shift = _bn_scale_shift(bn)
+    return Affine(scale.float(), shift.float())
+
+
+def _band_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, *, relu: bool) -> FoldedConv:
+    w, b = _fold(conv, bn)  # (out, in, k, 1)
+    return FoldedConv(w[..., 0].contiguous(), b, stride=conv.stride[0], padding=conv.padding[0], relu=relu)
+
+
+def fold_spectral(model: nn.Module) -> SpectralProgram:
+    """The spectral stage of ``model`` (an ``ssrn.SSRN``) as a ``SpectralProgram`` with BN folded in.
+
+    Paper blocks: ``relu(conv1+bn1)``, ``conv2+bn2``, add, ReLU. Seed blocks: ``relu(conv1+bn1)``, ``conv2``
+    (bias, no BN), add, no ReLU; blocks after the first start with ``pre = relu(bn0(x))``. The seed's stage
+    norms become the program's ``post`` affines.
+    """
+    c = model.config
+    blocks = []
+    for blk in model.spectral_blocks:
+        seed = blk.form == "seed"
+        blocks.append(FoldedBlock(conv1=_band_conv(blk.conv1, blk.bn1, relu=True),
+                                  conv2=_band_conv(blk.conv2, blk.bn2, relu=False),
+                                  pre=_affine(blk.bn0) if blk.bn0 is not None else None,
+                                  relu=not seed))
+    return SpectralProgram(bands=c.bands, stem=_band_conv(model.stem, model.stem_bn, relu=True),
+                           blocks=tuple(blocks), post=tuple(_affine(bn) for bn in model.spectral_norms.norms),
+                           reduce=_band_conv(model.reduce, model.reduce_bn, relu=True))
+
+
+@dataclass(frozen=True)
+class SpatialBlock:
+    """Folded spatial residual block: ``out = conv2(relu(conv1(pre(x)))) + shortcut(x)``, ReLU if ``relu``."""
+
+    w1: torch.Tensor
+    b1: torch.Tensor
+    w2: torch.Tensor
+    b2: torch.Tensor
+    pre: Affine | None
+    shortcut: tuple[torch.Tensor, torch.Tensor] | None
+    relu: bool
+
+
+@dataclass(frozen=True)
+class SpatialProgram:
+    """Spatial stem (3x3 valid, BN folded) + residual blocks + stage affines + pooled linear head."""
+
+    stem_w: torch.Tensor  # (24, 128, 3, 3)
+    stem_b: torch.Tensor
+    blocks: tuple[SpatialBlock, ...]
+    post: tuple[Affine, ...]
+    head_w: torch.Tensor  # (classes, 24)
+    head_b: torch.Tensor
+
+    def to(self, device: torch.device | str | None) -> "SpatialProgram":
+        from kernels.program import _map_tensors
+
+        return _map_tensors(self, lambda t: t.to(device))
+
+
+def fold_spatial(model: nn.Module) -> SpatialProgram:
+    """The spatial stage of ``model`` in eval mode with every foldable BN folded into its conv."""
+    blocks = []
+    for blk in model.spatial_blocks:
+        w1, b1 = _fold(blk.conv1, blk.bn1)
+        w2, b2 = _fold(blk.conv2, blk.bn2)
+        sc = _fold(blk.shortcut, None) if blk.shortcut is not None else None
+        blocks.append(SpatialBlock(w1, b1, w2, b2, _affine(blk.bn0) if blk.bn0 is not None else None, sc,
+                                   relu=blk.form == "paper"))
+    sw, sb = _fold(model.spatial_stem, model.spatial_stem_bn)
+    return SpatialProgram(sw, sb, tuple(blocks), tuple(_affine(bn) for bn in model.spatial_norms.norms),
+                          model.head.weight.detach().float().clone(), model.head.bias.detach().float().clone())
+
+
+def _relu_affine(y: torch.Tensor, a: Affine) -> torch.Tensor:
+    return F.relu(y * a.scale.view(1, -1, 1, 1) + a.shift.view(1, -1, 1, 1))
+
+
+def spatial_windows(win: torch.Tensor, sp: SpatialProgram) -> torch.Tensor:
+    """Spatial blocks + pool + head on stem-output windows ``(N, 24, P-2, P-2)`` -> logits ``(N, classes)``."""
+    for blk in sp.blocks:
+        h = _relu_affine(win, blk.pre) if blk.pre is not None else win
+        h = F.relu(F.conv2d(h, blk.w1, blk.b1, padding=1))
+        h = F.conv2d(h, blk.w2, blk.b2, padding=1)
+        s = F.conv2d(win, blk.shortcut[0], blk.shortcut[1]) if blk.shortcut is not None else win
+        win = F.relu(h + s) if blk.relu else h + s
+    for a in sp.post:
+        win = _relu_affine(win, a)
+    return F.linear(win.mean(dim=(2, 3)), sp.head_w, sp.head_b)
+
+
+# ----------------------------------------------------------------------------------------------
+# the fused tile function
+
+
+class FusedSSRN:
+    """An ``ssrn.SSRN`` in its tiled inference form.
+
+    ``fused(x)``: ``x (bands, h + 2*halo, w + 2*halo)`` float32, a NORMALISED tile already zero-padded
+    where it crosses the scene border -> logits ``(classes, h, w)`` float32 for the tile's ``h x w``
+    interior pixels.
+
+    ``backend``: ``eager`` | ``compile`` | ``triton`` | ``auto`` (via ``kernels.dispatch``); ``precision``:
+    ``float32`` (exact) or ``bfloat16`` / ``float16`` (opt-in: autocast / low-precision kernel on the spectral
+    stage only). ``max_pixels`` bounds the pixels per spectral call and the windows per spatial call, so
+    memory depends on it and not on the tile size beyond the tile itself.
+    """
+
+    def __init__(self, model: nn.Module, *, backend: str = "auto", device: torch.device | str | None = None,
+                 precision: str = "float32", max_pixels: int = 8192) -> None:
+        from kernels.dispatch import get_spectral_stage, resolve_backend
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.config = model.config
+        self.halo = model.config.halo
+        self.patch = model.config.patch
+        self.classes = model.config.classes
+        self.precision = precision
+        self.dtype = PRECISIONS[precision]
+        self.max_pixels = int(max_pixels)
+        self.backend = resolve_backend(backend, self.device)
+        self.program = fold_spectral(model).to(self.device)
+        self.spatial = fold_spatial(model).to(self.device)
+        self._program_lp = self.program.to(dtype=self.dtype) if self.backend == "triton" and \
+            self.dtype != torch.float32 else None
+        self._spectral = get_spectral_stage(self.backend, self.device)
+        self._windows: Callable[[torch.Tensor, SpatialProgram], torch.Tensor] = spatial_windows
+        if self.backend == "compile":
+            self._windows = _compiled_windows()
+
+    # -- stages ----------------------------------------------------------------------------------
+    def spectral_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(P, bands)`` normalised spectra -> ``(P, 128)`` float32 features, ``max_pixels`` at a time."""
+        out = []
+        for i in range(0, pixels.shape[0], self.max_pixels):
+            out.append(self._spectral_chunk(pixels[i:i + self.max_pixels]))
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+    def _spectral_chunk(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dtype == torch.float32:
+            return self._spectral(x, self.program)
+        if self._program_lp is not None:  # triton: the kernel runs in the input's dtype
+            return self._spectral(x.contiguous().to(self.dtype), self._program_lp).float()
+        with torch.autocast(self.device.type, dtype=self.dtype):
+            y = self._spectral(x, self.program)
+        return y.float()
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Spectral feature map of a tile: ``(bands, H, W)`` -> ``(128, H, W)``."""
+        b, hh, ww = x.shape
+        pix = x.reshape(b, hh * ww).t()  # (HW, bands), a view; the reference transposes it back for free
+        if self.backend == "triton":
+            pix = pix.contiguous()
+        return self.spectral_features(pix).t().reshape(-1, hh, ww)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if x.dim() != 3 or x.shape[0] != c.bands or x.shape[1] < self.patch or x.shape[2] < self.patch:
+            raise ValueError(f"expected a padded tile ({c.bands}, h + {2 * self.halo}, w + {2 * self.halo}) "
+                             f"with h, w >= 1; got {tuple(x.shape)}")
+        sp = self.spatial
+        feats = self.features(x)  # (128, h+2H, w+2H)
+        stem = F.relu(F.conv2d(feats.unsqueeze(0), sp.stem_w, sp.stem_b))[0]  # (24, h+2H-2, w+2H-2)
+        win = self.patch - 2
+        h, w = x.shape[1] - 2 * self.halo, x.shape[2] - 2 * self.halo
+        if not sp.blocks:  # no per-window work: stage affines are pointwise, pooling is a dense box filter
+            y = stem.unsqueeze(0)
+            for a in sp.post:
+                y = _relu_affine(y, a)
+            pooled = F.avg_pool2d(y, win, stride=1)[0]  # (24, h, w)
+            return torch.einsum("kc,chw->khw", sp.head_w, pooled) + sp.head_b.view(-1, 1, 1)
+        rows = max(1, self.max_pixels // w)
+        out = []
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            s = stem[:, r0:r1 + win - 1]  # (24, rows + win - 1, w + win - 1)
+            wins = s.unfold(1, win, 1).unfold(2, win, 1)  # (24, rows, w, win, win)
+            wins = wins.permute(1, 2, 0, 3, 4).reshape(-1, stem.shape[0], win, win)  # (rows*w, 24, win, win)
+            out.append(self._windows(wins, sp))  # (rows*w, classes)
+        logits = out[0] if len(out) == 1 else torch.cat(out)
+        return logits.t().reshape(-1, h, w)
+
+
+_COMPILED_WINDOWS = None
+
+
+def _compiled_windows():
+    global _COMPILED_WINDOWS
+    if _COMPILED_WINDOWS is None:
+        _COMPILED_WINDOWS = torch.compile(spatial_windows, dynamic=True)
+    return _COMPILED_WINDOWS
+
+
+# ----------------------------------------------------------------------------------------------
+# patch mode: the reference the engine must equal
+
+
+def pad_scene(normalised: torch.Tensor, halo: int) -> torch.Tensor:
+    """Zero-pad a normalised ``(bands, H, W)`` scene by ``halo`` on every side, as training does."""
+    return F.pad(normalised, (halo, halo, halo, halo))
+
+
+def patch_forward(model: nn.Module, normalised: torch.Tensor, pixels: torch.Tensor | None = None, *,
+                  batch: int = 256) -> torch.Tensor:
+    """Patch-mode logits: ``model.forward`` on each pixel's ``P x P`` patch of the zero-padded scene.
+
+    ``normalised``: ``(bands, H, W)`` float32; ``pixels``: ``(N, 2)`` (row, col) indices (default every pixel,
+    row-major). Returns ``(N, classes)``. This is what the seed and peer toolboxes run; it recomputes the
+    spectral stage ``P*P`` times per pixel.
+    """
+    p, h = model.config.patch, model.config.halo
+    padded = pad_scene(normalised, h)
+    if pixels is None:
+        yy, xx = torch.meshgrid(torch.arange(normalised.shape[1]), torch.arange(normalised.shape[2]),
+                                indexing="ij")
+        pixels = torch.stack([yy.reshape(-1), xx.reshape(-1)], 1)
+    out = []
+    offs = torch.arange(p)
+    with torch.no_grad():
+        for i in range(0, pixels.shape[0], batch):
+            pix = pixels[i:i + batch]
+            ys = (pix[:, 0:1] + offs).view(-1, 1, p, 1)  # (n, 1, P, 1)
+            xs = (pix[:, 1:2] + offs).view(-1, 1, 1, p)
+            patches = padded[:, ys, xs]  # (bands, n, 1, P, P)
+            patches = patches[:, :, 0].permute(1, 0, 2, 3).contiguous()  # (n, bands, P, P)
+            out.append(model(patches))
+    return torch.cat(out)
+
+
+__all__ = ["FusedSSRN", "PRECISIONS", "SpatialBlock", "SpatialProgram", "fold_spatial", "fold_spectral",
+           "pad_scene", "patch_forward", "spatial_windows"]
