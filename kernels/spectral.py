@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -66,6 +68,39 @@ def _random_program(bands: int, width: int = 24, out_features: int = 128, *, blo
                            post=tuple(affine() for _ in range(stage_norms)), reduce=conv(out_features, width, d))
 
 
+
+# ---------------------------------------------------------------------------------------------------------
+# Triton: the whole spectral stage in one kernel.
+#
+# Layout and why. One program owns BLOCK_P pixels and walks the band axis once, position by position
+# (band-major streaming). The activation of one layer at one band position is a (BLOCK_P, WP) tile,
+# pixels x channels, held in registers. A kernel-k conv along bands then is, for one output position,
+# sum over taps t of tile[d + t - k//2] @ W_t with W_t a (WP, WP) matrix: k accumulating tl.dot calls on
+# tensor cores. The hard part of a conv along an on-chip axis, the shift, disappears: each layer keeps a
+# sliding window of its last k input tiles as a tuple that is loop-carried, so "shift by one band" is
+# `window[1:] + (new,)`, a renaming of registers, never a gather and never a trip through memory.
+#
+# The layers run as a wavefront: at step j the stem produces position j; residual block b (conv1, conv2,
+# identity add) consumes its input window and produces position j - (b+1)(k-1) (each same-padded conv
+# lags its input by k//2 positions; the identity operand is the oldest tile of the block's own input
+# window, exactly aligned); the stage affines are pointwise; the full-band reduction to out_features is
+# an accumulating (BLOCK_P, WP) @ (WP, FP) dot with the reduce weights of that band position, so it is
+# streamed too and never needs the whole (D, BLOCK_P, WP) activation. The loop runs D + n_blocks(k-1)
+# steps; positions outside [0, D) are forced to zero where they feed a conv (that is the conv's zero
+# padding, and it also stops relu(bias) or relu(shift) from leaking into the padding), and the reduce
+# weights of such positions load as zeros.
+#
+# Registers held per program: 2 windows of k tiles per residual block (block input, conv1 output), the
+# (BLOCK_P, FP) fp32 reduce accumulator, and transient tiles; windows are stored in the input dtype
+# (bf16/fp16 halve them), every dot accumulates in fp32. Weights are read from global memory (L1/L2
+# resident: ~57 KB in bf16 for two blocks) on each step.
+#
+# Channel widths that are not powers of two (24) are padded to WP (32) on the host: the packed weights,
+# biases and affine parameters are zero in the padded channels, so the padded channels stay exactly
+# zero through every layer and no per-channel mask is needed inside the loop; pixel and band edges are
+# masked loads/stores. Any band count works (the stem reads with a mask on the band index).
+# ---------------------------------------------------------------------------------------------------------
+
 try:  # Triton is optional (absent on macOS / Windows wheels); the reference above never needs it.
     import triton
     import triton.language as tl
@@ -77,6 +112,251 @@ except ImportError:  # pragma: no cover
     HAS_TRITON = False
 
 
+if HAS_TRITON:
+
+    @triton.jit
+    def _in_bands(q, D, like):
+        # 0 <= q < D as a tensor shaped like `like` (broadcast-ready; the interpreter mishandles scalar masks)
+        qv = like * 0 + q
+        return (qv >= 0) & (qv < D)
+
+    @triton.jit
+    def _spectral_stage_kernel(
+        # pointers
+        x_ptr, out_ptr, stem_w_ptr, stem_b_ptr, conv_w_ptr, conv_b_ptr, pre_ptr, post_ptr, red_w_ptr, red_b_ptr,
+        # sizes
+        P, B, D, F,
+        # strides
+        stride_xp, stride_xb, stride_op, stride_of,
+        # meta
+        STEM_STRIDE: tl.constexpr, KS: tl.constexpr, KS_PAD: tl.constexpr, KT: tl.constexpr,
+        NUM_BLOCKS: tl.constexpr, NUM_POST: tl.constexpr, WP: tl.constexpr, FP: tl.constexpr,
+        STEM_RELU: tl.constexpr, PRE_MASK: tl.constexpr, RELU1_MASK: tl.constexpr, RELU2_MASK: tl.constexpr,
+        BLOCK_RELU_MASK: tl.constexpr, REDUCE_RELU: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+    ):
+        dt = stem_w_ptr.dtype.element_ty  # dot operand dtype (the input's); accumulation is fp32
+        pid = tl.program_id(0)
+        offs_p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+        p_mask = offs_p < P
+        offs_c = tl.arange(0, WP)
+        offs_k = tl.arange(0, KS_PAD)
+        offs_f = tl.arange(0, FP)
+        w_tile = offs_c[:, None] * WP + offs_c[None, :]  # (c_in, c_out) within one packed tap
+        r_tile = offs_c[:, None] * FP + offs_f[None, :]  # (c_in, f) within one band position of reduce
+        HALF: tl.constexpr = KT // 2
+        LAG: tl.constexpr = KT - 1  # a residual block's output lags its input by two half-kernels
+
+        stem_w = tl.load(stem_w_ptr + offs_k[:, None] * WP + offs_c[None, :])  # (KS_PAD, WP) taps x c_out
+        stem_b = tl.load(stem_b_ptr + offs_c)
+        x_rows = x_ptr + offs_p[:, None] * stride_xp
+        col0 = offs_p[:, None] * 0  # (BLOCK_P, 1) int zeros: position-validity tests broadcast from it
+
+        zero = tl.zeros((BLOCK_P, WP), dtype=dt)
+        y_win = ((zero,) * KT,) * NUM_BLOCKS  # per block: its input at positions pos-KT+1 .. pos
+        u_win = ((zero,) * KT,) * NUM_BLOCKS  # per block: conv1 output at positions pos-HALF-KT+1 .. pos-HALF
+        acc_r = tl.zeros((BLOCK_P, FP), dtype=tl.float32)
+
+        for j in range(0, D + NUM_BLOCKS * LAG):
+            # stem: valid conv, stride STEM_STRIDE, one input channel -> position j
+            cols = j * STEM_STRIDE + offs_k
+            xs = tl.load(x_rows + cols[None, :] * stride_xb,
+                         mask=p_mask[:, None] & (offs_k[None, :] < KS) & (cols[None, :] < B), other=0.0)
+            s = tl.dot(xs.to(dt), stem_w, input_precision=PRECISION) + stem_b[None, :]
+            if STEM_RELU:
+                s = tl.maximum(s, 0.0)
+            new = tl.where(_in_bands(j, D, col0), s, 0.0).to(dt)
+            pos = j
+            y_next = ()
+            u_next = ()
+            for b in tl.static_range(NUM_BLOCKS):
+                yw = y_win[b][1:] + (new,)
+                # conv1 (optionally after the pre-activation affine + ReLU) -> position pos - HALF
+                acc = tl.zeros((BLOCK_P, WP), dtype=tl.float32) + tl.load(conv_b_ptr + (2 * b) * WP + offs_c)[None, :]
+                if (PRE_MASK >> b) & 1:
+                    sc = tl.load(pre_ptr + (2 * b) * WP + offs_c)
+                    sh = tl.load(pre_ptr + (2 * b + 1) * WP + offs_c)
+                for t in tl.static_range(KT):
+                    h = yw[t]
+                    if (PRE_MASK >> b) & 1:
+                        q = pos - LAG + t
+                        h = tl.maximum(h.to(tl.float32) * sc[None, :] + sh[None, :], 0.0)
+                        h = tl.where(_in_bands(q, D, col0), h, 0.0).to(dt)
+                    wt = tl.load(conv_w_ptr + ((2 * b) * KT + t) * WP * WP + w_tile)
+                    acc = tl.dot(h, wt, acc, input_precision=PRECISION)
+                if (RELU1_MASK >> b) & 1:
+                    acc = tl.maximum(acc, 0.0)
+                u = tl.where(_in_bands(pos - HALF, D, col0), acc, 0.0).to(dt)
+                uw = u_win[b][1:] + (u,)
+                # conv2 -> position pos - LAG, then the identity add (the oldest tile of yw is that position)
+                acc = tl.zeros((BLOCK_P, WP), dtype=tl.float32) + tl.load(conv_b_ptr + (2 * b + 1) * WP + offs_c)[None, :]
+                for t in tl.static_range(KT):
+                    wt = tl.load(conv_w_ptr + ((2 * b + 1) * KT + t) * WP * WP + w_tile)
+                    acc = tl.dot(uw[t], wt, acc, input_precision=PRECISION)
+                if (RELU2_MASK >> b) & 1:
+                    acc = tl.maximum(acc, 0.0)
+                acc = acc + yw[0].to(tl.float32)
+                if (BLOCK_RELU_MASK >> b) & 1:
+                    acc = tl.maximum(acc, 0.0)
+                pos = pos - LAG
+                new = tl.where(_in_bands(pos, D, col0), acc, 0.0).to(dt)
+                y_next = y_next + (yw,)
+                u_next = u_next + (uw,)
+            y_win = y_next
+            u_win = u_next
+            # stage affines (pointwise), then this position's share of the full-band reduction
+            yf = new.to(tl.float32)
+            for a in tl.static_range(NUM_POST):
+                sc = tl.load(post_ptr + (2 * a) * WP + offs_c)
+                sh = tl.load(post_ptr + (2 * a + 1) * WP + offs_c)
+                yf = tl.maximum(yf * sc[None, :] + sh[None, :], 0.0)
+            wr = tl.load(red_w_ptr + pos * WP * FP + r_tile, mask=_in_bands(pos, D, r_tile), other=0.0)
+            acc_r = tl.dot(yf.to(dt), wr, acc_r, input_precision=PRECISION)
+
+        out = acc_r + tl.load(red_b_ptr + offs_f)[None, :]
+        if REDUCE_RELU:
+            out = tl.maximum(out, 0.0)
+        tl.store(out_ptr + offs_p[:, None] * stride_op + offs_f[None, :] * stride_of,
+                 out.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & (offs_f[None, :] < F))
+
+    # Hopper: 16-64 pixel rows per program (register-bound: the tuple windows grow with BLOCK_P), 4-8 warps;
+    # one stage, since the loop carries its state in registers and there is little to prefetch but weights.
+    _CONFIGS = [triton.Config({"BLOCK_P": bp}, num_warps=nw, num_stages=ns)
+                for bp, nw, ns in [(16, 4, 1), (32, 4, 1), (32, 8, 1), (64, 4, 1), (64, 8, 1), (128, 8, 1),
+                                   (32, 4, 2), (64, 8, 2)]]
+    _spectral_stage_kernel_tuned = triton.autotune(
+        configs=_CONFIGS, key=["B", "D", "F", "WP", "FP", "KT", "NUM_BLOCKS", "NUM_POST"])(_spectral_stage_kernel)
+
+
+def _next_pow2(n: int, lo: int = 16) -> int:
+    return max(lo, 1 << (max(int(n), 1) - 1).bit_length())
+
+
+_PACK_CACHE: dict[tuple, tuple] = {}
+
+
+def _pack(program: SpectralProgram, device: torch.device, dtype: torch.dtype) -> dict:
+    """Program weights in the kernel's padded, tap-major layout (cached per program object, device, dtype)."""
+    key = (id(program), str(device), dtype)
+    hit = _PACK_CACHE.get(key)
+    if hit is not None and hit[0]() is program:
+        return hit[1]
+    w, f, d = program.width, program.out_features, program.reduced_bands
+    wp, fp = _next_pow2(w), _next_pow2(f)
+    ks = program.stem.weight.shape[2]
+    ks_pad = _next_pow2(ks)
+    nb = len(program.blocks)
+    kt = program.blocks[0].conv1.weight.shape[2] if nb else 1
+    f32 = dict(device=device, dtype=torch.float32)
+
+    def vec(v: torch.Tensor, n: int) -> torch.Tensor:
+        out = torch.zeros(n, **f32)
+        out[: v.numel()] = v.reshape(-1).to(**f32)
+        return out
+
+    stem_w = torch.zeros(ks_pad, wp, **f32)
+    stem_w[:ks, :w] = program.stem.weight[:, 0, :].t().to(**f32)
+    conv_w = torch.zeros(max(2 * nb, 1), kt, wp, wp, **f32)
+    conv_b = torch.zeros(max(2 * nb, 1), wp, **f32)
+    pre = torch.zeros(max(2 * nb, 1), wp, **f32)
+    for i, blk in enumerate(program.blocks):
+        for c, conv in enumerate((blk.conv1, blk.conv2)):
+            conv_w[2 * i + c, :, :w, :w] = conv.weight.permute(2, 1, 0).to(**f32)  # (tap, c_in, c_out)
+            conv_b[2 * i + c] = vec(conv.bias, wp)
+        if blk.pre is not None:
+            pre[2 * i], pre[2 * i + 1] = vec(blk.pre.scale, wp), vec(blk.pre.shift, wp)
+    post = torch.zeros(max(2 * len(program.post), 1), wp, **f32)
+    for i, a in enumerate(program.post):
+        post[2 * i], post[2 * i + 1] = vec(a.scale, wp), vec(a.shift, wp)
+    red_w = torch.zeros(d, wp, fp, **f32)
+    red_w[:, :w, :f] = program.reduce.weight.permute(2, 1, 0).to(**f32)  # (position, c_in, f)
+
+    def bits(flags) -> int:
+        return sum(1 << i for i, on in enumerate(flags) if on)
+
+    packed = dict(
+        stem_w=stem_w.to(dtype), stem_b=vec(program.stem.bias, wp), conv_w=conv_w.to(dtype).contiguous(),
+        conv_b=conv_b, pre=pre, post=post, red_w=red_w.to(dtype).contiguous(), red_b=vec(program.reduce.bias, fp),
+        meta=dict(STEM_STRIDE=int(program.stem.stride), KS=int(ks), KS_PAD=ks_pad, KT=int(kt), NUM_BLOCKS=nb,
+                  NUM_POST=len(program.post), WP=wp, FP=fp, STEM_RELU=bool(program.stem.relu),
+                  PRE_MASK=bits(b.pre is not None for b in program.blocks),
+                  RELU1_MASK=bits(b.conv1.relu for b in program.blocks),
+                  RELU2_MASK=bits(b.conv2.relu for b in program.blocks),
+                  BLOCK_RELU_MASK=bits(b.relu for b in program.blocks), REDUCE_RELU=bool(program.reduce.relu)))
+    if len(_PACK_CACHE) >= 16:
+        _PACK_CACHE.clear()
+    _PACK_CACHE[key] = (weakref.ref(program), packed)
+    return packed
+
+
+def _check_program(program: SpectralProgram) -> None:
+    """The program forms the kernel implements; anything else is a real error, not a silent mismatch."""
+    stem, red = program.stem, program.reduce
+    if stem.weight.dim() != 3 or stem.weight.shape[1] != 1:
+        raise ValueError(f"stem weight must be (width, 1, k); got {tuple(stem.weight.shape)}")
+    if stem.padding != 0:
+        raise ValueError(f"the Triton kernel implements a valid (unpadded) stem; got padding {stem.padding}")
+    d, w = program.reduced_bands, program.width
+    if d < 1:
+        raise ValueError(f"{program.bands} bands are fewer than the stem kernel {stem.weight.shape[2]}")
+    if red.weight.shape[1:] != (w, d) or red.stride != 1 or red.padding != 0:
+        raise ValueError(f"reduce must be a valid full-band conv with weight (F, {w}, {d}); got "
+                         f"{tuple(red.weight.shape)}, stride {red.stride}, padding {red.padding}")
+    kts = {c.weight.shape[2] for b in program.blocks for c in (b.conv1, b.conv2)}
+    if len(kts) > 1:
+        raise ValueError(f"all residual-block convs must share one kernel size; got {sorted(kts)}")
+    for i, b in enumerate(program.blocks):
+        for name, c in (("conv1", b.conv1), ("conv2", b.conv2)):
+            k = c.weight.shape[2]
+            if c.weight.shape[:2] != (w, w) or c.stride != 1 or c.padding != k // 2 or k % 2 == 0:
+                raise ValueError(f"blocks[{i}].{name} must be a same-padded stride-1 odd-kernel conv {w}->{w}; "
+                                 f"got weight {tuple(c.weight.shape)}, stride {c.stride}, padding {c.padding}")
+    if len(program.blocks) > 30:
+        raise ValueError(f"at most 30 residual blocks are supported; got {len(program.blocks)}")
+
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _interpreting() -> bool:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_spectral_stage_kernel, InterpretedFunction)
+
+
 def spectral_stage_triton(x: torch.Tensor, program: SpectralProgram, *, allow_tf32: bool = False) -> torch.Tensor:
-    """Placeholder until the fused kernel lands."""
-    raise NotImplementedError("the fused Triton spectral kernel is not implemented yet")
+    """Fused Triton spectral stage: ``x (P, bands)`` -> ``(P, out_features)`` in ``x``'s dtype.
+
+    Same contract as :func:`spectral_stage_reference`. Dot operands are in ``x``'s dtype (float32,
+    bfloat16 or float16; the program's weights are cast to it), accumulation is float32. float32 inputs
+    use exact fp32 products unless ``allow_tf32=True``. Needs CUDA (or ``TRITON_INTERPRET=1`` set before
+    Triton is imported, for CPU tests).
+    """
+    if not HAS_TRITON:
+        raise RuntimeError("the triton spectral backend needs the 'triton' package; use the eager backend")
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != program.bands:
+        raise ValueError(f"expected pixels (P, {program.bands}); got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.dtype not in _DTYPES:
+        raise TypeError(f"x must be float32, bfloat16 or float16; got {x.dtype}")
+    interp = _interpreting()
+    if x.device.type != "cuda" and not interp:
+        raise ValueError(f"spectral_stage_triton needs a CUDA tensor; got one on {x.device} "
+                         "(use kernels.get_spectral_stage('auto', device) to pick a backend)")
+    _check_program(program)
+    p, f = x.shape[0], program.out_features
+    out = torch.empty(p, f, device=x.device, dtype=x.dtype)
+    if p == 0:
+        return out
+    pk = _pack(program, x.device, x.dtype)
+    meta = dict(pk["meta"], PRECISION="tf32" if allow_tf32 else "ieee")
+    args = (x, out, pk["stem_w"], pk["stem_b"], pk["conv_w"], pk["conv_b"], pk["pre"], pk["post"], pk["red_w"],
+            pk["red_b"], p, program.bands, program.reduced_bands, f, x.stride(0), x.stride(1), out.stride(0),
+            out.stride(1))
+    if interp:  # the autotuner times configs with CUDA events: launch one small config instead
+        _spectral_stage_kernel[(triton.cdiv(p, 16),)](*args, **meta, BLOCK_P=16)
+    else:
+        grid = lambda m: (triton.cdiv(p, m["BLOCK_P"]),)  # noqa: E731
+        with torch.cuda.device(x.device):
+            _spectral_stage_kernel_tuned[grid](*args, **meta)
+    return out
