@@ -1,0 +1,619 @@
+"""Scene input: every supported store opened as a lazy ``xarray.DataArray`` with dims ``(band, y, x)``.
+
+``open_scene(path)`` reads
+
+* zarr stores (v3 and v2): a DataArray/Dataset written by ``xarray.to_zarr`` (CRS from its ``spatial_ref``
+  coordinate), or a bare zarr array whose dims come from ``dimension_names`` / ``_ARRAY_DIMENSIONS`` /
+  a ``dims`` attribute;
+* NetCDF (``.nc``, ``.nc4``, ``.cdf``): the single 3-D variable (or ``variable=``);
+* HDF5 (``.h5``, ``.hdf5``, ``.he5``): the single 3-D dataset (or the one named ``cube``), dims from a
+  ``dims`` attribute such as ``"band,y,x"`` (the shipped Indian Pines file), a ``wavelength`` dataset;
+* GeoTIFF (``.tif``, ``.tiff``) through ``rioxarray.open_rasterio``;
+* ENVI (``.hdr`` or the binary ``.bsq``/``.bil``/``.bip``/``.img``/``.dat``/``.raw``) through GDAL's ENVI
+  driver, with ``wavelength`` / ``wavelength units`` from the header;
+* MATLAB ``.mat`` (v5 and v7.3; ``ssrn.data.load_mat_array``) and NumPy ``.npy`` (memory-mapped).
+
+The result is dask-backed and chunked to match the store (zarr/NetCDF/HDF5 chunks; GeoTIFF/ENVI blocks,
+grouped to about 256 pixels a side; all bands in one chunk, because the engine needs every band of a
+pixel at once). Band-last sources are transposed lazily. The CRS and transform travel in the
+``spatial_ref`` coordinate (``da.rio.crs``, ``da.rio.transform()``), band-centre wavelengths in nm in a
+``wavelength`` coordinate on ``band``, and the source's nodata value in ``attrs["_FillValue"]``
+(``da.rio.nodata``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .errors import MissingSpatialDimsError, SceneError
+
+__all__ = ["SUPPORTED_SUFFIXES", "as_scene", "open_scene", "scene_format", "scene_info"]
+
+_ENVI_DATA_SUFFIXES = (".bsq", ".bil", ".bip", ".img", ".dat", ".raw", "")
+SUPPORTED_SUFFIXES: dict[str, str] = {
+    ".zarr": "zarr", ".nc": "netcdf", ".nc4": "netcdf", ".cdf": "netcdf",
+    ".h5": "hdf5", ".hdf5": "hdf5", ".he5": "hdf5",
+    ".tif": "geotiff", ".tiff": "geotiff",
+    ".hdr": "envi", ".bsq": "envi", ".bil": "envi", ".bip": "envi", ".img": "envi", ".dat": "envi",
+    ".raw": "envi",
+    ".mat": "matlab", ".npy": "npy",
+}
+
+# Dimension names accepted for each axis; anything here is renamed to band / y / x.
+_BAND_NAMES = ("band", "bands", "wavelength", "wavelengths", "spectral", "spectrum", "channel", "channels",
+               "lambda", "wl", "bandnumber", "band_number", "z")
+_Y_NAMES = ("y", "lat", "latitude", "row", "rows", "line", "lines", "northing", "height")
+_X_NAMES = ("x", "lon", "longitude", "col", "cols", "column", "columns", "sample", "samples", "easting", "width")
+_TARGET_CHUNK = 256  # pixels a side when grouping small GeoTIFF/ENVI blocks into dask chunks
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+def scene_format(path: str | os.PathLike) -> str:
+    """The reader used for ``path`` ('zarr', 'netcdf', 'hdf5', 'geotiff', 'envi', 'matlab', 'npy')."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in SUPPORTED_SUFFIXES:
+        return SUPPORTED_SUFFIXES[suffix]
+    if p.is_dir() and ((p / "zarr.json").exists() or (p / ".zarray").exists() or (p / ".zgroup").exists()):
+        return "zarr"
+    if suffix == "" and p.with_suffix(".hdr").exists():
+        return "envi"
+    supported = ", ".join(sorted(SUPPORTED_SUFFIXES))
+    raise SceneError(f"cannot tell the format of {p}: suffix {suffix or '(none)'!r} is not one hsi-engine reads. "
+                     f"Supported: {supported} (and zarr directories). Convert the scene to GeoTIFF or zarr, "
+                     "or rename it with the suffix of its real format.")
+
+
+def _canonical_dim(name: str) -> str | None:
+    n = str(name).lower()
+    if n in _BAND_NAMES:
+        return "band"
+    if n in _Y_NAMES:
+        return "y"
+    if n in _X_NAMES:
+        return "x"
+    return None
+
+
+def _to_nm(values: Sequence[float], units: str | None) -> np.ndarray:
+    """Wavelengths in nm: micrometre values (or values < 30 with no unit) are scaled by 1000."""
+    w = np.asarray(values, dtype=np.float64)
+    u = (units or "").strip().lower()
+    if u.startswith(("micro", "um", "µm", "μm")):
+        return np.round(w * 1000.0, 6)
+    if u.startswith(("nano", "nm")):
+        return w
+    if u.startswith(("milli", "mm")):
+        return w * 1e6
+    if u.startswith(("wavenumber", "cm")):
+        with np.errstate(divide="ignore"):
+            return 1e7 / w
+    if w.size and np.nanmax(w) < 30:  # no unit: micrometres are < 30, nanometres > 300
+        return np.round(w * 1000.0, 6)
+    return w
+
+
+def _guess_band_axis(shape: tuple[int, ...], where: str, default_last: bool) -> int:
+    """Band axis of an unnamed 3-D array: 0 or 2, by the two equal spatial sides, else by convention."""
+    a, b, c = shape
+    if b == c and a != b:
+        return 0
+    if a == b and c != a:
+        return 2
+    if default_last:
+        return 2
+    band = 0 if a < c else 2
+    warnings.warn(f"{where}: array of shape {shape} has no dimension names; taking axis {band} "
+                  f"(length {shape[band]}) as the band axis. Pass band_axis=0 or band_axis=2 to open_scene "
+                  "to say which it is.", stacklevel=4)
+    return band
+
+
+def _dims_from_attr(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        parts = [s.strip() for s in re.split(r"[,\s]+", value.strip("()[] ")) if s.strip()]
+    else:
+        try:
+            parts = [str(v.decode() if isinstance(v, bytes) else v) for v in value]
+        except TypeError:
+            return None
+    return tuple(parts) or None
+
+
+def _bare_dataarray(data, dims: Sequence[str] | None, where: str, *, band_axis: int | None,
+                    default_last: bool) -> xr.DataArray:
+    """A DataArray around an unnamed (or attr-named) 3-D array, dims normalised to (band, y, x)."""
+    if data.ndim != 3:
+        kind = "a 2-D image (one band?)" if data.ndim == 2 else f"a {data.ndim}-D array"
+        raise SceneError(f"{where} holds {kind} of shape {tuple(data.shape)}; expected a 3-D hyperspectral cube "
+                         "(band, y, x) or (y, x, band). Pass the cube, not a single band or a label map.")
+    if band_axis is not None:
+        if band_axis not in (0, 2, -1):
+            raise SceneError(f"band_axis={band_axis} for {where}; expected 0 (band, y, x) or 2 (y, x, band)")
+        dims = ("band", "y", "x") if band_axis == 0 else ("y", "x", "band")
+    elif dims is None or len(dims) != 3:
+        dims = ("band", "y", "x") if _guess_band_axis(tuple(data.shape), where, default_last) == 0 else ("y", "x", "band")
+    da = xr.DataArray(data, dims=tuple(dims))
+    return _normalise_dims(da, where)
+
+
+def _normalise_dims(da: xr.DataArray, where: str) -> xr.DataArray:
+    """Rename alternative dim names to band/y/x and transpose (lazily) to (band, y, x)."""
+    if da.ndim != 3:
+        raise MissingSpatialDimsError(f"{where} has dims {da.dims} (shape {da.shape}); expected 3 dims "
+                                      "(band, y, x). Select a single cube (e.g. da.isel(time=0)).")
+    if set(da.dims) == {"band", "y", "x"}:
+        return da.transpose("band", "y", "x")
+    rename: dict[Any, str] = {}
+    for d in da.dims:
+        c = _canonical_dim(str(d))
+        if c is not None and d != c and c not in rename.values() and c not in da.dims:
+            rename[d] = c
+    if rename:
+        # A coordinate named after the target (e.g. 'wavelength' data coord when renaming dim 'wavelength')
+        # would clash; keep wavelength values as a non-index coordinate.
+        wl = None
+        for old, new in rename.items():
+            if new == "band" and old in da.coords:
+                wl = np.asarray(da[old].values)
+                da = da.drop_vars(old)
+        da = da.rename(rename)
+        if wl is not None and np.issubdtype(wl.dtype, np.number):
+            da = da.assign_coords(wavelength=("band", wl.astype(np.float64)))
+    if set(da.dims) != {"band", "y", "x"}:
+        raise MissingSpatialDimsError(
+            f"{where} has dims {tuple(str(d) for d in da.dims)}; expected (band, y, x). Accepted names: band "
+            f"{list(_BAND_NAMES)}, y {list(_Y_NAMES)}, x {list(_X_NAMES)}. Fix: "
+            "da.rename({...: 'band', ...: 'y', ...: 'x'}).")
+    return da.transpose("band", "y", "x")
+
+
+def _aligned_chunk(block: int, size: int, target: int = _TARGET_CHUNK) -> int:
+    """A chunk length that is a whole number of ``block`` and about ``target`` (never more than ``size``)."""
+    block = max(1, int(block))
+    return int(min(size, block * max(1, math.ceil(target / block))))
+
+
+def _rechunk_bands(da: xr.DataArray, chunks) -> xr.DataArray:
+    if chunks is not None:
+        if isinstance(chunks, Mapping):
+            chunks = {_canonical_dim(k) or k: v for k, v in chunks.items()}
+        return da.chunk(chunks)
+    return da
+
+
+def _finish(da: xr.DataArray, path: Path, fmt: str, *, wavelengths=None, nodata=None,
+            chunks=None) -> xr.DataArray:
+    if wavelengths is not None and len(wavelengths) == da.sizes["band"]:
+        da = da.assign_coords(wavelength=("band", np.asarray(wavelengths, dtype=np.float64)))
+        da["wavelength"].attrs["units"] = "nm"
+    elif "wavelength" in da.coords:
+        da["wavelength"].attrs.setdefault("units", "nm")
+    if "band" not in da.coords:
+        da = da.assign_coords(band=np.arange(1, da.sizes["band"] + 1))
+    if nodata is not None and "_FillValue" not in da.attrs:
+        da.attrs["_FillValue"] = nodata
+    da = _rechunk_bands(da, chunks)
+    da.encoding["source"] = str(path)
+    da.attrs.setdefault("source_format", fmt)
+    return da
+
+
+# --------------------------------------------------------------------------------------------------
+# readers
+
+def _open_geotiff(path: Path, chunks) -> xr.DataArray:
+    import rasterio
+    import rioxarray
+
+    try:
+        with rasterio.open(path) as src:
+            bh, bw = src.block_shapes[0]
+            h, w, count = src.height, src.width, src.count
+            tags = [src.tags(i) for i in range(1, count + 1)]
+            descriptions = list(src.descriptions)
+            nodata = src.nodata
+            ds_tags = src.tags()
+    except rasterio.errors.RasterioIOError as e:
+        raise SceneError(f"{path} could not be opened as a raster ({e}); is it a complete GeoTIFF/ENVI file?") from None
+    default = {"band": -1, "y": _aligned_chunk(bh, h), "x": _aligned_chunk(bw, w)}
+    da = rioxarray.open_rasterio(path, chunks=default, mask_and_scale=False)
+    if isinstance(da, list):
+        raise SceneError(f"{path} holds {len(da)} subdatasets; open one of them")
+    if isinstance(da, xr.Dataset):
+        raise SceneError(f"{path} opened as a Dataset; expected a single multi-band raster")
+    wl = _gdal_wavelengths(tags, descriptions, ds_tags)
+    if "wavelength" in da.coords:  # rioxarray adds ENVI wavelengths as a (dask) coordinate in file units
+        da = da.drop_vars([c for c in ("wavelength", "fwhm") if c in da.coords])
+    if nodata is not None:
+        da = da.rio.write_nodata(nodata, encoded=False)
+    return _finish(da, path, "geotiff", wavelengths=wl, chunks=chunks)
+
+
+_WL_IN_NAME = re.compile(r"\(\s*([-+0-9.eE]+)\s*(nanometers?|micrometers?|nm|um|µm)\s*\)", re.I)
+
+
+def _gdal_wavelengths(tags: list[dict[str, str]], descriptions: list[str | None],
+                      ds_tags: Mapping[str, str]) -> np.ndarray | None:
+    """Wavelengths (nm) from per-band ``wavelength`` metadata, else from names like 'band 1 (0.4554 Micrometers)'."""
+    try:
+        if tags and all("wavelength" in t for t in tags):
+            units = tags[0].get("wavelength_units") or ds_tags.get("wavelength_units")
+            return _to_nm([float(t["wavelength"]) for t in tags], units)
+    except ValueError:
+        pass
+    found = [(_WL_IN_NAME.search(d or "")) for d in descriptions]
+    if found and all(found):
+        vals = [float(m.group(1)) for m in found]  # type: ignore[union-attr]
+        return _to_nm(vals, found[0].group(2))  # type: ignore[union-attr]
+    return None
+
+
+def _parse_envi_header(hdr: Path) -> dict[str, str]:
+    """``key -> raw value`` of an ENVI header (braced values may span lines)."""
+    text = hdr.read_text(errors="replace")
+    out: dict[str, str] = {}
+    for m in re.finditer(r"^\s*([^=\n]+?)\s*=\s*(\{.*?\}|[^\n]*)", text, flags=re.M | re.S):
+        out[m.group(1).strip().lower()] = m.group(2).strip()
+    return out
+
+
+def _envi_list(value: str) -> list[str]:
+    return [s.strip() for s in value.strip().lstrip("{").rstrip("}").split(",") if s.strip()]
+
+
+def _envi_paths(path: Path) -> tuple[Path, Path]:
+    """(header, binary) for an ENVI scene given either file."""
+    if path.suffix.lower() == ".hdr":
+        hdr = path
+        for suf in _ENVI_DATA_SUFFIXES:
+            cand = path.with_suffix(suf)
+            if cand != hdr and cand.is_file():
+                return hdr, cand
+        raise SceneError(f"ENVI header {hdr} has no binary beside it; expected one of "
+                         f"{[hdr.with_suffix(s).name for s in _ENVI_DATA_SUFFIXES]}")
+    for hdr in (path.with_suffix(".hdr"), Path(str(path) + ".hdr")):
+        if hdr.is_file():
+            return hdr, path
+    raise SceneError(f"ENVI binary {path} has no header; expected {path.with_suffix('.hdr')} beside it")
+
+
+def _open_envi(path: Path, chunks) -> xr.DataArray:
+    hdr, data = _envi_paths(path)
+    if not data.is_file():
+        raise FileNotFoundError(f"ENVI binary {data} not found")
+    header = _parse_envi_header(hdr)
+    if header.get("file compression", "0").strip() not in ("0", ""):
+        raise SceneError(f"{hdr} declares 'file compression = {header['file compression']}' (gzip); GDAL cannot "
+                         "read compressed ENVI. Gunzip the binary and remove that header line.")
+    da = _open_geotiff(data, chunks)
+    if "wavelength" in header:
+        try:
+            wl = _to_nm([float(v) for v in _envi_list(header["wavelength"])], header.get("wavelength units"))
+            if len(wl) == da.sizes["band"]:
+                da = da.assign_coords(wavelength=("band", wl))
+                da["wavelength"].attrs["units"] = "nm"
+        except ValueError:
+            pass
+    if "data ignore value" in header and "_FillValue" not in da.attrs:
+        try:
+            da = da.rio.write_nodata(float(header["data ignore value"]), encoded=False)
+        except ValueError:
+            pass
+    da.attrs["source_format"] = "envi"
+    da.attrs["envi_interleave"] = header.get("interleave", "").lower()
+    return da
+
+
+def _pick_variable(ds: xr.Dataset, where: str, variable: str | None) -> xr.DataArray:
+    if variable is not None:
+        if variable not in ds.data_vars:
+            raise SceneError(f"{where} has no variable {variable!r}; variables: {sorted(map(str, ds.data_vars))}")
+        return ds[variable]
+    cands = [k for k, v in ds.data_vars.items() if v.ndim == 3]
+    if len(cands) == 1:
+        return ds[cands[0]]
+    if not cands:
+        shapes = {str(k): tuple(v.dims) for k, v in ds.data_vars.items()}
+        raise SceneError(f"{where} holds no 3-D variable (found {shapes or 'none'}); expected one (band, y, x) cube")
+    for pref in ("cube", "reflectance", "radiance", "data", "image"):
+        if pref in ds.data_vars and ds[pref].ndim == 3:
+            return ds[pref]
+    raise SceneError(f"{where} holds several 3-D variables {sorted(map(str, cands))}; pick one with "
+                     "open_scene(path, variable=NAME)")
+
+
+def _dataset_chunks(var: xr.DataArray) -> dict[str, int] | None:
+    pref = var.encoding.get("preferred_chunks") or {}
+    if pref:
+        return dict(pref)
+    ch = var.encoding.get("chunksizes") or var.encoding.get("chunks")
+    if ch:
+        return dict(zip(var.dims, ch))
+    return None
+
+
+def _open_netcdf(path: Path, chunks, variable: str | None) -> xr.DataArray:
+    try:
+        ds = xr.open_dataset(path, chunks={}, decode_coords="all", mask_and_scale=False)
+    except (OSError, ValueError) as e:
+        raise SceneError(f"{path} could not be opened as NetCDF ({e}); is the file complete?") from None
+    var = _pick_variable(ds, str(path), variable)
+    da = _normalise_dims(var, str(path))
+    return _finish(_keep_grid_mapping(da, ds), path, "netcdf", chunks=chunks)
+
+
+def _keep_grid_mapping(da: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
+    """Carry the grid-mapping variable (``spatial_ref``) as a coordinate so ``da.rio.crs`` works."""
+    gm = da.encoding.get("grid_mapping") or da.attrs.get("grid_mapping")
+    if gm and gm in ds.variables and gm not in da.coords:
+        da = da.assign_coords({gm: ds[gm]})
+    if gm is None and "spatial_ref" in ds.variables and "spatial_ref" not in da.coords:
+        da = da.assign_coords(spatial_ref=ds["spatial_ref"])
+    if "wavelength" in ds.variables and "wavelength" not in da.coords and ds["wavelength"].ndim == 1 \
+            and ds["wavelength"].size == da.sizes["band"]:
+        da = da.assign_coords(wavelength=("band", np.asarray(ds["wavelength"].values, dtype=np.float64)))
+    return da
+
+
+def _open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) -> xr.DataArray:
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as e:  # zarr raises several types for a missing/corrupt store
+        raise SceneError(f"{path} is not a readable zarr store ({type(e).__name__}: {e})") from None
+    if isinstance(node, zarr.Array):
+        return _zarr_bare_array(node, path, chunks, band_axis)
+    # a group: xarray-written (dims recorded), else fall back to its single 3-D array
+    try:
+        ds = xr.open_dataset(str(path), engine="zarr", chunks={}, decode_coords="all", mask_and_scale=False,
+                             consolidated=None)
+    except (KeyError, ValueError, TypeError):
+        ds = None
+    if ds is not None and ds.data_vars:
+        var = _pick_variable(ds, str(path), variable)
+        da = _normalise_dims(var, str(path))
+        da = _keep_grid_mapping(da, ds)
+        return _finish(da, path, "zarr", chunks=chunks)
+    arrays = {k: a for k, a in node.arrays() if a.ndim == 3}
+    if variable is not None:
+        if variable not in arrays:
+            raise SceneError(f"{path} has no 3-D array {variable!r}; arrays: {sorted(k for k, _ in node.arrays())}")
+        arrays = {variable: arrays[variable]}
+    if len(arrays) != 1:
+        raise SceneError(f"{path}: expected exactly one 3-D array in the zarr group, found {sorted(arrays)}; "
+                         "pass variable=NAME")
+    (name, arr), = arrays.items()
+    return _zarr_bare_array(arr, path / name, chunks, band_axis)
+
+
+def _zarr_bare_array(arr, path: Path, chunks, band_axis: int | None) -> xr.DataArray:
+    import dask.array as dsa
+
+    dims = None
+    meta = getattr(arr, "metadata", None)
+    if getattr(meta, "dimension_names", None):
+        dims = tuple(meta.dimension_names)
+    attrs = dict(arr.attrs)
+    dims = dims or _dims_from_attr(attrs.get("_ARRAY_DIMENSIONS")) or _dims_from_attr(attrs.get("dims"))
+    data = dsa.from_zarr(arr)
+    da = _bare_dataarray(data, dims, str(path), band_axis=band_axis, default_last=False)
+    wl = attrs.get("wavelength") or attrs.get("wavelengths")
+    wl = _to_nm(wl, attrs.get("wavelength_units")) if wl is not None else None
+    nodata = attrs.get("nodata", attrs.get("_FillValue"))
+    return _finish(da, path, "zarr", wavelengths=wl, nodata=nodata, chunks=chunks)
+
+
+def _open_hdf5(path: Path, chunks, variable: str | None, band_axis: int | None) -> xr.DataArray:
+    import dask.array as dsa
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")  # kept open for the lifetime of the dask graph
+    except OSError as e:
+        raise SceneError(f"{path} is not a readable HDF5 file ({e})") from None
+    found: dict[str, Any] = {}
+    f.visititems(lambda name, obj: found.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
+    if variable is not None:
+        if variable not in found:
+            raise SceneError(f"{path} has no dataset {variable!r}; datasets: {sorted(found)}")
+        name = variable
+    else:
+        cubes = [k for k, v in found.items() if v.ndim == 3]
+        if "cube" in cubes:
+            name = "cube"
+        elif len(cubes) == 1:
+            name = cubes[0]
+        else:
+            shapes = {k: v.shape for k, v in found.items()}
+            raise SceneError(f"{path}: expected one 3-D dataset (or one named 'cube'); found {shapes}. "
+                             "Pass variable=NAME.")
+    ds = found[name]
+    if ds.ndim != 3:
+        raise SceneError(f"{path}:{name} has shape {ds.shape}; expected a 3-D cube")
+    data = dsa.from_array(ds, chunks=ds.chunks or "auto", lock=True)
+    dims = _dims_from_attr(ds.attrs.get("dims")) or _dims_from_attr(ds.attrs.get("DIMENSION_LABELS"))
+    da = _bare_dataarray(data, dims, f"{path}:{name}", band_axis=band_axis, default_last=False)
+    wl = None
+    for k in ("wavelength", "wavelengths"):
+        if k in f and f[k].ndim == 1 and f[k].shape[0] == da.sizes["band"]:
+            units = f[k].attrs.get("units")
+            wl = _to_nm(f[k][()], units.decode() if isinstance(units, bytes) else units)
+    nodata = ds.attrs.get("nodata", ds.attrs.get("_FillValue"))
+    if hasattr(nodata, "item"):
+        nodata = nodata.item()
+    return _finish(da, path, "hdf5", wavelengths=wl, nodata=nodata, chunks=chunks)
+
+
+def _open_matlab(path: Path, chunks, variable: str | None, band_axis: int | None) -> xr.DataArray:
+    import dask.array as dsa
+
+    try:
+        from ssrn.data import DataError, load_mat_array
+    except ImportError as e:  # pragma: no cover - ssrn ships with hsi-engine
+        raise SceneError(f"reading {path} needs ssrn.data ({e})") from None
+    try:
+        arr, key = load_mat_array(path, [variable] if variable else None, ndim=3, what="scene")
+    except DataError as e:
+        raise SceneError(f"{e}. Pass variable=NAME to pick the cube.") from None
+    # MATLAB scenes are stored (rows, cols, bands): band-last unless the shape or band_axis says otherwise
+    data = dsa.from_array(arr, chunks=(-1, -1, -1))
+    da = _bare_dataarray(data, None, f"{path}:{key}", band_axis=band_axis, default_last=True)
+    da.name = key
+    return _finish(da, path, "matlab", wavelengths=_sidecar_wavelengths(path), chunks=chunks)
+
+
+def _open_npy(path: Path, chunks, band_axis: int | None) -> xr.DataArray:
+    import dask.array as dsa
+
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise SceneError(f"{path} is not a plain .npy array ({e}); object arrays are refused") from None
+    data = dsa.from_array(arr, chunks=(-1, _aligned_chunk(1, arr.shape[1], 512), -1) if arr.ndim == 3 else -1)
+    da = _bare_dataarray(data, None, str(path), band_axis=band_axis, default_last=True)
+    return _finish(da, path, "npy", wavelengths=_sidecar_wavelengths(path), chunks=chunks)
+
+
+def _sidecar_wavelengths(path: Path) -> np.ndarray | None:
+    """Wavelengths from ``<stem>.wavelengths.json`` or ``<stem>_wavelengths.json`` beside the file, if any."""
+    for cand in (path.with_name(path.stem + ".wavelengths.json"), path.with_name(path.stem + "_wavelengths.json")):
+        if cand.is_file():
+            try:
+                doc = json.loads(cand.read_text())
+            except json.JSONDecodeError:
+                return None
+            vals = doc.get("wavelengths") if isinstance(doc, dict) else doc
+            unit = doc.get("unit") if isinstance(doc, dict) else None
+            return _to_nm(vals, unit) if vals is not None else None
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# public API
+
+def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | None = None,
+               band_axis: int | None = None) -> xr.DataArray:
+    """Open a scene lazily as a dask-backed ``DataArray`` with dims ``(band, y, x)``.
+
+    ``chunks``: ``None`` (default) follows the store's own chunking; otherwise anything
+    ``DataArray.chunk`` accepts (dim aliases such as ``rows``/``cols`` are understood).
+    ``variable``: the array to read from a NetCDF/zarr/HDF5/MATLAB file holding several 3-D arrays.
+    ``band_axis``: 0 or 2 for arrays without dimension names (.npy, .mat, bare zarr/HDF5) whose layout
+    cannot be told from the shape (MATLAB and .npy default to band-last, the GIC convention).
+    """
+    p = Path(path)
+    fmt = scene_format(p)
+    if not p.exists() and not (fmt == "envi" and p.suffix.lower() == ".hdr" and p.with_suffix(".bsq").exists()):
+        raise FileNotFoundError(f"scene {p} does not exist")
+    if fmt == "geotiff":
+        return _open_geotiff(p, chunks)
+    if fmt == "envi":
+        return _open_envi(p, chunks)
+    if fmt == "netcdf":
+        return _open_netcdf(p, chunks, variable)
+    if fmt == "zarr":
+        return _open_zarr(p, chunks, variable, band_axis)
+    if fmt == "hdf5":
+        return _open_hdf5(p, chunks, variable, band_axis)
+    if fmt == "matlab":
+        return _open_matlab(p, chunks, variable, band_axis)
+    if fmt == "npy":
+        return _open_npy(p, chunks, band_axis)
+    raise AssertionError(fmt)
+
+
+def as_scene(obj: Any, *, band_axis: int | None = None) -> xr.DataArray:
+    """A ``(band, y, x)`` DataArray from a DataArray, a numpy array or a torch tensor (no copy where possible).
+
+    DataArrays with alternative dim names (``bands``, ``wavelength``, ``rows``/``cols``, ``lat``/``lon``...)
+    or band-last order are renamed and transposed lazily; coords, attrs and ``spatial_ref`` are kept.
+    Arrays and tensors are taken as ``(band, y, x)`` unless ``band_axis=2``. A path is opened with
+    :func:`open_scene`.
+    """
+    if isinstance(obj, (str, os.PathLike)):
+        return open_scene(obj)
+    if isinstance(obj, xr.Dataset):
+        return _normalise_dims(_pick_variable(obj, "the Dataset", None), "the Dataset's cube")
+    if isinstance(obj, xr.DataArray):
+        return _normalise_dims(obj, f"DataArray {obj.name!r}" if obj.name is not None else "the DataArray")
+    if type(obj).__module__.startswith("torch"):
+        obj = obj.detach().cpu().numpy()
+    if isinstance(obj, np.ndarray) or hasattr(obj, "__array__") or hasattr(obj, "chunks"):
+        if getattr(obj, "ndim", None) != 3:
+            raise SceneError(f"expected a 3-D (band, y, x) array; got shape {tuple(getattr(obj, 'shape', ()))}. "
+                             "A 2-D image is one band: add an axis with arr[None].")
+        ax = 0 if band_axis is None else band_axis
+        da = _bare_dataarray(obj, None, "the array", band_axis=ax, default_last=False)
+        return da.assign_coords(band=np.arange(1, da.sizes["band"] + 1))
+    raise SceneError(f"cannot make a scene from {type(obj).__name__}; pass an xarray.DataArray (band, y, x), "
+                     "a numpy array, a torch tensor or a path")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _disk_size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    total = path.stat().st_size if path.exists() else 0
+    if scene_format(path) == "envi":
+        hdr, data = _envi_paths(path)
+        total = hdr.stat().st_size + data.stat().st_size
+    return total
+
+
+def scene_info(path: str | os.PathLike) -> str:
+    """A human summary of a scene: format, shape, bands, dtype, chunks, CRS, transform, wavelengths, size."""
+    p = Path(path)
+    da = open_scene(p)
+    lines = [f"scene      {p}", f"format     {da.attrs.get('source_format', scene_format(p))}",
+             f"shape      band={da.sizes['band']} y={da.sizes['y']} x={da.sizes['x']}",
+             f"dtype      {da.dtype}"]
+    if da.chunks is not None:
+        cs = tuple(c[0] for c in da.chunks)
+        lines.append(f"chunks     {cs} (band, y, x); {math.prod(len(c) for c in da.chunks)} chunks")
+    crs = transform = None
+    try:
+        import rioxarray  # noqa: F401  (registers .rio)
+
+        crs = da.rio.crs
+        transform = da.rio.transform() if crs is not None or "spatial_ref" in da.coords else None
+    except Exception:  # a scene without coordinates has no transform
+        pass
+    lines.append(f"crs        {crs.to_string() if crs is not None else 'none'}")
+    if transform is not None:
+        lines.append(f"transform  {tuple(round(v, 6) for v in transform[:6])}")
+        lines.append(f"pixel      {abs(transform.a):g} x {abs(transform.e):g}")
+    nodata = da.attrs.get("_FillValue")
+    lines.append(f"nodata     {nodata if nodata is not None else 'none'}")
+    if "wavelength" in da.coords:
+        wl = np.asarray(da["wavelength"].values, dtype=float)
+        lines.append(f"wavelength {np.nanmin(wl):.1f}..{np.nanmax(wl):.1f} nm ({wl.size} bands)")
+    else:
+        lines.append("wavelength unknown")
+    lines.append(f"in memory  {_human(da.nbytes)}")
+    lines.append(f"on disk    {_human(_disk_size(p))}")
+    return "\n".join(lines)
