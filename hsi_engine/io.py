@@ -383,8 +383,10 @@ def _open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) 
         return _zarr_bare_array(node, path, chunks, band_axis)
     # a group: xarray-written (dims recorded), else fall back to its single 3-D array
     try:
-        ds = xr.open_dataset(str(path), engine="zarr", chunks={}, decode_coords="all", mask_and_scale=False,
-                             consolidated=None)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*consolidated metadata", category=RuntimeWarning)
+            ds = xr.open_dataset(str(path), engine="zarr", chunks={}, decode_coords="all", mask_and_scale=False,
+                                 consolidated=None)
     except (KeyError, ValueError, TypeError):
         ds = None
     if ds is not None and ds.data_vars:

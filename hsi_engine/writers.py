@@ -1,0 +1,582 @@
+"""Class-map writers: the streaming engine hands them one tile at a time; nothing is visible until commit.
+
+``open_writer(path, height=..., width=..., n_classes=...)`` picks the format by suffix:
+
+* ``.tif`` / ``.tiff``: a Cloud-Optimised GeoTIFF. Tiles go into a hidden tiled GeoTIFF beside the target
+  (``.<name>.tmp-<random>.tif``); ``commit`` converts it with GDAL's COG driver (DEFLATE, internal tiles of
+  ``block``, overviews resampled with MODE so labels stay labels), then ``os.replace``-s it into place.
+  Band 1 is ``uint8``: 0 = nodata (declared), 1..K classes, with a colour table (the palette) and the class
+  names as GeoTIFF metadata (``class_names`` JSON and ``class_<i>`` items on band 1) and as GDAL category
+  names plus a thematic raster attribute table (Value, Class, Red, Green, Blue) in the ``<name>.aux.xml``
+  sidecar, which GDAL, QGIS and ArcGIS read.
+  Optional outputs are separate COGs beside it, so the class map itself stays a single-band paletted
+  raster every viewer shows as classes: ``<stem>_probabilities.tif`` (K bands, band i = class i; float32,
+  or float16 stored as 16-bit floats with ``NBITS=16``) and ``<stem>_confidence.tif`` (one float32 band).
+* ``.zarr``: a zarr v3 store written through xarray: ``classes (y, x) uint8`` (attrs ``nodata = 0``,
+  ``flag_values``, ``flag_meanings``, ``class_names``, ``palette``), optional ``probabilities (class, y, x)``
+  and ``confidence (y, x)``, chunked ``block`` x ``block``, with ``x``/``y`` pixel-centre coordinates and
+  the ``spatial_ref`` grid-mapping coordinate as rioxarray writes it (``xr.open_zarr(p).rio.crs`` works).
+  Written into ``.<name>.tmp-<random>`` and renamed into place at commit.
+
+Every writer refuses an existing output unless ``overwrite=True``, checks up front that the directory is
+writable, warns when there is no georeferencing, and on ``abort`` (or an exception inside ``with``) removes
+everything temporary and leaves the requested path untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import uuid
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+import numpy as np
+
+from .errors import OutputError
+
+__all__ = ["ClassMapWriter", "GeoTiffClassMapWriter", "ZarrClassMapWriter", "default_palette", "open_writer",
+           "side_paths", "write_classmap"]
+
+_TIFF = (".tif", ".tiff")
+_ZARR = (".zarr",)
+_PROB_DTYPES = (None, "float16", "float32")
+
+
+def default_palette(n_classes: int) -> list[tuple[int, int, int]]:
+    """K distinct RGB colours (matplotlib's tab20, then hsv) for classes 1..K."""
+    import matplotlib
+
+    base = [tuple(int(round(255 * c)) for c in matplotlib.colormaps["tab20"](i)[:3]) for i in range(20)]
+    if n_classes <= 20:
+        return base[:n_classes]
+    hsv = matplotlib.colormaps["hsv"]
+    return base + [tuple(int(round(255 * c)) for c in hsv(i / (n_classes - 20))[:3]) for i in range(n_classes - 20)]
+
+
+def _norm_palette(palette, n_classes: int) -> list[tuple[int, int, int]]:
+    """Palette for classes 1..K: K RGB(A) triplets, or K+1 with the first for class 0 (then dropped)."""
+    if palette is None:
+        return default_palette(n_classes)
+    pal = [tuple(int(v) for v in c[:3]) for c in palette]
+    if len(pal) == n_classes + 1:
+        pal = pal[1:]
+    if len(pal) < n_classes:
+        raise ValueError(f"palette has {len(pal)} colours for {n_classes} classes; give one RGB triplet per class "
+                         "1..K (or K+1 starting with class 0)")
+    if any(not 0 <= v <= 255 for c in pal for v in c):
+        raise ValueError("palette colours must be RGB triplets of integers 0..255")
+    return pal[:n_classes]
+
+
+def _norm_names(class_names, n_classes: int) -> list[str]:
+    if class_names is None:
+        return [f"class {i}" for i in range(1, n_classes + 1)]
+    names = [str(n) for n in class_names]
+    if len(names) == n_classes + 1:
+        names = names[1:]
+    if len(names) != n_classes:
+        raise ValueError(f"{len(names)} class names for {n_classes} classes; give one name per class 1..K")
+    return names
+
+
+def _norm_crs(crs):
+    if crs is None:
+        return None
+    from rasterio.crs import CRS
+
+    if isinstance(crs, CRS):
+        return crs
+    if hasattr(crs, "to_wkt"):
+        return CRS.from_wkt(crs.to_wkt())
+    return CRS.from_user_input(crs)
+
+
+def _transform_from_coords(y, x):
+    """The affine transform of regularly spaced pixel-centre coordinates, else None."""
+    from affine import Affine
+
+    y = np.asarray(y, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    if y.size < 2 or x.size < 2:
+        return None
+    dx, dy = np.diff(x), np.diff(y)
+    if not (np.allclose(dx, dx[0], rtol=1e-6) and np.allclose(dy, dy[0], rtol=1e-6)):
+        return None
+    return Affine(dx[0], 0.0, x[0] - dx[0] / 2, 0.0, dy[0], y[0] - dy[0] / 2)
+
+
+def side_paths(path: str | os.PathLike) -> dict[str, Path]:
+    """Where the optional outputs of a GeoTIFF class map go: probabilities, confidence, the .aux.xml sidecar."""
+    p = Path(path)
+    return {"probabilities": p.with_name(f"{p.stem}_probabilities{p.suffix}"),
+            "confidence": p.with_name(f"{p.stem}_confidence{p.suffix}"),
+            "aux": p.with_name(p.name + ".aux.xml")}
+
+
+class ClassMapWriter:
+    """Base of the class-map writers; use :func:`open_writer`.
+
+    ``write(y0, x0, labels, probabilities=None, confidence=None)`` stores one tile (thread-safe);
+    ``commit()`` finalises and moves the output into place, returning its path; ``abort()`` removes every
+    temporary file. As a context manager: commit on success, abort on exception.
+    """
+
+    def __init__(self, path: Path, *, height: int, width: int, n_classes: int, crs=None, transform=None,
+                 y_coords=None, x_coords=None, class_names=None, palette=None, probabilities: str | None = None,
+                 confidence: bool = False, overwrite: bool = False, block: int = 256):
+        if probabilities not in _PROB_DTYPES:
+            raise ValueError(f"probabilities={probabilities!r}; expected one of {_PROB_DTYPES}")
+        if not (1 <= n_classes <= 255):
+            raise ValueError(f"n_classes={n_classes}; a uint8 class map holds 1..255 classes (0 = nodata)")
+        if height < 1 or width < 1:
+            raise ValueError(f"class map of {height} x {width} pixels; expected at least 1 x 1")
+        if block < 16 or block % 16:
+            raise ValueError(f"block={block}; expected a multiple of 16 (GeoTIFF tiles), e.g. 256 or 512")
+        self.path = path
+        self.height, self.width, self.n_classes = int(height), int(width), int(n_classes)
+        self.class_names = _norm_names(class_names, n_classes)
+        self.palette = _norm_palette(palette, n_classes)
+        self.probabilities = probabilities
+        self.confidence = bool(confidence)
+        self.block = int(block)
+        self.overwrite = overwrite
+        self.crs = _norm_crs(crs)
+        if transform is None and y_coords is not None and x_coords is not None:
+            transform = _transform_from_coords(y_coords, x_coords)
+        if transform is not None and not hasattr(transform, "to_gdal"):
+            from affine import Affine
+
+            transform = Affine(*transform) if len(transform) in (6, 9) else transform
+        self.transform = transform
+        self.y_coords = None if y_coords is None else np.asarray(y_coords)
+        self.x_coords = None if x_coords is None else np.asarray(x_coords)
+        for name, c, n in (("y_coords", self.y_coords, self.height), ("x_coords", self.x_coords, self.width)):
+            if c is not None and c.shape != (n,):
+                raise ValueError(f"{name} has shape {c.shape}; expected ({n},) for the {self.height} x {self.width} map")
+        if self.crs is None or self.transform is None:
+            missing = " and ".join(m for m, v in (("CRS", self.crs), ("transform", self.transform)) if v is None)
+            warnings.warn(f"writing {path} without georeferencing (no {missing}): the class map is in pixel "
+                          "coordinates. Give the scene a CRS (da.rio.write_crs) and transform to georeference it.",
+                          UserWarning, stacklevel=3)
+        self._lock = threading.Lock()
+        self._done = False
+        self._temps: list[Path] = []
+        self._check_target()
+
+    # ---- checks -------------------------------------------------------------------------------
+    def _targets(self) -> list[Path]:
+        return [self.path]
+
+    def _check_target(self) -> None:
+        for t in self._targets():
+            if (t.exists() or t.is_symlink()) and not self.overwrite:
+                raise OutputError(f"output {t} already exists; pass overwrite=True (--overwrite on the command line) "
+                                  "to replace it, or choose another path")
+        d = self.path.parent
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create the output directory {d} ({e.strerror or e}); choose a writable "
+                              "location for the class map") from None
+        if not d.is_dir():
+            raise OutputError(f"output directory {d} is not a directory")
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise OutputError(f"output directory {d} is not writable; choose another --out or fix its permissions")
+
+    def _tmp_name(self, path: Path, tag: str = "tmp") -> Path:
+        return path.with_name(f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}{path.suffix}")
+
+    def _check_tile(self, y0: int, x0: int, labels, probabilities, confidence):
+        if self._done:
+            raise RuntimeError(f"writer for {self.path} is already committed or aborted")
+        labels = np.asarray(labels)
+        if labels.ndim != 2:
+            raise ValueError(f"labels tile has shape {labels.shape}; expected (h, w)")
+        h, w = labels.shape
+        if y0 < 0 or x0 < 0 or y0 + h > self.height or x0 + w > self.width:
+            raise ValueError(f"tile at (y0={y0}, x0={x0}) of {h} x {w} lies outside the {self.height} x "
+                             f"{self.width} class map")
+        if labels.dtype != np.uint8:
+            if labels.size and (labels.min() < 0 or labels.max() > self.n_classes):
+                raise ValueError(f"labels lie in {labels.min()}..{labels.max()}; expected 0 (nodata) or 1.."
+                                 f"{self.n_classes}")
+            labels = labels.astype(np.uint8)
+        if probabilities is not None:
+            if self.probabilities is None:
+                raise ValueError("probabilities given, but the writer was opened with probabilities=None")
+            probabilities = np.asarray(probabilities)
+            if probabilities.shape != (self.n_classes, h, w):
+                raise ValueError(f"probabilities tile has shape {probabilities.shape}; expected "
+                                 f"({self.n_classes}, {h}, {w})")
+        if confidence is not None:
+            if not self.confidence:
+                raise ValueError("confidence given, but the writer was opened with confidence=False")
+            confidence = np.asarray(confidence)
+            if confidence.shape != (h, w):
+                raise ValueError(f"confidence tile has shape {confidence.shape}; expected ({h}, {w})")
+        return labels, probabilities, confidence
+
+    # ---- public ------------------------------------------------------------------------------
+    def write(self, y0: int, x0: int, labels: np.ndarray, probabilities: np.ndarray | None = None,
+              confidence: np.ndarray | None = None) -> None:
+        labels, probabilities, confidence = self._check_tile(int(y0), int(x0), labels, probabilities, confidence)
+        with self._lock:
+            self._write(int(y0), int(x0), labels, probabilities, confidence)
+
+    def commit(self) -> Path:
+        if self._done:
+            raise RuntimeError(f"writer for {self.path} is already committed or aborted")
+        try:
+            with self._lock:
+                self._commit()
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        self._cleanup()
+        return self.path
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._close()
+        finally:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        for t in self._temps:
+            if t.is_dir():
+                shutil.rmtree(t, ignore_errors=True)
+            else:
+                try:
+                    t.unlink()
+                except FileNotFoundError:
+                    pass
+        self._temps.clear()
+
+    def __enter__(self) -> ClassMapWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    def __del__(self):  # a writer dropped without commit leaves nothing behind
+        try:
+            if not self._done:
+                self.abort()
+        except Exception:
+            pass
+
+    # ---- format hooks ------------------------------------------------------------------------
+    def _write(self, y0, x0, labels, probabilities, confidence) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _commit(self) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+
+class GeoTiffClassMapWriter(ClassMapWriter):
+    """Tiles into hidden tiled GeoTIFFs, converted to Cloud-Optimised GeoTIFFs at commit."""
+
+    def __init__(self, path: Path, **kw):
+        super().__init__(path, **kw)
+        import rasterio
+
+        self._sides = side_paths(path)
+        base = dict(driver="GTiff", height=self.height, width=self.width, tiled=True, blockxsize=self.block,
+                    blockysize=self.block, compress="deflate", zlevel=1, bigtiff="if_safer", crs=self.crs,
+                    transform=self.transform)
+        specs = {"labels": dict(count=1, dtype="uint8", nodata=0)}
+        if self.probabilities is not None:
+            specs["probabilities"] = dict(count=self.n_classes, dtype="float32", nodata=None, interleave="band",
+                                          **({"nbits": 16} if self.probabilities == "float16" else {}))
+        if self.confidence:
+            specs["confidence"] = dict(count=1, dtype="float32", nodata=None)
+        self._final = {k: (self.path if k == "labels" else self._sides[k]) for k in specs}
+        self._tmp: dict[str, Path] = {}
+        self._datasets: dict[str, Any] = {}
+        try:
+            for key, opts in specs.items():
+                tmp = self._tmp_name(self._final[key])
+                self._temps.append(tmp)
+                self._tmp[key] = tmp
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                    self._datasets[key] = rasterio.open(tmp, "w", **base, **opts)
+        except (OSError, rasterio.errors.RasterioIOError) as e:
+            self.abort()
+            raise OutputError(f"cannot write in {self.path.parent} ({e}); choose a writable location") from None
+
+    def _targets(self) -> list[Path]:
+        sides = side_paths(self.path)
+        out = [self.path]
+        if self.probabilities is not None:
+            out.append(sides["probabilities"])
+        if self.confidence:
+            out.append(sides["confidence"])
+        return out
+
+    def _write(self, y0, x0, labels, probabilities, confidence) -> None:
+        from rasterio.windows import Window
+
+        h, w = labels.shape
+        win = Window(x0, y0, w, h)
+        self._datasets["labels"].write(labels, 1, window=win)
+        if probabilities is not None:
+            self._datasets["probabilities"].write(probabilities.astype(np.float32, copy=False), window=win)
+        if confidence is not None:
+            self._datasets["confidence"].write(confidence.astype(np.float32, copy=False), 1, window=win)
+
+    def _describe(self) -> None:
+        lab = self._datasets["labels"]
+        cmap = {0: (0, 0, 0, 0)}
+        cmap.update({i + 1: (*c, 255) for i, c in enumerate(self.palette)})
+        lab.write_colormap(1, cmap)
+        lab.set_band_description(1, "class")
+        lab.update_tags(class_names=json.dumps(self.class_names), palette=json.dumps([list(c) for c in self.palette]),
+                        n_classes=str(self.n_classes), nodata_meaning="0 = no data (not classified)")
+        lab.update_tags(1, **{f"class_{i + 1}": n for i, n in enumerate(self.class_names)})
+        if "probabilities" in self._datasets:
+            ds = self._datasets["probabilities"]
+            for i, n in enumerate(self.class_names):
+                ds.set_band_description(i + 1, f"p({n})")
+            ds.update_tags(class_names=json.dumps(self.class_names), quantity="class probability (softmax)",
+                           precision=self.probabilities)
+        if "confidence" in self._datasets:
+            ds = self._datasets["confidence"]
+            ds.set_band_description(1, "confidence")
+            ds.update_tags(quantity="confidence of the predicted class (max softmax probability)")
+
+    def _aux_xml(self) -> str:
+        cats = "".join(f"<Category>{escape(n)}</Category>" for n in ["no data", *self.class_names])
+        # GDAL field types: 0 integer, 2 string; usages: 5 MinMax (the value), 2 Name, 6/7/8 Red/Green/Blue
+        fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8)]
+        fdef = "".join(f'<FieldDefn index="{i}"><Name>{n}</Name><Type>{t}</Type><Usage>{u}</Usage></FieldDefn>'
+                       for i, (n, t, u) in enumerate(fields))
+        rows = "".join(f'<Row index="{i}"><F>{i + 1}</F><F>{escape(n)}</F><F>{r}</F><F>{g}</F><F>{b}</F></Row>'
+                       for i, (n, (r, g, b)) in enumerate(zip(self.class_names, self.palette)))
+        names = escape(json.dumps(self.class_names))
+        return ('<PAMDataset>\n  <PAMRasterBand band="1">\n'
+                f"    <CategoryNames>{cats}</CategoryNames>\n"
+                f'    <Metadata domain="hsi_engine"><MDI key="class_names">{names}</MDI></Metadata>\n'
+                f'    <GDALRasterAttributeTable tableType="thematic">{fdef}{rows}</GDALRasterAttributeTable>\n'
+                "  </PAMRasterBand>\n</PAMDataset>\n")
+
+    def _commit(self) -> None:
+        from rasterio.shutil import copy as rio_copy
+
+        self._describe()
+        self._close()
+        cogs: list[tuple[Path, Path]] = []
+        for key, tmp in self._tmp.items():
+            target = self._final[key]
+            cog = self._tmp_name(target, "cog")
+            self._temps.append(cog)
+            opts: dict[str, Any] = dict(driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=self.block, BIGTIFF="IF_SAFER",
+                                        OVERVIEW_RESAMPLING="MODE" if key == "labels" else "AVERAGE")
+            if key == "probabilities" and self.probabilities == "float16":
+                opts["NBITS"] = 16
+            rio_copy(str(tmp), str(cog), **opts)
+            cogs.append((cog, target))
+        aux_tmp = self._tmp_name(self._sides["aux"])
+        self._temps.append(aux_tmp)
+        aux_tmp.write_text(self._aux_xml())
+        # Side files first, the class map last: its presence means the whole output is complete.
+        os.replace(aux_tmp, self._sides["aux"])
+        for cog, target in cogs[::-1]:
+            os.replace(cog, target)
+
+    def _close(self) -> None:
+        for ds in getattr(self, "_datasets", {}).values():
+            if not ds.closed:
+                ds.close()
+
+
+class ZarrClassMapWriter(ClassMapWriter):
+    """A zarr v3 store (through xarray) written in a hidden directory and renamed into place at commit."""
+
+    def __init__(self, path: Path, **kw):
+        super().__init__(path, **kw)
+        self._tmp = self._tmp_name(self.path)
+        self._temps.append(self._tmp)
+        try:
+            self._create()
+        except OSError as e:
+            self.abort()
+            raise OutputError(f"cannot write in {self.path.parent} ({e}); choose a writable location") from None
+        except BaseException:
+            self.abort()
+            raise
+
+    @property
+    def tmp_path(self) -> Path:
+        """The hidden store being written (for region writes from other processes before commit)."""
+        return self._tmp
+
+    def _coords(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.y_coords is not None and self.x_coords is not None:
+            return self.y_coords, self.x_coords
+        t = self.transform
+        if t is not None:
+            return (t.f + t.e * (np.arange(self.height) + 0.5), t.c + t.a * (np.arange(self.width) + 0.5))
+        return np.arange(self.height, dtype=np.float64), np.arange(self.width, dtype=np.float64)
+
+    def _create(self) -> None:
+        import dask.array as dsa
+        import xarray as xr
+
+        b = self.block
+        y, x = self._coords()
+        ds = xr.Dataset(coords={"y": y, "x": x})
+        ds["classes"] = (("y", "x"), dsa.zeros((self.height, self.width), chunks=(b, b), dtype=np.uint8))
+        ds["classes"].attrs.update(
+            long_name="class", nodata=0, flag_values=list(range(1, self.n_classes + 1)),
+            flag_meanings=" ".join(n.replace(" ", "_") for n in self.class_names),
+            class_names=list(self.class_names), palette=[list(c) for c in self.palette])
+        ds["classes"].encoding.update(fill_value=0, chunks=(b, b))
+        if self.probabilities is not None:
+            ds = ds.assign_coords({"class": np.arange(1, self.n_classes + 1)})
+            ds["class"].attrs["class_names"] = list(self.class_names)
+            ds["probabilities"] = (("class", "y", "x"), dsa.full((self.n_classes, self.height, self.width), np.nan,
+                                                                 chunks=(self.n_classes, b, b),
+                                                                 dtype=self.probabilities))
+            ds["probabilities"].attrs.update(long_name="class probability (softmax)")
+            ds["probabilities"].encoding.update(fill_value=np.nan, chunks=(self.n_classes, b, b))
+        if self.confidence:
+            ds["confidence"] = (("y", "x"), dsa.full((self.height, self.width), np.nan, chunks=(b, b),
+                                                     dtype=np.float32))
+            ds["confidence"].attrs.update(long_name="confidence of the predicted class (max softmax probability)")
+            ds["confidence"].encoding.update(fill_value=np.nan, chunks=(b, b))
+        if self.crs is not None or self.transform is not None:
+            import rioxarray  # noqa: F401  (registers .rio)
+
+            if self.crs is not None:
+                ds = ds.rio.write_crs(self.crs)
+            if self.transform is not None:
+                ds = ds.rio.write_transform(self.transform)
+            for v in ds.data_vars:  # xarray drops the 0-d grid-mapping coordinate unless it is named here
+                ds[v].encoding["coordinates"] = "spatial_ref"
+        ds.attrs.update(title="hsi-engine class map", n_classes=self.n_classes, complete=False)
+        ds.to_zarr(str(self._tmp), mode="w-", compute=False, zarr_format=3, consolidated=False)
+        import zarr
+
+        self._group = zarr.open_group(str(self._tmp), mode="r+")
+
+    def _write(self, y0, x0, labels, probabilities, confidence) -> None:
+        h, w = labels.shape
+        self._group["classes"][y0:y0 + h, x0:x0 + w] = labels
+        if probabilities is not None:
+            self._group["probabilities"][:, y0:y0 + h, x0:x0 + w] = probabilities.astype(self.probabilities,
+                                                                                         copy=False)
+        if confidence is not None:
+            self._group["confidence"][y0:y0 + h, x0:x0 + w] = confidence.astype(np.float32, copy=False)
+
+    def _commit(self) -> None:
+        import zarr
+
+        self._group.attrs["complete"] = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "consolidated metadata is not part of the zarr v3 spec"
+            zarr.consolidate_metadata(str(self._tmp))
+        if self.path.exists() or self.path.is_symlink():
+            if not self.overwrite:
+                raise OutputError(f"output {self.path} appeared while writing; pass overwrite=True to replace it")
+            old = self._tmp_name(self.path, "old")
+            self._temps.append(old)
+            os.replace(self.path, old)
+            os.replace(self._tmp, self.path)
+        else:
+            os.replace(self._tmp, self.path)
+
+
+def open_writer(path: str | os.PathLike, *, height: int, width: int, n_classes: int, crs=None, transform=None,
+                y_coords=None, x_coords=None, class_names: Sequence[str] | None = None, palette=None,
+                probabilities: str | None = None, confidence: bool = False, overwrite: bool = False,
+                block: int = 256) -> ClassMapWriter:
+    """A class-map writer for ``path``: ``.tif``/``.tiff`` (Cloud-Optimised GeoTIFF) or ``.zarr`` (zarr v3).
+
+    ``labels`` tiles are uint8 with 0 = nodata and 1..``n_classes``; ``palette`` is one RGB triplet per class
+    (default: a tab20-based palette); ``probabilities`` is None, "float16" or "float32"; ``block`` is the
+    internal tile / chunk side. The output appears at ``path`` only at ``commit``.
+    """
+    p = Path(path)
+    kw = dict(height=height, width=width, n_classes=n_classes, crs=crs, transform=transform, y_coords=y_coords,
+              x_coords=x_coords, class_names=class_names, palette=palette, probabilities=probabilities,
+              confidence=confidence, overwrite=overwrite, block=block)
+    suffix = p.suffix.lower()
+    if suffix in _TIFF:
+        return GeoTiffClassMapWriter(p, **kw)
+    if suffix in _ZARR:
+        return ZarrClassMapWriter(p, **kw)
+    raise OutputError(f"cannot write a class map to {p}: suffix {suffix or '(none)'!r} is not supported; use "
+                      ".tif/.tiff (Cloud-Optimised GeoTIFF) or .zarr")
+
+
+def write_classmap(labels_da, path: str | os.PathLike, **kw: Any) -> Path:
+    """Write a whole ``(y, x)`` class map (DataArray or array; uint8, 0 = nodata) in one call.
+
+    CRS, transform and coordinates come from the DataArray (rioxarray) unless given; ``class_names`` and
+    ``palette`` from its attrs; ``n_classes`` from the attrs or the largest label. Other keywords go to
+    :func:`open_writer` (``overwrite``, ``block``...). ``probabilities`` may be a ``(K, y, x)`` array (stored as
+    ``probabilities_dtype``, default float32) and ``confidence`` a ``(y, x)`` array.
+    """
+    import xarray as xr
+
+    probs = kw.pop("probabilities", None)
+    conf = kw.pop("confidence", None)
+    prob_dtype = kw.pop("probabilities_dtype", "float32")
+    if isinstance(labels_da, xr.DataArray):
+        if labels_da.ndim != 2:
+            raise ValueError(f"class map has dims {labels_da.dims}; expected (y, x)")
+        da = labels_da.transpose(*[d for d in ("y", "x") if d in labels_da.dims] or labels_da.dims)
+        attrs = da.attrs
+        if "crs" not in kw or "transform" not in kw:
+            try:
+                import rioxarray  # noqa: F401
+
+                kw.setdefault("crs", da.rio.crs)
+                if "spatial_ref" in da.coords or ("x" in da.coords and "y" in da.coords):
+                    kw.setdefault("transform", da.rio.transform())
+            except Exception:  # no spatial coords: leave ungeoreferenced
+                pass
+        if "y" in da.coords and "x" in da.coords:
+            kw.setdefault("y_coords", np.asarray(da["y"].values))
+            kw.setdefault("x_coords", np.asarray(da["x"].values))
+        for key in ("class_names", "palette"):
+            if key in attrs and key not in kw:
+                v = attrs[key]
+                kw[key] = json.loads(v) if isinstance(v, str) else v
+        if "n_classes" not in kw and "n_classes" in attrs:
+            kw["n_classes"] = int(attrs["n_classes"])
+        data = da.data
+    else:
+        data = labels_da
+    h, w = data.shape
+    if "n_classes" not in kw:
+        kw["n_classes"] = len(kw["class_names"]) if kw.get("class_names") is not None else \
+            max(1, int(np.asarray(data.max())))
+    kw["probabilities"] = None if probs is None else prob_dtype
+    kw.setdefault("block", 256)
+    step = 4 * kw["block"]
+    with open_writer(path, height=h, width=w, confidence=conf is not None, **kw) as wr:
+        for y0 in range(0, h, step):
+            for x0 in range(0, w, step):
+                sl = (slice(y0, y0 + step), slice(x0, x0 + step))
+                wr.write(y0, x0, np.asarray(data[sl]),
+                         None if probs is None else np.asarray(probs[(slice(None), *sl)]),
+                         None if conf is None else np.asarray(conf[sl]))
+    return Path(path)

@@ -1,0 +1,270 @@
+"""open_scene / as_scene / scene_info on files written here (every format) and on the real shared data."""
+
+from __future__ import annotations
+
+import warnings
+
+import dask.array as dsa
+import numpy as np
+import pytest
+import rioxarray  # noqa: F401  (registers .rio)
+import xarray as xr
+
+from hsi_engine.errors import MissingSpatialDimsError, SceneError
+from hsi_engine.io import as_scene, open_scene, scene_info
+
+CRS = "EPSG:32633"
+TRANSFORM = (30.0, 0.0, 366015.0, 0.0, -30.0, 5809965.0)
+BANDS, HEIGHT, WIDTH = 12, 40, 56
+NODATA = -9999.0
+WAVELENGTHS_NM = np.round(np.linspace(420.0, 2400.0, BANDS), 3)
+
+
+@pytest.fixture(autouse=True)
+def _helpers(geo):
+    # the fixture scenes' constants (tests/engine/conftest.py); kept in sync by this check
+    assert (geo.CRS, geo.TRANSFORM, geo.BANDS, geo.HEIGHT, geo.WIDTH, geo.NODATA) == \
+        (CRS, TRANSFORM, BANDS, HEIGHT, WIDTH, NODATA)
+    global make_cube, pixel_centres
+    make_cube, pixel_centres = geo.make_cube, geo.pixel_centres
+
+
+def _is_lazy(da: xr.DataArray) -> bool:
+    return isinstance(da.data, dsa.Array)
+
+
+def _check_georef(da: xr.DataArray, transform=TRANSFORM) -> None:
+    assert da.rio.crs is not None and da.rio.crs.to_epsg() == 32633
+    assert tuple(da.rio.transform())[:6] == pytest.approx(transform)
+    assert "spatial_ref" in da.coords
+    y, x = pixel_centres(da.sizes["y"], da.sizes["x"])
+    np.testing.assert_allclose(da["y"].values, y)
+    np.testing.assert_allclose(da["x"].values, x)
+
+
+# --------------------------------------------------------------------------------------------------
+# every format, written here
+
+@pytest.mark.parametrize("fmt", ["geotiff", "zarr", "zarr2", "netcdf", "hdf5", "zarr-bare"])
+def test_chunked_stores_keep_values_chunks_and_wavelengths(make_scene, fmt):
+    cube = make_cube()
+    path = make_scene(fmt, cube=cube, chunks=(BANDS, 16, 24), block=16)
+    da = open_scene(path)
+    assert da.dims == ("band", "y", "x") and da.shape == (BANDS, HEIGHT, WIDTH)
+    assert _is_lazy(da)
+    expect = (16, 16) if fmt == "geotiff" else (16, 24)  # GeoTIFF: the 16 x 16 tiles, grouped to <= 256
+    if fmt == "geotiff":
+        assert da.chunks[1][0] == 40 and da.chunks[2][0] == 56  # 16-px blocks grouped (whole scene < 256 px)
+    else:
+        assert (da.chunks[1][0], da.chunks[2][0]) == expect
+    assert da.chunks[0] == (BANDS,)
+    np.testing.assert_array_equal(da.values, cube)
+    np.testing.assert_allclose(da["wavelength"].values, WAVELENGTHS_NM)
+    assert da["wavelength"].attrs["units"] == "nm"
+    if fmt != "zarr-bare" and fmt != "hdf5":
+        _check_georef(da)
+
+
+def test_geotiff_tiles_become_store_aligned_chunks(make_scene):
+    cube = make_cube(bands=3, height=600, width=520)
+    da = open_scene(make_scene("geotiff", cube=cube, block=64))
+    assert da.chunks[1][0] == 256 and da.chunks[2][0] == 256  # 4 x 64-px tiles per chunk
+    assert all(c % 64 == 0 for c in da.chunks[1][:-1])
+    assert da.rio.nodata == NODATA and da.attrs["_FillValue"] == NODATA
+
+
+def test_user_chunks_override_and_accept_aliases(make_scene):
+    da = open_scene(make_scene("zarr"), chunks={"band": -1, "rows": 8, "cols": 8})
+    assert da.chunks[1][0] == 8 and da.chunks[2][0] == 8
+
+
+@pytest.mark.parametrize("interleave", ["bsq", "bil", "bip"])
+def test_envi_interleaves(make_scene, interleave):
+    cube = make_cube(dtype=np.int16)
+    path = make_scene("envi", cube=cube, interleave=interleave)
+    for p in (path, path.with_suffix(".hdr")):
+        da = open_scene(p)
+        assert _is_lazy(da) and da.dims == ("band", "y", "x")
+        np.testing.assert_array_equal(da.values, cube)
+        _check_georef(da)
+        np.testing.assert_allclose(da["wavelength"].values, WAVELENGTHS_NM)  # micrometres in the header -> nm
+        assert da.rio.nodata == NODATA
+        assert da.attrs["envi_interleave"] == interleave
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "netcdf", "hdf5", "zarr-bare", "npy"])
+def test_band_last_sources_are_transposed_lazily(make_scene, fmt):
+    cube = make_cube()
+    path = make_scene(fmt, cube=cube, band_last=True, chunks=(BANDS, 16, 24))
+    da = open_scene(path)
+    assert da.dims == ("band", "y", "x") and da.shape == (BANDS, HEIGHT, WIDTH)
+    assert _is_lazy(da), "band-last source was loaded instead of transposed lazily"
+    if fmt != "npy":
+        assert (da.chunks[1][0], da.chunks[2][0]) == (16, 24)
+    np.testing.assert_array_equal(da.values, cube)
+    np.testing.assert_allclose(da["wavelength"].values, WAVELENGTHS_NM)
+
+
+def test_mat_scene(make_scene):
+    cube = make_cube()
+    da = open_scene(make_scene("mat", cube=cube))
+    assert da.dims == ("band", "y", "x") and _is_lazy(da)
+    np.testing.assert_array_equal(da.values, cube)
+
+
+def test_netcdf_several_cubes_need_a_variable(tmp_path):
+    ds = xr.Dataset({"a": (("band", "y", "x"), make_cube(bands=2, height=4, width=5)),
+                     "b": (("band", "y", "x"), make_cube(bands=2, height=4, width=5))})
+    p = tmp_path / "two.nc"
+    ds.to_netcdf(p, engine="h5netcdf")
+    with pytest.raises(SceneError, match=r"several 3-D variables \['a', 'b'\].*variable=NAME"):
+        open_scene(p)
+    np.testing.assert_array_equal(open_scene(p, variable="b").values, ds["b"].values)
+
+
+def test_alternative_dim_names_are_renamed(tmp_path):
+    cube = make_cube(bands=3, height=5, width=6)
+    ds = xr.Dataset({"r": (("lat", "lon", "wavelength"), np.moveaxis(cube, 0, -1))},
+                    coords={"wavelength": [450.0, 550.0, 650.0]})
+    p = tmp_path / "alt.nc"
+    ds.to_netcdf(p, engine="h5netcdf")
+    da = open_scene(p)
+    assert da.dims == ("band", "y", "x") and _is_lazy(da)
+    np.testing.assert_array_equal(da["wavelength"].values, [450.0, 550.0, 650.0])
+    np.testing.assert_array_equal(da.values, cube)
+
+
+# --------------------------------------------------------------------------------------------------
+# errors
+
+def test_unknown_suffix_lists_supported(tmp_path):
+    p = tmp_path / "scene.xyz"
+    p.write_bytes(b"123")
+    with pytest.raises(SceneError, match=r"'\.xyz'.*Supported: .*\.tif.*\.zarr"):
+        open_scene(p)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        open_scene(tmp_path / "nope.tif")
+
+
+def test_two_d_array_is_refused(tmp_path):
+    p = tmp_path / "band.npy"
+    np.save(p, np.zeros((4, 5), np.float32))
+    with pytest.raises(SceneError, match=r"2-D image .*\(4, 5\).*3-D hyperspectral cube"):
+        open_scene(p)
+
+
+def test_netcdf_without_a_cube(tmp_path):
+    p = tmp_path / "flat.nc"
+    xr.Dataset({"gt": (("y", "x"), np.zeros((3, 4)))}).to_netcdf(p, engine="h5netcdf")
+    with pytest.raises(SceneError, match=r"no 3-D variable.*'gt'"):
+        open_scene(p)
+
+
+def test_corrupt_zarr(tmp_path):
+    p = tmp_path / "bad.zarr"
+    p.mkdir()
+    (p / "zarr.json").write_text("{not json")
+    with pytest.raises(SceneError, match="not a readable zarr store"):
+        open_scene(p)
+
+
+def test_ambiguous_bare_array_warns_and_band_axis_decides(tmp_path):
+    p = tmp_path / "amb.h5"
+    import h5py
+
+    with h5py.File(p, "w") as f:
+        f.create_dataset("cube", data=np.zeros((6, 30, 20), np.float32))
+    with pytest.warns(UserWarning, match="band_axis"):
+        assert open_scene(p).sizes["band"] == 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert open_scene(p, band_axis=2).sizes["band"] == 20
+
+
+def test_as_scene_variants():
+    cube = make_cube(bands=3, height=5, width=6)
+    da = as_scene(cube)
+    assert da.dims == ("band", "y", "x") and da.shape == (3, 5, 6)
+    np.testing.assert_array_equal(as_scene(np.moveaxis(cube, 0, -1), band_axis=2).values, cube)
+    torch = pytest.importorskip("torch")
+    np.testing.assert_array_equal(as_scene(torch.from_numpy(cube)).values, cube)
+    bl = xr.DataArray(np.moveaxis(cube, 0, -1), dims=("rows", "cols", "bands"))
+    assert as_scene(bl).dims == ("band", "y", "x")
+    lazy = xr.DataArray(dsa.from_array(np.moveaxis(cube, 0, -1), chunks=2), dims=("y", "x", "band"))
+    out = as_scene(lazy)
+    assert _is_lazy(out) and out.dims == ("band", "y", "x")
+    with pytest.raises(MissingSpatialDimsError, match=r"\('time', 'a', 'b'\).*rename"):
+        as_scene(xr.DataArray(cube, dims=("time", "a", "b")))
+    with pytest.raises(SceneError, match="3-D"):
+        as_scene(cube[0])
+
+
+def test_as_scene_keeps_crs(scene_cube):
+    out = as_scene(scene_cube.transpose("y", "x", "band"))
+    assert out.rio.crs.to_string() == CRS
+    assert tuple(out.rio.transform())[:6] == pytest.approx(TRANSFORM)
+
+
+def test_scene_info(make_scene):
+    text = scene_info(make_scene("geotiff"))
+    for expect in ("band=12 y=40 x=56", "float32", "EPSG:32633", "420.0..2400.0 nm", "chunks", "on disk",
+                   "366015.0", f"nodata     {NODATA}"):
+        assert expect in text
+
+
+def test_cli_info(make_scene, capsys):
+    from hsi_engine.cli import main
+
+    assert main(["info", str(make_scene("zarr"))]) == 0
+    assert "EPSG:32633" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------------
+# the real data (skipped without shared/data)
+
+def test_real_enmap_geotiff_tile(data_dir):
+    p = data_dir / "enmap_potsdam" / "images" / "enmap_potsdam_tile_128_0.tif"
+    da = open_scene(p)
+    assert da.shape == (224, 32, 32) and _is_lazy(da) and da.dtype == np.float32
+    assert da.rio.crs.to_epsg() == 32633
+    assert tuple(da.rio.transform())[:6] == pytest.approx((30.0, 0.0, 366015.0, 0.0, -30.0, 5809965.0))
+    assert da.rio.nodata == -32768
+    wl = da["wavelength"].values
+    assert wl[0] == pytest.approx(418.24) and wl[-1] == pytest.approx(2445.53)
+
+
+def test_real_berlin_envi(data_dir):
+    da = open_scene(data_dir / "berlin_urban_gradient" / "EnMAP_BerlinUrbanGradient.hdr")
+    assert da.shape == (177, 80, 60) and da.dtype == np.int16 and _is_lazy(da)
+    assert da.rio.crs.to_epsg() == 32633
+    assert tuple(da.rio.transform())[:6] == pytest.approx((30.0, 0.0, 383472.37, 0.0, -30.0, 5818302.35))
+    assert da["wavelength"].values[0] == pytest.approx(460.0) and da["wavelength"].values[-1] == pytest.approx(2409.0)
+    assert da.rio.nodata == -99
+    hymap = open_scene(data_dir / "berlin_urban_gradient" / "HyMap02_Berlin_Urban_Gradient_2009.bsq")
+    assert hymap.shape == (111, 100, 67)
+    assert hymap["wavelength"].values[0] == pytest.approx(455.4)  # from the band names
+
+
+def test_real_indian_pines_npy_mat_and_shipped(data_dir):
+    from hsi_engine.io import open_scene as o
+
+    npy = o(data_dir / "Indian_pines_corrected.npy")
+    mat = o(data_dir / "Indian_pines_corrected.mat")
+    assert npy.shape == mat.shape == (200, 145, 145)
+    assert _is_lazy(npy) and _is_lazy(mat)
+    a = npy[:, 70:75, 10:14].values
+    np.testing.assert_array_equal(a, mat[:, 70:75, 10:14].values)
+
+
+def test_shipped_indian_pines_h5():
+    from pathlib import Path
+
+    p = Path(__file__).resolve().parents[2] / "hsi_engine" / "data" / "indian_pines" / "indian_pines.h5"
+    if not p.exists():
+        pytest.skip(f"shipped scene {p} not present")
+    da = open_scene(p)
+    assert da.shape == (200, 145, 145) and da.dtype == np.uint16 and _is_lazy(da)
+    assert da["wavelength"].values[0] == pytest.approx(400.02)
