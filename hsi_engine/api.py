@@ -1,0 +1,277 @@
+"""Public API: ``classify``, ``classify_to_file``, ``open_scene``, ``load_model`` and the ``da.hsi`` accessor.
+
+torch (and the model code) is imported lazily, inside the functions, so importing ``hsi_engine`` (and so
+registering the accessor) stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import xarray as xr
+
+from .errors import HSIEngineError, SceneError
+from .io import as_scene, open_scene
+from .tiles import TilePlan, default_tile, plan_tiles
+
+__all__ = ["HSIAccessor", "classify", "classify_to_file", "load_model", "open_scene"]
+
+
+def load_model(path: str | os.PathLike, map_location: Any = "cpu"):
+    """Load a model directory (``weights.safetensors`` + ``model.json``) as an ``ssrn.SSRN`` in eval mode.
+
+    ``model.meta`` carries the per-band ``mean``/``std`` the scene is normalised with, ``class_names``,
+    ``palette`` and, when known, the band ``wavelengths``.
+    """
+    from ssrn.checkpoint import load_model as _load
+
+    return _load(path, map_location=map_location)
+
+
+# ----------------------------------------------------------------------------------------------
+# shared set-up
+
+
+def _device(device: Any):
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _model(model: Any):
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model)
+    if not hasattr(model, "config") or not hasattr(model, "spectral_blocks"):
+        raise TypeError(f"model must be an ssrn.SSRN (or a model directory path); got {type(model).__name__}")
+    return model
+
+
+def _normalisation(model: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per-band ``(mean, std)`` from ``model.meta``; ``(None, None)`` when absent (scene taken as normalised)."""
+    meta = getattr(model, "meta", None) or {}
+    mean, std = meta.get("mean"), meta.get("std")
+    if mean is None or std is None:
+        return None, None
+    mean = np.asarray(mean, np.float64)
+    std = np.asarray(std, np.float64)
+    bands = model.config.bands
+    if mean.shape != (bands,) or std.shape != (bands,):
+        raise HSIEngineError(f"model.meta mean/std have shapes {mean.shape}/{std.shape}; expected ({bands},) "
+                             "each: re-save the model with per-band statistics")
+    std = np.where(std > 0, std, 1.0)
+    return mean, std
+
+
+def _wavelengths(da: xr.DataArray) -> np.ndarray | None:
+    if "wavelength" in da.coords and da.coords["wavelength"].dims == ("band",):
+        return np.asarray(da.coords["wavelength"].values, np.float64)
+    return None
+
+
+def _declared_nodata(da: xr.DataArray) -> float | None:
+    v = da.attrs.get("_FillValue", da.attrs.get("nodata"))
+    if v is None:
+        try:
+            v = da.rio.nodata
+        except Exception:  # noqa: BLE001 - rioxarray not able to tell
+            v = None
+    return None if v is None else float(v)
+
+
+class _Job:
+    """Scene + model + engine + plan: everything checked before a single tile is read."""
+
+    def __init__(self, scene: Any, model: Any, *, tile: int | Sequence[int] | None, device: Any, backend: str,
+                 precision: str, nodata: float | None) -> None:
+        from .runner import check_scene
+
+        da = as_scene(scene)
+        if da.ndim != 3 or set(da.dims) != {"band", "y", "x"}:
+            raise SceneError(f"expected a (band, y, x) scene; got dims {da.dims}")
+        self.da = da = da.transpose("band", "y", "x")
+        self.model = m = _model(model)
+        self.meta = dict(getattr(m, "meta", None) or {})
+        bands, height, width = (int(da.sizes[d]) for d in ("band", "y", "x"))
+        check_scene(m.config, self.meta, bands=bands, height=height, width=width, wavelengths=_wavelengths(da),
+                    dtype=da.dtype)
+        self.mean, self.std = _normalisation(m)
+        self.nodata = nodata if nodata is not None else _declared_nodata(da)
+        self.device = _device(device)
+        self.tile = tile if tile is not None else default_tile(self.device.type, bands)
+        chunks = (da.chunks[1], da.chunks[2]) if da.chunks is not None else None
+        self.plan: TilePlan = plan_tiles(height, width, self.tile, m.config.halo, chunks=chunks)
+        self.backend, self.precision = backend, precision
+        self.height, self.width, self.classes = height, width, m.config.classes
+
+    def engine(self):
+        from .fused import FusedSSRN
+
+        return FusedSSRN(self.model, backend=self.backend, device=self.device, precision=self.precision)
+
+    def run(self, sink: Any, *, probabilities: bool, progress: bool | None, queue_depth: int,
+            readers: int) -> dict[str, float]:
+        from .runner import run_plan
+
+        return run_plan(self.da, self.plan, self.engine(), sink, mean=self.mean, std=self.std,
+                        nodata=self.nodata, probabilities=probabilities, queue_depth=queue_depth,
+                        readers=readers, progress=progress)
+
+    def class_names(self) -> list[str]:
+        names = self.meta.get("class_names")
+        if names and len(names) == self.classes:
+            return [str(n) for n in names]
+        return [f"class {i}" for i in range(1, self.classes + 1)]
+
+    def palette(self) -> list[list[int]] | None:
+        pal = self.meta.get("palette")
+        if pal and len(pal) == self.classes:
+            return [[int(c) for c in rgb][:3] for rgb in pal]
+        return None
+
+
+def _spatial_coords(da: xr.DataArray) -> dict[str, Any]:
+    """Coords of ``da`` that live on (a subset of) ``(y, x)``, plus the CRS's ``spatial_ref`` variable."""
+    out = {}
+    for name, c in da.coords.items():
+        if set(c.dims) <= {"y", "x"} and name != "band":
+            out[name] = c
+    return out
+
+
+def _georeferenced(da: xr.DataArray) -> bool:
+    try:
+        return da.rio.crs is not None
+    except Exception:  # noqa: BLE001
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# public functions
+
+
+def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None, device: Any = None,
+             backend: str = "auto", precision: str = "float32", probabilities: bool = False,
+             nodata: float | None = None, progress: bool | None = None, queue_depth: int = 3,
+             readers: int = 2) -> xr.DataArray | xr.Dataset:
+    """Classify every pixel of ``scene`` with the SSRN ``model``; exact against patch mode in float32.
+
+    ``scene``: a ``(band, y, x)`` DataArray (dask-backed scenes are read tile by tile), a path (opened with
+    :func:`open_scene`), a numpy array or a torch tensor ``(band, y, x)``.
+    ``model``: an ``ssrn.SSRN`` (or a model directory). When ``model.meta`` holds per-band ``mean``/``std``
+    (every model loaded with :func:`load_model`), the scene is normalised with them; a bare ``SSRN`` whose
+    meta has none takes the scene as ALREADY normalised. BN always runs with its running statistics.
+    ``tile``: output tile side ``T`` or ``(ty, tx)`` (default 128 on CPU, 512 on CUDA); each tile is read
+    with a halo of ``patch // 2``; any size gives the same map. ``backend``: ``auto``/``eager``/``compile``/
+    ``triton``; ``precision``: ``float32`` (exact) or ``bfloat16``/``float16`` (spectral stage only, opt-in).
+    ``nodata``: input value (or ``float('nan')``) marking missing pixels -> class 0; default: the scene's
+    declared nodata (``_FillValue``), if any. Without one, NaN/inf raise :class:`NonFiniteInputError`.
+    ``progress``: tqdm bar with pixels/s (default: when stderr is a terminal).
+
+    Returns a DataArray ``(y, x)`` uint8 named ``class`` (0 = nodata, 1..K = classes) carrying the scene's
+    y/x coords and CRS, with attrs ``class_names`` (label i is ``class_names[i-1]``), ``palette`` (RGB per
+    class, when the model has one) and ``_FillValue`` 0. With ``probabilities=True`` it returns an
+    ``xr.Dataset`` instead with ``labels`` (that DataArray), ``probabilities`` ``(class, y, x)`` float32
+    (softmax; 0 at nodata pixels) and ``confidence`` ``(y, x)`` float32 (the top probability).
+    """
+    from .runner import ArraySink
+
+    job = _Job(scene, model, tile=tile, device=device, backend=backend, precision=precision, nodata=nodata)
+    sink = ArraySink(job.height, job.width, job.classes, probabilities=probabilities)
+    job.run(sink, probabilities=probabilities, progress=progress, queue_depth=queue_depth, readers=readers)
+    coords = _spatial_coords(job.da)
+    attrs = {"class_names": job.class_names(), "_FillValue": 0, "long_name": "SSRN class (0 = nodata)"}
+    if job.palette() is not None:
+        attrs["palette"] = job.palette()
+    labels = xr.DataArray(sink.labels, dims=("y", "x"), coords=coords, name="class", attrs=attrs)
+    if _georeferenced(job.da):
+        labels = labels.rio.write_crs(job.da.rio.crs)
+    if not probabilities:
+        return labels
+    cls = np.arange(1, job.classes + 1)
+    ds = xr.Dataset({"labels": labels,
+                     "probabilities": xr.DataArray(sink.probabilities, dims=("class", "y", "x"),
+                                                   coords={**coords, "class": cls},
+                                                   attrs={"long_name": "softmax probability"}),
+                     "confidence": xr.DataArray(sink.confidence, dims=("y", "x"), coords=coords,
+                                                attrs={"long_name": "top-class probability"})})
+    ds.attrs["class_names"] = job.class_names()
+    return ds
+
+
+def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *,
+                     tile: int | Sequence[int] | None = None, device: Any = None, backend: str = "auto",
+                     precision: str = "float32", probabilities: bool | str = False, overwrite: bool = False,
+                     nodata: float | None = None, workers: int | None = None, scheduler: str | None = None,
+                     resume: bool = False, progress: bool | None = None, queue_depth: int = 3,
+                     readers: int = 2) -> Path:
+    """Stream the class map of a scene into ``out`` (``.tif`` Cloud-Optimised GeoTIFF or ``.zarr``).
+
+    Opens the scene (a path, or anything :func:`classify` takes), loads the model (a directory, or an
+    ``SSRN``), checks bands / wavelengths / size before reading a tile, then writes tile by tile through
+    ``hsi_engine.writers.open_writer`` with the scene's CRS, transform, coords, the model's class names and
+    palette, and commits atomically (an error leaves no output). ``probabilities``: ``True`` (float16),
+    ``"float16"`` or ``"float32"`` also writes per-class probabilities and the confidence.
+
+    ``workers`` (local dask cluster of N workers), ``scheduler`` (address of a running scheduler) and
+    ``resume`` (finish an interrupted zarr output) run the same plan on ``hsi_engine.cluster``; they raise
+    :class:`HSIEngineError` while that module is not installed. Warns when the scene has no
+    georeferencing (the map is then written in pixel coordinates).
+    """
+    if workers is not None or scheduler is not None or resume:
+        try:
+            from . import cluster  # noqa: F401 - provided by the distributed-execution issue
+        except ImportError:
+            raise HSIEngineError("workers=, scheduler= and resume= (distributed / resumable runs) are not yet "
+                                 "supported in this build: run without them for a single-process "
+                                 "streaming run") from None
+        return cluster.classify_to_file(scene_path, model_path, out, tile=tile, device=device, backend=backend,
+                                        precision=precision, probabilities=probabilities, overwrite=overwrite,
+                                        nodata=nodata, workers=workers, scheduler=scheduler, resume=resume)
+    from .writers import open_writer
+
+    scene = open_scene(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
+    job = _Job(scene, model_path, tile=tile, device=device, backend=backend, precision=precision, nodata=nodata)
+    da = job.da
+    crs = transform = None
+    if _georeferenced(da):
+        crs = da.rio.crs
+        transform = da.rio.transform()
+    else:
+        warnings.warn(f"scene {scene_path if isinstance(scene_path, (str, os.PathLike)) else ''} has no "
+                      "georeferencing (no CRS): the class map is written in pixel coordinates; set one with "
+                      "da.rio.write_crs(...) to georeference it", stacklevel=2)
+    prob = "float16" if probabilities is True else (None if probabilities in (False, None) else probabilities)
+    if prob not in (None, "float16", "float32"):
+        raise ValueError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
+    ycoords = np.asarray(da["y"].values) if "y" in da.coords else None
+    xcoords = np.asarray(da["x"].values) if "x" in da.coords else None
+    writer = open_writer(out, height=job.height, width=job.width, n_classes=job.classes, crs=crs,
+                         transform=transform, y_coords=ycoords, x_coords=xcoords, class_names=job.class_names(),
+                         palette=job.palette(), probabilities=prob, confidence=prob is not None,
+                         overwrite=overwrite)
+    with writer:
+        job.run(writer, probabilities=prob is not None, progress=progress, queue_depth=queue_depth,
+                readers=readers)
+        path = writer.commit()
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# xarray accessor
+
+
+@xr.register_dataarray_accessor("hsi")
+class HSIAccessor:
+    """``scene.hsi.classify(model, **kw)``: forwards to :func:`hsi_engine.classify`; keeps no state."""
+
+    def __init__(self, da: xr.DataArray) -> None:
+        self._da = da
+
+    def classify(self, model: Any, **kwargs: Any) -> xr.DataArray | xr.Dataset:
+        return classify(self._da, model, **kwargs)

@@ -1,0 +1,318 @@
+"""Streaming executor: reader threads -> (pinned buffers -> device) -> fused tile function -> writer thread.
+
+Reader threads read a tile's window (a dask compute on that window only, synchronous scheduler inside the
+thread), convert it to float32, normalise it per band and zero-pad it where it crosses the scene border,
+at most ``queue_depth`` tiles ahead of the compute. On CUDA the tile lands in pinned host memory and is
+copied on a side stream one tile ahead, so reading, copying, compute and writing overlap. A single writer
+thread hands each tile's labels (and probabilities) to the sink. Host and device memory therefore depend
+on the tile size and the queue depth, never on the scene size.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import BandMismatchError, NonFiniteInputError, SceneError, SceneTooSmallError
+from .tiles import Tile, TilePlan
+
+log = logging.getLogger("hsi_engine.runner")
+
+
+class Sink(Protocol):
+    def write(self, y0: int, x0: int, labels: np.ndarray, probabilities: np.ndarray | None = None,
+              confidence: np.ndarray | None = None) -> None: ...
+
+
+class ArraySink:
+    """In-memory output: ``labels (H, W)`` uint8 (0 = nodata, 1..K), optional ``probabilities (K, H, W)``
+    float32 and ``confidence (H, W)`` float32. This is the output, so it is scene-sized by nature."""
+
+    def __init__(self, height: int, width: int, classes: int, *, probabilities: bool = False) -> None:
+        self.labels = np.zeros((height, width), np.uint8)
+        self.probabilities = np.zeros((classes, height, width), np.float32) if probabilities else None
+        self.confidence = np.zeros((height, width), np.float32) if probabilities else None
+        self.written = np.zeros((height, width), np.uint8)  # times each pixel was written (tests: exactly once)
+
+    def write(self, y0: int, x0: int, labels: np.ndarray, probabilities: np.ndarray | None = None,
+              confidence: np.ndarray | None = None) -> None:
+        h, w = labels.shape
+        self.labels[y0:y0 + h, x0:x0 + w] = labels
+        self.written[y0:y0 + h, x0:x0 + w] += 1
+        if self.probabilities is not None and probabilities is not None:
+            self.probabilities[:, y0:y0 + h, x0:x0 + w] = probabilities
+        if self.confidence is not None and confidence is not None:
+            self.confidence[y0:y0 + h, x0:x0 + w] = confidence
+
+
+# ----------------------------------------------------------------------------------------------
+# checks made before any tile is read
+
+
+def check_scene(config: Any, meta: dict[str, Any], *, bands: int, height: int, width: int,
+                wavelengths: Sequence[float] | None = None, dtype: Any = None) -> None:
+    """Band count, wavelengths (when both sides know them) and size of a scene against the model."""
+    trained = meta.get("dataset") or meta.get("scene") or meta.get("trained_on")
+    trained_s = f" (model trained on {trained})" if trained else ""
+    if bands != config.bands:
+        raise BandMismatchError(
+            f"scene has {bands} bands, model expects {config.bands}{trained_s}: pass a scene with the model's "
+            f"bands (select or resample them, e.g. scene.isel(band=...)) or a model trained on {bands}-band data")
+    model_wl = meta.get("wavelengths")
+    if wavelengths is not None and model_wl is not None and len(model_wl) == bands:
+        a = np.asarray(wavelengths, dtype=np.float64)
+        b = np.asarray(model_wl, dtype=np.float64)
+        if a.shape == b.shape and np.all(np.isfinite(a)) and np.all(np.isfinite(b)):
+            diff = np.abs(a - b)
+            tol = max(1.0, 0.5 * float(np.median(np.abs(np.diff(b))))) if bands > 1 else 1.0
+            if diff.max() > tol:
+                i = int(diff.argmax())
+                raise BandMismatchError(
+                    f"scene wavelengths differ from the model's{trained_s}: band {i} is {a[i]:.2f} nm in the "
+                    f"scene, {b[i]:.2f} nm in the model (max difference {diff.max():.2f} nm > {tol:.2f} nm): "
+                    "pass a scene from the same sensor and band subset, or drop the scene's 'wavelength' "
+                    "coordinate if you are sure the bands match")
+    if height < config.patch or width < config.patch:
+        raise SceneTooSmallError(
+            f"scene is {height} x {width} pixels, smaller than one {config.patch} x {config.patch} patch of the "
+            f"model: pass a scene at least {config.patch} pixels on each side")
+    if dtype is not None:
+        kind = np.dtype(dtype).kind
+        if kind not in "uifb":
+            raise SceneError(f"scene has dtype {np.dtype(dtype)}; expected integer or floating point values")
+
+
+# ----------------------------------------------------------------------------------------------
+# reading and preparing one tile
+
+
+def window_reader(scene: Any) -> Callable[[int, int, int, int], np.ndarray]:
+    """A function ``(ry0, ry1, rx0, rx1) -> (bands, h, w)`` numpy block of a ``(band, y, x)`` scene.
+
+    Dask-backed DataArrays compute only that window (synchronous scheduler: the reader threads are the
+    parallelism); lazily indexed or in-memory DataArrays and plain arrays are sliced.
+    """
+    import xarray as xr
+
+    if isinstance(scene, xr.DataArray):
+        scene = scene.transpose("band", "y", "x")
+        if scene.chunks is not None:
+            data = scene.data
+
+            def read(ry0: int, ry1: int, rx0: int, rx1: int) -> np.ndarray:
+                return np.asarray(data[:, ry0:ry1, rx0:rx1].compute(scheduler="synchronous"))
+            return read
+
+        def read_da(ry0: int, ry1: int, rx0: int, rx1: int) -> np.ndarray:
+            return np.asarray(scene[:, ry0:ry1, rx0:rx1].values)
+        return read_da
+
+    def read_arr(ry0: int, ry1: int, rx0: int, rx1: int) -> np.ndarray:
+        return np.asarray(scene[:, ry0:ry1, rx0:rx1])
+    return read_arr
+
+
+@dataclass
+class Prepared:
+    tile: Tile
+    x: Any  # (bands, h + 2H, w + 2H) float32: numpy, or a (pinned) torch tensor
+    mask: np.ndarray | None  # (h, w) True where the output pixel is nodata
+
+
+def prepare_tile(raw: np.ndarray, tile: Tile, *, mean: np.ndarray | None, std: np.ndarray | None,
+                 nodata: float | None, out: np.ndarray) -> np.ndarray | None:
+    """Normalise ``raw`` (bands, rh, rw) into the zero-initialised padded buffer ``out``; returns the nodata mask.
+
+    ``(x - mean) / std`` per band is computed in float64 (as the trainer does) and stored as float32; any
+    integer or float dtype is accepted (uint16 cannot overflow). Pixels that are nodata (any band equal to
+    ``nodata``, or non-finite, once a nodata policy is given) get spectrum 0, like the border padding.
+    Without a policy a non-finite value raises :class:`NonFiniteInputError` naming the pixel.
+    """
+    pt, _, pl, _ = tile.pad
+    ry0, ry1, rx0, rx1 = tile.read
+    rh, rw = ry1 - ry0, rx1 - rx0
+    if raw.shape[1:] != (rh, rw):
+        raise SceneError(f"tile {tile.index}: read {raw.shape[1:]} pixels for window {tile.read}; the store "
+                         "returned fewer pixels than its shape declares")
+    bad = None
+    if raw.dtype.kind == "f":
+        finite = np.isfinite(raw)
+        if not finite.all():
+            bad = ~finite.all(axis=0)  # (rh, rw)
+            if nodata is None:
+                b, y, x = (int(v[0]) for v in np.nonzero(~finite))
+                raise NonFiniteInputError(
+                    f"scene value at band {b}, pixel (y={ry0 + y}, x={rx0 + x}) is {raw[b, y, x]} (tile "
+                    f"{tile.index}, rows {tile.y0}:{tile.y1}, cols {tile.x0}:{tile.x1}), and no nodata policy "
+                    "was given: pass nodata=VALUE (or nodata=float('nan')) to classify such pixels as 0, or "
+                    "fill them first")
+    if nodata is not None and not np.isnan(nodata):
+        eq = (raw == nodata).any(axis=0)
+        bad = eq if bad is None else (bad | eq)
+    view = out[:, pt:pt + rh, pl:pl + rw]
+    if mean is not None:
+        view[...] = (raw - mean[:, None, None]) / std[:, None, None]
+    else:
+        view[...] = raw
+    if bad is not None and bad.any():
+        view[:, bad] = 0.0
+        return bad[tile.y0 - ry0:tile.y1 - ry0, tile.x0 - rx0:tile.x1 - rx0]
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# the executor
+
+
+def _progress_bar(total: int, enabled: bool | None):
+    from tqdm.auto import tqdm
+
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return tqdm(total=total, unit="px", unit_scale=True, disable=not enabled, desc="classify",
+                smoothing=0.1, dynamic_ncols=True)
+
+
+def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.ndarray | None = None,
+             std: np.ndarray | None = None, nodata: float | None = None, probabilities: bool = False,
+             queue_depth: int = 3, readers: int = 2, progress: bool | None = None) -> dict[str, float]:
+    """Classify every tile of ``plan`` with ``engine`` (a ``FusedSSRN``) and write it to ``sink``.
+
+    ``scene``: ``(band, y, x)`` DataArray (dask-backed or not) or array; ``mean``/``std``: per-band
+    normalisation (``None``: the scene is already normalised). Returns timing counters.
+    """
+    import torch
+
+    device = engine.device
+    cuda = device.type == "cuda"
+    bands = engine.config.bands
+    read = window_reader(scene)
+    mean64 = None if mean is None else np.asarray(mean, np.float64)
+    std64 = None if std is None else np.asarray(std, np.float64)
+    stats = collections.Counter()
+
+    def load(tile: Tile) -> Prepared:
+        t0 = time.perf_counter()
+        raw = read(*tile.read)
+        t1 = time.perf_counter()
+        h, w = tile.shape
+        shape = (bands, h + 2 * plan.halo, w + 2 * plan.halo)
+        buf = torch.zeros(shape, dtype=torch.float32, pin_memory=cuda)
+        mask = prepare_tile(raw, tile, mean=mean64, std=std64, nodata=nodata, out=buf.numpy())
+        stats["read_s"] += t1 - t0
+        stats["prepare_s"] += time.perf_counter() - t1
+        return Prepared(tile, buf, mask)
+
+    copy_stream = torch.cuda.Stream(device) if cuda else None
+
+    def to_device(p: Prepared):
+        if not cuda:
+            return p.x, None
+        with torch.cuda.stream(copy_stream):
+            x = p.x.to(device, non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record(copy_stream)
+        return x, ev
+
+    def finish(tile: Tile, logits: Any, mask: np.ndarray | None):
+        """On the compute thread: argmax (+ softmax) on the device, then start the copy back."""
+        lab = (logits.argmax(0) + 1).to(torch.uint8)
+        prob = conf = None
+        if probabilities:
+            prob = torch.softmax(logits.float(), 0)
+            conf = prob.max(0).values
+        if cuda:
+            lab = lab.to("cpu", non_blocking=True)
+            prob = prob.to("cpu", non_blocking=True) if prob is not None else None
+            conf = conf.to("cpu", non_blocking=True) if conf is not None else None
+            ev = torch.cuda.Event()
+            ev.record()
+        else:
+            ev = None
+        return tile, lab, prob, conf, mask, ev
+
+    def write(item) -> None:
+        tile, lab, prob, conf, mask, ev = item
+        t0 = time.perf_counter()
+        if ev is not None:
+            ev.synchronize()
+        lab = lab.numpy()
+        prob = prob.numpy() if prob is not None else None
+        conf = conf.numpy() if conf is not None else None
+        if mask is not None:
+            lab = lab.copy()
+            lab[mask] = 0
+            if prob is not None:
+                prob = prob.copy()
+                prob[:, mask] = 0
+                conf = conf.copy()
+                conf[mask] = 0
+        sink.write(tile.y0, tile.x0, lab, prob, conf)
+        stats["write_s"] += time.perf_counter() - t0
+
+    depth = max(1, int(queue_depth))
+    tiles = iter(plan.tiles)
+    pending: collections.deque[Future] = collections.deque()
+    writes: collections.deque[Future] = collections.deque()
+    bar = _progress_bar(plan.height * plan.width, progress)
+    t_start = time.perf_counter()
+    rpool = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="hsi-read")
+    wpool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsi-write")
+    try:
+        for _ in range(depth):
+            t = next(tiles, None)
+            if t is None:
+                break
+            pending.append(rpool.submit(load, t))
+        staged = None  # (Prepared, device tensor, copy event): the next tile, already on its way to the device
+        while pending or staged is not None:
+            if staged is None:
+                p = pending.popleft().result()
+                t = next(tiles, None)
+                if t is not None:
+                    pending.append(rpool.submit(load, t))
+                staged = (p, *to_device(p))
+            p, x, ev = staged
+            staged = None
+            if cuda and pending:  # start the next tile's host-to-device copy before computing this one
+                nxt = pending.popleft().result()
+                t = next(tiles, None)
+                if t is not None:
+                    pending.append(rpool.submit(load, t))
+                staged = (nxt, *to_device(nxt))
+            if ev is not None:
+                torch.cuda.current_stream(device).wait_event(ev)
+                x.record_stream(torch.cuda.current_stream(device))
+            t0 = time.perf_counter()
+            logits = engine(x)  # (K, h, w)
+            item = finish(p.tile, logits, p.mask)
+            stats["compute_s"] += time.perf_counter() - t0
+            while len(writes) >= depth:
+                writes.popleft().result()
+            writes.append(wpool.submit(write, item))
+            bar.update(p.tile.pixels)
+        while writes:
+            writes.popleft().result()
+    except BaseException:
+        for f in pending:
+            f.cancel()
+        raise
+    finally:
+        rpool.shutdown(wait=True, cancel_futures=True)
+        wpool.shutdown(wait=True)
+        bar.close()
+    stats["wall_s"] = time.perf_counter() - t_start
+    stats["pixels"] = plan.height * plan.width
+    stats["tiles"] = len(plan)
+    return dict(stats)
+
+
+__all__ = ["ArraySink", "Prepared", "Sink", "check_scene", "prepare_tile", "run_plan", "window_reader"]
