@@ -120,6 +120,26 @@ if HAS_TRITON:
         qv = like * 0 + q
         return (qv >= 0) & (qv < D)
 
+    # INTERP_BF16 is set only under the interpreter with bfloat16 data, to work around two interpreter gaps
+    # (triton 3.9 runtime/interpreter.py): its tl.dot multiplies the raw uint16 bits of bf16 operands, and its
+    # fp32 -> bf16 cast truncates where the GPU rounds to nearest even. bf16 x bf16 products are exact in
+    # fp32, so the upcast dot is the same sum; the rounding is emulated on the bits. The GPU path never
+    # takes these branches.
+
+    @triton.jit
+    def _round(v, dt: tl.constexpr, INTERP_BF16: tl.constexpr):
+        if INTERP_BF16:
+            u = v.to(tl.float32).to(tl.uint32, bitcast=True)
+            u = u + 0x7FFF + ((u >> 16) & 1)
+            return (u >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        return v.to(dt)
+
+    @triton.jit
+    def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        if UPCAST:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        return tl.dot(a, b, acc, input_precision=PRECISION)
+
     @triton.jit
     def _spectral_stage_kernel(
         # pointers
@@ -133,7 +153,7 @@ if HAS_TRITON:
         NUM_BLOCKS: tl.constexpr, NUM_POST: tl.constexpr, WP: tl.constexpr, FP: tl.constexpr,
         STEM_RELU: tl.constexpr, PRE_MASK: tl.constexpr, RELU1_MASK: tl.constexpr, RELU2_MASK: tl.constexpr,
         BLOCK_RELU_MASK: tl.constexpr, REDUCE_RELU: tl.constexpr, PRECISION: tl.constexpr,
-        BLOCK_P: tl.constexpr,
+        INTERP_BF16: tl.constexpr, BLOCK_P: tl.constexpr,
     ):
         dt = stem_w_ptr.dtype.element_ty  # dot operand dtype (the input's); accumulation is fp32
         pid = tl.program_id(0)
@@ -162,10 +182,10 @@ if HAS_TRITON:
             cols = j * STEM_STRIDE + offs_k
             xs = tl.load(x_rows + cols[None, :] * stride_xb,
                          mask=p_mask[:, None] & (offs_k[None, :] < KS) & (cols[None, :] < B), other=0.0)
-            s = tl.dot(xs.to(dt), stem_w, input_precision=PRECISION) + stem_b[None, :]
+            s = _dot(xs.to(dt), stem_w, tl.zeros((BLOCK_P, WP), dtype=tl.float32), PRECISION, INTERP_BF16) + stem_b[None, :]
             if STEM_RELU:
                 s = tl.maximum(s, 0.0)
-            new = tl.where(_in_bands(j, D, col0), s, 0.0).to(dt)
+            new = _round(tl.where(_in_bands(j, D, col0), s, 0.0), dt, INTERP_BF16)
             pos = j
             y_next = ()
             u_next = ()
@@ -181,25 +201,25 @@ if HAS_TRITON:
                     if (PRE_MASK >> b) & 1:
                         q = pos - LAG + t
                         h = tl.maximum(h.to(tl.float32) * sc[None, :] + sh[None, :], 0.0)
-                        h = tl.where(_in_bands(q, D, col0), h, 0.0).to(dt)
+                        h = _round(tl.where(_in_bands(q, D, col0), h, 0.0), dt, INTERP_BF16)
                     wt = tl.load(conv_w_ptr + ((2 * b) * KT + t) * WP * WP + w_tile)
-                    acc = tl.dot(h, wt, acc, input_precision=PRECISION)
+                    acc = _dot(h, wt, acc, PRECISION, INTERP_BF16)
                 if (RELU1_MASK >> b) & 1:
                     acc = tl.maximum(acc, 0.0)
-                u = tl.where(_in_bands(pos - HALF, D, col0), acc, 0.0).to(dt)
+                u = _round(tl.where(_in_bands(pos - HALF, D, col0), acc, 0.0), dt, INTERP_BF16)
                 uw = u_win[b][1:] + (u,)
                 # conv2 -> position pos - LAG, then the identity add (the oldest tile of yw is that position)
                 acc = tl.zeros((BLOCK_P, WP), dtype=tl.float32) + tl.load(conv_b_ptr + (2 * b + 1) * WP + offs_c)[None, :]
                 for t in tl.static_range(KT):
                     wt = tl.load(conv_w_ptr + ((2 * b + 1) * KT + t) * WP * WP + w_tile)
-                    acc = tl.dot(uw[t], wt, acc, input_precision=PRECISION)
+                    acc = _dot(uw[t], wt, acc, PRECISION, INTERP_BF16)
                 if (RELU2_MASK >> b) & 1:
                     acc = tl.maximum(acc, 0.0)
                 acc = acc + yw[0].to(tl.float32)
                 if (BLOCK_RELU_MASK >> b) & 1:
                     acc = tl.maximum(acc, 0.0)
                 pos = pos - LAG
-                new = tl.where(_in_bands(pos, D, col0), acc, 0.0).to(dt)
+                new = _round(tl.where(_in_bands(pos, D, col0), acc, 0.0), dt, INTERP_BF16)
                 y_next = y_next + (yw,)
                 u_next = u_next + (uw,)
             y_win = y_next
@@ -211,19 +231,21 @@ if HAS_TRITON:
                 sh = tl.load(post_ptr + (2 * a + 1) * WP + offs_c)
                 yf = tl.maximum(yf * sc[None, :] + sh[None, :], 0.0)
             wr = tl.load(red_w_ptr + pos * WP * FP + r_tile, mask=_in_bands(pos, D, r_tile), other=0.0)
-            acc_r = tl.dot(yf.to(dt), wr, acc_r, input_precision=PRECISION)
+            acc_r = _dot(_round(yf, dt, INTERP_BF16), wr, acc_r, PRECISION, INTERP_BF16)
 
         out = acc_r + tl.load(red_b_ptr + offs_f)[None, :]
         if REDUCE_RELU:
             out = tl.maximum(out, 0.0)
         tl.store(out_ptr + offs_p[:, None] * stride_op + offs_f[None, :] * stride_of,
-                 out.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & (offs_f[None, :] < F))
+                 _round(out, out_ptr.dtype.element_ty, INTERP_BF16), mask=p_mask[:, None] & (offs_f[None, :] < F))
 
-    # Hopper: 16-64 pixel rows per program (register-bound: the tuple windows grow with BLOCK_P), 4-8 warps;
-    # one stage, since the loop carries its state in registers and there is little to prefetch but weights.
+    # Hopper: 16-64 pixel rows per program, 4-8 warps. The kernel is register-bound (the tuple windows grow
+    # with BLOCK_P): compiled offline for sm_90 with two bf16 blocks, BLOCK_P=16/4 warps takes 168 registers
+    # and no spills (3 programs per SM), 32/4 and 32/8 take 255/254 with no spills (mma.sync), 64/4 and 64/8
+    # spill ~1 KB of stack (wgmma). 128 rows needs more shared memory than an SM has. Which wins is measured.
     _CONFIGS = [triton.Config({"BLOCK_P": bp}, num_warps=nw, num_stages=ns)
-                for bp, nw, ns in [(16, 4, 1), (32, 4, 1), (32, 8, 1), (64, 4, 1), (64, 8, 1), (128, 8, 1),
-                                   (32, 4, 2), (64, 8, 2)]]
+                for bp, nw, ns in [(16, 4, 1), (16, 4, 2), (32, 4, 1), (32, 4, 2), (32, 8, 1), (64, 4, 1),
+                                   (64, 8, 1)]]
     _spectral_stage_kernel_tuned = triton.autotune(
         configs=_CONFIGS, key=["B", "D", "F", "WP", "FP", "KT", "NUM_BLOCKS", "NUM_POST"])(_spectral_stage_kernel)
 
@@ -349,7 +371,8 @@ def spectral_stage_triton(x: torch.Tensor, program: SpectralProgram, *, allow_tf
     if p == 0:
         return out
     pk = _pack(program, x.device, x.dtype)
-    meta = dict(pk["meta"], PRECISION="tf32" if allow_tf32 else "ieee")
+    meta = dict(pk["meta"], PRECISION="tf32" if allow_tf32 else "ieee", 
+                INTERP_BF16=interp and x.dtype == torch.bfloat16)
     args = (x, out, pk["stem_w"], pk["stem_b"], pk["conv_w"], pk["conv_b"], pk["pre"], pk["post"], pk["red_w"],
             pk["red_b"], p, program.bands, program.reduced_bands, f, x.stride(0), x.stride(1), out.stride(0),
             out.stride(1))

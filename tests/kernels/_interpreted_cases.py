@@ -1,0 +1,96 @@
+"""Run the Triton spectral kernel under the interpreter (CPU) on tiny cases; print one JSON line per case.
+
+Executed by test_spectral.py in a subprocess with ``TRITON_INTERPRET=1`` in its environment: Triton reads
+that variable when ``@triton.jit`` decorates the kernel (at import of ``kernels.spectral``), so it must be
+set before the import and must not leak into the test process, where other tests import the same module.
+Each line: the case, the kernel's max abs error against a float64 reference, plain torch's error at the
+same precision (for the low-precision rule), and the reference's max magnitude.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import zlib
+
+assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+
+import torch  # noqa: E402
+
+from kernels.spectral import _random_program, spectral_stage_reference, spectral_stage_triton  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# (name, bands, width, out_features, blocks, form, stage_norms, pixels, dtype)
+CASES = [
+    ("paper-b23-w24", 23, 24, 128, 2, "paper", 0, 5, "float32"),
+    ("paper-b31-w16", 31, 16, 40, 2, "paper", 0, 3, "float32"),
+    ("seed-b31-w20-post2", 31, 20, 128, 2, "seed", 2, 4, "float32"),
+    ("seed-b23-w24-1block-post1", 23, 24, 64, 1, "seed", 1, 5, "float32"),
+    ("spa-b29-w24-0blocks", 29, 24, 128, 0, "paper", 0, 3, "float32"),
+    ("paper-b103-w24", 103, 24, 128, 2, "paper", 0, 5, "float32"),
+    ("paper-b23-w24-bf16", 23, 24, 128, 2, "paper", 0, 5, "bfloat16"),
+    ("seed-b31-w20-post2-bf16", 31, 20, 128, 2, "seed", 2, 4, "bfloat16"),
+    ("paper-b31-w24-fp16", 31, 24, 128, 2, "paper", 0, 5, "float16"),
+    ("seed-b103-w24-post2-bf16", 103, 24, 128, 2, "seed", 2, 3, "bfloat16"),
+]
+
+
+def run_case(name, bands, width, out_features, blocks, form, stage_norms, pixels, dtype, *, strided=False,
+             program=None):
+    g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    prog = program if program is not None else _random_program(
+        bands, width, out_features, blocks=blocks, form=form, stage_norms=stage_norms, generator=g)
+    x64 = torch.randn(pixels, bands, generator=g, dtype=torch.float64)
+    ref = spectral_stage_reference(x64, prog.to(dtype=torch.float64))
+    dt = DTYPES[dtype]
+    x = x64.to(dt)
+    if strided:  # a non-contiguous view: every other band of a wider array
+        wide = torch.zeros(pixels, 2 * bands, dtype=dt)
+        wide[:, ::2] = x
+        x = wide[:, ::2]
+    out = spectral_stage_triton(x, prog)
+    plain = spectral_stage_reference(x.contiguous(), prog.to(dtype=dt))
+    assert out.dtype == dt and out.shape == ref.shape
+    return dict(name=name, dtype=dtype, err=(out.double() - ref).abs().max().item(),
+                torch_err=(plain.double() - ref).abs().max().item(), scale=ref.abs().max().item(),
+                finite=bool(torch.isfinite(out).all()))
+
+
+def folded_cases():
+    """Programs folded from random-init SSRNs (with non-trivial BN statistics) by the engine's folder."""
+    try:
+        from hsi_engine.fused import fold_spectral
+    except ImportError:
+        return []
+    from ssrn.config import SSRNConfig
+    from ssrn.model import SSRN
+
+    out = []
+    for form, norms in (("paper", 0), ("seed", 2)):
+        torch.manual_seed(0)
+        model = SSRN(SSRNConfig(bands=37, classes=5, block_form=form, stage_norms=norms))
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.2, 0.2)
+        model.eval()
+        prog = fold_spectral(model)
+        out.append(run_case(f"folded-ssrn-{form}-b37", 37, 24, 128, 2, form, norms, 4, "float32", program=prog))
+    return out
+
+
+def main() -> None:
+    results = [run_case(*c) for c in CASES]
+    results.append(run_case("paper-b23-w24-strided", 23, 24, 128, 2, "paper", 0, 3, "float32", strided=True))
+    results.extend(folded_cases())
+    for r in results:
+        print(json.dumps(r))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
