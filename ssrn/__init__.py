@@ -7,3 +7,6 @@ __all__ = ["PRESETS", "SSRN", "SSRNConfig", "count_parameters"]
 from .checkpoint import CheckpointError, load_model, save_model  # noqa: E402
 
 __all__ += ["CheckpointError", "load_model", "save_model"]
+from .keras import KerasImportError, import_keras_to_dir, load_keras  # noqa: E402
+
+__all__ += ["KerasImportError", "import_keras_to_dir", "load_keras"]
