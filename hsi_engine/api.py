@@ -255,11 +255,13 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                          transform=transform, y_coords=ycoords, x_coords=xcoords, class_names=job.class_names(),
                          palette=job.palette(), probabilities=prob, confidence=prob is not None,
                          overwrite=overwrite)
-    with writer:
+    try:
         job.run(writer, probabilities=prob is not None, progress=progress, queue_depth=queue_depth,
                 readers=readers)
-        path = writer.commit()
-    return Path(path)
+    except BaseException:
+        writer.abort()  # nothing half-written is left behind
+        raise
+    return Path(writer.commit())
 
 
 # ----------------------------------------------------------------------------------------------
