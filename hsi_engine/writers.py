@@ -4,7 +4,7 @@
 
 * ``.tif`` / ``.tiff``: a Cloud-Optimised GeoTIFF. Tiles go into a hidden tiled GeoTIFF beside the target
   (``.<name>.tmp-<random>.tif``); ``commit`` converts it with GDAL's COG driver (DEFLATE, internal tiles of
-  ``block``, overviews resampled with MODE so labels stay labels), then ``os.replace``-s it into place.
+  ``block`` (at least 128, the COG driver's minimum), overviews resampled with MODE so labels stay labels), then ``os.replace``-s it into place.
   Band 1 is ``uint8``: 0 = nodata (declared), 1..K classes, with a colour table (the palette) and the class
   names as GeoTIFF metadata (``class_names`` JSON and ``class_<i>`` items on band 1) and as GDAL category
   names plus a thematic raster attribute table (Value, Class, Red, Green, Blue) in the ``<name>.aux.xml``
@@ -377,6 +377,7 @@ class GeoTiffClassMapWriter(ClassMapWriter):
                 "  </PAMRasterBand>\n</PAMDataset>\n")
 
     def _commit(self) -> None:
+        from rasterio.errors import NotGeoreferencedWarning
         from rasterio.shutil import copy as rio_copy
 
         self._describe()
@@ -386,11 +387,14 @@ class GeoTiffClassMapWriter(ClassMapWriter):
             target = self._final[key]
             cog = self._tmp_name(target, "cog")
             self._temps.append(cog)
-            opts: dict[str, Any] = dict(driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=self.block, BIGTIFF="IF_SAFER",
+            opts: dict[str, Any] = dict(driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=max(128, self.block),
+                                        BIGTIFF="IF_SAFER",
                                         OVERVIEW_RESAMPLING="MODE" if key == "labels" else "AVERAGE")
             if key == "probabilities" and self.probabilities == "float16":
                 opts["NBITS"] = 16
-            rio_copy(str(tmp), str(cog), **opts)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                rio_copy(str(tmp), str(cog), **opts)
             cogs.append((cog, target))
         aux_tmp = self._tmp_name(self._sides["aux"])
         self._temps.append(aux_tmp)

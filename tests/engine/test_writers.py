@@ -1,0 +1,254 @@
+"""Class-map writers: COG GeoTIFF and zarr round trips, atomicity, refusal to overwrite, bad directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import rasterio
+import rioxarray  # noqa: F401
+import xarray as xr
+
+from hsi_engine.errors import OutputError
+from hsi_engine.writers import open_writer, side_paths, write_classmap
+
+H, W, K = 150, 230, 5
+NAMES = ["roof", "pavement", "low vegetation", "tree", "water & <wet>"]
+PALETTE = [(230, 0, 0), (160, 160, 160), (120, 220, 90), (0, 110, 0), (0, 60, 220)]
+
+
+@pytest.fixture
+def labels():
+    rng = np.random.default_rng(1)
+    lab = rng.integers(1, K + 1, size=(H, W)).astype(np.uint8)
+    lab[:7, :9] = 0  # a nodata corner
+    return lab
+
+
+@pytest.fixture
+def probs():
+    rng = np.random.default_rng(2)
+    p = rng.random((K, H, W)).astype(np.float32)
+    return p / p.sum(0, keepdims=True)
+
+
+def _kw(geo, **extra):
+    kw = dict(height=H, width=W, n_classes=K, crs=geo.CRS, transform=geo.affine(), class_names=NAMES,
+              palette=PALETTE, block=64)
+    kw.update(extra)
+    return kw
+
+
+def _write_tiles(w, labels, probs=None, conf=None, tile=50):
+    # tiles deliberately not aligned to the 64-px blocks, with partial tiles at the right and bottom edges
+    for y0 in range(0, H, tile):
+        for x0 in range(0, W, tile):
+            sl = (slice(y0, y0 + tile), slice(x0, x0 + tile))
+            w.write(y0, x0, labels[sl], None if probs is None else probs[(slice(None), *sl)],
+                    None if conf is None else conf[sl])
+
+
+def _leftovers(d):
+    return sorted(p.name for p in d.iterdir() if p.name.startswith("."))
+
+
+def test_geotiff_is_a_georeferenced_cog_with_palette_and_names(tmp_path, geo, labels):
+    out = tmp_path / "map.tif"
+    with open_writer(out, **_kw(geo)) as w:
+        _write_tiles(w, labels)
+    assert _leftovers(tmp_path) == []
+    with rasterio.open(out) as src:
+        assert src.count == 1 and src.dtypes[0] == "uint8"
+        np.testing.assert_array_equal(src.read(1), labels)
+        assert src.crs.to_epsg() == 32633
+        assert tuple(src.transform)[:6] == pytest.approx(geo.TRANSFORM)
+        assert src.nodata == 0
+        # COG layout: internal tiles of `block` and overviews
+        assert src.profile["tiled"] and src.block_shapes[0] == (128, 128)  # COG tiles are >= 128
+        assert src.overviews(1) == [2]
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        cmap = src.colormap(1)
+        assert cmap[0][3] == 0  # nodata transparent
+        for i, c in enumerate(PALETTE, start=1):
+            assert cmap[i][:3] == c
+        assert json.loads(src.tags()["class_names"]) == NAMES
+        assert src.tags(1)["class_5"] == NAMES[4]
+        assert src.descriptions[0] == "class"
+        # the .aux.xml sidecar was parsed by GDAL (its own metadata domain comes through)...
+        assert json.loads(src.tags(1, ns="hsi_engine")["class_names"]) == NAMES
+        # overviews were made with MODE: still labels 0..K
+        ov = src.read(1, out_shape=(H // 2, W // 2))
+        assert set(np.unique(ov)) <= set(range(K + 1))
+    # ... and carries GDAL category names and a thematic attribute table (QGIS shows these)
+    pam = ET.parse(side_paths(out)["aux"]).getroot()
+    cats = [c.text for c in pam.find("PAMRasterBand/CategoryNames")]
+    assert cats == ["no data", *NAMES]
+    rat = pam.find("PAMRasterBand/GDALRasterAttributeTable")
+    assert rat.get("tableType") == "thematic"
+    rows = [[f.text for f in r] for r in rat.findall("Row")]
+    assert rows[4] == ["5", NAMES[4], "0", "60", "220"]
+
+
+def test_geotiff_probabilities_and_confidence(tmp_path, geo, labels, probs):
+    out = tmp_path / "p.tif"
+    conf = probs.max(0)
+    with open_writer(out, **_kw(geo, probabilities="float16", confidence=True)) as w:
+        _write_tiles(w, labels, probs, conf)
+    sides = side_paths(out)
+    with rasterio.open(sides["probabilities"]) as src:
+        assert src.count == K and src.crs.to_epsg() == 32633
+        assert src.tags(1, ns="IMAGE_STRUCTURE").get("NBITS") == "16"
+        np.testing.assert_allclose(src.read(), probs, atol=1e-3)  # half precision
+        assert src.descriptions[0] == f"p({NAMES[0]})"
+        assert src.overviews(1)
+    with rasterio.open(sides["confidence"]) as src:
+        np.testing.assert_array_equal(src.read(1), conf)
+    assert _leftovers(tmp_path) == []
+
+
+def test_zarr_round_trip(tmp_path, geo, labels, probs):
+    out = tmp_path / "map.zarr"
+    with open_writer(out, **_kw(geo, probabilities="float32", confidence=True)) as w:
+        _write_tiles(w, labels, probs, probs.max(0))
+    assert _leftovers(tmp_path) == []
+    ds = xr.open_zarr(out)
+    assert ds["classes"].dtype == np.uint8 and ds["classes"].dims == ("y", "x")
+    assert ds["classes"].encoding["chunks"] == (64, 64)
+    np.testing.assert_array_equal(ds["classes"].values, labels)
+    np.testing.assert_array_equal(ds["probabilities"].values, probs)
+    assert ds["probabilities"].dims == ("class", "y", "x")
+    assert ds.rio.crs.to_epsg() == 32633 and ds["classes"].rio.crs.to_epsg() == 32633
+    assert tuple(ds["classes"].rio.transform())[:6] == pytest.approx(geo.TRANSFORM)
+    y, x = geo.pixel_centres(H, W)
+    np.testing.assert_allclose(ds["y"].values, y)
+    np.testing.assert_allclose(ds["x"].values, x)
+    assert ds["classes"].attrs["class_names"] == NAMES
+    assert ds["classes"].attrs["nodata"] == 0 and ds["classes"].rio.nodata == 0
+    assert ds.attrs["complete"] is True
+
+
+def test_zarr_coords_passed_through(tmp_path, geo, labels):
+    y, x = geo.pixel_centres(H, W)
+    out = tmp_path / "c.zarr"
+    with open_writer(out, **_kw(geo, transform=None, y_coords=y, x_coords=x)) as w:
+        _write_tiles(w, labels)
+    ds = xr.open_zarr(out)
+    np.testing.assert_array_equal(ds["y"].values, y)
+    assert tuple(ds.rio.transform())[:6] == pytest.approx(geo.TRANSFORM)  # derived from the coords
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_exception_inside_with_leaves_nothing(tmp_path, geo, labels, suffix):
+    out = tmp_path / f"x{suffix}"
+    with pytest.raises(RuntimeError, match="boom"):
+        with open_writer(out, **_kw(geo, probabilities="float32", confidence=True)) as w:
+            w.write(0, 0, labels[:50, :50])
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_failed_run_leaves_previous_output_untouched(tmp_path, geo, labels, suffix):
+    out = tmp_path / f"keep{suffix}"
+    write_classmap(_as_da(labels, geo), out, class_names=NAMES, palette=PALETTE, n_classes=K)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(RuntimeError):
+        with open_writer(out, **_kw(geo, overwrite=True)) as w:
+            w.write(0, 0, np.ones((10, 10), np.uint8))
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    back = _read_labels(out)
+    np.testing.assert_array_equal(back, labels)
+
+
+def _as_da(labels, geo):
+    y, x = geo.pixel_centres(H, W)
+    return xr.DataArray(labels, dims=("y", "x"), coords={"y": y, "x": x}).rio.write_crs(geo.CRS)
+
+
+def _read_labels(path):
+    if path.suffix == ".zarr":
+        return xr.open_zarr(path)["classes"].values
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            return src.read(1)
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_refuses_existing_output_without_overwrite(tmp_path, geo, labels, suffix):
+    out = tmp_path / f"o{suffix}"
+    write_classmap(_as_da(labels, geo), out, n_classes=K)
+    with pytest.raises(OutputError, match=rf"{out.name} already exists.*overwrite"):
+        open_writer(out, **_kw(geo))
+    flipped = np.where(labels > 0, K + 1 - labels, 0).astype(np.uint8)
+    write_classmap(_as_da(flipped, geo), out, n_classes=K, overwrite=True)
+    np.testing.assert_array_equal(_read_labels(out), flipped)
+    assert _leftovers(tmp_path) == []
+
+
+def test_write_classmap_takes_georef_from_the_dataarray(tmp_path, geo, labels):
+    da = _as_da(labels, geo)
+    da.attrs.update(class_names=NAMES, palette=[list(c) for c in PALETTE])
+    out = write_classmap(da, tmp_path / "w.tif")
+    with rasterio.open(out) as src:
+        assert src.crs.to_epsg() == 32633
+        assert tuple(src.transform)[:6] == pytest.approx(geo.TRANSFORM)
+        assert json.loads(src.tags()["class_names"]) == NAMES
+        assert src.colormap(1)[2][:3] == PALETTE[1]
+
+
+def test_output_directory_that_cannot_exist(tmp_path, geo):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a directory")
+    for suffix in (".tif", ".zarr"):
+        with pytest.raises(OutputError, match=r"afile"):
+            open_writer(blocker / f"out{suffix}", **_kw(geo))
+
+
+def test_unwritable_directory(tmp_path, geo):
+    d = tmp_path / "ro"
+    d.mkdir()
+    d.chmod(0o500)
+    try:
+        if os.access(d, os.W_OK):
+            pytest.skip("running as root (or with CAP_DAC_OVERRIDE): chmod 0o500 does not stop this process "
+                        "from writing, so an unwritable directory cannot be simulated; the unwritable-path "
+                        "case is covered by test_output_directory_that_cannot_exist")
+        for suffix in (".tif", ".zarr"):
+            with pytest.raises(OutputError, match=rf"{d}.*not writable"):
+                open_writer(d / f"out{suffix}", **_kw(geo))
+    finally:
+        d.chmod(0o700)
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_no_georeferencing_warns_but_writes(tmp_path, labels, suffix):
+    out = tmp_path / f"plain{suffix}"
+    with pytest.warns(UserWarning, match="without georeferencing"):
+        w = open_writer(out, height=H, width=W, n_classes=K, block=64)
+    with w:
+        _write_tiles(w, labels)
+    np.testing.assert_array_equal(_read_labels(out), labels)
+
+
+def test_bad_tiles_and_suffix(tmp_path, geo, labels):
+    with pytest.raises(OutputError, match=r"'\.png'.*\.tif.*\.zarr"):
+        open_writer(tmp_path / "x.png", **_kw(geo))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        w = open_writer(tmp_path / "t.tif", **_kw(geo))
+    try:
+        with pytest.raises(ValueError, match="outside"):
+            w.write(H - 5, 0, labels[:10, :10])
+        with pytest.raises(ValueError, match=r"0 \(nodata\) or 1\.\.5"):
+            w.write(0, 0, np.full((4, 4), 9, np.int64))
+        with pytest.raises(ValueError, match="probabilities=None"):
+            w.write(0, 0, labels[:4, :4], probabilities=np.zeros((K, 4, 4)))
+    finally:
+        w.abort()
+    assert list(tmp_path.iterdir()) == []
