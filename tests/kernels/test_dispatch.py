@@ -1,0 +1,50 @@
+"""Backend choice: fallbacks log once and never raise; unknown names are errors; compile equals eager."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from kernels import dispatch
+from kernels.dispatch import available_backends, get_spectral_stage, resolve_backend
+from kernels.spectral import _random_program, spectral_stage_reference
+
+CPU = torch.device("cpu")
+
+
+def test_cpu_backends_and_auto_is_eager() -> None:
+    assert available_backends(CPU) == ["eager", "compile"]
+    assert resolve_backend("auto", CPU) == "eager"
+    assert get_spectral_stage("auto", CPU) is spectral_stage_reference
+    assert get_spectral_stage("eager", "cpu") is spectral_stage_reference
+
+
+def test_triton_without_cuda_falls_back_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    dispatch._warn_once.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="kernels.dispatch"):
+        assert resolve_backend("triton", CPU) == "eager"
+        assert get_spectral_stage("triton", CPU) is spectral_stage_reference
+        assert resolve_backend("triton", CPU) == "eager"
+    records = [r for r in caplog.records if r.name == "kernels.dispatch"]
+    assert len(records) == 1, [r.getMessage() for r in records]
+    msg = records[0].getMessage()
+    assert "triton" in msg and "CUDA" in msg and "eager" in msg
+
+
+def test_unknown_backend_lists_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown spectral backend 'cudnn'.*'auto', 'eager', 'compile', 'triton'"):
+        resolve_backend("cudnn", CPU)
+    with pytest.raises(ValueError, match="valid backends"):
+        get_spectral_stage("", CPU)
+
+
+def test_compile_backend_equals_eager() -> None:
+    """torch.compile of the reference (dynamic pixel dim): same numbers, and a new pixel count reuses it."""
+    prog = _random_program(31, 24, 128, form="seed", stage_norms=2, generator=torch.Generator().manual_seed(0))
+    fn = get_spectral_stage("compile", CPU)
+    assert fn is get_spectral_stage("compile", CPU)  # cached
+    for p in (37, 64):
+        x = torch.randn(p, 31, generator=torch.Generator().manual_seed(p))
+        torch.testing.assert_close(fn(x, prog), spectral_stage_reference(x, prog), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,222 @@
+"""The fused Triton spectral kernel against the pure-torch reference.
+
+CPU: the kernel runs under Triton's interpreter in a subprocess (``TRITON_INTERPRET=1`` must be set
+before ``kernels.spectral`` is imported and must not leak into this process), on a few pixels per case;
+the kernel is also compiled offline for Hopper (sm_90) with the ptxas that ships in the Triton wheel.
+GPU (``-m gpu``): realistic sizes on a CUDA device.
+
+Tolerances (max abs error over the output, against a float64 reference; ``scale`` = max |reference|):
+- float32: <= 1e-4 * scale (exact fp32 products; TF32 only with ``allow_tf32=True``).
+- bfloat16 / float16 (flash-attention's rule): <= 2 x plain torch's error at the same precision
+  + 1e-3 * scale, and never more than 1e-2 * scale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernels.program import SpectralProgram
+from kernels.spectral import _random_program, spectral_stage_reference, spectral_stage_triton
+
+REPO = Path(__file__).resolve().parents[2]
+FP32_RTOL = 1e-4
+LOWP_ATOL = 1e-3  # x scale
+LOWP_CAP = 1e-2  # x scale
+
+
+def check_tolerance(r: dict) -> None:
+    err, scale = r["err"], r["scale"]
+    assert r["finite"], r
+    assert scale > 0.1, f"degenerate case (all-zero output?): {r}"
+    if r["dtype"] == "float32":
+        assert err <= FP32_RTOL * scale, f"{r['name']}: error {err:.3g} > {FP32_RTOL} x {scale:.3g}"
+    else:
+        bound = min(2 * r["torch_err"] + LOWP_ATOL * scale, LOWP_CAP * scale)
+        assert err <= bound, f"{r['name']}: error {err:.3g} > bound {bound:.3g} (torch {r['torch_err']:.3g})"
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict[str, dict]:
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               TRITON_DEFAULT_FP_FUSION="1")
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("_interpreted_cases.py"))], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return {r["name"]: r for r in rows}
+
+
+def _static_case_names() -> list[str]:
+    # parse CASES without importing the script (it asserts TRITON_INTERPRET=1 at import)
+    src = Path(__file__).with_name("_interpreted_cases.py").read_text()
+    block = src[src.index("CASES = [") : src.index("]\n", src.index("CASES = ["))]
+    names = [line.split('"')[1] for line in block.splitlines() if line.strip().startswith('("')]
+    return names + ["paper-b23-w24-strided"]
+
+
+@pytest.mark.parametrize("name", _static_case_names())
+def test_kernel_matches_reference_interpreted(interpreted: dict[str, dict], name: str) -> None:
+    assert name in interpreted, f"case {name} did not run; got {sorted(interpreted)}"
+    check_tolerance(interpreted[name])
+
+
+def test_kernel_matches_folded_ssrn_interpreted(interpreted: dict[str, dict]) -> None:
+    pytest.importorskip("hsi_engine.fused")
+    for form in ("paper", "seed"):
+        check_tolerance(interpreted[f"folded-ssrn-{form}-b37"])
+
+
+# --- wrapper errors (no kernel launch needed) ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def prog() -> SpectralProgram:
+    return _random_program(23, 24, 32, generator=torch.Generator().manual_seed(1))
+
+
+def test_wrong_band_count_is_a_value_error(prog: SpectralProgram) -> None:
+    with pytest.raises(ValueError, match=r"expected pixels \(P, 23\)"):
+        spectral_stage_triton(torch.zeros(4, 22), prog)
+    with pytest.raises(ValueError, match="expected pixels"):
+        spectral_stage_triton(torch.zeros(23), prog)
+
+
+def test_integer_input_is_a_type_error(prog: SpectralProgram) -> None:
+    with pytest.raises(TypeError, match="float32, bfloat16 or float16"):
+        spectral_stage_triton(torch.zeros(4, 23, dtype=torch.int32), prog)
+
+
+def test_cpu_tensor_without_interpreter_names_cuda(prog: SpectralProgram) -> None:
+    from kernels import spectral
+
+    if spectral._interpreting():
+        pytest.skip("this process runs Triton's interpreter")
+    with pytest.raises(ValueError, match="CUDA"):
+        spectral_stage_triton(torch.zeros(4, 23), prog)
+
+
+def test_unsupported_program_form_is_rejected(prog: SpectralProgram) -> None:
+    from dataclasses import replace
+
+    bad = replace(prog, blocks=(replace(prog.blocks[0], conv1=replace(prog.blocks[0].conv1, padding=0)),))
+    from kernels.spectral import _check_program
+
+    with pytest.raises(ValueError, match="same-padded"):
+        _check_program(bad)
+
+
+# --- offline compile for Hopper ------------------------------------------------------------------------------
+
+def test_kernel_compiles_for_hopper_sm90() -> None:
+    """Lower the bf16 kernel (IN-sized program, 2 blocks) to an sm_90 cubin with Triton's bundled ptxas."""
+    triton = pytest.importorskip("triton")
+    from kernels import spectral
+
+    if spectral._interpreting():
+        pytest.skip("this process runs Triton's interpreter")
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError as e:  # pragma: no cover
+        pytest.skip(f"Triton's offline compiler is not available: {e}")
+    program = _random_program(200, 24, 128, generator=torch.Generator().manual_seed(0))
+    pk = spectral._pack(program, torch.device("cpu"), torch.bfloat16)
+    meta = dict(pk["meta"], PRECISION="ieee", INTERP_BF16=False, BLOCK_P=32)
+    ptrs = ["x_ptr", "out_ptr", "stem_w_ptr", "stem_b_ptr", "conv_w_ptr", "conv_b_ptr", "pre_ptr", "post_ptr",
+            "red_w_ptr", "red_b_ptr"]
+    types = ["*bf16", "*bf16", "*bf16", "*fp32", "*bf16", "*fp32", "*fp32", "*fp32", "*bf16", "*fp32"]
+    sig = dict(zip(ptrs, types))
+    sig.update({n: "i32" for n in ["P", "B", "D", "F", "stride_xp", "stride_xb", "stride_op", "stride_of"]})
+    sig.update({k: "constexpr" for k in meta})
+    try:
+        compiled = triton.compile(ASTSource(fn=spectral._spectral_stage_kernel, signature=sig, constexprs=meta),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 1})
+    except Exception as e:  # noqa: BLE001
+        if "ptxas" in str(e).lower() and "not found" in str(e).lower():
+            pytest.skip(f"no ptxas: {e}")
+        raise
+    ptx = compiled.asm["ptx"]
+    assert len(compiled.asm["cubin"]) > 0
+    assert "mma.sync" in ptx or "wgmma" in ptx, "the band convolutions did not lower to tensor-core MMAs"
+    assert "st.local" not in ptx
+
+
+# --- GPU: realistic sizes ------------------------------------------------------------------------------------
+
+def _cuda_case(bands: int, pixels: int, dtype: torch.dtype, *, form: str = "paper", stage_norms: int = 0,
+               width: int = 24, allow_tf32: bool = False, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    prog = _random_program(bands, width, 128, form=form, stage_norms=stage_norms, generator=g).to("cuda")
+    x64 = torch.randn(pixels, bands, generator=g, dtype=torch.float64).cuda()
+    ref = spectral_stage_reference(x64, prog.to(dtype=torch.float64))
+    x = x64.to(dtype)
+    out = spectral_stage_triton(x, prog, allow_tf32=allow_tf32)
+    torch.cuda.synchronize()
+    with torch.backends.cudnn.flags(allow_tf32=allow_tf32):
+        plain = spectral_stage_reference(x, prog.to(dtype=dtype))
+    return dict(name=f"b{bands}-{form}-{dtype}", dtype=str(dtype).removeprefix("torch."), err=(out.double() - ref).abs().max().item(),
+                torch_err=(plain.double() - ref).abs().max().item(), scale=ref.abs().max().item(),
+                finite=bool(torch.isfinite(out).all()))
+
+
+gpu = pytest.mark.gpu
+
+
+@gpu
+@pytest.mark.parametrize("bands", [103, 176, 200, 204, 224, 425])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_gpu_matches_reference_realistic(bands: int, dtype: torch.dtype) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    check_tolerance(_cuda_case(bands, 10_007, dtype))
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_seed_form_with_post_affines(dtype: torch.dtype) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    check_tolerance(_cuda_case(200, 4_099, dtype, form="seed", stage_norms=2, width=20))
+
+
+@gpu
+def test_gpu_tf32_only_when_asked() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    exact = _cuda_case(200, 4_096, torch.float32)
+    check_tolerance(exact)
+    tf32 = _cuda_case(200, 4_096, torch.float32, allow_tf32=True)
+    # TF32 (10-bit mantissa) must stay within 2x torch's TF32 error + atol, and be visibly less exact.
+    assert tf32["err"] <= 2 * tf32["torch_err"] + LOWP_ATOL * tf32["scale"], tf32
+    assert exact["err"] <= tf32["err"], (exact, tf32)
+
+
+@gpu
+def test_gpu_odd_pixel_counts_and_strided_input() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    prog = _random_program(200, 24, 128, generator=torch.Generator().manual_seed(3)).to("cuda")
+    for p in (1, 15, 17, 1000, 65_537):
+        wide = torch.randn(p, 400, device="cuda")
+        x = wide[:, ::2]
+        ref = spectral_stage_reference(x.double(), prog.to(dtype=torch.float64))
+        out = spectral_stage_triton(x, prog)
+        assert out.shape == (p, 128)
+        assert (out.double() - ref).abs().max() <= FP32_RTOL * ref.abs().max()
+
+
+@gpu
+def test_gpu_dispatch_auto_picks_triton() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from kernels.dispatch import get_spectral_stage, resolve_backend
+
+    dev = torch.device("cuda")
+    assert resolve_backend("auto", dev) == "triton"
+    assert get_spectral_stage("auto", dev) is spectral_stage_triton
