@@ -317,6 +317,7 @@ class GeoTiffClassMapWriter(ClassMapWriter):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
                     self._datasets[key] = rasterio.open(tmp, "w", **base, **opts)
+            self._describe()  # colour table and tags before any pixel: TIFF fixes Photometric at first write
         except (OSError, rasterio.errors.RasterioIOError) as e:
             self.abort()
             raise OutputError(f"cannot write in {self.path.parent} ({e}); choose a writable location") from None
@@ -380,7 +381,6 @@ class GeoTiffClassMapWriter(ClassMapWriter):
         from rasterio.errors import NotGeoreferencedWarning
         from rasterio.shutil import copy as rio_copy
 
-        self._describe()
         self._close()
         cogs: list[tuple[Path, Path]] = []
         for key, tmp in self._tmp.items():

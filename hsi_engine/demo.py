@@ -1,0 +1,203 @@
+"""``hsi-engine demo``: classify the shipped Indian Pines scene with the shipped SSRN and report accuracy.
+
+Needs nothing but the repository (scene in ``hsi_engine/data/indian_pines``, weights in
+``hsi_engine/data/models/ssrn_indian_pines``); works offline. Writes into OUT:
+
+* ``classmap.tif``: Cloud-Optimised GeoTIFF, uint8, 0 = nodata, 1..16 classes, colour table and class names
+  (the scene has no georeferencing, so the map is in pixel coordinates);
+* ``classmap.png``: false colour | ground truth | prediction, with a legend of class names;
+* ``report.json``: overall accuracy, average accuracy, kappa, per-class accuracy and the confusion matrix,
+  computed on the labelled pixels the model did NOT see in training or validation (the split recorded in
+  the model's ``model.json``), plus pixels/s, device, backend and the number of evaluated pixels.
+
+Re-running into the same OUT replaces these three files (each atomically).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import HSIEngineError
+
+__all__ = ["SHIPPED_MODEL", "SHIPPED_SCENE", "evaluation_mask", "run_demo"]
+
+log = logging.getLogger(__name__)
+
+DATA = Path(__file__).resolve().parent / "data"
+SHIPPED_SCENE = DATA / "indian_pines" / "indian_pines.h5"
+SHIPPED_MODEL = DATA / "models" / "ssrn_indian_pines"
+
+
+def _load_labels(path: Path) -> np.ndarray:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if "labels" not in f:
+            raise HSIEngineError(f"{path} holds no 'labels' dataset; the demo needs the shipped ground truth")
+        return f["labels"][()].astype(np.int64)
+
+
+def evaluation_mask(labels: np.ndarray, meta: dict[str, Any]) -> tuple[np.ndarray, dict[str, int]]:
+    """Labelled pixels not used for training or validation, per the split recorded in ``meta["split"]``.
+
+    Returns ``(mask, counts)`` with ``counts`` = labelled / train / val / evaluated pixel numbers. Raises
+    :class:`HSIEngineError` when the model records no split (its accuracy on the scene would include
+    pixels it was trained on).
+    """
+    from ssrn.data import split_masks_from_meta
+
+    labelled = labels > 0
+    try:
+        masks = split_masks_from_meta(meta)
+    except (KeyError, ValueError) as e:
+        raise HSIEngineError(f"model.json's split cannot be decoded ({e}); re-save the model with "
+                             "ssrn.data.Split.to_meta()") from None
+    if "train" not in masks:
+        raise HSIEngineError("the model's model.json records no training split (meta['split']['train_mask']); "
+                             "the demo cannot tell test pixels from training pixels. Ship a model trained with "
+                             "`hsi-engine train`, which records it.")
+    excl = np.zeros_like(labelled)
+    counts = {"labelled_pixels": int(labelled.sum())}
+    for k in ("train", "val"):
+        m = masks.get(k)
+        if m is None:
+            counts[f"{k}_pixels"] = 0
+            continue
+        if m.shape != labels.shape:
+            raise HSIEngineError(f"the model's {k} mask is {m.shape} but the scene is {labels.shape}: this model "
+                                 "was not trained on this scene")
+        counts[f"{k}_pixels"] = int((m & labelled).sum())
+        excl |= m
+    mask = labelled & ~excl
+    counts["evaluated_pixels"] = int(mask.sum())
+    return mask, counts
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    try:
+        from importlib.metadata import version
+
+        out["hsi-engine"] = version("hsi-engine")
+    except Exception:  # not installed as a distribution (running from a checkout)
+        pass
+    return out
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def run_demo(out: str | os.PathLike, *, device: Any = None, backend: str = "auto", tile: int | None = None,
+             model_dir: str | os.PathLike | None = None, scene_path: str | os.PathLike | None = None,
+             progress: bool | None = None) -> dict[str, Any]:
+    """Classify the shipped scene with the shipped model; write classmap.tif, classmap.png, report.json in ``out``.
+
+    ``device`` (default: cuda if available, else cpu), ``backend`` (auto, eager, compile, triton) and
+    ``tile`` go to :func:`hsi_engine.api.classify`. ``model_dir``/``scene_path`` replace the shipped ones
+    (the scene file must hold ``cube`` and ``labels`` like the shipped HDF5). Returns the report.
+    """
+    import torch
+
+    from ssrn.metrics import classification_report
+
+    from .api import classify, load_model
+    from .io import open_scene
+    from .render import save_comparison
+    from .writers import write_classmap
+
+    scene_path = Path(scene_path) if scene_path is not None else SHIPPED_SCENE
+    model_dir = Path(model_dir) if model_dir is not None else SHIPPED_MODEL
+    if not scene_path.is_file():
+        raise HSIEngineError(f"demo scene {scene_path} is missing; reinstall hsi-engine from a complete checkout")
+    if not model_dir.is_dir():
+        raise HSIEngineError(f"demo model {model_dir} is missing; it ships with hsi-engine (weights.safetensors + "
+                             "model.json), or train one with `hsi-engine train --dataset indian_pines --out DIR`")
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        from .errors import OutputError
+
+        raise OutputError(f"cannot create the demo output directory {out} ({e.strerror or e})") from None
+
+    scene = open_scene(scene_path)
+    labels = _load_labels(scene_path)
+    model = load_model(model_dir)
+    meta = dict(getattr(model, "meta", None) or {})
+    mask, counts = evaluation_mask(labels, meta)
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        from kernels.dispatch import resolve_backend
+
+        resolved = resolve_backend(backend, dev)
+    except (ImportError, ValueError):
+        resolved = backend
+
+    log.info("classifying %s (%d x %d x %d) on %s with backend %s", scene_path.name, *scene.shape, dev, resolved)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    pred_da = classify(scene, model, tile=tile, device=dev, backend=backend, progress=progress)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    pred = np.asarray(pred_da.values)
+    n_pixels = int(pred.size)
+
+    k = int(model.config.classes)
+    class_names = list(pred_da.attrs.get("class_names") or meta.get("class_names") or
+                       [f"class {i}" for i in range(1, k + 1)])
+    palette = pred_da.attrs.get("palette") or meta.get("palette")
+    # classes 0..K: a test pixel left unclassified (0) counts as an error; truth is never 0 on the mask
+    rep = classification_report(labels[mask], pred[mask].astype(np.int64), n_classes=k + 1)
+    rep["per_class_accuracy"] = rep["per_class_accuracy"][1:]
+    rep["support"] = rep["support"][1:]
+
+    with warnings.catch_warnings():  # the shipped scene has no CRS: the map is in pixel coordinates, by design
+        warnings.filterwarnings("ignore", message=".*without georeferencing")
+        tif = write_classmap(pred_da, out / "classmap.tif", n_classes=k, class_names=class_names, palette=palette,
+                             overwrite=True)
+    title = (f"Indian Pines, SSRN: OA {rep['oa']:.4f}, AA {rep['aa']:.4f}, kappa {rep['kappa']:.4f} "
+             f"on {counts['evaluated_pixels']} test pixels")
+    png = save_comparison(scene, labels, pred, out / "classmap.png", class_names=class_names, palette=palette,
+                          title=title)
+
+    report: dict[str, Any] = {
+        "scene": str(scene_path.relative_to(DATA.parent.parent)) if scene_path.is_relative_to(DATA.parent.parent)
+        else str(scene_path),
+        "model": str(model_dir.relative_to(DATA.parent.parent)) if model_dir.is_relative_to(DATA.parent.parent)
+        else str(model_dir),
+        "evaluated_on": "labelled pixels not used for training or validation (model.json split)",
+        "overall_accuracy": rep["oa"], "average_accuracy": rep["aa"], "kappa": rep["kappa"],
+        "per_class_accuracy": {n: a for n, a in zip(class_names, rep["per_class_accuracy"])},
+        "per_class_support": {n: int(s) for n, s in zip(class_names, rep["support"])},
+        "confusion_matrix": rep["confusion_matrix"],
+        **counts,
+        "pixels": n_pixels, "height": int(pred.shape[0]), "width": int(pred.shape[1]),
+        "bands": int(scene.sizes["band"]), "seconds": seconds, "pixels_per_second": n_pixels / seconds,
+        "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
+        or platform.machine(),
+        "backend": resolved, "backend_requested": backend, "precision": "float32",
+        "tile": tile, "outputs": {"classmap": tif.name, "figure": png.name, "report": "report.json"},
+        "versions": _versions(),
+        "training_report": meta.get("report"),
+    }
+    _write_json(out / "report.json", report)
+    log.info("OA %.4f  AA %.4f  kappa %.4f on %d test pixels; %.0f pixels/s on %s (%s)", rep["oa"], rep["aa"],
+             rep["kappa"], counts["evaluated_pixels"], report["pixels_per_second"], dev, resolved)
+    log.info("wrote %s, %s and %s", tif, png, out / "report.json")
+    return report
