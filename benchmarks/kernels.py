@@ -1,0 +1,298 @@
+"""Spectral-stage kernel benchmark: seed Conv3d vs eager reference vs torch.compile vs the fused Triton kernel.
+
+One run, one device. Times, on the same folded program (Indian Pines shape by default: 200 bands,
+stem 24 k7 s2 -> 97 positions, two residual blocks of 24 k7 convs, full-band reduce to 128):
+
+- ``seed-conv3d``: the seed's formulation, ``nn.Conv3d``-style layers over ``(P, C, bands, 1, 1)``
+  (cuDNN on CUDA), eager, built from the same folded weights;
+- ``eager``: :func:`kernels.spectral.spectral_stage_reference` (conv2d, channels-last);
+- ``compile``: ``torch.compile`` of the reference (as :mod:`kernels.dispatch` builds it);
+- ``triton``: :func:`kernels.spectral.spectral_stage_triton` (CUDA only);
+
+per layer (stem, one block conv, reduce) and for the whole stage, in float32 and bfloat16 (CUDA),
+float32 (CPU), with achieved TFLOP/s. FLOPs = ``program.flops_per_pixel() * pixels`` (2 x multiply-adds
+of every conv; the padded / masked work a kernel may do is not counted). The device's bf16 (and fp32)
+matmul peak and its copy bandwidth are measured in the same run; the engine end to end
+(``hsi_engine.api.classify`` on a 200-band scene in memory) is reported in Mpix/s.
+
+Timing: ``triton.testing.do_bench`` on CUDA (median, 20th / 80th percentiles); on CPU the median of
+repeated wall-clock runs after a warm-up.
+
+    python benchmarks/kernels.py                   # CUDA when present, else CPU; writes results/kernels-<device>.md
+    python benchmarks/kernels.py --device cpu --pixels 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kernels.dispatch import get_spectral_stage  # noqa: E402
+from kernels.program import Affine, FoldedConv, SpectralProgram  # noqa: E402
+from kernels.spectral import _random_program, spectral_stage_reference  # noqa: E402
+
+PENDING_GPU = "pending: needs a CUDA device"
+
+
+# --- the seed's formulation: Conv3d over (P, C, bands, 1, 1) ---------------------------------------------------
+
+def _conv3d(y: torch.Tensor, c: FoldedConv) -> torch.Tensor:
+    out = F.conv3d(y, c.weight[..., None, None], c.bias, stride=(c.stride, 1, 1), padding=(c.padding, 0, 0))
+    return F.relu(out) if c.relu else out
+
+
+def _affine3d(y: torch.Tensor, a: Affine) -> torch.Tensor:
+    return F.relu(y * a.scale.view(1, -1, 1, 1, 1) + a.shift.view(1, -1, 1, 1, 1))
+
+
+def seed_conv3d_stage(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
+    """The seed's layout (Keras Conv3D over a (1, 1, bands) cube per pixel), eager, same folded weights."""
+    y = _conv3d(x[:, None, :, None, None], program.stem)  # (P, W, D, 1, 1)
+    for b in program.blocks:
+        h = _affine3d(y, b.pre) if b.pre is not None else y
+        h = _conv3d(_conv3d(h, b.conv1), b.conv2) + y
+        y = F.relu(h) if b.relu else h
+    for a in program.post:
+        y = _affine3d(y, a)
+    return _conv3d(y, program.reduce).reshape(x.shape[0], -1)
+
+
+# --- timers ---------------------------------------------------------------------------------------------------
+
+def make_timer(device: torch.device, cpu_reps: int) -> Callable[[Callable[[], object]], tuple[float, float, float]]:
+    """Returns ms (median, p20, p80)."""
+    if device.type == "cuda":
+        import triton.testing
+
+        def bench(fn):
+            med, lo, hi = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8], warmup=50, rep=300)
+            return med, lo, hi
+        return bench
+
+    def bench_cpu(fn):
+        fn()
+        ts = []
+        for _ in range(cpu_reps):
+            t0 = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t0) * 1e3)
+        ts.sort()
+        q = lambda f: ts[min(len(ts) - 1, int(f * len(ts)))]  # noqa: E731
+        return statistics.median(ts), q(0.2), q(0.8)
+    return bench_cpu
+
+
+def measure_peaks(device: torch.device, bench, dtypes: list[torch.dtype]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    n = 8192 if device.type == "cuda" else 1024
+    for dtype in dtypes:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        ms = bench(lambda: a @ b)[0]
+        out[f"matmul {str(dtype).removeprefix('torch.')} TFLOP/s ({n}^3)"] = 2 * n**3 / (ms * 1e-3) / 1e12
+    m = (1 << 28) if device.type == "cuda" else (1 << 25)  # 1 GiB / 128 MiB of float32
+    src = torch.empty(m, device=device, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    ms = bench(lambda: dst.copy_(src))[0]
+    out[f"copy GB/s (read+write, {4 * m >> 20} MiB)"] = 2 * 4 * m / (ms * 1e-3) / 1e9
+    return out
+
+
+# --- per-layer pieces ---------------------------------------------------------------------------------------
+
+def layer_cases(program: SpectralProgram, p: int, device: torch.device, dtype: torch.dtype):
+    """(layer, flops, seed-conv3d fn, eager fn) for stem, one block conv, reduce."""
+    d, w = program.reduced_bands, program.width
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(p, program.bands, generator=g).to(device, dtype)
+    h = torch.randn(p, w, d, generator=g).to(device, dtype)
+    h3 = h[..., None, None].contiguous()  # (P, W, D, 1, 1)
+    h2 = h.permute(1, 2, 0).unsqueeze(0).contiguous(memory_format=torch.channels_last)  # (1, W, D, P)
+    x2 = x.t().reshape(1, 1, program.bands, p).contiguous(memory_format=torch.channels_last)
+    conv = program.blocks[0].conv1 if program.blocks else None
+
+    def c2(y, c):
+        return F.conv2d(y, c.weight.unsqueeze(-1), c.bias, stride=(c.stride, 1), padding=(c.padding, 0))
+
+    cases = [("stem (1->24, k7, s2)", 2 * program.stem.weight.numel() * d * p,
+              lambda: _conv3d(x[:, None, :, None, None], program.stem), lambda: c2(x2, program.stem))]
+    if conv is not None:
+        cases.append(("block conv (24->24, k7, same)", 2 * conv.weight.numel() * d * p,
+                      lambda: _conv3d(h3, conv), lambda: c2(h2, conv)))
+    cases.append((f"reduce (24x{d} -> {program.out_features})", 2 * program.reduce.weight.numel() * p,
+                  lambda: _conv3d(h3, program.reduce), lambda: c2(h2, program.reduce)))
+    return cases
+
+
+def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: int) -> tuple[str, float | None]:
+    try:
+        from hsi_engine.api import classify
+        from ssrn.config import SSRNConfig
+        from ssrn.model import SSRN
+    except ImportError as e:
+        return f"pending: hsi_engine.api.classify not importable ({e})", None
+    torch.manual_seed(0)
+    model = SSRN(SSRNConfig.from_name("indian_pines")).eval()
+    scene = torch.randn(200, side, side)
+    kw = dict(device=str(device), backend=backend, progress=False)
+    classify(scene[:, :32, :32], model, **kw)  # warm-up (compile / autotune / allocator)
+    reps = 3 if device.type == "cuda" else max(1, bench_cpu_reps // 5)
+    ts = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        classify(scene, model, **kw)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t0)
+    t = statistics.median(ts)
+    return f"{side}x{side}x200 scene in memory, backend={backend}, median of {reps}", side * side / t / 1e6
+
+
+# --- main ------------------------------------------------------------------------------------------------------
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--pixels", type=int, default=None, help="pixels per call (default 65536 CUDA, 4096 CPU)")
+    ap.add_argument("--bands", type=int, default=200)
+    ap.add_argument("--reps", type=int, default=15, help="CPU repetitions per timing")
+    ap.add_argument("--engine-side", type=int, default=None, help="scene side for the end-to-end row")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    p = args.pixels or (65536 if cuda else 4096)
+    dtypes = [torch.float32, torch.bfloat16] if cuda else [torch.float32]
+    bench = make_timer(device, args.reps)
+    if cuda:
+        name = torch.cuda.get_device_name(device)
+        dev_label = name.replace("NVIDIA ", "").split()[0].lower()
+    else:
+        name = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch threads"
+        dev_label = "cpu"
+    out_path = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"kernels-{dev_label}.md"
+    cmd = "python benchmarks/kernels.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    base = _random_program(args.bands, 24, 128, generator=torch.Generator().manual_seed(0))
+    flops = base.flops_per_pixel() * p
+    peaks = measure_peaks(device, bench, [torch.bfloat16, torch.float32] if cuda else [torch.float32, torch.bfloat16])
+
+    stage_rows, layer_rows = [], []
+    for dtype in dtypes:
+        prog = base.to(device=device, dtype=dtype)
+        x = torch.randn(p, args.bands, generator=torch.Generator().manual_seed(2)).to(device, dtype)
+        ref = spectral_stage_reference(x, prog)
+        forms: list[tuple[str, Callable | None, str]] = [("seed-conv3d (eager)", seed_conv3d_stage, ""),
+                                                       ("eager (conv2d channels-last)", spectral_stage_reference, "")]
+        if not args.no_compile:
+            forms.append(("compile" + (" (max-autotune)" if cuda else ""), get_spectral_stage("compile", device), ""))
+        if cuda:
+            from kernels.spectral import spectral_stage_triton
+            forms.append(("triton (fused)", spectral_stage_triton, ""))
+        else:
+            forms.append(("triton (fused)", None, PENDING_GPU))
+        for label, fn, note in forms:
+            if fn is None:
+                stage_rows.append((label, str(dtype).removeprefix("torch."), None, None, None, note))
+                continue
+            got = fn(x, prog)
+            err = ((got.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+            med, lo, hi = bench(lambda: fn(x, prog))
+            stage_rows.append((label, str(dtype).removeprefix("torch."), (med, lo, hi), flops / (med * 1e-3) / 1e12,
+                               p / (med * 1e-3) / 1e6, f"max rel. diff vs eager {err:.1e}"))
+        for layer, lflops, f3, f2 in layer_cases(prog, p, device, dtype):
+            for label, fn in (("seed-conv3d", f3), ("eager conv2d", f2)):
+                med, lo, hi = bench(fn)
+                layer_rows.append((layer, label, str(dtype).removeprefix("torch."), (med, lo, hi),
+                                   lflops / (med * 1e-3) / 1e12))
+            layer_rows.append((layer, "triton", str(dtype).removeprefix("torch."), None,
+                               "fused: whole stage only" if cuda else PENDING_GPU))
+
+    engine_rows = []
+    side = args.engine_side or (1024 if cuda else 145)
+    for backend in (["triton", "compile", "eager"] if cuda else ["eager"]):
+        desc, mpix = engine_mpix(device, backend, side, args.reps)
+        engine_rows.append((desc, mpix))
+    if not cuda:
+        engine_rows.append(("backend=triton", None))
+
+    lines = [f"# Spectral-stage kernels: {name}", "",
+             f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
+             f"- device: {name}" + (f", CUDA {torch.version.cuda}" if cuda else ""),
+             f"- versions: python {platform.python_version()}, torch {torch.__version__}, "
+             f"triton {_triton_version()}", f"- commit: {git_commit()}",
+             f"- command: `{cmd.strip()}`",
+             f"- program: {args.bands} bands, stem 24 k7 s2 -> {base.reduced_bands} positions, "
+             f"{len(base.blocks)} residual blocks (24, k7), reduce -> {base.out_features}; random folded weights",
+             f"- pixels per call: {p}; FLOPs = program.flops_per_pixel() x pixels = "
+             f"{base.flops_per_pixel():,} x {p} (2 x multiply-adds of every conv; padding work not counted)",
+             "- timing: " + ("triton.testing.do_bench, median [p20, p80]" if cuda else
+                             f"median [p20, p80] of {args.reps} wall-clock runs after one warm-up"), ""]
+    if not cuda:
+        lines += ["CPU-only run: this machine has no GPU (2 cores shared with other jobs, so figures are noisy).",
+                  f"Every Triton row is \"{PENDING_GPU}\"; no GPU figure here is estimated.", ""]
+    lines += ["## Device peaks (measured in this run)", "", "| what | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.3g} |" for k, v in peaks.items()]
+    peak_bf16 = next((v for k, v in peaks.items() if "bfloat16" in k), None)
+    lines += ["", "## Whole spectral stage", "",
+              f"| formulation | dtype | ms (median [p20, p80]) | TFLOP/s | % of bf16 matmul peak | Mpix/s | check |",
+              "|---|---|---|---|---|---|---|"]
+    for label, dtn, t, tf, mp, note in stage_rows:
+        if t is None:
+            lines.append(f"| {label} | {dtn} | {note} | | | | |")
+        else:
+            pct = f"{100 * tf / peak_bf16:.1f}%" if peak_bf16 else ""
+            lines.append(f"| {label} | {dtn} | {t[0]:.3f} [{t[1]:.3f}, {t[2]:.3f}] | {tf:.4f} | {pct} | {mp:.3f} | {note} |")
+    lines += ["", "## Per layer", "", "| layer | formulation | dtype | ms (median [p20, p80]) | TFLOP/s |",
+              "|---|---|---|---|---|"]
+    for layer, label, dtn, t, tf in layer_rows:
+        if t is None:
+            lines.append(f"| {layer} | {label} | {dtn} | {tf} | |")
+        else:
+            lines.append(f"| {layer} | {label} | {dtn} | {t[0]:.3f} [{t[1]:.3f}, {t[2]:.3f}] | {tf:.4f} |")
+    lines += ["", "## Engine end to end (hsi_engine.api.classify, random-init Indian Pines SSRN)", "",
+              "| run | Mpix/s |", "|---|---|"]
+    for desc, mp in engine_rows:
+        lines.append(f"| {desc} | {PENDING_GPU if mp is None and 'triton' in desc else ('pending' if mp is None else f'{mp:.4f}')} |")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return out_path
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+
+        return triton.__version__
+    except ImportError:
+        return "not installed"
+
+
+if __name__ == "__main__":
+    main()
