@@ -1,0 +1,145 @@
+"""Folding and the fused tile function against the model's own stages (random weights, random BN stats)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hsi_engine.fused import FusedSSRN, fold_spatial, fold_spectral, pad_scene, patch_forward, spatial_windows
+from kernels.spectral import spectral_stage_reference
+from ssrn.config import SSRNConfig
+from ssrn.model import SSRN
+
+SEED_FORM = dict(block_form="seed", stage_norms=2, spatial_shortcut="projection", conv_bias=True, bn_eps=1e-3,
+                 spectral_blocks=1, spatial_blocks=1)
+CONFIGS = {
+    "paper": {},
+    "paper-bias": dict(conv_bias=True),
+    "seed": SEED_FORM,
+    "seed-2blocks": dict(SEED_FORM, spectral_blocks=2, spatial_blocks=2),
+    "spc": dict(variant="spc"),
+    "spa": dict(variant="spa"),
+    "patch5": dict(patch=5),
+    "patch9": dict(patch=9),
+}
+
+
+def randomise_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial running stats and affine params, so folding is really exercised."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=g))
+            m.weight.data.copy_(0.5 + torch.rand(n, generator=g))
+            m.bias.data.copy_(0.6 * torch.rand(n, generator=g) - 0.3)
+    return model.eval()
+
+
+def random_model(bands: int = 23, classes: int = 5, seed: int = 0, **kw) -> SSRN:
+    torch.manual_seed(seed)
+    return randomise_bn(SSRN(SSRNConfig(bands=bands, classes=classes, **kw)), seed)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_fold_spectral_equals_model_spectral(name):
+    m = random_model(**CONFIGS[name])
+    x = torch.randn(3, m.config.bands, 4, 5)
+    with torch.no_grad():
+        ref = m.spectral(x)  # (3, 128, 4, 5)
+    prog = fold_spectral(m)
+    out = spectral_stage_reference(x.permute(0, 2, 3, 1).reshape(-1, m.config.bands), prog)  # (60, 128)
+    out = out.reshape(3, 4, 5, -1).permute(0, 3, 1, 2)
+    assert rel_err(out, ref) < 1e-5
+    assert prog.bands == m.config.bands and prog.out_features == m.config.reduce_width
+    assert prog.reduced_bands == m.config.reduced_bands
+
+
+def test_fold_spectral_paper_block_structure():
+    prog = fold_spectral(random_model())
+    assert len(prog.blocks) == 2 and not prog.post
+    for b in prog.blocks:
+        assert b.relu and b.pre is None and b.conv1.relu and not b.conv2.relu
+    seed = fold_spectral(random_model(**dict(SEED_FORM, spectral_blocks=2)))
+    assert [b.pre is not None for b in seed.blocks] == [False, True]
+    assert not any(b.relu or b.conv2.relu for b in seed.blocks) and len(seed.post) == 2
+
+
+def test_fold_handles_bias_and_no_bias():
+    for bias in (False, True):
+        m = random_model(conv_bias=bias)
+        assert (m.stem.bias is not None) == bias
+        prog = fold_spectral(m)
+        y = torch.zeros(1, m.config.bands)
+        # spectrum 0 (padding) maps to a non-zero feature vector: the folded biases carry the BN shifts
+        assert spectral_stage_reference(y, prog).abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["paper", "seed", "seed-2blocks", "spc", "spa"])
+def test_fold_spatial_equals_model_spatial(name):
+    m = random_model(**CONFIGS[name])
+    feats = torch.randn(6, m.config.reduce_width, m.config.patch, m.config.patch)
+    with torch.no_grad():
+        ref = m.spatial(feats)
+    sp = fold_spatial(m)
+    stem = torch.relu(torch.nn.functional.conv2d(feats, sp.stem_w, sp.stem_b))
+    assert rel_err(spatial_windows(stem, sp), ref) < 1e-5
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_fused_tile_equals_patch_mode(name):
+    m = random_model(**CONFIGS[name])
+    x = torch.randn(m.config.bands, 13, 11)
+    ref = patch_forward(m, x).t().reshape(m.config.classes, 13, 11)
+    out = FusedSSRN(m, backend="eager")(pad_scene(x, m.halo))
+    assert out.shape == ref.shape
+    assert rel_err(out, ref) < 1e-4
+    assert torch.equal(out.argmax(0), ref.argmax(0))
+
+
+def test_fused_chunking_does_not_change_results():
+    m = random_model()
+    x = pad_scene(torch.randn(m.config.bands, 9, 10), m.halo)
+    a = FusedSSRN(m, backend="eager")(x)
+    b = FusedSSRN(m, backend="eager", max_pixels=7)(x)  # many spectral chunks and one row of windows at a time
+    assert rel_err(b, a) < 1e-5
+
+
+def test_fused_rejects_bad_tiles():
+    m = random_model()
+    f = FusedSSRN(m, backend="eager")
+    with pytest.raises(ValueError, match="padded tile"):
+        f(torch.zeros(m.config.bands, 5, 9))  # smaller than one patch
+    with pytest.raises(ValueError, match="padded tile"):
+        f(torch.zeros(m.config.bands + 1, 9, 9))
+    with pytest.raises(ValueError, match="precision"):
+        FusedSSRN(m, precision="int8")
+
+
+def test_fused_compile_equals_eager():
+    """torch.compile of the fused form equals eager (tiny shapes; ~15-50 s of compilation on 2 cores)."""
+    m = random_model(bands=16, classes=4)
+    x = pad_scene(torch.randn(16, 6, 5), m.halo)
+    eager = FusedSSRN(m, backend="eager")(x)
+    comp = FusedSSRN(m, backend="compile")
+    assert comp.backend == "compile"
+    assert rel_err(comp(x), eager) < 1e-4
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_reduced_precision_runs_and_agreement_is_measured(precision, capsys):
+    m = random_model(bands=40, classes=6)
+    x = torch.randn(40, 16, 15)
+    ref = FusedSSRN(m, backend="eager")(pad_scene(x, m.halo))
+    low = FusedSSRN(m, backend="eager", precision=precision)(pad_scene(x, m.halo))
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    agree = float((low.argmax(0) == ref.argmax(0)).float().mean())
+    with capsys.disabled():
+        print(f"\n{precision} spectral stage: argmax agreement with float32 {agree:.4f}, "
+              f"max logit rel err {rel_err(low, ref):.2e}")
+    assert agree > 0.5  # a sanity floor only; agreement is reported, not required to be exact
