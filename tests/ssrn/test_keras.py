@@ -358,13 +358,28 @@ def test_import_refuses_mismatched_dataset(seed_dir, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_cli_bad_file_exits_2(tmp_path, capsys):
+def test_cli_bad_file_exits_2(seed_dir, tmp_path, capsys):
     from hsi_engine.cli import main
 
-    q = tmp_path / "junk.hdf5"
-    q.write_bytes(b"junk")
-    with pytest.raises(KerasImportError):
-        main(["import-keras", str(q), "--out", str(tmp_path / "o")])
+    p = _altered_copy(seed_dir / IN_FILE, tmp_path / "tanh.hdf5",
+                      lambda cfg: _layer(cfg, "activation_7")["config"].update(activation="tanh"))
+    assert main(["import-keras", str(p), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "import-keras: error:" in err and "'activation_7'" in err and "tanh" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_import_falls_back_to_shipped_indian_pines(seed_dir, tmp_path):
+    """With no scene in the data directory, the statistics come from the copy shipped with hsi-engine."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    a = ssrn.load_model(import_keras_to_dir(seed_dir / IN_FILE, tmp_path / "a", dataset="indian_pines",
+                                            data_dir=empty))
+    b = ssrn.load_model(import_keras_to_dir(seed_dir / IN_FILE, tmp_path / "b", dataset="in",
+                                            data_dir=seed_dir.parent))
+    np.testing.assert_allclose(a.meta["mean"], b.meta["mean"], rtol=1e-12)
+    np.testing.assert_allclose(a.meta["std"], b.meta["std"], rtol=1e-12)
+    assert a.meta["class_names"] == b.meta["class_names"] and a.meta["dataset"] == "indian_pines"
 
 
 # --------------------------------------------------------------------------------------------------
