@@ -246,8 +246,19 @@ if HAS_TRITON:
     _CONFIGS = [triton.Config({"BLOCK_P": bp}, num_warps=nw, num_stages=ns)
                 for bp, nw, ns in [(16, 4, 1), (16, 4, 2), (32, 4, 1), (32, 4, 2), (32, 8, 1), (64, 4, 1),
                                    (64, 8, 1)]]
+
+    def _prune_configs(configs, named_args, **meta):
+        # exact fp32 dots lower to FMA loops (no tensor cores) that compile slowly (~20 s each on a shared CPU):
+        # tune over the three no-spill configs only
+        if meta.get("PRECISION") == "ieee" and named_args["x_ptr"].dtype == torch.float32:
+            return [c for c in configs if c.kwargs["BLOCK_P"] <= 32 and c.num_stages == 1]
+        return configs
+
+    # the autotuner adds the tensor arguments' dtypes to the key; the pixel count is left out on purpose, so
+    # the last, partial tile of a scene does not trigger a new search
     _spectral_stage_kernel_tuned = triton.autotune(
-        configs=_CONFIGS, key=["B", "D", "F", "WP", "FP", "KT", "NUM_BLOCKS", "NUM_POST"])(_spectral_stage_kernel)
+        configs=_CONFIGS, key=["B", "D", "F", "WP", "FP", "KT", "NUM_BLOCKS", "NUM_POST", "PRECISION"],
+        prune_configs_by={"early_config_prune": _prune_configs})(_spectral_stage_kernel)
 
 
 def _next_pow2(n: int, lo: int = 16) -> int:

@@ -220,3 +220,16 @@ def test_gpu_dispatch_auto_picks_triton() -> None:
     dev = torch.device("cuda")
     assert resolve_backend("auto", dev) == "triton"
     assert get_spectral_stage("auto", dev) is spectral_stage_triton
+
+
+def test_exact_fp32_autotunes_over_no_spill_configs_only() -> None:
+    pytest.importorskip("triton")
+    from kernels import spectral
+
+    if spectral._interpreting():
+        pytest.skip("this process runs Triton's interpreter")
+    fp32 = spectral._prune_configs(spectral._CONFIGS, {"x_ptr": torch.zeros(1)}, PRECISION="ieee")
+    assert 1 <= len(fp32) < len(spectral._CONFIGS) and all(c.kwargs["BLOCK_P"] <= 32 for c in fp32)
+    bf16 = spectral._prune_configs(spectral._CONFIGS, {"x_ptr": torch.zeros(1, dtype=torch.bfloat16)},
+                                   PRECISION="ieee")
+    assert bf16 == spectral._CONFIGS
