@@ -139,18 +139,8 @@ def _dims_from_attr(value: Any) -> tuple[str, ...] | None:
 def _bare_dataarray(data, dims: Sequence[str] | None, where: str, *, band_axis: int | None,
                     default_last: bool) -> xr.DataArray:
     """A DataArray around an unnamed (or attr-named) 3-D array, dims normalised to (band, y, x)."""
-    if data.ndim != 3:
-        kind = "a 2-D image (one band?)" if data.ndim == 2 else f"a {data.ndim}-D array"
-        raise SceneError(f"{where} holds {kind} of shape {tuple(data.shape)}; expected a 3-D hyperspectral cube "
-                         "(band, y, x) or (y, x, band). Pass the cube, not a single band or a label map.")
-    if band_axis is not None:
-        if band_axis not in (0, 2, -1):
-            raise SceneError(f"band_axis={band_axis} for {where}; expected 0 (band, y, x) or 2 (y, x, band)")
-        dims = ("band", "y", "x") if band_axis == 0 else ("y", "x", "band")
-    elif dims is None or len(dims) != 3:
-        dims = ("band", "y", "x") if _guess_band_axis(tuple(data.shape), where, default_last) == 0 else ("y", "x", "band")
-    da = xr.DataArray(data, dims=tuple(dims))
-    return _normalise_dims(da, where)
+    dims = _resolve_dims(tuple(data.shape), dims, where, band_axis=band_axis, default_last=default_last)
+    return _normalise_dims(xr.DataArray(data, dims=tuple(dims)), where)
 
 
 def _normalise_dims(da: xr.DataArray, where: str) -> xr.DataArray:
@@ -185,9 +175,35 @@ def _normalise_dims(da: xr.DataArray, where: str) -> xr.DataArray:
 
 
 def _aligned_chunk(block: int, size: int, target: int = _TARGET_CHUNK) -> int:
-    """A chunk length that is a whole number of ``block`` and about ``target`` (never more than ``size``)."""
+    """A chunk length that is a whole number of ``block`` and about ``target`` (never more than ``size``).
+
+    Blocks much larger than ``target`` (whole-width strips of a striped GeoTIFF, a contiguous array) are
+    cut to ``2 * target`` so one chunk of all bands stays bounded whatever the scene size.
+    """
     block = max(1, int(block))
+    if block > 2 * target:
+        return int(min(size, 2 * target))
     return int(min(size, block * max(1, math.ceil(target / block))))
+
+
+def _resolve_dims(shape: tuple[int, ...], dims: Sequence[str] | None, where: str, *, band_axis: int | None,
+                  default_last: bool) -> tuple[str, ...]:
+    if len(shape) != 3:
+        kind = "a 2-D image (one band?)" if len(shape) == 2 else f"a {len(shape)}-D array"
+        raise SceneError(f"{where} holds {kind} of shape {tuple(shape)}; expected a 3-D hyperspectral cube "
+                         "(band, y, x) or (y, x, band). Pass the cube, not a single band or a label map.")
+    if band_axis is not None:
+        if band_axis not in (0, 2, -1):
+            raise SceneError(f"band_axis={band_axis} for {where}; expected 0 (band, y, x) or 2 (y, x, band)")
+        return ("band", "y", "x") if band_axis == 0 else ("y", "x", "band")
+    if dims is not None and len(dims) == 3:
+        return tuple(dims)
+    return ("band", "y", "x") if _guess_band_axis(tuple(shape), where, default_last) == 0 else ("y", "x", "band")
+
+
+def _default_chunks(shape: tuple[int, ...], dims: Sequence[str]) -> tuple[int, ...]:
+    """All bands in one chunk, about 512 x 512 pixels (for stores without chunks of their own)."""
+    return tuple(n if _canonical_dim(d) == "band" else min(n, 2 * _TARGET_CHUNK) for n, d in zip(shape, dims))
 
 
 def _rechunk_bands(da: xr.DataArray, chunks) -> xr.DataArray:
@@ -450,9 +466,10 @@ def _open_hdf5(path: Path, chunks, variable: str | None, band_axis: int | None) 
     ds = found[name]
     if ds.ndim != 3:
         raise SceneError(f"{path}:{name} has shape {ds.shape}; expected a 3-D cube")
-    data = dsa.from_array(ds, chunks=ds.chunks or "auto", lock=True)
     dims = _dims_from_attr(ds.attrs.get("dims")) or _dims_from_attr(ds.attrs.get("DIMENSION_LABELS"))
-    da = _bare_dataarray(data, dims, f"{path}:{name}", band_axis=band_axis, default_last=False)
+    dims = _resolve_dims(ds.shape, dims, f"{path}:{name}", band_axis=band_axis, default_last=False)
+    data = dsa.from_array(ds, chunks=ds.chunks or _default_chunks(ds.shape, dims), lock=True)
+    da = _bare_dataarray(data, dims, f"{path}:{name}", band_axis=None, default_last=False)
     wl = None
     for k in ("wavelength", "wavelengths"):
         if k in f and f[k].ndim == 1 and f[k].shape[0] == da.sizes["band"]:
@@ -476,8 +493,9 @@ def _open_matlab(path: Path, chunks, variable: str | None, band_axis: int | None
     except DataError as e:
         raise SceneError(f"{e}. Pass variable=NAME to pick the cube.") from None
     # MATLAB scenes are stored (rows, cols, bands): band-last unless the shape or band_axis says otherwise
-    data = dsa.from_array(arr, chunks=(-1, -1, -1))
-    da = _bare_dataarray(data, None, f"{path}:{key}", band_axis=band_axis, default_last=True)
+    dims = _resolve_dims(arr.shape, None, f"{path}:{key}", band_axis=band_axis, default_last=True)
+    data = dsa.from_array(arr, chunks=_default_chunks(arr.shape, dims))
+    da = _bare_dataarray(data, dims, f"{path}:{key}", band_axis=None, default_last=True)
     da.name = key
     return _finish(da, path, "matlab", wavelengths=_sidecar_wavelengths(path), chunks=chunks)
 
@@ -489,8 +507,9 @@ def _open_npy(path: Path, chunks, band_axis: int | None) -> xr.DataArray:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as e:
         raise SceneError(f"{path} is not a plain .npy array ({e}); object arrays are refused") from None
-    data = dsa.from_array(arr, chunks=(-1, _aligned_chunk(1, arr.shape[1], 512), -1) if arr.ndim == 3 else -1)
-    da = _bare_dataarray(data, None, str(path), band_axis=band_axis, default_last=True)
+    dims = _resolve_dims(arr.shape, None, str(path), band_axis=band_axis, default_last=True)
+    data = dsa.from_array(arr, chunks=_default_chunks(arr.shape, dims))
+    da = _bare_dataarray(data, dims, str(path), band_axis=None, default_last=True)
     return _finish(da, path, "npy", wavelengths=_sidecar_wavelengths(path), chunks=chunks)
 
 

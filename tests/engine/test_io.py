@@ -8,6 +8,7 @@ import dask.array as dsa
 import numpy as np
 import pytest
 import rioxarray  # noqa: F401  (registers .rio)
+import rasterio
 import xarray as xr
 
 from hsi_engine.errors import MissingSpatialDimsError, SceneError
@@ -268,3 +269,21 @@ def test_shipped_indian_pines_h5():
     da = open_scene(p)
     assert da.shape == (200, 145, 145) and da.dtype == np.uint16 and _is_lazy(da)
     assert da["wavelength"].values[0] == pytest.approx(400.02)
+
+
+def test_striped_geotiff_chunks_stay_bounded(tmp_path, geo):
+    # an untiled (striped) GeoTIFF has whole-width blocks; chunks must not grow with the scene width
+    cube = make_cube(bands=2, height=20, width=1300)
+    p = geo.write_geotiff(tmp_path / "strips.tif", cube, block=None)
+    with rasterio.open(p) as src:
+        assert not src.profile.get("tiled") and src.block_shapes[0][1] == 1300
+    da = open_scene(p)
+    assert max(da.chunks[2]) <= 512
+    np.testing.assert_array_equal(da.values, cube)
+
+
+def test_contiguous_npy_is_chunked(tmp_path):
+    p = tmp_path / "big.npy"
+    np.save(p, np.zeros((700, 600, 3), np.float32))  # band-last by the (rows, cols, bands) convention
+    da = open_scene(p)
+    assert da.shape == (3, 700, 600) and da.chunks[0] == (3,) and max(da.chunks[1]) <= 512
