@@ -169,7 +169,8 @@ if HAS_TRITON:
 
         stem_w = tl.load(stem_w_ptr + offs_k[:, None] * WP + offs_c[None, :])  # (KS_PAD, WP) taps x c_out
         stem_b = tl.load(stem_b_ptr + offs_c)
-        x_rows = x_ptr + offs_p[:, None] * stride_xp
+        rows64 = offs_p[:, None].to(tl.int64)  # P x bands may pass 2**31 elements on a whole scene
+        x_rows = x_ptr + rows64 * stride_xp
         col0 = offs_p[:, None] * 0  # (BLOCK_P, 1) int zeros: position-validity tests broadcast from it
 
         zero = tl.zeros((BLOCK_P, WP), dtype=dt)
@@ -236,7 +237,7 @@ if HAS_TRITON:
         out = acc_r + tl.load(red_b_ptr + offs_f)[None, :]
         if REDUCE_RELU:
             out = tl.maximum(out, 0.0)
-        tl.store(out_ptr + offs_p[:, None] * stride_op + offs_f[None, :] * stride_of,
+        tl.store(out_ptr + rows64 * stride_op + offs_f[None, :] * stride_of,
                  _round(out, out_ptr.dtype.element_ty, INTERP_BF16), mask=p_mask[:, None] & (offs_f[None, :] < F))
 
     # Hopper: 16-64 pixel rows per program, 4-8 warps. The kernel is register-bound (the tuple windows grow
