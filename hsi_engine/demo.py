@@ -190,8 +190,9 @@ def run_demo(out: str | os.PathLike, *, device: Any = None, backend: str = "auto
         **counts,
         "pixels": n_pixels, "height": int(pred.shape[0]), "width": int(pred.shape[1]),
         "bands": int(scene.sizes["band"]), "seconds": seconds, "pixels_per_second": n_pixels / seconds,
-        "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
-        or platform.machine(),
+        "device": str(dev),
+        "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
+                        else platform.processor() or platform.machine()),
         "backend": resolved, "backend_requested": backend, "precision": "float32",
         "tile": tile, "outputs": {"classmap": tif.name, "figure": png.name, "report": "report.json"},
         "versions": _versions(),

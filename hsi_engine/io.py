@@ -439,14 +439,36 @@ def _zarr_bare_array(arr, path: Path, chunks, band_axis: int | None) -> xr.DataA
     return _finish(da, path, "zarr", wavelengths=wl, nodata=nodata, chunks=chunks)
 
 
+class _H5Source:
+    """A picklable array-like over one HDF5 dataset: each read opens the file (dask workers included)."""
+
+    def __init__(self, path: Path, name: str, shape: tuple[int, ...], dtype) -> None:
+        self.path, self.name, self.shape, self.dtype = str(path), name, tuple(shape), np.dtype(dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key):
+        import h5py
+
+        with h5py.File(self.path, "r") as f:
+            return f[self.name][key]
+
+
 def _open_hdf5(path: Path, chunks, variable: str | None, band_axis: int | None) -> xr.DataArray:
-    import dask.array as dsa
     import h5py
 
     try:
-        f = h5py.File(path, "r")  # kept open for the lifetime of the dask graph
+        with h5py.File(path, "r") as f:
+            return _open_hdf5_file(f, path, chunks, variable, band_axis)
     except OSError as e:
         raise SceneError(f"{path} is not a readable HDF5 file ({e})") from None
+
+
+def _open_hdf5_file(f, path: Path, chunks, variable: str | None, band_axis: int | None) -> xr.DataArray:
+    import dask.array as dsa
+    import h5py
     found: dict[str, Any] = {}
     f.visititems(lambda name, obj: found.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
     if variable is not None:
@@ -468,7 +490,12 @@ def _open_hdf5(path: Path, chunks, variable: str | None, band_axis: int | None) 
         raise SceneError(f"{path}:{name} has shape {ds.shape}; expected a 3-D cube")
     dims = _dims_from_attr(ds.attrs.get("dims")) or _dims_from_attr(ds.attrs.get("DIMENSION_LABELS"))
     dims = _resolve_dims(ds.shape, dims, f"{path}:{name}", band_axis=band_axis, default_last=False)
-    data = dsa.from_array(ds, chunks=ds.chunks or _default_chunks(ds.shape, dims), lock=True)
+    from dask.base import tokenize
+
+    token = tokenize(str(path.resolve()), ds.name, os.stat(path).st_mtime_ns)
+    data = dsa.from_array(_H5Source(path, ds.name, ds.shape, ds.dtype),
+                          chunks=ds.chunks or _default_chunks(ds.shape, dims), lock=True,
+                          name=f"hdf5-{token}", meta=np.empty((0, 0, 0), ds.dtype))
     da = _bare_dataarray(data, dims, f"{path}:{name}", band_axis=None, default_last=False)
     wl = None
     for k in ("wavelength", "wavelengths"):

@@ -62,7 +62,7 @@ def false_colour(scene, *, bands: Sequence[int] | None = None, percentiles: tupl
 
 def classmap_rgb(labels, palette: Sequence[Sequence[int]] | None = None, *, n_classes: int | None = None,
                  background: Sequence[int] = (0, 0, 0)) -> np.ndarray:
-    """``(y, x, 3)`` uint8 image of a class map: class i in ``palette[i-1]``, 0 (nodata/unlabelled) in ``background``."""
+    """``(y, x, 3)`` uint8 image of a class map: class i in ``palette[i-1]``, 0 (nodata) in ``background``."""
     from .writers import _norm_palette
 
     lab = np.asarray(labels)

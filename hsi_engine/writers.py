@@ -4,7 +4,8 @@
 
 * ``.tif`` / ``.tiff``: a Cloud-Optimised GeoTIFF. Tiles go into a hidden tiled GeoTIFF beside the target
   (``.<name>.tmp-<random>.tif``); ``commit`` converts it with GDAL's COG driver (DEFLATE, internal tiles of
-  ``block`` (at least 128, the COG driver's minimum), overviews resampled with MODE so labels stay labels), then ``os.replace``-s it into place.
+  ``block`` (at least 128, the COG driver's minimum), overviews resampled with MODE so labels stay
+  labels), then ``os.replace``-s it into place.
   Band 1 is ``uint8``: 0 = nodata (declared), 1..K classes, with a colour table (the palette) and the class
   names as GeoTIFF metadata (``class_names`` JSON and ``class_<i>`` items on band 1) and as GDAL category
   names plus a thematic raster attribute table (Value, Class, Red, Green, Blue) in the ``<name>.aux.xml``
@@ -158,7 +159,8 @@ class ClassMapWriter:
         self.x_coords = None if x_coords is None else np.asarray(x_coords)
         for name, c, n in (("y_coords", self.y_coords, self.height), ("x_coords", self.x_coords, self.width)):
             if c is not None and c.shape != (n,):
-                raise ValueError(f"{name} has shape {c.shape}; expected ({n},) for the {self.height} x {self.width} map")
+                raise ValueError(f"{name} has shape {c.shape}; expected ({n},) for the {self.height} x "
+                                 f"{self.width} map")
         if self.crs is None or self.transform is None:
             missing = " and ".join(m for m, v in (("CRS", self.crs), ("transform", self.transform)) if v is None)
             warnings.warn(f"writing {path} without georeferencing (no {missing}): the class map is in pixel "
