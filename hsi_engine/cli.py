@@ -47,17 +47,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--schedule", choices=["constant", "cosine"], default="constant")
     p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop after the last epoch that fits this training-time budget (recorded in the report)")
 
 
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from ssrn.data import DataError
     from ssrn.train import run_training
 
-    run_training(dataset=args.dataset, out=args.out, data_dir=args.data_dir, epochs=args.epochs,
-                 batch_size=args.batch_size, train_fraction=args.train_fraction,
-                 val_fraction=args.val_fraction, per_class=args.per_class, split=args.split, seed=args.seed,
-                 device=args.device, variant=args.variant, patch=args.patch, optimizer=args.optimizer,
-                 lr=args.lr, schedule=args.schedule, patience=args.patience,
-                 command="hsi-engine " + shlex.join(argv))
+    try:
+        run_training(dataset=args.dataset, out=args.out, data_dir=args.data_dir, epochs=args.epochs,
+                     batch_size=args.batch_size, train_fraction=args.train_fraction,
+                     val_fraction=args.val_fraction, per_class=args.per_class, split=args.split, seed=args.seed,
+                     device=args.device, variant=args.variant, patch=args.patch, optimizer=args.optimizer,
+                     lr=args.lr, schedule=args.schedule, patience=args.patience, max_minutes=args.max_minutes,
+                     command="hsi-engine " + shlex.join(argv))
+    except (DataError, KeyError) as e:
+        print(f"hsi-engine train: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

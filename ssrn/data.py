@@ -1,0 +1,579 @@
+"""Scenes, labels, splits and on-the-fly patches for SSRN training.
+
+* Loaders for the standard MATLAB scenes (v5 via ``scipy.io.loadmat``, v7.3 via ``h5py``) returning an
+  ``xarray.DataArray`` ``(band, y, x)`` and an integer label map (0 = unlabelled, 1..K).
+* A registry of the four standard datasets (file names as distributed by the GIC page), class names,
+  palettes and the seed's split fractions; the shipped Indian Pines copy is the fallback.
+* Per-band standardisation over the scene (the seed's ``preprocessing.scale``).
+* Splits: stratified random by fractions, a fixed count per class, and spatially disjoint blocks.
+* :class:`PatchDataset`: patches cut on the fly from the zero-padded normalised scene; the
+  ``N x P x P x B`` array is never built.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DATASETS", "DataError", "DatasetSpec", "PatchDataset", "Scene", "Split", "block_split", "decode_mask",
+    "default_data_dir", "encode_mask", "load_dataset", "load_mat_array", "load_scene", "per_class_split",
+    "shipped_indian_pines", "split_masks_from_meta", "standardize", "stratified_split",
+]
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_IN = REPO / "hsi_engine" / "data" / "indian_pines" / "indian_pines.h5"
+
+
+class DataError(ValueError):
+    """A scene or label file that cannot be used: missing key, wrong shape, bad values."""
+
+
+# --------------------------------------------------------------------------------------------------
+# registry
+
+def _palette(hexes: str) -> list[list[int]]:
+    return [[int(h[i:i + 2], 16) for i in (0, 2, 4)] for h in hexes.split()]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    scene_files: tuple[str, ...]
+    scene_keys: tuple[str, ...]
+    gt_files: tuple[str, ...]
+    gt_keys: tuple[str, ...]
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    train_fraction: float
+    val_fraction: float
+    sensor: str = ""
+    note: str = ""
+
+    def fractions(self) -> tuple[float, float]:
+        return self.train_fraction, self.val_fraction
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "indian_pines": DatasetSpec(
+        "indian_pines", ("Indian_pines_corrected.mat",), ("indian_pines_corrected", "indian_pines"),
+        ("Indian_pines_gt.mat", "gic_gt/Indian_pines_gt.mat"), ("indian_pines_gt",),
+        ("Alfalfa", "Corn-notill", "Corn-mintill", "Corn", "Grass-pasture", "Grass-trees",
+         "Grass-pasture-mowed", "Hay-windrowed", "Oats", "Soybean-notill", "Soybean-mintill",
+         "Soybean-clean", "Wheat", "Woods", "Buildings-Grass-Trees-Drives", "Stone-Steel-Towers"),
+        tuple(map(tuple, _palette("ff0000 00ff00 0000ff ffff00 00ffff ff00ff b0b0b0 808080 800000 808000 "
+                                  "008000 800080 008080 000080 ffa500 8b4513"))),
+        0.2, 0.1, "AVIRIS", "seed protocol: 20% train / 10% val / 70% test"),
+    "pavia_university": DatasetSpec(
+        "pavia_university", ("PaviaU.mat",), ("paviaU", "pavia_u", "paviau"),
+        ("PaviaU_gt.mat", "gic_gt/PaviaU_gt.mat"), ("paviaU_gt", "paviau_gt"),
+        ("Asphalt", "Meadows", "Gravel", "Trees", "Painted metal sheets", "Bare soil", "Bitumen",
+         "Self-blocking bricks", "Shadows"),
+        tuple(map(tuple, _palette("c0c0c0 00ff00 00ffff 008000 ff00ff a0522d 800080 ff0000 ffff00"))),
+        0.1, 0.1, "ROSIS", "seed protocol: 10% train / 10% val / 80% test"),
+    "ksc": DatasetSpec(
+        "ksc", ("KSC.mat",), ("KSC", "ksc"), ("KSC_gt.mat", "gic_gt/KSC_gt.mat"), ("KSC_gt", "ksc_gt"),
+        ("Scrub", "Willow swamp", "CP hammock", "Slash pine", "Oak/Broadleaf", "Hardwood", "Swamp",
+         "Graminoid marsh", "Spartina marsh", "Cattail marsh", "Salt marsh", "Mud flats", "Water"),
+        tuple(map(tuple, _palette("008000 00ff00 808000 006400 8b4513 a0522d 2e8b57 ffff00 ffa500 "
+                                  "ff00ff ff0000 c0c0c0 0000ff"))),
+        0.2, 0.1, "AVIRIS", "seed protocol (paper): 20% train / 10% val / 70% test"),
+    "salinas": DatasetSpec(
+        "salinas", ("Salinas_corrected.mat",), ("salinas_corrected", "salinas"),
+        ("Salinas_gt.mat", "gic_gt/Salinas_gt.mat"), ("salinas_gt",),
+        ("Brocoli_green_weeds_1", "Brocoli_green_weeds_2", "Fallow", "Fallow_rough_plow", "Fallow_smooth",
+         "Stubble", "Celery", "Grapes_untrained", "Soil_vinyard_develop", "Corn_senesced_green_weeds",
+         "Lettuce_romaine_4wk", "Lettuce_romaine_5wk", "Lettuce_romaine_6wk", "Lettuce_romaine_7wk",
+         "Vinyard_untrained", "Vinyard_vertical_trellis"),
+        tuple(map(tuple, _palette("ff0000 00ff00 0000ff ffff00 00ffff ff00ff b0b0b0 808080 800000 808000 "
+                                  "008000 800080 008080 000080 ffa500 8b4513"))),
+        0.1, 0.1, "AVIRIS",
+        "not in the seed; hsi-engine uses 10% train / 10% val / 80% test like Pavia University "
+        "(Salinas has 54129 labelled pixels, more than 5x Indian Pines)"),
+}
+_ALIASES = {"in": "indian_pines", "ip": "indian_pines", "indianpines": "indian_pines", "up": "pavia_university",
+            "paviau": "pavia_university", "pavia": "pavia_university", "pavia_u": "pavia_university",
+            "kennedy_space_center": "ksc", "sa": "salinas"}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    key = name.lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    if key not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; known: {sorted(DATASETS)} (or pass a path to a .mat/.h5 scene)")
+    return DATASETS[key]
+
+
+def default_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """``data_dir`` if given, else ``$HSI_ENGINE_DATA``, else ``../shared/data`` beside the repository."""
+    if data_dir is not None:
+        return Path(data_dir)
+    env = os.environ.get("HSI_ENGINE_DATA")
+    if env:
+        return Path(env)
+    return REPO.parent / "shared" / "data"
+
+
+# --------------------------------------------------------------------------------------------------
+# MATLAB loading
+
+def _mat_keys_and_reader(path: Path):
+    """(keys, get(key) -> ndarray) for a MATLAB v5 or v7.3 file."""
+    import scipy.io
+
+    try:
+        d = scipy.io.loadmat(str(path))
+    except NotImplementedError:  # v7.3 = HDF5
+        import h5py
+
+        f = h5py.File(path, "r")
+        keys = [k for k in f.keys() if not k.startswith("#")]
+
+        def get(key: str) -> np.ndarray:
+            a = f[key][()]
+            return np.ascontiguousarray(a.transpose(tuple(range(a.ndim))[::-1]))  # MATLAB is column-major
+        return keys, get, f.close
+    except (ValueError, OSError, TypeError) as e:
+        raise DataError(f"{path} is not a readable MATLAB file ({e})") from None
+    keys = [k for k in d if not k.startswith("__")]
+    return keys, (lambda key: np.asarray(d[key])), (lambda: None)
+
+
+def load_mat_array(path: str | os.PathLike, keys: Sequence[str] | None = None, *, ndim: int | None = None,
+                   what: str = "array") -> tuple[np.ndarray, str]:
+    """The array stored under the first of ``keys`` found (case-insensitive) in a .mat file.
+
+    With ``keys=None`` the file must hold exactly one array of ``ndim`` dimensions.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {path} not found")
+    found, get, close = _mat_keys_and_reader(path)
+    try:
+        lower = {k.lower(): k for k in found}
+        if keys:
+            for k in keys:
+                if k.lower() in lower:
+                    key = lower[k.lower()]
+                    break
+            else:
+                raise DataError(f"{path}: no {what} under the expected key(s) {list(keys)}; keys found: "
+                                f"{sorted(found)}. Rename the variable or pass the matching file.")
+        else:
+            cands = [k for k in found if np.ndim(get(k)) == ndim]
+            if len(cands) != 1:
+                raise DataError(f"{path}: expected exactly one {ndim}-D {what}; keys found: {sorted(found)}")
+            key = cands[0]
+        arr = get(key)
+    finally:
+        close()
+    if ndim is not None and arr.ndim != ndim:
+        raise DataError(f"{path}: key {key!r} holds a {arr.ndim}-D array of shape {arr.shape}; "
+                        f"expected a {ndim}-D {what}")
+    return arr, key
+
+
+def _check_labels(labels: np.ndarray, shape: tuple[int, int], where: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape != tuple(shape):
+        raise DataError(f"{where}: label map has shape {labels.shape} but the scene is {shape[0]} x {shape[1]} "
+                        "(y, x); the ground truth must be a 2-D map of the same size as the scene")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise DataError(f"{where}: labels must be integers (0 = unlabelled, 1..K)")
+    if labels.min() < 0:
+        raise DataError(f"{where}: labels must be >= 0 (0 = unlabelled); found {labels.min()}")
+    return labels.astype(np.int64)
+
+
+def _to_dataarray(cube_band_last: np.ndarray, wavelengths: Sequence[float] | None, name: str):
+    import xarray as xr
+
+    if cube_band_last.ndim != 3:
+        raise DataError(f"{name}: scene must be 3-D (rows, cols, bands); got shape {cube_band_last.shape}")
+    arr = np.moveaxis(cube_band_last, -1, 0)
+    coords: dict[str, Any] = {"band": np.arange(1, arr.shape[0] + 1)}
+    if wavelengths is not None and len(wavelengths) == arr.shape[0]:
+        coords["wavelength"] = ("band", np.asarray(wavelengths, dtype=np.float64))
+    return xr.DataArray(arr, dims=("band", "y", "x"), coords=coords, name=name)
+
+
+def load_scene(scene_path: str | os.PathLike, gt_path: str | os.PathLike | None = None, *,
+               scene_keys: Sequence[str] | None = None, gt_keys: Sequence[str] | None = None,
+               wavelengths: Sequence[float] | None = None):
+    """Read a MATLAB scene (rows, cols, bands) and its ground truth: ``(DataArray (band, y, x), labels)``."""
+    scene_path = Path(scene_path)
+    cube, key = load_mat_array(scene_path, scene_keys, ndim=3, what="scene")
+    da = _to_dataarray(cube, wavelengths, key)
+    if gt_path is None:
+        return da, None
+    gt, gkey = load_mat_array(gt_path, gt_keys, ndim=None, what="ground truth")
+    labels = _check_labels(gt, da.shape[1:], f"{gt_path} (key {gkey!r}) vs {scene_path} (key {key!r})")
+    return da, labels
+
+
+# --------------------------------------------------------------------------------------------------
+# datasets
+
+@dataclass
+class Scene:
+    """A scene with labels: ``cube`` (band, y, x) DataArray, ``labels`` (y, x) int64 with 0 = unlabelled."""
+
+    name: str
+    cube: Any
+    labels: np.ndarray
+    class_names: list[str]
+    palette: list[list[int]]
+    wavelengths: list[float] | None = None
+    source: str = ""
+    spec: DatasetSpec | None = None
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.cube.shape)  # type: ignore[return-value]
+
+
+def shipped_indian_pines():
+    """The Indian Pines copy shipped in ``hsi_engine/data/indian_pines``: ``(DataArray, labels)``."""
+    import h5py
+
+    with h5py.File(SHIPPED_IN, "r") as f:
+        cube = f["cube"][()]
+        labels = f["labels"][()].astype(np.int64)
+        wl = f["wavelength"][()]
+    import xarray as xr
+
+    da = xr.DataArray(cube, dims=("band", "y", "x"),
+                      coords={"band": np.arange(1, cube.shape[0] + 1), "wavelength": ("band", wl)},
+                      name="indian_pines_corrected")
+    return da, labels
+
+
+def _in_wavelengths(data_dir: Path | None) -> list[float] | None:
+    if data_dir is not None and (data_dir / "Indian_pines_wavelengths.json").is_file():
+        return list(json.loads((data_dir / "Indian_pines_wavelengths.json").read_text())["wavelengths"])
+    if SHIPPED_IN.is_file():
+        import h5py
+
+        with h5py.File(SHIPPED_IN, "r") as f:
+            return f["wavelength"][()].tolist()
+    return None
+
+
+def _find(data_dir: Path, names: Sequence[str]) -> Path | None:
+    for n in names:
+        if (data_dir / n).is_file():
+            return data_dir / n
+    return None
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Scene:
+    """A registered dataset (``indian_pines``, ``pavia_university``, ``ksc``, ``salinas``) or a path.
+
+    Looks in ``data_dir`` (else ``$HSI_ENGINE_DATA``, else ``../shared/data`` beside the repository);
+    Indian Pines falls back to the copy this package ships.
+    """
+    p = Path(name)
+    if p.suffix.lower() in (".mat", ".h5", ".hdf5", ".npz") or p.exists():
+        return _load_path(p)
+    spec = dataset_spec(name)
+    ddir = default_data_dir(data_dir)
+    scene_file = _find(ddir, spec.scene_files) if ddir.is_dir() else None
+    gt_file = _find(ddir, spec.gt_files) if ddir.is_dir() else None
+    if scene_file is not None and gt_file is not None:
+        wl = _in_wavelengths(ddir) if spec.name == "indian_pines" else None
+        da, labels = load_scene(scene_file, gt_file, scene_keys=spec.scene_keys, gt_keys=spec.gt_keys,
+                                wavelengths=wl)
+        source = f"{scene_file} + {gt_file}"
+    elif spec.name == "indian_pines" and SHIPPED_IN.is_file():
+        da, labels = shipped_indian_pines()
+        source = f"{SHIPPED_IN} (shipped copy)"
+    else:
+        missing = [n for n, f in ((spec.scene_files, scene_file), (spec.gt_files, gt_file)) if f is None]
+        raise FileNotFoundError(
+            f"dataset {spec.name!r}: looked in {ddir} for {' and '.join(' or '.join(m) for m in missing)} and "
+            f"did not find {'them' if len(missing) > 1 else 'it'}. Download the scene and ground truth from the "
+            "GIC 'Hyperspectral Remote Sensing Scenes' page (ehu.eus/ccwintco) into a directory and pass "
+            "--data-dir DIR (or set HSI_ENGINE_DATA=DIR).")
+    k = int(labels.max())
+    if k > len(spec.class_names):
+        raise DataError(f"{source}: labels go up to {k} but {spec.name} has {len(spec.class_names)} classes")
+    wl = da.coords["wavelength"].values.tolist() if "wavelength" in da.coords else None
+    return Scene(spec.name, da, labels, list(spec.class_names), [list(c) for c in spec.palette], wl, source, spec)
+
+
+def _load_path(p: Path) -> Scene:
+    """A scene given by path: our HDF5 (cube/labels), an .npz (cube (band,y,x), labels) or a .mat + _gt.mat."""
+    if not p.exists():
+        raise FileNotFoundError(f"scene file {p} not found")
+    suf = p.suffix.lower()
+    if suf == ".npz":
+        with np.load(p) as z:
+            if "cube" not in z or "labels" not in z:
+                raise DataError(f"{p}: expected keys 'cube' (band, y, x) and 'labels' (y, x); found {sorted(z)}")
+            cube, labels = z["cube"], z["labels"]
+            wl = z["wavelength"].tolist() if "wavelength" in z else None
+        da = _to_dataarray(np.moveaxis(cube, 0, -1), wl, p.stem)
+    elif suf in (".h5", ".hdf5"):
+        import h5py
+
+        with h5py.File(p, "r") as f:
+            if "cube" not in f or "labels" not in f:
+                raise DataError(f"{p}: expected datasets 'cube' (band, y, x) and 'labels' (y, x); found {sorted(f)}")
+            cube, labels = f["cube"][()], f["labels"][()]
+            wl = f["wavelength"][()].tolist() if "wavelength" in f else None
+        da = _to_dataarray(np.moveaxis(cube, 0, -1), wl, p.stem)
+    else:
+        cands = [p.with_name(p.stem + "_gt.mat"), p.with_name(p.stem.replace("_corrected", "") + "_gt.mat"),
+                 p.parent / "gic_gt" / (p.stem.replace("_corrected", "") + "_gt.mat")]
+        gt = next((c for c in cands if c.is_file()), None)
+        if gt is None:
+            raise FileNotFoundError(f"no ground truth for {p}: looked for {[str(c) for c in cands]}")
+        da, labels = load_scene(p, gt)
+    labels = _check_labels(labels, da.shape[1:], str(p))
+    k = int(labels.max())
+    names = [f"class {i}" for i in range(1, k + 1)]
+    rng = np.random.default_rng(0)
+    palette = rng.integers(0, 256, size=(k, 3)).tolist()
+    wl = da.coords["wavelength"].values.tolist() if "wavelength" in da.coords else None
+    return Scene(p.stem, da, labels, names, palette, wl, str(p), None)
+
+
+# --------------------------------------------------------------------------------------------------
+# normalisation
+
+def standardize(cube) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-band standardisation over the scene (the seed's ``preprocessing.scale``, population std).
+
+    Returns ``(normalised float32 (band, y, x), mean (band,), std (band,))``; a constant band gets std 1.
+    The engine applies ``(x - mean) / std`` with the stored statistics.
+    """
+    a = np.asarray(cube, dtype=np.float64)
+    mean = a.mean(axis=(1, 2))
+    std = a.std(axis=(1, 2))
+    std = np.where(std > 0, std, 1.0)
+    normed = ((a - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
+    return normed, mean, std
+
+
+# --------------------------------------------------------------------------------------------------
+# splits
+
+@dataclass
+class Split:
+    """Flat pixel indices (into ``y * W + x``) of the train, validation and test sets."""
+
+    shape: tuple[int, int]
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    description: dict[str, Any] = field(default_factory=dict)
+
+    def masks(self) -> dict[str, np.ndarray]:
+        out = {}
+        for k in ("train", "val", "test"):
+            m = np.zeros(self.shape[0] * self.shape[1], bool)
+            m[getattr(self, k)] = True
+            out[k] = m.reshape(self.shape)
+        return out
+
+    def counts(self, labels: np.ndarray) -> dict[str, list[int]]:
+        flat = labels.reshape(-1)
+        k = int(flat.max())
+        return {s: np.bincount(flat[getattr(self, s)], minlength=k + 1)[1:].tolist() for s in ("train", "val", "test")}
+
+    def to_meta(self) -> dict[str, Any]:
+        """Compact JSON form: train and validation masks packed as bits (base64), plus the description."""
+        m = self.masks()
+        return {**self.description, "shape": list(self.shape), "n_train": int(self.train.size),
+                "n_val": int(self.val.size), "n_test": int(self.test.size),
+                "train_mask": encode_mask(m["train"]), "val_mask": encode_mask(m["val"])}
+
+
+def encode_mask(mask: np.ndarray) -> dict[str, Any]:
+    """A boolean (y, x) mask as ``{"encoding": "packbits-base64", "shape", "data"}`` (row-major, big-endian bits)."""
+    mask = np.asarray(mask, bool)
+    return {"encoding": "packbits-base64", "shape": list(mask.shape),
+            "data": base64.b64encode(np.packbits(mask.reshape(-1)).tobytes()).decode("ascii")}
+
+
+def decode_mask(enc: dict[str, Any]) -> np.ndarray:
+    if enc.get("encoding") != "packbits-base64":
+        raise DataError(f"unknown mask encoding {enc.get('encoding')!r}")
+    shape = tuple(enc["shape"])
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(enc["data"]), np.uint8))[: math.prod(shape)]
+    return bits.astype(bool).reshape(shape)
+
+
+def split_masks_from_meta(meta: dict[str, Any]) -> dict[str, np.ndarray]:
+    """``{"train": mask, "val": mask}`` from a model's ``meta["split"]`` (to exclude training pixels)."""
+    s = meta.get("split") or {}
+    return {k: decode_mask(s[f"{k}_mask"]) for k in ("train", "val") if f"{k}_mask" in s}
+
+
+def _labelled_by_class(labels: np.ndarray) -> dict[int, np.ndarray]:
+    flat = labels.reshape(-1)
+    return {int(c): np.flatnonzero(flat == c) for c in np.unique(flat) if c > 0}
+
+
+def stratified_split(labels: np.ndarray, train_fraction: float, val_fraction: float, seed: int = 0) -> Split:
+    """The seed's split: per class, a random ``train_fraction`` for training, ``val_fraction`` for validation,
+    the rest for test (each set gets at least one pixel of a class with >= 3 pixels)."""
+    if not (0 < train_fraction < 1 and 0 <= val_fraction < 1 and train_fraction + val_fraction < 1):
+        raise ValueError(f"fractions must satisfy 0 < train, 0 <= val, train + val < 1; got "
+                         f"{train_fraction}, {val_fraction}")
+    rng = np.random.default_rng(seed)
+    tr, va, te = [], [], []
+    for c, idx in _labelled_by_class(labels).items():
+        idx = rng.permutation(idx)
+        n = idx.size
+        nt = max(1, int(round(train_fraction * n)))
+        nv = int(round(val_fraction * n))
+        if val_fraction > 0 and n >= 3:
+            nv = max(1, nv)
+        nt, nv = min(nt, n), min(nv, max(0, n - nt - 1))
+        tr.append(idx[:nt]); va.append(idx[nt:nt + nv]); te.append(idx[nt + nv:])
+    cat = lambda xs: np.sort(np.concatenate(xs)) if xs else np.zeros(0, np.int64)  # noqa: E731
+    return Split(labels.shape, cat(tr), cat(va), cat(te),
+                 {"method": "stratified_random", "seed": seed, "train_fraction": train_fraction,
+                  "val_fraction": val_fraction, "test_fraction": round(1 - train_fraction - val_fraction, 6)})
+
+
+def per_class_split(labels: np.ndarray, per_class: int, val_fraction: float = 0.1, seed: int = 0) -> Split:
+    """A fixed number of training pixels per class (at most half of a small class), ``val_fraction`` of
+    each class for validation, the rest for test."""
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    rng = np.random.default_rng(seed)
+    tr, va, te = [], [], []
+    for c, idx in _labelled_by_class(labels).items():
+        idx = rng.permutation(idx)
+        n = idx.size
+        nt = min(per_class, max(1, n // 2))
+        nv = min(int(round(val_fraction * n)), max(0, n - nt - 1))
+        tr.append(idx[:nt]); va.append(idx[nt:nt + nv]); te.append(idx[nt + nv:])
+    return Split(labels.shape, np.sort(np.concatenate(tr)), np.sort(np.concatenate(va)), np.sort(np.concatenate(te)),
+                 {"method": "per_class", "seed": seed, "per_class": per_class, "val_fraction": val_fraction})
+
+
+def block_split(labels: np.ndarray, train_fraction: float, val_fraction: float, patch: int, seed: int = 0,
+                block: int | None = None) -> Split:
+    """Spatially disjoint split: the scene is cut into ``block x block`` squares, each assigned to train,
+    val or test (greedily, to approach the fractions per class), and every labelled pixel whose
+    ``patch x patch`` window reaches into a block of another split is dropped. So no training (or
+    validation) patch contains a test pixel, and no test patch contains a training pixel.
+    """
+    from scipy.ndimage import minimum_filter
+
+    h, w = labels.shape
+    r = patch // 2
+    if block is None:
+        block = max(4 * patch, int(round(min(h, w) / 8)))
+    by, bx = math.ceil(h / block), math.ceil(w / block)
+    k = int(labels.max())
+    target = np.array([train_fraction, val_fraction, 1 - train_fraction - val_fraction])
+    hist = np.zeros((by * bx, k + 1))
+    for i in range(by):
+        for j in range(bx):
+            sub = labels[i * block:(i + 1) * block, j * block:(j + 1) * block]
+            hist[i * bx + j] = np.bincount(sub.reshape(-1), minlength=k + 1)
+    hist = hist[:, 1:]
+    total = hist.sum(0) + 1e-9
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(by * bx)
+    order = order[np.argsort(-hist[order].sum(1), kind="stable")]  # big blocks first, random ties
+    have = np.zeros((3, k))
+    assign = np.zeros(by * bx, np.int64)
+    for b in order:
+        if hist[b].sum() == 0:
+            assign[b] = rng.choice(3, p=target)
+            continue
+        # deficit of each split per class, relative to the class size; weight by the block's classes
+        deficit = (target[:, None] * total - have) / total
+        score = (deficit * hist[b][None, :]).sum(1) / hist[b].sum()
+        s = int(np.argmax(score + 1e-6 * rng.random(3)))
+        assign[b] = s
+        have[s] += hist[b]
+    amap = np.repeat(np.repeat(assign.reshape(by, bx), block, 0), block, 1)[:h, :w]
+    flat = labels.reshape(-1)
+    sets = []
+    for s in range(3):
+        inside = minimum_filter((amap == s).astype(np.uint8), size=2 * r + 1, mode="constant", cval=1).astype(bool)
+        sets.append(np.flatnonzero(inside.reshape(-1) & (amap.reshape(-1) == s) & (flat > 0)))
+    dropped = int((flat > 0).sum() - sum(x.size for x in sets))
+    return Split(labels.shape, sets[0], sets[1], sets[2],
+                 {"method": "blocks", "seed": seed, "block": block, "patch": patch, "train_fraction": train_fraction,
+                  "val_fraction": val_fraction, "dropped_border_pixels": dropped,
+                  "block_assignment": assign.reshape(by, bx).tolist()})
+
+
+# --------------------------------------------------------------------------------------------------
+# patches
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Patches ``(bands, P, P)`` float32 around the given pixels, cut on the fly from the zero-padded
+    normalised scene. ``dataset[i]`` -> ``(patch, label)`` with label 0-based; :meth:`batch` cuts many at once.
+    """
+
+    def __init__(self, normed: np.ndarray | torch.Tensor, labels: np.ndarray | None, indices: np.ndarray,
+                 patch: int) -> None:
+        if patch < 1 or patch % 2 == 0:
+            raise ValueError(f"patch must be odd, got {patch}")
+        x = torch.as_tensor(np.asarray(normed, dtype=np.float32))
+        if x.dim() != 3:
+            raise ValueError(f"normed scene must be (band, y, x); got {tuple(x.shape)}")
+        self.bands, self.h, self.w = x.shape
+        self.patch = patch
+        r = patch // 2
+        # (y + 2r, x + 2r, band): a patch is one strided gather, band-contiguous
+        self.padded = torch.nn.functional.pad(x, (r, r, r, r)).permute(1, 2, 0).contiguous()
+        self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        self.ys = self.indices // self.w
+        self.xs = self.indices % self.w
+        if labels is not None:
+            lab = torch.as_tensor(np.asarray(labels).reshape(-1)[np.asarray(indices, dtype=np.int64)]) - 1
+            if (lab < 0).any():
+                raise ValueError("PatchDataset: an index points at an unlabelled pixel")
+            self.labels = lab.long()
+        else:
+            self.labels = None
+        self._off = torch.arange(patch)
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+    def batch(self, positions: torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
+        """Patches for dataset positions ``positions``: ``(n, bands, P, P)`` float32."""
+        pos = torch.as_tensor(positions, dtype=torch.long)
+        rows = self.ys[pos][:, None] + self._off  # padded coords: pixel y sits at y + r, window starts at y
+        cols = self.xs[pos][:, None] + self._off
+        out = self.padded[rows[:, :, None], cols[:, None, :]]  # (n, P, P, B)
+        return out.permute(0, 3, 1, 2).contiguous()
+
+    def targets(self, positions) -> torch.Tensor:
+        assert self.labels is not None
+        return self.labels[torch.as_tensor(positions, dtype=torch.long)]
+
+    def __getitem__(self, i: int):
+        p = self.batch([i])[0]
+        return (p, self.labels[i]) if self.labels is not None else p
+
+    def iter_batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
+        """Yield ``(patches, targets, positions)`` batches; targets is None without labels."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for s in range(0, n, batch_size):
+            pos = order[s:s + batch_size]
+            yield self.batch(pos), (self.labels[pos] if self.labels is not None else None), pos

@@ -1,0 +1,326 @@
+"""Trainer for SSRN: the seed's protocol by default (RMSprop lr 3e-4, batch 16, 200 epochs, best validation
+loss kept), with options (AdamW, cosine schedule, early stopping, AMP on CUDA, deterministic seeds)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import platform
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import PRESETS, SSRNConfig
+from .data import (PatchDataset, Scene, Split, block_split, load_dataset, per_class_split, standardize,
+                   stratified_split)
+from .metrics import classification_report
+from .model import SSRN, count_parameters
+
+__all__ = ["Trainer", "TrainResult", "predict", "run_training", "seed_everything"]
+
+log = logging.getLogger("ssrn.train")
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(dev)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_loss: float = float("inf")
+    epochs_run: int = 0
+    stopped_early: bool = False
+    stopped_by_time_budget: bool = False
+    train_time_s: float = 0.0
+
+
+@torch.no_grad()
+def scene_features(model: SSRN, data: PatchDataset, rows: int = 8, amp: bool = False) -> torch.Tensor:
+    """Spectral features of every pixel of the zero-padded scene, ``(Hp, Wp, reduce_width)``.
+
+    Spectral layers have a 1x1 footprint, so in eval mode a pixel's features do not depend on the patch
+    it sits in: computing them once per pixel and cutting feature patches gives the patch-mode result.
+    """
+    dev = next(model.parameters()).device
+    model.eval()
+    hp, wp, _ = data.padded.shape
+    out = []
+    for r0 in range(0, hp, rows):
+        x = data.padded[r0:r0 + rows].permute(2, 0, 1).unsqueeze(0).to(dev)  # (1, B, rows, Wp)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
+            f = model.spectral(x).float()
+        out.append(f[0].permute(1, 2, 0).cpu())
+    return torch.cat(out, 0)
+
+
+@torch.no_grad()
+def predict(model: SSRN, data: PatchDataset, batch_size: int = 256, device: str | torch.device | None = None,
+            amp: bool = False, dense: bool | None = None) -> tuple[np.ndarray, float | None]:
+    """Argmax predictions (0-based) for every patch of ``data`` and the mean loss when labelled.
+
+    ``dense`` (default: when the patches cover more pixels than the scene) computes the spectral stage once
+    per scene pixel and runs only the spatial stage per patch (same result as patch mode, far fewer FLOPs).
+    """
+    dev = _device(device) if device is not None else next(model.parameters()).device
+    model.eval()
+    if dense is None:
+        dense = len(data) * data.patch ** 2 > data.padded.shape[0] * data.padded.shape[1]
+    feats = scene_features(model, data, amp=amp) if dense else None
+    if feats is not None:
+        feat_ds = PatchDataset.__new__(PatchDataset)
+        feat_ds.__dict__.update(data.__dict__)
+        feat_ds.padded = feats
+    preds, loss_sum = [], 0.0
+    for x, y, pos in data.iter_batches(batch_size) if feats is None else feat_ds.iter_batches(batch_size):
+        x = x.to(dev, non_blocking=True)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
+            logits = (model(x) if feats is None else model.spatial(x)).float()
+        if y is not None:
+            loss_sum += float(F.cross_entropy(logits, y.to(dev), reduction="sum"))
+        preds.append(logits.argmax(1).cpu())
+    p = torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
+    return p, (loss_sum / max(1, len(data)) if data.labels is not None else None)
+
+
+class Trainer:
+    """Train an SSRN on patch datasets, keeping the weights of the best validation loss.
+
+    Defaults are the seed's: RMSprop (Keras' rho 0.9, epsilon 1e-7), lr 3e-4, batch 16, 200 epochs,
+    constant learning rate, no early stopping.
+    """
+
+    def __init__(self, model: SSRN, *, optimizer: str = "rmsprop", lr: float = 3e-4, weight_decay: float = 0.0,
+                 batch_size: int = 16, epochs: int = 200, schedule: str = "constant", patience: int | None = None,
+                 device: str | torch.device | None = None, amp: bool = True, seed: int = 0,
+                 eval_batch_size: int = 256, progress: bool = True, time_budget_s: float | None = None,
+                 on_improve: Callable[[SSRN, TrainResult], None] | None = None) -> None:
+        self.device = _device(device)
+        self.model = model.to(self.device)
+        self.batch_size, self.epochs, self.patience, self.seed = batch_size, epochs, patience, seed
+        self.eval_batch_size, self.progress, self.on_improve = eval_batch_size, progress, on_improve
+        self.time_budget_s = time_budget_s
+        self.amp = amp and self.device.type == "cuda"
+        self.optimizer_name, self.lr, self.schedule_name = optimizer, lr, schedule
+        params = model.parameters()
+        if optimizer == "rmsprop":
+            self.optimizer = torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-7, weight_decay=weight_decay)
+        elif optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay or 1e-2)
+        else:
+            raise ValueError(f"optimizer must be 'rmsprop' or 'adamw', got {optimizer!r}")
+        if schedule == "constant":
+            self.scheduler = None
+        elif schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, epochs))
+        else:
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+
+    def fit(self, train: PatchDataset, val: PatchDataset | None = None) -> TrainResult:
+        seed_everything(self.seed)
+        gen = torch.Generator().manual_seed(self.seed)
+        res = TrainResult()
+        best_state = None
+        bad = 0
+        t0 = time.perf_counter()
+        model, dev = self.model, self.device
+        for epoch in range(1, self.epochs + 1):
+            te = time.perf_counter()
+            model.train()
+            loss_sum, correct, seen = 0.0, 0, 0
+            for x, y, _ in train.iter_batches(self.batch_size, shuffle=True, generator=gen):
+                if x.shape[0] < 2 and len(train) > 1:  # BatchNorm needs > 1 sample in training mode
+                    continue
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.amp):
+                    logits = model(x)
+                    loss = F.cross_entropy(logits.float(), y)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                loss_sum += float(loss.detach()) * x.shape[0]
+                correct += int((logits.argmax(1) == y).sum())
+                seen += x.shape[0]
+            if self.scheduler is not None:
+                self.scheduler.step()
+            rec = {"epoch": epoch, "train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen)}
+            if val is not None and len(val):
+                vp, vl = predict(model, val, self.eval_batch_size, amp=self.amp)
+                rec["val_loss"] = float(vl)
+                rec["val_acc"] = float((vp == val.labels.numpy()).mean())
+            else:
+                rec["val_loss"] = rec["train_loss"]
+            rec["time_s"] = time.perf_counter() - te
+            res.history.append(rec)
+            res.epochs_run = epoch
+            improved = rec["val_loss"] < res.best_val_loss
+            if improved:
+                res.best_val_loss, res.best_epoch, bad = rec["val_loss"], epoch, 0
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            else:
+                bad += 1
+            if self.progress:
+                log.info("epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  %.1fs%s", epoch, self.epochs,
+                         rec["train_loss"], rec["train_acc"], rec["val_loss"], rec.get("val_acc", float("nan")),
+                         rec["time_s"], "  *best" if improved else "")
+            if improved and self.on_improve is not None:
+                res.train_time_s = time.perf_counter() - t0
+                self.on_improve(model, res)
+            if self.patience is not None and bad >= self.patience:
+                res.stopped_early = True
+                log.info("early stop: no val-loss improvement for %d epochs (best epoch %d)", bad, res.best_epoch)
+                break
+            elapsed = time.perf_counter() - t0
+            if (self.time_budget_s is not None and epoch < self.epochs
+                    and elapsed + elapsed / epoch > self.time_budget_s):
+                res.stopped_by_time_budget = True
+                log.info("stop after epoch %d: the next epoch would pass the time budget of %.0f s (best epoch %d)",
+                         epoch, self.time_budget_s, res.best_epoch)
+                break
+        res.train_time_s = time.perf_counter() - t0
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        model.eval()
+        return res
+
+
+# --------------------------------------------------------------------------------------------------
+
+def make_split(scene: Scene, split: str = "random", train_fraction: float | None = None,
+               val_fraction: float | None = None, per_class: int | None = None, seed: int = 0,
+               patch: int = 7) -> Split:
+    spec = scene.spec
+    tf = train_fraction if train_fraction is not None else (spec.train_fraction if spec else 0.2)
+    vf = val_fraction if val_fraction is not None else (spec.val_fraction if spec else 0.1)
+    if split == "blocks":
+        return block_split(scene.labels, tf, vf, patch, seed)
+    if split != "random":
+        raise ValueError(f"split must be 'random' or 'blocks', got {split!r}")
+    if per_class is not None:
+        return per_class_split(scene.labels, per_class, vf, seed)
+    return stratified_split(scene.labels, tf, vf, seed)
+
+
+def _versions() -> dict[str, str]:
+    import sys
+
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__}
+
+
+def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = None, epochs: int = 200,
+                 batch_size: int = 16, train_fraction: float | None = None, val_fraction: float | None = None,
+                 per_class: int | None = None, split: str = "random", seed: int = 0, device: str | None = None,
+                 variant: str = "ssrn", patch: int = 7, optimizer: str = "rmsprop", lr: float = 3e-4,
+                 schedule: str = "constant", patience: int | None = None, command: str | None = None,
+                 save_progress_every_s: float = 300.0, max_minutes: float | None = None, config_overrides: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
+    """Train on a dataset with the seed's protocol (or the given options) and write a model directory.
+
+    Returns the report dict also stored in ``model.json`` meta. While training, the best model so far is
+    written to ``out`` at most every ``save_progress_every_s`` seconds (report ``status: "training"``).
+    """
+    from .checkpoint import save_model
+
+    seed_everything(seed)
+    dev = _device(device)
+    scene = load_dataset(dataset, data_dir)
+    normed, mean, std = standardize(scene.cube.values)
+    sp = make_split(scene, split, train_fraction, val_fraction, per_class, seed, patch)
+    k = scene.n_classes
+    bands = normed.shape[0]
+    key = scene.spec.name if scene.spec is not None else None
+    base = PRESETS.get(key) if key else None
+    overrides = dict(config_overrides or {})
+    if base is not None:
+        config = base.replace(bands=bands, classes=k, patch=patch, variant=variant, **overrides)
+    else:
+        config = SSRNConfig(bands=bands, classes=k, patch=patch, variant=variant, **overrides)
+    model = SSRN(config)
+    train_ds = PatchDataset(normed, scene.labels, sp.train, patch)
+    val_ds = PatchDataset(normed, scene.labels, sp.val, patch)
+    test_ds = PatchDataset(normed, scene.labels, sp.test, patch)
+    counts = sp.counts(scene.labels)
+    absent = [scene.class_names[i] for i, c in enumerate(counts["train"]) if c == 0]
+    split_desc = {**sp.description, "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(test_ds),
+                  "classes_absent_from_train": absent}
+    split_desc.pop("block_assignment", None)
+    log.info("%s: scene %s from %s; split %s; %d parameters; device %s", scene.name, scene.shape, scene.source,
+             split_desc, count_parameters(model), dev)
+    meta: dict[str, Any] = {
+        "dataset": scene.name, "source": scene.source, "mean": mean.tolist(), "std": std.tolist(),
+        "normalisation": "per-band (x - mean) / std over the whole scene (population std); zero padding of "
+                         "patch//2 at the border after normalisation",
+        "class_names": scene.class_names, "palette": scene.palette, "command": command,
+        "split": {**sp.to_meta(), "counts": counts},
+    }
+    if scene.wavelengths is not None:
+        meta["wavelengths"] = scene.wavelengths
+        meta["wavelength_unit"] = "nm"
+    base_report = {"dataset": scene.name, "device": _device_name(dev), "seed": seed, "split": split_desc,
+                   "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "epochs": epochs,
+                   "schedule": schedule, "patience": patience, "max_minutes": max_minutes, "variant": variant, "patch": patch,
+                   "parameters": count_parameters(model), "versions": _versions(), "command": command}
+    last_save = [time.monotonic()]
+
+    def on_improve(m: SSRN, res: TrainResult) -> None:
+        if time.monotonic() - last_save[0] < save_progress_every_s:
+            return
+        last_save[0] = time.monotonic()
+        rep = {**base_report, "status": "training", "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
+               "best_val_loss": res.best_val_loss, "train_time_s": res.train_time_s}
+        m_state = {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
+        snap = SSRN(config)
+        snap.load_state_dict(m_state)
+        save_model(snap, out, meta={**meta, "report": rep})
+        log.info("saved progress to %s (epoch %d)", out, res.epochs_run)
+
+    trainer = Trainer(model, optimizer=optimizer, lr=lr, batch_size=batch_size, epochs=epochs, schedule=schedule,
+                      patience=patience, device=dev, seed=seed, on_improve=on_improve,
+                      time_budget_s=None if max_minutes is None else 60.0 * max_minutes)
+    res = trainer.fit(train_ds, val_ds)
+    t0 = time.perf_counter()
+    pred, test_loss = predict(trainer.model, test_ds, device=dev, amp=trainer.amp)
+    test_time = time.perf_counter() - t0
+    true = test_ds.labels.numpy()
+    rep = classification_report(true, pred, k, scene.class_names)
+    report = {**base_report, "status": "done", "oa": rep["oa"], "aa": rep["aa"], "kappa": rep["kappa"],
+              "per_class_accuracy": rep["per_class_accuracy"], "support": rep["support"],
+              "confusion_matrix": rep["confusion_matrix"], "test_loss": test_loss,
+              "train_time_s": res.train_time_s, "test_time_s": test_time, "epochs_run": res.epochs_run,
+              "best_epoch": res.best_epoch, "best_val_loss": res.best_val_loss, "stopped_early": res.stopped_early,
+              "stopped_by_time_budget": res.stopped_by_time_budget,
+              "epoch_time_s_mean": float(np.mean([h["time_s"] for h in res.history])) if res.history else None,
+              "history": [{k2: round(v, 5) if isinstance(v, float) else v for k2, v in h.items()}
+                          for h in res.history],
+              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    meta["report"] = report
+    trainer.model.meta = meta
+    save_model(trainer.model.cpu(), out, meta=meta)
+    log.info("%s: OA %.4f  AA %.4f  kappa %.4f  (%d epochs, best %d, train %.0fs, test %.1fs) -> %s", scene.name,
+             rep["oa"], rep["aa"], rep["kappa"], res.epochs_run, res.best_epoch, res.train_time_s, test_time, out)
+    return report
