@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rioxarray  # noqa: F401  (registers ``.rio`` on every DataArray open_scene returns)
 import xarray as xr
 
 from .errors import MissingSpatialDimsError, SceneError
@@ -236,7 +237,6 @@ def _finish(da: xr.DataArray, path: Path, fmt: str, *, wavelengths=None, nodata=
 
 def _open_geotiff(path: Path, chunks) -> xr.DataArray:
     import rasterio
-    import rioxarray
 
     try:
         with rasterio.open(path) as src:
@@ -645,8 +645,6 @@ def scene_info(path: str | os.PathLike) -> str:
         lines.append(f"chunks     {cs} (band, y, x); {math.prod(len(c) for c in da.chunks)} chunks")
     crs = transform = None
     try:
-        import rioxarray  # noqa: F401  (registers .rio)
-
         crs = da.rio.crs
         transform = da.rio.transform() if crs is not None or "spatial_ref" in da.coords else None
     except Exception:  # a scene without coordinates has no transform

@@ -287,3 +287,18 @@ def test_contiguous_npy_is_chunked(tmp_path):
     np.save(p, np.zeros((700, 600, 3), np.float32))  # band-last by the (rows, cols, bands) convention
     da = open_scene(p)
     assert da.shape == (3, 700, 600) and da.chunks[0] == (3,) and max(da.chunks[1]) <= 512
+
+
+@pytest.mark.parametrize("zarr_format", [3, 2])
+def test_zarr_nodata_is_recorded_not_masked(tmp_path, zarr_format):
+    a = np.ones((3, 4, 5), np.int16)
+    a[0, 0, 0] = -99
+    da = xr.DataArray(a, dims=("band", "y", "x"), name="r")
+    da.encoding["_FillValue"] = -99
+    p = tmp_path / "nd.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        da.to_dataset().to_zarr(p, zarr_format=zarr_format, consolidated=False)
+    out = open_scene(p)
+    assert out.dtype == np.int16 and out.attrs["_FillValue"] == -99 and out.rio.nodata == -99
+    assert int(out[0, 0, 0]) == -99  # values are left as stored; the engine masks them
