@@ -246,7 +246,6 @@ def _parse_stage_block(w: _Walker, x: str, *, stage: str, kernel: tuple[int, int
                           "shortcut (the Add, or a Conv3D k(1,1,1) feeding the Add)")
     m = main[0]
     expected_conv = f"{stage} block Conv3D k{kernel} same"
-    pre = False
     if w.layers[m].cls == "BatchNormalization":
         if first:
             w.fail(m, f"{expected_conv} (the first block of a stage has no pre-activation BN)")
@@ -255,10 +254,8 @@ def _parse_stage_block(w: _Walker, x: str, *, stage: str, kernel: tuple[int, int
         r = w.only_consumer(m, "Activation relu")
         w.relu(r, f"{stage} block pre-activation Activation relu")
         m = w.only_consumer(r, expected_conv)
-        pre = True
     elif not first:
         w.fail(m, f"{stage} block pre-activation BatchNormalization (blocks after the first start with BN-relu)")
-    del pre
     c1 = w.conv(m, expected_conv, kernel=kernel, padding="same", filters=width)
     bias.append(bool(c1.config.get("use_bias", True)))
     mapping[f"{prefix}.conv1"] = (m, "conv")

@@ -96,8 +96,8 @@ def keras_reference(path: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
         def weights(name: str) -> dict[str, np.ndarray]:
             g = f["model_weights"][name]
-            return {n.decode().split("/")[-1].split(":")[0]: g[n.decode()][()].astype(np.float64)
-                    for n in g.attrs["weight_names"]}
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs["weight_names"]]
+            return {n.split("/")[-1].split(":")[0]: g[n][()].astype(np.float64) for n in names}
 
         vals: dict[str, np.ndarray] = {}
         pre = None
@@ -238,6 +238,98 @@ def test_forward_matches_keras_graph_real_patches(seed_dir, in_model, in_scene):
     ours = torch_logits(in_model, x)
     _assert_close(ours, pre)
     assert (ours.argmax(1) == prob.argmax(1)).all()
+
+
+def write_keras_ssrn(path: Path, *, bands: int, classes: int, n_spec: int, n_spa: int, projection: bool,
+                     seed: int = 0, patch: int = 7, norms: int = 2) -> Path:
+    """A Keras 2 whole-model HDF5 in the seed's build pattern with random weights (Keras layout)."""
+    rng = np.random.default_rng(seed)
+    layers: list[dict] = []
+    weights: dict[str, dict[str, np.ndarray]] = {}
+    count: dict[str, int] = {}
+
+    def add(cls, prefix, cfg, inputs, w=None):
+        count[prefix] = count.get(prefix, 0) + 1
+        name = f"{prefix}_{count[prefix]}"
+        layers.append({"class_name": cls, "name": name, "config": {"name": name, **cfg},
+                       "inbound_nodes": [[[i, 0, 0, {}] for i in inputs]] if inputs else []})
+        if w:
+            weights[name] = w
+        return name
+
+    def conv(x, cin, filters, kernel, padding, strides=(1, 1, 1)):
+        fan = int(np.prod(kernel)) * cin
+        return add("Conv3D", "conv3d", {"filters": filters, "kernel_size": list(kernel), "strides": list(strides),
+                                        "padding": padding, "activation": "linear", "use_bias": True,
+                                        "data_format": "channels_last", "dilation_rate": [1, 1, 1]}, [x],
+                   {"kernel": rng.normal(0, 1 / np.sqrt(fan), (*kernel, cin, filters)),
+                    "bias": rng.normal(0, 0.1, filters)})
+
+    def bn_relu(x, c):
+        b = add("BatchNormalization", "batch_normalization",
+                {"axis": 4, "epsilon": 1e-3, "momentum": 0.99, "center": True, "scale": True}, [x],
+                {"gamma": rng.uniform(0.5, 1.5, c), "beta": rng.normal(0, 0.1, c),
+                 "moving_mean": rng.normal(0, 0.1, c), "moving_variance": rng.uniform(0.5, 1.5, c)})
+        return add("Activation", "activation", {"activation": "relu"}, [b])
+
+    def block(x, i, kernel, proj):
+        h = x if i == 0 else bn_relu(x, 24)
+        h = conv(bn_relu(conv(h, 24, 24, kernel, "same"), 24), 24, 24, kernel, "same")
+        s = conv(x, 24, 24, (1, 1, 1), "valid", (1, 1, 2)) if proj else x
+        return add("Add", "add", {}, [s, h])
+
+    x = add("InputLayer", "input", {"batch_input_shape": [None, patch, patch, bands, 1], "dtype": "float32",
+                                    "sparse": False}, [])
+    inp = x
+    x = bn_relu(conv(x, 1, 24, (1, 1, 7), "valid", (1, 1, 2)), 24)
+    for i in range(n_spec):
+        x = block(x, i, (1, 1, 7), False)
+    for _ in range(norms if n_spec else 0):
+        x = bn_relu(x, 24)
+    reduced = (bands - 7) // 2 + 1
+    x = bn_relu(conv(x, 24, 128, (1, 1, reduced), "valid"), 128)
+    x = add("Reshape", "reshape", {"target_shape": [patch, patch, 128, 1]}, [x])
+    x = bn_relu(conv(x, 1, 24, (3, 3, 128), "valid"), 24)
+    for i in range(n_spa):
+        x = block(x, i, (3, 3, 1), projection)
+    for _ in range(norms if n_spa else 0):
+        x = bn_relu(x, 24)
+    x = add("AveragePooling3D", "average_pooling3d", {"pool_size": [patch - 2, patch - 2, 1], "padding": "valid",
+                                                      "strides": [1, 1, 1], "data_format": "channels_last"}, [x])
+    x = add("Flatten", "flatten", {}, [x])
+    x = add("Dropout", "dropout", {"rate": 0.5}, [x])
+    x = add("Dense", "dense", {"units": classes, "activation": "softmax", "use_bias": True}, [x],
+            {"kernel": rng.normal(0, 0.3, (24, classes)), "bias": rng.normal(0, 0.1, classes)})
+    cfg = {"class_name": "Model", "config": {"name": "model_1", "layers": layers,
+                                             "input_layers": [[inp, 0, 0]], "output_layers": [[x, 0, 0]]}}
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = json.dumps(cfg).encode()
+        f.attrs["keras_version"] = b"2.0.6"
+        mw = f.create_group("model_weights")
+        mw.attrs["layer_names"] = np.array([lay["name"].encode() for lay in layers], dtype="S")
+        for lay in layers:
+            g = mw.create_group(lay["name"])
+            ws = weights.get(lay["name"], {})
+            g.attrs["weight_names"] = np.array([f"{lay['name']}/{k}:0".encode() for k in ws], dtype="S")
+            for k, v in ws.items():
+                g.create_dataset(f"{lay['name']}/{k}:0", data=v.astype(np.float32))
+    return path
+
+
+@pytest.mark.parametrize("n_spec,n_spa,projection", [(2, 2, True), (1, 3, False), (0, 2, True), (3, 0, False)])
+def test_other_block_counts_match_keras_graph(tmp_path, n_spec, n_spa, projection):
+    """Deeper seed-style graphs (pre-activation BN in later blocks), identity shortcuts, SPC / SPA variants."""
+    p = write_keras_ssrn(tmp_path / "m.hdf5", bands=31, classes=5, n_spec=n_spec, n_spa=n_spa,
+                         projection=projection, seed=n_spec * 10 + n_spa)
+    model = load_keras(p)
+    c = model.config
+    assert (c.spectral_blocks, c.spatial_blocks, c.reduced_bands) == (n_spec, n_spa, 13)
+    assert c.variant == ("ssrn" if n_spec and n_spa else "spc" if n_spec else "spa")
+    if n_spa:
+        assert c.spatial_shortcut == ("projection" if projection else "identity")
+    x = np.random.default_rng(1).standard_normal((3, 31, 7, 7))
+    pre, _ = keras_reference(p, to_keras(x))
+    _assert_close(torch_logits(model, x), pre)
 
 
 # --------------------------------------------------------------------------------------------------
