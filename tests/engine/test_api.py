@@ -1,0 +1,227 @@
+"""Public API: input kinds, normalisation semantics, outputs with coords/CRS, bad input, georeferenced files."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import hsi_engine
+from hsi_engine import (BandMismatchError, HSIEngineError, NonFiniteInputError, SceneTooSmallError, classify,
+                        classify_to_file)
+from hsi_engine.fused import patch_forward
+from ssrn.checkpoint import load_model, save_model
+from ssrn.config import SSRNConfig
+from ssrn.model import SSRN
+
+CLASSES = 4
+
+
+def make_model(bands: int, *, meta: bool = True, seed: int = 0, cube: np.ndarray | None = None) -> SSRN:
+    torch.manual_seed(seed)
+    m = SSRN(SSRNConfig(bands=bands, classes=CLASSES)).eval()
+    g = torch.Generator().manual_seed(seed)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.copy_(torch.rand(mod.num_features, generator=g) - 0.5)
+            mod.running_var.copy_(0.5 + torch.rand(mod.num_features, generator=g))
+    if meta:
+        a = cube.astype(np.float64)
+        m.meta = {"mean": a.mean(axis=(1, 2)).tolist(), "std": a.std(axis=(1, 2)).tolist(),
+                  "class_names": ["water", "forest", "field", "urban"],
+                  "palette": [[0, 0, 255], [0, 128, 0], [255, 255, 0], [255, 0, 0]]}
+    return m
+
+
+def reference_labels(model: SSRN, raw: np.ndarray) -> np.ndarray:
+    if model.meta.get("mean") is not None:
+        mean = np.asarray(model.meta["mean"])[:, None, None]
+        std = np.asarray(model.meta["std"])[:, None, None]
+        raw = (raw.astype(np.float64) - mean) / std
+    x = torch.from_numpy(np.asarray(raw, np.float32))
+    return patch_forward(model, x).argmax(1).reshape(x.shape[1:]).numpy().astype(np.uint8) + 1
+
+
+@pytest.fixture
+def case(geo):
+    cube = geo.make_cube(height=14, width=13)
+    model = make_model(geo.BANDS, cube=cube)
+    return cube, model, reference_labels(model, cube)
+
+
+def test_numpy_torch_dataarray_and_accessor_agree(case, geo):
+    cube, model, ref = case
+    a = classify(cube, model, tile=5, progress=False)
+    b = classify(torch.from_numpy(cube), model, tile=(3, 13), progress=False)
+    da = geo.cube_dataarray(cube)
+    c = classify(da, model, tile=64, progress=False)
+    d = da.hsi.classify(model, tile=4, progress=False)
+    e = da.chunk({"y": 5, "x": 6}).hsi.classify(model, tile=7, progress=False)
+    for out in (a, b, c, d, e):
+        assert isinstance(out, xr.DataArray) and out.dims == ("y", "x") and out.dtype == np.uint8
+        np.testing.assert_array_equal(out.values, ref)
+
+
+def test_output_keeps_coords_crs_and_class_metadata(case, geo):
+    cube, model, _ = case
+    da = geo.cube_dataarray(cube)
+    out = classify(da, model, progress=False)
+    np.testing.assert_array_equal(out["y"].values, da["y"].values)
+    np.testing.assert_array_equal(out["x"].values, da["x"].values)
+    assert out.rio.crs == da.rio.crs
+    assert tuple(out.rio.transform())[:6] == tuple(da.rio.transform())[:6]
+    assert out.attrs["class_names"] == model.meta["class_names"]
+    assert out.attrs["palette"] == model.meta["palette"]
+    assert out.attrs["_FillValue"] == 0
+
+
+def test_bare_model_takes_scene_as_normalised(case):
+    cube, model, ref = case
+    bare = SSRN(model.config)
+    bare.load_state_dict(model.state_dict())
+    bare.eval()
+    assert not bare.meta
+    mean = np.asarray(model.meta["mean"])[:, None, None]
+    std = np.asarray(model.meta["std"])[:, None, None]
+    normed = ((cube - mean) / std).astype(np.float32)
+    np.testing.assert_array_equal(classify(normed, bare, tile=6, progress=False).values, ref)
+
+
+def test_loaded_model_and_path(case, tmp_path):
+    cube, model, ref = case
+    path = save_model(model, tmp_path / "m")
+    loaded = hsi_engine.load_model(path)
+    np.testing.assert_array_equal(classify(cube, loaded, tile=8, progress=False).values, ref)
+    np.testing.assert_array_equal(classify(cube, str(path), tile=8, progress=False).values, ref)
+
+
+def test_probabilities_dataset(case):
+    cube, model, ref = case
+    ds = classify(cube, model, tile=5, probabilities=True, progress=False)
+    assert isinstance(ds, xr.Dataset)
+    assert ds["probabilities"].dims == ("class", "y", "x") and ds["probabilities"].dtype == np.float32
+    np.testing.assert_allclose(ds["probabilities"].sum("class").values, 1.0, atol=1e-5)
+    np.testing.assert_array_equal(ds["labels"].values, ref)
+    np.testing.assert_array_equal(ds["probabilities"].argmax("class").values + 1, ref)
+    np.testing.assert_allclose(ds["confidence"].values, ds["probabilities"].max("class").values)
+
+
+def test_band_mismatch_named_before_reading(case, geo):
+    cube, model, _ = case
+    with pytest.raises(BandMismatchError, match=r"scene has 11 bands, model expects 12"):
+        classify(cube[:11], model, progress=False)
+
+
+def test_wavelength_mismatch(case, geo):
+    cube, model, _ = case
+    model.meta["wavelengths"] = list(np.linspace(400.0, 1000.0, geo.BANDS))  # a VNIR-only sensor
+    with pytest.raises(BandMismatchError, match="wavelengths differ"):
+        classify(geo.cube_dataarray(cube), model, progress=False)
+    model.meta["wavelengths"] = list(geo.WAVELENGTHS_NM)
+    classify(geo.cube_dataarray(cube), model, progress=False)
+
+
+def test_scene_smaller_than_a_patch(case):
+    cube, model, _ = case
+    with pytest.raises(SceneTooSmallError, match="smaller than one 7 x 7 patch"):
+        classify(cube[:, :6, :], model, progress=False)
+
+
+def test_non_finite_without_policy_names_the_pixel(case):
+    cube, model, _ = case
+    bad = cube.copy()
+    bad[3, 9, 4] = np.nan
+    with pytest.raises(NonFiniteInputError, match=r"pixel \(y=9, x=4\)"):
+        classify(bad, model, tile=5, progress=False)
+
+
+@pytest.mark.parametrize("nodata", ["nan", -9999.0])
+def test_nodata_pixels_are_class_zero_and_padded_like_the_border(case, nodata):
+    cube, model, _ = case
+    bad = cube.copy()
+    value = np.nan if nodata == "nan" else nodata
+    bad[:, 9, 4] = value
+    bad[2, 1, 1] = value
+    out = classify(bad, model, tile=5, nodata=float(value), progress=False).values
+    assert out[9, 4] == 0 and out[1, 1] == 0 and (np.delete(out.ravel(), [9 * 13 + 4, 13 + 1]) > 0).all()
+    # reference: the masked pixels' normalised spectra are zero, exactly like padding
+    mean = np.asarray(model.meta["mean"])[:, None, None]
+    std = np.asarray(model.meta["std"])[:, None, None]
+    normed = ((cube - mean) / std).astype(np.float32)
+    normed[:, 9, 4] = 0
+    normed[:, 1, 1] = 0
+    bare = SSRN(model.config)
+    bare.load_state_dict(model.state_dict())
+    ref = reference_labels(bare.eval(), normed)
+    ref[9, 4] = ref[1, 1] = 0
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_integer_dtypes_converted_without_overflow(case):
+    cube, model, ref = case
+    scaled = np.clip(cube, 0, None).astype(np.uint16)
+    m = make_model(cube.shape[0], cube=scaled)
+    ref16 = reference_labels(m, scaled)
+    np.testing.assert_array_equal(classify(scaled, m, tile=6, progress=False).values, ref16)
+    np.testing.assert_array_equal(classify(scaled.astype(np.int64), m, tile=6, progress=False).values, ref16)
+
+
+def test_cluster_options_not_yet_supported(case, tmp_path):
+    cube, model, _ = case
+    with pytest.raises(HSIEngineError, match="not yet supported"):
+        classify_to_file(cube, model, tmp_path / "o.zarr", workers=2)
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_georeferencing_round_trip(geo, tmp_path, suffix):
+    import rasterio
+    import rioxarray
+
+    cube = geo.make_cube(height=18, width=15)
+    src = geo.write_geotiff(tmp_path / "scene.tif", cube, nodata=None)
+    model = make_model(geo.BANDS, cube=cube)
+    mdir = save_model(model, tmp_path / "model")
+    out = classify_to_file(src, mdir, tmp_path / f"map{suffix}", tile=8, progress=False)
+    ref = reference_labels(load_model(mdir), cube)
+    scene = hsi_engine.open_scene(src)
+    if suffix == ".tif":
+        with rasterio.open(out) as f:
+            assert f.crs.to_string() == geo.CRS
+            assert tuple(f.transform)[:6] == geo.TRANSFORM
+            assert f.nodata == 0
+            np.testing.assert_array_equal(f.read(1), ref)
+        back = rioxarray.open_rasterio(out).squeeze("band", drop=True)
+    else:
+        back = _zarr_labels(out)
+        np.testing.assert_array_equal(back.values, ref)
+    assert back.rio.crs.to_string() == geo.CRS
+    assert tuple(back.rio.transform())[:6] == geo.TRANSFORM
+    np.testing.assert_allclose(back["y"].values, scene["y"].values)
+    np.testing.assert_allclose(back["x"].values, scene["x"].values)
+
+
+def _zarr_labels(path):
+    ds = xr.open_zarr(path)
+    name = next(v for v in ("labels", "class", "classes", "class_map") if v in ds.data_vars)
+    return ds[name].load()
+
+
+def test_missing_georeferencing_warns(geo, tmp_path):
+    cube = geo.make_cube(height=9, width=9)
+    model = make_model(geo.BANDS, cube=cube)
+    with pytest.warns(UserWarning, match="no georeferencing"):
+        classify_to_file(cube, model, tmp_path / "m.zarr", progress=False)
+
+
+def test_bad_input_leaves_no_output(case, tmp_path):
+    cube, model, _ = case
+    bad = cube.copy()
+    bad[0, 12, 12] = np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(NonFiniteInputError):
+            classify_to_file(bad, model, tmp_path / "m.tif", tile=4, progress=False)
+    assert not (tmp_path / "m.tif").exists()
