@@ -179,8 +179,8 @@ class FusedSSRN:
         self.backend = resolve_backend(backend, self.device)
         self.program = fold_spectral(model).to(self.device)
         self.spatial = fold_spatial(model).to(self.device)
-        self._program_lp = self.program.to(dtype=self.dtype) if self.backend == "triton" and \
-            self.dtype != torch.float32 else None
+        # triton: the kernel runs in x's dtype and packs the (float32) program for it itself
+        self._program_lp = self.program if self.backend == "triton" and self.dtype != torch.float32 else None
         self._spectral = get_spectral_stage(self.backend, self.device)
         self._windows: Callable[[torch.Tensor, SpatialProgram], torch.Tensor] = spatial_windows
         if self.backend == "compile":
