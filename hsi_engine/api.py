@@ -102,6 +102,9 @@ class _Job:
                     dtype=da.dtype)
         self.mean, self.std = _normalisation(m)
         self.nodata = nodata if nodata is not None else _declared_nodata(da)
+        from .integrity import check_store
+
+        check_store(da, nodata=self.nodata)  # zarr fills missing chunks silently: refuse them up front
         self.device = _device(device)
         self.tile = tile if tile is not None else default_tile(self.device.type, bands)
         chunks = (da.chunks[1], da.chunks[2]) if da.chunks is not None else None

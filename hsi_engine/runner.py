@@ -108,7 +108,12 @@ def window_reader(scene: Any) -> Callable[[int, int, int, int], np.ndarray]:
             data = scene.data
 
             def read(ry0: int, ry1: int, rx0: int, rx1: int) -> np.ndarray:
-                return np.asarray(data[:, ry0:ry1, rx0:rx1].compute(scheduler="synchronous"))
+                try:
+                    return np.asarray(data[:, ry0:ry1, rx0:rx1].compute(scheduler="synchronous"))
+                except Exception as e:  # noqa: BLE001 - codec errors: name the corrupt chunk
+                    from .integrity import read_error
+
+                    raise read_error(scene, (ry0, ry1, rx0, rx1), e) from e
             return read
 
         def read_da(ry0: int, ry1: int, rx0: int, rx1: int) -> np.ndarray:

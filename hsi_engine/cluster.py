@@ -1,0 +1,481 @@
+"""The engine's tile plan on dask.distributed, and resumable runs (in-process or on a cluster).
+
+Task granularity: one task per output tile. The tile side is rounded up to a multiple of 16 and the output
+zarr is chunked with exactly that side, so a task owns one chunk of every output array: workers write their
+tiles straight into the output store (region writes of whole chunks, no read-modify-write shared between
+tasks) and then set the tile's cell of the completion record (see :mod:`hsi_engine.resume`). Any tile size
+gives the same map (the engine's exactness invariant), so the rounding does not change the result.
+
+Workers. ``workers=N``: a local cluster, CPU workers as ``LocalCluster(n_workers=N, threads_per_worker=1,
+processes=True)``; with CUDA, one worker per GPU (``dask_cuda.LocalCUDACluster`` when installed, else one
+nanny per GPU with ``CUDA_VISIBLE_DEVICES`` set), each with worker resource ``GPU=1``. ``scheduler=ADDRESS``
+(or a ``distributed.Client``): join a running cluster; when its workers advertise a ``GPU`` resource the
+tasks ask for ``GPU=1``. Resources are given to ``client.submit`` directly, never through
+``dask.annotate`` (graph optimisation drops annotations, dask#7036).
+
+The model is loaded once per worker process: a per-process cache keyed by the model's digest holds the
+built :class:`~hsi_engine.fused.FusedSSRN` (a model directory is loaded from its path on the worker; an
+in-memory ``SSRN`` is scattered once). A worker that dies (killed, out of memory) loses only its running
+task: the scheduler reruns it elsewhere and the nanny restarts the worker, which reloads the model on its
+next task. Scenes given as paths are opened by each worker (shared filesystem, as for the output);
+in-memory scenes are scattered.
+
+Output. Everything is written into ``<out>.partial`` and renamed (zarr) or converted (GeoTIFF, through
+:class:`~hsi_engine.writers.GeoTiffClassMapWriter`) into place only when every tile is recorded done.
+Bad input (:class:`HSIEngineError`) removes the partial store: no output and no leftovers. Any other
+interruption (a crash, Ctrl-C, SIGKILL) leaves it for ``resume=True`` / ``--resume``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import HSIEngineError, OutputError
+from .resume import ResumableZarrWriter, mark_tile, model_digest, partial_path
+from .tiles import Tile, TilePlan, default_tile, normalise_tile, plan_tiles
+
+log = logging.getLogger("hsi_engine.cluster")
+
+__all__ = ["RunReport", "chunk_side", "classify_to_file", "connect", "make_local_cluster", "run_to_file"]
+
+_CHUNK_MULTIPLE = 16  # output chunks are GeoTIFF-block friendly multiples of 16
+
+
+def chunk_side(tile: int | Sequence[int]) -> int:
+    """The output tile/chunk side for a requested tile: the larger side rounded up to a multiple of 16."""
+    ty, tx = normalise_tile(tile)
+    return _CHUNK_MULTIPLE * math.ceil(max(ty, tx) / _CHUNK_MULTIPLE)
+
+
+@dataclass
+class RunReport:
+    """What one (possibly resumed) run did."""
+
+    path: Path
+    tiles: int  # tiles in the plan
+    skipped: int  # already recorded done by earlier runs
+    computed: int  # written by this run
+    run: int  # this run's number in the completion record
+    workers: int  # 0: in-process
+    wall_s: float
+    tile: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# clusters
+
+
+def _cuda_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def make_local_cluster(n_workers: int | None = None, *, gpu: bool | None = None, silence_logs: int = logging.ERROR):
+    """A local dask cluster for the engine: one worker per GPU, else ``n_workers`` single-threaded processes.
+
+    ``gpu=None``: use GPUs when CUDA is available. GPU workers carry the resource ``GPU=1``.
+    """
+    from distributed import LocalCluster
+
+    ngpu = _cuda_count() if gpu is not False else 0
+    if gpu and ngpu == 0:
+        raise HSIEngineError("gpu=True but no CUDA device is visible: run CPU workers (gpu=False) or check "
+                             "CUDA_VISIBLE_DEVICES / the driver")
+    if ngpu:
+        n = min(ngpu, n_workers or ngpu)
+        try:
+            from dask_cuda import LocalCUDACluster
+
+            return LocalCUDACluster(n_workers=n, threads_per_worker=1, resources={"GPU": 1},
+                                    dashboard_address=":0", silence_logs=silence_logs)
+        except ImportError:
+            from distributed import Nanny, Scheduler, SpecCluster
+
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            ids = [s.strip() for s in visible.split(",")] if visible else [str(i) for i in range(ngpu)]
+            workers = {f"gpu-{i}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1},
+                                                              "env": {"CUDA_VISIBLE_DEVICES": ids[i]},
+                                                              "silence_logs": silence_logs}}
+                       for i in range(n)}
+            return SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
+                               workers=workers, silence_logs=silence_logs)
+    n = int(n_workers or 1)
+    if n < 1:
+        raise ValueError(f"workers must be >= 1, got {n_workers}")
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                        silence_logs=silence_logs)
+
+
+@contextlib.contextmanager
+def connect(*, workers: int | None = None, scheduler: Any = None, gpu: bool | None = None) -> Iterator[Any]:
+    """A ``distributed.Client``: to ``scheduler`` (an address or a Client, used as is) or to a new local
+    cluster of ``workers`` (closed on exit)."""
+    from distributed import Client
+
+    if scheduler is not None and workers is not None:
+        raise ValueError("give workers= (start a local cluster) or scheduler= (join one), not both")
+    if scheduler is not None and hasattr(scheduler, "submit"):
+        yield scheduler
+        return
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout="30s")
+        except (OSError, TimeoutError) as e:
+            raise HSIEngineError(f"cannot reach the dask scheduler at {scheduler} ({e}); start one "
+                                 "(`dask scheduler` + `dask worker ADDRESS`) or use --workers N for a local "
+                                 "cluster") from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    cluster = make_local_cluster(workers, gpu=gpu)
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def _gpu_resources(client: Any) -> dict[str, float] | None:
+    try:
+        info = client.scheduler_info(n_workers=-1)
+    except TypeError:
+        info = client.scheduler_info()
+    if any("GPU" in (w.get("resources") or {}) for w in info.get("workers", {}).values()):
+        return {"GPU": 1}
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# what runs on a worker
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything a tile task needs besides the tile; small and picklable."""
+
+    store: str  # the partial zarr store
+    run: int
+    tile: int  # tile / chunk side
+    scene: str | None  # path, or None when the scene is passed (scattered) as an argument
+    model: str | None  # model directory, or None when the model is passed (scattered)
+    model_key: str  # the model digest: worker cache key
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    nodata: float | None
+    backend: str
+    precision: str
+    device: str | None
+    probabilities: bool
+    throttle_s: float = 0.0
+
+
+_CACHE: dict[Any, Any] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _worker_engine(spec: TaskSpec, model_obj: Any):
+    """The FusedSSRN of this worker process, built once per (model, backend, device, precision)."""
+    import torch
+
+    dev = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    key = ("engine", spec.model_key, spec.backend, dev, spec.precision)
+    with _CACHE_LOCK:
+        eng = _CACHE.get(key)
+        if eng is None:
+            from .api import load_model
+            from .fused import FusedSSRN
+
+            model = model_obj if model_obj is not None else load_model(spec.model)
+            eng = FusedSSRN(model, backend=spec.backend, device=dev, precision=spec.precision)
+            _CACHE[key] = eng
+    return eng
+
+
+def _worker_scene(spec: TaskSpec, scene_obj: Any):
+    if scene_obj is not None:
+        return scene_obj
+    key = ("scene", spec.scene)
+    with _CACHE_LOCK:
+        da = _CACHE.get(key)
+        if da is None:
+            from .io import as_scene
+
+            da = _CACHE[key] = as_scene(spec.scene).transpose("band", "y", "x")
+    return da
+
+
+def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarray | None, std: np.ndarray | None,
+                 nodata: float | None, probabilities: bool):
+    """Read, normalise, classify one tile: ``(labels (h, w) uint8, probabilities (K, h, w) | None,
+    confidence (h, w) | None)``; the same steps, in the same order, as :func:`hsi_engine.runner.run_plan`."""
+    import torch
+
+    from .runner import prepare_tile, window_reader
+
+    raw = window_reader(da)(*tile.read)
+    h, w = tile.shape
+    buf = torch.zeros((engine.config.bands, h + 2 * halo, w + 2 * halo), dtype=torch.float32)
+    mask = prepare_tile(raw, tile, mean=mean, std=std, nodata=nodata, out=buf.numpy())
+    logits = engine(buf.to(engine.device))  # (K, h, w)
+    lab = (logits.argmax(0) + 1).to(torch.uint8).cpu().numpy()
+    prob = conf = None
+    if probabilities:
+        p = torch.softmax(logits.float(), 0)
+        prob, conf = p.cpu().numpy(), p.max(0).values.cpu().numpy()
+    if mask is not None:
+        lab = lab.copy()
+        lab[mask] = 0
+        if prob is not None:
+            prob = prob.copy()
+            prob[:, mask] = 0
+            conf = conf.copy()
+            conf[mask] = 0
+    return lab, prob, conf
+
+
+def _tile_task(spec: TaskSpec, tile: Tile, scene_obj: Any = None, model_obj: Any = None) -> dict[str, Any]:
+    """One tile on a worker: compute, write its chunk(s) into the partial store, then mark it done."""
+    import zarr
+
+    t0 = time.perf_counter()
+    engine = _worker_engine(spec, model_obj)
+    da = _worker_scene(spec, scene_obj)
+    mean = None if spec.mean is None else np.asarray(spec.mean, np.float64)
+    std = None if spec.std is None else np.asarray(spec.std, np.float64)
+    lab, prob, conf = compute_tile(da, tile, engine, halo=engine.halo, mean=mean, std=std, nodata=spec.nodata,
+                                   probabilities=spec.probabilities)
+    if spec.throttle_s:
+        time.sleep(spec.throttle_s)
+    try:
+        g = zarr.open_group(spec.store, mode="r+")  # gone when the run was aborted: write nothing
+    except Exception as e:  # noqa: BLE001
+        raise OutputError(f"output store {spec.store} disappeared while tile {tile.index} was running ({e})") \
+            from None
+    ys, xs = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
+    g["classes"][ys, xs] = lab
+    if prob is not None and "probabilities" in g:
+        arr = g["probabilities"]
+        arr[:, ys, xs] = prob.astype(arr.dtype, copy=False)
+    if conf is not None and "confidence" in g:
+        g["confidence"][ys, xs] = conf.astype(np.float32, copy=False)
+    mark_tile(spec.store, tile.y0 // spec.tile, tile.x0 // spec.tile, spec.run)  # after the data: atomic
+    return {"index": tile.index, "pixels": tile.pixels, "seconds": time.perf_counter() - t0, "pid": os.getpid()}
+
+
+# ----------------------------------------------------------------------------------------------
+# drivers
+
+
+class _MarkingSink:
+    """In-process sink: write the tile, then mark it done (run_plan's single writer thread calls this)."""
+
+    def __init__(self, writer: ResumableZarrWriter, run: int, side: int, throttle_s: float) -> None:
+        self.writer, self.run, self.side, self.throttle_s = writer, run, side, throttle_s
+
+    def write(self, y0: int, x0: int, labels: np.ndarray, probabilities: np.ndarray | None = None,
+              confidence: np.ndarray | None = None) -> None:
+        if self.throttle_s:
+            time.sleep(self.throttle_s)
+        self.writer.write_tile(y0 // self.side, x0 // self.side, self.run, y0, x0, labels, probabilities,
+                               confidence)
+
+
+def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_obj: Any, model_obj: Any,
+                     progress: bool | None) -> dict[str, Any]:
+    from distributed import as_completed
+
+    from .runner import _progress_bar
+
+    resources = _gpu_resources(client)
+    scene_arg = client.scatter(scene_obj, broadcast=True, hash=False) if scene_obj is not None else None
+    model_arg = client.scatter(model_obj, broadcast=True, hash=False) if model_obj is not None else None
+    token = uuid.uuid4().hex[:8]
+    futures = [client.submit(_tile_task, spec, t, scene_arg, model_arg, key=f"hsi-tile-{token}-{t.index}",
+                             resources=resources, pure=False) for t in tiles]
+    bar = _progress_bar(sum(t.pixels for t in tiles), progress)
+    pids: set[int] = set()
+    try:
+        for fut in as_completed(futures):
+            res = fut.result()  # re-raises the task's error (bad input, store gone...)
+            pids.add(res["pid"])
+            bar.update(res["pixels"])
+    except BaseException:
+        client.cancel(futures)
+        raise
+    finally:
+        bar.close()
+    return {"worker_pids": sorted(pids), "resources": resources}
+
+
+def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, tile: int | Sequence[int] | None = None,
+                device: Any = None, backend: str = "auto", precision: str = "float32",
+                probabilities: bool | str = False, overwrite: bool = False, nodata: float | None = None,
+                workers: int | None = None, scheduler: Any = None, resume: bool = False,
+                progress: bool | None = None, queue_depth: int = 3, readers: int = 2,
+                throttle_s: float = 0.0) -> RunReport:
+    """Classify into ``out`` (``.zarr`` or ``.tif``) resumably, in-process or on a dask cluster.
+
+    Without ``workers``/``scheduler`` the tiles run in this process through :func:`~hsi_engine.runner.run_plan`;
+    with them, one task per tile on the cluster (see the module doc). ``resume=True`` continues the partial
+    store of an interrupted run (or starts one). ``throttle_s`` sleeps that long per tile before writing it
+    (tests and demos of interruption only). Returns a :class:`RunReport`.
+    """
+    from .api import _georeferenced, _Job
+    from .io import open_scene
+    from .writers import _TIFF, _ZARR, side_paths
+
+    t_start = time.perf_counter()
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in _TIFF + _ZARR:
+        raise OutputError(f"cannot write a class map to {out}: suffix {suffix or '(none)'!r} is not supported; use "
+                          ".tif/.tiff (Cloud-Optimised GeoTIFF) or .zarr")
+    distributed = workers is not None or scheduler is not None
+    if workers is not None and int(workers) < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    scene = open_scene(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
+    job_device = device if (device is not None or not distributed) else "cpu"  # the driver computes nothing
+    job = _Job(scene, model_path, tile=tile if tile is not None else 1 << 20, device=job_device, backend=backend,
+               precision=precision, nodata=nodata)
+    da = job.da
+    if tile is None:
+        wdev = "cuda" if (str(device or "").startswith("cuda") or (device is None and _cuda_count() > 0)) else "cpu"
+        tile = default_tile(wdev if distributed else job.device.type, int(da.sizes["band"]))
+    side = chunk_side(tile)
+    halo = job.model.config.halo
+    chunks = (da.chunks[1], da.chunks[2]) if da.chunks is not None else None
+    plan: TilePlan = plan_tiles(job.height, job.width, side, halo, chunks=chunks)
+    grid = (math.ceil(job.height / side), math.ceil(job.width / side))
+
+    prob = "float16" if probabilities is True else (None if probabilities in (False, None) else probabilities)
+    if prob not in (None, "float16", "float32"):
+        raise ValueError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
+    crs = transform = None
+    if _georeferenced(da):
+        crs, transform = da.rio.crs, da.rio.transform()
+    else:
+        warnings.warn(f"scene {scene_path if isinstance(scene_path, (str, os.PathLike)) else ''} has no "
+                      "georeferencing (no CRS): the class map is written in pixel coordinates; set one with "
+                      "da.rio.write_crs(...) to georeference it", stacklevel=2)
+    if suffix in _TIFF and not overwrite and prob is not None:
+        for key in ("probabilities", "confidence"):
+            p = side_paths(out)[key]
+            if p.exists():
+                raise OutputError(f"output {p} already exists; pass overwrite=True (--overwrite) to replace it, "
+                                  "or choose another path")
+    digest = model_digest(job.model)
+    fingerprint = {"scene": {"shape": [int(s) for s in da.shape], "dtype": str(da.dtype)}, "model": digest,
+                   "tile": side, "halo": halo, "classes": job.classes, "probabilities": prob,
+                   "nodata": None if job.nodata is None else repr(float(job.nodata)), "precision": precision,
+                   "output": suffix.lstrip(".")}
+    ycoords = np.asarray(da["y"].values) if "y" in da.coords else None
+    xcoords = np.asarray(da["x"].values) if "x" in da.coords else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # georeferencing: warned above
+        writer = ResumableZarrWriter(out, grid=grid, fingerprint=fingerprint, resume=resume, height=job.height,
+                                     width=job.width, n_classes=job.classes, crs=crs, transform=transform,
+                                     y_coords=ycoords, x_coords=xcoords, class_names=job.class_names(),
+                                     palette=job.palette(), probabilities=prob, confidence=prob is not None,
+                                     overwrite=overwrite, block=side)
+    done = writer.done()
+    todo = [t for t in plan if done[t.y0 // side, t.x0 // side] == 0]
+    run = writer.start_run()
+    skipped = len(plan) - len(todo)
+    if writer.resumed:
+        log.info("resuming %s: %d of %d tiles already written, %d to go", writer.partial, skipped, len(plan),
+                 len(todo))
+    extra: dict[str, Any] = {}
+    error: BaseException | None = None
+    n_workers = 0
+    try:
+        if not todo:
+            pass
+        elif not distributed:
+            sub = TilePlan(plan.height, plan.width, plan.tile, plan.halo, tuple(todo))
+            extra = _run_local(job, sub, writer, run, side, throttle_s, prob, queue_depth, readers, progress)
+        else:
+            is_path = isinstance(scene_path, (str, os.PathLike))
+            is_model_path = isinstance(model_path, (str, os.PathLike))
+            spec = TaskSpec(store=str(writer.partial), run=run, tile=side,
+                            scene=str(Path(scene_path).resolve()) if is_path else None,
+                            model=str(Path(model_path).resolve()) if is_model_path else None, model_key=digest,
+                            mean=None if job.mean is None else tuple(float(v) for v in job.mean),
+                            std=None if job.std is None else tuple(float(v) for v in job.std),
+                            nodata=job.nodata, backend=backend, precision=precision,
+                            device=None if device is None else str(device), probabilities=prob is not None,
+                            throttle_s=float(throttle_s))
+            with connect(workers=workers, scheduler=scheduler) as client:
+                try:
+                    n_workers = len(client.scheduler_info().get("workers", {}))
+                    extra = _run_distributed(client, spec, todo, None if is_path else da,
+                                             None if is_model_path else job.model, progress)
+                except BaseException as e:  # noqa: BLE001 - handled below, after our cluster is closed
+                    error = e
+            if error is not None:
+                raise error
+    except HSIEngineError:
+        writer.abort()  # bad input: no output and no partial store
+        if distributed:
+            time.sleep(0.5)  # a task of an external cluster may still be finishing its write: sweep again
+            writer._temps.append(writer.partial)
+            writer._cleanup()
+        raise
+    except BaseException:
+        if not writer.resumed and not (writer.done() > 0).any():
+            writer.abort()  # nothing written (e.g. the cluster did not start): leave nothing behind
+            raise
+        kept = writer.keep_partial()
+        log.warning("run interrupted; %s holds the tiles written so far: rerun with resume=True (--resume) to "
+                    "finish it", kept)
+        raise
+    missing = int((writer.done() == 0).sum())
+    if missing:
+        kept = writer.keep_partial()
+        raise OutputError(f"{missing} tiles of {kept} are not recorded as written after the run; rerun with "
+                          "resume=True (--resume) to finish them")
+    wall = time.perf_counter() - t_start
+    writer.finish_run(run, workers=n_workers, wall_s=round(wall, 3))
+    if suffix in _ZARR:
+        path = Path(writer.commit())
+    else:
+        path = writer.commit_geotiff(out, crs=crs, transform=transform)
+    report = RunReport(path=path, tiles=len(plan), skipped=skipped, computed=len(todo), run=run, workers=n_workers,
+                       wall_s=time.perf_counter() - t_start, tile=side, extra=dict(extra or {}))
+    log.info("wrote %s: %d tiles computed, %d skipped (run %d, %s) in %.1f s", path, report.computed, skipped, run,
+             f"{n_workers} workers" if distributed else "in-process", report.wall_s)
+    return report
+
+
+def _run_local(job: Any, plan: TilePlan, writer: ResumableZarrWriter, run: int, side: int, throttle_s: float,
+               prob: str | None, queue_depth: int, readers: int, progress: bool | None) -> dict[str, Any]:
+    from .runner import run_plan
+
+    return run_plan(job.da, plan, job.engine(), _MarkingSink(writer, run, side, throttle_s), mean=job.mean,
+                    std=job.std, nodata=job.nodata, probabilities=prob is not None, queue_depth=queue_depth,
+                    readers=readers, progress=progress)
+
+
+def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, **kw: Any) -> Path:
+    """:func:`hsi_engine.api.classify_to_file` with ``workers``/``scheduler``/``resume``: see :func:`run_to_file`."""
+    return run_to_file(scene_path, model_path, out, **kw).path

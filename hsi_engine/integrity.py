@@ -1,0 +1,155 @@
+"""Strict reading of zarr scenes: missing chunks and chunks that do not decode become :class:`CorruptChunkError`.
+
+zarr fills a chunk that is absent from the store with the array's ``fill_value`` and says nothing, so a
+deleted or never-copied chunk would be classified as if it were real data. :func:`check_store` lists the
+store's chunk keys before any tile is read and names the missing ones. The exception: when the scene
+declares the fill value as its nodata value (or the run's nodata policy is that value), an absent chunk
+is the store's legitimate way of saying "all nodata" (zarr 3 does not write chunks that equal the fill
+value), and those pixels are masked to class 0 like any other nodata pixel.
+
+A chunk whose bytes do not decode raises whatever the codec raises (``RuntimeError: Zstd decompression
+error`` ...); :func:`read_error` turns such a failure of one read window into a :class:`CorruptChunkError`
+naming the chunk key and index (found by decoding the window's chunks one by one).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CorruptChunkError, HSIEngineError, SceneError
+
+__all__ = ["check_store", "read_error", "zarr_array_of"]
+
+
+def zarr_array_of(da: Any):
+    """The zarr array behind a scene opened from a zarr store, or ``None`` (other formats, in-memory data)."""
+    src = getattr(da, "encoding", {}).get("source") if da is not None else None
+    if not src or Path(src).suffix.lower() != ".zarr" and not Path(src).parent.suffix.lower() == ".zarr":
+        return None
+    try:
+        import zarr
+
+        node = zarr.open(str(src), mode="r")
+    except Exception:  # noqa: BLE001 - not a zarr store after all: nothing to check
+        return None
+    if isinstance(node, zarr.Array):
+        arr = node
+    else:
+        name = getattr(da, "name", None)
+        arr = node.get(str(name)) if name is not None else None
+        if not isinstance(arr, zarr.Array):
+            cands = [a for _, a in node.arrays() if a.ndim == 3]
+            if len(cands) != 1:
+                return None
+            arr = cands[0]
+    if sorted(arr.shape) != sorted(int(s) for s in da.shape):
+        return None  # sliced or resampled after opening: chunk coordinates no longer map
+    return arr
+
+
+def _list_keys(arr) -> set[str]:
+    from zarr.core.sync import sync
+
+    sp = arr.store_path
+    prefix = f"{sp.path}/" if sp.path else ""
+
+    async def collect() -> list[str]:
+        return [k async for k in sp.store.list_prefix(prefix)]
+
+    return {k[len(prefix):] for k in sync(collect())}
+
+
+def _fill_is_nodata(arr, da: Any, nodata: float | None) -> bool:
+    fill = arr.fill_value
+    if fill is None:
+        return False
+    fill = float(np.asarray(fill).item()) if np.asarray(fill).dtype.kind in "biuf" else None
+    if fill is None:
+        return False
+    declared = [nodata, da.attrs.get("_FillValue"), da.attrs.get("nodata")]
+    for v in declared:
+        if v is None:
+            continue
+        v = float(v)
+        if (math.isnan(v) and math.isnan(fill)) or v == fill:
+            return True
+    return False
+
+
+def check_store(da: Any, *, nodata: float | None = None) -> None:
+    """Raise :class:`CorruptChunkError` if the zarr store behind ``da`` lacks chunks (see the module doc)."""
+    arr = zarr_array_of(da)
+    if arr is None:
+        return
+    try:
+        if arr.nchunks_initialized == arr.nchunks:
+            return
+        if _fill_is_nodata(arr, da, nodata):
+            return
+        present = _list_keys(arr)
+        missing = [(c, arr.metadata.encode_chunk_key(c)) for c in arr._iter_chunk_coords()
+                   if arr.metadata.encode_chunk_key(c) not in present]
+    except HSIEngineError:
+        raise
+    except Exception:  # noqa: BLE001 - a store we cannot list: leave it to the reads
+        return
+    if not missing:
+        return
+    src = da.encoding.get("source")
+    shown = ", ".join(f"{k} (chunk {tuple(int(i) for i in c)})" for c, k in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    raise CorruptChunkError(
+        f"zarr store {src} is missing {len(missing)} of {arr.nchunks} chunks of array {arr.path or '/'}: {shown}"
+        f"{more}. zarr would silently fill them with {arr.fill_value!r}. Re-create (re-copy) the store; if those "
+        f"regions are meant to be empty, declare the fill value as nodata (nodata={arr.fill_value!r}, "
+        f"--nodata {arr.fill_value!r}) so they are classified as 0")
+
+
+def _axes(arr, da: Any) -> list[str] | None:
+    """Which of band/y/x each axis of ``arr`` is."""
+    from .io import _canonical_dim
+
+    names = getattr(arr.metadata, "dimension_names", None) or arr.attrs.get("_ARRAY_DIMENSIONS") \
+        or arr.attrs.get("dims")
+    if names and len(names) == 3:
+        axes = [_canonical_dim(str(n)) for n in names]
+        if sorted(a for a in axes if a) == ["band", "x", "y"]:
+            return axes  # type: ignore[return-value]
+    sizes = {d: int(da.sizes[d]) for d in ("band", "y", "x")}
+    if len(set(sizes.values())) == 3:
+        inv = {v: k for k, v in sizes.items()}
+        return [inv[s] for s in arr.shape]
+    return None
+
+
+def read_error(da: Any, window: Sequence[int], exc: BaseException) -> HSIEngineError:
+    """The error to raise for a failed read of ``window = (ry0, ry1, rx0, rx1)`` of the scene ``da``."""
+    if isinstance(exc, HSIEngineError):
+        return exc
+    src = getattr(da, "encoding", {}).get("source", "the scene")
+    ry0, ry1, rx0, rx1 = (int(v) for v in window)
+    arr = zarr_array_of(da)
+    axes = _axes(arr, da) if arr is not None else None
+    if arr is not None and axes is not None:
+        ranges = {"band": (0, int(da.sizes["band"])), "y": (ry0, ry1), "x": (rx0, rx1)}
+        per_axis = []
+        for ax, c in zip(axes, arr.chunks):
+            a, b = ranges[ax]
+            per_axis.append(range(a // c, max(a // c + 1, -(-b // c))))
+        for coords in itertools.product(*per_axis):
+            try:
+                arr.get_block_selection(coords)
+            except Exception as e:  # noqa: BLE001 - the codec's own error type
+                key = arr.metadata.encode_chunk_key(coords)
+                return CorruptChunkError(
+                    f"zarr chunk {key} (chunk index {coords}) of array {arr.path or '/'} in {src} cannot be "
+                    f"decoded ({type(e).__name__}: {e}); the store is corrupt: re-create (re-copy) it from its "
+                    "source")
+    return SceneError(f"reading rows {ry0}:{ry1}, cols {rx0}:{rx1} of {src} failed ({type(exc).__name__}: "
+                      f"{exc}); the store may be damaged or unreadable: check it (hsi-engine info) or re-create it")

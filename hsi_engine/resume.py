@@ -1,0 +1,220 @@
+"""Resumable class-map output: a zarr store with a per-tile completion record, renamed into place when complete.
+
+Naming. While a run is incomplete its output lives in ``<out>.partial`` beside the requested path (e.g.
+``map.zarr.partial``, ``map.tif.partial``): a visible name, so an interrupted run is easy to spot, and one
+that never passes for the finished product (no tool opens ``*.partial`` as a class map). The requested
+name appears only when every tile is written: a ``.zarr`` output is the partial store renamed into place
+(one ``os.replace``); a ``.tif`` output is converted from the completed partial store through
+:class:`~hsi_engine.writers.GeoTiffClassMapWriter` (hidden temp + rename), after which the partial store is
+removed. A later run with ``resume=True`` (``--resume``) finds ``<out>.partial`` by that name.
+
+Completion record. The store holds ``resume/tiles_done``: a ``(tile rows, tile cols)`` uint16 zarr array
+in its own subgroup (xarray does not see it), one uncompressed chunk per tile, so concurrent workers never
+rewrite each other's chunks. A tile's cell is set to the run number (1 for the first run, 2 for the first
+resume, ...) only AFTER its labels (and probabilities) are written, and zarr's local store writes every
+chunk atomically (temp file + rename), so a process killed at any point never marks an unwritten tile. The
+output arrays are chunked exactly like the tiles (tile side = chunk side), so each tile is one chunk
+(region writes, no read-modify-write across tiles). The marker values double as a count: after a resumed run,
+``(tiles_done == k).sum()`` is the number of tiles run ``k`` computed. The group attrs hold the run history
+(``resume_runs``) and a fingerprint of scene shape/dtype, model weights, tile plan and output options;
+resuming with different settings is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import OutputError
+from .writers import ZarrClassMapWriter
+
+__all__ = ["PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "model_digest", "partial_path", "read_record"]
+
+PARTIAL_SUFFIX = ".partial"
+RECORD = "resume/tiles_done"
+FINGERPRINT_ATTR = "hsi_engine_resume"
+RUNS_ATTR = "resume_runs"
+
+
+def partial_path(out: str | os.PathLike) -> Path:
+    """Where the incomplete output of ``out`` lives: ``<out>.partial``."""
+    p = Path(out)
+    return p.with_name(p.name + PARTIAL_SUFFIX)
+
+
+def model_digest(model: Any) -> str:
+    """sha256 over the model's config, normalisation (meta mean/std) and state dict: identifies the weights."""
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    meta = getattr(model, "meta", None) or {}
+    h.update(json.dumps([meta.get("mean"), meta.get("std")], default=str).encode())  # normalisation
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().to("cpu").contiguous()
+        h.update(k.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def read_record(store: str | os.PathLike) -> np.ndarray:
+    """The ``(tile rows, tile cols)`` run-number array of a (partial or finished) store; 0 = not done."""
+    import zarr
+
+    return np.asarray(zarr.open_array(str(store), path=RECORD, mode="r")[...])
+
+
+class ResumableZarrWriter(ZarrClassMapWriter):
+    """A :class:`ZarrClassMapWriter` that writes into ``<out>.partial`` with a per-tile completion record.
+
+    ``grid``: ``(tile rows, tile cols)``; ``block``: the tile side (= output chunk side). ``fingerprint``:
+    JSON-able settings that must match to resume. ``resume``: reopen an existing partial store (or start a
+    new one when there is none). Without ``resume`` an existing partial store is refused unless
+    ``overwrite`` (then it is replaced). ``out`` may end in ``.tif``: the store is then only the staging
+    area for :meth:`commit_geotiff`.
+    """
+
+    def __init__(self, path: Path, *, grid: tuple[int, int], fingerprint: dict[str, Any], resume: bool,
+                 **kw: Any) -> None:
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.fingerprint = json.loads(json.dumps(fingerprint))
+        self.partial = partial_path(path)
+        self.resumed = False
+        if self.partial.exists() or self.partial.is_symlink():
+            if resume:
+                self._verify_partial()
+                self.resumed = True
+            elif not kw.get("overwrite"):
+                raise OutputError(f"an interrupted run left {self.partial}; pass resume=True (--resume) to finish "
+                                  "it, or overwrite=True (--overwrite) to discard it and start over")
+        super().__init__(Path(path), **kw)
+
+    # ---- partial store -----------------------------------------------------------------------
+    def _tmp_name(self, path: Path, tag: str = "tmp") -> Path:
+        if tag == "tmp" and path == self.path:
+            return self.partial
+        return super()._tmp_name(path, tag)
+
+    def _verify_partial(self) -> None:
+        import zarr
+
+        try:
+            g = zarr.open_group(str(self.partial), mode="r")
+            found = dict(g.attrs).get(FINGERPRINT_ATTR)
+            zarr.open_array(str(self.partial), path=RECORD, mode="r")
+        except Exception as e:  # noqa: BLE001 - not a store we wrote
+            raise OutputError(f"{self.partial} is not a resumable hsi-engine output ({type(e).__name__}: {e}); "
+                              "remove it, or pass overwrite=True without resume to start over") from None
+        if found != self.fingerprint:
+            diff = sorted(k for k in set(self.fingerprint) | set(found or {})
+                          if (found or {}).get(k) != self.fingerprint.get(k))
+            detail = "; ".join(f"{k}: partial has {(found or {}).get(k)!r}, this run {self.fingerprint.get(k)!r}"
+                               for k in diff[:4])
+            raise OutputError(f"{self.partial} was started with different settings ({detail}); resume with the "
+                              "same scene, model, tile and options, or pass overwrite=True (--overwrite) without "
+                              "resume to start over")
+
+    def _create(self) -> None:
+        import zarr
+
+        if self.resumed:
+            self._group = zarr.open_group(str(self._tmp), mode="r+")
+            return
+        if self._tmp.exists() or self._tmp.is_symlink():  # overwrite=True: discard the old partial store
+            shutil.rmtree(self._tmp) if self._tmp.is_dir() else self._tmp.unlink()
+        super()._create()
+        self._group.attrs[FINGERPRINT_ATTR] = self.fingerprint
+        self._group.attrs[RUNS_ATTR] = []
+        self._group.attrs["partial"] = True
+        zarr.create_array(str(self._tmp), name=RECORD, shape=self.grid, chunks=(1, 1), dtype="uint16",
+                          fill_value=0, compressors=None, dimension_names=["tile_row", "tile_col"])
+
+    # ---- record ------------------------------------------------------------------------------
+    def done(self) -> np.ndarray:
+        """``(tile rows, tile cols)`` run numbers; 0 where the tile is not written."""
+        return read_record(self._tmp)
+
+    def start_run(self) -> int:
+        """Append a run to the history; returns its number (the marker value its tiles get)."""
+        runs = list(self._group.attrs.get(RUNS_ATTR, []))
+        done = self.done()
+        run = int(max([r["run"] for r in runs] + [int(done.max()) if done.size else 0])) + 1
+        if run > np.iinfo(np.uint16).max:
+            raise OutputError(f"{self.partial} has been resumed {run - 1} times; start over with overwrite=True")
+        runs.append({"run": run, "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                     "done_before": int((done > 0).sum()), "tiles": int(done.size)})
+        self._group.attrs[RUNS_ATTR] = runs
+        return run
+
+    def finish_run(self, run: int, **info: Any) -> None:
+        runs = list(self._group.attrs.get(RUNS_ATTR, []))
+        done = self.done()
+        for r in runs:
+            if r.get("run") == run:
+                r.update(computed=int((done == run).sum()), **info)
+        self._group.attrs[RUNS_ATTR] = runs
+
+    def mark(self, row: int, col: int, run: int) -> None:
+        """Record tile ``(row, col)`` as written (call only after its data is written)."""
+        mark_tile(self._tmp, row, col, run)
+
+    def write_tile(self, row: int, col: int, run: int, y0: int, x0: int, labels: np.ndarray,
+                   probabilities: np.ndarray | None = None, confidence: np.ndarray | None = None) -> None:
+        self.write(y0, x0, labels, probabilities, confidence)
+        self.mark(row, col, run)
+
+    # ---- ending ------------------------------------------------------------------------------
+    def keep_partial(self) -> Path:
+        """Leave the partial store for a later ``resume=True`` run (after an interruption)."""
+        self._done = True
+        self._temps = [t for t in self._temps if t != self._tmp]
+        self._cleanup()
+        return self._tmp
+
+    def _commit(self) -> None:
+        self._group.attrs["partial"] = False
+        super()._commit()
+
+    def commit_geotiff(self, out: Path, *, crs=None, transform=None, block: int = 256) -> Path:
+        """Convert the completed partial store into the (Cloud-Optimised) GeoTIFF ``out``, then remove it."""
+        from .writers import open_writer
+
+        g = self._group
+        classes = g["classes"]
+        prob = g["probabilities"] if "probabilities" in g else None
+        conf = g["confidence"] if "confidence" in g else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # georeferencing was warned about already
+            w = open_writer(out, height=self.height, width=self.width, n_classes=self.n_classes, crs=crs,
+                            transform=transform, y_coords=self.y_coords, x_coords=self.x_coords,
+                            class_names=self.class_names, palette=self.palette, probabilities=self.probabilities,
+                            confidence=self.confidence, overwrite=self.overwrite, block=block)
+        step = max(self.block, (1024 // self.block) * self.block)
+        try:
+            for y0 in range(0, self.height, step):
+                for x0 in range(0, self.width, step):
+                    ys, xs = slice(y0, min(self.height, y0 + step)), slice(x0, min(self.width, x0 + step))
+                    w.write(y0, x0, np.asarray(classes[ys, xs]),
+                            None if prob is None else np.asarray(prob[:, ys, xs]),
+                            None if conf is None else np.asarray(conf[ys, xs]))
+        except BaseException:
+            w.abort()
+            raise
+        w.commit()
+        self._done = True
+        self._cleanup()  # the partial store
+        return Path(out)
+
+
+def mark_tile(store: str | os.PathLike, row: int, col: int, run: int) -> None:
+    """Set one cell of the completion record (one atomic chunk write); used by workers too."""
+    import zarr
+
+    arr = zarr.open_array(str(store), path=RECORD, mode="r+")
+    arr[row, col] = run
