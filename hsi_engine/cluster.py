@@ -354,6 +354,8 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     distributed = workers is not None or scheduler is not None
     if workers is not None and int(workers) < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers is not None and scheduler is not None:
+        raise ValueError("give workers= (start a local cluster) or scheduler= (join one), not both")
     scene = open_scene(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
     job_device = device if (device is not None or not distributed) else "cpu"  # the driver computes nothing
     job = _Job(scene, model_path, tile=tile if tile is not None else 1 << 20, device=job_device, backend=backend,
