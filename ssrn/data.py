@@ -127,13 +127,14 @@ def default_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
 def _mat_keys_and_reader(path: Path):
     """(keys, get(key) -> ndarray) for a MATLAB v5 or v7.3 file."""
+    import h5py
     import scipy.io
 
     try:
+        if h5py.is_hdf5(path):
+            raise NotImplementedError("MATLAB v7.3")
         d = scipy.io.loadmat(str(path))
     except NotImplementedError:  # v7.3 = HDF5
-        import h5py
-
         f = h5py.File(path, "r")
         keys = [k for k in f.keys() if not k.startswith("#")]
 

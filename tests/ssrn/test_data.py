@@ -1,0 +1,213 @@
+"""Loaders (real .mat files written here), dataset registry, normalisation, splits, on-the-fly patches."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+
+from ssrn import data as D
+from ssrn.data import DataError
+
+
+def _scene(h=12, w=10, b=9, seed=0):
+    rng = np.random.default_rng(seed)
+    cube = rng.integers(100, 1000, size=(h, w, b)).astype(np.uint16)  # rows, cols, bands as in MATLAB files
+    gt = rng.integers(0, 4, size=(h, w)).astype(np.uint8)
+    return cube, gt
+
+
+def _write_v73(path, **arrays):
+    """A MATLAB v7.3 file: HDF5 behind MATLAB's 512-byte header, column-major (transposed) datasets."""
+    with h5py.File(path, "w", userblock_size=512) as f:
+        for k, a in arrays.items():
+            f.create_dataset(k, data=np.ascontiguousarray(a.T))
+            f[k].attrs["MATLAB_class"] = np.bytes_(str(a.dtype))
+    with open(path, "r+b") as f:
+        header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Thu Jan  1 00:00:00 2026 HDF5 schema 1.00 ."
+        f.write(header.ljust(116) + b"\x00" * 8 + b"\x00\x02IM")
+
+
+@pytest.mark.parametrize("version", ["v5", "v7.3"])
+def test_load_scene_mat(tmp_path, version):
+    cube, gt = _scene()
+    if version == "v5":
+        scipy.io.savemat(tmp_path / "PaviaU.mat", {"paviaU": cube}, do_compression=True)
+        scipy.io.savemat(tmp_path / "PaviaU_gt.mat", {"paviaU_gt": gt})
+    else:
+        _write_v73(tmp_path / "PaviaU.mat", paviaU=cube)
+        _write_v73(tmp_path / "PaviaU_gt.mat", paviaU_gt=gt)
+    da, labels = D.load_scene(tmp_path / "PaviaU.mat", tmp_path / "PaviaU_gt.mat", scene_keys=["paviaU"],
+                              gt_keys=["paviaU_gt"])
+    assert da.dims == ("band", "y", "x") and da.shape == (9, 12, 10)
+    np.testing.assert_array_equal(da.values, np.moveaxis(cube, -1, 0))
+    np.testing.assert_array_equal(labels, gt)
+    # and through the registry, with the data dir as argument
+    scene = D.load_dataset("pavia_university", tmp_path)
+    assert scene.class_names[0] == "Asphalt" and len(scene.palette) == 9
+    np.testing.assert_array_equal(scene.labels, gt)
+
+
+@pytest.mark.parametrize("version", ["v5", "v7.3"])
+def test_missing_key_names_found_and_expected(tmp_path, version):
+    cube, _ = _scene()
+    p = tmp_path / "KSC.mat"
+    if version == "v5":
+        scipy.io.savemat(p, {"something_else": cube})
+    else:
+        _write_v73(p, something_else=cube)
+    with pytest.raises(DataError) as e:
+        D.load_scene(p, scene_keys=["KSC"])
+    msg = str(e.value)
+    assert "something_else" in msg and "KSC" in msg and "keys found" in msg
+
+
+@pytest.mark.parametrize("version", ["v5", "v7.3"])
+def test_wrong_label_shape(tmp_path, version):
+    cube, gt = _scene()
+    if version == "v5":
+        scipy.io.savemat(tmp_path / "s.mat", {"s": cube})
+        scipy.io.savemat(tmp_path / "s_gt.mat", {"s_gt": gt[:-2]})
+    else:
+        _write_v73(tmp_path / "s.mat", s=cube)
+        _write_v73(tmp_path / "s_gt.mat", s_gt=gt[:-2])
+    with pytest.raises(DataError, match=r"label map has shape \(10, 10\) but the scene is 12 x 10"):
+        D.load_scene(tmp_path / "s.mat", tmp_path / "s_gt.mat", scene_keys=["s"], gt_keys=["s_gt"])
+
+
+def test_scene_must_be_3d(tmp_path):
+    scipy.io.savemat(tmp_path / "s.mat", {"s": np.zeros((4, 5))})
+    with pytest.raises(DataError, match="2-D array"):
+        D.load_scene(tmp_path / "s.mat", scene_keys=["s"])
+
+
+def test_missing_dataset_says_where_and_how(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        D.load_dataset("salinas", tmp_path)
+    msg = str(e.value)
+    assert str(tmp_path) in msg and "Salinas_corrected.mat" in msg and "--data-dir" in msg
+    with pytest.raises(KeyError, match="known"):
+        D.load_dataset("nonexistent_scene", tmp_path)
+
+
+def test_indian_pines_falls_back_to_shipped_copy(tmp_path):
+    scene = D.load_dataset("indian_pines", tmp_path)  # empty dir: the shipped copy
+    assert "shipped" in scene.source
+    assert scene.shape == (200, 145, 145)
+    assert int((scene.labels > 0).sum()) == 10249
+    assert np.bincount(scene.labels.ravel())[1:].tolist() == [46, 1428, 830, 237, 483, 730, 28, 478, 20, 972,
+                                                               2455, 593, 205, 1265, 386, 93]
+    assert len(scene.wavelengths) == 200 and scene.wavelengths[0] == pytest.approx(400.02)
+    assert scene.class_names[8] == "Oats" and len(scene.palette) == 16
+
+
+def test_shipped_copy_equals_shared_data(data_dir):
+    npy = data_dir / "Indian_pines_corrected.npy"
+    if not npy.is_file():
+        pytest.skip("no Indian_pines_corrected.npy in the data dir")
+    da, labels = D.shipped_indian_pines()
+    np.testing.assert_array_equal(da.values, np.moveaxis(np.load(npy), -1, 0))
+    np.testing.assert_array_equal(labels, np.load(data_dir / "Indian_pines_gt.npy"))
+
+
+def test_standardize():
+    cube, _ = _scene()
+    normed, mean, std = D.standardize(np.moveaxis(cube, -1, 0))
+    assert normed.dtype == np.float32
+    np.testing.assert_allclose(normed.mean(axis=(1, 2)), 0, atol=1e-5)
+    np.testing.assert_allclose(normed.std(axis=(1, 2)), 1, atol=1e-4)
+    from sklearn.preprocessing import scale  # the seed's preprocessing.scale
+    ref = scale(cube.reshape(-1, 9).astype(np.float64)).reshape(cube.shape)
+    np.testing.assert_allclose(np.moveaxis(normed, 0, -1), ref, atol=1e-5)
+    const = np.ones((2, 3, 3))
+    assert np.isfinite(D.standardize(const)[0]).all()
+
+
+def _labels(h=60, w=50, k=5, seed=0):
+    rng = np.random.default_rng(seed)
+    lab = rng.integers(1, k + 1, size=(h, w))
+    lab[rng.random((h, w)) < 0.3] = 0
+    return lab
+
+
+def test_stratified_split_fractions_and_determinism():
+    lab = _labels()
+    s = D.stratified_split(lab, 0.2, 0.1, seed=3)
+    assert not (set(s.train) & set(s.val) or set(s.train) & set(s.test) or set(s.val) & set(s.test))
+    assert sorted(np.concatenate([s.train, s.val, s.test]).tolist()) == np.flatnonzero(lab.ravel()).tolist()
+    counts = s.counts(lab)
+    for c in range(5):
+        n = int((lab == c + 1).sum())
+        assert counts["train"][c] == round(0.2 * n)
+        assert counts["val"][c] == round(0.1 * n)
+    s2 = D.stratified_split(lab, 0.2, 0.1, seed=3)
+    np.testing.assert_array_equal(s.train, s2.train)
+    np.testing.assert_array_equal(s.val, s2.val)
+    s3 = D.stratified_split(lab, 0.2, 0.1, seed=4)
+    assert not np.array_equal(s.train, s3.train)
+
+
+def test_small_class_keeps_a_pixel_in_each_set():
+    lab = np.zeros((10, 10), int)
+    lab[0, :3] = 1
+    lab[5:, :] = 2
+    s = D.stratified_split(lab, 0.2, 0.1, seed=0)
+    c = s.counts(lab)
+    assert c["train"][0] == 1 and c["val"][0] == 1 and c["test"][0] == 1
+
+
+def test_per_class_split():
+    lab = _labels()
+    s = D.per_class_split(lab, 10, seed=0)
+    assert s.counts(lab)["train"] == [10] * 5
+
+
+@pytest.mark.parametrize("patch", [5, 7, 11])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_block_split_is_spatially_disjoint(patch, seed):
+    lab = _labels(90, 80, seed=seed)
+    s = D.block_split(lab, 0.3, 0.1, patch, seed=seed, block=20)
+    h, w = lab.shape
+    r = patch // 2
+    test_mask = s.masks()["test"]
+    train_or_val = s.masks()["train"] | s.masks()["val"]
+    assert s.train.size and s.test.size
+    for idx in np.concatenate([s.train, s.val]):  # no train/val patch window contains a test pixel
+        y, x = divmod(int(idx), w)
+        assert not test_mask[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1].any()
+    for idx in s.test:  # and no test patch contains a training pixel
+        y, x = divmod(int(idx), w)
+        assert not train_or_val[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1].any()
+    assert s.description["dropped_border_pixels"] > 0
+    assert s.train.size + s.val.size + s.test.size + s.description["dropped_border_pixels"] == int((lab > 0).sum())
+
+
+def test_mask_encoding_round_trip():
+    rng = np.random.default_rng(0)
+    m = rng.random((37, 23)) < 0.2
+    np.testing.assert_array_equal(D.decode_mask(D.encode_mask(m)), m)
+    lab = _labels()
+    s = D.stratified_split(lab, 0.2, 0.1, seed=0)
+    back = D.split_masks_from_meta({"split": s.to_meta()})
+    np.testing.assert_array_equal(back["train"], s.masks()["train"])
+    np.testing.assert_array_equal(back["val"], s.masks()["val"])
+
+
+def test_patch_dataset_cuts_zero_padded_patches():
+    rng = np.random.default_rng(0)
+    scene = rng.standard_normal((6, 9, 8)).astype(np.float32)
+    lab = np.ones((9, 8), int)
+    idx = np.array([0, 7, 8 * 4 + 3, 9 * 8 - 1])
+    ds = D.PatchDataset(scene, lab, idx, 5)
+    assert len(ds) == 4
+    p = ds.batch(np.arange(4))
+    assert p.shape == (4, 6, 5, 5) and p.dtype.__str__() == "torch.float32"
+    padded = np.pad(scene, ((0, 0), (2, 2), (2, 2)))
+    for i, f in enumerate(idx):
+        y, x = divmod(int(f), 8)
+        np.testing.assert_array_equal(p[i].numpy(), padded[:, y:y + 5, x:x + 5])
+    x0, y0 = ds[0]
+    assert x0.shape == (6, 5, 5) and int(y0) == 0
+    with pytest.raises(ValueError, match="unlabelled"):
+        D.PatchDataset(scene, np.zeros((9, 8), int), idx, 5)

@@ -1,0 +1,40 @@
+"""Metrics against scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from ssrn.metrics import (average_accuracy, classification_report, cohen_kappa, confusion_matrix,
+                          overall_accuracy, per_class_accuracy)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_against_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    k = 7
+    t = rng.integers(0, k, 500)
+    p = np.where(rng.random(500) < 0.6, t, rng.integers(0, k, 500))
+    cm = confusion_matrix(t, p, k)
+    np.testing.assert_array_equal(cm, skm.confusion_matrix(t, p, labels=range(k)))
+    assert overall_accuracy(cm) == pytest.approx(skm.accuracy_score(t, p))
+    assert average_accuracy(cm) == pytest.approx(skm.balanced_accuracy_score(t, p))
+    assert cohen_kappa(cm) == pytest.approx(skm.cohen_kappa_score(t, p))
+    np.testing.assert_allclose(per_class_accuracy(cm), skm.recall_score(t, p, average=None, labels=range(k)))
+
+
+def test_absent_class_and_report():
+    t = np.array([0, 0, 1, 1, 1])
+    p = np.array([0, 1, 1, 1, 2])
+    rep = classification_report(t, p, 4, ["a", "b", "c", "d"])
+    assert rep["per_class_accuracy"] == [0.5, pytest.approx(2 / 3), None, None]  # classes 2, 3: no true samples
+    assert rep["aa"] == pytest.approx((0.5 + 2 / 3) / 2)
+    assert rep["oa"] == pytest.approx(0.6)
+    assert rep["kappa"] == pytest.approx(skm.cohen_kappa_score(t, p))
+    assert rep["confusion_matrix"][1] == [0, 2, 1, 0]
+
+
+def test_length_mismatch():
+    with pytest.raises(ValueError, match="differ"):
+        confusion_matrix([0, 1], [0])

@@ -1,0 +1,101 @@
+"""A short real training run on a crop of the shipped Indian Pines scene, and the model directory it writes."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import ssrn
+from ssrn import data as D
+from ssrn.train import Trainer, predict, run_training
+
+CLASSES = (2, 8, 10, 11, 14)  # Corn-notill, Hay-windrowed, Soybean-notill, Soybean-mintill, Woods
+
+
+@pytest.fixture(scope="module")
+def crop(tmp_path_factory):
+    """A 48 x 48 crop of the real scene holding five classes (others set to unlabelled), as our .h5 form."""
+    da, labels = D.shipped_indian_pines()
+    cube = da.values[:, 16:64, 88:136]
+    lab = labels[16:64, 88:136].copy()
+    keep = np.isin(lab, CLASSES)
+    lab[~keep] = 0
+    for new, old in enumerate(CLASSES, 1):
+        lab[lab == old] = new
+    p = tmp_path_factory.mktemp("crop") / "in_crop.h5"
+    with h5py.File(p, "w") as f:
+        f["cube"] = cube
+        f["labels"] = lab
+        f["wavelength"] = da.coords["wavelength"].values
+    return p, cube, lab
+
+
+def test_short_training_beats_majority_baseline(crop, tmp_path):
+    path, cube, lab = crop
+    out = tmp_path / "model"
+    rep = run_training(str(path), out, epochs=4, batch_size=16, per_class=25, val_fraction=0.05, seed=0,
+                       device="cpu", patch=5, optimizer="adamw", lr=1e-3, command="pytest")
+    counts = np.bincount(lab[lab > 0])[1:]
+    test_counts = np.array(rep["support"])
+    majority = test_counts.max() / test_counts.sum()
+    assert test_counts.sum() == rep["split"]["n_test"]
+    print("short training: OA", rep["oa"], "majority baseline", majority, "train s", rep["train_time_s"])
+    assert rep["oa"] > 2 * majority, (rep["oa"], majority)
+    assert rep["kappa"] > 0.4
+    assert rep["epochs_run"] == 4 and 1 <= rep["best_epoch"] <= 4
+    for key in ("oa", "aa", "kappa", "per_class_accuracy", "confusion_matrix", "train_time_s", "test_time_s",
+                "device", "seed", "split", "epochs_run"):
+        assert key in rep
+    # the model directory: weights + meta the engine and the demo need
+    m = ssrn.load_model(out)
+    meta = m.meta
+    assert len(meta["mean"]) == len(meta["std"]) == 200
+    assert meta["mean"][0] == pytest.approx(cube[0].astype(np.float64).mean())
+    assert meta["command"] == "pytest" and meta["report"]["oa"] == rep["oa"]
+    assert len(meta["wavelengths"]) == 200
+    masks = D.split_masks_from_meta(meta)
+    assert int(masks["train"].sum()) == 25 * len(counts) and masks["train"].shape == lab.shape
+    assert not (masks["train"] & masks["val"]).any()
+    assert (lab[masks["train"]] > 0).all()
+    # the saved weights give the reported test predictions
+    normed, _, _ = D.standardize(cube)
+    test_idx = np.flatnonzero(((lab > 0) & ~masks["train"] & ~masks["val"]).ravel())
+    pred, _ = predict(m, D.PatchDataset(normed, lab, test_idx, 5))
+    oa = float((pred == lab.ravel()[test_idx] - 1).mean())
+    assert oa == pytest.approx(rep["oa"], abs=1e-9)
+
+
+def test_trainer_keeps_best_val_weights_and_early_stops(crop):
+    _, cube, lab = crop
+    normed, _, _ = D.standardize(cube[:40])
+    s = D.per_class_split(lab, 8, 0.05, seed=1)
+    cfg = ssrn.SSRNConfig(bands=40, classes=5, patch=5, variant="spc")
+    torch.manual_seed(0)
+    model = ssrn.SSRN(cfg)
+    val = D.PatchDataset(normed, lab, s.val, 5)
+    t = Trainer(model, epochs=5, lr=0.05, patience=1, seed=0, optimizer="adamw", schedule="cosine",
+                progress=False)  # a wild lr: val loss soon stops improving
+    res = t.fit(D.PatchDataset(normed, lab, s.train, 5), val)
+    assert res.epochs_run <= 5
+    if res.stopped_early:
+        assert res.epochs_run - res.best_epoch == 1
+    _, vl = predict(model, val)
+    assert vl == pytest.approx(res.best_val_loss, rel=1e-4)
+
+
+def test_dense_prediction_equals_patch_mode(crop):
+    _, cube, lab = crop
+    normed, _, _ = D.standardize(cube)
+    torch.manual_seed(3)
+    m = ssrn.SSRN(ssrn.SSRNConfig(bands=200, classes=5, patch=7)).eval()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.3, 0.3)
+    idx = np.flatnonzero(lab.ravel() > 0)[::7]
+    ds = D.PatchDataset(normed, lab, idx, 7)
+    a, la = predict(m, ds, dense=False)
+    b, lb = predict(m, ds, dense=True)
+    np.testing.assert_array_equal(a, b)
+    assert la == pytest.approx(lb, rel=1e-5)
