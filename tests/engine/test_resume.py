@@ -1,0 +1,148 @@
+"""Resumable output: a single-process run SIGKILLed mid-scene resumes to the uninterrupted map, computing only the
+tiles that were not recorded done; the partial store never poses as the finished output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import _scale_fixtures as F
+
+import hsi_engine
+from hsi_engine import cluster
+from hsi_engine.errors import OutputError
+from hsi_engine.resume import RUNS_ATTR, partial_path, read_record
+
+TILE = 16
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    d = tmp_path_factory.mktemp("resume")
+    cube = F.ip_crop(64, 64, y0=20, x0=20)  # 4 x 4 tiles of 16
+    scene = F.write_zarr(d / "scene.zarr", cube)
+    model = F.save_tiny_model(d / "model", cube)
+    ref = hsi_engine.classify(hsi_engine.open_scene(scene), str(model), tile=TILE, progress=False).values
+    assert len(np.unique(ref)) > 1
+    return {"scene": scene, "model": model, "ref": ref, "tiles": 16}
+
+
+def _poll_done(store: Path, at_least: int, proc: subprocess.Popen, timeout: float = 90) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            n = int((read_record(store) > 0).sum())
+        except Exception:  # noqa: BLE001 - not created yet
+            n = 0
+        if n >= at_least:
+            return n
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (rc {proc.returncode}) before {at_least} tiles were recorded: "
+                                 f"{proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {at_least} tiles recorded within {timeout} s")
+
+
+def test_sigkilled_run_resumes_to_the_same_map_without_recomputing(case, tmp_path, capsys):
+    out = tmp_path / "map.zarr"
+    script = ("import sys; from hsi_engine import cluster; "
+              "cluster.run_to_file(sys.argv[1], sys.argv[2], sys.argv[3], tile=16, resume=True, throttle_s=0.4)")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(case["scene"]), str(case["model"]), str(out)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    part = partial_path(out)
+    try:
+        _poll_done(part, 3, proc)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    before = read_record(part)
+    done_before = int((before > 0).sum())
+    assert 3 <= done_before < case["tiles"], "the kill must land mid-scene"
+    assert not out.exists(), "an incomplete run must not appear under the requested name"
+    import zarr
+
+    assert zarr.open_group(str(part), mode="r").attrs["partial"] is True
+
+    from hsi_engine.cli import main  # the resume goes through the command line
+
+    args = ["classify", str(case["scene"]), "--model", str(case["model"]), "--out", str(out), "--tile", str(TILE)]
+    assert main([*args, "--resume"]) == 0
+    record = read_record(out)
+    computed = int((record == 2).sum())  # run 2 = the resume
+    assert computed == case["tiles"] - done_before, "the resume recomputed tiles already recorded done"
+    np.testing.assert_array_equal(record[before > 0], before[before > 0])  # completed tiles untouched
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+    runs = zarr.open_group(str(out), mode="r").attrs[RUNS_ATTR]
+    assert [r["run"] for r in runs] == [1, 2]
+    assert runs[1]["done_before"] == done_before and runs[1]["computed"] == computed
+    assert not part.exists()
+
+
+def _interrupt_after(monkeypatch, n: int) -> None:
+    """Make the in-process writer die (a crash, not bad input) after ``n`` tiles."""
+    real = cluster._MarkingSink.write
+    count = {"n": 0}
+
+    def write(self, *a, **kw):
+        if count["n"] >= n:
+            raise RuntimeError("simulated crash")
+        count["n"] += 1
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(cluster._MarkingSink, "write", write)
+
+
+def test_crash_keeps_partial_and_resume_finishes_geotiff(case, tmp_path, monkeypatch):
+    out = tmp_path / "map.tif"
+    _interrupt_after(monkeypatch, 5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, readers=1, queue_depth=1)
+    monkeypatch.undo()
+    part = partial_path(out)
+    assert not out.exists() and part.is_dir()
+    done_before = int((read_record(part) > 0).sum())
+    assert done_before == 5
+    with pytest.raises(OutputError, match="--resume"):  # a fresh run does not clobber it
+        cluster.run_to_file(case["scene"], case["model"], out, tile=TILE)
+    rep = cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)
+    assert (rep.skipped, rep.computed, rep.run) == (5, case["tiles"] - 5, 2)
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif", "map.tif.aux.xml"]
+
+
+def test_resume_with_other_settings_is_refused(case, tmp_path, monkeypatch):
+    out = tmp_path / "map.zarr"
+    _interrupt_after(monkeypatch, 2)
+    with pytest.raises(RuntimeError):
+        cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, readers=1, queue_depth=1)
+    monkeypatch.undo()
+    with pytest.raises(OutputError, match="different settings.*tile"):
+        cluster.run_to_file(case["scene"], case["model"], out, tile=32, resume=True)
+    assert partial_path(out).is_dir()  # refusing does not destroy the work done
+    rep = cluster.run_to_file(case["scene"], case["model"], out, tile=32, overwrite=True)  # start over
+    assert rep.skipped == 0 and rep.run == 1
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+    assert not partial_path(out).exists()
+
+
+def test_resume_of_a_complete_output_is_refused_without_overwrite(case, tmp_path):
+    out = tmp_path / "map.zarr"
+    cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)
+    with pytest.raises(OutputError, match="already exists"):
+        cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+
+
+def test_api_resume_routes_here(case, tmp_path):
+    out = hsi_engine.classify_to_file(case["scene"], case["model"], tmp_path / "m.zarr", tile=TILE, resume=True)
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+    assert (read_record(out) == 1).all()
