@@ -1,0 +1,285 @@
+"""Bad input: a clear error naming the problem and the fix, and no output (nor temp leftovers) under the
+requested name; through the API, the resumable path and the command line (exit code 2, message on stderr)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import _scale_fixtures as F
+
+import hsi_engine
+from hsi_engine import cluster
+from hsi_engine.cli import main
+from hsi_engine.errors import (BandMismatchError, CheckpointError, CorruptChunkError, NonFiniteInputError,
+                               OutputError, SceneTooSmallError)
+
+TILE = 16
+
+
+@pytest.fixture(scope="module")
+def crop():
+    return F.ip_crop(40, 40)
+
+
+@pytest.fixture(scope="module")
+def model_dir(crop, tmp_path_factory):
+    return F.save_tiny_model(tmp_path_factory.mktemp("model") / "model", crop)
+
+
+@pytest.fixture
+def outdir(tmp_path):
+    d = tmp_path / "out"
+    d.mkdir()
+    return d
+
+
+def assert_nothing_written(outdir):
+    left = sorted(p.name for p in outdir.iterdir())
+    assert left == [], f"output or temp leftovers: {left}"
+
+
+def classify_everywhere(scene, model, outdir, exc, match, *, cli_scene=None, **kw):
+    """The error through classify_to_file (.tif and .zarr), the resumable path and the CLI; nothing written."""
+    for name in ("map.tif", "map.zarr"):
+        with pytest.raises(exc, match=match):
+            hsi_engine.classify_to_file(scene, model, outdir / name, tile=TILE, **kw)
+        assert_nothing_written(outdir)
+    with pytest.raises(exc, match=match):
+        cluster.run_to_file(scene, model, outdir / "map.zarr", tile=TILE, resume=True, **kw)
+    assert_nothing_written(outdir)
+    if cli_scene is not None:
+        return run_cli(cli_scene, model, outdir, **kw)
+    return None
+
+
+def run_cli(scene, model, outdir, *extra, **kw):
+    import contextlib
+    import io
+
+    args = ["classify", str(scene), "--model", str(model), "--out", str(outdir / "cli.tif"), "--tile", str(TILE),
+            *extra]
+    if kw.get("nodata") is not None:
+        args += ["--nodata", str(kw["nodata"])]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(args)
+    assert rc == 2
+    assert_nothing_written(outdir)
+    return err.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------
+# scene shape
+
+
+def test_band_count_differs_from_the_model(crop, model_dir, outdir, tmp_path):
+    scene = F.write_zarr(tmp_path / "b20.zarr", crop[:20])
+    msg = classify_everywhere(scene, model_dir, outdir, BandMismatchError, r"20 bands, model expects 24",
+                              cli_scene=scene)
+    assert "20 bands" in msg and "model expects 24" in msg and "error" in msg
+
+
+def test_scene_smaller_than_a_patch(crop, model_dir, outdir, tmp_path):
+    scene = F.write_zarr(tmp_path / "small.zarr", np.ascontiguousarray(crop[:, :5, :30]))
+    msg = classify_everywhere(scene, model_dir, outdir, SceneTooSmallError, r"5 x 30 pixels.*7 x 7 patch",
+                              cli_scene=scene)
+    assert "at least 7 pixels" in msg
+
+
+# ----------------------------------------------------------------------------------------------
+# non-finite values and nodata
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_without_nodata_policy(crop, model_dir, outdir, tmp_path, bad):
+    cube = crop.astype(np.float32)
+    cube[5, 21, 30] = bad  # tile (1, 1): found mid-run, after other tiles were written
+    da = F.dataarray(cube)
+    npy = tmp_path / "nan.npy"
+    np.save(npy, np.moveaxis(cube, 0, -1))  # .npy: band-last, no declared nodata
+    msg = classify_everywhere(da, model_dir, outdir, NonFiniteInputError,
+                              r"band 5, pixel \(y=21, x=30\).*no nodata policy", cli_scene=npy)
+    assert "nodata" in msg
+
+
+def test_non_finite_on_a_cluster_leaves_nothing(crop, model_dir, outdir):
+    pytest.importorskip("distributed")
+    cube = crop.astype(np.float32)
+    cube[0, 39, 39] = np.nan
+    with pytest.raises(NonFiniteInputError, match="no nodata policy"):
+        cluster.run_to_file(F.dataarray(cube), model_dir, outdir / "map.zarr", tile=TILE, workers=1)
+    assert_nothing_written(outdir)
+
+
+@pytest.mark.parametrize("nodata, value", [(float("nan"), np.nan), (float("nan"), np.inf), (-9999.0, -9999.0)])
+def test_nodata_pixels_are_class_0_and_do_not_reach_beyond_the_patch(crop, model_dir, nodata, value):
+    model = hsi_engine.load_model(model_dir)
+    halo = model.config.halo
+    clean = crop.astype(np.float32)
+    cube = clean.copy()
+    y, x = 17, 22  # interior of a tile, and a tile border within the halo
+    cube[3, y, x] = value
+    ref = hsi_engine.classify(F.dataarray(clean), model, tile=TILE, probabilities=True, progress=False)
+    got = hsi_engine.classify(F.dataarray(cube), model, tile=TILE, probabilities=True, progress=False,
+                              nodata=nodata)
+    lab, ref_lab = got["labels"].values, ref["labels"].values
+    assert lab[y, x] == 0 and got["probabilities"].values[:, y, x].max() == 0
+    yy, xx = np.mgrid[:clean.shape[1], :clean.shape[2]]
+    far = np.maximum(abs(yy - y), abs(xx - x)) > halo  # the pixel is outside these pixels' patches
+    np.testing.assert_array_equal(lab[far], ref_lab[far])
+    np.testing.assert_array_equal(got["probabilities"].values[:, far], ref["probabilities"].values[:, far])
+    assert (lab[~far] > 0).sum() == (~far).sum() - 1  # neighbours are still classified
+
+
+def test_cli_nodata_masks_nan_to_class_0(crop, model_dir, tmp_path):
+    cube = crop.astype(np.float32)
+    cube[:, 10, 12] = np.nan
+    npy = tmp_path / "nan.npy"
+    np.save(npy, np.moveaxis(cube, 0, -1))
+    out = tmp_path / "m.zarr"
+    assert main(["classify", str(npy), "--model", str(model_dir), "--out", str(out), "--nodata", "nan"]) == 0
+    lab = F.read_classes(out)
+    assert lab[10, 12] == 0 and (lab > 0).sum() == lab.size - 1
+
+
+# ----------------------------------------------------------------------------------------------
+# dtypes
+
+
+@pytest.mark.parametrize("kind", ["uint16-high", "int16-negative"])
+def test_integer_dtypes_match_float_input_of_the_same_values(crop, kind, tmp_path):
+    if kind == "uint16-high":
+        values = crop.astype(np.int64) + 30000  # up to ~39600 > 32767: would wrap as int16
+        cube = values.astype(np.uint16)
+        assert cube.max() > 32767
+    else:
+        values = crop.astype(np.int64) - 5000  # negatives
+        cube = values.astype(np.int16)
+        assert cube.min() < 0
+    model = F.tiny_model(values)
+    f32 = hsi_engine.classify(F.dataarray(values.astype(np.float32)), model, tile=TILE, progress=False).values
+    f64 = hsi_engine.classify(F.dataarray(values.astype(np.float64)), model, tile=TILE, progress=False).values
+    native = hsi_engine.classify(F.dataarray(cube), model, tile=TILE, progress=False).values
+    assert len(np.unique(f32)) > 1
+    np.testing.assert_array_equal(native, f32)
+    np.testing.assert_array_equal(f64, f32)
+    # and through a zarr store of that dtype, in-process and resumable
+    store = F.write_zarr(tmp_path / f"{kind}.zarr", cube)
+    assert str(hsi_engine.open_scene(store).dtype) == str(cube.dtype)
+    model_dir = F.save_tiny_model(tmp_path / "m", values)
+    out = cluster.run_to_file(store, model_dir, tmp_path / "o.zarr", tile=TILE, resume=True).path
+    np.testing.assert_array_equal(F.read_classes(out), f32)
+
+
+# ----------------------------------------------------------------------------------------------
+# damaged stores
+
+
+def _chunk_file(store, key="c/0/1/1"):
+    p = store / "reflectance" / key
+    assert p.is_file(), sorted(str(q.relative_to(store)) for q in store.rglob("*") if q.is_file())
+    return p
+
+
+def test_missing_zarr_chunk_is_named_not_filled(crop, model_dir, outdir, tmp_path):
+    store = F.write_zarr(tmp_path / "missing.zarr", crop)
+    _chunk_file(store).unlink()
+    msg = classify_everywhere(store, model_dir, outdir, CorruptChunkError, r"missing 1 of 9 chunks.*c/0/1/1",
+                              cli_scene=store)
+    assert "re-create" in msg.lower() or "re-copy" in msg.lower()
+    with pytest.raises(CorruptChunkError):
+        hsi_engine.classify(hsi_engine.open_scene(store), model_dir, tile=TILE, progress=False)
+
+
+def test_missing_chunk_equal_to_declared_nodata_is_masked(crop, model_dir, tmp_path):
+    """zarr 3 does not store chunks equal to the fill value: with nodata = fill value they mean 'no data'."""
+    store = F.write_zarr(tmp_path / "missing.zarr", crop)
+    _chunk_file(store).unlink()  # rows 16:32, cols 16:32; int16 fill value 0
+    lab = hsi_engine.classify(hsi_engine.open_scene(store), model_dir, tile=TILE, progress=False, nodata=0).values
+    assert (lab[16:32, 16:32] == 0).all() and (lab[:16] > 0).all()
+
+
+def test_corrupt_zarr_chunk_is_named(crop, model_dir, outdir, tmp_path):
+    store = F.write_zarr(tmp_path / "corrupt.zarr", crop)
+    p = _chunk_file(store, "c/0/2/1")
+    p.write_bytes(b"\x00garbage" * 64)
+    msg = classify_everywhere(store, model_dir, outdir, CorruptChunkError,
+                              r"chunk c/0/2/1 \(chunk index \(0, 2, 1\)\).*cannot be decoded.*re-create",
+                              cli_scene=store)
+    assert "c/0/2/1" in msg
+
+
+def test_not_a_store(model_dir, outdir, tmp_path):
+    bogus = tmp_path / "bogus.zarr"
+    bogus.mkdir()
+    (bogus / "zarr.json").write_text("{not json")
+    msg = run_cli(bogus, model_dir, outdir)
+    assert "bogus.zarr" in msg and "zarr" in msg
+
+
+# ----------------------------------------------------------------------------------------------
+# output location
+
+
+def test_output_under_a_file_is_refused(crop, model_dir, tmp_path):
+    scene = F.dataarray(crop)
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    for out in (blocker / "map.tif", blocker / "map.zarr"):
+        with pytest.raises(OutputError, match="not_a_dir"):
+            hsi_engine.classify_to_file(scene, model_dir, out, tile=TILE)
+        with pytest.raises(OutputError, match="not_a_dir"):
+            cluster.run_to_file(scene, model_dir, out, tile=TILE, resume=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_dir"]
+    assert blocker.read_text() == "x"
+
+
+def test_read_only_directory(crop, model_dir, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as root (or with CAP_DAC_OVERRIDE): chmod 555 does not stop writes here; "
+                        "test_output_under_a_file_is_refused covers the unwritable-location error path")
+        with pytest.raises(OutputError, match="not writable"):
+            hsi_engine.classify_to_file(F.dataarray(crop), model_dir, ro / "map.tif", tile=TILE)
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def test_checkpoint_weights_not_matching_model_json(crop, model_dir, outdir, tmp_path):
+    bad = tmp_path / "bad_model"
+    shutil.copytree(model_dir, bad)
+    doc = json.loads((bad / "model.json").read_text())
+    doc["config"]["reduce_width"] = 32  # weights were saved for 16
+    (bad / "model.json").write_text(json.dumps(doc))
+    scene = F.write_zarr(tmp_path / "s.zarr", crop)
+    msg = classify_everywhere(scene, bad, outdir, CheckpointError, "does not match|needs", cli_scene=scene)
+    assert "model.json" in msg
+
+
+def test_pickle_offered_as_checkpoint(crop, model_dir, outdir, tmp_path):
+    import torch
+
+    pt = tmp_path / "model.pt"
+    torch.save(hsi_engine.load_model(model_dir).state_dict(), pt)
+    scene = F.write_zarr(tmp_path / "s.zarr", crop)
+    msg = classify_everywhere(scene, pt, outdir, CheckpointError, "pickle", cli_scene=scene)
+    assert "never unpickles" in msg
+    # a directory holding a pickle under the weights' name
+    d = tmp_path / "pickled_dir"
+    shutil.copytree(model_dir, d)
+    shutil.copy(pt, d / "weights.safetensors")
+    msg = run_cli(scene, d, outdir)
+    assert "pickle" in msg
