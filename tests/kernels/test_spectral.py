@@ -113,8 +113,10 @@ def test_unsupported_program_form_is_rejected(prog: SpectralProgram) -> None:
 
 # --- offline compile for Hopper ------------------------------------------------------------------------------
 
-def test_kernel_compiles_for_hopper_sm90() -> None:
-    """Lower the bf16 kernel (IN-sized program, 2 blocks) to an sm_90 cubin with Triton's bundled ptxas."""
+@pytest.mark.parametrize("form,blocks,stage_norms,dtype", [("paper", 2, 0, "bf16"), ("seed", 1, 2, "fp16"),
+                                                           ("paper", 0, 0, "bf16")])
+def test_kernel_compiles_for_hopper_sm90(form: str, blocks: int, stage_norms: int, dtype: str) -> None:
+    """Lower the kernel (200 bands) to an sm_90 cubin with Triton's bundled ptxas: no GPU needed."""
     triton = pytest.importorskip("triton")
     from kernels import spectral
 
@@ -125,12 +127,14 @@ def test_kernel_compiles_for_hopper_sm90() -> None:
         from triton.compiler import ASTSource
     except ImportError as e:  # pragma: no cover
         pytest.skip(f"Triton's offline compiler is not available: {e}")
-    program = _random_program(200, 24, 128, generator=torch.Generator().manual_seed(0))
-    pk = spectral._pack(program, torch.device("cpu"), torch.bfloat16)
+    program = _random_program(200, 24, 128, blocks=blocks, form=form, stage_norms=stage_norms,
+                              generator=torch.Generator().manual_seed(0))
+    pk = spectral._pack(program, torch.device("cpu"), {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
     meta = dict(pk["meta"], PRECISION="ieee", INTERP_BF16=False, BLOCK_P=32)
     ptrs = ["x_ptr", "out_ptr", "stem_w_ptr", "stem_b_ptr", "conv_w_ptr", "conv_b_ptr", "pre_ptr", "post_ptr",
             "red_w_ptr", "red_b_ptr"]
-    types = ["*bf16", "*bf16", "*bf16", "*fp32", "*bf16", "*fp32", "*fp32", "*fp32", "*bf16", "*fp32"]
+    types = [f"*{dtype}", f"*{dtype}", f"*{dtype}", "*fp32", f"*{dtype}", "*fp32", "*fp32", "*fp32", f"*{dtype}",
+             "*fp32"]
     sig = dict(zip(ptrs, types))
     sig.update({n: "i32" for n in ["P", "B", "D", "F", "stride_xp", "stride_xb", "stride_op", "stride_of"]})
     sig.update({k: "constexpr" for k in meta})
