@@ -287,7 +287,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Scene:
     Indian Pines falls back to the copy this package ships.
     """
     p = Path(name)
-    if p.suffix.lower() in (".mat", ".h5", ".hdf5", ".npz") or p.exists():
+    if p.suffix.lower() in (".mat", ".h5", ".hdf5", ".npz") or p.is_file():
         return _load_path(p)
     spec = dataset_spec(name)
     ddir = default_data_dir(data_dir)

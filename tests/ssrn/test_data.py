@@ -211,3 +211,13 @@ def test_patch_dataset_cuts_zero_padded_patches():
     assert x0.shape == (6, 5, 5) and int(y0) == 0
     with pytest.raises(ValueError, match="unlabelled"):
         D.PatchDataset(scene, np.zeros((9, 8), int), idx, 5)
+
+
+def test_cli_train_reports_missing_scene(tmp_path, capsys):
+    from hsi_engine.cli import main
+
+    rc = main(["train", "--dataset", "ksc", "--data-dir", str(tmp_path), "--out", str(tmp_path / "m")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "KSC.mat" in err and str(tmp_path) in err
+    assert not (tmp_path / "m").exists()

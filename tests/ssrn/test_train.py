@@ -99,3 +99,18 @@ def test_dense_prediction_equals_patch_mode(crop):
     b, lb = predict(m, ds, dense=True)
     np.testing.assert_array_equal(a, b)
     assert la == pytest.approx(lb, rel=1e-5)
+
+
+def test_training_is_deterministic_for_a_seed(crop):
+    _, cube, lab = crop
+    normed, _, _ = D.standardize(cube[:20])
+    s = D.per_class_split(lab, 6, 0.05, seed=0)
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(123)  # the Trainer reseeds: initial weights come from the same model copy below
+        model = ssrn.SSRN(ssrn.SSRNConfig(bands=20, classes=5, patch=5))
+        Trainer(model, epochs=2, seed=7, progress=False).fit(D.PatchDataset(normed, lab, s.train, 5),
+                                                             D.PatchDataset(normed, lab, s.val, 5))
+        outs.append({k: v.clone() for k, v in model.state_dict().items()})
+    for k in outs[0]:
+        torch.testing.assert_close(outs[0][k], outs[1][k], rtol=0, atol=0)
