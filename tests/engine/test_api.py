@@ -169,12 +169,6 @@ def test_integer_dtypes_converted_without_overflow(case):
     np.testing.assert_array_equal(classify(scaled.astype(np.int64), m, tile=6, progress=False).values, ref16)
 
 
-def test_cluster_options_not_yet_supported(case, tmp_path):
-    cube, model, _ = case
-    with pytest.raises(HSIEngineError, match="not yet supported"):
-        classify_to_file(cube, model, tmp_path / "o.zarr", workers=2)
-
-
 @pytest.mark.parametrize("suffix", [".tif", ".zarr"])
 def test_georeferencing_round_trip(geo, tmp_path, suffix):
     import rasterio

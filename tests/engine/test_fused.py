@@ -121,6 +121,7 @@ def test_fused_rejects_bad_tiles():
         FusedSSRN(m, precision="int8")
 
 
+@pytest.mark.slow  # 15-50 s of inductor compilation on 2 shared cores; run with -m slow
 def test_fused_compile_equals_eager():
     """torch.compile of the fused form equals eager (tiny shapes; ~15-50 s of compilation on 2 cores)."""
     m = random_model(bands=16, classes=4)
