@@ -49,9 +49,14 @@ from .tiles import Tile, TilePlan, default_tile, normalise_tile, plan_tiles
 
 log = logging.getLogger("hsi_engine.cluster")
 
-__all__ = ["RunReport", "chunk_side", "classify_to_file", "connect", "make_local_cluster", "run_to_file"]
+__all__ = ["ClusterUsageError", "RunReport", "chunk_side", "classify_to_file", "connect", "make_local_cluster",
+           "run_to_file"]
 
 _CHUNK_MULTIPLE = 16  # output chunks are GeoTIFF-block friendly multiples of 16
+
+
+class ClusterUsageError(HSIEngineError, ValueError):
+    """Contradictory or invalid cluster options (``workers`` and ``scheduler`` together, ``workers < 1``)."""
 
 
 def chunk_side(tile: int | Sequence[int]) -> int:
@@ -131,13 +136,13 @@ def connect(*, workers: int | None = None, scheduler: Any = None, gpu: bool | No
     from distributed import Client
 
     if scheduler is not None and workers is not None:
-        raise ValueError("give workers= (start a local cluster) or scheduler= (join one), not both")
+        raise ClusterUsageError("give workers= (start a local cluster) or scheduler= (join one), not both")
     if scheduler is not None and hasattr(scheduler, "submit"):
         yield scheduler
         return
     if scheduler is not None:
         try:
-            client = Client(scheduler, timeout="30s")
+            client = Client(scheduler)  # timeout: dask config distributed.comm.timeouts.connect (30 s)
         except (OSError, TimeoutError) as e:
             raise HSIEngineError(f"cannot reach the dask scheduler at {scheduler} ({e}); start one "
                                  "(`dask scheduler` + `dask worker ADDRESS`) or use --workers N for a local "
@@ -353,9 +358,10 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
                           ".tif/.tiff (Cloud-Optimised GeoTIFF) or .zarr")
     distributed = workers is not None or scheduler is not None
     if workers is not None and int(workers) < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise ClusterUsageError(f"workers must be >= 1, got {workers}: pass the number of worker processes")
     if workers is not None and scheduler is not None:
-        raise ValueError("give workers= (start a local cluster) or scheduler= (join one), not both")
+        raise ClusterUsageError("give workers= (--workers, start a local cluster) or scheduler= (--scheduler, "
+                                "join one), not both")
     scene = open_scene(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
     job_device = device if (device is not None or not distributed) else "cpu"  # the driver computes nothing
     job = _Job(scene, model_path, tile=tile if tile is not None else 1 << 20, device=job_device, backend=backend,
