@@ -127,10 +127,27 @@ def test_cli_workers_starts_a_local_cluster(case, tmp_path, capsys):
     np.testing.assert_array_equal(F.read_classes(out), case["ref"]["labels"].values)
 
 
-def test_workers_and_scheduler_are_exclusive(case, tmp_path):
+def test_workers_and_scheduler_are_exclusive(case, tmp_path, capsys):
     with pytest.raises(ValueError, match="not both"):
         cluster.run_to_file(case["scene"], case["model"], tmp_path / "x.zarr", tile=TILE, workers=2,
                             scheduler="tcp://127.0.0.1:1")
+    from hsi_engine.cli import main
+
+    assert main(["classify", str(case["scene"]), "--model", str(case["model"]), "--out", str(tmp_path / "x.tif"),
+                 "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_scheduler_is_a_clear_error(case, tmp_path, capsys):
+    from hsi_engine.cli import main
+
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        assert main(["classify", str(case["scene"]), "--model", str(case["model"]), "--out",
+                     str(tmp_path / "x.zarr"), "--tile", str(TILE), "--scheduler", "tcp://127.0.0.1:9"]) == 2
+    assert "cannot reach the dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
