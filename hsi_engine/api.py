@@ -222,11 +222,13 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     ``"float16"`` or ``"float32"`` also writes per-class probabilities and the confidence.
 
     ``workers`` (local dask cluster of N workers), ``scheduler`` (address of a running scheduler) and
-    ``resume`` (finish an interrupted zarr output) run the same plan on ``hsi_engine.cluster``; they raise
-    :class:`HSIEngineError` while that module is not installed. Warns when the scene has no
+    ``resume`` (finish an interrupted output) run the same plan on ``hsi_engine.cluster``. A ``.zarr`` output
+    always goes that way too: it is built in ``<out>.partial`` with a per-tile completion record, so an
+    interrupted run is finished by ``resume=True`` (``--resume``). Warns when the scene has no
     georeferencing (the map is then written in pixel coordinates).
     """
-    if workers is not None or scheduler is not None or resume:
+    # zarr outputs always carry a per-tile completion record, so any interrupted run can be resumed
+    if workers is not None or scheduler is not None or resume or str(out).rstrip("/").endswith(".zarr"):
         try:
             from . import cluster  # noqa: F401 - provided by the distributed-execution issue
         except ImportError:

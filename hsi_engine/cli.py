@@ -83,7 +83,7 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                    help="input value marking missing pixels; NaN/inf pixels are then masked to class 0 too")
     p.add_argument("--workers", type=int, default=None, help="run on a local dask cluster of N workers")
     p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler to join")
-    p.add_argument("--resume", action="store_true", help="finish an interrupted zarr output")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted run (.zarr outputs always record finished tiles; for .tif give --resume from the first run)")
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:

@@ -19,10 +19,11 @@ output arrays are chunked exactly like the tiles (tile side = chunk side), so ea
 (``resume_runs``) and a fingerprint of scene shape/dtype, model weights, tile plan and output options;
 resuming with different settings is refused.
 
-Which runs are resumable: every run through :mod:`hsi_engine.cluster` (``workers=``, ``scheduler=`` or
-``resume=True``; ``--workers``/``--scheduler``/``--resume``). ``resume=True`` on a first run starts a resumable
-run (there is nothing to continue yet), so ``--resume`` can simply be given every time. A plain single-process
-``classify_to_file`` keeps the writers' own atomic hidden temp (``.<name>.tmp-<random>``) and is not resumable.
+Which runs are resumable: every ``.zarr`` output and every run through :mod:`hsi_engine.cluster`
+(``workers=``, ``scheduler=`` or ``resume=True``; ``--workers``/``--scheduler``/``--resume``). ``resume=True`` on a
+first run starts a resumable run (there is nothing to continue yet), so ``--resume`` can simply be given every
+time. A plain single-process ``.tif`` output keeps the writers' own atomic hidden temp (``.<name>.tmp-<random>``)
+and is not resumable unless ``--resume`` is given from the start.
 """
 
 from __future__ import annotations

@@ -146,3 +146,17 @@ def test_api_resume_routes_here(case, tmp_path):
     out = hsi_engine.classify_to_file(case["scene"], case["model"], tmp_path / "m.zarr", tile=TILE, resume=True)
     np.testing.assert_array_equal(F.read_classes(out), case["ref"])
     assert (read_record(out) == 1).all()
+
+
+def test_plain_zarr_run_is_resumable_without_asking(case, tmp_path, monkeypatch):
+    """A .zarr output records finished tiles even when the first run did not ask for --resume."""
+    out = tmp_path / "plain.zarr"
+    _interrupt_after(monkeypatch, 3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        hsi_engine.classify_to_file(case["scene"], case["model"], out, tile=TILE, readers=1, queue_depth=1)
+    monkeypatch.undo()
+    assert not out.exists() and int((read_record(partial_path(out)) > 0).sum()) == 3
+    hsi_engine.classify_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)
+    record = read_record(out)
+    assert int((record == 1).sum()) == 3 and int((record == 2).sum()) == case["tiles"] - 3
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
