@@ -236,7 +236,7 @@ def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarra
     confidence (h, w) | None)``; the same steps, in the same order, as :func:`hsi_engine.runner.run_plan`."""
     import torch
 
-    from .runner import prepare_tile, window_reader
+    from .runner import mask_nodata, prepare_tile, window_reader
 
     raw = window_reader(da)(*tile.read)
     h, w = tile.shape
@@ -248,15 +248,7 @@ def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarra
     if probabilities:
         p = torch.softmax(logits.float(), 0)
         prob, conf = p.cpu().numpy(), p.max(0).values.cpu().numpy()
-    if mask is not None:
-        lab = lab.copy()
-        lab[mask] = 0
-        if prob is not None:
-            prob = prob.copy()
-            prob[:, mask] = 0
-            conf = conf.copy()
-            conf[mask] = 0
-    return lab, prob, conf
+    return mask_nodata(lab, prob, conf, mask)
 
 
 def _tile_task(spec: TaskSpec, tile: Tile, scene_obj: Any = None, model_obj: Any = None) -> dict[str, Any]:

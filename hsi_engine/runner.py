@@ -177,6 +177,22 @@ def prepare_tile(raw: np.ndarray, tile: Tile, *, mean: np.ndarray | None, std: n
 # the executor
 
 
+def mask_nodata(labels: np.ndarray, probabilities: np.ndarray | None, confidence: np.ndarray | None,
+                mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Class 0 (and zero probability / confidence) where ``mask`` marks nodata pixels; copies, never aliases."""
+    if mask is None:
+        return labels, probabilities, confidence
+    labels = labels.copy()
+    labels[mask] = 0
+    if probabilities is not None:
+        probabilities = probabilities.copy()
+        probabilities[:, mask] = 0
+    if confidence is not None:
+        confidence = confidence.copy()
+        confidence[mask] = 0
+    return labels, probabilities, confidence
+
+
 def _progress_bar(total: int, enabled: bool | None):
     from tqdm.auto import tqdm
 
@@ -252,14 +268,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
         lab = lab.numpy()
         prob = prob.numpy() if prob is not None else None
         conf = conf.numpy() if conf is not None else None
-        if mask is not None:
-            lab = lab.copy()
-            lab[mask] = 0
-            if prob is not None:
-                prob = prob.copy()
-                prob[:, mask] = 0
-                conf = conf.copy()
-                conf[mask] = 0
+        lab, prob, conf = mask_nodata(lab, prob, conf, mask)
         sink.write(tile.y0, tile.x0, lab, prob, conf)
         stats["write_s"] += time.perf_counter() - t0
 
