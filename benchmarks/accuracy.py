@@ -86,6 +86,9 @@ def render(reports: list[tuple[str, dict]], unavailable: dict[str, str], out: Pa
             continue
         if name in ANCHORS:
             lines += [f"Anchor ({ANCHORS[name]}).", ""]
+        for method in ("stratified_random", "blocks"):
+            if (name, method) not in by:
+                lines += [f"### split: {method}", "", "Not run (no report for this split in this rendering).", ""]
         for (ds, method), runs in sorted(by.items()):
             if ds != name:
                 continue
@@ -106,12 +109,18 @@ def render(reports: list[tuple[str, dict]], unavailable: dict[str, str], out: Pa
             if absent:
                 lines += [f"Classes with no training pixel (seed {rs[0]['seed']}): {', '.join(absent)}; their test "
                           "pixels count as errors (0%)."]
+            early = [r for r in rs if r["best_epoch"] < 0.25 * r["epochs_run"]]
+            if early:
+                lines += ["Best validation loss came early (" + ", ".join(
+                    f"seed {r['seed']}: epoch {r['best_epoch']} of {r['epochs_run']}" for r in early) +
+                    "); the kept weights are that epoch's, as the protocol prescribes."]
             if method == "blocks":
                 lines += ["Blocks are assigned whole to train/val/test and labelled pixels within patch//2 of another "
                           "split's block are dropped, so no training patch contains a test pixel. Indian Pines' fields "
                           "are large and several classes live in a single field, so this is a much harder (and more "
                           "honest) test of generalisation than the random split, where a test pixel's patch almost "
-                          "always overlaps training pixels."]
+                          "always overlaps training pixels. The validation set of a block split is small and lies "
+                          "in other fields, so its loss is a noisy guide for keeping the best epoch."]
             budget = [r for r in rs if r.get("stopped_by_time_budget") or r["epochs_run"] < r.get("epochs", 0)]
             if budget:
                 lines += [f"Fewer epochs than the protocol's {rs[0].get('epochs')}: "
