@@ -25,3 +25,16 @@ def data_dir() -> Path:
     if d is None:
         pytest.skip("real data directory not found: set HSI_ENGINE_DATA or place shared/data beside the checkout")
     return d
+
+
+TEST_DATA = REPO / "tests" / "data"
+
+
+@pytest.fixture(scope="session")
+def seed_ssrn_dir() -> Path:
+    """The seed's released Keras models: the data directory's copy, else the one shipped with the tests."""
+    shared = shared_data_dir()
+    for d in ([shared / "seed_ssrn"] if shared else []) + [TEST_DATA / "seed_ssrn"]:
+        if (d / "Indian_best_RES_3D_SS4_10_1.hdf5").is_file() and (d / "UP_best_RES_3D_SS4_5_1.hdf5").is_file():
+            return d
+    raise FileNotFoundError(f"the seed's released Keras models are missing from {TEST_DATA / 'seed_ssrn'}")

@@ -22,12 +22,9 @@ SHIPPED = Path(__file__).resolve().parents[2] / "hsi_engine" / "data" / "indian_
 
 
 @pytest.fixture(scope="module")
-def seed_model(data_dir: Path, tmp_path_factory):
-    src = data_dir / "seed_ssrn" / IN_FILE
-    if not src.is_file():
-        pytest.skip(f"the seed's released Keras model is not in {src.parent}")
-    out = import_keras_to_dir(src, tmp_path_factory.mktemp("keras") / "seed_in", dataset="indian_pines",
-                              data_dir=data_dir)
+def seed_model(seed_ssrn_dir: Path, tmp_path_factory):
+    out = import_keras_to_dir(seed_ssrn_dir / IN_FILE, tmp_path_factory.mktemp("keras") / "seed_in",
+                              dataset="indian_pines", data_dir=seed_ssrn_dir.parent)
     return hsi_engine.load_model(out)
 
 

@@ -28,11 +28,8 @@ IN_SHA = "6300c557f31c929b108e29028a75814abeef73d99aeccd2b9533350ab6df9652"
 
 
 @pytest.fixture(scope="module")
-def seed_dir(data_dir: Path) -> Path:
-    d = data_dir / "seed_ssrn"
-    if not (d / IN_FILE).is_file() or not (d / UP_FILE).is_file():
-        pytest.skip(f"the seed's released Keras models are not in {d}")
-    return d
+def seed_dir(seed_ssrn_dir: Path) -> Path:
+    return seed_ssrn_dir
 
 
 @pytest.fixture(scope="module")
