@@ -67,7 +67,8 @@ def _pm(xs: list[float], scale: float = 100.0) -> str:
     return f"{a.mean():.2f}" if len(a) == 1 else f"{a.mean():.2f} ± {a.std(ddof=1):.2f}"
 
 
-def render(reports: list[tuple[str, dict]], unavailable: dict[str, str], out: Path, command: str) -> str:
+def render(reports: list[tuple[str, dict]], unavailable: dict[str, str], out: Path, command: str,
+           note: str | None = None) -> str:
     lines = ["# SSRN accuracy on the standard scenes", "",
              f"Rendered {time.strftime('%Y-%m-%d %H:%M %Z')} by `{command}`.", "",
              "Protocol (the seed's): per-band standardisation over the scene, zero padding of patch//2, 7x7 patches, "
@@ -75,6 +76,8 @@ def render(reports: list[tuple[str, dict]], unavailable: dict[str, str], out: Pa
              "dataset (IN 20/10/70, UP 10/10/80, KSC 20/10/70, Salinas 10/10/80). OA/AA/kappa in %, mean ± sample "
              "std over seeds (a single run shows its value). Every figure below comes from a run's own report; "
              "nothing is copied from elsewhere except the seed anchors, which are labelled as such.", ""]
+    if note:
+        lines += [note, ""]
     by: dict[tuple[str, str], list[tuple[str, dict]]] = {}
     for src, r in reports:
         method = (r.get("split") or {}).get("method", "?")
@@ -156,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-dir", default=str(REPO / "runs" / "accuracy"), help="per-run JSON reports (git-ignored)")
     p.add_argument("--include-model", nargs="*", default=[], help="model directories whose report to include")
     p.add_argument("--render-only", action="store_true")
+    p.add_argument("--note", default=None, help="a paragraph added under the protocol (e.g. the machine's load)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "accuracy.md"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -188,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     for _, r in reports:  # class names for run JSONs (not stored in the report itself)
         if not r.get("class_names") and r["dataset"] in DATASETS:
             r["class_names"] = list(DATASETS[r["dataset"]].class_names)
-    text = render(reports, unavailable, Path(args.out), " ".join(["python", *map(shlex.quote, sys.argv)]))
+    text = render(reports, unavailable, Path(args.out), " ".join(["python", *map(shlex.quote, sys.argv)]),
+                  args.note)
     print(text)
     return 0
 
