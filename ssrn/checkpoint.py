@@ -50,12 +50,16 @@ def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None
     meta = dict(model.meta if meta is None else meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a model directory is as readable as any new one
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
                "meta": _jsonable(meta)}
         (tmp / MODEL_JSON).write_text(json.dumps(doc, indent=1))
+        (tmp / WEIGHTS).chmod(0o666 & ~umask)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

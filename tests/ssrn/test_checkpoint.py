@@ -60,3 +60,19 @@ def test_refuses_foreign_json(tmp_path):
     (d / "model.json").write_text(json.dumps({"format": "keras"}))
     with pytest.raises(CheckpointError, match="not an hsi-engine model"):
         ssrn.load_model(d)
+
+
+def test_saved_model_directory_is_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    from ssrn import SSRN, SSRNConfig, save_model
+
+    umask = os.umask(0o022)
+    try:
+        out = save_model(SSRN(SSRNConfig(bands=20, classes=3)), tmp_path / "m")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert stat.S_IMODE((out / "weights.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((out / "model.json").stat().st_mode) == 0o644
