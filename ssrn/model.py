@@ -98,8 +98,10 @@ class SSRN(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.config.bands:
             raise ValueError(f"spectral() expects (N, {self.config.bands}, H, W); got {tuple(x.shape)}")
         n, b, h, w = x.shape
-        y = x.reshape(n, 1, b, h * w).contiguous(memory_format=torch.channels_last)
-        y = F.relu(self.stem_bn(self.stem(y)))  # (N, 24, 97, HW)
+        # channels-last strides spelled out: for one channel .contiguous(channels_last) keeps NCHW strides,
+        # and the convs would then run (and return) NCHW, 2x slower on CPU
+        y = x.reshape(n, 1, b, h * w).contiguous().as_strided((n, 1, b, h * w), (b * h * w, 1, h * w, 1))
+        y = F.relu(self.stem_bn(self.stem(y)))  # (N, 24, 97, HW), channels-last
         for block in self.spectral_blocks:
             y = block(y)
         y = self.spectral_norms(y)
