@@ -159,11 +159,11 @@ class FusedSSRN:
     ``backend``: ``eager`` | ``compile`` | ``triton`` | ``auto`` (via ``kernels.dispatch``); ``precision``:
     ``float32`` (exact) or ``bfloat16`` / ``float16`` (opt-in: autocast / low-precision kernel on the spectral
     stage only). ``max_pixels`` bounds the pixels per spectral call and the windows per spatial call, so
-    memory depends on it and not on the tile size beyond the tile itself.
+    memory depends on it and not on the tile size beyond the tile itself (default: 512 on CPU, 8192 on GPU).
     """
 
     def __init__(self, model: nn.Module, *, backend: str = "auto", device: torch.device | str | None = None,
-                 precision: str = "float32", max_pixels: int = 8192) -> None:
+                 precision: str = "float32", max_pixels: int | None = None) -> None:
         from kernels.dispatch import get_spectral_stage, resolve_backend
 
         if precision not in PRECISIONS:
@@ -175,7 +175,9 @@ class FusedSSRN:
         self.classes = model.config.classes
         self.precision = precision
         self.dtype = PRECISIONS[precision]
-        self.max_pixels = int(max_pixels)
+        # CPU: 512-pixel chunks keep a layer's activations (24 x 97 x 512 floats, ~5 MB) in cache and ran the
+        # whole tile 2x faster than 8192 (benchmarks/results/scene-cpu.md); GPUs want large launches
+        self.max_pixels = int(max_pixels) if max_pixels is not None else (512 if self.device.type == "cpu" else 8192)
         self.backend = resolve_backend(backend, self.device)
         self.program = fold_spectral(model).to(self.device)
         self.spatial = fold_spatial(model).to(self.device)
