@@ -20,17 +20,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
+from benchmarks._common import cpu_name  # noqa: E402
+
 C, D, K = 24, 97, 7
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timeit(fn, repeat: int) -> float:

@@ -33,6 +33,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0] or ".").resolve() == REPO / "benchmarks":
     sys.path[0] = str(REPO)  # benchmarks/kernels.py must not shadow the kernels package
+
+from benchmarks._common import cpu_name  # noqa: E402
 SHIPPED_SCENE = REPO / "hsi_engine" / "data" / "indian_pines" / "indian_pines.h5"
 SHIPPED_MODEL = REPO / "hsi_engine" / "data" / "models" / "ssrn_indian_pines"
 
@@ -169,16 +171,6 @@ def worker_main(argv: list[str]) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def read_map(path: Path) -> np.ndarray:

@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import hsi_engine  # noqa: E402
+from benchmarks._common import cpu_name  # noqa: E402
 import ssrn  # noqa: E402
 from hsi_engine.demo import evaluation_mask  # noqa: E402
 from hsi_engine.fused import patch_forward  # noqa: E402
@@ -43,16 +44,6 @@ def _seed_file() -> Path:
         if (d / SEED_FILE).is_file():
             return d / SEED_FILE
     raise SystemExit(f"{SEED_FILE} not found under shared/data/seed_ssrn or tests/data/seed_ssrn")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _measure(model, da, labels, masks, device, n_patch, rng) -> dict:
@@ -96,7 +87,7 @@ def main(argv=None) -> int:
     results = {"seed (released Keras, imported)": _measure(seed, da, labels, masks, args.device, args.patch_pixels, rng),
                "hsi-engine (trained here)": _measure(ours, da, labels, masks, args.device, args.patch_pixels, rng)}
     names = ours.meta.get("class_names") or [str(i) for i in range(1, 17)]
-    dev = _cpu_name() if args.device == "cpu" else torch.cuda.get_device_name()
+    dev = cpu_name() if args.device == "cpu" else torch.cuda.get_device_name()
     lines = ["# The seed's released SSRN beside hsi-engine's trained SSRN (Indian Pines, shipped scene)", "",
              f"- device: {dev} ({args.device}, torch threads {torch.get_num_threads()})",
              f"- versions: torch {torch.__version__}, numpy {np.__version__}, python {platform.python_version()}",
