@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _models import randomise_bn
 from ssrn.checkpoint import save_model
 from ssrn.config import SSRNConfig
 from ssrn.model import SSRN
@@ -42,15 +43,7 @@ def tiny_model(cube: np.ndarray | None = None, *, seed: int = 0, bands: int = BA
     import torch
 
     torch.manual_seed(seed)
-    m = SSRN(tiny_config(bands))
-    g = torch.Generator().manual_seed(seed)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            n = mod.num_features
-            mod.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            mod.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=g))
-            mod.weight.data.copy_(0.5 + torch.rand(n, generator=g))
-            mod.bias.data.copy_(0.6 * torch.rand(n, generator=g) - 0.3)
+    m = randomise_bn(SSRN(tiny_config(bands)), seed)
     a = (ip_crop(bands=bands) if cube is None else cube).astype(np.float64)
     m.meta = {"mean": a.mean(axis=(1, 2)).tolist(), "std": a.std(axis=(1, 2)).tolist(),
               "class_names": [f"c{i}" for i in range(1, CLASSES + 1)]}

@@ -16,6 +16,7 @@ import torch
 import xarray as xr
 
 import hsi_engine
+from _models import randomise_bn
 from hsi_engine.fused import FusedSSRN, patch_forward
 from hsi_engine.runner import prepare_tile
 from hsi_engine.tiles import plan_tiles
@@ -144,15 +145,7 @@ def test_uint16_and_float_inputs_agree(trained_case):
 
 def _random_real(cube, **kw) -> SSRN:
     torch.manual_seed(1)
-    m = SSRN(SSRNConfig.from_name("indian_pines", **kw))
-    g = torch.Generator().manual_seed(1)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            n = mod.num_features
-            mod.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            mod.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=g))
-            mod.weight.data.copy_(0.5 + torch.rand(n, generator=g))
-            mod.bias.data.copy_(0.6 * torch.rand(n, generator=g) - 0.3)
+    m = randomise_bn(SSRN(SSRNConfig.from_name("indian_pines", **kw)), 1)
     a = cube.astype(np.float64)
     m.meta = {"mean": a.mean(axis=(1, 2)).tolist(), "std": a.std(axis=(1, 2)).tolist()}
     return m.eval()

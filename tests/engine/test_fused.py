@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _models import randomise_bn
 from hsi_engine.fused import FusedSSRN, fold_spatial, fold_spectral, pad_scene, patch_forward, spatial_windows
 from kernels.spectral import spectral_stage_reference
 from ssrn.config import SSRNConfig
@@ -22,19 +23,6 @@ CONFIGS = {
     "patch5": dict(patch=5),
     "patch9": dict(patch=9),
 }
-
-
-def randomise_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial running stats and affine params, so folding is really exercised."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=g))
-            m.weight.data.copy_(0.5 + torch.rand(n, generator=g))
-            m.bias.data.copy_(0.6 * torch.rand(n, generator=g) - 0.3)
-    return model.eval()
 
 
 def random_model(bands: int = 23, classes: int = 5, seed: int = 0, **kw) -> SSRN:
