@@ -305,6 +305,24 @@ def _parse_stage_norms(w: _Walker, x: str, mapping: dict[str, tuple[str, str]], 
         x, n = r, n + 1
 
 
+def _conv_bn_relu(w: _Walker, x: str, module: str, expected: str, kind: str, mapping: dict[str, tuple[str, str]],
+                  eps: list[float], bias: list[bool], *, kernel: tuple[int | None, ...],
+                  strides: tuple[int | None, ...] | None = (1, 1, 1), detail: str = "") -> tuple[_Layer, str]:
+    """The Conv3D (valid) -> BatchNormalization -> ReLU run consuming ``x``, mapped onto ``module`` and
+    ``module_bn``; returns the conv layer and the ReLU's name. ``expected`` names the conv in errors."""
+    label = expected.split(" Conv3D")[0]
+    cn = w.only_consumer(x, expected)
+    conv = w.conv(cn, expected + detail, kernel=kernel, padding="valid", strides=strides)
+    bias.append(bool(conv.config.get("use_bias", True)))
+    mapping[module] = (cn, kind)
+    b = w.only_consumer(cn, "BatchNormalization")
+    eps.append(float(w.bn(b, f"{label} BatchNormalization").config.get("epsilon", 1e-3)))
+    mapping[f"{module}_bn"] = (b, "bn")
+    r = w.only_consumer(b, "Activation relu")
+    w.relu(r, f"{label} Activation relu")
+    return conv, r
+
+
 def parse_keras_graph(model_cfg: dict[str, Any]) -> KerasGraph:
     """Recognise the seed's SSRN in a Keras ``model_config``: the inferred :class:`SSRNConfig` and layer map."""
     w = _Walker(model_cfg)
@@ -320,18 +338,11 @@ def parse_keras_graph(model_cfg: dict[str, Any]) -> KerasGraph:
     patch, bands = int(shape[1]), int(shape[3])
 
     # stem
-    x = w.only_consumer(w.input, "stem Conv3D k(1,1,k) valid")
-    stem = w.conv(x, "stem Conv3D k(1,1,k) valid", kernel=(1, 1, None), padding="valid", strides=(1, 1, None))
+    stem, x = _conv_bn_relu(w, w.input, "stem", "stem Conv3D k(1,1,k) valid", "conv", mapping, eps, bias,
+                            kernel=(1, 1, None), strides=(1, 1, None))
     k = int(stem.config["kernel_size"][2])
     stride = int(stem.config["strides"][2])
     width = int(stem.config["filters"])
-    bias.append(bool(stem.config.get("use_bias", True)))
-    mapping["stem"] = (x, "conv")
-    b = w.only_consumer(x, "BatchNormalization")
-    eps.append(float(w.bn(b, "stem BatchNormalization").config.get("epsilon", 1e-3)))
-    mapping["stem_bn"] = (b, "bn")
-    x = w.only_consumer(b, "Activation relu")
-    w.relu(x, "stem Activation relu")
 
     # spectral blocks
     n_spec = 0
@@ -352,34 +363,18 @@ def parse_keras_graph(model_cfg: dict[str, Any]) -> KerasGraph:
 
     # full-band reduction
     reduced = (bands - k) // stride + 1
-    rn = w.only_consumer(x, f"reduction Conv3D k(1,1,{reduced}) valid")
-    red = w.conv(rn, f"reduction Conv3D k(1,1,{reduced}) valid (the full band depth after the stem)",
-                 kernel=(1, 1, reduced), padding="valid")
+    red, x = _conv_bn_relu(w, x, "reduce", f"reduction Conv3D k(1,1,{reduced}) valid", "conv", mapping, eps, bias,
+                           kernel=(1, 1, reduced), detail=" (the full band depth after the stem)")
     reduce_width = int(red.config["filters"])
-    bias.append(bool(red.config.get("use_bias", True)))
-    mapping["reduce"] = (rn, "conv")
-    b = w.only_consumer(rn, "BatchNormalization")
-    eps.append(float(w.bn(b, "reduction BatchNormalization").config.get("epsilon", 1e-3)))
-    mapping["reduce_bn"] = (b, "bn")
-    x = w.only_consumer(b, "Activation relu")
-    w.relu(x, "reduction Activation relu")
     rs = w.only_consumer(x, f"Reshape to ({patch}, {patch}, {reduce_width}, 1)")
     lay = w.take(rs, "Reshape", f"Reshape to ({patch}, {patch}, {reduce_width}, 1)")
     if list(lay.config.get("target_shape", [])) != [patch, patch, reduce_width, 1]:
         w.fail(rs, f"Reshape to ({patch}, {patch}, {reduce_width}, 1)", f"target_shape {lay.config.get('target_shape')}")
 
     # spatial stem
-    sn = w.only_consumer(rs, f"spatial stem Conv3D k(3,3,{reduce_width}) valid")
-    ss = w.conv(sn, f"spatial stem Conv3D k(3,3,{reduce_width}) valid", kernel=(3, 3, reduce_width),
-                padding="valid")
+    ss, x = _conv_bn_relu(w, rs, "spatial_stem", f"spatial stem Conv3D k(3,3,{reduce_width}) valid", "spatial_stem",
+                          mapping, eps, bias, kernel=(3, 3, reduce_width))
     swidth = int(ss.config["filters"])
-    bias.append(bool(ss.config.get("use_bias", True)))
-    mapping["spatial_stem"] = (sn, "spatial_stem")
-    b = w.only_consumer(sn, "BatchNormalization")
-    eps.append(float(w.bn(b, "spatial stem BatchNormalization").config.get("epsilon", 1e-3)))
-    mapping["spatial_stem_bn"] = (b, "bn")
-    x = w.only_consumer(b, "Activation relu")
-    w.relu(x, "spatial stem Activation relu")
 
     n_spa = 0
     spa_kinds: list[str] = []
