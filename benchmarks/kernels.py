@@ -13,7 +13,8 @@ per layer (stem, one block conv, reduce) and for the whole stage, in float32 and
 float32 (CPU), with achieved TFLOP/s. FLOPs = ``program.flops_per_pixel() * pixels`` (2 x multiply-adds
 of every conv; the padded / masked work a kernel may do is not counted). The device's bf16 (and fp32)
 matmul peak and its copy bandwidth are measured in the same run; the engine end to end
-(``hsi_engine.api.classify`` on a 200-band scene in memory) is reported in Mpix/s.
+(``hsi_engine.api.classify`` on a 200-band scene in memory and streamed from a zarr store) is reported
+in Mpix/s.
 
 Timing: ``triton.testing.do_bench`` on CUDA (median, 20th / 80th percentiles); on CPU the median of
 repeated wall-clock runs after a warm-up.
@@ -25,11 +26,13 @@ repeated wall-clock runs after a warm-up.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -137,30 +140,54 @@ def layer_cases(program: SpectralProgram, p: int, device: torch.device, dtype: t
     return cases
 
 
-def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: int) -> tuple[str, float | None]:
-    try:
-        from hsi_engine.api import classify
-        from ssrn.config import SSRNConfig
-        from ssrn.model import SSRN
-    except ImportError as e:
-        return f"pending: hsi_engine.api.classify not importable ({e})", None
+def _engine_model():
+    from ssrn.config import SSRNConfig
+    from ssrn.model import SSRN
+
     torch.manual_seed(0)
-    model = SSRN(SSRNConfig.from_name("indian_pines")).eval()
-    scene = torch.randn(200, side, side)
-    kw = dict(device=str(device), backend=backend, progress=False)
-    classify(scene[:, :32, :32], model, **kw)  # warm-up (compile / autotune / allocator)
-    reps = 3 if device.type == "cuda" else max(1, bench_cpu_reps // 5)
+    return SSRN(SSRNConfig.from_name("indian_pines")).eval()
+
+
+def _time_classify(scene, model, reps: int, **kw) -> float:
+    from hsi_engine.api import classify
+
     ts = []
     for _ in range(reps):
-        if device.type == "cuda":
+        if torch.cuda.is_available():
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         classify(scene, model, **kw)
-        if device.type == "cuda":
+        if torch.cuda.is_available():
             torch.cuda.synchronize()
         ts.append(time.perf_counter() - t0)
-    t = statistics.median(ts)
-    return f"{side}x{side}x200 scene in memory, backend={backend}, median of {reps}", side * side / t / 1e6
+    return statistics.median(ts)
+
+
+def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: int, *,
+                precision: str = "float32", zarr_dir: Path | None = None) -> tuple[str, float | None]:
+    """Engine end to end on a random ``200 x side x side`` scene: in memory, or streamed from a zarr store."""
+    try:
+        from hsi_engine.api import classify, open_scene
+    except ImportError as e:
+        return f"pending: hsi_engine.api not importable ({e})", None
+    model = _engine_model()
+    scene = torch.randn(200, side, side, generator=torch.Generator().manual_seed(5)).numpy()
+    kw = dict(device=str(device), backend=backend, precision=precision, progress=False)
+    classify(scene[:, :64, :64], model, **kw)  # warm-up (compile / autotune / allocator)
+    reps = 3 if device.type == "cuda" else max(1, bench_cpu_reps // 5)
+    where = "in memory"
+    if zarr_dir is not None:
+        import xarray as xr
+
+        path = zarr_dir / f"scene{side}.zarr"
+        if not path.exists():
+            xr.DataArray(scene, dims=("band", "y", "x"), name="reflectance").chunk(
+                {"band": -1, "y": 256, "x": 256}).to_zarr(path)
+        scene = open_scene(path)
+        where = "streamed from zarr (256x256 chunks, all bands, default codec)"
+        reps = 2
+    t = _time_classify(scene, model, reps, **kw)
+    return f"{side}x{side}x200 scene {where}, backend={backend}, {precision}, median of {reps}", side * side / t / 1e6
 
 
 # --- main ------------------------------------------------------------------------------------------------------
@@ -173,92 +200,9 @@ def git_commit() -> str:
         return "unknown"
 
 
-def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--pixels", type=int, default=None, help="pixels per call (default 65536 CUDA, 4096 CPU)")
-    ap.add_argument("--bands", type=int, default=200)
-    ap.add_argument("--reps", type=int, default=15, help="CPU repetitions per timing")
-    ap.add_argument("--engine-side", type=int, default=None, help="scene side for the end-to-end row")
-    ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
-
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    p = args.pixels or (65536 if cuda else 4096)
-    dtypes = [torch.float32, torch.bfloat16] if cuda else [torch.float32]
-    bench = make_timer(device, args.reps)
-    if cuda:
-        name = torch.cuda.get_device_name(device)
-        dev_label = name.replace("NVIDIA ", "").split()[0].lower()
-    else:
-        name = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch threads"
-        dev_label = "cpu"
-    out_path = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"kernels-{dev_label}.md"
-    cmd = "python benchmarks/kernels.py " + " ".join(argv if argv is not None else sys.argv[1:])
-
-    base = _random_program(args.bands, 24, 128, generator=torch.Generator().manual_seed(0))
-    flops = base.flops_per_pixel() * p
-    peaks = measure_peaks(device, bench, [torch.bfloat16, torch.float32] if cuda else [torch.float32, torch.bfloat16])
-
-    stage_rows, layer_rows = [], []
-    for dtype in dtypes:
-        prog = base.to(device=device, dtype=dtype)
-        x = torch.randn(p, args.bands, generator=torch.Generator().manual_seed(2)).to(device, dtype)
-        ref = spectral_stage_reference(x, prog)
-        forms: list[tuple[str, Callable | None, str]] = [("seed-conv3d (eager)", seed_conv3d_stage, ""),
-                                                       ("eager (conv2d channels-last)", spectral_stage_reference, "")]
-        if not args.no_compile:
-            forms.append(("compile" + (" (max-autotune)" if cuda else ""), get_spectral_stage("compile", device), ""))
-        if cuda:
-            from kernels.spectral import spectral_stage_triton
-            forms.append(("triton (fused)", spectral_stage_triton, ""))
-        else:
-            forms.append(("triton (fused)", None, PENDING_GPU))
-        for label, fn, note in forms:
-            if fn is None:
-                stage_rows.append((label, str(dtype).removeprefix("torch."), None, None, None, note))
-                continue
-            got = fn(x, prog)
-            err = ((got.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
-            med, lo, hi = bench(lambda: fn(x, prog))
-            stage_rows.append((label, str(dtype).removeprefix("torch."), (med, lo, hi), flops / (med * 1e-3) / 1e12,
-                               p / (med * 1e-3) / 1e6, f"max rel. diff vs eager {err:.1e}"))
-        for layer, lflops, f3, f2 in layer_cases(prog, p, device, dtype):
-            for label, fn in (("seed-conv3d", f3), ("eager conv2d", f2)):
-                med, lo, hi = bench(fn)
-                layer_rows.append((layer, label, str(dtype).removeprefix("torch."), (med, lo, hi),
-                                   lflops / (med * 1e-3) / 1e12))
-            layer_rows.append((layer, "triton", str(dtype).removeprefix("torch."), None,
-                               "fused: whole stage only" if cuda else PENDING_GPU))
-
-    engine_rows = []
-    side = args.engine_side or (1024 if cuda else 145)
-    for backend in (["triton", "compile", "eager"] if cuda else ["eager"]):
-        desc, mpix = engine_mpix(device, backend, side, args.reps)
-        engine_rows.append((desc, mpix))
-    if not cuda:
-        engine_rows.append(("backend=triton", None))
-
-    lines = [f"# Spectral-stage kernels: {name}", "",
-             f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
-             f"- device: {name}" + (f", CUDA {torch.version.cuda}" if cuda else ""),
-             f"- versions: python {platform.python_version()}, torch {torch.__version__}, "
-             f"triton {_triton_version()}", f"- commit: {git_commit()}",
-             f"- command: `{cmd.strip()}`",
-             f"- program: {args.bands} bands, stem 24 k7 s2 -> {base.reduced_bands} positions, "
-             f"{len(base.blocks)} residual blocks (24, k7), reduce -> {base.out_features}; random folded weights",
-             f"- pixels per call: {p}; FLOPs = program.flops_per_pixel() x pixels = "
-             f"{base.flops_per_pixel():,} x {p} (2 x multiply-adds of every conv; padding work not counted)",
-             "- timing: " + ("triton.testing.do_bench, median [p20, p80]" if cuda else
-                             f"median [p20, p80] of {args.reps} wall-clock runs after one warm-up"), ""]
-    lines += ["The Triton kernel fuses the whole stage in one launch (stem, residual blocks, stage affines, "
-              "full-band reduce; activations stay in registers, band axis streamed); per-layer Triton rows "
-              "therefore do not exist.", ""]
-    if not cuda:
-        lines += ["CPU-only run: this machine has no GPU (2 cores shared with other jobs, so figures are noisy).",
-                  f"Every Triton row is \"{PENDING_GPU}\"; no GPU figure here is estimated.", ""]
+def render(head: list[str], peaks: dict[str, float], stage_rows: list, layer_rows: list, engine_rows: list) -> str:
+    """The Markdown report from whatever rows exist so far (it is rewritten after every row)."""
+    lines = list(head)
     lines += ["## Device peaks (measured in this run)", "", "| what | value |", "|---|---|"]
     lines += [f"| {k} | {v:.3g} |" for k, v in peaks.items()]
     peak = {dtn: v for k, v in peaks.items() for dtn in ("float32", "bfloat16") if f"matmul {dtn}" in k}
@@ -283,9 +227,143 @@ def main(argv: list[str] | None = None) -> Path:
               "| run | Mpix/s |", "|---|---|"]
     for desc, mp in engine_rows:
         lines.append(f"| {desc} | {PENDING_GPU if mp is None and 'triton' in desc else ('pending' if mp is None else f'{mp:.4f}')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--pixels", type=int, default=None, help="pixels per call (default 65536 CUDA, 4096 CPU)")
+    ap.add_argument("--bands", type=int, default=200)
+    ap.add_argument("--reps", type=int, default=15, help="CPU repetitions per timing")
+    ap.add_argument("--engine-side", type=int, default=None, help="scene side for the end-to-end rows")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--zarr-dir", default=None, help="where to write the zarr scene for the streamed row "
+                                                    "(default: a temporary directory; CUDA only)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    p = args.pixels or (65536 if cuda else 4096)
+    dtypes = [torch.float32, torch.bfloat16] if cuda else [torch.float32]
+    bench = make_timer(device, args.reps)
+    if cuda:
+        name = torch.cuda.get_device_name(device)
+        dev_label = name.replace("NVIDIA ", "").split()[0].lower()
+    else:
+        name = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch threads"
+        dev_label = "cpu"
+    out_path = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"kernels-{dev_label}.md"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    cmd = "python benchmarks/kernels.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    base = _random_program(args.bands, 24, 128, generator=torch.Generator().manual_seed(0))
+    flops = base.flops_per_pixel() * p
+    head = [f"# Spectral-stage kernels: {name}", "",
+            f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
+            f"- device: {name}" + (f", CUDA {torch.version.cuda}" if cuda else ""),
+            f"- versions: python {platform.python_version()}, torch {torch.__version__}, "
+            f"triton {_triton_version()}", f"- commit: {git_commit()}",
+            f"- command: `{cmd.strip()}`",
+            f"- program: {args.bands} bands, stem 24 k7 s2 -> {base.reduced_bands} positions, "
+            f"{len(base.blocks)} residual blocks (24, k7), reduce -> {base.out_features}; random folded weights",
+            f"- pixels per call: {p}; FLOPs = program.flops_per_pixel() x pixels = "
+            f"{base.flops_per_pixel():,} x {p} (2 x multiply-adds of every conv; padding work not counted)",
+            "- timing: " + ("triton.testing.do_bench, median [p20, p80]" if cuda else
+                            f"median [p20, p80] of {args.reps} wall-clock runs after one warm-up"),
+            "- float32 rows run with TF32 off everywhere (cuDNN enables it for convolutions by default): exact "
+            "float32 is what the engine's `precision=\"float32\"` promises; the `tf32` row is the opt-in.", ""]
+    head += ["The Triton kernel fuses the whole stage in one launch (stem, residual blocks, stage affines, "
+             "full-band reduce; activations stay in registers, band axis streamed); per-layer Triton rows "
+             "therefore do not exist. The report is rewritten after every row, so a run cut short keeps "
+             "what it measured.", ""]
+    if not cuda:
+        head += ["CPU-only run: this machine has no GPU.",
+                 f"Every Triton row is \"{PENDING_GPU}\"; no GPU figure here is estimated.", ""]
+    peaks: dict[str, float] = {}
+    stage_rows: list = []
+    layer_rows: list = []
+    engine_rows: list = []
+
+    def emit(row: str) -> None:
+        out_path.write_text(render(head, peaks, stage_rows, layer_rows, engine_rows))
+        print(row, flush=True)
+
+    from hsi_engine.fused import exact_fp32
+
+    def precise(dtype: torch.dtype):
+        return exact_fp32() if dtype == torch.float32 else contextlib.nullcontext()
+
+    peaks.update(measure_peaks(device, bench, [torch.bfloat16, torch.float32] if cuda else [torch.float32, torch.bfloat16]))
+    emit(f"peaks: {peaks}")
+
+    def time_stage(label: str, fn: Callable, dtype: torch.dtype, x, prog, ref, note: str = "") -> None:
+        with precise(dtype):
+            got = fn(x, prog)
+            err = ((got.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+            med, lo, hi = bench(lambda: fn(x, prog))
+        stage_rows.append((label, str(dtype).removeprefix("torch."), (med, lo, hi), flops / (med * 1e-3) / 1e12,
+                           p / (med * 1e-3) / 1e6, f"max rel. diff vs eager {err:.1e}" + note))
+        emit(f"stage {label} {dtype}: {med:.3f} ms")
+
+    inputs = {}
+    for dtype in dtypes:
+        prog = base.to(device=device, dtype=dtype)
+        x = torch.randn(p, args.bands, generator=torch.Generator().manual_seed(2)).to(device, dtype)
+        with precise(dtype):
+            ref = spectral_stage_reference(x, prog)
+        inputs[dtype] = (x, prog, ref)
+        time_stage("seed-conv3d (eager)", seed_conv3d_stage, dtype, x, prog, ref)
+        time_stage("eager (conv2d channels-last)", spectral_stage_reference, dtype, x, prog, ref)
+        if cuda:
+            from kernels.spectral import spectral_stage_triton
+
+            time_stage("triton (fused)", spectral_stage_triton, dtype, x, prog, ref)
+            if dtype == torch.float32:
+                time_stage("triton (fused, tf32 opt-in)", lambda a, b: spectral_stage_triton(a, b, allow_tf32=True),
+                           dtype, x, prog, ref)
+        else:
+            stage_rows.append(("triton (fused)", str(dtype).removeprefix("torch."), None, None, None, PENDING_GPU))
+        for layer, lflops, f3, f2 in layer_cases(prog, p, device, dtype):
+            for label, fn in (("seed-conv3d", f3), ("eager conv2d", f2)):
+                with precise(dtype):
+                    med, lo, hi = bench(fn)
+                layer_rows.append((layer, label, str(dtype).removeprefix("torch."), (med, lo, hi),
+                                   lflops / (med * 1e-3) / 1e12))
+                emit(f"layer {layer} {label} {dtype}: {med:.3f} ms")
+            layer_rows.append((layer, "triton", str(dtype).removeprefix("torch."), None,
+                               "fused: whole stage only" if cuda else PENDING_GPU))
+
+    side = args.engine_side or (1024 if cuda else 145)
+    runs = ([("triton", "float32", False), ("triton", "bfloat16", False), ("eager", "float32", False),
+             ("triton", "float32", True)] if cuda else [("eager", "float32", False)])
+    with tempfile.TemporaryDirectory() as tmp:
+        zdir = Path(args.zarr_dir) if args.zarr_dir else Path(tmp)
+        for backend, precision, zarr in runs:
+            try:
+                desc, mpix = engine_mpix(device, backend, side, args.reps, precision=precision,
+                                         zarr_dir=zdir if zarr else None)
+            except Exception as e:  # noqa: BLE001 - one failing row must not lose the others
+                desc, mpix = f"{backend} {precision}{' zarr' if zarr else ''}: failed ({type(e).__name__}: {e})", None
+            engine_rows.append((desc, mpix))
+            emit(f"engine {desc}: {mpix}")
+    if not cuda:
+        engine_rows.append(("backend=triton", None))
+
+    if not args.no_compile:  # last: max-autotune compiles for minutes on a GPU
+        compiled = get_spectral_stage("compile", device)
+        for dtype in dtypes:
+            x, prog, ref = inputs[dtype]
+            time_stage("compile" + (" (max-autotune)" if cuda else ""), compiled, dtype, x, prog, ref)
+        if cuda:
+            desc, mpix = engine_mpix(device, "compile", side, args.reps)
+            engine_rows.append((desc, mpix))
+            emit(f"engine {desc}: {mpix}")
+
+    text = render(head, peaks, stage_rows, layer_rows, engine_rows)
+    out_path.write_text(text)
+    print(text)
     return out_path
 
 

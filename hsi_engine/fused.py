@@ -16,6 +16,8 @@ The result equals ``SSRN.forward`` on the pixel's patch cut from the zero-padded
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Callable
 
@@ -216,6 +218,12 @@ class FusedSSRN:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda" and self.dtype == torch.float32:
+            with exact_fp32():
+                return self._logits(x)
+        return self._logits(x)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
         if x.dim() != 3 or x.shape[0] != c.bands or x.shape[1] < self.patch or x.shape[2] < self.patch:
             raise ValueError(f"expected a padded tile ({c.bands}, h + {2 * self.halo}, w + {2 * self.halo}) "
@@ -241,6 +249,20 @@ class FusedSSRN:
             out.append(self._windows(wins, sp))  # (rows*w, classes)
         logits = out[0] if len(out) == 1 else torch.cat(out)
         return logits.t().reshape(-1, h, w)
+
+
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """Plain float32 convolutions and matmuls on CUDA for the duration (cuDNN's TF32 is on by default).
+
+    The float32 engine is exact against patch mode only when both run without TF32's 10-bit mantissa.
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 _COMPILED_WINDOWS = None

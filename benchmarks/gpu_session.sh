@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One lent-GPU session in one call: environment, GPU tests, seed-protocol training runs, kernel benchmark.
+#
+#   bash benchmarks/gpu_session.sh            # on the GPU machine, from the repository root; results in $OUT
+#
+# Training runs (5 seeds of the Indian Pines seed protocol, one process each) share the GPU with the tests,
+# which only check correctness; the kernel benchmark starts after both finish, on a quiet GPU.
+# Wheels for packages the machine lacks (zarr, dask, rioxarray, ...) are installed from .whl/ when present.
+set -u
+OUT=${OUT:-/tmp/hsi-gpu-session}
+mkdir -p "$OUT"
+TRAIN_MINUTES=${TRAIN_MINUTES:-3.2}
+SEEDS=${SEEDS:-5}
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD HSI_ENGINE_DATA=${HSI_ENGINE_DATA:-/nonexistent}
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD || echo "wheel install failed"
+fi
+{ date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+  python3 -c "import sys, torch, triton, numpy, xarray; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'numpy', numpy.__version__, 'xarray', xarray.__version__)"
+  python3 -c "import zarr, dask, rioxarray; print('zarr', zarr.__version__, 'dask', dask.__version__, 'rioxarray', rioxarray.__version__)"
+  nproc; } 2>&1 | tee "$OUT/env.txt"
+
+# 1. training seeds in the background (float32, the seed's protocol, a time budget per run)
+mkdir -p "$OUT/runs"
+pids=()
+for s in $(seq 0 $((SEEDS - 1))); do
+  OMP_NUM_THREADS=1 python3 benchmarks/accuracy.py --datasets indian_pines --seeds 1 --first-seed "$s" \
+    --device cuda --max-minutes "$TRAIN_MINUTES" --runs-dir "$OUT/runs" --out "/tmp/acc$s.md" \
+    >"/tmp/train$s.log" 2>&1 &
+  pids+=($!)
+done
+
+# 2. GPU tests meanwhile (correctness only; compiles spread over processes)
+timeout 240 python3 -m pytest -m gpu tests/kernels tests/engine/test_gpu.py -q -n 6 -p no:cacheprovider \
+  --timeout 220 -rs 2>&1 | tee "$OUT/gpu-tests.log"
+echo "pytest rc=${PIPESTATUS[0]}" | tee -a "$OUT/gpu-tests.log"
+
+for p in "${pids[@]}"; do wait "$p"; done
+tail -n 3 /tmp/train*.log > "$OUT/train.log" 2>&1
+grep -h "epoch 1/\|epoch 2/" /tmp/train*.log >> "$OUT/train.log" 2>&1
+tar -czf "$OUT/runs.tar.gz" -C "$OUT" runs && rm -rf "$OUT/runs"
+
+# 3. kernel benchmark on the quiet GPU (the report is rewritten after every row)
+timeout "${BENCH_TIMEOUT:-280}" python3 benchmarks/kernels.py --out "$OUT/kernels-gpu.md" 2>&1 | tee "$OUT/kernels.log"
+echo "bench rc=${PIPESTATUS[0]}"
