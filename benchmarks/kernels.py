@@ -164,7 +164,8 @@ def _time_classify(scene, model, reps: int, **kw) -> float:
 
 
 def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: int, *,
-                precision: str = "float32", zarr_dir: Path | None = None) -> tuple[str, float | None]:
+                precision: str = "float32", zarr_dir: Path | None = None,
+                readers: int | None = None) -> tuple[str, float | None]:
     """Engine end to end on a random ``200 x side x side`` scene: in memory, or streamed from a zarr store."""
     try:
         from hsi_engine.api import classify, open_scene
@@ -172,7 +173,7 @@ def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: i
         return f"pending: hsi_engine.api not importable ({e})", None
     model = _engine_model()
     scene = torch.randn(200, side, side, generator=torch.Generator().manual_seed(5)).numpy()
-    kw = dict(device=str(device), backend=backend, precision=precision, progress=False)
+    kw = dict(device=str(device), backend=backend, precision=precision, progress=False, readers=readers)
     classify(scene[:, :64, :64], model, **kw)  # warm-up (compile / autotune / allocator)
     reps = 3 if device.type == "cuda" else max(1, bench_cpu_reps // 5)
     where = "in memory"
@@ -187,7 +188,9 @@ def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: i
         where = "streamed from zarr (256x256 chunks, all bands, default codec)"
         reps = 2
     t = _time_classify(scene, model, reps, **kw)
-    return f"{side}x{side}x200 scene {where}, backend={backend}, {precision}, median of {reps}", side * side / t / 1e6
+    rd = "default readers" if readers is None else f"readers={readers}"
+    return (f"{side}x{side}x200 scene {where}, backend={backend}, {precision}, {rd}, median of {reps}",
+            side * side / t / 1e6)
 
 
 # --- main ------------------------------------------------------------------------------------------------------
@@ -236,7 +239,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--pixels", type=int, default=None, help="pixels per call (default 65536 CUDA, 4096 CPU)")
     ap.add_argument("--bands", type=int, default=200)
     ap.add_argument("--reps", type=int, default=15, help="CPU repetitions per timing")
-    ap.add_argument("--engine-side", type=int, default=None, help="scene side for the end-to-end rows")
+    ap.add_argument("--engine-side", type=int, default=None, help="scene side for the in-memory end-to-end rows (zarr: at most 1024)")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--zarr-dir", default=None, help="where to write the zarr scene for the streamed row "
                                                     "(default: a temporary directory; CUDA only)")
@@ -335,15 +338,16 @@ def main(argv: list[str] | None = None) -> Path:
             layer_rows.append((layer, "triton", str(dtype).removeprefix("torch."), None,
                                "fused: whole stage only" if cuda else PENDING_GPU))
 
-    side = args.engine_side or (1024 if cuda else 145)
-    runs = ([("triton", "float32", False), ("triton", "bfloat16", False), ("eager", "float32", False),
-             ("triton", "float32", True)] if cuda else [("eager", "float32", False)])
+    side = args.engine_side or (2048 if cuda else 145)
+    runs = ([("triton", "float32", False, None), ("triton", "bfloat16", False, None),
+             ("triton", "bfloat16", False, 2), ("eager", "float32", False, None), ("triton", "float32", True, None)]
+            if cuda else [("eager", "float32", False, None)])
     with tempfile.TemporaryDirectory() as tmp:
         zdir = Path(args.zarr_dir) if args.zarr_dir else Path(tmp)
-        for backend, precision, zarr in runs:
+        for backend, precision, zarr, readers in runs:
             try:
-                desc, mpix = engine_mpix(device, backend, side, args.reps, precision=precision,
-                                         zarr_dir=zdir if zarr else None)
+                desc, mpix = engine_mpix(device, backend, min(side, 1024) if zarr else side, args.reps,
+                                         precision=precision, zarr_dir=zdir if zarr else None, readers=readers)
             except Exception as e:  # noqa: BLE001 - one failing row must not lose the others
                 desc, mpix = f"{backend} {precision}{' zarr' if zarr else ''}: failed ({type(e).__name__}: {e})", None
             engine_rows.append((desc, mpix))
@@ -357,7 +361,10 @@ def main(argv: list[str] | None = None) -> Path:
             x, prog, ref = inputs[dtype]
             time_stage("compile" + (" (max-autotune)" if cuda else ""), compiled, dtype, x, prog, ref)
         if cuda:
-            desc, mpix = engine_mpix(device, "compile", side, args.reps)
+            try:
+                desc, mpix = engine_mpix(device, "compile", side, args.reps)
+            except Exception as e:  # noqa: BLE001
+                desc, mpix = f"compile float32: failed ({type(e).__name__}: {e})", None
             engine_rows.append((desc, mpix))
             emit(f"engine {desc}: {mpix}")
 

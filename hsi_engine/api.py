@@ -117,8 +117,8 @@ class _Job:
 
         return FusedSSRN(self.model, backend=self.backend, device=self.device, precision=self.precision)
 
-    def run(self, sink: Any, *, probabilities: bool, progress: bool | None, queue_depth: int,
-            readers: int) -> dict[str, float]:
+    def run(self, sink: Any, *, probabilities: bool, progress: bool | None, queue_depth: int | None,
+            readers: int | None) -> dict[str, float]:
         from .runner import run_plan
 
         return run_plan(self.da, self.plan, self.engine(), sink, mean=self.mean, std=self.std,
@@ -160,8 +160,8 @@ def _georeferenced(da: xr.DataArray) -> bool:
 
 def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None, device: Any = None,
              backend: str = "auto", precision: str = "float32", probabilities: bool = False,
-             nodata: float | None = None, progress: bool | None = None, queue_depth: int = 3,
-             readers: int = 2) -> xr.DataArray | xr.Dataset:
+             nodata: float | None = None, progress: bool | None = None, queue_depth: int | None = None,
+             readers: int | None = None) -> xr.DataArray | xr.Dataset:
     """Classify every pixel of ``scene`` with the SSRN ``model``; exact against patch mode in float32.
 
     ``scene``: a ``(band, y, x)`` DataArray (dask-backed scenes are read tile by tile), a path (opened with
@@ -211,8 +211,8 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                      tile: int | Sequence[int] | None = None, device: Any = None, backend: str = "auto",
                      precision: str = "float32", probabilities: bool | str = False, overwrite: bool = False,
                      nodata: float | None = None, workers: int | None = None, scheduler: str | None = None,
-                     resume: bool = False, progress: bool | None = None, queue_depth: int = 3,
-                     readers: int = 2) -> Path:
+                     resume: bool = False, progress: bool | None = None, queue_depth: int | None = None,
+                     readers: int | None = None) -> Path:
     """Stream the class map of a scene into ``out`` (``.tif`` Cloud-Optimised GeoTIFF or ``.zarr``).
 
     Opens the scene (a path, or anything :func:`classify` takes), loads the model (a directory, or an

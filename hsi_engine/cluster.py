@@ -329,7 +329,7 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
                 device: Any = None, backend: str = "auto", precision: str = "float32",
                 probabilities: bool | str = False, overwrite: bool = False, nodata: float | None = None,
                 workers: int | None = None, scheduler: Any = None, resume: bool = False,
-                progress: bool | None = None, queue_depth: int = 3, readers: int = 2,
+                progress: bool | None = None, queue_depth: int | None = None, readers: int | None = None,
                 throttle_s: float = 0.0) -> RunReport:
     """Classify into ``out`` (``.zarr`` or ``.tif``) resumably, in-process or on a dask cluster.
 
@@ -468,7 +468,7 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
 
 
 def _run_local(job: Any, plan: TilePlan, writer: ResumableZarrWriter, run: int, side: int, throttle_s: float,
-               prob: str | None, queue_depth: int, readers: int, progress: bool | None) -> dict[str, Any]:
+               prob: str | None, queue_depth: int | None, readers: int | None, progress: bool | None) -> dict[str, Any]:
     from .runner import run_plan
 
     return run_plan(job.da, plan, job.engine(), _MarkingSink(writer, run, side, throttle_s), mean=job.mean,

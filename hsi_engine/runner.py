@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -204,16 +205,22 @@ def _progress_bar(total: int, enabled: bool | None):
 
 def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.ndarray | None = None,
              std: np.ndarray | None = None, nodata: float | None = None, probabilities: bool = False,
-             queue_depth: int = 3, readers: int = 2, progress: bool | None = None) -> dict[str, float]:
+             queue_depth: int | None = None, readers: int | None = None, progress: bool | None = None) -> dict[str, float]:
     """Classify every tile of ``plan`` with ``engine`` (a ``FusedSSRN``) and write it to ``sink``.
 
     ``scene``: ``(band, y, x)`` DataArray (dask-backed or not) or array; ``mean``/``std``: per-band
-    normalisation (``None``: the scene is already normalised). Returns timing counters.
+    normalisation (``None``: the scene is already normalised). ``readers`` (default 2 on CPU, up to 8 on
+    CUDA, where host-side reading and normalising is the bottleneck) threads prepare up to ``queue_depth``
+    (default ``readers + 1``) tiles ahead of the compute. Returns timing counters.
     """
     import torch
 
     device = engine.device
     cuda = device.type == "cuda"
+    if readers is None:
+        readers = min(8, os.cpu_count() or 1) if cuda else 2
+    if queue_depth is None:
+        queue_depth = readers + 1
     bands = engine.config.bands
     read = window_reader(scene)
     mean64 = None if mean is None else np.asarray(mean, np.float64)

@@ -196,9 +196,11 @@ def test_gpu_tf32_only_when_asked() -> None:
     exact = _cuda_case(200, 4_096, torch.float32)
     check_tolerance(exact)
     tf32 = _cuda_case(200, 4_096, torch.float32, allow_tf32=True)
-    # TF32 (10-bit mantissa) must stay within 2x torch's TF32 error + atol, and be visibly less exact.
-    assert tf32["err"] <= 2 * tf32["torch_err"] + LOWP_ATOL * tf32["scale"], tf32
-    assert exact["err"] <= tf32["err"], (exact, tf32)
+    # TF32 (10-bit mantissa, like float16) is held to the float16 bound of 1e-2 of scale, and must be visibly
+    # less exact than the default. (torch's own "TF32" reference is no yardstick: cuDNN may pick a non-TF32
+    # algorithm; on an H100 it came out at 7e-6 while the kernel's TF32 dots gave 2.5e-3.)
+    assert tf32["err"] <= LOWP_CAP * tf32["scale"], tf32
+    assert exact["err"] < tf32["err"], (exact, tf32)
 
 
 @gpu
