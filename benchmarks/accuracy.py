@@ -51,10 +51,11 @@ def run_one(name: str, split: str, seed: int, args, runs_dir: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         rep = run_training(name, Path(tmp) / "model", data_dir=args.data_dir, epochs=args.epochs,
                            batch_size=16, split=split, seed=seed, device=args.device,
-                           max_minutes=args.max_minutes, patience=args.patience,
+                           max_minutes=args.max_minutes, patience=args.patience, class_weight=args.class_weight,
                            command=" ".join(["python", *map(shlex.quote, sys.argv)]))
     rep = {k: v for k, v in rep.items() if k != "history"} | {"history_len": len(rep.get("history", []))}
-    path = runs_dir / f"{name}_{split}_seed{seed}.json"
+    tag = f"_{args.class_weight}" if args.class_weight else ""
+    path = runs_dir / f"{name}_{split}{tag}_seed{seed}.json"
     path.write_text(json.dumps(rep, indent=1))
     return rep
 
@@ -78,10 +79,13 @@ def render(reports: list[tuple[str, dict]], unavailable: dict[str, str], out: Pa
              "nothing is copied from elsewhere except the seed anchors, which are labelled as such.", ""]
     if note:
         lines += [note, ""]
-    by: dict[tuple[str, str], list[tuple[str, dict]]] = {}
+    # one table per protocol variant: split, loss weighting, device kind and time budget are never pooled
+    by: dict[tuple, list[tuple[str, dict]]] = {}
     for src, r in reports:
         method = (r.get("split") or {}).get("method", "?")
-        by.setdefault((r["dataset"], method), []).append((src, r))
+        key = (r["dataset"], method, r.get("class_weight") or "none", r["device"].split()[0],
+               r.get("max_minutes") or 0)
+        by.setdefault(key, []).append((src, r))
     for name in DATASETS:
         lines += [f"## {name}", ""]
         if name in unavailable and not any(k[0] == name for k in by):
@@ -90,9 +94,11 @@ def render(reports: list[tuple[str, dict]], unavailable: dict[str, str], out: Pa
         if name in ANCHORS:
             lines += [f"Anchor ({ANCHORS[name]}).", ""]
         for method in ("stratified_random", "blocks"):
-            if (name, method) not in by:
-                lines += [f"### split: {method}", "", "Not run (no report for this split in this rendering).", ""]
-        for (ds, method), runs in sorted(by.items()):
+            if not any(k[:2] == (name, method) for k in by):
+                title = f"### split: {method}" + ("" if weighting == "none" else f", loss weighting: {weighting}")
+            title += f", {dev_kind}" + (f", {budget_min:g}-minute budget per run" if budget_min else "")
+            lines += [title, "", "Not run (no report for this split in this rendering).", ""]
+        for (ds, method, weighting, dev_kind, budget_min), runs in sorted(by.items()):
             if ds != name:
                 continue
             rs = [r for _, r in runs]
@@ -100,7 +106,9 @@ def render(reports: list[tuple[str, dict]], unavailable: dict[str, str], out: Pa
             epochs = ", ".join("%d (%d)" % (r["epochs_run"], r["best_epoch"]) for r in rs)
             times = ", ".join("%.1f min" % (r["train_time_s"] / 60) for r in rs)
             devices = "; ".join(sorted({r["device"] for r in rs}))
-            lines += [f"### split: {method}", "",
+            title = f"### split: {method}" + ("" if weighting == "none" else f", loss weighting: {weighting}")
+            title += f", {dev_kind}" + (f", {budget_min:g}-minute budget per run" if budget_min else "")
+            lines += [title, "",
                       "| runs | seeds | OA | AA | kappa | epochs run (best) | train time / run | device |",
                       "|---|---|---|---|---|---|---|---|",
                       f"| {len(rs)} | {seeds} | {_pm([r['oa'] for r in rs])} | {_pm([r['aa'] for r in rs])} | "
@@ -129,7 +137,7 @@ def render(reports: list[tuple[str, dict]], unavailable: dict[str, str], out: Pa
                 lines += [f"Fewer epochs than the protocol's {rs[0].get('epochs')}: "
                           + "; ".join(f"seed {r['seed']} ran {r['epochs_run']} epochs "
                                       f"({'time budget ' + str(r.get('max_minutes')) + ' min' if r.get('stopped_by_time_budget') else 'early stop'})"
-                                      for r in budget) + " (shared 2-core CPU)."]
+                                      for r in budget) + (" (shared 2-core CPU)." if dev_kind == "cpu" else ".")]
             lines += ["", "Sources: " + "; ".join(f"`{s}`" for s, _ in runs), "",
                       "Commands: " + "; ".join(f"`{c}`" for c in sorted({r.get('command') or '?' for r in rs})), ""]
             names = rs[0].get("class_names") or [f"class {i + 1}" for i in range(len(rs[0]["per_class_accuracy"]))]
@@ -155,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", nargs="+", default=["random"], choices=["random", "blocks"])
     p.add_argument("--max-minutes", type=float, default=None, help="training-time budget per run")
     p.add_argument("--patience", type=int, default=None)
+    p.add_argument("--class-weight", default=None, choices=["balanced"], help="loss weighting (default: the seed's none)")
     p.add_argument("--device", default=None)
     p.add_argument("--runs-dir", default=str(REPO / "runs" / "accuracy"), help="per-run JSON reports (git-ignored)")
     p.add_argument("--include-model", nargs="*", default=[], help="model directories whose report to include")

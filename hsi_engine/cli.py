@@ -49,6 +49,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop after the last epoch that fits this training-time budget (recorded in the report)")
+    p.add_argument("--class-weight", choices=["none", "balanced"], default="none",
+                   help="'balanced': weigh the loss by inverse class frequency (default: none, as the seed)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (default: float32, as the seed)")
 
 
@@ -62,7 +64,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
                      val_fraction=args.val_fraction, per_class=args.per_class, split=args.split, seed=args.seed,
                      device=args.device, variant=args.variant, patch=args.patch, optimizer=args.optimizer,
                      lr=args.lr, schedule=args.schedule, patience=args.patience, max_minutes=args.max_minutes,
-                     amp=args.amp,
+                     amp=args.amp, class_weight=None if args.class_weight == "none" else args.class_weight,
                      command="hsi-engine " + shlex.join(argv))
     except (DataError, KeyError) as e:
         print(f"hsi-engine train: error: {e}", file=sys.stderr)

@@ -108,6 +108,24 @@ def predict(model: SSRN, data: PatchDataset, batch_size: int = 256, device: str 
     return p, (loss_sum / max(1, len(data)) if data.labels is not None else None)
 
 
+def class_weights(labels: np.ndarray | torch.Tensor, classes: int, mode: str | None) -> torch.Tensor | None:
+    """Per-class loss weights: ``None`` (the seed: plain cross-entropy) or ``"balanced"``.
+
+    ``balanced`` weighs class k by ``n / (classes_present * n_k)`` (scikit-learn's rule), so the 20-pixel
+    Oats class of Indian Pines weighs as much in the loss as the 2,455-pixel soybean class; classes absent
+    from ``labels`` get weight 0.
+    """
+    if mode is None or mode == "none":
+        return None
+    if mode != "balanced":
+        raise ValueError(f"class_weight must be None, 'none' or 'balanced', got {mode!r}")
+    counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel(), minlength=classes)[:classes].astype(np.float64)
+    present = counts > 0
+    w = np.zeros(classes)
+    w[present] = counts.sum() / (present.sum() * counts[present])
+    return torch.tensor(w, dtype=torch.float32)
+
+
 class Trainer:
     """Train an SSRN on patch datasets, keeping the weights of the best validation loss.
 
@@ -119,12 +137,15 @@ class Trainer:
                  batch_size: int = 16, epochs: int = 200, schedule: str = "constant", patience: int | None = None,
                  device: str | torch.device | None = None, amp: bool = False, seed: int = 0,
                  eval_batch_size: int = 256, progress: bool = True, time_budget_s: float | None = None,
+                 class_weight: str | None = None,
                  on_improve: Callable[[SSRN, TrainResult], None] | None = None) -> None:
         self.device = _device(device)
         self.model = model.to(self.device)
         self.batch_size, self.epochs, self.patience, self.seed = batch_size, epochs, patience, seed
         self.eval_batch_size, self.progress, self.on_improve = eval_batch_size, progress, on_improve
         self.time_budget_s = time_budget_s
+        self.class_weight = class_weight
+        class_weights(np.zeros(1, np.int64), 1, class_weight)  # validate the mode now, not after data loading
         self.amp = amp and self.device.type == "cuda"
         self.optimizer_name, self.lr, self.schedule_name = optimizer, lr, schedule
         params = model.parameters()
@@ -149,6 +170,8 @@ class Trainer:
         bad = 0
         t0 = time.perf_counter()
         model, dev = self.model, self.device
+        weight = class_weights(train.labels.numpy(), model.config.classes, self.class_weight)
+        weight = weight.to(dev) if weight is not None else None
         for epoch in range(1, self.epochs + 1):
             te = time.perf_counter()
             model.train()
@@ -159,7 +182,7 @@ class Trainer:
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.amp):
                     logits = model(x)
-                    loss = F.cross_entropy(logits.float(), y)
+                    loss = F.cross_entropy(logits.float(), y, weight=weight)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -238,7 +261,8 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
                  variant: str = "ssrn", patch: int = 7, optimizer: str = "rmsprop", lr: float = 3e-4,
                  schedule: str = "constant", patience: int | None = None, command: str | None = None,
                  save_progress_every_s: float = 300.0, max_minutes: float | None = None,
-                 config_overrides: dict[str, Any] | None = None, amp: bool = False
+                 config_overrides: dict[str, Any] | None = None, amp: bool = False,
+                 class_weight: str | None = None
                  ) -> dict[str, Any]:
     """Train on a dataset with the seed's protocol (or the given options) and write a model directory.
 
@@ -284,7 +308,7 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
         meta["wavelength_unit"] = "nm"
     base_report = {"dataset": scene.name, "device": _device_name(dev), "seed": seed, "split": split_desc,
                    "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "epochs": epochs,
-                   "schedule": schedule, "patience": patience, "max_minutes": max_minutes, "amp": amp, "variant": variant, "patch": patch,
+                   "schedule": schedule, "patience": patience, "max_minutes": max_minutes, "amp": amp, "class_weight": class_weight, "variant": variant, "patch": patch,
                    "parameters": count_parameters(model), "versions": _versions(), "command": command}
     last_save = [time.monotonic()]
 
@@ -302,6 +326,7 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
 
     trainer = Trainer(model, optimizer=optimizer, lr=lr, batch_size=batch_size, epochs=epochs, schedule=schedule,
                       patience=patience, device=dev, seed=seed, on_improve=on_improve, amp=amp,
+                      class_weight=class_weight,
                       time_budget_s=None if max_minutes is None else 60.0 * max_minutes)
     res = trainer.fit(train_ds, val_ds)
     t0 = time.perf_counter()

@@ -114,3 +114,31 @@ def test_training_is_deterministic_for_a_seed(crop):
         outs.append({k: v.clone() for k, v in model.state_dict().items()})
     for k in outs[0]:
         torch.testing.assert_close(outs[0][k], outs[1][k], rtol=0, atol=0)
+
+
+def test_balanced_class_weights_follow_sklearn():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from ssrn.train import class_weights
+
+    labels = np.array([0] * 50 + [1] * 7 + [3] * 3)  # class 2 absent from the training labels
+    w = class_weights(labels, 4, "balanced")
+    ref = compute_class_weight("balanced", classes=np.array([0, 1, 3]), y=labels)
+    np.testing.assert_allclose(w.numpy()[[0, 1, 3]], ref, rtol=1e-6)
+    assert w[2] == 0
+    assert class_weights(labels, 4, None) is None and class_weights(labels, 4, "none") is None
+    with pytest.raises(ValueError, match="balanced"):
+        class_weights(labels, 4, "inverse")
+
+
+def test_balanced_loss_changes_training_and_is_recorded(crop, tmp_path):
+    """The weighted loss reaches the optimiser (different weights than the seed's loss) and the report says so."""
+    path, _, _ = crop
+    common = dict(data_dir=None, epochs=1, batch_size=16, train_fraction=0.2, val_fraction=0.1, seed=0,
+                  device="cpu", patch=5, variant="spc")
+    plain = run_training(str(path), tmp_path / "plain", **common)
+    weighted = run_training(str(path), tmp_path / "weighted", class_weight="balanced", **common)
+    assert plain["class_weight"] is None and weighted["class_weight"] == "balanced"
+    a = ssrn.load_model(tmp_path / "plain").state_dict()
+    b = ssrn.load_model(tmp_path / "weighted").state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
