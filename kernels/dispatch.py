@@ -5,7 +5,8 @@ One small function decides (STYLE: never an environment variable read at import 
 - ``eager``: :func:`kernels.spectral.spectral_stage_reference`, everywhere.
 - ``compile``: a cached ``torch.compile`` of the reference (``max-autotune`` on CUDA, default mode on
   CPU; ``dynamic=True`` so changing tile sizes, i.e. pixel counts, do not recompile).
-- ``triton``: :func:`kernels.spectral.spectral_stage_triton`, CUDA only.
+- ``triton``: :func:`kernels.spectral.spectral_stage_triton`, CUDA only (and CPU under Triton's
+  interpreter, ``TRITON_INTERPRET=1``, which tests use).
 - ``auto``: ``triton`` on CUDA when Triton imports and the kernel passes a tiny self-check against the
   reference; otherwise ``eager`` (on CPU compile needs ~20 s to warm up and does not beat the
   channels-last eager path by enough to pay for it on a scene; see benchmarks/results/kernels-cpu.md).
@@ -50,7 +51,18 @@ def _triton_import_error() -> str | None:
     return None
 
 
+def _interpreted() -> bool:
+    """True when Triton runs its CPU interpreter (``TRITON_INTERPRET=1`` was set before the kernel's import)."""
+    if _triton_import_error() is not None:
+        return False
+    from . import spectral
+
+    return spectral._interpreting()
+
+
 def _triton_unavailable_reason(device: torch.device) -> str | None:
+    if device.type == "cpu" and _interpreted():  # tests: the kernel runs on CPU tensors, slowly
+        return None
     if device.type != "cuda":
         return f"the triton backend needs a CUDA device; got {device}"
     if not torch.cuda.is_available():
@@ -97,7 +109,7 @@ def resolve_backend(backend: str, device: torch.device | str | None = None) -> s
         raise ValueError(f"unknown spectral backend {backend!r}; valid backends are {list(BACKENDS)}")
     dev = _device(device)
     if backend == "auto":
-        if _triton_unavailable_reason(dev) is None and _triton_self_check(dev) is None:
+        if dev.type == "cuda" and _triton_unavailable_reason(dev) is None and _triton_self_check(dev) is None:
             return "triton"
         return "eager"
     if backend == "triton":

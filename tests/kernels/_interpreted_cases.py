@@ -83,10 +83,36 @@ def folded_cases():
     return out
 
 
+def engine_case():
+    """The engine's class map with backend triton against eager, shipped model on a real 7 x 8 crop (one tile, zero-padded on every side)."""
+    try:
+        import hsi_engine
+        from hsi_engine.demo import SHIPPED_MODEL, SHIPPED_SCENE
+    except ImportError:
+        return []
+    import h5py
+    import numpy as np
+
+    from ssrn import load_model
+
+    with h5py.File(SHIPPED_SCENE, "r") as f:
+        raw = np.ascontiguousarray(f["cube"][:, 60:67, 70:78])
+    model = load_model(SHIPPED_MODEL)
+    tri = hsi_engine.classify(raw, model, backend="triton", probabilities=True, progress=False)
+    eag = hsi_engine.classify(raw, model, backend="eager", probabilities=True, progress=False)
+    from hsi_engine.fused import FusedSSRN
+
+    return [dict(name="engine-triton-vs-eager", kind="engine", backend=FusedSSRN(model, backend="triton").backend,
+                 labels_equal=bool((tri["labels"].values == eag["labels"].values).all()),
+                 labels=tri["labels"].values.tolist(),
+                 max_prob_diff=float(np.abs(tri["probabilities"].values - eag["probabilities"].values).max()))]
+
+
 def main() -> None:
     results = [run_case(*c) for c in CASES]
     results.append(run_case("paper-b23-w24-strided", 23, 24, 128, 2, "paper", 0, 3, "float32", strided=True))
     results.extend(folded_cases())
+    results.extend(engine_case())
     for r in results:
         print(json.dumps(r))
     sys.stdout.flush()

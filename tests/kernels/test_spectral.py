@@ -73,6 +73,16 @@ def test_kernel_matches_folded_ssrn_interpreted(interpreted: dict[str, dict]) ->
         check_tolerance(interpreted[f"folded-ssrn-{form}-b37"])
 
 
+def test_engine_map_with_triton_equals_eager_interpreted(interpreted: dict[str, dict]) -> None:
+    """Issue 4's CPU check: ``classify(backend="triton")`` runs the kernel (interpreted) and gives eager's map."""
+    pytest.importorskip("hsi_engine")
+    r = interpreted["engine-triton-vs-eager"]
+    assert r["backend"] == "triton", "the engine fell back instead of running the kernel"
+    assert r["labels_equal"], r
+    assert min(min(row) for row in r["labels"]) >= 1  # every pixel classified
+    assert r["max_prob_diff"] < 1e-4, r
+
+
 # --- wrapper errors (no kernel launch needed) ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
