@@ -240,7 +240,7 @@ def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarra
 
     raw = window_reader(da)(*tile.read)
     h, w = tile.shape
-    buf = torch.zeros((engine.config.bands, h + 2 * halo, w + 2 * halo), dtype=torch.float32)
+    buf = torch.empty((engine.config.bands, h + 2 * halo, w + 2 * halo), dtype=torch.float32)
     mask = prepare_tile(raw, tile, mean=mean, std=std, nodata=nodata, out=buf.numpy())
     logits = engine(buf.to(engine.device))  # (K, h, w)
     lab = (logits.argmax(0) + 1).to(torch.uint8).cpu().numpy()

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import BandMismatchError, NonFiniteInputError, SceneError, SceneTooSmallError
+from .normalise import normalise_into
 from .tiles import Tile, TilePlan
 
 log = logging.getLogger("hsi_engine.runner")
@@ -135,11 +136,14 @@ class Prepared:
 
 def prepare_tile(raw: np.ndarray, tile: Tile, *, mean: np.ndarray | None, std: np.ndarray | None,
                  nodata: float | None, out: np.ndarray) -> np.ndarray | None:
-    """Normalise ``raw`` (bands, rh, rw) into the zero-initialised padded buffer ``out``; returns the nodata mask.
+    """Normalise ``raw`` (bands, rh, rw) into the padded buffer ``out``; returns the nodata mask.
 
-    ``(x - mean) / std`` per band is computed in float64 (as the trainer does) and stored as float32; any
-    integer or float dtype is accepted (uint16 cannot overflow). Pixels that are nodata (any band equal to
-    ``nodata``, or non-finite, once a nodata policy is given) get spectrum 0, like the border padding.
+    ``out`` may hold garbage: the padding ring around the read window is zeroed here, the window written.
+
+    ``(x - mean) / std`` per band is computed in float64 (as the trainer does) and stored as float32, in one
+    compiled pass (:mod:`hsi_engine.normalise`); any integer or float dtype is accepted (uint16 cannot
+    overflow). Pixels that are nodata (any band equal to ``nodata``, or non-finite, once a nodata policy is
+    given) get spectrum 0, like the border padding.
     Without a policy a non-finite value raises :class:`NonFiniteInputError` naming the pixel.
     """
     pt, _, pl, _ = tile.pad
@@ -148,27 +152,20 @@ def prepare_tile(raw: np.ndarray, tile: Tile, *, mean: np.ndarray | None, std: n
     if raw.shape[1:] != (rh, rw):
         raise SceneError(f"tile {tile.index}: read {raw.shape[1:]} pixels for window {tile.read}; the store "
                          "returned fewer pixels than its shape declares")
-    bad = None
-    if raw.dtype.kind == "f":
-        finite = np.isfinite(raw)
-        if not finite.all():
-            bad = ~finite.all(axis=0)  # (rh, rw)
-            if nodata is None:
-                b, y, x = (int(v[0]) for v in np.nonzero(~finite))
-                raise NonFiniteInputError(
-                    f"scene value at band {b}, pixel (y={ry0 + y}, x={rx0 + x}) is {raw[b, y, x]} (tile "
-                    f"{tile.index}, rows {tile.y0}:{tile.y1}, cols {tile.x0}:{tile.x1}), and no nodata policy "
-                    "was given: pass nodata=VALUE (or nodata=float('nan')) to classify such pixels as 0, or "
-                    "fill them first")
-    if nodata is not None and not np.isnan(nodata):
-        eq = (raw == nodata).any(axis=0)
-        bad = eq if bad is None else (bad | eq)
+    out[:, :pt] = 0.0  # the zero padding beyond the scene border (empty slices inside the scene)
+    out[:, pt + rh:] = 0.0
+    out[:, :, :pl] = 0.0
+    out[:, :, pl + rw:] = 0.0
     view = out[:, pt:pt + rh, pl:pl + rw]
-    if mean is not None:
-        view[...] = (raw - mean[:, None, None]) / std[:, None, None]
-    else:
-        view[...] = raw
-    if bad is not None and bad.any():
+    bad, nonfinite = normalise_into(raw, mean, std, nodata, view)
+    if nonfinite and nodata is None:
+        b, y, x = (int(v[0]) for v in np.nonzero(~np.isfinite(raw)))
+        raise NonFiniteInputError(
+            f"scene value at band {b}, pixel (y={ry0 + y}, x={rx0 + x}) is {raw[b, y, x]} (tile "
+            f"{tile.index}, rows {tile.y0}:{tile.y1}, cols {tile.x0}:{tile.x1}), and no nodata policy "
+            "was given: pass nodata=VALUE (or nodata=float('nan')) to classify such pixels as 0, or "
+            "fill them first")
+    if bad.any():
         view[:, bad] = 0.0
         return bad[tile.y0 - ry0:tile.y1 - ry0, tile.x0 - rx0:tile.x1 - rx0]
     return None
@@ -233,7 +230,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
         t1 = time.perf_counter()
         h, w = tile.shape
         shape = (bands, h + 2 * plan.halo, w + 2 * plan.halo)
-        buf = torch.zeros(shape, dtype=torch.float32, pin_memory=cuda)
+        buf = torch.empty(shape, dtype=torch.float32, pin_memory=cuda)  # prepare_tile fills all of it
         mask = prepare_tile(raw, tile, mean=mean64, std=std64, nodata=nodata, out=buf.numpy())
         stats["read_s"] += t1 - t0
         stats["prepare_s"] += time.perf_counter() - t1
