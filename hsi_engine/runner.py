@@ -202,7 +202,8 @@ def _progress_bar(total: int, enabled: bool | None):
 
 def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.ndarray | None = None,
              std: np.ndarray | None = None, nodata: float | None = None, probabilities: bool = False,
-             queue_depth: int | None = None, readers: int | None = None, progress: bool | None = None) -> dict[str, float]:
+             queue_depth: int | None = None, readers: int | None = None,
+             progress: bool | None = None) -> dict[str, float]:
     """Classify every tile of ``plan`` with ``engine`` (a ``FusedSSRN``) and write it to ``sink``.
 
     ``scene``: ``(band, y, x)`` DataArray (dask-backed or not) or array; ``mean``/``std``: per-band

@@ -308,7 +308,8 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
         meta["wavelength_unit"] = "nm"
     base_report = {"dataset": scene.name, "device": _device_name(dev), "seed": seed, "split": split_desc,
                    "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "epochs": epochs,
-                   "schedule": schedule, "patience": patience, "max_minutes": max_minutes, "amp": amp, "class_weight": class_weight, "variant": variant, "patch": patch,
+                   "schedule": schedule, "patience": patience, "max_minutes": max_minutes, "amp": amp,
+                   "class_weight": class_weight, "variant": variant, "patch": patch,
                    "parameters": count_parameters(model), "versions": _versions(), "command": command}
     last_save = [time.monotonic()]
 
