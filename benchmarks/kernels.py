@@ -322,10 +322,10 @@ def main(argv: list[str] | None = None) -> Path:
         if cuda:
             from kernels.spectral import spectral_stage_triton
 
-            time_stage("triton (fused)", spectral_stage_triton, dtype, x, prog, ref)
+            time_stage("triton (fused)", spectral_stage_triton, dtype, x, prog, ref, _tuned_config())
             if dtype == torch.float32:
                 time_stage("triton (fused, tf32 opt-in)", lambda a, b: spectral_stage_triton(a, b, allow_tf32=True),
-                           dtype, x, prog, ref)
+                           dtype, x, prog, ref, _tuned_config())
         else:
             stage_rows.append(("triton (fused)", str(dtype).removeprefix("torch."), None, None, None, PENDING_GPU))
         for layer, lflops, f3, f2 in layer_cases(prog, p, device, dtype):
@@ -372,6 +372,17 @@ def main(argv: list[str] | None = None) -> Path:
     out_path.write_text(text)
     print(text)
     return out_path
+
+
+def _tuned_config() -> str:
+    """The block shape Triton's autotuner picked for the last kernel key timed ('' when unknown)."""
+    try:
+        from kernels import spectral
+
+        c = spectral._spectral_stage_kernel_tuned.best_config
+        return f"; tuned: BLOCK_P={c.kwargs['BLOCK_P']}, {c.num_warps} warps, {c.num_stages} stages"
+    except Exception:  # noqa: BLE001 - an informational note only
+        return ""
 
 
 def _triton_version() -> str:
