@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import shlex
 import sys
 import tempfile
@@ -95,9 +94,7 @@ def render(reports: list[tuple[str, dict]], unavailable: dict[str, str], out: Pa
             lines += [f"Anchor ({ANCHORS[name]}).", ""]
         for method in ("stratified_random", "blocks"):
             if not any(k[:2] == (name, method) for k in by):
-                title = f"### split: {method}" + ("" if weighting == "none" else f", loss weighting: {weighting}")
-            title += f", {dev_kind}" + (f", {budget_min:g}-minute budget per run" if budget_min else "")
-            lines += [title, "", "Not run (no report for this split in this rendering).", ""]
+                lines += [f"### split: {method}", "", "Not run (no report for this split in this rendering).", ""]
         for (ds, method, weighting, dev_kind, budget_min), runs in sorted(by.items()):
             if ds != name:
                 continue
@@ -114,7 +111,10 @@ def render(reports: list[tuple[str, dict]], unavailable: dict[str, str], out: Pa
                       f"| {len(rs)} | {seeds} | {_pm([r['oa'] for r in rs])} | {_pm([r['aa'] for r in rs])} | "
                       f"{_pm([r['kappa'] for r in rs])} | {epochs} | {times} | {devices} |", ""]
             sp = rs[0].get("split", {})
-            desc = ", ".join(f"{k}={v}" for k, v in sp.items() if k not in ("classes_absent_from_train",))
+            skip = ("classes_absent_from_train",) + (("seed",) if len(rs) > 1 else ())
+            desc = ", ".join(f"{k}={v}" for k, v in sp.items() if k not in skip)
+            if len(rs) > 1:
+                desc += ", split seed = run seed"
             lines += [f"Split: {desc}."]
             absent = sp.get("classes_absent_from_train") or []
             if absent:
@@ -146,7 +146,7 @@ def render(reports: list[tuple[str, dict]], unavailable: dict[str, str], out: Pa
                 accs = [r["per_class_accuracy"][i] for r in rs]
                 lines += [f"| {i + 1} {cname} | {rs[0]['support'][i]} | {_pm(accs)} |"]
             v = rs[0].get("versions", {})
-            lines += ["", f"Versions: {', '.join(f'{k} {val}' for k, val in v.items())}; {platform.platform()}.", ""]
+            lines += ["", f"Versions (of the run): {', '.join(f'{k} {val}' for k, val in v.items())}.", ""]
     text = "\n".join(lines) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
