@@ -1,4 +1,4 @@
-"""The compiled tile normalisation against its numpy reference: same bits, same nodata mask, every dtype."""
+"""The per-band tile normalisation against its whole-tile numpy reference: same bits, same nodata mask, every dtype."""
 
 from __future__ import annotations
 
