@@ -108,6 +108,14 @@ def predict(model: SSRN, data: PatchDataset, batch_size: int = 256, device: str 
     return p, (loss_sum / max(1, len(data)) if data.labels is not None else None)
 
 
+CLASS_WEIGHTS = (None, "none", "balanced")
+
+
+def _check_class_weight(mode: str | None) -> None:
+    if mode not in CLASS_WEIGHTS:
+        raise ValueError(f"class_weight must be None, 'none' or 'balanced', got {mode!r}")
+
+
 def class_weights(labels: np.ndarray | torch.Tensor, classes: int, mode: str | None) -> torch.Tensor | None:
     """Per-class loss weights: ``None`` (the seed: plain cross-entropy) or ``"balanced"``.
 
@@ -115,10 +123,9 @@ def class_weights(labels: np.ndarray | torch.Tensor, classes: int, mode: str | N
     Oats class of Indian Pines weighs as much in the loss as the 2,455-pixel soybean class; classes absent
     from ``labels`` get weight 0.
     """
+    _check_class_weight(mode)
     if mode is None or mode == "none":
         return None
-    if mode != "balanced":
-        raise ValueError(f"class_weight must be None, 'none' or 'balanced', got {mode!r}")
     counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel(), minlength=classes)[:classes].astype(np.float64)
     present = counts > 0
     w = np.zeros(classes)
@@ -145,7 +152,7 @@ class Trainer:
         self.eval_batch_size, self.progress, self.on_improve = eval_batch_size, progress, on_improve
         self.time_budget_s = time_budget_s
         self.class_weight = class_weight
-        class_weights(np.zeros(1, np.int64), 1, class_weight)  # validate the mode now, not after data loading
+        _check_class_weight(class_weight)  # now, not after the data has loaded
         self.amp = amp and self.device.type == "cuda"
         self.optimizer_name, self.lr, self.schedule_name = optimizer, lr, schedule
         params = model.parameters()
