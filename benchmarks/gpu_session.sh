@@ -8,7 +8,8 @@
 #
 # Training runs (5 seeds of the Indian Pines seed protocol, one process each) share the GPU with the tests,
 # which only check correctness; the kernel benchmark starts after both finish, on a quiet GPU.
-# Wheels for packages the machine lacks (zarr, dask, rioxarray, ...) are installed from .whl/ when present.
+# Wheels for packages the machine lacks (zarr, dask, rioxarray, ...) are installed from .whl/ when present:
+# make them here with `bash benchmarks/device_wheels.sh` and carry ".whl" with the call.
 set -u
 OUT=${OUT:-/tmp/hsi-gpu-session}
 mkdir -p "$OUT"
