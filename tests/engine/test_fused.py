@@ -132,3 +132,18 @@ def test_reduced_precision_runs_and_agreement_is_measured(precision, capsys):
         print(f"\n{precision} spectral stage: argmax agreement with float32 {agree:.4f}, "
               f"max logit rel err {rel_err(low, ref):.2e}")
     assert agree > 0.5  # a sanity floor only; agreement is reported, not required to be exact
+
+
+def test_exact_fp32_turns_tf32_off_and_restores_the_flags():
+    """The float32 engine runs CUDA tiles inside exact_fp32(); the user's TF32 choice comes back afterwards."""
+    from hsi_engine.fused import exact_fp32
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        with pytest.raises(RuntimeError, match="boom"), exact_fp32():
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+            raise RuntimeError("boom")
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
