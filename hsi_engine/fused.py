@@ -200,9 +200,7 @@ class FusedSSRN:
 
     def _spectral_chunk(self, x: torch.Tensor) -> torch.Tensor:
         if self.dtype == torch.float32:
-            y = self._spectral(x, self.program)
-            # max-autotune replays CUDA graphs whose outputs the next replay overwrites; chunks are kept
-            return y.clone() if self.backend == "compile" and self.device.type == "cuda" else y
+            return self._spectral(x, self.program)
         if self._program_lp is not None:  # triton: the kernel runs in the input's dtype
             return self._spectral(x.contiguous().to(self.dtype), self._program_lp).float()
         with torch.autocast(self.device.type, dtype=self.dtype):

@@ -123,8 +123,15 @@ def resolve_backend(backend: str, device: torch.device | str | None = None) -> s
 
 @functools.lru_cache(maxsize=None)
 def _compiled(device_type: str) -> SpectralStage:
-    mode = "max-autotune" if device_type == "cuda" else None
-    return torch.compile(spectral_stage_reference, mode=mode, dynamic=True)
+    if device_type != "cuda":
+        return torch.compile(spectral_stage_reference, dynamic=True)
+    fn = torch.compile(spectral_stage_reference, mode="max-autotune", dynamic=True)
+
+    def stage(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
+        # max-autotune replays CUDA graphs whose outputs the next replay overwrites; callers keep results
+        return fn(x, program).clone()
+
+    return stage
 
 
 def get_spectral_stage(backend: str, device: torch.device | str | None = None) -> SpectralStage:
