@@ -5,11 +5,21 @@ GIL, so the engine's reader threads run it side by side); ``normalise_into_refer
 numpy formulation it replaces, with the same signature and the same bits: ``(x - mean) / std`` in float64,
 rounded once to float32. Measured 1.7-2.8x faster per tile (benchmarks/results/normalise-cpu.md); a numba
 kernel was no faster and cost ~0.5 s of start-up per process.
+
+``stage_raw`` and ``normalise_tensor`` are the device-side form used on CUDA, where host-side float64 work
+was the engine's bottleneck: the reader threads only copy the raw window, in its own dtype, into pinned
+memory (half the bytes of float32 for 16-bit sensors), and the device normalises it with the same float64
+operations, so the tile's bits are those of ``normalise_into``.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 def normalise_into_reference(raw: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None,
@@ -67,4 +77,74 @@ def normalise_into(raw: np.ndarray, mean: np.ndarray | None, std: np.ndarray | N
     return bad, nonfinite
 
 
-__all__ = ["normalise_into", "normalise_into_reference"]
+# numpy kind+size -> torch dtype name the raw window travels in; unsigned 16/32-bit go as their signed twins
+# bits (torch's uint16/uint32 support is partial) and are unwrapped on the device, exactly, in float64
+_STAGE = {"b1": "uint8", "u1": "uint8", "i1": "int8", "i2": "int16", "i4": "int32", "i8": "int64", "u2": "int16",
+          "u4": "int32", "f2": "float16", "f4": "float32", "f8": "float64"}
+_WRAP = {"u2": 16, "u4": 32}
+
+
+def stage_raw(raw: np.ndarray, *, pin: bool = False) -> tuple["torch.Tensor", int]:
+    """Copy a raw ``(bands, h, w)`` window into a fresh (optionally pinned) torch tensor for the device.
+
+    Returns ``(tensor, wrap_bits)``: uint16/uint32 travel as int16/int32 bit patterns (``wrap_bits`` 16/32,
+    else 0), which :func:`normalise_tensor` maps back exactly. Byte order is made native by the copy;
+    uint64 (no exact torch carrier) travels as float64, as numpy converts it for the arithmetic anyway.
+    """
+    import torch
+
+    key = f"{raw.dtype.kind}{raw.dtype.itemsize}"
+    name = _STAGE.get(key)
+    if name is None:
+        raw, name = raw.astype(np.float64), "float64"
+    buf = torch.empty(raw.shape, dtype=getattr(torch, name), pin_memory=pin)
+    view = buf.numpy()
+    if key in _WRAP:
+        view = view.view(np.dtype(f"u{raw.dtype.itemsize}"))
+    np.copyto(view, raw, casting="unsafe")  # bool -> uint8, big-endian -> native; values unchanged
+    return buf, _WRAP.get(key, 0)
+
+
+def normalise_tensor(raw: "torch.Tensor", mean: "torch.Tensor | None", std: "torch.Tensor | None",
+                     nodata: float | None, out: "torch.Tensor", *, wrap_bits: int = 0,
+                     chunk_elems: int = 1 << 24) -> tuple["torch.Tensor", "torch.Tensor | None"]:
+    """:func:`normalise_into` in torch, on ``raw``'s device, without a host synchronisation.
+
+    ``raw``: a window from :func:`stage_raw`; ``mean``/``std``: float64 tensors on the same device (or None:
+    the values are cast); ``out``: float32 view of the same shape. Returns ``(bad, nonfinite)`` as tensors:
+    ``bad`` (h, w) bool, ``nonfinite`` a 0-d bool tensor (None for integer input). float64 work goes a few
+    bands at a time (``chunk_elems`` values), so its memory is bounded whatever the tile.
+    """
+    import torch
+
+    b, h, w = raw.shape
+    is_float = raw.dtype.is_floating_point
+    bad = torch.zeros((h, w), dtype=torch.bool, device=raw.device)
+    nonf = torch.zeros((h, w), dtype=torch.bool, device=raw.device) if is_float else None
+    check_nodata = nodata is not None and not np.isnan(nodata)
+    step = max(1, chunk_elems // max(1, h * w))
+    for k0 in range(0, b, step):
+        k1 = min(b, k0 + step)
+        r = raw[k0:k1]
+        if is_float:
+            nonf |= ~torch.isfinite(r).all(0)
+            if check_nodata:  # in the raw dtype, as numpy compares a float array with a Python float
+                bad |= (r == nodata).any(0)
+        d = None
+        if wrap_bits or mean is not None or (check_nodata and not is_float):
+            d = r.to(torch.float64)
+            if wrap_bits:
+                d = torch.where(d < 0, d + float(1 << wrap_bits), d)
+            if check_nodata and not is_float:  # integers compare in float64, as numpy does
+                bad |= (d == nodata).any(0)
+        if mean is not None:
+            d.sub_(mean[k0:k1, None, None]).div_(std[k0:k1, None, None])
+            out[k0:k1].copy_(d)  # one rounding to float32, as numpy's assignment
+        else:
+            out[k0:k1].copy_(d if d is not None else r)
+    if nonf is None:
+        return bad, None
+    return bad | nonf, nonf.any()
+
+
+__all__ = ["normalise_into", "normalise_into_reference", "normalise_tensor", "stage_raw"]

@@ -1,9 +1,11 @@
 """Streaming executor: reader threads -> (pinned buffers -> device) -> fused tile function -> writer thread.
 
 Reader threads read a tile's window (a dask compute on that window only, synchronous scheduler inside the
-thread), convert it to float32, normalise it per band and zero-pad it where it crosses the scene border,
-at most ``queue_depth`` tiles ahead of the compute. On CUDA the tile lands in pinned host memory and is
-copied on a side stream one tile ahead, so reading, copying, compute and writing overlap. A single writer
+thread), at most ``queue_depth`` tiles ahead of the compute. On CPU they also normalise it per band into
+float32 and zero-pad it where it crosses the scene border. On CUDA they only copy the raw window, in its own
+dtype, into pinned host memory; it is copied to the device on a side stream one tile ahead and normalised
+and padded there (same float64 operations, same bits), because host-side float64 work capped the GPU
+engine. Reading, copying, compute and writing overlap. A single writer
 thread hands each tile's labels (and probabilities) to the sink. Host and device memory therefore depend
 on the tile size and the queue depth, never on the scene size.
 """
@@ -23,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import BandMismatchError, NonFiniteInputError, SceneError, SceneTooSmallError
-from .normalise import normalise_into
+from .normalise import normalise_into, normalise_tensor, stage_raw
 from .tiles import Tile, TilePlan
 
 log = logging.getLogger("hsi_engine.runner")
@@ -130,8 +132,26 @@ def window_reader(scene: Any) -> Callable[[int, int, int, int], np.ndarray]:
 @dataclass
 class Prepared:
     tile: Tile
-    x: Any  # (bands, h + 2H, w + 2H) float32: numpy, or a (pinned) torch tensor
-    mask: np.ndarray | None  # (h, w) True where the output pixel is nodata
+    x: Any  # normalised (bands, h + 2H, w + 2H) float32, or (wrap is not None) the raw (bands, rh, rw) window
+    mask: np.ndarray | None  # (h, w) True where the output pixel is nodata (host-normalised tiles)
+    wrap: int | None = None  # raw windows: stage_raw's wrap_bits; None: x is already normalised
+
+
+def _check_window(raw: np.ndarray, tile: Tile) -> None:
+    ry0, ry1, rx0, rx1 = tile.read
+    if raw.shape[1:] != (ry1 - ry0, rx1 - rx0):
+        raise SceneError(f"tile {tile.index}: read {raw.shape[1:]} pixels for window {tile.read}; the store "
+                         "returned fewer pixels than its shape declares")
+
+
+def _nonfinite_error(raw: np.ndarray, tile: Tile) -> NonFiniteInputError:
+    ry0, _, rx0, _ = tile.read
+    b, y, x = (int(v[0]) for v in np.nonzero(~np.isfinite(raw)))
+    return NonFiniteInputError(
+        f"scene value at band {b}, pixel (y={ry0 + y}, x={rx0 + x}) is {raw[b, y, x]} (tile "
+        f"{tile.index}, rows {tile.y0}:{tile.y1}, cols {tile.x0}:{tile.x1}), and no nodata policy "
+        "was given: pass nodata=VALUE (or nodata=float('nan')) to classify such pixels as 0, or "
+        "fill them first")
 
 
 def prepare_tile(raw: np.ndarray, tile: Tile, *, mean: np.ndarray | None, std: np.ndarray | None,
@@ -149,9 +169,7 @@ def prepare_tile(raw: np.ndarray, tile: Tile, *, mean: np.ndarray | None, std: n
     pt, _, pl, _ = tile.pad
     ry0, ry1, rx0, rx1 = tile.read
     rh, rw = ry1 - ry0, rx1 - rx0
-    if raw.shape[1:] != (rh, rw):
-        raise SceneError(f"tile {tile.index}: read {raw.shape[1:]} pixels for window {tile.read}; the store "
-                         "returned fewer pixels than its shape declares")
+    _check_window(raw, tile)
     out[:, :pt] = 0.0  # the zero padding beyond the scene border (empty slices inside the scene)
     out[:, pt + rh:] = 0.0
     out[:, :, :pl] = 0.0
@@ -159,16 +177,59 @@ def prepare_tile(raw: np.ndarray, tile: Tile, *, mean: np.ndarray | None, std: n
     view = out[:, pt:pt + rh, pl:pl + rw]
     bad, nonfinite = normalise_into(raw, mean, std, nodata, view)
     if nonfinite and nodata is None:
-        b, y, x = (int(v[0]) for v in np.nonzero(~np.isfinite(raw)))
-        raise NonFiniteInputError(
-            f"scene value at band {b}, pixel (y={ry0 + y}, x={rx0 + x}) is {raw[b, y, x]} (tile "
-            f"{tile.index}, rows {tile.y0}:{tile.y1}, cols {tile.x0}:{tile.x1}), and no nodata policy "
-            "was given: pass nodata=VALUE (or nodata=float('nan')) to classify such pixels as 0, or "
-            "fill them first")
+        raise _nonfinite_error(raw, tile)
     if bad.any():
         view[:, bad] = 0.0
         return bad[tile.y0 - ry0:tile.y1 - ry0, tile.x0 - rx0:tile.x1 - rx0]
     return None
+
+
+def prepare_tile_tensor(raw: Any, tile: Tile, *, halo: int, mean: Any, std: Any, nodata: float | None,
+                        wrap_bits: int = 0) -> tuple[Any, Any, Any]:
+    """:func:`prepare_tile` on the device: a raw window from ``stage_raw`` -> the padded float32 tile.
+
+    Returns ``(x, mask, nonfinite)`` without a host synchronisation: ``mask`` (h, w) bool tensor of nodata
+    output pixels (None when no nodata policy and integer input), ``nonfinite`` a 0-d bool tensor (None for
+    integer input) the caller turns into :class:`NonFiniteInputError` when no nodata policy was given.
+    """
+    import torch
+
+    pt, _, pl, _ = tile.pad
+    ry0, ry1, rx0, rx1 = tile.read
+    rh, rw = ry1 - ry0, rx1 - rx0
+    h, w = tile.shape
+    x = torch.zeros((raw.shape[0], h + 2 * halo, w + 2 * halo), dtype=torch.float32, device=raw.device)
+    view = x[:, pt:pt + rh, pl:pl + rw]
+    bad, nonfinite = normalise_tensor(raw, mean, std, nodata, view, wrap_bits=wrap_bits)
+    if nodata is None and nonfinite is None:
+        return x, None, None
+    view.masked_fill_(bad, 0.0)  # nodata pixels get spectrum 0, like the border padding
+    return x, bad[tile.y0 - ry0:tile.y1 - ry0, tile.x0 - rx0:tile.x1 - rx0], nonfinite
+
+
+def load_tile(read: Callable[..., np.ndarray], tile: Tile, *, bands: int, halo: int, mean: np.ndarray | None,
+              std: np.ndarray | None, nodata: float | None, on_device: bool, pin: bool,
+              stats: collections.Counter | None = None) -> Prepared:
+    """A reader thread's work for one tile: read the window, then either normalise it into a padded float32
+    buffer (host) or stage it raw for the device; ``pin`` puts the buffer in page-locked memory."""
+    import torch
+
+    t0 = time.perf_counter()
+    raw = read(*tile.read)
+    t1 = time.perf_counter()
+    if on_device:
+        _check_window(raw, tile)
+        staged, wrap = stage_raw(raw, pin=pin)
+        p = Prepared(tile, staged, None, wrap)
+    else:
+        h, w = tile.shape
+        buf = torch.empty((bands, h + 2 * halo, w + 2 * halo), dtype=torch.float32, pin_memory=pin)
+        mask = prepare_tile(raw, tile, mean=mean, std=std, nodata=nodata, out=buf.numpy())  # fills all of buf
+        p = Prepared(tile, buf, mask)
+    if stats is not None:
+        stats["read_s"] += t1 - t0
+        stats["prepare_s"] += time.perf_counter() - t1
+    return p
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,13 +264,15 @@ def _progress_bar(total: int, enabled: bool | None):
 def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.ndarray | None = None,
              std: np.ndarray | None = None, nodata: float | None = None, probabilities: bool = False,
              queue_depth: int | None = None, readers: int | None = None,
-             progress: bool | None = None) -> dict[str, float]:
+             progress: bool | None = None, normalise_on: str | None = None) -> dict[str, float]:
     """Classify every tile of ``plan`` with ``engine`` (a ``FusedSSRN``) and write it to ``sink``.
 
     ``scene``: ``(band, y, x)`` DataArray (dask-backed or not) or array; ``mean``/``std``: per-band
     normalisation (``None``: the scene is already normalised). ``readers`` (default 2 on CPU, up to 8 on
     CUDA, where host-side reading and normalising is the bottleneck) threads prepare up to ``queue_depth``
-    (default ``readers + 1``) tiles ahead of the compute. Returns timing counters.
+    (default ``readers + 1``) tiles ahead of the compute. ``normalise_on``: ``"host"`` (reader threads, the
+    CPU default) or ``"device"`` (raw windows travel, the CUDA default); both give the same bits. Returns
+    timing counters.
     """
     import torch
 
@@ -219,23 +282,22 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
         readers = min(8, os.cpu_count() or 1) if cuda else 2
     if queue_depth is None:
         queue_depth = readers + 1
+    if normalise_on is None:
+        normalise_on = "device" if cuda else "host"
+    if normalise_on not in ("host", "device"):
+        raise ValueError(f"normalise_on must be 'host' or 'device'; got {normalise_on!r}")
+    on_device = normalise_on == "device"
     bands = engine.config.bands
     read = window_reader(scene)
     mean64 = None if mean is None else np.asarray(mean, np.float64)
     std64 = None if std is None else np.asarray(std, np.float64)
+    mean_t = None if mean is None or not on_device else torch.as_tensor(mean64, device=device)
+    std_t = None if std is None or not on_device else torch.as_tensor(std64, device=device)
     stats = collections.Counter()
 
     def load(tile: Tile) -> Prepared:
-        t0 = time.perf_counter()
-        raw = read(*tile.read)
-        t1 = time.perf_counter()
-        h, w = tile.shape
-        shape = (bands, h + 2 * plan.halo, w + 2 * plan.halo)
-        buf = torch.empty(shape, dtype=torch.float32, pin_memory=cuda)  # prepare_tile fills all of it
-        mask = prepare_tile(raw, tile, mean=mean64, std=std64, nodata=nodata, out=buf.numpy())
-        stats["read_s"] += t1 - t0
-        stats["prepare_s"] += time.perf_counter() - t1
-        return Prepared(tile, buf, mask)
+        return load_tile(read, tile, bands=bands, halo=plan.halo, mean=mean64, std=std64, nodata=nodata,
+                         on_device=on_device, pin=cuda, stats=stats)
 
     copy_stream = torch.cuda.Stream(device) if cuda else None
 
@@ -248,28 +310,38 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
             ev.record(copy_stream)
         return x, ev
 
-    def finish(tile: Tile, logits: Any, mask: np.ndarray | None):
-        """On the compute thread: argmax (+ softmax) on the device, then start the copy back."""
+    def finish(tile: Tile, logits: Any, mask: np.ndarray | None, mask_t: Any, nonfinite: Any):
+        """On the compute thread: argmax (+ softmax) on the device, nodata masked there when the tile was
+        normalised there, then start the copy back."""
         lab = (logits.argmax(0) + 1).to(torch.uint8)
         prob = conf = None
         if probabilities:
             prob = torch.softmax(logits.float(), 0)
             conf = prob.max(0).values
+        if mask_t is not None:
+            lab = lab.masked_fill(mask_t, 0)
+            prob = prob.masked_fill(mask_t, 0.0) if prob is not None else None
+            conf = conf.masked_fill(mask_t, 0.0) if conf is not None else None
+        if nonfinite is not None and nodata is not None:
+            nonfinite = None  # a nodata policy is given: non-finite pixels are masked, not an error
         if cuda:
             lab = lab.to("cpu", non_blocking=True)
             prob = prob.to("cpu", non_blocking=True) if prob is not None else None
             conf = conf.to("cpu", non_blocking=True) if conf is not None else None
+            nonfinite = nonfinite.to("cpu", non_blocking=True) if nonfinite is not None else None
             ev = torch.cuda.Event()
             ev.record()
         else:
             ev = None
-        return tile, lab, prob, conf, mask, ev
+        return tile, lab, prob, conf, mask, nonfinite, ev
 
     def write(item) -> None:
-        tile, lab, prob, conf, mask, ev = item
+        tile, lab, prob, conf, mask, nonfinite, ev = item
         t0 = time.perf_counter()
         if ev is not None:
             ev.synchronize()
+        if nonfinite is not None and bool(nonfinite):  # found on the device: name the value from the store
+            raise _nonfinite_error(read(*tile.read), tile)
         lab = lab.numpy()
         prob = prob.numpy() if prob is not None else None
         conf = conf.numpy() if conf is not None else None
@@ -311,8 +383,12 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
                 torch.cuda.current_stream(device).wait_event(ev)
                 x.record_stream(torch.cuda.current_stream(device))
             t0 = time.perf_counter()
+            mask_t = nonfinite = None
+            if p.wrap is not None:
+                x, mask_t, nonfinite = prepare_tile_tensor(x, p.tile, halo=plan.halo, mean=mean_t, std=std_t,
+                                                           nodata=nodata, wrap_bits=p.wrap)
             logits = engine(x)  # (K, h, w)
-            item = finish(p.tile, logits, p.mask)
+            item = finish(p.tile, logits, p.mask, mask_t, nonfinite)
             stats["compute_s"] += time.perf_counter() - t0
             while len(writes) >= depth:
                 writes.popleft().result()
@@ -334,4 +410,5 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     return dict(stats)
 
 
-__all__ = ["ArraySink", "Prepared", "Sink", "check_scene", "prepare_tile", "run_plan", "window_reader"]
+__all__ = ["ArraySink", "Prepared", "Sink", "check_scene", "load_tile", "prepare_tile", "prepare_tile_tensor", "run_plan",
+           "window_reader"]

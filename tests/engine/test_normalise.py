@@ -88,3 +88,67 @@ def test_prepare_tile_fills_an_uninitialised_buffer():
         prepare_tile(scene[:, ry0:ry1, rx0:rx1], t, mean=mean, std=std, nodata=None, out=dirty)
         np.testing.assert_array_equal(dirty, clean)
     assert len(plan.tiles) > 4
+
+
+# ----------------------------------------------------------------------------------------------
+# the device-side form (raw window staged in its own dtype, normalised by torch): same bits again
+
+
+def _tensor_form(raw, mean, std, nodata, chunk_elems=1 << 24):
+    import torch
+
+    from hsi_engine.normalise import normalise_tensor, stage_raw
+
+    staged, wrap = stage_raw(raw)
+    out = torch.full(raw.shape, float("nan"), dtype=torch.float32)
+    m = None if mean is None else torch.as_tensor(mean, dtype=torch.float64)
+    s = None if std is None else torch.as_tensor(std, dtype=torch.float64)
+    bad, nf = normalise_tensor(staged, m, s, nodata, out, wrap_bits=wrap, chunk_elems=chunk_elems)
+    return out.numpy(), bad.numpy(), (None if nf is None else bool(nf))
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [">i2", ">u2", ">f4", np.uint64, np.int8],
+                         ids=lambda d: np.dtype(d).str if isinstance(d, str) else np.dtype(d).name)
+@pytest.mark.parametrize("scaled", [True, False])
+def test_tensor_form_equals_reference_bit_for_bit(dtype, scaled):
+    if isinstance(dtype, str):
+        raw = _raw(np.dtype(dtype).newbyteorder("="), seed=5).astype(dtype)
+    else:
+        raw = _raw(dtype, seed=5)
+    if raw.dtype.kind == "u" and raw.dtype.itemsize in (2, 4):  # the values whose sign bit is set travel wrapped
+        raw.reshape(-1)[::3] = np.iinfo(raw.dtype).max - np.arange(raw.size)[::3].astype(raw.dtype)
+    rng = np.random.default_rng(1)
+    mean = rng.random(7) * 1000 if scaled else None
+    std = rng.random(7) * 300 + 1 if scaled else None
+    ref = np.full(raw.shape, np.nan, np.float32)
+    bad_r, nf_r = normalise_into_reference(raw, mean, std, None, ref)
+    for chunk in (1 << 24, 45):  # the whole window at once, and one band at a time
+        out, bad, nf = _tensor_form(raw, mean, std, None, chunk)
+        assert np.array_equal(out.view(np.uint32), ref.view(np.uint32))
+        np.testing.assert_array_equal(bad, bad_r)
+        assert not nf  # None for integer windows, False for float ones
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.uint16, np.int32])
+@pytest.mark.parametrize("nodata", [None, float("nan"), -9999.0, 0.0, 40000.0])
+def test_tensor_form_nonfinite_and_nodata_mask(dtype, nodata):
+    raw = _raw(np.float32, seed=2)
+    raw[6, 0, 0] = -9999.0
+    raw[2, 2, 2] = 0.0
+    raw[5, 3, 3] = 40000.0
+    if np.dtype(dtype).kind == "f":
+        raw[3, 1, 2] = np.nan
+        raw[0, 4, 8] = -np.inf
+    elif dtype is np.uint16:
+        raw[6, 0, 0] = 1
+    raw = raw.astype(dtype)
+    mean, std = np.full(7, 1000.0), np.full(7, 300.0)
+    ref = np.zeros(raw.shape, np.float32)
+    bad_r, nf_r = normalise_into_reference(raw, mean, std, nodata, ref)
+    out, bad, nf = _tensor_form(raw, mean, std, nodata, chunk_elems=90)
+    np.testing.assert_array_equal(bad, bad_r)
+    assert (nf if nf is not None else False) is nf_r
+    good = ~bad_r
+    assert np.array_equal(out[:, good].view(np.uint32), ref[:, good].view(np.uint32))
+    if np.dtype(dtype).kind == "f":
+        assert bad_r[1, 2] and bad_r[4, 8]

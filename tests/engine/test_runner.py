@@ -1,0 +1,93 @@
+"""The executor's two tile preparations: normalised by reader threads on the host (the CPU default) or
+staged raw and normalised on the device (the CUDA default). On CPU the "device" is the CPU, so both run here
+and must give the same map, probabilities, nodata handling and errors; the same tests run on CUDA (marked
+``gpu``), where the staging is pinned and the flags come back asynchronously."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hsi_engine.errors import NonFiniteInputError
+from hsi_engine.fused import FusedSSRN
+from hsi_engine.runner import ArraySink, run_plan
+from hsi_engine.tiles import plan_tiles
+from ssrn.config import SSRNConfig
+from ssrn.model import SSRN
+
+from _models import randomise_bn
+
+BANDS, CLASSES = 9, 5
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device")])]
+
+
+def _model() -> SSRN:
+    torch.manual_seed(3)
+    m = randomise_bn(SSRN(SSRNConfig(bands=BANDS, classes=CLASSES)), seed=3)
+    m.head.weight.data *= 300  # random init maps everything to one class; a sharp head gives a varied map
+    return m
+
+
+def _cube(dtype, h=19, w=23, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    ends = rng.uniform(20000, 45000, size=(3, BANDS))  # uint16 values above 32767 travel wrapped: cover them
+    abundance = rng.dirichlet(np.full(3, 0.3), size=(h, w))  # (h, w, 3): varied spectra, a varied map
+    cube = np.einsum("hwk,kb->bhw", abundance, ends) + rng.normal(0, 300, size=(BANDS, h, w))
+    return cube.astype(dtype)
+
+
+def _run(cube, mode, *, nodata=None, tile=8, probabilities=True, device="cpu"):
+    model = _model()
+    a = cube.astype(np.float64)
+    mean, std = a.mean(axis=(1, 2)), a.std(axis=(1, 2))
+    engine = FusedSSRN(model, backend="eager", device=device)
+    plan = plan_tiles(cube.shape[1], cube.shape[2], tile, model.config.halo)
+    sink = ArraySink(cube.shape[1], cube.shape[2], CLASSES, probabilities=probabilities)
+    run_plan(cube, plan, engine, sink, mean=mean, std=std, nodata=nodata, probabilities=probabilities,
+             progress=False, normalise_on=mode)
+    return sink
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32, ">f4"], ids=str)
+def test_device_normalisation_gives_the_host_map_bit_for_bit(dtype, device):
+    cube = _cube(np.dtype(dtype))
+    host, dev = _run(cube, "host", device=device), _run(cube, "device", device=device)
+    np.testing.assert_array_equal(dev.labels, host.labels)
+    assert np.array_equal(dev.probabilities.view(np.uint32), host.probabilities.view(np.uint32))
+    assert np.array_equal(dev.confidence.view(np.uint32), host.confidence.view(np.uint32))
+    assert (host.written == 1).all() and (dev.written == 1).all()
+    assert len(np.unique(host.labels)) > 1  # a map that can disagree
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("nodata", [float("nan"), 0.0])
+def test_device_normalisation_masks_nodata_like_the_host(nodata, device):
+    cube = _cube(np.float32, seed=1)
+    cube[4, 2, 3] = np.nan
+    cube[0, 11, 20] = 0.0
+    cube[:, 18, 0] = 0.0  # a corner pixel of an edge tile
+    host, dev = _run(cube, "host", nodata=nodata, device=device), _run(cube, "device", nodata=nodata, device=device)
+    np.testing.assert_array_equal(dev.labels, host.labels)
+    np.testing.assert_array_equal(dev.probabilities, host.probabilities)
+    assert host.labels[2, 3] == 0 and host.probabilities[:, 2, 3].max() == 0
+    assert (host.labels[11, 20] == 0) == (nodata == 0.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_normalisation_raises_the_same_nonfinite_error(device):
+    cube = _cube(np.float32, seed=2)
+    cube[5, 13, 17] = np.inf
+    messages = []
+    for mode in ("host", "device"):
+        with pytest.raises(NonFiniteInputError, match=r"pixel \(y=13, x=17\) is inf") as e:
+            _run(cube, mode, device=device)
+        messages.append(str(e.value))
+    assert messages[0] == messages[1]
+
+
+def test_unknown_normalise_on_is_refused():
+    with pytest.raises(ValueError, match="normalise_on must be 'host' or 'device'"):
+        _run(_cube(np.float32), "gpu")
