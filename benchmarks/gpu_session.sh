@@ -36,7 +36,7 @@ for s in $(seq 0 $((SEEDS - 1))); do
 done
 
 # 2. GPU tests meanwhile (correctness only; compiles spread over processes)
-[ -n "${SKIP_TESTS:-}" ] || timeout 240 python3 -m pytest -m gpu tests/kernels tests/engine/test_gpu.py -q -n 6 -p no:cacheprovider \
+[ -n "${SKIP_TESTS:-}" ] || timeout 240 python3 -m pytest -m gpu tests/kernels tests/engine -q -n 6 -p no:cacheprovider \
   --timeout 220 -rs 2>&1 | tee "$OUT/gpu-tests.log"
 echo "pytest rc=${PIPESTATUS[0]}" | tee -a "$OUT/gpu-tests.log"
 

@@ -230,15 +230,36 @@ def _worker_scene(spec: TaskSpec, scene_obj: Any):
     return da
 
 
+def _worker_reader(spec: TaskSpec, da: Any):
+    """This worker's window reader for the run's scene, with a decoded-block cache shared by the tiles the
+    worker runs; one at a time (a new run replaces the last one's, so a long-lived worker does not pile them up)."""
+    from .runner import default_cache_bytes, window_reader
+
+    key = ("reader", spec.store, spec.run)
+    with _CACHE_LOCK:
+        hit = _CACHE.get("reader")
+        if hit is None or hit[0] != key:
+            dev = spec.device or ("cuda" if _cuda_available() else "cpu")
+            hit = _CACHE["reader"] = (key, window_reader(da, cache_bytes=default_cache_bytes(dev)))
+    return hit[1]
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarray | None, std: np.ndarray | None,
-                 nodata: float | None, probabilities: bool):
+                 nodata: float | None, probabilities: bool, read: Any = None):
     """Read, normalise, classify one tile: ``(labels (h, w) uint8, probabilities (K, h, w) | None,
-    confidence (h, w) | None)``; the same steps, in the same order, as :func:`hsi_engine.runner.run_plan`."""
+    confidence (h, w) | None)``; the same steps, in the same order, as :func:`hsi_engine.runner.run_plan`.
+    ``read``: a window reader of ``da`` (default: a direct one)."""
     import torch
 
     from .runner import mask_nodata, prepare_tile, window_reader
 
-    raw = window_reader(da)(*tile.read)
+    raw = (read or window_reader(da))(*tile.read)
     h, w = tile.shape
     buf = torch.empty((engine.config.bands, h + 2 * halo, w + 2 * halo), dtype=torch.float32)
     mask = prepare_tile(raw, tile, mean=mean, std=std, nodata=nodata, out=buf.numpy())
@@ -261,7 +282,7 @@ def _tile_task(spec: TaskSpec, tile: Tile, scene_obj: Any = None, model_obj: Any
     mean = None if spec.mean is None else np.asarray(spec.mean, np.float64)
     std = None if spec.std is None else np.asarray(spec.std, np.float64)
     lab, prob, conf = compute_tile(da, tile, engine, halo=engine.halo, mean=mean, std=std, nodata=spec.nodata,
-                                   probabilities=spec.probabilities)
+                                   probabilities=spec.probabilities, read=_worker_reader(spec, da))
     if spec.throttle_s:
         time.sleep(spec.throttle_s)
     try:

@@ -161,7 +161,7 @@ class FusedSSRN:
     ``backend``: ``eager`` | ``compile`` | ``triton`` | ``auto`` (via ``kernels.dispatch``); ``precision``:
     ``float32`` (exact) or ``bfloat16`` / ``float16`` (opt-in: autocast / low-precision kernel on the spectral
     stage only). ``max_pixels`` bounds the pixels per spectral call and the windows per spatial call, so
-    memory depends on it and not on the tile size beyond the tile itself (default: 512 on CPU, 8192 on GPU).
+    memory depends on it and not on the tile size beyond the tile itself (default: 512 on CPU, 65536 on GPU).
     """
 
     def __init__(self, model: nn.Module, *, backend: str = "auto", device: torch.device | str | None = None,
@@ -178,8 +178,10 @@ class FusedSSRN:
         self.precision = precision
         self.dtype = PRECISIONS[precision]
         # CPU: 512-pixel chunks keep a layer's activations (24 x 97 x 512 floats, ~5 MB) in cache and ran the
-        # whole tile 2x faster than 8192 (benchmarks/results/scene-cpu.md); GPUs want large launches
-        self.max_pixels = int(max_pixels) if max_pixels is not None else (512 if self.device.type == "cpu" else 8192)
+        # whole tile 2x faster than 8192 (benchmarks/results/scene-cpu.md). GPU: the kernel benchmark times the
+        # stage on 65536 pixels per call (2048 Triton programs: many waves on 132 SMs; 8192 pixels is under
+        # two); eager activations are then ~0.6 GB per layer
+        self.max_pixels = int(max_pixels) if max_pixels is not None else (512 if self.device.type == "cpu" else 65536)
         self.backend = resolve_backend(backend, self.device)
         self.program = fold_spectral(model).to(self.device)
         self.spatial = fold_spatial(model).to(self.device)

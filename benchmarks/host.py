@@ -1,0 +1,137 @@
+"""Host side of the engine: how fast reader threads turn a scene into tiles the device can take.
+
+On a GPU the engine was bound here (kernels-h100.md: bf16 spectral stage 19.2 Mpix/s, engine 5.7), so this
+measures the reader stage alone, with the engine's own :func:`hsi_engine.runner.load_tile`, on the CPU it
+runs on. Two preparations, side by side in one run:
+
+- ``host``: read the window, normalise it in float64 into a padded float32 buffer (the CPU engine's path,
+  and the CUDA path before the device normalised);
+- ``device``: read the window and stage it raw, in its own dtype (the CUDA path now: the device
+  normalises it with the same float64 operations).
+
+and three sources: a scene held in memory (numpy), and the same scene streamed from a zarr v3 store through
+``open_scene`` (dask, synchronous scheduler inside each reader thread), read window by window straight from
+the store (the engine before the block cache) or through the engine's decoded-block cache
+(:mod:`hsi_engine.blocks`, 1 GiB, cold at the start of every pass). Output pixels per second over every tile of the plan, ``--readers`` threads at once; median of
+``--reps``. Buffers are not pinned here (no CUDA); on a GPU machine page-locking adds to the staging.
+
+    python benchmarks/host.py --side 1536 --tile 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as dt
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from _common import cpu_name  # noqa: E402
+from hsi_engine.runner import load_tile, window_reader  # noqa: E402
+from hsi_engine.tiles import plan_tiles  # noqa: E402
+
+HALO = 3
+
+
+def _scene(bands: int, side: int, dtype) -> np.ndarray:
+    """Smooth random spectra scaled like 16-bit reflectance (values up to ~12000)."""
+    rng = np.random.default_rng(0)
+    base = rng.uniform(500, 4000, size=(1, side, side)).astype(np.float32)
+    cube = base * np.linspace(0.5, 3.0, bands, dtype=np.float32)[:, None, None]
+    return cube.astype(dtype)
+
+
+def rate(scene, plan, *, bands: int, mode: str, readers: int, reps: int, mean, std,
+         cache_bytes: int = 0) -> tuple[float, dict]:
+    """Median output Mpix/s of preparing every tile of ``plan`` with ``readers`` threads."""
+    ts, stats = [], collections.Counter()
+    for i in range(reps + 1):  # the first pass warms the OS page cache and the allocator
+        read = window_reader(scene, cache_bytes=cache_bytes)
+        st = collections.Counter()
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(readers) as ex:
+            for _ in ex.map(lambda t: load_tile(read, t, bands=bands, halo=HALO, mean=mean, std=std, nodata=None,
+                                                on_device=mode == "device", pin=False, stats=st), plan.tiles):
+                pass
+        if i:
+            ts.append(time.perf_counter() - t0)
+            stats += st
+    return plan.height * plan.width / statistics.median(ts) / 1e6, {k: v / reps for k, v in stats.items()}
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--side", type=int, default=1536)
+    ap.add_argument("--bands", type=int, default=200)
+    ap.add_argument("--tile", type=int, default=512)
+    ap.add_argument("--readers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--note", default=None)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "host-cpu.md"))
+    args = ap.parse_args(argv)
+    import dask
+    import torch
+    import xarray as xr
+    import zarr
+
+    from hsi_engine.api import open_scene
+
+    plan = plan_tiles(args.side, args.side, args.tile, HALO)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype in (np.uint16, np.float32):
+            cube = _scene(args.bands, args.side, dtype)
+            a = cube.astype(np.float64)
+            mean, std = a.mean(axis=(1, 2)), a.std(axis=(1, 2))
+            del a
+            path = Path(tmp) / f"scene-{np.dtype(dtype).name}.zarr"
+            xr.DataArray(cube, dims=("band", "y", "x"), name="reflectance").chunk(
+                {"band": -1, "y": 256, "x": 256}).to_zarr(path)
+            zarr_scene = open_scene(path)
+            sources = [("in memory", cube, 0), ("zarr, window by window", zarr_scene, 0),
+                       ("zarr, block cache", zarr_scene, 1 << 30)]
+            for where, scene, cache in sources:
+                for readers in args.readers:
+                    r = {mode: rate(scene, plan, bands=args.bands, mode=mode, readers=readers, reps=args.reps,
+                                    mean=mean, std=std, cache_bytes=cache) for mode in ("host", "device")}
+                    rows.append((np.dtype(dtype).name, where, readers, r["host"], r["device"]))
+                    print(rows[-1][:3], f"host {r['host'][0]:.2f} device {r['device'][0]:.2f} Mpix/s", flush=True)
+            del cube, sources, zarr_scene
+    cmd = "python benchmarks/host.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [f"# Host-side tile preparation on {cpu_name()}", "",
+             f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
+             f"- versions: python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
+             f"zarr {zarr.__version__}, dask {dask.__version__}, xarray {xr.__version__}",
+             f"- command: `{cmd.strip()}`",
+             f"- scene: {args.bands} bands x {args.side} x {args.side}; tiles {args.tile} + halo {HALO} "
+             f"({len(plan)} tiles); per-band mean/std normalisation; median of {args.reps} passes after a warm-up",
+             "- Mpix/s = output pixels of the whole plan per second of wall clock, `readers` threads at once; "
+             "read / prepare = seconds per pass summed over threads (a thread waiting for a block another one "
+             "decodes counts as reading); zarr store: 256 x 256 chunks, all bands in one, default codec", ""]
+    if args.note:
+        lines += [args.note, ""]
+    lines += ["| dtype | source | readers | host-normalised Mpix/s | raw-staged Mpix/s | ratio | "
+              "host: read / normalise s | staged: read / copy s |",
+              "|---|---|---:|---:|---:|---:|---|---|"]
+    for dtn, where, readers, (h, hs), (d, ds) in rows:
+        lines.append(f"| {dtn} | {where} | {readers} | {h:.2f} | {d:.2f} | {d / h:.1f}x | "
+                     f"{hs['read_s']:.2f} / {hs['prepare_s']:.2f} | {ds['read_s']:.2f} / {ds['prepare_s']:.2f} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return out
+
+
+if __name__ == "__main__":
+    main()
