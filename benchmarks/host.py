@@ -12,7 +12,8 @@ runs on. Two preparations, side by side in one run:
 and three sources: a scene held in memory (numpy), and the same scene streamed from a zarr v3 store through
 ``open_scene`` (dask, synchronous scheduler inside each reader thread), read window by window straight from
 the store (the engine before the block cache) or through the engine's decoded-block cache
-(:mod:`hsi_engine.blocks`, 1 GiB, cold at the start of every pass). Output pixels per second over every tile of the plan, ``--readers`` threads at once; median of
+(:mod:`hsi_engine.blocks`, the runner's default budget for the plan and readers, cold at the start of every
+pass). Output pixels per second over every tile of the plan, ``--readers`` threads at once; median of
 ``--reps``. Buffers are not pinned here (no CUDA); on a GPU machine page-locking adds to the staging.
 
     python benchmarks/host.py --side 1536 --tile 512
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _common import cpu_name  # noqa: E402
-from hsi_engine.runner import load_tile, window_reader  # noqa: E402
+from hsi_engine.runner import cache_blocks_for, load_tile, window_reader  # noqa: E402
 from hsi_engine.tiles import plan_tiles  # noqa: E402
 
 HALO = 3
@@ -52,11 +53,11 @@ def _scene(bands: int, side: int, dtype) -> np.ndarray:
 
 
 def rate(scene, plan, *, bands: int, mode: str, readers: int, reps: int, mean, std,
-         cache_bytes: int = 0) -> tuple[float, dict]:
+         cache: bool = False) -> tuple[float, dict]:
     """Median output Mpix/s of preparing every tile of ``plan`` with ``readers`` threads."""
     ts, stats = [], collections.Counter()
     for i in range(reps + 1):  # the first pass warms the OS page cache and the allocator
-        read = window_reader(scene, cache_bytes=cache_bytes)
+        read = window_reader(scene, cache_blocks=cache_blocks_for(plan.tile, HALO, readers) if cache else 0)
         st = collections.Counter()
         t0 = time.perf_counter()
         with ThreadPoolExecutor(readers) as ex:
@@ -98,12 +99,12 @@ def main(argv: list[str] | None = None) -> Path:
             xr.DataArray(cube, dims=("band", "y", "x"), name="reflectance").chunk(
                 {"band": -1, "y": 256, "x": 256}).to_zarr(path)
             zarr_scene = open_scene(path)
-            sources = [("in memory", cube, 0), ("zarr, window by window", zarr_scene, 0),
-                       ("zarr, block cache", zarr_scene, 1 << 30)]
+            sources = [("in memory", cube, False), ("zarr, window by window", zarr_scene, False),
+                       ("zarr, block cache", zarr_scene, True)]
             for where, scene, cache in sources:
                 for readers in args.readers:
                     r = {mode: rate(scene, plan, bands=args.bands, mode=mode, readers=readers, reps=args.reps,
-                                    mean=mean, std=std, cache_bytes=cache) for mode in ("host", "device")}
+                                    mean=mean, std=std, cache=cache) for mode in ("host", "device")}
                     rows.append((np.dtype(dtype).name, where, readers, r["host"], r["device"]))
                     print(rows[-1][:3], f"host {r['host'][0]:.2f} device {r['device'][0]:.2f} Mpix/s", flush=True)
             del cube, sources, zarr_scene

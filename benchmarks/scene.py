@@ -7,7 +7,8 @@ subprocess so its peak RSS (``resource.getrusage``) is its own:
 - patch mode: the seed's forward (cut each pixel's 7x7 patch from the zero-padded normalised scene, run
   ``SSRN.forward``) on a random SUBSET of pixels (it is ~30x slower); its pixels/s is extrapolated from the
   subset, and its labels are compared with the engine's map on those pixels;
-- engine eager and engine compile on the 1x scene (``classify_to_file`` into a zarr class map);
+- engine eager and engine compile on the 1x scene (``classify_to_file`` into a zarr class map), and engine
+  eager again with the decoded-block cache on (CPU default: off; the row uses the budget CUDA runs get);
 - engine eager on a 16x larger scene (4x each side), for the bounded-memory check.
 
     python benchmarks/scene.py [--size 256] [--bands 200] [--tile 128] [--patch-pixels 192]
@@ -103,14 +104,14 @@ def bench_model(work: Path, bands: int) -> Path:
 # workers (one per subprocess)
 
 
-def worker_engine(store: str, model: str, out: str, backend: str, tile: int) -> dict:
+def worker_engine(store: str, model: str, out: str, backend: str, tile: int, cache_blocks: int | None) -> dict:
     import torch  # noqa: F401
 
     from hsi_engine.api import classify_to_file
 
     t0 = time.perf_counter()
     classify_to_file(store, model, out, tile=tile, backend=backend, device="cpu", progress=False,
-                     overwrite=True)
+                     overwrite=True, cache_blocks=cache_blocks)
     wall = time.perf_counter() - t0
     return {"wall_s": wall}
 
@@ -160,7 +161,8 @@ def run_worker(args: list[str]) -> dict:
 def worker_main(argv: list[str]) -> int:
     kind = argv[0]
     if kind == "engine":
-        res = worker_engine(argv[1], argv[2], argv[3], argv[4], int(argv[5]))
+        res = worker_engine(argv[1], argv[2], argv[3], argv[4], int(argv[5]),
+                            int(argv[6]) if len(argv) > 6 else None)
     elif kind == "patch":
         res = worker_patch(argv[1], argv[2], int(argv[3]), int(argv[4]))
     else:
@@ -192,6 +194,7 @@ def main(argv=None) -> int:
     ap.add_argument("--patch-pixels", type=int, default=192, help="patch-mode subset (pixels/s extrapolated)")
     ap.add_argument("--backends", default="eager,compile")
     ap.add_argument("--no-16x", action="store_true")
+    ap.add_argument("--no-cache-row", action="store_true", help="skip the eager row with the block cache on")
     ap.add_argument("--work", default="/tmp/hsi-bench")
     ap.add_argument("--out", default="benchmarks/results/scene-cpu.md")
     args = ap.parse_args(argv)
@@ -216,6 +219,19 @@ def main(argv=None) -> int:
         r.update(backend=backend, scene=f"{args.size} x {args.size}", pixels=px1, pps=px1 / r["wall_s"])
         sub = maps[backend][patch["ys"], patch["xs"]]
         r["patch_agree"] = f"{int((sub == np.asarray(patch['labels'])).sum())}/{patch['pixels']}"
+        rows.append(r)
+        print(r, flush=True)
+    if "eager" in maps and not args.no_cache_row:  # the same run with the decoded-block cache on
+        from hsi_engine.runner import cache_blocks_for
+
+        n = cache_blocks_for((args.tile, args.tile), 3, 2)(128, 128)  # CUDA's default budget, 2 readers
+        out = work / f"map-{args.size}-eager-cache.zarr"
+        r = run_worker(["engine", str(s1), str(model), str(out), "eager", str(args.tile), str(n)])
+        m = read_map(out)
+        r.update(backend="eager", label=f"engine eager, block cache on (cache_blocks={n})",
+                 scene=f"{args.size} x {args.size}", pixels=px1, pps=px1 / r["wall_s"],
+                 patch_agree=f"{int((m[patch['ys'], patch['xs']] == np.asarray(patch['labels'])).sum())}/"
+                             f"{patch['pixels']}", same=bool(np.array_equal(m, maps[rows[0]['backend']])))
         rows.append(r)
         print(r, flush=True)
     big = None
@@ -256,9 +272,11 @@ def main(argv=None) -> int:
         f"(extrapolated from {patch['pixels']} random pixels, forward only: patch cutting and I/O not timed) | 1.0 | reference | {patch['peak_rss_mb']:.0f} |",
     ]
     for r in rows:
-        lines.append(f"| engine {r['backend']} (classify_to_file -> zarr) | {r['scene']} | {r['pps']:.0f} | "
+        label = r.get("label", f"engine {r['backend']}")
+        same = r["same"] if "same" in r else ident[r["backend"]]
+        lines.append(f"| {label} (classify_to_file -> zarr) | {r['scene']} | {r['pps']:.0f} | "
                      f"{r['pps'] / patch_pps:.1f} | patch-mode agreement {r['patch_agree']}; identical to "
-                     f"{rows[0]['backend']}: {ident[r['backend']]} | {r['peak_rss_mb']:.0f} |")
+                     f"{rows[0]['backend']}: {same} | {r['peak_rss_mb']:.0f} |")
     if big is not None:
         lines.append(f"| engine eager | {big['scene']} (16x) | {big['pps']:.0f} | {big['pps'] / patch_pps:.1f} | "
                      f"- | {big['peak_rss_mb']:.0f} |")

@@ -1,15 +1,17 @@
-"""Bounded cache of decoded scene blocks, so a chunk is decoded once for every tile and halo that touches it.
+"""Bounded cache of decoded scene blocks, so a chunk is decoded once for the tiles and halos that touch it.
 
-A tile's window (tile plus halo) of a chunked store reaches into up to nine chunks, and the tiles of one
-chunk each read it again: a CPU tile of 128 in 256 x 256 chunks decoded every chunk about nine times, and
-the engine ran 25 % slower from zarr than from memory. ``BlockCache`` decodes a whole block (all bands of
-one spatial chunk) once, keeps recently used blocks up to a byte budget (least recently used out first), and
-cuts windows from them. Reader threads share it; a block being decoded by one thread is waited for, not
-decoded again. Memory is the budget plus the blocks readers hold, whatever the scene size.
+A tile's window (tile plus halo) of a chunked store reaches into up to nine chunks, and every tile of a
+chunk reads it again: without a cache a CPU tile of 128 in 128 x 128 chunks decodes each chunk nine times.
+``BlockCache`` decodes a whole block (all bands of one spatial chunk) once, keeps the most recently used
+ones in a fixed pool of slots allocated once (so long-lived blocks do not fragment the heap and the
+process's memory stays at the pool's size), and copies windows out of them. Reader threads share it: a
+block being decoded by one thread is waited for, not decoded again, and a slot being copied from is
+pinned, never reused under a reader.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import itertools
 import threading
@@ -21,85 +23,110 @@ import numpy as np
 Block = tuple[int, int]
 
 
-def _starts(sizes: Sequence[int]) -> list[int]:
-    return list(itertools.accumulate([0, *sizes]))
-
-
 class BlockCache:
     """Windows ``(bands, ry1 - ry0, rx1 - rx0)`` of a chunked ``(band, y, x)`` source, cut from cached blocks.
 
     ``decode(y0, y1, x0, x1)`` returns one block's ``(bands, y1 - y0, x1 - x0)`` array; ``chunks`` are the
-    source's ``(y sizes, x sizes)``; ``max_bytes`` bounds the blocks kept. Counters ``decoded`` and ``hits``
-    say how often a block was decoded and how often a cached one served a window.
+    source's ``(y sizes, x sizes)``; at most ``max_blocks`` blocks are kept (more slots exist only while
+    readers pin them all). Counters: ``decoded`` (blocks decoded) and ``hits`` (blocks served from the pool).
     """
 
     def __init__(self, decode: Callable[[int, int, int, int], np.ndarray],
-                 chunks: tuple[Sequence[int], Sequence[int]], max_bytes: int) -> None:
+                 chunks: tuple[Sequence[int], Sequence[int]], max_blocks: int) -> None:
+        if max_blocks < 1:
+            raise ValueError(f"max_blocks must be >= 1, got {max_blocks}")
         self._decode = decode
-        self._ys, self._xs = _starts(chunks[0]), _starts(chunks[1])
-        self.max_bytes = int(max_bytes)
+        self._ys = list(itertools.accumulate([0, *chunks[0]]))
+        self._xs = list(itertools.accumulate([0, *chunks[1]]))
+        self._block_shape = (max(chunks[0]), max(chunks[1]))
+        self.max_blocks = int(max_blocks)
         self._lock = threading.Lock()
-        self._blocks: collections.OrderedDict[Block, np.ndarray] = collections.OrderedDict()
+        self._slots: list[np.ndarray] = []
+        self._pins: list[int] = []
+        self._where: collections.OrderedDict[Block, int] = collections.OrderedDict()  # LRU order, oldest first
         self._inflight: dict[Block, Future] = {}
-        self._bytes = 0
         self.decoded = 0
         self.hits = 0
 
-    def _span(self, starts: list[int], a: int, b: int) -> range:
-        import bisect
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the slot pool."""
+        return sum(s.nbytes for s in self._slots)
 
+    def _span(self, starts: list[int], a: int, b: int) -> range:
         return range(bisect.bisect_right(starts, a) - 1, bisect.bisect_left(starts, b))
 
-    def block(self, key: Block) -> np.ndarray:
-        """Block ``(chunk row, chunk column)``, decoded by this thread or another one, at most once while cached."""
-        with self._lock:
-            arr = self._blocks.get(key)
-            if arr is not None:
-                self._blocks.move_to_end(key)
-                self.hits += 1
-                return arr
-            fut = self._inflight.get(key)
-            owner = fut is None
-            if owner:
-                fut = self._inflight[key] = Future()
-        if not owner:
-            return fut.result()
+    def _free_slot(self, like: np.ndarray) -> int:
+        """A slot to fill (lock held): a new one while the pool is below its size, else the least recently used
+        unpinned one; a new one past the size only when every slot is pinned."""
+        if len(self._slots) < self.max_blocks or all(self._pins):
+            self._slots.append(np.empty((like.shape[0], *self._block_shape), dtype=like.dtype))
+            self._pins.append(0)
+            return len(self._slots) - 1
+        for key, slot in self._where.items():
+            if not self._pins[slot]:
+                del self._where[key]
+                return slot
+        raise AssertionError("unreachable: an unpinned slot exists")
+
+    def _acquire(self, key: Block) -> tuple[int, np.ndarray]:
+        """``(slot, view)`` of block ``key``, pinned (decoded here or by another thread): release the slot."""
         i, j = key
-        try:
-            arr = self._decode(self._ys[i], self._ys[i + 1], self._xs[j], self._xs[j + 1])
-        except BaseException as e:
+        shape = (self._ys[i + 1] - self._ys[i], self._xs[j + 1] - self._xs[j])
+        while True:
             with self._lock:
+                slot = self._where.get(key)
+                if slot is not None:
+                    self._where.move_to_end(key)
+                    self._pins[slot] += 1
+                    self.hits += 1
+                    return slot, self._slots[slot][:, :shape[0], :shape[1]]
+                fut = self._inflight.get(key)
+                owner = fut is None
+                if owner:
+                    fut = self._inflight[key] = Future()
+            if not owner:
+                fut.result()  # raises the owner's error; else the block is in the pool now: look again
+                continue
+            try:
+                arr = self._decode(self._ys[i], self._ys[i + 1], self._xs[j], self._xs[j + 1])
+                if arr.shape[1:] != shape:
+                    raise ValueError(f"block {key} decoded to {arr.shape[1:]} pixels, expected {shape}")
+            except BaseException as e:
+                with self._lock:
+                    del self._inflight[key]
+                fut.set_exception(e)
+                raise
+            with self._lock:
+                slot = self._free_slot(arr)
+                self._pins[slot] += 1  # nobody can take it while it is being filled
+            view = self._slots[slot][:, :shape[0], :shape[1]]
+            view[...] = arr
+            with self._lock:
+                self._where[key] = slot
                 del self._inflight[key]
-            fut.set_exception(e)
-            raise
+                self.decoded += 1
+            fut.set_result(None)
+            return slot, view
+
+    def _release(self, slot: int) -> None:
         with self._lock:
-            del self._inflight[key]
-            self.decoded += 1
-            if arr.nbytes <= self.max_bytes:
-                self._blocks[key] = arr
-                self._bytes += arr.nbytes
-                while self._bytes > self.max_bytes:
-                    _, old = self._blocks.popitem(last=False)
-                    self._bytes -= old.nbytes
-        fut.set_result(arr)
-        return arr
+            self._pins[slot] -= 1
 
     def __call__(self, ry0: int, ry1: int, rx0: int, rx1: int) -> np.ndarray:
-        rows, cols = self._span(self._ys, ry0, ry1), self._span(self._xs, rx0, rx1)
-        if len(rows) == 1 and len(cols) == 1:  # inside one block: a view (readers never write to it)
-            i, j = rows[0], cols[0]
-            b = self.block((i, j))
-            return b[:, ry0 - self._ys[i]:ry1 - self._ys[i], rx0 - self._xs[j]:rx1 - self._xs[j]]
         out = None
-        for i in rows:
+        for i in self._span(self._ys, ry0, ry1):
             y0, y1 = max(ry0, self._ys[i]), min(ry1, self._ys[i + 1])
-            for j in cols:
+            for j in self._span(self._xs, rx0, rx1):
                 x0, x1 = max(rx0, self._xs[j]), min(rx1, self._xs[j + 1])
-                b = self.block((i, j))
-                if out is None:
-                    out = np.empty((b.shape[0], ry1 - ry0, rx1 - rx0), dtype=b.dtype)
-                out[:, y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0] = \
-                    b[:, y0 - self._ys[i]:y1 - self._ys[i], x0 - self._xs[j]:x1 - self._xs[j]]
+                slot, b = self._acquire((i, j))
+                try:
+                    if out is None:
+                        out = np.empty((b.shape[0], ry1 - ry0, rx1 - rx0), dtype=b.dtype)
+                    out[:, y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0] = \
+                        b[:, y0 - self._ys[i]:y1 - self._ys[i], x0 - self._xs[j]:x1 - self._xs[j]]
+                finally:
+                    self._release(slot)
         return out
 
 

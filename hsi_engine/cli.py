@@ -88,6 +88,11 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="run on a local dask cluster of N workers")
     p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler to join")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run (.zarr outputs always record finished tiles; for .tif give --resume from the first run)")
+    p.add_argument("--readers", type=int, default=None,
+                   help="reader threads preparing tiles ahead of the compute (default 2 on CPU, up to 8 on CUDA)")
+    p.add_argument("--cache-blocks", type=int, default=None,
+                   help="decoded chunks of the scene kept for neighbouring tiles (default: what the tile "
+                        "needs on CUDA, 0 on CPU; 0 decodes each chunk once per tile that touches it)")
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
@@ -96,7 +101,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     classify_to_file(args.scene, args.model, args.out, tile=args.tile, device=args.device,
                      backend=args.backend, precision=args.precision, probabilities=args.probabilities,
                      overwrite=args.overwrite, nodata=args.nodata, workers=args.workers,
-                     scheduler=args.scheduler, resume=args.resume)
+                     scheduler=args.scheduler, resume=args.resume, readers=args.readers,
+                     cache_blocks=args.cache_blocks)
     return 0
 
 

@@ -193,6 +193,7 @@ class TaskSpec:
     device: str | None
     probabilities: bool
     throttle_s: float = 0.0
+    cache_blocks: int | None = None  # None: the runner's default for the worker's device
 
 
 _CACHE: dict[Any, Any] = {}
@@ -230,24 +231,20 @@ def _worker_scene(spec: TaskSpec, scene_obj: Any):
     return da
 
 
-def _worker_reader(spec: TaskSpec, da: Any):
+def _worker_reader(spec: TaskSpec, da: Any, halo: int, device_type: str):
     """This worker's window reader for the run's scene, with a decoded-block cache shared by the tiles the
     worker runs; one at a time (a new run replaces the last one's, so a long-lived worker does not pile them up)."""
-    from .runner import default_cache_bytes, window_reader
+    from .runner import cache_blocks_for, window_reader
 
     key = ("reader", spec.store, spec.run)
     with _CACHE_LOCK:
         hit = _CACHE.get("reader")
         if hit is None or hit[0] != key:
-            dev = spec.device or ("cuda" if _cuda_available() else "cpu")
-            hit = _CACHE["reader"] = (key, window_reader(da, cache_bytes=default_cache_bytes(dev)))
+            blocks = spec.cache_blocks
+            if blocks is None:  # the runner's default: on for CUDA workers, off on CPU
+                blocks = cache_blocks_for((spec.tile, spec.tile), halo, 1) if device_type == "cuda" else 0
+            hit = _CACHE["reader"] = (key, window_reader(da, cache_blocks=blocks))
     return hit[1]
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarray | None, std: np.ndarray | None,
@@ -281,8 +278,9 @@ def _tile_task(spec: TaskSpec, tile: Tile, scene_obj: Any = None, model_obj: Any
     da = _worker_scene(spec, scene_obj)
     mean = None if spec.mean is None else np.asarray(spec.mean, np.float64)
     std = None if spec.std is None else np.asarray(spec.std, np.float64)
+    read = _worker_reader(spec, da, engine.halo, engine.device.type)
     lab, prob, conf = compute_tile(da, tile, engine, halo=engine.halo, mean=mean, std=std, nodata=spec.nodata,
-                                   probabilities=spec.probabilities, read=_worker_reader(spec, da))
+                                   probabilities=spec.probabilities, read=read)
     if spec.throttle_s:
         time.sleep(spec.throttle_s)
     try:
@@ -351,13 +349,14 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
                 probabilities: bool | str = False, overwrite: bool = False, nodata: float | None = None,
                 workers: int | None = None, scheduler: Any = None, resume: bool = False,
                 progress: bool | None = None, queue_depth: int | None = None, readers: int | None = None,
-                throttle_s: float = 0.0) -> RunReport:
+                cache_blocks: int | None = None, throttle_s: float = 0.0) -> RunReport:
     """Classify into ``out`` (``.zarr`` or ``.tif``) resumably, in-process or on a dask cluster.
 
     Without ``workers``/``scheduler`` the tiles run in this process through :func:`~hsi_engine.runner.run_plan`;
     with them, one task per tile on the cluster (see the module doc). ``resume=True`` continues the partial
-    store of an interrupted run (or starts one). ``throttle_s`` sleeps that long per tile before writing it
-    (tests and demos of interruption only). Returns a :class:`RunReport`.
+    store of an interrupted run (or starts one). ``cache_blocks``: decoded blocks kept per reader pool (each
+    worker keeps its own; default as in :func:`~hsi_engine.runner.run_plan`). ``throttle_s`` sleeps that long
+    per tile before writing it (tests and demos of interruption only). Returns a :class:`RunReport`.
     """
     from .api import _georeferenced, _Job
     from .io import open_scene
@@ -370,6 +369,8 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
         raise OutputError(f"cannot write a class map to {out}: suffix {suffix or '(none)'!r} is not supported; use "
                           ".tif/.tiff (Cloud-Optimised GeoTIFF) or .zarr")
     distributed = workers is not None or scheduler is not None
+    if cache_blocks is not None and int(cache_blocks) < 0:
+        raise ValueError(f"cache_blocks must be >= 0 (0 turns the block cache off); got {cache_blocks}")
     if workers is not None and int(workers) < 1:
         raise ClusterUsageError(f"workers must be >= 1, got {workers}: pass the number of worker processes")
     if workers is not None and scheduler is not None:
@@ -434,7 +435,8 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
             pass
         elif not distributed:
             sub = TilePlan(plan.height, plan.width, plan.tile, plan.halo, tuple(todo))
-            extra = _run_local(job, sub, writer, run, side, throttle_s, prob, queue_depth, readers, progress)
+            extra = _run_local(job, sub, writer, run, side, throttle_s, prob, queue_depth, readers, progress,
+                               cache_blocks)
         else:
             is_path = isinstance(scene_path, (str, os.PathLike))
             is_model_path = isinstance(model_path, (str, os.PathLike))
@@ -445,7 +447,7 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
                             std=None if job.std is None else tuple(float(v) for v in job.std),
                             nodata=job.nodata, backend=backend, precision=precision,
                             device=None if device is None else str(device), probabilities=prob is not None,
-                            throttle_s=float(throttle_s))
+                            throttle_s=float(throttle_s), cache_blocks=cache_blocks)
             with connect(workers=workers, scheduler=scheduler) as client:
                 try:
                     n_workers = len(client.scheduler_info().get("workers", {}))
@@ -489,12 +491,13 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
 
 
 def _run_local(job: Any, plan: TilePlan, writer: ResumableZarrWriter, run: int, side: int, throttle_s: float,
-               prob: str | None, queue_depth: int | None, readers: int | None, progress: bool | None) -> dict[str, Any]:
+               prob: str | None, queue_depth: int | None, readers: int | None, progress: bool | None,
+               cache_blocks: int | None) -> dict[str, Any]:
     from .runner import run_plan
 
     return run_plan(job.da, plan, job.engine(), _MarkingSink(writer, run, side, throttle_s), mean=job.mean,
                     std=job.std, nodata=job.nodata, probabilities=prob is not None, queue_depth=queue_depth,
-                    readers=readers, progress=progress)
+                    readers=readers, progress=progress, cache_blocks=cache_blocks)
 
 
 def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, **kw: Any) -> Path:

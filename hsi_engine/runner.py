@@ -100,14 +100,15 @@ def check_scene(config: Any, meta: dict[str, Any], *, bands: int, height: int, w
 # reading and preparing one tile
 
 
-def window_reader(scene: Any, *, cache_bytes: int = 0) -> Callable[[int, int, int, int], np.ndarray]:
+def window_reader(scene: Any, *, cache_blocks: int | Callable[[int, int], int] = 0
+                  ) -> Callable[[int, int, int, int], np.ndarray]:
     """A function ``(ry0, ry1, rx0, rx1) -> (bands, h, w)`` numpy block of a ``(band, y, x)`` scene.
 
     Dask-backed DataArrays compute only what is asked (synchronous scheduler: the reader threads are the
-    parallelism). With ``cache_bytes`` room for at least four of its blocks (all bands of one spatial chunk),
-    a chunked scene is read through a :class:`~hsi_engine.blocks.BlockCache`, which decodes each block once
-    while it stays cached instead of once per tile and halo that touches it. Lazily indexed or in-memory
-    DataArrays and plain arrays are sliced.
+    parallelism). With ``cache_blocks`` (a count, or a function of the chunk shape ``(ch, cw)`` giving one)
+    of at least 4, a chunked scene is read through a :class:`~hsi_engine.blocks.BlockCache` that keeps that
+    many blocks (all bands of one spatial chunk) decoded, instead of decoding every chunk once per tile and
+    halo that touches it. Lazily indexed or in-memory DataArrays and plain arrays are sliced.
     """
     import xarray as xr
 
@@ -124,11 +125,11 @@ def window_reader(scene: Any, *, cache_bytes: int = 0) -> Callable[[int, int, in
 
                     raise read_error(scene, (ry0, ry1, rx0, rx1), e) from e
             _, ych, xch = scene.chunks
-            block_bytes = scene.sizes["band"] * max(ych) * max(xch) * scene.dtype.itemsize
-            if cache_bytes and 4 * block_bytes <= cache_bytes:
+            n = cache_blocks(max(ych), max(xch)) if callable(cache_blocks) else int(cache_blocks)
+            if n >= 4:
                 from .blocks import BlockCache
 
-                return BlockCache(read, (ych, xch), cache_bytes)
+                return BlockCache(read, (ych, xch), n)
             return read
 
         def read_da(ry0: int, ry1: int, rx0: int, rx1: int) -> np.ndarray:
@@ -243,9 +244,20 @@ def load_tile(read: Callable[..., np.ndarray], tile: Tile, *, bands: int, halo: 
     return p
 
 
-def default_cache_bytes(device_type: str) -> int:
-    """Decoded-block budget of one reader pool: 1 GiB on CPU, 4 GiB on CUDA (eight readers, 512-pixel tiles)."""
-    return (4 if device_type == "cuda" else 1) << 30
+def cache_blocks_for(tile: tuple[int, int], halo: int, readers: int) -> Callable[[int, int], int]:
+    """How many decoded blocks the readers of a plan keep, as a function of the chunk shape ``(ch, cw)``.
+
+    The plan walks chunk rows, and tiles column by column inside one, so the blocks in use are the chunk
+    rows a tile window can reach (halos included) across the columns the windows of the tiles in flight
+    (one per reader) can reach. Keeping those means a block is decoded at most three times (as a halo of
+    the row above, in its own row, as a halo of the row below) instead of once per tile and halo that
+    touches it; memory grows with the tile, the readers and the chunk, never the scene.
+    """
+    ty, tx = tile
+
+    def blocks(ch: int, cw: int) -> int:
+        return (-(-(ty + 2 * halo) // ch) + 1) * (-(-(readers * tx + 2 * halo) // cw) + 1)
+    return blocks
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,7 +293,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
              std: np.ndarray | None = None, nodata: float | None = None, probabilities: bool = False,
              queue_depth: int | None = None, readers: int | None = None,
              progress: bool | None = None, normalise_on: str | None = None,
-             cache_bytes: int | None = None) -> dict[str, float]:
+             cache_blocks: int | None = None) -> dict[str, float]:
     """Classify every tile of ``plan`` with ``engine`` (a ``FusedSSRN``) and write it to ``sink``.
 
     ``scene``: ``(band, y, x)`` DataArray (dask-backed or not) or array; ``mean``/``std``: per-band
@@ -289,8 +301,12 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     CUDA, where host-side reading and normalising is the bottleneck) threads prepare up to ``queue_depth``
     (default ``readers + 1``) tiles ahead of the compute. ``normalise_on``: ``"host"`` (reader threads, the
     CPU default) or ``"device"`` (raw windows travel, the CUDA default); both give the same bits.
-    ``cache_bytes``: budget of decoded blocks kept for chunked (dask-backed) scenes (default 1 GiB on CPU,
-    4 GiB on CUDA; 0 reads every window straight from the store). Returns timing counters.
+    ``cache_blocks``: decoded blocks kept for chunked (dask-backed) scenes; 0 reads every window straight
+    from the store. Default on CUDA: what the plan and the readers use (:func:`cache_blocks_for`), since
+    decoding is what bounds a GPU run; on CPU: 0, because there the cache cost more host memory than its
+    blocks (allocator fragmentation beside the compute's allocations: +145 MB for four 6.5 MB blocks on a
+    1024 x 1024 x 200 scene) for a 5-10 % speed-up (benchmarks/results/scene-cpu.md). Returns timing
+    counters.
     """
     import torch
 
@@ -300,15 +316,19 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
         readers = min(8, os.cpu_count() or 1) if cuda else 2
     if queue_depth is None:
         queue_depth = readers + 1
+    if int(readers) < 1 or int(queue_depth) < 1:
+        raise ValueError(f"readers and queue_depth must be >= 1; got readers={readers}, queue_depth={queue_depth}")
+    if cache_blocks is not None and int(cache_blocks) < 0:
+        raise ValueError(f"cache_blocks must be >= 0 (0 turns the block cache off); got {cache_blocks}")
     if normalise_on is None:
         normalise_on = "device" if cuda else "host"
     if normalise_on not in ("host", "device"):
         raise ValueError(f"normalise_on must be 'host' or 'device'; got {normalise_on!r}")
     on_device = normalise_on == "device"
     bands = engine.config.bands
-    if cache_bytes is None:
-        cache_bytes = default_cache_bytes(device.type)
-    read = window_reader(scene, cache_bytes=cache_bytes)
+    if cache_blocks is None:
+        cache_blocks = cache_blocks_for(plan.tile, plan.halo, readers) if cuda else 0
+    read = window_reader(scene, cache_blocks=cache_blocks)
     mean64 = None if mean is None else np.asarray(mean, np.float64)
     std64 = None if std is None else np.asarray(std, np.float64)
     mean_t = None if mean is None or not on_device else torch.as_tensor(mean64, device=device)
@@ -432,5 +452,5 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     return dict(stats)
 
 
-__all__ = ["ArraySink", "Prepared", "Sink", "check_scene", "default_cache_bytes", "load_tile", "prepare_tile",
+__all__ = ["ArraySink", "Prepared", "Sink", "cache_blocks_for", "check_scene", "load_tile", "prepare_tile",
            "prepare_tile_tensor", "run_plan", "window_reader"]

@@ -42,7 +42,7 @@ def _windows(n=200, seed=1):
 
 def test_windows_equal_direct_slicing_and_each_block_is_decoded_once():
     src = Source()
-    cache = BlockCache(src, (YCH, XCH), max_bytes=1 << 30)
+    cache = BlockCache(src, (YCH, XCH), max_blocks=len(YCH) * len(XCH))
     for y0, y1, x0, x1 in _windows():
         np.testing.assert_array_equal(cache(y0, y1, x0, x1), src.cube[:, y0:y1, x0:x1])
     assert len(src.calls) == len(set(src.calls)) == cache.decoded <= len(YCH) * len(XCH)
@@ -51,19 +51,31 @@ def test_windows_equal_direct_slicing_and_each_block_is_decoded_once():
     assert cache.hits > 100
 
 
-def test_budget_bounds_what_is_kept():
+def test_the_pool_is_fixed_and_bounds_what_is_kept():
     src = Source()
-    block = 3 * 7 * 9 * 2  # the largest block's bytes
-    cache = BlockCache(src, (YCH, XCH), max_bytes=2 * block)
-    for y0, y1, x0, x1 in _windows():
+    cache = BlockCache(src, (YCH, XCH), max_blocks=2)
+    for y0, y1, x0, x1 in _windows():  # one thread: never more than the pool, slots reused
         np.testing.assert_array_equal(cache(y0, y1, x0, x1), src.cube[:, y0:y1, x0:x1])
-        assert cache._bytes <= 2 * block and len(cache._blocks) <= 2 * len(XCH)
+        assert len(cache._slots) <= 2 and cache.nbytes <= 2 * 3 * 7 * 9 * 2
     assert cache.decoded > len(YCH) * len(XCH)  # evicted blocks were decoded again
+
+
+def test_pinned_slots_are_never_reused_under_a_reader():
+    """Eight threads, a pool of 4 slots, windows of up to 12 blocks: every window is still exact (a slot being
+    copied from is pinned; the pool grows past its size only while all slots are pinned, then stops)."""
+    src = Source(delay=0.002)
+    cache = BlockCache(src, (YCH, XCH), max_blocks=4)
+    wins = list(_windows(160, seed=7))
+    with ThreadPoolExecutor(8) as ex:
+        outs = list(ex.map(lambda w: cache(*w), wins))
+    for (y0, y1, x0, x1), o in zip(wins, outs):
+        np.testing.assert_array_equal(o, src.cube[:, y0:y1, x0:x1])
+    assert all(p == 0 for p in cache._pins) and len(cache._slots) <= 8 * 2
 
 
 def test_threads_share_one_decode_per_block():
     src = Source(delay=0.05)
-    cache = BlockCache(src, (YCH, XCH), max_bytes=1 << 30)
+    cache = BlockCache(src, (YCH, XCH), max_blocks=len(YCH) * len(XCH))
     with ThreadPoolExecutor(8) as ex:
         outs = list(ex.map(lambda _: cache(0, sum(YCH), 0, sum(XCH)), range(16)))
     for o in outs:
@@ -73,7 +85,7 @@ def test_threads_share_one_decode_per_block():
 
 def test_a_failed_decode_reaches_every_waiter_and_is_retried():
     src = Source(delay=0.05, fail={(5, 6)})
-    cache = BlockCache(src, (YCH, XCH), max_bytes=1 << 30)
+    cache = BlockCache(src, (YCH, XCH), max_blocks=len(YCH) * len(XCH))
     with ThreadPoolExecutor(4) as ex:
         futs = [ex.submit(cache, 5, 12, 6, 12) for _ in range(4)]
         for f in futs:
@@ -101,14 +113,52 @@ def test_engine_map_from_zarr_is_the_same_with_and_without_the_cache(tmp_path):
     engine = FusedSSRN(model, backend="eager")
     plan = plan_tiles(30, 41, 5, 3, chunks=(scene.chunks[1], scene.chunks[2]))
     maps = []
-    for cache_bytes in (0, 1 << 20):
+    for cache_blocks in (None, 9):  # the CPU default (off), and a budget
         sink = ArraySink(30, 41, CLASSES, probabilities=True)
         stats = run_plan(scene, plan, engine, sink, mean=cube.mean(axis=(1, 2), dtype=np.float64),
                          std=cube.std(axis=(1, 2), dtype=np.float64), progress=False, probabilities=True,
-                         cache_bytes=cache_bytes)
+                         cache_blocks=cache_blocks)
         maps.append(sink)
-        assert ("blocks_decoded" in stats) == bool(cache_bytes)
-    assert stats["blocks_decoded"] == 4 * 4  # every chunk of the 30 x 41 scene once, for 9 x 9 tiles
+        assert ("blocks_decoded" in stats) == (cache_blocks is not None)
+    assert 16 <= stats["blocks_decoded"] <= 3 * 16  # the 4 x 4 chunks, each at most three times, for 6 x 9 tiles
     np.testing.assert_array_equal(maps[0].labels, maps[1].labels)
     assert np.array_equal(maps[0].probabilities.view(np.uint32), maps[1].probabilities.view(np.uint32))
     assert len(np.unique(maps[0].labels)) > 1
+
+
+def test_default_budget_decodes_each_block_about_three_times_on_a_long_plan():
+    """A 72 x 64 scene of 8 x 8 chunks (72 blocks) read tile by tile in plan order with the runner's default
+    budget (9 blocks here, far fewer than the scene's): each block is decoded at most 3 times (halo of the row
+    above, own row, halo of the row below), where direct window reads decode 9 per tile."""
+    from hsi_engine.runner import cache_blocks_for
+    from hsi_engine.tiles import plan_tiles
+
+    ych, xch = (8,) * 9, (8,) * 8
+    src = Source()
+    src.cube = np.random.default_rng(3).integers(0, 9, size=(2, 72, 64)).astype(np.uint8)
+    n = cache_blocks_for((8, 8), 3, 1)(8, 8)
+    cache = BlockCache(src, (ych, xch), max_blocks=n)
+    plan = plan_tiles(72, 64, 8, 3, chunks=(ych, xch))
+    for t in plan:
+        ry0, ry1, rx0, rx1 = t.read
+        np.testing.assert_array_equal(cache(ry0, ry1, rx0, rx1), src.cube[:, ry0:ry1, rx0:rx1])
+    counts = np.bincount([(y0 // 8) * 8 + x0 // 8 for y0, _, x0, _ in src.calls], minlength=72)
+    assert n == 9 and counts.max() <= 3 and counts.min() >= 1
+    assert len(src.calls) <= 3 * 72 < 0.5 * sum(len(cache._span(cache._ys, *t.read[:2])) *
+                                                len(cache._span(cache._xs, *t.read[2:])) for t in plan)
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_cache_setting_reaches_the_runner_from_classify_to_file(tmp_path, suffix):
+    """Both output paths pass reader settings on (the zarr path used to drop them): a bad one is refused,
+    and nothing is left on disk."""
+    from hsi_engine.api import classify_to_file
+
+    from test_runner import _cube, _model
+
+    out = tmp_path / f"map{suffix}"
+    with pytest.raises(ValueError, match="cache_blocks must be >= 0"):
+        classify_to_file(_cube(np.float32), _model(), out, cache_blocks=-1, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    classify_to_file(_cube(np.float32), _model(), out, cache_blocks=0, readers=1, progress=False)
+    assert out.exists()

@@ -70,6 +70,14 @@ def test_two_worker_processes_give_the_single_process_map(case, client, tmp_path
     assert ds.rio.crs.to_epsg() == 32616 and "tiles_done" not in ds.variables
 
 
+def test_workers_reading_through_a_block_cache_give_the_same_map(case, client, tmp_path):
+    """Each worker keeps its own decoded-block cache (cache_blocks=9); the map is the single process's."""
+    out = tmp_path / "map.zarr"
+    rep = cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, scheduler=client, cache_blocks=9)
+    assert rep.computed == rep.tiles == 9
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"]["labels"].values)
+
+
 def test_in_memory_scene_and_model_are_scattered(case, client, tmp_path):
     """A DataArray scene and an SSRN object (no paths) reach the workers too; GeoTIFF output via zarr."""
     da = F.dataarray(case["cube"].astype(np.float32))

@@ -91,3 +91,13 @@ def test_device_normalisation_raises_the_same_nonfinite_error(device):
 def test_unknown_normalise_on_is_refused():
     with pytest.raises(ValueError, match="normalise_on must be 'host' or 'device'"):
         _run(_cube(np.float32), "gpu")
+
+
+@pytest.mark.parametrize("kw, match", [({"readers": 0}, "readers and queue_depth must be >= 1"),
+                                       ({"queue_depth": 0}, "readers and queue_depth must be >= 1"),
+                                       ({"cache_blocks": -1}, "cache_blocks must be >= 0")])
+def test_bad_reader_settings_are_refused(kw, match):
+    from hsi_engine.api import classify
+
+    with pytest.raises(ValueError, match=match):
+        classify(_cube(np.float32), _model(), progress=False, **kw)
