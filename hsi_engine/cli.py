@@ -12,6 +12,19 @@ import sys
 from collections.abc import Sequence
 
 
+def _at_least(low: int):
+    """An argparse type: an integer >= ``low``, else a usage error naming the bound."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {v}")
+        return v
+    return parse
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="classify the shipped Indian Pines scene with the shipped model")
     p.add_argument("--out", default="hsi-engine-demo", help="output directory (default: %(default)s)")
@@ -88,9 +101,9 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="run on a local dask cluster of N workers")
     p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler to join")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run (.zarr outputs always record finished tiles; for .tif give --resume from the first run)")
-    p.add_argument("--readers", type=int, default=None,
+    p.add_argument("--readers", type=_at_least(1), default=None,
                    help="reader threads preparing tiles ahead of the compute (default 2 on CPU, up to 8 on CUDA)")
-    p.add_argument("--cache-blocks", type=int, default=None,
+    p.add_argument("--cache-blocks", type=_at_least(0), default=None,
                    help="decoded chunks of the scene kept for neighbouring tiles (default: what the tile "
                         "needs on CUDA, 0 on CPU; 0 decodes each chunk once per tile that touches it)")
 

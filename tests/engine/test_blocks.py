@@ -162,3 +162,30 @@ def test_cache_setting_reaches_the_runner_from_classify_to_file(tmp_path, suffix
     assert list(tmp_path.iterdir()) == []
     classify_to_file(_cube(np.float32), _model(), out, cache_blocks=0, readers=1, progress=False)
     assert out.exists()
+
+
+def test_cli_takes_reader_settings_and_refuses_bad_ones(tmp_path, capsys):
+    import xarray as xr
+
+    from hsi_engine.cli import main
+    from ssrn.checkpoint import save_model
+
+    from test_runner import _cube, _model
+
+    cube = _cube(np.float32, h=20, w=26)
+    xr.DataArray(cube, dims=("band", "y", "x"), name="r").chunk({"band": -1, "y": 8, "x": 8}).to_zarr(
+        tmp_path / "s.zarr")
+    model = _model()
+    save_model(model, tmp_path / "model")
+    base = ["classify", str(tmp_path / "s.zarr"), "--model", str(tmp_path / "model"), "--tile", "8"]
+    for flag, value in (("--cache-blocks", "-1"), ("--readers", "0")):
+        with pytest.raises(SystemExit) as e:
+            main(base + ["--out", str(tmp_path / "bad.tif"), flag, value])
+        assert e.value.code == 2 and f"{flag}: expected an integer >=" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "a.tif"), "--cache-blocks", "9", "--readers", "1"]) == 0
+    assert main(base + ["--out", str(tmp_path / "b.tif")]) == 0
+    import rasterio
+
+    with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+    assert not (tmp_path / "bad.tif").exists()
