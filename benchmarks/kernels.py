@@ -165,7 +165,8 @@ def _time_run(scene, model, reps: int, *, device: str, backend: str, precision: 
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         stats = run_plan(job.da, job.plan, engine, ArraySink(job.height, job.width, job.classes), mean=job.mean,
-                         std=job.std, readers=readers, progress=False, normalise_on=normalise_on)
+                         std=job.std, nodata=job.nodata, readers=readers, progress=False,
+                         normalise_on=normalise_on)
         if cuda:
             torch.cuda.synchronize()
         ts.append(time.perf_counter() - t0)

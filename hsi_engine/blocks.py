@@ -27,8 +27,9 @@ class BlockCache:
     """Windows ``(bands, ry1 - ry0, rx1 - rx0)`` of a chunked ``(band, y, x)`` source, cut from cached blocks.
 
     ``decode(y0, y1, x0, x1)`` returns one block's ``(bands, y1 - y0, x1 - x0)`` array; ``chunks`` are the
-    source's ``(y sizes, x sizes)``; at most ``max_blocks`` blocks are kept (more slots exist only while
-    readers pin them all). Counters: ``decoded`` (blocks decoded) and ``hits`` (blocks served from the pool).
+    source's ``(y sizes, x sizes)``; ``max_blocks`` slots are kept. The pool grows past that only when every
+    slot is pinned at once (at most one per reader thread) and then keeps its size. Counters: ``decoded``
+    (blocks decoded) and ``hits`` (blocks served from the pool).
     """
 
     def __init__(self, decode: Callable[[int, int, int, int], np.ndarray],
@@ -88,20 +89,23 @@ class BlockCache:
             if not owner:
                 fut.result()  # raises the owner's error; else the block is in the pool now: look again
                 continue
+            slot = None
             try:
                 arr = self._decode(self._ys[i], self._ys[i + 1], self._xs[j], self._xs[j + 1])
                 if arr.shape[1:] != shape:
                     raise ValueError(f"block {key} decoded to {arr.shape[1:]} pixels, expected {shape}")
-            except BaseException as e:
+                with self._lock:
+                    slot = self._free_slot(arr)
+                    self._pins[slot] += 1  # nobody can take it while it is being filled
+                view = self._slots[slot][:, :shape[0], :shape[1]]
+                view[...] = arr
+            except BaseException as e:  # waiters get the error instead of waiting for ever
                 with self._lock:
                     del self._inflight[key]
+                    if slot is not None:
+                        self._pins[slot] -= 1
                 fut.set_exception(e)
                 raise
-            with self._lock:
-                slot = self._free_slot(arr)
-                self._pins[slot] += 1  # nobody can take it while it is being filled
-            view = self._slots[slot][:, :shape[0], :shape[1]]
-            view[...] = arr
             with self._lock:
                 self._where[key] = slot
                 del self._inflight[key]

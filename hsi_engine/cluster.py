@@ -236,7 +236,7 @@ def _worker_reader(spec: TaskSpec, da: Any, halo: int, device_type: str):
     worker runs; one at a time (a new run replaces the last one's, so a long-lived worker does not pile them up)."""
     from .runner import cache_blocks_for, window_reader
 
-    key = ("reader", spec.store, spec.run)
+    key = ("reader", spec.store, spec.run, spec.scene, id(da))  # the reader keeps `da` alive: ids stay unique
     with _CACHE_LOCK:
         hit = _CACHE.get("reader")
         if hit is None or hit[0] != key:
@@ -250,8 +250,9 @@ def _worker_reader(spec: TaskSpec, da: Any, halo: int, device_type: str):
 def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarray | None, std: np.ndarray | None,
                  nodata: float | None, probabilities: bool, read: Any = None):
     """Read, normalise, classify one tile: ``(labels (h, w) uint8, probabilities (K, h, w) | None,
-    confidence (h, w) | None)``; the same steps, in the same order, as :func:`hsi_engine.runner.run_plan`.
-    ``read``: a window reader of ``da`` (default: a direct one)."""
+    confidence (h, w) | None)``; the steps of :func:`hsi_engine.runner.run_plan` with host normalisation
+    (the same bits as its CUDA default, which normalises on the device). ``read``: a window reader of
+    ``da`` (default: a direct one)."""
     import torch
 
     from .runner import mask_nodata, prepare_tile, window_reader

@@ -89,12 +89,15 @@ def stage_raw(raw: np.ndarray, *, pin: bool = False) -> tuple["torch.Tensor", in
 
     Returns ``(tensor, wrap_bits)``: uint16/uint32 travel as int16/int32 bit patterns (``wrap_bits`` 16/32,
     else 0), which :func:`normalise_tensor` maps back exactly. Byte order is made native by the copy;
-    uint64 (no exact torch carrier) travels as float64, as numpy converts it for the arithmetic anyway.
+    uint64 travels as int64 when every value fits, else (values >= 2**63) as float64, which for an
+    unnormalised scene rounds twice where numpy rounds once.
     """
     import torch
 
     key = f"{raw.dtype.kind}{raw.dtype.itemsize}"
     name = _STAGE.get(key)
+    if key == "u8":
+        name = "int64" if raw.size == 0 or int(raw.max()) < 2**63 else None
     if name is None:
         raw, name = raw.astype(np.float64), "float64"
     buf = torch.empty(raw.shape, dtype=getattr(torch, name), pin_memory=pin)
@@ -140,8 +143,8 @@ def normalise_tensor(raw: "torch.Tensor", mean: "torch.Tensor | None", std: "tor
         if mean is not None:
             d.sub_(mean[k0:k1, None, None]).div_(std[k0:k1, None, None])
             out[k0:k1].copy_(d)  # one rounding to float32, as numpy's assignment
-        else:
-            out[k0:k1].copy_(d if d is not None else r)
+        else:  # one rounding from the raw values (wrapped ones are exact in float64)
+            out[k0:k1].copy_(d if wrap_bits else r)
     if nonf is None:
         return bad, None
     return bad | nonf, nonf.any()

@@ -106,9 +106,9 @@ def window_reader(scene: Any, *, cache_blocks: int | Callable[[int, int], int] =
 
     Dask-backed DataArrays compute only what is asked (synchronous scheduler: the reader threads are the
     parallelism). With ``cache_blocks`` (a count, or a function of the chunk shape ``(ch, cw)`` giving one)
-    of at least 4, a chunked scene is read through a :class:`~hsi_engine.blocks.BlockCache` that keeps that
+    of at least 1, a chunked scene is read through a :class:`~hsi_engine.blocks.BlockCache` that keeps that
     many blocks (all bands of one spatial chunk) decoded, instead of decoding every chunk once per tile and
-    halo that touches it. Lazily indexed or in-memory DataArrays and plain arrays are sliced.
+    halo that touches it (fewer blocks than :func:`cache_blocks_for` gives work, but decode more often). Lazily indexed or in-memory DataArrays and plain arrays are sliced.
     """
     import xarray as xr
 
@@ -126,7 +126,7 @@ def window_reader(scene: Any, *, cache_blocks: int | Callable[[int, int], int] =
                     raise read_error(scene, (ry0, ry1, rx0, rx1), e) from e
             _, ych, xch = scene.chunks
             n = cache_blocks(max(ych), max(xch)) if callable(cache_blocks) else int(cache_blocks)
-            if n >= 4:
+            if n >= 1:
                 from .blocks import BlockCache
 
                 return BlockCache(read, (ych, xch), n)

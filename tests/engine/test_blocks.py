@@ -26,9 +26,9 @@ class Source:
     def __call__(self, y0, y1, x0, x1):
         with self.lock:
             self.calls.append((y0, y1, x0, x1))
+        time.sleep(self.delay)
         if (y0, x0) in self.fail:
             raise OSError(f"chunk at {(y0, x0)} is corrupt")
-        time.sleep(self.delay)
         return self.cube[:, y0:y1, x0:x1].copy()
 
 
@@ -84,13 +84,15 @@ def test_threads_share_one_decode_per_block():
 
 
 def test_a_failed_decode_reaches_every_waiter_and_is_retried():
-    src = Source(delay=0.05, fail={(5, 6)})
+    src = Source(delay=0.2, fail={(5, 6)})
     cache = BlockCache(src, (YCH, XCH), max_blocks=len(YCH) * len(XCH))
     with ThreadPoolExecutor(4) as ex:
         futs = [ex.submit(cache, 5, 12, 6, 12) for _ in range(4)]
         for f in futs:
             with pytest.raises(OSError, match=r"chunk at \(5, 6\) is corrupt"):
                 f.result()
+    assert src.calls == [(5, 12, 6, 12)]  # one decode; the three waiters got its error
+    assert not cache._inflight and not any(cache._pins)
     src.fail.clear()
     np.testing.assert_array_equal(cache(5, 12, 6, 12), src.cube[:, 5:12, 6:12])
 
@@ -152,16 +154,27 @@ def test_default_budget_decodes_each_block_about_three_times_on_a_long_plan():
 def test_cache_setting_reaches_the_runner_from_classify_to_file(tmp_path, suffix):
     """Both output paths pass reader settings on (the zarr path used to drop them): a bad one is refused,
     and nothing is left on disk."""
-    from hsi_engine.api import classify_to_file
+    from hsi_engine.api import classify, classify_to_file
 
     from test_runner import _cube, _model
 
-    out = tmp_path / f"map{suffix}"
+    import xarray as xr
+
+    from hsi_engine.api import open_scene
+
+    out = tmp_path / "out" / f"map{suffix}"
+    out.parent.mkdir()
     with pytest.raises(ValueError, match="cache_blocks must be >= 0"):
         classify_to_file(_cube(np.float32), _model(), out, cache_blocks=-1, progress=False)
-    assert list(tmp_path.iterdir()) == []
-    classify_to_file(_cube(np.float32), _model(), out, cache_blocks=0, readers=1, progress=False)
-    assert out.exists()
+    assert list(out.parent.iterdir()) == []
+    xr.DataArray(_cube(np.float32), dims=("band", "y", "x"), name="r").chunk({"band": -1, "y": 8, "x": 8}).to_zarr(
+        tmp_path / "s.zarr")
+    scene = open_scene(tmp_path / "s.zarr")  # chunked: the cache is really built (2 blocks: fewer than needed)
+    classify_to_file(scene, _model(), out, cache_blocks=2, readers=1, tile=8, progress=False)
+    ref = classify(scene, _model(), cache_blocks=0, tile=8, progress=False)
+    from _scale_fixtures import read_classes
+
+    np.testing.assert_array_equal(read_classes(out), ref.values)
 
 
 def test_cli_takes_reader_settings_and_refuses_bad_ones(tmp_path, capsys):

@@ -129,6 +129,19 @@ def test_tensor_form_equals_reference_bit_for_bit(dtype, scaled):
         assert not nf  # None for integer windows, False for float ones
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+@pytest.mark.parametrize("nodata", [None, 3.0])
+def test_tensor_form_rounds_64_bit_integers_once(dtype, nodata):
+    """Values past 2**53 are not exact in float64: an unnormalised scene must round once, to float32, as numpy."""
+    raw = np.array([2**60 + 2**36 + 1, 3, 2**62 - 1, 2**53 + 1], dtype=dtype).reshape(2, 1, 2)
+    ref = np.zeros(raw.shape, np.float32)
+    bad_r, _ = normalise_into_reference(raw, None, None, nodata, ref)
+    out, bad, _ = _tensor_form(raw, None, None, nodata)
+    assert np.array_equal(out.view(np.uint32), ref.view(np.uint32))
+    np.testing.assert_array_equal(bad, bad_r)
+    assert bad[0, 1] == (nodata == 3.0)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.uint16, np.int32])
 @pytest.mark.parametrize("nodata", [None, float("nan"), -9999.0, 0.0, 40000.0])
 def test_tensor_form_nonfinite_and_nodata_mask(dtype, nodata):
