@@ -3,8 +3,8 @@
 One run, one device. Times, on the same folded program (Indian Pines shape by default: 200 bands,
 stem 24 k7 s2 -> 97 positions, two residual blocks of 24 k7 convs, full-band reduce to 128):
 
-- ``seed-conv3d``: the seed's formulation, ``nn.Conv3d``-style layers over ``(P, C, bands, 1, 1)``
-  (cuDNN on CUDA), eager, built from the same folded weights;
+- ``seed-conv3d``: the seed's formulation, :func:`kernels.spectral.spectral_stage_conv3d` (Conv3d layers
+  over ``(P, C, bands, 1, 1)``, cuDNN on CUDA, where it is the engine's eager path), same folded weights;
 - ``eager``: :func:`kernels.spectral.spectral_stage_reference` (conv2d, channels-last);
 - ``compile``: ``torch.compile`` of the reference (as :mod:`kernels.dispatch` builds it);
 - ``triton``: :func:`kernels.spectral.spectral_stage_triton` (CUDA only);
@@ -44,33 +44,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kernels.dispatch import get_spectral_stage  # noqa: E402
-from kernels.program import Affine, FoldedConv, SpectralProgram  # noqa: E402
-from kernels.spectral import _random_program, spectral_stage_reference  # noqa: E402
+from kernels.program import SpectralProgram  # noqa: E402
+from kernels.spectral import _conv3d, _random_program, spectral_stage_conv3d, spectral_stage_reference  # noqa: E402
 
 PENDING_GPU = "pending: needs a CUDA device"
-
-
-# --- the seed's formulation: Conv3d over (P, C, bands, 1, 1) ---------------------------------------------------
-
-def _conv3d(y: torch.Tensor, c: FoldedConv) -> torch.Tensor:
-    out = F.conv3d(y, c.weight[..., None, None], c.bias, stride=(c.stride, 1, 1), padding=(c.padding, 0, 0))
-    return F.relu(out) if c.relu else out
-
-
-def _affine3d(y: torch.Tensor, a: Affine) -> torch.Tensor:
-    return F.relu(y * a.scale.view(1, -1, 1, 1, 1) + a.shift.view(1, -1, 1, 1, 1))
-
-
-def seed_conv3d_stage(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
-    """The seed's layout (Keras Conv3D over a (1, 1, bands) cube per pixel), eager, same folded weights."""
-    y = _conv3d(x[:, None, :, None, None], program.stem)  # (P, W, D, 1, 1)
-    for b in program.blocks:
-        h = _affine3d(y, b.pre) if b.pre is not None else y
-        h = _conv3d(_conv3d(h, b.conv1), b.conv2) + y
-        y = F.relu(h) if b.relu else h
-    for a in program.post:
-        y = _affine3d(y, a)
-    return _conv3d(y, program.reduce).reshape(x.shape[0], -1)
 
 
 # --- timers ---------------------------------------------------------------------------------------------------
@@ -344,7 +321,7 @@ def main(argv: list[str] | None = None) -> Path:
         with precise(dtype):
             ref = spectral_stage_reference(x, prog)
         inputs[dtype] = (x, prog, ref)
-        time_stage("seed-conv3d (eager)", seed_conv3d_stage, dtype, x, prog, ref)
+        time_stage("seed-conv3d (eager)", spectral_stage_conv3d, dtype, x, prog, ref)
         time_stage("eager (conv2d channels-last)", spectral_stage_reference, dtype, x, prog, ref)
         if cuda:
             from kernels.spectral import spectral_stage_triton

@@ -182,12 +182,12 @@ class FusedSSRN:
         # stage on 65536 pixels per call (2048 Triton programs: many waves on 132 SMs; 8192 pixels is under
         # two); eager activations are then ~0.6 GB per layer
         self.max_pixels = int(max_pixels) if max_pixels is not None else (512 if self.device.type == "cpu" else 65536)
-        self.backend = resolve_backend(backend, self.device)
+        self.backend = resolve_backend(backend, self.device, self.dtype)
         self.program = fold_spectral(model).to(self.device)
         self.spatial = fold_spatial(model).to(self.device)
         # triton: the kernel runs in x's dtype and packs the (float32) program for it itself
         self._program_lp = self.program if self.backend == "triton" and self.dtype != torch.float32 else None
-        self._spectral = get_spectral_stage(self.backend, self.device)
+        self._spectral = get_spectral_stage(self.backend, self.device, self.dtype)
         self._windows: Callable[[torch.Tensor, SpatialProgram], torch.Tensor] = spatial_windows
         if self.backend == "compile":
             self._windows = _compiled_windows()

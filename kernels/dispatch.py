@@ -2,14 +2,19 @@
 
 One small function decides (STYLE: never an environment variable read at import time):
 
-- ``eager``: :func:`kernels.spectral.spectral_stage_reference`, everywhere.
+- ``eager``: plain torch, in the formulation measured fastest on the device:
+  :func:`kernels.spectral.spectral_stage_reference` (channels-last conv2d) on CPU,
+  :func:`kernels.spectral.spectral_stage_conv3d` (cuDNN Conv3d) on CUDA.
 - ``compile``: a cached ``torch.compile`` of the reference (``max-autotune`` on CUDA, default mode on
   CPU; ``dynamic=True`` so changing tile sizes, i.e. pixel counts, do not recompile).
 - ``triton``: :func:`kernels.spectral.spectral_stage_triton`, CUDA only (and CPU under Triton's
   interpreter, ``TRITON_INTERPRET=1``, which tests use).
-- ``auto``: ``triton`` on CUDA when Triton imports and the kernel passes a tiny self-check against the
-  reference; otherwise ``eager`` (on CPU compile needs ~20 s to warm up and does not beat the
-  channels-last eager path by enough to pay for it on a scene; see benchmarks/results/kernels-cpu.md).
+- ``auto``: on CUDA, ``triton`` for bfloat16 / float16 when Triton imports and the kernel passes a tiny
+  self-check against the reference, and ``eager`` for float32 (exact float32 has no tensor-core path: on an
+  H100 the Conv3d formulation took 20.98 ms per 65,536 pixels, the fused kernel 23.96 and compile 19.70
+  after minutes of max-autotune; in bf16 the kernel took 3.42 ms against compile's 5.48 and Conv3d's 14.14,
+  benchmarks/results/kernels-h100.md); ``eager`` elsewhere (on CPU compile needs ~20 s to warm up and does
+  not beat the channels-last eager path by enough to pay for it on a scene; see kernels-cpu.md).
 
 Asking for ``triton`` where it cannot run falls back with ONE warning on
 ``logging.getLogger("kernels.dispatch")`` (per device and reason), never an exception.
@@ -24,7 +29,7 @@ from typing import Callable
 import torch
 
 from .program import SpectralProgram
-from .spectral import spectral_stage_reference
+from .spectral import spectral_stage_conv3d, spectral_stage_reference
 
 log = logging.getLogger("kernels.dispatch")
 
@@ -103,15 +108,24 @@ def _warn_once(message: str) -> None:
     log.warning(message)
 
 
-def resolve_backend(backend: str, device: torch.device | str | None = None) -> str:
-    """The concrete backend (``eager``, ``compile`` or ``triton``) that ``backend`` means on ``device``."""
+def auto_choice(device_type: str, dtype: torch.dtype, triton_ok: bool) -> str:
+    """What ``auto`` picks: the fastest measured path that needs no warm-up (see the module doc)."""
+    if device_type == "cuda" and dtype in (torch.bfloat16, torch.float16) and triton_ok:
+        return "triton"
+    return "eager"
+
+
+def resolve_backend(backend: str, device: torch.device | str | None = None,
+                    dtype: torch.dtype = torch.float32) -> str:
+    """The concrete backend (``eager``, ``compile`` or ``triton``) that ``backend`` means on ``device`` for a
+    spectral stage run in ``dtype``."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown spectral backend {backend!r}; valid backends are {list(BACKENDS)}")
     dev = _device(device)
     if backend == "auto":
-        if dev.type == "cuda" and _triton_unavailable_reason(dev) is None and _triton_self_check(dev) is None:
-            return "triton"
-        return "eager"
+        triton_ok = (dev.type == "cuda" and dtype != torch.float32 and _triton_unavailable_reason(dev) is None
+                     and _triton_self_check(dev) is None)
+        return auto_choice(dev.type, dtype, triton_ok)
     if backend == "triton":
         reason = _triton_unavailable_reason(dev)
         if reason is not None:
@@ -134,12 +148,13 @@ def _compiled(device_type: str) -> SpectralStage:
     return stage
 
 
-def get_spectral_stage(backend: str, device: torch.device | str | None = None) -> SpectralStage:
-    """A callable ``(x (P, bands), program) -> (P, out_features)`` for ``backend`` on ``device``."""
+def get_spectral_stage(backend: str, device: torch.device | str | None = None,
+                       dtype: torch.dtype = torch.float32) -> SpectralStage:
+    """A callable ``(x (P, bands), program) -> (P, out_features)`` for ``backend`` on ``device`` in ``dtype``."""
     dev = _device(device)
-    name = resolve_backend(backend, dev)
+    name = resolve_backend(backend, dev, dtype)
     if name == "eager":
-        return spectral_stage_reference
+        return spectral_stage_conv3d if dev.type == "cuda" else spectral_stage_reference
     if name == "compile":
         return _compiled(dev.type)
     from .spectral import spectral_stage_triton

@@ -43,6 +43,36 @@ def spectral_stage_reference(x: torch.Tensor, program: SpectralProgram) -> torch
     return y.reshape(-1, p).t()
 
 
+def _conv3d(y: torch.Tensor, c: FoldedConv) -> torch.Tensor:
+    # y: (P, C_in, D, 1, 1), one (bands x 1 x 1) cube per pixel as in the seed's Keras Conv3D
+    out = F.conv3d(y, c.weight[..., None, None], c.bias, stride=(c.stride, 1, 1), padding=(c.padding, 0, 0))
+    return F.relu(out) if c.relu else out
+
+
+def _affine3d(y: torch.Tensor, a: Affine) -> torch.Tensor:
+    return F.relu(y * a.scale.view(1, -1, 1, 1, 1) + a.shift.view(1, -1, 1, 1, 1))
+
+
+def spectral_stage_conv3d(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
+    """:func:`spectral_stage_reference` in the seed's layout: Conv3d over ``(P, C, bands, 1, 1)``.
+
+    Same contract and arithmetic, another summation order. On CUDA (cuDNN) it measured the fastest eager
+    formulation of the whole stage, in float32 (20.98 ms against 24.13 for the channels-last conv2d, TF32
+    off) and bfloat16 (14.14 against 14.94; benchmarks/results/kernels-h100.md, 65,536 pixels); on CPU the
+    channels-last conv2d is faster (DESIGN: ~66 against ~37 GFLOP/s), so that stays the CPU eager path.
+    """
+    if x.dim() != 2 or x.shape[1] != program.bands:
+        raise ValueError(f"expected pixels (P, {program.bands}); got {tuple(x.shape)}")
+    y = _conv3d(x[:, None, :, None, None], program.stem)  # (P, W, D, 1, 1)
+    for b in program.blocks:
+        h = _affine3d(y, b.pre) if b.pre is not None else y
+        h = _conv3d(_conv3d(h, b.conv1), b.conv2) + y
+        y = F.relu(h) if b.relu else h
+    for a in program.post:
+        y = _affine3d(y, a)
+    return _conv3d(y, program.reduce).reshape(x.shape[0], -1)
+
+
 def _random_program(bands: int, width: int = 24, out_features: int = 128, *, blocks: int = 2,
                     form: str = "paper", stage_norms: int = 0, kernel: int = 7, stride: int = 2,
                     generator: torch.Generator | None = None) -> SpectralProgram:

@@ -48,3 +48,31 @@ def test_compile_backend_equals_eager() -> None:
     for p in (37, 64):
         x = torch.randn(p, 31, generator=torch.Generator().manual_seed(p))
         torch.testing.assert_close(fn(x, prog), spectral_stage_reference(x, prog), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_choice_follows_the_measured_table() -> None:
+    """On CUDA: the fused kernel in bf16 / fp16 (fastest there), the Conv3d eager path in exact float32 (the
+    fused kernel has no tensor-core path there and measured slower); eager wherever Triton cannot run."""
+    assert dispatch.auto_choice("cuda", torch.bfloat16, True) == "triton"
+    assert dispatch.auto_choice("cuda", torch.float16, True) == "triton"
+    assert dispatch.auto_choice("cuda", torch.float32, True) == "eager"
+    assert dispatch.auto_choice("cuda", torch.bfloat16, False) == "eager"
+    assert dispatch.auto_choice("cpu", torch.bfloat16, True) == "eager"
+    assert resolve_backend("auto", CPU, torch.bfloat16) == "eager"
+
+
+@pytest.mark.parametrize("form, bands", [("paper", 200), ("paper", 103), ("seed", 31)])
+def test_conv3d_formulation_equals_the_reference(form: str, bands: int) -> None:
+    """The Conv3d formulation CUDA's eager path uses: same stage, another summation order (fp32: 1e-5)."""
+    from kernels.spectral import spectral_stage_conv3d
+
+    g = torch.Generator().manual_seed(bands)
+    prog = _random_program(bands, 24, 128, form=form, stage_norms=2 if form == "seed" else 0, generator=g)
+    x = torch.randn(45, bands, generator=g)
+    ref = spectral_stage_reference(x, prog)
+    out = spectral_stage_conv3d(x, prog)
+    assert out.shape == ref.shape == (45, 128)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert ref.abs().max() > 0.1  # features that can disagree
+    with pytest.raises(ValueError, match=rf"expected pixels \(P, {bands}\)"):
+        spectral_stage_conv3d(x[:, :-1], prog)

@@ -228,14 +228,18 @@ def test_gpu_odd_pixel_counts_and_strided_input() -> None:
 
 
 @gpu
-def test_gpu_dispatch_auto_picks_triton() -> None:
+def test_gpu_dispatch_auto_picks_triton_in_bf16_and_conv3d_in_fp32() -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     from kernels.dispatch import get_spectral_stage, resolve_backend
+    from kernels.spectral import spectral_stage_conv3d
 
     dev = torch.device("cuda")
-    assert resolve_backend("auto", dev) == "triton"
-    assert get_spectral_stage("auto", dev) is spectral_stage_triton
+    for dt in (torch.bfloat16, torch.float16):
+        assert resolve_backend("auto", dev, dt) == "triton"
+        assert get_spectral_stage("auto", dev, dt) is spectral_stage_triton
+    assert resolve_backend("auto", dev) == "eager"
+    assert get_spectral_stage("auto", dev) is spectral_stage_conv3d
 
 
 def test_exact_fp32_autotunes_over_no_spill_configs_only() -> None:
