@@ -45,7 +45,8 @@ sys.path.insert(0, str(REPO))
 
 from kernels.dispatch import get_spectral_stage  # noqa: E402
 from kernels.program import SpectralProgram  # noqa: E402
-from kernels.spectral import _conv3d, _random_program, spectral_stage_conv3d, spectral_stage_reference  # noqa: E402
+from kernels.spectral import (_conv3d, _random_program, spectral_stage_conv3d, spectral_stage_reference,  # noqa: E402
+                              triton_kernel_report)
 
 PENDING_GPU = "pending: needs a CUDA device"
 
@@ -207,7 +208,8 @@ def git_commit() -> str:
         return "unknown"
 
 
-def render(head: list[str], peaks: dict[str, float], stage_rows: list, layer_rows: list, engine_rows: list) -> str:
+def render(head: list[str], peaks: dict[str, float], stage_rows: list, layer_rows: list, engine_rows: list,
+           kernel_rows: list | None = None) -> str:
     """The Markdown report from whatever rows exist so far (it is rewritten after every row)."""
     lines = list(head)
     lines += ["## Device peaks (measured in this run)", "", "| what | value |", "|---|---|"]
@@ -234,6 +236,14 @@ def render(head: list[str], peaks: dict[str, float], stage_rows: list, layer_row
               "| run | Mpix/s |", "|---|---|"]
     for desc, mp in engine_rows:
         lines.append(f"| {desc} | {PENDING_GPU if mp is None and 'triton' in desc else ('pending' if mp is None else f'{mp:.4f}')} |")
+    if kernel_rows:
+        keys = list(dict.fromkeys(k for _, info in kernel_rows for k in info if k not in ("ttgir", "ptx")))
+        lines += ["", "## The compiled fused kernel (what Triton built for the timed calls)", "",
+                  "Counts are occurrences in the kernel's TTGIR / PTX text (the loop body appears once); the texts "
+                  "are saved beside this report.", "",
+                  "| dtype | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        for dtn, info in kernel_rows:
+            lines.append(f"| {dtn} | " + " | ".join(str(info.get(k, "")) for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -291,10 +301,11 @@ def main(argv: list[str] | None = None) -> Path:
     peaks: dict[str, float] = {}
     stage_rows: list = []
     layer_rows: list = []
+    kernel_rows: list = []  # (dtype, triton_kernel_report without its texts)
     engine_rows: list = []
 
     def emit(row: str) -> None:
-        out_path.write_text(render(head, peaks, stage_rows, layer_rows, engine_rows))
+        out_path.write_text(render(head, peaks, stage_rows, layer_rows, engine_rows, kernel_rows))
         print(row, flush=True)
 
     from hsi_engine.fused import exact_fp32
@@ -327,6 +338,16 @@ def main(argv: list[str] | None = None) -> Path:
             from kernels.spectral import spectral_stage_triton
 
             time_stage("triton (fused)", spectral_stage_triton, dtype, x, prog, ref, _tuned_config())
+            try:
+                info = triton_kernel_report(x, prog)
+            except Exception as e:  # noqa: BLE001 - informational; never lose the timed rows
+                info = {"error": f"{type(e).__name__}: {e}"}
+            dtn = str(dtype).removeprefix("torch.")
+            for part in ("ttgir", "ptx"):
+                if info.get(part):
+                    out_path.with_name(f"{out_path.stem}-{dtn}.{part}").write_text(info[part])
+            kernel_rows.append((dtn, info))
+            emit(f"kernel {dtn}: " + ", ".join(f"{k}={v}" for k, v in info.items() if k not in ("ttgir", "ptx")))
             if dtype == torch.float32:
                 time_stage("triton (fused, tf32 opt-in)", lambda a, b: spectral_stage_triton(a, b, allow_tf32=True),
                            dtype, x, prog, ref, _tuned_config())
@@ -377,7 +398,7 @@ def main(argv: list[str] | None = None) -> Path:
             engine_rows.append((desc, mpix))
             emit(f"engine {desc}: {mpix}")
 
-    text = render(head, peaks, stage_rows, layer_rows, engine_rows)
+    text = render(head, peaks, stage_rows, layer_rows, engine_rows, kernel_rows)
     out_path.write_text(text)
     print(text)
     return out_path

@@ -398,6 +398,11 @@ def spectral_stage_triton(x: torch.Tensor, program: SpectralProgram, *, allow_tf
     use exact fp32 products unless ``allow_tf32=True``. Needs CUDA (or ``TRITON_INTERPRET=1`` set before
     Triton is imported, for CPU tests).
     """
+    return _launch(x, program, allow_tf32)[0]
+
+
+def _launch(x: torch.Tensor, program: SpectralProgram, allow_tf32: bool) -> tuple[torch.Tensor, object]:
+    """Checks, packs and launches the kernel: ``(out, what Triton's launch returned)``."""
     if not HAS_TRITON:
         raise RuntimeError("the triton spectral backend needs the 'triton' package; use the eager backend")
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != program.bands:
@@ -413,17 +418,49 @@ def spectral_stage_triton(x: torch.Tensor, program: SpectralProgram, *, allow_tf
     p, f = x.shape[0], program.out_features
     out = torch.empty(p, f, device=x.device, dtype=x.dtype)
     if p == 0:
-        return out
+        return out, None
     pk = _pack(program, x.device, x.dtype)
-    meta = dict(pk["meta"], PRECISION="tf32" if allow_tf32 else "ieee", 
+    meta = dict(pk["meta"], PRECISION="tf32" if allow_tf32 else "ieee",
                 INTERP_BF16=interp and x.dtype == torch.bfloat16)
     args = (x, out, pk["stem_w"], pk["stem_b"], pk["conv_w"], pk["conv_b"], pk["pre"], pk["post"], pk["red_w"],
             pk["red_b"], p, program.bands, program.reduced_bands, f, x.stride(0), x.stride(1), out.stride(0),
             out.stride(1))
     if interp:  # the autotuner times configs with CUDA events: launch one small config instead
-        _spectral_stage_kernel[(triton.cdiv(p, 16),)](*args, **meta, BLOCK_P=16)
+        compiled = _spectral_stage_kernel[(triton.cdiv(p, 16),)](*args, **meta, BLOCK_P=16)
     else:
         grid = lambda m: (triton.cdiv(p, m["BLOCK_P"]),)  # noqa: E731
         with torch.cuda.device(x.device):
-            _spectral_stage_kernel_tuned[grid](*args, **meta)
-    return out
+            compiled = _spectral_stage_kernel_tuned[grid](*args, **meta)
+    return out, compiled
+
+
+# what to count in the compiled kernel's text: layout conversions (through shared memory when they change the
+# thread mapping), shared-memory traffic, the MMA form (wgmma needs 64-row tiles; mma.sync is the older form)
+# and register spills (local memory)
+_TTGIR_OPS = ("convert_layout", "local_alloc", "local_load", "local_store", "warp_group_dot", "tt.dot")
+_PTX_OPS = ("wgmma.mma_async", "mma.sync", "ld.local", "st.local", "bar.sync")
+
+
+def triton_kernel_report(x: torch.Tensor, program: SpectralProgram, *, allow_tf32: bool = False) -> dict:
+    """Launch the fused kernel once on ``x`` and describe what Triton compiled for it: the tuned block shape,
+    registers, spills, shared memory, counts of telling ops in its TTGIR / PTX, and those texts. For benchmark
+    reports (where the 9.8 %-of-peak kernel loses time); ``{}`` when the launch gives nothing to inspect
+    (Triton's interpreter, an older Triton)."""
+    _, k = _launch(x, program, allow_tf32)
+    asm = getattr(k, "asm", None)
+    if not asm:
+        return {}
+    info: dict = {"n_regs": getattr(k, "n_regs", None), "n_spills": getattr(k, "n_spills", None)}
+    md = getattr(k, "metadata", None)
+    for name in ("num_warps", "num_stages", "shared"):
+        info[name] = getattr(md, name, None) if md is not None and not isinstance(md, dict) else (md or {}).get(name)
+    try:
+        c = _spectral_stage_kernel_tuned.best_config
+        info["BLOCK_P"] = c.kwargs.get("BLOCK_P")
+    except Exception:  # noqa: BLE001 - informational
+        info["BLOCK_P"] = None
+    ttgir, ptx = str(asm.get("ttgir", "")), str(asm.get("ptx", ""))
+    info.update({f"ttgir {op}": ttgir.count(op) for op in _TTGIR_OPS})
+    info.update({f"ptx {op}": ptx.count(op) for op in _PTX_OPS})
+    info["ttgir"], info["ptx"] = ttgir, ptx
+    return info

@@ -253,3 +253,21 @@ def test_exact_fp32_autotunes_over_no_spill_configs_only() -> None:
     bf16 = spectral._prune_configs(spectral._CONFIGS, {"x_ptr": torch.zeros(1, dtype=torch.bfloat16)},
                                    PRECISION="ieee")
     assert bf16 == spectral._CONFIGS
+
+
+@gpu
+def test_gpu_kernel_report_describes_the_compiled_kernel() -> None:
+    """What benchmarks/kernels.py records about the compiled kernel: tuned shape, registers, ops in its IR."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from kernels.spectral import _CONFIGS, triton_kernel_report
+
+    g = torch.Generator().manual_seed(0)
+    prog = _random_program(200, 24, 128, generator=g).to("cuda")
+    x = torch.randn(4096, 200, generator=g).to("cuda", torch.bfloat16)
+    info = triton_kernel_report(x, prog)
+    assert info["BLOCK_P"] in {c.kwargs["BLOCK_P"] for c in _CONFIGS}
+    assert 0 < info["n_regs"] <= 255 and info["n_spills"] >= 0 and info["num_warps"] in (4, 8)
+    assert "tt.func" in info["ttgir"] and ".entry" in info["ptx"]
+    assert info["ttgir warp_group_dot"] + info["ttgir tt.dot"] >= 1
+    assert info["ptx wgmma.mma_async"] + info["ptx mma.sync"] >= 1
