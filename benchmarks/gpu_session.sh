@@ -46,5 +46,5 @@ grep -h "epoch 1/\|epoch 2/" /tmp/train*.log >> "$OUT/train.log" 2>&1
 tar -czf "$OUT/runs.tar.gz" -C "$OUT" runs && rm -rf "$OUT/runs"
 
 # 3. kernel benchmark on the quiet GPU (the report is rewritten after every row)
-timeout "${BENCH_TIMEOUT:-280}" python3 benchmarks/kernels.py --out "$OUT/kernels-gpu.md" 2>&1 | tee "$OUT/kernels.log"
+timeout "${BENCH_TIMEOUT:-330}" python3 benchmarks/kernels.py --out "$OUT/kernels-gpu.md" 2>&1 | tee "$OUT/kernels.log"
 echo "bench rc=${PIPESTATUS[0]}"
