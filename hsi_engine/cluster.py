@@ -248,25 +248,49 @@ def _worker_reader(spec: TaskSpec, da: Any, halo: int, device_type: str):
 
 
 def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarray | None, std: np.ndarray | None,
-                 nodata: float | None, probabilities: bool, read: Any = None):
+                 nodata: float | None, probabilities: bool, read: Any = None, normalise_on: str | None = None):
     """Read, normalise, classify one tile: ``(labels (h, w) uint8, probabilities (K, h, w) | None,
-    confidence (h, w) | None)``; the steps of :func:`hsi_engine.runner.run_plan` with host normalisation
-    (the same bits as its CUDA default, which normalises on the device). ``read``: a window reader of
-    ``da`` (default: a direct one)."""
+    confidence (h, w) | None)``; the steps of :func:`hsi_engine.runner.run_plan`, normalising on the device
+    for a CUDA engine and on the host otherwise (``normalise_on`` overrides; both give the same bits).
+    ``read``: a window reader of ``da`` (default: a direct one)."""
     import torch
 
-    from .runner import mask_nodata, prepare_tile, window_reader
+    from .normalise import stage_raw
+    from .runner import _check_window, _nonfinite_error, mask_nodata, prepare_tile, prepare_tile_tensor, window_reader
 
+    if normalise_on is None:
+        normalise_on = "device" if engine.device.type == "cuda" else "host"
     raw = (read or window_reader(da))(*tile.read)
     h, w = tile.shape
-    buf = torch.empty((engine.config.bands, h + 2 * halo, w + 2 * halo), dtype=torch.float32)
-    mask = prepare_tile(raw, tile, mean=mean, std=std, nodata=nodata, out=buf.numpy())
-    logits = engine(buf.to(engine.device))  # (K, h, w)
-    lab = (logits.argmax(0) + 1).to(torch.uint8).cpu().numpy()
+    mask = mask_t = None
+    if normalise_on == "device":
+        _check_window(raw, tile)
+        staged, wrap = stage_raw(raw)
+        f64 = dict(dtype=torch.float64, device=engine.device)
+        x, mask_t, nonfinite = prepare_tile_tensor(
+            staged.to(engine.device), tile, halo=halo, mean=None if mean is None else torch.as_tensor(mean, **f64),
+            std=None if std is None else torch.as_tensor(std, **f64), nodata=nodata, wrap_bits=wrap)
+        if nodata is None and nonfinite is not None and bool(nonfinite):
+            raise _nonfinite_error(raw, tile)
+    elif normalise_on == "host":
+        x = torch.empty((engine.config.bands, h + 2 * halo, w + 2 * halo), dtype=torch.float32)
+        mask = prepare_tile(raw, tile, mean=mean, std=std, nodata=nodata, out=x.numpy())
+        x = x.to(engine.device)
+    else:
+        raise ValueError(f"normalise_on must be 'host' or 'device'; got {normalise_on!r}")
+    logits = engine(x)  # (K, h, w)
+    lab = (logits.argmax(0) + 1).to(torch.uint8)
     prob = conf = None
     if probabilities:
-        p = torch.softmax(logits.float(), 0)
-        prob, conf = p.cpu().numpy(), p.max(0).values.cpu().numpy()
+        prob = torch.softmax(logits.float(), 0)
+        conf = prob.max(0).values
+    if mask_t is not None:
+        lab = lab.masked_fill(mask_t, 0)
+        prob = prob.masked_fill(mask_t, 0.0) if prob is not None else None
+        conf = conf.masked_fill(mask_t, 0.0) if conf is not None else None
+    lab = lab.cpu().numpy()
+    prob = prob.cpu().numpy() if prob is not None else None
+    conf = conf.cpu().numpy() if conf is not None else None
     return mask_nodata(lab, prob, conf, mask)
 
 

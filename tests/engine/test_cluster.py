@@ -161,3 +161,33 @@ def test_unreachable_scheduler_is_a_clear_error(case, tmp_path, capsys):
 
 def test_chunk_side_rounds_tiles_to_chunk_multiples():
     assert cluster.chunk_side(16) == 16 and cluster.chunk_side(20) == 32 and cluster.chunk_side((1, 40)) == 48
+
+
+@pytest.mark.parametrize("nodata", [None, float("nan")])
+def test_worker_tile_normalised_on_the_device_equals_the_host(nodata):
+    """compute_tile (a worker's tile) normalises on the device for CUDA engines: the same map, probabilities,
+    nodata masking and non-finite error as on the host (on CPU the "device" is the CPU)."""
+    from hsi_engine.errors import NonFiniteInputError
+    from hsi_engine.fused import FusedSSRN
+    from hsi_engine.tiles import plan_tiles
+
+    from test_runner import _cube, _model
+
+    cube = _cube(np.float32, h=19, w=23, seed=4)
+    cube[2, 5, 6] = np.nan
+    mean, std = np.nanmean(cube, axis=(1, 2)).astype(np.float64), np.nanstd(cube, axis=(1, 2)).astype(np.float64)
+    engine = FusedSSRN(_model(), backend="eager")
+    for t in plan_tiles(19, 23, 8, 3):
+        kw = dict(halo=3, mean=mean, std=std, nodata=nodata, probabilities=True)
+        ry0, ry1, rx0, rx1 = t.read
+        if nodata is None and ry0 <= 5 < ry1 and rx0 <= 6 < rx1:  # in the window, halo included
+            for mode in ("host", "device"):
+                with pytest.raises(NonFiniteInputError, match=r"pixel \(y=5, x=6\) is nan"):
+                    cluster.compute_tile(cube, t, engine, normalise_on=mode, **kw)
+            continue
+        host = cluster.compute_tile(cube, t, engine, normalise_on="host", **kw)
+        dev = cluster.compute_tile(cube, t, engine, normalise_on="device", **kw)
+        for a, b in zip(host, dev):
+            assert np.array_equal(a, b)
+        if t.y0 <= 5 < t.y1 and t.x0 <= 6 < t.x1:
+            assert host[0][5 - t.y0, 6 - t.x0] == 0 and host[1][:, 5 - t.y0, 6 - t.x0].max() == 0
