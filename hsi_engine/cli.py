@@ -30,12 +30,15 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="hsi-engine-demo", help="output directory (default: %(default)s)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--backend", default="auto", help="engine backend: auto, eager, compile, triton")
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="spectral stage precision (float32 is exact; the others are opt-in, faster on GPUs and "
+                        "on CPUs with bf16 matrix units)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, device=args.device, backend=args.backend)
+    run_demo(args.out, device=args.device, backend=args.backend, precision=args.precision)
     return 0
 
 

@@ -103,11 +103,12 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
 
 def run_demo(out: str | os.PathLike, *, device: Any = None, backend: str = "auto", tile: int | None = None,
              model_dir: str | os.PathLike | None = None, scene_path: str | os.PathLike | None = None,
-             progress: bool | None = None) -> dict[str, Any]:
+             progress: bool | None = None, precision: str = "float32") -> dict[str, Any]:
     """Classify the shipped scene with the shipped model; write classmap.tif, classmap.png, report.json in ``out``.
 
-    ``device`` (default: cuda if available, else cpu), ``backend`` (auto, eager, compile, triton) and
-    ``tile`` go to :func:`hsi_engine.api.classify`. ``model_dir``/``scene_path`` replace the shipped ones
+    ``device`` (default: cuda if available, else cpu), ``backend`` (auto, eager, compile, triton), ``tile``
+    and ``precision`` (float32 exact; bfloat16 / float16 opt-in, the report then shows what it costs in
+    accuracy) go to :func:`hsi_engine.api.classify`. ``model_dir``/``scene_path`` replace the shipped ones
     (the scene file must hold ``cube`` and ``labels`` like the shipped HDF5). Returns the report.
     """
     import torch
@@ -143,7 +144,9 @@ def run_demo(out: str | os.PathLike, *, device: Any = None, backend: str = "auto
     try:
         from kernels.dispatch import resolve_backend
 
-        resolved = resolve_backend(backend, dev)
+        from .fused import PRECISIONS
+
+        resolved = resolve_backend(backend, dev, PRECISIONS.get(precision, torch.float32))
     except (ImportError, ValueError):
         resolved = backend
 
@@ -151,7 +154,8 @@ def run_demo(out: str | os.PathLike, *, device: Any = None, backend: str = "auto
     if dev.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    pred_da = classify(scene, model, tile=tile, device=dev, backend=backend, progress=progress)
+    pred_da = classify(scene, model, tile=tile, device=dev, backend=backend, precision=precision,
+                       progress=progress)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -193,7 +197,7 @@ def run_demo(out: str | os.PathLike, *, device: Any = None, backend: str = "auto
         "device": str(dev),
         "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
                         else platform.processor() or platform.machine()),
-        "backend": resolved, "backend_requested": backend, "precision": "float32",
+        "backend": resolved, "backend_requested": backend, "precision": precision,
         "tile": tile, "outputs": {"classmap": tif.name, "figure": png.name, "report": "report.json"},
         "versions": _versions(),
         "training_report": meta.get("report"),
