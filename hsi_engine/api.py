@@ -109,7 +109,12 @@ class _Job:
         self.tile = tile if tile is not None else default_tile(self.device.type, bands)
         chunks = (da.chunks[1], da.chunks[2]) if da.chunks is not None else None
         self.plan: TilePlan = plan_tiles(height, width, self.tile, m.config.halo, chunks=chunks)
-        self.backend, self.precision = backend, precision
+        from .fused import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
+        self.backend = backend
         self.height, self.width, self.classes = height, width, m.config.classes
 
     def engine(self):
@@ -171,7 +176,8 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     meta has none takes the scene as ALREADY normalised. BN always runs with its running statistics.
     ``tile``: output tile side ``T`` or ``(ty, tx)`` (default 128 on CPU, 512 on CUDA); each tile is read
     with a halo of ``patch // 2``; any size gives the same map. ``backend``: ``auto``/``eager``/``compile``/
-    ``triton``; ``precision``: ``float32`` (exact) or ``bfloat16``/``float16`` (spectral stage only, opt-in).
+    ``triton`` (``auto``: the fused Triton kernel for bf16/fp16 on CUDA, eager otherwise, as measured; see
+    ``kernels.dispatch``); ``precision``: ``float32`` (exact) or ``bfloat16``/``float16`` (spectral stage only, opt-in).
     ``nodata``: input value (or ``float('nan')``) marking missing pixels -> class 0; default: the scene's
     declared nodata (``_FillValue``), if any. Without one, NaN/inf raise :class:`NonFiniteInputError`.
     ``progress``: tqdm bar with pixels/s (default: when stderr is a terminal). ``readers``/``queue_depth``:

@@ -17,6 +17,7 @@ The result equals ``SSRN.forward`` on the pixel's patch cut from the zero-padded
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Callable
@@ -28,6 +29,8 @@ from torch import nn
 from kernels.program import Affine, FoldedBlock, FoldedConv, SpectralProgram
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+log = logging.getLogger("hsi_engine.fused")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,16 +223,34 @@ class FusedSSRN:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if x.dim() != 3 or x.shape[0] != c.bands or x.shape[1] < self.patch or x.shape[2] < self.patch:
+            raise ValueError(f"expected a padded tile ({c.bands}, h + {2 * self.halo}, w + {2 * self.halo}) "
+                             f"with h, w >= 1; got {tuple(x.shape)}")
+        if self.backend != "compile":
+            return self._run(x)
+        try:
+            return self._run(x)
+        except Exception as e:  # noqa: BLE001 - e.g. no C++ compiler for inductor: the eager path still works
+            log.warning("torch.compile failed on this tile (%s: %s); falling back to the eager backend for the "
+                        "rest of the run", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            self._use_eager()
+            return self._run(x)
+
+    def _use_eager(self) -> None:
+        from kernels.dispatch import get_spectral_stage
+
+        self.backend = "eager"
+        self._spectral = get_spectral_stage("eager", self.device, self.dtype)
+        self._windows = spatial_windows
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda" and self.dtype == torch.float32:
             with exact_fp32():
                 return self._logits(x)
         return self._logits(x)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        if x.dim() != 3 or x.shape[0] != c.bands or x.shape[1] < self.patch or x.shape[2] < self.patch:
-            raise ValueError(f"expected a padded tile ({c.bands}, h + {2 * self.halo}, w + {2 * self.halo}) "
-                             f"with h, w >= 1; got {tuple(x.shape)}")
         sp = self.spatial
         feats = self.features(x)  # (128, h+2H, w+2H)
         stem = F.relu(F.conv2d(feats.unsqueeze(0), sp.stem_w, sp.stem_b))[0]  # (24, h+2H-2, w+2H-2)

@@ -13,8 +13,9 @@ One small function decides (STYLE: never an environment variable read at import 
   self-check against the reference, and ``eager`` for float32 (exact float32 has no tensor-core path: on an
   H100 the Conv3d formulation took 20.98 ms per 65,536 pixels, the fused kernel 23.96 and compile 19.70
   after minutes of max-autotune; in bf16 the kernel took 3.42 ms against compile's 5.48 and Conv3d's 14.14,
-  benchmarks/results/kernels-h100.md); ``eager`` elsewhere (on CPU compile needs ~20 s to warm up and does
-  not beat the channels-last eager path by enough to pay for it on a scene; see kernels-cpu.md).
+  benchmarks/results/kernels-h100.md); ``eager`` on CPU: the compiled stage runs 1.39x the eager one at the
+  engine's 512-pixel chunks in isolation, but a whole 2.36 M-pixel scene took 97.5 s compiled against 87.9 s
+  eager, warm-up included (benchmarks/results/compile-cpu.md).
 
 Asking for ``triton`` where it cannot run falls back with ONE warning on
 ``logging.getLogger("kernels.dispatch")`` (per device and reason), never an exception.
@@ -109,7 +110,7 @@ def _warn_once(message: str) -> None:
 
 
 def auto_choice(device_type: str, dtype: torch.dtype, triton_ok: bool) -> str:
-    """What ``auto`` picks: the fastest measured path that needs no warm-up (see the module doc)."""
+    """What ``auto`` picks: the fastest measured path end to end (see the module doc)."""
     if device_type == "cuda" and dtype in (torch.bfloat16, torch.float16) and triton_ok:
         return "triton"
     return "eager"

@@ -219,3 +219,15 @@ def test_bad_input_leaves_no_output(case, tmp_path):
         with pytest.raises(NonFiniteInputError):
             classify_to_file(bad, model, tmp_path / "m.tif", tile=4, progress=False)
     assert not (tmp_path / "m.tif").exists()
+
+
+
+def test_bad_precision_is_refused_before_anything_is_read():
+    import dask.array as dsa
+
+    from hsi_engine.api import _Job
+
+    scene = xr.DataArray(dsa.zeros((12, 50, 50), chunks=(12, 25, 25), dtype=np.float32), dims=("band", "y", "x"))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        _Job(scene, make_model(12, meta=False), tile=None, device="cpu", backend="auto", precision="int8",
+             nodata=None)

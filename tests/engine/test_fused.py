@@ -147,3 +147,30 @@ def test_exact_fp32_turns_tf32_off_and_restores_the_flags():
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(caplog):
+    """If inductor cannot build (no C++ compiler, an unsupported op), the run goes on in eager with one
+    warning; bad input is still an error and does not switch backends."""
+    import logging
+
+    m = random_model(bands=16, classes=4)
+    x = pad_scene(torch.randn(16, 6, 5), m.halo)
+    eager = FusedSSRN(m, backend="eager")(x)
+    comp = FusedSSRN(m, backend="compile")
+    with pytest.raises(ValueError, match="expected a padded tile"):
+        comp(x[:, :3])
+    assert comp.backend == "compile"
+
+    def broken(*args, **kwargs):  # what a failed inductor build raises at the first call
+        raise RuntimeError("CppCompileError: no working C++ compiler found")
+
+    comp._spectral = broken
+    with caplog.at_level(logging.WARNING, logger="hsi_engine.fused"):
+        out = comp(x)
+        again = comp(x)
+    assert comp.backend == "eager"
+    torch.testing.assert_close(out, eager, rtol=0, atol=0)
+    torch.testing.assert_close(again, eager, rtol=0, atol=0)
+    msgs = [r.getMessage() for r in caplog.records if r.name == "hsi_engine.fused"]
+    assert len(msgs) == 1 and "falling back to the eager backend" in msgs[0] and "C++ compiler" in msgs[0]

@@ -76,3 +76,4 @@ def test_conv3d_formulation_equals_the_reference(form: str, bands: int) -> None:
     assert ref.abs().max() > 0.1  # features that can disagree
     with pytest.raises(ValueError, match=rf"expected pixels \(P, {bands}\)"):
         spectral_stage_conv3d(x[:, :-1], prog)
+
