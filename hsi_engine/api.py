@@ -89,8 +89,11 @@ class _Job:
 
     def __init__(self, scene: Any, model: Any, *, tile: int | Sequence[int] | None, device: Any, backend: str,
                  precision: str, nodata: float | None) -> None:
+        from .fused import PRECISIONS
         from .runner import check_scene
 
+        if precision not in PRECISIONS:  # before anything is opened or read
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         da = as_scene(scene)
         if da.ndim != 3 or set(da.dims) != {"band", "y", "x"}:
             raise SceneError(f"expected a (band, y, x) scene; got dims {da.dims}")
@@ -109,10 +112,6 @@ class _Job:
         self.tile = tile if tile is not None else default_tile(self.device.type, bands)
         chunks = (da.chunks[1], da.chunks[2]) if da.chunks is not None else None
         self.plan: TilePlan = plan_tiles(height, width, self.tile, m.config.halo, chunks=chunks)
-        from .fused import PRECISIONS
-
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.precision = precision
         self.backend = backend
         self.height, self.width, self.classes = height, width, m.config.classes

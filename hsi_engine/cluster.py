@@ -270,8 +270,6 @@ def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarra
         x, mask_t, nonfinite = prepare_tile_tensor(
             staged.to(engine.device), tile, halo=halo, mean=None if mean is None else torch.as_tensor(mean, **f64),
             std=None if std is None else torch.as_tensor(std, **f64), nodata=nodata, wrap_bits=wrap)
-        if nodata is None and nonfinite is not None and bool(nonfinite):
-            raise _nonfinite_error(raw, tile)
     elif normalise_on == "host":
         x = torch.empty((engine.config.bands, h + 2 * halo, w + 2 * halo), dtype=torch.float32)
         mask = prepare_tile(raw, tile, mean=mean, std=std, nodata=nodata, out=x.numpy())
@@ -279,6 +277,8 @@ def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarra
     else:
         raise ValueError(f"normalise_on must be 'host' or 'device'; got {normalise_on!r}")
     logits = engine(x)  # (K, h, w)
+    if normalise_on == "device" and nodata is None and nonfinite is not None and bool(nonfinite):
+        raise _nonfinite_error(raw, tile)  # read after the launch, so the check does not stall it
     lab = (logits.argmax(0) + 1).to(torch.uint8)
     prob = conf = None
     if probabilities:

@@ -192,6 +192,7 @@ class FusedSSRN:
         self._program_lp = self.program if self.backend == "triton" and self.dtype != torch.float32 else None
         self._spectral = get_spectral_stage(self.backend, self.device, self.dtype)
         self._windows: Callable[[torch.Tensor, SpatialProgram], torch.Tensor] = spatial_windows
+        self._compiled_once = False
         if self.backend == "compile":
             self._windows = _compiled_windows()
 
@@ -227,15 +228,20 @@ class FusedSSRN:
         if x.dim() != 3 or x.shape[0] != c.bands or x.shape[1] < self.patch or x.shape[2] < self.patch:
             raise ValueError(f"expected a padded tile ({c.bands}, h + {2 * self.halo}, w + {2 * self.halo}) "
                              f"with h, w >= 1; got {tuple(x.shape)}")
-        if self.backend != "compile":
+        if self.backend != "compile" or self._compiled_once:
             return self._run(x)
-        try:
-            return self._run(x)
-        except Exception as e:  # noqa: BLE001 - e.g. no C++ compiler for inductor: the eager path still works
-            log.warning("torch.compile failed on this tile (%s: %s); falling back to the eager backend for the "
-                        "rest of the run", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-            self._use_eager()
-            return self._run(x)
+        try:  # the first call compiles: if that fails (no C++ compiler for inductor, an unsupported op), go eager
+            out = self._run(x)
+            self._compiled_once = True
+            return out
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the compiler's own error types vary by version
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        log.warning("torch.compile failed on the first tile (%s); falling back to the eager backend for the "
+                    "whole run", reason)
+        self._use_eager()
+        return self._run(x)  # outside the handler: the failed call's tensors are freed first
 
     def _use_eager(self) -> None:
         from kernels.dispatch import get_spectral_stage

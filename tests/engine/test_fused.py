@@ -165,6 +165,13 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(caplog):
     def broken(*args, **kwargs):  # what a failed inductor build raises at the first call
         raise RuntimeError("CppCompileError: no working C++ compiler found")
 
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    comp._spectral = oom  # running out of memory is not a compiler failure: it is raised, nothing switches
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        comp(x)
+    assert comp.backend == "compile"
     comp._spectral = broken
     with caplog.at_level(logging.WARNING, logger="hsi_engine.fused"):
         out = comp(x)
