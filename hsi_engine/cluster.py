@@ -256,7 +256,8 @@ def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarra
     import torch
 
     from .normalise import stage_raw
-    from .runner import _check_window, _nonfinite_error, mask_nodata, prepare_tile, prepare_tile_tensor, window_reader
+    from .runner import (_check_window, _nonfinite_error, labels_from_logits, mask_nodata, prepare_tile,
+                         prepare_tile_tensor, window_reader)
 
     if normalise_on is None:
         normalise_on = "device" if engine.device.type == "cuda" else "host"
@@ -279,15 +280,7 @@ def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarra
     logits = engine(x)  # (K, h, w)
     if normalise_on == "device" and nodata is None and nonfinite is not None and bool(nonfinite):
         raise _nonfinite_error(raw, tile)  # read after the launch, so the check does not stall it
-    lab = (logits.argmax(0) + 1).to(torch.uint8)
-    prob = conf = None
-    if probabilities:
-        prob = torch.softmax(logits.float(), 0)
-        conf = prob.max(0).values
-    if mask_t is not None:
-        lab = lab.masked_fill(mask_t, 0)
-        prob = prob.masked_fill(mask_t, 0.0) if prob is not None else None
-        conf = conf.masked_fill(mask_t, 0.0) if conf is not None else None
+    lab, prob, conf = labels_from_logits(logits, probabilities=probabilities, mask=mask_t)
     lab = lab.cpu().numpy()
     prob = prob.cpu().numpy() if prob is not None else None
     conf = conf.cpu().numpy() if conf is not None else None

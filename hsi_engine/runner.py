@@ -264,6 +264,23 @@ def cache_blocks_for(tile: tuple[int, int], halo: int, readers: int) -> Callable
 # the executor
 
 
+def labels_from_logits(logits: Any, *, probabilities: bool, mask: Any = None) -> tuple[Any, Any, Any]:
+    """``(labels 1..K uint8, softmax | None, its max | None)`` of ``(K, h, w)`` logits, on their device; class 0
+    and zero probabilities where the (device) nodata ``mask`` is set."""
+    import torch
+
+    lab = (logits.argmax(0) + 1).to(torch.uint8)
+    prob = conf = None
+    if probabilities:
+        prob = torch.softmax(logits.float(), 0)
+        conf = prob.max(0).values
+    if mask is not None:
+        lab = lab.masked_fill(mask, 0)
+        prob = prob.masked_fill(mask, 0.0) if prob is not None else None
+        conf = conf.masked_fill(mask, 0.0) if conf is not None else None
+    return lab, prob, conf
+
+
 def mask_nodata(labels: np.ndarray, probabilities: np.ndarray | None, confidence: np.ndarray | None,
                 mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Class 0 (and zero probability / confidence) where ``mask`` marks nodata pixels; copies, never aliases."""
@@ -353,15 +370,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     def finish(tile: Tile, logits: Any, mask: np.ndarray | None, mask_t: Any, nonfinite: Any):
         """On the compute thread: argmax (+ softmax) on the device, nodata masked there when the tile was
         normalised there, then start the copy back."""
-        lab = (logits.argmax(0) + 1).to(torch.uint8)
-        prob = conf = None
-        if probabilities:
-            prob = torch.softmax(logits.float(), 0)
-            conf = prob.max(0).values
-        if mask_t is not None:
-            lab = lab.masked_fill(mask_t, 0)
-            prob = prob.masked_fill(mask_t, 0.0) if prob is not None else None
-            conf = conf.masked_fill(mask_t, 0.0) if conf is not None else None
+        lab, prob, conf = labels_from_logits(logits, probabilities=probabilities, mask=mask_t)
         if nonfinite is not None and nodata is not None:
             nonfinite = None  # a nodata policy is given: non-finite pixels are masked, not an error
         if cuda:
@@ -452,5 +461,5 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     return dict(stats)
 
 
-__all__ = ["ArraySink", "Prepared", "Sink", "cache_blocks_for", "check_scene", "load_tile", "prepare_tile",
-           "prepare_tile_tensor", "run_plan", "window_reader"]
+__all__ = ["ArraySink", "Prepared", "Sink", "cache_blocks_for", "check_scene", "labels_from_logits", "load_tile",
+           "prepare_tile", "prepare_tile_tensor", "run_plan", "window_reader"]
