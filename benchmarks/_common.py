@@ -1,8 +1,9 @@
-"""What every benchmark report names: the CPU it ran on."""
+"""What every benchmark report shares: the CPU it ran on, and how it is written."""
 
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 
 
 def cpu_name() -> str:
@@ -14,3 +15,12 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def write_report(path: str | Path, lines: list[str]) -> Path:
+    """Write the Markdown report (creating its folder) and echo it to stdout."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return out

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0] or ".").resolve() == REPO / "benchmarks":
     sys.path[0] = str(REPO)  # benchmarks/kernels.py must not shadow the kernels package
 
-from benchmarks._common import cpu_name  # noqa: E402
+from benchmarks._common import cpu_name, write_report  # noqa: E402
 from benchmarks.scene import SHIPPED_MODEL, build_scene, read_map  # noqa: E402
 
 
@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| {b} | {r} | {w:.1f} | {v:,.0f} |" for b, r, w, v in rows]
     lines += ["", f"compile / eager speed: {rows[0][2] / rows[1][2]:.2f}x; maps differ on {diff:,} of {px:,} pixels "
               "(float32 both; the compiled stage sums in another order)", ""]
-    Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.out, lines)
     return 0
 
 

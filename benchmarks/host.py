@@ -37,7 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import cpu_name  # noqa: E402
+from _common import cpu_name, write_report  # noqa: E402
 from hsi_engine.runner import cache_blocks_for, load_tile, window_reader  # noqa: E402
 from hsi_engine.tiles import plan_tiles  # noqa: E402
 
@@ -127,11 +127,7 @@ def main(argv: list[str] | None = None) -> Path:
     for dtn, where, readers, (h, hs), (d, ds) in rows:
         lines.append(f"| {dtn} | {where} | {readers} | {h:.2f} | {d:.2f} | {d / h:.1f}x | "
                      f"{hs['read_s']:.2f} / {hs['prepare_s']:.2f} | {ds['read_s']:.2f} / {ds['prepare_s']:.2f} |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return out
+    return write_report(args.out, lines)
 
 
 if __name__ == "__main__":

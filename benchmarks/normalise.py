@@ -22,7 +22,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import cpu_name  # noqa: E402
+from _common import cpu_name, write_report  # noqa: E402
 from hsi_engine.normalise import normalise_into, normalise_into_reference  # noqa: E402
 
 
@@ -70,11 +70,7 @@ def main(argv: list[str] | None = None) -> Path:
     lines += ["| dtype | whole-tile numpy ms | per-band ms | speed-up | per-band Mpix/s | same bits |",
               "|---|---:|---:|---:|---:|---|"]
     lines += [f"| {n} | {r:.1f} | {k:.1f} | {x:.1f}x | {m:.1f} | {s} |" for n, r, k, x, m, s in rows]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return out
+    return write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,19 @@ def _affine(y: torch.Tensor, a: Affine) -> torch.Tensor:
     return F.relu(y * a.scale.view(1, -1, 1, 1) + a.shift.view(1, -1, 1, 1))
 
 
+def _run_program(y: torch.Tensor, program: SpectralProgram, conv, affine) -> torch.Tensor:
+    """The program's layers in order (stem, residual blocks, stage affines, reduce) with a layout's ``conv`` /
+    ``affine``: one definition of the stage for every plain-torch formulation."""
+    y = conv(y, program.stem)
+    for b in program.blocks:
+        h = affine(y, b.pre) if b.pre is not None else y
+        h = conv(conv(h, b.conv1), b.conv2) + y
+        y = F.relu(h) if b.relu else h
+    for a in program.post:
+        y = affine(y, a)
+    return conv(y, program.reduce)
+
+
 def spectral_stage_reference(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
     """Spectral features of ``x (P, bands)`` pixels: ``(P, out_features)`` in ``x``'s dtype.
 
@@ -32,14 +45,7 @@ def spectral_stage_reference(x: torch.Tensor, program: SpectralProgram) -> torch
     # channels-last strides spelled out: for one channel .contiguous(channels_last) keeps NCHW strides,
     # and the convs would then run (and return) NCHW, 2x slower on CPU
     y = x.t().contiguous().as_strided((1, 1, program.bands, p), (program.bands * p, 1, p, 1))
-    y = _conv(y, program.stem)  # (1, W, D, P)
-    for b in program.blocks:
-        h = _affine(y, b.pre) if b.pre is not None else y
-        h = _conv(_conv(h, b.conv1), b.conv2) + y
-        y = F.relu(h) if b.relu else h
-    for a in program.post:
-        y = _affine(y, a)
-    y = _conv(y, program.reduce)  # (1, F, 1, P)
+    y = _run_program(y, program, _conv, _affine)  # (1, W, D, P) inside, (1, F, 1, P) out
     return y.reshape(-1, p).t()
 
 
@@ -63,14 +69,8 @@ def spectral_stage_conv3d(x: torch.Tensor, program: SpectralProgram) -> torch.Te
     """
     if x.dim() != 2 or x.shape[1] != program.bands:
         raise ValueError(f"expected pixels (P, {program.bands}); got {tuple(x.shape)}")
-    y = _conv3d(x[:, None, :, None, None], program.stem)  # (P, W, D, 1, 1)
-    for b in program.blocks:
-        h = _affine3d(y, b.pre) if b.pre is not None else y
-        h = _conv3d(_conv3d(h, b.conv1), b.conv2) + y
-        y = F.relu(h) if b.relu else h
-    for a in program.post:
-        y = _affine3d(y, a)
-    return _conv3d(y, program.reduce).reshape(x.shape[0], -1)
+    y = _run_program(x[:, None, :, None, None], program, _conv3d, _affine3d)  # (P, W, D, 1, 1) inside
+    return y.reshape(x.shape[0], -1)
 
 
 def _random_program(bands: int, width: int = 24, out_features: int = 128, *, blocks: int = 2,
