@@ -7,7 +7,9 @@ stem 24 k7 s2 -> 97 positions, two residual blocks of 24 k7 convs, full-band red
   over ``(P, C, bands, 1, 1)``, cuDNN on CUDA, where it is the engine's eager path), same folded weights;
 - ``eager``: :func:`kernels.spectral.spectral_stage_reference` (conv2d, channels-last);
 - ``compile``: ``torch.compile`` of the reference (as :mod:`kernels.dispatch` builds it);
-- ``triton``: :func:`kernels.spectral.spectral_stage_triton` (CUDA only);
+- ``triton``: :func:`kernels.spectral.spectral_stage_triton` (CUDA only), autotuned, and then every config
+  the autotuner chooses among pinned (block shape and the KCAT / UNROLL / SCATTER variants) in bfloat16,
+  and those the exact float32 path tunes over;
 
 per layer (stem, one block conv, reduce) and for the whole stage, in float32 and bfloat16 (CUDA),
 float32 (CPU), with achieved TFLOP/s. FLOPs = ``program.flops_per_pixel() * pixels`` (2 x multiply-adds
@@ -385,6 +387,23 @@ def main(argv: list[str] | None = None) -> Path:
     if not cuda:
         engine_rows.append(("backend=triton", None))
 
+    if cuda:  # every config the autotuner chooses among, pinned: which variant wins, and by how much
+        from kernels import spectral
+
+        for dtype in dtypes:
+            x, prog, ref = inputs[dtype]
+            configs = spectral._prune_configs(spectral._CONFIGS, {"x_ptr": x}, PRECISION="ieee")
+            for c in configs:
+                cfg = dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+                label = "triton pinned: " + ", ".join(f"{k}={v}" for k, v in cfg.items())
+                try:
+                    time_stage(label, lambda a, b, cfg=cfg: spectral.spectral_stage_triton(a, b, config=cfg),
+                               dtype, x, prog, ref)
+                except Exception as e:  # noqa: BLE001 - one failing variant must not lose the others
+                    stage_rows.append((label, str(dtype).removeprefix("torch."), None, None, None,
+                                       f"failed: {type(e).__name__}: {e}"))
+                    emit(f"stage {label} {dtype}: failed {e}")
+
     if not args.no_compile:  # last: max-autotune compiles for minutes on a GPU
         compiled = get_spectral_stage("compile", device)
         for dtype in dtypes:
@@ -410,7 +429,8 @@ def _tuned_config() -> str:
         from kernels import spectral
 
         c = spectral._spectral_stage_kernel_tuned.best_config
-        return f"; tuned: BLOCK_P={c.kwargs['BLOCK_P']}, {c.num_warps} warps, {c.num_stages} stages"
+        return (f"; tuned: BLOCK_P={c.kwargs['BLOCK_P']}, UNROLL={c.kwargs['UNROLL']}, KCAT={c.kwargs['KCAT']}, "
+                f"{c.num_warps} warps, {c.num_stages} stages")
     except Exception:  # noqa: BLE001 - an informational note only
         return ""
 

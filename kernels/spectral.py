@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import weakref
 
 import torch
@@ -173,6 +175,153 @@ if HAS_TRITON:
         return tl.dot(a, b, acc, input_precision=PRECISION)
 
     @triton.jit
+    def _cat_taps(tiles, KT: tl.constexpr, KT_PAD: tl.constexpr, LOG2_KT_PAD: tl.constexpr):
+        # KT (BLOCK_P, WP) tiles -> one (BLOCK_P, WP * KT_PAD) dot operand whose column c * KT_PAD + t is tiles[t][:, c]
+        # (zero for t >= KT): pairwise joins, tile i with tile i + half, so the row-major reshape lands in tap order
+        ts = tiles
+        for _ in tl.static_range(KT_PAD - KT):
+            ts = ts + (tiles[0] * 0,)
+        for lvl in tl.static_range(LOG2_KT_PAD):
+            nxt = ()
+            for i in tl.static_range(KT_PAD >> (lvl + 1)):
+                nxt = nxt + (tl.join(ts[i], ts[i + (KT_PAD >> (lvl + 1))]),)
+            ts = nxt
+        return tl.reshape(ts[0], (tiles[0].shape[0], tiles[0].shape[1] * KT_PAD))
+
+    @triton.jit
+    def _scatter_conv(h, ring, c, conv_w_ptr, conv_b_ptr, offs_c, w_tile, KT: tl.constexpr, WP: tl.constexpr,
+                      PRECISION: tl.constexpr, INTERP_BF16: tl.constexpr, BLOCK_P: tl.constexpr):
+        # input position q (h) adds its tap KT-1-i into the partial sum of output q - KT//2 + i, i = 0..KT-1;
+        # ring[i] holds that sum from earlier inputs (the last output starts at the bias). Output q - KT//2 is then
+        # complete: (it, the ring for q + 1).
+        sums = ()
+        for i in tl.static_range(KT):
+            if i < KT - 1:
+                base = ring[i]
+            else:
+                base = tl.zeros((BLOCK_P, WP), dtype=tl.float32) + tl.load(conv_b_ptr + c * WP + offs_c)[None, :]
+            wt = tl.load(conv_w_ptr + (c * KT + (KT - 1 - i)) * WP * WP + w_tile)
+            sums = sums + (_dot(h, wt, base, PRECISION, INTERP_BF16),)
+        return sums[0], sums[1:]
+
+    @triton.jit
+    def _block_scatter(y, pos, st, b: tl.constexpr, D, col0, offs_c, conv_w_ptr, conv_b_ptr, pre_ptr, w_tile,
+                       KT: tl.constexpr, WP: tl.constexpr, PRE_MASK: tl.constexpr, RELU1_MASK: tl.constexpr,
+                       RELU2_MASK: tl.constexpr, BLOCK_RELU_MASK: tl.constexpr, PRECISION: tl.constexpr,
+                       INTERP_BF16: tl.constexpr, BLOCK_P: tl.constexpr):
+        # residual block b, SCATTER form: its input y (position pos) is used by the dots in the step that made it,
+        # so it reaches the MMAs from registers; st = (conv1 sums, conv2 sums, inputs pos-LAG .. pos-1).
+        # Returns (the block's output at pos - LAG, the state for the next step): the same wavefront as the windows.
+        dt = conv_w_ptr.dtype.element_ty
+        HALF: tl.constexpr = KT // 2
+        h = y
+        if (PRE_MASK >> b) & 1:
+            sc = tl.load(pre_ptr + (2 * b) * WP + offs_c)
+            sh = tl.load(pre_ptr + (2 * b + 1) * WP + offs_c)
+            h = tl.maximum(y.to(tl.float32) * sc[None, :] + sh[None, :], 0.0)
+            h = _round(tl.where(_in_bands(pos, D, col0), h, 0.0), dt, INTERP_BF16)
+        acc, ring1 = _scatter_conv(h, st[0], 2 * b, conv_w_ptr, conv_b_ptr, offs_c, w_tile, KT, WP, PRECISION,
+                                   INTERP_BF16, BLOCK_P)
+        if (RELU1_MASK >> b) & 1:
+            acc = tl.maximum(acc, 0.0)
+        u = _round(tl.where(_in_bands(pos - HALF, D, col0), acc, 0.0), dt, INTERP_BF16)
+        acc, ring2 = _scatter_conv(u, st[1], 2 * b + 1, conv_w_ptr, conv_b_ptr, offs_c, w_tile, KT, WP, PRECISION,
+                                   INTERP_BF16, BLOCK_P)
+        if (RELU2_MASK >> b) & 1:
+            acc = tl.maximum(acc, 0.0)
+        delay = st[2] + (y,)
+        acc = acc + delay[0].to(tl.float32)  # the block input at pos - LAG (y itself when KT == 1)
+        if (BLOCK_RELU_MASK >> b) & 1:
+            acc = tl.maximum(acc, 0.0)
+        out = _round(tl.where(_in_bands(pos - (KT - 1), D, col0), acc, 0.0), dt, INTERP_BF16)
+        return out, (ring1, ring2, delay[1:])
+
+    @triton.jit
+    def _step(j, state, acc_r, x_rows, stride_xb, B, D, p_mask, col0, offs_k, offs_c, stem_w, stem_b,
+              conv_w_ptr, conv_b_ptr, pre_ptr, post_ptr, red_w_ptr, w_tile, k_tile, k_mask, r_tile,
+              STEM_STRIDE: tl.constexpr, KS: tl.constexpr, KT: tl.constexpr, KT_PAD: tl.constexpr,
+              LOG2_KT_PAD: tl.constexpr, NUM_BLOCKS: tl.constexpr,
+              NUM_POST: tl.constexpr, WP: tl.constexpr, FP: tl.constexpr, STEM_RELU: tl.constexpr,
+              PRE_MASK: tl.constexpr, RELU1_MASK: tl.constexpr, RELU2_MASK: tl.constexpr, BLOCK_RELU_MASK: tl.constexpr,
+              PRECISION: tl.constexpr, INTERP_BF16: tl.constexpr, BLOCK_P: tl.constexpr, KCAT: tl.constexpr,
+              SCATTER: tl.constexpr):
+        # one wavefront step: stem position j, every block's output LAG further back, that position's reduce
+        # share. state[b]: (input window, conv1-output window) gathered by the convs, or with SCATTER
+        # (conv1 partial sums, conv2 partial sums, block input delayed by LAG)
+        dt = conv_w_ptr.dtype.element_ty
+        HALF: tl.constexpr = KT // 2
+        LAG: tl.constexpr = KT - 1  # a residual block's output lags its input by two half-kernels
+        # stem: valid conv, stride STEM_STRIDE, one input channel -> position j
+        cols = j * STEM_STRIDE + offs_k
+        xs = tl.load(x_rows + cols[None, :] * stride_xb,
+                     mask=p_mask[:, None] & (offs_k[None, :] < KS) & (cols[None, :] < B), other=0.0)
+        s = _dot(xs.to(dt), stem_w, tl.zeros((BLOCK_P, WP), dtype=tl.float32), PRECISION, INTERP_BF16) + stem_b[None, :]
+        if STEM_RELU:
+            s = tl.maximum(s, 0.0)
+        new = _round(tl.where(_in_bands(j, D, col0), s, 0.0), dt, INTERP_BF16)
+        pos = j
+        state_next = ()
+        for b in tl.static_range(NUM_BLOCKS):
+            if SCATTER:
+                new, st = _block_scatter(new, pos, state[b], b, D, col0, offs_c, conv_w_ptr, conv_b_ptr, pre_ptr, w_tile,
+                                         KT, WP, PRE_MASK, RELU1_MASK, RELU2_MASK, BLOCK_RELU_MASK, PRECISION,
+                                         INTERP_BF16, BLOCK_P)
+                state_next = state_next + (st,)
+                pos = pos - LAG
+            else:
+                yw = state[b][0][1:] + (new,)
+                # conv1 (optionally after the pre-activation affine + ReLU) -> position pos - HALF
+                acc = tl.zeros((BLOCK_P, WP), dtype=tl.float32) + tl.load(conv_b_ptr + (2 * b) * WP + offs_c)[None, :]
+                if (PRE_MASK >> b) & 1:
+                    sc = tl.load(pre_ptr + (2 * b) * WP + offs_c)
+                    sh = tl.load(pre_ptr + (2 * b + 1) * WP + offs_c)
+                hs = ()
+                for t in tl.static_range(KT):
+                    h = yw[t]
+                    if (PRE_MASK >> b) & 1:
+                        q = pos - LAG + t
+                        h = tl.maximum(h.to(tl.float32) * sc[None, :] + sh[None, :], 0.0)
+                        h = _round(tl.where(_in_bands(q, D, col0), h, 0.0), dt, INTERP_BF16)
+                    if KCAT:
+                        hs = hs + (h,)
+                    else:
+                        wt = tl.load(conv_w_ptr + ((2 * b) * KT + t) * WP * WP + w_tile)
+                        acc = _dot(h, wt, acc, PRECISION, INTERP_BF16)
+                if KCAT:
+                    wk = tl.load(conv_w_ptr + (2 * b) * KT * WP * WP + k_tile, mask=k_mask, other=0.0)
+                    acc = _dot(_cat_taps(hs, KT, KT_PAD, LOG2_KT_PAD), wk, acc, PRECISION, INTERP_BF16)
+                if (RELU1_MASK >> b) & 1:
+                    acc = tl.maximum(acc, 0.0)
+                u = _round(tl.where(_in_bands(pos - HALF, D, col0), acc, 0.0), dt, INTERP_BF16)
+                uw = state[b][1][1:] + (u,)
+                # conv2 -> position pos - LAG, then the identity add (the oldest tile of yw is that position)
+                acc = tl.zeros((BLOCK_P, WP), dtype=tl.float32) + tl.load(conv_b_ptr + (2 * b + 1) * WP + offs_c)[None, :]
+                if KCAT:
+                    wk = tl.load(conv_w_ptr + (2 * b + 1) * KT * WP * WP + k_tile, mask=k_mask, other=0.0)
+                    acc = _dot(_cat_taps(uw, KT, KT_PAD, LOG2_KT_PAD), wk, acc, PRECISION, INTERP_BF16)
+                else:
+                    for t in tl.static_range(KT):
+                        wt = tl.load(conv_w_ptr + ((2 * b + 1) * KT + t) * WP * WP + w_tile)
+                        acc = _dot(uw[t], wt, acc, PRECISION, INTERP_BF16)
+                if (RELU2_MASK >> b) & 1:
+                    acc = tl.maximum(acc, 0.0)
+                acc = acc + yw[0].to(tl.float32)
+                if (BLOCK_RELU_MASK >> b) & 1:
+                    acc = tl.maximum(acc, 0.0)
+                pos = pos - LAG
+                new = _round(tl.where(_in_bands(pos, D, col0), acc, 0.0), dt, INTERP_BF16)
+                state_next = state_next + ((yw, uw),)
+        # stage affines (pointwise), then this position's share of the full-band reduction
+        yf = new.to(tl.float32)
+        for a in tl.static_range(NUM_POST):
+            sc = tl.load(post_ptr + (2 * a) * WP + offs_c)
+            sh = tl.load(post_ptr + (2 * a + 1) * WP + offs_c)
+            yf = tl.maximum(yf * sc[None, :] + sh[None, :], 0.0)
+        wr = tl.load(red_w_ptr + pos * WP * FP + r_tile, mask=_in_bands(pos, D, r_tile), other=0.0)
+        acc_r = _dot(_round(yf, dt, INTERP_BF16), wr, acc_r, PRECISION, INTERP_BF16)
+        return state_next, acc_r
+
+    @triton.jit
     def _spectral_stage_kernel(
         # pointers
         x_ptr, out_ptr, stem_w_ptr, stem_b_ptr, conv_w_ptr, conv_b_ptr, pre_ptr, post_ptr, red_w_ptr, red_b_ptr,
@@ -182,10 +331,11 @@ if HAS_TRITON:
         stride_xp, stride_xb, stride_op, stride_of,
         # meta
         STEM_STRIDE: tl.constexpr, KS: tl.constexpr, KS_PAD: tl.constexpr, KT: tl.constexpr,
-        NUM_BLOCKS: tl.constexpr, NUM_POST: tl.constexpr, WP: tl.constexpr, FP: tl.constexpr,
+        KT_PAD: tl.constexpr, LOG2_KT_PAD: tl.constexpr, NUM_BLOCKS: tl.constexpr, NUM_POST: tl.constexpr, WP: tl.constexpr, FP: tl.constexpr,
         STEM_RELU: tl.constexpr, PRE_MASK: tl.constexpr, RELU1_MASK: tl.constexpr, RELU2_MASK: tl.constexpr,
         BLOCK_RELU_MASK: tl.constexpr, REDUCE_RELU: tl.constexpr, PRECISION: tl.constexpr,
-        INTERP_BF16: tl.constexpr, BLOCK_P: tl.constexpr,
+        INTERP_BF16: tl.constexpr, BLOCK_P: tl.constexpr, UNROLL: tl.constexpr, KCAT: tl.constexpr,
+        SCATTER: tl.constexpr,
     ):
         dt = stem_w_ptr.dtype.element_ty  # dot operand dtype (the input's); accumulation is fp32
         pid = tl.program_id(0)
@@ -196,8 +346,11 @@ if HAS_TRITON:
         offs_f = tl.arange(0, FP)
         w_tile = offs_c[:, None] * WP + offs_c[None, :]  # (c_in, c_out) within one packed tap
         r_tile = offs_c[:, None] * FP + offs_f[None, :]  # (c_in, f) within one band position of reduce
-        HALF: tl.constexpr = KT // 2
-        LAG: tl.constexpr = KT - 1  # a residual block's output lags its input by two half-kernels
+        LAG: tl.constexpr = KT - 1
+        # taps concatenated along K (KCAT): row c * KT_PAD + t of a conv's (WP * KT_PAD, WP) operand is tap t's row c
+        offs_r = tl.arange(0, WP * KT_PAD)
+        k_tile = (offs_r % KT_PAD)[:, None] * WP * WP + (offs_r // KT_PAD)[:, None] * WP + offs_c[None, :]
+        k_mask = (offs_r % KT_PAD)[:, None] + offs_c[None, :] * 0 < KT
 
         stem_w = tl.load(stem_w_ptr + offs_k[:, None] * WP + offs_c[None, :])  # (KS_PAD, WP) taps x c_out
         stem_b = tl.load(stem_b_ptr + offs_c)
@@ -206,65 +359,26 @@ if HAS_TRITON:
         col0 = offs_p[:, None] * 0  # (BLOCK_P, 1) int zeros: position-validity tests broadcast from it
 
         zero = tl.zeros((BLOCK_P, WP), dtype=dt)
-        y_win = ((zero,) * KT,) * NUM_BLOCKS  # per block: its input at positions pos-KT+1 .. pos
-        u_win = ((zero,) * KT,) * NUM_BLOCKS  # per block: conv1 output at positions pos-HALF-KT+1 .. pos-HALF
+        if SCATTER:  # per block: conv1 / conv2 partial sums (bias + no input yet), block input delay line
+            state = ()
+            for b in tl.static_range(NUM_BLOCKS):
+                bias1 = tl.zeros((BLOCK_P, WP), dtype=tl.float32) + tl.load(conv_b_ptr + (2 * b) * WP + offs_c)[None, :]
+                bias2 = tl.zeros((BLOCK_P, WP), dtype=tl.float32) + tl.load(conv_b_ptr + (2 * b + 1) * WP + offs_c)[None, :]
+                state = state + (((bias1,) * LAG, (bias2,) * LAG, (zero,) * LAG),)
+        else:  # per block: its input at positions pos-KT+1 .. pos, conv1 output at pos-HALF-KT+1 .. pos-HALF
+            state = (((zero,) * KT, (zero,) * KT),) * NUM_BLOCKS
         acc_r = tl.zeros((BLOCK_P, FP), dtype=tl.float32)
 
-        for j in range(0, D + NUM_BLOCKS * LAG):
-            # stem: valid conv, stride STEM_STRIDE, one input channel -> position j
-            cols = j * STEM_STRIDE + offs_k
-            xs = tl.load(x_rows + cols[None, :] * stride_xb,
-                         mask=p_mask[:, None] & (offs_k[None, :] < KS) & (cols[None, :] < B), other=0.0)
-            s = _dot(xs.to(dt), stem_w, tl.zeros((BLOCK_P, WP), dtype=tl.float32), PRECISION, INTERP_BF16) + stem_b[None, :]
-            if STEM_RELU:
-                s = tl.maximum(s, 0.0)
-            new = _round(tl.where(_in_bands(j, D, col0), s, 0.0), dt, INTERP_BF16)
-            pos = j
-            y_next = ()
-            u_next = ()
-            for b in tl.static_range(NUM_BLOCKS):
-                yw = y_win[b][1:] + (new,)
-                # conv1 (optionally after the pre-activation affine + ReLU) -> position pos - HALF
-                acc = tl.zeros((BLOCK_P, WP), dtype=tl.float32) + tl.load(conv_b_ptr + (2 * b) * WP + offs_c)[None, :]
-                if (PRE_MASK >> b) & 1:
-                    sc = tl.load(pre_ptr + (2 * b) * WP + offs_c)
-                    sh = tl.load(pre_ptr + (2 * b + 1) * WP + offs_c)
-                for t in tl.static_range(KT):
-                    h = yw[t]
-                    if (PRE_MASK >> b) & 1:
-                        q = pos - LAG + t
-                        h = tl.maximum(h.to(tl.float32) * sc[None, :] + sh[None, :], 0.0)
-                        h = _round(tl.where(_in_bands(q, D, col0), h, 0.0), dt, INTERP_BF16)
-                    wt = tl.load(conv_w_ptr + ((2 * b) * KT + t) * WP * WP + w_tile)
-                    acc = _dot(h, wt, acc, PRECISION, INTERP_BF16)
-                if (RELU1_MASK >> b) & 1:
-                    acc = tl.maximum(acc, 0.0)
-                u = _round(tl.where(_in_bands(pos - HALF, D, col0), acc, 0.0), dt, INTERP_BF16)
-                uw = u_win[b][1:] + (u,)
-                # conv2 -> position pos - LAG, then the identity add (the oldest tile of yw is that position)
-                acc = tl.zeros((BLOCK_P, WP), dtype=tl.float32) + tl.load(conv_b_ptr + (2 * b + 1) * WP + offs_c)[None, :]
-                for t in tl.static_range(KT):
-                    wt = tl.load(conv_w_ptr + ((2 * b + 1) * KT + t) * WP * WP + w_tile)
-                    acc = _dot(uw[t], wt, acc, PRECISION, INTERP_BF16)
-                if (RELU2_MASK >> b) & 1:
-                    acc = tl.maximum(acc, 0.0)
-                acc = acc + yw[0].to(tl.float32)
-                if (BLOCK_RELU_MASK >> b) & 1:
-                    acc = tl.maximum(acc, 0.0)
-                pos = pos - LAG
-                new = _round(tl.where(_in_bands(pos, D, col0), acc, 0.0), dt, INTERP_BF16)
-                y_next = y_next + (yw,)
-                u_next = u_next + (uw,)
-            y_win = y_next
-            u_win = u_next
-            # stage affines (pointwise), then this position's share of the full-band reduction
-            yf = new.to(tl.float32)
-            for a in tl.static_range(NUM_POST):
-                sc = tl.load(post_ptr + (2 * a) * WP + offs_c)
-                sh = tl.load(post_ptr + (2 * a + 1) * WP + offs_c)
-                yf = tl.maximum(yf * sc[None, :] + sh[None, :], 0.0)
-            wr = tl.load(red_w_ptr + pos * WP * FP + r_tile, mask=_in_bands(pos, D, r_tile), other=0.0)
-            acc_r = _dot(_round(yf, dt, INTERP_BF16), wr, acc_r, PRECISION, INTERP_BF16)
+        # UNROLL steps per iteration: a tile made inside the iteration feeds the later steps' dots straight from
+        # registers; only loop-carried tiles are staged through shared memory. Steps past the last one needed
+        # are harmless: every position outside [0, D) is zero and its reduce weights load as zero.
+        for j0 in range(0, D + NUM_BLOCKS * LAG, UNROLL):
+            for i in tl.static_range(UNROLL):
+                state, acc_r = _step(
+                    j0 + i, state, acc_r, x_rows, stride_xb, B, D, p_mask, col0, offs_k, offs_c, stem_w,
+                    stem_b, conv_w_ptr, conv_b_ptr, pre_ptr, post_ptr, red_w_ptr, w_tile, k_tile, k_mask, r_tile,
+                    STEM_STRIDE, KS, KT, KT_PAD, LOG2_KT_PAD, NUM_BLOCKS, NUM_POST, WP, FP, STEM_RELU, PRE_MASK, RELU1_MASK, RELU2_MASK, BLOCK_RELU_MASK,
+                    PRECISION, INTERP_BF16, BLOCK_P, KCAT, SCATTER)
 
         out = acc_r + tl.load(red_b_ptr + offs_f)[None, :]
         if REDUCE_RELU:
@@ -275,23 +389,45 @@ if HAS_TRITON:
     # Hopper: 16-64 pixel rows per program, 4-8 warps. The kernel is register-bound (the tuple windows grow
     # with BLOCK_P): compiled offline for sm_90 with two bf16 blocks, BLOCK_P=16/4 warps takes 168 registers
     # and no spills (3 programs per SM), 32/4 and 32/8 take 255/254 with no spills (mma.sync), 64/4 and 64/8
-    # spill ~1 KB of stack (wgmma). 128 rows needs more shared memory than an SM has. Which wins is measured.
-    _CONFIGS = [triton.Config({"BLOCK_P": bp}, num_warps=nw, num_stages=ns)
-                for bp, nw, ns in [(16, 4, 1), (16, 4, 2), (32, 4, 1), (32, 4, 2), (32, 8, 1), (64, 4, 1),
-                                   (64, 8, 1)]]
+    # spill ~1 KB of stack (wgmma). 128 rows needs more shared memory than an SM has.
+    #
+    # The offline compile also shows where a step's time goes besides the MMAs (benchmarks/results/
+    # kernel-compile-sm90.md): a window tile is loop-carried in the accumulator layout, and a dot operand that
+    # comes from a loop-carried value is staged through shared memory (store, barrier, load) at every use, so each
+    # tile crosses shared memory KT times, with a barrier per tap (31 stagings and ~60 barriers per step; the
+    # wgmma form waits on every one of its 30 dots). Two variants cut that down, and the autotuner measures them
+    # beside the plain form: KCAT concatenates a conv's KT taps along K (one (BLOCK_P, WP*KT_PAD) operand, one
+    # staging, one dot per conv: 7 stagings and 22 barriers per step, 6 wgmma waits instead of 30, at 8/7 of
+    # the MMA work for KT=7); UNROLL=2 runs two positions per iteration, so a tile made in the first feeds the
+    # second from registers (19 stagings per step; more registers live). SCATTER turns each conv around: the
+    # input tile made this step multiplies all KT taps at once, adding into the partial sums of the KT outputs
+    # it feeds (fp32, loop-carried but only ever added to); no activation is a loop-carried dot operand, so none
+    # is staged for reuse (in the 64-row wgmma form the A operand comes straight from registers: 2 stagings per
+    # step, stem and reduce), at the price of 2 x (KT-1) fp32 tiles per block held in registers. num_stages=2 is
+    # not tuned: the loop has nothing to pipeline, and Triton 3.9 emits the same PTX as with 1.
+    _CONFIGS = [triton.Config({"BLOCK_P": bp, "UNROLL": un, "KCAT": kc, "SCATTER": sc}, num_warps=nw, num_stages=1)
+                for bp, nw, un, kc, sc in [
+                    (16, 4, 1, False, False), (32, 4, 1, False, False), (32, 8, 1, False, False),
+                    (64, 4, 1, False, False), (64, 8, 1, False, False),
+                    (16, 4, 1, True, False), (32, 4, 1, True, False), (32, 8, 1, True, False), (64, 8, 1, True, False),
+                    (16, 4, 2, False, False),
+                    (16, 4, 1, False, True), (64, 8, 1, False, True)]]
 
     def _prune_configs(configs, named_args, **meta):
-        # exact fp32 dots lower to FMA loops (no tensor cores) that compile slowly (~20 s each on a shared CPU):
-        # tune over the three no-spill configs only
+        # exact fp32 dots lower to FMA loops (no tensor cores) that compile slowly (~10-20 s each on a shared CPU):
+        # tune over the no-spill plain configs and one KCAT config only
         if meta.get("PRECISION") == "ieee" and named_args["x_ptr"].dtype == torch.float32:
-            return [c for c in configs if c.kwargs["BLOCK_P"] <= 32 and c.num_stages == 1]
+            return [c for c in configs if c.kwargs["BLOCK_P"] <= 32 and c.num_stages == 1 and c.kwargs["UNROLL"] == 1
+                    and (not c.kwargs["KCAT"] or (c.kwargs["BLOCK_P"], c.num_warps) == (32, 4))]
         return configs
 
     # the autotuner adds the tensor arguments' dtypes to the key; the pixel count is left out on purpose, so
-    # the last, partial tile of a scene does not trigger a new search
+    # the last, partial tile of a scene does not trigger a new search. Timings are kept in Triton's on-disk
+    # cache where this Triton can (cache_results), so a machine tunes a program shape once, not once per process.
+    _tune_opts = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
     _spectral_stage_kernel_tuned = triton.autotune(
         configs=_CONFIGS, key=["B", "D", "F", "WP", "FP", "KT", "NUM_BLOCKS", "NUM_POST", "PRECISION"],
-        prune_configs_by={"early_config_prune": _prune_configs})(_spectral_stage_kernel)
+        prune_configs_by={"early_config_prune": _prune_configs}, **_tune_opts)(_spectral_stage_kernel)
 
 
 def _next_pow2(n: int, lo: int = 16) -> int:
@@ -343,7 +479,8 @@ def _pack(program: SpectralProgram, device: torch.device, dtype: torch.dtype) ->
     packed = dict(
         stem_w=stem_w.to(dtype), stem_b=vec(program.stem.bias, wp), conv_w=conv_w.to(dtype).contiguous(),
         conv_b=conv_b, pre=pre, post=post, red_w=red_w.to(dtype).contiguous(), red_b=vec(program.reduce.bias, fp),
-        meta=dict(STEM_STRIDE=int(program.stem.stride), KS=int(ks), KS_PAD=ks_pad, KT=int(kt), NUM_BLOCKS=nb,
+        meta=dict(STEM_STRIDE=int(program.stem.stride), KS=int(ks), KS_PAD=ks_pad, KT=int(kt),
+                  KT_PAD=_next_pow2(kt, 1), LOG2_KT_PAD=_next_pow2(kt, 1).bit_length() - 1, NUM_BLOCKS=nb,
                   NUM_POST=len(program.post), WP=wp, FP=fp, STEM_RELU=bool(program.stem.relu),
                   PRE_MASK=bits(b.pre is not None for b in program.blocks),
                   RELU1_MASK=bits(b.conv1.relu for b in program.blocks),
@@ -390,21 +527,42 @@ def _interpreting() -> bool:
     return isinstance(_spectral_stage_kernel, InterpretedFunction)
 
 
-def spectral_stage_triton(x: torch.Tensor, program: SpectralProgram, *, allow_tf32: bool = False) -> torch.Tensor:
+def spectral_stage_triton(x: torch.Tensor, program: SpectralProgram, *, allow_tf32: bool = False,
+                          config: dict | None = None) -> torch.Tensor:
     """Fused Triton spectral stage: ``x (P, bands)`` -> ``(P, out_features)`` in ``x``'s dtype.
 
     Same contract as :func:`spectral_stage_reference`. Dot operands are in ``x``'s dtype (float32,
     bfloat16 or float16; the program's weights are cast to it), accumulation is float32. float32 inputs
     use exact fp32 products unless ``allow_tf32=True``. Needs CUDA (or ``TRITON_INTERPRET=1`` set before
-    Triton is imported, for CPU tests).
+    Triton is imported, for CPU tests). ``config`` pins one kernel variant instead of autotuning (tests and
+    benchmarks): keys ``BLOCK_P``, ``UNROLL``, ``KCAT``, ``SCATTER`` and optionally ``num_warps`` / ``num_stages``.
     """
-    return _launch(x, program, allow_tf32)[0]
+    return _launch(x, program, allow_tf32, config)[0]
 
 
-def _launch(x: torch.Tensor, program: SpectralProgram, allow_tf32: bool) -> tuple[torch.Tensor, object]:
-    """Checks, packs and launches the kernel: ``(out, what Triton's launch returned)``."""
+_VARIANT_KEYS = ("BLOCK_P", "UNROLL", "KCAT", "SCATTER")
+
+
+def _check_config(config: dict) -> None:
+    missing = [k for k in _VARIANT_KEYS if k not in config]
+    extra = sorted(set(config) - set(_VARIANT_KEYS) - {"num_warps", "num_stages"})
+    if missing or extra:
+        raise ValueError(f"config needs keys {list(_VARIANT_KEYS)} (optional num_warps, num_stages); "
+                         f"missing {missing}, unknown {extra}")
+    bp, un, kc, sc = config["BLOCK_P"], config["UNROLL"], config["KCAT"], config["SCATTER"]
+    if not (isinstance(bp, int) and bp >= 16 and bp & (bp - 1) == 0) or not (isinstance(un, int) and un >= 1) \
+            or not isinstance(kc, bool) or not isinstance(sc, bool) or (kc and sc):
+        raise ValueError("config BLOCK_P must be a power of two >= 16, UNROLL an int >= 1, KCAT and SCATTER bools, "
+                         f"not both true; got BLOCK_P={bp!r}, UNROLL={un!r}, KCAT={kc!r}, SCATTER={sc!r}")
+
+
+def _launch(x: torch.Tensor, program: SpectralProgram, allow_tf32: bool,
+            config: dict | None = None) -> tuple[torch.Tensor, object]:
+    """Checks, packs and launches the kernel (autotuned, or the pinned ``config``): ``(out, Triton's launch)``."""
     if not HAS_TRITON:
         raise RuntimeError("the triton spectral backend needs the 'triton' package; use the eager backend")
+    if config is not None:
+        _check_config(config)
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != program.bands:
         raise ValueError(f"expected pixels (P, {program.bands}); got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -425,8 +583,12 @@ def _launch(x: torch.Tensor, program: SpectralProgram, allow_tf32: bool) -> tupl
     args = (x, out, pk["stem_w"], pk["stem_b"], pk["conv_w"], pk["conv_b"], pk["pre"], pk["post"], pk["red_w"],
             pk["red_b"], p, program.bands, program.reduced_bands, f, x.stride(0), x.stride(1), out.stride(0),
             out.stride(1))
-    if interp:  # the autotuner times configs with CUDA events: launch one small config instead
-        compiled = _spectral_stage_kernel[(triton.cdiv(p, 16),)](*args, **meta, BLOCK_P=16)
+    if config is not None or interp:  # the autotuner times with CUDA events: the interpreter runs one small config
+        cfg = dict(config) if config is not None else dict(BLOCK_P=16, UNROLL=1, KCAT=False, SCATTER=False)
+        opts = {k: cfg.pop(k) for k in ("num_warps", "num_stages") if k in cfg}
+        opts = {} if interp else opts
+        with torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext():
+            compiled = _spectral_stage_kernel[(triton.cdiv(p, cfg["BLOCK_P"]),)](*args, **meta, **cfg, **opts)
     else:
         grid = lambda m: (triton.cdiv(p, m["BLOCK_P"]),)  # noqa: E731
         with torch.cuda.device(x.device):
@@ -441,12 +603,13 @@ _TTGIR_OPS = ("convert_layout", "local_alloc", "local_load", "local_store", "war
 _PTX_OPS = ("wgmma.mma_async", "mma.sync", "ld.local", "st.local", "bar.sync")
 
 
-def triton_kernel_report(x: torch.Tensor, program: SpectralProgram, *, allow_tf32: bool = False) -> dict:
+def triton_kernel_report(x: torch.Tensor, program: SpectralProgram, *, allow_tf32: bool = False,
+                         config: dict | None = None) -> dict:
     """Launch the fused kernel once on ``x`` and describe what Triton compiled for it: the tuned block shape,
     registers, spills, shared memory, counts of telling ops in its TTGIR / PTX, and those texts. For benchmark
     reports (where the 9.8 %-of-peak kernel loses time); ``{}`` when the launch gives nothing to inspect
-    (Triton's interpreter, an older Triton)."""
-    _, k = _launch(x, program, allow_tf32)
+    (Triton's interpreter, an older Triton). ``config`` pins a variant as in :func:`spectral_stage_triton`."""
+    _, k = _launch(x, program, allow_tf32, config)
     asm = getattr(k, "asm", None)
     if not asm:
         return {}
@@ -455,10 +618,10 @@ def triton_kernel_report(x: torch.Tensor, program: SpectralProgram, *, allow_tf3
     for name in ("num_warps", "num_stages", "shared"):
         info[name] = getattr(md, name, None) if md is not None and not isinstance(md, dict) else (md or {}).get(name)
     try:
-        c = _spectral_stage_kernel_tuned.best_config
-        info["BLOCK_P"] = c.kwargs.get("BLOCK_P")
+        chosen = config if config is not None else _spectral_stage_kernel_tuned.best_config.kwargs
+        info.update({key: chosen.get(key) for key in _VARIANT_KEYS})
     except Exception:  # noqa: BLE001 - informational
-        info["BLOCK_P"] = None
+        info.update(dict.fromkeys(_VARIANT_KEYS))
     ttgir, ptx = str(asm.get("ttgir", "")), str(asm.get("ptx", ""))
     info.update({f"ttgir {op}": ttgir.count(op) for op in _TTGIR_OPS})
     info.update({f"ptx {op}": ptx.count(op) for op in _PTX_OPS})

@@ -22,7 +22,12 @@ from kernels.spectral import _random_program, spectral_stage_reference, spectral
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# (name, bands, width, out_features, blocks, form, stage_norms, pixels, dtype)
+PLAIN = dict(BLOCK_P=16, UNROLL=1, KCAT=False, SCATTER=False)
+KCAT = dict(PLAIN, KCAT=True)
+UNROLL2 = dict(PLAIN, UNROLL=2)
+SCATTER = dict(PLAIN, SCATTER=True)
+
+# (name, bands, width, out_features, blocks, form, stage_norms, pixels, dtype[, {config, kernel}])
 CASES = [
     ("paper-b23-w24", 23, 24, 128, 2, "paper", 0, 5, "float32"),
     ("paper-b31-w16", 31, 16, 40, 2, "paper", 0, 3, "float32"),
@@ -34,14 +39,29 @@ CASES = [
     ("seed-b31-w20-post2-bf16", 31, 20, 128, 2, "seed", 2, 4, "bfloat16"),
     ("paper-b31-w24-fp16", 31, 24, 128, 2, "paper", 0, 5, "float16"),
     ("seed-b103-w24-post2-bf16", 103, 24, 128, 2, "seed", 2, 3, "bfloat16"),
+    # the kernel's variants, pinned (the autotuner picks among them on a GPU); odd kernel sizes pad KT to KT_PAD
+    ("kcat-paper-b23-w24", 23, 24, 128, 2, "paper", 0, 5, "float32", {"config": KCAT}),
+    ("kcat-seed-b31-w20-post2-bf16", 31, 20, 128, 2, "seed", 2, 4, "bfloat16", {"config": KCAT}),
+    ("kcat-paper-b29-w24-k5-fp16", 29, 24, 64, 2, "paper", 0, 3, "float16", {"config": KCAT, "kernel": 5}),
+    ("kcat-unroll3-seed-b26-w16-k3", 26, 16, 40, 1, "seed", 1, 3, "float32",
+     {"config": dict(KCAT, UNROLL=3), "kernel": 3}),
+    ("unroll2-paper-b31-w24-bf16", 31, 24, 128, 2, "paper", 0, 4, "bfloat16", {"config": UNROLL2}),
+    ("unroll2-seed-b22-w20-post1", 22, 20, 128, 2, "seed", 1, 3, "float32", {"config": UNROLL2}),
+    ("scatter-paper-b23-w24", 23, 24, 128, 2, "paper", 0, 5, "float32", {"config": SCATTER}),
+    ("scatter-seed-b31-w20-post2-bf16", 31, 20, 128, 2, "seed", 2, 4, "bfloat16", {"config": SCATTER}),
+    ("scatter-unroll2-seed-b17-w16-k3-fp16", 17, 16, 40, 1, "seed", 1, 3, "float16",
+     {"config": dict(SCATTER, UNROLL=2), "kernel": 3}),
+    ("scatter-seed-b12-w16-k1", 12, 16, 40, 2, "seed", 1, 3, "float32", {"config": SCATTER, "kernel": 1}),
 ]
 
 
-def run_case(name, bands, width, out_features, blocks, form, stage_norms, pixels, dtype, *, strided=False,
-             program=None):
+def run_case(name, bands, width, out_features, blocks, form, stage_norms, pixels, dtype, opts=None, *,
+             strided=False, program=None):
+    opts = opts or {}
     g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
     prog = program if program is not None else _random_program(
-        bands, width, out_features, blocks=blocks, form=form, stage_norms=stage_norms, generator=g)
+        bands, width, out_features, blocks=blocks, form=form, stage_norms=stage_norms,
+        kernel=opts.get("kernel", 7), generator=g)
     x64 = torch.randn(pixels, bands, generator=g, dtype=torch.float64)
     ref = spectral_stage_reference(x64, prog.to(dtype=torch.float64))
     dt = DTYPES[dtype]
@@ -50,7 +70,7 @@ def run_case(name, bands, width, out_features, blocks, form, stage_norms, pixels
         wide = torch.zeros(pixels, 2 * bands, dtype=dt)
         wide[:, ::2] = x
         x = wide[:, ::2]
-    out = spectral_stage_triton(x, prog)
+    out = spectral_stage_triton(x, prog, config=opts.get("config"))
     plain = spectral_stage_reference(x.contiguous(), prog.to(dtype=dt))
     assert out.dtype == dt and out.shape == ref.shape
     return dict(name=name, dtype=dtype, err=(out.double() - ref).abs().max().item(),

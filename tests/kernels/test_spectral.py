@@ -121,11 +121,18 @@ def test_unsupported_program_form_is_rejected(prog: SpectralProgram) -> None:
         _check_program(bad)
 
 
+def test_pinned_config_is_checked(prog: SpectralProgram) -> None:
+    ok = dict(BLOCK_P=16, UNROLL=1, KCAT=False, SCATTER=False)
+    for bad, match in [(dict(BLOCK_P=16, UNROLL=1), "missing"), (dict(ok, BLOCK_P=24), "power of two"),
+                       (dict(ok, UNROLL=0), "UNROLL"), (dict(ok, KCAT=1), "KCAT"),
+                       (dict(ok, KCAT=True, SCATTER=True), "not both"), (dict(ok, warps=4), "unknown")]:
+        with pytest.raises(ValueError, match=match):
+            spectral_stage_triton(torch.zeros(4, 23), prog, config=bad)
+
+
 # --- offline compile for Hopper ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("form,blocks,stage_norms,dtype", [("paper", 2, 0, "bf16"), ("seed", 1, 2, "fp16"),
-                                                           ("paper", 0, 0, "bf16")])
-def test_kernel_compiles_for_hopper_sm90(form: str, blocks: int, stage_norms: int, dtype: str) -> None:
+def _compile_sm90(form: str, blocks: int, stage_norms: int, dtype: str, variant: dict, num_warps: int = 4):
     """Lower the kernel (200 bands) to an sm_90 cubin with Triton's bundled ptxas: no GPU needed."""
     triton = pytest.importorskip("triton")
     from kernels import spectral
@@ -140,7 +147,7 @@ def test_kernel_compiles_for_hopper_sm90(form: str, blocks: int, stage_norms: in
     program = _random_program(200, 24, 128, blocks=blocks, form=form, stage_norms=stage_norms,
                               generator=torch.Generator().manual_seed(0))
     pk = spectral._pack(program, torch.device("cpu"), {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
-    meta = dict(pk["meta"], PRECISION="ieee", INTERP_BF16=False, BLOCK_P=32)
+    meta = dict(pk["meta"], PRECISION="ieee", INTERP_BF16=False, **variant)
     ptrs = ["x_ptr", "out_ptr", "stem_w_ptr", "stem_b_ptr", "conv_w_ptr", "conv_b_ptr", "pre_ptr", "post_ptr",
             "red_w_ptr", "red_b_ptr"]
     types = [f"*{dtype}", f"*{dtype}", f"*{dtype}", "*fp32", f"*{dtype}", "*fp32", "*fp32", "*fp32", f"*{dtype}",
@@ -149,28 +156,65 @@ def test_kernel_compiles_for_hopper_sm90(form: str, blocks: int, stage_norms: in
     sig.update({n: "i32" for n in ["P", "B", "D", "F", "stride_xp", "stride_xb", "stride_op", "stride_of"]})
     sig.update({k: "constexpr" for k in meta})
     try:
-        compiled = triton.compile(ASTSource(fn=spectral._spectral_stage_kernel, signature=sig, constexprs=meta),
-                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 1})
+        return triton.compile(ASTSource(fn=spectral._spectral_stage_kernel, signature=sig, constexprs=meta),
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": 1})
     except Exception as e:  # noqa: BLE001
         if "ptxas" in str(e).lower() and "not found" in str(e).lower():
             pytest.skip(f"no ptxas: {e}")
         raise
-    ptx = compiled.asm["ptx"]
-    assert len(compiled.asm["cubin"]) > 0
+
+
+PLAIN = dict(BLOCK_P=32, UNROLL=1, KCAT=False, SCATTER=False)
+
+
+@pytest.mark.parametrize("form,blocks,stage_norms,dtype,variant", [
+    ("paper", 2, 0, "bf16", PLAIN), ("seed", 1, 2, "fp16", PLAIN), ("paper", 0, 0, "bf16", PLAIN),
+    ("seed", 2, 2, "bf16", dict(PLAIN, KCAT=True)), ("paper", 2, 0, "fp16", dict(PLAIN, BLOCK_P=16, UNROLL=2)),
+    ("seed", 2, 2, "bf16", dict(PLAIN, BLOCK_P=16, SCATTER=True))])
+def test_kernel_compiles_for_hopper_sm90(form: str, blocks: int, stage_norms: int, dtype: str, variant: dict) -> None:
+    ptx = _compile_sm90(form, blocks, stage_norms, dtype, variant).asm["ptx"]
     assert "mma.sync" in ptx or "wgmma" in ptx, "the band convolutions did not lower to tensor-core MMAs"
-    assert "st.local" not in ptx
+    assert "st.local" not in ptx, "the kernel keeps an array in local memory (a tile tuple indexed at run time?)"
+
+
+def _loop_body(ttgir: str) -> str:
+    start = ttgir.index("scf.for")
+    return ttgir[start:ttgir.index("scf.yield", start)]
+
+
+def test_kcat_stages_each_conv_operand_once() -> None:
+    """Why KCAT exists: the plain form stages every tap's operand through shared memory (a store and a barrier
+    per tap and step); KCAT stages one concatenated operand per conv. Counted in the sm_90 compile (32 pixels,
+    4 warps, mma.sync): per step, shared-memory stagings of loop-carried tiles and barriers in the whole kernel."""
+    plain = _compile_sm90("paper", 2, 0, "bf16", PLAIN)
+    kcat = _compile_sm90("paper", 2, 0, "bf16", dict(PLAIN, KCAT=True))
+    n_alloc = [_loop_body(k.asm["ttgir"]).count("ttg.local_alloc") for k in (plain, kcat)]
+    n_bar = [k.asm["ptx"].count("bar.sync") for k in (plain, kcat)]
+    # plain: 2 blocks x 2 convs x 7 taps + stem + reduce + the new tile; kcat: one per conv + stem + reduce
+    assert n_alloc[0] >= 2 * 2 * 7 and n_alloc[1] <= 2 * 2 + 3, n_alloc
+    assert n_bar[1] * 2 < n_bar[0], n_bar
+
+
+def test_scatter_feeds_wgmma_from_registers() -> None:
+    """Why SCATTER exists: in the 64-row wgmma form no activation is staged through shared memory per step
+    (the plain form stages 26); what remains is the stem's input and the reduce's operand."""
+    plain = _compile_sm90("paper", 2, 0, "bf16", dict(PLAIN, BLOCK_P=64), num_warps=8)
+    scatter = _compile_sm90("paper", 2, 0, "bf16", dict(PLAIN, BLOCK_P=64, SCATTER=True), num_warps=8)
+    assert "warp_group_dot" in scatter.asm["ttgir"]
+    n_alloc = [_loop_body(k.asm["ttgir"]).count("ttg.local_alloc") for k in (plain, scatter)]
+    assert n_alloc[0] >= 2 * 2 * 6 and n_alloc[1] <= 2, n_alloc
 
 
 # --- GPU: realistic sizes ------------------------------------------------------------------------------------
 
 def _cuda_case(bands: int, pixels: int, dtype: torch.dtype, *, form: str = "paper", stage_norms: int = 0,
-               width: int = 24, allow_tf32: bool = False, seed: int = 0) -> dict:
+               width: int = 24, allow_tf32: bool = False, seed: int = 0, config: dict | None = None) -> dict:
     g = torch.Generator().manual_seed(seed)
     prog = _random_program(bands, width, 128, form=form, stage_norms=stage_norms, generator=g).to("cuda")
     x64 = torch.randn(pixels, bands, generator=g, dtype=torch.float64).cuda()
     ref = spectral_stage_reference(x64, prog.to(dtype=torch.float64))
     x = x64.to(dtype)
-    out = spectral_stage_triton(x, prog, allow_tf32=allow_tf32)
+    out = spectral_stage_triton(x, prog, allow_tf32=allow_tf32, config=config)
     torch.cuda.synchronize()
     with torch.backends.cudnn.flags(allow_tf32=allow_tf32):
         plain = spectral_stage_reference(x, prog.to(dtype=dtype))
@@ -189,6 +233,30 @@ def test_gpu_matches_reference_realistic(bands: int, dtype: torch.dtype) -> None
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     check_tolerance(_cuda_case(bands, 10_007, dtype))
+
+
+def _config_ids() -> list[int]:
+    try:
+        from kernels.spectral import _CONFIGS
+    except ImportError:  # pragma: no cover - no triton
+        return []
+    return list(range(len(_CONFIGS)))
+
+
+@gpu
+@pytest.mark.parametrize("i", _config_ids())
+def test_gpu_every_autotuned_variant_matches_reference(i: int) -> None:
+    """Each config the autotuner may pick, pinned, at a realistic size (bf16; the seed form with a pre-affine,
+    an odd pixel count); float32 too where the exact path tunes over it."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from kernels import spectral
+
+    c = spectral._CONFIGS[i]
+    cfg = dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+    check_tolerance(_cuda_case(200, 5_003, torch.bfloat16, form="seed", stage_norms=2, config=cfg))
+    if c in spectral._prune_configs(spectral._CONFIGS, {"x_ptr": torch.zeros(1)}, PRECISION="ieee"):
+        check_tolerance(_cuda_case(103, 2_001, torch.float32, config=cfg))
 
 
 @gpu
