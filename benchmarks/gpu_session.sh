@@ -35,7 +35,10 @@ for s in $(seq 0 $((SEEDS - 1))); do
   pids+=($!)
 done
 
-# 2. GPU tests meanwhile (correctness only; compiles spread over processes)
+# 2. what this machine's Triton compiles for each autotune config (CPU only, offline), then the GPU tests
+#    meanwhile (correctness only; compiles spread over processes)
+timeout 200 python3 benchmarks/kernel_compile.py --out "$OUT/kernel-compile-sm90.md" >"$OUT/kernel-compile.log" 2>&1 &
+pids+=($!)
 [ -n "${SKIP_TESTS:-}" ] || timeout 240 python3 -m pytest -m gpu tests/kernels tests/engine -q -n 6 -p no:cacheprovider \
   --timeout 220 -rs 2>&1 | tee "$OUT/gpu-tests.log"
 echo "pytest rc=${PIPESTATUS[0]}" | tee -a "$OUT/gpu-tests.log"

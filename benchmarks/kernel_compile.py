@@ -91,12 +91,24 @@ def compile_sm90(config, dtype: str = "bf16", bands: int = 200, blocks: int = 2)
 
 def ptxas_usage(ptx: str) -> tuple[int | None, int | None]:
     """``(registers, spill-store bytes)`` from the bundled ptxas's ``-v`` report for sm_90a."""
-    from triton.backends.nvidia.compiler import get_ptxas
+    try:  # where Triton keeps its ptxas differs between releases
+        from triton.backends.nvidia.compiler import get_ptxas
 
+        try:
+            ptxas = get_ptxas(90).path
+        except TypeError:
+            ptxas = get_ptxas().path
+    except Exception:  # noqa: BLE001 - an older Triton: its knob, else give up on this column
+        try:
+            from triton import knobs
+
+            ptxas = knobs.nvidia.ptxas.path
+        except Exception:  # noqa: BLE001
+            return None, None
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "k.ptx"
         src.write_text(ptx)
-        r = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", str(src), "-o", str(Path(tmp) / "k.cubin")],
+        r = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(src), "-o", str(Path(tmp) / "k.cubin")],
                            capture_output=True, text=True)
     text = r.stdout + r.stderr
     regs = re.search(r"Used (\d+) registers", text)
