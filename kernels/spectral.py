@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import weakref
 
 import torch
@@ -415,7 +416,7 @@ if HAS_TRITON:
 
     def _prune_configs(configs, named_args, **meta):
         # exact fp32 dots lower to FMA loops (no tensor cores) that compile slowly (~10-20 s each on a shared CPU):
-        # tune over the no-spill plain configs and one KCAT config only
+        # tune over the mma.sync-sized shapes (BLOCK_P <= 32) with one position per iteration, and one KCAT shape
         if meta.get("PRECISION") == "ieee" and named_args["x_ptr"].dtype == torch.float32:
             return [c for c in configs if c.kwargs["BLOCK_P"] <= 32 and c.num_stages == 1 and c.kwargs["UNROLL"] == 1
                     and (not c.kwargs["KCAT"] or (c.kwargs["BLOCK_P"], c.num_warps) == (32, 4))]
@@ -519,6 +520,8 @@ def _check_program(program: SpectralProgram) -> None:
 
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_TUNED_KEYS: set[tuple] = set()  # autotune keys launched in this process (for the one log line per shape)
+log = logging.getLogger("kernels.spectral")
 
 
 def _interpreting() -> bool:
@@ -591,6 +594,14 @@ def _launch(x: torch.Tensor, program: SpectralProgram, allow_tf32: bool,
             compiled = _spectral_stage_kernel[(triton.cdiv(p, cfg["BLOCK_P"]),)](*args, **meta, **cfg, **opts)
     else:
         grid = lambda m: (triton.cdiv(p, m["BLOCK_P"]),)  # noqa: E731
+        tune_key = (program.bands, program.reduced_bands, f, meta["WP"], meta["KT"], meta["NUM_BLOCKS"],
+                    meta["NUM_POST"], meta["PRECISION"], x.dtype, x.device)
+        if tune_key not in _TUNED_KEYS:  # the first call per program shape may stop for a while: say why
+            _TUNED_KEYS.add(tune_key)
+            log.info("fused spectral kernel: autotuning %d configs for %d bands, %s on %s (first call for this "
+                     "shape; compiled kernels and timings are cached on disk)",
+                     len(_prune_configs(_CONFIGS, {"x_ptr": x}, **meta)), program.bands,
+                     str(x.dtype).removeprefix("torch."), x.device)
         with torch.cuda.device(x.device):
             compiled = _spectral_stage_kernel_tuned[grid](*args, **meta)
     return out, compiled
