@@ -428,7 +428,7 @@ def _tuned_config() -> str:
     try:
         from kernels import spectral
 
-        c = spectral._spectral_stage_kernel_tuned.best_config
+        c = spectral._active_tuner().best_config
         return (f"; tuned: BLOCK_P={c.kwargs['BLOCK_P']}, UNROLL={c.kwargs['UNROLL']}, KCAT={c.kwargs['KCAT']}, "
                 f"{c.num_warps} warps, {c.num_stages} stages")
     except Exception:  # noqa: BLE001 - an informational note only

@@ -426,9 +426,17 @@ if HAS_TRITON:
     # the last, partial tile of a scene does not trigger a new search. Timings are kept in Triton's on-disk
     # cache where this Triton can (cache_results), so a machine tunes a program shape once, not once per process.
     _tune_opts = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+    _TUNE_KEY = ["B", "D", "F", "WP", "FP", "KT", "NUM_BLOCKS", "NUM_POST", "PRECISION"]
     _spectral_stage_kernel_tuned = triton.autotune(
-        configs=_CONFIGS, key=["B", "D", "F", "WP", "FP", "KT", "NUM_BLOCKS", "NUM_POST", "PRECISION"],
-        prune_configs_by={"early_config_prune": _prune_configs}, **_tune_opts)(_spectral_stage_kernel)
+        configs=_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune_configs},
+        **_tune_opts)(_spectral_stage_kernel)
+    # The plain form alone (the one first measured on an H100): what the kernel tunes over if a variant cannot be
+    # built by this machine's Triton; Triton's autotuner stops at the first config that fails to compile.
+    _PLAIN_CONFIGS = [c for c in _CONFIGS if c.kwargs["UNROLL"] == 1 and not c.kwargs["KCAT"]
+                      and not c.kwargs["SCATTER"]]
+    _spectral_stage_kernel_tuned_plain = triton.autotune(
+        configs=_PLAIN_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune_configs},
+        **_tune_opts)(_spectral_stage_kernel)
 
 
 def _next_pow2(n: int, lo: int = 16) -> int:
@@ -521,6 +529,7 @@ def _check_program(program: SpectralProgram) -> None:
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TUNED_KEYS: set[tuple] = set()  # autotune keys launched in this process (for the one log line per shape)
+_VARIANTS_FAILED: list[str] = []  # why the variants were dropped in this process (empty: they build)
 log = logging.getLogger("kernels.spectral")
 
 
@@ -600,11 +609,27 @@ def _launch(x: torch.Tensor, program: SpectralProgram, allow_tf32: bool,
             _TUNED_KEYS.add(tune_key)
             log.info("fused spectral kernel: autotuning %d configs for %d bands, %s on %s (first call for this "
                      "shape; compiled kernels and timings are cached on disk)",
-                     len(_prune_configs(_CONFIGS, {"x_ptr": x}, **meta)), program.bands,
+                     len(_prune_configs(_active_tuner().configs, {"x_ptr": x}, **meta)), program.bands,
                      str(x.dtype).removeprefix("torch."), x.device)
         with torch.cuda.device(x.device):
-            compiled = _spectral_stage_kernel_tuned[grid](*args, **meta)
+            tuner = _active_tuner()
+            try:
+                compiled = tuner[grid](*args, **meta)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a variant this Triton cannot build: tune the plain form only
+                if tuner is _spectral_stage_kernel_tuned_plain:
+                    raise
+                _VARIANTS_FAILED.append(f"{type(e).__name__}: {e}")
+                log.warning("fused spectral kernel: a variant failed on this Triton (%s); tuning over the plain "
+                            "form only from now on", _VARIANTS_FAILED[0].splitlines()[0][:300])
+                compiled = _spectral_stage_kernel_tuned_plain[grid](*args, **meta)
     return out, compiled
+
+
+def _active_tuner():
+    """The autotuned kernel in use: every variant, or the plain form alone once a variant failed to build."""
+    return _spectral_stage_kernel_tuned_plain if _VARIANTS_FAILED else _spectral_stage_kernel_tuned
 
 
 # what to count in the compiled kernel's text: layout conversions (through shared memory when they change the
@@ -624,12 +649,13 @@ def triton_kernel_report(x: torch.Tensor, program: SpectralProgram, *, allow_tf3
     asm = getattr(k, "asm", None)
     if not asm:
         return {}
-    info: dict = {"n_regs": getattr(k, "n_regs", None), "n_spills": getattr(k, "n_spills", None)}
+    info: dict = {"n_regs": getattr(k, "n_regs", None), "n_spills": getattr(k, "n_spills", None),
+                  "variants dropped": _VARIANTS_FAILED[0][:200] if _VARIANTS_FAILED else "no"}
     md = getattr(k, "metadata", None)
     for name in ("num_warps", "num_stages", "shared"):
         info[name] = getattr(md, name, None) if md is not None and not isinstance(md, dict) else (md or {}).get(name)
     try:
-        chosen = config if config is not None else _spectral_stage_kernel_tuned.best_config.kwargs
+        chosen = config if config is not None else _active_tuner().best_config.kwargs
         info.update({key: chosen.get(key) for key in _VARIANT_KEYS})
     except Exception:  # noqa: BLE001 - informational
         info.update(dict.fromkeys(_VARIANT_KEYS))

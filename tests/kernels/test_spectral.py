@@ -324,6 +324,29 @@ def test_exact_fp32_autotunes_over_no_spill_configs_only() -> None:
 
 
 @gpu
+def test_gpu_variant_that_fails_to_build_falls_back_to_the_plain_form(monkeypatch, caplog) -> None:
+    """Triton's autotuner stops at the first config that fails to compile; the kernel then tunes over the plain
+    form only, with one warning, and still gives the reference's numbers."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from kernels import spectral
+
+    class Broken:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise RuntimeError("variant does not build here")
+            return launch
+
+    monkeypatch.setattr(spectral, "_spectral_stage_kernel_tuned", Broken())
+    monkeypatch.setattr(spectral, "_VARIANTS_FAILED", [])
+    with caplog.at_level("WARNING", logger="kernels.spectral"):
+        check_tolerance(_cuda_case(200, 3_001, torch.bfloat16))
+        check_tolerance(_cuda_case(103, 1_001, torch.bfloat16))
+    assert spectral._active_tuner() is spectral._spectral_stage_kernel_tuned_plain
+    assert sum("variant failed" in r.getMessage() for r in caplog.records) == 1, caplog.text
+
+
+@gpu
 def test_gpu_kernel_report_describes_the_compiled_kernel() -> None:
     """What benchmarks/kernels.py records about the compiled kernel: tuned shape, registers, ops in its IR."""
     if not torch.cuda.is_available():
