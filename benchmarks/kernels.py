@@ -430,7 +430,7 @@ def _tuned_config() -> str:
 
         c = spectral._active_tuner().best_config
         return (f"; tuned: BLOCK_P={c.kwargs['BLOCK_P']}, UNROLL={c.kwargs['UNROLL']}, KCAT={c.kwargs['KCAT']}, "
-                f"{c.num_warps} warps, {c.num_stages} stages")
+                f"SCATTER={c.kwargs['SCATTER']}, {c.num_warps} warps, {c.num_stages} stages")
     except Exception:  # noqa: BLE001 - an informational note only
         return ""
 

@@ -89,7 +89,7 @@ def _triton_self_check(device: torch.device, dtype: torch.dtype = torch.float32)
         x = torch.randn(5, 23, generator=g).to(device)
         ref = spectral_stage_reference(x, prog)
         out = spectral_stage_triton(x.to(dtype), prog, config=dict(BLOCK_P=16, UNROLL=1, KCAT=False, SCATTER=False,
-                                                                   num_warps=4)).float()
+                                                                   num_warps=4, num_stages=1)).float()
         torch.cuda.synchronize(device)
         tol = 1e-3 if dtype == torch.float32 else 5e-2 * float(ref.abs().max())
         if not torch.allclose(out, ref, rtol=tol, atol=tol):

@@ -125,10 +125,11 @@ def _random_program(bands: int, width: int = 24, out_features: int = 128, *, blo
 # padding, and it also stops relu(bias) or relu(shift) from leaking into the padding), and the reduce
 # weights of such positions load as zeros.
 #
-# Registers held per program: 2 windows of k tiles per residual block (block input, conv1 output), the
-# (BLOCK_P, FP) fp32 reduce accumulator, and transient tiles; windows are stored in the input dtype
-# (bf16/fp16 halve them), every dot accumulates in fp32. Weights are read from global memory (L1/L2
-# resident: ~57 KB in bf16 for two blocks) on each step.
+# Registers held per program (the plain form; the variants below _spectral_stage_kernel differ): 2 windows
+# of k tiles per residual block (block input, conv1 output), the (BLOCK_P, FP) fp32 reduce accumulator, and
+# transient tiles; windows are stored in the input dtype (bf16/fp16 halve them), every dot accumulates in
+# fp32. The conv weights (~57 KB in bf16 for two blocks) are loop-invariant: Triton stages them into shared
+# memory once, before the loop; the reduce weights of each position are read on its step.
 #
 # Channel widths that are not powers of two (24) are padded to WP (32) on the host: the packed weights,
 # biases and affine parameters are zero in the padded channels, so the padded channels stay exactly
@@ -415,11 +416,12 @@ if HAS_TRITON:
                     (16, 4, 1, False, True), (64, 8, 1, False, True)]]
 
     def _prune_configs(configs, named_args, **meta):
-        # exact fp32 dots lower to FMA loops (no tensor cores) that compile slowly (~10-20 s each on a shared CPU):
-        # tune over the mma.sync-sized shapes (BLOCK_P <= 32) with one position per iteration, and one KCAT shape
+        # exact fp32 dots lower to FMA loops (no tensor cores) that compile slowly (7-32 s each on a shared CPU)
+        # and spill in most shapes (offline sm_90: 96 B at 32/8, 128 B at 16/4, 2 KB at 32/4; KCAT ~35 KB,
+        # SCATTER ~2 KB): tune over the plain form at BLOCK_P <= 32 only
         if meta.get("PRECISION") == "ieee" and named_args["x_ptr"].dtype == torch.float32:
-            return [c for c in configs if c.kwargs["BLOCK_P"] <= 32 and c.num_stages == 1 and c.kwargs["UNROLL"] == 1
-                    and (not c.kwargs["KCAT"] or (c.kwargs["BLOCK_P"], c.num_warps) == (32, 4))]
+            return [c for c in configs if c.kwargs["BLOCK_P"] <= 32 and c.kwargs["UNROLL"] == 1
+                    and not c.kwargs["KCAT"] and not c.kwargs["SCATTER"]]
         return configs
 
     # the autotuner adds the tensor arguments' dtypes to the key; the pixel count is left out on purpose, so
@@ -562,10 +564,14 @@ def _check_config(config: dict) -> None:
         raise ValueError(f"config needs keys {list(_VARIANT_KEYS)} (optional num_warps, num_stages); "
                          f"missing {missing}, unknown {extra}")
     bp, un, kc, sc = config["BLOCK_P"], config["UNROLL"], config["KCAT"], config["SCATTER"]
-    if not (isinstance(bp, int) and bp >= 16 and bp & (bp - 1) == 0) or not (isinstance(un, int) and un >= 1) \
-            or not isinstance(kc, bool) or not isinstance(sc, bool) or (kc and sc):
-        raise ValueError("config BLOCK_P must be a power of two >= 16, UNROLL an int >= 1, KCAT and SCATTER bools, "
-                         f"not both true; got BLOCK_P={bp!r}, UNROLL={un!r}, KCAT={kc!r}, SCATTER={sc!r}")
+    if not (isinstance(bp, int) and bp >= 16 and bp & (bp - 1) == 0):
+        raise ValueError(f"config BLOCK_P must be a power of two >= 16 (a tl.dot tile); got {bp!r}")
+    if not (isinstance(un, int) and un >= 1):
+        raise ValueError(f"config UNROLL must be an int >= 1 (band positions per loop iteration); got {un!r}")
+    if not (isinstance(kc, bool) and isinstance(sc, bool)):
+        raise ValueError(f"config KCAT and SCATTER must be bools; got KCAT={kc!r}, SCATTER={sc!r}")
+    if kc and sc:
+        raise ValueError("config KCAT and SCATTER are two forms of the same convs: set at most one")
 
 
 def _launch(x: torch.Tensor, program: SpectralProgram, allow_tf32: bool,
@@ -597,33 +603,35 @@ def _launch(x: torch.Tensor, program: SpectralProgram, allow_tf32: bool,
             out.stride(1))
     if config is not None or interp:  # the autotuner times with CUDA events: the interpreter runs one small config
         cfg = dict(config) if config is not None else dict(BLOCK_P=16, UNROLL=1, KCAT=False, SCATTER=False)
-        opts = {k: cfg.pop(k) for k in ("num_warps", "num_stages") if k in cfg}
-        opts = {} if interp else opts
+        opts = {"num_stages": 1} | {k: cfg.pop(k) for k in ("num_warps", "num_stages") if k in cfg}
+        opts = {} if interp else opts  # num_stages 1 as in every autotune config (Triton's default is 3)
         with torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext():
             compiled = _spectral_stage_kernel[(triton.cdiv(p, cfg["BLOCK_P"]),)](*args, **meta, **cfg, **opts)
     else:
         grid = lambda m: (triton.cdiv(p, m["BLOCK_P"]),)  # noqa: E731
         tune_key = (program.bands, program.reduced_bands, f, meta["WP"], meta["KT"], meta["NUM_BLOCKS"],
-                    meta["NUM_POST"], meta["PRECISION"], x.dtype, x.device)
+                    meta["NUM_POST"], meta["PRECISION"], x.dtype)
         if tune_key not in _TUNED_KEYS:  # the first call per program shape may stop for a while: say why
             _TUNED_KEYS.add(tune_key)
-            log.info("fused spectral kernel: autotuning %d configs for %d bands, %s on %s (first call for this "
-                     "shape; compiled kernels and timings are cached on disk)",
-                     len(_prune_configs(_active_tuner().configs, {"x_ptr": x}, **meta)), program.bands,
-                     str(x.dtype).removeprefix("torch."), x.device)
+            log.info("fused spectral kernel: first call for %d bands, %s in this process: autotuning up to %d "
+                     "configs, unless Triton's on-disk cache already holds the kernels and timings",
+                     program.bands, str(x.dtype).removeprefix("torch."), len(_CONFIGS))
         with torch.cuda.device(x.device):
             tuner = _active_tuner()
             try:
                 compiled = tuner[grid](*args, **meta)
             except torch.cuda.OutOfMemoryError:
                 raise
-            except Exception as e:  # noqa: BLE001 - a variant this Triton cannot build: tune the plain form only
+            except Exception as e:  # noqa: BLE001 - maybe a variant this Triton cannot build: try the plain form
                 if tuner is _spectral_stage_kernel_tuned_plain:
                     raise
+                try:
+                    compiled = _spectral_stage_kernel_tuned_plain[grid](*args, **meta)
+                except Exception:  # noqa: BLE001 - the plain form fails too: the first error is the real one
+                    raise e from None
                 _VARIANTS_FAILED.append(f"{type(e).__name__}: {e}")
                 log.warning("fused spectral kernel: a variant failed on this Triton (%s); tuning over the plain "
                             "form only from now on", _VARIANTS_FAILED[0].splitlines()[0][:300])
-                compiled = _spectral_stage_kernel_tuned_plain[grid](*args, **meta)
     return out, compiled
 
 

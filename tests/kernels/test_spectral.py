@@ -124,8 +124,8 @@ def test_unsupported_program_form_is_rejected(prog: SpectralProgram) -> None:
 def test_pinned_config_is_checked(prog: SpectralProgram) -> None:
     ok = dict(BLOCK_P=16, UNROLL=1, KCAT=False, SCATTER=False)
     for bad, match in [(dict(BLOCK_P=16, UNROLL=1), "missing"), (dict(ok, BLOCK_P=24), "power of two"),
-                       (dict(ok, UNROLL=0), "UNROLL"), (dict(ok, KCAT=1), "KCAT"),
-                       (dict(ok, KCAT=True, SCATTER=True), "not both"), (dict(ok, warps=4), "unknown")]:
+                       (dict(ok, UNROLL=0), "UNROLL must be"), (dict(ok, KCAT=1), "must be bools"),
+                       (dict(ok, KCAT=True, SCATTER=True), "at most one"), (dict(ok, warps=4), "unknown")]:
         with pytest.raises(ValueError, match=match):
             spectral_stage_triton(torch.zeros(4, 23), prog, config=bad)
 
@@ -310,14 +310,17 @@ def test_gpu_dispatch_auto_picks_triton_in_bf16_and_conv3d_in_fp32() -> None:
     assert get_spectral_stage("auto", dev) is spectral_stage_conv3d
 
 
-def test_exact_fp32_autotunes_over_no_spill_configs_only() -> None:
+def test_exact_fp32_autotunes_over_the_small_plain_form_only() -> None:
+    """Exact fp32 compiles slowly and spills in the variants (see _prune_configs): its tuning is kept small."""
     pytest.importorskip("triton")
     from kernels import spectral
 
     if spectral._interpreting():
         pytest.skip("this process runs Triton's interpreter")
     fp32 = spectral._prune_configs(spectral._CONFIGS, {"x_ptr": torch.zeros(1)}, PRECISION="ieee")
-    assert 1 <= len(fp32) < len(spectral._CONFIGS) and all(c.kwargs["BLOCK_P"] <= 32 for c in fp32)
+    assert 1 <= len(fp32) < len(spectral._CONFIGS)
+    assert all(c.kwargs["BLOCK_P"] <= 32 and c.kwargs["UNROLL"] == 1 and not c.kwargs["KCAT"]
+               and not c.kwargs["SCATTER"] for c in fp32)
     bf16 = spectral._prune_configs(spectral._CONFIGS, {"x_ptr": torch.zeros(1, dtype=torch.bfloat16)},
                                    PRECISION="ieee")
     assert bf16 == spectral._CONFIGS
@@ -339,11 +342,13 @@ def test_gpu_variant_that_fails_to_build_falls_back_to_the_plain_form(monkeypatc
 
     monkeypatch.setattr(spectral, "_spectral_stage_kernel_tuned", Broken())
     monkeypatch.setattr(spectral, "_VARIANTS_FAILED", [])
+    monkeypatch.setattr(spectral, "_TUNED_KEYS", set())
     with caplog.at_level("WARNING", logger="kernels.spectral"):
         check_tolerance(_cuda_case(200, 3_001, torch.bfloat16))
         check_tolerance(_cuda_case(103, 1_001, torch.bfloat16))
     assert spectral._active_tuner() is spectral._spectral_stage_kernel_tuned_plain
     assert sum("variant failed" in r.getMessage() for r in caplog.records) == 1, caplog.text
+    assert "does not build here" in spectral._VARIANTS_FAILED[0]
 
 
 @gpu
