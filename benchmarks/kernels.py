@@ -16,7 +16,7 @@ float32 (CPU), with achieved TFLOP/s. FLOPs = ``program.flops_per_pixel() * pixe
 of every conv; the padded / masked work a kernel may do is not counted). The device's bf16 (and fp32)
 matmul peak and its copy bandwidth are measured in the same run; the engine end to end
 (``classify``'s job and runner on a 200-band scene in memory and streamed from a zarr store) is reported
-in Mpix/s.
+in Mpix/s, and the engine's per-pixel spatial stage is timed on as many windows as the stage has pixels.
 
 Timing: ``triton.testing.do_bench`` on CUDA (median, 20th / 80th percentiles); on CPU the median of
 repeated wall-clock runs after a warm-up.
@@ -120,6 +120,39 @@ def layer_cases(program: SpectralProgram, p: int, device: torch.device, dtype: t
     return cases
 
 
+def spatial_cases(device: torch.device, n: int):
+    """(label, flops, fn) for the engine's per-pixel spatial stage (``spatial_windows``) on ``n`` windows of a
+    random-init Indian Pines SSRN: float32 exact (what the float32 engine runs), float32 with TF32 allowed
+    (cuDNN's default: what a bfloat16 engine runs, its low precision covering the spectral stage only), and
+    bfloat16 autocast (not used by the engine; for comparison)."""
+    from hsi_engine.fused import exact_fp32, fold_spatial, spatial_windows
+
+    model = _engine_model()
+    sp = fold_spatial(model).to(device)
+    win = model.config.patch - 2
+    x = torch.randn(n, sp.blocks[0].w1.shape[1], win, win, generator=torch.Generator().manual_seed(3)).to(device)
+    per_window = sum(b.w1.numel() + b.w2.numel() + (b.shortcut[0].numel() if b.shortcut is not None else 0)
+                     for b in sp.blocks) * win * win * 2 + 2 * sp.head_w.numel()
+
+    def exact():
+        with exact_fp32():
+            return spatial_windows(x, sp)
+
+    def tf32():
+        with torch.backends.cudnn.flags(allow_tf32=True):
+            return spatial_windows(x, sp)
+
+    def bf16():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return spatial_windows(x, sp)
+
+    cases = [("float32 exact (TF32 off)", exact)]
+    if device.type == "cuda":
+        cases.append(("float32, TF32 allowed (the bf16 engine's spatial stage)", tf32))
+    cases.append(("bfloat16 autocast (not used by the engine)", bf16))
+    return [(label, per_window * n, fn) for label, fn in cases]
+
+
 def _engine_model():
     from ssrn.config import SSRNConfig
     from ssrn.model import SSRN
@@ -211,7 +244,7 @@ def git_commit() -> str:
 
 
 def render(head: list[str], peaks: dict[str, float], stage_rows: list, layer_rows: list, engine_rows: list,
-           kernel_rows: list | None = None) -> str:
+           kernel_rows: list | None = None, spatial_rows: list | None = None) -> str:
     """The Markdown report from whatever rows exist so far (it is rewritten after every row)."""
     lines = list(head)
     lines += ["## Device peaks (measured in this run)", "", "| what | value |", "|---|---|"]
@@ -234,6 +267,12 @@ def render(head: list[str], peaks: dict[str, float], stage_rows: list, layer_row
             lines.append(f"| {layer} | {label} | {dtn} | {tf} | |")
         else:
             lines.append(f"| {layer} | {label} | {dtn} | {t[0]:.3f} [{t[1]:.3f}, {t[2]:.3f}] | {tf:.4f} |")
+    if spatial_rows:
+        lines += ["", "## Spatial stage (after the spectral stage: two residual blocks of 3x3 convs on each pixel's "
+                  "5x5 window, pool, head; `hsi_engine.fused.spatial_windows`)", "",
+                  "| run | windows | ms (median [p20, p80]) | TFLOP/s | Mpix/s |", "|---|---|---|---|---|"]
+        for label, n, t, tf in spatial_rows:
+            lines.append(f"| {label} | {n} | {t[0]:.3f} [{t[1]:.3f}, {t[2]:.3f}] | {tf:.4f} | {n / (t[0] * 1e-3) / 1e6:.3f} |")
     lines += ["", "## Engine end to end (classify's job + runner.run_plan, random-init Indian Pines SSRN)", "",
               "| run | Mpix/s |", "|---|---|"]
     for desc, mp in engine_rows:
@@ -305,9 +344,10 @@ def main(argv: list[str] | None = None) -> Path:
     layer_rows: list = []
     kernel_rows: list = []  # (dtype, triton_kernel_report without its texts)
     engine_rows: list = []
+    spatial_rows: list = []
 
     def emit(row: str) -> None:
-        out_path.write_text(render(head, peaks, stage_rows, layer_rows, engine_rows, kernel_rows))
+        out_path.write_text(render(head, peaks, stage_rows, layer_rows, engine_rows, kernel_rows, spatial_rows))
         print(row, flush=True)
 
     from hsi_engine.fused import exact_fp32
@@ -382,6 +422,11 @@ def main(argv: list[str] | None = None) -> Path:
                                        f"failed: {type(e).__name__}: {e}"))
                     emit(f"stage {label} {dtype}: failed {e}")
 
+    for label, sflops, fn in spatial_cases(device, p):
+        med, lo, hi = bench(fn)
+        spatial_rows.append((label, p, (med, lo, hi), sflops / (med * 1e-3) / 1e12))
+        emit(f"spatial {label}: {med:.3f} ms")
+
     side = args.engine_side or (2048 if cuda else 145)
     # (backend, precision, zarr, options): the defaults first, then the older defaults beside them
     runs = ([("triton", "float32", False, {}), ("triton", "bfloat16", False, {}),
@@ -417,7 +462,7 @@ def main(argv: list[str] | None = None) -> Path:
             engine_rows.append((desc, mpix))
             emit(f"engine {desc}: {mpix}")
 
-    text = render(head, peaks, stage_rows, layer_rows, engine_rows, kernel_rows)
+    text = render(head, peaks, stage_rows, layer_rows, engine_rows, kernel_rows, spatial_rows)
     out_path.write_text(text)
     print(text)
     return out_path
