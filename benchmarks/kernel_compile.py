@@ -174,8 +174,49 @@ def main(argv: list[str] | None = None) -> Path:
                f"{st['convert_layout']:g} | " + " | ".join(str(pc[op]) for op in _PTX_OPS) + " |")
         lines.append(row)
         print(row, file=sys.stderr, flush=True)
+    lines += gluon_section(args.dtype)
     cache.cleanup()
     return write_report(args.out, lines + [""] + NOTES)
+
+
+def gluon_section(dtype: str) -> list[str]:
+    """The experimental Gluon kernel (kernels/spectral_gluon.py), compiled the same way, when this Triton can."""
+    from kernels import spectral_gluon as sg
+
+    head = ["", "## The experimental Gluon kernel (`kernels/spectral_gluon.py`: activations in shared-memory rings)", ""]
+    if dtype == "fp32":
+        return head + ["Not built: the Gluon kernel runs bf16 / fp16 only."]
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.experimental.gluon import GluonASTSource
+
+        if sg.GLUON_ERROR is not None:
+            raise RuntimeError(sg.GLUON_ERROR)
+        program = spectral._random_program(200, 24, 128, generator=torch.Generator().manual_seed(0))
+        m = spectral._pack(program, torch.device("cpu"), _DTYPES[dtype])["meta"]
+        const = {k: m[k] for k in ("STEM_STRIDE", "KS", "KS_PAD", "KT", "NUM_BLOCKS", "WP", "FP", "STEM_RELU",
+                                    "RELU1_MASK", "RELU2_MASK", "BLOCK_RELU_MASK", "REDUCE_RELU")}
+        const.update(RING=spectral._next_pow2(m["KT"] + 1, 2), BP=sg.BLOCK_P)
+        kinds = {"x_ptr": "x", "out_ptr": "x", "stem_w_ptr": "x", "stem_b_ptr": "f", "conv_w_ptr": "x",
+                 "conv_b_ptr": "f", "red_w_ptr": "x", "red_b_ptr": "f"}
+        sig = {n: (f"*{dtype}" if k == "x" else "*fp32") for n, k in kinds.items()}
+        sig.update({n: "i32" for n in ["P", "B", "D", "F", "stride_xp", "stride_xb", "stride_op", "stride_of"]})
+        sig.update({k: "constexpr" for k in const})
+        t0 = time.perf_counter()
+        k = triton.compile(GluonASTSource(fn=sg._gluon_stage_kernel, signature=sig, constexprs=const),
+                           target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        secs = time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001 - report why, keep the rest of the report
+        return head + [f"Not built here: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"]
+    regs, spill = ptxas_usage(k.asm["ptx"])
+    pc = ptx_counts(k.asm["ptx"])
+    return head + ["| BLOCK_P | warps | compile s | registers | spill stores (B) | shared (B) | "
+                   + " | ".join(_PTX_OPS) + " |", "|" + "---|" * (6 + len(_PTX_OPS)),
+                   f"| {sg.BLOCK_P} | 4 | {secs:.1f} | {regs} | {spill} | {k.metadata.shared} | "
+                   + " | ".join(str(pc[op]) for op in _PTX_OPS) + " |", "",
+                   "Each band position: two `wgmma.wait_group` (one per phase) for 30 wgmmas that read their A "
+                   "tiles from the rings in place; every activation tile is written to shared memory once."]
 
 
 if __name__ == "__main__":

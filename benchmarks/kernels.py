@@ -7,6 +7,7 @@ stem 24 k7 s2 -> 97 positions, two residual blocks of 24 k7 convs, full-band red
   over ``(P, C, bands, 1, 1)``, cuDNN on CUDA, where it is the engine's eager path), same folded weights;
 - ``eager``: :func:`kernels.spectral.spectral_stage_reference` (conv2d, channels-last);
 - ``compile``: ``torch.compile`` of the reference (as :mod:`kernels.dispatch` builds it);
+- ``gluon``: :func:`kernels.spectral_gluon.spectral_stage_gluon`, experimental (Hopper, bf16 / fp16 only);
 - ``triton``: :func:`kernels.spectral.spectral_stage_triton` (CUDA only), autotuned, and then every config
   the autotuner chooses among pinned (block shape and the KCAT / UNROLL / SCATTER variants) in bfloat16,
   and those the exact float32 path tunes over;
@@ -448,6 +449,20 @@ def main(argv: list[str] | None = None) -> Path:
             emit(f"engine {desc}: {mpix}")
     if not cuda:
         engine_rows.append(("backend=triton", None))
+
+    if cuda:  # the experimental Gluon kernel (never run before on a GPU): after the engine rows, so that a fault
+        # that poisons the CUDA context costs only the rows after it
+        from kernels.spectral_gluon import spectral_stage_gluon
+
+        for dtype in [d for d in dtypes if d != torch.float32]:
+            x, prog, ref = inputs[dtype]
+            label = "gluon (experimental: shared-memory rings, wgmma)"
+            try:
+                time_stage(label, spectral_stage_gluon, dtype, x, prog, ref)
+            except Exception as e:  # noqa: BLE001 - an experiment must not lose the report
+                stage_rows.append((label, str(dtype).removeprefix("torch."), None, None, None,
+                                   f"failed: {type(e).__name__}: {str(e)[:300]}"))
+                emit(f"stage {label} {dtype}: failed {e}")
 
     if not args.no_compile:  # last: max-autotune compiles for minutes on a GPU
         compiled = get_spectral_stage("compile", device)

@@ -1,0 +1,235 @@
+"""Experimental: the fused spectral stage in Gluon (Triton's explicit-layout dialect), for Hopper.
+
+Why it exists. Compiled offline, the Triton kernel (:mod:`kernels.spectral`) spends a step of the band loop
+staging its loop-carried activation windows through shared memory at every use: each tile crosses shared
+memory 7 times, with a barrier per tap (``benchmarks/results/kernel-compile-sm90.md``). Plain Triton cannot
+say "keep this tile in shared memory and let the tensor cores read it from there"; Gluon can. Here every
+layer's activations live in a ring of shared-memory tiles, written once, and each tap's wgmma reads its slot
+directly.
+
+Layout. One program = one warpgroup (4 warps) = 64 pixels. Rings of ``RING`` (64, 32) tiles per residual
+block for its input and its conv1 output, the conv weights (all taps) and the reduce weights of the current
+position in shared memory. A step runs two phases; in each, every layer of the phase issues its wgmmas
+asynchronously and they are waited on together:
+
+- phase A: the stem (position j) and every block's conv2 (+ identity);
+- phase B: every block's conv1 and the reduce.
+
+A layer only reads tiles written in an earlier phase, so block b runs ``b * (KT)`` positions behind the
+stem (one step more per block than the register kernel's wavefront) and the rings need ``KT + 1`` slots.
+Positions outside ``[0, D)`` are written as zeros (the convs' zero padding), exactly as in the Triton kernel.
+
+Scope: the paper's block form (no pre-activation or stage affines), bfloat16 / float16 inputs, fp32
+accumulation, CUDA with a Hopper GPU. It is timed beside the Triton kernel in ``benchmarks/kernels.py`` and
+checked against the reference by GPU tests; the engine does not use it. No GPU was available when it was
+written: it has been compiled offline for sm_90, not run.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .program import SpectralProgram
+
+GLUON_ERROR: str | None = None  # why the kernel is unavailable here (None: it is defined)
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, warpgroup_mma,
+                                                                  warpgroup_mma_wait)
+
+    _cta_barrier = getattr(gl, "barrier", None) or getattr(gl, "thread_barrier")  # renamed between releases
+except (ImportError, AttributeError) as e:  # pragma: no cover - an older Triton, or none
+    GLUON_ERROR = f"{type(e).__name__}: {e}"
+
+BLOCK_P = 64  # one wgmma M: one warpgroup per program
+
+if GLUON_ERROR is None:
+
+    @gluon.jit
+    def _bias_tile(b_ptr, offs_c, BP: gl.constexpr, WP: gl.constexpr, acc_l: gl.constexpr):
+        return gl.zeros([BP, WP], gl.float32, acc_l) + gl.expand_dims(gl.load(b_ptr + offs_c), 0)
+
+    @gluon.jit
+    def _conv_issue(rings, w_smem, ring_base, newest, w_base, acc, KT: gl.constexpr, RING: gl.constexpr):
+        # KT async wgmmas of one conv: tap t reads the ring slot of position newest - (KT - 1) + t
+        for t in gl.static_range(KT):
+            slot = (newest - (KT - 1) + t) & (RING - 1)
+            acc = warpgroup_mma(rings.index(ring_base + slot), w_smem.index(w_base + t), acc, is_async=True)
+        return acc
+
+    @gluon.jit
+    def _gluon_stage_kernel(
+        x_ptr, out_ptr, stem_w_ptr, stem_b_ptr, conv_w_ptr, conv_b_ptr, red_w_ptr, red_b_ptr,
+        P, B, D, F, stride_xp, stride_xb, stride_op, stride_of,
+        STEM_STRIDE: gl.constexpr, KS: gl.constexpr, KS_PAD: gl.constexpr, KT: gl.constexpr,
+        NUM_BLOCKS: gl.constexpr, WP: gl.constexpr, FP: gl.constexpr, STEM_RELU: gl.constexpr,
+        RELU1_MASK: gl.constexpr, RELU2_MASK: gl.constexpr, BLOCK_RELU_MASK: gl.constexpr,
+        REDUCE_RELU: gl.constexpr, RING: gl.constexpr, BP: gl.constexpr,
+    ):
+        dt: gl.constexpr = x_ptr.dtype.element_ty
+        HALF: gl.constexpr = KT // 2
+        LAG: gl.constexpr = KT - 1
+        BEHIND: gl.constexpr = KT  # positions each block runs behind the one before it (LAG + 1 step)
+        acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, WP, 16])
+        accr_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                         instr_shape=[16, FP, 16])
+        tile_s: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=64, element_bitwidth=16, rank=2)
+        stem_s: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=32, element_bitwidth=16, rank=2)
+        red_s: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        ld_w: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])  # (32, 32) tiles
+        ld_r: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])  # (32, 128) tiles
+        ld_x: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])  # (64, 16) tiles
+
+        pid = gl.program_id(0)
+        # --- weights into shared memory, once --------------------------------------------------------------
+        wr = gl.arange(0, WP, layout=gl.SliceLayout(1, ld_w))
+        wc = gl.arange(0, WP, layout=gl.SliceLayout(0, ld_w))
+        w_tile = gl.expand_dims(wr, 1) * WP + gl.expand_dims(wc, 0)
+        NW: gl.constexpr = 2 * NUM_BLOCKS * KT
+        w_smem = gl.allocate_shared_memory(dt, [NW, WP, WP], tile_s)
+        for i in gl.static_range(NW):
+            w_smem.index(i).store(gl.load(conv_w_ptr + i * WP * WP + w_tile))
+        sr = gl.arange(0, KS_PAD, layout=gl.SliceLayout(1, ld_w))
+        stem_w = gl.load(stem_w_ptr + gl.expand_dims(sr, 1) * WP + gl.expand_dims(wc, 0))
+        stem_smem = gl.allocate_shared_memory(dt, [KS_PAD, WP], tile_s, stem_w)
+        rr = gl.arange(0, WP, layout=gl.SliceLayout(1, ld_r))
+        rc = gl.arange(0, FP, layout=gl.SliceLayout(0, ld_r))
+        r_tile = gl.expand_dims(rr, 1) * FP + gl.expand_dims(rc, 0)
+        red_smem = gl.allocate_shared_memory(dt, [WP, FP], red_s)
+
+        # --- activation rings (zero: positions before the first are the convs' zero padding) ----------------
+        rings = gl.allocate_shared_memory(dt, [2 * NUM_BLOCKS * RING, BP, WP], tile_s)  # (block input, conv1 out)
+        last = gl.allocate_shared_memory(dt, [BP, WP], tile_s)  # the last block's newest output
+        zero = gl.zeros([BP, WP], dt, acc_l)
+        for i in gl.static_range(2 * NUM_BLOCKS * RING):
+            rings.index(i).store(zero)
+        last.store(zero)
+
+        # --- the stem's input for step 0 -------------------------------------------------------------------
+        xp = pid * BP + gl.arange(0, BP, layout=gl.SliceLayout(1, ld_x))
+        xk = gl.arange(0, KS_PAD, layout=gl.SliceLayout(0, ld_x))
+        x_rows = x_ptr + gl.expand_dims(xp.to(gl.int64), 1) * stride_xp
+        x_mask = gl.expand_dims(xp < P, 1) & gl.expand_dims(xk < KS, 0)
+        xs_smem = gl.allocate_shared_memory(dt, [BP, KS_PAD], stem_s)
+        cols = xk
+        xs_smem.store(gl.load(x_rows + gl.expand_dims(cols, 0) * stride_xb,
+                              mask=x_mask & gl.expand_dims(cols < B, 0), other=0.0).to(dt))
+        fence_async_shared()
+        _cta_barrier()
+
+        offs_c = gl.arange(0, WP, layout=gl.SliceLayout(0, acc_l))
+        acc_r = gl.zeros([BP, FP], gl.float32, accr_l)
+        for j in range(0, D + NUM_BLOCKS * BEHIND):
+            y_last = j - NUM_BLOCKS * BEHIND  # the position the last block writes in this step's phase A
+            red = gl.load(red_w_ptr + gl.minimum(gl.maximum(y_last, 0), D - 1) * WP * FP + r_tile)
+
+            # phase A: stem -> position j; conv2 of every block -> its output position (+ identity)
+            acc_s = warpgroup_mma(xs_smem, stem_smem, _bias_tile(stem_b_ptr, offs_c, BP, WP, acc_l), is_async=True)
+            accs = (acc_s,)
+            for b in gl.static_range(NUM_BLOCKS):
+                u_prev = j - 1 - b * BEHIND - HALF  # newest conv1 output of block b, written last step
+                acc = _bias_tile(conv_b_ptr + (2 * b + 1) * WP, offs_c, BP, WP, acc_l)
+                accs = accs + (_conv_issue(rings, w_smem, (2 * b + 1) * RING, u_prev, (2 * b + 1) * KT, acc, KT,
+                                           RING),)
+            accs = warpgroup_mma_wait(num_outstanding=0, deps=accs)
+            s = accs[0]
+            if STEM_RELU:
+                s = gl.maximum(s, 0.0)
+            s = gl.where((j >= 0) & (j < D), s, 0.0)
+            rings.index(j & (RING - 1)).store(s.to(dt))
+            for b in gl.static_range(NUM_BLOCKS):
+                q = j - (b + 1) * BEHIND  # block b's output position this step
+                acc = accs[b + 1]
+                if (RELU2_MASK >> b) & 1:
+                    acc = gl.maximum(acc, 0.0)
+                acc = acc + rings.index(2 * b * RING + (q & (RING - 1))).load(acc_l).to(gl.float32)
+                if (BLOCK_RELU_MASK >> b) & 1:
+                    acc = gl.maximum(acc, 0.0)
+                y = gl.where((q >= 0) & (q < D), acc, 0.0).to(dt)
+                if b + 1 < NUM_BLOCKS:
+                    rings.index(2 * (b + 1) * RING + (q & (RING - 1))).store(y)
+                else:
+                    last.store(y)
+            red_smem.store(red)
+            fence_async_shared()
+            _cta_barrier()
+
+            # phase B: conv1 of every block; the reduce of the last block's output; the next stem input
+            cols = (j + 1) * STEM_STRIDE + xk
+            xs_next = gl.load(x_rows + gl.expand_dims(cols, 0) * stride_xb,
+                              mask=x_mask & gl.expand_dims(cols < B, 0), other=0.0)
+            accs = ()
+            for b in gl.static_range(NUM_BLOCKS):
+                y_new = j - b * BEHIND  # newest input of block b, written in phase A
+                acc = _bias_tile(conv_b_ptr + (2 * b) * WP, offs_c, BP, WP, acc_l)
+                accs = accs + (_conv_issue(rings, w_smem, 2 * b * RING, y_new, 2 * b * KT, acc, KT, RING),)
+            acc_r = warpgroup_mma(last, red_smem, acc_r, is_async=True)
+            waited = warpgroup_mma_wait(num_outstanding=0, deps=accs + (acc_r,))
+            acc_r = waited[NUM_BLOCKS]
+            for b in gl.static_range(NUM_BLOCKS):
+                u = j - b * BEHIND - HALF
+                acc = waited[b]
+                if (RELU1_MASK >> b) & 1:
+                    acc = gl.maximum(acc, 0.0)
+                rings.index((2 * b + 1) * RING + (u & (RING - 1))).store(
+                    gl.where((u >= 0) & (u < D), acc, 0.0).to(dt))
+            xs_smem.store(xs_next.to(dt))
+            fence_async_shared()
+            _cta_barrier()
+
+        op = pid * BP + gl.arange(0, BP, layout=gl.SliceLayout(1, accr_l))
+        of = gl.arange(0, FP, layout=gl.SliceLayout(0, accr_l))
+        out = acc_r + gl.expand_dims(gl.load(red_b_ptr + of), 0)
+        if REDUCE_RELU:
+            out = gl.maximum(out, 0.0)
+        gl.store(out_ptr + gl.expand_dims(op.to(gl.int64), 1) * stride_op + gl.expand_dims(of, 0) * stride_of,
+                 out.to(dt), mask=gl.expand_dims(op < P, 1) & gl.expand_dims(of < F, 0))
+
+
+def _check(x: torch.Tensor, program: SpectralProgram) -> None:
+    from .spectral import _check_program
+
+    if GLUON_ERROR is not None:
+        raise RuntimeError(f"spectral_stage_gluon needs Triton's Gluon with Hopper support ({GLUON_ERROR})")
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != program.bands:
+        raise ValueError(f"expected pixels (P, {program.bands}); got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        raise TypeError(f"spectral_stage_gluon runs bfloat16 or float16; got {x.dtype}")
+    _check_program(program)
+    if not program.blocks:
+        raise NotImplementedError("spectral_stage_gluon needs at least one residual block; use spectral_stage_triton")
+    if any(b.pre is not None for b in program.blocks) or program.post:
+        raise NotImplementedError("spectral_stage_gluon implements the paper's block form only (no pre-activation "
+                                  "or stage affines); use spectral_stage_triton")
+    if program.width > 32 or program.out_features > 256:
+        raise NotImplementedError(f"spectral_stage_gluon handles width <= 32 and <= 256 features; got "
+                                  f"{program.width}, {program.out_features}")
+    if x.device.type != "cuda":
+        raise ValueError(f"spectral_stage_gluon needs a CUDA tensor on a Hopper GPU; got one on {x.device}")
+
+
+def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
+    """Experimental Gluon spectral stage: ``x (P, bands)`` bf16/fp16 on a Hopper GPU -> ``(P, out_features)``.
+
+    Same contract as :func:`kernels.spectral.spectral_stage_reference` for the forms it covers (see the module
+    docstring); fp32 accumulation, the input's dtype at every layer boundary, as the Triton kernel."""
+    from .spectral import _next_pow2, _pack
+
+    _check(x, program)
+    p, f = x.shape[0], program.out_features
+    out = torch.empty(p, f, device=x.device, dtype=x.dtype)
+    if p == 0:
+        return out
+    pk = _pack(program, x.device, x.dtype)
+    m = pk["meta"]
+    with torch.cuda.device(x.device):
+        _gluon_stage_kernel[(-(-p // BLOCK_P),)](
+            x, out, pk["stem_w"], pk["stem_b"], pk["conv_w"], pk["conv_b"], pk["red_w"], pk["red_b"],
+            p, program.bands, program.reduced_bands, f, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
+            STEM_STRIDE=m["STEM_STRIDE"], KS=m["KS"], KS_PAD=m["KS_PAD"], KT=m["KT"], NUM_BLOCKS=m["NUM_BLOCKS"],
+            WP=m["WP"], FP=m["FP"], STEM_RELU=m["STEM_RELU"], RELU1_MASK=m["RELU1_MASK"],
+            RELU2_MASK=m["RELU2_MASK"], BLOCK_RELU_MASK=m["BLOCK_RELU_MASK"], REDUCE_RELU=m["REDUCE_RELU"],
+            RING=_next_pow2(m["KT"] + 1, 2), BP=BLOCK_P, num_warps=4)
+    return out

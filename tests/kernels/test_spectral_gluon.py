@@ -1,0 +1,143 @@
+"""The experimental Gluon spectral stage (kernels/spectral_gluon.py).
+
+No GPU here: on CPU, the kernel's schedule (activation rings of RING slots, two phases per band position,
+block b running b * KT positions behind the stem) is replayed in float64 torch and must give the reference;
+the kernel itself is compiled offline for Hopper (sm_90) and its wrapper's errors are checked. On a GPU
+(``-m gpu``) the kernel runs against the reference at realistic sizes, with the tolerances of the Triton
+kernel's tests (bf16 / fp16: <= 2 x plain torch's error + 1e-3 x scale, never over 1e-2 x scale).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels.spectral import _next_pow2, _random_program, spectral_stage_reference
+
+
+def _replay_schedule(x: torch.Tensor, prog) -> torch.Tensor:
+    """The Gluon kernel's loop, step for step, on whole tensors (float64): which slot each tap reads, which
+    position each layer writes in which phase, zero outside [0, D)."""
+    p, bands = x.shape
+    w, kt, d = prog.width, prog.blocks[0].conv1.weight.shape[2], prog.reduced_bands
+    nb, half, behind, ring = len(prog.blocks), kt // 2, kt, _next_pow2(kt + 1, 2)
+    rings = torch.zeros(2 * nb * ring, p, w, dtype=x.dtype)
+    last = torch.zeros(p, w, dtype=x.dtype)
+    acc_r = torch.zeros(p, prog.out_features, dtype=x.dtype)
+    stem, ks = prog.stem, prog.stem.weight.shape[2]
+
+    def conv(base: int, newest: int, c) -> torch.Tensor:
+        acc = c.bias.expand(p, w).clone()
+        for t in range(kt):
+            acc = acc + rings[base + ((newest - (kt - 1) + t) & (ring - 1))] @ c.weight[:, :, t].t()
+        return F.relu(acc) if c.relu else acc
+
+    for j in range(d + nb * behind):
+        cols = j * stem.stride + torch.arange(ks)
+        s = torch.where(cols < bands, x[:, cols.clamp(max=bands - 1)], 0.0) @ stem.weight[:, 0, :].t() + stem.bias
+        s = F.relu(s) if stem.relu else s
+        c2 = [conv((2 * b + 1) * ring, j - 1 - b * behind - half, blk.conv2) for b, blk in enumerate(prog.blocks)]
+        rings[j & (ring - 1)] = s if 0 <= j < d else 0  # phase A: stem, conv2 + identity
+        for b, blk in enumerate(prog.blocks):
+            q = j - (b + 1) * behind
+            y = c2[b] + rings[2 * b * ring + (q & (ring - 1))]
+            y = F.relu(y) if blk.relu else y
+            y = y if 0 <= q < d else torch.zeros_like(y)
+            if b + 1 < nb:
+                rings[2 * (b + 1) * ring + (q & (ring - 1))] = y
+            else:
+                last = y
+        c1 = [conv(2 * b * ring, j - b * behind, blk.conv1) for b, blk in enumerate(prog.blocks)]  # phase B
+        acc_r = acc_r + last @ prog.reduce.weight[:, :, min(max(j - nb * behind, 0), d - 1)].t()
+        for b in range(nb):
+            u = j - b * behind - half
+            rings[(2 * b + 1) * ring + (u & (ring - 1))] = c1[b] if 0 <= u < d else 0
+    out = acc_r + prog.reduce.bias
+    return F.relu(out) if prog.reduce.relu else out
+
+
+@pytest.mark.parametrize("bands,kernel,blocks,width", [(200, 7, 2, 24), (103, 7, 2, 24), (23, 7, 2, 20),
+                                                       (31, 5, 3, 16), (17, 3, 1, 24), (12, 1, 2, 16),
+                                                       (9, 7, 1, 24)])
+def test_schedule_computes_the_reference(bands: int, kernel: int, blocks: int, width: int) -> None:
+    g = torch.Generator().manual_seed(bands * 10 + kernel)
+    prog = _random_program(bands, width, 40, blocks=blocks, kernel=kernel, generator=g).to(dtype=torch.float64)
+    x = torch.randn(5, bands, generator=g, dtype=torch.float64)
+    ref = spectral_stage_reference(x, prog)
+    assert ref.abs().max() > 0.1
+    assert ((_replay_schedule(x, prog) - ref).abs().max() / ref.abs().max()).item() < 1e-12
+
+
+def test_gluon_kernel_compiles_for_hopper_sm90() -> None:
+    """Offline (the Triton wheel's ptxas): the tensor cores read every tap from shared memory in wgmmas that
+    are waited on twice per band position, within an SM's shared memory."""
+    triton = pytest.importorskip("triton")
+    from kernels import spectral_gluon as sg
+    from kernels.spectral import _pack
+
+    if sg.GLUON_ERROR is not None:
+        pytest.skip(f"no Gluon here: {sg.GLUON_ERROR}")
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.experimental.gluon import GluonASTSource
+    except ImportError as e:
+        pytest.skip(f"this Triton cannot compile Gluon offline: {e}")
+    prog = _random_program(200, 24, 128, generator=torch.Generator().manual_seed(0))
+    m = _pack(prog, torch.device("cpu"), torch.bfloat16)["meta"]
+    const = {k: m[k] for k in ("STEM_STRIDE", "KS", "KS_PAD", "KT", "NUM_BLOCKS", "WP", "FP", "STEM_RELU",
+                                "RELU1_MASK", "RELU2_MASK", "BLOCK_RELU_MASK", "REDUCE_RELU")}
+    const.update(RING=_next_pow2(m["KT"] + 1, 2), BP=sg.BLOCK_P)
+    ptrs = {"x_ptr": "*bf16", "out_ptr": "*bf16", "stem_w_ptr": "*bf16", "stem_b_ptr": "*fp32",
+            "conv_w_ptr": "*bf16", "conv_b_ptr": "*fp32", "red_w_ptr": "*bf16", "red_b_ptr": "*fp32"}
+    sig = dict(ptrs, **{n: "i32" for n in ["P", "B", "D", "F", "stride_xp", "stride_xb", "stride_op", "stride_of"]})
+    sig.update({k: "constexpr" for k in const})
+    k = triton.compile(GluonASTSource(fn=sg._gluon_stage_kernel, signature=sig, constexprs=const),
+                       target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    ptx = k.asm["ptx"]
+    assert ptx.count("wgmma.mma_async") >= 2 * 2 * 7, "the convs did not lower to wgmma"
+    assert ptx.count("wgmma.wait_group") == 2, "expected one wait per phase"
+    assert "st.local" not in ptx
+    assert k.metadata.shared <= 227 * 1024, k.metadata.shared
+
+
+def test_gluon_wrapper_errors() -> None:
+    from kernels.spectral_gluon import GLUON_ERROR, spectral_stage_gluon
+
+    if GLUON_ERROR is not None:
+        with pytest.raises(RuntimeError, match="Gluon"):
+            spectral_stage_gluon(torch.zeros(2, 23, dtype=torch.bfloat16), _random_program(23))
+        return
+    paper = _random_program(23, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(TypeError, match="bfloat16 or float16"):
+        spectral_stage_gluon(torch.zeros(2, 23), paper)
+    with pytest.raises(ValueError, match=r"expected pixels \(P, 23\)"):
+        spectral_stage_gluon(torch.zeros(2, 22, dtype=torch.bfloat16), paper)
+    seed = _random_program(23, form="seed", stage_norms=1, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(NotImplementedError, match="paper's block form"):
+        spectral_stage_gluon(torch.zeros(2, 23, dtype=torch.bfloat16), seed)
+    with pytest.raises(NotImplementedError, match="at least one residual block"):
+        spectral_stage_gluon(torch.zeros(2, 23, dtype=torch.bfloat16), _random_program(23, blocks=0))
+    with pytest.raises(ValueError, match="CUDA"):
+        spectral_stage_gluon(torch.zeros(2, 23, dtype=torch.bfloat16), paper)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bands", [103, 200, 224])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_gluon_matches_reference(bands: int, dtype: torch.dtype) -> None:
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("needs a Hopper GPU")
+    from kernels.spectral_gluon import spectral_stage_gluon
+
+    g = torch.Generator().manual_seed(bands)
+    prog = _random_program(bands, 24, 128, generator=g).to("cuda")
+    x64 = torch.randn(10_007, bands, generator=g, dtype=torch.float64).cuda()
+    ref = spectral_stage_reference(x64, prog.to(dtype=torch.float64))
+    x = x64.to(dtype)
+    out = spectral_stage_gluon(x, prog)
+    plain = spectral_stage_reference(x, prog.to(dtype=dtype))
+    scale = ref.abs().max().item()
+    err, torch_err = (out.double() - ref).abs().max().item(), (plain.double() - ref).abs().max().item()
+    assert torch.isfinite(out).all()
+    assert err <= min(2 * torch_err + 1e-3 * scale, 1e-2 * scale), (err, torch_err, scale)
