@@ -21,8 +21,6 @@ import collections
 import datetime as dt
 import os
 import platform
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +33,7 @@ import torch  # noqa: E402
 
 from benchmarks._common import write_report  # noqa: E402
 from kernels import spectral  # noqa: E402
+from kernels.offline import compile_gluon, compile_triton, loop_body, ptxas_usage  # noqa: E402
 
 _PTX_OPS = ("bar.sync", "mma.sync", "wgmma.mma_async", "wgmma.wait_group", "ldmatrix", "stmatrix", "st.shared",
             "ld.shared")
@@ -67,59 +66,9 @@ NOTES = [
 ]
 
 
-def compile_sm90(config, dtype: str = "bf16", bands: int = 200, blocks: int = 2):
-    """``(compiled kernel, seconds)`` for one autotune ``config`` on the Indian Pines-shaped program."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    program = spectral._random_program(bands, 24, 128, blocks=blocks, generator=torch.Generator().manual_seed(0))
-    pk = spectral._pack(program, torch.device("cpu"), _DTYPES[dtype])
-    meta = dict(pk["meta"], PRECISION="ieee", INTERP_BF16=False, **config.kwargs)
-    ptrs = ["x_ptr", "out_ptr", "stem_w_ptr", "stem_b_ptr", "conv_w_ptr", "conv_b_ptr", "pre_ptr", "post_ptr",
-            "red_w_ptr", "red_b_ptr"]
-    kinds = ["x", "x", "x", "f", "x", "f", "f", "f", "x", "f"]
-    sig = {n: (f"*{dtype}" if k == "x" else "*fp32") for n, k in zip(ptrs, kinds)}
-    sig.update({n: "i32" for n in ["P", "B", "D", "F", "stride_xp", "stride_xb", "stride_op", "stride_of"]})
-    sig.update({k: "constexpr" for k in meta})
-    t0 = time.perf_counter()
-    k = triton.compile(ASTSource(fn=spectral._spectral_stage_kernel, signature=sig, constexprs=meta),
-                       target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": config.num_warps, "num_stages": config.num_stages})
-    return k, time.perf_counter() - t0
-
-
-def ptxas_usage(ptx: str) -> tuple[int | None, int | None]:
-    """``(registers, spill-store bytes)`` from the bundled ptxas's ``-v`` report for sm_90a."""
-    try:  # where Triton keeps its ptxas differs between releases
-        from triton.backends.nvidia.compiler import get_ptxas
-
-        try:
-            ptxas = get_ptxas(90).path
-        except TypeError:
-            ptxas = get_ptxas().path
-    except Exception:  # noqa: BLE001 - an older Triton: its knob, else give up on this column
-        try:
-            from triton import knobs
-
-            ptxas = knobs.nvidia.ptxas.path
-        except Exception:  # noqa: BLE001
-            return None, None
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "k.ptx"
-        src.write_text(ptx)
-        r = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(src), "-o", str(Path(tmp) / "k.cubin")],
-                           capture_output=True, text=True)
-    text = r.stdout + r.stderr
-    regs = re.search(r"Used (\d+) registers", text)
-    spill = re.search(r"(\d+) bytes spill stores", text)
-    return (int(regs.group(1)) if regs else None), (int(spill.group(1)) if spill else None)
-
-
 def step_counts(ttgir: str, unroll: int) -> dict[str, float]:
     """Per band-position step: ops in the main loop's body (``scf.for`` .. ``scf.yield``) over UNROLL."""
-    start = ttgir.index("scf.for")
-    body = ttgir[start:ttgir.index("scf.yield", start)]
+    body = loop_body(ttgir)
     ops = ("ttg.local_alloc", "ttg.local_load", "ttng.warp_group_dot_wait", "ttg.convert_layout")
     return {op.split(".")[-1]: body.count(op + " ") / unroll for op in ops}
 
@@ -164,7 +113,9 @@ def main(argv: list[str] | None = None) -> Path:
              + " | ".join(_PTX_OPS) + " |",
              "|" + "---|" * (15 + len(_PTX_OPS))]
     for c in configs:
-        k, secs = compile_sm90(c, args.dtype)
+        t0 = time.perf_counter()
+        k = compile_triton(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, dtype=args.dtype)
+        secs = time.perf_counter() - t0
         regs, spill = ptxas_usage(k.asm["ptx"])
         st = step_counts(k.asm["ttgir"], c.kwargs["UNROLL"])
         pc = ptx_counts(k.asm["ptx"])
@@ -187,25 +138,8 @@ def gluon_section(dtype: str) -> list[str]:
     if dtype == "fp32":
         return head + ["Not built: the Gluon kernel runs bf16 / fp16 only."]
     try:
-        import triton
-        from triton.backends.compiler import GPUTarget
-        from triton.experimental.gluon import GluonASTSource
-
-        if sg.GLUON_ERROR is not None:
-            raise RuntimeError(sg.GLUON_ERROR)
-        program = spectral._random_program(200, 24, 128, generator=torch.Generator().manual_seed(0))
-        m = spectral._pack(program, torch.device("cpu"), _DTYPES[dtype])["meta"]
-        const = {k: m[k] for k in ("STEM_STRIDE", "KS", "KS_PAD", "KT", "NUM_BLOCKS", "WP", "FP", "STEM_RELU",
-                                    "RELU1_MASK", "RELU2_MASK", "BLOCK_RELU_MASK", "REDUCE_RELU")}
-        const.update(RING=spectral._next_pow2(m["KT"] + 1, 2), BP=sg.BLOCK_P)
-        kinds = {"x_ptr": "x", "out_ptr": "x", "stem_w_ptr": "x", "stem_b_ptr": "f", "conv_w_ptr": "x",
-                 "conv_b_ptr": "f", "red_w_ptr": "x", "red_b_ptr": "f"}
-        sig = {n: (f"*{dtype}" if k == "x" else "*fp32") for n, k in kinds.items()}
-        sig.update({n: "i32" for n in ["P", "B", "D", "F", "stride_xp", "stride_xb", "stride_op", "stride_of"]})
-        sig.update({k: "constexpr" for k in const})
         t0 = time.perf_counter()
-        k = triton.compile(GluonASTSource(fn=sg._gluon_stage_kernel, signature=sig, constexprs=const),
-                           target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        k = compile_gluon(dtype=dtype)
         secs = time.perf_counter() - t0
     except Exception as e:  # noqa: BLE001 - report why, keep the rest of the report
         return head + [f"Not built here: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"]

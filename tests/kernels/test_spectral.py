@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from kernels.offline import loop_body
 from kernels.program import SpectralProgram
 from kernels.spectral import _random_program, spectral_stage_reference, spectral_stage_triton
 
@@ -133,31 +134,18 @@ def test_pinned_config_is_checked(prog: SpectralProgram) -> None:
 # --- offline compile for Hopper ------------------------------------------------------------------------------
 
 def _compile_sm90(form: str, blocks: int, stage_norms: int, dtype: str, variant: dict, num_warps: int = 4):
-    """Lower the kernel (200 bands) to an sm_90 cubin with Triton's bundled ptxas: no GPU needed."""
-    triton = pytest.importorskip("triton")
+    """Lower the kernel (200 bands) to sm_90 with Triton's bundled ptxas: no GPU needed."""
+    pytest.importorskip("triton")
     from kernels import spectral
+    from kernels.offline import compile_triton, default_program
 
     if spectral._interpreting():
         pytest.skip("this process runs Triton's interpreter")
     try:
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler import ASTSource
+        return compile_triton(variant, num_warps=num_warps, dtype=dtype,
+                              program=default_program(blocks, form, stage_norms))
     except ImportError as e:  # pragma: no cover
         pytest.skip(f"Triton's offline compiler is not available: {e}")
-    program = _random_program(200, 24, 128, blocks=blocks, form=form, stage_norms=stage_norms,
-                              generator=torch.Generator().manual_seed(0))
-    pk = spectral._pack(program, torch.device("cpu"), {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
-    meta = dict(pk["meta"], PRECISION="ieee", INTERP_BF16=False, **variant)
-    ptrs = ["x_ptr", "out_ptr", "stem_w_ptr", "stem_b_ptr", "conv_w_ptr", "conv_b_ptr", "pre_ptr", "post_ptr",
-            "red_w_ptr", "red_b_ptr"]
-    types = [f"*{dtype}", f"*{dtype}", f"*{dtype}", "*fp32", f"*{dtype}", "*fp32", "*fp32", "*fp32", f"*{dtype}",
-             "*fp32"]
-    sig = dict(zip(ptrs, types))
-    sig.update({n: "i32" for n in ["P", "B", "D", "F", "stride_xp", "stride_xb", "stride_op", "stride_of"]})
-    sig.update({k: "constexpr" for k in meta})
-    try:
-        return triton.compile(ASTSource(fn=spectral._spectral_stage_kernel, signature=sig, constexprs=meta),
-                              target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": 1})
     except Exception as e:  # noqa: BLE001
         if "ptxas" in str(e).lower() and "not found" in str(e).lower():
             pytest.skip(f"no ptxas: {e}")
@@ -177,18 +165,13 @@ def test_kernel_compiles_for_hopper_sm90(form: str, blocks: int, stage_norms: in
     assert "st.local" not in ptx, "the kernel keeps an array in local memory (a tile tuple indexed at run time?)"
 
 
-def _loop_body(ttgir: str) -> str:
-    start = ttgir.index("scf.for")
-    return ttgir[start:ttgir.index("scf.yield", start)]
-
-
 def test_kcat_stages_each_conv_operand_once() -> None:
     """Why KCAT exists: the plain form stages every tap's operand through shared memory (a store and a barrier
     per tap and step); KCAT stages one concatenated operand per conv. Counted in the sm_90 compile (32 pixels,
     4 warps, mma.sync): per step, shared-memory stagings of loop-carried tiles and barriers in the whole kernel."""
     plain = _compile_sm90("paper", 2, 0, "bf16", PLAIN)
     kcat = _compile_sm90("paper", 2, 0, "bf16", dict(PLAIN, KCAT=True))
-    n_alloc = [_loop_body(k.asm["ttgir"]).count("ttg.local_alloc") for k in (plain, kcat)]
+    n_alloc = [loop_body(k.asm["ttgir"]).count("ttg.local_alloc") for k in (plain, kcat)]
     n_bar = [k.asm["ptx"].count("bar.sync") for k in (plain, kcat)]
     # plain: 2 blocks x 2 convs x 7 taps + stem + reduce + the new tile; kcat: one per conv + stem + reduce
     assert n_alloc[0] >= 2 * 2 * 7 and n_alloc[1] <= 2 * 2 + 3, n_alloc
@@ -201,7 +184,7 @@ def test_scatter_feeds_wgmma_from_registers() -> None:
     plain = _compile_sm90("paper", 2, 0, "bf16", dict(PLAIN, BLOCK_P=64), num_warps=8)
     scatter = _compile_sm90("paper", 2, 0, "bf16", dict(PLAIN, BLOCK_P=64, SCATTER=True), num_warps=8)
     assert "warp_group_dot" in scatter.asm["ttgir"]
-    n_alloc = [_loop_body(k.asm["ttgir"]).count("ttg.local_alloc") for k in (plain, scatter)]
+    n_alloc = [loop_body(k.asm["ttgir"]).count("ttg.local_alloc") for k in (plain, scatter)]
     assert n_alloc[0] >= 2 * 2 * 6 and n_alloc[1] <= 2, n_alloc
 
 

@@ -1,0 +1,112 @@
+"""Lower the spectral kernels for Hopper (sm_90) without a GPU: Triton's compiler and the ptxas in its wheel.
+
+What the compiled code holds (registers, spills, shared memory, which MMA instructions, how often a step
+stages operands through shared memory) can be read on any machine; tests and ``benchmarks/kernel_compile.py``
+use it. Timings still need a GPU.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .program import SpectralProgram
+
+_SIZES = ["P", "B", "D", "F", "stride_xp", "stride_xb", "stride_op", "stride_of"]
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def _signature(pointers: dict[str, str], constexprs: dict, dtype: str) -> dict[str, str]:
+    # pointers: name -> "x" (the input's dtype) or "f" (float32)
+    sig = {n: (f"*{dtype}" if kind == "x" else "*fp32") for n, kind in pointers.items()}
+    sig.update(dict.fromkeys(_SIZES, "i32"))
+    sig.update(dict.fromkeys(constexprs, "constexpr"))
+    return sig
+
+
+def default_program(blocks: int = 2, form: str = "paper", stage_norms: int = 0) -> SpectralProgram:
+    """The Indian Pines-shaped program the compile reports use: 200 bands, width 24, 128 features."""
+    from .spectral import _random_program
+
+    return _random_program(200, 24, 128, blocks=blocks, form=form, stage_norms=stage_norms,
+                           generator=torch.Generator().manual_seed(0))
+
+
+def compile_triton(variant: dict, *, num_warps: int = 4, num_stages: int = 1, dtype: str = "bf16",
+                   program: SpectralProgram | None = None, precision: str = "ieee"):
+    """The fused Triton kernel for one ``variant`` (BLOCK_P, UNROLL, KCAT, SCATTER), compiled for sm_90."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from . import spectral
+
+    program = program if program is not None else default_program()
+    meta = dict(spectral._pack(program, torch.device("cpu"), _DTYPES[dtype])["meta"], PRECISION=precision,
+                INTERP_BF16=False, **variant)
+    pointers = dict(x_ptr="x", out_ptr="x", stem_w_ptr="x", stem_b_ptr="f", conv_w_ptr="x", conv_b_ptr="f",
+                    pre_ptr="f", post_ptr="f", red_w_ptr="x", red_b_ptr="f")
+    src = ASTSource(fn=spectral._spectral_stage_kernel, signature=_signature(pointers, meta, dtype), constexprs=meta)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def compile_gluon(*, dtype: str = "bf16", program: SpectralProgram | None = None):
+    """The experimental Gluon kernel (kernels/spectral_gluon.py), compiled for sm_90 (raises when this
+    Triton has no Gluon or cannot compile it offline)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon import GluonASTSource
+
+    from . import spectral, spectral_gluon
+
+    if spectral_gluon.GLUON_ERROR is not None:
+        raise RuntimeError(spectral_gluon.GLUON_ERROR)
+    program = program if program is not None else default_program()
+    m = spectral._pack(program, torch.device("cpu"), _DTYPES[dtype])["meta"]
+    const = {k: m[k] for k in ("STEM_STRIDE", "KS", "KS_PAD", "KT", "NUM_BLOCKS", "WP", "FP", "STEM_RELU",
+                                "RELU1_MASK", "RELU2_MASK", "BLOCK_RELU_MASK", "REDUCE_RELU")}
+    const.update(RING=spectral._next_pow2(m["KT"] + 1, 2), BP=spectral_gluon.BLOCK_P)
+    pointers = dict(x_ptr="x", out_ptr="x", stem_w_ptr="x", stem_b_ptr="f", conv_w_ptr="x", conv_b_ptr="f",
+                    red_w_ptr="x", red_b_ptr="f")
+    src = GluonASTSource(fn=spectral_gluon._gluon_stage_kernel, signature=_signature(pointers, const, dtype),
+                         constexprs=const)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+
+
+def ptxas_usage(ptx: str) -> tuple[int | None, int | None]:
+    """``(registers, spill-store bytes)`` from the bundled ptxas's ``-v`` report for sm_90a (None, None when
+    this Triton's ptxas cannot be found)."""
+    try:  # where Triton keeps its ptxas differs between releases
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        try:
+            ptxas = get_ptxas(90).path
+        except TypeError:
+            ptxas = get_ptxas().path
+    except Exception:  # noqa: BLE001 - an older Triton: its knob, else give up on these columns
+        try:
+            from triton import knobs
+
+            ptxas = knobs.nvidia.ptxas.path
+        except Exception:  # noqa: BLE001
+            return None, None
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "k.ptx"
+        src.write_text(ptx)
+        r = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(src), "-o", str(Path(tmp) / "k.cubin")],
+                           capture_output=True, text=True)
+    text = r.stdout + r.stderr
+    regs = re.search(r"Used (\d+) registers", text)
+    spill = re.search(r"(\d+) bytes spill stores", text)
+    return (int(regs.group(1)) if regs else None), (int(spill.group(1)) if spill else None)
+
+
+def loop_body(ttgir: str) -> str:
+    """The main loop's body (``scf.for`` .. its ``scf.yield``) in a kernel's TTGIR."""
+    start = ttgir.index("scf.for")
+    return ttgir[start:ttgir.index("scf.yield", start)]
