@@ -60,7 +60,11 @@ def compile_gluon(*, dtype: str = "bf16", program: SpectralProgram | None = None
     Triton has no Gluon or cannot compile it offline)."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon import GluonASTSource
+
+    try:
+        from triton.experimental.gluon import GluonASTSource
+    except ImportError:  # Triton 3.6 keeps it here
+        from triton.experimental.gluon._runtime import GluonASTSource
 
     from . import spectral, spectral_gluon
 
@@ -70,7 +74,7 @@ def compile_gluon(*, dtype: str = "bf16", program: SpectralProgram | None = None
     m = spectral._pack(program, torch.device("cpu"), _DTYPES[dtype])["meta"]
     const = {k: m[k] for k in ("STEM_STRIDE", "KS", "KS_PAD", "KT", "NUM_BLOCKS", "WP", "FP", "STEM_RELU",
                                 "RELU1_MASK", "RELU2_MASK", "BLOCK_RELU_MASK", "REDUCE_RELU")}
-    const.update(RING=spectral._next_pow2(m["KT"] + 1, 2), BP=spectral_gluon.BLOCK_P)
+    const.update(spectral_gluon._layout_constants(program))
     pointers = dict(x_ptr="x", out_ptr="x", stem_w_ptr="x", stem_b_ptr="f", conv_w_ptr="x", conv_b_ptr="f",
                     red_w_ptr="x", red_b_ptr="f")
     src = GluonASTSource(fn=spectral_gluon._gluon_stage_kernel, signature=_signature(pointers, const, dtype),

@@ -65,7 +65,8 @@ if GLUON_ERROR is None:
         STEM_STRIDE: gl.constexpr, KS: gl.constexpr, KS_PAD: gl.constexpr, KT: gl.constexpr,
         NUM_BLOCKS: gl.constexpr, WP: gl.constexpr, FP: gl.constexpr, STEM_RELU: gl.constexpr,
         RELU1_MASK: gl.constexpr, RELU2_MASK: gl.constexpr, BLOCK_RELU_MASK: gl.constexpr,
-        REDUCE_RELU: gl.constexpr, RING: gl.constexpr, BP: gl.constexpr,
+        REDUCE_RELU: gl.constexpr, RING: gl.constexpr, BP: gl.constexpr, SW_W: gl.constexpr, SW_X: gl.constexpr,
+        SW_R: gl.constexpr,
     ):
         dt: gl.constexpr = x_ptr.dtype.element_ty
         HALF: gl.constexpr = KT // 2
@@ -74,9 +75,10 @@ if GLUON_ERROR is None:
         acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, WP, 16])
         accr_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, FP, 16])
-        tile_s: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=64, element_bitwidth=16, rank=2)
-        stem_s: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=32, element_bitwidth=16, rank=2)
-        red_s: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        # swizzle = the row's bytes, at most 128 (a wider swizzle than the row does not compile)
+        tile_s: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=SW_W, element_bitwidth=16, rank=2)
+        stem_s: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=SW_X, element_bitwidth=16, rank=2)
+        red_s: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=SW_R, element_bitwidth=16, rank=2)
         ld_w: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])  # (32, 32) tiles
         ld_r: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])  # (32, 128) tiles
         ld_x: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])  # (64, 16) tiles
@@ -187,6 +189,32 @@ if GLUON_ERROR is None:
                  out.to(dt), mask=gl.expand_dims(op < P, 1) & gl.expand_dims(of < F, 0))
 
 
+SHARED_LIMIT = 232_448  # bytes of shared memory one program may use on an H100 / H200 (227 KB)
+
+
+def _layout_constants(program: SpectralProgram) -> dict:
+    """The kernel's constexprs beyond the packed program's: ring depth, rows, shared-memory swizzles."""
+    from .spectral import _next_pow2, _pack
+
+    m = _pack(program, torch.device("cpu"), torch.bfloat16)["meta"]
+    return dict(RING=_next_pow2(m["KT"] + 1, 2), BP=BLOCK_P, SW_W=min(128, 2 * m["WP"]),
+                SW_X=min(128, 2 * m["KS_PAD"]), SW_R=min(128, 2 * m["FP"]))
+
+
+def shared_bytes(program: SpectralProgram) -> int:
+    """Shared memory the kernel allocates for ``program`` (16-bit tiles): conv weights, activation rings, the
+    last block's output, the stem's weights and input, the reduce weights of one position."""
+    from .spectral import _next_pow2
+
+    wp, fp = _next_pow2(program.width), _next_pow2(program.out_features)
+    nb, ks_pad = len(program.blocks), _next_pow2(program.stem.weight.shape[2])
+    kt = program.blocks[0].conv1.weight.shape[2] if nb else 1
+    ring = _next_pow2(kt + 1, 2)
+    tiles = 2 * nb * kt * wp * wp + 2 * nb * ring * BLOCK_P * wp + BLOCK_P * wp + ks_pad * wp + BLOCK_P * ks_pad \
+        + wp * fp
+    return 2 * tiles
+
+
 def _check(x: torch.Tensor, program: SpectralProgram) -> None:
     from .spectral import _check_program
 
@@ -206,6 +234,11 @@ def _check(x: torch.Tensor, program: SpectralProgram) -> None:
     if program.width > 32 or program.out_features > 256:
         raise NotImplementedError(f"spectral_stage_gluon handles width <= 32 and <= 256 features; got "
                                   f"{program.width}, {program.out_features}")
+    need = shared_bytes(program)
+    if need > SHARED_LIMIT:
+        raise NotImplementedError(f"spectral_stage_gluon would need {need} B of shared memory for this program "
+                                  f"({len(program.blocks)} blocks, kernel {program.blocks[0].conv1.weight.shape[2]}); "
+                                  f"an H100 / H200 SM has {SHARED_LIMIT}: use spectral_stage_triton")
     if x.device.type != "cuda":
         raise ValueError(f"spectral_stage_gluon needs a CUDA tensor on a Hopper GPU; got one on {x.device}")
 
@@ -215,7 +248,7 @@ def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram) -> torch.Ten
 
     Same contract as :func:`kernels.spectral.spectral_stage_reference` for the forms it covers (see the module
     docstring); fp32 accumulation, the input's dtype at every layer boundary, as the Triton kernel."""
-    from .spectral import _next_pow2, _pack
+    from .spectral import _pack
 
     _check(x, program)
     p, f = x.shape[0], program.out_features
@@ -224,6 +257,7 @@ def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram) -> torch.Ten
         return out
     pk = _pack(program, x.device, x.dtype)
     m = pk["meta"]
+    lc = _layout_constants(program)
     with torch.cuda.device(x.device):
         _gluon_stage_kernel[(-(-p // BLOCK_P),)](
             x, out, pk["stem_w"], pk["stem_b"], pk["conv_w"], pk["conv_b"], pk["red_w"], pk["red_b"],
@@ -231,5 +265,5 @@ def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram) -> torch.Ten
             STEM_STRIDE=m["STEM_STRIDE"], KS=m["KS"], KS_PAD=m["KS_PAD"], KT=m["KT"], NUM_BLOCKS=m["NUM_BLOCKS"],
             WP=m["WP"], FP=m["FP"], STEM_RELU=m["STEM_RELU"], RELU1_MASK=m["RELU1_MASK"],
             RELU2_MASK=m["RELU2_MASK"], BLOCK_RELU_MASK=m["BLOCK_RELU_MASK"], REDUCE_RELU=m["REDUCE_RELU"],
-            RING=_next_pow2(m["KT"] + 1, 2), BP=BLOCK_P, num_warps=4)
+            **lc, num_warps=4)
     return out
