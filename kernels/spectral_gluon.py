@@ -52,10 +52,12 @@ if GLUON_ERROR is None:
 
     @gluon.jit
     def _conv_issue(rings, w_smem, ring_base, newest, w_base, acc, KT: gl.constexpr, RING: gl.constexpr):
-        # KT async wgmmas of one conv: tap t reads the ring slot of position newest - (KT - 1) + t
+        # KT async wgmmas of one conv: tap t reads the ring slot of position newest - (KT - 1) + t; the first one
+        # ignores acc's values (zero start; the bias is added after the wait)
         for t in gl.static_range(KT):
             slot = (newest - (KT - 1) + t) & (RING - 1)
-            acc = warpgroup_mma(rings.index(ring_base + slot), w_smem.index(w_base + t), acc, is_async=True)
+            acc = warpgroup_mma(rings.index(ring_base + slot), w_smem.index(w_base + t), acc, use_acc=t > 0,
+                                is_async=True)
         return acc
 
     @gluon.jit
@@ -121,6 +123,7 @@ if GLUON_ERROR is None:
         _cta_barrier()
 
         offs_c = gl.arange(0, WP, layout=gl.SliceLayout(0, acc_l))
+        zero_f = gl.zeros([BP, WP], gl.float32, acc_l)
         acc_r = gl.zeros([BP, FP], gl.float32, accr_l)
         for j in range(0, D + NUM_BLOCKS * BEHIND):
             y_last = j - NUM_BLOCKS * BEHIND  # the position the last block writes in this step's phase A
@@ -131,9 +134,8 @@ if GLUON_ERROR is None:
             accs = (acc_s,)
             for b in gl.static_range(NUM_BLOCKS):
                 u_prev = j - 1 - b * BEHIND - HALF  # newest conv1 output of block b, written last step
-                acc = _bias_tile(conv_b_ptr + (2 * b + 1) * WP, offs_c, BP, WP, acc_l)
-                accs = accs + (_conv_issue(rings, w_smem, (2 * b + 1) * RING, u_prev, (2 * b + 1) * KT, acc, KT,
-                                           RING),)
+                accs = accs + (_conv_issue(rings, w_smem, (2 * b + 1) * RING, u_prev, (2 * b + 1) * KT, zero_f,
+                                           KT, RING),)
             accs = warpgroup_mma_wait(num_outstanding=0, deps=accs)
             s = accs[0]
             if STEM_RELU:
@@ -142,7 +144,7 @@ if GLUON_ERROR is None:
             rings.index(j & (RING - 1)).store(s.to(dt))
             for b in gl.static_range(NUM_BLOCKS):
                 q = j - (b + 1) * BEHIND  # block b's output position this step
-                acc = accs[b + 1]
+                acc = accs[b + 1] + gl.expand_dims(gl.load(conv_b_ptr + (2 * b + 1) * WP + offs_c), 0)
                 if (RELU2_MASK >> b) & 1:
                     acc = gl.maximum(acc, 0.0)
                 acc = acc + rings.index(2 * b * RING + (q & (RING - 1))).load(acc_l).to(gl.float32)
@@ -164,14 +166,13 @@ if GLUON_ERROR is None:
             accs = ()
             for b in gl.static_range(NUM_BLOCKS):
                 y_new = j - b * BEHIND  # newest input of block b, written in phase A
-                acc = _bias_tile(conv_b_ptr + (2 * b) * WP, offs_c, BP, WP, acc_l)
-                accs = accs + (_conv_issue(rings, w_smem, 2 * b * RING, y_new, 2 * b * KT, acc, KT, RING),)
+                accs = accs + (_conv_issue(rings, w_smem, 2 * b * RING, y_new, 2 * b * KT, zero_f, KT, RING),)
             acc_r = warpgroup_mma(last, red_smem, acc_r, is_async=True)
             waited = warpgroup_mma_wait(num_outstanding=0, deps=accs + (acc_r,))
             acc_r = waited[NUM_BLOCKS]
             for b in gl.static_range(NUM_BLOCKS):
                 u = j - b * BEHIND - HALF
-                acc = waited[b]
+                acc = waited[b] + gl.expand_dims(gl.load(conv_b_ptr + (2 * b) * WP + offs_c), 0)
                 if (RELU1_MASK >> b) & 1:
                     acc = gl.maximum(acc, 0.0)
                 rings.index((2 * b + 1) * RING + (u & (RING - 1))).store(
