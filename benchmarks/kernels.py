@@ -423,6 +423,23 @@ def main(argv: list[str] | None = None) -> Path:
                                        f"failed: {type(e).__name__}: {e}"))
                     emit(f"stage {label} {dtype}: failed {e}")
 
+    if cuda:  # the experimental Gluon kernel, never run before on a GPU: probed in a child process first, so a
+        # fault (which would poison this process's CUDA context) or a hang costs only its own row
+        from kernels.spectral_gluon import spectral_stage_gluon
+
+        label = "gluon (experimental: shared-memory rings, wgmma)"
+        probe = _probe_gluon(args.bands)
+        for dtype in [d for d in dtypes if d != torch.float32]:
+            x, prog, ref = inputs[dtype]
+            try:
+                if probe:
+                    raise RuntimeError(f"not run in this process: the probe failed ({probe})")
+                time_stage(label, spectral_stage_gluon, dtype, x, prog, ref)
+            except Exception as e:  # noqa: BLE001 - an experiment must not lose the report
+                stage_rows.append((label, str(dtype).removeprefix("torch."), None, None, None,
+                                   f"failed: {type(e).__name__}: {str(e)[:300]}"))
+                emit(f"stage {label} {dtype}: failed {e}")
+
     for label, sflops, fn in spatial_cases(device, p):
         med, lo, hi = bench(fn)
         spatial_rows.append((label, p, (med, lo, hi), sflops / (med * 1e-3) / 1e12))
@@ -450,20 +467,6 @@ def main(argv: list[str] | None = None) -> Path:
     if not cuda:
         engine_rows.append(("backend=triton", None))
 
-    if cuda:  # the experimental Gluon kernel (never run before on a GPU): after the engine rows, so that a fault
-        # that poisons the CUDA context costs only the rows after it
-        from kernels.spectral_gluon import spectral_stage_gluon
-
-        for dtype in [d for d in dtypes if d != torch.float32]:
-            x, prog, ref = inputs[dtype]
-            label = "gluon (experimental: shared-memory rings, wgmma)"
-            try:
-                time_stage(label, spectral_stage_gluon, dtype, x, prog, ref)
-            except Exception as e:  # noqa: BLE001 - an experiment must not lose the report
-                stage_rows.append((label, str(dtype).removeprefix("torch."), None, None, None,
-                                   f"failed: {type(e).__name__}: {str(e)[:300]}"))
-                emit(f"stage {label} {dtype}: failed {e}")
-
     if not args.no_compile:  # last: max-autotune compiles for minutes on a GPU
         compiled = get_spectral_stage("compile", device)
         for dtype in dtypes:
@@ -481,6 +484,32 @@ def main(argv: list[str] | None = None) -> Path:
     out_path.write_text(text)
     print(text)
     return out_path
+
+
+_GLUON_PROBE = """
+import sys, torch
+sys.path.insert(0, {repo!r})
+from kernels.spectral import _random_program, spectral_stage_reference
+from kernels.spectral_gluon import spectral_stage_gluon
+prog = _random_program({bands}, 24, 128, generator=torch.Generator().manual_seed(0)).to("cuda")
+x = torch.randn(3001, {bands}, generator=torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
+out = spectral_stage_gluon(x, prog).float()
+ref = spectral_stage_reference(x.float(), prog)
+torch.cuda.synchronize()
+print("rel", float((out - ref).abs().max() / ref.abs().max()))
+"""
+
+
+def _probe_gluon(bands: int, timeout: int = 180) -> str:
+    """Run the Gluon kernel once in a child process: '' when it ran, else why not (its error, a fault, a hang)."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", _GLUON_PROBE.format(repo=str(REPO), bands=bands)],
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"no result within {timeout} s"
+    if proc.returncode != 0:
+        return (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:300]
+    return ""
 
 
 def _tuned_config() -> str:
