@@ -74,7 +74,7 @@ def compile_gluon(*, dtype: str = "bf16", program: SpectralProgram | None = None
     m = spectral._pack(program, torch.device("cpu"), _DTYPES[dtype])["meta"]
     const = {k: m[k] for k in ("STEM_STRIDE", "KS", "KS_PAD", "KT", "NUM_BLOCKS", "WP", "FP", "STEM_RELU",
                                 "RELU1_MASK", "RELU2_MASK", "BLOCK_RELU_MASK", "REDUCE_RELU")}
-    const.update(spectral_gluon._layout_constants(program))
+    const.update(spectral_gluon._layout_constants(m))
     pointers = dict(x_ptr="x", out_ptr="x", stem_w_ptr="x", stem_b_ptr="f", conv_w_ptr="x", conv_b_ptr="f",
                     red_w_ptr="x", red_b_ptr="f")
     src = GluonASTSource(fn=spectral_gluon._gluon_stage_kernel, signature=_signature(pointers, const, dtype),

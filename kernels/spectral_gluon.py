@@ -193,11 +193,10 @@ if GLUON_ERROR is None:
 SHARED_LIMIT = 232_448  # bytes of shared memory one program may use on an H100 / H200 (227 KB)
 
 
-def _layout_constants(program: SpectralProgram) -> dict:
-    """The kernel's constexprs beyond the packed program's: ring depth, rows, shared-memory swizzles."""
-    from .spectral import _next_pow2, _pack
+def _layout_constants(m: dict) -> dict:
+    """The kernel's constexprs beyond the packed program's (``m``: its ``meta``): ring depth, rows, swizzles."""
+    from .spectral import _next_pow2
 
-    m = _pack(program, torch.device("cpu"), torch.bfloat16)["meta"]
     return dict(RING=_next_pow2(m["KT"] + 1, 2), BP=BLOCK_P, SW_W=min(128, 2 * m["WP"]),
                 SW_X=min(128, 2 * m["KS_PAD"]), SW_R=min(128, 2 * m["FP"]))
 
@@ -258,7 +257,7 @@ def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram) -> torch.Ten
         return out
     pk = _pack(program, x.device, x.dtype)
     m = pk["meta"]
-    lc = _layout_constants(program)
+    lc = _layout_constants(m)
     with torch.cuda.device(x.device):
         _gluon_stage_kernel[(-(-p // BLOCK_P),)](
             x, out, pk["stem_w"], pk["stem_b"], pk["conv_w"], pk["conv_b"], pk["red_w"], pk["red_b"],
