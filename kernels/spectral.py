@@ -611,7 +611,8 @@ def _launch(x: torch.Tensor, program: SpectralProgram, allow_tf32: bool,
         grid = lambda m: (triton.cdiv(p, m["BLOCK_P"]),)  # noqa: E731
         tune_key = (program.bands, program.reduced_bands, f, meta["WP"], meta["KT"], meta["NUM_BLOCKS"],
                     meta["NUM_POST"], meta["PRECISION"], x.dtype)
-        if tune_key not in _TUNED_KEYS:  # the first call per program shape may stop for a while: say why
+        first = tune_key not in _TUNED_KEYS
+        if first:  # the first call per program shape may stop for a while: say why
             _TUNED_KEYS.add(tune_key)
             log.info("fused spectral kernel: first call for %d bands, %s in this process: autotuning up to %d "
                      "configs, unless Triton's on-disk cache already holds the kernels and timings",
@@ -632,7 +633,39 @@ def _launch(x: torch.Tensor, program: SpectralProgram, allow_tf32: bool,
                 _VARIANTS_FAILED.append(f"{type(e).__name__}: {e}")
                 log.warning("fused spectral kernel: a variant failed on this Triton (%s); tuning over the plain "
                             "form only from now on", _VARIANTS_FAILED[0].splitlines()[0][:300])
+            else:
+                why = _variant_disagrees(tuner, x, out, args, meta) if first and tuner is not \
+                    _spectral_stage_kernel_tuned_plain else ""
+                if why:  # a variant this Triton builds but gets wrong: never hand its numbers on
+                    _VARIANTS_FAILED.append(why)
+                    log.warning("fused spectral kernel: %s; tuning over the plain form only from now on", why)
+                    compiled = _spectral_stage_kernel_tuned_plain[grid](*args, **meta)
     return out, compiled
+
+
+def _variant_disagrees(tuner, x: torch.Tensor, out: torch.Tensor, args: tuple, meta: dict) -> str:
+    """Once per program shape: when the autotuner picked a variant (KCAT, SCATTER, UNROLL > 1), run the plain
+    form on the first pixels and compare. '' when they agree (or the pick is the plain form), else why not.
+    The variants were checked against the reference on CPU (interpreter) and compile for sm_90, but a GPU and
+    Triton release they never ran on could still miscompile one; the autotuner picks by speed alone."""
+    best = getattr(tuner, "best_config", None)
+    kw = dict(best.kwargs) if best is not None else {}
+    if kw.get("UNROLL", 1) == 1 and not kw.get("KCAT") and not kw.get("SCATTER"):
+        return ""
+    n = min(x.shape[0], 512)
+    check = torch.empty(n, out.shape[1], device=out.device, dtype=out.dtype)
+    plain = list(args)
+    plain[0], plain[1], plain[10], plain[16], plain[17] = x[:n], check, n, check.stride(0), check.stride(1)
+    _spectral_stage_kernel[(triton.cdiv(n, 16),)](*plain, **meta, BLOCK_P=16, UNROLL=1, KCAT=False, SCATTER=False,
+                                                  num_warps=4, num_stages=1)
+    ref, got = check.float(), out[:n].float()
+    exact = x.dtype == torch.float32 and meta["PRECISION"] == "ieee"
+    tol = (1e-3 if exact else 5e-2) * max(float(ref.abs().max()), 1e-6)
+    diff = float((got - ref).abs().max()) if bool(torch.isfinite(got).all()) else float("inf")
+    if diff > tol:
+        return (f"the tuned variant {kw} differs from the plain form by {diff:.3g} on the first {n} pixels "
+                f"(tolerance {tol:.3g})")
+    return ""
 
 
 def _active_tuner():

@@ -129,11 +129,41 @@ def engine_case():
                  max_prob_diff=float(np.abs(tri["probabilities"].values - eag["probabilities"].values).max()))]
 
 
+def variant_check_case():
+    """kernels.spectral._variant_disagrees (the once-per-shape guard against a miscompiled variant): silent when
+    the tuned output equals the plain form's, names the difference when it does not. Strided input, 21 pixels."""
+    import triton
+
+    from kernels import spectral
+
+    g = torch.Generator().manual_seed(5)
+    prog = _random_program(23, 24, 40, generator=g)
+    wide = torch.randn(21, 46, generator=g)
+    x = wide[:, ::2]
+    good = spectral_stage_triton(x, prog)
+    pk = spectral._pack(prog, x.device, x.dtype)
+    meta = dict(pk["meta"], PRECISION="ieee", INTERP_BF16=False)
+
+    class Tuned:
+        best_config = triton.Config({"BLOCK_P": 16, "UNROLL": 1, "KCAT": True, "SCATTER": False}, num_warps=4)
+
+    def verdict(out):
+        args = (x, out, pk["stem_w"], pk["stem_b"], pk["conv_w"], pk["conv_b"], pk["pre"], pk["post"], pk["red_w"],
+                pk["red_b"], x.shape[0], prog.bands, prog.reduced_bands, prog.out_features, x.stride(0), x.stride(1),
+                out.stride(0), out.stride(1))
+        return spectral._variant_disagrees(Tuned(), x, out, args, meta)
+
+    wrong = good.clone()
+    wrong[7, 3] += 0.5 * float(good.abs().max())
+    return [dict(name="variant-check", kind="variant-check", agrees=verdict(good.clone()), disagrees=verdict(wrong))]
+
+
 def main() -> None:
     results = [run_case(*c) for c in CASES]
     results.append(run_case("paper-b23-w24-strided", 23, 24, 128, 2, "paper", 0, 3, "float32", strided=True))
     results.extend(folded_cases())
     results.extend(engine_case())
+    results.extend(variant_check_case())
     for r in results:
         print(json.dumps(r))
     sys.stdout.flush()

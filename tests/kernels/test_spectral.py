@@ -84,6 +84,12 @@ def test_engine_map_with_triton_equals_eager_interpreted(interpreted: dict[str, 
     assert r["max_prob_diff"] < 1e-4, r
 
 
+def test_variant_guard_compares_with_the_plain_form_interpreted(interpreted: dict[str, dict]) -> None:
+    r = interpreted["variant-check"]
+    assert r["agrees"] == "", r
+    assert "differs from the plain form" in r["disagrees"], r
+
+
 # --- wrapper errors (no kernel launch needed) ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -332,6 +338,34 @@ def test_gpu_variant_that_fails_to_build_falls_back_to_the_plain_form(monkeypatc
     assert spectral._active_tuner() is spectral._spectral_stage_kernel_tuned_plain
     assert sum("variant failed" in r.getMessage() for r in caplog.records) == 1, caplog.text
     assert "does not build here" in spectral._VARIANTS_FAILED[0]
+
+
+@gpu
+def test_gpu_variant_that_computes_wrong_numbers_is_dropped(monkeypatch, caplog) -> None:
+    """The autotuner picks by speed alone: a variant that builds but computes wrong numbers (a miscompile on a
+    Triton it never ran on) is caught by the once-per-shape comparison with the plain form, and the plain form's
+    numbers are returned."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    import triton
+
+    from kernels import spectral
+
+    class Wrong:
+        best_config = triton.Config({"BLOCK_P": 16, "UNROLL": 1, "KCAT": True, "SCATTER": False}, num_warps=4)
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                args[1].fill_(1.0)  # every feature 1.0: fast and wrong
+            return launch
+
+    monkeypatch.setattr(spectral, "_spectral_stage_kernel_tuned", Wrong())
+    monkeypatch.setattr(spectral, "_VARIANTS_FAILED", [])
+    monkeypatch.setattr(spectral, "_TUNED_KEYS", set())
+    with caplog.at_level("WARNING", logger="kernels.spectral"):
+        check_tolerance(_cuda_case(200, 3_001, torch.bfloat16))
+    assert spectral._active_tuner() is spectral._spectral_stage_kernel_tuned_plain
+    assert "differs from the plain form" in spectral._VARIANTS_FAILED[0], spectral._VARIANTS_FAILED
 
 
 @gpu
