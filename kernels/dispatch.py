@@ -82,14 +82,13 @@ def _triton_self_check(device: torch.device, dtype: torch.dtype = torch.float32)
     (to 1e-3 in float32, to 5 % of the largest feature in bf16 / fp16). One small config, pinned: autotuning
     over every config for a 23-band toy would cost a dozen compiles before the real work starts."""
     try:
-        from .spectral import _random_program, spectral_stage_triton
+        from .spectral import _SMALL_PLAIN, _random_program, spectral_stage_triton
 
         g = torch.Generator().manual_seed(0)
         prog = _random_program(23, 8, 16, generator=g).to(device)
         x = torch.randn(5, 23, generator=g).to(device)
         ref = spectral_stage_reference(x, prog)
-        out = spectral_stage_triton(x.to(dtype), prog, config=dict(BLOCK_P=16, UNROLL=1, KCAT=False, SCATTER=False,
-                                                                   num_warps=4, num_stages=1)).float()
+        out = spectral_stage_triton(x.to(dtype), prog, config=dict(_SMALL_PLAIN, num_warps=4, num_stages=1)).float()
         torch.cuda.synchronize(device)
         tol = 1e-3 if dtype == torch.float32 else 5e-2 * float(ref.abs().max())
         if not torch.allclose(out, ref, rtol=tol, atol=tol):

@@ -137,6 +137,15 @@ def _random_program(bands: int, width: int = 24, out_features: int = 128, *, blo
 # masked loads/stores. Any band count works (the stem reads with a mask on the band index).
 # ---------------------------------------------------------------------------------------------------------
 
+# The plain form of the kernel (windows gathered tap by tap, one band position per iteration) and a small
+# config of it: what the interpreter runs, what the variants are checked against, what the tuning falls back to.
+_SMALL_PLAIN = dict(BLOCK_P=16, UNROLL=1, KCAT=False, SCATTER=False)
+
+
+def _is_plain(variant: dict) -> bool:
+    return variant.get("UNROLL", 1) == 1 and not variant.get("KCAT") and not variant.get("SCATTER")
+
+
 try:  # Triton is optional (absent on macOS / Windows wheels); the reference above never needs it.
     import triton
     import triton.language as tl
@@ -420,8 +429,7 @@ if HAS_TRITON:
         # and spill in most shapes (offline sm_90: 96 B at 32/8, 128 B at 16/4, 2 KB at 32/4; KCAT ~35 KB,
         # SCATTER ~2 KB): tune over the plain form at BLOCK_P <= 32 only
         if meta.get("PRECISION") == "ieee" and named_args["x_ptr"].dtype == torch.float32:
-            return [c for c in configs if c.kwargs["BLOCK_P"] <= 32 and c.kwargs["UNROLL"] == 1
-                    and not c.kwargs["KCAT"] and not c.kwargs["SCATTER"]]
+            return [c for c in configs if c.kwargs["BLOCK_P"] <= 32 and _is_plain(c.kwargs)]
         return configs
 
     # the autotuner adds the tensor arguments' dtypes to the key; the pixel count is left out on purpose, so
@@ -434,8 +442,7 @@ if HAS_TRITON:
         **_tune_opts)(_spectral_stage_kernel)
     # The plain form alone (the one first measured on an H100): what the kernel tunes over if a variant cannot be
     # built by this machine's Triton; Triton's autotuner stops at the first config that fails to compile.
-    _PLAIN_CONFIGS = [c for c in _CONFIGS if c.kwargs["UNROLL"] == 1 and not c.kwargs["KCAT"]
-                      and not c.kwargs["SCATTER"]]
+    _PLAIN_CONFIGS = [c for c in _CONFIGS if _is_plain(c.kwargs)]
     _spectral_stage_kernel_tuned_plain = triton.autotune(
         configs=_PLAIN_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune_configs},
         **_tune_opts)(_spectral_stage_kernel)
@@ -602,7 +609,7 @@ def _launch(x: torch.Tensor, program: SpectralProgram, allow_tf32: bool,
             pk["red_b"], p, program.bands, program.reduced_bands, f, x.stride(0), x.stride(1), out.stride(0),
             out.stride(1))
     if config is not None or interp:  # the autotuner times with CUDA events: the interpreter runs one small config
-        cfg = dict(config) if config is not None else dict(BLOCK_P=16, UNROLL=1, KCAT=False, SCATTER=False)
+        cfg = dict(config) if config is not None else dict(_SMALL_PLAIN)
         opts = {"num_stages": 1} | {k: cfg.pop(k) for k in ("num_warps", "num_stages") if k in cfg}
         opts = {} if interp else opts  # num_stages 1 as in every autotune config (Triton's default is 3)
         with torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext():
@@ -650,14 +657,14 @@ def _variant_disagrees(tuner, x: torch.Tensor, out: torch.Tensor, args: tuple, m
     Triton release they never ran on could still miscompile one; the autotuner picks by speed alone."""
     best = getattr(tuner, "best_config", None)
     kw = dict(best.kwargs) if best is not None else {}
-    if kw.get("UNROLL", 1) == 1 and not kw.get("KCAT") and not kw.get("SCATTER"):
+    if _is_plain(kw):
         return ""
     n = min(x.shape[0], 512)
     check = torch.empty(n, out.shape[1], device=out.device, dtype=out.dtype)
     plain = list(args)
     plain[0], plain[1], plain[10], plain[16], plain[17] = x[:n], check, n, check.stride(0), check.stride(1)
-    _spectral_stage_kernel[(triton.cdiv(n, 16),)](*plain, **meta, BLOCK_P=16, UNROLL=1, KCAT=False, SCATTER=False,
-                                                  num_warps=4, num_stages=1)
+    _spectral_stage_kernel[(triton.cdiv(n, _SMALL_PLAIN["BLOCK_P"]),)](*plain, **meta, **_SMALL_PLAIN, num_warps=4,
+                                                                      num_stages=1)
     ref, got = check.float(), out[:n].float()
     exact = x.dtype == torch.float32 and meta["PRECISION"] == "ieee"
     tol = (1e-3 if exact else 5e-2) * max(float(ref.abs().max()), 1e-6)

@@ -315,6 +315,15 @@ def test_exact_fp32_autotunes_over_the_small_plain_form_only() -> None:
     assert bf16 == spectral._CONFIGS
 
 
+def _install_tuner(monkeypatch, tuner) -> None:
+    """Replace the kernel's autotuned launcher with ``tuner`` and start from a process that has tuned nothing."""
+    from kernels import spectral
+
+    monkeypatch.setattr(spectral, "_spectral_stage_kernel_tuned", tuner)
+    monkeypatch.setattr(spectral, "_VARIANTS_FAILED", [])
+    monkeypatch.setattr(spectral, "_TUNED_KEYS", set())
+
+
 @gpu
 def test_gpu_variant_that_fails_to_build_falls_back_to_the_plain_form(monkeypatch, caplog) -> None:
     """Triton's autotuner stops at the first config that fails to compile; the kernel then tunes over the plain
@@ -329,9 +338,7 @@ def test_gpu_variant_that_fails_to_build_falls_back_to_the_plain_form(monkeypatc
                 raise RuntimeError("variant does not build here")
             return launch
 
-    monkeypatch.setattr(spectral, "_spectral_stage_kernel_tuned", Broken())
-    monkeypatch.setattr(spectral, "_VARIANTS_FAILED", [])
-    monkeypatch.setattr(spectral, "_TUNED_KEYS", set())
+    _install_tuner(monkeypatch, Broken())
     with caplog.at_level("WARNING", logger="kernels.spectral"):
         check_tolerance(_cuda_case(200, 3_001, torch.bfloat16))
         check_tolerance(_cuda_case(103, 1_001, torch.bfloat16))
@@ -359,9 +366,7 @@ def test_gpu_variant_that_computes_wrong_numbers_is_dropped(monkeypatch, caplog)
                 args[1].fill_(1.0)  # every feature 1.0: fast and wrong
             return launch
 
-    monkeypatch.setattr(spectral, "_spectral_stage_kernel_tuned", Wrong())
-    monkeypatch.setattr(spectral, "_VARIANTS_FAILED", [])
-    monkeypatch.setattr(spectral, "_TUNED_KEYS", set())
+    _install_tuner(monkeypatch, Wrong())
     with caplog.at_level("WARNING", logger="kernels.spectral"):
         check_tolerance(_cuda_case(200, 3_001, torch.bfloat16))
     assert spectral._active_tuner() is spectral._spectral_stage_kernel_tuned_plain
