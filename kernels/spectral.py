@@ -36,14 +36,20 @@ def _run_program(y: torch.Tensor, program: SpectralProgram, conv, affine) -> tor
     return conv(y, program.reduce)
 
 
+def _check_pixels(x: torch.Tensor, program: SpectralProgram) -> None:
+    """Every formulation's input: a 2-D ``(P, bands)`` tensor of the program's band count."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != program.bands:
+        raise ValueError(f"expected pixels (P, {program.bands}); got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+
+
 def spectral_stage_reference(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
     """Spectral features of ``x (P, bands)`` pixels: ``(P, out_features)`` in ``x``'s dtype.
 
     The formulation (conv2d with (k, 1) kernels, channels-last, bands on dim 2, pixels on dim 3)
     measured fastest on CPU; see benchmarks/results/formulations.md.
     """
-    if x.dim() != 2 or x.shape[1] != program.bands:
-        raise ValueError(f"expected pixels (P, {program.bands}); got {tuple(x.shape)}")
+    _check_pixels(x, program)
     p = x.shape[0]
     # channels-last strides spelled out: for one channel .contiguous(channels_last) keeps NCHW strides,
     # and the convs would then run (and return) NCHW, 2x slower on CPU
@@ -70,8 +76,7 @@ def spectral_stage_conv3d(x: torch.Tensor, program: SpectralProgram) -> torch.Te
     off) and bfloat16 (14.14 against 14.94; benchmarks/results/kernels-h100.md, 65,536 pixels); on CPU the
     channels-last conv2d is faster (DESIGN: ~66 against ~37 GFLOP/s), so that stays the CPU eager path.
     """
-    if x.dim() != 2 or x.shape[1] != program.bands:
-        raise ValueError(f"expected pixels (P, {program.bands}); got {tuple(x.shape)}")
+    _check_pixels(x, program)
     y = _run_program(x[:, None, :, None, None], program, _conv3d, _affine3d)  # (P, W, D, 1, 1) inside
     return y.reshape(x.shape[0], -1)
 
@@ -588,9 +593,7 @@ def _launch(x: torch.Tensor, program: SpectralProgram, allow_tf32: bool,
         raise RuntimeError("the triton spectral backend needs the 'triton' package; use the eager backend")
     if config is not None:
         _check_config(config)
-    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != program.bands:
-        raise ValueError(f"expected pixels (P, {program.bands}); got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    _check_pixels(x, program)
     if x.dtype not in _DTYPES:
         raise TypeError(f"x must be float32, bfloat16 or float16; got {x.dtype}")
     interp = _interpreting()

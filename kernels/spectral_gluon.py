@@ -216,13 +216,11 @@ def shared_bytes(program: SpectralProgram) -> int:
 
 
 def _check(x: torch.Tensor, program: SpectralProgram) -> None:
-    from .spectral import _check_program
+    from .spectral import _check_pixels, _check_program
 
     if GLUON_ERROR is not None:
         raise RuntimeError(f"spectral_stage_gluon needs Triton's Gluon with Hopper support ({GLUON_ERROR})")
-    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != program.bands:
-        raise ValueError(f"expected pixels (P, {program.bands}); got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    _check_pixels(x, program)
     if x.dtype not in (torch.bfloat16, torch.float16):
         raise TypeError(f"spectral_stage_gluon runs bfloat16 or float16; got {x.dtype}")
     _check_program(program)
