@@ -7,7 +7,8 @@ stem 24 k7 s2 -> 97 positions, two residual blocks of 24 k7 convs, full-band red
   over ``(P, C, bands, 1, 1)``, cuDNN on CUDA, where it is the engine's eager path), same folded weights;
 - ``eager``: :func:`kernels.spectral.spectral_stage_reference` (conv2d, channels-last);
 - ``compile``: ``torch.compile`` of the reference (as :mod:`kernels.dispatch` builds it);
-- ``gluon``: :func:`kernels.spectral_gluon.spectral_stage_gluon`, experimental (Hopper, bf16 / fp16 only);
+- ``gluon``: :func:`kernels.spectral_gluon.spectral_stage_gluon` (Hopper, bf16 / fp16 only), and the
+  ``triton`` backend as the engine calls it (:func:`kernels.dispatch.get_spectral_stage`: Gluon where it applies);
 - ``triton``: :func:`kernels.spectral.spectral_stage_triton` (CUDA only), autotuned, and then every config
   the autotuner chooses among pinned (block shape and the KCAT / UNROLL / SCATTER variants) in bfloat16,
   and those the exact float32 path tunes over;
@@ -24,6 +25,7 @@ repeated wall-clock runs after a warm-up.
 
     python benchmarks/kernels.py                   # CUDA when present, else CPU; writes results/kernels-<device>.md
     python benchmarks/kernels.py --device cpu --pixels 4096
+    python benchmarks/kernels.py --quick           # whole-stage, spatial and default engine rows, compile last
 """
 
 from __future__ import annotations
@@ -140,7 +142,9 @@ def spatial_cases(device: torch.device, n: int):
             return spatial_windows(x, sp)
 
     def tf32():
-        with torch.backends.cudnn.flags(allow_tf32=True):
+        # cudnn.flags' other arguments default to cuDNN *off*: name them (the first H200 run timed the fallback)
+        with torch.backends.cudnn.flags(enabled=True, benchmark=torch.backends.cudnn.benchmark,
+                                        deterministic=torch.backends.cudnn.deterministic, allow_tf32=True):
             return spatial_windows(x, sp)
 
     def bf16():
@@ -297,6 +301,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--reps", type=int, default=15, help="CPU repetitions per timing")
     ap.add_argument("--engine-side", type=int, default=None, help="scene side for the in-memory end-to-end rows (zarr: at most 1024)")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="skip the per-layer rows, the pinned Triton configs and "
+                                                         "the engine's older-default rows")
     ap.add_argument("--zarr-dir", default=None, help="where to write the zarr scene for the streamed row "
                                                     "(default: a temporary directory; CUDA only)")
     ap.add_argument("--out", default=None)
@@ -359,13 +365,14 @@ def main(argv: list[str] | None = None) -> Path:
     peaks.update(measure_peaks(device, bench, [torch.bfloat16, torch.float32] if cuda else [torch.float32, torch.bfloat16]))
     emit(f"peaks: {peaks}")
 
-    def time_stage(label: str, fn: Callable, dtype: torch.dtype, x, prog, ref, note: str = "") -> None:
+    def time_stage(label: str, fn: Callable, dtype: torch.dtype, x, prog, ref,
+                   note: str | Callable[[], str] = "") -> None:
         with precise(dtype):
             got = fn(x, prog)
             err = ((got.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
             med, lo, hi = bench(lambda: fn(x, prog))
         stage_rows.append((label, str(dtype).removeprefix("torch."), (med, lo, hi), flops / (med * 1e-3) / 1e12,
-                           p / (med * 1e-3) / 1e6, f"max rel. diff vs eager {err:.1e}" + note))
+                           p / (med * 1e-3) / 1e6, f"max rel. diff vs eager {err:.1e}" + (note() if callable(note) else note)))
         emit(f"stage {label} {dtype}: {med:.3f} ms")
 
     inputs = {}
@@ -380,7 +387,7 @@ def main(argv: list[str] | None = None) -> Path:
         if cuda:
             from kernels.spectral import spectral_stage_triton
 
-            time_stage("triton (fused)", spectral_stage_triton, dtype, x, prog, ref, _tuned_config())
+            time_stage("triton (fused)", spectral_stage_triton, dtype, x, prog, ref, _tuned_config)
             try:
                 info = triton_kernel_report(x, prog)
             except Exception as e:  # noqa: BLE001 - informational; never lose the timed rows
@@ -393,10 +400,10 @@ def main(argv: list[str] | None = None) -> Path:
             emit(f"kernel {dtn}: " + ", ".join(f"{k}={v}" for k, v in info.items() if k not in ("ttgir", "ptx")))
             if dtype == torch.float32:
                 time_stage("triton (fused, tf32 opt-in)", lambda a, b: spectral_stage_triton(a, b, allow_tf32=True),
-                           dtype, x, prog, ref, _tuned_config())
+                           dtype, x, prog, ref, _tuned_config)
         else:
             stage_rows.append(("triton (fused)", str(dtype).removeprefix("torch."), None, None, None, PENDING_GPU))
-        for layer, lflops, f3, f2 in layer_cases(prog, p, device, dtype):
+        for layer, lflops, f3, f2 in ([] if args.quick else layer_cases(prog, p, device, dtype)):
             for label, fn in (("seed-conv3d", f3), ("eager conv2d", f2)):
                 with precise(dtype):
                     med, lo, hi = bench(fn)
@@ -406,7 +413,7 @@ def main(argv: list[str] | None = None) -> Path:
             layer_rows.append((layer, "triton", str(dtype).removeprefix("torch."), None,
                                "fused: whole stage only" if cuda else PENDING_GPU))
 
-    if cuda:  # every config the autotuner chooses among, pinned: which variant wins, and by how much
+    if cuda and not args.quick:  # every config the autotuner chooses among, pinned: which variant wins, by how much
         from kernels import spectral
 
         for dtype in sorted(dtypes, key=lambda d: d != torch.bfloat16):  # bf16 first: fp32 compiles slowly
@@ -423,22 +430,24 @@ def main(argv: list[str] | None = None) -> Path:
                                        f"failed: {type(e).__name__}: {e}"))
                     emit(f"stage {label} {dtype}: failed {e}")
 
-    if cuda:  # the experimental Gluon kernel, never run before on a GPU: probed in a child process first, so a
-        # fault (which would poison this process's CUDA context) or a hang costs only its own row
+    if cuda:  # the Gluon kernel, probed in a child process first, so a fault (which would poison this process's
+        # CUDA context) or a hang on a GPU / Triton it never ran on costs only its own rows
         from kernels.spectral_gluon import spectral_stage_gluon
 
-        label = "gluon (experimental: shared-memory rings, wgmma)"
         probe = _probe_gluon(args.bands)
         for dtype in [d for d in dtypes if d != torch.float32]:
             x, prog, ref = inputs[dtype]
-            try:
-                if probe:
-                    raise RuntimeError(f"not run in this process: the probe failed ({probe})")
-                time_stage(label, spectral_stage_gluon, dtype, x, prog, ref)
-            except Exception as e:  # noqa: BLE001 - an experiment must not lose the report
-                stage_rows.append((label, str(dtype).removeprefix("torch."), None, None, None,
-                                   f"failed: {type(e).__name__}: {str(e)[:300]}"))
-                emit(f"stage {label} {dtype}: failed {e}")
+            engine_stage = get_spectral_stage("triton", device, dtype)
+            for label, fn in (("gluon (shared-memory rings, wgmma)", spectral_stage_gluon),
+                              ("backend='triton' as the engine calls it", engine_stage)):
+                try:
+                    if probe:
+                        raise RuntimeError(f"not run in this process: the probe failed ({probe})")
+                    time_stage(label, fn, dtype, x, prog, ref)
+                except Exception as e:  # noqa: BLE001 - a failing row must not lose the report
+                    stage_rows.append((label, str(dtype).removeprefix("torch."), None, None, None,
+                                       f"failed: {type(e).__name__}: {str(e)[:300]}"))
+                    emit(f"stage {label} {dtype}: failed {e}")
 
     for label, sflops, fn in spatial_cases(device, p):
         med, lo, hi = bench(fn)
@@ -454,6 +463,8 @@ def main(argv: list[str] | None = None) -> Path:
              ("triton", "bfloat16", False, {"normalise_on": "host", "max_pixels": 8192}),
              ("eager", "float32", False, {}), ("triton", "float32", True, {}), ("triton", "bfloat16", True, {})]
             if cuda else [("eager", "float32", False, {}), ("eager", "bfloat16", False, {})])
+    if args.quick:
+        runs = [r for r in runs if not r[3]]
     with tempfile.TemporaryDirectory() as tmp:
         zdir = Path(args.zarr_dir) if args.zarr_dir else Path(tmp)
         for backend, precision, zarr, opts in runs:
@@ -500,7 +511,7 @@ print("rel", float((out - ref).abs().max() / ref.abs().max()))
 """
 
 
-def _probe_gluon(bands: int, timeout: int = 180) -> str:
+def _probe_gluon(bands: int, timeout: int = 120) -> str:
     """Run the Gluon kernel once in a child process: '' when it ran, else why not (its error, a fault, a hang)."""
     try:
         proc = subprocess.run([sys.executable, "-c", _GLUON_PROBE.format(repo=str(REPO), bands=bands)],

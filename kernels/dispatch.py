@@ -8,7 +8,10 @@ One small function decides (STYLE: never an environment variable read at import 
 - ``compile``: a cached ``torch.compile`` of the reference (``max-autotune`` on CUDA, default mode on
   CPU; ``dynamic=True`` so changing tile sizes, i.e. pixel counts, do not recompile).
 - ``triton``: :func:`kernels.spectral.spectral_stage_triton`, CUDA only (and CPU under Triton's
-  interpreter, ``TRITON_INTERPRET=1``, which tests use).
+  interpreter, ``TRITON_INTERPRET=1``, which tests use); in bfloat16 / float16 on a Hopper GPU, for the
+  paper's block form, :func:`kernels.spectral_gluon.spectral_stage_gluon` instead (2.51 ms against the Triton
+  kernel's 3.10 per 65,536 pixels of 200 bands on an H200, benchmarks/results/kernels-h200.md), once it
+  matched the reference on the first pixels of a program shape (else the Triton kernel, with one warning).
 - ``auto``: on CUDA, ``triton`` for bfloat16 / float16 when Triton imports and the kernel passes a tiny
   self-check against the reference, and ``eager`` for float32 (exact float32 has no tensor-core path: on an
   H100 the Conv3d formulation took 20.98 ms per 65,536 pixels, the fused kernel 23.96 and compile 19.70
@@ -164,4 +167,49 @@ def get_spectral_stage(backend: str, device: torch.device | str | None = None,
         return _compiled(dev.type)
     from .spectral import spectral_stage_triton
 
-    return spectral_stage_triton
+    return fused_stage if dev.type == "cuda" and dtype != torch.float32 else spectral_stage_triton
+
+
+_GLUON_CHECKED: dict[tuple, str] = {}  # program shape -> '' (the Gluon kernel matched the reference), else why not
+
+
+def fused_stage(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
+    """The ``triton`` backend in bf16 / fp16 on CUDA: the Gluon kernel where it applies (Hopper, the paper's
+    block form, fits in shared memory) and matched the reference on this program shape, else the Triton kernel."""
+    from .spectral import spectral_stage_triton
+    from .spectral_gluon import gluon_unsupported, spectral_stage_gluon
+
+    if x.dtype == torch.float32 or gluon_unsupported(x, program) is not None:
+        return spectral_stage_triton(x, program)
+    key = (program.bands, program.width, program.out_features, len(program.blocks),
+           program.blocks[0].conv1.weight.shape[2], x.dtype, x.device)
+    if key not in _GLUON_CHECKED:
+        why = _GLUON_CHECKED[key] = _gluon_disagrees(x, program)
+        if why:
+            log.warning("fused spectral stage: %s; running the Triton kernel for this program shape", why)
+        else:
+            log.info("fused spectral stage: the Gluon (Hopper) kernel for %d bands, %s", program.bands,
+                     str(x.dtype).removeprefix("torch."))
+    if _GLUON_CHECKED[key]:
+        return spectral_stage_triton(x, program)
+    return spectral_stage_gluon(x, program)
+
+
+def _gluon_disagrees(x: torch.Tensor, program: SpectralProgram, n: int = 512) -> str:
+    """'' when the Gluon kernel's output on the first ``n`` pixels of ``x`` is within 5 % of the largest
+    feature of the float32 reference (bf16 / fp16 rounding stays near 1 %), else why not. It ran on one GPU and
+    one Triton release before it was wired in: a miscompile elsewhere must cost speed, never numbers."""
+    from .spectral_gluon import spectral_stage_gluon
+
+    head = x[:n]
+    try:
+        got = spectral_stage_gluon(head, program).float()
+    except Exception as e:  # noqa: BLE001 - any failure means: use the Triton kernel
+        return f"the Gluon kernel failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]})"
+    ref = spectral_stage_reference(head.float(), program.to(dtype=torch.float32))
+    tol = 5e-2 * max(float(ref.abs().max()), 1e-6)
+    diff = float((got - ref).abs().max()) if bool(torch.isfinite(got).all()) else float("inf")
+    if diff > tol:
+        return f"the Gluon kernel differs from the reference by {diff:.3g} on the first {head.shape[0]} pixels " \
+               f"(tolerance {tol:.3g})"
+    return ""

@@ -421,20 +421,24 @@ if HAS_TRITON:
     # is staged for reuse (in the 64-row wgmma form the A operand comes straight from registers: 2 stagings per
     # step, stem and reduce), at the price of 2 x (KT-1) fp32 tiles per block held in registers. num_stages=2 is
     # not tuned: the loop has nothing to pipeline, and Triton 3.9 emits the same PTX as with 1.
+    #
+    # Measured, every variant pinned, on an H200 (Triton 3.6, 65,536 pixels of 200 bands, two blocks;
+    # benchmarks/results/kernels-h200.md), bf16 ms: UNROLL=2 16/4 3.10, plain 32/4 3.50, 16/4 4.36, SCATTER 16/4
+    # 4.40, KCAT 32/4 4.62 (KCAT 5.75-34.9 elsewhere), plain 32/8 7.52, 64/4 7.91, 64/8 18.7, SCATTER 64/8 11.7;
+    # TF32 picked SCATTER 16/4 (5.67 ms); exact fp32: plain 32/8 24.2, 16/4 27.6, 32/4 67.7 (it spills 2 KB).
+    # The configs below are those that won or came within 1.5x in some precision: KCAT and the 64-row forms
+    # lost everywhere and cost a compile each on a shape's first call (still pinnable through ``config``).
     _CONFIGS = [triton.Config({"BLOCK_P": bp, "UNROLL": un, "KCAT": kc, "SCATTER": sc}, num_warps=nw, num_stages=1)
                 for bp, nw, un, kc, sc in [
                     (16, 4, 1, False, False), (32, 4, 1, False, False), (32, 8, 1, False, False),
-                    (64, 4, 1, False, False), (64, 8, 1, False, False),
-                    (16, 4, 1, True, False), (32, 4, 1, True, False), (32, 8, 1, True, False), (64, 8, 1, True, False),
-                    (16, 4, 2, False, False),
-                    (16, 4, 1, False, True), (64, 8, 1, False, True)]]
+                    (16, 4, 2, False, False), (16, 4, 1, False, True)]]
 
     def _prune_configs(configs, named_args, **meta):
         # exact fp32 dots lower to FMA loops (no tensor cores) that compile slowly (7-32 s each on a shared CPU)
         # and spill in most shapes (offline sm_90: 96 B at 32/8, 128 B at 16/4, 2 KB at 32/4; KCAT ~35 KB,
-        # SCATTER ~2 KB): tune over the plain form at BLOCK_P <= 32 only
+        # SCATTER ~2 KB): tune over the plain form with at most 4 pixel rows per warp (32/4 took 2.8x 32/8)
         if meta.get("PRECISION") == "ieee" and named_args["x_ptr"].dtype == torch.float32:
-            return [c for c in configs if c.kwargs["BLOCK_P"] <= 32 and _is_plain(c.kwargs)]
+            return [c for c in configs if _is_plain(c.kwargs) and c.kwargs["BLOCK_P"] <= 4 * c.num_warps]
         return configs
 
     # the autotuner adds the tensor arguments' dtypes to the key; the pixel count is left out on purpose, so

@@ -205,7 +205,7 @@ def _cuda_case(bands: int, pixels: int, dtype: torch.dtype, *, form: str = "pape
     x = x64.to(dtype)
     out = spectral_stage_triton(x, prog, allow_tf32=allow_tf32, config=config)
     torch.cuda.synchronize()
-    with torch.backends.cudnn.flags(allow_tf32=allow_tf32):
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=allow_tf32):
         plain = spectral_stage_reference(x, prog.to(dtype=dtype))
     return dict(name=f"b{bands}-{form}-{dtype}", dtype=str(dtype).removeprefix("torch."), err=(out.double() - ref).abs().max().item(),
                 torch_err=(plain.double() - ref).abs().max().item(), scale=ref.abs().max().item(),
@@ -308,7 +308,7 @@ def test_exact_fp32_autotunes_over_the_small_plain_form_only() -> None:
         pytest.skip("this process runs Triton's interpreter")
     fp32 = spectral._prune_configs(spectral._CONFIGS, {"x_ptr": torch.zeros(1)}, PRECISION="ieee")
     assert 1 <= len(fp32) < len(spectral._CONFIGS)
-    assert all(c.kwargs["BLOCK_P"] <= 32 and c.kwargs["UNROLL"] == 1 and not c.kwargs["KCAT"]
+    assert all(c.kwargs["BLOCK_P"] <= min(32, 4 * c.num_warps) and c.kwargs["UNROLL"] == 1 and not c.kwargs["KCAT"]
                and not c.kwargs["SCATTER"] for c in fp32)
     bf16 = spectral._prune_configs(spectral._CONFIGS, {"x_ptr": torch.zeros(1, dtype=torch.bfloat16)},
                                    PRECISION="ieee")

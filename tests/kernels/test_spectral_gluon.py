@@ -155,3 +155,64 @@ def test_gpu_gluon_matches_reference(bands: int, dtype: torch.dtype) -> None:
     err, torch_err = (out.double() - ref).abs().max().item(), (plain.double() - ref).abs().max().item()
     assert torch.isfinite(out).all()
     assert err <= min(2 * torch_err + 1e-3 * scale, 1e-2 * scale), (err, torch_err, scale)
+
+
+def test_gluon_unsupported_says_why() -> None:
+    """The triton backend asks this before every bf16 / fp16 call: a reason (never an exception) wherever the
+    Gluon kernel cannot run, so the Triton kernel takes over."""
+    from kernels.spectral_gluon import GLUON_ERROR, gluon_unsupported
+
+    paper = _random_program(23, generator=torch.Generator().manual_seed(0))
+    seed = _random_program(23, form="seed", stage_norms=1, generator=torch.Generator().manual_seed(0))
+    cases = {"CUDA": (torch.zeros(2, 23, dtype=torch.bfloat16), paper),
+             "bfloat16 or float16": (torch.zeros(2, 23), paper),
+             "paper's block form": (torch.zeros(2, 23, dtype=torch.bfloat16), seed)}
+    for expected, (x, prog) in cases.items():
+        why = gluon_unsupported(x, prog)
+        assert why is not None and (expected in why if GLUON_ERROR is None else "Gluon" in why), why
+
+
+def _hopper() -> None:
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("needs a Hopper GPU (compute capability 9.0)")
+
+
+@pytest.mark.gpu
+def test_gpu_triton_backend_runs_gluon_on_hopper(monkeypatch) -> None:
+    """backend='triton' in bf16 on Hopper runs the Gluon kernel for the paper's block form (after its check on
+    the first pixels), and the Triton kernel for a form Gluon does not cover."""
+    _hopper()
+    from kernels import dispatch
+    from kernels.spectral import spectral_stage_triton
+    from kernels.spectral_gluon import spectral_stage_gluon
+
+    monkeypatch.setattr(dispatch, "_GLUON_CHECKED", {})
+    stage = dispatch.get_spectral_stage("triton", "cuda", torch.bfloat16)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3_001, 200, generator=g).to("cuda", torch.bfloat16)
+    paper = _random_program(200, 24, 128, generator=g).to("cuda")
+    assert torch.equal(stage(x, paper), spectral_stage_gluon(x, paper))
+    assert list(dispatch._GLUON_CHECKED.values()) == [""]
+    seed = _random_program(200, 24, 128, form="seed", stage_norms=1, generator=g).to("cuda")
+    assert torch.equal(stage(x, seed), spectral_stage_triton(x, seed))
+
+
+@pytest.mark.gpu
+def test_gpu_gluon_that_computes_wrong_numbers_is_not_used(monkeypatch, caplog) -> None:
+    """A Gluon kernel that runs but computes wrong numbers (a miscompile on a Triton it never ran on) is caught by
+    the once-per-shape check: the Triton kernel's numbers are returned, with one warning."""
+    _hopper()
+    from kernels import dispatch, spectral_gluon
+    from kernels.spectral import spectral_stage_triton
+
+    monkeypatch.setattr(dispatch, "_GLUON_CHECKED", {})
+    monkeypatch.setattr(spectral_gluon, "spectral_stage_gluon",
+                        lambda x, p: torch.ones(x.shape[0], p.out_features, device=x.device, dtype=x.dtype))
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1_001, 103, generator=g).to("cuda", torch.bfloat16)
+    prog = _random_program(103, 24, 128, generator=g).to("cuda")
+    with caplog.at_level("WARNING", logger="kernels.dispatch"):
+        out = dispatch.fused_stage(x, prog)
+    assert torch.equal(out, spectral_stage_triton(x, prog))
+    assert "differs from the reference" in caplog.text
+    assert all(dispatch._GLUON_CHECKED.values())
