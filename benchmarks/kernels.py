@@ -126,9 +126,10 @@ def layer_cases(program: SpectralProgram, p: int, device: torch.device, dtype: t
 def spatial_cases(device: torch.device, n: int):
     """(label, flops, fn) for the engine's per-pixel spatial stage (``spatial_windows``) on ``n`` windows of a
     random-init Indian Pines SSRN: float32 exact (what the float32 engine runs), float32 with TF32 allowed
-    (cuDNN's default: what a bfloat16 engine runs, its low precision covering the spectral stage only), and
+    (cuDNN's default: what a bfloat16 engine ran through session 4, its low precision covering the spectral stage
+    only), the dense (Toeplitz GEMM) form with TF32 matmuls (what it runs now on CUDA for 5x5 windows), and
     bfloat16 autocast (not used by the engine; for comparison)."""
-    from hsi_engine.fused import exact_fp32, fold_spatial, spatial_windows
+    from hsi_engine.fused import dense_spatial, exact_fp32, fold_spatial, spatial_dense, spatial_windows, tf32_matmul
 
     model = _engine_model()
     sp = fold_spatial(model).to(device)
@@ -151,9 +152,20 @@ def spatial_cases(device: torch.device, n: int):
         with torch.autocast(device.type, dtype=torch.bfloat16):
             return spatial_windows(x, sp)
 
-    cases = [("float32 exact (TF32 off)", exact)]
+    ds = dense_spatial(sp, win)
+
+    def dense_tf32():
+        with tf32_matmul():
+            return spatial_dense(x, ds)
+
+    def dense_exact():
+        with exact_fp32():
+            return spatial_dense(x, ds)
+
+    cases = [("float32 exact (TF32 off)", exact), ("dense (Toeplitz GEMMs), float32 exact", dense_exact)]
     if device.type == "cuda":
-        cases.append(("float32, TF32 allowed (the bf16 engine's spatial stage)", tf32))
+        cases.append(("float32 convs, TF32 allowed (the bf16 engine's spatial stage before)", tf32))
+        cases.append(("dense (Toeplitz GEMMs), TF32 (the bf16 engine's spatial stage on CUDA)", dense_tf32))
     cases.append(("bfloat16 autocast (not used by the engine)", bf16))
     return [(label, per_window * n, fn) for label, fn in cases]
 
@@ -167,7 +179,7 @@ def _engine_model():
 
 
 def _time_run(scene, model, reps: int, *, device: str, backend: str, precision: str, readers: int | None,
-              normalise_on: str | None, max_pixels: int | None) -> tuple[float, dict]:
+              normalise_on: str | None, max_pixels: int | None, spatial: str = "auto") -> tuple[float, dict]:
     """Median seconds of the engine's whole run (hsi_engine.api's job + runner.run_plan) over ``reps`` runs,
     and the last run's counters. The engine is built once, as ``classify`` builds it, then reused."""
     from hsi_engine.api import _Job
@@ -175,7 +187,8 @@ def _time_run(scene, model, reps: int, *, device: str, backend: str, precision: 
     from hsi_engine.runner import ArraySink, run_plan
 
     job = _Job(scene, model, tile=None, device=device, backend=backend, precision=precision, nodata=None)
-    engine = FusedSSRN(job.model, backend=backend, device=job.device, precision=precision, max_pixels=max_pixels)
+    engine = FusedSSRN(job.model, backend=backend, device=job.device, precision=precision, max_pixels=max_pixels,
+                       spatial=spatial)
     cuda = job.device.type == "cuda"
     ts, stats = [], {}
     for _ in range(reps):
@@ -194,7 +207,7 @@ def _time_run(scene, model, reps: int, *, device: str, backend: str, precision: 
 def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: int, *,
                 precision: str = "float32", zarr_dir: Path | None = None, readers: int | None = None,
                 normalise_on: str | None = None, max_pixels: int | None = None,
-                scene_dtype: str = "float32") -> tuple[str, float | None]:
+                scene_dtype: str = "float32", spatial: str = "auto") -> tuple[str, float | None]:
     """Engine end to end on a random ``200 x side x side`` scene: in memory, or streamed from a zarr store.
 
     ``normalise_on`` / ``max_pixels`` left at None are the engine's defaults; set, they reproduce an older
@@ -212,7 +225,7 @@ def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: i
     else:
         scene = torch.randn(200, side, side, generator=g).numpy()
     kw = dict(device=str(device), backend=backend, precision=precision, readers=readers,
-              normalise_on=normalise_on, max_pixels=max_pixels)
+              normalise_on=normalise_on, max_pixels=max_pixels, spatial=spatial)
     _time_run(scene[:, :64, :64], model, 1, **kw)  # warm-up (compile / autotune / allocator)
     reps = 3 if device.type == "cuda" else max(1, bench_cpu_reps // 5)
     where = "in memory"
@@ -232,6 +245,8 @@ def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: i
         opts.append(f"normalised on the {normalise_on}")
     if max_pixels is not None:
         opts.append(f"max_pixels={max_pixels}")
+    if spatial != "auto":
+        opts.append(f"spatial={spatial}")
     busy = ", ".join(f"{k} {stats[k]:.2f}" for k in ("read_s", "prepare_s", "compute_s", "write_s") if k in stats)
     return (f"{side}x{side}x200 {scene_dtype} scene {where}, backend={backend}, {precision}, {', '.join(opts)}, "
             f"median of {reps} (last run, s summed over threads: {busy}; wall {stats.get('wall_s', 0):.2f})",
@@ -457,6 +472,7 @@ def main(argv: list[str] | None = None) -> Path:
     side = args.engine_side or (2048 if cuda else 145)
     # (backend, precision, zarr, options): the defaults first, then the older defaults beside them
     runs = ([("triton", "float32", False, {}), ("triton", "bfloat16", False, {}),
+             ("triton", "bfloat16", False, {"spatial": "conv"}),
              ("triton", "bfloat16", False, {"scene_dtype": "uint16"}),
              ("triton", "bfloat16", False, {"normalise_on": "host"}),
              ("triton", "bfloat16", False, {"max_pixels": 8192}),
@@ -464,7 +480,7 @@ def main(argv: list[str] | None = None) -> Path:
              ("eager", "float32", False, {}), ("triton", "float32", True, {}), ("triton", "bfloat16", True, {})]
             if cuda else [("eager", "float32", False, {}), ("eager", "bfloat16", False, {})])
     if args.quick:
-        runs = [r for r in runs if not r[3]]
+        runs = [r for r in runs if not r[3] or "spatial" in r[3]]
     with tempfile.TemporaryDirectory() as tmp:
         zdir = Path(args.zarr_dir) if args.zarr_dir else Path(tmp)
         for backend, precision, zarr, opts in runs:

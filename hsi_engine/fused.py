@@ -29,6 +29,7 @@ from torch import nn
 from kernels.program import Affine, FoldedBlock, FoldedConv, SpectralProgram
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SPATIAL_FORMS = ("auto", "conv", "dense")
 
 log = logging.getLogger("hsi_engine.fused")
 
@@ -150,6 +151,71 @@ def spatial_windows(win: torch.Tensor, sp: SpatialProgram) -> torch.Tensor:
     return F.linear(win.mean(dim=(2, 3)), sp.head_w, sp.head_b)
 
 
+@dataclass(frozen=True)
+class DenseSpatial:
+    """The spatial blocks, stage affines, pooling and head of a ``SpatialProgram`` as maps of the flattened
+    ``(C * win * win)`` window: each same-padded 3x3 conv is one ``(C*win*win)^2`` matrix (its Toeplitz form),
+    so a conv is one GEMM of tensor-core shape (N x 600 x 600 for 24 channels on 5x5 windows), where cuDNN's
+    3x3 convs on 24 channels and 5x5 images are not. ``blocks``: per block ``(pre, t1, c1, t2, c2, shortcut,
+    relu)`` with ``pre`` a flattened ``(scale, shift)`` or None and ``shortcut`` a ``(matrix, bias)`` or None;
+    ``post``: flattened ``(scale, shift)`` pairs; ``head``: pooling folded into the head, ``(C*win*win, classes)``."""
+
+    win: int
+    blocks: tuple
+    post: tuple
+    head_w: torch.Tensor
+    head_b: torch.Tensor
+
+
+def dense_spatial(sp: SpatialProgram, win: int) -> DenseSpatial:
+    """``sp``'s per-window stage as dense matrices for ``win x win`` windows (built in float64, stored float32:
+    every matrix entry is one weight or zero)."""
+    n = win * win
+
+    def toeplitz(w: torch.Tensor, padding: int) -> torch.Tensor:
+        cin = w.shape[1]
+        eye = torch.eye(cin * n, dtype=torch.float64, device=w.device).view(-1, cin, win, win)
+        return F.conv2d(eye, w.double(), padding=padding).reshape(cin * n, -1).float().contiguous()
+
+    def flat(v: torch.Tensor) -> torch.Tensor:
+        return v.repeat_interleave(n).contiguous()
+
+    blocks = []
+    for b in sp.blocks:
+        pre = (flat(b.pre.scale), flat(b.pre.shift)) if b.pre is not None else None
+        sc = (toeplitz(b.shortcut[0], 0), flat(b.shortcut[1])) if b.shortcut is not None else None
+        blocks.append((pre, toeplitz(b.w1, 1), flat(b.b1), toeplitz(b.w2, 1), flat(b.b2), sc, b.relu))
+    post = tuple((flat(a.scale), flat(a.shift)) for a in sp.post)
+    head_w = (sp.head_w.t().double().repeat_interleave(n, dim=0) / n).float().contiguous()  # (C*n, classes)
+    return DenseSpatial(win, tuple(blocks), post, head_w, sp.head_b)
+
+
+def spatial_dense(win: torch.Tensor, ds: DenseSpatial) -> torch.Tensor:
+    """:func:`spatial_windows` through ``ds``'s matrices: ``(N, C, win, win)`` -> logits ``(N, classes)``."""
+    x = win.reshape(win.shape[0], -1)
+    for pre, t1, c1, t2, c2, sc, relu in ds.blocks:
+        h = F.relu(x * pre[0] + pre[1]) if pre is not None else x
+        h = F.relu(torch.addmm(c1, h, t1))
+        h = torch.addmm(c2, h, t2)
+        s = torch.addmm(sc[1], x, sc[0]) if sc is not None else x
+        x = F.relu(h + s) if relu else h + s
+    for scale, shift in ds.post:
+        x = F.relu(x * scale + shift)
+    return torch.addmm(ds.head_b, x, ds.head_w)
+
+
+@contextlib.contextmanager
+def tf32_matmul() -> Iterator[None]:
+    """TF32 matmuls for the duration: the precision cuDNN's convolutions run at by default, which the
+    low-precision engine's spatial stage has always used."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 # ----------------------------------------------------------------------------------------------
 # the fused tile function
 
@@ -165,14 +231,20 @@ class FusedSSRN:
     ``float32`` (exact) or ``bfloat16`` / ``float16`` (opt-in: autocast / low-precision kernel on the spectral
     stage only). ``max_pixels`` bounds the pixels per spectral call and the windows per spatial call, so
     memory depends on it and not on the tile size beyond the tile itself (default: 512 on CPU, 65536 on GPU).
+    ``spatial``: how the per-window blocks run: ``conv`` (:func:`spatial_windows`), ``dense``
+    (:func:`spatial_dense`, one GEMM per conv) or ``auto``: dense on CUDA in bfloat16 / float16 (TF32 GEMMs, the
+    precision the convs had there) for windows of at most 5x5, conv elsewhere (float32 stays on the convs
+    that the exactness tests hold to patch mode).
     """
 
     def __init__(self, model: nn.Module, *, backend: str = "auto", device: torch.device | str | None = None,
-                 precision: str = "float32", max_pixels: int | None = None) -> None:
+                 precision: str = "float32", max_pixels: int | None = None, spatial: str = "auto") -> None:
         from kernels.dispatch import get_spectral_stage, resolve_backend
 
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        if spatial not in SPATIAL_FORMS:
+            raise ValueError(f"spatial must be one of {list(SPATIAL_FORMS)}, got {spatial!r}")
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.config = model.config
         self.halo = model.config.halo
@@ -193,7 +265,15 @@ class FusedSSRN:
         self._spectral = get_spectral_stage(self.backend, self.device, self.dtype)
         self._windows: Callable[[torch.Tensor, SpatialProgram], torch.Tensor] = spatial_windows
         self._compiled_once = False
-        if self.backend == "compile":
+        win = self.patch - 2
+        if spatial == "auto":
+            spatial = "dense" if (self.device.type == "cuda" and self.dtype != torch.float32 and win <= 5
+                                  and self.backend != "compile") else "conv"
+        self.spatial_form = spatial
+        if spatial == "dense" and self.spatial.blocks:
+            self._dense = dense_spatial(self.spatial, win)
+            self._windows = self._dense_windows
+        elif self.backend == "compile":
             self._windows = _compiled_windows()
 
     # -- stages ----------------------------------------------------------------------------------
@@ -242,6 +322,12 @@ class FusedSSRN:
                     "whole run", reason)
         self._use_eager()
         return self._run(x)  # outside the handler: the failed call's tensors are freed first
+
+    def _dense_windows(self, wins: torch.Tensor, sp: SpatialProgram) -> torch.Tensor:
+        if self.dtype == torch.float32:
+            return spatial_dense(wins, self._dense)
+        with tf32_matmul():
+            return spatial_dense(wins, self._dense)
 
     def _use_eager(self) -> None:
         from kernels.dispatch import get_spectral_stage

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from _models import randomise_bn
-from hsi_engine.fused import FusedSSRN, fold_spatial, fold_spectral, pad_scene, patch_forward, spatial_windows
+from hsi_engine.fused import (FusedSSRN, dense_spatial, fold_spatial, fold_spectral, pad_scene, patch_forward,
+                              spatial_dense, spatial_windows)
 from kernels.spectral import spectral_stage_reference
 from ssrn.config import SSRNConfig
 from ssrn.model import SSRN
@@ -79,12 +80,27 @@ def test_fold_spatial_equals_model_spatial(name):
     assert rel_err(spatial_windows(stem, sp), ref) < 1e-5
 
 
+@pytest.mark.parametrize("name", ["paper", "seed", "seed-2blocks", "spc", "spa", "patch5", "patch9"])
+def test_dense_spatial_equals_the_convs(name):
+    """The Toeplitz form of the per-window stage (one GEMM per conv, pooling folded into the head) computes what
+    the convs compute: pre-activations, projection shortcuts, stage affines and window sizes 3 / 5 / 7."""
+    m = random_model(**CONFIGS[name])
+    sp = fold_spatial(m)
+    win = m.config.patch - 2
+    wins = torch.randn(9, sp.stem_w.shape[0], win, win)
+    ds = dense_spatial(sp, win)
+    assert rel_err(spatial_dense(wins, ds), spatial_windows(wins, sp)) < 1e-5
+    for t in (t for blk in ds.blocks for t in (blk[1], blk[3])):
+        assert t.shape == (sp.stem_w.shape[0] * win * win,) * 2
+
+
+@pytest.mark.parametrize("spatial", ["conv", "dense"])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_fused_tile_equals_patch_mode(name):
+def test_fused_tile_equals_patch_mode(name, spatial):
     m = random_model(**CONFIGS[name])
     x = torch.randn(m.config.bands, 13, 11)
     ref = patch_forward(m, x).t().reshape(m.config.classes, 13, 11)
-    out = FusedSSRN(m, backend="eager")(pad_scene(x, m.halo))
+    out = FusedSSRN(m, backend="eager", spatial=spatial)(pad_scene(x, m.halo))
     assert out.shape == ref.shape
     assert rel_err(out, ref) < 1e-4
     assert torch.equal(out.argmax(0), ref.argmax(0))
@@ -107,6 +123,19 @@ def test_fused_rejects_bad_tiles():
         f(torch.zeros(m.config.bands + 1, 9, 9))
     with pytest.raises(ValueError, match="precision"):
         FusedSSRN(m, precision="int8")
+    with pytest.raises(ValueError, match="spatial must be one of"):
+        FusedSSRN(m, spatial="toeplitz")
+
+
+def test_auto_spatial_form_is_dense_only_for_low_precision_on_cuda():
+    m = random_model()
+    assert FusedSSRN(m, backend="eager").spatial_form == "conv"
+    assert FusedSSRN(m, backend="eager", precision="bfloat16").spatial_form == "conv"  # CPU
+    if torch.cuda.is_available():
+        assert FusedSSRN(m, backend="eager", device="cuda").spatial_form == "conv"  # exact float32
+        assert FusedSSRN(m, backend="eager", device="cuda", precision="bfloat16").spatial_form == "dense"
+        assert FusedSSRN(random_model(patch=9), backend="eager", device="cuda",
+                         precision="bfloat16").spatial_form == "conv"  # 7x7 windows: not measured
 
 
 @pytest.mark.slow  # 15-50 s of inductor compilation on 2 shared cores; run with -m slow

@@ -288,13 +288,13 @@ def test_gpu_odd_pixel_counts_and_strided_input() -> None:
 def test_gpu_dispatch_auto_picks_triton_in_bf16_and_conv3d_in_fp32() -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    from kernels.dispatch import get_spectral_stage, resolve_backend
+    from kernels.dispatch import fused_stage, get_spectral_stage, resolve_backend
     from kernels.spectral import spectral_stage_conv3d
 
     dev = torch.device("cuda")
     for dt in (torch.bfloat16, torch.float16):
         assert resolve_backend("auto", dev, dt) == "triton"
-        assert get_spectral_stage("auto", dev, dt) is spectral_stage_triton
+        assert get_spectral_stage("auto", dev, dt) is fused_stage  # Gluon where it applies, else Triton
     assert resolve_backend("auto", dev) == "eager"
     assert get_spectral_stage("auto", dev) is spectral_stage_conv3d
 
