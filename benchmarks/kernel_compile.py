@@ -131,10 +131,10 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def gluon_section(dtype: str) -> list[str]:
-    """The experimental Gluon kernel (kernels/spectral_gluon.py), compiled the same way, when this Triton can."""
+    """The Gluon kernel (kernels/spectral_gluon.py), compiled the same way, when this Triton can."""
     from kernels import spectral_gluon as sg
 
-    head = ["", "## The experimental Gluon kernel (`kernels/spectral_gluon.py`: activations in shared-memory rings)", ""]
+    head = ["", "## The Gluon kernel (`kernels/spectral_gluon.py`: activations in shared-memory rings)", ""]
     if dtype == "fp32":
         return head + ["Not built: the Gluon kernel runs bf16 / fp16 only."]
     try:

@@ -8,7 +8,8 @@ on the patch the pixel sits in. ``FusedSSRN`` therefore runs, for one tile read 
 2. the valid 3x3 spatial stem densely over the tile's 128-feature map (a plain conv2d),
 3. only the small spatial residual blocks, pooling and head per pixel, on the ``(P-2) x (P-2)``
    windows of the dense stem output (``unfold``; the blocks' same-padding zero-pads each window
-   exactly as in patch mode).
+   exactly as in patch mode): as 3x3 convs, or, in bf16 / fp16 on CUDA, as one dense GEMM per conv over
+   the flattened window (``spatial_dense``: 2.3x the convs on an H200, benchmarks/results/kernels-h200.md).
 
 The result equals ``SSRN.forward`` on the pixel's patch cut from the zero-padded normalised scene
 (float32: logits to ~1e-6 relative; tests hold 1e-4), at ~1/30 of the arithmetic.

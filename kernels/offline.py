@@ -56,7 +56,7 @@ def compile_triton(variant: dict, *, num_warps: int = 4, num_stages: int = 1, dt
 
 
 def compile_gluon(*, dtype: str = "bf16", program: SpectralProgram | None = None):
-    """The experimental Gluon kernel (kernels/spectral_gluon.py), compiled for sm_90 (raises when this
+    """The Gluon kernel (kernels/spectral_gluon.py), compiled for sm_90 (raises when this
     Triton has no Gluon or cannot compile it offline)."""
     import triton
     from triton.backends.compiler import GPUTarget

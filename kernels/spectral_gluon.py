@@ -257,7 +257,7 @@ def gluon_unsupported(x: torch.Tensor, program: SpectralProgram) -> str | None:
 
 
 def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
-    """Experimental Gluon spectral stage: ``x (P, bands)`` bf16/fp16 on a Hopper GPU -> ``(P, out_features)``.
+    """Gluon spectral stage: ``x (P, bands)`` bf16/fp16 on a Hopper GPU -> ``(P, out_features)``.
 
     Same contract as :func:`kernels.spectral.spectral_stage_reference` for the forms it covers (see the module
     docstring); fp32 accumulation, the input's dtype at every layer boundary, as the Triton kernel."""

@@ -1,4 +1,4 @@
-"""The experimental Gluon spectral stage (kernels/spectral_gluon.py).
+"""The Gluon spectral stage (kernels/spectral_gluon.py).
 
 No GPU here: on CPU, the kernel's schedule (activation rings of RING slots, two phases per band position,
 block b running b * KT positions behind the stem) is replayed in float64 torch and must give the reference;
