@@ -9,8 +9,8 @@ One small function decides (STYLE: never an environment variable read at import 
   CPU; ``dynamic=True`` so changing tile sizes, i.e. pixel counts, do not recompile).
 - ``triton``: :func:`kernels.spectral.spectral_stage_triton`, CUDA only (and CPU under Triton's
   interpreter, ``TRITON_INTERPRET=1``, which tests use); in bfloat16 / float16 on a Hopper GPU, for the
-  paper's block form, :func:`kernels.spectral_gluon.spectral_stage_gluon` instead (2.51 ms against the Triton
-  kernel's 3.10 per 65,536 pixels of 200 bands on an H200, benchmarks/results/kernels-h200.md), once it
+  paper's block form, :func:`kernels.spectral_gluon.spectral_stage_gluon` instead (2.48 ms against the Triton
+  kernel's 3.10 per 65,536 pixels of 200 bands on an H200, benchmarks/results/kernels-h200.md run 2), once it
   matched the reference on the first pixels of a program shape (else the Triton kernel, with one warning).
 - ``auto``: on CUDA, ``triton`` for bfloat16 / float16 when Triton imports and the kernel passes a tiny
   self-check against the reference, and ``eager`` for float32 (exact float32 has no tensor-core path: on an
@@ -181,8 +181,8 @@ def fused_stage(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
 
     if x.dtype == torch.float32 or gluon_unsupported(x, program) is not None:
         return spectral_stage_triton(x, program)
-    key = (program.bands, program.width, program.out_features, len(program.blocks),
-           program.blocks[0].conv1.weight.shape[2], x.dtype, x.device)
+    key = (program.bands, tuple(program.stem.weight.shape), program.stem.stride, program.out_features,
+           len(program.blocks), program.blocks[0].conv1.weight.shape[2], x.dtype, x.device)
     if key not in _GLUON_CHECKED:
         why = _GLUON_CHECKED[key] = _gluon_disagrees(x, program)
         if why:

@@ -21,7 +21,7 @@ Positions outside ``[0, D)`` are written as zeros (the convs' zero padding), exa
 
 Scope: the paper's block form (no pre-activation or stage affines), bfloat16 / float16 inputs, fp32
 accumulation, CUDA with a Hopper GPU (sm_90: wgmma). Measured on an H200 (Triton 3.6,
-benchmarks/results/kernels-h200.md): 2.51 ms per 65,536 pixels of 200 bands in bf16, against 3.10 ms for the
+benchmarks/results/kernels-h200.md run 1): 2.51 ms per 65,536 pixels of 200 bands in bf16, against 3.10 ms for the
 best Triton config and 12.76 ms for the Conv3d formulation, same run. The engine's ``triton`` backend runs it
 where it applies (:mod:`kernels.dispatch`), after checking it once per program shape against the reference.
 """
