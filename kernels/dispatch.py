@@ -177,7 +177,7 @@ def fused_stage(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
     """The ``triton`` backend in bf16 / fp16 on CUDA: the Gluon kernel where it applies (Hopper, the paper's
     block form, fits in shared memory) and matched the reference on this program shape, else the Triton kernel."""
     from .spectral import spectral_stage_triton
-    from .spectral_gluon import gluon_unsupported, spectral_stage_gluon
+    from .spectral_gluon import _run, gluon_unsupported
 
     if x.dtype == torch.float32 or gluon_unsupported(x, program) is not None:
         return spectral_stage_triton(x, program)
@@ -192,7 +192,7 @@ def fused_stage(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
                      str(x.dtype).removeprefix("torch."))
     if _GLUON_CHECKED[key]:
         return spectral_stage_triton(x, program)
-    return spectral_stage_gluon(x, program)
+    return _run(x, program)  # gluon_unsupported ran its checks
 
 
 def _gluon_disagrees(x: torch.Tensor, program: SpectralProgram, n: int = 512) -> str:

@@ -261,9 +261,14 @@ def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram) -> torch.Ten
 
     Same contract as :func:`kernels.spectral.spectral_stage_reference` for the forms it covers (see the module
     docstring); fp32 accumulation, the input's dtype at every layer boundary, as the Triton kernel."""
+    _check(x, program)
+    return _run(x, program)
+
+
+def _run(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
+    """:func:`spectral_stage_gluon` once ``x`` and ``program`` passed its checks (the dispatcher has run them)."""
     from .spectral import _pack
 
-    _check(x, program)
     p, f = x.shape[0], program.out_features
     out = torch.empty(p, f, device=x.device, dtype=x.dtype)
     if p == 0:
