@@ -199,6 +199,7 @@ def _gluon_disagrees(x: torch.Tensor, program: SpectralProgram, n: int = 512) ->
     """'' when the Gluon kernel's output on the first ``n`` pixels of ``x`` is within 5 % of the largest
     feature of the float32 reference (bf16 / fp16 rounding stays near 1 %), else why not. It ran on one GPU and
     one Triton release before it was wired in: a miscompile elsewhere must cost speed, never numbers."""
+    from .spectral import _off_by
     from .spectral_gluon import spectral_stage_gluon
 
     head = x[:n]
@@ -206,10 +207,5 @@ def _gluon_disagrees(x: torch.Tensor, program: SpectralProgram, n: int = 512) ->
         got = spectral_stage_gluon(head, program).float()
     except Exception as e:  # noqa: BLE001 - any failure means: use the Triton kernel
         return f"the Gluon kernel failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]})"
-    ref = spectral_stage_reference(head.float(), program.to(dtype=torch.float32))
-    tol = 5e-2 * max(float(ref.abs().max()), 1e-6)
-    diff = float((got - ref).abs().max()) if bool(torch.isfinite(got).all()) else float("inf")
-    if diff > tol:
-        return f"the Gluon kernel differs from the reference by {diff:.3g} on the first {head.shape[0]} pixels " \
-               f"(tolerance {tol:.3g})"
-    return ""
+    off = _off_by(got, spectral_stage_reference(head.float(), program.to(dtype=torch.float32)), 5e-2)
+    return f"the Gluon kernel differs from the reference {off} on the first {head.shape[0]} pixels" if off else ""

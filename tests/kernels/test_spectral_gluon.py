@@ -136,12 +136,16 @@ def test_gluon_wrapper_errors() -> None:
         spectral_stage_gluon(torch.zeros(2, 23, dtype=torch.bfloat16), paper)
 
 
+def _hopper() -> None:
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("needs a Hopper GPU (compute capability 9.0)")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("bands", [103, 200, 224])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gpu_gluon_matches_reference(bands: int, dtype: torch.dtype) -> None:
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
-        pytest.skip("needs a Hopper GPU")
+    _hopper()
     from kernels.spectral_gluon import spectral_stage_gluon
 
     g = torch.Generator().manual_seed(bands)
@@ -170,11 +174,6 @@ def test_gluon_unsupported_says_why() -> None:
     for expected, (x, prog) in cases.items():
         why = gluon_unsupported(x, prog)
         assert why is not None and (expected in why if GLUON_ERROR is None else "Gluon" in why), why
-
-
-def _hopper() -> None:
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("needs a Hopper GPU (compute capability 9.0)")
 
 
 @pytest.mark.gpu
