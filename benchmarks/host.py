@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
+import os
 import platform
 import statistics
 import sys
@@ -53,14 +54,16 @@ def _scene(bands: int, side: int, dtype) -> np.ndarray:
 
 
 def rate(scene, plan, *, bands: int, mode: str, readers: int, reps: int, mean, std,
-         cache: bool = False) -> tuple[float, dict]:
-    """Median output Mpix/s of preparing every tile of ``plan`` with ``readers`` threads."""
+         cache: bool = False, decoders: int = 0) -> tuple[float, dict]:
+    """Median output Mpix/s of preparing every tile of ``plan`` with ``readers`` threads (and, with the cache,
+    ``decoders`` threads decoding a window's blocks concurrently, as the runner does on CUDA)."""
     ts, stats = [], collections.Counter()
     for i in range(reps + 1):  # the first pass warms the OS page cache and the allocator
-        read = window_reader(scene, cache_blocks=cache_blocks_for(plan.tile, HALO, readers) if cache else 0)
         st = collections.Counter()
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(readers) as ex:
+        with ThreadPoolExecutor(readers) as ex, ThreadPoolExecutor(max(1, decoders)) as dpool:
+            read = window_reader(scene, cache_blocks=cache_blocks_for(plan.tile, HALO, readers) if cache else 0,
+                                 decoders=dpool if decoders else None)
             for _ in ex.map(lambda t: load_tile(read, t, bands=bands, halo=HALO, mean=mean, std=std, nodata=None,
                                                 on_device=mode == "device", pin=False, stats=st), plan.tiles):
                 pass
@@ -77,6 +80,9 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--readers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--decoders", type=int, default=os.cpu_count() or 1,
+                    help="decoder threads of the concurrent-decode rows (default: the cores, as the runner on CUDA)")
+    ap.add_argument("--dtypes", nargs="+", default=["uint16", "float32"])
     ap.add_argument("--note", default=None)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "host-cpu.md"))
     args = ap.parse_args(argv)
@@ -90,7 +96,7 @@ def main(argv: list[str] | None = None) -> Path:
     plan = plan_tiles(args.side, args.side, args.tile, HALO)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for dtype in (np.uint16, np.float32):
+        for dtype in map(np.dtype, args.dtypes):
             cube = _scene(args.bands, args.side, dtype)
             a = cube.astype(np.float64)
             mean, std = a.mean(axis=(1, 2)), a.std(axis=(1, 2))
@@ -99,12 +105,14 @@ def main(argv: list[str] | None = None) -> Path:
             xr.DataArray(cube, dims=("band", "y", "x"), name="reflectance").chunk(
                 {"band": -1, "y": 256, "x": 256}).to_zarr(path)
             zarr_scene = open_scene(path)
-            sources = [("in memory", cube, False), ("zarr, window by window", zarr_scene, False),
-                       ("zarr, block cache", zarr_scene, True)]
-            for where, scene, cache in sources:
+            sources = [("in memory", cube, False, 0), ("zarr, window by window", zarr_scene, False, 0),
+                       ("zarr, block cache", zarr_scene, True, 0),
+                       (f"zarr, block cache, {args.decoders} decoders", zarr_scene, True, args.decoders)]
+            for where, scene, cache, decoders in sources:
                 for readers in args.readers:
                     r = {mode: rate(scene, plan, bands=args.bands, mode=mode, readers=readers, reps=args.reps,
-                                    mean=mean, std=std, cache=cache) for mode in ("host", "device")}
+                                    mean=mean, std=std, cache=cache, decoders=decoders)
+                         for mode in ("host", "device")}
                     rows.append((np.dtype(dtype).name, where, readers, r["host"], r["device"]))
                     print(rows[-1][:3], f"host {r['host'][0]:.2f} device {r['device'][0]:.2f} Mpix/s", flush=True)
             del cube, sources, zarr_scene

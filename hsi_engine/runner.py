@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -100,15 +100,17 @@ def check_scene(config: Any, meta: dict[str, Any], *, bands: int, height: int, w
 # reading and preparing one tile
 
 
-def window_reader(scene: Any, *, cache_blocks: int | Callable[[int, int], int] = 0
-                  ) -> Callable[[int, int, int, int], np.ndarray]:
+def window_reader(scene: Any, *, cache_blocks: int | Callable[[int, int], int] = 0,
+                  decoders: Executor | None = None) -> Callable[[int, int, int, int], np.ndarray]:
     """A function ``(ry0, ry1, rx0, rx1) -> (bands, h, w)`` numpy block of a ``(band, y, x)`` scene.
 
     Dask-backed DataArrays compute only what is asked (synchronous scheduler: the reader threads are the
     parallelism). With ``cache_blocks`` (a count, or a function of the chunk shape ``(ch, cw)`` giving one)
     of at least 1, a chunked scene is read through a :class:`~hsi_engine.blocks.BlockCache` that keeps that
     many blocks (all bands of one spatial chunk) decoded, instead of decoding every chunk once per tile and
-    halo that touches it (fewer blocks than :func:`cache_blocks_for` gives work, but decode more often). Lazily indexed or in-memory DataArrays and plain arrays are sliced.
+    halo that touches it (fewer blocks than :func:`cache_blocks_for` gives work, but decode more often);
+    ``decoders`` (an executor) then decodes the blocks of one window concurrently. Lazily indexed or
+    in-memory DataArrays and plain arrays are sliced.
     """
     import xarray as xr
 
@@ -129,7 +131,7 @@ def window_reader(scene: Any, *, cache_blocks: int | Callable[[int, int], int] =
             if n >= 1:
                 from .blocks import BlockCache
 
-                return BlockCache(read, (ych, xch), n)
+                return BlockCache(read, (ych, xch), n, decoders=decoders)
             return read
 
         def read_da(ry0: int, ry1: int, rx0: int, rx1: int) -> np.ndarray:
@@ -310,7 +312,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
              std: np.ndarray | None = None, nodata: float | None = None, probabilities: bool = False,
              queue_depth: int | None = None, readers: int | None = None,
              progress: bool | None = None, normalise_on: str | None = None,
-             cache_blocks: int | None = None) -> dict[str, float]:
+             cache_blocks: int | None = None, decoders: int | None = None) -> dict[str, float]:
     """Classify every tile of ``plan`` with ``engine`` (a ``FusedSSRN``) and write it to ``sink``.
 
     ``scene``: ``(band, y, x)`` DataArray (dask-backed or not) or array; ``mean``/``std``: per-band
@@ -322,8 +324,10 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     from the store. Default on CUDA: what the plan and the readers use (:func:`cache_blocks_for`), since
     decoding is what bounds a GPU run; on CPU: 0, because there the cache cost more host memory than its
     blocks (allocator fragmentation beside the compute's allocations: +145 MB for four 6.5 MB blocks on a
-    1024 x 1024 x 200 scene) for a 5-10 % speed-up (benchmarks/results/scene-cpu.md). Returns timing
-    counters.
+    1024 x 1024 x 200 scene) for a 5-10 % speed-up (benchmarks/results/scene-cpu.md). ``decoders``: threads
+    that decode the cached blocks of one window concurrently (default on CUDA: one per core, since a reader
+    otherwise decodes a window's up to nine chunks one after the other on one core; 0, the CPU default,
+    leaves decoding to the readers, whose cores the compute needs). Returns timing counters.
     """
     import torch
 
@@ -337,6 +341,10 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
         raise ValueError(f"readers and queue_depth must be >= 1; got readers={readers}, queue_depth={queue_depth}")
     if cache_blocks is not None and int(cache_blocks) < 0:
         raise ValueError(f"cache_blocks must be >= 0 (0 turns the block cache off); got {cache_blocks}")
+    if decoders is None:
+        decoders = (os.cpu_count() or 1) if cuda else 0
+    if int(decoders) < 0:
+        raise ValueError(f"decoders must be >= 0 (0: the readers decode); got {decoders}")
     if normalise_on is None:
         normalise_on = "device" if cuda else "host"
     if normalise_on not in ("host", "device"):
@@ -345,7 +353,8 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     bands = engine.config.bands
     if cache_blocks is None:
         cache_blocks = cache_blocks_for(plan.tile, plan.halo, readers) if cuda else 0
-    read = window_reader(scene, cache_blocks=cache_blocks)
+    dpool = ThreadPoolExecutor(max_workers=int(decoders), thread_name_prefix="hsi-decode") if decoders else None
+    read = window_reader(scene, cache_blocks=cache_blocks, decoders=dpool)
     mean64 = None if mean is None else np.asarray(mean, np.float64)
     std64 = None if std is None else np.asarray(std, np.float64)
     mean_t = None if mean is None or not on_device else torch.as_tensor(mean64, device=device)
@@ -452,6 +461,8 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     finally:
         rpool.shutdown(wait=True, cancel_futures=True)
         wpool.shutdown(wait=True)
+        if dpool is not None:
+            dpool.shutdown(wait=True)
         bar.close()
     stats["wall_s"] = time.perf_counter() - t_start
     if hasattr(read, "decoded"):

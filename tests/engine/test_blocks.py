@@ -22,14 +22,21 @@ class Source:
         self.calls: list[tuple[int, int, int, int]] = []
         self.delay, self.fail = delay, fail or set()
         self.lock = threading.Lock()
+        self.active = self.most_active = 0  # decodes running at once, and the most seen
 
     def __call__(self, y0, y1, x0, x1):
         with self.lock:
             self.calls.append((y0, y1, x0, x1))
-        time.sleep(self.delay)
-        if (y0, x0) in self.fail:
-            raise OSError(f"chunk at {(y0, x0)} is corrupt")
-        return self.cube[:, y0:y1, x0:x1].copy()
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+        try:
+            time.sleep(self.delay)
+            if (y0, x0) in self.fail:
+                raise OSError(f"chunk at {(y0, x0)} is corrupt")
+            return self.cube[:, y0:y1, x0:x1].copy()
+        finally:
+            with self.lock:
+                self.active -= 1
 
 
 def _windows(n=200, seed=1):
@@ -97,6 +104,50 @@ def test_a_failed_decode_reaches_every_waiter_and_is_retried():
     np.testing.assert_array_equal(cache(5, 12, 6, 12), src.cube[:, 5:12, 6:12])
 
 
+def test_a_window_s_blocks_are_decoded_concurrently_with_a_decoder_pool():
+    """One reader, one window over all 12 blocks: with four decoders several decodes run at once (without a
+    pool, one at a time); the window is exact, each block decoded once, and nothing stays pinned."""
+    for pool, expect in ((None, 1), (ThreadPoolExecutor(4), 2)):
+        src = Source(delay=0.05)
+        cache = BlockCache(src, (YCH, XCH), max_blocks=len(YCH) * len(XCH), decoders=pool)
+        np.testing.assert_array_equal(cache(0, sum(YCH), 0, sum(XCH)), src.cube)
+        assert len(src.calls) == len(set(src.calls)) == cache.decoded == len(YCH) * len(XCH)
+        assert (src.most_active == 1) if pool is None else (src.most_active >= expect)
+        assert not any(cache._pins) and not cache._inflight
+        np.testing.assert_array_equal(cache(2, 20, 3, 19), src.cube[:, 2:20, 3:19])  # all hits now
+        assert cache.decoded == len(YCH) * len(XCH) and cache.hits >= 9
+        if pool is not None:
+            pool.shutdown()
+
+
+def test_concurrent_decoding_under_many_readers_and_a_small_pool_stays_exact():
+    """Eight readers, four decoders, 4 slots for windows of up to 12 blocks (so slots are evicted and the pool
+    grows while windows hold their blocks): every window exact, no pin or in-flight mark left behind."""
+    src = Source(delay=0.002)
+    with ThreadPoolExecutor(4) as pool:
+        cache = BlockCache(src, (YCH, XCH), max_blocks=4, decoders=pool)
+        wins = list(_windows(160, seed=11))
+        with ThreadPoolExecutor(8) as ex:
+            outs = list(ex.map(lambda w: cache(*w), wins))
+    for (y0, y1, x0, x1), o in zip(wins, outs):
+        np.testing.assert_array_equal(o, src.cube[:, y0:y1, x0:x1])
+    assert not any(cache._pins) and not cache._inflight and cache.decoded > len(YCH) * len(XCH)
+
+
+def test_a_failed_block_among_concurrent_decodes_raises_and_releases_the_others():
+    """A window over four blocks, one of them corrupt, decoded on a pool: the reader gets the corrupt chunk's
+    error; the three good blocks are kept (not pinned, not decoded again); the bad one is retried later."""
+    src = Source(delay=0.02, fail={(5, 6)})
+    with ThreadPoolExecutor(3) as pool:
+        cache = BlockCache(src, (YCH, XCH), max_blocks=len(YCH) * len(XCH), decoders=pool)
+        with pytest.raises(OSError, match=r"chunk at \(5, 6\) is corrupt"):
+            cache(0, 12, 0, 12)
+        assert not any(cache._pins) and not cache._inflight and cache.decoded == 3
+        src.fail.clear()
+        np.testing.assert_array_equal(cache(0, 12, 0, 12), src.cube[:, :12, :12])
+    assert sorted(src.calls).count((5, 12, 6, 12)) == 2 and len(src.calls) == 5
+
+
 def test_engine_map_from_zarr_is_the_same_with_and_without_the_cache(tmp_path):
     import xarray as xr
 
@@ -115,17 +166,22 @@ def test_engine_map_from_zarr_is_the_same_with_and_without_the_cache(tmp_path):
     engine = FusedSSRN(model, backend="eager")
     plan = plan_tiles(30, 41, 5, 3, chunks=(scene.chunks[1], scene.chunks[2]))
     maps = []
-    for cache_blocks in (None, 9):  # the CPU default (off), and a budget
+    # the CPU default (off), a budget, a budget with decoder threads (the CUDA default)
+    for cache_blocks, decoders in ((None, None), (9, None), (9, 3)):
         sink = ArraySink(30, 41, CLASSES, probabilities=True)
         stats = run_plan(scene, plan, engine, sink, mean=cube.mean(axis=(1, 2), dtype=np.float64),
                          std=cube.std(axis=(1, 2), dtype=np.float64), progress=False, probabilities=True,
-                         cache_blocks=cache_blocks)
+                         cache_blocks=cache_blocks, decoders=decoders)
         maps.append(sink)
         assert ("blocks_decoded" in stats) == (cache_blocks is not None)
-    assert 16 <= stats["blocks_decoded"] <= 3 * 16  # the 4 x 4 chunks, each at most three times, for 6 x 9 tiles
-    np.testing.assert_array_equal(maps[0].labels, maps[1].labels)
-    assert np.array_equal(maps[0].probabilities.view(np.uint32), maps[1].probabilities.view(np.uint32))
+        if cache_blocks:
+            assert 16 <= stats["blocks_decoded"] <= 3 * 16  # the 4 x 4 chunks, each at most 3 times, 6 x 9 tiles
+    for m in maps[1:]:
+        np.testing.assert_array_equal(maps[0].labels, m.labels)
+        assert np.array_equal(maps[0].probabilities.view(np.uint32), m.probabilities.view(np.uint32))
     assert len(np.unique(maps[0].labels)) > 1
+    with pytest.raises(ValueError, match="decoders must be >= 0"):
+        run_plan(scene, plan, engine, ArraySink(30, 41, CLASSES), progress=False, decoders=-1)
 
 
 def test_default_budget_decodes_each_block_about_three_times_on_a_long_plan():
