@@ -43,6 +43,7 @@ from hsi_engine.runner import cache_blocks_for, load_tile, window_reader  # noqa
 from hsi_engine.tiles import plan_tiles  # noqa: E402
 
 HALO = 3
+SOURCES = ("memory", "zarr", "cache", "decoders")  # --sources keys, in report order
 
 
 def _scene(bands: int, side: int, dtype) -> np.ndarray:
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--decoders", type=int, default=os.cpu_count() or 1,
                     help="decoder threads of the concurrent-decode rows (default: the cores, as the runner on CUDA)")
     ap.add_argument("--dtypes", nargs="+", default=["uint16", "float32"])
+    ap.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES))
     ap.add_argument("--note", default=None)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "host-cpu.md"))
     args = ap.parse_args(argv)
@@ -105,10 +107,11 @@ def main(argv: list[str] | None = None) -> Path:
             xr.DataArray(cube, dims=("band", "y", "x"), name="reflectance").chunk(
                 {"band": -1, "y": 256, "x": 256}).to_zarr(path)
             zarr_scene = open_scene(path)
-            sources = [("in memory", cube, False, 0), ("zarr, window by window", zarr_scene, False, 0),
-                       ("zarr, block cache", zarr_scene, True, 0),
-                       (f"zarr, block cache, {args.decoders} decoders", zarr_scene, True, args.decoders)]
-            for where, scene, cache, decoders in sources:
+            sources = {"memory": ("in memory", cube, False, 0),
+                       "zarr": ("zarr, window by window", zarr_scene, False, 0),
+                       "cache": ("zarr, block cache", zarr_scene, True, 0),
+                       "decoders": (f"zarr, block cache, {args.decoders} decoders", zarr_scene, True, args.decoders)}
+            for where, scene, cache, decoders in (sources[k] for k in args.sources):
                 for readers in args.readers:
                     r = {mode: rate(scene, plan, bands=args.bands, mode=mode, readers=readers, reps=args.reps,
                                     mean=mean, std=std, cache=cache, decoders=decoders)

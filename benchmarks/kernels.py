@@ -179,7 +179,8 @@ def _engine_model():
 
 
 def _time_run(scene, model, reps: int, *, device: str, backend: str, precision: str, readers: int | None,
-              normalise_on: str | None, max_pixels: int | None, spatial: str = "auto") -> tuple[float, dict]:
+              normalise_on: str | None, max_pixels: int | None, spatial: str = "auto",
+              decoders: int | None = None) -> tuple[float, dict]:
     """Median seconds of the engine's whole run (hsi_engine.api's job + runner.run_plan) over ``reps`` runs,
     and the last run's counters. The engine is built once, as ``classify`` builds it, then reused."""
     from hsi_engine.api import _Job
@@ -197,7 +198,7 @@ def _time_run(scene, model, reps: int, *, device: str, backend: str, precision: 
         t0 = time.perf_counter()
         stats = run_plan(job.da, job.plan, engine, ArraySink(job.height, job.width, job.classes), mean=job.mean,
                          std=job.std, nodata=job.nodata, readers=readers, progress=False,
-                         normalise_on=normalise_on)
+                         normalise_on=normalise_on, decoders=decoders)
         if cuda:
             torch.cuda.synchronize()
         ts.append(time.perf_counter() - t0)
@@ -207,11 +208,12 @@ def _time_run(scene, model, reps: int, *, device: str, backend: str, precision: 
 def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: int, *,
                 precision: str = "float32", zarr_dir: Path | None = None, readers: int | None = None,
                 normalise_on: str | None = None, max_pixels: int | None = None,
-                scene_dtype: str = "float32", spatial: str = "auto") -> tuple[str, float | None]:
+                scene_dtype: str = "float32", spatial: str = "auto",
+                decoders: int | None = None) -> tuple[str, float | None]:
     """Engine end to end on a random ``200 x side x side`` scene: in memory, or streamed from a zarr store.
 
-    ``normalise_on`` / ``max_pixels`` left at None are the engine's defaults; set, they reproduce an older
-    default beside the new one in the same run.
+    ``normalise_on`` / ``max_pixels`` / ``decoders`` left at None are the engine's defaults; set, they reproduce
+    an older default beside the new one in the same run.
     """
     try:
         from hsi_engine.api import open_scene
@@ -225,7 +227,7 @@ def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: i
     else:
         scene = torch.randn(200, side, side, generator=g).numpy()
     kw = dict(device=str(device), backend=backend, precision=precision, readers=readers,
-              normalise_on=normalise_on, max_pixels=max_pixels, spatial=spatial)
+              normalise_on=normalise_on, max_pixels=max_pixels, spatial=spatial, decoders=decoders)
     _time_run(scene[:, :64, :64], model, 1, **kw)  # warm-up (compile / autotune / allocator)
     reps = 3 if device.type == "cuda" else max(1, bench_cpu_reps // 5)
     where = "in memory"
@@ -247,6 +249,9 @@ def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: i
         opts.append(f"max_pixels={max_pixels}")
     if spatial != "auto":
         opts.append(f"spatial={spatial}")
+    if decoders is not None:
+        opts.append(f"decoders={decoders}" + (" (each reader decodes its window's blocks one by one)"
+                                              if decoders == 0 else ""))
     busy = ", ".join(f"{k} {stats[k]:.2f}" for k in ("read_s", "prepare_s", "compute_s", "write_s") if k in stats)
     return (f"{side}x{side}x200 {scene_dtype} scene {where}, backend={backend}, {precision}, {', '.join(opts)}, "
             f"median of {reps} (last run, s summed over threads: {busy}; wall {stats.get('wall_s', 0):.2f})",
@@ -314,10 +319,11 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--pixels", type=int, default=None, help="pixels per call (default 65536 CUDA, 4096 CPU)")
     ap.add_argument("--bands", type=int, default=200)
     ap.add_argument("--reps", type=int, default=15, help="CPU repetitions per timing")
-    ap.add_argument("--engine-side", type=int, default=None, help="scene side for the in-memory end-to-end rows (zarr: at most 1024)")
+    ap.add_argument("--engine-side", type=int, default=None, help="scene side for the in-memory end-to-end rows")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--quick", action="store_true", help="skip the per-layer rows, the pinned Triton configs and "
                                                          "the engine's older-default rows")
+    ap.add_argument("--zarr-side", type=int, default=1024, help="scene side of the zarr-streamed engine rows")
     ap.add_argument("--zarr-dir", default=None, help="where to write the zarr scene for the streamed row "
                                                     "(default: a temporary directory; CUDA only)")
     ap.add_argument("--out", default=None)
@@ -477,15 +483,16 @@ def main(argv: list[str] | None = None) -> Path:
              ("triton", "bfloat16", False, {"normalise_on": "host"}),
              ("triton", "bfloat16", False, {"max_pixels": 8192}),
              ("triton", "bfloat16", False, {"normalise_on": "host", "max_pixels": 8192}),
-             ("eager", "float32", False, {}), ("triton", "float32", True, {}), ("triton", "bfloat16", True, {})]
+             ("eager", "float32", False, {}), ("triton", "float32", True, {}), ("triton", "bfloat16", True, {}),
+             ("triton", "bfloat16", True, {"decoders": 0})]
             if cuda else [("eager", "float32", False, {}), ("eager", "bfloat16", False, {})])
     if args.quick:
-        runs = [r for r in runs if not r[3] or "spatial" in r[3]]
+        runs = [r for r in runs if not r[3] or "spatial" in r[3] or "decoders" in r[3]]
     with tempfile.TemporaryDirectory() as tmp:
         zdir = Path(args.zarr_dir) if args.zarr_dir else Path(tmp)
         for backend, precision, zarr, opts in runs:
             try:
-                desc, mpix = engine_mpix(device, backend, min(side, 1024) if zarr else side, args.reps,
+                desc, mpix = engine_mpix(device, backend, args.zarr_side if zarr else side, args.reps,
                                          precision=precision, zarr_dir=zdir if zarr else None, **opts)
             except Exception as e:  # noqa: BLE001 - one failing row must not lose the others
                 desc, mpix = f"{backend} {precision}{' zarr' if zarr else ''} {opts}: failed ({type(e).__name__}: {e})", None
