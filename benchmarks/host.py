@@ -62,7 +62,7 @@ def rate(scene, plan, *, bands: int, mode: str, readers: int, reps: int, mean, s
     for i in range(reps + 1):  # the first pass warms the OS page cache and the allocator
         st = collections.Counter()
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(readers) as ex, ThreadPoolExecutor(max(1, decoders)) as dpool:
+        with ThreadPoolExecutor(max(1, decoders)) as dpool, ThreadPoolExecutor(readers) as ex:  # readers end first
             read = window_reader(scene, cache_blocks=cache_blocks_for(plan.tile, HALO, readers) if cache else 0,
                                  decoders=dpool if decoders else None)
             for _ in ex.map(lambda t: load_tile(read, t, bands=bands, halo=HALO, mean=mean, std=std, nodata=None,

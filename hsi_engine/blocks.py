@@ -17,7 +17,7 @@ import collections
 import itertools
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, wait
+from concurrent.futures import Executor, Future
 
 import numpy as np
 
@@ -28,11 +28,12 @@ class BlockCache:
     """Windows ``(bands, ry1 - ry0, rx1 - rx0)`` of a chunked ``(band, y, x)`` source, cut from cached blocks.
 
     ``decode(y0, y1, x0, x1)`` returns one block's ``(bands, y1 - y0, x1 - x0)`` array; ``chunks`` are the
-    source's ``(y sizes, x sizes)``; ``max_blocks`` slots are kept. The pool grows past that only when every
-    slot is pinned at once (at most one window's blocks per reader thread) and then keeps its size.
-    ``decoders``: an executor that decodes a window's missing blocks beside the calling thread (None: the
-    calling thread decodes them one by one). Counters: ``decoded`` (blocks decoded) and ``hits`` (blocks
-    served from the pool).
+    source's ``(y sizes, x sizes)``; ``max_blocks`` slots are kept. A slot is pinned only while it is filled
+    or copied from (at most one per reader and one per decoder thread); the pool grows past its size only when
+    every slot is pinned at once, and then keeps that size. ``decoders``: a thread pool that decodes a
+    window's missing blocks beside the calling thread (None: the calling thread decodes them one by one); the
+    caller also decodes those of its jobs the pool has not started, so a pool shared with the callers cannot
+    deadlock. Counters: ``decoded`` (blocks decoded) and ``hits`` (blocks served from the pool).
     """
 
     def __init__(self, decode: Callable[[int, int, int, int], np.ndarray],
@@ -49,6 +50,7 @@ class BlockCache:
         self._lock = threading.Lock()
         self._slots: list[np.ndarray] = []
         self._pins: list[int] = []
+        self._spare: list[int] = []  # slots whose fill failed: neither cached nor pinned, taken first
         self._where: collections.OrderedDict[Block, int] = collections.OrderedDict()  # LRU order, oldest first
         self._inflight: dict[Block, Future] = {}
         self.decoded = 0
@@ -63,8 +65,11 @@ class BlockCache:
         return range(bisect.bisect_right(starts, a) - 1, bisect.bisect_left(starts, b))
 
     def _free_slot(self, like: np.ndarray) -> int:
-        """A slot to fill (lock held): a new one while the pool is below its size, else the least recently used
-        unpinned one; a new one past the size only when every slot is pinned."""
+        """A slot to fill (lock held): a spare one (its fill failed), a new one while the pool is below its
+        size, else the least recently used unpinned one; a new one past the size only when every slot is
+        pinned."""
+        if self._spare:
+            return self._spare.pop()
         if len(self._slots) < self.max_blocks or all(self._pins):
             self._slots.append(np.empty((like.shape[0], *self._block_shape), dtype=like.dtype))
             self._pins.append(0)
@@ -79,45 +84,76 @@ class BlockCache:
         i, j = key
         return self._ys[i + 1] - self._ys[i], self._xs[j + 1] - self._xs[j]
 
-    def _view(self, slot: int, key: Block) -> np.ndarray:
-        h, w = self._shape(key)
-        return self._slots[slot][:, :h, :w]
-
     def _fill(self, key: Block, fut: Future) -> int:
-        """Decode block ``key`` (marked in flight as ``fut`` by the caller) into a slot, pinned once for the
-        caller; ``fut`` resolves when the block is in the pool, or carries the error to the waiters."""
+        """Decode block ``key`` (marked in flight as ``fut`` by the caller) into a slot, returned pinned once
+        for the caller; ``fut`` resolves when the block is in the pool, or carries the error to the waiters."""
         i, j = key
         slot = None
         try:
             arr = self._decode(self._ys[i], self._ys[i + 1], self._xs[j], self._xs[j + 1])
-            if arr.shape[1:] != self._shape(key):
-                raise ValueError(f"block {key} decoded to {arr.shape[1:]} pixels, expected {self._shape(key)}")
+            h, w = self._shape(key)
+            if arr.shape[1:] != (h, w):
+                raise ValueError(f"block {key} decoded to {arr.shape[1:]} pixels, expected {(h, w)}")
             with self._lock:
                 slot = self._free_slot(arr)
                 self._pins[slot] += 1  # nobody can take it while it is being filled
-            self._view(slot, key)[...] = arr
+            self._slots[slot][:, :h, :w] = arr
         except BaseException as e:  # waiters get the error instead of waiting for ever
             with self._lock:
                 del self._inflight[key]
-                if slot is not None:
+                if slot is not None:  # filled with nothing: the next fill takes it
                     self._pins[slot] -= 1
-            fut.set_exception(e)
+                    self._spare.append(slot)
+                fut.set_exception(e)
             raise
         with self._lock:
             self._where[key] = slot
             del self._inflight[key]
             self.decoded += 1
-        fut.set_result(None)
+            fut.set_result(None)
         return slot
 
-    def _claim(self, keys: Sequence[Block]) -> dict[Block, Future]:
-        """The blocks of ``keys`` that are neither in the pool nor being decoded, marked in flight for the
-        caller to decode (waiters of another thread then wait for them instead of decoding them too)."""
-        owned = {}
+    def _fill_released(self, key: Block, fut: Future) -> None:
+        """A decoder's job: fill block ``key`` and leave it in the pool unpinned (its error reaches the caller
+        through ``fut``)."""
+        try:
+            slot = self._fill(key, fut)
+        except Exception:  # noqa: BLE001 - delivered through fut
+            return
+        self._release(slot)
+
+    def _abandon(self, key: Block, fut: Future) -> None:
+        """Give up a claim nobody will decode: waiters look again and decode the block themselves."""
+        with self._lock:
+            del self._inflight[key]
+            fut.set_result(None)
+
+    def _decode_claimed(self, keys: Sequence[Block]) -> dict[Block, Future]:
+        """Claim the blocks of ``keys`` that are neither in the pool nor being decoded (other threads then wait
+        for them instead of decoding them too) and decode them: all but one on the decoder pool, one here, then
+        here again any of this call's jobs the pool has not started yet. Returns the claims' futures; no slot
+        stays pinned for the caller."""
+        owned: dict[Block, Future] = {}
         with self._lock:
             for key in keys:
                 if key not in self._where and key not in self._inflight:
                     owned[key] = self._inflight[key] = Future()
+        todo = list(owned.items())
+        jobs = []
+        try:
+            while len(todo) > 1:
+                key, fut = todo[-1]
+                jobs.append((self._decoders.submit(self._fill_released, key, fut), key, fut))
+                todo.pop()
+        except BaseException:  # the pool refused a job (shut down) or an interrupt: nobody decodes these
+            for key, fut in todo:
+                self._abandon(key, fut)
+            raise
+        if todo:
+            self._fill_released(*todo[0])
+        for job, key, fut in jobs:
+            if job.cancel():  # still queued behind other readers' jobs: decode it here instead of idling
+                self._fill_released(key, fut)
         return owned
 
     def _acquire(self, key: Block) -> int:
@@ -139,58 +175,28 @@ class BlockCache:
                 continue
             return self._fill(key, fut)
 
-    def _fill_all(self, owned: dict[Block, Future]) -> dict[Block, int]:
-        """Decode the claimed blocks, on the decoder pool beside this thread; their slots come back pinned. On
-        an error every slot filled is released and the first error raised."""
-        keys = list(owned)
-        jobs = [self._decoders.submit(self._fill, k, owned[k]) for k in keys[1:]]
-        held, error = {}, None
-        try:
-            held[keys[0]] = self._fill(keys[0], owned[keys[0]])
-        except BaseException as e:  # noqa: BLE001 - raised below, once the pool's jobs are done
-            error = e
-        wait(jobs)
-        for k, job in zip(keys[1:], jobs):
-            if job.exception() is None:
-                held[k] = job.result()
-            elif error is None:
-                error = job.exception()
-        if error is not None:
-            for slot in held.values():
-                self._release(slot)
-            raise error
-        return held
-
     def _release(self, slot: int) -> None:
         with self._lock:
             self._pins[slot] -= 1
 
     def __call__(self, ry0: int, ry1: int, rx0: int, rx1: int) -> np.ndarray:
         keys = [(i, j) for i in self._span(self._ys, ry0, ry1) for j in self._span(self._xs, rx0, rx1)]
-        held: dict[Block, int] = {}
-        if self._decoders is not None:
-            owned = self._claim(keys)
-            if owned:
-                held = self._fill_all(owned)
+        owned = self._decode_claimed(keys) if self._decoders is not None else {}
         out = None
-        try:
-            for key in keys:
-                slot = held.pop(key, None)
-                if slot is None:
-                    slot = self._acquire(key)
-                try:
-                    i, j = key
-                    y0, y1 = max(ry0, self._ys[i]), min(ry1, self._ys[i + 1])
-                    x0, x1 = max(rx0, self._xs[j]), min(rx1, self._xs[j + 1])
-                    b = self._slots[slot]
-                    if out is None:
-                        out = np.empty((b.shape[0], ry1 - ry0, rx1 - rx0), dtype=b.dtype)
-                    out[:, y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0] = \
-                        b[:, y0 - self._ys[i]:y1 - self._ys[i], x0 - self._xs[j]:x1 - self._xs[j]]
-                finally:
-                    self._release(slot)
-        finally:
-            for slot in held.values():  # only left after an error
+        for key in keys:
+            if key in owned:
+                owned[key].result()  # this call's decode of it failed: raise that error (do not decode again)
+            slot = self._acquire(key)
+            try:
+                i, j = key
+                y0, y1 = max(ry0, self._ys[i]), min(ry1, self._ys[i + 1])
+                x0, x1 = max(rx0, self._xs[j]), min(rx1, self._xs[j + 1])
+                b = self._slots[slot]
+                if out is None:
+                    out = np.empty((b.shape[0], ry1 - ry0, rx1 - rx0), dtype=b.dtype)
+                out[:, y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0] = \
+                    b[:, y0 - self._ys[i]:y1 - self._ys[i], x0 - self._xs[j]:x1 - self._xs[j]]
+            finally:
                 self._release(slot)
         return out
 

@@ -299,6 +299,14 @@ def mask_nodata(labels: np.ndarray, probabilities: np.ndarray | None, confidence
     return labels, probabilities, confidence
 
 
+def _cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def _progress_bar(total: int, enabled: bool | None):
     from tqdm.auto import tqdm
 
@@ -342,7 +350,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     if cache_blocks is not None and int(cache_blocks) < 0:
         raise ValueError(f"cache_blocks must be >= 0 (0 turns the block cache off); got {cache_blocks}")
     if decoders is None:
-        decoders = (os.cpu_count() or 1) if cuda else 0
+        decoders = _cores() if cuda else 0
     if int(decoders) < 0:
         raise ValueError(f"decoders must be >= 0 (0: the readers decode); got {decoders}")
     if normalise_on is None:

@@ -121,8 +121,9 @@ def test_a_window_s_blocks_are_decoded_concurrently_with_a_decoder_pool():
 
 
 def test_concurrent_decoding_under_many_readers_and_a_small_pool_stays_exact():
-    """Eight readers, four decoders, 4 slots for windows of up to 12 blocks (so slots are evicted and the pool
-    grows while windows hold their blocks): every window exact, no pin or in-flight mark left behind."""
+    """Eight readers, four decoders, 4 slots for windows of up to 12 blocks (so slots are evicted under
+    readers): every window exact, no pin or in-flight mark left behind, and the pool grows past its 4 slots
+    to at most one per reader and decoder (slots are pinned only while filled or copied from)."""
     src = Source(delay=0.002)
     with ThreadPoolExecutor(4) as pool:
         cache = BlockCache(src, (YCH, XCH), max_blocks=4, decoders=pool)
@@ -132,20 +133,72 @@ def test_concurrent_decoding_under_many_readers_and_a_small_pool_stays_exact():
     for (y0, y1, x0, x1), o in zip(wins, outs):
         np.testing.assert_array_equal(o, src.cube[:, y0:y1, x0:x1])
     assert not any(cache._pins) and not cache._inflight and cache.decoded > len(YCH) * len(XCH)
+    assert len(cache._slots) <= 8 + 4
 
 
-def test_a_failed_block_among_concurrent_decodes_raises_and_releases_the_others():
-    """A window over four blocks, one of them corrupt, decoded on a pool: the reader gets the corrupt chunk's
-    error; the three good blocks are kept (not pinned, not decoded again); the bad one is retried later."""
-    src = Source(delay=0.02, fail={(5, 6)})
+@pytest.mark.parametrize("bad", [(0, 0), (5, 6)], ids=["decoded-by-the-reader", "decoded-on-the-pool"])
+def test_a_failed_block_among_concurrent_decodes_raises_and_releases_the_others(bad):
+    """A window over four blocks, one of them corrupt, decoded on a pool (the reader decodes one of them
+    itself): the reader gets the corrupt chunk's error, once; the three good blocks land in the pool (not
+    pinned, not decoded again); the bad one is retried by the next read."""
+    src = Source(delay=0.02, fail={bad})
     with ThreadPoolExecutor(3) as pool:
         cache = BlockCache(src, (YCH, XCH), max_blocks=len(YCH) * len(XCH), decoders=pool)
-        with pytest.raises(OSError, match=r"chunk at \(5, 6\) is corrupt"):
+        with pytest.raises(OSError, match=rf"chunk at \({bad[0]}, {bad[1]}\) is corrupt"):
             cache(0, 12, 0, 12)
+        deadline = time.monotonic() + 30
+        while cache._inflight and time.monotonic() < deadline:  # the good blocks may still be decoding
+            time.sleep(0.01)
         assert not any(cache._pins) and not cache._inflight and cache.decoded == 3
         src.fail.clear()
         np.testing.assert_array_equal(cache(0, 12, 0, 12), src.cube[:, :12, :12])
-    assert sorted(src.calls).count((5, 12, 6, 12)) == 2 and len(src.calls) == 5
+    assert [c[::2] for c in src.calls].count(bad) == 2 and len(src.calls) == 5
+
+
+def test_a_pool_that_refuses_jobs_leaves_no_block_in_flight():
+    """A decoder pool already shut down: the read fails with the pool's error and abandons its claims, so a
+    later reader (here the same cache without the pool) decodes those blocks instead of waiting for ever."""
+    src = Source()
+    pool = ThreadPoolExecutor(2)
+    pool.shutdown()
+    cache = BlockCache(src, (YCH, XCH), max_blocks=len(YCH) * len(XCH), decoders=pool)
+    with pytest.raises(RuntimeError, match="shutdown"):
+        cache(0, 12, 0, 12)
+    assert not cache._inflight and not any(cache._pins)
+    cache._decoders = None
+    with ThreadPoolExecutor(1) as ex:
+        np.testing.assert_array_equal(ex.submit(cache, 0, 12, 0, 12).result(timeout=30), src.cube[:, :12, :12])
+
+
+def test_readers_on_the_decoder_pool_itself_do_not_deadlock():
+    """The cache called from the very pool it decodes on (two threads, windows of up to 12 blocks): a reader
+    decodes its own queued jobs instead of waiting for a pool whose threads are all readers."""
+    src = Source(delay=0.001)
+    with ThreadPoolExecutor(2) as pool:
+        cache = BlockCache(src, (YCH, XCH), max_blocks=6, decoders=pool)
+        wins = list(_windows(40, seed=5))
+        futs = [pool.submit(cache, *w) for w in wins]
+        outs = [f.result(timeout=60) for f in futs]
+    for (y0, y1, x0, x1), o in zip(wins, outs):
+        np.testing.assert_array_equal(o, src.cube[:, y0:y1, x0:x1])
+    assert not any(cache._pins) and not cache._inflight
+
+
+def test_a_block_that_cannot_be_copied_in_does_not_lose_its_slot():
+    """A decode of the wrong band count fails while being copied into a slot taken from the pool: the
+    reader gets the error and the slot is reused by the next decode (it used to be lost, and a full pool
+    then had no slot to give)."""
+    src = Source()
+    cache = BlockCache(src, (YCH, XCH), max_blocks=1)
+    np.testing.assert_array_equal(cache(0, 5, 0, 6), src.cube[:, :5, :6])
+    good = src.cube
+    src.cube = np.concatenate([good, good[:1]])  # 4 bands where the slots hold 3
+    with pytest.raises(ValueError):
+        cache(5, 12, 0, 6)
+    src.cube = good
+    assert cache._spare == [0] and not any(cache._pins)
+    np.testing.assert_array_equal(cache(5, 12, 6, 12), good[:, 5:12, 6:12])
+    assert len(cache._slots) == 1 and not cache._spare
 
 
 def test_engine_map_from_zarr_is_the_same_with_and_without_the_cache(tmp_path):
