@@ -258,6 +258,40 @@ def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: i
             side * side / t / 1e6)
 
 
+def engine_profile(device: torch.device, backend: str, side: int, *, precision: str = "float32",
+                   top: int = 14) -> dict:
+    """One engine run (as :func:`engine_mpix` times it, in memory) under ``torch.profiler``: where the time goes.
+
+    On CUDA: device time per kernel (and copy), summed over the run, against its wall clock: the share of the
+    wall the GPU was busy says whether the engine is bound by its kernels or by what feeds them. On CPU: self
+    CPU time per op, summed over every thread.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    model = _engine_model()
+    scene = torch.randn(200, side, side, generator=torch.Generator().manual_seed(5)).numpy()
+    kw = dict(device=str(device), backend=backend, precision=precision, readers=None, normalise_on=None,
+              max_pixels=None)
+    _time_run(scene[:, :64, :64], model, 1, **kw)  # warm-up: compile / autotune / allocator outside the trace
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        wall, stats = _time_run(scene, model, 1, **kw)
+    if cuda:
+        def own(e):
+            return getattr(e, "self_device_time_total", 0) or getattr(e, "self_cuda_time_total", 0)
+    else:
+        def own(e):
+            return e.self_cpu_time_total
+    events = [e for e in prof.key_averages() if own(e) > 0]
+    events.sort(key=own, reverse=True)
+    total = sum(own(e) for e in events) / 1e3
+    rows = [(e.key, e.count, own(e) / 1e3) for e in events[:top]]
+    return dict(desc=f"{side}x{side}x200 float32 scene in memory, backend={backend}, {precision}", wall_ms=wall * 1e3,
+                total_ms=total, rows=rows, what="device" if cuda else "self CPU (all threads)",
+                others=max(0, len(events) - top))
+
+
 # --- main ------------------------------------------------------------------------------------------------------
 
 def git_commit() -> str:
@@ -269,7 +303,7 @@ def git_commit() -> str:
 
 
 def render(head: list[str], peaks: dict[str, float], stage_rows: list, layer_rows: list, engine_rows: list,
-           kernel_rows: list | None = None, spatial_rows: list | None = None) -> str:
+           kernel_rows: list | None = None, spatial_rows: list | None = None, profile: dict | None = None) -> str:
     """The Markdown report from whatever rows exist so far (it is rewritten after every row)."""
     lines = list(head)
     lines += ["## Device peaks (measured in this run)", "", "| what | value |", "|---|---|"]
@@ -302,6 +336,18 @@ def render(head: list[str], peaks: dict[str, float], stage_rows: list, layer_row
               "| run | Mpix/s |", "|---|---|"]
     for desc, mp in engine_rows:
         lines.append(f"| {desc} | {PENDING_GPU if mp is None and 'triton' in desc else ('pending' if mp is None else f'{mp:.4f}')} |")
+    if profile:
+        lines += ["", "## Where the engine's time goes (one run under torch.profiler)", "",
+                  f"{profile['desc']}: wall {profile['wall_ms']:.1f} ms; {profile['what']} time summed over "
+                  f"kernels / ops: {profile['total_ms']:.1f} ms" + (" (copies on the side stream overlap compute, "
+                  "so this can exceed the wall)" if profile["what"] == "device" else ""), "",
+                  "| kernel / op | calls | ms | % of the wall |", "|---|---:|---:|---:|"]
+        for name, calls, ms in profile["rows"]:
+            name = name.replace("|", "/")
+            name = name if len(name) <= 90 else name[:87] + "..."
+            lines.append(f"| `{name}` | {calls} | {ms:.2f} | {100 * ms / profile['wall_ms']:.1f}% |")
+        if profile["others"]:
+            lines.append(f"| ({profile['others']} more) | | | |")
     if kernel_rows:
         keys = list(dict.fromkeys(k for _, info in kernel_rows for k in info if k not in ("ttgir", "ptx")))
         lines += ["", "## The compiled fused kernel (what Triton built for the timed calls)", "",
@@ -373,9 +419,11 @@ def main(argv: list[str] | None = None) -> Path:
     kernel_rows: list = []  # (dtype, triton_kernel_report without its texts)
     engine_rows: list = []
     spatial_rows: list = []
+    profile: dict | None = None
 
     def emit(row: str) -> None:
-        out_path.write_text(render(head, peaks, stage_rows, layer_rows, engine_rows, kernel_rows, spatial_rows))
+        out_path.write_text(render(head, peaks, stage_rows, layer_rows, engine_rows, kernel_rows, spatial_rows,
+                                   profile))
         print(row, flush=True)
 
     from hsi_engine.fused import exact_fp32
@@ -500,6 +548,12 @@ def main(argv: list[str] | None = None) -> Path:
             emit(f"engine {desc}: {mpix}")
     if not cuda:
         engine_rows.append(("backend=triton", None))
+    try:
+        profile = engine_profile(device, "triton" if cuda else "eager", side,
+                                 precision="bfloat16" if cuda else "float32")
+        emit(f"profile: wall {profile['wall_ms']:.1f} ms, {profile['what']} {profile['total_ms']:.1f} ms")
+    except Exception as e:  # noqa: BLE001 - the profile must not lose the rows above
+        print(f"engine profile failed: {type(e).__name__}: {e}", flush=True)
 
     if not args.no_compile:  # last: max-autotune compiles for minutes on a GPU
         compiled = get_spectral_stage("compile", device)
@@ -514,7 +568,7 @@ def main(argv: list[str] | None = None) -> Path:
             engine_rows.append((desc, mpix))
             emit(f"engine {desc}: {mpix}")
 
-    text = render(head, peaks, stage_rows, layer_rows, engine_rows, kernel_rows, spatial_rows)
+    text = render(head, peaks, stage_rows, layer_rows, engine_rows, kernel_rows, spatial_rows, profile)
     out_path.write_text(text)
     print(text)
     return out_path

@@ -122,12 +122,13 @@ class _Job:
         return FusedSSRN(self.model, backend=self.backend, device=self.device, precision=self.precision)
 
     def run(self, sink: Any, *, probabilities: bool, progress: bool | None, queue_depth: int | None,
-            readers: int | None, cache_blocks: int | None = None) -> dict[str, float]:
+            readers: int | None, cache_blocks: int | None = None, decoders: int | None = None
+            ) -> dict[str, float]:
         from .runner import run_plan
 
         return run_plan(self.da, self.plan, self.engine(), sink, mean=self.mean, std=self.std,
                         nodata=self.nodata, probabilities=probabilities, queue_depth=queue_depth,
-                        readers=readers, progress=progress, cache_blocks=cache_blocks)
+                        readers=readers, progress=progress, cache_blocks=cache_blocks, decoders=decoders)
 
     def class_names(self) -> list[str]:
         names = self.meta.get("class_names")
@@ -165,7 +166,8 @@ def _georeferenced(da: xr.DataArray) -> bool:
 def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None, device: Any = None,
              backend: str = "auto", precision: str = "float32", probabilities: bool = False,
              nodata: float | None = None, progress: bool | None = None, queue_depth: int | None = None,
-             readers: int | None = None, cache_blocks: int | None = None) -> xr.DataArray | xr.Dataset:
+             readers: int | None = None, cache_blocks: int | None = None,
+             decoders: int | None = None) -> xr.DataArray | xr.Dataset:
     """Classify every pixel of ``scene`` with the SSRN ``model``; exact against patch mode in float32.
 
     ``scene``: a ``(band, y, x)`` DataArray (dask-backed scenes are read tile by tile), a path (opened with
@@ -182,7 +184,9 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     ``progress``: tqdm bar with pixels/s (default: when stderr is a terminal). ``readers``/``queue_depth``:
     reader threads and tiles prepared ahead (defaults in :func:`hsi_engine.runner.run_plan`).
     ``cache_blocks``: decoded blocks of a chunked scene kept for reuse by neighbouring tiles (default: what
-    the tile plan needs on CUDA, none on CPU; :func:`hsi_engine.runner.run_plan` says why).
+    the tile plan needs on CUDA, none on CPU; :func:`hsi_engine.runner.run_plan` says why). ``decoders``:
+    threads decoding the cached blocks of one tile's window concurrently (default: one per core on CUDA, none
+    on CPU, where the compute needs the cores).
 
     Returns a DataArray ``(y, x)`` uint8 named ``class`` (0 = nodata, 1..K = classes) carrying the scene's
     y/x coords and CRS, with attrs ``class_names`` (label i is ``class_names[i-1]``), ``palette`` (RGB per
@@ -195,7 +199,7 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     job = _Job(scene, model, tile=tile, device=device, backend=backend, precision=precision, nodata=nodata)
     sink = ArraySink(job.height, job.width, job.classes, probabilities=probabilities)
     job.run(sink, probabilities=probabilities, progress=progress, queue_depth=queue_depth, readers=readers,
-            cache_blocks=cache_blocks)
+            cache_blocks=cache_blocks, decoders=decoders)
     coords = _spatial_coords(job.da)
     attrs = {"class_names": job.class_names(), "_FillValue": 0, "long_name": "SSRN class (0 = nodata)"}
     if job.palette() is not None:
@@ -221,7 +225,8 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                      precision: str = "float32", probabilities: bool | str = False, overwrite: bool = False,
                      nodata: float | None = None, workers: int | None = None, scheduler: str | None = None,
                      resume: bool = False, progress: bool | None = None, queue_depth: int | None = None,
-                     readers: int | None = None, cache_blocks: int | None = None) -> Path:
+                     readers: int | None = None, cache_blocks: int | None = None,
+                     decoders: int | None = None) -> Path:
     """Stream the class map of a scene into ``out`` (``.tif`` Cloud-Optimised GeoTIFF or ``.zarr``).
 
     Opens the scene (a path, or anything :func:`classify` takes), loads the model (a directory, or an
@@ -235,7 +240,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     always goes that way too: it is built in ``<out>.partial`` with a per-tile completion record, so an
     interrupted run is finished by ``resume=True`` (``--resume``). Warns when the scene has no
     georeferencing (the map is then written in pixel coordinates). ``progress``, ``queue_depth``, ``readers``
-    and ``cache_blocks`` are as in :func:`classify`.
+    ``cache_blocks`` and ``decoders`` are as in :func:`classify`.
     """
     # zarr outputs always carry a per-tile completion record, so any interrupted run can be resumed
     if workers is not None or scheduler is not None or resume or str(out).rstrip("/").endswith(".zarr"):
@@ -249,7 +254,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                                         precision=precision, probabilities=probabilities, overwrite=overwrite,
                                         nodata=nodata, workers=workers, scheduler=scheduler, resume=resume,
                                         progress=progress, queue_depth=queue_depth, readers=readers,
-                                        cache_blocks=cache_blocks)
+                                        cache_blocks=cache_blocks, decoders=decoders)
     from .writers import open_writer
 
     scene = open_scene(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
@@ -274,7 +279,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                          overwrite=overwrite)
     try:
         job.run(writer, probabilities=prob is not None, progress=progress, queue_depth=queue_depth,
-                readers=readers, cache_blocks=cache_blocks)
+                readers=readers, cache_blocks=cache_blocks, decoders=decoders)
     except BaseException:
         writer.abort()  # nothing half-written is left behind
         raise

@@ -109,6 +109,9 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-blocks", type=_at_least(0), default=None,
                    help="decoded chunks of the scene kept for neighbouring tiles (default: what the tile "
                         "needs on CUDA, 0 on CPU; 0 decodes each chunk once per tile that touches it)")
+    p.add_argument("--decoders", type=_at_least(0), default=None,
+                   help="threads decoding the cached chunks of one tile at once (default: one per core on CUDA, "
+                        "0 on CPU: the reader threads decode)")
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
@@ -118,7 +121,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                      backend=args.backend, precision=args.precision, probabilities=args.probabilities,
                      overwrite=args.overwrite, nodata=args.nodata, workers=args.workers,
                      scheduler=args.scheduler, resume=args.resume, readers=args.readers,
-                     cache_blocks=args.cache_blocks)
+                     cache_blocks=args.cache_blocks, decoders=args.decoders)
     return 0
 
 

@@ -37,6 +37,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,7 @@ class TaskSpec:
     probabilities: bool
     throttle_s: float = 0.0
     cache_blocks: int | None = None  # None: the runner's default for the worker's device
+    decoders: int | None = None  # None: the runner's default for the worker's device
 
 
 _CACHE: dict[Any, Any] = {}
@@ -234,7 +236,7 @@ def _worker_scene(spec: TaskSpec, scene_obj: Any):
 def _worker_reader(spec: TaskSpec, da: Any, halo: int, device_type: str):
     """This worker's window reader for the run's scene, with a decoded-block cache shared by the tiles the
     worker runs; one at a time (a new run replaces the last one's, so a long-lived worker does not pile them up)."""
-    from .runner import cache_blocks_for, window_reader
+    from .runner import _cores, cache_blocks_for, window_reader
 
     key = ("reader", spec.store, spec.run, spec.scene, id(da))  # the reader keeps `da` alive: ids stay unique
     with _CACHE_LOCK:
@@ -243,7 +245,10 @@ def _worker_reader(spec: TaskSpec, da: Any, halo: int, device_type: str):
             blocks = spec.cache_blocks
             if blocks is None:  # the runner's default: on for CUDA workers, off on CPU
                 blocks = cache_blocks_for((spec.tile, spec.tile), halo, 1) if device_type == "cuda" else 0
-            hit = _CACHE["reader"] = (key, window_reader(da, cache_blocks=blocks))
+            n = spec.decoders if spec.decoders is not None else (_cores() if device_type == "cuda" else 0)
+            # the pool lives as long as the reader; a replaced reader's pool ends its threads when collected
+            pool = ThreadPoolExecutor(int(n), thread_name_prefix="hsi-decode") if n and blocks else None
+            hit = _CACHE["reader"] = (key, window_reader(da, cache_blocks=blocks, decoders=pool))
     return hit[1]
 
 
@@ -367,13 +372,15 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
                 probabilities: bool | str = False, overwrite: bool = False, nodata: float | None = None,
                 workers: int | None = None, scheduler: Any = None, resume: bool = False,
                 progress: bool | None = None, queue_depth: int | None = None, readers: int | None = None,
-                cache_blocks: int | None = None, throttle_s: float = 0.0) -> RunReport:
+                cache_blocks: int | None = None, decoders: int | None = None, throttle_s: float = 0.0
+                ) -> RunReport:
     """Classify into ``out`` (``.zarr`` or ``.tif``) resumably, in-process or on a dask cluster.
 
     Without ``workers``/``scheduler`` the tiles run in this process through :func:`~hsi_engine.runner.run_plan`;
     with them, one task per tile on the cluster (see the module doc). ``resume=True`` continues the partial
     store of an interrupted run (or starts one). ``cache_blocks``: decoded blocks kept per reader pool (each
-    worker keeps its own; default as in :func:`~hsi_engine.runner.run_plan`). ``throttle_s`` sleeps that long
+    worker keeps its own; default as in :func:`~hsi_engine.runner.run_plan`); ``decoders``: threads decoding a
+    window's cached blocks concurrently (per worker; default as in run_plan). ``throttle_s`` sleeps that long
     per tile before writing it (tests and demos of interruption only). Returns a :class:`RunReport`.
     """
     from .api import _georeferenced, _Job
@@ -389,6 +396,8 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     distributed = workers is not None or scheduler is not None
     if cache_blocks is not None and int(cache_blocks) < 0:
         raise ValueError(f"cache_blocks must be >= 0 (0 turns the block cache off); got {cache_blocks}")
+    if decoders is not None and int(decoders) < 0:
+        raise ValueError(f"decoders must be >= 0 (0: the readers decode); got {decoders}")
     if workers is not None and int(workers) < 1:
         raise ClusterUsageError(f"workers must be >= 1, got {workers}: pass the number of worker processes")
     if workers is not None and scheduler is not None:
@@ -454,7 +463,7 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
         elif not distributed:
             sub = TilePlan(plan.height, plan.width, plan.tile, plan.halo, tuple(todo))
             extra = _run_local(job, sub, writer, run, side, throttle_s, prob, queue_depth, readers, progress,
-                               cache_blocks)
+                               cache_blocks, decoders)
         else:
             is_path = isinstance(scene_path, (str, os.PathLike))
             is_model_path = isinstance(model_path, (str, os.PathLike))
@@ -465,7 +474,7 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
                             std=None if job.std is None else tuple(float(v) for v in job.std),
                             nodata=job.nodata, backend=backend, precision=precision,
                             device=None if device is None else str(device), probabilities=prob is not None,
-                            throttle_s=float(throttle_s), cache_blocks=cache_blocks)
+                            throttle_s=float(throttle_s), cache_blocks=cache_blocks, decoders=decoders)
             with connect(workers=workers, scheduler=scheduler) as client:
                 try:
                     n_workers = len(client.scheduler_info().get("workers", {}))
@@ -510,12 +519,12 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
 
 def _run_local(job: Any, plan: TilePlan, writer: ResumableZarrWriter, run: int, side: int, throttle_s: float,
                prob: str | None, queue_depth: int | None, readers: int | None, progress: bool | None,
-               cache_blocks: int | None) -> dict[str, Any]:
+               cache_blocks: int | None, decoders: int | None) -> dict[str, Any]:
     from .runner import run_plan
 
     return run_plan(job.da, plan, job.engine(), _MarkingSink(writer, run, side, throttle_s), mean=job.mean,
                     std=job.std, nodata=job.nodata, probabilities=prob is not None, queue_depth=queue_depth,
-                    readers=readers, progress=progress, cache_blocks=cache_blocks)
+                    readers=readers, progress=progress, cache_blocks=cache_blocks, decoders=decoders)
 
 
 def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, **kw: Any) -> Path:

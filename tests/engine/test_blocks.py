@@ -276,10 +276,13 @@ def test_cache_setting_reaches_the_runner_from_classify_to_file(tmp_path, suffix
     with pytest.raises(ValueError, match="cache_blocks must be >= 0"):
         classify_to_file(_cube(np.float32), _model(), out, cache_blocks=-1, progress=False)
     assert list(out.parent.iterdir()) == []
+    with pytest.raises(ValueError, match="decoders must be >= 0"):
+        classify_to_file(_cube(np.float32), _model(), out, decoders=-1, progress=False)
+    assert list(out.parent.iterdir()) == []
     xr.DataArray(_cube(np.float32), dims=("band", "y", "x"), name="r").chunk({"band": -1, "y": 8, "x": 8}).to_zarr(
         tmp_path / "s.zarr")
     scene = open_scene(tmp_path / "s.zarr")  # chunked: the cache is really built (2 blocks: fewer than needed)
-    classify_to_file(scene, _model(), out, cache_blocks=2, readers=1, tile=8, progress=False)
+    classify_to_file(scene, _model(), out, cache_blocks=2, readers=1, decoders=2, tile=8, progress=False)
     ref = classify(scene, _model(), cache_blocks=0, tile=8, progress=False)
     from _scale_fixtures import read_classes
 
@@ -300,11 +303,12 @@ def test_cli_takes_reader_settings_and_refuses_bad_ones(tmp_path, capsys):
     model = _model()
     save_model(model, tmp_path / "model")
     base = ["classify", str(tmp_path / "s.zarr"), "--model", str(tmp_path / "model"), "--tile", "8"]
-    for flag, value in (("--cache-blocks", "-1"), ("--readers", "0")):
+    for flag, value in (("--cache-blocks", "-1"), ("--readers", "0"), ("--decoders", "-1")):
         with pytest.raises(SystemExit) as e:
             main(base + ["--out", str(tmp_path / "bad.tif"), flag, value])
         assert e.value.code == 2 and f"{flag}: expected an integer >=" in capsys.readouterr().err
-    assert main(base + ["--out", str(tmp_path / "a.tif"), "--cache-blocks", "9", "--readers", "1"]) == 0
+    assert main(base + ["--out", str(tmp_path / "a.tif"), "--cache-blocks", "9", "--readers", "1",
+                        "--decoders", "2"]) == 0
     assert main(base + ["--out", str(tmp_path / "b.tif")]) == 0
     import rasterio
 

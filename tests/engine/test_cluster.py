@@ -71,9 +71,11 @@ def test_two_worker_processes_give_the_single_process_map(case, client, tmp_path
 
 
 def test_workers_reading_through_a_block_cache_give_the_same_map(case, client, tmp_path):
-    """Each worker keeps its own decoded-block cache (cache_blocks=9); the map is the single process's."""
+    """Each worker keeps its own decoded-block cache (cache_blocks=9) and decoder threads (decoders=2); the map
+    is the single process's."""
     out = tmp_path / "map.zarr"
-    rep = cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, scheduler=client, cache_blocks=9)
+    rep = cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, scheduler=client, cache_blocks=9,
+                              decoders=2)
     assert rep.computed == rep.tiles == 9
     np.testing.assert_array_equal(F.read_classes(out), case["ref"]["labels"].values)
 

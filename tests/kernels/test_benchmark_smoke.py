@@ -25,3 +25,6 @@ def test_kernels_benchmark_runs_on_cpu(tmp_path: Path) -> None:
     assert row and float(row.group(1)) > 0, "no timed eager float32 stage row"
     assert re.search(r"\| float32 exact \(TF32 off\) \| 256 \| [0-9.]+ ", text), "no timed spatial row"
     assert "| triton (fused) | bfloat16 | pending: needs a CUDA device |" in text
+    assert "## Where the engine's time goes" in text, "no engine profile section"
+    ops = re.findall(r"^\| `([^`]+)` \| (\d+) \| ([0-9.]+) \| ([0-9.]+)% \|$", text, re.M)
+    assert ops and all(int(c) > 0 and float(ms) > 0 for _, c, ms, _ in ops), "profile rows without time"
