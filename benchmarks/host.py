@@ -54,6 +54,17 @@ def _scene(bands: int, side: int, dtype) -> np.ndarray:
     return cube.astype(dtype)
 
 
+def _rss_mb() -> float:
+    """Resident memory of this process now (Linux), MB; 0 where /proc is absent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def rate(scene, plan, *, bands: int, mode: str, readers: int, reps: int, mean, std,
          cache: bool = False, decoders: int = 0) -> tuple[float, dict]:
     """Median output Mpix/s of preparing every tile of ``plan`` with ``readers`` threads (and, with the cache,
@@ -74,6 +85,37 @@ def rate(scene, plan, *, bands: int, mode: str, readers: int, reps: int, mean, s
     return plan.height * plan.width / statistics.median(ts) / 1e6, {k: v / reps for k, v in stats.items()}
 
 
+def measure(args, plan, tmp: Path, alloc: str) -> list[tuple]:
+    """Every (dtype, source, readers) row of one allocator setting."""
+    import xarray as xr
+
+    from hsi_engine.api import open_scene
+
+    rows = []
+    for dtype in map(np.dtype, args.dtypes):
+        cube = _scene(args.bands, args.side, dtype)
+        a = cube.astype(np.float64)
+        mean, std = a.mean(axis=(1, 2)), a.std(axis=(1, 2))
+        del a
+        path = tmp / f"scene-{dtype.name}-{alloc}.zarr"
+        xr.DataArray(cube, dims=("band", "y", "x"), name="reflectance").chunk(
+            {"band": -1, "y": 256, "x": 256}).to_zarr(path)
+        zarr_scene = open_scene(path)
+        sources = {"memory": ("in memory", cube, False, 0),
+                   "zarr": ("zarr, window by window", zarr_scene, False, 0),
+                   "cache": ("zarr, block cache", zarr_scene, True, 0),
+                   "decoders": (f"zarr, block cache, {args.decoders} decoders", zarr_scene, True, args.decoders)}
+        for where, scene, cache, decoders in (sources[k] for k in args.sources):
+            for readers in args.readers:
+                r = {mode: rate(scene, plan, bands=args.bands, mode=mode, readers=readers, reps=args.reps,
+                                mean=mean, std=std, cache=cache, decoders=decoders)
+                     for mode in ("host", "device")}
+                rows.append((alloc, dtype.name, where, readers, r["host"], r["device"], _rss_mb()))
+                print(rows[-1][:4], f"host {r['host'][0]:.2f} device {r['device'][0]:.2f} Mpix/s", flush=True)
+        del cube, sources, zarr_scene
+    return rows
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--side", type=int, default=1536)
@@ -85,6 +127,9 @@ def main(argv: list[str] | None = None) -> Path:
                     help="decoder threads of the concurrent-decode rows (default: the cores, as the runner on CUDA)")
     ap.add_argument("--dtypes", nargs="+", default=["uint16", "float32"])
     ap.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    ap.add_argument("--allocator", choices=["default", "reuse", "both"], default="default",
+                    help="malloc as it comes, after hsi_engine.reuse_large_buffers() (what the CLI runs with), "
+                         "or both in one run: the default rows first, since the setting cannot be undone")
     ap.add_argument("--note", default=None)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "host-cpu.md"))
     args = ap.parse_args(argv)
@@ -93,32 +138,15 @@ def main(argv: list[str] | None = None) -> Path:
     import xarray as xr
     import zarr
 
-    from hsi_engine.api import open_scene
+    from hsi_engine.allocator import reuse_large_buffers
 
     plan = plan_tiles(args.side, args.side, args.tile, HALO)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for dtype in map(np.dtype, args.dtypes):
-            cube = _scene(args.bands, args.side, dtype)
-            a = cube.astype(np.float64)
-            mean, std = a.mean(axis=(1, 2)), a.std(axis=(1, 2))
-            del a
-            path = Path(tmp) / f"scene-{np.dtype(dtype).name}.zarr"
-            xr.DataArray(cube, dims=("band", "y", "x"), name="reflectance").chunk(
-                {"band": -1, "y": 256, "x": 256}).to_zarr(path)
-            zarr_scene = open_scene(path)
-            sources = {"memory": ("in memory", cube, False, 0),
-                       "zarr": ("zarr, window by window", zarr_scene, False, 0),
-                       "cache": ("zarr, block cache", zarr_scene, True, 0),
-                       "decoders": (f"zarr, block cache, {args.decoders} decoders", zarr_scene, True, args.decoders)}
-            for where, scene, cache, decoders in (sources[k] for k in args.sources):
-                for readers in args.readers:
-                    r = {mode: rate(scene, plan, bands=args.bands, mode=mode, readers=readers, reps=args.reps,
-                                    mean=mean, std=std, cache=cache, decoders=decoders)
-                         for mode in ("host", "device")}
-                    rows.append((np.dtype(dtype).name, where, readers, r["host"], r["device"]))
-                    print(rows[-1][:3], f"host {r['host'][0]:.2f} device {r['device'][0]:.2f} Mpix/s", flush=True)
-            del cube, sources, zarr_scene
+        for alloc in ["default", "reuse"] if args.allocator == "both" else [args.allocator]:
+            if alloc == "reuse" and not reuse_large_buffers():
+                raise SystemExit("reuse_large_buffers() could not be applied here (no glibc mallopt)")
+            rows += measure(args, plan, Path(tmp), alloc)
     cmd = "python benchmarks/host.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [f"# Host-side tile preparation on {cpu_name()}", "",
              f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
@@ -132,12 +160,13 @@ def main(argv: list[str] | None = None) -> Path:
              "decodes counts as reading); zarr store: 256 x 256 chunks, all bands in one, default codec", ""]
     if args.note:
         lines += [args.note, ""]
-    lines += ["| dtype | source | readers | host-normalised Mpix/s | raw-staged Mpix/s | ratio | "
-              "host: read / normalise s | staged: read / copy s |",
-              "|---|---|---:|---:|---:|---:|---|---|"]
-    for dtn, where, readers, (h, hs), (d, ds) in rows:
-        lines.append(f"| {dtn} | {where} | {readers} | {h:.2f} | {d:.2f} | {d / h:.1f}x | "
-                     f"{hs['read_s']:.2f} / {hs['prepare_s']:.2f} | {ds['read_s']:.2f} / {ds['prepare_s']:.2f} |")
+    lines += ["| malloc | dtype | source | readers | host-normalised Mpix/s | raw-staged Mpix/s | ratio | "
+              "host: read / normalise s | staged: read / copy s | RSS after (MB) |",
+              "|---|---|---|---:|---:|---:|---:|---|---|---:|"]
+    for alloc, dtn, where, readers, (h, hs), (d, ds), rss in rows:
+        lines.append(f"| {alloc} | {dtn} | {where} | {readers} | {h:.2f} | {d:.2f} | {d / h:.1f}x | "
+                     f"{hs['read_s']:.2f} / {hs['prepare_s']:.2f} | {ds['read_s']:.2f} / {ds['prepare_s']:.2f} | "
+                     f"{rss:.0f} |")
     return write_report(args.out, lines)
 
 

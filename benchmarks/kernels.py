@@ -209,11 +209,13 @@ def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: i
                 precision: str = "float32", zarr_dir: Path | None = None, readers: int | None = None,
                 normalise_on: str | None = None, max_pixels: int | None = None,
                 scene_dtype: str = "float32", spatial: str = "auto",
-                decoders: int | None = None) -> tuple[str, float | None]:
+                decoders: int | None = None, reuse_malloc: bool = False) -> tuple[str, float | None]:
     """Engine end to end on a random ``200 x side x side`` scene: in memory, or streamed from a zarr store.
 
     ``normalise_on`` / ``max_pixels`` / ``decoders`` left at None are the engine's defaults; set, they reproduce
-    an older default beside the new one in the same run.
+    an older default beside the new one in the same run. ``reuse_malloc`` applies
+    :func:`hsi_engine.reuse_large_buffers` (as ``hsi-engine classify`` does) first: process-wide and for good,
+    so such a row comes after every other.
     """
     try:
         from hsi_engine.api import open_scene
@@ -228,6 +230,10 @@ def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: i
         scene = torch.randn(200, side, side, generator=g).numpy()
     kw = dict(device=str(device), backend=backend, precision=precision, readers=readers,
               normalise_on=normalise_on, max_pixels=max_pixels, spatial=spatial, decoders=decoders)
+    if reuse_malloc:
+        from hsi_engine.allocator import reuse_large_buffers
+
+        reused = reuse_large_buffers()
     _time_run(scene[:, :64, :64], model, 1, **kw)  # warm-up (compile / autotune / allocator)
     reps = 3 if device.type == "cuda" else max(1, bench_cpu_reps // 5)
     where = "in memory"
@@ -249,6 +255,9 @@ def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: i
         opts.append(f"max_pixels={max_pixels}")
     if spatial != "auto":
         opts.append(f"spatial={spatial}")
+    if reuse_malloc:
+        opts.append("malloc " + ("reusing large buffers (as the CLI runs)" if reused
+                                 else "as it comes (reuse_large_buffers() not applicable here)"))
     if decoders is not None:
         opts.append(f"decoders={decoders}" + (" (each reader decodes its window's blocks one by one)"
                                               if decoders == 0 else ""))
@@ -532,10 +541,11 @@ def main(argv: list[str] | None = None) -> Path:
              ("triton", "bfloat16", False, {"max_pixels": 8192}),
              ("triton", "bfloat16", False, {"normalise_on": "host", "max_pixels": 8192}),
              ("eager", "float32", False, {}), ("triton", "float32", True, {}), ("triton", "bfloat16", True, {}),
-             ("triton", "bfloat16", True, {"decoders": 0})]
+             ("triton", "bfloat16", True, {"decoders": 0}),
+             ("triton", "bfloat16", True, {"reuse_malloc": True})]  # last: the setting cannot be undone
             if cuda else [("eager", "float32", False, {}), ("eager", "bfloat16", False, {})])
     if args.quick:
-        runs = [r for r in runs if not r[3] or "spatial" in r[3] or "decoders" in r[3]]
+        runs = [r for r in runs if not r[3] or {"spatial", "decoders", "reuse_malloc"} & set(r[3])]
     with tempfile.TemporaryDirectory() as tmp:
         zdir = Path(args.zarr_dir) if args.zarr_dir else Path(tmp)
         for backend, precision, zarr, opts in runs:

@@ -1,5 +1,6 @@
 """hsi-engine: exact, streaming SSRN inference over full hyperspectral scenes."""
 
+from .allocator import reuse_large_buffers
 from .api import HSIAccessor, classify, classify_to_file, load_model, open_scene
 from .errors import (BandMismatchError, CheckpointError, CorruptChunkError, HSIEngineError,
                      MissingSpatialDimsError, NonFiniteInputError, OutputError, SceneError, SceneTooSmallError)
@@ -19,4 +20,4 @@ def __getattr__(name: str):
 __all__ = ["BandMismatchError", "CheckpointError", "CorruptChunkError", "FusedSSRN", "HSIAccessor",
            "HSIEngineError", "MissingSpatialDimsError", "NonFiniteInputError", "OutputError", "SceneError",
            "SceneTooSmallError", "Tile", "TilePlan", "as_scene", "classify", "classify_to_file", "fold_spatial",
-           "fold_spectral", "load_model", "open_scene", "patch_forward", "plan_tiles"]
+           "fold_spectral", "load_model", "open_scene", "patch_forward", "plan_tiles", "reuse_large_buffers"]

@@ -115,7 +115,10 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
+    from .allocator import reuse_large_buffers
     from .api import classify_to_file
+
+    reuse_large_buffers()  # this process only reads, classifies and writes: chunk-sized decode buffers are reused
 
     classify_to_file(args.scene, args.model, args.out, tile=args.tile, device=args.device,
                      backend=args.backend, precision=args.precision, probabilities=args.probabilities,

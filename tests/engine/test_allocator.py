@@ -1,0 +1,75 @@
+"""The opt-in malloc setting: with it, a freed 64 MB buffer is reused by the next one instead of being mapped
+and page-faulted in afresh (what decoding every large chunk costs otherwise). Each case runs in its own
+process, so the test process's allocator is left alone."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hsi_engine.allocator import reuse_large_buffers
+
+REPO = Path(__file__).resolve().parents[2]
+
+_PROBE = """
+import resource, sys
+sys.path.insert(0, {repo!r})
+from hsi_engine.allocator import reuse_large_buffers
+applied = reuse_large_buffers() if sys.argv[1] == "on" else None
+n = 64 << 20  # above glibc's largest adaptive mmap threshold (32 MB)
+faults = []
+for _ in range(6):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    buf = bytearray(n)
+    buf[::4096] = b"\\x01" * (n // 4096)  # touch every page, as a decoder writing its output does
+    del buf
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(applied, sum(faults[1:]) // 5)
+"""
+
+
+def _faults_per_buffer(mode: str) -> tuple[str, int]:
+    out = subprocess.run([sys.executable, "-c", _PROBE.format(repo=str(REPO)), mode], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    return out[0], int(out[1])
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+def test_large_buffers_are_reused_instead_of_faulted_in_again():
+    pages = (64 << 20) // 4096
+    applied, on = _faults_per_buffer("on")
+    _, off = _faults_per_buffer("off")
+    assert applied == "True"
+    assert off > pages // 2, f"without the setting each 64 MB buffer should fault in afresh; saw {off} faults"
+    assert on < pages // 10, f"with it the freed buffer should be reused; saw {on} faults per buffer"
+
+
+def test_bad_thresholds_are_refused():
+    with pytest.raises(ValueError, match="thresholds must be >= 1 MB"):
+        reuse_large_buffers(0)
+
+
+def test_the_cli_classify_applies_it_to_its_own_process(tmp_path, monkeypatch):
+    """``hsi-engine classify`` opts its process in (recorded here instead of applied: the test process keeps
+    its allocator); the map is written all the same."""
+    import numpy as np
+    import xarray as xr
+
+    import hsi_engine.allocator
+    from hsi_engine.cli import main
+    from ssrn.checkpoint import save_model
+
+    from test_runner import _cube, _model
+
+    calls = []
+    monkeypatch.setattr(hsi_engine.allocator, "reuse_large_buffers", lambda *a, **k: calls.append(a) or True)
+    xr.DataArray(_cube(np.float32, h=12, w=14), dims=("band", "y", "x"), name="r").to_zarr(tmp_path / "s.zarr")
+    save_model(_model(), tmp_path / "model")
+    with pytest.warns(UserWarning, match="georeferencing"):
+        assert main(["classify", str(tmp_path / "s.zarr"), "--model", str(tmp_path / "model"), "--out",
+                     str(tmp_path / "map.tif")]) == 0
+    assert calls == [()] and (tmp_path / "map.tif").exists()
