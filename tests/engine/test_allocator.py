@@ -73,3 +73,11 @@ def test_the_cli_classify_applies_it_to_its_own_process(tmp_path, monkeypatch):
         assert main(["classify", str(tmp_path / "s.zarr"), "--model", str(tmp_path / "model"), "--out",
                      str(tmp_path / "map.tif")]) == 0
     assert calls == [()] and (tmp_path / "map.tif").exists()
+
+
+def test_without_mallopt_nothing_is_applied(monkeypatch):
+    """A C library without mallopt (macOS, Windows, musl): False and a log line, never an exception."""
+    import ctypes.util
+
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    assert reuse_large_buffers() is False
