@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
-import os
 import platform
 import statistics
 import sys
@@ -39,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _common import cpu_name, write_report  # noqa: E402
-from hsi_engine.runner import cache_blocks_for, load_tile, window_reader  # noqa: E402
+from hsi_engine.runner import _cores, cache_blocks_for, load_tile, window_reader  # noqa: E402
 from hsi_engine.tiles import plan_tiles  # noqa: E402
 
 HALO = 3
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--readers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--decoders", type=int, default=os.cpu_count() or 1,
+    ap.add_argument("--decoders", type=int, default=_cores(),
                     help="decoder threads of the concurrent-decode rows (default: the cores, as the runner on CUDA)")
     ap.add_argument("--dtypes", nargs="+", default=["uint16", "float32"])
     ap.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES))

@@ -136,7 +136,9 @@ class BlockCache:
         owned: dict[Block, Future] = {}
         with self._lock:
             for key in keys:
-                if key not in self._where and key not in self._inflight:
+                if key in self._where:  # newest first: the fills below must not evict what this window reads
+                    self._where.move_to_end(key)
+                elif key not in self._inflight:
                     owned[key] = self._inflight[key] = Future()
         todo = list(owned.items())
         jobs = []

@@ -233,10 +233,23 @@ def _worker_scene(spec: TaskSpec, scene_obj: Any):
     return da
 
 
+def _worker_threads() -> int:
+    """This dask worker's share of the host's cores (its thread count), not the whole host's: several workers
+    on one host would otherwise each start a decoder per core."""
+    try:
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):  # not on a worker, or another distributed version
+        from .runner import _cores
+
+        return _cores()
+
+
 def _worker_reader(spec: TaskSpec, da: Any, halo: int, device_type: str):
     """This worker's window reader for the run's scene, with a decoded-block cache shared by the tiles the
     worker runs; one at a time (a new run replaces the last one's, so a long-lived worker does not pile them up)."""
-    from .runner import _cores, cache_blocks_for, window_reader
+    from .runner import cache_blocks_for, window_reader
 
     key = ("reader", spec.store, spec.run, spec.scene, id(da))  # the reader keeps `da` alive: ids stay unique
     with _CACHE_LOCK:
@@ -245,7 +258,7 @@ def _worker_reader(spec: TaskSpec, da: Any, halo: int, device_type: str):
             blocks = spec.cache_blocks
             if blocks is None:  # the runner's default: on for CUDA workers, off on CPU
                 blocks = cache_blocks_for((spec.tile, spec.tile), halo, 1) if device_type == "cuda" else 0
-            n = spec.decoders if spec.decoders is not None else (_cores() if device_type == "cuda" else 0)
+            n = spec.decoders if spec.decoders is not None else (_worker_threads() if device_type == "cuda" else 0)
             # the pool lives as long as the reader; a replaced reader's pool ends its threads when collected
             pool = ThreadPoolExecutor(int(n), thread_name_prefix="hsi-decode") if n and blocks else None
             hit = _CACHE["reader"] = (key, window_reader(da, cache_blocks=blocks, decoders=pool))

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import BandMismatchError, NonFiniteInputError, SceneError, SceneTooSmallError
+from .blocks import BlockCache
 from .normalise import normalise_into, normalise_tensor, stage_raw
 from .tiles import Tile, TilePlan
 
@@ -129,8 +130,6 @@ def window_reader(scene: Any, *, cache_blocks: int | Callable[[int, int], int] =
             _, ych, xch = scene.chunks
             n = cache_blocks(max(ych), max(xch)) if callable(cache_blocks) else int(cache_blocks)
             if n >= 1:
-                from .blocks import BlockCache
-
                 return BlockCache(read, (ych, xch), n, decoders=decoders)
             return read
 
@@ -334,8 +333,9 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     blocks (allocator fragmentation beside the compute's allocations: +145 MB for four 6.5 MB blocks on a
     1024 x 1024 x 200 scene) for a 5-10 % speed-up (benchmarks/results/scene-cpu.md). ``decoders``: threads
     that decode the cached blocks of one window concurrently (default on CUDA: one per core, since a reader
-    otherwise decodes a window's up to nine chunks one after the other on one core; 0, the CPU default,
-    leaves decoding to the readers, whose cores the compute needs). Returns timing counters.
+    otherwise decodes a window's chunks, 16 for 512-pixel tiles on 256-pixel chunks, one after the other on
+    one core; 0, the CPU default, leaves decoding to the readers, whose cores the compute needs); they need
+    the block cache. Returns timing counters (``decoders``: the decoder threads the run used).
     """
     import torch
 
@@ -349,10 +349,12 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
         raise ValueError(f"readers and queue_depth must be >= 1; got readers={readers}, queue_depth={queue_depth}")
     if cache_blocks is not None and int(cache_blocks) < 0:
         raise ValueError(f"cache_blocks must be >= 0 (0 turns the block cache off); got {cache_blocks}")
+    asked_decoders = decoders is not None
     if decoders is None:
         decoders = _cores() if cuda else 0
     if int(decoders) < 0:
         raise ValueError(f"decoders must be >= 0 (0: the readers decode); got {decoders}")
+    decoders = int(decoders)
     if normalise_on is None:
         normalise_on = "device" if cuda else "host"
     if normalise_on not in ("host", "device"):
@@ -361,8 +363,15 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     bands = engine.config.bands
     if cache_blocks is None:
         cache_blocks = cache_blocks_for(plan.tile, plan.halo, readers) if cuda else 0
-    dpool = ThreadPoolExecutor(max_workers=int(decoders), thread_name_prefix="hsi-decode") if decoders else None
+    dpool = ThreadPoolExecutor(max_workers=decoders, thread_name_prefix="hsi-decode") if decoders else None
     read = window_reader(scene, cache_blocks=cache_blocks, decoders=dpool)
+    if dpool is not None and not isinstance(read, BlockCache):  # no cache: whole windows, nothing to decode apart
+        dpool.shutdown()
+        dpool = None
+        if asked_decoders:
+            log.warning("decoders=%d has no effect here: decoder threads decode the block cache's chunks, and this "
+                        "run has no cache (%s); pass cache_blocks=N (--cache-blocks N) to use them", decoders,
+                        "the scene is not chunked" if not cache_blocks else "cache_blocks=0")
     mean64 = None if mean is None else np.asarray(mean, np.float64)
     std64 = None if std is None else np.asarray(std, np.float64)
     mean_t = None if mean is None or not on_device else torch.as_tensor(mean64, device=device)
@@ -475,6 +484,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     stats["wall_s"] = time.perf_counter() - t_start
     if hasattr(read, "decoded"):
         stats["blocks_decoded"], stats["block_hits"] = read.decoded, read.hits
+    stats["decoders"] = decoders if dpool is not None else 0
     stats["pixels"] = plan.height * plan.width
     stats["tiles"] = len(plan)
     return dict(stats)

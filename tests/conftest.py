@@ -38,3 +38,13 @@ def seed_ssrn_dir() -> Path:
         if (d / "Indian_best_RES_3D_SS4_10_1.hdf5").is_file() and (d / "UP_best_RES_3D_SS4_5_1.hdf5").is_file():
             return d
     raise FileNotFoundError(f"the seed's released Keras models are missing from {TEST_DATA / 'seed_ssrn'}")
+
+
+@pytest.fixture(autouse=True)
+def _test_process_keeps_its_allocator(monkeypatch):
+    """``hsi-engine classify`` opts its own process into ``reuse_large_buffers()``; CLI tests run its ``main()``
+    in the test process, which must keep malloc as it is (the setting is process-wide and cannot be undone).
+    ``tests/engine/test_allocator.py`` checks the real setting in subprocesses."""
+    import hsi_engine.allocator
+
+    monkeypatch.setattr(hsi_engine.allocator, "reuse_large_buffers", lambda *a, **k: False)

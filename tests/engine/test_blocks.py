@@ -227,6 +227,7 @@ def test_engine_map_from_zarr_is_the_same_with_and_without_the_cache(tmp_path):
                          cache_blocks=cache_blocks, decoders=decoders)
         maps.append(sink)
         assert ("blocks_decoded" in stats) == (cache_blocks is not None)
+        assert stats["decoders"] == (decoders or 0)  # the pool was built and handed to the cache
         if cache_blocks:
             assert 16 <= stats["blocks_decoded"] <= 3 * 16  # the 4 x 4 chunks, each at most 3 times, 6 x 9 tiles
     for m in maps[1:]:
@@ -235,6 +236,24 @@ def test_engine_map_from_zarr_is_the_same_with_and_without_the_cache(tmp_path):
     assert len(np.unique(maps[0].labels)) > 1
     with pytest.raises(ValueError, match="decoders must be >= 0"):
         run_plan(scene, plan, engine, ArraySink(30, 41, CLASSES), progress=False, decoders=-1)
+
+
+def test_decoders_without_the_block_cache_say_so(tmp_path, caplog):
+    """Decoder threads decode the cache's chunks: asked for without a cache (the CPU default) they would sit
+    idle, so the run says how to use them, builds no pool, and gives the same map."""
+    from hsi_engine.fused import FusedSSRN
+    from hsi_engine.runner import ArraySink, run_plan
+    from hsi_engine.tiles import plan_tiles
+
+    from test_runner import CLASSES, _cube, _model
+
+    cube = _cube(np.float32, h=12, w=14)
+    engine = FusedSSRN(_model(), backend="eager")
+    plan = plan_tiles(12, 14, 6, 3)
+    with caplog.at_level("WARNING", logger="hsi_engine.runner"):
+        stats = run_plan(cube, plan, engine, ArraySink(12, 14, CLASSES), progress=False, decoders=4)
+    assert stats["decoders"] == 0
+    assert "decoders=4 has no effect here" in caplog.text and "cache_blocks=N" in caplog.text
 
 
 def test_default_budget_decodes_each_block_about_three_times_on_a_long_plan():
@@ -257,6 +276,32 @@ def test_default_budget_decodes_each_block_about_three_times_on_a_long_plan():
     assert n == 9 and counts.max() <= 3 and counts.min() >= 1
     assert len(src.calls) <= 3 * 72 < 0.5 * sum(len(cache._span(cache._ys, *t.read[:2])) *
                                                 len(cache._span(cache._xs, *t.read[2:])) for t in plan)
+
+
+@pytest.mark.parametrize("readers", [1, 4])
+def test_a_decoder_pool_does_not_add_decodes_at_the_default_budget(readers):
+    """The long plan above, read by 1 or 4 readers with and without a pool of 16 decoders, at the runner's
+    default budget: the pool may decode a window's blocks at once, but must not evict blocks the window is
+    about to read (it did: +27 % decodes with one reader, +50 % with four)."""
+    from hsi_engine.runner import cache_blocks_for
+    from hsi_engine.tiles import plan_tiles
+
+    ych, xch = (8,) * 9, (8,) * 8
+    plan = plan_tiles(72, 64, 8, 3, chunks=(ych, xch))
+    decoded = []
+    for pool in (None, ThreadPoolExecutor(16)):
+        src = Source(delay=0.001)
+        src.cube = np.random.default_rng(3).integers(0, 9, size=(2, 72, 64)).astype(np.uint8)
+        cache = BlockCache(src, (ych, xch), max_blocks=cache_blocks_for((8, 8), 3, readers)(8, 8), decoders=pool)
+        with ThreadPoolExecutor(readers) as ex:
+            outs = list(ex.map(lambda t: cache(*t.read), plan.tiles))
+        for t, o in zip(plan.tiles, outs):
+            np.testing.assert_array_equal(o, src.cube[:, t.read[0]:t.read[1], t.read[2]:t.read[3]])
+        decoded.append(cache.decoded)
+        if pool is not None:
+            pool.shutdown()
+    no_pool, with_pool = decoded
+    assert with_pool <= (no_pool if readers == 1 else 1.15 * no_pool), decoded
 
 
 @pytest.mark.parametrize("suffix", [".tif", ".zarr"])

@@ -80,6 +80,13 @@ def test_workers_reading_through_a_block_cache_give_the_same_map(case, client, t
     np.testing.assert_array_equal(F.read_classes(out), case["ref"]["labels"].values)
 
 
+def test_a_worker_s_default_decoders_are_its_threads_not_the_host_s_cores(client):
+    """Several workers on one host must not each start a decoder thread per core of the host."""
+    nthreads = client.nthreads()
+    got = {w: client.submit(cluster._worker_threads, workers=[w], pure=False).result(timeout=60) for w in nthreads}
+    assert got == nthreads and all(n >= 1 for n in got.values())
+
+
 def test_in_memory_scene_and_model_are_scattered(case, client, tmp_path):
     """A DataArray scene and an SSRN object (no paths) reach the workers too; GeoTIFF output via zarr."""
     da = F.dataarray(case["cube"].astype(np.float32))
