@@ -110,8 +110,8 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                    help="decoded chunks of the scene kept for neighbouring tiles (default: what the tile "
                         "needs on CUDA, 0 on CPU; 0 decodes each chunk once per tile that touches it)")
     p.add_argument("--decoders", type=_at_least(0), default=None,
-                   help="threads decoding the cached chunks of one tile at once (default: one per core on CUDA, "
-                        "0 on CPU: the reader threads decode)")
+                   help="threads decoding the cached chunks of one tile at once; they need the block cache "
+                        "(default: one per core on CUDA, 0 on CPU: the reader threads decode)")
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
