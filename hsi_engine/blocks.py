@@ -187,7 +187,7 @@ class BlockCache:
         out = None
         for key in keys:
             if key in owned:
-                owned[key].result()  # this call's decode of it failed: raise that error (do not decode again)
+                owned[key].result()  # wait for this call's own decode of it; its error is raised, not retried
             slot = self._acquire(key)
             try:
                 i, j = key
