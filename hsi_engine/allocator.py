@@ -5,7 +5,7 @@ the file, the codec's output. A 200-band 256 x 256 float32 chunk is 52 MB, above
 malloc adapts to (32 MB), so every one of those buffers is a new memory mapping: its first touch page-faults
 every 4 KiB (about 25,000 faults per chunk), and mapping and unmapping it takes the process's memory-map lock,
 which other threads' page faults also need. Serving such buffers from malloc's heaps, and keeping freed memory
-there instead of returning it at once, removes the faults: float32 zarr reads 1.2-1.5x faster on 2 cores
+there instead of returning it at once, removes the faults: float32 zarr reads 1.15-1.43x faster on 2 cores
 (``benchmarks/results/host-cpu-malloc.md``, both settings in one run).
 
 Limit: glibc's per-thread heaps are at most 64 MB, so a buffer allocated on a reader or decoder thread (where
