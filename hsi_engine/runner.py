@@ -26,8 +26,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import BandMismatchError, NonFiniteInputError, SceneError, SceneTooSmallError
 from .blocks import BlockCache
+from .errors import BandMismatchError, NonFiniteInputError, SceneError, SceneTooSmallError
 from .normalise import normalise_into, normalise_tensor, stage_raw
 from .tiles import Tile, TilePlan
 
@@ -371,7 +371,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
         if asked_decoders:
             log.warning("decoders=%d has no effect here: decoder threads decode the block cache's chunks, and this "
                         "run has no cache (%s); pass cache_blocks=N (--cache-blocks N) to use them", decoders,
-                        "the scene is not chunked" if not cache_blocks else "cache_blocks=0")
+                        "the scene is not chunked" if getattr(scene, "chunks", None) is None else "cache_blocks=0")
     mean64 = None if mean is None else np.asarray(mean, np.float64)
     std64 = None if std is None else np.asarray(std, np.float64)
     mean_t = None if mean is None or not on_device else torch.as_tensor(mean64, device=device)
