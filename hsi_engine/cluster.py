@@ -398,6 +398,7 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     """
     from .api import _georeferenced, _Job
     from .io import open_scene
+    from .runner import check_read_settings
     from .writers import _TIFF, _ZARR, side_paths
 
     t_start = time.perf_counter()
@@ -407,10 +408,7 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
         raise OutputError(f"cannot write a class map to {out}: suffix {suffix or '(none)'!r} is not supported; use "
                           ".tif/.tiff (Cloud-Optimised GeoTIFF) or .zarr")
     distributed = workers is not None or scheduler is not None
-    if cache_blocks is not None and int(cache_blocks) < 0:
-        raise ValueError(f"cache_blocks must be >= 0 (0 turns the block cache off); got {cache_blocks}")
-    if decoders is not None and int(decoders) < 0:
-        raise ValueError(f"decoders must be >= 0 (0: the readers decode); got {decoders}")
+    check_read_settings(cache_blocks=cache_blocks, decoders=decoders)
     if workers is not None and int(workers) < 1:
         raise ClusterUsageError(f"workers must be >= 1, got {workers}: pass the number of worker processes")
     if workers is not None and scheduler is not None:

@@ -298,6 +298,15 @@ def mask_nodata(labels: np.ndarray, probabilities: np.ndarray | None, confidence
     return labels, probabilities, confidence
 
 
+def check_read_settings(*, cache_blocks: int | None, decoders: int | None) -> None:
+    """Refuse a negative block-cache budget or decoder count (None: the runner's default) before anything is
+    opened or written."""
+    if cache_blocks is not None and int(cache_blocks) < 0:
+        raise ValueError(f"cache_blocks must be >= 0 (0 turns the block cache off); got {cache_blocks}")
+    if decoders is not None and int(decoders) < 0:
+        raise ValueError(f"decoders must be >= 0 (0: the readers decode); got {decoders}")
+
+
 def _cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     try:
@@ -347,14 +356,9 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
         queue_depth = readers + 1
     if int(readers) < 1 or int(queue_depth) < 1:
         raise ValueError(f"readers and queue_depth must be >= 1; got readers={readers}, queue_depth={queue_depth}")
-    if cache_blocks is not None and int(cache_blocks) < 0:
-        raise ValueError(f"cache_blocks must be >= 0 (0 turns the block cache off); got {cache_blocks}")
+    check_read_settings(cache_blocks=cache_blocks, decoders=decoders)
     asked_decoders = decoders is not None
-    if decoders is None:
-        decoders = _cores() if cuda else 0
-    if int(decoders) < 0:
-        raise ValueError(f"decoders must be >= 0 (0: the readers decode); got {decoders}")
-    decoders = int(decoders)
+    decoders = int(decoders) if decoders is not None else (_cores() if cuda else 0)
     if normalise_on is None:
         normalise_on = "device" if cuda else "host"
     if normalise_on not in ("host", "device"):
@@ -490,5 +494,5 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     return dict(stats)
 
 
-__all__ = ["ArraySink", "Prepared", "Sink", "cache_blocks_for", "check_scene", "labels_from_logits", "load_tile",
-           "prepare_tile", "prepare_tile_tensor", "run_plan", "window_reader"]
+__all__ = ["ArraySink", "Prepared", "Sink", "cache_blocks_for", "check_read_settings", "check_scene",
+           "labels_from_logits", "load_tile", "prepare_tile", "prepare_tile_tensor", "run_plan", "window_reader"]
