@@ -551,16 +551,20 @@ def main(argv: list[str] | None = None) -> Path:
             if cuda else [("eager", "float32", False, {}), ("eager", "bfloat16", False, {})])
     if args.quick:
         runs = [r for r in runs if not r[3] or {"spatial", "decoders"} & set(r[3])]
-    with tempfile.TemporaryDirectory() as tmp:
-        zdir = Path(args.zarr_dir) if args.zarr_dir else Path(tmp)
-        for backend, precision, zarr, opts in runs:
-            try:
-                desc, mpix = engine_mpix(device, backend, args.zarr_side if zarr else side, args.reps,
-                                         precision=precision, zarr_dir=zdir if zarr else None, **opts)
-            except Exception as e:  # noqa: BLE001 - one failing row must not lose the others
-                desc, mpix = f"{backend} {precision}{' zarr' if zarr else ''} {opts}: failed ({type(e).__name__}: {e})", None
-            engine_rows.append((desc, mpix))
-            emit(f"engine {desc}: {mpix}")
+    zarr_tmp = tempfile.TemporaryDirectory()  # one zarr scene per side and dtype, written once for every row
+    zdir = Path(args.zarr_dir) if args.zarr_dir else Path(zarr_tmp.name)
+
+    def engine_row(backend: str, precision: str, zarr: bool, **opts) -> None:
+        try:
+            desc, mpix = engine_mpix(device, backend, args.zarr_side if zarr else side, args.reps,
+                                     precision=precision, zarr_dir=zdir if zarr else None, **opts)
+        except Exception as e:  # noqa: BLE001 - one failing row must not lose the others
+            desc, mpix = f"{backend} {precision}{' zarr' if zarr else ''} {opts}: failed ({type(e).__name__}: {e})", None
+        engine_rows.append((desc, mpix))
+        emit(f"engine {desc}: {mpix}")
+
+    for backend, precision, zarr, opts in runs:
+        engine_row(backend, precision, zarr, **opts)
     if not cuda:
         engine_rows.append(("backend=triton", None))
     try:
@@ -576,23 +580,11 @@ def main(argv: list[str] | None = None) -> Path:
             x, prog, ref = inputs[dtype]
             time_stage("compile" + (" (max-autotune)" if cuda else ""), compiled, dtype, x, prog, ref)
         if cuda:
-            try:
-                desc, mpix = engine_mpix(device, "compile", side, args.reps)
-            except Exception as e:  # noqa: BLE001
-                desc, mpix = f"compile float32: failed ({type(e).__name__}: {e})", None
-            engine_rows.append((desc, mpix))
-            emit(f"engine {desc}: {mpix}")
+            engine_row("compile", "float32", False)
 
     if cuda:  # last of all: the malloc setting is process-wide and cannot be undone
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                desc, mpix = engine_mpix(device, "triton", args.zarr_side, args.reps, precision="bfloat16",
-                                         zarr_dir=Path(args.zarr_dir) if args.zarr_dir else Path(tmp),
-                                         reuse_malloc=True)
-        except Exception as e:  # noqa: BLE001
-            desc, mpix = f"triton bfloat16 zarr, reuse_malloc: failed ({type(e).__name__}: {e})", None
-        engine_rows.append((desc, mpix))
-        emit(f"engine {desc}: {mpix}")
+        engine_row("triton", "bfloat16", True, reuse_malloc=True)
+    zarr_tmp.cleanup()
 
     text = render(head, peaks, stage_rows, layer_rows, engine_rows, kernel_rows, spatial_rows, profile)
     out_path.write_text(text)
