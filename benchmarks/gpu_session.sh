@@ -51,3 +51,8 @@ tar -czf "$OUT/runs.tar.gz" -C "$OUT" runs && rm -rf "$OUT/runs"
 # 3. kernel benchmark on the quiet GPU (the report is rewritten after every row)
 timeout "${BENCH_TIMEOUT:-330}" python3 benchmarks/kernels.py --out "$OUT/kernels-gpu.md" 2>&1 | tee "$OUT/kernels.log"
 echo "bench rc=${PIPESTATUS[0]}"
+
+# 4. what the low-precision spatial stage costs in agreement with this GPU's own numerics (seconds)
+timeout 120 python3 benchmarks/spatial_precision.py --device cuda --out "$OUT/spatial-precision-cuda.md" \
+  >"$OUT/spatial-precision.log" 2>&1
+echo "spatial precision rc=$?"

@@ -128,7 +128,8 @@ def spatial_cases(device: torch.device, n: int):
     random-init Indian Pines SSRN: float32 exact (what the float32 engine runs), float32 with TF32 allowed
     (cuDNN's default: what a bfloat16 engine ran through session 4, its low precision covering the spectral stage
     only), the dense (Toeplitz GEMM) form with TF32 matmuls (what it runs now on CUDA for 5x5 windows), and
-    bfloat16 autocast (not used by the engine; for comparison)."""
+    under bfloat16 / float16 autocast: the convs (for comparison) and the dense form (what a low-precision
+    engine runs with ``spatial_precision`` set to its precision)."""
     from hsi_engine.fused import dense_spatial, exact_fp32, fold_spatial, spatial_dense, spatial_windows, tf32_matmul
 
     model = _engine_model()
@@ -162,11 +163,21 @@ def spatial_cases(device: torch.device, n: int):
         with exact_fp32():
             return spatial_dense(x, ds)
 
+    def dense_low(dtype: torch.dtype):
+        def run():
+            with torch.autocast(device.type, dtype=dtype):
+                return spatial_dense(x, ds)
+        return run
+
     cases = [("float32 exact (TF32 off)", exact), ("dense (Toeplitz GEMMs), float32 exact", dense_exact)]
     if device.type == "cuda":
         cases.append(("float32 convs, TF32 allowed (the bf16 engine's spatial stage before)", tf32))
         cases.append(("dense (Toeplitz GEMMs), TF32 (the bf16 engine's spatial stage on CUDA)", dense_tf32))
-    cases.append(("bfloat16 autocast (not used by the engine)", bf16))
+    cases.append(("convs, bfloat16 autocast (not used by the engine)", bf16))
+    cases.append(("dense (Toeplitz GEMMs), bfloat16 autocast (spatial_precision=bfloat16)", dense_low(torch.bfloat16)))
+    if device.type == "cuda":
+        cases.append(("dense (Toeplitz GEMMs), float16 autocast (spatial_precision=float16)",
+                      dense_low(torch.float16)))
     return [(label, per_window * n, fn) for label, fn in cases]
 
 
@@ -180,7 +191,7 @@ def _engine_model():
 
 def _time_run(scene, model, reps: int, *, device: str, backend: str, precision: str, readers: int | None,
               normalise_on: str | None, max_pixels: int | None, spatial: str = "auto",
-              decoders: int | None = None) -> tuple[float, dict]:
+              spatial_precision: str = "float32", decoders: int | None = None) -> tuple[float, dict]:
     """Median seconds of the engine's whole run (hsi_engine.api's job + runner.run_plan) over ``reps`` runs,
     and the last run's counters. The engine is built once, as ``classify`` builds it, then reused."""
     from hsi_engine.api import _Job
@@ -189,7 +200,7 @@ def _time_run(scene, model, reps: int, *, device: str, backend: str, precision: 
 
     job = _Job(scene, model, tile=None, device=device, backend=backend, precision=precision, nodata=None)
     engine = FusedSSRN(job.model, backend=backend, device=job.device, precision=precision, max_pixels=max_pixels,
-                       spatial=spatial)
+                       spatial=spatial, spatial_precision=spatial_precision)
     cuda = job.device.type == "cuda"
     ts, stats = [], {}
     for _ in range(reps):
@@ -208,7 +219,7 @@ def _time_run(scene, model, reps: int, *, device: str, backend: str, precision: 
 def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: int, *,
                 precision: str = "float32", zarr_dir: Path | None = None, readers: int | None = None,
                 normalise_on: str | None = None, max_pixels: int | None = None,
-                scene_dtype: str = "float32", spatial: str = "auto",
+                scene_dtype: str = "float32", spatial: str = "auto", spatial_precision: str = "float32",
                 decoders: int | None = None, reuse_malloc: bool = False) -> tuple[str, float | None]:
     """Engine end to end on a random ``200 x side x side`` scene: in memory, or streamed from a zarr store.
 
@@ -229,7 +240,8 @@ def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: i
     else:
         scene = torch.randn(200, side, side, generator=g).numpy()
     kw = dict(device=str(device), backend=backend, precision=precision, readers=readers,
-              normalise_on=normalise_on, max_pixels=max_pixels, spatial=spatial, decoders=decoders)
+              normalise_on=normalise_on, max_pixels=max_pixels, spatial=spatial,
+              spatial_precision=spatial_precision, decoders=decoders)
     if reuse_malloc:
         from hsi_engine.allocator import reuse_large_buffers
 
@@ -255,6 +267,8 @@ def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: i
         opts.append(f"max_pixels={max_pixels}")
     if spatial != "auto":
         opts.append(f"spatial={spatial}")
+    if spatial_precision != "float32":
+        opts.append(f"spatial_precision={spatial_precision}")
     if reuse_malloc:
         opts.append("malloc " + ("reusing large buffers (as the CLI runs)" if reused
                                  else "as it comes (reuse_large_buffers() not applicable here)"))
@@ -542,6 +556,7 @@ def main(argv: list[str] | None = None) -> Path:
     # (backend, precision, zarr, options): the defaults first, then the older defaults beside them
     runs = ([("triton", "float32", False, {}), ("triton", "bfloat16", False, {}),
              ("triton", "bfloat16", False, {"spatial": "conv"}),
+             ("triton", "bfloat16", False, {"spatial_precision": "bfloat16"}),
              ("triton", "bfloat16", False, {"scene_dtype": "uint16"}),
              ("triton", "bfloat16", False, {"normalise_on": "host"}),
              ("triton", "bfloat16", False, {"max_pixels": 8192}),
@@ -550,7 +565,7 @@ def main(argv: list[str] | None = None) -> Path:
              ("triton", "bfloat16", True, {"decoders": 0})]
             if cuda else [("eager", "float32", False, {}), ("eager", "bfloat16", False, {})])
     if args.quick:
-        runs = [r for r in runs if not r[3] or {"spatial", "decoders"} & set(r[3])]
+        runs = [r for r in runs if not r[3] or {"spatial", "spatial_precision", "decoders"} & set(r[3])]
     zarr_tmp = tempfile.TemporaryDirectory()  # one zarr scene per side and dtype, written once for every row
     zdir = Path(args.zarr_dir) if args.zarr_dir else Path(zarr_tmp.name)
 

@@ -235,17 +235,26 @@ class FusedSSRN:
     ``spatial``: how the per-window blocks run: ``conv`` (:func:`spatial_windows`), ``dense``
     (:func:`spatial_dense`, one GEMM per conv) or ``auto``: dense on CUDA in bfloat16 / float16 (TF32 GEMMs, the
     precision the convs had there) for windows of at most 5x5, conv elsewhere (float32 stays on the convs
-    that the exactness tests hold to patch mode).
+    that the exactness tests hold to patch mode). ``spatial_precision``: ``float32`` (default: the per-window
+    blocks in float32, TF32 on CUDA when ``precision`` is low) or the engine's own low ``precision``, which
+    runs them under autocast in it too (opt-in; bf16 / fp16 GEMMs where the default runs TF32. On the shipped
+    Indian Pines scene it moved 3 more of 21,025 pixels than the bf16 spectral stage alone, none in fp16:
+    benchmarks/results/spatial-precision-cpu.md).
     """
 
     def __init__(self, model: nn.Module, *, backend: str = "auto", device: torch.device | str | None = None,
-                 precision: str = "float32", max_pixels: int | None = None, spatial: str = "auto") -> None:
+                 precision: str = "float32", max_pixels: int | None = None, spatial: str = "auto",
+                 spatial_precision: str = "float32") -> None:
         from kernels.dispatch import get_spectral_stage, resolve_backend
 
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if spatial not in SPATIAL_FORMS:
             raise ValueError(f"spatial must be one of {list(SPATIAL_FORMS)}, got {spatial!r}")
+        if spatial_precision not in ("float32", precision):
+            raise ValueError(f"spatial_precision must be 'float32' or the engine's precision ({precision!r}); got "
+                             f"{spatial_precision!r}: the spatial stage never runs below the spectral stage's "
+                             "precision, so a float32 engine stays exact")
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.config = model.config
         self.halo = model.config.halo
@@ -264,18 +273,16 @@ class FusedSSRN:
         # triton: the kernel runs in x's dtype and packs the (float32) program for it itself
         self._program_lp = self.program if self.backend == "triton" and self.dtype != torch.float32 else None
         self._spectral = get_spectral_stage(self.backend, self.device, self.dtype)
-        self._windows: Callable[[torch.Tensor, SpatialProgram], torch.Tensor] = spatial_windows
         self._compiled_once = False
         win = self.patch - 2
         if spatial == "auto":
             spatial = "dense" if (self.device.type == "cuda" and self.dtype != torch.float32 and win <= 5
                                   and self.backend != "compile") else "conv"
         self.spatial_form = spatial
+        self.spatial_precision = spatial_precision
         if spatial == "dense" and self.spatial.blocks:
             self._dense = dense_spatial(self.spatial, win)
-            self._windows = self._dense_windows
-        elif self.backend == "compile":
-            self._windows = _compiled_windows()
+        self._windows = self._pick_windows()
 
     # -- stages ----------------------------------------------------------------------------------
     def spectral_features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -324,6 +331,23 @@ class FusedSSRN:
         self._use_eager()
         return self._run(x)  # outside the handler: the failed call's tensors are freed first
 
+    def _pick_windows(self) -> Callable[[torch.Tensor, SpatialProgram], torch.Tensor]:
+        """The per-window function for this engine's spatial form, backend and spatial precision."""
+        if self.spatial_form == "dense" and self.spatial.blocks:
+            windows = self._dense_windows
+        elif self.backend == "compile":
+            windows = _compiled_windows()
+        else:
+            windows = spatial_windows
+        if self.spatial_precision == "float32":
+            return windows
+        low = PRECISIONS[self.spatial_precision]
+
+        def low_precision(wins: torch.Tensor, sp: SpatialProgram) -> torch.Tensor:
+            with torch.autocast(self.device.type, dtype=low):
+                return windows(wins, sp).float()
+        return low_precision
+
     def _dense_windows(self, wins: torch.Tensor, sp: SpatialProgram) -> torch.Tensor:
         if self.dtype == torch.float32:
             return spatial_dense(wins, self._dense)
@@ -335,7 +359,7 @@ class FusedSSRN:
 
         self.backend = "eager"
         self._spectral = get_spectral_stage("eager", self.device, self.dtype)
-        self._windows = spatial_windows
+        self._windows = self._pick_windows()
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda" and self.dtype == torch.float32:

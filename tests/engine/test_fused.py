@@ -125,6 +125,10 @@ def test_fused_rejects_bad_tiles():
         FusedSSRN(m, precision="int8")
     with pytest.raises(ValueError, match="spatial must be one of"):
         FusedSSRN(m, spatial="toeplitz")
+    with pytest.raises(ValueError, match="spatial_precision must be 'float32' or the engine's precision"):
+        FusedSSRN(m, spatial_precision="bfloat16")  # a float32 engine stays exact
+    with pytest.raises(ValueError, match="spatial_precision"):
+        FusedSSRN(m, precision="bfloat16", spatial_precision="float16")
 
 
 def test_auto_spatial_form_is_dense_only_for_low_precision_on_cuda():
@@ -161,6 +165,22 @@ def test_reduced_precision_runs_and_agreement_is_measured(precision, capsys):
         print(f"\n{precision} spectral stage: argmax agreement with float32 {agree:.4f}, "
               f"max logit rel err {rel_err(low, ref):.2e}")
     assert agree > 0.5  # a sanity floor only; agreement is reported, not required to be exact
+
+
+@pytest.mark.parametrize("spatial", ["conv", "dense"])
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_low_precision_spatial_stage_is_opt_in_and_close(precision, spatial):
+    """``spatial_precision`` = the engine's precision runs the per-window blocks in it: the logits move (it ran
+    at that precision) but stay within the dtype's tolerance of the float32 spatial stage on the same features."""
+    m = random_model(bands=40, classes=6, spatial_blocks=2)
+    x = pad_scene(torch.randn(40, 12, 11), m.halo)
+    base = FusedSSRN(m, backend="eager", precision=precision, spatial=spatial)
+    low = FusedSSRN(m, backend="eager", precision=precision, spatial=spatial, spatial_precision=precision)
+    assert base.spatial_precision == "float32" and low.spatial_precision == precision
+    a, b = base(x), low(x)
+    assert b.dtype == torch.float32 and b.shape == a.shape
+    assert not torch.equal(a, b)
+    assert rel_err(b, a) < (5e-2 if precision == "bfloat16" else 1e-2)
 
 
 def test_exact_fp32_turns_tf32_off_and_restores_the_flags():
