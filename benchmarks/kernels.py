@@ -499,6 +499,16 @@ def main(argv: list[str] | None = None) -> Path:
             if dtype == torch.float32:
                 time_stage("triton (fused, tf32 opt-in)", lambda a, b: spectral_stage_triton(a, b, allow_tf32=True),
                            dtype, x, prog, ref, _tuned_config)
+                # split products on tensor cores, ~fp32 accuracy: candidates for the exact float32 engine
+                for products in ("tf32x3", "bf16x3", "bf16x6"):
+                    label = f"triton (fused, {products} split products)"
+                    try:
+                        time_stage(label, lambda a, b, pr=products: spectral_stage_triton(a, b, input_precision=pr),
+                                   dtype, x, prog, ref, _tuned_config)
+                    except Exception as e:  # noqa: BLE001 - e.g. a Triton without bf16x3: keep the other rows
+                        stage_rows.append((label, "float32", None, None, None,
+                                           f"failed: {type(e).__name__}: {str(e)[:200]}"))
+                        emit(f"stage {label}: failed {e}")
         else:
             stage_rows.append(("triton (fused)", str(dtype).removeprefix("torch."), None, None, None, PENDING_GPU))
         for layer, lflops, f3, f2 in ([] if args.quick else layer_cases(prog, p, device, dtype)):

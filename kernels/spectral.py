@@ -557,17 +557,43 @@ def _interpreting() -> bool:
     return isinstance(_spectral_stage_kernel, InterpretedFunction)
 
 
+# How float32 dot products may run (Triton's ``input_precision``): exact fp32 FMAs (no tensor cores), one TF32
+# product (10-bit mantissa), or each operand split into two or three parts whose cross products run on tensor
+# cores: tf32x3 and bf16x6 keep ~fp32 accuracy, bf16x3 ~16 bits. Emulated on the CPU for the Indian Pines
+# program (200 bands, float64 reference; max error / max |output|): tf32 5.2e-4, bf16x3 8.4e-6, tf32x3 1.4e-7,
+# bf16x6 5.6e-8. Compiled for sm_90 (16 pixels, 4 warps) they issue 3x (tf32x3, bf16x6) and 1.5x (bf16x3) the
+# MMA instructions of tf32. bf16x3 / bf16x6 need a Triton that has them (3.9 does).
+INPUT_PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16x3", "bf16x6")
+
+
 def spectral_stage_triton(x: torch.Tensor, program: SpectralProgram, *, allow_tf32: bool = False,
-                          config: dict | None = None) -> torch.Tensor:
+                          input_precision: str | None = None, config: dict | None = None) -> torch.Tensor:
     """Fused Triton spectral stage: ``x (P, bands)`` -> ``(P, out_features)`` in ``x``'s dtype.
 
     Same contract as :func:`spectral_stage_reference`. Dot operands are in ``x``'s dtype (float32,
     bfloat16 or float16; the program's weights are cast to it), accumulation is float32. float32 inputs
-    use exact fp32 products unless ``allow_tf32=True``. Needs CUDA (or ``TRITON_INTERPRET=1`` set before
-    Triton is imported, for CPU tests). ``config`` pins one kernel variant instead of autotuning (tests and
+    use exact fp32 products unless ``allow_tf32=True`` (TF32) or ``input_precision`` names one of
+    :data:`INPUT_PRECISIONS` (split products on tensor cores, e.g. ``"tf32x3"``). Needs CUDA (or
+    ``TRITON_INTERPRET=1`` set before Triton is imported, for CPU tests; the interpreter multiplies in fp32
+    whatever the precision). ``config`` pins one kernel variant instead of autotuning (tests and
     benchmarks): keys ``BLOCK_P``, ``UNROLL``, ``KCAT``, ``SCATTER`` and optionally ``num_warps`` / ``num_stages``.
     """
-    return _launch(x, program, allow_tf32, config)[0]
+    return _launch(x, program, _products(x, allow_tf32, input_precision), config)[0]
+
+
+def _products(x: torch.Tensor, allow_tf32: bool, input_precision: str | None) -> str:
+    """The kernel's PRECISION for ``x`` from the public ``allow_tf32`` / ``input_precision`` arguments."""
+    if input_precision is None:
+        return "tf32" if allow_tf32 else "ieee"
+    if input_precision not in INPUT_PRECISIONS:
+        raise ValueError(f"input_precision must be one of {list(INPUT_PRECISIONS)}; got {input_precision!r}")
+    if allow_tf32 and input_precision != "tf32":
+        raise ValueError(f"allow_tf32=True asks for TF32 products, input_precision={input_precision!r} for "
+                         "others: pass one of them")
+    if input_precision != "ieee" and isinstance(x, torch.Tensor) and x.dtype != torch.float32:
+        raise ValueError(f"input_precision={input_precision!r} chooses how float32 products run; x is {x.dtype}, "
+                         "whose products the tensor cores take as they are: leave input_precision unset")
+    return input_precision
 
 
 _VARIANT_KEYS = ("BLOCK_P", "UNROLL", "KCAT", "SCATTER")
@@ -590,7 +616,7 @@ def _check_config(config: dict) -> None:
         raise ValueError("config KCAT and SCATTER are two forms of the same convs: set at most one")
 
 
-def _launch(x: torch.Tensor, program: SpectralProgram, allow_tf32: bool,
+def _launch(x: torch.Tensor, program: SpectralProgram, precision: str,
             config: dict | None = None) -> tuple[torch.Tensor, object]:
     """Checks, packs and launches the kernel (autotuned, or the pinned ``config``): ``(out, Triton's launch)``."""
     if not HAS_TRITON:
@@ -610,7 +636,7 @@ def _launch(x: torch.Tensor, program: SpectralProgram, allow_tf32: bool,
     if p == 0:
         return out, None
     pk = _pack(program, x.device, x.dtype)
-    meta = dict(pk["meta"], PRECISION="tf32" if allow_tf32 else "ieee",
+    meta = dict(pk["meta"], PRECISION=precision,
                 INTERP_BF16=interp and x.dtype == torch.bfloat16)
     args = (x, out, pk["stem_w"], pk["stem_b"], pk["conv_w"], pk["conv_b"], pk["pre"], pk["post"], pk["red_w"],
             pk["red_b"], p, program.bands, program.reduced_bands, f, x.stride(0), x.stride(1), out.stride(0),
@@ -672,7 +698,7 @@ def _variant_disagrees(tuner, x: torch.Tensor, out: torch.Tensor, args: tuple, m
     plain[0], plain[1], plain[10], plain[16], plain[17] = x[:n], check, n, check.stride(0), check.stride(1)
     _spectral_stage_kernel[(triton.cdiv(n, _SMALL_PLAIN["BLOCK_P"]),)](*plain, **meta, **_SMALL_PLAIN, num_warps=4,
                                                                       num_stages=1)
-    exact = x.dtype == torch.float32 and meta["PRECISION"] == "ieee"
+    exact = x.dtype == torch.float32 and meta["PRECISION"] != "tf32"  # ieee and the split products: ~fp32
     off = _off_by(out[:n].float(), check.float(), 1e-3 if exact else 5e-2)
     return f"the tuned variant {kw} differs from the plain form {off} on the first {n} pixels" if off else ""
 
@@ -698,12 +724,12 @@ _PTX_OPS = ("wgmma.mma_async", "mma.sync", "ld.local", "st.local", "bar.sync")
 
 
 def triton_kernel_report(x: torch.Tensor, program: SpectralProgram, *, allow_tf32: bool = False,
-                         config: dict | None = None) -> dict:
+                         input_precision: str | None = None, config: dict | None = None) -> dict:
     """Launch the fused kernel once on ``x`` and describe what Triton compiled for it: the tuned block shape,
     registers, spills, shared memory, counts of telling ops in its TTGIR / PTX, and those texts. For benchmark
     reports (where the 9.8 %-of-peak kernel loses time); ``{}`` when the launch gives nothing to inspect
     (Triton's interpreter, an older Triton). ``config`` pins a variant as in :func:`spectral_stage_triton`."""
-    _, k = _launch(x, program, allow_tf32, config)
+    _, k = _launch(x, program, _products(x, allow_tf32, input_precision), config)
     asm = getattr(k, "asm", None)
     if not asm:
         return {}

@@ -53,6 +53,8 @@ CASES = [
     ("scatter-unroll2-seed-b17-w16-k3-fp16", 17, 16, 40, 2, "seed", 1, 3, "float16",
      {"config": dict(SCATTER, UNROLL=2), "kernel": 3}),
     ("scatter-seed-b12-w16-k1", 12, 16, 40, 2, "seed", 1, 3, "float32", {"config": SCATTER, "kernel": 1}),
+    # split fp32 products (the interpreter multiplies in fp32 whatever they are: this checks the plumbing)
+    ("tf32x3-paper-b23-w24", 23, 24, 128, 2, "paper", 0, 3, "float32", {"input_precision": "tf32x3"}),
 ]
 
 
@@ -71,7 +73,7 @@ def run_case(name, bands, width, out_features, blocks, form, stage_norms, pixels
         wide = torch.zeros(pixels, 2 * bands, dtype=dt)
         wide[:, ::2] = x
         x = wide[:, ::2]
-    out = spectral_stage_triton(x, prog, config=opts.get("config"))
+    out = spectral_stage_triton(x, prog, config=opts.get("config"), input_precision=opts.get("input_precision"))
     plain = spectral_stage_reference(x.contiguous(), prog.to(dtype=dt))
     assert out.dtype == dt and out.shape == ref.shape
     return dict(name=name, dtype=dtype, err=(out.double() - ref).abs().max().item(),

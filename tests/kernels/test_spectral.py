@@ -6,7 +6,8 @@ the kernel is also compiled offline for Hopper (sm_90) with the ptxas that ships
 GPU (``-m gpu``): realistic sizes on a CUDA device.
 
 Tolerances (max abs error over the output, against a float64 reference; ``scale`` = max |reference|):
-- float32: <= 1e-4 * scale (exact fp32 products; TF32 only with ``allow_tf32=True``).
+- float32: <= 1e-4 * scale (exact fp32 products; TF32 only with ``allow_tf32=True``; the split products of
+  ``input_precision`` tf32x3 / bf16x3 / bf16x6 are held to the same bound).
 - bfloat16 / float16 (flash-attention's rule): <= 2 x plain torch's error at the same precision
   + 1e-3 * scale, and never more than 1e-2 * scale.
 """
@@ -128,6 +129,15 @@ def test_unsupported_program_form_is_rejected(prog: SpectralProgram) -> None:
         _check_program(bad)
 
 
+def test_input_precision_is_checked(prog: SpectralProgram) -> None:
+    with pytest.raises(ValueError, match="input_precision must be one of"):
+        spectral_stage_triton(torch.zeros(4, 23), prog, input_precision="fp8")
+    with pytest.raises(ValueError, match="pass one of them"):
+        spectral_stage_triton(torch.zeros(4, 23), prog, allow_tf32=True, input_precision="tf32x3")
+    with pytest.raises(ValueError, match="leave input_precision unset"):
+        spectral_stage_triton(torch.zeros(4, 23, dtype=torch.bfloat16), prog, input_precision="tf32x3")
+
+
 def test_pinned_config_is_checked(prog: SpectralProgram) -> None:
     ok = dict(BLOCK_P=16, UNROLL=1, KCAT=False, SCATTER=False)
     for bad, match in [(dict(BLOCK_P=16, UNROLL=1), "missing"), (dict(ok, BLOCK_P=24), "power of two"),
@@ -171,6 +181,25 @@ def test_kernel_compiles_for_hopper_sm90(form: str, blocks: int, stage_norms: in
     assert "st.local" not in ptx, "the kernel keeps an array in local memory (a tile tuple indexed at run time?)"
 
 
+def test_split_fp32_products_run_on_tensor_cores() -> None:
+    """float32 with split products (``input_precision``): the MMAs of one TF32 product, times the number of
+    partial products (tf32x3: 3; bf16x3: 3 bf16 MMAs of twice the K, so 1.5x the instructions), never the
+    FMA loops of exact fp32 (sm_90, 16 pixels, 4 warps)."""
+    pytest.importorskip("triton")
+    from kernels.offline import compile_triton
+
+    v = dict(PLAIN, BLOCK_P=16)
+    try:
+        ptx = {p: compile_triton(v, dtype="fp32", precision=p).asm["ptx"] for p in ("tf32", "tf32x3", "bf16x3")}
+    except Exception as e:  # noqa: BLE001
+        if "ptxas" in str(e).lower() or "input_precision must be one of" in str(e):
+            pytest.skip(f"this Triton cannot build it offline: {str(e)[:200]}")
+        raise
+    n = {p: t.count("mma.sync") + t.count("wgmma.mma_async") for p, t in ptx.items()}
+    assert n["tf32"] > 0 and n["tf32x3"] == 3 * n["tf32"] and 2 * n["bf16x3"] == 3 * n["tf32"], n
+    assert all("fma.rn.f32" not in t for t in ptx.values())
+
+
 def test_kcat_stages_each_conv_operand_once() -> None:
     """Why KCAT exists: the plain form stages every tap's operand through shared memory (a store and a barrier
     per tap and step); KCAT stages one concatenated operand per conv. Counted in the sm_90 compile (32 pixels,
@@ -197,13 +226,14 @@ def test_scatter_feeds_wgmma_from_registers() -> None:
 # --- GPU: realistic sizes ------------------------------------------------------------------------------------
 
 def _cuda_case(bands: int, pixels: int, dtype: torch.dtype, *, form: str = "paper", stage_norms: int = 0,
-               width: int = 24, allow_tf32: bool = False, seed: int = 0, config: dict | None = None) -> dict:
+               width: int = 24, allow_tf32: bool = False, seed: int = 0, config: dict | None = None,
+               input_precision: str | None = None) -> dict:
     g = torch.Generator().manual_seed(seed)
     prog = _random_program(bands, width, 128, form=form, stage_norms=stage_norms, generator=g).to("cuda")
     x64 = torch.randn(pixels, bands, generator=g, dtype=torch.float64).cuda()
     ref = spectral_stage_reference(x64, prog.to(dtype=torch.float64))
     x = x64.to(dtype)
-    out = spectral_stage_triton(x, prog, allow_tf32=allow_tf32, config=config)
+    out = spectral_stage_triton(x, prog, allow_tf32=allow_tf32, config=config, input_precision=input_precision)
     torch.cuda.synchronize()
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=allow_tf32):
         plain = spectral_stage_reference(x, prog.to(dtype=dtype))
@@ -268,6 +298,25 @@ def test_gpu_tf32_only_when_asked() -> None:
     # algorithm; on an H100 it came out at 7e-6 while the kernel's TF32 dots gave 2.5e-3.)
     assert tf32["err"] <= LOWP_CAP * tf32["scale"], tf32
     assert exact["err"] < tf32["err"], (exact, tf32)
+
+
+@gpu
+@pytest.mark.parametrize("products", ["tf32x3", "bf16x3", "bf16x6"])
+def test_gpu_split_fp32_products_keep_fp32_accuracy(products: str) -> None:
+    """float32 through split products on tensor cores stays within the exact float32 tolerance and is visibly
+    more exact than one TF32 product (CPU emulation of the 200-band program, error / scale: tf32 5e-4, bf16x3
+    8e-6, tf32x3 1e-7, bf16x6 6e-8)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    try:
+        split = _cuda_case(200, 4_096, torch.float32, input_precision=products)
+    except Exception as e:  # noqa: BLE001
+        if "input_precision must be one of" in str(e):
+            pytest.skip(f"this Triton has no {products}: {str(e)[:200]}")
+        raise
+    check_tolerance(split)
+    tf32 = _cuda_case(200, 4_096, torch.float32, allow_tf32=True)
+    assert split["err"] * 10 < tf32["err"], (split, tf32)
 
 
 @gpu
