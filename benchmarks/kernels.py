@@ -191,7 +191,7 @@ def _engine_model():
 
 def _time_run(scene, model, reps: int, *, device: str, backend: str, precision: str, readers: int | None,
               normalise_on: str | None, max_pixels: int | None, spatial: str = "auto",
-              spatial_precision: str = "float32", decoders: int | None = None) -> tuple[float, dict]:
+              spatial_precision: str = "auto", decoders: int | None = None) -> tuple[float, dict]:
     """Median seconds of the engine's whole run (hsi_engine.api's job + runner.run_plan) over ``reps`` runs,
     and the last run's counters. The engine is built once, as ``classify`` builds it, then reused."""
     from hsi_engine.api import _Job
@@ -219,7 +219,7 @@ def _time_run(scene, model, reps: int, *, device: str, backend: str, precision: 
 def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: int, *,
                 precision: str = "float32", zarr_dir: Path | None = None, readers: int | None = None,
                 normalise_on: str | None = None, max_pixels: int | None = None,
-                scene_dtype: str = "float32", spatial: str = "auto", spatial_precision: str = "float32",
+                scene_dtype: str = "float32", spatial: str = "auto", spatial_precision: str = "auto",
                 decoders: int | None = None, reuse_malloc: bool = False) -> tuple[str, float | None]:
     """Engine end to end on a random ``200 x side x side`` scene: in memory, or streamed from a zarr store.
 
@@ -267,7 +267,7 @@ def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: i
         opts.append(f"max_pixels={max_pixels}")
     if spatial != "auto":
         opts.append(f"spatial={spatial}")
-    if spatial_precision != "float32":
+    if spatial_precision != "auto":
         opts.append(f"spatial_precision={spatial_precision}")
     if reuse_malloc:
         opts.append("malloc " + ("reusing large buffers (as the CLI runs)" if reused
@@ -573,7 +573,8 @@ def main(argv: list[str] | None = None) -> Path:
              ("triton", "bfloat16", False, {"normalise_on": "host", "max_pixels": 8192}),
              ("eager", "float32", False, {}), ("triton", "float32", True, {}), ("triton", "bfloat16", True, {}),
              ("triton", "bfloat16", True, {"decoders": 0})]
-            if cuda else [("eager", "float32", False, {}), ("eager", "bfloat16", False, {})])
+            if cuda else [("eager", "float32", False, {}), ("eager", "bfloat16", False, {}),
+                          ("eager", "bfloat16", False, {"spatial_precision": "float32"})])
     if args.quick:
         runs = [r for r in runs if not r[3] or {"spatial", "spatial_precision", "decoders"} & set(r[3])]
     zarr_tmp = tempfile.TemporaryDirectory()  # one zarr scene per side and dtype, written once for every row

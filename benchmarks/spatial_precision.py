@@ -42,10 +42,52 @@ def classify_map(scene, model, *, device: str, backend: str, precision: str, spa
     return sink.labels.copy()
 
 
+def time_engine(side: int, reps: int, *, device: str, backend: str) -> list[tuple[str, str, float, float]]:
+    """``(precision, spatial precision, median s, min s)`` per run of the engine on a random ``200 x side x side``
+    scene in memory: float32, and each low precision with its spatial stage in float32 and in that precision;
+    the engines alternate run by run."""
+    import statistics
+    import time
+
+    from hsi_engine.api import _Job
+    from hsi_engine.fused import FusedSSRN
+    from hsi_engine.runner import ArraySink, run_plan
+    from ssrn.config import SSRNConfig
+    from ssrn.model import SSRN
+
+    torch.manual_seed(0)
+    model = SSRN(SSRNConfig.from_name("indian_pines")).eval()
+    scene = torch.randn(200, side, side, generator=torch.Generator().manual_seed(5)).numpy()
+    cases = [("float32", "float32"), ("bfloat16", "float32"), ("bfloat16", "bfloat16"), ("float16", "float32"),
+             ("float16", "float16")]
+    jobs, engines = {}, {}
+    for precision, sp in cases:
+        job = jobs.setdefault(precision, _Job(scene, model, tile=None, device=device, backend=backend,
+                                              precision=precision, nodata=None))
+        engines[precision, sp] = FusedSSRN(job.model, backend=backend, device=job.device, precision=precision,
+                                           spatial_precision=sp)
+    times: dict[tuple[str, str], list[float]] = {c: [] for c in cases}
+    for _ in range(reps + 1):  # the first round warms up
+        for (precision, sp), engine in engines.items():
+            job = jobs[precision]
+            if job.device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            run_plan(job.da, job.plan, engine, ArraySink(job.height, job.width, job.classes), mean=job.mean,
+                     std=job.std, progress=False)
+            if job.device.type == "cuda":
+                torch.cuda.synchronize()
+            times[precision, sp].append(time.perf_counter() - t0)
+    return [(precision, sp, statistics.median(ts[1:]), min(ts[1:])) for (precision, sp), ts in times.items()]
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--time-side", type=int, default=384, help="side of the random scene the bf16 engine is timed "
+                    "on, spatial stage in float32 and in bfloat16 (0: no timing)")
+    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default=None, help="report path (default benchmarks/results/spatial-precision-<device>.md)")
     args = ap.parse_args(argv)
 
@@ -57,7 +99,13 @@ def main(argv: list[str] | None = None) -> Path:
     labels = _load_labels(SHIPPED_SCENE)
     mask, _ = evaluation_mask(labels, dict(model.meta))
     device = torch.device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        from hsi_engine.fused import _cpu_has_amx_bf16
+
+        where = (f"{cpu_name()}, {torch.get_num_threads()} threads, AMX-BF16 "
+                 f"{'yes' if _cpu_has_amx_bf16() else 'no'}")
 
     def run(precision: str, spatial: str, spatial_precision: str) -> np.ndarray:
         return classify_map(scene, model, device=args.device, backend=args.backend, precision=precision,
@@ -87,8 +135,22 @@ def main(argv: list[str] | None = None) -> Path:
         diff = int((m != exact).sum())
         lines.append(f"| {precision} | {spatial} | {sp} | {diff} | {1 - diff / n:.5f} | "
                      f"{100 * float((m[mask] == labels[mask]).mean()):.2f} |")
-    lines += ["", "Spatial precision `float32` is the default (on CUDA its GEMMs and convs run in TF32 when the "
-              "engine's precision is low); the engine's own precision is `FusedSSRN(spatial_precision=...)`."]
+    lines += ["", "`FusedSSRN(spatial_precision=...)`: `float32` runs the per-window blocks in float32 (TF32 GEMMs "
+              "and convs on CUDA when the engine's precision is low), the engine's precision runs them under "
+              "autocast in it; `auto` (the default) picks bfloat16 for a bfloat16 engine on a CPU with AMX-BF16 "
+              "units, float32 elsewhere."]
+    if args.time_side:
+        timed = time_engine(args.time_side, args.reps, device=args.device, backend=args.backend)
+        base = timed[0][2]
+        lines += ["", "## The engine end to end, spatial stage in float32 and in the engine's precision", "",
+                  f"Random {args.time_side} x {args.time_side} x 200 float32 scene in memory, random-init Indian "
+                  f"Pines SSRN, default tile and readers, backend {args.backend}; the engines alternate run by "
+                  f"run, {args.reps} timed runs each after one warm-up round.", "",
+                  "| precision | spatial precision | s per run (median) | min | pixels/s | x float32 engine |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for precision, sp, med, lo in timed:
+            lines.append(f"| {precision} | {sp} | {med:.3f} | {lo:.3f} | {args.time_side ** 2 / med:,.0f} | "
+                         f"{base / med:.2f} |")
     out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"spatial-precision-{device.type}.md"
     return write_report(out, lines)
 

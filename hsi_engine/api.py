@@ -178,7 +178,8 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     ``tile``: output tile side ``T`` or ``(ty, tx)`` (default 128 on CPU, 512 on CUDA); each tile is read
     with a halo of ``patch // 2``; any size gives the same map. ``backend``: ``auto``/``eager``/``compile``/
     ``triton`` (``auto``: the fused Triton kernel for bf16/fp16 on CUDA, eager otherwise, as measured; see
-    ``kernels.dispatch``); ``precision``: ``float32`` (exact) or ``bfloat16``/``float16`` (spectral stage only, opt-in).
+    ``kernels.dispatch``); ``precision``: ``float32`` (exact) or ``bfloat16``/``float16`` (opt-in: the spectral
+    stage, and on CPUs with AMX-BF16 the spatial stage too; see :class:`~hsi_engine.fused.FusedSSRN`).
     ``nodata``: input value (or ``float('nan')``) marking missing pixels -> class 0; default: the scene's
     declared nodata (``_FillValue``), if any. Without one, NaN/inf raise :class:`NonFiniteInputError`.
     ``progress``: tqdm bar with pixels/s (default: when stderr is a terminal). ``readers``/``queue_depth``:

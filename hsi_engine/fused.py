@@ -18,6 +18,7 @@ The result equals ``SSRN.forward`` on the pixel's patch cut from the zero-padded
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -230,30 +231,33 @@ class FusedSSRN:
 
     ``backend``: ``eager`` | ``compile`` | ``triton`` | ``auto`` (via ``kernels.dispatch``); ``precision``:
     ``float32`` (exact) or ``bfloat16`` / ``float16`` (opt-in: autocast / low-precision kernel on the spectral
-    stage only). ``max_pixels`` bounds the pixels per spectral call and the windows per spatial call, so
-    memory depends on it and not on the tile size beyond the tile itself (default: 512 on CPU, 65536 on GPU).
+    stage; the spatial stage follows ``spatial_precision``). ``max_pixels`` bounds the pixels per spectral
+    call and the windows per spatial call, so memory depends on it and not on the tile size beyond the tile
+    itself (default: 512 on CPU, 65536 on GPU).
     ``spatial``: how the per-window blocks run: ``conv`` (:func:`spatial_windows`), ``dense``
     (:func:`spatial_dense`, one GEMM per conv) or ``auto``: dense on CUDA in bfloat16 / float16 (TF32 GEMMs, the
     precision the convs had there) for windows of at most 5x5, conv elsewhere (float32 stays on the convs
-    that the exactness tests hold to patch mode). ``spatial_precision``: ``float32`` (default: the per-window
-    blocks in float32, TF32 on CUDA when ``precision`` is low) or the engine's own low ``precision``, which
-    runs them under autocast in it too (opt-in; bf16 / fp16 GEMMs where the default runs TF32. On the shipped
-    Indian Pines scene it moved 3 more of 21,025 pixels than the bf16 spectral stage alone, none in fp16:
-    benchmarks/results/spatial-precision-cpu.md).
+    that the exactness tests hold to patch mode). ``spatial_precision``: ``float32`` (the per-window blocks in
+    float32, TF32 on CUDA when ``precision`` is low), the engine's own low ``precision`` (they run under autocast
+    in it too), or ``auto``: bfloat16 for a bfloat16 engine on a CPU with AMX-BF16 units (the bf16 engine end to
+    end about 1.2x there, benchmarks/results/spatial-precision-cpu.md), float32 elsewhere: CUDA (not yet timed on a
+    GPU), float16 (slower than float32 on that CPU, either way) and CPUs without AMX (not measured). On the
+    shipped Indian Pines scene the bf16 spatial stage moved 3 more of 21,025 pixels than the bf16 spectral stage
+    alone; fp16 none.
     """
 
     def __init__(self, model: nn.Module, *, backend: str = "auto", device: torch.device | str | None = None,
                  precision: str = "float32", max_pixels: int | None = None, spatial: str = "auto",
-                 spatial_precision: str = "float32") -> None:
+                 spatial_precision: str = "auto") -> None:
         from kernels.dispatch import get_spectral_stage, resolve_backend
 
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if spatial not in SPATIAL_FORMS:
             raise ValueError(f"spatial must be one of {list(SPATIAL_FORMS)}, got {spatial!r}")
-        if spatial_precision not in ("float32", precision):
-            raise ValueError(f"spatial_precision must be 'float32' or the engine's precision ({precision!r}); got "
-                             f"{spatial_precision!r}: the spatial stage never runs below the spectral stage's "
+        if spatial_precision not in ("auto", "float32", precision):
+            raise ValueError(f"spatial_precision must be 'auto', 'float32' or the engine's precision ({precision!r}); "
+                             f"got {spatial_precision!r}: the spatial stage never runs below the spectral stage's "
                              "precision, so a float32 engine stays exact")
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.config = model.config
@@ -279,6 +283,9 @@ class FusedSSRN:
             spatial = "dense" if (self.device.type == "cuda" and self.dtype != torch.float32 and win <= 5
                                   and self.backend != "compile") else "conv"
         self.spatial_form = spatial
+        if spatial_precision == "auto":
+            spatial_precision = ("bfloat16" if self.device.type == "cpu" and precision == "bfloat16"
+                                 and _cpu_has_amx_bf16() else "float32")
         self.spatial_precision = spatial_precision
         if spatial == "dense" and self.spatial.blocks:
             self._dense = dense_spatial(self.spatial, win)
@@ -389,6 +396,17 @@ class FusedSSRN:
             out.append(self._windows(wins, sp))  # (rows*w, classes)
         logits = out[0] if len(out) == 1 else torch.cat(out)
         return logits.t().reshape(-1, h, w)
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_amx_bf16() -> bool:
+    """Whether this CPU has AMX-BF16 matrix units (Linux: /proc/cpuinfo's flags), where oneDNN's bf16 convs and
+    GEMMs ran 3-4x float32 (Xeon Sapphire Rapids, benchmarks/results/kernels-cpu.md)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
