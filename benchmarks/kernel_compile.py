@@ -93,9 +93,10 @@ def main(argv: list[str] | None = None) -> Path:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     cache = tempfile.TemporaryDirectory()  # a cold cache, so the compile column times a real compile
     os.environ["TRITON_CACHE_DIR"] = cache.name
-    configs = spectral._CONFIGS
+    configs = [("autotuned", c) for c in spectral._CONFIGS] + [("trial", c) for c in spectral._TRIAL_CONFIGS]
     if args.dtype == "fp32":
-        configs = spectral._prune_configs(configs, {"x_ptr": torch.zeros(1)}, PRECISION="ieee")
+        keep = spectral._prune_configs([c for _, c in configs], {"x_ptr": torch.zeros(1)}, PRECISION="ieee")
+        configs = [(kind, c) for kind, c in configs if c in keep]
     cmd = "python benchmarks/kernel_compile.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [f"# The fused spectral kernel compiled offline for Hopper (sm_90), {args.dtype}", "",
              f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
@@ -108,19 +109,21 @@ def main(argv: list[str] | None = None) -> Path:
              "PTX counts are static, whole kernel", "",
              "These are properties of the compiled code, not timings. Which config is fastest is measured on a "
              "GPU by `benchmarks/kernels.py` (each config pinned) and by the autotuner.", "",
-             "| BLOCK_P | warps | stages | UNROLL | KCAT | SCATTER | compile s | registers | spill stores (B) | shared (B) "
+             "| set | BLOCK_P | warps | stages | UNROLL | KCAT | SCATTER | CHAINS | PIPE | compile s | registers | "
+             "spill stores (B) | shared (B) "
              "| stagings / step | smem operand loads / step | wgmma waits / step | layout conversions / step | "
              + " | ".join(_PTX_OPS) + " |",
-             "|" + "---|" * (15 + len(_PTX_OPS))]
-    for c in configs:
+             "|" + "---|" * (18 + len(_PTX_OPS))]
+    for kind, c in configs:
         t0 = time.perf_counter()
         k = compile_triton(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, dtype=args.dtype)
         secs = time.perf_counter() - t0
         regs, spill = ptxas_usage(k.asm["ptx"])
         st = step_counts(k.asm["ttgir"], c.kwargs["UNROLL"])
         pc = ptx_counts(k.asm["ptx"])
-        row = (f"| {c.kwargs['BLOCK_P']} | {c.num_warps} | {c.num_stages} | {c.kwargs['UNROLL']} | "
-               f"{c.kwargs['KCAT']} | {c.kwargs['SCATTER']} | {secs:.1f} | {regs} | {spill} | {k.metadata.shared} | "
+        row = (f"| {kind} | {c.kwargs['BLOCK_P']} | {c.num_warps} | {c.num_stages} | {c.kwargs['UNROLL']} | "
+               f"{c.kwargs['KCAT']} | {c.kwargs['SCATTER']} | {c.kwargs.get('CHAINS', 1)} | {c.kwargs.get('PIPE', False)} | "
+               f"{secs:.1f} | {regs} | {spill} | {k.metadata.shared} | "
                f"{st['local_alloc']:g} | {st['local_load']:g} | {st['warp_group_dot_wait']:g} | "
                f"{st['convert_layout']:g} | " + " | ".join(str(pc[op]) for op in _PTX_OPS) + " |")
         lines.append(row)

@@ -538,6 +538,20 @@ def main(argv: list[str] | None = None) -> Path:
                                        f"failed: {type(e).__name__}: {e}"))
                     emit(f"stage {label} {dtype}: failed {e}")
 
+    if cuda:  # the trial configs (not autotuned until a GPU has timed them), pinned, bf16
+        from kernels import spectral
+
+        x, prog, ref = inputs.get(torch.bfloat16, (None, None, None))
+        for c in (spectral._TRIAL_CONFIGS if x is not None else []):
+            cfg = dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+            label = "triton trial, pinned: " + ", ".join(f"{k}={v}" for k, v in cfg.items())
+            try:
+                time_stage(label, lambda a, b, cfg=cfg: spectral.spectral_stage_triton(a, b, config=cfg),
+                           torch.bfloat16, x, prog, ref)
+            except Exception as e:  # noqa: BLE001 - one failing variant must not lose the others
+                stage_rows.append((label, "bfloat16", None, None, None, f"failed: {type(e).__name__}: {e}"))
+                emit(f"stage {label}: failed {e}")
+
     if cuda:  # the Gluon kernel, probed in a child process first, so a fault (which would poison this process's
         # CUDA context) or a hang on a GPU / Triton it never ran on costs only its own rows
         from kernels.spectral_gluon import spectral_stage_gluon
@@ -650,8 +664,9 @@ def _tuned_config() -> str:
         from kernels import spectral
 
         c = spectral._active_tuner().best_config
+        extra = "".join(f", {k}={c.kwargs[k]}" for k in spectral._OPTIONAL_KEYS if k in c.kwargs)
         return (f"; tuned: BLOCK_P={c.kwargs['BLOCK_P']}, UNROLL={c.kwargs['UNROLL']}, KCAT={c.kwargs['KCAT']}, "
-                f"SCATTER={c.kwargs['SCATTER']}, {c.num_warps} warps, {c.num_stages} stages")
+                f"SCATTER={c.kwargs['SCATTER']}{extra}, {c.num_warps} warps, {c.num_stages} stages")
     except Exception:  # noqa: BLE001 - an informational note only
         return ""
 

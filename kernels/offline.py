@@ -38,7 +38,8 @@ def default_program(blocks: int = 2, form: str = "paper", stage_norms: int = 0) 
 
 def compile_triton(variant: dict, *, num_warps: int = 4, num_stages: int = 1, dtype: str = "bf16",
                    program: SpectralProgram | None = None, precision: str = "ieee"):
-    """The fused Triton kernel for one ``variant`` (BLOCK_P, UNROLL, KCAT, SCATTER), compiled for sm_90."""
+    """The fused Triton kernel for one ``variant`` (BLOCK_P, UNROLL, KCAT, SCATTER; optional CHAINS, PIPE),
+    compiled for sm_90."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -47,7 +48,7 @@ def compile_triton(variant: dict, *, num_warps: int = 4, num_stages: int = 1, dt
 
     program = program if program is not None else default_program()
     meta = dict(spectral._pack(program, torch.device("cpu"), _DTYPES[dtype])["meta"], PRECISION=precision,
-                INTERP_BF16=False, **variant)
+                INTERP_BF16=False, **(dict(CHAINS=1, PIPE=False) | variant))
     pointers = dict(x_ptr="x", out_ptr="x", stem_w_ptr="x", stem_b_ptr="f", conv_w_ptr="x", conv_b_ptr="f",
                     pre_ptr="f", post_ptr="f", red_w_ptr="x", red_b_ptr="f")
     src = ASTSource(fn=spectral._spectral_stage_kernel, signature=_signature(pointers, meta, dtype), constexprs=meta)

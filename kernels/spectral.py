@@ -148,7 +148,8 @@ _SMALL_PLAIN = dict(BLOCK_P=16, UNROLL=1, KCAT=False, SCATTER=False)
 
 
 def _is_plain(variant: dict) -> bool:
-    return variant.get("UNROLL", 1) == 1 and not variant.get("KCAT") and not variant.get("SCATTER")
+    return (variant.get("UNROLL", 1) == 1 and not variant.get("KCAT") and not variant.get("SCATTER")
+            and variant.get("CHAINS", 1) == 1 and not variant.get("PIPE"))
 
 
 try:  # Triton is optional (absent on macOS / Windows wheels); the reference above never needs it.
@@ -253,6 +254,68 @@ if HAS_TRITON:
         return out, (ring1, ring2, delay[1:])
 
     @triton.jit
+    def _taps(hs, c: tl.constexpr, acc, conv_w_ptr, w_tile, KT: tl.constexpr, WP: tl.constexpr,
+              PRECISION: tl.constexpr, INTERP_BF16: tl.constexpr, CHAINS: tl.constexpr):
+        # sum over taps t of hs[t] @ W_{c,t} onto acc; CHAINS=2 accumulates the odd taps into a second tile, so
+        # the MMAs form two independent chains of ~KT/2 instead of one of KT (latency, not work)
+        acc2 = acc * 0.0
+        for t in tl.static_range(KT):
+            wt = tl.load(conv_w_ptr + (c * KT + t) * WP * WP + w_tile)
+            if CHAINS == 2 and t % 2 == 1:
+                acc2 = _dot(hs[t], wt, acc2, PRECISION, INTERP_BF16)
+            else:
+                acc = _dot(hs[t], wt, acc, PRECISION, INTERP_BF16)
+        if CHAINS == 2 and KT > 1:
+            acc = acc + acc2
+        return acc
+
+    @triton.jit
+    def _block_plain(new, pos, st, b: tl.constexpr, D, col0, offs_c, conv_w_ptr, conv_b_ptr, pre_ptr, w_tile,
+                     k_tile, k_mask, KT: tl.constexpr, KT_PAD: tl.constexpr, LOG2_KT_PAD: tl.constexpr,
+                     WP: tl.constexpr, PRE_MASK: tl.constexpr, RELU1_MASK: tl.constexpr, RELU2_MASK: tl.constexpr,
+                     BLOCK_RELU_MASK: tl.constexpr, PRECISION: tl.constexpr, INTERP_BF16: tl.constexpr,
+                     BLOCK_P: tl.constexpr, KCAT: tl.constexpr, CHAINS: tl.constexpr):
+        # residual block b, windows gathered by the convs: its input ``new`` is at position pos; st = (input
+        # window, conv1-output window). Returns (the block's output at pos - LAG, the windows for the next step).
+        dt = conv_w_ptr.dtype.element_ty
+        HALF: tl.constexpr = KT // 2
+        LAG: tl.constexpr = KT - 1
+        yw = st[0][1:] + (new,)
+        # conv1 (optionally after the pre-activation affine + ReLU) -> position pos - HALF
+        acc = tl.zeros((BLOCK_P, WP), dtype=tl.float32) + tl.load(conv_b_ptr + (2 * b) * WP + offs_c)[None, :]
+        hs = yw
+        if (PRE_MASK >> b) & 1:
+            sc = tl.load(pre_ptr + (2 * b) * WP + offs_c)
+            sh = tl.load(pre_ptr + (2 * b + 1) * WP + offs_c)
+            hs = ()
+            for t in tl.static_range(KT):
+                h = tl.maximum(yw[t].to(tl.float32) * sc[None, :] + sh[None, :], 0.0)
+                hs = hs + (_round(tl.where(_in_bands(pos - LAG + t, D, col0), h, 0.0), dt, INTERP_BF16),)
+        if KCAT:
+            wk = tl.load(conv_w_ptr + (2 * b) * KT * WP * WP + k_tile, mask=k_mask, other=0.0)
+            acc = _dot(_cat_taps(hs, KT, KT_PAD, LOG2_KT_PAD), wk, acc, PRECISION, INTERP_BF16)
+        else:
+            acc = _taps(hs, 2 * b, acc, conv_w_ptr, w_tile, KT, WP, PRECISION, INTERP_BF16, CHAINS)
+        if (RELU1_MASK >> b) & 1:
+            acc = tl.maximum(acc, 0.0)
+        u = _round(tl.where(_in_bands(pos - HALF, D, col0), acc, 0.0), dt, INTERP_BF16)
+        uw = st[1][1:] + (u,)
+        # conv2 -> position pos - LAG, then the identity add (the oldest tile of yw is that position)
+        acc = tl.zeros((BLOCK_P, WP), dtype=tl.float32) + tl.load(conv_b_ptr + (2 * b + 1) * WP + offs_c)[None, :]
+        if KCAT:
+            wk = tl.load(conv_w_ptr + (2 * b + 1) * KT * WP * WP + k_tile, mask=k_mask, other=0.0)
+            acc = _dot(_cat_taps(uw, KT, KT_PAD, LOG2_KT_PAD), wk, acc, PRECISION, INTERP_BF16)
+        else:
+            acc = _taps(uw, 2 * b + 1, acc, conv_w_ptr, w_tile, KT, WP, PRECISION, INTERP_BF16, CHAINS)
+        if (RELU2_MASK >> b) & 1:
+            acc = tl.maximum(acc, 0.0)
+        acc = acc + yw[0].to(tl.float32)
+        if (BLOCK_RELU_MASK >> b) & 1:
+            acc = tl.maximum(acc, 0.0)
+        out = _round(tl.where(_in_bands(pos - LAG, D, col0), acc, 0.0), dt, INTERP_BF16)
+        return out, (yw, uw)
+
+    @triton.jit
     def _step(j, state, acc_r, x_rows, stride_xb, B, D, p_mask, col0, offs_k, offs_c, stem_w, stem_b,
               conv_w_ptr, conv_b_ptr, pre_ptr, post_ptr, red_w_ptr, w_tile, k_tile, k_mask, r_tile,
               STEM_STRIDE: tl.constexpr, KS: tl.constexpr, KT: tl.constexpr, KT_PAD: tl.constexpr,
@@ -260,12 +323,14 @@ if HAS_TRITON:
               NUM_POST: tl.constexpr, WP: tl.constexpr, FP: tl.constexpr, STEM_RELU: tl.constexpr,
               PRE_MASK: tl.constexpr, RELU1_MASK: tl.constexpr, RELU2_MASK: tl.constexpr, BLOCK_RELU_MASK: tl.constexpr,
               PRECISION: tl.constexpr, INTERP_BF16: tl.constexpr, BLOCK_P: tl.constexpr, KCAT: tl.constexpr,
-              SCATTER: tl.constexpr):
+              SCATTER: tl.constexpr, CHAINS: tl.constexpr, PIPE: tl.constexpr):
         # one wavefront step: stem position j, every block's output LAG further back, that position's reduce
         # share. state[b]: (input window, conv1-output window) gathered by the convs, or with SCATTER
-        # (conv1 partial sums, conv2 partial sums, block input delayed by LAG)
+        # (conv1 partial sums, conv2 partial sums, block input delayed by LAG). PIPE: every stage (stem, each
+        # block, the reduce) takes what the stage before it made in the PREVIOUS step (state[NUM_BLOCKS] holds
+        # those hand-off tiles), so the stages of one step do not wait on each other and their MMA chains can
+        # interleave; each stage then lags one more position.
         dt = conv_w_ptr.dtype.element_ty
-        HALF: tl.constexpr = KT // 2
         LAG: tl.constexpr = KT - 1  # a residual block's output lags its input by two half-kernels
         # stem: valid conv, stride STEM_STRIDE, one input channel -> position j
         cols = j * STEM_STRIDE + offs_k
@@ -275,58 +340,28 @@ if HAS_TRITON:
         if STEM_RELU:
             s = tl.maximum(s, 0.0)
         new = _round(tl.where(_in_bands(j, D, col0), s, 0.0), dt, INTERP_BF16)
+        made = (new,)
         pos = j
         state_next = ()
         for b in tl.static_range(NUM_BLOCKS):
+            if PIPE:  # the previous step's output of stage b (stem for b = 0), one position per step behind
+                new = state[NUM_BLOCKS][b]
+                pos = j - 1 - b * (LAG + 1)
             if SCATTER:
                 new, st = _block_scatter(new, pos, state[b], b, D, col0, offs_c, conv_w_ptr, conv_b_ptr, pre_ptr, w_tile,
                                          KT, WP, PRE_MASK, RELU1_MASK, RELU2_MASK, BLOCK_RELU_MASK, PRECISION,
                                          INTERP_BF16, BLOCK_P)
-                state_next = state_next + (st,)
-                pos = pos - LAG
             else:
-                yw = state[b][0][1:] + (new,)
-                # conv1 (optionally after the pre-activation affine + ReLU) -> position pos - HALF
-                acc = tl.zeros((BLOCK_P, WP), dtype=tl.float32) + tl.load(conv_b_ptr + (2 * b) * WP + offs_c)[None, :]
-                if (PRE_MASK >> b) & 1:
-                    sc = tl.load(pre_ptr + (2 * b) * WP + offs_c)
-                    sh = tl.load(pre_ptr + (2 * b + 1) * WP + offs_c)
-                hs = ()
-                for t in tl.static_range(KT):
-                    h = yw[t]
-                    if (PRE_MASK >> b) & 1:
-                        q = pos - LAG + t
-                        h = tl.maximum(h.to(tl.float32) * sc[None, :] + sh[None, :], 0.0)
-                        h = _round(tl.where(_in_bands(q, D, col0), h, 0.0), dt, INTERP_BF16)
-                    if KCAT:
-                        hs = hs + (h,)
-                    else:
-                        wt = tl.load(conv_w_ptr + ((2 * b) * KT + t) * WP * WP + w_tile)
-                        acc = _dot(h, wt, acc, PRECISION, INTERP_BF16)
-                if KCAT:
-                    wk = tl.load(conv_w_ptr + (2 * b) * KT * WP * WP + k_tile, mask=k_mask, other=0.0)
-                    acc = _dot(_cat_taps(hs, KT, KT_PAD, LOG2_KT_PAD), wk, acc, PRECISION, INTERP_BF16)
-                if (RELU1_MASK >> b) & 1:
-                    acc = tl.maximum(acc, 0.0)
-                u = _round(tl.where(_in_bands(pos - HALF, D, col0), acc, 0.0), dt, INTERP_BF16)
-                uw = state[b][1][1:] + (u,)
-                # conv2 -> position pos - LAG, then the identity add (the oldest tile of yw is that position)
-                acc = tl.zeros((BLOCK_P, WP), dtype=tl.float32) + tl.load(conv_b_ptr + (2 * b + 1) * WP + offs_c)[None, :]
-                if KCAT:
-                    wk = tl.load(conv_w_ptr + (2 * b + 1) * KT * WP * WP + k_tile, mask=k_mask, other=0.0)
-                    acc = _dot(_cat_taps(uw, KT, KT_PAD, LOG2_KT_PAD), wk, acc, PRECISION, INTERP_BF16)
-                else:
-                    for t in tl.static_range(KT):
-                        wt = tl.load(conv_w_ptr + ((2 * b + 1) * KT + t) * WP * WP + w_tile)
-                        acc = _dot(uw[t], wt, acc, PRECISION, INTERP_BF16)
-                if (RELU2_MASK >> b) & 1:
-                    acc = tl.maximum(acc, 0.0)
-                acc = acc + yw[0].to(tl.float32)
-                if (BLOCK_RELU_MASK >> b) & 1:
-                    acc = tl.maximum(acc, 0.0)
-                pos = pos - LAG
-                new = _round(tl.where(_in_bands(pos, D, col0), acc, 0.0), dt, INTERP_BF16)
-                state_next = state_next + ((yw, uw),)
+                new, st = _block_plain(new, pos, state[b], b, D, col0, offs_c, conv_w_ptr, conv_b_ptr, pre_ptr,
+                                       w_tile, k_tile, k_mask, KT, KT_PAD, LOG2_KT_PAD, WP, PRE_MASK, RELU1_MASK,
+                                       RELU2_MASK, BLOCK_RELU_MASK, PRECISION, INTERP_BF16, BLOCK_P, KCAT, CHAINS)
+            state_next = state_next + (st,)
+            pos = pos - LAG
+            made = made + (new,)
+        if PIPE:  # the reduce takes the last stage's output of the previous step
+            new = state[NUM_BLOCKS][NUM_BLOCKS]
+            pos = j - 1 - NUM_BLOCKS * (LAG + 1)
+            state_next = state_next + (made,)
         # stage affines (pointwise), then this position's share of the full-band reduction
         yf = new.to(tl.float32)
         for a in tl.static_range(NUM_POST):
@@ -351,7 +386,7 @@ if HAS_TRITON:
         STEM_RELU: tl.constexpr, PRE_MASK: tl.constexpr, RELU1_MASK: tl.constexpr, RELU2_MASK: tl.constexpr,
         BLOCK_RELU_MASK: tl.constexpr, REDUCE_RELU: tl.constexpr, PRECISION: tl.constexpr,
         INTERP_BF16: tl.constexpr, BLOCK_P: tl.constexpr, UNROLL: tl.constexpr, KCAT: tl.constexpr,
-        SCATTER: tl.constexpr,
+        SCATTER: tl.constexpr, CHAINS: tl.constexpr = 1, PIPE: tl.constexpr = False,
     ):
         dt = stem_w_ptr.dtype.element_ty  # dot operand dtype (the input's); accumulation is fp32
         pid = tl.program_id(0)
@@ -383,18 +418,20 @@ if HAS_TRITON:
                 state = state + (((bias1,) * LAG, (bias2,) * LAG, (zero,) * LAG),)
         else:  # per block: its input at positions pos-KT+1 .. pos, conv1 output at pos-HALF-KT+1 .. pos-HALF
             state = (((zero,) * KT, (zero,) * KT),) * NUM_BLOCKS
+        if PIPE:  # the hand-off tiles: what the stem and each block made in the previous step
+            state = state + ((zero,) * (NUM_BLOCKS + 1),)
         acc_r = tl.zeros((BLOCK_P, FP), dtype=tl.float32)
 
         # UNROLL steps per iteration: a tile made inside the iteration feeds the later steps' dots straight from
         # registers; only loop-carried tiles are staged through shared memory. Steps past the last one needed
         # are harmless: every position outside [0, D) is zero and its reduce weights load as zero.
-        for j0 in range(0, D + NUM_BLOCKS * LAG, UNROLL):
+        for j0 in range(0, D + NUM_BLOCKS * LAG + (NUM_BLOCKS + 1 if PIPE else 0), UNROLL):
             for i in tl.static_range(UNROLL):
                 state, acc_r = _step(
                     j0 + i, state, acc_r, x_rows, stride_xb, B, D, p_mask, col0, offs_k, offs_c, stem_w,
                     stem_b, conv_w_ptr, conv_b_ptr, pre_ptr, post_ptr, red_w_ptr, w_tile, k_tile, k_mask, r_tile,
                     STEM_STRIDE, KS, KT, KT_PAD, LOG2_KT_PAD, NUM_BLOCKS, NUM_POST, WP, FP, STEM_RELU, PRE_MASK, RELU1_MASK, RELU2_MASK, BLOCK_RELU_MASK,
-                    PRECISION, INTERP_BF16, BLOCK_P, KCAT, SCATTER)
+                    PRECISION, INTERP_BF16, BLOCK_P, KCAT, SCATTER, CHAINS, PIPE)
 
         out = acc_r + tl.load(red_b_ptr + offs_f)[None, :]
         if REDUCE_RELU:
@@ -432,6 +469,23 @@ if HAS_TRITON:
                 for bp, nw, un, kc, sc in [
                     (16, 4, 1, False, False), (32, 4, 1, False, False), (32, 8, 1, False, False),
                     (16, 4, 2, False, False), (16, 4, 1, False, True)]]
+
+    # Trials, not yet timed on a GPU, so not autotuned: benchmarks/kernels.py times each pinned. Offline sm_90
+    # compiles (Triton 3.9, bf16, two blocks; benchmarks/results/kernel-compile-sm90.md): with 4 warps on 16
+    # or 32 rows the MMA layout splits a tile's channels across warps, so every tap's operand crosses shared
+    # memory behind a CTA barrier (58 bar.sync in the 16/4 kernel, 31 stagings per step), and the barriers cut
+    # a step into short stretches the scheduler cannot interleave. One warp per program (16/1) owns whole rows:
+    # the conversions stay in registers (2 stagings per step, 10 barriers in all), at the price of ~1.5 KB of
+    # spills and, with the weights staged in 66 KB of shared memory per program, at most 3 warps per SM. Two
+    # variants aim at latency: CHAINS=2 splits each conv's KT-tap accumulation into two independent MMA
+    # chains; PIPE lets every stage (stem, each block, the reduce) take what the stage before it made in the
+    # previous step, so the stages of a step do not wait on each other (one more position of lag per stage).
+    # Both give the plain form's numbers (interpreter) with the same MMA count.
+    _TRIAL_CONFIGS = [triton.Config({"BLOCK_P": bp, "UNROLL": un, "KCAT": False, "SCATTER": False} | extra,
+                                    num_warps=nw, num_stages=1)
+                      for bp, nw, un, extra in [
+                          (16, 1, 1, {}), (16, 1, 1, {"CHAINS": 2}), (16, 1, 1, {"PIPE": True}),
+                          (16, 4, 1, {"PIPE": True}), (16, 4, 2, {"CHAINS": 2})]]
 
     def _prune_configs(configs, named_args, **meta):
         # exact fp32 dots lower to FMA loops (no tensor cores) that compile slowly (7-32 s each on a shared CPU)
@@ -597,14 +651,15 @@ def _products(x: torch.Tensor, allow_tf32: bool, input_precision: str | None) ->
 
 
 _VARIANT_KEYS = ("BLOCK_P", "UNROLL", "KCAT", "SCATTER")
+_OPTIONAL_KEYS = ("CHAINS", "PIPE")  # default 1 and False: the forms every earlier measurement ran
 
 
 def _check_config(config: dict) -> None:
     missing = [k for k in _VARIANT_KEYS if k not in config]
-    extra = sorted(set(config) - set(_VARIANT_KEYS) - {"num_warps", "num_stages"})
+    extra = sorted(set(config) - set(_VARIANT_KEYS) - set(_OPTIONAL_KEYS) - {"num_warps", "num_stages"})
     if missing or extra:
-        raise ValueError(f"config needs keys {list(_VARIANT_KEYS)} (optional num_warps, num_stages); "
-                         f"missing {missing}, unknown {extra}")
+        raise ValueError(f"config needs keys {list(_VARIANT_KEYS)} (optional {list(_OPTIONAL_KEYS)}, num_warps, "
+                         f"num_stages); missing {missing}, unknown {extra}")
     bp, un, kc, sc = config["BLOCK_P"], config["UNROLL"], config["KCAT"], config["SCATTER"]
     if not (isinstance(bp, int) and bp >= 16 and bp & (bp - 1) == 0):
         raise ValueError(f"config BLOCK_P must be a power of two >= 16 (a tl.dot tile); got {bp!r}")
@@ -614,6 +669,11 @@ def _check_config(config: dict) -> None:
         raise ValueError(f"config KCAT and SCATTER must be bools; got KCAT={kc!r}, SCATTER={sc!r}")
     if kc and sc:
         raise ValueError("config KCAT and SCATTER are two forms of the same convs: set at most one")
+    chains, pipe = config.get("CHAINS", 1), config.get("PIPE", False)
+    if chains not in (1, 2) or isinstance(chains, bool):
+        raise ValueError(f"config CHAINS must be 1 or 2 (accumulator chains per conv); got {chains!r}")
+    if not isinstance(pipe, bool):
+        raise ValueError(f"config PIPE must be a bool; got {pipe!r}")
 
 
 def _launch(x: torch.Tensor, program: SpectralProgram, precision: str,
@@ -740,9 +800,9 @@ def triton_kernel_report(x: torch.Tensor, program: SpectralProgram, *, allow_tf3
         info[name] = getattr(md, name, None) if md is not None and not isinstance(md, dict) else (md or {}).get(name)
     try:
         chosen = config if config is not None else _active_tuner().best_config.kwargs
-        info.update({key: chosen.get(key) for key in _VARIANT_KEYS})
+        info.update({key: chosen.get(key) for key in _VARIANT_KEYS + _OPTIONAL_KEYS})
     except Exception:  # noqa: BLE001 - informational
-        info.update(dict.fromkeys(_VARIANT_KEYS))
+        info.update(dict.fromkeys(_VARIANT_KEYS + _OPTIONAL_KEYS))
     ttgir, ptx = str(asm.get("ttgir", "")), str(asm.get("ptx", ""))
     info.update({f"ttgir {op}": ttgir.count(op) for op in _TTGIR_OPS})
     info.update({f"ptx {op}": ptx.count(op) for op in _PTX_OPS})

@@ -53,6 +53,16 @@ CASES = [
     ("scatter-unroll2-seed-b17-w16-k3-fp16", 17, 16, 40, 2, "seed", 1, 3, "float16",
      {"config": dict(SCATTER, UNROLL=2), "kernel": 3}),
     ("scatter-seed-b12-w16-k1", 12, 16, 40, 2, "seed", 1, 3, "float32", {"config": SCATTER, "kernel": 1}),
+    # the latency variants (same arithmetic as the plain form, another schedule)
+    ("chains2-seed-b31-w20-post2-bf16", 31, 20, 128, 2, "seed", 2, 4, "bfloat16", {"config": dict(PLAIN, CHAINS=2)}),
+    ("pipe-seed-b31-w20-post2", 31, 20, 128, 2, "seed", 2, 4, "float32", {"config": dict(PLAIN, PIPE=True)}),
+    ("pipe-chains2-paper-b23-w24-bf16", 23, 24, 128, 2, "paper", 0, 3, "bfloat16",
+     {"config": dict(PLAIN, PIPE=True, CHAINS=2)}),
+    ("pipe-unroll2-seed-b22-w20-1block-post1", 22, 20, 64, 1, "seed", 1, 3, "float32",
+     {"config": dict(PLAIN, PIPE=True, UNROLL=2)}),
+    ("pipe-scatter-paper-b17-w16-k3", 17, 16, 40, 2, "paper", 0, 3, "float16",
+     {"config": dict(PLAIN, PIPE=True, SCATTER=True), "kernel": 3}),
+    ("pipe-kcat-spa-b29-w24-0blocks", 29, 24, 128, 0, "paper", 0, 3, "float32", {"config": dict(KCAT, PIPE=True)}),
     # split fp32 products (the interpreter multiplies in fp32 whatever they are: this checks the plumbing)
     ("tf32x3-paper-b23-w24", 23, 24, 128, 2, "paper", 0, 3, "float32", {"input_precision": "tf32x3"}),
 ]

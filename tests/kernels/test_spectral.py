@@ -142,7 +142,9 @@ def test_pinned_config_is_checked(prog: SpectralProgram) -> None:
     ok = dict(BLOCK_P=16, UNROLL=1, KCAT=False, SCATTER=False)
     for bad, match in [(dict(BLOCK_P=16, UNROLL=1), "missing"), (dict(ok, BLOCK_P=24), "power of two"),
                        (dict(ok, UNROLL=0), "UNROLL must be"), (dict(ok, KCAT=1), "must be bools"),
-                       (dict(ok, KCAT=True, SCATTER=True), "at most one"), (dict(ok, warps=4), "unknown")]:
+                       (dict(ok, KCAT=True, SCATTER=True), "at most one"), (dict(ok, warps=4), "unknown"),
+                       (dict(ok, CHAINS=3), "CHAINS must be 1 or 2"), (dict(ok, CHAINS=True), "CHAINS must be"),
+                       (dict(ok, PIPE=1), "PIPE must be a bool")]:
         with pytest.raises(ValueError, match=match):
             spectral_stage_triton(torch.zeros(4, 23), prog, config=bad)
 
@@ -198,6 +200,20 @@ def test_split_fp32_products_run_on_tensor_cores() -> None:
     n = {p: t.count("mma.sync") + t.count("wgmma.mma_async") for p, t in ptx.items()}
     assert n["tf32"] > 0 and n["tf32x3"] == 3 * n["tf32"] and 2 * n["bf16x3"] == 3 * n["tf32"], n
     assert all("fma.rn.f32" not in t for t in ptx.values())
+
+
+def test_one_warp_programs_stage_no_operand_through_shared_memory() -> None:
+    """Why the 16-row / 1-warp configs exist: one warp owns whole rows, so the accumulator -> dot-operand
+    conversions of the window tiles stay in registers (the 4-warp form stages 31 per step, each behind a
+    barrier); CHAINS and PIPE change the schedule, not the MMA count."""
+    one = {name: _compile_sm90("paper", 2, 0, "bf16", dict(PLAIN, BLOCK_P=16, **extra), num_warps=1)
+           for name, extra in (("plain", {}), ("chains", {"CHAINS": 2}), ("pipe", {"PIPE": True}))}
+    four = _compile_sm90("paper", 2, 0, "bf16", dict(PLAIN, BLOCK_P=16), num_warps=4)
+    stagings = {n: loop_body(k.asm["ttgir"]).count("ttg.local_alloc") for n, k in one.items()}
+    assert max(stagings.values()) <= 4 < loop_body(four.asm["ttgir"]).count("ttg.local_alloc"), stagings
+    assert all(k.asm["ptx"].count("bar.sync") * 4 < four.asm["ptx"].count("bar.sync") for k in one.values())
+    mmas = {n: k.asm["ptx"].count("mma.sync") for n, k in one.items()}
+    assert len(set(mmas.values())) == 1 and mmas["plain"] > 0, mmas
 
 
 def test_kcat_stages_each_conv_operand_once() -> None:
@@ -256,22 +272,22 @@ def test_gpu_matches_reference_realistic(bands: int, dtype: torch.dtype) -> None
 
 def _config_ids() -> list[int]:
     try:
-        from kernels.spectral import _CONFIGS
+        from kernels.spectral import _CONFIGS, _TRIAL_CONFIGS
     except ImportError:  # pragma: no cover - no triton
         return []
-    return list(range(len(_CONFIGS)))
+    return list(range(len(_CONFIGS) + len(_TRIAL_CONFIGS)))
 
 
 @gpu
 @pytest.mark.parametrize("i", _config_ids())
 def test_gpu_every_autotuned_variant_matches_reference(i: int) -> None:
-    """Each config the autotuner may pick, pinned, at a realistic size (bf16; the seed form with a pre-affine,
-    an odd pixel count); float32 too where the exact path tunes over it."""
+    """Each config the autotuner may pick, and each trial config, pinned, at a realistic size (bf16; the seed
+    form with a pre-affine, an odd pixel count); float32 too where the exact path tunes over it."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     from kernels import spectral
 
-    c = spectral._CONFIGS[i]
+    c = (spectral._CONFIGS + spectral._TRIAL_CONFIGS)[i]
     cfg = dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
     check_tolerance(_cuda_case(200, 5_003, torch.bfloat16, form="seed", stage_norms=2, config=cfg))
     if c in spectral._prune_configs(spectral._CONFIGS, {"x_ptr": torch.zeros(1)}, PRECISION="ieee"):
