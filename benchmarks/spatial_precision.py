@@ -42,8 +42,8 @@ def classify_map(scene, model, *, device: str, backend: str, precision: str, spa
     return sink.labels.copy()
 
 
-def time_engine(side: int, reps: int, *, device: str, backend: str) -> list[tuple[str, str, float, float]]:
-    """``(precision, spatial precision, median s, min s)`` per run of the engine on a random ``200 x side x side``
+def time_engine(side: int, reps: int, *, device: str, backend: str) -> list[tuple[str, str, str, float, float]]:
+    """``(precision, spatial precision, spatial form, median s, min s)`` per run of the engine on a random ``200 x side x side``
     scene in memory: float32, and each low precision with its spatial stage in float32 and in that precision;
     the engines alternate run by run."""
     import statistics
@@ -78,7 +78,8 @@ def time_engine(side: int, reps: int, *, device: str, backend: str) -> list[tupl
             if job.device.type == "cuda":
                 torch.cuda.synchronize()
             times[precision, sp].append(time.perf_counter() - t0)
-    return [(precision, sp, statistics.median(ts[1:]), min(ts[1:])) for (precision, sp), ts in times.items()]
+    return [(precision, sp, f"{engines[precision, sp].spatial_form}, {engines[precision, sp].max_windows} windows "
+             "per call", statistics.median(ts[1:]), min(ts[1:])) for (precision, sp), ts in times.items()]
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -136,20 +137,21 @@ def main(argv: list[str] | None = None) -> Path:
         lines.append(f"| {precision} | {spatial} | {sp} | {diff} | {1 - diff / n:.5f} | "
                      f"{100 * float((m[mask] == labels[mask]).mean()):.2f} |")
     lines += ["", "`FusedSSRN(spatial_precision=...)`: `float32` runs the per-window blocks in float32 (TF32 GEMMs "
-              "and convs on CUDA when the engine's precision is low), the engine's precision runs them under "
-              "autocast in it; `auto` (the default) picks bfloat16 for a bfloat16 engine on a CPU with AMX-BF16 "
-              "units, float32 elsewhere."]
+              "and convs on CUDA when the engine's precision is low), the engine's precision runs them in it "
+              "(weights cast once, windows per call); `auto` (the default) picks bfloat16 for a bfloat16 engine on "
+              "a CPU with AMX-BF16 units, float32 elsewhere. The spatial form `auto` is then the dense GEMMs at "
+              "2,048 windows per call on such a CPU."]
     if args.time_side:
         timed = time_engine(args.time_side, args.reps, device=args.device, backend=args.backend)
-        base = timed[0][2]
+        base = timed[0][3]
         lines += ["", "## The engine end to end, spatial stage in float32 and in the engine's precision", "",
                   f"Random {args.time_side} x {args.time_side} x 200 float32 scene in memory, random-init Indian "
                   f"Pines SSRN, default tile and readers, backend {args.backend}; the engines alternate run by "
                   f"run, {args.reps} timed runs each after one warm-up round.", "",
-                  "| precision | spatial precision | s per run (median) | min | pixels/s | x float32 engine |",
-                  "|---|---|---:|---:|---:|---:|"]
-        for precision, sp, med, lo in timed:
-            lines.append(f"| {precision} | {sp} | {med:.3f} | {lo:.3f} | {args.time_side ** 2 / med:,.0f} | "
+                  "| precision | spatial precision | spatial form (auto) | s per run (median) | min | pixels/s | "
+                  "x float32 engine |", "|---|---|---|---:|---:|---:|---:|"]
+        for precision, sp, form, med, lo in timed:
+            lines.append(f"| {precision} | {sp} | {form} | {med:.3f} | {lo:.3f} | {args.time_side ** 2 / med:,.0f} | "
                          f"{base / med:.2f} |")
     out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"spatial-precision-{device.type}.md"
     return write_report(out, lines)

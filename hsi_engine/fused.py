@@ -8,8 +8,9 @@ on the patch the pixel sits in. ``FusedSSRN`` therefore runs, for one tile read 
 2. the valid 3x3 spatial stem densely over the tile's 128-feature map (a plain conv2d),
 3. only the small spatial residual blocks, pooling and head per pixel, on the ``(P-2) x (P-2)``
    windows of the dense stem output (``unfold``; the blocks' same-padding zero-pads each window
-   exactly as in patch mode): as 3x3 convs, or, in bf16 / fp16 on CUDA, as one dense GEMM per conv over
-   the flattened window (``spatial_dense``: 2.3x the convs on an H200, benchmarks/results/kernels-h200.md).
+   exactly as in patch mode): as 3x3 convs, or, in bf16 / fp16 on CUDA and in bf16 on a CPU with AMX, as one
+   dense GEMM per conv over the flattened window (``spatial_dense``: 2.3x the convs on an H200,
+   benchmarks/results/kernels-h200.md).
 
 The result equals ``SSRN.forward`` on the pixel's patch cut from the zero-padded normalised scene
 (float32: logits to ~1e-6 relative; tests hold 1e-4), at ~1/30 of the arithmetic.
@@ -116,10 +117,10 @@ class SpatialProgram:
     head_w: torch.Tensor  # (classes, 24)
     head_b: torch.Tensor
 
-    def to(self, device: torch.device | str | None) -> "SpatialProgram":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "SpatialProgram":
         from kernels.program import _map_tensors
 
-        return _map_tensors(self, lambda t: t.to(device))
+        return _map_tensors(self, lambda t: t.to(device=device, dtype=dtype))
 
 
 def fold_spatial(model: nn.Module) -> SpatialProgram:
@@ -167,6 +168,11 @@ class DenseSpatial:
     post: tuple
     head_w: torch.Tensor
     head_b: torch.Tensor
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "DenseSpatial":
+        from kernels.program import _map_tensors
+
+        return _map_tensors(self, lambda t: t.to(device=device, dtype=dtype))
 
 
 def dense_spatial(sp: SpatialProgram, win: int) -> DenseSpatial:
@@ -232,18 +238,19 @@ class FusedSSRN:
     ``backend``: ``eager`` | ``compile`` | ``triton`` | ``auto`` (via ``kernels.dispatch``); ``precision``:
     ``float32`` (exact) or ``bfloat16`` / ``float16`` (opt-in: autocast / low-precision kernel on the spectral
     stage; the spatial stage follows ``spatial_precision``). ``max_pixels`` bounds the pixels per spectral
-    call and the windows per spatial call, so memory depends on it and not on the tile size beyond the tile
-    itself (default: 512 on CPU, 65536 on GPU).
+    call and (but for the 2,048 below) the windows per spatial call, so memory depends on it and not on the
+    tile size beyond the tile itself (default: 512 on CPU, 65536 on GPU).
     ``spatial``: how the per-window blocks run: ``conv`` (:func:`spatial_windows`), ``dense``
     (:func:`spatial_dense`, one GEMM per conv) or ``auto``: dense on CUDA in bfloat16 / float16 (TF32 GEMMs, the
-    precision the convs had there) for windows of at most 5x5, conv elsewhere (float32 stays on the convs
-    that the exactness tests hold to patch mode). ``spatial_precision``: ``float32`` (the per-window blocks in
-    float32, TF32 on CUDA when ``precision`` is low), the engine's own low ``precision`` (they run under autocast
-    in it too), or ``auto``: bfloat16 for a bfloat16 engine on a CPU with AMX-BF16 units (the bf16 engine end to
-    end about 1.2x there, benchmarks/results/spatial-precision-cpu.md), float32 elsewhere: CUDA (not yet timed on a
-    GPU), float16 (slower than float32 on that CPU, either way) and CPUs without AMX (not measured). On the
-    shipped Indian Pines scene the bf16 spatial stage moved 3 more of 21,025 pixels than the bf16 spectral stage
-    alone; fp16 none.
+    precision the convs had there) and for a bf16 spatial stage on an AMX CPU, for windows of at most 5x5, conv
+    elsewhere (float32 stays on the convs that the exactness tests hold to patch mode). ``spatial_precision``:
+    ``float32`` (the per-window blocks in float32, TF32 on CUDA when ``precision`` is low), the engine's own low
+    ``precision`` (they run in it, weights cast once), or ``auto``: bfloat16 for a bfloat16 engine on a CPU with AMX-BF16 units, where
+    it then runs as dense GEMMs at 2,048 windows per call (the bf16 engine end to end 1.45x the same engine with
+    a float32 spatial stage, 2.68x the float32 engine: benchmarks/results/spatial-precision-cpu.md), float32
+    elsewhere: CUDA (not yet timed on a GPU), float16 (slower than float32 on that CPU, either way) and CPUs
+    without AMX (not measured). On the shipped Indian Pines scene the bf16 spatial stage moved 2 more of 21,025
+    pixels than the bf16 spectral stage alone (55 against 53); fp16 none.
     """
 
     def __init__(self, model: nn.Module, *, backend: str = "auto", device: torch.device | str | None = None,
@@ -279,14 +286,21 @@ class FusedSSRN:
         self._spectral = get_spectral_stage(self.backend, self.device, self.dtype)
         self._compiled_once = False
         win = self.patch - 2
-        if spatial == "auto":
-            spatial = "dense" if (self.device.type == "cuda" and self.dtype != torch.float32 and win <= 5
-                                  and self.backend != "compile") else "conv"
-        self.spatial_form = spatial
+        cpu_bf16 = self.device.type == "cpu" and precision == "bfloat16" and _cpu_has_amx_bf16()
         if spatial_precision == "auto":
-            spatial_precision = ("bfloat16" if self.device.type == "cpu" and precision == "bfloat16"
-                                 and _cpu_has_amx_bf16() else "float32")
+            spatial_precision = "bfloat16" if cpu_bf16 else "float32"
         self.spatial_precision = spatial_precision
+        # dense where measured faster: CUDA in bf16 / fp16 (TF32 GEMMs, 2.3x the convs on an H200) and the bf16
+        # spatial stage of an AMX CPU (1.16x the bf16 convs end to end, spatial-precision-cpu.md)
+        if spatial == "auto":
+            low_dense = (self.device.type == "cuda" and self.dtype != torch.float32) or (
+                cpu_bf16 and spatial_precision == "bfloat16")
+            spatial = "dense" if low_dense and win <= 5 and self.backend != "compile" else "conv"
+        self.spatial_form = spatial
+        # windows per spatial call: as many as pixels per spectral call, except the CPU's bf16 GEMMs, which ran
+        # 2x as fast per window at 2,048 windows as at 512 (AMX; 2.5 MB of bf16 activations per layer)
+        self.max_windows = (max(self.max_pixels, 2048) if max_pixels is None and spatial == "dense"
+                            and self.device.type == "cpu" and spatial_precision != "float32" else self.max_pixels)
         if spatial == "dense" and self.spatial.blocks:
             self._dense = dense_spatial(self.spatial, win)
         self._windows = self._pick_windows()
@@ -348,12 +362,14 @@ class FusedSSRN:
             windows = spatial_windows
         if self.spatial_precision == "float32":
             return windows
+        # the weights cast once, the windows once per call: autocast would cast the (600 x 600) dense matrices
+        # on every call, which took 4.5x the bf16 GEMM itself on the CPU (2,048 windows)
         low = PRECISIONS[self.spatial_precision]
-
-        def low_precision(wins: torch.Tensor, sp: SpatialProgram) -> torch.Tensor:
-            with torch.autocast(self.device.type, dtype=low):
-                return windows(wins, sp).float()
-        return low_precision
+        if windows == self._dense_windows:
+            dense = self._dense.to(dtype=low)
+            return lambda wins, sp: spatial_dense(wins.to(low), dense).float()
+        sp_low = self.spatial.to(dtype=low)
+        return lambda wins, sp: windows(wins.to(low), sp_low).float()
 
     def _dense_windows(self, wins: torch.Tensor, sp: SpatialProgram) -> torch.Tensor:
         if self.dtype == torch.float32:
@@ -386,7 +402,7 @@ class FusedSSRN:
                 y = _relu_affine(y, a)
             pooled = F.avg_pool2d(y, win, stride=1)[0]  # (24, h, w)
             return torch.einsum("kc,chw->khw", sp.head_w, pooled) + sp.head_b.view(-1, 1, 1)
-        rows = max(1, self.max_pixels // w)
+        rows = max(1, self.max_windows // w)
         out = []
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)

@@ -131,10 +131,20 @@ def test_fused_rejects_bad_tiles():
         FusedSSRN(m, precision="bfloat16", spatial_precision="float16")
 
 
-def test_auto_spatial_form_is_dense_only_for_low_precision_on_cuda():
+def test_auto_spatial_form_is_dense_only_for_low_precision_on_cuda_or_an_amx_cpu(monkeypatch):
+    from hsi_engine import fused
+
     m = random_model()
     assert FusedSSRN(m, backend="eager").spatial_form == "conv"
-    assert FusedSSRN(m, backend="eager", precision="bfloat16").spatial_form == "conv"  # CPU
+    monkeypatch.setattr(fused, "_cpu_has_amx_bf16", lambda: False)
+    assert FusedSSRN(m, backend="eager", precision="bfloat16").spatial_form == "conv"  # CPU without AMX
+    monkeypatch.setattr(fused, "_cpu_has_amx_bf16", lambda: True)
+    amx = FusedSSRN(m, backend="eager", precision="bfloat16")
+    assert (amx.spatial_form, amx.spatial_precision, amx.max_windows) == ("dense", "bfloat16", 2048)
+    kept = FusedSSRN(m, backend="eager", precision="bfloat16", spatial_precision="float32")
+    assert (kept.spatial_form, kept.max_windows) == ("conv", 512)  # the float32 spatial stage stays on the convs
+    assert FusedSSRN(m, backend="eager", precision="bfloat16", max_pixels=300).max_windows == 300
+    assert FusedSSRN(m, backend="eager", precision="float16").spatial_form == "conv"
     if torch.cuda.is_available():
         assert FusedSSRN(m, backend="eager", device="cuda").spatial_form == "conv"  # exact float32
         assert FusedSSRN(m, backend="eager", device="cuda", precision="bfloat16").spatial_form == "dense"
@@ -143,7 +153,7 @@ def test_auto_spatial_form_is_dense_only_for_low_precision_on_cuda():
 
 
 def test_auto_spatial_precision_is_bf16_only_for_a_bf16_engine_on_an_amx_cpu(monkeypatch):
-    """``auto``: the engine's bf16 where the CPU has AMX-BF16 (measured about 1.2x end to end there); float32 for
+    """``auto``: the engine's bf16 where the CPU has AMX-BF16 (the bf16 engine 1.45x end to end there); float32 for
     float32 and float16 engines, on CPUs without AMX, and on CUDA (not timed on a GPU yet)."""
     from hsi_engine import fused
 
