@@ -246,8 +246,8 @@ class FusedSSRN:
     elsewhere (float32 stays on the convs that the exactness tests hold to patch mode). ``spatial_precision``:
     ``float32`` (the per-window blocks in float32, TF32 on CUDA when ``precision`` is low), the engine's own low
     ``precision`` (they run in it, weights cast once), or ``auto``: bfloat16 for a bfloat16 engine on a CPU with AMX-BF16 units, where
-    it then runs as dense GEMMs at 2,048 windows per call (the bf16 engine end to end 1.45x the same engine with
-    a float32 spatial stage, 2.68x the float32 engine: benchmarks/results/spatial-precision-cpu.md), float32
+    it then runs as dense GEMMs at 2,048 windows per call (the bf16 engine end to end 1.43x the same engine with
+    a float32 spatial stage, 2.61x the float32 engine: benchmarks/results/spatial-precision-cpu.md), float32
     elsewhere: CUDA (not yet timed on a GPU), float16 (slower than float32 on that CPU, either way) and CPUs
     without AMX (not measured). On the shipped Indian Pines scene the bf16 spatial stage moved 2 more of 21,025
     pixels than the bf16 spectral stage alone (55 against 53); fp16 none.
@@ -291,7 +291,7 @@ class FusedSSRN:
             spatial_precision = "bfloat16" if cpu_bf16 else "float32"
         self.spatial_precision = spatial_precision
         # dense where measured faster: CUDA in bf16 / fp16 (TF32 GEMMs, 2.3x the convs on an H200) and the bf16
-        # spatial stage of an AMX CPU (1.16x the bf16 convs end to end, spatial-precision-cpu.md)
+        # spatial stage of an AMX CPU (1.19x the bf16 convs end to end, spatial-precision-cpu.md)
         if spatial == "auto":
             low_dense = (self.device.type == "cuda" and self.dtype != torch.float32) or (
                 cpu_bf16 and spatial_precision == "bfloat16")
@@ -303,6 +303,8 @@ class FusedSSRN:
                             and self.device.type == "cpu" and spatial_precision != "float32" else self.max_pixels)
         if spatial == "dense" and self.spatial.blocks:
             self._dense = dense_spatial(self.spatial, win)
+        self._spatial_low = (None if spatial_precision == "float32"
+                             else self.spatial.to(dtype=PRECISIONS[spatial_precision]))
         self._windows = self._pick_windows()
 
     # -- stages ----------------------------------------------------------------------------------
@@ -368,7 +370,7 @@ class FusedSSRN:
         if windows == self._dense_windows:
             dense = self._dense.to(dtype=low)
             return lambda wins, sp: spatial_dense(wins.to(low), dense).float()
-        sp_low = self.spatial.to(dtype=low)
+        sp_low = self._spatial_low
         return lambda wins, sp: windows(wins.to(low), sp_low).float()
 
     def _dense_windows(self, wins: torch.Tensor, sp: SpatialProgram) -> torch.Tensor:
@@ -402,6 +404,8 @@ class FusedSSRN:
                 y = _relu_affine(y, a)
             pooled = F.avg_pool2d(y, win, stride=1)[0]  # (24, h, w)
             return torch.einsum("kc,chw->khw", sp.head_w, pooled) + sp.head_b.view(-1, 1, 1)
+        if self._spatial_low is not None:  # the windows then gather (25x the stem's size) in the low dtype
+            stem = stem.to(self._spatial_low.head_w.dtype)
         rows = max(1, self.max_windows // w)
         out = []
         for r0 in range(0, h, rows):

@@ -153,7 +153,7 @@ def test_auto_spatial_form_is_dense_only_for_low_precision_on_cuda_or_an_amx_cpu
 
 
 def test_auto_spatial_precision_is_bf16_only_for_a_bf16_engine_on_an_amx_cpu(monkeypatch):
-    """``auto``: the engine's bf16 where the CPU has AMX-BF16 (the bf16 engine 1.45x end to end there); float32 for
+    """``auto``: the engine's bf16 where the CPU has AMX-BF16 (the bf16 engine 1.43x end to end there); float32 for
     float32 and float16 engines, on CPUs without AMX, and on CUDA (not timed on a GPU yet)."""
     from hsi_engine import fused
 
