@@ -54,6 +54,27 @@ def test_cuda_bf16_is_opt_in_and_close(shipped_reference, capsys) -> None:
     assert agree > 0.98
 
 
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_cuda_low_precision_spatial_stage_is_close(shipped_reference, precision: str, capsys) -> None:
+    """``spatial_precision`` = the engine's precision on CUDA (bf16 / fp16 dense GEMMs instead of TF32): it runs,
+    moves the logits, and the map stays as close to patch mode as the low-precision spectral stage alone."""
+    from hsi_engine.fused import FusedSSRN, pad_scene
+
+    cube, model, ref = shipped_reference
+    x = pad_scene(normalise(cube, model), model.config.halo).cuda()
+    want = ref.argmax(0).numpy()
+    out = {}
+    for sp in ("float32", precision):
+        engine = FusedSSRN(model, backend="triton", device="cuda", precision=precision, spatial_precision=sp)
+        assert engine.spatial_form == "dense"
+        out[sp] = engine(x).double().cpu()
+    agree = {sp: float((o.argmax(0).numpy() == want).mean()) for sp, o in out.items()}
+    with capsys.disabled():
+        print(f"\n{precision} engine on CUDA, whole Indian Pines scene: argmax agreement with patch mode {agree}")
+    assert not torch.equal(out["float32"], out[precision])
+    assert agree[precision] > 0.98 and agree[precision] > agree["float32"] - 0.002
+
+
 def test_cuda_matches_cpu_engine_on_a_crop(shipped_reference) -> None:
     cube, model, _ = shipped_reference
     raw = np.ascontiguousarray(cube[:, 40:90, 30:101])
