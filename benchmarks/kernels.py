@@ -11,7 +11,9 @@ stem 24 k7 s2 -> 97 positions, two residual blocks of 24 k7 convs, full-band red
   ``triton`` backend as the engine calls it (:func:`kernels.dispatch.get_spectral_stage`: Gluon where it applies);
 - ``triton``: :func:`kernels.spectral.spectral_stage_triton` (CUDA only), autotuned, and then every config
   the autotuner chooses among pinned (block shape and the KCAT / UNROLL / SCATTER variants) in bfloat16,
-  and those the exact float32 path tunes over;
+  and those the exact float32 path tunes over; in float32 also with TF32 and with split products on tensor
+  cores (``input_precision`` tf32x3 / bf16x3 / bf16x6, ~fp32 accuracy); the trial configs (CHAINS, PIPE,
+  one-warp programs) pinned in bfloat16, in every mode;
 
 per layer (stem, one block conv, reduce) and for the whole stage, in float32 and bfloat16 (CUDA),
 float32 (CPU), with achieved TFLOP/s. FLOPs = ``program.flops_per_pixel() * pixels`` (2 x multiply-adds
@@ -26,6 +28,7 @@ repeated wall-clock runs after a warm-up.
     python benchmarks/kernels.py                   # CUDA when present, else CPU; writes results/kernels-<device>.md
     python benchmarks/kernels.py --device cpu --pixels 4096
     python benchmarks/kernels.py --quick           # whole-stage, spatial and default engine rows, compile last
+    python benchmarks/kernels.py --quick --no-compile --zarr-side 2048   # what a 15-minute GPU session fits
 """
 
 from __future__ import annotations
@@ -191,7 +194,8 @@ def _engine_model():
 
 def _time_run(scene, model, reps: int, *, device: str, backend: str, precision: str, readers: int | None,
               normalise_on: str | None, max_pixels: int | None, spatial: str = "auto",
-              spatial_precision: str = "auto", decoders: int | None = None) -> tuple[float, dict]:
+              spatial_precision: str = "auto", fp32_products: str = "ieee",
+              decoders: int | None = None) -> tuple[float, dict]:
     """Median seconds of the engine's whole run (hsi_engine.api's job + runner.run_plan) over ``reps`` runs,
     and the last run's counters. The engine is built once, as ``classify`` builds it, then reused."""
     from hsi_engine.api import _Job
@@ -200,7 +204,7 @@ def _time_run(scene, model, reps: int, *, device: str, backend: str, precision: 
 
     job = _Job(scene, model, tile=None, device=device, backend=backend, precision=precision, nodata=None)
     engine = FusedSSRN(job.model, backend=backend, device=job.device, precision=precision, max_pixels=max_pixels,
-                       spatial=spatial, spatial_precision=spatial_precision)
+                       spatial=spatial, spatial_precision=spatial_precision, fp32_products=fp32_products)
     cuda = job.device.type == "cuda"
     ts, stats = [], {}
     for _ in range(reps):
@@ -220,7 +224,8 @@ def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: i
                 precision: str = "float32", zarr_dir: Path | None = None, readers: int | None = None,
                 normalise_on: str | None = None, max_pixels: int | None = None,
                 scene_dtype: str = "float32", spatial: str = "auto", spatial_precision: str = "auto",
-                decoders: int | None = None, reuse_malloc: bool = False) -> tuple[str, float | None]:
+                fp32_products: str = "ieee", decoders: int | None = None,
+                reuse_malloc: bool = False) -> tuple[str, float | None]:
     """Engine end to end on a random ``200 x side x side`` scene: in memory, or streamed from a zarr store.
 
     ``normalise_on`` / ``max_pixels`` / ``decoders`` left at None are the engine's defaults; set, they reproduce
@@ -241,7 +246,7 @@ def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: i
         scene = torch.randn(200, side, side, generator=g).numpy()
     kw = dict(device=str(device), backend=backend, precision=precision, readers=readers,
               normalise_on=normalise_on, max_pixels=max_pixels, spatial=spatial,
-              spatial_precision=spatial_precision, decoders=decoders)
+              spatial_precision=spatial_precision, fp32_products=fp32_products, decoders=decoders)
     if reuse_malloc:
         from hsi_engine.allocator import reuse_large_buffers
 
@@ -269,6 +274,8 @@ def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: i
         opts.append(f"spatial={spatial}")
     if spatial_precision != "auto":
         opts.append(f"spatial_precision={spatial_precision}")
+    if fp32_products != "ieee":
+        opts.append(f"fp32_products={fp32_products}")
     if reuse_malloc:
         opts.append("malloc " + ("reusing large buffers (as the CLI runs)" if reused
                                  else "as it comes (reuse_large_buffers() not applicable here)"))
@@ -581,6 +588,8 @@ def main(argv: list[str] | None = None) -> Path:
     runs = ([("triton", "float32", False, {}), ("triton", "bfloat16", False, {}),
              ("triton", "bfloat16", False, {"spatial": "conv"}),
              ("triton", "bfloat16", False, {"spatial_precision": "bfloat16"}),
+             ("triton", "float32", False, {"fp32_products": "tf32x3"}),
+             ("triton", "float32", False, {"fp32_products": "bf16x3"}),
              ("triton", "bfloat16", False, {"scene_dtype": "uint16"}),
              ("triton", "bfloat16", False, {"normalise_on": "host"}),
              ("triton", "bfloat16", False, {"max_pixels": 8192}),
@@ -590,7 +599,7 @@ def main(argv: list[str] | None = None) -> Path:
             if cuda else [("eager", "float32", False, {}), ("eager", "bfloat16", False, {}),
                           ("eager", "bfloat16", False, {"spatial_precision": "float32"})])
     if args.quick:
-        runs = [r for r in runs if not r[3] or {"spatial", "spatial_precision", "decoders"} & set(r[3])]
+        runs = [r for r in runs if not r[3] or {"spatial", "spatial_precision", "fp32_products", "decoders"} & set(r[3])]
     zarr_tmp = tempfile.TemporaryDirectory()  # one zarr scene per side and dtype, written once for every row
     zdir = Path(args.zarr_dir) if args.zarr_dir else Path(zarr_tmp.name)
 

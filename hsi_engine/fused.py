@@ -33,6 +33,7 @@ from kernels.program import Affine, FoldedBlock, FoldedConv, SpectralProgram
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SPATIAL_FORMS = ("auto", "conv", "dense")
+FP32_PRODUCTS = ("ieee", "tf32x3", "bf16x3", "bf16x6")  # one plain TF32 product would break float32's exactness
 
 log = logging.getLogger("hsi_engine.fused")
 
@@ -250,18 +251,24 @@ class FusedSSRN:
     a float32 spatial stage, 2.61x the float32 engine: benchmarks/results/spatial-precision-cpu.md), float32
     elsewhere: CUDA (not yet timed on a GPU), float16 (slower than float32 on that CPU, either way) and CPUs
     without AMX (not measured). On the shipped Indian Pines scene the bf16 spatial stage moved 2 more of 21,025
-    pixels than the bf16 spectral stage alone (55 against 53); fp16 none.
+    pixels than the bf16 spectral stage alone (55 against 53); fp16 none. ``fp32_products``: how the triton
+    backend's float32 spectral stage multiplies on CUDA: ``ieee`` (exact FMAs, the default) or products split
+    across tensor-core MMAs that keep ~fp32 accuracy (``tf32x3``, ``bf16x3``, ``bf16x6``; see
+    ``kernels.spectral.INPUT_PRECISIONS``; not yet timed on a GPU). Other backends ignore it.
     """
 
     def __init__(self, model: nn.Module, *, backend: str = "auto", device: torch.device | str | None = None,
                  precision: str = "float32", max_pixels: int | None = None, spatial: str = "auto",
-                 spatial_precision: str = "auto") -> None:
+                 spatial_precision: str = "auto", fp32_products: str = "ieee") -> None:
         from kernels.dispatch import get_spectral_stage, resolve_backend
 
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if spatial not in SPATIAL_FORMS:
             raise ValueError(f"spatial must be one of {list(SPATIAL_FORMS)}, got {spatial!r}")
+        if fp32_products not in FP32_PRODUCTS or (fp32_products != "ieee" and precision != "float32"):
+            raise ValueError(f"fp32_products must be one of {list(FP32_PRODUCTS)}, and anything but 'ieee' only "
+                             f"with precision='float32'; got {fp32_products!r} with precision={precision!r}")
         if spatial_precision not in ("auto", "float32", precision):
             raise ValueError(f"spatial_precision must be 'auto', 'float32' or the engine's precision ({precision!r}); "
                              f"got {spatial_precision!r}: the spatial stage never runs below the spectral stage's "
@@ -284,6 +291,11 @@ class FusedSSRN:
         # triton: the kernel runs in x's dtype and packs the (float32) program for it itself
         self._program_lp = self.program if self.backend == "triton" and self.dtype != torch.float32 else None
         self._spectral = get_spectral_stage(self.backend, self.device, self.dtype)
+        self.fp32_products = fp32_products
+        if fp32_products != "ieee" and self.backend == "triton":
+            from kernels.spectral import spectral_stage_triton
+
+            self._spectral = functools.partial(spectral_stage_triton, input_precision=fp32_products)
         self._compiled_once = False
         win = self.patch - 2
         cpu_bf16 = self.device.type == "cpu" and precision == "bfloat16" and _cpu_has_amx_bf16()

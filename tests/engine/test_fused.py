@@ -129,6 +129,10 @@ def test_fused_rejects_bad_tiles():
         FusedSSRN(m, spatial_precision="bfloat16")  # a float32 engine stays exact
     with pytest.raises(ValueError, match="spatial_precision"):
         FusedSSRN(m, precision="bfloat16", spatial_precision="float16")
+    with pytest.raises(ValueError, match="fp32_products must be one of"):
+        FusedSSRN(m, fp32_products="tf32")  # one TF32 product: not float32's exactness
+    with pytest.raises(ValueError, match="only with precision='float32'"):
+        FusedSSRN(m, precision="bfloat16", fp32_products="tf32x3")
 
 
 def test_auto_spatial_form_is_dense_only_for_low_precision_on_cuda_or_an_amx_cpu(monkeypatch):

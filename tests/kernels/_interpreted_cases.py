@@ -135,10 +135,22 @@ def engine_case():
     eag = hsi_engine.classify(raw, model, backend="eager", probabilities=True, progress=False)
     from hsi_engine.fused import FusedSSRN
 
+    # the float32 engine with split products (fp32_products): the kernel's launch path through FusedSSRN
+    from hsi_engine.fused import pad_scene
+
+    mean = np.asarray(model.meta["mean"], np.float64)[:, None, None]
+    std = np.asarray(model.meta["std"], np.float64)[:, None, None]
+    x = pad_scene(torch.from_numpy(((raw - mean) / std).astype(np.float32)), model.config.halo)
+    split = FusedSSRN(model, backend="triton", fp32_products="tf32x3")
+    got, want = split(x), FusedSSRN(model, backend="eager")(x)
     return [dict(name="engine-triton-vs-eager", kind="engine", backend=FusedSSRN(model, backend="triton").backend,
                  labels_equal=bool((tri["labels"].values == eag["labels"].values).all()),
                  labels=tri["labels"].values.tolist(),
-                 max_prob_diff=float(np.abs(tri["probabilities"].values - eag["probabilities"].values).max()))]
+                 max_prob_diff=float(np.abs(tri["probabilities"].values - eag["probabilities"].values).max())),
+            dict(name="engine-triton-tf32x3-vs-eager", kind="engine", backend=split.backend,
+                 products=getattr(split._spectral, "keywords", {}).get("input_precision"),
+                 argmax_equal=bool((got.argmax(0) == want.argmax(0)).all()),
+                 rel_err=float((got - want).abs().max() / want.abs().max()))]
 
 
 def variant_check_case():

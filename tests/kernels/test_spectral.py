@@ -85,6 +85,15 @@ def test_engine_map_with_triton_equals_eager_interpreted(interpreted: dict[str, 
     assert r["max_prob_diff"] < 1e-4, r
 
 
+def test_engine_float32_with_split_products_reaches_the_kernel_interpreted(interpreted: dict[str, dict]) -> None:
+    """``FusedSSRN(fp32_products="tf32x3")`` runs the Triton kernel with split products (the interpreter multiplies
+    in fp32 whatever they are, so this checks the wiring; the GPU test checks the accuracy)."""
+    pytest.importorskip("hsi_engine")
+    r = interpreted["engine-triton-tf32x3-vs-eager"]
+    assert (r["backend"], r["products"]) == ("triton", "tf32x3"), r
+    assert r["argmax_equal"] and r["rel_err"] < FP32_RTOL, r
+
+
 def test_variant_guard_compares_with_the_plain_form_interpreted(interpreted: dict[str, dict]) -> None:
     r = interpreted["variant-check"]
     assert r["agrees"] == "", r
