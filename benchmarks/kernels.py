@@ -585,7 +585,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     side = args.engine_side or (2048 if cuda else 145)
     # (backend, precision, zarr, options): the defaults first, then the older defaults beside them
-    runs = ([("triton", "float32", False, {}), ("triton", "bfloat16", False, {}),
+    runs = ([("triton", "float32", False, {}), ("triton", "bfloat16", False, {}), ("triton", "float16", False, {}),
              ("triton", "bfloat16", False, {"spatial": "conv"}),
              ("triton", "bfloat16", False, {"spatial_precision": "bfloat16"}),
              ("triton", "float32", False, {"fp32_products": "tf32x3"}),
