@@ -309,7 +309,7 @@ def engine_profile(device: torch.device, backend: str, side: int, *, precision: 
     from torch.profiler import ProfilerActivity, profile
 
     model = _engine_model()
-    scene = torch.randn(200, side, side, generator=torch.Generator().manual_seed(5)).numpy()
+    scene = _random_scene(side, "float32")
     kw = dict(device=str(device), backend=backend, precision=precision, readers=None, normalise_on=None,
               max_pixels=None)
     _time_run(scene[:, :64, :64], model, 1, **kw)  # warm-up: compile / autotune / allocator outside the trace
