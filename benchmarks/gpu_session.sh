@@ -59,6 +59,6 @@ tar -czf "$OUT/runs.tar.gz" -C "$OUT" runs && rm -rf "$OUT/runs"
 echo "bench rc=${PIPESTATUS[0]}"
 
 # 4. what the low-precision spatial stage costs in agreement with this GPU's own numerics (seconds)
-timeout 120 python3 benchmarks/spatial_precision.py --device cuda --out "$OUT/spatial-precision-cuda.md" \
+timeout 120 python3 benchmarks/spatial_precision.py --device cuda --time-side 0 --out "$OUT/spatial-precision-cuda.md" \
   >"$OUT/spatial-precision.log" 2>&1
 echo "spatial precision rc=$?"

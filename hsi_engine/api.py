@@ -179,7 +179,7 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     with a halo of ``patch // 2``; any size gives the same map. ``backend``: ``auto``/``eager``/``compile``/
     ``triton`` (``auto``: the fused Triton kernel for bf16/fp16 on CUDA, eager otherwise, as measured; see
     ``kernels.dispatch``); ``precision``: ``float32`` (exact) or ``bfloat16``/``float16`` (opt-in: the spectral
-    stage, and on CPUs with AMX-BF16 the spatial stage too; see :class:`~hsi_engine.fused.FusedSSRN`).
+    stage; in bfloat16 on a CPU with AMX-BF16 the spatial stage too; see :class:`~hsi_engine.fused.FusedSSRN`).
     ``nodata``: input value (or ``float('nan')``) marking missing pixels -> class 0; default: the scene's
     declared nodata (``_FillValue``), if any. Without one, NaN/inf raise :class:`NonFiniteInputError`.
     ``progress``: tqdm bar with pixels/s (default: when stderr is a terminal). ``readers``/``queue_depth``:

@@ -31,8 +31,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--backend", default="auto", help="engine backend: auto, eager, compile, triton")
     p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="engine precision (float32 is exact; the others are opt-in, run the spectral stage, and "
-                        "on CPUs with AMX-BF16 the spatial stage, in that dtype: faster on GPUs and on such CPUs)")
+                   help="engine precision (float32 is exact; the others are opt-in and run the spectral stage in "
+                        "that dtype, bfloat16 on a CPU with AMX-BF16 the spatial stage too: faster on GPUs and on "
+                        "such CPUs)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

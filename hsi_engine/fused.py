@@ -239,16 +239,17 @@ class FusedSSRN:
     ``backend``: ``eager`` | ``compile`` | ``triton`` | ``auto`` (via ``kernels.dispatch``); ``precision``:
     ``float32`` (exact) or ``bfloat16`` / ``float16`` (opt-in: autocast / low-precision kernel on the spectral
     stage; the spatial stage follows ``spatial_precision``). ``max_pixels`` bounds the pixels per spectral
-    call and (but for the 2,048 below) the windows per spatial call, so memory depends on it and not on the
-    tile size beyond the tile itself (default: 512 on CPU, 65536 on GPU).
+    call and the windows per spatial call (left at its default, the CPU's dense bf16 spatial stage takes 2,048
+    windows per call), so memory depends on it and not on the tile size beyond the tile itself (default: 512 on
+    CPU, 65536 on GPU).
     ``spatial``: how the per-window blocks run: ``conv`` (:func:`spatial_windows`), ``dense``
     (:func:`spatial_dense`, one GEMM per conv) or ``auto``: dense on CUDA in bfloat16 / float16 (TF32 GEMMs, the
     precision the convs had there) and for a bf16 spatial stage on an AMX CPU, for windows of at most 5x5, conv
     elsewhere (float32 stays on the convs that the exactness tests hold to patch mode). ``spatial_precision``:
     ``float32`` (the per-window blocks in float32, TF32 on CUDA when ``precision`` is low), the engine's own low
     ``precision`` (they run in it, weights cast once), or ``auto``: bfloat16 for a bfloat16 engine on a CPU with AMX-BF16 units, where
-    it then runs as dense GEMMs at 2,048 windows per call (the bf16 engine end to end 1.43x the same engine with
-    a float32 spatial stage, 2.61x the float32 engine: benchmarks/results/spatial-precision-cpu.md), float32
+    it then runs as dense GEMMs at 2,048 windows per call (the bf16 engine end to end 1.44x the same engine with
+    a float32 spatial stage, 2.64x the float32 engine: benchmarks/results/spatial-precision-cpu.md), float32
     elsewhere: CUDA (not yet timed on a GPU), float16 (slower than float32 on that CPU, either way) and CPUs
     without AMX (not measured). On the shipped Indian Pines scene the bf16 spatial stage moved 2 more of 21,025
     pixels than the bf16 spectral stage alone (55 against 53); fp16 none. ``fp32_products``: how the triton
@@ -296,6 +297,10 @@ class FusedSSRN:
             from kernels.spectral import spectral_stage_triton
 
             self._spectral = functools.partial(spectral_stage_triton, input_precision=fp32_products)
+        elif fp32_products != "ieee":
+            log.warning("fp32_products=%r applies to the triton backend only; this engine runs the %s backend on %s "
+                        "(exact float32 products): pass backend='triton' on a CUDA device to use it",
+                        fp32_products, self.backend, self.device)
         self._compiled_once = False
         win = self.patch - 2
         cpu_bf16 = self.device.type == "cpu" and precision == "bfloat16" and _cpu_has_amx_bf16()
@@ -303,16 +308,17 @@ class FusedSSRN:
             spatial_precision = "bfloat16" if cpu_bf16 else "float32"
         self.spatial_precision = spatial_precision
         # dense where measured faster: CUDA in bf16 / fp16 (TF32 GEMMs, 2.3x the convs on an H200) and the bf16
-        # spatial stage of an AMX CPU (1.19x the bf16 convs end to end, spatial-precision-cpu.md)
+        # spatial stage of an AMX CPU (1.15x the bf16 convs end to end, spatial-precision-cpu.md)
         if spatial == "auto":
             low_dense = (self.device.type == "cuda" and self.dtype != torch.float32) or (
                 cpu_bf16 and spatial_precision == "bfloat16")
             spatial = "dense" if low_dense and win <= 5 and self.backend != "compile" else "conv"
         self.spatial_form = spatial
-        # windows per spatial call: as many as pixels per spectral call, except the CPU's bf16 GEMMs, which ran
-        # 2x as fast per window at 2,048 windows as at 512 (AMX; 2.5 MB of bf16 activations per layer)
+        # windows per spatial call: as many as pixels per spectral call (max_pixels, when given, bounds both),
+        # except the CPU's dense bf16 GEMMs by default, 1.11x faster end to end at 2,048 than at 512 (AMX; 2.5 MB of bf16
+        # activations per layer; spatial-precision-cpu.md)
         self.max_windows = (max(self.max_pixels, 2048) if max_pixels is None and spatial == "dense"
-                            and self.device.type == "cpu" and spatial_precision != "float32" else self.max_pixels)
+                            and self.device.type == "cpu" and spatial_precision == "bfloat16" else self.max_pixels)
         if spatial == "dense" and self.spatial.blocks:
             self._dense = dense_spatial(self.spatial, win)
         self._spatial_low = (None if spatial_precision == "float32"
@@ -432,11 +438,24 @@ class FusedSSRN:
 
 @functools.lru_cache(maxsize=1)
 def _cpu_has_amx_bf16() -> bool:
-    """Whether this CPU has AMX-BF16 matrix units (Linux: /proc/cpuinfo's flags), where oneDNN's bf16 convs and
-    GEMMs ran 3-4x float32 (Xeon Sapphire Rapids, benchmarks/results/kernels-cpu.md)."""
+    """Whether this CPU has AMX-BF16 matrix units that this process may use: the ``amx_bf16`` flag (Linux
+    /proc/cpuinfo) and, where torch has the probe, tiles the OS has enabled. oneDNN's bf16 convolutions ran 2.9x
+    float32 on such a Xeon (Sapphire Rapids, benchmarks/results/kernels-cpu.md)."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private; absent from older torch
+    if probe is not None:
+        try:
+            if not probe():
+                return False
+        except Exception:  # noqa: BLE001 - a probe that fails says nothing either way: the flag decides
+            pass
+    return _cpuinfo_has("amx_bf16")
+
+
+def _cpuinfo_has(flag: str, path: str = "/proc/cpuinfo") -> bool:
+    """Whether the first ``flags`` line of ``path`` lists ``flag`` (False where there is no such file)."""
     try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+        with open(path) as f:
+            return any(flag in line.split() for line in f if line.startswith("flags"))
     except OSError:
         return False
 

@@ -670,8 +670,11 @@ def _check_config(config: dict) -> None:
     if kc and sc:
         raise ValueError("config KCAT and SCATTER are two forms of the same convs: set at most one")
     chains, pipe = config.get("CHAINS", 1), config.get("PIPE", False)
-    if chains not in (1, 2) or isinstance(chains, bool):
-        raise ValueError(f"config CHAINS must be 1 or 2 (accumulator chains per conv); got {chains!r}")
+    if not (type(chains) is int and chains in (1, 2)):
+        raise ValueError(f"config CHAINS must be the int 1 or 2 (accumulator chains per conv); got {chains!r}")
+    if chains == 2 and (kc or sc):
+        raise ValueError("config CHAINS=2 splits the plain form's tap-by-tap sums; KCAT and SCATTER sum otherwise: "
+                         "set CHAINS=2 only with both off")
     if not isinstance(pipe, bool):
         raise ValueError(f"config PIPE must be a bool; got {pipe!r}")
 
@@ -800,7 +803,8 @@ def triton_kernel_report(x: torch.Tensor, program: SpectralProgram, *, allow_tf3
         info[name] = getattr(md, name, None) if md is not None and not isinstance(md, dict) else (md or {}).get(name)
     try:
         chosen = config if config is not None else _active_tuner().best_config.kwargs
-        info.update({key: chosen.get(key) for key in _VARIANT_KEYS + _OPTIONAL_KEYS})
+        info.update({key: chosen.get(key) for key in _VARIANT_KEYS})
+        info.update(CHAINS=chosen.get("CHAINS", 1), PIPE=chosen.get("PIPE", False))
     except Exception:  # noqa: BLE001 - informational
         info.update(dict.fromkeys(_VARIANT_KEYS + _OPTIONAL_KEYS))
     ttgir, ptx = str(asm.get("ttgir", "")), str(asm.get("ptx", ""))

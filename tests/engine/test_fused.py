@@ -135,6 +135,12 @@ def test_fused_rejects_bad_tiles():
         FusedSSRN(m, precision="bfloat16", fp32_products="tf32x3")
 
 
+def test_fp32_products_outside_the_triton_backend_warns(caplog):
+    with caplog.at_level("WARNING", logger="hsi_engine.fused"):
+        engine = FusedSSRN(random_model(), backend="eager", fp32_products="tf32x3")
+    assert engine.fp32_products == "tf32x3" and "applies to the triton backend only" in caplog.text
+
+
 def test_auto_spatial_form_is_dense_only_for_low_precision_on_cuda_or_an_amx_cpu(monkeypatch):
     from hsi_engine import fused
 
@@ -157,7 +163,7 @@ def test_auto_spatial_form_is_dense_only_for_low_precision_on_cuda_or_an_amx_cpu
 
 
 def test_auto_spatial_precision_is_bf16_only_for_a_bf16_engine_on_an_amx_cpu(monkeypatch):
-    """``auto``: the engine's bf16 where the CPU has AMX-BF16 (the bf16 engine 1.43x end to end there); float32 for
+    """``auto``: the engine's bf16 where the CPU has AMX-BF16 (the bf16 engine 1.44x end to end there); float32 for
     float32 and float16 engines, on CPUs without AMX, and on CUDA (not timed on a GPU yet)."""
     from hsi_engine import fused
 
@@ -173,14 +179,21 @@ def test_auto_spatial_precision_is_bf16_only_for_a_bf16_engine_on_an_amx_cpu(mon
         assert FusedSSRN(m, backend="eager", device="cuda", precision="bfloat16").spatial_precision == "float32"
 
 
-def test_amx_probe_reads_the_cpu_flags():
-    from hsi_engine.fused import _cpu_has_amx_bf16
+def test_amx_probe_needs_the_flag_and_the_os(tmp_path, monkeypatch):
+    """AMX-BF16 counts when /proc/cpuinfo lists ``amx_bf16`` and torch's probe (tiles enabled by the OS) agrees."""
+    from hsi_engine import fused
 
-    try:
-        flags = next(line.split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
-    except (OSError, StopIteration):
-        pytest.skip("no /proc/cpuinfo flags on this machine")
-    assert _cpu_has_amx_bf16() == ("amx_bf16" in flags)
+    with_amx, without = tmp_path / "amx", tmp_path / "plain"
+    with_amx.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_tile amx_bf16 amx_int8\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert fused._cpuinfo_has("amx_bf16", str(with_amx)) and not fused._cpuinfo_has("amx_bf16", str(without))
+    assert not fused._cpuinfo_has("amx_bf16", str(tmp_path / "missing"))
+    for flag, os_ok, want in ((True, True, True), (True, False, False), (False, True, False)):
+        monkeypatch.setattr(fused, "_cpuinfo_has", lambda name, flag=flag: flag)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda os_ok=os_ok: os_ok, raising=False)
+        fused._cpu_has_amx_bf16.cache_clear()
+        assert fused._cpu_has_amx_bf16() is want
+    fused._cpu_has_amx_bf16.cache_clear()
 
 
 @pytest.mark.slow  # 15-50 s of inductor compilation on 2 shared cores; run with -m slow

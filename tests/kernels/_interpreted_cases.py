@@ -63,6 +63,7 @@ CASES = [
     ("pipe-scatter-paper-b17-w16-k3", 17, 16, 40, 2, "paper", 0, 3, "float16",
      {"config": dict(PLAIN, PIPE=True, SCATTER=True), "kernel": 3}),
     ("pipe-kcat-spa-b29-w24-0blocks", 29, 24, 128, 0, "paper", 0, 3, "float32", {"config": dict(KCAT, PIPE=True)}),
+    ("pipe-kcat-seed-b25-w16-post1-bf16", 25, 16, 40, 2, "seed", 1, 3, "bfloat16", {"config": dict(KCAT, PIPE=True)}),
     # split fp32 products (the interpreter multiplies in fp32 whatever they are: this checks the plumbing)
     ("tf32x3-paper-b23-w24", 23, 24, 128, 2, "paper", 0, 3, "float32", {"input_precision": "tf32x3"}),
 ]

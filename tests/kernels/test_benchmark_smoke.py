@@ -24,7 +24,7 @@ def test_kernels_benchmark_runs_on_cpu(tmp_path: Path) -> None:
     row = re.search(r"\| eager \(conv2d channels-last\) \| float32 \| ([0-9.]+) ", text)
     assert row and float(row.group(1)) > 0, "no timed eager float32 stage row"
     assert re.search(r"\| float32 exact \(TF32 off\) \| 256 \| [0-9.]+ ", text), "no timed spatial row"
-    assert re.search(r"\| dense \(Toeplitz GEMMs\), bfloat16 autocast \(spatial_precision=bfloat16\) \| 256 \| "
+    assert re.search(r"\| dense \(Toeplitz GEMMs\), bfloat16 \(spatial_precision=bfloat16\) \| 256 \| "
                      r"[0-9.]+ ", text), "no timed low-precision dense spatial row"
     assert "| triton (fused) | bfloat16 | pending: needs a CUDA device |" in text
     assert "## Where the engine's time goes" in text, "no engine profile section"

@@ -152,7 +152,9 @@ def test_pinned_config_is_checked(prog: SpectralProgram) -> None:
     for bad, match in [(dict(BLOCK_P=16, UNROLL=1), "missing"), (dict(ok, BLOCK_P=24), "power of two"),
                        (dict(ok, UNROLL=0), "UNROLL must be"), (dict(ok, KCAT=1), "must be bools"),
                        (dict(ok, KCAT=True, SCATTER=True), "at most one"), (dict(ok, warps=4), "unknown"),
-                       (dict(ok, CHAINS=3), "CHAINS must be 1 or 2"), (dict(ok, CHAINS=True), "CHAINS must be"),
+                       (dict(ok, CHAINS=3), "CHAINS must be the int 1 or 2"), (dict(ok, CHAINS=True), "CHAINS must be"),
+                       (dict(ok, CHAINS=2.0), "CHAINS must be"), (dict(ok, CHAINS=2, KCAT=True), "only with both off"),
+                       (dict(ok, CHAINS=2, SCATTER=True), "only with both off"),
                        (dict(ok, PIPE=1), "PIPE must be a bool")]:
         with pytest.raises(ValueError, match=match):
             spectral_stage_triton(torch.zeros(4, 23), prog, config=bad)
