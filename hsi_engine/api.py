@@ -88,12 +88,13 @@ class _Job:
     """Scene + model + engine + plan: everything checked before a single tile is read."""
 
     def __init__(self, scene: Any, model: Any, *, tile: int | Sequence[int] | None, device: Any, backend: str,
-                 precision: str, nodata: float | None) -> None:
-        from .fused import PRECISIONS
+                 precision: str, nodata: float | None, spatial_precision: str = "auto") -> None:
+        from .fused import PRECISIONS, check_spatial_precision
         from .runner import check_scene
 
         if precision not in PRECISIONS:  # before anything is opened or read
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        check_spatial_precision(spatial_precision, precision)
         da = as_scene(scene)
         if da.ndim != 3 or set(da.dims) != {"band", "y", "x"}:
             raise SceneError(f"expected a (band, y, x) scene; got dims {da.dims}")
@@ -113,13 +114,15 @@ class _Job:
         chunks = (da.chunks[1], da.chunks[2]) if da.chunks is not None else None
         self.plan: TilePlan = plan_tiles(height, width, self.tile, m.config.halo, chunks=chunks)
         self.precision = precision
+        self.spatial_precision = spatial_precision
         self.backend = backend
         self.height, self.width, self.classes = height, width, m.config.classes
 
     def engine(self):
         from .fused import FusedSSRN
 
-        return FusedSSRN(self.model, backend=self.backend, device=self.device, precision=self.precision)
+        return FusedSSRN(self.model, backend=self.backend, device=self.device, precision=self.precision,
+                         spatial_precision=self.spatial_precision)
 
     def run(self, sink: Any, *, probabilities: bool, progress: bool | None, queue_depth: int | None,
             readers: int | None, cache_blocks: int | None = None, decoders: int | None = None
@@ -167,7 +170,7 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
              backend: str = "auto", precision: str = "float32", probabilities: bool = False,
              nodata: float | None = None, progress: bool | None = None, queue_depth: int | None = None,
              readers: int | None = None, cache_blocks: int | None = None,
-             decoders: int | None = None) -> xr.DataArray | xr.Dataset:
+             decoders: int | None = None, spatial_precision: str = "auto") -> xr.DataArray | xr.Dataset:
     """Classify every pixel of ``scene`` with the SSRN ``model``; exact against patch mode in float32.
 
     ``scene``: a ``(band, y, x)`` DataArray (dask-backed scenes are read tile by tile), a path (opened with
@@ -179,7 +182,9 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     with a halo of ``patch // 2``; any size gives the same map. ``backend``: ``auto``/``eager``/``compile``/
     ``triton`` (``auto``: the fused Triton kernel for bf16/fp16 on CUDA, eager otherwise, as measured; see
     ``kernels.dispatch``); ``precision``: ``float32`` (exact) or ``bfloat16``/``float16`` (opt-in: the spectral
-    stage; in bfloat16 on a CPU with AMX-BF16 the spatial stage too; see :class:`~hsi_engine.fused.FusedSSRN`).
+    stage; in bfloat16 on a CPU with AMX-BF16 the spatial stage too). ``spatial_precision``: ``auto`` (that
+    rule), ``float32`` (the spatial stage in float32 whatever the host; one map across mixed hosts) or the
+    engine's ``precision`` (see :class:`~hsi_engine.fused.FusedSSRN`).
     ``nodata``: input value (or ``float('nan')``) marking missing pixels -> class 0; default: the scene's
     declared nodata (``_FillValue``), if any. Without one, NaN/inf raise :class:`NonFiniteInputError`.
     ``progress``: tqdm bar with pixels/s (default: when stderr is a terminal). ``readers``/``queue_depth``:
@@ -197,7 +202,8 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     """
     from .runner import ArraySink
 
-    job = _Job(scene, model, tile=tile, device=device, backend=backend, precision=precision, nodata=nodata)
+    job = _Job(scene, model, tile=tile, device=device, backend=backend, precision=precision, nodata=nodata,
+               spatial_precision=spatial_precision)
     sink = ArraySink(job.height, job.width, job.classes, probabilities=probabilities)
     job.run(sink, probabilities=probabilities, progress=progress, queue_depth=queue_depth, readers=readers,
             cache_blocks=cache_blocks, decoders=decoders)
@@ -227,7 +233,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                      nodata: float | None = None, workers: int | None = None, scheduler: str | None = None,
                      resume: bool = False, progress: bool | None = None, queue_depth: int | None = None,
                      readers: int | None = None, cache_blocks: int | None = None,
-                     decoders: int | None = None) -> Path:
+                     decoders: int | None = None, spatial_precision: str = "auto") -> Path:
     """Stream the class map of a scene into ``out`` (``.tif`` Cloud-Optimised GeoTIFF or ``.zarr``).
 
     Opens the scene (a path, or anything :func:`classify` takes), loads the model (a directory, or an
@@ -241,7 +247,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     always goes that way too: it is built in ``<out>.partial`` with a per-tile completion record, so an
     interrupted run is finished by ``resume=True`` (``--resume``). Warns when the scene has no
     georeferencing (the map is then written in pixel coordinates). ``progress``, ``queue_depth``, ``readers``
-    ``cache_blocks`` and ``decoders`` are as in :func:`classify`.
+    ``cache_blocks``, ``decoders`` and ``spatial_precision`` are as in :func:`classify`.
     """
     # zarr outputs always carry a per-tile completion record, so any interrupted run can be resumed
     if workers is not None or scheduler is not None or resume or str(out).rstrip("/").endswith(".zarr"):
@@ -255,11 +261,13 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                                         precision=precision, probabilities=probabilities, overwrite=overwrite,
                                         nodata=nodata, workers=workers, scheduler=scheduler, resume=resume,
                                         progress=progress, queue_depth=queue_depth, readers=readers,
-                                        cache_blocks=cache_blocks, decoders=decoders)
+                                        cache_blocks=cache_blocks, decoders=decoders,
+                                        spatial_precision=spatial_precision)
     from .writers import open_writer
 
     scene = open_scene(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
-    job = _Job(scene, model_path, tile=tile, device=device, backend=backend, precision=precision, nodata=nodata)
+    job = _Job(scene, model_path, tile=tile, device=device, backend=backend, precision=precision, nodata=nodata,
+               spatial_precision=spatial_precision)
     da = job.da
     crs = transform = None
     if _georeferenced(da):

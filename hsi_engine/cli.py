@@ -98,6 +98,9 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--backend", default="auto", choices=["auto", "eager", "compile", "triton"])
     p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--spatial-precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="the spatial stage's precision: auto (bfloat16 for a bfloat16 run on a CPU with AMX-BF16, "
+                        "float32 elsewhere), float32, or the --precision given")
     p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--nodata", type=float, default=None,
@@ -119,13 +122,19 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from .allocator import reuse_large_buffers
     from .api import classify_to_file
 
+    if args.spatial_precision not in ("auto", "float32", args.precision):
+        print(f"hsi-engine classify: error: --spatial-precision {args.spatial_precision} needs --precision "
+              f"{args.spatial_precision} (the spatial stage never runs below the spectral stage's precision, so "
+              "a float32 run stays exact): pass auto or float32", file=sys.stderr)
+        return 2
     reuse_large_buffers()  # this process only reads, classifies and writes: chunk-sized decode buffers are reused
 
     classify_to_file(args.scene, args.model, args.out, tile=args.tile, device=args.device,
                      backend=args.backend, precision=args.precision, probabilities=args.probabilities,
                      overwrite=args.overwrite, nodata=args.nodata, workers=args.workers,
                      scheduler=args.scheduler, resume=args.resume, readers=args.readers,
-                     cache_blocks=args.cache_blocks, decoders=args.decoders)
+                     cache_blocks=args.cache_blocks, decoders=args.decoders,
+                     spatial_precision=args.spatial_precision)
     return 0
 
 

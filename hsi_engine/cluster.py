@@ -196,6 +196,7 @@ class TaskSpec:
     throttle_s: float = 0.0
     cache_blocks: int | None = None  # None: the runner's default for the worker's device
     decoders: int | None = None  # None: the runner's default for the worker's device
+    spatial_precision: str = "auto"  # FusedSSRN's: auto is decided on each worker's host
 
 
 _CACHE: dict[Any, Any] = {}
@@ -203,11 +204,12 @@ _CACHE_LOCK = threading.Lock()
 
 
 def _worker_engine(spec: TaskSpec, model_obj: Any):
-    """The FusedSSRN of this worker process, built once per (model, backend, device, precision)."""
+    """The FusedSSRN of this worker process, built once per (model, backend, device, precision, spatial
+    precision)."""
     import torch
 
     dev = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    key = ("engine", spec.model_key, spec.backend, dev, spec.precision)
+    key = ("engine", spec.model_key, spec.backend, dev, spec.precision, spec.spatial_precision)
     with _CACHE_LOCK:
         eng = _CACHE.get(key)
         if eng is None:
@@ -215,7 +217,8 @@ def _worker_engine(spec: TaskSpec, model_obj: Any):
             from .fused import FusedSSRN
 
             model = model_obj if model_obj is not None else load_model(spec.model)
-            eng = FusedSSRN(model, backend=spec.backend, device=dev, precision=spec.precision)
+            eng = FusedSSRN(model, backend=spec.backend, device=dev, precision=spec.precision,
+                            spatial_precision=spec.spatial_precision)
             _CACHE[key] = eng
     return eng
 
@@ -385,15 +388,16 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
                 probabilities: bool | str = False, overwrite: bool = False, nodata: float | None = None,
                 workers: int | None = None, scheduler: Any = None, resume: bool = False,
                 progress: bool | None = None, queue_depth: int | None = None, readers: int | None = None,
-                cache_blocks: int | None = None, decoders: int | None = None, throttle_s: float = 0.0
-                ) -> RunReport:
+                cache_blocks: int | None = None, decoders: int | None = None, throttle_s: float = 0.0,
+                spatial_precision: str = "auto") -> RunReport:
     """Classify into ``out`` (``.zarr`` or ``.tif``) resumably, in-process or on a dask cluster.
 
     Without ``workers``/``scheduler`` the tiles run in this process through :func:`~hsi_engine.runner.run_plan`;
     with them, one task per tile on the cluster (see the module doc). ``resume=True`` continues the partial
     store of an interrupted run (or starts one). ``cache_blocks``: decoded blocks kept per reader pool (each
     worker keeps its own; default as in :func:`~hsi_engine.runner.run_plan`); ``decoders``: threads decoding a
-    window's cached blocks concurrently (per worker; default as in run_plan). ``throttle_s`` sleeps that long
+    window's cached blocks concurrently (per worker; default as in run_plan). ``spatial_precision``: as in
+    :func:`~hsi_engine.api.classify` (``auto`` is decided per worker host). ``throttle_s`` sleeps that long
     per tile before writing it (tests and demos of interruption only). Returns a :class:`RunReport`.
     """
     from .api import _georeferenced, _Job
@@ -417,7 +421,7 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     scene = open_scene(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
     job_device = device if (device is not None or not distributed) else "cpu"  # the driver computes nothing
     job = _Job(scene, model_path, tile=tile if tile is not None else 1 << 20, device=job_device, backend=backend,
-               precision=precision, nodata=nodata)
+               precision=precision, nodata=nodata, spatial_precision=spatial_precision)
     da = job.da
     if tile is None:
         wdev = "cuda" if (str(device or "").startswith("cuda") or (device is None and _cuda_count() > 0)) else "cpu"
@@ -448,6 +452,7 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     fingerprint = {"scene": {"shape": [int(s) for s in da.shape], "dtype": str(da.dtype)}, "model": digest,
                    "tile": side, "halo": halo, "classes": job.classes, "probabilities": prob,
                    "nodata": None if job.nodata is None else repr(float(job.nodata)), "precision": precision,
+                   "spatial_precision": spatial_precision,
                    "output": suffix.lstrip(".")}
     ycoords = np.asarray(da["y"].values) if "y" in da.coords else None
     xcoords = np.asarray(da["x"].values) if "x" in da.coords else None
@@ -485,7 +490,8 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
                             std=None if job.std is None else tuple(float(v) for v in job.std),
                             nodata=job.nodata, backend=backend, precision=precision,
                             device=None if device is None else str(device), probabilities=prob is not None,
-                            throttle_s=float(throttle_s), cache_blocks=cache_blocks, decoders=decoders)
+                            throttle_s=float(throttle_s), cache_blocks=cache_blocks, decoders=decoders,
+                            spatial_precision=spatial_precision)
             with connect(workers=workers, scheduler=scheduler) as client:
                 try:
                     n_workers = len(client.scheduler_info().get("workers", {}))

@@ -138,6 +138,15 @@ def fold_spatial(model: nn.Module) -> SpatialProgram:
                           model.head.weight.detach().float().clone(), model.head.bias.detach().float().clone())
 
 
+def check_spatial_precision(spatial_precision: str, precision: str) -> None:
+    """``spatial_precision`` is ``auto``, ``float32`` or the engine's ``precision``: the spatial stage never runs
+    below the spectral stage's precision, so a float32 engine stays exact."""
+    if spatial_precision not in ("auto", "float32", precision):
+        raise ValueError(f"spatial_precision must be 'auto', 'float32' or the engine's precision ({precision!r}); "
+                         f"got {spatial_precision!r}: the spatial stage never runs below the spectral stage's "
+                         "precision, so a float32 engine stays exact")
+
+
 def _relu_affine(y: torch.Tensor, a: Affine) -> torch.Tensor:
     return F.relu(y * a.scale.view(1, -1, 1, 1) + a.shift.view(1, -1, 1, 1))
 
@@ -270,10 +279,7 @@ class FusedSSRN:
         if fp32_products not in FP32_PRODUCTS or (fp32_products != "ieee" and precision != "float32"):
             raise ValueError(f"fp32_products must be one of {list(FP32_PRODUCTS)}, and anything but 'ieee' only "
                              f"with precision='float32'; got {fp32_products!r} with precision={precision!r}")
-        if spatial_precision not in ("auto", "float32", precision):
-            raise ValueError(f"spatial_precision must be 'auto', 'float32' or the engine's precision ({precision!r}); "
-                             f"got {spatial_precision!r}: the spatial stage never runs below the spectral stage's "
-                             "precision, so a float32 engine stays exact")
+        check_spatial_precision(spatial_precision, precision)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.config = model.config
         self.halo = model.config.halo
@@ -520,5 +526,5 @@ def patch_forward(model: nn.Module, normalised: torch.Tensor, pixels: torch.Tens
     return torch.cat(out)
 
 
-__all__ = ["FusedSSRN", "PRECISIONS", "SpatialBlock", "SpatialProgram", "fold_spatial", "fold_spectral",
-           "pad_scene", "patch_forward", "spatial_windows"]
+__all__ = ["FusedSSRN", "PRECISIONS", "SpatialBlock", "SpatialProgram", "check_spatial_precision", "fold_spatial",
+           "fold_spectral", "pad_scene", "patch_forward", "spatial_windows"]

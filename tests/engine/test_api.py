@@ -231,3 +231,35 @@ def test_bad_precision_is_refused_before_anything_is_read():
     with pytest.raises(ValueError, match="precision must be one of"):
         _Job(scene, make_model(12, meta=False), tile=None, device="cpu", backend="auto", precision="int8",
              nodata=None)
+
+
+def test_spatial_precision_reaches_the_engine_and_bad_pairs_are_refused(tmp_path, capsys):
+    """``spatial_precision`` through classify and the CLI: a float32 run refuses a lower spatial stage before
+    anything is read or written; a bf16 run may keep its spatial stage in float32 (one map on any host)."""
+    from hsi_engine.api import _Job
+    from hsi_engine.cli import main
+
+    from test_runner import _cube, _model
+
+    cube = _cube(np.float32, h=12, w=14)
+    model = _model()
+    with pytest.raises(ValueError, match="spatial_precision must be 'auto', 'float32' or the engine's precision"):
+        classify(cube, model, spatial_precision="bfloat16", progress=False)
+    job = _Job(cube, model, tile=8, device="cpu", backend="eager", precision="bfloat16", nodata=None,
+               spatial_precision="float32")
+    assert job.engine().spatial_precision == "float32"
+    save_model(model, tmp_path / "model")
+
+    xr.DataArray(cube, dims=("band", "y", "x"), name="r").to_netcdf(tmp_path / "s.nc")
+    base = ["classify", str(tmp_path / "s.nc"), "--model", str(tmp_path / "model"), "--tile", "8"]
+    assert main(base + ["--out", str(tmp_path / "bad.tif"), "--spatial-precision", "bfloat16"]) == 2
+    assert "--spatial-precision bfloat16 needs --precision bfloat16" in capsys.readouterr().err
+    assert not (tmp_path / "bad.tif").exists()
+    assert main(base + ["--out", str(tmp_path / "ok.tif"), "--precision", "bfloat16",
+                        "--spatial-precision", "float32"]) == 0
+    import rasterio
+
+    with rasterio.open(tmp_path / "ok.tif") as f:
+        got = f.read(1)
+    want = classify(cube, model, tile=8, precision="bfloat16", spatial_precision="float32", progress=False)
+    np.testing.assert_array_equal(got, want.values)

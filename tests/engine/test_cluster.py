@@ -87,6 +87,17 @@ def test_a_worker_s_default_decoders_are_its_threads_not_the_host_s_cores(client
     assert got == nthreads and all(n >= 1 for n in got.values())
 
 
+def test_a_worker_builds_its_engine_with_the_run_s_spatial_precision(case):
+    """The spatial precision travels in the task spec and keys the worker's engine cache (auto is decided on
+    the worker's host, so a run that wants one map everywhere passes float32)."""
+    model = hsi_engine.load_model(case["model"])
+    spec = dict(store="unused", run=0, tile=TILE, scene=None, model=None, model_key="k", mean=None, std=None,
+                nodata=None, backend="eager", precision="bfloat16", device="cpu", probabilities=False)
+    kept = cluster._worker_engine(cluster.TaskSpec(**spec, spatial_precision="float32"), model)
+    low = cluster._worker_engine(cluster.TaskSpec(**spec, spatial_precision="bfloat16"), model)
+    assert (kept.spatial_precision, low.spatial_precision) == ("float32", "bfloat16") and kept is not low
+
+
 def test_in_memory_scene_and_model_are_scattered(case, client, tmp_path):
     """A DataArray scene and an SSRN object (no paths) reach the workers too; GeoTIFF output via zarr."""
     da = F.dataarray(case["cube"].astype(np.float32))
