@@ -369,4 +369,3 @@ def test_cli_takes_reader_settings_and_refuses_bad_ones(tmp_path, capsys):
     with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
     assert not (tmp_path / "bad.tif").exists()
-
