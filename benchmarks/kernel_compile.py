@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> Path:
         st = step_counts(k.asm["ttgir"], c.kwargs["UNROLL"])
         pc = ptx_counts(k.asm["ptx"])
         row = (f"| {kind} | {c.kwargs['BLOCK_P']} | {c.num_warps} | {c.num_stages} | {c.kwargs['UNROLL']} | "
-               f"{c.kwargs['KCAT']} | {c.kwargs['SCATTER']} | {c.kwargs.get('CHAINS', 1)} | {c.kwargs.get('PIPE', False)} | "
+               f"{c.kwargs['KCAT']} | {c.kwargs['SCATTER']} | {c.kwargs.get('CHAINS', 1)} | "
+               f"{c.kwargs.get('PIPE', False)} | "
                f"{secs:.1f} | {regs} | {spill} | {k.metadata.shared} | "
                f"{st['local_alloc']:g} | {st['local_load']:g} | {st['warp_group_dot_wait']:g} | "
                f"{st['convert_layout']:g} | " + " | ".join(str(pc[op]) for op in _PTX_OPS) + " |")

@@ -608,7 +608,8 @@ def main(argv: list[str] | None = None) -> Path:
             if cuda else [("eager", "float32", False, {}), ("eager", "bfloat16", False, {}),
                           ("eager", "bfloat16", False, {"spatial_precision": "float32"})])
     if args.quick:
-        runs = [r for r in runs if not r[3] or {"spatial", "spatial_precision", "fp32_products", "decoders"} & set(r[3])]
+        quick_opts = {"spatial", "spatial_precision", "fp32_products", "decoders"}
+        runs = [r for r in runs if not r[3] or quick_opts & set(r[3])]
     zarr_tmp = tempfile.TemporaryDirectory()  # one zarr scene per side and dtype, written once for every row
     zdir = Path(args.zarr_dir) if args.zarr_dir else Path(zarr_tmp.name)
 

@@ -256,9 +256,9 @@ class FusedSSRN:
     precision the convs had there) and for a bf16 spatial stage on an AMX CPU, for windows of at most 5x5, conv
     elsewhere (float32 stays on the convs that the exactness tests hold to patch mode). ``spatial_precision``:
     ``float32`` (the per-window blocks in float32, TF32 on CUDA when ``precision`` is low), the engine's own low
-    ``precision`` (they run in it, weights cast once), or ``auto``: bfloat16 for a bfloat16 engine on a CPU with AMX-BF16 units, where
-    it then runs as dense GEMMs at 2,048 windows per call (the bf16 engine end to end 1.44x the same engine with
-    a float32 spatial stage, 2.64x the float32 engine: benchmarks/results/spatial-precision-cpu.md), float32
+    ``precision`` (they run in it, weights cast once), or ``auto``: bfloat16 for a bfloat16 engine on a CPU
+    with AMX-BF16 units, where it then runs as dense GEMMs at 2,048 windows per call (the bf16 engine end to
+    end 1.44x the same engine with a float32 spatial stage, 2.64x the float32 engine: benchmarks/results/spatial-precision-cpu.md), float32
     elsewhere: CUDA (not yet timed on a GPU), float16 (slower than float32 on that CPU, either way) and CPUs
     without AMX (not measured). On the shipped Indian Pines scene the bf16 spatial stage moved 2 more of 21,025
     pixels than the bf16 spectral stage alone (55 against 53); fp16 none. ``fp32_products``: how the triton
@@ -321,14 +321,12 @@ class FusedSSRN:
             spatial = "dense" if low_dense and win <= 5 and self.backend != "compile" else "conv"
         self.spatial_form = spatial
         # windows per spatial call: as many as pixels per spectral call (max_pixels, when given, bounds both),
-        # except the CPU's dense bf16 GEMMs by default, 1.11x faster end to end at 2,048 than at 512 (AMX; 2.5 MB of bf16
-        # activations per layer; spatial-precision-cpu.md)
+        # except the CPU's dense bf16 GEMMs by default: 1.11x end to end at 2,048 against 512 (AMX; 2.5 MB of
+        # bf16 activations per layer; spatial-precision-cpu.md)
         self.max_windows = (max(self.max_pixels, 2048) if max_pixels is None and spatial == "dense"
                             and self.device.type == "cpu" and spatial_precision == "bfloat16" else self.max_pixels)
         if spatial == "dense" and self.spatial.blocks:
             self._dense = dense_spatial(self.spatial, win)
-        self._spatial_low = (None if spatial_precision == "float32"
-                             else self.spatial.to(dtype=PRECISIONS[spatial_precision]))
         self._windows = self._pick_windows()
 
     # -- stages ----------------------------------------------------------------------------------
@@ -394,7 +392,7 @@ class FusedSSRN:
         if windows == self._dense_windows:
             dense = self._dense.to(dtype=low)
             return lambda wins, sp: spatial_dense(wins.to(low), dense).float()
-        sp_low = self._spatial_low
+        sp_low = self.spatial.to(dtype=low)
         return lambda wins, sp: windows(wins.to(low), sp_low).float()
 
     def _dense_windows(self, wins: torch.Tensor, sp: SpatialProgram) -> torch.Tensor:
@@ -428,8 +426,8 @@ class FusedSSRN:
                 y = _relu_affine(y, a)
             pooled = F.avg_pool2d(y, win, stride=1)[0]  # (24, h, w)
             return torch.einsum("kc,chw->khw", sp.head_w, pooled) + sp.head_b.view(-1, 1, 1)
-        if self._spatial_low is not None:  # the windows then gather (25x the stem's size) in the low dtype
-            stem = stem.to(self._spatial_low.head_w.dtype)
+        if self.spatial_precision != "float32":  # the windows (25x the stem's size) then gather in that dtype
+            stem = stem.to(PRECISIONS[self.spatial_precision])
         rows = max(1, self.max_windows // w)
         out = []
         for r0 in range(0, h, rows):
@@ -458,7 +456,7 @@ def _cpu_has_amx_bf16() -> bool:
 
 
 def _cpuinfo_has(flag: str, path: str = "/proc/cpuinfo") -> bool:
-    """Whether the first ``flags`` line of ``path`` lists ``flag`` (False where there is no such file)."""
+    """Whether a ``flags`` line of ``path`` lists ``flag`` (False where there is no such file)."""
     try:
         with open(path) as f:
             return any(flag in line.split() for line in f if line.startswith("flags"))
