@@ -310,6 +310,10 @@ class FusedSSRN:
         self._compiled_once = False
         win = self.patch - 2
         cpu_bf16 = self.device.type == "cpu" and precision == "bfloat16" and _cpu_has_amx_bf16()
+        if self.device.type == "cpu" and precision == "float16" and not _cpu_has_amx_fp16():
+            log.warning("precision='float16' on a CPU without AMX-FP16 units runs slower than float32 (0.6x on a "
+                        "Xeon with AMX-BF16, benchmarks/results/spatial-precision-cpu.md): use 'bfloat16' for speed "
+                        "on such CPUs, or 'float32'")
         if spatial_precision == "auto":
             spatial_precision = "bfloat16" if cpu_bf16 else "float32"
         self.spatial_precision = spatial_precision
@@ -453,6 +457,17 @@ def _cpu_has_amx_bf16() -> bool:
         except Exception:  # noqa: BLE001 - a probe that fails says nothing either way: the flag decides
             pass
     return _cpuinfo_has("amx_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_amx_fp16() -> bool:
+    """Whether this CPU has AMX-FP16 units (torch's probe; Granite Rapids and later), the only CPUs where a float16
+    engine could run faster than float32."""
+    probe = getattr(torch.cpu, "_is_amx_fp16_supported", None)
+    try:
+        return bool(probe()) if probe is not None else _cpuinfo_has("amx_fp16")
+    except Exception:  # noqa: BLE001 - a failing probe: ask the flags
+        return _cpuinfo_has("amx_fp16")
 
 
 def _cpuinfo_has(flag: str, path: str = "/proc/cpuinfo") -> bool:

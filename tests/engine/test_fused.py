@@ -135,6 +135,18 @@ def test_fused_rejects_bad_tiles():
         FusedSSRN(m, precision="bfloat16", fp32_products="tf32x3")
 
 
+def test_float16_on_a_cpu_without_amx_fp16_warns_it_is_slow(caplog, monkeypatch):
+    from hsi_engine import fused
+
+    for amx_fp16, warned in ((False, True), (True, False)):
+        monkeypatch.setattr(fused, "_cpu_has_amx_fp16", lambda v=amx_fp16: v)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="hsi_engine.fused"):
+            FusedSSRN(random_model(), backend="eager", precision="float16")
+            FusedSSRN(random_model(), backend="eager", precision="bfloat16")
+        assert ("runs slower than float32" in caplog.text) is warned, caplog.text
+
+
 def test_fp32_products_outside_the_triton_backend_warns(caplog):
     with caplog.at_level("WARNING", logger="hsi_engine.fused"):
         engine = FusedSSRN(random_model(), backend="eager", fp32_products="tf32x3")
