@@ -489,6 +489,25 @@ def main(argv: list[str] | None = None) -> Path:
                            p / (med * 1e-3) / 1e6, f"max rel. diff vs eager {err:.1e}" + (note() if callable(note) else note)))
         emit(f"stage {label} {dtype}: {med:.3f} ms")
 
+    def try_stage(label: str, fn: Callable, dtype: torch.dtype, x, prog, ref,
+                  note: str | Callable[[], str] = "") -> None:
+        """:func:`time_stage`, or a 'failed' row: one failing variant (a Triton that cannot build it, a probe
+        that failed) must not lose the others or the report."""
+        try:
+            time_stage(label, fn, dtype, x, prog, ref, note)
+        except Exception as e:  # noqa: BLE001
+            stage_rows.append((label, str(dtype).removeprefix("torch."), None, None, None,
+                               f"failed: {type(e).__name__}: {str(e)[:300]}"))
+            emit(f"stage {label} {dtype}: failed {e}")
+
+    def pinned(prefix: str, c) -> tuple[str, Callable]:
+        """Label and stage function of one Triton config, pinned."""
+        from kernels.spectral import spectral_stage_triton
+
+        cfg = dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+        return (prefix + ", ".join(f"{k}={v}" for k, v in cfg.items()),
+                lambda a, b: spectral_stage_triton(a, b, config=cfg))
+
     inputs = {}
     for dtype in dtypes:
         prog = base.to(device=device, dtype=dtype)
@@ -516,15 +535,10 @@ def main(argv: list[str] | None = None) -> Path:
                 time_stage("triton (fused, tf32 opt-in)", lambda a, b: spectral_stage_triton(a, b, allow_tf32=True),
                            dtype, x, prog, ref, _tuned_config)
                 # split products on tensor cores, ~fp32 accuracy: candidates for the exact float32 engine
-                for products in ("tf32x3", "bf16x3", "bf16x6"):
-                    label = f"triton (fused, {products} split products)"
-                    try:
-                        time_stage(label, lambda a, b, pr=products: spectral_stage_triton(a, b, input_precision=pr),
-                                   dtype, x, prog, ref, _tuned_config)
-                    except Exception as e:  # noqa: BLE001 - e.g. a Triton without bf16x3: keep the other rows
-                        stage_rows.append((label, "float32", None, None, None,
-                                           f"failed: {type(e).__name__}: {str(e)[:200]}"))
-                        emit(f"stage {label}: failed {e}")
+                for products in ("tf32x3", "bf16x3", "bf16x6"):  # bf16x3 / bf16x6: not in every Triton
+                    try_stage(f"triton (fused, {products} split products)",
+                              lambda a, b, pr=products: spectral_stage_triton(a, b, input_precision=pr),
+                              dtype, x, prog, ref, _tuned_config)
         else:
             stage_rows.append(("triton (fused)", str(dtype).removeprefix("torch."), None, None, None, PENDING_GPU))
         for layer, lflops, f3, f2 in ([] if args.quick else layer_cases(prog, p, device, dtype)):
@@ -544,29 +558,14 @@ def main(argv: list[str] | None = None) -> Path:
             x, prog, ref = inputs[dtype]
             configs = spectral._prune_configs(spectral._CONFIGS, {"x_ptr": x}, PRECISION="ieee")
             for c in configs:
-                cfg = dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
-                label = "triton pinned: " + ", ".join(f"{k}={v}" for k, v in cfg.items())
-                try:
-                    time_stage(label, lambda a, b, cfg=cfg: spectral.spectral_stage_triton(a, b, config=cfg),
-                               dtype, x, prog, ref)
-                except Exception as e:  # noqa: BLE001 - one failing variant must not lose the others
-                    stage_rows.append((label, str(dtype).removeprefix("torch."), None, None, None,
-                                       f"failed: {type(e).__name__}: {e}"))
-                    emit(f"stage {label} {dtype}: failed {e}")
+                try_stage(*pinned("triton pinned: ", c), dtype, x, prog, ref)
 
-    if cuda:  # the trial configs (not autotuned until a GPU has timed them), pinned, bf16
+    if cuda and torch.bfloat16 in inputs:  # the trial configs (not autotuned until a GPU has timed them), bf16
         from kernels import spectral
 
-        x, prog, ref = inputs.get(torch.bfloat16, (None, None, None))
-        for c in (spectral._TRIAL_CONFIGS if x is not None else []):
-            cfg = dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
-            label = "triton trial, pinned: " + ", ".join(f"{k}={v}" for k, v in cfg.items())
-            try:
-                time_stage(label, lambda a, b, cfg=cfg: spectral.spectral_stage_triton(a, b, config=cfg),
-                           torch.bfloat16, x, prog, ref)
-            except Exception as e:  # noqa: BLE001 - one failing variant must not lose the others
-                stage_rows.append((label, "bfloat16", None, None, None, f"failed: {type(e).__name__}: {e}"))
-                emit(f"stage {label}: failed {e}")
+        x, prog, ref = inputs[torch.bfloat16]
+        for c in spectral._TRIAL_CONFIGS:
+            try_stage(*pinned("triton trial, pinned: ", c), torch.bfloat16, x, prog, ref)
 
     if cuda:  # the Gluon kernel, probed in a child process first, so a fault (which would poison this process's
         # CUDA context) or a hang on a GPU / Triton it never ran on costs only its own rows
@@ -578,14 +577,13 @@ def main(argv: list[str] | None = None) -> Path:
             engine_stage = get_spectral_stage("triton", device, dtype)
             for label, fn in (("gluon (shared-memory rings, wgmma)", spectral_stage_gluon),
                               ("backend='triton' as the engine calls it", engine_stage)):
-                try:
-                    if probe:
-                        raise RuntimeError(f"not run in this process: the probe failed ({probe})")
-                    time_stage(label, fn, dtype, x, prog, ref)
-                except Exception as e:  # noqa: BLE001 - a failing row must not lose the report
+                if probe:  # a row that says why, as try_stage writes it
+                    why = f"not run in this process: the probe failed ({probe})"
                     stage_rows.append((label, str(dtype).removeprefix("torch."), None, None, None,
-                                       f"failed: {type(e).__name__}: {str(e)[:300]}"))
-                    emit(f"stage {label} {dtype}: failed {e}")
+                                       f"failed: RuntimeError: {why[:300]}"))
+                    emit(f"stage {label} {dtype}: failed {why}")
+                    continue
+                try_stage(label, fn, dtype, x, prog, ref)
 
     for label, sflops, fn in spatial_cases(device, p):
         med, lo, hi = bench(fn)
