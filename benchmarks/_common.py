@@ -24,3 +24,23 @@ def write_report(path: str | Path, lines: list[str]) -> Path:
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return out
+
+
+def timed_run(job, engine, **run_kw) -> tuple[float, dict]:
+    """Seconds (CUDA synchronised on both sides) and counters of one run of ``job``'s plan (an
+    ``hsi_engine.api._Job``) through ``engine`` into an in-memory sink; ``run_kw`` go to ``run_plan``."""
+    import time
+
+    import torch
+
+    from hsi_engine.runner import ArraySink, run_plan
+
+    cuda = job.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    stats = run_plan(job.da, job.plan, engine, ArraySink(job.height, job.width, job.classes), mean=job.mean,
+                     std=job.std, nodata=job.nodata, progress=False, **run_kw)
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, stats

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks._common import timed_run  # noqa: E402
 from kernels.dispatch import get_spectral_stage  # noqa: E402
 from kernels.program import SpectralProgram  # noqa: E402
 from kernels.spectral import (_conv3d, _random_program, spectral_stage_conv3d, spectral_stage_reference,  # noqa: E402
@@ -202,23 +203,14 @@ def _time_run(scene, model, reps: int, *, device: str, backend: str, precision: 
     and the last run's counters. The engine is built once, as ``classify`` builds it, then reused."""
     from hsi_engine.api import _Job
     from hsi_engine.fused import FusedSSRN
-    from hsi_engine.runner import ArraySink, run_plan
 
     job = _Job(scene, model, tile=None, device=device, backend=backend, precision=precision, nodata=None)
     engine = FusedSSRN(job.model, backend=backend, device=job.device, precision=precision, max_pixels=max_pixels,
                        spatial=spatial, spatial_precision=spatial_precision, fp32_products=fp32_products)
-    cuda = job.device.type == "cuda"
     ts, stats = [], {}
     for _ in range(reps):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        stats = run_plan(job.da, job.plan, engine, ArraySink(job.height, job.width, job.classes), mean=job.mean,
-                         std=job.std, nodata=job.nodata, readers=readers, progress=False,
-                         normalise_on=normalise_on, decoders=decoders)
-        if cuda:
-            torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
+        t, stats = timed_run(job, engine, readers=readers, normalise_on=normalise_on, decoders=decoders)
+        ts.append(t)
     return statistics.median(ts), stats
 
 

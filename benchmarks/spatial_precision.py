@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import cpu_name, write_report  # noqa: E402
+from _common import cpu_name, timed_run, write_report  # noqa: E402
 
 
 def classify_map(scene, model, *, device: str, backend: str, precision: str, spatial: str,
@@ -49,11 +49,9 @@ def time_engine(side: int, reps: int, *, device: str, backend: str) -> list[tupl
     scene in memory: float32, and each low precision with its spatial stage in float32 and in that precision;
     the engines alternate run by run."""
     import statistics
-    import time
 
     from hsi_engine.api import _Job
     from hsi_engine.fused import FusedSSRN
-    from hsi_engine.runner import ArraySink, run_plan
     from ssrn.config import SSRNConfig
     from ssrn.model import SSRN
 
@@ -76,15 +74,7 @@ def time_engine(side: int, reps: int, *, device: str, backend: str) -> list[tupl
     times: dict[tuple, list[float]] = {c: [] for c in cases}
     for _ in range(reps + 1):  # the first round warms up
         for (precision, sp, form, mp), engine in engines.items():
-            job = jobs[precision]
-            if job.device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            run_plan(job.da, job.plan, engine, ArraySink(job.height, job.width, job.classes), mean=job.mean,
-                     std=job.std, progress=False)
-            if job.device.type == "cuda":
-                torch.cuda.synchronize()
-            times[precision, sp, form, mp].append(time.perf_counter() - t0)
+            times[precision, sp, form, mp].append(timed_run(jobs[precision], engine)[0])
     rows = []
     for (precision, sp, form, mp), ts in times.items():
         e = engines[precision, sp, form, mp]
