@@ -182,7 +182,7 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     with a halo of ``patch // 2``; any size gives the same map. ``backend``: ``auto``/``eager``/``compile``/
     ``triton`` (``auto``: the fused Triton kernel for bf16/fp16 on CUDA, eager otherwise, as measured; see
     ``kernels.dispatch``); ``precision``: ``float32`` (exact) or ``bfloat16``/``float16`` (opt-in: the spectral
-    stage; in bfloat16 on a CPU with AMX-BF16 the spatial stage too). ``spatial_precision``: ``auto`` (that
+    stage; the spatial stage too on CUDA and, in bfloat16, on a CPU with AMX-BF16). ``spatial_precision``: ``auto`` (that
     rule), ``float32`` (the spatial stage in float32 whatever the host; one map across mixed hosts) or the
     engine's ``precision`` (see :class:`~hsi_engine.fused.FusedSSRN`).
     ``nodata``: input value (or ``float('nan')``) marking missing pixels -> class 0; default: the scene's

@@ -32,8 +32,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="auto", help="engine backend: auto, eager, compile, triton")
     p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="engine precision (float32 is exact; the others are opt-in and run the spectral stage in "
-                        "that dtype, bfloat16 on a CPU with AMX-BF16 the spatial stage too: faster on GPUs and on "
-                        "such CPUs)")
+                        "that dtype, and the spatial stage too on CUDA and, in bfloat16, on a CPU with AMX-BF16: faster "
+                        "on GPUs and on such CPUs)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -99,8 +99,8 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "eager", "compile", "triton"])
     p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--spatial-precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="the spatial stage's precision: auto (bfloat16 for a bfloat16 run on a CPU with AMX-BF16, "
-                        "float32 elsewhere), float32, or the --precision given")
+                   help="the spatial stage's precision: auto (the --precision given on CUDA, and for a "
+                        "bfloat16 run on a CPU with AMX-BF16; float32 elsewhere), float32, or the --precision given")
     p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--nodata", type=float, default=None,

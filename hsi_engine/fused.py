@@ -256,15 +256,19 @@ class FusedSSRN:
     precision the convs had there) and for a bf16 spatial stage on an AMX CPU, for windows of at most 5x5, conv
     elsewhere (float32 stays on the convs that the exactness tests hold to patch mode). ``spatial_precision``:
     ``float32`` (the per-window blocks in float32, TF32 on CUDA when ``precision`` is low), the engine's own low
-    ``precision`` (they run in it, weights cast once), or ``auto``: bfloat16 for a bfloat16 engine on a CPU
-    with AMX-BF16 units, where it then runs as dense GEMMs at 2,048 windows per call (the bf16 engine end to
-    end 1.44x the same engine with a float32 spatial stage, 2.64x the float32 engine: benchmarks/results/spatial-precision-cpu.md), float32
-    elsewhere: CUDA (not yet timed on a GPU), float16 (slower than float32 on that CPU, either way) and CPUs
-    without AMX (not measured). On the shipped Indian Pines scene the bf16 spatial stage moved 2 more of 21,025
-    pixels than the bf16 spectral stage alone (55 against 53); fp16 none. ``fp32_products``: how the triton
-    backend's float32 spectral stage multiplies on CUDA: ``ieee`` (exact FMAs, the default) or products split
-    across tensor-core MMAs that keep ~fp32 accuracy (``tf32x3``, ``bf16x3``, ``bf16x6``; see
-    ``kernels.spectral.INPUT_PRECISIONS``; not yet timed on a GPU). Other backends ignore it.
+    ``precision`` (they run in it, weights cast once), or ``auto``: the engine's low precision on CUDA (dense
+    bf16 GEMMs 0.82 ms per 65,536 windows against 1.49 for TF32, the bf16 engine 12.8 against 11.3 Mpix/s on an
+    H200: benchmarks/results/kernels-h200.md) and for a bfloat16 engine on a CPU with AMX-BF16 units, where it
+    then runs as dense GEMMs at 2,048 windows per call (the bf16 engine end to end 1.44x the same engine with a
+    float32 spatial stage, 2.64x the float32 engine: benchmarks/results/spatial-precision-cpu.md); float32
+    elsewhere: float16 on a CPU (slower than float32 on that CPU, either way) and CPUs without AMX (not
+    measured). On the shipped Indian Pines scene the bf16 spatial stage moved 2 more of 21,025 pixels than the
+    bf16 spectral stage alone (55 against 53, CPU); fp16 none. ``fp32_products``: how the triton backend's
+    float32 spectral stage multiplies on CUDA: ``ieee`` (exact FMAs, the default) or products split across
+    tensor-core MMAs that keep ~fp32 accuracy (``bf16x3``: 12.2 ms per 65,536 pixels against 19.7 for the
+    Conv3d stage and 24.2 for ``ieee`` on an H200, max error 1e-5 of the largest feature; ``bf16x6``;
+    ``tf32x3``, whose weights do not fit an SM's shared memory for the paper's network; see
+    ``kernels.spectral.INPUT_PRECISIONS``). Other backends ignore it.
     """
 
     def __init__(self, model: nn.Module, *, backend: str = "auto", device: torch.device | str | None = None,
@@ -315,7 +319,7 @@ class FusedSSRN:
                         "Xeon with AMX-BF16, benchmarks/results/spatial-precision-cpu.md): use 'bfloat16' for speed "
                         "on such CPUs, or 'float32'")
         if spatial_precision == "auto":
-            spatial_precision = "bfloat16" if cpu_bf16 else "float32"
+            spatial_precision = _auto_spatial_precision(self.device.type, precision, cpu_bf16)
         self.spatial_precision = spatial_precision
         # dense where measured faster: CUDA in bf16 / fp16 (TF32 GEMMs, 2.3x the convs on an H200) and the bf16
         # spatial stage of an AMX CPU (1.15x the bf16 convs end to end, spatial-precision-cpu.md)
@@ -442,6 +446,14 @@ class FusedSSRN:
             out.append(self._windows(wins, sp))  # (rows*w, classes)
         logits = out[0] if len(out) == 1 else torch.cat(out)
         return logits.t().reshape(-1, h, w)
+
+
+def _auto_spatial_precision(device_type: str, precision: str, cpu_amx_bf16: bool) -> str:
+    """``spatial_precision="auto"``: the engine's low precision on CUDA (dense bf16 GEMMs 1.82x the TF32 ones,
+    the bf16 engine 1.13x end to end on an H200) and for bf16 on an AMX-BF16 CPU (1.44x); float32 elsewhere."""
+    if precision != "float32" and (device_type == "cuda" or (precision == "bfloat16" and cpu_amx_bf16)):
+        return precision
+    return "float32"
 
 
 @functools.lru_cache(maxsize=1)

@@ -11,7 +11,8 @@ One small function decides (STYLE: never an environment variable read at import 
   interpreter, ``TRITON_INTERPRET=1``, which tests use); in bfloat16 / float16 on a Hopper GPU, for the
   paper's block form, :func:`kernels.spectral_gluon.spectral_stage_gluon` instead (2.48 ms against the Triton
   kernel's 3.10 per 65,536 pixels of 200 bands on an H200, benchmarks/results/kernels-h200.md run 2), once it
-  matched the reference on the first pixels of a program shape (else the Triton kernel, with one warning).
+  matched the reference on the first pixels of a program shape (its split-wait form first, then its
+  one-wait-per-phase form; else the Triton kernel, with one warning).
 - ``auto``: on CUDA, ``triton`` for bfloat16 / float16 when Triton imports and the kernel passes a tiny
   self-check against the reference, and ``eager`` for float32 (exact float32 has no tensor-core path: on an
   H100 the Conv3d formulation took 20.98 ms per 65,536 pixels, the fused kernel 23.96 and compile 19.70
@@ -170,12 +171,14 @@ def get_spectral_stage(backend: str, device: torch.device | str | None = None,
     return fused_stage if dev.type == "cuda" and dtype != torch.float32 else spectral_stage_triton
 
 
-_GLUON_CHECKED: dict[tuple, str] = {}  # program shape -> '' (the Gluon kernel matched the reference), else why not
+_GLUON_CHECKED: dict[tuple, str] = {}  # program shape -> '' (a Gluon form matched the reference), else why not
+_GLUON_SPLIT: dict[tuple, bool] = {}  # program shape -> the form that matched: split waits (True) or per phase
 
 
 def fused_stage(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
     """The ``triton`` backend in bf16 / fp16 on CUDA: the Gluon kernel where it applies (Hopper, the paper's
-    block form, fits in shared memory) and matched the reference on this program shape, else the Triton kernel."""
+    block form, fits in shared memory) and matched the reference on this program shape (its split-wait form,
+    else its one-wait-per-phase form), else the Triton kernel."""
     from .spectral import spectral_stage_triton
     from .spectral_gluon import _run, gluon_unsupported
 
@@ -184,7 +187,14 @@ def fused_stage(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
     key = (program.bands, tuple(program.stem.weight.shape), program.stem.stride, program.out_features,
            len(program.blocks), program.blocks[0].conv1.weight.shape[2], x.dtype, x.device)
     if key not in _GLUON_CHECKED:
-        why = _GLUON_CHECKED[key] = _gluon_disagrees(x, program)
+        why = _gluon_disagrees(x, program, split_wait=True)
+        _GLUON_SPLIT[key] = not why
+        if why:
+            phase = _gluon_disagrees(x, program, split_wait=False)
+            if not phase:
+                log.warning("fused spectral stage: %s (split waits); running its one-wait-per-phase form", why)
+            why = phase and f"{why} (split waits); {phase} (one wait per phase)"
+        _GLUON_CHECKED[key] = why
         if why:
             log.warning("fused spectral stage: %s; running the Triton kernel for this program shape", why)
         else:
@@ -192,10 +202,10 @@ def fused_stage(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
                      str(x.dtype).removeprefix("torch."))
     if _GLUON_CHECKED[key]:
         return spectral_stage_triton(x, program)
-    return _run(x, program)  # gluon_unsupported ran its checks
+    return _run(x, program, split_wait=_GLUON_SPLIT[key])  # gluon_unsupported ran its checks
 
 
-def _gluon_disagrees(x: torch.Tensor, program: SpectralProgram, n: int = 512) -> str:
+def _gluon_disagrees(x: torch.Tensor, program: SpectralProgram, n: int = 512, *, split_wait: bool = True) -> str:
     """'' when the Gluon kernel's output on the first ``n`` pixels of ``x`` is within 5 % of the largest
     feature of the float32 reference (bf16 / fp16 rounding stays near 1 %), else why not. It ran on one GPU and
     one Triton release before it was wired in: a miscompile elsewhere must cost speed, never numbers."""
@@ -204,7 +214,7 @@ def _gluon_disagrees(x: torch.Tensor, program: SpectralProgram, n: int = 512) ->
 
     head = x[:n]
     try:
-        got = spectral_stage_gluon(head, program).float()
+        got = spectral_stage_gluon(head, program, split_wait=split_wait).float()
     except Exception as e:  # noqa: BLE001 - any failure means: use the Triton kernel
         return f"the Gluon kernel failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]})"
     off = _off_by(got, spectral_stage_reference(head.float(), program.to(dtype=torch.float32)), 5e-2)

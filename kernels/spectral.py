@@ -616,7 +616,10 @@ def _interpreting() -> bool:
 # cores: tf32x3 and bf16x6 keep ~fp32 accuracy, bf16x3 ~16 bits. Emulated on the CPU for the Indian Pines
 # program (200 bands, float64 reference; max error / max |output|): tf32 5.2e-4, bf16x3 8.4e-6, tf32x3 1.4e-7,
 # bf16x6 5.6e-8. Compiled for sm_90 (16 pixels, 4 warps) they issue 3x (tf32x3, bf16x6) and 1.5x (bf16x3) the
-# MMA instructions of tf32. bf16x3 / bf16x6 need a Triton that has them (3.9 does).
+# MMA instructions of tf32. bf16x3 / bf16x6 need a Triton that has them (3.9 does). On an H200 (Triton 3.6,
+# 65,536 pixels of 200 bands; benchmarks/results/kernels-h200.md run 4): bf16x3 12.2 ms (max error 9.9e-6),
+# bf16x6 22.3 ms, against 24.2 ms ieee and 19.7 ms for the Conv3d stage; tf32x3 stages the weights twice in
+# float32 (250 KB of shared memory, 227 KB on an SM) and cannot run the paper's network.
 INPUT_PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16x3", "bf16x6")
 
 
@@ -632,7 +635,16 @@ def spectral_stage_triton(x: torch.Tensor, program: SpectralProgram, *, allow_tf
     whatever the precision). ``config`` pins one kernel variant instead of autotuning (tests and
     benchmarks): keys ``BLOCK_P``, ``UNROLL``, ``KCAT``, ``SCATTER`` and optionally ``num_warps`` / ``num_stages``.
     """
-    return _launch(x, program, _products(x, allow_tf32, input_precision), config)[0]
+    precision = _products(x, allow_tf32, input_precision)
+    try:
+        return _launch(x, program, precision, config)[0]
+    except Exception as e:  # noqa: BLE001 - Triton's OutOfResources moved between modules across releases
+        if precision == "tf32x3" and type(e).__name__ == "OutOfResources":
+            raise ValueError(
+                f"input_precision='tf32x3' stages the program's weights twice in float32 and needs more shared "
+                f"memory than this GPU has for it ({str(e).splitlines()[0][:200]}); use input_precision='bf16x3' "
+                "(max error 1e-5 of the largest feature, 1.6x the Conv3d stage on an H200) or 'bf16x6'") from e
+        raise
 
 
 def _products(x: torch.Tensor, allow_tf32: bool, input_precision: str | None) -> str:

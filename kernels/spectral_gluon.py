@@ -15,6 +15,12 @@ asynchronously and they are waited on together:
 - phase A: the stem (position j) and every block's conv2 (+ identity);
 - phase B: every block's conv1 and the reduce.
 
+By default (``split_wait``) each phase waits for one layer's wgmmas at a time, in issue order, so a layer's
+epilogue (bias, ReLU, identity, the store into the next ring) runs on the CUDA cores while the tensor cores
+work through the later layers' wgmmas, and the reduce stays in flight into the next step's phase A (a CTA
+barrier after that phase's first wait guards the tiles it reads); the one-wait-per-phase form is the first,
+session-5 kernel. Same wgmmas, same numbers.
+
 A layer only reads tiles written in an earlier phase, so block b runs ``b * (KT)`` positions behind the
 stem (one step more per block than the register kernel's wavefront) and the rings need ``KT + 1`` slots.
 Positions outside ``[0, D)`` are written as zeros (the convs' zero padding), exactly as in the Triton kernel.
@@ -69,7 +75,7 @@ if GLUON_ERROR is None:
         NUM_BLOCKS: gl.constexpr, WP: gl.constexpr, FP: gl.constexpr, STEM_RELU: gl.constexpr,
         RELU1_MASK: gl.constexpr, RELU2_MASK: gl.constexpr, BLOCK_RELU_MASK: gl.constexpr,
         REDUCE_RELU: gl.constexpr, RING: gl.constexpr, BP: gl.constexpr, SW_W: gl.constexpr, SW_X: gl.constexpr,
-        SW_R: gl.constexpr,
+        SW_R: gl.constexpr, SPLIT_WAIT: gl.constexpr,
     ):
         dt: gl.constexpr = x_ptr.dtype.element_ty
         HALF: gl.constexpr = KT // 2
@@ -137,14 +143,23 @@ if GLUON_ERROR is None:
                 u_prev = j - 1 - b * BEHIND - HALF  # newest conv1 output of block b, written last step
                 accs = accs + (_conv_issue(rings, w_smem, (2 * b + 1) * RING, u_prev, (2 * b + 1) * KT, zero_f,
                                            KT, RING),)
-            accs = warpgroup_mma_wait(num_outstanding=0, deps=accs)
+            # SPLIT_WAIT: wait for one layer's wgmmas at a time (they complete in issue order), so a layer's
+            # epilogue runs on the CUDA cores while the tensor cores work through the later layers' wgmmas
+            accs = warpgroup_mma_wait(num_outstanding=NUM_BLOCKS * KT if SPLIT_WAIT else 0, deps=accs + (acc_r,))
+            acc_r = accs[NUM_BLOCKS + 1]  # the last step's reduce: complete (issued before this step's stem)
+            if SPLIT_WAIT:  # every warp past its wait: all of the reduce's reads of `last` and red_smem are done
+                _cta_barrier()
             s = accs[0]
             if STEM_RELU:
                 s = gl.maximum(s, 0.0)
             s = gl.where((j >= 0) & (j < D), s, 0.0)
             rings.index(j & (RING - 1)).store(s.to(dt))
+            if SPLIT_WAIT:  # the last reduce, its only reader, is complete: store while the conv2 wgmmas run
+                red_smem.store(red)
             for b in gl.static_range(NUM_BLOCKS):
                 q = j - (b + 1) * BEHIND  # block b's output position this step
+                if SPLIT_WAIT:
+                    accs = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - b) * KT, deps=accs)
                 acc = accs[b + 1] + gl.expand_dims(gl.load(conv_b_ptr + (2 * b + 1) * WP + offs_c), 0)
                 if (RELU2_MASK >> b) & 1:
                     acc = gl.maximum(acc, 0.0)
@@ -156,7 +171,8 @@ if GLUON_ERROR is None:
                     rings.index(2 * (b + 1) * RING + (q & (RING - 1))).store(y)
                 else:
                     last.store(y)
-            red_smem.store(red)
+            if not SPLIT_WAIT:
+                red_smem.store(red)
             fence_async_shared()
             _cta_barrier()
 
@@ -169,19 +185,30 @@ if GLUON_ERROR is None:
                 y_new = j - b * BEHIND  # newest input of block b, written in phase A
                 accs = accs + (_conv_issue(rings, w_smem, 2 * b * RING, y_new, 2 * b * KT, zero_f, KT, RING),)
             acc_r = warpgroup_mma(last, red_smem, acc_r, is_async=True)
-            waited = warpgroup_mma_wait(num_outstanding=0, deps=accs + (acc_r,))
-            acc_r = waited[NUM_BLOCKS]
+            if SPLIT_WAIT:  # the stem's wgmma, its only reader, completed in phase A
+                xs_smem.store(xs_next.to(dt))
+            # SPLIT_WAIT: block b's conv1 is done while the later blocks' and the reduce's wgmmas still run; the
+            # reduce is left in flight into the next step (it reads `last` and red_smem, written after phase A's
+            # first wait, which it precedes)
+            waited = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1) * KT + 1 if SPLIT_WAIT else 0,
+                                        deps=accs + (acc_r,))
             for b in gl.static_range(NUM_BLOCKS):
                 u = j - b * BEHIND - HALF
+                if SPLIT_WAIT and b > 0:
+                    waited = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - b) * KT + 1, deps=waited)
                 acc = waited[b] + gl.expand_dims(gl.load(conv_b_ptr + (2 * b) * WP + offs_c), 0)
                 if (RELU1_MASK >> b) & 1:
                     acc = gl.maximum(acc, 0.0)
                 rings.index((2 * b + 1) * RING + (u & (RING - 1))).store(
                     gl.where((u >= 0) & (u < D), acc, 0.0).to(dt))
-            xs_smem.store(xs_next.to(dt))
+            acc_r = waited[NUM_BLOCKS]
+            if not SPLIT_WAIT:
+                xs_smem.store(xs_next.to(dt))
             fence_async_shared()
             _cta_barrier()
 
+        if SPLIT_WAIT:
+            acc_r = warpgroup_mma_wait(num_outstanding=0, deps=(acc_r, zero_f))[0]
         op = pid * BP + gl.arange(0, BP, layout=gl.SliceLayout(1, accr_l))
         of = gl.arange(0, FP, layout=gl.SliceLayout(0, accr_l))
         out = acc_r + gl.expand_dims(gl.load(red_b_ptr + of), 0)
@@ -194,12 +221,13 @@ if GLUON_ERROR is None:
 SHARED_LIMIT = 232_448  # bytes of shared memory one program may use on an H100 / H200 (227 KB)
 
 
-def _layout_constants(m: dict) -> dict:
-    """The kernel's constexprs beyond the packed program's (``m``: its ``meta``): ring depth, rows, swizzles."""
+def _layout_constants(m: dict, split_wait: bool = True) -> dict:
+    """The kernel's constexprs beyond the packed program's (``m``: its ``meta``): ring depth, rows, swizzles,
+    and whether it waits per layer (``split_wait``) or once per phase."""
     from .spectral import _next_pow2
 
     return dict(RING=_next_pow2(m["KT"] + 1, 2), BP=BLOCK_P, SW_W=min(128, 2 * m["WP"]),
-                SW_X=min(128, 2 * m["KS_PAD"]), SW_R=min(128, 2 * m["FP"]))
+                SW_X=min(128, 2 * m["KS_PAD"]), SW_R=min(128, 2 * m["FP"]), SPLIT_WAIT=bool(split_wait))
 
 
 def shared_bytes(program: SpectralProgram) -> int:
@@ -256,16 +284,18 @@ def gluon_unsupported(x: torch.Tensor, program: SpectralProgram) -> str | None:
     return None
 
 
-def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
+def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram, *, split_wait: bool = True) -> torch.Tensor:
     """Gluon spectral stage: ``x (P, bands)`` bf16/fp16 on a Hopper GPU -> ``(P, out_features)``.
 
     Same contract as :func:`kernels.spectral.spectral_stage_reference` for the forms it covers (see the module
-    docstring); fp32 accumulation, the input's dtype at every layer boundary, as the Triton kernel."""
+    docstring); fp32 accumulation, the input's dtype at every layer boundary, as the Triton kernel.
+    ``split_wait``: wait for each layer's wgmmas on their own, overlapping its epilogue with the later layers'
+    wgmmas (False: one wait per phase, the session-5 form). Same arithmetic either way."""
     _check(x, program)
-    return _run(x, program)
+    return _run(x, program, split_wait=split_wait)
 
 
-def _run(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
+def _run(x: torch.Tensor, program: SpectralProgram, *, split_wait: bool = True) -> torch.Tensor:
     """:func:`spectral_stage_gluon` once ``x`` and ``program`` passed its checks (the dispatcher has run them)."""
     from .spectral import _pack
 
@@ -275,7 +305,7 @@ def _run(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
         return out
     pk = _pack(program, x.device, x.dtype)
     m = pk["meta"]
-    lc = _layout_constants(m)
+    lc = _layout_constants(m, split_wait)
     with torch.cuda.device(x.device):
         _gluon_stage_kernel[(-(-p // BLOCK_P),)](
             x, out, pk["stem_w"], pk["stem_b"], pk["conv_w"], pk["conv_b"], pk["red_w"], pk["red_b"],

@@ -174,9 +174,10 @@ def test_auto_spatial_form_is_dense_only_for_low_precision_on_cuda_or_an_amx_cpu
                          precision="bfloat16").spatial_form == "conv"  # 7x7 windows: not measured
 
 
-def test_auto_spatial_precision_is_bf16_only_for_a_bf16_engine_on_an_amx_cpu(monkeypatch):
-    """``auto``: the engine's bf16 where the CPU has AMX-BF16 (the bf16 engine 1.44x end to end there); float32 for
-    float32 and float16 engines, on CPUs without AMX, and on CUDA (not timed on a GPU yet)."""
+def test_auto_spatial_precision_is_low_on_cuda_and_for_bf16_on_an_amx_cpu(monkeypatch):
+    """``auto``: the engine's bf16 where the CPU has AMX-BF16 (the bf16 engine 1.44x end to end there) and the
+    engine's low precision on CUDA (1.13x on an H200); float32 for float32 engines, for float16 on a CPU and on
+    CPUs without AMX."""
     from hsi_engine import fused
 
     m = random_model()
@@ -187,8 +188,13 @@ def test_auto_spatial_precision_is_bf16_only_for_a_bf16_engine_on_an_amx_cpu(mon
         assert FusedSSRN(m, backend="eager").spatial_precision == "float32"
         assert FusedSSRN(m, backend="eager", precision="bfloat16",
                          spatial_precision="float32").spatial_precision == "float32"
+    rule = fused._auto_spatial_precision
+    assert [rule("cuda", p, False) for p in ("float32", "bfloat16", "float16")] == ["float32", "bfloat16", "float16"]
+    assert [rule("cpu", p, True) for p in ("float32", "bfloat16", "float16")] == ["float32", "bfloat16", "float32"]
+    assert [rule("cpu", p, False) for p in ("float32", "bfloat16", "float16")] == ["float32"] * 3
     if torch.cuda.is_available():
-        assert FusedSSRN(m, backend="eager", device="cuda", precision="bfloat16").spatial_precision == "float32"
+        assert FusedSSRN(m, backend="eager", device="cuda", precision="bfloat16").spatial_precision == "bfloat16"
+        assert FusedSSRN(m, backend="eager", device="cuda").spatial_precision == "float32"
 
 
 def test_amx_probe_needs_the_flag_and_the_os(tmp_path, monkeypatch):

@@ -340,6 +340,9 @@ def test_gpu_split_fp32_products_keep_fp32_accuracy(products: str) -> None:
     except Exception as e:  # noqa: BLE001
         if "input_precision must be one of" in str(e):
             pytest.skip(f"this Triton has no {products}: {str(e)[:200]}")
+        if products == "tf32x3" and "shared memory" in str(e):  # an H200 SM: 227 KB; tf32x3 asks 250 KB
+            assert isinstance(e, ValueError) and "use input_precision='bf16x3'" in str(e), e
+            return
         raise
     check_tolerance(split)
     tf32 = _cuda_case(200, 4_096, torch.float32, allow_tf32=True)
