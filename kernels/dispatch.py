@@ -11,7 +11,7 @@ One small function decides (STYLE: never an environment variable read at import 
   interpreter, ``TRITON_INTERPRET=1``, which tests use); in bfloat16 / float16 on a Hopper GPU, for the
   paper's block form, :func:`kernels.spectral_gluon.spectral_stage_gluon` instead (2.48 ms against the Triton
   kernel's 3.10 per 65,536 pixels of 200 bands on an H200, benchmarks/results/kernels-h200.md run 2), once it
-  matched the reference on the first pixels of a program shape (its split-wait form first, then its
+  matched the reference on the first pixels of a program shape (its default form first, then its
   one-wait-per-phase form; else the Triton kernel, with one warning).
 - ``auto``: on CUDA, ``triton`` for bfloat16 / float16 when Triton imports and the kernel passes a tiny
   self-check against the reference, and ``eager`` for float32 (exact float32 has no tensor-core path: on an
@@ -172,49 +172,51 @@ def get_spectral_stage(backend: str, device: torch.device | str | None = None,
 
 
 _GLUON_CHECKED: dict[tuple, str] = {}  # program shape -> '' (a Gluon form matched the reference), else why not
-_GLUON_SPLIT: dict[tuple, bool] = {}  # program shape -> the form that matched: split waits (True) or per phase
+_GLUON_WAITS: dict[tuple, str] = {}  # program shape -> the Gluon form (spectral_gluon.WAITS) that matched
 
 
 def fused_stage(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
     """The ``triton`` backend in bf16 / fp16 on CUDA: the Gluon kernel where it applies (Hopper, the paper's
-    block form, fits in shared memory) and matched the reference on this program shape (its split-wait form,
-    else its one-wait-per-phase form), else the Triton kernel."""
+    block form, fits in shared memory) and matched the reference on this program shape (its default form, else
+    its one-wait-per-phase form), else the Triton kernel."""
     from .spectral import spectral_stage_triton
-    from .spectral_gluon import _run, gluon_unsupported
+    from .spectral_gluon import DEFAULT_WAITS, _run, gluon_unsupported
 
     if x.dtype == torch.float32 or gluon_unsupported(x, program) is not None:
         return spectral_stage_triton(x, program)
     key = (program.bands, tuple(program.stem.weight.shape), program.stem.stride, program.out_features,
            len(program.blocks), program.blocks[0].conv1.weight.shape[2], x.dtype, x.device)
     if key not in _GLUON_CHECKED:
-        why = _gluon_disagrees(x, program, split_wait=True)
-        _GLUON_SPLIT[key] = not why
-        if why:
-            phase = _gluon_disagrees(x, program, split_wait=False)
-            if not phase:
-                log.warning("fused spectral stage: %s (split waits); running its one-wait-per-phase form", why)
-            why = phase and f"{why} (split waits); {phase} (one wait per phase)"
-        _GLUON_CHECKED[key] = why
+        whys = []
+        for waits in dict.fromkeys((DEFAULT_WAITS, "phase")):
+            why = _gluon_disagrees(x, program, waits=waits)
+            if not why:
+                _GLUON_WAITS[key] = waits
+                break
+            whys.append(f"{why} (waits={waits!r})")
+        why = _GLUON_CHECKED[key] = "; ".join(whys) if key not in _GLUON_WAITS else ""
         if why:
             log.warning("fused spectral stage: %s; running the Triton kernel for this program shape", why)
+        elif whys:
+            log.warning("fused spectral stage: %s; running the Gluon kernel's one-wait-per-phase form", whys[0])
         else:
             log.info("fused spectral stage: the Gluon (Hopper) kernel for %d bands, %s", program.bands,
                      str(x.dtype).removeprefix("torch."))
     if _GLUON_CHECKED[key]:
         return spectral_stage_triton(x, program)
-    return _run(x, program, split_wait=_GLUON_SPLIT[key])  # gluon_unsupported ran its checks
+    return _run(x, program, waits=_GLUON_WAITS[key])  # gluon_unsupported ran its checks
 
 
-def _gluon_disagrees(x: torch.Tensor, program: SpectralProgram, n: int = 512, *, split_wait: bool = True) -> str:
+def _gluon_disagrees(x: torch.Tensor, program: SpectralProgram, n: int = 512, *, waits: str | None = None) -> str:
     """'' when the Gluon kernel's output on the first ``n`` pixels of ``x`` is within 5 % of the largest
     feature of the float32 reference (bf16 / fp16 rounding stays near 1 %), else why not. It ran on one GPU and
     one Triton release before it was wired in: a miscompile elsewhere must cost speed, never numbers."""
     from .spectral import _off_by
-    from .spectral_gluon import spectral_stage_gluon
+    from .spectral_gluon import DEFAULT_WAITS, spectral_stage_gluon
 
     head = x[:n]
     try:
-        got = spectral_stage_gluon(head, program, split_wait=split_wait).float()
+        got = spectral_stage_gluon(head, program, waits=waits or DEFAULT_WAITS).float()
     except Exception as e:  # noqa: BLE001 - any failure means: use the Triton kernel
         return f"the Gluon kernel failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]})"
     off = _off_by(got, spectral_stage_reference(head.float(), program.to(dtype=torch.float32)), 5e-2)

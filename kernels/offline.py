@@ -56,7 +56,7 @@ def compile_triton(variant: dict, *, num_warps: int = 4, num_stages: int = 1, dt
                           options={"num_warps": num_warps, "num_stages": num_stages})
 
 
-def compile_gluon(*, dtype: str = "bf16", program: SpectralProgram | None = None, split_wait: bool = True):
+def compile_gluon(*, dtype: str = "bf16", program: SpectralProgram | None = None, waits: str | None = None):
     """The Gluon kernel (kernels/spectral_gluon.py), compiled for sm_90 (raises when this
     Triton has no Gluon or cannot compile it offline)."""
     import triton
@@ -75,7 +75,7 @@ def compile_gluon(*, dtype: str = "bf16", program: SpectralProgram | None = None
     m = spectral._pack(program, torch.device("cpu"), _DTYPES[dtype])["meta"]
     const = {k: m[k] for k in ("STEM_STRIDE", "KS", "KS_PAD", "KT", "NUM_BLOCKS", "WP", "FP", "STEM_RELU",
                                 "RELU1_MASK", "RELU2_MASK", "BLOCK_RELU_MASK", "REDUCE_RELU")}
-    const.update(spectral_gluon._layout_constants(m, split_wait))
+    const.update(spectral_gluon._layout_constants(m, waits or spectral_gluon.DEFAULT_WAITS))
     pointers = dict(x_ptr="x", out_ptr="x", stem_w_ptr="x", stem_b_ptr="f", conv_w_ptr="x", conv_b_ptr="f",
                     red_w_ptr="x", red_b_ptr="f")
     src = GluonASTSource(fn=spectral_gluon._gluon_stage_kernel, signature=_signature(pointers, const, dtype),
@@ -83,9 +83,10 @@ def compile_gluon(*, dtype: str = "bf16", program: SpectralProgram | None = None
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 
 
-def ptxas_usage(ptx: str) -> tuple[int | None, int | None]:
-    """``(registers, spill-store bytes)`` from the bundled ptxas's ``-v`` report for sm_90a (None, None when
-    this Triton's ptxas cannot be found)."""
+def ptxas_report(ptx: str) -> str | None:
+    """The bundled ptxas's ``-v`` report for ``ptx`` on sm_90a (None when this Triton's ptxas cannot be found):
+    registers, spills and its performance notes, such as C7515 (every wgmma serialized) and C7517 (a wgmma
+    wait injected), which a kernel that keeps wgmmas in flight past a register use can trigger."""
     try:  # where Triton keeps its ptxas differs between releases
         from triton.backends.nvidia.compiler import get_ptxas
 
@@ -99,13 +100,20 @@ def ptxas_usage(ptx: str) -> tuple[int | None, int | None]:
 
             ptxas = knobs.nvidia.ptxas.path
         except Exception:  # noqa: BLE001
-            return None, None
+            return None
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "k.ptx"
         src.write_text(ptx)
         r = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(src), "-o", str(Path(tmp) / "k.cubin")],
                            capture_output=True, text=True)
-    text = r.stdout + r.stderr
+    return r.stdout + r.stderr
+
+
+def ptxas_usage(ptx: str) -> tuple[int | None, int | None]:
+    """``(registers, spill-store bytes)`` from :func:`ptxas_report` (None, None without a ptxas)."""
+    text = ptxas_report(ptx)
+    if text is None:
+        return None, None
     regs = re.search(r"Used (\d+) registers", text)
     spill = re.search(r"(\d+) bytes spill stores", text)
     return (int(regs.group(1)) if regs else None), (int(spill.group(1)) if spill else None)

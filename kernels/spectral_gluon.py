@@ -15,11 +15,12 @@ asynchronously and they are waited on together:
 - phase A: the stem (position j) and every block's conv2 (+ identity);
 - phase B: every block's conv1 and the reduce.
 
-By default (``split_wait``) each phase waits for one layer's wgmmas at a time, in issue order, so a layer's
-epilogue (bias, ReLU, identity, the store into the next ring) runs on the CUDA cores while the tensor cores
-work through the later layers' wgmmas, and the reduce stays in flight into the next step's phase A (a CTA
-barrier after that phase's first wait guards the tiles it reads); the one-wait-per-phase form is the first,
-session-5 kernel. Same wgmmas, same numbers.
+How a step waits for its wgmmas (``waits``, :data:`WAITS`): ``phase`` waits once per phase (the session-5
+kernel); ``layer`` waits for one layer's wgmmas at a time, in issue order, so a layer's epilogue (bias, ReLU,
+identity, the store into the next ring) runs on the CUDA cores while the tensor cores work through the later
+layers' wgmmas; ``stem_last`` also issues phase A's blocks last-first and the stem last, so the epilogue left
+exposed is the stem's, the smallest. Every wgmma is complete when a step ends: a wgmma still in flight when
+registers its accumulator shares are defined makes ptxas serialize all of them (C7515). Same numbers.
 
 A layer only reads tiles written in an earlier phase, so block b runs ``b * (KT)`` positions behind the
 stem (one step more per block than the register kernel's wavefront) and the rings need ``KT + 1`` slots.
@@ -50,6 +51,10 @@ except (ImportError, AttributeError) as e:  # pragma: no cover - an older Triton
     GLUON_ERROR = f"{type(e).__name__}: {e}"
 
 BLOCK_P = 64  # one wgmma M: one warpgroup per program
+# How a step waits for its wgmmas -> (SPLIT_WAIT, STEM_LAST): "phase", one wait per phase (the session-5 kernel);
+# "layer", a wait per layer in issue order; "stem_last", a wait per layer with the stem issued last in phase A
+WAITS = {"phase": (False, False), "layer": (True, False), "stem_last": (True, True)}
+DEFAULT_WAITS = "stem_last"
 
 if GLUON_ERROR is None:
 
@@ -68,6 +73,35 @@ if GLUON_ERROR is None:
         return acc
 
     @gluon.jit
+    def _stem_out(s, rings, j, D, STEM_RELU: gl.constexpr, RING: gl.constexpr, dt: gl.constexpr, bias=None):
+        # the stem's epilogue: position j of block 0's input ring (zero outside [0, D): the convs' padding)
+        if bias is not None:
+            s = s + bias
+        if STEM_RELU:
+            s = gl.maximum(s, 0.0)
+        s = gl.where((j >= 0) & (j < D), s, 0.0)
+        rings.index(j & (RING - 1)).store(s.to(dt))
+
+    @gluon.jit
+    def _block_out(acc, rings, last, conv_b_ptr, offs_c, j, D, b: gl.constexpr, NUM_BLOCKS: gl.constexpr,
+                   BEHIND: gl.constexpr, RING: gl.constexpr, WP: gl.constexpr, RELU2_MASK: gl.constexpr,
+                   BLOCK_RELU_MASK: gl.constexpr, acc_l: gl.constexpr, dt: gl.constexpr):
+        # block b's conv2 epilogue: bias, ReLU, identity, ReLU -> its output position q, into the next block's
+        # input ring (or `last`, the reduce's operand)
+        q = j - (b + 1) * BEHIND
+        acc = acc + gl.expand_dims(gl.load(conv_b_ptr + (2 * b + 1) * WP + offs_c), 0)
+        if (RELU2_MASK >> b) & 1:
+            acc = gl.maximum(acc, 0.0)
+        acc = acc + rings.index(2 * b * RING + (q & (RING - 1))).load(acc_l).to(gl.float32)
+        if (BLOCK_RELU_MASK >> b) & 1:
+            acc = gl.maximum(acc, 0.0)
+        y = gl.where((q >= 0) & (q < D), acc, 0.0).to(dt)
+        if b + 1 < NUM_BLOCKS:
+            rings.index(2 * (b + 1) * RING + (q & (RING - 1))).store(y)
+        else:
+            last.store(y)
+
+    @gluon.jit
     def _gluon_stage_kernel(
         x_ptr, out_ptr, stem_w_ptr, stem_b_ptr, conv_w_ptr, conv_b_ptr, red_w_ptr, red_b_ptr,
         P, B, D, F, stride_xp, stride_xb, stride_op, stride_of,
@@ -75,7 +109,7 @@ if GLUON_ERROR is None:
         NUM_BLOCKS: gl.constexpr, WP: gl.constexpr, FP: gl.constexpr, STEM_RELU: gl.constexpr,
         RELU1_MASK: gl.constexpr, RELU2_MASK: gl.constexpr, BLOCK_RELU_MASK: gl.constexpr,
         REDUCE_RELU: gl.constexpr, RING: gl.constexpr, BP: gl.constexpr, SW_W: gl.constexpr, SW_X: gl.constexpr,
-        SW_R: gl.constexpr, SPLIT_WAIT: gl.constexpr,
+        SW_R: gl.constexpr, SPLIT_WAIT: gl.constexpr, STEM_LAST: gl.constexpr,
     ):
         dt: gl.constexpr = x_ptr.dtype.element_ty
         HALF: gl.constexpr = KT // 2
@@ -137,42 +171,44 @@ if GLUON_ERROR is None:
             red = gl.load(red_w_ptr + gl.minimum(gl.maximum(y_last, 0), D - 1) * WP * FP + r_tile)
 
             # phase A: stem -> position j; conv2 of every block -> its output position (+ identity)
-            acc_s = warpgroup_mma(xs_smem, stem_smem, _bias_tile(stem_b_ptr, offs_c, BP, WP, acc_l), is_async=True)
-            accs = (acc_s,)
-            for b in gl.static_range(NUM_BLOCKS):
-                u_prev = j - 1 - b * BEHIND - HALF  # newest conv1 output of block b, written last step
-                accs = accs + (_conv_issue(rings, w_smem, (2 * b + 1) * RING, u_prev, (2 * b + 1) * KT, zero_f,
-                                           KT, RING),)
-            # SPLIT_WAIT: wait for one layer's wgmmas at a time (they complete in issue order), so a layer's
-            # epilogue runs on the CUDA cores while the tensor cores work through the later layers' wgmmas
-            accs = warpgroup_mma_wait(num_outstanding=NUM_BLOCKS * KT if SPLIT_WAIT else 0, deps=accs + (acc_r,))
-            acc_r = accs[NUM_BLOCKS + 1]  # the last step's reduce: complete (issued before this step's stem)
-            if SPLIT_WAIT:  # every warp past its wait: all of the reduce's reads of `last` and red_smem are done
-                _cta_barrier()
-            s = accs[0]
-            if STEM_RELU:
-                s = gl.maximum(s, 0.0)
-            s = gl.where((j >= 0) & (j < D), s, 0.0)
-            rings.index(j & (RING - 1)).store(s.to(dt))
-            if SPLIT_WAIT:  # the last reduce, its only reader, is complete: store while the conv2 wgmmas run
-                red_smem.store(red)
-            for b in gl.static_range(NUM_BLOCKS):
-                q = j - (b + 1) * BEHIND  # block b's output position this step
-                if SPLIT_WAIT:
-                    accs = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - b) * KT, deps=accs)
-                acc = accs[b + 1] + gl.expand_dims(gl.load(conv_b_ptr + (2 * b + 1) * WP + offs_c), 0)
-                if (RELU2_MASK >> b) & 1:
-                    acc = gl.maximum(acc, 0.0)
-                acc = acc + rings.index(2 * b * RING + (q & (RING - 1))).load(acc_l).to(gl.float32)
-                if (BLOCK_RELU_MASK >> b) & 1:
-                    acc = gl.maximum(acc, 0.0)
-                y = gl.where((q >= 0) & (q < D), acc, 0.0).to(dt)
-                if b + 1 < NUM_BLOCKS:
-                    rings.index(2 * (b + 1) * RING + (q & (RING - 1))).store(y)
-                else:
-                    last.store(y)
-            if not SPLIT_WAIT:
-                red_smem.store(red)
+            if STEM_LAST:  # blocks last-first, the stem last: the epilogue left without wgmmas to hide it is the
+                # stem's, the smallest (with SPLIT_WAIT only)
+                accs = ()
+                for i in gl.static_range(NUM_BLOCKS):
+                    accs = accs + (_conv_issue(rings, w_smem, (2 * (NUM_BLOCKS - 1 - i) + 1) * RING,
+                                               j - 1 - (NUM_BLOCKS - 1 - i) * BEHIND - HALF,
+                                               (2 * (NUM_BLOCKS - 1 - i) + 1) * KT, zero_f, KT, RING),)
+                # a zero start, the bias added after the wait: registers defined while wgmmas are in flight
+                # make ptxas inject a wait before this one (C7517)
+                accs = accs + (warpgroup_mma(xs_smem, stem_smem, zero_f, use_acc=False, is_async=True),)
+                red_smem.store(red)  # its only reader, the last reduce, completed in phase B
+                for i in gl.static_range(NUM_BLOCKS):
+                    accs = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - i) * KT + 1, deps=accs)
+                    _block_out(accs[i], rings, last, conv_b_ptr, offs_c, j, D, NUM_BLOCKS - 1 - i, NUM_BLOCKS,
+                               BEHIND, RING, WP, RELU2_MASK, BLOCK_RELU_MASK, acc_l, dt)
+                accs = warpgroup_mma_wait(num_outstanding=0, deps=accs)
+                _stem_out(accs[NUM_BLOCKS], rings, j, D, STEM_RELU, RING, dt,
+                          gl.expand_dims(gl.load(stem_b_ptr + offs_c), 0))
+            else:
+                accs = (warpgroup_mma(xs_smem, stem_smem, _bias_tile(stem_b_ptr, offs_c, BP, WP, acc_l),
+                                      is_async=True),)
+                for b in gl.static_range(NUM_BLOCKS):
+                    u_prev = j - 1 - b * BEHIND - HALF  # newest conv1 output of block b, written last step
+                    accs = accs + (_conv_issue(rings, w_smem, (2 * b + 1) * RING, u_prev, (2 * b + 1) * KT,
+                                               zero_f, KT, RING),)
+                # SPLIT_WAIT: wait for one layer's wgmmas at a time (they complete in issue order), so a layer's
+                # epilogue runs on the CUDA cores while the tensor cores work through the later layers' wgmmas
+                accs = warpgroup_mma_wait(num_outstanding=NUM_BLOCKS * KT if SPLIT_WAIT else 0, deps=accs)
+                _stem_out(accs[0], rings, j, D, STEM_RELU, RING, dt)
+                if SPLIT_WAIT:  # its only reader, the last reduce, completed in phase B: store while conv2s run
+                    red_smem.store(red)
+                for b in gl.static_range(NUM_BLOCKS):
+                    if SPLIT_WAIT:
+                        accs = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - b) * KT, deps=accs)
+                    _block_out(accs[b + 1], rings, last, conv_b_ptr, offs_c, j, D, b, NUM_BLOCKS, BEHIND, RING,
+                               WP, RELU2_MASK, BLOCK_RELU_MASK, acc_l, dt)
+                if not SPLIT_WAIT:
+                    red_smem.store(red)
             fence_async_shared()
             _cta_barrier()
 
@@ -187,9 +223,9 @@ if GLUON_ERROR is None:
             acc_r = warpgroup_mma(last, red_smem, acc_r, is_async=True)
             if SPLIT_WAIT:  # the stem's wgmma, its only reader, completed in phase A
                 xs_smem.store(xs_next.to(dt))
-            # SPLIT_WAIT: block b's conv1 is done while the later blocks' and the reduce's wgmmas still run; the
-            # reduce is left in flight into the next step (it reads `last` and red_smem, written after phase A's
-            # first wait, which it precedes)
+            # SPLIT_WAIT: block b's conv1 is done while the later blocks' and the reduce's wgmmas still run. The
+            # reduce is waited for before the step ends: a wgmma still in flight at the next stem's issue (whose
+            # accumulator the bias defines) made ptxas serialize every wgmma of the kernel (C7515)
             waited = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1) * KT + 1 if SPLIT_WAIT else 0,
                                         deps=accs + (acc_r,))
             for b in gl.static_range(NUM_BLOCKS):
@@ -201,14 +237,14 @@ if GLUON_ERROR is None:
                     acc = gl.maximum(acc, 0.0)
                 rings.index((2 * b + 1) * RING + (u & (RING - 1))).store(
                     gl.where((u >= 0) & (u < D), acc, 0.0).to(dt))
+            if SPLIT_WAIT:
+                waited = warpgroup_mma_wait(num_outstanding=0, deps=waited)
             acc_r = waited[NUM_BLOCKS]
             if not SPLIT_WAIT:
                 xs_smem.store(xs_next.to(dt))
             fence_async_shared()
             _cta_barrier()
 
-        if SPLIT_WAIT:
-            acc_r = warpgroup_mma_wait(num_outstanding=0, deps=(acc_r, zero_f))[0]
         op = pid * BP + gl.arange(0, BP, layout=gl.SliceLayout(1, accr_l))
         of = gl.arange(0, FP, layout=gl.SliceLayout(0, accr_l))
         out = acc_r + gl.expand_dims(gl.load(red_b_ptr + of), 0)
@@ -221,13 +257,16 @@ if GLUON_ERROR is None:
 SHARED_LIMIT = 232_448  # bytes of shared memory one program may use on an H100 / H200 (227 KB)
 
 
-def _layout_constants(m: dict, split_wait: bool = True) -> dict:
+def _layout_constants(m: dict, waits: str = DEFAULT_WAITS) -> dict:
     """The kernel's constexprs beyond the packed program's (``m``: its ``meta``): ring depth, rows, swizzles,
-    and whether it waits per layer (``split_wait``) or once per phase."""
+    and how a step waits for its wgmmas (``waits``, a key of :data:`WAITS`)."""
     from .spectral import _next_pow2
 
+    if waits not in WAITS:
+        raise ValueError(f"waits must be one of {list(WAITS)}; got {waits!r}")
+    split, stem_last = WAITS[waits]
     return dict(RING=_next_pow2(m["KT"] + 1, 2), BP=BLOCK_P, SW_W=min(128, 2 * m["WP"]),
-                SW_X=min(128, 2 * m["KS_PAD"]), SW_R=min(128, 2 * m["FP"]), SPLIT_WAIT=bool(split_wait))
+                SW_X=min(128, 2 * m["KS_PAD"]), SW_R=min(128, 2 * m["FP"]), SPLIT_WAIT=split, STEM_LAST=stem_last)
 
 
 def shared_bytes(program: SpectralProgram) -> int:
@@ -284,18 +323,21 @@ def gluon_unsupported(x: torch.Tensor, program: SpectralProgram) -> str | None:
     return None
 
 
-def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram, *, split_wait: bool = True) -> torch.Tensor:
+def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAITS) -> torch.Tensor:
     """Gluon spectral stage: ``x (P, bands)`` bf16/fp16 on a Hopper GPU -> ``(P, out_features)``.
 
     Same contract as :func:`kernels.spectral.spectral_stage_reference` for the forms it covers (see the module
     docstring); fp32 accumulation, the input's dtype at every layer boundary, as the Triton kernel.
-    ``split_wait``: wait for each layer's wgmmas on their own, overlapping its epilogue with the later layers'
-    wgmmas (False: one wait per phase, the session-5 form). Same arithmetic either way."""
+    ``waits``: how each band position waits for its wgmmas (:data:`WAITS`): ``phase`` once per phase (the
+    first kernel), ``layer`` per layer, overlapping each epilogue with the later layers' wgmmas, ``stem_last``
+    the same with the stem issued last in phase A. Same arithmetic either way."""
+    if waits not in WAITS:
+        raise ValueError(f"waits must be one of {list(WAITS)}; got {waits!r}")
     _check(x, program)
-    return _run(x, program, split_wait=split_wait)
+    return _run(x, program, waits=waits)
 
 
-def _run(x: torch.Tensor, program: SpectralProgram, *, split_wait: bool = True) -> torch.Tensor:
+def _run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAITS) -> torch.Tensor:
     """:func:`spectral_stage_gluon` once ``x`` and ``program`` passed its checks (the dispatcher has run them)."""
     from .spectral import _pack
 
@@ -305,7 +347,7 @@ def _run(x: torch.Tensor, program: SpectralProgram, *, split_wait: bool = True) 
         return out
     pk = _pack(program, x.device, x.dtype)
     m = pk["meta"]
-    lc = _layout_constants(m, split_wait)
+    lc = _layout_constants(m, waits)
     with torch.cuda.device(x.device):
         _gluon_stage_kernel[(-(-p // BLOCK_P),)](
             x, out, pk["stem_w"], pk["stem_b"], pk["conv_w"], pk["conv_b"], pk["red_w"], pk["red_b"],
