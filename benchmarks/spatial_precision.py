@@ -139,9 +139,9 @@ def main(argv: list[str] | None = None) -> Path:
                      f"{100 * float((m[mask] == labels[mask]).mean()):.2f} |")
     lines += ["", "`FusedSSRN(spatial_precision=...)`: `float32` runs the per-window blocks in float32 (TF32 GEMMs "
               "and convs on CUDA when the engine's precision is low), the engine's precision runs them in it "
-              "(weights cast once, windows per call); `auto` (the default) picks bfloat16 for a bfloat16 engine on "
-              "a CPU with AMX-BF16 units, float32 elsewhere. The spatial form `auto` is then the dense GEMMs at "
-              "2,048 windows per call on such a CPU."]
+              "(weights cast once, windows per call); `auto` (the default) picks the engine's low precision on CUDA "
+              "and bfloat16 for a bfloat16 engine on a CPU with AMX-BF16 units, float32 elsewhere. The spatial "
+              "form `auto` is then the dense GEMMs (at 2,048 windows per call on such a CPU)."]
     out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"spatial-precision-{device.type}.md"
     write_report(out, lines)  # the agreement table survives a timing cut short
     if args.time_side:

@@ -9,8 +9,8 @@ One small function decides (STYLE: never an environment variable read at import 
   CPU; ``dynamic=True`` so changing tile sizes, i.e. pixel counts, do not recompile).
 - ``triton``: :func:`kernels.spectral.spectral_stage_triton`, CUDA only (and CPU under Triton's
   interpreter, ``TRITON_INTERPRET=1``, which tests use); in bfloat16 / float16 on a Hopper GPU, for the
-  paper's block form, :func:`kernels.spectral_gluon.spectral_stage_gluon` instead (2.48 ms against the Triton
-  kernel's 3.10 per 65,536 pixels of 200 bands on an H200, benchmarks/results/kernels-h200.md run 2), once it
+  paper's block form, :func:`kernels.spectral_gluon.spectral_stage_gluon` instead (2.30 ms against the Triton
+  kernel's 3.13 per 65,536 pixels of 200 bands on an H200, benchmarks/results/kernels-h200.md run 6), once it
   matched the reference on the first pixels of a program shape (its default form first, then its
   one-wait-per-phase form; else the Triton kernel, with one warning).
 - ``auto``: on CUDA, ``triton`` for bfloat16 / float16 when Triton imports and the kernel passes a tiny

@@ -28,8 +28,9 @@ Positions outside ``[0, D)`` are written as zeros (the convs' zero padding), exa
 
 Scope: the paper's block form (no pre-activation or stage affines), bfloat16 / float16 inputs, fp32
 accumulation, CUDA with a Hopper GPU (sm_90: wgmma). Measured on an H200 (Triton 3.6,
-benchmarks/results/kernels-h200.md run 1): 2.51 ms per 65,536 pixels of 200 bands in bf16, against 3.10 ms for the
-best Triton config and 12.76 ms for the Conv3d formulation, same run. The engine's ``triton`` backend runs it
+benchmarks/results/kernels-h200.md run 6): 2.30 ms per 65,536 pixels of 200 bands in bf16 with per-layer waits
+(the default), 2.50 ms with one wait per phase, against 3.13 ms for the best Triton config and 12.72 ms for the
+Conv3d formulation, same run. The engine's ``triton`` backend runs it
 where it applies (:mod:`kernels.dispatch`), after checking it once per program shape against the reference.
 """
 
@@ -53,8 +54,10 @@ except (ImportError, AttributeError) as e:  # pragma: no cover - an older Triton
 BLOCK_P = 64  # one wgmma M: one warpgroup per program
 # How a step waits for its wgmmas -> (SPLIT_WAIT, STEM_LAST): "phase", one wait per phase (the session-5 kernel);
 # "layer", a wait per layer in issue order; "stem_last", a wait per layer with the stem issued last in phase A
+# H200, Triton 3.6, 65,536 pixels of 200 bands, two runs (benchmarks/results/kernels-h200.md, runs 6 and 7):
+# phase 2.496 / 2.487 ms, layer 2.302 / 2.299, stem_last 2.332 / 2.338
 WAITS = {"phase": (False, False), "layer": (True, False), "stem_last": (True, True)}
-DEFAULT_WAITS = "stem_last"
+DEFAULT_WAITS = "layer"
 
 if GLUON_ERROR is None:
 
