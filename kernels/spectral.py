@@ -15,21 +15,77 @@ from .program import Affine, FoldedBlock, FoldedConv, SpectralProgram
 
 def _conv(y: torch.Tensor, c: FoldedConv) -> torch.Tensor:
     # y: (1, C_in, D, P) channels-last; kernel (k, 1) slides along bands only.
+    if c.relu and _fuse_relu_here(y, c):
+        return _conv_relu_cpu(y, c)
+    return _conv_unfused(y, c)
+
+
+def _conv_unfused(y: torch.Tensor, c: FoldedConv) -> torch.Tensor:
     out = F.conv2d(y, c.weight.unsqueeze(-1), c.bias, stride=(c.stride, 1), padding=(c.padding, 0))
     return F.relu(out) if c.relu else out
+
+
+_CONV_POINTWISE = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
+_CONV_POINTWISE_BINARY = getattr(_CONV_POINTWISE, "binary", None)
+
+
+def _fuse_relu_here(y: torch.Tensor, c: FoldedConv) -> bool:
+    """Whether this conv + ReLU can run as one oneDNN primitive: CPU, eager (torch.compile fuses on its own),
+    no autograd, float32 or bfloat16 (oneDNN has no float64; float16 stays on the plain path measured), a torch
+    that has the op."""
+    if _CONV_POINTWISE is None or y.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    dt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else y.dtype
+    if dt not in (torch.float32, torch.bfloat16) or c.weight.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    return not (torch.is_grad_enabled() and (y.requires_grad or c.weight.requires_grad))
+
+
+def _conv_relu_cpu(y: torch.Tensor, c: FoldedConv) -> torch.Tensor:
+    """ReLU(conv) as one oneDNN primitive (the post-op inductor uses): the same bits as F.conv2d then F.relu for
+    finite values, without a second pass over the activations (1.33x / 1.43x per layer in float32 / bf16 on the
+    development CPU, benchmarks/results/conv-relu-cpu.md). oneDNN's ReLU maps NaN to 0 where F.relu keeps it, so
+    :func:`spectral_stage_reference` takes this path only for finite input. Under autocast the operands are cast
+    as autocast casts conv2d's, since autocast does not know this op."""
+    w, b = c.weight.unsqueeze(-1), c.bias
+    if torch.is_autocast_enabled("cpu"):
+        dt = torch.get_autocast_dtype("cpu")
+        y, w, b = y.to(dt), w.to(dt), (b.to(dt) if b is not None else None)
+    elif w.dtype != y.dtype:  # as F.conv2d, refuse mixed dtypes rather than run in either
+        raise RuntimeError(f"conv input {y.dtype} and weight {w.dtype} differ")
+    return _CONV_POINTWISE(y, w, b, [c.padding, 0], [c.stride, 1], [1, 1], 1, "relu", [], "")
+
+
+def _conv_add_cpu(h: torch.Tensor, c: FoldedConv, y: torch.Tensor, relu: bool) -> torch.Tensor:
+    """``[ReLU](conv(h) + y)``, a residual block's end, as one oneDNN primitive (a binary-add post-op, then ReLU):
+    in float32 the same bits as the three passes; in bf16 / fp16 the sum is taken on the conv's float32 result
+    and rounded once (as the Triton and Gluon kernels do), where the passes round the conv first."""
+    w, b = c.weight.unsqueeze(-1), c.bias
+    if torch.is_autocast_enabled("cpu"):
+        dt = torch.get_autocast_dtype("cpu")
+        h, y, w, b = h.to(dt), y.to(dt), w.to(dt), (b.to(dt) if b is not None else None)
+    if not (h.dtype == y.dtype == w.dtype):
+        raise RuntimeError(f"conv input {h.dtype}, residual {y.dtype} and weight {w.dtype} differ")
+    return _CONV_POINTWISE_BINARY(h, y, w, b, [c.padding, 0], [c.stride, 1], [1, 1], 1, "add", 1.0,
+                                  "relu" if relu else None, [], "")
 
 
 def _affine(y: torch.Tensor, a: Affine) -> torch.Tensor:
     return F.relu(y * a.scale.view(1, -1, 1, 1) + a.shift.view(1, -1, 1, 1))
 
 
-def _run_program(y: torch.Tensor, program: SpectralProgram, conv, affine) -> torch.Tensor:
+def _run_program(y: torch.Tensor, program: SpectralProgram, conv, affine, conv_add=None) -> torch.Tensor:
     """The program's layers in order (stem, residual blocks, stage affines, reduce) with a layout's ``conv`` /
-    ``affine``: one definition of the stage for every plain-torch formulation."""
+    ``affine``: one definition of the stage for every plain-torch formulation. ``conv_add(h, c, y, relu)``, when
+    given, computes a block's ``[ReLU](conv(h) + y)`` in one pass (blocks whose conv2 has no ReLU of its own)."""
     y = conv(y, program.stem)
     for b in program.blocks:
         h = affine(y, b.pre) if b.pre is not None else y
-        h = conv(conv(h, b.conv1), b.conv2) + y
+        h = conv(h, b.conv1)
+        if conv_add is not None and not b.conv2.relu:  # ReLU(conv2(h) + y) in one pass
+            y = conv_add(h, b.conv2, y, b.relu)
+            continue
+        h = conv(h, b.conv2) + y
         y = F.relu(h) if b.relu else h
     for a in program.post:
         y = affine(y, a)
@@ -47,14 +103,24 @@ def spectral_stage_reference(x: torch.Tensor, program: SpectralProgram) -> torch
     """Spectral features of ``x (P, bands)`` pixels: ``(P, out_features)`` in ``x``'s dtype.
 
     The formulation (conv2d with (k, 1) kernels, channels-last, bands on dim 2, pixels on dim 3)
-    measured fastest on CPU; see benchmarks/results/formulations.md.
+    measured fastest on CPU; see benchmarks/results/formulations.md. On CPU, for finite float32 / bfloat16
+    input, each conv + ReLU and each residual block's conv2 + identity + ReLU run as one oneDNN primitive
+    (the engine 1.11x / 1.15x end to end, benchmarks/results/conv-relu-cpu.md): float32 gives the same bits as
+    the plain layers, bf16 rounds the residual sums once instead of twice.
     """
     _check_pixels(x, program)
     p = x.shape[0]
     # channels-last strides spelled out: for one channel .contiguous(channels_last) keeps NCHW strides,
     # and the convs would then run (and return) NCHW, 2x slower on CPU
     y = x.t().contiguous().as_strided((1, 1, program.bands, p), (program.bands * p, 1, p, 1))
-    y = _run_program(y, program, _conv, _affine)  # (1, W, D, P) inside, (1, F, 1, P) out
+    # NaN / inf in: the plain layers, so NaN propagates through every ReLU as in SSRN.forward (the fused one
+    # would zero it); the engine refuses or masks non-finite input before this, so it never pays the check's cost
+    # in lost fusion
+    plain = x.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all())
+    fuse_add = not plain and _CONV_POINTWISE_BINARY is not None and _fuse_relu_here(y, program.stem) and not (
+        torch.is_grad_enabled() and any(b.conv2.weight.requires_grad for b in program.blocks))
+    y = _run_program(y, program, _conv_unfused if plain else _conv, _affine,  # (1, W, D, P) inside, (1, F, 1, P) out
+                     _conv_add_cpu if fuse_add else None)
     return y.reshape(-1, p).t()
 
 

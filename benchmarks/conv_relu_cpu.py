@@ -1,0 +1,145 @@
+"""Elementwise passes fused into oneDNN's convolutions in the CPU spectral stage, against the plain layers.
+
+On CPU ``kernels.spectral`` runs conv + ReLU as one oneDNN primitive (``torch.ops.mkldnn._convolution_pointwise``
+with a ReLU post-op, what inductor emits) and a residual block's end, ReLU(conv2(h) + y), as another (a binary-add
+post-op, then ReLU); the plain layers write each conv's output and read it again for the add and the ReLU.
+float32 gives the same bits; bf16 rounds the residual sum once (checked: same map / max difference per row).
+Runs alternate, one round of warm-up first.
+
+    python benchmarks/conv_relu_cpu.py [--side 256] [--reps 5] [--out benchmarks/results/conv-relu-cpu.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks._common import cpu_name, timed_run, write_report  # noqa: E402
+
+from kernels import spectral  # noqa: E402
+
+
+def unfused():
+    """The plain layers: both oneDNN ops looked up as missing, as on a torch without them."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(spectral, "_CONV_POINTWISE", None))
+    stack.enter_context(mock.patch.object(spectral, "_CONV_POINTWISE_BINARY", None))
+    return stack
+
+
+ARMS = ("plain", "fused")
+
+
+def arm(name: str):
+    return unfused() if name == "plain" else contextlib.nullcontext()
+
+
+def layer_rows(pixels: int, reps: int) -> list[tuple]:
+    """One 24 -> 24, kernel-7 conv over 97 bands and ``pixels`` pixels, channels-last, per dtype: with its ReLU,
+    and as a residual block's end (conv, + identity, ReLU)."""
+    from kernels.program import FoldedConv
+
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        w, b = (0.2 * torch.randn(24, 24, 7, generator=g)).to(dtype), torch.randn(24, generator=g).to(dtype)
+        y = torch.randn(1, 24, 97, pixels, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+        idn = torch.randn(1, 24, 97, pixels, generator=g).relu().to(dtype).contiguous(memory_format=torch.channels_last)
+        cases = {"conv + ReLU": (FoldedConv(w, b, 1, 3, True), lambda c: spectral._conv(y, c),
+                                 lambda c: spectral._conv_unfused(y, c)),
+                 "conv + identity + ReLU": (FoldedConv(w, b, 1, 3, False),
+                                            lambda c: spectral._conv_add_cpu(y, c, idn, True),
+                                            lambda c: F.relu(spectral._conv_unfused(y, c) + idn))}
+        for what, (c, fused, plain) in cases.items():
+            times: dict[str, list[float]] = {a: [] for a in ARMS}
+            outs = {}
+            with torch.no_grad():
+                for _ in range(reps + 1):
+                    for a, fn in (("plain", plain), ("fused", fused)):
+                        t0 = time.perf_counter()
+                        outs[a] = fn(c)
+                        times[a].append(time.perf_counter() - t0)
+            diff = (outs["plain"].float() - outs["fused"].float()).abs().max().item()
+            rows.append((what, str(dtype).removeprefix("torch."),
+                         *(statistics.median(times[a][1:]) * 1e3 for a in ARMS), diff))
+    return rows
+
+
+def engine_rows(side: int, reps: int) -> list[tuple]:
+    """The engine (eager backend, default settings) on a random ``200 x side x side`` scene in memory."""
+    import numpy as np
+
+    from hsi_engine.api import _Job
+    from hsi_engine.fused import FusedSSRN
+    from hsi_engine.runner import ArraySink, run_plan
+    from ssrn.config import SSRNConfig
+    from ssrn.model import SSRN
+
+    torch.manual_seed(0)
+    model = SSRN(SSRNConfig.from_name("indian_pines")).eval()
+    scene = torch.randn(200, side, side, generator=torch.Generator().manual_seed(5)).numpy()
+    rows = []
+    for precision in ("float32", "bfloat16"):
+        job = _Job(scene, model, tile=None, device="cpu", backend="eager", precision=precision, nodata=None)
+        engine = FusedSSRN(job.model, backend="eager", device="cpu", precision=precision)
+        times: dict[str, list[float]] = {a: [] for a in ARMS}
+        for _ in range(reps + 1):
+            for a in ARMS:
+                with arm(a):
+                    times[a].append(timed_run(job, engine)[0])
+        maps = {}
+        for a in ARMS:
+            with arm(a):
+                sink = ArraySink(job.height, job.width, job.classes)
+                run_plan(job.da, job.plan, engine, sink, mean=job.mean, std=job.std, nodata=job.nodata,
+                         progress=False)
+                maps[a] = sink.labels
+        differ = int((maps["plain"] != maps["fused"]).sum())
+        rows.append((precision, *(side * side / statistics.median(times[a][1:]) for a in ARMS), differ))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--side", type=int, default=256, help="scene side for the engine rows")
+    ap.add_argument("--pixels", type=int, default=512, help="pixels per layer call (the engine's CPU chunk)")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "conv-relu-cpu.md"))
+    args = ap.parse_args(argv)
+    if spectral._CONV_POINTWISE is None or spectral._CONV_POINTWISE_BINARY is None:
+        raise SystemExit("this torch has no torch.ops.mkldnn._convolution_pointwise(.binary): nothing to compare")
+    layers = layer_rows(args.pixels, 20 * args.reps)
+    engines = engine_rows(args.side, args.reps)
+    cmd = "python benchmarks/conv_relu_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = ["# ReLU fused into oneDNN's convolution (CPU)", "",
+             f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
+             f"- device: {cpu_name()}, torch threads {torch.get_num_threads()}",
+             f"- versions: python {platform.python_version()}, torch {torch.__version__}",
+             f"- command: `{cmd.strip()}`",
+             f"- medians of {20 * args.reps} layer calls and {args.reps} engine runs, plain and fused alternating "
+             "after one warm-up round", "",
+             f"## One spectral layer (24 -> 24 channels, kernel 7, 97 bands, {args.pixels} pixels, channels-last)", "",
+             "| layer | dtype | plain layers ms | fused ms | speed-up | max difference |", "|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {w} | {d} | {a:.3f} | {b:.3f} | {a / b:.2f}x | {x:.2g} |" for w, d, a, b, x in layers]
+    lines += ["", f"## The engine end to end ({args.side} x {args.side} x 200 random scene in memory, eager backend, "
+              "default settings, random-init Indian Pines SSRN)", "",
+              "| precision | plain layers px/s | fused px/s | speed-up | pixels whose class differs |",
+              "|---|---:|---:|---:|---:|"]
+    lines += [f"| {p} | {a:,.0f} | {b:,.0f} | {b / a:.2f}x | {x} |" for p, a, b, x in engines]
+    return write_report(args.out, lines)
+
+
+if __name__ == "__main__":
+    print(main().read_text())
