@@ -64,6 +64,10 @@ CASES = [
      {"config": dict(PLAIN, PIPE=True, SCATTER=True), "kernel": 3}),
     ("pipe-kcat-spa-b29-w24-0blocks", 29, 24, 128, 0, "paper", 0, 3, "float32", {"config": dict(KCAT, PIPE=True)}),
     ("pipe-kcat-seed-b25-w16-post1-bf16", 25, 16, 40, 2, "seed", 1, 3, "bfloat16", {"config": dict(KCAT, PIPE=True)}),
+    # a ReLU after conv2 as well (before the identity add): no SSRN has one, the kernel implements it
+    ("relu2-paper-b23-w24", 23, 24, 128, 2, "paper", 0, 3, "float32", {"conv2_relu": True}),
+    ("relu2-scatter-paper-b31-w20-bf16", 31, 20, 64, 2, "paper", 0, 3, "bfloat16",
+     {"config": SCATTER, "conv2_relu": True}),
     # split fp32 products (the interpreter multiplies in fp32 whatever they are: this checks the plumbing)
     ("tf32x3-paper-b23-w24", 23, 24, 128, 2, "paper", 0, 3, "float32", {"input_precision": "tf32x3"}),
 ]
@@ -75,7 +79,7 @@ def run_case(name, bands, width, out_features, blocks, form, stage_norms, pixels
     g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
     prog = program if program is not None else _random_program(
         bands, width, out_features, blocks=blocks, form=form, stage_norms=stage_norms,
-        kernel=opts.get("kernel", 7), generator=g)
+        kernel=opts.get("kernel", 7), conv2_relu=opts.get("conv2_relu", False), generator=g)
     x64 = torch.randn(pixels, bands, generator=g, dtype=torch.float64)
     ref = spectral_stage_reference(x64, prog.to(dtype=torch.float64))
     dt = DTYPES[dtype]

@@ -57,12 +57,14 @@ def _replay_schedule(x: torch.Tensor, prog) -> torch.Tensor:
     return F.relu(out) if prog.reduce.relu else out
 
 
-@pytest.mark.parametrize("bands,kernel,blocks,width", [(200, 7, 2, 24), (103, 7, 2, 24), (23, 7, 2, 20),
-                                                       (31, 5, 3, 16), (17, 3, 1, 24), (12, 1, 2, 16),
-                                                       (9, 7, 1, 24)])
-def test_schedule_computes_the_reference(bands: int, kernel: int, blocks: int, width: int) -> None:
+@pytest.mark.parametrize("bands,kernel,blocks,width,relu2", [(200, 7, 2, 24, False), (103, 7, 2, 24, True),
+                                                             (23, 7, 2, 20, False), (31, 5, 3, 16, True),
+                                                             (17, 3, 1, 24, False), (12, 1, 2, 16, False),
+                                                             (9, 7, 1, 24, True)])
+def test_schedule_computes_the_reference(bands: int, kernel: int, blocks: int, width: int, relu2: bool) -> None:
     g = torch.Generator().manual_seed(bands * 10 + kernel)
-    prog = _random_program(bands, width, 40, blocks=blocks, kernel=kernel, generator=g).to(dtype=torch.float64)
+    prog = _random_program(bands, width, 40, blocks=blocks, kernel=kernel, conv2_relu=relu2,
+                           generator=g).to(dtype=torch.float64)
     x = torch.randn(5, bands, generator=g, dtype=torch.float64)
     ref = spectral_stage_reference(x, prog)
     assert ref.abs().max() > 0.1
