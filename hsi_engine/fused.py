@@ -185,15 +185,31 @@ class DenseSpatial:
         return _map_tensors(self, lambda t: t.to(device=device, dtype=dtype))
 
 
+def conv_matrix(w: torch.Tensor, win: int, padding: int) -> torch.Tensor:
+    """The ``(C_in * win * win, C_out * win * win)`` matrix of a stride-1 conv ``w (C_out, C_in, k, k)`` on
+    ``win x win`` images (zero padding ``padding``, 'same' size), flattened channel-major as ``reshape`` does:
+    entry ``[(ci, yi, xi), (co, yo, xo)] = w[co, ci, yi - yo + padding, xi - xo + padding]`` where that tap exists,
+    else 0. Every entry is one weight or zero, placed by indexing (no arithmetic)."""
+    c_out, c_in, k, _ = w.shape
+    pos = torch.arange(win, device=w.device)
+    dy = pos.view(-1, 1) - pos.view(1, -1) + padding  # (y_in, y_out)
+    ok = (dy >= 0) & (dy < k)
+    dy = dy.clamp(0, k - 1)
+    # taps[co, ci, yi, yo, xi, xo] = w[co, ci, dy[yi, yo], dy[xi, xo]]
+    taps = w[:, :, dy.view(win, win, 1, 1), dy.view(1, 1, win, win)]
+    valid = (ok.view(win, win, 1, 1) & ok.view(1, 1, win, win))
+    taps = torch.where(valid, taps, torch.zeros((), dtype=w.dtype, device=w.device))
+    # -> [(ci, yi, xi), (co, yo, xo)]
+    return taps.permute(1, 2, 4, 0, 3, 5).reshape(c_in * win * win, c_out * win * win).contiguous()
+
+
 def dense_spatial(sp: SpatialProgram, win: int) -> DenseSpatial:
-    """``sp``'s per-window stage as dense matrices for ``win x win`` windows (built in float64, stored float32:
-    every matrix entry is one weight or zero)."""
+    """``sp``'s per-window stage as dense matrices for ``win x win`` windows (every matrix entry is one weight or
+    zero, :func:`conv_matrix`)."""
     n = win * win
 
     def toeplitz(w: torch.Tensor, padding: int) -> torch.Tensor:
-        cin = w.shape[1]
-        eye = torch.eye(cin * n, dtype=torch.float64, device=w.device).view(-1, cin, win, win)
-        return F.conv2d(eye, w.double(), padding=padding).reshape(cin * n, -1).float().contiguous()
+        return conv_matrix(w.float(), win, padding)
 
     def flat(v: torch.Tensor) -> torch.Tensor:
         return v.repeat_interleave(n).contiguous()
@@ -301,6 +317,9 @@ class FusedSSRN:
         self.spatial = fold_spatial(model).to(self.device)
         # triton: the kernel runs in x's dtype and packs the (float32) program for it itself
         self._program_lp = self.program if self.backend == "triton" and self.dtype != torch.float32 else None
+        # autocast (eager / compile in low precision): the conv weights cast once here, not on every call
+        self._program_autocast = (self.program.with_conv_dtype(self.dtype)
+                                  if self.dtype != torch.float32 and self._program_lp is None else self.program)
         self._spectral = get_spectral_stage(self.backend, self.device, self.dtype)
         self.fp32_products = fp32_products
         if fp32_products != "ieee" and self.backend == "triton":
@@ -351,7 +370,7 @@ class FusedSSRN:
         if self._program_lp is not None:  # triton: the kernel runs in the input's dtype
             return self._spectral(x.contiguous().to(self.dtype), self._program_lp).float()
         with torch.autocast(self.device.type, dtype=self.dtype):
-            y = self._spectral(x, self.program)
+            y = self._spectral(x, self._program_autocast)
         return y.float()
 
     @torch.no_grad()

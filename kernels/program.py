@@ -74,6 +74,15 @@ class SpectralProgram:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "SpectralProgram":
         return _map_tensors(self, lambda t: t.to(device=device, dtype=dtype))
 
+    def with_conv_dtype(self, dtype: torch.dtype) -> "SpectralProgram":
+        """The convs' weights and biases in ``dtype``, the affines as they are: what autocast hands each conv,
+        cast once instead of on every call (the 128 x 24 x 97 reduce weight took 2.6 % of a bf16 CPU run)."""
+        def cast(c: FoldedConv) -> FoldedConv:
+            return replace(c, weight=c.weight.to(dtype), bias=c.bias.to(dtype) if c.bias is not None else None)
+
+        return replace(self, stem=cast(self.stem), reduce=cast(self.reduce),
+                       blocks=tuple(replace(b, conv1=cast(b.conv1), conv2=cast(b.conv2)) for b in self.blocks))
+
 
 def _map_tensors(obj, fn):
     if isinstance(obj, torch.Tensor):

@@ -112,11 +112,13 @@ def spectral_stage_reference(x: torch.Tensor, program: SpectralProgram) -> torch
     p = x.shape[0]
     # channels-last strides spelled out: for one channel .contiguous(channels_last) keeps NCHW strides,
     # and the convs would then run (and return) NCHW, 2x slower on CPU
-    y = x.t().contiguous().as_strided((1, 1, program.bands, p), (program.bands * p, 1, p, 1))
+    xt = x.t().contiguous()
+    y = xt.as_strided((1, 1, program.bands, p), (program.bands * p, 1, p, 1))
     # NaN / inf in: the plain layers, so NaN propagates through every ReLU as in SSRN.forward (the fused one
-    # would zero it); the engine refuses or masks non-finite input before this, so it never pays the check's cost
-    # in lost fusion
-    plain = x.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all())
+    # would zero it); the engine refuses or masks non-finite input before this. One float32 sum over the
+    # contiguous copy decides: non-finite exactly when an input is (or, harmlessly, when the sum overflows)
+    plain = x.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(
+        torch.isfinite(xt.sum(dtype=torch.float32)))
     fuse_add = not plain and _CONV_POINTWISE_BINARY is not None and _fuse_relu_here(y, program.stem) and not (
         torch.is_grad_enabled() and any(b.conv2.weight.requires_grad for b in program.blocks))
     y = _run_program(y, program, _conv_unfused if plain else _conv, _affine,  # (1, W, D, P) inside, (1, F, 1, P) out
