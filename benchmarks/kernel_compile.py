@@ -142,15 +142,15 @@ def gluon_section(dtype: str) -> list[str]:
     head = ["", "## The Gluon kernel (`kernels/spectral_gluon.py`: activations in shared-memory rings)", ""]
     if dtype == "fp32":
         return head + ["Not built: the Gluon kernel runs bf16 / fp16 only."]
-    rows = ["| waits | BLOCK_P | warps | compile s | registers | spill stores (B) | shared (B) | wgmma waits "
-            "(in order) | ptxas notes | " + " | ".join(_PTX_OPS) + " |", "|" + "---|" * (9 + len(_PTX_OPS))]
-    for waits in sg.WAITS:
+    rows = ["| waits | identity | BLOCK_P | warps | compile s | registers | spill stores (B) | shared (B) | wgmma waits "
+            "(in order) | ptxas notes | " + " | ".join(_PTX_OPS) + " |", "|" + "---|" * (10 + len(_PTX_OPS))]
+    for waits, identity in [(w, "epilogue") for w in sg.WAITS] + [(w, "mma") for w in sg.WAITS]:
         try:
             t0 = time.perf_counter()
-            k = compile_gluon(dtype=dtype, waits=waits)
+            k = compile_gluon(dtype=dtype, waits=waits, identity=identity)
             secs = time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001 - report why, keep the rest of the report
-            rows.append(f"| {waits} | not built here: {type(e).__name__}: "
+            rows.append(f"| {waits} | {identity} | not built here: {type(e).__name__}: "
                         f"{str(e).splitlines()[0][:300] if str(e) else ''} |")
             continue
         ptx = k.asm["ptx"]
@@ -158,12 +158,14 @@ def gluon_section(dtype: str) -> list[str]:
         notes = ", ".join(sorted(set(re.findall(r"\((C75\d\d)\)", ptxas_report(ptx) or "")))) or "none"
         waits_seq = " ".join(re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx))
         pc = ptx_counts(ptx)
-        rows.append(f"| {waits} | {sg.BLOCK_P} | 4 | {secs:.1f} | {regs} | {spill} | {k.metadata.shared} | "
+        rows.append(f"| {waits} | {identity} | {sg.BLOCK_P} | 4 | {secs:.1f} | {regs} | {spill} | {k.metadata.shared} | "
                     f"{waits_seq} | {notes} | " + " | ".join(str(pc[op]) for op in _PTX_OPS) + " |")
     return head + rows + [
         "", "Each band position: 30 wgmmas that read their A tiles from the rings in place; every activation tile "
         "is written to shared memory once. `phase` waits once per phase (two `wgmma.wait_group` 0); `layer` and "
         "`stem_last` wait for one layer at a time (the numbers are how many wgmma groups may stay in flight). "
+        "`identity=mma` adds each block's identity inside conv2's sum (one more wgmma against an identity matrix, "
+        "no epilogue load: no `ldmatrix`); not yet timed on a GPU. "
         "ptxas notes: C7515 = ptxas serialized every wgmma of the kernel, C7517 = it injected a wait (both from "
         "registers touched while a wgmma that uses them is in flight)."]
 

@@ -566,15 +566,17 @@ def main(argv: list[str] | None = None) -> Path:
 
     if cuda:  # the Gluon kernel, probed in a child process first, so a fault (which would poison this process's
         # CUDA context) or a hang on a GPU / Triton it never ran on costs only its own rows
-        from kernels.spectral_gluon import DEFAULT_WAITS, WAITS, spectral_stage_gluon
+        from kernels.spectral_gluon import DEFAULT_IDENTITY, DEFAULT_WAITS, WAITS, spectral_stage_gluon
 
-        probes = {w: _probe_gluon(args.bands, w) for w in WAITS}
+        forms = [(w, "epilogue") for w in WAITS] + [("layer", "mma"), ("stem_last", "mma")]
+        probes = {f: _probe_gluon(args.bands, *f) for f in forms}
         for dtype in [d for d in dtypes if d != torch.float32]:
             x, prog, ref = inputs[dtype]
             engine_stage = get_spectral_stage("triton", device, dtype)
-            rows = [(f"gluon (shared-memory rings, wgmma), waits={w!r}",
-                     functools.partial(spectral_stage_gluon, waits=w), probes[w]) for w in WAITS]
-            rows.append(("backend='triton' as the engine calls it", engine_stage, probes[DEFAULT_WAITS]))
+            rows = [(f"gluon (shared-memory rings, wgmma), waits={w!r}, identity={i!r}",
+                     functools.partial(spectral_stage_gluon, waits=w, identity=i), probes[w, i]) for w, i in forms]
+            rows.append(("backend='triton' as the engine calls it", engine_stage,
+                         probes[DEFAULT_WAITS, DEFAULT_IDENTITY]))
             for label, fn, probe in rows:
                 if probe:  # a row that says why, as try_stage writes it
                     why = f"not run in this process: the probe failed ({probe})"
@@ -659,7 +661,7 @@ from kernels.spectral import _random_program, spectral_stage_reference
 from kernels.spectral_gluon import spectral_stage_gluon
 prog = _random_program({bands}, 24, 128, generator=torch.Generator().manual_seed(0)).to("cuda")
 x = torch.randn(3001, {bands}, generator=torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
-out = spectral_stage_gluon(x, prog, waits={waits!r}).float()
+out = spectral_stage_gluon(x, prog, waits={waits!r}, identity={identity!r}).float()
 ref = spectral_stage_reference(x.float(), prog)
 torch.cuda.synchronize()
 rel = float((out - ref).abs().max() / ref.abs().max())
@@ -669,11 +671,11 @@ if not rel < 5e-2:  # a kernel that runs but computes something else must not be
 """
 
 
-def _probe_gluon(bands: int, waits: str, timeout: int = 45) -> str:
+def _probe_gluon(bands: int, waits: str, identity: str, timeout: int = 45) -> str:
     """Run the Gluon kernel once in a child process: '' when it ran, else why not (its error, a fault, a hang)."""
     try:
         proc = subprocess.run([sys.executable, "-c", _GLUON_PROBE.format(repo=str(REPO), bands=bands,
-                                                                         waits=waits)],
+                                                                         waits=waits, identity=identity)],
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return f"no result within {timeout} s"

@@ -21,6 +21,9 @@ identity, the store into the next ring) runs on the CUDA cores while the tensor 
 layers' wgmmas; ``stem_last`` also issues phase A's blocks last-first and the stem last, so the epilogue left
 exposed is the stem's, the smallest. Every wgmma is complete when a step ends: a wgmma still in flight when
 registers its accumulator shares are defined makes ptxas serialize all of them (C7515). Same numbers.
+``identity="mma"`` (not yet timed on a GPU) adds each block's identity inside conv2's sum, one more wgmma per
+block against an identity matrix in shared memory, so the conv2 epilogue loads nothing from the rings; it needs
+blocks without a ReLU between conv2 and the add, as the SSRN's are.
 
 A layer only reads tiles written in an earlier phase, so block b runs ``b * (KT)`` positions behind the
 stem (one step more per block than the register kernel's wavefront) and the rings need ``KT + 1`` slots.
@@ -58,6 +61,10 @@ BLOCK_P = 64  # one wgmma M: one warpgroup per program
 # phase 2.496 / 2.487 ms, layer 2.302 / 2.299, stem_last 2.332 / 2.338
 WAITS = {"phase": (False, False), "layer": (True, False), "stem_last": (True, True)}
 DEFAULT_WAITS = "layer"
+# Where a residual block's identity joins conv2: "epilogue" (loaded from its ring and added, the measured form) or
+# "mma" (one more wgmma per block against an identity matrix; no epilogue load; not yet timed on a GPU)
+IDENTITIES = ("epilogue", "mma")
+DEFAULT_IDENTITY = "epilogue"
 
 if GLUON_ERROR is None:
 
@@ -76,6 +83,14 @@ if GLUON_ERROR is None:
         return acc
 
     @gluon.jit
+    def _identity_issue(rings, eye_smem, ring_base, q, acc, RING: gl.constexpr, ID_MMA: gl.constexpr):
+        # ID_MMA: the block's identity (its input at output position q) joins conv2's sum as one more wgmma
+        # against an identity matrix, instead of an epilogue load and add
+        if ID_MMA:
+            acc = warpgroup_mma(rings.index(ring_base + (q & (RING - 1))), eye_smem, acc, is_async=True)
+        return acc
+
+    @gluon.jit
     def _stem_out(s, rings, j, D, STEM_RELU: gl.constexpr, RING: gl.constexpr, dt: gl.constexpr, bias=None):
         # the stem's epilogue: position j of block 0's input ring (zero outside [0, D): the convs' padding)
         if bias is not None:
@@ -88,14 +103,15 @@ if GLUON_ERROR is None:
     @gluon.jit
     def _block_out(acc, rings, last, conv_b_ptr, offs_c, j, D, b: gl.constexpr, NUM_BLOCKS: gl.constexpr,
                    BEHIND: gl.constexpr, RING: gl.constexpr, WP: gl.constexpr, RELU2_MASK: gl.constexpr,
-                   BLOCK_RELU_MASK: gl.constexpr, acc_l: gl.constexpr, dt: gl.constexpr):
+                   BLOCK_RELU_MASK: gl.constexpr, acc_l: gl.constexpr, dt: gl.constexpr, ID_MMA: gl.constexpr):
         # block b's conv2 epilogue: bias, ReLU, identity, ReLU -> its output position q, into the next block's
         # input ring (or `last`, the reduce's operand)
         q = j - (b + 1) * BEHIND
         acc = acc + gl.expand_dims(gl.load(conv_b_ptr + (2 * b + 1) * WP + offs_c), 0)
         if (RELU2_MASK >> b) & 1:
             acc = gl.maximum(acc, 0.0)
-        acc = acc + rings.index(2 * b * RING + (q & (RING - 1))).load(acc_l).to(gl.float32)
+        if not ID_MMA:
+            acc = acc + rings.index(2 * b * RING + (q & (RING - 1))).load(acc_l).to(gl.float32)
         if (BLOCK_RELU_MASK >> b) & 1:
             acc = gl.maximum(acc, 0.0)
         y = gl.where((q >= 0) & (q < D), acc, 0.0).to(dt)
@@ -112,12 +128,13 @@ if GLUON_ERROR is None:
         NUM_BLOCKS: gl.constexpr, WP: gl.constexpr, FP: gl.constexpr, STEM_RELU: gl.constexpr,
         RELU1_MASK: gl.constexpr, RELU2_MASK: gl.constexpr, BLOCK_RELU_MASK: gl.constexpr,
         REDUCE_RELU: gl.constexpr, RING: gl.constexpr, BP: gl.constexpr, SW_W: gl.constexpr, SW_X: gl.constexpr,
-        SW_R: gl.constexpr, SPLIT_WAIT: gl.constexpr, STEM_LAST: gl.constexpr,
+        SW_R: gl.constexpr, SPLIT_WAIT: gl.constexpr, STEM_LAST: gl.constexpr, ID_MMA: gl.constexpr,
     ):
         dt: gl.constexpr = x_ptr.dtype.element_ty
         HALF: gl.constexpr = KT // 2
         LAG: gl.constexpr = KT - 1
         BEHIND: gl.constexpr = KT  # positions each block runs behind the one before it (LAG + 1 step)
+        KA: gl.constexpr = KT + 1 if ID_MMA else KT  # wgmma groups of one block's conv2 (+ its identity)
         acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, WP, 16])
         accr_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, FP, 16])
@@ -138,9 +155,15 @@ if GLUON_ERROR is None:
         w_smem = gl.allocate_shared_memory(dt, [NW, WP, WP], tile_s)
         for i in gl.static_range(NW):
             w_smem.index(i).store(gl.load(conv_w_ptr + i * WP * WP + w_tile))
+
         sr = gl.arange(0, KS_PAD, layout=gl.SliceLayout(1, ld_w))
         stem_w = gl.load(stem_w_ptr + gl.expand_dims(sr, 1) * WP + gl.expand_dims(wc, 0))
         stem_smem = gl.allocate_shared_memory(dt, [KS_PAD, WP], tile_s, stem_w)
+        if ID_MMA:  # a (WP, WP) identity matrix, the B operand of each block's identity wgmma (1 x bf16 is exact)
+            eye_smem = gl.allocate_shared_memory(dt, [WP, WP], tile_s)
+            eye_smem.store(gl.where(gl.expand_dims(wr, 1) == gl.expand_dims(wc, 0), 1.0, 0.0).to(dt))
+        else:
+            eye_smem = stem_smem  # not read
         rr = gl.arange(0, WP, layout=gl.SliceLayout(1, ld_r))
         rc = gl.arange(0, FP, layout=gl.SliceLayout(0, ld_r))
         r_tile = gl.expand_dims(rr, 1) * FP + gl.expand_dims(rc, 0)
@@ -178,17 +201,19 @@ if GLUON_ERROR is None:
                 # stem's, the smallest (with SPLIT_WAIT only)
                 accs = ()
                 for i in gl.static_range(NUM_BLOCKS):
-                    accs = accs + (_conv_issue(rings, w_smem, (2 * (NUM_BLOCKS - 1 - i) + 1) * RING,
-                                               j - 1 - (NUM_BLOCKS - 1 - i) * BEHIND - HALF,
-                                               (2 * (NUM_BLOCKS - 1 - i) + 1) * KT, zero_f, KT, RING),)
+                    acc = _conv_issue(rings, w_smem, (2 * (NUM_BLOCKS - 1 - i) + 1) * RING,
+                                      j - 1 - (NUM_BLOCKS - 1 - i) * BEHIND - HALF,
+                                      (2 * (NUM_BLOCKS - 1 - i) + 1) * KT, zero_f, KT, RING)
+                    accs = accs + (_identity_issue(rings, eye_smem, 2 * (NUM_BLOCKS - 1 - i) * RING,
+                                                   j - (NUM_BLOCKS - i) * BEHIND, acc, RING, ID_MMA),)
                 # a zero start, the bias added after the wait: registers defined while wgmmas are in flight
                 # make ptxas inject a wait before this one (C7517)
                 accs = accs + (warpgroup_mma(xs_smem, stem_smem, zero_f, use_acc=False, is_async=True),)
                 red_smem.store(red)  # its only reader, the last reduce, completed in phase B
                 for i in gl.static_range(NUM_BLOCKS):
-                    accs = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - i) * KT + 1, deps=accs)
+                    accs = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - i) * KA + 1, deps=accs)
                     _block_out(accs[i], rings, last, conv_b_ptr, offs_c, j, D, NUM_BLOCKS - 1 - i, NUM_BLOCKS,
-                               BEHIND, RING, WP, RELU2_MASK, BLOCK_RELU_MASK, acc_l, dt)
+                               BEHIND, RING, WP, RELU2_MASK, BLOCK_RELU_MASK, acc_l, dt, ID_MMA)
                 accs = warpgroup_mma_wait(num_outstanding=0, deps=accs)
                 _stem_out(accs[NUM_BLOCKS], rings, j, D, STEM_RELU, RING, dt,
                           gl.expand_dims(gl.load(stem_b_ptr + offs_c), 0))
@@ -197,19 +222,21 @@ if GLUON_ERROR is None:
                                       is_async=True),)
                 for b in gl.static_range(NUM_BLOCKS):
                     u_prev = j - 1 - b * BEHIND - HALF  # newest conv1 output of block b, written last step
-                    accs = accs + (_conv_issue(rings, w_smem, (2 * b + 1) * RING, u_prev, (2 * b + 1) * KT,
-                                               zero_f, KT, RING),)
+                    acc = _conv_issue(rings, w_smem, (2 * b + 1) * RING, u_prev, (2 * b + 1) * KT, zero_f, KT,
+                                      RING)
+                    accs = accs + (_identity_issue(rings, eye_smem, 2 * b * RING, j - (b + 1) * BEHIND, acc, RING,
+                                                   ID_MMA),)
                 # SPLIT_WAIT: wait for one layer's wgmmas at a time (they complete in issue order), so a layer's
                 # epilogue runs on the CUDA cores while the tensor cores work through the later layers' wgmmas
-                accs = warpgroup_mma_wait(num_outstanding=NUM_BLOCKS * KT if SPLIT_WAIT else 0, deps=accs)
+                accs = warpgroup_mma_wait(num_outstanding=NUM_BLOCKS * KA if SPLIT_WAIT else 0, deps=accs)
                 _stem_out(accs[0], rings, j, D, STEM_RELU, RING, dt)
                 if SPLIT_WAIT:  # its only reader, the last reduce, completed in phase B: store while conv2s run
                     red_smem.store(red)
                 for b in gl.static_range(NUM_BLOCKS):
                     if SPLIT_WAIT:
-                        accs = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - b) * KT, deps=accs)
+                        accs = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - b) * KA, deps=accs)
                     _block_out(accs[b + 1], rings, last, conv_b_ptr, offs_c, j, D, b, NUM_BLOCKS, BEHIND, RING,
-                               WP, RELU2_MASK, BLOCK_RELU_MASK, acc_l, dt)
+                               WP, RELU2_MASK, BLOCK_RELU_MASK, acc_l, dt, ID_MMA)
                 if not SPLIT_WAIT:
                     red_smem.store(red)
             fence_async_shared()
@@ -260,21 +287,29 @@ if GLUON_ERROR is None:
 SHARED_LIMIT = 232_448  # bytes of shared memory one program may use on an H100 / H200 (227 KB)
 
 
-def _layout_constants(m: dict, waits: str = DEFAULT_WAITS) -> dict:
+def _layout_constants(m: dict, waits: str = DEFAULT_WAITS, identity: str = DEFAULT_IDENTITY) -> dict:
     """The kernel's constexprs beyond the packed program's (``m``: its ``meta``): ring depth, rows, swizzles,
-    and how a step waits for its wgmmas (``waits``, a key of :data:`WAITS`)."""
+    how a step waits for its wgmmas (``waits``, a key of :data:`WAITS`) and where a block's identity is added
+    (``identity``, one of :data:`IDENTITIES`; ``mma`` needs no ReLU between conv2 and the add)."""
     from .spectral import _next_pow2
 
     if waits not in WAITS:
         raise ValueError(f"waits must be one of {list(WAITS)}; got {waits!r}")
+    if identity not in IDENTITIES:
+        raise ValueError(f"identity must be one of {list(IDENTITIES)}; got {identity!r}")
+    if identity == "mma" and m["RELU2_MASK"]:
+        raise ValueError("identity='mma' adds the identity inside conv2's sum: it needs blocks without a ReLU "
+                         "after conv2 (the SSRN's); this program has one: use identity='epilogue'")
     split, stem_last = WAITS[waits]
     return dict(RING=_next_pow2(m["KT"] + 1, 2), BP=BLOCK_P, SW_W=min(128, 2 * m["WP"]),
-                SW_X=min(128, 2 * m["KS_PAD"]), SW_R=min(128, 2 * m["FP"]), SPLIT_WAIT=split, STEM_LAST=stem_last)
+                SW_X=min(128, 2 * m["KS_PAD"]), SW_R=min(128, 2 * m["FP"]), SPLIT_WAIT=split, STEM_LAST=stem_last,
+                ID_MMA=identity == "mma")
 
 
-def shared_bytes(program: SpectralProgram) -> int:
+def shared_bytes(program: SpectralProgram, identity: str = DEFAULT_IDENTITY) -> int:
     """Shared memory the kernel allocates for ``program`` (16-bit tiles): conv weights, activation rings, the
-    last block's output, the stem's weights and input, the reduce weights of one position."""
+    last block's output, the stem's weights and input, the reduce weights of one position (and with
+    ``identity="mma"`` the identity matrix)."""
     from .spectral import _next_pow2
 
     wp, fp = _next_pow2(program.width), _next_pow2(program.out_features)
@@ -282,7 +317,7 @@ def shared_bytes(program: SpectralProgram) -> int:
     kt = program.blocks[0].conv1.weight.shape[2] if nb else 1
     ring = _next_pow2(kt + 1, 2)
     tiles = 2 * nb * kt * wp * wp + 2 * nb * ring * BLOCK_P * wp + BLOCK_P * wp + ks_pad * wp + BLOCK_P * ks_pad \
-        + wp * fp
+        + wp * fp + (wp * wp if identity == "mma" else 0)
     return 2 * tiles
 
 
@@ -326,21 +361,27 @@ def gluon_unsupported(x: torch.Tensor, program: SpectralProgram) -> str | None:
     return None
 
 
-def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAITS) -> torch.Tensor:
+def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAITS,
+                         identity: str = DEFAULT_IDENTITY) -> torch.Tensor:
     """Gluon spectral stage: ``x (P, bands)`` bf16/fp16 on a Hopper GPU -> ``(P, out_features)``.
 
     Same contract as :func:`kernels.spectral.spectral_stage_reference` for the forms it covers (see the module
     docstring); fp32 accumulation, the input's dtype at every layer boundary, as the Triton kernel.
     ``waits``: how each band position waits for its wgmmas (:data:`WAITS`): ``phase`` once per phase (the
     first kernel), ``layer`` per layer, overlapping each epilogue with the later layers' wgmmas, ``stem_last``
-    the same with the stem issued last in phase A. Same arithmetic either way."""
+    the same with the stem issued last in phase A. Same arithmetic either way. ``identity``: ``epilogue`` adds each
+    block's identity after conv2's wgmmas; ``mma`` folds it into them (:data:`IDENTITIES`; the float32 sums then
+    run in another order)."""
     if waits not in WAITS:
         raise ValueError(f"waits must be one of {list(WAITS)}; got {waits!r}")
+    if identity not in IDENTITIES:
+        raise ValueError(f"identity must be one of {list(IDENTITIES)}; got {identity!r}")
     _check(x, program)
-    return _run(x, program, waits=waits)
+    return _run(x, program, waits=waits, identity=identity)
 
 
-def _run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAITS) -> torch.Tensor:
+def _run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAITS,
+         identity: str = DEFAULT_IDENTITY) -> torch.Tensor:
     """:func:`spectral_stage_gluon` once ``x`` and ``program`` passed its checks (the dispatcher has run them)."""
     from .spectral import _pack
 
@@ -350,7 +391,7 @@ def _run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAIT
         return out
     pk = _pack(program, x.device, x.dtype)
     m = pk["meta"]
-    lc = _layout_constants(m, waits)
+    lc = _layout_constants(m, waits, identity)
     with torch.cuda.device(x.device):
         _gluon_stage_kernel[(-(-p // BLOCK_P),)](
             x, out, pk["stem_w"], pk["stem_b"], pk["conv_w"], pk["conv_b"], pk["red_w"], pk["red_b"],

@@ -89,9 +89,10 @@ def test_gluon_kernel_compiles_for_hopper_sm90() -> None:
     assert k.metadata.shared <= sg.SHARED_LIMIT
 
 
+@pytest.mark.parametrize("identity", ["epilogue", "mma"])
 @pytest.mark.parametrize("waits", ["layer", "stem_last"])
 @pytest.mark.parametrize("blocks,kernel", [(2, 7), (1, 3)])
-def test_gluon_layer_waits_wait_for_one_layer_at_a_time(blocks: int, kernel: int, waits: str) -> None:
+def test_gluon_layer_waits_wait_for_one_layer_at_a_time(blocks: int, kernel: int, waits: str, identity: str) -> None:
     """Offline: the per-layer forms wait for one layer's wgmmas at a time, in issue order, and every wgmma is
     complete when a step ends. ``layer``: phase A waits for the stem with every block's conv2 in flight
     (NB x KT groups), then for each block's conv2. ``stem_last``: phase A issues the blocks last-first and the
@@ -107,17 +108,20 @@ def test_gluon_layer_waits_wait_for_one_layer_at_a_time(blocks: int, kernel: int
     if sg.GLUON_ERROR is not None:
         pytest.skip(f"no Gluon here: {sg.GLUON_ERROR}")
     prog = _random_program(200, 24, 128, blocks=blocks, kernel=kernel, generator=torch.Generator().manual_seed(0))
-    split, phase = (compile_gluon(program=prog, waits=w) for w in (waits, "phase"))
+    split, phase = (compile_gluon(program=prog, waits=w, identity=identity) for w in (waits, "phase"))
     got = [int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", split.asm["ptx"])]
     nb, kt = blocks, kernel
+    ka = kt + (identity == "mma")  # conv2's wgmma groups: its taps (+ the identity)
     if waits == "layer":
-        phase_a = [nb * kt] + [(nb - 1 - b) * kt for b in range(nb)]
+        phase_a = [nb * ka] + [(nb - 1 - b) * ka for b in range(nb)]
     else:
-        phase_a = [b * kt + 1 for b in reversed(range(nb))] + [0]
+        phase_a = [b * ka + 1 for b in reversed(range(nb))] + [0]
     assert got == phase_a + [(nb - 1 - b) * kt + 1 for b in range(nb)] + [0]
     for op in ("wgmma.mma_async", "wgmma.commit_group"):
         assert split.asm["ptx"].count(op) == phase.asm["ptx"].count(op), op
-    assert split.metadata.shared == phase.metadata.shared == sg.shared_bytes(prog)
+    assert split.metadata.shared == phase.metadata.shared == sg.shared_bytes(prog, identity)
+    if identity == "mma":  # the identity comes from the ring through the tensor cores, not an epilogue load
+        assert "ldmatrix" not in split.asm["ptx"]
     assert "st.local" not in split.asm["ptx"]
     # ptxas serializes every wgmma of a kernel (C7515) when a register a wgmma still in flight defines or reads is
     # touched: the first per-layer form, which kept the reduce in flight into the next step, ran 1.38x slower
@@ -143,6 +147,21 @@ def test_gluon_kernel_compiles_for_narrow_shapes(width: int, features: int, bloc
     k = compile_gluon(program=prog)
     assert "wgmma.mma_async" in k.asm["ptx"]
     assert k.metadata.shared == sg.shared_bytes(prog)
+
+
+def test_gluon_identity_mma_needs_blocks_without_a_conv2_relu() -> None:
+    """identity='mma' adds the identity inside conv2's sum: refused, by name, for blocks with a ReLU after conv2
+    (it would then be added before that ReLU); the SSRN's blocks have none."""
+    from kernels import spectral_gluon as sg
+    from kernels.spectral import _pack
+
+    relu2 = _random_program(31, 8, 16, conv2_relu=True, generator=torch.Generator().manual_seed(0))
+    ssrn = _random_program(31, 8, 16, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="identity='epilogue'"):
+        sg._layout_constants(_pack(relu2, torch.device("cpu"), torch.bfloat16)["meta"], "layer", "mma")
+    assert sg._layout_constants(_pack(ssrn, torch.device("cpu"), torch.bfloat16)["meta"], "layer", "mma")["ID_MMA"]
+    with pytest.raises(ValueError, match="identity must be one of"):
+        sg.spectral_stage_gluon(torch.zeros(2, 31, dtype=torch.bfloat16), ssrn, identity="registers")
 
 
 def test_gluon_shared_memory_guard() -> None:
@@ -184,10 +203,11 @@ def _hopper() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("waits", ["phase", "layer", "stem_last"])
+@pytest.mark.parametrize("waits,identity", [("phase", "epilogue"), ("layer", "epilogue"), ("stem_last", "epilogue"),
+                                            ("layer", "mma"), ("stem_last", "mma")])
 @pytest.mark.parametrize("bands", [103, 200, 224])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_gpu_gluon_matches_reference(bands: int, dtype: torch.dtype, waits: str) -> None:
+def test_gpu_gluon_matches_reference(bands: int, dtype: torch.dtype, waits: str, identity: str) -> None:
     _hopper()
     from kernels.spectral_gluon import spectral_stage_gluon
 
@@ -196,7 +216,7 @@ def test_gpu_gluon_matches_reference(bands: int, dtype: torch.dtype, waits: str)
     x64 = torch.randn(10_007, bands, generator=g, dtype=torch.float64).cuda()
     ref = spectral_stage_reference(x64, prog.to(dtype=torch.float64))
     x = x64.to(dtype)
-    out = spectral_stage_gluon(x, prog, waits=waits)
+    out = spectral_stage_gluon(x, prog, waits=waits, identity=identity)
     plain = spectral_stage_reference(x, prog.to(dtype=dtype))
     scale = ref.abs().max().item()
     err, torch_err = (out.double() - ref).abs().max().item(), (plain.double() - ref).abs().max().item()
