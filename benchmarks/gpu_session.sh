@@ -64,8 +64,8 @@ tar -czf "$OUT/runs.tar.gz" -C "$OUT" runs && rm -rf "$OUT/runs"
 echo "bench rc=${PIPESTATUS[0]}"
 
 # 4. what the low-precision spatial stage costs in agreement with this GPU's own numerics (seconds)
-[ -n "${SKIP_SPATIAL:-}" ] || timeout "${SPATIAL_TIMEOUT:-120}" python3 benchmarks/spatial_precision.py --device cuda --time-side 0 --out "$OUT/spatial-precision-cuda.md" \
-  >"$OUT/spatial-precision.log" 2>&1
+[ -n "${SKIP_SPATIAL:-}" ] || timeout "${SPATIAL_TIMEOUT:-120}" python3 benchmarks/spatial_precision.py --device cuda \
+  --time-side 0 --out "$OUT/spatial-precision-cuda.md" >"$OUT/spatial-precision.log" 2>&1
 echo "spatial precision rc=$?"
 
 # 5. at most 8 files come back from a call: the texts a reader needs stay, the rest go into one archive

@@ -557,7 +557,8 @@ def main(argv: list[str] | None = None) -> Path:
             for c in configs:
                 try_stage(*pinned("triton pinned: ", c), dtype, x, prog, ref)
 
-    if cuda and torch.bfloat16 in inputs and not args.no_trials:  # the trial configs (not autotuned until a GPU has timed them), bf16
+    # the trial configs (not autotuned until a GPU has timed them), bf16
+    if cuda and torch.bfloat16 in inputs and not args.no_trials:
         from kernels import spectral
 
         x, prog, ref = inputs[torch.bfloat16]

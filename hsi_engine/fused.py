@@ -275,14 +275,15 @@ class FusedSSRN:
     ``precision`` (they run in it, weights cast once), or ``auto``: the engine's low precision on CUDA (dense
     bf16 GEMMs 0.82 ms per 65,536 windows against 1.49 for TF32, the bf16 engine 12.8 against 11.3 Mpix/s on an
     H200: benchmarks/results/kernels-h200.md) and for a bfloat16 engine on a CPU with AMX-BF16 units, where it
-    then runs as dense GEMMs at 2,048 windows per call (the bf16 engine end to end 1.44x the same engine with a
-    float32 spatial stage, 2.64x the float32 engine: benchmarks/results/spatial-precision-cpu.md); float32
+    then runs as dense GEMMs at 2,048 windows per call (the bf16 engine end to end 1.48x the same engine with a
+    float32 spatial stage, 2.51x the float32 engine: benchmarks/results/spatial-precision-cpu.md); float32
     elsewhere: float16 on a CPU (slower than float32 on that CPU, either way) and CPUs without AMX (not
-    measured). On the shipped Indian Pines scene the bf16 spatial stage moved 2 more of 21,025 pixels than the
-    bf16 spectral stage alone (55 against 53, CPU); fp16 none. ``fp32_products``: how the triton backend's
-    float32 spectral stage multiplies on CUDA: ``ieee`` (exact FMAs, the default) or products split across
-    tensor-core MMAs that keep ~fp32 accuracy (``bf16x3``: 12.2 ms per 65,536 pixels against 19.7 for the
-    Conv3d stage and 24.2 for ``ieee`` on an H200, max error 1e-5 of the largest feature; ``bf16x6``;
+    measured). On the shipped Indian Pines scene the bf16 engine moved 53 of 21,025 pixels with its spatial
+    stage in bf16 and in float32 alike on the CPU, 39 against 37 on an H200; float16 10 and 10, 8 against 7.
+    ``fp32_products``: how the triton backend's float32 spectral stage multiplies on CUDA: ``ieee`` (exact FMAs,
+    the default) or products split across tensor-core MMAs that keep ~fp32 accuracy (``bf16x3``: 12.2 ms per
+    65,536 pixels against 19.7 for the Conv3d stage and 24.2 for ``ieee`` on an H200, max error 1e-5 of the
+    largest feature; ``bf16x6``;
     ``tf32x3``, whose weights do not fit an SM's shared memory for the paper's network; see
     ``kernels.spectral.INPUT_PRECISIONS``). Other backends ignore it.
     """
@@ -469,7 +470,7 @@ class FusedSSRN:
 
 def _auto_spatial_precision(device_type: str, precision: str, cpu_amx_bf16: bool) -> str:
     """``spatial_precision="auto"``: the engine's low precision on CUDA (dense bf16 GEMMs 1.82x the TF32 ones,
-    the bf16 engine 1.13x end to end on an H200) and for bf16 on an AMX-BF16 CPU (1.44x); float32 elsewhere."""
+    the bf16 engine 1.13x end to end on an H200) and for bf16 on an AMX-BF16 CPU (1.48x); float32 elsewhere."""
     if precision != "float32" and (device_type == "cuda" or (precision == "bfloat16" and cpu_amx_bf16)):
         return precision
     return "float32"

@@ -15,7 +15,7 @@ from .program import Affine, FoldedBlock, FoldedConv, SpectralProgram
 
 def _conv(y: torch.Tensor, c: FoldedConv) -> torch.Tensor:
     # y: (1, C_in, D, P) channels-last; kernel (k, 1) slides along bands only.
-    if c.relu and _fuse_relu_here(y, c):
+    if c.relu and _fusable(y, c):
         return _conv_relu_cpu(y, c)
     return _conv_unfused(y, c)
 
@@ -25,14 +25,23 @@ def _conv_unfused(y: torch.Tensor, c: FoldedConv) -> torch.Tensor:
     return F.relu(out) if c.relu else out
 
 
+def _conv_add(h: torch.Tensor, c: FoldedConv, y: torch.Tensor, relu: bool) -> torch.Tensor:
+    """A residual block's end, ``[ReLU](conv(h) + y)``: one oneDNN primitive where :func:`_fusable`, else the
+    conv, the add and the ReLU."""
+    if _CONV_POINTWISE_BINARY is not None and _fusable(h, c):
+        return _conv_add_cpu(h, c, y, relu)
+    out = _conv_unfused(h, c) + y
+    return F.relu(out) if relu else out
+
+
 _CONV_POINTWISE = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
 _CONV_POINTWISE_BINARY = getattr(_CONV_POINTWISE, "binary", None)
 
 
-def _fuse_relu_here(y: torch.Tensor, c: FoldedConv) -> bool:
-    """Whether this conv + ReLU can run as one oneDNN primitive: CPU, eager (torch.compile fuses on its own),
-    no autograd, float32 or bfloat16 (oneDNN has no float64; float16 stays on the plain path measured), a torch
-    that has the op."""
+def _fusable(y: torch.Tensor, c: FoldedConv) -> bool:
+    """Whether this conv and what follows it can run as one oneDNN primitive: CPU, eager (torch.compile fuses
+    on its own), no autograd, float32 or bfloat16 (oneDNN has no float64; float16 stays on the plain path
+    measured), a torch that has the op."""
     if _CONV_POINTWISE is None or y.device.type != "cpu" or torch.compiler.is_compiling():
         return False
     dt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else y.dtype
@@ -41,31 +50,31 @@ def _fuse_relu_here(y: torch.Tensor, c: FoldedConv) -> bool:
     return not (torch.is_grad_enabled() and (y.requires_grad or c.weight.requires_grad))
 
 
+def _autocast_operands(*ts: torch.Tensor | None) -> tuple:
+    """The operands as autocast hands them to conv2d (it does not know the oneDNN ops); as they are outside it,
+    where mixed dtypes are refused, as F.conv2d refuses them, rather than run in either."""
+    if torch.is_autocast_enabled("cpu"):
+        dt = torch.get_autocast_dtype("cpu")
+        return tuple(t.to(dt) if t is not None else None for t in ts)
+    if len({t.dtype for t in ts if t is not None}) > 1:
+        raise RuntimeError(f"conv operands differ in dtype: {[t.dtype for t in ts if t is not None]}")
+    return ts
+
+
 def _conv_relu_cpu(y: torch.Tensor, c: FoldedConv) -> torch.Tensor:
     """ReLU(conv) as one oneDNN primitive (the post-op inductor uses): the same bits as F.conv2d then F.relu for
     finite values, without a second pass over the activations (1.33x / 1.43x per layer in float32 / bf16 on the
     development CPU, benchmarks/results/conv-relu-cpu.md). oneDNN's ReLU maps NaN to 0 where F.relu keeps it, so
-    :func:`spectral_stage_reference` takes this path only for finite input. Under autocast the operands are cast
-    as autocast casts conv2d's, since autocast does not know this op."""
-    w, b = c.weight.unsqueeze(-1), c.bias
-    if torch.is_autocast_enabled("cpu"):
-        dt = torch.get_autocast_dtype("cpu")
-        y, w, b = y.to(dt), w.to(dt), (b.to(dt) if b is not None else None)
-    elif w.dtype != y.dtype:  # as F.conv2d, refuse mixed dtypes rather than run in either
-        raise RuntimeError(f"conv input {y.dtype} and weight {w.dtype} differ")
+    :func:`spectral_stage_reference` takes this path only for finite input."""
+    y, w, b = _autocast_operands(y, c.weight.unsqueeze(-1), c.bias)
     return _CONV_POINTWISE(y, w, b, [c.padding, 0], [c.stride, 1], [1, 1], 1, "relu", [], "")
 
 
 def _conv_add_cpu(h: torch.Tensor, c: FoldedConv, y: torch.Tensor, relu: bool) -> torch.Tensor:
     """``[ReLU](conv(h) + y)``, a residual block's end, as one oneDNN primitive (a binary-add post-op, then ReLU):
-    in float32 the same bits as the three passes; in bf16 / fp16 the sum is taken on the conv's float32 result
-    and rounded once (as the Triton and Gluon kernels do), where the passes round the conv first."""
-    w, b = c.weight.unsqueeze(-1), c.bias
-    if torch.is_autocast_enabled("cpu"):
-        dt = torch.get_autocast_dtype("cpu")
-        h, y, w, b = h.to(dt), y.to(dt), w.to(dt), (b.to(dt) if b is not None else None)
-    if not (h.dtype == y.dtype == w.dtype):
-        raise RuntimeError(f"conv input {h.dtype}, residual {y.dtype} and weight {w.dtype} differ")
+    in float32 the same bits as the three passes; in bf16 the sum is taken on the conv's float32 result and
+    rounded once (as the Triton and Gluon kernels do), where the passes round the conv first."""
+    h, y, w, b = _autocast_operands(h, y, c.weight.unsqueeze(-1), c.bias)
     return _CONV_POINTWISE_BINARY(h, y, w, b, [c.padding, 0], [c.stride, 1], [1, 1], 1, "add", 1.0,
                                   "relu" if relu else None, [], "")
 
@@ -119,10 +128,8 @@ def spectral_stage_reference(x: torch.Tensor, program: SpectralProgram) -> torch
     # contiguous copy decides: non-finite exactly when an input is (or, harmlessly, when the sum overflows)
     plain = x.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(
         torch.isfinite(xt.sum(dtype=torch.float32)))
-    fuse_add = not plain and _CONV_POINTWISE_BINARY is not None and _fuse_relu_here(y, program.stem) and not (
-        torch.is_grad_enabled() and any(b.conv2.weight.requires_grad for b in program.blocks))
     y = _run_program(y, program, _conv_unfused if plain else _conv, _affine,  # (1, W, D, P) inside, (1, F, 1, P) out
-                     _conv_add_cpu if fuse_add else None)
+                     None if plain else _conv_add)
     return y.reshape(-1, p).t()
 
 

@@ -175,7 +175,7 @@ def test_auto_spatial_form_is_dense_only_for_low_precision_on_cuda_or_an_amx_cpu
 
 
 def test_auto_spatial_precision_is_low_on_cuda_and_for_bf16_on_an_amx_cpu(monkeypatch):
-    """``auto``: the engine's bf16 where the CPU has AMX-BF16 (the bf16 engine 1.44x end to end there) and the
+    """``auto``: the engine's bf16 where the CPU has AMX-BF16 (the bf16 engine 1.48x end to end there) and the
     engine's low precision on CUDA (1.13x on an H200); float32 for float32 engines, for float16 on a CPU and on
     CPUs without AMX."""
     from hsi_engine import fused

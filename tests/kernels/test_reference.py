@@ -45,7 +45,7 @@ def test_fused_conv_relu_gives_the_same_bits(dtype, c_in, c_out, k, stride, pad,
     y = torch.randn(1, c_in, bands, 333, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         got = spectral._conv(y, c)
-        assert spectral._fuse_relu_here(y, c)
+        assert spectral._fusable(y, c)
         want = _plain(y, c)
     assert torch.equal(got, want)
     assert got.dtype == dtype and got.stride() == want.stride()
@@ -71,7 +71,7 @@ def test_fused_path_is_not_taken_with_autograd_or_off_cpu() -> None:
     out.sum().backward()
     assert c.weight.grad is not None
     if torch.cuda.is_available():
-        assert not spectral._fuse_relu_here(y.cuda(), c)
+        assert not spectral._fusable(y.cuda(), c)
 
 
 def test_mixed_dtypes_are_refused_by_the_fused_path() -> None:
@@ -167,12 +167,12 @@ def test_fused_path_only_for_float32_and_bfloat16() -> None:
     c = FoldedConv(torch.randn(4, 4, 3), torch.randn(4), 1, 1, True)
     y = torch.randn(1, 4, 9, 5).contiguous(memory_format=torch.channels_last)
     c64 = replace(c, weight=c.weight.double(), bias=c.bias.double())
-    assert not spectral._fuse_relu_here(y.double(), c64)
-    assert not spectral._fuse_relu_here(y.half(), replace(c, weight=c.weight.half(), bias=c.bias.half()))
+    assert not spectral._fusable(y.double(), c64)
+    assert not spectral._fusable(y.half(), replace(c, weight=c.weight.half(), bias=c.bias.half()))
     with torch.autocast("cpu", dtype=torch.float16):
-        assert not spectral._fuse_relu_here(y, c)
+        assert not spectral._fusable(y, c)
     with torch.no_grad():
         out = spectral._conv(y.double(), c64)
     assert out.dtype == torch.float64 and torch.equal(out, _plain(y.double(), c64))
     if spectral._CONV_POINTWISE is not None:
-        assert spectral._fuse_relu_here(y, c)
+        assert spectral._fusable(y, c)
