@@ -264,9 +264,9 @@ class FusedSSRN:
     ``backend``: ``eager`` | ``compile`` | ``triton`` | ``auto`` (via ``kernels.dispatch``); ``precision``:
     ``float32`` (exact) or ``bfloat16`` / ``float16`` (opt-in: autocast / low-precision kernel on the spectral
     stage; the spatial stage follows ``spatial_precision``). ``max_pixels`` bounds the pixels per spectral
-    call and the windows per spatial call (left at its default, the CPU's dense bf16 spatial stage takes 2,048
-    windows per call), so memory depends on it and not on the tile size beyond the tile itself (default: 512 on
-    CPU, 65536 on GPU).
+    call and the windows per spatial call, so memory depends on it and not on the tile size beyond the tile
+    itself. Default: 65536 on GPU; on CPU 1,024 pixels per spectral call in float32, 2,048 in bf16 on a CPU
+    with AMX-BF16, 512 otherwise, and 512 windows per spatial call (2,048 for the dense bf16 spatial stage).
     ``spatial``: how the per-window blocks run: ``conv`` (:func:`spatial_windows`), ``dense``
     (:func:`spatial_dense`, one GEMM per conv) or ``auto``: dense on CUDA in bfloat16 / float16 (TF32 GEMMs, the
     precision the convs had there) and for a bf16 spatial stage on an AMX CPU, for windows of at most 5x5, conv
@@ -308,11 +308,18 @@ class FusedSSRN:
         self.classes = model.config.classes
         self.precision = precision
         self.dtype = PRECISIONS[precision]
-        # CPU: 512-pixel chunks keep a layer's activations (24 x 97 x 512 floats, ~5 MB) in cache and ran the
-        # whole tile 2x faster than 8192 (benchmarks/results/scene-cpu.md). GPU: the kernel benchmark times the
-        # stage on 65536 pixels per call (2048 Triton programs: many waves on 132 SMs; 8192 pixels is under
-        # two); eager activations are then ~0.6 GB per layer
-        self.max_pixels = int(max_pixels) if max_pixels is not None else (512 if self.device.type == "cpu" else 65536)
+        cpu_bf16 = self.device.type == "cpu" and precision == "bfloat16" and _cpu_has_amx_bf16()
+        # CPU: 512-pixel chunks ran the whole tile 2x faster than 8192 (benchmarks/results/scene-cpu.md); with
+        # the fused oneDNN layers 1,024 in float32 (1.02-1.12x 512) and 2,048 in bf16 on an AMX CPU (1.23-1.25x;
+        # 4,096 fell off; benchmarks/results/chunks-cpu.md). GPU: the kernel benchmark times the stage on 65536
+        # pixels per call (2048 Triton programs: many waves on 132 SMs; 8192 pixels is under two); eager
+        # activations are then ~0.6 GB per layer
+        if max_pixels is not None:
+            self.max_pixels = int(max_pixels)
+        elif self.device.type != "cpu":
+            self.max_pixels = 65536
+        else:
+            self.max_pixels = 2048 if cpu_bf16 else 1024 if precision == "float32" else 512
         self.backend = resolve_backend(backend, self.device, self.dtype)
         self.program = fold_spectral(model).to(self.device)
         self.spatial = fold_spatial(model).to(self.device)
@@ -333,7 +340,6 @@ class FusedSSRN:
                         fp32_products, self.backend, self.device)
         self._compiled_once = False
         win = self.patch - 2
-        cpu_bf16 = self.device.type == "cpu" and precision == "bfloat16" and _cpu_has_amx_bf16()
         if self.device.type == "cpu" and precision == "float16" and not _cpu_has_amx_fp16():
             log.warning("precision='float16' on a CPU without AMX-FP16 units runs slower than float32 (0.6x on a "
                         "Xeon with AMX-BF16, benchmarks/results/spatial-precision-cpu.md): use 'bfloat16' for speed "
@@ -348,11 +354,13 @@ class FusedSSRN:
                 cpu_bf16 and spatial_precision == "bfloat16")
             spatial = "dense" if low_dense and win <= 5 and self.backend != "compile" else "conv"
         self.spatial_form = spatial
-        # windows per spatial call: as many as pixels per spectral call (max_pixels, when given, bounds both),
-        # except the CPU's dense bf16 GEMMs by default: 1.11x end to end at 2,048 against 512 (AMX; 2.5 MB of
-        # bf16 activations per layer; spatial-precision-cpu.md)
-        self.max_windows = (max(self.max_pixels, 2048) if max_pixels is None and spatial == "dense"
-                            and self.device.type == "cpu" and spatial_precision == "bfloat16" else self.max_pixels)
+        # windows per spatial call: max_pixels, when given, bounds both; by default 65536 on GPU, and on CPU 512,
+        # except the dense bf16 GEMMs: 1.11x end to end at 2,048 against 512 (AMX; 2.5 MB of bf16 activations
+        # per layer; spatial-precision-cpu.md)
+        if max_pixels is not None or self.device.type != "cpu":
+            self.max_windows = self.max_pixels
+        else:
+            self.max_windows = 2048 if spatial == "dense" and spatial_precision == "bfloat16" else 512
         if spatial == "dense" and self.spatial.blocks:
             self._dense = dense_spatial(self.spatial, win)
         self._windows = self._pick_windows()

@@ -1,0 +1,84 @@
+"""Pixels per spectral call on CPU: the engine end to end at several ``max_pixels``, windows per spatial call fixed.
+
+The CPU engine runs the spectral stage ``max_pixels`` pixels at a time. With conv + ReLU and a block's end fused
+into single oneDNN primitives (benchmarks/results/conv-relu-cpu.md) the best chunk moved; this times the engine
+(eager backend, random 200-band scene in memory, random-init Indian Pines SSRN) at each size, the spatial stage
+at its default windows per call, engines alternating run by run after one warm-up round.
+
+    python benchmarks/chunks_cpu.py [--sides 256 384] [--reps 4] [--out benchmarks/results/chunks-cpu.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks._common import cpu_name, timed_run, write_report  # noqa: E402
+
+SIZES = {"float32": (512, 768, 1024, 1536), "bfloat16": (512, 1024, 2048, 4096)}
+
+
+def sweep(side: int, reps: int) -> list[tuple]:
+    """``(precision, windows per call, {max_pixels: px/s}, default max_pixels)`` per precision."""
+    from hsi_engine.api import _Job
+    from hsi_engine.fused import FusedSSRN
+    from ssrn.config import SSRNConfig
+    from ssrn.model import SSRN
+
+    torch.manual_seed(0)
+    model = SSRN(SSRNConfig.from_name("indian_pines")).eval()
+    scene = torch.randn(200, side, side, generator=torch.Generator().manual_seed(5)).numpy()
+    rows = []
+    for precision, sizes in SIZES.items():
+        job = _Job(scene, model, tile=None, device="cpu", backend="eager", precision=precision, nodata=None)
+        default = FusedSSRN(job.model, backend="eager", device="cpu", precision=precision)
+        engines = {}
+        for mp in sizes:
+            e = FusedSSRN(job.model, backend="eager", device="cpu", precision=precision, max_pixels=mp)
+            e.max_windows = default.max_windows  # the spatial stage as the default runs it
+            engines[mp] = e
+        times: dict[int, list[float]] = {mp: [] for mp in engines}
+        for _ in range(reps + 1):
+            for mp, e in engines.items():
+                times[mp].append(timed_run(job, e)[0])
+        rows.append((precision, default.max_windows,
+                     {mp: side * side / statistics.median(ts[1:]) for mp, ts in times.items()}, default.max_pixels))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sides", type=int, nargs="+", default=[256, 384])
+    ap.add_argument("--reps", type=int, default=4)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "chunks-cpu.md"))
+    args = ap.parse_args(argv)
+    cmd = "python benchmarks/chunks_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = ["# Pixels per spectral call on CPU (the engine end to end)", "",
+             f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
+             f"- device: {cpu_name()}, torch threads {torch.get_num_threads()}",
+             f"- versions: python {platform.python_version()}, torch {torch.__version__}",
+             f"- command: `{cmd.strip()}`",
+             f"- medians of {args.reps} runs per size after one warm-up round, sizes alternating; px/s, and in "
+             "brackets the ratio to 512 pixels per call", ""]
+    for side in args.sides:
+        lines += [f"## {side} x {side} x 200 random scene in memory", "",
+                  "| precision | windows per spatial call | pixels per spectral call: px/s (x 512) | default now |",
+                  "|---|---:|---|---:|"]
+        for precision, windows, px, default in sweep(side, args.reps):
+            cells = ", ".join(f"{mp}: {v:,.0f} ({v / px[512]:.2f}x)" for mp, v in px.items())
+            lines.append(f"| {precision} | {windows} | {cells} | {default} |")
+            print(lines[-1], flush=True)
+        lines.append("")
+    return write_report(args.out, lines)
+
+
+if __name__ == "__main__":
+    print(main().read_text())
