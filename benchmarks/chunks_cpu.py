@@ -6,6 +6,10 @@ into single oneDNN primitives (benchmarks/results/conv-relu-cpu.md) the best chu
 at its default windows per call, engines alternating run by run after one warm-up round.
 
     python benchmarks/chunks_cpu.py [--sides 256 384] [--reps 4] [--out benchmarks/results/chunks-cpu.md]
+    python benchmarks/chunks_cpu.py --sides 256 --reps 8 --pair 2048   # two sizes alone
+
+The sweep's sizes run in increasing order; with 512 and 2,048 alone the order of the allocations differs, and
+the result turned around (benchmarks/results/chunks-cpu.md): glibc's allocator state is one suspect.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from benchmarks._common import cpu_name, timed_run, write_report  # noqa: E402
 SIZES = {"float32": (512, 768, 1024, 1536), "bfloat16": (512, 1024, 2048, 4096)}
 
 
-def sweep(side: int, reps: int) -> list[tuple]:
+def sweep(side: int, reps: int, sizes: dict[str, tuple[int, ...]] = SIZES) -> list[tuple]:
     """``(precision, windows per call, {max_pixels: px/s}, default max_pixels)`` per precision."""
     from hsi_engine.api import _Job
     from hsi_engine.fused import FusedSSRN
@@ -37,7 +41,7 @@ def sweep(side: int, reps: int) -> list[tuple]:
     model = SSRN(SSRNConfig.from_name("indian_pines")).eval()
     scene = torch.randn(200, side, side, generator=torch.Generator().manual_seed(5)).numpy()
     rows = []
-    for precision, sizes in SIZES.items():
+    for precision, sizes in sizes.items():
         job = _Job(scene, model, tile=None, device="cpu", backend="eager", precision=precision, nodata=None)
         default = FusedSSRN(job.model, backend="eager", device="cpu", precision=precision)
         engines = {}
@@ -58,8 +62,10 @@ def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sides", type=int, nargs="+", default=[256, 384])
     ap.add_argument("--reps", type=int, default=4)
+    ap.add_argument("--pair", type=int, default=None, help="bf16 only, 512 against this size alone, alternating")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "chunks-cpu.md"))
     args = ap.parse_args(argv)
+    sizes = {"bfloat16": (512, args.pair)} if args.pair else SIZES
     cmd = "python benchmarks/chunks_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = ["# Pixels per spectral call on CPU (the engine end to end)", "",
              f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> Path:
         lines += [f"## {side} x {side} x 200 random scene in memory", "",
                   "| precision | windows per spatial call | pixels per spectral call: px/s (x 512) | default now |",
                   "|---|---:|---|---:|"]
-        for precision, windows, px, default in sweep(side, args.reps):
+        for precision, windows, px, default in sweep(side, args.reps, sizes):
             cells = ", ".join(f"{mp}: {v:,.0f} ({v / px[512]:.2f}x)" for mp, v in px.items())
             lines.append(f"| {precision} | {windows} | {cells} | {default} |")
             print(lines[-1], flush=True)

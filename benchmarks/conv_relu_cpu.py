@@ -1,4 +1,5 @@
-"""Elementwise passes fused into oneDNN's convolutions in the CPU spectral stage, against the plain layers.
+"""The CPU engine's oneDNN work: fused conv layers against the plain ones, the spatial stem's weight layout, and the
+engine end to end before and after both (with the spectral chunk re-tuned for them, benchmarks/chunks_cpu.py).
 
 On CPU ``kernels.spectral`` runs conv + ReLU as one oneDNN primitive (``torch.ops.mkldnn._convolution_pointwise``
 with a ReLU post-op, what inductor emits) and a residual block's end, ReLU(conv2(h) + y), as another (a binary-add
@@ -7,6 +8,8 @@ float32 gives the same bits; bf16 rounds the residual sum once (checked: same ma
 Runs alternate, one round of warm-up first.
 
     python benchmarks/conv_relu_cpu.py [--side 256] [--reps 5] [--out benchmarks/results/conv-relu-cpu.md]
+
+(The first engine rows, kept below the latest run, compared the plain and fused layers at 512-pixel calls.)
 """
 
 from __future__ import annotations
@@ -77,8 +80,31 @@ def layer_rows(pixels: int, reps: int) -> list[tuple]:
     return rows
 
 
+def spatial_stem_row(reps: int) -> tuple:
+    """The spatial stage's stem (128 -> 24 channels, 3x3) on a 134 x 134 channels-last feature map (how the
+    engine hands it over: (HW, 128) transposed), float32: an NCHW weight, then a channels-last one."""
+    g = torch.Generator().manual_seed(1)
+    fmap = torch.randn(134 * 134, 128, generator=g).t().reshape(1, 128, 134, 134)
+    w, b = 0.05 * torch.randn(24, 128, 3, 3, generator=g), torch.randn(24, generator=g)
+    wcl = w.contiguous(memory_format=torch.channels_last)
+    times: dict[str, list[float]] = {"nchw": [], "cl": []}
+    with torch.no_grad():
+        for _ in range(reps + 1):
+            for name, weight in (("nchw", w), ("cl", wcl)):
+                t0 = time.perf_counter()
+                out = F.conv2d(fmap, weight, b)
+                times[name].append(time.perf_counter() - t0)
+        diff = (F.conv2d(fmap, w, b) - out).abs().max().item()
+    return (*(statistics.median(times[k][1:]) * 1e3 for k in ("nchw", "cl")), diff)
+
+
+ENGINE_ARMS = ("before", "fused", "now")
+
+
 def engine_rows(side: int, reps: int) -> list[tuple]:
-    """The engine (eager backend, default settings) on a random ``200 x side x side`` scene in memory."""
+    """The engine (eager backend, default settings) on a random ``200 x side x side`` scene in memory, step by
+    step: ``before`` (plain layers, the spatial stem's weight NCHW), ``fused`` (the fused layers), ``now`` (and the
+    channels-last stem weight: the defaults)."""
     import numpy as np
 
     from hsi_engine.api import _Job
@@ -93,21 +119,28 @@ def engine_rows(side: int, reps: int) -> list[tuple]:
     rows = []
     for precision in ("float32", "bfloat16"):
         job = _Job(scene, model, tile=None, device="cpu", backend="eager", precision=precision, nodata=None)
-        engine = FusedSSRN(job.model, backend="eager", device="cpu", precision=precision)
-        times: dict[str, list[float]] = {a: [] for a in ARMS}
+        now = FusedSSRN(job.model, backend="eager", device="cpu", precision=precision)
+
+        def older() -> FusedSSRN:
+            e = FusedSSRN(job.model, backend="eager", device="cpu", precision=precision)
+            e._stem_w = e.spatial.stem_w  # the NCHW weight the spatial stem conv had
+            return e
+
+        engines = {"before": older(), "fused": older(), "now": now}
+        times: dict[str, list[float]] = {a: [] for a in ENGINE_ARMS}
         for _ in range(reps + 1):
-            for a in ARMS:
-                with arm(a):
-                    times[a].append(timed_run(job, engine)[0])
+            for a in ENGINE_ARMS:
+                with arm("plain" if a == "before" else "fused"):
+                    times[a].append(timed_run(job, engines[a])[0])
         maps = {}
-        for a in ARMS:
-            with arm(a):
+        for a in ("before", "now"):
+            with arm("plain" if a == "before" else "fused"):
                 sink = ArraySink(job.height, job.width, job.classes)
-                run_plan(job.da, job.plan, engine, sink, mean=job.mean, std=job.std, nodata=job.nodata,
+                run_plan(job.da, job.plan, engines[a], sink, mean=job.mean, std=job.std, nodata=job.nodata,
                          progress=False)
                 maps[a] = sink.labels
-        differ = int((maps["plain"] != maps["fused"]).sum())
-        rows.append((precision, *(side * side / statistics.median(times[a][1:]) for a in ARMS), differ))
+        differ = int((maps["before"] != maps["now"]).sum())
+        rows.append((precision, [side * side / statistics.median(times[a][1:]) for a in ENGINE_ARMS], differ))
     return rows
 
 
@@ -121,6 +154,7 @@ def main(argv: list[str] | None = None) -> Path:
     if spectral._CONV_POINTWISE is None or spectral._CONV_POINTWISE_BINARY is None:
         raise SystemExit("this torch has no torch.ops.mkldnn._convolution_pointwise(.binary): nothing to compare")
     layers = layer_rows(args.pixels, 20 * args.reps)
+    stem = spatial_stem_row(4 * args.reps)
     engines = engine_rows(args.side, args.reps)
     cmd = "python benchmarks/conv_relu_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = ["# ReLU fused into oneDNN's convolution (CPU)", "",
@@ -133,11 +167,18 @@ def main(argv: list[str] | None = None) -> Path:
              f"## One spectral layer (24 -> 24 channels, kernel 7, 97 bands, {args.pixels} pixels, channels-last)", "",
              "| layer | dtype | plain layers ms | fused ms | speed-up | max difference |", "|---|---|---:|---:|---:|---:|"]
     lines += [f"| {w} | {d} | {a:.3f} | {b:.3f} | {a / b:.2f}x | {x:.2g} |" for w, d, a, b, x in layers]
+    lines += ["", "## The spatial stage's stem conv (128 -> 24, 3x3, float32, 134 x 134 channels-last feature map)", "",
+              "| weight | ms |", "|---|---:|", f"| NCHW (before: oneDNN copies the map to NCHW first) | {stem[0]:.2f} |",
+              f"| channels-last (now, CPU) | {stem[1]:.2f} |", "",
+              f"{stem[0] / stem[1]:.2f}x; max difference {stem[2]:.2g} (another summation order).", ""]
     lines += ["", f"## The engine end to end ({args.side} x {args.side} x 200 random scene in memory, eager backend, "
               "default settings, random-init Indian Pines SSRN)", "",
-              "| precision | plain layers px/s | fused px/s | speed-up | pixels whose class differs |",
-              "|---|---:|---:|---:|---:|"]
-    lines += [f"| {p} | {a:,.0f} | {b:,.0f} | {b / a:.2f}x | {x} |" for p, a, b, x in engines]
+              "| precision | before: plain layers, NCHW stem weight | + fused layers | now: + channels-last stem "
+              "weight | fused / before | now / before | pixels whose class differs |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {p} | {v[0]:,.0f} | {v[1]:,.0f} | {v[2]:,.0f} | {v[1] / v[0]:.2f}x | {v[2] / v[0]:.2f}x | {x} |"
+              for p, v, x in engines]
+    lines += ["", "px/s; each arm adds one change to the one before it."]
     return write_report(args.out, lines)
 
 

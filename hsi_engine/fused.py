@@ -265,8 +265,8 @@ class FusedSSRN:
     ``float32`` (exact) or ``bfloat16`` / ``float16`` (opt-in: autocast / low-precision kernel on the spectral
     stage; the spatial stage follows ``spatial_precision``). ``max_pixels`` bounds the pixels per spectral
     call and the windows per spatial call, so memory depends on it and not on the tile size beyond the tile
-    itself. Default: 65536 on GPU; on CPU 1,024 pixels per spectral call in float32, 2,048 in bf16 on a CPU
-    with AMX-BF16, 512 otherwise, and 512 windows per spatial call (2,048 for the dense bf16 spatial stage).
+    itself. Default: 65536 on GPU; on CPU 512 pixels per spectral call and 512 windows per spatial call (2,048
+    for the dense bf16 spatial stage).
     ``spatial``: how the per-window blocks run: ``conv`` (:func:`spatial_windows`), ``dense``
     (:func:`spatial_dense`, one GEMM per conv) or ``auto``: dense on CUDA in bfloat16 / float16 (TF32 GEMMs, the
     precision the convs had there) and for a bf16 spatial stage on an AMX CPU, for windows of at most 5x5, conv
@@ -309,20 +309,19 @@ class FusedSSRN:
         self.precision = precision
         self.dtype = PRECISIONS[precision]
         cpu_bf16 = self.device.type == "cpu" and precision == "bfloat16" and _cpu_has_amx_bf16()
-        # CPU: 512-pixel chunks ran the whole tile 2x faster than 8192 (benchmarks/results/scene-cpu.md); with
-        # the fused oneDNN layers 1,024 in float32 (1.02-1.12x 512) and 2,048 in bf16 on an AMX CPU (1.23-1.25x;
-        # 4,096 fell off; benchmarks/results/chunks-cpu.md). GPU: the kernel benchmark times the stage on 65536
-        # pixels per call (2048 Triton programs: many waves on 132 SMs; 8192 pixels is under two); eager
-        # activations are then ~0.6 GB per layer
-        if max_pixels is not None:
-            self.max_pixels = int(max_pixels)
-        elif self.device.type != "cpu":
-            self.max_pixels = 65536
-        else:
-            self.max_pixels = 2048 if cpu_bf16 else 1024 if precision == "float32" else 512
+        # CPU: 512-pixel chunks ran the whole tile 2x faster than 8192 (benchmarks/results/scene-cpu.md). With
+        # the fused oneDNN layers, bf16 at 2,048 ran 1.23-1.33x 512 in sweeps of sizes and 0.85x alternated with
+        # 512 alone (benchmarks/results/chunks-cpu.md): not changed. GPU: the kernel benchmark times the stage on 65536 pixels per call (2048 Triton programs:
+        # many waves on 132 SMs; 8192 pixels is under two); eager activations are then ~0.6 GB per layer
+        self.max_pixels = int(max_pixels) if max_pixels is not None else (512 if self.device.type == "cpu" else 65536)
         self.backend = resolve_backend(backend, self.device, self.dtype)
         self.program = fold_spectral(model).to(self.device)
         self.spatial = fold_spatial(model).to(self.device)
+        # the feature map arrives channels-last ((HW, 128) transposed); a channels-last weight keeps oneDNN's conv
+        # there instead of copying the map to NCHW first: 3.9x on the CPU for the 128 -> 24 3x3 conv of a
+        # 134 x 134 tile (benchmarks/results/conv-relu-cpu.md); CUDA keeps the weight as it is (not timed)
+        self._stem_w = (self.spatial.stem_w.contiguous(memory_format=torch.channels_last)
+                        if self.device.type == "cpu" else self.spatial.stem_w)
         # triton: the kernel runs in x's dtype and packs the (float32) program for it itself
         self._program_lp = self.program if self.backend == "triton" and self.dtype != torch.float32 else None
         # autocast (eager / compile in low precision): the conv weights cast once here, not on every call
@@ -453,7 +452,7 @@ class FusedSSRN:
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         sp = self.spatial
         feats = self.features(x)  # (128, h+2H, w+2H)
-        stem = F.relu(F.conv2d(feats.unsqueeze(0), sp.stem_w, sp.stem_b))[0]  # (24, h+2H-2, w+2H-2)
+        stem = F.relu(F.conv2d(feats.unsqueeze(0), self._stem_w, sp.stem_b))[0]  # (24, h+2H-2, w+2H-2)
         win = self.patch - 2
         h, w = x.shape[1] - 2 * self.halo, x.shape[2] - 2 * self.halo
         if not sp.blocks:  # no per-window work: stage affines are pointwise, pooling is a dense box filter

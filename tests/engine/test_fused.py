@@ -166,13 +166,8 @@ def test_auto_spatial_form_is_dense_only_for_low_precision_on_cuda_or_an_amx_cpu
     kept = FusedSSRN(m, backend="eager", precision="bfloat16", spatial_precision="float32")
     assert (kept.spatial_form, kept.max_windows) == ("conv", 512)  # the float32 spatial stage stays on the convs
     assert FusedSSRN(m, backend="eager", precision="bfloat16", max_pixels=300).max_windows == 300
-    # spectral calls: 2,048 pixels in bf16 on an AMX CPU, 1,024 in float32, 512 otherwise; windows as before
-    assert (amx.max_pixels, kept.max_pixels) == (2048, 2048)
-    f32 = FusedSSRN(m, backend="eager")
-    assert (f32.max_pixels, f32.max_windows) == (1024, 512)
-    assert FusedSSRN(m, backend="eager", precision="float16").max_pixels == 512
-    monkeypatch.setattr(fused, "_cpu_has_amx_bf16", lambda: False)
-    assert FusedSSRN(m, backend="eager", precision="bfloat16").max_pixels == 512
+    # spectral calls: 512 pixels on the CPU whatever the spatial stage takes
+    assert amx.max_pixels == kept.max_pixels == FusedSSRN(m, backend="eager").max_pixels == 512
     assert FusedSSRN(m, backend="eager", precision="float16").spatial_form == "conv"
     if torch.cuda.is_available():
         assert FusedSSRN(m, backend="eager", device="cuda").spatial_form == "conv"  # exact float32
