@@ -17,6 +17,20 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_report_head(title: str, script: str, argv: list[str] | None) -> list[str]:
+    """A CPU report's title and the lines naming date, device, versions and the command that made it."""
+    import datetime as dt
+    import sys
+
+    import torch
+
+    cmd = f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+    return [f"# {title}", "", f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
+            f"- device: {cpu_name()}, torch threads {torch.get_num_threads()}",
+            f"- versions: python {platform.python_version()}, torch {torch.__version__}",
+            f"- command: `{cmd.strip()}`"]
+
+
 def write_report(path: str | Path, lines: list[str]) -> Path:
     """Write the Markdown report (creating its folder) and echo it to stdout."""
     out = Path(path)

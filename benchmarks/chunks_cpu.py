@@ -15,8 +15,6 @@ the result turned around (benchmarks/results/chunks-cpu.md): glibc's allocator s
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -25,7 +23,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import cpu_name, timed_run, write_report  # noqa: E402
+from benchmarks._common import cpu_report_head, timed_run, write_report  # noqa: E402
 
 SIZES = {"float32": (512, 768, 1024, 1536), "bfloat16": (512, 1024, 2048, 4096)}
 
@@ -66,12 +64,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "chunks-cpu.md"))
     args = ap.parse_args(argv)
     sizes = {"bfloat16": (512, args.pair)} if args.pair else SIZES
-    cmd = "python benchmarks/chunks_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = ["# Pixels per spectral call on CPU (the engine end to end)", "",
-             f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
-             f"- device: {cpu_name()}, torch threads {torch.get_num_threads()}",
-             f"- versions: python {platform.python_version()}, torch {torch.__version__}",
-             f"- command: `{cmd.strip()}`",
+    lines = cpu_report_head("Pixels per spectral call on CPU (the engine end to end)", "chunks_cpu.py", argv) + [
              f"- medians of {args.reps} runs per size after one warm-up round, sizes alternating; px/s, and in "
              "brackets the ratio to 512 pixels per call", ""]
     for side in args.sides:

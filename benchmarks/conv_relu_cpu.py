@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import platform
 import statistics
 import sys
 import time
@@ -29,7 +27,7 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import cpu_name, timed_run, write_report  # noqa: E402
+from benchmarks._common import cpu_report_head, timed_run, write_report  # noqa: E402
 
 from kernels import spectral  # noqa: E402
 
@@ -105,7 +103,6 @@ def engine_rows(side: int, reps: int) -> list[tuple]:
     """The engine (eager backend, default settings) on a random ``200 x side x side`` scene in memory, step by
     step: ``before`` (plain layers, the spatial stem's weight NCHW), ``fused`` (the fused layers), ``now`` (and the
     channels-last stem weight: the defaults)."""
-    import numpy as np
 
     from hsi_engine.api import _Job
     from hsi_engine.fused import FusedSSRN
@@ -156,12 +153,8 @@ def main(argv: list[str] | None = None) -> Path:
     layers = layer_rows(args.pixels, 20 * args.reps)
     stem = spatial_stem_row(4 * args.reps)
     engines = engine_rows(args.side, args.reps)
-    cmd = "python benchmarks/conv_relu_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = ["# ReLU fused into oneDNN's convolution (CPU)", "",
-             f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
-             f"- device: {cpu_name()}, torch threads {torch.get_num_threads()}",
-             f"- versions: python {platform.python_version()}, torch {torch.__version__}",
-             f"- command: `{cmd.strip()}`",
+    lines = cpu_report_head("The CPU engine's oneDNN work: fused conv layers, the spatial stem's weight layout (CPU)",
+                            "conv_relu_cpu.py", argv) + [
              f"- medians of {20 * args.reps} layer calls and {args.reps} engine runs, plain and fused alternating "
              "after one warm-up round", "",
              f"## One spectral layer (24 -> 24 channels, kernel 7, 97 bands, {args.pixels} pixels, channels-last)", "",
