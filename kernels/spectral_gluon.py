@@ -83,11 +83,16 @@ if GLUON_ERROR is None:
         return acc
 
     @gluon.jit
-    def _identity_issue(rings, eye_smem, ring_base, q, acc, RING: gl.constexpr, ID_MMA: gl.constexpr):
-        # ID_MMA: the block's identity (its input at output position q) joins conv2's sum as one more wgmma
-        # against an identity matrix, instead of an epilogue load and add
+    def _conv2_issue(rings, w_smem, eye_smem, zero_f, j, b: gl.constexpr, KT: gl.constexpr, RING: gl.constexpr,
+                     BEHIND: gl.constexpr, ID_MMA: gl.constexpr):
+        # block b's conv2 in phase A: its taps over the newest conv1 outputs (written last step); with ID_MMA the
+        # block's identity (its input at output position q) joins the sum as one more wgmma against an identity
+        # matrix, instead of an epilogue load and add
+        acc = _conv_issue(rings, w_smem, (2 * b + 1) * RING, j - 1 - b * BEHIND - KT // 2, (2 * b + 1) * KT, zero_f,
+                          KT, RING)
         if ID_MMA:
-            acc = warpgroup_mma(rings.index(ring_base + (q & (RING - 1))), eye_smem, acc, is_async=True)
+            q = j - (b + 1) * BEHIND
+            acc = warpgroup_mma(rings.index(2 * b * RING + (q & (RING - 1))), eye_smem, acc, is_async=True)
         return acc
 
     @gluon.jit
@@ -201,11 +206,8 @@ if GLUON_ERROR is None:
                 # stem's, the smallest (with SPLIT_WAIT only)
                 accs = ()
                 for i in gl.static_range(NUM_BLOCKS):
-                    acc = _conv_issue(rings, w_smem, (2 * (NUM_BLOCKS - 1 - i) + 1) * RING,
-                                      j - 1 - (NUM_BLOCKS - 1 - i) * BEHIND - HALF,
-                                      (2 * (NUM_BLOCKS - 1 - i) + 1) * KT, zero_f, KT, RING)
-                    accs = accs + (_identity_issue(rings, eye_smem, 2 * (NUM_BLOCKS - 1 - i) * RING,
-                                                   j - (NUM_BLOCKS - i) * BEHIND, acc, RING, ID_MMA),)
+                    accs = accs + (_conv2_issue(rings, w_smem, eye_smem, zero_f, j, NUM_BLOCKS - 1 - i, KT, RING,
+                                                BEHIND, ID_MMA),)
                 # a zero start, the bias added after the wait: registers defined while wgmmas are in flight
                 # make ptxas inject a wait before this one (C7517)
                 accs = accs + (warpgroup_mma(xs_smem, stem_smem, zero_f, use_acc=False, is_async=True),)
@@ -221,11 +223,7 @@ if GLUON_ERROR is None:
                 accs = (warpgroup_mma(xs_smem, stem_smem, _bias_tile(stem_b_ptr, offs_c, BP, WP, acc_l),
                                       is_async=True),)
                 for b in gl.static_range(NUM_BLOCKS):
-                    u_prev = j - 1 - b * BEHIND - HALF  # newest conv1 output of block b, written last step
-                    acc = _conv_issue(rings, w_smem, (2 * b + 1) * RING, u_prev, (2 * b + 1) * KT, zero_f, KT,
-                                      RING)
-                    accs = accs + (_identity_issue(rings, eye_smem, 2 * b * RING, j - (b + 1) * BEHIND, acc, RING,
-                                                   ID_MMA),)
+                    accs = accs + (_conv2_issue(rings, w_smem, eye_smem, zero_f, j, b, KT, RING, BEHIND, ID_MMA),)
                 # SPLIT_WAIT: wait for one layer's wgmmas at a time (they complete in issue order), so a layer's
                 # epilogue runs on the CUDA cores while the tensor cores work through the later layers' wgmmas
                 accs = warpgroup_mma_wait(num_outstanding=NUM_BLOCKS * KA if SPLIT_WAIT else 0, deps=accs)
@@ -287,16 +285,20 @@ if GLUON_ERROR is None:
 SHARED_LIMIT = 232_448  # bytes of shared memory one program may use on an H100 / H200 (227 KB)
 
 
+def _check_form(waits: str, identity: str) -> None:
+    if waits not in WAITS:
+        raise ValueError(f"waits must be one of {list(WAITS)}; got {waits!r}")
+    if identity not in IDENTITIES:
+        raise ValueError(f"identity must be one of {list(IDENTITIES)}; got {identity!r}")
+
+
 def _layout_constants(m: dict, waits: str = DEFAULT_WAITS, identity: str = DEFAULT_IDENTITY) -> dict:
     """The kernel's constexprs beyond the packed program's (``m``: its ``meta``): ring depth, rows, swizzles,
     how a step waits for its wgmmas (``waits``, a key of :data:`WAITS`) and where a block's identity is added
     (``identity``, one of :data:`IDENTITIES`; ``mma`` needs no ReLU between conv2 and the add)."""
     from .spectral import _next_pow2
 
-    if waits not in WAITS:
-        raise ValueError(f"waits must be one of {list(WAITS)}; got {waits!r}")
-    if identity not in IDENTITIES:
-        raise ValueError(f"identity must be one of {list(IDENTITIES)}; got {identity!r}")
+    _check_form(waits, identity)
     if identity == "mma" and m["RELU2_MASK"]:
         raise ValueError("identity='mma' adds the identity inside conv2's sum: it needs blocks without a ReLU "
                          "after conv2 (the SSRN's); this program has one: use identity='epilogue'")
@@ -372,10 +374,7 @@ def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram, *, waits: st
     the same with the stem issued last in phase A. Same arithmetic either way. ``identity``: ``epilogue`` adds each
     block's identity after conv2's wgmmas; ``mma`` folds it into them (:data:`IDENTITIES`; the float32 sums then
     run in another order)."""
-    if waits not in WAITS:
-        raise ValueError(f"waits must be one of {list(WAITS)}; got {waits!r}")
-    if identity not in IDENTITIES:
-        raise ValueError(f"identity must be one of {list(IDENTITIES)}; got {identity!r}")
+    _check_form(waits, identity)
     _check(x, program)
     return _run(x, program, waits=waits, identity=identity)
 
