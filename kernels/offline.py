@@ -57,8 +57,8 @@ def compile_triton(variant: dict, *, num_warps: int = 4, num_stages: int = 1, dt
 
 
 def compile_gluon(*, dtype: str = "bf16", program: SpectralProgram | None = None, waits: str | None = None,
-                  identity: str | None = None):
-    """The Gluon kernel (kernels/spectral_gluon.py), compiled for sm_90 (raises when this
+                  identity: str | None = None, step: str | None = None):
+    """The Gluon kernel (kernels/spectral_gluon.py) in one of its forms, compiled for sm_90 (raises when this
     Triton has no Gluon or cannot compile it offline)."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -74,12 +74,18 @@ def compile_gluon(*, dtype: str = "bf16", program: SpectralProgram | None = None
         raise RuntimeError(spectral_gluon.GLUON_ERROR)
     program = program if program is not None else default_program()
     m = spectral._pack(program, torch.device("cpu"), _DTYPES[dtype])["meta"]
+    pointers = dict(x_ptr="x", out_ptr="x", stem_w_ptr="x", stem_b_ptr="f", conv_w_ptr="x", conv_b_ptr="f",
+                    red_w_ptr="x", red_b_ptr="f")
+    if (step or spectral_gluon.DEFAULT_STEP) == "pair":
+        spectral_gluon._check_form(waits or "layer", identity or "epilogue", "pair")
+        const = spectral_gluon._pair_constants(m)
+        src = GluonASTSource(fn=spectral_gluon._gluon_pair_kernel, signature=_signature(pointers, const, dtype),
+                             constexprs=const)
+        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     const = {k: m[k] for k in ("STEM_STRIDE", "KS", "KS_PAD", "KT", "NUM_BLOCKS", "WP", "FP", "STEM_RELU",
                                 "RELU1_MASK", "RELU2_MASK", "BLOCK_RELU_MASK", "REDUCE_RELU")}
     const.update(spectral_gluon._layout_constants(m, waits or spectral_gluon.DEFAULT_WAITS,
                                                   identity or spectral_gluon.DEFAULT_IDENTITY))
-    pointers = dict(x_ptr="x", out_ptr="x", stem_w_ptr="x", stem_b_ptr="f", conv_w_ptr="x", conv_b_ptr="f",
-                    red_w_ptr="x", red_b_ptr="f")
     src = GluonASTSource(fn=spectral_gluon._gluon_stage_kernel, signature=_signature(pointers, const, dtype),
                          constexprs=const)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})

@@ -65,6 +65,11 @@ DEFAULT_WAITS = "layer"
 # "mma" (one more wgmma per block against an identity matrix; no epilogue load; not yet timed on a GPU)
 IDENTITIES = ("epilogue", "mma")
 DEFAULT_IDENTITY = "epilogue"
+# Band positions per step: "one" (the measured kernel) or "pair" (every conv's output pair in one N = 2 x width
+# accumulator: KT + 1 wgmmas where "one" issues 2 x KT narrower ones, half the steps, waits and barriers; waits per
+# layer, identity in the epilogue; compiled offline, not yet timed on a GPU)
+STEPS = ("one", "pair")
+DEFAULT_STEP = "one"
 
 if GLUON_ERROR is None:
 
@@ -282,14 +287,217 @@ if GLUON_ERROR is None:
                  out.to(dt), mask=gl.expand_dims(op < P, 1) & gl.expand_dims(of < F, 0))
 
 
+    @gluon.jit
+    def _pair_taps(rings, wbuf, ring_base, first, conv: gl.constexpr, acc, KT: gl.constexpr, RING: gl.constexpr,
+                   WP: gl.constexpr, tile_s: gl.constexpr, PUBLIC_REINTERPRET: gl.constexpr):
+        # a conv's output pair (u, u + 1): its KT + 1 input positions first = u - KT // 2 .. u + KT // 2 + 1, each
+        # against two stacked tap tiles [W_i; W_{i-1}] (rows: out(u), then out(u + 1); the zero tiles past the
+        # taps), K-major: KT + 1 wgmmas of N = 2 WP where the one-position kernel issues 2 KT of N = WP
+        for i in gl.static_range(KT + 1):
+            two = wbuf.slice(conv * (KT + 1) + KT - i, 2)
+            if PUBLIC_REINTERPRET:
+                two = two.reinterpret(shape=[2 * WP, WP], layout=tile_s)
+            else:  # Triton <= 3.6
+                two = two._reinterpret(wbuf.dtype, [2 * WP, WP], tile_s)
+            acc = warpgroup_mma(rings.index(ring_base + ((first + i) & (RING - 1))), two.permute((1, 0)), acc,
+                                use_acc=i > 0, is_async=True)
+        return acc
+
+    @gluon.jit
+    def _halves(acc, BP: gl.constexpr, WP: gl.constexpr, acc_l: gl.constexpr):
+        # a pair accumulator (BP, 2 WP) -> its two positions (BP, WP) in the one-position layout (the same
+        # registers: no data moves)
+        lo, hi = gl.split(gl.permute(gl.reshape(acc, [BP, 2, WP]), [0, 2, 1]))
+        return gl.convert_layout(lo, acc_l), gl.convert_layout(hi, acc_l)
+
+    @gluon.jit
+    def _pair_block_out(y, ident, dst, q, D, bias, RELU2: gl.constexpr, BLOCK_RELU: gl.constexpr, dt: gl.constexpr):
+        # one position q of a block's conv2 epilogue: bias, ReLU, identity, ReLU -> dst (zero outside [0, D))
+        y = y + bias
+        if RELU2:
+            y = gl.maximum(y, 0.0)
+        y = y + ident.to(gl.float32)
+        if BLOCK_RELU:
+            y = gl.maximum(y, 0.0)
+        dst.store(gl.where((q >= 0) & (q < D), y, 0.0).to(dt))
+
+    @gluon.jit
+    def _pair_conv2_out(acc, rings, last, conv_b_ptr, offs_c, j, D, b: gl.constexpr, NUM_BLOCKS: gl.constexpr,
+                        LAG: gl.constexpr, RING: gl.constexpr, BP: gl.constexpr, WP: gl.constexpr,
+                        RELU2_MASK: gl.constexpr, BLOCK_RELU_MASK: gl.constexpr, acc_l: gl.constexpr,
+                        dt: gl.constexpr):
+        # block b's conv2 epilogue for its pair (q, q + 1) -> X_{b+1} (or `last`). Its identity X_b (q, q + 1) is
+        # read here, ahead of the layer before it, which writes X_b (q + LAG, + 1) into the same slots when
+        # RING = LAG (each warp reads its rows, then writes them, in program order)
+        q = j - (b + 1) * LAG
+        i0 = rings.index(2 * b * RING + (q & (RING - 1))).load(acc_l)
+        i1 = rings.index(2 * b * RING + ((q + 1) & (RING - 1))).load(acc_l)
+        y0, y1 = _halves(acc, BP, WP, acc_l)
+        bias = gl.expand_dims(gl.load(conv_b_ptr + (2 * b + 1) * WP + offs_c), 0)
+        relu2: gl.constexpr = (RELU2_MASK >> b) & 1
+        brelu: gl.constexpr = (BLOCK_RELU_MASK >> b) & 1
+        if b + 1 < NUM_BLOCKS:
+            nxt: gl.constexpr = 2 * (b + 1) * RING
+            _pair_block_out(y0, i0, rings.index(nxt + (q & (RING - 1))), q, D, bias, relu2, brelu, dt)
+            _pair_block_out(y1, i1, rings.index(nxt + ((q + 1) & (RING - 1))), q + 1, D, bias, relu2, brelu, dt)
+        else:
+            _pair_block_out(y0, i0, last.index(0), q, D, bias, relu2, brelu, dt)
+            _pair_block_out(y1, i1, last.index(1), q + 1, D, bias, relu2, brelu, dt)
+
+    @gluon.jit
+    def _gluon_pair_kernel(
+        x_ptr, out_ptr, stem_w_ptr, stem_b_ptr, conv_w_ptr, conv_b_ptr, red_w_ptr, red_b_ptr,
+        P, B, D, F, stride_xp, stride_xb, stride_op, stride_of,
+        STEM_STRIDE: gl.constexpr, KS2: gl.constexpr, KS2_PAD: gl.constexpr, KT: gl.constexpr, NUM_BLOCKS: gl.constexpr,
+        WP: gl.constexpr, FP: gl.constexpr, STEM_RELU: gl.constexpr, RELU1_MASK: gl.constexpr,
+        RELU2_MASK: gl.constexpr, BLOCK_RELU_MASK: gl.constexpr, REDUCE_RELU: gl.constexpr, RING: gl.constexpr,
+        BP: gl.constexpr, SW_W: gl.constexpr, SW_X: gl.constexpr, SW_S: gl.constexpr, SW_R: gl.constexpr,
+        PUBLIC_REINTERPRET: gl.constexpr,
+    ):
+        """Two band positions of every layer per step (``step="pair"``): each conv's output pair in one (BP, 2 WP)
+        accumulator. Inputs: ``stem_w_ptr`` (KS2_PAD, 2 WP), the stem's taps for both positions of a pair;
+        ``conv_w_ptr`` (2 NB (KT + 1) + 1, WP, WP), each conv's transposed taps last-first between zero tiles."""
+        dt: gl.constexpr = x_ptr.dtype.element_ty
+        HALF: gl.constexpr = KT // 2
+        LAG: gl.constexpr = KT + 1  # positions each block runs behind the one before it
+        acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, WP, 16])
+        acc2_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                         instr_shape=[16, 2 * WP, 16])
+        accr_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                         instr_shape=[16, FP, 16])
+        tile_s: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=SW_W, element_bitwidth=16, rank=2)
+        stem_s: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=SW_S, element_bitwidth=16, rank=2)
+        xs_l: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=SW_X, element_bitwidth=16, rank=2)
+        red_s: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=SW_R, element_bitwidth=16, rank=2)
+        ld_w: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])  # (32, 32) tiles
+        ld_s: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])  # (16, 64)
+        ld_r: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])  # (32, 128)
+        ld_x: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])  # (64, 16)
+
+        pid = gl.program_id(0)
+        # --- weights into shared memory, once --------------------------------------------------------------
+        wr = gl.arange(0, WP, layout=gl.SliceLayout(1, ld_w))
+        wc = gl.arange(0, WP, layout=gl.SliceLayout(0, ld_w))
+        w_tile = gl.expand_dims(wr, 1) * WP + gl.expand_dims(wc, 0)
+        NWB: gl.constexpr = 2 * NUM_BLOCKS * (KT + 1) + 1
+        wbuf = gl.allocate_shared_memory(dt, [NWB, WP, WP], tile_s)
+        for i in gl.static_range(NWB):
+            wbuf.index(i).store(gl.load(conv_w_ptr + i * WP * WP + w_tile))
+        sr = gl.arange(0, KS2_PAD, layout=gl.SliceLayout(1, ld_s))
+        sc = gl.arange(0, 2 * WP, layout=gl.SliceLayout(0, ld_s))
+        stem_smem = gl.allocate_shared_memory(dt, [KS2_PAD, 2 * WP], stem_s, gl.load(
+            stem_w_ptr + gl.expand_dims(sr, 1) * (2 * WP) + gl.expand_dims(sc, 0)))
+        rr = gl.arange(0, WP, layout=gl.SliceLayout(1, ld_r))
+        rc = gl.arange(0, FP, layout=gl.SliceLayout(0, ld_r))
+        r_tile = gl.expand_dims(rr, 1) * FP + gl.expand_dims(rc, 0)
+        red_smem = gl.allocate_shared_memory(dt, [2, WP, FP], red_s)  # the reduce's weights of a pair
+
+        # --- activation rings (block inputs, then conv1 outputs) and the last block's newest pair ------------
+        rings = gl.allocate_shared_memory(dt, [2 * NUM_BLOCKS * RING, BP, WP], tile_s)
+        last = gl.allocate_shared_memory(dt, [2, BP, WP], tile_s)
+        zero = gl.zeros([BP, WP], dt, acc_l)
+        for i in gl.static_range(2 * NUM_BLOCKS * RING):
+            rings.index(i).store(zero)
+        last.index(0).store(zero)
+        last.index(1).store(zero)
+
+        # --- the stem's input for step 0: bands 0 .. KS + STEM_STRIDE - 1 of both positions ------------------
+        xp = pid * BP + gl.arange(0, BP, layout=gl.SliceLayout(1, ld_x))
+        xk = gl.arange(0, KS2_PAD, layout=gl.SliceLayout(0, ld_x))
+        x_rows = x_ptr + gl.expand_dims(xp.to(gl.int64), 1) * stride_xp
+        x_mask = gl.expand_dims(xp < P, 1) & gl.expand_dims(xk < KS2, 0)
+        xs_smem = gl.allocate_shared_memory(dt, [BP, KS2_PAD], xs_l)
+        xs_smem.store(gl.load(x_rows + gl.expand_dims(xk, 0) * stride_xb, mask=x_mask & gl.expand_dims(xk < B, 0),
+                              other=0.0).to(dt))
+        fence_async_shared()
+        _cta_barrier()
+
+        offs_c = gl.arange(0, WP, layout=gl.SliceLayout(0, acc_l))
+        zero2 = gl.zeros([BP, 2 * WP], gl.float32, acc2_l)
+        acc_r = gl.zeros([BP, FP], gl.float32, accr_l)
+        for s in range(0, (D + 1) // 2 + NUM_BLOCKS * LAG // 2):
+            j = 2 * s  # the stem's pair (j, j + 1)
+            y_last = j - NUM_BLOCKS * LAG  # the last block's pair, written in phase A, reduced in phase B
+
+            # phase A: block b's conv2 -> X_{b+1} (q, q + 1), q = j - (b + 1) LAG, last block first; the stem ->
+            # X_0 (j, j + 1) last. With RING = LAG a layer writes the slots of the next layer's identity: each block
+            # reads its identity just before its epilogue, ahead of the layer before it (each warp reads its rows,
+            # then writes them, in program order), so no identity is held in registers across a wait
+            accs = ()
+            for i in gl.static_range(NUM_BLOCKS):
+                accs = accs + (_pair_taps(rings, wbuf, (2 * (NUM_BLOCKS - 1 - i) + 1) * RING,
+                                          j - (NUM_BLOCKS - i) * LAG - HALF, 2 * (NUM_BLOCKS - 1 - i) + 1, zero2, KT,
+                                          RING, WP, tile_s, PUBLIC_REINTERPRET),)
+            accs = accs + (warpgroup_mma(xs_smem, stem_smem, zero2, use_acc=False, is_async=True),)
+            red_smem.index(0).store(gl.load(red_w_ptr + gl.minimum(gl.maximum(y_last, 0), D - 1) * WP * FP + r_tile))
+            red_smem.index(1).store(gl.load(red_w_ptr + gl.minimum(gl.maximum(y_last + 1, 0), D - 1) * WP * FP
+                                            + r_tile))  # their only reader, the last reduce, completed in phase B
+            for i in gl.static_range(NUM_BLOCKS):
+                accs = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - i) * (KT + 1) + 1, deps=accs)
+                _pair_conv2_out(accs[i], rings, last, conv_b_ptr, offs_c, j, D, NUM_BLOCKS - 1 - i, NUM_BLOCKS, LAG,
+                                RING, BP, WP, RELU2_MASK, BLOCK_RELU_MASK, acc_l, dt)
+            accs = warpgroup_mma_wait(num_outstanding=0, deps=accs)
+            s0, s1 = _halves(accs[NUM_BLOCKS], BP, WP, acc_l)
+            stem_b = gl.expand_dims(gl.load(stem_b_ptr + offs_c), 0)
+            _stem_out(s0, rings, j, D, STEM_RELU, RING, dt, stem_b)
+            _stem_out(s1, rings, j + 1, D, STEM_RELU, RING, dt, stem_b)
+            fence_async_shared()
+            _cta_barrier()
+
+            # phase B: block b's conv1 -> H_b (u, u + 1), u = j - HALF - b LAG; the reduce of the last block's pair;
+            # the next stem input
+            cols = (j + 2) * STEM_STRIDE + xk
+            xs_next = gl.load(x_rows + gl.expand_dims(cols, 0) * stride_xb, mask=x_mask & gl.expand_dims(cols < B, 0),
+                              other=0.0)
+            accs = ()
+            for b in gl.static_range(NUM_BLOCKS):
+                u = j - HALF - b * LAG
+                accs = accs + (_pair_taps(rings, wbuf, 2 * b * RING, u - HALF, 2 * b, zero2, KT, RING, WP, tile_s,
+                                          PUBLIC_REINTERPRET),)
+            acc_r = warpgroup_mma(last.index(0), red_smem.index(0), acc_r, is_async=True)
+            acc_r = warpgroup_mma(last.index(1), red_smem.index(1), acc_r, is_async=True)
+            xs_smem.store(xs_next.to(dt))  # its only reader, the stem's wgmma, completed in phase A
+            waited = accs + (acc_r,)
+            for b in gl.static_range(NUM_BLOCKS):
+                waited = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - b) * (KT + 1) + 2, deps=waited)
+                u = j - HALF - b * LAG
+                h0, h1 = _halves(waited[b], BP, WP, acc_l)
+                bias = gl.expand_dims(gl.load(conv_b_ptr + (2 * b) * WP + offs_c), 0)
+                h0 = h0 + bias
+                h1 = h1 + bias
+                if (RELU1_MASK >> b) & 1:
+                    h0 = gl.maximum(h0, 0.0)
+                    h1 = gl.maximum(h1, 0.0)
+                base = (2 * b + 1) * RING
+                rings.index(base + (u & (RING - 1))).store(gl.where((u >= 0) & (u < D), h0, 0.0).to(dt))
+                rings.index(base + ((u + 1) & (RING - 1))).store(gl.where((u + 1 >= 0) & (u + 1 < D), h1, 0.0).to(dt))
+            waited = warpgroup_mma_wait(num_outstanding=0, deps=waited)
+            acc_r = waited[NUM_BLOCKS]
+            fence_async_shared()
+            _cta_barrier()
+
+        op = pid * BP + gl.arange(0, BP, layout=gl.SliceLayout(1, accr_l))
+        of = gl.arange(0, FP, layout=gl.SliceLayout(0, accr_l))
+        out = acc_r + gl.expand_dims(gl.load(red_b_ptr + of), 0)
+        if REDUCE_RELU:
+            out = gl.maximum(out, 0.0)
+        gl.store(out_ptr + gl.expand_dims(op.to(gl.int64), 1) * stride_op + gl.expand_dims(of, 0) * stride_of,
+                 out.to(dt), mask=gl.expand_dims(op < P, 1) & gl.expand_dims(of < F, 0))
+
+
 SHARED_LIMIT = 232_448  # bytes of shared memory one program may use on an H100 / H200 (227 KB)
 
 
-def _check_form(waits: str, identity: str) -> None:
+def _check_form(waits: str, identity: str, step: str = DEFAULT_STEP) -> None:
     if waits not in WAITS:
         raise ValueError(f"waits must be one of {list(WAITS)}; got {waits!r}")
     if identity not in IDENTITIES:
         raise ValueError(f"identity must be one of {list(IDENTITIES)}; got {identity!r}")
+    if step not in STEPS:
+        raise ValueError(f"step must be one of {list(STEPS)}; got {step!r}")
+    if step == "pair" and (waits, identity) != ("layer", "epilogue"):
+        raise ValueError(f"step='pair' waits per layer and adds the identity in the epilogue (waits='layer', "
+                         f"identity='epilogue'); got waits={waits!r}, identity={identity!r}")
 
 
 def _layout_constants(m: dict, waits: str = DEFAULT_WAITS, identity: str = DEFAULT_IDENTITY) -> dict:
@@ -308,7 +516,44 @@ def _layout_constants(m: dict, waits: str = DEFAULT_WAITS, identity: str = DEFAU
                 ID_MMA=identity == "mma")
 
 
-def shared_bytes(program: SpectralProgram, identity: str = DEFAULT_IDENTITY) -> int:
+def _pair_constants(m: dict) -> dict:
+    """``step="pair"``'s constexprs beyond the packed program's (``m``: its ``meta``)."""
+    from .spectral import _next_pow2
+
+    ks2_pad = _next_pow2(m["KS"] + m["STEM_STRIDE"])  # the stem's bands for a pair; K >= 16 for a wgmma
+    return dict(STEM_STRIDE=m["STEM_STRIDE"], KS2=m["KS"] + m["STEM_STRIDE"], KS2_PAD=ks2_pad, KT=m["KT"],
+                NUM_BLOCKS=m["NUM_BLOCKS"], WP=m["WP"], FP=m["FP"], STEM_RELU=m["STEM_RELU"],
+                RELU1_MASK=m["RELU1_MASK"], RELU2_MASK=m["RELU2_MASK"], BLOCK_RELU_MASK=m["BLOCK_RELU_MASK"],
+                REDUCE_RELU=m["REDUCE_RELU"], RING=_next_pow2(m["KT"] + 1, 2), BP=BLOCK_P, SW_W=min(128, 2 * m["WP"]),
+                SW_X=min(128, 2 * ks2_pad), SW_S=min(128, 4 * m["WP"]), SW_R=min(128, 2 * m["FP"]),
+                PUBLIC_REINTERPRET=hasattr(gl.shared_memory_descriptor, "reinterpret"))
+
+
+def _pack_pair(program: SpectralProgram, device: torch.device, dtype: torch.dtype) -> dict:
+    """``step="pair"``'s weights, beside the packed program's (cached with it): ``stem_w`` (KS2_PAD, 2 WP), the
+    stem's taps for the two positions of a pair (the second STEM_STRIDE bands later); ``conv_w``, each conv's
+    taps transposed (c_out, c_in), last tap first, between zero tiles (2 NB (KT + 1) + 1 tiles), so that any
+    two neighbours [W_i; W_{i-1}] are one K-major (2 WP, WP) operand."""
+    from .spectral import _next_pow2, _pack
+
+    pk = _pack(program, device, dtype)
+    hit = pk.get("gluon_pair")
+    if hit is not None:
+        return hit
+    m = pk["meta"]
+    ks, stride, kt, wp, nc = m["KS"], m["STEM_STRIDE"], m["KT"], m["WP"], 2 * m["NUM_BLOCKS"]
+    stem = torch.zeros(_next_pow2(ks + stride), 2 * wp, device=device, dtype=dtype)
+    stem[:ks, :wp] = pk["stem_w"][:ks]
+    stem[stride:stride + ks, wp:] = pk["stem_w"][:ks]
+    taps = pk["conv_w"].view(nc, kt, wp, wp)  # (conv, tap, c_in, c_out)
+    conv = torch.zeros(nc * (kt + 1) + 1, wp, wp, device=device, dtype=dtype)
+    for c in range(nc):
+        conv[c * (kt + 1) + 1:(c + 1) * (kt + 1)] = taps[c].flip(0).transpose(1, 2)
+    pk["gluon_pair"] = hit = dict(stem_w=stem.contiguous(), conv_w=conv.contiguous())
+    return hit
+
+
+def shared_bytes(program: SpectralProgram, identity: str = DEFAULT_IDENTITY, step: str = DEFAULT_STEP) -> int:
     """Shared memory the kernel allocates for ``program`` (16-bit tiles): conv weights, activation rings, the
     last block's output, the stem's weights and input, the reduce weights of one position (and with
     ``identity="mma"`` the identity matrix)."""
@@ -318,12 +563,16 @@ def shared_bytes(program: SpectralProgram, identity: str = DEFAULT_IDENTITY) -> 
     nb, ks_pad = len(program.blocks), _next_pow2(program.stem.weight.shape[2])
     kt = program.blocks[0].conv1.weight.shape[2] if nb else 1
     ring = _next_pow2(kt + 1, 2)
+    if step == "pair":  # tap tiles between zero tiles, the stem's pair taps and input, two reduce tiles, `last` x 2
+        ks2_pad = _next_pow2(program.stem.weight.shape[2] + program.stem.stride)
+        return 2 * ((2 * nb * (kt + 1) + 1) * wp * wp + 2 * nb * ring * BLOCK_P * wp + 2 * BLOCK_P * wp
+                    + ks2_pad * 2 * wp + BLOCK_P * ks2_pad + 2 * wp * fp)
     tiles = 2 * nb * kt * wp * wp + 2 * nb * ring * BLOCK_P * wp + BLOCK_P * wp + ks_pad * wp + BLOCK_P * ks_pad \
         + wp * fp + (wp * wp if identity == "mma" else 0)
     return 2 * tiles
 
 
-def _check(x: torch.Tensor, program: SpectralProgram) -> None:
+def _check(x: torch.Tensor, program: SpectralProgram, step: str = DEFAULT_STEP) -> None:
     from .spectral import _check_pixels, _check_program
 
     if GLUON_ERROR is not None:
@@ -340,11 +589,15 @@ def _check(x: torch.Tensor, program: SpectralProgram) -> None:
     if program.width > 32 or program.out_features > 256:
         raise NotImplementedError(f"spectral_stage_gluon handles width <= 32 and <= 256 features; got "
                                   f"{program.width}, {program.out_features}")
-    need = shared_bytes(program)
+    kt = program.blocks[0].conv1.weight.shape[2]
+    if step == "pair" and kt % 2 == 0:
+        raise NotImplementedError(f"spectral_stage_gluon(step='pair') needs an odd conv kernel (its blocks run "
+                                  f"kernel + 1 positions apart, a whole number of pairs); got {kt}: use step='one'")
+    need = shared_bytes(program, step=step)
     if need > SHARED_LIMIT:
-        raise NotImplementedError(f"spectral_stage_gluon would need {need} B of shared memory for this program "
-                                  f"({len(program.blocks)} blocks, kernel {program.blocks[0].conv1.weight.shape[2]}); "
-                                  f"an H100 / H200 SM has {SHARED_LIMIT}: use spectral_stage_triton")
+        raise NotImplementedError(f"spectral_stage_gluon(step={step!r}) would need {need} B of shared memory for "
+                                  f"this program ({len(program.blocks)} blocks, kernel {kt}); an H100 / H200 SM has "
+                                  f"{SHARED_LIMIT}: use spectral_stage_triton")
     if x.device.type != "cuda":
         raise ValueError(f"spectral_stage_gluon needs a CUDA tensor on a Hopper GPU; got one on {x.device}")
     cap = torch.cuda.get_device_capability(x.device)
@@ -353,18 +606,18 @@ def _check(x: torch.Tensor, program: SpectralProgram) -> None:
                          f"{torch.cuda.get_device_name(x.device)} is {cap[0]}.{cap[1]}: use spectral_stage_triton")
 
 
-def gluon_unsupported(x: torch.Tensor, program: SpectralProgram) -> str | None:
-    """None when :func:`spectral_stage_gluon` can run ``program`` on ``x`` here; else why not (then the
-    ``triton`` backend runs :func:`kernels.spectral.spectral_stage_triton`)."""
+def gluon_unsupported(x: torch.Tensor, program: SpectralProgram, step: str = DEFAULT_STEP) -> str | None:
+    """None when :func:`spectral_stage_gluon` can run ``program`` on ``x`` here (with ``step``); else why not
+    (then the ``triton`` backend runs :func:`kernels.spectral.spectral_stage_triton`)."""
     try:
-        _check(x, program)
+        _check(x, program, step)
     except (RuntimeError, TypeError, NotImplementedError, ValueError) as e:
         return str(e)
     return None
 
 
 def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAITS,
-                         identity: str = DEFAULT_IDENTITY) -> torch.Tensor:
+                         identity: str = DEFAULT_IDENTITY, step: str = DEFAULT_STEP) -> torch.Tensor:
     """Gluon spectral stage: ``x (P, bands)`` bf16/fp16 on a Hopper GPU -> ``(P, out_features)``.
 
     Same contract as :func:`kernels.spectral.spectral_stage_reference` for the forms it covers (see the module
@@ -373,14 +626,15 @@ def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram, *, waits: st
     first kernel), ``layer`` per layer, overlapping each epilogue with the later layers' wgmmas, ``stem_last``
     the same with the stem issued last in phase A. Same arithmetic either way. ``identity``: ``epilogue`` adds each
     block's identity after conv2's wgmmas; ``mma`` folds it into them (:data:`IDENTITIES`; the float32 sums then
-    run in another order)."""
-    _check_form(waits, identity)
-    _check(x, program)
-    return _run(x, program, waits=waits, identity=identity)
+    run in another order). ``step``: band positions per step (:data:`STEPS`): ``one``, or ``pair``, each conv's
+    output pair in one accumulator twice as wide (odd conv kernels; ``waits="layer"``, ``identity="epilogue"``)."""
+    _check_form(waits, identity, step)
+    _check(x, program, step)
+    return _run(x, program, waits=waits, identity=identity, step=step)
 
 
 def _run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAITS,
-         identity: str = DEFAULT_IDENTITY) -> torch.Tensor:
+         identity: str = DEFAULT_IDENTITY, step: str = DEFAULT_STEP) -> torch.Tensor:
     """:func:`spectral_stage_gluon` once ``x`` and ``program`` passed its checks (the dispatcher has run them)."""
     from .spectral import _pack
 
@@ -390,6 +644,14 @@ def _run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAIT
         return out
     pk = _pack(program, x.device, x.dtype)
     m = pk["meta"]
+    if step == "pair":
+        pair = _pack_pair(program, x.device, x.dtype)
+        with torch.cuda.device(x.device):
+            _gluon_pair_kernel[(-(-p // BLOCK_P),)](
+                x, out, pair["stem_w"], pk["stem_b"], pair["conv_w"], pk["conv_b"], pk["red_w"], pk["red_b"],
+                p, program.bands, program.reduced_bands, f, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
+                **_pair_constants(m), num_warps=4)
+        return out
     lc = _layout_constants(m, waits, identity)
     with torch.cuda.device(x.device):
         _gluon_stage_kernel[(-(-p // BLOCK_P),)](

@@ -71,6 +71,99 @@ def test_schedule_computes_the_reference(bands: int, kernel: int, blocks: int, w
     assert ((_replay_schedule(x, prog) - ref).abs().max() / ref.abs().max()).item() < 1e-12
 
 
+def _replay_pair_schedule(x: torch.Tensor, prog, *, last_block_first: bool = True) -> torch.Tensor:
+    """``step="pair"``'s loop, step for step, on whole tensors (float64), with the weights as the kernel reads
+    them (``_pack_pair``): each conv's output pair from its KT + 1 input slots against two stacked tap tiles, the
+    identity read from a slot the layer before then overwrites (RING = KT + 1), zero outside [0, D).
+    ``last_block_first=False`` runs phase A's epilogues in the other order (the test that the replay can fail)."""
+    from kernels.spectral import _pack
+    from kernels.spectral_gluon import _pack_pair
+
+    p, bands = x.shape
+    pk, pair = _pack(prog, x.device, x.dtype), _pack_pair(prog, x.device, x.dtype)
+    m = pk["meta"]
+    wp, kt, nb, d, stride, ks2 = m["WP"], m["KT"], m["NUM_BLOCKS"], prog.reduced_bands, m["STEM_STRIDE"], \
+        m["KS"] + m["STEM_STRIDE"]
+    half, lag, ring = kt // 2, kt + 1, _next_pow2(kt + 1, 2)
+    wbuf, conv_b, red_w = pair["conv_w"], pk["conv_b"].to(x.dtype), pk["red_w"]
+    rings = torch.zeros(2 * nb * ring, p, wp, dtype=x.dtype)
+    last = torch.zeros(2, p, wp, dtype=x.dtype)
+    acc_r = torch.zeros(p, red_w.shape[2], dtype=x.dtype)
+    k2 = torch.arange(pair["stem_w"].shape[0])
+
+    def stem_input(j: int) -> torch.Tensor:
+        cols = j * stride + k2
+        return torch.where((cols < bands) & (k2 < ks2), x[:, cols.clamp(max=bands - 1)], 0.0)
+
+    def taps(base: int, first: int, conv: int) -> tuple[torch.Tensor, torch.Tensor]:
+        acc = torch.zeros(p, 2 * wp, dtype=x.dtype)
+        for i in range(kt + 1):
+            two = wbuf[conv * (kt + 1) + kt - i:conv * (kt + 1) + kt - i + 2].reshape(2 * wp, wp)
+            acc = acc + rings[base + ((first + i) & (ring - 1))] @ two.t()
+        return acc[:, :wp], acc[:, wp:]
+
+    def zero_outside(y: torch.Tensor, pos: int) -> torch.Tensor:
+        return y if 0 <= pos < d else torch.zeros_like(y)
+
+    xs = stem_input(0)
+    for s in range((d + 1) // 2 + nb * lag // 2):
+        j = 2 * s
+        c2 = [taps((2 * b + 1) * ring, j - (b + 1) * lag - half, 2 * b + 1) for b in range(nb)]  # phase A
+        sa = xs @ pair["stem_w"]
+        for b in (reversed(range(nb)) if last_block_first else range(nb)):
+            q = j - (b + 1) * lag
+            for e in range(2):
+                y = c2[b][e] + conv_b[2 * b + 1]
+                y = F.relu(y) if prog.blocks[b].conv2.relu else y
+                y = y + rings[2 * b * ring + ((q + e) & (ring - 1))]
+                y = zero_outside(F.relu(y) if prog.blocks[b].relu else y, q + e)
+                if b + 1 < nb:
+                    rings[2 * (b + 1) * ring + ((q + e) & (ring - 1))] = y
+                else:
+                    last[e] = y
+        for e in range(2):
+            y = sa[:, e * wp:(e + 1) * wp] + pk["stem_b"].to(x.dtype)
+            rings[(j + e) & (ring - 1)] = zero_outside(F.relu(y) if prog.stem.relu else y, j + e)
+        xs = stem_input(j + 2)  # phase B
+        c1 = [taps(2 * b * ring, j - half - b * lag - half, 2 * b) for b in range(nb)]
+        y_last = j - nb * lag
+        acc_r = acc_r + last[0] @ red_w[min(max(y_last, 0), d - 1)] + last[1] @ red_w[min(max(y_last + 1, 0), d - 1)]
+        for b in range(nb):
+            u = j - half - b * lag
+            for e in range(2):
+                y = c1[b][e] + conv_b[2 * b]
+                rings[(2 * b + 1) * ring + ((u + e) & (ring - 1))] = zero_outside(
+                    F.relu(y) if prog.blocks[b].conv1.relu else y, u + e)
+    out = acc_r + pk["red_b"].to(x.dtype)
+    return (F.relu(out) if prog.reduce.relu else out)[:, :prog.out_features]
+
+
+@pytest.mark.parametrize("bands,kernel,blocks,width,relu2", [(200, 7, 2, 24, False), (103, 7, 2, 24, True),
+                                                             (23, 7, 2, 20, False), (31, 5, 3, 16, True),
+                                                             (17, 3, 1, 24, False), (12, 1, 2, 16, False),
+                                                             (9, 7, 1, 24, True), (24, 7, 2, 24, False)])
+def test_pair_schedule_computes_the_reference(bands: int, kernel: int, blocks: int, width: int, relu2: bool) -> None:
+    """step='pair': odd and even position counts (97, 52, 9, 13, 6, 3, 12 band positions), rings of exactly
+    KT + 1 slots (kernel 7, 3, 1) and wider ones (kernel 5)."""
+    g = torch.Generator().manual_seed(bands * 10 + kernel)
+    prog = _random_program(bands, width, 40, blocks=blocks, kernel=kernel, conv2_relu=relu2,
+                           generator=g).to(dtype=torch.float64)
+    x = torch.randn(5, bands, generator=g, dtype=torch.float64)
+    ref = spectral_stage_reference(x, prog)
+    assert ref.abs().max() > 0.1
+    assert ((_replay_pair_schedule(x, prog) - ref).abs().max() / ref.abs().max()).item() < 1e-12
+
+
+def test_pair_replay_fails_when_the_identity_is_read_after_it_is_overwritten() -> None:
+    """The replay can tell: with the blocks' epilogues first-to-last (block 0's writes X_1 before block 1 reads
+    its identity from the same slots), it no longer equals the reference."""
+    g = torch.Generator().manual_seed(5)
+    prog = _random_program(60, 24, 40, blocks=2, generator=g).to(dtype=torch.float64)
+    x = torch.randn(5, 60, generator=g, dtype=torch.float64)
+    ref = spectral_stage_reference(x, prog)
+    assert ((_replay_pair_schedule(x, prog, last_block_first=False) - ref).abs().max() / ref.abs().max()).item() > 1e-3
+
+
 def test_gluon_kernel_compiles_for_hopper_sm90() -> None:
     """Offline (the Triton wheel's ptxas): the tensor cores read every tap from shared memory in wgmmas that
     are waited on twice per band position, within an SM's shared memory."""
