@@ -34,7 +34,8 @@ import torch  # noqa: E402
 
 from benchmarks._common import write_report  # noqa: E402
 from kernels import spectral  # noqa: E402
-from kernels.offline import compile_gluon, compile_triton, loop_body, ptxas_report, ptxas_usage  # noqa: E402
+from kernels.offline import (compile_gluon, compile_triton, loop_body, ptxas_report, ptxas_usage,  # noqa: E402
+                             sass_loop)
 
 _PTX_OPS = ("bar.sync", "mma.sync", "wgmma.mma_async", "wgmma.wait_group", "ldmatrix", "stmatrix", "st.shared",
             "ld.shared")
@@ -142,15 +143,18 @@ def gluon_section(dtype: str) -> list[str]:
     head = ["", "## The Gluon kernel (`kernels/spectral_gluon.py`: activations in shared-memory rings)", ""]
     if dtype == "fp32":
         return head + ["Not built: the Gluon kernel runs bf16 / fp16 only."]
-    rows = ["| waits | identity | BLOCK_P | warps | compile s | registers | spill stores (B) | shared (B) | wgmma waits "
-            "(in order) | ptxas notes | " + " | ".join(_PTX_OPS) + " |", "|" + "---|" * (10 + len(_PTX_OPS))]
-    for waits, identity in [(w, "epilogue") for w in sg.WAITS] + [(w, "mma") for w in sg.WAITS]:
+    rows = ["| step | waits | identity | BLOCK_P | warps | compile s | registers | spill stores (B) | shared (B) | "
+            "wgmma waits (in order) | ptxas notes | SASS loop instructions / band position | HGMMA / position | "
+            "spill loads in the loop / position | " + " | ".join(_PTX_OPS) + " |", "|" + "---|" * (14 + len(_PTX_OPS))]
+    forms = [(w, "epilogue", "one") for w in sg.WAITS] + [(w, "mma", "one") for w in sg.WAITS] + [
+        ("layer", "epilogue", "pair")]
+    for waits, identity, step in forms:
         try:
             t0 = time.perf_counter()
-            k = compile_gluon(dtype=dtype, waits=waits, identity=identity)
+            k = compile_gluon(dtype=dtype, waits=waits, identity=identity, step=step)
             secs = time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001 - report why, keep the rest of the report
-            rows.append(f"| {waits} | {identity} | not built here: {type(e).__name__}: "
+            rows.append(f"| {step} | {waits} | {identity} | not built here: {type(e).__name__}: "
                         f"{str(e).splitlines()[0][:300] if str(e) else ''} |")
             continue
         ptx = k.asm["ptx"]
@@ -158,8 +162,14 @@ def gluon_section(dtype: str) -> list[str]:
         notes = ", ".join(sorted(set(re.findall(r"\((C75\d\d)\)", ptxas_report(ptx) or "")))) or "none"
         waits_seq = " ".join(re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx))
         pc = ptx_counts(ptx)
-        rows.append(f"| {waits} | {identity} | {sg.BLOCK_P} | 4 | {secs:.1f} | {regs} | {spill} | {k.metadata.shared} | "
-                    f"{waits_seq} | {notes} | " + " | ".join(str(pc[op]) for op in _PTX_OPS) + " |")
+        loop = sass_loop(k.asm["cubin"]) or {}
+        per = 2 if step == "pair" else 1
+
+        def each(key: str) -> str:
+            return f"{loop[key] / per:g}" if key in loop else "?"
+        rows.append(f"| {step} | {waits} | {identity} | {sg.BLOCK_P} | 4 | {secs:.1f} | {regs} | {spill} | "
+                    f"{k.metadata.shared} | {waits_seq} | {notes} | {each('instructions')} | {each('HGMMA')} | "
+                    f"{each('local loads')} | " + " | ".join(str(pc[op]) for op in _PTX_OPS) + " |")
     return head + rows + [
         "", "Each band position: 30 wgmmas that read their A tiles from the rings in place; every activation tile "
         "is written to shared memory once. `phase` waits once per phase (two `wgmma.wait_group` 0); `layer` and "
@@ -167,7 +177,13 @@ def gluon_section(dtype: str) -> list[str]:
         "`identity=mma` adds each block's identity inside conv2's sum (one more wgmma against an identity matrix, "
         "no epilogue load: no `ldmatrix`); not yet timed on a GPU. "
         "ptxas notes: C7515 = ptxas serialized every wgmma of the kernel, C7517 = it injected a wait (both from "
-        "registers touched while a wgmma that uses them is in flight)."]
+        "registers touched while a wgmma that uses them is in flight).",
+        "", "`step=pair` runs two band positions of every layer per step: each conv's output pair in one (64, 2 x 32) "
+        "accumulator, fed by 8 wgmmas of N = 64 (two tap tiles stacked, K-major slices of one weight buffer with zero "
+        "tiles between the convs) where the one-position kernel issues 2 x 7 of N = 32: the HGMMA count per position "
+        "falls, each twice as wide, and half as many steps, waits and barriers. Not yet timed on a GPU. The SASS "
+        "columns count the main loop (its longest backward branch) of the `cuobjdump -sass` listing, per band "
+        "position."]
 
 
 if __name__ == "__main__":

@@ -410,6 +410,9 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--no-zarr", action="store_true", help="skip the zarr-streamed engine rows")
     ap.add_argument("--bf16-only", action="store_true", help="bfloat16 rows only (stage, spatial and engine)")
     ap.add_argument("--no-trials", action="store_true", help="skip the pinned trial configs of the Triton kernel")
+    ap.add_argument("--gluon-forms", default=",".join(GLUON_FORMS),
+                    help="comma-separated Gluon kernel forms to time (each probed in a child process first): "
+                         + ", ".join(GLUON_FORMS))
     ap.add_argument("--zarr-dir", default=None, help="where to write the zarr scene for the streamed row "
                                                     "(default: a temporary directory; CUDA only)")
     ap.add_argument("--out", default=None)
@@ -567,17 +570,23 @@ def main(argv: list[str] | None = None) -> Path:
 
     if cuda:  # the Gluon kernel, probed in a child process first, so a fault (which would poison this process's
         # CUDA context) or a hang on a GPU / Triton it never ran on costs only its own rows
-        from kernels.spectral_gluon import DEFAULT_IDENTITY, DEFAULT_WAITS, WAITS, spectral_stage_gluon
+        from kernels.spectral_gluon import DEFAULT_IDENTITY, DEFAULT_STEP, DEFAULT_WAITS, spectral_stage_gluon
 
-        forms = [(w, "epilogue") for w in WAITS] + [("layer", "mma"), ("stem_last", "mma")]
-        probes = {f: _probe_gluon(args.bands, *f) for f in forms}
+        unknown = set(args.gluon_forms.split(",")) - set(GLUON_FORMS)
+        if unknown:
+            raise SystemExit(f"--gluon-forms: unknown {sorted(unknown)}; expected some of {list(GLUON_FORMS)}")
+        forms = [GLUON_FORMS[name] for name in args.gluon_forms.split(",")]
+        default = (DEFAULT_WAITS, DEFAULT_IDENTITY, DEFAULT_STEP)  # the engine's form: always probed
+        probes = {f: _probe_gluon(args.bands, *f) for f in dict.fromkeys(forms + [default])}
         for dtype in [d for d in dtypes if d != torch.float32]:
             x, prog, ref = inputs[dtype]
             engine_stage = get_spectral_stage("triton", device, dtype)
-            rows = [(f"gluon (shared-memory rings, wgmma), waits={w!r}, identity={i!r}",
-                     functools.partial(spectral_stage_gluon, waits=w, identity=i), probes[w, i]) for w, i in forms]
+            rows = [(f"gluon (shared-memory rings, wgmma), waits={w!r}, identity={i!r}"
+                     + (f", step={st!r}" if st != "one" else ""),
+                     functools.partial(spectral_stage_gluon, waits=w, identity=i, step=st), probes[w, i, st])
+                    for w, i, st in forms]
             rows.append(("backend='triton' as the engine calls it", engine_stage,
-                         probes[DEFAULT_WAITS, DEFAULT_IDENTITY]))
+                         probes[default]))
             for label, fn, probe in rows:
                 if probe:  # a row that says why, as try_stage writes it
                     why = f"not run in this process: the probe failed ({probe})"
@@ -655,6 +664,11 @@ def main(argv: list[str] | None = None) -> Path:
     return out_path
 
 
+# the Gluon kernel's forms the stage rows time: name -> (waits, identity, step)
+GLUON_FORMS = {"phase": ("phase", "epilogue", "one"), "layer": ("layer", "epilogue", "one"),
+               "stem_last": ("stem_last", "epilogue", "one"), "layer+mma": ("layer", "mma", "one"),
+               "stem_last+mma": ("stem_last", "mma", "one"), "pair": ("layer", "epilogue", "pair")}
+
 _GLUON_PROBE = """
 import sys, torch
 sys.path.insert(0, {repo!r})
@@ -662,7 +676,7 @@ from kernels.spectral import _random_program, spectral_stage_reference
 from kernels.spectral_gluon import spectral_stage_gluon
 prog = _random_program({bands}, 24, 128, generator=torch.Generator().manual_seed(0)).to("cuda")
 x = torch.randn(3001, {bands}, generator=torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
-out = spectral_stage_gluon(x, prog, waits={waits!r}, identity={identity!r}).float()
+out = spectral_stage_gluon(x, prog, waits={waits!r}, identity={identity!r}, step={step!r}).float()
 ref = spectral_stage_reference(x.float(), prog)
 torch.cuda.synchronize()
 rel = float((out - ref).abs().max() / ref.abs().max())
@@ -672,11 +686,11 @@ if not rel < 5e-2:  # a kernel that runs but computes something else must not be
 """
 
 
-def _probe_gluon(bands: int, waits: str, identity: str, timeout: int = 45) -> str:
+def _probe_gluon(bands: int, waits: str, identity: str, step: str = "one", timeout: int = 45) -> str:
     """Run the Gluon kernel once in a child process: '' when it ran, else why not (its error, a fault, a hang)."""
     try:
-        proc = subprocess.run([sys.executable, "-c", _GLUON_PROBE.format(repo=str(REPO), bands=bands,
-                                                                         waits=waits, identity=identity)],
+        proc = subprocess.run([sys.executable, "-c", _GLUON_PROBE.format(repo=str(REPO), bands=bands, waits=waits,
+                                                                         identity=identity, step=step)],
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return f"no result within {timeout} s"

@@ -172,42 +172,55 @@ def get_spectral_stage(backend: str, device: torch.device | str | None = None,
 
 
 _GLUON_CHECKED: dict[tuple, str] = {}  # program shape -> '' (a Gluon form matched the reference), else why not
-_GLUON_WAITS: dict[tuple, str] = {}  # program shape -> the Gluon form (spectral_gluon.WAITS) that matched
+_GLUON_FORM: dict[tuple, tuple[str, str]] = {}  # program shape -> the Gluon form (waits, step) that matched
+_FORM_NAMES = {("phase", "one"): "one-wait-per-phase form", ("layer", "one"): "per-layer-wait form",
+               ("stem_last", "one"): "stem-last form", ("layer", "pair"): "two-positions-per-step form"}
+
+
+def _gluon_forms() -> list[tuple[str, str]]:
+    """The Gluon forms ``(waits, step)`` the backend tries, in order: the default, the default one-position
+    form, the one-wait-per-phase form (the first that ran on a GPU)."""
+    from .spectral_gluon import DEFAULT_STEP, DEFAULT_WAITS
+
+    return list(dict.fromkeys([(DEFAULT_WAITS, DEFAULT_STEP), (DEFAULT_WAITS, "one"), ("phase", "one")]))
 
 
 def fused_stage(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
     """The ``triton`` backend in bf16 / fp16 on CUDA: the Gluon kernel where it applies (Hopper, the paper's
     block form, fits in shared memory) and matched the reference on this program shape (its default form, else
-    its one-wait-per-phase form), else the Triton kernel."""
+    the next of :func:`_gluon_forms`), else the Triton kernel."""
     from .spectral import spectral_stage_triton
-    from .spectral_gluon import DEFAULT_WAITS, _run, gluon_unsupported
+    from .spectral_gluon import _run, gluon_unsupported
 
-    if x.dtype == torch.float32 or gluon_unsupported(x, program) is not None:
+    if x.dtype == torch.float32 or gluon_unsupported(x, program, "one") is not None:
         return spectral_stage_triton(x, program)
     key = (program.bands, tuple(program.stem.weight.shape), program.stem.stride, program.out_features,
            len(program.blocks), program.blocks[0].conv1.weight.shape[2], x.dtype, x.device)
     if key not in _GLUON_CHECKED:
         whys = []
-        for waits in dict.fromkeys((DEFAULT_WAITS, "phase")):
-            why = _gluon_disagrees(x, program, waits=waits)
+        for waits, step in _gluon_forms():
+            why = _gluon_disagrees(x, program, waits=waits, step=step)
             if not why:
-                _GLUON_WAITS[key] = waits
+                _GLUON_FORM[key] = (waits, step)
                 break
-            whys.append(f"{why} (waits={waits!r})")
-        why = _GLUON_CHECKED[key] = "; ".join(whys) if key not in _GLUON_WAITS else ""
+            whys.append(f"{why} (waits={waits!r}, step={step!r})")
+        why = _GLUON_CHECKED[key] = "; ".join(whys) if key not in _GLUON_FORM else ""
         if why:
             log.warning("fused spectral stage: %s; running the Triton kernel for this program shape", why)
         elif whys:
-            log.warning("fused spectral stage: %s; running the Gluon kernel's one-wait-per-phase form", whys[0])
+            log.warning("fused spectral stage: %s; running the Gluon kernel's %s", "; ".join(whys),
+                        _FORM_NAMES.get(_GLUON_FORM[key], str(_GLUON_FORM[key])))
         else:
             log.info("fused spectral stage: the Gluon (Hopper) kernel for %d bands, %s", program.bands,
                      str(x.dtype).removeprefix("torch."))
     if _GLUON_CHECKED[key]:
         return spectral_stage_triton(x, program)
-    return _run(x, program, waits=_GLUON_WAITS[key])  # gluon_unsupported ran its checks
+    waits, step = _GLUON_FORM[key]
+    return _run(x, program, waits=waits, step=step)  # gluon_unsupported ran its checks (_gluon_disagrees: step's)
 
 
-def _gluon_disagrees(x: torch.Tensor, program: SpectralProgram, n: int = 512, *, waits: str | None = None) -> str:
+def _gluon_disagrees(x: torch.Tensor, program: SpectralProgram, n: int = 512, *, waits: str | None = None,
+                     step: str = "one") -> str:
     """'' when the Gluon kernel's output on the first ``n`` pixels of ``x`` is within 5 % of the largest
     feature of the float32 reference (bf16 / fp16 rounding stays near 1 %), else why not. It ran on one GPU and
     one Triton release before it was wired in: a miscompile elsewhere must cost speed, never numbers."""
@@ -216,7 +229,7 @@ def _gluon_disagrees(x: torch.Tensor, program: SpectralProgram, n: int = 512, *,
 
     head = x[:n]
     try:
-        got = spectral_stage_gluon(head, program, waits=waits or DEFAULT_WAITS).float()
+        got = spectral_stage_gluon(head, program, waits=waits or DEFAULT_WAITS, step=step).float()
     except Exception as e:  # noqa: BLE001 - any failure means: use the Triton kernel
         return f"the Gluon kernel failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]})"
     off = _off_by(got, spectral_stage_reference(head.float(), program.to(dtype=torch.float32)), 5e-2)

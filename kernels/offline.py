@@ -95,26 +95,60 @@ def ptxas_report(ptx: str) -> str | None:
     """The bundled ptxas's ``-v`` report for ``ptx`` on sm_90a (None when this Triton's ptxas cannot be found):
     registers, spills and its performance notes, such as C7515 (every wgmma serialized) and C7517 (a wgmma
     wait injected), which a kernel that keeps wgmmas in flight past a register use can trigger."""
-    try:  # where Triton keeps its ptxas differs between releases
-        from triton.backends.nvidia.compiler import get_ptxas
-
-        try:
-            ptxas = get_ptxas(90).path
-        except TypeError:
-            ptxas = get_ptxas().path
-    except Exception:  # noqa: BLE001 - an older Triton: its knob, else give up on these columns
-        try:
-            from triton import knobs
-
-            ptxas = knobs.nvidia.ptxas.path
-        except Exception:  # noqa: BLE001
-            return None
+    ptxas = _ptxas_path()
+    if ptxas is None:
+        return None
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "k.ptx"
         src.write_text(ptx)
         r = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(src), "-o", str(Path(tmp) / "k.cubin")],
                            capture_output=True, text=True)
     return r.stdout + r.stderr
+
+
+def _ptxas_path() -> str | None:
+    try:  # where Triton keeps its ptxas differs between releases
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        try:
+            return get_ptxas(90).path
+        except TypeError:
+            return get_ptxas().path
+    except Exception:  # noqa: BLE001 - an older Triton: its knob, else none
+        try:
+            from triton import knobs
+
+            return knobs.nvidia.ptxas.path
+        except Exception:  # noqa: BLE001
+            return None
+
+
+def sass_loop(cubin: bytes) -> dict[str, int] | None:
+    """Counts over the main loop of a compiled kernel's SASS (its longest backward branch), from the
+    ``cuobjdump`` beside Triton's ptxas (None without one): ``instructions``, ``local loads`` / ``local stores``
+    (register spills touched every step), ``HGMMA`` (wgmma instructions), ``BAR`` (barriers)."""
+    ptxas = _ptxas_path()
+    tool = Path(ptxas).with_name("cuobjdump") if ptxas else None
+    if tool is None or not tool.exists():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "k.cubin").write_bytes(cubin)
+        text = subprocess.run([str(tool), "-sass", str(Path(tmp) / "k.cubin")], capture_output=True,
+                              text=True).stdout
+    code = [(int(m.group(1), 16), line) for line in text.splitlines()
+            if (m := re.search(r"/\*([0-9a-f]{4,6})\*/\s+\S", line))]
+    where = {addr: i for i, (addr, _) in enumerate(code)}
+    loops = [(where[int(m.group(1), 16)], i) for i, (_, line) in enumerate(code)
+             if (m := re.search(r"\bBRA[^;]*?0x([0-9a-f]+)", line)) and where.get(int(m.group(1), 16), i) < i]
+    if not loops:
+        return None
+    first, last = max(loops, key=lambda ab: ab[1] - ab[0])
+    body = [line for _, line in code[first:last + 1]]
+
+    def n(pattern: str) -> int:
+        return sum(1 for line in body if re.search(pattern, line))
+    return {"instructions": len(body), "local loads": n(r"\bLDL\b"), "local stores": n(r"\bSTL\b"),
+            "HGMMA": n(r"\bHGMMA\b"), "BAR": n(r"\bBAR\b")}
 
 
 def ptxas_usage(ptx: str) -> tuple[int | None, int | None]:

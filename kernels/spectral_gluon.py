@@ -589,10 +589,7 @@ def _check(x: torch.Tensor, program: SpectralProgram, step: str = DEFAULT_STEP) 
     if program.width > 32 or program.out_features > 256:
         raise NotImplementedError(f"spectral_stage_gluon handles width <= 32 and <= 256 features; got "
                                   f"{program.width}, {program.out_features}")
-    kt = program.blocks[0].conv1.weight.shape[2]
-    if step == "pair" and kt % 2 == 0:
-        raise NotImplementedError(f"spectral_stage_gluon(step='pair') needs an odd conv kernel (its blocks run "
-                                  f"kernel + 1 positions apart, a whole number of pairs); got {kt}: use step='one'")
+    kt = program.blocks[0].conv1.weight.shape[2]  # odd (_check_program): step='pair' runs blocks KT + 1 apart
     need = shared_bytes(program, step=step)
     if need > SHARED_LIMIT:
         raise NotImplementedError(f"spectral_stage_gluon(step={step!r}) would need {need} B of shared memory for "

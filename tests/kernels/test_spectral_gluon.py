@@ -226,6 +226,39 @@ def test_gluon_layer_waits_wait_for_one_layer_at_a_time(blocks: int, kernel: int
         assert "C7515" not in report and "C7517" not in report, report
 
 
+@pytest.mark.parametrize("width,features,blocks,kernel", [(24, 128, 2, 7), (16, 128, 2, 7), (24, 32, 1, 3),
+                                                            (12, 20, 1, 5)])
+def test_gluon_pair_compiles_for_hopper_sm90(width: int, features: int, blocks: int, kernel: int) -> None:
+    """Offline: step='pair' issues, per step, KT + 1 wgmmas per conv (N = 2 x width: two tap tiles stacked), one
+    for the stem's pair and two for the reduce; phase A waits for each block's conv2 (last block first) with the
+    stem in flight, then for the stem; phase B for each block's conv1 with the reduce's two in flight, then the
+    reduce. Nothing makes ptxas serialize the wgmmas, and it fits an SM's shared memory."""
+    pytest.importorskip("triton")
+    import re
+
+    from kernels import spectral_gluon as sg
+    from kernels.offline import compile_gluon, ptxas_report
+
+    if sg.GLUON_ERROR is not None:
+        pytest.skip(f"no Gluon here: {sg.GLUON_ERROR}")
+    prog = _random_program(200, width, features, blocks=blocks, kernel=kernel,
+                           generator=torch.Generator().manual_seed(0))
+    k = compile_gluon(program=prog, step="pair")
+    ptx = k.asm["ptx"]
+    nb, g = blocks, kernel + 1
+    assert ptx.count("wgmma.mma_async") == 2 * nb * g * (_next_pow2(width) // 16) + 1 + 2 * (_next_pow2(width) // 16)
+    assert f"m64n{2 * _next_pow2(width)}k16" in ptx, "the convs' wgmmas are not two positions wide"
+    got = [int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)]
+    assert got == [(nb - 1 - i) * g + 1 for i in range(nb)] + [0] + [(nb - 1 - b) * g + 2 for b in range(nb)] + [0]
+    # the tiles' bytes, exactly, plus at most the alignment of tiles narrower than a swizzle pattern (width 16)
+    assert 0 <= k.metadata.shared - sg.shared_bytes(prog, step="pair") < 1024
+    assert k.metadata.shared <= sg.SHARED_LIMIT
+    report = ptxas_report(ptx)
+    if report is None:
+        pytest.skip("no ptxas in this Triton")
+    assert "C7515" not in report and "C7517" not in report, report
+
+
 @pytest.mark.parametrize("width,features,blocks,kernel", [(16, 128, 2, 7), (24, 32, 2, 7), (12, 20, 1, 3)])
 def test_gluon_kernel_compiles_for_narrow_shapes(width: int, features: int, blocks: int, kernel: int) -> None:
     """Rows narrower than 32 elements take a narrower shared-memory swizzle (a fixed one does not compile)."""
@@ -264,9 +297,12 @@ def test_gluon_shared_memory_guard() -> None:
     default = _random_program(200, 24, 128, generator=torch.Generator().manual_seed(0))
     three = _random_program(200, 24, 128, blocks=3, generator=torch.Generator().manual_seed(0))
     assert shared_bytes(default) <= SHARED_LIMIT < shared_bytes(three)
+    assert shared_bytes(default, step="pair") <= SHARED_LIMIT < shared_bytes(three, step="pair")
     if GLUON_ERROR is None:
         with pytest.raises(NotImplementedError, match="shared memory"):
             spectral_stage_gluon(torch.zeros(2, 200, dtype=torch.bfloat16), three)
+        with pytest.raises(NotImplementedError, match="step='pair'.*shared memory"):
+            spectral_stage_gluon(torch.zeros(2, 200, dtype=torch.bfloat16), three, step="pair")
 
 
 def test_gluon_wrapper_errors() -> None:
@@ -288,6 +324,12 @@ def test_gluon_wrapper_errors() -> None:
         spectral_stage_gluon(torch.zeros(2, 23, dtype=torch.bfloat16), _random_program(23, blocks=0))
     with pytest.raises(ValueError, match="CUDA"):
         spectral_stage_gluon(torch.zeros(2, 23, dtype=torch.bfloat16), paper)
+    with pytest.raises(ValueError, match="CUDA"):
+        spectral_stage_gluon(torch.zeros(2, 23, dtype=torch.bfloat16), paper, step="pair")
+    with pytest.raises(ValueError, match="step must be one of"):
+        spectral_stage_gluon(torch.zeros(2, 23, dtype=torch.bfloat16), paper, step="two")
+    with pytest.raises(ValueError, match="waits='layer'"):
+        spectral_stage_gluon(torch.zeros(2, 23, dtype=torch.bfloat16), paper, step="pair", waits="phase")
 
 
 def _hopper() -> None:
@@ -296,11 +338,14 @@ def _hopper() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("waits,identity", [("phase", "epilogue"), ("layer", "epilogue"), ("stem_last", "epilogue"),
-                                            ("layer", "mma"), ("stem_last", "mma")])
+@pytest.mark.parametrize("waits,identity,step", [("phase", "epilogue", "one"), ("layer", "epilogue", "one"),
+                                                 ("stem_last", "epilogue", "one"), ("layer", "mma", "one"),
+                                                 ("stem_last", "mma", "one"), ("layer", "epilogue", "pair")])
 @pytest.mark.parametrize("bands", [103, 200, 224])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_gpu_gluon_matches_reference(bands: int, dtype: torch.dtype, waits: str, identity: str) -> None:
+def test_gpu_gluon_matches_reference(bands: int, dtype: torch.dtype, waits: str, identity: str, step: str) -> None:
+    """103 / 200 / 224 bands: 49 / 97 / 109 band positions (an odd count: the pair form's last pair is half
+    padding)."""
     _hopper()
     from kernels.spectral_gluon import spectral_stage_gluon
 
@@ -309,7 +354,7 @@ def test_gpu_gluon_matches_reference(bands: int, dtype: torch.dtype, waits: str,
     x64 = torch.randn(10_007, bands, generator=g, dtype=torch.float64).cuda()
     ref = spectral_stage_reference(x64, prog.to(dtype=torch.float64))
     x = x64.to(dtype)
-    out = spectral_stage_gluon(x, prog, waits=waits, identity=identity)
+    out = spectral_stage_gluon(x, prog, waits=waits, identity=identity, step=step)
     plain = spectral_stage_reference(x, prog.to(dtype=dtype))
     scale = ref.abs().max().item()
     err, torch_err = (out.double() - ref).abs().max().item(), (plain.double() - ref).abs().max().item()
@@ -352,6 +397,34 @@ def test_gpu_triton_backend_runs_gluon_on_hopper(monkeypatch) -> None:
     assert torch.equal(stage(x, seed), spectral_stage_triton(x, seed))
 
 
+def test_dispatch_tries_the_default_gluon_form_then_the_one_position_forms(monkeypatch) -> None:
+    """The triton backend's chain of Gluon forms: the default, the default waits one position per step, the
+    one-wait-per-phase form; with step='pair' made the default it comes first and the measured forms follow."""
+    from kernels import dispatch, spectral_gluon
+
+    monkeypatch.setattr(spectral_gluon, "DEFAULT_STEP", "pair")
+    assert dispatch._gluon_forms() == [("layer", "pair"), ("layer", "one"), ("phase", "one")]
+    monkeypatch.setattr(spectral_gluon, "DEFAULT_STEP", "one")
+    assert dispatch._gluon_forms() == [("layer", "one"), ("phase", "one")]
+
+
+@pytest.mark.gpu
+def test_gpu_triton_backend_runs_the_pair_form_when_it_is_the_default(monkeypatch) -> None:
+    """With step='pair' the default, the backend checks it once and runs it (same numbers as calling it)."""
+    _hopper()
+    from kernels import dispatch, spectral_gluon
+
+    monkeypatch.setattr(spectral_gluon, "DEFAULT_STEP", "pair")
+    monkeypatch.setattr(dispatch, "_GLUON_CHECKED", {})
+    monkeypatch.setattr(dispatch, "_GLUON_FORM", {})
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(3_001, 200, generator=g).to("cuda", torch.bfloat16)
+    prog = _random_program(200, 24, 128, generator=g).to("cuda")
+    out = dispatch.fused_stage(x, prog)
+    assert list(dispatch._GLUON_FORM.values()) == [("layer", "pair")]
+    assert torch.equal(out, spectral_gluon.spectral_stage_gluon(x, prog, step="pair"))
+
+
 @pytest.mark.gpu
 def test_gpu_gluon_that_computes_wrong_numbers_is_not_used(monkeypatch, caplog) -> None:
     """A Gluon kernel that runs but computes wrong numbers (a miscompile on a Triton it never ran on) is caught by
@@ -370,6 +443,7 @@ def test_gpu_gluon_that_computes_wrong_numbers_is_not_used(monkeypatch, caplog) 
         out = dispatch.fused_stage(x, prog)
     assert torch.equal(out, spectral_stage_triton(x, prog))
     assert "differs from the reference" in caplog.text and "waits='phase'" in caplog.text
+    assert "step='pair'" in caplog.text or spectral_gluon.DEFAULT_STEP == "one"
     assert all(dispatch._GLUON_CHECKED.values())
 
 
@@ -381,13 +455,13 @@ def test_gpu_gluon_default_form_wrong_falls_back_to_the_phase_form(monkeypatch, 
 
     real = spectral_gluon.spectral_stage_gluon
 
-    def broken(x, p, *, waits=spectral_gluon.DEFAULT_WAITS):
+    def broken(x, p, *, waits=spectral_gluon.DEFAULT_WAITS, **kw):
         if waits != "phase":
             return torch.zeros(x.shape[0], p.out_features, device=x.device, dtype=x.dtype)
-        return real(x, p, waits="phase")
+        return real(x, p, waits="phase", **kw)
 
     monkeypatch.setattr(dispatch, "_GLUON_CHECKED", {})
-    monkeypatch.setattr(dispatch, "_GLUON_WAITS", {})
+    monkeypatch.setattr(dispatch, "_GLUON_FORM", {})
     monkeypatch.setattr(spectral_gluon, "spectral_stage_gluon", broken)
     g = torch.Generator().manual_seed(6)
     x = torch.randn(1_001, 103, generator=g).to("cuda", torch.bfloat16)
@@ -395,4 +469,4 @@ def test_gpu_gluon_default_form_wrong_falls_back_to_the_phase_form(monkeypatch, 
     with caplog.at_level("WARNING", logger="kernels.dispatch"):
         out = dispatch.fused_stage(x, prog)
     assert torch.equal(out, real(x, prog, waits="phase"))
-    assert list(dispatch._GLUON_WAITS.values()) == ["phase"] and "one-wait-per-phase form" in caplog.text
+    assert list(dispatch._GLUON_FORM.values()) == [("phase", "one")] and "one-wait-per-phase form" in caplog.text
