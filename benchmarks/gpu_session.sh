@@ -8,6 +8,8 @@
 #   SEEDS=0 SKIP_COMPILE=1 SKIP_SPATIAL=1 TEST_K="gluon" TEST_TIMEOUT=70 BENCH_TIMEOUT=140 \
 #     BENCH_ARGS="--quick --no-compile --no-zarr --bf16-only --no-trials" bash benchmarks/gpu_session.sh
 #                                             # the Gluon forms against each other and the bf16 engine: ~2 minutes
+#   (add --gluon-forms layer,pair to BENCH_ARGS to time only those forms beside the engine's; TEST_K="gluon and
+#   (pair or layer)" runs their GPU tests)
 #   SEEDS=5 TRAIN_MINUTES=9 SKIP_TESTS=1 SKIP_BENCH=1 bash benchmarks/gpu_session.sh   # 5 full 200-epoch seeds
 #                                             # (measured on an H100: 2.6 s/epoch per process with 5 in parallel)
 #
