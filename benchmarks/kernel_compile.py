@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> Path:
              f"- command: `{cmd.strip()}`",
              "- program: 200 bands, stem 24 k7 s2 -> 97 positions, 2 residual blocks (24, k7), reduce -> 128",
              "- per step: ops in the main loop body divided by UNROLL (one band position of every layer); "
-             "PTX counts are static, whole kernel", "",
+             "PTX counts are static, whole kernel",
+             "- pointer arguments compiled as 16-byte aligned, as Triton's launcher specialises torch's tensors at run "
+             "time (reports before 2026-11-26 15:10 compiled them unaligned: scalar loads, more registers)", "",
              "These are properties of the compiled code, not timings. Which config is fastest is measured on a "
              "GPU by `benchmarks/kernels.py` (each config pinned) and by the autotuner.", "",
              "| set | BLOCK_P | warps | stages | UNROLL | KCAT | SCATTER | CHAINS | PIPE | compile s | registers | "

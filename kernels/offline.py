@@ -28,6 +28,12 @@ def _signature(pointers: dict[str, str], constexprs: dict, dtype: str) -> dict[s
     return sig
 
 
+def _aligned(fn, pointers: dict[str, str]) -> dict:
+    """Specialisation attributes that say every pointer argument is 16-byte aligned, as Triton's launcher finds
+    torch's allocations at run time (without them the offline build cannot vectorise its loads)."""
+    return {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in pointers}
+
+
 def default_program(blocks: int = 2, form: str = "paper", stage_norms: int = 0) -> SpectralProgram:
     """The Indian Pines-shaped program the compile reports use: 200 bands, width 24, 128 features."""
     from .spectral import _random_program
@@ -51,7 +57,8 @@ def compile_triton(variant: dict, *, num_warps: int = 4, num_stages: int = 1, dt
                 INTERP_BF16=False, **(dict(CHAINS=1, PIPE=False) | variant))
     pointers = dict(x_ptr="x", out_ptr="x", stem_w_ptr="x", stem_b_ptr="f", conv_w_ptr="x", conv_b_ptr="f",
                     pre_ptr="f", post_ptr="f", red_w_ptr="x", red_b_ptr="f")
-    src = ASTSource(fn=spectral._spectral_stage_kernel, signature=_signature(pointers, meta, dtype), constexprs=meta)
+    src = ASTSource(fn=spectral._spectral_stage_kernel, signature=_signature(pointers, meta, dtype), constexprs=meta,
+                    attrs=_aligned(spectral._spectral_stage_kernel, pointers))
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": num_warps, "num_stages": num_stages})
 
@@ -80,14 +87,14 @@ def compile_gluon(*, dtype: str = "bf16", program: SpectralProgram | None = None
         spectral_gluon._check_form(waits or "layer", identity or "epilogue", "pair")
         const = spectral_gluon._pair_constants(m)
         src = GluonASTSource(fn=spectral_gluon._gluon_pair_kernel, signature=_signature(pointers, const, dtype),
-                             constexprs=const)
+                             constexprs=const, attrs=_aligned(spectral_gluon._gluon_pair_kernel, pointers))
         return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     const = {k: m[k] for k in ("STEM_STRIDE", "KS", "KS_PAD", "KT", "NUM_BLOCKS", "WP", "FP", "STEM_RELU",
                                 "RELU1_MASK", "RELU2_MASK", "BLOCK_RELU_MASK", "REDUCE_RELU")}
     const.update(spectral_gluon._layout_constants(m, waits or spectral_gluon.DEFAULT_WAITS,
                                                   identity or spectral_gluon.DEFAULT_IDENTITY))
     src = GluonASTSource(fn=spectral_gluon._gluon_stage_kernel, signature=_signature(pointers, const, dtype),
-                         constexprs=const)
+                         constexprs=const, attrs=_aligned(spectral_gluon._gluon_stage_kernel, pointers))
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 
 
