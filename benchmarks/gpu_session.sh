@@ -70,7 +70,12 @@ echo "bench rc=${PIPESTATUS[0]}"
   --time-side 0 --out "$OUT/spatial-precision-cuda.md" >"$OUT/spatial-precision.log" 2>&1
 echo "spatial precision rc=$?"
 
+# 4b. how soon the device path's first tiles are staged on this host's cores (CPU only, pinned buffers; seconds)
+[ -n "${SKIP_STAGING:-}" ] || timeout "${STAGING_TIMEOUT:-60}" python3 benchmarks/staging.py --pin \
+  --out "$OUT/staging-host.md" >"$OUT/staging.log" 2>&1
+echo "staging rc=$?"
+
 # 5. at most 8 files come back from a call: the texts a reader needs stay, the rest go into one archive
 (cd "$OUT" && extra=$(ls | grep -v -x -e env.txt -e gpu-tests.log -e kernels-gpu.md -e kernels.log \
-  -e spatial-precision-cuda.md -e extras.tar.gz) && [ -n "$extra" ] && tar -czf extras.tar.gz $extra && rm -rf $extra)
+  -e spatial-precision-cuda.md -e staging-host.md -e extras.tar.gz) && [ -n "$extra" ] && tar -czf extras.tar.gz $extra && rm -rf $extra)
 ls "$OUT"

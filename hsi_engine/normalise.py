@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     import torch
 
 
@@ -84,8 +86,10 @@ _STAGE = {"b1": "uint8", "u1": "uint8", "i1": "int8", "i2": "int16", "i4": "int3
 _WRAP = {"u2": 16, "u4": 32}
 
 
-def stage_raw(raw: np.ndarray, *, pin: bool = False) -> tuple["torch.Tensor", int]:
-    """Copy a raw ``(bands, h, w)`` window into a fresh (optionally pinned) torch tensor for the device.
+def stage_raw(raw: np.ndarray, *, pin: bool = False, copies: "Executor | None" = None,
+              parts: int = 1) -> tuple["torch.Tensor", int]:
+    """Copy a raw ``(bands, h, w)`` window into a fresh (optionally pinned) torch tensor for the device;
+    with ``copies`` (a thread pool) the copy is split over ``parts`` band ranges copied concurrently.
 
     Returns ``(tensor, wrap_bits)``: uint16/uint32 travel as int16/int32 bit patterns (``wrap_bits`` 16/32,
     else 0), which :func:`normalise_tensor` maps back exactly. Byte order is made native by the copy;
@@ -104,7 +108,13 @@ def stage_raw(raw: np.ndarray, *, pin: bool = False) -> tuple["torch.Tensor", in
     view = buf.numpy()
     if key in _WRAP:
         view = view.view(np.dtype(f"u{raw.dtype.itemsize}"))
-    np.copyto(view, raw, casting="unsafe")  # bool -> uint8, big-endian -> native; values unchanged
+    parts = max(1, min(int(parts), raw.shape[0])) if copies is not None else 1
+    if parts == 1:
+        np.copyto(view, raw, casting="unsafe")  # bool -> uint8, big-endian -> native; values unchanged
+    else:  # numpy releases the GIL while it copies
+        cut = np.linspace(0, raw.shape[0], parts + 1).astype(int)
+        for f in [copies.submit(np.copyto, view[a:b], raw[a:b], casting="unsafe") for a, b in zip(cut, cut[1:])]:
+            f.result()
     return buf, _WRAP.get(key, 0)
 
 

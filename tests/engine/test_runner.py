@@ -104,3 +104,87 @@ def test_bad_reader_settings_are_refused(kw, match):
 
     with pytest.raises(ValueError, match=match):
         classify(_cube(np.float32), _model(), progress=False, **kw)
+
+
+def test_device_path_stages_tiles_in_plan_order_whatever_order_they_are_read_in():
+    """The readers read tiles concurrently, in any order (here the first tile is the slowest to read); one stager
+    copies them in plan order, so the tile the compute needs next is never behind later ones for the copy
+    threads. The map is the host path's."""
+    import threading
+    import time
+
+    import hsi_engine.runner as runner
+
+    cube = _cube(np.float32, h=24, w=24, seed=4)
+    plan = plan_tiles(24, 24, 8, _model().config.halo)
+    read_order, staged_order, lock = [], [], threading.Lock()
+    real_reader, real_stage = runner.window_reader, runner.stage_raw
+
+    def slow_first_reader(scene, **kw):
+        read = real_reader(scene, **kw)
+
+        def read_window(ry0, ry1, rx0, rx1):
+            first = (ry0, rx0) == plan.tiles[0].read[::2]
+            time.sleep(0.3 if first else 0.0)
+            with lock:
+                read_order.append((ry0, rx0))
+            return read(ry0, ry1, rx0, rx1)
+        return read_window
+
+    def recording_stage(raw, **kw):
+        windows = [cube[:, t.read[0]:t.read[1], t.read[2]:t.read[3]] for t in plan.tiles]
+        with lock:
+            staged_order.append(next(i for i, w in enumerate(windows) if w.shape == raw.shape
+                                     and np.array_equal(w, raw)))
+        return real_stage(raw, **kw)
+
+    model = _model()
+    a = cube.astype(np.float64)
+    mean, std = a.mean(axis=(1, 2)), a.std(axis=(1, 2))
+    engine = FusedSSRN(model, backend="eager", device="cpu")
+    sinks = []
+    for mode in ("device", "host"):
+        sink = ArraySink(24, 24, CLASSES)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(runner, "window_reader", slow_first_reader)
+            mp.setattr(runner, "stage_raw", recording_stage)
+            read_order.clear()
+            staged_order.clear()
+            run_plan(cube, plan, engine, sink, mean=mean, std=std, progress=False, normalise_on=mode, readers=3)
+        sinks.append(sink)
+        if mode == "device":
+            assert read_order[0] != plan.tiles[0].read[::2], "the slow first read should finish after others"
+            assert staged_order == list(range(len(plan.tiles)))
+    np.testing.assert_array_equal(sinks[0].labels, sinks[1].labels)
+
+
+@pytest.mark.timeout(60)
+def test_device_path_read_error_reaches_the_caller_and_stops_the_stager():
+    """A window that fails to read (tile 2 of 9) raises its error from run_plan; the stager, which waits for
+    that read, and the copy threads stop with it (no hang, no later tile written)."""
+    import hsi_engine.runner as runner
+    from hsi_engine.errors import SceneError
+
+    cube = _cube(np.float32, h=24, w=24, seed=5)
+    plan = plan_tiles(24, 24, 8, _model().config.halo)
+    real_reader = runner.window_reader
+    bad = plan.tiles[2].read
+
+    def failing_reader(scene, **kw):
+        read = real_reader(scene, **kw)
+
+        def read_window(*window):
+            if tuple(window) == tuple(bad):
+                raise SceneError("chunk (0, 0, 1) is corrupt")
+            return read(*window)
+        return read_window
+
+    a = cube.astype(np.float64)
+    engine = FusedSSRN(_model(), backend="eager", device="cpu")
+    sink = ArraySink(24, 24, CLASSES)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner, "window_reader", failing_reader)
+        with pytest.raises(SceneError, match="corrupt"):
+            run_plan(cube, plan, engine, sink, mean=a.mean(axis=(1, 2)), std=a.std(axis=(1, 2)), progress=False,
+                     normalise_on="device", readers=3)
+    assert sink.written[plan.tiles[2].y0:plan.tiles[2].y1, plan.tiles[2].x0:plan.tiles[2].x1].max() == 0
