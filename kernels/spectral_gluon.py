@@ -143,6 +143,18 @@ if GLUON_ERROR is None:
             last.store(y)
 
     @gluon.jit
+    def _reduce_out(acc_r, out_ptr, red_b_ptr, pid, P, F, stride_op, stride_of, BP: gl.constexpr, FP: gl.constexpr,
+                    REDUCE_RELU: gl.constexpr, accr_l: gl.constexpr, dt: gl.constexpr):
+        # the reduce's epilogue, once at the end: bias, ReLU, the program's pixels and features to out
+        op = pid * BP + gl.arange(0, BP, layout=gl.SliceLayout(1, accr_l))
+        of = gl.arange(0, FP, layout=gl.SliceLayout(0, accr_l))
+        out = acc_r + gl.expand_dims(gl.load(red_b_ptr + of), 0)
+        if REDUCE_RELU:
+            out = gl.maximum(out, 0.0)
+        gl.store(out_ptr + gl.expand_dims(op.to(gl.int64), 1) * stride_op + gl.expand_dims(of, 0) * stride_of,
+                 out.to(dt), mask=gl.expand_dims(op < P, 1) & gl.expand_dims(of < F, 0))
+
+    @gluon.jit
     def _gluon_stage_kernel(
         x_ptr, out_ptr, stem_w_ptr, stem_b_ptr, conv_w_ptr, conv_b_ptr, red_w_ptr, red_b_ptr,
         P, B, D, F, stride_xp, stride_xb, stride_op, stride_of,
@@ -290,13 +302,7 @@ if GLUON_ERROR is None:
             fence_async_shared()
             _cta_barrier()
 
-        op = pid * BP + gl.arange(0, BP, layout=gl.SliceLayout(1, accr_l))
-        of = gl.arange(0, FP, layout=gl.SliceLayout(0, accr_l))
-        out = acc_r + gl.expand_dims(gl.load(red_b_ptr + of), 0)
-        if REDUCE_RELU:
-            out = gl.maximum(out, 0.0)
-        gl.store(out_ptr + gl.expand_dims(op.to(gl.int64), 1) * stride_op + gl.expand_dims(of, 0) * stride_of,
-                 out.to(dt), mask=gl.expand_dims(op < P, 1) & gl.expand_dims(of < F, 0))
+        _reduce_out(acc_r, out_ptr, red_b_ptr, pid, P, F, stride_op, stride_of, BP, FP, REDUCE_RELU, accr_l, dt)
 
 
     @gluon.jit
@@ -488,13 +494,7 @@ if GLUON_ERROR is None:
             fence_async_shared()
             _cta_barrier()
 
-        op = pid * BP + gl.arange(0, BP, layout=gl.SliceLayout(1, accr_l))
-        of = gl.arange(0, FP, layout=gl.SliceLayout(0, accr_l))
-        out = acc_r + gl.expand_dims(gl.load(red_b_ptr + of), 0)
-        if REDUCE_RELU:
-            out = gl.maximum(out, 0.0)
-        gl.store(out_ptr + gl.expand_dims(op.to(gl.int64), 1) * stride_op + gl.expand_dims(of, 0) * stride_of,
-                 out.to(dt), mask=gl.expand_dims(op < P, 1) & gl.expand_dims(of < F, 0))
+        _reduce_out(acc_r, out_ptr, red_b_ptr, pid, P, F, stride_op, stride_of, BP, FP, REDUCE_RELU, accr_l, dt)
 
 
 SHARED_LIMIT = 232_448  # bytes of shared memory one program may use on an H100 / H200 (227 KB)

@@ -57,20 +57,6 @@ def _replay_schedule(x: torch.Tensor, prog) -> torch.Tensor:
     return F.relu(out) if prog.reduce.relu else out
 
 
-@pytest.mark.parametrize("bands,kernel,blocks,width,relu2", [(200, 7, 2, 24, False), (103, 7, 2, 24, True),
-                                                             (23, 7, 2, 20, False), (31, 5, 3, 16, True),
-                                                             (17, 3, 1, 24, False), (12, 1, 2, 16, False),
-                                                             (9, 7, 1, 24, True)])
-def test_schedule_computes_the_reference(bands: int, kernel: int, blocks: int, width: int, relu2: bool) -> None:
-    g = torch.Generator().manual_seed(bands * 10 + kernel)
-    prog = _random_program(bands, width, 40, blocks=blocks, kernel=kernel, conv2_relu=relu2,
-                           generator=g).to(dtype=torch.float64)
-    x = torch.randn(5, bands, generator=g, dtype=torch.float64)
-    ref = spectral_stage_reference(x, prog)
-    assert ref.abs().max() > 0.1
-    assert ((_replay_schedule(x, prog) - ref).abs().max() / ref.abs().max()).item() < 1e-12
-
-
 def _replay_pair_schedule(x: torch.Tensor, prog, *, last_block_first: bool = True) -> torch.Tensor:
     """``step="pair"``'s loop, step for step, on whole tensors (float64), with the weights as the kernel reads
     them (``_pack_pair``): each conv's output pair from its KT + 1 input slots against two stacked tap tiles, the
@@ -138,20 +124,23 @@ def _replay_pair_schedule(x: torch.Tensor, prog, *, last_block_first: bool = Tru
     return (F.relu(out) if prog.reduce.relu else out)[:, :prog.out_features]
 
 
+@pytest.mark.parametrize("step", ["one", "pair"])
 @pytest.mark.parametrize("bands,kernel,blocks,width,relu2", [(200, 7, 2, 24, False), (103, 7, 2, 24, True),
                                                              (23, 7, 2, 20, False), (31, 5, 3, 16, True),
                                                              (17, 3, 1, 24, False), (12, 1, 2, 16, False),
                                                              (9, 7, 1, 24, True), (24, 7, 2, 24, False)])
-def test_pair_schedule_computes_the_reference(bands: int, kernel: int, blocks: int, width: int, relu2: bool) -> None:
-    """step='pair': odd and even position counts (97, 52, 9, 13, 6, 3, 12 band positions), rings of exactly
-    KT + 1 slots (kernel 7, 3, 1) and wider ones (kernel 5)."""
+def test_schedule_computes_the_reference(bands: int, kernel: int, blocks: int, width: int, relu2: bool,
+                                         step: str) -> None:
+    """Both forms' schedules; for step='pair' odd and even position counts (97, 52, 9, 13, 6, 3, 12 band
+    positions), rings of exactly KT + 1 slots (kernel 7, 3, 1) and wider ones (kernel 5)."""
     g = torch.Generator().manual_seed(bands * 10 + kernel)
     prog = _random_program(bands, width, 40, blocks=blocks, kernel=kernel, conv2_relu=relu2,
                            generator=g).to(dtype=torch.float64)
     x = torch.randn(5, bands, generator=g, dtype=torch.float64)
     ref = spectral_stage_reference(x, prog)
     assert ref.abs().max() > 0.1
-    assert ((_replay_pair_schedule(x, prog) - ref).abs().max() / ref.abs().max()).item() < 1e-12
+    replay = _replay_pair_schedule if step == "pair" else _replay_schedule
+    assert ((replay(x, prog) - ref).abs().max() / ref.abs().max()).item() < 1e-12
 
 
 def test_pair_replay_fails_when_the_identity_is_read_after_it_is_overwritten() -> None:
