@@ -5,12 +5,12 @@ read through a bounded cache of decoded blocks (:mod:`hsi_engine.blocks`, synchr
 inside the thread), so each chunk is decoded once rather than once per tile and halo that touches it. On
 CPU the readers also normalise the window per band into float32 and zero-pad it where it crosses the scene
 border. On CUDA they only read the raw window; one stager copies the windows in plan order, each over
-``readers`` copy threads, into pinned host memory in their own dtype (the tile the compute needs next gets all of
-the host's memory bandwidth); each is copied to the device on a side stream one tile ahead and normalised and
-padded there (same float64 operations, same bits), because host-side float64 work capped the GPU engine. Reading, copying, compute and writing
-overlap. A single writer thread hands each tile's labels (and probabilities) to the sink. Host and device
-memory therefore depend on the tile size, the queue depth and the block-cache budget, never on the scene
-size.
+``readers`` copy threads, into pinned host memory in their own dtype (the tile the compute needs next gets all
+of the host's memory bandwidth); each is copied to the device on a side stream one tile ahead and normalised
+and padded there (same float64 operations, same bits), because host-side float64 work capped the GPU engine.
+Reading, copying, compute and writing overlap. A single writer thread hands each tile's labels (and
+probabilities) to the sink. Host and device memory therefore depend on the tile size, the queue depth and the
+block-cache budget, never on the scene size.
 """
 
 from __future__ import annotations

@@ -30,16 +30,16 @@ stem (one step more per block than the register kernel's wavefront) and the ring
 Positions outside ``[0, D)`` are written as zeros (the convs' zero padding), exactly as in the Triton kernel.
 
 Two positions per step (``step="pair"``, :data:`STEPS`; compiled offline, not yet timed on a GPU). A conv's wgmma
-with N = 32 reads a 64 x 16 A tile and a 16 x 32 B tile from shared memory per 16 clocks of tensor-core work,
-192 B per clock where an SM serves 128: by that arithmetic the one-position kernel's convs cannot pass two
-thirds of the tensor cores' rate. ``pair`` computes each conv's output pair (u, u + 1) in one (64, 64) accumulator: input position
-u - KT // 2 + i meets the two stacked tap tiles [W_i; W_{i-1}] (zero past the taps), KT + 1 wgmmas of N = 64
-(exactly at the 128 B per clock) where ``one`` issues 2 KT of N = 32: 14 % more multiply-adds, 42 % fewer HGMMA
-instructions, half the steps, waits and barriers. The stacked tiles are K-major views of one buffer that holds
-each conv's transposed taps last-first between zero tiles. Blocks run KT + 1 positions apart; with rings of
-exactly KT + 1 slots a layer overwrites the slots of the next block's identity in the same phase, so phase A
-runs the blocks' conv2 epilogues last block first, the stem last, and each reads its identity just before
-(each warp reads its rows, then writes them, in program order).
+with N = 32 reads a 64 x 16 A tile and a 16 x 32 B tile from shared memory per 16 clocks of tensor-core work, 192 B
+per clock where an SM serves 128: by that arithmetic the one-position kernel's convs cannot pass two thirds of the
+tensor cores' rate. ``pair`` computes each conv's output pair (u, u + 1) in one (64, 64) accumulator: input
+position u - KT // 2 + i meets the two stacked tap tiles [W_i; W_{i-1}] (zero past the taps), KT + 1 wgmmas of N =
+64 (exactly at the 128 B per clock) where ``one`` issues 2 KT of N = 32: 14 % more multiply-adds, 42 % fewer HGMMA
+instructions, half the steps, waits and barriers. The stacked tiles are K-major views of one buffer that holds each
+conv's transposed taps last-first between zero tiles. Blocks run KT + 1 positions apart; with rings of exactly KT +
+1 slots a layer overwrites the slots of the next block's identity in the same phase, so phase A runs the blocks'
+conv2 epilogues last block first, the stem last, and each reads its identity just before (each warp reads its rows,
+then writes them, in program order).
 
 Scope: the paper's block form (no pre-activation or stage affines), bfloat16 / float16 inputs, fp32
 accumulation, CUDA with a Hopper GPU (sm_90: wgmma). Measured on an H200 (Triton 3.6,

@@ -226,7 +226,7 @@ def test_gluon_pair_compiles_for_hopper_sm90(width: int, features: int, blocks: 
     import re
 
     from kernels import spectral_gluon as sg
-    from kernels.offline import compile_gluon, ptxas_report
+    from kernels.offline import compile_gluon, ptxas_report, sass_loop
 
     if sg.GLUON_ERROR is not None:
         pytest.skip(f"no Gluon here: {sg.GLUON_ERROR}")
@@ -239,6 +239,8 @@ def test_gluon_pair_compiles_for_hopper_sm90(width: int, features: int, blocks: 
     assert f"m64n{2 * _next_pow2(width)}k16" in ptx, "the convs' wgmmas are not two positions wide"
     got = [int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)]
     assert got == [(nb - 1 - i) * g + 1 for i in range(nb)] + [0] + [(nb - 1 - b) * g + 2 for b in range(nb)] + [0]
+    loop = sass_loop(k.asm["cubin"])  # every wgmma sits in the band loop
+    assert loop is None or loop["HGMMA"] == ptx.count("wgmma.mma_async")
     # the tiles' bytes, exactly, plus at most the alignment of tiles narrower than a swizzle pattern (width 16)
     assert 0 <= k.metadata.shared - sg.shared_bytes(prog, step="pair") < 1024
     assert k.metadata.shared <= sg.SHARED_LIMIT
