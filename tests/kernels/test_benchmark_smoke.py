@@ -30,3 +30,16 @@ def test_kernels_benchmark_runs_on_cpu(tmp_path: Path) -> None:
     assert "## Where the engine's time goes" in text, "no engine profile section"
     ops = re.findall(r"^\| `([^`]+)` \| (\d+) \| ([0-9.]+) \| ([0-9.]+)% \|$", text, re.M)
     assert ops and all(int(c) > 0 and float(ms) > 0 for _, c, ms, _ in ops), "profile rows without time"
+
+
+def test_staging_benchmark_runs_on_cpu(tmp_path: Path) -> None:
+    """benchmarks/staging.py (which gpu_session.sh runs on the GPU host) on a tiny scene: both arms timed."""
+    out = tmp_path / "staging.md"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "staging.py"), "--readers", "2", "--side", "64",
+                           "--bands", "5", "--tile", "16", "--repeats", "1", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = re.findall(r"^\| (each reader stages its tile \(before\)|one stager, plan order \(now\)) \| (\d+) \| "
+                      r"(\d+) \| (\d+) \|$", out.read_text(), re.M)
+    assert [r[0] for r in rows] == ["each reader stages its tile (before)", "one stager, plan order (now)"]
+    assert "sooner in plan order" in out.read_text()
