@@ -75,7 +75,13 @@ echo "spatial precision rc=$?"
   --out "$OUT/staging-host.md" >"$OUT/staging.log" 2>&1
 echo "staging rc=$?"
 
+# 4c. the device path's normalisation: the engine's four passes against a two-pass candidate, on this GPU (seconds)
+[ -n "${SKIP_NORMALISE:-}" ] || timeout "${NORMALISE_TIMEOUT:-60}" python3 benchmarks/normalise_device.py \
+  --device cuda --out "$OUT/normalise-device-gpu.md" >"$OUT/normalise-device.log" 2>&1
+echo "normalise rc=$?"
+
 # 5. at most 8 files come back from a call: the texts a reader needs stay, the rest go into one archive
 (cd "$OUT" && extra=$(ls | grep -v -x -e env.txt -e gpu-tests.log -e kernels-gpu.md -e kernels.log \
-  -e spatial-precision-cuda.md -e staging-host.md -e extras.tar.gz) && [ -n "$extra" ] && tar -czf extras.tar.gz $extra && rm -rf $extra)
+  -e spatial-precision-cuda.md -e staging-host.md -e normalise-device-gpu.md \
+  -e extras.tar.gz) && [ -n "$extra" ] && tar -czf extras.tar.gz $extra && rm -rf $extra)
 ls "$OUT"

@@ -43,3 +43,15 @@ def test_staging_benchmark_runs_on_cpu(tmp_path: Path) -> None:
                       r"(\d+) \| (\d+) \|$", out.read_text(), re.M)
     assert [r[0] for r in rows] == ["each reader stages its tile (before)", "one stager, plan order (now)"]
     assert "sooner in plan order" in out.read_text()
+
+
+def test_normalise_device_benchmark_runs_on_cpu(tmp_path: Path) -> None:
+    """benchmarks/normalise_device.py (which gpu_session.sh runs on CUDA) on a tiny tile: both forms timed, the
+    same bits."""
+    out = tmp_path / "normalise.md"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "normalise_device.py"), "--tile", "10",
+                           "--bands", "7", "--reps", "1", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = re.findall(r"^\| (int16|float32) \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \| True \|$", out.read_text(), re.M)
+    assert rows == ["int16", "float32"]
