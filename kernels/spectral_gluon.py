@@ -312,11 +312,10 @@ if GLUON_ERROR is None:
         # against two stacked tap tiles [W_i; W_{i-1}] (rows: out(u), then out(u + 1); the zero tiles past the
         # taps), K-major: KT + 1 wgmmas of N = 2 WP where the one-position kernel issues 2 KT of N = WP
         for i in gl.static_range(KT + 1):
-            two = wbuf.slice(conv * (KT + 1) + KT - i, 2)
-            if PUBLIC_REINTERPRET:
-                two = two.reinterpret(shape=[2 * WP, WP], layout=tile_s)
-            else:  # Triton <= 3.6
-                two = two._reinterpret(wbuf.dtype, [2 * WP, WP], tile_s)
+            if PUBLIC_REINTERPRET:  # Triton >= 3.7: the two tiles as one view (3.6 refuses the odd offset)
+                two = wbuf.slice(conv * (KT + 1) + KT - i, 2).reinterpret(shape=[2 * WP, WP], layout=tile_s)
+            else:  # Triton 3.6: W_i's tile, read on into the next one (3.7+ refuses a view past its source)
+                two = wbuf.index(conv * (KT + 1) + KT - i)._reinterpret(wbuf.dtype, [2 * WP, WP], tile_s)
             acc = warpgroup_mma(rings.index(ring_base + ((first + i) & (RING - 1))), two.permute((1, 0)), acc,
                                 use_acc=i > 0, is_async=True)
         return acc
