@@ -353,6 +353,26 @@ def test_gpu_gluon_matches_reference(bands: int, dtype: torch.dtype, waits: str,
     assert err <= min(2 * torch_err + 1e-3 * scale, 1e-2 * scale), (err, torch_err, scale)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("blocks,kernel", [(1, 1), (2, 1), (1, 3), (2, 3), (1, 7), (2, 5)])
+def test_gpu_gluon_pair_small_programs(blocks: int, kernel: int) -> None:
+    """step='pair' on small programs, so that a wrong result says where: kernel 1 (one tap: the stacked tiles
+    are [W_0; 0] and [0; W_0]), one block (no X_1 ring), rings wider than KT + 1 (kernel 5)."""
+    _hopper()
+    from kernels.spectral_gluon import spectral_stage_gluon
+
+    g = torch.Generator().manual_seed(blocks * 10 + kernel)
+    prog = _random_program(41, 24, 128, blocks=blocks, kernel=kernel, generator=g).to("cuda")
+    x64 = torch.randn(777, 41, generator=g, dtype=torch.float64).cuda()
+    ref = spectral_stage_reference(x64, prog.to(dtype=torch.float64))
+    x = x64.to(torch.bfloat16)
+    out = spectral_stage_gluon(x, prog, step="pair")
+    plain = spectral_stage_reference(x, prog.to(dtype=torch.bfloat16))
+    scale = ref.abs().max().item()
+    err, torch_err = (out.double() - ref).abs().max().item(), (plain.double() - ref).abs().max().item()
+    assert err <= min(2 * torch_err + 1e-3 * scale, 1e-2 * scale), (err, torch_err, scale)
+
+
 def test_gluon_unsupported_says_why() -> None:
     """The triton backend asks this before every bf16 / fp16 call: a reason (never an exception) wherever the
     Gluon kernel cannot run, so the Triton kernel takes over."""
