@@ -224,18 +224,39 @@ def _random_scene(side: int, scene_dtype: str):
     return torch.randn(200, side, side, generator=g).numpy()
 
 
+@contextlib.contextmanager
+def _gluon_default_step(step: str):
+    """The triton backend with ``step`` as the Gluon kernel's default form, its per-shape checks redone, for the
+    duration of the block."""
+    from kernels import dispatch, spectral_gluon
+
+    saved = spectral_gluon.DEFAULT_STEP, dict(dispatch._GLUON_CHECKED), dict(dispatch._GLUON_FORM)
+    spectral_gluon.DEFAULT_STEP = step
+    dispatch._GLUON_CHECKED.clear()
+    dispatch._GLUON_FORM.clear()
+    try:
+        yield
+    finally:
+        spectral_gluon.DEFAULT_STEP = saved[0]
+        dispatch._GLUON_CHECKED.clear()
+        dispatch._GLUON_CHECKED.update(saved[1])
+        dispatch._GLUON_FORM.clear()
+        dispatch._GLUON_FORM.update(saved[2])
+
+
 def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: int, *,
                 precision: str = "float32", zarr_dir: Path | None = None, readers: int | None = None,
                 normalise_on: str | None = None, max_pixels: int | None = None,
                 scene_dtype: str = "float32", spatial: str = "auto", spatial_precision: str = "auto",
                 fp32_products: str = "ieee", decoders: int | None = None,
-                reuse_malloc: bool = False) -> tuple[str, float | None]:
+                reuse_malloc: bool = False, gluon_step: str | None = None) -> tuple[str, float | None]:
     """Engine end to end on a random ``200 x side x side`` scene: in memory, or streamed from a zarr store.
 
     ``normalise_on`` / ``max_pixels`` / ``decoders`` left at None are the engine's defaults; set, they reproduce
     an older default beside the new one in the same run. ``reuse_malloc`` applies
     :func:`hsi_engine.reuse_large_buffers` (as ``hsi-engine classify`` does) first: process-wide and for good,
-    so such a row comes after every other.
+    so such a row comes after every other. ``gluon_step`` runs the triton backend with that Gluon form as its
+    default (``kernels.spectral_gluon.DEFAULT_STEP``) for this row only.
     """
     try:
         from hsi_engine.api import open_scene
@@ -252,6 +273,13 @@ def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: i
         from hsi_engine.allocator import reuse_large_buffers
 
         reused = reuse_large_buffers()
+    if gluon_step is not None:
+        with _gluon_default_step(gluon_step):
+            desc, mpix = engine_mpix(device, backend, side, bench_cpu_reps, precision=precision, zarr_dir=zarr_dir,
+                                     readers=readers, normalise_on=normalise_on, max_pixels=max_pixels,
+                                     scene_dtype=scene_dtype, spatial=spatial, spatial_precision=spatial_precision,
+                                     fp32_products=fp32_products, decoders=decoders, reuse_malloc=reuse_malloc)
+        return desc.replace(" (last run", f", Gluon step={gluon_step!r} (last run", 1), mpix
     _time_run(scene[:, :64, :64], model, 1, **kw)  # warm-up (compile / autotune / allocator)
     reps = 3 if device.type == "cuda" else max(1, bench_cpu_reps // 5)
     where = "in memory"
@@ -568,6 +596,7 @@ def main(argv: list[str] | None = None) -> Path:
         for c in spectral._TRIAL_CONFIGS:
             try_stage(*pinned("triton trial, pinned: ", c), torch.bfloat16, x, prog, ref)
 
+    probes: dict[tuple[str, str, str], str] = {}  # Gluon form -> '' (ran in a child process) or why not
     if cuda:  # the Gluon kernel, probed in a child process first, so a fault (which would poison this process's
         # CUDA context) or a hang on a GPU / Triton it never ran on costs only its own rows
         from kernels.spectral_gluon import DEFAULT_IDENTITY, DEFAULT_STEP, DEFAULT_WAITS, spectral_stage_gluon
@@ -577,7 +606,7 @@ def main(argv: list[str] | None = None) -> Path:
             raise SystemExit(f"--gluon-forms: unknown {sorted(unknown)}; expected some of {list(GLUON_FORMS)}")
         forms = [GLUON_FORMS[name] for name in args.gluon_forms.split(",")]
         default = (DEFAULT_WAITS, DEFAULT_IDENTITY, DEFAULT_STEP)  # the engine's form: always probed
-        probes = {f: _probe_gluon(args.bands, *f) for f in dict.fromkeys(forms + [default])}
+        probes.update({f: _probe_gluon(args.bands, *f) for f in dict.fromkeys(forms + [default])})
         for dtype in [d for d in dtypes if d != torch.float32]:
             x, prog, ref = inputs[dtype]
             engine_stage = get_spectral_stage("triton", device, dtype)
@@ -607,6 +636,7 @@ def main(argv: list[str] | None = None) -> Path:
              ("triton", "bfloat16", False, {"spatial": "conv"}),
              ("triton", "bfloat16", False, {"spatial_precision": "float32"}),
              ("triton", "bfloat16", False, {"max_pixels": 262144}),
+             ("triton", "bfloat16", False, {"gluon_step": "pair"}),
              ("triton", "float32", False, {"fp32_products": "bf16x3"}),
              ("triton", "bfloat16", False, {"scene_dtype": "uint16"}),
              ("triton", "bfloat16", False, {"normalise_on": "host"}),
@@ -621,7 +651,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.bf16_only:
         runs = [r for r in runs if r[1] == "bfloat16"]
     if args.quick:
-        quick_opts = {"spatial", "spatial_precision", "fp32_products", "decoders"}
+        quick_opts = {"spatial", "spatial_precision", "fp32_products", "decoders", "gluon_step"}
         runs = [r for r in runs if not r[3] or quick_opts & set(r[3]) or r[3].get("max_pixels", 0) > 65536]
     zarr_tmp = tempfile.TemporaryDirectory()  # one zarr scene per side and dtype, written once for every row
     zdir = Path(args.zarr_dir) if args.zarr_dir else Path(zarr_tmp.name)
@@ -636,6 +666,11 @@ def main(argv: list[str] | None = None) -> Path:
         emit(f"engine {desc}: {mpix}")
 
     for backend, precision, zarr, opts in runs:
+        probe = probes.get(("layer", "epilogue", opts["gluon_step"])) if "gluon_step" in opts else ""
+        if probe is None or probe:  # never probed, or the probe failed: a fault would poison the later rows
+            why = probe or "not probed: add it to --gluon-forms"
+            engine_rows.append((f"{backend} {precision} {opts}: not run ({why})", None))
+            continue
         engine_row(backend, precision, zarr, **opts)
     if not cuda:
         engine_rows.append(("backend=triton", None))

@@ -55,3 +55,24 @@ def test_normalise_device_benchmark_runs_on_cpu(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = re.findall(r"^\| (int16|float32) \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \| True \|$", out.read_text(), re.M)
     assert rows == ["int16", "float32"]
+
+
+def test_kernels_benchmark_gluon_step_row_restores_the_default() -> None:
+    """The engine row with another Gluon form as the backend's default puts the default and the dispatcher's
+    per-shape checks back afterwards, even when the row fails."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.kernels import _gluon_default_step
+    from kernels import dispatch, spectral_gluon
+
+    before = spectral_gluon.DEFAULT_STEP
+    dispatch._GLUON_CHECKED[("shape",)] = ""
+    try:
+        try:
+            with _gluon_default_step("pair"):
+                assert spectral_gluon.DEFAULT_STEP == "pair" and not dispatch._GLUON_CHECKED
+                raise RuntimeError("the row failed")
+        except RuntimeError:
+            pass
+        assert spectral_gluon.DEFAULT_STEP == before and dispatch._GLUON_CHECKED == {("shape",): ""}
+    finally:
+        dispatch._GLUON_CHECKED.pop(("shape",), None)
