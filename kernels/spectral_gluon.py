@@ -123,24 +123,28 @@ if GLUON_ERROR is None:
         rings.index(j & (RING - 1)).store(s.to(dt))
 
     @gluon.jit
+    def _residual_out(y, ident, dst, q, D, bias, RELU2: gl.constexpr, BLOCK_RELU: gl.constexpr, dt: gl.constexpr):
+        # a block's conv2 epilogue at one position q: bias, ReLU, identity (None: already in y), ReLU -> dst, zero
+        # outside [0, D) (the next block's input ring, or `last`, the reduce's operand)
+        y = y + bias
+        if RELU2:
+            y = gl.maximum(y, 0.0)
+        if ident is not None:
+            y = y + ident.to(gl.float32)
+        if BLOCK_RELU:
+            y = gl.maximum(y, 0.0)
+        dst.store(gl.where((q >= 0) & (q < D), y, 0.0).to(dt))
+
+    @gluon.jit
     def _block_out(acc, rings, last, conv_b_ptr, offs_c, j, D, b: gl.constexpr, NUM_BLOCKS: gl.constexpr,
                    BEHIND: gl.constexpr, RING: gl.constexpr, WP: gl.constexpr, RELU2_MASK: gl.constexpr,
                    BLOCK_RELU_MASK: gl.constexpr, acc_l: gl.constexpr, dt: gl.constexpr, ID_MMA: gl.constexpr):
-        # block b's conv2 epilogue: bias, ReLU, identity, ReLU -> its output position q, into the next block's
-        # input ring (or `last`, the reduce's operand)
+        # block b's conv2 epilogue (one position per step) at its output position q
         q = j - (b + 1) * BEHIND
-        acc = acc + gl.expand_dims(gl.load(conv_b_ptr + (2 * b + 1) * WP + offs_c), 0)
-        if (RELU2_MASK >> b) & 1:
-            acc = gl.maximum(acc, 0.0)
-        if not ID_MMA:
-            acc = acc + rings.index(2 * b * RING + (q & (RING - 1))).load(acc_l).to(gl.float32)
-        if (BLOCK_RELU_MASK >> b) & 1:
-            acc = gl.maximum(acc, 0.0)
-        y = gl.where((q >= 0) & (q < D), acc, 0.0).to(dt)
-        if b + 1 < NUM_BLOCKS:
-            rings.index(2 * (b + 1) * RING + (q & (RING - 1))).store(y)
-        else:
-            last.store(y)
+        ident = None if ID_MMA else rings.index(2 * b * RING + (q & (RING - 1))).load(acc_l)
+        dst = rings.index(2 * (b + 1) * RING + (q & (RING - 1))) if b + 1 < NUM_BLOCKS else last
+        _residual_out(acc, ident, dst, q, D, gl.expand_dims(gl.load(conv_b_ptr + (2 * b + 1) * WP + offs_c), 0),
+                      (RELU2_MASK >> b) & 1, (BLOCK_RELU_MASK >> b) & 1, dt)
 
     @gluon.jit
     def _reduce_out(acc_r, out_ptr, red_b_ptr, pid, P, F, stride_op, stride_of, BP: gl.constexpr, FP: gl.constexpr,
@@ -304,7 +308,6 @@ if GLUON_ERROR is None:
 
         _reduce_out(acc_r, out_ptr, red_b_ptr, pid, P, F, stride_op, stride_of, BP, FP, REDUCE_RELU, accr_l, dt)
 
-
     @gluon.jit
     def _pair_taps(rings, wbuf, ring_base, first, conv: gl.constexpr, acc, KT: gl.constexpr, RING: gl.constexpr,
                    WP: gl.constexpr, tile_s: gl.constexpr, PUBLIC_REINTERPRET: gl.constexpr):
@@ -328,17 +331,6 @@ if GLUON_ERROR is None:
         return gl.convert_layout(lo, acc_l), gl.convert_layout(hi, acc_l)
 
     @gluon.jit
-    def _pair_block_out(y, ident, dst, q, D, bias, RELU2: gl.constexpr, BLOCK_RELU: gl.constexpr, dt: gl.constexpr):
-        # one position q of a block's conv2 epilogue: bias, ReLU, identity, ReLU -> dst (zero outside [0, D))
-        y = y + bias
-        if RELU2:
-            y = gl.maximum(y, 0.0)
-        y = y + ident.to(gl.float32)
-        if BLOCK_RELU:
-            y = gl.maximum(y, 0.0)
-        dst.store(gl.where((q >= 0) & (q < D), y, 0.0).to(dt))
-
-    @gluon.jit
     def _pair_conv2_out(acc, rings, last, conv_b_ptr, offs_c, j, D, b: gl.constexpr, NUM_BLOCKS: gl.constexpr,
                         LAG: gl.constexpr, RING: gl.constexpr, BP: gl.constexpr, WP: gl.constexpr,
                         RELU2_MASK: gl.constexpr, BLOCK_RELU_MASK: gl.constexpr, acc_l: gl.constexpr,
@@ -355,11 +347,11 @@ if GLUON_ERROR is None:
         brelu: gl.constexpr = (BLOCK_RELU_MASK >> b) & 1
         if b + 1 < NUM_BLOCKS:
             nxt: gl.constexpr = 2 * (b + 1) * RING
-            _pair_block_out(y0, i0, rings.index(nxt + (q & (RING - 1))), q, D, bias, relu2, brelu, dt)
-            _pair_block_out(y1, i1, rings.index(nxt + ((q + 1) & (RING - 1))), q + 1, D, bias, relu2, brelu, dt)
+            _residual_out(y0, i0, rings.index(nxt + (q & (RING - 1))), q, D, bias, relu2, brelu, dt)
+            _residual_out(y1, i1, rings.index(nxt + ((q + 1) & (RING - 1))), q + 1, D, bias, relu2, brelu, dt)
         else:
-            _pair_block_out(y0, i0, last.index(0), q, D, bias, relu2, brelu, dt)
-            _pair_block_out(y1, i1, last.index(1), q + 1, D, bias, relu2, brelu, dt)
+            _residual_out(y0, i0, last.index(0), q, D, bias, relu2, brelu, dt)
+            _residual_out(y1, i1, last.index(1), q + 1, D, bias, relu2, brelu, dt)
 
     @gluon.jit
     def _gluon_pair_kernel(
