@@ -265,8 +265,9 @@ class FusedSSRN:
     ``float32`` (exact) or ``bfloat16`` / ``float16`` (opt-in: autocast / low-precision kernel on the spectral
     stage; the spatial stage follows ``spatial_precision``). ``max_pixels`` bounds the pixels per spectral
     call and the windows per spatial call, so memory depends on it and not on the tile size beyond the tile
-    itself. Default: 65536 on GPU; on CPU 512 pixels per spectral call and 512 windows per spatial call (2,048
-    for the dense bf16 spatial stage).
+    itself. Default on GPU: 65,536 rounded up to whole waves of the Gluon kernel (:func:`gpu_chunk_pixels`:
+    67,584 on 132 SMs); on CPU 512 pixels per spectral call and 512 windows per spatial call (2,048 for the dense
+    bf16 spatial stage).
     ``spatial``: how the per-window blocks run: ``conv`` (:func:`spatial_windows`), ``dense``
     (:func:`spatial_dense`, one GEMM per conv) or ``auto``: dense on CUDA in bfloat16 / float16 (TF32 GEMMs, the
     precision the convs had there) and for a bf16 spatial stage on an AMX CPU, for windows of at most 5x5, conv
@@ -311,9 +312,14 @@ class FusedSSRN:
         cpu_bf16 = self.device.type == "cpu" and precision == "bfloat16" and _cpu_has_amx_bf16()
         # CPU: 512-pixel chunks ran the whole tile 2x faster than 8192 (benchmarks/results/scene-cpu.md). With
         # the fused oneDNN layers, bf16 at 2,048 ran 1.23-1.33x 512 in sweeps of sizes and 0.85x alternated with
-        # 512 alone (benchmarks/results/chunks-cpu.md): not changed. GPU: the kernel benchmark times the stage on 65536 pixels per call (2048 Triton programs:
-        # many waves on 132 SMs; 8192 pixels is under two); eager activations are then ~0.6 GB per layer
-        self.max_pixels = int(max_pixels) if max_pixels is not None else (512 if self.device.type == "cpu" else 65536)
+        # 512 alone (benchmarks/results/chunks-cpu.md): not changed. GPU: about 65,536 pixels per call (eager
+        # activations are then ~0.6 GB per layer), rounded to whole waves of the Gluon kernel (gpu_chunk_pixels)
+        if max_pixels is not None:
+            self.max_pixels = int(max_pixels)
+        elif self.device.type == "cpu":
+            self.max_pixels = 512
+        else:
+            self.max_pixels = gpu_chunk_pixels(_sm_count(self.device))
         self.backend = resolve_backend(backend, self.device, self.dtype)
         self.program = fold_spectral(model).to(self.device)
         self.spatial = fold_spatial(model).to(self.device)
@@ -353,7 +359,7 @@ class FusedSSRN:
                 cpu_bf16 and spatial_precision == "bfloat16")
             spatial = "dense" if low_dense and win <= 5 and self.backend != "compile" else "conv"
         self.spatial_form = spatial
-        # windows per spatial call: max_pixels, when given, bounds both; by default 65536 on GPU, and on CPU 512,
+        # windows per spatial call: max_pixels, when given, bounds both; by default max_pixels on GPU, on CPU 512,
         # except the dense bf16 GEMMs: 1.11x end to end at 2,048 against 512 (AMX; 2.5 MB of bf16 activations
         # per layer; spatial-precision-cpu.md)
         if max_pixels is not None or self.device.type != "cpu":
@@ -473,6 +479,24 @@ class FusedSSRN:
             out.append(self._windows(wins, sp))  # (rows*w, classes)
         logits = out[0] if len(out) == 1 else torch.cat(out)
         return logits.t().reshape(-1, h, w)
+
+
+def gpu_chunk_pixels(sms: int | None, target: int = 65536, program_pixels: int = 64) -> int:
+    """Pixels per spectral call on a GPU: ``target`` rounded up to whole waves of the Gluon kernel, whose
+    64-pixel programs run one per SM (its shared memory). 65,536 pixels on 132 SMs are 7.76 waves, which take
+    8; a 512-pixel tile (268,324 pixels with its halo) took 33 waves in 65,536-pixel calls, 32 in 67,584-pixel
+    ones (the least its pixels need). ``sms`` None (unknown): ``target``."""
+    if not sms:
+        return target
+    wave = program_pixels * int(sms)
+    return -(-target // wave) * wave
+
+
+def _sm_count(device: torch.device) -> int | None:
+    try:
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    except Exception:  # noqa: BLE001 - not a CUDA device here: the plain default
+        return None
 
 
 def _auto_spatial_precision(device_type: str, precision: str, cpu_amx_bf16: bool) -> str:

@@ -336,3 +336,23 @@ def test_low_precision_eager_engine_casts_conv_weights_once(form: str) -> None:
     got = engine(x)
     engine._program_autocast = engine.program  # the float32 program, cast by autocast on every call
     assert torch.equal(got, engine(x))
+
+
+@pytest.mark.parametrize("sms", [132, 114, 108, 78, 1])
+def test_gpu_chunk_pixels_is_the_least_whole_number_of_waves_past_65536(sms):
+    """GPU spectral calls take whole waves of 64-pixel programs (one per SM): the least such count of pixels
+    at or above 65,536; on 132 SMs a 512-pixel tile's calls (268,324 pixels with the halo) then need the 32
+    waves its pixels need, where 65,536-pixel calls took 33."""
+    import math
+
+    from hsi_engine.fused import gpu_chunk_pixels
+
+    c = gpu_chunk_pixels(sms)
+    wave = 64 * sms
+    assert c % wave == 0 and c >= 65536 and c - wave < 65536
+    assert gpu_chunk_pixels(None) == 65536
+
+    def waves(chunk: int, pixels: int = 518 * 518) -> int:
+        return sum(math.ceil(math.ceil(min(chunk, pixels - i) / 64) / 132) for i in range(0, pixels, chunk))
+    if sms == 132:
+        assert (waves(65536), waves(c)) == (33, 32)
