@@ -1,13 +1,13 @@
 """Host side of the engine: how fast reader threads turn a scene into tiles the device can take.
 
 On a GPU the engine was bound here (kernels-h100.md: bf16 spectral stage 19.2 Mpix/s, engine 5.7), so this
-measures the reader stage alone, with the engine's own :func:`hsi_engine.runner.load_tile`, on the CPU it
-runs on. Two preparations, side by side in one run:
+measures the reader stage alone, with the engine's own functions (:func:`hsi_engine.runner.load_tile`, and
+``read_window`` / ``stage_window`` for the device path), on the CPU it runs on. Two preparations, side by side in one run:
 
 - ``host``: read the window, normalise it in float64 into a padded float32 buffer (the CPU engine's path,
   and the CUDA path before the device normalised);
-- ``device``: read the window and stage it raw, in its own dtype (the CUDA path now: the device
-  normalises it with the same float64 operations).
+- ``device``: read the window and stage it raw, in its own dtype, one stager taking the tiles in plan order over
+  ``--readers`` copy threads (the CUDA path now: the device normalises it with the same float64 operations).
 
 and three sources: a scene held in memory (numpy), and the same scene streamed from a zarr v3 store through
 ``open_scene`` (dask, synchronous scheduler inside each reader thread), read window by window straight from
@@ -38,7 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _common import cpu_name, write_report  # noqa: E402
-from hsi_engine.runner import _cores, cache_blocks_for, load_tile, window_reader  # noqa: E402
+from hsi_engine.runner import (_cores, cache_blocks_for, load_tile, read_window, stage_window,  # noqa: E402
+                               window_reader)
 from hsi_engine.tiles import plan_tiles  # noqa: E402
 
 HALO = 3
@@ -72,12 +73,19 @@ def rate(scene, plan, *, bands: int, mode: str, readers: int, reps: int, mean, s
     for i in range(reps + 1):  # the first pass warms the OS page cache and the allocator
         st = collections.Counter()
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(max(1, decoders)) as dpool, ThreadPoolExecutor(readers) as ex:  # readers end first
+        with ThreadPoolExecutor(max(1, decoders)) as dpool, ThreadPoolExecutor(readers) as cp, \
+                ThreadPoolExecutor(1) as stager, ThreadPoolExecutor(readers) as ex:  # readers end first
             read = window_reader(scene, cache_blocks=cache_blocks_for(plan.tile, HALO, readers) if cache else 0,
                                  decoders=dpool if decoders else None)
-            for _ in ex.map(lambda t: load_tile(read, t, bands=bands, halo=HALO, mean=mean, std=std, nodata=None,
-                                                on_device=mode == "device", pin=False, stats=st), plan.tiles):
-                pass
+            if mode == "device":  # as the runner: readers read, one stager copies in plan order
+                futs = [stager.submit(stage_window, ex.submit(read_window, read, t, st), pin=False,
+                                      copies=cp if readers > 1 else None, parts=readers, stats=st)
+                        for t in plan.tiles]
+            else:
+                futs = [ex.submit(load_tile, read, t, bands=bands, halo=HALO, mean=mean, std=std, nodata=None,
+                                  pin=False, stats=st) for t in plan.tiles]
+            for f in futs:
+                f.result()
         if i:
             ts.append(time.perf_counter() - t0)
             stats += st

@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from benchmarks._common import cpu_report_head, write_report  # noqa: E402
-from hsi_engine.runner import load_tile, read_window, stage_window, window_reader  # noqa: E402
+from hsi_engine.normalise import stage_raw  # noqa: E402
+from hsi_engine.runner import read_window, stage_window, window_reader  # noqa: E402
 from hsi_engine.tiles import plan_tiles  # noqa: E402
 
 HALO = 3  # the SSRN's: 7 x 7 patches
@@ -37,8 +38,7 @@ def per_reader(read, tiles, readers: int, pin: bool) -> list[float]:
     """Seconds from the start until each tile is staged, each reader staging the tile it read."""
     t0 = time.perf_counter()
     with ThreadPoolExecutor(readers) as pool:
-        futs = [pool.submit(load_tile, read, t, bands=0, halo=HALO, mean=None, std=None, nodata=None,
-                            on_device=True, pin=pin) for t in tiles]
+        futs = [pool.submit(lambda t: stage_raw(read_window(read, t)[1], pin=pin), t) for t in tiles]
         done = []
         for f in futs:
             f.result()

@@ -222,28 +222,23 @@ def prepare_tile_tensor(raw: Any, tile: Tile, *, halo: int, mean: Any, std: Any,
 
 
 def load_tile(read: Callable[..., np.ndarray], tile: Tile, *, bands: int, halo: int, mean: np.ndarray | None,
-              std: np.ndarray | None, nodata: float | None, on_device: bool, pin: bool,
+              std: np.ndarray | None, nodata: float | None, pin: bool,
               stats: collections.Counter | None = None) -> Prepared:
-    """A reader thread's work for one tile: read the window, then either normalise it into a padded float32
-    buffer (host) or stage it raw for the device; ``pin`` puts the buffer in page-locked memory."""
+    """A reader thread's work for one tile on the host path: read the window, normalise it into a padded float32
+    buffer; ``pin`` puts the buffer in page-locked memory. (The device path: :func:`read_window`, then
+    :func:`stage_window`.)"""
     import torch
 
     t0 = time.perf_counter()
     raw = read(*tile.read)
     t1 = time.perf_counter()
-    if on_device:
-        _check_window(raw, tile)
-        staged, wrap = stage_raw(raw, pin=pin)
-        p = Prepared(tile, staged, None, wrap)
-    else:
-        h, w = tile.shape
-        buf = torch.empty((bands, h + 2 * halo, w + 2 * halo), dtype=torch.float32, pin_memory=pin)
-        mask = prepare_tile(raw, tile, mean=mean, std=std, nodata=nodata, out=buf.numpy())  # fills all of buf
-        p = Prepared(tile, buf, mask)
+    h, w = tile.shape
+    buf = torch.empty((bands, h + 2 * halo, w + 2 * halo), dtype=torch.float32, pin_memory=pin)
+    mask = prepare_tile(raw, tile, mean=mean, std=std, nodata=nodata, out=buf.numpy())  # fills all of buf
     if stats is not None:
         stats["read_s"] += t1 - t0
         stats["prepare_s"] += time.perf_counter() - t1
-    return p
+    return Prepared(tile, buf, mask)
 
 
 def read_window(read: Callable[..., np.ndarray], tile: Tile,
@@ -423,7 +418,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
 
         def submit(tile: Tile) -> Future:
             return rpool.submit(load_tile, read, tile, bands=bands, halo=plan.halo, mean=mean64, std=std64,
-                                nodata=nodata, on_device=False, pin=cuda, stats=stats)
+                                nodata=nodata, pin=cuda, stats=stats)
 
     copy_stream = torch.cuda.Stream(device) if cuda else None
 
