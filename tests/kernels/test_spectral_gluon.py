@@ -143,6 +143,18 @@ def test_schedule_computes_the_reference(bands: int, kernel: int, blocks: int, w
     assert ((replay(x, prog) - ref).abs().max() / ref.abs().max()).item() < 1e-12
 
 
+@pytest.mark.parametrize("stride,kernel", [(1, 7), (3, 5), (4, 3)])
+def test_pair_schedule_with_other_stem_strides(stride: int, kernel: int) -> None:
+    """The pair form's stem reads KS + stride bands per step (its second position stride bands later): its packed
+    taps and input window hold for strides other than the SSRN's 2."""
+    g = torch.Generator().manual_seed(stride)
+    prog = _random_program(57, 24, 40, kernel=kernel, stride=stride, generator=g).to(dtype=torch.float64)
+    x = torch.randn(5, 57, generator=g, dtype=torch.float64)
+    ref = spectral_stage_reference(x, prog)
+    assert ref.abs().max() > 0.1
+    assert ((_replay_pair_schedule(x, prog) - ref).abs().max() / ref.abs().max()).item() < 1e-12
+
+
 def test_pair_replay_fails_when_the_identity_is_read_after_it_is_overwritten() -> None:
     """The replay can tell: with the blocks' epilogues first-to-last (block 0's writes X_1 before block 1 reads
     its identity from the same slots), it no longer equals the reference."""
