@@ -83,16 +83,17 @@ def compile_gluon(*, dtype: str = "bf16", program: SpectralProgram | None = None
     m = spectral._pack(program, torch.device("cpu"), _DTYPES[dtype])["meta"]
     pointers = dict(x_ptr="x", out_ptr="x", stem_w_ptr="x", stem_b_ptr="f", conv_w_ptr="x", conv_b_ptr="f",
                     red_w_ptr="x", red_b_ptr="f")
-    if (step or spectral_gluon.DEFAULT_STEP) == "pair":
-        spectral_gluon._check_form(waits or "layer", identity or "epilogue", "pair")
+    waits = waits or spectral_gluon.DEFAULT_WAITS
+    identity = identity or spectral_gluon.DEFAULT_IDENTITY
+    if spectral_gluon._resolve_step(waits, identity, step) == "pair":
+        spectral_gluon._check_form(waits, identity, "pair")
         const = spectral_gluon._pair_constants(m)
         src = GluonASTSource(fn=spectral_gluon._gluon_pair_kernel, signature=_signature(pointers, const, dtype),
                              constexprs=const, attrs=_aligned(spectral_gluon._gluon_pair_kernel, pointers))
         return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     const = {k: m[k] for k in ("STEM_STRIDE", "KS", "KS_PAD", "KT", "NUM_BLOCKS", "WP", "FP", "STEM_RELU",
                                 "RELU1_MASK", "RELU2_MASK", "BLOCK_RELU_MASK", "REDUCE_RELU")}
-    const.update(spectral_gluon._layout_constants(m, waits or spectral_gluon.DEFAULT_WAITS,
-                                                  identity or spectral_gluon.DEFAULT_IDENTITY))
+    const.update(spectral_gluon._layout_constants(m, waits, identity))
     src = GluonASTSource(fn=spectral_gluon._gluon_stage_kernel, signature=_signature(pointers, const, dtype),
                          constexprs=const, attrs=_aligned(spectral_gluon._gluon_stage_kernel, pointers))
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})

@@ -491,7 +491,16 @@ if GLUON_ERROR is None:
 SHARED_LIMIT = 232_448  # bytes of shared memory one program may use on an H100 / H200 (227 KB)
 
 
-def _check_form(waits: str, identity: str, step: str = DEFAULT_STEP) -> None:
+def _resolve_step(waits: str, identity: str, step: str | None) -> str:
+    """``step`` as given; None: the default step where ``waits`` and ``identity`` allow it (``pair`` runs the
+    ``layer`` waits with the identity in the epilogue), else ``one``. Read when called, so a changed
+    :data:`DEFAULT_STEP` applies."""
+    if step is not None:
+        return step
+    return DEFAULT_STEP if (waits, identity) == ("layer", "epilogue") else "one"
+
+
+def _check_form(waits: str, identity: str, step: str = "one") -> None:
     if waits not in WAITS:
         raise ValueError(f"waits must be one of {list(WAITS)}; got {waits!r}")
     if identity not in IDENTITIES:
@@ -556,12 +565,13 @@ def _pack_pair(program: SpectralProgram, device: torch.device, dtype: torch.dtyp
     return hit
 
 
-def shared_bytes(program: SpectralProgram, identity: str = DEFAULT_IDENTITY, step: str = DEFAULT_STEP) -> int:
+def shared_bytes(program: SpectralProgram, identity: str = DEFAULT_IDENTITY, step: str | None = None) -> int:
     """Shared memory the kernel allocates for ``program`` (16-bit tiles): conv weights, activation rings, the
     last block's output, the stem's weights and input, the reduce weights of one position (and with
     ``identity="mma"`` the identity matrix)."""
     from .spectral import _next_pow2
 
+    step = _resolve_step(DEFAULT_WAITS, identity, step)
     wp, fp = _next_pow2(program.width), _next_pow2(program.out_features)
     nb, ks_pad = len(program.blocks), _next_pow2(program.stem.weight.shape[2])
     kt = program.blocks[0].conv1.weight.shape[2] if nb else 1
@@ -575,7 +585,7 @@ def shared_bytes(program: SpectralProgram, identity: str = DEFAULT_IDENTITY, ste
     return 2 * tiles
 
 
-def _check(x: torch.Tensor, program: SpectralProgram, step: str = DEFAULT_STEP) -> None:
+def _check(x: torch.Tensor, program: SpectralProgram, step: str = "one") -> None:
     from .spectral import _check_pixels, _check_program
 
     if GLUON_ERROR is not None:
@@ -606,18 +616,18 @@ def _check(x: torch.Tensor, program: SpectralProgram, step: str = DEFAULT_STEP) 
                          f"{torch.cuda.get_device_name(x.device)} is {cap[0]}.{cap[1]}: use spectral_stage_triton")
 
 
-def gluon_unsupported(x: torch.Tensor, program: SpectralProgram, step: str = DEFAULT_STEP) -> str | None:
-    """None when :func:`spectral_stage_gluon` can run ``program`` on ``x`` here (with ``step``); else why not
-    (then the ``triton`` backend runs :func:`kernels.spectral.spectral_stage_triton`)."""
+def gluon_unsupported(x: torch.Tensor, program: SpectralProgram, step: str | None = None) -> str | None:
+    """None when :func:`spectral_stage_gluon` can run ``program`` on ``x`` here (with ``step``, None: the
+    default's); else why not (then the ``triton`` backend runs :func:`kernels.spectral.spectral_stage_triton`)."""
     try:
-        _check(x, program, step)
+        _check(x, program, _resolve_step(DEFAULT_WAITS, DEFAULT_IDENTITY, step))
     except (RuntimeError, TypeError, NotImplementedError, ValueError) as e:
         return str(e)
     return None
 
 
 def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAITS,
-                         identity: str = DEFAULT_IDENTITY, step: str = DEFAULT_STEP) -> torch.Tensor:
+                         identity: str = DEFAULT_IDENTITY, step: str | None = None) -> torch.Tensor:
     """Gluon spectral stage: ``x (P, bands)`` bf16/fp16 on a Hopper GPU -> ``(P, out_features)``.
 
     Same contract as :func:`kernels.spectral.spectral_stage_reference` for the forms it covers (see the module
@@ -627,14 +637,16 @@ def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram, *, waits: st
     the same with the stem issued last in phase A. Same arithmetic either way. ``identity``: ``epilogue`` adds each
     block's identity after conv2's wgmmas; ``mma`` folds it into them (:data:`IDENTITIES`; the float32 sums then
     run in another order). ``step``: band positions per step (:data:`STEPS`): ``one``, or ``pair``, each conv's
-    output pair in one accumulator twice as wide (odd conv kernels; ``waits="layer"``, ``identity="epilogue"``)."""
+    output pair in one accumulator twice as wide (``waits="layer"``, ``identity="epilogue"``); None:
+    :data:`DEFAULT_STEP` where ``waits`` and ``identity`` allow it, else ``one``."""
+    step = _resolve_step(waits, identity, step)
     _check_form(waits, identity, step)
     _check(x, program, step)
     return _run(x, program, waits=waits, identity=identity, step=step)
 
 
 def _run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAITS,
-         identity: str = DEFAULT_IDENTITY, step: str = DEFAULT_STEP) -> torch.Tensor:
+         identity: str = DEFAULT_IDENTITY, step: str = "one") -> torch.Tensor:
     """:func:`spectral_stage_gluon` once ``x`` and ``program`` passed its checks (the dispatcher has run them)."""
     from .spectral import _pack
 

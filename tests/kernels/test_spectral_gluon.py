@@ -179,7 +179,8 @@ def test_gluon_kernel_compiles_for_hopper_sm90() -> None:
     assert ptx.count("wgmma.mma_async") >= 2 * 2 * 7, "the convs did not lower to wgmma"
     assert ptx.count("wgmma.wait_group") == 2, "expected one wait per phase"
     assert "st.local" not in ptx
-    assert k.metadata.shared == sg.shared_bytes(_random_program(200, 24, 128, generator=torch.Generator().manual_seed(0)))
+    assert k.metadata.shared == sg.shared_bytes(_random_program(200, 24, 128, generator=torch.Generator().manual_seed(0)),
+                                                step="one")
     assert k.metadata.shared <= sg.SHARED_LIMIT
 
 
@@ -202,7 +203,7 @@ def test_gluon_layer_waits_wait_for_one_layer_at_a_time(blocks: int, kernel: int
     if sg.GLUON_ERROR is not None:
         pytest.skip(f"no Gluon here: {sg.GLUON_ERROR}")
     prog = _random_program(200, 24, 128, blocks=blocks, kernel=kernel, generator=torch.Generator().manual_seed(0))
-    split, phase = (compile_gluon(program=prog, waits=w, identity=identity) for w in (waits, "phase"))
+    split, phase = (compile_gluon(program=prog, waits=w, identity=identity, step="one") for w in (waits, "phase"))
     got = [int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", split.asm["ptx"])]
     nb, kt = blocks, kernel
     ka = kt + (identity == "mma")  # conv2's wgmma groups: its taps (+ the identity)
@@ -213,7 +214,7 @@ def test_gluon_layer_waits_wait_for_one_layer_at_a_time(blocks: int, kernel: int
     assert got == phase_a + [(nb - 1 - b) * kt + 1 for b in range(nb)] + [0]
     for op in ("wgmma.mma_async", "wgmma.commit_group"):
         assert split.asm["ptx"].count(op) == phase.asm["ptx"].count(op), op
-    assert split.metadata.shared == phase.metadata.shared == sg.shared_bytes(prog, identity)
+    assert split.metadata.shared == phase.metadata.shared == sg.shared_bytes(prog, identity, step="one")
     if identity == "mma":  # the identity comes from the ring through the tensor cores, not an epilogue load
         assert "ldmatrix" not in split.asm["ptx"]
     assert "st.local" not in split.asm["ptx"]
@@ -273,9 +274,9 @@ def test_gluon_kernel_compiles_for_narrow_shapes(width: int, features: int, bloc
         pytest.skip(f"no Gluon here: {sg.GLUON_ERROR}")
     prog = _random_program(200, width, features, blocks=blocks, kernel=kernel,
                            generator=torch.Generator().manual_seed(0))
-    k = compile_gluon(program=prog)
+    k = compile_gluon(program=prog, step="one")
     assert "wgmma.mma_async" in k.asm["ptx"]
-    assert k.metadata.shared == sg.shared_bytes(prog)
+    assert k.metadata.shared == sg.shared_bytes(prog, step="one")
 
 
 def test_gluon_identity_mma_needs_blocks_without_a_conv2_relu() -> None:
@@ -299,7 +300,7 @@ def test_gluon_shared_memory_guard() -> None:
 
     default = _random_program(200, 24, 128, generator=torch.Generator().manual_seed(0))
     three = _random_program(200, 24, 128, blocks=3, generator=torch.Generator().manual_seed(0))
-    assert shared_bytes(default) <= SHARED_LIMIT < shared_bytes(three)
+    assert shared_bytes(default, step="one") <= SHARED_LIMIT < shared_bytes(three, step="one")
     assert shared_bytes(default, step="pair") <= SHARED_LIMIT < shared_bytes(three, step="pair")
     if GLUON_ERROR is None:
         with pytest.raises(NotImplementedError, match="shared memory"):
