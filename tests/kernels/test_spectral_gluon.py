@@ -228,6 +228,20 @@ def test_gluon_layer_waits_wait_for_one_layer_at_a_time(blocks: int, kernel: int
         assert "C7515" not in report and "C7517" not in report, report
 
 
+def _compiled_offline(width: int, features: int, blocks: int, kernel: int, **form):
+    """A random 200-band program of that shape and the Gluon kernel in ``form`` compiled for sm_90 (skips where
+    this Triton has no Gluon)."""
+    pytest.importorskip("triton")
+    from kernels import spectral_gluon as sg
+    from kernels.offline import compile_gluon
+
+    if sg.GLUON_ERROR is not None:
+        pytest.skip(f"no Gluon here: {sg.GLUON_ERROR}")
+    prog = _random_program(200, width, features, blocks=blocks, kernel=kernel,
+                           generator=torch.Generator().manual_seed(0))
+    return prog, compile_gluon(program=prog, **form)
+
+
 @pytest.mark.parametrize("width,features,blocks,kernel", [(24, 128, 2, 7), (16, 128, 2, 7), (24, 32, 1, 3),
                                                             (12, 20, 1, 5)])
 def test_gluon_pair_compiles_for_hopper_sm90(width: int, features: int, blocks: int, kernel: int) -> None:
@@ -235,17 +249,12 @@ def test_gluon_pair_compiles_for_hopper_sm90(width: int, features: int, blocks: 
     for the stem's pair and two for the reduce; phase A waits for each block's conv2 (last block first) with the
     stem in flight, then for the stem; phase B for each block's conv1 with the reduce's two in flight, then the
     reduce. Nothing makes ptxas serialize the wgmmas, and it fits an SM's shared memory."""
-    pytest.importorskip("triton")
     import re
 
     from kernels import spectral_gluon as sg
-    from kernels.offline import compile_gluon, ptxas_report, sass_loop
+    from kernels.offline import ptxas_report, sass_loop
 
-    if sg.GLUON_ERROR is not None:
-        pytest.skip(f"no Gluon here: {sg.GLUON_ERROR}")
-    prog = _random_program(200, width, features, blocks=blocks, kernel=kernel,
-                           generator=torch.Generator().manual_seed(0))
-    k = compile_gluon(program=prog, step="pair")
+    prog, k = _compiled_offline(width, features, blocks, kernel, step="pair")
     ptx = k.asm["ptx"]
     nb, g = blocks, kernel + 1
     assert ptx.count("wgmma.mma_async") == 2 * nb * g * (_next_pow2(width) // 16) + 1 + 2 * (_next_pow2(width) // 16)
@@ -266,15 +275,9 @@ def test_gluon_pair_compiles_for_hopper_sm90(width: int, features: int, blocks: 
 @pytest.mark.parametrize("width,features,blocks,kernel", [(16, 128, 2, 7), (24, 32, 2, 7), (12, 20, 1, 3)])
 def test_gluon_kernel_compiles_for_narrow_shapes(width: int, features: int, blocks: int, kernel: int) -> None:
     """Rows narrower than 32 elements take a narrower shared-memory swizzle (a fixed one does not compile)."""
-    pytest.importorskip("triton")
     from kernels import spectral_gluon as sg
-    from kernels.offline import compile_gluon
 
-    if sg.GLUON_ERROR is not None:
-        pytest.skip(f"no Gluon here: {sg.GLUON_ERROR}")
-    prog = _random_program(200, width, features, blocks=blocks, kernel=kernel,
-                           generator=torch.Generator().manual_seed(0))
-    k = compile_gluon(program=prog, step="one")
+    prog, k = _compiled_offline(width, features, blocks, kernel, step="one")
     assert "wgmma.mma_async" in k.asm["ptx"]
     assert k.metadata.shared == sg.shared_bytes(prog, step="one")
 
