@@ -2,7 +2,8 @@
 
 On a GPU the engine was bound here (kernels-h100.md: bf16 spectral stage 19.2 Mpix/s, engine 5.7), so this
 measures the reader stage alone, with the engine's own functions (:func:`hsi_engine.runner.load_tile`, and
-``read_window`` / ``stage_window`` for the device path), on the CPU it runs on. Two preparations, side by side in one run:
+``submit_in_plan_order`` for the device path), on the CPU it runs on. Two preparations, side by side in one
+run:
 
 - ``host``: read the window, normalise it in float64 into a padded float32 buffer (the CPU engine's path,
   and the CUDA path before the device normalised);
@@ -38,8 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _common import cpu_name, write_report  # noqa: E402
-from hsi_engine.runner import (_cores, cache_blocks_for, load_tile, read_window, stage_window,  # noqa: E402
-                               window_reader)
+from hsi_engine.runner import _cores, cache_blocks_for, load_tile, submit_in_plan_order, window_reader  # noqa: E402
 from hsi_engine.tiles import plan_tiles  # noqa: E402
 
 HALO = 3
@@ -78,8 +78,7 @@ def rate(scene, plan, *, bands: int, mode: str, readers: int, reps: int, mean, s
             read = window_reader(scene, cache_blocks=cache_blocks_for(plan.tile, HALO, readers) if cache else 0,
                                  decoders=dpool if decoders else None)
             if mode == "device":  # as the runner: readers read, one stager copies in plan order
-                futs = [stager.submit(stage_window, ex.submit(read_window, read, t, st), pin=False,
-                                      copies=cp if readers > 1 else None, parts=readers, stats=st)
+                futs = [submit_in_plan_order(ex, stager, read, t, pin=False, copies=cp, parts=readers, stats=st)
                         for t in plan.tiles]
             else:
                 futs = [ex.submit(load_tile, read, t, bands=bands, halo=HALO, mean=mean, std=std, nodata=None,

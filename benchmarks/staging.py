@@ -1,6 +1,6 @@
 """How soon the device path's tiles are staged in host memory: each reader staging its own tile (the runner before
 2026-11-26) against one stager taking the tiles in plan order, its copy split over the readers' count of threads
-(``hsi_engine.runner.read_window`` / ``stage_window``).
+(``hsi_engine.runner.submit_in_plan_order``).
 
 Why: on CUDA the readers copy raw windows into pinned buffers for the device. With each reader staging its own
 tile, the first tiles of a run share the host's memory bandwidth, so the first one is ready only when the first
@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks._common import cpu_report_head, write_report  # noqa: E402
 from hsi_engine.normalise import stage_raw  # noqa: E402
-from hsi_engine.runner import read_window, stage_window, window_reader  # noqa: E402
+from hsi_engine.runner import read_window, submit_in_plan_order, window_reader  # noqa: E402
 from hsi_engine.tiles import plan_tiles  # noqa: E402
 
 HALO = 3  # the SSRN's: 7 x 7 patches
@@ -51,8 +51,7 @@ def in_order(read, tiles, readers: int, pin: bool) -> list[float]:
     threads (the runner's device path)."""
     t0 = time.perf_counter()
     with ThreadPoolExecutor(readers) as rpool, ThreadPoolExecutor(1) as stager, ThreadPoolExecutor(readers) as cp:
-        futs = [stager.submit(stage_window, rpool.submit(read_window, read, t), pin=pin, copies=cp, parts=readers)
-                for t in tiles]
+        futs = [submit_in_plan_order(rpool, stager, read, t, pin=pin, copies=cp, parts=readers) for t in tiles]
         done = []
         for f in futs:
             f.result()

@@ -268,6 +268,14 @@ def stage_window(window: Future, *, pin: bool, copies: Executor | None, parts: i
     return Prepared(tile, staged, None, wrap)
 
 
+def submit_in_plan_order(rpool: Executor, stager: Executor, read: Callable[..., np.ndarray], tile: Tile, *,
+                         pin: bool, copies: Executor, parts: int, stats: collections.Counter | None = None) -> Future:
+    """The device path for one tile: its window read on ``rpool``, then staged by ``stager`` (one thread, so in the
+    order of these calls) over ``parts`` of the ``copies`` threads. The future gives the :class:`Prepared` tile."""
+    return stager.submit(stage_window, rpool.submit(read_window, read, tile, stats), pin=pin, copies=copies,
+                         parts=parts, stats=stats)
+
+
 def cache_blocks_for(tile: tuple[int, int], halo: int, readers: int) -> Callable[[int, int], int]:
     """How many decoded blocks the readers of a plan keep, as a function of the chunk shape ``(ch, cw)``.
 
@@ -408,11 +416,11 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     rpool = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="hsi-read")
     if on_device:  # readers read; one stager copies the windows in plan order, over `readers` copy threads
         stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsi-stage")
-        copies = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="hsi-copy") if readers > 1 else None
+        copies = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="hsi-copy")
 
         def submit(tile: Tile) -> Future:
-            return stager.submit(stage_window, rpool.submit(read_window, read, tile, stats), pin=cuda, copies=copies,
-                                 parts=readers, stats=stats)
+            return submit_in_plan_order(rpool, stager, read, tile, pin=cuda, copies=copies, parts=readers,
+                                        stats=stats)
     else:
         stager = copies = None
 
@@ -532,4 +540,4 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
 
 __all__ = ["ArraySink", "Prepared", "Sink", "cache_blocks_for", "check_read_settings", "check_scene",
            "labels_from_logits", "load_tile", "prepare_tile", "prepare_tile_tensor", "read_window", "run_plan",
-           "stage_window", "window_reader"]
+           "stage_window", "submit_in_plan_order", "window_reader"]

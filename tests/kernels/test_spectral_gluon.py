@@ -179,8 +179,8 @@ def test_gluon_kernel_compiles_for_hopper_sm90() -> None:
     assert ptx.count("wgmma.mma_async") >= 2 * 2 * 7, "the convs did not lower to wgmma"
     assert ptx.count("wgmma.wait_group") == 2, "expected one wait per phase"
     assert "st.local" not in ptx
-    assert k.metadata.shared == sg.shared_bytes(_random_program(200, 24, 128, generator=torch.Generator().manual_seed(0)),
-                                                step="one")
+    prog = _random_program(200, 24, 128, generator=torch.Generator().manual_seed(0))
+    assert k.metadata.shared == sg.shared_bytes(prog, step="one")
     assert k.metadata.shared <= sg.SHARED_LIMIT
 
 
