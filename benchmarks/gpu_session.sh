@@ -80,8 +80,14 @@ echo "staging rc=$?"
   --device cuda --out "$OUT/normalise-device-gpu.md" >"$OUT/normalise-device.log" 2>&1
 echo "normalise rc=$?"
 
-# 5. at most 8 files come back from a call: the texts a reader needs stay, the rest go into one archive
-(cd "$OUT" && extra=$(ls | grep -v -x -e env.txt -e gpu-tests.log -e kernels-gpu.md -e kernels.log \
-  -e spatial-precision-cuda.md -e staging-host.md -e normalise-device-gpu.md \
+# 4d. the dense spatial stage's epilogues fused into cuBLASLt's GEMM and in place, against separate ops (seconds)
+[ -n "${SKIP_EPILOGUE:-}" ] || timeout "${EPILOGUE_TIMEOUT:-60}" python3 benchmarks/spatial_epilogue.py \
+  --device cuda --windows 65536 --out "$OUT/spatial-epilogue-gpu.md" >"$OUT/spatial-epilogue.log" 2>&1
+echo "epilogue rc=$?"
+
+# 5. at most 8 files come back from a call: the texts a reader needs stay, the rest go into one archive (kernels.log,
+#    the report's rows as they came and any traceback, among them)
+(cd "$OUT" && extra=$(ls | grep -v -x -e env.txt -e gpu-tests.log -e kernels-gpu.md \
+  -e spatial-precision-cuda.md -e staging-host.md -e normalise-device-gpu.md -e spatial-epilogue-gpu.md \
   -e extras.tar.gz) && [ -n "$extra" ] && tar -czf extras.tar.gz $extra && rm -rf $extra)
 ls "$OUT"

@@ -229,10 +229,12 @@ def spatial_dense(win: torch.Tensor, ds: DenseSpatial) -> torch.Tensor:
     x = win.reshape(win.shape[0], -1)
     for pre, t1, c1, t2, c2, sc, relu in ds.blocks:
         h = F.relu(x * pre[0] + pre[1]) if pre is not None else x
-        h = F.relu(torch.addmm(c1, h, t1))
+        # bias and ReLU in the GEMM's epilogue (cuBLASLt's RELU_BIAS on CUDA): ReLU commutes with the rounding to
+        # the output dtype, so the bits are those of addmm then relu (benchmarks/results/spatial-epilogue-cpu.md)
+        h = torch._addmm_activation(c1, h, t1)
         h = torch.addmm(c2, h, t2)
         s = torch.addmm(sc[1], x, sc[0]) if sc is not None else x
-        x = F.relu(h + s) if relu else h + s
+        x = h.add_(s).relu_() if relu else h.add_(s)  # h is this call's own: no second buffer
     for scale, shift in ds.post:
         x = F.relu(x * scale + shift)
     return torch.addmm(ds.head_b, x, ds.head_w)

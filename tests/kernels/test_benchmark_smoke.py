@@ -57,6 +57,17 @@ def test_normalise_device_benchmark_runs_on_cpu(tmp_path: Path) -> None:
     assert rows == ["int16", "float32"]
 
 
+def test_spatial_epilogue_benchmark_runs_on_cpu(tmp_path: Path) -> None:
+    """benchmarks/spatial_epilogue.py (which gpu_session.sh runs on CUDA) on a few windows: both forms timed, the
+    same bits (the script exits non-zero otherwise)."""
+    out = tmp_path / "epilogue.md"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "spatial_epilogue.py"), "--windows", "64",
+                           "--reps", "1", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = re.findall(r"^\| (float32|bfloat16) \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \| True \|$", out.read_text(), re.M)
+    assert rows == ["float32", "bfloat16"]
+
+
 def test_kernels_benchmark_gluon_step_row_restores_the_default() -> None:
     """The engine row with another Gluon form as the backend's default puts the default and the dispatcher's
     per-shape checks back afterwards, even when the row fails."""
