@@ -85,9 +85,14 @@ echo "normalise rc=$?"
   --device cuda --windows 65536 --out "$OUT/spatial-epilogue-gpu.md" >"$OUT/spatial-epilogue.log" 2>&1
 echo "epilogue rc=$?"
 
-# 5. at most 8 files come back from a call: the texts a reader needs stay, the rest go into one archive (kernels.log,
-#    the report's rows as they came and any traceback, among them)
+# 4e. where a step of the Gluon kernel spends its cycles (its traced build beside the plain one; seconds)
+[ -n "${SKIP_TRACE:-}" ] || timeout "${TRACE_TIMEOUT:-120}" python3 benchmarks/gluon_trace.py --device cuda \
+  --forms "${TRACE_FORMS:-layer,pair}" --out "$OUT/gluon-trace-gpu.md" >"$OUT/gluon-trace.log" 2>&1
+echo "trace rc=$?"
+
+# 5. at most 8 files come back from a call: the texts a reader needs stay, the rest go into one archive (the logs,
+#    with any traceback, and spatial-precision-cuda.md among them)
 (cd "$OUT" && extra=$(ls | grep -v -x -e env.txt -e gpu-tests.log -e kernels-gpu.md \
-  -e spatial-precision-cuda.md -e staging-host.md -e normalise-device-gpu.md -e spatial-epilogue-gpu.md \
+  -e staging-host.md -e normalise-device-gpu.md -e spatial-epilogue-gpu.md -e gluon-trace-gpu.md \
   -e extras.tar.gz) && [ -n "$extra" ] && tar -czf extras.tar.gz $extra && rm -rf $extra)
 ls "$OUT"

@@ -21,8 +21,8 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def _signature(pointers: dict[str, str], constexprs: dict, dtype: str) -> dict[str, str]:
-    # pointers: name -> "x" (the input's dtype) or "f" (float32)
-    sig = {n: (f"*{dtype}" if kind == "x" else "*fp32") for n, kind in pointers.items()}
+    # pointers: name -> "x" (the input's dtype), "f" (float32) or "i64"
+    sig = {n: {"x": f"*{dtype}", "f": "*fp32", "i64": "*i64"}[kind] for n, kind in pointers.items()}
     sig.update(dict.fromkeys(_SIZES, "i32"))
     sig.update(dict.fromkeys(constexprs, "constexpr"))
     return sig
@@ -64,9 +64,9 @@ def compile_triton(variant: dict, *, num_warps: int = 4, num_stages: int = 1, dt
 
 
 def compile_gluon(*, dtype: str = "bf16", program: SpectralProgram | None = None, waits: str | None = None,
-                  identity: str | None = None, step: str | None = None):
+                  identity: str | None = None, step: str | None = None, trace: bool = False):
     """The Gluon kernel (kernels/spectral_gluon.py) in one of its forms, compiled for sm_90 (raises when this
-    Triton has no Gluon or cannot compile it offline)."""
+    Triton has no Gluon or cannot compile it offline); ``trace``: its build that writes step timestamps."""
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -82,18 +82,18 @@ def compile_gluon(*, dtype: str = "bf16", program: SpectralProgram | None = None
     program = program if program is not None else default_program()
     m = spectral._pack(program, torch.device("cpu"), _DTYPES[dtype])["meta"]
     pointers = dict(x_ptr="x", out_ptr="x", stem_w_ptr="x", stem_b_ptr="f", conv_w_ptr="x", conv_b_ptr="f",
-                    red_w_ptr="x", red_b_ptr="f")
+                    red_w_ptr="x", red_b_ptr="f", trace_ptr="i64" if trace else "x")
     waits = waits or spectral_gluon.DEFAULT_WAITS
     identity = identity or spectral_gluon.DEFAULT_IDENTITY
     if spectral_gluon._resolve_step(waits, identity, step) == "pair":
         spectral_gluon._check_form(waits, identity, "pair")
-        const = spectral_gluon._pair_constants(m)
+        const = dict(spectral_gluon._pair_constants(m), TRACE=trace)
         src = GluonASTSource(fn=spectral_gluon._gluon_pair_kernel, signature=_signature(pointers, const, dtype),
                              constexprs=const, attrs=_aligned(spectral_gluon._gluon_pair_kernel, pointers))
         return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     const = {k: m[k] for k in ("STEM_STRIDE", "KS", "KS_PAD", "KT", "NUM_BLOCKS", "WP", "FP", "STEM_RELU",
                                 "RELU1_MASK", "RELU2_MASK", "BLOCK_RELU_MASK", "REDUCE_RELU")}
-    const.update(spectral_gluon._layout_constants(m, waits, identity))
+    const.update(spectral_gluon._layout_constants(m, waits, identity), TRACE=trace)
     src = GluonASTSource(fn=spectral_gluon._gluon_stage_kernel, signature=_signature(pointers, const, dtype),
                          constexprs=const, attrs=_aligned(spectral_gluon._gluon_stage_kernel, pointers))
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})

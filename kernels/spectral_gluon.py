@@ -82,8 +82,37 @@ DEFAULT_IDENTITY = "epilogue"
 # layer, identity in the epilogue; compiled offline, not yet timed on a GPU)
 STEPS = ("one", "pair")
 DEFAULT_STEP = "one"
+# TRACE (benchmarks/gluon_trace.py): SM-cycle timestamps a traced run writes per program and step, in this order;
+# the step's end is the next step's "step start". One more row per program: cycles and global ns at its start
+# (columns 0, 1) and end (2, 3), and the SM it ran on (4)
+TRACE_POINTS = ("step start", "phase A issued", "phase A first wait", "phase A epilogues", "phase A barrier",
+                "phase B issued", "phase B first wait", "phase B epilogues")
+TRACE_WIDTH = 8  # len(TRACE_POINTS); the kernels write it as a literal
 
 if GLUON_ERROR is None:
+
+    @gluon.jit
+    def _clock():
+        # the SM's cycle counter: the trace's timestamps (TRACE only)
+        return gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)
+
+    @gluon.jit
+    def _mark(trace_ptr, row, k: gl.constexpr, TRACE: gl.constexpr):
+        # timestamp k of a step's trace row (see TRACE_POINTS)
+        if TRACE:
+            gl.store(trace_ptr + row * 8 + k, _clock())
+
+    @gluon.jit
+    def _trace_bounds(trace_ptr, row, k: gl.constexpr, TRACE: gl.constexpr):
+        # the program's first (k = 0) or last (k = 2) timestamp in its extra row: SM cycles and the global
+        # nanosecond timer (their ratio is the SM clock during the run), and at the start the SM it ran on
+        if TRACE:
+            gl.store(trace_ptr + row * 8 + k, _clock())
+            gl.store(trace_ptr + row * 8 + k + 1, gl.inline_asm_elementwise(
+                "mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64, is_pure=False, pack=1))
+            if k == 0:
+                gl.store(trace_ptr + row * 8 + 4, gl.inline_asm_elementwise(
+                    "mov.u32 $0, %smid;", "=r", [], dtype=gl.int32, is_pure=False, pack=1).to(gl.int64))
 
     @gluon.jit
     def _bias_tile(b_ptr, offs_c, BP: gl.constexpr, WP: gl.constexpr, acc_l: gl.constexpr):
@@ -160,13 +189,14 @@ if GLUON_ERROR is None:
 
     @gluon.jit
     def _gluon_stage_kernel(
-        x_ptr, out_ptr, stem_w_ptr, stem_b_ptr, conv_w_ptr, conv_b_ptr, red_w_ptr, red_b_ptr,
+        x_ptr, out_ptr, stem_w_ptr, stem_b_ptr, conv_w_ptr, conv_b_ptr, red_w_ptr, red_b_ptr, trace_ptr,
         P, B, D, F, stride_xp, stride_xb, stride_op, stride_of,
         STEM_STRIDE: gl.constexpr, KS: gl.constexpr, KS_PAD: gl.constexpr, KT: gl.constexpr,
         NUM_BLOCKS: gl.constexpr, WP: gl.constexpr, FP: gl.constexpr, STEM_RELU: gl.constexpr,
         RELU1_MASK: gl.constexpr, RELU2_MASK: gl.constexpr, BLOCK_RELU_MASK: gl.constexpr,
         REDUCE_RELU: gl.constexpr, RING: gl.constexpr, BP: gl.constexpr, SW_W: gl.constexpr, SW_X: gl.constexpr,
         SW_R: gl.constexpr, SPLIT_WAIT: gl.constexpr, STEM_LAST: gl.constexpr, ID_MMA: gl.constexpr,
+        TRACE: gl.constexpr,
     ):
         dt: gl.constexpr = x_ptr.dtype.element_ty
         HALF: gl.constexpr = KT // 2
@@ -230,7 +260,11 @@ if GLUON_ERROR is None:
         offs_c = gl.arange(0, WP, layout=gl.SliceLayout(0, acc_l))
         zero_f = gl.zeros([BP, WP], gl.float32, acc_l)
         acc_r = gl.zeros([BP, FP], gl.float32, accr_l)
-        for j in range(0, D + NUM_BLOCKS * BEHIND):
+        n_steps = D + NUM_BLOCKS * BEHIND
+        trow = pid.to(gl.int64) * (n_steps + 1)  # TRACE: the program's rows, one per step and one more
+        _trace_bounds(trace_ptr, trow + n_steps, 0, TRACE)
+        for j in range(0, n_steps):
+            _mark(trace_ptr, trow + j, 0, TRACE)
             y_last = j - NUM_BLOCKS * BEHIND  # the position the last block writes in this step's phase A
             red = gl.load(red_w_ptr + gl.minimum(gl.maximum(y_last, 0), D - 1) * WP * FP + r_tile)
 
@@ -244,9 +278,12 @@ if GLUON_ERROR is None:
                 # a zero start, the bias added after the wait: registers defined while wgmmas are in flight
                 # make ptxas inject a wait before this one (C7517)
                 accs = accs + (warpgroup_mma(xs_smem, stem_smem, zero_f, use_acc=False, is_async=True),)
+                _mark(trace_ptr, trow + j, 1, TRACE)
                 red_smem.store(red)  # its only reader, the last reduce, completed in phase B
                 for i in gl.static_range(NUM_BLOCKS):
                     accs = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - i) * KA + 1, deps=accs)
+                    if i == 0:
+                        _mark(trace_ptr, trow + j, 2, TRACE)
                     _block_out(accs[i], rings, last, conv_b_ptr, offs_c, j, D, NUM_BLOCKS - 1 - i, NUM_BLOCKS,
                                BEHIND, RING, WP, RELU2_MASK, BLOCK_RELU_MASK, acc_l, dt, ID_MMA)
                 accs = warpgroup_mma_wait(num_outstanding=0, deps=accs)
@@ -257,9 +294,11 @@ if GLUON_ERROR is None:
                                       is_async=True),)
                 for b in gl.static_range(NUM_BLOCKS):
                     accs = accs + (_conv2_issue(rings, w_smem, eye_smem, zero_f, j, b, KT, RING, BEHIND, ID_MMA),)
+                _mark(trace_ptr, trow + j, 1, TRACE)
                 # SPLIT_WAIT: wait for one layer's wgmmas at a time (they complete in issue order), so a layer's
                 # epilogue runs on the CUDA cores while the tensor cores work through the later layers' wgmmas
                 accs = warpgroup_mma_wait(num_outstanding=NUM_BLOCKS * KA if SPLIT_WAIT else 0, deps=accs)
+                _mark(trace_ptr, trow + j, 2, TRACE)
                 _stem_out(accs[0], rings, j, D, STEM_RELU, RING, dt)
                 if SPLIT_WAIT:  # its only reader, the last reduce, completed in phase B: store while conv2s run
                     red_smem.store(red)
@@ -270,8 +309,10 @@ if GLUON_ERROR is None:
                                WP, RELU2_MASK, BLOCK_RELU_MASK, acc_l, dt, ID_MMA)
                 if not SPLIT_WAIT:
                     red_smem.store(red)
+            _mark(trace_ptr, trow + j, 3, TRACE)
             fence_async_shared()
             _cta_barrier()
+            _mark(trace_ptr, trow + j, 4, TRACE)
 
             # phase B: conv1 of every block; the reduce of the last block's output; the next stem input
             cols = (j + 1) * STEM_STRIDE + xk
@@ -282,6 +323,7 @@ if GLUON_ERROR is None:
                 y_new = j - b * BEHIND  # newest input of block b, written in phase A
                 accs = accs + (_conv_issue(rings, w_smem, 2 * b * RING, y_new, 2 * b * KT, zero_f, KT, RING),)
             acc_r = warpgroup_mma(last, red_smem, acc_r, is_async=True)
+            _mark(trace_ptr, trow + j, 5, TRACE)
             if SPLIT_WAIT:  # the stem's wgmma, its only reader, completed in phase A
                 xs_smem.store(xs_next.to(dt))
             # SPLIT_WAIT: block b's conv1 is done while the later blocks' and the reduce's wgmmas still run. The
@@ -289,6 +331,7 @@ if GLUON_ERROR is None:
             # accumulator the bias defines) made ptxas serialize every wgmma of the kernel (C7515)
             waited = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1) * KT + 1 if SPLIT_WAIT else 0,
                                         deps=accs + (acc_r,))
+            _mark(trace_ptr, trow + j, 6, TRACE)
             for b in gl.static_range(NUM_BLOCKS):
                 u = j - b * BEHIND - HALF
                 if SPLIT_WAIT and b > 0:
@@ -303,9 +346,11 @@ if GLUON_ERROR is None:
             acc_r = waited[NUM_BLOCKS]
             if not SPLIT_WAIT:
                 xs_smem.store(xs_next.to(dt))
+            _mark(trace_ptr, trow + j, 7, TRACE)
             fence_async_shared()
             _cta_barrier()
 
+        _trace_bounds(trace_ptr, trow + n_steps, 2, TRACE)
         _reduce_out(acc_r, out_ptr, red_b_ptr, pid, P, F, stride_op, stride_of, BP, FP, REDUCE_RELU, accr_l, dt)
 
     @gluon.jit
@@ -355,13 +400,13 @@ if GLUON_ERROR is None:
 
     @gluon.jit
     def _gluon_pair_kernel(
-        x_ptr, out_ptr, stem_w_ptr, stem_b_ptr, conv_w_ptr, conv_b_ptr, red_w_ptr, red_b_ptr,
+        x_ptr, out_ptr, stem_w_ptr, stem_b_ptr, conv_w_ptr, conv_b_ptr, red_w_ptr, red_b_ptr, trace_ptr,
         P, B, D, F, stride_xp, stride_xb, stride_op, stride_of,
         STEM_STRIDE: gl.constexpr, KS2: gl.constexpr, KS2_PAD: gl.constexpr, KT: gl.constexpr, NUM_BLOCKS: gl.constexpr,
         WP: gl.constexpr, FP: gl.constexpr, STEM_RELU: gl.constexpr, RELU1_MASK: gl.constexpr,
         RELU2_MASK: gl.constexpr, BLOCK_RELU_MASK: gl.constexpr, REDUCE_RELU: gl.constexpr, RING: gl.constexpr,
         BP: gl.constexpr, SW_W: gl.constexpr, SW_X: gl.constexpr, SW_S: gl.constexpr, SW_R: gl.constexpr,
-        PUBLIC_REINTERPRET: gl.constexpr,
+        PUBLIC_REINTERPRET: gl.constexpr, TRACE: gl.constexpr,
     ):
         """Two band positions of every layer per step (``step="pair"``): each conv's output pair in one (BP, 2 WP)
         accumulator. Inputs: ``stem_w_ptr`` (KS2_PAD, 2 WP), the stem's taps for both positions of a pair;
@@ -424,7 +469,11 @@ if GLUON_ERROR is None:
         offs_c = gl.arange(0, WP, layout=gl.SliceLayout(0, acc_l))
         zero2 = gl.zeros([BP, 2 * WP], gl.float32, acc2_l)
         acc_r = gl.zeros([BP, FP], gl.float32, accr_l)
-        for s in range(0, (D + 1) // 2 + NUM_BLOCKS * LAG // 2):
+        n_steps = (D + 1) // 2 + NUM_BLOCKS * LAG // 2
+        trow = pid.to(gl.int64) * (n_steps + 1)  # TRACE: the program's rows, one per step and one more
+        _trace_bounds(trace_ptr, trow + n_steps, 0, TRACE)
+        for s in range(0, n_steps):
+            _mark(trace_ptr, trow + s, 0, TRACE)
             j = 2 * s  # the stem's pair (j, j + 1)
             y_last = j - NUM_BLOCKS * LAG  # the last block's pair, written in phase A, reduced in phase B
 
@@ -438,11 +487,14 @@ if GLUON_ERROR is None:
                                           j - (NUM_BLOCKS - i) * LAG - HALF, 2 * (NUM_BLOCKS - 1 - i) + 1, zero2, KT,
                                           RING, WP, tile_s, PUBLIC_REINTERPRET),)
             accs = accs + (warpgroup_mma(xs_smem, stem_smem, zero2, use_acc=False, is_async=True),)
+            _mark(trace_ptr, trow + s, 1, TRACE)
             red_smem.index(0).store(gl.load(red_w_ptr + gl.minimum(gl.maximum(y_last, 0), D - 1) * WP * FP + r_tile))
             red_smem.index(1).store(gl.load(red_w_ptr + gl.minimum(gl.maximum(y_last + 1, 0), D - 1) * WP * FP
                                             + r_tile))  # their only reader, the last reduce, completed in phase B
             for i in gl.static_range(NUM_BLOCKS):
                 accs = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - i) * (KT + 1) + 1, deps=accs)
+                if i == 0:
+                    _mark(trace_ptr, trow + s, 2, TRACE)
                 _pair_conv2_out(accs[i], rings, last, conv_b_ptr, offs_c, j, D, NUM_BLOCKS - 1 - i, NUM_BLOCKS, LAG,
                                 RING, BP, WP, RELU2_MASK, BLOCK_RELU_MASK, acc_l, dt)
             accs = warpgroup_mma_wait(num_outstanding=0, deps=accs)
@@ -450,8 +502,10 @@ if GLUON_ERROR is None:
             stem_b = gl.expand_dims(gl.load(stem_b_ptr + offs_c), 0)
             _stem_out(s0, rings, j, D, STEM_RELU, RING, dt, stem_b)
             _stem_out(s1, rings, j + 1, D, STEM_RELU, RING, dt, stem_b)
+            _mark(trace_ptr, trow + s, 3, TRACE)
             fence_async_shared()
             _cta_barrier()
+            _mark(trace_ptr, trow + s, 4, TRACE)
 
             # phase B: block b's conv1 -> H_b (u, u + 1), u = j - HALF - b LAG; the reduce of the last block's pair;
             # the next stem input
@@ -465,10 +519,13 @@ if GLUON_ERROR is None:
                                           PUBLIC_REINTERPRET),)
             acc_r = warpgroup_mma(last.index(0), red_smem.index(0), acc_r, is_async=True)
             acc_r = warpgroup_mma(last.index(1), red_smem.index(1), acc_r, is_async=True)
+            _mark(trace_ptr, trow + s, 5, TRACE)
             xs_smem.store(xs_next.to(dt))  # its only reader, the stem's wgmma, completed in phase A
             waited = accs + (acc_r,)
             for b in gl.static_range(NUM_BLOCKS):
                 waited = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - b) * (KT + 1) + 2, deps=waited)
+                if b == 0:
+                    _mark(trace_ptr, trow + s, 6, TRACE)
                 u = j - HALF - b * LAG
                 h0, h1 = _halves(waited[b], BP, WP, acc_l)
                 bias = gl.expand_dims(gl.load(conv_b_ptr + (2 * b) * WP + offs_c), 0)
@@ -482,9 +539,11 @@ if GLUON_ERROR is None:
                 rings.index(base + ((u + 1) & (RING - 1))).store(gl.where((u + 1 >= 0) & (u + 1 < D), h1, 0.0).to(dt))
             waited = warpgroup_mma_wait(num_outstanding=0, deps=waited)
             acc_r = waited[NUM_BLOCKS]
+            _mark(trace_ptr, trow + s, 7, TRACE)
             fence_async_shared()
             _cta_barrier()
 
+        _trace_bounds(trace_ptr, trow + n_steps, 2, TRACE)
         _reduce_out(acc_r, out_ptr, red_b_ptr, pid, P, F, stride_op, stride_of, BP, FP, REDUCE_RELU, accr_l, dt)
 
 
@@ -645,9 +704,29 @@ def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram, *, waits: st
     return _run(x, program, waits=waits, identity=identity, step=step)
 
 
+def trace_steps(program: SpectralProgram, step: str = "one") -> int:
+    """Steps of the kernel's band loop for ``program``: positions plus the pipeline's fill, per ``step``."""
+    d, nb, kt = program.reduced_bands, len(program.blocks), program.blocks[0].conv1.weight.shape[2]
+    return (d + 1) // 2 + nb * (kt + 1) // 2 if step == "pair" else d + nb * kt
+
+
+def traced_run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAITS,
+               identity: str = DEFAULT_IDENTITY, step: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`spectral_stage_gluon` compiled with ``TRACE``: its output, and the SM-cycle timestamps of every
+    program's steps, ``(programs, steps + 1, TRACE_WIDTH)`` int64 (:data:`TRACE_POINTS`; the last row holds the
+    program's start and end). A diagnostic for ``benchmarks/gluon_trace.py``: where a step's time goes."""
+    step = _resolve_step(waits, identity, step)
+    _check_form(waits, identity, step)
+    _check(x, program, step)
+    trace = torch.zeros(-(-x.shape[0] // BLOCK_P), trace_steps(program, step) + 1, TRACE_WIDTH, dtype=torch.int64,
+                        device=x.device)
+    return _run(x, program, waits=waits, identity=identity, step=step, trace=trace), trace
+
+
 def _run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAITS,
-         identity: str = DEFAULT_IDENTITY, step: str = "one") -> torch.Tensor:
-    """:func:`spectral_stage_gluon` once ``x`` and ``program`` passed its checks (the dispatcher has run them)."""
+         identity: str = DEFAULT_IDENTITY, step: str = "one", trace: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`spectral_stage_gluon` once ``x`` and ``program`` passed its checks (the dispatcher has run them);
+    with ``trace`` (from :func:`traced_run`) the traced build, writing its timestamps there."""
     from .spectral import _pack
 
     p, f = x.shape[0], program.out_features
@@ -656,21 +735,22 @@ def _run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAIT
         return out
     pk = _pack(program, x.device, x.dtype)
     m = pk["meta"]
+    tr = trace if trace is not None else out  # not read without TRACE
     if step == "pair":
         pair = _pack_pair(program, x.device, x.dtype)
         with torch.cuda.device(x.device):
             _gluon_pair_kernel[(-(-p // BLOCK_P),)](
-                x, out, pair["stem_w"], pk["stem_b"], pair["conv_w"], pk["conv_b"], pk["red_w"], pk["red_b"],
+                x, out, pair["stem_w"], pk["stem_b"], pair["conv_w"], pk["conv_b"], pk["red_w"], pk["red_b"], tr,
                 p, program.bands, program.reduced_bands, f, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
-                **_pair_constants(m), num_warps=4)
+                **_pair_constants(m), TRACE=trace is not None, num_warps=4)
         return out
     lc = _layout_constants(m, waits, identity)
     with torch.cuda.device(x.device):
         _gluon_stage_kernel[(-(-p // BLOCK_P),)](
-            x, out, pk["stem_w"], pk["stem_b"], pk["conv_w"], pk["conv_b"], pk["red_w"], pk["red_b"],
+            x, out, pk["stem_w"], pk["stem_b"], pk["conv_w"], pk["conv_b"], pk["red_w"], pk["red_b"], tr,
             p, program.bands, program.reduced_bands, f, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
             STEM_STRIDE=m["STEM_STRIDE"], KS=m["KS"], KS_PAD=m["KS_PAD"], KT=m["KT"], NUM_BLOCKS=m["NUM_BLOCKS"],
             WP=m["WP"], FP=m["FP"], STEM_RELU=m["STEM_RELU"], RELU1_MASK=m["RELU1_MASK"],
             RELU2_MASK=m["RELU2_MASK"], BLOCK_RELU_MASK=m["BLOCK_RELU_MASK"], REDUCE_RELU=m["REDUCE_RELU"],
-            **lc, num_warps=4)
+            **lc, TRACE=trace is not None, num_warps=4)
     return out

@@ -68,6 +68,39 @@ def test_spatial_epilogue_benchmark_runs_on_cpu(tmp_path: Path) -> None:
     assert rows == ["float32", "bfloat16"]
 
 
+def test_gluon_trace_segments_and_programs_from_a_known_trace() -> None:
+    """benchmarks/gluon_trace.py's reduction of a trace: each segment's cycles (the last one to the next step's
+    start, or to the program's end), the step, the SM clock and the programs per SM, on timestamps made up with
+    known gaps."""
+    import numpy as np
+
+    from benchmarks.gluon_trace import programs, segments
+
+    gaps = np.array([10, 20, 30, 40, 50, 60, 70, 80])  # point k -> k + 1; the last: to the next step
+    n_prog, n_steps = 3, 6
+    trace = np.zeros((n_prog, n_steps + 1, 8), dtype=np.int64)
+    for p in range(n_prog):
+        start = 1000 * p
+        for s in range(n_steps):
+            trace[p, s] = start + s * gaps.sum() + np.concatenate([[0], np.cumsum(gaps)[:-1]])
+        end = start + n_steps * gaps.sum()
+        trace[p, n_steps, :5] = [start, 2 * start, end, 2 * start + end - start, [7, 7, 9][p]]
+    got = segments(trace, skip=2)
+    assert [float(np.median(v)) for k, v in got.items() if k != "step"] == gaps.tolist()
+    assert all(v.size == n_prog * (n_steps - 2) for v in got.values())
+    assert float(np.median(got["step"])) == gaps.sum()
+    prog = programs(trace)
+    assert prog["cycles"] == n_steps * gaps.sum() and prog["ghz"] == 1.0
+    assert (prog["SMs"], prog["programs per SM (min)"], prog["programs per SM (max)"]) == (2, 1, 2)
+
+
+def test_gluon_trace_refuses_a_cpu_by_name() -> None:
+    """Without a GPU the trace script says what it needs and writes nothing (never a made-up figure)."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gluon_trace.py"), "--device", "cpu",
+                           "--out", "/nonexistent/x.md"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Hopper GPU" in proc.stderr and "run it on the GPU machine" in proc.stderr
+
+
 def test_kernels_benchmark_gluon_step_row_restores_the_default() -> None:
     """The engine row with another Gluon form as the backend's default puts the default and the dispatcher's
     per-shape checks back afterwards, even when the row fails."""

@@ -282,6 +282,46 @@ def test_gluon_kernel_compiles_for_narrow_shapes(width: int, features: int, bloc
     assert k.metadata.shared == sg.shared_bytes(prog, step="one")
 
 
+@pytest.mark.parametrize("waits,step", [("layer", "one"), ("stem_last", "one"), ("phase", "one"), ("layer", "pair")])
+def test_gluon_traced_build_reads_the_clock_at_every_point_and_the_plain_build_never(waits: str, step: str) -> None:
+    """Offline: the TRACE build reads the SM's cycle counter at each of TRACE_POINTS of a step (and at the
+    program's start and end), issues the same wgmmas with the same waits, and stays free of serialized wgmmas;
+    the plain build holds no trace code at all."""
+    import re
+
+    from kernels import spectral_gluon as sg
+    from kernels.offline import compile_gluon, ptxas_report
+
+    prog, plain = _compiled_offline(24, 128, 2, 7, waits=waits, step=step)
+    traced = compile_gluon(program=prog, waits=waits, step=step, trace=True)
+    p, t = plain.asm["ptx"], traced.asm["ptx"]
+    assert "%clock64" not in p and "%globaltimer" not in p
+    assert t.count("%clock64") == sg.TRACE_WIDTH + 2 and t.count("%globaltimer") == 2 and "%smid" in t
+    waits_of = [re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", s) for s in (p, t)]
+    assert waits_of[0] == waits_of[1] and p.count("wgmma.mma_async") == t.count("wgmma.mma_async")
+    assert traced.metadata.shared == plain.metadata.shared
+    report = ptxas_report(t)
+    if report is None:
+        pytest.skip("no ptxas in this Triton")
+    assert "C7515" not in report and "C7517" not in report, report
+
+
+def test_trace_steps_and_executed_flops_match_the_kernels_arithmetic() -> None:
+    """benchmarks/gluon_trace.py's ideal cycles rest on the wgmmas a step executes: over trace_steps steps they
+    add up to the 3,694,080 (one position per step) and 4,260,864 (two) multiply-adds per pixel of the paper's
+    200-band network worked out in benchmarks/results/kernels-h200.md."""
+    pytest.importorskip("triton")
+    from benchmarks.gluon_trace import executed_flops_per_step
+    from kernels import spectral_gluon as sg
+
+    if sg.GLUON_ERROR is not None:
+        pytest.skip(f"no Gluon here: {sg.GLUON_ERROR}")
+    prog = _random_program(200, 24, 128, generator=torch.Generator().manual_seed(0))
+    assert sg.trace_steps(prog, "one") == 97 + 2 * 7 and sg.trace_steps(prog, "pair") == 49 + 8
+    for step, macs in (("one", 3_694_080), ("pair", 4_260_864)):
+        assert executed_flops_per_step(prog, step) * sg.trace_steps(prog, step) == 2 * 64 * macs
+
+
 def test_gluon_identity_mma_needs_blocks_without_a_conv2_relu() -> None:
     """identity='mma' adds the identity inside conv2's sum: refused, by name, for blocks with a ReLU after conv2
     (it would then be added before that ReLU); the SSRN's blocks have none."""
@@ -402,6 +442,25 @@ def test_gluon_unsupported_says_why() -> None:
     for expected, (x, prog) in cases.items():
         why = gluon_unsupported(x, prog)
         assert why is not None and (expected in why if GLUON_ERROR is None else "Gluon" in why), why
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("step", ["one", "pair"])
+def test_gpu_traced_run_gives_the_same_bits_and_ordered_timestamps(step: str) -> None:
+    """The traced build computes what the plain one does, and every program's timestamps rise through each step
+    (a point's clock read moved past the next would show as a step that goes back in time)."""
+    _hopper()
+    from kernels.spectral_gluon import spectral_stage_gluon, trace_steps, traced_run
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(1_001, 200, generator=g).to("cuda", torch.bfloat16)
+    prog = _random_program(200, 24, 128, generator=g).to("cuda")
+    out, trace = traced_run(x, prog, step=step)
+    assert torch.equal(out, spectral_stage_gluon(x, prog, step=step))
+    t = trace.cpu()
+    assert t.shape == (16, trace_steps(prog, step) + 1, 8)
+    steps = t[:, :-1, :].reshape(16, -1)
+    assert bool((steps.diff(dim=1) >= 0).all()) and bool((t[:, -1, 2] > t[:, -1, 0]).all())
 
 
 @pytest.mark.gpu
