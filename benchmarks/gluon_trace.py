@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> Path:
             f"- command: `python benchmarks/gluon_trace.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
             f"- program: {args.bands} bands, width 24, 2 residual blocks (kernel 7), 128 features, random folded "
             f"weights; {n:,} pixels in bf16",
-            "- cycles: the SM's `%clock64` at each point of `kernels.spectral_gluon.TRACE_POINTS`, per program and "
-            "step, steps after the first two; a segment ends where the next begins"]
+            "- cycles: the SM's `%clock64` at each point of `kernels.spectral_gluon.TRACE_POINTS` as each program's "
+            "first thread (warp 0) passes it, every step after the first two; a segment ends where the next begins"]
     if not all(r[1]["same"] for r in rows):
         raise SystemExit("the traced kernel's output differs from the untraced one's:\n" + "\n".join(render(head, rows)))
     return write_report(args.out, render(head, rows))

@@ -82,7 +82,8 @@ DEFAULT_IDENTITY = "epilogue"
 # layer, identity in the epilogue; compiled offline, not yet timed on a GPU)
 STEPS = ("one", "pair")
 DEFAULT_STEP = "one"
-# TRACE (benchmarks/gluon_trace.py): SM-cycle timestamps a traced run writes per program and step, in this order;
+# TRACE (benchmarks/gluon_trace.py): SM-cycle timestamps a traced run writes per program and step, as the program's
+# first thread (warp 0) passes them (the other warps' may differ by their skew), in this order;
 # the step's end is the next step's "step start". One more row per program: cycles and global ns at its start
 # (columns 0, 1) and end (2, 3), and the SM it ran on (4)
 TRACE_POINTS = ("step start", "phase A issued", "phase A first wait", "phase A epilogues", "phase A barrier",
