@@ -58,3 +58,20 @@ def timed_run(job, engine, **run_kw) -> tuple[float, dict]:
     if cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - t0, stats
+
+
+def wall_ms(fn, device) -> float:
+    """Milliseconds of one call of ``fn``, the device synchronised before and after (CUDA; nothing on CPU)."""
+    import time
+
+    import torch
+
+    def sync() -> None:
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return (time.perf_counter() - t0) * 1e3

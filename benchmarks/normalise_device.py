@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import cpu_report_head, write_report  # noqa: E402
+from benchmarks._common import cpu_report_head, wall_ms, write_report  # noqa: E402
 from hsi_engine.normalise import normalise_tensor  # noqa: E402
 
 
@@ -55,17 +54,6 @@ def main(argv: list[str] | None = None) -> Path:
     mean = (torch.rand(args.bands, generator=g, dtype=torch.float64) * 1000).to(dev)
     std = (torch.rand(args.bands, generator=g, dtype=torch.float64) * 300 + 1).to(dev)
 
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    def ms(fn) -> float:
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        return (time.perf_counter() - t0) * 1e3
-
     rows = []
     for dtype in (torch.int16, torch.float32):
         raw = (torch.rand(args.bands, side, side, generator=g) * 4000).to(dtype).to(dev)
@@ -78,7 +66,7 @@ def main(argv: list[str] | None = None) -> Path:
             fn()  # warm-up
         for _ in range(args.reps):
             for k, fn in arms.items():
-                times[k].append(ms(fn))
+                times[k].append(wall_ms(fn, dev))
         n, c = (statistics.median(times[k]) for k in ("now", "candidate"))
         same = torch.equal(now.view(torch.int32), cand.view(torch.int32))
         rows.append((str(dtype).removeprefix("torch."), n, c, same))

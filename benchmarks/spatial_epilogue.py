@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import cpu_report_head, write_report  # noqa: E402
+from benchmarks._common import cpu_report_head, wall_ms, write_report  # noqa: E402
 from hsi_engine.fused import DenseSpatial, dense_spatial, exact_fp32, fold_spatial, spatial_dense  # noqa: E402
 
 
@@ -58,17 +57,6 @@ def main(argv: list[str] | None = None) -> Path:
     ds32 = dense_spatial(sp, win).to(dev)
     x32 = torch.randn(args.windows, sp.stem_w.shape[0], win, win, generator=torch.Generator().manual_seed(3)).to(dev)
 
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    def ms(fn) -> float:
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        return (time.perf_counter() - t0) * 1e3
-
     rows = []
     dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if dev.type == "cuda" else [])
     for dtype in dtypes:
@@ -79,7 +67,7 @@ def main(argv: list[str] | None = None) -> Path:
             times: dict[str, list[float]] = {k: [] for k in arms}
             for _ in range(args.reps):
                 for k, fn in arms.items():
-                    times[k].append(ms(fn))
+                    times[k].append(wall_ms(fn, dev))
         s, f = (statistics.median(times[k]) for k in arms)
         rows.append((str(dtype).removeprefix("torch."), s, f, torch.equal(outs["separate"], outs["fused"])))
     name = "cpu" if dev.type == "cpu" else torch.cuda.get_device_name(dev).split()[-1].lower()
