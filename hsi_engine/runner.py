@@ -493,12 +493,6 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
                 staged = (p, *to_device(p))
             p, x, ev = staged
             staged = None
-            if cuda and pending:  # start the next tile's host-to-device copy before computing this one
-                nxt = pending.popleft().result()
-                t = next(tiles, None)
-                if t is not None:
-                    pending.append(submit(t))
-                staged = (nxt, *to_device(nxt))
             if ev is not None:
                 torch.cuda.current_stream(device).wait_event(ev)
                 x.record_stream(torch.cuda.current_stream(device))
@@ -507,9 +501,16 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
             if p.wrap is not None:
                 x, mask_t, nonfinite = prepare_tile_tensor(x, p.tile, halo=plan.halo, mean=mean_t, std=std_t,
                                                            nodata=nodata, wrap_bits=p.wrap)
-            logits = engine(x)  # (K, h, w)
+            logits = engine(x)  # (K, h, w); on CUDA queued, not yet run
             item = finish(p.tile, logits, p.mask, mask_t, nonfinite)
             stats["compute_s"] += time.perf_counter() - t0
+            if cuda and pending:  # the next tile's copy runs beside this tile's compute; queued after it, so
+                # this tile never waits for the next one to be staged on the host
+                nxt = pending.popleft().result()
+                t = next(tiles, None)
+                if t is not None:
+                    pending.append(submit(t))
+                staged = (nxt, *to_device(nxt))
             while len(writes) >= depth:
                 writes.popleft().result()
             writes.append(wpool.submit(write, item))
