@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
 from pathlib import Path
 
@@ -145,10 +144,9 @@ def main(argv: list[str] | None = None) -> Path:
                  "same": bool(torch.equal(out, traced)),
                  "ideal cycles": executed_flops_per_step(prog, step) / SM_FLOP_PER_CLOCK}
         tr = trace.cpu().numpy()
-        rows.append((f"{name} (waits={waits!r}, identity={identity!r}, step={step!r})", times, segments(tr),
-                     programs(tr)))
-        print(f"{name}: {times['untraced']:.3f} ms; step {statistics.median(segments(tr)['step'].tolist()):.0f} "
-              "cycles", flush=True)
+        segs = segments(tr)
+        rows.append((f"{name} (waits={waits!r}, identity={identity!r}, step={step!r})", times, segs, programs(tr)))
+        print(f"{name}: {times['untraced']:.3f} ms; step {float(np.median(segs['step'])):.0f} cycles", flush=True)
     import datetime as dt
 
     head = ["# Where a step of the Gluon spectral kernel spends its cycles", "",
