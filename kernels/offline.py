@@ -85,7 +85,14 @@ def compile_gluon(*, dtype: str = "bf16", program: SpectralProgram | None = None
                     red_w_ptr="x", red_b_ptr="f", trace_ptr="i64" if trace else "x")
     waits = waits or spectral_gluon.DEFAULT_WAITS
     identity = identity or spectral_gluon.DEFAULT_IDENTITY
-    if spectral_gluon._resolve_step(waits, identity, step) == "pair":
+    step = spectral_gluon._resolve_step(waits, identity, step)
+    if step == "ws":
+        spectral_gluon._check_form(waits, identity, "ws")
+        const = dict(spectral_gluon._ws_constants(m), TRACE=trace)
+        src = GluonASTSource(fn=spectral_gluon._gluon_ws_kernel, signature=_signature(pointers, const, dtype),
+                             constexprs=const, attrs=_aligned(spectral_gluon._gluon_ws_kernel, pointers))
+        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    if step == "pair":
         spectral_gluon._check_form(waits, identity, "pair")
         const = dict(spectral_gluon._pair_constants(m), TRACE=trace)
         src = GluonASTSource(fn=spectral_gluon._gluon_pair_kernel, signature=_signature(pointers, const, dtype),

@@ -59,7 +59,7 @@ GLUON_ERROR: str | None = None  # why the kernel is unavailable here (None: it i
 try:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, warpgroup_mma,
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,
                                                                   warpgroup_mma_wait)
 
     _cta_barrier = getattr(gl, "barrier", None) or getattr(gl, "thread_barrier")  # renamed between releases
@@ -79,8 +79,11 @@ IDENTITIES = ("epilogue", "mma")
 DEFAULT_IDENTITY = "epilogue"
 # Band positions per step: "one" (the measured kernel) or "pair" (every conv's output pair in one N = 2 x width
 # accumulator: KT + 1 wgmmas where "one" issues 2 x KT narrower ones, half the steps, waits and barriers; waits per
-# layer, identity in the epilogue; compiled offline, not yet timed on a GPU)
-STEPS = ("one", "pair")
+# layer, identity in the epilogue; compiled offline, not yet timed on a GPU) or "ws" (one position per step over
+# two warpgroups, warp-specialized: stem and conv2s in one, conv1s and the reduce in the other, a step apart, so
+# each one's epilogues run while the tensor cores take the other's wgmmas; compiled offline, not yet run on a GPU)
+STEPS = ("one", "pair", "ws")
+WS_WORKER_REGS = 232  # registers per thread of step="ws"'s second warpgroup (8 warps share the SM's 64 K)
 DEFAULT_STEP = "one"
 # TRACE (benchmarks/gluon_trace.py): SM-cycle timestamps a traced run writes per program and step, as the program's
 # first thread (warp 0) passes them (the other warps' may differ by their skew), in this order;
@@ -547,6 +550,162 @@ if GLUON_ERROR is None:
         _trace_bounds(trace_ptr, trow + n_steps, 2, TRACE)
         _reduce_out(acc_r, out_ptr, red_b_ptr, pid, P, F, stride_op, stride_of, BP, FP, REDUCE_RELU, accr_l, dt)
 
+    @gluon.jit
+    def _ws_stem_and_conv2s(rings, w_smem, stem_smem, xs_smem, lasts, done_a, done_b, x_ptr, stem_b_ptr, conv_b_ptr,
+                            pid, P, B, D, stride_xp, stride_xb, STEM_STRIDE: gl.constexpr, KS: gl.constexpr,
+                            KS_PAD: gl.constexpr, KT: gl.constexpr, NUM_BLOCKS: gl.constexpr, WP: gl.constexpr,
+                            STEM_RELU: gl.constexpr, RELU2_MASK: gl.constexpr, BLOCK_RELU_MASK: gl.constexpr,
+                            RING: gl.constexpr, BP: gl.constexpr):
+        # step="ws", warpgroup A (the default partition): at step j, every block's conv2 (last block first) over
+        # the conv1 outputs of step j - 2 and earlier, with its identity, then the stem -> position j
+        dt: gl.constexpr = rings.dtype
+        HALF: gl.constexpr = KT // 2
+        LAG: gl.constexpr = KT + 1
+        acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, WP, 16])
+        ld_x: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])
+        xp = pid * BP + gl.arange(0, BP, layout=gl.SliceLayout(1, ld_x))
+        xk = gl.arange(0, KS_PAD, layout=gl.SliceLayout(0, ld_x))
+        x_rows = x_ptr + gl.expand_dims(xp.to(gl.int64), 1) * stride_xp
+        x_mask = gl.expand_dims(xp < P, 1) & gl.expand_dims(xk < KS, 0)
+        offs_c = gl.arange(0, WP, layout=gl.SliceLayout(0, acc_l))
+        zero_f = gl.zeros([BP, WP], gl.float32, acc_l)
+        for j in range(0, D + NUM_BLOCKS * LAG):
+            cols = (j + 1) * STEM_STRIDE + xk  # the next step's stem input, in flight while this step runs
+            xs_next = gl.load(x_rows + gl.expand_dims(cols, 0) * stride_xb, mask=x_mask & gl.expand_dims(cols < B, 0),
+                              other=0.0)
+            # warpgroup B's step j - 2 is done: the conv1 outputs read here are written, and nothing written here
+            # is still read by it (its step j - 1 may run alongside: neither touches what the other writes)
+            mbarrier.wait(done_b.index(j & 1), ((j - 2) >> 1) & 1)
+            accs = ()
+            for i in gl.static_range(NUM_BLOCKS):  # block NUM_BLOCKS - 1 - i
+                accs = accs + (_conv_issue(rings, w_smem, (2 * (NUM_BLOCKS - 1 - i) + 1) * RING,
+                                           j - 2 - (NUM_BLOCKS - 1 - i) * LAG - HALF,
+                                           (2 * (NUM_BLOCKS - 1 - i) + 1) * KT, zero_f, KT, RING),)
+            accs = accs + (warpgroup_mma(xs_smem, stem_smem, zero_f, use_acc=False, is_async=True),)
+            for i in gl.static_range(NUM_BLOCKS):  # with RING = LAG a block's output overwrites the identity
+                # slot of the block after it: the last block's epilogue runs first, the stem's last
+                accs = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - i) * KT + 1, deps=accs)
+                _block_out(accs[i], rings, lasts.index(j & 1), conv_b_ptr, offs_c, j, D, NUM_BLOCKS - 1 - i,
+                           NUM_BLOCKS, LAG, RING, WP, RELU2_MASK, BLOCK_RELU_MASK, acc_l, dt, False)
+            accs = warpgroup_mma_wait(num_outstanding=0, deps=accs)
+            _stem_out(accs[NUM_BLOCKS], rings, j, D, STEM_RELU, RING, dt,
+                      gl.expand_dims(gl.load(stem_b_ptr + offs_c), 0))
+            xs_smem.store(xs_next.to(dt))  # its reader, this step's stem wgmma, completed above
+            fence_async_shared()
+            _cta_barrier()
+            mbarrier.arrive(done_a.index(j & 1), count=1)
+
+    @gluon.jit
+    def _ws_conv1s_and_reduce(rings, w_smem, red_smem, lasts, done_a, done_b, out_ptr, conv_b_ptr, red_w_ptr,
+                              red_b_ptr, pid, P, D, F, stride_op, stride_of, KT: gl.constexpr,
+                              NUM_BLOCKS: gl.constexpr, WP: gl.constexpr, FP: gl.constexpr,
+                              RELU1_MASK: gl.constexpr, REDUCE_RELU: gl.constexpr, RING: gl.constexpr,
+                              BP: gl.constexpr):
+        # step="ws", warpgroup B (the worker partition): at step j, every block's conv1 over the block input
+        # warpgroup A wrote in its step j, and the reduce of the last block's output of that step
+        dt: gl.constexpr = rings.dtype
+        HALF: gl.constexpr = KT // 2
+        LAG: gl.constexpr = KT + 1
+        acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, WP, 16])
+        accr_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                         instr_shape=[16, FP, 16])
+        ld_r: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])
+        rr = gl.arange(0, WP, layout=gl.SliceLayout(1, ld_r))
+        rc = gl.arange(0, FP, layout=gl.SliceLayout(0, ld_r))
+        r_tile = gl.expand_dims(rr, 1) * FP + gl.expand_dims(rc, 0)
+        offs_c = gl.arange(0, WP, layout=gl.SliceLayout(0, acc_l))
+        zero_f = gl.zeros([BP, WP], gl.float32, acc_l)
+        acc_r = gl.zeros([BP, FP], gl.float32, accr_l)
+        for j in range(0, D + NUM_BLOCKS * LAG):
+            y_last = j - NUM_BLOCKS * LAG  # the position of the last block's output warpgroup A wrote at step j
+            red_smem.store(gl.load(red_w_ptr + gl.minimum(gl.maximum(y_last, 0), D - 1) * WP * FP + r_tile))
+            fence_async_shared()  # its reader, the last step's reduce, completed there
+            _cta_barrier()
+            mbarrier.wait(done_a.index(j & 1), (j >> 1) & 1)
+            accs = ()
+            for b in gl.static_range(NUM_BLOCKS):
+                accs = accs + (_conv_issue(rings, w_smem, 2 * b * RING, j - b * LAG, 2 * b * KT, zero_f, KT, RING),)
+            acc_r = warpgroup_mma(lasts.index(j & 1), red_smem, acc_r, is_async=True)
+            waited = accs + (acc_r,)
+            for b in gl.static_range(NUM_BLOCKS):
+                waited = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - b) * KT + 1, deps=waited)
+                u = j - b * LAG - HALF
+                acc = waited[b] + gl.expand_dims(gl.load(conv_b_ptr + (2 * b) * WP + offs_c), 0)
+                if (RELU1_MASK >> b) & 1:
+                    acc = gl.maximum(acc, 0.0)
+                rings.index((2 * b + 1) * RING + (u & (RING - 1))).store(gl.where((u >= 0) & (u < D), acc, 0.0).to(dt))
+            waited = warpgroup_mma_wait(num_outstanding=0, deps=waited)
+            acc_r = waited[NUM_BLOCKS]
+            fence_async_shared()
+            _cta_barrier()
+            mbarrier.arrive(done_b.index(j & 1), count=1)
+        _reduce_out(acc_r, out_ptr, red_b_ptr, pid, P, F, stride_op, stride_of, BP, FP, REDUCE_RELU, accr_l, dt)
+
+    @gluon.jit
+    def _gluon_ws_kernel(
+        x_ptr, out_ptr, stem_w_ptr, stem_b_ptr, conv_w_ptr, conv_b_ptr, red_w_ptr, red_b_ptr, trace_ptr,
+        P, B, D, F, stride_xp, stride_xb, stride_op, stride_of,
+        STEM_STRIDE: gl.constexpr, KS: gl.constexpr, KS_PAD: gl.constexpr, KT: gl.constexpr,
+        NUM_BLOCKS: gl.constexpr, WP: gl.constexpr, FP: gl.constexpr, STEM_RELU: gl.constexpr,
+        RELU1_MASK: gl.constexpr, RELU2_MASK: gl.constexpr, BLOCK_RELU_MASK: gl.constexpr,
+        REDUCE_RELU: gl.constexpr, RING: gl.constexpr, BP: gl.constexpr, SW_W: gl.constexpr, SW_X: gl.constexpr,
+        SW_R: gl.constexpr, WORKER_REGS: gl.constexpr, TRACE: gl.constexpr,
+    ):
+        """One band position per step over two warpgroups (``step="ws"``): warpgroup A runs the stem and every
+        block's conv2, warpgroup B every block's conv1 and the reduce, one step apart, so one's epilogues run
+        while the tensor cores take the other's wgmmas. Each block runs KT + 1 positions behind the one before
+        it (one more than ``step="one"``): A's step j reads conv1 outputs of B's step j - 2, B's step j the block
+        inputs of A's step j, and the two steps that may run at once touch disjoint ring slots. Two mbarriers per
+        direction (alternate steps) so a phase parity never aliases."""
+        dt: gl.constexpr = x_ptr.dtype.element_ty
+        tile_s: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=SW_W, element_bitwidth=16, rank=2)
+        stem_s: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=SW_X, element_bitwidth=16, rank=2)
+        red_s: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=SW_R, element_bitwidth=16, rank=2)
+        acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, WP, 16])
+        ld_w: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])  # (32, 32) tiles
+        ld_x: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])  # (64, 16) tiles
+
+        pid = gl.program_id(0)
+        wr = gl.arange(0, WP, layout=gl.SliceLayout(1, ld_w))
+        wc = gl.arange(0, WP, layout=gl.SliceLayout(0, ld_w))
+        w_tile = gl.expand_dims(wr, 1) * WP + gl.expand_dims(wc, 0)
+        NW: gl.constexpr = 2 * NUM_BLOCKS * KT
+        w_smem = gl.allocate_shared_memory(dt, [NW, WP, WP], tile_s)
+        for i in gl.static_range(NW):
+            w_smem.index(i).store(gl.load(conv_w_ptr + i * WP * WP + w_tile))
+        sr = gl.arange(0, KS_PAD, layout=gl.SliceLayout(1, ld_w))
+        stem_smem = gl.allocate_shared_memory(dt, [KS_PAD, WP], tile_s,
+                                              gl.load(stem_w_ptr + gl.expand_dims(sr, 1) * WP + gl.expand_dims(wc, 0)))
+        red_smem = gl.allocate_shared_memory(dt, [WP, FP], red_s)
+        rings = gl.allocate_shared_memory(dt, [2 * NUM_BLOCKS * RING, BP, WP], tile_s)
+        lasts = gl.allocate_shared_memory(dt, [2, BP, WP], tile_s)  # the last block's output of alternate steps
+        zero = gl.zeros([BP, WP], dt, acc_l)
+        for i in gl.static_range(2 * NUM_BLOCKS * RING):
+            rings.index(i).store(zero)
+        lasts.index(0).store(zero)
+        lasts.index(1).store(zero)
+        xp = pid * BP + gl.arange(0, BP, layout=gl.SliceLayout(1, ld_x))
+        xk = gl.arange(0, KS_PAD, layout=gl.SliceLayout(0, ld_x))
+        xs_smem = gl.allocate_shared_memory(dt, [BP, KS_PAD], stem_s, gl.load(
+            x_ptr + gl.expand_dims(xp.to(gl.int64), 1) * stride_xp + gl.expand_dims(xk, 0) * stride_xb,
+            mask=gl.expand_dims(xp < P, 1) & gl.expand_dims((xk < KS) & (xk < B), 0), other=0.0).to(dt))
+        done_a = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        done_b = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(2):
+            mbarrier.init(done_a.index(i), count=1)
+            mbarrier.init(done_b.index(i), count=1)
+        fence_async_shared()
+        _cta_barrier()
+        gl.warp_specialize([
+            (_ws_stem_and_conv2s, (rings, w_smem, stem_smem, xs_smem, lasts, done_a, done_b, x_ptr, stem_b_ptr,
+                                   conv_b_ptr, pid, P, B, D, stride_xp, stride_xb, STEM_STRIDE, KS, KS_PAD, KT,
+                                   NUM_BLOCKS, WP, STEM_RELU, RELU2_MASK, BLOCK_RELU_MASK, RING, BP)),
+            (_ws_conv1s_and_reduce, (rings, w_smem, red_smem, lasts, done_a, done_b, out_ptr, conv_b_ptr, red_w_ptr,
+                                     red_b_ptr, pid, P, D, F, stride_op, stride_of, KT, NUM_BLOCKS, WP, FP,
+                                     RELU1_MASK, REDUCE_RELU, RING, BP)),
+        ], [4], [WORKER_REGS])
+
+
 
 SHARED_LIMIT = 232_448  # bytes of shared memory one program may use on an H100 / H200 (227 KB)
 
@@ -567,8 +726,8 @@ def _check_form(waits: str, identity: str, step: str = "one") -> None:
         raise ValueError(f"identity must be one of {list(IDENTITIES)}; got {identity!r}")
     if step not in STEPS:
         raise ValueError(f"step must be one of {list(STEPS)}; got {step!r}")
-    if step == "pair" and (waits, identity) != ("layer", "epilogue"):
-        raise ValueError(f"step='pair' waits per layer and adds the identity in the epilogue (waits='layer', "
+    if step != "one" and (waits, identity) != ("layer", "epilogue"):
+        raise ValueError(f"step={step!r} waits per layer and adds the identity in the epilogue (waits='layer', "
                          f"identity='epilogue'); got waits={waits!r}, identity={identity!r}")
 
 
@@ -599,6 +758,15 @@ def _pair_constants(m: dict) -> dict:
                 REDUCE_RELU=m["REDUCE_RELU"], RING=_next_pow2(m["KT"] + 1, 2), BP=BLOCK_P, SW_W=min(128, 2 * m["WP"]),
                 SW_X=min(128, 2 * ks2_pad), SW_S=min(128, 4 * m["WP"]), SW_R=min(128, 2 * m["FP"]),
                 PUBLIC_REINTERPRET=hasattr(gl.shared_memory_descriptor, "reinterpret"))
+
+
+def _ws_constants(m: dict) -> dict:
+    """``step="ws"``'s constexprs (``m``: the packed program's ``meta``)."""
+    keys = ("STEM_STRIDE", "KS", "KS_PAD", "KT", "NUM_BLOCKS", "WP", "FP", "STEM_RELU", "RELU1_MASK", "RELU2_MASK",
+            "BLOCK_RELU_MASK", "REDUCE_RELU")
+    lc = _layout_constants(m)
+    return dict({k: m[k] for k in keys}, RING=lc["RING"], BP=BLOCK_P, SW_W=lc["SW_W"], SW_X=lc["SW_X"],
+                SW_R=lc["SW_R"], WORKER_REGS=WS_WORKER_REGS)
 
 
 def _pack_pair(program: SpectralProgram, device: torch.device, dtype: torch.dtype) -> dict:
@@ -642,6 +810,8 @@ def shared_bytes(program: SpectralProgram, identity: str = DEFAULT_IDENTITY, ste
                     + ks2_pad * 2 * wp + BLOCK_P * ks2_pad + 2 * wp * fp)
     tiles = 2 * nb * kt * wp * wp + 2 * nb * ring * BLOCK_P * wp + BLOCK_P * wp + ks_pad * wp + BLOCK_P * ks_pad \
         + wp * fp + (wp * wp if identity == "mma" else 0)
+    if step == "ws":  # the last block's output of alternate steps (one more tile), four 8-byte mbarriers
+        return 2 * (tiles + BLOCK_P * wp) + 4 * 8
     return 2 * tiles
 
 
@@ -708,7 +878,9 @@ def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram, *, waits: st
 def trace_steps(program: SpectralProgram, step: str = "one") -> int:
     """Steps of the kernel's band loop for ``program``: positions plus the pipeline's fill, per ``step``."""
     d, nb, kt = program.reduced_bands, len(program.blocks), program.blocks[0].conv1.weight.shape[2]
-    return (d + 1) // 2 + nb * (kt + 1) // 2 if step == "pair" else d + nb * kt
+    if step == "pair":
+        return (d + 1) // 2 + nb * (kt + 1) // 2
+    return d + nb * (kt + 1) if step == "ws" else d + nb * kt
 
 
 def traced_run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAITS,
@@ -744,6 +916,15 @@ def _run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAIT
                 x, out, pair["stem_w"], pk["stem_b"], pair["conv_w"], pk["conv_b"], pk["red_w"], pk["red_b"], tr,
                 p, program.bands, program.reduced_bands, f, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
                 **_pair_constants(m), TRACE=trace is not None, num_warps=4)
+        return out
+    if step == "ws":
+        if trace is not None:
+            raise NotImplementedError("step='ws' has no traced build yet")
+        with torch.cuda.device(x.device):
+            _gluon_ws_kernel[(-(-p // BLOCK_P),)](
+                x, out, pk["stem_w"], pk["stem_b"], pk["conv_w"], pk["conv_b"], pk["red_w"], pk["red_b"], out,
+                p, program.bands, program.reduced_bands, f, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
+                **_ws_constants(m), TRACE=False, num_warps=4)
         return out
     lc = _layout_constants(m, waits, identity)
     with torch.cuda.device(x.device):

@@ -124,22 +124,111 @@ def _replay_pair_schedule(x: torch.Tensor, prog, *, last_block_first: bool = Tru
     return (F.relu(out) if prog.reduce.relu else out)[:, :prog.out_features]
 
 
-@pytest.mark.parametrize("step", ["one", "pair"])
+def _ws_slots(kt: int, nb: int, j: int, *, behind: int = 2, ring: int | None = None) -> dict[str, tuple[set, set]]:
+    """step="ws"'s ring slots per warpgroup step: ``{"A": (reads, writes), "B": (reads, writes)}`` of warpgroup
+    A's step j (every block's conv2 and identity, the stem) and warpgroup B's step j (conv1s, the reduce), as
+    (ring, block, slot) triples. ``behind``: how many steps back the conv1 outputs A's conv2s read were written
+    (the kernel's 2); ``ring``: slots per ring (the kernel's next power of two >= KT + 1)."""
+    half, lag = kt // 2, kt + 1
+    ring = _next_pow2(kt + 1, 2) if ring is None else ring
+    a_reads, a_writes, b_reads, b_writes = set(), set(), set(), set()
+    for b in range(nb):
+        newest_h = j - behind - b * lag - half  # conv2 reads conv1 outputs of B's step j - behind and earlier
+        a_reads |= {("H", b, (newest_h - (kt - 1) + t) % ring) for t in range(kt)}
+        q = j - (b + 1) * lag
+        a_reads.add(("X", b, q % ring))  # the identity
+        a_writes.add(("X", b + 1, q % ring) if b + 1 < nb else ("last", 0, j % 2))
+        b_reads |= {("X", b, (j - b * lag - (kt - 1) + t) % ring) for t in range(kt)}
+        b_writes.add(("H", b, (j - b * lag - half) % ring))
+    a_writes.add(("X", 0, j % ring))
+    b_reads.add(("last", 0, j % 2))
+    return {"A": (a_reads, a_writes), "B": (b_reads, b_writes)}
+
+
+def _ws_overlap_hazards(kt: int, nb: int, steps: int, **layout) -> list[tuple[int, str]]:
+    """Where A's step j and B's step j - 1, the two that may run at once, touch a slot one of them writes."""
+    out = []
+    for j in range(1, steps):
+        (ar, aw), (br, bw) = _ws_slots(kt, nb, j, **layout)["A"], _ws_slots(kt, nb, j - 1, **layout)["B"]
+        for what, clash in (("A writes what B reads", aw & br), ("B writes what A reads", bw & ar),
+                            ("both write", aw & bw)):
+            if clash:
+                out.append((j, f"{what}: {sorted(clash)}"))
+    return out
+
+
+def _replay_ws_schedule(x: torch.Tensor, prog) -> torch.Tensor:
+    """``step="ws"``'s loop (float64): warpgroup A's step j (conv2s last block first, each over the conv1 outputs
+    of B's step j - 2, then the stem), then B's step j (conv1s over A's step j, the reduce of A's step-j output);
+    blocks KT + 1 positions apart, the last block's output in alternate buffers. Run in this order; the kernel
+    may run A's step j beside B's step j - 1, which _ws_overlap_hazards shows touch disjoint slots."""
+    p, bands = x.shape
+    w, kt, d = prog.width, prog.blocks[0].conv1.weight.shape[2], prog.reduced_bands
+    nb, half, lag, ring = len(prog.blocks), kt // 2, kt + 1, _next_pow2(kt + 1, 2)
+    rings = torch.zeros(2 * nb * ring, p, w, dtype=x.dtype)
+    last = torch.zeros(2, p, w, dtype=x.dtype)
+    acc_r = torch.zeros(p, prog.out_features, dtype=x.dtype)
+    stem, ks = prog.stem, prog.stem.weight.shape[2]
+
+    def conv(base: int, newest: int, c) -> torch.Tensor:
+        acc = c.bias.expand(p, w).clone()
+        for t in range(kt):
+            acc = acc + rings[base + ((newest - (kt - 1) + t) & (ring - 1))] @ c.weight[:, :, t].t()
+        return F.relu(acc) if c.relu else acc
+
+    for j in range(d + nb * lag):
+        c2 = [conv((2 * b + 1) * ring, j - 2 - b * lag - half, blk.conv2) for b, blk in enumerate(prog.blocks)]
+        for b in reversed(range(nb)):  # A
+            blk, q = prog.blocks[b], j - (b + 1) * lag
+            y = c2[b] + rings[2 * b * ring + (q & (ring - 1))]
+            y = F.relu(y) if blk.relu else y
+            y = y if 0 <= q < d else torch.zeros_like(y)
+            if b + 1 < nb:
+                rings[2 * (b + 1) * ring + (q & (ring - 1))] = y
+            else:
+                last[j & 1] = y
+        cols = j * stem.stride + torch.arange(ks)
+        s = torch.where(cols < bands, x[:, cols.clamp(max=bands - 1)], 0.0) @ stem.weight[:, 0, :].t() + stem.bias
+        rings[j & (ring - 1)] = (F.relu(s) if stem.relu else s) if 0 <= j < d else 0
+        c1 = [conv(2 * b * ring, j - b * lag, blk.conv1) for b, blk in enumerate(prog.blocks)]  # B
+        acc_r = acc_r + last[j & 1] @ prog.reduce.weight[:, :, min(max(j - nb * lag, 0), d - 1)].t()
+        for b in range(nb):
+            u = j - b * lag - half
+            rings[(2 * b + 1) * ring + (u & (ring - 1))] = c1[b] if 0 <= u < d else 0
+    out = acc_r + prog.reduce.bias
+    return F.relu(out) if prog.reduce.relu else out
+
+
+@pytest.mark.parametrize("kernel,blocks", [(7, 2), (7, 1), (7, 3), (5, 2), (3, 3), (1, 2)])
+def test_ws_steps_that_may_overlap_touch_disjoint_slots(kernel: int, blocks: int) -> None:
+    """step="ws" lets warpgroup A's step j run beside B's step j - 1: neither writes a slot the other reads, at
+    every step of a 200-band program. The check can fail: A's conv2s reading the conv1 outputs of B's step j - 1
+    (the one-position kernel's dependency) clash with B's step j - 1 writing them, and so do rings one slot
+    short."""
+    steps = 97 + blocks * (kernel + 1)
+    assert _ws_overlap_hazards(kernel, blocks, steps) == []
+    assert any("B writes what A reads" in why for _, why in _ws_overlap_hazards(kernel, blocks, steps, behind=1))
+    assert _ws_overlap_hazards(kernel, blocks, steps, ring=kernel + 1) == []
+    assert _ws_overlap_hazards(kernel, blocks, steps, ring=kernel)
+
+
+@pytest.mark.parametrize("step", ["one", "pair", "ws"])
 @pytest.mark.parametrize("bands,kernel,blocks,width,relu2", [(200, 7, 2, 24, False), (103, 7, 2, 24, True),
                                                              (23, 7, 2, 20, False), (31, 5, 3, 16, True),
                                                              (17, 3, 1, 24, False), (12, 1, 2, 16, False),
                                                              (9, 7, 1, 24, True), (24, 7, 2, 24, False)])
 def test_schedule_computes_the_reference(bands: int, kernel: int, blocks: int, width: int, relu2: bool,
                                          step: str) -> None:
-    """Both forms' schedules; for step='pair' odd and even position counts (97, 52, 9, 13, 6, 3, 12 band
-    positions), rings of exactly KT + 1 slots (kernel 7, 3, 1) and wider ones (kernel 5)."""
+    """Every form's schedule; for step='pair' odd and even position counts (97, 52, 9, 13, 6, 3, 12 band
+    positions), rings of exactly KT + 1 slots (kernel 7, 3, 1) and wider ones (kernel 5); step='ws' with blocks
+    KT + 1 apart and the last block's output in alternate buffers."""
     g = torch.Generator().manual_seed(bands * 10 + kernel)
     prog = _random_program(bands, width, 40, blocks=blocks, kernel=kernel, conv2_relu=relu2,
                            generator=g).to(dtype=torch.float64)
     x = torch.randn(5, bands, generator=g, dtype=torch.float64)
     ref = spectral_stage_reference(x, prog)
     assert ref.abs().max() > 0.1
-    replay = _replay_pair_schedule if step == "pair" else _replay_schedule
+    replay = {"one": _replay_schedule, "pair": _replay_pair_schedule, "ws": _replay_ws_schedule}[step]
     assert ((replay(x, prog) - ref).abs().max() / ref.abs().max()).item() < 1e-12
 
 
@@ -265,6 +354,37 @@ def test_gluon_pair_compiles_for_hopper_sm90(width: int, features: int, blocks: 
     assert loop is None or loop["HGMMA"] == ptx.count("wgmma.mma_async")
     # the tiles' bytes, exactly, plus at most the alignment of tiles narrower than a swizzle pattern (width 16)
     assert 0 <= k.metadata.shared - sg.shared_bytes(prog, step="pair") < 1024
+    assert k.metadata.shared <= sg.SHARED_LIMIT
+    report = ptxas_report(ptx)
+    if report is None:
+        pytest.skip("no ptxas in this Triton")
+    assert "C7515" not in report and "C7517" not in report, report
+
+
+@pytest.mark.parametrize("width,features,blocks,kernel", [(24, 128, 2, 7), (16, 128, 2, 7), (24, 32, 1, 3),
+                                                            (12, 20, 3, 5)])
+def test_gluon_ws_compiles_for_hopper_sm90(width: int, features: int, blocks: int, kernel: int) -> None:
+    """Offline: step='ws' is two warpgroups (the second with its own register budget) that issue, between them,
+    the one-position kernel's wgmmas: A waits for each block's conv2 (last block first) with the stem in flight,
+    then the stem; B for each block's conv1 with the reduce in flight, then the reduce. They hand steps over
+    through mbarriers (a phase-parity wait, an arrive after a barrier of the arriving warpgroup's 128 threads),
+    nothing makes ptxas serialize the wgmmas, and it fits an SM's shared memory."""
+    import re
+
+    from kernels import spectral_gluon as sg
+    from kernels.offline import compile_gluon, ptxas_report
+
+    prog, k = _compiled_offline(width, features, blocks, kernel, step="ws")
+    one = compile_gluon(program=prog, step="one")
+    ptx, nb, kt = k.asm["ptx"], blocks, kernel
+    assert ptx.count("wgmma.mma_async") == one.asm["ptx"].count("wgmma.mma_async")
+    got = [int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)]
+    assert sorted(got) == sorted([(nb - 1 - i) * kt + 1 for i in range(nb)] + [0] * 2
+                                 + [(nb - 1 - b) * kt + 1 for b in range(nb)])
+    assert ptx.count("mbarrier.try_wait.parity") == 2 and ptx.count("mbarrier.arrive") == 2
+    assert re.search(r"bar\.sync\s+\d+, 128;", ptx), "no warpgroup-wide barrier before an arrive"
+    assert f"setmaxnreg.dec.sync.aligned.u32 \t{sg.WS_WORKER_REGS}" in ptx
+    assert 0 <= k.metadata.shared - sg.shared_bytes(prog, step="ws") < 1024
     assert k.metadata.shared <= sg.SHARED_LIMIT
     report = ptxas_report(ptx)
     if report is None:
