@@ -33,19 +33,27 @@ from kernels.program import SpectralProgram  # noqa: E402
 SM_FLOP_PER_CLOCK = 4096  # dense bf16 / fp16 wgmma, one Hopper SM (989.4 TFLOP/s = 132 SMs x 1.83 GHz x 4096)
 
 
-def segments(trace: np.ndarray, skip: int = 2) -> dict[str, np.ndarray]:
+def segments(trace: np.ndarray, groups: tuple[tuple[str, ...], ...] | None = None,
+             skip: int = 2) -> dict[str, np.ndarray]:
     """Cycles of each segment of every step (``trace``: ``(programs, steps + 1, 8)`` from ``traced_run``): point k
-    to point k + 1, the last to the next step's start (the program's end after its last step); steps before
-    ``skip`` are left out (the first touches cold caches). Also ``step``, the whole step."""
+    to point k + 1, the last to the next step's start. ``groups``: the points' names, column by column, one group
+    per warpgroup that keeps its own steps (default: :data:`TRACE_POINTS`, one group of eight; ``step="ws"``:
+    :data:`TRACE_POINTS_WS`). Steps before ``skip`` (the first touches cold caches) and the last (no next start)
+    are left out. Also, per group, its whole step (``step``, or ``<warpgroup>: step``)."""
     from kernels.spectral_gluon import TRACE_POINTS
 
-    t = trace[:, :-1, :].astype(np.int64)
-    nxt = np.concatenate([t[:, 1:, :1], trace[:, -1:, 2:3]], axis=1)  # the next step's start; the program's end
-    ends = np.concatenate([t[:, :, 1:], nxt], axis=2)
-    d = (ends - t)[:, skip:, :]
-    out = {f"{a} -> {b}": d[:, :, k].ravel()
-           for k, (a, b) in enumerate(zip(TRACE_POINTS, TRACE_POINTS[1:] + ("next step",)))}
-    out["step"] = d.sum(axis=2).ravel()
+    out: dict[str, np.ndarray] = {}
+    col = 0
+    for names in groups or (TRACE_POINTS,):
+        n = len(names)
+        t = trace[:, :-1, col:col + n].astype(np.int64)
+        ends = np.concatenate([t[:, :-1, 1:], t[:, 1:, :1]], axis=2)  # the next point; the next step's start
+        d = (ends - t[:, :-1, :])[:, skip:, :]
+        for k in range(n):
+            out[f"{names[k]} -> {names[k + 1] if k + 1 < n else 'next step'}"] = d[:, :, k].ravel()
+        prefix = names[0].split(":")[0] + ": " if ":" in names[0] else ""
+        out[f"{prefix}step"] = d.sum(axis=2).ravel()
+        col += n
     return out
 
 
@@ -80,7 +88,8 @@ def render(head: list[str], rows: list[tuple[str, dict, dict, dict]]) -> list[st
     """The report: per form, the kernel's time traced and not, and the step's segments."""
     lines = list(head)
     for name, times, segs, progs in rows:
-        step_med = float(np.median(segs["step"]))
+        steps = [k for k in segs if k == "step" or k.endswith(": step")]
+        step_med = float(np.median(segs[steps[0]]))  # warpgroups that hand steps over keep the same pace
         ideal = times["ideal cycles"]
         lines += ["", f"## {name}", "",
                   f"- kernel: {times['untraced']:.3f} ms untraced, {times['traced']:.3f} ms traced (median of "
@@ -93,7 +102,7 @@ def render(head: list[str], rows: list[tuple[str, dict, dict, dict]]) -> list[st
                   f"cycles ({ideal / step_med:.0%} of the step)", "",
                   "| segment | median cycles | p10 | p90 | share of the median step |", "|---|---:|---:|---:|---:|"]
         for seg, v in segs.items():
-            if seg == "step":
+            if seg in steps and len(steps) == 1:
                 continue
             med = float(np.median(v))
             lines.append(f"| {seg} | {med:,.0f} | {np.percentile(v, 10):,.0f} | {np.percentile(v, 90):,.0f} | "
@@ -104,7 +113,7 @@ def render(head: list[str], rows: list[tuple[str, dict, dict, dict]]) -> list[st
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--forms", default="layer,pair", help="names from benchmarks/kernels.py GLUON_FORMS")
+    ap.add_argument("--forms", default="layer,pair,ws", help="names from benchmarks/kernels.py GLUON_FORMS")
     ap.add_argument("--bands", type=int, default=200)
     ap.add_argument("--pixels", type=int, default=0, help="0: the engine's GPU chunk (whole waves past 65,536)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "gluon-trace-gpu.md"))
@@ -112,7 +121,7 @@ def main(argv: list[str] | None = None) -> Path:
     dev = torch.device(args.device)
     from benchmarks.kernels import GLUON_FORMS
     from kernels.spectral import _random_program
-    from kernels.spectral_gluon import gluon_unsupported, spectral_stage_gluon, traced_run
+    from kernels.spectral_gluon import TRACE_POINTS_WS, gluon_unsupported, spectral_stage_gluon, traced_run
 
     unknown = [f for f in args.forms.split(",") if f not in GLUON_FORMS]
     if unknown:
@@ -144,9 +153,10 @@ def main(argv: list[str] | None = None) -> Path:
                  "same": bool(torch.equal(out, traced)),
                  "ideal cycles": executed_flops_per_step(prog, step) / SM_FLOP_PER_CLOCK}
         tr = trace.cpu().numpy()
-        segs = segments(tr)
+        segs = segments(tr, TRACE_POINTS_WS if step == "ws" else None)
         rows.append((f"{name} (waits={waits!r}, identity={identity!r}, step={step!r})", times, segs, programs(tr)))
-        print(f"{name}: {times['untraced']:.3f} ms; step {float(np.median(segs['step'])):.0f} cycles", flush=True)
+        print(f"{name}: {times['untraced']:.3f} ms; step {float(np.median(next(iter(segs.values())))):.0f} cycles "
+              "(first segment)", flush=True)
     import datetime as dt
 
     head = ["# Where a step of the Gluon spectral kernel spends its cycles", "",

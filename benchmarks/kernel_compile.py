@@ -149,7 +149,7 @@ def gluon_section(dtype: str) -> list[str]:
             "wgmma waits (in order) | ptxas notes | SASS loop instructions / band position | HGMMA / position | "
             "spill loads in the loop / position | " + " | ".join(_PTX_OPS) + " |", "|" + "---|" * (14 + len(_PTX_OPS))]
     forms = [(w, "epilogue", "one") for w in sg.WAITS] + [(w, "mma", "one") for w in sg.WAITS] + [
-        ("layer", "epilogue", "pair")]
+        ("layer", "epilogue", "pair"), ("layer", "epilogue", "ws")]
     for waits, identity, step in forms:
         try:
             t0 = time.perf_counter()
@@ -185,7 +185,12 @@ def gluon_section(dtype: str) -> list[str]:
         "tiles between the convs) where the one-position kernel issues 2 x 7 of N = 32: the HGMMA count per position "
         "falls, each twice as wide, and half as many steps, waits and barriers. Not yet timed on a GPU. The SASS "
         "columns count the main loop (its longest backward branch) of the `cuobjdump -sass` listing, per band "
-        "position."]
+        "position.",
+        "", "`step=ws` splits the one-position step over two warpgroups (`gl.warp_specialize`, mbarrier hand-overs): "
+        "the stem and conv2s in one, the conv1s and the reduce in the other, so each one's epilogues run while the "
+        "tensor cores take the other's wgmmas; 8 warps, the second warpgroup's registers capped by setmaxnreg. Its "
+        "waits list both warpgroups' loops, and so do the SASS columns (the listing's longest backward branch spans "
+        "both loops: all 59 HGMMA of a step), shared between two instruction streams. Not yet run on a GPU."]
 
 
 if __name__ == "__main__":

@@ -638,6 +638,7 @@ def main(argv: list[str] | None = None) -> Path:
              ("triton", "bfloat16", False, {"max_pixels": 262144}),
              ("triton", "bfloat16", False, {"max_pixels": 65536}),  # the default before whole waves
              ("triton", "bfloat16", False, {"gluon_step": "pair"}),
+             ("triton", "bfloat16", False, {"gluon_step": "ws"}),
              ("triton", "float32", False, {"fp32_products": "bf16x3"}),
              ("triton", "bfloat16", False, {"scene_dtype": "uint16"}),
              ("triton", "bfloat16", False, {"normalise_on": "host"}),
@@ -703,7 +704,8 @@ def main(argv: list[str] | None = None) -> Path:
 # the Gluon kernel's forms the stage rows time: name -> (waits, identity, step)
 GLUON_FORMS = {"phase": ("phase", "epilogue", "one"), "layer": ("layer", "epilogue", "one"),
                "stem_last": ("stem_last", "epilogue", "one"), "layer+mma": ("layer", "mma", "one"),
-               "stem_last+mma": ("stem_last", "mma", "one"), "pair": ("layer", "epilogue", "pair")}
+               "stem_last+mma": ("stem_last", "mma", "one"), "pair": ("layer", "epilogue", "pair"),
+               "ws": ("layer", "epilogue", "ws")}
 
 _GLUON_PROBE = """
 import sys, torch

@@ -174,7 +174,8 @@ def get_spectral_stage(backend: str, device: torch.device | str | None = None,
 _GLUON_CHECKED: dict[tuple, str] = {}  # program shape -> '' (a Gluon form matched the reference), else why not
 _GLUON_FORM: dict[tuple, tuple[str, str]] = {}  # program shape -> the Gluon form (waits, step) that matched
 _FORM_NAMES = {("phase", "one"): "one-wait-per-phase form", ("layer", "one"): "per-layer-wait form",
-               ("stem_last", "one"): "stem-last form", ("layer", "pair"): "two-positions-per-step form"}
+               ("stem_last", "one"): "stem-last form", ("layer", "pair"): "two-positions-per-step form",
+               ("layer", "ws"): "two-warpgroup (warp-specialized) form"}
 
 
 def _gluon_forms() -> list[tuple[str, str]]:

@@ -41,6 +41,16 @@ conv's transposed taps last-first between zero tiles. Blocks run KT + 1 position
 conv2 epilogues last block first, the stem last, and each reads its identity just before (each warp reads its rows,
 then writes them, in program order).
 
+Two warpgroups (``step="ws"``, compiled offline, not yet run on a GPU). One warpgroup per SM issues every wgmma
+and runs every epilogue, so whatever it does on the CUDA cores (bias, ReLU, identity, the stores into the rings,
+barriers) the tensor cores wait for. ``ws`` splits the one-position step over two warpgroups
+(``gl.warp_specialize``): A runs the stem and every block's conv2, B every block's conv1 and the reduce, each with
+its own accumulators, handing steps over through mbarriers (two per direction, on alternate steps, so a phase
+parity never aliases). B's step j needs A's step j (its block inputs); A's step j needs B's step j - 2 (its
+conv1 outputs), not j - 1, so A's step j + 1 runs beside B's step j: blocks run KT + 1 positions apart (two more
+steps in all) and the two steps that may overlap touch disjoint ring slots (the tests check every step). Same
+shared memory as ``one`` plus a second ``last`` tile; 8 warps, B's registers capped by ``setmaxnreg``.
+
 Scope: the paper's block form (no pre-activation or stage affines), bfloat16 / float16 inputs, fp32
 accumulation, CUDA with a Hopper GPU (sm_90: wgmma). Measured on an H200 (Triton 3.6,
 benchmarks/results/kernels-h200.md run 6): 2.30 ms per 65,536 pixels of 200 bands in bf16 with per-layer waits
@@ -92,6 +102,9 @@ DEFAULT_STEP = "one"
 TRACE_POINTS = ("step start", "phase A issued", "phase A first wait", "phase A epilogues", "phase A barrier",
                 "phase B issued", "phase B first wait", "phase B epilogues")
 TRACE_WIDTH = 8  # len(TRACE_POINTS); the kernels write it as a literal
+# step="ws" traces each warpgroup's step: A's four points in columns 0-3, B's in 4-7; its end, the next start
+TRACE_POINTS_WS = (("A: step start", "A: B's step j - 2 done", "A: issued", "A: epilogues"),
+                   ("B: step start", "B: A's step j done", "B: issued", "B: epilogues"))
 
 if GLUON_ERROR is None:
 
@@ -552,10 +565,10 @@ if GLUON_ERROR is None:
 
     @gluon.jit
     def _ws_stem_and_conv2s(rings, w_smem, stem_smem, xs_smem, lasts, done_a, done_b, x_ptr, stem_b_ptr, conv_b_ptr,
-                            pid, P, B, D, stride_xp, stride_xb, STEM_STRIDE: gl.constexpr, KS: gl.constexpr,
+                            trace_ptr, pid, P, B, D, stride_xp, stride_xb, STEM_STRIDE: gl.constexpr, KS: gl.constexpr,
                             KS_PAD: gl.constexpr, KT: gl.constexpr, NUM_BLOCKS: gl.constexpr, WP: gl.constexpr,
                             STEM_RELU: gl.constexpr, RELU2_MASK: gl.constexpr, BLOCK_RELU_MASK: gl.constexpr,
-                            RING: gl.constexpr, BP: gl.constexpr):
+                            RING: gl.constexpr, BP: gl.constexpr, TRACE: gl.constexpr):
         # step="ws", warpgroup A (the default partition): at step j, every block's conv2 (last block first) over
         # the conv1 outputs of step j - 2 and earlier, with its identity, then the stem -> position j
         dt: gl.constexpr = rings.dtype
@@ -569,19 +582,25 @@ if GLUON_ERROR is None:
         x_mask = gl.expand_dims(xp < P, 1) & gl.expand_dims(xk < KS, 0)
         offs_c = gl.arange(0, WP, layout=gl.SliceLayout(0, acc_l))
         zero_f = gl.zeros([BP, WP], gl.float32, acc_l)
-        for j in range(0, D + NUM_BLOCKS * LAG):
+        n_steps = D + NUM_BLOCKS * LAG
+        trow = pid.to(gl.int64) * (n_steps + 1)  # TRACE: A's timestamps in columns 0-3 (TRACE_POINTS_WS)
+        _trace_bounds(trace_ptr, trow + n_steps, 0, TRACE)
+        for j in range(0, n_steps):
+            _mark(trace_ptr, trow + j, 0, TRACE)
             cols = (j + 1) * STEM_STRIDE + xk  # the next step's stem input, in flight while this step runs
             xs_next = gl.load(x_rows + gl.expand_dims(cols, 0) * stride_xb, mask=x_mask & gl.expand_dims(cols < B, 0),
                               other=0.0)
             # warpgroup B's step j - 2 is done: the conv1 outputs read here are written, and nothing written here
             # is still read by it (its step j - 1 may run alongside: neither touches what the other writes)
             mbarrier.wait(done_b.index(j & 1), ((j - 2) >> 1) & 1)
+            _mark(trace_ptr, trow + j, 1, TRACE)
             accs = ()
             for i in gl.static_range(NUM_BLOCKS):  # block NUM_BLOCKS - 1 - i
                 accs = accs + (_conv_issue(rings, w_smem, (2 * (NUM_BLOCKS - 1 - i) + 1) * RING,
                                            j - 2 - (NUM_BLOCKS - 1 - i) * LAG - HALF,
                                            (2 * (NUM_BLOCKS - 1 - i) + 1) * KT, zero_f, KT, RING),)
             accs = accs + (warpgroup_mma(xs_smem, stem_smem, zero_f, use_acc=False, is_async=True),)
+            _mark(trace_ptr, trow + j, 2, TRACE)
             for i in gl.static_range(NUM_BLOCKS):  # with RING = LAG a block's output overwrites the identity
                 # slot of the block after it: the last block's epilogue runs first, the stem's last
                 accs = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - i) * KT + 1, deps=accs)
@@ -591,16 +610,18 @@ if GLUON_ERROR is None:
             _stem_out(accs[NUM_BLOCKS], rings, j, D, STEM_RELU, RING, dt,
                       gl.expand_dims(gl.load(stem_b_ptr + offs_c), 0))
             xs_smem.store(xs_next.to(dt))  # its reader, this step's stem wgmma, completed above
+            _mark(trace_ptr, trow + j, 3, TRACE)
             fence_async_shared()
             _cta_barrier()
             mbarrier.arrive(done_a.index(j & 1), count=1)
+        _trace_bounds(trace_ptr, trow + n_steps, 2, TRACE)
 
     @gluon.jit
     def _ws_conv1s_and_reduce(rings, w_smem, red_smem, lasts, done_a, done_b, out_ptr, conv_b_ptr, red_w_ptr,
-                              red_b_ptr, pid, P, D, F, stride_op, stride_of, KT: gl.constexpr,
+                              red_b_ptr, trace_ptr, pid, P, D, F, stride_op, stride_of, KT: gl.constexpr,
                               NUM_BLOCKS: gl.constexpr, WP: gl.constexpr, FP: gl.constexpr,
                               RELU1_MASK: gl.constexpr, REDUCE_RELU: gl.constexpr, RING: gl.constexpr,
-                              BP: gl.constexpr):
+                              BP: gl.constexpr, TRACE: gl.constexpr):
         # step="ws", warpgroup B (the worker partition): at step j, every block's conv1 over the block input
         # warpgroup A wrote in its step j, and the reduce of the last block's output of that step
         dt: gl.constexpr = rings.dtype
@@ -616,16 +637,21 @@ if GLUON_ERROR is None:
         offs_c = gl.arange(0, WP, layout=gl.SliceLayout(0, acc_l))
         zero_f = gl.zeros([BP, WP], gl.float32, acc_l)
         acc_r = gl.zeros([BP, FP], gl.float32, accr_l)
-        for j in range(0, D + NUM_BLOCKS * LAG):
+        n_steps = D + NUM_BLOCKS * LAG
+        trow = pid.to(gl.int64) * (n_steps + 1)  # TRACE: B's timestamps in columns 4-7 (TRACE_POINTS_WS)
+        for j in range(0, n_steps):
+            _mark(trace_ptr, trow + j, 4, TRACE)
             y_last = j - NUM_BLOCKS * LAG  # the position of the last block's output warpgroup A wrote at step j
             red_smem.store(gl.load(red_w_ptr + gl.minimum(gl.maximum(y_last, 0), D - 1) * WP * FP + r_tile))
             fence_async_shared()  # its reader, the last step's reduce, completed there
             _cta_barrier()
             mbarrier.wait(done_a.index(j & 1), (j >> 1) & 1)
+            _mark(trace_ptr, trow + j, 5, TRACE)
             accs = ()
             for b in gl.static_range(NUM_BLOCKS):
                 accs = accs + (_conv_issue(rings, w_smem, 2 * b * RING, j - b * LAG, 2 * b * KT, zero_f, KT, RING),)
             acc_r = warpgroup_mma(lasts.index(j & 1), red_smem, acc_r, is_async=True)
+            _mark(trace_ptr, trow + j, 6, TRACE)
             waited = accs + (acc_r,)
             for b in gl.static_range(NUM_BLOCKS):
                 waited = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - b) * KT + 1, deps=waited)
@@ -636,6 +662,7 @@ if GLUON_ERROR is None:
                 rings.index((2 * b + 1) * RING + (u & (RING - 1))).store(gl.where((u >= 0) & (u < D), acc, 0.0).to(dt))
             waited = warpgroup_mma_wait(num_outstanding=0, deps=waited)
             acc_r = waited[NUM_BLOCKS]
+            _mark(trace_ptr, trow + j, 7, TRACE)
             fence_async_shared()
             _cta_barrier()
             mbarrier.arrive(done_b.index(j & 1), count=1)
@@ -698,11 +725,11 @@ if GLUON_ERROR is None:
         _cta_barrier()
         gl.warp_specialize([
             (_ws_stem_and_conv2s, (rings, w_smem, stem_smem, xs_smem, lasts, done_a, done_b, x_ptr, stem_b_ptr,
-                                   conv_b_ptr, pid, P, B, D, stride_xp, stride_xb, STEM_STRIDE, KS, KS_PAD, KT,
-                                   NUM_BLOCKS, WP, STEM_RELU, RELU2_MASK, BLOCK_RELU_MASK, RING, BP)),
+                                   conv_b_ptr, trace_ptr, pid, P, B, D, stride_xp, stride_xb, STEM_STRIDE, KS, KS_PAD,
+                                   KT, NUM_BLOCKS, WP, STEM_RELU, RELU2_MASK, BLOCK_RELU_MASK, RING, BP, TRACE)),
             (_ws_conv1s_and_reduce, (rings, w_smem, red_smem, lasts, done_a, done_b, out_ptr, conv_b_ptr, red_w_ptr,
-                                     red_b_ptr, pid, P, D, F, stride_op, stride_of, KT, NUM_BLOCKS, WP, FP,
-                                     RELU1_MASK, REDUCE_RELU, RING, BP)),
+                                     red_b_ptr, trace_ptr, pid, P, D, F, stride_op, stride_of, KT, NUM_BLOCKS, WP, FP,
+                                     RELU1_MASK, REDUCE_RELU, RING, BP, TRACE)),
         ], [4], [WORKER_REGS])
 
 
@@ -918,13 +945,11 @@ def _run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAIT
                 **_pair_constants(m), TRACE=trace is not None, num_warps=4)
         return out
     if step == "ws":
-        if trace is not None:
-            raise NotImplementedError("step='ws' has no traced build yet")
         with torch.cuda.device(x.device):
             _gluon_ws_kernel[(-(-p // BLOCK_P),)](
-                x, out, pk["stem_w"], pk["stem_b"], pk["conv_w"], pk["conv_b"], pk["red_w"], pk["red_b"], out,
+                x, out, pk["stem_w"], pk["stem_b"], pk["conv_w"], pk["conv_b"], pk["red_w"], pk["red_b"], tr,
                 p, program.bands, program.reduced_bands, f, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
-                **_ws_constants(m), TRACE=False, num_warps=4)
+                **_ws_constants(m), TRACE=trace is not None, num_warps=4)
         return out
     lc = _layout_constants(m, waits, identity)
     with torch.cuda.device(x.device):

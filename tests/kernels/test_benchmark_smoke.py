@@ -70,8 +70,8 @@ def test_spatial_epilogue_benchmark_runs_on_cpu(tmp_path: Path) -> None:
 
 def test_gluon_trace_segments_and_programs_from_a_known_trace() -> None:
     """benchmarks/gluon_trace.py's reduction of a trace: each segment's cycles (the last one to the next step's
-    start, or to the program's end), the step, the SM clock and the programs per SM, on timestamps made up with
-    known gaps."""
+    start), the step, the SM clock and the programs per SM, on timestamps made up with known gaps; read as two
+    warpgroups' groups of four points (step='ws'), each group's own segments and step."""
     import numpy as np
 
     from benchmarks.gluon_trace import programs, render, segments
@@ -87,8 +87,11 @@ def test_gluon_trace_segments_and_programs_from_a_known_trace() -> None:
         trace[p, n_steps, :5] = [start, 2 * start, end, 2 * start + end - start, [7, 7, 9][p]]
     got = segments(trace, skip=2)
     assert [float(np.median(v)) for k, v in got.items() if k != "step"] == gaps.tolist()
-    assert all(v.size == n_prog * (n_steps - 2) for v in got.values())
+    assert all(v.size == n_prog * (n_steps - 3) for v in got.values())
     assert float(np.median(got["step"])) == gaps.sum()
+    ws = segments(trace, (tuple(f"A: {k}" for k in "abcd"), tuple(f"B: {k}" for k in "efgh")), skip=2)
+    assert [float(np.median(ws[k])) for k in ("A: a -> A: b", "A: d -> next step", "B: e -> B: f")] == [10, 360 - 60, 50]
+    assert float(np.median(ws["A: step"])) == float(np.median(ws["B: step"])) == gaps.sum()
     prog = programs(trace)
     assert prog["cycles"] == n_steps * gaps.sum() and prog["ghz"] == 1.0
     assert (prog["SMs"], prog["programs per SM (min)"], prog["programs per SM (max)"]) == (2, 1, 2)

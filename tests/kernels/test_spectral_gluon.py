@@ -402,7 +402,8 @@ def test_gluon_kernel_compiles_for_narrow_shapes(width: int, features: int, bloc
     assert k.metadata.shared == sg.shared_bytes(prog, step="one")
 
 
-@pytest.mark.parametrize("waits,step", [("layer", "one"), ("stem_last", "one"), ("phase", "one"), ("layer", "pair")])
+@pytest.mark.parametrize("waits,step", [("layer", "one"), ("stem_last", "one"), ("phase", "one"), ("layer", "pair"),
+                                        ("layer", "ws")])
 def test_gluon_traced_build_reads_the_clock_at_every_point_and_the_plain_build_never(waits: str, step: str) -> None:
     """Offline: the TRACE build reads the SM's cycle counter at each of TRACE_POINTS of a step (and at the
     program's start and end), issues the same wgmmas with the same waits, and stays free of serialized wgmmas;
@@ -429,7 +430,8 @@ def test_gluon_traced_build_reads_the_clock_at_every_point_and_the_plain_build_n
 def test_trace_steps_and_executed_flops_match_the_kernels_arithmetic() -> None:
     """benchmarks/gluon_trace.py's ideal cycles rest on the wgmmas a step executes: over trace_steps steps they
     add up to the 3,694,080 (one position per step) and 4,260,864 (two) multiply-adds per pixel of the paper's
-    200-band network worked out in benchmarks/results/kernels-h200.md."""
+    200-band network worked out in benchmarks/results/kernels-h200.md; step='ws' runs the one-position step's
+    wgmmas over two more steps (blocks KT + 1 apart)."""
     pytest.importorskip("triton")
     from benchmarks.gluon_trace import executed_flops_per_step
     from kernels import spectral_gluon as sg
@@ -438,7 +440,8 @@ def test_trace_steps_and_executed_flops_match_the_kernels_arithmetic() -> None:
         pytest.skip(f"no Gluon here: {sg.GLUON_ERROR}")
     prog = _random_program(200, 24, 128, generator=torch.Generator().manual_seed(0))
     assert sg.trace_steps(prog, "one") == 97 + 2 * 7 and sg.trace_steps(prog, "pair") == 49 + 8
-    for step, macs in (("one", 3_694_080), ("pair", 4_260_864)):
+    assert sg.trace_steps(prog, "ws") == 97 + 2 * 8
+    for step, macs in (("one", 3_694_080), ("pair", 4_260_864), ("ws", 33_280 * 113)):
         assert executed_flops_per_step(prog, step) * sg.trace_steps(prog, step) == 2 * 64 * macs
 
 
@@ -465,6 +468,7 @@ def test_gluon_shared_memory_guard() -> None:
     three = _random_program(200, 24, 128, blocks=3, generator=torch.Generator().manual_seed(0))
     assert shared_bytes(default, step="one") <= SHARED_LIMIT < shared_bytes(three, step="one")
     assert shared_bytes(default, step="pair") <= SHARED_LIMIT < shared_bytes(three, step="pair")
+    assert shared_bytes(default, step="ws") <= SHARED_LIMIT < shared_bytes(three, step="ws")
     if GLUON_ERROR is None:
         with pytest.raises(NotImplementedError, match="shared memory"):
             spectral_stage_gluon(torch.zeros(2, 200, dtype=torch.bfloat16), three)
@@ -497,6 +501,8 @@ def test_gluon_wrapper_errors() -> None:
         spectral_stage_gluon(torch.zeros(2, 23, dtype=torch.bfloat16), paper, step="two")
     with pytest.raises(ValueError, match="waits='layer'"):
         spectral_stage_gluon(torch.zeros(2, 23, dtype=torch.bfloat16), paper, step="pair", waits="phase")
+    with pytest.raises(ValueError, match="step='ws' waits per layer"):
+        spectral_stage_gluon(torch.zeros(2, 23, dtype=torch.bfloat16), paper, step="ws", identity="mma")
 
 
 def _hopper() -> None:
@@ -507,7 +513,8 @@ def _hopper() -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("waits,identity,step", [("phase", "epilogue", "one"), ("layer", "epilogue", "one"),
                                                  ("stem_last", "epilogue", "one"), ("layer", "mma", "one"),
-                                                 ("stem_last", "mma", "one"), ("layer", "epilogue", "pair")])
+                                                 ("stem_last", "mma", "one"), ("layer", "epilogue", "pair"),
+                                                 ("layer", "epilogue", "ws")])
 @pytest.mark.parametrize("bands", [103, 200, 224])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gpu_gluon_matches_reference(bands: int, dtype: torch.dtype, waits: str, identity: str, step: str) -> None:
@@ -530,10 +537,12 @@ def test_gpu_gluon_matches_reference(bands: int, dtype: torch.dtype, waits: str,
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("blocks,kernel", [(1, 1), (2, 1), (1, 3), (2, 3), (1, 7), (2, 5)])
-def test_gpu_gluon_pair_small_programs(blocks: int, kernel: int) -> None:
-    """step='pair' on small programs, so that a wrong result says where: kernel 1 (one tap: the stacked tiles
-    are [W_0; 0] and [0; W_0]), one block (no X_1 ring), rings wider than KT + 1 (kernel 5)."""
+@pytest.mark.parametrize("step", ["pair", "ws"])
+@pytest.mark.parametrize("blocks,kernel", [(1, 1), (2, 1), (1, 3), (2, 3), (1, 7), (2, 5), (3, 3)])
+def test_gpu_gluon_small_programs(blocks: int, kernel: int, step: str) -> None:
+    """step='pair' and 'ws' on small programs, so that a wrong result says where: kernel 1 (one tap: the
+    pair form's stacked tiles are [W_0; 0] and [0; W_0]), one block (no X_1 ring), rings wider than KT + 1
+    (kernel 5), three blocks (ws: three hand-overs per step in flight)."""
     _hopper()
     from kernels.spectral_gluon import spectral_stage_gluon
 
@@ -542,7 +551,7 @@ def test_gpu_gluon_pair_small_programs(blocks: int, kernel: int) -> None:
     x64 = torch.randn(777, 41, generator=g, dtype=torch.float64).cuda()
     ref = spectral_stage_reference(x64, prog.to(dtype=torch.float64))
     x = x64.to(torch.bfloat16)
-    out = spectral_stage_gluon(x, prog, step="pair")
+    out = spectral_stage_gluon(x, prog, step=step)
     plain = spectral_stage_reference(x, prog.to(dtype=torch.bfloat16))
     scale = ref.abs().max().item()
     err, torch_err = (out.double() - ref).abs().max().item(), (plain.double() - ref).abs().max().item()
@@ -565,7 +574,7 @@ def test_gluon_unsupported_says_why() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("step", ["one", "pair"])
+@pytest.mark.parametrize("step", ["one", "pair", "ws"])
 def test_gpu_traced_run_gives_the_same_bits_and_ordered_timestamps(step: str) -> None:
     """The traced build computes what the plain one does, and every program's timestamps rise through each step
     (a point's clock read moved past the next would show as a step that goes back in time)."""
