@@ -8,8 +8,8 @@
 #   SEEDS=0 SKIP_COMPILE=1 SKIP_SPATIAL=1 TEST_K="gluon" TEST_TIMEOUT=70 BENCH_TIMEOUT=140 \
 #     BENCH_ARGS="--quick --no-compile --no-zarr --bf16-only --no-trials" bash benchmarks/gpu_session.sh
 #                                             # the Gluon forms against each other and the bf16 engine: ~2 minutes
-#   (add --gluon-forms layer,pair to BENCH_ARGS to time only those forms beside the engine's; TEST_K="gluon and
-#   (pair or layer)" runs their GPU tests)
+#   (add --gluon-forms layer,pair,ws to BENCH_ARGS to time only those forms beside the engine's; TEST_K="gluon and
+#   (pair or ws or layer)" runs their GPU tests)
 #   SEEDS=5 TRAIN_MINUTES=9 SKIP_TESTS=1 SKIP_BENCH=1 bash benchmarks/gpu_session.sh   # 5 full 200-epoch seeds
 #                                             # (measured on an H100: 2.6 s/epoch per process with 5 in parallel)
 #
@@ -87,7 +87,7 @@ echo "epilogue rc=$?"
 
 # 4e. where a step of the Gluon kernel spends its cycles (its traced build beside the plain one; seconds)
 [ -n "${SKIP_TRACE:-}" ] || timeout "${TRACE_TIMEOUT:-120}" python3 benchmarks/gluon_trace.py --device cuda \
-  --forms "${TRACE_FORMS:-layer,pair}" --out "$OUT/gluon-trace-gpu.md" >"$OUT/gluon-trace.log" 2>&1
+  --forms "${TRACE_FORMS:-layer,pair,ws}" --out "$OUT/gluon-trace-gpu.md" >"$OUT/gluon-trace.log" 2>&1
 echo "trace rc=$?"
 
 # 5. at most 8 files come back from a call: the texts a reader needs stay, the rest go into one archive (the logs,
