@@ -86,23 +86,19 @@ def compile_gluon(*, dtype: str = "bf16", program: SpectralProgram | None = None
     waits = waits or spectral_gluon.DEFAULT_WAITS
     identity = identity or spectral_gluon.DEFAULT_IDENTITY
     step = spectral_gluon._resolve_step(waits, identity, step)
+    spectral_gluon._check_form(waits, identity, step)
     if step == "ws":
-        spectral_gluon._check_form(waits, identity, "ws")
-        const = dict(spectral_gluon._ws_constants(m), TRACE=trace)
-        src = GluonASTSource(fn=spectral_gluon._gluon_ws_kernel, signature=_signature(pointers, const, dtype),
-                             constexprs=const, attrs=_aligned(spectral_gluon._gluon_ws_kernel, pointers))
-        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-    if step == "pair":
-        spectral_gluon._check_form(waits, identity, "pair")
-        const = dict(spectral_gluon._pair_constants(m), TRACE=trace)
-        src = GluonASTSource(fn=spectral_gluon._gluon_pair_kernel, signature=_signature(pointers, const, dtype),
-                             constexprs=const, attrs=_aligned(spectral_gluon._gluon_pair_kernel, pointers))
-        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-    const = {k: m[k] for k in ("STEM_STRIDE", "KS", "KS_PAD", "KT", "NUM_BLOCKS", "WP", "FP", "STEM_RELU",
-                                "RELU1_MASK", "RELU2_MASK", "BLOCK_RELU_MASK", "REDUCE_RELU")}
-    const.update(spectral_gluon._layout_constants(m, waits, identity), TRACE=trace)
-    src = GluonASTSource(fn=spectral_gluon._gluon_stage_kernel, signature=_signature(pointers, const, dtype),
-                         constexprs=const, attrs=_aligned(spectral_gluon._gluon_stage_kernel, pointers))
+        fn, const = spectral_gluon._gluon_ws_kernel, spectral_gluon._ws_constants(m)
+    elif step == "pair":
+        fn, const = spectral_gluon._gluon_pair_kernel, spectral_gluon._pair_constants(m)
+    else:
+        fn = spectral_gluon._gluon_stage_kernel
+        const = {k: m[k] for k in ("STEM_STRIDE", "KS", "KS_PAD", "KT", "NUM_BLOCKS", "WP", "FP", "STEM_RELU",
+                                    "RELU1_MASK", "RELU2_MASK", "BLOCK_RELU_MASK", "REDUCE_RELU")}
+        const.update(spectral_gluon._layout_constants(m, waits, identity))
+    const = dict(const, TRACE=trace)
+    src = GluonASTSource(fn=fn, signature=_signature(pointers, const, dtype), constexprs=const,
+                         attrs=_aligned(fn, pointers))
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 
 

@@ -132,6 +132,32 @@ if GLUON_ERROR is None:
                     "mov.u32 $0, %smid;", "=r", [], dtype=gl.int32, is_pure=False, pack=1).to(gl.int64))
 
     @gluon.jit
+    def _zeroed_tiles(dt: gl.constexpr, n: gl.constexpr, BP: gl.constexpr, WP: gl.constexpr, tile_s: gl.constexpr,
+                      acc_l: gl.constexpr):
+        # n (BP, WP) tiles in shared memory, zero: positions before the first are the convs' zero padding
+        tiles = gl.allocate_shared_memory(dt, [n, BP, WP], tile_s)
+        zero = gl.zeros([BP, WP], dt, acc_l)
+        for i in gl.static_range(n):
+            tiles.index(i).store(zero)
+        return tiles
+
+    @gluon.jit
+    def _conv_and_stem_weights(conv_w_ptr, stem_w_ptr, dt: gl.constexpr, NW: gl.constexpr, KS_PAD: gl.constexpr,
+                               WP: gl.constexpr, tile_s: gl.constexpr):
+        # every conv's taps, (WP, WP) tiles tap by tap, and the stem's (KS_PAD, WP) taps into shared memory, once
+        ld_w: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])  # (32, 32) tiles
+        wr = gl.arange(0, WP, layout=gl.SliceLayout(1, ld_w))
+        wc = gl.arange(0, WP, layout=gl.SliceLayout(0, ld_w))
+        w_tile = gl.expand_dims(wr, 1) * WP + gl.expand_dims(wc, 0)
+        w_smem = gl.allocate_shared_memory(dt, [NW, WP, WP], tile_s)
+        for i in gl.static_range(NW):
+            w_smem.index(i).store(gl.load(conv_w_ptr + i * WP * WP + w_tile))
+        sr = gl.arange(0, KS_PAD, layout=gl.SliceLayout(1, ld_w))
+        stem_smem = gl.allocate_shared_memory(dt, [KS_PAD, WP], tile_s,
+                                              gl.load(stem_w_ptr + gl.expand_dims(sr, 1) * WP + gl.expand_dims(wc, 0)))
+        return w_smem, stem_smem
+
+    @gluon.jit
     def _bias_tile(b_ptr, offs_c, BP: gl.constexpr, WP: gl.constexpr, acc_l: gl.constexpr):
         return gl.zeros([BP, WP], gl.float32, acc_l) + gl.expand_dims(gl.load(b_ptr + offs_c), 0)
 
@@ -232,19 +258,10 @@ if GLUON_ERROR is None:
         ld_x: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])  # (64, 16) tiles
 
         pid = gl.program_id(0)
-        # --- weights into shared memory, once --------------------------------------------------------------
-        wr = gl.arange(0, WP, layout=gl.SliceLayout(1, ld_w))
-        wc = gl.arange(0, WP, layout=gl.SliceLayout(0, ld_w))
-        w_tile = gl.expand_dims(wr, 1) * WP + gl.expand_dims(wc, 0)
-        NW: gl.constexpr = 2 * NUM_BLOCKS * KT
-        w_smem = gl.allocate_shared_memory(dt, [NW, WP, WP], tile_s)
-        for i in gl.static_range(NW):
-            w_smem.index(i).store(gl.load(conv_w_ptr + i * WP * WP + w_tile))
-
-        sr = gl.arange(0, KS_PAD, layout=gl.SliceLayout(1, ld_w))
-        stem_w = gl.load(stem_w_ptr + gl.expand_dims(sr, 1) * WP + gl.expand_dims(wc, 0))
-        stem_smem = gl.allocate_shared_memory(dt, [KS_PAD, WP], tile_s, stem_w)
+        w_smem, stem_smem = _conv_and_stem_weights(conv_w_ptr, stem_w_ptr, dt, 2 * NUM_BLOCKS * KT, KS_PAD, WP, tile_s)
         if ID_MMA:  # a (WP, WP) identity matrix, the B operand of each block's identity wgmma (1 x bf16 is exact)
+            wr = gl.arange(0, WP, layout=gl.SliceLayout(1, ld_w))
+            wc = gl.arange(0, WP, layout=gl.SliceLayout(0, ld_w))
             eye_smem = gl.allocate_shared_memory(dt, [WP, WP], tile_s)
             eye_smem.store(gl.where(gl.expand_dims(wr, 1) == gl.expand_dims(wc, 0), 1.0, 0.0).to(dt))
         else:
@@ -255,12 +272,9 @@ if GLUON_ERROR is None:
         red_smem = gl.allocate_shared_memory(dt, [WP, FP], red_s)
 
         # --- activation rings (zero: positions before the first are the convs' zero padding) ----------------
-        rings = gl.allocate_shared_memory(dt, [2 * NUM_BLOCKS * RING, BP, WP], tile_s)  # (block input, conv1 out)
+        rings = _zeroed_tiles(dt, 2 * NUM_BLOCKS * RING, BP, WP, tile_s, acc_l)  # (block input, conv1 out)
         last = gl.allocate_shared_memory(dt, [BP, WP], tile_s)  # the last block's newest output
-        zero = gl.zeros([BP, WP], dt, acc_l)
-        for i in gl.static_range(2 * NUM_BLOCKS * RING):
-            rings.index(i).store(zero)
-        last.store(zero)
+        last.store(gl.zeros([BP, WP], dt, acc_l))
 
         # --- the stem's input for step 0 -------------------------------------------------------------------
         xp = pid * BP + gl.arange(0, BP, layout=gl.SliceLayout(1, ld_x))
@@ -464,13 +478,8 @@ if GLUON_ERROR is None:
         red_smem = gl.allocate_shared_memory(dt, [2, WP, FP], red_s)  # the reduce's weights of a pair
 
         # --- activation rings (block inputs, then conv1 outputs) and the last block's newest pair ------------
-        rings = gl.allocate_shared_memory(dt, [2 * NUM_BLOCKS * RING, BP, WP], tile_s)
-        last = gl.allocate_shared_memory(dt, [2, BP, WP], tile_s)
-        zero = gl.zeros([BP, WP], dt, acc_l)
-        for i in gl.static_range(2 * NUM_BLOCKS * RING):
-            rings.index(i).store(zero)
-        last.index(0).store(zero)
-        last.index(1).store(zero)
+        rings = _zeroed_tiles(dt, 2 * NUM_BLOCKS * RING, BP, WP, tile_s, acc_l)
+        last = _zeroed_tiles(dt, 2, BP, WP, tile_s, acc_l)
 
         # --- the stem's input for step 0: bands 0 .. KS + STEM_STRIDE - 1 of both positions ------------------
         xp = pid * BP + gl.arange(0, BP, layout=gl.SliceLayout(1, ld_x))
@@ -689,28 +698,13 @@ if GLUON_ERROR is None:
         stem_s: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=SW_X, element_bitwidth=16, rank=2)
         red_s: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=SW_R, element_bitwidth=16, rank=2)
         acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, WP, 16])
-        ld_w: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])  # (32, 32) tiles
         ld_x: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])  # (64, 16) tiles
 
         pid = gl.program_id(0)
-        wr = gl.arange(0, WP, layout=gl.SliceLayout(1, ld_w))
-        wc = gl.arange(0, WP, layout=gl.SliceLayout(0, ld_w))
-        w_tile = gl.expand_dims(wr, 1) * WP + gl.expand_dims(wc, 0)
-        NW: gl.constexpr = 2 * NUM_BLOCKS * KT
-        w_smem = gl.allocate_shared_memory(dt, [NW, WP, WP], tile_s)
-        for i in gl.static_range(NW):
-            w_smem.index(i).store(gl.load(conv_w_ptr + i * WP * WP + w_tile))
-        sr = gl.arange(0, KS_PAD, layout=gl.SliceLayout(1, ld_w))
-        stem_smem = gl.allocate_shared_memory(dt, [KS_PAD, WP], tile_s,
-                                              gl.load(stem_w_ptr + gl.expand_dims(sr, 1) * WP + gl.expand_dims(wc, 0)))
+        w_smem, stem_smem = _conv_and_stem_weights(conv_w_ptr, stem_w_ptr, dt, 2 * NUM_BLOCKS * KT, KS_PAD, WP, tile_s)
         red_smem = gl.allocate_shared_memory(dt, [WP, FP], red_s)
-        rings = gl.allocate_shared_memory(dt, [2 * NUM_BLOCKS * RING, BP, WP], tile_s)
-        lasts = gl.allocate_shared_memory(dt, [2, BP, WP], tile_s)  # the last block's output of alternate steps
-        zero = gl.zeros([BP, WP], dt, acc_l)
-        for i in gl.static_range(2 * NUM_BLOCKS * RING):
-            rings.index(i).store(zero)
-        lasts.index(0).store(zero)
-        lasts.index(1).store(zero)
+        rings = _zeroed_tiles(dt, 2 * NUM_BLOCKS * RING, BP, WP, tile_s, acc_l)
+        lasts = _zeroed_tiles(dt, 2, BP, WP, tile_s, acc_l)  # the last block's output of alternate steps
         xp = pid * BP + gl.arange(0, BP, layout=gl.SliceLayout(1, ld_x))
         xk = gl.arange(0, KS_PAD, layout=gl.SliceLayout(0, ld_x))
         xs_smem = gl.allocate_shared_memory(dt, [BP, KS_PAD], stem_s, gl.load(

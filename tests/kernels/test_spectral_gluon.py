@@ -16,6 +16,22 @@ import torch.nn.functional as F
 from kernels.spectral import _next_pow2, _random_program, spectral_stage_reference
 
 
+def _replay_conv(rings: torch.Tensor, base: int, newest: int, c, kt: int, ring: int) -> torch.Tensor:
+    """A conv at one position, as the one-position kernels read it: tap t from the ring slot of position
+    newest - (KT - 1) + t, then bias and ReLU."""
+    acc = c.bias.expand(rings.shape[1], -1).clone()
+    for t in range(kt):
+        acc = acc + rings[base + ((newest - (kt - 1) + t) & (ring - 1))] @ c.weight[:, :, t].t()
+    return F.relu(acc) if c.relu else acc
+
+
+def _replay_residual(conv2: torch.Tensor, identity: torch.Tensor, blk, q: int, d: int) -> torch.Tensor:
+    """A block's output at position q: conv2 + identity, the block's ReLU, zero outside [0, D)."""
+    y = conv2 + identity
+    y = F.relu(y) if blk.relu else y
+    return y if 0 <= q < d else torch.zeros_like(y)
+
+
 def _replay_schedule(x: torch.Tensor, prog) -> torch.Tensor:
     """The Gluon kernel's loop, step for step, on whole tensors (float64): which slot each tap reads, which
     position each layer writes in which phase, zero outside [0, D)."""
@@ -28,10 +44,7 @@ def _replay_schedule(x: torch.Tensor, prog) -> torch.Tensor:
     stem, ks = prog.stem, prog.stem.weight.shape[2]
 
     def conv(base: int, newest: int, c) -> torch.Tensor:
-        acc = c.bias.expand(p, w).clone()
-        for t in range(kt):
-            acc = acc + rings[base + ((newest - (kt - 1) + t) & (ring - 1))] @ c.weight[:, :, t].t()
-        return F.relu(acc) if c.relu else acc
+        return _replay_conv(rings, base, newest, c, kt, ring)
 
     for j in range(d + nb * behind):
         cols = j * stem.stride + torch.arange(ks)
@@ -41,9 +54,7 @@ def _replay_schedule(x: torch.Tensor, prog) -> torch.Tensor:
         rings[j & (ring - 1)] = s if 0 <= j < d else 0  # phase A: stem, conv2 + identity
         for b, blk in enumerate(prog.blocks):
             q = j - (b + 1) * behind
-            y = c2[b] + rings[2 * b * ring + (q & (ring - 1))]
-            y = F.relu(y) if blk.relu else y
-            y = y if 0 <= q < d else torch.zeros_like(y)
+            y = _replay_residual(c2[b], rings[2 * b * ring + (q & (ring - 1))], blk, q, d)
             if b + 1 < nb:
                 rings[2 * (b + 1) * ring + (q & (ring - 1))] = y
             else:
@@ -171,18 +182,13 @@ def _replay_ws_schedule(x: torch.Tensor, prog) -> torch.Tensor:
     stem, ks = prog.stem, prog.stem.weight.shape[2]
 
     def conv(base: int, newest: int, c) -> torch.Tensor:
-        acc = c.bias.expand(p, w).clone()
-        for t in range(kt):
-            acc = acc + rings[base + ((newest - (kt - 1) + t) & (ring - 1))] @ c.weight[:, :, t].t()
-        return F.relu(acc) if c.relu else acc
+        return _replay_conv(rings, base, newest, c, kt, ring)
 
     for j in range(d + nb * lag):
         c2 = [conv((2 * b + 1) * ring, j - 2 - b * lag - half, blk.conv2) for b, blk in enumerate(prog.blocks)]
         for b in reversed(range(nb)):  # A
-            blk, q = prog.blocks[b], j - (b + 1) * lag
-            y = c2[b] + rings[2 * b * ring + (q & (ring - 1))]
-            y = F.relu(y) if blk.relu else y
-            y = y if 0 <= q < d else torch.zeros_like(y)
+            q = j - (b + 1) * lag
+            y = _replay_residual(c2[b], rings[2 * b * ring + (q & (ring - 1))], prog.blocks[b], q, d)
             if b + 1 < nb:
                 rings[2 * (b + 1) * ring + (q & (ring - 1))] = y
             else:
@@ -317,6 +323,20 @@ def test_gluon_layer_waits_wait_for_one_layer_at_a_time(blocks: int, kernel: int
         assert "C7515" not in report and "C7517" not in report, report
 
 
+def _fits_and_not_serialized(k, prog, step: str) -> None:
+    """A compiled form's shared memory is its tiles' bytes (plus at most the alignment of tiles narrower than a
+    swizzle pattern) within an SM's, and ptxas neither serialized its wgmmas (C7515) nor injected a wait (C7517)."""
+    from kernels import spectral_gluon as sg
+    from kernels.offline import ptxas_report
+
+    assert 0 <= k.metadata.shared - sg.shared_bytes(prog, step=step) < 1024
+    assert k.metadata.shared <= sg.SHARED_LIMIT
+    report = ptxas_report(k.asm["ptx"])
+    if report is None:
+        pytest.skip("no ptxas in this Triton")
+    assert "C7515" not in report and "C7517" not in report, report
+
+
 def _compiled_offline(width: int, features: int, blocks: int, kernel: int, **form):
     """A random 200-band program of that shape and the Gluon kernel in ``form`` compiled for sm_90 (skips where
     this Triton has no Gluon)."""
@@ -340,8 +360,7 @@ def test_gluon_pair_compiles_for_hopper_sm90(width: int, features: int, blocks: 
     reduce. Nothing makes ptxas serialize the wgmmas, and it fits an SM's shared memory."""
     import re
 
-    from kernels import spectral_gluon as sg
-    from kernels.offline import ptxas_report, sass_loop
+    from kernels.offline import sass_loop
 
     prog, k = _compiled_offline(width, features, blocks, kernel, step="pair")
     ptx = k.asm["ptx"]
@@ -352,13 +371,7 @@ def test_gluon_pair_compiles_for_hopper_sm90(width: int, features: int, blocks: 
     assert got == [(nb - 1 - i) * g + 1 for i in range(nb)] + [0] + [(nb - 1 - b) * g + 2 for b in range(nb)] + [0]
     loop = sass_loop(k.asm["cubin"])  # every wgmma sits in the band loop
     assert loop is None or loop["HGMMA"] == ptx.count("wgmma.mma_async")
-    # the tiles' bytes, exactly, plus at most the alignment of tiles narrower than a swizzle pattern (width 16)
-    assert 0 <= k.metadata.shared - sg.shared_bytes(prog, step="pair") < 1024
-    assert k.metadata.shared <= sg.SHARED_LIMIT
-    report = ptxas_report(ptx)
-    if report is None:
-        pytest.skip("no ptxas in this Triton")
-    assert "C7515" not in report and "C7517" not in report, report
+    _fits_and_not_serialized(k, prog, "pair")
 
 
 @pytest.mark.parametrize("width,features,blocks,kernel", [(24, 128, 2, 7), (16, 128, 2, 7), (24, 32, 1, 3),
@@ -372,7 +385,7 @@ def test_gluon_ws_compiles_for_hopper_sm90(width: int, features: int, blocks: in
     import re
 
     from kernels import spectral_gluon as sg
-    from kernels.offline import compile_gluon, ptxas_report
+    from kernels.offline import compile_gluon
 
     prog, k = _compiled_offline(width, features, blocks, kernel, step="ws")
     one = compile_gluon(program=prog, step="one")
@@ -384,12 +397,7 @@ def test_gluon_ws_compiles_for_hopper_sm90(width: int, features: int, blocks: in
     assert ptx.count("mbarrier.try_wait.parity") == 2 and ptx.count("mbarrier.arrive") == 2
     assert re.search(r"bar\.sync\s+\d+, 128;", ptx), "no warpgroup-wide barrier before an arrive"
     assert f"setmaxnreg.dec.sync.aligned.u32 \t{sg.WS_WORKER_REGS}" in ptx
-    assert 0 <= k.metadata.shared - sg.shared_bytes(prog, step="ws") < 1024
-    assert k.metadata.shared <= sg.SHARED_LIMIT
-    report = ptxas_report(ptx)
-    if report is None:
-        pytest.skip("no ptxas in this Triton")
-    assert "C7515" not in report and "C7517" not in report, report
+    _fits_and_not_serialized(k, prog, "ws")
 
 
 @pytest.mark.parametrize("width,features,blocks,kernel", [(16, 128, 2, 7), (24, 32, 2, 7), (12, 20, 1, 3)])
