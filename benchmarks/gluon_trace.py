@@ -84,10 +84,15 @@ def executed_flops_per_step(program: SpectralProgram, step: str) -> int:
     return 2 * 64 * macs
 
 
-def render(head: list[str], rows: list[tuple[str, dict, dict, dict]]) -> list[str]:
-    """The report: per form, the kernel's time traced and not, and the step's segments."""
+def render(head: list[str], rows: list[tuple]) -> list[str]:
+    """The report: per form, the kernel's time traced and not, and the step's segments; a form whose probe
+    failed, ``(name, why)``, says why."""
     lines = list(head)
-    for name, times, segs, progs in rows:
+    for row in rows:
+        if len(row) == 2:
+            lines += ["", f"## {row[0]}", "", f"Not run: {row[1]}"]
+            continue
+        name, times, segs, progs = row
         steps = [k for k in segs if k == "step" or k.endswith(": step")]
         step_med = float(np.median(segs[steps[0]]))  # warpgroups that hand steps over keep the same pace
         ideal = times["ideal cycles"]
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "gluon-trace-gpu.md"))
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
-    from benchmarks.kernels import GLUON_FORMS
+    from benchmarks.kernels import GLUON_FORMS, _probe_gluon
     from kernels.spectral import _random_program
     from kernels.spectral_gluon import TRACE_POINTS_WS, gluon_unsupported, spectral_stage_gluon, traced_run
 
@@ -141,22 +146,6 @@ def main(argv: list[str] | None = None) -> Path:
     why = gluon_unsupported(x, prog, "one")
     if why:
         raise SystemExit(f"the Gluon kernel cannot run here: {why}")
-    rows = []
-    for name in args.forms.split(","):
-        waits, identity, step = GLUON_FORMS[name]
-        kw = dict(waits=waits, identity=identity, step=step)
-        out = spectral_stage_gluon(x, prog, **kw)
-        traced, trace = traced_run(x, prog, **kw)
-        torch.cuda.synchronize(dev)
-        times = {"untraced": triton.testing.do_bench(lambda: spectral_stage_gluon(x, prog, **kw), warmup=25, rep=200),
-                 "traced": triton.testing.do_bench(lambda: traced_run(x, prog, **kw), warmup=25, rep=200),
-                 "same": bool(torch.equal(out, traced)),
-                 "ideal cycles": executed_flops_per_step(prog, step) / SM_FLOP_PER_CLOCK}
-        tr = trace.cpu().numpy()
-        segs = segments(tr, TRACE_POINTS_WS if step == "ws" else None)
-        rows.append((f"{name} (waits={waits!r}, identity={identity!r}, step={step!r})", times, segs, programs(tr)))
-        print(f"{name}: {times['untraced']:.3f} ms; step {float(np.median(next(iter(segs.values())))):.0f} cycles "
-              "(first segment)", flush=True)
     import datetime as dt
 
     head = ["# Where a step of the Gluon spectral kernel spends its cycles", "",
@@ -167,10 +156,33 @@ def main(argv: list[str] | None = None) -> Path:
             f"- program: {args.bands} bands, width 24, 2 residual blocks (kernel 7), 128 features, random folded "
             f"weights; {n:,} pixels in bf16",
             "- cycles: the SM's `%clock64` at each point of `kernels.spectral_gluon.TRACE_POINTS` as each program's "
-            "first thread (warp 0) passes it, every step after the first two; a segment ends where the next begins"]
-    if not all(r[1]["same"] for r in rows):
-        raise SystemExit("the traced kernel's output differs from the untraced one's:\n" + "\n".join(render(head, rows)))
-    return write_report(args.out, render(head, rows))
+            "first thread (warp 0) passes it, every step after the first two; a segment ends where the next begins",
+            "- each form runs here only after it ran once in a child process (a fault or a hang there costs only its "
+            "own section); the report is rewritten after every form"]
+    rows: list[tuple] = []
+    for name in args.forms.split(","):
+        waits, identity, step = GLUON_FORMS[name]
+        label = f"{name} (waits={waits!r}, identity={identity!r}, step={step!r})"
+        probe = _probe_gluon(args.bands, waits, identity, step)
+        if probe:
+            rows.append((label, f"the probe failed ({probe})"))
+            write_report(args.out, render(head, rows))
+            continue
+        kw = dict(waits=waits, identity=identity, step=step)
+        out = spectral_stage_gluon(x, prog, **kw)
+        traced, trace = traced_run(x, prog, **kw)
+        torch.cuda.synchronize(dev)
+        times = {"untraced": triton.testing.do_bench(lambda: spectral_stage_gluon(x, prog, **kw), warmup=25, rep=200),
+                 "traced": triton.testing.do_bench(lambda: traced_run(x, prog, **kw), warmup=25, rep=200),
+                 "same": bool(torch.equal(out, traced)),
+                 "ideal cycles": executed_flops_per_step(prog, step) / SM_FLOP_PER_CLOCK}
+        tr = trace.cpu().numpy()
+        segs = segments(tr, TRACE_POINTS_WS if step == "ws" else None)
+        rows.append((label, times, segs, programs(tr)))
+        write_report(args.out, render(head, rows))
+    if not all(len(r) == 2 or r[1]["same"] for r in rows):
+        raise SystemExit(f"a traced kernel's output differs from the untraced one's (see {args.out})")
+    return Path(args.out)
 
 
 if __name__ == "__main__":

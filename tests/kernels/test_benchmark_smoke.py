@@ -96,9 +96,10 @@ def test_gluon_trace_segments_and_programs_from_a_known_trace() -> None:
     assert prog["cycles"] == n_steps * gaps.sum() and prog["ghz"] == 1.0
     assert (prog["SMs"], prog["programs per SM (min)"], prog["programs per SM (max)"]) == (2, 1, 2)
     times = {"untraced": 1.0, "traced": 1.1, "same": True, "ideal cycles": 90.0}
-    text = "\n".join(render(["# head"], [("layer", times, got, prog)]))
+    text = "\n".join(render(["# head"], [("layer", times, got, prog), ("ws", "the probe failed (a hang)")]))
     assert "| phase A issued -> phase A first wait | 20 | 20 | 20 | 6% |" in text
     assert "a step: 360 cycles (median); its wgmmas at the SM's dense rate: 90 cycles (25% of the step)" in text
+    assert text.endswith("## ws\n\nNot run: the probe failed (a hang)")
 
 
 def test_gluon_trace_refuses_a_cpu_by_name() -> None:
