@@ -648,11 +648,13 @@ if GLUON_ERROR is None:
         acc_r = gl.zeros([BP, FP], gl.float32, accr_l)
         n_steps = D + NUM_BLOCKS * LAG
         trow = pid.to(gl.int64) * (n_steps + 1)  # TRACE: B's timestamps in columns 4-7 (TRACE_POINTS_WS)
+        # the reduce's weights for the position of the last block's output A writes at step j (clamped: outside
+        # [0, D) that output is zero), loaded a step ahead so the load's latency hides behind a step's wgmmas
+        red_next = gl.load(red_w_ptr + gl.minimum(gl.maximum(-NUM_BLOCKS * LAG, 0), D - 1) * WP * FP + r_tile)
         for j in range(0, n_steps):
             _mark(trace_ptr, trow + j, 4, TRACE)
-            y_last = j - NUM_BLOCKS * LAG  # the position of the last block's output warpgroup A wrote at step j
-            red_smem.store(gl.load(red_w_ptr + gl.minimum(gl.maximum(y_last, 0), D - 1) * WP * FP + r_tile))
-            fence_async_shared()  # its reader, the last step's reduce, completed there
+            red_smem.store(red_next)  # its reader, the last step's reduce, completed there
+            fence_async_shared()
             _cta_barrier()
             mbarrier.wait(done_a.index(j & 1), (j >> 1) & 1)
             _mark(trace_ptr, trow + j, 5, TRACE)
@@ -661,6 +663,7 @@ if GLUON_ERROR is None:
                 accs = accs + (_conv_issue(rings, w_smem, 2 * b * RING, j - b * LAG, 2 * b * KT, zero_f, KT, RING),)
             acc_r = warpgroup_mma(lasts.index(j & 1), red_smem, acc_r, is_async=True)
             _mark(trace_ptr, trow + j, 6, TRACE)
+            red_next = gl.load(red_w_ptr + gl.minimum(gl.maximum(j + 1 - NUM_BLOCKS * LAG, 0), D - 1) * WP * FP + r_tile)
             waited = accs + (acc_r,)
             for b in gl.static_range(NUM_BLOCKS):
                 waited = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - b) * KT + 1, deps=waited)
