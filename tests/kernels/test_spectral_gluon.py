@@ -620,32 +620,35 @@ def test_gpu_triton_backend_runs_gluon_on_hopper(monkeypatch) -> None:
     assert torch.equal(stage(x, seed), spectral_stage_triton(x, seed))
 
 
-def test_dispatch_tries_the_default_gluon_form_then_the_one_position_forms(monkeypatch) -> None:
+@pytest.mark.parametrize("step", ["pair", "ws"])
+def test_dispatch_tries_the_default_gluon_form_then_the_one_position_forms(monkeypatch, step: str) -> None:
     """The triton backend's chain of Gluon forms: the default, the default waits one position per step, the
-    one-wait-per-phase form; with step='pair' made the default it comes first and the measured forms follow."""
+    one-wait-per-phase form; with step='pair' or 'ws' made the default it comes first and the measured forms
+    follow."""
     from kernels import dispatch, spectral_gluon
 
-    monkeypatch.setattr(spectral_gluon, "DEFAULT_STEP", "pair")
-    assert dispatch._gluon_forms() == [("layer", "pair"), ("layer", "one"), ("phase", "one")]
+    monkeypatch.setattr(spectral_gluon, "DEFAULT_STEP", step)
+    assert dispatch._gluon_forms() == [("layer", step), ("layer", "one"), ("phase", "one")]
     monkeypatch.setattr(spectral_gluon, "DEFAULT_STEP", "one")
     assert dispatch._gluon_forms() == [("layer", "one"), ("phase", "one")]
 
 
 @pytest.mark.gpu
-def test_gpu_triton_backend_runs_the_pair_form_when_it_is_the_default(monkeypatch) -> None:
-    """With step='pair' the default, the backend checks it once and runs it (same numbers as calling it)."""
+@pytest.mark.parametrize("step", ["pair", "ws"])
+def test_gpu_triton_backend_runs_the_default_step(monkeypatch, step: str) -> None:
+    """With step='pair' or 'ws' the default, the backend checks it once and runs it (same numbers as calling it)."""
     _hopper()
     from kernels import dispatch, spectral_gluon
 
-    monkeypatch.setattr(spectral_gluon, "DEFAULT_STEP", "pair")
+    monkeypatch.setattr(spectral_gluon, "DEFAULT_STEP", step)
     monkeypatch.setattr(dispatch, "_GLUON_CHECKED", {})
     monkeypatch.setattr(dispatch, "_GLUON_FORM", {})
     g = torch.Generator().manual_seed(7)
     x = torch.randn(3_001, 200, generator=g).to("cuda", torch.bfloat16)
     prog = _random_program(200, 24, 128, generator=g).to("cuda")
     out = dispatch.fused_stage(x, prog)
-    assert list(dispatch._GLUON_FORM.values()) == [("layer", "pair")]
-    assert torch.equal(out, spectral_gluon.spectral_stage_gluon(x, prog, step="pair"))
+    assert list(dispatch._GLUON_FORM.values()) == [("layer", step)]
+    assert torch.equal(out, spectral_gluon.spectral_stage_gluon(x, prog, step=step))
 
 
 @pytest.mark.gpu
