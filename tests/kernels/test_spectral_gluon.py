@@ -395,7 +395,15 @@ def test_gluon_ws_compiles_for_hopper_sm90(width: int, features: int, blocks: in
     assert sorted(got) == sorted([(nb - 1 - i) * kt + 1 for i in range(nb)] + [0] * 2
                                  + [(nb - 1 - b) * kt + 1 for b in range(nb)])
     assert ptx.count("mbarrier.try_wait.parity") == 2 and ptx.count("mbarrier.arrive") == 2
-    assert re.search(r"bar\.sync\s+\d+, 128;", ptx), "no warpgroup-wide barrier before an arrive"
+    # each warpgroup's step: wait for the other's hand-over, issue, wait for every wgmma, make its shared-memory
+    # writes visible to the tensor cores (fence), wait for its own 128 threads, then hand over
+    for wait_at in (m.start() for m in re.finditer(r"mbarrier\.try_wait\.parity", ptx)):
+        step = ptx[wait_at:ptx.index("mbarrier.arrive", wait_at)]
+        assert "wgmma.mma_async" in step
+        tail = step[step.rindex("wgmma.wait_group.sync.aligned 0"):]
+        assert re.search(r"fence\.proxy\.async[^\n]*\n(.*\n)*?\s*bar\.sync\s+\d+, 128;", tail), tail[-600:]
+    ids = {int(n) for n in re.findall(r"bar\.sync\s+(\d+), 128;", ptx)}
+    assert len(ids) >= 2, f"the warpgroups share a barrier: {ids}"
     assert f"setmaxnreg.dec.sync.aligned.u32 \t{sg.WS_WORKER_REGS}" in ptx
     _fits_and_not_serialized(k, prog, "ws")
 
