@@ -169,7 +169,8 @@ def gluon_section(dtype: str) -> list[str]:
 
         def each(key: str) -> str:
             return f"{loop[key] / per:g}" if key in loop else "?"
-        rows.append(f"| {step} | {waits} | {identity} | {sg.BLOCK_P} | 4 | {secs:.1f} | {regs} | {spill} | "
+        rows.append(f"| {step} | {waits} | {identity} | {sg.BLOCK_P} | {k.metadata.num_warps} | {secs:.1f} | {regs} | "
+                    f"{spill} | "
                     f"{k.metadata.shared} | {waits_seq} | {notes} | {each('instructions')} | {each('HGMMA')} | "
                     f"{each('local loads')} | " + " | ".join(str(pc[op]) for op in _PTX_OPS) + " |")
     return head + rows + [
