@@ -383,8 +383,8 @@ class FusedSSRN:
     def _spectral_chunk(self, x: torch.Tensor) -> torch.Tensor:
         if self.dtype == torch.float32:
             return self._spectral(x, self.program)
-        if self._program_lp is not None:  # triton: the kernel runs in the input's dtype
-            return self._spectral(x.contiguous().to(self.dtype), self._program_lp).float()
+        if self._program_lp is not None:  # triton: the kernel runs in the input's dtype, on pixel-major rows
+            return self._spectral(x.to(self.dtype, memory_format=torch.contiguous_format), self._program_lp).float()
         with torch.autocast(self.device.type, dtype=self.dtype):
             y = self._spectral(x, self._program_autocast)
         return y.float()
@@ -394,8 +394,8 @@ class FusedSSRN:
         """Spectral feature map of a tile: ``(bands, H, W)`` -> ``(128, H, W)``."""
         b, hh, ww = x.shape
         pix = x.reshape(b, hh * ww).t()  # (HW, bands), a view; the reference transposes it back for free
-        if self.backend == "triton":
-            pix = pix.contiguous()
+        if self.backend == "triton" and self._program_lp is None:  # low precision: each chunk is made pixel-major
+            pix = pix.contiguous()  # as it is cast (one pass, no float32 copy of the tile)
         return self.spectral_features(pix).t().reshape(-1, hh, ww)
 
     @torch.no_grad()

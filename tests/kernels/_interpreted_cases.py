@@ -148,10 +148,18 @@ def engine_case():
     x = pad_scene(torch.from_numpy(((raw - mean) / std).astype(np.float32)), model.config.halo)
     split = FusedSSRN(model, backend="triton", fp32_products="tf32x3")
     got, want = split(x), FusedSSRN(model, backend="eager")(x)
+    # the bf16 engine casts each chunk of the transposed tile straight to pixel-major bf16: the kernel's input,
+    # hence its output, equals casting a pixel-major float32 copy
+    low, small = FusedSSRN(model, backend="triton", precision="bfloat16"), x[:, :7, :7]
+    pixels = small.reshape(small.shape[0], -1).t()
+    bf16_direct = low.features(small)
+    bf16_copied = low.spectral_features(pixels.contiguous()).t().reshape(-1, 7, 7)
     return [dict(name="engine-triton-vs-eager", kind="engine", backend=FusedSSRN(model, backend="triton").backend,
                  labels_equal=bool((tri["labels"].values == eag["labels"].values).all()),
                  labels=tri["labels"].values.tolist(),
                  max_prob_diff=float(np.abs(tri["probabilities"].values - eag["probabilities"].values).max())),
+            dict(name="engine-triton-bf16-features", kind="engine", backend=low.backend,
+                 equal=bool(torch.equal(bf16_direct, bf16_copied)), shape=list(bf16_direct.shape)),
             dict(name="engine-triton-tf32x3-vs-eager", kind="engine", backend=split.backend,
                  products=getattr(split._spectral, "keywords", {}).get("input_precision"),
                  argmax_equal=bool((got.argmax(0) == want.argmax(0)).all()),

@@ -85,6 +85,15 @@ def test_engine_map_with_triton_equals_eager_interpreted(interpreted: dict[str, 
     assert r["max_prob_diff"] < 1e-4, r
 
 
+def test_bf16_engine_casts_the_transposed_tile_chunk_by_chunk_interpreted(interpreted: dict[str, dict]) -> None:
+    """The bf16 triton engine makes each chunk pixel-major as it casts it (no float32 copy of the whole tile): the
+    kernel sees the bits a pixel-major float32 copy cast to bf16 gives, so its features are equal."""
+    pytest.importorskip("hsi_engine")
+    r = interpreted["engine-triton-bf16-features"]
+    assert r["backend"] == "triton" and r["shape"] == [128, 7, 7], r
+    assert r["equal"], r
+
+
 def test_engine_float32_with_split_products_reaches_the_kernel_interpreted(interpreted: dict[str, dict]) -> None:
     """``FusedSSRN(fp32_products="tf32x3")`` runs the Triton kernel with split products (the interpreter multiplies
     in fp32 whatever they are, so this checks the wiring; the GPU test checks the accuracy)."""
