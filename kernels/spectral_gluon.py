@@ -51,6 +51,9 @@ conv1 outputs), not j - 1, so A's step j + 1 runs beside B's step j: blocks run 
 steps in all) and the two steps that may overlap touch disjoint ring slots (the tests check every step). Same
 shared memory as ``one`` plus a second ``last`` tile; 8 warps, B's registers capped by ``setmaxnreg``.
 
+Every form has a ``TRACE`` build (:func:`traced_run`, ``benchmarks/gluon_trace.py``) that stores the SM's cycle
+counter at fixed points of every step (:data:`TRACE_POINTS`, :data:`TRACE_POINTS_WS`): where a step's time goes.
+
 Scope: the paper's block form (no pre-activation or stage affines), bfloat16 / float16 inputs, fp32
 accumulation, CUDA with a Hopper GPU (sm_90: wgmma). Measured on an H200 (Triton 3.6,
 benchmarks/results/kernels-h200.md run 6): 2.30 ms per 65,536 pixels of 200 bands in bf16 with per-layer waits
