@@ -17,16 +17,19 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def cpu_report_head(title: str, script: str, argv: list[str] | None) -> list[str]:
-    """A CPU report's title and the lines naming date, device, versions and the command that made it."""
+def cpu_report_head(title: str, script: str, argv: list[str] | None, device=None) -> list[str]:
+    """A report's title and the lines naming date, device (the CPU's; ``device``, when a CUDA one, the GPU's),
+    versions and the command that made it."""
     import datetime as dt
     import sys
 
     import torch
 
     cmd = f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
-    return [f"# {title}", "", f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
-            f"- device: {cpu_name()}, torch threads {torch.get_num_threads()}",
+    cuda = device is not None and torch.device(device).type == "cuda"
+    where = (f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}" if cuda
+             else f"{cpu_name()}, torch threads {torch.get_num_threads()}")
+    return [f"# {title}", "", f"- date: {dt.datetime.now().isoformat(timespec='seconds')}", f"- device: {where}",
             f"- versions: python {platform.python_version()}, torch {torch.__version__}",
             f"- command: `{cmd.strip()}`"]
 

@@ -69,11 +69,8 @@ def main(argv: list[str] | None = None) -> Path:
         n, c = (statistics.median(times[k]) for k in ("now", "candidate"))
         same = torch.equal(now.view(torch.int32), cand.view(torch.int32))
         rows.append((str(dtype).removeprefix("torch."), n, c, same))
-    device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
     head = cpu_report_head("The device path's normalisation: four passes (the engine's) against two",
-                           "normalise_device.py", argv)
-    if device:
-        head[3] = f"- device: {device}, torch {torch.__version__}"
+                           "normalise_device.py", argv, dev)
     lines = head + [f"- tile: {args.bands} bands x {side} x {side} pixels (tile {args.tile} + halo) into a padded "
                     f"float32 buffer; mean / std given; median of {args.reps}, arms alternated", "",
                     "| raw dtype | four passes (the engine's) ms | two passes (candidate) ms | candidate speed-up | "

@@ -72,9 +72,7 @@ def main(argv: list[str] | None = None) -> Path:
         rows.append((str(dtype).removeprefix("torch."), s, f, torch.equal(outs["separate"], outs["fused"])))
     name = "cpu" if dev.type == "cpu" else torch.cuda.get_device_name(dev).split()[-1].lower()
     head = cpu_report_head("The dense spatial stage: epilogues fused into the GEMM and in place, against separate ops",
-                           "spatial_epilogue.py", argv)
-    if dev.type == "cuda":
-        head[3] = f"- device: {torch.cuda.get_device_name(dev)}, torch {torch.__version__}"
+                           "spatial_epilogue.py", argv, dev)
     lines = head + [f"- {args.windows} windows of 24 channels x {win} x {win} per call (random-init Indian Pines "
                     f"SSRN, its two spatial blocks and head); median of {args.reps}, arms alternated after a "
                     "warm-up; float32 rows with TF32 off", "",

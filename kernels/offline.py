@@ -92,10 +92,7 @@ def compile_gluon(*, dtype: str = "bf16", program: SpectralProgram | None = None
     elif step == "pair":
         fn, const = spectral_gluon._gluon_pair_kernel, spectral_gluon._pair_constants(m)
     else:
-        fn = spectral_gluon._gluon_stage_kernel
-        const = {k: m[k] for k in ("STEM_STRIDE", "KS", "KS_PAD", "KT", "NUM_BLOCKS", "WP", "FP", "STEM_RELU",
-                                    "RELU1_MASK", "RELU2_MASK", "BLOCK_RELU_MASK", "REDUCE_RELU")}
-        const.update(spectral_gluon._layout_constants(m, waits, identity))
+        fn, const = spectral_gluon._gluon_stage_kernel, spectral_gluon._one_constants(m, waits, identity)
     const = dict(const, TRACE=trace)
     src = GluonASTSource(fn=fn, signature=_signature(pointers, const, dtype), constexprs=const,
                          attrs=_aligned(fn, pointers))

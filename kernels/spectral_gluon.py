@@ -246,8 +246,7 @@ if GLUON_ERROR is None:
     ):
         dt: gl.constexpr = x_ptr.dtype.element_ty
         HALF: gl.constexpr = KT // 2
-        LAG: gl.constexpr = KT - 1
-        BEHIND: gl.constexpr = KT  # positions each block runs behind the one before it (LAG + 1 step)
+        BEHIND: gl.constexpr = KT  # positions each block runs behind the one before it (KT - 1 taps back, + 1 step)
         KA: gl.constexpr = KT + 1 if ID_MMA else KT  # wgmma groups of one block's conv2 (+ its identity)
         acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, WP, 16])
         accr_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -787,13 +786,21 @@ def _pair_constants(m: dict) -> dict:
                 PUBLIC_REINTERPRET=hasattr(gl.shared_memory_descriptor, "reinterpret"))
 
 
+_PROGRAM_KEYS = ("STEM_STRIDE", "KS", "KS_PAD", "KT", "NUM_BLOCKS", "WP", "FP", "STEM_RELU", "RELU1_MASK",
+                 "RELU2_MASK", "BLOCK_RELU_MASK", "REDUCE_RELU")  # the packed program's constexprs the kernels take
+
+
+def _one_constants(m: dict, waits: str = DEFAULT_WAITS, identity: str = DEFAULT_IDENTITY) -> dict:
+    """``step="one"``'s constexprs: the packed program's (``m``: its ``meta``) and :func:`_layout_constants`."""
+    return dict({k: m[k] for k in _PROGRAM_KEYS}, **_layout_constants(m, waits, identity))
+
+
 def _ws_constants(m: dict) -> dict:
-    """``step="ws"``'s constexprs (``m``: the packed program's ``meta``)."""
-    keys = ("STEM_STRIDE", "KS", "KS_PAD", "KT", "NUM_BLOCKS", "WP", "FP", "STEM_RELU", "RELU1_MASK", "RELU2_MASK",
-            "BLOCK_RELU_MASK", "REDUCE_RELU")
-    lc = _layout_constants(m)
-    return dict({k: m[k] for k in keys}, RING=lc["RING"], BP=BLOCK_P, SW_W=lc["SW_W"], SW_X=lc["SW_X"],
-                SW_R=lc["SW_R"], WORKER_REGS=WS_WORKER_REGS)
+    """``step="ws"``'s constexprs (``m``: the packed program's ``meta``): ``one``'s ring, rows and swizzles, and
+    the second warpgroup's registers."""
+    one = _one_constants(m)
+    return dict({k: one[k] for k in _PROGRAM_KEYS + ("RING", "BP", "SW_W", "SW_X", "SW_R")},
+                WORKER_REGS=WS_WORKER_REGS)
 
 
 def _pack_pair(program: SpectralProgram, device: torch.device, dtype: torch.dtype) -> dict:
@@ -951,13 +958,9 @@ def _run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAIT
                 p, program.bands, program.reduced_bands, f, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
                 **_ws_constants(m), TRACE=trace is not None, num_warps=4)
         return out
-    lc = _layout_constants(m, waits, identity)
     with torch.cuda.device(x.device):
         _gluon_stage_kernel[(-(-p // BLOCK_P),)](
             x, out, pk["stem_w"], pk["stem_b"], pk["conv_w"], pk["conv_b"], pk["red_w"], pk["red_b"], tr,
             p, program.bands, program.reduced_bands, f, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
-            STEM_STRIDE=m["STEM_STRIDE"], KS=m["KS"], KS_PAD=m["KS_PAD"], KT=m["KT"], NUM_BLOCKS=m["NUM_BLOCKS"],
-            WP=m["WP"], FP=m["FP"], STEM_RELU=m["STEM_RELU"], RELU1_MASK=m["RELU1_MASK"],
-            RELU2_MASK=m["RELU2_MASK"], BLOCK_RELU_MASK=m["BLOCK_RELU_MASK"], REDUCE_RELU=m["REDUCE_RELU"],
-            **lc, TRACE=trace is not None, num_warps=4)
+            **_one_constants(m, waits, identity), TRACE=trace is not None, num_warps=4)
     return out
