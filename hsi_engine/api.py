@@ -84,6 +84,16 @@ def _declared_nodata(da: xr.DataArray) -> float | None:
     return None if v is None else float(v)
 
 
+def _nodata_bands(da: xr.DataArray) -> np.ndarray | None:
+    """Indices of the bands the nodata value is looked for in: those a ``bbl`` band coordinate (ENVI's bad band
+    list, 0 = bad) does not flag; None (every band) without one, or when it flags every band."""
+    bbl = da.coords.get("bbl")
+    if bbl is None or bbl.dims != ("band",):
+        return None
+    good = np.flatnonzero(np.asarray(bbl.values) != 0)
+    return good if 0 < good.size < bbl.size else None
+
+
 class _Job:
     """Scene + model + engine + plan: everything checked before a single tile is read."""
 
@@ -106,6 +116,7 @@ class _Job:
                     dtype=da.dtype)
         self.mean, self.std = _normalisation(m)
         self.nodata = nodata if nodata is not None else _declared_nodata(da)
+        self.nodata_bands = _nodata_bands(da)
         from .integrity import check_store
 
         check_store(da, nodata=self.nodata)  # zarr fills missing chunks silently: refuse them up front
@@ -131,7 +142,8 @@ class _Job:
 
         return run_plan(self.da, self.plan, self.engine(), sink, mean=self.mean, std=self.std,
                         nodata=self.nodata, probabilities=probabilities, queue_depth=queue_depth,
-                        readers=readers, progress=progress, cache_blocks=cache_blocks, decoders=decoders)
+                        readers=readers, progress=progress, cache_blocks=cache_blocks, decoders=decoders,
+                        nodata_bands=self.nodata_bands)
 
     def class_names(self) -> list[str]:
         names = self.meta.get("class_names")
@@ -186,7 +198,9 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     rule), ``float32`` (the spatial stage in float32 whatever the host; one map across mixed hosts) or the
     engine's ``precision`` (see :class:`~hsi_engine.fused.FusedSSRN`).
     ``nodata``: input value (or ``float('nan')``) marking missing pixels -> class 0; default: the scene's
-    declared nodata (``_FillValue``), if any. Without one, NaN/inf raise :class:`NonFiniteInputError`.
+    declared nodata (``_FillValue``), if any. Without one, NaN/inf raise :class:`NonFiniteInputError`. A pixel
+    is nodata when one of its bands holds the value, except bands a ``bbl`` band coordinate flags bad (0; read
+    from GeoTIFF and ENVI band metadata): a sensor's bad bands, nodata in every pixel, would mask the scene.
     ``progress``: tqdm bar with pixels/s (default: when stderr is a terminal). ``readers``/``queue_depth``:
     reader threads and tiles prepared ahead (defaults in :func:`hsi_engine.runner.run_plan`).
     ``cache_blocks``: decoded blocks of a chunked scene kept for reuse by neighbouring tiles (default: what

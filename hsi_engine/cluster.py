@@ -197,6 +197,7 @@ class TaskSpec:
     cache_blocks: int | None = None  # None: the runner's default for the worker's device
     decoders: int | None = None  # None: the runner's default for the worker's device
     spatial_precision: str = "auto"  # FusedSSRN's: auto is decided on each worker's host
+    nodata_bands: tuple[int, ...] | None = None  # the bands nodata is looked for in; None: all
 
 
 _CACHE: dict[Any, Any] = {}
@@ -269,11 +270,12 @@ def _worker_reader(spec: TaskSpec, da: Any, halo: int, device_type: str):
 
 
 def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarray | None, std: np.ndarray | None,
-                 nodata: float | None, probabilities: bool, read: Any = None, normalise_on: str | None = None):
+                 nodata: float | None, probabilities: bool, read: Any = None, normalise_on: str | None = None,
+                 nodata_bands: np.ndarray | None = None):
     """Read, normalise, classify one tile: ``(labels (h, w) uint8, probabilities (K, h, w) | None,
     confidence (h, w) | None)``; the steps of :func:`hsi_engine.runner.run_plan`, normalising on the device
     for a CUDA engine and on the host otherwise (``normalise_on`` overrides; both give the same bits).
-    ``read``: a window reader of ``da`` (default: a direct one)."""
+    ``read``: a window reader of ``da`` (default: a direct one); ``nodata_bands``: as in ``run_plan``."""
     import torch
 
     from .normalise import stage_raw
@@ -291,10 +293,11 @@ def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarra
         f64 = dict(dtype=torch.float64, device=engine.device)
         x, mask_t, nonfinite = prepare_tile_tensor(
             staged.to(engine.device), tile, halo=halo, mean=None if mean is None else torch.as_tensor(mean, **f64),
-            std=None if std is None else torch.as_tensor(std, **f64), nodata=nodata, wrap_bits=wrap)
+            std=None if std is None else torch.as_tensor(std, **f64), nodata=nodata, wrap_bits=wrap,
+            nodata_bands=nodata_bands)
     elif normalise_on == "host":
         x = torch.empty((engine.config.bands, h + 2 * halo, w + 2 * halo), dtype=torch.float32)
-        mask = prepare_tile(raw, tile, mean=mean, std=std, nodata=nodata, out=x.numpy())
+        mask = prepare_tile(raw, tile, mean=mean, std=std, nodata=nodata, out=x.numpy(), nodata_bands=nodata_bands)
         x = x.to(engine.device)
     else:
         raise ValueError(f"normalise_on must be 'host' or 'device'; got {normalise_on!r}")
@@ -319,7 +322,8 @@ def _tile_task(spec: TaskSpec, tile: Tile, scene_obj: Any = None, model_obj: Any
     std = None if spec.std is None else np.asarray(spec.std, np.float64)
     read = _worker_reader(spec, da, engine.halo, engine.device.type)
     lab, prob, conf = compute_tile(da, tile, engine, halo=engine.halo, mean=mean, std=std, nodata=spec.nodata,
-                                   probabilities=spec.probabilities, read=read)
+                                   probabilities=spec.probabilities, read=read,
+                                   nodata_bands=None if spec.nodata_bands is None else np.asarray(spec.nodata_bands))
     if spec.throttle_s:
         time.sleep(spec.throttle_s)
     try:
@@ -335,7 +339,8 @@ def _tile_task(spec: TaskSpec, tile: Tile, scene_obj: Any = None, model_obj: Any
     if conf is not None and "confidence" in g:
         g["confidence"][ys, xs] = conf.astype(np.float32, copy=False)
     mark_tile(spec.store, tile.y0 // spec.tile, tile.x0 // spec.tile, spec.run)  # after the data: atomic
-    return {"index": tile.index, "pixels": tile.pixels, "seconds": time.perf_counter() - t0, "pid": os.getpid()}
+    return {"index": tile.index, "pixels": tile.pixels, "seconds": time.perf_counter() - t0, "pid": os.getpid(),
+            "nodata_px": int(lab.size - np.count_nonzero(lab))}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,17 +375,23 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
                              resources=resources, pure=False) for t in tiles]
     bar = _progress_bar(sum(t.pixels for t in tiles), progress)
     pids: set[int] = set()
+    nodata_px = 0
     try:
         for fut in as_completed(futures):
             res = fut.result()  # re-raises the task's error (bad input, store gone...)
             pids.add(res["pid"])
+            nodata_px += res["nodata_px"]
             bar.update(res["pixels"])
     except BaseException:
         client.cancel(futures)
         raise
     finally:
         bar.close()
-    return {"worker_pids": sorted(pids), "resources": resources}
+    if tiles and nodata_px == sum(t.pixels for t in tiles):
+        from .runner import warn_all_nodata
+
+        warn_all_nodata(spec.nodata, spec.nodata_bands)
+    return {"worker_pids": sorted(pids), "resources": resources, "nodata_px": nodata_px}
 
 
 def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, tile: int | Sequence[int] | None = None,
@@ -454,6 +465,8 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
                    "nodata": None if job.nodata is None else repr(float(job.nodata)), "precision": precision,
                    "spatial_precision": spatial_precision,
                    "output": suffix.lstrip(".")}
+    if job.nodata_bands is not None:  # a resumed run must mask the same bands (absent: every band, as before)
+        fingerprint["nodata_bands"] = [int(b) for b in job.nodata_bands]
     ycoords = np.asarray(da["y"].values) if "y" in da.coords else None
     xcoords = np.asarray(da["x"].values) if "x" in da.coords else None
     with warnings.catch_warnings():
@@ -491,7 +504,8 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
                             nodata=job.nodata, backend=backend, precision=precision,
                             device=None if device is None else str(device), probabilities=prob is not None,
                             throttle_s=float(throttle_s), cache_blocks=cache_blocks, decoders=decoders,
-                            spatial_precision=spatial_precision)
+                            spatial_precision=spatial_precision,
+                            nodata_bands=None if job.nodata_bands is None else tuple(map(int, job.nodata_bands)))
             with connect(workers=workers, scheduler=scheduler) as client:
                 try:
                     n_workers = len(client.scheduler_info().get("workers", {}))
@@ -541,7 +555,8 @@ def _run_local(job: Any, plan: TilePlan, writer: ResumableZarrWriter, run: int, 
 
     return run_plan(job.da, plan, job.engine(), _MarkingSink(writer, run, side, throttle_s), mean=job.mean,
                     std=job.std, nodata=job.nodata, probabilities=prob is not None, queue_depth=queue_depth,
-                    readers=readers, progress=progress, cache_blocks=cache_blocks, decoders=decoders)
+                    readers=readers, progress=progress, cache_blocks=cache_blocks, decoders=decoders,
+                    nodata_bands=job.nodata_bands)
 
 
 def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, **kw: Any) -> Path:

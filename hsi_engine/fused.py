@@ -558,14 +558,10 @@ def exact_fp32() -> Iterator[None]:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-_COMPILED_WINDOWS = None
-
-
-def _compiled_windows():
-    global _COMPILED_WINDOWS
-    if _COMPILED_WINDOWS is None:
-        _COMPILED_WINDOWS = torch.compile(spatial_windows, dynamic=True)
-    return _COMPILED_WINDOWS
+@functools.lru_cache(maxsize=1)
+def _compiled_windows() -> Callable[[torch.Tensor, SpatialProgram], torch.Tensor]:
+    """One ``torch.compile`` of :func:`spatial_windows` per process (dynamic: window counts vary per tile)."""
+    return torch.compile(spatial_windows, dynamic=True)
 
 
 # ----------------------------------------------------------------------------------------------

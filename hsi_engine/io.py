@@ -215,8 +215,18 @@ def _rechunk_bands(da: xr.DataArray, chunks) -> xr.DataArray:
     return da
 
 
+def _with_bbl(da: xr.DataArray, bbl: Sequence[int] | None) -> xr.DataArray:
+    """``da`` with a ``bbl`` band coordinate (the bad band list; 0 = bad) when ``bbl`` has one value per band."""
+    if bbl is None or len(bbl) != da.sizes["band"]:
+        return da
+    da = da.assign_coords(bbl=("band", np.asarray(bbl, dtype=np.uint8)))
+    da["bbl"].attrs["long_name"] = "bad band list (0 = bad band: the nodata mask leaves it out)"
+    return da
+
+
 def _finish(da: xr.DataArray, path: Path, fmt: str, *, wavelengths=None, nodata=None,
-            chunks=None) -> xr.DataArray:
+            chunks=None, bbl=None) -> xr.DataArray:
+    da = _with_bbl(da, bbl)
     if wavelengths is not None and len(wavelengths) == da.sizes["band"]:
         da = da.assign_coords(wavelength=("band", np.asarray(wavelengths, dtype=np.float64)))
         da["wavelength"].attrs["units"] = "nm"
@@ -259,7 +269,15 @@ def _open_geotiff(path: Path, chunks) -> xr.DataArray:
         da = da.drop_vars([c for c in ("wavelength", "fwhm") if c in da.coords])
     if nodata is not None:
         da = da.rio.write_nodata(nodata, encoded=False)
-    return _finish(da, path, "geotiff", wavelengths=wl, chunks=chunks)
+    return _finish(da, path, "geotiff", wavelengths=wl, chunks=chunks, bbl=_gdal_bbl(tags))
+
+
+def _gdal_bbl(tags: list[dict[str, str]]) -> list[int] | None:
+    """Per-band ``bbl`` metadata (1 good, 0 bad, as EnMAP's GeoTIFFs carry it), when every band has it."""
+    try:
+        return [int(float(t["bbl"])) for t in tags] if tags and all("bbl" in t for t in tags) else None
+    except ValueError:
+        return None
 
 
 _WL_IN_NAME = re.compile(r"\(\s*([-+0-9.eE]+)\s*(nanometers?|micrometers?|nm|um|µm)\s*\)", re.I)
@@ -325,6 +343,11 @@ def _open_envi(path: Path, chunks) -> xr.DataArray:
             if len(wl) == da.sizes["band"]:
                 da = da.assign_coords(wavelength=("band", wl))
                 da["wavelength"].attrs["units"] = "nm"
+        except ValueError:
+            pass
+    if "bbl" in header:
+        try:
+            da = _with_bbl(da, [int(float(v)) for v in _envi_list(header["bbl"])])
         except ValueError:
             pass
     if "data ignore value" in header and "_FillValue" not in da.attrs:

@@ -25,12 +25,15 @@ if TYPE_CHECKING:
 
 
 def normalise_into_reference(raw: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None,
-                             nodata: float | None, out: np.ndarray) -> tuple[np.ndarray, bool]:
+                             nodata: float | None, out: np.ndarray,
+                             nodata_bands: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
     """Write ``(raw - mean) / std`` (or ``raw`` when ``mean`` is None) into ``out`` (same shape, float32).
 
     Returns ``(bad, nonfinite)``: ``bad`` (h, w) marks pixels with a non-finite band or, when ``nodata`` is a
-    number, a band equal to it; ``nonfinite`` says whether any value was non-finite. ``out`` is written for
-    every pixel, bad ones included (the caller zeroes or rejects them).
+    number, a band equal to it among ``nodata_bands`` (band indices; None: every band; a sensor's bad bands,
+    filled with nodata in every pixel, are left out so they do not mask the whole scene); ``nonfinite`` says
+    whether any value was non-finite. ``out`` is written for every pixel, bad ones included (the caller zeroes
+    or rejects them).
     """
     h, w = raw.shape[1:]
     bad = np.zeros((h, w), dtype=bool)
@@ -41,7 +44,7 @@ def normalise_into_reference(raw: np.ndarray, mean: np.ndarray | None, std: np.n
             nonfinite = True
             bad |= ~finite.all(axis=0)
     if nodata is not None and not np.isnan(nodata):
-        bad |= (raw == nodata).any(axis=0)
+        bad |= (_tested(raw, nodata_bands) == nodata).any(axis=0)
     if mean is not None:
         out[...] = (raw - mean[:, None, None]) / std[:, None, None]
     else:
@@ -49,8 +52,13 @@ def normalise_into_reference(raw: np.ndarray, mean: np.ndarray | None, std: np.n
     return bad, nonfinite
 
 
+def _tested(raw: np.ndarray, nodata_bands: np.ndarray | None) -> np.ndarray:
+    """The bands of ``raw`` the nodata value is looked for in (all of them when ``nodata_bands`` is None)."""
+    return raw if nodata_bands is None else raw[nodata_bands]
+
+
 def normalise_into(raw: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None, nodata: float | None,
-                   out: np.ndarray) -> tuple[np.ndarray, bool]:
+                   out: np.ndarray, nodata_bands: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
     """Same contract and bits as :func:`normalise_into_reference`, a band at a time.
 
     The float64 intermediate is one band (half a megabyte for a 262 x 262 tile), reused, so it stays in
@@ -75,7 +83,7 @@ def normalise_into(raw: np.ndarray, mean: np.ndarray | None, std: np.ndarray | N
     if nonfinite:
         bad |= ~np.isfinite(raw).all(axis=0)
     if nodata is not None and not np.isnan(nodata):
-        bad |= (raw == nodata).any(axis=0)
+        bad |= (_tested(raw, nodata_bands) == nodata).any(axis=0)
     return bad, nonfinite
 
 
@@ -120,13 +128,15 @@ def stage_raw(raw: np.ndarray, *, pin: bool = False, copies: "Executor | None" =
 
 def normalise_tensor(raw: "torch.Tensor", mean: "torch.Tensor | None", std: "torch.Tensor | None",
                      nodata: float | None, out: "torch.Tensor", *, wrap_bits: int = 0,
-                     chunk_elems: int = 1 << 24) -> tuple["torch.Tensor", "torch.Tensor | None"]:
+                     chunk_elems: int = 1 << 24, nodata_bands: np.ndarray | None = None
+                     ) -> tuple["torch.Tensor", "torch.Tensor | None"]:
     """:func:`normalise_into` in torch, on ``raw``'s device, without a host synchronisation.
 
     ``raw``: a window from :func:`stage_raw`; ``mean``/``std``: float64 tensors on the same device (or None:
     the values are cast); ``out``: float32 view of the same shape. Returns ``(bad, nonfinite)`` as tensors:
     ``bad`` (h, w) bool, ``nonfinite`` a 0-d bool tensor (None for integer input). float64 work goes a few
-    bands at a time (``chunk_elems`` values), so its memory is bounded whatever the tile.
+    bands at a time (``chunk_elems`` values), so its memory is bounded whatever the tile. ``nodata_bands``: as
+    :func:`normalise_into`.
     """
     import torch
 
@@ -135,21 +145,24 @@ def normalise_tensor(raw: "torch.Tensor", mean: "torch.Tensor | None", std: "tor
     bad = torch.zeros((h, w), dtype=torch.bool, device=raw.device)
     nonf = torch.zeros((h, w), dtype=torch.bool, device=raw.device) if is_float else None
     check_nodata = nodata is not None and not np.isnan(nodata)
+    tested = np.ones(b, bool) if nodata_bands is None else np.isin(np.arange(b), nodata_bands)
     step = max(1, chunk_elems // max(1, h * w))
     for k0 in range(0, b, step):
         k1 = min(b, k0 + step)
         r = raw[k0:k1]
+        some = tested[k0:k1]  # the chunk's bands the nodata value is looked for in
+        pick = None if some.all() else torch.as_tensor(np.flatnonzero(some), device=raw.device)
         if is_float:
             nonf |= ~torch.isfinite(r).all(0)
-            if check_nodata:  # in the raw dtype, as numpy compares a float array with a Python float
-                bad |= (r == nodata).any(0)
+            if check_nodata and some.any():  # in the raw dtype, as numpy compares a float array with a Python float
+                bad |= ((r if pick is None else r[pick]) == nodata).any(0)
         d = None
         if wrap_bits or mean is not None or (check_nodata and not is_float):
             d = r.to(torch.float64)
             if wrap_bits:
                 d = torch.where(d < 0, d + float(1 << wrap_bits), d)
-            if check_nodata and not is_float:  # integers compare in float64, as numpy does
-                bad |= (d == nodata).any(0)
+            if check_nodata and not is_float and some.any():  # integers compare in float64, as numpy does
+                bad |= ((d if pick is None else d[pick]) == nodata).any(0)
         if mean is not None:
             d.sub_(mean[k0:k1, None, None]).div_(std[k0:k1, None, None])
             out[k0:k1].copy_(d)  # one rounding to float32, as numpy's assignment

@@ -169,7 +169,7 @@ def _nonfinite_error(raw: np.ndarray, tile: Tile) -> NonFiniteInputError:
 
 
 def prepare_tile(raw: np.ndarray, tile: Tile, *, mean: np.ndarray | None, std: np.ndarray | None,
-                 nodata: float | None, out: np.ndarray) -> np.ndarray | None:
+                 nodata: float | None, out: np.ndarray, nodata_bands: np.ndarray | None = None) -> np.ndarray | None:
     """Normalise ``raw`` (bands, rh, rw) into the padded buffer ``out``; returns the nodata mask.
 
     ``out`` may hold garbage: the padding ring around the read window is zeroed here, the window written.
@@ -177,7 +177,8 @@ def prepare_tile(raw: np.ndarray, tile: Tile, *, mean: np.ndarray | None, std: n
     ``(x - mean) / std`` per band is computed in float64 (as the trainer does) and stored as float32, in one
     compiled pass (:mod:`hsi_engine.normalise`); any integer or float dtype is accepted (uint16 cannot
     overflow). Pixels that are nodata (any band equal to ``nodata``, or non-finite, once a nodata policy is
-    given) get spectrum 0, like the border padding.
+    given) get spectrum 0, like the border padding; ``nodata_bands`` (band indices, None: all) limits the
+    bands the nodata value is looked for in, leaving out a sensor's bad bands.
     Without a policy a non-finite value raises :class:`NonFiniteInputError` naming the pixel.
     """
     pt, _, pl, _ = tile.pad
@@ -189,7 +190,7 @@ def prepare_tile(raw: np.ndarray, tile: Tile, *, mean: np.ndarray | None, std: n
     out[:, :, :pl] = 0.0
     out[:, :, pl + rw:] = 0.0
     view = out[:, pt:pt + rh, pl:pl + rw]
-    bad, nonfinite = normalise_into(raw, mean, std, nodata, view)
+    bad, nonfinite = normalise_into(raw, mean, std, nodata, view, nodata_bands)
     if nonfinite and nodata is None:
         raise _nonfinite_error(raw, tile)
     if bad.any():
@@ -199,7 +200,7 @@ def prepare_tile(raw: np.ndarray, tile: Tile, *, mean: np.ndarray | None, std: n
 
 
 def prepare_tile_tensor(raw: Any, tile: Tile, *, halo: int, mean: Any, std: Any, nodata: float | None,
-                        wrap_bits: int = 0) -> tuple[Any, Any, Any]:
+                        wrap_bits: int = 0, nodata_bands: np.ndarray | None = None) -> tuple[Any, Any, Any]:
     """:func:`prepare_tile` on the device: a raw window from ``stage_raw`` -> the padded float32 tile.
 
     Returns ``(x, mask, nonfinite)`` without a host synchronisation: ``mask`` (h, w) bool tensor of nodata
@@ -214,7 +215,7 @@ def prepare_tile_tensor(raw: Any, tile: Tile, *, halo: int, mean: Any, std: Any,
     h, w = tile.shape
     x = torch.zeros((raw.shape[0], h + 2 * halo, w + 2 * halo), dtype=torch.float32, device=raw.device)
     view = x[:, pt:pt + rh, pl:pl + rw]
-    bad, nonfinite = normalise_tensor(raw, mean, std, nodata, view, wrap_bits=wrap_bits)
+    bad, nonfinite = normalise_tensor(raw, mean, std, nodata, view, wrap_bits=wrap_bits, nodata_bands=nodata_bands)
     if nodata is None and nonfinite is None:
         return x, None, None
     view.masked_fill_(bad, 0.0)  # nodata pixels get spectrum 0, like the border padding
@@ -223,7 +224,7 @@ def prepare_tile_tensor(raw: Any, tile: Tile, *, halo: int, mean: Any, std: Any,
 
 def load_tile(read: Callable[..., np.ndarray], tile: Tile, *, bands: int, halo: int, mean: np.ndarray | None,
               std: np.ndarray | None, nodata: float | None, pin: bool,
-              stats: collections.Counter | None = None) -> Prepared:
+              stats: collections.Counter | None = None, nodata_bands: np.ndarray | None = None) -> Prepared:
     """A reader thread's work for one tile on the host path: read the window, normalise it into a padded float32
     buffer; ``pin`` puts the buffer in page-locked memory. (The device path: :func:`read_window`, then
     :func:`stage_window`.)"""
@@ -234,7 +235,8 @@ def load_tile(read: Callable[..., np.ndarray], tile: Tile, *, bands: int, halo: 
     t1 = time.perf_counter()
     h, w = tile.shape
     buf = torch.empty((bands, h + 2 * halo, w + 2 * halo), dtype=torch.float32, pin_memory=pin)
-    mask = prepare_tile(raw, tile, mean=mean, std=std, nodata=nodata, out=buf.numpy())  # fills all of buf
+    mask = prepare_tile(raw, tile, mean=mean, std=std, nodata=nodata, out=buf.numpy(),  # fills all of buf
+                        nodata_bands=nodata_bands)
     if stats is not None:
         stats["read_s"] += t1 - t0
         stats["prepare_s"] += time.perf_counter() - t1
@@ -359,7 +361,8 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
              std: np.ndarray | None = None, nodata: float | None = None, probabilities: bool = False,
              queue_depth: int | None = None, readers: int | None = None,
              progress: bool | None = None, normalise_on: str | None = None,
-             cache_blocks: int | None = None, decoders: int | None = None) -> dict[str, float]:
+             cache_blocks: int | None = None, decoders: int | None = None,
+             nodata_bands: np.ndarray | None = None) -> dict[str, float]:
     """Classify every tile of ``plan`` with ``engine`` (a ``FusedSSRN``) and write it to ``sink``.
 
     ``scene``: ``(band, y, x)`` DataArray (dask-backed or not) or array; ``mean``/``std``: per-band
@@ -375,7 +378,9 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     that decode the cached blocks of one window concurrently (default on CUDA: one per core, since a reader
     otherwise decodes a window's chunks, 16 for 512-pixel tiles on 256-pixel chunks, one after the other on
     one core; 0, the CPU default, leaves decoding to the readers, whose cores the compute needs); they need
-    the block cache. Returns timing counters (``decoders``: the decoder threads the run used).
+    the block cache. ``nodata_bands``: the band indices the ``nodata`` value is looked for in (None: every
+    band). Returns timing counters (``decoders``: the decoder threads the run used; ``nodata_px``: output
+    pixels masked as nodata); a run that masks every pixel says so in a warning.
     """
     import torch
 
@@ -426,7 +431,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
 
         def submit(tile: Tile) -> Future:
             return rpool.submit(load_tile, read, tile, bands=bands, halo=plan.halo, mean=mean64, std=std64,
-                                nodata=nodata, pin=cuda, stats=stats)
+                                nodata=nodata, pin=cuda, stats=stats, nodata_bands=nodata_bands)
 
     copy_stream = torch.cuda.Stream(device) if cuda else None
 
@@ -467,6 +472,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
         prob = prob.numpy() if prob is not None else None
         conf = conf.numpy() if conf is not None else None
         lab, prob, conf = mask_nodata(lab, prob, conf, mask)
+        stats["nodata_px"] += lab.size - np.count_nonzero(lab)
         sink.write(tile.y0, tile.x0, lab, prob, conf)
         stats["write_s"] += time.perf_counter() - t0
 
@@ -500,7 +506,8 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
             mask_t = nonfinite = None
             if p.wrap is not None:
                 x, mask_t, nonfinite = prepare_tile_tensor(x, p.tile, halo=plan.halo, mean=mean_t, std=std_t,
-                                                           nodata=nodata, wrap_bits=p.wrap)
+                                                           nodata=nodata, wrap_bits=p.wrap,
+                                                           nodata_bands=nodata_bands)
             logits = engine(x)  # (K, h, w); on CUDA queued, not yet run
             item = finish(p.tile, logits, p.mask, mask_t, nonfinite)
             stats["compute_s"] += time.perf_counter() - t0
@@ -536,7 +543,19 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     stats["decoders"] = decoders if dpool is not None else 0
     stats["pixels"] = plan.height * plan.width
     stats["tiles"] = len(plan)
+    if stats["pixels"] and stats["nodata_px"] == stats["pixels"]:
+        warn_all_nodata(nodata, nodata_bands)
     return dict(stats)
+
+
+def warn_all_nodata(nodata: float | None, nodata_bands: Sequence[int] | None) -> None:
+    """One warning for a run whose every output pixel came out nodata (class 0), with the likely cause."""
+    tested = "every band" if nodata_bands is None else f"the {len(nodata_bands)} bands not flagged bad"
+    log.warning("every pixel of the scene is nodata (class 0): each has a non-finite value, or a value equal to "
+                "nodata (%s) in one of the bands the mask looks in (%s). If some bands hold nodata in every pixel (a sensor's bad bands, e.g. "
+                "EnMAP's 130-135), flag them with a 'bbl' coordinate on 'band' (0 = bad; read from GeoTIFF and "
+                "ENVI band metadata) so the mask leaves them out, or pass another nodata value (--nodata)",
+                nodata, tested)
 
 
 __all__ = ["ArraySink", "Prepared", "Sink", "cache_blocks_for", "check_read_settings", "check_scene",

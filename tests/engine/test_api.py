@@ -160,6 +160,38 @@ def test_nodata_pixels_are_class_zero_and_padded_like_the_border(case, nodata):
     np.testing.assert_array_equal(out, ref)
 
 
+def test_bad_bands_flagged_by_bbl_are_left_out_of_the_nodata_mask(case, geo, caplog):
+    """A band holding nodata in every pixel (EnMAP's bad bands) masks the whole scene unless a ``bbl`` coordinate
+    flags it bad; flagged, only the real hole is nodata and the rest equals the reference on the same values.
+    Masking everything says so in one warning."""
+    cube, model, _ = case
+    raw = cube.copy()
+    raw[3] = -32768.0  # a bad band, as the sensor fills it
+    raw[:, 6, 7] = -32768.0  # a real hole
+    da = geo.cube_dataarray(raw)
+    bbl = np.ones(raw.shape[0], np.uint8)
+    bbl[3] = 0
+    with caplog.at_level("WARNING", logger="hsi_engine.runner"):
+        everything = classify(da, model, tile=6, nodata=-32768.0, progress=False).values
+    assert (everything == 0).all()
+    assert sum("every pixel of the scene is nodata" in r.getMessage() for r in caplog.records) == 1
+    caplog.clear()
+    flagged = da.assign_coords(bbl=("band", bbl))
+    with caplog.at_level("WARNING", logger="hsi_engine.runner"):
+        out = classify(flagged, model, tile=6, nodata=-32768.0, progress=False).values
+    assert not caplog.records
+    mean = np.asarray(model.meta["mean"])[:, None, None]
+    std = np.asarray(model.meta["std"])[:, None, None]
+    normed = ((raw - mean) / std).astype(np.float32)
+    normed[:, 6, 7] = 0  # the hole's spectrum is zeroed like the border padding; the bad band is not
+    bare = SSRN(model.config)
+    bare.load_state_dict(model.state_dict())
+    ref = reference_labels(bare.eval(), normed)
+    ref[6, 7] = 0
+    np.testing.assert_array_equal(out, ref)
+    assert (out == 0).sum() == 1
+
+
 def test_integer_dtypes_converted_without_overflow(case):
     cube, model, ref = case
     scaled = np.clip(cube, 0, None).astype(np.uint16)
@@ -263,3 +295,14 @@ def test_spatial_precision_reaches_the_engine_and_bad_pairs_are_refused(tmp_path
         got = f.read(1)
     want = classify(cube, model, tile=8, precision="bfloat16", spatial_precision="float32", progress=False)
     np.testing.assert_array_equal(got, want.values)
+
+
+def test_real_enmap_tile_bad_bands_do_not_mask_the_scene(data_dir):
+    """A real EnMAP L2A tile (bands 130-135 are nodata, -32768, in every pixel; their bbl is 0): every pixel is
+    classified, none masked, and with the bbl coordinate dropped every pixel is masked (the mask is what changed)."""
+    scene = hsi_engine.open_scene(data_dir / "enmap_potsdam" / "images" / "enmap_potsdam_tile_128_0.tif")
+    model = make_model(224, meta=False)
+    out = classify(scene, model, tile=16, progress=False)
+    assert out.rio.crs.to_epsg() == 32633
+    assert (out.values > 0).all()
+    assert (classify(scene.drop_vars("bbl"), model, tile=16, progress=False).values == 0).all()

@@ -183,6 +183,27 @@ def test_chunk_side_rounds_tiles_to_chunk_multiples():
     assert cluster.chunk_side(16) == 16 and cluster.chunk_side(20) == 32 and cluster.chunk_side((1, 40)) == 48
 
 
+def test_worker_tile_leaves_bad_bands_out_of_the_mask():
+    """compute_tile with nodata_bands (a TaskSpec's, from the scene's bbl): only the hole in a good band is
+    nodata, on the host and the device alike."""
+    from hsi_engine.fused import FusedSSRN
+    from hsi_engine.tiles import plan_tiles
+
+    from test_runner import _cube, _model
+
+    cube = _cube(np.float32, h=12, w=12, seed=5)
+    cube[0] = -1.0
+    cube[:, 3, 4] = -1.0
+    engine = FusedSSRN(_model(), backend="eager")
+    good = np.arange(1, cube.shape[0])
+    (t,) = plan_tiles(12, 12, 12, 3)
+    kw = dict(halo=3, mean=None, std=None, nodata=-1.0, probabilities=False, nodata_bands=good)
+    host = cluster.compute_tile(cube, t, engine, normalise_on="host", **kw)[0]
+    dev = cluster.compute_tile(cube, t, engine, normalise_on="device", **kw)[0]
+    np.testing.assert_array_equal(host, dev)
+    assert set(zip(*np.nonzero(host == 0))) == {(3, 4)}
+
+
 @pytest.mark.parametrize("nodata", [None, float("nan")])
 def test_worker_tile_normalised_on_the_device_equals_the_host(nodata):
     """compute_tile (a worker's tile) normalises on the device for CUDA engines: the same map, probabilities,

@@ -93,6 +93,28 @@ def test_envi_interleaves(make_scene, interleave):
         assert da.attrs["envi_interleave"] == interleave
 
 
+@pytest.mark.parametrize("fmt", ["geotiff", "envi"])
+def test_bad_band_list_becomes_a_bbl_coordinate(make_scene, fmt):
+    """Per-band GDAL ``bbl`` metadata (as EnMAP's GeoTIFFs carry it) and an ENVI header's ``bbl`` list become a
+    ``bbl`` band coordinate, which the engine's nodata mask reads; a list of the wrong length is ignored."""
+    bbl = [1] * BANDS
+    bbl[2] = bbl[7] = 0
+    path = make_scene(fmt)
+    if fmt == "geotiff":
+        with rasterio.open(path, "r+") as dst:
+            for b, v in enumerate(bbl, start=1):
+                dst.update_tags(b, bbl=str(v))
+    else:
+        hdr = path.with_suffix(".hdr")
+        hdr.write_text(hdr.read_text() + "bbl = {" + ", ".join(map(str, bbl)) + "}\n")
+    da = open_scene(path)
+    assert da["bbl"].dims == ("band",)
+    np.testing.assert_array_equal(da["bbl"].values, bbl)
+    if fmt == "envi":
+        hdr.write_text(hdr.read_text().replace("bbl = {", "bbl = {1, "))
+        assert "bbl" not in open_scene(path).coords
+
+
 @pytest.mark.parametrize("fmt", ["zarr", "netcdf", "hdf5", "zarr-bare", "npy"])
 def test_band_last_sources_are_transposed_lazily(make_scene, fmt):
     cube = make_cube()
@@ -235,6 +257,7 @@ def test_real_enmap_geotiff_tile(data_dir):
     assert da.rio.nodata == -32768
     wl = da["wavelength"].values
     assert wl[0] == pytest.approx(418.24) and wl[-1] == pytest.approx(2445.53)
+    assert np.flatnonzero(da["bbl"].values == 0).tolist() == list(range(129, 135))  # bands 130-135 (MANIFEST)
 
 
 def test_real_berlin_envi(data_dir):

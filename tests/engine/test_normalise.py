@@ -94,7 +94,7 @@ def test_prepare_tile_fills_an_uninitialised_buffer():
 # the device-side form (raw window staged in its own dtype, normalised by torch): same bits again
 
 
-def _tensor_form(raw, mean, std, nodata, chunk_elems=1 << 24):
+def _tensor_form(raw, mean, std, nodata, chunk_elems=1 << 24, nodata_bands=None):
     import torch
 
     from hsi_engine.normalise import normalise_tensor, stage_raw
@@ -103,7 +103,8 @@ def _tensor_form(raw, mean, std, nodata, chunk_elems=1 << 24):
     out = torch.full(raw.shape, float("nan"), dtype=torch.float32)
     m = None if mean is None else torch.as_tensor(mean, dtype=torch.float64)
     s = None if std is None else torch.as_tensor(std, dtype=torch.float64)
-    bad, nf = normalise_tensor(staged, m, s, nodata, out, wrap_bits=wrap, chunk_elems=chunk_elems)
+    bad, nf = normalise_tensor(staged, m, s, nodata, out, wrap_bits=wrap, chunk_elems=chunk_elems,
+                               nodata_bands=nodata_bands)
     return out.numpy(), bad.numpy(), (None if nf is None else bool(nf))
 
 
@@ -185,6 +186,29 @@ def test_tensor_form_nonfinite_and_nodata_mask(dtype, nodata):
     assert np.array_equal(out[:, good].view(np.uint32), ref[:, good].view(np.uint32))
     if np.dtype(dtype).kind == "f":
         assert bad_r[1, 2] and bad_r[4, 8]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+@pytest.mark.parametrize("chunk_elems", [45, 1 << 24])  # one band per chunk (some chunks test none), all at once
+def test_bad_bands_filled_with_nodata_do_not_mask_every_pixel(dtype, chunk_elems):
+    """EnMAP L2A fills its bad bands (bbl = 0) with nodata in every pixel: with those bands left out of the test
+    only the pixels that are nodata in a good band are masked, in all three forms; with every band tested, all."""
+    raw = _raw(np.float32, seed=4)
+    raw[[1, 4]] = -32768.0  # two bad bands, nodata everywhere
+    raw[5, 2, 3] = -32768.0  # a real hole in a good band
+    raw = raw.astype(dtype)
+    mean, std = np.full(7, 1000.0), np.full(7, 300.0)
+    good = np.array([0, 2, 3, 5, 6])
+    outs = [np.zeros(raw.shape, np.float32) for _ in range(2)]
+    bad_k, _ = normalise_into(raw, mean, std, -32768.0, outs[0], good)
+    bad_r, _ = normalise_into_reference(raw, mean, std, -32768.0, outs[1], good)
+    out_t, bad_t, _ = _tensor_form(raw, mean, std, -32768.0, chunk_elems=chunk_elems, nodata_bands=good)
+    for bad in (bad_k, bad_r, bad_t):
+        assert set(zip(*np.nonzero(bad))) == {(2, 3)}
+    assert np.array_equal(outs[0].view(np.uint32), outs[1].view(np.uint32))
+    assert np.array_equal(out_t.view(np.uint32), outs[1].view(np.uint32))
+    every, _ = normalise_into(raw, mean, std, -32768.0, outs[0])
+    assert every.all()
 
 
 @pytest.mark.gpu

@@ -38,7 +38,7 @@ def _cube(dtype, h=19, w=23, seed=0) -> np.ndarray:
     return cube.astype(dtype)
 
 
-def _run(cube, mode, *, nodata=None, tile=8, probabilities=True, device="cpu"):
+def _run(cube, mode, *, nodata=None, tile=8, probabilities=True, device="cpu", nodata_bands=None):
     model = _model()
     a = cube.astype(np.float64)
     mean, std = a.mean(axis=(1, 2)), a.std(axis=(1, 2))
@@ -46,8 +46,24 @@ def _run(cube, mode, *, nodata=None, tile=8, probabilities=True, device="cpu"):
     plan = plan_tiles(cube.shape[1], cube.shape[2], tile, model.config.halo)
     sink = ArraySink(cube.shape[1], cube.shape[2], CLASSES, probabilities=probabilities)
     run_plan(cube, plan, engine, sink, mean=mean, std=std, nodata=nodata, probabilities=probabilities,
-             progress=False, normalise_on=mode)
+             progress=False, normalise_on=mode, nodata_bands=nodata_bands)
     return sink
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_bad_bands_left_out_of_the_mask_on_host_and_device(dtype):
+    """nodata_bands: a band filled with nodata everywhere masks nothing once left out; a hole in a good band
+    still does; host and device normalisation give the same bits."""
+    cube = _cube(np.dtype(dtype))
+    cube[1] = 7
+    cube[:, 4, 9] = 7
+    good = np.array([b for b in range(cube.shape[0]) if b != 1])
+    host = _run(cube, "host", nodata=7.0, nodata_bands=good)
+    dev = _run(cube, "device", nodata=7.0, nodata_bands=good)
+    np.testing.assert_array_equal(dev.labels, host.labels)
+    assert np.array_equal(dev.probabilities.view(np.uint32), host.probabilities.view(np.uint32))
+    assert set(zip(*np.nonzero(host.labels == 0))) == {(4, 9)}
+    assert (_run(cube, "device", nodata=7.0).labels == 0).all()
 
 
 @pytest.mark.parametrize("device", DEVICES)
