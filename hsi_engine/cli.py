@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
+import signal
 import sys
+import warnings
 from collections.abc import Sequence
 
 
@@ -29,7 +31,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="classify the shipped Indian Pines scene with the shipped model")
     p.add_argument("--out", default="hsi-engine-demo", help="output directory (default: %(default)s)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--backend", default="auto", help="engine backend: auto, eager, compile, triton")
+    p.add_argument("--backend", default="auto", choices=["auto", "eager", "compile", "triton"],
+                   help="engine backend (default: %(default)s)")
     p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="engine precision (float32 is exact; the others are opt-in and run the spectral stage in "
                         "that dtype, and the spatial stage too on CUDA and, in bfloat16, on a CPU with AMX-BF16: faster "
@@ -94,7 +97,8 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("scene", help="zarr store, NetCDF, GeoTIFF, ENVI .hdr or MATLAB .mat scene")
     p.add_argument("--model", required=True, help="model directory (weights.safetensors + model.json)")
     p.add_argument("--out", required=True, help="OUT.tif (Cloud-Optimised GeoTIFF) or OUT.zarr")
-    p.add_argument("--tile", type=int, default=None, help="output tile side in pixels")
+    p.add_argument("--tile", type=_at_least(1), default=None,
+                   help="output tile side in pixels (default 128 on CPU, 512 on CUDA; any size gives the same map)")
     p.add_argument("--device", default=None)
     p.add_argument("--backend", default="auto", choices=["auto", "eager", "compile", "triton"])
     p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -105,7 +109,7 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--nodata", type=float, default=None,
                    help="input value marking missing pixels; NaN/inf pixels are then masked to class 0 too")
-    p.add_argument("--workers", type=int, default=None, help="run on a local dask cluster of N workers")
+    p.add_argument("--workers", type=_at_least(1), default=None, help="run on a local dask cluster of N workers")
     p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler to join")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run (.zarr outputs always record finished tiles; for .tif give --resume from the first run)")
     p.add_argument("--readers", type=_at_least(1), default=None,
@@ -184,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)  # one "WARNING py.warnings: ..." line each, like the log, not a source line
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    # SIGTERM (timeout, batch schedulers) unwinds like Ctrl-C, so outputs are committed whole or not at all
+    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         if args.command == "demo":
             return _cmd_demo(args)
@@ -198,7 +206,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (HSIEngineError, CheckpointError, FileNotFoundError, FileExistsError, PermissionError) as e:
         print(f"hsi-engine {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"hsi-engine {args.command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        warnings.formatwarning = formatwarning
+        logging.captureWarnings(False)
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 - warnings' hook
+    return f"{category.__name__}: {message}"
 
 
 if __name__ == "__main__":

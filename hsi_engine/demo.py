@@ -111,14 +111,11 @@ def run_demo(out: str | os.PathLike, *, device: Any = None, backend: str = "auto
     accuracy) go to :func:`hsi_engine.api.classify`. ``model_dir``/``scene_path`` replace the shipped ones
     (the scene file must hold ``cube`` and ``labels`` like the shipped HDF5). Returns the report.
     """
-    import torch
+    from kernels.dispatch import BACKENDS
 
-    from ssrn.metrics import classification_report
-
-    from .api import classify, load_model
+    from .api import _device, load_model
+    from .fused import PRECISIONS
     from .io import open_scene
-    from .render import save_comparison
-    from .writers import write_classmap
 
     scene_path = Path(scene_path) if scene_path is not None else SHIPPED_SCENE
     model_dir = Path(model_dir) if model_dir is not None else SHIPPED_MODEL
@@ -127,26 +124,50 @@ def run_demo(out: str | os.PathLike, *, device: Any = None, backend: str = "auto
     if not model_dir.is_dir():
         raise HSIEngineError(f"demo model {model_dir} is missing; it ships with hsi-engine (weights.safetensors + "
                              "model.json), or train one with `hsi-engine train --dataset indian_pines --out DIR`")
+    dev = _device(device)  # every argument checked before OUT is created
+    if backend not in BACKENDS:
+        raise HSIEngineError(f"backend must be one of {list(BACKENDS)}; got {backend!r}")
+    if precision not in PRECISIONS:
+        raise HSIEngineError(f"precision must be one of {sorted(PRECISIONS)}; got {precision!r}")
     out = Path(out)
+    scene = open_scene(scene_path)
+    labels = _load_labels(scene_path)
+    model = load_model(model_dir)
+    meta = dict(getattr(model, "meta", None) or {})
+    mask, counts = evaluation_mask(labels, meta)
+    created = not out.exists()  # made only once the inputs are known good; removed again if the run fails
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         from .errors import OutputError
 
         raise OutputError(f"cannot create the demo output directory {out} ({e.strerror or e})") from None
+    try:
+        return _classify_and_report(out, scene, scene_path, labels, model, model_dir, meta, mask, counts, dev=dev,
+                                    backend=backend, tile=tile, progress=progress, precision=precision)
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
 
-    scene = open_scene(scene_path)
-    labels = _load_labels(scene_path)
-    model = load_model(model_dir)
-    meta = dict(getattr(model, "meta", None) or {})
-    mask, counts = evaluation_mask(labels, meta)
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+def _classify_and_report(out: Path, scene: Any, scene_path: Path, labels: np.ndarray, model: Any, model_dir: Path,
+                         meta: dict[str, Any], mask: np.ndarray, counts: dict[str, int], *, dev: Any, backend: str,
+                         tile: int | None, progress: bool | None, precision: str) -> dict[str, Any]:
+    """The demo's work once its inputs are checked: classify, score, write the three outputs into ``out``."""
+    import torch
+
+    from ssrn.metrics import classification_report
+
+    from .api import classify
+    from .fused import PRECISIONS
+    from .render import save_comparison
+    from .writers import write_classmap
+
     try:
         from kernels.dispatch import resolve_backend
 
-        from .fused import PRECISIONS
-
-        resolved = resolve_backend(backend, dev, PRECISIONS.get(precision, torch.float32))
+        resolved = resolve_backend(backend, dev, PRECISIONS[precision])
     except (ImportError, ValueError):
         resolved = backend
 

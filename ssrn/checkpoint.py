@@ -103,14 +103,32 @@ def read_model_json(path: str | os.PathLike) -> dict[str, Any]:
     return doc
 
 
+def _check_palette(palette: object, classes: int, where: Path) -> None:
+    """A model's ``meta["palette"]`` is absent or one ``[r, g, b]`` (0-255 integers) per class: checked at load,
+    so a bad one fails before a scene is classified, not when the class map is committed."""
+    if palette is None:
+        return
+    ok = isinstance(palette, list) and len(palette) == classes and all(
+        isinstance(c, list) and len(c) in (3, 4) and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+        for c in palette)
+    if not ok:
+        raise CheckpointError(f"{where}: meta.palette must be {classes} colours (one per class), each [r, g, b] of "
+                              f"integers 0-255; found {str(palette)[:120]}. Fix or remove it (a default palette "
+                              "is used without one)")
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SSRN:
     """Load a model directory into an ``SSRN`` in eval mode with ``.meta`` from model.json."""
     path = Path(path)
     doc = read_model_json(path)
+    if not isinstance(doc.get("config"), dict):
+        raise CheckpointError(f"{path / MODEL_JSON} has no 'config' object (the network's bands, classes, widths); "
+                              "expected a model directory written by ssrn.save_model")
     try:
         config = SSRNConfig.from_dict(doc["config"])
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path / MODEL_JSON} holds an invalid config: {e}") from None
+        raise CheckpointError(f"{path / MODEL_JSON} holds an invalid config ({type(e).__name__}: {e})") from None
+    _check_palette((doc.get("meta") or {}).get("palette"), config.classes, path / MODEL_JSON)
     wf = path / WEIGHTS
     if not wf.is_file():
         raise CheckpointError(f"{path} has no {WEIGHTS}")

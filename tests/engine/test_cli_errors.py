@@ -1,0 +1,131 @@
+"""The command line on user mistakes and signals: one error line and exit 2 (never a traceback), exit 130 on
+Ctrl-C or SIGTERM, and nothing left on disk; bad arguments refused before anything is read or created."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+import _scale_fixtures as F
+
+from hsi_engine.cli import main
+from ssrn.checkpoint import CheckpointError, load_model
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("scene") / "crop.npy"
+    np.save(path, F.ip_crop(24, 24))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return F.save_tiny_model(tmp_path_factory.mktemp("model") / "model", F.ip_crop(24, 24))
+
+
+def _cli(args: list[str]) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(args)
+    return rc, err.getvalue()
+
+
+@pytest.mark.parametrize("tile", ["0", "-5", "many"])
+def test_tile_is_checked_when_parsed(scene, model_dir, tmp_path, tile, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["classify", str(scene), "--model", str(model_dir), "--out", str(tmp_path / "a.tif"), "--tile", tile])
+    assert e.value.code == 2
+    assert "argument --tile: expected an integer >= 1" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_backend_is_one_of_the_backends(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--out", str(tmp_path / "d"), "--backend", "garbage"])
+    assert e.value.code == 2 and "invalid choice: 'garbage'" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("device, match", [
+    ("garbage", "device 'garbage' is not a torch device name; expected cpu, cuda or cuda:N"),
+    ("npu", "device 'npu' is not a torch device name"),
+    pytest.param("cuda", "sees no CUDA device: run on cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+])
+def test_device_is_checked_before_anything_is_written(scene, model_dir, tmp_path, device, match):
+    rc, err = _cli(["classify", str(scene), "--model", str(model_dir), "--out", str(tmp_path / "a.tif"),
+                    "--device", device])
+    assert rc == 2 and match in err and "Traceback" not in err
+    rc, err = _cli(["demo", "--out", str(tmp_path / "demo"), "--device", device])
+    assert rc == 2 and match in err
+    assert list(tmp_path.iterdir()) == []  # the demo's OUT is not created for a run that cannot start
+
+
+@pytest.mark.parametrize("palette", [[[300, -2, 3]] * F.CLASSES, [[1, 2]] * F.CLASSES, [[0, 0, 0]] * 2, "red"])
+def test_bad_palette_is_refused_when_the_model_loads(scene, model_dir, tmp_path, palette):
+    bad = tmp_path / "model"
+    shutil.copytree(model_dir, bad)
+    doc = json.loads((bad / "model.json").read_text())
+    doc["meta"]["palette"] = palette
+    (bad / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match=r"meta.palette must be \d+ colours .* integers 0-255"):
+        load_model(bad)
+    out = tmp_path / "out"
+    out.mkdir()
+    rc, err = _cli(["classify", str(scene), "--model", str(bad), "--out", str(out / "a.tif")])
+    assert rc == 2 and "meta.palette" in err
+    assert list(out.iterdir()) == []
+
+
+def test_model_json_without_config_names_it(model_dir, tmp_path):
+    bad = tmp_path / "model"
+    shutil.copytree(model_dir, bad)
+    doc = json.loads((bad / "model.json").read_text())
+    del doc["config"]
+    (bad / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="has no 'config' object"):
+        load_model(bad)
+
+
+@pytest.mark.parametrize("out_name", ["a.tif", "a.zarr"])
+def test_sigterm_unwinds_like_ctrl_c_and_leaves_nothing(scene, model_dir, tmp_path, monkeypatch, out_name):
+    """SIGTERM (what `timeout` and batch schedulers send) mid-run: exit 130, one line, no output and no temp
+    file; for .zarr the tiles written so far are kept as a partial store for --resume, as on Ctrl-C."""
+    from hsi_engine.fused import FusedSSRN
+
+    slow = FusedSSRN.__call__
+    calls = []
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM))
+
+    def call(self, x):
+        calls.append(1)
+        if len(calls) == 3:  # two tiles done: the signal lands mid-run, whatever the machine's speed
+            timer.start()
+        time.sleep(0.2)
+        return slow(self, x)
+
+    monkeypatch.setattr(FusedSSRN, "__call__", call)
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        rc, err = _cli(["classify", str(scene), "--model", str(model_dir), "--out", str(out / out_name),
+                        "--tile", "4", "--readers", "1"])
+    finally:
+        timer.cancel()
+    assert rc == 130 and "interrupted" in err and "Traceback" not in err
+    assert signal.getsignal(signal.SIGTERM) is not None  # main() put the previous handler back
+    assert 3 <= len(calls) < 36  # stopped mid-run: 36 tiles in all
+    left = {p.name for p in out.iterdir()}
+    assert left <= ({"a.zarr.partial"} if out_name == "a.zarr" else set()), left
