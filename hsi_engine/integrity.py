@@ -107,8 +107,8 @@ def check_store(da: Any, *, nodata: float | None = None) -> None:
     raise CorruptChunkError(
         f"zarr store {src} is missing {len(missing)} of {arr.nchunks} chunks of array {arr.path or '/'}: {shown}"
         f"{more}. zarr would silently fill them with {arr.fill_value!r}. Re-create (re-copy) the store; if those "
-        f"regions are meant to be empty, declare the fill value as nodata (nodata={arr.fill_value!r}, "
-        f"--nodata {arr.fill_value!r}) so they are classified as 0")
+        f"regions are meant to be empty, declare the fill value as nodata (nodata={float(arr.fill_value)!r}, "
+        f"--nodata {float(arr.fill_value)!r}) so they are classified as 0")
 
 
 def _axes(arr, da: Any) -> list[str] | None:

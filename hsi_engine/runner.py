@@ -72,7 +72,8 @@ def check_scene(config: Any, meta: dict[str, Any], *, bands: int, height: int, w
     trained_s = f" (model trained on {trained})" if trained else ""
     if bands != config.bands:
         raise BandMismatchError(
-            f"scene has {bands} bands, model expects {config.bands}{trained_s}: pass a scene with the model's "
+            f"scene has {bands} band{'s' if bands != 1 else ''}, model expects {config.bands}{trained_s}: pass a "
+            "scene with the model's "
             f"bands (select or resample them, e.g. scene.isel(band=...)) or a model trained on {bands}-band data")
     model_wl = meta.get("wavelengths")
     if wavelengths is not None and model_wl is not None and len(model_wl) == bands:
@@ -86,8 +87,8 @@ def check_scene(config: Any, meta: dict[str, Any], *, bands: int, height: int, w
                 raise BandMismatchError(
                     f"scene wavelengths differ from the model's{trained_s}: band {i} is {a[i]:.2f} nm in the "
                     f"scene, {b[i]:.2f} nm in the model (max difference {diff.max():.2f} nm > {tol:.2f} nm): "
-                    "pass a scene from the same sensor and band subset, or drop the scene's 'wavelength' "
-                    "coordinate if you are sure the bands match")
+                    "pass a scene from the same sensor and band subset, or, if you are sure the bands match, "
+                    "drop the scene's 'wavelength' coordinate (Python: scene.drop_vars('wavelength'))")
     if height < config.patch or width < config.patch:
         raise SceneTooSmallError(
             f"scene is {height} x {width} pixels, smaller than one {config.patch} x {config.patch} patch of the "
@@ -164,7 +165,8 @@ def _nonfinite_error(raw: np.ndarray, tile: Tile) -> NonFiniteInputError:
     return NonFiniteInputError(
         f"scene value at band {b}, pixel (y={ry0 + y}, x={rx0 + x}) is {raw[b, y, x]} (tile "
         f"{tile.index}, rows {tile.y0}:{tile.y1}, cols {tile.x0}:{tile.x1}), and no nodata policy "
-        "was given: pass nodata=VALUE (or nodata=float('nan')) to classify such pixels as 0, or "
+        "was given: pass nodata=VALUE (--nodata VALUE; for NaN: nodata=float('nan'), --nodata nan) to "
+        "classify such pixels as 0, or "
         "fill them first")
 
 
