@@ -270,7 +270,10 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     ``SSRN``), checks bands / wavelengths / size before reading a tile, then writes tile by tile through
     ``hsi_engine.writers.open_writer`` with the scene's CRS, transform, coords, the model's class names and
     palette, and commits atomically (an error leaves no output). ``probabilities``: ``True`` (float16),
-    ``"float16"`` or ``"float32"`` also writes per-class probabilities and the confidence.
+    ``"float16"`` or ``"float32"`` also writes per-class probabilities and the confidence. ``overwrite``
+    replaces an output hsi-engine wrote, all of it (old side files this run does not write, a stale
+    ``<out>.partial``), and is refused up front for anything else: a directory or store we did not write, or an
+    ``out`` that is (or holds, or lies inside) the scene.
 
     ``workers`` (local dask cluster of N workers), ``scheduler`` (address of a running scheduler) and
     ``resume`` (finish an interrupted output) run the same plan on ``hsi_engine.cluster``. A ``.zarr`` output
@@ -279,6 +282,9 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     georeferencing (the map is then written in pixel coordinates). ``progress``, ``queue_depth``, ``readers``
     ``cache_blocks``, ``decoders`` and ``spatial_precision`` are as in :func:`classify`.
     """
+    from .writers import check_not_scene
+
+    check_not_scene(out, scene_path)  # before anything is read: --out must never replace the scene itself
     # zarr outputs always carry a per-tile completion record, so any interrupted run can be resumed
     if workers is not None or scheduler is not None or resume or str(out).rstrip("/").endswith(".zarr"):
         try:
@@ -293,6 +299,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                                         progress=progress, queue_depth=queue_depth, readers=readers,
                                         cache_blocks=cache_blocks, decoders=decoders,
                                         spatial_precision=spatial_precision)
+    from .resume import check_no_partial, discard_partial
     from .writers import open_writer
 
     scene = open_scene(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
@@ -312,6 +319,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
         raise ValueError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
     ycoords = np.asarray(da["y"].values) if "y" in da.coords else None
     xcoords = np.asarray(da["x"].values) if "x" in da.coords else None
+    stale = check_no_partial(out, overwrite=overwrite)  # an interrupted --resume run's store: finish or discard
     writer = open_writer(out, height=job.height, width=job.width, n_classes=job.classes, crs=crs,
                          transform=transform, y_coords=ycoords, x_coords=xcoords, class_names=job.class_names(),
                          palette=job.palette(), probabilities=prob, confidence=prob is not None,
@@ -322,7 +330,10 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     except BaseException:
         writer.abort()  # nothing half-written is left behind
         raise
-    return Path(writer.commit())
+    path = Path(writer.commit())
+    if stale is not None:
+        discard_partial(stale)  # replaced by the output just committed
+    return path
 
 
 # ----------------------------------------------------------------------------------------------

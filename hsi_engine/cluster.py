@@ -414,8 +414,9 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     from .api import _georeferenced, _Job
     from .io import open_scene
     from .runner import check_read_settings
-    from .writers import _TIFF, _ZARR, side_paths
+    from .writers import _TIFF, _ZARR, check_not_scene, side_paths
 
+    check_not_scene(out, scene_path)  # before anything is read: the output must never replace the scene
     t_start = time.perf_counter()
     out = Path(out)
     suffix = out.suffix.lower()

@@ -23,7 +23,9 @@ Which runs are resumable: every ``.zarr`` output and every run through :mod:`hsi
 (``workers=``, ``scheduler=`` or ``resume=True``; ``--workers``/``--scheduler``/``--resume``). ``resume=True`` on a
 first run starts a resumable run (there is nothing to continue yet), so ``--resume`` can simply be given every
 time. A plain single-process ``.tif`` output keeps the writers' own atomic hidden temp (``.<name>.tmp-<random>``)
-and is not resumable unless ``--resume`` is given from the start.
+and is not resumable unless ``--resume`` is given from the start; it refuses to start while ``<out>.partial``
+exists (finish that run with ``--resume``, or pass ``--overwrite``, which removes it once the new map is
+committed), so an interrupted resumable run is never orphaned beside a fresh map.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ from typing import Any
 import numpy as np
 
 from .errors import OutputError
-from .writers import ZarrClassMapWriter
+from .writers import ZarrClassMapWriter, check_replaceable
 
-__all__ = ["PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "model_digest", "partial_path", "read_record"]
+__all__ = ["PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "discard_partial", "model_digest",
+           "partial_path", "read_record"]
 
 PARTIAL_SUFFIX = ".partial"
 RECORD = "resume/tiles_done"
@@ -54,6 +57,36 @@ def partial_path(out: str | os.PathLike) -> Path:
     """Where the incomplete output of ``out`` lives: ``<out>.partial``."""
     p = Path(out)
     return p.with_name(p.name + PARTIAL_SUFFIX)
+
+
+def _interrupted(part: Path) -> OutputError:
+    """The error for a run that would ignore the partial store an interrupted run left."""
+    return OutputError(f"an interrupted run left {part}; pass resume=True (--resume) to finish it, or "
+                       "overwrite=True (--overwrite) to discard it and start over")
+
+
+def check_no_partial(out: str | os.PathLike, *, overwrite: bool) -> Path | None:
+    """Before a plain (non-resumable) run into ``out``: refuse while ``<out>.partial`` exists, unless ``overwrite``.
+
+    Returns the partial store that ``overwrite`` is to discard once the new output is committed (after checking
+    it is a store of ours, so nothing else is deleted), or None when there is none.
+    """
+    part = partial_path(out)
+    if not (part.exists() or part.is_symlink()):
+        return None
+    if not overwrite:
+        raise _interrupted(part)
+    check_replaceable(part)
+    return part
+
+
+def discard_partial(part: Path) -> None:
+    """Remove a partial store cleared for removal by :func:`~hsi_engine.writers.check_replaceable` (a symbolic
+    link goes, its target stays)."""
+    if part.is_dir() and not part.is_symlink():
+        shutil.rmtree(part)
+    elif part.exists() or part.is_symlink():
+        part.unlink()
 
 
 def model_digest(model: Any) -> str:
@@ -97,8 +130,9 @@ class ResumableZarrWriter(ZarrClassMapWriter):
                 self._verify_partial()
                 self.resumed = True
             elif not kw.get("overwrite"):
-                raise OutputError(f"an interrupted run left {self.partial}; pass resume=True (--resume) to finish "
-                                  "it, or overwrite=True (--overwrite) to discard it and start over")
+                raise _interrupted(self.partial)
+            else:
+                check_replaceable(self.partial)  # overwrite discards it: only if it is a store of ours
         super().__init__(Path(path), **kw)
 
     # ---- partial store -----------------------------------------------------------------------
@@ -133,7 +167,7 @@ class ResumableZarrWriter(ZarrClassMapWriter):
             self._group = zarr.open_group(str(self._tmp), mode="r+")
             return
         if self._tmp.exists() or self._tmp.is_symlink():  # overwrite=True: discard the old partial store
-            shutil.rmtree(self._tmp) if self._tmp.is_dir() else self._tmp.unlink()
+            discard_partial(self._tmp)
         super()._create()
         self._group.attrs[FINGERPRINT_ATTR] = self.fingerprint
         self._group.attrs[RUNS_ATTR] = []

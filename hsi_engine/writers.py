@@ -20,13 +20,21 @@
   Written into ``.<name>.tmp-<random>`` and renamed into place at commit.
 
 Every writer refuses an existing output unless ``overwrite=True``, checks up front that the directory is
-writable, warns when there is no georeferencing, and on ``abort`` (or an exception inside ``with``) removes
-everything temporary and leaves the requested path untouched.
+writable, warns when there is no georeferencing, and on ``abort`` (or an exception inside ``with``, Ctrl-C and
+``SystemExit`` included) removes everything temporary and leaves the requested path untouched.
+
+``overwrite=True`` replaces only what hsi-engine wrote, and the whole of it: a ``.zarr`` path must hold a
+store whose root ``zarr.json`` carries ``title = "hsi-engine class map"`` (any other directory is refused, not
+deleted); no ``.tif`` name (map, ``_probabilities``, ``_confidence``, ``.aux.xml``) may be a directory; and a
+GeoTIFF commit removes the old ``_probabilities``/``_confidence`` sidecars the new run does not write, so no
+sidecar outlives the map it belongs to.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -41,12 +49,13 @@ import numpy as np
 
 from .errors import OutputError
 
-__all__ = ["ClassMapWriter", "GeoTiffClassMapWriter", "ZarrClassMapWriter", "default_palette", "open_writer",
-           "side_paths", "write_classmap"]
+__all__ = ["ClassMapWriter", "GeoTiffClassMapWriter", "ZarrClassMapWriter", "ZARR_TITLE", "check_not_scene",
+           "check_replaceable", "default_palette", "is_hsi_zarr", "open_writer", "side_paths", "write_classmap"]
 
 _TIFF = (".tif", ".tiff")
 _ZARR = (".zarr",)
 _PROB_DTYPES = (None, "float16", "float32")
+ZARR_TITLE = "hsi-engine class map"  # the root attribute that marks a zarr store as ours (safe to overwrite)
 
 
 def default_palette(n_classes: int) -> list[tuple[int, int, int]]:
@@ -120,6 +129,111 @@ def side_paths(path: str | os.PathLike) -> dict[str, Path]:
             "aux": p.with_name(p.name + ".aux.xml")}
 
 
+def is_hsi_zarr(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a zarr store hsi-engine wrote: a root ``zarr.json`` whose attributes hold our title."""
+    try:
+        doc = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    return isinstance(attrs, dict) and attrs.get("title") == ZARR_TITLE
+
+
+def _found(path: Path) -> str:
+    """What is at ``path``, in words, for error messages (``a directory holding thesis.txt, ...``)."""
+    if path.is_symlink():
+        return f"a symbolic link to {os.readlink(path)}"
+    if path.is_dir():
+        try:
+            names = sorted(p.name for p in path.iterdir())
+        except OSError:
+            return "a directory that cannot be listed"
+        if not names:
+            return "an empty directory"
+        if "zarr.json" in names:
+            return f"a zarr store without the attribute title = {ZARR_TITLE!r}"
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        return f"a directory holding {shown}"
+    return "a file" if path.is_file() else "something that is neither a file nor a directory"
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Refuse (``OutputError``) to replace anything at ``path`` but an output hsi-engine wrote there.
+
+    ``.zarr`` and ``.partial``: an hsi-engine store (:func:`is_hsi_zarr`; a symbolic link to one is replaced,
+    its target kept); ``.tif``/``.tiff``: the map and its side files must not be directories (``os.replace``
+    cannot put a file there).
+    """
+    p = Path(path)
+    fix = "choose another --out, or remove it yourself if you no longer need it"
+    if p.suffix.lower() in _ZARR or p.name.endswith(".partial"):
+        if (p.exists() or p.is_symlink()) and not (p.is_dir() and is_hsi_zarr(p)):
+            raise OutputError(f"refusing to replace {p}: expected a zarr store hsi-engine wrote (zarr.json with "
+                              f"title = {ZARR_TITLE!r}), found {_found(p)}; {fix}")
+        return
+    for t in (p, *side_paths(p).values()):
+        if t.is_dir():
+            raise OutputError(f"refusing to replace {t}: expected a GeoTIFF file, found {_found(t)}; {fix}")
+
+
+def _scene_source(scene: Any) -> Path | None:
+    """The file or store a scene argument comes from: a path, or the ``source`` of an opened DataArray."""
+    if isinstance(scene, (str, os.PathLike)):
+        return Path(scene)
+    enc = getattr(scene, "encoding", None)
+    src = enc.get("source") if isinstance(enc, dict) else None
+    return Path(src) if isinstance(src, str) and src else None
+
+
+def check_not_scene(out: str | os.PathLike, scene: Any) -> None:
+    """Refuse an output that is, holds or lies inside the input scene: writing it would destroy the input.
+
+    Checks the map, its side files (``_probabilities``, ``_confidence``, ``.aux.xml``, replaced or removed at
+    commit) and its ``.partial`` store, after resolving symbolic links (and hard links, by inode).
+    """
+    from .resume import partial_path  # resume imports this module
+
+    src = _scene_source(scene)
+    if src is None or not (src.exists() or src.is_symlink()):
+        return
+    s = Path(os.path.realpath(src))
+    for t in (Path(out), *side_paths(out).values(), partial_path(out)):
+        r = Path(os.path.realpath(t))
+        if r == s or (t.exists() and os.path.samefile(t, s)):
+            how = "is"
+        elif s in r.parents:
+            how = "lies inside"
+        elif r in s.parents:
+            how = "holds"
+        else:
+            continue
+        raise OutputError(f"output {t} {how} the input scene {src}: writing the class map there would destroy "
+                          "the scene; choose an --out outside the scene")
+
+
+@contextlib.contextmanager
+def _quiet_float16_padding():
+    """Drop GDAL's ``Value ... is beyond range of float16`` reports while float16 tiles are encoded.
+
+    GDAL 3.10 (``NBITS=16`` on Float32) converts whole edge blocks to half floats, including the padding
+    beyond the raster's right/bottom edge that its block cache leaves uninitialised; garbage there is
+    reported once per file. Probabilities lie in [0, 1], so the report can only come from that padding.
+    """
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "beyond range of float16" not in record.getMessage()
+
+    drop = _Drop()
+    loggers = [logging.getLogger(n) for n in ("rasterio._env", "rasterio._err", "rasterio._io")]
+    for lg in loggers:
+        lg.addFilter(drop)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(drop)
+
+
 class ClassMapWriter:
     """Base of the class-map writers; use :func:`open_writer`.
 
@@ -180,6 +294,8 @@ class ClassMapWriter:
             if (t.exists() or t.is_symlink()) and not self.overwrite:
                 raise OutputError(f"output {t} already exists; pass overwrite=True (--overwrite on the command line) "
                                   "to replace it, or choose another path")
+        if self.overwrite:
+            check_replaceable(self.path)  # before any pixel is computed: replace only what we wrote
         d = self.path.parent
         try:
             d.mkdir(parents=True, exist_ok=True)
@@ -255,7 +371,7 @@ class ClassMapWriter:
 
     def _cleanup(self) -> None:
         for t in self._temps:
-            if t.is_dir():
+            if t.is_dir() and not t.is_symlink():  # a replaced symlink goes, never what it points to
                 shutil.rmtree(t, ignore_errors=True)
             else:
                 try:
@@ -323,6 +439,9 @@ class GeoTiffClassMapWriter(ClassMapWriter):
         except (OSError, rasterio.errors.RasterioIOError) as e:
             self.abort()
             raise OutputError(f"cannot write in {self.path.parent} ({e}); choose a writable location") from None
+        except BaseException:  # Ctrl-C, SystemExit: no hidden temp left behind either
+            self.abort()
+            raise
 
     def _targets(self) -> list[Path]:
         sides = side_paths(self.path)
@@ -392,19 +511,31 @@ class GeoTiffClassMapWriter(ClassMapWriter):
             opts: dict[str, Any] = dict(driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=max(128, self.block),
                                         BIGTIFF="IF_SAFER",
                                         OVERVIEW_RESAMPLING="MODE" if key == "labels" else "AVERAGE")
-            if key == "probabilities" and self.probabilities == "float16":
+            float16 = key == "probabilities" and self.probabilities == "float16"
+            if float16:
                 opts["NBITS"] = 16
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), (_quiet_float16_padding() if float16 else contextlib.nullcontext()):
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 rio_copy(str(tmp), str(cog), **opts)
             cogs.append((cog, target))
         aux_tmp = self._tmp_name(self._sides["aux"])
         self._temps.append(aux_tmp)
         aux_tmp.write_text(self._aux_xml())
+        if self.overwrite:
+            check_replaceable(self.path)  # again: something may have taken a name while the tiles ran
+            self._remove_stale_sides()
         # Side files first, the class map last: its presence means the whole output is complete.
         os.replace(aux_tmp, self._sides["aux"])
         for cog, target in cogs[::-1]:
             os.replace(cog, target)
+
+    def _remove_stale_sides(self) -> None:
+        """Remove the old output's ``_probabilities``/``_confidence`` files this run does not write: an
+        overwrite replaces the whole output set, so no sidecar outlives the map it was computed with."""
+        for key in ("probabilities", "confidence"):
+            side = self._sides[key]
+            if key not in self._final and (side.is_file() or side.is_symlink()):
+                side.unlink()
 
     def _close(self) -> None:
         for ds in getattr(self, "_datasets", {}).values():
@@ -476,7 +607,7 @@ class ZarrClassMapWriter(ClassMapWriter):
                 ds = ds.rio.write_transform(self.transform)
             for v in ds.data_vars:  # xarray drops the 0-d grid-mapping coordinate unless it is named here
                 ds[v].encoding["coordinates"] = "spatial_ref"
-        ds.attrs.update(title="hsi-engine class map", n_classes=self.n_classes, complete=False)
+        ds.attrs.update(title=ZARR_TITLE, n_classes=self.n_classes, complete=False)
         ds.to_zarr(str(self._tmp), mode="w-", compute=False, zarr_format=3, consolidated=False)
         import zarr
 
@@ -501,6 +632,7 @@ class ZarrClassMapWriter(ClassMapWriter):
         if self.path.exists() or self.path.is_symlink():
             if not self.overwrite:
                 raise OutputError(f"output {self.path} appeared while writing; pass overwrite=True to replace it")
+            check_replaceable(self.path)  # again: what is there now is what gets deleted
             old = self._tmp_name(self.path, "old")
             self._temps.append(old)
             os.replace(self.path, old)

@@ -110,6 +110,38 @@ def test_geotiff_probabilities_and_confidence(tmp_path, geo, labels, probs):
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("size", [(H, W), (H - 37, W + 21)])
+def test_float16_probabilities_raise_no_gdal_error_and_read_back(tmp_path, geo, labels, probs, caplog, size):
+    """GDAL reported ``Value -7.2e+29 is beyond range of float16`` on every float16 run: the padding of the
+    right/bottom edge blocks (outside the raster) is encoded too. The stored values are the probabilities to
+    half precision, with no error report."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    h, w = size
+    p = np.resize(probs, (K, h, w)).astype(np.float32)
+    lab = np.resize(labels, (h, w))
+    out = tmp_path / "h.tif"
+    with open_writer(out, **_kw(geo, height=h, width=w, probabilities="float16", confidence=True)) as wr:
+        for y0 in range(0, h, 50):
+            for x0 in range(0, w, 50):
+                sl = (slice(y0, y0 + 50), slice(x0, x0 + 50))
+                wr.write(y0, x0, lab[sl], p[(slice(None), *sl)], p.max(0)[sl])
+    reports = [r.getMessage() for r in caplog.records if "signalled an error" in r.getMessage()]
+    assert reports == []
+    with rasterio.open(side_paths(out)["probabilities"]) as src:
+        assert src.tags(1, ns="IMAGE_STRUCTURE").get("NBITS") == "16" and src.nodata is None
+        back = src.read()
+        assert back.dtype == np.float32 and back.shape == (K, h, w)
+        for level in src.overviews(1):
+            ov = src.read(out_shape=(K, -(-h // level), -(-w // level)))
+            assert np.isfinite(ov).all() and ov.min() >= 0 and ov.max() <= 1
+    assert np.isfinite(back).all()
+    np.testing.assert_array_equal(back.astype(np.float16).astype(np.float32), back)  # 16-bit floats stored
+    assert (np.abs(back - p) <= np.maximum(np.abs(p) * 2.0 ** -10, 2.0 ** -24)).all()  # to half precision
+    assert _leftovers(tmp_path) == []
+
+
 def test_zarr_round_trip(tmp_path, geo, labels, probs):
     out = tmp_path / "map.zarr"
     with open_writer(out, **_kw(geo, probabilities="float32", confidence=True)) as w:

@@ -1,0 +1,378 @@
+"""Output safety: --overwrite replaces only what hsi-engine wrote, all of it, never the scene; refusals come before
+any tile is computed and leave every file as it was; an interrupted run (Ctrl-C, SystemExit) leaves nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+import _scale_fixtures as F
+
+import hsi_engine
+from hsi_engine import cluster
+from hsi_engine.cli import main
+from hsi_engine.errors import OutputError
+from hsi_engine.fused import FusedSSRN
+from hsi_engine.resume import partial_path, read_record
+from hsi_engine.writers import GeoTiffClassMapWriter, side_paths
+
+TILE = 16
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    d = tmp_path_factory.mktemp("safety")
+    cube = F.ip_crop(40, 40)
+    model = F.save_tiny_model(d / "model", cube)
+    ref = hsi_engine.classify(F.dataarray(cube), str(model), tile=TILE, progress=False).values
+    assert len(np.unique(ref)) > 1
+    return {"cube": cube, "model": model, "ref": ref}
+
+
+@pytest.fixture
+def computed(monkeypatch):
+    """Counts the engine's tile computations, to show a refusal came before any of them."""
+    calls = {"n": 0}
+    real = FusedSSRN.__call__
+
+    def counting(self, x):
+        calls["n"] += 1
+        return real(self, x)
+
+    monkeypatch.setattr(FusedSSRN, "__call__", counting)
+    return calls
+
+
+def write_scene_tif(path: Path, cube: np.ndarray) -> Path:
+    """``cube`` as a georeferenced, tiled GeoTIFF scene."""
+    from affine import Affine
+
+    b, h, w = cube.shape
+    with rasterio.open(path, "w", driver="GTiff", height=h, width=w, count=b, dtype=str(cube.dtype), crs=F.CRS,
+                       transform=Affine(*F.TRANSFORM), tiled=True, blockxsize=16, blockysize=16) as dst:
+        dst.write(cube)
+    return path
+
+
+def digest(path: Path) -> str:
+    """sha256 of a file, or of every file under a directory (names and bytes)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path.parent)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def listing(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir())
+
+
+def cli(scene, model, out, *extra) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["classify", str(scene), "--model", str(model), "--out", str(out), "--tile", str(TILE), *extra])
+    return rc, err.getvalue()
+
+
+def classify_to_file(case, out, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return hsi_engine.classify_to_file(F.dataarray(case["cube"]), case["model"], out, tile=TILE, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. --overwrite never deletes a directory hsi-engine did not write
+
+
+def _foreign_zarr(path: Path) -> None:
+    import zarr
+
+    zarr.create_array(str(path), shape=(4, 4), chunks=(4, 4), dtype="uint8", zarr_format=3)[...] = 7
+
+
+@pytest.mark.parametrize("kind", ["files", "foreign zarr", "empty"])
+def test_overwrite_refuses_a_zarr_path_that_is_not_our_store(case, tmp_path, computed, kind):
+    out = tmp_path / "x.zarr"
+    if kind == "files":
+        out.mkdir()
+        (out / "thesis.txt").write_text("precious")
+    elif kind == "foreign zarr":
+        _foreign_zarr(out)
+    else:
+        out.mkdir()
+    before = digest(out)
+    expect = {"files": "thesis.txt", "foreign zarr": "zarr store without the attribute title",
+              "empty": "empty directory"}[kind]
+    with pytest.raises(OutputError, match=rf"refusing to replace .*x\.zarr.*found .*{expect}.*another --out"):
+        classify_to_file(case, out, overwrite=True)
+    with pytest.raises(OutputError, match="refusing to replace"):  # the resumable path: same refusal
+        cluster.run_to_file(F.dataarray(case["cube"]), case["model"], out, tile=TILE, overwrite=True, resume=True)
+    scene = F.write_zarr(tmp_path / "s.zarr", case["cube"])
+    rc, msg = cli(scene, case["model"], out, "--overwrite")
+    assert rc == 2 and "refusing to replace" in msg and "Traceback" not in msg
+    assert computed["n"] == 0, "tiles were computed before the refusal"
+    assert digest(out) == before
+    assert listing(tmp_path) == ["s.zarr", "x.zarr"]
+
+
+def test_overwrite_replaces_our_own_zarr_store_whole(case, tmp_path):
+    import zarr
+
+    out = tmp_path / "m.zarr"
+    classify_to_file(case, out, probabilities=True)
+    assert "probabilities" in zarr.open_group(str(out), mode="r")
+    classify_to_file(case, out, overwrite=True)  # a zarr output has no side files: the store is replaced whole
+    assert "probabilities" not in zarr.open_group(str(out), mode="r")
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+    assert listing(tmp_path) == ["m.zarr"]
+
+
+def test_overwrite_refuses_a_foreign_partial_store(case, tmp_path, computed):
+    for out in (tmp_path / "m.zarr", tmp_path / "m.tif"):  # the resumable (.zarr) and the plain .tif run
+        part = partial_path(out)
+        part.mkdir()
+        (part / "notes.txt").write_text("mine")
+        with pytest.raises(OutputError, match=r"refusing to replace .*\.partial.*holding notes\.txt"):
+            classify_to_file(case, out, overwrite=True)
+        assert (part / "notes.txt").read_text() == "mine"
+    assert computed["n"] == 0
+    assert listing(tmp_path) == ["m.tif.partial", "m.zarr.partial"]
+
+
+def test_overwrite_through_a_symlink_replaces_the_link_not_its_target(case, tmp_path):
+    target = tmp_path / "store.zarr"
+    classify_to_file(case, target)
+    before = digest(target)
+    link = tmp_path / "latest.zarr"
+    link.symlink_to(target, target_is_directory=True)
+    classify_to_file(case, link, overwrite=True)
+    assert link.is_dir() and not link.is_symlink()
+    np.testing.assert_array_equal(F.read_classes(link), case["ref"])
+    assert digest(target) == before
+    assert listing(tmp_path) == ["latest.zarr", "store.zarr"]  # no .latest.zarr.old-* left
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. --out can never be the scene
+
+
+def test_out_that_is_the_scene_is_refused(case, tmp_path, computed):
+    scene = write_scene_tif(tmp_path / "self.tif", case["cube"])
+    before = digest(scene)
+    link = tmp_path / "alias.tif"
+    link.symlink_to(scene)
+    hard = tmp_path / "hard.tif"
+    os.link(scene, hard)
+    for out in (scene, link, hard, tmp_path / "sub" / ".." / "self.tif"):
+        with pytest.raises(OutputError, match=r"is the input scene .*self\.tif.*outside the scene"):
+            hsi_engine.classify_to_file(scene, case["model"], out, tile=TILE, overwrite=True)
+    with pytest.raises(OutputError, match="is the input scene"):  # an opened scene knows its source
+        hsi_engine.classify_to_file(hsi_engine.open_scene(scene), case["model"], scene, tile=TILE, overwrite=True)
+    with pytest.raises(OutputError, match="is the input scene"):
+        hsi_engine.classify_to_file(scene, case["model"], scene, tile=TILE, overwrite=True, resume=True)
+    with pytest.raises(OutputError, match="is the input scene"):  # the resumable driver, called directly
+        cluster.run_to_file(scene, case["model"], scene, tile=TILE, overwrite=True, resume=True)
+    rc, msg = cli(scene, case["model"], scene, "--overwrite")
+    assert rc == 2 and "is the input scene" in msg
+    assert computed["n"] == 0
+    assert digest(scene) == before
+    assert listing(tmp_path) == ["alias.tif", "hard.tif", "self.tif"]
+
+
+def test_out_whose_side_file_is_the_scene_is_refused(case, tmp_path):
+    scene = write_scene_tif(tmp_path / "m_probabilities.tif", case["cube"])
+    before = digest(scene)
+    # m.tif without --probabilities would remove m_probabilities.tif as a stale side file at commit
+    with pytest.raises(OutputError, match=r"m_probabilities\.tif is the input scene"):
+        hsi_engine.classify_to_file(scene, case["model"], tmp_path / "m.tif", tile=TILE, overwrite=True)
+    assert digest(scene) == before and listing(tmp_path) == ["m_probabilities.tif"]
+
+
+def test_out_inside_or_around_a_zarr_scene_is_refused(case, tmp_path):
+    scene = F.write_zarr(tmp_path / "scene.zarr", case["cube"])
+    before = digest(scene)
+    for out, how in ((scene, "is"), (scene / "map.tif", "lies inside"), (scene / "c" / "map.zarr", "lies inside")):
+        with pytest.raises(OutputError, match=rf"{how} the input scene"):
+            hsi_engine.classify_to_file(scene, case["model"], out, tile=TILE, overwrite=True)
+    nested = F.write_zarr(tmp_path / "maps.zarr" / "scene.zarr", case["cube"])
+    with pytest.raises(OutputError, match="holds the input scene"):
+        hsi_engine.classify_to_file(nested, case["model"], tmp_path / "maps.zarr", tile=TILE, overwrite=True)
+    assert digest(scene) == before
+    assert (nested / "zarr.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. a directory at a .tif name is refused up front
+
+
+@pytest.mark.parametrize("name", ["dir.tif", "dir_probabilities.tif", "dir.tif.aux.xml"])
+def test_overwrite_onto_a_directory_named_like_a_tif_output(case, tmp_path, computed, name):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "keep.txt").write_text("x")
+    out = tmp_path / "dir.tif"
+    for kw in ({}, {"probabilities": True}, {"resume": True}):
+        with pytest.raises(OutputError, match=rf"refusing to replace .*{name}: expected a GeoTIFF file, found a "
+                                              "directory holding keep.txt"):
+            classify_to_file(case, out, overwrite=True, **kw)
+    assert computed["n"] == 0
+    assert listing(tmp_path) == [name]
+    assert (tmp_path / name / "keep.txt").read_text() == "x"
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. an overwrite replaces the whole output set
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_overwrite_removes_sidecars_the_new_run_does_not_write(case, tmp_path, resume):
+    out = tmp_path / "a.tif"
+    classify_to_file(case, out, probabilities=True)
+    sides = side_paths(out)
+    assert sides["probabilities"].is_file() and sides["confidence"].is_file()
+    unrelated = tmp_path / "a_probabilities_old.tif"  # not a name the writer produces: left alone
+    unrelated.write_text("x")
+    classify_to_file(case, out, overwrite=True, resume=resume)
+    assert listing(tmp_path) == ["a.tif", "a.tif.aux.xml", "a_probabilities_old.tif"]
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+    classify_to_file(case, out, overwrite=True, probabilities="float32")  # and back: all three again
+    with rasterio.open(sides["probabilities"]) as src:
+        prob = src.read()
+    np.testing.assert_array_equal(prob.argmax(0) + 1, case["ref"])
+
+
+def test_without_overwrite_sidecars_are_never_removed(case, tmp_path):
+    out = tmp_path / "a.tif"
+    classify_to_file(case, out, probabilities=True)
+    out.unlink()
+    before = digest(side_paths(out)["probabilities"])
+    with pytest.raises(OutputError, match="a_probabilities.tif already exists"):
+        classify_to_file(case, out, probabilities=True)
+    classify_to_file(case, out)  # a new map alone: the user's remaining files are not ours to delete
+    assert digest(side_paths(out)["probabilities"]) == before
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. a plain .tif run does not orphan an interrupted resumable run
+
+
+def _crash_after(monkeypatch, n: int) -> None:
+    real = cluster._MarkingSink.write
+    count = {"n": 0}
+
+    def write(self, *a, **kw):
+        if count["n"] >= n:
+            raise RuntimeError("simulated crash")
+        count["n"] += 1
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(cluster._MarkingSink, "write", write)
+
+
+def test_plain_tif_run_refuses_a_partial_store_and_overwrite_discards_it(case, tmp_path, monkeypatch):
+    out = tmp_path / "r.tif"
+    _crash_after(monkeypatch, 2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        classify_to_file(case, out, resume=True, readers=1, queue_depth=1)
+    monkeypatch.undo()
+    part = partial_path(out)
+    assert int((read_record(part) > 0).sum()) == 2
+    before = digest(part)
+    with pytest.raises(OutputError, match=r"interrupted run left .*r\.tif\.partial.*--resume.*--overwrite"):
+        classify_to_file(case, out)
+    scene = write_scene_tif(tmp_path / "scene.tif", case["cube"])
+    rc, msg = cli(scene, case["model"], out)
+    assert rc == 2 and "--resume" in msg and "--overwrite" in msg
+    assert listing(tmp_path) == ["r.tif.partial", "scene.tif"] and digest(part) == before
+    classify_to_file(case, out, overwrite=True)  # start over: the stale partial store goes with the commit
+    assert listing(tmp_path) == ["r.tif", "r.tif.aux.xml", "scene.tif"]
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+
+
+def test_resume_still_finishes_the_partial_store(case, tmp_path, monkeypatch):
+    out = tmp_path / "r.tif"
+    _crash_after(monkeypatch, 2)
+    with pytest.raises(RuntimeError):
+        classify_to_file(case, out, resume=True, readers=1, queue_depth=1)
+    monkeypatch.undo()
+    classify_to_file(case, out, resume=True)
+    assert listing(tmp_path) == ["r.tif", "r.tif.aux.xml"]
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Ctrl-C / SystemExit (what the CLI turns SIGTERM into) inside a run: no temp, no output
+
+
+def _interrupt(monkeypatch, where: str, exc: type[BaseException], after: int = 2) -> None:
+    count = {"n": 0}
+    if where == "engine":  # the main thread, mid-scene
+        real = FusedSSRN.__call__
+
+        def hook(self, x):
+            count["n"] += 1
+            if count["n"] > after:
+                raise exc()
+            return real(self, x)
+
+        monkeypatch.setattr(FusedSSRN, "__call__", hook)
+    elif where == "writer":  # the writer thread, mid-scene
+        real_w = GeoTiffClassMapWriter._write
+
+        def hook_w(self, *a):
+            count["n"] += 1
+            if count["n"] > after:
+                raise exc()
+            return real_w(self, *a)
+
+        monkeypatch.setattr(GeoTiffClassMapWriter, "_write", hook_w)
+    elif where == "open":  # while the writer creates its hidden temp files
+        real_d = GeoTiffClassMapWriter._describe
+
+        def hook_d(self):
+            real_d(self)
+            raise exc()
+
+        monkeypatch.setattr(GeoTiffClassMapWriter, "_describe", hook_d)
+    else:  # the COG conversion at commit: the class map converted, its probabilities not yet
+        import rasterio.shutil
+
+        real_c = rasterio.shutil.copy
+
+        def hook_c(*a, **kw):
+            count["n"] += 1
+            if count["n"] > 1:
+                raise exc()
+            return real_c(*a, **kw)
+
+        monkeypatch.setattr(rasterio.shutil, "copy", hook_c)
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("where", ["engine", "writer", "open", "commit"])
+def test_interrupt_leaves_no_temp_and_keeps_the_previous_output(case, tmp_path, monkeypatch, exc, where):
+    out = tmp_path / "m.tif"
+    classify_to_file(case, out, probabilities=True)
+    before = {n: digest(tmp_path / n) for n in listing(tmp_path)}
+    _interrupt(monkeypatch, where, exc)
+    # `as info` keeps the traceback (and so the writer) alive, as a handler printing it does: the cleanup must
+    # have run already, not wait for the writer to be garbage-collected
+    with pytest.raises(exc) as info:
+        classify_to_file(case, out, probabilities=True, overwrite=True, readers=1, queue_depth=1)
+    monkeypatch.undo()
+    assert {n: digest(tmp_path / n) for n in listing(tmp_path)} == before  # no hidden .m.tif.tmp-* either
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    _interrupt(monkeypatch, where, exc)
+    with pytest.raises(exc) as info:
+        classify_to_file(case, fresh / "m.tif", probabilities=True, readers=1, queue_depth=1)
+    assert listing(fresh) == []
+    del info
