@@ -6,7 +6,9 @@ registering the accessor) stays cheap.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,6 +19,8 @@ import xarray as xr
 from .errors import HSIEngineError, SceneError
 from .io import as_scene, open_scene
 from .tiles import TilePlan, default_tile, plan_tiles
+
+log = logging.getLogger(__name__)
 
 __all__ = ["HSIAccessor", "classify", "classify_to_file", "load_model", "open_scene"]
 
@@ -320,19 +324,24 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     ycoords = np.asarray(da["y"].values) if "y" in da.coords else None
     xcoords = np.asarray(da["x"].values) if "x" in da.coords else None
     stale = check_no_partial(out, overwrite=overwrite)  # an interrupted --resume run's store: finish or discard
-    writer = open_writer(out, height=job.height, width=job.width, n_classes=job.classes, crs=crs,
-                         transform=transform, y_coords=ycoords, x_coords=xcoords, class_names=job.class_names(),
-                         palette=job.palette(), probabilities=prob, confidence=prob is not None,
-                         overwrite=overwrite)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # georeferencing: warned above, once
+        writer = open_writer(out, height=job.height, width=job.width, n_classes=job.classes, crs=crs,
+                             transform=transform, y_coords=ycoords, x_coords=xcoords, class_names=job.class_names(),
+                             palette=job.palette(), probabilities=prob, confidence=prob is not None,
+                             overwrite=overwrite)
+    t0 = time.perf_counter()
     try:
-        job.run(writer, probabilities=prob is not None, progress=progress, queue_depth=queue_depth,
-                readers=readers, cache_blocks=cache_blocks, decoders=decoders)
+        stats = job.run(writer, probabilities=prob is not None, progress=progress, queue_depth=queue_depth,
+                        readers=readers, cache_blocks=cache_blocks, decoders=decoders)
     except BaseException:
         writer.abort()  # nothing half-written is left behind
         raise
     path = Path(writer.commit())
     if stale is not None:
         discard_partial(stale)  # replaced by the output just committed
+    log.info("wrote %s: %d tiles, %d x %d pixels in %.1f s", path, stats.get("tiles", len(job.plan)), job.height,
+             job.width, time.perf_counter() - t0)
     return path
 
 

@@ -306,3 +306,14 @@ def test_real_enmap_tile_bad_bands_do_not_mask_the_scene(data_dir):
     assert out.rio.crs.to_epsg() == 32633
     assert (out.values > 0).all()
     assert (classify(scene.drop_vars("bbl"), model, tile=16, progress=False).values == 0).all()
+
+
+@pytest.mark.parametrize("name", ["map.tif", "map.zarr"])
+def test_an_ungeoreferenced_scene_is_warned_about_once_and_the_output_logged(case, tmp_path, name, caplog):
+    cube, model, ref = case
+    with warnings.catch_warnings(record=True) as seen, caplog.at_level("INFO"):
+        warnings.simplefilter("always")
+        path = classify_to_file(cube, model, tmp_path / name, tile=8, progress=False)
+    georef = [w for w in seen if "georeferencing" in str(w.message)]
+    assert len(georef) == 1, [str(w.message) for w in georef]
+    assert any(r.getMessage().startswith(f"wrote {path}") for r in caplog.records)
