@@ -95,6 +95,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _add_classify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="classify a scene into a class map (GeoTIFF or zarr)")
     p.add_argument("scene", help="zarr store, NetCDF, GeoTIFF, ENVI .hdr or MATLAB .mat scene")
+    _add_open_options(p)
     p.add_argument("--model", required=True, help="model directory (weights.safetensors + model.json)")
     p.add_argument("--out", required=True, help="OUT.tif (Cloud-Optimised GeoTIFF) or OUT.zarr")
     p.add_argument("--tile", type=_at_least(1), default=None,
@@ -133,7 +134,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         return 2
     reuse_large_buffers()  # this process only reads, classifies and writes: chunk-sized decode buffers are reused
 
-    classify_to_file(args.scene, args.model, args.out, tile=args.tile, device=args.device,
+    classify_to_file(_scene_arg(args), args.model, args.out, tile=args.tile, device=args.device,
                      backend=args.backend, precision=args.precision, probabilities=args.probabilities,
                      overwrite=args.overwrite, nodata=args.nodata, workers=args.workers,
                      scheduler=args.scheduler, resume=args.resume, readers=args.readers,
@@ -145,13 +146,31 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="shape, bands, dtype, chunks, CRS and size on disk of a scene")
     p.add_argument("scene")
+    _add_open_options(p)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from .io import scene_info
 
-    print(scene_info(args.scene))
+    print(scene_info(args.scene, variable=args.variable, band_axis=args.band_axis))
     return 0
+
+
+def _add_open_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variable", default=None,
+                   help="the array to read from a NetCDF / zarr / HDF5 / MATLAB file holding several cubes")
+    p.add_argument("--band-axis", type=int, choices=[0, 2], default=None,
+                   help="where the bands are in a bare array (.npy, .mat, zarr without dims): 0 for "
+                        "(band, y, x), 2 for (y, x, band); default: guessed, with a warning when ambiguous")
+
+
+def _scene_arg(args: argparse.Namespace):
+    """The scene path, or the scene opened with --variable / --band-axis when either is given."""
+    if args.variable is None and args.band_axis is None:
+        return args.scene
+    from .io import open_scene
+
+    return open_scene(args.scene, variable=args.variable, band_axis=args.band_axis)
 
 
 def _add_import_keras(sub: argparse._SubParsersAction) -> None:

@@ -118,7 +118,7 @@ def _guess_band_axis(shape: tuple[int, ...], where: str, default_last: bool) -> 
     band = 0 if a < c else 2
     warnings.warn(f"{where}: array of shape {shape} has no dimension names; taking axis {band} "
                   f"(length {shape[band]}) as the band axis. Pass band_axis=0 or band_axis=2 to open_scene "
-                  "to say which it is.", stacklevel=4)
+                  "(--band-axis 0 or 2 on the command line) to say which it is.", stacklevel=4)
     return band
 
 
@@ -375,7 +375,7 @@ def _pick_variable(ds: xr.Dataset, where: str, variable: str | None) -> xr.DataA
         if pref in ds.data_vars and ds[pref].ndim == 3:
             return ds[pref]
     raise SceneError(f"{where} holds several 3-D variables {sorted(map(str, cands))}; pick one with "
-                     "open_scene(path, variable=NAME)")
+                     "open_scene(path, variable=NAME) (--variable NAME on the command line)")
 
 
 def _dataset_chunks(var: xr.DataArray) -> dict[str, int] | None:
@@ -440,7 +440,7 @@ def _open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) 
         arrays = {variable: arrays[variable]}
     if len(arrays) != 1:
         raise SceneError(f"{path}: expected exactly one 3-D array in the zarr group, found {sorted(arrays)}; "
-                         "pass variable=NAME")
+                         "pass variable=NAME (--variable NAME)")
     (name, arr), = arrays.items()
     return _zarr_bare_array(arr, path / name, chunks, band_axis)
 
@@ -507,7 +507,7 @@ def _open_hdf5_file(f, path: Path, chunks, variable: str | None, band_axis: int 
         else:
             shapes = {k: v.shape for k, v in found.items()}
             raise SceneError(f"{path}: expected one 3-D dataset (or one named 'cube'); found {shapes}. "
-                             "Pass variable=NAME.")
+                             "Pass variable=NAME (--variable NAME).")
     ds = found[name]
     if ds.ndim != 3:
         raise SceneError(f"{path}:{name} has shape {ds.shape}; expected a 3-D cube")
@@ -541,7 +541,7 @@ def _open_matlab(path: Path, chunks, variable: str | None, band_axis: int | None
     try:
         arr, key = load_mat_array(path, [variable] if variable else None, ndim=3, what="scene")
     except DataError as e:
-        raise SceneError(f"{e}. Pass variable=NAME to pick the cube.") from None
+        raise SceneError(f"{e}. Pass variable=NAME (--variable NAME) to pick the cube.") from None
     # MATLAB scenes are stored (rows, cols, bands): band-last unless the shape or band_axis says otherwise
     dims = _resolve_dims(arr.shape, None, f"{path}:{key}", band_axis=band_axis, default_last=True)
     data = dsa.from_array(arr, chunks=_default_chunks(arr.shape, dims))
@@ -656,10 +656,11 @@ def _disk_size(path: Path) -> int:
     return total
 
 
-def scene_info(path: str | os.PathLike) -> str:
-    """A human summary of a scene: format, shape, bands, dtype, chunks, CRS, transform, wavelengths, size."""
+def scene_info(path: str | os.PathLike, *, variable: str | None = None, band_axis: int | None = None) -> str:
+    """A human summary of a scene: format, shape, bands, dtype, chunks, CRS, transform, wavelengths, size;
+    ``variable`` / ``band_axis`` as in :func:`open_scene`."""
     p = Path(path)
-    da = open_scene(p)
+    da = open_scene(p, variable=variable, band_axis=band_axis)
     lines = [f"scene      {p}", f"format     {da.attrs.get('source_format', scene_format(p))}",
              f"shape      band={da.sizes['band']} y={da.sizes['y']} x={da.sizes['x']}",
              f"dtype      {da.dtype}"]

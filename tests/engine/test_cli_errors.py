@@ -129,3 +129,30 @@ def test_sigterm_unwinds_like_ctrl_c_and_leaves_nothing(scene, model_dir, tmp_pa
     assert 3 <= len(calls) < 36  # stopped mid-run: 36 tiles in all
     left = {p.name for p in out.iterdir()}
     assert left <= ({"a.zarr.partial"} if out_name == "a.zarr" else set()), left
+
+
+def test_variable_and_band_axis_from_the_command_line(model_dir, tmp_path, capsys):
+    """The advice the errors give (--variable, --band-axis) works: a NetCDF with two cubes is refused naming
+    --variable, then classified with it; a band-first .npy is read as the user says, not as guessed."""
+    import numpy as np
+    import rasterio
+    import xarray as xr
+
+    cube = F.ip_crop(10, 12)  # (24, 10, 12)
+    nc = tmp_path / "two.nc"
+    xr.Dataset({"a": (("band", "y", "x"), cube), "b": (("band", "y", "x"), cube[::-1].copy())}).to_netcdf(nc)
+    out = tmp_path / "out"
+    out.mkdir()
+    rc, err = _cli(["classify", str(nc), "--model", str(model_dir), "--out", str(out / "m.tif")])
+    assert rc == 2 and "--variable NAME" in err and list(out.iterdir()) == []
+    assert _cli(["classify", str(nc), "--variable", "a", "--model", str(model_dir), "--out", str(out / "m.tif")])[0] == 0
+    assert main(["info", str(nc), "--variable", "b"]) == 0
+    assert "band=24 y=10 x=12" in capsys.readouterr().out
+
+    npy = tmp_path / "bandfirst.npy"
+    np.save(npy, cube)
+    assert _cli(["classify", str(npy), "--band-axis", "0", "--model", str(model_dir),
+                 "--out", str(out / "n.tif")])[0] == 0
+    with rasterio.open(out / "m.tif") as a, rasterio.open(out / "n.tif") as b:
+        assert a.shape == b.shape == (10, 12)
+        np.testing.assert_array_equal(a.read(1), b.read(1))  # the same cube, read the same way
