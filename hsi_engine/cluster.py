@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from .errors import HSIEngineError, OutputError
-from .resume import ResumableZarrWriter, mark_tile, model_digest, partial_path
+from .resume import ResumableZarrWriter, mark_tile, model_digest, partial_path, partial_tile
 from .tiles import Tile, TilePlan, default_tile, normalise_tile, plan_tiles
 
 log = logging.getLogger("hsi_engine.cluster")
@@ -435,6 +435,8 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     job = _Job(scene, model_path, tile=tile if tile is not None else 1 << 20, device=job_device, backend=backend,
                precision=precision, nodata=nodata, spatial_precision=spatial_precision)
     da = job.da
+    if tile is None and resume:
+        tile = partial_tile(out)  # finish an interrupted run with its own tiles (None: no partial store yet)
     if tile is None:
         wdev = "cuda" if (str(device or "").startswith("cuda") or (device is None and _cuda_count() > 0)) else "cpu"
         tile = default_tile(wdev if distributed else job.device.type, int(da.sizes["band"]))

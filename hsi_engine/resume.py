@@ -45,7 +45,7 @@ from .errors import OutputError
 from .writers import ZarrClassMapWriter, check_replaceable
 
 __all__ = ["PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "discard_partial", "model_digest",
-           "partial_path", "read_record"]
+           "partial_path", "partial_tile", "read_record"]
 
 PARTIAL_SUFFIX = ".partial"
 RECORD = "resume/tiles_done"
@@ -100,6 +100,17 @@ def model_digest(model: Any) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()[:32]
+
+
+def partial_tile(out: str | os.PathLike) -> int | None:
+    """The tile side an interrupted run into ``out`` used (from ``<out>.partial``'s fingerprint), so a
+    ``--resume`` without ``--tile`` continues with it; None when there is no readable partial store."""
+    try:
+        doc = json.loads((partial_path(out) / "zarr.json").read_text())
+        tile = doc["attributes"][FINGERPRINT_ATTR]["tile"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return int(tile) if isinstance(tile, int) and tile > 0 else None
 
 
 def read_record(store: str | os.PathLike) -> np.ndarray:

@@ -113,8 +113,8 @@ def test_crash_keeps_partial_and_resume_finishes_geotiff(case, tmp_path, monkeyp
     assert done_before == 5
     with pytest.raises(OutputError, match="--resume"):  # a fresh run does not clobber it
         cluster.run_to_file(case["scene"], case["model"], out, tile=TILE)
-    rep = cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)
-    assert (rep.skipped, rep.computed, rep.run) == (5, case["tiles"] - 5, 2)
+    rep = cluster.run_to_file(case["scene"], case["model"], out, resume=True)  # no tile: the partial's own
+    assert (rep.skipped, rep.computed, rep.run, rep.tile) == (5, case["tiles"] - 5, 2, TILE)
     np.testing.assert_array_equal(F.read_classes(out), case["ref"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif", "map.tif.aux.xml"]
 
