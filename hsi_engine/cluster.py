@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from .errors import HSIEngineError, OutputError
-from .resume import ResumableZarrWriter, mark_tile, model_digest, partial_path, partial_tile
+from .resume import ResumableZarrWriter, mark_tile, model_digest, partial_tile
 from .tiles import Tile, TilePlan, default_tile, normalise_tile, plan_tiles
 
 log = logging.getLogger("hsi_engine.cluster")
