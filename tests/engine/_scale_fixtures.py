@@ -95,3 +95,19 @@ def leftovers(directory: Path, name: str) -> list[str]:
     stem = Path(name).stem
     return sorted(p.name for p in Path(directory).iterdir() if name in p.name or p.name.startswith(f".{stem}")
                   or p.name.startswith(stem))
+
+
+def crash_writes_after(monkeypatch, n: int) -> None:
+    """Make the in-process resumable writer die (a crash, not bad input) after ``n`` tiles."""
+    from hsi_engine import cluster
+
+    real = cluster._MarkingSink.write
+    count = {"n": 0}
+
+    def write(self, *a, **kw):
+        if count["n"] >= n:
+            raise RuntimeError("simulated crash")
+        count["n"] += 1
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(cluster._MarkingSink, "write", write)

@@ -264,22 +264,9 @@ def test_without_overwrite_sidecars_are_never_removed(case, tmp_path):
 # 5. a plain .tif run does not orphan an interrupted resumable run
 
 
-def _crash_after(monkeypatch, n: int) -> None:
-    real = cluster._MarkingSink.write
-    count = {"n": 0}
-
-    def write(self, *a, **kw):
-        if count["n"] >= n:
-            raise RuntimeError("simulated crash")
-        count["n"] += 1
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(cluster._MarkingSink, "write", write)
-
-
 def test_plain_tif_run_refuses_a_partial_store_and_overwrite_discards_it(case, tmp_path, monkeypatch):
     out = tmp_path / "r.tif"
-    _crash_after(monkeypatch, 2)
+    F.crash_writes_after(monkeypatch, 2)
     with pytest.raises(RuntimeError, match="simulated crash"):
         classify_to_file(case, out, resume=True, readers=1, queue_depth=1)
     monkeypatch.undo()
@@ -299,7 +286,7 @@ def test_plain_tif_run_refuses_a_partial_store_and_overwrite_discards_it(case, t
 
 def test_resume_still_finishes_the_partial_store(case, tmp_path, monkeypatch):
     out = tmp_path / "r.tif"
-    _crash_after(monkeypatch, 2)
+    F.crash_writes_after(monkeypatch, 2)
     with pytest.raises(RuntimeError):
         classify_to_file(case, out, resume=True, readers=1, queue_depth=1)
     monkeypatch.undo()

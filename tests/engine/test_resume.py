@@ -87,23 +87,9 @@ def test_sigkilled_run_resumes_to_the_same_map_without_recomputing(case, tmp_pat
     assert not part.exists()
 
 
-def _interrupt_after(monkeypatch, n: int) -> None:
-    """Make the in-process writer die (a crash, not bad input) after ``n`` tiles."""
-    real = cluster._MarkingSink.write
-    count = {"n": 0}
-
-    def write(self, *a, **kw):
-        if count["n"] >= n:
-            raise RuntimeError("simulated crash")
-        count["n"] += 1
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(cluster._MarkingSink, "write", write)
-
-
 def test_crash_keeps_partial_and_resume_finishes_geotiff(case, tmp_path, monkeypatch):
     out = tmp_path / "map.tif"
-    _interrupt_after(monkeypatch, 5)
+    F.crash_writes_after(monkeypatch, 5)
     with pytest.raises(RuntimeError, match="simulated crash"):
         cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, readers=1, queue_depth=1)
     monkeypatch.undo()
@@ -121,7 +107,7 @@ def test_crash_keeps_partial_and_resume_finishes_geotiff(case, tmp_path, monkeyp
 
 def test_resume_with_other_settings_is_refused(case, tmp_path, monkeypatch):
     out = tmp_path / "map.zarr"
-    _interrupt_after(monkeypatch, 2)
+    F.crash_writes_after(monkeypatch, 2)
     with pytest.raises(RuntimeError):
         cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, readers=1, queue_depth=1)
     monkeypatch.undo()
@@ -151,7 +137,7 @@ def test_api_resume_routes_here(case, tmp_path):
 def test_plain_zarr_run_is_resumable_without_asking(case, tmp_path, monkeypatch):
     """A .zarr output records finished tiles even when the first run did not ask for --resume."""
     out = tmp_path / "plain.zarr"
-    _interrupt_after(monkeypatch, 3)
+    F.crash_writes_after(monkeypatch, 3)
     with pytest.raises(RuntimeError, match="simulated crash"):
         hsi_engine.classify_to_file(case["scene"], case["model"], out, tile=TILE, readers=1, queue_depth=1)
     monkeypatch.undo()
