@@ -126,6 +126,12 @@ def stage_raw(raw: np.ndarray, *, pin: bool = False, copies: "Executor | None" =
     return buf, _WRAP.get(key, 0)
 
 
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each run of True in a 1-D boolean mask."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.astype(np.int8), [0]))))
+    return [(int(a), int(z)) for a, z in zip(edges[::2], edges[1::2])]
+
+
 def normalise_tensor(raw: "torch.Tensor", mean: "torch.Tensor | None", std: "torch.Tensor | None",
                      nodata: float | None, out: "torch.Tensor", *, wrap_bits: int = 0,
                      chunk_elems: int = 1 << 24, nodata_bands: np.ndarray | None = None
@@ -150,19 +156,21 @@ def normalise_tensor(raw: "torch.Tensor", mean: "torch.Tensor | None", std: "tor
     for k0 in range(0, b, step):
         k1 = min(b, k0 + step)
         r = raw[k0:k1]
-        some = tested[k0:k1]  # the chunk's bands the nodata value is looked for in
-        pick = None if some.all() else torch.as_tensor(np.flatnonzero(some), device=raw.device)
+        runs = _runs(tested[k0:k1])  # the chunk's bands the nodata value is looked for in, as slices: an index
+        # tensor would be a blocking host-to-device copy per chunk
         if is_float:
             nonf |= ~torch.isfinite(r).all(0)
-            if check_nodata and some.any():  # in the raw dtype, as numpy compares a float array with a Python float
-                bad |= ((r if pick is None else r[pick]) == nodata).any(0)
+            if check_nodata:  # in the raw dtype, as numpy compares a float array with a Python float
+                for a, z in runs:
+                    bad |= (r[a:z] == nodata).any(0)
         d = None
         if wrap_bits or mean is not None or (check_nodata and not is_float):
             d = r.to(torch.float64)
             if wrap_bits:
                 d = torch.where(d < 0, d + float(1 << wrap_bits), d)
-            if check_nodata and not is_float and some.any():  # integers compare in float64, as numpy does
-                bad |= ((d if pick is None else d[pick]) == nodata).any(0)
+            if check_nodata and not is_float:  # integers compare in float64, as numpy does
+                for a, z in runs:
+                    bad |= (d[a:z] == nodata).any(0)
         if mean is not None:
             d.sub_(mean[k0:k1, None, None]).div_(std[k0:k1, None, None])
             out[k0:k1].copy_(d)  # one rounding to float32, as numpy's assignment
