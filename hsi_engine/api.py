@@ -89,8 +89,22 @@ def _normalisation(model: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
 
 
 def _wavelengths(da: xr.DataArray) -> np.ndarray | None:
+    """The scene's band wavelengths in nm: its ``wavelength`` coordinate, else a float ``band`` coordinate that
+    reads as wavelengths (all within 250-3000 nm, or 0.25-3 µm and not whole numbers, monotonic), so that a
+    reordered or mismatched band axis is caught either way; None when neither is there."""
     if "wavelength" in da.coords and da.coords["wavelength"].dims == ("band",):
         return np.asarray(da.coords["wavelength"].values, np.float64)
+    band = da.coords.get("band")
+    if band is None or band.dims != ("band",) or band.dtype.kind != "f" or band.size < 2:
+        return None
+    v = np.asarray(band.values, np.float64)
+    step = np.diff(v)
+    if not np.all(np.isfinite(v)) or not (np.all(step > 0) or np.all(step < 0)):
+        return None
+    if np.all((v >= 250) & (v <= 3000)):
+        return v
+    if np.all((v >= 0.25) & (v <= 3.0)) and not np.all(v == np.round(v)):
+        return v * 1000.0
     return None
 
 
@@ -135,6 +149,12 @@ class _Job:
         check_scene(m.config, self.meta, bands=bands, height=height, width=width, wavelengths=_wavelengths(da),
                     dtype=da.dtype)
         self.mean, self.std = _normalisation(m)
+        if self.mean is None and da.dtype.kind in "ui":
+            warnings.warn(f"the model has no per-band mean/std (model.json meta), so the scene is taken as already "
+                          f"normalised, but it holds {da.dtype} values (raw counts or scaled reflectance): the map "
+                          "will be meaningless. Use a model that records its normalisation (trained with "
+                          "`hsi-engine train`, or `import-keras --dataset NAME`), or normalise the scene first",
+                          stacklevel=3)
         self.nodata = nodata if nodata is not None else _declared_nodata(da)
         self.nodata_bands = _nodata_bands(da)
         from .integrity import check_store

@@ -87,8 +87,9 @@ def check_scene(config: Any, meta: dict[str, Any], *, bands: int, height: int, w
                 raise BandMismatchError(
                     f"scene wavelengths differ from the model's{trained_s}: band {i} is {a[i]:.2f} nm in the "
                     f"scene, {b[i]:.2f} nm in the model (max difference {diff.max():.2f} nm > {tol:.2f} nm): "
-                    "pass a scene from the same sensor and band subset, or, if you are sure the bands match, "
-                    "drop the scene's 'wavelength' coordinate (Python: scene.drop_vars('wavelength'))")
+                    "pass a scene from the same sensor and band subset, in the model's band order, or, if you are "
+                    "sure the bands match, drop the scene's wavelengths (Python: scene.drop_vars('wavelength'), or "
+                    "band numbers for a float 'band' coordinate)")
     if height < config.patch or width < config.patch:
         raise SceneTooSmallError(
             f"scene is {height} x {width} pixels, smaller than one {config.patch} x {config.patch} patch of the "

@@ -124,6 +124,34 @@ def test_wavelength_mismatch(case, geo):
     classify(geo.cube_dataarray(cube), model, progress=False)
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e-3])  # the band coordinate in nm, or in µm
+def test_wavelengths_in_a_float_band_coordinate_are_checked_too(case, geo, scale):
+    """A scene whose float ``band`` coordinate holds wavelengths (no ``wavelength`` coordinate): in the model's
+    order it runs and equals the reference; reversed (bands and wavelengths together) it is refused, where
+    before it ran silently into a wrong map. Integer band numbers are not taken for wavelengths."""
+    cube, model, ref = case
+    model.meta["wavelengths"] = list(geo.WAVELENGTHS_NM)
+    wl = np.asarray(geo.WAVELENGTHS_NM) * scale
+    da = xr.DataArray(cube, dims=("band", "y", "x"), coords={"band": wl})
+    np.testing.assert_array_equal(classify(da, model, progress=False).values, ref)
+    with pytest.raises(BandMismatchError, match="wavelengths differ.*model's band order"):
+        classify(da.isel(band=slice(None, None, -1)), model, progress=False)
+    numbered = xr.DataArray(cube[::-1].copy(), dims=("band", "y", "x"), coords={"band": np.arange(1.0, geo.BANDS + 1)})
+    classify(numbered, model, progress=False)  # band numbers: nothing to compare, so it runs
+
+
+def test_a_model_without_normalisation_on_raw_integers_is_warned_about(case):
+    cube, model, _ = case
+    bare = SSRN(model.config)
+    bare.load_state_dict(model.state_dict())
+    bare.eval().meta = {}
+    with pytest.warns(UserWarning, match="no per-band mean/std .* holds uint16 values"):
+        classify(np.clip(cube, 0, None).astype(np.uint16), bare, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float input taken as normalised: no warning
+        classify((cube - cube.mean()) / cube.std(), bare, progress=False)
+
+
 def test_scene_smaller_than_a_patch(case):
     cube, model, _ = case
     with pytest.raises(SceneTooSmallError, match="smaller than one 7 x 7 patch"):
