@@ -90,10 +90,9 @@ def check_scene(config: Any, meta: dict[str, Any], *, bands: int, height: int, w
                     "pass a scene from the same sensor and band subset, in the model's band order, or, if you are "
                     "sure the bands match, drop the scene's wavelengths (Python: scene.drop_vars('wavelength'), or "
                     "band numbers for a float 'band' coordinate)")
-    if height < config.patch or width < config.patch:
-        raise SceneTooSmallError(
-            f"scene is {height} x {width} pixels, smaller than one {config.patch} x {config.patch} patch of the "
-            f"model: pass a scene at least {config.patch} pixels on each side")
+    if height < 1 or width < 1:  # smaller than a patch is fine: zero-padded exactly as patch mode pads it
+        raise SceneTooSmallError(f"scene is {height} x {width} pixels: nothing to classify; pass a scene of at "
+                                 "least one pixel")
     if dtype is not None:
         kind = np.dtype(dtype).kind
         if kind not in "uifb":

@@ -152,10 +152,12 @@ def test_a_model_without_normalisation_on_raw_integers_is_warned_about(case):
         classify((cube - cube.mean()) / cube.std(), bare, progress=False)
 
 
-def test_scene_smaller_than_a_patch(case):
+def test_scene_smaller_than_a_patch_equals_patch_mode(case):
     cube, model, _ = case
-    with pytest.raises(SceneTooSmallError, match="smaller than one 7 x 7 patch"):
-        classify(cube[:, :6, :], model, progress=False)
+    small = cube[:, :6, :3]
+    np.testing.assert_array_equal(classify(small, model, progress=False).values, reference_labels(model, small))
+    with pytest.raises(SceneTooSmallError, match="0 x 3 pixels: nothing to classify"):
+        classify(cube[:, :0, :3], model, progress=False)
 
 
 def test_non_finite_without_policy_names_the_pixel(case):

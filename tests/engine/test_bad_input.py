@@ -84,11 +84,31 @@ def test_band_count_differs_from_the_model(crop, model_dir, outdir, tmp_path):
     assert "20 bands" in msg and "model expects 24" in msg and "error" in msg
 
 
-def test_scene_smaller_than_a_patch(crop, model_dir, outdir, tmp_path):
-    scene = F.write_zarr(tmp_path / "small.zarr", np.ascontiguousarray(crop[:, :5, :30]))
-    msg = classify_everywhere(scene, model_dir, outdir, SceneTooSmallError, r"5 x 30 pixels.*7 x 7 patch",
-                              cli_scene=scene)
-    assert "at least 7 pixels" in msg
+def test_scene_without_pixels(crop, model_dir, outdir, tmp_path):
+    scene = hsi_engine.as_scene(np.ascontiguousarray(crop[:, :0, :30]))
+    classify_everywhere(scene, model_dir, outdir, SceneTooSmallError, r"0 x 30 pixels: nothing to classify")
+
+
+@pytest.mark.parametrize("shape", [(5, 30), (1, 20), (1, 1)])
+def test_scene_smaller_than_a_patch_is_padded_like_patch_mode(crop, model_dir, tmp_path, shape):
+    """Scenes (strips, single pixels) smaller than one patch: every output equals patch mode on the zero-padded
+    scene, as the border pixels of any scene do; through the API, a .tif and a .zarr."""
+    import torch
+
+    from hsi_engine.fused import patch_forward
+
+    h, w = shape
+    cube = np.ascontiguousarray(crop[:, :h, :w])
+    model = hsi_engine.load_model(model_dir)
+    mean = np.asarray(model.meta["mean"])[:, None, None]
+    std = np.asarray(model.meta["std"])[:, None, None]
+    x = torch.from_numpy(((cube - mean) / std).astype(np.float32))
+    ref = patch_forward(model, x).argmax(1).reshape(h, w).numpy() + 1
+    np.testing.assert_array_equal(hsi_engine.classify(cube, model, tile=TILE, progress=False).values, ref)
+    scene = F.write_zarr(tmp_path / "small.zarr", cube)
+    for name in ("map.tif", "map.zarr"):
+        out = hsi_engine.classify_to_file(scene, model_dir, tmp_path / name, tile=TILE)
+        np.testing.assert_array_equal(F.read_classes(out), ref)
 
 
 # ----------------------------------------------------------------------------------------------
