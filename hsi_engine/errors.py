@@ -22,7 +22,7 @@ class BandMismatchError(HSIEngineError, ValueError):
 
 
 class SceneTooSmallError(HSIEngineError, ValueError):
-    """A scene smaller than one patch."""
+    """A scene without pixels (0 rows or columns): nothing to classify."""
 
 
 class NonFiniteInputError(HSIEngineError, ValueError):
