@@ -370,10 +370,13 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
 
 
 @xr.register_dataarray_accessor("hsi")
+@xr.register_dataset_accessor("hsi")
 class HSIAccessor:
-    """``scene.hsi.classify(model, **kw)``: forwards to :func:`hsi_engine.classify`; keeps no state."""
+    """``scene.hsi.classify(model, **kw)``: forwards to :func:`hsi_engine.classify`; keeps no state. On a
+    Dataset, the cube is its one 3-D variable (or the one named ``cube``, ``reflectance``, ...), as
+    :func:`classify` picks it."""
 
-    def __init__(self, da: xr.DataArray) -> None:
+    def __init__(self, da: xr.DataArray | xr.Dataset) -> None:
         self._da = da
 
     def classify(self, model: Any, **kwargs: Any) -> xr.DataArray | xr.Dataset:

@@ -60,7 +60,8 @@ def test_numpy_torch_dataarray_and_accessor_agree(case, geo):
     c = classify(da, model, tile=64, progress=False)
     d = da.hsi.classify(model, tile=4, progress=False)
     e = da.chunk({"y": 5, "x": 6}).hsi.classify(model, tile=7, progress=False)
-    for out in (a, b, c, d, e):
+    f = da.to_dataset(name="reflectance").hsi.classify(model, tile=6, progress=False)  # the Dataset accessor
+    for out in (a, b, c, d, e, f):
         assert isinstance(out, xr.DataArray) and out.dims == ("y", "x") and out.dtype == np.uint8
         np.testing.assert_array_equal(out.values, ref)
 
