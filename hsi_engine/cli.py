@@ -46,28 +46,60 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0, else a usage error naming the bound."""
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a fraction strictly between 0 and 1, else a usage error naming the bounds."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1) (0 and 1 excluded), got {text}")
+    return v
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train an SSRN with the seed's protocol (or your options)")
     p.add_argument("--dataset", required=True,
                    help="indian_pines | pavia_university | ksc | salinas | PATH to a .mat/.npz scene")
-    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--out", required=True, help="model directory to write: new or empty (or, with --overwrite, "
+                                                "a model directory to replace)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out when it is a model directory (never a directory holding other files)")
     p.add_argument("--data-dir", default=None, help="directory holding the scenes (default: $HSI_ENGINE_DATA "
                                                     "or ../shared/data)")
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--train-fraction", type=float, default=None, help="default: the dataset's seed protocol")
-    p.add_argument("--val-fraction", type=float, default=None, help="default: the dataset's seed protocol")
-    p.add_argument("--per-class", type=int, default=None, help="fixed number of training pixels per class")
+    p.add_argument("--epochs", type=_at_least(1), default=200)
+    p.add_argument("--batch-size", type=_at_least(1), default=16)
+    pixels = p.add_mutually_exclusive_group()  # both choose the training pixels: one or the other
+    pixels.add_argument("--train-fraction", type=_fraction, default=None,
+                        help="fraction of each class for training (default: the dataset's seed protocol)")
+    pixels.add_argument("--per-class", type=_at_least(1), default=None,
+                        help="fixed number of training pixels per class (random split only)")
+    p.add_argument("--val-fraction", type=_fraction, default=None,
+                   help="fraction of each class for validation (default: the dataset's seed protocol); "
+                        "train + val must stay below 1")
     p.add_argument("--split", choices=["random", "blocks"], default="random")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     p.add_argument("--variant", choices=["ssrn", "spc", "spa"], default="ssrn")
     p.add_argument("--patch", type=int, default=7, choices=[5, 7, 9, 11])
     p.add_argument("--optimizer", choices=["rmsprop", "adamw"], default="rmsprop")
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=_positive_float, default=3e-4)
     p.add_argument("--schedule", choices=["constant", "cosine"], default="constant")
-    p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs")
-    p.add_argument("--max-minutes", type=float, default=None,
+    p.add_argument("--patience", type=_at_least(1), default=None, help="early-stopping patience in epochs")
+    p.add_argument("--max-minutes", type=_positive_float, default=None,
                    help="stop after the last epoch that fits this training-time budget (recorded in the report)")
     p.add_argument("--class-weight", choices=["none", "balanced"], default="none",
                    help="'balanced': weigh the loss by inverse class frequency (default: none, as the seed)")
@@ -76,7 +108,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from ssrn.data import DataError
-    from ssrn.train import run_training
+    from ssrn.train import TrainOptionError, run_training
 
     try:
         run_training(dataset=args.dataset, out=args.out, data_dir=args.data_dir, epochs=args.epochs,
@@ -85,8 +117,8 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
                      device=args.device, variant=args.variant, patch=args.patch, optimizer=args.optimizer,
                      lr=args.lr, schedule=args.schedule, patience=args.patience, max_minutes=args.max_minutes,
                      amp=args.amp, class_weight=None if args.class_weight == "none" else args.class_weight,
-                     command="hsi-engine " + shlex.join(argv))
-    except (DataError, KeyError) as e:
+                     overwrite=args.overwrite, command="hsi-engine " + shlex.join(argv))
+    except (DataError, TrainOptionError) as e:
         print(f"hsi-engine train: error: {e}", file=sys.stderr)
         return 2
     return 0
@@ -176,16 +208,26 @@ def _scene_arg(args: argparse.Namespace):
 def _add_import_keras(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import-keras", help="convert a seed Keras SSRN .hdf5 into a model directory")
     p.add_argument("hdf5", help="the Keras .hdf5 file (read with h5py; no TensorFlow needed)")
-    p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--dataset", default=None, help="record this dataset's preprocessing, class names, palette")
+    p.add_argument("--out", required=True, help="model directory to write: new or empty (or, with --overwrite, "
+                                                "a model directory to replace)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out when it is a model directory (never a directory holding other files)")
+    p.add_argument("--dataset", default=None,
+                   help="record this dataset's preprocessing (per-band mean/std), class names, palette; without "
+                        "it the model expects scenes normalised already")
     p.add_argument("--data-dir", default=None)
 
 
 def _cmd_import_keras(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from ssrn.data import DataError
     from ssrn.keras import import_keras_to_dir
 
-    import_keras_to_dir(args.hdf5, args.out, dataset=args.dataset, data_dir=args.data_dir,
-                        command="hsi-engine " + shlex.join(argv))
+    try:
+        import_keras_to_dir(args.hdf5, args.out, dataset=args.dataset, data_dir=args.data_dir,
+                            overwrite=args.overwrite, command="hsi-engine " + shlex.join(argv))
+    except DataError as e:
+        print(f"hsi-engine import-keras: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -40,16 +40,113 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` to the directory ``path`` atomically (built beside it, then renamed in).
+_MODEL_FILES = frozenset({WEIGHTS, MODEL_JSON})
+
+
+def _is_model_json(path: Path) -> bool:
+    """Whether ``path`` is a model.json carrying this project's format marker (written by save_model)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT
+
+
+def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse a ``save_model`` target that cannot or must not be written, before any work is spent on it.
+
+    A target is fine when it does not exist (its nearest existing ancestor must be a writable directory), is
+    an empty directory, or, with ``overwrite``, is a model directory (only model.json with this project's
+    format marker and weights.safetensors). Anything else raises :class:`CheckpointError`; nothing is
+    created. Returns the absolute path.
+    """
+    target = Path(path).resolve()
+    if not target.name:
+        raise CheckpointError(f"cannot write a model directory at {str(path)!r} (the file-system root); "
+                              "expected a directory path such as models/indian_pines")
+    # "." or "a/.." say little in a message: name the directory they stand for too
+    given = str(path) if Path(path).name == target.name else f"{path} ({target})"
+    if target.is_dir():
+        entries = sorted(e.name for e in target.iterdir())
+        if not entries:
+            _check_writable(target, given)
+            return target
+        if set(entries) <= _MODEL_FILES and MODEL_JSON in entries and _is_model_json(target / MODEL_JSON):
+            if not overwrite:
+                raise CheckpointError(f"{given} is an existing model directory; pass --overwrite "
+                                      "(overwrite=True) to replace it, or choose another output directory")
+            _check_writable(target.parent, given)
+            return target
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise CheckpointError(f"{given} exists and is not a model directory (it holds {shown}); hsi-engine "
+                              "writes a model only into a new or empty directory, or replaces one it wrote "
+                              "(with --overwrite): choose another output directory")
+    if target.exists() or target.is_symlink():
+        raise CheckpointError(f"{given} exists and is not a directory; expected a new or empty directory "
+                              "for the model: choose another output path")
+    ancestor = target.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CheckpointError(f"cannot create the model directory {given}: {ancestor} is a file, not a "
+                              "directory; choose an output path under a directory")
+    _check_writable(ancestor, given)
+    return target
+
+
+def _check_writable(directory: Path, given: str) -> None:
+    """Refuse now a directory the model could not be written into later (after the training is spent)."""
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CheckpointError(f"cannot write the model directory {given}: no write permission in {directory}; "
+                              "choose an output directory you can write to")
+
+
+def _remove_model_dir(path: Path) -> None:
+    """Delete a replaced model directory: only the files save_model writes, then the (then empty) directory.
+
+    Anything else found there is left in place (with a warning), never deleted."""
+    for name in _MODEL_FILES:
+        (path / name).unlink(missing_ok=True)
+    try:
+        path.rmdir()
+    except OSError as e:
+        import logging
+
+        logging.getLogger("ssrn.checkpoint").warning("the replaced model directory %s was left in place: %s",
+                                                     path, e)
+
+
+def _move_into_empty(tmp: Path, target: Path) -> None:
+    """Move the files of ``tmp`` into the empty directory ``target`` (kept: it may be the working directory),
+    model.json last so it never names weights that are not there yet; on failure ``target`` is empty again."""
+    moved: list[Path] = []
+    try:
+        for name in (WEIGHTS, MODEL_JSON):
+            (tmp / name).rename(target / name)
+            moved.append(target / name)
+    except BaseException:
+        for f in moved:
+            f.unlink(missing_ok=True)
+        raise
+    tmp.rmdir()
+
+
+def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None = None, *,
+               overwrite: bool = False) -> Path:
+    """Write ``model`` to the directory ``path``, never half-written (built beside it, then moved in).
+
+    ``path`` must be new or an empty directory; an existing model directory (written by save_model) is
+    replaced only with ``overwrite=True``. Any other existing path raises :class:`CheckpointError` and is
+    left untouched (see :func:`check_model_target`).
 
     ``meta`` (default: ``model.meta``) travels in model.json: normalisation ``mean``/``std`` per band,
     ``class_names``, ``palette`` (RGB triplets), ``wavelengths``, the training ``report``, ``command``.
     """
-    path = Path(path)
+    given = Path(path)
+    target = check_model_target(given, overwrite)
     meta = dict(model.meta if meta is None else meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     umask = os.umask(0)
     os.umask(umask)
     try:
@@ -60,18 +157,24 @@ def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None
                "meta": _jsonable(meta)}
         (tmp / MODEL_JSON).write_text(json.dumps(doc, indent=1))
         (tmp / WEIGHTS).chmod(0o666 & ~umask)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
+        if not target.exists():
+            tmp.rename(target)
+        elif not any(target.iterdir()):
+            _move_into_empty(tmp, target)
+        else:  # a model directory, overwrite=True (checked above): swap, then drop the old one's files
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            old.rmdir()  # a unique free name to move the old directory to
+            target.rename(old)
+            try:
+                tmp.rename(target)
+            except BaseException:
+                old.rename(target)  # the old model goes back where it was
+                raise
+            _remove_model_dir(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return path
+    return given
 
 
 def read_model_json(path: str | os.PathLike) -> dict[str, Any]:

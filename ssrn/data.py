@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 __all__ = [
-    "DATASETS", "DataError", "DatasetSpec", "PatchDataset", "Scene", "Split", "block_split", "decode_mask",
-    "default_data_dir", "encode_mask", "load_dataset", "load_mat_array", "load_scene", "per_class_split",
-    "shipped_indian_pines", "split_masks_from_meta", "standardize", "stratified_split",
+    "DATASETS", "DataError", "DatasetSpec", "PatchDataset", "Scene", "Split", "UnknownDatasetError", "block_split",
+    "decode_mask", "default_data_dir", "encode_mask", "is_scene_path", "load_dataset", "load_mat_array", "load_scene",
+    "per_class_split", "shipped_indian_pines", "split_masks_from_meta", "standardize", "stratified_split",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +35,13 @@ SHIPPED_IN = REPO / "hsi_engine" / "data" / "indian_pines" / "indian_pines.h5"
 
 class DataError(ValueError):
     """A scene or label file that cannot be used: missing key, wrong shape, bad values."""
+
+
+class UnknownDatasetError(DataError, KeyError):
+    """A dataset name that is neither registered nor a path (a ``KeyError`` too, for older callers)."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted, as a repr
+        return str(self.args[0]) if self.args else ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -108,13 +115,28 @@ def dataset_spec(name: str) -> DatasetSpec:
     key = name.lower().replace("-", "_")
     key = _ALIASES.get(key, key)
     if key not in DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; known: {sorted(DATASETS)} (or pass a path to a .mat/.h5 scene)")
+        raise UnknownDatasetError(f"unknown dataset {name!r}; known: {sorted(DATASETS)} (or pass a path to a "
+                                  ".mat/.h5/.npz scene)")
     return DATASETS[key]
 
 
+def is_scene_path(name: str) -> bool:
+    """Whether ``load_dataset`` reads ``name`` as a scene file (by suffix, or an existing file), not a registry name."""
+    p = Path(name)
+    return p.suffix.lower() in (".mat", ".h5", ".hdf5", ".npz") or p.is_file()
+
+
 def default_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """``data_dir`` if given, else ``$HSI_ENGINE_DATA``, else ``../shared/data`` beside the repository."""
+    """``data_dir`` if given, else ``$HSI_ENGINE_DATA``, else ``../shared/data`` beside the repository.
+
+    A ``data_dir`` given explicitly must be a directory: a typo must not fall back to other data silently.
+    """
     if data_dir is not None:
+        if not Path(data_dir).is_dir():
+            what = "is not a directory" if Path(data_dir).exists() else "does not exist"
+            raise FileNotFoundError(f"data directory {data_dir} {what}; expected the directory holding the "
+                                    "scene files (fix --data-dir, or leave it out for $HSI_ENGINE_DATA or "
+                                    "../shared/data)")
         return Path(data_dir)
     env = os.environ.get("HSI_ENGINE_DATA")
     if env:
@@ -169,9 +191,11 @@ def load_mat_array(path: str | os.PathLike, keys: Sequence[str] | None = None, *
                 raise DataError(f"{path}: no {what} under the expected key(s) {list(keys)}; keys found: "
                                 f"{sorted(found)}. Rename the variable or pass the matching file.")
         else:
-            cands = [k for k in found if np.ndim(get(k)) == ndim]
+            cands = [k for k in found if ndim is None or np.ndim(get(k)) == ndim]
             if len(cands) != 1:
-                raise DataError(f"{path}: expected exactly one {ndim}-D {what}; keys found: {sorted(found)}")
+                kind = f"{ndim}-D {what}" if ndim is not None else what
+                raise DataError(f"{path}: expected exactly one {kind}; found {len(cands)} (keys: {sorted(found)}). "
+                                "Keep only that variable in the file, or name it as the dataset registry expects")
             key = cands[0]
         arr = get(key)
     finally:
@@ -216,7 +240,7 @@ def load_scene(scene_path: str | os.PathLike, gt_path: str | os.PathLike | None 
     da = _to_dataarray(cube, wavelengths, key)
     if gt_path is None:
         return da, None
-    gt, gkey = load_mat_array(gt_path, gt_keys, ndim=None, what="ground truth")
+    gt, gkey = load_mat_array(gt_path, gt_keys, ndim=2, what="ground truth")
     labels = _check_labels(gt, da.shape[1:], f"{gt_path} (key {gkey!r}) vs {scene_path} (key {key!r})")
     return da, labels
 
@@ -286,11 +310,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Scene:
     Looks in ``data_dir`` (else ``$HSI_ENGINE_DATA``, else ``../shared/data`` beside the repository);
     Indian Pines falls back to the copy this package ships.
     """
-    p = Path(name)
-    if p.suffix.lower() in (".mat", ".h5", ".hdf5", ".npz") or p.is_file():
-        return _load_path(p)
+    ddir = default_data_dir(data_dir)  # an explicit data_dir that is not there is an error, even for a path
+    if is_scene_path(name):
+        return _load_path(Path(name))
     spec = dataset_spec(name)
-    ddir = default_data_dir(data_dir)
     scene_file = _find(ddir, spec.scene_files) if ddir.is_dir() else None
     gt_file = _find(ddir, spec.gt_files) if ddir.is_dir() else None
     if scene_file is not None and gt_file is not None:
@@ -315,26 +338,52 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Scene:
     return Scene(spec.name, da, labels, list(spec.class_names), [list(c) for c in spec.palette], wl, source, spec)
 
 
+def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
+    """(cube (band, y, x), labels (y, x), wavelengths or None) of an .npz; DataError for anything else."""
+    import zipfile
+
+    if not zipfile.is_zipfile(p):
+        raise DataError(f"{p} is not an .npz archive (a zip of .npy arrays, as numpy.savez writes); expected "
+                        "arrays 'cube' (band, y, x) and 'labels' (y, x)")
+    try:
+        z = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise DataError(f"{p}: not a readable .npz ({e}); expected arrays 'cube' (band, y, x) and 'labels' "
+                        "(y, x) written by numpy.savez") from None
+    with z:
+        if "cube" not in z or "labels" not in z:
+            raise DataError(f"{p}: expected keys 'cube' (band, y, x) and 'labels' (y, x); found {sorted(z)}")
+        try:
+            cube, labels = z["cube"], z["labels"]
+            wl = z["wavelength"].tolist() if "wavelength" in z else None
+        except (ValueError, OSError, zipfile.BadZipFile) as e:  # object arrays (pickles), corrupt members
+            raise DataError(f"{p}: its arrays are not readable numeric arrays ({e}); expected 'cube' "
+                            "(band, y, x) and 'labels' (y, x) of numbers, written by numpy.savez") from None
+    if cube.ndim != 3:
+        raise DataError(f"{p}: 'cube' has shape {cube.shape}; expected a 3-D (band, y, x) array")
+    return cube, labels, wl
+
+
 def _load_path(p: Path) -> Scene:
     """A scene given by path: our HDF5 (cube/labels), an .npz (cube (band,y,x), labels) or a .mat + _gt.mat."""
     if not p.exists():
         raise FileNotFoundError(f"scene file {p} not found")
     suf = p.suffix.lower()
     if suf == ".npz":
-        with np.load(p) as z:
-            if "cube" not in z or "labels" not in z:
-                raise DataError(f"{p}: expected keys 'cube' (band, y, x) and 'labels' (y, x); found {sorted(z)}")
-            cube, labels = z["cube"], z["labels"]
-            wl = z["wavelength"].tolist() if "wavelength" in z else None
+        cube, labels, wl = _read_npz(p)
         da = _to_dataarray(np.moveaxis(cube, 0, -1), wl, p.stem)
     elif suf in (".h5", ".hdf5"):
         import h5py
 
+        if not h5py.is_hdf5(p):
+            raise DataError(f"{p} is not an HDF5 file; expected datasets 'cube' (band, y, x) and 'labels' (y, x)")
         with h5py.File(p, "r") as f:
             if "cube" not in f or "labels" not in f:
                 raise DataError(f"{p}: expected datasets 'cube' (band, y, x) and 'labels' (y, x); found {sorted(f)}")
             cube, labels = f["cube"][()], f["labels"][()]
             wl = f["wavelength"][()].tolist() if "wavelength" in f else None
+        if cube.ndim != 3:
+            raise DataError(f"{p}: 'cube' has shape {cube.shape}; expected a 3-D (band, y, x) array")
         da = _to_dataarray(np.moveaxis(cube, 0, -1), wl, p.stem)
     else:
         cands = [p.with_name(p.stem + "_gt.mat"), p.with_name(p.stem.replace("_corrected", "") + "_gt.mat"),
@@ -345,6 +394,9 @@ def _load_path(p: Path) -> Scene:
         da, labels = load_scene(p, gt)
     labels = _check_labels(labels, da.shape[1:], str(p))
     k = int(labels.max())
+    if k == 0:
+        raise DataError(f"{p}: the label map has no labelled pixels (all 0); expected classes 1..K on the "
+                        "pixels to train and test on (0 = unlabelled)")
     names = [f"class {i}" for i in range(1, k + 1)]
     rng = np.random.default_rng(0)
     palette = rng.integers(0, 256, size=(k, 3)).tolist()

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,8 @@ from .config import SSRNConfig
 from .model import SSRN
 
 __all__ = ["KerasImportError", "import_keras_to_dir", "load_keras", "parse_keras_graph", "read_keras_config"]
+
+log = logging.getLogger("ssrn.keras")
 
 
 class KerasImportError(CheckpointError):
@@ -616,17 +619,22 @@ def seed_standardisation(cube: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def import_keras_to_dir(hdf5: str | os.PathLike, out: str | os.PathLike, *, dataset: str | None = None,
-                        data_dir: str | os.PathLike | None = None, command: str | None = None) -> Path:
+                        data_dir: str | os.PathLike | None = None, command: str | None = None,
+                        overwrite: bool = False) -> Path:
     """Convert a seed Keras ``.hdf5`` into a model directory (``weights.safetensors`` + ``model.json``).
 
     With ``dataset`` (``indian_pines``, ``pavia_university``, ...) the seed's preprocessing is recorded in
     model.json: per-band ``mean``/``std`` over the whole scene (population std, as sklearn's
     ``preprocessing.scale``; the engine applies ``(x - mean) / std``), zero padding of ``patch // 2``,
     class names and palette. The scene is read from ``data_dir`` (else ``$HSI_ENGINE_DATA``, else
-    ``../shared/data``; Indian Pines falls back to the copy shipped with hsi-engine).
-    """
-    from .checkpoint import save_model
+    ``../shared/data``; Indian Pines falls back to the copy shipped with hsi-engine). Without ``dataset`` the
+    model has no normalisation statistics (a warning is logged): the scenes it classifies must be normalised.
 
+    ``out`` must be new or empty, or (with ``overwrite``) a model directory; it is checked before any reading.
+    """
+    from .checkpoint import check_model_target, save_model
+
+    check_model_target(out, overwrite)
     model = load_keras(hdf5)
     c = model.config
     meta = dict(model.meta)
@@ -651,4 +659,9 @@ def import_keras_to_dir(hdf5: str | os.PathLike, out: str | os.PathLike, *, data
     if command is not None:
         meta["command"] = command
     model.meta = meta
-    return save_model(model, out, meta)
+    written = save_model(model, out, meta, overwrite=overwrite)
+    if dataset is None:
+        log.warning("%s has no per-band mean/std (no --dataset given): the scenes it classifies must already be "
+                    "normalised as in training, or every pixel may fall into one class; pass --dataset NAME to "
+                    "record the seed's preprocessing", out)
+    return written

@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from .config import PRESETS, SSRNConfig
-from .data import (PatchDataset, Scene, Split, block_split, load_dataset, per_class_split, standardize,
-                   stratified_split)
+from .data import (DataError, DatasetSpec, PatchDataset, Scene, Split, block_split, dataset_spec, is_scene_path,
+                   load_dataset, per_class_split, standardize, stratified_split)
 from .metrics import classification_report
 from .model import SSRN, count_parameters
 
-__all__ = ["Trainer", "TrainResult", "predict", "run_training", "seed_everything"]
+__all__ = ["TrainOptionError", "Trainer", "TrainResult", "check_train_options", "predict", "run_training",
+           "seed_everything"]
 
 log = logging.getLogger("ssrn.train")
 
@@ -37,10 +38,35 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.backends.cudnn.deterministic = True
 
 
+class TrainOptionError(ValueError):
+    """A training option that cannot work: out of range, two options that cannot both apply, a missing device."""
+
+
 def _device(device: str | torch.device | None) -> torch.device:
+    """The torch device to train on (default: cuda when available, else cpu), checked before any work: a clear
+    error for a name that is not a device, or a device this torch or machine does not have."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise TrainOptionError(f"device {device!r} is not a torch device name; expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainOptionError(f"device {device!r} asked for, but this torch ({torch.__version__}) sees no CUDA "
+                                   "device: train on cpu (--device cpu, or leave the device out), or install a CUDA "
+                                   "build of torch on a machine with an NVIDIA GPU")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise TrainOptionError(f"device {device!r} asked for, but this machine has {n} CUDA device(s): "
+                                   f"cuda:0 to cuda:{n - 1}")
+    elif dev.type != "cpu":
+        try:
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError) as e:
+            raise TrainOptionError(f"device {device!r} is not usable here ({e}); expected cpu, cuda or "
+                                   "cuda:N") from None
+    return dev
 
 
 def _device_name(dev: torch.device) -> str:
@@ -241,16 +267,68 @@ class Trainer:
 
 # --------------------------------------------------------------------------------------------------
 
+def _fractions(spec: DatasetSpec | None, train_fraction: float | None,
+               val_fraction: float | None) -> tuple[float, float]:
+    """The train and validation fractions: those given, else the dataset's seed protocol (0.2 / 0.1 for a path)."""
+    tf = train_fraction if train_fraction is not None else (spec.train_fraction if spec else 0.2)
+    vf = val_fraction if val_fraction is not None else (spec.val_fraction if spec else 0.1)
+    return tf, vf
+
+
+def _check_split_options(spec: DatasetSpec | None, split: str, train_fraction: float | None,
+                         val_fraction: float | None, per_class: int | None) -> None:
+    """Refuse split options that cannot all apply (each message names the option to drop or change)."""
+    if split not in ("random", "blocks"):
+        raise TrainOptionError(f"split must be 'random' or 'blocks', got {split!r}")
+    if per_class is not None:
+        if per_class < 1:
+            raise TrainOptionError(f"per_class (--per-class) must be >= 1, got {per_class}")
+        if split == "blocks":
+            raise TrainOptionError("--per-class applies to the random split only: the block split assigns whole "
+                                   "blocks by --train-fraction / --val-fraction. Drop --per-class, or use "
+                                   "--split random")
+        if train_fraction is not None:
+            raise TrainOptionError("--per-class and --train-fraction both set the training pixels (a count per "
+                                   "class, or a fraction of each class): give one of them")
+    tf, vf = _fractions(spec, train_fraction, val_fraction)
+    where = f" (the {spec.name} protocol's default)" if spec is not None else " (the default for a scene file)"
+    if not 0 < tf < 1:
+        raise TrainOptionError(f"train fraction (--train-fraction) must be in (0, 1), got {tf}")
+    if not 0 <= vf < 1:
+        raise TrainOptionError(f"validation fraction (--val-fraction) must be in [0, 1), got {vf}")
+    if per_class is None and tf + vf >= 1:
+        raise TrainOptionError(
+            f"train fraction {tf}{'' if train_fraction is not None else where} + validation fraction "
+            f"{vf}{'' if val_fraction is not None else where} = {tf + vf:g} leaves no test pixels; expected a sum "
+            "< 1: lower --train-fraction or --val-fraction")
+
+
+def check_train_options(*, epochs: int, batch_size: int, lr: float, patience: int | None,
+                        max_minutes: float | None, spec: DatasetSpec | None = None, split: str = "random",
+                        train_fraction: float | None = None, val_fraction: float | None = None,
+                        per_class: int | None = None) -> None:
+    """Raise :class:`TrainOptionError` for an option that cannot give a trained model, before any data is read."""
+    bounds = [("epochs (--epochs)", epochs, epochs >= 1, ">= 1"),
+              ("batch_size (--batch-size)", batch_size, batch_size >= 1, ">= 1"),
+              ("lr (--lr)", lr, lr > 0 and math.isfinite(lr), "> 0"),
+              ("patience (--patience)", patience, patience is None or patience >= 1, ">= 1 (or None: no early stop)"),
+              ("max_minutes (--max-minutes)", max_minutes, max_minutes is None or max_minutes > 0,
+               "> 0 (or None: no budget)")]
+    for name, value, ok, bound in bounds:
+        if not ok:
+            raise TrainOptionError(f"{name} must be {bound}, got {value}")
+    _check_split_options(spec, split, train_fraction, val_fraction, per_class)
+
+
 def make_split(scene: Scene, split: str = "random", train_fraction: float | None = None,
                val_fraction: float | None = None, per_class: int | None = None, seed: int = 0,
                patch: int = 7) -> Split:
+    """The split the options ask for: blocks, a count per class, or stratified fractions (the seed's)."""
     spec = scene.spec
-    tf = train_fraction if train_fraction is not None else (spec.train_fraction if spec else 0.2)
-    vf = val_fraction if val_fraction is not None else (spec.val_fraction if spec else 0.1)
+    _check_split_options(spec, split, train_fraction, val_fraction, per_class)
+    tf, vf = _fractions(spec, train_fraction, val_fraction)
     if split == "blocks":
         return block_split(scene.labels, tf, vf, patch, seed)
-    if split != "random":
-        raise ValueError(f"split must be 'random' or 'blocks', got {split!r}")
     if per_class is not None:
         return per_class_split(scene.labels, per_class, vf, seed)
     return stratified_split(scene.labels, tf, vf, seed)
@@ -262,6 +340,19 @@ def _versions() -> dict[str, str]:
     return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__}
 
 
+def _scene_config(scene: Scene, base: SSRNConfig | None, bands: int, classes: int, patch: int, variant: str,
+                  overrides: dict[str, Any]) -> SSRNConfig:
+    """The network's config for this scene; a scene the network cannot take (too few bands or classes) is a
+    DataError naming the scene, not a config traceback."""
+    try:
+        if base is not None:
+            return base.replace(bands=bands, classes=classes, patch=patch, variant=variant, **overrides)
+        return SSRNConfig(bands=bands, classes=classes, patch=patch, variant=variant, **overrides)
+    except ValueError as e:
+        raise DataError(f"{scene.source}: an SSRN cannot be built for this scene ({bands} bands, {classes} "
+                        f"classes): {e}") from None
+
+
 def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = None, epochs: int = 200,
                  batch_size: int = 16, train_fraction: float | None = None, val_fraction: float | None = None,
                  per_class: int | None = None, split: str = "random", seed: int = 0, device: str | None = None,
@@ -269,17 +360,28 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
                  schedule: str = "constant", patience: int | None = None, command: str | None = None,
                  save_progress_every_s: float = 300.0, max_minutes: float | None = None,
                  config_overrides: dict[str, Any] | None = None, amp: bool = False,
-                 class_weight: str | None = None
+                 class_weight: str | None = None, overwrite: bool = False
                  ) -> dict[str, Any]:
     """Train on a dataset with the seed's protocol (or the given options) and write a model directory.
 
     Returns the report dict also stored in ``model.json`` meta. While training, the best model so far is
     written to ``out`` at most every ``save_progress_every_s`` seconds (report ``status: "training"``).
+    ``out`` must be new or empty, or (with ``overwrite``) a model directory; the output, the device and the
+    options are checked before the data is read, so a training run is never lost to a bad argument.
     """
-    from .checkpoint import save_model
+    from .checkpoint import check_model_target, save_model
 
-    seed_everything(seed)
+    check_model_target(out, overwrite)
     dev = _device(device)
+    spec = None if is_scene_path(dataset) else dataset_spec(dataset)
+    check_train_options(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, max_minutes=max_minutes,
+                        spec=spec, split=split, train_fraction=train_fraction, val_fraction=val_fraction,
+                        per_class=per_class)
+    _check_class_weight(class_weight)
+    amp_used = amp and dev.type == "cuda"
+    if amp and not amp_used:
+        log.warning("--amp (bfloat16 autocast) applies on CUDA only: training on %s in float32", dev)
+    seed_everything(seed)
     scene = load_dataset(dataset, data_dir)
     normed, mean, std = standardize(scene.cube.values)
     sp = make_split(scene, split, train_fraction, val_fraction, per_class, seed, patch)
@@ -287,11 +389,7 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
     bands = normed.shape[0]
     key = scene.spec.name if scene.spec is not None else None
     base = PRESETS.get(key) if key else None
-    overrides = dict(config_overrides or {})
-    if base is not None:
-        config = base.replace(bands=bands, classes=k, patch=patch, variant=variant, **overrides)
-    else:
-        config = SSRNConfig(bands=bands, classes=k, patch=patch, variant=variant, **overrides)
+    config = _scene_config(scene, base, bands, k, patch, variant, dict(config_overrides or {}))
     model = SSRN(config)
     train_ds = PatchDataset(normed, scene.labels, sp.train, patch)
     val_ds = PatchDataset(normed, scene.labels, sp.val, patch)
@@ -315,10 +413,16 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
         meta["wavelength_unit"] = "nm"
     base_report = {"dataset": scene.name, "device": _device_name(dev), "seed": seed, "split": split_desc,
                    "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "epochs": epochs,
-                   "schedule": schedule, "patience": patience, "max_minutes": max_minutes, "amp": amp,
+                   "schedule": schedule, "patience": patience, "max_minutes": max_minutes, "amp": amp_used,
                    "class_weight": class_weight, "variant": variant, "patch": patch,
                    "parameters": count_parameters(model), "versions": _versions(), "command": command}
     last_save = [time.monotonic()]
+    written = [False]
+
+    def save(m: SSRN, meta_: dict[str, Any]) -> None:
+        """Write ``out``; once this run has written it, later saves replace its own model directory."""
+        save_model(m, out, meta=meta_, overwrite=overwrite or written[0])
+        written[0] = True
 
     def on_improve(m: SSRN, res: TrainResult) -> None:
         if time.monotonic() - last_save[0] < save_progress_every_s:
@@ -329,7 +433,7 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
         m_state = {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
         snap = SSRN(config)
         snap.load_state_dict(m_state)
-        save_model(snap, out, meta={**meta, "report": rep})
+        save(snap, {**meta, "report": rep})
         log.info("saved progress to %s (epoch %d)", out, res.epochs_run)
 
     trainer = Trainer(model, optimizer=optimizer, lr=lr, batch_size=batch_size, epochs=epochs, schedule=schedule,
@@ -354,7 +458,7 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     meta["report"] = report
     trainer.model.meta = meta
-    save_model(trainer.model.cpu(), out, meta=meta)
+    save(trainer.model.cpu(), meta)
     log.info("%s: OA %.4f  AA %.4f  kappa %.4f  (%d epochs, best %d, train %.0fs, test %.1fs) -> %s", scene.name,
              rep["oa"], rep["aa"], rep["kappa"], res.epochs_run, res.best_epoch, res.train_time_s, test_time, out)
     return report

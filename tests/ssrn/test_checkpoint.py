@@ -76,3 +76,114 @@ def test_saved_model_directory_is_readable_by_others(tmp_path):
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
     assert stat.S_IMODE((out / "weights.safetensors").stat().st_mode) == 0o644
     assert stat.S_IMODE((out / "model.json").stat().st_mode) == 0o644
+
+
+# --------------------------------------------------------------------------------------------------
+# what save_model may write over (the user review's data loss: an existing --out was wiped whatever it held)
+
+def _tree(root):
+    """Every path under ``root`` with its content (files) or None (directories): a snapshot to compare."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_save_never_touches_a_directory_that_is_not_a_model(tmp_path, overwrite):
+    proj = tmp_path / "proj"
+    (proj / "sub").mkdir(parents=True)
+    (proj / "data.txt").write_text("important")
+    before = _tree(tmp_path)
+    with pytest.raises(CheckpointError, match=r"proj exists and is not a model directory \(it holds data.txt, sub\)"):
+        ssrn.save_model(_model(), proj, overwrite=overwrite)
+    assert _tree(tmp_path) == before  # nothing deleted, nothing left beside it
+
+
+def test_save_refuses_a_model_directory_holding_other_files_even_with_overwrite(tmp_path):
+    d = ssrn.save_model(_model(), tmp_path / "m")
+    (d / "notes.txt").write_text("mine")
+    before = _tree(tmp_path)
+    with pytest.raises(CheckpointError, match="notes.txt"):
+        ssrn.save_model(_model(seed=1), d, overwrite=True)
+    assert _tree(tmp_path) == before
+
+
+def test_save_replaces_a_model_directory_only_with_overwrite(tmp_path):
+    d = ssrn.save_model(_model(seed=0), tmp_path / "m", meta={"v": 1})
+    before = _tree(tmp_path)
+    with pytest.raises(CheckpointError, match="existing model directory; pass --overwrite"):
+        ssrn.save_model(_model(seed=1), d, meta={"v": 2})
+    assert _tree(tmp_path) == before
+    ssrn.save_model(_model(seed=1), d, meta={"v": 2}, overwrite=True)
+    back = ssrn.load_model(d)
+    assert back.meta == {"v": 2}
+    for k, v in _model(seed=1).state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # the old copy and the build dir are gone
+
+
+def test_save_refuses_a_foreign_model_json_even_with_overwrite(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "model.json").write_text(json.dumps({"format": "keras"}))
+    with pytest.raises(CheckpointError, match="not a model directory"):
+        ssrn.save_model(_model(), d, overwrite=True)
+    assert json.loads((d / "model.json").read_text()) == {"format": "keras"}
+
+
+def test_save_into_an_empty_directory_keeps_it(tmp_path, monkeypatch):
+    d = tmp_path / "out"
+    d.mkdir()
+    inode = d.stat().st_ino
+    monkeypatch.chdir(d)
+    ssrn.save_model(_model(), ".")  # the working directory: filled in place, not replaced
+    assert d.stat().st_ino == inode
+    assert sorted(p.name for p in d.iterdir()) == ["model.json", "weights.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    ssrn.load_model(d)
+
+
+def test_save_refuses_files_and_paths_under_files(tmp_path):
+    import ssrn.checkpoint as C
+
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(CheckpointError, match="exists and is not a directory"):
+        ssrn.save_model(_model(), f, overwrite=True)
+    with pytest.raises(CheckpointError, match=r"afile is a file, not a directory"):
+        ssrn.save_model(_model(), f / "sub" / "m")
+    with pytest.raises(CheckpointError, match="file-system root"):
+        C.check_model_target("/")
+    assert f.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_check_model_target_creates_nothing(tmp_path):
+    from ssrn.checkpoint import check_model_target
+
+    assert check_model_target(tmp_path / "a" / "b") == (tmp_path / "a" / "b").resolve()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+                    reason="root may write anywhere")
+def test_save_refuses_an_unwritable_parent(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(CheckpointError, match="no write permission"):
+            ssrn.save_model(_model(), ro / "m")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_a_failed_save_leaves_the_old_model(tmp_path, monkeypatch):
+    import ssrn.checkpoint as C
+
+    d = ssrn.save_model(_model(seed=0), tmp_path / "m", meta={"v": 1})
+    before = _tree(tmp_path)
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(C, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        ssrn.save_model(_model(seed=1), d, overwrite=True)
+    assert _tree(tmp_path) == before

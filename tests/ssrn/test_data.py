@@ -221,3 +221,67 @@ def test_cli_train_reports_missing_scene(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "KSC.mat" in err and str(tmp_path) in err
     assert not (tmp_path / "m").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# scenes given by path, and the errors a user can meet (one clear DataError, never a numpy traceback)
+
+@pytest.mark.parametrize("version", ["v5", "v7.3"])
+def test_mat_path_finds_its_2d_ground_truth(tmp_path, version):
+    """``train --dataset PATH.mat``: the _gt.mat beside it is read by its one 2-D array, whatever its key."""
+    cube, gt = _scene()
+    if version == "v5":
+        scipy.io.savemat(tmp_path / "ip.mat", {"indian_pines_corrected": cube})
+        scipy.io.savemat(tmp_path / "ip_gt.mat", {"indian_pines_gt": gt})
+    else:
+        _write_v73(tmp_path / "ip.mat", indian_pines_corrected=cube)
+        _write_v73(tmp_path / "ip_gt.mat", indian_pines_gt=gt)
+    scene = D.load_dataset(str(tmp_path / "ip.mat"))
+    np.testing.assert_array_equal(scene.labels, gt)
+    np.testing.assert_array_equal(scene.cube.values, np.moveaxis(cube, -1, 0))
+
+
+def test_mat_ground_truth_with_two_label_maps_names_them(tmp_path):
+    cube, gt = _scene()
+    scipy.io.savemat(tmp_path / "s.mat", {"s": cube})
+    scipy.io.savemat(tmp_path / "s_gt.mat", {"gt_a": gt, "gt_b": gt})
+    with pytest.raises(DataError, match=r"expected exactly one 2-D ground truth; found 2 \(keys: \['gt_a', 'gt_b'\]\)"):
+        D.load_dataset(str(tmp_path / "s.mat"))
+
+
+def test_npz_that_is_not_a_zip(tmp_path):
+    p = tmp_path / "scene.npz"
+    p.write_text("hello")
+    with pytest.raises(DataError, match=r"is not an \.npz archive"):
+        D.load_dataset(str(p))
+
+
+def test_npz_with_object_arrays_is_refused_without_unpickling(tmp_path):
+    p = tmp_path / "scene.npz"
+    np.savez(p, cube=np.array([{"a": 1}], dtype=object), labels=np.zeros((2, 2), int))
+    with pytest.raises(DataError, match="not readable numeric arrays"):
+        D.load_dataset(str(p))
+
+
+def test_npz_without_labelled_pixels(tmp_path):
+    p = tmp_path / "scene.npz"
+    np.savez(p, cube=np.ones((9, 6, 6), np.float32), labels=np.zeros((6, 6), int))
+    with pytest.raises(DataError, match=r"no labelled pixels \(all 0\)"):
+        D.load_dataset(str(p))
+
+
+def test_unknown_dataset_is_a_data_error_with_a_plain_message():
+    with pytest.raises(DataError) as e:
+        D.load_dataset("indian_pns")
+    assert isinstance(e.value, KeyError)  # older callers catch KeyError
+    assert str(e.value).startswith("unknown dataset 'indian_pns'; known: ['indian_pines'")  # not a quoted repr
+
+
+def test_explicit_data_dir_must_exist(tmp_path):
+    """A mistyped --data-dir is an error naming it, not a silent fall-back to the shipped Indian Pines."""
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError, match=f"data directory {missing} does not exist"):
+        D.load_dataset("indian_pines", missing)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        D.load_dataset("indian_pines", tmp_path / "afile")

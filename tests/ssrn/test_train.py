@@ -142,3 +142,110 @@ def test_balanced_loss_changes_training_and_is_recorded(crop, tmp_path):
     a = ssrn.load_model(tmp_path / "plain").state_dict()
     b = ssrn.load_model(tmp_path / "weighted").state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
+# --------------------------------------------------------------------------------------------------
+# arguments checked before the data is read (a bad one must not cost a training run), and what a run records
+
+@pytest.fixture
+def no_data(monkeypatch):
+    """Fail the test if run_training gets as far as reading the data."""
+    import ssrn.train as T
+
+    def refuse(*a, **k):
+        raise AssertionError("run_training read the data before refusing a bad argument")
+    monkeypatch.setattr(T, "load_dataset", refuse)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(epochs=0), r"epochs \(--epochs\) must be >= 1, got 0"),
+    (dict(epochs=-3), "epochs .* must be >= 1"),
+    (dict(batch_size=0), r"batch_size \(--batch-size\) must be >= 1"),
+    (dict(lr=0.0), r"lr \(--lr\) must be > 0, got 0.0"),
+    (dict(lr=-1.0), "lr .* must be > 0"),
+    (dict(patience=0), r"patience \(--patience\) must be >= 1"),
+    (dict(max_minutes=0.0), r"max_minutes \(--max-minutes\) must be > 0"),
+    (dict(per_class=0), r"per_class \(--per-class\) must be >= 1, got 0"),
+    (dict(train_fraction=1.5), r"train fraction \(--train-fraction\) must be in \(0, 1\), got 1.5"),
+    (dict(val_fraction=-0.1), r"validation fraction \(--val-fraction\) must be in \[0, 1\), got -0.1"),
+    (dict(train_fraction=0.95, val_fraction=0.1), r"train fraction 0.95 \+ validation fraction 0.1 = 1.05 leaves no "
+                                                  "test pixels"),
+    (dict(train_fraction=0.95), r"validation fraction 0.1 \(the indian_pines protocol's default\) = 1.05"),
+    (dict(split="blocks", per_class=5), "--per-class applies to the random split only"),
+    (dict(per_class=5, train_fraction=0.2), "--per-class and --train-fraction both set the training pixels"),
+    (dict(device="bogus"), "device 'bogus' is not a torch device name; expected cpu, cuda or cuda:N"),
+])
+def test_bad_options_are_refused_before_reading_data(tmp_path, no_data, kw, message):
+    from ssrn.train import TrainOptionError
+
+    with pytest.raises(TrainOptionError, match=message):
+        run_training("indian_pines", tmp_path / "m", **kw)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cuda_asked_for_but_not_there(tmp_path, no_data, monkeypatch):
+    from ssrn.train import TrainOptionError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(TrainOptionError, match="sees no CUDA device: train on cpu"):
+        run_training("indian_pines", tmp_path / "m", device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(TrainOptionError, match=r"has 1 CUDA device\(s\): cuda:0 to cuda:0"):
+        run_training("indian_pines", tmp_path / "m", device="cuda:1")
+
+
+def test_bad_output_is_refused_before_reading_data(tmp_path, no_data, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "data.txt").write_text("important")
+    with pytest.raises(ssrn.CheckpointError, match="afile is a file, not a directory"):
+        run_training("indian_pines", tmp_path / "afile" / "sub")
+    with pytest.raises(ssrn.CheckpointError, match="not a model directory"):
+        run_training("indian_pines", tmp_path / "proj", overwrite=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ssrn.CheckpointError, match=r"^\. \(.*\) exists and is not a model directory") as e:
+        run_training("indian_pines", ".")
+    assert f"({tmp_path.resolve()})" in str(e.value)
+    assert (tmp_path / "proj" / "data.txt").read_text() == "important"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "proj"]
+
+
+def test_make_split_refuses_options_that_cannot_both_apply(crop):
+    from ssrn.train import TrainOptionError, make_split
+
+    scene = D.load_dataset(str(crop[0]))
+    with pytest.raises(TrainOptionError, match="random split only"):
+        make_split(scene, "blocks", per_class=5, patch=5)
+    with pytest.raises(TrainOptionError, match="give one of them"):
+        make_split(scene, "random", train_fraction=0.3, per_class=5)
+
+
+def test_scene_with_too_few_bands_is_a_data_error(tmp_path):
+    p = tmp_path / "thin.npz"
+    rng = np.random.default_rng(0)
+    np.savez(p, cube=rng.normal(size=(5, 12, 12)).astype(np.float32), labels=rng.integers(0, 3, (12, 12)))
+    with pytest.raises(D.DataError, match=r"thin.npz: an SSRN cannot be built for this scene \(5 bands, 2 classes\)"):
+        run_training(str(p), tmp_path / "m", epochs=1, patch=5, device="cpu")
+    assert not (tmp_path / "m").exists()
+
+
+def test_progress_saves_replace_the_runs_own_output_and_amp_records_what_ran(crop, tmp_path, caplog):
+    """Saving the best model at every improvement (progress interval 0) rewrites ``out`` without --overwrite;
+    a second run into it needs overwrite; --amp on CPU is recorded as not used, with one log line."""
+    path, _, _ = crop
+    out = tmp_path / "m"
+    common = dict(epochs=2, batch_size=16, per_class=4, val_fraction=0.05, device="cpu", patch=5, variant="spc",
+                  save_progress_every_s=0.0)
+    with caplog.at_level("INFO", logger="ssrn.train"):
+        rep = run_training(str(path), out, amp=True, **common)
+    assert rep["amp"] is False and ssrn.load_model(out).meta["report"]["amp"] is False
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "--amp (bfloat16 autocast) applies on CUDA only: training on cpu in float32"]
+    assert sum("saved progress" in r.getMessage() for r in caplog.records) >= 1
+    assert ssrn.load_model(out).meta["report"]["status"] == "done"
+    with pytest.raises(ssrn.CheckpointError, match="existing model directory; pass --overwrite"):
+        run_training(str(path), out, **common)
+    rep2 = run_training(str(path), out, overwrite=True, seed=1, **common)
+    assert ssrn.load_model(out).meta["report"]["seed"] == 1 and rep2["status"] == "done"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
