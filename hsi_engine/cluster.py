@@ -28,7 +28,6 @@ interruption (a crash, Ctrl-C, SIGKILL) leaves it for ``resume=True`` / ``--resu
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -36,7 +35,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import HSIEngineError, OutputError
+from .dask_client import _cuda_count, _gpu_resources, _parse_scheduler_address, connect, make_local_cluster
+from .errors import ClusterUsageError, HSIEngineError, OutputError
 from .resume import ResumableZarrWriter, mark_tile, model_digest, partial_tile
 from .tiles import Tile, TilePlan, default_tile, normalise_tile, plan_tiles
 
@@ -54,10 +54,6 @@ __all__ = ["ClusterUsageError", "RunReport", "chunk_side", "classify_to_file", "
            "run_to_file"]
 
 _CHUNK_MULTIPLE = 16  # output chunks are GeoTIFF-block friendly multiples of 16
-
-
-class ClusterUsageError(HSIEngineError, ValueError):
-    """Contradictory or invalid cluster options (``workers`` and ``scheduler`` together, ``workers < 1``)."""
 
 
 def chunk_side(tile: int | Sequence[int]) -> int:
@@ -79,97 +75,6 @@ class RunReport:
     wall_s: float
     tile: int
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------------------------
-# clusters
-
-
-def _cuda_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:  # noqa: BLE001
-        return 0
-
-
-def make_local_cluster(n_workers: int | None = None, *, gpu: bool | None = None, silence_logs: int = logging.ERROR):
-    """A local dask cluster for the engine: one worker per GPU, else ``n_workers`` single-threaded processes.
-
-    ``gpu=None``: use GPUs when CUDA is available. GPU workers carry the resource ``GPU=1``.
-    """
-    from distributed import LocalCluster
-
-    ngpu = _cuda_count() if gpu is not False else 0
-    if gpu and ngpu == 0:
-        raise HSIEngineError("gpu=True but no CUDA device is visible: run CPU workers (gpu=False) or check "
-                             "CUDA_VISIBLE_DEVICES / the driver")
-    if ngpu:
-        n = min(ngpu, n_workers or ngpu)
-        try:
-            from dask_cuda import LocalCUDACluster
-
-            return LocalCUDACluster(n_workers=n, threads_per_worker=1, resources={"GPU": 1},
-                                    dashboard_address=":0", silence_logs=silence_logs)
-        except ImportError:
-            from distributed import Nanny, Scheduler, SpecCluster
-
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-            ids = [s.strip() for s in visible.split(",")] if visible else [str(i) for i in range(ngpu)]
-            workers = {f"gpu-{i}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1},
-                                                              "env": {"CUDA_VISIBLE_DEVICES": ids[i]},
-                                                              "silence_logs": silence_logs}}
-                       for i in range(n)}
-            return SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
-                               workers=workers, silence_logs=silence_logs)
-    n = int(n_workers or 1)
-    if n < 1:
-        raise ValueError(f"workers must be >= 1, got {n_workers}")
-    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                        silence_logs=silence_logs)
-
-
-@contextlib.contextmanager
-def connect(*, workers: int | None = None, scheduler: Any = None, gpu: bool | None = None) -> Iterator[Any]:
-    """A ``distributed.Client``: to ``scheduler`` (an address or a Client, used as is) or to a new local
-    cluster of ``workers`` (closed on exit)."""
-    from distributed import Client
-
-    if scheduler is not None and workers is not None:
-        raise ClusterUsageError("give workers= (start a local cluster) or scheduler= (join one), not both")
-    if scheduler is not None and hasattr(scheduler, "submit"):
-        yield scheduler
-        return
-    if scheduler is not None:
-        try:
-            client = Client(scheduler)  # timeout: dask config distributed.comm.timeouts.connect (30 s)
-        except (OSError, TimeoutError) as e:
-            raise HSIEngineError(f"cannot reach the dask scheduler at {scheduler} ({e}); start one "
-                                 "(`dask scheduler` + `dask worker ADDRESS`) or use --workers N for a local "
-                                 "cluster") from None
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    cluster = make_local_cluster(workers, gpu=gpu)
-    client = Client(cluster)
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
-
-
-def _gpu_resources(client: Any) -> dict[str, float] | None:
-    try:
-        info = client.scheduler_info(n_workers=-1)
-    except TypeError:
-        info = client.scheduler_info()
-    if any("GPU" in (w.get("resources") or {}) for w in info.get("workers", {}).values()):
-        return {"GPU": 1}
-    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,6 +335,8 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     if workers is not None and scheduler is not None:
         raise ClusterUsageError("give workers= (--workers, start a local cluster) or scheduler= (--scheduler, "
                                 "join one), not both")
+    if isinstance(scheduler, str):
+        _parse_scheduler_address(scheduler)  # a malformed address fails here, before the scene is read
     scene = open_scene(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
     job_device = device if (device is not None or not distributed) else "cpu"  # the driver computes nothing
     job = _Job(scene, model_path, tile=tile if tile is not None else 1 << 20, device=job_device, backend=backend,

@@ -37,5 +37,10 @@ class OutputError(HSIEngineError, OSError):
     """The output exists (without overwrite) or cannot be written."""
 
 
-__all__ = ["BandMismatchError", "CheckpointError", "CorruptChunkError", "HSIEngineError",
+class ClusterUsageError(HSIEngineError, ValueError):
+    """Contradictory or invalid cluster options (``workers`` and ``scheduler`` together, ``workers < 1``, a
+    malformed scheduler address)."""
+
+
+__all__ = ["BandMismatchError", "CheckpointError", "ClusterUsageError", "CorruptChunkError", "HSIEngineError",
            "MissingSpatialDimsError", "NonFiniteInputError", "OutputError", "SceneError", "SceneTooSmallError"]

@@ -1,0 +1,356 @@
+"""Getting a ``distributed.Client`` for the engine: join a running scheduler by address (checked to be a dask
+scheduler, quickly, with a clear error when it is not: a dashboard port, a worker, nothing listening, a malformed
+address), or start a local cluster (one worker per GPU, else single-threaded worker processes), with
+distributed's own logs kept at WARNING while it runs. Used by :mod:`hsi_engine.cluster`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .errors import ClusterUsageError, HSIEngineError
+
+log = logging.getLogger("hsi_engine.cluster")
+
+__all__ = ["connect", "make_local_cluster"]
+
+
+def _cuda_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def make_local_cluster(n_workers: int | None = None, *, gpu: bool | None = None, silence_logs: int = logging.ERROR):
+    """A local dask cluster for the engine: one worker per GPU, else ``n_workers`` single-threaded processes.
+
+    ``gpu=None``: use GPUs when CUDA is available. GPU workers carry the resource ``GPU=1``. A cluster that fails
+    to start is an :class:`HSIEngineError` naming the cause and the fix (not distributed's ``RuntimeError``).
+    """
+    from distributed import LocalCluster
+
+    ngpu = _cuda_count() if gpu is not False else 0
+    if gpu and ngpu == 0:
+        raise HSIEngineError("gpu=True but no CUDA device is visible: run CPU workers (gpu=False) or check "
+                             "CUDA_VISIBLE_DEVICES / the driver")
+    if ngpu:
+        n = min(ngpu, n_workers or ngpu)
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            return _started(n, lambda: _nanny_per_gpu(n, ngpu, silence_logs))
+        return _started(n, lambda: LocalCUDACluster(n_workers=n, threads_per_worker=1, resources={"GPU": 1},
+                                                    dashboard_address=":0", silence_logs=silence_logs))
+    n = int(n_workers or 1)
+    if n < 1:
+        raise ClusterUsageError(f"workers must be >= 1, got {n_workers}: pass the number of worker processes")
+    return _started(n, lambda: LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                            dashboard_address=":0", silence_logs=silence_logs))
+
+
+def _nanny_per_gpu(n: int, ngpu: int, silence_logs: int) -> Any:
+    """Without dask_cuda: ``n`` nannies, one per visible GPU (``CUDA_VISIBLE_DEVICES`` set for each)."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [s.strip() for s in visible.split(",")] if visible else [str(i) for i in range(ngpu)]
+    workers = {f"gpu-{i}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1},
+                                                      "env": {"CUDA_VISIBLE_DEVICES": ids[i]},
+                                                      "silence_logs": silence_logs}}
+               for i in range(n)}
+    return SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}}, workers=workers,
+                       silence_logs=silence_logs)
+
+
+def _started(n: int, start: Callable[[], Any]) -> Any:
+    """``start()``, a local cluster of ``n`` workers; failing to start is one clear error (distributed raises
+    ``RuntimeError('Cluster failed to start: ...')`` and has already closed what it started)."""
+    spec_log = logging.getLogger("distributed.deploy.spec")
+
+    def not_started_warning(record: logging.LogRecord) -> bool:  # our error says so, with the cause
+        return record.getMessage() != "Cluster closed without starting up"
+
+    spec_log.addFilter(not_started_warning)
+    try:
+        return start()
+    except Exception as e:  # noqa: BLE001 - whatever stopped it is named in the error
+        cause = e.__cause__ if isinstance(e, RuntimeError) and e.__cause__ is not None else e
+        raise HSIEngineError(f"could not start a local dask cluster of {n} workers ({_brief(cause)}): check "
+                             f"{_scratch_hint()}, or run without --workers (workers=) to classify in-process") \
+            from None
+    finally:
+        spec_log.removeFilter(not_started_warning)
+
+
+def _scratch_hint() -> str:
+    """Where a local cluster's start usually fails: the workers' scratch directory, named when it is configured."""
+    import dask
+
+    scratch = dask.config.get("temporary-directory", None)
+    if scratch:
+        return (f"that the workers' scratch directory {scratch!r} (DASK_TEMPORARY_DIRECTORY / dask config "
+                "temporary-directory) is a writable directory")
+    return "the dask configuration (DASK_* variables, ~/.config/dask: temporary-directory, ports, memory limits)"
+
+
+def _brief(e: BaseException) -> str:
+    """An exception as one short line, for a one-line error."""
+    text = " ".join(str(e).split()) or "no message"
+    return f"{type(e).__name__}: {text[:200]}"
+
+
+@contextlib.contextmanager
+def _quiet_distributed_logs() -> Iterator[None]:
+    """distributed's loggers at WARNING while our local cluster runs (its scheduler and nannies log every start,
+    registration and close at INFO), unless our logger is at DEBUG; their levels are restored afterwards."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    names = ["distributed"] + sorted(name for name, lg in list(logging.Logger.manager.loggerDict.items())
+                                     if name.startswith("distributed.") and isinstance(lg, logging.Logger))
+    raised: list[tuple[logging.Logger, int]] = []
+    for name in names:
+        lg = logging.getLogger(name)
+        if (name == "distributed" or lg.level != logging.NOTSET) and lg.getEffectiveLevel() < logging.WARNING:
+            raised.append((lg, lg.level))
+            lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in raised:
+            if lg.level == logging.WARNING:  # not changed by someone else meanwhile
+                lg.setLevel(level)
+
+
+_SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")  # dask's comm schemes
+_ADDRESS_FORM = "tcp://HOST:PORT (e.g. tcp://10.0.0.5:8786; the scheduler listens on 8786 by default)"
+_START_HINT = "start one (`dask scheduler` + `dask worker ADDRESS`) or use --workers N for a local cluster"
+_NOT_SCHEDULER_HINT = ("is it the dashboard port (8787 by default)? the scheduler listens on 8786 by default; give "
+                       "the address `dask scheduler` prints as 'Scheduler at:'")
+_REFUSED_GRACE_S = 2.0  # a refused port is retried this long (a scheduler may be starting), not the 30 s timeout
+
+
+def _parse_scheduler_address(address: str) -> tuple[str, str, int | None]:
+    """``(scheme, host, port)`` of a scheduler address (scheme ``tcp`` when none is given; ``inproc``: its location
+    and no port); a malformed one is a ClusterUsageError saying what is wrong, before anything connects."""
+
+    def bad(problem: str) -> ClusterUsageError:
+        return ClusterUsageError(f"scheduler address {address!r}: {problem}; give the scheduler's address as "
+                                 f"{_ADDRESS_FORM}")
+
+    text = address.strip()
+    if not text:
+        raise bad("the address is empty")
+    scheme, sep, rest = text.partition("://")
+    scheme, rest = (scheme.lower(), rest) if sep else ("tcp", text)
+    if scheme in ("http", "https"):
+        raise bad("an http(s):// URL is the dashboard's web address, not the scheduler's")
+    if scheme not in _SCHEMES:
+        raise bad(f"unknown scheme {scheme!r} (dask knows {', '.join(_SCHEMES)})")
+    if scheme == "inproc":
+        if not rest:
+            raise bad("no location after inproc://")
+        return scheme, rest, None
+    m = re.fullmatch(r"(?P<host>\[[^\]]*\]|[^:\[\]]*)(?::(?P<port>.*))?", rest)
+    if m is None:
+        raise bad(f"{rest!r} is not HOST:PORT (an IPv6 host goes in brackets: tcp://[::1]:8786)")
+    host, port = m["host"], m["port"]
+    if not host:
+        raise bad("no host")
+    if any(c.isspace() or c in "/@?#" for c in host):
+        raise bad(f"host {host!r} is not a host name or IP address")
+    if port is None:
+        raise bad("no port")
+    if not port.isdigit():
+        raise bad(f"port {port!r} is not a number")
+    if not 1 <= int(port) <= 65535:
+        raise bad(f"port {int(port)} is out of range 1-65535")
+    return scheme, host, int(port)
+
+
+def _connect_timeout() -> float:
+    """dask's connect timeout in seconds (config ``distributed.comm.timeouts.connect``, 30 s by default)."""
+    import dask
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="seconds"))
+
+
+def _join_scheduler(scheduler: Any) -> Any:
+    """A Client of ``scheduler`` (an address, or e.g. a cluster object), the address checked first so that a wrong
+    one fails within the connect timeout with one clear error: dask retries a refused port for the whole timeout,
+    never times out its handshake with a service that does not answer it, and raises whatever it reads."""
+    from distributed import Client
+
+    timeout = _connect_timeout()
+    deadline = time.monotonic() + timeout
+    address = scheduler
+    if isinstance(scheduler, str):
+        scheme, host, port = _parse_scheduler_address(scheduler)
+        address = f"{scheme}://{host}" + ("" if port is None else f":{port}")
+        if port is not None and scheme in ("tcp", "tls", "ws", "wss"):  # inproc, ucx: joined as dask joins them
+            _check_is_scheduler(scheduler, address, host, port, timeout, deadline)
+    try:
+        return Client(address, timeout=max(1.0, deadline - time.monotonic()))
+    except Exception as e:  # noqa: BLE001 - any failure to join is the same clear error
+        raise HSIEngineError(f"cannot reach the dask scheduler at {scheduler} ({_brief(e)}); {_START_HINT}") \
+            from None
+
+
+def _check_is_scheduler(shown: str, address: str, host: str, port: int, timeout: float, deadline: float) -> None:
+    """Ask ``address`` who it is over dask's protocol before ``deadline``: anything but a dask scheduler (the
+    dashboard's HTTP port, another service, a worker) is a clear error, not a hang or a stray traceback."""
+    import asyncio
+
+    try:
+        reply = _scheduler_identity(shown, address, host, port, deadline)
+    except HSIEngineError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever it answered, it is not a scheduler
+        if _connect_phase_failed(e):
+            raise HSIEngineError(f"cannot reach the dask scheduler at {shown} ({e}); {_START_HINT}") from None
+        log.debug("%s is not a dask scheduler", address, exc_info=e)
+        if isinstance(e, (TimeoutError, asyncio.TimeoutError)):
+            why = f"no dask handshake within {timeout:g} s"
+        elif isinstance(e, OSError):  # CommClosedError among them
+            why = f"it closed the connection without a dask handshake: {_brief(e)}"
+        else:  # e.g. an HTTP status line read as a frame length: a MemoryError for exabytes
+            why = "its answer is not dask's protocol"
+        raise HSIEngineError(f"{shown} did not answer as a dask scheduler ({why}): {_NOT_SCHEDULER_HINT}") from None
+    kind = reply.get("type") if isinstance(reply, dict) else None
+    if kind is None:
+        raise HSIEngineError(f"{shown} did not answer as a dask scheduler (its identity reply is {reply!r:.80}): "
+                             f"{_NOT_SCHEDULER_HINT}")
+    if kind != "Scheduler":
+        raise HSIEngineError(f"{shown} is a dask {kind}, not a scheduler: give the scheduler's address (`dask "
+                             "scheduler` prints it as 'Scheduler at:'; port 8786 by default)")
+
+
+def _connect_phase_failed(e: BaseException) -> bool:
+    """Whether dask's ``connect`` gave up opening the connection (before any handshake): its own timeout error."""
+    return isinstance(e, OSError) and str(e).startswith("Timed out trying to connect")
+
+
+def _scheduler_identity(shown: str, address: str, host: str, port: int, deadline: float) -> Any:
+    """The identity reply of the dask server at ``address``. dask retries a refused port for its whole connect
+    timeout; here only for ``_REFUSED_GRACE_S`` (a scheduler still starting; at most half the timeout), then a
+    plain socket says what is wrong (nothing listens, unknown host, no answer), or, once the port answers, the
+    question is asked again."""
+
+    def left() -> float:
+        return max(0.1, deadline - time.monotonic())
+
+    try:  # the connect phase ends well before the whole deadline, so that its failure is told apart
+        return _ask_identity(address, min(_REFUSED_GRACE_S, left() / 2), left())
+    except Exception as e:  # noqa: BLE001 - only a connect phase that gave up is looked into
+        if not _connect_phase_failed(e):
+            raise
+    _check_listening(shown, host, port, left())
+    return _ask_identity(address, left(), left())
+
+
+def _check_listening(shown: str, host: str, port: int, timeout: float) -> None:
+    """A clear error unless something accepts TCP connections on ``host:port`` within ``timeout``."""
+    import socket
+
+    try:
+        with socket.create_connection((host.strip("[]"), port), timeout=timeout):
+            return
+    except ConnectionRefusedError:
+        raise HSIEngineError(f"cannot reach the dask scheduler at {shown}: nothing listens on port {port} of {host} "
+                             f"(connection refused); {_START_HINT}") from None
+    except socket.gaierror as e:
+        raise HSIEngineError(f"cannot reach the dask scheduler at {shown}: unknown host {host!r} ({e.strerror}); "
+                             "check the host name") from None
+    except TimeoutError:
+        raise HSIEngineError(f"cannot reach the dask scheduler at {shown}: no answer from {host}:{port} within the "
+                             "connect timeout; check the host and any firewall between") from None
+    except OSError as e:  # no route to the host, network down
+        raise HSIEngineError(f"cannot reach the dask scheduler at {shown} ({_brief(e)}); {_START_HINT}") from None
+
+
+def _ask_identity(address: str, connect_s: float, timeout: float) -> Any:
+    """The ``identity`` reply of the dask server at ``address``: dask's connect retries for ``connect_s``, and the
+    whole exchange gets ``timeout`` seconds. It runs on an event loop of its own in a short-lived thread (a caller's
+    running loop, e.g. Jupyter's, is no obstacle); on timeout it is cancelled and the loop closed before this
+    returns."""
+    import asyncio
+
+    from distributed.comm import connect as comm_connect
+    from distributed.security import Security
+
+    async def ask() -> Any:
+        comm = await comm_connect(address, timeout=connect_s, **Security().get_connection_args("client"))
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            reply = await comm.read()
+            await comm.write({"op": "close", "reply": False})
+            return reply
+        finally:
+            await comm.close()
+
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["reply"] = asyncio.run(asyncio.wait_for(ask(), timeout))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            outcome["error"] = e
+
+    th = threading.Thread(target=run, name="hsi-scheduler-probe", daemon=True)
+    th.start()
+    th.join(timeout + 5)  # wait_for cancels at the timeout; the margin is the loop's shutdown
+    if th.is_alive():
+        raise TimeoutError(f"no answer from {address} within {timeout:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["reply"]
+
+
+@contextlib.contextmanager
+def connect(*, workers: int | None = None, scheduler: Any = None, gpu: bool | None = None) -> Iterator[Any]:
+    """A ``distributed.Client``: to ``scheduler`` (an address or a Client, used as is) or to a new local
+    cluster of ``workers`` (closed on exit). An address is checked before it is joined: a malformed one is a
+    :class:`ClusterUsageError`, one that is not a reachable dask scheduler an :class:`HSIEngineError`, within the
+    connect timeout (dask config ``distributed.comm.timeouts.connect``)."""
+    from distributed import Client
+
+    if scheduler is not None and workers is not None:
+        raise ClusterUsageError("give workers= (start a local cluster) or scheduler= (join one), not both")
+    if scheduler is not None and hasattr(scheduler, "submit"):
+        yield scheduler
+        return
+    if scheduler is not None:
+        client = _join_scheduler(scheduler)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    with contextlib.ExitStack() as stack:  # closed in reverse: the client, the cluster, then the log levels
+        stack.enter_context(_quiet_distributed_logs())
+        cluster = make_local_cluster(workers, gpu=gpu)
+        stack.callback(cluster.close)
+        client = Client(cluster)
+        stack.callback(client.close)
+        yield client
+
+
+def _gpu_resources(client: Any) -> dict[str, float] | None:
+    try:
+        info = client.scheduler_info(n_workers=-1)
+    except TypeError:
+        info = client.scheduler_info()
+    if any("GPU" in (w.get("resources") or {}) for w in info.get("workers", {}).values()):
+        return {"GPU": 1}
+    return None

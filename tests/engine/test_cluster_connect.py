@@ -1,0 +1,415 @@
+"""connect() fails fast with one clear error for a --scheduler that is not a dask scheduler (an HTTP server, the
+dashboard port, a worker), a malformed or refused address, and a local cluster that cannot start; a local cluster
+keeps distributed's INFO chatter out of the log. Real sockets, real HTTP servers and a real LocalCluster."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import logging
+import multiprocessing
+import operator
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+
+import pytest
+
+pytest.importorskip("distributed")
+
+import dask  # noqa: E402
+
+import _scale_fixtures as F  # noqa: E402
+
+from hsi_engine import cluster, dask_client  # noqa: E402
+from hsi_engine.cli import main  # noqa: E402
+from hsi_engine.errors import HSIEngineError  # noqa: E402
+
+pytestmark = pytest.mark.timeout(60)  # a regression hangs (the review's 150 s): fail it instead
+
+CONNECT_2S = {"distributed.comm.timeouts.connect": "2s"}
+HTTP_400 = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("connect")
+    cube = F.ip_crop(32, 32)
+    return {"scene": F.write_zarr(d / "scene.zarr", cube), "model": F.save_tiny_model(d / "model", cube)}
+
+
+@pytest.fixture(scope="module")
+def local():
+    """A real dask cluster in this process, over TCP (scheduler, one worker, the HTTP/dashboard server)."""
+    from distributed import LocalCluster
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lc = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                          host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    try:
+        yield lc
+    finally:
+        lc.close()
+
+
+@contextlib.contextmanager
+def tcp_server(handle: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A TCP server on 127.0.0.1 (yields its port) running ``handle(conn)`` for each connection."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        stop.set()
+        th.join(5)
+        srv.close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:  # not on the test's stderr
+        pass
+
+
+@contextlib.contextmanager
+def http_server() -> Iterator[int]:
+    """``python -m http.server`` in a thread: the review's stand-in for the dashboard port."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _QuietHandler)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        th.join(5)
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released): connecting is refused."""
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        return s.getsockname()[1]
+
+
+def join_error(address: str) -> tuple[BaseException, float]:
+    """What connect(scheduler=address) raised, and how long it took."""
+    t0 = time.monotonic()
+    with pytest.raises(BaseException) as info:
+        with cluster.connect(scheduler=address):
+            pass
+    return info.value, time.monotonic() - t0
+
+
+def one_line_cli_error(capsys, files, tmp_path, *extra: str) -> str:
+    """Run `hsi-engine classify` expecting exit 2 and nothing written: its one stderr line."""
+    out = tmp_path / "out"
+    out.mkdir()
+    rc = main(["classify", str(files["scene"]), "--model", str(files["model"]), "--out", str(out / "map.tif"),
+               *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("hsi-engine classify: error: "), err
+    assert list(out.iterdir()) == []
+    return err
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. a service that is not a dask scheduler
+
+
+def test_an_http_server_is_not_a_scheduler_and_does_not_hang():
+    """`python -m http.server` (the dashboard-port mistake) waits for a request line forever: dask's handshake
+    never completes, so the connection must time out with the dashboard hint."""
+    with http_server() as port, dask.config.set(CONNECT_2S):
+        err, took = join_error(f"tcp://127.0.0.1:{port}")
+    assert isinstance(err, HSIEngineError), repr(err)
+    msg = str(err)
+    assert f"tcp://127.0.0.1:{port} did not answer as a dask scheduler" in msg
+    assert "dashboard" in msg and "8786" in msg and "2 s" in msg
+    assert took < 5, took
+
+
+def test_a_server_replying_http_400_is_not_a_scheduler():
+    """Dask read the HTTP status line as a frame length (`Unable to allocate 3.07 EiB`): a clear error instead."""
+
+    def reply_400(conn: socket.socket) -> None:
+        with conn:
+            conn.sendall(HTTP_400)
+
+    with tcp_server(reply_400) as port, dask.config.set(CONNECT_2S):
+        err, took = join_error(f"tcp://127.0.0.1:{port}")
+    assert isinstance(err, HSIEngineError) and not isinstance(err, MemoryError), repr(err)
+    assert "did not answer as a dask scheduler" in str(err) and "EiB" not in str(err)
+    assert took < 5, took
+
+
+def test_a_silent_service_times_out_and_leaves_nothing_running():
+    """A service that accepts and never answers: the error comes within the connect timeout, our end of the
+    connection is closed (the service reads EOF) and no probe thread is left behind."""
+    closed = threading.Event()
+
+    def silent(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(30)
+            with contextlib.suppress(OSError):
+                while conn.recv(4096):
+                    pass
+                closed.set()  # EOF: the client closed its end
+
+    threads = set(threading.enumerate())
+    with tcp_server(silent) as port, dask.config.set(CONNECT_2S):
+        err, took = join_error(f"tcp://127.0.0.1:{port}")
+        assert isinstance(err, HSIEngineError) and "did not answer as a dask scheduler" in str(err), repr(err)
+        assert 1.5 < took < 5, took  # the connect timeout (2 s), not forever
+        assert closed.wait(5), "the half-open connection was left open"
+    left = [t.name for t in set(threading.enumerate()) - threads if t.is_alive()]
+    assert not [n for n in left if "probe" in n], left
+
+
+def test_the_dashboard_port_of_a_real_scheduler_is_named(local):
+    """The realistic mistake: the scheduler's HTTP (dashboard) port instead of its comm port."""
+    http_port = local.scheduler.http_server.port
+    with dask.config.set(CONNECT_2S):
+        err, took = join_error(f"tcp://127.0.0.1:{http_port}")
+    assert isinstance(err, HSIEngineError) and "did not answer as a dask scheduler" in str(err), repr(err)
+    assert "dashboard" in str(err) and took < 5
+
+
+def test_a_worker_address_is_not_a_scheduler(local):
+    (worker,) = local.scheduler.workers
+    with dask.config.set(CONNECT_2S):
+        err, took = join_error(worker)
+    assert isinstance(err, HSIEngineError), repr(err)
+    assert f"{worker} is a dask Worker, not a scheduler" in str(err) and took < 5
+
+
+@pytest.mark.parametrize("form", ["scheme", "bare"])
+def test_a_real_scheduler_is_joined_by_address(local, form, caplog):
+    """The checks do not get in the way of a real scheduler, with or without tcp://, and leave nothing in its
+    log (a bare socket probe would log 'closed before handshake completed' on every run)."""
+    address = local.scheduler_address if form == "scheme" else local.scheduler_address.removeprefix("tcp://")
+    with caplog.at_level(logging.INFO, logger="distributed"):
+        with dask.config.set(CONNECT_2S), cluster.connect(scheduler=address) as client:
+            assert client.submit(operator.add, 1, 2).result(timeout=10) == 3
+            assert client.scheduler.address == local.scheduler_address
+    assert client.status == "closed"
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("distributed")]
+    assert any("Receive client connection" in m for m in logged), logged  # the scheduler's log is seen here
+    assert not [m for m in logged if "before handshake" in m or "Exception" in m], logged
+
+
+def test_a_scheduler_that_starts_a_moment_later_is_joined():
+    """A refused port is retried briefly: a script that starts `dask scheduler` and then classifies still works."""
+    from distributed import LocalCluster
+
+    port = free_port()
+    started: list = []
+
+    def start() -> None:
+        time.sleep(0.3)  # connect() meets a refused port first
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            started.append(LocalCluster(n_workers=0, processes=False, protocol="tcp", host="127.0.0.1",
+                                        scheduler_port=port, dashboard_address=None))
+
+    th = threading.Thread(target=start)
+    th.start()
+    try:
+        with dask.config.set({"distributed.comm.timeouts.connect": "10s"}):
+            with cluster.connect(scheduler=f"tcp://127.0.0.1:{port}") as client:
+                assert client.scheduler.address == f"tcp://127.0.0.1:{port}"
+    finally:
+        th.join(30)
+        for lc in started:
+            lc.close()
+
+
+def test_cli_names_the_dashboard_mistake(files, tmp_path, capsys):
+    with http_server() as port, dask.config.set(CONNECT_2S):
+        err = one_line_cli_error(capsys, files, tmp_path, "--scheduler", f"tcp://127.0.0.1:{port}")
+    assert "did not answer as a dask scheduler" in err and "dashboard" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. malformed and refused addresses
+
+
+@pytest.mark.parametrize("address, problem", [
+    ("bogus", "no port"),
+    ("nonsense://x:1", "unknown scheme 'nonsense'"),
+    ("localhost:99999", "port 99999 is out of range 1-65535"),
+    ("tcp://127.0.0.1:0", "port 0 is out of range 1-65535"),
+    ("tcp://:8786", "no host"),
+    ("http://127.0.0.1:8787/status", "the dashboard's web address"),
+    ("tcp://127.0.0.1:8786/", "port '8786/' is not a number"),
+    ("", "the address is empty"),
+])
+def test_a_malformed_address_is_refused_up_front(address, problem):
+    t0 = time.monotonic()
+    with pytest.raises(cluster.ClusterUsageError) as info:
+        with cluster.connect(scheduler=address):
+            pass
+    msg = str(info.value)
+    assert f"scheduler address {address!r}" in msg and problem in msg and "tcp://HOST:PORT" in msg, msg
+    assert time.monotonic() - t0 < 1
+
+
+@pytest.mark.parametrize("address, parsed", [
+    ("tcp://10.0.0.5:8786", ("tcp", "10.0.0.5", 8786)),
+    ("10.0.0.5:8786", ("tcp", "10.0.0.5", 8786)),
+    ("TLS://sched.example.org:8786", ("tls", "sched.example.org", 8786)),
+    ("ws://[::1]:8786", ("ws", "[::1]", 8786)),
+    ("inproc://10.0.0.5/123/1", ("inproc", "10.0.0.5/123/1", None)),
+])
+def test_well_formed_addresses_are_accepted(address, parsed):
+    assert dask_client._parse_scheduler_address(address) == parsed
+
+
+def test_a_refused_connection_fails_fast_not_after_the_connect_timeout():
+    """Dask retries a refused connection for the whole connect timeout (30 s): nothing listens there, say so."""
+    port = free_port()
+    with dask.config.set({"distributed.comm.timeouts.connect": "30s"}):
+        err, took = join_error(f"tcp://127.0.0.1:{port}")
+    assert isinstance(err, HSIEngineError), repr(err)
+    assert f"cannot reach the dask scheduler at tcp://127.0.0.1:{port}" in str(err) and "refused" in str(err)
+    assert took < 5, took
+
+
+def test_an_unknown_host_is_named():
+    with dask.config.set(CONNECT_2S):
+        err, took = join_error("tcp://no-such-host.invalid:8786")
+    assert isinstance(err, HSIEngineError) and "no-such-host.invalid" in str(err), repr(err)
+    assert "cannot reach" in str(err) and took < 5
+
+
+@pytest.mark.parametrize("address", ["bogus", "nonsense://x:1", "localhost:99999"])
+def test_cli_refuses_a_malformed_address_in_one_line(files, tmp_path, capsys, address):
+    t0 = time.monotonic()
+    err = one_line_cli_error(capsys, files, tmp_path, "--scheduler", address)
+    assert f"scheduler address {address!r}" in err and "tcp://HOST:PORT" in err
+    assert time.monotonic() - t0 < 5
+
+
+def test_a_malformed_address_fails_before_the_scene_is_read(tmp_path):
+    with pytest.raises(cluster.ClusterUsageError, match="unknown scheme"):
+        cluster.run_to_file(tmp_path / "missing.zarr", tmp_path / "missing-model", tmp_path / "x.zarr",
+                            scheduler="nonsense://x:1")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. a local cluster that cannot start
+
+
+@pytest.fixture
+def unusable_temp_dir(tmp_path):
+    """DASK_TEMPORARY_DIRECTORY pointing below a regular file: no worker can make its scratch space there."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    bad = blocker / "dask-scratch"
+    with dask.config.set({"temporary-directory": str(bad)}):
+        yield bad
+
+
+@contextlib.contextmanager
+def records_of(name: str) -> Iterator[list[logging.LogRecord]]:
+    """The records logger ``name`` passes to its handlers (after its filters)."""
+    got: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = got.append  # type: ignore[method-assign]
+    logging.getLogger(name).addHandler(handler)
+    try:
+        yield got
+    finally:
+        logging.getLogger(name).removeHandler(handler)
+
+
+def test_a_local_cluster_that_cannot_start_is_one_clear_error(unusable_temp_dir):
+    """distributed's `RuntimeError: Cluster failed to start` (and its 'closed without starting up' warning)
+    become one error naming the cause and the fix; nothing is left running."""
+    before = set(multiprocessing.active_children())
+    with pytest.raises(HSIEngineError) as info, records_of("distributed.deploy.spec") as spec_records:
+        cluster.make_local_cluster(2, gpu=False)
+    assert not [r.getMessage() for r in spec_records if r.levelno >= logging.WARNING]
+    msg = str(info.value)
+    assert "could not start a local dask cluster of 2 workers" in msg, msg
+    assert str(unusable_temp_dir) in msg and "DASK_TEMPORARY_DIRECTORY" in msg and "without --workers" in msg
+    assert "Cluster failed to start" not in msg
+    time.sleep(0.2)
+    assert set(multiprocessing.active_children()) - before == set()  # no worker process left behind
+
+
+def test_cli_workers_with_an_unusable_temp_dir_is_one_line(files, tmp_path, capsys, unusable_temp_dir):
+    err = one_line_cli_error(capsys, files, tmp_path, "--workers", "2")
+    assert "could not start a local dask cluster" in err and "DASK_TEMPORARY_DIRECTORY" in err
+
+
+def test_workers_below_one_is_a_usage_error():
+    with pytest.raises(cluster.ClusterUsageError, match="workers must be >= 1, got -1"):
+        cluster.make_local_cluster(-1, gpu=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. distributed's INFO chatter
+
+
+@contextlib.contextmanager
+def distributed_logger_at(level: int) -> Iterator[logging.Logger]:
+    lg = logging.getLogger("distributed")
+    old = lg.level
+    lg.setLevel(level)
+    try:
+        yield lg
+    finally:
+        lg.setLevel(old)
+
+
+def test_a_local_cluster_keeps_distributed_at_warning_while_it_runs():
+    """--workers printed every INFO line of the scheduler and nannies; the levels come back afterwards."""
+    with distributed_logger_at(logging.INFO) as lg:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with cluster.connect(workers=1, gpu=False) as client:
+                assert client.submit(operator.add, 1, 2).result(timeout=30) == 3
+                assert not logging.getLogger("distributed.scheduler").isEnabledFor(logging.INFO)
+                assert not logging.getLogger("distributed.nanny").isEnabledFor(logging.INFO)
+                assert logging.getLogger("distributed.nanny").isEnabledFor(logging.WARNING)
+        assert lg.level == logging.INFO
+
+
+def test_debug_logging_leaves_distributed_s_loggers_alone():
+    """With our logger at DEBUG (`hsi-engine -v`), distributed's INFO lines are wanted."""
+    ours = logging.getLogger("hsi_engine.cluster")
+    old = ours.level
+    ours.setLevel(logging.DEBUG)
+    try:
+        with distributed_logger_at(logging.INFO), dask_client._quiet_distributed_logs():
+            assert logging.getLogger("distributed.scheduler").isEnabledFor(logging.INFO)
+    finally:
+        ours.setLevel(old)
+
+
+def test_quieting_restores_explicit_levels_of_distributed_s_loggers():
+    child = logging.getLogger("distributed.scheduler")
+    old = child.level
+    child.setLevel(logging.DEBUG)
+    try:
+        with distributed_logger_at(logging.INFO), dask_client._quiet_distributed_logs():
+            assert not child.isEnabledFor(logging.INFO) and child.isEnabledFor(logging.WARNING)
+        assert child.level == logging.DEBUG
+    finally:
+        child.setLevel(old)
