@@ -41,26 +41,16 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu"):
 
 
 def _device(device: Any):
-    """The torch device to run on (default: cuda when available, else cpu); a clear error for one that is not
-    a device name, or a CUDA device this torch or machine does not have."""
-    import torch
+    """The torch device to run on (default: cuda when available, else cpu): cpu or cuda, checked by
+    :func:`ssrn.devices.resolve_device` before anything is read."""
+    from ssrn.devices import DeviceError, resolve_device
 
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise HSIEngineError(f"device {device!r} is not a torch device name; expected cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise HSIEngineError(f"device {device!r} asked for, but this torch ({torch.__version__}) sees no CUDA "
-                                 "device: run on cpu (--device cpu, or leave the device out), or install a CUDA "
-                                 "build of torch on a machine with an NVIDIA GPU")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise HSIEngineError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} "
-                                 f"CUDA device(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    elif dev.type != "cpu":
-        raise HSIEngineError(f"device {device!r} is not supported; expected cpu, cuda or cuda:N")
+        dev = resolve_device(device)
+    except DeviceError as e:
+        raise HSIEngineError(str(e)) from None
+    if dev.type not in ("cpu", "cuda"):
+        raise HSIEngineError(f"device {device!r} is not supported by the engine; expected cpu, cuda or cuda:N")
     return dev
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .config import PRESETS, SSRNConfig
 from .data import (DataError, DatasetSpec, PatchDataset, Scene, Split, block_split, dataset_spec, is_scene_path,
                    load_dataset, per_class_split, standardize, stratified_split)
+from .devices import DeviceError, resolve_device
 from .metrics import classification_report
 from .model import SSRN, count_parameters
 
@@ -43,30 +44,11 @@ class TrainOptionError(ValueError):
 
 
 def _device(device: str | torch.device | None) -> torch.device:
-    """The torch device to train on (default: cuda when available, else cpu), checked before any work: a clear
-    error for a name that is not a device, or a device this torch or machine does not have."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """:func:`ssrn.devices.resolve_device`, its error as a :class:`TrainOptionError` (refused before any work)."""
     try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise TrainOptionError(f"device {device!r} is not a torch device name; expected cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainOptionError(f"device {device!r} asked for, but this torch ({torch.__version__}) sees no CUDA "
-                                   "device: train on cpu (--device cpu, or leave the device out), or install a CUDA "
-                                   "build of torch on a machine with an NVIDIA GPU")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            n = torch.cuda.device_count()
-            raise TrainOptionError(f"device {device!r} asked for, but this machine has {n} CUDA device(s): "
-                                   f"cuda:0 to cuda:{n - 1}")
-    elif dev.type != "cpu":
-        try:
-            torch.empty(0, device=dev)
-        except (RuntimeError, AssertionError) as e:
-            raise TrainOptionError(f"device {device!r} is not usable here ({e}); expected cpu, cuda or "
-                                   "cuda:N") from None
-    return dev
+        return resolve_device(device)
+    except DeviceError as e:
+        raise TrainOptionError(str(e)) from None
 
 
 def _device_name(dev: torch.device) -> str:

@@ -61,7 +61,7 @@ def test_demo_backend_is_one_of_the_backends(tmp_path, capsys):
 @pytest.mark.parametrize("device, match", [
     ("garbage", "device 'garbage' is not a torch device name; expected cpu, cuda or cuda:N"),
     ("npu", "device 'npu' is not a torch device name"),
-    pytest.param("cuda", "sees no CUDA device: run on cpu",
+    pytest.param("cuda", "sees no CUDA device: use cpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
 def test_device_is_checked_before_anything_is_written(scene, model_dir, tmp_path, device, match):

@@ -189,7 +189,7 @@ def test_device_is_checked_before_the_data(tmp_path, no_data, capsys, monkeypatc
         _one_error_line(capsys.readouterr().err)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["train", "--dataset", "indian_pines", "--out", str(tmp_path / "m"), "--device", "cuda"]) == 2
-    assert "sees no CUDA device: train on cpu (--device cpu" in _one_error_line(capsys.readouterr().err)
+    assert "sees no CUDA device: use cpu (--device cpu" in _one_error_line(capsys.readouterr().err)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert main(["train", "--dataset", "indian_pines", "--out", str(tmp_path / "m"), "--device", "cuda:2"]) == 2

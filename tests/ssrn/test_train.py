@@ -187,7 +187,7 @@ def test_cuda_asked_for_but_not_there(tmp_path, no_data, monkeypatch):
     from ssrn.train import TrainOptionError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(TrainOptionError, match="sees no CUDA device: train on cpu"):
+    with pytest.raises(TrainOptionError, match="sees no CUDA device: use cpu"):
         run_training("indian_pines", tmp_path / "m", device="cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -1,0 +1,38 @@
+"""The torch device to run on, checked before any work: one clear error for a name that is not a device, or a
+device this torch or machine does not have (shared by the trainer and the engine)."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["DeviceError", "resolve_device"]
+
+
+class DeviceError(ValueError):
+    """A device name that is not a torch device, or a device this torch build or machine lacks."""
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a ``torch.device`` (default: cuda when available, else cpu), or :class:`DeviceError`
+    saying what was asked for, what is there and what to pass instead."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"device {device!r} is not a torch device name; expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r} asked for, but this torch ({torch.__version__}) sees no CUDA "
+                              "device: use cpu (--device cpu, or leave the device out), or install a CUDA build "
+                              "of torch on a machine with an NVIDIA GPU")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise DeviceError(f"device {device!r} asked for, but this machine has {n} CUDA device(s): cuda:0 to "
+                              f"cuda:{n - 1}")
+    elif dev.type != "cpu":
+        try:
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError) as e:
+            raise DeviceError(f"device {device!r} is not usable here ({e}); expected cpu, cuda or cuda:N") from None
+    return dev
