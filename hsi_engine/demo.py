@@ -47,7 +47,8 @@ def _load_labels(path: Path) -> np.ndarray:
 
 
 def evaluation_mask(labels: np.ndarray, meta: dict[str, Any]) -> tuple[np.ndarray, dict[str, int]]:
-    """Labelled pixels not used for training or validation, per the split recorded in ``meta["split"]``.
+    """Labelled pixels not used for training or validation, per the split recorded in ``meta["split"]``: its test
+    mask when it records one (a spatially disjoint split leaves out pixels whose patch reaches another set).
 
     Returns ``(mask, counts)`` with ``counts`` = labelled / train / val / evaluated pixel numbers. Raises
     :class:`HSIEngineError` when the model records no split (its accuracy on the scene would include
@@ -78,6 +79,9 @@ def evaluation_mask(labels: np.ndarray, meta: dict[str, Any]) -> tuple[np.ndarra
         counts[f"{k}_pixels"] = int((m & labelled).sum())
         excl |= m
     mask = labelled & ~excl
+    test = masks.get("test")
+    if test is not None and test.shape == labels.shape:  # a spatially disjoint split also drops buffer pixels
+        mask &= test
     counts["evaluated_pixels"] = int(mask.sum())
     return mask, counts
 

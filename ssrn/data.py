@@ -448,11 +448,14 @@ class Split:
         return {s: np.bincount(flat[getattr(self, s)], minlength=k + 1)[1:].tolist() for s in ("train", "val", "test")}
 
     def to_meta(self) -> dict[str, Any]:
-        """Compact JSON form: train and validation masks packed as bits (base64), plus the description."""
+        """Compact JSON form: the train, validation and test masks packed as bits (base64), plus the
+        description. The test mask is recorded too: a spatially disjoint split drops labelled pixels from every
+        set, so "labelled, not train, not val" is not its test set."""
         m = self.masks()
         return {**self.description, "shape": list(self.shape), "n_train": int(self.train.size),
                 "n_val": int(self.val.size), "n_test": int(self.test.size),
-                "train_mask": encode_mask(m["train"]), "val_mask": encode_mask(m["val"])}
+                "train_mask": encode_mask(m["train"]), "val_mask": encode_mask(m["val"]),
+                "test_mask": encode_mask(m["test"])}
 
 
 def encode_mask(mask: np.ndarray) -> dict[str, Any]:
@@ -471,9 +474,10 @@ def decode_mask(enc: dict[str, Any]) -> np.ndarray:
 
 
 def split_masks_from_meta(meta: dict[str, Any]) -> dict[str, np.ndarray]:
-    """``{"train": mask, "val": mask}`` from a model's ``meta["split"]`` (to exclude training pixels)."""
+    """``{"train": mask, "val": mask, "test": mask}`` from a model's ``meta["split"]``, those it records (models
+    saved before the test mask was recorded have train and val only)."""
     s = meta.get("split") or {}
-    return {k: decode_mask(s[f"{k}_mask"]) for k in ("train", "val") if f"{k}_mask" in s}
+    return {k: decode_mask(s[f"{k}_mask"]) for k in ("train", "val", "test") if f"{k}_mask" in s}
 
 
 def _labelled_by_class(labels: np.ndarray) -> dict[int, np.ndarray]:

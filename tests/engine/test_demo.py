@@ -82,6 +82,23 @@ def test_evaluation_mask_excludes_train_and_val():
     assert mask.sum() == (labels > 0).sum() - sp.train.size - sp.val.size
 
 
+def test_evaluation_mask_of_a_block_split_is_its_test_set():
+    """A spatially disjoint split drops labelled pixels whose patch reaches another set: they are neither train,
+    val nor test, and the accuracy must not count them."""
+    from ssrn.data import block_split
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(1, 4, size=(60, 60))
+    sp = block_split(labels, 0.3, 0.1, patch=7, seed=0)
+    mask, counts = evaluation_mask(labels, {"split": sp.to_meta()})
+    m = sp.masks()
+    np.testing.assert_array_equal(mask, m["test"] & (labels > 0))
+    dropped = (labels > 0) & ~(m["train"] | m["val"] | m["test"])
+    assert dropped.any() and not (mask & dropped).any()
+    assert counts["evaluated_pixels"] == sp.test.size < counts["labelled_pixels"] - counts["train_pixels"] - \
+        counts["val_pixels"]
+
+
 def test_evaluation_mask_refuses_a_model_without_split():
     from hsi_engine.errors import HSIEngineError
 

@@ -192,6 +192,7 @@ def test_mask_encoding_round_trip():
     back = D.split_masks_from_meta({"split": s.to_meta()})
     np.testing.assert_array_equal(back["train"], s.masks()["train"])
     np.testing.assert_array_equal(back["val"], s.masks()["val"])
+    np.testing.assert_array_equal(back["test"], s.masks()["test"])
 
 
 def test_patch_dataset_cuts_zero_padded_patches():
