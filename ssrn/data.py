@@ -219,6 +219,20 @@ def _check_labels(labels: np.ndarray, shape: tuple[int, int], where: str) -> np.
     return labels.astype(np.int64)
 
 
+def _check_class_ids(labels: np.ndarray, where: str) -> None:
+    """Refuse a label map whose class ids 1..K are mostly empty (e.g. 1..16 plus 255 for "ignore"): the model
+    would get K outputs, most of them classes without a single pixel."""
+    present = np.unique(labels[labels > 0])
+    k = int(present[-1])
+    if k - present.size <= present.size:
+        return
+    shown = ", ".join(map(str, present[:12])) + (", ..." if present.size > 12 else "")
+    top = int((labels == k).sum())
+    raise DataError(f"{where}: the labels hold {present.size} distinct classes ({shown}) but run up to {k} "
+                    f"({top} pixels): a {k}-class model would have {k - present.size} classes without a pixel. If "
+                    f"{k} marks unlabelled or ignored pixels, set them to 0; else number the classes 1..K")
+
+
 def _to_dataarray(cube_band_last: np.ndarray, wavelengths: Sequence[float] | None, name: str):
     import xarray as xr
 
@@ -397,6 +411,7 @@ def _load_path(p: Path) -> Scene:
     if k == 0:
         raise DataError(f"{p}: the label map has no labelled pixels (all 0); expected classes 1..K on the "
                         "pixels to train and test on (0 = unlabelled)")
+    _check_class_ids(labels, str(p))
     names = [f"class {i}" for i in range(1, k + 1)]
     rng = np.random.default_rng(0)
     palette = rng.integers(0, 256, size=(k, 3)).tolist()

@@ -78,6 +78,9 @@ def read_keras_config(path: str | os.PathLike) -> dict[str, Any]:
     import h5py
 
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a directory; expected the Keras model file itself (e.g. "
+                                f"{path / 'Indian_best_RES_3D_SS4_10_1.hdf5'})")
     if not path.is_file():
         raise FileNotFoundError(f"Keras model file {path} not found")
     try:

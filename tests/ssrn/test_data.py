@@ -271,6 +271,18 @@ def test_npz_without_labelled_pixels(tmp_path):
         D.load_dataset(str(p))
 
 
+def test_labels_with_an_ignore_value_are_refused_not_made_classes(tmp_path):
+    """1..3 plus 255 (a common "ignore" value) would make a 255-class model; a gap of one absent class is fine."""
+    p = tmp_path / "scene.npz"
+    labels = np.tile(np.array([1, 2, 3, 0, 255, 2]), (6, 1))
+    np.savez(p, cube=np.ones((9, 6, 6), np.float32), labels=labels)
+    with pytest.raises(DataError, match=r"4 distinct classes \(1, 2, 3, 255\) but run up to 255 \(6 pixels\).*set "
+                                        r"them to 0"):
+        D.load_dataset(str(p))
+    np.savez(p, cube=np.ones((9, 6, 6), np.float32), labels=np.where(labels == 255, 5, labels))
+    assert D.load_dataset(str(p)).labels.max() == 5  # class 4 absent: 4 of 5 ids used, kept
+
+
 def test_unknown_dataset_is_a_data_error_with_a_plain_message():
     with pytest.raises(DataError) as e:
         D.load_dataset("indian_pns")

@@ -397,6 +397,8 @@ def test_refuses_weights_only_and_non_hdf5(tmp_path):
     q.write_bytes(b"not hdf5 at all")
     with pytest.raises(KerasImportError, match="not a readable HDF5"):
         load_keras(q)
+    with pytest.raises(FileNotFoundError, match="is a directory; expected the Keras model file itself"):
+        load_keras(tmp_path)
 
 
 # --------------------------------------------------------------------------------------------------
