@@ -73,7 +73,9 @@ def _fraction(text: str) -> float:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train an SSRN with the seed's protocol (or your options)")
     p.add_argument("--dataset", required=True,
-                   help="indian_pines | pavia_university | ksc | salinas | PATH to a .mat/.npz scene")
+                   help="indian_pines | pavia_university | ksc | salinas | PATH to a scene: .mat (+ its _gt.mat), or "
+                        ".npz / .h5 with 'cube' (band, y, x), 'labels' (y, x) and optionally 'wavelength' and "
+                        "'class_names' (one per class, for the map's legend)")
     p.add_argument("--out", required=True, help="model directory to write: new or empty (or, with --overwrite, "
                                                 "a model directory to replace)")
     p.add_argument("--overwrite", action="store_true",

@@ -219,6 +219,17 @@ def _check_labels(labels: np.ndarray, shape: tuple[int, int], where: str) -> np.
     return labels.astype(np.int64)
 
 
+def _class_names(values: Any, k: int, where: str) -> list[str]:
+    """The scene file's ``class_names`` (one per class 1..K, for the map's legend), else ``class 1..K``."""
+    if values is None:
+        return [f"class {i}" for i in range(1, k + 1)]
+    names = [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(values).reshape(-1).tolist()]
+    if len(names) != k:
+        raise DataError(f"{where}: 'class_names' holds {len(names)} names but the labels run 1..{k}; give one "
+                        "name per class, in label order")
+    return names
+
+
 def _check_class_ids(labels: np.ndarray, where: str) -> None:
     """Refuse a label map whose class ids 1..K are mostly empty (e.g. 1..16 plus 255 for "ignore"): the model
     would get K outputs, most of them classes without a single pixel."""
@@ -352,8 +363,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Scene:
     return Scene(spec.name, da, labels, list(spec.class_names), [list(c) for c in spec.palette], wl, source, spec)
 
 
-def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
-    """(cube (band, y, x), labels (y, x), wavelengths or None) of an .npz; DataError for anything else."""
+def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray, list[float] | None, Any]:
+    """(cube (band, y, x), labels (y, x), wavelengths or None, class names or None) of an .npz; DataError for
+    anything else."""
     import zipfile
 
     if not zipfile.is_zipfile(p):
@@ -370,12 +382,13 @@ def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
         try:
             cube, labels = z["cube"], z["labels"]
             wl = z["wavelength"].tolist() if "wavelength" in z else None
+            names = z["class_names"] if "class_names" in z else None
         except (ValueError, OSError, zipfile.BadZipFile) as e:  # object arrays (pickles), corrupt members
             raise DataError(f"{p}: its arrays are not readable numeric arrays ({e}); expected 'cube' "
                             "(band, y, x) and 'labels' (y, x) of numbers, written by numpy.savez") from None
     if cube.ndim != 3:
         raise DataError(f"{p}: 'cube' has shape {cube.shape}; expected a 3-D (band, y, x) array")
-    return cube, labels, wl
+    return cube, labels, wl, names
 
 
 def _load_path(p: Path) -> Scene:
@@ -383,8 +396,9 @@ def _load_path(p: Path) -> Scene:
     if not p.exists():
         raise FileNotFoundError(f"scene file {p} not found")
     suf = p.suffix.lower()
+    names = None
     if suf == ".npz":
-        cube, labels, wl = _read_npz(p)
+        cube, labels, wl, names = _read_npz(p)
         da = _to_dataarray(np.moveaxis(cube, 0, -1), wl, p.stem)
     elif suf in (".h5", ".hdf5"):
         import h5py
@@ -396,6 +410,7 @@ def _load_path(p: Path) -> Scene:
                 raise DataError(f"{p}: expected datasets 'cube' (band, y, x) and 'labels' (y, x); found {sorted(f)}")
             cube, labels = f["cube"][()], f["labels"][()]
             wl = f["wavelength"][()].tolist() if "wavelength" in f else None
+            names = f["class_names"][()] if "class_names" in f else None
         if cube.ndim != 3:
             raise DataError(f"{p}: 'cube' has shape {cube.shape}; expected a 3-D (band, y, x) array")
         da = _to_dataarray(np.moveaxis(cube, 0, -1), wl, p.stem)
@@ -412,7 +427,7 @@ def _load_path(p: Path) -> Scene:
         raise DataError(f"{p}: the label map has no labelled pixels (all 0); expected classes 1..K on the "
                         "pixels to train and test on (0 = unlabelled)")
     _check_class_ids(labels, str(p))
-    names = [f"class {i}" for i in range(1, k + 1)]
+    names = _class_names(names, k, str(p))
     rng = np.random.default_rng(0)
     palette = rng.integers(0, 256, size=(k, 3)).tolist()
     wl = da.coords["wavelength"].values.tolist() if "wavelength" in da.coords else None

@@ -283,6 +283,25 @@ def test_labels_with_an_ignore_value_are_refused_not_made_classes(tmp_path):
     assert D.load_dataset(str(p)).labels.max() == 5  # class 4 absent: 4 of 5 ids used, kept
 
 
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_class_names_travel_with_a_scene_file(tmp_path, suffix):
+    p = tmp_path / f"scene{suffix}"
+    cube, labels = np.ones((9, 6, 6), np.float32), np.tile(np.array([1, 2, 3, 0, 1, 2]), (6, 1))
+    names = np.array(["water", "forest", "urban"])
+    if suffix == ".npz":
+        np.savez(p, cube=cube, labels=labels, class_names=names)
+    else:
+        import h5py
+
+        with h5py.File(p, "w") as f:
+            f["cube"], f["labels"], f["class_names"] = cube, labels, names.astype("S")
+    assert D.load_dataset(str(p)).class_names == ["water", "forest", "urban"]
+    if suffix == ".npz":
+        np.savez(p, cube=cube, labels=labels, class_names=names[:2])
+        with pytest.raises(DataError, match=r"'class_names' holds 2 names but the labels run 1..3"):
+            D.load_dataset(str(p))
+
+
 def test_unknown_dataset_is_a_data_error_with_a_plain_message():
     with pytest.raises(DataError) as e:
         D.load_dataset("indian_pns")
