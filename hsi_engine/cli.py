@@ -59,15 +59,20 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def _fraction(text: str) -> float:
-    """An argparse type: a fraction strictly between 0 and 1, else a usage error naming the bounds."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}") from None
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1) (0 and 1 excluded), got {text}")
-    return v
+def _fraction(low_included: bool = False):
+    """An argparse type: a fraction below 1 and above 0 (or from 0, with ``low_included``), else a usage error
+    naming the bounds."""
+    bounds = "[0, 1) (1 excluded)" if low_included else "(0, 1) (0 and 1 excluded)"
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a fraction in {bounds}, got {text!r}") from None
+        if not (0 <= v < 1 if low_included else 0 < v < 1):
+            raise argparse.ArgumentTypeError(f"expected a fraction in {bounds}, got {text}")
+        return v
+    return parse
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -85,11 +90,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=_at_least(1), default=200)
     p.add_argument("--batch-size", type=_at_least(1), default=16)
     pixels = p.add_mutually_exclusive_group()  # both choose the training pixels: one or the other
-    pixels.add_argument("--train-fraction", type=_fraction, default=None,
+    pixels.add_argument("--train-fraction", type=_fraction(), default=None,
                         help="fraction of each class for training (default: the dataset's seed protocol)")
     pixels.add_argument("--per-class", type=_at_least(1), default=None,
                         help="fixed number of training pixels per class (random split only)")
-    p.add_argument("--val-fraction", type=_fraction, default=None,
+    p.add_argument("--val-fraction", type=_fraction(low_included=True), default=None,
                    help="fraction of each class for validation (default: the dataset's seed protocol); "
                         "train + val must stay below 1")
     p.add_argument("--split", choices=["random", "blocks"], default="random")

@@ -338,7 +338,15 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     if isinstance(scheduler, str):
         _parse_scheduler_address(scheduler)  # a malformed address fails here, before the scene is read
     scene = open_scene(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
-    job_device = device if (device is not None or not distributed) else "cpu"  # the driver computes nothing
+    if distributed and device is not None:  # the workers' device: only its name is checked here
+        import torch
+
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ClusterUsageError(f"device {device!r} is not a torch device name; expected cpu, cuda or "
+                                    "cuda:N") from None
+    job_device = "cpu" if distributed else device  # the driver computes nothing; it may have no GPU
     job = _Job(scene, model_path, tile=tile if tile is not None else 1 << 20, device=job_device, backend=backend,
                precision=precision, nodata=nodata, spatial_precision=spatial_precision)
     da = job.da
@@ -426,6 +434,11 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
             if error is not None:
                 raise error
     except HSIEngineError:
+        if writer.resumed:  # earlier runs' tiles are never thrown away: keep them for the next --resume
+            kept = writer.keep_partial()
+            log.warning("run stopped; %s keeps the tiles written so far: fix the cause, then rerun with "
+                        "resume=True (--resume)", kept)
+            raise
         writer.abort()  # bad input: no output and no partial store
         if distributed:
             time.sleep(0.5)  # a task of an external cluster may still be finishing its write: sweep again

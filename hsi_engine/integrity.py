@@ -104,11 +104,13 @@ def check_store(da: Any, *, nodata: float | None = None) -> None:
     src = da.encoding.get("source")
     shown = ", ".join(f"{k} (chunk {tuple(int(i) for i in c)})" for c, k in missing[:5])
     more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    fill = arr.fill_value
+    declare = (f"; if those regions are meant to be empty, declare the fill value as nodata (nodata={float(fill)!r}, "
+               f"--nodata {float(fill)!r}) so they are classified as 0") if isinstance(fill, (int, float, np.number)) \
+        and not isinstance(fill, bool) else ""
     raise CorruptChunkError(
         f"zarr store {src} is missing {len(missing)} of {arr.nchunks} chunks of array {arr.path or '/'}: {shown}"
-        f"{more}. zarr would silently fill them with {arr.fill_value!r}. Re-create (re-copy) the store; if those "
-        f"regions are meant to be empty, declare the fill value as nodata (nodata={float(arr.fill_value)!r}, "
-        f"--nodata {float(arr.fill_value)!r}) so they are classified as 0")
+        f"{more}. zarr would silently fill them with {fill!r}. Re-create (re-copy) the store{declare}")
 
 
 def _axes(arr, da: Any) -> list[str] | None:

@@ -553,7 +553,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
 def warn_all_nodata(nodata: float | None, nodata_bands: Sequence[int] | None) -> None:
     """One warning for a run whose every output pixel came out nodata (class 0), with the likely cause."""
     tested = "every band" if nodata_bands is None else f"the {len(nodata_bands)} bands not flagged bad"
-    log.warning("every pixel of the scene is nodata (class 0): each has a non-finite value, or a value equal to "
+    log.warning("every pixel this run classified is nodata (class 0): each has a non-finite value, or a value equal to "
                 "nodata (%s) in one of the bands the mask looks in (%s). If some bands hold nodata in every pixel (a sensor's bad bands, e.g. "
                 "EnMAP's 130-135), flag them with a 'bbl' coordinate on 'band' (0 = bad; read from GeoTIFF and "
                 "ENVI band metadata) so the mask leaves them out, or pass another nodata value (--nodata)",

@@ -116,6 +116,15 @@ def _remove_model_dir(path: Path) -> None:
                                                      path, e)
 
 
+def _holds_cwd(target: Path) -> bool:
+    """Whether the process's working directory is ``target`` or lies inside it."""
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:  # the working directory is already gone
+        return False
+    return cwd == target or target in cwd.parents
+
+
 def _move_into_empty(tmp: Path, target: Path) -> None:
     """Move the files of ``tmp`` into the empty directory ``target`` (kept: it may be the working directory),
     model.json last so it never names weights that are not there yet; on failure ``target`` is empty again."""
@@ -145,8 +154,14 @@ def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None
     given = Path(path)
     target = check_model_target(given, overwrite)
     meta = dict(model.meta if meta is None else meta)
+    # built inside the target where the directory itself must stay: an empty one (its parent may be read-only)
+    # or one holding the working directory (`--out .`: swapping it would leave the process in a deleted one)
+    empty = target.is_dir() and not any(target.iterdir())
+    in_place = target.is_dir() and (empty or _holds_cwd(target))
+    if in_place and not os.access(target, os.W_OK | os.X_OK):
+        raise CheckpointError(f"cannot write the model into {given}: no write permission there")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target if in_place else target.parent))
     umask = os.umask(0)
     os.umask(umask)
     try:
@@ -159,8 +174,12 @@ def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None
         (tmp / WEIGHTS).chmod(0o666 & ~umask)
         if not target.exists():
             tmp.rename(target)
-        elif not any(target.iterdir()):
+        elif empty:
             _move_into_empty(tmp, target)
+        elif in_place:  # a model directory holding the working directory: its files replaced, model.json last
+            for name in (WEIGHTS, MODEL_JSON):
+                os.replace(tmp / name, target / name)
+            tmp.rmdir()
         else:  # a model directory, overwrite=True (checked above): swap, then drop the old one's files
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
             old.rmdir()  # a unique free name to move the old directory to

@@ -216,6 +216,22 @@ def test_missing_zarr_chunk_is_named_not_filled(crop, model_dir, outdir, tmp_pat
         hsi_engine.classify(hsi_engine.open_scene(store), model_dir, tile=TILE, progress=False)
 
 
+def test_missing_chunk_of_a_store_without_fill_value_is_one_error(crop, model_dir, outdir, tmp_path):
+    """A zarr v2 store written by xarray from integers has fill_value None: the message must still build (it
+    raised a TypeError while formatting), and it cannot offer the fill value as nodata."""
+    import shutil as _shutil
+
+    import xarray as xr
+
+    store = tmp_path / "v2.zarr"
+    xr.DataArray(crop.astype(np.int16), dims=("band", "y", "x"), name="r").chunk({"y": 16, "x": 16}).to_dataset() \
+        .to_zarr(store, zarr_format=2, consolidated=False)
+    chunk = next(p for p in (store / "r").iterdir() if p.name.startswith("0."))
+    chunk.unlink() if chunk.is_file() else _shutil.rmtree(chunk)
+    msg = classify_everywhere(store, model_dir, outdir, CorruptChunkError, r"missing 1 of \d+ chunks", cli_scene=store)
+    assert "--nodata" not in msg
+
+
 def test_missing_chunk_equal_to_declared_nodata_is_masked(crop, model_dir, tmp_path):
     """zarr 3 does not store chunks equal to the fill value: with nodata = fill value they mean 'no data'."""
     store = F.write_zarr(tmp_path / "missing.zarr", crop)

@@ -136,7 +136,8 @@ def test_out_is_checked_before_training(tmp_path, no_data, capsys, monkeypatch):
     ("--per-class", "-2", "expected an integer >= 1"),
     ("--train-fraction", "1.5", "expected a fraction in (0, 1) (0 and 1 excluded), got 1.5"),
     ("--train-fraction", "0", "expected a fraction in (0, 1)"),
-    ("--val-fraction", "-0.1", "expected a fraction in (0, 1)"),
+    ("--val-fraction", "-0.1", "expected a fraction in [0, 1) (1 excluded), got -0.1"),
+    ("--val-fraction", "1", "expected a fraction in [0, 1)"),
     ("--lr", "-1", "expected a finite number > 0, got -1"),
     ("--lr", "0", "expected a finite number > 0"),
     ("--lr", "nan", "expected a finite number > 0"),
@@ -151,6 +152,14 @@ def test_degenerate_values_are_usage_errors(tmp_path, no_data, capsys, option, v
     assert e.value.code == 2
     assert f"argument {option}: {bound}" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_validation_set_is_allowed():
+    """--val-fraction 0 (no validation set: the trainer then watches the training loss) is accepted."""
+    from hsi_engine.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--dataset", "indian_pines", "--out", "m", "--val-fraction", "0"])
+    assert args.val_fraction == 0.0
 
 
 def test_fractions_must_leave_a_test_set(tmp_path, no_data, capsys):

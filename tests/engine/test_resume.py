@@ -17,7 +17,7 @@ import _scale_fixtures as F
 
 import hsi_engine
 from hsi_engine import cluster
-from hsi_engine.errors import OutputError
+from hsi_engine.errors import HSIEngineError, OutputError
 from hsi_engine.resume import RUNS_ATTR, partial_path, read_record
 
 TILE = 16
@@ -103,6 +103,28 @@ def test_crash_keeps_partial_and_resume_finishes_geotiff(case, tmp_path, monkeyp
     assert (rep.skipped, rep.computed, rep.run, rep.tile) == (5, case["tiles"] - 5, 2, TILE)
     np.testing.assert_array_equal(F.read_classes(out), case["ref"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif", "map.tif.aux.xml"]
+
+
+def test_a_resumed_run_that_cannot_reach_its_cluster_keeps_the_tiles(case, tmp_path, monkeypatch):
+    """An error on a resumed run (here: a scheduler address that nothing listens on) never deletes the tiles
+    earlier runs wrote; the next --resume finishes them. A worker device this driver lacks is no obstacle."""
+    import socket
+
+    out = tmp_path / "map.zarr"
+    F.crash_writes_after(monkeypatch, 3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, readers=1, queue_depth=1)
+    monkeypatch.undo()
+    with socket.socket() as s:  # a free port: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(HSIEngineError, match="nothing listens on port"):
+        cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, device="cuda:3",
+                            scheduler=f"tcp://127.0.0.1:{port}")
+    assert int((read_record(partial_path(out)) > 0).sum()) == 3
+    rep = cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)
+    assert (rep.skipped, rep.computed) == (3, case["tiles"] - 3)
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
 
 
 def test_resume_with_other_settings_is_refused(case, tmp_path, monkeypatch):

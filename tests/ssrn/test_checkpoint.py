@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -139,6 +140,41 @@ def test_save_into_an_empty_directory_keeps_it(tmp_path, monkeypatch):
     assert sorted(p.name for p in d.iterdir()) == ["model.json", "weights.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     ssrn.load_model(d)
+
+
+def test_repeated_saves_into_the_working_directory_keep_it(tmp_path, monkeypatch):
+    """The trainer saves `--out .` at every improvement: the later saves replace the files in the working
+    directory, never the directory (a swap left the process in a deleted directory, and the third save failed)."""
+    d = tmp_path / "out"
+    d.mkdir()
+    inode = d.stat().st_ino
+    monkeypatch.chdir(d)
+    for seed in range(3):
+        ssrn.save_model(_model(seed=seed), ".", meta={"v": seed}, overwrite=seed > 0)
+        assert d.stat().st_ino == inode and d.exists()
+    assert sorted(p.name for p in d.iterdir()) == ["model.json", "weights.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    m = ssrn.load_model(d)
+    assert m.meta == {"v": 2}
+    torch.testing.assert_close(m.state_dict(), _model(seed=2).state_dict())
+
+
+def test_an_empty_directory_is_filled_without_writing_beside_it(tmp_path, monkeypatch):
+    """The temporary build goes inside an empty target, so its parent need not be writable."""
+    import tempfile
+
+    d = tmp_path / "out"
+    d.mkdir()
+    made = []
+    real = tempfile.mkdtemp
+
+    def spy(*a, **k):
+        made.append(Path(k["dir"]))
+        return real(*a, **k)
+    monkeypatch.setattr(tempfile, "mkdtemp", spy)
+    ssrn.save_model(_model(), d)
+    assert made == [d.resolve()]
+    assert sorted(p.name for p in d.iterdir()) == ["model.json", "weights.safetensors"]
 
 
 def test_save_refuses_files_and_paths_under_files(tmp_path):
