@@ -296,9 +296,6 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     georeferencing (the map is then written in pixel coordinates). ``progress``, ``queue_depth``, ``readers``
     ``cache_blocks``, ``decoders`` and ``spatial_precision`` are as in :func:`classify`.
     """
-    from .writers import check_not_scene
-
-    check_not_scene(out, scene_path)  # before anything is read: --out must never replace the scene itself
     # zarr outputs always carry a per-tile completion record, so any interrupted run can be resumed
     if workers is not None or scheduler is not None or resume or str(out).rstrip("/").endswith(".zarr"):
         try:
@@ -314,7 +311,9 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                                         cache_blocks=cache_blocks, decoders=decoders,
                                         spatial_precision=spatial_precision)
     from .resume import check_no_partial, discard_partial
-    from .writers import open_writer
+    from .writers import check_not_scene, open_writer
+
+    check_not_scene(out, scene_path)  # before anything is read: --out must never replace the scene itself
 
     scene = open_scene(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
     job = _Job(scene, model_path, tile=tile, device=device, backend=backend, precision=precision, nodata=nodata,

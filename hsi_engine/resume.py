@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from .errors import OutputError
-from .writers import ZarrClassMapWriter, check_replaceable
+from .writers import ZarrClassMapWriter, check_replaceable, zarr_root_attributes
 
 __all__ = ["PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "discard_partial", "model_digest",
            "partial_path", "partial_tile", "read_record"]
@@ -105,12 +105,9 @@ def model_digest(model: Any) -> str:
 def partial_tile(out: str | os.PathLike) -> int | None:
     """The tile side an interrupted run into ``out`` used (from ``<out>.partial``'s fingerprint), so a
     ``--resume`` without ``--tile`` continues with it; None when there is no readable partial store."""
-    try:
-        doc = json.loads((partial_path(out) / "zarr.json").read_text())
-        tile = doc["attributes"][FINGERPRINT_ATTR]["tile"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return int(tile) if isinstance(tile, int) and tile > 0 else None
+    fingerprint = zarr_root_attributes(partial_path(out)).get(FINGERPRINT_ATTR)
+    tile = fingerprint.get("tile") if isinstance(fingerprint, dict) else None
+    return tile if isinstance(tile, int) and tile > 0 else None
 
 
 def read_record(store: str | os.PathLike) -> np.ndarray:

@@ -50,7 +50,8 @@ import numpy as np
 from .errors import OutputError
 
 __all__ = ["ClassMapWriter", "GeoTiffClassMapWriter", "ZarrClassMapWriter", "ZARR_TITLE", "check_not_scene",
-           "check_replaceable", "default_palette", "is_hsi_zarr", "open_writer", "side_paths", "write_classmap"]
+           "check_replaceable", "default_palette", "is_hsi_zarr", "open_writer", "side_paths", "write_classmap",
+           "zarr_root_attributes"]
 
 _TIFF = (".tif", ".tiff")
 _ZARR = (".zarr",)
@@ -129,14 +130,19 @@ def side_paths(path: str | os.PathLike) -> dict[str, Path]:
             "aux": p.with_name(p.name + ".aux.xml")}
 
 
-def is_hsi_zarr(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a zarr store hsi-engine wrote: a root ``zarr.json`` whose attributes hold our title."""
+def zarr_root_attributes(path: str | os.PathLike) -> dict[str, Any]:
+    """The attributes in a zarr v3 store's root ``zarr.json``, read as plain JSON ({} when there is none)."""
     try:
         doc = json.loads((Path(path) / "zarr.json").read_text())
     except (OSError, ValueError):
-        return False
+        return {}
     attrs = doc.get("attributes") if isinstance(doc, dict) else None
-    return isinstance(attrs, dict) and attrs.get("title") == ZARR_TITLE
+    return attrs if isinstance(attrs, dict) else {}
+
+
+def is_hsi_zarr(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a zarr store hsi-engine wrote: a root ``zarr.json`` whose attributes hold our title."""
+    return zarr_root_attributes(path).get("title") == ZARR_TITLE
 
 
 def _found(path: Path) -> str:

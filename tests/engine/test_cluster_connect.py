@@ -368,8 +368,9 @@ def test_workers_below_one_is_a_usage_error():
 
 
 @contextlib.contextmanager
-def distributed_logger_at(level: int) -> Iterator[logging.Logger]:
-    lg = logging.getLogger("distributed")
+def logger_at(level: int, name: str = "distributed") -> Iterator[logging.Logger]:
+    """The logger ``name`` at ``level`` for the block, its own level put back after."""
+    lg = logging.getLogger(name)
     old = lg.level
     lg.setLevel(level)
     try:
@@ -380,7 +381,7 @@ def distributed_logger_at(level: int) -> Iterator[logging.Logger]:
 
 def test_a_local_cluster_keeps_distributed_at_warning_while_it_runs():
     """--workers printed every INFO line of the scheduler and nannies; the levels come back afterwards."""
-    with distributed_logger_at(logging.INFO) as lg:
+    with logger_at(logging.INFO) as lg:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with cluster.connect(workers=1, gpu=False) as client:
@@ -393,23 +394,13 @@ def test_a_local_cluster_keeps_distributed_at_warning_while_it_runs():
 
 def test_debug_logging_leaves_distributed_s_loggers_alone():
     """With our logger at DEBUG (`hsi-engine -v`), distributed's INFO lines are wanted."""
-    ours = logging.getLogger("hsi_engine.cluster")
-    old = ours.level
-    ours.setLevel(logging.DEBUG)
-    try:
-        with distributed_logger_at(logging.INFO), dask_client._quiet_distributed_logs():
-            assert logging.getLogger("distributed.scheduler").isEnabledFor(logging.INFO)
-    finally:
-        ours.setLevel(old)
+    with logger_at(logging.DEBUG, "hsi_engine.cluster"), logger_at(logging.INFO), \
+            dask_client._quiet_distributed_logs():
+        assert logging.getLogger("distributed.scheduler").isEnabledFor(logging.INFO)
 
 
 def test_quieting_restores_explicit_levels_of_distributed_s_loggers():
-    child = logging.getLogger("distributed.scheduler")
-    old = child.level
-    child.setLevel(logging.DEBUG)
-    try:
-        with distributed_logger_at(logging.INFO), dask_client._quiet_distributed_logs():
+    with logger_at(logging.DEBUG, "distributed.scheduler") as child:
+        with logger_at(logging.INFO), dask_client._quiet_distributed_logs():
             assert not child.isEnabledFor(logging.INFO) and child.isEnabledFor(logging.WARNING)
         assert child.level == logging.DEBUG
-    finally:
-        child.setLevel(old)
