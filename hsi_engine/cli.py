@@ -256,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    captured = getattr(logging, "_warnings_showwarning", None) is not None  # a caller's own captureWarnings(True)
     logging.captureWarnings(True)  # one "WARNING py.warnings: ..." line each, like the log, not a source line
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     # SIGTERM (timeout, batch schedulers) unwinds like Ctrl-C, so outputs are committed whole or not at all
@@ -281,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         warnings.formatwarning = formatwarning
-        logging.captureWarnings(False)
+        logging.captureWarnings(captured)
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -156,3 +156,18 @@ def test_variable_and_band_axis_from_the_command_line(model_dir, tmp_path, capsy
     with rasterio.open(out / "m.tif") as a, rasterio.open(out / "n.tif") as b:
         assert a.shape == b.shape == (10, 12)
         np.testing.assert_array_equal(a.read(1), b.read(1))  # the same cube, read the same way
+
+
+@pytest.mark.parametrize("caller_captures", [False, True])
+def test_main_leaves_the_callers_warning_capture_as_it_was(scene, caller_captures, capsys):
+    import logging
+    import warnings
+
+    logging.captureWarnings(caller_captures)
+    showwarning = warnings.showwarning
+    try:
+        assert main(["info", str(scene)]) == 0
+        assert (warnings.showwarning is showwarning) and (
+            (getattr(logging, "_warnings_showwarning", None) is not None) == caller_captures)
+    finally:
+        logging.captureWarnings(False)
