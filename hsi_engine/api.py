@@ -7,6 +7,7 @@ registering the accessor) stays cheap.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import time
 import warnings
@@ -79,17 +80,20 @@ def _normalisation(model: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
 
 
 def _wavelengths(da: xr.DataArray) -> np.ndarray | None:
-    """The scene's band wavelengths in nm: its ``wavelength`` coordinate, else a float ``band`` coordinate that
-    reads as wavelengths (all within 250-3000 nm, or 0.25-3 µm and not whole numbers, monotonic), so that a
-    reordered or mismatched band axis is caught either way; None when neither is there."""
+    """The scene's band wavelengths in nm: its ``wavelength`` coordinate (in its ``units``), else a float
+    ``band`` coordinate that reads as wavelengths (all within 250-3000 nm, or 0.25-3 µm and not whole numbers;
+    not necessarily monotonic: AVIRIS's spectrometers overlap), so that a reordered or mismatched band axis is
+    caught either way; None when neither is there."""
+    from .io import _to_nm
+
     if "wavelength" in da.coords and da.coords["wavelength"].dims == ("band",):
-        return np.asarray(da.coords["wavelength"].values, np.float64)
+        wl = da.coords["wavelength"]
+        return _to_nm(np.asarray(wl.values, np.float64), wl.attrs.get("units"))
     band = da.coords.get("band")
     if band is None or band.dims != ("band",) or band.dtype.kind != "f" or band.size < 2:
         return None
     v = np.asarray(band.values, np.float64)
-    step = np.diff(v)
-    if not np.all(np.isfinite(v)) or not (np.all(step > 0) or np.all(step < 0)):
+    if not np.all(np.isfinite(v)):
         return None
     if np.all((v >= 250) & (v <= 3000)):
         return v
@@ -129,6 +133,9 @@ class _Job:
         if precision not in PRECISIONS:  # before anything is opened or read
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         check_spatial_precision(spatial_precision, precision)
+        if nodata is not None and (isinstance(nodata, bool) or not isinstance(nodata, numbers.Real)):
+            raise ValueError(f"nodata={nodata!r}; expected a number (e.g. nodata=-9999, or nodata=float('nan') for "
+                             "NaN) or None (the scene's declared nodata value)")
         da = as_scene(scene)
         if da.ndim != 3 or set(da.dims) != {"band", "y", "x"}:
             raise SceneError(f"expected a (band, y, x) scene; got dims {da.dims}")
@@ -220,8 +227,11 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     ``model``: an ``ssrn.SSRN`` (or a model directory). When ``model.meta`` holds per-band ``mean``/``std``
     (every model loaded with :func:`load_model`), the scene is normalised with them; a bare ``SSRN`` whose
     meta has none takes the scene as ALREADY normalised. BN always runs with its running statistics.
-    ``tile``: output tile side ``T`` or ``(ty, tx)`` (default 128 on CPU, 512 on CUDA); each tile is read
-    with a halo of ``patch // 2``; any size gives the same map. ``backend``: ``auto``/``eager``/``compile``/
+    ``tile``: output tile side ``T`` or ``(ty, tx)`` (default 128 on CPU, 64 above 256 bands; 512 on CUDA);
+    each tile is read with a halo of ``patch // 2``; any size gives the same map. The map is that of the
+    array as stored: a scene stored south-up (ascending y) is seen mirrored by the spatial stage, so its map
+    differs from the north-up one near class edges (flip it first, ``scene.isel(y=slice(None, None, -1))``,
+    to match a model trained north-up). ``backend``: ``auto``/``eager``/``compile``/
     ``triton`` (``auto``: the fused Triton kernel for bf16/fp16 on CUDA, eager otherwise, as measured; see
     ``kernels.dispatch``); ``precision``: ``float32`` (exact) or ``bfloat16``/``float16`` (opt-in: the spectral
     stage; the spatial stage too on CUDA and, in bfloat16, on a CPU with AMX-BF16). ``spatial_precision``: ``auto`` (that
@@ -239,8 +249,9 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     on CPU, where the compute needs the cores).
 
     Returns a DataArray ``(y, x)`` uint8 named ``class`` (0 = nodata, 1..K = classes) carrying the scene's
-    y/x coords and CRS, with attrs ``class_names`` (label i is ``class_names[i-1]``), ``palette`` (RGB per
-    class, when the model has one) and ``_FillValue`` 0. With ``probabilities=True`` it returns an
+    y/x coords and CRS, with attrs ``class_names`` (label i is ``class_names[i-1]``), CF's ``flag_values`` /
+    ``flag_meanings``, ``palette`` (when the model has one: R, G, B of class 1, then of class 2, ... as one flat
+    list, so the map writes to NetCDF too) and ``_FillValue`` 0. With ``probabilities=True`` it returns an
     ``xr.Dataset`` instead with ``labels`` (that DataArray), ``probabilities`` ``(class, y, x)`` float32
     (softmax; 0 at nodata pixels) and ``confidence`` ``(y, x)`` float32 (the top probability).
     """
@@ -252,9 +263,11 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     job.run(sink, probabilities=probabilities, progress=progress, queue_depth=queue_depth, readers=readers,
             cache_blocks=cache_blocks, decoders=decoders)
     coords = _spatial_coords(job.da)
-    attrs = {"class_names": job.class_names(), "_FillValue": 0, "long_name": "SSRN class (0 = nodata)"}
-    if job.palette() is not None:
-        attrs["palette"] = job.palette()
+    attrs = {"class_names": job.class_names(), "_FillValue": 0, "long_name": "SSRN class (0 = nodata)",
+             "flag_values": list(range(1, job.classes + 1)),
+             "flag_meanings": " ".join(n.replace(" ", "_") for n in job.class_names())}
+    if job.palette() is not None:  # flat: NetCDF attributes are 1-D
+        attrs["palette"] = [v for rgb in job.palette() for v in rgb]
     labels = xr.DataArray(sink.labels, dims=("y", "x"), coords=coords, name="class", attrs=attrs)
     if _georeferenced(job.da):
         labels = labels.rio.write_crs(job.da.rio.crs)
@@ -369,4 +382,6 @@ class HSIAccessor:
         self._da = da
 
     def classify(self, model: Any, **kwargs: Any) -> xr.DataArray | xr.Dataset:
+        """Classify this scene with ``model``: ``hsi_engine.classify(scene, model, **kwargs)``, whose keywords
+        (``tile``, ``device``, ``backend``, ``precision``, ``probabilities``, ``nodata``, ...) it takes."""
         return classify(self._da, model, **kwargs)

@@ -208,7 +208,7 @@ def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarra
         raise ValueError(f"normalise_on must be 'host' or 'device'; got {normalise_on!r}")
     logits = engine(x)  # (K, h, w)
     if normalise_on == "device" and nodata is None and nonfinite is not None and bool(nonfinite):
-        raise _nonfinite_error(raw, tile)  # read after the launch, so the check does not stall it
+        raise _nonfinite_error(raw, tile, nodata_bands)  # read after the launch, so the check does not stall it
     lab, prob, conf = labels_from_logits(logits, probabilities=probabilities, mask=mask_t)
     lab = lab.cpu().numpy()
     prob = prob.cpu().numpy() if prob is not None else None

@@ -13,9 +13,11 @@
   driver, with ``wavelength`` / ``wavelength units`` from the header;
 * MATLAB ``.mat`` (v5 and v7.3; ``ssrn.data.load_mat_array``) and NumPy ``.npy`` (memory-mapped).
 
-The result is dask-backed and chunked to match the store (zarr/NetCDF/HDF5 chunks; GeoTIFF/ENVI blocks,
-grouped to about 256 pixels a side; all bands in one chunk, because the engine needs every band of a
-pixel at once). Band-last sources are transposed lazily. The CRS and transform travel in the
+The result is dask-backed and chunked to match the store (zarr/NetCDF/HDF5 chunks, band chunks included;
+GeoTIFF/ENVI blocks grouped to about 256 pixels a side, all bands in one chunk). Band-last sources are
+transposed lazily. Values are those stored, except CF-packed NetCDF/zarr variables (``scale_factor`` /
+``add_offset``), which are decoded as ``xarray.open_dataset`` decodes them (their fill becomes NaN); GDAL's
+scale/offset of a GeoTIFF or ENVI file are not applied, as in ``rioxarray.open_rasterio``'s default. The CRS and transform travel in the
 ``spatial_ref`` coordinate (``da.rio.crs``, ``da.rio.transform()``), band-centre wavelengths in nm in a
 ``wavelength`` coordinate on ``band``, and the source's nodata value in ``attrs["_FillValue"]``
 (``da.rio.nodata``).
@@ -159,14 +161,15 @@ def _normalise_dims(da: xr.DataArray, where: str) -> xr.DataArray:
     if rename:
         # A coordinate named after the target (e.g. 'wavelength' data coord when renaming dim 'wavelength')
         # would clash; keep wavelength values as a non-index coordinate.
-        wl = None
+        wl, units = None, None
         for old, new in rename.items():
             if new == "band" and old in da.coords:
-                wl = np.asarray(da[old].values)
+                wl, units = np.asarray(da[old].values), da[old].attrs.get("units")
                 da = da.drop_vars(old)
         da = da.rename(rename)
         if wl is not None and np.issubdtype(wl.dtype, np.number):
-            da = da.assign_coords(wavelength=("band", wl.astype(np.float64)))
+            da = da.assign_coords(wavelength=("band", _to_nm(wl, units)))
+            da["wavelength"].attrs["units"] = "nm"
     if set(da.dims) != {"band", "y", "x"}:
         raise MissingSpatialDimsError(
             f"{where} has dims {tuple(str(d) for d in da.dims)}; expected (band, y, x). Accepted names: band "
@@ -230,8 +233,10 @@ def _finish(da: xr.DataArray, path: Path, fmt: str, *, wavelengths=None, nodata=
     if wavelengths is not None and len(wavelengths) == da.sizes["band"]:
         da = da.assign_coords(wavelength=("band", np.asarray(wavelengths, dtype=np.float64)))
         da["wavelength"].attrs["units"] = "nm"
-    elif "wavelength" in da.coords:
-        da["wavelength"].attrs.setdefault("units", "nm")
+    elif "wavelength" in da.coords and da["wavelength"].dims == ("band",):
+        wl = da["wavelength"]
+        da = da.assign_coords(wavelength=("band", _to_nm(wl.values, wl.attrs.get("units"))))
+        da["wavelength"].attrs["units"] = "nm"
     if "band" not in da.coords:
         da = da.assign_coords(band=np.arange(1, da.sizes["band"] + 1))
     if nodata is not None and "_FillValue" not in da.attrs:
@@ -360,7 +365,8 @@ def _open_envi(path: Path, chunks) -> xr.DataArray:
     return da
 
 
-def _pick_variable(ds: xr.Dataset, where: str, variable: str | None) -> xr.DataArray:
+def _pick_variable(ds: xr.Dataset, where: str, variable: str | None,
+                   how: str = "open_scene(path, variable=NAME) (--variable NAME on the command line)") -> xr.DataArray:
     if variable is not None:
         if variable not in ds.data_vars:
             raise SceneError(f"{where} has no variable {variable!r}; variables: {sorted(map(str, ds.data_vars))}")
@@ -374,8 +380,24 @@ def _pick_variable(ds: xr.Dataset, where: str, variable: str | None) -> xr.DataA
     for pref in ("cube", "reflectance", "radiance", "data", "image"):
         if pref in ds.data_vars and ds[pref].ndim == 3:
             return ds[pref]
-    raise SceneError(f"{where} holds several 3-D variables {sorted(map(str, cands))}; pick one with "
-                     "open_scene(path, variable=NAME) (--variable NAME on the command line)")
+    raise SceneError(f"{where} holds several 3-D variables {sorted(map(str, cands))}; pick one with {how}")
+
+
+def _decode_packed(da: xr.DataArray) -> xr.DataArray:
+    """A CF-packed variable (``scale_factor`` / ``add_offset`` in its attrs) decoded lazily as
+    ``xarray.open_dataset`` decodes it (float values; fill and missing values become NaN, declared as the
+    nodata value), so its map is that of the values it stands for; unpacked variables are returned as stored."""
+    if "scale_factor" not in da.attrs and "add_offset" not in da.attrs:
+        return da
+    decoded = xr.decode_cf(xr.Dataset({"v": da.variable}), mask_and_scale=True, decode_times=False,
+                           decode_coords=False)["v"]
+    out = da.copy(data=decoded.variable.data)
+    out.attrs = dict(decoded.attrs)
+    if any(k in da.attrs for k in ("_FillValue", "missing_value")):
+        out.attrs["_FillValue"] = np.nan
+    out.attrs["unpacked"] = (f"scale_factor={da.attrs.get('scale_factor', 1)}, "
+                             f"add_offset={da.attrs.get('add_offset', 0)}, applied by hsi_engine.open_scene")
+    return out
 
 
 def _dataset_chunks(var: xr.DataArray) -> dict[str, int] | None:
@@ -393,7 +415,7 @@ def _open_netcdf(path: Path, chunks, variable: str | None) -> xr.DataArray:
         ds = xr.open_dataset(path, chunks={}, decode_coords="all", mask_and_scale=False)
     except (OSError, ValueError) as e:
         raise SceneError(f"{path} could not be opened as NetCDF ({e}); is the file complete?") from None
-    var = _pick_variable(ds, str(path), variable)
+    var = _decode_packed(_pick_variable(ds, str(path), variable))
     da = _normalise_dims(var, str(path))
     return _finish(_keep_grid_mapping(da, ds), path, "netcdf", chunks=chunks)
 
@@ -407,7 +429,9 @@ def _keep_grid_mapping(da: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
         da = da.assign_coords(spatial_ref=ds["spatial_ref"])
     if "wavelength" in ds.variables and "wavelength" not in da.coords and ds["wavelength"].ndim == 1 \
             and ds["wavelength"].size == da.sizes["band"]:
-        da = da.assign_coords(wavelength=("band", np.asarray(ds["wavelength"].values, dtype=np.float64)))
+        wl = ds["wavelength"]
+        da = da.assign_coords(wavelength=("band", _to_nm(wl.values, wl.attrs.get("units"))))
+        da["wavelength"].attrs["units"] = "nm"
     return da
 
 
@@ -429,7 +453,7 @@ def _open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) 
     except (KeyError, ValueError, TypeError):
         ds = None
     if ds is not None and ds.data_vars:
-        var = _pick_variable(ds, str(path), variable)
+        var = _decode_packed(_pick_variable(ds, str(path), variable))
         da = _normalise_dims(var, str(path))
         da = _keep_grid_mapping(da, ds)
         return _finish(da, path, "zarr", chunks=chunks)
@@ -589,6 +613,7 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
     ``variable``: the array to read from a NetCDF/zarr/HDF5/MATLAB file holding several 3-D arrays.
     ``band_axis``: 0 or 2 for arrays without dimension names (.npy, .mat, bare zarr/HDF5) whose layout
     cannot be told from the shape (MATLAB and .npy default to band-last, the GIC convention).
+    Values come back as stored, but CF-packed NetCDF/zarr variables are decoded (see the module docstring).
     """
     p = Path(path)
     fmt = scene_format(p)
@@ -622,9 +647,12 @@ def as_scene(obj: Any, *, band_axis: int | None = None) -> xr.DataArray:
     if isinstance(obj, (str, os.PathLike)):
         return open_scene(obj)
     if isinstance(obj, xr.Dataset):
-        return _normalise_dims(_pick_variable(obj, "the Dataset", None), "the Dataset's cube")
+        cube = _pick_variable(obj, "the Dataset", None, how="ds[NAME] (e.g. classify(ds[NAME], model) or "
+                              "ds[NAME].hsi.classify(model))")
+        return _normalise_dims(_decode_packed(cube), "the Dataset's cube")
     if isinstance(obj, xr.DataArray):
-        return _normalise_dims(obj, f"DataArray {obj.name!r}" if obj.name is not None else "the DataArray")
+        return _normalise_dims(_decode_packed(obj),
+                               f"DataArray {obj.name!r}" if obj.name is not None else "the DataArray")
     if type(obj).__module__.startswith("torch"):
         obj = obj.detach().cpu().numpy()
     if isinstance(obj, np.ndarray) or hasattr(obj, "__array__") or hasattr(obj, "chunks"):

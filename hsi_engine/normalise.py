@@ -29,17 +29,18 @@ def normalise_into_reference(raw: np.ndarray, mean: np.ndarray | None, std: np.n
                              nodata_bands: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
     """Write ``(raw - mean) / std`` (or ``raw`` when ``mean`` is None) into ``out`` (same shape, float32).
 
-    Returns ``(bad, nonfinite)``: ``bad`` (h, w) marks pixels with a non-finite band or, when ``nodata`` is a
-    number, a band equal to it among ``nodata_bands`` (band indices; None: every band; a sensor's bad bands,
-    filled with nodata in every pixel, are left out so they do not mask the whole scene); ``nonfinite`` says
-    whether any value was non-finite. ``out`` is written for every pixel, bad ones included (the caller zeroes
-    or rejects them).
+    Returns ``(bad, nonfinite)``: ``bad`` (h, w) marks pixels with a non-finite value or, when ``nodata`` is a
+    number, a value equal to it among ``nodata_bands`` (band indices; None: every band; a sensor's bad bands,
+    filled with nodata or NaN in every pixel, are left out so they do not mask the whole scene); ``nonfinite``
+    says whether any of those bands' values was non-finite. ``out`` is written for every pixel, bad ones
+    included (the caller zeroes or rejects them); non-finite values of the bands left out become 0 (the band's
+    mean), so a pixel is classified whatever its bad bands hold.
     """
     h, w = raw.shape[1:]
     bad = np.zeros((h, w), dtype=bool)
     nonfinite = False
     if raw.dtype.kind == "f":
-        finite = np.isfinite(raw)
+        finite = np.isfinite(_tested(raw, nodata_bands))
         if not finite.all():
             nonfinite = True
             bad |= ~finite.all(axis=0)
@@ -49,6 +50,9 @@ def normalise_into_reference(raw: np.ndarray, mean: np.ndarray | None, std: np.n
         out[...] = (raw - mean[:, None, None]) / std[:, None, None]
     else:
         out[...] = raw
+    if raw.dtype.kind == "f" and nodata_bands is not None:
+        skipped = ~np.isin(np.arange(raw.shape[0]), nodata_bands)
+        out[skipped] = np.where(np.isfinite(out[skipped]), out[skipped], 0)
     return bad, nonfinite
 
 
@@ -67,6 +71,7 @@ def normalise_into(raw: np.ndarray, mean: np.ndarray | None, std: np.ndarray | N
     """
     b, h, w = raw.shape
     is_float = raw.dtype.kind == "f"
+    tested = np.ones(b, bool) if nodata_bands is None else np.isin(np.arange(b), nodata_bands)
     tmp = np.empty((h, w), np.float64)
     nonfinite = False
     for k in range(b):
@@ -77,11 +82,13 @@ def normalise_into(raw: np.ndarray, mean: np.ndarray | None, std: np.ndarray | N
             out[k] = tmp
         else:
             out[k] = band
-        if is_float and not nonfinite and not np.isfinite(band).all():
+        if is_float and not tested[k]:
+            np.nan_to_num(out[k], copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        elif is_float and not nonfinite and not np.isfinite(band).all():
             nonfinite = True
     bad = np.zeros((h, w), dtype=bool)
     if nonfinite:
-        bad |= ~np.isfinite(raw).all(axis=0)
+        bad |= ~np.isfinite(_tested(raw, nodata_bands)).all(axis=0)
     if nodata is not None and not np.isnan(nodata):
         bad |= (_tested(raw, nodata_bands) == nodata).any(axis=0)
     return bad, nonfinite
@@ -159,9 +166,9 @@ def normalise_tensor(raw: "torch.Tensor", mean: "torch.Tensor | None", std: "tor
         runs = _runs(tested[k0:k1])  # the chunk's bands the nodata value is looked for in, as slices: an index
         # tensor would be a blocking host-to-device copy per chunk
         if is_float:
-            nonf |= ~torch.isfinite(r).all(0)
-            if check_nodata:  # in the raw dtype, as numpy compares a float array with a Python float
-                for a, z in runs:
+            for a, z in runs:
+                nonf |= ~torch.isfinite(r[a:z]).all(0)
+                if check_nodata:  # in the raw dtype, as numpy compares a float array with a Python float
                     bad |= (r[a:z] == nodata).any(0)
         d = None
         if wrap_bits or mean is not None or (check_nodata and not is_float):
@@ -176,6 +183,9 @@ def normalise_tensor(raw: "torch.Tensor", mean: "torch.Tensor | None", std: "tor
             out[k0:k1].copy_(d)  # one rounding to float32, as numpy's assignment
         else:  # one rounding from the raw values (wrapped ones are exact in float64)
             out[k0:k1].copy_(d if wrap_bits else r)
+        if is_float and nodata_bands is not None:
+            for a, z in _runs(~tested[k0:k1]):
+                torch.nan_to_num_(out[k0 + a:k0 + z], nan=0.0, posinf=0.0, neginf=0.0)
     if nonf is None:
         return bad, None
     return bad | nonf, nonf.any()

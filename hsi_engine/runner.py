@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .blocks import BlockCache
-from .errors import BandMismatchError, NonFiniteInputError, SceneError, SceneTooSmallError
+from .errors import BandMismatchError, HSIEngineError, NonFiniteInputError, SceneError, SceneTooSmallError
 from .normalise import normalise_into, normalise_tensor, stage_raw
 from .tiles import Tile, TilePlan
 
@@ -67,13 +67,21 @@ class ArraySink:
 
 def check_scene(config: Any, meta: dict[str, Any], *, bands: int, height: int, width: int,
                 wavelengths: Sequence[float] | None = None, dtype: Any = None) -> None:
-    """Band count, wavelengths (when both sides know them) and size of a scene against the model."""
+    """Band count, wavelengths (when both sides know them) and size of a scene against the model, and a class
+    count a uint8 class map can hold."""
+    if config.classes > 255:
+        raise HSIEngineError(f"the model has {config.classes} classes; class maps are uint8 (0 = nodata, classes "
+                             "1..255), so at most 255 classes can be mapped: merge classes and retrain")
     trained = meta.get("dataset") or meta.get("scene") or meta.get("trained_on")
     trained_s = f" (model trained on {trained})" if trained else ""
     if bands != config.bands:
+        axis = "x (the last axis)" if width == config.bands else "y" if height == config.bands else None
+        hint = (f"; its {axis} has {config.bands} values: if those are the bands, the array's layout was taken "
+                "wrongly: say which it is with band_axis=0 (band, y, x) or 2 (y, x, band) in as_scene(array, ...) "
+                "or open_scene(path, ...) (--band-axis on the command line)") if axis else ""
         raise BandMismatchError(
-            f"scene has {bands} band{'s' if bands != 1 else ''}, model expects {config.bands}{trained_s}: pass a "
-            "scene with the model's "
+            f"scene has {bands} band{'s' if bands != 1 else ''}, model expects {config.bands}{trained_s}{hint}: "
+            "pass a scene with the model's "
             f"bands (select or resample them, e.g. scene.isel(band=...)) or a model trained on {bands}-band data")
     model_wl = meta.get("wavelengths")
     if wavelengths is not None and model_wl is not None and len(model_wl) == bands:
@@ -159,9 +167,11 @@ def _check_window(raw: np.ndarray, tile: Tile) -> None:
                          "returned fewer pixels than its shape declares")
 
 
-def _nonfinite_error(raw: np.ndarray, tile: Tile) -> NonFiniteInputError:
+def _nonfinite_error(raw: np.ndarray, tile: Tile, nodata_bands: np.ndarray | None = None) -> NonFiniteInputError:
     ry0, _, rx0, _ = tile.read
-    b, y, x = (int(v[0]) for v in np.nonzero(~np.isfinite(raw)))
+    tested = np.arange(raw.shape[0]) if nodata_bands is None else np.asarray(nodata_bands)
+    b, y, x = (int(v[0]) for v in np.nonzero(~np.isfinite(raw[tested])))
+    b = int(tested[b])
     return NonFiniteInputError(
         f"scene value at band {b}, pixel (y={ry0 + y}, x={rx0 + x}) is {raw[b, y, x]} (tile "
         f"{tile.index}, rows {tile.y0}:{tile.y1}, cols {tile.x0}:{tile.x1}), and no nodata policy "
@@ -194,7 +204,7 @@ def prepare_tile(raw: np.ndarray, tile: Tile, *, mean: np.ndarray | None, std: n
     view = out[:, pt:pt + rh, pl:pl + rw]
     bad, nonfinite = normalise_into(raw, mean, std, nodata, view, nodata_bands)
     if nonfinite and nodata is None:
-        raise _nonfinite_error(raw, tile)
+        raise _nonfinite_error(raw, tile, nodata_bands)
     if bad.any():
         view[:, bad] = 0.0
         return bad[tile.y0 - ry0:tile.y1 - ry0, tile.x0 - rx0:tile.x1 - rx0]
@@ -469,7 +479,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
         if ev is not None:
             ev.synchronize()
         if nonfinite is not None and bool(nonfinite):  # found on the device: name the value from the store
-            raise _nonfinite_error(read(*tile.read), tile)
+            raise _nonfinite_error(read(*tile.read), tile, nodata_bands)
         lab = lab.numpy()
         prob = prob.numpy() if prob is not None else None
         conf = conf.numpy() if conf is not None else None

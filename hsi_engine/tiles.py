@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -64,11 +65,12 @@ class TilePlan:
 
 
 def normalise_tile(tile: int | Sequence[int]) -> tuple[int, int]:
-    """``T`` or ``(ty, tx)`` -> ``(ty, tx)``, both positive."""
-    if isinstance(tile, int):
-        ty = tx = tile
-    else:
-        ty, tx = (int(v) for v in tile)
+    """``T`` or ``(ty, tx)`` -> ``(ty, tx)``, both positive whole numbers of pixels."""
+    sides = (tile,) * 2 if isinstance(tile, numbers.Integral) else tile
+    if isinstance(sides, (str, bytes)) or not isinstance(sides, Sequence) or len(sides) != 2 \
+            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in sides):
+        raise ValueError(f"tile={tile!r}; expected a whole number of pixels T (e.g. tile=128) or a pair (ty, tx)")
+    ty, tx = (int(v) for v in sides)
     if ty < 1 or tx < 1:
         raise ValueError(f"tile sides must be >= 1 pixel, got {(ty, tx)}")
     return ty, tx

@@ -71,9 +71,14 @@ def default_palette(n_classes: int) -> list[tuple[int, int, int]]:
 
 
 def _norm_palette(palette, n_classes: int) -> list[tuple[int, int, int]]:
-    """Palette for classes 1..K: K RGB(A) triplets, or K+1 with the first for class 0 (then dropped)."""
+    """Palette for classes 1..K: K RGB(A) triplets, or K+1 with the first for class 0 (then dropped), or the
+    triplets as one flat list (as :func:`hsi_engine.classify` stores them)."""
     if palette is None:
         return default_palette(n_classes)
+    if len(palette) and all(np.ndim(v) == 0 for v in palette):
+        if len(palette) % 3:
+            raise ValueError(f"a flat palette holds R, G, B per class; {len(palette)} values is not a multiple of 3")
+        palette = [palette[i:i + 3] for i in range(0, len(palette), 3)]
     pal = [tuple(int(v) for v in c[:3]) for c in palette]
     if len(pal) == n_classes + 1:
         pal = pal[1:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import dask.array
 import numpy as np
 import pytest
 import torch
@@ -75,8 +76,49 @@ def test_output_keeps_coords_crs_and_class_metadata(case, geo):
     assert out.rio.crs == da.rio.crs
     assert tuple(out.rio.transform())[:6] == tuple(da.rio.transform())[:6]
     assert out.attrs["class_names"] == model.meta["class_names"]
-    assert out.attrs["palette"] == model.meta["palette"]
+    assert out.attrs["palette"] == [v for rgb in model.meta["palette"] for v in rgb]
+    assert out.attrs["flag_values"] == list(range(1, len(model.meta["class_names"]) + 1))
     assert out.attrs["_FillValue"] == 0
+
+
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_the_map_writes_to_netcdf_and_back_with_its_metadata(case, geo, tmp_path, probabilities):
+    """The returned map (or Dataset) is written by ``to_netcdf`` (a nested palette attribute made it fail) and
+    read back with its values and class metadata; its flat palette writes the same GeoTIFF colour table."""
+    cube, model, _ = case
+    out = classify(geo.cube_dataarray(cube), model, probabilities=probabilities, progress=False)
+    out.to_netcdf(tmp_path / "map.nc", engine="h5netcdf")
+    back = xr.open_dataset(tmp_path / "map.nc", engine="h5netcdf", mask_and_scale=False)
+    labels = out["labels"] if probabilities else out
+    got = back["labels" if probabilities else "class"]
+    np.testing.assert_array_equal(got.values, labels.values)
+    assert list(got.attrs["class_names"]) == model.meta["class_names"]
+    assert [int(v) for v in got.attrs["palette"]] == labels.attrs["palette"]
+    import rasterio
+
+    from hsi_engine.writers import write_classmap
+
+    write_classmap(labels, tmp_path / "map.tif")
+    with rasterio.open(tmp_path / "map.tif") as f:
+        cmap = f.colormap(1)
+    assert [list(cmap[i][:3]) for i in range(1, len(model.meta["palette"]) + 1)] == \
+        [list(c) for c in model.meta["palette"]]
+
+
+def test_a_model_with_more_classes_than_a_uint8_map_holds_is_refused(case):
+    """Class 256 would wrap to 0 (nodata) in the uint8 map: refused before anything is read."""
+    cube, _, _ = case
+    big = SSRN(SSRNConfig(bands=cube.shape[0], classes=256)).eval()
+    with pytest.raises(HSIEngineError, match="256 classes.*at most 255"):
+        classify(cube, big, progress=False)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"nodata": "0"}, r"nodata='0'; expected a number"),
+                                           ({"tile": "128"}, r"tile='128'; expected a whole number")])
+def test_keyword_of_the_wrong_type_is_named(case, kwargs, match):
+    cube, model, _ = case
+    with pytest.raises(ValueError, match=match):
+        classify(cube, model, progress=False, **kwargs)
 
 
 def test_bare_model_takes_scene_as_normalised(case):
@@ -114,6 +156,11 @@ def test_band_mismatch_named_before_reading(case, geo):
     cube, model, _ = case
     with pytest.raises(BandMismatchError, match=r"scene has 11 bands, model expects 12"):
         classify(cube[:11], model, progress=False)
+    band_last = np.moveaxis(cube, 0, -1).copy()  # (y, x, band), taken as (band, y, x)
+    with pytest.raises(BandMismatchError, match=r"x \(the last axis\) has 12 values.*or 2 \(y, x, band\)"):
+        classify(band_last, model, progress=False)
+    np.testing.assert_array_equal(classify(hsi_engine.as_scene(band_last, band_axis=2), model, progress=False),
+                                  classify(cube, model, progress=False))
 
 
 def test_wavelength_mismatch(case, geo):
@@ -139,6 +186,37 @@ def test_wavelengths_in_a_float_band_coordinate_are_checked_too(case, geo, scale
         classify(da.isel(band=slice(None, None, -1)), model, progress=False)
     numbered = xr.DataArray(cube[::-1].copy(), dims=("band", "y", "x"), coords={"band": np.arange(1.0, geo.BANDS + 1)})
     classify(numbered, model, progress=False)  # band numbers: nothing to compare, so it runs
+
+
+def test_overlapping_spectrometer_wavelengths_are_checked(case, geo):
+    """AVIRIS's wavelengths step back where its spectrometers overlap: a float ``band`` coordinate like that is
+    still read as wavelengths, so a reversed band axis is refused rather than classified into a wrong map."""
+    cube, model, ref = case
+    wl = np.asarray(geo.WAVELENGTHS_NM, np.float64).copy()
+    wl[6] = wl[5] - 8.0  # the next spectrometer starts below the last band of the previous one
+    model.meta["wavelengths"] = list(wl)
+    da = xr.DataArray(cube, dims=("band", "y", "x"), coords={"band": wl})
+    np.testing.assert_array_equal(classify(da, model, progress=False).values, ref)
+    with pytest.raises(BandMismatchError, match="wavelengths differ"):
+        classify(da.isel(band=slice(None, None, -1)), model, progress=False)
+
+
+@pytest.mark.parametrize("units", ["micrometers", "µm"])
+def test_a_wavelength_coordinate_in_micrometres_is_read_in_its_units(case, geo, units, tmp_path):
+    """A ``wavelength`` coordinate (or dimension) in µm with its ``units`` attribute is compared in nm, in memory
+    and through a NetCDF file, instead of being refused as 1000x too short."""
+    cube, model, ref = case
+    model.meta["wavelengths"] = list(geo.WAVELENGTHS_NM)
+    um = xr.DataArray(np.asarray(geo.WAVELENGTHS_NM) / 1000.0, dims="wavelength", attrs={"units": units})
+    da = xr.DataArray(cube, dims=("wavelength", "y", "x"), coords={"wavelength": um}, name="r")
+    np.testing.assert_array_equal(classify(da, model, progress=False).values, ref)
+    da.to_netcdf(tmp_path / "um.nc", engine="h5netcdf")
+    scene = hsi_engine.open_scene(tmp_path / "um.nc")
+    np.testing.assert_allclose(scene["wavelength"].values, geo.WAVELENGTHS_NM)
+    assert scene["wavelength"].attrs["units"] == "nm"
+    np.testing.assert_array_equal(classify(scene, model, progress=False).values, ref)
+    with pytest.raises(BandMismatchError, match="wavelengths differ"):
+        classify(da.isel(wavelength=slice(None, None, -1)), model, progress=False)
 
 
 def test_a_model_without_normalisation_on_raw_integers_is_warned_about(case):
@@ -221,6 +299,63 @@ def test_bad_bands_flagged_by_bbl_are_left_out_of_the_nodata_mask(case, geo, cap
     ref[6, 7] = 0
     np.testing.assert_array_equal(out, ref)
     assert (out == 0).sum() == 1
+
+
+def test_bad_bands_masked_to_nan_are_classified_as_their_mean(case, geo):
+    """``s.where(s != nodata)`` turns a bad band (bbl = 0) into NaN in every pixel: with the bbl coordinate the
+    scene is classified, the bad band taken at its mean (normalised 0) and only the NaN hole in a good band is
+    nodata, equal to the reference on those values; the same with no nodata policy but that hole filled."""
+    cube, model, _ = case
+    raw = cube.copy()
+    raw[3] = np.nan
+    raw[:, 6, 7] = np.nan
+    bbl = np.ones(raw.shape[0], np.uint8)
+    bbl[3] = 0
+    da = geo.cube_dataarray(raw).assign_coords(bbl=("band", bbl))
+    out = classify(da, model, tile=6, nodata=float("nan"), progress=False).values
+    mean = np.asarray(model.meta["mean"])[:, None, None]
+    std = np.asarray(model.meta["std"])[:, None, None]
+    normed = ((raw - mean) / std).astype(np.float32)
+    normed[3] = 0
+    normed[:, 6, 7] = 0
+    bare = SSRN(model.config)
+    bare.load_state_dict(model.state_dict())
+    ref = reference_labels(bare.eval(), normed)
+    ref[6, 7] = 0
+    np.testing.assert_array_equal(out, ref)
+    assert (out == 0).sum() == 1
+    raw[:, 6, 7] = cube[:, 6, 7]
+    filled = classify(geo.cube_dataarray(raw).assign_coords(bbl=("band", bbl)), model, tile=6, progress=False)
+    normed[:, 6, 7] = ((cube[:, 6, 7] - mean[:, 0, 0]) / std[:, 0, 0]).astype(np.float32)
+    normed[3] = 0
+    np.testing.assert_array_equal(filled.values, reference_labels(bare.eval(), normed))
+
+
+@pytest.mark.parametrize("store", ["packed.nc", "packed.zarr"])
+def test_cf_packed_values_are_decoded_as_xarray_decodes_them(tmp_path, store, case):
+    """A variable stored as scaled integers (CF ``scale_factor`` / ``add_offset``, a packed ``_FillValue``) opens
+    as the values it stands for, lazily, with its fill as NaN declared as nodata, equal to ``xr.open_dataset``;
+    its class map equals that of the unpacked values, holes 0. Before, the packed integers were classified."""
+    cube, model, _ = case
+    packed = np.round((cube - 1000.0) / 0.5).astype(np.int16)
+    packed[:, 3, 4] = -999
+    ds = xr.Dataset({"r": (("band", "y", "x"), packed,
+                           {"scale_factor": 0.5, "add_offset": 1000.0, "_FillValue": np.int16(-999)})})
+    p = tmp_path / store
+    ds.to_netcdf(p, engine="h5netcdf") if store.endswith(".nc") else ds.to_zarr(p, mode="w", consolidated=False)
+    da = hsi_engine.open_scene(p)
+    assert isinstance(da.data, dask.array.Array) and np.isnan(da.attrs["_FillValue"]) and "scale_factor" not in da.attrs
+    how = {"engine": "h5netcdf"} if store.endswith(".nc") else {"engine": "zarr", "consolidated": False}
+    want = xr.open_dataset(p, **how)["r"].values
+    np.testing.assert_array_equal(da.values, want)
+    unpacked = packed * 0.5 + 1000.0
+    got = hsi_engine.classify(da, model, progress=False).values
+    expect = hsi_engine.classify(unpacked, model, progress=False).values
+    expect[3, 4] = 0
+    ok = np.ones(got.shape, bool)
+    ok[1:6, 2:7] = False  # the hole's neighbours see a zero spectrum where the unpacked scene has its values
+    np.testing.assert_array_equal(got[ok], expect[ok])
+    assert got[3, 4] == 0
 
 
 def test_integer_dtypes_converted_without_overflow(case):

@@ -143,6 +143,8 @@ def test_netcdf_several_cubes_need_a_variable(tmp_path):
     with pytest.raises(SceneError, match=r"several 3-D variables \['a', 'b'\].*variable=NAME"):
         open_scene(p)
     np.testing.assert_array_equal(open_scene(p, variable="b").values, ds["b"].values)
+    with pytest.raises(SceneError, match=r"several 3-D variables \['a', 'b'\].*ds\[NAME\]"):
+        as_scene(ds)  # in memory there is no file to name a variable of
 
 
 def test_alternative_dim_names_are_renamed(tmp_path):

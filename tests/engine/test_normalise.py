@@ -211,6 +211,35 @@ def test_bad_bands_filled_with_nodata_do_not_mask_every_pixel(dtype, chunk_elems
     assert every.all()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("nodata", [None, float("nan")])
+@pytest.mark.parametrize("chunk_elems", [45, 1 << 24])
+def test_bad_bands_filled_with_nan_neither_mask_nor_poison_pixels(dtype, nodata, chunk_elems):
+    """A scene masked to NaN (``s.where(s != nodata)``) has NaN in every pixel of its bad bands: those values
+    become 0 (the band's mean) and count neither as nodata nor as non-finite input; NaN in a good band still
+    does, in all three forms."""
+    raw = _raw(np.float32, seed=5)
+    raw[1] = np.nan
+    raw[4, ::2] = np.inf
+    raw = raw.astype(dtype)
+    mean, std = np.full(7, 1000.0), np.full(7, 300.0)
+    good = np.array([0, 2, 3, 5, 6])
+    outs = [np.full(raw.shape, 7.0, np.float32) for _ in range(2)]
+    forms = [normalise_into(raw, mean, std, nodata, outs[0], good),
+             normalise_into_reference(raw, mean, std, nodata, outs[1], good)]
+    out_t, bad_t, nf_t = _tensor_form(raw, mean, std, nodata, chunk_elems=chunk_elems, nodata_bands=good)
+    for bad, nonfinite in forms + [(bad_t, nf_t)]:
+        assert not bad.any() and not nonfinite
+    for out in outs + [out_t]:
+        assert np.isfinite(out).all() and (out[1] == 0).all() and (out[4, ::2] == 0).all()
+        assert np.array_equal(out.view(np.uint32), outs[1].view(np.uint32))
+    raw[5, 2, 3] = np.nan  # a hole in a good band
+    for bad, nonfinite in (normalise_into(raw, mean, std, nodata, outs[0], good),
+                           normalise_into_reference(raw, mean, std, nodata, outs[1], good),
+                           _tensor_form(raw, mean, std, nodata, chunk_elems=chunk_elems, nodata_bands=good)[1:]):
+        assert nonfinite and set(zip(*np.nonzero(bad))) == {(2, 3)}
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.float32, ">f4", np.uint32, np.float16])

@@ -103,3 +103,9 @@ def test_bad_chunks_rejected():
 def test_tile_count_matches_ceil_division():
     for h, w, t in itertools.product([1, 7, 64, 65], [1, 9, 128], [1, 8, 64]):
         assert len(plan_tiles(h, w, t, 3)) == -(-h // t) * -(-w // t)
+
+
+@pytest.mark.parametrize("tile", ["128", 2.5, (16,), (8, 8, 8), True, None])
+def test_a_tile_that_is_not_a_whole_number_or_a_pair_is_named(tile):
+    with pytest.raises(ValueError, match=r"tile=.*expected a whole number of pixels T .* or a pair"):
+        normalise_tile(tile)
