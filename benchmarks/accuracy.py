@@ -28,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ssrn.data import DATASETS, default_data_dir, load_dataset  # noqa: E402
+from ssrn.data import DATASETS, load_dataset  # noqa: E402
 
 ANCHORS = {  # the seed's records (released models / paper tables as recorded in the seed repository)
     "indian_pines": "seed record: OA 99.44%, AA 91.44% (Oats 0%)",
@@ -36,7 +36,7 @@ ANCHORS = {  # the seed's records (released models / paper tables as recorded in
 }
 
 
-def available(name: str, data_dir: Path) -> tuple[bool, str]:
+def available(name: str, data_dir: str | None) -> tuple[bool, str]:
     try:
         scene = load_dataset(name, data_dir)
     except FileNotFoundError as e:
@@ -174,10 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     runs_dir = Path(args.runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    ddir = default_data_dir(args.data_dir)
     unavailable = {}
     for name in args.datasets:
-        ok, where = available(name, ddir)
+        ok, where = available(name, args.data_dir)  # None: $HSI_ENGINE_DATA or ../shared/data, else what ships
         if not ok:
             unavailable[name] = where
             continue

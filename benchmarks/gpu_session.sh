@@ -15,78 +15,106 @@
 #
 # Training runs (5 seeds of the Indian Pines seed protocol, one process each) share the GPU with the tests,
 # which only check correctness; the kernel benchmark starts after both finish, on a quiet GPU.
+# BUDGET (seconds, default 570) bounds the whole call: each step's timeout is cut to what is left of it (less
+# RESERVE for the final archive), and a step with under 20 s left is skipped and named in skipped.txt, so the
+# script ends, its files packed, inside the device tool's 600-second limit (give the call timeout_s >= BUDGET + 20).
 # Wheels for packages the machine lacks (zarr, dask, rioxarray, ...) are installed from .whl/ when present:
-# make them here with `bash benchmarks/device_wheels.sh` and carry ".whl" with the call.
+# make them here with `bash benchmarks/device_wheels.sh` and carry ".whl" with the call. A failed install, or a
+# Python without torch and triton, stops the script at once (rc 1) rather than running every step into errors.
 set -u
+START=$(date +%s)
+BUDGET=${BUDGET:-570}
+RESERVE=${RESERVE:-15}
 OUT=${OUT:-/tmp/hsi-gpu-session}
 mkdir -p "$OUT"
 TRAIN_MINUTES=${TRAIN_MINUTES:-3.2}
 SEEDS=${SEEDS:-5}
+# the shipped Indian Pines copy: no data directory travels to the device
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD HSI_ENGINE_DATA=${HSI_ENGINE_DATA:-/nonexistent}
+
+# seconds a step may run: its own cap ($1), cut to what is left of BUDGET less RESERVE
+cap() { local left=$((START + BUDGET - RESERVE - $(date +%s))); if ((left < $1)); then echo "$left"; else echo "$1"; fi; }
+# step NAME CAP CMD...: CMD under timeout, or skipped (named in skipped.txt) when under 20 s are left
+step() {
+  local name=$1 t; t=$(cap "$2"); shift 2
+  if ((t < 20)); then echo "$name: skipped, $t s of BUDGET=$BUDGET left" | tee -a "$OUT/skipped.txt" >&2; return 124; fi
+  timeout "$t" "$@"
+}
+
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PWD || echo "wheel install failed"
+    || { echo "wheel install from .whl/ failed: stopping (rebuild them with benchmarks/device_wheels.sh)" \
+         | tee "$OUT/env.txt"; exit 1; }
+  export PYTHONPATH=/tmp/site:$PWD
 fi
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
-  python3 -c "import sys, torch, triton, numpy, xarray; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'numpy', numpy.__version__, 'xarray', xarray.__version__)"
+  python3 -c "import sys, torch, triton, numpy, xarray; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'numpy', numpy.__version__, 'xarray', xarray.__version__)" \
+    || echo "SETUP FAILED: torch, triton, numpy or xarray does not import"
   python3 -c "import zarr, dask, rioxarray; print('zarr', zarr.__version__, 'dask', dask.__version__, 'rioxarray', rioxarray.__version__)"
   nproc; } 2>&1 | tee "$OUT/env.txt"
+if grep -q "SETUP FAILED" "$OUT/env.txt"; then exit 1; fi
 
-# 1. training seeds in the background (float32, the seed's protocol, a time budget per run)
-mkdir -p "$OUT/runs"
+# 1. training seeds in the background (float32, the seed's protocol, a time budget per run; logs under $OUT)
+mkdir -p "$OUT/runs" "$OUT/train"
+train_cap=$(awk "BEGIN { print int($TRAIN_MINUTES * 60 + 90) }")
 pids=()
 for s in $(seq 0 $((SEEDS - 1))); do
-  OMP_NUM_THREADS=1 python3 benchmarks/accuracy.py --datasets indian_pines --seeds 1 --first-seed "$s" \
-    --device cuda --max-minutes "$TRAIN_MINUTES" --runs-dir "$OUT/runs" --out "/tmp/acc$s.md" \
-    >"/tmp/train$s.log" 2>&1 &
+  step "train seed $s" "$train_cap" env OMP_NUM_THREADS=1 python3 benchmarks/accuracy.py --datasets indian_pines \
+    --seeds 1 --first-seed "$s" --device cuda --max-minutes "$TRAIN_MINUTES" --runs-dir "$OUT/runs" \
+    --out "$OUT/train/acc$s.md" >"$OUT/train/train$s.log" 2>&1 &
   pids+=($!)
 done
 
 # 2. what this machine's Triton compiles for each autotune config (CPU only, offline), then the GPU tests
 #    meanwhile (correctness only; compiles spread over processes)
 if [ -z "${SKIP_COMPILE:-}" ]; then  # offline: the CPU development machine produces the same report
-  timeout 200 python3 benchmarks/kernel_compile.py --out "$OUT/kernel-compile-sm90.md" >"$OUT/kernel-compile.log" 2>&1 &
+  step compile 200 python3 benchmarks/kernel_compile.py --out "$OUT/kernel-compile-sm90.md" \
+    >"$OUT/kernel-compile.log" 2>&1 &
   pids+=($!)
 fi
 # TEST_K: a pytest -k expression (default: every GPU test); TEST_TIMEOUT: seconds for the whole test step
-# shellcheck disable=SC2086
-[ -n "${SKIP_TESTS:-}" ] || timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -m gpu tests/kernels tests/engine -q -n 6 \
-  -p no:cacheprovider --timeout 220 -rs ${TEST_K:+-k "$TEST_K"} 2>&1 | tee "$OUT/gpu-tests.log"
-echo "pytest rc=${PIPESTATUS[0]}" | tee -a "$OUT/gpu-tests.log"
+if [ -z "${SKIP_TESTS:-}" ]; then
+  # shellcheck disable=SC2086
+  step tests "${TEST_TIMEOUT:-240}" python3 -m pytest -m gpu tests/kernels tests/engine -q -n 6 \
+    -p no:cacheprovider --timeout 220 -rs ${TEST_K:+-k "$TEST_K"} 2>&1 | tee "$OUT/gpu-tests.log"
+  echo "pytest rc=${PIPESTATUS[0]}" | tee -a "$OUT/gpu-tests.log"
+fi
 
 for p in "${pids[@]}"; do wait "$p"; done
-tail -n 3 /tmp/train*.log > "$OUT/train.log" 2>&1
-grep -h "epoch 1/\|epoch 2/" /tmp/train*.log >> "$OUT/train.log" 2>&1
-tar -czf "$OUT/runs.tar.gz" -C "$OUT" runs && rm -rf "$OUT/runs"
+if ((SEEDS > 0)); then
+  tail -n 3 "$OUT"/train/train*.log > "$OUT/train.log" 2>&1
+  grep -h "epoch 1/\|epoch 2/" "$OUT"/train/train*.log >> "$OUT/train.log" 2>&1
+fi
+tar -czf "$OUT/runs.tar.gz" -C "$OUT" runs train && rm -rf "$OUT/runs" "$OUT/train"
 
 # 3. kernel benchmark on the quiet GPU (the report is rewritten after every row)
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of options, e.g. "--quick --no-compile --zarr-side 2048"
-[ -n "${SKIP_BENCH:-}" ] || timeout "${BENCH_TIMEOUT:-330}" python3 benchmarks/kernels.py ${BENCH_ARGS:-} \
+[ -n "${SKIP_BENCH:-}" ] || step bench "${BENCH_TIMEOUT:-330}" python3 benchmarks/kernels.py ${BENCH_ARGS:-} \
   --out "$OUT/kernels-gpu.md" 2>&1 | tee "$OUT/kernels.log"
 echo "bench rc=${PIPESTATUS[0]}"
 
 # 4. what the low-precision spatial stage costs in agreement with this GPU's own numerics (seconds)
-[ -n "${SKIP_SPATIAL:-}" ] || timeout "${SPATIAL_TIMEOUT:-120}" python3 benchmarks/spatial_precision.py --device cuda \
+[ -n "${SKIP_SPATIAL:-}" ] || step spatial "${SPATIAL_TIMEOUT:-120}" python3 benchmarks/spatial_precision.py --device cuda \
   --time-side 0 --out "$OUT/spatial-precision-cuda.md" >"$OUT/spatial-precision.log" 2>&1
 echo "spatial precision rc=$?"
 
 # 4b. how soon the device path's first tiles are staged on this host's cores (CPU only, pinned buffers; seconds)
-[ -n "${SKIP_STAGING:-}" ] || timeout "${STAGING_TIMEOUT:-60}" python3 benchmarks/staging.py --pin \
+[ -n "${SKIP_STAGING:-}" ] || step staging "${STAGING_TIMEOUT:-60}" python3 benchmarks/staging.py --pin \
   --out "$OUT/staging-host.md" >"$OUT/staging.log" 2>&1
 echo "staging rc=$?"
 
 # 4c. the device path's normalisation: the engine's four passes against a two-pass candidate, on this GPU (seconds)
-[ -n "${SKIP_NORMALISE:-}" ] || timeout "${NORMALISE_TIMEOUT:-60}" python3 benchmarks/normalise_device.py \
+[ -n "${SKIP_NORMALISE:-}" ] || step normalise "${NORMALISE_TIMEOUT:-60}" python3 benchmarks/normalise_device.py \
   --device cuda --out "$OUT/normalise-device-gpu.md" >"$OUT/normalise-device.log" 2>&1
 echo "normalise rc=$?"
 
 # 4d. the dense spatial stage's epilogues fused into cuBLASLt's GEMM and in place, against separate ops (seconds)
-[ -n "${SKIP_EPILOGUE:-}" ] || timeout "${EPILOGUE_TIMEOUT:-60}" python3 benchmarks/spatial_epilogue.py \
+[ -n "${SKIP_EPILOGUE:-}" ] || step epilogue "${EPILOGUE_TIMEOUT:-60}" python3 benchmarks/spatial_epilogue.py \
   --device cuda --windows 65536 --out "$OUT/spatial-epilogue-gpu.md" >"$OUT/spatial-epilogue.log" 2>&1
 echo "epilogue rc=$?"
 
 # 4e. where a step of the Gluon kernel spends its cycles (its traced build beside the plain one; seconds)
-[ -n "${SKIP_TRACE:-}" ] || timeout "${TRACE_TIMEOUT:-120}" python3 benchmarks/gluon_trace.py --device cuda \
+[ -n "${SKIP_TRACE:-}" ] || step trace "${TRACE_TIMEOUT:-120}" python3 benchmarks/gluon_trace.py --device cuda \
   --forms "${TRACE_FORMS:-layer,pair,ws}" --out "$OUT/gluon-trace-gpu.md" >"$OUT/gluon-trace.log" 2>&1
 echo "trace rc=$?"
 
@@ -94,5 +122,5 @@ echo "trace rc=$?"
 #    with any traceback, and spatial-precision-cuda.md among them)
 (cd "$OUT" && extra=$(ls | grep -v -x -e env.txt -e gpu-tests.log -e kernels-gpu.md \
   -e staging-host.md -e normalise-device-gpu.md -e spatial-epilogue-gpu.md -e gluon-trace-gpu.md \
-  -e extras.tar.gz) && [ -n "$extra" ] && tar -czf extras.tar.gz $extra && rm -rf $extra)
+  -e skipped.txt -e extras.tar.gz) && [ -n "$extra" ] && tar -czf extras.tar.gz $extra && rm -rf $extra)
 ls "$OUT"

@@ -128,3 +128,17 @@ def test_kernels_benchmark_gluon_step_row_restores_the_default() -> None:
         assert spectral_gluon.DEFAULT_STEP == before and dispatch._GLUON_CHECKED == {("shape",): ""}
     finally:
         dispatch._GLUON_CHECKED.pop(("shape",), None)
+
+
+def test_accuracy_benchmark_finds_the_shipped_scene_without_a_data_directory(tmp_path: Path) -> None:
+    """gpu_session.sh runs benchmarks/accuracy.py where no data directory travels (HSI_ENGINE_DATA points nowhere):
+    Indian Pines must come from the shipped copy, not be reported unavailable (which trained nothing, rc 0)."""
+    import os
+
+    out = tmp_path / "acc.md"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--datasets", "indian_pines",
+                           "--render-only", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HSI_ENGINE_DATA": str(tmp_path / "nonexistent")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Not available" not in out.read_text() and "does not exist" not in out.read_text()
