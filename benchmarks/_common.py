@@ -34,6 +34,18 @@ def cpu_report_head(title: str, script: str, argv: list[str] | None, device=None
             f"- command: `{cmd.strip()}`"]
 
 
+def results_out(given: str | Path | None, default: Path) -> Path:
+    """The report's path: ``given`` (``--out``), else ``default`` under benchmarks/results unless that file is
+    there already: the committed reports carry runs and notes assembled by hand, which a rerun must not replace
+    unasked."""
+    if given:
+        return Path(given)
+    if default.exists():
+        raise SystemExit(f"{default} exists (committed results, with notes written by hand): pass --out PATH to "
+                         f"write this run elsewhere, or --out {default} to replace it")
+    return default
+
+
 def write_report(path: str | Path, lines: list[str]) -> Path:
     """Write the Markdown report (creating its folder) and echo it to stdout."""
     out = Path(path)

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import timed_run  # noqa: E402
+from benchmarks._common import cpu_name, results_out, timed_run  # noqa: E402
 from kernels.dispatch import get_spectral_stage  # noqa: E402
 from kernels.program import SpectralProgram  # noqa: E402
 from kernels.spectral import (_conv3d, _random_program, spectral_stage_conv3d, spectral_stage_reference,  # noqa: E402
@@ -367,6 +367,17 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _engine_cell(desc: str, mpix: float | None) -> str:
+    """An engine row's figure; a row with none says why: failed or not run on this device (the row's text says
+    how), or pending only when it needs a GPU this run did not have."""
+    if mpix is not None:
+        return f"{mpix:.4f}"
+    for what in ("failed", "not run"):
+        if f": {what} (" in desc:
+            return what
+    return PENDING_GPU if "triton" in desc else "pending"
+
+
 def render(head: list[str], peaks: dict[str, float], stage_rows: list, layer_rows: list, engine_rows: list,
            kernel_rows: list | None = None, spatial_rows: list | None = None, profile: dict | None = None) -> str:
     """The Markdown report from whatever rows exist so far (it is rewritten after every row)."""
@@ -400,7 +411,7 @@ def render(head: list[str], peaks: dict[str, float], stage_rows: list, layer_row
     lines += ["", "## Engine end to end (classify's job + runner.run_plan, random-init Indian Pines SSRN)", "",
               "| run | Mpix/s |", "|---|---|"]
     for desc, mp in engine_rows:
-        lines.append(f"| {desc} | {PENDING_GPU if mp is None and 'triton' in desc else ('pending' if mp is None else f'{mp:.4f}')} |")
+        lines.append(f"| {desc} | {_engine_cell(desc, mp)} |")
     if profile:
         lines += ["", "## Where the engine's time goes (one run under torch.profiler)", "",
                   f"{profile['desc']}: wall {profile['wall_ms']:.1f} ms; {profile['what']} time summed over "
@@ -443,7 +454,8 @@ def main(argv: list[str] | None = None) -> Path:
                          + ", ".join(GLUON_FORMS))
     ap.add_argument("--zarr-dir", default=None, help="where to write the zarr scene for the streamed row "
                                                     "(default: a temporary directory; CUDA only)")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="report path (default benchmarks/results/kernels-<device>.md, "
+                    "refused when that file exists: pass --out)")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -457,9 +469,9 @@ def main(argv: list[str] | None = None) -> Path:
         name = torch.cuda.get_device_name(device)
         dev_label = name.replace("NVIDIA ", "").split()[0].lower()
     else:
-        name = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch threads"
+        name = f"{cpu_name()}, {torch.get_num_threads()} torch threads"
         dev_label = "cpu"
-    out_path = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"kernels-{dev_label}.md"
+    out_path = results_out(args.out, REPO / "benchmarks" / "results" / f"kernels-{dev_label}.md")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = "python benchmarks/kernels.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
@@ -577,7 +589,7 @@ def main(argv: list[str] | None = None) -> Path:
                                    lflops / (med * 1e-3) / 1e12))
                 emit(f"layer {layer} {label} {dtype}: {med:.3f} ms")
             layer_rows.append((layer, "triton", str(dtype).removeprefix("torch."), None,
-                               "fused: whole stage only" if cuda else PENDING_GPU))
+                               "fused: timed as a whole stage only"))
 
     if cuda and not args.quick:  # every config the autotuner chooses among, pinned: which variant wins, by how much
         from kernels import spectral

@@ -142,3 +142,13 @@ def test_accuracy_benchmark_finds_the_shipped_scene_without_a_data_directory(tmp
                           env={**os.environ, "HSI_ENGINE_DATA": str(tmp_path / "nonexistent")})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Not available" not in out.read_text() and "does not exist" not in out.read_text()
+
+
+def test_kernels_benchmark_says_failed_not_pending_for_a_row_that_failed() -> None:
+    """A GPU row that failed (or was not run) must not read "pending: needs a CUDA device" in a GPU run's report."""
+    from benchmarks.kernels import PENDING_GPU, _engine_cell
+
+    assert _engine_cell("triton bfloat16 {}: failed (OutOfResources: shared memory)", None) == "failed"
+    assert _engine_cell("triton bfloat16 {'gluon_step': 'ws'}: not run (probe failed)", None) == "not run"
+    assert _engine_cell("backend=triton", None) == PENDING_GPU
+    assert _engine_cell("eager float32 in memory", 2.5) == "2.5000"
