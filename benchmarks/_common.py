@@ -34,6 +34,17 @@ def cpu_report_head(title: str, script: str, argv: list[str] | None, device=None
             f"- command: `{cmd.strip()}`"]
 
 
+def bench_device(name: str):
+    """``torch.device(name)``, checked as the engine checks it: a device this machine lacks ends the run with
+    the reason (no traceback from deep inside the first CUDA call)."""
+    from ssrn.devices import DeviceError, resolve_device
+
+    try:
+        return resolve_device(name)
+    except DeviceError as e:
+        raise SystemExit(f"--device: {e}") from None
+
+
 def results_out(given: str | Path | None, default: Path) -> Path:
     """The report's path: ``given`` (``--out``), else ``default`` under benchmarks/results unless that file is
     there already: the committed reports carry runs and notes assembled by hand, which a rerun must not replace

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import cpu_name, results_out, timed_run  # noqa: E402
+from benchmarks._common import bench_device, cpu_name, results_out, timed_run  # noqa: E402
 from kernels.dispatch import get_spectral_stage  # noqa: E402
 from kernels.program import SpectralProgram  # noqa: E402
 from kernels.spectral import (_conv3d, _random_program, spectral_stage_conv3d, spectral_stage_reference,  # noqa: E402
@@ -458,7 +458,9 @@ def main(argv: list[str] | None = None) -> Path:
                     "refused when that file exists: pass --out)")
     args = ap.parse_args(argv)
 
-    device = torch.device(args.device)
+    device = bench_device(args.device)
+    if args.bands < 7:
+        raise SystemExit(f"--bands {args.bands}: the stem convolution needs at least 7 bands (its kernel)")
     cuda = device.type == "cuda"
     p = args.pixels or (65536 if cuda else 4096)
     dtypes = [torch.float32, torch.bfloat16]  # CPUs with AMX / AVX-512 bf16 run bf16 convolutions fast too

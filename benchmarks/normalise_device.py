@@ -21,7 +21,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import cpu_report_head, wall_ms, write_report  # noqa: E402
+from benchmarks._common import bench_device, cpu_report_head, wall_ms, write_report  # noqa: E402
 from hsi_engine.normalise import normalise_tensor  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "normalise-device-cpu.md"))
     args = ap.parse_args(argv)
-    dev = torch.device(args.device)
+    dev = bench_device(args.device)
     side = args.tile + 6
     g = torch.Generator().manual_seed(0)
     mean = (torch.rand(args.bands, generator=g, dtype=torch.float64) * 1000).to(dev)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import cpu_report_head, wall_ms, write_report  # noqa: E402
+from benchmarks._common import bench_device, cpu_report_head, wall_ms, write_report  # noqa: E402
 from hsi_engine.fused import DenseSpatial, dense_spatial, exact_fp32, fold_spatial, spatial_dense  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    dev = torch.device(args.device)
+    dev = bench_device(args.device)
     from ssrn.config import SSRNConfig
     from ssrn.model import SSRN
 

@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import cpu_name, timed_run, write_report  # noqa: E402
+from _common import bench_device, cpu_name, timed_run, write_report  # noqa: E402
 
 
 def classify_map(scene, model, *, device: str, backend: str, precision: str, spatial: str,
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> Path:
     scene = hsi_engine.open_scene(SHIPPED_SCENE)
     labels = _load_labels(SHIPPED_SCENE)
     mask, _ = evaluation_mask(labels, dict(model.meta))
-    device = torch.device(args.device)
+    device = bench_device(args.device)
     if device.type == "cuda":
         where = torch.cuda.get_device_name(device)
     else:
