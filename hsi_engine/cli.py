@@ -254,8 +254,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    # other libraries' INFO/DEBUG (rasterio echoes every GDAL message) stay out; this project's own logs come through
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    own = {name: logging.getLogger(name) for name in ("hsi_engine", "ssrn", "kernels")}
+    levels = {name: lg.level for name, lg in own.items()}
+    for lg in own.values():
+        lg.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     captured = getattr(logging, "_warnings_showwarning", None) is not None  # a caller's own captureWarnings(True)
     logging.captureWarnings(True)  # one "WARNING py.warnings: ..." line each, like the log, not a source line
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
@@ -283,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
         warnings.formatwarning = formatwarning
         logging.captureWarnings(captured)
+        for name, lg in own.items():
+            lg.setLevel(levels[name])
     raise AssertionError(f"unhandled command {args.command}")
 
 

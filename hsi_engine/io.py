@@ -619,10 +619,13 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
     fmt = scene_format(p)
     if not p.exists() and not (fmt == "envi" and p.suffix.lower() == ".hdr" and p.with_suffix(".bsq").exists()):
         raise FileNotFoundError(f"scene {p} does not exist")
-    if fmt == "geotiff":
-        return _open_geotiff(p, chunks)
-    if fmt == "envi":
-        return _open_envi(p, chunks)
+    if fmt in ("geotiff", "envi"):
+        given = [f"{k}={v!r}" for k, v in (("variable", variable), ("band_axis", band_axis)) if v is not None]
+        if given:  # one cube, its axes named by the format: an option that cannot apply is a mistake to name
+            raise SceneError(f"{p} is {'a GeoTIFF' if fmt == 'geotiff' else 'an ENVI file'}: one cube whose "
+                             f"bands the format names, so {' and '.join(given)} (--variable / --band-axis) "
+                             "cannot apply; leave them out")
+        return _open_geotiff(p, chunks) if fmt == "geotiff" else _open_envi(p, chunks)
     if fmt == "netcdf":
         return _open_netcdf(p, chunks, variable)
     if fmt == "zarr":

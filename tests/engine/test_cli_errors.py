@@ -171,3 +171,27 @@ def test_main_leaves_the_callers_warning_capture_as_it_was(scene, caller_capture
             (getattr(logging, "_warnings_showwarning", None) is not None) == caller_captures)
     finally:
         logging.captureWarnings(False)
+
+
+def test_verbose_logs_are_this_projects_not_gdals(tmp_path, model_dir):
+    """``-v`` turns on hsi-engine's DEBUG lines only: rasterio echoes every GDAL message at DEBUG/INFO, which
+    drowned a run's log (hundreds of lines for a 32 x 32 tile)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    cube = F.ip_crop(24, 24)
+    scene = tmp_path / "scene.tif"
+    with rasterio.open(scene, "w", driver="GTiff", height=24, width=24, count=cube.shape[0], dtype="float32",
+                       crs="EPSG:32633", transform=from_origin(366000, 5810000, 30, 30)) as dst:
+        dst.write(cube.astype(np.float32))
+    code = "import sys; from hsi_engine.cli import main; sys.exit(main())"
+    proc = subprocess.run([sys.executable, "-c", code, "-v", "classify", str(scene), "--model", str(model_dir),
+                           "--out", str(tmp_path / "map.tif")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stderr.splitlines()
+    assert not [ln for ln in lines if "rasterio" in ln.split(":")[0]], "\n".join(lines[:20])
+    assert any(ln.startswith("INFO hsi_engine") for ln in lines)

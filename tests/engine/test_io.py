@@ -307,6 +307,14 @@ def test_striped_geotiff_chunks_stay_bounded(tmp_path, geo):
     np.testing.assert_array_equal(da.values, cube)
 
 
+@pytest.mark.parametrize("kw", [{"variable": "foo"}, {"band_axis": 2}])
+def test_options_a_geotiff_cannot_use_are_refused(tmp_path, geo, kw):
+    """--variable / --band-axis on a GeoTIFF were ignored silently: a pipeline's wrong option must be named."""
+    p = geo.write_geotiff(tmp_path / "s.tif", make_cube(bands=2, height=4, width=5))
+    with pytest.raises(SceneError, match=r"is a GeoTIFF.*cannot apply; leave them out"):
+        open_scene(p, **kw)
+
+
 def test_contiguous_npy_is_chunked(tmp_path):
     p = tmp_path / "big.npy"
     np.save(p, np.zeros((700, 600, 3), np.float32))  # band-last by the (rows, cols, bands) convention
