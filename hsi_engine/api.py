@@ -253,7 +253,7 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     ``flag_meanings``, ``palette`` (when the model has one: R, G, B of class 1, then of class 2, ... as one flat
     list, so the map writes to NetCDF too) and ``_FillValue`` 0. With ``probabilities=True`` it returns an
     ``xr.Dataset`` instead with ``labels`` (that DataArray), ``probabilities`` ``(class, y, x)`` float32
-    (softmax; 0 at nodata pixels) and ``confidence`` ``(y, x)`` float32 (the top probability).
+    (softmax; NaN at nodata pixels) and ``confidence`` ``(y, x)`` float32 (the top probability).
     """
     from .runner import ArraySink
 

@@ -312,7 +312,7 @@ def cache_blocks_for(tile: tuple[int, int], halo: int, readers: int) -> Callable
 
 def labels_from_logits(logits: Any, *, probabilities: bool, mask: Any = None) -> tuple[Any, Any, Any]:
     """``(labels 1..K uint8, softmax | None, its max | None)`` of ``(K, h, w)`` logits, on their device; class 0
-    and zero probabilities where the (device) nodata ``mask`` is set."""
+    and NaN probabilities where the (device) nodata ``mask`` is set."""
     import torch
 
     lab = (logits.argmax(0) + 1).to(torch.uint8)
@@ -322,24 +322,25 @@ def labels_from_logits(logits: Any, *, probabilities: bool, mask: Any = None) ->
         conf = prob.max(0).values
     if mask is not None:
         lab = lab.masked_fill(mask, 0)
-        prob = prob.masked_fill(mask, 0.0) if prob is not None else None
-        conf = conf.masked_fill(mask, 0.0) if conf is not None else None
+        prob = prob.masked_fill(mask, float("nan")) if prob is not None else None
+        conf = conf.masked_fill(mask, float("nan")) if conf is not None else None
     return lab, prob, conf
 
 
 def mask_nodata(labels: np.ndarray, probabilities: np.ndarray | None, confidence: np.ndarray | None,
                 mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Class 0 (and zero probability / confidence) where ``mask`` marks nodata pixels; copies, never aliases."""
+    """Class 0 (and NaN probability / confidence: none was computed) where ``mask`` marks nodata pixels; copies,
+    never aliases."""
     if mask is None:
         return labels, probabilities, confidence
     labels = labels.copy()
     labels[mask] = 0
     if probabilities is not None:
         probabilities = probabilities.copy()
-        probabilities[:, mask] = 0
+        probabilities[:, mask] = np.nan
     if confidence is not None:
         confidence = confidence.copy()
-        confidence[mask] = 0
+        confidence[mask] = np.nan
     return labels, probabilities, confidence
 
 

@@ -431,10 +431,10 @@ class GeoTiffClassMapWriter(ClassMapWriter):
                     transform=self.transform)
         specs = {"labels": dict(count=1, dtype="uint8", nodata=0)}
         if self.probabilities is not None:
-            specs["probabilities"] = dict(count=self.n_classes, dtype="float32", nodata=None, interleave="band",
-                                          **({"nbits": 16} if self.probabilities == "float16" else {}))
+            specs["probabilities"] = dict(count=self.n_classes, dtype="float32", nodata=float("nan"),
+                                          interleave="band", **({"nbits": 16} if self.probabilities == "float16" else {}))
         if self.confidence:
-            specs["confidence"] = dict(count=1, dtype="float32", nodata=None)
+            specs["confidence"] = dict(count=1, dtype="float32", nodata=float("nan"))
         self._final = {k: (self.path if k == "labels" else self._sides[k]) for k in specs}
         self._tmp: dict[str, Path] = {}
         self._datasets: dict[str, Any] = {}

@@ -148,7 +148,9 @@ def test_nodata_pixels_are_class_0_and_do_not_reach_beyond_the_patch(crop, model
     got = hsi_engine.classify(F.dataarray(cube), model, tile=TILE, probabilities=True, progress=False,
                               nodata=nodata)
     lab, ref_lab = got["labels"].values, ref["labels"].values
-    assert lab[y, x] == 0 and got["probabilities"].values[:, y, x].max() == 0
+    assert lab[y, x] == 0 and np.isnan(got["probabilities"].values[:, y, x]).all()
+    assert np.isnan(got["confidence"].values[y, x]) and np.isnan(got["probabilities"].values).sum() == \
+        got["probabilities"].shape[0]  # only the nodata pixel has none
     yy, xx = np.mgrid[:clean.shape[1], :clean.shape[2]]
     far = np.maximum(abs(yy - y), abs(xx - x)) > halo  # the pixel is outside these pixels' patches
     np.testing.assert_array_equal(lab[far], ref_lab[far])
@@ -165,6 +167,33 @@ def test_cli_nodata_masks_nan_to_class_0(crop, model_dir, tmp_path):
     assert main(["classify", str(npy), "--model", str(model_dir), "--out", str(out), "--nodata", "nan"]) == 0
     lab = F.read_classes(out)
     assert lab[10, 12] == 0 and (lab > 0).sum() == lab.size - 1
+
+
+@pytest.mark.parametrize("name", ["m.tif", "m.zarr"])
+def test_probabilities_at_nodata_pixels_are_nan_and_declared(crop, model_dir, tmp_path, name):
+    """A nodata pixel has no probabilities: NaN, declared as the sidecars' nodata, so a GIS's statistics and
+    overviews leave it out (they were 0.0, undeclared)."""
+    import rasterio
+    import xarray as xr
+
+    cube = crop.astype(np.float32)
+    cube[:, 10, 12] = np.nan
+    npy = tmp_path / "nan.npy"
+    np.save(npy, np.moveaxis(cube, 0, -1))
+    out = tmp_path / name
+    assert main(["classify", str(npy), "--model", str(model_dir), "--out", str(out), "--nodata", "nan",
+                 "--probabilities"]) == 0
+    if name.endswith(".tif"):
+        for side in ("m_probabilities.tif", "m_confidence.tif"):
+            with rasterio.open(tmp_path / side) as f:
+                data = f.read()
+                assert np.isnan(f.nodata) and all(np.isnan(v) for v in f.nodatavals)
+            assert np.isnan(data[:, 10, 12]).all() and np.isnan(data).sum() == data.shape[0]
+    else:
+        ds = xr.open_zarr(out, consolidated=False)
+        for var in ("probabilities", "confidence"):
+            data = ds[var].values
+            assert np.isnan(data[..., 10, 12]).all() and np.isnan(data).sum() == data[..., 10, 12].size
 
 
 # ----------------------------------------------------------------------------------------------
