@@ -211,6 +211,22 @@ def _georeferenced(da: xr.DataArray) -> bool:
         return False
 
 
+def scene_georef(da: xr.DataArray, scene_path: Any = None) -> tuple[Any, Any, Any]:
+    """``(crs, transform, gcps)`` of a scene for its class map: the transform of a gridded scene, or the ground
+    control points of one georeferenced by them (not orthorectified: no transform, no y/x coordinates, where
+    ``rio.transform()`` reads the identity); all None, with one warning, when the scene has no CRS."""
+    if not _georeferenced(da):
+        warnings.warn(f"scene {scene_path if isinstance(scene_path, (str, os.PathLike)) else ''} has no "
+                      "georeferencing (no CRS): the class map is written in pixel coordinates; set one with "
+                      "da.rio.write_crs(...) to georeference it", stacklevel=3)
+        return None, None, None
+    if "x" not in da.coords and "y" not in da.coords:
+        gcps = da.rio.get_gcps()
+        if gcps:
+            return da.rio.crs, None, gcps
+    return da.rio.crs, da.rio.transform(), None
+
+
 # ----------------------------------------------------------------------------------------------
 # public functions
 
@@ -271,6 +287,9 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     labels = xr.DataArray(sink.labels, dims=("y", "x"), coords=coords, name="class", attrs=attrs)
     if _georeferenced(job.da):
         labels = labels.rio.write_crs(job.da.rio.crs)
+        gcps = job.da.rio.get_gcps() if "x" not in job.da.coords and "y" not in job.da.coords else None
+        if gcps:  # a scene placed by ground control points: so is its map
+            labels = labels.rio.write_gcps(gcps, job.da.rio.crs)
     if not probabilities:
         return labels
     cls = np.arange(1, job.classes + 1)
@@ -332,14 +351,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     job = _Job(scene, model_path, tile=tile, device=device, backend=backend, precision=precision, nodata=nodata,
                spatial_precision=spatial_precision)
     da = job.da
-    crs = transform = None
-    if _georeferenced(da):
-        crs = da.rio.crs
-        transform = da.rio.transform()
-    else:
-        warnings.warn(f"scene {scene_path if isinstance(scene_path, (str, os.PathLike)) else ''} has no "
-                      "georeferencing (no CRS): the class map is written in pixel coordinates; set one with "
-                      "da.rio.write_crs(...) to georeference it", stacklevel=2)
+    crs, transform, gcps = scene_georef(da, scene_path)
     prob = "float16" if probabilities is True else (None if probabilities in (False, None) else probabilities)
     if prob not in (None, "float16", "float32"):
         raise ValueError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
@@ -351,7 +363,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
         writer = open_writer(out, height=job.height, width=job.width, n_classes=job.classes, crs=crs,
                              transform=transform, y_coords=ycoords, x_coords=xcoords, class_names=job.class_names(),
                              palette=job.palette(), probabilities=prob, confidence=prob is not None,
-                             overwrite=overwrite)
+                             overwrite=overwrite, gcps=gcps)
     t0 = time.perf_counter()
     try:
         stats = job.run(writer, probabilities=prob is not None, progress=progress, queue_depth=queue_depth,

@@ -316,7 +316,7 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     :func:`~hsi_engine.api.classify` (``auto`` is decided per worker host). ``throttle_s`` sleeps that long
     per tile before writing it (tests and demos of interruption only). Returns a :class:`RunReport`.
     """
-    from .api import _georeferenced, _Job
+    from .api import _Job, scene_georef
     from .io import open_scene
     from .runner import check_read_settings
     from .writers import _TIFF, _ZARR, check_not_scene, side_paths
@@ -364,13 +364,7 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     prob = "float16" if probabilities is True else (None if probabilities in (False, None) else probabilities)
     if prob not in (None, "float16", "float32"):
         raise ValueError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
-    crs = transform = None
-    if _georeferenced(da):
-        crs, transform = da.rio.crs, da.rio.transform()
-    else:
-        warnings.warn(f"scene {scene_path if isinstance(scene_path, (str, os.PathLike)) else ''} has no "
-                      "georeferencing (no CRS): the class map is written in pixel coordinates; set one with "
-                      "da.rio.write_crs(...) to georeference it", stacklevel=2)
+    crs, transform, gcps = scene_georef(da, scene_path)
     if suffix in _TIFF and not overwrite and prob is not None:
         for key in ("probabilities", "confidence"):
             p = side_paths(out)[key]
@@ -393,7 +387,7 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
                                      width=job.width, n_classes=job.classes, crs=crs, transform=transform,
                                      y_coords=ycoords, x_coords=xcoords, class_names=job.class_names(),
                                      palette=job.palette(), probabilities=prob, confidence=prob is not None,
-                                     overwrite=overwrite, block=side)
+                                     overwrite=overwrite, block=side, gcps=gcps)
     done = writer.done()
     todo = [t for t in plan if done[t.y0 // side, t.x0 // side] == 0]
     run = writer.start_run()
@@ -463,7 +457,7 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     if suffix in _ZARR:
         path = Path(writer.commit())
     else:
-        path = writer.commit_geotiff(out, crs=crs, transform=transform)
+        path = writer.commit_geotiff(out, crs=crs, transform=transform, gcps=gcps)
     report = RunReport(path=path, tiles=len(plan), skipped=skipped, computed=len(todo), run=run, workers=n_workers,
                        wall_s=time.perf_counter() - t_start, tile=side, extra=dict(extra or {}))
     log.info("wrote %s: %d tiles computed, %d skipped (run %d, %s) in %.1f s", path, report.computed, skipped, run,

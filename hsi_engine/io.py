@@ -705,7 +705,10 @@ def scene_info(path: str | os.PathLike, *, variable: str | None = None, band_axi
     except Exception:  # a scene without coordinates has no transform
         pass
     lines.append(f"crs        {crs.to_string() if crs is not None else 'none'}")
-    if transform is not None:
+    gcps = da.rio.get_gcps() if crs is not None and "x" not in da.coords and "y" not in da.coords else None
+    if gcps:  # placed by ground control points: the identity transform rioxarray reads means nothing
+        lines.append(f"gcps       {len(gcps)} ground control points (no transform: not orthorectified)")
+    elif transform is not None:
         lines.append(f"transform  {tuple(round(v, 6) for v in transform[:6])}")
         lines.append(f"pixel      {abs(transform.a):g} x {abs(transform.e):g}")
     nodata = da.attrs.get("_FillValue")

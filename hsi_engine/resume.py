@@ -229,7 +229,7 @@ class ResumableZarrWriter(ZarrClassMapWriter):
         self._group.attrs["partial"] = False
         super()._commit()
 
-    def commit_geotiff(self, out: Path, *, crs=None, transform=None, block: int = 256) -> Path:
+    def commit_geotiff(self, out: Path, *, crs=None, transform=None, block: int = 256, gcps=None) -> Path:
         """Convert the completed partial store into the (Cloud-Optimised) GeoTIFF ``out``, then remove it."""
         from .writers import open_writer
 
@@ -242,7 +242,7 @@ class ResumableZarrWriter(ZarrClassMapWriter):
             w = open_writer(out, height=self.height, width=self.width, n_classes=self.n_classes, crs=crs,
                             transform=transform, y_coords=self.y_coords, x_coords=self.x_coords,
                             class_names=self.class_names, palette=self.palette, probabilities=self.probabilities,
-                            confidence=self.confidence, overwrite=self.overwrite, block=block)
+                            confidence=self.confidence, overwrite=self.overwrite, block=block, gcps=gcps)
         step = max(self.block, (1024 // self.block) * self.block)
         try:
             for y0 in range(0, self.height, step):

@@ -255,7 +255,7 @@ class ClassMapWriter:
 
     def __init__(self, path: Path, *, height: int, width: int, n_classes: int, crs=None, transform=None,
                  y_coords=None, x_coords=None, class_names=None, palette=None, probabilities: str | None = None,
-                 confidence: bool = False, overwrite: bool = False, block: int = 256):
+                 confidence: bool = False, overwrite: bool = False, block: int = 256, gcps=None):
         if probabilities not in _PROB_DTYPES:
             raise ValueError(f"probabilities={probabilities!r}; expected one of {_PROB_DTYPES}")
         if not (1 <= n_classes <= 255):
@@ -280,13 +280,16 @@ class ClassMapWriter:
 
             transform = Affine(*transform) if len(transform) in (6, 9) else transform
         self.transform = transform
+        # ground control points (rasterio GroundControlPoint), for a scene georeferenced by them instead of a
+        # transform (not orthorectified): carried into the map, which then has neither transform nor y/x coords
+        self.gcps = list(gcps) if gcps and transform is None else None
         self.y_coords = None if y_coords is None else np.asarray(y_coords)
         self.x_coords = None if x_coords is None else np.asarray(x_coords)
         for name, c, n in (("y_coords", self.y_coords, self.height), ("x_coords", self.x_coords, self.width)):
             if c is not None and c.shape != (n,):
                 raise ValueError(f"{name} has shape {c.shape}; expected ({n},) for the {self.height} x "
                                  f"{self.width} map")
-        if self.crs is None or self.transform is None:
+        if self.crs is None or (self.transform is None and self.gcps is None):
             missing = " and ".join(m for m, v in (("CRS", self.crs), ("transform", self.transform)) if v is None)
             warnings.warn(f"writing {path} without georeferencing (no {missing}): the class map is in pixel "
                           "coordinates. Give the scene a CRS (da.rio.write_crs) and transform to georeference it.",
@@ -428,7 +431,7 @@ class GeoTiffClassMapWriter(ClassMapWriter):
         self._sides = side_paths(path)
         base = dict(driver="GTiff", height=self.height, width=self.width, tiled=True, blockxsize=self.block,
                     blockysize=self.block, compress="deflate", zlevel=1, bigtiff="if_safer", crs=self.crs,
-                    transform=self.transform)
+                    **({} if self.gcps else {"transform": self.transform}))
         specs = {"labels": dict(count=1, dtype="uint8", nodata=0)}
         if self.probabilities is not None:
             specs["probabilities"] = dict(count=self.n_classes, dtype="float32", nodata=float("nan"),
@@ -446,6 +449,8 @@ class GeoTiffClassMapWriter(ClassMapWriter):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
                     self._datasets[key] = rasterio.open(tmp, "w", **base, **opts)
+                if self.gcps:  # the COG copy keeps them
+                    self._datasets[key].gcps = (self.gcps, self.crs)
             self._describe()  # colour table and tags before any pixel: TIFF fixes Photometric at first write
         except (OSError, rasterio.errors.RasterioIOError) as e:
             self.abort()
@@ -575,7 +580,12 @@ class ZarrClassMapWriter(ClassMapWriter):
         """The hidden store being written (for region writes from other processes before commit)."""
         return self._tmp
 
-    def _coords(self) -> tuple[np.ndarray, np.ndarray]:
+    def _coords(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.gcps:
+            return None  # pixel coordinates would read as a (wrong) transform: the GCPs place the map
+        t = self.transform
+        if t is not None and (t.b or t.d):
+            return None  # a rotated grid has no 1-D y/x coordinates; its GeoTransform places it
         if self.y_coords is not None and self.x_coords is not None:
             return self.y_coords, self.x_coords
         t = self.transform
@@ -588,8 +598,8 @@ class ZarrClassMapWriter(ClassMapWriter):
         import xarray as xr
 
         b = self.block
-        y, x = self._coords()
-        ds = xr.Dataset(coords={"y": y, "x": x})
+        yx = self._coords()
+        ds = xr.Dataset(coords={} if yx is None else {"y": yx[0], "x": yx[1]})
         ds["classes"] = (("y", "x"), dsa.zeros((self.height, self.width), chunks=(b, b), dtype=np.uint8))
         ds["classes"].attrs.update(
             long_name="class", nodata=0, flag_values=list(range(1, self.n_classes + 1)),
@@ -616,6 +626,8 @@ class ZarrClassMapWriter(ClassMapWriter):
                 ds = ds.rio.write_crs(self.crs)
             if self.transform is not None:
                 ds = ds.rio.write_transform(self.transform)
+            if self.gcps:
+                ds = ds.rio.write_gcps(self.gcps, self.crs)
             for v in ds.data_vars:  # xarray drops the 0-d grid-mapping coordinate unless it is named here
                 ds[v].encoding["coordinates"] = "spatial_ref"
         ds.attrs.update(title=ZARR_TITLE, n_classes=self.n_classes, complete=False)
@@ -655,17 +667,18 @@ class ZarrClassMapWriter(ClassMapWriter):
 def open_writer(path: str | os.PathLike, *, height: int, width: int, n_classes: int, crs=None, transform=None,
                 y_coords=None, x_coords=None, class_names: Sequence[str] | None = None, palette=None,
                 probabilities: str | None = None, confidence: bool = False, overwrite: bool = False,
-                block: int = 256) -> ClassMapWriter:
+                block: int = 256, gcps=None) -> ClassMapWriter:
     """A class-map writer for ``path``: ``.tif``/``.tiff`` (Cloud-Optimised GeoTIFF) or ``.zarr`` (zarr v3).
 
     ``labels`` tiles are uint8 with 0 = nodata and 1..``n_classes``; ``palette`` is one RGB triplet per class
     (default: a tab20-based palette); ``probabilities`` is None, "float16" or "float32"; ``block`` is the
-    internal tile / chunk side. The output appears at ``path`` only at ``commit``.
+    internal tile / chunk side. ``gcps``: ground control points (with ``crs`` and no ``transform``) for a map of
+    a scene georeferenced by them. The output appears at ``path`` only at ``commit``.
     """
     p = Path(path)
     kw = dict(height=height, width=width, n_classes=n_classes, crs=crs, transform=transform, y_coords=y_coords,
               x_coords=x_coords, class_names=class_names, palette=palette, probabilities=probabilities,
-              confidence=confidence, overwrite=overwrite, block=block)
+              confidence=confidence, overwrite=overwrite, block=block, gcps=gcps)
     suffix = p.suffix.lower()
     if suffix in _TIFF:
         return GeoTiffClassMapWriter(p, **kw)

@@ -358,6 +358,80 @@ def test_cf_packed_values_are_decoded_as_xarray_decodes_them(tmp_path, store, ca
     assert got[3, 4] == 0
 
 
+@pytest.mark.parametrize("name, resume", [("map.tif", False), ("map.zarr", False), ("map.tif", True),
+                                          ("map.zarr", True), ("mem", False)])
+def test_a_scene_placed_by_ground_control_points_gives_a_map_placed_by_them(case, tmp_path, name, resume):
+    """A GeoTIFF georeferenced by GCPs (not orthorectified: no transform) gave a map with the CRS and an identity
+    transform, a 1-pixel-per-metre square at the CRS's origin; its map now carries the same GCPs (and no pixel
+    coordinates that would read as a transform), in memory, as a COG (sidecars too) and as zarr."""
+    import rasterio
+    from rasterio.control import GroundControlPoint
+
+    cube, model, ref = case
+    h, w = cube.shape[1:]
+    gcps = [GroundControlPoint(r, c, 366000.0 + 30 * c + 3 * r, 5810000.0 - 30 * r, id=str(i))
+            for i, (r, c) in enumerate([(0, 0), (0, w), (h, 0), (h, w), (h / 2, w / 2)])]
+    scene = tmp_path / "gcp.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(scene, "w", driver="GTiff", height=h, width=w, count=cube.shape[0],
+                           dtype="float32") as dst:
+            dst.write(cube.astype(np.float32))
+            dst.gcps = (gcps, rasterio.crs.CRS.from_epsg(32633))
+
+    def same(got):
+        assert [(g.row, g.col, g.x, g.y) for g in got] == [(g.row, g.col, g.x, g.y) for g in gcps]
+
+    if name == "mem":
+        labels = classify(hsi_engine.open_scene(scene), model, progress=False)
+        np.testing.assert_array_equal(labels.values, ref)
+        assert labels.rio.crs.to_epsg() == 32633 and "x" not in labels.coords
+        same(labels.rio.get_gcps())
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the scene is georeferenced: no "written in pixel coordinates" warning
+        out = hsi_engine.classify_to_file(scene, model, tmp_path / name, probabilities=True, progress=False,
+                                          resume=resume)  # resume: the resumable (cluster) path
+    if name.endswith(".tif"):
+        for path in (out, tmp_path / "map_probabilities.tif"):
+            with rasterio.open(path) as f:
+                got, crs = f.gcps
+                assert crs.to_epsg() == 32633 and f.transform.is_identity
+                same(got)
+        with rasterio.open(out) as f:
+            np.testing.assert_array_equal(f.read(1), ref)
+    else:
+        ds = xr.open_zarr(out, consolidated=False, decode_coords="all")
+        assert "x" not in ds.coords and "y" not in ds.coords and ds["classes"].rio.crs.to_epsg() == 32633
+        same(ds["classes"].rio.get_gcps())
+        np.testing.assert_array_equal(ds["classes"].values, ref)
+
+
+@pytest.mark.parametrize("name", ["map.tif", "map.zarr"])
+def test_a_rotated_grid_keeps_its_transform_and_no_wrong_coordinates(case, tmp_path, name):
+    """A rotated geotransform has no 1-D y/x coordinates: the zarr map wrote ones that ignored the rotation
+    (5 pixels off at the far corner); now both outputs carry the transform itself and no such coordinates."""
+    import rasterio
+    from affine import Affine
+
+    cube, model, ref = case
+    t = Affine.translation(366000, 5810000) * Affine.rotation(10) * Affine.scale(30, -30)
+    scene = tmp_path / "rot.tif"
+    with rasterio.open(scene, "w", driver="GTiff", height=cube.shape[1], width=cube.shape[2], count=cube.shape[0],
+                       dtype="float32", crs="EPSG:32633", transform=t) as dst:
+        dst.write(cube.astype(np.float32))
+    out = hsi_engine.classify_to_file(scene, model, tmp_path / name, progress=False)
+    if name.endswith(".tif"):
+        with rasterio.open(out) as f:
+            assert f.transform.almost_equals(t) and f.crs.to_epsg() == 32633
+            np.testing.assert_array_equal(f.read(1), ref)
+    else:
+        ds = xr.open_zarr(out, consolidated=False, decode_coords="all")
+        assert "x" not in ds.coords and "y" not in ds.coords
+        assert ds["classes"].rio.transform().almost_equals(t)
+        np.testing.assert_array_equal(ds["classes"].values, ref)
+
+
 def test_integer_dtypes_converted_without_overflow(case):
     cube, model, ref = case
     scaled = np.clip(cube, 0, None).astype(np.uint16)
