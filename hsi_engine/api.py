@@ -342,7 +342,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                                         progress=progress, queue_depth=queue_depth, readers=readers,
                                         cache_blocks=cache_blocks, decoders=decoders,
                                         spatial_precision=spatial_precision)
-    from .resume import check_no_partial, discard_partial
+    from .resume import check_no_partial, discard_partial, model_digest, provenance
     from .writers import check_not_scene, open_writer
 
     check_not_scene(out, scene_path)  # before anything is read: --out must never replace the scene itself
@@ -363,7 +363,8 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
         writer = open_writer(out, height=job.height, width=job.width, n_classes=job.classes, crs=crs,
                              transform=transform, y_coords=ycoords, x_coords=xcoords, class_names=job.class_names(),
                              palette=job.palette(), probabilities=prob, confidence=prob is not None,
-                             overwrite=overwrite, gcps=gcps)
+                             overwrite=overwrite, gcps=gcps,
+                             tags=provenance(model_digest(job.model), precision, spatial_precision))
     t0 = time.perf_counter()
     try:
         stats = job.run(writer, probabilities=prob is not None, progress=progress, queue_depth=queue_depth,

@@ -45,7 +45,8 @@ import numpy as np
 
 from .dask_client import _cuda_count, _gpu_resources, _parse_scheduler_address, connect, make_local_cluster
 from .errors import ClusterUsageError, HSIEngineError, OutputError
-from .resume import ResumableZarrWriter, mark_tile, model_digest, partial_tile
+from .resume import (ResumableZarrWriter, finished_with, mark_tile, model_digest, partial_path, partial_tile,
+                     provenance)
 from .tiles import Tile, TilePlan, default_tile, normalise_tile, plan_tiles
 
 log = logging.getLogger("hsi_engine.cluster")
@@ -364,13 +365,6 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     prob = "float16" if probabilities is True else (None if probabilities in (False, None) else probabilities)
     if prob not in (None, "float16", "float32"):
         raise ValueError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
-    crs, transform, gcps = scene_georef(da, scene_path)
-    if suffix in _TIFF and not overwrite and prob is not None:
-        for key in ("probabilities", "confidence"):
-            p = side_paths(out)[key]
-            if p.exists():
-                raise OutputError(f"output {p} already exists; pass overwrite=True (--overwrite) to replace it, "
-                                  "or choose another path")
     digest = model_digest(job.model)
     fingerprint = {"scene": {"shape": [int(s) for s in da.shape], "dtype": str(da.dtype)}, "model": digest,
                    "tile": side, "halo": halo, "classes": job.classes, "probabilities": prob,
@@ -379,6 +373,19 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
                    "output": suffix.lstrip(".")}
     if job.nodata_bands is not None:  # a resumed run must mask the same bands (absent: every band, as before)
         fingerprint["nodata_bands"] = [int(b) for b in job.nodata_bands]
+    sides = [side_paths(out)[k] for k in ("probabilities", "confidence")] if prob and suffix in _TIFF else []
+    if resume and not overwrite and not partial_path(out).exists() and finished_with(out, fingerprint, sides):
+        log.info("%s is complete and was made with these settings: nothing to resume", out)
+        return RunReport(path=out, tiles=len(plan), skipped=len(plan), computed=0, run=0, workers=0,
+                         wall_s=time.perf_counter() - t_start, tile=side)
+    crs, transform, gcps = scene_georef(da, scene_path)
+    if suffix in _TIFF and not overwrite and prob is not None:
+        for key in ("probabilities", "confidence"):
+            p = side_paths(out)[key]
+            if p.exists():
+                raise OutputError(f"output {p} already exists; pass overwrite=True (--overwrite) to replace it, "
+                                  "or choose another path")
+    tags = provenance(digest, precision, spatial_precision)
     ycoords = np.asarray(da["y"].values) if "y" in da.coords else None
     xcoords = np.asarray(da["x"].values) if "x" in da.coords else None
     with warnings.catch_warnings():
@@ -387,7 +394,7 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
                                      width=job.width, n_classes=job.classes, crs=crs, transform=transform,
                                      y_coords=ycoords, x_coords=xcoords, class_names=job.class_names(),
                                      palette=job.palette(), probabilities=prob, confidence=prob is not None,
-                                     overwrite=overwrite, block=side, gcps=gcps)
+                                     overwrite=overwrite, block=side, gcps=gcps, tags=tags)
     done = writer.done()
     todo = [t for t in plan if done[t.y0 // side, t.x0 // side] == 0]
     run = writer.start_run()
@@ -457,7 +464,7 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     if suffix in _ZARR:
         path = Path(writer.commit())
     else:
-        path = writer.commit_geotiff(out, crs=crs, transform=transform, gcps=gcps)
+        path = writer.commit_geotiff(out, crs=crs, transform=transform, gcps=gcps, tags=tags)
     report = RunReport(path=path, tiles=len(plan), skipped=skipped, computed=len(todo), run=run, workers=n_workers,
                        wall_s=time.perf_counter() - t_start, tile=side, extra=dict(extra or {}))
     log.info("wrote %s: %d tiles computed, %d skipped (run %d, %s) in %.1f s", path, report.computed, skipped, run,

@@ -26,6 +26,10 @@ time. A plain single-process ``.tif`` output keeps the writers' own atomic hidde
 and is not resumable unless ``--resume`` is given from the start; it refuses to start while ``<out>.partial``
 exists (finish that run with ``--resume``, or pass ``--overwrite``, which removes it once the new map is
 committed), so an interrupted resumable run is never orphaned beside a fresh map.
+
+A finished resumable output keeps its fingerprint (zarr root attribute, GeoTIFF tag): ``--resume`` on it with the
+same settings does nothing and succeeds, so a retried pipeline task does not fail on its own output; with other
+settings it is refused, as any existing output is without ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -44,8 +48,8 @@ import numpy as np
 from .errors import OutputError
 from .writers import ZarrClassMapWriter, check_replaceable, zarr_root_attributes
 
-__all__ = ["PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "discard_partial", "model_digest",
-           "partial_path", "partial_tile", "read_record"]
+__all__ = ["PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "discard_partial", "finished_with",
+           "model_digest", "partial_path", "partial_tile", "provenance", "read_record", "recorded_fingerprint"]
 
 PARTIAL_SUFFIX = ".partial"
 RECORD = "resume/tiles_done"
@@ -102,12 +106,53 @@ def model_digest(model: Any) -> str:
     return h.hexdigest()[:32]
 
 
+def provenance(model_sha256: str, precision: str, spatial_precision: str) -> dict[str, str]:
+    """What made a class map, for its metadata: software version, model weights' digest, precisions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        software = f"hsi-engine {version('hsi-engine')}"
+    except PackageNotFoundError:  # run from a checkout without installing
+        software = "hsi-engine (not installed)"
+    return {"software": software, "model_sha256": model_sha256, "precision": precision,
+            "spatial_precision": spatial_precision}
+
+
+def recorded_fingerprint(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The run fingerprint a resumable output recorded: a zarr store's root attribute, a GeoTIFF's tag."""
+    p = Path(path)
+    if p.suffix.lower() in (".tif", ".tiff"):
+        import rasterio
+
+        try:
+            with rasterio.open(p) as f:
+                found = json.loads(f.tags().get(FINGERPRINT_ATTR, "null"))
+        except (OSError, ValueError, rasterio.errors.RasterioError):
+            return None
+    else:
+        found = zarr_root_attributes(p).get(FINGERPRINT_ATTR)
+    return found if isinstance(found, dict) else None
+
+
+def finished_with(out: str | os.PathLike, fingerprint: dict[str, Any], sides: list[Path]) -> bool:
+    """Whether ``out`` is a complete output this run's settings (``fingerprint``) made, with its ``sides``
+    files: a resumed run then has nothing to do (a retried pipeline task must not fail on its own output)."""
+    p = Path(out)
+    if p.suffix.lower() == ".zarr" and zarr_root_attributes(p).get("complete") is not True:
+        return False
+    found = recorded_fingerprint(p)
+    return found is not None and found == json.loads(json.dumps(fingerprint)) and all(s.exists() for s in sides)
+
+
 def partial_tile(out: str | os.PathLike) -> int | None:
-    """The tile side an interrupted run into ``out`` used (from ``<out>.partial``'s fingerprint), so a
-    ``--resume`` without ``--tile`` continues with it; None when there is no readable partial store."""
-    fingerprint = zarr_root_attributes(partial_path(out)).get(FINGERPRINT_ATTR)
-    tile = fingerprint.get("tile") if isinstance(fingerprint, dict) else None
-    return tile if isinstance(tile, int) and tile > 0 else None
+    """The tile side an interrupted run into ``out`` used (from ``<out>.partial``'s fingerprint; else a finished
+    run's, from ``out``'s), so a ``--resume`` without ``--tile`` continues with it; None when neither records
+    one."""
+    for path in (partial_path(out), Path(out)):  # an interrupted run's, else a finished one's (nothing to do)
+        tile = (recorded_fingerprint(path) or {}).get("tile")
+        if isinstance(tile, int) and tile > 0:
+            return tile
+    return None
 
 
 def read_record(store: str | os.PathLike) -> np.ndarray:
@@ -229,7 +274,8 @@ class ResumableZarrWriter(ZarrClassMapWriter):
         self._group.attrs["partial"] = False
         super()._commit()
 
-    def commit_geotiff(self, out: Path, *, crs=None, transform=None, block: int = 256, gcps=None) -> Path:
+    def commit_geotiff(self, out: Path, *, crs=None, transform=None, block: int = 256, gcps=None,
+                       tags: dict[str, str] | None = None) -> Path:
         """Convert the completed partial store into the (Cloud-Optimised) GeoTIFF ``out``, then remove it."""
         from .writers import open_writer
 
@@ -242,7 +288,8 @@ class ResumableZarrWriter(ZarrClassMapWriter):
             w = open_writer(out, height=self.height, width=self.width, n_classes=self.n_classes, crs=crs,
                             transform=transform, y_coords=self.y_coords, x_coords=self.x_coords,
                             class_names=self.class_names, palette=self.palette, probabilities=self.probabilities,
-                            confidence=self.confidence, overwrite=self.overwrite, block=block, gcps=gcps)
+                            confidence=self.confidence, overwrite=self.overwrite, block=block, gcps=gcps,
+                            tags={**(tags or {}), FINGERPRINT_ATTR: json.dumps(self.fingerprint, sort_keys=True)})
         step = max(self.block, (1024 // self.block) * self.block)
         try:
             for y0 in range(0, self.height, step):

@@ -255,7 +255,8 @@ class ClassMapWriter:
 
     def __init__(self, path: Path, *, height: int, width: int, n_classes: int, crs=None, transform=None,
                  y_coords=None, x_coords=None, class_names=None, palette=None, probabilities: str | None = None,
-                 confidence: bool = False, overwrite: bool = False, block: int = 256, gcps=None):
+                 confidence: bool = False, overwrite: bool = False, block: int = 256, gcps=None,
+                 tags: dict[str, str] | None = None):
         if probabilities not in _PROB_DTYPES:
             raise ValueError(f"probabilities={probabilities!r}; expected one of {_PROB_DTYPES}")
         if not (1 <= n_classes <= 255):
@@ -283,6 +284,7 @@ class ClassMapWriter:
         # ground control points (rasterio GroundControlPoint), for a scene georeferenced by them instead of a
         # transform (not orthorectified): carried into the map, which then has neither transform nor y/x coords
         self.gcps = list(gcps) if gcps and transform is None else None
+        self.tags = {str(k): str(v) for k, v in (tags or {}).items()}  # provenance: GeoTIFF tags, zarr root attrs
         self.y_coords = None if y_coords is None else np.asarray(y_coords)
         self.x_coords = None if x_coords is None else np.asarray(x_coords)
         for name, c, n in (("y_coords", self.y_coords, self.height), ("x_coords", self.x_coords, self.width)):
@@ -486,7 +488,7 @@ class GeoTiffClassMapWriter(ClassMapWriter):
         lab.write_colormap(1, cmap)
         lab.set_band_description(1, "class")
         lab.update_tags(class_names=json.dumps(self.class_names), palette=json.dumps([list(c) for c in self.palette]),
-                        n_classes=str(self.n_classes), nodata_meaning="0 = no data (not classified)")
+                        n_classes=str(self.n_classes), nodata_meaning="0 = no data (not classified)", **self.tags)
         lab.update_tags(1, **{f"class_{i + 1}": n for i, n in enumerate(self.class_names)})
         if "probabilities" in self._datasets:
             ds = self._datasets["probabilities"]
@@ -630,7 +632,7 @@ class ZarrClassMapWriter(ClassMapWriter):
                 ds = ds.rio.write_gcps(self.gcps, self.crs)
             for v in ds.data_vars:  # xarray drops the 0-d grid-mapping coordinate unless it is named here
                 ds[v].encoding["coordinates"] = "spatial_ref"
-        ds.attrs.update(title=ZARR_TITLE, n_classes=self.n_classes, complete=False)
+        ds.attrs.update(title=ZARR_TITLE, n_classes=self.n_classes, complete=False, **self.tags)
         ds.to_zarr(str(self._tmp), mode="w-", compute=False, zarr_format=3, consolidated=False)
         import zarr
 
@@ -667,18 +669,19 @@ class ZarrClassMapWriter(ClassMapWriter):
 def open_writer(path: str | os.PathLike, *, height: int, width: int, n_classes: int, crs=None, transform=None,
                 y_coords=None, x_coords=None, class_names: Sequence[str] | None = None, palette=None,
                 probabilities: str | None = None, confidence: bool = False, overwrite: bool = False,
-                block: int = 256, gcps=None) -> ClassMapWriter:
+                block: int = 256, gcps=None, tags: dict[str, str] | None = None) -> ClassMapWriter:
     """A class-map writer for ``path``: ``.tif``/``.tiff`` (Cloud-Optimised GeoTIFF) or ``.zarr`` (zarr v3).
 
     ``labels`` tiles are uint8 with 0 = nodata and 1..``n_classes``; ``palette`` is one RGB triplet per class
     (default: a tab20-based palette); ``probabilities`` is None, "float16" or "float32"; ``block`` is the
     internal tile / chunk side. ``gcps``: ground control points (with ``crs`` and no ``transform``) for a map of
-    a scene georeferenced by them. The output appears at ``path`` only at ``commit``.
+    a scene georeferenced by them; ``tags``: provenance strings (GeoTIFF metadata, zarr root attributes). The
+    output appears at ``path`` only at ``commit``.
     """
     p = Path(path)
     kw = dict(height=height, width=width, n_classes=n_classes, crs=crs, transform=transform, y_coords=y_coords,
               x_coords=x_coords, class_names=class_names, palette=palette, probabilities=probabilities,
-              confidence=confidence, overwrite=overwrite, block=block, gcps=gcps)
+              confidence=confidence, overwrite=overwrite, block=block, gcps=gcps, tags=tags)
     suffix = p.suffix.lower()
     if suffix in _TIFF:
         return GeoTiffClassMapWriter(p, **kw)

@@ -142,12 +142,32 @@ def test_resume_with_other_settings_is_refused(case, tmp_path, monkeypatch):
     assert not partial_path(out).exists()
 
 
-def test_resume_of_a_complete_output_is_refused_without_overwrite(case, tmp_path):
-    out = tmp_path / "map.zarr"
-    cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)
+@pytest.mark.parametrize("name", ["map.zarr", "map.tif"])
+def test_resume_of_a_complete_output_does_nothing_with_the_same_settings(case, tmp_path, name):
+    """A retried pipeline task (--resume again after it finished) has nothing to do: exit 0, the output left as it
+    is, without naming --tile again; with other settings the finished output is not touched either: refused."""
+    import rasterio
+
+    from hsi_engine.cli import main
+
+    out = tmp_path / name
+    args = ["classify", str(case["scene"]), "--model", str(case["model"]), "--out", str(out), "--resume",
+            "--probabilities"]
+    assert main(args + ["--tile", str(TILE)]) == 0
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    rep = cluster.run_to_file(case["scene"], case["model"], out, resume=True, probabilities=True)
+    assert rep.computed == 0 and rep.skipped == case["tiles"] and rep.tile == TILE
+    assert main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == stamps
     with pytest.raises(OutputError, match="already exists"):
-        cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)
-    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+        cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)  # no probabilities now
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == stamps
+    if name.endswith(".zarr"):
+        np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+    else:
+        with rasterio.open(out) as f:
+            np.testing.assert_array_equal(f.read(1), case["ref"])
+            assert f.tags()["model_sha256"] and f.tags()["software"].startswith("hsi-engine")
 
 
 def test_api_resume_routes_here(case, tmp_path):
