@@ -102,10 +102,25 @@ def _run_program(y: torch.Tensor, program: SpectralProgram, conv, affine, conv_a
 
 
 def _check_pixels(x: torch.Tensor, program: SpectralProgram) -> None:
-    """Every formulation's input: a 2-D ``(P, bands)`` tensor of the program's band count."""
+    """Every formulation's input, with the same errors in each: a 2-D floating ``(P, bands)`` tensor of the
+    program's band count, at least the stem kernel's."""
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != program.bands:
         raise ValueError(f"expected pixels (P, {program.bands}); got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be floating point (float32, bfloat16 or float16); got {x.dtype}: convert it "
+                        "(x.float()) first")
+    if program.reduced_bands < 1:
+        raise ValueError(f"{program.bands} bands are fewer than the stem kernel {program.stem.weight.shape[2]}")
+
+
+def _check_dtypes(x: torch.Tensor, program: SpectralProgram) -> None:
+    """The eager formulations multiply in the weights' dtype: a mismatch is named (the Triton kernel casts the
+    weights to ``x``'s dtype itself), except under autocast, which casts both."""
+    w = program.stem.weight.dtype
+    if x.dtype != w and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"x is {x.dtype} but the program's weights are {w}: pass program.to(dtype=x.dtype) "
+                        f"(or run under torch.autocast('{x.device.type}', dtype={x.dtype}))")
 
 
 def spectral_stage_reference(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
@@ -118,7 +133,10 @@ def spectral_stage_reference(x: torch.Tensor, program: SpectralProgram) -> torch
     the plain layers, bf16 rounds the residual sums once instead of twice.
     """
     _check_pixels(x, program)
+    _check_dtypes(x, program)
     p = x.shape[0]
+    if p == 0:
+        return x.new_empty((0, program.out_features))
     # channels-last strides spelled out: for one channel .contiguous(channels_last) keeps NCHW strides,
     # and the convs would then run (and return) NCHW, 2x slower on CPU
     xt = x.t().contiguous()
@@ -152,6 +170,9 @@ def spectral_stage_conv3d(x: torch.Tensor, program: SpectralProgram) -> torch.Te
     channels-last conv2d is faster (DESIGN: ~66 against ~37 GFLOP/s), so that stays the CPU eager path.
     """
     _check_pixels(x, program)
+    _check_dtypes(x, program)
+    if x.shape[0] == 0:
+        return x.new_empty((0, program.out_features))
     y = _run_program(x[:, None, :, None, None], program, _conv3d, _affine3d)  # (P, W, D, 1, 1) inside
     return y.reshape(x.shape[0], -1)
 

@@ -176,3 +176,22 @@ def test_fused_path_only_for_float32_and_bfloat16() -> None:
     assert out.dtype == torch.float64 and torch.equal(out, _plain(y.double(), c64))
     if spectral._CONV_POINTWISE is not None:
         assert spectral._fusable(y, c)
+
+
+@pytest.mark.parametrize("stage", [spectral_stage_reference, spectral.spectral_stage_conv3d])
+def test_every_formulation_has_the_kernels_contract_on_edge_inputs(stage) -> None:
+    """The same answers as the Triton kernel's (which shares these checks): no pixels give an empty result,
+    integer pixels, fewer bands than the stem kernel and weights of another dtype are named with the fix,
+    not left to a reshape or conv error from inside torch."""
+    prog = _random_program(13, 24, 40, generator=torch.Generator().manual_seed(0))
+    out = stage(torch.empty(0, 13), prog)
+    assert out.shape == (0, 40) and out.dtype == torch.float32
+    with pytest.raises(TypeError, match=r"floating point .*\(x\.float\(\)\)"):
+        stage(torch.zeros(3, 13, dtype=torch.int16), prog)
+    with pytest.raises(TypeError, match=r"x is torch.bfloat16 but the program's weights are torch.float32: "
+                                        r"pass program.to\(dtype=x.dtype\)"):
+        stage(torch.zeros(3, 13, dtype=torch.bfloat16), prog)
+    assert stage(torch.zeros(3, 13, dtype=torch.bfloat16), prog.to(dtype=torch.bfloat16)).shape == (3, 40)
+    short = replace(prog, bands=5)
+    with pytest.raises(ValueError, match="5 bands are fewer than the stem kernel 7"):
+        stage(torch.zeros(3, 5), short)
