@@ -152,3 +152,14 @@ def test_kernels_benchmark_says_failed_not_pending_for_a_row_that_failed() -> No
     assert _engine_cell("triton bfloat16 {'gluon_step': 'ws'}: not run (probe failed)", None) == "not run"
     assert _engine_cell("backend=triton", None) == PENDING_GPU
     assert _engine_cell("eager float32 in memory", 2.5) == "2.5000"
+
+
+def test_demo_precision_benchmark_runs_on_cpu(tmp_path: Path) -> None:
+    """benchmarks/demo_precision.py (README's bf16 CPU figures): one run per precision, both timed and scored."""
+    out = tmp_path / "demo.md"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "demo_precision.py"), "--runs", "1", "--out",
+                           str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = re.findall(r"^\| 1 \| (float32|bfloat16) \| [0-9,]+ \| 9\d\.\d\d \|", out.read_text(), re.M)
+    assert rows == ["float32", "bfloat16"]
+    assert re.search(r"= \*\*[0-9.]+x\*\*; \d+ of 21,025 pixels change class", out.read_text())
