@@ -3,7 +3,8 @@
 from .allocator import reuse_large_buffers
 from .api import HSIAccessor, classify, classify_to_file, load_model, open_scene
 from .errors import (BandMismatchError, CheckpointError, CorruptChunkError, HSIEngineError,
-                     MissingSpatialDimsError, NonFiniteInputError, OutputError, SceneError, SceneTooSmallError)
+                     MissingSpatialDimsError, NonFiniteInputError, OutputError, SceneError, SceneTooSmallError,
+                     UnnormalisedInputWarning)
 from .io import as_scene
 from .tiles import Tile, TilePlan, plan_tiles
 
@@ -20,4 +21,5 @@ def __getattr__(name: str):
 __all__ = ["BandMismatchError", "CheckpointError", "CorruptChunkError", "FusedSSRN", "HSIAccessor",
            "HSIEngineError", "MissingSpatialDimsError", "NonFiniteInputError", "OutputError", "SceneError",
            "SceneTooSmallError", "Tile", "TilePlan", "as_scene", "classify", "classify_to_file", "fold_spatial",
-           "fold_spectral", "load_model", "open_scene", "patch_forward", "plan_tiles", "reuse_large_buffers"]
+           "fold_spectral", "load_model", "open_scene", "patch_forward", "plan_tiles", "reuse_large_buffers",
+           "UnnormalisedInputWarning"]

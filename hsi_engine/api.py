@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from .errors import HSIEngineError, SceneError
+from .errors import HSIEngineError, SceneError, UnnormalisedInputWarning
 from .io import as_scene, open_scene
 from .tiles import TilePlan, default_tile, plan_tiles
 
@@ -151,7 +151,7 @@ class _Job:
                           f"normalised, but it holds {da.dtype} values (raw counts or scaled reflectance): the map "
                           "will be meaningless. Use a model that records its normalisation (trained with "
                           "`hsi-engine train`, or `import-keras --dataset NAME`), or normalise the scene first",
-                          stacklevel=3)
+                          UnnormalisedInputWarning, stacklevel=3)
         self.nodata = nodata if nodata is not None else _declared_nodata(da)
         self.nodata_bands = _nodata_bands(da)
         from .integrity import check_store

@@ -165,6 +165,7 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
 def _cmd_classify(args: argparse.Namespace) -> int:
     from .allocator import reuse_large_buffers
     from .api import classify_to_file
+    from .errors import UnnormalisedInputWarning
 
     if args.spatial_precision not in ("auto", "float32", args.precision):
         print(f"hsi-engine classify: error: --spatial-precision {args.spatial_precision} needs --precision "
@@ -172,13 +173,15 @@ def _cmd_classify(args: argparse.Namespace) -> int:
               "a float32 run stays exact): pass auto or float32", file=sys.stderr)
         return 2
     reuse_large_buffers()  # this process only reads, classifies and writes: chunk-sized decode buffers are reused
-
-    classify_to_file(_scene_arg(args), args.model, args.out, tile=args.tile, device=args.device,
-                     backend=args.backend, precision=args.precision, probabilities=args.probabilities,
-                     overwrite=args.overwrite, nodata=args.nodata, workers=args.workers,
-                     scheduler=args.scheduler, resume=args.resume, readers=args.readers,
-                     cache_blocks=args.cache_blocks, decoders=args.decoders,
-                     spatial_precision=args.spatial_precision)
+    with warnings.catch_warnings():
+        # a meaningless map must not pass for a result where only the exit status is read: an error (exit 2)
+        warnings.simplefilter("error", UnnormalisedInputWarning)
+        classify_to_file(_scene_arg(args), args.model, args.out, tile=args.tile, device=args.device,
+                         backend=args.backend, precision=args.precision, probabilities=args.probabilities,
+                         overwrite=args.overwrite, nodata=args.nodata, workers=args.workers,
+                         scheduler=args.scheduler, resume=args.resume, readers=args.readers,
+                         cache_blocks=args.cache_blocks, decoders=args.decoders,
+                         spatial_precision=args.spatial_precision)
     return 0
 
 

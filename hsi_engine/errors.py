@@ -42,5 +42,11 @@ class ClusterUsageError(HSIEngineError, ValueError):
     malformed scheduler address)."""
 
 
+class UnnormalisedInputWarning(UserWarning, HSIEngineError):
+    """A model without per-band mean/std on a scene of raw integers: the map will be meaningless. A warning in
+    Python; the command line turns it into an error (a pipeline sees only the exit status)."""
+
+
 __all__ = ["BandMismatchError", "CheckpointError", "ClusterUsageError", "CorruptChunkError", "HSIEngineError",
-           "MissingSpatialDimsError", "NonFiniteInputError", "OutputError", "SceneError", "SceneTooSmallError"]
+           "MissingSpatialDimsError", "NonFiniteInputError", "OutputError", "SceneError", "SceneTooSmallError",
+           "UnnormalisedInputWarning"]

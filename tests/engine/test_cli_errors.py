@@ -195,3 +195,23 @@ def test_verbose_logs_are_this_projects_not_gdals(tmp_path, model_dir):
     lines = proc.stderr.splitlines()
     assert not [ln for ln in lines if "rasterio" in ln.split(":")[0]], "\n".join(lines[:20])
     assert any(ln.startswith("INFO hsi_engine") for ln in lines)
+
+
+def test_a_model_without_normalisation_on_raw_integers_is_an_error_on_the_command_line(tmp_path, capsys):
+    """Python warns (UnnormalisedInputWarning); the command line, where a pipeline reads only the exit status,
+    refuses: exit 2, one error line naming the fix, no output (it exited 0 with a one-class map)."""
+    import numpy as np
+
+    from ssrn.checkpoint import save_model
+
+    cube = np.clip(F.ip_crop(24, 24), 0, None).astype(np.uint16)
+    scene = tmp_path / "raw.npy"
+    np.save(scene, cube)
+    bare = F.tiny_model(F.ip_crop(24, 24))
+    bare.meta = {k: v for k, v in bare.meta.items() if k not in ("mean", "std")}
+    model = save_model(bare, tmp_path / "bare")
+    out = tmp_path / "map.tif"
+    rc = main(["classify", str(scene), "--model", str(model), "--out", str(out), "--band-axis", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: the model has no per-band mean/std" in err and "--dataset NAME" in err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bare", "raw.npy"]
