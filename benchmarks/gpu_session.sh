@@ -9,14 +9,14 @@
 #     BENCH_ARGS="--quick --no-compile --no-zarr --bf16-only --no-trials" bash benchmarks/gpu_session.sh
 #                                             # the Gluon forms against each other and the bf16 engine: ~2 minutes
 #   (add --gluon-forms layer,pair,ws to BENCH_ARGS to time only those forms beside the engine's; TEST_K="gluon and
-#   (pair or ws or layer)" runs their GPU tests)
+#   (pair or ws or layer)" runs their GPU tests; the next planned call is in benchmarks/results/kernels-h200.md)
 #   SEEDS=5 TRAIN_MINUTES=9 SKIP_TESTS=1 SKIP_BENCH=1 bash benchmarks/gpu_session.sh   # 5 full 200-epoch seeds
 #                                             # (measured on an H100: 2.6 s/epoch per process with 5 in parallel)
 #
 # Training runs (5 seeds of the Indian Pines seed protocol, one process each) share the GPU with the tests,
 # which only check correctness; the kernel benchmark starts after both finish, on a quiet GPU.
 # BUDGET (seconds, default 570) bounds the whole call: each step's timeout is cut to what is left of it (less
-# RESERVE for the final archive), and a step with under 20 s left is skipped and named in skipped.txt, so the
+# RESERVE for the final archive), and a step with under 20 s left is skipped and named in env.txt, so the
 # script ends, its files packed, inside the device tool's 600-second limit (give the call timeout_s >= BUDGET + 20).
 # Wheels for packages the machine lacks (zarr, dask, rioxarray, ...) are installed from .whl/ when present:
 # make them here with `bash benchmarks/device_wheels.sh` and carry ".whl" with the call. A failed install, or a
@@ -34,10 +34,10 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD HSI_ENGINE_DATA=${HSI_ENGINE_DATA:-/no
 
 # seconds a step may run: its own cap ($1), cut to what is left of BUDGET less RESERVE
 cap() { local left=$((START + BUDGET - RESERVE - $(date +%s))); if ((left < $1)); then echo "$left"; else echo "$1"; fi; }
-# step NAME CAP CMD...: CMD under timeout, or skipped (named in skipped.txt) when under 20 s are left
+# step NAME CAP CMD...: CMD under timeout, or skipped (named in env.txt) when under 20 s are left
 step() {
   local name=$1 t; t=$(cap "$2"); shift 2
-  if ((t < 20)); then echo "$name: skipped, $t s of BUDGET=$BUDGET left" | tee -a "$OUT/skipped.txt" >&2; return 124; fi
+  if ((t < 20)); then echo "skipped: $name, $t s of BUDGET=$BUDGET left" | tee -a "$OUT/env.txt" >&2; return 124; fi
   timeout "$t" "$@"
 }
 
@@ -93,6 +93,11 @@ tar -czf "$OUT/runs.tar.gz" -C "$OUT" runs train && rm -rf "$OUT/runs" "$OUT/tra
   --out "$OUT/kernels-gpu.md" 2>&1 | tee "$OUT/kernels.log"
 echo "bench rc=${PIPESTATUS[0]}"
 
+# 3b. (second: the kernel work needs it most) where a step of the Gluon kernel spends its cycles (its traced build beside the plain one; seconds)
+[ -n "${SKIP_TRACE:-}" ] || step trace "${TRACE_TIMEOUT:-120}" python3 benchmarks/gluon_trace.py --device cuda \
+  --forms "${TRACE_FORMS:-layer,pair,ws}" --out "$OUT/gluon-trace-gpu.md" >"$OUT/gluon-trace.log" 2>&1
+echo "trace rc=$?"
+
 # 4. what the low-precision spatial stage costs in agreement with this GPU's own numerics (seconds)
 [ -n "${SKIP_SPATIAL:-}" ] || step spatial "${SPATIAL_TIMEOUT:-120}" python3 benchmarks/spatial_precision.py --device cuda \
   --time-side 0 --out "$OUT/spatial-precision-cuda.md" >"$OUT/spatial-precision.log" 2>&1
@@ -113,14 +118,10 @@ echo "normalise rc=$?"
   --device cuda --windows 65536 --out "$OUT/spatial-epilogue-gpu.md" >"$OUT/spatial-epilogue.log" 2>&1
 echo "epilogue rc=$?"
 
-# 4e. where a step of the Gluon kernel spends its cycles (its traced build beside the plain one; seconds)
-[ -n "${SKIP_TRACE:-}" ] || step trace "${TRACE_TIMEOUT:-120}" python3 benchmarks/gluon_trace.py --device cuda \
-  --forms "${TRACE_FORMS:-layer,pair,ws}" --out "$OUT/gluon-trace-gpu.md" >"$OUT/gluon-trace.log" 2>&1
-echo "trace rc=$?"
-
-# 5. at most 8 files come back from a call: the texts a reader needs stay, the rest go into one archive (the logs,
-#    with any traceback, and spatial-precision-cuda.md among them)
+# 5. at most 8 files come back from a call: the texts a reader needs stay (7 at most, and the archive), the rest
+#    go into one archive (the logs, with any traceback, and spatial-precision-cuda.md among them). The steps run
+#    in order of what the kernel work needs; under BUDGET the last ones are the ones cut.
 (cd "$OUT" && extra=$(ls | grep -v -x -e env.txt -e gpu-tests.log -e kernels-gpu.md \
   -e staging-host.md -e normalise-device-gpu.md -e spatial-epilogue-gpu.md -e gluon-trace-gpu.md \
-  -e skipped.txt -e extras.tar.gz) && [ -n "$extra" ] && tar -czf extras.tar.gz $extra && rm -rf $extra)
+  -e extras.tar.gz) && [ -n "$extra" ] && tar -czf extras.tar.gz $extra && rm -rf $extra)
 ls "$OUT"
