@@ -650,12 +650,13 @@ def as_scene(obj: Any, *, band_axis: int | None = None) -> xr.DataArray:
     if isinstance(obj, (str, os.PathLike)):
         return open_scene(obj)
     if isinstance(obj, xr.Dataset):
+        # values as they are: in memory, a scale_factor attr may be rioxarray's note on raw GeoTIFF counts, not
+        # CF packing (open_scene decodes the NetCDF/zarr variables that are packed)
         cube = _pick_variable(obj, "the Dataset", None, how="ds[NAME] (e.g. classify(ds[NAME], model) or "
                               "ds[NAME].hsi.classify(model))")
-        return _normalise_dims(_decode_packed(cube), "the Dataset's cube")
+        return _normalise_dims(cube, "the Dataset's cube")
     if isinstance(obj, xr.DataArray):
-        return _normalise_dims(_decode_packed(obj),
-                               f"DataArray {obj.name!r}" if obj.name is not None else "the DataArray")
+        return _normalise_dims(obj, f"DataArray {obj.name!r}" if obj.name is not None else "the DataArray")
     if type(obj).__module__.startswith("torch"):
         obj = obj.detach().cpu().numpy()
     if isinstance(obj, np.ndarray) or hasattr(obj, "__array__") or hasattr(obj, "chunks"):

@@ -70,6 +70,33 @@ def test_two_worker_processes_give_the_single_process_map(case, client, tmp_path
     assert ds.rio.crs.to_epsg() == 32616 and "tiles_done" not in ds.variables
 
 
+def test_a_scaled_integer_geotiff_with_nodata_gives_the_same_map_on_the_cluster(case, client, tmp_path):
+    """A uint16 GeoTIFF with GDAL scale 1e-4 and nodata 0 (as sensors deliver reflectance): the driver and the
+    workers read the same stored counts (a decoded driver once declared NaN nodata while the workers read
+    integers, so no pixel was masked), and the map equals the single-process one, holes 0."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    cube = np.clip(case["cube"], 1, None).astype(np.uint16)
+    cube[:, 5, 7] = 0
+    cube[:, 30, 41] = 0
+    scene = tmp_path / "counts.tif"
+    with rasterio.open(scene, "w", driver="GTiff", height=cube.shape[1], width=cube.shape[2], count=cube.shape[0],
+                       dtype="uint16", nodata=0, crs="EPSG:32633", transform=from_origin(366000, 5810000, 30, 30),
+                       tiled=True, blockxsize=16, blockysize=16) as dst:
+        dst.write(cube)
+        dst.scales = [1e-4] * cube.shape[0]
+    assert hsi_engine.open_scene(scene).dtype == np.uint16  # as stored
+    model = F.save_tiny_model(tmp_path / "model", cube)
+    single = hsi_engine.classify_to_file(scene, model, tmp_path / "one.zarr", tile=TILE)
+    rep = cluster.run_to_file(scene, model, tmp_path / "two.zarr", tile=TILE, scheduler=client)
+    want = F.read_classes(single)
+    np.testing.assert_array_equal(F.read_classes(rep.path), want)
+    assert want[5, 7] == 0 and want[30, 41] == 0 and (want == 0).sum() == 2
+    np.testing.assert_array_equal(want, hsi_engine.classify(cube, hsi_engine.load_model(model), tile=TILE,
+                                                            nodata=0, progress=False).values)
+
+
 def test_workers_reading_through_a_block_cache_give_the_same_map(case, client, tmp_path):
     """Each worker keeps its own decoded-block cache (cache_blocks=9) and decoder threads (decoders=2); the map
     is the single process's."""
