@@ -63,10 +63,11 @@ def false_colour(scene, *, bands: Sequence[int] | None = None, percentiles: tupl
 def classmap_rgb(labels, palette: Sequence[Sequence[int]] | None = None, *, n_classes: int | None = None,
                  background: Sequence[int] = (0, 0, 0)) -> np.ndarray:
     """``(y, x, 3)`` uint8 image of a class map: class i in ``palette[i-1]``, 0 (nodata) in ``background``."""
-    from .writers import _norm_palette
+    from .writers import _norm_palette, palette_colours
 
     lab = np.asarray(labels)
-    k = n_classes if n_classes is not None else (len(palette) if palette is not None else max(1, int(lab.max())))
+    k = n_classes if n_classes is not None else (len(palette_colours(palette)) if palette is not None
+                                                 else max(1, int(lab.max())))
     pal = np.asarray([tuple(background)] + list(_norm_palette(palette, k)), dtype=np.uint8)
     lab = np.clip(lab.astype(np.int64), 0, k)
     return pal[lab]
@@ -134,8 +135,11 @@ def _rgb_title(scene, bands) -> str:
 def save_classmap(labels, path: str | os.PathLike, *, class_names: Sequence[str] | None = None,
                   palette=None, title: str = "class map") -> Path:
     """PNG of a class map with its legend."""
+    from .writers import palette_colours
+
     lab = np.asarray(labels)
-    k = len(class_names) if class_names is not None else (len(palette) if palette is not None else int(lab.max()))
+    k = len(class_names) if class_names is not None else (len(palette_colours(palette)) if palette is not None
+                                                          else int(lab.max()))
     names = list(class_names) if class_names is not None else [f"class {i}" for i in range(1, k + 1)]
     h, w = lab.shape
     fig = _figure(*_aspect_size(h, w, 1, legend_in=0.25 * (k + 3) / 2))
@@ -156,12 +160,14 @@ def save_comparison(scene, ground_truth, prediction, path: str | os.PathLike, *,
     ``ground_truth`` and ``prediction`` are ``(y, x)`` label maps (0 = unlabelled / nodata, drawn black).
     ``extra`` may add a fourth panel ``{"title": str, "labels": (y, x) map}`` (e.g. errors only).
     """
+    from .writers import palette_colours
+
     gt = np.asarray(ground_truth)
     pred = np.asarray(prediction)
     if gt.shape != pred.shape:
         raise ValueError(f"ground truth {gt.shape} and prediction {pred.shape} differ in shape")
-    k = len(class_names) if class_names is not None else (len(palette) if palette is not None else
-                                                            int(max(gt.max(), pred.max())))
+    k = len(class_names) if class_names is not None else (len(palette_colours(palette)) if palette is not None
+                                                          else int(max(gt.max(), pred.max())))
     names = list(class_names) if class_names is not None else [f"class {i}" for i in range(1, k + 1)]
     panels = [("rgb", false_colour(scene, bands=bands)), ("cls", classmap_rgb(gt, palette, n_classes=k)),
               ("cls", classmap_rgb(pred, palette, n_classes=k))]

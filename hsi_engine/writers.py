@@ -70,16 +70,22 @@ def default_palette(n_classes: int) -> list[tuple[int, int, int]]:
     return base + [tuple(int(round(255 * c)) for c in hsv(i / (n_classes - 20))[:3]) for i in range(n_classes - 20)]
 
 
-def _norm_palette(palette, n_classes: int) -> list[tuple[int, int, int]]:
-    """Palette for classes 1..K: K RGB(A) triplets, or K+1 with the first for class 0 (then dropped), or the
-    triplets as one flat list (as :func:`hsi_engine.classify` stores them)."""
-    if palette is None:
-        return default_palette(n_classes)
+def palette_colours(palette) -> list:
+    """A palette as one colour per entry: RGB(A) sequences as given, or a flat R, G, B, R, G, B ... list (as
+    :func:`hsi_engine.classify` stores it in the map's attrs) cut into triplets."""
     if len(palette) and all(np.ndim(v) == 0 for v in palette):
         if len(palette) % 3:
             raise ValueError(f"a flat palette holds R, G, B per class; {len(palette)} values is not a multiple of 3")
-        palette = [palette[i:i + 3] for i in range(0, len(palette), 3)]
-    pal = [tuple(int(v) for v in c[:3]) for c in palette]
+        return [palette[i:i + 3] for i in range(0, len(palette), 3)]
+    return list(palette)
+
+
+def _norm_palette(palette, n_classes: int) -> list[tuple[int, int, int]]:
+    """Palette for classes 1..K: K RGB(A) colours (see :func:`palette_colours`), or K+1 with the first for class
+    0 (then dropped)."""
+    if palette is None:
+        return default_palette(n_classes)
+    pal = [tuple(int(v) for v in c[:3]) for c in palette_colours(palette)]
     if len(pal) == n_classes + 1:
         pal = pal[1:]
     if len(pal) < n_classes:

@@ -134,6 +134,22 @@ def test_quicklooks(tmp_path, geo):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_quicklooks_of_a_classified_map_take_its_flat_palette(tmp_path):
+    """classify() stores the palette flat (R, G, B per class, NetCDF-safe): the quicklooks read it as K colours
+    (they took the 3K numbers for 3K classes and refused the palette)."""
+    import hsi_engine
+    from hsi_engine.render import classmap_rgb, save_classmap
+
+    model = hsi_engine.load_model(SHIPPED_MODEL)
+    scene = hsi_engine.open_scene(SHIPPED_SCENE).isel(y=slice(0, 12), x=slice(0, 12))
+    lab = hsi_engine.classify(scene, model, progress=False)
+    rgb = classmap_rgb(lab.values, lab.attrs["palette"])
+    pal = model.meta["palette"]
+    assert rgb.shape == (12, 12, 3)
+    assert all(tuple(rgb[y, x]) == tuple(pal[lab.values[y, x] - 1]) for y, x in [(0, 0), (5, 7), (11, 11)])
+    assert save_classmap(lab.values, tmp_path / "map.png", palette=lab.attrs["palette"]).stat().st_size > 0
+
+
 def test_demo_bf16_is_opt_in_and_recorded(tmp_path):
     """--precision bfloat16 reaches the engine (the map differs a little from the exact one, the report says
     which precision ran) and still classifies the held-out pixels well."""
