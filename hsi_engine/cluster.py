@@ -365,8 +365,11 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     prob = "float16" if probabilities is True else (None if probabilities in (False, None) else probabilities)
     if prob not in (None, "float16", "float32"):
         raise ValueError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
+    crs, transform, gcps = scene_georef(da, scene_path)
     digest = model_digest(job.model)
-    fingerprint = {"scene": {"shape": [int(s) for s in da.shape], "dtype": str(da.dtype)}, "model": digest,
+    scene_id = {"shape": [int(s) for s in da.shape], "dtype": str(da.dtype),
+                **_scene_identity(scene_path, scene, crs, transform, gcps)}
+    fingerprint = {"scene": scene_id, "model": digest, "labels": [job.class_names(), job.palette()],
                    "tile": side, "halo": halo, "classes": job.classes, "probabilities": prob,
                    "nodata": None if job.nodata is None else repr(float(job.nodata)), "precision": precision,
                    "spatial_precision": spatial_precision,
@@ -378,7 +381,6 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
         log.info("%s is complete and was made with these settings: nothing to resume", out)
         return RunReport(path=out, tiles=len(plan), skipped=len(plan), computed=0, run=0, workers=0,
                          wall_s=time.perf_counter() - t_start, tile=side)
-    crs, transform, gcps = scene_georef(da, scene_path)
     if suffix in _TIFF and not overwrite and prob is not None:
         for key in ("probabilities", "confidence"):
             p = side_paths(out)[key]
@@ -470,6 +472,26 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     log.info("wrote %s: %d tiles computed, %d skipped (run %d, %s) in %.1f s", path, report.computed, skipped, run,
              f"{n_workers} workers" if distributed else "in-process", report.wall_s)
     return report
+
+
+def _scene_identity(scene_path: Any, da: Any, crs: Any, transform: Any, gcps: Any) -> dict[str, Any]:
+    """Which scene a run classified, for its fingerprint: the resolved path with its file's size and modification
+    time (a zarr store's root metadata file's), and where it lies, so neither an interrupted nor a finished run is
+    taken for another scene of the same shape."""
+    src = scene_path if isinstance(scene_path, (str, os.PathLike)) else getattr(da, "encoding", {}).get("source")
+    ident: dict[str, Any] = {"source": None}
+    if src:
+        p = Path(src).resolve()
+        ident["source"] = str(p)
+        meta = next((m for m in (p / "zarr.json", p / ".zgroup", p / ".zarray") if m.is_file()), None) \
+            if p.is_dir() else p
+        if meta is not None and meta.exists():
+            st = meta.stat()
+            ident["stat"] = [int(st.st_size), int(st.st_mtime_ns)]
+    ident["georef"] = [None if crs is None else crs.to_wkt(),
+                       None if transform is None else [float(v) for v in tuple(transform)[:6]],
+                       None if not gcps else [[g.row, g.col, g.x, g.y] for g in gcps]]
+    return ident
 
 
 def _run_local(job: Any, plan: TilePlan, writer: ResumableZarrWriter, run: int, side: int, throttle_s: float,

@@ -106,15 +106,16 @@ def model_digest(model: Any) -> str:
     return h.hexdigest()[:32]
 
 
-def provenance(model_sha256: str, precision: str, spatial_precision: str) -> dict[str, str]:
-    """What made a class map, for its metadata: software version, model weights' digest, precisions."""
+def provenance(digest: str, precision: str, spatial_precision: str) -> dict[str, str]:
+    """What made a class map, for its metadata: software version, the model's :func:`model_digest` (its
+    config, normalisation and weights), precisions."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         software = f"hsi-engine {version('hsi-engine')}"
     except PackageNotFoundError:  # run from a checkout without installing
         software = "hsi-engine (not installed)"
-    return {"software": software, "model_sha256": model_sha256, "precision": precision,
+    return {"software": software, "model_digest": digest, "precision": precision,
             "spatial_precision": spatial_precision}
 
 

@@ -425,7 +425,7 @@ def test_a_rotated_grid_keeps_its_transform_and_no_wrong_coordinates(case, tmp_p
         with rasterio.open(out) as f:
             assert f.transform.almost_equals(t) and f.crs.to_epsg() == 32633
             np.testing.assert_array_equal(f.read(1), ref)
-            assert f.tags()["precision"] == "float32" and len(f.tags()["model_sha256"]) == 32  # provenance
+            assert f.tags()["precision"] == "float32" and len(f.tags()["model_digest"]) == 32  # provenance
     else:
         ds = xr.open_zarr(out, consolidated=False, decode_coords="all")
         assert "x" not in ds.coords and "y" not in ds.coords

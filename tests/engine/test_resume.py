@@ -161,13 +161,18 @@ def test_resume_of_a_complete_output_does_nothing_with_the_same_settings(case, t
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == stamps
     with pytest.raises(OutputError, match="already exists"):
         cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)  # no probabilities now
+    other = F.write_zarr(tmp_path / "other.zarr", F.ip_crop(64, 64, y0=0, x0=0))  # same shape, other pixels
+    with pytest.raises(OutputError, match="already exists"):
+        cluster.run_to_file(other, case["model"], out, resume=True, probabilities=True)
+    for p in [other, *other.rglob("*")]:
+        stamps[p] = p.stat().st_mtime_ns
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == stamps
     if name.endswith(".zarr"):
         np.testing.assert_array_equal(F.read_classes(out), case["ref"])
     else:
         with rasterio.open(out) as f:
             np.testing.assert_array_equal(f.read(1), case["ref"])
-            assert f.tags()["model_sha256"] and f.tags()["software"].startswith("hsi-engine")
+            assert f.tags()["model_digest"] and f.tags()["software"].startswith("hsi-engine")
 
 
 def test_api_resume_routes_here(case, tmp_path):
