@@ -23,7 +23,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import cpu_report_head, timed_run, write_report  # noqa: E402
+from benchmarks._common import cpu_report_head, results_out, timed_run, write_report  # noqa: E402
 
 SIZES = {"float32": (512, 768, 1024, 1536), "bfloat16": (512, 1024, 2048, 4096)}
 
@@ -61,8 +61,10 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--sides", type=int, nargs="+", default=[256, 384])
     ap.add_argument("--reps", type=int, default=4)
     ap.add_argument("--pair", type=int, default=None, help="bf16 only, 512 against this size alone, alternating")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "chunks-cpu.md"))
+    ap.add_argument("--out", default=None, help="report path (default benchmarks/results/chunks-cpu.md, "
+                    "refused when that file exists)")
     args = ap.parse_args(argv)
+    args.out = results_out(args.out, REPO / "benchmarks" / "results" / "chunks-cpu.md")
     sizes = {"bfloat16": (512, args.pair)} if args.pair else SIZES
     lines = cpu_report_head("Pixels per spectral call on CPU (the engine end to end)", "chunks_cpu.py", argv) + [
              f"- medians of {args.reps} runs per size after one warm-up round, sizes alternating; px/s, and in "

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0] or ".").resolve() == REPO / "benchmarks":
     sys.path[0] = str(REPO)  # benchmarks/kernels.py must not shadow the kernels package
 
-from benchmarks._common import cpu_name, write_report  # noqa: E402
+from benchmarks._common import cpu_name, results_out, write_report  # noqa: E402
 from benchmarks.scene import SHIPPED_MODEL, build_scene, read_map  # noqa: E402
 
 
@@ -57,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=1536)
     ap.add_argument("--work", default="/tmp/hsi-bench")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "compile-cpu.md"))
+    ap.add_argument("--out", default=None, help="report path (default benchmarks/results/compile-cpu.md, "
+                    "refused when that file exists)")
     args = ap.parse_args(argv)
+    args.out = results_out(args.out, REPO / "benchmarks" / "results" / "compile-cpu.md")
     import torch
 
     work = Path(args.work)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import cpu_report_head, timed_run, write_report  # noqa: E402
+from benchmarks._common import cpu_report_head, results_out, timed_run, write_report  # noqa: E402
 
 from kernels import spectral  # noqa: E402
 
@@ -146,8 +146,10 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--side", type=int, default=256, help="scene side for the engine rows")
     ap.add_argument("--pixels", type=int, default=512, help="pixels per layer call (the engine's CPU chunk)")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "conv-relu-cpu.md"))
+    ap.add_argument("--out", default=None, help="report path (default benchmarks/results/conv-relu-cpu.md, "
+                    "refused when that file exists)")
     args = ap.parse_args(argv)
+    args.out = results_out(args.out, REPO / "benchmarks" / "results" / "conv-relu-cpu.md")
     if spectral._CONV_POINTWISE is None or spectral._CONV_POINTWISE_BINARY is None:
         raise SystemExit("this torch has no torch.ops.mkldnn._convolution_pointwise(.binary): nothing to compare")
     layers = layer_rows(args.pixels, 20 * args.reps)

@@ -16,12 +16,13 @@ import shlex
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
-from benchmarks._common import cpu_name  # noqa: E402
+from benchmarks._common import cpu_name, results_out  # noqa: E402
 
 C, D, K = 24, 97, 7
 
@@ -70,8 +71,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pixels", type=int, default=4900)
     ap.add_argument("--repeat", type=int, default=10)
-    ap.add_argument("--out", default="benchmarks/results/formulations.md")
+    ap.add_argument("--out", default=None, help="report path (default benchmarks/results/formulations.md, "
+                    "refused when that file exists)")
     args = ap.parse_args(argv)
+    args.out = results_out(args.out, Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "formulations.md")
     load0 = os.getloadavg()
     pixels, forms = formulations(args.pixels)
     flops = 2 * C * C * K * D * pixels

@@ -27,7 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import write_report  # noqa: E402
+from benchmarks._common import results_out, write_report  # noqa: E402
 from kernels.program import SpectralProgram  # noqa: E402
 
 SM_FLOP_PER_CLOCK = 4096  # dense bf16 / fp16 wgmma, one Hopper SM (989.4 TFLOP/s = 132 SMs x 1.83 GHz x 4096)
@@ -121,8 +121,10 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--forms", default="layer,pair,ws", help="names from benchmarks/kernels.py GLUON_FORMS")
     ap.add_argument("--bands", type=int, default=200)
     ap.add_argument("--pixels", type=int, default=0, help="0: the engine's GPU chunk (whole waves past 65,536)")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "gluon-trace-gpu.md"))
+    ap.add_argument("--out", default=None, help="report path (default benchmarks/results/gluon-trace-gpu.md, "
+                    "refused when that file exists)")
     args = ap.parse_args(argv)
+    args.out = results_out(args.out, REPO / "benchmarks" / "results" / "gluon-trace-gpu.md")
     dev = torch.device(args.device)
     from benchmarks.kernels import GLUON_FORMS, _probe_gluon
     from kernels.spectral import _random_program

@@ -38,7 +38,7 @@ cap() { local left=$((START + BUDGET - RESERVE - $(date +%s))); if ((left < $1))
 step() {
   local name=$1 t; t=$(cap "$2"); shift 2
   if ((t < 20)); then echo "skipped: $name, $t s of BUDGET=$BUDGET left" | tee -a "$OUT/env.txt" >&2; return 124; fi
-  timeout "$t" "$@"
+  timeout -k 10 "$t" "$@"  # KILL 10 s after a TERM a step ignores
 }
 
 if compgen -G ".whl/*.whl" >/dev/null; then

@@ -38,7 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import cpu_name, write_report  # noqa: E402
+from _common import cpu_name, results_out, write_report  # noqa: E402
 from hsi_engine.runner import _cores, cache_blocks_for, load_tile, submit_in_plan_order, window_reader  # noqa: E402
 from hsi_engine.tiles import plan_tiles  # noqa: E402
 
@@ -137,8 +137,10 @@ def main(argv: list[str] | None = None) -> Path:
                     help="malloc as it comes, after hsi_engine.reuse_large_buffers() (what the CLI runs with), "
                          "or both in one run: the default rows first, since the setting cannot be undone")
     ap.add_argument("--note", default=None)
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "host-cpu.md"))
+    ap.add_argument("--out", default=None, help="report path (default benchmarks/results/host-cpu.md, "
+                    "refused when that file exists)")
     args = ap.parse_args(argv)
+    args.out = results_out(args.out, REPO / "benchmarks" / "results" / "host-cpu.md")
     import dask
     import torch
     import xarray as xr

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from benchmarks._common import write_report  # noqa: E402
+from benchmarks._common import results_out, write_report  # noqa: E402
 from kernels import spectral  # noqa: E402
 from kernels.offline import (compile_gluon, compile_triton, loop_body, ptxas_report, ptxas_usage,  # noqa: E402
                              sass_loop)
@@ -88,8 +88,10 @@ def ptx_counts(ptx: str) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dtype", default="bf16", choices=sorted(_DTYPES))
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "kernel-compile-sm90.md"))
+    ap.add_argument("--out", default=None, help="report path (default benchmarks/results/kernel-compile-sm90.md, "
+                    "refused when that file exists)")
     args = ap.parse_args(argv)
+    args.out = results_out(args.out, REPO / "benchmarks" / "results" / "kernel-compile-sm90.md")
     import triton
 
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")

@@ -22,7 +22,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import cpu_name, write_report  # noqa: E402
+from _common import cpu_name, results_out, write_report  # noqa: E402
 from hsi_engine.normalise import normalise_into, normalise_into_reference  # noqa: E402
 
 
@@ -42,8 +42,10 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--bands", type=int, default=200)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--note", default=None)
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "normalise-cpu.md"))
+    ap.add_argument("--out", default=None, help="report path (default benchmarks/results/normalise-cpu.md, "
+                    "refused when that file exists)")
     args = ap.parse_args(argv)
+    args.out = results_out(args.out, REPO / "benchmarks" / "results" / "normalise-cpu.md")
     side = args.tile + 6
     rng = np.random.default_rng(0)
     mean, std = rng.random(args.bands) * 1000, rng.random(args.bands) * 300 + 1

@@ -21,7 +21,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import bench_device, cpu_report_head, wall_ms, write_report  # noqa: E402
+from benchmarks._common import bench_device, cpu_report_head, results_out, wall_ms, write_report  # noqa: E402
 from hsi_engine.normalise import normalise_tensor  # noqa: E402
 
 
@@ -45,8 +45,10 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--bands", type=int, default=200)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "normalise-device-cpu.md"))
+    ap.add_argument("--out", default=None, help="report path (default benchmarks/results/normalise-device-cpu.md, "
+                    "refused when that file exists)")
     args = ap.parse_args(argv)
+    args.out = results_out(args.out, REPO / "benchmarks" / "results" / "normalise-device-cpu.md")
     dev = bench_device(args.device)
     side = args.tile + 6
     g = torch.Generator().manual_seed(0)

@@ -37,6 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0] or ".").resolve() == REPO / "benchmarks":
     sys.path[0] = str(REPO)  # benchmarks/kernels.py must not shadow the kernels package
 
+from benchmarks._common import results_out  # noqa: E402
+
 
 def _scene_module():
     spec = importlib.util.spec_from_file_location("hsi_bench_scene", REPO / "benchmarks" / "scene.py")
@@ -69,8 +71,10 @@ def main(argv=None) -> int:
     ap.add_argument("--tile", type=int, default=128)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--work", default=None, help="scratch directory (default: a temp dir, removed)")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "scale-cpu.md"))
+    ap.add_argument("--out", default=None, help="report path (default benchmarks/results/scale-cpu.md, "
+                    "refused when that file exists)")
     args = ap.parse_args(argv)
+    args.out = results_out(args.out, REPO / "benchmarks" / "results" / "scale-cpu.md")
 
     import logging
     import warnings

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0] or ".").resolve() == REPO / "benchmarks":
     sys.path[0] = str(REPO)  # benchmarks/kernels.py must not shadow the kernels package
 
-from benchmarks._common import cpu_name  # noqa: E402
+from benchmarks._common import cpu_name, results_out  # noqa: E402
 SHIPPED_SCENE = REPO / "hsi_engine" / "data" / "indian_pines" / "indian_pines.h5"
 SHIPPED_MODEL = REPO / "hsi_engine" / "data" / "models" / "ssrn_indian_pines"
 
@@ -196,8 +196,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-16x", action="store_true")
     ap.add_argument("--no-cache-row", action="store_true", help="skip the eager row with the block cache on")
     ap.add_argument("--work", default="/tmp/hsi-bench")
-    ap.add_argument("--out", default="benchmarks/results/scene-cpu.md")
+    ap.add_argument("--out", default=None, help="report path (default benchmarks/results/scene-cpu.md, "
+                    "refused when that file exists)")
     args = ap.parse_args(argv)
+    args.out = results_out(args.out, REPO / "benchmarks" / "results" / "scene-cpu.md")
     import torch
 
     work = Path(args.work)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from benchmarks._common import cpu_report_head, write_report  # noqa: E402
+from benchmarks._common import cpu_report_head, results_out, write_report  # noqa: E402
 from hsi_engine.normalise import stage_raw  # noqa: E402
 from hsi_engine.runner import read_window, submit_in_plan_order, window_reader  # noqa: E402
 from hsi_engine.tiles import plan_tiles  # noqa: E402
@@ -69,8 +69,10 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--queue", type=int, default=None, help="tiles in flight (default readers + 1, the runner's)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--pin", action="store_true", help="page-locked buffers, as on CUDA (needs a CUDA build)")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "staging-cpu.md"))
+    ap.add_argument("--out", default=None, help="report path (default benchmarks/results/staging-cpu.md, "
+                    "refused when that file exists)")
     args = ap.parse_args(argv)
+    args.out = results_out(args.out, REPO / "benchmarks" / "results" / "staging-cpu.md")
 
     scene = np.ones((args.bands, args.side, args.side), np.float32)  # every page touched, as a loaded scene's
     read = window_reader(scene)

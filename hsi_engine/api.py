@@ -133,7 +133,9 @@ class _Job:
         if precision not in PRECISIONS:  # before anything is opened or read
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         check_spatial_precision(spatial_precision, precision)
-        if nodata is not None and (isinstance(nodata, bool) or not isinstance(nodata, numbers.Real)):
+        if isinstance(nodata, np.ndarray) and nodata.ndim == 0:
+            nodata = nodata[()]  # a 0-d array (e.g. from a file's attributes): its number
+        if nodata is not None and (isinstance(nodata, (bool, np.bool_)) or not isinstance(nodata, numbers.Real)):
             raise ValueError(f"nodata={nodata!r}; expected a number (e.g. nodata=-9999, or nodata=float('nan') for "
                              "NaN) or None (the scene's declared nodata value)")
         da = as_scene(scene)

@@ -119,6 +119,10 @@ def test_keyword_of_the_wrong_type_is_named(case, kwargs, match):
     cube, model, _ = case
     with pytest.raises(ValueError, match=match):
         classify(cube, model, progress=False, **kwargs)
+    holed = cube.copy()
+    holed[:, 2, 3] = -9999.0
+    for nodata in (np.array(-9999.0), np.float32(-9999.0), -9999):  # numbers numpy hands out are numbers too
+        assert classify(holed, model, progress=False, nodata=nodata).values[2, 3] == 0
 
 
 def test_bare_model_takes_scene_as_normalised(case):
