@@ -293,16 +293,23 @@ def test_bad_bands_flagged_by_bbl_are_left_out_of_the_nodata_mask(case, geo, cap
     with caplog.at_level("WARNING", logger="hsi_engine.runner"):
         out = classify(flagged, model, tile=6, nodata=-32768.0, progress=False).values
     assert not caplog.records
+    ref = _reference_on(model, raw, zero=[(slice(None), 6, 7)])  # the hole's spectrum is zeroed like the border
+    ref[6, 7] = 0  # padding; the bad band is not
+    np.testing.assert_array_equal(out, ref)
+    assert (out == 0).sum() == 1
+
+
+def _reference_on(model, raw, *, zero=()):
+    """Patch-mode labels of ``raw`` normalised with the model's statistics, the ``zero`` index expressions (a
+    band, a pixel's spectrum) set to 0 after normalising, as the engine pads nodata pixels and NaN bad bands."""
     mean = np.asarray(model.meta["mean"])[:, None, None]
     std = np.asarray(model.meta["std"])[:, None, None]
     normed = ((raw - mean) / std).astype(np.float32)
-    normed[:, 6, 7] = 0  # the hole's spectrum is zeroed like the border padding; the bad band is not
+    for idx in zero:
+        normed[idx] = 0
     bare = SSRN(model.config)
     bare.load_state_dict(model.state_dict())
-    ref = reference_labels(bare.eval(), normed)
-    ref[6, 7] = 0
-    np.testing.assert_array_equal(out, ref)
-    assert (out == 0).sum() == 1
+    return reference_labels(bare.eval(), normed)
 
 
 def test_bad_bands_masked_to_nan_are_classified_as_their_mean(case, geo):
@@ -317,22 +324,13 @@ def test_bad_bands_masked_to_nan_are_classified_as_their_mean(case, geo):
     bbl[3] = 0
     da = geo.cube_dataarray(raw).assign_coords(bbl=("band", bbl))
     out = classify(da, model, tile=6, nodata=float("nan"), progress=False).values
-    mean = np.asarray(model.meta["mean"])[:, None, None]
-    std = np.asarray(model.meta["std"])[:, None, None]
-    normed = ((raw - mean) / std).astype(np.float32)
-    normed[3] = 0
-    normed[:, 6, 7] = 0
-    bare = SSRN(model.config)
-    bare.load_state_dict(model.state_dict())
-    ref = reference_labels(bare.eval(), normed)
+    ref = _reference_on(model, raw, zero=[3, (slice(None), 6, 7)])
     ref[6, 7] = 0
     np.testing.assert_array_equal(out, ref)
     assert (out == 0).sum() == 1
     raw[:, 6, 7] = cube[:, 6, 7]
     filled = classify(geo.cube_dataarray(raw).assign_coords(bbl=("band", bbl)), model, tile=6, progress=False)
-    normed[:, 6, 7] = ((cube[:, 6, 7] - mean[:, 0, 0]) / std[:, 0, 0]).astype(np.float32)
-    normed[3] = 0
-    np.testing.assert_array_equal(filled.values, reference_labels(bare.eval(), normed))
+    np.testing.assert_array_equal(filled.values, _reference_on(model, raw, zero=[3]))
 
 
 @pytest.mark.parametrize("store", ["packed.nc", "packed.zarr"])
