@@ -80,7 +80,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True,
                    help="indian_pines | pavia_university | ksc | salinas | PATH to a scene: .mat (+ its _gt.mat), or "
                         ".npz / .h5 with 'cube' (band, y, x), 'labels' (y, x) and optionally 'wavelength' and "
-                        "'class_names' (one per class, for the map's legend)")
+                        "'class_names' (one per class, for the map's legend); or, with --labels, any scene "
+                        "'classify' reads (GeoTIFF, ENVI, zarr, NetCDF)")
+    p.add_argument("--labels", default=None,
+                   help="a one-band label raster (GeoTIFF, ENVI, .npy) on the grid of the --dataset scene: class "
+                        "ids 1..K, 0 (or its nodata) unlabelled; mosaic tiles first (e.g. rio merge)")
+    p.add_argument("--class-names", default=None, type=lambda v: [n.strip() for n in v.split(",")],
+                   help="comma-separated names of the --labels classes 1..K, in order (for the map's legend)")
     p.add_argument("--out", required=True, help="model directory to write: new or empty (or, with --overwrite, "
                                                 "a model directory to replace)")
     p.add_argument("--overwrite", action="store_true",
@@ -124,7 +130,8 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
                      device=args.device, variant=args.variant, patch=args.patch, optimizer=args.optimizer,
                      lr=args.lr, schedule=args.schedule, patience=args.patience, max_minutes=args.max_minutes,
                      amp=args.amp, class_weight=None if args.class_weight == "none" else args.class_weight,
-                     overwrite=args.overwrite, command="hsi-engine " + shlex.join(argv))
+                     overwrite=args.overwrite, labels=args.labels, class_names=args.class_names,
+                     command="hsi-engine " + shlex.join(argv))
     except (DataError, TrainOptionError) as e:
         print(f"hsi-engine train: error: {e}", file=sys.stderr)
         return 2

@@ -25,8 +25,9 @@ import torch
 
 __all__ = [
     "DATASETS", "DataError", "DatasetSpec", "PatchDataset", "Scene", "Split", "UnknownDatasetError", "block_split",
-    "decode_mask", "default_data_dir", "encode_mask", "is_scene_path", "load_dataset", "load_mat_array", "load_scene",
-    "per_class_split", "shipped_indian_pines", "split_masks_from_meta", "standardize", "stratified_split",
+    "decode_mask", "default_data_dir", "encode_mask", "is_scene_path", "load_dataset", "load_labelled_raster",
+    "load_mat_array", "load_scene", "per_class_split", "shipped_indian_pines", "split_masks_from_meta", "standardize",
+    "standardize_scene", "stratified_split",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -285,6 +286,8 @@ class Scene:
     wavelengths: list[float] | None = None
     source: str = ""
     spec: DatasetSpec | None = None
+    nodata: float | None = None  # a raster scene's declared nodata (its pixels are masked as the engine masks them)
+    nodata_bands: np.ndarray | None = None  # the bands nodata is looked for in (a bbl's good bands); None: all
 
     @property
     def n_classes(self) -> int:
@@ -448,6 +451,112 @@ def standardize(cube) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     std = a.std(axis=(1, 2))
     std = np.where(std > 0, std, 1.0)
     normed = ((a - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
+    return normed, mean, std
+
+
+def _read_label_raster(path: Path) -> tuple[np.ndarray, Any, Any, list[str] | None, list[list[int]] | None]:
+    """A one-band label raster (GeoTIFF, ENVI, ... through rasterio; or .npy ``(y, x)``): ``(labels, crs,
+    transform, class names, palette)``; its nodata value becomes 0 (unlabelled); names from a ``class_names``
+    tag (as hsi-engine's maps carry them), colours from its colour table."""
+    if path.suffix.lower() == ".npy":
+        return np.load(path), None, None, None, None
+    import rasterio
+
+    try:
+        with rasterio.open(path) as f:
+            if f.count != 1:
+                raise DataError(f"{path} has {f.count} bands; expected one band of class ids (0 = unlabelled)")
+            labels = f.read(1)
+            if f.nodata is not None:
+                labels = np.where(labels == f.nodata, 0, labels) if not np.isnan(f.nodata) else \
+                    np.nan_to_num(labels, nan=0)
+            names = f.tags().get("class_names")
+            try:
+                cmap = f.colormap(1)
+            except ValueError:  # no colour table
+                cmap = None
+            crs, transform = f.crs, (f.transform if not f.transform.is_identity else None)
+    except rasterio.errors.RasterioIOError as e:
+        raise DataError(f"{path} could not be read as a label raster ({e})") from None
+    k = int(np.nanmax(labels)) if labels.size else 0
+    palette = [list(cmap[i][:3]) for i in range(1, k + 1)] if cmap and all(i in cmap for i in range(1, k + 1)) \
+        else None
+    return labels, crs, transform, (json.loads(names) if names else None), palette
+
+
+def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.PathLike, *,
+                         class_names: Sequence[str] | None = None) -> Scene:
+    """A georeferenced scene (anything ``hsi_engine.open_scene`` reads: GeoTIFF, ENVI, zarr, NetCDF...) and a
+    label raster on the same grid (same size; same CRS and transform when both have one) as a training
+    :class:`Scene`. The scene's nodata pixels (its declared nodata, or NaN, in the bands a ``bbl`` does not flag
+    bad) are unlabelled and masked as the engine masks them; mosaic tiles first (e.g. ``rio merge``)."""
+    from hsi_engine.api import _declared_nodata, _nodata_bands
+    from hsi_engine.io import open_scene
+
+    scene_path, labels_path = Path(scene_path), Path(labels_path)
+    if not labels_path.exists():
+        raise FileNotFoundError(f"label raster {labels_path} not found")
+    da = open_scene(scene_path)
+    labels, crs, transform, names, palette = _read_label_raster(labels_path)
+    where = f"{labels_path} vs {scene_path}"
+    labels = _check_labels(labels, da.shape[1:], where)
+    try:
+        scene_crs = da.rio.crs
+        scene_transform = da.rio.transform() if scene_crs is not None and "x" in da.coords else None
+    except Exception:  # noqa: BLE001 - rioxarray cannot tell: nothing to compare
+        scene_crs = scene_transform = None
+    if crs is not None and scene_crs is not None and crs != scene_crs:
+        raise DataError(f"{where}: the labels are in {crs}, the scene in {scene_crs}; reproject the labels onto "
+                        "the scene's grid (e.g. rio warp --like SCENE)")
+    if transform is not None and scene_transform is not None and not transform.almost_equals(scene_transform):
+        raise DataError(f"{where}: the labels' grid {tuple(transform)[:6]} is not the scene's "
+                        f"{tuple(scene_transform)[:6]}; cut or warp the labels to the scene's pixels")
+    nodata, nodata_bands = _declared_nodata(da), _nodata_bands(da)
+    raw = np.asarray(da.values)
+    bad = _nodata_pixels(raw, nodata, nodata_bands)
+    labels = np.where(bad, 0, labels)
+    k = int(labels.max())
+    if k == 0:
+        raise DataError(f"{where}: no labelled pixel with data (labels 1..K on pixels that are not nodata); found "
+                        f"{int(bad.sum())} nodata pixels")
+    _check_class_ids(labels, str(labels_path))
+    names = _class_names(class_names if class_names is not None else names, k, str(labels_path))
+    palette = palette if palette is not None and len(palette) == k else \
+        np.random.default_rng(0).integers(0, 256, size=(k, 3)).tolist()
+    wl = da.coords["wavelength"].values.tolist() if "wavelength" in da.coords else None
+    cube = da.copy(data=raw)
+    return Scene(scene_path.stem, cube, labels, names, palette, wl, f"{scene_path} + {labels_path}", None,
+                 nodata, nodata_bands)
+
+
+def _nodata_pixels(raw: np.ndarray, nodata: float | None, nodata_bands: np.ndarray | None) -> np.ndarray:
+    """``(y, x)`` pixels the engine masks: a non-finite value or ``nodata`` in a tested band."""
+    from hsi_engine.normalise import normalise_into
+
+    bad, _ = normalise_into(raw, None, None, nodata, np.empty(raw.shape, np.float32), nodata_bands)
+    return bad
+
+
+def standardize_scene(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`standardize` for a scene; one with nodata pixels (a raster scene) takes its statistics over the
+    pixels with data and normalises as the engine does (the same float64 operations, nodata pixels' spectra 0,
+    non-finite values of bad bands 0), so training sees what classifying will."""
+    if scene.nodata is None and not np.issubdtype(np.asarray(scene.cube.values).dtype, np.floating):
+        return standardize(scene.cube.values)
+    raw = np.asarray(scene.cube.values)
+    bad = _nodata_pixels(raw, scene.nodata, scene.nodata_bands)
+    if scene.nodata is None and not bad.any() and np.isfinite(raw).all():
+        return standardize(raw)  # the seed's datasets: the statistics exactly as before
+    from hsi_engine.normalise import normalise_into
+
+    with np.errstate(invalid="ignore"):
+        valid = raw[:, ~bad].astype(np.float64)
+        mean, std = np.nanmean(valid, axis=1), np.nanstd(valid, axis=1)
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    normed = np.empty(raw.shape, np.float32)
+    masked, _ = normalise_into(raw, mean, std, scene.nodata, normed, scene.nodata_bands)
+    normed[:, masked] = 0
     return normed, mean, std
 
 

@@ -9,6 +9,7 @@ import math
 import platform
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 from .config import PRESETS, SSRNConfig
 from .data import (DataError, DatasetSpec, PatchDataset, Scene, Split, block_split, dataset_spec, is_scene_path,
-                   load_dataset, per_class_split, standardize, stratified_split)
+                   load_dataset, load_labelled_raster, per_class_split, standardize_scene, stratified_split)
 from .devices import DeviceError, resolve_device
 from .metrics import classification_report
 from .model import SSRN, count_parameters
@@ -342,7 +343,8 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
                  schedule: str = "constant", patience: int | None = None, command: str | None = None,
                  save_progress_every_s: float = 300.0, max_minutes: float | None = None,
                  config_overrides: dict[str, Any] | None = None, amp: bool = False,
-                 class_weight: str | None = None, overwrite: bool = False
+                 class_weight: str | None = None, overwrite: bool = False, labels: str | Path | None = None,
+                 class_names: Sequence[str] | None = None
                  ) -> dict[str, Any]:
     """Train on a dataset with the seed's protocol (or the given options) and write a model directory.
 
@@ -350,12 +352,18 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
     written to ``out`` at most every ``save_progress_every_s`` seconds (report ``status: "training"``).
     ``out`` must be new or empty, or (with ``overwrite``) a model directory; the output, the device and the
     options are checked before the data is read, so a training run is never lost to a bad argument.
+    ``labels``: a label raster on the grid of the scene ``dataset`` names (a GeoTIFF, ENVI, zarr... path), for
+    training on your own georeferenced data (:func:`~ssrn.data.load_labelled_raster`); ``class_names`` name its
+    classes 1..K.
     """
     from .checkpoint import check_model_target, save_model
 
     check_model_target(out, overwrite)
     dev = _device(device)
-    spec = None if is_scene_path(dataset) else dataset_spec(dataset)
+    if class_names is not None and labels is None:
+        raise TrainOptionError("class_names (--class-names) name the classes of a label raster: give labels= "
+                               "(--labels) too, or put 'class_names' in the .npz / .h5 scene")
+    spec = None if labels is not None or is_scene_path(dataset) else dataset_spec(dataset)
     check_train_options(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, max_minutes=max_minutes,
                         spec=spec, split=split, train_fraction=train_fraction, val_fraction=val_fraction,
                         per_class=per_class)
@@ -364,8 +372,9 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
     if amp and not amp_used:
         log.warning("--amp (bfloat16 autocast) applies on CUDA only: training on %s in float32", dev)
     seed_everything(seed)
-    scene = load_dataset(dataset, data_dir)
-    normed, mean, std = standardize(scene.cube.values)
+    scene = load_dataset(dataset, data_dir) if labels is None else \
+        load_labelled_raster(dataset, labels, class_names=class_names)
+    normed, mean, std = standardize_scene(scene)
     sp = make_split(scene, split, train_fraction, val_fraction, per_class, seed, patch)
     k = scene.n_classes
     bands = normed.shape[0]

@@ -1,0 +1,130 @@
+"""Training on a georeferenced scene and a label raster on its grid (``--labels``): the loader's checks, its
+nodata handling (the engine's), and the command line on a written GeoTIFF pair and on the real EnMAP tiles."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from ssrn.data import DataError, load_labelled_raster, standardize_scene
+
+T = from_origin(366015.0, 5809965.0, 30.0, 30.0)
+NODATA = -32768
+
+
+def _write_scene(path, *, bands=12, h=20, w=24, seed=0, hole=(4, 5)):
+    rng = np.random.default_rng(seed)
+    cube = rng.integers(200, 6000, size=(bands, h, w)).astype(np.int16)
+    cube[3] = NODATA  # a bad band (bbl 0), nodata in every pixel, as EnMAP's
+    cube[:, hole[0], hole[1]] = NODATA  # a real hole
+    with rasterio.open(path, "w", driver="GTiff", height=h, width=w, count=bands, dtype="int16", nodata=NODATA,
+                       crs="EPSG:32633", transform=T) as dst:
+        dst.write(cube)
+        for b in range(bands):
+            dst.update_tags(b + 1, bbl="0" if b == 3 else "1", wavelength=str(450.0 + 20 * b))
+    return cube
+
+
+def _write_labels(path, labels, *, transform=T, crs="EPSG:32633", nodata=None, names=None, colours=True):
+    with rasterio.open(path, "w", driver="GTiff", height=labels.shape[0], width=labels.shape[1], count=1,
+                       dtype="uint8", crs=crs, transform=transform, nodata=nodata) as dst:
+        dst.write(labels.astype(np.uint8), 1)
+        if names:
+            dst.update_tags(class_names=json.dumps(names))
+        if colours:
+            dst.write_colormap(1, {i: (10 * i, 20 * i, 30 * i, 255) for i in range(1, int(labels.max()) + 1)})
+
+
+def _labels(h=20, w=24):
+    lab = np.zeros((h, w), np.uint8)
+    lab[2:8, 2:10] = 1
+    lab[10:18, 3:12] = 2
+    lab[4:16, 14:22] = 3
+    return lab
+
+
+def test_a_scene_and_its_label_raster_make_a_training_scene_masked_as_the_engine_masks(tmp_path):
+    """The hole's label is dropped and its spectrum zeroed, the bad band does not mask anything, the label raster's
+    nodata is unlabelled, names and colours come from the raster; the statistics are those of the pixels with
+    data and the normalised cube is, bit for bit, what the engine classifies."""
+    from hsi_engine.normalise import normalise_into
+
+    cube = _write_scene(tmp_path / "s.tif")
+    lab = _labels()
+    lab[4, 5] = 2  # labelled, but a hole in the scene
+    lab[0, 0] = 255  # the label raster's nodata
+    _write_labels(tmp_path / "l.tif", lab, nodata=255, names=["roof", "tree", "water"])
+    sc = load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+    assert sc.labels[4, 5] == 0 and sc.labels[0, 0] == 0 and sc.labels.max() == 3
+    assert sc.class_names == ["roof", "tree", "water"] and sc.palette[1] == [20, 40, 60]
+    assert sc.nodata == NODATA and list(sc.nodata_bands) == [b for b in range(12) if b != 3]
+    assert sc.wavelengths[:2] == [450.0, 470.0]
+    normed, mean, std = standardize_scene(sc)
+    valid = np.ones((20, 24), bool)
+    valid[4, 5] = False
+    np.testing.assert_allclose(mean, cube[:, valid].astype(np.float64).mean(axis=1))
+    assert mean[3] == NODATA and std[3] == 1.0
+    assert (normed[:, 4, 5] == 0).all()
+    engine = np.empty(cube.shape, np.float32)
+    bad, _ = normalise_into(cube, mean, std, float(NODATA), engine, sc.nodata_bands)
+    engine[:, bad] = 0
+    assert np.array_equal(normed.view(np.uint32), engine.view(np.uint32))
+
+
+@pytest.mark.parametrize("what, kw, match", [
+    ("grid", {"transform": from_origin(366045.0, 5809965.0, 30.0, 30.0)},
+     r"is not the scene's \(30.0, 0.0, 366015.0.*; cut or warp"),
+    ("crs", {"crs": "EPSG:32632"}, "the labels are in EPSG:32632, the scene in EPSG:32633"),
+    ("shape", {}, r"label map has shape \(20, 23\) but the scene is 20 x 24"),
+])
+def test_a_label_raster_off_the_scene_grid_is_refused_with_the_fix(tmp_path, what, kw, match):
+    _write_scene(tmp_path / "s.tif")
+    lab = _labels()[:, :23] if what == "shape" else _labels()
+    _write_labels(tmp_path / "l.tif", lab, **kw)
+    with pytest.raises(DataError, match=match):
+        load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+
+
+def test_train_from_a_geotiff_and_its_labels_then_classify(tmp_path, capsys):
+    """The command line end to end: train on the pair, then classify the scene with the model; the map's legend
+    carries --class-names, and --class-names without --labels is refused before anything is read."""
+    from hsi_engine.cli import main
+
+    _write_scene(tmp_path / "s.tif")
+    _write_labels(tmp_path / "l.tif", _labels(), colours=False)
+    model = tmp_path / "model"
+    assert main(["train", "--dataset", str(tmp_path / "s.tif"), "--labels", str(tmp_path / "l.tif"),
+                 "--class-names", "roof, tree, water", "--out", str(model), "--epochs", "1", "--batch-size", "32",
+                 "--device", "cpu"]) == 0
+    meta = json.loads((model / "model.json").read_text())["meta"]
+    assert meta["class_names"] == ["roof", "tree", "water"] and meta["source"].endswith("l.tif")
+    assert main(["classify", str(tmp_path / "s.tif"), "--model", str(model), "--out", str(tmp_path / "m.tif")]) == 0
+    with rasterio.open(tmp_path / "m.tif") as f:
+        out = f.read(1)
+        assert json.loads(f.tags()["class_names"]) == ["roof", "tree", "water"] and f.transform == T
+    assert out[4, 5] == 0 and (out > 0).sum() == out.size - 1
+    assert main(["train", "--dataset", "indian_pines", "--class-names", "a,b", "--out", str(tmp_path / "x")]) == 2
+    assert "--class-names" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_train_on_a_real_enmap_tile_and_its_labels(data_dir, tmp_path):
+    """A real EnMAP L2A tile (224 bands, bad bands 130-135 nodata everywhere) and its land-cover labels: the
+    bad bands mask nothing, every labelled pixel is kept, and the model classifies the tile."""
+    from hsi_engine.cli import main
+
+    d = data_dir / "enmap_potsdam"
+    img, lab = d / "images" / "enmap_potsdam_tile_128_128.tif", d / "labels" / "enmap_potsdam_tile_128_128.tif"
+    sc = load_labelled_raster(img, lab)
+    with rasterio.open(lab) as f:
+        assert (sc.labels > 0).sum() == (f.read(1) > 0).sum() == 399
+    assert sc.n_classes == 6 and len(sc.cube) == 224
+    model = tmp_path / "m"
+    assert main(["train", "--dataset", str(img), "--labels", str(lab), "--out", str(model), "--epochs", "1",
+                 "--device", "cpu"]) == 0
+    assert main(["classify", str(img), "--model", str(model), "--out", str(tmp_path / "map.tif")]) == 0
+    with rasterio.open(tmp_path / "map.tif") as f, rasterio.open(img) as src:
+        assert f.transform == src.transform and (f.read(1) > 0).all()
