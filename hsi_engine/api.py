@@ -122,6 +122,21 @@ def _nodata_bands(da: xr.DataArray) -> np.ndarray | None:
     return good if 0 < good.size < bbl.size else None
 
 
+def _model_good_bands(meta: dict[str, Any], bands: int) -> np.ndarray | None:
+    """For a scene without a ``bbl``: the bands the model was trained to test for nodata, the complement of the
+    ``bad_bands`` its training scene flagged or held no data in (EnMAP's 130-135 after a mosaic lost their
+    band metadata); None (every band) when the model records none."""
+    bad = meta.get("bad_bands")
+    if not bad:
+        return None
+    bad = {int(b) for b in bad}
+    if not bad < set(range(bands)):
+        return None
+    log.info("the scene flags no bad bands (no 'bbl'): leaving the model's bad bands %s out of the nodata test",
+             sorted(bad))
+    return np.array([b for b in range(bands) if b not in bad])
+
+
 class _Job:
     """Scene + model + engine + plan: everything checked before a single tile is read."""
 
@@ -156,6 +171,8 @@ class _Job:
                           UnnormalisedInputWarning, stacklevel=3)
         self.nodata = nodata if nodata is not None else _declared_nodata(da)
         self.nodata_bands = _nodata_bands(da)
+        if self.nodata_bands is None:
+            self.nodata_bands = _model_good_bands(self.meta, bands)
         from .integrity import check_store
 
         check_store(da, nodata=self.nodata)  # zarr fills missing chunks silently: refuse them up front

@@ -513,6 +513,10 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
                         f"{tuple(scene_transform)[:6]}; cut or warp the labels to the scene's pixels")
     nodata, nodata_bands = _declared_nodata(da), _nodata_bands(da)
     raw = np.asarray(da.values)
+    if nodata_bands is None:  # no bbl (a mosaic loses band metadata): bands without any data are the bad ones
+        empty = _bands_without_data(raw, nodata)
+        if 0 < empty.size < raw.shape[0]:
+            nodata_bands = np.setdiff1d(np.arange(raw.shape[0]), empty)
     bad = _nodata_pixels(raw, nodata, nodata_bands)
     labels = np.where(bad, 0, labels)
     k = int(labels.max())
@@ -527,6 +531,15 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
     cube = da.copy(data=raw)
     return Scene(scene_path.stem, cube, labels, names, palette, wl, f"{scene_path} + {labels_path}", None,
                  nodata, nodata_bands)
+
+
+def _bands_without_data(raw: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Indices of the bands that hold the nodata value (or a non-finite one) in every pixel."""
+    flat = raw.reshape(raw.shape[0], -1)
+    empty = ~np.isfinite(flat).any(axis=1) if flat.dtype.kind == "f" else np.zeros(flat.shape[0], bool)
+    if nodata is not None and not np.isnan(nodata):
+        empty |= (flat == nodata).all(axis=1)
+    return np.flatnonzero(empty)
 
 
 def _nodata_pixels(raw: np.ndarray, nodata: float | None, nodata_bands: np.ndarray | None) -> np.ndarray:

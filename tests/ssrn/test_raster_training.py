@@ -16,7 +16,7 @@ T = from_origin(366015.0, 5809965.0, 30.0, 30.0)
 NODATA = -32768
 
 
-def _write_scene(path, *, bands=12, h=20, w=24, seed=0, hole=(4, 5)):
+def _write_scene(path, *, bands=12, h=20, w=24, seed=0, hole=(4, 5), bbl=True):
     rng = np.random.default_rng(seed)
     cube = rng.integers(200, 6000, size=(bands, h, w)).astype(np.int16)
     cube[3] = NODATA  # a bad band (bbl 0), nodata in every pixel, as EnMAP's
@@ -25,7 +25,7 @@ def _write_scene(path, *, bands=12, h=20, w=24, seed=0, hole=(4, 5)):
                        crs="EPSG:32633", transform=T) as dst:
         dst.write(cube)
         for b in range(bands):
-            dst.update_tags(b + 1, bbl="0" if b == 3 else "1", wavelength=str(450.0 + 20 * b))
+            dst.update_tags(b + 1, wavelength=str(450.0 + 20 * b), **({"bbl": "0" if b == 3 else "1"} if bbl else {}))
     return cube
 
 
@@ -109,6 +109,26 @@ def test_train_from_a_geotiff_and_its_labels_then_classify(tmp_path, capsys):
     assert out[4, 5] == 0 and (out > 0).sum() == out.size - 1
     assert main(["train", "--dataset", "indian_pines", "--class-names", "a,b", "--out", str(tmp_path / "x")]) == 2
     assert "--class-names" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_a_mosaic_without_band_metadata_keeps_its_empty_bands_out_of_the_mask(tmp_path):
+    """``rio merge`` drops the per-band bbl: a band with no data in any pixel is then taken as bad in training,
+    recorded in the model (``bad_bands``), and left out of the nodata test when the same scene is classified
+    without a bbl, which would otherwise mask every pixel."""
+    from hsi_engine.cli import main
+
+    _write_scene(tmp_path / "s.tif", bbl=False)
+    _write_labels(tmp_path / "l.tif", _labels(), colours=False)
+    sc = load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+    assert list(sc.nodata_bands) == [b for b in range(12) if b != 3] and (sc.labels > 0).sum() == 48 + 72 + 96 - 1  # the hole
+    model = tmp_path / "model"
+    assert main(["train", "--dataset", str(tmp_path / "s.tif"), "--labels", str(tmp_path / "l.tif"),
+                 "--out", str(model), "--epochs", "1", "--batch-size", "32", "--device", "cpu"]) == 0
+    assert json.loads((model / "model.json").read_text())["meta"]["bad_bands"] == [3]
+    assert main(["classify", str(tmp_path / "s.tif"), "--model", str(model), "--out", str(tmp_path / "m.tif")]) == 0
+    with rasterio.open(tmp_path / "m.tif") as f:
+        out = f.read(1)
+    assert out[4, 5] == 0 and (out > 0).sum() == out.size - 1
 
 
 def test_train_on_a_real_enmap_tile_and_its_labels(data_dir, tmp_path):
