@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parents[1]
+log = logging.getLogger("ssrn.data")
 SHIPPED_IN = REPO / "hsi_engine" / "data" / "indian_pines" / "indian_pines.h5"
 
 
@@ -454,42 +456,76 @@ def standardize(cube) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return normed, mean, std
 
 
-def _read_label_raster(path: Path) -> tuple[np.ndarray, Any, Any, list[str] | None, list[list[int]] | None]:
-    """A one-band label raster (GeoTIFF, ENVI, ... through rasterio; or .npy ``(y, x)``): ``(labels, crs,
-    transform, class names, palette)``; its nodata value becomes 0 (unlabelled); names from a ``class_names``
-    tag (as hsi-engine's maps carry them), colours from its colour table."""
+def _label_window(transform: Any, scene_transform: Any, shape: tuple[int, int]):
+    """The scene's pixels as a window of a label raster on the same pixel grid (same pixel size and axes, its
+    origin a whole number of pixels away), else None."""
+    from rasterio.windows import Window
+
+    a, b, c, d, e, f = tuple(transform)[:6]
+    sa, sb, sc, sd, se, sf = tuple(scene_transform)[:6]
+    if b or d or sb or sd or not (math.isclose(a, sa, rel_tol=1e-9) and math.isclose(e, se, rel_tol=1e-9)):
+        return None
+    col, row = (sc - c) / a, (sf - f) / e
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    return Window(round(col), round(row), shape[1], shape[0])
+
+
+def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene_transform: Any, where: str
+                       ) -> tuple[np.ndarray, list[str] | None, list[list[int]] | None]:
+    """A one-band label raster (GeoTIFF, ENVI, ... through rasterio; or .npy ``(y, x)``) on the scene's pixels:
+    ``(labels, class names, palette)``. A raster on the same pixel grid but a larger (or other) extent is cut to
+    the scene's window (pixels beyond it unlabelled); another CRS or grid is refused with the fix. Its nodata
+    becomes 0 (unlabelled); names from a ``class_names`` tag (as hsi-engine's maps carry them), colours from
+    its colour table."""
     if path.suffix.lower() == ".npy":
-        return np.load(path), None, None, None, None
+        return _check_labels(np.load(path), shape, where), None, None
     import rasterio
 
     try:
         with rasterio.open(path) as f:
             if f.count != 1:
                 raise DataError(f"{path} has {f.count} bands; expected one band of class ids (0 = unlabelled)")
-            labels = f.read(1)
+            transform = None if f.transform.is_identity else f.transform
+            if f.crs is not None and scene_crs is not None and f.crs != scene_crs:
+                raise DataError(f"{where}: the labels are in {f.crs}, the scene in {scene_crs}; reproject the "
+                                "labels onto the scene's grid (e.g. rio warp labels.tif out.tif --like SCENE)")
+            window = None
+            if transform is not None and scene_transform is not None and \
+                    not transform.almost_equals(scene_transform):
+                window = _label_window(transform, scene_transform, shape)
+                if window is None:
+                    raise DataError(f"{where}: the labels' grid {tuple(transform)[:6]} is not the scene's "
+                                    f"{tuple(scene_transform)[:6]} and not on its pixels; warp the labels to the "
+                                    "scene's pixels (rio warp labels.tif out.tif --like SCENE)")
+            fill = f.nodata if f.nodata is not None else 0
+            labels = f.read(1, window=window, boundless=window is not None, fill_value=fill)
             if f.nodata is not None:
-                labels = np.where(labels == f.nodata, 0, labels) if not np.isnan(f.nodata) else \
-                    np.nan_to_num(labels, nan=0)
+                labels = np.nan_to_num(labels, nan=0) if np.isnan(f.nodata) else np.where(labels == f.nodata, 0,
+                                                                                          labels)
             names = f.tags().get("class_names")
             try:
                 cmap = f.colormap(1)
             except ValueError:  # no colour table
                 cmap = None
-            crs, transform = f.crs, (f.transform if not f.transform.is_identity else None)
     except rasterio.errors.RasterioIOError as e:
         raise DataError(f"{path} could not be read as a label raster ({e})") from None
-    k = int(np.nanmax(labels)) if labels.size else 0
+    if window is not None:
+        log.info("%s: labels cut to the scene's window (rows %d.., cols %d..) of their grid", path,
+                 window.row_off, window.col_off)
+    labels = _check_labels(labels, shape, where)
+    k = int(labels.max()) if labels.size else 0
     palette = [list(cmap[i][:3]) for i in range(1, k + 1)] if cmap and all(i in cmap for i in range(1, k + 1)) \
         else None
-    return labels, crs, transform, (json.loads(names) if names else None), palette
+    return labels, (json.loads(names) if names else None), palette
 
 
 def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.PathLike, *,
                          class_names: Sequence[str] | None = None) -> Scene:
     """A georeferenced scene (anything ``hsi_engine.open_scene`` reads: GeoTIFF, ENVI, zarr, NetCDF...) and a
-    label raster on the same grid (same size; same CRS and transform when both have one) as a training
-    :class:`Scene`. The scene's nodata pixels (its declared nodata, or NaN, in the bands a ``bbl`` does not flag
-    bad) are unlabelled and masked as the engine masks them; mosaic tiles first (e.g. ``rio merge``)."""
+    label raster on its pixel grid (the same pixels, or a larger raster on the same grid, cut to the scene) as a
+    training :class:`Scene`. The scene's nodata pixels (its declared nodata, or NaN, in the bands a ``bbl`` does
+    not flag bad) are unlabelled and masked as the engine masks them; mosaic tiles first (e.g. ``rio merge``)."""
     from hsi_engine.api import _declared_nodata, _nodata_bands
     from hsi_engine.io import open_scene
 
@@ -497,20 +533,13 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
     if not labels_path.exists():
         raise FileNotFoundError(f"label raster {labels_path} not found")
     da = open_scene(scene_path)
-    labels, crs, transform, names, palette = _read_label_raster(labels_path)
-    where = f"{labels_path} vs {scene_path}"
-    labels = _check_labels(labels, da.shape[1:], where)
     try:
         scene_crs = da.rio.crs
         scene_transform = da.rio.transform() if scene_crs is not None and "x" in da.coords else None
     except Exception:  # noqa: BLE001 - rioxarray cannot tell: nothing to compare
         scene_crs = scene_transform = None
-    if crs is not None and scene_crs is not None and crs != scene_crs:
-        raise DataError(f"{where}: the labels are in {crs}, the scene in {scene_crs}; reproject the labels onto "
-                        "the scene's grid (e.g. rio warp --like SCENE)")
-    if transform is not None and scene_transform is not None and not transform.almost_equals(scene_transform):
-        raise DataError(f"{where}: the labels' grid {tuple(transform)[:6]} is not the scene's "
-                        f"{tuple(scene_transform)[:6]}; cut or warp the labels to the scene's pixels")
+    where = f"{labels_path} vs {scene_path}"
+    labels, names, palette = _read_label_raster(labels_path, tuple(da.shape[1:]), scene_crs, scene_transform, where)
     nodata, nodata_bands = _declared_nodata(da), _nodata_bands(da)
     raw = np.asarray(da.values)
     if nodata_bands is None:  # no bbl (a mosaic loses band metadata): bands without any data are the bad ones

@@ -76,8 +76,8 @@ def test_a_scene_and_its_label_raster_make_a_training_scene_masked_as_the_engine
 
 
 @pytest.mark.parametrize("what, kw, match", [
-    ("grid", {"transform": from_origin(366045.0, 5809965.0, 30.0, 30.0)},
-     r"is not the scene's \(30.0, 0.0, 366015.0.*; cut or warp"),
+    ("grid", {"transform": from_origin(366030.0, 5809965.0, 30.0, 30.0)},  # half a pixel off
+     r"is not the scene's \(30.0, 0.0, 366015.0.* and not on its pixels; warp the labels"),
     ("crs", {"crs": "EPSG:32632"}, "the labels are in EPSG:32632, the scene in EPSG:32633"),
     ("shape", {}, r"label map has shape \(20, 23\) but the scene is 20 x 24"),
 ])
@@ -87,6 +87,25 @@ def test_a_label_raster_off_the_scene_grid_is_refused_with_the_fix(tmp_path, wha
     _write_labels(tmp_path / "l.tif", lab, **kw)
     with pytest.raises(DataError, match=match):
         load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+
+
+def test_a_larger_label_raster_on_the_scene_grid_is_cut_to_the_scene(tmp_path):
+    """Land-cover rasters cover more than one scene: on the same pixel grid, the scene's window is read (pixels
+    beyond the raster unlabelled), as for the Berlin scenes and their 400 x 220 land-cover map."""
+    _write_scene(tmp_path / "s.tif")
+    big = np.zeros((40, 30), np.uint8)
+    big[5:25, 3:27] = _labels()[:, :24]  # the scene's pixels lie 5 rows down, 3 columns right in the raster
+    _write_labels(tmp_path / "l.tif", big, transform=from_origin(366015.0 - 3 * 30, 5809965.0 + 5 * 30, 30, 30))
+    sc = load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+    want = _labels()
+    want[4, 5] = 0  # the scene's hole
+    np.testing.assert_array_equal(sc.labels, want)
+    # a raster starting 5 rows below the scene's top: the scene's rows above it are unlabelled
+    _write_labels(tmp_path / "edge.tif", big[10:, :], transform=from_origin(366015.0 - 3 * 30, 5809965.0 - 5 * 30,
+                                                                              30, 30))
+    sc = load_labelled_raster(tmp_path / "s.tif", tmp_path / "edge.tif")
+    assert (sc.labels[:5] == 0).all()
+    np.testing.assert_array_equal(sc.labels[5:], want[5:])
 
 
 def test_train_from_a_geotiff_and_its_labels_then_classify(tmp_path, capsys):
@@ -148,3 +167,19 @@ def test_train_on_a_real_enmap_tile_and_its_labels(data_dir, tmp_path):
     assert main(["classify", str(img), "--model", str(model), "--out", str(tmp_path / "map.tif")]) == 0
     with rasterio.open(tmp_path / "map.tif") as f, rasterio.open(img) as src:
         assert f.transform == src.transform and (f.read(1) > 0).all()
+
+
+def test_a_real_envi_scene_and_a_larger_landcover_raster(data_dir):
+    """The Berlin EnMAP ENVI scene (80 x 60, nodata -99) and the 400 x 220 land-cover raster of its area, on the
+    same 30 m grid: the labels are its window (rows 69.., cols 84..); the 9 m HyMap scene is refused with the fix."""
+    from rasterio.windows import Window
+
+    d = data_dir / "berlin_urban_gradient"
+    lc = d / "landcover_berlin_polygon_30m_l3.tif"
+    sc = load_labelled_raster(d / "EnMAP_BerlinUrbanGradient.hdr", lc)
+    with rasterio.open(lc) as f:
+        want = f.read(1, window=Window(84, 69, 60, 80))
+    np.testing.assert_array_equal(sc.labels, want.astype(np.int64))
+    assert sc.nodata == -99 and (sc.labels > 0).sum() == 832
+    with pytest.raises(DataError, match=r"not on its pixels; warp the labels .*rio warp"):
+        load_labelled_raster(d / "HyMap02_Berlin_Urban_Gradient_2009.hdr", lc)
