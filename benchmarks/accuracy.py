@@ -28,6 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks._common import results_out  # noqa: E402
 from ssrn.data import DATASETS, load_dataset  # noqa: E402
 
 ANCHORS = {  # the seed's records (released models / paper tables as recorded in the seed repository)
@@ -169,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--include-model", nargs="*", default=[], help="model directories whose report to include")
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--note", default=None, help="a paragraph added under the protocol (e.g. the machine's load)")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "accuracy.md"))
+    p.add_argument("--out", default=None, help="report path (default benchmarks/results/accuracy.md, refused when "
+                   "that file exists: pass --out benchmarks/results/accuracy.md to rewrite it from the runs)")
     args = p.parse_args(argv)
+    args.out = results_out(args.out, REPO / "benchmarks" / "results" / "accuracy.md")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     runs_dir = Path(args.runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)

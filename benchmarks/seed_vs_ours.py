@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import hsi_engine  # noqa: E402
-from benchmarks._common import cpu_name  # noqa: E402
+from benchmarks._common import cpu_name, results_out  # noqa: E402
 import ssrn  # noqa: E402
 from hsi_engine.demo import evaluation_mask  # noqa: E402
 from hsi_engine.fused import patch_forward  # noqa: E402
@@ -75,8 +75,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patch-pixels", type=int, default=2048)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="report path (default benchmarks/results/seed-vs-ours-<device>.md, "
+                    "refused when that file exists)")
     args = ap.parse_args(argv)
+    tag = "cpu" if args.device == "cpu" else torch.cuda.get_device_name().split()[-1].lower()
+    out = results_out(args.out, REPO / "benchmarks" / "results" / f"seed-vs-ours-{tag}.md")
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     da, labels = shipped_indian_pines()
@@ -117,8 +120,6 @@ def main(argv=None) -> int:
             a, b = r["held_out"]["per_class_accuracy"][i], r["all_labelled"]["per_class_accuracy"][i]
             cells.append(f"{'-' if a is None else f'{100 * a:.1f}'} / {'-' if b is None else f'{100 * b:.1f}'}")
         lines.append(f"| {i + 1} {n} | " + " | ".join(cells) + " |")
-    tag = "cpu" if args.device == "cpu" else torch.cuda.get_device_name().split()[-1].lower()
-    out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"seed-vs-ours-{tag}.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import bench_device, cpu_report_head, wall_ms, write_report  # noqa: E402
+from benchmarks._common import bench_device, cpu_report_head, results_out, wall_ms, write_report  # noqa: E402
 from hsi_engine.fused import DenseSpatial, dense_spatial, exact_fp32, fold_spatial, spatial_dense  # noqa: E402
 
 
@@ -44,9 +44,12 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--windows", type=int, default=2048, help="windows per call (the bf16 engine's default: 2048)")
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="report path (default benchmarks/results/"
+                    "spatial-epilogue-<device>.md, refused when that file exists)")
     args = ap.parse_args(argv)
     dev = bench_device(args.device)
+    name = "cpu" if dev.type == "cpu" else torch.cuda.get_device_name(dev).split()[-1].lower()
+    out = results_out(args.out, REPO / "benchmarks" / "results" / f"spatial-epilogue-{name}.md")
     from ssrn.config import SSRNConfig
     from ssrn.model import SSRN
 
@@ -70,7 +73,6 @@ def main(argv: list[str] | None = None) -> Path:
                     times[k].append(wall_ms(fn, dev))
         s, f = (statistics.median(times[k]) for k in arms)
         rows.append((str(dtype).removeprefix("torch."), s, f, torch.equal(outs["separate"], outs["fused"])))
-    name = "cpu" if dev.type == "cpu" else torch.cuda.get_device_name(dev).split()[-1].lower()
     head = cpu_report_head("The dense spatial stage: epilogues fused into the GEMM and in place, against separate ops",
                            "spatial_epilogue.py", argv, dev)
     lines = head + [f"- {args.windows} windows of 24 channels x {win} x {win} per call (random-init Indian Pines "
@@ -80,7 +82,6 @@ def main(argv: list[str] | None = None) -> Path:
     lines += [f"| {d} | {s:.3f} | {f:.3f} | {s / f:.2f}x | {same} |" for d, s, f, same in rows]
     if not all(r[3] for r in rows):
         raise SystemExit("the two forms gave different bits:\n" + "\n".join(lines))
-    out = args.out or REPO / "benchmarks" / "results" / f"spatial-epilogue-{name}.md"
     return write_report(out, lines)
 
 

@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import bench_device, cpu_name, timed_run, write_report  # noqa: E402
+from _common import bench_device, cpu_name, results_out, timed_run, write_report  # noqa: E402
 
 
 def classify_map(scene, model, *, device: str, backend: str, precision: str, spatial: str,
@@ -90,8 +90,11 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--time-side", type=int, default=384, help="side of the random scene the bf16 engine is timed "
                     "on, spatial stage in float32 and in bfloat16 (0: no timing)")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--out", default=None, help="report path (default benchmarks/results/spatial-precision-<device>.md)")
+    ap.add_argument("--out", default=None, help="report path (default benchmarks/results/"
+                    "spatial-precision-<device>.md, refused when that file exists)")
     args = ap.parse_args(argv)
+    kind = bench_device(args.device).type
+    out = results_out(args.out, REPO / "benchmarks" / "results" / f"spatial-precision-{kind}.md")
 
     import hsi_engine
     from hsi_engine.demo import SHIPPED_MODEL, SHIPPED_SCENE, _load_labels, evaluation_mask
@@ -142,7 +145,6 @@ def main(argv: list[str] | None = None) -> Path:
               "(weights cast once, windows per call); `auto` (the default) picks the engine's low precision on CUDA "
               "and bfloat16 for a bfloat16 engine on a CPU with AMX-BF16 units, float32 elsewhere. The spatial "
               "form `auto` is then the dense GEMMs (at 2,048 windows per call on such a CPU)."]
-    out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"spatial-precision-{device.type}.md"
     write_report(out, lines)  # the agreement table survives a timing cut short
     if args.time_side:
         timed = time_engine(args.time_side, args.reps, device=args.device, backend=args.backend)

@@ -171,7 +171,7 @@ class _Job:
                           UnnormalisedInputWarning, stacklevel=3)
         self.nodata = nodata if nodata is not None else _declared_nodata(da)
         self.nodata_bands = _nodata_bands(da)
-        if self.nodata_bands is None:
+        if self.nodata_bands is None and "bbl" not in da.coords:  # a scene's own bbl (even all good) wins
             self.nodata_bands = _model_good_bands(self.meta, bands)
         from .integrity import check_store
 

@@ -377,7 +377,8 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     if job.nodata_bands is not None:  # a resumed run must mask the same bands (absent: every band, as before)
         fingerprint["nodata_bands"] = [int(b) for b in job.nodata_bands]
     sides = [side_paths(out)[k] for k in ("probabilities", "confidence")] if prob and suffix in _TIFF else []
-    if resume and not overwrite and not partial_path(out).exists() and finished_with(out, fingerprint, sides):
+    if resume and not overwrite and scene_id["source"] is not None and not partial_path(out).exists() and \
+            finished_with(out, fingerprint, sides):
         log.info("%s is complete and was made with these settings: nothing to resume", out)
         return RunReport(path=out, tiles=len(plan), skipped=len(plan), computed=0, run=0, workers=0,
                          wall_s=time.perf_counter() - t_start, tile=side)
@@ -475,23 +476,35 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
 
 
 def _scene_identity(scene_path: Any, da: Any, crs: Any, transform: Any, gcps: Any) -> dict[str, Any]:
-    """Which scene a run classified, for its fingerprint: the resolved path with its file's size and modification
-    time (a zarr store's root metadata file's), and where it lies, so neither an interrupted nor a finished run is
-    taken for another scene of the same shape."""
+    """Which scene a run classified, for its fingerprint: the resolved path, the size and newest modification
+    time of its files (every file of a zarr store, an ENVI header and its data), and where it lies, so neither an
+    interrupted nor a finished run is taken for another scene, or the same one rewritten in place. ``source``
+    stays None for an in-memory scene (then a finished output is never taken as done)."""
     src = scene_path if isinstance(scene_path, (str, os.PathLike)) else getattr(da, "encoding", {}).get("source")
     ident: dict[str, Any] = {"source": None}
-    if src:
+    if src and Path(src).exists():
         p = Path(src).resolve()
         ident["source"] = str(p)
-        meta = next((m for m in (p / "zarr.json", p / ".zgroup", p / ".zarray") if m.is_file()), None) \
-            if p.is_dir() else p
-        if meta is not None and meta.exists():
-            st = meta.stat()
-            ident["stat"] = [int(st.st_size), int(st.st_mtime_ns)]
+        ident["stat"] = _files_stat(p)
     ident["georef"] = [None if crs is None else crs.to_wkt(),
                        None if transform is None else [float(v) for v in tuple(transform)[:6]],
                        None if not gcps else [[g.row, g.col, g.x, g.y] for g in gcps]]
     return ident
+
+
+def _files_stat(p: Path) -> list[int]:
+    """``[files, bytes, newest mtime_ns]`` of a scene's files: every file under a directory store, an ENVI
+    header with its data file, else the file itself."""
+    from .io import _envi_paths, scene_format
+
+    if p.is_dir():
+        files = [Path(root) / f for root, _, names in os.walk(p) for f in names]
+    elif scene_format(p) == "envi":
+        files = [f for f in _envi_paths(p) if f.is_file()]
+    else:
+        files = [p]
+    stats = [f.stat() for f in files]
+    return [len(stats), sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)]
 
 
 def _run_local(job: Any, plan: TilePlan, writer: ResumableZarrWriter, run: int, side: int, throttle_s: float,

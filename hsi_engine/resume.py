@@ -93,6 +93,19 @@ def discard_partial(part: Path) -> None:
         part.unlink()
 
 
+def _differences(a: Any, b: Any, key: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, a's value, b's value)`` of every leaf where two fingerprints differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{key}.{k}" if key
+                                                                         else str(k))]
+    return [] if a == b else [(key, a, b)]
+
+
+def _short(v: Any, n: int = 100) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[:n - 3] + "..."
+
+
 def model_digest(model: Any) -> str:
     """sha256 over the model's config, normalisation (meta mean/std) and state dict: identifies the weights."""
     h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
@@ -206,10 +219,8 @@ class ResumableZarrWriter(ZarrClassMapWriter):
             raise OutputError(f"{self.partial} is not a resumable hsi-engine output ({type(e).__name__}: {e}); "
                               "remove it, or pass overwrite=True without resume to start over") from None
         if found != self.fingerprint:
-            diff = sorted(k for k in set(self.fingerprint) | set(found or {})
-                          if (found or {}).get(k) != self.fingerprint.get(k))
-            detail = "; ".join(f"{k}: partial has {(found or {}).get(k)!r}, this run {self.fingerprint.get(k)!r}"
-                               for k in diff[:4])
+            detail = "; ".join(f"{k}: partial has {_short(a)}, this run {_short(b)}"
+                               for k, a, b in _differences(found or {}, self.fingerprint)[:4])
             raise OutputError(f"{self.partial} was started with different settings ({detail}); resume with the "
                               "same scene, model, tile and options, or pass overwrite=True (--overwrite) without "
                               "resume to start over")

@@ -472,9 +472,9 @@ def _label_window(transform: Any, scene_transform: Any, shape: tuple[int, int]):
 
 
 def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene_transform: Any, where: str
-                       ) -> tuple[np.ndarray, list[str] | None, list[list[int]] | None]:
+                       ) -> tuple[np.ndarray, list[str] | None, dict[int, tuple] | None]:
     """A one-band label raster (GeoTIFF, ENVI, ... through rasterio; or .npy ``(y, x)``) on the scene's pixels:
-    ``(labels, class names, palette)``. A raster on the same pixel grid but a larger (or other) extent is cut to
+    ``(labels, class names, colour table)``. A raster on the same pixel grid but a larger (or other) extent is cut to
     the scene's window (pixels beyond it unlabelled); another CRS or grid is refused with the fix. Its nodata
     becomes 0 (unlabelled); names from a ``class_names`` tag (as hsi-engine's maps carry them), colours from
     its colour table."""
@@ -492,7 +492,7 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
                                 "labels onto the scene's grid (e.g. rio warp labels.tif out.tif --like SCENE)")
             window = None
             if transform is not None and scene_transform is not None and \
-                    not transform.almost_equals(scene_transform):
+                    (not transform.almost_equals(scene_transform) or f.shape != tuple(shape)):
                 window = _label_window(transform, scene_transform, shape)
                 if window is None:
                     raise DataError(f"{where}: the labels' grid {tuple(transform)[:6]} is not the scene's "
@@ -513,11 +513,7 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
     if window is not None:
         log.info("%s: labels cut to the scene's window (rows %d.., cols %d..) of their grid", path,
                  window.row_off, window.col_off)
-    labels = _check_labels(labels, shape, where)
-    k = int(labels.max()) if labels.size else 0
-    palette = [list(cmap[i][:3]) for i in range(1, k + 1)] if cmap and all(i in cmap for i in range(1, k + 1)) \
-        else None
-    return labels, (json.loads(names) if names else None), palette
+    return _check_labels(labels, shape, where), (json.loads(names) if names else None), cmap
 
 
 def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.PathLike, *,
@@ -539,7 +535,7 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
     except Exception:  # noqa: BLE001 - rioxarray cannot tell: nothing to compare
         scene_crs = scene_transform = None
     where = f"{labels_path} vs {scene_path}"
-    labels, names, palette = _read_label_raster(labels_path, tuple(da.shape[1:]), scene_crs, scene_transform, where)
+    labels, names, cmap = _read_label_raster(labels_path, tuple(da.shape[1:]), scene_crs, scene_transform, where)
     nodata, nodata_bands = _declared_nodata(da), _nodata_bands(da)
     raw = np.asarray(da.values)
     if nodata_bands is None:  # no bbl (a mosaic loses band metadata): bands without any data are the bad ones
@@ -553,9 +549,12 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
         raise DataError(f"{where}: no labelled pixel with data (labels 1..K on pixels that are not nodata); found "
                         f"{int(bad.sum())} nodata pixels")
     _check_class_ids(labels, str(labels_path))
-    names = _class_names(class_names if class_names is not None else names, k, str(labels_path))
-    palette = palette if palette is not None and len(palette) == k else \
-        np.random.default_rng(0).integers(0, 256, size=(k, 3)).tolist()
+    names = class_names if class_names is not None else names
+    if names is not None and k <= len(names):
+        k = len(names)  # the legend's classes, whether or not this scene holds the last ones
+    names = _class_names(names, k, str(labels_path))
+    palette = [list(cmap[i][:3]) for i in range(1, k + 1)] if cmap and all(i in cmap for i in range(1, k + 1)) \
+        else np.random.default_rng(0).integers(0, 256, size=(k, 3)).tolist()
     wl = da.coords["wavelength"].values.tolist() if "wavelength" in da.coords else None
     cube = da.copy(data=raw)
     return Scene(scene_path.stem, cube, labels, names, palette, wl, f"{scene_path} + {labels_path}", None,
@@ -593,6 +592,7 @@ def standardize_scene(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
     with np.errstate(invalid="ignore"):
         valid = raw[:, ~bad].astype(np.float64)
+        valid[~np.isfinite(valid)] = np.nan  # inf in a bad band, like NaN, is no data for its statistics
         mean, std = np.nanmean(valid, axis=1), np.nanstd(valid, axis=1)
     mean = np.where(np.isfinite(mean), mean, 0.0)
     std = np.where(np.isfinite(std) & (std > 0), std, 1.0)

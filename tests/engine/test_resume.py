@@ -193,3 +193,28 @@ def test_plain_zarr_run_is_resumable_without_asking(case, tmp_path, monkeypatch)
     record = read_record(out)
     assert int((record == 1).sum()) == 3 and int((record == 2).sum()) == case["tiles"] - 3
     np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+
+
+def test_a_scene_rewritten_in_place_is_not_taken_for_the_finished_one(case, tmp_path):
+    """Scene identity is every file of the store (size, newest modification), not its root metadata: a region
+    rewritten in place is another scene, and --resume refuses to call the old map done; an in-memory scene (no
+    source to compare) is never taken as done either."""
+    import shutil
+
+    import zarr
+
+    scene = tmp_path / "scene.zarr"
+    shutil.copytree(case["scene"], scene)
+    out = tmp_path / "map.zarr"
+    cluster.run_to_file(scene, case["model"], out, tile=TILE, resume=True)
+    assert cluster.run_to_file(scene, case["model"], out, tile=TILE, resume=True).computed == 0
+    time.sleep(0.01)
+    node = zarr.open(str(scene), mode="r+")
+    arr = node if isinstance(node, zarr.Array) else next(a for _, a in node.arrays() if a.ndim == 3)
+    arr[:, :4, :4] = 0
+    with pytest.raises(OutputError, match="already exists"):
+        cluster.run_to_file(scene, case["model"], out, tile=TILE, resume=True)
+    da = hsi_engine.open_scene(scene).load()
+    da.encoding.pop("source", None)
+    with pytest.raises(OutputError, match="already exists"):
+        cluster.run_to_file(da, case["model"], out, tile=TILE, resume=True)

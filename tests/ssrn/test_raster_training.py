@@ -82,11 +82,14 @@ def test_a_scene_and_its_label_raster_make_a_training_scene_masked_as_the_engine
     ("shape", {}, r"label map has shape \(20, 23\) but the scene is 20 x 24"),
 ])
 def test_a_label_raster_off_the_scene_grid_is_refused_with_the_fix(tmp_path, what, kw, match):
+    """Another CRS, a grid off the scene's pixels, or (a label map without georeferencing, .npy) another size."""
     _write_scene(tmp_path / "s.tif")
-    lab = _labels()[:, :23] if what == "shape" else _labels()
-    _write_labels(tmp_path / "l.tif", lab, **kw)
+    if what == "shape":
+        np.save(tmp_path / "l.npy", _labels()[:, :23])
+    else:
+        _write_labels(tmp_path / "l.tif", _labels(), **kw)
     with pytest.raises(DataError, match=match):
-        load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+        load_labelled_raster(tmp_path / "s.tif", tmp_path / ("l.npy" if what == "shape" else "l.tif"))
 
 
 def test_a_larger_label_raster_on_the_scene_grid_is_cut_to_the_scene(tmp_path):
@@ -106,6 +109,34 @@ def test_a_larger_label_raster_on_the_scene_grid_is_cut_to_the_scene(tmp_path):
     sc = load_labelled_raster(tmp_path / "s.tif", tmp_path / "edge.tif")
     assert (sc.labels[:5] == 0).all()
     np.testing.assert_array_equal(sc.labels[5:], want[5:])
+
+
+def test_the_legend_of_the_label_raster_decides_the_classes(tmp_path):
+    """A land-cover raster names more classes than one scene holds (or its last class lies only on nodata): the
+    model keeps the legend's K classes (empty ones included) and its colours, instead of refusing the names; a
+    raster with the scene's origin but a larger extent is cut too; inf in a bad band does not leave the band
+    unstandardised."""
+    cube = _write_scene(tmp_path / "s.tif")
+    big = np.zeros((30, 30), np.uint8)
+    big[:20, :24] = _labels()
+    big[25:, 25:] = 5  # outside the scene
+    names = ["roof", "tree", "water", "soil", "pool"]
+    _write_labels(tmp_path / "l.tif", big, names=names)
+    sc = load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+    assert sc.class_names == names and sc.n_classes == 5 and sc.labels.max() == 3
+    assert sc.palette[4] == [50, 100, 150]
+    with pytest.raises(DataError, match="'class_names' holds 2 names but the labels run 1..3"):
+        load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif", class_names=["a", "b"])
+    with rasterio.open(tmp_path / "f.tif", "w", driver="GTiff", height=20, width=24, count=12, dtype="float32",
+                       crs="EPSG:32633", transform=T, nodata=NODATA) as dst:
+        f = cube.astype(np.float32)
+        f[3] = np.nan
+        f[3, 0, 0] = np.inf
+        dst.write(f)
+        for b in range(12):
+            dst.update_tags(b + 1, bbl="0" if b == 3 else "1")
+    _, mean, std = standardize_scene(load_labelled_raster(tmp_path / "f.tif", tmp_path / "l.tif"))
+    assert mean[3] == 0 and std[3] == 1 and np.isfinite(mean).all() and np.isfinite(std).all()
 
 
 def test_train_from_a_geotiff_and_its_labels_then_classify(tmp_path, capsys):
