@@ -122,19 +122,31 @@ def _nodata_bands(da: xr.DataArray) -> np.ndarray | None:
     return good if 0 < good.size < bbl.size else None
 
 
-def _model_good_bands(meta: dict[str, Any], bands: int) -> np.ndarray | None:
-    """For a scene without a ``bbl``: the bands the model was trained to test for nodata, the complement of the
-    ``bad_bands`` its training scene flagged or held no data in (EnMAP's 130-135 after a mosaic lost their
-    band metadata); None (every band) when the model records none."""
-    bad = meta.get("bad_bands")
-    if not bad:
-        return None
-    bad = {int(b) for b in bad}
-    if not bad < set(range(bands)):
-        return None
-    log.info("the scene flags no bad bands (no 'bbl'): leaving the model's bad bands %s out of the nodata test",
-             sorted(bad))
-    return np.array([b for b in range(bands) if b not in bad])
+def _model_bad_bands(meta: dict[str, Any], bands: int) -> list[int]:
+    """The bands the model was trained with as bad (``meta["bad_bands"]``: its training scene's bbl, or bands
+    without any data there), when they fit its band count."""
+    bad = sorted({int(b) for b in meta.get("bad_bands") or ()})
+    return bad if bad and set(bad) < set(range(bands)) else []
+
+
+def _tested_bands(da: xr.DataArray, model_bad: list[int], bands: int) -> np.ndarray | None:
+    """The bands nodata is looked for in: the scene's bbl good bands (every band without a bbl) less the bands
+    the model was trained with as bad (which it reads as 0 whatever they hold); None: every band. Warns when
+    the scene flags bands bad that the model was trained with data in."""
+    good = _nodata_bands(da)
+    if "bbl" in da.coords and model_bad:
+        flagged = sorted(set(range(bands)) - set(good.tolist() if good is not None else range(bands)))
+        extra = sorted(set(flagged) - set(model_bad))
+        if extra:
+            warnings.warn(f"the scene's bbl flags bands {extra} bad, but the model was trained with data in them "
+                          f"(its bad bands: {model_bad}): their values reach the network as they are", stacklevel=4)
+    if not model_bad:
+        return good
+    if "bbl" not in da.coords:
+        log.info("the scene flags no bad bands (no 'bbl'): the model's bad bands %s are left out of the nodata "
+                 "test", model_bad)
+    keep = set(range(bands)) if good is None else set(good.tolist())
+    return np.array(sorted(keep - set(model_bad)))
 
 
 class _Job:
@@ -163,6 +175,12 @@ class _Job:
         check_scene(m.config, self.meta, bands=bands, height=height, width=width, wavelengths=_wavelengths(da),
                     dtype=da.dtype)
         self.mean, self.std = _normalisation(m)
+        model_bad = _model_bad_bands(self.meta, bands)
+        if model_bad and self.mean is not None:
+            # a band the model was trained with as bad is read as 0 (NaN here, 0 after normalising, as the
+            # untested bands' non-finite values are), whatever the scene holds in it: training saw only 0 there
+            self.mean = self.mean.copy()
+            self.mean[model_bad] = np.nan
         if self.mean is None and da.dtype.kind in "ui":
             warnings.warn(f"the model has no per-band mean/std (model.json meta), so the scene is taken as already "
                           f"normalised, but it holds {da.dtype} values (raw counts or scaled reflectance): the map "
@@ -170,9 +188,7 @@ class _Job:
                           "`hsi-engine train`, or `import-keras --dataset NAME`), or normalise the scene first",
                           UnnormalisedInputWarning, stacklevel=3)
         self.nodata = nodata if nodata is not None else _declared_nodata(da)
-        self.nodata_bands = _nodata_bands(da)
-        if self.nodata_bands is None and "bbl" not in da.coords:  # a scene's own bbl (even all good) wins
-            self.nodata_bands = _model_good_bands(self.meta, bands)
+        self.nodata_bands = _tested_bands(da, model_bad, bands)
         from .integrity import check_store
 
         check_store(da, nodata=self.nodata)  # zarr fills missing chunks silently: refuse them up front

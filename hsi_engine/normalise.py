@@ -34,7 +34,8 @@ def normalise_into_reference(raw: np.ndarray, mean: np.ndarray | None, std: np.n
     filled with nodata or NaN in every pixel, are left out so they do not mask the whole scene); ``nonfinite``
     says whether any of those bands' values was non-finite. ``out`` is written for every pixel, bad ones
     included (the caller zeroes or rejects them); non-finite values of the bands left out become 0 (the band's
-    mean), so a pixel is classified whatever its bad bands hold.
+    mean), so a pixel is classified whatever its bad bands hold (a NaN ``mean`` of such a band reads it as 0
+    whatever it holds).
     """
     h, w = raw.shape[1:]
     bad = np.zeros((h, w), dtype=bool)
@@ -50,7 +51,7 @@ def normalise_into_reference(raw: np.ndarray, mean: np.ndarray | None, std: np.n
         out[...] = (raw - mean[:, None, None]) / std[:, None, None]
     else:
         out[...] = raw
-    if raw.dtype.kind == "f" and nodata_bands is not None:
+    if (raw.dtype.kind == "f" or mean is not None) and nodata_bands is not None:
         skipped = ~np.isin(np.arange(raw.shape[0]), nodata_bands)
         out[skipped] = np.where(np.isfinite(out[skipped]), out[skipped], 0)
     return bad, nonfinite
@@ -82,7 +83,7 @@ def normalise_into(raw: np.ndarray, mean: np.ndarray | None, std: np.ndarray | N
             out[k] = tmp
         else:
             out[k] = band
-        if is_float and not tested[k]:
+        if (is_float or mean is not None) and not tested[k]:
             np.nan_to_num(out[k], copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         elif is_float and not nonfinite and not np.isfinite(band).all():
             nonfinite = True
@@ -183,7 +184,7 @@ def normalise_tensor(raw: "torch.Tensor", mean: "torch.Tensor | None", std: "tor
             out[k0:k1].copy_(d)  # one rounding to float32, as numpy's assignment
         else:  # one rounding from the raw values (wrapped ones are exact in float64)
             out[k0:k1].copy_(d if wrap_bits else r)
-        if is_float and nodata_bands is not None:
+        if (is_float or mean is not None) and nodata_bands is not None:
             for a, z in _runs(~tested[k0:k1]):
                 torch.nan_to_num_(out[k0 + a:k0 + z], nan=0.0, posinf=0.0, neginf=0.0)
     if nonf is None:

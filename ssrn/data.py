@@ -550,15 +550,24 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
                         f"{int(bad.sum())} nodata pixels")
     _check_class_ids(labels, str(labels_path))
     names = class_names if class_names is not None else names
-    if names is not None and k <= len(names):
-        k = len(names)  # the legend's classes, whether or not this scene holds the last ones
+    if names is not None:
+        names = [str(n).strip() for n in names]
+        if any(not n for n in names) or len(set(names)) < len(names):
+            raise DataError(f"class names {names}: expected one non-empty, distinct name per class 1..K "
+                            f"({'--class-names' if class_names is not None else 'the label raster'})")
+        if k <= len(names):  # the legend's classes, whether or not this scene holds the last ones
+            empty = [n for i, n in enumerate(names, start=1) if not (labels == i).any()]
+            if empty:
+                log.warning("%s: classes %s have no labelled pixel with data in this scene; the model still "
+                            "has an output for each of the %d named classes", labels_path, empty, len(names))
+            k = len(names)
     names = _class_names(names, k, str(labels_path))
     palette = [list(cmap[i][:3]) for i in range(1, k + 1)] if cmap and all(i in cmap for i in range(1, k + 1)) \
         else np.random.default_rng(0).integers(0, 256, size=(k, 3)).tolist()
     wl = da.coords["wavelength"].values.tolist() if "wavelength" in da.coords else None
     cube = da.copy(data=raw)
-    return Scene(scene_path.stem, cube, labels, names, palette, wl, f"{scene_path} + {labels_path}", None,
-                 nodata, nodata_bands)
+    return Scene(scene_path.stem, cube, labels, names, palette, wl,
+                 f"{scene_path.resolve()} + {labels_path.resolve()}", None, nodata, nodata_bands)
 
 
 def _bands_without_data(raw: np.ndarray, nodata: float | None) -> np.ndarray:
@@ -599,6 +608,8 @@ def standardize_scene(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     normed = np.empty(raw.shape, np.float32)
     masked, _ = normalise_into(raw, mean, std, scene.nodata, normed, scene.nodata_bands)
     normed[:, masked] = 0
+    if scene.nodata_bands is not None:  # bad bands carry nothing: 0, as the engine reads a model's bad bands
+        normed[np.setdiff1d(np.arange(raw.shape[0]), scene.nodata_bands)] = 0
     return normed, mean, std
 
 
@@ -623,9 +634,10 @@ class Split:
             out[k] = m.reshape(self.shape)
         return out
 
-    def counts(self, labels: np.ndarray) -> dict[str, list[int]]:
+    def counts(self, labels: np.ndarray, k: int | None = None) -> dict[str, list[int]]:
+        """Pixels per class 1..K (``k``, default the largest label) in each part."""
         flat = labels.reshape(-1)
-        k = int(flat.max())
+        k = int(flat.max()) if k is None else int(k)
         return {s: np.bincount(flat[getattr(self, s)], minlength=k + 1)[1:].tolist() for s in ("train", "val", "test")}
 
     def to_meta(self) -> dict[str, Any]:

@@ -385,7 +385,7 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
     train_ds = PatchDataset(normed, scene.labels, sp.train, patch)
     val_ds = PatchDataset(normed, scene.labels, sp.val, patch)
     test_ds = PatchDataset(normed, scene.labels, sp.test, patch)
-    counts = sp.counts(scene.labels)
+    counts = sp.counts(scene.labels, scene.n_classes)
     absent = [scene.class_names[i] for i, c in enumerate(counts["train"]) if c == 0]
     split_desc = {**sp.description, "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(test_ds),
                   "classes_absent_from_train": absent}
@@ -394,14 +394,20 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
              split_desc, count_parameters(model), dev)
     meta: dict[str, Any] = {
         "dataset": scene.name, "source": scene.source, "mean": mean.tolist(), "std": std.tolist(),
-        "normalisation": "per-band (x - mean) / std over the whole scene (population std); zero padding of "
-                         "patch//2 at the border after normalisation",
+        "normalisation": ("per-band (x - mean) / std over the whole scene (population std); zero padding of "
+                          "patch//2 at the border after normalisation") if scene.nodata is None else
+                         ("per-band (x - mean) / std over the scene's pixels with data (population std); nodata "
+                          "pixels and bad bands 0 after normalisation, as the engine reads them; zero padding of "
+                          "patch//2 at the border"),
         "class_names": scene.class_names, "palette": scene.palette, "command": command,
         "split": {**sp.to_meta(), "counts": counts},
     }
     if scene.nodata_bands is not None:  # a scene classified later without its bbl is still not all nodata
         meta["bad_bands"] = sorted(set(range(bands)) - {int(b) for b in scene.nodata_bands})
-    if scene.wavelengths is not None:
+    if scene.wavelengths is None:
+        log.warning("%s: the scene has no band wavelengths (a mosaic loses them), so the model records none and "
+                    "cannot check a scene's bands against its own when it classifies", scene.name)
+    else:
         meta["wavelengths"] = scene.wavelengths
         meta["wavelength_unit"] = "nm"
     base_report = {"dataset": scene.name, "device": _device_name(dev), "seed": seed, "split": split_desc,

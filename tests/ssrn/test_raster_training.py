@@ -181,6 +181,40 @@ def test_a_mosaic_without_band_metadata_keeps_its_empty_bands_out_of_the_mask(tm
     assert out[4, 5] == 0 and (out > 0).sum() == out.size - 1
 
 
+def test_what_a_bad_band_holds_does_not_change_the_map(tmp_path):
+    """Training reads its bad bands as 0; so does the engine for a model that records them, whatever the scene
+    holds there (-32768, 0, NaN, another sensor's fill), with or without the scene's bbl. Before, a zarr-trained
+    model put every pixel of the same scene as a GeoTIFF into one class. A scene flagging more bands bad than the
+    model was trained without is warned about."""
+    import warnings as w
+
+    import hsi_engine
+
+    from hsi_engine.cli import main
+
+    _write_scene(tmp_path / "s.tif")
+    _write_labels(tmp_path / "l.tif", _labels(), colours=False)
+    model_dir = tmp_path / "model"
+
+    assert main(["train", "--dataset", str(tmp_path / "s.tif"), "--labels", str(tmp_path / "l.tif"),
+                 "--out", str(model_dir), "--epochs", "1", "--batch-size", "32", "--device", "cpu"]) == 0
+    model = hsi_engine.load_model(model_dir)
+    scene = hsi_engine.open_scene(tmp_path / "s.tif")
+    ref = hsi_engine.classify(scene, model, progress=False).values
+    assert ref[4, 5] == 0 and (ref > 0).sum() == ref.size - 1
+    for fill in (0, 12345, np.nan):
+        other = scene.astype(np.float32).copy()
+        other[3] = fill
+        for s in (other, other.drop_vars("bbl")):
+            np.testing.assert_array_equal(hsi_engine.classify(s, model, progress=False).values, ref)
+    more = scene.copy()
+    more["bbl"] = ("band", np.where(np.isin(np.arange(12), [3, 7]), 0, 1).astype(np.uint8))
+    with w.catch_warnings(record=True) as seen:
+        w.simplefilter("always")
+        hsi_engine.classify(more, model, progress=False)
+    assert any("flags bands [7] bad, but the model was trained with data in them" in str(x.message) for x in seen)
+
+
 def test_train_on_a_real_enmap_tile_and_its_labels(data_dir, tmp_path):
     """A real EnMAP L2A tile (224 bands, bad bands 130-135 nodata everywhere) and its land-cover labels: the
     bad bands mask nothing, every labelled pixel is kept, and the model classifies the tile."""
