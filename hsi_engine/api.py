@@ -146,7 +146,7 @@ def _tested_bands(da: xr.DataArray, model_bad: list[int], bands: int) -> np.ndar
         log.info("the scene flags no bad bands (no 'bbl'): the model's bad bands %s are left out of the nodata "
                  "test", model_bad)
     keep = set(range(bands)) if good is None else set(good.tolist())
-    return np.array(sorted(keep - set(model_bad)))
+    return np.array(sorted(keep - set(model_bad)), dtype=np.intp)
 
 
 class _Job:

@@ -589,8 +589,16 @@ def _nodata_pixels(raw: np.ndarray, nodata: float | None, nodata_bands: np.ndarr
 
 def standardize_scene(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`standardize` for a scene; one with nodata pixels (a raster scene) takes its statistics over the
-    pixels with data and normalises as the engine does (the same float64 operations, nodata pixels' spectra 0,
-    non-finite values of bad bands 0), so training sees what classifying will."""
+    pixels with data and normalises as the engine does (the same float64 operations, nodata pixels' spectra 0);
+    bad bands (outside ``scene.nodata_bands``) are 0, as the engine reads a model's bad bands, so training sees
+    what classifying will."""
+    normed, mean, std = _standardize_valid(scene)
+    if scene.nodata_bands is not None:
+        normed[np.setdiff1d(np.arange(normed.shape[0]), scene.nodata_bands)] = 0
+    return normed, mean, std
+
+
+def _standardize_valid(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if scene.nodata is None and not np.issubdtype(np.asarray(scene.cube.values).dtype, np.floating):
         return standardize(scene.cube.values)
     raw = np.asarray(scene.cube.values)
@@ -608,8 +616,6 @@ def standardize_scene(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     normed = np.empty(raw.shape, np.float32)
     masked, _ = normalise_into(raw, mean, std, scene.nodata, normed, scene.nodata_bands)
     normed[:, masked] = 0
-    if scene.nodata_bands is not None:  # bad bands carry nothing: 0, as the engine reads a model's bad bands
-        normed[np.setdiff1d(np.arange(raw.shape[0]), scene.nodata_bands)] = 0
     return normed, mean, std
 
 

@@ -215,6 +215,37 @@ def test_what_a_bad_band_holds_does_not_change_the_map(tmp_path):
     assert any("flags bands [7] bad, but the model was trained with data in them" in str(x.message) for x in seen)
 
 
+def test_a_bad_band_with_data_and_no_nodata_is_0_in_training_as_in_the_engine(tmp_path):
+    """A scene with a bbl but no declared nodata whose bad band varies (AVIRIS's water-vapour bands): training
+    reads it as 0, as the engine does for the model's bad bands, so the engine's map is patch mode's on the
+    training input, pixel for pixel."""
+    import torch
+
+    import hsi_engine
+    from hsi_engine.cli import main
+    from hsi_engine.fused import patch_forward
+
+    rng = np.random.default_rng(3)
+    cube = rng.integers(200, 6000, size=(12, 20, 24)).astype(np.int16)
+    with rasterio.open(tmp_path / "s.tif", "w", driver="GTiff", height=20, width=24, count=12, dtype="int16",
+                       crs="EPSG:32633", transform=T) as dst:
+        dst.write(cube)
+        for b in range(12):
+            dst.update_tags(b + 1, bbl="0" if b == 3 else "1")
+    _write_labels(tmp_path / "l.tif", _labels(), colours=False)
+    sc = load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+    normed, _, _ = standardize_scene(sc)
+    assert sc.nodata is None and (normed[3] == 0).all() and not np.signbit(normed[3]).any()
+    assert normed[2].std() > 0.5
+    assert main(["train", "--dataset", str(tmp_path / "s.tif"), "--labels", str(tmp_path / "l.tif"),
+                 "--out", str(tmp_path / "m"), "--epochs", "1", "--batch-size", "32", "--device", "cpu"]) == 0
+    model = hsi_engine.load_model(tmp_path / "m")
+    got = hsi_engine.classify(hsi_engine.open_scene(tmp_path / "s.tif"), model, progress=False).values
+    with torch.no_grad():
+        logits = patch_forward(model, torch.from_numpy(normed))  # (pixels, K), row-major: patch mode
+    np.testing.assert_array_equal(got, logits.argmax(1).numpy().reshape(got.shape) + 1)
+
+
 def test_train_on_a_real_enmap_tile_and_its_labels(data_dir, tmp_path):
     """A real EnMAP L2A tile (224 bands, bad bands 130-135 nodata everywhere) and its land-cover labels: the
     bad bands mask nothing, every labelled pixel is kept, and the model classifies the tile."""
