@@ -504,16 +504,32 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
                 labels = np.nan_to_num(labels, nan=0) if np.isnan(f.nodata) else np.where(labels == f.nodata, 0,
                                                                                           labels)
             names = f.tags().get("class_names")
+            names = json.loads(names) if names else None
             try:
                 cmap = f.colormap(1)
             except ValueError:  # no colour table
                 cmap = None
+            if names is None and f.driver == "ENVI":  # an ENVI classification (e.g. from the EnMAP-Box)
+                names = _envi_class_names(path)
     except rasterio.errors.RasterioIOError as e:
         raise DataError(f"{path} could not be read as a label raster ({e})") from None
     if window is not None:
         log.info("%s: labels cut to the scene's window (rows %d.., cols %d..) of their grid", path,
                  window.row_off, window.col_off)
-    return _check_labels(labels, shape, where), (json.loads(names) if names else None), cmap
+    return _check_labels(labels, shape, where), names, cmap
+
+
+def _envi_class_names(path: Path) -> list[str] | None:
+    """The names of classes 1..K from an ENVI classification header's ``class names`` (its first name is class
+    0's, e.g. "unclassified"); None when the header has none."""
+    from hsi_engine.io import _envi_list, _envi_paths, _parse_envi_header
+
+    try:
+        header = _parse_envi_header(_envi_paths(path)[0])
+    except Exception:  # noqa: BLE001 - no readable header beside it: no names
+        return None
+    names = _envi_list(header.get("class names", ""))
+    return names[1:] or None
 
 
 def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.PathLike, *,

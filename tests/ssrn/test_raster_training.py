@@ -246,6 +246,20 @@ def test_a_bad_band_with_data_and_no_nodata_is_0_in_training_as_in_the_engine(tm
     np.testing.assert_array_equal(got, logits.argmax(1).numpy().reshape(got.shape) + 1)
 
 
+def test_class_names_of_an_envi_classification_label_file(tmp_path):
+    """An ENVI classification (as the EnMAP-Box writes land-cover maps) names its classes in the header's
+    ``class names``, the first one class 0's: those name the model's classes."""
+    _write_scene(tmp_path / "s.tif")
+    with rasterio.open(tmp_path / "l.bsq", "w", driver="ENVI", height=20, width=24, count=1, dtype="uint8",
+                       crs="EPSG:32633", transform=T) as dst:
+        dst.write(_labels(), 1)
+    hdr = tmp_path / "l.hdr"
+    hdr.write_text(hdr.read_text() + "file type = ENVI Classification\nclasses = 4\n"
+                   "class names = {unclassified, roof, tree, water}\n")
+    sc = load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.bsq")
+    assert sc.class_names == ["roof", "tree", "water"]
+
+
 def test_train_on_a_real_enmap_tile_and_its_labels(data_dir, tmp_path):
     """A real EnMAP L2A tile (224 bands, bad bands 130-135 nodata everywhere) and its land-cover labels: the
     bad bands mask nothing, every labelled pixel is kept, and the model classifies the tile."""
