@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import HSIEngineError, SceneError, UnnormalisedInputWarning
-from .io import as_scene, open_scene
+from .io import as_scene, open_scene, scene_gcps
 from .tiles import TilePlan, default_tile, plan_tiles
 
 log = logging.getLogger(__name__)
@@ -255,11 +255,8 @@ def scene_georef(da: xr.DataArray, scene_path: Any = None) -> tuple[Any, Any, An
                       "georeferencing (no CRS): the class map is written in pixel coordinates; set one with "
                       "da.rio.write_crs(...) to georeference it", stacklevel=3)
         return None, None, None
-    if "x" not in da.coords and "y" not in da.coords:
-        gcps = da.rio.get_gcps()
-        if gcps:
-            return da.rio.crs, None, gcps
-    return da.rio.crs, da.rio.transform(), None
+    gcps = scene_gcps(da)
+    return (da.rio.crs, None, gcps) if gcps else (da.rio.crs, da.rio.transform(), None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,7 +319,7 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     labels = xr.DataArray(sink.labels, dims=("y", "x"), coords=coords, name="class", attrs=attrs)
     if _georeferenced(job.da):
         labels = labels.rio.write_crs(job.da.rio.crs)
-        gcps = job.da.rio.get_gcps() if "x" not in job.da.coords and "y" not in job.da.coords else None
+        gcps = scene_gcps(job.da)
         if gcps:  # a scene placed by ground control points: so is its map
             labels = labels.rio.write_gcps(gcps, job.da.rio.crs)
     if not probabilities:

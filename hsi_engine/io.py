@@ -40,7 +40,7 @@ import xarray as xr
 
 from .errors import MissingSpatialDimsError, SceneError
 
-__all__ = ["SUPPORTED_SUFFIXES", "as_scene", "open_scene", "scene_format", "scene_info"]
+__all__ = ["SUPPORTED_SUFFIXES", "as_scene", "open_scene", "scene_format", "scene_gcps", "scene_info"]
 
 _ENVI_DATA_SUFFIXES = (".bsq", ".bil", ".bip", ".img", ".dat", ".raw", "")
 SUPPORTED_SUFFIXES: dict[str, str] = {
@@ -688,6 +688,14 @@ def _disk_size(path: Path) -> int:
     return total
 
 
+def scene_gcps(da: xr.DataArray) -> list | None:
+    """The ground control points of a scene placed by them (no y/x coordinates: not orthorectified, where
+    ``rio.transform()`` reads the identity); None for a gridded scene or one without any."""
+    if "x" in da.coords or "y" in da.coords:
+        return None
+    return da.rio.get_gcps() or None
+
+
 def scene_info(path: str | os.PathLike, *, variable: str | None = None, band_axis: int | None = None) -> str:
     """A human summary of a scene: format, shape, bands, dtype, chunks, CRS, transform, wavelengths, size;
     ``variable`` / ``band_axis`` as in :func:`open_scene`."""
@@ -706,7 +714,7 @@ def scene_info(path: str | os.PathLike, *, variable: str | None = None, band_axi
     except Exception:  # a scene without coordinates has no transform
         pass
     lines.append(f"crs        {crs.to_string() if crs is not None else 'none'}")
-    gcps = da.rio.get_gcps() if crs is not None and "x" not in da.coords and "y" not in da.coords else None
+    gcps = scene_gcps(da) if crs is not None else None
     if gcps:  # placed by ground control points: the identity transform rioxarray reads means nothing
         lines.append(f"gcps       {len(gcps)} ground control points (no transform: not orthorectified)")
     elif transform is not None:

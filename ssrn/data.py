@@ -572,10 +572,10 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
             raise DataError(f"class names {names}: expected one non-empty, distinct name per class 1..K "
                             f"({'--class-names' if class_names is not None else 'the label raster'})")
         if k <= len(names):  # the legend's classes, whether or not this scene holds the last ones
-            empty = [n for i, n in enumerate(names, start=1) if not (labels == i).any()]
-            if empty:
+            unseen = [n for i, n in enumerate(names, start=1) if not (labels == i).any()]
+            if unseen:
                 log.warning("%s: classes %s have no labelled pixel with data in this scene; the model still "
-                            "has an output for each of the %d named classes", labels_path, empty, len(names))
+                            "has an output for each of the %d named classes", labels_path, unseen, len(names))
             k = len(names)
     names = _class_names(names, k, str(labels_path))
     palette = [list(cmap[i][:3]) for i in range(1, k + 1)] if cmap and all(i in cmap for i in range(1, k + 1)) \
