@@ -224,9 +224,10 @@ class Trainer:
             else:
                 bad += 1
             if self.progress:
-                log.info("epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  %.1fs%s", epoch, self.epochs,
-                         rec["train_loss"], rec["train_acc"], rec["val_loss"], rec.get("val_acc", float("nan")),
-                         rec["time_s"], "  *best" if improved else "")
+                held_out = (f"val_loss {rec['val_loss']:.4f}  val_acc {rec['val_acc']:.4f}" if "val_acc" in rec
+                            else "(no validation pixels: the best epoch is chosen on the training loss)")
+                log.info("epoch %d/%d  loss %.4f  acc %.4f  %s  %.1fs%s", epoch, self.epochs, rec["train_loss"],
+                         rec["train_acc"], held_out, rec["time_s"], "  *best" if improved else "")
             if improved and self.on_improve is not None:
                 res.train_time_s = time.perf_counter() - t0
                 self.on_improve(model, res)

@@ -293,3 +293,19 @@ def test_a_real_envi_scene_and_a_larger_landcover_raster(data_dir):
     assert sc.nodata == -99 and (sc.labels > 0).sum() == 832
     with pytest.raises(DataError, match=r"not on its pixels; warp the labels .*rio warp"):
         load_labelled_raster(d / "HyMap02_Berlin_Urban_Gradient_2009.hdr", lc)
+
+
+def test_training_without_validation_pixels_says_what_it_watches(tmp_path, caplog):
+    """--val-fraction 0: the epoch lines say the best epoch is chosen on the training loss (they printed the
+    training loss as 'val_loss' beside 'val_acc nan')."""
+    from hsi_engine.cli import main
+
+    _write_scene(tmp_path / "s.tif")
+    _write_labels(tmp_path / "l.tif", _labels(), colours=False)
+    with caplog.at_level("INFO", logger="ssrn.train"):
+        assert main(["train", "--dataset", str(tmp_path / "s.tif"), "--labels", str(tmp_path / "l.tif"),
+                     "--out", str(tmp_path / "m"), "--epochs", "1", "--batch-size", "32", "--val-fraction", "0",
+                     "--device", "cpu"]) == 0
+    epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1/1")]
+    assert len(epochs) == 1 and "the best epoch is chosen on the training loss" in epochs[0]
+    assert "val_acc nan" not in epochs[0]
