@@ -471,8 +471,8 @@ def _label_window(transform: Any, scene_transform: Any, shape: tuple[int, int]):
     return Window(round(col), round(row), shape[1], shape[0])
 
 
-def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene_transform: Any, where: str
-                       ) -> tuple[np.ndarray, list[str] | None, dict[int, tuple] | None]:
+def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene_transform: Any, where: str,
+                       like: Path) -> tuple[np.ndarray, list[str] | None, dict[int, tuple] | None]:
     """A one-band label raster (GeoTIFF, ENVI, ... through rasterio; or .npy ``(y, x)``) on the scene's pixels:
     ``(labels, class names, colour table)``. A raster on the same pixel grid but a larger (or other) extent is cut to
     the scene's window (pixels beyond it unlabelled); another CRS or grid is refused with the fix. Its nodata
@@ -489,7 +489,7 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
             transform = None if f.transform.is_identity else f.transform
             if f.crs is not None and scene_crs is not None and f.crs != scene_crs:
                 raise DataError(f"{where}: the labels are in {f.crs}, the scene in {scene_crs}; reproject the "
-                                "labels onto the scene's grid (e.g. rio warp labels.tif out.tif --like SCENE)")
+                                f"labels onto the scene's grid (e.g. rio warp {path} out.tif --like {like})")
             window = None
             if transform is not None and scene_transform is not None and \
                     (not transform.almost_equals(scene_transform) or f.shape != tuple(shape)):
@@ -497,7 +497,7 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
                 if window is None:
                     raise DataError(f"{where}: the labels' grid {tuple(transform)[:6]} is not the scene's "
                                     f"{tuple(scene_transform)[:6]} and not on its pixels; warp the labels to the "
-                                    "scene's pixels (rio warp labels.tif out.tif --like SCENE)")
+                                    f"scene's pixels (rio warp {path} out.tif --like {like})")
             fill = f.nodata if f.nodata is not None else 0
             labels = f.read(1, window=window, boundless=window is not None, fill_value=fill)
             if f.nodata is not None:
@@ -539,7 +539,7 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
     training :class:`Scene`. The scene's nodata pixels (its declared nodata, or NaN, in the bands a ``bbl`` does
     not flag bad) are unlabelled and masked as the engine masks them; mosaic tiles first (e.g. ``rio merge``)."""
     from hsi_engine.api import _declared_nodata, _nodata_bands
-    from hsi_engine.io import open_scene
+    from hsi_engine.io import _envi_paths, open_scene, scene_format
 
     scene_path, labels_path = Path(scene_path), Path(labels_path)
     if not labels_path.exists():
@@ -551,7 +551,11 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
     except Exception:  # noqa: BLE001 - rioxarray cannot tell: nothing to compare
         scene_crs = scene_transform = None
     where = f"{labels_path} vs {scene_path}"
-    labels, names, cmap = _read_label_raster(labels_path, tuple(da.shape[1:]), scene_crs, scene_transform, where)
+    like = scene_path  # what `rio warp --like` opens: an ENVI scene's data file, not its header
+    if scene_format(scene_path) == "envi":
+        like = _envi_paths(scene_path)[1]
+    labels, names, cmap = _read_label_raster(labels_path, tuple(da.shape[1:]), scene_crs, scene_transform, where,
+                                             like)
     nodata, nodata_bands = _declared_nodata(da), _nodata_bands(da)
     raw = np.asarray(da.values)
     if nodata_bands is None:  # no bbl (a mosaic loses band metadata): bands without any data are the bad ones
