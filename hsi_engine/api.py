@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from .errors import HSIEngineError, SceneError, UnnormalisedInputWarning
+from .errors import HSIEngineError, SceneError, UnnormalisedInputWarning, user_stacklevel
 from .io import as_scene, open_scene, scene_gcps
 from .tiles import TilePlan, default_tile, plan_tiles
 
@@ -139,7 +139,7 @@ def _tested_bands(da: xr.DataArray, model_bad: list[int], bands: int) -> np.ndar
         extra = sorted(set(flagged) - set(model_bad))
         if extra:
             warnings.warn(f"the scene's bbl flags bands {extra} bad, but the model was trained with data in them "
-                          f"(its bad bands: {model_bad}): their values reach the network as they are", stacklevel=4)
+                          f"(its bad bands: {model_bad}): their values reach the network as they are", stacklevel=user_stacklevel())
     if not model_bad:
         return good
     if "bbl" not in da.coords:
@@ -186,7 +186,7 @@ class _Job:
                           f"normalised, but it holds {da.dtype} values (raw counts or scaled reflectance): the map "
                           "will be meaningless. Use a model that records its normalisation (trained with "
                           "`hsi-engine train`, or `import-keras --dataset NAME`), or normalise the scene first",
-                          UnnormalisedInputWarning, stacklevel=3)
+                          UnnormalisedInputWarning, stacklevel=user_stacklevel())
         self.nodata = nodata if nodata is not None else _declared_nodata(da)
         self.nodata_bands = _tested_bands(da, model_bad, bands)
         from .integrity import check_store
@@ -253,7 +253,7 @@ def scene_georef(da: xr.DataArray, scene_path: Any = None) -> tuple[Any, Any, An
     if not _georeferenced(da):
         warnings.warn(f"scene {scene_path if isinstance(scene_path, (str, os.PathLike)) else ''} has no "
                       "georeferencing (no CRS): the class map is written in pixel coordinates; set one with "
-                      "da.rio.write_crs(...) to georeference it", stacklevel=3)
+                      "da.rio.write_crs(...) to georeference it", stacklevel=user_stacklevel())
         return None, None, None
     gcps = scene_gcps(da)
     return (da.rio.crs, None, gcps) if gcps else (da.rio.crs, da.rio.transform(), None)

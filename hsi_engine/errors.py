@@ -47,6 +47,19 @@ class UnnormalisedInputWarning(UserWarning, HSIEngineError):
     Python; the command line turns it into an error (a pipeline sees only the exit status)."""
 
 
+def user_stacklevel() -> int:
+    """``stacklevel`` for ``warnings.warn`` called from hsi_engine that points at the first caller outside the
+    package (the user's line), however many of its own frames lie between (the cluster path adds some)."""
+    import os
+    import sys
+
+    pkg = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 __all__ = ["BandMismatchError", "CheckpointError", "ClusterUsageError", "CorruptChunkError", "HSIEngineError",
            "MissingSpatialDimsError", "NonFiniteInputError", "OutputError", "SceneError", "SceneTooSmallError",
            "UnnormalisedInputWarning"]

@@ -38,7 +38,7 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers ``.rio`` on every DataArray open_scene returns)
 import xarray as xr
 
-from .errors import MissingSpatialDimsError, SceneError
+from .errors import MissingSpatialDimsError, SceneError, user_stacklevel
 
 __all__ = ["SUPPORTED_SUFFIXES", "as_scene", "open_scene", "scene_format", "scene_gcps", "scene_info"]
 
@@ -120,7 +120,7 @@ def _guess_band_axis(shape: tuple[int, ...], where: str, default_last: bool) -> 
     band = 0 if a < c else 2
     warnings.warn(f"{where}: array of shape {shape} has no dimension names; taking axis {band} "
                   f"(length {shape[band]}) as the band axis. Pass band_axis=0 or band_axis=2 to open_scene "
-                  "(--band-axis 0 or 2 on the command line) to say which it is.", stacklevel=4)
+                  "(--band-axis 0 or 2 on the command line) to say which it is.", stacklevel=user_stacklevel())
     return band
 
 

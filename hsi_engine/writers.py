@@ -47,7 +47,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from .errors import OutputError
+from .errors import OutputError, user_stacklevel
 
 __all__ = ["ClassMapWriter", "GeoTiffClassMapWriter", "ZarrClassMapWriter", "ZARR_TITLE", "check_not_scene",
            "check_replaceable", "default_palette", "is_hsi_zarr", "open_writer", "side_paths", "write_classmap",
@@ -301,7 +301,7 @@ class ClassMapWriter:
             missing = " and ".join(m for m, v in (("CRS", self.crs), ("transform", self.transform)) if v is None)
             warnings.warn(f"writing {path} without georeferencing (no {missing}): the class map is in pixel "
                           "coordinates. Give the scene a CRS (da.rio.write_crs) and transform to georeference it.",
-                          UserWarning, stacklevel=3)
+                          UserWarning, stacklevel=user_stacklevel())
         self._lock = threading.Lock()
         self._done = False
         self._temps: list[Path] = []
