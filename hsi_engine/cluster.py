@@ -104,6 +104,7 @@ class TaskSpec:
     decoders: int | None = None  # None: the runner's default for the worker's device
     spatial_precision: str = "auto"  # FusedSSRN's: auto is decided on each worker's host
     nodata_bands: tuple[int, ...] | None = None  # the bands nodata is looked for in; None: all
+    token: str = ""  # this run's own: a worker opens the scene once per run (a reused path may hold a new scene)
 
 
 _CACHE: dict[Any, Any] = {}
@@ -133,14 +134,16 @@ def _worker_engine(spec: TaskSpec, model_obj: Any):
 def _worker_scene(spec: TaskSpec, scene_obj: Any):
     if scene_obj is not None:
         return scene_obj
-    key = ("scene", spec.scene)
+    # opened once per run, not once per path: a long-lived worker must not read a new scene at a reused path
+    # (a pipeline's scratch path) through the old one's metadata
+    key = ("scene", spec.scene, spec.token)
     with _CACHE_LOCK:
-        da = _CACHE.get(key)
-        if da is None:
+        hit = _CACHE.get("scene")
+        if hit is None or hit[0] != key:
             from .io import as_scene
 
-            da = _CACHE[key] = as_scene(spec.scene).transpose("band", "y", "x")
-    return da
+            hit = _CACHE["scene"] = (key, as_scene(spec.scene).transpose("band", "y", "x"))
+    return hit[1]
 
 
 def _worker_threads() -> int:
@@ -427,7 +430,8 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
                             device=None if device is None else str(device), probabilities=prob is not None,
                             throttle_s=float(throttle_s), cache_blocks=cache_blocks, decoders=decoders,
                             spatial_precision=spatial_precision,
-                            nodata_bands=None if job.nodata_bands is None else tuple(map(int, job.nodata_bands)))
+                            nodata_bands=None if job.nodata_bands is None else tuple(map(int, job.nodata_bands)),
+                            token=uuid.uuid4().hex)
             with connect(workers=workers, scheduler=scheduler) as client:
                 try:
                     n_workers = len(client.scheduler_info().get("workers", {}))

@@ -97,6 +97,22 @@ def test_a_scaled_integer_geotiff_with_nodata_gives_the_same_map_on_the_cluster(
                                                             nodata=0, progress=False).values)
 
 
+def test_a_new_scene_at_a_reused_path_is_read_afresh_by_the_workers(case, client, tmp_path):
+    """A long-lived cluster's workers kept the scene they opened by its path: a pipeline writing the next scene to
+    the same scratch path got a map read through the old scene's metadata. Each run opens its own."""
+    import shutil
+
+    path = tmp_path / "scratch.zarr"
+    shutil.copytree(case["scene"], path)
+    cluster.run_to_file(path, case["model"], tmp_path / "a.zarr", tile=TILE, scheduler=client)
+    shutil.rmtree(path)
+    other = case["cube"][:, ::-1, :].copy()  # another scene of the same shape at the same path
+    F.write_zarr(path, other)
+    rep = cluster.run_to_file(path, case["model"], tmp_path / "b.zarr", tile=TILE, scheduler=client)
+    want = hsi_engine.classify(hsi_engine.open_scene(path), str(case["model"]), tile=TILE, progress=False).values
+    np.testing.assert_array_equal(F.read_classes(rep.path), want)
+
+
 def test_workers_reading_through_a_block_cache_give_the_same_map(case, client, tmp_path):
     """Each worker keeps its own decoded-block cache (cache_blocks=9) and decoder threads (decoders=2); the map
     is the single process's."""
