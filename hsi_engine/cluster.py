@@ -17,13 +17,23 @@ The model is loaded once per worker process: a per-process cache keyed by the mo
 built :class:`~hsi_engine.fused.FusedSSRN` (a model directory is loaded from its path on the worker; an
 in-memory ``SSRN`` is scattered once). A worker that dies (killed, out of memory) loses only its running
 task: the scheduler reruns it elsewhere and the nanny restarts the worker, which reloads the model on its
-next task. Scenes given as paths are opened by each worker (shared filesystem, as for the output);
+next task. The driver drops each tile's result as it arrives, so a dead worker leaves no finished tile to
+recompute. A tile whose task takes down every worker it runs on (``distributed.KilledWorker``, after the
+scheduler's ``allowed-failures``) stops the run with :class:`~hsi_engine.errors.WorkerLostError`, keeping the
+tiles written. Scenes given as paths are opened by each worker (shared filesystem, as for the output);
 in-memory scenes are scattered.
 
 Output. Everything is written into ``<out>.partial`` and renamed (zarr) or converted (GeoTIFF, through
 :class:`~hsi_engine.writers.GeoTiffClassMapWriter`) into place only when every tile is recorded done.
 Bad input (:class:`HSIEngineError`) removes the partial store: no output and no leftovers. Any other
-interruption (a crash, Ctrl-C, SIGKILL) leaves it for ``resume=True`` / ``--resume``.
+interruption (a crash, Ctrl-C, SIGKILL, SIGTERM while the map is being written) leaves it for ``resume=True`` /
+``--resume``.
+
+One run per output. A run holds :func:`~hsi_engine.lock.output_lock` on its output from start to commit: a second
+run into the same output is refused while the first lives. ``client.cancel`` does not stop a task that is
+already running, so a cluster run that was interrupted may have tasks still computing after its driver is
+gone; the store records the live run's token and a task writes (and marks) its tile only while the store still
+names its own run, so a rerun (``--overwrite``, perhaps of another scene) never receives a stopped run's tiles.
 """
 
 from __future__ import annotations
@@ -44,9 +54,10 @@ from typing import Any
 import numpy as np
 
 from .dask_client import _cuda_count, _gpu_resources, _parse_scheduler_address, connect, make_local_cluster
-from .errors import ClusterUsageError, HSIEngineError, OutputError
-from .resume import (ResumableZarrWriter, finished_with, mark_tile, model_digest, partial_path, partial_tile,
-                     provenance)
+from .errors import ClusterUsageError, HSIEngineError, OutputError, WorkerLostError
+from .lock import output_lock
+from .resume import (ResumableZarrWriter, check_owner, finished_with, mark_tile, model_digest, partial_path,
+                     partial_tile, provenance)
 from .tiles import Tile, TilePlan, default_tile, normalise_tile, plan_tiles
 
 log = logging.getLogger("hsi_engine.cluster")
@@ -240,6 +251,7 @@ def _tile_task(spec: TaskSpec, tile: Tile, scene_obj: Any = None, model_obj: Any
     except Exception as e:  # noqa: BLE001
         raise OutputError(f"output store {spec.store} disappeared while tile {tile.index} was running ({e})") \
             from None
+    check_owner(g, spec.token, f"tile {tile.index}")  # a cancelled run's task still running: write nothing
     ys, xs = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
     g["classes"][ys, xs] = lab
     if prob is not None and "probabilities" in g:
@@ -247,6 +259,7 @@ def _tile_task(spec: TaskSpec, tile: Tile, scene_obj: Any = None, model_obj: Any
         arr[:, ys, xs] = prob.astype(arr.dtype, copy=False)
     if conf is not None and "confidence" in g:
         g["confidence"][ys, xs] = conf.astype(np.float32, copy=False)
+    check_owner(zarr.open_group(spec.store, mode="r"), spec.token, f"tile {tile.index}")
     mark_tile(spec.store, tile.y0 // spec.tile, tile.x0 // spec.tile, spec.run)  # after the data: atomic
     return {"index": tile.index, "pixels": tile.pixels, "seconds": time.perf_counter() - t0, "pid": os.getpid(),
             "nodata_px": int(lab.size - np.count_nonzero(lab))}
@@ -272,27 +285,36 @@ class _MarkingSink:
 
 def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_obj: Any, model_obj: Any,
                      progress: bool | None) -> dict[str, Any]:
-    from distributed import as_completed
+    from distributed import KilledWorker, as_completed
 
     from .runner import _progress_bar
 
     resources = _gpu_resources(client)
     scene_arg = client.scatter(scene_obj, broadcast=True, hash=False) if scene_obj is not None else None
     model_arg = client.scatter(model_obj, broadcast=True, hash=False) if model_obj is not None else None
-    token = uuid.uuid4().hex[:8]
-    futures = [client.submit(_tile_task, spec, t, scene_arg, model_arg, key=f"hsi-tile-{token}-{t.index}",
-                             resources=resources, pure=False) for t in tiles]
+    by_key = {f"hsi-tile-{spec.token[:8]}-{t.index}": t for t in tiles}
+    pending = {key: client.submit(_tile_task, spec, t, scene_arg, model_arg, key=key, resources=resources,
+                                  pure=False) for key, t in by_key.items()}
     bar = _progress_bar(sum(t.pixels for t in tiles), progress)
     pids: set[int] = set()
     nodata_px = 0
     try:
-        for fut in as_completed(futures):
-            res = fut.result()  # re-raises the task's error (bad input, store gone...)
+        for fut in as_completed(list(pending.values())):
+            # a finished tile's result is dropped at once: while the driver held it, a worker that died took
+            # the result with it and the scheduler recomputed a tile already written
+            del pending[fut.key]
+            try:
+                res = fut.result()  # re-raises the task's error (bad input, store gone...)
+            except Exception as e:
+                if isinstance(e, KilledWorker):
+                    raise _worker_lost(client, by_key[fut.key], spec) from None
+                raise
+            fut.release()
             pids.add(res["pid"])
             nodata_px += res["nodata_px"]
             bar.update(res["pixels"])
     except BaseException:
-        client.cancel(futures)
+        client.cancel(list(pending.values()))
         raise
     finally:
         bar.close()
@@ -301,6 +323,20 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
 
         warn_all_nodata(spec.nodata, spec.nodata_bands)
     return {"worker_pids": sorted(pids), "resources": resources, "nodata_px": nodata_px}
+
+
+def _worker_lost(client: Any, tile: Tile, spec: TaskSpec) -> WorkerLostError:
+    """The error for a tile whose task killed every worker that ran it (``distributed.KilledWorker``)."""
+    try:
+        limits = {int(w.get("memory_limit") or 0) for w in client.scheduler_info().get("workers", {}).values()}
+    except Exception:  # noqa: BLE001 - the message is still useful without the limit
+        limits = set()
+    memory = f" (each has {max(limits) / 2**30:.1f} GiB)" if limits and min(limits) > 0 else ""
+    return WorkerLostError(
+        f"tile {tile.index} (rows {tile.y0}-{tile.y1}, columns {tile.x0}-{tile.x1}) took down every worker that "
+        f"ran it, nearly always by running out of memory{memory}. Give each worker more memory (fewer --workers "
+        f"on this host) and rerun with --resume to keep the tiles written, or start over with a smaller --tile "
+        f"(now {spec.tile}) and --overwrite")
 
 
 def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, tile: int | Sequence[int] | None = None,
@@ -318,14 +354,32 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     worker keeps its own; default as in :func:`~hsi_engine.runner.run_plan`); ``decoders``: threads decoding a
     window's cached blocks concurrently (per worker; default as in run_plan). ``spatial_precision``: as in
     :func:`~hsi_engine.api.classify` (``auto`` is decided per worker host). ``throttle_s`` sleeps that long
-    per tile before writing it (tests and demos of interruption only). Returns a :class:`RunReport`.
+    per tile before writing it (tests and demos of interruption only). Only one run at a time writes ``out``
+    (:func:`~hsi_engine.lock.output_lock`); a second is refused. Returns a :class:`RunReport`.
     """
+    from .writers import check_not_scene
+
+    check_not_scene(out, scene_path)  # before anything is read: the output must never replace the scene
+    with output_lock(out):  # one live run per output: a second would share (and delete) its partial store
+        return _run_to_file(scene_path, model_path, out, tile=tile, device=device, backend=backend,
+                            precision=precision, probabilities=probabilities, overwrite=overwrite,
+                            nodata=nodata, workers=workers, scheduler=scheduler, resume=resume,
+                            progress=progress, queue_depth=queue_depth, readers=readers,
+                            cache_blocks=cache_blocks, decoders=decoders, throttle_s=throttle_s,
+                            spatial_precision=spatial_precision)
+
+
+def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, tile: Any, device: Any, backend: str,
+                 precision: str, probabilities: bool | str, overwrite: bool, nodata: float | None,
+                 workers: int | None, scheduler: Any, resume: bool, progress: bool | None, queue_depth: int | None,
+                 readers: int | None, cache_blocks: int | None, decoders: int | None, throttle_s: float,
+                 spatial_precision: str) -> RunReport:
+    """run_to_file, holding the output's lock."""
     from .api import _Job, scene_georef
     from .io import open_scene
     from .runner import check_read_settings
-    from .writers import _TIFF, _ZARR, check_not_scene, side_paths
+    from .writers import _TIFF, _ZARR, side_paths
 
-    check_not_scene(out, scene_path)  # before anything is read: the output must never replace the scene
     t_start = time.perf_counter()
     out = Path(out)
     suffix = out.suffix.lower()
@@ -403,7 +457,8 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
                                      overwrite=overwrite, block=side, gcps=gcps, tags=tags)
     done = writer.done()
     todo = [t for t in plan if done[t.y0 // side, t.x0 // side] == 0]
-    run = writer.start_run()
+    token = uuid.uuid4().hex  # this run's: its tasks write only while the store still names it (check_owner)
+    run = writer.start_run(token)
     skipped = len(plan) - len(todo)
     if writer.resumed:
         log.info("resuming %s: %d of %d tiles already written, %d to go", writer.partial, skipped, len(plan),
@@ -431,7 +486,7 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
                             throttle_s=float(throttle_s), cache_blocks=cache_blocks, decoders=decoders,
                             spatial_precision=spatial_precision,
                             nodata_bands=None if job.nodata_bands is None else tuple(map(int, job.nodata_bands)),
-                            token=uuid.uuid4().hex)
+                            token=token)
             with connect(workers=workers, scheduler=scheduler) as client:
                 try:
                     n_workers = len(client.scheduler_info().get("workers", {}))
@@ -441,9 +496,12 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
                     error = e
             if error is not None:
                 raise error
-    except HSIEngineError:
-        if writer.resumed:  # earlier runs' tiles are never thrown away: keep them for the next --resume
-            kept = writer.keep_partial()
+    except HSIEngineError as e:
+        if writer.owner() != token:  # a run that ignored the lock took the store over: it is not ours to touch
+            writer.keep_partial()
+            raise
+        if writer.resumed or (isinstance(e, WorkerLostError) and (writer.done() > 0).any()):
+            kept = writer.keep_partial()  # earlier runs' tiles (and finished ones) are kept for the next --resume
             log.warning("run stopped; %s keeps the tiles written so far: fix the cause, then rerun with "
                         "resume=True (--resume)", kept)
             raise
@@ -467,11 +525,17 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
         raise OutputError(f"{missing} tiles of {kept} are not recorded as written after the run; rerun with "
                           "resume=True (--resume) to finish them")
     wall = time.perf_counter() - t_start
-    writer.finish_run(run, workers=n_workers, wall_s=round(wall, 3))
-    if suffix in _ZARR:
-        path = Path(writer.commit())
-    else:
-        path = writer.commit_geotiff(out, crs=crs, transform=transform, gcps=gcps, tags=tags)
+    try:
+        writer.finish_run(run, workers=n_workers, wall_s=round(wall, 3))
+        if suffix in _ZARR:
+            path = Path(writer.commit())
+        else:
+            path = writer.commit_geotiff(out, crs=crs, transform=transform, gcps=gcps, tags=tags)
+    except BaseException:  # SIGTERM/Ctrl-C while writing the map: every tile is in the store, keep it
+        kept = writer.keep_partial()
+        log.warning("stopped while writing %s; %s holds every tile: rerun with resume=True (--resume) to write "
+                    "the map without computing again", out, kept)
+        raise
     report = RunReport(path=path, tiles=len(plan), skipped=skipped, computed=len(todo), run=run, workers=n_workers,
                        wall_s=time.perf_counter() - t_start, tile=side, extra=dict(extra or {}))
     log.info("wrote %s: %d tiles computed, %d skipped (run %d, %s) in %.1f s", path, report.computed, skipped, run,

@@ -42,6 +42,11 @@ class ClusterUsageError(HSIEngineError, ValueError):
     malformed scheduler address)."""
 
 
+class WorkerLostError(HSIEngineError, RuntimeError):
+    """A tile's task took down every worker that ran it (the scheduler's ``allowed-failures``), nearly always by
+    running out of memory; the run's partial store keeps the tiles written."""
+
+
 class UnnormalisedInputWarning(UserWarning, HSIEngineError):
     """A model without per-band mean/std on a scene of raw integers: the map will be meaningless. A warning in
     Python; the command line turns it into an error (a pipeline sees only the exit status)."""
@@ -62,4 +67,4 @@ def user_stacklevel() -> int:
 
 __all__ = ["BandMismatchError", "CheckpointError", "ClusterUsageError", "CorruptChunkError", "HSIEngineError",
            "MissingSpatialDimsError", "NonFiniteInputError", "OutputError", "SceneError", "SceneTooSmallError",
-           "UnnormalisedInputWarning"]
+           "UnnormalisedInputWarning", "WorkerLostError"]

@@ -17,7 +17,8 @@ output arrays are chunked exactly like the tiles (tile side = chunk side), so ea
 (region writes, no read-modify-write across tiles). The marker values double as a count: after a resumed run,
 ``(tiles_done == k).sum()`` is the number of tiles run ``k`` computed. The group attrs hold the run history
 (``resume_runs``) and a fingerprint of scene shape/dtype, model weights, tile plan and output options;
-resuming with different settings is refused.
+resuming with different settings is refused. ``run_token`` names the run that owns the store now (each run sets
+it at its start): a cluster task checks it before writing and before marking its tile (:func:`check_owner`).
 
 Which runs are resumable: every ``.zarr`` output and every run through :mod:`hsi_engine.cluster`
 (``workers=``, ``scheduler=`` or ``resume=True``; ``--workers``/``--scheduler``/``--resume``). ``resume=True`` on a
@@ -48,13 +49,14 @@ import numpy as np
 from .errors import OutputError
 from .writers import ZarrClassMapWriter, check_replaceable, zarr_root_attributes
 
-__all__ = ["PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "discard_partial", "finished_with",
-           "model_digest", "partial_path", "partial_tile", "provenance", "read_record", "recorded_fingerprint"]
+__all__ = ["PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "check_owner", "discard_partial",
+           "finished_with", "model_digest", "partial_path", "partial_tile", "provenance", "read_record", "recorded_fingerprint"]
 
 PARTIAL_SUFFIX = ".partial"
 RECORD = "resume/tiles_done"
 FINGERPRINT_ATTR = "hsi_engine_resume"
 RUNS_ATTR = "resume_runs"
+OWNER_ATTR = "run_token"  # the live run's token: tasks of an earlier, cancelled run write nothing once it changes
 
 
 def partial_path(out: str | os.PathLike) -> Path:
@@ -245,8 +247,9 @@ class ResumableZarrWriter(ZarrClassMapWriter):
         """``(tile rows, tile cols)`` run numbers; 0 where the tile is not written."""
         return read_record(self._tmp)
 
-    def start_run(self) -> int:
-        """Append a run to the history; returns its number (the marker value its tiles get)."""
+    def start_run(self, token: str = "") -> int:
+        """Append a run to the history and make ``token`` the store's owner (see :func:`check_owner`); returns the
+        run's number (the marker value its tiles get)."""
         runs = list(self._group.attrs.get(RUNS_ATTR, []))
         done = self.done()
         run = int(max([r["run"] for r in runs] + [int(done.max()) if done.size else 0])) + 1
@@ -254,8 +257,17 @@ class ResumableZarrWriter(ZarrClassMapWriter):
             raise OutputError(f"{self.partial} has been resumed {run - 1} times; start over with overwrite=True")
         runs.append({"run": run, "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                      "done_before": int((done > 0).sum()), "tiles": int(done.size)})
-        self._group.attrs[RUNS_ATTR] = runs
+        self._group.attrs.update({RUNS_ATTR: runs, OWNER_ATTR: token})
         return run
+
+    def owner(self) -> str | None:
+        """The token of the run that owns the store now (read afresh; None when the store is gone)."""
+        import zarr
+
+        try:
+            return dict(zarr.open_group(str(self._tmp), mode="r").attrs).get(OWNER_ATTR)
+        except Exception:  # noqa: BLE001 - removed or unreadable
+            return None
 
     def finish_run(self, run: int, **info: Any) -> None:
         runs = list(self._group.attrs.get(RUNS_ATTR, []))
@@ -275,6 +287,19 @@ class ResumableZarrWriter(ZarrClassMapWriter):
         self.mark(row, col, run)
 
     # ---- ending ------------------------------------------------------------------------------
+    def _commit_failed(self) -> None:
+        self.keep_partial()  # every tile is in it: a resume=True run only commits it
+
+    def __del__(self):  # dropped unfinished (an exception between the run and its commit): keep written tiles
+        try:
+            if not self._done:
+                if self.resumed or (self.done() > 0).any():
+                    self.keep_partial()
+                else:
+                    self.abort()
+        except Exception:
+            pass
+
     def keep_partial(self) -> Path:
         """Leave the partial store for a later ``resume=True`` run (after an interruption)."""
         self._done = True
@@ -310,13 +335,24 @@ class ResumableZarrWriter(ZarrClassMapWriter):
                     w.write(y0, x0, np.asarray(classes[ys, xs]),
                             None if prob is None else np.asarray(prob[:, ys, xs]),
                             None if conf is None else np.asarray(conf[ys, xs]))
-        except BaseException:
+            w.commit()
+        except BaseException:  # interrupted (SIGTERM, Ctrl-C) or failed: the complete store stays for --resume
             w.abort()
+            self.keep_partial()
             raise
-        w.commit()
         self._done = True
         self._cleanup()  # the partial store
         return Path(out)
+
+
+def check_owner(group: Any, token: str, what: str) -> None:
+    """Raise :class:`OutputError` unless the run of ``token`` still owns the partial store ``group`` (a zarr
+    group): a task of a cancelled run that was still running must not write into a store a later run took over
+    (with overwrite, the store may hold another scene)."""
+    found = dict(group.attrs).get(OWNER_ATTR)
+    if found != token:
+        raise OutputError(f"{what}: another run has taken over {group.store} (run token {found!r}, this run's "
+                          f"{token!r}); this task's run was stopped, so it writes nothing")
 
 
 def mark_tile(store: str | os.PathLike, row: int, col: int, run: int) -> None:

@@ -376,11 +376,15 @@ class ClassMapWriter:
             with self._lock:
                 self._commit()
         except BaseException:
-            self.abort()
+            self._commit_failed()
             raise
         self._done = True
         self._cleanup()
         return self.path
+
+    def _commit_failed(self) -> None:
+        """After a failed or interrupted commit: remove every temporary (a resumable store keeps its tiles)."""
+        self.abort()
 
     def abort(self) -> None:
         if self._done:

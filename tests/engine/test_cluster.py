@@ -153,8 +153,14 @@ def test_in_memory_scene_and_model_are_scattered(case, client, tmp_path):
 
 
 def test_worker_sigkilled_mid_run_still_gives_the_same_map(case, client, tmp_path):
+    """... and no finished tile is computed twice: the driver drops each result as it arrives, so the scheduler
+    has nothing to recompute when the worker that held it dies."""
+    from distributed import get_task_stream
+
     out = tmp_path / "killed.zarr"
     result: dict = {}
+    stream = get_task_stream(client)
+    stream.__enter__()
 
     def run():
         try:
@@ -173,20 +179,68 @@ def test_worker_sigkilled_mid_run_still_gives_the_same_map(case, client, tmp_pat
             done = int((read_record(part) > 0).sum())
         except Exception:  # noqa: BLE001 - record not created yet
             done = 0
-        if done >= 1:
+        if done >= 4:  # both workers have finished tiles
             break
         time.sleep(0.05)
-    assert 1 <= done < 9, f"kill must land mid-run (tiles done: {done})"
+    assert 4 <= done < 9, f"kill must land mid-run (tiles done: {done})"
     pids = client.run(os.getpid)  # {worker address: pid}
     victim = sorted(pids.values())[0]
     os.kill(victim, signal.SIGKILL)
     th.join(120)
     assert not th.is_alive()
+    stream.__exit__(None, None, None)
     assert "error" not in result, result.get("error")
     np.testing.assert_array_equal(F.read_classes(out), case["ref"]["labels"].values)
     assert (read_record(out) == 1).all()
+    runs = [t["key"] for t in stream.data if str(t["key"]).startswith("hsi-tile-")]
+    assert sorted(runs) == sorted(set(runs)) and len(runs) == 9, runs  # each tile ran to completion once
     client.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker
     assert victim not in client.run(os.getpid).values()
+
+
+def test_a_tile_that_kills_its_workers_is_one_clear_error_and_keeps_the_tiles(case, tmp_path):
+    """distributed.KilledWorker (a worker killed while running the tile, allowed-failures times: an out-of-memory
+    kill in practice) is a WorkerLostError naming the tile and the fix; the finished tiles stay for --resume."""
+    import dask
+    from distributed import Client
+
+    from hsi_engine.errors import WorkerLostError
+
+    out = tmp_path / "oom.zarr"
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lc = cluster.make_local_cluster(1, gpu=False)
+        c = Client(lc)
+    result: dict = {}
+    try:
+        c.wait_for_workers(1, timeout=60)
+
+        def run():
+            try:
+                cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, scheduler=c, throttle_s=0.5)
+            except BaseException as e:  # noqa: BLE001 - checked below
+                result["error"] = e
+
+        th = threading.Thread(target=run)
+        th.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if (read_record(partial_path(out)) > 0).sum() >= 2:
+                    break
+            except Exception:  # noqa: BLE001 - not created yet
+                pass
+            time.sleep(0.05)
+        os.kill(next(iter(c.run(os.getpid).values())), signal.SIGKILL)  # mid-tile: it sleeps 0.5 s per tile
+        th.join(120)
+    finally:
+        c.close()
+        lc.close()
+    err = result.get("error")
+    assert isinstance(err, WorkerLostError), repr(err)
+    assert "took down every worker" in str(err) and "--resume" in str(err) and "smaller --tile (now 16)" in str(err)
+    done = read_record(partial_path(out))
+    assert 2 <= (done > 0).sum() < 9 and not out.exists()
 
 
 def test_cli_workers_starts_a_local_cluster(case, tmp_path, capsys):

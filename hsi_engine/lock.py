@@ -1,0 +1,86 @@
+"""One live run per output: an advisory lock on a hidden file beside it (``.<name>.lock``).
+
+Two resumable runs into the same output would write the same partial store, and one's commit (a rename) or abort
+(a delete) would pull it from under the other. :func:`output_lock` takes ``flock`` on ``.<out name>.lock`` for the
+whole run; a second run is refused with the first one's pid, host and start time. The kernel drops the lock when
+its process dies, however it dies (SIGKILL, a lost node), so a stale lock file never blocks a rerun: the next run
+simply takes it. The file is removed when its run ends; one left by a killed run is harmless. ``flock`` is
+honoured across processes on one host and, on Linux, across NFS clients (emulated by POSIX locks); on a platform
+without ``fcntl`` (Windows) no lock is taken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import OutputError
+
+__all__ = ["lock_path", "output_lock"]
+
+
+def lock_path(out: str | os.PathLike) -> Path:
+    """The lock file of output ``out``: ``.<name>.lock`` in its directory."""
+    p = Path(out)
+    return p.with_name(f".{p.name}.lock")
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text())
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not recorded itself yet"
+
+
+@contextlib.contextmanager
+def output_lock(out: str | os.PathLike) -> Iterator[Path | None]:
+    """Hold the lock of ``out`` for the ``with`` block; raise :class:`OutputError` when another live run holds it.
+
+    Yields the lock file's path (None where the platform has no ``flock``). The parent directory must exist.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield None
+        return
+    path = lock_path(out)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the output directory {path.parent} ({e.strerror or e}); choose a "
+                          "writable location for the class map") from None
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OutputError(f"cannot create the lock file {path} ({e.strerror or e}); choose a writable location "
+                              "for the output") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise OutputError(f"another run is writing {out} now ({_holder(path)}); wait for it to finish, or stop "
+                              "it and rerun with resume=True (--resume) to finish its tiles") from None
+        try:  # the previous holder may have removed the file between our open and our lock: lock the new one
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(info).encode())
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # while still locked: a waiting run then opens a fresh file
+        os.close(fd)

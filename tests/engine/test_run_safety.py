@@ -1,0 +1,160 @@
+"""One live run per output, and what an interrupted run leaves: a second run into the same output is refused
+while the first lives (and not after it is killed); a cancelled run's task still running writes nothing into a
+store a later run took over; a run stopped while writing its final map keeps every tile for --resume."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import _scale_fixtures as F
+
+import hsi_engine
+from hsi_engine import cluster
+from hsi_engine.errors import OutputError
+from hsi_engine.lock import lock_path, output_lock
+from hsi_engine.resume import OWNER_ATTR, ResumableZarrWriter, partial_path, read_record
+
+TILE = 16
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    d = tmp_path_factory.mktemp("safety")
+    cube = F.ip_crop(32, 48, y0=10, x0=30)  # 2 x 3 tiles of 16
+    scene = F.write_zarr(d / "scene.zarr", cube)
+    model = F.save_tiny_model(d / "model", cube)
+    ref = hsi_engine.classify(hsi_engine.open_scene(scene), str(model), tile=TILE, progress=False).values
+    assert len(np.unique(ref)) > 1
+    return {"dir": d, "cube": cube, "scene": scene, "model": model, "ref": ref, "tiles": 6}
+
+
+def _hold_lock(out: Path) -> subprocess.Popen:
+    """Another process holding ``out``'s lock, as a live run does (returns once it holds it)."""
+    script = ("import sys, time; from hsi_engine.lock import output_lock\n"
+              "with output_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held", proc.stderr.read()
+    return proc
+
+
+def test_a_second_run_into_a_live_run_s_output_is_refused_until_that_run_dies(case, tmp_path):
+    out = tmp_path / "map.tif"
+    holder = _hold_lock(out)
+    try:
+        with pytest.raises(OutputError, match=rf"another run is writing .*map\.tif now \(pid {holder.pid} on "):
+            cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)
+        assert not out.exists() and not partial_path(out).exists()  # refused before anything was written
+    finally:
+        holder.send_signal(signal.SIGKILL)  # dies without unlocking: the kernel drops its lock
+        holder.wait(30)
+    assert lock_path(out).exists()  # the killed run's stale file ...
+    rep = cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)  # ... blocks nothing
+    assert rep.computed == case["tiles"]
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+    assert F.leftovers(tmp_path, out.name) == ["map.tif", "map.tif.aux.xml"]  # the lock file went with the run
+
+
+def test_the_cli_names_the_live_run_in_one_line_and_exits_2(case, tmp_path, capsys):
+    from hsi_engine.cli import main
+
+    out = tmp_path / "map.zarr"
+    holder = _hold_lock(out)
+    try:
+        rc = main(["classify", str(case["scene"]), "--model", str(case["model"]), "--out", str(out), "--tile",
+                   str(TILE), "--resume"])
+    finally:
+        holder.kill()
+        holder.wait(30)
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"pid {holder.pid}" in err and "Traceback" not in err
+
+
+def test_the_lock_is_taken_again_after_its_holder_released_it(tmp_path):
+    out = tmp_path / "a.zarr"
+    with output_lock(out) as p:
+        assert p == lock_path(out) and p.exists()
+        with pytest.raises(OutputError, match=f"pid {os.getpid()}"):  # a second open file description conflicts
+            with output_lock(out):
+                pass
+    assert not p.exists()
+    with output_lock(out):
+        pass
+
+
+def test_a_cancelled_run_s_task_writes_nothing_into_a_store_another_run_took_over(case, tmp_path):
+    """A task of an interrupted cluster run keeps running after client.cancel; when it ends, a rerun with
+    --overwrite may have put another scene's run in the same partial store. The task must not write there."""
+    out = tmp_path / "map.zarr"
+    grid = (2, 3)
+    w = ResumableZarrWriter(out, grid=grid, fingerprint={"run": "new"}, resume=False, height=32, width=48,
+                            n_classes=5, block=TILE)
+    w.start_run("new-run-token")
+    store = str(w.partial)
+    plan = hsi_engine.tiles.plan_tiles(32, 48, TILE, 2)
+    tile = plan.tiles[4]
+    spec = cluster.TaskSpec(store=store, run=1, tile=TILE, scene=str(case["scene"]), model=str(case["model"]),
+                            model_key="k", mean=None, std=None, nodata=None, backend="eager", precision="float32",
+                            device="cpu", probabilities=False, token="old-run-token")
+    with pytest.raises(OutputError, match="another run has taken over"):
+        cluster._tile_task(spec, tile)
+    import zarr
+
+    g = zarr.open_group(store, mode="r")
+    assert (np.asarray(g["classes"][...]) == 0).all()  # nothing written ...
+    assert (read_record(store) == 0).all()  # ... nor marked
+    assert dict(g.attrs)[OWNER_ATTR] == "new-run-token"
+    # the run that owns it writes
+    res = cluster._tile_task(spec.__class__(**{**spec.__dict__, "token": "new-run-token"}), tile)
+    assert res["index"] == tile.index and read_record(store)[tile.y0 // TILE, tile.x0 // TILE] == 1
+    w.keep_partial()
+
+
+@pytest.mark.parametrize("name", ["map.tif", "map.zarr"])
+def test_a_run_stopped_while_writing_its_map_keeps_every_tile(case, tmp_path, monkeypatch, name):
+    """SIGTERM (the CLI turns it into KeyboardInterrupt) during the final GeoTIFF conversion or zarr commit must
+    not delete the complete partial store; --resume then writes the map without computing a tile."""
+    from hsi_engine import writers
+
+    out = tmp_path / name
+    hook = writers.GeoTiffClassMapWriter if name.endswith(".tif") else writers.ZarrClassMapWriter
+
+    def interrupted(self):
+        raise KeyboardInterrupt("signal 15")
+
+    with monkeypatch.context() as m:
+        m.setattr(hook, "_commit", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)
+    gc.collect()  # a dropped writer must not delete it either
+    part = partial_path(out)
+    assert (read_record(part) == 1).all() and not out.exists()
+    rep = cluster.run_to_file(case["scene"], case["model"], out, resume=True)
+    assert rep.computed == 0 and rep.skipped == case["tiles"]
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+    assert not part.exists() and not lock_path(out).exists()
+
+
+def test_a_run_stopped_between_its_last_tile_and_the_commit_keeps_every_tile(case, tmp_path, monkeypatch):
+    out = tmp_path / "map.tif"
+
+    def interrupted(self, run, **info):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(ResumableZarrWriter, "finish_run", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)
+    gc.collect()
+    assert (read_record(partial_path(out)) == 1).all()
+    assert cluster.run_to_file(case["scene"], case["model"], out, resume=True).computed == 0
