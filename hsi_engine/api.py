@@ -374,6 +374,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                                         progress=progress, queue_depth=queue_depth, readers=readers,
                                         cache_blocks=cache_blocks, decoders=decoders,
                                         spatial_precision=spatial_precision)
+    from .lock import output_lock
     from .resume import check_no_partial, discard_partial, model_digest, provenance
     from .writers import check_not_scene, open_writer
 
@@ -389,24 +390,25 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
         raise ValueError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
     ycoords = np.asarray(da["y"].values) if "y" in da.coords else None
     xcoords = np.asarray(da["x"].values) if "x" in da.coords else None
-    stale = check_no_partial(out, overwrite=overwrite)  # an interrupted --resume run's store: finish or discard
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # georeferencing: warned above, once
-        writer = open_writer(out, height=job.height, width=job.width, n_classes=job.classes, crs=crs,
-                             transform=transform, y_coords=ycoords, x_coords=xcoords, class_names=job.class_names(),
-                             palette=job.palette(), probabilities=prob, confidence=prob is not None,
-                             overwrite=overwrite, gcps=gcps,
-                             tags=provenance(model_digest(job.model), precision, spatial_precision))
-    t0 = time.perf_counter()
-    try:
-        stats = job.run(writer, probabilities=prob is not None, progress=progress, queue_depth=queue_depth,
-                        readers=readers, cache_blocks=cache_blocks, decoders=decoders)
-    except BaseException:
-        writer.abort()  # nothing half-written is left behind
-        raise
-    path = Path(writer.commit())
-    if stale is not None:
-        discard_partial(stale)  # replaced by the output just committed
+    with output_lock(out):  # one live run per output (a resumable one may be writing <out>.partial)
+        stale = check_no_partial(out, overwrite=overwrite)  # an interrupted --resume run's store: finish or discard
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # georeferencing: warned above, once
+            writer = open_writer(out, height=job.height, width=job.width, n_classes=job.classes, crs=crs,
+                                 transform=transform, y_coords=ycoords, x_coords=xcoords, class_names=job.class_names(),
+                                 palette=job.palette(), probabilities=prob, confidence=prob is not None,
+                                 overwrite=overwrite, gcps=gcps,
+                                 tags=provenance(model_digest(job.model), precision, spatial_precision))
+        t0 = time.perf_counter()
+        try:
+            stats = job.run(writer, probabilities=prob is not None, progress=progress, queue_depth=queue_depth,
+                            readers=readers, cache_blocks=cache_blocks, decoders=decoders)
+        except BaseException:
+            writer.abort()  # nothing half-written is left behind
+            raise
+        path = Path(writer.commit())
+        if stale is not None:
+            discard_partial(stale)  # replaced by the output just committed
     log.info("wrote %s: %d tiles, %d x %d pixels in %.1f s", path, stats.get("tiles", len(job.plan)), job.height,
              job.width, time.perf_counter() - t0)
     return path

@@ -50,7 +50,8 @@ from .errors import OutputError
 from .writers import ZarrClassMapWriter, check_replaceable, zarr_root_attributes
 
 __all__ = ["PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "check_owner", "discard_partial",
-           "finished_with", "model_digest", "partial_path", "partial_tile", "provenance", "read_record", "recorded_fingerprint"]
+           "finished_with", "model_digest", "partial_path", "partial_tile", "provenance", "read_record",
+           "recorded_fingerprint"]
 
 PARTIAL_SUFFIX = ".partial"
 RECORD = "resume/tiles_done"

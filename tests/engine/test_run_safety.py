@@ -158,3 +158,19 @@ def test_a_run_stopped_between_its_last_tile_and_the_commit_keeps_every_tile(cas
     gc.collect()
     assert (read_record(partial_path(out)) == 1).all()
     assert cluster.run_to_file(case["scene"], case["model"], out, resume=True).computed == 0
+
+
+def test_a_plain_run_is_refused_while_another_run_lives(case, tmp_path):
+    """A plain (non-resumable) run with --overwrite discards <out>.partial once committed: never a live run's."""
+    out = tmp_path / "plain.tif"
+    holder = _hold_lock(out)
+    try:
+        with pytest.raises(OutputError, match="another run is writing"):
+            hsi_engine.classify_to_file(case["scene"], case["model"], out, tile=TILE, overwrite=True,
+                                        progress=False)
+    finally:
+        holder.kill()
+        holder.wait(30)
+    hsi_engine.classify_to_file(case["scene"], case["model"], out, tile=TILE, progress=False)
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+    assert F.leftovers(tmp_path, out.name) == ["plain.tif", "plain.tif.aux.xml"]
