@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import HSIEngineError, SceneError, UnnormalisedInputWarning, user_stacklevel
-from .io import as_scene, open_scene, scene_gcps
+from .io import as_scene, open_scene, scene_gcps, with_window_gcps
 from .tiles import TilePlan, default_tile, plan_tiles
 
 log = logging.getLogger(__name__)
@@ -320,8 +320,8 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     if _georeferenced(job.da):
         labels = labels.rio.write_crs(job.da.rio.crs)
         gcps = scene_gcps(job.da)
-        if gcps:  # a scene placed by ground control points: so is its map
-            labels = labels.rio.write_gcps(gcps, job.da.rio.crs)
+        if gcps:  # a scene placed by ground control points: so is its map (moved to the window classified)
+            labels = with_window_gcps(labels, gcps, job.da.rio.crs)
     if not probabilities:
         return labels
     cls = np.arange(1, job.classes + 1)

@@ -54,6 +54,10 @@ def make_local_cluster(n_workers: int | None = None, *, gpu: bool | None = None,
     n = int(n_workers or 1)
     if n < 1:
         raise ClusterUsageError(f"workers must be >= 1, got {n_workers}: pass the number of worker processes")
+    cores = _usable_cores()
+    if n > cores:
+        log.warning("%d workers on %d usable cores: they share the cores and each holds a model and its buffers; "
+                    "--workers %d is as fast with less memory", n, cores, cores)
     return _started(n, lambda: LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                             dashboard_address=":0", silence_logs=silence_logs))
 
@@ -82,7 +86,8 @@ def _started(n: int, start: Callable[[], Any]) -> Any:
 
     spec_log.addFilter(not_started_warning)
     try:
-        return start()
+        with _workers_ignore_sigint():
+            return start()
     except Exception as e:  # noqa: BLE001 - whatever stopped it is named in the error
         cause = e.__cause__ if isinstance(e, RuntimeError) and e.__cause__ is not None else e
         raise HSIEngineError(f"could not start a local dask cluster of {n} workers ({_brief(cause)}): check "
@@ -90,6 +95,30 @@ def _started(n: int, start: Callable[[], Any]) -> Any:
             from None
     finally:
         spec_log.removeFilter(not_started_warning)
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint() -> Iterator[None]:
+    """SIGINT ignored while the local workers are spawned, so they inherit that: a Ctrl-C reaches every process of
+    the terminal's group, and each worker printed a 30-line KeyboardInterrupt traceback while the driver was
+    already stopping the run and closing them. The driver keeps its own handler (restored on return)."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def _scratch_hint() -> str:

@@ -40,7 +40,8 @@ import xarray as xr
 
 from .errors import MissingSpatialDimsError, SceneError, user_stacklevel
 
-__all__ = ["SUPPORTED_SUFFIXES", "as_scene", "open_scene", "scene_format", "scene_gcps", "scene_info"]
+__all__ = ["SUPPORTED_SUFFIXES", "as_scene", "open_scene", "scene_format", "scene_gcps", "scene_info",
+           "with_window_gcps"]
 
 _ENVI_DATA_SUFFIXES = (".bsq", ".bil", ".bip", ".img", ".dat", ".raw", "")
 SUPPORTED_SUFFIXES: dict[str, str] = {
@@ -242,9 +243,19 @@ def _finish(da: xr.DataArray, path: Path, fmt: str, *, wavelengths=None, nodata=
     if nodata is not None and "_FillValue" not in da.attrs:
         da.attrs["_FillValue"] = nodata
     da = _rechunk_bands(da, chunks)
+    if "x" not in da.coords and "y" not in da.coords and _has_gcps(da):  # see scene_gcps
+        da = da.assign_coords({SOURCE_ROW: ("y", np.arange(da.sizes["y"])),
+                               SOURCE_COL: ("x", np.arange(da.sizes["x"]))})
     da.encoding["source"] = str(path)
     da.attrs.setdefault("source_format", fmt)
     return da
+
+
+def _has_gcps(da: xr.DataArray) -> bool:
+    try:
+        return bool(da.rio.get_gcps())
+    except Exception:  # noqa: BLE001 - no grid mapping
+        return False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -688,12 +699,56 @@ def _disk_size(path: Path) -> int:
     return total
 
 
+SOURCE_ROW, SOURCE_COL = "source_row", "source_col"  # pixel indices of a GCP-placed scene's own raster
+
+
 def scene_gcps(da: xr.DataArray) -> list | None:
     """The ground control points of a scene placed by them (no y/x coordinates: not orthorectified, where
-    ``rio.transform()`` reads the identity); None for a gridded scene or one without any."""
+    ``rio.transform()`` reads the identity), in the pixel coordinates of ``da`` itself; None for a gridded scene
+    or one without any.
+
+    Such a scene has no coordinates that ``isel`` could shift, so :func:`open_scene` gives it ``source_row`` /
+    ``source_col``: the row and column of each pixel in the file whose GCPs it carries. A window of it
+    (``da.isel(y=slice(100, 300))``) keeps them, and its GCPs are moved to the window here; an irregular
+    selection cannot be placed by them and is refused.
+    """
     if "x" in da.coords or "y" in da.coords:
         return None
-    return da.rio.get_gcps() or None
+    gcps = da.rio.get_gcps() or None
+    if not gcps:
+        return None
+    (r0, rs), (c0, cs) = _source_step(da, SOURCE_ROW, "y"), _source_step(da, SOURCE_COL, "x")
+    if (r0, rs, c0, cs) == (0, 1, 0, 1):
+        return gcps
+    from rasterio.control import GroundControlPoint
+
+    # pixel centres: source row r0 + k * rs + 0.5 is row k + 0.5 of the window
+    return [GroundControlPoint(row=(g.row - r0 - 0.5) / rs + 0.5, col=(g.col - c0 - 0.5) / cs + 0.5, x=g.x, y=g.y,
+                               z=g.z, id=g.id, info=g.info) for g in gcps]
+
+
+def with_window_gcps(da: xr.DataArray, gcps: list, crs: Any) -> xr.DataArray:
+    """``da`` (on a GCP-placed scene's pixels) carrying ``gcps`` already moved to its window
+    (:func:`scene_gcps`), with ``source_row``/``source_col`` renumbered from 0 to match them."""
+    da = da.assign_coords({SOURCE_ROW: ("y", np.arange(da.sizes["y"])), SOURCE_COL: ("x", np.arange(da.sizes["x"]))})
+    return da.rio.write_gcps(gcps, crs)
+
+
+def _source_step(da: xr.DataArray, name: str, dim: str) -> tuple[float, float]:
+    """``(first, step)`` of a GCP-placed scene's source pixel indices along ``dim`` ((0, 1) without them)."""
+    if name not in da.coords or da[name].dims != (dim,) or da.sizes[dim] == 0:
+        return 0, 1
+    v = np.asarray(da[name].values, dtype=np.float64)
+    step = float(v[1] - v[0]) if v.size > 1 else 1.0
+    if step <= 0 or not np.allclose(np.diff(v), step):
+        raise SceneError(f"the scene is placed by ground control points, but its {dim} pixels were selected "
+                         f"irregularly ({name} runs {_preview(v)}); its GCPs can place only a regular window: "
+                         f"select one with a slice, e.g. da.isel({dim}=slice(a, b))")
+    return float(v[0]), step
+
+
+def _preview(v: np.ndarray) -> str:
+    return ", ".join(f"{x:g}" for x in v[:4]) + (", ..." if v.size > 4 else "")
 
 
 def scene_info(path: str | os.PathLike, *, variable: str | None = None, band_axis: int | None = None) -> str:

@@ -361,11 +361,47 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+LOG_PROGRESS_EVERY_S = 30.0  # without a terminal: a progress line in the log this often
+
+
+class _LoggedProgress:
+    """Progress as a log line every :data:`LOG_PROGRESS_EVERY_S` seconds, for a run whose stderr is not a
+    terminal (a pipeline's log, a batch job): a bar redrawn with carriage returns would be one endless line
+    there, and no progress at all leaves an hour-long run silent. The tqdm calls the runners use."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.n = int(total), 0
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.n += int(n)
+        now = time.perf_counter()
+        if now - self.last < LOG_PROGRESS_EVERY_S or self.n >= self.total:
+            return
+        self.last = now
+        rate = self.n / max(now - self.t0, 1e-9)
+        log.info("classify: %.0f %% (%.2f of %.2f Mpx) at %.2f Mpx/s, about %s left", 100 * self.n / self.total,
+                 self.n / 1e6, self.total / 1e6, rate / 1e6, _duration((self.total - self.n) / max(rate, 1e-9)))
+
+    def close(self) -> None:
+        pass
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600} h {s % 3600 // 60:02d} min" if s >= 3600 else f"{s // 60} min {s % 60:02d} s" if s >= 60 \
+        else f"{s} s"
+
+
 def _progress_bar(total: int, enabled: bool | None):
+    """A tqdm bar on a terminal (``enabled`` True, or None and stderr is a terminal); None without one: log lines
+    (:class:`_LoggedProgress`); False: nothing."""
     from tqdm.auto import tqdm
 
     if enabled is None:
-        enabled = sys.stderr.isatty()
+        if not sys.stderr.isatty():
+            return _LoggedProgress(total)
+        enabled = True
     return tqdm(total=total, unit="px", unit_scale=True, disable=not enabled, desc="classify",
                 smoothing=0.1, dynamic_ncols=True)
 
@@ -493,7 +529,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     tiles = iter(plan.tiles)
     pending: collections.deque[Future] = collections.deque()
     writes: collections.deque[Future] = collections.deque()
-    bar = _progress_bar(plan.height * plan.width, progress)
+    bar = _progress_bar(sum(t.pixels for t in plan), progress)  # a resumed run's plan holds only its tiles
     t_start = time.perf_counter()
     wpool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsi-write")
     try:

@@ -47,7 +47,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from .errors import OutputError, user_stacklevel
+from .errors import HSIEngineError, OutputError, user_stacklevel
 
 __all__ = ["ClassMapWriter", "GeoTiffClassMapWriter", "ZarrClassMapWriter", "ZARR_TITLE", "check_not_scene",
            "check_replaceable", "default_palette", "is_hsi_zarr", "open_writer", "side_paths", "write_classmap",
@@ -723,9 +723,16 @@ def write_classmap(labels_da, path: str | os.PathLike, **kw: Any) -> Path:
             try:
                 import rioxarray  # noqa: F401
 
+                from .io import scene_gcps
+
                 kw.setdefault("crs", da.rio.crs)
-                if "spatial_ref" in da.coords or ("x" in da.coords and "y" in da.coords):
+                gcps = scene_gcps(da) if kw.get("crs") is not None else None
+                if gcps:  # placed by ground control points: rio.transform() would read the identity
+                    kw.setdefault("gcps", gcps)
+                elif "spatial_ref" in da.coords or ("x" in da.coords and "y" in da.coords):
                     kw.setdefault("transform", da.rio.transform())
+            except HSIEngineError:  # GCPs that cannot place this selection: said, not written wrong
+                raise
             except Exception:  # no spatial coords: leave ungeoreferenced
                 pass
         if "y" in da.coords and "x" in da.coords:

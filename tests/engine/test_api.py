@@ -576,3 +576,66 @@ def test_warnings_point_at_the_callers_line_on_every_path(tmp_path):
         hsi_engine.classify_to_file(tmp_path / "s.npy", bare, tmp_path / "m.zarr", resume=True, progress=False)
     assert seen and all(w.filename == __file__ and w.lineno == line for w in seen), \
         [(w.filename, w.lineno, str(w.message)[:40]) for w in seen]
+
+
+def _gcp_scene(path, cube):
+    """A GeoTIFF placed by 5 GCPs of an affine relation (x = 366000 + 30 col + 3 row, y = 5810000 - 30 row), so
+    any pixel position can be checked against it."""
+    import rasterio
+    from rasterio.control import GroundControlPoint
+
+    h, w = cube.shape[1:]
+    gcps = [GroundControlPoint(r, c, 366000.0 + 30 * c + 3 * r, 5810000.0 - 30 * r, id=str(i))
+            for i, (r, c) in enumerate([(0, 0), (0, w), (h, 0), (h, w), (h / 2, w / 2)])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path, "w", driver="GTiff", height=h, width=w, count=cube.shape[0],
+                           dtype="float32") as dst:
+            dst.write(cube.astype(np.float32))
+            dst.gcps = (gcps, rasterio.crs.CRS.from_epsg(32633))
+    return path
+
+
+def _placed_at(gcps, dy: float, dx: float) -> None:
+    """Every GCP of a window starting at source pixel (dy, dx) names the ground point of the source pixel."""
+    for g in gcps:
+        r, c = g.row + dy, g.col + dx
+        assert (g.x, g.y) == pytest.approx((366000.0 + 30 * c + 3 * r, 5810000.0 - 30 * r)), (g.row, g.col)
+
+
+def test_a_window_of_a_gcp_scene_gives_a_map_placed_where_the_window_lies(case, tmp_path):
+    """isel on a scene placed by ground control points kept the file's GCPs: the map of rows 4.. was placed as if
+    it began at row 0 (4 pixels = 120 m off, silently). The GCPs now move with the window, in memory, through
+    write_classmap, and into a file."""
+    import rasterio
+
+    cube, model, ref = case
+    scene = hsi_engine.open_scene(_gcp_scene(tmp_path / "gcp.tif", cube))
+    win = scene.isel(y=slice(4, 12), x=slice(3, 11))
+    labels = classify(win, model, progress=False)
+    _placed_at(labels.rio.get_gcps(), 4, 3)
+    from hsi_engine.writers import write_classmap
+
+    out = write_classmap(labels.isel(y=slice(2, None), x=slice(1, None)), tmp_path / "sub.tif")
+    with rasterio.open(out) as f:
+        _placed_at(f.gcps[0], 6, 4)  # a window of the map's window: moved once more, not twice
+    for name in ("map.tif", "map.zarr"):
+        path = hsi_engine.classify_to_file(win, model, tmp_path / name, progress=False)
+        if name.endswith(".tif"):
+            with rasterio.open(path) as f:
+                _placed_at(f.gcps[0], 4, 3)
+                assert f.transform.is_identity
+        else:
+            ds = xr.open_zarr(path, consolidated=False, decode_coords="all")
+            _placed_at(ds["classes"].rio.get_gcps(), 4, 3)
+    _placed_at(hsi_engine.io.scene_gcps(scene), 0, 0)  # the whole scene: the file's own
+
+
+def test_an_irregular_selection_of_a_gcp_scene_is_refused(case, tmp_path):
+    from hsi_engine.errors import SceneError
+
+    cube, model, _ = case
+    scene = hsi_engine.open_scene(_gcp_scene(tmp_path / "gcp.tif", cube))
+    with pytest.raises(SceneError, match=r"y pixels were selected irregularly \(source_row runs 0, 1, 5.*slice"):
+        hsi_engine.classify_to_file(scene.isel(y=[0, 1, 5, 6]), model, tmp_path / "map.tif", progress=False)
+    assert not (tmp_path / "map.tif").exists()

@@ -3,6 +3,7 @@ worker SIGKILLed mid-run does not change it."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -329,3 +330,57 @@ def test_worker_tile_normalised_on_the_device_equals_the_host(nodata):
             assert np.array_equal(a, b, equal_nan=True)
         if t.y0 <= 5 < t.y1 and t.x0 <= 6 < t.x1:
             assert host[0][5 - t.y0, 6 - t.x0] == 0 and np.isnan(host[1][:, 5 - t.y0, 6 - t.x0]).all()
+
+
+_CTRL_C_SCRIPT = """
+import sys
+from hsi_engine import cluster
+if __name__ == "__main__":
+    try:
+        cluster.run_to_file(sys.argv[1], sys.argv[2], sys.argv[3], tile=16, workers=2, throttle_s=2.0,
+                            progress=False)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+"""
+
+
+def test_ctrl_c_on_a_local_cluster_run_is_quiet_and_keeps_the_tiles(case, tmp_path):
+    """A terminal's Ctrl-C signals the whole process group: each worker printed a 30-line KeyboardInterrupt
+    traceback while the driver was already stopping. Workers now ignore SIGINT; the driver closes them."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"  # a file: spawned workers re-import the main module
+    script.write_text(_CTRL_C_SCRIPT)
+    out = tmp_path / "map.zarr"
+    proc = subprocess.Popen([sys.executable, str(script), str(case["scene"]), str(case["model"]), str(out)],
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if (read_record(partial_path(out)) > 0).any():
+                break
+        except Exception:  # noqa: BLE001 - not created yet
+            pass
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert len(err.splitlines()) <= 3, err
+    assert (read_record(partial_path(out)) > 0).any() and not out.exists()
+
+
+def test_more_local_workers_than_cores_is_warned(caplog, monkeypatch):
+    from hsi_engine import dask_client
+
+    monkeypatch.setattr(dask_client, "_started", lambda n, start: n)  # the check comes before any process starts
+    monkeypatch.setattr(dask_client, "_usable_cores", lambda: 2)
+    with caplog.at_level(logging.WARNING, "hsi_engine.cluster"):
+        assert cluster.make_local_cluster(3, gpu=False) == 3
+        assert "3 workers on 2 usable cores" in caplog.text and "--workers 2" in caplog.text
+        caplog.clear()
+        cluster.make_local_cluster(2, gpu=False)
+        assert caplog.text == ""

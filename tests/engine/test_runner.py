@@ -204,3 +204,35 @@ def test_device_path_read_error_reaches_the_caller_and_stops_the_stager():
             run_plan(cube, plan, engine, sink, mean=a.mean(axis=(1, 2)), std=a.std(axis=(1, 2)), progress=False,
                      normalise_on="device", readers=3)
     assert sink.written[plan.tiles[2].y0:plan.tiles[2].y1, plan.tiles[2].x0:plan.tiles[2].x1].max() == 0
+
+
+def test_without_a_terminal_progress_is_a_log_line_not_a_bar(monkeypatch, caplog):
+    """A pipeline's log (stderr not a terminal) got no progress at all; it now gets a line every 30 s."""
+    import logging
+    import sys
+
+    from hsi_engine import runner
+
+    monkeypatch.setattr(sys, "stderr", type("NotATerminal", (), {"isatty": staticmethod(lambda: False),
+                                                                 "write": staticmethod(lambda s: len(s)),
+                                                                 "flush": staticmethod(lambda: None)})())
+    monkeypatch.setattr(runner, "LOG_PROGRESS_EVERY_S", 0.0)
+    m = _model()
+    plan = plan_tiles(19, 23, 8, m.config.halo)
+    sink = ArraySink(19, 23, CLASSES)
+    with caplog.at_level(logging.INFO, "hsi_engine.runner"):
+        run_plan(_cube(np.float32), plan, FusedSSRN(m, backend="eager"), sink)  # progress=None: the default
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("classify: ")]
+    assert len(lines) == len(plan) - 1, lines  # one per tile but the last (the run's own summary follows it)
+    assert lines[0].startswith(f"classify: {100 * plan.tiles[0].pixels / (19 * 23):.0f} % (0.00 of 0.00 Mpx)")
+    assert "left" in lines[-1]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, "hsi_engine.runner"):
+        run_plan(_cube(np.float32), plan, FusedSSRN(m, backend="eager"), sink, progress=False)
+    assert not any(r.getMessage().startswith("classify: ") for r in caplog.records)
+
+
+def test_durations_read_as_people_write_them():
+    from hsi_engine.runner import _duration
+
+    assert [_duration(s) for s in (4.4, 75, 3600 * 2 + 61)] == ["4 s", "1 min 15 s", "2 h 01 min"]
