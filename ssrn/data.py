@@ -476,8 +476,8 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
     """A one-band label raster (GeoTIFF, ENVI, ... through rasterio; or .npy ``(y, x)``) on the scene's pixels:
     ``(labels, class names, colour table)``. A raster on the same pixel grid but a larger (or other) extent is cut to
     the scene's window (pixels beyond it unlabelled); another CRS or grid is refused with the fix. Its nodata
-    becomes 0 (unlabelled); names from a ``class_names`` tag (as hsi-engine's maps carry them), colours from
-    its colour table."""
+    becomes 0 (unlabelled); names from a ``class_names`` tag (as hsi-engine's maps carry them), an ENVI
+    classification header or GDAL category names (``.aux.xml``), colours from its colour table."""
     if path.suffix.lower() == ".npy":
         return _check_labels(np.load(path), shape, where), None, None
     import rasterio
@@ -511,12 +511,33 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
                 cmap = None
             if names is None and f.driver == "ENVI":  # an ENVI classification (e.g. from the EnMAP-Box)
                 names = _envi_class_names(path)
+            if names is None:  # GDAL category names (QGIS, gdal_translate and hsi-engine keep them in .aux.xml)
+                names = _gdal_category_names(path)
     except rasterio.errors.RasterioIOError as e:
         raise DataError(f"{path} could not be read as a label raster ({e})") from None
     if window is not None:
         log.info("%s: labels cut to the scene's window (rows %d.., cols %d..) of their grid", path,
                  window.row_off, window.col_off)
     return _check_labels(labels, shape, where), names, cmap
+
+
+def _gdal_category_names(path: Path) -> list[str] | None:
+    """The names of classes 1..K from GDAL's category names of band 1 in the ``.aux.xml`` beside a raster (entry i
+    names value i; entry 0, the unlabelled value's, is dropped, as are empty trailing ones); None without any."""
+    import xml.etree.ElementTree as ET
+
+    aux = path.with_name(path.name + ".aux.xml")
+    try:
+        root = ET.parse(aux).getroot()
+    except (OSError, ET.ParseError):
+        return None
+    for band in root.iter("PAMRasterBand"):
+        if band.get("band", "1") == "1":
+            names = [(c.text or "").strip() for c in band.iter("Category")][1:]
+            while names and not names[-1]:
+                names.pop()
+            return names or None
+    return None
 
 
 def _envi_class_names(path: Path) -> list[str] | None:

@@ -367,19 +367,11 @@ def test_a_scene_placed_by_ground_control_points_gives_a_map_placed_by_them(case
     transform, a 1-pixel-per-metre square at the CRS's origin; its map now carries the same GCPs (and no pixel
     coordinates that would read as a transform), in memory, as a COG (sidecars too) and as zarr."""
     import rasterio
-    from rasterio.control import GroundControlPoint
 
     cube, model, ref = case
-    h, w = cube.shape[1:]
-    gcps = [GroundControlPoint(r, c, 366000.0 + 30 * c + 3 * r, 5810000.0 - 30 * r, id=str(i))
-            for i, (r, c) in enumerate([(0, 0), (0, w), (h, 0), (h, w), (h / 2, w / 2)])]
-    scene = tmp_path / "gcp.tif"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(scene, "w", driver="GTiff", height=h, width=w, count=cube.shape[0],
-                           dtype="float32") as dst:
-            dst.write(cube.astype(np.float32))
-            dst.gcps = (gcps, rasterio.crs.CRS.from_epsg(32633))
+    scene = _gcp_scene(tmp_path / "gcp.tif", cube)
+    with rasterio.open(scene) as f:
+        gcps = f.gcps[0]
 
     def same(got):
         assert [(g.row, g.col, g.x, g.y) for g in got] == [(g.row, g.col, g.x, g.y) for g in gcps]

@@ -310,3 +310,18 @@ def test_training_without_validation_pixels_says_what_it_watches(tmp_path, caplo
     epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1/1")]
     assert len(epochs) == 1 and "the best epoch is chosen on the training loss" in epochs[0]
     assert "val_acc nan" not in epochs[0]
+
+
+def test_class_names_from_gdal_categories_beside_a_label_geotiff(tmp_path):
+    """A land-cover GeoTIFF from QGIS or gdal_translate names its classes as GDAL categories in ``.aux.xml``
+    (entry i names value i; entry 0 is the unlabelled value's)."""
+    _write_scene(tmp_path / "s.tif")
+    _write_labels(tmp_path / "l.tif", _labels())
+    (tmp_path / "l.tif.aux.xml").write_text(
+        '<PAMDataset>\n  <PAMRasterBand band="1">\n    <CategoryNames><Category>unclassified</Category>'
+        "<Category>roof</Category><Category>tree &amp; shrub</Category><Category>water</Category><Category />"
+        "</CategoryNames>\n  </PAMRasterBand>\n</PAMDataset>\n")
+    sc = load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+    assert sc.class_names == ["roof", "tree & shrub", "water"]
+    assert load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif", class_names=["a", "b", "c"]).class_names \
+        == ["a", "b", "c"]  # given names win
