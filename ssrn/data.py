@@ -290,6 +290,7 @@ class Scene:
     spec: DatasetSpec | None = None
     nodata: float | None = None  # a raster scene's declared nodata (its pixels are masked as the engine masks them)
     nodata_bands: np.ndarray | None = None  # the bands nodata is looked for in (a bbl's good bands); None: all
+    grid: dict[str, Any] | None = None  # a georeferenced raster scene's CRS (WKT), transform and (height, width)
 
     @property
     def n_classes(self) -> int:
@@ -607,8 +608,12 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
         else np.random.default_rng(0).integers(0, 256, size=(k, 3)).tolist()
     wl = da.coords["wavelength"].values.tolist() if "wavelength" in da.coords else None
     cube = da.copy(data=raw)
+    grid = None
+    if scene_crs is not None and scene_transform is not None:  # where the split's pixels lie on the ground
+        grid = {"crs": scene_crs.to_wkt(), "transform": [float(v) for v in tuple(scene_transform)[:6]],
+                "shape": [int(n) for n in labels.shape]}
     return Scene(scene_path.stem, cube, labels, names, palette, wl,
-                 f"{scene_path.resolve()} + {labels_path.resolve()}", None, nodata, nodata_bands)
+                 f"{scene_path.resolve()} + {labels_path.resolve()}", None, nodata, nodata_bands, grid)
 
 
 def _bands_without_data(raw: np.ndarray, nodata: float | None) -> np.ndarray:

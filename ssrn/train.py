@@ -403,6 +403,8 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
         "class_names": scene.class_names, "palette": scene.palette, "command": command,
         "split": {**sp.to_meta(), "counts": counts},
     }
+    if scene.grid is not None:  # the split's pixel indices, placed on the ground
+        meta["grid"] = scene.grid
     if scene.nodata_bands is not None:  # a scene classified later without its bbl is still not all nodata
         meta["bad_bands"] = sorted(set(range(bands)) - {int(b) for b in scene.nodata_bands})
     if scene.wavelengths is None:

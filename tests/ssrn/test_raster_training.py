@@ -152,6 +152,8 @@ def test_train_from_a_geotiff_and_its_labels_then_classify(tmp_path, capsys):
                  "--device", "cpu"]) == 0
     meta = json.loads((model / "model.json").read_text())["meta"]
     assert meta["class_names"] == ["roof", "tree", "water"] and meta["source"].endswith("l.tif")
+    assert meta["grid"]["transform"] == list(T)[:6] and meta["grid"]["shape"] == [20, 24]  # the split, placed
+    assert rasterio.crs.CRS.from_wkt(meta["grid"]["crs"]).to_epsg() == 32633
     assert main(["classify", str(tmp_path / "s.tif"), "--model", str(model), "--out", str(tmp_path / "m.tif")]) == 0
     with rasterio.open(tmp_path / "m.tif") as f:
         out = f.read(1)
