@@ -101,9 +101,13 @@ def _to_nm(values: Sequence[float], units: str | None) -> np.ndarray:
         return w
     if u.startswith(("milli", "mm")):
         return w * 1e6
-    if u.startswith(("wavenumber", "cm")):
+    if u.startswith("wavenumber") or u.replace(" ", "") in ("cm-1", "cm^-1", "cm**-1", "1/cm", "/cm", "cm⁻¹"):
         with np.errstate(divide="ignore"):
             return 1e7 / w
+    if u.startswith(("centi", "cm")):  # a length in centimetres, not a wavenumber
+        return w * 1e7
+    if u in ("m", "meter", "meters", "metre", "metres"):
+        return w * 1e9
     if w.size and np.nanmax(w) < 30:  # no unit: micrometres are < 30, nanometres > 300
         return np.round(w * 1000.0, 6)
     return w
