@@ -376,9 +376,10 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                                         spatial_precision=spatial_precision)
     from .lock import output_lock
     from .resume import check_no_partial, discard_partial, model_digest, provenance
-    from .writers import check_not_scene, open_writer
+    from .writers import check_not_scene, check_output_suffix, open_writer
 
     check_not_scene(out, scene_path)  # before anything is read: --out must never replace the scene itself
+    check_output_suffix(out)
 
     scene = open_scene(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
     job = _Job(scene, model_path, tile=tile, device=device, backend=backend, precision=precision, nodata=nodata,

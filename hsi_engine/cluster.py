@@ -46,7 +46,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,6 +308,13 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
             except Exception as e:
                 if isinstance(e, KilledWorker):
                     raise _worker_lost(client, by_key[fut.key], spec) from None
+                if isinstance(e, CancelledError) and (scene_arg is not None or model_arg is not None):
+                    what = " and ".join(n for n, a in (("scene", scene_arg), ("model", model_arg)) if a is not None)
+                    raise WorkerLostError(
+                        f"the cluster lost the in-memory {what} scattered to its workers: every worker holding "
+                        f"it died (out of memory, usually). Give the {what} as a file path (each worker then "
+                        "reads what it needs), or the workers more memory, and rerun with --resume to keep the "
+                        "tiles written") from None
                 raise
             fut.release()
             pids.add(res["pid"])
@@ -357,9 +364,10 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     per tile before writing it (tests and demos of interruption only). Only one run at a time writes ``out``
     (:func:`~hsi_engine.lock.output_lock`); a second is refused. Returns a :class:`RunReport`.
     """
-    from .writers import check_not_scene
+    from .writers import check_not_scene, check_output_suffix
 
     check_not_scene(out, scene_path)  # before anything is read: the output must never replace the scene
+    check_output_suffix(out)  # before the lock creates the output's directory
     with output_lock(out):  # one live run per output: a second would share (and delete) its partial store
         return _run_to_file(scene_path, model_path, out, tile=tile, device=device, backend=backend,
                             precision=precision, probabilities=probabilities, overwrite=overwrite,
@@ -383,9 +391,6 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     t_start = time.perf_counter()
     out = Path(out)
     suffix = out.suffix.lower()
-    if suffix not in _TIFF + _ZARR:
-        raise OutputError(f"cannot write a class map to {out}: suffix {suffix or '(none)'!r} is not supported; use "
-                          ".tif/.tiff (Cloud-Optimised GeoTIFF) or .zarr")
     distributed = workers is not None or scheduler is not None
     check_read_settings(cache_blocks=cache_blocks, decoders=decoders)
     if workers is not None and int(workers) < 1:
@@ -476,7 +481,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
         else:
             is_path = isinstance(scene_path, (str, os.PathLike))
             is_model_path = isinstance(model_path, (str, os.PathLike))
-            spec = TaskSpec(store=str(writer.partial), run=run, tile=side,
+            spec = TaskSpec(store=str(writer.partial.resolve()), run=run, tile=side,
                             scene=str(Path(scene_path).resolve()) if is_path else None,
                             model=str(Path(model_path).resolve()) if is_model_path else None, model_key=digest,
                             mean=None if job.mean is None else tuple(float(v) for v in job.mean),

@@ -50,7 +50,8 @@ def make_local_cluster(n_workers: int | None = None, *, gpu: bool | None = None,
         except ImportError:
             return _started(n, lambda: _nanny_per_gpu(n, ngpu, silence_logs))
         return _started(n, lambda: LocalCUDACluster(n_workers=n, threads_per_worker=1, resources={"GPU": 1},
-                                                    dashboard_address=":0", silence_logs=silence_logs))
+                                                    dashboard_address=":0", silence_logs=silence_logs,
+                                                    preload=[_PRELOAD]))
     n = int(n_workers or 1)
     if n < 1:
         raise ClusterUsageError(f"workers must be >= 1, got {n_workers}: pass the number of worker processes")
@@ -59,7 +60,8 @@ def make_local_cluster(n_workers: int | None = None, *, gpu: bool | None = None,
         log.warning("%d workers on %d usable cores: they share the cores and each holds a model and its buffers; "
                     "--workers %d is as fast with less memory", n, cores, cores)
     return _started(n, lambda: LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                            dashboard_address=":0", silence_logs=silence_logs))
+                                            dashboard_address=":0", silence_logs=silence_logs,
+                                            preload=[_PRELOAD]))
 
 
 def _nanny_per_gpu(n: int, ngpu: int, silence_logs: int) -> Any:
@@ -70,7 +72,7 @@ def _nanny_per_gpu(n: int, ngpu: int, silence_logs: int) -> Any:
     ids = [s.strip() for s in visible.split(",")] if visible else [str(i) for i in range(ngpu)]
     workers = {f"gpu-{i}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1},
                                                       "env": {"CUDA_VISIBLE_DEVICES": ids[i]},
-                                                      "silence_logs": silence_logs}}
+                                                      "silence_logs": silence_logs, "preload": [_PRELOAD]}}
                for i in range(n)}
     return SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}}, workers=workers,
                        silence_logs=silence_logs)
@@ -86,8 +88,7 @@ def _started(n: int, start: Callable[[], Any]) -> Any:
 
     spec_log.addFilter(not_started_warning)
     try:
-        with _workers_ignore_sigint():
-            return start()
+        return start()
     except Exception as e:  # noqa: BLE001 - whatever stopped it is named in the error
         cause = e.__cause__ if isinstance(e, RuntimeError) and e.__cause__ is not None else e
         raise HSIEngineError(f"could not start a local dask cluster of {n} workers ({_brief(cause)}): check "
@@ -97,21 +98,17 @@ def _started(n: int, start: Callable[[], Any]) -> Any:
         spec_log.removeFilter(not_started_warning)
 
 
-@contextlib.contextmanager
-def _workers_ignore_sigint() -> Iterator[None]:
-    """SIGINT ignored while the local workers are spawned, so they inherit that: a Ctrl-C reaches every process of
-    the terminal's group, and each worker printed a 30-line KeyboardInterrupt traceback while the driver was
-    already stopping the run and closing them. The driver keeps its own handler (restored on return)."""
+_PRELOAD = __name__  # the local workers run dask_setup below when they start (restarted ones too)
+
+
+def dask_setup(worker: Any) -> None:
+    """Preload of our local workers: ignore SIGINT. A terminal's Ctrl-C reaches every process of its group, and
+    each worker printed a 30-line KeyboardInterrupt traceback while the driver was already stopping the run and
+    closing them; the driver alone handles it."""
     import signal
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _usable_cores() -> int:

@@ -247,7 +247,8 @@ def _finish(da: xr.DataArray, path: Path, fmt: str, *, wavelengths=None, nodata=
     if nodata is not None and "_FillValue" not in da.attrs:
         da.attrs["_FillValue"] = nodata
     da = _rechunk_bands(da, chunks)
-    if "x" not in da.coords and "y" not in da.coords and _has_gcps(da):  # see scene_gcps
+    if "x" not in da.coords and "y" not in da.coords and SOURCE_ROW not in da.coords and \
+            SOURCE_COL not in da.coords and _has_gcps(da):  # see scene_gcps (a saved window keeps its own)
         da = da.assign_coords({SOURCE_ROW: ("y", np.arange(da.sizes["y"])),
                                SOURCE_COL: ("x", np.arange(da.sizes["x"]))})
     da.encoding["source"] = str(path)
@@ -714,7 +715,8 @@ def scene_gcps(da: xr.DataArray) -> list | None:
     Such a scene has no coordinates that ``isel`` could shift, so :func:`open_scene` gives it ``source_row`` /
     ``source_col``: the row and column of each pixel in the file whose GCPs it carries. A window of it
     (``da.isel(y=slice(100, 300))``) keeps them, and its GCPs are moved to the window here; an irregular
-    selection cannot be placed by them and is refused.
+    selection cannot be placed by them and is refused. rioxarray's ``rio.reproject`` does not accept 1-D
+    coordinates along y/x: drop these two first (``da.drop_vars(["source_row", "source_col"])``).
     """
     if "x" in da.coords or "y" in da.coords:
         return None
@@ -732,10 +734,10 @@ def scene_gcps(da: xr.DataArray) -> list | None:
 
 
 def with_window_gcps(da: xr.DataArray, gcps: list, crs: Any) -> xr.DataArray:
-    """``da`` (on a GCP-placed scene's pixels) carrying ``gcps`` already moved to its window
-    (:func:`scene_gcps`), with ``source_row``/``source_col`` renumbered from 0 to match them."""
-    da = da.assign_coords({SOURCE_ROW: ("y", np.arange(da.sizes["y"])), SOURCE_COL: ("x", np.arange(da.sizes["x"]))})
-    return da.rio.write_gcps(gcps, crs)
+    """``da`` (on a GCP-placed scene's pixels) carrying ``gcps`` already moved to its window (:func:`scene_gcps`),
+    without ``source_row``/``source_col``: a class map is placed by its own GCPs, as rioxarray expects (its
+    ``rio.reproject`` refuses 1-D coordinates along y/x)."""
+    return da.drop_vars([c for c in (SOURCE_ROW, SOURCE_COL) if c in da.coords]).rio.write_gcps(gcps, crs)
 
 
 def _source_step(da: xr.DataArray, name: str, dim: str) -> tuple[float, float]:

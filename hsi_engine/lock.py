@@ -42,7 +42,7 @@ def _holder(path: Path) -> str:
 def output_lock(out: str | os.PathLike) -> Iterator[Path | None]:
     """Hold the lock of ``out`` for the ``with`` block; raise :class:`OutputError` when another live run holds it.
 
-    Yields the lock file's path (None where the platform has no ``flock``). The parent directory must exist.
+    Yields the lock file's path (None where the platform has no ``flock``); creates the output's directory.
     """
     try:
         import fcntl
@@ -58,6 +58,12 @@ def output_lock(out: str | os.PathLike) -> Iterator[Path | None]:
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:  # another user's file (a run of theirs, or its leftover): flock needs no write
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as e:
+                raise OutputError(f"cannot open the lock file {path} ({e.strerror or e}); choose a writable "
+                                  "location for the output") from None
         except OSError as e:
             raise OutputError(f"cannot create the lock file {path} ({e.strerror or e}); choose a writable location "
                               "for the output") from None
@@ -77,10 +83,11 @@ def output_lock(out: str | os.PathLike) -> Iterator[Path | None]:
     try:
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(info).encode())
+        with contextlib.suppress(OSError):  # read-only (another user's file): the holder goes unnamed
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(info).encode())
         yield path
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone, or another user's in a sticky directory
             path.unlink()  # while still locked: a waiting run then opens a fresh file
         os.close(fd)

@@ -692,13 +692,17 @@ def open_writer(path: str | os.PathLike, *, height: int, width: int, n_classes: 
     kw = dict(height=height, width=width, n_classes=n_classes, crs=crs, transform=transform, y_coords=y_coords,
               x_coords=x_coords, class_names=class_names, palette=palette, probabilities=probabilities,
               confidence=confidence, overwrite=overwrite, block=block, gcps=gcps, tags=tags)
+    return (GeoTiffClassMapWriter if check_output_suffix(p) in _TIFF else ZarrClassMapWriter)(p, **kw)
+
+
+def check_output_suffix(path: str | os.PathLike) -> str:
+    """The output's suffix (lower case) when it names a class-map format we write; else :class:`OutputError`."""
+    p = Path(path)
     suffix = p.suffix.lower()
-    if suffix in _TIFF:
-        return GeoTiffClassMapWriter(p, **kw)
-    if suffix in _ZARR:
-        return ZarrClassMapWriter(p, **kw)
-    raise OutputError(f"cannot write a class map to {p}: suffix {suffix or '(none)'!r} is not supported; use "
-                      ".tif/.tiff (Cloud-Optimised GeoTIFF) or .zarr")
+    if suffix not in _TIFF + _ZARR:
+        raise OutputError(f"cannot write a class map to {p}: suffix {suffix or '(none)'!r} is not supported; use "
+                          ".tif/.tiff (Cloud-Optimised GeoTIFF) or .zarr")
+    return suffix
 
 
 def write_classmap(labels_da, path: str | os.PathLike, **kw: Any) -> Path:

@@ -598,7 +598,8 @@ def _placed_at(gcps, dy: float, dx: float) -> None:
 def test_a_window_of_a_gcp_scene_gives_a_map_placed_where_the_window_lies(case, tmp_path):
     """isel on a scene placed by ground control points kept the file's GCPs: the map of rows 4.. was placed as if
     it began at row 0 (4 pixels = 120 m off, silently). The GCPs now move with the window, in memory, through
-    write_classmap, and into a file."""
+    write_classmap, and into a file. (The map then carries its own GCPs, as rioxarray expects: a window of the
+    map is rioxarray's to place, as for any GCP array.)"""
     import rasterio
 
     cube, model, ref = case
@@ -608,9 +609,9 @@ def test_a_window_of_a_gcp_scene_gives_a_map_placed_where_the_window_lies(case, 
     _placed_at(labels.rio.get_gcps(), 4, 3)
     from hsi_engine.writers import write_classmap
 
-    out = write_classmap(labels.isel(y=slice(2, None), x=slice(1, None)), tmp_path / "sub.tif")
+    out = write_classmap(labels, tmp_path / "mem.tif")
     with rasterio.open(out) as f:
-        _placed_at(f.gcps[0], 6, 4)  # a window of the map's window: moved once more, not twice
+        _placed_at(f.gcps[0], 4, 3)  # the map's own GCPs, not moved a second time
     for name in ("map.tif", "map.zarr"):
         path = hsi_engine.classify_to_file(win, model, tmp_path / name, progress=False)
         if name.endswith(".tif"):
@@ -631,3 +632,22 @@ def test_an_irregular_selection_of_a_gcp_scene_is_refused(case, tmp_path):
     with pytest.raises(SceneError, match=r"y pixels were selected irregularly \(source_row runs 0, 1, 5.*slice"):
         hsi_engine.classify_to_file(scene.isel(y=[0, 1, 5, 6]), model, tmp_path / "map.tif", progress=False)
     assert not (tmp_path / "map.tif").exists()
+
+
+def test_a_saved_window_of_a_gcp_scene_keeps_its_place_and_its_map_reprojects(case, tmp_path):
+    """A window written to NetCDF/zarr keeps source_row/source_col beside the file's GCPs: reopened, it is placed
+    where it lies (open_scene numbered it from 0 again: 4 rows off). The map carries its own GCPs only, so
+    rioxarray can orthorectify it (1-D coords along y/x made rio.reproject fail)."""
+    from rasterio.enums import Resampling
+
+    cube, model, _ = case
+    scene = hsi_engine.open_scene(_gcp_scene(tmp_path / "gcp.tif", cube))
+    win = scene.isel(y=slice(4, 12), x=slice(3, 11))
+    win.to_dataset(name="radiance").to_zarr(tmp_path / "win.zarr", zarr_format=3, consolidated=False)
+    again = hsi_engine.open_scene(tmp_path / "win.zarr")
+    _placed_at(hsi_engine.io.scene_gcps(again), 4, 3)
+    labels = classify(again, model, progress=False)
+    _placed_at(labels.rio.get_gcps(), 4, 3)
+    assert "source_row" not in labels.coords
+    ortho = labels.rio.reproject("EPSG:32633", resampling=Resampling.nearest)
+    assert ortho.rio.transform().a == pytest.approx(30.0, rel=0.2) and ortho.rio.crs.to_epsg() == 32633

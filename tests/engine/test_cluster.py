@@ -244,6 +244,50 @@ def test_a_tile_that_kills_its_workers_is_one_clear_error_and_keeps_the_tiles(ca
     assert 2 <= (done > 0).sum() < 9 and not out.exists()
 
 
+def test_losing_every_worker_that_held_a_scattered_scene_is_one_clear_error(case, tmp_path):
+    """An in-memory scene is scattered to the workers; when the last worker holding it died the run ended in
+    distributed's FutureCancelledError (a traceback, exit 1 in the CLI). It is a WorkerLostError with the fix."""
+    from distributed import Client
+
+    from hsi_engine.errors import WorkerLostError
+
+    out = tmp_path / "mem.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lc = cluster.make_local_cluster(1, gpu=False)
+        c = Client(lc)
+    result: dict = {}
+    try:
+        c.wait_for_workers(1, timeout=60)
+        scene = hsi_engine.open_scene(case["scene"]).load()
+
+        def run():
+            try:
+                cluster.run_to_file(scene, case["model"], out, tile=TILE, scheduler=c, throttle_s=0.5)
+            except BaseException as e:  # noqa: BLE001 - checked below
+                result["error"] = e
+
+        th = threading.Thread(target=run)
+        th.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if (read_record(partial_path(out)) > 0).sum() >= 2:
+                    break
+            except Exception:  # noqa: BLE001 - not created yet
+                pass
+            time.sleep(0.05)
+        os.kill(next(iter(c.run(os.getpid).values())), signal.SIGKILL)
+        th.join(120)
+    finally:
+        c.close()
+        lc.close()
+    err = result.get("error")
+    assert isinstance(err, WorkerLostError), repr(err)
+    assert "in-memory scene" in str(err) and "file path" in str(err)
+    assert (read_record(partial_path(out)) > 0).sum() >= 2 and not out.exists()
+
+
 def test_cli_workers_starts_a_local_cluster(case, tmp_path, capsys):
     from hsi_engine.cli import main
 

@@ -174,3 +174,35 @@ def test_a_plain_run_is_refused_while_another_run_lives(case, tmp_path):
     hsi_engine.classify_to_file(case["scene"], case["model"], out, tile=TILE, progress=False)
     np.testing.assert_array_equal(F.read_classes(out), case["ref"])
     assert F.leftovers(tmp_path, out.name) == ["plain.tif", "plain.tif.aux.xml"]
+
+
+def test_another_user_s_leftover_lock_file_blocks_no_one(tmp_path, monkeypatch):
+    """A lock file a killed run of another user left (0644, not writable for us) could not be opened for
+    writing: 'cannot create the lock file ... Permission denied' for good. flock needs only a read-only
+    descriptor. (The test runs as one user, often root, who may open anything: os.open refuses O_RDWR on that
+    file here as the kernel does for another user.)"""
+    from hsi_engine import lock
+
+    out = tmp_path / "map.tif"
+    lock_path(out).write_text('{"pid": 1, "host": "elsewhere", "started": "yesterday"}')
+    real_open = os.open
+
+    def open_as_another_user(path, flags, *a):
+        if Path(path) == lock_path(out) and flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *a)
+
+    monkeypatch.setattr(lock.os, "open", open_as_another_user)
+    with output_lock(out):
+        with pytest.raises(OutputError, match="another run is writing"):  # and it does hold it
+            with output_lock(out):
+                pass
+    assert not lock_path(out).exists()
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_an_unsupported_output_suffix_leaves_no_directory(case, tmp_path, resume):
+    out = tmp_path / "new" / "map.png"
+    with pytest.raises(OutputError, match=r"suffix '\.png' is not supported"):
+        hsi_engine.classify_to_file(case["scene"], case["model"], out, resume=resume, progress=False)
+    assert not out.parent.exists()
