@@ -199,16 +199,17 @@ def test_worker_sigkilled_mid_run_still_gives_the_same_map(case, client, tmp_pat
     assert victim not in client.run(os.getpid).values()
 
 
-def test_a_tile_that_kills_its_workers_is_one_clear_error_and_keeps_the_tiles(case, tmp_path):
-    """distributed.KilledWorker (a worker killed while running the tile, allowed-failures times: an out-of-memory
-    kill in practice) is a WorkerLostError naming the tile and the fix; the finished tiles stay for --resume."""
+def _kill_the_worker_mid_run(scene, model, out, *, allowed_failures: int | None = None) -> BaseException | None:
+    """Run into ``out`` on a fresh one-worker local cluster, SIGKILL the worker once 2 tiles are written (while it
+    sleeps in its next tile), and return what the run raised."""
+    import contextlib
+
     import dask
     from distributed import Client
 
-    from hsi_engine.errors import WorkerLostError
-
-    out = tmp_path / "oom.zarr"
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), warnings.catch_warnings():
+    config = dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}) \
+        if allowed_failures is not None else contextlib.nullcontext()
+    with config, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lc = cluster.make_local_cluster(1, gpu=False)
         c = Client(lc)
@@ -218,53 +219,8 @@ def test_a_tile_that_kills_its_workers_is_one_clear_error_and_keeps_the_tiles(ca
 
         def run():
             try:
-                cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, scheduler=c, throttle_s=0.5)
-            except BaseException as e:  # noqa: BLE001 - checked below
-                result["error"] = e
-
-        th = threading.Thread(target=run)
-        th.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if (read_record(partial_path(out)) > 0).sum() >= 2:
-                    break
-            except Exception:  # noqa: BLE001 - not created yet
-                pass
-            time.sleep(0.05)
-        os.kill(next(iter(c.run(os.getpid).values())), signal.SIGKILL)  # mid-tile: it sleeps 0.5 s per tile
-        th.join(120)
-    finally:
-        c.close()
-        lc.close()
-    err = result.get("error")
-    assert isinstance(err, WorkerLostError), repr(err)
-    assert "took down every worker" in str(err) and "--resume" in str(err) and "smaller --tile (now 16)" in str(err)
-    done = read_record(partial_path(out))
-    assert 2 <= (done > 0).sum() < 9 and not out.exists()
-
-
-def test_losing_every_worker_that_held_a_scattered_scene_is_one_clear_error(case, tmp_path):
-    """An in-memory scene is scattered to the workers; when the last worker holding it died the run ended in
-    distributed's FutureCancelledError (a traceback, exit 1 in the CLI). It is a WorkerLostError with the fix."""
-    from distributed import Client
-
-    from hsi_engine.errors import WorkerLostError
-
-    out = tmp_path / "mem.tif"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lc = cluster.make_local_cluster(1, gpu=False)
-        c = Client(lc)
-    result: dict = {}
-    try:
-        c.wait_for_workers(1, timeout=60)
-        scene = hsi_engine.open_scene(case["scene"]).load()
-
-        def run():
-            try:
-                cluster.run_to_file(scene, case["model"], out, tile=TILE, scheduler=c, throttle_s=0.5)
-            except BaseException as e:  # noqa: BLE001 - checked below
+                cluster.run_to_file(scene, model, out, tile=TILE, scheduler=c, throttle_s=0.5)
+            except BaseException as e:  # noqa: BLE001 - returned
                 result["error"] = e
 
         th = threading.Thread(target=run)
@@ -282,7 +238,29 @@ def test_losing_every_worker_that_held_a_scattered_scene_is_one_clear_error(case
     finally:
         c.close()
         lc.close()
-    err = result.get("error")
+    return result.get("error")
+
+
+def test_a_tile_that_kills_its_workers_is_one_clear_error_and_keeps_the_tiles(case, tmp_path):
+    """distributed.KilledWorker (a worker killed while running the tile, allowed-failures times: an out-of-memory
+    kill in practice) is a WorkerLostError naming the tile and the fix; the finished tiles stay for --resume."""
+    from hsi_engine.errors import WorkerLostError
+
+    out = tmp_path / "oom.zarr"
+    err = _kill_the_worker_mid_run(case["scene"], case["model"], out, allowed_failures=0)
+    assert isinstance(err, WorkerLostError), repr(err)
+    assert "took down every worker" in str(err) and "--resume" in str(err) and "smaller --tile (now 16)" in str(err)
+    done = read_record(partial_path(out))
+    assert 2 <= (done > 0).sum() < 9 and not out.exists()
+
+
+def test_losing_every_worker_that_held_a_scattered_scene_is_one_clear_error(case, tmp_path):
+    """An in-memory scene is scattered to the workers; when the last worker holding it died the run ended in
+    distributed's FutureCancelledError (a traceback, exit 1 in the CLI). It is a WorkerLostError with the fix."""
+    from hsi_engine.errors import WorkerLostError
+
+    out = tmp_path / "mem.tif"
+    err = _kill_the_worker_mid_run(hsi_engine.open_scene(case["scene"]).load(), case["model"], out)
     assert isinstance(err, WorkerLostError), repr(err)
     assert "in-memory scene" in str(err) and "file path" in str(err)
     assert (read_record(partial_path(out)) > 0).sum() >= 2 and not out.exists()
