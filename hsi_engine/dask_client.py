@@ -55,7 +55,9 @@ def make_local_cluster(n_workers: int | None = None, *, gpu: bool | None = None,
     n = int(n_workers or 1)
     if n < 1:
         raise ClusterUsageError(f"workers must be >= 1, got {n_workers}: pass the number of worker processes")
-    cores = _usable_cores()
+    from .runner import _cores
+
+    cores = _cores()
     if n > cores:
         log.warning("%d workers on %d usable cores: they share the cores and each holds a model and its buffers; "
                     "--workers %d is as fast with less memory", n, cores, cores)
@@ -109,13 +111,6 @@ def dask_setup(worker: Any) -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def _scratch_hint() -> str:

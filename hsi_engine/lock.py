@@ -49,12 +49,10 @@ def output_lock(out: str | os.PathLike) -> Iterator[Path | None]:
     except ImportError:  # pragma: no cover - Windows
         yield None
         return
+    from .writers import ensure_output_dir
+
     path = lock_path(out)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create the output directory {path.parent} ({e.strerror or e}); choose a "
-                          "writable location for the class map") from None
+    ensure_output_dir(path.parent)
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

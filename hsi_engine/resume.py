@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from .errors import OutputError
-from .writers import ZarrClassMapWriter, check_replaceable, zarr_root_attributes
+from .writers import _TIFF, ZarrClassMapWriter, check_replaceable, zarr_root_attributes
 
 __all__ = ["PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "check_owner", "discard_partial",
            "finished_with", "model_digest", "partial_path", "partial_tile", "provenance", "read_record",
@@ -138,7 +138,7 @@ def provenance(digest: str, precision: str, spatial_precision: str) -> dict[str,
 def recorded_fingerprint(path: str | os.PathLike) -> dict[str, Any] | None:
     """The run fingerprint a resumable output recorded: a zarr store's root attribute, a GeoTIFF's tag."""
     p = Path(path)
-    if p.suffix.lower() in (".tif", ".tiff"):
+    if p.suffix.lower() in _TIFF:
         import rasterio
 
         try:

@@ -251,6 +251,19 @@ def _quiet_float16_padding():
             lg.removeFilter(drop)
 
 
+def ensure_output_dir(d: Path) -> None:
+    """Create the output's directory (and its parents); :class:`OutputError` when it cannot be made or written."""
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the output directory {d} ({e.strerror or e}); choose a writable "
+                          "location for the class map") from None
+    if not d.is_dir():
+        raise OutputError(f"output directory {d} is not a directory")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory {d} is not writable; choose another --out or fix its permissions")
+
+
 class ClassMapWriter:
     """Base of the class-map writers; use :func:`open_writer`.
 
@@ -318,16 +331,7 @@ class ClassMapWriter:
                                   "to replace it, or choose another path")
         if self.overwrite:
             check_replaceable(self.path)  # before any pixel is computed: replace only what we wrote
-        d = self.path.parent
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OutputError(f"cannot create the output directory {d} ({e.strerror or e}); choose a writable "
-                              "location for the class map") from None
-        if not d.is_dir():
-            raise OutputError(f"output directory {d} is not a directory")
-        if not os.access(d, os.W_OK | os.X_OK):
-            raise OutputError(f"output directory {d} is not writable; choose another --out or fix its permissions")
+        ensure_output_dir(self.path.parent)
 
     def _tmp_name(self, path: Path, tag: str = "tmp") -> Path:
         return path.with_name(f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}{path.suffix}")

@@ -396,10 +396,10 @@ def test_ctrl_c_on_a_local_cluster_run_is_quiet_and_keeps_the_tiles(case, tmp_pa
 
 
 def test_more_local_workers_than_cores_is_warned(caplog, monkeypatch):
-    from hsi_engine import dask_client
+    from hsi_engine import dask_client, runner
 
     monkeypatch.setattr(dask_client, "_started", lambda n, start: n)  # the check comes before any process starts
-    monkeypatch.setattr(dask_client, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(runner, "_cores", lambda: 2)
     with caplog.at_level(logging.WARNING, "hsi_engine.cluster"):
         assert cluster.make_local_cluster(3, gpu=False) == 3
         assert "3 workers on 2 usable cores" in caplog.text and "--workers 2" in caplog.text
