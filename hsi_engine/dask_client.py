@@ -364,7 +364,21 @@ def connect(*, workers: int | None = None, scheduler: Any = None, gpu: bool | No
         stack.callback(cluster.close)
         client = Client(cluster)
         stack.callback(client.close)
+        stack.callback(_close_workers, cluster)
         yield client
+
+
+def _close_workers(cluster: Any, timeout: float = 10.0) -> None:
+    """Close a local cluster's workers before its scheduler: closed the other way round, a worker whose heartbeat
+    was in flight logged 'Failed to communicate with scheduler during heartbeat' with two tracebacks (seen after
+    a Ctrl-C, when the workers, which ignore SIGINT, are still up)."""
+    try:
+        cluster.scale(0)
+        deadline = time.monotonic() + timeout
+        while cluster.workers and time.monotonic() < deadline:
+            time.sleep(0.05)
+    except Exception:  # noqa: BLE001 - cluster.close() still closes whatever is left
+        pass
 
 
 def _gpu_resources(client: Any) -> dict[str, float] | None:
