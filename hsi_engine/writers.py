@@ -491,6 +491,8 @@ class GeoTiffClassMapWriter(ClassMapWriter):
         win = Window(x0, y0, w, h)
         self._datasets["labels"].write(labels, 1, window=win)
         if probabilities is not None:
+            if self.probabilities == "float16":  # GDAL's NBITS=16 truncates float32; round to nearest as numpy,
+                probabilities = probabilities.astype(np.float16)  # torch and the zarr writer do
             self._datasets["probabilities"].write(probabilities.astype(np.float32, copy=False), window=win)
         if confidence is not None:
             self._datasets["confidence"].write(confidence.astype(np.float32, copy=False), 1, window=win)

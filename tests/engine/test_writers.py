@@ -138,7 +138,9 @@ def test_float16_probabilities_raise_no_gdal_error_and_read_back(tmp_path, geo, 
             assert np.isfinite(ov).all() and ov.min() >= 0 and ov.max() <= 1
     assert np.isfinite(back).all()
     np.testing.assert_array_equal(back.astype(np.float16).astype(np.float32), back)  # 16-bit floats stored
-    assert (np.abs(back - p) <= np.maximum(np.abs(p) * 2.0 ** -10, 2.0 ** -24)).all()  # to half precision
+    # rounded to nearest, as numpy, torch and the zarr writer store float16 (GDAL's own NBITS=16 truncates: a
+    # plain .tif run's probabilities were one half-precision step below a resumable run's)
+    np.testing.assert_array_equal(back, p.astype(np.float16).astype(np.float32))
     assert _leftovers(tmp_path) == []
 
 
