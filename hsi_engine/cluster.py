@@ -34,6 +34,9 @@ run into the same output is refused while the first lives. ``client.cancel`` doe
 already running, so a cluster run that was interrupted may have tasks still computing after its driver is
 gone; the store records the live run's token and a task writes (and marks) its tile only while the store still
 names its own run, so a rerun (``--overwrite``, perhaps of another scene) never receives a stopped run's tiles.
+The check and the write go through the store directory as the task found it (:func:`~hsi_engine.resume.pinned_store`)
+and a replaced store is renamed away before it is deleted, so a write that passed the check just before the
+takeover (slow storage) lands in the discarded store, never in the new one.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from .dask_client import _cuda_count, _gpu_resources, _parse_scheduler_address, 
 from .errors import ClusterUsageError, HSIEngineError, OutputError, WorkerLostError
 from .lock import output_lock
 from .resume import (ResumableZarrWriter, check_owner, finished_with, mark_tile, model_digest, partial_path,
-                     partial_tile, provenance)
+                     partial_tile, pinned_store, provenance)
 from .tiles import Tile, TilePlan, default_tile, normalise_tile, plan_tiles
 
 log = logging.getLogger("hsi_engine.cluster")
@@ -246,21 +249,29 @@ def _tile_task(spec: TaskSpec, tile: Tile, scene_obj: Any = None, model_obj: Any
                                    nodata_bands=None if spec.nodata_bands is None else np.asarray(spec.nodata_bands))
     if spec.throttle_s:
         time.sleep(spec.throttle_s)
-    try:
-        g = zarr.open_group(spec.store, mode="r+")  # gone when the run was aborted: write nothing
-    except Exception as e:  # noqa: BLE001
-        raise OutputError(f"output store {spec.store} disappeared while tile {tile.index} was running ({e})") \
-            from None
-    check_owner(g, spec.token, f"tile {tile.index}")  # a cancelled run's task still running: write nothing
-    ys, xs = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
-    g["classes"][ys, xs] = lab
-    if prob is not None and "probabilities" in g:
-        arr = g["probabilities"]
-        arr[:, ys, xs] = prob.astype(arr.dtype, copy=False)
-    if conf is not None and "confidence" in g:
-        g["confidence"][ys, xs] = conf.astype(np.float32, copy=False)
-    check_owner(zarr.open_group(spec.store, mode="r"), spec.token, f"tile {tile.index}")
-    mark_tile(spec.store, tile.y0 // spec.tile, tile.x0 // spec.tile, spec.run)  # after the data: atomic
+    what = f"tile {tile.index}"
+    # check-then-write on the directory as it is now: a later run that replaced the store (overwrite) renamed the
+    # old one away first, so a write of this (stopped) run that passed the check lands there, never in the new one
+    with pinned_store(spec.store) as store:
+        try:
+            g = zarr.open_group(store, mode="r+")  # gone when the run was aborted: write nothing
+        except Exception as e:  # noqa: BLE001
+            raise OutputError(f"output store {spec.store} disappeared while {what} was running ({e})") from None
+        check_owner(g, spec.token, what, spec.store)  # a cancelled run's task still running: write nothing
+        ys, xs = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
+        try:
+            g["classes"][ys, xs] = lab
+            if prob is not None and "probabilities" in g:
+                arr = g["probabilities"]
+                arr[:, ys, xs] = prob.astype(arr.dtype, copy=False)
+            if conf is not None and "confidence" in g:
+                g["confidence"][ys, xs] = conf.astype(np.float32, copy=False)
+        except (OSError, KeyError) as e:  # deleted under us: the run that replaced it discarded it
+            raise OutputError(f"output store {spec.store} was removed while {what} was being written "
+                              f"({type(e).__name__}: {e}); this task's run was stopped, so it writes nothing") \
+                from None
+        check_owner(zarr.open_group(store, mode="r"), spec.token, what, spec.store)
+        mark_tile(store, tile.y0 // spec.tile, tile.x0 // spec.tile, spec.run)  # after the data: atomic
     return {"index": tile.index, "pixels": tile.pixels, "seconds": time.perf_counter() - t0, "pid": os.getpid(),
             "nodata_px": int(lab.size - np.count_nonzero(lab))}
 

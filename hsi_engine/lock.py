@@ -4,7 +4,8 @@ Two resumable runs into the same output would write the same partial store, and 
 (a delete) would pull it from under the other. :func:`output_lock` takes ``flock`` on ``.<out name>.lock`` for the
 whole run; a second run is refused with the first one's pid, host and start time. The kernel drops the lock when
 its process dies, however it dies (SIGKILL, a lost node), so a stale lock file never blocks a rerun: the next run
-simply takes it. The file is removed when its run ends; one left by a killed run is harmless. ``flock`` is
+simply takes it. The file is removed when its run ends; one left by a killed run is harmless. A run that takes the
+lock first removes the hidden temps a killed run left (:func:`~hsi_engine.writers.sweep_leftovers`). ``flock`` is
 honoured across processes on one host and, on Linux, across NFS clients (emulated by POSIX locks); on a platform
 without ``fcntl`` (Windows) no lock is taken.
 """
@@ -49,7 +50,7 @@ def output_lock(out: str | os.PathLike) -> Iterator[Path | None]:
     except ImportError:  # pragma: no cover - Windows
         yield None
         return
-    from .writers import ensure_output_dir
+    from .writers import ensure_output_dir, sweep_leftovers
 
     path = lock_path(out)
     ensure_output_dir(path.parent)
@@ -84,6 +85,7 @@ def output_lock(out: str | os.PathLike) -> Iterator[Path | None]:
         with contextlib.suppress(OSError):  # read-only (another user's file): the holder goes unnamed
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps(info).encode())
+        sweep_leftovers(out)  # hidden temps of a killed run: nobody else writes them while we hold the lock
         yield path
     finally:
         with contextlib.suppress(OSError):  # gone, or another user's in a sticky directory

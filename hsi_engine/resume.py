@@ -35,22 +35,23 @@ settings it is refused, as any existing output is without ``--overwrite``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
-import shutil
 import warnings
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from .errors import OutputError
-from .writers import _TIFF, ZarrClassMapWriter, check_replaceable, zarr_root_attributes
+from .writers import _TIFF, ZarrClassMapWriter, check_replaceable, remove_tree, zarr_root_attributes
 
 __all__ = ["PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "check_owner", "discard_partial",
-           "finished_with", "model_digest", "partial_path", "partial_tile", "provenance", "read_record",
+           "finished_with", "model_digest", "partial_path", "partial_tile", "pinned_store", "provenance", "read_record",
            "recorded_fingerprint"]
 
 PARTIAL_SUFFIX = ".partial"
@@ -89,9 +90,10 @@ def check_no_partial(out: str | os.PathLike, *, overwrite: bool) -> Path | None:
 
 def discard_partial(part: Path) -> None:
     """Remove a partial store cleared for removal by :func:`~hsi_engine.writers.check_replaceable` (a symbolic
-    link goes, its target stays)."""
+    link goes, its target stays); renamed away first (:func:`~hsi_engine.writers.remove_tree`), so the next run
+    creates a fresh directory that a stopped run's pinned tasks cannot reach."""
     if part.is_dir() and not part.is_symlink():
-        shutil.rmtree(part)
+        remove_tree(part)
     elif part.exists() or part.is_symlink():
         part.unlink()
 
@@ -343,14 +345,33 @@ class ResumableZarrWriter(ZarrClassMapWriter):
         return Path(out)
 
 
-def check_owner(group: Any, token: str, what: str) -> None:
+def check_owner(group: Any, token: str, what: str, where: Any = None) -> None:
     """Raise :class:`OutputError` unless the run of ``token`` still owns the partial store ``group`` (a zarr
-    group): a task of a cancelled run that was still running must not write into a store a later run took over
-    (with overwrite, the store may hold another scene)."""
+    group; ``where`` names it in the message): a task of a cancelled run that was still running must not write
+    into a store a later run took over (with overwrite, the store may hold another scene)."""
     found = dict(group.attrs).get(OWNER_ATTR)
     if found != token:
-        raise OutputError(f"{what}: another run has taken over {group.store} (run token {found!r}, this run's "
-                          f"{token!r}); this task's run was stopped, so it writes nothing")
+        raise OutputError(f"{what}: another run has taken over {where or group.store} (run token {found!r}, this "
+                          f"run's {token!r}); this task's run was stopped, so it writes nothing")
+
+
+@contextlib.contextmanager
+def pinned_store(store: str | os.PathLike) -> Iterator[str]:
+    """A path to the store directory as it is now, for a task's check-then-write: writes through it follow
+    that directory if it is renamed (a discarded store goes to a hidden trash name first) and fail once it is
+    deleted, so a stopped run's task whose owner check passed just before a later run replaced the store can
+    never write into the new store (nor recreate the old one). Linux ``/proc/self/fd``; elsewhere the plain
+    path (the check-then-write window stays open there)."""
+    try:
+        fd = os.open(store, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as e:
+        raise OutputError(f"output store {store} disappeared ({e.strerror or e}); this task's run was stopped, "
+                          "so it writes nothing") from None
+    try:
+        pinned = f"/proc/self/fd/{fd}"
+        yield pinned if os.path.isdir(pinned) else str(store)
+    finally:
+        os.close(fd)
 
 
 def mark_tile(store: str | os.PathLike, row: int, col: int, run: int) -> None:

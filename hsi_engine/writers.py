@@ -36,6 +36,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -52,6 +53,8 @@ from .errors import HSIEngineError, OutputError, user_stacklevel
 __all__ = ["ClassMapWriter", "GeoTiffClassMapWriter", "ZarrClassMapWriter", "ZARR_TITLE", "check_not_scene",
            "check_replaceable", "default_palette", "is_hsi_zarr", "open_writer", "side_paths", "write_classmap",
            "zarr_root_attributes"]
+
+log = logging.getLogger(__name__)
 
 _TIFF = (".tif", ".tiff")
 _ZARR = (".zarr",)
@@ -251,6 +254,50 @@ def _quiet_float16_padding():
             lg.removeFilter(drop)
 
 
+_LEFTOVER = re.compile(r"\.(partial\.)?(tmp|old|cog|trash)-[0-9a-f]+")  # after ".<output name>"
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory we wrote, renaming it to a hidden ``.<name>.trash-<random>`` first, so an interruption
+    (SIGTERM) mid-delete leaves no half-deleted store under its real name, and a write still pinned to the
+    directory (a stopped cluster task, see :func:`hsi_engine.resume.pinned_store`) lands in the trash."""
+    trash = path.with_name(f".{path.name.lstrip('.')}.trash-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, trash)
+    except OSError:
+        trash = path  # cannot rename (gone, or a read-only directory entry): delete it where it is
+    for _ in range(3):  # a file a late write created between rmtree's listing and its rmdir: one more pass
+        shutil.rmtree(trash, ignore_errors=True)
+        if not trash.exists():
+            return
+
+
+def sweep_leftovers(out: str | os.PathLike) -> list[Path]:
+    """Remove what a killed run into ``out`` left hidden beside it: ``.<name>.tmp-*``, ``.old-*``, ``.cog-*`` and
+    ``.trash-*`` of the map, its side files and ``<out>.partial`` (never the partial store itself). Call only
+    while holding the output's lock (:func:`hsi_engine.lock.output_lock`): no other run is writing them then."""
+    p = Path(out)
+    names = [p.name] + [s.name for s in side_paths(p).values()]
+    removed = []
+    try:
+        entries = list(p.parent.iterdir())
+    except OSError:
+        return removed
+    for e in entries:
+        if not any(e.name.startswith(f".{n}") and _LEFTOVER.match(e.name, len(n) + 1) for n in names):
+            continue
+        with contextlib.suppress(OSError):
+            if e.is_dir() and not e.is_symlink():
+                remove_tree(e)
+            else:
+                e.unlink()
+            removed.append(e)
+    if removed:
+        log.info("removed %d leftover(s) of an interrupted run beside %s: %s", len(removed), p,
+                 ", ".join(r.name for r in removed[:3]) + (" ..." if len(removed) > 3 else ""))
+    return removed
+
+
 def ensure_output_dir(d: Path) -> None:
     """Create the output's directory (and its parents); :class:`OutputError` when it cannot be made or written."""
     try:
@@ -402,7 +449,7 @@ class ClassMapWriter:
     def _cleanup(self) -> None:
         for t in self._temps:
             if t.is_dir() and not t.is_symlink():  # a replaced symlink goes, never what it points to
-                shutil.rmtree(t, ignore_errors=True)
+                remove_tree(t)
             else:
                 try:
                     t.unlink()

@@ -120,6 +120,48 @@ def test_a_cancelled_run_s_task_writes_nothing_into_a_store_another_run_took_ove
     w.keep_partial()
 
 
+def test_a_stopped_run_s_write_that_passed_its_check_never_reaches_the_run_that_took_over(case, tmp_path,
+                                                                                         monkeypatch):
+    """The owner check is check-then-write: on slow storage a stopped run's task can pass it just before an
+    --overwrite rerun replaces the store. Its write must land in the discarded store, not in the new run's map,
+    and must not recreate ``<out>.partial`` after the new run committed (found with 10 s chunk writes)."""
+    import zarr
+
+    out = tmp_path / "map.zarr"
+    kw = dict(grid=(2, 3), height=32, width=48, n_classes=5, block=TILE)
+    old = ResumableZarrWriter(out, fingerprint={"run": "old"}, resume=False, **kw)
+    old.start_run("old-run-token")
+    old.keep_partial()  # the old run's driver was stopped; its task is still computing
+    plan = hsi_engine.tiles.plan_tiles(32, 48, TILE, 2)
+    tile = plan.tiles[4]
+    spec = cluster.TaskSpec(store=str(partial_path(out).resolve()), run=1, tile=TILE, scene=str(case["scene"]),
+                            model=str(case["model"]), model_key="k", mean=None, std=None, nodata=None,
+                            backend="eager", precision="float32", device="cpu", probabilities=False,
+                            token="old-run-token")
+    new: list[ResumableZarrWriter] = []
+    real_check = cluster.check_owner
+
+    def check_then_takeover(group, token, what, where=None):
+        real_check(group, token, what, where)  # passes: the store is still the old run's ...
+        if not new:  # ... and right then the rerun replaces it, commits, and is done, before the write lands
+            w = ResumableZarrWriter(out, fingerprint={"run": "new"}, resume=False, overwrite=True, **kw)
+            w.start_run("new-run-token")
+            for t in plan.tiles:
+                w.write_tile(t.y0 // TILE, t.x0 // TILE, 1, t.y0, t.x0, np.full((t.y1 - t.y0, t.x1 - t.x0), 2,
+                                                                               np.uint8))
+            w.commit()
+            new.append(w)
+
+    monkeypatch.setattr(cluster, "check_owner", check_then_takeover)
+    with pytest.raises(OutputError):  # the discarded store is gone: the late write fails instead of landing
+        cluster._tile_task(spec, tile)
+    assert new, "the takeover did not happen"
+    classes = np.asarray(zarr.open_group(str(out), mode="r")["classes"][...])
+    assert (classes == 2).all()  # the new run's map holds only its own tiles
+    assert not partial_path(out).exists()  # nothing recreated the old partial store after the commit
+    assert F.leftovers(tmp_path, out.name) == ["map.zarr"]
+
+
 @pytest.mark.parametrize("name", ["map.tif", "map.zarr"])
 def test_a_run_stopped_while_writing_its_map_keeps_every_tile(case, tmp_path, monkeypatch, name):
     """SIGTERM (the CLI turns it into KeyboardInterrupt) during the final GeoTIFF conversion or zarr commit must
