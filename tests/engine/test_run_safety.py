@@ -120,11 +120,13 @@ def test_a_cancelled_run_s_task_writes_nothing_into_a_store_another_run_took_ove
     w.keep_partial()
 
 
+@pytest.mark.parametrize("rerun_committed", [False, True], ids=["rerun-writing", "rerun-committed"])
 def test_a_stopped_run_s_write_that_passed_its_check_never_reaches_the_run_that_took_over(case, tmp_path,
-                                                                                         monkeypatch):
-    """The owner check is check-then-write: on slow storage a stopped run's task can pass it just before an
-    --overwrite rerun replaces the store. Its write must land in the discarded store, not in the new run's map,
-    and must not recreate ``<out>.partial`` after the new run committed (found with 10 s chunk writes)."""
+                                                                                         monkeypatch,
+                                                                                         rerun_committed):
+    """The owner check is check-then-write: on slow storage a stopped run's task can pass it, and its chunk write
+    can stall, while an --overwrite rerun replaces the store. That write must not land in the rerun's map, nor
+    recreate ``<out>.partial`` after the rerun committed (both seen with 10 s chunk writes)."""
     import zarr
 
     out = tmp_path / "map.zarr"
@@ -139,26 +141,37 @@ def test_a_stopped_run_s_write_that_passed_its_check_never_reaches_the_run_that_
                             backend="eager", precision="float32", device="cpu", probabilities=False,
                             token="old-run-token")
     new: list[ResumableZarrWriter] = []
-    real_check = cluster.check_owner
+    stalled: list[str] = []
+    real_set = zarr.storage.LocalStore.set
 
-    def check_then_takeover(group, token, what, where=None):
-        real_check(group, token, what, where)  # passes: the store is still the old run's ...
-        if not new:  # ... and right then the rerun replaces it, commits, and is done, before the write lands
-            w = ResumableZarrWriter(out, fingerprint={"run": "new"}, resume=False, overwrite=True, **kw)
-            w.start_run("new-run-token")
-            for t in plan.tiles:
-                w.write_tile(t.y0 // TILE, t.x0 // TILE, 1, t.y0, t.x0, np.full((t.y1 - t.y0, t.x1 - t.x0), 2,
-                                                                               np.uint8))
+    def takeover():
+        w = ResumableZarrWriter(out, fingerprint={"run": "new"}, resume=False, overwrite=True, **kw)
+        w.start_run("new-run-token")
+        for t in plan.tiles:
+            w.write_tile(t.y0 // TILE, t.x0 // TILE, 1, t.y0, t.x0, np.full((t.y1 - t.y0, t.x1 - t.x0), 2, np.uint8))
+        if rerun_committed:
             w.commit()
-            new.append(w)
+        new.append(w)
 
-    monkeypatch.setattr(cluster, "check_owner", check_then_takeover)
-    with pytest.raises(OutputError):  # the discarded store is gone: the late write fails instead of landing
+    async def stalled_set(self, key, value):
+        if "classes/c/" in key and not stalled:  # the task's chunk write stalls; meanwhile the rerun takes over
+            import asyncio
+
+            stalled.append(key)
+            await asyncio.to_thread(takeover)
+        return await real_set(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", stalled_set)
+    with pytest.raises(OutputError, match="was removed while tile"):  # the old store is gone: nothing lands
         cluster._tile_task(spec, tile)
+    monkeypatch.undo()
     assert new, "the takeover did not happen"
+    if not rerun_committed:
+        assert (read_record(partial_path(out)) == 1).all()
+        new[0].commit()
     classes = np.asarray(zarr.open_group(str(out), mode="r")["classes"][...])
-    assert (classes == 2).all()  # the new run's map holds only its own tiles
-    assert not partial_path(out).exists()  # nothing recreated the old partial store after the commit
+    assert (classes == 2).all()  # the rerun's map holds only its own tiles
+    assert not partial_path(out).exists()  # nothing recreated the old partial store
     assert F.leftovers(tmp_path, out.name) == ["map.zarr"]
 
 
