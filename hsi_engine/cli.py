@@ -303,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _terminate(signum: int, frame: object) -> None:
+    # once: the run is unwinding (committing, keeping or removing its files); the rest of a burst of SIGTERMs
+    # must not cut that short (main() puts the previous handler back when it returns)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 

@@ -41,6 +41,7 @@ takeover (slow storage) lands in the discarded store, never in the new one.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -59,8 +60,8 @@ import numpy as np
 from .dask_client import _cuda_count, _gpu_resources, _parse_scheduler_address, connect, make_local_cluster
 from .errors import ClusterUsageError, HSIEngineError, OutputError, WorkerLostError
 from .lock import output_lock
-from .resume import (ResumableZarrWriter, check_owner, finished_with, mark_tile, model_digest, partial_path,
-                     partial_tile, pinned_store, provenance)
+from .resume import (ResumableZarrWriter, check_owner, discard_partial, finished_with, mark_tile, model_digest,
+                     partial_path, partial_tile, pinned_store, provenance, recorded_fingerprint)
 from .tiles import Tile, TilePlan, default_tile, normalise_tile, plan_tiles
 
 log = logging.getLogger("hsi_engine.cluster")
@@ -397,7 +398,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     from .api import _Job, scene_georef
     from .io import open_scene
     from .runner import check_read_settings
-    from .writers import _TIFF, _ZARR, side_paths
+    from .writers import _TIFF, _ZARR, check_replaceable, side_paths
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -450,15 +451,24 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     if job.nodata_bands is not None:  # a resumed run must mask the same bands (absent: every band, as before)
         fingerprint["nodata_bands"] = [int(b) for b in job.nodata_bands]
     sides = [side_paths(out)[k] for k in ("probabilities", "confidence")] if prob and suffix in _TIFF else []
-    if resume and not overwrite and scene_id["source"] is not None and not partial_path(out).exists() and \
-            finished_with(out, fingerprint, sides):
-        log.info("%s is complete and was made with these settings: nothing to resume", out)
-        return RunReport(path=out, tiles=len(plan), skipped=len(plan), computed=0, run=0, workers=0,
-                         wall_s=time.perf_counter() - t_start, tile=side)
+    own = json.loads(json.dumps(fingerprint))  # as recorded (JSON): compared with what outputs carry
+    if resume and not overwrite and scene_id["source"] is not None and finished_with(out, fingerprint, sides):
+        part = partial_path(out)
+        if (part.exists() or part.is_symlink()) and recorded_fingerprint(part) == own:
+            check_replaceable(part)  # the finished run was stopped before removing it: nothing in it is needed
+            discard_partial(part)
+            log.info("removed %s, left by the run that finished %s", part, out)
+        if not (part.exists() or part.is_symlink()):
+            log.info("%s is complete and was made with these settings: nothing to resume", out)
+            return RunReport(path=out, tiles=len(plan), skipped=len(plan), computed=0, run=0, workers=0,
+                             wall_s=time.perf_counter() - t_start, tile=side)
     if suffix in _TIFF and not overwrite and prob is not None:
         for key in ("probabilities", "confidence"):
             p = side_paths(out)[key]
-            if p.exists():
+            if p.exists() and resume and not out.exists() and recorded_fingerprint(p) == own:
+                p.unlink()  # written by this run's commit, stopped before the map: the commit writes it again
+                log.info("removed %s, left by this run's interrupted commit", p)
+            elif p.exists():
                 raise OutputError(f"output {p} already exists; pass overwrite=True (--overwrite) to replace it, "
                                   "or choose another path")
     tags = provenance(digest, precision, spatial_precision)
@@ -549,8 +559,15 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
             path = writer.commit_geotiff(out, crs=crs, transform=transform, gcps=gcps, tags=tags)
     except BaseException:  # SIGTERM/Ctrl-C while writing the map: every tile is in the store, keep it
         kept = writer.keep_partial()
-        log.warning("stopped while writing %s; %s holds every tile: rerun with resume=True (--resume) to write "
-                    "the map without computing again", out, kept)
+        if writer.map_written and (kept.exists() or kept.is_symlink()):
+            log.warning("wrote %s, then stopped before removing %s: rerun with resume=True (--resume) to remove "
+                        "it (the map is complete)", out, kept)
+        elif writer.map_written:
+            log.warning("wrote %s, then stopped while cleaning up; the next run into it removes what is left",
+                        out)
+        else:
+            log.warning("stopped while writing %s; %s holds every tile: rerun with resume=True (--resume) to "
+                        "write the map without computing again", out, kept)
         raise
     report = RunReport(path=path, tiles=len(plan), skipped=skipped, computed=len(todo), run=run, workers=n_workers,
                        wall_s=time.perf_counter() - t_start, tile=side, extra=dict(extra or {}))

@@ -197,6 +197,7 @@ class ResumableZarrWriter(ZarrClassMapWriter):
         self.fingerprint = json.loads(json.dumps(fingerprint))
         self.partial = partial_path(path)
         self.resumed = False
+        self.map_written = False  # the finished map is in place (what remains is removing the partial store)
         if self.partial.exists() or self.partial.is_symlink():
             if resume:
                 self._verify_partial()
@@ -310,6 +311,7 @@ class ResumableZarrWriter(ZarrClassMapWriter):
     def _commit(self) -> None:
         self._group.attrs["partial"] = False
         super()._commit()
+        self.map_written = True
 
     def commit_geotiff(self, out: Path, *, crs=None, transform=None, block: int = 256, gcps=None,
                        tags: dict[str, str] | None = None) -> Path:
@@ -340,8 +342,9 @@ class ResumableZarrWriter(ZarrClassMapWriter):
             w.abort()
             self.keep_partial()
             raise
+        self.map_written = True
         self._done = True
-        self._cleanup()  # the partial store
+        self._cleanup()  # the partial store (renamed away first: an interruption leaves only a hidden trash)
         return Path(out)
 
 

@@ -557,12 +557,12 @@ class GeoTiffClassMapWriter(ClassMapWriter):
             ds = self._datasets["probabilities"]
             for i, n in enumerate(self.class_names):
                 ds.set_band_description(i + 1, f"p({n})")
-            ds.update_tags(class_names=json.dumps(self.class_names), quantity="class probability (softmax)",
-                           precision=self.probabilities)
+            ds.update_tags(**{**self.tags, "class_names": json.dumps(self.class_names),  # provenance, run record
+                              "quantity": "class probability (softmax)", "precision": self.probabilities})
         if "confidence" in self._datasets:
             ds = self._datasets["confidence"]
             ds.set_band_description(1, "confidence")
-            ds.update_tags(quantity="confidence of the predicted class (max softmax probability)")
+            ds.update_tags(**{**self.tags, "quantity": "confidence of the predicted class (max softmax probability)"})
 
     def _aux_xml(self) -> str:
         cats = "".join(f"<Category>{escape(n)}</Category>" for n in ["no data", *self.class_names])

@@ -99,11 +99,25 @@ def test_model_json_without_config_names_it(model_dir, tmp_path):
         load_model(bad)
 
 
+@pytest.mark.parametrize("burst", [False, True], ids=["one", "burst"])
 @pytest.mark.parametrize("out_name", ["a.tif", "a.zarr"])
-def test_sigterm_unwinds_like_ctrl_c_and_leaves_nothing(scene, model_dir, tmp_path, monkeypatch, out_name):
+def test_sigterm_unwinds_like_ctrl_c_and_leaves_nothing(scene, model_dir, tmp_path, monkeypatch, out_name, burst):
     """SIGTERM (what `timeout` and batch schedulers send) mid-run: exit 130, one line, no output and no temp
-    file; for .zarr the tiles written so far are kept as a partial store for --resume, as on Ctrl-C."""
+    file; for .zarr the tiles written so far are kept as a partial store for --resume, as on Ctrl-C. A burst of
+    SIGTERMs (schedulers and `kill` loops send several) must not cut the cleanup short: it left hidden GeoTIFF
+    temps, or a traceback when one landed in the 'interrupted' line."""
+    from hsi_engine import writers
     from hsi_engine.fused import FusedSSRN
+
+    if burst:
+        cleanup = writers.ClassMapWriter._cleanup
+
+        def signalled_cleanup(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # more of the burst, while the run unwinds
+            time.sleep(0.05)
+            cleanup(self)
+
+        monkeypatch.setattr(writers.ClassMapWriter, "_cleanup", signalled_cleanup)
 
     slow = FusedSSRN.__call__
     calls = []

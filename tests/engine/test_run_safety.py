@@ -200,6 +200,74 @@ def test_a_run_stopped_while_writing_its_map_keeps_every_tile(case, tmp_path, mo
     assert not part.exists() and not lock_path(out).exists()
 
 
+@pytest.mark.parametrize("when", ["before-removal", "mid-removal"])
+def test_a_run_stopped_after_its_map_was_written_blocks_no_rerun(case, tmp_path, monkeypatch, caplog, when):
+    """SIGTERM ~64 ms after the last tile of a .tif run landed while the partial store was being deleted: the map
+    was complete, the half-deleted store blocked every rerun (--resume, --overwrite, plain) with messages pointing
+    at each other, and the stop message said the store held every tile. The store is now renamed away before it
+    is deleted; --resume on the complete map removes a store left whole; the next run sweeps the trash."""
+    import logging
+    import shutil
+
+    from hsi_engine import writers
+
+    out = tmp_path / "map.tif"
+    with monkeypatch.context() as m:
+        if when == "before-removal":
+            m.setattr(writers, "remove_tree", lambda path: (_ for _ in ()).throw(KeyboardInterrupt("signal 15")))
+        else:
+            m.setattr(shutil, "rmtree", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt("signal 15")))
+        with caplog.at_level(logging.WARNING, logger="hsi_engine"), pytest.raises(KeyboardInterrupt):
+            cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)
+    gc.collect()
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])  # the map is complete
+    stop = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(stop) == 1 and stop[0].startswith(f"wrote {out}, then stopped") and "holds every tile" not in stop[0]
+    part = partial_path(out)
+    if when == "before-removal":
+        assert part.exists() and "--resume" in stop[0]
+        with pytest.raises(OutputError, match="pass resume=True"):  # a plain rerun is sent to --resume, ...
+            cluster.run_to_file(case["scene"], case["model"], out, tile=TILE)
+    else:
+        assert not part.exists()
+        assert [n for n in F.leftovers(tmp_path, out.name) if ".trash-" in n]  # what the delete did not finish
+    rep = cluster.run_to_file(case["scene"], case["model"], out, resume=True)  # ... which removes what is left
+    assert rep.computed == 0
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+    assert F.leftovers(tmp_path, out.name) == ["map.tif", "map.tif.aux.xml"]  # store and trash gone
+
+
+def test_a_commit_stopped_between_the_side_files_and_the_map_is_resumed(case, tmp_path, monkeypatch):
+    """Side files are replaced first, the map last; stopped in between, --resume refused with 'output
+    ..._probabilities.tif already exists'. Side files this run's commit wrote (its fingerprint tag) are redone."""
+    out = tmp_path / "map.tif"
+    real = os.replace
+
+    def stopped_at_the_map(src, dst, *a, **k):
+        if Path(dst) == out:
+            raise KeyboardInterrupt("signal 15")
+        return real(src, dst, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", stopped_at_the_map)
+        with pytest.raises(KeyboardInterrupt):
+            cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, probabilities=True)
+    gc.collect()
+    sides = hsi_engine.writers.side_paths(out)
+    assert sides["probabilities"].exists() and not out.exists() and (read_record(partial_path(out)) == 1).all()
+    rep = cluster.run_to_file(case["scene"], case["model"], out, resume=True, probabilities=True)
+    assert rep.computed == 0
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+    assert F.leftovers(tmp_path, out.name) == ["map.tif", "map.tif.aux.xml", "map_confidence.tif",
+                                               "map_probabilities.tif"]
+    other = tmp_path / "other.tif"  # a side file some other run wrote is never taken over
+    hsi_engine.classify_to_file(case["scene"], case["model"], tmp_path / "x.tif", tile=TILE, probabilities=True,
+                                progress=False)
+    os.replace(tmp_path / "x_probabilities.tif", tmp_path / "other_probabilities.tif")
+    with pytest.raises(OutputError, match="other_probabilities.tif already exists"):
+        cluster.run_to_file(case["scene"], case["model"], other, tile=TILE, resume=True, probabilities=True)
+
+
 def test_a_run_stopped_between_its_last_tile_and_the_commit_keeps_every_tile(case, tmp_path, monkeypatch):
     out = tmp_path / "map.tif"
 
@@ -261,3 +329,22 @@ def test_an_unsupported_output_suffix_leaves_no_directory(case, tmp_path, resume
     with pytest.raises(OutputError, match=r"suffix '\.png' is not supported"):
         hsi_engine.classify_to_file(case["scene"], case["model"], out, resume=resume, progress=False)
     assert not out.parent.exists()
+
+
+def test_taking_the_lock_sweeps_only_a_killed_run_s_hidden_temps(tmp_path):
+    """A SIGKILLed run leaves hidden temps (GeoTIFF tiles, COG copies, a store being deleted); the next run into
+    that output removes them once it holds the lock, and nothing else: not the partial store, not another
+    output's temps, not files that merely start with the same name."""
+    keep = ["map.tif.partial", "map.tif", "map2.tif", ".map2.tif.tmp-0123abcd.tif", ".map.tif.tmpx", "notes.txt",
+            ".map.tif.partialx"]
+    gone = [".map.tif.tmp-0123abcd.tif", ".map.tif.cog-89abcdef.tif", ".map_probabilities.tif.tmp-01234567.tif",
+            ".map.tif.aux.xml.tmp-01234567.xml", ".map.tif.partial.trash-0a1b2c3d", ".map.tif.old-00ff00ff.tif"]
+    for n in keep + gone:
+        if "partial" in n or "trash" in n:
+            (tmp_path / n).mkdir()
+            (tmp_path / n / "zarr.json").write_text("{}")
+        else:
+            (tmp_path / n).write_bytes(b"x")
+    with output_lock(tmp_path / "map.tif"):
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep + [".map.tif.lock"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
