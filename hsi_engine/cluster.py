@@ -296,7 +296,7 @@ class _MarkingSink:
 
 
 def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_obj: Any, model_obj: Any,
-                     progress: bool | None) -> dict[str, Any]:
+                     progress: bool | None, local: bool = False) -> dict[str, Any]:
     from distributed import KilledWorker, as_completed
 
     from .runner import _progress_bar
@@ -307,9 +307,11 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
     by_key = {f"hsi-tile-{spec.token[:8]}-{t.index}": t for t in tiles}
     pending = {key: client.submit(_tile_task, spec, t, scene_arg, model_arg, key=key, resources=resources,
                                   pure=False) for key, t in by_key.items()}
-    bar = _progress_bar(sum(t.pixels for t in tiles), progress)
+    bar = _progress_bar(sum(t.pixels for t in tiles), progress, lambda: _cluster_status(client))
     pids: set[int] = set()
     nodata_px = 0
+    gather = logging.getLogger("distributed.client")
+    gather.addFilter(_drop_rescheduled_gathers)
     try:
         for fut in as_completed(list(pending.values())):
             # a finished tile's result is dropped at once: while the driver held it, a worker that died took
@@ -319,7 +321,7 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
                 res = fut.result()  # re-raises the task's error (bad input, store gone...)
             except Exception as e:
                 if isinstance(e, KilledWorker):
-                    raise _worker_lost(client, by_key[fut.key], spec) from None
+                    raise _worker_lost(client, by_key[fut.key], spec, local) from None
                 if isinstance(e, CancelledError) and (scene_arg is not None or model_arg is not None):
                     what = " and ".join(n for n, a in (("scene", scene_arg), ("model", model_arg)) if a is not None)
                     raise WorkerLostError(
@@ -336,6 +338,7 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
         client.cancel(list(pending.values()))
         raise
     finally:
+        gather.removeFilter(_drop_rescheduled_gathers)
         bar.close()
     if tiles and nodata_px == sum(t.pixels for t in tiles):
         from .runner import warn_all_nodata
@@ -344,18 +347,46 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
     return {"worker_pids": sorted(pids), "resources": resources, "nodata_px": nodata_px}
 
 
-def _worker_lost(client: Any, tile: Tile, spec: TaskSpec) -> WorkerLostError:
-    """The error for a tile whose task killed every worker that ran it (``distributed.KilledWorker``)."""
+def _cluster_status(client: Any) -> str | None:
+    """Why a cluster run may have stalled, in words (None when nothing looks wrong): no workers, or workers
+    paused by dask because their memory passed ``distributed.worker.memory.pause`` (80 % of their limit)."""
+    try:
+        workers = client.scheduler_info().get("workers", {})
+    except Exception:  # noqa: BLE001 - a scheduler that does not answer
+        return "the scheduler does not answer"
+    if not workers:
+        return "the cluster has no workers: start some (dask worker <scheduler address>)"
+    paused = sum(1 for w in workers.values() if w.get("status") == "paused")
+    if not paused:
+        return None
+    fix = ("dask paused them because their memory is above its pause threshold (distributed.worker.memory.pause, "
+           "80 % of the limit); give the workers more memory (fewer per host) or a smaller --tile")
+    return f"every worker ({len(workers)}) is paused: {fix}" if paused == len(workers) else \
+        f"{paused} of {len(workers)} workers are paused: {fix}"
+
+
+def _drop_rescheduled_gathers(record: logging.LogRecord) -> bool:
+    """Drop distributed's "Couldn't gather N keys, rescheduling" (a worker died holding a finished tile's small
+    result; the tile is written and the scheduler recomputes it): a lost worker is reported once, by this run."""
+    return not record.getMessage().startswith("Couldn't gather")
+
+
+def _worker_lost(client: Any, tile: Tile, spec: TaskSpec, local: bool) -> WorkerLostError:
+    """The error for a tile whose task killed every worker that ran it (``distributed.KilledWorker``); ``local``:
+    the workers are the ones this run started (``--workers``)."""
     try:
         limits = {int(w.get("memory_limit") or 0) for w in client.scheduler_info().get("workers", {}).values()}
     except Exception:  # noqa: BLE001 - the message is still useful without the limit
         limits = set()
     memory = f" (each has {max(limits) / 2**30:.1f} GiB)" if limits and min(limits) > 0 else ""
+    more = ("fewer --workers on this host" if local else  # --workers: the cluster this run started
+            "start them with a larger memory limit, `dask worker --memory-limit` or LocalCluster(memory_limit=), "
+            "or fewer per host")  # --scheduler: the workers are someone else's
     return WorkerLostError(
         f"tile {tile.index} (rows {tile.y0}-{tile.y1}, columns {tile.x0}-{tile.x1}) took down every worker that "
-        f"ran it, nearly always by running out of memory{memory}. Give each worker more memory (fewer --workers "
-        f"on this host) and rerun with --resume to keep the tiles written, or start over with a smaller --tile "
-        f"(now {spec.tile}) and --overwrite")
+        f"ran it, nearly always by running out of memory{memory}. Give each worker more memory ({more}) and rerun "
+        f"with --resume to keep the tiles written, or start over with a smaller --tile (now {spec.tile}) and "
+        "--overwrite")
 
 
 def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, tile: int | Sequence[int] | None = None,
@@ -517,7 +548,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
                 try:
                     n_workers = len(client.scheduler_info().get("workers", {}))
                     extra = _run_distributed(client, spec, todo, None if is_path else da,
-                                             None if is_model_path else job.model, progress)
+                                             None if is_model_path else job.model, progress, workers is not None)
                 except BaseException as e:  # noqa: BLE001 - handled below, after our cluster is closed
                     error = e
             if error is not None:

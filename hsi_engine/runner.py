@@ -19,6 +19,7 @@ import collections
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -367,24 +368,60 @@ LOG_PROGRESS_EVERY_S = 30.0  # without a terminal: a progress line in the log th
 class _LoggedProgress:
     """Progress as a log line every :data:`LOG_PROGRESS_EVERY_S` seconds, for a run whose stderr is not a
     terminal (a pipeline's log, a batch job): a bar redrawn with carriage returns would be one endless line
-    there, and no progress at all leaves an hour-long run silent. The tqdm calls the runners use."""
+    there, and no progress at all leaves an hour-long run silent. A timer keeps the lines coming when no tile
+    finishes (a stalled run says so, with ``status()``'s words on why, e.g. a cluster's paused workers). The rate
+    counts from the first finished tile, so start-up (a cluster's, a model's compile) does not dilute it. The
+    tqdm calls the runners use."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, status: Callable[[], str | None] | None = None) -> None:
+        self.every = LOG_PROGRESS_EVERY_S
         self.total, self.n = int(total), 0
-        self.t0 = self.last = time.perf_counter()
+        self.t0 = self.last_log = self.last_progress = self.last_tile = time.perf_counter()
+        self.first: tuple[float, int] | None = None  # (time, pixels) when the first tile finished
+        self.status = status
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._timer = threading.Thread(target=self._tick, name="hsi-engine-progress-log", daemon=True)
+        self._timer.start()
 
     def update(self, n: int) -> None:
-        self.n += int(n)
-        now = time.perf_counter()
-        if now - self.last < LOG_PROGRESS_EVERY_S or self.n >= self.total:
+        with self._lock:
+            self.n += int(n)
+            self.last_tile = now = time.perf_counter()
+            if self.first is None:
+                self.first = (now, self.n)
+            if now - self.last_progress >= self.every and self.n < self.total:
+                self.last_progress = now
+                self._log(now, stalled=False)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(max(self.every, 0.05)):
+            with self._lock:
+                now = time.perf_counter()
+                if now - self.last_log >= self.every and now - self.last_tile >= self.every:
+                    self._log(now, stalled=True)
+
+    def _log(self, now: float, stalled: bool) -> None:
+        self.last_log = now
+        done = (f"{100 * self.n / max(self.total, 1):.0f} % ({_mpx(self.n)} of {_mpx(self.total)} Mpx)")
+        if stalled:  # nothing finished since the last line: say so, and why if known
+            why = self.status() if self.status is not None else None
+            log.warning("classify: no tile finished in the last %s; %s done%s", _duration(now - self.last_tile),
+                        done, f"; {why}" if why else "")
             return
-        self.last = now
-        rate = self.n / max(now - self.t0, 1e-9)
-        log.info("classify: %.0f %% (%.2f of %.2f Mpx) at %.2f Mpx/s, about %s left", 100 * self.n / self.total,
-                 self.n / 1e6, self.total / 1e6, rate / 1e6, _duration((self.total - self.n) / max(rate, 1e-9)))
+        t, n = self.first if self.first is not None and self.n > self.first[1] else (self.t0, 0)
+        rate = (self.n - n) / max(now - t, 1e-9)
+        log.info("classify: %s at %s Mpx/s, about %s left", done, _mpx(rate), _duration((self.total - self.n) /
+                                                                                      max(rate, 1e-9)))
 
     def close(self) -> None:
-        pass
+        self._stop.set()
+
+
+def _mpx(pixels: float) -> str:
+    """Megapixels with the digits a reader needs: 0.0123 on a small scene, 12.3 on a large one."""
+    m = pixels / 1e6
+    return f"{m:.3g}" if m < 100 else f"{m:.0f}"
 
 
 def _duration(s: float) -> str:
@@ -393,14 +430,14 @@ def _duration(s: float) -> str:
         else f"{s} s"
 
 
-def _progress_bar(total: int, enabled: bool | None):
+def _progress_bar(total: int, enabled: bool | None, status: Callable[[], str | None] | None = None):
     """A tqdm bar on a terminal (``enabled`` True, or None and stderr is a terminal); None without one: log lines
-    (:class:`_LoggedProgress`); False: nothing."""
+    (:class:`_LoggedProgress`, with ``status`` saying why a stalled run stalls); False: nothing."""
     from tqdm.auto import tqdm
 
     if enabled is None:
         if not sys.stderr.isatty():
-            return _LoggedProgress(total)
+            return _LoggedProgress(total, status)
         enabled = True
     return tqdm(total=total, unit="px", unit_scale=True, disable=not enabled, desc="classify",
                 smoothing=0.1, dynamic_ncols=True)

@@ -250,6 +250,7 @@ def test_a_tile_that_kills_its_workers_is_one_clear_error_and_keeps_the_tiles(ca
     err = _kill_the_worker_mid_run(case["scene"], case["model"], out, allowed_failures=0)
     assert isinstance(err, WorkerLostError), repr(err)
     assert "took down every worker" in str(err) and "--resume" in str(err) and "smaller --tile (now 16)" in str(err)
+    assert "--memory-limit" in str(err) and "--workers" not in str(err)  # the cluster is the caller's: its limit
     done = read_record(partial_path(out))
     assert 2 <= (done > 0).sum() < 9 and not out.exists()
 
@@ -406,3 +407,52 @@ def test_more_local_workers_than_cores_is_warned(caplog, monkeypatch):
         caplog.clear()
         cluster.make_local_cluster(2, gpu=False)
         assert caplog.text == ""
+
+
+def test_a_run_stalled_by_paused_workers_says_so_in_the_log(case, tmp_path, monkeypatch, caplog):
+    """Workers dask paused for memory (torch and the model alone passed 80 % of a small limit) hung the run
+    silently: no tile finishes, and a pipeline's log showed nothing. The log now says no tile finished, and why;
+    the run finishes once the workers resume."""
+    import logging
+    import sys
+
+    import dask
+    from distributed import Client
+
+    from hsi_engine import runner
+
+    monkeypatch.setattr(sys, "stderr", type("NotATerminal", (), {"isatty": staticmethod(lambda: False),
+                                                                 "write": staticmethod(lambda s: len(s)),
+                                                                 "flush": staticmethod(lambda: None)})())
+    monkeypatch.setattr(runner, "LOG_PROGRESS_EVERY_S", 0.5)
+    memory = {"distributed.worker.memory.pause": 0.001, "distributed.worker.memory.target": False,
+              "distributed.worker.memory.spill": False, "distributed.worker.memory.terminate": False}
+    with dask.config.set(memory), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lc = cluster.make_local_cluster(1, gpu=False)
+        c = Client(lc)
+    out = tmp_path / "stalled.zarr"
+    result: dict = {}
+    try:
+        c.wait_for_workers(1, timeout=60)
+        with caplog.at_level(logging.INFO, "hsi_engine"):
+            th = threading.Thread(target=lambda: result.update(rep=cluster.run_to_file(
+                case["scene"], case["model"], out, tile=TILE, scheduler=c)))
+            th.start()
+            deadline = time.monotonic() + 60
+            stall = []
+            while not stall and time.monotonic() < deadline:
+                time.sleep(0.1)
+                stall = [r.getMessage() for r in caplog.records if "no tile finished" in r.getMessage()]
+            assert stall and "every worker (1) is paused" in stall[0] and "memory" in stall[0], stall
+
+            def resume(dask_worker):
+                dask_worker.memory_manager.memory_pause_fraction = 0.99  # dask's monitor then resumes it
+
+            c.run(resume)
+            th.join(120)
+    finally:
+        c.close()
+        lc.close()
+    assert result["rep"].computed == 9
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"]["labels"].values)

@@ -5,6 +5,8 @@ and must give the same map, probabilities, nodata handling and errors; the same 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -222,14 +224,48 @@ def test_without_a_terminal_progress_is_a_log_line_not_a_bar(monkeypatch, caplog
     sink = ArraySink(19, 23, CLASSES)
     with caplog.at_level(logging.INFO, "hsi_engine.runner"):
         run_plan(_cube(np.float32), plan, FusedSSRN(m, backend="eager"), sink)  # progress=None: the default
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("classify: ")]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("classify: ")
+             and "no tile finished" not in r.getMessage()]  # (the timer's lines between tiles, at this interval)
     assert len(lines) == len(plan) - 1, lines  # one per tile but the last (the run's own summary follows it)
-    assert lines[0].startswith(f"classify: {100 * plan.tiles[0].pixels / (19 * 23):.0f} % (0.00 of 0.00 Mpx)")
+    first = plan.tiles[0].pixels
+    # megapixels to the digits that tell (a small scene read "0.00 of 0.00 Mpx")
+    assert lines[0].startswith(f"classify: {100 * first / (19 * 23):.0f} % ({first / 1e6:.3g} of 0.000437 Mpx)")
     assert "left" in lines[-1]
     caplog.clear()
     with caplog.at_level(logging.INFO, "hsi_engine.runner"):
         run_plan(_cube(np.float32), plan, FusedSSRN(m, backend="eager"), sink, progress=False)
     assert not any(r.getMessage().startswith("classify: ") for r in caplog.records)
+
+
+def test_a_stalled_run_s_log_says_no_tile_finished_and_why(monkeypatch, caplog):
+    """The log lines came only when a tile finished: a stalled run (a cluster's paused workers, a hung read) was
+    silent. A timer now says no tile finished, with the runner's words on why; the rate leaves start-up out."""
+    import logging
+
+    from hsi_engine import runner
+
+    monkeypatch.setattr(runner, "LOG_PROGRESS_EVERY_S", 0.2)
+    with caplog.at_level(logging.INFO, "hsi_engine.runner"):
+        bar = runner._LoggedProgress(4_000_000, status=lambda: "every worker (2) is paused")
+        try:
+            time.sleep(2.0)  # start-up: nothing finishes
+            bar.update(1_000_000)
+            time.sleep(0.3)
+            bar.update(1_000_000)  # 1 Mpx in 0.3 s after the first tile: 3.3 Mpx/s (not 2 Mpx in 2.3 s, 0.9)
+            time.sleep(0.7)  # stalled again
+        finally:
+            bar.close()
+    msgs = [(r.levelno, r.getMessage()) for r in caplog.records]
+    stalls = [m for lv, m in msgs if "no tile finished" in m]
+    assert stalls and all(lv == logging.WARNING for lv, m in msgs if "no tile finished" in m)
+    assert stalls[0].startswith("classify: no tile finished in the last ") and "0 % (0 of 4 Mpx) done" in stalls[0]
+    assert stalls[0].endswith("; every worker (2) is paused")
+    assert any("50 % (2 of 4 Mpx) done" in m for m in stalls)
+    rates = [m for lv, m in msgs if "Mpx/s" in m]
+    assert rates and float(rates[-1].split(" at ")[1].split(" Mpx/s")[0]) > 1.5, rates
+    n = len(caplog.records)
+    time.sleep(0.5)
+    assert len(caplog.records) == n  # closed: the timer stopped
 
 
 def test_durations_read_as_people_write_them():
