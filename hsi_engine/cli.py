@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shlex
 import signal
 import sys
@@ -265,7 +266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     # other libraries' INFO/DEBUG (rasterio echoes every GDAL message) stay out; this project's own logs come through
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # a pipeline's log (stderr not a terminal) gets timestamps: when a run stalled, how long a tile took
+    stamp = "" if sys.stderr.isatty() else "%(asctime)s "
+    handler = logging.StreamHandler()  # (a caller's own logging setup is kept: basicConfig then does nothing)
+    handler.setFormatter(_CliFormatter(f"{stamp}%(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     own = {name: logging.getLogger(name) for name in ("hsi_engine", "ssrn", "kernels")}
     levels = {name: lg.level for name, lg in own.items()}
     for lg in own.values():
@@ -287,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "import-keras":
             return _cmd_import_keras(args, argv)
     except (HSIEngineError, CheckpointError, FileNotFoundError, FileExistsError, PermissionError) as e:
-        print(f"hsi-engine {args.command}: error: {e}", file=sys.stderr)
+        print(f"hsi-engine {args.command}: error: {cli_words(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"hsi-engine {args.command}: interrupted", file=sys.stderr)
@@ -300,6 +305,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, lg in own.items():
             lg.setLevel(levels[name])
     raise AssertionError(f"unhandled command {args.command}")
+
+
+_OPTION_WORDS = [  # the library's messages name both spellings, "resume=True (--resume)": a shell user reads one
+    (re.compile(r"\b[a-z_]+=[A-Za-z0-9_.]* \((--[a-z-]+(?: [A-Z]+)?)(?: on the command line)?\)"), r"\1"),
+    (re.compile(r"\b[a-z_]+= \((--[a-z-]+), ([^)]*)\)"), r"\1 (\2)"),
+    (re.compile(r"\b[a-z_]+=[A-Z]+ \((--[a-z-]+ [A-Z]+); for NaN: [a-z_]+=float\('nan'\), (--[a-z-]+ nan)\)"),
+     r"\1 (for NaN: \2)"),
+]
+
+
+def cli_words(message: str) -> str:
+    """A library message as the command line says it: ``pass resume=True (--resume)`` -> ``pass --resume``."""
+    for pattern, words in _OPTION_WORDS:
+        message = pattern.sub(words, message)
+    return message
+
+
+class _CliFormatter(logging.Formatter):
+    """Log lines with options spelled for the shell (:func:`cli_words`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return cli_words(super().format(record))
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -229,7 +229,7 @@ class ResumableZarrWriter(ZarrClassMapWriter):
                                for k, a, b in _differences(found or {}, self.fingerprint)[:4])
             raise OutputError(f"{self.partial} was started with different settings ({detail}); resume with the "
                               "same scene, model, tile and options, or pass overwrite=True (--overwrite) without "
-                              "resume to start over")
+                              "resume=True (--resume) to start over")
 
     def _create(self) -> None:
         import zarr
