@@ -11,6 +11,7 @@ import re
 import shlex
 import signal
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 
@@ -279,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.captureWarnings(True)  # one "WARNING py.warnings: ..." line each, like the log, not a source line
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     # SIGTERM (timeout, batch schedulers) unwinds like Ctrl-C, so outputs are committed whole or not at all
-    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
+    previous = signal.signal(signal.SIGTERM, _Terminate()) if _main_thread() else None
     try:
         if args.command == "demo":
             return _cmd_demo(args)
@@ -329,11 +330,23 @@ class _CliFormatter(logging.Formatter):
         return cli_words(super().format(record))
 
 
-def _terminate(signum: int, frame: object) -> None:
-    # once: the run is unwinding (committing, keeping or removing its files); the rest of a burst of SIGTERMs
-    # must not cut that short (main() puts the previous handler back when it returns)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt(f"signal {signum}")
+class _Terminate:
+    """SIGTERM unwinds like Ctrl-C. The rest of a burst (schedulers and ``kill`` loops send several) is ignored
+    for :attr:`GRACE_S`, so it cannot cut short the unwinding the first one started (committing, keeping or
+    removing files); a SIGTERM after that stops the run again (the first may have been swallowed where Python
+    cannot raise, e.g. in a ``__del__``)."""
+
+    GRACE_S = 10.0
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        now = time.monotonic()
+        if self.first is not None and now - self.first < self.GRACE_S:
+            return
+        self.first = now
+        raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _main_thread() -> bool:

@@ -61,7 +61,7 @@ from .dask_client import _cuda_count, _gpu_resources, _parse_scheduler_address, 
 from .errors import ClusterUsageError, HSIEngineError, OutputError, WorkerLostError
 from .lock import output_lock
 from .resume import (ResumableZarrWriter, check_owner, discard_partial, finished_with, mark_tile, model_digest,
-                     partial_path, partial_tile, pinned_store, provenance, recorded_fingerprint)
+                     partial_path, partial_tile, pinned_store, provenance, recorded_fingerprint, store_replaced)
 from .tiles import Tile, TilePlan, default_tile, normalise_tile, plan_tiles
 
 log = logging.getLogger("hsi_engine.cluster")
@@ -267,7 +267,9 @@ def _tile_task(spec: TaskSpec, tile: Tile, scene_obj: Any = None, model_obj: Any
                 arr[:, ys, xs] = prob.astype(arr.dtype, copy=False)
             if conf is not None and "confidence" in g:
                 g["confidence"][ys, xs] = conf.astype(np.float32, copy=False)
-        except (OSError, KeyError) as e:  # deleted under us: the run that replaced it discarded it
+        except (OSError, KeyError) as e:
+            if not store_replaced(spec.store, store):
+                raise  # a full disk, a permission: the run's own error (its tiles are kept for --resume)
             raise OutputError(f"output store {spec.store} was removed while {what} was being written "
                               f"({type(e).__name__}: {e}); this task's run was stopped, so it writes nothing") \
                 from None
@@ -310,8 +312,8 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
     bar = _progress_bar(sum(t.pixels for t in tiles), progress, lambda: _cluster_status(client))
     pids: set[int] = set()
     nodata_px = 0
-    gather = logging.getLogger("distributed.client")
-    gather.addFilter(_drop_rescheduled_gathers)
+    gather, quiet = logging.getLogger("distributed.client"), _DropRescheduledGathers()  # this run's own filter
+    gather.addFilter(quiet)
     try:
         for fut in as_completed(list(pending.values())):
             # a finished tile's result is dropped at once: while the driver held it, a worker that died took
@@ -338,7 +340,7 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
         client.cancel(list(pending.values()))
         raise
     finally:
-        gather.removeFilter(_drop_rescheduled_gathers)
+        gather.removeFilter(quiet)
         bar.close()
     if tiles and nodata_px == sum(t.pixels for t in tiles):
         from .runner import warn_all_nodata
@@ -365,10 +367,12 @@ def _cluster_status(client: Any) -> str | None:
         f"{paused} of {len(workers)} workers are paused: {fix}"
 
 
-def _drop_rescheduled_gathers(record: logging.LogRecord) -> bool:
+class _DropRescheduledGathers(logging.Filter):
     """Drop distributed's "Couldn't gather N keys, rescheduling" (a worker died holding a finished tile's small
     result; the tile is written and the scheduler recomputes it): a lost worker is reported once, by this run."""
-    return not record.getMessage().startswith("Couldn't gather")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Couldn't gather")
 
 
 def _worker_lost(client: Any, tile: Tile, spec: TaskSpec, local: bool) -> WorkerLostError:

@@ -52,6 +52,7 @@ from .writers import _TIFF, ZarrClassMapWriter, check_replaceable, remove_tree, 
 
 __all__ = ["PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "check_owner", "discard_partial",
            "finished_with", "model_digest", "partial_path", "partial_tile", "pinned_store", "provenance", "read_record",
+           "store_replaced",
            "recorded_fingerprint"]
 
 PARTIAL_SUFFIX = ".partial"
@@ -93,7 +94,9 @@ def discard_partial(part: Path) -> None:
     link goes, its target stays); renamed away first (:func:`~hsi_engine.writers.remove_tree`), so the next run
     creates a fresh directory that a stopped run's pinned tasks cannot reach."""
     if part.is_dir() and not part.is_symlink():
-        remove_tree(part)
+        if not remove_tree(part):
+            raise OutputError(f"cannot remove the partial store {part} (or the trash it was renamed to beside it); "
+                              "remove it yourself, or choose another output")
     elif part.exists() or part.is_symlink():
         part.unlink()
 
@@ -339,6 +342,7 @@ class ResumableZarrWriter(ZarrClassMapWriter):
                             None if conf is None else np.asarray(conf[ys, xs]))
             w.commit()
         except BaseException:  # interrupted (SIGTERM, Ctrl-C) or failed: the complete store stays for --resume
+            self.map_written = w._done  # committed, stopped while removing its temps: the map is in place
             w.abort()
             self.keep_partial()
             raise
@@ -365,16 +369,32 @@ def pinned_store(store: str | os.PathLike) -> Iterator[str]:
     deleted, so a stopped run's task whose owner check passed just before a later run replaced the store can
     never write into the new store (nor recreate the old one). Linux ``/proc/self/fd``; elsewhere the plain
     path (the check-then-write window stays open there)."""
+    if not os.path.isdir("/proc/self/fd"):  # not Linux: the plain path
+        yield str(store)
+        return
     try:
-        fd = os.open(store, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError as e:
+        fd = os.open(store, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError) as e:
         raise OutputError(f"output store {store} disappeared ({e.strerror or e}); this task's run was stopped, "
                           "so it writes nothing") from None
     try:
-        pinned = f"/proc/self/fd/{fd}"
-        yield pinned if os.path.isdir(pinned) else str(store)
+        yield f"/proc/self/fd/{fd}"
     finally:
         os.close(fd)
+
+
+def store_replaced(store: str | os.PathLike, pinned: str) -> bool:
+    """Whether the directory ``pinned`` (from :func:`pinned_store`) is no longer the store at ``store``: it was
+    deleted, or renamed away and perhaps replaced (a write error then means the run lost the store, not a full
+    disk)."""
+    try:
+        mine = os.stat(pinned)
+    except OSError:
+        return True
+    try:
+        return mine.st_nlink == 0 or not os.path.samestat(mine, os.stat(store))
+    except OSError:
+        return True
 
 
 def mark_tile(store: str | os.PathLike, row: int, col: int, run: int) -> None:

@@ -396,16 +396,18 @@ class _LoggedProgress:
 
     def _tick(self) -> None:
         while not self._stop.wait(max(self.every, 0.05)):
+            now = time.perf_counter()
+            if now - self.last_log < self.every or now - self.last_tile < self.every:
+                continue
+            why = self.status() if self.status is not None else None  # (a scheduler call: not under the lock)
             with self._lock:
-                now = time.perf_counter()
-                if now - self.last_log >= self.every and now - self.last_tile >= self.every:
-                    self._log(now, stalled=True)
+                if now - self.last_tile >= self.every and not self._stop.is_set():
+                    self._log(now, stalled=True, why=why)
 
-    def _log(self, now: float, stalled: bool) -> None:
+    def _log(self, now: float, stalled: bool, why: str | None = None) -> None:
         self.last_log = now
         done = (f"{100 * self.n / max(self.total, 1):.0f} % ({_mpx(self.n)} of {_mpx(self.total)} Mpx)")
         if stalled:  # nothing finished since the last line: say so, and why if known
-            why = self.status() if self.status is not None else None
             log.warning("classify: no tile finished in the last %s; %s done%s", _duration(now - self.last_tile),
                         done, f"; {why}" if why else "")
             return
@@ -615,6 +617,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
             f.cancel()
         raise
     finally:
+        bar.close()  # first: a second Ctrl-C during the joins below must not leave its log timer running
         rpool.shutdown(wait=True, cancel_futures=True)
         for pool in (stager, copies):
             if pool is not None:
@@ -622,7 +625,6 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
         wpool.shutdown(wait=True)
         if dpool is not None:
             dpool.shutdown(wait=True)
-        bar.close()
     stats["wall_s"] = time.perf_counter() - t_start
     if hasattr(read, "decoded"):
         stats["blocks_decoded"], stats["block_hits"] = read.decoded, read.hits

@@ -254,13 +254,16 @@ def _quiet_float16_padding():
             lg.removeFilter(drop)
 
 
-_LEFTOVER = re.compile(r"\.(partial\.)?(tmp|old|cog|trash)-[0-9a-f]+")  # after ".<output name>"
+# what follows ".<output name>" in the names _tmp_name and remove_tree give (".tmp-0123abcd.tif", ".partial.trash-...")
+_LEFTOVER = re.compile(r"(?:\.(?:partial\.)?(?:tmp|old|cog|trash)-[0-9a-f]{8}(?:\.(?:tiff?|zarr|xml|partial))?)+")
 
 
-def remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> bool:
     """Delete a directory we wrote, renaming it to a hidden ``.<name>.trash-<random>`` first, so an interruption
     (SIGTERM) mid-delete leaves no half-deleted store under its real name, and a write still pinned to the
-    directory (a stopped cluster task, see :func:`hsi_engine.resume.pinned_store`) lands in the trash."""
+    directory (a stopped cluster task, see :func:`hsi_engine.resume.pinned_store`) lands in the trash. Returns
+    whether it is gone (a directory the process may not delete stays, under the trash name if it could be
+    renamed)."""
     trash = path.with_name(f".{path.name.lstrip('.')}.trash-{uuid.uuid4().hex[:8]}")
     try:
         os.rename(path, trash)
@@ -269,7 +272,8 @@ def remove_tree(path: Path) -> None:
     for _ in range(3):  # a file a late write created between rmtree's listing and its rmdir: one more pass
         shutil.rmtree(trash, ignore_errors=True)
         if not trash.exists():
-            return
+            return True
+    return False
 
 
 def sweep_leftovers(out: str | os.PathLike) -> list[Path]:
@@ -284,7 +288,7 @@ def sweep_leftovers(out: str | os.PathLike) -> list[Path]:
     except OSError:
         return removed
     for e in entries:
-        if not any(e.name.startswith(f".{n}") and _LEFTOVER.match(e.name, len(n) + 1) for n in names):
+        if not any(e.name.startswith(f".{n}") and _LEFTOVER.fullmatch(e.name, len(n) + 1) for n in names):
             continue
         with contextlib.suppress(OSError):
             if e.is_dir() and not e.is_symlink():

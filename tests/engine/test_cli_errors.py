@@ -231,3 +231,17 @@ def test_a_model_without_normalisation_on_raw_integers_is_an_error_on_the_comman
     err = capsys.readouterr().err
     assert rc == 2 and "error: the model has no per-band mean/std" in err and "--dataset NAME" in err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bare", "raw.npy"]
+
+
+def test_a_burst_of_sigterms_stops_a_run_once_and_a_later_one_again(monkeypatch):
+    """The handler ignores the rest of a burst (it cut the cleanup short), but not for ever: a SIGTERM that
+    Python swallowed (raised in a __del__) must not leave the process deaf to the next one."""
+    from hsi_engine import cli
+
+    handler = cli._Terminate()
+    with pytest.raises(KeyboardInterrupt, match="signal 15"):
+        handler(signal.SIGTERM, None)
+    handler(signal.SIGTERM, None)  # the burst: ignored
+    monkeypatch.setattr(cli._Terminate, "GRACE_S", 0.0)
+    with pytest.raises(KeyboardInterrupt):
+        handler(signal.SIGTERM, None)  # after the grace: stops again

@@ -200,7 +200,7 @@ def test_a_run_stopped_while_writing_its_map_keeps_every_tile(case, tmp_path, mo
     assert not part.exists() and not lock_path(out).exists()
 
 
-@pytest.mark.parametrize("when", ["before-removal", "mid-removal"])
+@pytest.mark.parametrize("when", ["map-temps", "before-removal", "mid-removal"])
 def test_a_run_stopped_after_its_map_was_written_blocks_no_rerun(case, tmp_path, monkeypatch, caplog, when):
     """SIGTERM ~64 ms after the last tile of a .tif run landed while the partial store was being deleted: the map
     was complete, the half-deleted store blocked every rerun (--resume, --overwrite, plain) with messages pointing
@@ -213,7 +213,17 @@ def test_a_run_stopped_after_its_map_was_written_blocks_no_rerun(case, tmp_path,
 
     out = tmp_path / "map.tif"
     with monkeypatch.context() as m:
-        if when == "before-removal":
+        if when == "map-temps":  # the GeoTIFF is in place; its writer's temps (COG copies) are being unlinked
+            cleanup, calls = writers.GeoTiffClassMapWriter._cleanup, []
+
+            def stopped_cleanup(self):
+                calls.append(1)
+                if len(calls) == 1:
+                    raise KeyboardInterrupt("signal 15")
+                cleanup(self)
+
+            m.setattr(writers.GeoTiffClassMapWriter, "_cleanup", stopped_cleanup)
+        elif when == "before-removal":
             m.setattr(writers, "remove_tree", lambda path: (_ for _ in ()).throw(KeyboardInterrupt("signal 15")))
         else:
             m.setattr(shutil, "rmtree", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt("signal 15")))
@@ -224,7 +234,7 @@ def test_a_run_stopped_after_its_map_was_written_blocks_no_rerun(case, tmp_path,
     stop = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(stop) == 1 and stop[0].startswith(f"wrote {out}, then stopped") and "holds every tile" not in stop[0]
     part = partial_path(out)
-    if when == "before-removal":
+    if when in ("map-temps", "before-removal"):
         assert part.exists() and "--resume" in stop[0]
         with pytest.raises(OutputError, match="pass resume=True"):  # a plain rerun is sent to --resume, ...
             cluster.run_to_file(case["scene"], case["model"], out, tile=TILE)
@@ -336,9 +346,11 @@ def test_taking_the_lock_sweeps_only_a_killed_run_s_hidden_temps(tmp_path):
     that output removes them once it holds the lock, and nothing else: not the partial store, not another
     output's temps, not files that merely start with the same name."""
     keep = ["map.tif.partial", "map.tif", "map2.tif", ".map2.tif.tmp-0123abcd.tif", ".map.tif.tmpx", "notes.txt",
-            ".map.tif.partialx"]
+            ".map.tif.partialx", ".map.tif.old-backup.tif", ".map.tif.cog-decade-notes",
+            ".map_probabilities.tif.tmp-fixed", ".map.tif.tmp-0123abcd.tif.bak"]
     gone = [".map.tif.tmp-0123abcd.tif", ".map.tif.cog-89abcdef.tif", ".map_probabilities.tif.tmp-01234567.tif",
-            ".map.tif.aux.xml.tmp-01234567.xml", ".map.tif.partial.trash-0a1b2c3d", ".map.tif.old-00ff00ff.tif"]
+            ".map.tif.aux.xml.tmp-01234567.xml", ".map.tif.partial.trash-0a1b2c3d", ".map.tif.old-00ff00ff.tif",
+            ".map.tif.tmp-0123abcd.tif.trash-456789ab"]
     for n in keep + gone:
         if "partial" in n or "trash" in n:
             (tmp_path / n).mkdir()
@@ -348,3 +360,29 @@ def test_taking_the_lock_sweeps_only_a_killed_run_s_hidden_temps(tmp_path):
     with output_lock(tmp_path / "map.tif"):
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep + [".map.tif.lock"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
+
+
+def test_a_cluster_task_s_disk_full_is_the_run_s_own_error_not_a_takeover(case, tmp_path, monkeypatch):
+    """A write error while the store is still the run's own (a full disk) must stay that error: reported as 'the
+    store was removed, this run was stopped' (an OutputError, bad input) the driver deleted every written tile."""
+    import errno
+
+    import zarr
+
+    out = tmp_path / "full.zarr"
+    w = ResumableZarrWriter(out, grid=(2, 3), fingerprint={"run": "x"}, resume=False, height=32, width=48,
+                            n_classes=5, block=TILE)
+    w.start_run("token")
+    w.keep_partial()
+    tile = hsi_engine.tiles.plan_tiles(32, 48, TILE, 2).tiles[1]
+    spec = cluster.TaskSpec(store=str(partial_path(out).resolve()), run=1, tile=TILE, scene=str(case["scene"]),
+                            model=str(case["model"]), model_key="k", mean=None, std=None, nodata=None,
+                            backend="eager", precision="float32", device="cpu", probabilities=False, token="token")
+
+    async def full(self, key, value):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", full)
+    with pytest.raises(OSError, match="No space left") as err:
+        cluster._tile_task(spec, tile)
+    assert not isinstance(err.value, OutputError)
