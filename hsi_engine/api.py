@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from .errors import HSIEngineError, SceneError, UnnormalisedInputWarning, user_stacklevel
+from .errors import HSIEngineError, OutputError, SceneError, UnnormalisedInputWarning, user_stacklevel
 from .io import as_scene, open_scene, scene_gcps, with_window_gcps
 from .tiles import TilePlan, default_tile, plan_tiles
 
@@ -409,7 +409,10 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
             raise
         path = Path(writer.commit())
         if stale is not None:
-            discard_partial(stale)  # replaced by the output just committed
+            try:
+                discard_partial(stale)  # replaced by the output just committed
+            except OutputError as e:  # the map is written: say what is left, do not fail the run
+                log.warning("wrote %s, but %s", path, e)
     log.info("wrote %s: %d tiles, %d x %d pixels in %.1f s", path, stats.get("tiles", len(job.plan)), job.height,
              job.width, time.perf_counter() - t0)
     return path

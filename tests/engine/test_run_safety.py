@@ -386,3 +386,22 @@ def test_a_cluster_task_s_disk_full_is_the_run_s_own_error_not_a_takeover(case, 
     with pytest.raises(OSError, match="No space left") as err:
         cluster._tile_task(spec, tile)
     assert not isinstance(err.value, OutputError)
+
+
+def test_a_plain_overwrite_that_cannot_remove_the_old_partial_store_still_succeeds(case, tmp_path, monkeypatch,
+                                                                                 caplog):
+    """--overwrite discards <out>.partial after the new map is committed; when that store cannot be removed the
+    map is still written: a warning naming what is left, not an error (exit 2) for a finished run."""
+    import logging
+
+    from hsi_engine import resume
+
+    out = tmp_path / "map.tif"
+    w = ResumableZarrWriter(out, grid=(2, 3), fingerprint={"run": "old"}, resume=False, height=32, width=48,
+                            n_classes=5, block=TILE)
+    w.keep_partial()
+    monkeypatch.setattr(resume, "remove_tree", lambda path: False)
+    with caplog.at_level(logging.WARNING, logger="hsi_engine"):
+        hsi_engine.classify_to_file(case["scene"], case["model"], out, tile=TILE, overwrite=True, progress=False)
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+    assert any(r.getMessage().startswith(f"wrote {out}, but cannot remove the partial store") for r in caplog.records)
