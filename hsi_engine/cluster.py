@@ -594,7 +594,10 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
             path = writer.commit_geotiff(out, crs=crs, transform=transform, gcps=gcps, tags=tags)
     except BaseException:  # SIGTERM/Ctrl-C while writing the map: every tile is in the store, keep it
         kept = writer.keep_partial()
-        if writer.map_written and (kept.exists() or kept.is_symlink()):
+        left = kept.exists() or kept.is_symlink()
+        if not left and finished_with(out, fingerprint, sides):  # renamed into place just before the signal
+            writer.map_written = True
+        if writer.map_written and left:
             log.warning("wrote %s, then stopped before removing %s: rerun with resume=True (--resume) to remove "
                         "it (the map is complete)", out, kept)
         elif writer.map_written:

@@ -405,3 +405,27 @@ def test_a_plain_overwrite_that_cannot_remove_the_old_partial_store_still_succee
         hsi_engine.classify_to_file(case["scene"], case["model"], out, tile=TILE, overwrite=True, progress=False)
     np.testing.assert_array_equal(F.read_classes(out), case["ref"])
     assert any(r.getMessage().startswith(f"wrote {out}, but cannot remove the partial store") for r in caplog.records)
+
+
+def test_a_zarr_run_stopped_just_after_its_rename_says_the_map_is_written(case, tmp_path, monkeypatch, caplog):
+    """The zarr commit is one rename; a signal right after it said 'stopped while writing ...; <out>.partial holds
+    every tile' though the store had become the map. The message follows what is on disk."""
+    import logging
+
+    from hsi_engine import writers
+
+    out = tmp_path / "map.zarr"
+
+    def renamed_then_stopped(self):
+        self._group.attrs["partial"] = False
+        writers.ZarrClassMapWriter._commit(self)
+        raise KeyboardInterrupt("signal 15")
+
+    monkeypatch.setattr(ResumableZarrWriter, "_commit", renamed_then_stopped)
+    with caplog.at_level(logging.WARNING, logger="hsi_engine"), pytest.raises(KeyboardInterrupt):
+        cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)
+    stop = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert stop == [f"wrote {out}, then stopped while cleaning up; the next run into it removes what is left"]
+    monkeypatch.undo()
+    assert cluster.run_to_file(case["scene"], case["model"], out, resume=True).computed == 0
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
