@@ -94,7 +94,7 @@ def _started(n: int, start: Callable[[], Any]) -> Any:
     except Exception as e:  # noqa: BLE001 - whatever stopped it is named in the error
         cause = e.__cause__ if isinstance(e, RuntimeError) and e.__cause__ is not None else e
         raise HSIEngineError(f"could not start a local dask cluster of {n} workers ({_brief(cause)}): check "
-                             f"{_scratch_hint()}, or run without --workers (workers=) to classify in-process") \
+                             f"{_scratch_hint()}, or run without workers= (--workers) to classify in-process") \
             from None
     finally:
         spec_log.removeFilter(not_started_warning)

@@ -40,6 +40,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import uuid
 import warnings
 from pathlib import Path
 from collections.abc import Iterator
@@ -226,7 +227,8 @@ class ResumableZarrWriter(ZarrClassMapWriter):
             zarr.open_array(str(self.partial), path=RECORD, mode="r")
         except Exception as e:  # noqa: BLE001 - not a store we wrote
             raise OutputError(f"{self.partial} is not a resumable hsi-engine output ({type(e).__name__}: {e}); "
-                              "remove it, or pass overwrite=True without resume to start over") from None
+                              "remove it, or pass overwrite=True (--overwrite) without resume=True (--resume) to "
+                              "start over") from None
         if found != self.fingerprint:
             detail = "; ".join(f"{k}: partial has {_short(a)}, this run {_short(b)}"
                                for k, a, b in _differences(found or {}, self.fingerprint)[:4])
@@ -242,12 +244,24 @@ class ResumableZarrWriter(ZarrClassMapWriter):
             return
         if self._tmp.exists() or self._tmp.is_symlink():  # overwrite=True: discard the old partial store
             discard_partial(self._tmp)
-        super()._create()
-        self._group.attrs[FINGERPRINT_ATTR] = self.fingerprint
-        self._group.attrs[RUNS_ATTR] = []
-        self._group.attrs["partial"] = True
-        zarr.create_array(str(self._tmp), name=RECORD, shape=self.grid, chunks=(1, 1), dtype="uint16",
-                          fill_value=0, compressors=None, dimension_names=["tile_row", "tile_col"])
+        # built whole under a hidden name, then renamed: a run stopped while creating it (a SIGTERM right after
+        # start) leaves no half-made <out>.partial that neither --resume nor --overwrite could clear, only a
+        # hidden temp the next run sweeps away
+        partial, staging = self._tmp, self.partial.with_name(f".{self.partial.name}.tmp-{uuid.uuid4().hex[:8]}")
+        self._tmp = staging
+        self._temps.append(staging)
+        try:
+            super()._create()
+            self._group.attrs[FINGERPRINT_ATTR] = self.fingerprint
+            self._group.attrs[RUNS_ATTR] = []
+            self._group.attrs["partial"] = True
+            zarr.create_array(str(staging), name=RECORD, shape=self.grid, chunks=(1, 1), dtype="uint16",
+                              fill_value=0, compressors=None, dimension_names=["tile_row", "tile_col"])
+            os.rename(staging, partial)
+        finally:
+            self._tmp = partial
+        self._temps.remove(staging)
+        self._group = zarr.open_group(str(partial), mode="r+")
 
     # ---- record ------------------------------------------------------------------------------
     def done(self) -> np.ndarray:
@@ -261,7 +275,8 @@ class ResumableZarrWriter(ZarrClassMapWriter):
         done = self.done()
         run = int(max([r["run"] for r in runs] + [int(done.max()) if done.size else 0])) + 1
         if run > np.iinfo(np.uint16).max:
-            raise OutputError(f"{self.partial} has been resumed {run - 1} times; start over with overwrite=True")
+            raise OutputError(f"{self.partial} has been resumed {run - 1} times; start over with overwrite=True "
+                              "(--overwrite)")
         runs.append({"run": run, "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                      "done_before": int((done > 0).sum()), "tiles": int(done.size)})
         self._group.attrs.update({RUNS_ATTR: runs, OWNER_ATTR: token})
@@ -342,7 +357,7 @@ class ResumableZarrWriter(ZarrClassMapWriter):
                             None if conf is None else np.asarray(conf[ys, xs]))
             w.commit()
         except BaseException:  # interrupted (SIGTERM, Ctrl-C) or failed: the complete store stays for --resume
-            self.map_written = w._done  # committed, stopped while removing its temps: the map is in place
+            self.map_written = w.committed  # stopped while removing its temps: the map is in place
             w.abort()
             self.keep_partial()
             raise

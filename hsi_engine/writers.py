@@ -368,6 +368,7 @@ class ClassMapWriter:
                           UserWarning, stacklevel=user_stacklevel())
         self._lock = threading.Lock()
         self._done = False
+        self.committed = False  # the output is in place (its temps may still be being removed)
         self._temps: list[Path] = []
         self._check_target()
 
@@ -433,6 +434,7 @@ class ClassMapWriter:
         except BaseException:
             self._commit_failed()
             raise
+        self.committed = True
         self._done = True
         self._cleanup()
         return self.path

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -176,9 +177,11 @@ def test_a_stopped_run_s_write_that_passed_its_check_never_reaches_the_run_that_
 
 
 @pytest.mark.parametrize("name", ["map.tif", "map.zarr"])
-def test_a_run_stopped_while_writing_its_map_keeps_every_tile(case, tmp_path, monkeypatch, name):
+def test_a_run_stopped_while_writing_its_map_keeps_every_tile(case, tmp_path, monkeypatch, caplog, name):
     """SIGTERM (the CLI turns it into KeyboardInterrupt) during the final GeoTIFF conversion or zarr commit must
     not delete the complete partial store; --resume then writes the map without computing a tile."""
+    import logging
+
     from hsi_engine import writers
 
     out = tmp_path / name
@@ -187,12 +190,16 @@ def test_a_run_stopped_while_writing_its_map_keeps_every_tile(case, tmp_path, mo
     def interrupted(self):
         raise KeyboardInterrupt("signal 15")
 
-    with monkeypatch.context() as m:
+    with monkeypatch.context() as m, caplog.at_level(logging.WARNING, logger="hsi_engine"):
         m.setattr(hook, "_commit", interrupted)
         with pytest.raises(KeyboardInterrupt):
             cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)
     gc.collect()  # a dropped writer must not delete it either
     part = partial_path(out)
+    # (it said "wrote map.tif, then stopped ... the map is complete" of a GeoTIFF commit stopped mid-way)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"stopped while writing {out}; {part} holds every tile: rerun with resume=True (--resume) to write the map "
+        "without computing again"]
     assert (read_record(part) == 1).all() and not out.exists()
     rep = cluster.run_to_file(case["scene"], case["model"], out, resume=True)
     assert rep.computed == 0 and rep.skipped == case["tiles"]
@@ -350,7 +357,7 @@ def test_taking_the_lock_sweeps_only_a_killed_run_s_hidden_temps(tmp_path):
             ".map_probabilities.tif.tmp-fixed", ".map.tif.tmp-0123abcd.tif.bak"]
     gone = [".map.tif.tmp-0123abcd.tif", ".map.tif.cog-89abcdef.tif", ".map_probabilities.tif.tmp-01234567.tif",
             ".map.tif.aux.xml.tmp-01234567.xml", ".map.tif.partial.trash-0a1b2c3d", ".map.tif.old-00ff00ff.tif",
-            ".map.tif.tmp-0123abcd.tif.trash-456789ab"]
+            ".map.tif.tmp-0123abcd.tif.trash-456789ab", ".map.tif.partial.tmp-0123abcd"]
     for n in keep + gone:
         if "partial" in n or "trash" in n:
             (tmp_path / n).mkdir()
@@ -429,3 +436,41 @@ def test_a_zarr_run_stopped_just_after_its_rename_says_the_map_is_written(case, 
     monkeypatch.undo()
     assert cluster.run_to_file(case["scene"], case["model"], out, resume=True).computed == 0
     np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+
+
+def test_a_run_stopped_while_creating_its_partial_store_leaves_nothing_that_blocks(case, tmp_path, monkeypatch):
+    """SIGTERM a few ms after <out>.partial appeared left a store holding only x/zarr.json (zarr's I/O thread
+    wrote it after the run had removed the store): --resume called it not ours, --overwrite refused to delete it,
+    a pipeline was stuck. The store is built under a hidden name and renamed whole; what a late write leaves
+    there is swept by the next run."""
+    import zarr
+
+    from hsi_engine import resume
+
+    out = tmp_path / "map.zarr"
+    real = zarr.create_array
+
+    def stopped(store, *a, **k):
+        if k.get("name") == resume.RECORD:  # the signal lands in the main thread while zarr's I/O thread is
+            def late_write():  # still writing: its write lands after the run removed the store
+                (Path(store) / "x").mkdir(parents=True, exist_ok=True)
+                (Path(store) / "x" / "zarr.json").write_text("{}")
+
+            late = threading.Timer(0.3, late_write)
+            late.start()
+            writers.append(late)
+            raise KeyboardInterrupt("signal 15")
+        return real(store, *a, **k)
+
+    writers: list = []
+    with monkeypatch.context() as m:
+        m.setattr(zarr, "create_array", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)
+    writers[0].join()
+    gc.collect()
+    assert not partial_path(out).exists()  # nothing half-made under the name reruns look at (a hidden temp)
+    rep = cluster.run_to_file(case["scene"], case["model"], out, tile=TILE)  # a plain rerun: not refused
+    assert rep.computed == case["tiles"]
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+    assert F.leftovers(tmp_path, out.name) == ["map.zarr"]
