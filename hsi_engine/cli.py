@@ -359,5 +359,24 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:  #
     return f"{category.__name__}: {message}"
 
 
+def run() -> None:
+    """The ``hsi-engine`` command: :func:`main`, then exit with its status. Signals that arrive once main is done
+    (the rest of a SIGTERM burst, one during interpreter shutdown) change nothing: exit 0 after "wrote ...", 130
+    after "interrupted" (the default handler, back after main, ended such a process with 143)."""
+    status = 130
+    on_main = _main_thread()
+    if on_main:
+        signal.signal(signal.SIGTERM, _Terminate())  # until main installs its own, and again after it
+    try:
+        status = main()
+    except KeyboardInterrupt:  # in main's last moments, after its own handling
+        pass
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -245,3 +245,31 @@ def test_a_burst_of_sigterms_stops_a_run_once_and_a_later_one_again(monkeypatch)
     monkeypatch.setattr(cli._Terminate, "GRACE_S", 0.0)
     with pytest.raises(KeyboardInterrupt):
         handler(signal.SIGTERM, None)  # after the grace: stops again
+
+
+def test_the_command_exits_with_main_s_status_whatever_signals_follow(monkeypatch):
+    """A burst's later SIGTERMs, or one while the interpreter shuts down after "wrote ...", ended the process with
+    143 (main had put the default handler back): the work was done. The command's exit status is main's."""
+    from hsi_engine import cli
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    monkeypatch.setattr(cli, "main", lambda argv=None: 0)
+    try:
+        with pytest.raises(SystemExit) as done:
+            cli.run()
+        os.kill(os.getpid(), signal.SIGTERM)  # after the work: ignored, the process is exiting with main's status
+        time.sleep(0.05)
+        assert done.value.code == 0
+
+        def signalled_at_the_end(argv=None):
+            os.kill(os.getpid(), signal.SIGTERM)  # lands after main's own handling, before it returns
+            time.sleep(0.05)
+            return 0
+
+        monkeypatch.setattr(cli, "main", signalled_at_the_end)
+        with pytest.raises(SystemExit) as stopped:
+            cli.run()
+        assert stopped.value.code == 130
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
