@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -360,12 +361,33 @@ def connect(*, workers: int | None = None, scheduler: Any = None, gpu: bool | No
         return
     with contextlib.ExitStack() as stack:  # closed in reverse: the client, the cluster, then the log levels
         stack.enter_context(_quiet_distributed_logs())
-        cluster = make_local_cluster(workers, gpu=gpu)
-        stack.callback(cluster.close)
-        client = Client(cluster)
-        stack.callback(client.close)
-        stack.callback(_close_workers, cluster)
+        with _signals_held() as held:  # a cluster interrupted mid-start printed tracebacks at exit
+            cluster = make_local_cluster(workers, gpu=gpu)
+            stack.callback(cluster.close)
+            client = Client(cluster)
+            stack.callback(client.close)
+            stack.callback(_close_workers, cluster)
+        if held:
+            signal.raise_signal(held[0])  # now, to the handler it was meant for (Ctrl-C, the CLI's SIGTERM)
         yield client
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[list[int]]:
+    """Hold SIGINT and SIGTERM while a local cluster starts (a few seconds) and yield what arrived, for the caller
+    to deliver once the cluster is up and closable: interrupted mid-start, distributed left half-started nannies
+    that printed 'Exception ignored in atexit callback' and 'Nanny failed to start' tracebacks."""
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT,
+                                                                                       signal.SIGTERM)}
+    try:
+        yield held
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _close_workers(cluster: Any, timeout: float = 10.0) -> None:

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -458,3 +459,39 @@ def test_a_run_stalled_by_paused_workers_says_so_in_the_log(case, tmp_path, monk
         lc.close()
     assert result["rep"].computed == 9
     np.testing.assert_array_equal(F.read_classes(out), case["ref"]["labels"].values)
+
+
+_START_SIGNAL_SCRIPT = """
+import os, signal, sys, threading
+import distributed
+real = distributed.LocalCluster.__init__
+delay = float(sys.argv[5])
+
+def init(self, *a, **k):
+    threading.Timer(delay, os.kill, (os.getpid(), signal.SIGTERM)).start()  # mid-start
+    real(self, *a, **k)
+
+distributed.LocalCluster.__init__ = init
+from hsi_engine.cli import run
+sys.argv = ["hsi-engine", "classify", sys.argv[1], "--model", sys.argv[2], "--out", sys.argv[3], "--tile", "16",
+            "--workers", sys.argv[4]]
+run()
+"""
+
+
+def test_a_sigterm_while_the_local_cluster_starts_stops_the_run_cleanly(case, tmp_path):
+    """A SIGTERM (or Ctrl-C) while --workers' cluster was starting left half-started nannies: exit 130 followed by
+    30-60 lines of 'Exception ignored in atexit callback', 'Nanny failed to start' tracebacks. The signal is
+    held until the cluster is up, then stops the run, which closes it."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.tif"
+    proc = subprocess.run([sys.executable, "-c", _START_SIGNAL_SCRIPT, str(case["scene"]), str(case["model"]),
+                           str(out), "1", "0.3"], capture_output=True, text=True, timeout=240,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == "hsi-engine classify: interrupted", proc.stderr[-3000:]
+    for noise in ("Traceback", "Exception ignored", "Task exception", "Nanny failed"):
+        assert noise not in proc.stderr, proc.stderr[-3000:]
+    assert not out.exists() and not partial_path(out).exists()
