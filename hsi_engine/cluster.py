@@ -357,7 +357,8 @@ def _cluster_status(client: Any) -> str | None:
     except Exception:  # noqa: BLE001 - a scheduler that does not answer
         return "the scheduler does not answer"
     if not workers:
-        return "the cluster has no workers: start some (dask worker <scheduler address>)"
+        return ("the cluster has no workers now: start some (dask worker <scheduler address>); if they keep "
+                "restarting, they are dying, most often out of memory: give them more")
     paused = sum(1 for w in workers.values() if w.get("status") == "paused")
     if not paused:
         return None
@@ -384,12 +385,11 @@ def _worker_lost(client: Any, tile: Tile, spec: TaskSpec, local: bool) -> Worker
         limits = set()
     memory = f" (each has {max(limits) / 2**30:.1f} GiB)" if limits and min(limits) > 0 else ""
     more = ("fewer --workers on this host" if local else  # --workers: the cluster this run started
-            "start them with a larger memory limit, `dask worker --memory-limit` or LocalCluster(memory_limit=), "
-            "or fewer per host")  # --scheduler: the workers are someone else's
+            "a larger `dask worker --memory-limit`, or fewer workers per host")  # --scheduler: someone else's
     return WorkerLostError(
         f"tile {tile.index} (rows {tile.y0}-{tile.y1}, columns {tile.x0}-{tile.x1}) took down every worker that "
         f"ran it, nearly always by running out of memory{memory}. Give each worker more memory ({more}) and rerun "
-        f"with --resume to keep the tiles written, or start over with a smaller --tile (now {spec.tile}) and "
+        f"with --resume (it keeps any tiles written), or start over with a smaller --tile (now {spec.tile}) and "
         "--overwrite")
 
 

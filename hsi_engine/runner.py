@@ -395,7 +395,7 @@ class _LoggedProgress:
                 self._log(now, stalled=False)
 
     def _tick(self) -> None:
-        while not self._stop.wait(max(self.every, 0.05)):
+        while not self._stop.wait(max(min(self.every / 6, 5.0), 0.05)):  # a stall is told within every + 5 s
             now = time.perf_counter()
             if now - self.last_log < self.every or now - self.last_tile < self.every:
                 continue
