@@ -347,7 +347,7 @@ def test_a_local_cluster_that_cannot_start_is_one_clear_error(unusable_temp_dir)
     assert not [r.getMessage() for r in spec_records if r.levelno >= logging.WARNING]
     msg = str(info.value)
     assert "could not start a local dask cluster of 2 workers" in msg, msg
-    assert str(unusable_temp_dir) in msg and "DASK_TEMPORARY_DIRECTORY" in msg and "without --workers" in msg
+    assert str(unusable_temp_dir) in msg and "DASK_TEMPORARY_DIRECTORY" in msg and "without workers= (--workers)" in msg
     assert "Cluster failed to start" not in msg
     time.sleep(0.2)
     assert set(multiprocessing.active_children()) - before == set()  # no worker process left behind
@@ -356,6 +356,7 @@ def test_a_local_cluster_that_cannot_start_is_one_clear_error(unusable_temp_dir)
 def test_cli_workers_with_an_unusable_temp_dir_is_one_line(files, tmp_path, capsys, unusable_temp_dir):
     err = one_line_cli_error(capsys, files, tmp_path, "--workers", "2")
     assert "could not start a local dask cluster" in err and "DASK_TEMPORARY_DIRECTORY" in err
+    assert "run without --workers to classify in-process" in err  # the command line's own spelling
 
 
 def test_workers_below_one_is_a_usage_error():
