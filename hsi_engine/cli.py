@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import shlex
 import signal
@@ -280,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.captureWarnings(True)  # one "WARNING py.warnings: ..." line each, like the log, not a source line
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     # SIGTERM (timeout, batch schedulers) unwinds like Ctrl-C, so outputs are committed whole or not at all
-    previous = signal.signal(signal.SIGTERM, _Terminate()) if _main_thread() else None
+    previous = {s: signal.signal(s, _Interrupt(grace)) for s, grace in _GRACE_S.items()} if _main_thread() else {}
     try:
         if args.command == "demo":
             return _cmd_demo(args)
@@ -299,8 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hsi-engine {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         warnings.formatwarning = formatwarning
         logging.captureWarnings(captured)
         for name, lg in own.items():
@@ -330,23 +331,43 @@ class _CliFormatter(logging.Formatter):
         return cli_words(super().format(record))
 
 
-class _Terminate:
-    """SIGTERM unwinds like Ctrl-C. The rest of a burst (schedulers and ``kill`` loops send several) is ignored
-    for :attr:`GRACE_S`, so it cannot cut short the unwinding the first one started (committing, keeping or
-    removing files); a SIGTERM after that stops the run again (the first may have been swallowed where Python
-    cannot raise, e.g. in a ``__del__``)."""
+_GRACE_S = {signal.SIGTERM: 10.0, signal.SIGINT: 0.0}  # a SIGTERM burst is one stop; each Ctrl-C counts
 
-    GRACE_S = 10.0
 
-    def __init__(self) -> None:
+class _Interrupt:
+    """SIGTERM and Ctrl-C unwind the run (``KeyboardInterrupt``). Repeats within ``grace_s`` of the first are
+    ignored, so the rest of a SIGTERM burst (schedulers and ``kill`` loops send several) cannot cut short the
+    unwinding the first one started (committing, keeping or removing files); a signal after that stops the run
+    again (the first may have been swallowed). A signal that arrives inside a log call is delivered again 50 ms
+    later: raised there it is lost when C code made the call (GDAL's error handler through rasterio prints
+    'Exception ignored' and the run went on to exit 0)."""
+
+    RETRY_S = 0.05
+
+    def __init__(self, grace_s: float = 0.0) -> None:
+        self.grace_s = grace_s
         self.first: float | None = None
 
     def __call__(self, signum: int, frame: object) -> None:
+        if _in_logging(frame):
+            import threading
+
+            threading.Timer(self.RETRY_S, os.kill, (os.getpid(), signum)).start()
+            return
         now = time.monotonic()
-        if self.first is not None and now - self.first < self.GRACE_S:
+        if self.first is not None and now - self.first < self.grace_s:
             return
         self.first = now
         raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _in_logging(frame: object) -> bool:
+    """Whether the interrupted code runs inside the logging module (a log call, perhaps made from C)."""
+    while frame is not None:
+        if getattr(frame, "f_globals", {}).get("__name__") == "logging":
+            return True
+        frame = getattr(frame, "f_back", None)
+    return False
 
 
 def _main_thread() -> bool:
@@ -363,10 +384,24 @@ def run() -> None:
     """The ``hsi-engine`` command: :func:`main`, then exit with its status. Signals that arrive once main is done
     (the rest of a SIGTERM burst, one during interpreter shutdown) change nothing: exit 0 after "wrote ...", 130
     after "interrupted" (the default handler, back after main, ended such a process with 143)."""
+    status = _run_main()
+    if status == 130:
+        # interrupted: zarr reads the interruption left pending in zarr's event loop printed dozens of 'Task was
+        # destroyed but it is pending' / 'Event loop is closed' tracebacks while the interpreter tore down; the run
+        # has already kept or removed its files and closed its cluster, so nothing at exit is left to do
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
+def _run_main() -> int:
+    """:func:`main`'s status, with signals that arrive once it is done ignored."""
     status = 130
     on_main = _main_thread()
     if on_main:
-        signal.signal(signal.SIGTERM, _Terminate())  # until main installs its own, and again after it
+        signal.signal(signal.SIGTERM, _Interrupt(_GRACE_S[signal.SIGTERM]))  # until main installs its own
     try:
         status = main()
     except KeyboardInterrupt:  # in main's last moments, after its own handling
@@ -375,7 +410,7 @@ def run() -> None:
         if on_main:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.exit(status)
+    return status
 
 
 if __name__ == "__main__":
