@@ -309,7 +309,7 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
     by_key = {f"hsi-tile-{spec.token[:8]}-{t.index}": t for t in tiles}
     pending = {key: client.submit(_tile_task, spec, t, scene_arg, model_arg, key=key, resources=resources,
                                   pure=False) for key, t in by_key.items()}
-    bar = _progress_bar(sum(t.pixels for t in tiles), progress, lambda: _cluster_status(client))
+    bar = _progress_bar(sum(t.pixels for t in tiles), progress, _ClusterStatus(client))
     pids: set[int] = set()
     nodata_px = 0
     gather, quiet = logging.getLogger("distributed.client"), _DropRescheduledGathers()  # this run's own filter
@@ -349,23 +349,41 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
     return {"worker_pids": sorted(pids), "resources": resources, "nodata_px": nodata_px}
 
 
-def _cluster_status(client: Any) -> str | None:
-    """Why a cluster run may have stalled, in words (None when nothing looks wrong): no workers, or workers
-    paused by dask because their memory passed ``distributed.worker.memory.pause`` (80 % of their limit)."""
-    try:
-        workers = client.scheduler_info().get("workers", {})
-    except Exception:  # noqa: BLE001 - a scheduler that does not answer
-        return "the scheduler does not answer"
-    if not workers:
-        return ("the cluster has no workers now: start some (dask worker <scheduler address>); if they keep "
-                "restarting, they are dying, most often out of memory: give them more")
-    paused = sum(1 for w in workers.values() if w.get("status") == "paused")
-    if not paused:
-        return None
-    fix = ("dask paused them because their memory is above its pause threshold (distributed.worker.memory.pause, "
-           "80 % of the limit); give the workers more memory (fewer per host) or a smaller --tile")
-    return f"every worker ({len(workers)}) is paused: {fix}" if paused == len(workers) else \
-        f"{paused} of {len(workers)} workers are paused: {fix}"
+class _ClusterStatus:
+    """Why a cluster run may have stalled, in words (None when nothing looks wrong), asked each time the log says
+    no tile finished: workers that keep being replaced (dying, most often out of memory, and restarted by their
+    nannies), no workers, or workers paused by dask because their memory passed its pause threshold."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.seen: set[str] | None = None  # worker addresses at the last call
+        try:
+            self.seen = set(client.scheduler_info().get("workers", {}))
+        except Exception:  # noqa: BLE001 - asked again at the first call
+            pass
+
+    def __call__(self) -> str | None:
+        try:
+            workers = self.client.scheduler_info().get("workers", {})
+        except Exception:  # noqa: BLE001 - a scheduler that does not answer
+            return "the scheduler does not answer"
+        now = set(workers)
+        new = len(now - self.seen) + len(self.seen - now) if self.seen is not None else 0
+        self.seen = now
+        dying = ("workers are dying and being restarted (most often out of memory: give them more, or use a "
+                 "smaller --tile)")
+        if not workers:
+            return "the cluster has no workers now: start some (dask worker <scheduler address>)" + \
+                (f"; {dying}" if new else "")
+        if new:
+            return f"{dying}: {new} worker(s) came or went since the last line"
+        paused = sum(1 for w in workers.values() if w.get("status") == "paused")
+        if not paused:
+            return None
+        fix = ("dask paused them because their memory is above its pause threshold (distributed.worker.memory."
+               "pause, 80 % of the limit); give the workers more memory (fewer per host) or a smaller --tile")
+        return f"every worker ({len(workers)}) is paused: {fix}" if paused == len(workers) else \
+            f"{paused} of {len(workers)} workers are paused: {fix}"
 
 
 class _DropRescheduledGathers(logging.Filter):

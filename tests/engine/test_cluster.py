@@ -500,3 +500,16 @@ def test_a_sigterm_while_the_local_cluster_starts_stops_the_run_cleanly(case, tm
     for noise in ("Traceback", "Exception ignored", "Task exception", "Nanny failed"):
         assert noise not in proc.stderr, proc.stderr[-3000:]
     assert not out.exists() and not partial_path(out).exists()
+
+
+def test_a_stall_from_dying_workers_is_told_apart(client):
+    """A worker killed for memory over and over (its nanny restarts it) stalled a run with log lines that gave no
+    reason, or said 'paused'. Workers that came or went since the last line are named as dying."""
+    status = cluster._ClusterStatus(client)
+    assert status() is None  # two healthy workers, the same ones
+    client.restart()  # every worker replaced, as a nanny does after an out-of-memory kill
+    client.wait_for_workers(2, timeout=60)
+    why = status()
+    assert why is not None and why.startswith("workers are dying and being restarted (most often out of memory")
+    assert "4 worker(s) came or went" in why
+    assert status() is None  # settled
