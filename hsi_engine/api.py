@@ -12,7 +12,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import xarray as xr
@@ -341,7 +341,8 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                      nodata: float | None = None, workers: int | None = None, scheduler: str | None = None,
                      resume: bool = False, progress: bool | None = None, queue_depth: int | None = None,
                      readers: int | None = None, cache_blocks: int | None = None,
-                     decoders: int | None = None, spatial_precision: str = "auto") -> Path:
+                     decoders: int | None = None, spatial_precision: str = "auto",
+                     on_written: Callable[[Path], None] | None = None) -> Path:
     """Stream the class map of a scene into ``out`` (``.tif`` Cloud-Optimised GeoTIFF or ``.zarr``).
 
     Opens the scene (a path, or anything :func:`classify` takes), loads the model (a directory, or an
@@ -358,7 +359,9 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     always goes that way too: it is built in ``<out>.partial`` with a per-tile completion record, so an
     interrupted run is finished by ``resume=True`` (``--resume``). Warns when the scene has no
     georeferencing (the map is then written in pixel coordinates). ``progress``, ``queue_depth``, ``readers``
-    ``cache_blocks``, ``decoders`` and ``spatial_precision`` are as in :func:`classify`.
+    ``cache_blocks``, ``decoders`` and ``spatial_precision`` are as in :func:`classify`. ``on_written`` is called
+    with the output's path as soon as it is complete, before the run's last clean-up (the command line stops
+    taking interruptions then: a SIGTERM in those milliseconds reported a finished map as interrupted).
     """
     # zarr outputs always carry a per-tile completion record, so any interrupted run can be resumed
     if workers is not None or scheduler is not None or resume or str(out).rstrip("/").endswith(".zarr"):
@@ -373,7 +376,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                                         nodata=nodata, workers=workers, scheduler=scheduler, resume=resume,
                                         progress=progress, queue_depth=queue_depth, readers=readers,
                                         cache_blocks=cache_blocks, decoders=decoders,
-                                        spatial_precision=spatial_precision)
+                                        spatial_precision=spatial_precision, on_written=on_written)
     from .lock import output_lock
     from .resume import check_no_partial, discard_partial, model_digest, provenance
     from .writers import check_not_scene, check_output_suffix, open_writer
@@ -408,6 +411,8 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
             writer.abort()  # nothing half-written is left behind
             raise
         path = Path(writer.commit())
+        if on_written is not None:
+            on_written(path)
         if stale is not None:
             try:
                 discard_partial(stale)  # replaced by the output just committed

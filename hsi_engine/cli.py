@@ -14,7 +14,8 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 def _at_least(low: int):
@@ -172,7 +173,7 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                         "(default: one per core on CUDA, 0 on CPU: the reader threads decode)")
 
 
-def _cmd_classify(args: argparse.Namespace) -> int:
+def _cmd_classify(args: argparse.Namespace, on_written: Callable[[Path], None] | None = None) -> int:
     from .allocator import reuse_large_buffers
     from .api import classify_to_file
     from .errors import UnnormalisedInputWarning
@@ -191,7 +192,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                          overwrite=args.overwrite, nodata=args.nodata, workers=args.workers,
                          scheduler=args.scheduler, resume=args.resume, readers=args.readers,
                          cache_blocks=args.cache_blocks, decoders=args.decoders,
-                         spatial_precision=args.spatial_precision)
+                         spatial_precision=args.spatial_precision, on_written=on_written)
     return 0
 
 
@@ -281,14 +282,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.captureWarnings(True)  # one "WARNING py.warnings: ..." line each, like the log, not a source line
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     # SIGTERM (timeout, batch schedulers) unwinds like Ctrl-C, so outputs are committed whole or not at all
-    previous = {s: signal.signal(s, _Interrupt(grace)) for s, grace in _GRACE_S.items()} if _main_thread() else {}
+    handlers = {s: _Interrupt(grace) for s, grace in _GRACE_S.items()} if _main_thread() else {}
+    previous = {s: signal.signal(s, h) for s, h in handlers.items()}
     try:
         if args.command == "demo":
             return _cmd_demo(args)
         if args.command == "train":
             return _cmd_train(args, argv)
-        if args.command == "classify":
-            return _cmd_classify(args)
+        if args.command == "classify":  # once the map is in place, a signal no longer makes the run "interrupted"
+            return _cmd_classify(args, on_written=lambda path: [h.finish() for h in handlers.values()])
         if args.command == "info":
             return _cmd_info(args)
         if args.command == "import-keras":
@@ -347,8 +349,15 @@ class _Interrupt:
     def __init__(self, grace_s: float = 0.0) -> None:
         self.grace_s = grace_s
         self.first: float | None = None
+        self.finished = False
+
+    def finish(self) -> None:
+        """The run's output is complete: what is left (releasing the lock, returning) is not to be interrupted."""
+        self.finished = True
 
     def __call__(self, signum: int, frame: object) -> None:
+        if self.finished:
+            return
         if _in_logging(frame):
             import threading
 

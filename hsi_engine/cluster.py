@@ -49,7 +49,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -417,7 +417,7 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
                 workers: int | None = None, scheduler: Any = None, resume: bool = False,
                 progress: bool | None = None, queue_depth: int | None = None, readers: int | None = None,
                 cache_blocks: int | None = None, decoders: int | None = None, throttle_s: float = 0.0,
-                spatial_precision: str = "auto") -> RunReport:
+                spatial_precision: str = "auto", on_written: Callable[[Path], None] | None = None) -> RunReport:
     """Classify into ``out`` (``.zarr`` or ``.tif``) resumably, in-process or on a dask cluster.
 
     Without ``workers``/``scheduler`` the tiles run in this process through :func:`~hsi_engine.runner.run_plan`;
@@ -427,7 +427,8 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     window's cached blocks concurrently (per worker; default as in run_plan). ``spatial_precision``: as in
     :func:`~hsi_engine.api.classify` (``auto`` is decided per worker host). ``throttle_s`` sleeps that long
     per tile before writing it (tests and demos of interruption only). Only one run at a time writes ``out``
-    (:func:`~hsi_engine.lock.output_lock`); a second is refused. Returns a :class:`RunReport`.
+    (:func:`~hsi_engine.lock.output_lock`); a second is refused. ``on_written``: as in
+    :func:`~hsi_engine.api.classify_to_file`. Returns a :class:`RunReport`.
     """
     from .writers import check_not_scene, check_output_suffix
 
@@ -439,14 +440,14 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
                             nodata=nodata, workers=workers, scheduler=scheduler, resume=resume,
                             progress=progress, queue_depth=queue_depth, readers=readers,
                             cache_blocks=cache_blocks, decoders=decoders, throttle_s=throttle_s,
-                            spatial_precision=spatial_precision)
+                            spatial_precision=spatial_precision, on_written=on_written)
 
 
 def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, tile: Any, device: Any, backend: str,
                  precision: str, probabilities: bool | str, overwrite: bool, nodata: float | None,
                  workers: int | None, scheduler: Any, resume: bool, progress: bool | None, queue_depth: int | None,
                  readers: int | None, cache_blocks: int | None, decoders: int | None, throttle_s: float,
-                 spatial_precision: str) -> RunReport:
+                 spatial_precision: str, on_written: Callable[[Path], None] | None) -> RunReport:
     """run_to_file, holding the output's lock."""
     from .api import _Job, scene_georef
     from .io import open_scene
@@ -512,6 +513,8 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
             discard_partial(part)
             log.info("removed %s, left by the run that finished %s", part, out)
         if not (part.exists() or part.is_symlink()):
+            if on_written is not None:
+                on_written(out)
             log.info("%s is complete and was made with these settings: nothing to resume", out)
             return RunReport(path=out, tiles=len(plan), skipped=len(plan), computed=0, run=0, workers=0,
                              wall_s=time.perf_counter() - t_start, tile=side)
@@ -610,6 +613,8 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
             path = Path(writer.commit())
         else:
             path = writer.commit_geotiff(out, crs=crs, transform=transform, gcps=gcps, tags=tags)
+        if on_written is not None:
+            on_written(path)
     except BaseException:  # SIGTERM/Ctrl-C while writing the map: every tile is in the store, keep it
         kept = writer.keep_partial()
         left = kept.exists() or kept.is_symlink()

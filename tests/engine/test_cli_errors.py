@@ -337,3 +337,27 @@ def test_an_interrupted_command_ends_without_teardown_tracebacks():
                           cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert proc.stderr.strip() == "hsi-engine classify: interrupted", proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("out_name", ["a.tif", "a.zarr"])
+def test_a_sigterm_after_the_map_is_written_does_not_make_the_run_interrupted(scene, model_dir, tmp_path,
+                                                                              monkeypatch, out_name):
+    """A SIGTERM in the milliseconds after the map was committed (releasing the lock, freeing the run) printed
+    'interrupted' and exit 130 for a finished map: a plain rerun was then refused ('already exists')."""
+    from hsi_engine import api
+    from hsi_engine import cli as cli_module
+
+    real = api.classify_to_file
+    written = []
+
+    def then_signalled(*a, **k):
+        path = real(*a, on_written=lambda p: (written.append(p), k["on_written"](p)), **{
+            n: v for n, v in k.items() if n != "on_written"})
+        os.kill(os.getpid(), signal.SIGTERM)  # lands before the command returns
+        time.sleep(0.05)
+        return path
+
+    monkeypatch.setattr(api, "classify_to_file", then_signalled)
+    out = tmp_path / out_name
+    rc = cli_module.main(["classify", str(scene), "--model", str(model_dir), "--out", str(out), "--tile", "8"])
+    assert rc == 0 and written == [out] and out.exists()
