@@ -406,7 +406,7 @@ class _LoggedProgress:
 
     def _log(self, now: float, stalled: bool, why: str | None = None) -> None:
         self.last_log = now
-        done = (f"{100 * self.n / max(self.total, 1):.0f} % ({_mpx(self.n)} of {_mpx(self.total)} Mpx)")
+        done = f"{100 * self.n / max(self.total, 1):.0f} % ({_amount(self.n, self.total)})"
         if stalled:  # nothing finished since the last line: say so, and why if known
             log.warning("classify: no tile finished in the last %s; %s done%s", _duration(now - self.last_tile),
                         done, f"; {why}" if why else "")
@@ -424,6 +424,11 @@ def _mpx(pixels: float) -> str:
     """Megapixels with the digits a reader needs: 0.0123 on a small scene, 12.3 on a large one."""
     m = pixels / 1e6
     return f"{m:.3g}" if m < 100 else f"{m:.0f}"
+
+
+def _amount(done: int, total: int) -> str:
+    """``12.3 of 45.6 Mpx``; on a scene under a megapixel ``256 of 16384 px`` (it read "0.00 of 0.00 Mpx")."""
+    return f"{_mpx(done)} of {_mpx(total)} Mpx" if total >= 1_000_000 else f"{done} of {total} px"
 
 
 def _duration(s: float) -> str:

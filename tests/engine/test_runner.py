@@ -228,8 +228,8 @@ def test_without_a_terminal_progress_is_a_log_line_not_a_bar(monkeypatch, caplog
              and "no tile finished" not in r.getMessage()]  # (the timer's lines between tiles, at this interval)
     assert len(lines) == len(plan) - 1, lines  # one per tile but the last (the run's own summary follows it)
     first = plan.tiles[0].pixels
-    # megapixels to the digits that tell (a small scene read "0.00 of 0.00 Mpx")
-    assert lines[0].startswith(f"classify: {100 * first / (19 * 23):.0f} % ({first / 1e6:.3g} of 0.000437 Mpx)")
+    # a small scene in pixels (it read "0.00 of 0.00 Mpx")
+    assert lines[0].startswith(f"classify: {100 * first / (19 * 23):.0f} % ({first} of 437 px)")
     assert "left" in lines[-1]
     caplog.clear()
     with caplog.at_level(logging.INFO, "hsi_engine.runner"):
