@@ -157,7 +157,9 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                    help="the spatial stage's precision: auto (the --precision given on CUDA, and for a "
                         "bfloat16 run on a CPU with AMX-BF16; float32 elsewhere), float32, or the --precision given")
     p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output (with --resume: finish an interrupted run with the same settings "
+                        "if there is one, else replace the existing output)")
     p.add_argument("--nodata", type=float, default=None,
                    help="input value marking missing pixels; NaN/inf pixels are then masked to class 0 too")
     p.add_argument("--workers", type=_at_least(1), default=None, help="run on a local dask cluster of N workers")

@@ -474,3 +474,20 @@ def test_a_run_stopped_while_creating_its_partial_store_leaves_nothing_that_bloc
     assert rep.computed == case["tiles"]
     np.testing.assert_array_equal(F.read_classes(out), case["ref"])
     assert F.leftovers(tmp_path, out.name) == ["map.zarr"]
+
+
+def test_resume_with_overwrite_finishes_an_interrupted_run_else_replaces_the_output(case, tmp_path, monkeypatch):
+    """--resume --overwrite (as --help says): an interrupted run with these settings is finished; with none, the
+    existing output is computed again and replaced."""
+    out = tmp_path / "map.zarr"
+    cluster.run_to_file(case["scene"], case["model"], out, tile=TILE)
+    rep = cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, overwrite=True)
+    assert rep.computed == case["tiles"]  # no interrupted run: started over, the map replaced
+    with monkeypatch.context() as m:
+        F.crash_writes_after(m, 2)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, overwrite=True)
+    assert (read_record(partial_path(out)) > 0).sum() == 2
+    rep = cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, overwrite=True)
+    assert rep.computed == case["tiles"] - 2 and not partial_path(out).exists()  # the interrupted run, finished
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
