@@ -410,7 +410,12 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
         except BaseException:
             writer.abort()  # nothing half-written is left behind
             raise
-        path = Path(writer.commit())
+        try:
+            path = Path(writer.commit())
+        except BaseException:
+            if writer.committed and on_written is not None:  # stopped while removing temps: the map is in place
+                on_written(Path(out))
+            raise
         if on_written is not None:
             on_written(path)
         if stale is not None:

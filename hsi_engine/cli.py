@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.captureWarnings(True)  # one "WARNING py.warnings: ..." line each, like the log, not a source line
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     # SIGTERM (timeout, batch schedulers) unwinds like Ctrl-C, so outputs are committed whole or not at all
-    handlers = {s: _Interrupt(grace) for s, grace in _GRACE_S.items()} if _main_thread() else {}
+    handlers = _handlers()
     previous = {s: signal.signal(s, h) for s, h in handlers.items()}
     try:
         if args.command == "demo":
@@ -301,11 +301,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hsi-engine {args.command}: error: {cli_words(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if any(h.finished for h in handlers.values()):
+            return 0  # the map was in place; the run's own warning said what clean-up the next run does
         print(f"hsi-engine {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
+        done = any(h.finished for h in handlers.values())
         for s, handler in previous.items():
-            signal.signal(s, handler)
+            if done and isinstance(handler, _Interrupt):
+                handler.finish()  # the command's own (run()): a signal while main returns changes nothing
+            if handler is not None:  # (None: a handler set from C, which Python cannot put back)
+                signal.signal(s, handler)
         warnings.formatwarning = formatwarning
         logging.captureWarnings(captured)
         for name, lg in own.items():
@@ -372,6 +378,14 @@ class _Interrupt:
         raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _handlers() -> dict[int, _Interrupt]:
+    """A fresh :class:`_Interrupt` for SIGTERM and SIGINT, in the main thread only, and not for a signal the
+    process was started ignoring (``cmd &`` in a script, ``nohup``): that choice stays the caller's."""
+    if not _main_thread():
+        return {}
+    return {s: _Interrupt(grace) for s, grace in _GRACE_S.items() if signal.getsignal(s) is not signal.SIG_IGN}
+
+
 def _in_logging(frame: object) -> bool:
     """Whether the interrupted code runs inside the logging module (a log call, perhaps made from C)."""
     while frame is not None:
@@ -410,17 +424,17 @@ def run() -> None:
 def _run_main() -> int:
     """:func:`main`'s status, with signals that arrive once it is done ignored."""
     status = 130
-    on_main = _main_thread()
-    if on_main:
-        signal.signal(signal.SIGTERM, _Interrupt(_GRACE_S[signal.SIGTERM]))  # until main installs its own
+    handlers = _handlers()  # until main installs its own, and again after it (finished if main's were)
+    for s, h in handlers.items():
+        signal.signal(s, h)
     try:
         status = main()
     except KeyboardInterrupt:  # in main's last moments, after its own handling
-        pass
+        if any(h.finished for h in handlers.values()):
+            status = 0
     finally:
-        if on_main:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for s in handlers:
+            signal.signal(s, signal.SIG_IGN)
     return status
 
 

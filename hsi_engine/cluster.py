@@ -620,6 +620,8 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
         left = kept.exists() or kept.is_symlink()
         if not left and finished_with(out, fingerprint, sides):  # renamed into place just before the signal
             writer.map_written = True
+        if writer.map_written and on_written is not None:
+            on_written(out)
         if writer.map_written and left:
             log.warning("wrote %s, then stopped before removing %s: rerun with resume=True (--resume) to remove "
                         "it (the map is complete)", out, kept)

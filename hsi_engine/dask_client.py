@@ -387,7 +387,8 @@ def _signals_held() -> Iterator[list[int]]:
         yield held
     finally:
         for s, h in previous.items():
-            signal.signal(s, h)
+            if h is not None:  # (None: set from C; Python cannot put it back)
+                signal.signal(s, h)
 
 
 def _close_workers(cluster: Any, timeout: float = 10.0) -> None:

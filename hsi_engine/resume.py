@@ -240,7 +240,11 @@ class ResumableZarrWriter(ZarrClassMapWriter):
         import zarr
 
         if self.resumed:
-            self._group = zarr.open_group(str(self._tmp), mode="r+")
+            try:
+                self._group = zarr.open_group(str(self._tmp), mode="r+")
+            except BaseException:  # (a signal while reopening): the tiles stay for the next --resume
+                self.keep_partial()
+                raise
             return
         if self._tmp.exists() or self._tmp.is_symlink():  # overwrite=True: discard the old partial store
             discard_partial(self._tmp)

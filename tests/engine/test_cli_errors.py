@@ -302,6 +302,8 @@ def test_the_command_exits_with_main_s_status_whatever_signals_follow(monkeypatc
             time.sleep(0.05)
             return 0
 
+        for s, h in previous.items():  # (run() left both ignored, as the process was exiting)
+            signal.signal(s, h)
         monkeypatch.setattr(cli, "main", signalled_at_the_end)
         assert cli._run_main() == 130  # (run() then ends the process at once: see the next test)
     finally:
@@ -361,3 +363,70 @@ def test_a_sigterm_after_the_map_is_written_does_not_make_the_run_interrupted(sc
     out = tmp_path / out_name
     rc = cli_module.main(["classify", str(scene), "--model", str(model_dir), "--out", str(out), "--tile", "8"])
     assert rc == 0 and written == [out] and out.exists()
+
+
+def test_a_signal_while_main_returns_a_written_map_changes_nothing(monkeypatch):
+    """main() put its caller's handlers back first; a SIGTERM (or Ctrl-C) in the rest of its clean-up then made a
+    finished map exit 130 with no message. The command's own handlers are marked finished too."""
+    import logging
+
+    from hsi_engine import cli
+
+    def written(args, on_written=None):
+        on_written(Path("map.tif"))
+        return 0
+
+    real = logging.captureWarnings
+
+    def signalled(capture):
+        if not capture:  # main's finally, after its handlers were put back
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+        real(capture)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    monkeypatch.setattr(cli, "_cmd_classify", written)
+    monkeypatch.setattr(cli.sys, "argv", ["hsi-engine", "classify", "s.tif", "--model", "m", "--out", "map.tif"])
+    monkeypatch.setattr(logging, "captureWarnings", signalled)
+    try:
+        assert cli._run_main() == 0
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@pytest.mark.parametrize("out_name", ["a.tif", "a.zarr"])
+def test_a_signal_while_a_written_map_s_temps_are_removed_is_a_finished_run(scene, model_dir, tmp_path,
+                                                                              monkeypatch, out_name):
+    """Stopped after the map was renamed into place, while its temps (or the replaced map, or the partial store)
+    were being removed: the map is complete, so exit 0, not 'interrupted' and 130 (a plain rerun was then
+    refused); what is left is swept by the next run."""
+    from hsi_engine import writers
+
+    out = tmp_path / out_name
+    assert _cli(["classify", str(scene), "--model", str(model_dir), "--out", str(out), "--tile", "8"])[0] == 0
+    cleanup = writers.ClassMapWriter._cleanup
+
+    def stopped(self):
+        if self.committed and not getattr(self, "_stopped_once", False):
+            self._stopped_once = True
+            raise KeyboardInterrupt("signal 15")
+        cleanup(self)
+
+    monkeypatch.setattr(writers.ClassMapWriter, "_cleanup", stopped)
+    rc, err = _cli(["classify", str(scene), "--model", str(model_dir), "--out", str(out), "--tile", "8",
+                    "--overwrite"])
+    assert rc == 0 and "interrupted" not in err, err
+    assert out.exists()
+
+
+def test_the_command_leaves_an_ignored_signal_ignored():
+    """Started ignoring SIGINT (`cmd &` in a script, nohup): a terminal's Ctrl-C must not stop it."""
+    from hsi_engine import cli
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert set(cli._handlers()) == {signal.SIGTERM}
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert set(cli._handlers()) == {signal.SIGTERM, signal.SIGINT}

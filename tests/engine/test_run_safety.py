@@ -491,3 +491,29 @@ def test_resume_with_overwrite_finishes_an_interrupted_run_else_replaces_the_out
     rep = cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, overwrite=True)
     assert rep.computed == case["tiles"] - 2 and not partial_path(out).exists()  # the interrupted run, finished
     np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+
+
+def test_a_resume_stopped_while_reopening_its_store_keeps_every_tile(case, tmp_path, monkeypatch):
+    """A signal while a resumed run reopened <out>.partial made the writer abort, and the abort deleted the store
+    with every tile of the interrupted run."""
+    import zarr
+
+    out = tmp_path / "map.zarr"
+    with monkeypatch.context() as m:
+        F.crash_writes_after(m, 3)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            cluster.run_to_file(case["scene"], case["model"], out, tile=TILE)
+    real = zarr.open_group
+
+    def stopped(store, *a, **k):
+        if k.get("mode") == "r+":
+            raise KeyboardInterrupt("signal 15")
+        return real(store, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(zarr, "open_group", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)
+    gc.collect()
+    assert (read_record(partial_path(out)) > 0).sum() == 3
+    assert cluster.run_to_file(case["scene"], case["model"], out, resume=True).computed == case["tiles"] - 3
