@@ -60,8 +60,9 @@ import numpy as np
 from .dask_client import _cuda_count, _gpu_resources, _parse_scheduler_address, connect, make_local_cluster
 from .errors import ClusterUsageError, HSIEngineError, OutputError, WorkerLostError
 from .lock import output_lock
-from .resume import (ResumableZarrWriter, check_owner, discard_partial, finished_with, mark_tile, model_digest,
-                     partial_path, partial_tile, pinned_store, provenance, recorded_fingerprint, store_replaced)
+from .resume import (OWNER_ATTR, ResumableZarrWriter, check_owner, discard_partial, finished_with, mark_tile,
+                     model_digest, partial_path, partial_tile, pinned_store, provenance, read_record,
+                     recorded_fingerprint, store_replaced)
 from .tiles import Tile, TilePlan, default_tile, normalise_tile, plan_tiles
 
 log = logging.getLogger("hsi_engine.cluster")
@@ -236,10 +237,17 @@ def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarra
 
 
 def _tile_task(spec: TaskSpec, tile: Tile, scene_obj: Any = None, model_obj: Any = None) -> dict[str, Any]:
-    """One tile on a worker: compute, write its chunk(s) into the partial store, then mark it done."""
+    """One tile on a worker: compute, write its chunk(s) into the partial store, then mark it done. A tile this
+    run has already written is not computed again: dask reschedules a finished task whose worker died before
+    the driver fetched its (small) result."""
     import zarr
 
     t0 = time.perf_counter()
+    row, col = tile.y0 // spec.tile, tile.x0 // spec.tile
+    reused = _already_written(spec, row, col)
+    if reused is not None:
+        return {"index": tile.index, "pixels": tile.pixels, "seconds": time.perf_counter() - t0, "pid": os.getpid(),
+                "nodata_px": reused, "reused": True}
     engine = _worker_engine(spec, model_obj)
     da = _worker_scene(spec, scene_obj)
     mean = None if spec.mean is None else np.asarray(spec.mean, np.float64)
@@ -274,9 +282,26 @@ def _tile_task(spec: TaskSpec, tile: Tile, scene_obj: Any = None, model_obj: Any
                               f"({type(e).__name__}: {e}); this task's run was stopped, so it writes nothing") \
                 from None
         check_owner(zarr.open_group(store, mode="r"), spec.token, what, spec.store)
-        mark_tile(store, tile.y0 // spec.tile, tile.x0 // spec.tile, spec.run)  # after the data: atomic
+        mark_tile(store, row, col, spec.run)  # after the data: atomic
     return {"index": tile.index, "pixels": tile.pixels, "seconds": time.perf_counter() - t0, "pid": os.getpid(),
-            "nodata_px": int(lab.size - np.count_nonzero(lab))}
+            "nodata_px": int(lab.size - np.count_nonzero(lab)), "reused": False}
+
+
+def _already_written(spec: TaskSpec, row: int, col: int) -> int | None:
+    """The nodata pixel count of tile ``(row, col)`` when this run (its token still owns the store) has written
+    it already; None when it is to be computed."""
+    import zarr
+
+    try:
+        g = zarr.open_group(spec.store, mode="r")
+        if dict(g.attrs).get(OWNER_ATTR) != spec.token or int(read_record(spec.store)[row, col]) != spec.run:
+            return None
+        ys = slice(row * spec.tile, (row + 1) * spec.tile)
+        xs = slice(col * spec.tile, (col + 1) * spec.tile)
+        lab = np.asarray(g["classes"][ys, xs])
+    except Exception:  # noqa: BLE001 - no store, no record: compute (the write path reports what is wrong)
+        return None
+    return int(lab.size - np.count_nonzero(lab))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,7 +336,7 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
                                   pure=False) for key, t in by_key.items()}
     bar = _progress_bar(sum(t.pixels for t in tiles), progress, _ClusterStatus(client))
     pids: set[int] = set()
-    nodata_px = 0
+    nodata_px = reused = 0
     gather, quiet = logging.getLogger("distributed.client"), _DropRescheduledGathers()  # this run's own filter
     gather.addFilter(quiet)
     try:
@@ -333,6 +358,7 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
                         "tiles written") from None
                 raise
             fut.release()
+            reused += bool(res.get("reused"))
             pids.add(res["pid"])
             nodata_px += res["nodata_px"]
             bar.update(res["pixels"])
@@ -346,7 +372,7 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
         from .runner import warn_all_nodata
 
         warn_all_nodata(spec.nodata, spec.nodata_bands)
-    return {"worker_pids": sorted(pids), "resources": resources, "nodata_px": nodata_px}
+    return {"worker_pids": sorted(pids), "resources": resources, "nodata_px": nodata_px, "tiles_reused": reused}
 
 
 class _ClusterStatus:

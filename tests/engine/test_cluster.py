@@ -195,7 +195,9 @@ def test_worker_sigkilled_mid_run_still_gives_the_same_map(case, client, tmp_pat
     np.testing.assert_array_equal(F.read_classes(out), case["ref"]["labels"].values)
     assert (read_record(out) == 1).all()
     runs = [t["key"] for t in stream.data if str(t["key"]).startswith("hsi-tile-")]
-    assert sorted(runs) == sorted(set(runs)) and len(runs) == 9, runs  # each tile ran to completion once
+    # each tile computed once: a finished tile whose result died with the worker before the driver fetched it is
+    # rescheduled by dask, and then finds its tile written (it was computed twice, one CI run in ten)
+    assert len(set(runs)) == 9 and len(runs) - result["report"].extra["tiles_reused"] == 9, runs
     client.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker
     assert victim not in client.run(os.getpid).values()
 

@@ -517,3 +517,26 @@ def test_a_resume_stopped_while_reopening_its_store_keeps_every_tile(case, tmp_p
     gc.collect()
     assert (read_record(partial_path(out)) > 0).sum() == 3
     assert cluster.run_to_file(case["scene"], case["model"], out, resume=True).computed == case["tiles"] - 3
+
+
+def test_a_rescheduled_task_of_a_tile_its_run_wrote_does_not_compute_it_again(case, tmp_path, monkeypatch):
+    """dask reschedules a finished task whose worker died before the driver fetched its result: the tile was
+    computed (and written) a second time. The task finds its tile written by its own run and returns at once."""
+    out = tmp_path / "map.zarr"
+    w = ResumableZarrWriter(out, grid=(2, 3), fingerprint={"run": "x"}, resume=False, height=32, width=48,
+                            n_classes=5, block=TILE)
+    w.start_run("token")
+    w.keep_partial()
+    tile = hsi_engine.tiles.plan_tiles(32, 48, TILE, 2).tiles[4]
+    spec = cluster.TaskSpec(store=str(partial_path(out).resolve()), run=1, tile=TILE, scene=str(case["scene"]),
+                            model=str(case["model"]), model_key="k", mean=None, std=None, nodata=None,
+                            backend="eager", precision="float32", device="cpu", probabilities=False, token="token")
+    first = cluster._tile_task(spec, tile)
+    assert first["reused"] is False
+    computed = []
+    real = cluster.compute_tile
+    monkeypatch.setattr(cluster, "compute_tile", lambda *a, **k: computed.append(1) or real(*a, **k))
+    again = cluster._tile_task(spec, tile)
+    assert again["reused"] is True and computed == [] and again["nodata_px"] == first["nodata_px"]
+    other_run = cluster.TaskSpec(**{**spec.__dict__, "run": 2, "token": "token"})  # another run number: computes
+    assert cluster._tile_task(other_run, tile)["reused"] is False and computed == [1]
