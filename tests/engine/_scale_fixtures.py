@@ -78,6 +78,20 @@ def write_zarr(path: Path, cube: np.ndarray, *, chunks: tuple[int, int] = (16, 1
     return path
 
 
+def classified_crop(d: Path, height: int, width: int, *, y0: int, x0: int, tile: int) -> dict:
+    """An Indian Pines crop as a zarr scene in ``d``, a tiny model, and the reference map of an in-memory run
+    (which must hold more than one class, to tell a wrong tile): the start of the run-safety and resume tests."""
+    import hsi_engine
+
+    cube = ip_crop(height, width, y0=y0, x0=x0)
+    scene = write_zarr(d / "scene.zarr", cube)
+    model = save_tiny_model(d / "model", cube)
+    ref = hsi_engine.classify(hsi_engine.open_scene(scene), str(model), tile=tile, progress=False).values
+    assert len(np.unique(ref)) > 1
+    return {"dir": d, "cube": cube, "scene": scene, "model": model, "ref": ref,
+            "tiles": -(-height // tile) * -(-width // tile)}
+
+
 def read_classes(path: Path) -> np.ndarray:
     """The class map of a finished output (.zarr or .tif) as a (y, x) uint8 array."""
     if Path(path).suffix.lower() == ".zarr":

@@ -26,13 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
-    d = tmp_path_factory.mktemp("resume")
-    cube = F.ip_crop(64, 64, y0=20, x0=20)  # 4 x 4 tiles of 16
-    scene = F.write_zarr(d / "scene.zarr", cube)
-    model = F.save_tiny_model(d / "model", cube)
-    ref = hsi_engine.classify(hsi_engine.open_scene(scene), str(model), tile=TILE, progress=False).values
-    assert len(np.unique(ref)) > 1
-    return {"scene": scene, "model": model, "ref": ref, "tiles": 16}
+    return F.classified_crop(tmp_path_factory.mktemp("resume"), 64, 64, y0=20, x0=20, tile=TILE)  # 4 x 4 tiles
 
 
 def _poll_done(store: Path, at_least: int, proc: subprocess.Popen, timeout: float = 90) -> int:

@@ -29,13 +29,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
-    d = tmp_path_factory.mktemp("safety")
-    cube = F.ip_crop(32, 48, y0=10, x0=30)  # 2 x 3 tiles of 16
-    scene = F.write_zarr(d / "scene.zarr", cube)
-    model = F.save_tiny_model(d / "model", cube)
-    ref = hsi_engine.classify(hsi_engine.open_scene(scene), str(model), tile=TILE, progress=False).values
-    assert len(np.unique(ref)) > 1
-    return {"dir": d, "cube": cube, "scene": scene, "model": model, "ref": ref, "tiles": 6}
+    return F.classified_crop(tmp_path_factory.mktemp("safety"), 32, 48, y0=10, x0=30, tile=TILE)  # 2 x 3 tiles
+
+
+def _stopped_run_s_task(case, out: Path, token: str, index: int, fingerprint: str = "x"):
+    """A partial store run ``token`` owns, left as a stopped run leaves it, and that run's task spec for tile
+    ``index`` (2 x 3 tiles of 16)."""
+    w = ResumableZarrWriter(out, grid=(2, 3), fingerprint={"run": fingerprint}, resume=False, height=32, width=48,
+                            n_classes=5, block=TILE)
+    w.start_run(token)
+    w.keep_partial()
+    tile = hsi_engine.tiles.plan_tiles(32, 48, TILE, 2).tiles[index]
+    spec = cluster.TaskSpec(store=str(partial_path(out).resolve()), run=1, tile=TILE, scene=str(case["scene"]),
+                            model=str(case["model"]), model_key="k", mean=None, std=None, nodata=None,
+                            backend="eager", precision="float32", device="cpu", probabilities=False, token=token)
+    return spec, tile
 
 
 def _hold_lock(out: Path) -> subprocess.Popen:
@@ -97,16 +105,9 @@ def test_a_cancelled_run_s_task_writes_nothing_into_a_store_another_run_took_ove
     """A task of an interrupted cluster run keeps running after client.cancel; when it ends, a rerun with
     --overwrite may have put another scene's run in the same partial store. The task must not write there."""
     out = tmp_path / "map.zarr"
-    grid = (2, 3)
-    w = ResumableZarrWriter(out, grid=grid, fingerprint={"run": "new"}, resume=False, height=32, width=48,
-                            n_classes=5, block=TILE)
-    w.start_run("new-run-token")
-    store = str(w.partial)
-    plan = hsi_engine.tiles.plan_tiles(32, 48, TILE, 2)
-    tile = plan.tiles[4]
-    spec = cluster.TaskSpec(store=store, run=1, tile=TILE, scene=str(case["scene"]), model=str(case["model"]),
-                            model_key="k", mean=None, std=None, nodata=None, backend="eager", precision="float32",
-                            device="cpu", probabilities=False, token="old-run-token")
+    new_run, tile = _stopped_run_s_task(case, out, "new-run-token", 4, fingerprint="new")  # the rerun's store
+    spec = cluster.TaskSpec(**{**new_run.__dict__, "token": "old-run-token"})  # the cancelled run's task
+    store = spec.store
     with pytest.raises(OutputError, match="another run has taken over"):
         cluster._tile_task(spec, tile)
     import zarr
@@ -116,9 +117,8 @@ def test_a_cancelled_run_s_task_writes_nothing_into_a_store_another_run_took_ove
     assert (read_record(store) == 0).all()  # ... nor marked
     assert dict(g.attrs)[OWNER_ATTR] == "new-run-token"
     # the run that owns it writes
-    res = cluster._tile_task(spec.__class__(**{**spec.__dict__, "token": "new-run-token"}), tile)
+    res = cluster._tile_task(new_run, tile)
     assert res["index"] == tile.index and read_record(store)[tile.y0 // TILE, tile.x0 // TILE] == 1
-    w.keep_partial()
 
 
 @pytest.mark.parametrize("rerun_committed", [False, True], ids=["rerun-writing", "rerun-committed"])
@@ -132,15 +132,9 @@ def test_a_stopped_run_s_write_that_passed_its_check_never_reaches_the_run_that_
 
     out = tmp_path / "map.zarr"
     kw = dict(grid=(2, 3), height=32, width=48, n_classes=5, block=TILE)
-    old = ResumableZarrWriter(out, fingerprint={"run": "old"}, resume=False, **kw)
-    old.start_run("old-run-token")
-    old.keep_partial()  # the old run's driver was stopped; its task is still computing
+    # the old run's driver was stopped; its task is still computing
+    spec, tile = _stopped_run_s_task(case, out, "old-run-token", 4, fingerprint="old")
     plan = hsi_engine.tiles.plan_tiles(32, 48, TILE, 2)
-    tile = plan.tiles[4]
-    spec = cluster.TaskSpec(store=str(partial_path(out).resolve()), run=1, tile=TILE, scene=str(case["scene"]),
-                            model=str(case["model"]), model_key="k", mean=None, std=None, nodata=None,
-                            backend="eager", precision="float32", device="cpu", probabilities=False,
-                            token="old-run-token")
     new: list[ResumableZarrWriter] = []
     stalled: list[str] = []
     real_set = zarr.storage.LocalStore.set
@@ -376,15 +370,7 @@ def test_a_cluster_task_s_disk_full_is_the_run_s_own_error_not_a_takeover(case, 
 
     import zarr
 
-    out = tmp_path / "full.zarr"
-    w = ResumableZarrWriter(out, grid=(2, 3), fingerprint={"run": "x"}, resume=False, height=32, width=48,
-                            n_classes=5, block=TILE)
-    w.start_run("token")
-    w.keep_partial()
-    tile = hsi_engine.tiles.plan_tiles(32, 48, TILE, 2).tiles[1]
-    spec = cluster.TaskSpec(store=str(partial_path(out).resolve()), run=1, tile=TILE, scene=str(case["scene"]),
-                            model=str(case["model"]), model_key="k", mean=None, std=None, nodata=None,
-                            backend="eager", precision="float32", device="cpu", probabilities=False, token="token")
+    spec, tile = _stopped_run_s_task(case, tmp_path / "full.zarr", "token", 1)
 
     async def full(self, key, value):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -522,15 +508,7 @@ def test_a_resume_stopped_while_reopening_its_store_keeps_every_tile(case, tmp_p
 def test_a_rescheduled_task_of_a_tile_its_run_wrote_does_not_compute_it_again(case, tmp_path, monkeypatch):
     """dask reschedules a finished task whose worker died before the driver fetched its result: the tile was
     computed (and written) a second time. The task finds its tile written by its own run and returns at once."""
-    out = tmp_path / "map.zarr"
-    w = ResumableZarrWriter(out, grid=(2, 3), fingerprint={"run": "x"}, resume=False, height=32, width=48,
-                            n_classes=5, block=TILE)
-    w.start_run("token")
-    w.keep_partial()
-    tile = hsi_engine.tiles.plan_tiles(32, 48, TILE, 2).tiles[4]
-    spec = cluster.TaskSpec(store=str(partial_path(out).resolve()), run=1, tile=TILE, scene=str(case["scene"]),
-                            model=str(case["model"]), model_key="k", mean=None, std=None, nodata=None,
-                            backend="eager", precision="float32", device="cpu", probabilities=False, token="token")
+    spec, tile = _stopped_run_s_task(case, tmp_path / "map.zarr", "token", 4)
     first = cluster._tile_task(spec, tile)
     assert first["reused"] is False
     computed = []
