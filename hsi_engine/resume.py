@@ -6,7 +6,10 @@ that never passes for the finished product (no tool opens ``*.partial`` as a cla
 name appears only when every tile is written: a ``.zarr`` output is the partial store renamed into place
 (one ``os.replace``); a ``.tif`` output is converted from the completed partial store through
 :class:`~hsi_engine.writers.GeoTiffClassMapWriter` (hidden temp + rename), after which the partial store is
-removed. A later run with ``resume=True`` (``--resume``) finds ``<out>.partial`` by that name.
+removed. A later run with ``resume=True`` (``--resume``) finds ``<out>.partial`` by that name. The store is
+built under a hidden ``.<out>.partial.tmp-*`` name and renamed once whole, and a store being removed is renamed to
+a hidden ``.trash-*`` name first, so an interruption never leaves a half-made or half-deleted ``<out>.partial``
+(the next run into ``out`` sweeps the hidden names).
 
 Completion record. The store holds ``resume/tiles_done``: a ``(tile rows, tile cols)`` uint16 zarr array
 in its own subgroup (xarray does not see it), one uncompressed chunk per tile, so concurrent workers never
