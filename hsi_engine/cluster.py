@@ -60,6 +60,7 @@ import numpy as np
 from .dask_client import _cuda_count, _gpu_resources, _parse_scheduler_address, connect, make_local_cluster
 from .errors import ClusterUsageError, HSIEngineError, OutputError, WorkerLostError
 from .lock import output_lock
+from .logs import dropped
 from .resume import (OWNER_ATTR, ResumableZarrWriter, check_owner, discard_partial, finished_with, mark_tile,
                      model_digest, partial_path, partial_tile, pinned_store, provenance, read_record,
                      recorded_fingerprint, store_replaced)
@@ -337,8 +338,6 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
     bar = _progress_bar(sum(t.pixels for t in tiles), progress, _ClusterStatus(client))
     pids: set[int] = set()
     nodata_px = reused = 0
-    gather, quiet = logging.getLogger("distributed.client"), _DropRescheduledGathers()  # this run's own filter
-    gather.addFilter(quiet)
     try:
         for fut in as_completed(list(pending.values())):
             # a finished tile's result is dropped at once: while the driver held it, a worker that died took
@@ -366,7 +365,6 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
         client.cancel(list(pending.values()))
         raise
     finally:
-        gather.removeFilter(quiet)
         bar.close()
     if tiles and nodata_px == sum(t.pixels for t in tiles):
         from .runner import warn_all_nodata
@@ -410,14 +408,6 @@ class _ClusterStatus:
                "pause, 80 % of the limit); give the workers more memory (fewer per host) or a smaller --tile")
         return f"every worker ({len(workers)}) is paused: {fix}" if paused == len(workers) else \
             f"{paused} of {len(workers)} workers are paused: {fix}"
-
-
-class _DropRescheduledGathers(logging.Filter):
-    """Drop distributed's "Couldn't gather N keys, rescheduling" (a worker died holding a finished tile's small
-    result; the tile is written and the scheduler recomputes it): a lost worker is reported once, by this run."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Couldn't gather")
 
 
 def _worker_lost(client: Any, tile: Tile, spec: TaskSpec, local: bool) -> WorkerLostError:
@@ -595,7 +585,10 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
                             spatial_precision=spatial_precision,
                             nodata_bands=None if job.nodata_bands is None else tuple(map(int, job.nodata_bands)),
                             token=token)
-            with connect(workers=workers, scheduler=scheduler) as client:
+            # distributed's "Couldn't gather N keys, rescheduling" (a worker died holding a finished tile's small
+            # result; the rescheduled task finds its tile written): a lost worker is reported once, by this run
+            with connect(workers=workers, scheduler=scheduler) as client, \
+                    dropped(lambda m: m.startswith("Couldn't gather"), "distributed.client"):
                 try:
                     n_workers = len(client.scheduler_info().get("workers", {}))
                     extra = _run_distributed(client, spec, todo, None if is_path else da,

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import ClusterUsageError, HSIEngineError
+from .logs import dropped
 
 log = logging.getLogger("hsi_engine.cluster")
 
@@ -84,21 +85,14 @@ def _nanny_per_gpu(n: int, ngpu: int, silence_logs: int) -> Any:
 def _started(n: int, start: Callable[[], Any]) -> Any:
     """``start()``, a local cluster of ``n`` workers; failing to start is one clear error (distributed raises
     ``RuntimeError('Cluster failed to start: ...')`` and has already closed what it started)."""
-    spec_log = logging.getLogger("distributed.deploy.spec")
-
-    def not_started_warning(record: logging.LogRecord) -> bool:  # our error says so, with the cause
-        return record.getMessage() != "Cluster closed without starting up"
-
-    spec_log.addFilter(not_started_warning)
-    try:
-        return start()
+    try:  # (distributed's 'closed without starting up' warning: our error says so, with the cause)
+        with dropped(lambda m: m == "Cluster closed without starting up", "distributed.deploy.spec"):
+            return start()
     except Exception as e:  # noqa: BLE001 - whatever stopped it is named in the error
         cause = e.__cause__ if isinstance(e, RuntimeError) and e.__cause__ is not None else e
         raise HSIEngineError(f"could not start a local dask cluster of {n} workers ({_brief(cause)}): check "
                              f"{_scratch_hint()}, or run without workers= (--workers) to classify in-process") \
             from None
-    finally:
-        spec_log.removeFilter(not_started_warning)
 
 
 _PRELOAD = __name__  # the local workers run dask_setup below when they start (restarted ones too)
@@ -394,26 +388,17 @@ def _signals_held() -> Iterator[list[int]]:
 def _close_workers(cluster: Any, timeout: float = 10.0) -> None:
     """Close a local cluster's workers before its scheduler: closed the other way round, a worker whose heartbeat
     was in flight logged 'Failed to communicate with scheduler during heartbeat' with two tracebacks (seen after
-    a Ctrl-C, when the workers, which ignore SIGINT, are still up)."""
-    scheduler_log, quiet = logging.getLogger("distributed.scheduler"), _DropLostTasks()
-    scheduler_log.addFilter(quiet)
+    a Ctrl-C, when the workers, which ignore SIGINT, are still up). Its "Removing worker ... caused the cluster to
+    lose already computed task(s)" is dropped: a tile's small result whose release had not reached the scheduler
+    yet; nothing is lost."""
     try:
-        cluster.scale(0)
-        deadline = time.monotonic() + timeout
-        while cluster.workers and time.monotonic() < deadline:
-            time.sleep(0.05)
+        with dropped(lambda m: "lose already computed task" in m, "distributed.scheduler"):
+            cluster.scale(0)
+            deadline = time.monotonic() + timeout
+            while cluster.workers and time.monotonic() < deadline:
+                time.sleep(0.05)
     except Exception:  # noqa: BLE001 - cluster.close() still closes whatever is left
         pass
-    finally:
-        scheduler_log.removeFilter(quiet)
-
-
-class _DropLostTasks(logging.Filter):
-    """Drop "Removing worker ... caused the cluster to lose already computed task(s)" while our cluster closes at
-    the end of a run: a tile's small result whose release had not reached the scheduler yet; nothing is lost."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "lose already computed task" not in record.getMessage()
 
 
 def _gpu_resources(client: Any) -> dict[str, float] | None:

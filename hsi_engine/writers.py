@@ -49,6 +49,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from .errors import HSIEngineError, OutputError, user_stacklevel
+from .logs import dropped
 
 __all__ = ["ClassMapWriter", "GeoTiffClassMapWriter", "ZarrClassMapWriter", "ZARR_TITLE", "check_not_scene",
            "check_replaceable", "default_palette", "is_hsi_zarr", "open_writer", "side_paths", "write_classmap",
@@ -231,7 +232,6 @@ def check_not_scene(out: str | os.PathLike, scene: Any) -> None:
                           "the scene; choose an --out outside the scene")
 
 
-@contextlib.contextmanager
 def _quiet_float16_padding():
     """Drop GDAL's ``Value ... is beyond range of float16`` reports while float16 tiles are encoded.
 
@@ -239,19 +239,7 @@ def _quiet_float16_padding():
     beyond the raster's right/bottom edge that its block cache leaves uninitialised; garbage there is
     reported once per file. Probabilities lie in [0, 1], so the report can only come from that padding.
     """
-    class _Drop(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "beyond range of float16" not in record.getMessage()
-
-    drop = _Drop()
-    loggers = [logging.getLogger(n) for n in ("rasterio._env", "rasterio._err", "rasterio._io")]
-    for lg in loggers:
-        lg.addFilter(drop)
-    try:
-        yield
-    finally:
-        for lg in loggers:
-            lg.removeFilter(drop)
+    return dropped(lambda m: "beyond range of float16" in m, "rasterio._env", "rasterio._err", "rasterio._io")
 
 
 # what follows ".<output name>" in the names _tmp_name and remove_tree give (".tmp-0123abcd.tif", ".partial.trash-...")
