@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import weakref
@@ -41,13 +42,23 @@ _CONV_POINTWISE_BINARY = getattr(_CONV_POINTWISE, "binary", None)
 def _fusable(y: torch.Tensor, c: FoldedConv) -> bool:
     """Whether this conv and what follows it can run as one oneDNN primitive: CPU, eager (torch.compile fuses
     on its own), no autograd, float32 or bfloat16 (oneDNN has no float64; float16 stays on the plain path
-    measured), a torch that has the op."""
+    measured; bfloat16 only where oneDNN runs it: AVX-512 or AVX-NE-CONVERT, not an AVX2-only CPU), a torch that
+    has the op."""
     if _CONV_POINTWISE is None or y.device.type != "cpu" or torch.compiler.is_compiling():
         return False
     dt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else y.dtype
     if dt not in (torch.float32, torch.bfloat16) or c.weight.dtype not in (torch.float32, torch.bfloat16):
         return False
+    if torch.bfloat16 in (dt, c.weight.dtype) and not _onednn_bf16():
+        return False
     return not (torch.is_grad_enabled() and (y.requires_grad or c.weight.requires_grad))
+
+
+@functools.cache
+def _onednn_bf16() -> bool:
+    """Whether oneDNN has bfloat16 convolutions on this CPU (its fused ops raise where it has none)."""
+    probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    return bool(probe is not None and probe())
 
 
 def _autocast_operands(*ts: torch.Tensor | None) -> tuple:
