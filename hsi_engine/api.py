@@ -23,7 +23,7 @@ from .tiles import TilePlan, default_tile, plan_tiles
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HSIAccessor", "classify", "classify_to_file", "load_model", "open_scene"]
+__all__ = ["classify", "classify_to_file", "load_model", "open_scene"]
 
 
 def load_model(path: str | os.PathLike, map_location: Any = "cpu"):
@@ -426,23 +426,3 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     log.info("wrote %s: %d tiles, %d x %d pixels in %.1f s", path, stats.get("tiles", len(job.plan)), job.height,
              job.width, time.perf_counter() - t0)
     return path
-
-
-# ----------------------------------------------------------------------------------------------
-# xarray accessor
-
-
-@xr.register_dataarray_accessor("hsi")
-@xr.register_dataset_accessor("hsi")
-class HSIAccessor:
-    """``scene.hsi.classify(model, **kw)``: forwards to :func:`hsi_engine.classify`; keeps no state. On a
-    Dataset, the cube is its one 3-D variable (or the one named ``cube``, ``reflectance``, ...), as
-    :func:`classify` picks it."""
-
-    def __init__(self, da: xr.DataArray | xr.Dataset) -> None:
-        self._da = da
-
-    def classify(self, model: Any, **kwargs: Any) -> xr.DataArray | xr.Dataset:
-        """Classify this scene with ``model``: ``hsi_engine.classify(scene, model, **kwargs)``, whose keywords
-        (``tile``, ``device``, ``backend``, ``precision``, ``probabilities``, ``nodata``, ...) it takes."""
-        return classify(self._da, model, **kwargs)

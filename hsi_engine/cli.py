@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ssrn.checkpoint import CheckpointError
+    from ssrn.errors import CheckpointError
 
     from .errors import HSIEngineError
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ssrn.checkpoint import CheckpointError
+from ssrn.errors import CheckpointError
 
 
 class HSIEngineError(Exception):

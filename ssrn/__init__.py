@@ -1,18 +1,44 @@
-"""SSRN: the spectral-spatial residual network, its data pipeline, trainer and checkpoints."""
+"""SSRN: the spectral-spatial residual network, its data pipeline, trainer and checkpoints.
 
-from .config import PRESETS, SSRNConfig
-from .model import SSRN, count_parameters
+Names load on first use (PEP 562): ``import ssrn`` does not import torch, so a command line built on it answers
+``--help`` and usage errors at once.
+"""
 
-__all__ = ["PRESETS", "SSRN", "SSRNConfig", "count_parameters"]
-from .checkpoint import CheckpointError, load_model, save_model  # noqa: E402
+from __future__ import annotations
 
-__all__ += ["CheckpointError", "load_model", "save_model"]
-from .keras import KerasImportError, import_keras_to_dir, load_keras  # noqa: E402
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ += ["KerasImportError", "import_keras_to_dir", "load_keras"]
-from .data import DataError, PatchDataset, load_dataset, standardize  # noqa: E402
-from .metrics import classification_report  # noqa: E402
-from .train import Trainer, run_training  # noqa: E402
+_WHERE = {
+    "PRESETS": "config", "SSRNConfig": "config",
+    "SSRN": "model", "count_parameters": "model",
+    "CheckpointError": "errors", "load_model": "checkpoint", "save_model": "checkpoint",
+    "KerasImportError": "keras", "import_keras_to_dir": "keras", "load_keras": "keras",
+    "DataError": "data", "PatchDataset": "data", "load_dataset": "data", "standardize": "data",
+    "classification_report": "metrics",
+    "Trainer": "train", "run_training": "train",
+}
+__all__ = sorted(_WHERE)
 
-__all__ += ["DataError", "PatchDataset", "Trainer", "classification_report", "load_dataset", "run_training",
-            "standardize"]
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'ssrn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
+
+if TYPE_CHECKING:
+    from .checkpoint import load_model, save_model
+    from .config import PRESETS, SSRNConfig
+    from .data import DataError, PatchDataset, load_dataset, standardize
+    from .errors import CheckpointError
+    from .keras import KerasImportError, import_keras_to_dir, load_keras
+    from .metrics import classification_report
+    from .model import SSRN, count_parameters
+    from .train import Trainer, run_training

@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import SSRNConfig
+from .errors import CheckpointError
 from .model import SSRN
 
 WEIGHTS = "weights.safetensors"
@@ -22,10 +23,6 @@ MODEL_JSON = "model.json"
 FORMAT = "hsi-engine.ssrn"
 FORMAT_VERSION = 1
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2; torch.save zip archives
-
-
-class CheckpointError(ValueError):
-    """A model directory that is missing, not ours, or whose weights do not match its config."""
 
 
 def _jsonable(value: Any) -> Any:

@@ -430,3 +430,46 @@ def test_the_command_leaves_an_ignored_signal_ignored():
     finally:
         signal.signal(signal.SIGINT, previous)
     assert set(cli._handlers()) == {signal.SIGTERM, signal.SIGINT}
+
+
+_COMMAND = "import sys; sys.argv[0] = 'hsi-engine'; from hsi_engine.cli import run; run()"  # the console script
+
+
+def test_the_command_answers_without_importing_torch():
+    """``import hsi_engine`` (and the command's module) loads no torch: ``--help`` and usage errors took 3-7 s,
+    and the accessor still registers with the package."""
+    import subprocess
+    import sys
+
+    code = ("import sys, xarray, numpy; import hsi_engine.cli, hsi_engine, ssrn; "
+            "assert hasattr(xarray.DataArray(numpy.zeros(1)), 'hsi'); print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('torch', 'triton', 'numba', 'distributed', 'zarr')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+    usage = subprocess.run([sys.executable, "-c", _COMMAND, "classify", "s.tif", "--model", "m", "--out", "o.tif",
+                            "--tile", "0"], capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 2 and "argument --tile" in usage.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/PID/maps to see torch loading")
+def test_ctrl_c_while_torch_loads_is_an_interruption(scene, model_dir, tmp_path):
+    """The command's handlers go in before torch is imported: Ctrl-C while it loaded printed a 40-line import
+    traceback (the package imported torch before ``run`` could take signals)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "map.tif"
+    proc = subprocess.Popen([sys.executable, "-c", _COMMAND, "classify", str(scene), "--model", str(model_dir),
+                             "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError), open(f"/proc/{proc.pid}/maps") as maps:
+            if "libtorch" in maps.read():
+                break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and err.strip().endswith("hsi-engine classify: interrupted"), err[-2000:]
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
