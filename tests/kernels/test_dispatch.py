@@ -63,7 +63,9 @@ def test_auto_choice_follows_the_measured_table() -> None:
 
 @pytest.mark.parametrize("form, bands", [("paper", 200), ("paper", 103), ("seed", 31)])
 def test_conv3d_formulation_equals_the_reference(form: str, bands: int) -> None:
-    """The Conv3d formulation CUDA's eager path uses: same stage, another summation order (fp32: 1e-5)."""
+    """The Conv3d formulation CUDA's eager path uses: same stage, another summation order (fp32: 1e-5 of the
+    features' scale; near-zero features differ by more than 1e-5 of themselves where oneDNN picks another
+    algorithm, as on an AVX2-only CPU)."""
     from kernels.spectral import spectral_stage_conv3d
 
     g = torch.Generator().manual_seed(bands)
@@ -72,7 +74,7 @@ def test_conv3d_formulation_equals_the_reference(form: str, bands: int) -> None:
     ref = spectral_stage_reference(x, prog)
     out = spectral_stage_conv3d(x, prog)
     assert out.shape == ref.shape == (45, 128)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
     assert ref.abs().max() > 0.1  # features that can disagree
     with pytest.raises(ValueError, match=rf"expected pixels \(P, {bands}\)"):
         spectral_stage_conv3d(x[:, :-1], prog)

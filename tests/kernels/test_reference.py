@@ -16,6 +16,9 @@ from kernels.spectral import _random_program, spectral_stage_reference
 
 needs_op = pytest.mark.skipif(spectral._CONV_POINTWISE is None,
                               reason="this torch has no torch.ops.mkldnn._convolution_pointwise")
+needs_bf16_op = pytest.mark.skipif(spectral._CONV_POINTWISE is None or not spectral._onednn_bf16(),
+                                   reason="oneDNN has no bfloat16 convolutions on this CPU (it needs AVX-512 or "
+                                          "AVX-NE-CONVERT); the stage takes F.conv2d here")
 
 
 def _plain(y: torch.Tensor, c: FoldedConv) -> torch.Tensor:
@@ -35,7 +38,7 @@ def _all_plain(monkeypatch) -> None:
 
 
 @needs_op
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=needs_bf16_op)])
 @pytest.mark.parametrize("c_in,c_out,k,stride,pad,bands", [(24, 24, 7, 1, 3, 97), (1, 24, 7, 2, 0, 103),
                                                            (20, 20, 5, 1, 2, 31), (24, 128, 97, 1, 0, 97)])
 def test_fused_conv_relu_gives_the_same_bits(dtype, c_in, c_out, k, stride, pad, bands) -> None:
@@ -51,7 +54,7 @@ def test_fused_conv_relu_gives_the_same_bits(dtype, c_in, c_out, k, stride, pad,
     assert got.dtype == dtype and got.stride() == want.stride()
 
 
-@needs_op
+@needs_bf16_op
 def test_fused_conv_relu_under_autocast_runs_in_the_autocast_dtype() -> None:
     """autocast does not know the oneDNN op: its operands are cast as autocast casts conv2d's."""
     g = torch.Generator().manual_seed(3)
@@ -74,9 +77,8 @@ def test_fused_path_is_not_taken_with_autograd_or_off_cpu() -> None:
         assert not spectral._fusable(y.cuda(), c)
 
 
+@needs_bf16_op
 def test_mixed_dtypes_are_refused_by_the_fused_path() -> None:
-    if spectral._CONV_POINTWISE is None:
-        pytest.skip("no fused op here")
     c = FoldedConv(torch.randn(4, 4, 3), torch.randn(4), 1, 1, True)
     y = torch.randn(1, 4, 9, 5, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), pytest.raises(RuntimeError, match="differ"):
@@ -97,7 +99,7 @@ def test_fused_residual_end_float32_gives_the_same_bits(relu: bool) -> None:
     assert torch.equal(got, F.relu(want) if relu else want)
 
 
-@needs_op
+@needs_bf16_op
 def test_fused_residual_end_bf16_rounds_once() -> None:
     """In bf16 the fused sum is rounded once from the conv's float32 result (as the GPU kernels do): within one
     bf16 rounding of the float32 truth everywhere, and closer to it on average than conv-then-add."""
@@ -195,3 +197,24 @@ def test_every_formulation_has_the_kernels_contract_on_edge_inputs(stage) -> Non
     short = replace(prog, bands=5)
     with pytest.raises(ValueError, match="5 bands are fewer than the stem kernel 7"):
         stage(torch.zeros(3, 5), short)
+
+
+def test_bf16_takes_the_plain_layers_where_onednn_has_no_bf16(monkeypatch) -> None:
+    """On a CPU whose oneDNN has no bfloat16 convolutions (AVX2 only, as AMD EPYC before Zen 4) the fused ops
+    raise ('bf16 path needs the cpu support avx_ne_convert or avx512bw'): a bf16 stage runs F.conv2d there, the
+    same bits as the plain stage, and float32 keeps the fused ops."""
+    monkeypatch.setattr(spectral, "_onednn_bf16", lambda: False)
+    g = torch.Generator().manual_seed(5)
+    prog = _ssrn_form(_random_program(37, 8, 16, generator=g))
+    c = FoldedConv(torch.randn(4, 4, 3), torch.randn(4), 1, 1, True)
+    y = torch.randn(1, 4, 9, 5).contiguous(memory_format=torch.channels_last)
+    assert not spectral._fusable(y.bfloat16(), replace(c, weight=c.weight.bfloat16(), bias=c.bias.bfloat16()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not spectral._fusable(y, c)
+    assert spectral._fusable(y, c) == (spectral._CONV_POINTWISE is not None)
+    x = torch.randn(40, 37, generator=g).bfloat16()
+    with torch.no_grad():
+        got = spectral_stage_reference(x, prog.to(dtype=torch.bfloat16))
+        _all_plain(monkeypatch)
+        want = spectral_stage_reference(x, prog.to(dtype=torch.bfloat16))
+    assert torch.equal(got, want)
