@@ -129,17 +129,32 @@ def _model_bad_bands(meta: dict[str, Any], bands: int) -> list[int]:
     return bad if bad and set(bad) < set(range(bands)) else []
 
 
-def _tested_bands(da: xr.DataArray, model_bad: list[int], bands: int) -> np.ndarray | None:
+def _band_list(bands: list[int]) -> str:
+    """``[3, 4, 5, 9]`` as ``3-5, 9``: EnMAP's bad bands are runs."""
+    runs: list[list[int]] = []
+    for b in bands:
+        if runs and b == runs[-1][1] + 1:
+            runs[-1][1] = b
+        else:
+            runs.append([b, b])
+    return ", ".join(f"{a}-{z}" if z > a else str(a) for a, z in runs)
+
+
+def _tested_bands(da: xr.DataArray, model_bad: list[int], bands: int, trained_stats: bool = True
+                  ) -> np.ndarray | None:
     """The bands nodata is looked for in: the scene's bbl good bands (every band without a bbl) less the bands
     the model was trained with as bad (which it reads as 0 whatever they hold); None: every band. Warns when
-    the scene flags bands bad that the model was trained with data in."""
+    the scene flags bands bad that a model with recorded training statistics (``trained_stats``) had data in."""
     good = _nodata_bands(da)
-    if "bbl" in da.coords and model_bad:
+    if "bbl" in da.coords and (model_bad or trained_stats):
         flagged = sorted(set(range(bands)) - set(good.tolist() if good is not None else range(bands)))
         extra = sorted(set(flagged) - set(model_bad))
         if extra:
-            warnings.warn(f"the scene's bbl flags bands {extra} bad, but the model was trained with data in them "
-                          f"(its bad bands: {model_bad}): their values reach the network as they are", stacklevel=user_stacklevel())
+            warnings.warn(f"the scene's bbl flags bands {_band_list(extra)} (0-based) bad, but the model was "
+                          f"trained with data in them ({'its bad bands: ' + _band_list(model_bad) if model_bad else 'it has no bad bands'}): "
+                          "their nodata and NaN values reach the network as the band's mean, the others as they are; "
+                          "the map may differ from one of the scene without those gaps",
+                          stacklevel=user_stacklevel())
     if not model_bad:
         return good
     if "bbl" not in da.coords:
@@ -188,7 +203,7 @@ class _Job:
                           "`hsi-engine train`, or `import-keras --dataset NAME`), or normalise the scene first",
                           UnnormalisedInputWarning, stacklevel=user_stacklevel())
         self.nodata = nodata if nodata is not None else _declared_nodata(da)
-        self.nodata_bands = _tested_bands(da, model_bad, bands)
+        self.nodata_bands = _tested_bands(da, model_bad, bands, trained_stats=self.mean is not None)
         from .integrity import check_store
 
         check_store(da, nodata=self.nodata)  # zarr fills missing chunks silently: refuse them up front

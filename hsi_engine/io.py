@@ -17,7 +17,9 @@ The result is dask-backed and chunked to match the store (zarr/NetCDF/HDF5 chunk
 GeoTIFF/ENVI blocks grouped to about 256 pixels a side, all bands in one chunk). Band-last sources are
 transposed lazily. Values are those stored, except CF-packed NetCDF/zarr variables (``scale_factor`` /
 ``add_offset``), which are decoded as ``xarray.open_dataset`` decodes them (their fill becomes NaN); GDAL's
-scale/offset of a GeoTIFF or ENVI file are not applied, as in ``rioxarray.open_rasterio``'s default. The CRS and transform travel in the
+scale/offset of a GeoTIFF or ENVI file are not applied, as in ``rioxarray.open_rasterio``'s default, and are kept
+as ``attrs["stored_scale_factor"]`` / ``["stored_add_offset"]`` (not the CF names, which would make a NetCDF or
+zarr copy of the scene read back scaled). The CRS and transform travel in the
 ``spatial_ref`` coordinate (``da.rio.crs``, ``da.rio.transform()``), band-centre wavelengths in nm in a
 ``wavelength`` coordinate on ``band``, and the source's nodata value in ``attrs["_FillValue"]``
 (``da.rio.nodata``).
@@ -252,7 +254,7 @@ def _finish(da: xr.DataArray, path: Path, fmt: str, *, wavelengths=None, nodata=
         da = da.assign_coords({SOURCE_ROW: ("y", np.arange(da.sizes["y"])),
                                SOURCE_COL: ("x", np.arange(da.sizes["x"]))})
     da.encoding["source"] = str(path)
-    da.attrs.setdefault("source_format", fmt)
+    da.attrs["source_format"] = fmt  # (a NetCDF saved from a GeoTIFF scene carries the GeoTIFF's: not this file's)
     return da
 
 
@@ -290,7 +292,20 @@ def _open_geotiff(path: Path, chunks) -> xr.DataArray:
         da = da.drop_vars([c for c in ("wavelength", "fwhm") if c in da.coords])
     if nodata is not None:
         da = da.rio.write_nodata(nodata, encoded=False)
-    return _finish(da, path, "geotiff", wavelengths=wl, chunks=chunks, bbl=_gdal_bbl(tags))
+    return _finish(_stored_scale_attrs(da), path, "geotiff", wavelengths=wl, chunks=chunks, bbl=_gdal_bbl(tags))
+
+
+STORED_SCALE = {"scale_factor": "stored_scale_factor", "add_offset": "stored_add_offset"}
+
+
+def _stored_scale_attrs(da: xr.DataArray) -> xr.DataArray:
+    """GDAL's band scale/offset (EnMAP: 0.0001), not applied, under names that do not declare CF packing:
+    rioxarray puts them in ``scale_factor``/``add_offset``, so ``to_netcdf``/``to_zarr`` of the stored counts wrote
+    a file whose reader decodes them (x 0.0001): the same pixels gave another map (6 % agreement)."""
+    for cf, ours in STORED_SCALE.items():
+        if cf in da.attrs:
+            da.attrs[ours] = da.attrs.pop(cf)
+    return da
 
 
 def _gdal_bbl(tags: list[dict[str, str]]) -> list[int] | None:

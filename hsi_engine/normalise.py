@@ -33,9 +33,9 @@ def normalise_into_reference(raw: np.ndarray, mean: np.ndarray | None, std: np.n
     number, a value equal to it among ``nodata_bands`` (band indices; None: every band; a sensor's bad bands,
     filled with nodata or NaN in every pixel, are left out so they do not mask the whole scene); ``nonfinite``
     says whether any of those bands' values was non-finite. ``out`` is written for every pixel, bad ones
-    included (the caller zeroes or rejects them); non-finite values of the bands left out become 0 (the band's
-    mean), so a pixel is classified whatever its bad bands hold (a NaN ``mean`` of such a band reads it as 0
-    whatever it holds).
+    included (the caller zeroes or rejects them); non-finite values of the bands left out, and values equal to
+    ``nodata`` there, become 0 (the band's mean), so a pixel is classified whatever its bad bands hold, and the
+    same whether they hold the nodata value or NaN (a NaN ``mean`` of such a band reads it as 0 whatever it holds).
     """
     h, w = raw.shape[1:]
     bad = np.zeros((h, w), dtype=bool)
@@ -51,9 +51,12 @@ def normalise_into_reference(raw: np.ndarray, mean: np.ndarray | None, std: np.n
         out[...] = (raw - mean[:, None, None]) / std[:, None, None]
     else:
         out[...] = raw
-    if (raw.dtype.kind == "f" or mean is not None) and nodata_bands is not None:
+    if nodata_bands is not None:
         skipped = ~np.isin(np.arange(raw.shape[0]), nodata_bands)
-        out[skipped] = np.where(np.isfinite(out[skipped]), out[skipped], 0)
+        if raw.dtype.kind == "f" or mean is not None:
+            out[skipped] = np.where(np.isfinite(out[skipped]), out[skipped], 0)
+        if nodata is not None and not np.isnan(nodata):
+            out[skipped] = np.where(raw[skipped] == nodata, 0, out[skipped])
     return bad, nonfinite
 
 
@@ -75,6 +78,7 @@ def normalise_into(raw: np.ndarray, mean: np.ndarray | None, std: np.ndarray | N
     tested = np.ones(b, bool) if nodata_bands is None else np.isin(np.arange(b), nodata_bands)
     tmp = np.empty((h, w), np.float64)
     nonfinite = False
+    check_nodata = nodata is not None and not np.isnan(nodata)
     for k in range(b):
         band = raw[k]
         if mean is not None:
@@ -83,14 +87,17 @@ def normalise_into(raw: np.ndarray, mean: np.ndarray | None, std: np.ndarray | N
             out[k] = tmp
         else:
             out[k] = band
-        if (is_float or mean is not None) and not tested[k]:
-            np.nan_to_num(out[k], copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        if not tested[k]:
+            if is_float or mean is not None:
+                np.nan_to_num(out[k], copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            if check_nodata:
+                out[k][band == nodata] = 0.0
         elif is_float and not nonfinite and not np.isfinite(band).all():
             nonfinite = True
     bad = np.zeros((h, w), dtype=bool)
     if nonfinite:
         bad |= ~np.isfinite(_tested(raw, nodata_bands)).all(axis=0)
-    if nodata is not None and not np.isnan(nodata):
+    if check_nodata:
         bad |= (_tested(raw, nodata_bands) == nodata).any(axis=0)
     return bad, nonfinite
 
@@ -179,14 +186,20 @@ def normalise_tensor(raw: "torch.Tensor", mean: "torch.Tensor | None", std: "tor
             if check_nodata and not is_float:  # integers compare in float64, as numpy does
                 for a, z in runs:
                     bad |= (d[a:z] == nodata).any(0)
+        skipped = _runs(~tested[k0:k1]) if nodata_bands is not None else []
+        # the bad bands' nodata values, compared as the tested bands' are (floats in their dtype, integers in
+        # float64), before d is normalised in place
+        fills = [(a, z, (r[a:z] if is_float else d[a:z]) == nodata) for a, z in skipped] if check_nodata else []
         if mean is not None:
             d.sub_(mean[k0:k1, None, None]).div_(std[k0:k1, None, None])
             out[k0:k1].copy_(d)  # one rounding to float32, as numpy's assignment
         else:  # one rounding from the raw values (wrapped ones are exact in float64)
             out[k0:k1].copy_(d if wrap_bits else r)
-        if (is_float or mean is not None) and nodata_bands is not None:
-            for a, z in _runs(~tested[k0:k1]):
+        if is_float or mean is not None:
+            for a, z in skipped:
                 torch.nan_to_num_(out[k0 + a:k0 + z], nan=0.0, posinf=0.0, neginf=0.0)
+        for a, z, fill in fills:
+            out[k0 + a:k0 + z].masked_fill_(fill, 0.0)
     if nonf is None:
         return bad, None
     return bad | nonf, nonf.any()

@@ -275,8 +275,10 @@ def test_nodata_pixels_are_class_zero_and_padded_like_the_border(case, nodata):
 
 def test_bad_bands_flagged_by_bbl_are_left_out_of_the_nodata_mask(case, geo, caplog):
     """A band holding nodata in every pixel (EnMAP's bad bands) masks the whole scene unless a ``bbl`` coordinate
-    flags it bad; flagged, only the real hole is nodata and the rest equals the reference on the same values.
-    Masking everything says so in one warning."""
+    flags it bad; flagged, only the real hole is nodata, the bad band's nodata values read as its mean (0 once
+    normalised, as NaN there does: the map of ``s.where(s != nodata)`` is the same) and the rest equals the
+    reference on the same values. Masking everything says so in one warning; a bad band the model had data in,
+    another."""
     cube, model, _ = case
     raw = cube.copy()
     raw[3] = -32768.0  # a bad band, as the sensor fills it
@@ -290,13 +292,17 @@ def test_bad_bands_flagged_by_bbl_are_left_out_of_the_nodata_mask(case, geo, cap
     assert sum("every pixel this run classified is nodata" in r.getMessage() for r in caplog.records) == 1
     caplog.clear()
     flagged = da.assign_coords(bbl=("band", bbl))
-    with caplog.at_level("WARNING", logger="hsi_engine.runner"):
+    with caplog.at_level("WARNING", logger="hsi_engine.runner"), \
+            pytest.warns(UserWarning, match=r"flags bands 3 \(0-based\) bad, but the model was trained with data"):
         out = classify(flagged, model, tile=6, nodata=-32768.0, progress=False).values
     assert not caplog.records
-    ref = _reference_on(model, raw, zero=[(slice(None), 6, 7)])  # the hole's spectrum is zeroed like the border
-    ref[6, 7] = 0  # padding; the bad band is not
+    ref = _reference_on(model, raw, zero=[3, (slice(None), 6, 7)])  # the hole's spectrum is zeroed like the
+    ref[6, 7] = 0  # border padding
     np.testing.assert_array_equal(out, ref)
     assert (out == 0).sum() == 1
+    with pytest.warns(UserWarning, match="trained with data in them"):
+        masked = classify(flagged.where(flagged != -32768.0), model, tile=6, nodata=float("nan"), progress=False)
+    np.testing.assert_array_equal(masked.values, out)
 
 
 def _reference_on(model, raw, *, zero=()):

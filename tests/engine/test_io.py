@@ -348,3 +348,28 @@ def test_wavelength_units_are_read_as_written(units, values, nm):
     from hsi_engine.io import _to_nm
 
     np.testing.assert_allclose(_to_nm(values, units), nm, rtol=1e-6)
+
+
+@pytest.mark.parametrize("save", ["netcdf", "zarr"])
+def test_a_geotiff_scene_saved_as_netcdf_or_zarr_reads_back_as_stored(tmp_path, save):
+    """GDAL's band scale (EnMAP stores reflectance x 10,000 with scale 0.0001) is not applied and is not kept
+    under the CF names: a NetCDF/zarr copy of the opened scene held the counts with ``scale_factor`` beside
+    them, which reading it decodes (x 0.0001), so the same pixels gave another map. Its source format is the
+    copy's own."""
+    from rasterio.transform import from_origin
+
+    cube = np.random.default_rng(3).integers(200, 10000, (5, 6, 7)).astype(np.int16)
+    path = tmp_path / "scaled.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=6, width=7, count=5, dtype="int16", crs="EPSG:32633",
+                       transform=from_origin(366000, 5810000, 30, 30)) as dst:
+        dst.write(cube)
+        dst.scales = (0.0001,) * 5
+        dst.offsets = (0.5,) * 5
+    scene = open_scene(path)
+    assert "scale_factor" not in scene.attrs and "add_offset" not in scene.attrs
+    assert scene.attrs["stored_scale_factor"] == 0.0001 and scene.attrs["stored_add_offset"] == 0.5
+    copy = tmp_path / f"copy.{'nc' if save == 'netcdf' else 'zarr'}"
+    scene.to_netcdf(copy) if save == "netcdf" else scene.to_zarr(copy)
+    back = open_scene(copy)
+    np.testing.assert_array_equal(back.values, cube)
+    assert back.attrs["source_format"] == save and back.rio.crs.to_epsg() == 32633

@@ -214,7 +214,7 @@ def test_what_a_bad_band_holds_does_not_change_the_map(tmp_path):
     with w.catch_warnings(record=True) as seen:
         w.simplefilter("always")
         hsi_engine.classify(more, model, progress=False)
-    assert any("flags bands [7] bad, but the model was trained with data in them" in str(x.message) for x in seen)
+    assert any("flags bands 7 (0-based) bad, but the model was trained with data in them" in str(x.message) for x in seen)
 
 
 def test_a_bad_band_with_data_and_no_nodata_is_0_in_training_as_in_the_engine(tmp_path):
