@@ -499,13 +499,19 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
                     raise DataError(f"{where}: the labels' grid {tuple(transform)[:6]} is not the scene's "
                                     f"{tuple(scene_transform)[:6]} and not on its pixels; warp the labels to the "
                                     f"scene's pixels (rio warp {path} out.tif --like {like})")
+                if not (window.row_off < f.height and window.row_off + shape[0] > 0 and
+                        window.col_off < f.width and window.col_off + shape[1] > 0):
+                    raise DataError(f"{where}: the labels do not overlap the scene: on the labels' grid the scene "
+                                    f"is rows {_span(window.row_off, shape[0])}, cols {_span(window.col_off, shape[1])}"
+                                    f", the labels rows 0..{f.height - 1}, cols 0..{f.width - 1}; give the label "
+                                    "raster that covers this scene")
             fill = f.nodata if f.nodata is not None else 0
+            height, width = f.height, f.width
             labels = f.read(1, window=window, boundless=window is not None, fill_value=fill)
             if f.nodata is not None:
                 labels = np.nan_to_num(labels, nan=0) if np.isnan(f.nodata) else np.where(labels == f.nodata, 0,
                                                                                           labels)
-            names = f.tags().get("class_names")
-            names = json.loads(names) if names else None
+            names = _tag_names(f.tags().get("class_names"), path)
             try:
                 cmap = f.colormap(1)
             except ValueError:  # no colour table
@@ -517,9 +523,34 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
     except rasterio.errors.RasterioIOError as e:
         raise DataError(f"{path} could not be read as a label raster ({e})") from None
     if window is not None:
-        log.info("%s: labels cut to the scene's window (rows %d.., cols %d..) of their grid", path,
-                 window.row_off, window.col_off)
+        log.info("%s: the scene is rows %s, cols %s of the labels' grid (%d x %d px)%s", path,
+                 _span(window.row_off, shape[0]), _span(window.col_off, shape[1]), width, height,
+                 "" if window.row_off >= 0 and window.col_off >= 0 and window.row_off + shape[0] <= height and
+                 window.col_off + shape[1] <= width else "; its pixels beyond the labels are unlabelled")
     return _check_labels(labels, shape, where), names, cmap
+
+
+def _span(start: int, size: int) -> str:
+    return f"{start}..{start + size - 1}"
+
+
+def _tag_names(text: str | None, path: Path) -> list[str] | None:
+    """Class names from a ``class_names`` tag: JSON, as hsi-engine's maps write it, or a Python list's repr, as
+    ``rio.to_raster`` writes a map's ``class_names`` attribute; anything else is ignored with a warning."""
+    if not text:
+        return None
+    import ast
+
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            names = parse(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
+            return list(names)
+    log.warning("%s: its class_names tag %r is not a list of names (expected JSON such as [\"water\", \"forest\"]); "
+                "ignored: give the names with --class-names A,B,... (class_names= in Python)", path, text[:80])
+    return None
 
 
 def _gdal_category_names(path: Path) -> list[str] | None:

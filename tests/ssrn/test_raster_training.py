@@ -327,3 +327,37 @@ def test_class_names_from_gdal_categories_beside_a_label_geotiff(tmp_path):
     assert sc.class_names == ["roof", "tree & shrub", "water"]
     assert load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif", class_names=["a", "b", "c"]).class_names \
         == ["a", "b", "c"]  # given names win
+
+
+def test_class_names_written_by_rio_to_raster_are_read(tmp_path, caplog):
+    """A map saved with ``labels.rio.to_raster`` (README's Python example) carries ``class_names`` as a Python
+    list's repr, not JSON: ``train --labels`` on it stopped with a JSONDecodeError traceback. Read either; a tag
+    that is neither is ignored with a warning naming ``--class-names``."""
+    import rioxarray  # noqa: F401
+    import xarray as xr
+
+    _write_scene(tmp_path / "s.tif")
+    names = ["roof", "tree's shade", "water"]
+    da = xr.DataArray(_labels(), dims=("y", "x"), attrs={"class_names": names})
+    da.rio.write_crs("EPSG:32633", inplace=True).rio.write_transform(T, inplace=True)
+    da.rio.to_raster(tmp_path / "map.tif")
+    with rasterio.open(tmp_path / "map.tif") as f:
+        assert f.tags()["class_names"].startswith("['roof'")  # what rioxarray writes
+    assert load_labelled_raster(tmp_path / "s.tif", tmp_path / "map.tif").class_names == names
+    _write_labels(tmp_path / "odd.tif", _labels(), colours=False)
+    with rasterio.open(tmp_path / "odd.tif", "r+") as f:
+        f.update_tags(class_names="roof; tree; water")
+    with caplog.at_level("WARNING", logger="ssrn.data"):
+        sc = load_labelled_raster(tmp_path / "s.tif", tmp_path / "odd.tif")
+    assert sc.class_names == ["class 1", "class 2", "class 3"]
+    assert "is not a list of names" in caplog.text and "--class-names" in caplog.text
+
+
+def test_a_label_raster_beside_the_scene_is_refused_as_not_overlapping(tmp_path):
+    """A label raster on the scene's grid that covers another area: named as such (it read as 'no labelled pixel
+    with data' after a log line of negative offsets)."""
+    _write_scene(tmp_path / "s.tif")
+    _write_labels(tmp_path / "l.tif", _labels(), transform=from_origin(366015.0 + 100 * 30, 5809965.0, 30, 30))
+    with pytest.raises(DataError, match=r"the labels do not overlap the scene: on the labels' grid the scene is "
+                                        r"rows 0\.\.19, cols -100\.\.-77, the labels rows 0\.\.19, cols 0\.\.23"):
+        load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
