@@ -266,9 +266,11 @@ def scene_georef(da: xr.DataArray, scene_path: Any = None) -> tuple[Any, Any, An
     control points of one georeferenced by them (not orthorectified: no transform, no y/x coordinates, where
     ``rio.transform()`` reads the identity); all None, with one warning, when the scene has no CRS."""
     if not _georeferenced(da):
-        warnings.warn(f"scene {scene_path if isinstance(scene_path, (str, os.PathLike)) else ''} has no "
-                      "georeferencing (no CRS): the class map is written in pixel coordinates; set one with "
-                      "da.rio.write_crs(...) to georeference it", stacklevel=user_stacklevel())
+        name = scene_path if isinstance(scene_path, (str, os.PathLike)) else da.encoding.get("source")
+        warnings.warn(f"scene {name if name else '(in memory)'} has no georeferencing (no CRS): the class map is "
+                      "written in pixel coordinates; set one with da.rio.write_crs(...) in Python, or write it into "
+                      "the scene file (e.g. gdal_edit.py -a_srs EPSG:32633 -a_ullr ... for a GeoTIFF)",
+                      stacklevel=user_stacklevel())
         return None, None, None
     gcps = scene_gcps(da)
     return (da.rio.crs, None, gcps) if gcps else (da.rio.crs, da.rio.transform(), None)

@@ -61,9 +61,9 @@ from .dask_client import _cuda_count, _gpu_resources, _parse_scheduler_address, 
 from .errors import ClusterUsageError, HSIEngineError, OutputError, WorkerLostError
 from .lock import output_lock
 from .logs import dropped
-from .resume import (OWNER_ATTR, ResumableZarrWriter, check_owner, discard_partial, finished_with, mark_tile,
-                     model_digest, partial_path, partial_tile, pinned_store, provenance, read_record,
-                     recorded_fingerprint, store_replaced)
+from .resume import (OWNER_ATTR, ResumableZarrWriter, check_owner, describe_differences, discard_partial,
+                     finished_with, mark_tile, model_digest, partial_path, partial_tile, pinned_store, provenance,
+                     read_record, recorded_fingerprint, store_replaced)
 from .tiles import Tile, TilePlan, default_tile, normalise_tile, plan_tiles
 
 log = logging.getLogger("hsi_engine.cluster")
@@ -534,6 +534,12 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
             log.info("%s is complete and was made with these settings: nothing to resume", out)
             return RunReport(path=out, tiles=len(plan), skipped=len(plan), computed=0, run=0, workers=0,
                              wall_s=time.perf_counter() - t_start, tile=side)
+    if resume and not overwrite and out.exists() and not partial_path(out).exists():
+        found = recorded_fingerprint(out)
+        if found is not None and found != own:
+            raise OutputError(f"{out} was made with different settings ({describe_differences(found, own, 'it')}); "
+                              "resume=True (--resume) continues only a run with the same settings: pass "
+                              "overwrite=True (--overwrite) to replace it, or choose another path")
     if suffix in _TIFF and not overwrite and prob is not None:
         for key in ("probabilities", "confidence"):
             p = side_paths(out)[key]

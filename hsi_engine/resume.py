@@ -113,6 +113,27 @@ def _differences(a: Any, b: Any, key: str = "") -> list[tuple[str, Any, Any]]:
     return [] if a == b else [(key, a, b)]
 
 
+def describe_differences(found: dict[str, Any] | None, own: dict[str, Any], first: str = "partial") -> str:
+    """What differs between a recorded fingerprint and this run's, for a message: ``tile: partial has 64, this
+    run 112 (...)``; a tile difference says how to give the recorded one (requested tiles are rounded up)."""
+    parts = []
+    diffs = _differences(found or {}, own)
+    if any(k == "scene.source" for k, _, _ in diffs):  # another scene: its files' stat says nothing more
+        diffs = [d for d in diffs if d[0] != "scene.stat"]
+    for k, a, b in diffs[:4]:
+        text = f"{k}: {first} has {_short(a)}, this run {_short(b)}"
+        if k == "scene.source" and b is None:
+            text = f"scene: {first} has {_short(a)}, this run an in-memory scene (never taken for a finished one)"
+        elif k == "scene.stat":  # [files, bytes, newest mtime_ns]
+            text = "the scene's files changed (size or modification time) since"
+        elif k == "model":
+            text = "another model (its weights or normalisation differ)"
+        elif k == "tile" and isinstance(a, int):
+            text += f" (a tile is rounded up to a multiple of 16 pixels; --tile {a} continues it)"
+        parts.append(text)
+    return "; ".join(parts)
+
+
 def _short(v: Any, n: int = 100) -> str:
     r = repr(v)
     return r if len(r) <= n else r[:n - 3] + "..."
@@ -233,8 +254,7 @@ class ResumableZarrWriter(ZarrClassMapWriter):
                               "remove it, or pass overwrite=True (--overwrite) without resume=True (--resume) to "
                               "start over") from None
         if found != self.fingerprint:
-            detail = "; ".join(f"{k}: partial has {_short(a)}, this run {_short(b)}"
-                               for k, a, b in _differences(found or {}, self.fingerprint)[:4])
+            detail = describe_differences(found, self.fingerprint)
             raise OutputError(f"{self.partial} was started with different settings ({detail}); resume with the "
                               "same scene, model, tile and options, or pass overwrite=True (--overwrite) without "
                               "resume=True (--resume) to start over")

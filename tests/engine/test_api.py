@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import dask.array
@@ -479,8 +480,14 @@ def _zarr_labels(path):
 def test_missing_georeferencing_warns(geo, tmp_path):
     cube = geo.make_cube(height=9, width=9)
     model = make_model(geo.BANDS, cube=cube)
-    with pytest.warns(UserWarning, match="no georeferencing"):
+    with pytest.warns(UserWarning, match=r"scene \(in memory\) has no georeferencing"):
         classify_to_file(cube, model, tmp_path / "m.zarr", progress=False)
+    # a scene opened from a file names it, however it was opened (--variable, --band-axis: scene_path is None)
+    path = tmp_path / "nogeo.nc"
+    xr.DataArray(cube, dims=("band", "y", "x"), name="cube_a").to_dataset().to_netcdf(path)
+    scene = hsi_engine.open_scene(path, variable="cube_a")
+    with pytest.warns(UserWarning, match=rf"scene {re.escape(str(path))} has no georeferencing"):
+        classify_to_file(scene, model, tmp_path / "n.zarr", progress=False)
 
 
 def test_bad_input_leaves_no_output(case, tmp_path):

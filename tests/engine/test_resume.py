@@ -127,8 +127,9 @@ def test_resume_with_other_settings_is_refused(case, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, readers=1, queue_depth=1)
     monkeypatch.undo()
-    with pytest.raises(OutputError, match="different settings.*tile"):
-        cluster.run_to_file(case["scene"], case["model"], out, tile=32, resume=True)
+    with pytest.raises(OutputError, match=rf"tile: partial has {TILE}, this run 48 \(a tile is rounded up to a "
+                                          rf"multiple of 16 pixels; --tile {TILE} continues it\)"):
+        cluster.run_to_file(case["scene"], case["model"], out, tile=33, resume=True)
     assert partial_path(out).is_dir()  # refusing does not destroy the work done
     rep = cluster.run_to_file(case["scene"], case["model"], out, tile=32, overwrite=True)  # start over
     assert rep.skipped == 0 and rep.run == 1
@@ -153,10 +154,12 @@ def test_resume_of_a_complete_output_does_nothing_with_the_same_settings(case, t
     assert rep.computed == 0 and rep.skipped == case["tiles"] and rep.tile == TILE
     assert main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == stamps
-    with pytest.raises(OutputError, match="already exists"):
+    with pytest.raises(OutputError, match=r"was made with different settings \(probabilities: it has 'float16', "
+                                          r"this run None\); resume=True \(--resume\) continues only"):
         cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)  # no probabilities now
     other = F.write_zarr(tmp_path / "other.zarr", F.ip_crop(64, 64, y0=0, x0=0))  # same shape, other pixels
-    with pytest.raises(OutputError, match="already exists"):
+    with pytest.raises(OutputError, match=r"different settings \(scene.source: it has '[^']*scene.zarr', this run "
+                                          r"'[^']*other.zarr'\);"):
         cluster.run_to_file(other, case["model"], out, resume=True, probabilities=True)
     for p in [other, *other.rglob("*")]:
         stamps[p] = p.stat().st_mtime_ns
@@ -206,9 +209,10 @@ def test_a_scene_rewritten_in_place_is_not_taken_for_the_finished_one(case, tmp_
     node = zarr.open(str(scene), mode="r+")
     arr = node if isinstance(node, zarr.Array) else next(a for _, a in node.arrays() if a.ndim == 3)
     arr[:, :4, :4] = 0
-    with pytest.raises(OutputError, match="already exists"):
+    with pytest.raises(OutputError, match=r"different settings \(the scene's files changed \(size or modification "
+                                          r"time\) since\)"):
         cluster.run_to_file(scene, case["model"], out, tile=TILE, resume=True)
     da = hsi_engine.open_scene(scene).load()
     da.encoding.pop("source", None)
-    with pytest.raises(OutputError, match="already exists"):
+    with pytest.raises(OutputError, match="this run an in-memory scene"):
         cluster.run_to_file(da, case["model"], out, tile=TILE, resume=True)
