@@ -215,12 +215,26 @@ class _Job:
         self.spatial_precision = spatial_precision
         self.backend = backend
         self.height, self.width, self.classes = height, width, m.config.classes
+        if log.isEnabledFor(logging.DEBUG):
+            tiles = self.plan.tiles
+            log.debug("scene %s: %d bands x %d x %d px, %s, chunks %s; model: %d classes, halo %d, %s",
+                      da.encoding.get("source", "(in memory)"), bands, height, width, da.dtype,
+                      None if chunks is None else (da.chunks[1][0], da.chunks[2][0]), self.classes, m.config.halo,
+                      "per-band normalisation" if self.mean is not None else "no normalisation (scene taken as is)")
+            log.debug("nodata: %s, looked for in %s; plan: %d tiles, up to %d x %d px (+%d px halo each side)",
+                      self.nodata, "every band" if self.nodata_bands is None else
+                      f"{len(self.nodata_bands)} of {bands} bands", len(tiles),
+                      max((t.y1 - t.y0 for t in tiles), default=0), max((t.x1 - t.x0 for t in tiles), default=0),
+                      m.config.halo)
 
     def engine(self):
         from .fused import FusedSSRN
 
-        return FusedSSRN(self.model, backend=self.backend, device=self.device, precision=self.precision,
-                         spatial_precision=self.spatial_precision)
+        engine = FusedSSRN(self.model, backend=self.backend, device=self.device, precision=self.precision,
+                           spatial_precision=self.spatial_precision)
+        log.debug("engine: %s backend (asked: %s) on %s, spectral stage in %s, spatial stage in %s", engine.backend,
+                  self.backend, engine.device, engine.precision, engine.spatial_precision)
+        return engine
 
     def run(self, sink: Any, *, probabilities: bool, progress: bool | None, queue_depth: int | None,
             readers: int | None, cache_blocks: int | None = None, decoders: int | None = None

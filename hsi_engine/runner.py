@@ -568,6 +568,8 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
         stats["nodata_px"] += lab.size - np.count_nonzero(lab)
         sink.write(tile.y0, tile.x0, lab, prob, conf)
         stats["write_s"] += time.perf_counter() - t0
+        log.debug("tile %d (rows %d:%d, cols %d:%d) written at %.2f s, %d nodata px", tile.index, tile.y0, tile.y1,
+                  tile.x0, tile.x1, time.perf_counter() - t_start, lab.size - np.count_nonzero(lab))
 
     depth = max(1, int(queue_depth))
     tiles = iter(plan.tiles)
@@ -638,6 +640,8 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     stats["tiles"] = len(plan)
     if stats["pixels"] and stats["nodata_px"] == stats["pixels"]:
         warn_all_nodata(nodata, nodata_bands)
+    log.debug("run: %s", ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                   for k, v in sorted(stats.items())))
     return dict(stats)
 
 

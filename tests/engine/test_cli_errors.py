@@ -190,8 +190,8 @@ def test_main_leaves_the_callers_warning_capture_as_it_was(scene, caller_capture
 
 
 def test_verbose_logs_are_this_projects_not_gdals(tmp_path, model_dir):
-    """``-v`` turns on hsi-engine's DEBUG lines only: rasterio echoes every GDAL message at DEBUG/INFO, which
-    drowned a run's log (hundreds of lines for a 32 x 32 tile)."""
+    """``-v`` (before or after the command) turns on hsi-engine's DEBUG lines only: rasterio echoes every GDAL
+    message at DEBUG/INFO, which drowned a run's log (hundreds of lines for a 32 x 32 tile)."""
     import subprocess
     import sys
 
@@ -205,13 +205,20 @@ def test_verbose_logs_are_this_projects_not_gdals(tmp_path, model_dir):
                        crs="EPSG:32633", transform=from_origin(366000, 5810000, 30, 30)) as dst:
         dst.write(cube.astype(np.float32))
     code = "import sys; from hsi_engine.cli import main; sys.exit(main())"
-    proc = subprocess.run([sys.executable, "-c", code, "-v", "classify", str(scene), "--model", str(model_dir),
-                           "--out", str(tmp_path / "map.tif")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code, "classify", str(scene), "--model", str(model_dir),
+                           "--out", str(tmp_path / "map.tif"), "-v"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stderr.splitlines()
     assert not [ln for ln in lines if "rasterio" in ln.split(":")[0]], "\n".join(lines[:20])
     # stderr is not a terminal here, as in a pipeline's log: each line carries its time
     assert any(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO hsi_engine", ln) for ln in lines), lines[:5]
+    # and -v says what the run decided and did, for troubleshooting (it added nothing before)
+    debug = [ln.split(" DEBUG ", 1)[1] for ln in lines if " DEBUG " in ln]
+    for want in (r"hsi_engine.api: scene \S+scene.tif: 24 bands x 24 x 24 px, float32",
+                 r"hsi_engine.api: nodata: None, looked for in every band; plan: 1 tiles",
+                 r"hsi_engine.api: engine: eager backend \(asked: auto\) on cpu, spectral stage in float32",
+                 r"hsi_engine.runner: tile 0 \(rows 0:24, cols 0:24\) written", r"hsi_engine.runner: run: .*wall_s"):
+        assert any(re.match(want, d) for d in debug), (want, debug)
 
 
 def test_a_model_without_normalisation_on_raw_integers_is_an_error_on_the_command_line(tmp_path, capsys):
