@@ -378,6 +378,13 @@ def _engine_cell(desc: str, mpix: float | None) -> str:
     return PENDING_GPU if "triton" in desc else "pending"
 
 
+def _pct(tflops: float, peak: float | None) -> str:
+    """``tflops`` as a percentage of a measured peak; n/a where it exceeds it (then the peak is no peak)."""
+    if not peak:
+        return ""
+    return f"{100 * tflops / peak:.1f}%" if tflops <= peak else "n/a"
+
+
 def render(head: list[str], peaks: dict[str, float], stage_rows: list, layer_rows: list, engine_rows: list,
            kernel_rows: list | None = None, spatial_rows: list | None = None, profile: dict | None = None) -> str:
     """The Markdown report from whatever rows exist so far (it is rewritten after every row)."""
@@ -393,8 +400,12 @@ def render(head: list[str], peaks: dict[str, float], stage_rows: list, layer_row
         if t is None:
             lines.append(f"| {label} | {dtn} | {note} | | | | |")
         else:
-            pct = f"{100 * tf / peak['bfloat16']:.1f}% / {100 * tf / peak[dtn]:.1f}%" if dtn in peak else ""
+            pct = f"{_pct(tf, peak.get('bfloat16'))} / {_pct(tf, peak[dtn])}" if dtn in peak else ""
             lines.append(f"| {label} | {dtn} | {t[0]:.3f} [{t[1]:.3f}, {t[2]:.3f}] | {tf:.4f} | {pct} | {mp:.3f} | {note} |")
+    if any("n/a" in ln for ln in lines):
+        lines += ["", "n/a: the formulation ran faster than the matmul measured as that dtype's peak, so that matmul "
+                  "is no peak on this device (a CPU without bfloat16 matrix units; one matmul size that is not the "
+                  "CPU's best)"]
     lines += ["", "## Per layer", "", "| layer | formulation | dtype | ms (median [p20, p80]) | TFLOP/s |",
               "|---|---|---|---|---|"]
     for layer, label, dtn, t, tf in layer_rows:
