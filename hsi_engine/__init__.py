@@ -22,10 +22,18 @@ _WHERE = {
     "Tile": "tiles", "TilePlan": "tiles", "plan_tiles": "tiles",
     "FusedSSRN": "fused", "fold_spectral": "fused", "fold_spatial": "fused", "patch_forward": "fused",
 }
-__all__ = sorted([*_WHERE, "HSIAccessor"])
+_SUBMODULES = frozenset({"accessor", "allocator", "api", "blocks", "cli", "cluster", "dask_client", "demo", "errors",
+                         "fused", "integrity", "io", "lock", "logs", "normalise", "render", "resume", "runner",
+                         "tiles", "writers"})
+__all__ = ["BandMismatchError", "CheckpointError", "CorruptChunkError", "FusedSSRN", "HSIAccessor", "HSIEngineError",
+           "MissingSpatialDimsError", "NonFiniteInputError", "OutputError", "SceneError", "SceneTooSmallError", "Tile",
+           "TilePlan", "UnnormalisedInputWarning", "as_scene", "classify", "classify_to_file", "fold_spatial",
+           "fold_spectral", "load_model", "open_scene", "patch_forward", "plan_tiles", "reuse_large_buffers"]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:  # ``hsi_engine.api`` without importing it first, as before the names were lazy
+        return importlib.import_module(f".{name}", __name__)
     if name not in _WHERE:
         raise AttributeError(f"module 'hsi_engine' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
@@ -34,7 +42,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+    return sorted(set(globals()) | set(_WHERE) | _SUBMODULES)
 
 
 if TYPE_CHECKING:

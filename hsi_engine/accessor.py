@@ -1,9 +1,11 @@
-"""The ``.hsi`` xarray accessor, registered with ``import hsi_engine``; it loads the engine on first use."""
+"""The ``.hsi`` xarray accessor, registered with ``import hsi_engine`` (as is rioxarray's ``.rio``, which the
+engine's messages tell users to call); it loads the engine on first use."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 
 

@@ -203,6 +203,8 @@ class _Job:
                           "`hsi-engine train`, or `import-keras --dataset NAME`), or normalise the scene first",
                           UnnormalisedInputWarning, stacklevel=user_stacklevel())
         self.nodata = nodata if nodata is not None else _declared_nodata(da)
+        if self.nodata is not None:  # a numpy scalar compares as a strong type in numpy, as a Python float in
+            self.nodata = float(self.nodata)  # torch: the CPU and CUDA masks differed
         self.nodata_bands = _tested_bands(da, model_bad, bands, trained_stats=self.mean is not None)
         from .integrity import check_store
 
@@ -216,16 +218,12 @@ class _Job:
         self.backend = backend
         self.height, self.width, self.classes = height, width, m.config.classes
         if log.isEnabledFor(logging.DEBUG):
-            tiles = self.plan.tiles
             log.debug("scene %s: %d bands x %d x %d px, %s, chunks %s; model: %d classes, halo %d, %s",
                       da.encoding.get("source", "(in memory)"), bands, height, width, da.dtype,
                       None if chunks is None else (da.chunks[1][0], da.chunks[2][0]), self.classes, m.config.halo,
                       "per-band normalisation" if self.mean is not None else "no normalisation (scene taken as is)")
-            log.debug("nodata: %s, looked for in %s; plan: %d tiles, up to %d x %d px (+%d px halo each side)",
-                      self.nodata, "every band" if self.nodata_bands is None else
-                      f"{len(self.nodata_bands)} of {bands} bands", len(tiles),
-                      max((t.y1 - t.y0 for t in tiles), default=0), max((t.x1 - t.x0 for t in tiles), default=0),
-                      m.config.halo)
+            log.debug("nodata: %s, looked for in %s", self.nodata, "every band" if self.nodata_bands is None else
+                      f"{len(self.nodata_bands)} of {bands} bands")
 
     def engine(self):
         from .fused import FusedSSRN
@@ -240,7 +238,9 @@ class _Job:
             readers: int | None, cache_blocks: int | None = None, decoders: int | None = None
             ) -> dict[str, float]:
         from .runner import run_plan
+        from .tiles import describe_plan
 
+        log.debug("plan: %s", describe_plan(self.plan))
         return run_plan(self.da, self.plan, self.engine(), sink, mean=self.mean, std=self.std,
                         nodata=self.nodata, probabilities=probabilities, queue_depth=queue_depth,
                         readers=readers, progress=progress, cache_blocks=cache_blocks, decoders=decoders,

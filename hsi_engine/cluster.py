@@ -64,7 +64,7 @@ from .logs import dropped
 from .resume import (OWNER_ATTR, ResumableZarrWriter, check_owner, describe_differences, discard_partial,
                      finished_with, mark_tile, model_digest, partial_path, partial_tile, pinned_store, provenance,
                      read_record, recorded_fingerprint, store_replaced)
-from .tiles import Tile, TilePlan, default_tile, normalise_tile, plan_tiles
+from .tiles import Tile, TilePlan, default_tile, describe_plan, normalise_tile, plan_tiles
 
 log = logging.getLogger("hsi_engine.cluster")
 
@@ -504,6 +504,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     halo = job.model.config.halo
     chunks = (da.chunks[1], da.chunks[2]) if da.chunks is not None else None
     plan: TilePlan = plan_tiles(job.height, job.width, side, halo, chunks=chunks)
+    log.debug("plan: %s", describe_plan(plan))
     grid = (math.ceil(job.height / side), math.ceil(job.width / side))
 
     prob = "float16" if probabilities is True else (None if probabilities in (False, None) else probabilities)

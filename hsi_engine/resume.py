@@ -116,8 +116,10 @@ def _differences(a: Any, b: Any, key: str = "") -> list[tuple[str, Any, Any]]:
 def describe_differences(found: dict[str, Any] | None, own: dict[str, Any], first: str = "partial") -> str:
     """What differs between a recorded fingerprint and this run's, for a message: ``tile: partial has 64, this
     run 112 (...)``; a tile difference says how to give the recorded one (requested tiles are rounded up)."""
+    if not found:
+        return f"{first} records no settings: a run that did not ask for resuming made it"
     parts = []
-    diffs = _differences(found or {}, own)
+    diffs = _differences(found, own)
     if any(k == "scene.source" for k, _, _ in diffs):  # another scene: its files' stat says nothing more
         diffs = [d for d in diffs if d[0] != "scene.stat"]
     for k, a, b in diffs[:4]:

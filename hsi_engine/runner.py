@@ -565,11 +565,12 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
         prob = prob.numpy() if prob is not None else None
         conf = conf.numpy() if conf is not None else None
         lab, prob, conf = mask_nodata(lab, prob, conf, mask)
-        stats["nodata_px"] += lab.size - np.count_nonzero(lab)
+        nodata_px = lab.size - np.count_nonzero(lab)
+        stats["nodata_px"] += nodata_px
         sink.write(tile.y0, tile.x0, lab, prob, conf)
         stats["write_s"] += time.perf_counter() - t0
         log.debug("tile %d (rows %d:%d, cols %d:%d) written at %.2f s, %d nodata px", tile.index, tile.y0, tile.y1,
-                  tile.x0, tile.x1, time.perf_counter() - t_start, lab.size - np.count_nonzero(lab))
+                  tile.x0, tile.x1, time.perf_counter() - t_start, nodata_px)
 
     depth = max(1, int(queue_depth))
     tiles = iter(plan.tiles)

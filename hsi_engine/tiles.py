@@ -137,4 +137,11 @@ def default_tile(device_type: str, bands: int) -> int:
     return 128 if bands <= 256 else 64
 
 
-__all__ = ["Tile", "TilePlan", "default_tile", "make_tile", "normalise_tile", "plan_tiles"]
+def describe_plan(plan: TilePlan) -> str:
+    """``4 tiles, up to 128 x 128 px (+3 px halo each side)``: a plan in a log line."""
+    tiles = plan.tiles
+    return (f"{len(tiles)} tiles, up to {max((t.y1 - t.y0 for t in tiles), default=0)} x "
+            f"{max((t.x1 - t.x0 for t in tiles), default=0)} px (+{plan.halo} px halo each side)")
+
+
+__all__ = ["Tile", "TilePlan", "default_tile", "describe_plan", "make_tile", "normalise_tile", "plan_tiles"]

@@ -18,10 +18,15 @@ _WHERE = {
     "classification_report": "metrics",
     "Trainer": "train", "run_training": "train",
 }
-__all__ = sorted(_WHERE)
+_SUBMODULES = frozenset({"checkpoint", "config", "data", "devices", "errors", "keras", "metrics", "model", "train"})
+__all__ = ["CheckpointError", "DataError", "KerasImportError", "PRESETS", "PatchDataset", "SSRN", "SSRNConfig",
+           "Trainer", "classification_report", "count_parameters", "import_keras_to_dir", "load_dataset",
+           "load_keras", "load_model", "run_training", "save_model", "standardize"]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:  # ``ssrn.data`` without importing it first, as before the names were lazy
+        return importlib.import_module(f".{name}", __name__)
     if name not in _WHERE:
         raise AttributeError(f"module 'ssrn' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
@@ -30,7 +35,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+    return sorted(set(globals()) | set(_WHERE) | _SUBMODULES)
 
 
 if TYPE_CHECKING:

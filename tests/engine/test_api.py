@@ -664,3 +664,22 @@ def test_a_saved_window_of_a_gcp_scene_keeps_its_place_and_its_map_reprojects(ca
     assert "source_row" not in labels.coords
     ortho = labels.rio.reproject("EPSG:32633", resampling=Resampling.nearest)
     assert ortho.rio.transform().a == pytest.approx(30.0, rel=0.2) and ortho.rio.crs.to_epsg() == 32633
+
+
+@pytest.mark.parametrize("package", ["hsi_engine", "ssrn"])
+def test_the_lazy_packages_give_every_public_name_and_submodule(package):
+    """``import hsi_engine`` / ``import ssrn`` load names on first use: each of ``__all__`` resolves, and each
+    submodule is an attribute (``hsi_engine.api``, ``ssrn.data``) as when the packages imported everything."""
+    import importlib
+    from pathlib import Path
+
+    pkg = importlib.import_module(package)
+    files = {p.stem for p in Path(pkg.__file__).parent.glob("*.py")} - {"__init__"}
+    assert pkg._SUBMODULES == files  # a new module is reachable too
+    for name in pkg.__all__:
+        assert getattr(pkg, name) is not None
+    for name in files:
+        assert getattr(pkg, name).__name__ == f"{package}.{name}"
+    assert set(pkg.__all__) <= set(dir(pkg))
+    with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
+        pkg.nothing_here

@@ -215,7 +215,8 @@ def test_verbose_logs_are_this_projects_not_gdals(tmp_path, model_dir):
     # and -v says what the run decided and did, for troubleshooting (it added nothing before)
     debug = [ln.split(" DEBUG ", 1)[1] for ln in lines if " DEBUG " in ln]
     for want in (r"hsi_engine.api: scene \S+scene.tif: 24 bands x 24 x 24 px, float32",
-                 r"hsi_engine.api: nodata: None, looked for in every band; plan: 1 tiles",
+                 r"hsi_engine.api: nodata: None, looked for in every band$",
+                 r"hsi_engine.api: plan: 1 tiles, up to 24 x 24 px \(\+3 px halo each side\)",
                  r"hsi_engine.api: engine: eager backend \(asked: auto\) on cpu, spectral stage in float32",
                  r"hsi_engine.runner: tile 0 \(rows 0:24, cols 0:24\) written", r"hsi_engine.runner: run: .*wall_s"):
         assert any(re.match(want, d) for d in debug), (want, debug)
@@ -449,7 +450,8 @@ def test_the_command_answers_without_importing_torch():
     import sys
 
     code = ("import sys, xarray, numpy; import hsi_engine.cli, hsi_engine, ssrn; "
-            "assert hasattr(xarray.DataArray(numpy.zeros(1)), 'hsi'); print(sorted(m for m in sys.modules "
+            "assert hasattr(xarray.DataArray(numpy.zeros(1)), 'hsi') and hasattr(xarray.DataArray(numpy.zeros(1)), 'rio'); "
+            "print(sorted(m for m in sys.modules "
             "if m.split('.')[0] in ('torch', 'triton', 'numba', 'distributed', 'zarr')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -172,10 +172,15 @@ def test_resume_of_a_complete_output_does_nothing_with_the_same_settings(case, t
             assert f.tags()["model_digest"] and f.tags()["software"].startswith("hsi-engine")
 
 
-def test_api_resume_routes_here(case, tmp_path):
-    out = hsi_engine.classify_to_file(case["scene"], case["model"], tmp_path / "m.zarr", tile=TILE, resume=True)
+def test_api_resume_routes_here(case, tmp_path, caplog):
+    """classify_to_file(resume=True) runs here; its debug log names this path's plan (the API's placeholder
+    one-tile plan was logged before)."""
+    with caplog.at_level("DEBUG", logger="hsi_engine"):
+        out = hsi_engine.classify_to_file(case["scene"], case["model"], tmp_path / "m.zarr", tile=TILE, resume=True)
     np.testing.assert_array_equal(F.read_classes(out), case["ref"])
     assert (read_record(out) == 1).all()
+    plans = [r.getMessage() for r in caplog.records if r.getMessage().startswith("plan: ")]
+    assert plans == [f"plan: {case['tiles']} tiles, up to {TILE} x {TILE} px (+3 px halo each side)"], plans
 
 
 def test_plain_zarr_run_is_resumable_without_asking(case, tmp_path, monkeypatch):
