@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_demo, _add_train, _add_classify, _add_info, _add_import_keras):
         add(sub)
     for p in sub.choices.values():  # `hsi-engine classify ... -v` too (SUPPRESS: the top-level one stays)
-        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+        p.add_argument("-v", dest="verbose", action="store_true", default=argparse.SUPPRESS,  # (no --verbose: it
+                       help="debug logging")  # would make --v, a prefix of --variable, ambiguous)
     return parser
 
 

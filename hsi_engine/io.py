@@ -18,8 +18,8 @@ GeoTIFF/ENVI blocks grouped to about 256 pixels a side, all bands in one chunk).
 transposed lazily. Values are those stored, except CF-packed NetCDF/zarr variables (``scale_factor`` /
 ``add_offset``), which are decoded as ``xarray.open_dataset`` decodes them (their fill becomes NaN); GDAL's
 scale/offset of a GeoTIFF or ENVI file are not applied, as in ``rioxarray.open_rasterio``'s default, and are kept
-as ``attrs["stored_scale_factor"]`` / ``["stored_add_offset"]`` (not the CF names, which would make a NetCDF or
-zarr copy of the scene read back scaled). The CRS and transform travel in the
+per band in ``encoding["scales"]`` / ``["offsets"]`` (not as CF attributes, which would make a NetCDF or zarr
+copy of the scene read back scaled; ``rio.to_raster`` writes them back). The CRS and transform travel in the
 ``spatial_ref`` coordinate (``da.rio.crs``, ``da.rio.transform()``), band-centre wavelengths in nm in a
 ``wavelength`` coordinate on ``band``, and the source's nodata value in ``attrs["_FillValue"]``
 (``da.rio.nodata``).
@@ -295,16 +295,20 @@ def _open_geotiff(path: Path, chunks) -> xr.DataArray:
     return _finish(_stored_scale_attrs(da), path, "geotiff", wavelengths=wl, chunks=chunks, bbl=_gdal_bbl(tags))
 
 
-STORED_SCALE = {"scale_factor": "stored_scale_factor", "add_offset": "stored_add_offset"}
-
-
 def _stored_scale_attrs(da: xr.DataArray) -> xr.DataArray:
-    """GDAL's band scale/offset (EnMAP: 0.0001), not applied, under names that do not declare CF packing:
-    rioxarray puts them in ``scale_factor``/``add_offset``, so ``to_netcdf``/``to_zarr`` of the stored counts wrote
-    a file whose reader decodes them (x 0.0001): the same pixels gave another map (6 % agreement)."""
-    for cf, ours in STORED_SCALE.items():
-        if cf in da.attrs:
-            da.attrs[ours] = da.attrs.pop(cf)
+    """GDAL's band scales/offsets (EnMAP: 0.0001), not applied, moved from rioxarray's CF-named attrs
+    (``scale_factor``/``add_offset``, or ``scales``/``offsets`` when bands differ) to ``encoding["scales"]`` /
+    ``["offsets"]``: with the CF names, ``to_netcdf``/``to_zarr`` of the stored counts wrote a file whose reader
+    decodes them (x 0.0001), so the same pixels gave another map; ``rio.to_raster`` writes the band scales back
+    from the encoding."""
+    n = da.sizes["band"]
+    for one, per_band in (("scale_factor", "scales"), ("add_offset", "offsets")):
+        values = da.attrs.pop(per_band, None)
+        single = da.attrs.pop(one, None)
+        if values is None and single is not None:
+            values = (single,) * n
+        if values is not None:
+            da.encoding[per_band] = tuple(float(v) for v in values)
     return da
 
 

@@ -366,10 +366,18 @@ def test_a_geotiff_scene_saved_as_netcdf_or_zarr_reads_back_as_stored(tmp_path, 
         dst.scales = (0.0001,) * 5
         dst.offsets = (0.5,) * 5
     scene = open_scene(path)
-    assert "scale_factor" not in scene.attrs and "add_offset" not in scene.attrs
-    assert scene.attrs["stored_scale_factor"] == 0.0001 and scene.attrs["stored_add_offset"] == 0.5
+    assert not {"scale_factor", "add_offset", "scales", "offsets"} & set(scene.attrs)
+    assert scene.encoding["scales"] == (0.0001,) * 5 and scene.encoding["offsets"] == (0.5,) * 5
     copy = tmp_path / f"copy.{'nc' if save == 'netcdf' else 'zarr'}"
     scene.to_netcdf(copy) if save == "netcdf" else scene.to_zarr(copy)
     back = open_scene(copy)
     np.testing.assert_array_equal(back.values, cube)
     assert back.attrs["source_format"] == save and back.rio.crs.to_epsg() == 32633
+    # a GeoTIFF copy (a crop) keeps GDAL's band scales, and reads back the same
+    scene.isel(x=slice(0, 4)).rio.to_raster(tmp_path / "crop.tif")
+    with rasterio.open(tmp_path / "crop.tif") as f:
+        assert f.scales == (0.0001,) * 5 and f.offsets == (0.5,) * 5
+        assert not {"scale_factor", "scales", "stored_scale_factor"} & set(f.tags())
+    crop = open_scene(tmp_path / "crop.tif")
+    np.testing.assert_array_equal(crop.values, cube[:, :, :4])
+    assert crop.encoding["scales"] == (0.0001,) * 5
