@@ -669,8 +669,12 @@ def _scene_identity(scene_path: Any, da: Any, crs: Any, transform: Any, gcps: An
     """Which scene a run classified, for its fingerprint: the resolved path, the size and newest modification
     time of its files (every file of a zarr store, an ENVI header and its data), and where it lies, so neither an
     interrupted nor a finished run is taken for another scene, or the same one rewritten in place. ``source``
-    stays None for an in-memory scene (then a finished output is never taken as done)."""
+    stays None for an in-memory scene and for a window of an opened file (then a finished output is never taken
+    as done: two same-shape windows of an ungeoreferenced file had the same identity)."""
     src = scene_path if isinstance(scene_path, (str, os.PathLike)) else getattr(da, "encoding", {}).get("source")
+    if src is not None and not isinstance(scene_path, (str, os.PathLike)) and \
+            tuple(da.encoding.get("source_shape", ())) != tuple(da.shape):
+        src = None  # a window of the file (isel keeps its encoding): not the file, so never taken as done
     ident: dict[str, Any] = {"source": None}
     if src and Path(src).exists():
         p = Path(src).resolve()

@@ -254,6 +254,7 @@ def _finish(da: xr.DataArray, path: Path, fmt: str, *, wavelengths=None, nodata=
         da = da.assign_coords({SOURCE_ROW: ("y", np.arange(da.sizes["y"])),
                                SOURCE_COL: ("x", np.arange(da.sizes["x"]))})
     da.encoding["source"] = str(path)
+    da.encoding["source_shape"] = tuple(int(n) for n in da.shape)  # a crop (isel keeps the encoding) is not the file
     da.attrs["source_format"] = fmt  # (a NetCDF saved from a GeoTIFF scene carries the GeoTIFF's: not this file's)
     return da
 

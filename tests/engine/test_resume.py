@@ -221,3 +221,20 @@ def test_a_scene_rewritten_in_place_is_not_taken_for_the_finished_one(case, tmp_
     da.encoding.pop("source", None)
     with pytest.raises(OutputError, match="this run an in-memory scene"):
         cluster.run_to_file(da, case["model"], out, tile=TILE, resume=True)
+
+
+def test_a_window_of_an_opened_file_is_not_taken_for_another_finished_window(tmp_path):
+    """Two same-shape windows of an ungeoreferenced file (``isel`` keeps the file in ``encoding``): the second,
+    resumed into the first's finished output, was reported complete and the output kept the first window's map.
+    A window counts as an in-memory scene, never taken as done: refused; the whole opened file is still recognised."""
+    from hsi_engine.demo import SHIPPED_MODEL, SHIPPED_SCENE
+
+    da = hsi_engine.open_scene(SHIPPED_SCENE)
+    a, b = da.isel(y=slice(0, 12), x=slice(0, 12)), da.isel(y=slice(100, 112), x=slice(100, 112))
+    out = tmp_path / "crop.zarr"
+    hsi_engine.classify_to_file(a, SHIPPED_MODEL, out, progress=False)
+    with pytest.raises(OutputError, match="already exists"):
+        hsi_engine.classify_to_file(b, SHIPPED_MODEL, out, resume=True, progress=False)
+    full = hsi_engine.open_scene(SHIPPED_SCENE)
+    assert cluster._scene_identity(None, full, None, None, None)["source"] == str(Path(SHIPPED_SCENE).resolve())
+    assert cluster._scene_identity(None, b, None, None, None)["source"] is None
