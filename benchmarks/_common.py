@@ -28,10 +28,21 @@ def cpu_report_head(title: str, script: str, argv: list[str] | None, device=None
     cmd = f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
     cuda = device is not None and torch.device(device).type == "cuda"
     where = (f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}" if cuda
-             else f"{cpu_name()}, torch threads {torch.get_num_threads()}")
+             else f"{cpu_name()}, torch threads {torch.get_num_threads()}, {cpu_isa()}")
     return [f"# {title}", "", f"- date: {dt.datetime.now().isoformat(timespec='seconds')}", f"- device: {where}",
             f"- versions: python {platform.python_version()}, torch {torch.__version__}",
             f"- command: `{cmd.strip()}`"]
+
+
+def cpu_isa() -> str:
+    """What decides the CPU's low-precision speed: torch's vector ISA and whether oneDNN has bf16 here (a CPU
+    without it runs bf16 several times slower than float32)."""
+    import torch
+
+    from kernels.spectral import _onednn_bf16
+
+    return (f"ISA {torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 "
+            f"{'yes' if _onednn_bf16() else 'no'}")
 
 
 def bench_device(name: str):

@@ -347,10 +347,18 @@ class FusedSSRN:
                         fp32_products, self.backend, self.device)
         self._compiled_once = False
         win = self.patch - 2
-        if self.device.type == "cpu" and precision == "float16" and not _cpu_has_amx_fp16():
-            log.warning("precision='float16' on a CPU without AMX-FP16 units runs slower than float32 (0.6x on a "
-                        "Xeon with AMX-BF16, benchmarks/results/spatial-precision-cpu.md): use 'bfloat16' for speed "
-                        "on such CPUs, or 'float32'")
+        if self.device.type == "cpu" and precision != "float32":
+            from kernels.spectral import _onednn_bf16
+
+            if not _onednn_bf16():  # an AVX2-only CPU: oneDNN has neither bf16 nor fp16 convolutions here
+                log.warning("precision=%r on this CPU (no bfloat16/float16 support in oneDNN: no AVX-512 or AMX) "
+                            "runs several times slower than float32 (bfloat16 0.15x on a 2-core AMD EPYC with AVX2, "
+                            "benchmarks/results/demo-precision-cpu-avx2.md): use 'float32', exact and faster here",
+                            precision)
+            elif precision == "float16" and not _cpu_has_amx_fp16():
+                log.warning("precision='float16' on a CPU without AMX-FP16 units runs slower than float32 (0.6x on "
+                            "a Xeon with AMX-BF16, benchmarks/results/spatial-precision-cpu.md): use 'bfloat16' for "
+                            "speed on such CPUs, or 'float32'")
         if spatial_precision == "auto":
             spatial_precision = _auto_spatial_precision(self.device.type, precision, cpu_bf16)
         self.spatial_precision = spatial_precision

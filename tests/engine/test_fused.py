@@ -371,3 +371,28 @@ def test_gpu_chunk_pixels_is_the_least_whole_number_of_waves_past_65536(sms):
         return sum(math.ceil(math.ceil(min(chunk, pixels - i) / 64) / 132) for i in range(0, pixels, chunk))
     if sms == 132:
         assert (waves(65536), waves(c)) == (33, 32)
+
+
+@pytest.mark.parametrize("onednn_bf16", [False, True])
+def test_low_precision_on_a_cpu_without_onednn_bf16_says_float32_is_faster(monkeypatch, caplog, onednn_bf16):
+    """On an AVX2-only CPU oneDNN has no bf16/fp16 convolutions: the bf16 demo ran at 0.15x float32's pixels/s
+    (benchmarks/results/demo-precision-cpu-avx2.md) without a word, and the float16 warning recommended bf16.
+    One warning names float32 there; where oneDNN has bf16, bf16 runs without one."""
+    from kernels import spectral
+
+    monkeypatch.setattr(spectral, "_onednn_bf16", lambda: onednn_bf16)
+    model = random_model(21, 4)
+    for precision in ("bfloat16", "float16"):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="hsi_engine.fused"):
+            FusedSSRN(model, device="cpu", precision=precision)
+        said = [r.getMessage() for r in caplog.records]
+        if not onednn_bf16:
+            assert len(said) == 1 and f"precision={precision!r} on this CPU" in said[0], said
+            assert "use 'float32', exact and faster here" in said[0]
+        elif precision == "bfloat16":
+            assert said == []
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hsi_engine.fused"):
+        FusedSSRN(model, device="cpu", precision="float32")
+    assert not caplog.records
