@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fetch the wheels a lent GPU machine lacks (Python 3.12 there; no zarr, dask, rioxarray, rasterio, pyproj)
+# Fetch the wheels a lent GPU machine lacks (Python 3.12 there; no zarr, dask, rioxarray, rasterio, pyproj,
+# lazy_loader)
 # into .whl/ (git-ignored through .git/info/exclude), small enough to travel with the working tree (64 MiB
 # limit together with the repository): the three largest are repacked with LZMA, which pip installs as is.
 #
@@ -13,7 +14,7 @@ PY=${PYTHON:-python3}
   --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
   zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 dask==2026.8.0 partd==1.4.2 \
   locket==1.0.0 rioxarray==0.19.0 rasterio==1.4.4 pyproj==3.7.2 affine==3.0.1 cligj==0.7.2 \
-  click-plugins==1.1.1.2
+  click-plugins==1.1.1.2 lazy_loader==0.6
 "$PY" - .whl/rasterio-*.whl .whl/pyproj-*.whl .whl/numcodecs-*.whl <<'EOF'
 import os
 import sys
