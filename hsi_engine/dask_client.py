@@ -355,12 +355,18 @@ def connect(*, workers: int | None = None, scheduler: Any = None, gpu: bool | No
         return
     with contextlib.ExitStack() as stack:  # closed in reverse: the client, the cluster, then the log levels
         stack.enter_context(_quiet_distributed_logs())
-        with _signals_held() as held:  # a cluster interrupted mid-start printed tracebacks at exit
-            cluster = make_local_cluster(workers, gpu=gpu)
-            stack.callback(cluster.close)
-            client = Client(cluster)
-            stack.callback(client.close)
-            stack.callback(_close_workers, cluster)
+        held: list[int] = []
+        try:
+            with _signals_held() as held:  # a cluster interrupted mid-start printed tracebacks at exit
+                cluster = make_local_cluster(workers, gpu=gpu)
+                stack.callback(cluster.close)
+                client = Client(cluster)
+                stack.callback(client.close)
+                stack.callback(_close_workers, cluster)
+        except Exception:
+            if held:  # a terminal's Ctrl-C reaches the starting workers too, and they die of it: the start failed
+                signal.raise_signal(held[0])  # because the user stopped the run, which is what to say (not 'could
+            raise  # not start a local dask cluster', exit 2)
         if held:
             signal.raise_signal(held[0])  # now, to the handler it was meant for (Ctrl-C, the CLI's SIGTERM)
         yield client

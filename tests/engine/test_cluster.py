@@ -472,10 +472,13 @@ _START_SIGNAL_SCRIPT = """
 import os, signal, sys, threading
 import distributed
 real = distributed.LocalCluster.__init__
-delay = float(sys.argv[5])
+delay, mode = float(sys.argv[5]), sys.argv[6]
 
 def init(self, *a, **k):
-    threading.Timer(delay, os.kill, (os.getpid(), signal.SIGTERM)).start()  # mid-start
+    if mode == "group":  # a terminal's Ctrl-C: SIGINT to the process group, starting workers included
+        threading.Timer(delay, os.killpg, (os.getpgid(0), signal.SIGINT)).start()
+    else:
+        threading.Timer(delay, os.kill, (os.getpid(), signal.SIGTERM)).start()  # mid-start
     real(self, *a, **k)
 
 distributed.LocalCluster.__init__ = init
@@ -495,12 +498,30 @@ def test_a_sigterm_while_the_local_cluster_starts_stops_the_run_cleanly(case, tm
 
     out = tmp_path / "m.tif"
     proc = subprocess.run([sys.executable, "-c", _START_SIGNAL_SCRIPT, str(case["scene"]), str(case["model"]),
-                           str(out), "1", "0.3"], capture_output=True, text=True, timeout=240,
+                           str(out), "1", "0.3", "process"], capture_output=True, text=True, timeout=240,
                           cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 130, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == "hsi-engine classify: interrupted", proc.stderr[-3000:]
     for noise in ("Traceback", "Exception ignored", "Task exception", "Nanny failed"):
         assert noise not in proc.stderr, proc.stderr[-3000:]
+    assert not out.exists() and not partial_path(out).exists()
+
+
+def test_a_terminal_ctrl_c_while_the_local_cluster_starts_is_an_interruption(case, tmp_path):
+    """A terminal's Ctrl-C goes to the whole process group: the starting worker processes died of it (before
+    they ignore SIGINT), the start failed, and the run said 'error: could not start a local dask cluster ...
+    Nanny failed to start worker process' (exit 2) after the user had stopped it. It is an interruption (130);
+    the workers' own tracebacks, printed by those processes, are left."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.tif"
+    proc = subprocess.run([sys.executable, "-c", _START_SIGNAL_SCRIPT, str(case["scene"]), str(case["model"]),
+                           str(out), "2", "0.5", "group"], capture_output=True, text=True, timeout=240,
+                          cwd=Path(__file__).resolve().parents[2], start_new_session=True)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == "hsi-engine classify: interrupted", proc.stderr[-3000:]
+    assert "could not start a local dask cluster" not in proc.stderr
     assert not out.exists() and not partial_path(out).exists()
 
 
