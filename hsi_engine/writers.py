@@ -663,7 +663,9 @@ class ZarrClassMapWriter(ClassMapWriter):
         ds["classes"].attrs.update(
             long_name="class", nodata=0, flag_values=list(range(1, self.n_classes + 1)),
             flag_meanings=" ".join(n.replace(" ", "_") for n in self.class_names),
-            class_names=list(self.class_names), palette=[list(c) for c in self.palette])
+            class_names=list(self.class_names), palette=[int(v) for c in self.palette for v in c[:3]])
+        # (flat R, G, B, ...: a nested list became a 2-D NetCDF attribute that GDAL cannot open, as the in-memory
+        # map's attrs have it)
         ds["classes"].encoding.update(fill_value=0, chunks=(b, b))
         if self.probabilities is not None:
             ds = ds.assign_coords({"class": np.arange(1, self.n_classes + 1)})

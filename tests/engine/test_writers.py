@@ -163,6 +163,14 @@ def test_zarr_round_trip(tmp_path, geo, labels, probs):
     assert ds["classes"].attrs["class_names"] == NAMES
     assert ds["classes"].attrs["nodata"] == 0 and ds["classes"].rio.nodata == 0
     assert ds.attrs["complete"] is True
+    # the palette is flat, as the in-memory map's: the classes variable writes to NetCDF and GDAL opens it (a
+    # nested palette became a 2-D attribute: 'NetCDF: Can't open HDF5 attribute', or a crash)
+    assert ds["classes"].attrs["palette"] == [v for rgb in PALETTE for v in rgb]
+    ds["classes"].to_netcdf(tmp_path / "classes.nc")
+    import rasterio
+
+    with rasterio.open(f"netcdf:{tmp_path / 'classes.nc'}:classes") as f:
+        np.testing.assert_array_equal(f.read(1)[::-1] if f.transform.e > 0 else f.read(1), labels)
 
 
 def test_zarr_coords_passed_through(tmp_path, geo, labels):
