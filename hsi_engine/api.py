@@ -287,7 +287,27 @@ def scene_georef(da: xr.DataArray, scene_path: Any = None) -> tuple[Any, Any, An
                       stacklevel=user_stacklevel())
         return None, None, None
     gcps = scene_gcps(da)
-    return (da.rio.crs, None, gcps) if gcps else (da.rio.crs, da.rio.transform(), None)
+    return (da.rio.crs, None, gcps) if gcps else (da.rio.crs, _grid_transform(da, scene_path), None)
+
+
+def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
+    """The scene's transform: the stored one (rioxarray's ``GeoTransform``, which keeps a rotation), unless its
+    x/y coordinates say otherwise: a NetCDF flipped with ``isel(y=slice(None, None, -1))`` kept its north-up
+    GeoTransform while its y ran upwards, and the map was written flipped and a scene's height off the ground."""
+    stored = da.rio.transform()
+    if stored.b or stored.d or not all(d in da.coords and da[d].ndim == 1 and da[d].size > 1 for d in ("x", "y")):
+        return stored  # rotated (coordinates are pixel indices then), or no 1-D coordinates to check against
+    try:
+        from_coords = da.rio.transform(recalc=True)
+    except Exception:  # noqa: BLE001 - irregular coordinates: the stored transform is all there is
+        return stored
+    if from_coords.almost_equals(stored, precision=1e-6 * max(abs(stored.a), abs(stored.e), 1e-12)):
+        return stored
+    name = scene_path if isinstance(scene_path, (str, os.PathLike)) else da.encoding.get("source") or "(in memory)"
+    warnings.warn(f"scene {name}: its stored transform {tuple(stored)[:6]} disagrees with its x/y coordinates, which "
+                  f"give {tuple(from_coords)[:6]} (a GeoTransform attribute left stale by flipping or cutting the "
+                  "array?): the map is placed by the coordinates", stacklevel=user_stacklevel())
+    return from_coords
 
 
 # ----------------------------------------------------------------------------------------------

@@ -683,3 +683,27 @@ def test_the_lazy_packages_give_every_public_name_and_submodule(package):
     assert set(pkg.__all__) <= set(dir(pkg))
     with pytest.raises(AttributeError, match="nothing_here"):
         pkg.nothing_here
+
+
+def test_a_stale_geotransform_is_overruled_by_the_coordinates(tmp_path, geo):
+    """A scene flipped with ``isel(y=slice(None, None, -1))`` keeps a north-up GeoTransform while its y runs
+    upwards: the map was written with that transform, flipped and off the ground. The coordinates place it, with
+    a warning; a consistent scene (north-up, or south-up with its own transform) gives no warning."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    cube = geo.make_cube(height=12, width=10)
+    model = make_model(geo.BANDS, cube=cube)
+    da = xr.DataArray(cube, dims=("band", "y", "x")).assign_coords(
+        y=366000 - 30 * (np.arange(12) + 0.5), x=500000 + 30 * (np.arange(10) + 0.5))
+    da = da.rio.write_crs("EPSG:32633").rio.write_transform(from_origin(500000, 366000, 30, 30))
+    flipped = da.isel(y=slice(None, None, -1))
+    with pytest.warns(UserWarning, match="disagrees with its x/y coordinates"):
+        classify_to_file(flipped, model, tmp_path / "flipped.tif", progress=False)
+    with rasterio.open(tmp_path / "flipped.tif") as f:
+        assert tuple(f.transform)[:6] == pytest.approx((30, 0, 500000, 0, 30, 366000 - 12 * 30))
+    consistent = flipped.rio.write_transform(flipped.rio.transform(recalc=True))
+    for scene, name in ((da, "north.tif"), (consistent, "south.tif")):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*disagrees with its x/y")
+            classify_to_file(scene, model, tmp_path / name, progress=False)
