@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -366,7 +367,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Scene:
     if k > len(spec.class_names):
         raise DataError(f"{source}: labels go up to {k} but {spec.name} has {len(spec.class_names)} classes")
     wl = da.coords["wavelength"].values.tolist() if "wavelength" in da.coords else None
-    return Scene(spec.name, da, labels, list(spec.class_names), [list(c) for c in spec.palette], wl, source, spec)
+    labels, bands = _empty_bands_out(da, labels, source)
+    return Scene(spec.name, da, labels, list(spec.class_names), [list(c) for c in spec.palette], wl, source, spec,
+                 nodata_bands=bands)
 
 
 def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray, list[float] | None, Any]:
@@ -437,7 +440,31 @@ def _load_path(p: Path) -> Scene:
     rng = np.random.default_rng(0)
     palette = rng.integers(0, 256, size=(k, 3)).tolist()
     wl = da.coords["wavelength"].values.tolist() if "wavelength" in da.coords else None
-    return Scene(p.stem, da, labels, names, palette, wl, str(p), None)
+    labels, bands = _empty_bands_out(da, labels, str(p))
+    return Scene(p.stem, da, labels, names, palette, wl, str(p), None, nodata_bands=bands)
+
+
+def _empty_bands_out(da: Any, labels: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A float cube's bands without a finite value (water-absorption bands set to NaN) are its bad bands, as a
+    raster scene's without data are: left out of the nodata test and read as 0, so the scene is not all nodata
+    (every pixel trained as a zero spectrum, OA 0.01, exit 0). Labelled pixels with NaN in a good band are
+    unlabelled, as the engine masks them. Returns ``(labels, the good bands or None)``."""
+    raw = np.asarray(da.values)
+    if raw.dtype.kind != "f" or np.isfinite(raw).all():
+        return labels, None
+    empty = _bands_without_data(raw, None)
+    if empty.size == raw.shape[0]:
+        raise DataError(f"{where}: no band holds a finite value; expected a cube with data")
+    good = np.setdiff1d(np.arange(raw.shape[0]), empty) if empty.size else None
+    if empty.size:
+        log.info("%s: bands %s hold no finite value: read as bad bands (0 once normalised), as the engine reads "
+                 "them", where, empty.tolist())
+    bad = _nodata_pixels(raw, None, good)
+    if (bad & (labels > 0)).any():
+        log.info("%s: %d labelled pixels hold NaN or inf in a band with data: left unlabelled, as the engine masks "
+                 "them", where, int((bad & (labels > 0)).sum()))
+        labels = np.where(bad, 0, labels)
+    return labels, good
 
 
 # --------------------------------------------------------------------------------------------------
@@ -684,7 +711,8 @@ def _standardize_valid(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray
         return standardize(raw)  # the seed's datasets: the statistics exactly as before
     from hsi_engine.normalise import normalise_into
 
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # 'Mean of empty slice' for a band without data: 0 below
         valid = raw[:, ~bad].astype(np.float64)
         valid[~np.isfinite(valid)] = np.nan  # inf in a bad band, like NaN, is no data for its statistics
         mean, std = np.nanmean(valid, axis=1), np.nanstd(valid, axis=1)

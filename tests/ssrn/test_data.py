@@ -317,3 +317,30 @@ def test_explicit_data_dir_must_exist(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         D.load_dataset("indian_pines", tmp_path / "afile")
+
+
+def test_a_band_of_nan_in_an_array_scene_is_a_bad_band_not_every_pixel_nodata(tmp_path):
+    """Water-absorption bands set to NaN in a .npz/.mat scene made every pixel nodata: each was trained as a zero
+    spectrum (OA 0.01, exit 0). Such a band is a bad band now (left out of the test, 0 once normalised, recorded
+    for the engine), as a raster scene's band without data is; a labelled pixel with NaN in a good band is
+    unlabelled, as the engine masks it."""
+    from ssrn.data import load_dataset, standardize_scene
+
+    rng = np.random.default_rng(0)
+    cube = rng.normal(100, 10, (9, 8, 8)).astype(np.float32)
+    cube[5] = np.nan
+    cube[2, 3, 3] = np.nan
+    labels = np.zeros((8, 8), int)
+    labels[:4] = 1
+    labels[4:] = 2
+    np.savez(tmp_path / "s.npz", cube=cube, labels=labels)
+    sc = load_dataset(str(tmp_path / "s.npz"))
+    assert sc.nodata_bands.tolist() == [0, 1, 2, 3, 4, 6, 7, 8]
+    assert sc.labels[3, 3] == 0 and (sc.labels > 0).sum() == 63
+    normed, mean, std = standardize_scene(sc)
+    assert np.isfinite(normed).all() and (normed[5] == 0).all() and np.isfinite(mean).all()
+    assert abs(mean[0] - 100) < 5 and np.count_nonzero(normed[0]) == 63  # the NaN pixel's spectrum is 0
+    cube[:] = np.nan
+    np.savez(tmp_path / "none.npz", cube=cube, labels=labels)
+    with pytest.raises(DataError, match="no band holds a finite value"):
+        load_dataset(str(tmp_path / "none.npz"))
