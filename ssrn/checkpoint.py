@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -275,4 +276,10 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                                   f"{tuple(v.shape)}")
     model.load_state_dict(tensors)
     model.meta = doc.get("meta") or {}
+    report = model.meta.get("report") or {}
+    if isinstance(report, dict) and report.get("status") == "training":
+        warnings.warn(f"{path} holds a training run's progress save (epoch {report.get('epochs_run', '?')} of "
+                      f"{report.get('epochs', '?')}; the run was stopped or is still going), not its final model: "
+                      "its accuracy is not the report's; finish the training (rerun it with --overwrite)",
+                      stacklevel=2)
     return model.to(map_location).eval()

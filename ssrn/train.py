@@ -4,6 +4,7 @@ loss kept), with options (AdamW, cosine schedule, early stopping, AMP on CUDA, d
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import platform
@@ -420,6 +421,9 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
                    "parameters": count_parameters(model), "versions": _versions(), "command": command}
     last_save = [time.monotonic()]
     written = [False]
+    keep = overwrite and _finished_model(out)  # an --overwrite run keeps the old model until it has a new one
+    if keep:
+        log.info("%s holds a finished model: progress is not saved over it; it is replaced when this run ends", out)
 
     def save(m: SSRN, meta_: dict[str, Any]) -> None:
         """Write ``out``; once this run has written it, later saves replace its own model directory."""
@@ -427,7 +431,7 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
         written[0] = True
 
     def on_improve(m: SSRN, res: TrainResult) -> None:
-        if time.monotonic() - last_save[0] < save_progress_every_s:
+        if keep or time.monotonic() - last_save[0] < save_progress_every_s:
             return
         last_save[0] = time.monotonic()
         rep = {**base_report, "status": "training", "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
@@ -464,3 +468,16 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
     log.info("%s: OA %.4f  AA %.4f  kappa %.4f  (%d epochs, best %d, train %.0fs, test %.1fs) -> %s", scene.name,
              rep["oa"], rep["aa"], rep["kappa"], res.epochs_run, res.best_epoch, res.train_time_s, test_time, out)
     return report
+
+
+def _finished_model(out: Any) -> bool:
+    """Whether ``out`` holds a model whose training finished (not a progress save), which a Ctrl-C after a
+    progress save over it would have lost."""
+    try:
+        doc = json.loads((Path(out) / "model.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(doc, dict) or "config" not in doc:
+        return False
+    report = (doc.get("meta") or {}).get("report")
+    return not (isinstance(report, dict) and report.get("status") == "training")

@@ -246,6 +246,27 @@ def test_progress_saves_replace_the_runs_own_output_and_amp_records_what_ran(cro
     assert ssrn.load_model(out).meta["report"]["status"] == "done"
     with pytest.raises(ssrn.CheckpointError, match="existing model directory; pass --overwrite"):
         run_training(str(path), out, **common)
-    rep2 = run_training(str(path), out, overwrite=True, seed=1, **common)
+    # --overwrite over a finished model saves no progress over it (a Ctrl-C after a progress save had left a
+    # half-trained model in place of the good one), and still replaces it at the end
+    caplog.clear()
+    with caplog.at_level("INFO", logger="ssrn.train"):
+        rep2 = run_training(str(path), out, overwrite=True, seed=1, **common)
+    assert not any("saved progress" in r.getMessage() for r in caplog.records)
+    assert any("progress is not saved over it" in r.getMessage() for r in caplog.records)
     assert ssrn.load_model(out).meta["report"]["seed"] == 1 and rep2["status"] == "done"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_a_progress_save_loads_with_a_warning(crop, tmp_path):
+    """A model directory holding a progress save (a stopped run's) classified without a word: it says so."""
+    import json
+
+    path, _, _ = crop
+    out = tmp_path / "m"
+    run_training(str(path), out, epochs=1, batch_size=16, per_class=4, val_fraction=0.05, device="cpu", patch=5,
+                 variant="spc")
+    doc = json.loads((out / "model.json").read_text())
+    doc["meta"]["report"].update(status="training", epochs_run=3, epochs=200)
+    (out / "model.json").write_text(json.dumps(doc))
+    with pytest.warns(UserWarning, match=r"holds a training run's progress save \(epoch 3 of 200"):
+        ssrn.load_model(out)
