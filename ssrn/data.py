@@ -406,6 +406,10 @@ def _load_path(p: Path) -> Scene:
         raise FileNotFoundError(f"scene file {p} not found")
     suf = p.suffix.lower()
     names = None
+    if suf not in (".npz", ".h5", ".hdf5", ".mat"):  # a scene without its labels inside or beside it
+        raise DataError(f"{p} holds no labels ({suf or 'no suffix'}: a scene only): give its label raster with "
+                        "--labels RASTER (labels= in Python); .mat (with a _gt.mat beside it), .npz and .h5 scenes "
+                        "carry their own")
     if suf == ".npz":
         cube, labels, wl, names = _read_npz(p)
         da = _to_dataarray(np.moveaxis(cube, 0, -1), wl, p.stem)
@@ -424,11 +428,13 @@ def _load_path(p: Path) -> Scene:
             raise DataError(f"{p}: 'cube' has shape {cube.shape}; expected a 3-D (band, y, x) array")
         da = _to_dataarray(np.moveaxis(cube, 0, -1), wl, p.stem)
     else:
-        cands = [p.with_name(p.stem + "_gt.mat"), p.with_name(p.stem.replace("_corrected", "") + "_gt.mat"),
-                 p.parent / "gic_gt" / (p.stem.replace("_corrected", "") + "_gt.mat")]
+        cands = list(dict.fromkeys([p.with_name(p.stem + "_gt.mat"),
+                                    p.with_name(p.stem.replace("_corrected", "") + "_gt.mat"),
+                                    p.parent / "gic_gt" / (p.stem.replace("_corrected", "") + "_gt.mat")]))
         gt = next((c for c in cands if c.is_file()), None)
         if gt is None:
-            raise FileNotFoundError(f"no ground truth for {p}: looked for {[str(c) for c in cands]}")
+            raise FileNotFoundError(f"no ground truth for {p}: looked for {[str(c) for c in cands]}; or give a "
+                                    "label raster with --labels RASTER")
         da, labels = load_scene(p, gt)
     labels = _check_labels(labels, da.shape[1:], str(p))
     k = int(labels.max())

@@ -344,3 +344,14 @@ def test_a_band_of_nan_in_an_array_scene_is_a_bad_band_not_every_pixel_nodata(tm
     np.savez(tmp_path / "none.npz", cube=cube, labels=labels)
     with pytest.raises(DataError, match="no band holds a finite value"):
         load_dataset(str(tmp_path / "none.npz"))
+
+
+@pytest.mark.parametrize("name", ["crop.tif", "scene.hdr", "cube.npy"])
+def test_a_scene_without_labels_asks_for_them(tmp_path, name):
+    """``--dataset crop.tif`` without ``--labels`` said 'crop.tif is not a readable MATLAB file (Mat 4 mopt wrong
+    format...)' or listed _gt.mat names: a scene format that carries no labels asks for --labels."""
+    from ssrn.data import load_dataset
+
+    (tmp_path / name).write_bytes(b"\0" * 64)
+    with pytest.raises(DataError, match=r"holds no labels .*give its label raster with --labels RASTER"):
+        load_dataset(str(tmp_path / name))
