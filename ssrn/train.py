@@ -389,8 +389,13 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
     test_ds = PatchDataset(normed, scene.labels, sp.test, patch)
     counts = sp.counts(scene.labels, scene.n_classes)
     absent = [scene.class_names[i] for i, c in enumerate(counts["train"]) if c == 0]
+    untested = [scene.class_names[i] for i in range(k)
+                if counts["test"][i] == 0 and counts["train"][i] + counts["val"][i] > 0]
+    if untested:  # its few pixels all went to training: AA and per-class accuracy leave it out
+        log.warning("%s: classes %s have no test pixel (all their pixels are in training or validation): AA "
+                    "averages the other classes and reports no accuracy for them", scene.name, untested)
     split_desc = {**sp.description, "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(test_ds),
-                  "classes_absent_from_train": absent}
+                  "classes_absent_from_train": absent, "classes_absent_from_test": untested}
     split_desc.pop("block_assignment", None)
     log.info("%s: scene %s from %s; split %s; %d parameters; device %s", scene.name, scene.shape, scene.source,
              split_desc, count_parameters(model), dev)

@@ -270,3 +270,19 @@ def test_a_progress_save_loads_with_a_warning(crop, tmp_path):
     (out / "model.json").write_text(json.dumps(doc))
     with pytest.warns(UserWarning, match=r"holds a training run's progress save \(epoch 3 of 200"):
         ssrn.load_model(out)
+
+
+def test_a_class_without_test_pixels_is_named(tmp_path, caplog):
+    """A class of one pixel under per_class went wholly to training: AA averaged the other classes without a
+    word. It is named in a warning and in the report's split."""
+    rng = np.random.default_rng(0)
+    labels = np.zeros((12, 12), int)
+    labels[:6] = 1
+    labels[6:] = 2
+    labels[0, 0] = 3
+    np.savez(tmp_path / "s.npz", cube=rng.normal(size=(12, 12, 12)).astype(np.float32), labels=labels)
+    with caplog.at_level("WARNING", logger="ssrn.train"):
+        rep = run_training(str(tmp_path / "s.npz"), tmp_path / "m", epochs=1, batch_size=16, per_class=5,
+                           val_fraction=0.0, device="cpu", patch=5, variant="spc")
+    assert rep["split"]["classes_absent_from_test"] == ["class 3"]
+    assert any("classes ['class 3'] have no test pixel" in r.getMessage() for r in caplog.records)
