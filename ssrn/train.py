@@ -4,7 +4,6 @@ loss kept), with options (AdamW, cosine schedule, early stopping, AMP on CUDA, d
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import platform
@@ -478,11 +477,11 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
 def _finished_model(out: Any) -> bool:
     """Whether ``out`` holds a model whose training finished (not a progress save), which a Ctrl-C after a
     progress save over it would have lost."""
+    from .checkpoint import CheckpointError, read_model_json
+
     try:
-        doc = json.loads((Path(out) / "model.json").read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(doc, dict) or "config" not in doc:
+        doc = read_model_json(out)
+    except (CheckpointError, OSError):
         return False
     report = (doc.get("meta") or {}).get("report")
     return not (isinstance(report, dict) and report.get("status") == "training")
