@@ -151,8 +151,11 @@ def test_fused_rejects_bad_tiles():
 
 
 def test_float16_on_a_cpu_without_amx_fp16_warns_it_is_slow(caplog, monkeypatch):
+    """On a CPU whose oneDNN has bf16 (AVX-512 / AMX; the AVX2 case has its own test below)."""
     from hsi_engine import fused
+    from kernels import spectral
 
+    monkeypatch.setattr(spectral, "_onednn_bf16", lambda: True)
     for amx_fp16, warned in ((False, True), (True, False)):
         monkeypatch.setattr(fused, "_cpu_has_amx_fp16", lambda v=amx_fp16: v)
         caplog.clear()
