@@ -458,19 +458,28 @@ def _empty_bands_out(da: Any, labels: np.ndarray, where: str) -> tuple[np.ndarra
     raw = np.asarray(da.values)
     if raw.dtype.kind != "f" or np.isfinite(raw).all():
         return labels, None
-    empty = _bands_without_data(raw, None)
-    if empty.size == raw.shape[0]:
+    if not np.isfinite(raw).any(axis=tuple(range(1, raw.ndim))).any():
         raise DataError(f"{where}: no band holds a finite value; expected a cube with data")
-    good = np.setdiff1d(np.arange(raw.shape[0]), empty) if empty.size else None
-    if empty.size:
+    unlabelled, good, bad = _unlabel_nodata(raw, labels, None, None)
+    if good is not None:
         log.info("%s: bands %s hold no finite value: read as bad bands (0 once normalised), as the engine reads "
-                 "them", where, empty.tolist())
-    bad = _nodata_pixels(raw, None, good)
+                 "them", where, np.setdiff1d(np.arange(raw.shape[0]), good).tolist())
     if (bad & (labels > 0)).any():
         log.info("%s: %d labelled pixels hold NaN or inf in a band with data: left unlabelled, as the engine masks "
                  "them", where, int((bad & (labels > 0)).sum()))
-        labels = np.where(bad, 0, labels)
-    return labels, good
+    return unlabelled, good
+
+
+def _unlabel_nodata(raw: np.ndarray, labels: np.ndarray, nodata: float | None, nodata_bands: np.ndarray | None
+                    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """The engine's mask on a training scene: without a bbl (``nodata_bands`` None), bands with no data in any
+    pixel are the bad ones; the pixels the mask takes lose their labels. ``(labels, nodata_bands, bad)``."""
+    if nodata_bands is None:
+        empty = _bands_without_data(raw, nodata)
+        if 0 < empty.size < raw.shape[0]:
+            nodata_bands = np.setdiff1d(np.arange(raw.shape[0]), empty)
+    bad = _nodata_pixels(raw, nodata, nodata_bands)
+    return np.where(bad, 0, labels), nodata_bands, bad
 
 
 # --------------------------------------------------------------------------------------------------
@@ -644,12 +653,7 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
                                              like)
     nodata, nodata_bands = _declared_nodata(da), _nodata_bands(da)
     raw = np.asarray(da.values)
-    if nodata_bands is None:  # no bbl (a mosaic loses band metadata): bands without any data are the bad ones
-        empty = _bands_without_data(raw, nodata)
-        if 0 < empty.size < raw.shape[0]:
-            nodata_bands = np.setdiff1d(np.arange(raw.shape[0]), empty)
-    bad = _nodata_pixels(raw, nodata, nodata_bands)
-    labels = np.where(bad, 0, labels)
+    labels, nodata_bands, bad = _unlabel_nodata(raw, labels, nodata, nodata_bands)  # (no bbl: a mosaic lost it)
     k = int(labels.max())
     if k == 0:
         raise DataError(f"{where}: no labelled pixel with data (labels 1..K on pixels that are not nodata); found "
