@@ -219,7 +219,7 @@ class _Job:
         self.height, self.width, self.classes = height, width, m.config.classes
         if log.isEnabledFor(logging.DEBUG):
             log.debug("scene %s: %d bands x %d x %d px, %s, chunks %s; model: %d classes, halo %d, %s",
-                      da.encoding.get("source", "(in memory)"), bands, height, width, da.dtype,
+                      _scene_name(da), bands, height, width, da.dtype,
                       None if chunks is None else (da.chunks[1][0], da.chunks[2][0]), self.classes, m.config.halo,
                       "per-band normalisation" if self.mean is not None else "no normalisation (scene taken as is)")
             log.debug("nodata: %s, looked for in %s", self.nodata, "every band" if self.nodata_bands is None else
@@ -280,14 +280,19 @@ def scene_georef(da: xr.DataArray, scene_path: Any = None) -> tuple[Any, Any, An
     control points of one georeferenced by them (not orthorectified: no transform, no y/x coordinates, where
     ``rio.transform()`` reads the identity); all None, with one warning, when the scene has no CRS."""
     if not _georeferenced(da):
-        name = scene_path if isinstance(scene_path, (str, os.PathLike)) else da.encoding.get("source")
-        warnings.warn(f"scene {name if name else '(in memory)'} has no georeferencing (no CRS): the class map is "
+        warnings.warn(f"scene {_scene_name(da, scene_path)} has no georeferencing (no CRS): the class map is "
                       "written in pixel coordinates; set one with da.rio.write_crs(...) in Python, or write it into "
                       "the scene file (e.g. gdal_edit.py -a_srs EPSG:32633 -a_ullr ... for a GeoTIFF)",
                       stacklevel=user_stacklevel())
         return None, None, None
     gcps = scene_gcps(da)
     return (da.rio.crs, None, gcps) if gcps else (da.rio.crs, _grid_transform(da, scene_path), None)
+
+
+def _scene_name(da: xr.DataArray, scene_path: Any = None) -> str:
+    """The scene as messages name it: the path given, else the file it was opened from, else ``(in memory)``."""
+    name = scene_path if isinstance(scene_path, (str, os.PathLike)) else da.encoding.get("source")
+    return str(name) if name else "(in memory)"
 
 
 def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
@@ -303,8 +308,7 @@ def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
         return stored
     if from_coords.almost_equals(stored, precision=1e-6 * max(abs(stored.a), abs(stored.e), 1e-12)):
         return stored
-    name = scene_path if isinstance(scene_path, (str, os.PathLike)) else da.encoding.get("source") or "(in memory)"
-    warnings.warn(f"scene {name}: its stored transform {tuple(stored)[:6]} disagrees with its x/y coordinates, which "
+    warnings.warn(f"scene {_scene_name(da, scene_path)}: its stored transform {tuple(stored)[:6]} disagrees with its x/y coordinates, which "
                   f"give {tuple(from_coords)[:6]} (a GeoTransform attribute left stale by flipping or cutting the "
                   "array?): the map is placed by the coordinates", stacklevel=user_stacklevel())
     return from_coords
