@@ -293,10 +293,10 @@ def _open_geotiff(path: Path, chunks) -> xr.DataArray:
         da = da.drop_vars([c for c in ("wavelength", "fwhm") if c in da.coords])
     if nodata is not None:
         da = da.rio.write_nodata(nodata, encoded=False)
-    return _finish(_stored_scale_attrs(da), path, "geotiff", wavelengths=wl, chunks=chunks, bbl=_gdal_bbl(tags))
+    return _finish(_scales_to_encoding(da), path, "geotiff", wavelengths=wl, chunks=chunks, bbl=_gdal_bbl(tags))
 
 
-def _stored_scale_attrs(da: xr.DataArray) -> xr.DataArray:
+def _scales_to_encoding(da: xr.DataArray) -> xr.DataArray:
     """GDAL's band scales/offsets (EnMAP: 0.0001), not applied, moved from rioxarray's CF-named attrs
     (``scale_factor``/``add_offset``, or ``scales``/``offsets`` when bands differ) to ``encoding["scales"]`` /
     ``["offsets"]``: with the CF names, ``to_netcdf``/``to_zarr`` of the stored counts wrote a file whose reader
