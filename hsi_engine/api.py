@@ -150,8 +150,9 @@ def _tested_bands(da: xr.DataArray, model_bad: list[int], bands: int, trained_st
         flagged = sorted(set(range(bands)) - set(good.tolist() if good is not None else range(bands)))
         extra = sorted(set(flagged) - set(model_bad))
         if extra:
+            theirs = f"its bad bands: {_band_list(model_bad)}" if model_bad else "it has no bad bands"
             warnings.warn(f"the scene's bbl flags bands {_band_list(extra)} (0-based) bad, but the model was "
-                          f"trained with data in them ({'its bad bands: ' + _band_list(model_bad) if model_bad else 'it has no bad bands'}): "
+                          f"trained with data in them ({theirs}): "
                           "their nodata and NaN values reach the network as the band's mean, the others as they are; "
                           "the map may differ from one of the scene without those gaps",
                           stacklevel=user_stacklevel())
@@ -308,9 +309,9 @@ def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
         return stored
     if from_coords.almost_equals(stored, precision=1e-6 * max(abs(stored.a), abs(stored.e), 1e-12)):
         return stored
-    warnings.warn(f"scene {_scene_name(da, scene_path)}: its stored transform {tuple(stored)[:6]} disagrees with its x/y coordinates, which "
-                  f"give {tuple(from_coords)[:6]} (a GeoTransform attribute left stale by flipping or cutting the "
-                  "array?): the map is placed by the coordinates", stacklevel=user_stacklevel())
+    warnings.warn(f"scene {_scene_name(da, scene_path)}: its stored transform {tuple(stored)[:6]} disagrees with "
+                  f"its x/y coordinates, which give {tuple(from_coords)[:6]} (a GeoTransform attribute left stale by "
+                  "flipping or cutting the array?): the map is placed by the coordinates", stacklevel=user_stacklevel())
     return from_coords
 
 
