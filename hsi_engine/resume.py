@@ -18,8 +18,8 @@ resume, ...) only AFTER its labels (and probabilities) are written, and zarr's l
 chunk atomically (temp file + rename), so a process killed at any point never marks an unwritten tile. The
 output arrays are chunked exactly like the tiles (tile side = chunk side), so each tile is one chunk
 (region writes, no read-modify-write across tiles). The marker values double as a count: after a resumed run,
-``(tiles_done == k).sum()`` is the number of tiles run ``k`` computed. The group attrs hold the run history
-(``resume_runs``) and a fingerprint of scene shape/dtype, model weights, tile plan and output options;
+``(tiles_done == k).sum()`` is the number of tiles run ``k`` computed. The group attrs hold, as JSON strings (so
+the finished store converts to NetCDF), the run history (``resume_runs``) and a fingerprint of scene shape/dtype, model weights, tile plan and output options;
 resuming with different settings is refused. ``run_token`` names the run that owns the store now (each run sets
 it at its start): a cluster task checks it before writing and before marking its tile (:func:`check_owner`).
 
@@ -55,7 +55,7 @@ from .errors import OutputError
 from .writers import _TIFF, ZarrClassMapWriter, check_replaceable, remove_tree, zarr_root_attributes
 
 __all__ = ["PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "check_owner", "discard_partial",
-           "finished_with", "model_digest", "partial_path", "partial_tile", "pinned_store", "provenance", "read_record",
+           "finished_with", "json_attr", "model_digest", "partial_path", "partial_tile", "pinned_store", "provenance", "read_record",
            "store_replaced",
            "recorded_fingerprint"]
 
@@ -167,6 +167,18 @@ def provenance(digest: str, precision: str, spatial_precision: str) -> dict[str,
             "spatial_precision": spatial_precision}
 
 
+def json_attr(attrs: dict[str, Any], key: str) -> Any:
+    """A JSON-valued store attribute (held as a JSON string, so ``xr.open_dataset(map.zarr).to_netcdf()`` works;
+    stores written before that hold the object itself); None when absent or unreadable."""
+    value = attrs.get(key)
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value
+
+
 def recorded_fingerprint(path: str | os.PathLike) -> dict[str, Any] | None:
     """The run fingerprint a resumable output recorded: a zarr store's root attribute, a GeoTIFF's tag."""
     p = Path(path)
@@ -179,7 +191,7 @@ def recorded_fingerprint(path: str | os.PathLike) -> dict[str, Any] | None:
         except (OSError, ValueError, rasterio.errors.RasterioError):
             return None
     else:
-        found = zarr_root_attributes(p).get(FINGERPRINT_ATTR)
+        found = json_attr(zarr_root_attributes(p), FINGERPRINT_ATTR)
     return found if isinstance(found, dict) else None
 
 
@@ -187,7 +199,7 @@ def finished_with(out: str | os.PathLike, fingerprint: dict[str, Any], sides: li
     """Whether ``out`` is a complete output this run's settings (``fingerprint``) made, with its ``sides``
     files: a resumed run then has nothing to do (a retried pipeline task must not fail on its own output)."""
     p = Path(out)
-    if p.suffix.lower() == ".zarr" and zarr_root_attributes(p).get("complete") is not True:
+    if p.suffix.lower() == ".zarr" and zarr_root_attributes(p).get("complete") != 1:
         return False
     found = recorded_fingerprint(p)
     return found is not None and found == json.loads(json.dumps(fingerprint)) and all(s.exists() for s in sides)
@@ -249,7 +261,7 @@ class ResumableZarrWriter(ZarrClassMapWriter):
 
         try:
             g = zarr.open_group(str(self.partial), mode="r")
-            found = dict(g.attrs).get(FINGERPRINT_ATTR)
+            found = json_attr(dict(g.attrs), FINGERPRINT_ATTR)
             zarr.open_array(str(self.partial), path=RECORD, mode="r")
         except Exception as e:  # noqa: BLE001 - not a store we wrote
             raise OutputError(f"{self.partial} is not a resumable hsi-engine output ({type(e).__name__}: {e}); "
@@ -281,9 +293,9 @@ class ResumableZarrWriter(ZarrClassMapWriter):
         self._temps.append(staging)
         try:
             super()._create()
-            self._group.attrs[FINGERPRINT_ATTR] = self.fingerprint
-            self._group.attrs[RUNS_ATTR] = []
-            self._group.attrs["partial"] = True
+            self._group.attrs[FINGERPRINT_ATTR] = json.dumps(self.fingerprint, sort_keys=True)
+            self._group.attrs[RUNS_ATTR] = "[]"
+            self._group.attrs["partial"] = 1
             zarr.create_array(str(staging), name=RECORD, shape=self.grid, chunks=(1, 1), dtype="uint16",
                               fill_value=0, compressors=None, dimension_names=["tile_row", "tile_col"])
             os.rename(staging, partial)
@@ -300,7 +312,7 @@ class ResumableZarrWriter(ZarrClassMapWriter):
     def start_run(self, token: str = "") -> int:
         """Append a run to the history and make ``token`` the store's owner (see :func:`check_owner`); returns the
         run's number (the marker value its tiles get)."""
-        runs = list(self._group.attrs.get(RUNS_ATTR, []))
+        runs = self.runs()
         done = self.done()
         run = int(max([r["run"] for r in runs] + [int(done.max()) if done.size else 0])) + 1
         if run > np.iinfo(np.uint16).max:
@@ -308,8 +320,13 @@ class ResumableZarrWriter(ZarrClassMapWriter):
                               "(--overwrite)")
         runs.append({"run": run, "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                      "done_before": int((done > 0).sum()), "tiles": int(done.size)})
-        self._group.attrs.update({RUNS_ATTR: runs, OWNER_ATTR: token})
+        self._group.attrs.update({RUNS_ATTR: json.dumps(runs), OWNER_ATTR: token})
         return run
+
+    def runs(self) -> list[dict[str, Any]]:
+        """The store's run history (``resume_runs``), oldest first."""
+        runs = json_attr(dict(self._group.attrs), RUNS_ATTR)
+        return list(runs) if isinstance(runs, list) else []
 
     def owner(self) -> str | None:
         """The token of the run that owns the store now (read afresh; None when the store is gone)."""
@@ -321,12 +338,12 @@ class ResumableZarrWriter(ZarrClassMapWriter):
             return None
 
     def finish_run(self, run: int, **info: Any) -> None:
-        runs = list(self._group.attrs.get(RUNS_ATTR, []))
+        runs = self.runs()
         done = self.done()
         for r in runs:
             if r.get("run") == run:
                 r.update(computed=int((done == run).sum()), **info)
-        self._group.attrs[RUNS_ATTR] = runs
+        self._group.attrs[RUNS_ATTR] = json.dumps(runs)
 
     def mark(self, row: int, col: int, run: int) -> None:
         """Record tile ``(row, col)`` as written (call only after its data is written)."""
@@ -356,7 +373,7 @@ class ResumableZarrWriter(ZarrClassMapWriter):
         return self._tmp
 
     def _commit(self) -> None:
-        self._group.attrs["partial"] = False
+        self._group.attrs["partial"] = 0
         super()._commit()
         self.map_written = True
 

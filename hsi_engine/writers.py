@@ -709,7 +709,7 @@ class ZarrClassMapWriter(ClassMapWriter):
     def _commit(self) -> None:
         import zarr
 
-        self._group.attrs["complete"] = True
+        self._group.attrs["complete"] = 1  # an int, not a bool: NetCDF has no boolean attributes
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "consolidated metadata is not part of the zarr v3 spec"
             zarr.consolidate_metadata(str(self._tmp))

@@ -18,7 +18,7 @@ import _scale_fixtures as F
 import hsi_engine
 from hsi_engine import cluster
 from hsi_engine.errors import HSIEngineError, OutputError
-from hsi_engine.resume import RUNS_ATTR, partial_path, read_record
+from hsi_engine.resume import RUNS_ATTR, json_attr, partial_path, read_record
 
 TILE = 16
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def test_sigkilled_run_resumes_to_the_same_map_without_recomputing(case, tmp_pat
     assert not out.exists(), "an incomplete run must not appear under the requested name"
     import zarr
 
-    assert zarr.open_group(str(part), mode="r").attrs["partial"] is True
+    assert zarr.open_group(str(part), mode="r").attrs["partial"] == 1
 
     from hsi_engine.cli import main  # the resume goes through the command line
 
@@ -75,7 +75,7 @@ def test_sigkilled_run_resumes_to_the_same_map_without_recomputing(case, tmp_pat
     assert computed == case["tiles"] - done_before, "the resume recomputed tiles already recorded done"
     np.testing.assert_array_equal(record[before > 0], before[before > 0])  # completed tiles untouched
     np.testing.assert_array_equal(F.read_classes(out), case["ref"])
-    runs = zarr.open_group(str(out), mode="r").attrs[RUNS_ATTR]
+    runs = json_attr(dict(zarr.open_group(str(out), mode="r").attrs), RUNS_ATTR)
     assert [r["run"] for r in runs] == [1, 2]
     assert runs[1]["done_before"] == done_before and runs[1]["computed"] == computed
     assert not part.exists()
@@ -195,6 +195,15 @@ def test_plain_zarr_run_is_resumable_without_asking(case, tmp_path, monkeypatch)
     record = read_record(out)
     assert int((record == 1).sum()) == 3 and int((record == 2).sum()) == case["tiles"] - 3
     np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+    # the finished store, run history and fingerprint included, converts whole to NetCDF (dict and bool
+    # attributes refused it: "Invalid value for attr 'hsi_engine_resume'", "boolean dtypes are not supported")
+    import xarray as xr
+
+    with xr.open_dataset(out, engine="zarr") as ds:
+        ds.to_netcdf(tmp_path / "plain.nc")
+    with xr.open_dataset(tmp_path / "plain.nc") as nc:
+        np.testing.assert_array_equal(nc["classes"].values, case["ref"])
+        assert [r["run"] for r in json_attr(nc.attrs, RUNS_ATTR)] == [1, 2] and nc.attrs["complete"] == 1
 
 
 def test_a_scene_rewritten_in_place_is_not_taken_for_the_finished_one(case, tmp_path):

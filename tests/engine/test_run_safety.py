@@ -410,7 +410,7 @@ def test_a_zarr_run_stopped_just_after_its_rename_says_the_map_is_written(case, 
     out = tmp_path / "map.zarr"
 
     def renamed_then_stopped(self):
-        self._group.attrs["partial"] = False
+        self._group.attrs["partial"] = 0
         writers.ZarrClassMapWriter._commit(self)
         raise KeyboardInterrupt("signal 15")
 

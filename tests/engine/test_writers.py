@@ -162,7 +162,7 @@ def test_zarr_round_trip(tmp_path, geo, labels, probs):
     np.testing.assert_allclose(ds["x"].values, x)
     assert ds["classes"].attrs["class_names"] == NAMES
     assert ds["classes"].attrs["nodata"] == 0 and ds["classes"].rio.nodata == 0
-    assert ds.attrs["complete"] is True
+    assert ds.attrs["complete"] == 1
     # the palette is flat, as the in-memory map's: the classes variable writes to NetCDF and GDAL opens it (a
     # nested palette became a 2-D attribute: 'NetCDF: Can't open HDF5 attribute', or a crash)
     assert ds["classes"].attrs["palette"] == [v for rgb in PALETTE for v in rgb]
