@@ -378,6 +378,8 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
         gcps = scene_gcps(job.da)
         if gcps:  # a scene placed by ground control points: so is its map (moved to the window classified)
             labels = with_window_gcps(labels, gcps, job.da.rio.crs)
+        else:  # the scene's spatial_ref may hold a GeoTransform its coordinates contradict: the map's must not
+            labels = labels.rio.write_transform(_grid_transform(job.da, scene))
     if not probabilities:
         return labels
     cls = np.arange(1, job.classes + 1)

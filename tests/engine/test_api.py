@@ -702,6 +702,10 @@ def test_a_stale_geotransform_is_overruled_by_the_coordinates(tmp_path, geo):
         classify_to_file(flipped, model, tmp_path / "flipped.tif", progress=False)
     with rasterio.open(tmp_path / "flipped.tif") as f:
         assert tuple(f.transform)[:6] == pytest.approx((30, 0, 500000, 0, 30, 366000 - 12 * 30))
+    # the in-memory map kept the scene's spatial_ref, stale GeoTransform and all: rio.transform() read it
+    with pytest.warns(UserWarning, match="disagrees with its x/y coordinates"):
+        labels = classify(flipped, model, progress=False)
+    assert tuple(labels.rio.transform())[:6] == pytest.approx((30, 0, 500000, 0, 30, 366000 - 12 * 30))
     consistent = flipped.rio.write_transform(flipped.rio.transform(recalc=True))
     for scene, name in ((da, "north.tif"), (consistent, "south.tif")):
         with warnings.catch_warnings():
