@@ -405,3 +405,29 @@ def test_quieting_restores_explicit_levels_of_distributed_s_loggers():
         with logger_at(logging.INFO), dask_client._quiet_distributed_logs():
             assert not child.isEnabledFor(logging.INFO) and child.isEnabledFor(logging.WARNING)
         assert child.level == logging.DEBUG
+
+
+def test_closing_a_worker_slow_to_exit_logs_no_warning(caplog):
+    """A worker still busy (or slow on a loaded machine) when the run ends is killed after 4 s: distributed logged
+    "Worker process still alive after 4.0 seconds, killing", a WARNING at the end of a finished run (seen in
+    test_cli_workers_starts_a_local_cluster on a loaded 2-core machine). Its work is done; the line is dropped."""
+    from distributed import Client, LocalCluster
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lc = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
+    try:
+        with Client(lc) as client:
+            busy = client.submit(time.sleep, 60)  # (held: a released future's task is cancelled)
+            deadline = time.monotonic() + 30
+            while not any(client.processing().values()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert busy.status == "pending" and any(client.processing().values()), "the task did not start"
+            time.sleep(0.3)  # the task is running in the worker process, which now exits only when killed
+            with caplog.at_level(logging.WARNING, logger="distributed.nanny"):
+                dask_client._close_workers(lc)
+            assert not lc.workers, "the busy worker was not stopped"
+    finally:
+        lc.close()
+    assert not [r.getMessage() for r in caplog.records if r.name == "distributed.nanny"
+                and r.levelno >= logging.WARNING]
