@@ -103,7 +103,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     pixels.add_argument("--train-fraction", type=_fraction(), default=None,
                         help="fraction of each class for training (default: the dataset's seed protocol)")
     pixels.add_argument("--per-class", type=_at_least(1), default=None,
-                        help="fixed number of training pixels per class (random split only)")
+                        help="fixed number of training pixels per class (random split only; a class of fewer than 2N "
+                        "pixels trains on half of them, with a warning)")
     p.add_argument("--val-fraction", type=_fraction(low_included=True), default=None,
                    help="fraction of each class for validation (default: the dataset's seed protocol); "
                         "train + val must stay below 1")

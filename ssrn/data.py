@@ -823,20 +823,25 @@ def stratified_split(labels: np.ndarray, train_fraction: float, val_fraction: fl
 
 
 def per_class_split(labels: np.ndarray, per_class: int, val_fraction: float = 0.1, seed: int = 0) -> Split:
-    """A fixed number of training pixels per class (at most half of a small class), ``val_fraction`` of
-    each class for validation, the rest for test."""
+    """A fixed number of training pixels per class (at most half of a small class: the description's ``capped``
+    maps those class ids to the number they got), ``val_fraction`` of each class for validation, the rest for
+    test."""
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
     rng = np.random.default_rng(seed)
     tr, va, te = [], [], []
+    capped = {}  # class id -> its training pixels, for classes too small to give per_class and keep half to test
     for c, idx in _labelled_by_class(labels).items():
         idx = rng.permutation(idx)
         n = idx.size
         nt = min(per_class, max(1, n // 2))
+        if nt < per_class:
+            capped[c] = nt
         nv = min(int(round(val_fraction * n)), max(0, n - nt - 1))
         tr.append(idx[:nt]); va.append(idx[nt:nt + nv]); te.append(idx[nt + nv:])
     return Split(labels.shape, np.sort(np.concatenate(tr)), np.sort(np.concatenate(va)), np.sort(np.concatenate(te)),
-                 {"method": "per_class", "seed": seed, "per_class": per_class, "val_fraction": val_fraction})
+                 {"method": "per_class", "seed": seed, "per_class": per_class, "val_fraction": val_fraction,
+                  "capped": capped})
 
 
 def block_split(labels: np.ndarray, train_fraction: float, val_fraction: float, patch: int, seed: int = 0,

@@ -393,6 +393,12 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
     if untested:  # its few pixels all went to training: AA and per-class accuracy leave it out
         log.warning("%s: classes %s have no test pixel (all their pixels are in training or validation): AA "
                     "averages the other classes and reports no accuracy for them", scene.name, untested)
+    capped = sp.description.get("capped") or {}
+    if capped:  # --per-class N on a class of fewer than 2N pixels: half of it trains, the rest tests
+        log.warning("%s: per_class (--per-class) %s: classes %s have fewer than %d pixels: each trains on half of its pixels "
+                    "(%s)", scene.name, sp.description["per_class"],
+                    [scene.class_names[c - 1] for c in capped], 2 * sp.description["per_class"],
+                    ", ".join(f"{scene.class_names[c - 1]} {n}" for c, n in capped.items()))
     split_desc = {**sp.description, "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(test_ds),
                   "classes_absent_from_train": absent, "classes_absent_from_test": untested}
     split_desc.pop("block_assignment", None)

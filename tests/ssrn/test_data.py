@@ -161,6 +161,16 @@ def test_per_class_split():
     lab = _labels()
     s = D.per_class_split(lab, 10, seed=0)
     assert s.counts(lab)["train"] == [10] * 5
+    assert s.description["capped"] == {}
+
+
+def test_per_class_split_names_the_classes_it_capped_at_half():
+    lab = np.zeros((10, 10), np.uint8)
+    lab.flat[:40] = 1
+    lab.flat[40:47] = 2  # 7 pixels: --per-class 10 gives it 3 (half), the rest to validation and test
+    s = D.per_class_split(lab, 10, val_fraction=0.0, seed=0)
+    assert s.counts(lab)["train"] == [10, 3] and s.counts(lab)["test"] == [30, 4]
+    assert s.description["capped"] == {2: 3}
 
 
 @pytest.mark.parametrize("patch", [5, 7, 11])
