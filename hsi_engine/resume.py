@@ -19,8 +19,8 @@ chunk atomically (temp file + rename), so a process killed at any point never ma
 output arrays are chunked exactly like the tiles (tile side = chunk side), so each tile is one chunk
 (region writes, no read-modify-write across tiles). The marker values double as a count: after a resumed run,
 ``(tiles_done == k).sum()`` is the number of tiles run ``k`` computed. The group attrs hold, as JSON strings (so
-the finished store converts to NetCDF), the run history (``resume_runs``) and a fingerprint of scene shape/dtype, model weights, tile plan and output options;
-resuming with different settings is refused. ``run_token`` names the run that owns the store now (each run sets
+the finished store converts to NetCDF), the run history (``resume_runs``) and a fingerprint of scene shape/dtype,
+model weights, tile plan and output options; resuming with different settings is refused. ``run_token`` names the run that owns the store now (each run sets
 it at its start): a cluster task checks it before writing and before marking its tile (:func:`check_owner`).
 
 Which runs are resumable: every ``.zarr`` output and every run through :mod:`hsi_engine.cluster`

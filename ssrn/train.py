@@ -395,8 +395,8 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
                     "averages the other classes and reports no accuracy for them", scene.name, untested)
     capped = sp.description.get("capped") or {}
     if capped:  # --per-class N on a class of fewer than 2N pixels: half of it trains, the rest tests
-        log.warning("%s: per_class (--per-class) %s: classes %s have fewer than %d pixels: each trains on half of its pixels "
-                    "(%s)", scene.name, sp.description["per_class"],
+        log.warning("%s: per_class (--per-class) %s: classes %s have fewer than %d pixels: each trains on half "
+                    "of its pixels (%s)", scene.name, sp.description["per_class"],
                     [scene.class_names[c - 1] for c in capped], 2 * sp.description["per_class"],
                     ", ".join(f"{scene.class_names[c - 1]} {n}" for c, n in capped.items()))
     split_desc = {**sp.description, "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(test_ds),
