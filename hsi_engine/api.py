@@ -69,12 +69,19 @@ def _normalisation(model: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
     mean, std = meta.get("mean"), meta.get("std")
     if mean is None or std is None:
         return None, None
-    mean = np.asarray(mean, np.float64)
-    std = np.asarray(std, np.float64)
+    try:
+        mean = np.asarray(mean, np.float64)
+        std = np.asarray(std, np.float64)
+    except (TypeError, ValueError) as e:
+        raise HSIEngineError(f"model.meta mean/std are not numbers ({e}); expected one float per band") from None
     bands = model.config.bands
     if mean.shape != (bands,) or std.shape != (bands,):
         raise HSIEngineError(f"model.meta mean/std have shapes {mean.shape}/{std.shape}; expected ({bands},) "
                              "each: re-save the model with per-band statistics")
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        i = int(np.flatnonzero(~(np.isfinite(mean) & np.isfinite(std)))[0])
+        raise HSIEngineError(f"model.meta mean/std of band {i} are {mean[i]}/{std[i]}; expected finite numbers "
+                             "(a NaN statistic makes every pixel NaN): re-save the model with finite statistics")
     std = np.where(std > 0, std, 1.0)
     return mean, std
 

@@ -237,6 +237,51 @@ def _check_palette(palette: object, classes: int, where: Path) -> None:
                               "is used without one)")
 
 
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_meta(meta: object, config: SSRNConfig, where: Path) -> None:
+    """The ``meta`` values the engine reads, checked at load: an edited model.json whose per-band statistics,
+    wavelengths or class names no longer fit the network fails here, naming the key, not as a silently wrong
+    map (a null mean made every pixel one class; a short class_names list gave generic names). A wavelength may
+    be null (unknown: the scene's bands are then not checked against the model's)."""
+    if meta is None:
+        return
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{where}: 'meta' must be an object; found {type(meta).__name__}")
+    fix = "; fix model.json or retrain (hsi-engine train writes them)"
+    if ("mean" in meta) != ("std" in meta):
+        has, lacks = ("mean", "std") if "mean" in meta else ("std", "mean")
+        raise CheckpointError(f"{where}: meta has '{has}' but no '{lacks}': the engine normalises with both, or "
+                              f"takes the scene as normalised with neither{fix}")
+    for key in ("mean", "std", "wavelengths"):
+        v = meta.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, list) or len(v) != config.bands:
+            found = f"{len(v)} values" if isinstance(v, list) else type(v).__name__
+            raise CheckpointError(f"{where}: meta.{key} must be {config.bands} numbers (one per band, the config's "
+                                  f"bands); found {found}{fix}")
+        bad = [i for i, x in enumerate(v) if not (_is_number(x) or (key == "wavelengths" and x is None))]
+        if bad:
+            raise CheckpointError(f"{where}: meta.{key}[{bad[0]}] is {v[bad[0]]!r}; expected a finite number "
+                                  f"({len(bad)} such band{'s' if len(bad) > 1 else ''}){fix}")
+    names = meta.get("class_names")
+    if names is not None and not (isinstance(names, list) and len(names) == config.classes
+                                  and all(isinstance(n, str) for n in names)):
+        found = (f"{len(names)} entries" if isinstance(names, list) and len(names) != config.classes
+                 else str(names)[:120])
+        raise CheckpointError(f"{where}: meta.class_names must be {config.classes} strings (one per class, the "
+                              f"config's classes); found {found}. Fix or remove it (classes are named 'class 1', "
+                              "... without one)")
+    bad_bands = meta.get("bad_bands")
+    if bad_bands is not None and not (isinstance(bad_bands, list) and all(
+            isinstance(b, int) and not isinstance(b, bool) and 0 <= b < config.bands for b in bad_bands)):
+        raise CheckpointError(f"{where}: meta.bad_bands must be band indices 0..{config.bands - 1}; found "
+                              f"{str(bad_bands)[:120]}{fix}")
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SSRN:
     """Load a model directory into an ``SSRN`` in eval mode with ``.meta`` from model.json."""
     path = Path(path)
@@ -248,6 +293,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         config = SSRNConfig.from_dict(doc["config"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path / MODEL_JSON} holds an invalid config ({type(e).__name__}: {e})") from None
+    _check_meta(doc.get("meta"), config, path / MODEL_JSON)
     _check_palette((doc.get("meta") or {}).get("palette"), config.classes, path / MODEL_JSON)
     wf = path / WEIGHTS
     if not wf.is_file():

@@ -334,6 +334,22 @@ def test_checkpoint_weights_not_matching_model_json(crop, model_dir, outdir, tmp
     assert "model.json" in msg
 
 
+def test_an_edited_model_json_with_a_null_mean_is_refused(crop, model_dir, outdir, tmp_path):
+    """A null (NaN) per-band mean made every pixel NaN and the map one class, silently; from disk it fails at
+    load, and an in-memory model given such statistics fails before anything is written."""
+    bad = tmp_path / "bad_model"
+    shutil.copytree(model_dir, bad)
+    doc = json.loads((bad / "model.json").read_text())
+    doc["meta"]["mean"][5] = None
+    (bad / "model.json").write_text(json.dumps(doc))
+    scene = F.write_zarr(tmp_path / "s.zarr", crop)
+    msg = classify_everywhere(scene, bad, outdir, CheckpointError, r"meta.mean\[5\] is None", cli_scene=scene)
+    assert "model.json" in msg
+    model = hsi_engine.load_model(model_dir)
+    model.meta = {**model.meta, "std": [float("nan")] + list(model.meta["std"][1:])}
+    classify_everywhere(scene, model, outdir, hsi_engine.HSIEngineError, r"band 0 are .*/nan; expected finite")
+
+
 def test_pickle_offered_as_checkpoint(crop, model_dir, outdir, tmp_path):
     import torch
 

@@ -56,6 +56,30 @@ def test_refuses_mismatched_config(tmp_path):
     assert "shape" in str(e.value)
 
 
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m.update(mean=m["mean"][:-1]), r"meta.mean must be 30 numbers .* found 29 values"),
+    (lambda m: m["mean"].__setitem__(3, None), r"meta.mean\[3\] is None; expected a finite number"),
+    (lambda m: m["std"].__setitem__(0, "1.5"), r"meta.std\[0\] is '1.5'"),
+    (lambda m: m.pop("std"), r"meta has 'mean' but no 'std'"),
+    (lambda m: m.update(wavelengths=[400.0] * 7), r"meta.wavelengths must be 30 numbers .* found 7 values"),
+    (lambda m: m.update(class_names=["a", "b", "c"]), r"meta.class_names must be 4 strings .* found 3 entries"),
+    (lambda m: m.update(class_names=["a", "b", "c", 4]), r"meta.class_names must be 4 strings"),
+    (lambda m: m.update(bad_bands=[2, 30]), r"meta.bad_bands must be band indices 0..29"),
+])
+def test_refuses_edited_meta_that_no_longer_fits_the_network(tmp_path, edit, message):
+    """An edited model.json whose statistics, wavelengths or names do not fit the config fails at load (a null
+    mean classified every pixel as one class; a short class_names list gave generic names), naming the key."""
+    meta = {"mean": [0.5] * 30, "std": [2.0] * 30, "wavelengths": [400.0 + i for i in range(29)] + [None],
+            "class_names": ["a", "b", "c", "d"], "bad_bands": [2]}
+    d = ssrn.save_model(_model(), tmp_path / "m", meta=meta)
+    assert ssrn.load_model(d).meta == meta  # as saved (an unknown wavelength may be null)
+    doc = json.loads((d / "model.json").read_text())
+    edit(doc["meta"])
+    (d / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match=message):
+        ssrn.load_model(d)
+
+
 def test_refuses_foreign_json(tmp_path):
     d = ssrn.save_model(_model(), tmp_path / "m")
     (d / "model.json").write_text(json.dumps({"format": "keras"}))
