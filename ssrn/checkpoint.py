@@ -1,7 +1,9 @@
-"""Model directories: ``weights.safetensors`` + ``model.json``. Loading never unpickles."""
+"""Model directories: ``weights.safetensors`` + ``model.json`` (which records the weights' sha256, checked at
+load). Loading never unpickles."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -138,6 +140,14 @@ def _move_into_empty(tmp: Path, target: Path) -> None:
     tmp.rmdir()
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None = None, *,
                overwrite: bool = False) -> Path:
     """Write ``model`` to the directory ``path``, never half-written (built beside it, then moved in).
@@ -167,7 +177,7 @@ def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
-               "meta": _jsonable(meta)}
+               "weights_sha256": _sha256(tmp / WEIGHTS), "meta": _jsonable(meta)}
         (tmp / MODEL_JSON).write_text(json.dumps(doc, indent=1))
         (tmp / WEIGHTS).chmod(0o666 & ~umask)
         if not target.exists():
@@ -303,6 +313,12 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     if head.startswith(_PICKLE_MAGIC):
         raise CheckpointError(f"{wf} is a pickle/torch.save file, not safetensors; hsi-engine never unpickles. "
                               "Convert it with safetensors.torch.save_file in a trusted environment.")
+    recorded = doc.get("weights_sha256")
+    if recorded is not None and recorded != _sha256(wf):
+        raise CheckpointError(f"{wf} does not match the checksum in {MODEL_JSON} (sha256 {_sha256(wf)[:16]}..., "
+                              f"recorded {str(recorded)[:16]}...): the file was changed or damaged since the model "
+                              "was saved; copy the model directory again, or, if you replaced the weights on "
+                              f"purpose, delete 'weights_sha256' from {MODEL_JSON}")
     try:
         tensors = load_file(str(wf), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as e:

@@ -80,6 +80,22 @@ def test_refuses_edited_meta_that_no_longer_fits_the_network(tmp_path, edit, mes
         ssrn.load_model(d)
 
 
+def test_refuses_weights_changed_since_the_save(tmp_path):
+    """model.json records the weights' sha256: a damaged or swapped weights file (same shapes, so it loaded and
+    classified with other numbers) is refused, naming the fix; without the record (an older model) it loads."""
+    d = ssrn.save_model(_model(seed=0), tmp_path / "m")
+    ssrn.save_model(_model(seed=1), tmp_path / "other")
+    ssrn.load_model(d)
+    (d / "weights.safetensors").write_bytes((tmp_path / "other" / "weights.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match=r"does not match the checksum .* delete 'weights_sha256'"):
+        ssrn.load_model(d)
+    doc = json.loads((d / "model.json").read_text())
+    del doc["weights_sha256"]
+    (d / "model.json").write_text(json.dumps(doc))
+    loaded = ssrn.load_model(d).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in _model(seed=1).state_dict().items())
+
+
 def test_refuses_foreign_json(tmp_path):
     d = ssrn.save_model(_model(), tmp_path / "m")
     (d / "model.json").write_text(json.dumps({"format": "keras"}))
