@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> Path:
             for precision in ("float32", "bfloat16"):
                 d = Path(tmp) / f"{precision}-{i}"
                 rep = demo_run(precision, args.device, d)
+                if rep.get("precision") != precision:
+                    raise SystemExit(f"hsi-engine demo --precision {precision} reports precision "
+                                     f"{rep.get('precision')!r}: the option did not reach the engine")
                 rows.append((i + 1, precision, rep["pixels_per_second"], rep["overall_accuracy"],
                              rep["average_accuracy"], rep["kappa"]))
                 with rasterio.open(d / "classmap.tif") as f:

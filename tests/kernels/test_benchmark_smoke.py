@@ -155,14 +155,20 @@ def test_kernels_benchmark_says_failed_not_pending_for_a_row_that_failed() -> No
 
 
 def test_demo_precision_benchmark_runs_on_cpu(tmp_path: Path) -> None:
-    """benchmarks/demo_precision.py (README's bf16 CPU figures): one run per precision, both timed and scored."""
+    """benchmarks/demo_precision.py (README's bf16 CPU figures): one run per precision, both timed and scored.
+
+    It runs ``hsi-engine demo --precision float32|bfloat16`` as users do, so it is also the demo's bf16 test
+    (bf16 is slow on CPUs without bf16 matrix units: the demo is not run in bf16 twice): the report says
+    bfloat16 ran (the benchmark refuses a report that says otherwise), held-out OA stays above 90 % (the
+    table's OA column), and some but few pixels change class (bf16 really ran, and stays close)."""
     out = tmp_path / "demo.md"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "demo_precision.py"), "--runs", "1", "--out",
                            str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = re.findall(r"^\| 1 \| (float32|bfloat16) \| [0-9,]+ \| 9\d\.\d\d \|", out.read_text(), re.M)
     assert rows == ["float32", "bfloat16"]
-    assert re.search(r"= \*\*[0-9.]+x\*\*; \d+ of 21,025 pixels change class", out.read_text())
+    changed = re.search(r"= \*\*[0-9.]+x\*\*; (\d+) of 21,025 pixels change class", out.read_text())
+    assert changed and 0 < int(changed.group(1)) < 0.02 * 21025, changed
 
 
 def test_kernels_benchmark_reports_no_percentage_above_a_measured_peak() -> None:
