@@ -98,7 +98,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default=None, help="directory holding the scenes (default: $HSI_ENGINE_DATA "
                                                     "or ../shared/data)")
     p.add_argument("--epochs", type=_at_least(1), default=200)
-    p.add_argument("--batch-size", type=_at_least(1), default=16)
+    p.add_argument("--batch-size", type=_at_least(2), default=16)
     pixels = p.add_mutually_exclusive_group()  # both choose the training pixels: one or the other
     pixels.add_argument("--train-fraction", type=_fraction(), default=None,
                         help="fraction of each class for training (default: the dataset's seed protocol)")
@@ -126,7 +126,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from ssrn.data import DataError
-    from ssrn.train import TrainOptionError, run_training
+    from ssrn.train import TrainingDivergedError, TrainOptionError, run_training
 
     try:
         run_training(dataset=args.dataset, out=args.out, data_dir=args.data_dir, epochs=args.epochs,
@@ -137,7 +137,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
                      amp=args.amp, class_weight=None if args.class_weight == "none" else args.class_weight,
                      overwrite=args.overwrite, labels=args.labels, class_names=args.class_names,
                      command="hsi-engine " + shlex.join(argv))
-    except (DataError, TrainOptionError) as e:
+    except (DataError, TrainOptionError, TrainingDivergedError) as e:
         print(f"hsi-engine train: error: {e}", file=sys.stderr)
         return 2
     return 0

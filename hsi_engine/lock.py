@@ -39,11 +39,29 @@ def _holder(path: Path) -> str:
         return "a process that has not recorded itself yet"
 
 
+def _open_lock_file(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError:  # another user's file (a run of theirs, or its leftover): flock needs no write
+        try:
+            return os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise OutputError(f"cannot open the lock file {path} ({e.strerror or e}); choose a writable "
+                              "location for the output") from None
+    except OSError as e:
+        raise OutputError(f"cannot create the lock file {path} ({e.strerror or e}); choose a writable location "
+                          "for the output") from None
+
+
 @contextlib.contextmanager
-def output_lock(out: str | os.PathLike) -> Iterator[Path | None]:
+def output_lock(out: str | os.PathLike, *, fix: str | None = None, sweep: bool = True,
+                required: bool = True) -> Iterator[Path | None]:
     """Hold the lock of ``out`` for the ``with`` block; raise :class:`OutputError` when another live run holds it.
 
     Yields the lock file's path (None where the platform has no ``flock``); creates the output's directory.
+    ``fix``: what the refusal tells the second run to do (default: a class map's); ``sweep``: remove a killed
+    class-map run's hidden temps once the lock is held; ``required=False``: where the lock file cannot be made
+    (a read-only directory), go on without a lock (yields None) instead of refusing.
     """
     try:
         import fcntl
@@ -53,25 +71,23 @@ def output_lock(out: str | os.PathLike) -> Iterator[Path | None]:
     from .writers import ensure_output_dir, sweep_leftovers
 
     path = lock_path(out)
-    ensure_output_dir(path.parent)
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except PermissionError:  # another user's file (a run of theirs, or its leftover): flock needs no write
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError as e:
-                raise OutputError(f"cannot open the lock file {path} ({e.strerror or e}); choose a writable "
-                                  "location for the output") from None
-        except OSError as e:
-            raise OutputError(f"cannot create the lock file {path} ({e.strerror or e}); choose a writable location "
-                              "for the output") from None
+            ensure_output_dir(path.parent)
+            fd = _open_lock_file(path)
+        except OutputError:
+            if required:
+                raise
+            fd = None
+        if fd is None:
+            yield None
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise OutputError(f"another run is writing {out} now ({_holder(path)}); wait for it to finish, or stop "
-                              "it and rerun with resume=True (--resume) to finish its tiles") from None
+            fix = fix or "wait for it to finish, or stop it and rerun with resume=True (--resume) to finish its tiles"
+            raise OutputError(f"another run is writing {out} now ({_holder(path)}); {fix}") from None
         try:  # the previous holder may have removed the file between our open and our lock: lock the new one
             same = os.path.samestat(os.fstat(fd), os.stat(path))
         except FileNotFoundError:
@@ -85,7 +101,8 @@ def output_lock(out: str | os.PathLike) -> Iterator[Path | None]:
         with contextlib.suppress(OSError):  # read-only (another user's file): the holder goes unnamed
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps(info).encode())
-        sweep_leftovers(out)  # hidden temps of a killed run: nobody else writes them while we hold the lock
+        if sweep:
+            sweep_leftovers(out)  # hidden temps of a killed run: nobody else writes them while we hold the lock
         yield path
     finally:
         with contextlib.suppress(OSError):  # gone, or another user's in a sticky directory

@@ -323,6 +323,11 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         tensors = load_file(str(wf), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{wf} is not a readable safetensors file ({e})") from None
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:  # a diverged training's weights: every pixel would map to one class, silently
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise CheckpointError(f"{wf}: tensor {bad[0]!r}{more} hold NaN or inf values: the training that wrote them "
+                              "diverged; retrain with a lower learning rate (--lr)")
     model = SSRN(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))

@@ -44,6 +44,10 @@ class TrainOptionError(ValueError):
     """A training option that cannot work: out of range, two options that cannot both apply, a missing device."""
 
 
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite before any epoch gave a usable model: nothing is saved."""
+
+
 def _device(device: str | torch.device | None) -> torch.device:
     """:func:`ssrn.devices.resolve_device`, its error as a :class:`TrainOptionError` (refused before any work)."""
     try:
@@ -66,6 +70,7 @@ class TrainResult:
     epochs_run: int = 0
     stopped_early: bool = False
     stopped_by_time_budget: bool = False
+    diverged_epoch: int | None = None  # the epoch whose loss became NaN/inf (training stopped there)
     train_time_s: float = 0.0
 
 
@@ -217,6 +222,19 @@ class Trainer:
             rec["time_s"] = time.perf_counter() - te
             res.history.append(rec)
             res.epochs_run = epoch
+            if not (math.isfinite(rec["train_loss"]) and math.isfinite(rec["val_loss"])):
+                loss = rec["train_loss"] if not math.isfinite(rec["train_loss"]) else rec["val_loss"]
+                which = "training" if not math.isfinite(rec["train_loss"]) else "validation"
+                if best_state is None:
+                    raise TrainingDivergedError(
+                        f"the {which} loss is {loss} at epoch {epoch}, before any epoch gave a usable model (the "
+                        f"weights hold NaN or inf): nothing is saved; lower the learning rate (--lr, now "
+                        f"{self.lr:g}) or drop --amp")
+                res.diverged_epoch = epoch
+                log.warning("the %s loss is %s at epoch %d: training stops; the model is the best epoch's (%d); "
+                            "a lower learning rate (--lr, now %g) may train further", which, loss, epoch,
+                            res.best_epoch, self.lr)
+                break
             improved = rec["val_loss"] < res.best_val_loss
             if improved:
                 res.best_val_loss, res.best_epoch, bad = rec["val_loss"], epoch, 0
@@ -293,7 +311,8 @@ def check_train_options(*, epochs: int, batch_size: int, lr: float, patience: in
                         per_class: int | None = None) -> None:
     """Raise :class:`TrainOptionError` for an option that cannot give a trained model, before any data is read."""
     bounds = [("epochs (--epochs)", epochs, epochs >= 1, ">= 1"),
-              ("batch_size (--batch-size)", batch_size, batch_size >= 1, ">= 1"),
+              ("batch_size (--batch-size)", batch_size, batch_size >= 2,
+               ">= 2 (BatchNorm needs two samples per batch: with 1 no optimiser step ever runs)"),
               ("lr (--lr)", lr, lr > 0 and math.isfinite(lr), "> 0"),
               ("patience (--patience)", patience, patience is None or patience >= 1, ">= 1 (or None: no early stop)"),
               ("max_minutes (--max-minutes)", max_minutes, max_minutes is None or max_minutes > 0,
@@ -357,127 +376,147 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
     training on your own georeferenced data (:func:`~ssrn.data.load_labelled_raster`); ``class_names`` name its
     classes 1..K.
     """
+    from hsi_engine.lock import output_lock
+
     from .checkpoint import check_model_target, save_model
 
     check_model_target(out, overwrite)
-    dev = _device(device)
-    if class_names is not None and labels is None:
-        raise TrainOptionError("class_names (--class-names) name the classes of a label raster: give labels= "
-                               "(--labels) too, or put 'class_names' in the .npz / .h5 scene")
-    spec = None if labels is not None or is_scene_path(dataset) else dataset_spec(dataset)
-    check_train_options(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, max_minutes=max_minutes,
-                        spec=spec, split=split, train_fraction=train_fraction, val_fraction=val_fraction,
-                        per_class=per_class)
-    _check_class_weight(class_weight)
-    amp_used = amp and dev.type == "cuda"
-    if amp and not amp_used:
-        log.warning("--amp (bfloat16 autocast) applies on CUDA only: training on %s in float32", dev)
-    seed_everything(seed)
-    scene = load_dataset(dataset, data_dir) if labels is None else \
-        load_labelled_raster(dataset, labels, class_names=class_names)
-    normed, mean, std = standardize_scene(scene)
-    sp = make_split(scene, split, train_fraction, val_fraction, per_class, seed, patch)
-    k = scene.n_classes
-    bands = normed.shape[0]
-    key = scene.spec.name if scene.spec is not None else None
-    base = PRESETS.get(key) if key else None
-    config = _scene_config(scene, base, bands, k, patch, variant, dict(config_overrides or {}))
-    model = SSRN(config)
-    train_ds = PatchDataset(normed, scene.labels, sp.train, patch)
-    val_ds = PatchDataset(normed, scene.labels, sp.val, patch)
-    test_ds = PatchDataset(normed, scene.labels, sp.test, patch)
-    counts = sp.counts(scene.labels, scene.n_classes)
-    absent = [scene.class_names[i] for i, c in enumerate(counts["train"]) if c == 0]
-    untested = [scene.class_names[i] for i in range(k)
-                if counts["test"][i] == 0 and counts["train"][i] + counts["val"][i] > 0]
-    if untested:  # its few pixels all went to training: AA and per-class accuracy leave it out
-        log.warning("%s: classes %s have no test pixel (all their pixels are in training or validation): AA "
-                    "averages the other classes and reports no accuracy for them", scene.name, untested)
-    capped = sp.description.get("capped") or {}
-    if capped:  # --per-class N on a class of fewer than 2N pixels: half of it trains, the rest tests
-        log.warning("%s: per_class (--per-class) %s: classes %s have fewer than %d pixels: each trains on half "
-                    "of its pixels (%s)", scene.name, sp.description["per_class"],
-                    [scene.class_names[c - 1] for c in capped], 2 * sp.description["per_class"],
-                    ", ".join(f"{scene.class_names[c - 1]} {n}" for c, n in capped.items()))
-    split_desc = {**sp.description, "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(test_ds),
-                  "classes_absent_from_train": absent, "classes_absent_from_test": untested}
-    split_desc.pop("block_assignment", None)
-    log.info("%s: scene %s from %s; split %s; %d parameters; device %s", scene.name, scene.shape, scene.source,
-             split_desc, count_parameters(model), dev)
-    meta: dict[str, Any] = {
-        "dataset": scene.name, "source": scene.source, "mean": mean.tolist(), "std": std.tolist(),
-        "normalisation": ("per-band (x - mean) / std over the whole scene (population std); zero padding of "
-                          "patch//2 at the border after normalisation") if scene.nodata is None else
-                         ("per-band (x - mean) / std over the scene's pixels with data (population std); nodata "
-                          "pixels and bad bands 0 after normalisation, as the engine reads them; zero padding of "
-                          "patch//2 at the border"),
-        "class_names": scene.class_names, "palette": scene.palette, "command": command,
-        "split": {**sp.to_meta(), "counts": counts},
-    }
-    if scene.grid is not None:  # the split's pixel indices, placed on the ground
-        meta["grid"] = scene.grid
-    if scene.nodata_bands is not None:  # a scene classified later without its bbl is still not all nodata
-        meta["bad_bands"] = sorted(set(range(bands)) - {int(b) for b in scene.nodata_bands})
-    if scene.wavelengths is None:
-        log.warning("%s: the scene has no band wavelengths (a mosaic loses them), so the model records none and "
-                    "cannot check a scene's bands against its own when it classifies", scene.name)
-    else:
-        meta["wavelengths"] = scene.wavelengths
-        meta["wavelength_unit"] = "nm"
-    base_report = {"dataset": scene.name, "device": _device_name(dev), "seed": seed, "split": split_desc,
-                   "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "epochs": epochs,
-                   "schedule": schedule, "patience": patience, "max_minutes": max_minutes, "amp": amp_used,
-                   "class_weight": class_weight, "variant": variant, "patch": patch,
-                   "parameters": count_parameters(model), "versions": _versions(), "command": command}
-    last_save = [time.monotonic()]
-    written = [False]
-    keep = overwrite and _finished_model(out)  # an --overwrite run keeps the old model until it has a new one
-    if keep:
-        log.info("%s holds a finished model: progress is not saved over it; it is replaced when this run ends", out)
+    # one run per model directory: a second run into the same --out (a copied job script) is refused now, not
+    # after hours of training when its save finds the first run's model
+    with output_lock(Path(out).resolve(), fix="wait for it to finish, or train into another --out", sweep=False,
+                     required=False):  # (an empty --out in a read-only directory: no lock beside it)
+        dev = _device(device)
+        if isinstance(class_names, str):
+            raise TrainOptionError(f"class_names must be a list of names, one per class; got the string "
+                                   f"{class_names[:60]!r}: pass class_names={class_names.split(',')[:3]}... (the "
+                                   "command line's --class-names splits on commas)")
+        if class_names is not None and labels is None:
+            raise TrainOptionError("class_names (--class-names) name the classes of a label raster: give labels= "
+                                   "(--labels) too, or put 'class_names' in the .npz / .h5 scene")
+        spec = None if labels is not None or is_scene_path(dataset) else dataset_spec(dataset)
+        check_train_options(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, max_minutes=max_minutes,
+                            spec=spec, split=split, train_fraction=train_fraction, val_fraction=val_fraction,
+                            per_class=per_class)
+        _check_class_weight(class_weight)
+        amp_used = amp and dev.type == "cuda"
+        if amp and not amp_used:
+            log.warning("--amp (bfloat16 autocast) applies on CUDA only: training on %s in float32", dev)
+        seed_everything(seed)
+        scene = load_dataset(dataset, data_dir) if labels is None else \
+            load_labelled_raster(dataset, labels, class_names=class_names)
+        if scene.n_classes > 255:
+            raise DataError(f"{scene.source}: the labels have {scene.n_classes} classes; class maps are uint8 (0 = "
+                            "nodata, classes 1..255), so a model of more than 255 classes could not map a scene: merge "
+                            "classes")
+        normed, mean, std = standardize_scene(scene)
+        sp = make_split(scene, split, train_fraction, val_fraction, per_class, seed, patch)
+        if sp.train.size == 0:
+            why = (f"the block split's blocks (patch {patch}) are too few for this {scene.labels.shape[0]} x "
+                   f"{scene.labels.shape[1]} scene: all went to test" if split == "blocks" else "no class kept a pixel")
+            raise DataError(f"{scene.source}: the split leaves no training pixels ({why}); "
+                            + ("use --split random, or a larger scene or a smaller --patch" if split == "blocks"
+                               else "check the labels"))
+        k = scene.n_classes
+        bands = normed.shape[0]
+        key = scene.spec.name if scene.spec is not None else None
+        base = PRESETS.get(key) if key else None
+        config = _scene_config(scene, base, bands, k, patch, variant, dict(config_overrides or {}))
+        model = SSRN(config)
+        train_ds = PatchDataset(normed, scene.labels, sp.train, patch)
+        val_ds = PatchDataset(normed, scene.labels, sp.val, patch)
+        test_ds = PatchDataset(normed, scene.labels, sp.test, patch)
+        counts = sp.counts(scene.labels, scene.n_classes)
+        absent = [scene.class_names[i] for i, c in enumerate(counts["train"]) if c == 0]
+        untested = [scene.class_names[i] for i in range(k)
+                    if counts["test"][i] == 0 and counts["train"][i] + counts["val"][i] > 0]
+        if untested:  # its few pixels all went to training: AA and per-class accuracy leave it out
+            log.warning("%s: classes %s have no test pixel (all their pixels are in training or validation): AA "
+                        "averages the other classes and reports no accuracy for them", scene.name, untested)
+        capped = sp.description.get("capped") or {}
+        if capped:  # --per-class N on a class of fewer than 2N pixels: half of it trains, the rest tests
+            log.warning("%s: per_class (--per-class) %s: classes %s have fewer than %d pixels: each trains on half "
+                        "of its pixels (%s)", scene.name, sp.description["per_class"],
+                        [scene.class_names[c - 1] for c in capped], 2 * sp.description["per_class"],
+                        ", ".join(f"{scene.class_names[c - 1]} {n}" for c, n in capped.items()))
+        split_desc = {**sp.description, "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(test_ds),
+                      "classes_absent_from_train": absent, "classes_absent_from_test": untested}
+        split_desc.pop("block_assignment", None)
+        log.info("%s: scene %s from %s; split %s; %d parameters; device %s", scene.name, scene.shape, scene.source,
+                 split_desc, count_parameters(model), dev)
+        meta: dict[str, Any] = {
+            "dataset": scene.name, "source": scene.source, "mean": mean.tolist(), "std": std.tolist(),
+            "normalisation": ("per-band (x - mean) / std over the whole scene (population std); zero padding of "
+                              "patch//2 at the border after normalisation") if scene.nodata is None else
+                             ("per-band (x - mean) / std over the scene's pixels with data (population std); nodata "
+                              "pixels and bad bands 0 after normalisation, as the engine reads them; zero padding of "
+                              "patch//2 at the border"),
+            "class_names": scene.class_names, "palette": scene.palette, "command": command,
+            "split": {**sp.to_meta(), "counts": counts},
+        }
+        if scene.grid is not None:  # the split's pixel indices, placed on the ground
+            meta["grid"] = scene.grid
+        if scene.nodata_bands is not None:  # a scene classified later without its bbl is still not all nodata
+            meta["bad_bands"] = sorted(set(range(bands)) - {int(b) for b in scene.nodata_bands})
+        if scene.wavelengths is None:
+            log.warning("%s: the scene has no band wavelengths (a mosaic loses them), so the model records none and "
+                        "cannot check a scene's bands against its own when it classifies", scene.name)
+        else:
+            meta["wavelengths"] = scene.wavelengths
+            meta["wavelength_unit"] = "nm"
+        base_report = {"dataset": scene.name, "device": _device_name(dev), "seed": seed, "split": split_desc,
+                       "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "epochs": epochs,
+                       "schedule": schedule, "patience": patience, "max_minutes": max_minutes, "amp": amp_used,
+                       "class_weight": class_weight, "variant": variant, "patch": patch,
+                       "parameters": count_parameters(model), "versions": _versions(), "command": command}
+        last_save = [time.monotonic()]
+        written = [False]
+        keep = overwrite and _finished_model(out)  # an --overwrite run keeps the old model until it has a new one
+        if keep:
+            log.info("%s holds a finished model: progress is not saved over it; it is replaced when this run ends", out)
 
-    def save(m: SSRN, meta_: dict[str, Any]) -> None:
-        """Write ``out``; once this run has written it, later saves replace its own model directory."""
-        save_model(m, out, meta=meta_, overwrite=overwrite or written[0])
-        written[0] = True
+        def save(m: SSRN, meta_: dict[str, Any]) -> None:
+            """Write ``out``; once this run has written it, later saves replace its own model directory."""
+            save_model(m, out, meta=meta_, overwrite=overwrite or written[0])
+            written[0] = True
 
-    def on_improve(m: SSRN, res: TrainResult) -> None:
-        if keep or time.monotonic() - last_save[0] < save_progress_every_s:
-            return
-        last_save[0] = time.monotonic()
-        rep = {**base_report, "status": "training", "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
-               "best_val_loss": res.best_val_loss, "train_time_s": res.train_time_s}
-        m_state = {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
-        snap = SSRN(config)
-        snap.load_state_dict(m_state)
-        save(snap, {**meta, "report": rep})
-        log.info("saved progress to %s (epoch %d)", out, res.epochs_run)
+        def on_improve(m: SSRN, res: TrainResult) -> None:
+            if keep or time.monotonic() - last_save[0] < save_progress_every_s:
+                return
+            last_save[0] = time.monotonic()
+            rep = {**base_report, "status": "training", "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
+                   "best_val_loss": res.best_val_loss, "train_time_s": res.train_time_s}
+            m_state = {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
+            snap = SSRN(config)
+            snap.load_state_dict(m_state)
+            save(snap, {**meta, "report": rep})
+            log.info("saved progress to %s (epoch %d)", out, res.epochs_run)
 
-    trainer = Trainer(model, optimizer=optimizer, lr=lr, batch_size=batch_size, epochs=epochs, schedule=schedule,
-                      patience=patience, device=dev, seed=seed, on_improve=on_improve, amp=amp,
-                      class_weight=class_weight,
-                      time_budget_s=None if max_minutes is None else 60.0 * max_minutes)
-    res = trainer.fit(train_ds, val_ds)
-    t0 = time.perf_counter()
-    pred, test_loss = predict(trainer.model, test_ds, device=dev, amp=trainer.amp)
-    test_time = time.perf_counter() - t0
-    true = test_ds.labels.numpy()
-    rep = classification_report(true, pred, k, scene.class_names)
-    report = {**base_report, "status": "done", "oa": rep["oa"], "aa": rep["aa"], "kappa": rep["kappa"],
-              "per_class_accuracy": rep["per_class_accuracy"], "support": rep["support"],
-              "confusion_matrix": rep["confusion_matrix"], "test_loss": test_loss,
-              "train_time_s": res.train_time_s, "test_time_s": test_time, "epochs_run": res.epochs_run,
-              "best_epoch": res.best_epoch, "best_val_loss": res.best_val_loss, "stopped_early": res.stopped_early,
-              "stopped_by_time_budget": res.stopped_by_time_budget,
-              "epoch_time_s_mean": float(np.mean([h["time_s"] for h in res.history])) if res.history else None,
-              "history": [{k2: round(v, 5) if isinstance(v, float) else v for k2, v in h.items()}
-                          for h in res.history],
-              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    meta["report"] = report
-    trainer.model.meta = meta
-    save(trainer.model.cpu(), meta)
-    log.info("%s: OA %.4f  AA %.4f  kappa %.4f  (%d epochs, best %d, train %.0fs, test %.1fs) -> %s", scene.name,
-             rep["oa"], rep["aa"], rep["kappa"], res.epochs_run, res.best_epoch, res.train_time_s, test_time, out)
-    return report
+        trainer = Trainer(model, optimizer=optimizer, lr=lr, batch_size=batch_size, epochs=epochs, schedule=schedule,
+                          patience=patience, device=dev, seed=seed, on_improve=on_improve, amp=amp,
+                          class_weight=class_weight,
+                          time_budget_s=None if max_minutes is None else 60.0 * max_minutes)
+        res = trainer.fit(train_ds, val_ds)
+        t0 = time.perf_counter()
+        pred, test_loss = predict(trainer.model, test_ds, device=dev, amp=trainer.amp)
+        test_time = time.perf_counter() - t0
+        true = test_ds.labels.numpy()
+        rep = classification_report(true, pred, k, scene.class_names)
+        report = {**base_report, "status": "done", "oa": rep["oa"], "aa": rep["aa"], "kappa": rep["kappa"],
+                  "per_class_accuracy": rep["per_class_accuracy"], "support": rep["support"],
+                  "confusion_matrix": rep["confusion_matrix"], "test_loss": test_loss,
+                  "train_time_s": res.train_time_s, "test_time_s": test_time, "epochs_run": res.epochs_run,
+                  "best_epoch": res.best_epoch, "best_val_loss": res.best_val_loss, "stopped_early": res.stopped_early,
+                  "stopped_by_time_budget": res.stopped_by_time_budget, "diverged_epoch": res.diverged_epoch,
+                  "epoch_time_s_mean": float(np.mean([h["time_s"] for h in res.history])) if res.history else None,
+                  "history": [{k2: round(v, 5) if isinstance(v, float) else v for k2, v in h.items()}
+                              for h in res.history],
+                  "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        meta["report"] = report
+        trainer.model.meta = meta
+        save(trainer.model.cpu(), meta)
+        log.info("%s: OA %.4f  AA %.4f  kappa %.4f  (%d epochs, best %d, train %.0fs, test %.1fs) -> %s", scene.name,
+                 rep["oa"], rep["aa"], rep["kappa"], res.epochs_run, res.best_epoch, res.train_time_s, test_time, out)
+        return report
 
 
 def _finished_model(out: Any) -> bool:

@@ -130,8 +130,8 @@ def test_out_is_checked_before_training(tmp_path, no_data, capsys, monkeypatch):
 @pytest.mark.parametrize("option, value, bound", [
     ("--epochs", "0", "expected an integer >= 1, got 0"),
     ("--epochs", "-3", "expected an integer >= 1, got -3"),
-    ("--batch-size", "0", "expected an integer >= 1"),
-    ("--batch-size", "-1", "expected an integer >= 1"),
+    ("--batch-size", "1", "expected an integer >= 2"),
+    ("--batch-size", "-1", "expected an integer >= 2"),
     ("--per-class", "0", "expected an integer >= 1"),
     ("--per-class", "-2", "expected an integer >= 1"),
     ("--train-fraction", "1.5", "expected a fraction in (0, 1) (0 and 1 excluded), got 1.5"),

@@ -96,6 +96,16 @@ def test_refuses_weights_changed_since_the_save(tmp_path):
     assert all(torch.equal(loaded[k], v) for k, v in _model(seed=1).state_dict().items())
 
 
+def test_refuses_weights_holding_nan(tmp_path):
+    """A diverged training's weights mapped every pixel to one class, silently."""
+    m = _model()
+    with torch.no_grad():
+        next(p for p in m.parameters()).view(-1)[0] = float("nan")
+    d = ssrn.save_model(m, tmp_path / "m")
+    with pytest.raises(CheckpointError, match=r"hold NaN or inf values: the training that wrote them diverged"):
+        ssrn.load_model(d)
+
+
 def test_refuses_foreign_json(tmp_path):
     d = ssrn.save_model(_model(), tmp_path / "m")
     (d / "model.json").write_text(json.dumps({"format": "keras"}))

@@ -160,7 +160,9 @@ def no_data(monkeypatch):
 @pytest.mark.parametrize("kw, message", [
     (dict(epochs=0), r"epochs \(--epochs\) must be >= 1, got 0"),
     (dict(epochs=-3), "epochs .* must be >= 1"),
-    (dict(batch_size=0), r"batch_size \(--batch-size\) must be >= 1"),
+    (dict(batch_size=0), r"batch_size \(--batch-size\) must be >= 2"),
+    (dict(batch_size=1), r"batch_size \(--batch-size\) must be >= 2 \(BatchNorm needs two samples per batch"),
+    (dict(class_names="roof,tree"), r"class_names must be a list of names.*\['roof', 'tree'\]"),
     (dict(lr=0.0), r"lr \(--lr\) must be > 0, got 0.0"),
     (dict(lr=-1.0), "lr .* must be > 0"),
     (dict(patience=0), r"patience \(--patience\) must be >= 1"),
@@ -286,3 +288,55 @@ def test_a_class_without_test_pixels_is_named(tmp_path, caplog):
                            val_fraction=0.0, device="cpu", patch=5, variant="spc")
     assert rep["split"]["classes_absent_from_test"] == ["class 3"]
     assert any("classes ['class 3'] have no test pixel" in r.getMessage() for r in caplog.records)
+
+
+def _npz_scene(path, labels, bands=24, seed=0):
+    rng = np.random.default_rng(seed)
+    np.savez(path, cube=rng.normal(size=(bands, labels.shape[0], labels.shape[1])).astype(np.float32),
+             labels=labels)
+    return str(path)
+
+
+def test_labels_of_more_classes_than_a_map_holds_are_refused_before_training(tmp_path):
+    """300 classes trained a model the engine then refused ('at most 255 classes ... retrain')."""
+    scene = _npz_scene(tmp_path / "s.npz", (np.arange(400).reshape(20, 20) % 300) + 1)
+    with pytest.raises(D.DataError, match="the labels have 300 classes; class maps are uint8"):
+        run_training(scene, tmp_path / "m", epochs=1, device="cpu", patch=5)
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_block_split_without_training_pixels_is_refused(tmp_path):
+    """A scene too small for the blocks of --split blocks put every block in test: the untrained network was
+    saved as a finished model (loss 0.0000 in every epoch)."""
+    labels = np.zeros((16, 16), int)
+    labels[:8], labels[8:] = 1, 2
+    scene = _npz_scene(tmp_path / "s.npz", labels)
+    with pytest.raises(D.DataError, match="the split leaves no training pixels .* --split random"):
+        run_training(scene, tmp_path / "m", epochs=1, device="cpu", patch=11, split="blocks")
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_loss_that_diverges_before_any_usable_epoch_saves_nothing(tmp_path):
+    """lr 1e6: NaN from epoch 1, no epoch improved, and the NaN weights were saved as a finished model (whose map
+    was one class). Now an error naming --lr, and no model."""
+    from ssrn.train import TrainingDivergedError
+
+    labels = np.zeros((12, 12), int)
+    labels[:6], labels[6:] = 1, 2
+    scene = _npz_scene(tmp_path / "s.npz", labels)
+    with pytest.raises(TrainingDivergedError, match=r"loss is nan at epoch 1.* lower the learning rate \(--lr"):
+        run_training(scene, tmp_path / "m", epochs=2, device="cpu", patch=5, variant="spc", optimizer="adamw",
+                     lr=1e6)
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_second_run_into_the_same_out_is_refused_at_once(tmp_path, no_data):
+    """Two runs into one --out (a copied job script): the second trained for hours, then found the first one's
+    model and lost its own. It is refused before reading data while the first holds the output."""
+    from hsi_engine.errors import OutputError
+    from hsi_engine.lock import output_lock
+
+    with output_lock((tmp_path / "m").resolve(), sweep=False):
+        with pytest.raises(OutputError, match=r"another run is writing .*m now .*train into another --out"):
+            run_training("indian_pines", tmp_path / "m", epochs=1)
+    assert list(tmp_path.iterdir()) == []
