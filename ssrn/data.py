@@ -524,12 +524,18 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
     if path.suffix.lower() == ".npy":
         return _check_labels(np.load(path), shape, where), None, None
     import rasterio
+    from affine import Affine
 
     try:
         with rasterio.open(path) as f:
             if f.count != 1:
                 raise DataError(f"{path} has {f.count} bands; expected one band of class ids (0 = unlabelled)")
             transform = None if f.transform.is_identity else f.transform
+            flip = (transform is not None and scene_transform is not None and transform.e * scene_transform.e < 0
+                    and not (scene_transform.b or scene_transform.d))
+            if flip:  # a south-up scene over north-up labels (or the reverse): read the window, then flip its rows
+                st = scene_transform
+                scene_transform = Affine(st.a, st.b, st.c, st.d, -st.e, st.f + st.e * shape[0])
             if f.crs is not None and scene_crs is not None and f.crs != scene_crs:
                 raise DataError(f"{where}: the labels are in {f.crs}, the scene in {scene_crs}; reproject the "
                                 f"labels onto the scene's grid (e.g. rio warp {path} out.tif --like {like})")
@@ -550,6 +556,8 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
             fill = f.nodata if f.nodata is not None else 0
             height, width = f.height, f.width
             labels = f.read(1, window=window, boundless=window is not None, fill_value=fill)
+            if flip:
+                labels = np.ascontiguousarray(labels[::-1])
             if f.nodata is not None:
                 labels = np.nan_to_num(labels, nan=0) if np.isnan(f.nodata) else np.where(labels == f.nodata, 0,
                                                                                           labels)
@@ -633,7 +641,7 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
     label raster on its pixel grid (the same pixels, or a larger raster on the same grid, cut to the scene) as a
     training :class:`Scene`. The scene's nodata pixels (its declared nodata, or NaN, in the bands a ``bbl`` does
     not flag bad) are unlabelled and masked as the engine masks them; mosaic tiles first (e.g. ``rio merge``)."""
-    from hsi_engine.api import _declared_nodata, _nodata_bands
+    from hsi_engine.api import _declared_nodata, _grid_transform, _nodata_bands
     from hsi_engine.io import _envi_paths, open_scene, scene_format
 
     scene_path, labels_path = Path(scene_path), Path(labels_path)
@@ -642,7 +650,8 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
     da = open_scene(scene_path)
     try:
         scene_crs = da.rio.crs
-        scene_transform = da.rio.transform() if scene_crs is not None and "x" in da.coords else None
+        # as the engine places the scene's map: its coordinates overrule a GeoTransform left stale by flipping it
+        scene_transform = _grid_transform(da, scene_path) if scene_crs is not None and "x" in da.coords else None
     except Exception:  # noqa: BLE001 - rioxarray cannot tell: nothing to compare
         scene_crs = scene_transform = None
     where = f"{labels_path} vs {scene_path}"

@@ -111,6 +111,24 @@ def test_a_larger_label_raster_on_the_scene_grid_is_cut_to_the_scene(tmp_path):
     np.testing.assert_array_equal(sc.labels[5:], want[5:])
 
 
+def test_a_south_up_scene_takes_the_labels_of_its_own_ground_rows(tmp_path):
+    """A scene flipped to south-up and saved as NetCDF keeps a stale north-up GeoTransform: the label window was
+    taken from it, rows 63..126 of the raster instead of 0..63, silently. The coordinates place the scene (with
+    the engine's warning) and a north-up raster's window is read flipped, row for row."""
+    import hsi_engine
+
+    _write_scene(tmp_path / "s.tif", h=20, w=24)
+    rows = np.repeat(np.arange(1, 41, dtype=np.uint8)[:, None], 24, 1)  # 40 rows; label = ground row + 1
+    _write_labels(tmp_path / "rows.tif", rows)
+    north = load_labelled_raster(tmp_path / "s.tif", tmp_path / "rows.tif").labels
+    assert north[0, 0] == 1 and north[19, 0] == 20
+    scene = hsi_engine.open_scene(tmp_path / "s.tif").load()
+    scene.isel(y=slice(None, None, -1)).to_dataset(name="r").to_netcdf(tmp_path / "south.nc")
+    with pytest.warns(UserWarning, match="disagrees with its x/y coordinates"):
+        south = load_labelled_raster(tmp_path / "south.nc", tmp_path / "rows.tif").labels
+    np.testing.assert_array_equal(south, north[::-1])
+
+
 def test_the_legend_of_the_label_raster_decides_the_classes(tmp_path):
     """A land-cover raster names more classes than one scene holds (or its last class lies only on nodata): the
     model keeps the legend's K classes (empty ones included) and its colours, instead of refusing the names; a
