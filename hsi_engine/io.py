@@ -234,9 +234,19 @@ def _with_bbl(da: xr.DataArray, bbl: Sequence[int] | None) -> xr.DataArray:
     return da
 
 
+def _eager_coords(da: xr.DataArray) -> xr.DataArray:
+    """``da`` with its 0-d and 1-d dask-backed coordinates (a zarr/NetCDF ``wavelength``, ``bbl``, ``fwhm``) read
+    now, without a scheduler: computed later inside a tile task on a dask worker, one went to the cluster and
+    waited for a thread that every worker's tile task held (a run that never finished)."""
+    lazy = {n: c for n, c in da.coords.items() if c.ndim <= 1 and c.chunks is not None}
+    if not lazy:
+        return da
+    return da.assign_coords({n: c.compute(scheduler="synchronous") for n, c in lazy.items()})
+
+
 def _finish(da: xr.DataArray, path: Path, fmt: str, *, wavelengths=None, nodata=None,
             chunks=None, bbl=None) -> xr.DataArray:
-    da = _with_bbl(da, bbl)
+    da = _eager_coords(_with_bbl(da, bbl))
     if wavelengths is not None and len(wavelengths) == da.sizes["band"]:
         da = da.assign_coords(wavelength=("band", np.asarray(wavelengths, dtype=np.float64)))
         da["wavelength"].attrs["units"] = "nm"

@@ -284,6 +284,28 @@ def test_cli_workers_starts_a_local_cluster(case, tmp_path, capsys, caplog):
                 r.name.startswith("distributed")]
 
 
+@pytest.mark.timeout(90)  # the old code waited forever
+def test_a_scene_with_a_lazy_wavelength_coordinate_does_not_hang_the_workers(case, client, tmp_path):
+    """A zarr scene with a per-band ``wavelength`` coordinate (as xarray writes one) opened lazily on each worker:
+    converting it to nm computed a dask array on the cluster from inside a tile task, and with every worker's one
+    thread busy the run waited forever ('no tile finished', 0 %). Coordinates are read when the scene opens."""
+    import xarray as xr
+
+    da = F.dataarray(case["cube"]).assign_coords(wavelength=("band", np.linspace(400.0, 2500.0,
+                                                                                 case["cube"].shape[0])))
+    da["wavelength"].attrs["units"] = "nm"
+    scene = tmp_path / "wl.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        da.to_dataset().chunk({"band": -1, "y": TILE, "x": TILE}).to_zarr(scene, zarr_format=3, consolidated=False)
+    with xr.open_dataset(scene, engine="zarr", chunks={}) as raw:
+        assert hasattr(raw["wavelength"].data, "dask")  # what a worker opening the scene converts to nm
+    out = tmp_path / "wl.tif"
+    rep = cluster.run_to_file(scene, case["model"], out, tile=TILE, scheduler=client)
+    assert rep.computed == rep.tiles == 9
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"]["labels"].values)
+
+
 def test_workers_and_scheduler_are_exclusive(case, tmp_path, capsys):
     with pytest.raises(ValueError, match="not both"):
         cluster.run_to_file(case["scene"], case["model"], tmp_path / "x.zarr", tile=TILE, workers=2,
