@@ -33,6 +33,7 @@ sidecar outlives the map it belongs to.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -264,6 +265,31 @@ def remove_tree(path: Path) -> bool:
     return False
 
 
+def _io_errors() -> tuple[type[BaseException], ...]:
+    """What a failed write raises: OSError, and rasterio's and GDAL's own errors."""
+    errors: list[type[BaseException]] = [OSError]
+    try:
+        import rasterio.errors
+        from rasterio._err import CPLE_BaseError
+
+        errors += [rasterio.errors.RasterioError, CPLE_BaseError]
+    except ImportError:  # pragma: no cover - another rasterio layout: OSError still covers the file system's
+        pass
+    return tuple(errors)
+
+
+def _write_failed(path: Path, e: BaseException) -> OutputError:
+    """The error for an output that could not be written: names a full file system (GDAL says only 'IO error')."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    full = getattr(e, "errno", None) == errno.ENOSPC or (free is not None and free < (1 << 20))
+    why = f"the file system is full ({free or 0:,} bytes free)" if full else "a write failed"
+    return OutputError(f"cannot write the class map {path}: {why} ({e}); free space there or choose another "
+                       "location (nothing was left half-written)")
+
+
 def sweep_leftovers(out: str | os.PathLike) -> list[Path]:
     """Remove what a killed run into ``out`` left hidden beside it: ``.<name>.tmp-*``, ``.old-*``, ``.cog-*`` and
     ``.trash-*`` of the map, its side files and ``<out>.partial`` (never the partial store itself). Call only
@@ -410,8 +436,13 @@ class ClassMapWriter:
     def write(self, y0: int, x0: int, labels: np.ndarray, probabilities: np.ndarray | None = None,
               confidence: np.ndarray | None = None) -> None:
         labels, probabilities, confidence = self._check_tile(int(y0), int(x0), labels, probabilities, confidence)
-        with self._lock:
-            self._write(int(y0), int(x0), labels, probabilities, confidence)
+        try:
+            with self._lock:
+                self._write(int(y0), int(x0), labels, probabilities, confidence)
+        except OutputError:
+            raise
+        except _io_errors() as e:
+            raise _write_failed(self.path, e) from None
 
     def commit(self) -> Path:
         if self._done:
@@ -419,6 +450,12 @@ class ClassMapWriter:
         try:
             with self._lock:
                 self._commit()
+        except OutputError:
+            self._commit_failed()
+            raise
+        except _io_errors() as e:  # a full disk: GDAL's 'TIFFWriteDirectoryTagData: IO error', a traceback
+            self._commit_failed()
+            raise _write_failed(self.path, e) from None
         except BaseException:
             self._commit_failed()
             raise

@@ -363,3 +363,33 @@ def test_interrupt_leaves_no_temp_and_keeps_the_previous_output(case, tmp_path, 
         classify_to_file(case, fresh / "m.tif", probabilities=True, readers=1, queue_depth=1)
     assert listing(fresh) == []
     del info
+
+
+def test_a_full_disk_while_the_geotiff_is_committed_is_one_error_and_leaves_nothing(case, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """GDAL reports a full disk as 'TIFFWriteDirectoryTagData: IO error writing tag data' (a CPLE_AppDefinedError):
+    the command line printed a traceback and exited 1 (the zarr path said 'No space left', exit 2). It is an
+    OutputError naming the full file system, exit 2, and no temp is left."""
+    import shutil
+    from collections import namedtuple
+
+    import rasterio.shutil
+    from rasterio._err import CPLE_AppDefinedError
+
+    def full(*a, **k):
+        raise CPLE_AppDefinedError(1, 1, "TIFFWriteDirectoryTagData:IO error writing tag data")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(rasterio.shutil, "copy", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 << 20, (10 << 20) - 4096, 4096))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    scene = F.write_zarr(tmp_path / "s.zarr", case["cube"])
+    with pytest.raises(OutputError, match=r"the file system is full \(4,096 bytes free\) .*IO error writing tag"):
+        hsi_engine.classify_to_file(scene, case["model"], out_dir / "map.tif", tile=TILE, progress=False)
+    assert list(out_dir.iterdir()) == []
+    rc = main(["classify", str(scene), "--model", str(case["model"]), "--out", str(out_dir / "cli.tif"),
+               "--tile", str(TILE)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and "error: cannot write the class map" in err
+    assert list(out_dir.iterdir()) == []
