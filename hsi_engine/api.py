@@ -288,8 +288,14 @@ def scene_georef(da: xr.DataArray, scene_path: Any = None) -> tuple[Any, Any, An
     control points of one georeferenced by them (not orthorectified: no transform, no y/x coordinates, where
     ``rio.transform()`` reads the identity); all None, with one warning, when the scene has no CRS."""
     if not _georeferenced(da):
+        def pixel_indices(d: str) -> bool:
+            v = np.asarray(da[d].values, np.float64) if d in da.coords and da[d].ndim == 1 else None
+            return v is None or v.size < 2 or bool(np.allclose(v - np.floor(v[0]), np.arange(v.size) + v[0] % 1))
+
+        placed = ("written in pixel coordinates" if pixel_indices("x") and pixel_indices("y")
+                  else "placed by the scene's x/y coordinates, with no CRS")
         warnings.warn(f"scene {_scene_name(da, scene_path)} has no georeferencing (no CRS): the class map is "
-                      "written in pixel coordinates; set one with da.rio.write_crs(...) in Python, or write it into "
+                      f"{placed}; set one with da.rio.write_crs(...) in Python, or write it into "
                       "the scene file (e.g. gdal_edit.py -a_srs EPSG:32633 -a_ullr ... for a GeoTIFF)",
                       stacklevel=user_stacklevel())
         return None, None, None

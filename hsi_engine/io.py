@@ -244,9 +244,45 @@ def _eager_coords(da: xr.DataArray) -> xr.DataArray:
     return da.assign_coords({n: c.compute(scheduler="synchronous") for n, c in lazy.items()})
 
 
+_KM = {"km", "kilometre", "kilometer", "kilometres", "kilometers"}
+
+
+def _cf_axis(c: xr.DataArray, name: str, units: tuple[str, ...]) -> bool:
+    """Whether coordinate ``c`` is CF's latitude or longitude (by ``standard_name`` or ``units``)."""
+    unit = str(c.attrs.get("units", "")).replace(" ", "").lower()
+    return c.attrs.get("standard_name") == name or unit in units
+
+
+def _cf_georef(da: xr.DataArray) -> xr.DataArray:
+    """What CF says of the x/y coordinates and rioxarray does not read: lat/lon coordinates without a
+    ``grid_mapping`` are WGS 84 (as GDAL's netCDF driver reads them; the map had a degree grid and no CRS), and
+    projected coordinates in km are converted to the CRS's metres (the map was placed 1000x off)."""
+    x, y = da.coords.get("x"), da.coords.get("y")
+    if x is None or y is None or x.ndim != 1 or y.ndim != 1:
+        return da
+    try:
+        crs = da.rio.crs
+    except Exception:  # noqa: BLE001 - an unreadable grid mapping: left as it is
+        return da
+    if crs is None:
+        if _cf_axis(x, "longitude", ("degrees_east", "degree_east", "degreee", "degreese", "degrees_e",
+                                    "degree_e")) and \
+                _cf_axis(y, "latitude", ("degrees_north", "degree_north", "degreen", "degreesn", "degrees_n",
+                                         "degree_n")):
+            da = da.rio.write_crs("EPSG:4326")
+        return da
+    units = {str(c.attrs.get("units", "")).strip().lower() for c in (x, y)}
+    if units <= _KM and crs.is_projected and str(crs.linear_units).lower() in ("metre", "meter", "m"):
+        coords = {}
+        for n, c in (("x", x), ("y", y)):
+            coords[n] = (c.dims, np.asarray(c.values, np.float64) * 1000.0, {**c.attrs, "units": "m"})
+        da = da.assign_coords(coords)
+    return da
+
+
 def _finish(da: xr.DataArray, path: Path, fmt: str, *, wavelengths=None, nodata=None,
             chunks=None, bbl=None) -> xr.DataArray:
-    da = _eager_coords(_with_bbl(da, bbl))
+    da = _cf_georef(_eager_coords(_with_bbl(da, bbl)))
     if wavelengths is not None and len(wavelengths) == da.sizes["band"]:
         da = da.assign_coords(wavelength=("band", np.asarray(wavelengths, dtype=np.float64)))
         da["wavelength"].attrs["units"] = "nm"

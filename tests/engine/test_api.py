@@ -480,8 +480,17 @@ def _zarr_labels(path):
 def test_missing_georeferencing_warns(geo, tmp_path):
     cube = geo.make_cube(height=9, width=9)
     model = make_model(geo.BANDS, cube=cube)
-    with pytest.warns(UserWarning, match=r"scene \(in memory\) has no georeferencing"):
+    with pytest.warns(UserWarning, match=r"scene \(in memory\) has no georeferencing .* in pixel coordinates"):
         classify_to_file(cube, model, tmp_path / "m.zarr", progress=False)
+    # projected coordinates without a CRS: the map is placed by them (the warning said 'pixel coordinates')
+    y, x = geo.pixel_centres(9, 9)
+    placed = xr.DataArray(cube, dims=("band", "y", "x"), coords={"y": y, "x": x})
+    with pytest.warns(UserWarning, match=r"no CRS\): the class map is placed by the scene's x/y coordinates"):
+        classify_to_file(placed, model, tmp_path / "p.tif", progress=False)
+    import rasterio
+
+    with rasterio.open(tmp_path / "p.tif") as f:
+        assert f.crs is None and f.transform.c == pytest.approx(geo.TRANSFORM[2])
     # a scene opened from a file names it, however it was opened (--variable, --band-axis: scene_path is None)
     path = tmp_path / "nogeo.nc"
     xr.DataArray(cube, dims=("band", "y", "x"), name="cube_a").to_dataset().to_netcdf(path)

@@ -381,3 +381,41 @@ def test_a_geotiff_scene_saved_as_netcdf_or_zarr_reads_back_as_stored(tmp_path, 
     crop = open_scene(tmp_path / "crop.tif")
     np.testing.assert_array_equal(crop.values, cube[:, :, :4])
     assert crop.encoding["scales"] == (0.0001,) * 5
+
+
+def test_cf_projection_coordinates_in_km_are_read_in_metres(tmp_path):
+    """CF x/y coordinates in km (units="km", projection_x/y_coordinate) over a metre CRS: the map was placed 1000x
+    off (origin 366 m, 0.03 m pixels), silently. They read in the CRS's metres."""
+    from pyproj import CRS as PCRS
+
+    y, x = pixel_centres(HEIGHT, WIDTH)
+    ds = xr.Dataset({"refl": (("band", "y", "x"), make_cube())}, coords={"y": y / 1000, "x": x / 1000})
+    for d in ("x", "y"):
+        ds[d].attrs.update(standard_name=f"projection_{d}_coordinate", units="km")
+    ds["crs"] = xr.DataArray(0, attrs=PCRS.from_epsg(32633).to_cf())
+    ds["refl"].attrs["grid_mapping"] = "crs"
+    ds.to_netcdf(tmp_path / "km.nc", engine="h5netcdf")
+    da = open_scene(tmp_path / "km.nc")
+    assert da.rio.crs.to_epsg() == 32633
+    assert tuple(da.rio.transform())[:6] == pytest.approx(TRANSFORM)
+    np.testing.assert_allclose(da["x"].values, x)
+    assert da["x"].attrs["units"] == "m"
+
+
+def test_cf_lat_lon_coordinates_without_a_grid_mapping_are_wgs84(tmp_path):
+    """Latitude/longitude coordinates and no grid_mapping (GDAL's netCDF driver reads them as WGS 84): the map
+    had a degree grid and no CRS, and the warning said 'pixel coordinates'. They read as EPSG:4326."""
+    lat = 52.4 - 0.0003 * (np.arange(HEIGHT) + 0.5)
+    lon = 13.0 + 0.0003 * (np.arange(WIDTH) + 0.5)
+    ds = xr.Dataset({"refl": (("band", "lat", "lon"), make_cube())}, coords={"lat": lat, "lon": lon})
+    ds["lat"].attrs.update(standard_name="latitude", units="degrees_north")
+    ds["lon"].attrs.update(units="degrees_east")  # units alone say it too
+    ds.to_netcdf(tmp_path / "ll.nc", engine="h5netcdf")
+    da = open_scene(tmp_path / "ll.nc")
+    assert da.rio.crs.to_epsg() == 4326
+    assert tuple(da.rio.transform())[:6] == pytest.approx((0.0003, 0, 13.0, 0, -0.0003, 52.4))
+    # without those attributes the coordinates say nothing of a CRS: none is invented
+    for d in ("lat", "lon"):
+        ds[d].attrs.clear()
+    ds.to_netcdf(tmp_path / "plain.nc", engine="h5netcdf")
+    assert open_scene(tmp_path / "plain.nc").rio.crs is None
