@@ -17,7 +17,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import xarray as xr
 
-from .errors import HSIEngineError, OutputError, SceneError, UnnormalisedInputWarning, user_stacklevel
+from .errors import (HSIEngineError, IrregularGridError, OutputError, SceneError, UnnormalisedInputWarning,
+                     user_stacklevel)
 from .io import as_scene, open_scene, scene_gcps, with_window_gcps
 from .tiles import TilePlan, default_tile, plan_tiles
 
@@ -316,6 +317,16 @@ def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
     stored = da.rio.transform()
     if stored.b or stored.d or not all(d in da.coords and da[d].ndim == 1 and da[d].size > 1 for d in ("x", "y")):
         return stored  # rotated (coordinates are pixel indices then), or no 1-D coordinates to check against
+    for d in ("x", "y"):
+        steps = np.diff(np.asarray(da[d].values, np.float64))
+        mean = float(steps.mean())
+        if not np.all(np.isfinite(steps)) or np.abs(steps - mean).max() > 0.1 * abs(mean):
+            off = float(np.abs(np.cumsum(steps - mean)).max())
+            raise IrregularGridError(
+                f"scene {_scene_name(da, scene_path)}: its {d} coordinates are not evenly spaced (steps from "
+                f"{steps.min():g} to {steps.max():g}; columns or rows dropped with isel?): a map on a regular grid "
+                f"would put its pixels up to {off:.4g} (coordinate units) off; classify each evenly spaced part on "
+                f"its own (e.g. scene.isel({d}=slice(0, k)))")
     try:
         from_coords = da.rio.transform(recalc=True)
     except Exception:  # noqa: BLE001 - irregular coordinates: the stored transform is all there is
@@ -392,7 +403,11 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
         if gcps:  # a scene placed by ground control points: so is its map (moved to the window classified)
             labels = with_window_gcps(labels, gcps, job.da.rio.crs)
         else:  # the scene's spatial_ref may hold a GeoTransform its coordinates contradict: the map's must not
-            labels = labels.rio.write_transform(_grid_transform(job.da, scene))
+            try:
+                labels = labels.rio.write_transform(_grid_transform(job.da, scene))
+            except IrregularGridError as e:  # the map keeps the scene's coordinates; a transform would lie
+                warnings.warn(f"{e}. The map keeps the scene's coordinates, but no transform can place it "
+                              "(rio.transform() and rio.to_raster would not)", stacklevel=user_stacklevel())
     if not probabilities:
         return labels
     cls = np.arange(1, job.classes + 1)

@@ -29,6 +29,10 @@ class NonFiniteInputError(HSIEngineError, ValueError):
     """NaN or inf in the scene and no nodata policy given."""
 
 
+class IrregularGridError(SceneError):
+    """A scene's x or y coordinates are not evenly spaced: no affine transform places its map."""
+
+
 class CorruptChunkError(SceneError):
     """A zarr chunk that is missing or cannot be decoded."""
 

@@ -720,3 +720,25 @@ def test_a_stale_geotransform_is_overruled_by_the_coordinates(tmp_path, geo):
         with warnings.catch_warnings():
             warnings.filterwarnings("error", message=".*disagrees with its x/y")
             classify_to_file(scene, model, tmp_path / name, progress=False)
+
+
+def test_irregular_coordinates_are_refused_for_a_file_and_warned_in_memory(geo, tmp_path):
+    """Columns dropped with ``isel(x=np.r_[0:4, 8:12])``: the map got one transform averaged from the first and
+    last coordinates (a 45 m pixel for 30 m, pixels 60 m off), silently. A file output is refused before any
+    tile; the in-memory map keeps the true coordinates and warns that no transform places it."""
+    from hsi_engine.errors import IrregularGridError
+
+    cube = geo.make_cube(height=8, width=12)
+    model = make_model(geo.BANDS, cube=cube)
+    y, x = geo.pixel_centres(8, 12)
+    da = xr.DataArray(cube, dims=("band", "y", "x"), coords={"y": y, "x": x}).rio.write_crs("EPSG:32633")
+    gappy = da.isel(x=np.r_[0:4, 8:12])
+    with pytest.raises(IrregularGridError, match=r"its x coordinates are not evenly spaced \(steps from 30 to 150"):
+        classify_to_file(gappy, model, tmp_path / "gap.tif", progress=False)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.warns(UserWarning, match="no transform can place it"):
+        labels = classify(gappy, model, progress=False)
+    np.testing.assert_array_equal(labels["x"].values, gappy["x"].values)
+    with warnings.catch_warnings():  # a strided window is evenly spaced: placed, no warning
+        warnings.filterwarnings("error", message=".*not evenly spaced")
+        classify_to_file(da.isel(x=slice(0, None, 2)), model, tmp_path / "strided.tif", progress=False)
