@@ -460,25 +460,33 @@ def _empty_bands_out(da: Any, labels: np.ndarray, where: str) -> tuple[np.ndarra
         return labels, None
     if not np.isfinite(raw).any(axis=tuple(range(1, raw.ndim))).any():
         raise DataError(f"{where}: no band holds a finite value; expected a cube with data")
-    unlabelled, good, bad = _unlabel_nodata(raw, labels, None, None)
+    unlabelled, good, bad = _unlabel_nodata(raw, labels, None, None, where)
     if good is not None:
         log.info("%s: bands %s hold no finite value: read as bad bands (0 once normalised), as the engine reads "
                  "them", where, np.setdiff1d(np.arange(raw.shape[0]), good).tolist())
-    if (bad & (labels > 0)).any():
-        log.info("%s: %d labelled pixels hold NaN or inf in a band with data: left unlabelled, as the engine masks "
-                 "them", where, int((bad & (labels > 0)).sum()))
     return unlabelled, good
 
 
-def _unlabel_nodata(raw: np.ndarray, labels: np.ndarray, nodata: float | None, nodata_bands: np.ndarray | None
-                    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def _unlabel_nodata(raw: np.ndarray, labels: np.ndarray, nodata: float | None, nodata_bands: np.ndarray | None,
+                    where: str = "") -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """The engine's mask on a training scene: without a bbl (``nodata_bands`` None), bands with no data in any
-    pixel are the bad ones; the pixels the mask takes lose their labels. ``(labels, nodata_bands, bad)``."""
+    pixel are the bad ones; the pixels the mask takes lose their labels. ``(labels, nodata_bands, bad)``.
+    Pixels with NaN or inf in a tested band and no NaN nodata declared are left out with a warning: the engine
+    refuses them unless told ``--nodata nan``."""
     if nodata_bands is None:
         empty = _bands_without_data(raw, nodata)
         if 0 < empty.size < raw.shape[0]:
             nodata_bands = np.setdiff1d(np.arange(raw.shape[0]), empty)
     bad = _nodata_pixels(raw, nodata, nodata_bands)
+    if raw.dtype.kind == "f" and (nodata is None or not np.isnan(nodata)):
+        nonfinite = np.zeros(raw.shape[1:], bool)
+        for b in (range(raw.shape[0]) if nodata_bands is None else nodata_bands):
+            nonfinite |= ~np.isfinite(raw[b])
+        if nonfinite.any():
+            log.warning("%s: %d pixels hold NaN or inf (%d of them labelled) and the scene declares no NaN nodata: "
+                        "training leaves them out; classifying this scene then needs --nodata nan "
+                        "(nodata=float('nan')), which maps them to class 0", where or "the scene",
+                        int(nonfinite.sum()), int((nonfinite & (labels > 0)).sum()))
     return np.where(bad, 0, labels), nodata_bands, bad
 
 
@@ -642,11 +650,17 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
     training :class:`Scene`. The scene's nodata pixels (its declared nodata, or NaN, in the bands a ``bbl`` does
     not flag bad) are unlabelled and masked as the engine masks them; mosaic tiles first (e.g. ``rio merge``)."""
     from hsi_engine.api import _declared_nodata, _grid_transform, _nodata_bands
+    from hsi_engine.errors import SceneError
     from hsi_engine.io import _envi_paths, open_scene, scene_format
 
     scene_path, labels_path = Path(scene_path), Path(labels_path)
     if not labels_path.exists():
         raise FileNotFoundError(f"label raster {labels_path} not found")
+    if labels_path.suffix.lower() == ".hdr":  # an ENVI classification given by its header, as --dataset takes one
+        try:
+            labels_path = _envi_paths(labels_path)[1]
+        except SceneError as e:
+            raise DataError(str(e)) from None
     da = open_scene(scene_path)
     try:
         scene_crs = da.rio.crs
@@ -662,7 +676,8 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
                                              like)
     nodata, nodata_bands = _declared_nodata(da), _nodata_bands(da)
     raw = np.asarray(da.values)
-    labels, nodata_bands, bad = _unlabel_nodata(raw, labels, nodata, nodata_bands)  # (no bbl: a mosaic lost it)
+    labels, nodata_bands, bad = _unlabel_nodata(raw, labels, nodata, nodata_bands,  # (no bbl: a mosaic lost it)
+                                                str(scene_path))
     k = int(labels.max())
     if k == 0:
         raise DataError(f"{where}: no labelled pixel with data (labels 1..K on pixels that are not nodata); found "

@@ -278,6 +278,10 @@ def test_class_names_of_an_envi_classification_label_file(tmp_path):
                    "class names = {unclassified, roof, tree, water}\n")
     sc = load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.bsq")
     assert sc.class_names == ["roof", "tree", "water"]
+    # given by its header, as --dataset takes an ENVI scene (GDAL refused it: 'select the data file')
+    by_header = load_labelled_raster(tmp_path / "s.tif", hdr)
+    assert by_header.class_names == sc.class_names
+    np.testing.assert_array_equal(by_header.labels, sc.labels)
 
 
 def test_train_on_a_real_enmap_tile_and_its_labels(data_dir, tmp_path):
@@ -379,3 +383,21 @@ def test_a_label_raster_beside_the_scene_is_refused_as_not_overlapping(tmp_path)
     with pytest.raises(DataError, match=r"the labels do not overlap the scene: on the labels' grid the scene is "
                                         r"rows 0\.\.19, cols -100\.\.-77, the labels rows 0\.\.19, cols 0\.\.23"):
         load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+
+
+def test_nan_pixels_without_a_nan_nodata_are_left_out_with_a_warning_naming_the_engine_option(tmp_path, caplog):
+    """Training left NaN pixels out silently, and classifying the same scene with the new model then failed
+    (NonFiniteInputError) until --nodata nan was given: the training says so."""
+    rng = np.random.default_rng(0)
+    cube = rng.normal(1000, 100, size=(12, 20, 24)).astype(np.float32)
+    cube[:, 6, 7] = np.nan  # a labelled pixel
+    cube[2, 0, 23] = np.nan  # an unlabelled one, NaN in one band
+    with rasterio.open(tmp_path / "s.tif", "w", driver="GTiff", height=20, width=24, count=12, dtype="float32",
+                       crs="EPSG:32633", transform=T) as dst:
+        dst.write(cube)
+    _write_labels(tmp_path / "l.tif", _labels())
+    with caplog.at_level("WARNING", logger="ssrn.data"):
+        sc = load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+    assert sc.labels[6, 7] == 0
+    msg = [r.getMessage() for r in caplog.records if "NaN or inf" in r.getMessage()]
+    assert len(msg) == 1 and "2 pixels hold NaN or inf (1 of them labelled)" in msg[0] and "--nodata nan" in msg[0]
