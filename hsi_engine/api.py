@@ -314,14 +314,23 @@ def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
     """The scene's transform: the stored one (rioxarray's ``GeoTransform``, which keeps a rotation), unless its
     x/y coordinates say otherwise: a NetCDF flipped with ``isel(y=slice(None, None, -1))`` kept its north-up
     GeoTransform while its y ran upwards, and the map was written flipped and a scene's height off the ground."""
+    have_coords = all(d in da.coords and da[d].ndim == 1 and da[d].size > 1 for d in ("x", "y"))
+    if have_coords:
+        for d in ("x", "y"):
+            if not np.all(np.isfinite(np.asarray(da[d].values, np.float64))):
+                raise IrregularGridError(f"scene {_scene_name(da, scene_path)}: its {d} coordinates hold NaN or "
+                                         "inf: no transform places its map; fix or drop them (e.g. "
+                                         f"scene.assign_coords({d}=...))")
     stored = da.rio.transform()
-    if stored.b or stored.d or not all(d in da.coords and da[d].ndim == 1 and da[d].size > 1 for d in ("x", "y")):
+    if stored.b or stored.d or not have_coords:
         return stored  # rotated (coordinates are pixel indices then), or no 1-D coordinates to check against
     for d in ("x", "y"):
         steps = np.diff(np.asarray(da[d].values, np.float64))
         mean = float(steps.mean())
-        if not np.all(np.isfinite(steps)) or np.abs(steps - mean).max() > 0.1 * abs(mean):
-            off = float(np.abs(np.cumsum(steps - mean)).max())
+        # refused where some pixel would land more than half a pixel off: float32 or rounded coordinates of a
+        # regular grid step unevenly by their storage precision, but stay within a fraction of a pixel
+        off = float(np.abs(np.cumsum(steps - mean)).max())
+        if off > 0.5 * abs(mean):
             raise IrregularGridError(
                 f"scene {_scene_name(da, scene_path)}: its {d} coordinates are not evenly spaced (steps from "
                 f"{steps.min():g} to {steps.max():g}; columns or rows dropped with isel?): a map on a regular grid "

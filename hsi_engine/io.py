@@ -277,6 +277,8 @@ def _cf_georef(da: xr.DataArray) -> xr.DataArray:
         for n, c in (("x", x), ("y", y)):
             coords[n] = (c.dims, np.asarray(c.values, np.float64) * 1000.0, {**c.attrs, "units": "m"})
         da = da.assign_coords(coords)
+        if "GeoTransform" in (da.coords[da.rio.grid_mapping].attrs if da.rio.grid_mapping in da.coords else {}):
+            da = da.rio.write_transform(da.rio.transform(recalc=True))  # a stored one was in km too
     return da
 
 

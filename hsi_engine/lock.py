@@ -55,13 +55,14 @@ def _open_lock_file(path: Path) -> int:
 
 @contextlib.contextmanager
 def output_lock(out: str | os.PathLike, *, fix: str | None = None, sweep: bool = True,
-                required: bool = True) -> Iterator[Path | None]:
+                required: bool = True, create_dir: bool = True) -> Iterator[Path | None]:
     """Hold the lock of ``out`` for the ``with`` block; raise :class:`OutputError` when another live run holds it.
 
     Yields the lock file's path (None where the platform has no ``flock``); creates the output's directory.
     ``fix``: what the refusal tells the second run to do (default: a class map's); ``sweep``: remove a killed
     class-map run's hidden temps once the lock is held; ``required=False``: where the lock file cannot be made
-    (a read-only directory), go on without a lock (yields None) instead of refusing.
+    (a read-only directory), go on without a lock (yields None) instead of refusing; ``create_dir=False``: a
+    missing output directory is not created (no lock then, with ``required=False``).
     """
     try:
         import fcntl
@@ -73,7 +74,8 @@ def output_lock(out: str | os.PathLike, *, fix: str | None = None, sweep: bool =
     path = lock_path(out)
     while True:
         try:
-            ensure_output_dir(path.parent)
+            if create_dir:
+                ensure_output_dir(path.parent)
             fd = _open_lock_file(path)
         except OutputError:
             if required:

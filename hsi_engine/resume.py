@@ -20,8 +20,9 @@ output arrays are chunked exactly like the tiles (tile side = chunk side), so ea
 (region writes, no read-modify-write across tiles). The marker values double as a count: after a resumed run,
 ``(tiles_done == k).sum()`` is the number of tiles run ``k`` computed. The group attrs hold, as JSON strings (so
 the finished store converts to NetCDF), the run history (``resume_runs``) and a fingerprint of scene shape/dtype,
-model weights, tile plan and output options; resuming with different settings is refused. ``run_token`` names the run that owns the store now (each run sets
-it at its start): a cluster task checks it before writing and before marking its tile (:func:`check_owner`).
+model weights, tile plan and output options; resuming with different settings is refused. ``run_token`` names the
+run that owns the store now (each run sets it at its start): a cluster task checks it before writing and before
+marking its tile (:func:`check_owner`).
 
 Which runs are resumable: every ``.zarr`` output and every run through :mod:`hsi_engine.cluster`
 (``workers=``, ``scheduler=`` or ``resume=True``; ``--workers``/``--scheduler``/``--resume``). ``resume=True`` on a
@@ -55,9 +56,8 @@ from .errors import OutputError
 from .writers import _TIFF, ZarrClassMapWriter, check_replaceable, remove_tree, zarr_root_attributes
 
 __all__ = ["PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "check_owner", "discard_partial",
-           "finished_with", "json_attr", "model_digest", "partial_path", "partial_tile", "pinned_store", "provenance", "read_record",
-           "store_replaced",
-           "recorded_fingerprint"]
+           "finished_with", "json_attr", "model_digest", "partial_path", "partial_tile", "pinned_store", "provenance",
+           "read_record", "recorded_fingerprint", "store_replaced"]
 
 PARTIAL_SUFFIX = ".partial"
 RECORD = "resume/tiles_done"

@@ -285,9 +285,12 @@ def _write_failed(path: Path, e: BaseException) -> OutputError:
     except OSError:
         free = None
     full = getattr(e, "errno", None) == errno.ENOSPC or (free is not None and free < (1 << 20))
-    why = f"the file system is full ({free or 0:,} bytes free)" if full else "a write failed"
-    return OutputError(f"cannot write the class map {path}: {why} ({e}); free space there or choose another "
-                       "location (nothing was left half-written)")
+    if full:
+        why = "the file system is full" + (f" ({free:,} bytes free)" if free is not None else "")
+        fix = "free space there or choose another location"
+    else:
+        why, fix = "a write failed", "check that the location is writable and healthy, or choose another"
+    return OutputError(f"cannot write the class map {path}: {why} ({e}); {fix}")
 
 
 def sweep_leftovers(out: str | os.PathLike) -> list[Path]:

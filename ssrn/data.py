@@ -478,12 +478,12 @@ def _unlabel_nodata(raw: np.ndarray, labels: np.ndarray, nodata: float | None, n
         if 0 < empty.size < raw.shape[0]:
             nodata_bands = np.setdiff1d(np.arange(raw.shape[0]), empty)
     bad = _nodata_pixels(raw, nodata, nodata_bands)
-    if raw.dtype.kind == "f" and (nodata is None or not np.isnan(nodata)):
+    if raw.dtype.kind == "f" and nodata is None:  # (with a declared nodata value the engine masks NaN too)
         nonfinite = np.zeros(raw.shape[1:], bool)
         for b in (range(raw.shape[0]) if nodata_bands is None else nodata_bands):
             nonfinite |= ~np.isfinite(raw[b])
         if nonfinite.any():
-            log.warning("%s: %d pixels hold NaN or inf (%d of them labelled) and the scene declares no NaN nodata: "
+            log.warning("%s: %d pixels hold NaN or inf (%d of them labelled) and the scene declares no nodata: "
                         "training leaves them out; classifying this scene then needs --nodata nan "
                         "(nodata=float('nan')), which maps them to class 0", where or "the scene",
                         int(nonfinite.sum()), int((nonfinite & (labels > 0)).sum()))
@@ -650,7 +650,7 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
     training :class:`Scene`. The scene's nodata pixels (its declared nodata, or NaN, in the bands a ``bbl`` does
     not flag bad) are unlabelled and masked as the engine masks them; mosaic tiles first (e.g. ``rio merge``)."""
     from hsi_engine.api import _declared_nodata, _grid_transform, _nodata_bands
-    from hsi_engine.errors import SceneError
+    from hsi_engine.errors import IrregularGridError, SceneError
     from hsi_engine.io import _envi_paths, open_scene, scene_format
 
     scene_path, labels_path = Path(scene_path), Path(labels_path)
@@ -666,6 +666,8 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
         scene_crs = da.rio.crs
         # as the engine places the scene's map: its coordinates overrule a GeoTransform left stale by flipping it
         scene_transform = _grid_transform(da, scene_path) if scene_crs is not None and "x" in da.coords else None
+    except IrregularGridError as e:  # its labels could not be placed on it either
+        raise DataError(str(e)) from None
     except Exception:  # noqa: BLE001 - rioxarray cannot tell: nothing to compare
         scene_crs = scene_transform = None
     where = f"{labels_path} vs {scene_path}"

@@ -3,6 +3,7 @@ loss kept), with options (AdamW, cosine schedule, early stopping, AMP on CUDA, d
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -229,7 +230,7 @@ class Trainer:
                     raise TrainingDivergedError(
                         f"the {which} loss is {loss} at epoch {epoch}, before any epoch gave a usable model (the "
                         f"weights hold NaN or inf): nothing is saved; lower the learning rate (--lr, now "
-                        f"{self.lr:g}) or drop --amp")
+                        f"{self.lr:g}){' or drop --amp' if self.amp else ''}")
                 res.diverged_epoch = epoch
                 log.warning("the %s loss is %s at epoch %d: training stops; the model is the best epoch's (%d); "
                             "a lower learning rate (--lr, now %g) may train further", which, loss, epoch,
@@ -380,11 +381,14 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
 
     from .checkpoint import check_model_target, save_model
 
-    check_model_target(out, overwrite)
     # one run per model directory: a second run into the same --out (a copied job script) is refused now, not
-    # after hours of training when its save finds the first run's model
-    with output_lock(Path(out).resolve(), fix="wait for it to finish, or train into another --out", sweep=False,
-                     required=False):  # (an empty --out in a read-only directory: no lock beside it)
+    # after hours of training when its save finds the first run's model (nor told to pass --overwrite because the
+    # first one's progress save is there); no lock where none can be made beside it (a read-only or missing
+    # parent: nothing is created before the checks)
+    target = Path(out).resolve()
+    with (output_lock(target, fix="wait for it to finish, or train into another --out", sweep=False,
+                      required=False, create_dir=False) if target.name else contextlib.nullcontext()):
+        check_model_target(out, overwrite)
         dev = _device(device)
         if isinstance(class_names, str):
             raise TrainOptionError(f"class_names must be a list of names, one per class; got the string "

@@ -742,3 +742,15 @@ def test_irregular_coordinates_are_refused_for_a_file_and_warned_in_memory(geo, 
     with warnings.catch_warnings():  # a strided window is evenly spaced: placed, no warning
         warnings.filterwarnings("error", message=".*not evenly spaced")
         classify_to_file(da.isel(x=slice(0, None, 2)), model, tmp_path / "strided.tif", progress=False)
+    # a regular grid stored imprecisely is still one: float32 lon/lat of ~1 m pixels (steps vary by the float32
+    # spacing, 30 % of a step) and UTM coordinates rounded to whole metres at 2.5 m pixels (steps 2 and 3)
+    lat = (45.0 - 1e-5 * (np.arange(8) + 0.5)).astype(np.float32)
+    lon = (120.0 + 1.3e-5 * (np.arange(12) + 0.5)).astype(np.float32)
+    assert np.ptp(np.diff(lon.astype(np.float64))) > 0.2 * 1.3e-5
+    rounded = np.round(500000 + 2.5 * np.arange(12))
+    for name, x_, y_, crs in (("f32.tif", lon, lat, "EPSG:4326"), ("round.tif", rounded, np.round(y), "EPSG:32633")):
+        ok = xr.DataArray(cube, dims=("band", "y", "x"), coords={"y": y_, "x": x_}).rio.write_crs(crs)
+        classify_to_file(ok, model, tmp_path / name, progress=False)
+    # NaN coordinates: one clear error, not a NaN transform (nor 'steps from nan to nan')
+    with pytest.raises(IrregularGridError, match=r"its x coordinates hold NaN or inf"):
+        classify_to_file(da.assign_coords(x=np.r_[np.nan, x[1:]]), model, tmp_path / "nan.tif", progress=False)

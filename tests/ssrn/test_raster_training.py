@@ -401,3 +401,23 @@ def test_nan_pixels_without_a_nan_nodata_are_left_out_with_a_warning_naming_the_
     assert sc.labels[6, 7] == 0
     msg = [r.getMessage() for r in caplog.records if "NaN or inf" in r.getMessage()]
     assert len(msg) == 1 and "2 pixels hold NaN or inf (1 of them labelled)" in msg[0] and "--nodata nan" in msg[0]
+    # with a nodata value declared the engine masks NaN as well: no such advice
+    with rasterio.open(tmp_path / "s.tif", "r+") as dst:
+        dst.nodata = -9999.0
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ssrn.data"):
+        load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+    assert not [r for r in caplog.records if "NaN or inf" in r.getMessage()]
+
+
+def test_a_scene_whose_coordinates_are_not_evenly_spaced_is_a_data_error(tmp_path):
+    """The irregular-grid error switched the CRS check and the label window off (caught as 'rioxarray cannot
+    tell'): it is the training's DataError, naming the coordinates."""
+    import hsi_engine
+
+    _write_scene(tmp_path / "s.tif")
+    _write_labels(tmp_path / "l.tif", _labels())
+    scene = hsi_engine.open_scene(tmp_path / "s.tif").load()
+    scene.isel(x=np.r_[0:8, 16:24]).to_dataset(name="r").to_netcdf(tmp_path / "gap.nc")
+    with pytest.raises(DataError, match="its x coordinates are not evenly spaced"):
+        load_labelled_raster(tmp_path / "gap.nc", tmp_path / "l.tif")
