@@ -140,7 +140,8 @@ def _move_into_empty(tmp: Path, target: Path) -> None:
     tmp.rmdir()
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -177,7 +178,7 @@ def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
-               "weights_sha256": _sha256(tmp / WEIGHTS), "meta": _jsonable(meta)}
+               "weights_sha256": file_sha256(tmp / WEIGHTS), "meta": _jsonable(meta)}
         (tmp / MODEL_JSON).write_text(json.dumps(doc, indent=1))
         (tmp / WEIGHTS).chmod(0o666 & ~umask)
         if not target.exists():
@@ -314,8 +315,9 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"{wf} is a pickle/torch.save file, not safetensors; hsi-engine never unpickles. "
                               "Convert it with safetensors.torch.save_file in a trusted environment.")
     recorded = doc.get("weights_sha256")
-    if recorded is not None and recorded != _sha256(wf):
-        raise CheckpointError(f"{wf} does not match the checksum in {MODEL_JSON} (sha256 {_sha256(wf)[:16]}..., "
+    actual = file_sha256(wf) if recorded is not None else None
+    if recorded is not None and recorded != actual:
+        raise CheckpointError(f"{wf} does not match the checksum in {MODEL_JSON} (sha256 {actual[:16]}..., "
                               f"recorded {str(recorded)[:16]}...): the file was changed or damaged since the model "
                               "was saved; copy the model directory again, or, if you replaced the weights on "
                               f"purpose, delete 'weights_sha256' from {MODEL_JSON}")

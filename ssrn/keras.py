@@ -38,7 +38,6 @@ then zero padding of ``patch // 2`` pixels at the scene border.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -49,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, file_sha256
 from .config import SSRNConfig
 from .model import SSRN
 
@@ -522,14 +521,6 @@ def _convert(module: str, kind: str, layer: str, ws: dict[str, np.ndarray],
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_keras(path: str | os.PathLike) -> SSRN:
     """The seed's Keras ``.hdf5`` SSRN as an :class:`SSRN` in eval mode (h5py only; no TensorFlow, no pickle).
 
@@ -559,7 +550,7 @@ def load_keras(path: str | os.PathLike) -> SSRN:
     model.load_state_dict(tensors, strict=False)
     model.eval()
     model.meta = {
-        "source": "keras", "keras_file": path.name, "sha256": _sha256(path), "keras_version": version,
+        "source": "keras", "keras_file": path.name, "sha256": file_sha256(path), "keras_version": version,
         "keras_layers": {m: layer for m, (layer, _) in graph.mapping.items()},
         "input_layout": "SSRN.forward takes (N, bands, y, x); Keras input (N, rows=y, cols=x, bands, 1)",
         "output": "logits (the Keras model's final softmax is dropped; argmax unchanged)",
