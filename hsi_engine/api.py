@@ -322,8 +322,20 @@ def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
                                          "inf: no transform places its map; fix or drop them (e.g. "
                                          f"scene.assign_coords({d}=...))")
     stored = da.rio.transform()
-    if stored.b or stored.d or not have_coords:
-        return stored  # rotated (coordinates are pixel indices then), or no 1-D coordinates to check against
+    if stored.b or stored.d:  # rotated: no x/y coordinates; a window (isel) of it keeps source_row/source_col
+        from affine import Affine
+
+        from .io import SOURCE_COL, SOURCE_ROW, _source_step
+
+        try:
+            (r0, rs), (c0, cs) = _source_step(da, SOURCE_ROW, "y"), _source_step(da, SOURCE_COL, "x")
+        except SceneError:
+            raise IrregularGridError(f"scene {_scene_name(da, scene_path)} has a rotated grid and its pixels were "
+                                     "selected irregularly: only a regular window can be placed; select one with "
+                                     "a slice, e.g. da.isel(x=slice(a, b))") from None
+        return stored * Affine.translation(c0, r0) * Affine.scale(cs, rs)
+    if not have_coords:
+        return stored  # no 1-D coordinates to check against
     for d in ("x", "y"):
         steps = np.diff(np.asarray(da[d].values, np.float64))
         mean = float(steps.mean())
@@ -399,7 +411,10 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     sink = ArraySink(job.height, job.width, job.classes, probabilities=probabilities)
     job.run(sink, probabilities=probabilities, progress=progress, queue_depth=queue_depth, readers=readers,
             cache_blocks=cache_blocks, decoders=decoders)
-    coords = _spatial_coords(job.da)
+    from .io import SOURCE_COL, SOURCE_ROW
+
+    # (source_row/source_col place a window of a rotated or GCP scene: the map carries its own transform or GCPs)
+    coords = {k: v for k, v in _spatial_coords(job.da).items() if k not in (SOURCE_ROW, SOURCE_COL)}
     attrs = {"class_names": job.class_names(), "_FillValue": 0, "long_name": "SSRN class (0 = nodata)",
              "flag_values": list(range(1, job.classes + 1)),
              "flag_meanings": " ".join(n.replace(" ", "_") for n in job.class_names())}

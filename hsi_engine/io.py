@@ -298,13 +298,24 @@ def _finish(da: xr.DataArray, path: Path, fmt: str, *, wavelengths=None, nodata=
         da.attrs["_FillValue"] = nodata
     da = _rechunk_bands(da, chunks)
     if "x" not in da.coords and "y" not in da.coords and SOURCE_ROW not in da.coords and \
-            SOURCE_COL not in da.coords and _has_gcps(da):  # see scene_gcps (a saved window keeps its own)
+            SOURCE_COL not in da.coords and (_has_gcps(da) or _rotated(da)):  # see scene_gcps and
+        # api._grid_transform: such a scene has no x/y coordinates that isel could shift (a saved window keeps its
+        # own)
         da = da.assign_coords({SOURCE_ROW: ("y", np.arange(da.sizes["y"])),
                                SOURCE_COL: ("x", np.arange(da.sizes["x"]))})
     da.encoding["source"] = str(path)
     da.encoding["source_shape"] = tuple(int(n) for n in da.shape)  # a crop (isel keeps the encoding) is not the file
     da.attrs["source_format"] = fmt  # (a NetCDF saved from a GeoTIFF scene carries the GeoTIFF's: not this file's)
     return da
+
+
+def _rotated(da: xr.DataArray) -> bool:
+    """Whether the scene's transform is rotated (rioxarray gives it 2-D ``xc``/``yc``, no ``x``/``y``)."""
+    try:
+        t = da.rio.transform()
+    except Exception:  # noqa: BLE001 - no readable transform
+        return False
+    return bool(t.b or t.d)
 
 
 def _has_gcps(da: xr.DataArray) -> bool:
@@ -772,7 +783,7 @@ def _disk_size(path: Path) -> int:
     return total
 
 
-SOURCE_ROW, SOURCE_COL = "source_row", "source_col"  # pixel indices of a GCP-placed scene's own raster
+SOURCE_ROW, SOURCE_COL = "source_row", "source_col"  # pixel indices in the file of a GCP-placed or rotated scene
 
 
 def scene_gcps(da: xr.DataArray) -> list | None:

@@ -434,6 +434,39 @@ def test_a_rotated_grid_keeps_its_transform_and_no_wrong_coordinates(case, tmp_p
         np.testing.assert_array_equal(ds["classes"].values, ref)
 
 
+def test_a_window_of_a_rotated_scene_is_placed_at_the_window(case, tmp_path):
+    """``isel`` of a rotated scene (no x/y coordinates to shift) kept the file's transform: the map of a window
+    was placed at the whole scene's origin, 100s of m off, silently. The window's pixels in the file
+    (``source_row``/``source_col``, as for GCP scenes) place it, strided windows too; an irregular selection is
+    refused."""
+    import rasterio
+    from affine import Affine
+    from rasterio.windows import Window
+
+    from hsi_engine.errors import IrregularGridError
+
+    cube, model, _ = case
+    t = Affine.translation(366000, 5810000) * Affine.rotation(15) * Affine.scale(30, -30)
+    path = tmp_path / "rot.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=cube.shape[1], width=cube.shape[2], count=cube.shape[0],
+                       dtype="float32", crs="EPSG:32633", transform=t) as dst:
+        dst.write(cube.astype(np.float32))
+    scene = hsi_engine.open_scene(path)
+    window = scene.isel(y=slice(3, 11), x=slice(5, 13))
+    out = hsi_engine.classify_to_file(window, model, tmp_path / "w.tif", progress=False)
+    with rasterio.open(out) as f:
+        assert f.transform.almost_equals(t * Affine.translation(5, 3))  # = the file's window_transform
+        assert rasterio.open(path).window_transform(Window(5, 3, 8, 8)).almost_equals(f.transform)
+        np.testing.assert_array_equal(f.read(1), classify(window, model, progress=False).values)
+    labels = classify(window, model, progress=False)
+    assert labels.rio.transform().almost_equals(t * Affine.translation(5, 3))
+    assert "source_row" not in labels.coords
+    strided = classify(scene.isel(x=slice(1, None, 2)), model, progress=False)
+    assert strided.rio.transform().almost_equals(t * Affine.translation(1, 0) * Affine.scale(2, 1))
+    with pytest.raises(IrregularGridError, match="rotated grid and its pixels were selected irregularly"):
+        classify_to_file(scene.isel(x=[0, 1, 5]), model, tmp_path / "irr.tif", progress=False)
+
+
 def test_integer_dtypes_converted_without_overflow(case):
     cube, model, ref = case
     scaled = np.clip(cube, 0, None).astype(np.uint16)
