@@ -288,6 +288,13 @@ def scene_georef(da: xr.DataArray, scene_path: Any = None) -> tuple[Any, Any, An
     """``(crs, transform, gcps)`` of a scene for its class map: the transform of a gridded scene, or the ground
     control points of one georeferenced by them (not orthorectified: no transform, no y/x coordinates, where
     ``rio.transform()`` reads the identity); all None, with one warning, when the scene has no CRS."""
+    if not _georeferenced(da) and da.encoding.get("rpcs"):
+        warnings.warn(f"scene {_scene_name(da, scene_path)} is placed by RPCs (rational polynomial coefficients, a "
+                      "level-1 product), which hsi-engine's class maps do not carry: the map has no georeferencing. "
+                      "Orthorectify the scene first (gdalwarp -rpc -t_srs EPSG:... scene.tif ortho.tif), or copy "
+                      "the scene's RPCs onto the map, which lies on the scene's pixel grid (in rasterio: "
+                      "dst.rpcs = src.rpcs)", stacklevel=user_stacklevel())
+        return None, None, None
     if not _georeferenced(da):
         def pixel_indices(d: str) -> bool:
             v = np.asarray(da[d].values, np.float64) if d in da.coords and da[d].ndim == 1 else None

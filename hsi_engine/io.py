@@ -339,6 +339,7 @@ def _open_geotiff(path: Path, chunks) -> xr.DataArray:
             descriptions = list(src.descriptions)
             nodata = src.nodata
             ds_tags = src.tags()
+            rpcs = getattr(src, "rpcs", None)
     except rasterio.errors.RasterioIOError as e:
         raise SceneError(f"{path} could not be opened as a raster ({e}); is it a complete GeoTIFF/ENVI file?") from None
     default = {"band": -1, "y": _aligned_chunk(bh, h), "x": _aligned_chunk(bw, w)}
@@ -352,7 +353,10 @@ def _open_geotiff(path: Path, chunks) -> xr.DataArray:
         da = da.drop_vars([c for c in ("wavelength", "fwhm") if c in da.coords])
     if nodata is not None:
         da = da.rio.write_nodata(nodata, encoded=False)
-    return _finish(_scales_to_encoding(da), path, "geotiff", wavelengths=wl, chunks=chunks, bbl=_gdal_bbl(tags))
+    da = _finish(_scales_to_encoding(da), path, "geotiff", wavelengths=wl, chunks=chunks, bbl=_gdal_bbl(tags))
+    if rpcs is not None:  # placed by rational polynomial coefficients (a level-1 product); see api.scene_georef
+        da.encoding["rpcs"] = rpcs.to_dict()
+    return da
 
 
 def _scales_to_encoding(da: xr.DataArray) -> xr.DataArray:

@@ -592,7 +592,7 @@ class GeoTiffClassMapWriter(ClassMapWriter):
             for i, n in enumerate(self.class_names):
                 ds.set_band_description(i + 1, f"p({n})")
             ds.update_tags(**{**self.tags, "class_names": json.dumps(self.class_names),  # provenance, run record
-                              "quantity": "class probability (softmax)", "precision": self.probabilities})
+                              "quantity": "class probability (softmax)", "storage_dtype": self.probabilities})
         if "confidence" in self._datasets:
             ds = self._datasets["confidence"]
             ds.set_band_description(1, "confidence")

@@ -524,6 +524,19 @@ def test_missing_georeferencing_warns(geo, tmp_path):
 
     with rasterio.open(tmp_path / "p.tif") as f:
         assert f.crs is None and f.transform.c == pytest.approx(geo.TRANSFORM[2])
+    # a level-1 scene placed by RPCs: the advice to set a CRS with -a_ullr was wrong; the map cannot carry them
+    from rasterio.rpc import RPC
+
+    rpc = RPC(height_off=50, height_scale=100, lat_off=52.39, lat_scale=0.01, line_den_coeff=[1] + [0] * 19,
+              line_num_coeff=[0, 0, -1] + [0] * 17, line_off=4, line_scale=4, long_off=13.05, long_scale=0.01,
+              samp_den_coeff=[1] + [0] * 19, samp_num_coeff=[0, 1] + [0] * 18, samp_off=4, samp_scale=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(tmp_path / "rpc.tif", "w", driver="GTiff", height=9, width=9, count=cube.shape[0],
+                           dtype="float32", rpcs=rpc) as dst:
+            dst.write(cube.astype(np.float32))
+    with pytest.warns(UserWarning, match=r"rpc.tif is placed by RPCs .*gdalwarp -rpc"):
+        classify_to_file(tmp_path / "rpc.tif", model, tmp_path / "rpcmap.tif", progress=False)
     # a scene opened from a file names it, however it was opened (--variable, --band-axis: scene_path is None)
     path = tmp_path / "nogeo.nc"
     xr.DataArray(cube, dims=("band", "y", "x"), name="cube_a").to_dataset().to_netcdf(path)

@@ -96,11 +96,13 @@ def test_geotiff_is_a_georeferenced_cog_with_palette_and_names(tmp_path, geo, la
 def test_geotiff_probabilities_and_confidence(tmp_path, geo, labels, probs):
     out = tmp_path / "p.tif"
     conf = probs.max(0)
-    with open_writer(out, **_kw(geo, probabilities="float16", confidence=True)) as w:
+    with open_writer(out, **_kw(geo, probabilities="float16", confidence=True), tags={"precision": "bfloat16"}) as w:
         _write_tiles(w, labels, probs, conf)
     sides = side_paths(out)
     with rasterio.open(sides["probabilities"]) as src:
         assert src.count == K and src.crs.to_epsg() == 32633
+        # the run's compute precision, as on the map; the values' storage type beside it (it overwrote 'precision')
+        assert src.tags()["precision"] == "bfloat16" and src.tags()["storage_dtype"] == "float16"
         assert src.tags(1, ns="IMAGE_STRUCTURE").get("NBITS") == "16"
         np.testing.assert_allclose(src.read(), probs, atol=1e-3)  # half precision
         assert src.descriptions[0] == f"p({NAMES[0]})"
