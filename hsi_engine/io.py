@@ -156,8 +156,10 @@ def _bare_dataarray(data, dims: Sequence[str] | None, where: str, *, band_axis: 
 def _normalise_dims(da: xr.DataArray, where: str) -> xr.DataArray:
     """Rename alternative dim names to band/y/x and transpose (lazily) to (band, y, x)."""
     if da.ndim != 3:
+        fix = ("A 2-D image is one band: pass the whole cube, not a single band or a label map" if da.ndim == 2
+               else "Select a single cube (e.g. da.isel(time=0))")
         raise MissingSpatialDimsError(f"{where} has dims {da.dims} (shape {da.shape}); expected 3 dims "
-                                      "(band, y, x). Select a single cube (e.g. da.isel(time=0)).")
+                                      f"(band, y, x). {fix}.")
     if set(da.dims) == {"band", "y", "x"}:
         return da.transpose("band", "y", "x")
     rename: dict[Any, str] = {}
@@ -168,10 +170,20 @@ def _normalise_dims(da: xr.DataArray, where: str) -> xr.DataArray:
     if rename:
         # A coordinate named after the target (e.g. 'wavelength' data coord when renaming dim 'wavelength')
         # would clash; keep wavelength values as a non-index coordinate.
+        # its values become the wavelengths only when they read as such (a 'wavelength' dim, or float values with
+        # units) and the scene has no wavelength coordinate of its own: band numbers 1..200 of a dim named
+        # 'bands' or 'channel' were taken for nm (and replaced the real wavelengths), and the model refused the
+        # scene ('band 199 is 200.00 nm in the scene, 2498.96 nm in the model')
         wl, units = None, None
         for old, new in rename.items():
             if new == "band" and old in da.coords:
-                wl, units = np.asarray(da[old].values), da[old].attrs.get("units")
+                values, units = np.asarray(da[old].values), da[old].attrs.get("units")
+                reads_as_wl = str(old).lower() in ("wavelength", "wavelengths", "wl", "lambda") or (
+                    values.dtype.kind == "f" and units is not None)
+                if not reads_as_wl:
+                    continue  # renamed with its dim: a float 'band' coordinate still reads as wavelengths later
+                if old == "wavelength" or "wavelength" not in da.coords:
+                    wl = values
                 da = da.drop_vars(old)
         da = da.rename(rename)
         if wl is not None and np.issubdtype(wl.dtype, np.number):

@@ -419,3 +419,24 @@ def test_cf_lat_lon_coordinates_without_a_grid_mapping_are_wgs84(tmp_path):
         ds[d].attrs.clear()
     ds.to_netcdf(tmp_path / "plain.nc", engine="h5netcdf")
     assert open_scene(tmp_path / "plain.nc").rio.crs is None
+
+
+def test_another_band_dim_name_keeps_the_wavelengths_and_takes_no_band_numbers_for_them():
+    """A band dim named 'channel' or 'bands' (accepted names) with band numbers 1..B: the numbers were taken for
+    wavelengths in nm, replacing the scene's real ones, and the model refused the scene ('band 199 is 200.00 nm
+    in the scene'). Band numbers stay band numbers; a real wavelength coordinate stays; a 'wavelength' dim and
+    float values with units are still wavelengths."""
+    cube = make_cube()
+    da = xr.DataArray(cube, dims=("band", "y", "x"),
+                      coords={"band": np.arange(1, BANDS + 1), "wavelength": ("band", WAVELENGTHS_NM)})
+    kept = as_scene(da.rename(band="channel"))
+    np.testing.assert_allclose(kept["wavelength"].values, WAVELENGTHS_NM)
+    bare = as_scene(xr.DataArray(cube, dims=("bands", "rows", "cols"), coords={"bands": np.arange(1, BANDS + 1)}))
+    assert "wavelength" not in bare.coords and bare.dims == ("band", "y", "x")
+    by_name = as_scene(xr.DataArray(cube, dims=("wavelength", "y", "x"), coords={"wavelength": WAVELENGTHS_NM}))
+    np.testing.assert_allclose(by_name["wavelength"].values, WAVELENGTHS_NM)
+    microns = xr.DataArray(cube, dims=("bands", "y", "x"), coords={"bands": WAVELENGTHS_NM / 1000})
+    microns["bands"].attrs["units"] = "micrometers"
+    np.testing.assert_allclose(as_scene(microns)["wavelength"].values, WAVELENGTHS_NM)
+    with pytest.raises(MissingSpatialDimsError, match="A 2-D image is one band"):
+        as_scene(da.isel(band=0))
