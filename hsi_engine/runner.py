@@ -112,6 +112,18 @@ def check_scene(config: Any, meta: dict[str, Any], *, bands: int, height: int, w
 # reading and preparing one tile
 
 
+def _holds_futures(data: Any) -> bool:
+    """Whether a dask array's graph holds dask.distributed futures (a persisted scene)."""
+    try:
+        from distributed import futures_of
+    except ImportError:
+        return False
+    try:
+        return bool(futures_of(data))
+    except Exception:  # noqa: BLE001 - not a collection distributed knows: read as any other
+        return False
+
+
 def window_reader(scene: Any, *, cache_blocks: int | Callable[[int, int], int] = 0,
                   decoders: Executor | None = None) -> Callable[[int, int, int, int], np.ndarray]:
     """A function ``(ry0, ry1, rx0, rx1) -> (bands, h, w)`` numpy block of a ``(band, y, x)`` scene.
@@ -130,10 +142,13 @@ def window_reader(scene: Any, *, cache_blocks: int | Callable[[int, int], int] =
         scene = scene.transpose("band", "y", "x")
         if scene.chunks is not None:
             data = scene.data
+            # a scene persist()-ed under a dask.distributed client holds futures, which only that client can fetch
+            # (the synchronous scheduler failed: 'Missing dependency', blamed on the store)
+            scheduler = None if _holds_futures(data) else "synchronous"
 
             def read(ry0: int, ry1: int, rx0: int, rx1: int) -> np.ndarray:
                 try:
-                    return np.asarray(data[:, ry0:ry1, rx0:rx1].compute(scheduler="synchronous"))
+                    return np.asarray(data[:, ry0:ry1, rx0:rx1].compute(scheduler=scheduler))
                 except Exception as e:  # noqa: BLE001 - codec errors: name the corrupt chunk
                     from .integrity import read_error
 

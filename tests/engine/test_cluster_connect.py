@@ -15,6 +15,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import pytest
 
 pytest.importorskip("distributed")
@@ -432,3 +433,27 @@ def test_closing_a_worker_slow_to_exit_logs_no_warning(caplog):
     nanny = [r for r in caplog.records if r.name == "distributed.nanny"]
     assert any("killed by signal" in r.getMessage() for r in nanny), "the kill (what the warning told) never ran"
     assert not [r.getMessage() for r in nanny if r.levelno >= logging.WARNING]
+
+
+def test_a_scene_persisted_under_a_client_is_classified(files):
+    """``scene.persist()`` under a dask.distributed client (a notebook's habit) holds futures, which the engine's
+    synchronous reads could not fetch: 'Missing dependency', reported as a damaged store. They are read through
+    the client, to the same map."""
+    from distributed import Client
+
+    import hsi_engine
+
+    scene = hsi_engine.open_scene(files["scene"])
+    ref = hsi_engine.classify(scene, files["model"], tile=16, progress=False).values
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        client = Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None)
+    try:
+        persisted = scene.persist()
+        from distributed import futures_of
+
+        assert futures_of(persisted.data), "the scene was not persisted as futures"
+        got = hsi_engine.classify(persisted, files["model"], tile=16, progress=False).values
+    finally:
+        client.close()
+    np.testing.assert_array_equal(got, ref)
