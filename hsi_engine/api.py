@@ -61,6 +61,12 @@ def _model(model: Any):
         return load_model(model)
     if not hasattr(model, "config") or not hasattr(model, "spectral_blocks"):
         raise TypeError(f"model must be an ssrn.SSRN (or a model directory path); got {type(model).__name__}")
+    from ssrn.checkpoint import _check_meta, _check_palette
+
+    meta = getattr(model, "meta", None)  # edited in memory: the checks load_model makes of model.json
+    _check_meta(meta, model.config, "model.meta")
+    _check_palette((meta or {}).get("palette") if isinstance(meta, dict) else None, model.config.classes,
+                   "model.meta")
     return model
 
 
@@ -372,7 +378,7 @@ def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
 
 
 def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None, device: Any = None,
-             backend: str = "auto", precision: str = "float32", probabilities: bool = False,
+             backend: str = "auto", precision: str = "float32", probabilities: bool | str = False,
              nodata: float | None = None, progress: bool | None = None, queue_depth: int | None = None,
              readers: int | None = None, cache_blocks: int | None = None,
              decoders: int | None = None, spatial_precision: str = "auto") -> xr.DataArray | xr.Dataset:
@@ -409,10 +415,15 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     ``flag_meanings``, ``palette`` (when the model has one: R, G, B of class 1, then of class 2, ... as one flat
     list, so the map writes to NetCDF too) and ``_FillValue`` 0. With ``probabilities=True`` it returns an
     ``xr.Dataset`` instead with ``labels`` (that DataArray), ``probabilities`` ``(class, y, x)`` float32
-    (softmax; NaN at nodata pixels) and ``confidence`` ``(y, x)`` float32 (the top probability).
+    (softmax; NaN at nodata pixels) and ``confidence`` ``(y, x)`` float32 (the top probability);
+    ``probabilities="float16"`` stores them in half precision, as ``classify_to_file`` does by default.
     """
     from .runner import ArraySink
 
+    if not (isinstance(probabilities, (bool, np.bool_)) or probabilities in (None, "float32", "float16")):
+        raise ValueError(f"probabilities must be a bool, 'float32' or 'float16'; got {probabilities!r}")
+    half = probabilities == "float16"
+    probabilities = bool(probabilities)
     job = _Job(scene, model, tile=tile, device=device, backend=backend, precision=precision, nodata=nodata,
                spatial_precision=spatial_precision)
     sink = ArraySink(job.height, job.width, job.classes, probabilities=probabilities)
@@ -443,7 +454,8 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
         return labels
     cls = np.arange(1, job.classes + 1)
     ds = xr.Dataset({"labels": labels,
-                     "probabilities": xr.DataArray(sink.probabilities, dims=("class", "y", "x"),
+                     "probabilities": xr.DataArray(sink.probabilities.astype(np.float16) if half
+                                                   else sink.probabilities, dims=("class", "y", "x"),
                                                    coords={**coords, "class": cls},
                                                    attrs={"long_name": "softmax probability"}),
                      "confidence": xr.DataArray(sink.confidence, dims=("y", "x"), coords=coords,

@@ -234,7 +234,7 @@ def read_model_json(path: str | os.PathLike) -> dict[str, Any]:
     return doc
 
 
-def _check_palette(palette: object, classes: int, where: Path) -> None:
+def _check_palette(palette: object, classes: int, where: Path | str) -> None:
     """A model's ``meta["palette"]`` is absent or one ``[r, g, b]`` (0-255 integers) per class: checked at load,
     so a bad one fails before a scene is classified, not when the class map is committed."""
     if palette is None:
@@ -252,7 +252,7 @@ def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _check_meta(meta: object, config: SSRNConfig, where: Path) -> None:
+def _check_meta(meta: object, config: SSRNConfig, where: Path | str) -> None:
     """The ``meta`` values the engine reads, checked at load: an edited model.json whose per-band statistics,
     wavelengths or class names no longer fit the network fails here, naming the key, not as a silently wrong
     map (a null mean made every pixel one class; a short class_names list gave generic names). A wavelength may

@@ -155,6 +155,12 @@ def test_probabilities_dataset(case):
     np.testing.assert_array_equal(ds["labels"].values, ref)
     np.testing.assert_array_equal(ds["probabilities"].argmax("class").values + 1, ref)
     np.testing.assert_allclose(ds["confidence"].values, ds["probabilities"].max("class").values)
+    # the storage types classify_to_file takes: 'float16' returned float32 silently, and 'no' meant yes
+    half = classify(cube, model, tile=5, probabilities="float16", progress=False)
+    assert half["probabilities"].dtype == np.float16
+    np.testing.assert_array_equal(half["probabilities"].values, ds["probabilities"].values.astype(np.float16))
+    with pytest.raises(ValueError, match="probabilities must be a bool, 'float32' or 'float16'; got 'no'"):
+        classify(cube, model, probabilities="no", progress=False)
 
 
 def test_band_mismatch_named_before_reading(case, geo):

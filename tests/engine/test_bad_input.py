@@ -347,7 +347,11 @@ def test_an_edited_model_json_with_a_null_mean_is_refused(crop, model_dir, outdi
     assert "model.json" in msg
     model = hsi_engine.load_model(model_dir)
     model.meta = {**model.meta, "std": [float("nan")] + list(model.meta["std"][1:])}
-    classify_everywhere(scene, model, outdir, hsi_engine.HSIEngineError, r"band 0 are .*/nan; expected finite")
+    classify_everywhere(scene, model, outdir, CheckpointError, r"model.meta: meta.std\[0\] is nan")
+    # the other checks load_model makes, on meta edited in memory (a short class_names list became 'class 1'...)
+    model = hsi_engine.load_model(model_dir)
+    model.meta = {**model.meta, "class_names": ["a"]}
+    classify_everywhere(scene, model, outdir, CheckpointError, r"model.meta: meta.class_names must be \d+ strings")
 
 
 def test_pickle_offered_as_checkpoint(crop, model_dir, outdir, tmp_path):
