@@ -71,26 +71,13 @@ def _model(model: Any):
 
 
 def _normalisation(model: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Per-band ``(mean, std)`` from ``model.meta``; ``(None, None)`` when absent (scene taken as normalised)."""
+    """Per-band ``(mean, std)`` from ``model.meta`` (checked by :func:`_model`: both or neither, one finite number
+    per band); ``(None, None)`` when absent (scene taken as normalised). A std of 0 reads as 1, as the trainer's."""
     meta = getattr(model, "meta", None) or {}
-    mean, std = meta.get("mean"), meta.get("std")
-    if mean is None or std is None:
+    if meta.get("mean") is None or meta.get("std") is None:
         return None, None
-    try:
-        mean = np.asarray(mean, np.float64)
-        std = np.asarray(std, np.float64)
-    except (TypeError, ValueError) as e:
-        raise HSIEngineError(f"model.meta mean/std are not numbers ({e}); expected one float per band") from None
-    bands = model.config.bands
-    if mean.shape != (bands,) or std.shape != (bands,):
-        raise HSIEngineError(f"model.meta mean/std have shapes {mean.shape}/{std.shape}; expected ({bands},) "
-                             "each: re-save the model with per-band statistics")
-    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
-        i = int(np.flatnonzero(~(np.isfinite(mean) & np.isfinite(std)))[0])
-        raise HSIEngineError(f"model.meta mean/std of band {i} are {mean[i]}/{std[i]}; expected finite numbers "
-                             "(a NaN statistic makes every pixel NaN): re-save the model with finite statistics")
-    std = np.where(std > 0, std, 1.0)
-    return mean, std
+    std = np.asarray(meta["std"], np.float64)
+    return np.asarray(meta["mean"], np.float64), np.where(std > 0, std, 1.0)
 
 
 def _wavelengths(da: xr.DataArray) -> np.ndarray | None:

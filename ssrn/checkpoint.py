@@ -262,6 +262,9 @@ def _check_meta(meta: object, config: SSRNConfig, where: Path | str) -> None:
     if not isinstance(meta, dict):
         raise CheckpointError(f"{where}: 'meta' must be an object; found {type(meta).__name__}")
     fix = "; fix model.json or retrain (hsi-engine train writes them)"
+    # an in-memory model's meta may hold numpy arrays or tuples (what save_model writes as JSON lists)
+    meta = {k: (v.tolist() if hasattr(v, "tolist") else list(v) if isinstance(v, tuple) else v)
+            for k, v in meta.items() if k in ("mean", "std", "wavelengths", "class_names", "bad_bands")}
     if ("mean" in meta) != ("std" in meta):
         has, lacks = ("mean", "std") if "mean" in meta else ("std", "mean")
         raise CheckpointError(f"{where}: meta has '{has}' but no '{lacks}': the engine normalises with both, or "

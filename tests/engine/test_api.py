@@ -414,6 +414,16 @@ def test_a_scene_placed_by_ground_control_points_gives_a_map_placed_by_them(case
         np.testing.assert_array_equal(ds["classes"].values, ref)
 
 
+def _write_rotated(path, cube, transform):
+    """``cube`` as a float32 GeoTIFF in EPSG:32633 with a rotated ``transform``."""
+    import rasterio
+
+    with rasterio.open(path, "w", driver="GTiff", height=cube.shape[1], width=cube.shape[2], count=cube.shape[0],
+                       dtype="float32", crs="EPSG:32633", transform=transform) as dst:
+        dst.write(cube.astype(np.float32))
+    return path
+
+
 @pytest.mark.parametrize("name", ["map.tif", "map.zarr"])
 def test_a_rotated_grid_keeps_its_transform_and_no_wrong_coordinates(case, tmp_path, name):
     """A rotated geotransform has no 1-D y/x coordinates: the zarr map wrote ones that ignored the rotation
@@ -423,10 +433,7 @@ def test_a_rotated_grid_keeps_its_transform_and_no_wrong_coordinates(case, tmp_p
 
     cube, model, ref = case
     t = Affine.translation(366000, 5810000) * Affine.rotation(10) * Affine.scale(30, -30)
-    scene = tmp_path / "rot.tif"
-    with rasterio.open(scene, "w", driver="GTiff", height=cube.shape[1], width=cube.shape[2], count=cube.shape[0],
-                       dtype="float32", crs="EPSG:32633", transform=t) as dst:
-        dst.write(cube.astype(np.float32))
+    scene = _write_rotated(tmp_path / "rot.tif", cube, t)
     out = hsi_engine.classify_to_file(scene, model, tmp_path / name, progress=False)
     if name.endswith(".tif"):
         with rasterio.open(out) as f:
@@ -453,10 +460,7 @@ def test_a_window_of_a_rotated_scene_is_placed_at_the_window(case, tmp_path):
 
     cube, model, _ = case
     t = Affine.translation(366000, 5810000) * Affine.rotation(15) * Affine.scale(30, -30)
-    path = tmp_path / "rot.tif"
-    with rasterio.open(path, "w", driver="GTiff", height=cube.shape[1], width=cube.shape[2], count=cube.shape[0],
-                       dtype="float32", crs="EPSG:32633", transform=t) as dst:
-        dst.write(cube.astype(np.float32))
+    path = _write_rotated(tmp_path / "rot.tif", cube, t)
     scene = hsi_engine.open_scene(path)
     window = scene.isel(y=slice(3, 11), x=slice(5, 13))
     out = hsi_engine.classify_to_file(window, model, tmp_path / "w.tif", progress=False)

@@ -348,6 +348,11 @@ def test_an_edited_model_json_with_a_null_mean_is_refused(crop, model_dir, outdi
     model = hsi_engine.load_model(model_dir)
     model.meta = {**model.meta, "std": [float("nan")] + list(model.meta["std"][1:])}
     classify_everywhere(scene, model, outdir, CheckpointError, r"model.meta: meta.std\[0\] is nan")
+    # numpy statistics (what a script sets in memory) are fine
+    model = hsi_engine.load_model(model_dir)
+    ref = hsi_engine.classify(scene, model, tile=TILE, progress=False).values
+    model.meta = {**model.meta, "mean": np.asarray(model.meta["mean"]), "std": np.asarray(model.meta["std"])}
+    np.testing.assert_array_equal(hsi_engine.classify(scene, model, tile=TILE, progress=False).values, ref)
     # the other checks load_model makes, on meta edited in memory (a short class_names list became 'class 1'...)
     model = hsi_engine.load_model(model_dir)
     model.meta = {**model.meta, "class_names": ["a"]}
