@@ -61,12 +61,9 @@ def _model(model: Any):
         return load_model(model)
     if not hasattr(model, "config") or not hasattr(model, "spectral_blocks"):
         raise TypeError(f"model must be an ssrn.SSRN (or a model directory path); got {type(model).__name__}")
-    from ssrn.checkpoint import _check_meta, _check_palette
+    from ssrn.checkpoint import _check_meta
 
-    meta = getattr(model, "meta", None)  # edited in memory: the checks load_model makes of model.json
-    _check_meta(meta, model.config, "model.meta")
-    _check_palette((meta or {}).get("palette") if isinstance(meta, dict) else None, model.config.classes,
-                   "model.meta")
+    _check_meta(getattr(model, "meta", None), model.config, "model.meta")  # edited in memory: load_model's checks
     return model
 
 

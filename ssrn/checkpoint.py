@@ -254,13 +254,14 @@ def _is_number(v: object) -> bool:
 
 def _check_meta(meta: object, config: SSRNConfig, where: Path | str) -> None:
     """The ``meta`` values the engine reads, checked at load: an edited model.json whose per-band statistics,
-    wavelengths or class names no longer fit the network fails here, naming the key, not as a silently wrong
+    wavelengths, class names or palette no longer fit the network fails here, naming the key, not as a silently wrong
     map (a null mean made every pixel one class; a short class_names list gave generic names). A wavelength may
     be null (unknown: the scene's bands are then not checked against the model's)."""
     if meta is None:
         return
     if not isinstance(meta, dict):
         raise CheckpointError(f"{where}: 'meta' must be an object; found {type(meta).__name__}")
+    _check_palette(meta.get("palette"), config.classes, where)
     fix = "; fix model.json or retrain (hsi-engine train writes them)"
     # an in-memory model's meta may hold numpy arrays or tuples (what save_model writes as JSON lists)
     meta = {k: (v.tolist() if hasattr(v, "tolist") else list(v) if isinstance(v, tuple) else v)
@@ -308,7 +309,6 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path / MODEL_JSON} holds an invalid config ({type(e).__name__}: {e})") from None
     _check_meta(doc.get("meta"), config, path / MODEL_JSON)
-    _check_palette((doc.get("meta") or {}).get("palette"), config.classes, path / MODEL_JSON)
     wf = path / WEIGHTS
     if not wf.is_file():
         raise CheckpointError(f"{path} has no {WEIGHTS}")
