@@ -13,6 +13,18 @@ import lazy_loader
 
 from .accessor import HSIAccessor
 
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hsi-engine")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "0+unknown"
+
+
+__version__ = _version()
+
 __getattr__, __dir__, _ = lazy_loader.attach(
     __name__,
     submodules=["accessor", "allocator", "api", "blocks", "cli", "cluster", "dask_client", "demo", "errors", "fused",
@@ -21,18 +33,18 @@ __getattr__, __dir__, _ = lazy_loader.attach(
         "accessor": ["HSIAccessor"],
         "allocator": ["reuse_large_buffers"],
         "api": ["classify", "classify_to_file", "load_model", "open_scene"],
-        "errors": ["BandMismatchError", "CheckpointError", "CorruptChunkError", "HSIEngineError",
-                   "MissingSpatialDimsError", "NonFiniteInputError", "OutputError", "SceneError", "SceneTooSmallError",
-                   "UnnormalisedInputWarning"],
+        "errors": ["BandMismatchError", "CheckpointError", "ClusterUsageError", "CorruptChunkError", "HSIEngineError",
+                   "IrregularGridError", "MissingSpatialDimsError", "NonFiniteInputError", "OutputError", "SceneError",
+                   "SceneTooSmallError", "UnnormalisedInputWarning", "WorkerLostError"],
         "fused": ["FusedSSRN", "fold_spatial", "fold_spectral", "patch_forward"],
         "io": ["as_scene"],
         "tiles": ["Tile", "TilePlan", "plan_tiles"],
     },
 )
 
-__all__ = ["BandMismatchError", "CheckpointError", "CorruptChunkError", "FusedSSRN", "HSIAccessor", "HSIEngineError",
-           "MissingSpatialDimsError", "NonFiniteInputError", "OutputError", "SceneError", "SceneTooSmallError", "Tile",
-           "TilePlan", "UnnormalisedInputWarning", "as_scene", "classify", "classify_to_file", "fold_spatial",
+__all__ = ["BandMismatchError", "CheckpointError", "ClusterUsageError", "CorruptChunkError", "FusedSSRN", "HSIAccessor",
+           "HSIEngineError", "IrregularGridError", "MissingSpatialDimsError", "NonFiniteInputError", "OutputError",
+           "SceneError", "SceneTooSmallError", "Tile", "TilePlan", "UnnormalisedInputWarning", "WorkerLostError", "as_scene", "classify", "classify_to_file", "fold_spatial",
            "fold_spectral", "load_model", "open_scene", "patch_forward", "plan_tiles", "reuse_large_buffers"]
 
 if TYPE_CHECKING:

@@ -70,5 +70,5 @@ def user_stacklevel() -> int:
 
 
 __all__ = ["BandMismatchError", "CheckpointError", "ClusterUsageError", "CorruptChunkError", "HSIEngineError",
-           "MissingSpatialDimsError", "NonFiniteInputError", "OutputError", "SceneError", "SceneTooSmallError",
+           "IrregularGridError", "MissingSpatialDimsError", "NonFiniteInputError", "OutputError", "SceneError", "SceneTooSmallError",
            "UnnormalisedInputWarning", "WorkerLostError"]

@@ -750,6 +750,24 @@ def test_the_lazy_packages_give_every_public_name_and_submodule(package):
         pkg.nothing_here
 
 
+def test_every_error_is_public_and_the_version_is_the_installed_one():
+    """``except hsi_engine.IrregularGridError`` works for every error the engine raises (three were reachable only
+    through ``hsi_engine.errors``), and ``__version__`` / ``hsi-engine --version`` give the installed version."""
+    from importlib.metadata import version
+
+    import hsi_engine
+    from hsi_engine import errors
+    from hsi_engine.cli import main
+
+    assert set(errors.__all__) <= set(hsi_engine.__all__)
+    for name in errors.__all__:
+        assert getattr(hsi_engine, name) is getattr(errors, name)
+    assert hsi_engine.__version__ == version("hsi-engine")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+
+
 def test_a_stale_geotransform_is_overruled_by_the_coordinates(tmp_path, geo):
     """A scene flipped with ``isel(y=slice(None, None, -1))`` keeps a north-up GeoTransform while its y runs
     upwards: the map was written with that transform, flipped and off the ground. The coordinates place it, with
