@@ -7,6 +7,7 @@ registering the accessor) stays cheap.
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import os
 import time
@@ -163,6 +164,60 @@ def _tested_bands(da: xr.DataArray, model_bad: list[int], bands: int, trained_st
     return np.array(sorted(keep - set(model_bad)), dtype=np.intp)
 
 
+_SCALE_OFF = 30.0  # nearly every band this many times off the training scene's magnitude: another scale
+
+
+def _sample_window(da: xr.DataArray, side: int = 32) -> dict[str, slice]:
+    """At most ``side`` x ``side`` pixels at the scene's centre, inside one chunk (one chunk read)."""
+    window = {}
+    for axis, dim in ((1, "y"), (2, "x")):
+        n = int(da.sizes[dim])
+        if da.chunks is not None:
+            edges = np.cumsum((0,) + tuple(da.chunks[axis]))
+            k = int(np.searchsorted(edges, n // 2, side="right")) - 1
+            start, stop = int(edges[k]), int(min(edges[k + 1], edges[k] + side))
+        else:
+            start = max(0, n // 2 - side // 2)
+            stop = min(n, start + side)
+        window[dim] = slice(start, stop)
+    return window
+
+
+def _check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: float | None) -> None:
+    """Warn (``UnnormalisedInputWarning``, an error on the command line) when a sample of the scene is
+    ``_SCALE_OFF`` times or more off the training scene's magnitude in nearly every band (its 10th-90th
+    percentile band): reflectance 0-1 against a model trained on integers x 10000 gives a map of one class."""
+    from .normalise import scale_ratios
+
+    window = _sample_window(da)
+    try:
+        raw = np.asarray(da.isel(window).values)
+    except Exception as e:  # noqa: BLE001 - a sanity check: the run reports an unreadable scene itself
+        log.debug("scale check skipped: the sample could not be read (%s)", e)
+        return
+    ratios = scale_ratios(raw, mean, std, nodata)
+    if ratios is None:
+        return
+    ratios = ratios[np.isfinite(ratios) & (ratios > 0)]
+    if ratios.size == 0:
+        return
+    lo, mid, hi = np.quantile(ratios, [0.1, 0.5, 0.9])
+    if _SCALE_OFF * hi >= 1 and lo <= _SCALE_OFF:
+        return
+    factor = 1 / mid if hi < 1 else mid
+    power = 10 ** round(math.log10(factor))
+    fix = f"scene * {power:g}" if hi < 1 else f"scene / {power:g}"
+    declared = [f"{k} = {da.attrs[k]}" for k in ("reflectance scale factor", "reflectance_scale_factor")
+                if k in da.attrs]
+    warnings.warn(f"the scene's values are about {factor:,.0f}x {'smaller' if hi < 1 else 'larger'} than those the "
+                  f"model was trained on, in nearly every band (a {raw.shape[1]} x {raw.shape[2]}-pixel sample "
+                  "against the model's per-band mean and std): a scene on another scale (reflectance 0-1 against "
+                  "integers x 10000, percent against fractions) gives a meaningless map. Rescale the scene to the "
+                  f"training scene's units (e.g. {fix}) or use a model trained on this scale"
+                  + (f"; the scene declares {declared[0]}" if declared else ""),
+                  UnnormalisedInputWarning, stacklevel=user_stacklevel())
+
+
 class _Job:
     """Scene + model + engine + plan: everything checked before a single tile is read."""
 
@@ -189,13 +244,16 @@ class _Job:
         check_scene(m.config, self.meta, bands=bands, height=height, width=width, wavelengths=_wavelengths(da),
                     dtype=da.dtype)
         self.mean, self.std = _normalisation(m)
+        trained_stats = self.mean is not None
         model_bad = _model_bad_bands(self.meta, bands)
-        if model_bad and self.mean is not None:
+        if model_bad:
             # a band the model was trained with as bad is read as 0 (NaN here, 0 after normalising, as the
             # untested bands' non-finite values are), whatever the scene holds in it: training saw only 0 there
-            self.mean = self.mean.copy()
+            # (a model without statistics too: (x - 0) / 1 is the scene as it is, to the bit)
+            self.mean = np.zeros(bands) if self.mean is None else self.mean.copy()
+            self.std = np.ones(bands) if self.std is None else self.std
             self.mean[model_bad] = np.nan
-        if self.mean is None and da.dtype.kind in "ui":
+        if not trained_stats and da.dtype.kind in "ui":
             warnings.warn(f"the model has no per-band mean/std (model.json meta), so the scene is taken as already "
                           f"normalised, but it holds {da.dtype} values (raw counts or scaled reflectance): the map "
                           "will be meaningless. Use a model that records its normalisation (trained with "
@@ -204,7 +262,9 @@ class _Job:
         self.nodata = nodata if nodata is not None else _declared_nodata(da)
         if self.nodata is not None:  # a numpy scalar compares as a strong type in numpy, as a Python float in
             self.nodata = float(self.nodata)  # torch: the CPU and CUDA masks differed
-        self.nodata_bands = _tested_bands(da, model_bad, bands, trained_stats=self.mean is not None)
+        self.nodata_bands = _tested_bands(da, model_bad, bands, trained_stats=trained_stats)
+        if trained_stats:
+            _check_scale(da, self.mean, self.std, self.nodata)
         from .integrity import check_store
 
         check_store(da, nodata=self.nodata)  # zarr fills missing chunks silently: refuse them up front
@@ -220,7 +280,7 @@ class _Job:
             log.debug("scene %s: %d bands x %d x %d px, %s, chunks %s; model: %d classes, halo %d, %s",
                       _scene_name(da), bands, height, width, da.dtype,
                       None if chunks is None else (da.chunks[1][0], da.chunks[2][0]), self.classes, m.config.halo,
-                      "per-band normalisation" if self.mean is not None else "no normalisation (scene taken as is)")
+                      "per-band normalisation" if trained_stats else "no normalisation (scene taken as is)")
             log.debug("nodata: %s, looked for in %s", self.nodata, "every band" if self.nodata_bands is None else
                       f"{len(self.nodata_bands)} of {bands} bands")
 

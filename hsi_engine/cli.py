@@ -215,9 +215,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _add_open_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variable", default=None,
                    help="the array to read from a NetCDF / zarr / HDF5 / MATLAB file holding several cubes")
-    p.add_argument("--band-axis", type=int, choices=[0, 2], default=None,
-                   help="where the bands are in a bare array (.npy, .mat, zarr without dims): 0 for "
-                        "(band, y, x), 2 for (y, x, band); default: guessed, with a warning when ambiguous")
+    p.add_argument("--band-axis", type=int, choices=[0, 1, 2], default=None,
+                   help="where the bands are in a bare array (.npy, .mat, HDF5/zarr without dims): 0 for "
+                        "(band, y, x), 1 for (y, band, x) (PRISMA's HDF5 cubes), 2 for (y, x, band); default: "
+                        "guessed, with a warning when ambiguous")
 
 
 def _scene_arg(args: argparse.Namespace):

@@ -74,7 +74,7 @@ def scene_format(path: str | os.PathLike) -> str:
         return SUPPORTED_SUFFIXES[suffix]
     if p.is_dir() and ((p / "zarr.json").exists() or (p / ".zarray").exists() or (p / ".zgroup").exists()):
         return "zarr"
-    if suffix == "" and p.with_suffix(".hdr").exists():
+    if _envi_header_beside(p) is not None:  # an ENVI binary of any name (.rfl, _img, none) with its header
         return "envi"
     supported = ", ".join(sorted(SUPPORTED_SUFFIXES))
     raise SceneError(f"cannot tell the format of {p}: suffix {suffix or '(none)'!r} is not one hsi-engine reads. "
@@ -126,8 +126,8 @@ def _guess_band_axis(shape: tuple[int, ...], where: str, default_last: bool) -> 
         return 2
     band = 0 if a < c else 2
     warnings.warn(f"{where}: array of shape {shape} has no dimension names; taking axis {band} "
-                  f"(length {shape[band]}) as the band axis. Pass band_axis=0 or band_axis=2 to open_scene "
-                  "(--band-axis 0 or 2 on the command line) to say which it is.", stacklevel=user_stacklevel())
+                  f"(length {shape[band]}) as the band axis. Pass band_axis=0, 1 or 2 to open_scene "
+                  "(--band-axis 0, 1 or 2 on the command line) to say which it is.", stacklevel=user_stacklevel())
     return band
 
 
@@ -216,9 +216,11 @@ def _resolve_dims(shape: tuple[int, ...], dims: Sequence[str] | None, where: str
         raise SceneError(f"{where} holds {kind} of shape {tuple(shape)}; expected a 3-D hyperspectral cube "
                          "(band, y, x) or (y, x, band). Pass the cube, not a single band or a label map.")
     if band_axis is not None:
-        if band_axis not in (0, 2, -1):
-            raise SceneError(f"band_axis={band_axis} for {where}; expected 0 (band, y, x) or 2 (y, x, band)")
-        return ("band", "y", "x") if band_axis == 0 else ("y", "x", "band")
+        layouts = {0: ("band", "y", "x"), 1: ("y", "band", "x"), 2: ("y", "x", "band"), -1: ("y", "x", "band")}
+        if isinstance(band_axis, bool) or band_axis not in layouts:
+            raise SceneError(f"band_axis={band_axis!r} for {where}; expected 0 (band, y, x), 1 (y, band, x: "
+                             "PRISMA's and other line-interleaved cubes) or 2 (y, x, band)")
+        return layouts[band_axis]
     if dims is not None and len(dims) == 3:
         return tuple(dims)
     return ("band", "y", "x") if _guess_band_axis(tuple(shape), where, default_last) == 0 else ("y", "x", "band")
@@ -351,6 +353,7 @@ def _open_geotiff(path: Path, chunks) -> xr.DataArray:
             descriptions = list(src.descriptions)
             nodata = src.nodata
             ds_tags = src.tags()
+            envi_tags = src.tags(ns="ENVI")
             rpcs = getattr(src, "rpcs", None)
     except rasterio.errors.RasterioIOError as e:
         raise SceneError(f"{path} could not be opened as a raster ({e}); is it a complete GeoTIFF/ENVI file?") from None
@@ -360,7 +363,7 @@ def _open_geotiff(path: Path, chunks) -> xr.DataArray:
         raise SceneError(f"{path} holds {len(da)} subdatasets; open one of them")
     if isinstance(da, xr.Dataset):
         raise SceneError(f"{path} opened as a Dataset; expected a single multi-band raster")
-    wl = _gdal_wavelengths(tags, descriptions, ds_tags)
+    wl = _gdal_wavelengths(tags, descriptions, ds_tags, envi_tags)
     if "wavelength" in da.coords:  # rioxarray adds ENVI wavelengths as a (dask) coordinate in file units
         da = da.drop_vars([c for c in ("wavelength", "fwhm") if c in da.coords])
     if nodata is not None:
@@ -396,18 +399,29 @@ def _gdal_bbl(tags: list[dict[str, str]]) -> list[int] | None:
         return None
 
 
-_WL_IN_NAME = re.compile(r"\(\s*([-+0-9.eE]+)\s*(nanometers?|micrometers?|nm|um|µm)\s*\)", re.I)
+_WL_IN_NAME = re.compile(r"(?<![\w.])([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*"
+                         r"(nanometers?|nanometres?|micrometers?|micrometres?|nm|um|µm|μm)(?![a-z])", re.I)
 
 
 def _gdal_wavelengths(tags: list[dict[str, str]], descriptions: list[str | None],
-                      ds_tags: Mapping[str, str]) -> np.ndarray | None:
-    """Wavelengths (nm) from per-band ``wavelength`` metadata, else from names like 'band 1 (0.4554 Micrometers)'."""
+                      ds_tags: Mapping[str, str], envi_tags: Mapping[str, str] | None = None) -> np.ndarray | None:
+    """Wavelengths (nm) from per-band ``wavelength`` metadata, else from the ENVI metadata domain's list
+    (``wavelength = {...}``, as GDAL writes an ENVI header's into a GeoTIFF), else from band names such as
+    'band 1 (0.4554 Micrometers)' or '460.0 nm'."""
     try:
         if tags and all("wavelength" in t for t in tags):
             units = tags[0].get("wavelength_units") or ds_tags.get("wavelength_units")
             return _to_nm([float(t["wavelength"]) for t in tags], units)
     except ValueError:
         pass
+    for domain in (envi_tags or {}, ds_tags):
+        if "wavelength" in domain:
+            try:
+                values = [float(v) for v in _envi_list(domain["wavelength"])]
+            except ValueError:
+                continue
+            if len(values) == len(tags):
+                return _to_nm(values, domain.get("wavelength_units") or domain.get("wavelength units"))
     found = [(_WL_IN_NAME.search(d or "")) for d in descriptions]
     if found and all(found):
         vals = [float(m.group(1)) for m in found]  # type: ignore[union-attr]
@@ -428,20 +442,62 @@ def _envi_list(value: str) -> list[str]:
     return [s.strip() for s in value.strip().lstrip("{").rstrip("}").split(",") if s.strip()]
 
 
+def _envi_header_beside(path: Path) -> Path | None:
+    """The header of ENVI binary ``path``: ``scene.hdr`` or ``scene.img.hdr``, in either case (as GDAL finds it)."""
+    if path.suffix.lower() == ".hdr" or not path.is_file():
+        return None
+    for base in (path.with_suffix(""), path):
+        for suf in (".hdr", ".HDR"):
+            cand = Path(str(base) + suf)
+            if cand.is_file():
+                return cand
+    return None
+
+
 def _envi_paths(path: Path) -> tuple[Path, Path]:
-    """(header, binary) for an ENVI scene given either file."""
+    """(header, binary) for an ENVI scene given either file; suffixes match in any case (``SCENE.BSQ``)."""
     if path.suffix.lower() == ".hdr":
         hdr = path
+        stem = path.with_suffix("")
+        by_suffix = {}
+        if path.parent.is_dir():
+            for cand in path.parent.iterdir():
+                if cand.with_suffix("") == stem and cand != hdr and cand.is_file():
+                    by_suffix.setdefault(cand.suffix.lower(), cand)
         for suf in _ENVI_DATA_SUFFIXES:
-            cand = path.with_suffix(suf)
-            if cand != hdr and cand.is_file():
-                return hdr, cand
+            if suf in by_suffix:
+                return hdr, by_suffix[suf]
+        if stem.is_file():
+            return hdr, stem
         raise SceneError(f"ENVI header {hdr} has no binary beside it; expected one of "
-                         f"{[hdr.with_suffix(s).name for s in _ENVI_DATA_SUFFIXES]}")
-    for hdr in (path.with_suffix(".hdr"), Path(str(path) + ".hdr")):
-        if hdr.is_file():
-            return hdr, path
+                         f"{[hdr.with_suffix(s).name for s in _ENVI_DATA_SUFFIXES]}; for a binary of another name "
+                         "(scene.rfl), pass the binary's path: its header is found beside it")
+    hdr = _envi_header_beside(path)
+    if hdr is not None:
+        return hdr, path
     raise SceneError(f"ENVI binary {path} has no header; expected {path.with_suffix('.hdr')} beside it")
+
+
+# bytes per value of ENVI's ``data type`` codes
+_ENVI_BYTES = {1: 1, 2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 9: 16, 12: 2, 13: 4, 14: 8, 15: 8}
+
+
+def _check_envi_size(header: dict[str, str], hdr: Path, data: Path) -> None:
+    """Refuse a binary shorter than its header says (an interrupted download or copy): GDAL reads the missing
+    rows as zeros, which were classified as if they were the scene."""
+    try:
+        shape = [int(header[k]) for k in ("samples", "lines", "bands")]
+        size = _ENVI_BYTES[int(header["data type"])]
+        offset = int(header.get("header offset", "0") or 0)
+    except (KeyError, ValueError):
+        return  # GDAL reports a header it cannot read
+    need = offset + math.prod(shape) * size
+    have = data.stat().st_size
+    if have < need:
+        raise SceneError(f"ENVI binary {data} holds {have:,} bytes, but its header {hdr.name} declares "
+                         f"{shape[2]} bands x {shape[1]} lines x {shape[0]} samples of {size} bytes"
+                         f"{f' after {offset} header bytes' if offset else ''} ({need:,} bytes): the file is "
+                         "incomplete (an interrupted download or copy?); fetch it again")
 
 
 def _open_envi(path: Path, chunks) -> xr.DataArray:
@@ -452,15 +508,24 @@ def _open_envi(path: Path, chunks) -> xr.DataArray:
     if header.get("file compression", "0").strip() not in ("0", ""):
         raise SceneError(f"{hdr} declares 'file compression = {header['file compression']}' (gzip); GDAL cannot "
                          "read compressed ENVI. Gunzip the binary and remove that header line.")
+    _check_envi_size(header, hdr, data)
     da = _open_geotiff(data, chunks)
     if "wavelength" in header:
         try:
             wl = _to_nm([float(v) for v in _envi_list(header["wavelength"])], header.get("wavelength units"))
-            if len(wl) == da.sizes["band"]:
-                da = da.assign_coords(wavelength=("band", wl))
-                da["wavelength"].attrs["units"] = "nm"
         except ValueError:
-            pass
+            wl = None
+            problem = "holds values that are not numbers"
+        else:
+            problem = f"lists {len(wl)} values for {da.sizes['band']} bands"
+        if wl is not None and len(wl) == da.sizes["band"]:
+            da = da.assign_coords(wavelength=("band", wl))
+            da["wavelength"].attrs["units"] = "nm"
+        else:  # unread, the model's band check is skipped: say so
+            da = da.drop_vars([c for c in ("wavelength", "fwhm") if c in da.coords])
+            warnings.warn(f"{hdr}: its 'wavelength' entry {problem}, so the scene's wavelengths are unknown and "
+                          "are not checked against the model's; fix the header's wavelength list",
+                          stacklevel=user_stacklevel())
     if "bbl" in header:
         try:
             da = _with_bbl(da, [int(float(v)) for v in _envi_list(header["bbl"])])
@@ -722,8 +787,8 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
     ``chunks``: ``None`` (default) follows the store's own chunking; otherwise anything
     ``DataArray.chunk`` accepts (dim aliases such as ``rows``/``cols`` are understood).
     ``variable``: the array to read from a NetCDF/zarr/HDF5/MATLAB file holding several 3-D arrays.
-    ``band_axis``: 0 or 2 for arrays without dimension names (.npy, .mat, bare zarr/HDF5) whose layout
-    cannot be told from the shape (MATLAB and .npy default to band-last, the GIC convention).
+    ``band_axis``: 0, 1 or 2 for arrays without dimension names (.npy, .mat, bare zarr/HDF5) whose layout
+    cannot be told from the shape (1: line-interleaved, (y, band, x), as PRISMA's HDF5 cubes) (MATLAB and .npy default to band-last, the GIC convention).
     Values come back as stored, but CF-packed NetCDF/zarr variables are decoded (see the module docstring).
     """
     p = Path(path)
@@ -755,7 +820,7 @@ def as_scene(obj: Any, *, band_axis: int | None = None) -> xr.DataArray:
 
     DataArrays with alternative dim names (``bands``, ``wavelength``, ``rows``/``cols``, ``lat``/``lon``...)
     or band-last order are renamed and transposed lazily; coords, attrs and ``spatial_ref`` are kept.
-    Arrays and tensors are taken as ``(band, y, x)`` unless ``band_axis=2``. A path is opened with
+    Arrays and tensors are taken as ``(band, y, x)`` unless ``band_axis`` is 1 (y, band, x) or 2 (y, x, band). A path is opened with
     :func:`open_scene`.
     """
     if isinstance(obj, (str, os.PathLike)):
@@ -875,7 +940,8 @@ def scene_info(path: str | os.PathLike, *, variable: str | None = None, band_axi
         lines.append(f"gcps       {len(gcps)} ground control points (no transform: not orthorectified)")
     elif transform is not None:
         lines.append(f"transform  {tuple(round(v, 6) for v in transform[:6])}")
-        lines.append(f"pixel      {abs(transform.a):g} x {abs(transform.e):g}")
+        lines.append(f"pixel      {math.hypot(transform.a, transform.d):g} x {math.hypot(transform.b, transform.e):g}"
+                     + (" (rotated grid)" if transform.b or transform.d else ""))
     nodata = da.attrs.get("_FillValue")
     lines.append(f"nodata     {nodata if nodata is not None else 'none'}")
     if "wavelength" in da.coords:

@@ -24,6 +24,23 @@ if TYPE_CHECKING:
     import torch
 
 
+def scale_ratios(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: float | None) -> np.ndarray | None:
+    """Per band, the RMS of a raw ``(bands, h, w)`` sample over the RMS the model's normalisation implies
+    (``sqrt(mean^2 + std^2)``), on pixels finite and free of ``nodata`` in every band the model reads (finite
+    ``mean``); NaN for those it does not; None without such a pixel. A scene on another scale than the training
+    scene (reflectance 0-1 against integers x 10000) reads about 1e-4 in every band."""
+    used = np.isfinite(mean)
+    x = raw[used].reshape(int(used.sum()), -1).astype(np.float64)
+    ok = np.isfinite(x).all(axis=0)
+    if nodata is not None:
+        ok &= ~(x == nodata).any(axis=0)
+    if not ok.any():
+        return None
+    out = np.full(mean.shape, np.nan)
+    out[used] = np.sqrt((x[:, ok] ** 2).mean(axis=1)) / np.sqrt(mean[used] ** 2 + std[used] ** 2)
+    return out
+
+
 def normalise_into_reference(raw: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None,
                              nodata: float | None, out: np.ndarray,
                              nodata_bands: np.ndarray | None = None) -> tuple[np.ndarray, bool]:

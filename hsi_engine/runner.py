@@ -79,8 +79,8 @@ def check_scene(config: Any, meta: dict[str, Any], *, bands: int, height: int, w
     if bands != config.bands:
         axis = "x (the last axis)" if width == config.bands else "y" if height == config.bands else None
         hint = (f"; its {axis} has {config.bands} values: if those are the bands, the array's layout was taken "
-                "wrongly: say which it is with band_axis=0 (band, y, x) or 2 (y, x, band) in as_scene(array, ...) "
-                "or open_scene(path, ...) (--band-axis on the command line)") if axis else ""
+                "wrongly: say which it is with band_axis=0 (band, y, x), 1 (y, band, x) or 2 (y, x, band) in "
+                "as_scene(array, ...) or open_scene(path, ...) (--band-axis on the command line)") if axis else ""
         raise BandMismatchError(
             f"scene has {bands} band{'s' if bands != 1 else ''}, model expects {config.bands}{trained_s}{hint}: "
             "pass a scene with the model's "

@@ -282,6 +282,10 @@ def _check_meta(meta: object, config: SSRNConfig, where: Path | str) -> None:
         if bad:
             raise CheckpointError(f"{where}: meta.{key}[{bad[0]}] is {v[bad[0]]!r}; expected a finite number "
                                   f"({len(bad)} such band{'s' if len(bad) > 1 else ''}){fix}")
+    negative = [i for i, x in enumerate(meta.get("std") or ()) if _is_number(x) and x < 0]
+    if negative:
+        raise CheckpointError(f"{where}: meta.std[{negative[0]}] is {meta['std'][negative[0]]!r}; a standard deviation "
+                              f"is >= 0 (0: a constant band, read as 1){fix}")
     names = meta.get("class_names")
     if names is not None and not (isinstance(names, list) and len(names) == config.classes
                                   and all(isinstance(n, str) for n in names)):

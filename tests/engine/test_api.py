@@ -346,6 +346,46 @@ def test_bad_bands_masked_to_nan_are_classified_as_their_mean(case, geo):
     np.testing.assert_array_equal(filled.values, _reference_on(model, raw, zero=[3]))
 
 
+def test_a_model_without_statistics_still_reads_its_bad_bands_as_zero(case):
+    """``meta.bad_bands`` are read as 0 whatever the scene holds there; a model without mean/std read them as
+    stored (50 in a bad band changed every label), as the scene's values pass unnormalised."""
+    cube, model, _ = case
+    bare = SSRN(model.config)
+    bare.load_state_dict(model.state_dict())
+    bare.eval().meta = {"bad_bands": [3]}
+    a = cube.astype(np.float64)  # a scene already normalised, as such a model takes it
+    normed = ((a - a.mean(axis=(1, 2), keepdims=True)) / a.std(axis=(1, 2), keepdims=True)).astype(np.float32)
+    junk, zero = normed.copy(), normed.copy()
+    junk[3], zero[3] = 5.0, 0.0
+
+    def probabilities(x):  # the reference's, (classes, y, x)
+        logits = patch_forward(bare, torch.from_numpy(x)).softmax(1)
+        return logits.t().reshape(-1, *x.shape[1:]).numpy()
+
+    got = classify(junk, bare, tile=6, probabilities=True, progress=False)
+    np.testing.assert_array_equal(got["labels"].values, reference_labels(bare, zero))
+    np.testing.assert_allclose(got["probabilities"].values, probabilities(zero), atol=1e-5)
+    assert np.abs(probabilities(junk) - probabilities(zero)).max() > 1e-3  # read as stored, the band matters
+
+
+@pytest.mark.parametrize(("factor", "word", "fix"), [(1e-4, "smaller", "scene * 10000"),
+                                                     (100.0, "larger", "scene / 100")])
+def test_a_scene_on_another_scale_than_the_training_scene_is_named(case, factor, word, fix):
+    """Reflectance 0-1 classified with a model trained on integers x 10000 gave a one-class map without a word: a
+    sample of the scene off the training statistics by 30x or more in nearly every band warns (an error on the
+    command line), naming the factor and the fix; a scene dark in most bands (water) is not such a scene."""
+    cube, model, _ = case
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", hsi_engine.UnnormalisedInputWarning)
+        classify(cube, model, progress=False)
+        dark = cube.copy()
+        dark[: 2 * cube.shape[0] // 3] *= 1e-3
+        classify(dark, model, progress=False)
+    with pytest.warns(hsi_engine.UnnormalisedInputWarning, match=rf"about [0-9,]+x {word} .* \(e\.g\. "
+                                                                 rf"{re.escape(fix)}\)"):
+        classify(cube * factor, model, progress=False)
+
+
 @pytest.mark.parametrize("store", ["packed.nc", "packed.zarr"])
 def test_cf_packed_values_are_decoded_as_xarray_decodes_them(tmp_path, store, case):
     """A variable stored as scaled integers (CF ``scale_factor`` / ``add_offset``, a packed ``_FillValue``) opens

@@ -242,6 +242,22 @@ def test_a_model_without_normalisation_on_raw_integers_is_an_error_on_the_comman
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bare", "raw.npy"]
 
 
+def test_a_scene_on_another_scale_than_the_model_is_an_error_on_the_command_line(tmp_path, capsys):
+    """Reflectance 0-1 against a model trained on the integers x 10000 (the same scene as another provider
+    delivers it) exited 0 with a one-class map: exit 2, one line naming the factor and the fix, no output."""
+    import numpy as np
+
+    cube = F.ip_crop(24, 24)
+    scene = tmp_path / "reflectance.npy"
+    np.save(scene, (cube / 10000).astype(np.float32))
+    model = F.save_tiny_model(tmp_path / "model", cube)
+    out = tmp_path / "map.tif"
+    rc = main(["classify", str(scene), "--model", str(model), "--out", str(out), "--band-axis", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and re.search(r"error: the scene's values are about [0-9,]+x smaller .*scene \* 10000", err)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["model", "reflectance.npy"]
+
+
 def test_a_burst_of_sigterms_stops_a_run_once_and_a_later_one_again():
     """The handler ignores the rest of a burst (it cut the cleanup short), but not for ever: a SIGTERM that
     Python swallowed (raised in a __del__) must not leave the process deaf to the next one. Each Ctrl-C counts."""

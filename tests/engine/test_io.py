@@ -93,6 +93,87 @@ def test_envi_interleaves(make_scene, interleave):
         assert da.attrs["envi_interleave"] == interleave
 
 
+def test_envi_files_are_found_in_any_case_and_by_any_binary_name(make_scene):
+    """GDAL finds ``SCENE.BSQ`` + ``SCENE.HDR`` (as Windows tools write them) and a binary of any name beside its
+    header (``scene.rfl``); both were refused ("has no header", "has no binary beside it")."""
+    cube = make_cube(dtype=np.int16)
+    path = make_scene("envi", cube=cube)
+    upper = path.parent / "upper"
+    upper.mkdir()
+    path.rename(upper / "SCENE.BSQ")
+    path.with_suffix(".hdr").rename(upper / "SCENE.HDR")
+    for p in (upper / "SCENE.BSQ", upper / "SCENE.HDR"):
+        np.testing.assert_array_equal(open_scene(p).values, cube)
+    (upper / "SCENE.BSQ").rename(upper / "SCENE.rfl")
+    with pytest.raises(SceneError, match=r"has no binary beside it.*pass the binary's path"):
+        open_scene(upper / "SCENE.HDR")
+    da = open_scene(upper / "SCENE.rfl")
+    np.testing.assert_array_equal(da.values, cube)
+    np.testing.assert_allclose(da["wavelength"].values, WAVELENGTHS_NM)
+
+
+@pytest.mark.parametrize("interleave", ["bsq", "bip"])
+def test_a_truncated_envi_binary_is_refused(make_scene, interleave):
+    """An interrupted download: GDAL read the missing half as zeros and the map classified them, exit 0."""
+    path = make_scene("envi", cube=make_cube(dtype=np.int16), interleave=interleave)
+    open_scene(path)
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(size - 2)
+    with pytest.raises(SceneError, match=rf"holds {size - 2:,} bytes.*declares .*\({size:,} bytes\): the file is "
+                                         "incomplete"):
+        open_scene(path.with_suffix(".hdr"))
+
+
+def test_an_envi_wavelength_list_of_the_wrong_length_is_named(make_scene):
+    """One value short, the list was dropped without a word, and with it the model's band check."""
+    path = make_scene("envi")
+    hdr = path.with_suffix(".hdr")
+    text = hdr.read_text()
+    start = text.index("wavelength = {")
+    end = text.index("}", start)
+    values = text[start + len("wavelength = {"):end].split(",")
+    hdr.write_text(text[:start] + "wavelength = {" + ",".join(values[:-1]) + text[end:])
+    with pytest.warns(UserWarning, match=rf"'wavelength' entry lists {len(values) - 1} values for {BANDS} bands"):
+        da = open_scene(path)
+    assert "wavelength" not in da.coords
+
+
+@pytest.mark.parametrize("where", ["envi domain", "descriptions"])
+def test_geotiff_wavelengths_from_the_envi_domain_and_plain_band_names(make_scene, where):
+    """Wavelengths in a GeoTIFF's ENVI metadata domain (``wavelength = {...}``, as GDAL copies an ENVI header) or
+    in band names like '460.0 nm' were not read, so a band-reversed copy passed the model's band check."""
+    cube = make_cube()
+    path = make_scene("geotiff", cube=cube)
+    with rasterio.open(path, "r+") as dst:
+        for b in range(1, BANDS + 1):  # only the form under test
+            dst.update_tags(b, wavelength="", wavelength_units="")
+            dst.set_band_description(b, "")
+        if where == "envi domain":
+            dst.update_tags(ns="ENVI", wavelength="{" + ", ".join(f"{w / 1000:.6f}" for w in WAVELENGTHS_NM) + "}",
+                            wavelength_units="Micrometers")
+        else:
+            for b, w in enumerate(WAVELENGTHS_NM, start=1):
+                dst.set_band_description(b, f"{w:.1f} nm")
+    np.testing.assert_allclose(open_scene(path)["wavelength"].values, WAVELENGTHS_NM)
+
+
+def test_a_line_interleaved_cube_opens_with_band_axis_1(tmp_path):
+    """PRISMA stores its cubes (lines, bands, samples): band_axis=1 reads them; the error asked for 0 or 2."""
+    import h5py
+
+    cube = make_cube(bands=5, height=7, width=9)
+    p = tmp_path / "prisma.he5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("HDFEOS/SWATHS/PRS_L2D_HCO/Data Fields/VNIR_Cube", data=np.moveaxis(cube, 0, 1))
+    da = open_scene(p, band_axis=1)
+    assert da.dims == ("band", "y", "x")
+    np.testing.assert_array_equal(da.values, cube)
+    np.testing.assert_array_equal(as_scene(np.moveaxis(cube, 0, 1), band_axis=1).values, cube)
+    with pytest.raises(SceneError, match=r"band_axis=3 .*1 \(y, band, x"):
+        open_scene(p, band_axis=3)
+
+
 @pytest.mark.parametrize("fmt", ["geotiff", "envi"])
 def test_bad_band_list_becomes_a_bbl_coordinate(make_scene, fmt):
     """Per-band GDAL ``bbl`` metadata (as EnMAP's GeoTIFFs carry it) and an ENVI header's ``bbl`` list become a

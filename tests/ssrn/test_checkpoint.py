@@ -61,6 +61,7 @@ def test_refuses_mismatched_config(tmp_path):
     (lambda m: m["mean"].__setitem__(3, None), r"meta.mean\[3\] is None; expected a finite number"),
     (lambda m: m["std"].__setitem__(0, "1.5"), r"meta.std\[0\] is '1.5'"),
     (lambda m: m.pop("std"), r"meta has 'mean' but no 'std'"),
+    (lambda m: m["std"].__setitem__(5, -2.0), r"meta.std\[5\] is -2.0; a standard deviation is >= 0"),
     (lambda m: m.update(wavelengths=[400.0] * 7), r"meta.wavelengths must be 30 numbers .* found 7 values"),
     (lambda m: m.update(class_names=["a", "b", "c"]), r"meta.class_names must be 4 strings .* found 3 entries"),
     (lambda m: m.update(class_names=["a", "b", "c", 4]), r"meta.class_names must be 4 strings"),
