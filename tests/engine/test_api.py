@@ -474,6 +474,7 @@ def test_a_rotated_grid_keeps_its_transform_and_no_wrong_coordinates(case, tmp_p
     cube, model, ref = case
     t = Affine.translation(366000, 5810000) * Affine.rotation(10) * Affine.scale(30, -30)
     scene = _write_rotated(tmp_path / "rot.tif", cube, t)
+    assert "pixel      30 x 30 (rotated grid)" in hsi_engine.io.scene_info(scene)  # it said 29.5442 x 29.5442
     out = hsi_engine.classify_to_file(scene, model, tmp_path / name, progress=False)
     if name.endswith(".tif"):
         with rasterio.open(out) as f:
