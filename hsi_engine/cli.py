@@ -268,7 +268,22 @@ def build_parser() -> argparse.ArgumentParser:
     for p in sub.choices.values():  # `hsi-engine classify ... -v` too (SUPPRESS: the top-level one stays)
         p.add_argument("-v", dest="verbose", action="store_true", default=argparse.SUPPRESS,  # (no --verbose: it
                        help="debug logging")  # would make --v, a prefix of --variable, ambiguous)
+    parser.commands = sub.choices  # type: ignore[attr-defined]
     return parser
+
+
+def _unrecognised(extra: Sequence[str], command: argparse.ArgumentParser) -> str:
+    """argparse's 'unrecognized arguments' message, with the closest option of the command for a typo."""
+    import difflib
+
+    options = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+    hints = []
+    for arg in extra:
+        word = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(word, options, n=1, cutoff=0.7) if arg.startswith("--") else []
+        if close:
+            hints.append(f"{arg}: did you mean {close[0]}?")
+    return f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})" if hints else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -277,7 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import HSIEngineError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the command's usage and name, as for its other argument errors (the top level's said 'hsi-engine')
+        command = parser.commands[args.command]
+        command.error(_unrecognised(extra, command))
     # other libraries' INFO/DEBUG (rasterio echoes every GDAL message) stay out; this project's own logs come through
     # a pipeline's log (stderr not a terminal) gets timestamps: when a run stalled, how long a tile took
     stamp = "" if sys.stderr.isatty() else "%(asctime)s "

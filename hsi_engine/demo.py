@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import HSIEngineError
+from .errors import HSIEngineError, OutputError
 
 __all__ = ["SHIPPED_MODEL", "SHIPPED_SCENE", "evaluation_mask", "run_demo"]
 
@@ -105,6 +105,28 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+DEMO_OUTPUTS = ("classmap.tif", "classmap.tif.aux.xml", "classmap.png", "report.json")
+
+
+def _check_demo_out(out: Path) -> None:
+    """``out`` is a directory the demo may write into: new, or without its output names, or an earlier demo's
+    (its report.json says so: rerunning the README's command replaces it); never someone else's files."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; the demo writes a directory (classmap.tif, classmap.png, "
+                          "report.json): pass a directory's path")
+    taken = [n for n in DEMO_OUTPUTS if (out / n).exists()] if out.is_dir() else []
+    if not taken:
+        return
+    try:
+        doc = json.loads((out / "report.json").read_text())
+        ours = "evaluated_on" in doc and doc["outputs"]["report"] == "report.json"
+    except (OSError, ValueError, TypeError, KeyError):
+        ours = False
+    if not ours:
+        raise OutputError(f"{out} already holds {', '.join(taken)}, which no earlier demo wrote (no demo report.json "
+                          "beside them); the demo would replace them: pass another --out, or move them away")
+
+
 def run_demo(out: str | os.PathLike, *, device: Any = None, backend: str = "auto", tile: int | None = None,
              model_dir: str | os.PathLike | None = None, scene_path: str | os.PathLike | None = None,
              progress: bool | None = None, precision: str = "float32") -> dict[str, Any]:
@@ -139,12 +161,11 @@ def run_demo(out: str | os.PathLike, *, device: Any = None, backend: str = "auto
     model = load_model(model_dir)
     meta = dict(getattr(model, "meta", None) or {})
     mask, counts = evaluation_mask(labels, meta)
+    _check_demo_out(out)
     created = not out.exists()  # made only once the inputs are known good; removed again if the run fails
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        from .errors import OutputError
-
         raise OutputError(f"cannot create the demo output directory {out} ({e.strerror or e})") from None
     try:
         return _classify_and_report(out, scene, scene_path, labels, model, model_dir, meta, mask, counts, dev=dev,
@@ -166,6 +187,7 @@ def _classify_and_report(out: Path, scene: Any, scene_path: Path, labels: np.nda
     from .api import classify
     from .fused import PRECISIONS
     from .render import save_comparison
+    from .resume import model_digest, provenance
     from .writers import write_classmap
 
     try:
@@ -199,7 +221,7 @@ def _classify_and_report(out: Path, scene: Any, scene_path: Path, labels: np.nda
     with warnings.catch_warnings():  # the shipped scene has no CRS: the map is in pixel coordinates, by design
         warnings.filterwarnings("ignore", message=".*without georeferencing")
         tif = write_classmap(pred_da, out / "classmap.tif", n_classes=k, class_names=class_names, palette=palette,
-                             overwrite=True)
+                             overwrite=True, tags=provenance(model_digest(model), precision, "auto"))
     title = (f"Indian Pines, SSRN: OA {rep['oa']:.4f}, AA {rep['aa']:.4f}, kappa {rep['kappa']:.4f} "
              f"on {counts['evaluated_pixels']} test pixels")
     png = save_comparison(scene, labels, pred, out / "classmap.png", class_names=class_names, palette=palette,

@@ -76,6 +76,12 @@ def scene_format(path: str | os.PathLike) -> str:
         return "zarr"
     if _envi_header_beside(p) is not None:  # an ENVI binary of any name (.rfl, _img, none) with its header
         return "envi"
+    if p.is_dir():
+        inside = sorted(c.name for c in p.iterdir() if c.suffix.lower() in SUPPORTED_SUFFIXES
+                        and (SUPPORTED_SUFFIXES[c.suffix.lower()] != "envi" or c.suffix.lower() == ".hdr"))
+        listed = ", ".join(inside[:6]) + (f" ... ({len(inside)} in all)" if len(inside) > 6 else "")
+        raise SceneError(f"{p} is a directory, not a scene (nor a zarr store): pass one of its scenes"
+                         + (f": {listed}" if inside else "; it holds none hsi-engine reads"))
     supported = ", ".join(sorted(SUPPORTED_SUFFIXES))
     raise SceneError(f"cannot tell the format of {p}: suffix {suffix or '(none)'!r} is not one hsi-engine reads. "
                      f"Supported: {supported} (and zarr directories). Convert the scene to GeoTIFF or zarr, "

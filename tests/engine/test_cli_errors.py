@@ -44,6 +44,19 @@ def _cli(args: list[str]) -> tuple[int, str]:
     return rc, err.getvalue()
 
 
+def test_a_mistyped_option_is_named_by_its_command_with_the_closest_option(scene, model_dir, tmp_path, capsys):
+    """A typo got the top-level usage and 'hsi-engine: error: unrecognized arguments: --overwirte': the error is
+    the command's, as its other argument errors are, and names the option meant; nothing is written."""
+    out = tmp_path / "a.tif"
+    with pytest.raises(SystemExit) as e:
+        main(["classify", str(scene), "--model", str(model_dir), "--out", str(out), "--overwirte", "--foo"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "usage: hsi-engine classify" in err
+    assert err.strip().splitlines()[-1] == ("hsi-engine classify: error: unrecognized arguments: --overwirte --foo "
+                                            "(--overwirte: did you mean --overwrite?)")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("tile", ["0", "-5", "many"])
 def test_tile_is_checked_when_parsed(scene, model_dir, tmp_path, tile, capsys):
     with pytest.raises(SystemExit) as e:

@@ -37,6 +37,9 @@ def test_demo_end_to_end(tmp_path):
             cmap = src.colormap(1)
             assert len([i for i in range(1, 17) if i in cmap]) == 16
             assert len(json.loads(src.tags()["class_names"])) == 16
+            tags = src.tags()  # the provenance a classify map carries (the demo's lacked it)
+            assert tags["software"].startswith("hsi-engine") and len(tags["model_digest"]) == 32
+            assert tags["precision"] == "float32"
     assert pred.min() >= 1 and pred.max() <= 16  # every pixel classified, none left as nodata
 
     rep = json.loads((out / "report.json").read_text())
@@ -67,6 +70,31 @@ def test_demo_end_to_end(tmp_path):
     # the accuracy is recomputed from the written map on exactly those pixels
     test = labelled & ~masks["train"] & ~masks.get("val", np.zeros_like(labelled))
     assert np.mean(pred[test] == labels[test]) == pytest.approx(rep["overall_accuracy"])
+
+
+def test_the_demo_replaces_its_own_outputs_but_never_other_files(tmp_path, capsys):
+    """Running README's demo command twice works (an earlier demo's outputs are replaced); a directory holding a
+    classmap.tif no demo wrote was overwritten silently, and a file as --out got 'File exists'."""
+    from hsi_engine.cli import main
+
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "report.json").write_text(json.dumps({"evaluated_on": "...", "outputs": {"report": "report.json"}}))
+    (earlier / "classmap.tif").write_bytes(b"old")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "classmap.tif").write_bytes(b"keep")
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"keep")
+    assert main(["demo", "--out", str(theirs), "--device", "cpu"]) == 2
+    assert "holds classmap.tif, which no earlier demo wrote" in capsys.readouterr().err
+    assert main(["demo", "--out", str(afile), "--device", "cpu"]) == 2
+    assert f"--out {afile} is a file" in capsys.readouterr().err
+    assert [p.read_bytes() for p in (theirs / "classmap.tif", afile)] == [b"keep", b"keep"]
+    assert sorted(p.name for p in theirs.iterdir()) == ["classmap.tif"]
+    from hsi_engine.demo import _check_demo_out
+
+    _check_demo_out(earlier)  # an earlier demo's directory: no error, the run replaces it
 
 
 def test_evaluation_mask_excludes_train_and_val():

@@ -93,6 +93,18 @@ def test_envi_interleaves(make_scene, interleave):
         assert da.attrs["envi_interleave"] == interleave
 
 
+def test_a_directory_of_scenes_names_them(make_scene, tmp_path):
+    """A folder of ENVI files as the scene got 'suffix (none) ... rename it with the suffix of its real format'."""
+    make_scene("envi", name="a")
+    make_scene("geotiff", name="b")
+    with pytest.raises(SceneError, match=r"is a directory, not a scene \(nor a zarr store\): pass one of its "
+                                         r"scenes: a.hdr, b.tif$"):
+        open_scene(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SceneError, match="it holds none hsi-engine reads"):
+        open_scene(tmp_path / "empty")
+
+
 def test_envi_files_are_found_in_any_case_and_by_any_binary_name(make_scene):
     """GDAL finds ``SCENE.BSQ`` + ``SCENE.HDR`` (as Windows tools write them) and a binary of any name beside its
     header (``scene.rfl``); both were refused ("has no header", "has no binary beside it")."""
