@@ -206,7 +206,7 @@ def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarra
 
     from .normalise import stage_raw
     from .runner import (_check_window, _nonfinite_error, labels_from_logits, mask_nodata, prepare_tile,
-                         prepare_tile_tensor, window_reader)
+                         prepare_tile_tensor, tile_logits, window_reader)
 
     if normalise_on is None:
         normalise_on = "device" if engine.device.type == "cuda" else "host"
@@ -227,7 +227,7 @@ def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarra
         x = x.to(engine.device)
     else:
         raise ValueError(f"normalise_on must be 'host' or 'device'; got {normalise_on!r}")
-    logits = engine(x)  # (K, h, w)
+    logits = tile_logits(engine, x, tile, mask)  # (K, h, w)
     if normalise_on == "device" and nodata is None and nonfinite is not None and bool(nonfinite):
         raise _nonfinite_error(raw, tile, nodata_bands)  # read after the launch, so the check does not stall it
     lab, prob, conf = labels_from_logits(logits, probabilities=probabilities, mask=mask_t)

@@ -337,6 +337,23 @@ def cache_blocks_for(tile: tuple[int, int], halo: int, readers: int) -> Callable
 # the executor
 
 
+def tile_logits(engine: Any, x: Any, tile: Tile, mask: np.ndarray | None) -> Any:
+    """The engine's ``(K, h, w)`` logits of a prepared tile; zeros, without running the network, when the host
+    mask marks every output pixel nodata (class 0 and NaN whatever the logits): a swath's nodata collar, often a
+    third of a scene, cost as much compute as its data."""
+    import torch
+
+    classes = getattr(engine, "classes", None)
+    if classes is not None and all_nodata(mask):
+        return torch.zeros((classes, *tile.shape), dtype=torch.float32, device=engine.device)
+    return engine(x)
+
+
+def all_nodata(mask: np.ndarray | None) -> bool:
+    """Whether a tile's host nodata mask marks every output pixel."""
+    return mask is not None and bool(mask.all())
+
+
 def labels_from_logits(logits: Any, *, probabilities: bool, mask: Any = None) -> tuple[Any, Any, Any]:
     """``(labels 1..K uint8, softmax | None, its max | None)`` of ``(K, h, w)`` logits, on their device; class 0
     and NaN probabilities where the (device) nodata ``mask`` is set."""
@@ -630,7 +647,8 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
                 x, mask_t, nonfinite = prepare_tile_tensor(x, p.tile, halo=plan.halo, mean=mean_t, std=std_t,
                                                            nodata=nodata, wrap_bits=p.wrap,
                                                            nodata_bands=nodata_bands)
-            logits = engine(x)  # (K, h, w); on CUDA queued, not yet run
+            logits = tile_logits(engine, x, p.tile, p.mask)  # (K, h, w); on CUDA queued, not yet run
+            stats["nodata_tiles"] += all_nodata(p.mask)
             item = finish(p.tile, logits, p.mask, mask_t, nonfinite)
             stats["compute_s"] += time.perf_counter() - t0
             if cuda and pending:  # the next tile's copy runs beside this tile's compute; queued after it, so

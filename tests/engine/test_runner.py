@@ -68,6 +68,42 @@ def test_bad_bands_left_out_of_the_mask_on_host_and_device(dtype):
     assert (_run(cube, "device", nodata=7.0).labels == 0).all()
 
 
+def test_tiles_of_nodata_only_skip_the_network_and_give_the_same_map(caplog):
+    """A swath's nodata collar ran the network like data (the ops tester's 99 %-nodata scene: 1 h 50 min): a tile
+    whose every output pixel is nodata is written as class 0 / NaN without calling the engine; the map, the
+    probabilities and the tiles that hold data are those of the run that computed everything."""
+    import logging
+
+    cube = _cube(np.float32, h=24, w=24)
+    cube[:, :, :8] = np.nan  # the first tile column (tile 8) is nodata; tile 2's halo reaches into it
+    cube[:, 16:, 8:16] = np.nan
+    calls = []
+
+    class Counting(FusedSSRN):
+        def __call__(self, x):
+            calls.append(tuple(x.shape))
+            return super().__call__(x)
+
+    model = _model()
+    mean, std = np.nanmean(cube, axis=(1, 2)), np.nanstd(cube, axis=(1, 2))
+    plan = plan_tiles(24, 24, 8, model.config.halo)
+    sinks = []
+    for engine in (Counting(model, backend="eager"), None):
+        if engine is None:  # everything computed: the engine without its class count (the skip needs it)
+            engine = FusedSSRN(model, backend="eager")
+            engine.classes = None
+        sink = ArraySink(24, 24, CLASSES, probabilities=True)
+        with caplog.at_level(logging.DEBUG, logger="hsi_engine.runner"):
+            run_plan(cube, plan, engine, sink, mean=mean, std=std, nodata=float("nan"), probabilities=True,
+                     progress=False)
+        sinks.append(sink)
+    assert len(calls) == 9 - 4  # 3 tiles of the first column, one more below
+    np.testing.assert_array_equal(sinks[0].labels, sinks[1].labels)
+    np.testing.assert_array_equal(sinks[0].probabilities, sinks[1].probabilities)
+    assert (sinks[0].labels[:, :8] == 0).all() and (sinks[0].labels[:16, 8:] > 0).all()
+    assert "nodata_tiles 4" in caplog.text  # the run's debug summary counts them
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32, ">f4"], ids=str)
 def test_device_normalisation_gives_the_host_map_bit_for_bit(dtype, device):
