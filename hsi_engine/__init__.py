@@ -42,17 +42,18 @@ __getattr__, __dir__, _ = lazy_loader.attach(
     },
 )
 
-__all__ = ["BandMismatchError", "CheckpointError", "ClusterUsageError", "CorruptChunkError", "FusedSSRN", "HSIAccessor",
-           "HSIEngineError", "IrregularGridError", "MissingSpatialDimsError", "NonFiniteInputError", "OutputError",
-           "SceneError", "SceneTooSmallError", "Tile", "TilePlan", "UnnormalisedInputWarning", "WorkerLostError", "as_scene", "classify", "classify_to_file", "fold_spatial",
-           "fold_spectral", "load_model", "open_scene", "patch_forward", "plan_tiles", "reuse_large_buffers"]
+__all__ = ["BandMismatchError", "CheckpointError", "ClusterUsageError", "CorruptChunkError", "FusedSSRN",
+           "HSIAccessor", "HSIEngineError", "IrregularGridError", "MissingSpatialDimsError", "NonFiniteInputError",
+           "OutputError", "SceneError", "SceneTooSmallError", "Tile", "TilePlan", "UnnormalisedInputWarning",
+           "WorkerLostError", "as_scene", "classify", "classify_to_file", "fold_spatial", "fold_spectral",
+           "load_model", "open_scene", "patch_forward", "plan_tiles", "reuse_large_buffers"]
 
 if TYPE_CHECKING:
     from .allocator import reuse_large_buffers
     from .api import classify, classify_to_file, load_model, open_scene
-    from .errors import (BandMismatchError, CheckpointError, CorruptChunkError, HSIEngineError,
-                         MissingSpatialDimsError, NonFiniteInputError, OutputError, SceneError, SceneTooSmallError,
-                         UnnormalisedInputWarning)
+    from .errors import (BandMismatchError, CheckpointError, ClusterUsageError, CorruptChunkError, HSIEngineError,
+                         IrregularGridError, MissingSpatialDimsError, NonFiniteInputError, OutputError, SceneError,
+                         SceneTooSmallError, UnnormalisedInputWarning, WorkerLostError)
     from .fused import FusedSSRN, fold_spatial, fold_spectral, patch_forward
     from .io import as_scene
     from .tiles import Tile, TilePlan, plan_tiles

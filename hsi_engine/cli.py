@@ -6,6 +6,7 @@ Each subcommand parses its options here and calls one library function; no logic
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -330,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if any(h.finished for h in handlers.values()):
             return 0  # the map was in place; the run's own warning said what clean-up the next run does
-        print(f"hsi-engine {args.command}: interrupted", file=sys.stderr)
+        with contextlib.suppress(OSError):  # a hang-up may have taken the terminal with it
+            print(f"hsi-engine {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
         done = any(h.finished for h in handlers.values())
@@ -368,7 +370,8 @@ class _CliFormatter(logging.Formatter):
         return cli_words(super().format(record))
 
 
-_GRACE_S = {signal.SIGTERM: 10.0, signal.SIGINT: 0.0}  # a SIGTERM burst is one stop; each Ctrl-C counts
+# a SIGTERM burst is one stop; each Ctrl-C counts; SIGHUP (a closed terminal or SSH session) stops as SIGTERM does
+_GRACE_S = {signal.SIGTERM: 10.0, signal.SIGINT: 0.0, **({signal.SIGHUP: 10.0} if hasattr(signal, "SIGHUP") else {})}
 
 
 class _Interrupt:
@@ -406,7 +409,7 @@ class _Interrupt:
 
 
 def _handlers() -> dict[int, _Interrupt]:
-    """A fresh :class:`_Interrupt` for SIGTERM and SIGINT, in the main thread only, and not for a signal the
+    """A fresh :class:`_Interrupt` for SIGTERM, SIGINT and SIGHUP, in the main thread only, and not for a signal the
     process was started ignoring (``cmd &`` in a script, ``nohup``): that choice stays the caller's."""
     if not _main_thread():
         return {}

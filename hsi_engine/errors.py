@@ -70,5 +70,5 @@ def user_stacklevel() -> int:
 
 
 __all__ = ["BandMismatchError", "CheckpointError", "ClusterUsageError", "CorruptChunkError", "HSIEngineError",
-           "IrregularGridError", "MissingSpatialDimsError", "NonFiniteInputError", "OutputError", "SceneError", "SceneTooSmallError",
-           "UnnormalisedInputWarning", "WorkerLostError"]
+           "IrregularGridError", "MissingSpatialDimsError", "NonFiniteInputError", "OutputError", "SceneError",
+           "SceneTooSmallError", "UnnormalisedInputWarning", "WorkerLostError"]

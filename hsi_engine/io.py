@@ -794,7 +794,8 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
     ``DataArray.chunk`` accepts (dim aliases such as ``rows``/``cols`` are understood).
     ``variable``: the array to read from a NetCDF/zarr/HDF5/MATLAB file holding several 3-D arrays.
     ``band_axis``: 0, 1 or 2 for arrays without dimension names (.npy, .mat, bare zarr/HDF5) whose layout
-    cannot be told from the shape (1: line-interleaved, (y, band, x), as PRISMA's HDF5 cubes) (MATLAB and .npy default to band-last, the GIC convention).
+    cannot be told from the shape (1: line-interleaved (y, band, x), as PRISMA's HDF5 cubes; MATLAB and .npy
+    default to band-last, the GIC convention).
     Values come back as stored, but CF-packed NetCDF/zarr variables are decoded (see the module docstring).
     """
     p = Path(path)
@@ -826,7 +827,8 @@ def as_scene(obj: Any, *, band_axis: int | None = None) -> xr.DataArray:
 
     DataArrays with alternative dim names (``bands``, ``wavelength``, ``rows``/``cols``, ``lat``/``lon``...)
     or band-last order are renamed and transposed lazily; coords, attrs and ``spatial_ref`` are kept.
-    Arrays and tensors are taken as ``(band, y, x)`` unless ``band_axis`` is 1 (y, band, x) or 2 (y, x, band). A path is opened with
+    Arrays and tensors are taken as ``(band, y, x)`` unless ``band_axis`` is 1 (y, band, x) or 2 (y, x, band).
+    A path is opened with
     :func:`open_scene`.
     """
     if isinstance(obj, (str, os.PathLike)):

@@ -114,13 +114,16 @@ def test_model_json_without_config_names_it(model_dir, tmp_path):
         load_model(bad)
 
 
-@pytest.mark.parametrize("burst", [False, True], ids=["one", "burst"])
+@pytest.mark.parametrize(("burst", "sig"), [(False, signal.SIGTERM), (True, signal.SIGTERM), (False, signal.SIGHUP)],
+                         ids=["one", "burst", "hangup"])
 @pytest.mark.parametrize("out_name", ["a.tif", "a.zarr"])
-def test_sigterm_unwinds_like_ctrl_c_and_leaves_nothing(scene, model_dir, tmp_path, monkeypatch, out_name, burst):
+def test_sigterm_unwinds_like_ctrl_c_and_leaves_nothing(scene, model_dir, tmp_path, monkeypatch, out_name, burst,
+                                                        sig):
     """SIGTERM (what `timeout` and batch schedulers send) mid-run: exit 130, one line, no output and no temp
     file; for .zarr the tiles written so far are kept as a partial store for --resume, as on Ctrl-C. A burst of
     SIGTERMs (schedulers and `kill` loops send several) must not cut the cleanup short: it left hidden GeoTIFF
-    temps, or a traceback when one landed in the 'interrupted' line."""
+    temps, or a traceback when one landed in the 'interrupted' line. SIGHUP (a closed SSH session) too: it left
+    the lock and hidden temps, exit 129."""
     from hsi_engine import writers
     from hsi_engine.fused import FusedSSRN
 
@@ -136,7 +139,7 @@ def test_sigterm_unwinds_like_ctrl_c_and_leaves_nothing(scene, model_dir, tmp_pa
 
     slow = FusedSSRN.__call__
     calls = []
-    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM))
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), sig))
 
     def call(self, x):
         calls.append(1)
