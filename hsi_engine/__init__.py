@@ -23,9 +23,7 @@ def _version() -> str:
         return "0+unknown"
 
 
-__version__ = _version()
-
-__getattr__, __dir__, _ = lazy_loader.attach(
+_lazy_getattr, __dir__, _ = lazy_loader.attach(
     __name__,
     submodules=["accessor", "allocator", "api", "blocks", "cli", "cluster", "dask_client", "demo", "errors", "fused",
                 "integrity", "io", "lock", "logs", "normalise", "render", "resume", "runner", "tiles", "writers"],
@@ -47,6 +45,14 @@ __all__ = ["BandMismatchError", "CheckpointError", "ClusterUsageError", "Corrupt
            "OutputError", "SceneError", "SceneTooSmallError", "Tile", "TilePlan", "UnnormalisedInputWarning",
            "WorkerLostError", "as_scene", "classify", "classify_to_file", "fold_spatial", "fold_spectral",
            "load_model", "open_scene", "patch_forward", "plan_tiles", "reuse_large_buffers"]
+
+
+
+def __getattr__(name: str):
+    if name == "__version__":  # on first use: the metadata lookup costs ~50 ms of every import otherwise
+        return _version()
+    return _lazy_getattr(name)
+
 
 if TYPE_CHECKING:
     from .allocator import reuse_large_buffers

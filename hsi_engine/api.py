@@ -172,14 +172,13 @@ def _sample_window(da: xr.DataArray, side: int = 32) -> dict[str, slice]:
     window = {}
     for axis, dim in ((1, "y"), (2, "x")):
         n = int(da.sizes[dim])
+        lo, hi = 0, n
         if da.chunks is not None:
             edges = np.cumsum((0,) + tuple(da.chunks[axis]))
             k = int(np.searchsorted(edges, n // 2, side="right")) - 1
-            start, stop = int(edges[k]), int(min(edges[k + 1], edges[k] + side))
-        else:
-            start = max(0, n // 2 - side // 2)
-            stop = min(n, start + side)
-        window[dim] = slice(start, stop)
+            lo, hi = int(edges[k]), int(edges[k + 1])
+        start = min(max(lo, n // 2 - side // 2), max(lo, hi - side))
+        window[dim] = slice(start, min(hi, start + side))
     return window
 
 
@@ -190,8 +189,9 @@ def _check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: fl
     from .normalise import scale_ratios
 
     window = _sample_window(da)
-    try:
-        raw = np.asarray(da.isel(window).values)
+    try:  # synchronously: under a client a read through the cluster waits for its (maybe paused) workers
+        sample = da.isel(window).data
+        raw = np.asarray(sample.compute(scheduler="synchronous") if hasattr(sample, "dask") else sample)
     except Exception as e:  # noqa: BLE001 - a sanity check: the run reports an unreadable scene itself
         log.debug("scale check skipped: the sample could not be read (%s)", e)
         return

@@ -538,9 +538,9 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     if resume and not overwrite and out.exists() and not partial_path(out).exists():
         found = recorded_fingerprint(out)
         if found is None:
-            raise OutputError(f"{out} exists but was not made by a resume=True (--resume) run (it records no run "
-                              "settings), so there is nothing to resume: pass overwrite=True (--overwrite) to "
-                              "replace it, or choose another path")
+            raise OutputError(f"{out} exists but records no run settings (made without resume=True (--resume), "
+                              "by an older hsi-engine, or unreadable), so there is nothing to resume: pass "
+                              "overwrite=True (--overwrite) to replace it, or choose another path")
         if found != own:
             raise OutputError(f"{out} was made with different settings ({describe_differences(found, own, 'it')}); "
                               "resume=True (--resume) continues only a run with the same settings: pass "

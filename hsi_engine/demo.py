@@ -122,6 +122,14 @@ def _check_demo_out(out: Path) -> None:
         ours = "evaluated_on" in doc and doc["outputs"]["report"] == "report.json"
     except (OSError, ValueError, TypeError, KeyError):
         ours = False
+    if not ours and (out / "classmap.tif").is_file():  # a demo stopped before its report: its map says so
+        import rasterio
+
+        try:
+            with rasterio.open(out / "classmap.tif") as f:
+                ours = f.tags().get("software", "").startswith("hsi-engine")
+        except rasterio.errors.RasterioIOError:
+            ours = False
     if not ours:
         raise OutputError(f"{out} already holds {', '.join(taken)}, which no earlier demo wrote (no demo report.json "
                           "beside them); the demo would replace them: pass another --out, or move them away")

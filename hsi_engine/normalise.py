@@ -27,14 +27,15 @@ if TYPE_CHECKING:
 def scale_ratios(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: float | None) -> np.ndarray | None:
     """Per band, the RMS of a raw ``(bands, h, w)`` sample over the RMS the model's normalisation implies
     (``sqrt(mean^2 + std^2)``), on pixels finite and free of ``nodata`` in every band the model reads (finite
-    ``mean``); NaN for those it does not; None without such a pixel. A scene on another scale than the training
+    ``mean``) and not 0 in all of them (a fill); NaN for the bands it does not read; None with fewer than 16 such
+    pixels or a quarter of the sample. A scene on another scale than the training
     scene (reflectance 0-1 against integers x 10000) reads about 1e-4 in every band."""
     used = np.isfinite(mean)
     x = raw[used].reshape(int(used.sum()), -1).astype(np.float64)
-    ok = np.isfinite(x).all(axis=0)
+    ok = np.isfinite(x).all(axis=0) & (x != 0).any(axis=0)  # a fill of 0 without a declared nodata is no data
     if nodata is not None:
         ok &= ~(x == nodata).any(axis=0)
-    if not ok.any():
+    if ok.sum() < max(16, ok.size // 4):  # too few pixels to tell a scale from a dark corner
         return None
     out = np.full(mean.shape, np.nan)
     out[used] = np.sqrt((x[:, ok] ** 2).mean(axis=1)) / np.sqrt(mean[used] ** 2 + std[used] ** 2)

@@ -95,6 +95,12 @@ def test_the_demo_replaces_its_own_outputs_but_never_other_files(tmp_path, capsy
     from hsi_engine.demo import _check_demo_out
 
     _check_demo_out(earlier)  # an earlier demo's directory: no error, the run replaces it
+    stopped = tmp_path / "stopped"  # a demo stopped before its report.json: its map's provenance says whose
+    stopped.mkdir()
+    with rasterio.open(stopped / "classmap.tif", "w", driver="GTiff", height=2, width=2, count=1,
+                       dtype="uint8") as f:
+        f.update_tags(software="hsi-engine 0.1.0")
+    _check_demo_out(stopped)
 
 
 def test_evaluation_mask_excludes_train_and_val():

@@ -299,3 +299,24 @@ def test_tensor_form_on_cuda_equals_reference_bit_for_bit(dtype, nodata):
     assert np.array_equal(out.cpu().numpy()[:, good].view(np.uint32), ref[:, good].view(np.uint32))
     np.testing.assert_array_equal(bad.cpu().numpy(), bad_r)
     assert (bool(nf) if nf is not None else False) is nf_r
+
+
+def test_the_scale_sample_leaves_out_zero_fill_and_sits_at_the_centre():
+    """A rotated swath's collar of 0 (no nodata declared) read as data 'about 32x smaller' (exit 2 on the command
+    line); the sample came from the corner of the centre's chunk, where the collar lies, not from the centre."""
+    import dask.array as dsa
+    import xarray as xr
+
+    from hsi_engine.api import _sample_window
+    from hsi_engine.normalise import scale_ratios
+
+    mean, std = np.full(4, 1000.0), np.full(4, 100.0)
+    raw = np.zeros((4, 32, 32))
+    raw[:, 0, 0] = 1000.0  # one real pixel in a fill
+    assert scale_ratios(raw, mean, std, None) is None
+    raw[:, :, 8:] = 1000.0
+    np.testing.assert_allclose(scale_ratios(raw, mean, std, None), 1000 / np.hypot(1000, 100))
+    da = xr.DataArray(dsa.zeros((4, 40, 700), chunks=(4, 40, 512)), dims=("band", "y", "x"))
+    assert _sample_window(da) == {"y": slice(4, 36), "x": slice(334, 366)}
+    da = xr.DataArray(dsa.zeros((4, 40, 530), chunks=(4, 40, 256)), dims=("band", "y", "x"))
+    assert _sample_window(da)["x"] == slice(256, 288)  # the centre (265) is in chunk [256, 512): kept inside it

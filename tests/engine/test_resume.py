@@ -167,8 +167,8 @@ def test_resume_of_a_complete_output_does_nothing_with_the_same_settings(case, t
     if name.endswith(".tif"):  # a map made without --resume: named as such (it named the probabilities file)
         plain = tmp_path / "plain" / name
         hsi_engine.classify_to_file(case["scene"], case["model"], plain, probabilities=True, progress=False)
-        with pytest.raises(OutputError, match=rf"{plain.name} exists but was not made by a resume=True \(--resume\) "
-                                              "run .*nothing to resume"):
+        with pytest.raises(OutputError, match=rf"{plain.name} exists but records no run settings \(made without "
+                                              r"resume=True \(--resume\).*nothing to resume"):
             cluster.run_to_file(case["scene"], case["model"], plain, resume=True, probabilities=True)
     if name.endswith(".zarr"):
         np.testing.assert_array_equal(F.read_classes(out), case["ref"])
