@@ -65,10 +65,11 @@ def normalise_into_reference(raw: np.ndarray, mean: np.ndarray | None, std: np.n
             bad |= ~finite.all(axis=0)
     if nodata is not None and not np.isnan(nodata):
         bad |= (_tested(raw, nodata_bands) == nodata).any(axis=0)
-    if mean is not None:
-        out[...] = (raw - mean[:, None, None]) / std[:, None, None]
-    else:
-        out[...] = raw
+    with np.errstate(over="ignore"):
+        if mean is not None:
+            out[...] = (raw - mean[:, None, None]) / std[:, None, None]
+        else:
+            out[...] = raw
     if nodata_bands is not None:
         skipped = ~np.isin(np.arange(raw.shape[0]), nodata_bands)
         if raw.dtype.kind == "f" or mean is not None:
@@ -99,12 +100,13 @@ def normalise_into(raw: np.ndarray, mean: np.ndarray | None, std: np.ndarray | N
     check_nodata = nodata is not None and not np.isnan(nodata)
     for k in range(b):
         band = raw[k]
-        if mean is not None:
-            np.subtract(band, mean[k], out=tmp)
-            np.divide(tmp, std[k], out=tmp)
-            out[k] = tmp
-        else:
-            out[k] = band
+        with np.errstate(over="ignore"):  # a float64 value beyond float32 becomes inf: the runner names it
+            if mean is not None:
+                np.subtract(band, mean[k], out=tmp)
+                np.divide(tmp, std[k], out=tmp)
+                out[k] = tmp
+            else:
+                out[k] = band
         if not tested[k]:
             if is_float or mean is not None:
                 np.nan_to_num(out[k], copy=False, nan=0.0, posinf=0.0, neginf=0.0)

@@ -354,6 +354,42 @@ def all_nodata(mask: np.ndarray | None) -> bool:
     return mask is not None and bool(mask.all())
 
 
+def blown_pixels(logits: Any, mask: Any = None) -> Any:
+    """``(h, w)`` bool tensor of the pixels, nodata ones left out, whose logits are not finite: finite scene
+    values too large for the network's float32 arithmetic (a corrupted float's 1e30, a float64 1e300). Their
+    argmax would be class 1 on a 7 x 7 block of pixels, silently."""
+    import torch
+
+    blown = ~torch.isfinite(logits).all(0)
+    return blown if mask is None else blown & ~mask
+
+
+def _blown_error(raw: np.ndarray, tile: Tile, blown: np.ndarray, halo: int, mean: np.ndarray | None,
+                 std: np.ndarray | None) -> NonFiniteInputError:
+    """The error for a tile with non-finite logits: names the first such pixel and the scene's value furthest
+    from the model's mean within the network's reach of it."""
+    ry0, _, rx0, _ = tile.read
+    y, x = (int(v[0]) for v in np.nonzero(blown))
+    gy, gx = tile.y0 + y, tile.x0 + x
+    wy0, wx0 = max(gy - halo, ry0) - ry0, max(gx - halo, rx0) - rx0
+    win = raw[:, wy0:gy + halo + 1 - ry0, wx0:gx + halo + 1 - rx0].astype(np.float64)
+    z = np.abs(win if mean is None else (win - mean[:, None, None]) / std[:, None, None])
+    b, dy, dx = np.unravel_index(int(np.nanargmax(np.where(np.isfinite(z), z, -1.0))), z.shape)
+    worst = f"band {b} at (y={ry0 + wy0 + dy}, x={rx0 + wx0 + dx}) holds {win[b, dy, dx]:.6g}"
+    if mean is not None:
+        worst += f", {z[b, dy, dx]:.3g} standard deviations from the model's mean"
+    if abs(win[b, dy, dx]) < 1e30 and z[b, dy, dx] < 1e6:  # no value out of range: the normalisation or weights
+        return NonFiniteInputError(
+            f"the network's output at pixel (y={gy}, x={gx}) is not finite, and no scene value within {halo} pixels "
+            f"of it is out of range (the furthest: {worst}): the normalisation's mean/std or the model's weights "
+            "hold NaN or inf")
+    return NonFiniteInputError(
+        f"the network's output at pixel (y={gy}, x={gx}) is not finite: scene values within {halo} pixels of it "
+        f"are too large for its float32 arithmetic ({worst}). Such values are not data (a corrupted or "
+        "unconverted value): set them to a nodata value and pass it (scene.where(abs(scene) < LIMIT, "
+        "NODATA) with nodata=NODATA; --nodata NODATA)")
+
+
 def labels_from_logits(logits: Any, *, probabilities: bool, mask: Any = None) -> tuple[Any, Any, Any]:
     """``(labels 1..K uint8, softmax | None, its max | None)`` of ``(K, h, w)`` logits, on their device; class 0
     and NaN probabilities where the (device) nodata ``mask`` is set."""
@@ -456,8 +492,8 @@ class _LoggedProgress:
             return
         t, n = self.first if self.first is not None and self.n > self.first[1] else (self.t0, 0)
         rate = (self.n - n) / max(now - t, 1e-9)
-        log.info("classify: %s at %s Mpx/s, about %s left", done, _mpx(rate), _duration((self.total - self.n) /
-                                                                                      max(rate, 1e-9)))
+        log.info("classify: %s at %s, about %s left", done, _rate(rate), _duration((self.total - self.n) /
+                                                                                 max(rate, 1e-9)))
 
     def close(self) -> None:
         self._stop.set()
@@ -467,6 +503,11 @@ def _mpx(pixels: float) -> str:
     """Megapixels with the digits a reader needs: 0.0123 on a small scene, 12.3 on a large one."""
     m = pixels / 1e6
     return f"{m:.3g}" if m < 100 else f"{m:.0f}"
+
+
+def _rate(per_s: float) -> str:
+    """``12.3 Mpx/s``; below 0.1 Mpx/s (a CPU run) ``1,280 px/s`` (it read "0.00128 Mpx/s")."""
+    return f"{_mpx(per_s)} Mpx/s" if per_s >= 100_000 else f"{per_s:,.0f} px/s"
 
 
 def _amount(done: int, total: int) -> str:
@@ -584,6 +625,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
         """On the compute thread: argmax (+ softmax) on the device, nodata masked there when the tile was
         normalised there, then start the copy back."""
         lab, prob, conf = labels_from_logits(logits, probabilities=probabilities, mask=mask_t)
+        blown = blown_pixels(logits, mask_t)
         if nonfinite is not None and nodata is not None:
             nonfinite = None  # a nodata policy is given: non-finite pixels are masked, not an error
         if cuda:
@@ -591,19 +633,25 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
             prob = prob.to("cpu", non_blocking=True) if prob is not None else None
             conf = conf.to("cpu", non_blocking=True) if conf is not None else None
             nonfinite = nonfinite.to("cpu", non_blocking=True) if nonfinite is not None else None
+            blown = blown.to("cpu", non_blocking=True)
             ev = torch.cuda.Event()
             ev.record()
         else:
             ev = None
-        return tile, lab, prob, conf, mask, nonfinite, ev
+        return tile, lab, prob, conf, mask, nonfinite, blown, ev
 
     def write(item) -> None:
-        tile, lab, prob, conf, mask, nonfinite, ev = item
+        tile, lab, prob, conf, mask, nonfinite, blown, ev = item
         t0 = time.perf_counter()
         if ev is not None:
             ev.synchronize()
         if nonfinite is not None and bool(nonfinite):  # found on the device: name the value from the store
             raise _nonfinite_error(read(*tile.read), tile, nodata_bands)
+        blown = blown.numpy()
+        if mask is not None:
+            blown = blown & ~mask
+        if blown.any():
+            raise _blown_error(read(*tile.read), tile, blown, plan.halo, mean64, std64)
         lab = lab.numpy()
         prob = prob.numpy() if prob is not None else None
         conf = conf.numpy() if conf is not None else None
@@ -701,5 +749,5 @@ def warn_all_nodata(nodata: float | None, nodata_bands: Sequence[int] | None) ->
 
 
 __all__ = ["ArraySink", "Prepared", "Sink", "cache_blocks_for", "check_read_settings", "check_scene",
-           "labels_from_logits", "load_tile", "prepare_tile", "prepare_tile_tensor", "read_window", "run_plan",
+           "blown_pixels", "labels_from_logits", "load_tile", "prepare_tile", "prepare_tile_tensor", "read_window", "run_plan",
            "stage_window", "submit_in_plan_order", "window_reader"]

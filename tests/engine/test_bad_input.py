@@ -127,11 +127,52 @@ def test_non_finite_without_nodata_policy(crop, model_dir, outdir, tmp_path, bad
     assert "nodata" in msg
 
 
+def test_finite_values_too_large_for_float32_are_named_not_classified(crop, model_dir, outdir, tmp_path):
+    """A finite value beyond what the network's float32 holds (a float64 1e300: inf once cast) made
+    its logits NaN: argmax gave class 1 on the 7 x 7 block around it, silently. It is named, nodata policy or
+    not (it is not the nodata value), and nothing is written."""
+    cube = crop.astype(np.float64)
+    cube[7, 21, 30] = 1e300
+    da = F.dataarray(cube)
+    npy = tmp_path / "big.npy"
+    np.save(npy, np.moveaxis(cube, 0, -1))
+    match = r"not finite: .*band 7 at \(y=21, x=30\) holds"
+    msg = classify_everywhere(da, model_dir, outdir, NonFiniteInputError, match, cli_scene=npy)
+    assert "band 7 at (y=21, x=30)" in msg
+    with pytest.raises(NonFiniteInputError, match=match):
+        hsi_engine.classify(da, model_dir, tile=TILE, nodata=-9999.0, progress=False)
+    from hsi_engine.runner import run_plan  # the device-normalising path, on the CPU
+    from hsi_engine.tiles import plan_tiles
+
+    model = hsi_engine.load_model(model_dir)
+    engine = hsi_engine.FusedSSRN(model, backend="eager")
+    with pytest.raises(NonFiniteInputError, match=match):
+        run_plan(da, plan_tiles(40, 40, TILE, engine.halo), engine, _NullSink(), mean=np.asarray(model.meta["mean"]),
+                 std=np.asarray(model.meta["std"]), normalise_on="device", progress=False)
+    masked = cube.copy()
+    masked[:, 21, 30] = -9999.0  # the same pixel declared nodata: classified, its neighbours as patch mode does
+    out = hsi_engine.classify(F.dataarray(masked), model_dir, tile=TILE, nodata=-9999.0, progress=False).values
+    assert out[21, 30] == 0 and (out > 0).sum() == 40 * 40 - 1
+    cube[7, 21, 30] = -1e45  # beyond float32 on the cast alone
+    with pytest.raises(NonFiniteInputError, match=r"holds -1e\+45"):
+        hsi_engine.classify(F.dataarray(cube), model_dir, tile=TILE, progress=False)
+
+
+class _NullSink:
+    def write(self, *a, **k):
+        pass
+
+
 def test_non_finite_on_a_cluster_leaves_nothing(crop, model_dir, outdir):
     pytest.importorskip("distributed")
     cube = crop.astype(np.float32)
     cube[0, 39, 39] = np.nan
     with pytest.raises(NonFiniteInputError, match="no nodata policy"):
+        cluster.run_to_file(F.dataarray(cube), model_dir, outdir / "map.zarr", tile=TILE, workers=1)
+    assert_nothing_written(outdir)
+    cube = cube.astype(np.float64)
+    cube[0, 39, 39] = 1e300  # finite, but beyond the network's float32: named on the worker too
+    with pytest.raises(NonFiniteInputError, match=r"band 0 at \(y=39, x=39\) holds 1e\+300"):
         cluster.run_to_file(F.dataarray(cube), model_dir, outdir / "map.zarr", tile=TILE, workers=1)
     assert_nothing_written(outdir)
 

@@ -43,7 +43,8 @@ def _cube(dtype, h=19, w=23, seed=0) -> np.ndarray:
 def _run(cube, mode, *, nodata=None, tile=8, probabilities=True, device="cpu", nodata_bands=None):
     model = _model()
     a = cube.astype(np.float64)
-    mean, std = a.mean(axis=(1, 2)), a.std(axis=(1, 2))
+    a[~np.isfinite(a)] = np.nan  # statistics of the finite values: a NaN or inf mean made every logit NaN
+    mean, std = np.nanmean(a, axis=(1, 2)), np.nanstd(a, axis=(1, 2))
     engine = FusedSSRN(model, backend="eager", device=device)
     plan = plan_tiles(cube.shape[1], cube.shape[2], tile, model.config.halo)
     sink = ArraySink(cube.shape[1], cube.shape[2], CLASSES, probabilities=probabilities)
@@ -194,7 +195,8 @@ def test_device_path_stages_tiles_in_plan_order_whatever_order_they_are_read_in(
 
     model = _model()
     a = cube.astype(np.float64)
-    mean, std = a.mean(axis=(1, 2)), a.std(axis=(1, 2))
+    a[~np.isfinite(a)] = np.nan  # statistics of the finite values: a NaN or inf mean made every logit NaN
+    mean, std = np.nanmean(a, axis=(1, 2)), np.nanstd(a, axis=(1, 2))
     engine = FusedSSRN(model, backend="eager", device="cpu")
     sinks = []
     for mode in ("device", "host"):
@@ -302,6 +304,12 @@ def test_a_stalled_run_s_log_says_no_tile_finished_and_why(monkeypatch, caplog):
     n = len(caplog.records)
     time.sleep(0.5)
     assert len(caplog.records) == n  # closed: the timer stopped
+
+
+def test_rates_read_in_pixels_per_second_below_a_tenth_of_a_megapixel():
+    from hsi_engine.runner import _rate
+
+    assert [_rate(r) for r in (1280.4, 99_999, 3_300_000)] == ["1,280 px/s", "99,999 px/s", "3.3 Mpx/s"]
 
 
 def test_durations_read_as_people_write_them():
