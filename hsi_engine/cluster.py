@@ -61,7 +61,7 @@ from .dask_client import _cuda_count, _gpu_resources, _parse_scheduler_address, 
 from .errors import ClusterUsageError, HSIEngineError, OutputError, WorkerLostError
 from .lock import output_lock
 from .logs import dropped
-from .resume import (OWNER_ATTR, ResumableZarrWriter, check_owner, describe_differences, discard_partial,
+from .resume import (MAP_VERSION, OWNER_ATTR, ResumableZarrWriter, check_owner, describe_differences, discard_partial,
                      finished_with, mark_tile, model_digest, partial_path, partial_tile, pinned_store, provenance,
                      read_record, recorded_fingerprint, store_replaced)
 from .tiles import Tile, TilePlan, default_tile, describe_plan, normalise_tile, plan_tiles
@@ -523,7 +523,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
                    "tile": side, "halo": halo, "classes": job.classes, "probabilities": prob,
                    "nodata": None if job.nodata is None else repr(float(job.nodata)), "precision": precision,
                    "spatial_precision": spatial_precision,
-                   "output": suffix.lstrip(".")}
+                   "output": suffix.lstrip("."), "map_version": MAP_VERSION}
     if job.nodata_bands is not None:  # a resumed run must mask the same bands (absent: every band, as before)
         fingerprint["nodata_bands"] = [int(b) for b in job.nodata_bands]
     sides = [side_paths(out)[k] for k in ("probabilities", "confidence")] if prob and suffix in _TIFF else []

@@ -55,7 +55,7 @@ import numpy as np
 from .errors import OutputError
 from .writers import _TIFF, ZarrClassMapWriter, check_replaceable, remove_tree, zarr_root_attributes
 
-__all__ = ["PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "check_owner", "discard_partial",
+__all__ = ["MAP_VERSION", "PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "check_owner", "discard_partial",
            "finished_with", "json_attr", "model_digest", "partial_path", "partial_tile", "pinned_store", "provenance",
            "read_record", "recorded_fingerprint", "store_replaced"]
 
@@ -63,6 +63,10 @@ PARTIAL_SUFFIX = ".partial"
 RECORD = "resume/tiles_done"
 FINGERPRINT_ATTR = "hsi_engine_resume"
 RUNS_ATTR = "resume_runs"
+# bumped whenever the same scene, model and options give other classes than before (v2: a model's bad bands
+# read as 0 without a mean/std; a finite value beyond float32 is an error): a partial of another version is
+# never continued, since its tiles and the ones this engine adds would disagree
+MAP_VERSION = 2
 OWNER_ATTR = "run_token"  # the live run's token: tasks of an earlier, cancelled run write nothing once it changes
 
 
@@ -130,6 +134,9 @@ def describe_differences(found: dict[str, Any] | None, own: dict[str, Any], firs
             text = "the scene's files changed (size or modification time) since"
         elif k == "model":
             text = "another model (its weights or normalisation differ)"
+        elif k == "map_version":
+            text = (f"{first} was made by another hsi-engine version, whose maps may differ from this one's "
+                    f"(map version {_short(a)}, this run {_short(b)})")
         elif k == "tile" and isinstance(a, int):
             text += f" (a tile is rounded up to a multiple of 16 pixels; --tile {a} continues it)"
         parts.append(text)

@@ -137,6 +137,24 @@ def test_resume_with_other_settings_is_refused(case, tmp_path, monkeypatch):
     assert not partial_path(out).exists()
 
 
+def test_a_partial_of_another_engine_version_is_not_continued(case, tmp_path, monkeypatch):
+    """A partial left by an hsi-engine whose maps differ (before bad bands read as 0, say) was continued: one map
+    of two engines' tiles. Its fingerprint records the map version; another version is refused, named."""
+    from hsi_engine import resume
+
+    out = tmp_path / "map.zarr"
+    F.crash_writes_after(monkeypatch, 2)
+    monkeypatch.setattr(cluster, "MAP_VERSION", resume.MAP_VERSION - 1)
+    with pytest.raises(RuntimeError):
+        cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, readers=1, queue_depth=1)
+    monkeypatch.undo()
+    with pytest.raises(OutputError, match=rf"partial was made by another hsi-engine version, whose maps may differ "
+                                          rf"from this one's \(map version {resume.MAP_VERSION - 1}, this run "
+                                          rf"{resume.MAP_VERSION}\)"):
+        cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)
+    assert partial_path(out).is_dir()
+
+
 @pytest.mark.parametrize("name", ["map.zarr", "map.tif"])
 def test_resume_of_a_complete_output_does_nothing_with_the_same_settings(case, tmp_path, name):
     """A retried pipeline task (--resume again after it finished) has nothing to do: exit 0, the output left as it
