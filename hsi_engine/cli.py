@@ -126,21 +126,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from ssrn.data import DataError
-    from ssrn.train import TrainingDivergedError, TrainOptionError, run_training
+    from ssrn.train import run_training
 
-    try:
-        run_training(dataset=args.dataset, out=args.out, data_dir=args.data_dir, epochs=args.epochs,
-                     batch_size=args.batch_size, train_fraction=args.train_fraction,
-                     val_fraction=args.val_fraction, per_class=args.per_class, split=args.split, seed=args.seed,
-                     device=args.device, variant=args.variant, patch=args.patch, optimizer=args.optimizer,
-                     lr=args.lr, schedule=args.schedule, patience=args.patience, max_minutes=args.max_minutes,
-                     amp=args.amp, class_weight=None if args.class_weight == "none" else args.class_weight,
-                     overwrite=args.overwrite, labels=args.labels, class_names=args.class_names,
-                     command="hsi-engine " + shlex.join(argv))
-    except (DataError, TrainOptionError, TrainingDivergedError) as e:
-        print(f"hsi-engine train: error: {e}", file=sys.stderr)
-        return 2
+    run_training(dataset=args.dataset, out=args.out, data_dir=args.data_dir, epochs=args.epochs,
+                 batch_size=args.batch_size, train_fraction=args.train_fraction,
+                 val_fraction=args.val_fraction, per_class=args.per_class, split=args.split, seed=args.seed,
+                 device=args.device, variant=args.variant, patch=args.patch, optimizer=args.optimizer,
+                 lr=args.lr, schedule=args.schedule, patience=args.patience, max_minutes=args.max_minutes,
+                 amp=args.amp, class_weight=None if args.class_weight == "none" else args.class_weight,
+                 overwrite=args.overwrite, labels=args.labels, class_names=args.class_names,
+                 command="hsi-engine " + shlex.join(argv))  # its errors are HSIEngineErrors: main() says them
     return 0
 
 
@@ -245,15 +240,10 @@ def _add_import_keras(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_import_keras(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from ssrn.data import DataError
     from ssrn.keras import import_keras_to_dir
 
-    try:
-        import_keras_to_dir(args.hdf5, args.out, dataset=args.dataset, data_dir=args.data_dir,
-                            overwrite=args.overwrite, command="hsi-engine " + shlex.join(argv))
-    except DataError as e:
-        print(f"hsi-engine import-keras: error: {e}", file=sys.stderr)
-        return 2
+    import_keras_to_dir(args.hdf5, args.out, dataset=args.dataset, data_dir=args.data_dir,
+                        overwrite=args.overwrite, command="hsi-engine " + shlex.join(argv))
     return 0
 
 
@@ -288,8 +278,6 @@ def _unrecognised(extra: Sequence[str], command: argparse.ArgumentParser) -> str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ssrn.errors import CheckpointError
-
     from .errors import HSIEngineError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -325,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_info(args)
         if args.command == "import-keras":
             return _cmd_import_keras(args, argv)
-    except (HSIEngineError, CheckpointError, FileNotFoundError, FileExistsError, PermissionError) as e:
+    except (HSIEngineError, FileNotFoundError, FileExistsError, PermissionError) as e:
         print(f"hsi-engine {args.command}: error: {cli_words(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from ssrn.errors import CheckpointError
-
-
-class HSIEngineError(Exception):
-    """Base of hsi-engine's errors."""
+from ssrn.errors import CheckpointError, HSIEngineError  # the base lives with the model: the trainer's errors are ours
 
 
 class SceneError(HSIEngineError, ValueError):

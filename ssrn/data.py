@@ -25,6 +25,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .errors import HSIEngineError
+
 __all__ = [
     "DATASETS", "DataError", "DatasetSpec", "PatchDataset", "Scene", "Split", "UnknownDatasetError", "block_split",
     "decode_mask", "default_data_dir", "encode_mask", "is_scene_path", "load_dataset", "load_labelled_raster",
@@ -37,7 +39,7 @@ log = logging.getLogger("ssrn.data")
 SHIPPED_IN = REPO / "hsi_engine" / "data" / "indian_pines" / "indian_pines.h5"
 
 
-class DataError(ValueError):
+class DataError(HSIEngineError, ValueError):
     """A scene or label file that cannot be used: missing key, wrong shape, bad values."""
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import torch
 
+from .errors import HSIEngineError
+
 __all__ = ["DeviceError", "resolve_device"]
 
 
-class DeviceError(ValueError):
+class DeviceError(HSIEngineError, ValueError):
     """A device name that is not a torch device, or a device this torch build or machine lacks."""
 
 

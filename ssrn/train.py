@@ -23,6 +23,7 @@ from .config import PRESETS, SSRNConfig
 from .data import (DataError, DatasetSpec, PatchDataset, Scene, Split, block_split, dataset_spec, is_scene_path,
                    load_dataset, load_labelled_raster, per_class_split, standardize_scene, stratified_split)
 from .devices import DeviceError, resolve_device
+from .errors import HSIEngineError
 from .metrics import classification_report
 from .model import SSRN, count_parameters
 
@@ -41,11 +42,11 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-class TrainOptionError(ValueError):
+class TrainOptionError(HSIEngineError, ValueError):
     """A training option that cannot work: out of range, two options that cannot both apply, a missing device."""
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(HSIEngineError, RuntimeError):
     """The loss became NaN or infinite before any epoch gave a usable model: nothing is saved."""
 
 

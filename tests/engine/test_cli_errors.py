@@ -514,3 +514,26 @@ def test_ctrl_c_while_torch_loads_is_an_interruption(scene, model_dir, tmp_path)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and err.strip().endswith("hsi-engine classify: interrupted"), err[-2000:]
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_one_except_catches_the_trainer_s_and_the_model_s_errors_too():
+    """A pipeline's ``except HSIEngineError`` let a bad model directory (CheckpointError), a bad training
+    option or scene, and a missing device through: every error class the packages define derives from it."""
+    import inspect
+
+    import ssrn.data
+    import ssrn.devices
+    import ssrn.errors
+    import ssrn.keras
+    import ssrn.train
+
+    import hsi_engine
+    import hsi_engine.errors
+
+    classes = {c for m in (ssrn.data, ssrn.devices, ssrn.errors, ssrn.keras, ssrn.train, hsi_engine.errors)
+               for _, c in inspect.getmembers(m, inspect.isclass)
+               if issubclass(c, Exception) and c.__module__.split(".")[0] in ("ssrn", "hsi_engine")}
+    assert len(classes) >= 15, sorted(c.__name__ for c in classes)
+    assert [c.__name__ for c in classes if not issubclass(c, hsi_engine.HSIEngineError)] == []
+    with pytest.raises(hsi_engine.HSIEngineError, match="does not exist"):
+        hsi_engine.load_model("/nonexistent/model/dir")
