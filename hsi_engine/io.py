@@ -28,6 +28,7 @@ copy of the scene read back scaled; ``rio.to_raster`` writes them back). The CRS
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -41,6 +42,8 @@ import rioxarray  # noqa: F401  (registers ``.rio`` on every DataArray open_scen
 import xarray as xr
 
 from .errors import MissingSpatialDimsError, SceneError, user_stacklevel
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SUPPORTED_SUFFIXES", "as_scene", "open_scene", "scene_format", "scene_gcps", "scene_info",
            "with_window_gcps"]
@@ -60,6 +63,10 @@ _BAND_NAMES = ("band", "bands", "wavelength", "wavelengths", "spectral", "spectr
                "lambda", "wl", "bandnumber", "band_number", "z")
 _Y_NAMES = ("y", "lat", "latitude", "row", "rows", "line", "lines", "northing", "height")
 _X_NAMES = ("x", "lon", "longitude", "col", "cols", "column", "columns", "sample", "samples", "easting", "width")
+# Band coordinates (or Dataset variables) that hold the band centres, in the order looked for: EMIT names them
+# 'wavelengths', others 'wl' or 'center_wavelength'; a name ending in _nm / _um gives the unit where no attr does
+WAVELENGTH_NAMES = ("wavelength", "wavelengths", "wl", "center_wavelength", "centre_wavelength",
+                    "center_wavelengths", "band_center", "band_centers", "wavelength_nm", "wavelength_um", "lambda")
 _TARGET_CHUNK = 256  # pixels a side when grouping small GeoTIFF/ENVI blocks into dask chunks
 
 
@@ -159,15 +166,30 @@ def _bare_dataarray(data, dims: Sequence[str] | None, where: str, *, band_axis: 
     return _normalise_dims(xr.DataArray(data, dims=tuple(dims)), where)
 
 
+def _extra_unit_dims(da: xr.DataArray) -> list[str]:
+    """Dims of length 1 that are not a band/y/x axis by name (a NetCDF's ``time`` of one scene): squeezed."""
+    return [str(d) for d in da.dims if da.sizes[d] == 1 and _canonical_dim(str(d)) is None]
+
+
+def _cube_like(da: xr.DataArray) -> bool:
+    """Whether ``da`` is a cube once its extra length-1 dims are squeezed."""
+    return da.ndim - len(_extra_unit_dims(da)) == 3
+
+
 def _normalise_dims(da: xr.DataArray, where: str) -> xr.DataArray:
-    """Rename alternative dim names to band/y/x and transpose (lazily) to (band, y, x)."""
+    """Rename alternative dim names to band/y/x and transpose (lazily) to (band, y, x); length-1 dims that are
+    not an axis (``time``) are squeezed, with a log line."""
+    extra = _extra_unit_dims(da) if da.ndim > 3 else []
+    if extra and da.ndim - len(extra) == 3:
+        log.info("%s: dropping its length-1 dims %s", where, ", ".join(extra))
+        da = da.isel({d: 0 for d in extra}, drop=True)
     if da.ndim != 3:
         fix = ("A 2-D image is one band: pass the whole cube, not a single band or a label map" if da.ndim == 2
                else "Select a single cube (e.g. da.isel(time=0))")
         raise MissingSpatialDimsError(f"{where} has dims {da.dims} (shape {da.shape}); expected 3 dims "
                                       f"(band, y, x). {fix}.")
     if set(da.dims) == {"band", "y", "x"}:
-        return da.transpose("band", "y", "x")
+        return _named_wavelengths(da.transpose("band", "y", "x"))
     rename: dict[Any, str] = {}
     for d in da.dims:
         c = _canonical_dim(str(d))
@@ -200,7 +222,27 @@ def _normalise_dims(da: xr.DataArray, where: str) -> xr.DataArray:
             f"{where} has dims {tuple(str(d) for d in da.dims)}; expected (band, y, x). Accepted names: band "
             f"{list(_BAND_NAMES)}, y {list(_Y_NAMES)}, x {list(_X_NAMES)}. Fix: "
             "da.rename({...: 'band', ...: 'y', ...: 'x'}).")
-    return da.transpose("band", "y", "x")
+    return _named_wavelengths(da.transpose("band", "y", "x"))
+
+
+def _named_wavelengths(da: xr.DataArray, source: Any = None) -> xr.DataArray:
+    """A ``wavelength`` coordinate (nm) from a band coordinate, or a variable of ``source`` (a Dataset), named as
+    another tool names it (:data:`WAVELENGTH_NAMES`): under another name the model's band check was skipped."""
+    if "wavelength" in da.coords:
+        return da
+    for name in WAVELENGTH_NAMES[1:]:
+        c = da.coords.get(name)
+        if c is None and source is not None and name in source.variables:
+            c = source[name]
+        if c is None or c.ndim != 1 or c.size != da.sizes["band"] or c.dtype.kind not in "fiu":
+            continue
+        if c.dims != ("band",) and c.dims[0] not in ("band", *(n for n in _BAND_NAMES)):
+            continue
+        units = c.attrs.get("units") or {"wavelength_nm": "nm", "wavelength_um": "um"}.get(name)
+        da = da.assign_coords(wavelength=("band", _to_nm(np.asarray(c.values, np.float64), units)))
+        da["wavelength"].attrs["units"] = "nm"
+        return da
+    return da
 
 
 def _aligned_chunk(block: int, size: int, target: int = _TARGET_CHUNK) -> int:
@@ -553,23 +595,26 @@ def _pick_variable(ds: xr.Dataset, where: str, variable: str | None,
         if variable not in ds.data_vars:
             raise SceneError(f"{where} has no variable {variable!r}; variables: {sorted(map(str, ds.data_vars))}")
         return ds[variable]
-    cands = [k for k, v in ds.data_vars.items() if v.ndim == 3]
+    cands = [k for k, v in ds.data_vars.items() if _cube_like(v)]  # (time=1, band, y, x) is a cube too
     if len(cands) == 1:
         return ds[cands[0]]
     if not cands:
         shapes = {str(k): tuple(v.dims) for k, v in ds.data_vars.items()}
         raise SceneError(f"{where} holds no 3-D variable (found {shapes or 'none'}); expected one (band, y, x) cube")
     for pref in ("cube", "reflectance", "radiance", "data", "image"):
-        if pref in ds.data_vars and ds[pref].ndim == 3:
+        if pref in cands:
+            log.info("%s: classifying its variable %r (of %s)", where, pref, ", ".join(map(str, cands)))
             return ds[pref]
     raise SceneError(f"{where} holds several 3-D variables {sorted(map(str, cands))}; pick one with {how}")
 
 
 def _decode_packed(da: xr.DataArray) -> xr.DataArray:
-    """A CF-packed variable (``scale_factor`` / ``add_offset`` in its attrs) decoded lazily as
-    ``xarray.open_dataset`` decodes it (float values; fill and missing values become NaN, declared as the
-    nodata value), so its map is that of the values it stands for; unpacked variables are returned as stored."""
-    if "scale_factor" not in da.attrs and "add_offset" not in da.attrs:
+    """A CF-packed variable (``scale_factor`` / ``add_offset``, ``_Unsigned`` or a ``missing_value`` in its
+    attrs) decoded lazily as ``xarray.open_dataset`` decodes it (float values; fill and missing values become
+    NaN, declared as the nodata value), so its map is that of the values it stands for (int16 counts with
+    ``_Unsigned`` read as negative; a ``missing_value`` beside ``_FillValue`` was classified); other variables
+    are returned as stored."""
+    if not any(k in da.attrs for k in ("scale_factor", "add_offset", "_Unsigned", "missing_value")):
         return da
     decoded = xr.decode_cf(xr.Dataset({"v": da.variable}), mask_and_scale=True, decode_times=False,
                            decode_coords=False)["v"]
@@ -578,7 +623,9 @@ def _decode_packed(da: xr.DataArray) -> xr.DataArray:
     if any(k in da.attrs for k in ("_FillValue", "missing_value")):
         out.attrs["_FillValue"] = np.nan
     out.attrs["unpacked"] = (f"scale_factor={da.attrs.get('scale_factor', 1)}, "
-                             f"add_offset={da.attrs.get('add_offset', 0)}, applied by hsi_engine.open_scene")
+                             f"add_offset={da.attrs.get('add_offset', 0)}, _Unsigned="
+                             f"{da.attrs.get('_Unsigned', 'false')}, missing_value="
+                             f"{da.attrs.get('missing_value')}, applied by hsi_engine.open_scene")
     return out
 
 
@@ -598,13 +645,17 @@ def _open_netcdf(path: Path, chunks, variable: str | None) -> xr.DataArray:
     except (OSError, ValueError) as e:
         raise SceneError(f"{path} could not be opened as NetCDF ({e}); is the file complete?") from None
     var = _decode_packed(_pick_variable(ds, str(path), variable))
-    da = _normalise_dims(var, str(path))
+    da = _normalise_dims(var, f"{path}'s variable {var.name!r}")
     return _finish(_keep_grid_mapping(da, ds), path, "netcdf", chunks=chunks)
 
 
 def _keep_grid_mapping(da: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
     """Carry the grid-mapping variable (``spatial_ref``) as a coordinate so ``da.rio.crs`` works."""
     gm = da.encoding.get("grid_mapping") or da.attrs.get("grid_mapping")
+    if isinstance(gm, str) and ":" in gm:  # CF 1.7's extended form, "crs: x y" (GDAL reads it)
+        gm = gm.split(":")[0].strip()
+        da.encoding["grid_mapping"] = gm
+        da.attrs.pop("grid_mapping", None)
     if gm and gm in ds.variables and gm not in da.coords:
         da = da.assign_coords({gm: ds[gm]})
     if gm is None and "spatial_ref" in ds.variables and "spatial_ref" not in da.coords:
@@ -614,7 +665,7 @@ def _keep_grid_mapping(da: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
         wl = ds["wavelength"]
         da = da.assign_coords(wavelength=("band", _to_nm(wl.values, wl.attrs.get("units"))))
         da["wavelength"].attrs["units"] = "nm"
-    return da
+    return _named_wavelengths(da, ds)
 
 
 def _open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) -> xr.DataArray:
@@ -636,7 +687,7 @@ def _open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) 
         ds = None
     if ds is not None and ds.data_vars:
         var = _decode_packed(_pick_variable(ds, str(path), variable))
-        da = _normalise_dims(var, str(path))
+        da = _normalise_dims(var, f"{path}'s variable {var.name!r}")
         da = _keep_grid_mapping(da, ds)
         return _finish(da, path, "zarr", chunks=chunks)
     arrays = {k: a for k, a in node.arrays() if a.ndim == 3}
@@ -838,9 +889,12 @@ def as_scene(obj: Any, *, band_axis: int | None = None) -> xr.DataArray:
         # CF packing (open_scene decodes the NetCDF/zarr variables that are packed)
         cube = _pick_variable(obj, "the Dataset", None, how="ds[NAME] (e.g. classify(ds[NAME], model) or "
                               "ds[NAME].hsi.classify(model))")
-        return _normalise_dims(cube, "the Dataset's cube")
+        # as open_scene reads the file: its grid mapping, wavelengths and CF lat/lon, where xr.open_dataset left
+        # them data variables
+        return _cf_georef(_keep_grid_mapping(_normalise_dims(cube, f"the Dataset's variable {cube.name!r}"), obj))
     if isinstance(obj, xr.DataArray):
-        return _normalise_dims(obj, f"DataArray {obj.name!r}" if obj.name is not None else "the DataArray")
+        return _cf_georef(_normalise_dims(obj, f"DataArray {obj.name!r}" if obj.name is not None
+                                          else "the DataArray"))
     if type(obj).__module__.startswith("torch"):
         obj = obj.detach().cpu().numpy()
     if isinstance(obj, np.ndarray) or hasattr(obj, "__array__") or hasattr(obj, "chunks"):
@@ -933,6 +987,8 @@ def scene_info(path: str | os.PathLike, *, variable: str | None = None, band_axi
     lines = [f"scene      {p}", f"format     {da.attrs.get('source_format', scene_format(p))}",
              f"shape      band={da.sizes['band']} y={da.sizes['y']} x={da.sizes['x']}",
              f"dtype      {da.dtype}"]
+    if da.attrs.get("source_format") in ("netcdf", "zarr") and da.name is not None:
+        lines.insert(2, f"variable   {da.name}")  # which of the file's variables was read
     if da.chunks is not None:
         cs = tuple(c[0] for c in da.chunks)
         lines.append(f"chunks     {cs} (band, y, x); {math.prod(len(c) for c in da.chunks)} chunks")

@@ -340,6 +340,20 @@ def test_cli_info(make_scene, capsys):
     assert "EPSG:32633" in capsys.readouterr().out
 
 
+def test_cli_info_into_a_closed_pipe_ends_quietly(make_scene):
+    """`hsi-engine info scene | head -2` printed a BrokenPipeError traceback: the reader leaving is not an error;
+    exit 141, as a shell reports SIGPIPE, and nothing on stderr."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "from hsi_engine.cli import run; run()", "info",
+                             str(make_scene("zarr"))], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is printed
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 # --------------------------------------------------------------------------------------------------
 # the real data (skipped without shared/data)
 
@@ -533,3 +547,96 @@ def test_another_band_dim_name_keeps_the_wavelengths_and_takes_no_band_numbers_f
     np.testing.assert_allclose(as_scene(microns)["wavelength"].values, WAVELENGTHS_NM)
     with pytest.raises(MissingSpatialDimsError, match="A 2-D image is one band"):
         as_scene(da.isel(band=0))
+
+
+def _proj_dataset(cube: np.ndarray) -> xr.Dataset:
+    """A CF Dataset on the fixture grid: cube (wavelength, y, x), a 'crs' grid mapping."""
+    from pyproj import CRS as PCRS
+
+    y, x = pixel_centres(HEIGHT, WIDTH)
+    ds = xr.Dataset({"reflectance": (("wavelength", "y", "x"), cube, {"grid_mapping": "crs"})},
+                    coords={"y": y, "x": x, "wavelength": WAVELENGTHS_NM})
+    ds["crs"] = xr.DataArray(0, attrs=PCRS.from_epsg(32633).to_cf())
+    return ds
+
+
+def test_a_time_dim_of_one_scene_is_dropped_and_the_cube_picked_by_it(tmp_path):
+    """reflectance(time=1, wavelength, lat, lon) beside quality_flags(time, lat, lon): the flags, the only 3-D
+    variable, were picked (an error sending the user to rename 'time' into a band axis), and beside a 3-D
+    uncertainty cube that one was classified, silently. Length-1 dims that are not an axis are dropped."""
+    cube = make_cube()
+    ds = _proj_dataset(cube)
+    ds = ds.assign(reflectance=ds["reflectance"].expand_dims(time=[0]),
+                   quality_flags=(("time", "y", "x"), np.zeros((1, HEIGHT, WIDTH), np.uint8)))
+    ds.to_netcdf(tmp_path / "t1.nc", engine="h5netcdf")
+    for scene in (open_scene(tmp_path / "t1.nc"), as_scene(xr.open_dataset(tmp_path / "t1.nc"))):
+        assert scene.dims == ("band", "y", "x") and "time" not in scene.coords
+        np.testing.assert_array_equal(scene.values, cube)
+    ds["uncertainty"] = (("wavelength", "y", "x"), cube * 0 + 1)
+    ds.to_netcdf(tmp_path / "t2.nc", engine="h5netcdf")
+    np.testing.assert_array_equal(open_scene(tmp_path / "t2.nc").values, cube)  # 'reflectance' by name
+    with pytest.raises(MissingSpatialDimsError, match=r"variable 'quality_flags' has dims"):
+        open_scene(tmp_path / "t2.nc", variable="quality_flags")
+
+
+@pytest.mark.parametrize("name, units, scale", [("wavelengths", "um", 1e-3), ("wl", "nm", 1.0),
+                                                ("center_wavelength", None, 1.0), ("wavelength_um", None, 1e-3)])
+def test_wavelengths_under_another_tool_s_name_are_read(tmp_path, name, units, scale):
+    """EMIT's 'wavelengths', 'wl', 'center_wavelength' band coordinates were ignored: the model's band check was
+    skipped, and a reordered band axis classified silently. They read as the wavelength coordinate, in nm."""
+    cube = make_cube()
+    da = xr.DataArray(cube, dims=("band", "y", "x"), coords={name: ("band", WAVELENGTHS_NM * scale)})
+    if units:
+        da[name].attrs["units"] = units
+    np.testing.assert_allclose(as_scene(da)["wavelength"].values, WAVELENGTHS_NM)
+    ds = _proj_dataset(cube).drop_vars("wavelength")
+    ds[name] = ("wavelength", WAVELENGTHS_NM * scale, {"units": units} if units else {})
+    ds = ds.set_coords(name) if name != "wl" else ds  # a coordinate, or a data variable of the file
+    ds.to_netcdf(tmp_path / "w.nc", engine="h5netcdf")
+    np.testing.assert_allclose(open_scene(tmp_path / "w.nc")["wavelength"].values, WAVELENGTHS_NM)
+
+
+def test_a_dataset_from_open_dataset_keeps_its_crs_and_wavelengths_as_the_path_does(tmp_path):
+    """xr.open_dataset leaves the grid mapping and a wavelength variable as data variables: classify(ds) had no
+    CRS and skipped the band check where classify(path) had both."""
+    ds = _proj_dataset(make_cube())
+    ds = ds.drop_vars("wavelength").assign(wavelength=("wavelength", WAVELENGTHS_NM))
+    ds.to_netcdf(tmp_path / "d.nc", engine="h5netcdf")
+    opened = xr.open_dataset(tmp_path / "d.nc", decode_coords=False)
+    assert "crs" in opened.data_vars
+    scene = as_scene(opened)
+    assert scene.rio.crs.to_epsg() == 32633
+    np.testing.assert_allclose(scene["wavelength"].values, WAVELENGTHS_NM)
+    lat = 52.4 - 0.0003 * (np.arange(HEIGHT) + 0.5)
+    ll = xr.DataArray(make_cube(), dims=("band", "lat", "lon"),
+                      coords={"lat": ("lat", lat, {"units": "degrees_north"}),
+                              "lon": ("lon", 13 + 0.0003 * np.arange(WIDTH), {"units": "degrees_east"})})
+    assert as_scene(ll).rio.crs.to_epsg() == 4326  # in memory as from a file: CF lat/lon are WGS 84
+
+
+@pytest.mark.parametrize("store", ["nc", "zarr"])
+def test_cf_unsigned_and_missing_value_are_decoded(tmp_path, store):
+    """int16 counts with _Unsigned="true" read as negative (40000 -> -25536), and a missing_value beside
+    _FillValue was classified: both are decoded as xarray decodes them."""
+    cube = make_cube().astype(np.uint16)
+    cube[0, 0, 0] = 40000
+    cube[:, 1, 1] = 9999
+    stored = cube.view(np.int16)
+    ds = _proj_dataset(stored)
+    ds["reflectance"].attrs.update(_Unsigned="true", _FillValue=np.int16(-1), missing_value=np.int16(9999))
+    path = tmp_path / f"u.{store}"
+    ds.to_netcdf(path, engine="h5netcdf") if store == "nc" else ds.to_zarr(path, mode="w")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # xarray's note on two fill values
+        da = open_scene(path)
+        values = da.values
+    assert values[0, 0, 0] == 40000 and np.isnan(values[:, 1, 1]).all()
+    assert np.isnan(da.attrs["_FillValue"])
+
+
+def test_cf_extended_grid_mapping_is_read(tmp_path):
+    """CF 1.7's grid_mapping = "crs: x y" (GDAL reads it) gave no CRS, and a map without georeferencing."""
+    ds = _proj_dataset(make_cube())
+    ds["reflectance"].attrs["grid_mapping"] = "crs: x y"
+    ds.to_netcdf(tmp_path / "g.nc", engine="h5netcdf")
+    assert open_scene(tmp_path / "g.nc").rio.crs.to_epsg() == 32633
