@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
+import shlex
 from pathlib import Path
 
 
@@ -25,7 +27,7 @@ def cpu_report_head(title: str, script: str, argv: list[str] | None, device=None
 
     import torch
 
-    cmd = f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = f"python benchmarks/{script} " + shlex.join(argv if argv is not None else sys.argv[1:])
     cuda = device is not None and torch.device(device).type == "cuda"
     where = (f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}" if cuda
              else f"{cpu_name()}, torch threads {torch.get_num_threads()}, {cpu_isa()}")
@@ -43,6 +45,23 @@ def cpu_isa() -> str:
 
     return (f"ISA {torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 "
             f"{'yes' if _onednn_bf16() else 'no'}")
+
+
+def doc_description(doc: str) -> str:
+    """A script's ``--help`` description: its docstring's first paragraph on one line (a first line alone can
+    stop mid-sentence)."""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for sizes and counts: an integer above 0 (argparse then names the option)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def bench_device(name: str):

@@ -173,9 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="report path (default benchmarks/results/accuracy.md, refused when "
                    "that file exists: pass --out benchmarks/results/accuracy.md to rewrite it from the runs)")
     args = p.parse_args(argv)
+    runs_dir = Path(args.runs_dir)
+    if args.render_only and not runs_dir.is_dir():  # else every row would read "Not run"
+        p.error(f"--render-only renders the run reports in --runs-dir, but {runs_dir} is not a directory: pass the "
+                "directory the runs wrote, or run without --render-only first")
     args.out = results_out(args.out, REPO / "benchmarks" / "results" / "accuracy.md")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    runs_dir = Path(args.runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     unavailable = {}
     for name in args.datasets:

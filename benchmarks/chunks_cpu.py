@@ -23,7 +23,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import cpu_report_head, results_out, timed_run, write_report  # noqa: E402
+from benchmarks._common import cpu_report_head, positive_int, results_out, timed_run, write_report  # noqa: E402
 
 SIZES = {"float32": (512, 768, 1024, 1536), "bfloat16": (512, 1024, 2048, 4096)}
 
@@ -58,9 +58,9 @@ def sweep(side: int, reps: int, sizes: dict[str, tuple[int, ...]] = SIZES) -> li
 
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sides", type=int, nargs="+", default=[256, 384])
-    ap.add_argument("--reps", type=int, default=4)
-    ap.add_argument("--pair", type=int, default=None, help="bf16 only, 512 against this size alone, alternating")
+    ap.add_argument("--sides", type=positive_int, nargs="+", default=[256, 384])
+    ap.add_argument("--reps", type=positive_int, default=4)
+    ap.add_argument("--pair", type=positive_int, default=None, help="bf16 only, 512 against this size alone, alternating")
     ap.add_argument("--out", default=None, help="report path (default benchmarks/results/chunks-cpu.md, "
                     "refused when that file exists)")
     args = ap.parse_args(argv)
@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> Path:
              "brackets the ratio to 512 pixels per call", ""]
     for side in args.sides:
         lines += [f"## {side} x {side} x 200 random scene in memory", "",
-                  "| precision | windows per spatial call | pixels per spectral call: px/s (x 512) | default now |",
+                  "| precision | windows per spatial call | pixels per spectral call: px/s (x 512) "
+                  "| default in this run |",
                   "|---|---:|---|---:|"]
         for precision, windows, px, default in sweep(side, args.reps, sizes):
             cells = ", ".join(f"{mp}: {v:,.0f} ({v / px[512]:.2f}x)" for mp, v in px.items())

@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
              f"- versions: torch {torch.__version__}, numpy {np.__version__}, zarr {zarr.__version__}, "
              f"dask {dask.__version__}, python {platform.python_version()}",
              f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-             f"- command: `python benchmarks/compile_cpu.py {' '.join(argv)}`",
+             f"- command: `python benchmarks/compile_cpu.py {shlex.join(argv)}`",
              f"- scene: {args.size} x {args.size} x 200 int16 zarr ({px:,} pixels), benchmarks/scene.py's "
              "synthetic scene; shipped Indian Pines model; `classify_to_file` into a zarr class map in a fresh "
              "process each, wall time including opening the store, loading the model and compiling", "",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> Path:
             f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
             f"- device: {torch.cuda.get_device_name(dev)}, {_sm_count(dev)} SMs",
             f"- versions: python {platform.python_version()}, torch {torch.__version__}, triton {triton.__version__}",
-            f"- command: `python benchmarks/gluon_trace.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+            f"- command: `python benchmarks/gluon_trace.py {shlex.join(argv if argv is not None else sys.argv[1:])}`",
             f"- program: {args.bands} bands, width 24, 2 residual blocks (kernel 7), 128 features, random folded "
             f"weights; {n:,} pixels in bf16",
             "- cycles: the SM's `%clock64` at each point of `kernels.spectral_gluon.TRACE_POINTS` as each program's "

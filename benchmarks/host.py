@@ -26,6 +26,7 @@ import argparse
 import collections
 import datetime as dt
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> Path:
             if alloc == "reuse" and not reuse_large_buffers():
                 raise SystemExit("reuse_large_buffers() could not be applied here (no glibc mallopt)")
             rows += measure(args, plan, Path(tmp), alloc)
-    cmd = "python benchmarks/host.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python benchmarks/host.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     lines = [f"# Host-side tile preparation on {cpu_name()}", "",
              f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
              f"- versions: python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "

@@ -22,6 +22,7 @@ import datetime as dt
 import os
 import platform
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.dtype == "fp32":
         keep = spectral._prune_configs([c for _, c in configs], {"x_ptr": torch.zeros(1)}, PRECISION="ieee")
         configs = [(kind, c) for kind, c in configs if c in keep]
-    cmd = "python benchmarks/kernel_compile.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python benchmarks/kernel_compile.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     lines = [f"# The fused spectral kernel compiled offline for Hopper (sm_90), {args.dtype}", "",
              f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
              f"- machine: {platform.processor() or platform.machine()} CPU, no GPU; "

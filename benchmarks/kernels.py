@@ -38,6 +38,7 @@ import contextlib
 import datetime as dt
 import functools
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -52,7 +53,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import bench_device, cpu_name, results_out, timed_run  # noqa: E402
+from benchmarks._common import bench_device, cpu_name, positive_int, results_out, timed_run  # noqa: E402
 from kernels.dispatch import get_spectral_stage  # noqa: E402
 from kernels.program import SpectralProgram  # noqa: E402
 from kernels.spectral import (_conv3d, _random_program, spectral_stage_conv3d, spectral_stage_reference,  # noqa: E402
@@ -128,13 +129,14 @@ def layer_cases(program: SpectralProgram, p: int, device: torch.device, dtype: t
     return cases
 
 
-def spatial_cases(device: torch.device, n: int):
+def spatial_cases(device: torch.device, n: int, float32: bool = True):
     """(label, flops, fn) for the engine's per-pixel spatial stage (``spatial_windows``) on ``n`` windows of a
     random-init Indian Pines SSRN: float32 exact (what the float32 engine runs), float32 with TF32 allowed
     (cuDNN's default: what a bfloat16 engine ran through session 4, its low precision covering the spectral stage
     only), the dense (Toeplitz GEMM) form with TF32 matmuls (what it runs now on CUDA for 5x5 windows), and
     the convs under bfloat16 autocast (for comparison) and the dense form in bfloat16 / float16 with its
-    matrices cast once (what a low-precision engine runs with ``spatial_precision`` set to its precision)."""
+    matrices cast once (what a low-precision engine runs with ``spatial_precision`` set to its precision).
+    ``float32=False`` (--bf16-only) leaves out the float32 engine's rows."""
     from hsi_engine.fused import dense_spatial, exact_fp32, fold_spatial, spatial_dense, spatial_windows, tf32_matmul
 
     model = _engine_model()
@@ -175,7 +177,8 @@ def spatial_cases(device: torch.device, n: int):
             return spatial_dense(x.to(dtype), low).float()
         return run
 
-    cases = [("float32 exact (TF32 off)", exact), ("dense (Toeplitz GEMMs), float32 exact", dense_exact)]
+    cases = ([("float32 exact (TF32 off)", exact), ("dense (Toeplitz GEMMs), float32 exact", dense_exact)]
+             if float32 else [])
     if device.type == "cuda":
         cases.append(("float32 convs, TF32 allowed (the bf16 engine's spatial stage before)", tf32))
         cases.append(("dense (Toeplitz GEMMs), TF32 (the bf16 engine's spatial stage on CUDA)", dense_tf32))
@@ -449,14 +452,17 @@ def render(head: list[str], peaks: dict[str, float], stage_rows: list, layer_row
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--pixels", type=int, default=None, help="pixels per call (default 65536 CUDA, 4096 CPU)")
-    ap.add_argument("--bands", type=int, default=200)
-    ap.add_argument("--reps", type=int, default=15, help="CPU repetitions per timing")
-    ap.add_argument("--engine-side", type=int, default=None, help="scene side for the in-memory end-to-end rows")
+    ap.add_argument("--pixels", type=positive_int, default=None,
+                    help="pixels per call (default 65536 CUDA, 4096 CPU)")
+    ap.add_argument("--bands", type=positive_int, default=200)
+    ap.add_argument("--reps", type=positive_int, default=15, help="CPU repetitions per timing")
+    ap.add_argument("--engine-side", type=positive_int, default=None,
+                    help="scene side for the in-memory end-to-end rows")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--quick", action="store_true", help="skip the per-layer rows, the pinned Triton configs and "
                                                          "the engine's older-default rows")
-    ap.add_argument("--zarr-side", type=int, default=1024, help="scene side of the zarr-streamed engine rows")
+    ap.add_argument("--zarr-side", type=positive_int, default=1024,
+                    help="scene side of the zarr-streamed engine rows")
     ap.add_argument("--no-zarr", action="store_true", help="skip the zarr-streamed engine rows")
     ap.add_argument("--bf16-only", action="store_true", help="bfloat16 rows only (stage, spatial and engine)")
     ap.add_argument("--no-trials", action="store_true", help="skip the pinned trial configs of the Triton kernel")
@@ -468,12 +474,15 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--out", default=None, help="report path (default benchmarks/results/kernels-<device>.md, "
                     "refused when that file exists: pass --out)")
     args = ap.parse_args(argv)
+    if args.bands < 7:
+        ap.error(f"--bands {args.bands}: the stem convolution needs at least 7 bands (its kernel)")
+    unknown = set(args.gluon_forms.split(",")) - set(GLUON_FORMS)  # checked on every device: a typo is one
+    if unknown:
+        ap.error(f"--gluon-forms: unknown {sorted(unknown)}; expected some of {list(GLUON_FORMS)}")
 
     device = bench_device(args.device)
-    if args.bands < 7:
-        raise SystemExit(f"--bands {args.bands}: the stem convolution needs at least 7 bands (its kernel)")
     cuda = device.type == "cuda"
-    p = args.pixels or (65536 if cuda else 4096)
+    p = args.pixels if args.pixels is not None else (65536 if cuda else 4096)
     dtypes = [torch.float32, torch.bfloat16]  # CPUs with AMX / AVX-512 bf16 run bf16 convolutions fast too
     if args.bf16_only:
         dtypes = [torch.bfloat16]
@@ -486,7 +495,7 @@ def main(argv: list[str] | None = None) -> Path:
         dev_label = "cpu"
     out_path = results_out(args.out, REPO / "benchmarks" / "results" / f"kernels-{dev_label}.md")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = "python benchmarks/kernels.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python benchmarks/kernels.py " + shlex.join(argv if argv is not None else sys.argv[1:])
 
     base = _random_program(args.bands, 24, 128, generator=torch.Generator().manual_seed(0))
     flops = base.flops_per_pixel() * p
@@ -626,9 +635,6 @@ def main(argv: list[str] | None = None) -> Path:
         # CUDA context) or a hang on a GPU / Triton it never ran on costs only its own rows
         from kernels.spectral_gluon import DEFAULT_IDENTITY, DEFAULT_STEP, DEFAULT_WAITS, spectral_stage_gluon
 
-        unknown = set(args.gluon_forms.split(",")) - set(GLUON_FORMS)
-        if unknown:
-            raise SystemExit(f"--gluon-forms: unknown {sorted(unknown)}; expected some of {list(GLUON_FORMS)}")
         forms = [GLUON_FORMS[name] for name in args.gluon_forms.split(",")]
         default = (DEFAULT_WAITS, DEFAULT_IDENTITY, DEFAULT_STEP)  # the engine's form: always probed
         probes.update({f: _probe_gluon(args.bands, *f) for f in dict.fromkeys(forms + [default])})
@@ -650,12 +656,12 @@ def main(argv: list[str] | None = None) -> Path:
                     continue
                 try_stage(label, fn, dtype, x, prog, ref)
 
-    for label, sflops, fn in spatial_cases(device, p):
+    for label, sflops, fn in spatial_cases(device, p, float32=not args.bf16_only):
         med, lo, hi = bench(fn)
         spatial_rows.append((label, p, (med, lo, hi), sflops / (med * 1e-3) / 1e12))
         emit(f"spatial {label}: {med:.3f} ms")
 
-    side = args.engine_side or (2048 if cuda else 145)
+    side = args.engine_side if args.engine_side is not None else (2048 if cuda else 145)
     # (backend, precision, zarr, options): the defaults first, then the older defaults beside them
     runs = ([("triton", "float32", False, {}), ("triton", "bfloat16", False, {}), ("triton", "float16", False, {}),
              ("triton", "bfloat16", False, {"spatial": "conv"}),
@@ -703,7 +709,7 @@ def main(argv: list[str] | None = None) -> Path:
         engine_rows.append(("backend=triton", None))
     try:
         profile = engine_profile(device, "triton" if cuda else "eager", side,
-                                 precision="bfloat16" if cuda else "float32")
+                                 precision="bfloat16" if cuda or args.bf16_only else "float32")
         emit(f"profile: wall {profile['wall_ms']:.1f} ms, {profile['what']} {profile['total_ms']:.1f} ms")
     except Exception as e:  # noqa: BLE001 - the profile must not lose the rows above
         print(f"engine profile failed: {type(e).__name__}: {e}", flush=True)

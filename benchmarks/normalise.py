@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> Path:
         same = np.array_equal(a.view(np.uint32), b.view(np.uint32))
         mpix = side * side / 1e6
         rows.append((np.dtype(dtype).name, ref, per, ref / per, mpix / (per * 1e-3), same))
-    cmd = "python benchmarks/normalise.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python benchmarks/normalise.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     lines = [f"# Tile normalisation on {cpu_name()}", "",
              f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
              f"- versions: python {platform.python_version()}, numpy {np.__version__}",

@@ -21,7 +21,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import bench_device, cpu_report_head, results_out, wall_ms, write_report  # noqa: E402
+from benchmarks._common import (bench_device, cpu_report_head, doc_description, positive_int, results_out,  # noqa: E402
+                                wall_ms, write_report)
 from hsi_engine.normalise import normalise_tensor  # noqa: E402
 
 
@@ -40,11 +41,11 @@ def two_passes(raw: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, out: to
 
 
 def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=doc_description(__doc__))
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--tile", type=int, default=512)
-    ap.add_argument("--bands", type=int, default=200)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--tile", type=positive_int, default=512)
+    ap.add_argument("--bands", type=positive_int, default=200)
+    ap.add_argument("--reps", type=positive_int, default=5)
     ap.add_argument("--out", default=None, help="report path (default benchmarks/results/normalise-device-cpu.md, "
                     "refused when that file exists)")
     args = ap.parse_args(argv)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -27,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import hsi_engine  # noqa: E402
-from benchmarks._common import cpu_name, results_out  # noqa: E402
+from benchmarks._common import bench_device, cpu_name, positive_int, results_out  # noqa: E402
 import ssrn  # noqa: E402
 from hsi_engine.demo import evaluation_mask  # noqa: E402
 from hsi_engine.fused import patch_forward  # noqa: E402
@@ -73,12 +74,14 @@ def _measure(model, da, labels, masks, device, n_patch, rng) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--patch-pixels", type=int, default=2048)
+    ap.add_argument("--patch-pixels", type=positive_int, default=2048)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="report path (default benchmarks/results/seed-vs-ours-<device>.md, "
                     "refused when that file exists)")
     args = ap.parse_args(argv)
-    tag = "cpu" if args.device == "cpu" else torch.cuda.get_device_name().split()[-1].lower()
+    device = bench_device(args.device)  # a device this machine lacks: refused here, with the reason
+    cuda = device.type == "cuda"
+    tag = torch.cuda.get_device_name(device).split()[-1].lower() if cuda else device.type
     out = results_out(args.out, REPO / "benchmarks" / "results" / f"seed-vs-ours-{tag}.md")
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -88,15 +91,15 @@ def main(argv=None) -> int:
     masks = {"held_out": test_mask, "all_labelled": labels > 0}
     with tempfile.TemporaryDirectory() as tmp:
         seed = hsi_engine.load_model(import_keras_to_dir(_seed_file(), Path(tmp) / "seed", dataset="indian_pines"))
-    results = {"seed (released Keras, imported)": _measure(seed, da, labels, masks, args.device, args.patch_pixels, rng),
-               "hsi-engine (trained here)": _measure(ours, da, labels, masks, args.device, args.patch_pixels, rng)}
+    results = {"seed (released Keras, imported)": _measure(seed, da, labels, masks, device, args.patch_pixels, rng),
+               "hsi-engine (trained here)": _measure(ours, da, labels, masks, device, args.patch_pixels, rng)}
     names = ours.meta.get("class_names") or [str(i) for i in range(1, 17)]
-    dev = cpu_name() if args.device == "cpu" else torch.cuda.get_device_name()
+    dev = torch.cuda.get_device_name(device) if cuda else cpu_name()
     lines = ["# The seed's released SSRN beside hsi-engine's trained SSRN (Indian Pines, shipped scene)", "",
-             f"- device: {dev} ({args.device}, torch threads {torch.get_num_threads()})",
+             f"- device: {dev} ({device}, torch threads {torch.get_num_threads()})",
              f"- versions: torch {torch.__version__}, numpy {np.__version__}, python {platform.python_version()}",
              f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-             f"- command: `python benchmarks/seed_vs_ours.py --patch-pixels {args.patch_pixels} --device {args.device}`",
+             f"- command: `python benchmarks/seed_vs_ours.py {shlex.join(argv if argv is not None else sys.argv[1:])}`",
              f"- ours: `{ours.meta.get('command', '?')}`; held-out pixels = labelled pixels outside its training and "
              f"validation split ({counts}). The seed's own split is not published with its weights, so its "
              "held-out figure may include pixels it trained on; 'all labelled' is the same set for both.",

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import bench_device, cpu_report_head, results_out, wall_ms, write_report  # noqa: E402
+from benchmarks._common import (bench_device, cpu_report_head, doc_description, positive_int, results_out,  # noqa: E402
+                                wall_ms, write_report)
 from hsi_engine.fused import DenseSpatial, dense_spatial, exact_fp32, fold_spatial, spatial_dense  # noqa: E402
 
 
@@ -40,10 +41,10 @@ def separate_epilogues(win: torch.Tensor, ds: DenseSpatial) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=doc_description(__doc__))
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--windows", type=int, default=2048, help="windows per call (the bf16 engine's default: 2048)")
-    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--windows", type=positive_int, default=2048, help="windows per call (the bf16 engine's default: 2048)")
+    ap.add_argument("--reps", type=positive_int, default=20)
     ap.add_argument("--out", default=None, help="report path (default benchmarks/results/"
                     "spatial-epilogue-<device>.md, refused when that file exists)")
     args = ap.parse_args(argv)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -125,7 +126,8 @@ def main(argv: list[str] | None = None) -> Path:
                 print(f"{precision} {spatial} {sp} done", flush=True)
 
     n = exact.size
-    command = " ".join(["python benchmarks/spatial_precision.py", *(argv if argv is not None else sys.argv[1:])])
+    command = ("python benchmarks/spatial_precision.py "
+               + shlex.join(argv if argv is not None else sys.argv[1:])).rstrip()
     lines = ["# Spatial stage precision: agreement of the low-precision engines with the exact map", "",
              f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
              f"- device: {where}",

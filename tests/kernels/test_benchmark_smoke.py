@@ -3,10 +3,15 @@ script: every section of its report is written, the CPU rows hold numbers and th
 
 from __future__ import annotations
 
+import importlib
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +47,8 @@ def test_staging_benchmark_runs_on_cpu(tmp_path: Path) -> None:
     rows = re.findall(r"^\| (each reader stages its tile \(before\)|one stager, plan order \(now\)) \| (\d+) \| "
                       r"(\d+) \| (\d+) \|$", out.read_text(), re.M)
     assert [r[0] for r in rows] == ["each reader stages its tile (before)", "one stager, plan order (now)"]
-    assert "sooner in plan order" in out.read_text()
+    assert re.search(r"First tile staged [0-9.]+x (sooner|later \(slower\)) in plan order", out.read_text())
+    assert "(the runner's queue: readers + 1)" in out.read_text()
 
 
 def test_normalise_device_benchmark_runs_on_cpu(tmp_path: Path) -> None:
@@ -136,6 +142,7 @@ def test_accuracy_benchmark_finds_the_shipped_scene_without_a_data_directory(tmp
     import os
 
     out = tmp_path / "acc.md"
+    (tmp_path / "runs").mkdir()  # --render-only refuses a runs directory that is not there
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--datasets", "indian_pines",
                            "--render-only", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=120,
@@ -181,3 +188,99 @@ def test_kernels_benchmark_reports_no_percentage_above_a_measured_peak() -> None
     text = render([], peaks, rows, [], [])
     assert "| 0.0300 | n/a / 75.0% |" in text and "| 0.0050 | n/a / n/a |" in text
     assert "n/a: the formulation ran faster than the matmul measured" in text and "%" not in text.split("n/a:")[1]
+
+
+def test_conv_relu_benchmark_runs_on_cpu(tmp_path: Path) -> None:
+    """benchmarks/conv_relu_cpu.py at a tiny size: the float32 rows timed; the bf16 rows timed where oneDNN has bf16,
+    else "not run" with the reason (its fused ops raise there, and the engine runs the plain layers in both arms)."""
+    from kernels.spectral import _onednn_bf16
+
+    out = tmp_path / "conv.md"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "conv_relu_cpu.py"), "--side", "16", "--pixels",
+                           "32", "--reps", "1", "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    timed = r" \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \| "
+    for layer in ("conv \\+ ReLU", "conv \\+ identity \\+ ReLU"):
+        assert re.search(rf"^\| {layer} \| float32{timed}", text, re.M), f"no timed float32 {layer} row"
+    assert re.search(r"^\| float32 \| [0-9,]+ \| [0-9,]+ \| [0-9,]+ \| ", text, re.M), "no float32 engine row"
+    if _onednn_bf16():
+        assert re.search(rf"^\| conv \\+ ReLU \| bfloat16{timed}", text, re.M)
+    else:
+        isa = torch.backends.cpu.get_cpu_capability()
+        why = f"not run: oneDNN has no bf16 on this CPU (ISA {isa})"
+        assert text.count(f"| bfloat16 | {why} |") == 3  # both layers and the engine row
+
+
+def _refusal(capsys, module: str, argv: list[str]) -> tuple[object, str]:
+    """The exit code and message of ``benchmarks.<module>.main(argv)``, which must refuse before any work."""
+    mod = importlib.import_module(f"benchmarks.{module}")
+    with pytest.raises(SystemExit) as e:
+        mod.main(argv)
+    code = e.value.code
+    return code, capsys.readouterr().err + (code if isinstance(code, str) else "")
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    ("kernels", ["--reps", "0"], "argument --reps: expected a positive integer, got 0"),
+    ("kernels", ["--pixels", "-1"], "argument --pixels: expected a positive integer, got -1"),
+    ("kernels", ["--pixels", "0"], "argument --pixels: expected a positive integer, got 0"),
+    ("kernels", ["--engine-side", "0"], "argument --engine-side: expected a positive integer, got 0"),
+    ("kernels", ["--device", "cpu", "--gluon-forms", "layer,bogus"], "--gluon-forms: unknown ['bogus']; expected"),
+    ("chunks_cpu", ["--reps", "0"], "argument --reps: expected a positive integer, got 0"),
+    ("conv_relu_cpu", ["--reps", "0"], "argument --reps: expected a positive integer, got 0"),
+    ("staging", ["--queue", "x"], "argument --queue: expected a positive integer, got 'x'"),
+    ("accuracy", ["--render-only", "--runs-dir", "/nonexistent/runs"], "/nonexistent/runs is not a directory"),
+])
+def test_benchmarks_refuse_bad_arguments(capsys, tmp_path: Path, module: str, argv: list[str], message: str) -> None:
+    """A bad argument ends the run with argparse's usage error (exit 2) naming it: no traceback, nothing written."""
+    code, err = _refusal(capsys, module, [*argv, "--out", str(tmp_path / "x.md")])
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "x.md").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="refusals of CUDA-only options on a machine without CUDA")
+def test_benchmarks_refuse_cuda_options_without_cuda(capsys, tmp_path: Path) -> None:
+    code, err = _refusal(capsys, "staging", ["--pin", "--out", str(tmp_path / "x.md")])
+    assert code == 2 and "--pin needs page-locked memory" in err and "leave --pin out" in err, err
+    code, err = _refusal(capsys, "seed_vs_ours", ["--device", "cuda:1", "--out", str(tmp_path / "x.md")])
+    assert code != 0 and "--device: device 'cuda:1' asked for" in err and "sees no CUDA device" in err, err
+
+
+def test_report_command_line_is_quoted_for_the_shell() -> None:
+    """The recorded command reruns as it ran: an argument with spaces stays one argument."""
+    from benchmarks._common import cpu_report_head
+
+    argv = ["--note", "quiet machine; 2 cores", "--out", "/tmp/my results.md"]
+    line = [ln for ln in cpu_report_head("t", "host.py", argv) if ln.startswith("- command:")][0]
+    assert shlex.split(line.removeprefix("- command: ").strip("`")) == ["python", "benchmarks/host.py", *argv]
+
+
+@pytest.mark.parametrize("module", ["conv_relu_cpu", "normalise_device", "spatial_epilogue", "staging"])
+def test_benchmark_help_has_the_whole_first_paragraph(capsys, module: str) -> None:
+    """--help describes the script in whole sentences (the docstring's first line stops mid-sentence)."""
+    mod = importlib.import_module(f"benchmarks.{module}")
+    with pytest.raises(SystemExit):
+        mod.main(["--help"])
+    first = " ".join(mod.__doc__.split("\n\n")[0].split())
+    assert first.endswith(".") and first in " ".join(capsys.readouterr().out.split())
+
+
+def test_scale_benchmark_concludes_from_its_measurements() -> None:
+    """scale.py's closing sentence follows the measured walls (it once printed a fixed verdict)."""
+    from benchmarks.scale import conclusion
+
+    slower = conclusion(10.0, {1: 20.0, 2: 12.5}, 2)
+    assert "(2 workers, 1 thread each) was slower than" in slower and "(0.80x its pixels/s)" in slower
+    faster = conclusion(10.0, {2: 5.0}, 2)
+    assert "was faster than" in faster and "(2.00x its pixels/s)" in faster
+    assert conclusion(10.0, {}, 2) == "No local-worker rows were run."
+
+
+def test_kernels_spatial_cases_honour_bf16_only() -> None:
+    """--bf16-only leaves the float32 engine's spatial rows out."""
+    from benchmarks.kernels import spatial_cases
+
+    labels = [label for label, _, _ in spatial_cases(torch.device("cpu"), 4, float32=False)]
+    assert labels and not any("float32" in label for label in labels), labels
