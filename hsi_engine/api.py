@@ -10,6 +10,7 @@ import logging
 import math
 import numbers
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -34,9 +35,22 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu"):
     ``model.meta`` carries the per-band ``mean``/``std`` the scene is normalised with, ``class_names``,
     ``palette`` and, when known, the band ``wavelengths``.
     """
+    _import_whole()
     from ssrn.checkpoint import load_model as _load
 
     return _load(path, map_location=map_location)
+
+
+def _import_whole() -> None:
+    """torch's first import (through the engine and the checkpoint loader), run whole: cut half-way by a
+    service's timeout raised from a signal handler, torch could not be imported again (the next call segfaulted)."""
+    if "hsi_engine.fused" in sys.modules and "ssrn.checkpoint" in sys.modules:
+        return
+    import importlib
+
+    from .whole import run_whole
+
+    run_whole(lambda: [importlib.import_module(m) for m in ("hsi_engine.fused", "ssrn.checkpoint")])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -462,6 +476,7 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     (softmax; NaN at nodata pixels) and ``confidence`` ``(y, x)`` float32 (the top probability);
     ``probabilities="float16"`` stores them in half precision, as ``classify_to_file`` does by default.
     """
+    _import_whole()
     from .runner import ArraySink
 
     if not (isinstance(probabilities, (bool, np.bool_)) or probabilities in (None, "float32", "float16")):
@@ -536,6 +551,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     with the output's path as soon as it is complete, before the run's last clean-up (the command line stops
     taking interruptions then: a SIGTERM in those milliseconds reported a finished map as interrupted).
     """
+    _import_whole()
     # zarr outputs always carry a per-tile completion record, so any interrupted run can be resumed
     if workers is not None or scheduler is not None or resume or str(out).rstrip("/").endswith(".zarr"):
         try:

@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import ClusterUsageError, HSIEngineError
 from .logs import dropped
+from .whole import run_whole
 
 log = logging.getLogger("hsi_engine.cluster")
 
@@ -89,10 +90,27 @@ def _started(n: int, start: Callable[[], Any]) -> Any:
         with dropped(lambda m: m == "Cluster closed without starting up", "distributed.deploy.spec"):
             return start()
     except Exception as e:  # noqa: BLE001 - whatever stopped it is named in the error
+        if not _library_error(e):  # the caller's own (a service's timeout raised by its signal handler): theirs
+            raise
         cause = e.__cause__ if isinstance(e, RuntimeError) and e.__cause__ is not None else e
         raise HSIEngineError(f"could not start a local dask cluster of {n} workers ({_brief(cause)}): check "
                              f"{_scratch_hint()}, or run without workers= (--workers) to classify in-process") \
             from None
+
+
+def _library_error(e: BaseException) -> bool:
+    """Whether ``e`` is Python's or a library's exception, not one of the caller's own classes."""
+    return type(e).__module__.split(".")[0] in ("builtins", "distributed", "dask", "tornado", "asyncio",
+                                                 "concurrent", "dask_cuda", "psutil")
+
+
+def _close_interrupted(cluster: Any) -> None:
+    """Close a cluster whose start an exception interrupted (see :func:`hsi_engine.whole.run_whole`)."""
+    try:
+        cluster.close(timeout=30)
+    except Exception as e:  # noqa: BLE001 - named; the caller's exception goes on
+        log.warning("could not close the local dask cluster whose start was interrupted (%s); its workers may be "
+                    "left running", _brief(e))
 
 
 _PRELOAD = __name__  # the local workers run dask_setup below when they start (restarted ones too)
@@ -358,15 +376,17 @@ def connect(*, workers: int | None = None, scheduler: Any = None, gpu: bool | No
         held: list[int] = []
         try:
             with _signals_held() as held:  # a cluster interrupted mid-start printed tracebacks at exit
-                cluster = make_local_cluster(workers, gpu=gpu)
+                # whole: a service's timeout raised mid-start left the cluster running, ~300 MiB a call
+                cluster = run_whole(lambda: make_local_cluster(workers, gpu=gpu), on_interrupted=_close_interrupted)
                 stack.callback(cluster.close)
                 client = Client(cluster)
                 stack.callback(client.close)
                 stack.callback(_close_workers, cluster)
-        except Exception:
-            if held:  # a terminal's Ctrl-C reaches the starting workers too, and they die of it: the start failed
-                signal.raise_signal(held[0])  # because the user stopped the run, which is what to say (not 'could
-            raise  # not start a local dask cluster', exit 2)
+        except BaseException as e:
+            if held and isinstance(e, Exception):  # a terminal's Ctrl-C reaches the starting workers too, and
+                # they die of it: the start failed because the user stopped the run, which is what to say (not
+                signal.raise_signal(held[0])  # 'could not start a local dask cluster', exit 2)
+            raise
         if held:
             signal.raise_signal(held[0])  # now, to the handler it was meant for (Ctrl-C, the CLI's SIGTERM)
         yield client

@@ -457,3 +457,39 @@ def test_a_scene_persisted_under_a_client_is_classified(files):
     finally:
         client.close()
     np.testing.assert_array_equal(got, ref)
+
+
+def test_a_service_s_timeout_during_the_cluster_start_leaves_no_workers_and_stays_its_own():
+    """A per-scene timeout raised by a SIGALRM handler while workers= started its local cluster left the whole
+    cluster running (2 workers, ~300 MiB, per cancelled call); and a TimeoutError of the caller's own class was
+    rewrapped as 'could not start a local dask cluster', so the service's own except never matched."""
+    import signal
+
+    import psutil
+
+    class SceneTimeout(TimeoutError):
+        pass
+
+    def on_alarm(signum, frame):
+        raise SceneTimeout("scene took too long")
+
+    def workers() -> list:
+        return [p for p in psutil.Process().children(recursive=True)
+                if "spawn_main" in " ".join(p.cmdline())]
+
+    before = {p.pid for p in workers()}
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)  # mid-start: the cluster takes seconds
+        with pytest.raises(SceneTimeout):
+            with dask_client.connect(workers=2):
+                time.sleep(30)  # (reached only if the start beat the timer: the timer still fires)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    deadline = time.monotonic() + 20
+    while {p.pid for p in workers()} - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not {p.pid for p in workers()} - before, "worker processes left running"
+    with pytest.raises(SceneTimeout):  # the caller's own class passes through the start's error wrapping
+        dask_client._started(2, lambda: (_ for _ in ()).throw(SceneTimeout("own")))
