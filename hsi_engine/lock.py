@@ -17,6 +17,7 @@ import datetime as _dt
 import json
 import os
 import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,17 +41,28 @@ def _holder(path: Path) -> str:
 
 
 def _open_lock_file(path: Path) -> int:
+    """Open (or create) the lock file, never through a link: a symlink or a hard link planted at the lock's name
+    made the run truncate and overwrite the file it pointed at (the input scene, any file the process could
+    write)."""
+    flags = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except PermissionError:  # another user's file (a run of theirs, or its leftover): flock needs no write
         try:
-            return os.open(path, os.O_RDONLY)
-        except OSError as e:
-            raise OutputError(f"cannot open the lock file {path} ({e.strerror or e}); choose a writable "
-                              "location for the output") from None
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o644)
+        except PermissionError:  # another user's file (a run of theirs, or its leftover): flock needs no write
+            fd = os.open(path, os.O_RDONLY | flags)
     except OSError as e:
-        raise OutputError(f"cannot create the lock file {path} ({e.strerror or e}); choose a writable location "
+        if path.is_symlink():
+            raise OutputError(f"the lock file {path} is a symbolic link (to {os.readlink(path)}); hsi-engine never "
+                              "writes through one: remove it, or choose another output") from None
+        raise OutputError(f"cannot open the lock file {path} ({e.strerror or e}); choose a writable location "
                           "for the output") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        os.close(fd)
+        what = "is not a regular file" if not stat.S_ISREG(st.st_mode) else f"has {st.st_nlink} hard links"
+        raise OutputError(f"the lock file {path} {what}; hsi-engine writes only a file of its own there: remove it, "
+                          "or choose another output")
+    return fd
 
 
 @contextlib.contextmanager

@@ -138,6 +138,15 @@ def _transform_from_coords(y, x):
     return Affine(dx[0], 0.0, x[0] - dx[0] / 2, 0.0, dy[0], y[0] - dy[0] / 2)
 
 
+def _ours_aux(path: Path) -> bool:
+    """Whether ``path`` is an ``.aux.xml`` hsi-engine wrote (its ``hsi_engine`` metadata domain)."""
+    try:
+        with open(path, "rb") as f:
+            return b'domain="hsi_engine"' in f.read(1 << 20)
+    except OSError:
+        return False
+
+
 def side_paths(path: str | os.PathLike) -> dict[str, Path]:
     """Where the optional outputs of a GeoTIFF class map go: probabilities, confidence, the .aux.xml sidecar."""
     p = Path(path)
@@ -565,6 +574,8 @@ class GeoTiffClassMapWriter(ClassMapWriter):
     def _targets(self) -> list[Path]:
         sides = side_paths(self.path)
         out = [self.path]
+        if not _ours_aux(sides["aux"]):  # the class names' .aux.xml is written too: not over another's unasked
+            out.append(sides["aux"])  # (one of ours whose map was deleted is replaced)
         if self.probabilities is not None:
             out.append(sides["probabilities"])
         if self.confidence:

@@ -197,6 +197,27 @@ def test_out_whose_side_file_is_the_scene_is_refused(case, tmp_path):
     assert digest(scene) == before and listing(tmp_path) == ["m_probabilities.tif"]
 
 
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+def test_a_link_planted_at_the_lock_s_name_is_never_written_through(case, tmp_path, computed, link):
+    """`.map.tif.lock -> scene.tif` made the run truncate the scene to 68 bytes of lock JSON (and a link to any
+    other file overwrote it, exit 0): the lock is opened without following links, and a link there is refused."""
+    scene = write_scene_tif(tmp_path / "scene.tif", case["cube"])
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    before = digest(scene), victim.read_text()
+    for target in (scene, victim):
+        lock = tmp_path / ".map.tif.lock"
+        os.symlink(target, lock) if link == "symlink" else os.link(target, lock)
+        with pytest.raises(OutputError, match=r"lock file .*\.map\.tif\.lock (is a symbolic link|has 2 hard "
+                                              r"links).*remove it"):
+            hsi_engine.classify_to_file(scene, case["model"], tmp_path / "map.tif", tile=TILE)
+        rc, msg = cli(scene, case["model"], tmp_path / "map.tif")
+        assert rc == 2 and "lock file" in msg
+        lock.unlink()
+    assert (digest(scene), victim.read_text()) == before and computed["n"] == 0
+    assert not (tmp_path / "map.tif").exists()
+
+
 def test_out_inside_or_around_a_zarr_scene_is_refused(case, tmp_path):
     scene = F.write_zarr(tmp_path / "scene.zarr", case["cube"])
     before = digest(scene)
@@ -258,6 +279,22 @@ def test_without_overwrite_sidecars_are_never_removed(case, tmp_path):
         classify_to_file(case, out, probabilities=True)
     classify_to_file(case, out)  # a new map alone: the user's remaining files are not ours to delete
     assert digest(side_paths(out)["probabilities"]) == before
+
+
+
+def test_without_overwrite_another_s_aux_xml_is_not_replaced(case, tmp_path):
+    """An OUT.tif.aux.xml hsi-engine did not write (a GIS's statistics and styling) was silently replaced by the
+    class names' one: refused like the map; one of ours left by a deleted map is replaced."""
+    out = tmp_path / "a.tif"
+    aux = side_paths(out)["aux"]
+    aux.write_text("<PAMDataset><!-- QGIS styling --></PAMDataset>")
+    with pytest.raises(OutputError, match=r"a\.tif\.aux\.xml already exists; pass overwrite=True"):
+        classify_to_file(case, out)
+    assert "QGIS" in aux.read_text() and not out.exists()
+    classify_to_file(case, out, overwrite=True)
+    assert 'domain="hsi_engine"' in aux.read_text()
+    out.unlink()
+    classify_to_file(case, out)  # ours, its map deleted: replaced without asking
 
 
 # ----------------------------------------------------------------------------------------------
