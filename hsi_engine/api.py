@@ -122,7 +122,13 @@ def _declared_nodata(da: xr.DataArray) -> float | None:
             v = da.rio.nodata
         except Exception:  # noqa: BLE001 - rioxarray not able to tell
             v = None
-    return None if v is None else float(v)
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise SceneError(f"the scene declares a nodata value ({v!r}, its _FillValue/nodata attribute) that is not a "
+                         "number: fix the attribute, or pass nodata=VALUE (--nodata VALUE) to override it") from None
 
 
 def _nodata_bands(da: xr.DataArray) -> np.ndarray | None:
@@ -520,6 +526,8 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
                      "confidence": xr.DataArray(sink.confidence, dims=("y", "x"), coords=coords,
                                                 attrs={"long_name": "top-class probability"})})
     ds.attrs["class_names"] = job.class_names()
+    if "spatial_ref" in labels.coords:  # every variable's grid mapping: GDAL read probabilities without a CRS
+        ds = ds.rio.write_grid_mapping("spatial_ref")
     return ds
 
 

@@ -530,8 +530,19 @@ def _progress_bar(total: int, enabled: bool | None, status: Callable[[], str | N
         if not sys.stderr.isatty():
             return _LoggedProgress(total, status)
         enabled = True
-    return tqdm(total=total, unit="px", unit_scale=True, disable=not enabled, desc="classify",
-                smoothing=0.1, dynamic_ncols=True)
+    if not enabled:  # (a disabled tqdm still starts its monitor thread, left running after the call)
+        return _NoProgress()
+    return tqdm(total=total, unit="px", unit_scale=True, desc="classify", smoothing=0.1, dynamic_ncols=True)
+
+
+class _NoProgress:
+    """``progress=False``: a bar that shows nothing and starts nothing."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.ndarray | None = None,

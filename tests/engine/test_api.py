@@ -12,8 +12,8 @@ import torch
 import xarray as xr
 
 import hsi_engine
-from hsi_engine import (BandMismatchError, HSIEngineError, NonFiniteInputError, SceneTooSmallError, classify,
-                        classify_to_file)
+from hsi_engine import (BandMismatchError, HSIEngineError, NonFiniteInputError, SceneError, SceneTooSmallError,
+                        classify, classify_to_file)
 from hsi_engine.fused import patch_forward
 from ssrn.checkpoint import load_model, save_model
 from ssrn.config import SSRNConfig
@@ -104,6 +104,30 @@ def test_the_map_writes_to_netcdf_and_back_with_its_metadata(case, geo, tmp_path
         cmap = f.colormap(1)
     assert [list(cmap[i][:3]) for i in range(1, len(model.meta["palette"]) + 1)] == \
         [list(c) for c in model.meta["palette"]]
+    if probabilities:  # every variable placed where GDAL reads it (probabilities had no CRS)
+        for var in ("labels", "probabilities", "confidence"):
+            with rasterio.open(f"netcdf:{tmp_path / 'map.nc'}:{var}") as f:
+                assert f.crs is not None and f.crs.to_epsg() == 32633, var
+
+
+def test_progress_off_leaves_no_thread_and_a_non_numeric_nodata_attr_is_named(case, geo):
+    """progress=False built a disabled tqdm, whose monitor thread outlived the call; a _FillValue attribute that
+    is not a number ('abc', a list) was a bare ValueError/TypeError."""
+    import threading
+
+    cube, model, _ = case
+    da = geo.cube_dataarray(cube)
+    classify(da, model, progress=False)
+    before = {t.name for t in threading.enumerate()}
+    classify(da, model, progress=False)
+    assert not [t for t in threading.enumerate() if "monitor" in type(t).__name__.lower()
+                or t.name not in before and t.is_alive()]
+    for bad in ("abc", [1, 2]):
+        da.attrs["_FillValue"] = bad
+        with pytest.raises(SceneError, match=r"declares a nodata value .* that is not a number.*--nodata"):
+            classify(da, model, progress=False)
+    np.testing.assert_array_equal(classify(da, model, nodata=-1.0, progress=False).values,
+                                  classify(geo.cube_dataarray(cube), model, progress=False).values)
 
 
 def test_a_model_with_more_classes_than_a_uint8_map_holds_is_refused(case):
