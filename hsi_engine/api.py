@@ -22,6 +22,7 @@ import xarray as xr
 from .errors import (HSIEngineError, IrregularGridError, OutputError, SceneError, UnnormalisedInputWarning,
                      user_stacklevel)
 from .io import as_scene, open_scene, scene_gcps, with_window_gcps
+from .owned import closes_its_scenes, open_owned
 from .tiles import TilePlan, default_tile, plan_tiles
 
 log = logging.getLogger(__name__)
@@ -254,7 +255,7 @@ class _Job:
         if nodata is not None and (isinstance(nodata, (bool, np.bool_)) or not isinstance(nodata, numbers.Real)):
             raise ValueError(f"nodata={nodata!r}; expected a number (e.g. nodata=-9999, or nodata=float('nan') for "
                              "NaN) or None (the scene's declared nodata value)")
-        da = as_scene(scene)
+        da = open_owned(scene) if isinstance(scene, (str, os.PathLike)) else as_scene(scene)
         if da.ndim != 3 or set(da.dims) != {"band", "y", "x"}:
             raise SceneError(f"expected a (band, y, x) scene; got dims {da.dims}")
         self.da = da = da.transpose("band", "y", "x")
@@ -387,6 +388,25 @@ def _scene_name(da: xr.DataArray, scene_path: Any = None) -> str:
     return str(name) if name else "(in memory)"
 
 
+def _longitude_wrap(da: xr.DataArray, d: str, steps: np.ndarray) -> str | None:
+    """How a geographic scene's x coordinates wrap (one step of about -360 or +360 degrees among regular ones):
+    ``"from 360 to 0"`` or ``"from 180 to -180"``; None otherwise."""
+    if d != "x" or steps.size < 2:
+        return None
+    try:
+        geographic = da.rio.crs is not None and da.rio.crs.is_geographic
+    except Exception:  # noqa: BLE001 - no readable CRS
+        geographic = False
+    if not geographic:
+        return None
+    step = float(np.median(steps))
+    jumps = np.flatnonzero(np.abs(steps - step) > 0.5 * abs(step))
+    if jumps.size != 1 or abs(abs(steps[jumps[0]] - step) - 360) > 1:
+        return None
+    x = np.asarray(da["x"].values, np.float64)
+    return "from 360 to 0 degrees" if x.max() > 180 else "from 180 to -180 degrees"
+
+
 def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
     """The scene's transform: the stored one (rioxarray's ``GeoTransform``, which keeps a rotation), unless its
     x/y coordinates say otherwise: a NetCDF flipped with ``isel(y=slice(None, None, -1))`` kept its north-up
@@ -419,6 +439,13 @@ def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
         # refused where some pixel would land more than half a pixel off: float32 or rounded coordinates of a
         # regular grid step unevenly by their storage precision, but stay within a fraction of a pixel
         off = float(np.abs(np.cumsum(steps - mean)).max())
+        wrap = _longitude_wrap(da, d, steps)
+        if off > 0.5 * abs(mean) and wrap is not None:
+            raise IrregularGridError(
+                f"scene {_scene_name(da, scene_path)}: its longitudes wrap around ({wrap}), so its x coordinates "
+                "are not evenly spaced and no transform can place its map: make them continuous first, e.g. "
+                + ("scene.assign_coords(x=(scene.x + 180) % 360 - 180)" if "360" in wrap else
+                   "scene.assign_coords(x=scene.x % 360)"))
         if off > 0.5 * abs(mean):
             raise IrregularGridError(
                 f"scene {_scene_name(da, scene_path)}: its {d} coordinates are not evenly spaced (steps from "
@@ -441,6 +468,7 @@ def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
 # public functions
 
 
+@closes_its_scenes
 def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None, device: Any = None,
              backend: str = "auto", precision: str = "float32", probabilities: bool | str = False,
              nodata: float | None = None, progress: bool | None = None, queue_depth: int | None = None,
@@ -531,6 +559,7 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     return ds
 
 
+@closes_its_scenes
 def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *,
                      tile: int | Sequence[int] | None = None, device: Any = None, backend: str = "auto",
                      precision: str = "float32", probabilities: bool | str = False, overwrite: bool = False,
@@ -581,7 +610,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     check_not_scene(out, scene_path)  # before anything is read: --out must never replace the scene itself
     check_output_suffix(out)
 
-    scene = open_scene(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
+    scene = open_owned(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
     job = _Job(scene, model_path, tile=tile, device=device, backend=backend, precision=precision, nodata=nodata,
                spatial_precision=spatial_precision)
     da = job.da

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 
@@ -893,3 +894,48 @@ def test_irregular_coordinates_are_refused_for_a_file_and_warned_in_memory(geo, 
     # NaN coordinates: one clear error, not a NaN transform (nor 'steps from nan to nan')
     with pytest.raises(IrregularGridError, match=r"its x coordinates hold NaN or inf"):
         classify_to_file(da.assign_coords(x=np.r_[np.nan, x[1:]]), model, tmp_path / "nan.tif", progress=False)
+
+
+@pytest.mark.parametrize("fmt", ["netcdf", "geotiff", "envi", "hdf5"])
+def test_a_scene_opened_from_a_path_is_closed_when_the_run_ends(make_scene, tmp_path, case, fmt):
+    """A service classifying files in a loop held every scene open (a deleted one's disk space too) until a
+    garbage collection: a scene the run opened from its path is closed when it returns or fails."""
+    import os
+
+    _, model, _ = case
+
+    def open_files() -> list[str]:
+        names = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                names.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return [n for n in names if str(tmp_path) in n]
+
+    path = make_scene(fmt)
+    classify(path, model, progress=False, tile=32)
+    classify_to_file(path, model, tmp_path / "m.tif", progress=False, tile=32)
+    classify_to_file(path, model, tmp_path / "m.zarr", progress=False, tile=32, resume=True)
+    with pytest.raises(HSIEngineError, match="already exists"):  # a failed run closes it too
+        classify_to_file(path, model, tmp_path / "m.tif", progress=False, tile=32)
+    assert open_files() == []
+
+
+def test_longitudes_that_wrap_are_named_with_the_fix_that_works(case, geo, tmp_path):
+    """A 0..360 grid crossing the prime meridian (359.99 -> 0.01) was refused as 'columns dropped with isel?'; the
+    error names the wrap and a fix, which then places the map."""
+    cube, model, _ = case
+    da = geo.cube_dataarray(cube)
+    w = da.sizes["x"]
+    lon = (359.99 - 0.002 * (w // 2) + 0.002 * np.arange(w)) % 360
+    lat = 52.0 - 0.002 * np.arange(da.sizes["y"])
+    scene = xr.DataArray(da.values, dims=("band", "y", "x"), coords={"y": lat, "x": lon}).rio.write_crs("EPSG:4326")
+    fix = r"scene\.assign_coords\(x=\(scene\.x \+ 180\) % 360 - 180\)"
+    wrap = r"longitudes wrap around \(from 360 to 0 degrees\).*"
+    with pytest.raises(hsi_engine.IrregularGridError, match=wrap + fix):
+        classify_to_file(scene, model, tmp_path / "w.tif", progress=False)
+    fixed = scene.assign_coords(x=(scene.x + 180) % 360 - 180)
+    out = classify_to_file(fixed, model, tmp_path / "w.tif", progress=False)
+    import rasterio
+
+    with rasterio.open(out) as f:
+        assert f.transform.c == pytest.approx(float(fixed.x[0]) - 0.001, abs=1e-6)
