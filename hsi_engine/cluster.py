@@ -61,6 +61,7 @@ from .dask_client import _cuda_count, _gpu_resources, _parse_scheduler_address, 
 from .errors import ClusterUsageError, HSIEngineError, OutputError, WorkerLostError
 from .lock import output_lock
 from .logs import dropped
+from .owned import closes_its_scenes, open_owned
 from .resume import (MAP_VERSION, OWNER_ATTR, ResumableZarrWriter, check_owner, describe_differences, discard_partial,
                      finished_with, mark_tile, model_digest, partial_path, partial_tile, pinned_store, provenance,
                      read_record, recorded_fingerprint, store_replaced)
@@ -432,6 +433,7 @@ def _worker_lost(client: Any, tile: Tile, spec: TaskSpec, local: bool) -> Worker
         "--overwrite")
 
 
+@closes_its_scenes
 def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, tile: int | Sequence[int] | None = None,
                 device: Any = None, backend: str = "auto", precision: str = "float32",
                 probabilities: bool | str = False, overwrite: bool = False, nodata: float | None = None,
@@ -471,7 +473,6 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
                  spatial_precision: str, on_written: Callable[[Path], None] | None) -> RunReport:
     """run_to_file, holding the output's lock."""
     from .api import _Job, scene_georef
-    from .io import open_scene
     from .runner import check_read_settings
     from .writers import _TIFF, _ZARR, check_replaceable, side_paths
 
@@ -487,7 +488,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
                                 "join one), not both")
     if isinstance(scheduler, str):
         _parse_scheduler_address(scheduler)  # a malformed address fails here, before the scene is read
-    scene = open_scene(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
+    scene = open_owned(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
     if distributed and device is not None:  # the workers' device: only its name is checked here
         import torch
 

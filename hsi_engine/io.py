@@ -407,6 +407,7 @@ def _open_geotiff(path: Path, chunks) -> xr.DataArray:
         raise SceneError(f"{path} could not be opened as a raster ({e}); is it a complete GeoTIFF/ENVI file?") from None
     default = {"band": -1, "y": _aligned_chunk(bh, h), "x": _aligned_chunk(bw, w)}
     da = rioxarray.open_rasterio(path, chunks=default, mask_and_scale=False)
+    closer = getattr(da, "_close", None)  # the file's: the new arrays made below do not carry it
     if isinstance(da, list):
         raise SceneError(f"{path} holds {len(da)} subdatasets; open one of them")
     if isinstance(da, xr.Dataset):
@@ -419,6 +420,7 @@ def _open_geotiff(path: Path, chunks) -> xr.DataArray:
     da = _finish(_scales_to_encoding(da), path, "geotiff", wavelengths=wl, chunks=chunks, bbl=_gdal_bbl(tags))
     if rpcs is not None:  # placed by rational polynomial coefficients (a level-1 product); see api.scene_georef
         da.encoding["rpcs"] = rpcs.to_dict()
+    da.set_close(closer)
     return da
 
 
@@ -477,12 +479,60 @@ def _gdal_wavelengths(tags: list[dict[str, str]], descriptions: list[str | None]
     return None
 
 
+# an ENVI header is text of a few KB (~100 KB with per-band names, wavelength and fwhm lists for 400+ bands): one
+# of more than 4 MiB is not a header (and would take seconds to parse)
+_ENVI_HEADER_MAX = 4 * 1024 * 1024
+
+
 def _parse_envi_header(hdr: Path) -> dict[str, str]:
-    """``key -> raw value`` of an ENVI header (braced values may span lines)."""
-    text = hdr.read_text(errors="replace")
+    """``key -> raw value`` of an ENVI header (braced values may span lines).
+
+    Keys are lower-cased, with GDAL's underscores read as spaces (GDAL's ``data_type`` is ``data type``); a line
+    without ``=`` (the ``ENVI`` magic, a ``;`` comment) is skipped. A value starting with ``{`` runs to the first
+    ``}``, on its line or a later one (``key =`` with the ``{`` on the next line too); an unclosed ``{`` is only
+    its own line. Linear in the header's size, which is capped at ``_ENVI_HEADER_MAX``."""
+    size = hdr.stat().st_size
+    with open(hdr, errors="replace") as f:
+        text = f.read(_ENVI_HEADER_MAX + 1)
+    if len(text) > _ENVI_HEADER_MAX:
+        raise SceneError(f"ENVI header {hdr} is {max(size, len(text)):,} bytes; expected a text header of at most "
+                         f"{_ENVI_HEADER_MAX:,} bytes (ENVI headers are a few KB, some 100 KB with per-band lists "
+                         "for hundreds of bands): this is not an ENVI header. Pass the scene's own .hdr, or cut "
+                         "this one down to its 'key = value' lines")
+    lines = text.split("\n")
     out: dict[str, str] = {}
-    for m in re.finditer(r"^\s*([^=\n]+?)\s*=\s*(\{.*?\}|[^\n]*)", text, flags=re.M | re.S):
-        out[m.group(1).strip().lower()] = m.group(2).strip()
+    no_brace_after = len(lines)  # the first line from which no line holds a '}' (scanning past it is useless)
+    i = 0
+    while i < len(lines):
+        key, eq, value = lines[i].partition("=")
+        i += 1
+        key = key.strip().lower().replace("_", " ")
+        if not eq or not key:
+            continue
+        rest = value.lstrip()  # as written, for a value running on to later lines
+        value = rest.rstrip()
+        if not value:  # 'key =' with the braced value on the next non-blank line
+            j = i
+            while j < len(lines) and not lines[j].strip():
+                j += 1
+            if j < len(lines) and lines[j].lstrip().startswith("{"):
+                rest, i = lines[j].lstrip(), j + 1
+                value = rest.rstrip()
+        if value.startswith("{"):
+            close = value.find("}")
+            if close >= 0:
+                value = value[:close + 1]
+            elif i < no_brace_after:
+                j = i
+                while j < len(lines) and "}" not in lines[j]:
+                    j += 1
+                if j < len(lines):
+                    last = lines[j]
+                    value = "\n".join([rest, *lines[i:j], last[:last.index("}") + 1]]).strip()
+                    i = j + 1
+                else:  # unclosed to the end: the value is its own line, and so is any later unclosed one
+                    no_brace_after = i
+        out[key] = value
     return out
 
 
@@ -526,18 +576,83 @@ def _envi_paths(path: Path) -> tuple[Path, Path]:
     raise SceneError(f"ENVI binary {path} has no header; expected {path.with_suffix('.hdr')} beside it")
 
 
-# bytes per value of ENVI's ``data type`` codes
+# bytes per value of ENVI's ``data type`` codes (those GDAL's ENVI driver reads), and their names
 _ENVI_BYTES = {1: 1, 2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 9: 16, 12: 2, 13: 4, 14: 8, 15: 8}
+_ENVI_TYPES = {1: "uint8", 2: "int16", 3: "int32", 4: "float32", 5: "float64", 6: "complex64", 9: "complex128",
+               12: "uint16", 13: "uint32", 14: "int64", 15: "uint64"}
+_ENVI_INTERLEAVES = ("bsq", "bil", "bip")
+
+
+def _envi_int(value: str) -> int:
+    """An integer header value: '512' (or '512.0', as GDAL's atoi reads it); ValueError otherwise."""
+    try:
+        return int(value)
+    except ValueError:
+        f = float(value)
+        if not f.is_integer():
+            raise
+        return int(f)
+
+
+def _envi_layout(header: dict[str, str], hdr: Path, data: Path) -> tuple[list[int], int, str]:
+    """``([samples, lines, bands], data type, interleave)`` of an ENVI header, each required (as the ENVI format
+    says): GDAL reads a header without ``data type`` as bytes and one without a known ``interleave`` as bsq, so
+    an int16 BIP cube became a wrong map without a word."""
+    shape = []
+    for key, what in (("samples", "columns"), ("lines", "rows"), ("bands", "bands")):
+        if key not in header:
+            raise SceneError(f"ENVI header {hdr} has no '{key}' key; expected '{key} = N' (N the scene's count "
+                             f"of {what}, a positive integer): add it to the header")
+        try:
+            n = _envi_int(header[key])
+        except ValueError:
+            n = 0
+        if n <= 0:
+            raise SceneError(f"ENVI header {hdr}: '{key} = {header[key]}' is not a positive integer; expected "
+                             f"'{key} = N' with N the scene's count of {what}: fix that line")
+        shape.append(n)
+    codes = ", ".join(f"{c} ({t})" for c, t in _ENVI_TYPES.items())
+    if "data type" not in header:
+        hint = ""
+        try:
+            offset = _envi_int(header.get("header offset", "0") or "0")
+            per_value = (data.stat().st_size - offset) / math.prod(shape)
+        except (ValueError, OSError):
+            per_value = 0
+        if per_value in (1, 2, 4, 8, 16):
+            fits = [f"{c} ({t})" for c, t in _ENVI_TYPES.items() if _ENVI_BYTES[c] == per_value]
+            hint = (f"; the binary's size gives {int(per_value)} bytes a value: "
+                    f"{' or '.join(fits)}")
+        raise SceneError(f"ENVI header {hdr} has no 'data type' key; expected 'data type = N' with N one of "
+                         f"{codes}{hint}. GDAL would read the values as bytes: add the line for the type the "
+                         "binary was written in")
+    try:
+        code = _envi_int(header["data type"])
+    except ValueError:
+        code = None
+    if code not in _ENVI_BYTES:
+        raise SceneError(f"ENVI header {hdr}: 'data type = {header['data type']}' is not an ENVI data type GDAL "
+                         f"reads; expected one of {codes}: fix that line")
+    if "interleave" not in header:
+        raise SceneError(f"ENVI header {hdr} has no 'interleave' key; expected 'interleave = bsq', 'bil' or "
+                         "'bip' (bands one after another, interleaved by line, or by pixel). GDAL would guess "
+                         "bsq: add the line for the layout the binary was written in")
+    interleave = header["interleave"].strip().lower()
+    if interleave not in _ENVI_INTERLEAVES:
+        raise SceneError(f"ENVI header {hdr}: 'interleave = {header['interleave']}' is not an ENVI interleave; "
+                         "expected bsq, bil or bip (bands one after another, interleaved by line, or by pixel; "
+                         "any case). GDAL would read it as bsq: fix that line")
+    return shape, code, interleave
 
 
 def _check_envi_size(header: dict[str, str], hdr: Path, data: Path) -> None:
     """Refuse a binary shorter than its header says (an interrupted download or copy): GDAL reads the missing
     rows as zeros, which were classified as if they were the scene."""
+    shape, code, _ = _envi_layout(header, hdr, data)
+    size = _ENVI_BYTES[code]
     try:
-        shape = [int(header[k]) for k in ("samples", "lines", "bands")]
-        size = _ENVI_BYTES[int(header["data type"])]
-        offset = int(header.get("header offset", "0") or 0)
-    except (KeyError, ValueError):
+        offset = _envi_int(header.get("header offset", "0") or "0")
+    except ValueError:
         return  # GDAL reports a header it cannot read
     need = offset + math.prod(shape) * size
     have = data.stat().st_size
@@ -558,6 +673,7 @@ def _open_envi(path: Path, chunks) -> xr.DataArray:
                          "read compressed ENVI. Gunzip the binary and remove that header line.")
     _check_envi_size(header, hdr, data)
     da = _open_geotiff(data, chunks)
+    closer = da._close
     if "wavelength" in header:
         try:
             wl = _to_nm([float(v) for v in _envi_list(header["wavelength"])], header.get("wavelength units"))
@@ -585,7 +701,8 @@ def _open_envi(path: Path, chunks) -> xr.DataArray:
         except ValueError:
             pass
     da.attrs["source_format"] = "envi"
-    da.attrs["envi_interleave"] = header.get("interleave", "").lower()
+    da.attrs["envi_interleave"] = header["interleave"].strip().lower()
+    da.set_close(closer)
     return da
 
 
@@ -646,7 +763,9 @@ def _open_netcdf(path: Path, chunks, variable: str | None) -> xr.DataArray:
         raise SceneError(f"{path} could not be opened as NetCDF ({e}); is the file complete?") from None
     var = _decode_packed(_pick_variable(ds, str(path), variable))
     da = _normalise_dims(var, f"{path}'s variable {var.name!r}")
-    return _finish(_keep_grid_mapping(da, ds), path, "netcdf", chunks=chunks)
+    da = _finish(_keep_grid_mapping(da, ds), path, "netcdf", chunks=chunks)
+    da.set_close(ds.close)  # (closed by a run that opened it; else when collected)
+    return da
 
 
 def _keep_grid_mapping(da: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
@@ -678,6 +797,8 @@ def _open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) 
     if isinstance(node, zarr.Array):
         return _zarr_bare_array(node, path, chunks, band_axis)
     # a group: xarray-written (dims recorded), else fall back to its single 3-D array
+    for name, arr in node.arrays():  # xarray opens each of them
+        _check_zarr_chunks(arr, path / name)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*consolidated metadata", category=RuntimeWarning)
@@ -689,7 +810,9 @@ def _open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) 
         var = _decode_packed(_pick_variable(ds, str(path), variable))
         da = _normalise_dims(var, f"{path}'s variable {var.name!r}")
         da = _keep_grid_mapping(da, ds)
-        return _finish(da, path, "zarr", chunks=chunks)
+        da = _finish(da, path, "zarr", chunks=chunks)
+        da.set_close(ds.close)
+        return da
     arrays = {k: a for k, a in node.arrays() if a.ndim == 3}
     if variable is not None:
         if variable not in arrays:
@@ -702,6 +825,18 @@ def _open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) 
     return _zarr_bare_array(arr, path / name, chunks, band_axis)
 
 
+def _check_zarr_chunks(arr, path: Path) -> None:
+    """Refuse a zarr array whose metadata gives a chunk length of 0 or less (dask divided by it: a traceback)."""
+    try:
+        chunk_shape = tuple(arr.chunks)
+    except (AttributeError, NotImplementedError, TypeError):
+        return
+    if any(not isinstance(c, int) or c <= 0 for c in chunk_shape):
+        raise SceneError(f"zarr array {path} declares chunks {list(chunk_shape)} for its shape {list(arr.shape)}; "
+                         "expected a positive chunk length along every axis (a 0 or negative one is a corrupt "
+                         "'chunk_shape' / 'chunks' in its metadata): rewrite the store, e.g. with xarray's to_zarr")
+
+
 def _zarr_bare_array(arr, path: Path, chunks, band_axis: int | None) -> xr.DataArray:
     import dask.array as dsa
 
@@ -709,12 +844,15 @@ def _zarr_bare_array(arr, path: Path, chunks, band_axis: int | None) -> xr.DataA
     meta = getattr(arr, "metadata", None)
     if getattr(meta, "dimension_names", None):
         dims = tuple(meta.dimension_names)
+    _check_zarr_chunks(arr, path)
     attrs = dict(arr.attrs)
     dims = dims or _dims_from_attr(attrs.get("_ARRAY_DIMENSIONS")) or _dims_from_attr(attrs.get("dims"))
     data = dsa.from_zarr(arr)
     da = _bare_dataarray(data, dims, str(path), band_axis=band_axis, default_last=False)
-    wl = attrs.get("wavelength") or attrs.get("wavelengths")
-    wl = _to_nm(wl, attrs.get("wavelength_units")) if wl is not None else None
+    key = "wavelength" if attrs.get("wavelength") or "wavelengths" not in attrs else "wavelengths"
+    wl = _listed_wavelengths(attrs.get(key), attrs.get("wavelength_units"), str(path), f"'{key}' attribute",
+                             "'wavelength_units' attribute", f"the attributes ('{key}' a list of numbers, "
+                             "'wavelength_units' a unit name)")
     nodata = attrs.get("nodata", attrs.get("_FillValue"))
     return _finish(da, path, "zarr", wavelengths=wl, nodata=nodata, chunks=chunks)
 
@@ -820,18 +958,55 @@ def _open_npy(path: Path, chunks, band_axis: int | None) -> xr.DataArray:
     return _finish(da, path, "npy", wavelengths=_sidecar_wavelengths(path), chunks=chunks)
 
 
+_SIDECAR_FIX = 'the file (a list of numbers, or {"wavelengths": [...], "unit": "nm"})'
+
+
 def _sidecar_wavelengths(path: Path) -> np.ndarray | None:
-    """Wavelengths from ``<stem>.wavelengths.json`` or ``<stem>_wavelengths.json`` beside the file, if any."""
+    """Wavelengths from ``<stem>.wavelengths.json`` or ``<stem>_wavelengths.json`` beside the file, if any: a list
+    of numbers, or ``{"wavelengths": [...], "unit": "nm"}``."""
     for cand in (path.with_name(path.stem + ".wavelengths.json"), path.with_name(path.stem + "_wavelengths.json")):
         if cand.is_file():
             try:
                 doc = json.loads(cand.read_text())
-            except json.JSONDecodeError:
+            except (ValueError, OSError) as e:  # not JSON (or not text)
+                _warn_wavelengths(str(cand), f"cannot be read as JSON ({type(e).__name__}: {e})", _SIDECAR_FIX)
                 return None
-            vals = doc.get("wavelengths") if isinstance(doc, dict) else doc
-            unit = doc.get("unit") if isinstance(doc, dict) else None
-            return _to_nm(vals, unit) if vals is not None else None
+            if isinstance(doc, dict):
+                return _listed_wavelengths(doc.get("wavelengths"), doc.get("unit"), str(cand), "'wavelengths' entry",
+                                           "'unit' entry", _SIDECAR_FIX)
+            return _listed_wavelengths(doc, None, str(cand), "content", "unit", _SIDECAR_FIX)
     return None
+
+
+def _warn_wavelengths(where: str, problem: str, fix: str) -> None:
+    warnings.warn(f"{where}: {problem}, so the scene's wavelengths are unknown and are not checked against the "
+                  f"model's; fix {fix}", stacklevel=user_stacklevel())
+
+
+def _listed_wavelengths(values: Any, units: Any, where: str, name: str, unit_name: str,
+                        fix: str) -> np.ndarray | None:
+    """Wavelengths in nm from a list of numbers and a unit name as stored in attributes or JSON (None if absent);
+    a list or unit that is not one (strings, a dict, nested lists, a list of units) warns, as an unreadable ENVI
+    wavelength list does, and is left out."""
+    if values is None:
+        return None
+    if units is not None and not isinstance(units, str):
+        _warn_wavelengths(where, f"its {unit_name} is {_short(units)}, not a unit name such as 'nm' or "
+                          "'micrometers'", fix)
+        return None
+    arr = np.asarray(values) if isinstance(values, np.ndarray) else None
+    numbers = (arr.ndim == 1 and arr.dtype.kind in "iuf") if arr is not None else (
+        isinstance(values, (list, tuple))
+        and all(v is None or isinstance(v, (int, float)) and not isinstance(v, bool) for v in values))  # None: NaN
+    if not numbers:
+        _warn_wavelengths(where, f"its {name} is {_short(values)}, not a list of numbers", fix)
+        return None
+    return _to_nm(values, units)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # --------------------------------------------------------------------------------------------------

@@ -640,3 +640,130 @@ def test_cf_extended_grid_mapping_is_read(tmp_path):
     ds["reflectance"].attrs["grid_mapping"] = "crs: x y"
     ds.to_netcdf(tmp_path / "g.nc", engine="h5netcdf")
     assert open_scene(tmp_path / "g.nc").rio.crs.to_epsg() == 32633
+
+
+def test_an_envi_header_is_parsed_in_linear_time(make_scene):
+    """A trailing line of N blanks took O(N^3) in the header regex (2 s at 1,000, minutes at 5,000), and lines of
+    ``a = {`` without a closing brace grew quadratically (192 KB: 81 s): the header is now read line by line."""
+    import time
+
+    cube = make_cube(dtype=np.int16)
+    path = make_scene("envi", cube=cube)
+    hdr = path.with_suffix(".hdr")
+    text = hdr.read_text()
+    hdr.write_text(text + " " * 100_000 + "\n" + "a = {\n" * 5_000 + "\t" * 100_000 + "x" + " " * 100_000 + "\n")
+    start = time.perf_counter()
+    da = open_scene(path)
+    assert time.perf_counter() - start < 5
+    np.testing.assert_array_equal(da.values, cube)
+    np.testing.assert_allclose(da["wavelength"].values, WAVELENGTHS_NM)
+    hdr.write_text(text + "a = {\n" * 800_000)  # 4.8 MB: not a header
+    start = time.perf_counter()
+    with pytest.raises(SceneError, match=r"hdr is 4,8\d\d,\d\d\d bytes; expected a text header of at most "
+                                         r"4,194,304 bytes .*Pass the scene's own .hdr"):
+        open_scene(path)
+    assert time.perf_counter() - start < 5
+
+
+def test_envi_header_values_are_read_as_gdal_reads_them(tmp_path):
+    """The line-by-line parser keeps what the regex read (keys in any case, braced values over several lines,
+    ';' comments, a '{' on the line after 'key ='), and reads GDAL's 'data_type' spelling as 'data type'."""
+    from hsi_engine.io import _parse_envi_header
+
+    hdr = tmp_path / "h.hdr"
+    hdr.write_text("ENVI\ndescription = {\n  made by = hand,\n  two lines}\n; comment = 1\nSamples   = 24 \n"
+                   "Data_Type = 2\nwavelength =\n\n{ 0.4,\n 0.5 }\nbbl = {1, 1} trailing\nopen = {\n"
+                   "next = 3\n\n  spaced key\t=\tv \n")
+    assert _parse_envi_header(hdr) == {
+        "description": "{\n  made by = hand,\n  two lines}", "; comment": "1", "samples": "24", "data type": "2",
+        "wavelength": "{ 0.4,\n 0.5 }", "bbl": "{1, 1}", "open": "{", "next": "3", "spaced key": "v"}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("data type = 2\n", ""), r"has no 'data type' key; expected 'data type = N' with N one of 1 \(uint8\), "
+                              r"2 \(int16\).*the binary's size gives 2 bytes a value: 2 \(int16\) or 12 \(uint16\)"),
+    (("data type = 2", "data type = 7"), r"'data type = 7' is not an ENVI data type GDAL reads; expected one of "
+                                         r"1 \(uint8\).*15 \(uint64\): fix that line"),
+    (("interleave = bip", "interleave = bpi"), r"'interleave = bpi' is not an ENVI interleave; expected bsq, bil "
+                                               r"or bip .*GDAL would read it as bsq: fix that line"),
+    (("interleave = bip\n", ""), r"has no 'interleave' key; expected 'interleave = bsq', 'bil' or 'bip'"),
+    (("bands   = 12", "bands = twelve"), r"'bands = twelve' is not a positive integer"),
+    (("samples = 56\n", ""), r"has no 'samples' key; expected 'samples = N' \(N the scene's count of columns"),
+])
+def test_an_envi_header_without_its_data_type_or_interleave_is_refused(make_scene, edit, message):
+    """GDAL reads a header without 'data type' as bytes and an unknown 'interleave' (a typo) as bsq: the int16
+    BIP cube was classified as garbage, exit 0. The keys the layout needs are required, as ENVI's format says."""
+    cube = make_cube(dtype=np.int16)
+    path = make_scene("envi", cube=cube, interleave="bip")
+    hdr = path.with_suffix(".hdr")
+    text = hdr.read_text()
+    assert edit[0] in text
+    hdr.write_text(text.replace(*edit))
+    with pytest.raises(SceneError, match=rf"ENVI header .*{hdr.name}.*{message}"):
+        open_scene(path)
+
+
+def test_envi_layout_keys_are_read_in_any_case_and_spelling(make_scene):
+    cube = make_cube(dtype=np.int16)
+    path = make_scene("envi", cube=cube, interleave="bip")
+    hdr = path.with_suffix(".hdr")
+    hdr.write_text(hdr.read_text().replace("interleave = bip", "INTERLEAVE = BIP").replace("data type", "data_type"))
+    da = open_scene(path)
+    np.testing.assert_array_equal(da.values, cube)
+    assert da.attrs["envi_interleave"] == "bip"
+
+
+@pytest.mark.parametrize("attrs, problem", [
+    ({"wavelength": ["a"] * 40}, r"its 'wavelength' attribute is \['a', 'a'.*\.\.\., not a list of numbers"),
+    ({"wavelength": {"a": 1}}, r"its 'wavelength' attribute is \{'a': 1\}, not a list of numbers"),
+    ({"wavelength": [[400.0, 500.0]] * 6}, r"its 'wavelength' attribute is \[\[400.0, 500.0\].*not a list of numbers"),
+    ({"wavelength": 500.0}, r"its 'wavelength' attribute is 500.0, not a list of numbers"),
+    ({"wavelength_units": ["nm"]}, r"its 'wavelength_units' attribute is \['nm'\], not a unit name such as 'nm'.*"),
+])
+def test_unreadable_zarr_wavelength_attributes_warn_and_are_left_out(make_scene, attrs, problem):
+    """A bare zarr array's 'wavelength' of strings or a dict, or a list as its units, crashed info and classify
+    with a traceback: it warns, as an unreadable ENVI wavelength list does, and the scene opens without them."""
+    import zarr
+
+    cube = make_cube()
+    path = make_scene("zarr-bare", cube=cube)
+    zarr.open_array(str(path), mode="r+").attrs.update(attrs)
+    with pytest.warns(UserWarning, match=rf"{path.name}: {problem}, so the scene's wavelengths are unknown and are "
+                                         "not checked against the model's; fix the attributes"):
+        da = open_scene(path)
+    assert "wavelength" not in da.coords
+    np.testing.assert_array_equal(da.values, cube)
+    with pytest.warns(UserWarning, match="wavelengths are unknown"):
+        assert "wavelength unknown" in scene_info(path)
+
+
+@pytest.mark.parametrize("doc, problem", [
+    ('{"unit": "nm", "wavelengths": ["x", "y"]}', r"its 'wavelengths' entry is \['x', 'y'\], not a list of numbers"),
+    ('{"unit": ["nm"], "wavelengths": [400, 500]}', r"its 'unit' entry is \['nm'\], not a unit name such as 'nm'.*"),
+    ('"400 nm"', r"its content is '400 nm', not a list of numbers"),
+    ("[400, 500", r"cannot be read as JSON \(JSONDecodeError"),
+])
+def test_unreadable_sidecar_wavelengths_warn_and_are_left_out(make_scene, doc, problem):
+    cube = make_cube()
+    path = make_scene("npy", cube=cube, band_last=True)
+    side = path.with_name(path.stem + "_wavelengths.json")
+    side.write_text(doc)
+    with pytest.warns(UserWarning, match=rf"{side.name}: {problem}.*wavelengths are unknown.*fix the file"):
+        da = open_scene(path)
+    assert "wavelength" not in da.coords
+    np.testing.assert_array_equal(da.values, cube)
+
+
+@pytest.mark.parametrize("fmt", ["zarr-bare", "zarr"])
+def test_a_zarr_chunk_length_of_zero_is_refused(make_scene, fmt):
+    """chunk_shape [12, 0, 16] in zarr.json ended in dask's ZeroDivisionError (a traceback, exit 1)."""
+    import json
+
+    path = make_scene(fmt)
+    meta = path / "zarr.json" if fmt == "zarr-bare" else path / "reflectance" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["chunk_grid"]["configuration"]["chunk_shape"][1] = 0
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(SceneError, match=r"zarr array .*zarr.* declares chunks \[12, 0, 16\] for its shape "
+                                         r"\[12, 40, 56\]; expected a positive chunk length .*: rewrite the store"):
+        open_scene(path)
