@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .config import SSRNConfig
+from .config import InvalidConfig, SSRNConfig
 from .errors import CheckpointError
 from .model import SSRN
 
@@ -26,6 +26,52 @@ MODEL_JSON = "model.json"
 FORMAT = "hsi-engine.ssrn"
 FORMAT_VERSION = 1
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2; torch.save zip archives
+MAX_MODEL_JSON_BYTES = 16 << 20  # the shipped model's is 57 KB (its split masks included)
+MAX_MAP_CLASSES = 255  # class maps are uint8: 0 is nodata
+# what a weight may be stored as (safetensors dtype names); BatchNorm's num_batches_tracked may also be int64
+_WEIGHT_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
+_COUNTER_DTYPES = {**_WEIGHT_DTYPES, "I64": "int64"}
+_MAX_INT_DIGITS = 100  # an integer in model.json longer than this is hostile (a class count has 3 digits)
+
+
+def _looks_pickled(path: Path) -> bool:
+    """Whether ``path`` starts like a pickle (protocol >= 2) or a torch.save zip archive, and not like safetensors:
+    a safetensors file starts with its header's length (u64, little-endian; its first byte is 0x80 for 1 in 256
+    header sizes) followed by the header's ``{``."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if not head.startswith(_PICKLE_MAGIC):
+        return False
+    return not (len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size)
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits (at most {_MAX_INT_DIGITS} are read)")
+    return int(text)
+
+
+def _parse_json(path: Path) -> Any:
+    """``path`` parsed as JSON, refusing what would exhaust the parser: a file over MAX_MODEL_JSON_BYTES, a huge
+    integer (int() of n digits is quadratic), nesting past the recursion limit. Raises CheckpointError."""
+    size = path.stat().st_size
+    if size > MAX_MODEL_JSON_BYTES:
+        raise CheckpointError(f"{path} is {size:,} bytes; a model.json is at most {MAX_MODEL_JSON_BYTES:,} "
+                              f"(the shipped model's is ~60 KB): it is not a model written by ssrn.save_model; "
+                              "re-save the model, or trim what was added to its meta")
+    with open(path, "rb") as f:
+        data = f.read(MAX_MODEL_JSON_BYTES + 1)  # the file may have grown since stat
+    if len(data) > MAX_MODEL_JSON_BYTES:
+        raise CheckpointError(f"{path} is over {MAX_MODEL_JSON_BYTES:,} bytes; a model.json is at most that: "
+                              "re-save the model")
+    try:
+        return json.loads(data.decode("utf-8"), parse_int=_parse_int)
+    except RecursionError:
+        raise CheckpointError(f"{path} is not a readable model.json: its JSON nests too deeply (a model.json nests "
+                              "a few levels); re-save the model with ssrn.save_model") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, _parse_int's refusal
+        raise CheckpointError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:200]}); expected the "
+                              "UTF-8 JSON written by ssrn.save_model: re-save the model") from None
 
 
 def _jsonable(value: Any) -> Any:
@@ -46,8 +92,8 @@ _MODEL_FILES = frozenset({WEIGHTS, MODEL_JSON})
 def _is_model_json(path: Path) -> bool:
     """Whether ``path`` is a model.json carrying this project's format marker (written by save_model)."""
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        doc = _parse_json(path)
+    except (OSError, CheckpointError):
         return False
     return isinstance(doc, dict) and doc.get("format") == FORMAT
 
@@ -209,10 +255,8 @@ def read_model_json(path: str | os.PathLike) -> dict[str, Any]:
     """The parsed model.json of a model directory, with its format checked."""
     path = Path(path)
     if path.is_file():
-        with open(path, "rb") as f:
-            head = f.read(4)
         hint = (" It looks like a pickle/torch.save file; hsi-engine never unpickles. Re-save the model with "
-                "ssrn.save_model(model, DIR) from a trusted environment." if head.startswith(_PICKLE_MAGIC) else "")
+                "ssrn.save_model(model, DIR) from a trusted environment." if _looks_pickled(path) else "")
         raise CheckpointError(f"{path} is a file; expected a model directory holding {WEIGHTS} and "
                               f"{MODEL_JSON}.{hint}")
     if not path.is_dir():
@@ -222,14 +266,19 @@ def read_model_json(path: str | os.PathLike) -> dict[str, Any]:
     if not mj.is_file():
         raise CheckpointError(f"{path} has no {MODEL_JSON}; expected a directory written by ssrn.save_model")
     try:
-        doc = json.loads(mj.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{mj} is not valid JSON ({e})") from None
+        doc = _parse_json(mj)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {mj} ({e})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise CheckpointError(f"{mj} is not an hsi-engine model (format {doc.get('format') if isinstance(doc, dict) else None!r}, "
-                              f"expected {FORMAT!r})")
-    if doc.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{mj} has format_version {doc['format_version']}; this hsi-engine reads "
+        found = repr(doc.get("format"))[:80] if isinstance(doc, dict) else f"a JSON {type(doc).__name__}"
+        raise CheckpointError(f"{mj} is not an hsi-engine model (format {found}, expected {FORMAT!r})")
+    version = doc.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise CheckpointError(f"{mj}: 'format_version' must be a whole number (this hsi-engine writes "
+                              f"{FORMAT_VERSION}); found {repr(version)[:40]} ({type(version).__name__}); "
+                              f"fix it to {FORMAT_VERSION} or re-save the model with ssrn.save_model")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{mj} has format_version {version}; this hsi-engine reads "
                               f"up to {FORMAT_VERSION}: upgrade hsi-engine")
     return doc
 
@@ -301,6 +350,65 @@ def _check_meta(meta: object, config: SSRNConfig, where: Path | str) -> None:
                               f"{str(bad_bands)[:120]}{fix}")
 
 
+def _config_from(raw: dict[str, Any], mj: Path) -> SSRNConfig:
+    """model.json's ``config`` as an SSRNConfig, every field type-checked and bounded (SSRNConfig does that),
+    plus what a loadable model needs beyond a valid network: classes that fit the engine's uint8 maps."""
+    try:
+        config = SSRNConfig.from_dict(raw)
+    except InvalidConfig as e:
+        key = "config" if e.field is None else f"config.{e.field}"
+        raise CheckpointError(f"{mj}: invalid {key}: {e}. Fix {key} in {MODEL_JSON}, or re-save the model with "
+                              "ssrn.save_model (hsi-engine train writes a valid config)") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{mj} holds an invalid config ({type(e).__name__}: {e}); fix the config in "
+                              f"{MODEL_JSON}, or re-save the model with ssrn.save_model") from None
+    if config.classes > MAX_MAP_CLASSES:
+        raise CheckpointError(f"{mj}: invalid config.classes: {config.classes} classes; class maps are uint8 (0 = "
+                              f"nodata, classes 1..{MAX_MAP_CLASSES}), so a model maps at most {MAX_MAP_CLASSES} "
+                              "classes (hsi-engine train refuses more): fix config.classes or merge classes and "
+                              "retrain")
+    return config
+
+
+def _expected_tensors(config: SSRNConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """The state dict of ``SSRN(config)``: name -> (shape, dtype), built on the meta device (allocates nothing)."""
+    with torch.device("meta"):
+        model = SSRN(config)
+    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+
+
+def _check_weights_header(wf: Path, expected: dict[str, tuple[tuple[int, ...], torch.dtype]],
+                          config: SSRNConfig) -> None:
+    """The tensors ``wf`` declares (read from its header only) are exactly ``expected``'s names and shapes, each
+    stored as a float (int64 also allowed for BatchNorm's integer counters). Raises CheckpointError."""
+    try:
+        with safe_open(str(wf), framework="pt", device="cpu") as f:
+            header = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{wf} is not a readable safetensors file ({e}); copy the model directory again, or "
+                              "re-save the model with ssrn.save_model") from None
+    missing = sorted(set(expected) - set(header))
+    unexpected = sorted(set(header) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{wf} does not match the config in {MODEL_JSON}: missing {missing[:5]}"
+                              f"{'...' if len(missing) > 5 else ''}, unexpected {[k[:80] for k in unexpected[:5]]}"
+                              f"{'...' if len(unexpected) > 5 else ''}; the weights and model.json must come from "
+                              "the same save (ssrn.save_model)")
+    for k, (_, dtype) in expected.items():
+        stored = header[k][1]
+        allowed = _WEIGHT_DTYPES if dtype.is_floating_point else _COUNTER_DTYPES
+        if stored not in allowed:
+            raise CheckpointError(f"{wf}: tensor {k!r} is stored as {stored}; expected one of "
+                                  f"{', '.join(allowed.values())} (weights are floats; they are not cast from "
+                                  "integers, booleans or 8-bit floats): re-save the weights with "
+                                  "ssrn.save_model, or convert them to float32")
+    for k, (shape, dtype) in expected.items():
+        if header[k][0] != shape:
+            raise CheckpointError(f"{wf}: tensor {k!r} has shape {header[k][0]}, but the config in "
+                                  f"{MODEL_JSON} (bands={config.bands}, classes={config.classes}) needs "
+                                  f"{shape}; the weights and model.json must come from the same save")
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SSRN:
     """Load a model directory into an ``SSRN`` in eval mode with ``.meta`` from model.json."""
     path = Path(path)
@@ -308,48 +416,45 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     if not isinstance(doc.get("config"), dict):
         raise CheckpointError(f"{path / MODEL_JSON} has no 'config' object (the network's bands, classes, widths); "
                               "expected a model directory written by ssrn.save_model")
-    try:
-        config = SSRNConfig.from_dict(doc["config"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path / MODEL_JSON} holds an invalid config ({type(e).__name__}: {e})") from None
+    config = _config_from(doc["config"], path / MODEL_JSON)
     _check_meta(doc.get("meta"), config, path / MODEL_JSON)
     wf = path / WEIGHTS
     if not wf.is_file():
         raise CheckpointError(f"{path} has no {WEIGHTS}")
-    with open(wf, "rb") as f:
-        head = f.read(4)
-    if head.startswith(_PICKLE_MAGIC):
+    if _looks_pickled(wf):
         raise CheckpointError(f"{wf} is a pickle/torch.save file, not safetensors; hsi-engine never unpickles. "
                               "Convert it with safetensors.torch.save_file in a trusted environment.")
     recorded = doc.get("weights_sha256")
+    if recorded is not None and not isinstance(recorded, str):
+        raise CheckpointError(f"{path / MODEL_JSON}: 'weights_sha256' must be the hex sha256 of {WEIGHTS} (a "
+                              f"string); found {repr(recorded)[:40]} ({type(recorded).__name__}); re-save the "
+                              f"model, or delete 'weights_sha256' from {MODEL_JSON}")
     actual = file_sha256(wf) if recorded is not None else None
     if recorded is not None and recorded != actual:
         raise CheckpointError(f"{wf} does not match the checksum in {MODEL_JSON} (sha256 {actual[:16]}..., "
                               f"recorded {str(recorded)[:16]}...): the file was changed or damaged since the model "
                               "was saved; copy the model directory again, or, if you replaced the weights on "
                               f"purpose, delete 'weights_sha256' from {MODEL_JSON}")
+    # names, dtypes and shapes from the safetensors header (no tensor data read) against the config's, before
+    # any tensor or the network is materialised: a config edited to need gigabytes fails here, allocating nothing
+    expected = _expected_tensors(config)
+    _check_weights_header(wf, expected, config)
     try:
         tensors = load_file(str(wf), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{wf} is not a readable safetensors file ({e})") from None
+    floats = {getattr(torch, name) for name in _WEIGHT_DTYPES.values()}
+    if {k: tuple(t.shape) for k, t in tensors.items()} != {k: s for k, (s, _) in expected.items()} or any(
+            t.dtype not in floats and not (t.dtype == torch.int64 and not expected[k][1].is_floating_point)
+            for k, t in tensors.items()):
+        raise CheckpointError(f"{wf} changed while it was being read (its tensors no longer match its header); "
+                              "load the model again once the copy is complete")
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:  # a diverged training's weights: every pixel would map to one class, silently
         more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
         raise CheckpointError(f"{wf}: tensor {bad[0]!r}{more} hold NaN or inf values: the training that wrote them "
                               "diverged; retrain with a lower learning rate (--lr)")
     model = SSRN(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{wf} does not match the config in {MODEL_JSON}: missing {missing[:5]}"
-                              f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-                              f"{'...' if len(unexpected) > 5 else ''}")
-    for k, v in expected.items():
-        if tuple(tensors[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"{wf}: tensor {k!r} has shape {tuple(tensors[k].shape)}, but the config in "
-                                  f"{MODEL_JSON} (bands={config.bands}, classes={config.classes}) needs "
-                                  f"{tuple(v.shape)}")
     model.load_state_dict(tensors)
     model.meta = doc.get("meta") or {}
     report = model.meta.get("report") or {}

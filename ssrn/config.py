@@ -3,12 +3,104 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import operator
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 VARIANTS = ("ssrn", "spc", "spa")
 BLOCK_FORMS = ("paper", "seed")
 SHORTCUTS = ("identity", "projection")
+
+# Bounds of a sane network (model.json is read from files that may be hostile: a field must never make the
+# loader allocate gigabytes or loop for minutes). The weights of a config at these bounds are far beyond any
+# real SSRN's (the paper's has ~0.36 M parameters); load_model also compares the weights file's shapes with the
+# config's before it builds the network.
+MIN_PATCH, MAX_PATCH = 3, 31  # odd; the engine reads each tile with a halo of patch // 2
+MAX_BANDS = 4096
+MAX_CLASSES = 65535  # the engine's uint8 class maps hold 255 (checked there, and by load_model / the trainer)
+MAX_WIDTH = 4096
+MAX_BLOCKS = 64
+MAX_STAGE_NORMS = 16
+MAX_KERNEL = 255
+
+
+class InvalidConfig(ValueError):
+    """An SSRNConfig field of the wrong type or out of bounds; ``field`` names it (None: the whole config)
+    and ``found`` holds the value given."""
+
+    def __init__(self, field: str | None, message: str, found: Any = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.found = found
+
+
+# field -> (kind, low, high): kind "int" (an integer, not a bool), "odd" (an odd one), "float" (a finite number),
+# "bool", or the tuple of allowed strings; bounds inclusive, except the floats' ">0" (above 0) and "<1" (below 1)
+_FIELDS: dict[str, tuple[Any, Any, Any]] = {
+    "bands": ("int", 1, MAX_BANDS),
+    "classes": ("int", 2, MAX_CLASSES),
+    "patch": ("odd", MIN_PATCH, MAX_PATCH),
+    "stem_width": ("int", 1, MAX_WIDTH),
+    "stem_stride": ("int", 1, MAX_BANDS),
+    "kernel": ("odd", 1, MAX_KERNEL),
+    "spectral_blocks": ("int", 0, MAX_BLOCKS),
+    "reduce_width": ("int", 1, MAX_WIDTH),
+    "spatial_width": ("int", 1, MAX_WIDTH),
+    "spatial_blocks": ("int", 0, MAX_BLOCKS),
+    "dropout": ("float", 0.0, "<1"),
+    "variant": (VARIANTS, None, None),
+    "block_form": (BLOCK_FORMS, None, None),
+    "stage_norms": ("int", 0, MAX_STAGE_NORMS),
+    "spatial_shortcut": (SHORTCUTS, None, None),
+    "conv_bias": ("bool", None, None),
+    "bn_eps": ("float", ">0", 1.0),
+}
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return (text[:60] + "...") if len(text) > 60 else text
+
+
+def _is_bool(value: Any) -> bool:
+    np = sys.modules.get("numpy")
+    return isinstance(value, bool) or (np is not None and isinstance(value, np.bool_))
+
+
+def _checked(name: str, value: Any, kind: Any, lo: Any, hi: Any) -> Any:
+    """``value`` checked against its field's kind and bounds, as the plain Python type (a numpy integer or
+    float becomes an int or float, so the config stays hashable and JSON-writable)."""
+    found = f"found {_shown(value)} ({type(value).__name__})"
+    if kind in ("int", "odd"):
+        what = (f"an odd whole number {lo}..{hi}" + (" (5, 7, 9, 11)" if name == "patch" else
+                                                     " (so 'same' convs keep the band axis)")
+                if kind == "odd" else f"a whole number {lo}..{hi}")
+        if _is_bool(value) or not hasattr(value, "__index__"):
+            raise InvalidConfig(name, f"{name} must be {what}; {found}", value)
+        value = operator.index(value)
+        if not lo <= value <= hi or (kind == "odd" and value % 2 == 0):
+            raise InvalidConfig(name, f"{name} must be {what}; found {_shown(value)}", value)
+        return value
+    if kind == "float":
+        span = f"{'above 0' if lo == '>0' else f'>= {lo}'} and {'below 1' if hi == '<1' else f'<= {hi}'}"
+        if _is_bool(value) or not isinstance(value, numbers.Real):
+            raise InvalidConfig(name, f"{name} must be a number {span}; {found}", value)
+        value = float(value)
+        ok = math.isfinite(value) and (value > 0 if lo == ">0" else value >= lo) and (
+            value < 1 if hi == "<1" else value <= hi)
+        if not ok:
+            raise InvalidConfig(name, f"{name} must be a finite number {span}; found {_shown(value)}", value)
+        return value
+    if kind == "bool":
+        if _is_bool(value):
+            return bool(value)
+        raise InvalidConfig(name, f"{name} must be true or false; {found}", value)
+    if not isinstance(value, str) or value not in kind:
+        raise InvalidConfig(name, f"{name} must be one of {kind}; {found}", value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -40,20 +132,15 @@ class SSRNConfig:
     bn_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.block_form not in BLOCK_FORMS:
-            raise ValueError(f"block_form must be one of {BLOCK_FORMS}, got {self.block_form!r}")
-        if self.spatial_shortcut not in SHORTCUTS:
-            raise ValueError(f"spatial_shortcut must be one of {SHORTCUTS}, got {self.spatial_shortcut!r}")
-        if self.patch < 3 or self.patch % 2 == 0:
-            raise ValueError(f"patch must be an odd size >= 3 (5, 7, 9, 11), got {self.patch}")
+        for f in dataclasses.fields(self):
+            kind, lo, hi = _FIELDS[f.name]
+            object.__setattr__(self, f.name, _checked(f.name, getattr(self, f.name), kind, lo, hi))
         if self.bands < self.kernel:
-            raise ValueError(f"bands ({self.bands}) must be at least the spectral kernel ({self.kernel})")
-        if self.classes < 2:
-            raise ValueError(f"classes must be >= 2, got {self.classes}")
-        if self.kernel % 2 == 0:
-            raise ValueError(f"kernel must be odd so 'same' convs keep the band axis, got {self.kernel}")
+            raise InvalidConfig("bands", f"bands ({self.bands}) must be at least the spectral kernel "
+                                f"({self.kernel})", self.bands)
+        if self.stem_stride > self.bands:
+            raise InvalidConfig("stem_stride", f"stem_stride must be 1..bands ({self.bands}); found "
+                                f"{self.stem_stride}", self.stem_stride)
 
     @property
     def halo(self) -> int:
@@ -81,10 +168,19 @@ class SSRNConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SSRNConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        """A config from its :meth:`to_dict` form (model.json's ``config``): every field type-checked and
+        bounded; a bad one raises :class:`InvalidConfig` (a ``ValueError``) naming it."""
+        if not isinstance(d, dict):
+            raise InvalidConfig(None, f"an SSRNConfig is an object of fields; found {type(d).__name__}", d)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(str(k) for k in set(d) - set(names))
         if unknown:
-            raise ValueError(f"unknown SSRNConfig fields {unknown}; expected a subset of {sorted(names)}")
+            raise InvalidConfig(unknown[0], f"unknown SSRNConfig fields {unknown}; expected a subset of "
+                                f"{sorted(names)}", d[unknown[0]] if unknown[0] in d else None)
+        missing = [n for n in ("bands", "classes") if n not in d]
+        if missing:
+            raise InvalidConfig(missing[0], f"SSRNConfig needs {' and '.join(missing)} (no default); found none",
+                                None)
         return cls(**d)
 
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,223 @@ def test_a_failed_save_leaves_the_old_model(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         ssrn.save_model(_model(seed=1), d, overwrite=True)
     assert _tree(tmp_path) == before
+
+
+# --------------------------------------------------------------------------------------------------
+# hostile model directories (a service loading uploaded models): every problem a CheckpointError naming the file
+# and the key, found before anything is allocated; never a bare traceback, a hang, or a silently cast weight
+
+def _edited(tmp_path, edit_doc, model=None):
+    """A saved model directory whose model.json ``edit_doc(doc)`` changed (weights_sha256 dropped: an uploader
+    writes both files anyway)."""
+    d = ssrn.save_model(model if model is not None else _model(), tmp_path / "m")
+    doc = json.loads((d / "model.json").read_text())
+    doc.pop("weights_sha256")
+    edit_doc(doc)
+    (d / "model.json").write_text(json.dumps(doc))
+    return d
+
+
+@pytest.fixture
+def no_materialising(monkeypatch):
+    """Fail if load_model builds the network with real tensors before the weights' header was compared: every
+    refusal below must come from the config's bounds or the header, allocating nothing."""
+    import ssrn.checkpoint as C
+
+    real = C.SSRN
+
+    def spy(config):
+        assert torch.get_default_device().type == "meta", f"SSRN({config}) materialised before the weights check"
+        return real(config)
+    monkeypatch.setattr(C, "SSRN", spy)
+
+
+HOSTILE_CONFIG = [
+    ("reduce_width", 100_000), ("classes", 5_000_000), ("spectral_blocks", 20_000), ("spectral_blocks", 10**7),
+    ("bands", 30.0), ("bands", "30"), ("bands", 200.5), ("classes", True), ("stem_stride", 0), ("dropout", "x"),
+    ("dropout", 1.0), ("dropout", float("inf")), ("stem_width", -5), ("stem_width", 0), ("patch", 301),
+    ("patch", 6), ("patch", 1), ("bn_eps", -1.0), ("bn_eps", 0.0), ("bn_eps", float("nan")), ("kernel", 4),
+    ("kernel", 0), ("variant", ["ssrn"]), ("block_form", "keras"), ("conv_bias", 1), ("stage_norms", 10**6),
+    ("spatial_blocks", -1), ("spatial_shortcut", None), ("spatial_width", 10**9), ("stem_stride", 31),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), HOSTILE_CONFIG, ids=[f"{k}={str(v)[:12]}" for k, v in HOSTILE_CONFIG])
+def test_refuses_a_hostile_config_value_without_allocating(tmp_path, no_materialising, key, value):
+    """model.json's config was neither type-checked nor bounded and the network was built before the weights'
+    shapes were compared: reduce_width=100000 allocated 1.2 GB, spectral_blocks=10**7 hung, stem_stride=0 /
+    dropout='x' / stem_width=-5 gave bare tracebacks, patch=301 loaded (the engine then took 9.5 GB), bn_eps=-1
+    loaded (NaN maps later). Now: a CheckpointError naming model.json, the key and what it must be, at once."""
+    d = _edited(tmp_path, lambda doc: doc["config"].__setitem__(key, value))
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match=rf"model\.json: invalid config\.{key}: .*(must be|classes 1\.\.255)"
+                                               rf".*Fix config\.{key} in model\.json") as e:
+        ssrn.load_model(d)
+    assert time.perf_counter() - t0 < 1.0
+    assert str(d / "model.json") in str(e.value)
+
+
+def test_refuses_a_config_missing_a_required_field(tmp_path):
+    d = _edited(tmp_path, lambda doc: doc["config"].pop("classes"))
+    with pytest.raises(CheckpointError, match=r"invalid config\.classes: SSRNConfig needs classes"):
+        ssrn.load_model(d)
+
+
+def test_refuses_more_classes_than_a_class_map_holds(tmp_path):
+    """Class 256 would wrap to 0 (nodata) in the uint8 map; hsi-engine train refuses such a scene too."""
+    d = ssrn.save_model(SSRN(SSRNConfig(bands=20, classes=256)), tmp_path / "m")
+    with pytest.raises(CheckpointError, match=r"invalid config\.classes: 256 classes; class maps are uint8"):
+        ssrn.load_model(d)
+
+
+def test_refuses_a_config_its_weights_do_not_fit_before_building_it(tmp_path, no_materialising):
+    """Within every bound but ~10 G parameters: refused from the weights file's header, nothing built."""
+    big = dict(stem_width=4096, reduce_width=4096, spatial_width=4096, spectral_blocks=64, spatial_blocks=64)
+    d = _edited(tmp_path, lambda doc: doc["config"].update(big))
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"weights\.safetensors does not match the config in model\.json"):
+        ssrn.load_model(d)
+    assert time.perf_counter() - t0 < 2.0
+    d = _edited(tmp_path / "b", lambda doc: doc["config"].update(reduce_width=4096))  # same names, other shapes
+    with pytest.raises(CheckpointError, match=r"tensor 'reduce\.weight' has shape \(128, 24, 12, 1\).*needs "
+                                               r"\(4096, 24, 12, 1\)"):
+        ssrn.load_model(d)
+
+
+def test_config_fields_are_type_checked_and_bounded():
+    """SSRNConfig itself (the trainer's, the Keras importer's): a ValueError naming the field; numpy scalars are
+    taken as the Python numbers they stand for."""
+    import numpy as np
+
+    from ssrn.config import InvalidConfig
+
+    for key, value in HOSTILE_CONFIG:
+        if key == "classes" and value == 5_000_000:
+            value = 10**6
+        with pytest.raises(InvalidConfig, match=rf"^{key}") as e:
+            SSRNConfig(**{"bands": 30, "classes": 4, key: value})
+        assert isinstance(e.value, ValueError) and e.value.field == key
+    c = SSRNConfig(bands=np.int64(30), classes=np.int32(4), dropout=np.float32(0.25), conv_bias=np.bool_(True))
+    assert (type(c.bands), type(c.classes), type(c.dropout), type(c.conv_bias)) == (int, int, float, bool)
+    assert c == SSRNConfig(bands=30, classes=4, dropout=0.25, conv_bias=True)
+    json.dumps(c.to_dict())
+
+
+@pytest.mark.parametrize("config", [
+    *[SSRNConfig.from_name(p) for p in ("indian_pines", "pavia_university", "ksc", "salinas")],
+    SSRNConfig.from_name("indian_pines", variant="spc", patch=5),
+    SSRNConfig.from_name("pavia_university", variant="spa", patch=11),
+    SSRNConfig(bands=37, classes=5, block_form="seed", stage_norms=2, spatial_shortcut="projection",
+               conv_bias=True, bn_eps=1e-3, spectral_blocks=1, spatial_blocks=1, dropout=0.0),
+    SSRNConfig(bands=7, classes=255, patch=3, stem_stride=1, stem_width=1, reduce_width=1, spatial_width=1,
+               spectral_blocks=0, spatial_blocks=0, kernel=7),
+], ids=["indian_pines", "pavia_university", "ksc", "salinas", "spc", "spa", "seed", "smallest"])
+def test_valid_configs_still_round_trip(tmp_path, config):
+    torch.manual_seed(0)
+    m = SSRN(config).eval()
+    d = ssrn.save_model(m, tmp_path / "m")
+    m2 = ssrn.load_model(d)
+    assert m2.config == config
+    loaded = m2.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in m.state_dict().items())
+
+
+def test_the_shipped_model_still_loads():
+    from hsi_engine.demo import SHIPPED_MODEL
+
+    doc = json.loads((Path(SHIPPED_MODEL) / "model.json").read_text())
+    assert ssrn.load_model(SHIPPED_MODEL).config.to_dict() == doc["config"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[" * 100_000 + "]" * 100_000, r"model\.json is not a readable model\.json: its JSON nests too deeply"),
+    ('{"format": "hsi-engine.ssrn", "format_version": ' + "9" * 5000 + "}",
+     r"model\.json is not valid JSON \(ValueError: an integer of 5000 digits"),
+    ('{"format": "hsi-engine.ssrn", "format_version": "2"}',
+     r"model\.json: 'format_version' must be a whole number .* found '2' \(str\); fix it to 1"),
+    ('{"format": "hsi-engine.ssrn", "format_version": 1.0}', r"'format_version' must be a whole number"),
+    ('{"format": "hsi-engine.ssrn", "format_version": true}', r"'format_version' must be a whole number"),
+], ids=["deep", "bigint", "version-str", "version-float", "version-bool"])
+def test_refuses_hostile_json(tmp_path, text, message):
+    """A RecursionError, the int-digits ValueError and a TypeError escaped as tracebacks."""
+    d = ssrn.save_model(_model(), tmp_path / "m")
+    (d / "model.json").write_text(text)
+    with pytest.raises(CheckpointError, match=message):
+        ssrn.load_model(d)
+    # save_model's "is this our model directory?" check reads the same file: refused (not ours), no traceback
+    with pytest.raises(CheckpointError, match=r"exists and is not a model directory|existing model directory"):
+        ssrn.save_model(_model(), d)
+
+
+def test_refuses_an_oversized_model_json(tmp_path):
+    """model.json is read whole: capped at 16 MiB (the shipped model's is ~60 KB)."""
+    d = _edited(tmp_path, lambda doc: doc["meta"].__setitem__("padding", "x" * (16 << 20)))
+    with pytest.raises(CheckpointError, match=r"model\.json is 16,777,\d+ bytes; a model\.json is at most "
+                                               r"16,777,216"):
+        ssrn.load_model(d)
+
+
+def test_refuses_a_weights_sha256_that_is_not_a_string(tmp_path):
+    d = ssrn.save_model(_model(), tmp_path / "m")
+    doc = json.loads((d / "model.json").read_text())
+    doc["weights_sha256"] = 5
+    (d / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match=r"'weights_sha256' must be the hex sha256 .* found 5 \(int\)"):
+        ssrn.load_model(d)
+
+
+def _resave_weights(d, convert):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(d / "weights.safetensors"))
+    save_file({k: convert(k, v) for k, v in tensors.items()}, str(d / "weights.safetensors"))
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int64, torch.int32, torch.float8_e4m3fn,
+                                   torch.complex64], ids=str)
+def test_refuses_weights_that_are_not_floats(tmp_path, dtype):
+    """bool / uint8 / int64 weights were cast silently (bool weights gave a one-class map); float8 raised
+    NotImplementedError from isfinite."""
+    d = _edited(tmp_path, lambda doc: None)
+    _resave_weights(d, lambda k, v: v.to(dtype) if v.is_floating_point() else v)
+    with pytest.raises(CheckpointError, match=r"weights\.safetensors: tensor '[a-z_.0-9]+' is stored as "
+                                               r"[A-Z0-9_]+; expected one of float16, bfloat16, float32, float64"):
+        ssrn.load_model(d)
+
+
+def test_refuses_a_non_integer_non_float_batch_counter(tmp_path):
+    d = _edited(tmp_path, lambda doc: None)
+    _resave_weights(d, lambda k, v: v.to(torch.bool) if k.endswith("num_batches_tracked") else v)
+    with pytest.raises(CheckpointError, match=r"num_batches_tracked' is stored as BOOL; expected one of .*int64"):
+        ssrn.load_model(d)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_loads_weights_stored_as_other_floats(tmp_path, dtype):
+    m = _model()
+    d = _edited(tmp_path, lambda doc: None, model=m)
+    _resave_weights(d, lambda k, v: v.to(dtype) if v.is_floating_point() else v.float())
+    loaded = ssrn.load_model(d).state_dict()
+    for k, v in m.state_dict().items():
+        want = v.to(dtype).to(v.dtype) if v.is_floating_point() else v
+        assert loaded[k].dtype == v.dtype and torch.equal(loaded[k], want)
+
+
+def test_a_safetensors_header_length_starting_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """The pickle check read the first byte only: a safetensors file whose header length is 0x80 mod 256 (1 save
+    in 256) starts with b"\\x80" too and was refused as a pickle."""
+    import struct
+
+    m = _model()
+    d = _edited(tmp_path, lambda doc: None, model=m)
+    raw = (d / "weights.safetensors").read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = raw[8:8 + n].rstrip()
+    padded = header + b" " * ((0x80 - len(header)) % 256)  # offsets count from the data: unchanged
+    (d / "weights.safetensors").write_bytes(struct.pack("<Q", len(padded)) + padded + raw[8 + n:])
+    assert (d / "weights.safetensors").read_bytes()[:1] == b"\x80"
+    loaded = ssrn.load_model(d).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in m.state_dict().items())
+    torch.save(m.state_dict(), d / "weights.safetensors")  # a real pickle still is one
+    with pytest.raises(CheckpointError, match="pickle"):
+        ssrn.load_model(d)
