@@ -896,7 +896,7 @@ def test_irregular_coordinates_are_refused_for_a_file_and_warned_in_memory(geo, 
         classify_to_file(da.assign_coords(x=np.r_[np.nan, x[1:]]), model, tmp_path / "nan.tif", progress=False)
 
 
-@pytest.mark.parametrize("fmt", ["netcdf", "geotiff", "envi", "hdf5"])
+@pytest.mark.parametrize("fmt", ["netcdf", "envi"])  # (ENVI through the GeoTIFF reader; HDF5 opens per read)
 def test_a_scene_opened_from_a_path_is_closed_when_the_run_ends(make_scene, tmp_path, case, fmt):
     """A service classifying files in a loop held every scene open (a deleted one's disk space too) until a
     garbage collection: a scene the run opened from its path is closed when it returns or fails."""
