@@ -825,6 +825,12 @@ def _open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) 
     return _zarr_bare_array(arr, path / name, chunks, band_axis)
 
 
+# a store's own limits: a decoded chunk far larger than its array (a 6 MB store decoding 6.7 GB per read) or an
+# absurd chunk count (10^7 x 10^7 pixels: tens of GB just to index the chunks) is refused before anything is read
+MAX_DECODED_CHUNK = 1 << 30
+MAX_CHUNKS = 10_000_000
+
+
 def _check_zarr_chunks(arr, path: Path) -> None:
     """Refuse a zarr array whose metadata gives a chunk length of 0 or less (dask divided by it: a traceback)."""
     try:
@@ -835,6 +841,19 @@ def _check_zarr_chunks(arr, path: Path) -> None:
         raise SceneError(f"zarr array {path} declares chunks {list(chunk_shape)} for its shape {list(arr.shape)}; "
                          "expected a positive chunk length along every axis (a 0 or negative one is a corrupt "
                          "'chunk_shape' / 'chunks' in its metadata): rewrite the store, e.g. with xarray's to_zarr")
+    shape = tuple(int(n) for n in arr.shape)
+    itemsize = np.dtype(arr.dtype).itemsize if np.dtype(arr.dtype).kind != "O" else 8
+    chunk_bytes = math.prod(chunk_shape) * itemsize
+    if chunk_bytes > max(4 * math.prod(shape) * itemsize, MAX_DECODED_CHUNK):
+        raise SceneError(f"zarr array {path} declares chunks {list(chunk_shape)} ({_human(chunk_bytes)} decoded per "
+                         f"chunk) for a {_human(math.prod(shape) * itemsize)} array of shape {list(shape)}: every "
+                         "read would decode a whole chunk (a corrupt or hostile store); rewrite it with chunks of "
+                         "at most its shape, e.g. with xarray's to_zarr")
+    count = math.prod(math.ceil(n / c) for n, c in zip(shape, chunk_shape))
+    if count > MAX_CHUNKS:
+        raise SceneError(f"zarr array {path} declares shape {list(shape)} in {count:,} chunks of {list(chunk_shape)}, "
+                         f"more than the {MAX_CHUNKS:,} a scene may have (reading it would index every chunk first): "
+                         "a corrupt or hostile store; if it is real, rewrite it with larger chunks")
 
 
 def _zarr_bare_array(arr, path: Path, chunks, band_axis: int | None) -> xr.DataArray:

@@ -767,3 +767,18 @@ def test_a_zarr_chunk_length_of_zero_is_refused(make_scene, fmt):
     with pytest.raises(SceneError, match=r"zarr array .*zarr.* declares chunks \[12, 0, 16\] for its shape "
                                          r"\[12, 40, 56\]; expected a positive chunk length .*: rewrite the store"):
         open_scene(path)
+
+
+@pytest.mark.parametrize("shape, chunks, match", [
+    ((200, 10**7, 10**7), (200, 64, 64), r"in 24,414,062,500 chunks .* more than the 10,000,000"),
+    ((200, 40, 40), (200, 4096, 4096), r"6\.2 GiB decoded per chunk\) for a 625\.0 KiB array")])
+def test_a_zarr_store_declaring_absurd_chunks_is_refused_before_reading(tmp_path, shape, chunks, match):
+    """An 8 KB store declaring 10^7 x 10^7 pixels grew to 7 GB indexing its chunks; a 6 MB store whose one chunk
+    decodes to 6.7 GB for a 40 x 40 scene was OOM-killed: both are refused when opened."""
+    import zarr
+
+    path = tmp_path / "s.zarr"
+    zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="int16", dimension_names=("band", "y", "x"),
+                      fill_value=0)
+    with pytest.raises(SceneError, match=match):
+        open_scene(path)
