@@ -166,6 +166,40 @@ def _quiet_distributed_logs() -> Iterator[None]:
                 lg.setLevel(level)
 
 
+# what distributed's local cluster leaves in the process that started it: environment variables for the workers
+# it spawns (a service's later subprocesses ran single-threaded), a log handler per scheduler (each holds up to
+# 10,000 records: one more per call) and a dashboard route per scheduler in dask's config
+_CLUSTER_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_",
+                "PYTHONHASHSEED", "__DASK_PARENT_PID")
+
+
+@contextlib.contextmanager
+def _process_state_kept() -> Iterator[None]:
+    """Put back, once the local cluster is closed, what starting it changed in this process (see above)."""
+    import dask
+
+    env = {k: os.environ.get(k) for k in _CLUSTER_ENV}
+    loggers = {name: list(lg.handlers) for name, lg in list(logging.Logger.manager.loggerDict.items())
+               if name.startswith("distributed") and isinstance(lg, logging.Logger)}
+    routes = dask.config.get("distributed.scheduler.http.routes", None)
+    routes = list(routes) if isinstance(routes, (list, tuple)) else None
+    try:
+        yield
+    finally:
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for name, lg in list(logging.Logger.manager.loggerDict.items()):
+            if name.startswith("distributed") and isinstance(lg, logging.Logger):
+                before = loggers.get(name, [])
+                for h in [h for h in lg.handlers if h not in before]:
+                    lg.removeHandler(h)
+        if routes is not None:
+            dask.config.set({"distributed.scheduler.http.routes": routes})
+
+
 _SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")  # dask's comm schemes
 _ADDRESS_FORM = "tcp://HOST:PORT (e.g. tcp://10.0.0.5:8786; the scheduler listens on 8786 by default)"
 _START_HINT = "start one (`dask scheduler` + `dask worker ADDRESS`) or use --workers N for a local cluster"
@@ -372,6 +406,7 @@ def connect(*, workers: int | None = None, scheduler: Any = None, gpu: bool | No
             client.close()
         return
     with contextlib.ExitStack() as stack:  # closed in reverse: the client, the cluster, then the log levels
+        stack.enter_context(_process_state_kept())
         stack.enter_context(_quiet_distributed_logs())
         held: list[int] = []
         try:

@@ -493,3 +493,26 @@ def test_a_service_s_timeout_during_the_cluster_start_leaves_no_workers_and_stay
     assert not {p.pid for p in workers()} - before, "worker processes left running"
     with pytest.raises(SceneTimeout):  # the caller's own class passes through the start's error wrapping
         dask_client._started(2, lambda: (_ for _ in ()).throw(SceneTimeout("own")))
+
+
+def test_a_local_cluster_leaves_the_process_as_it_found_it():
+    """Each workers= call left OMP_NUM_THREADS=1 & co. in os.environ (a service's later subprocesses ran on one
+    thread), one more log handler on distributed.scheduler (up to 10,000 records each) and one more dashboard
+    route in dask's config: all are put back when the cluster closes."""
+    import os
+
+    import dask
+
+    def state():
+        return ({k: os.environ.get(k) for k in dask_client._CLUSTER_ENV},
+                {n: len(lg.handlers) for n, lg in logging.Logger.manager.loggerDict.items()
+                 if n.startswith("distributed") and isinstance(lg, logging.Logger) and lg.handlers},
+                list(dask.config.get("distributed.scheduler.http.routes", [])))
+
+    before = state()
+    with dask_client.connect(workers=1) as client:
+        assert client.submit(operator.add, 1, 2).result() == 3
+    after = state()
+    assert after[0] == before[0]
+    assert {n: c for n, c in after[1].items() if c != before[1].get(n, 0)} == {}
+    assert after[2] == before[2]
