@@ -138,6 +138,43 @@ def _transform_from_coords(y, x):
     return Affine(dx[0], 0.0, x[0] - dx[0] / 2, 0.0, dy[0], y[0] - dy[0] / 2)
 
 
+class _CacheCaps:
+    """The GeoTIFF writers' caps on GDAL's block cache, a process-wide setting: rasterio.Env per write saved and
+    put back the value it found, so two writers in two threads left the other's 64 MiB cap for good (1,205 MiB
+    before). The first writer saves the value, the cache is capped at the sum of the live writers' caps, the last
+    one puts it back."""
+
+    lock = threading.Lock()
+    live: list[int] = []
+    saved: Any = None
+
+
+@contextlib.contextmanager
+def _gdal_cache_cap(nbytes: int):
+    """Cap GDAL's block cache at ``nbytes`` (more while other writers write) for the ``with`` block."""
+    from rasterio.env import get_gdal_config, set_gdal_config
+
+    caps = _CacheCaps
+    with caps.lock:
+        if not caps.live:
+            caps.saved = get_gdal_config("GDAL_CACHEMAX")
+        caps.live.append(int(nbytes))
+        total = sum(caps.live)
+        if isinstance(caps.saved, int):
+            total = min(total, caps.saved)  # a cap only ever lowers the cache
+        set_gdal_config("GDAL_CACHEMAX", total)
+    try:
+        yield
+    finally:
+        with caps.lock:
+            caps.live.remove(int(nbytes))
+            if caps.live:
+                total = sum(caps.live)
+                set_gdal_config("GDAL_CACHEMAX", min(total, caps.saved) if isinstance(caps.saved, int) else total)
+            elif caps.saved is not None:
+                set_gdal_config("GDAL_CACHEMAX", caps.saved)
+
+
 def _ours_aux(path: Path) -> bool:
     """Whether ``path`` is an ``.aux.xml`` hsi-engine wrote (its ``hsi_engine`` metadata domain)."""
     try:
@@ -584,9 +621,7 @@ class GeoTiffClassMapWriter(ClassMapWriter):
 
     def _gdal_cache(self):
         """GDAL's block cache capped at ``_cache_bytes`` while this writer writes (see ``__init__``)."""
-        import rasterio
-
-        return rasterio.Env(GDAL_CACHEMAX=self._cache_bytes)
+        return _gdal_cache_cap(self._cache_bytes)
 
     def _write(self, y0, x0, labels, probabilities, confidence) -> None:
         from rasterio.windows import Window

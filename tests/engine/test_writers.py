@@ -296,3 +296,30 @@ def test_bad_tiles_and_suffix(tmp_path, geo, labels):
     finally:
         w.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_concurrent_geotiff_writers_put_gdal_s_cache_back(tmp_path, geo, labels, probs):
+    """Each write entered rasterio.Env(GDAL_CACHEMAX=cap), which put back the value it found: two writers in two
+    threads left the other's cap (64 MiB, from 1,205) for the rest of the process. The cap is taken while any
+    writer writes, and the value found before the first is put back after the last."""
+    import threading
+
+    from rasterio.env import get_gdal_config
+
+    before = get_gdal_config("GDAL_CACHEMAX")
+    barrier = threading.Barrier(2)
+    errors = []
+
+    def write(name):
+        try:
+            with open_writer(tmp_path / name, **_kw(geo, probabilities="float32", confidence=True)) as w:
+                barrier.wait(timeout=30)  # both writers open: their writes overlap
+                _write_tiles(w, labels, probs, probs.max(0), tile=32)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(f"{i}.tif",)) for i in range(2)]
+    [t.start() for t in threads]
+    [t.join(timeout=120) for t in threads]
+    assert errors == []
+    assert get_gdal_config("GDAL_CACHEMAX") == before
