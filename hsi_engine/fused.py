@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Callable
@@ -240,16 +241,42 @@ def spatial_dense(win: torch.Tensor, ds: DenseSpatial) -> torch.Tensor:
     return torch.addmm(ds.head_b, x, ds.head_w)
 
 
+class _TF32Flags:
+    """torch's TF32 switches are process-wide: tiles of engines shared by threads (a processes=False cluster)
+    each saved and put back the value they found, and overlapping ones left TF32 off for the rest of the process.
+    The first section saves the switches, the last one puts them back. (While a float32 and a low-precision
+    engine's tiles overlap in two threads, the switches are the last setter's: run those engines apart.)"""
+
+    lock = threading.Lock()
+    depth = 0
+    saved: tuple[bool, bool] = (True, False)
+
+
 @contextlib.contextmanager
-def tf32_matmul() -> Iterator[None]:
-    """TF32 matmuls for the duration: the precision cuDNN's convolutions run at by default, which the
-    low-precision engine's spatial stage has always used."""
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
+def _tf32(*, cudnn: bool | None = None, matmul: bool | None = None) -> Iterator[None]:
+    """Set cuDNN's and cuBLAS's TF32 switches for the duration (None: left as they are); see :class:`_TF32Flags`."""
+    flags = _TF32Flags
+    with flags.lock:
+        if flags.depth == 0:
+            flags.saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        flags.depth += 1
+        if cudnn is not None:
+            torch.backends.cudnn.allow_tf32 = cudnn
+        if matmul is not None:
+            torch.backends.cuda.matmul.allow_tf32 = matmul
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
+        with flags.lock:
+            flags.depth -= 1
+            if flags.depth == 0:
+                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags.saved
+
+
+def tf32_matmul() -> contextlib.AbstractContextManager[None]:
+    """TF32 matmuls for the duration: the precision cuDNN's convolutions run at by default, which the
+    low-precision engine's spatial stage has always used."""
+    return _tf32(matmul=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -552,18 +579,12 @@ def _cpuinfo_has(flag: str, path: str = "/proc/cpuinfo") -> bool:
         return False
 
 
-@contextlib.contextmanager
-def exact_fp32() -> Iterator[None]:
+def exact_fp32() -> contextlib.AbstractContextManager[None]:
     """Plain float32 convolutions and matmuls on CUDA for the duration (cuDNN's TF32 is on by default).
 
     The float32 engine is exact against patch mode only when both run without TF32's 10-bit mantissa.
     """
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    return _tf32(cudnn=False, matmul=False)
 
 
 @functools.lru_cache(maxsize=1)

@@ -290,6 +290,39 @@ def test_exact_fp32_turns_tf32_off_and_restores_the_flags():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+def test_overlapping_tf32_sections_in_threads_put_the_user_s_flags_back():
+    """Tiles of an engine shared by threads (a processes=False cluster) overlap: A saved (on, on) and set off, B
+    saved A's (off, off), A put back (on, on), B put back (off, off): TF32 was left off for the process. The first
+    section saves, the last one puts back."""
+    import threading
+
+    from hsi_engine.fused import exact_fp32, tf32_matmul
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def a():
+        with exact_fp32():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b():
+        a_in.wait(10)
+        with tf32_matmul():
+            b_in.set()
+            a_out.wait(10)
+
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        threads = [threading.Thread(target=f) for f in (a, b)]
+        [t.start() for t in threads]
+        [t.join(20) for t in threads]
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def test_compile_failure_falls_back_to_eager_with_one_warning(caplog):
     """If inductor cannot build (no C++ compiler, an unsupported op), the run goes on in eager with one
     warning; bad input is still an error and does not switch backends."""
