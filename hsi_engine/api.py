@@ -344,7 +344,7 @@ def _spatial_coords(da: xr.DataArray) -> dict[str, Any]:
     out = {}
     for name, c in da.coords.items():
         if set(c.dims) <= {"y", "x"} and name != "band":
-            out[name] = c
+            out[name] = c.load() if c.chunks is not None else c  # in memory: the scene file may be closed next
     return out
 
 

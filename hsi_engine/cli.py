@@ -204,7 +204,12 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 def _cmd_info(args: argparse.Namespace) -> int:
     from .io import scene_info
 
-    print(scene_info(args.scene, variable=args.variable, band_axis=args.band_axis))
+    text = scene_info(args.scene, variable=args.variable, band_axis=args.band_axis)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `hsi-engine info x | head`: the reader left; not an error of ours (Python's recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not raise again
+        return 141  # as a shell reports a process ended by SIGPIPE
     return 0
 
 
@@ -427,11 +432,7 @@ def run() -> None:
     """The ``hsi-engine`` command: :func:`main`, then exit with its status. Signals that arrive once main is done
     (the rest of a SIGTERM burst, one during interpreter shutdown) change nothing: exit 0 after "wrote ...", 130
     after "interrupted" (the default handler, back after main, ended such a process with 143)."""
-    try:
-        status = _run_main()
-    except BrokenPipeError:  # `hsi-engine info x | head`: the reader left; not an error of ours (Python's recipe)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not raise again
-        sys.exit(141)  # as a shell reports a process ended by SIGPIPE
+    status = _run_main()
     if status == 130:
         # interrupted: zarr reads the interruption left pending in zarr's event loop printed dozens of 'Task was
         # destroyed but it is pending' / 'Event loop is closed' tracebacks while the interpreter tore down; the run

@@ -236,7 +236,7 @@ def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarra
     if mask is not None:
         blown &= ~mask
     if blown.any():
-        raise _blown_error(raw, tile, blown, halo, mean, std)
+        raise _blown_error(raw, tile, blown, halo, mean, std, getattr(engine, "precision", "float32"))
     lab = lab.cpu().numpy()
     prob = prob.cpu().numpy() if prob is not None else None
     conf = conf.cpu().numpy() if conf is not None else None
@@ -474,7 +474,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     """run_to_file, holding the output's lock."""
     from .api import _Job, scene_georef
     from .runner import check_read_settings
-    from .writers import _TIFF, _ZARR, check_replaceable, side_paths
+    from .writers import _TIFF, _ZARR, _ours_aux, check_replaceable, side_paths
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -560,6 +560,10 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
             elif p.exists():
                 raise OutputError(f"output {p} already exists; pass overwrite=True (--overwrite) to replace it, "
                                   "or choose another path")
+    aux = side_paths(out)["aux"]
+    if suffix in _TIFF and not overwrite and (aux.exists() or aux.is_symlink()) and not _ours_aux(aux):
+        raise OutputError(f"output {aux} already exists; pass overwrite=True (--overwrite on the command line) to "
+                          "replace it, or choose another path")  # before any tile, as the in-process writer does
     tags = provenance(digest, precision, spatial_precision)
     ycoords = np.asarray(da["y"].values) if "y" in da.coords else None
     xcoords = np.asarray(da["x"].values) if "x" in da.coords else None

@@ -484,6 +484,15 @@ def _gdal_wavelengths(tags: list[dict[str, str]], descriptions: list[str | None]
 _ENVI_HEADER_MAX = 4 * 1024 * 1024
 
 
+def _is_envi_header(hdr: Path) -> bool:
+    """Whether ``hdr`` starts with ENVI's ``ENVI`` magic line (an ESRI EHdr header, also ``.hdr``, does not)."""
+    try:
+        with open(hdr, "rb") as f:
+            return f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n").upper().startswith(b"ENVI")
+    except OSError:
+        return True  # unreadable: the ENVI path names the problem
+
+
 def _parse_envi_header(hdr: Path) -> dict[str, str]:
     """``key -> raw value`` of an ENVI header (braced values may span lines).
 
@@ -667,6 +676,8 @@ def _open_envi(path: Path, chunks) -> xr.DataArray:
     hdr, data = _envi_paths(path)
     if not data.is_file():
         raise FileNotFoundError(f"ENVI binary {data} not found")
+    if not _is_envi_header(hdr):  # an ESRI EHdr .hdr beside a .bil/.bsq: GDAL's EHdr driver reads it
+        return _open_geotiff(data, chunks)
     header = _parse_envi_header(hdr)
     if header.get("file compression", "0").strip() not in ("0", ""):
         raise SceneError(f"{hdr} declares 'file compression = {header['file compression']}' (gzip); GDAL cannot "

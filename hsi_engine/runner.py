@@ -365,9 +365,9 @@ def blown_pixels(logits: Any, mask: Any = None) -> Any:
 
 
 def _blown_error(raw: np.ndarray, tile: Tile, blown: np.ndarray, halo: int, mean: np.ndarray | None,
-                 std: np.ndarray | None) -> NonFiniteInputError:
+                 std: np.ndarray | None, precision: str = "float32") -> NonFiniteInputError:
     """The error for a tile with non-finite logits: names the first such pixel and the scene's value furthest
-    from the model's mean within the network's reach of it."""
+    from the model's mean within the network's reach of it (float16's range is 65,504: named as the cause)."""
     ry0, _, rx0, _ = tile.read
     y, x = (int(v[0]) for v in np.nonzero(blown))
     gy, gx = tile.y0 + y, tile.x0 + x
@@ -378,6 +378,11 @@ def _blown_error(raw: np.ndarray, tile: Tile, blown: np.ndarray, halo: int, mean
     worst = f"band {b} at (y={ry0 + wy0 + dy}, x={rx0 + wx0 + dx}) holds {win[b, dy, dx]:.6g}"
     if mean is not None:
         worst += f", {z[b, dy, dx]:.3g} standard deviations from the model's mean"
+    if precision == "float16":
+        return NonFiniteInputError(
+            f"the network's output at pixel (y={gy}, x={gx}) is not finite: its float16 arithmetic (largest value "
+            f"65,504) overflowed on the scene's values within {halo} pixels of it ({worst}); run "
+            "precision='bfloat16' (float32's range) or 'float32' (--precision), or check the scene's scale")
     if abs(win[b, dy, dx]) < 1e30 and z[b, dy, dx] < 1e6:  # no value out of range: the normalisation or weights
         return NonFiniteInputError(
             f"the network's output at pixel (y={gy}, x={gx}) is not finite, and no scene value within {halo} pixels "
@@ -662,7 +667,8 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
         if mask is not None:
             blown = blown & ~mask
         if blown.any():
-            raise _blown_error(read(*tile.read), tile, blown, plan.halo, mean64, std64)
+            raise _blown_error(read(*tile.read), tile, blown, plan.halo, mean64, std64,
+                               getattr(engine, "precision", "float32"))
         lab = lab.numpy()
         prob = prob.numpy() if prob is not None else None
         conf = conf.numpy() if conf is not None else None

@@ -939,3 +939,21 @@ def test_longitudes_that_wrap_are_named_with_the_fix_that_works(case, geo, tmp_p
 
     with rasterio.open(out) as f:
         assert f.transform.c == pytest.approx(float(fixed.x[0]) - 0.001, abs=1e-6)
+
+
+def test_a_returned_map_does_not_read_the_scene_file_it_came_from(case, geo, tmp_path):
+    """The scene opened from a path is closed when classify returns: a swath's 2-D lat/lon, lazy coordinates of
+    the scene, then reopened the file (or failed once it was deleted) when the map's coordinates were read."""
+    import os
+
+    cube, model, _ = case
+    h, w = cube.shape[1:]
+    lat = 52.0 + 0.001 * np.add.outer(np.arange(h), np.arange(w) * 0.1)
+    ds = xr.Dataset({"reflectance": (("band", "y", "x"), cube)},
+                    coords={"lat": (("y", "x"), lat), "lon": (("y", "x"), 13.0 + 0.001 * lat)})
+    path = tmp_path / "swath.nc"
+    ds.to_netcdf(path, engine="h5netcdf")
+    out = classify(path, model, progress=False, probabilities=True)
+    os.remove(path)  # a service deletes the scene it classified
+    np.testing.assert_allclose(out["lat"].values, lat)
+    np.testing.assert_allclose(out["labels"]["lon"].values, 13.0 + 0.001 * lat)

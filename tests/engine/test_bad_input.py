@@ -414,3 +414,18 @@ def test_pickle_offered_as_checkpoint(crop, model_dir, outdir, tmp_path):
     shutil.copy(pt, d / "weights.safetensors")
     msg = run_cli(scene, d, outdir)
     assert "pickle" in msg
+
+
+def test_float16_overflow_is_named_as_such_not_blamed_on_the_model():
+    """precision='float16' on a scene 300x off its model's scale: the logits overflowed and the error said the
+    model's weights or normalisation held NaN; it names float16's range and the precisions that hold it."""
+    import warnings
+
+    from hsi_engine.demo import SHIPPED_MODEL, SHIPPED_SCENE
+
+    scene = hsi_engine.open_scene(SHIPPED_SCENE).isel(y=slice(0, 32), x=slice(0, 32)).astype("float32") * 300
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the scale check's UnnormalisedInputWarning
+        with pytest.raises(NonFiniteInputError, match=r"float16 arithmetic \(largest value 65,504\) overflowed.*"
+                                                      r"precision='bfloat16'"):
+            hsi_engine.classify(scene, SHIPPED_MODEL, tile=32, precision="float16", progress=False)

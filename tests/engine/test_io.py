@@ -782,3 +782,17 @@ def test_a_zarr_store_declaring_absurd_chunks_is_refused_before_reading(tmp_path
                       fill_value=0)
     with pytest.raises(SceneError, match=match):
         open_scene(path)
+
+
+def test_an_esri_ehdr_raster_is_not_held_to_envi_s_header_keys(tmp_path):
+    """A .bil/.hdr pair from GDAL's EHdr driver (not an ENVI header: no 'ENVI' line, no 'samples') was refused
+    with advice to add ENVI keys; GDAL reads it, and so does open_scene."""
+    from rasterio.transform import from_origin
+
+    cube = (np.arange(5 * 20 * 30).reshape(5, 20, 30) % 97).astype("int16")
+    with rasterio.open(tmp_path / "s.bil", "w", driver="EHdr", width=30, height=20, count=5, dtype="int16",
+                       crs=CRS, transform=from_origin(366000, 5810000, 30, 30)) as d:
+        d.write(cube)
+    da = open_scene(tmp_path / "s.bil")
+    np.testing.assert_array_equal(da.values, cube)
+    assert da.rio.crs.to_epsg() == 32633

@@ -290,6 +290,9 @@ def test_without_overwrite_another_s_aux_xml_is_not_replaced(case, tmp_path):
     aux.write_text("<PAMDataset><!-- QGIS styling --></PAMDataset>")
     with pytest.raises(OutputError, match=r"a\.tif\.aux\.xml already exists; pass overwrite=True"):
         classify_to_file(case, out)
+    with pytest.raises(OutputError, match=r"a\.tif\.aux\.xml already exists; pass overwrite=True"):
+        classify_to_file(case, out, resume=True)  # the resumable path: before any tile, not after all of them
+    assert not partial_path(out).exists()
     assert "QGIS" in aux.read_text() and not out.exists()
     classify_to_file(case, out, overwrite=True)
     assert 'domain="hsi_engine"' in aux.read_text()
