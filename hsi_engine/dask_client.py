@@ -101,7 +101,8 @@ def _started(n: int, start: Callable[[], Any]) -> Any:
 def _library_error(e: BaseException) -> bool:
     """Whether ``e`` is Python's or a library's exception, not one of the caller's own classes."""
     return type(e).__module__.split(".")[0] in ("builtins", "distributed", "dask", "tornado", "asyncio",
-                                                 "concurrent", "dask_cuda", "psutil")
+                                                 "concurrent", "dask_cuda", "psutil", "socket", "ssl",
+                                                 "multiprocessing", "pickle", "_pickle", "msgpack", "cloudpickle")
 
 
 def _close_interrupted(cluster: Any) -> None:
