@@ -433,3 +433,17 @@ def test_a_full_disk_while_the_geotiff_is_committed_is_one_error_and_leaves_noth
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err and "error: cannot write the class map" in err
     assert list(out_dir.iterdir()) == []
+
+
+def test_a_sweep_leaves_the_temps_of_a_live_run_into_a_side_file_s_name(tmp_path):
+    """A run into x.tif swept `.x_probabilities.tif.tmp-*`, the live temp of a concurrent run whose own output is
+    x_probabilities.tif; that run then failed at its end ('a write failed'). Names another live run holds are
+    left alone; a killed run's temps (no live lock) are still swept."""
+    from hsi_engine.lock import output_lock
+    from hsi_engine.writers import sweep_leftovers
+
+    temp = tmp_path / ".x_probabilities.tif.tmp-e700f66b.tif"
+    temp.write_bytes(b"live")
+    with output_lock(tmp_path / "x_probabilities.tif", sweep=False):
+        assert sweep_leftovers(tmp_path / "x.tif") == [] and temp.exists()
+    assert sweep_leftovers(tmp_path / "x.tif") == [temp] and not temp.exists()
