@@ -607,8 +607,8 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     from .resume import check_no_partial, discard_partial, model_digest, provenance
     from .writers import check_not_scene, check_output_suffix, open_writer
 
+    check_output_suffix(out)  # first: an empty or suffix-less path has no side files to check
     check_not_scene(out, scene_path)  # before anything is read: --out must never replace the scene itself
-    check_output_suffix(out)
 
     scene = open_owned(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
     job = _Job(scene, model_path, tile=tile, device=device, backend=backend, precision=precision, nodata=nodata,

@@ -210,6 +210,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # `hsi-engine info x | head`: the reader left; not an error of ours (Python's recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not raise again
         return 141  # as a shell reports a process ended by SIGPIPE
+    except OSError as e:  # `> file` on a full disk
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"hsi-engine info: error: cannot write to standard output ({e.strerror or e})", file=sys.stderr)
+        return 2
     return 0
 
 

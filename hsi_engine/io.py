@@ -1055,6 +1055,13 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
     Values come back as stored, but CF-packed NetCDF/zarr variables are decoded (see the module docstring).
     """
     p = Path(path)
+    if str(path) in ("", "-"):
+        raise SceneError(f"scene path {str(path)!r}: " + ("reading a scene from standard input is not supported"
+                                                          if str(path) == "-" else "it is empty") +
+                         "; pass a file (GeoTIFF, ENVI, NetCDF, HDF5, MATLAB, .npy) or a zarr store")
+    if p.exists() and not (p.is_file() or p.is_dir()):  # a FIFO was read twice (a hang) or half-consumed
+        raise SceneError(f"scene {p} is not a regular file (a pipe or a device): hsi-engine reads scenes by "
+                         "window, in any order; save it to a file first")
     fmt = scene_format(p)
     if not p.exists() and not (fmt == "envi" and p.suffix.lower() == ".hdr" and p.with_suffix(".bsq").exists()):
         raise FileNotFoundError(f"scene {p} does not exist")

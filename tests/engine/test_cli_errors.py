@@ -537,3 +537,25 @@ def test_one_except_catches_the_trainer_s_and_the_model_s_errors_too():
     assert [c.__name__ for c in classes if not issubclass(c, hsi_engine.HSIEngineError)] == []
     with pytest.raises(hsi_engine.HSIEngineError, match="does not exist"):
         hsi_engine.load_model("/nonexistent/model/dir")
+
+
+def test_a_pipe_stdin_an_empty_out_and_a_full_disk_are_one_line_each(scene, model_dir, tmp_path):
+    """A FIFO scene hung `info` (read twice) or gave a rasterio traceback; `-` said 'suffix (none)'; `--out ""`
+    (an unset $OUT) was a ValueError traceback, exit 1; `info > /dev/full` an OSError traceback."""
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "f.tif"
+    os.mkfifo(fifo)
+    for args, words in ((["info", str(fifo)], "is not a regular file (a pipe or a device)"),
+                        (["info", "-"], "reading a scene from standard input is not supported"),
+                        (["classify", str(scene), "--model", str(model_dir), "--out", ""],
+                         "suffix '(none)' is not supported")):
+        rc, err = _cli(args)
+        assert rc == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    if os.path.exists("/dev/full"):
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([sys.executable, "-c", "from hsi_engine.cli import run; run()", "info", str(scene)],
+                                  stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+        assert proc.returncode == 2 and "cannot write to standard output" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
