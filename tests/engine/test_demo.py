@@ -10,6 +10,7 @@ import pytest
 import rasterio
 
 from hsi_engine.demo import SHIPPED_MODEL, SHIPPED_SCENE, evaluation_mask
+from hsi_engine.errors import OutputError
 
 # The shipped SSRN reaches OA ~0.99 on its Indian Pines test pixels (the seed's released model: 0.995);
 # 0.9 leaves room for CPU/GPU differences but fails on a broken engine, scene or split.
@@ -99,8 +100,14 @@ def test_the_demo_replaces_its_own_outputs_but_never_other_files(tmp_path, capsy
     stopped.mkdir()
     with rasterio.open(stopped / "classmap.tif", "w", driver="GTiff", height=2, width=2, count=1,
                        dtype="uint8") as f:
-        f.update_tags(software="hsi-engine 0.1.0")
+        f.update_tags(software="hsi-engine 0.1.0", hsi_engine_demo="1")
     _check_demo_out(stopped)
+    mine = tmp_path / "mine"  # a classify map named classmap.tif (the README's example name): not the demo's
+    mine.mkdir()
+    with rasterio.open(mine / "classmap.tif", "w", driver="GTiff", height=2, width=2, count=1, dtype="uint8") as f:
+        f.update_tags(software="hsi-engine 0.1.0", model_digest="0" * 32)
+    with pytest.raises(OutputError, match="which no earlier demo wrote"):
+        _check_demo_out(mine)
 
 
 def test_evaluation_mask_excludes_train_and_val():
