@@ -146,7 +146,8 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model directory (weights.safetensors + model.json)")
     p.add_argument("--out", required=True, help="OUT.tif (Cloud-Optimised GeoTIFF) or OUT.zarr")
     p.add_argument("--tile", type=_at_least(1), default=None,
-                   help="output tile side in pixels (default 128 on CPU, 512 on CUDA; any size gives the same map)")
+                   help="output tile side in pixels (default 128 on CPU, 64 above 256 bands, 512 on CUDA; any size "
+                        "gives the same map)")
     p.add_argument("--device", default=None)
     p.add_argument("--backend", default="auto", choices=["auto", "eager", "compile", "triton"])
     p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"])
