@@ -23,13 +23,32 @@ from pathlib import Path
 
 from .errors import OutputError
 
-__all__ = ["lock_path", "output_lock"]
+__all__ = ["lock_held", "lock_path", "output_lock"]
 
 
 def lock_path(out: str | os.PathLike) -> Path:
     """The lock file of output ``out``: ``.<name>.lock`` in its directory."""
     p = Path(out)
     return p.with_name(f".{p.name}.lock")
+
+
+def lock_held(out: str | os.PathLike) -> bool:
+    """Whether a live run holds the lock of output ``out`` now (never through a link)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no locks
+        return False
+    try:
+        fd = os.open(lock_path(out), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # (closing releases a lock taken here)
+    return False
 
 
 def _holder(path: Path) -> str:

@@ -339,25 +339,6 @@ def _write_failed(path: Path, e: BaseException) -> OutputError:
     return OutputError(f"cannot write the class map {path}: {why} ({e}); {fix}")
 
 
-def _lock_held(lock: Path) -> bool:
-    """Whether a live run holds the lock file ``lock`` (:mod:`hsi_engine.lock`) now."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no locks
-        return False
-    try:
-        fd = os.open(lock, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # (closing releases a lock taken here)
-    return False
-
-
 def sweep_leftovers(out: str | os.PathLike) -> list[Path]:
     """Remove what a killed run into ``out`` left hidden beside it: ``.<name>.tmp-*``, ``.old-*``, ``.cog-*`` and
     ``.trash-*`` of the map, its side files and ``<out>.partial`` (never the partial store itself). Call only
@@ -370,7 +351,9 @@ def sweep_leftovers(out: str | os.PathLike) -> list[Path]:
     except OSError:
         return removed
     # a side file's name may be another live run's own output (x_probabilities.tif): its temps are that run's
-    names = [n for n in names if n == p.name or not _lock_held(p.with_name(f".{n}.lock"))]
+    from .lock import lock_held
+
+    names = [n for n in names if n == p.name or not lock_held(p.with_name(n))]
     for e in entries:
         if not any(e.name.startswith(f".{n}") and _LEFTOVER.fullmatch(e.name, len(n) + 1) for n in names):
             continue
