@@ -439,8 +439,8 @@ def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
         # refused where some pixel would land more than half a pixel off: float32 or rounded coordinates of a
         # regular grid step unevenly by their storage precision, but stay within a fraction of a pixel
         off = float(np.abs(np.cumsum(steps - mean)).max())
-        wrap = _longitude_wrap(da, d, steps)
-        if off > 0.5 * abs(mean) and wrap is not None:
+        wrap = _longitude_wrap(da, d, steps) if off > 0.5 * abs(mean) else None
+        if wrap is not None:
             raise IrregularGridError(
                 f"scene {_scene_name(da, scene_path)}: its longitudes wrap around ({wrap}), so its x coordinates "
                 "are not evenly spaced and no transform can place its map: make them continuous first, e.g. "

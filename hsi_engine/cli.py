@@ -208,13 +208,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     text = scene_info(args.scene, variable=args.variable, band_axis=args.band_axis)
     try:
         print(text, flush=True)
-    except BrokenPipeError:  # `hsi-engine info x | head`: the reader left; not an error of ours (Python's recipe)
+    except OSError as e:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not raise again
-        return 141  # as a shell reports a process ended by SIGPIPE
-    except OSError as e:  # `> file` on a full disk
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(e, BrokenPipeError):  # `hsi-engine info x | head`: the reader left; not an error of ours
+            return 141  # as a shell reports a process ended by SIGPIPE
         print(f"hsi-engine info: error: cannot write to standard output ({e.strerror or e})", file=sys.stderr)
-        return 2
+        return 2  # (`> file` on a full disk)
     return 0
 
 

@@ -206,7 +206,7 @@ def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarra
     import torch
 
     from .normalise import stage_raw
-    from .runner import (_blown_error, _check_window, _nonfinite_error, blown_pixels, labels_from_logits,
+    from .runner import (_check_window, _nonfinite_error, blown_pixels, check_blown, labels_from_logits,
                          mask_nodata, prepare_tile, prepare_tile_tensor, tile_logits, window_reader)
 
     if normalise_on is None:
@@ -232,11 +232,8 @@ def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarra
     if normalise_on == "device" and nodata is None and nonfinite is not None and bool(nonfinite):
         raise _nonfinite_error(raw, tile, nodata_bands)  # read after the launch, so the check does not stall it
     lab, prob, conf = labels_from_logits(logits, probabilities=probabilities, mask=mask_t)
-    blown = blown_pixels(logits, mask_t).cpu().numpy()
-    if mask is not None:
-        blown &= ~mask
-    if blown.any():
-        raise _blown_error(raw, tile, blown, halo, mean, std, getattr(engine, "precision", "float32"))
+    check_blown(blown_pixels(logits, mask_t).cpu().numpy(), mask, lambda: raw, tile, halo, mean, std,
+                getattr(engine, "precision", "float32"))
     lab = lab.cpu().numpy()
     prob = prob.cpu().numpy() if prob is not None else None
     conf = conf.cpu().numpy() if conf is not None else None

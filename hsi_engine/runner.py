@@ -364,6 +364,16 @@ def blown_pixels(logits: Any, mask: Any = None) -> Any:
     return blown if mask is None else blown & ~mask
 
 
+def check_blown(blown: np.ndarray, mask: np.ndarray | None, raw: Callable[[], np.ndarray], tile: Tile, halo: int,
+                mean: np.ndarray | None, std: np.ndarray | None, precision: str) -> None:
+    """Raise :func:`_blown_error` when a pixel outside the host nodata ``mask`` has non-finite logits
+    (``blown`` from :func:`blown_pixels`, on the host); ``raw()`` reads the tile's window, only then."""
+    if mask is not None:
+        blown = blown & ~mask
+    if blown.any():
+        raise _blown_error(raw(), tile, blown, halo, mean, std, precision)
+
+
 def _blown_error(raw: np.ndarray, tile: Tile, blown: np.ndarray, halo: int, mean: np.ndarray | None,
                  std: np.ndarray | None, precision: str = "float32") -> NonFiniteInputError:
     """The error for a tile with non-finite logits: names the first such pixel and the scene's value furthest
@@ -663,12 +673,8 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
             ev.synchronize()
         if nonfinite is not None and bool(nonfinite):  # found on the device: name the value from the store
             raise _nonfinite_error(read(*tile.read), tile, nodata_bands)
-        blown = blown.numpy()
-        if mask is not None:
-            blown = blown & ~mask
-        if blown.any():
-            raise _blown_error(read(*tile.read), tile, blown, plan.halo, mean64, std64,
-                               getattr(engine, "precision", "float32"))
+        check_blown(blown.numpy(), mask, lambda: read(*tile.read), tile, plan.halo, mean64, std64,
+                    getattr(engine, "precision", "float32"))
         lab = lab.numpy()
         prob = prob.numpy() if prob is not None else None
         conf = conf.numpy() if conf is not None else None
@@ -765,6 +771,6 @@ def warn_all_nodata(nodata: float | None, nodata_bands: Sequence[int] | None) ->
                 nodata, tested)
 
 
-__all__ = ["ArraySink", "Prepared", "Sink", "cache_blocks_for", "check_read_settings", "check_scene",
-           "blown_pixels", "labels_from_logits", "load_tile", "prepare_tile", "prepare_tile_tensor", "read_window", "run_plan",
-           "stage_window", "submit_in_plan_order", "window_reader"]
+__all__ = ["ArraySink", "Prepared", "Sink", "blown_pixels", "cache_blocks_for", "check_blown", "check_read_settings",
+           "check_scene", "labels_from_logits", "load_tile", "prepare_tile", "prepare_tile_tensor", "read_window",
+           "run_plan", "stage_window", "submit_in_plan_order", "window_reader"]
