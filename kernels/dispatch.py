@@ -200,6 +200,8 @@ def fused_stage(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
     if key not in _GLUON_CHECKED:
         whys = []
         for waits, step in _gluon_forms():
+            if step != "one" and gluon_unsupported(x, program, step) is not None:
+                continue  # a form this program does not fit (its shared memory): the next, with no warning
             why = _gluon_disagrees(x, program, waits=waits, step=step)
             if not why:
                 _GLUON_FORM[key] = (waits, step)

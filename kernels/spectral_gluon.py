@@ -29,7 +29,7 @@ A layer only reads tiles written in an earlier phase, so block b runs ``b * (KT)
 stem (one step more per block than the register kernel's wavefront) and the rings need ``KT + 1`` slots.
 Positions outside ``[0, D)`` are written as zeros (the convs' zero padding), exactly as in the Triton kernel.
 
-Two positions per step (``step="pair"``, :data:`STEPS`; compiled offline, not yet timed on a GPU). A conv's wgmma
+Two positions per step (``step="pair"``, :data:`STEPS`; 2.158 ms on an H200 against 2.321 for ``one``). A conv's wgmma
 with N = 32 reads a 64 x 16 A tile and a 16 x 32 B tile from shared memory per 16 clocks of tensor-core work, 192 B
 per clock where an SM serves 128: by that arithmetic the one-position kernel's convs cannot pass two thirds of the
 tensor cores' rate. ``pair`` computes each conv's output pair (u, u + 1) in one (64, 64) accumulator: input
@@ -41,7 +41,8 @@ conv's transposed taps last-first between zero tiles. Blocks run KT + 1 position
 conv2 epilogues last block first, the stem last, and each reads its identity just before (each warp reads its rows,
 then writes them, in program order).
 
-Two warpgroups (``step="ws"``, compiled offline, not yet run on a GPU). One warpgroup per SM issues every wgmma
+Two warpgroups (``step="ws"``, the default since it ran on an H200: 1.516 ms against 2.321 for ``one``, same
+run). One warpgroup per SM issues every wgmma
 and runs every epilogue, so whatever it does on the CUDA cores (bias, ReLU, identity, the stores into the rings,
 barriers) the tensor cores wait for. ``ws`` splits the one-position step over two warpgroups
 (``gl.warp_specialize``): A runs the stem and every block's conv2, B every block's conv1 and the reduce, each with
@@ -56,9 +57,9 @@ counter at fixed points of every step (:data:`TRACE_POINTS`, :data:`TRACE_POINTS
 
 Scope: the paper's block form (no pre-activation or stage affines), bfloat16 / float16 inputs, fp32
 accumulation, CUDA with a Hopper GPU (sm_90: wgmma). Measured on an H200 (Triton 3.6,
-benchmarks/results/kernels-h200.md run 6): 2.30 ms per 65,536 pixels of 200 bands in bf16 with per-layer waits
-(the default), 2.50 ms with one wait per phase, against 3.13 ms for the best Triton config and 12.72 ms for the
-Conv3d formulation, same run. The engine's ``triton`` backend runs it
+benchmarks/results/kernels-h200.md, session 19): 1.516 ms per 65,536 pixels of 200 bands in bf16 with two
+warpgroups (the default), 2.158 ms two positions per step, 2.321 ms one warpgroup with per-layer waits, against
+3.089 ms for the best Triton config and 12.347 ms for the Conv3d formulation, same run. The engine's ``triton`` backend runs it
 where it applies (:mod:`kernels.dispatch`), after checking it once per program shape against the reference.
 """
 
@@ -92,12 +93,13 @@ IDENTITIES = ("epilogue", "mma")
 DEFAULT_IDENTITY = "epilogue"
 # Band positions per step: "one" (the measured kernel) or "pair" (every conv's output pair in one N = 2 x width
 # accumulator: KT + 1 wgmmas where "one" issues 2 x KT narrower ones, half the steps, waits and barriers; waits per
-# layer, identity in the epilogue; compiled offline, not yet timed on a GPU) or "ws" (one position per step over
-# two warpgroups, warp-specialized: stem and conv2s in one, conv1s and the reduce in the other, a step apart, so
-# each one's epilogues run while the tensor cores take the other's wgmmas; compiled offline, not yet run on a GPU)
+# layer, identity in the epilogue) or "ws" (one position per step over two warpgroups, warp-specialized: stem and
+# conv2s in one, conv1s and the reduce in the other, a step apart, so each one's epilogues run while the tensor
+# cores take the other's wgmmas). H200, Triton 3.6, 65,536 pixels of 200 bands, one run (kernels-h200.md,
+# session 19): one 2.321 ms, pair 2.158, ws 1.516
 STEPS = ("one", "pair", "ws")
 WS_WORKER_REGS = 232  # registers per thread of step="ws"'s second warpgroup (8 warps share the SM's 64 K)
-DEFAULT_STEP = "one"
+DEFAULT_STEP = "ws"
 # TRACE (benchmarks/gluon_trace.py): SM-cycle timestamps a traced run writes per program and step, as the program's
 # first thread (warp 0) passes them (the other warps' may differ by their skew), in this order;
 # the step's end is the next step's "step start". One more row per program: cycles and global ns at its start
