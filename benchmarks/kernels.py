@@ -322,6 +322,35 @@ def engine_mpix(device: torch.device, backend: str, side: int, bench_cpu_reps: i
             side * side / t / 1e6)
 
 
+def _union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Overlapping ``(start, end)`` spans merged, in order."""
+    out: list[list[float]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def timeline(begin: float, end: float, kernels: list[tuple[float, float]], copies: list[tuple[float, float]],
+             gap: float = 1000.0) -> dict:
+    """When the GPU worked during a run from ``begin`` to ``end`` (microseconds, one clock): the spans its kernels
+    and its copies ran, merged. Returns ms: kernels busy, copies busy, idle before the first kernel and after the
+    last, the gaps between kernels longer than ``gap`` us (count, sum), and those gaps' share that a copy covered.
+    Where the wall exceeds the kernels' time, this says whether the GPU waited at the start, at the end or
+    between tiles, and whether it waited on a copy."""
+    k, c = _union(kernels), _union(copies)
+    if not k:
+        return {}
+    gaps = [(b0, a1) for (_, b0), (a1, _) in zip(k, k[1:]) if a1 - b0 > gap]
+    covered = sum(max(0.0, min(g1, c1) - max(g0, c0)) for g0, g1 in gaps for c0, c1 in c)
+    ms = 1e-3
+    return dict(wall=(end - begin) * ms, kernels=sum(b - a for a, b in k) * ms, copies=sum(b - a for a, b in c) * ms,
+                before=(k[0][0] - begin) * ms, after=(end - k[-1][1]) * ms, gaps=len(gaps),
+                gaps_ms=sum(b - a for a, b in gaps) * ms, gaps_copying_ms=covered * ms)
+
+
 def engine_profile(device: torch.device, backend: str, side: int, *, precision: str = "float32",
                    top: int = 14) -> dict:
     """One engine run (as :func:`engine_mpix` times it, in memory) under ``torch.profiler``: where the time goes.
@@ -355,9 +384,19 @@ def engine_profile(device: torch.device, backend: str, side: int, *, precision: 
     events.sort(key=own, reverse=True)
     total = sum(own(e) for e in events) / 1e3
     rows = [(e.key, e.count, own(e) / 1e3) for e in events[:top]]
+    when = {}
+    if cuda:
+        every = list(prof.events())
+        spans = {True: [], False: []}
+        for e in every:
+            if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA:
+                spans["Memcpy" in e.name or "Memset" in e.name].append((e.time_range.start, e.time_range.end))
+        cpu = [e.time_range for e in every if getattr(e, "device_type", None) == torch.autograd.DeviceType.CPU]
+        if cpu:
+            when = timeline(min(r.start for r in cpu), max(r.end for r in cpu), spans[False], spans[True])
     return dict(desc=f"{side}x{side}x200 float32 scene in memory, backend={backend}, {precision}", wall_ms=wall * 1e3,
                 total_ms=total, rows=rows, what="device" if cuda else "self CPU (all threads)",
-                others=max(0, len(events) - top))
+                others=max(0, len(events) - top), timeline=when)
 
 
 # --- main ------------------------------------------------------------------------------------------------------
@@ -438,6 +477,13 @@ def render(head: list[str], peaks: dict[str, float], stage_rows: list, layer_row
             lines.append(f"| `{name}` | {calls} | {ms:.2f} | {100 * ms / profile['wall_ms']:.1f}% |")
         if profile["others"]:
             lines.append(f"| ({profile['others']} more) | | | |")
+        t = profile.get("timeline")
+        if t:
+            lines += ["", f"Timeline (the profiled span, {t['wall']:.1f} ms from the first CPU op to the last): "
+                      f"kernels ran {t['kernels']:.1f} ms of it (spans merged) and copies {t['copies']:.1f} ms; the first "
+                      f"kernel began {t['before']:.1f} ms in, the last ended {t['after']:.1f} ms before the end; "
+                      f"{t['gaps']} gaps over 1 ms between kernels took {t['gaps_ms']:.1f} ms, "
+                      f"{t['gaps_copying_ms']:.1f} ms of them while a copy ran."]
     if kernel_rows:
         keys = list(dict.fromkeys(k for _, info in kernel_rows for k in info if k not in ("ttgir", "ptx")))
         lines += ["", "## The compiled fused kernel (what Triton built for the timed calls)", "",

@@ -95,17 +95,24 @@ def test_prepare_tile_fills_an_uninitialised_buffer():
 
 
 def _tensor_form(raw, mean, std, nodata, chunk_elems=1 << 24, nodata_bands=None):
+    """normalise_tensor's result, after checking that its two-pass form (CUDA's) gives the four-pass form's bits."""
     import torch
 
     from hsi_engine.normalise import normalise_tensor, stage_raw
 
     staged, wrap = stage_raw(raw)
-    out = torch.full(raw.shape, float("nan"), dtype=torch.float32)
     m = None if mean is None else torch.as_tensor(mean, dtype=torch.float64)
     s = None if std is None else torch.as_tensor(std, dtype=torch.float64)
-    bad, nf = normalise_tensor(staged, m, s, nodata, out, wrap_bits=wrap, chunk_elems=chunk_elems,
-                               nodata_bands=nodata_bands)
-    return out.numpy(), bad.numpy(), (None if nf is None else bool(nf))
+    forms = []
+    for fused in (False, True):
+        out = torch.full(raw.shape, float("nan"), dtype=torch.float32)
+        bad, nf = normalise_tensor(staged, m, s, nodata, out, wrap_bits=wrap, chunk_elems=chunk_elems,
+                                   nodata_bands=nodata_bands, fused=fused)
+        forms.append((out.numpy(), bad.numpy(), (None if nf is None else bool(nf))))
+    (four, bad4, nf4), (two, bad2, nf2) = forms
+    assert four.view(np.uint32).tobytes() == two.view(np.uint32).tobytes()
+    assert np.array_equal(bad4, bad2) and nf4 is nf2
+    return forms[0]
 
 
 @pytest.mark.parametrize("dtype", DTYPES + [">i2", ">u2", ">f4"],

@@ -161,6 +161,19 @@ def test_kernels_benchmark_says_failed_not_pending_for_a_row_that_failed() -> No
     assert _engine_cell("eager float32 in memory", 2.5) == "2.5000"
 
 
+def test_kernels_benchmark_timeline_says_when_the_gpu_waited() -> None:
+    """The profile's timeline: kernel spans merged, idle at the start and the end, the gaps between kernels over
+    1 ms and how much of them a copy covered (microseconds in, milliseconds out)."""
+    from benchmarks.kernels import timeline
+
+    kernels = [(3000, 5000), (4000, 6000), (6500, 7000), (10000, 12000)]  # 3-4 ms overlap; a 3 ms gap at 7-10
+    copies = [(0, 3000), (8000, 9000)]
+    t = timeline(0, 15000, kernels, copies)
+    assert t == dict(wall=15.0, kernels=5.5, copies=4.0, before=3.0, after=3.0, gaps=1, gaps_ms=3.0,
+                     gaps_copying_ms=1.0)
+    assert timeline(0, 10, [], copies) == {}
+
+
 def test_demo_precision_benchmark_runs_on_cpu(tmp_path: Path) -> None:
     """benchmarks/demo_precision.py (README's bf16 CPU figures): one run per precision, both timed and scored.
 
