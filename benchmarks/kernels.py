@@ -481,7 +481,8 @@ def render(head: list[str], peaks: dict[str, float], stage_rows: list, layer_row
         if t:
             lines += ["", f"Timeline (the profiled span, {t['wall']:.1f} ms from the first CPU op to the last): "
                       f"kernels ran {t['kernels']:.1f} ms of it (spans merged) and copies {t['copies']:.1f} ms; "
-                      f"the first kernel began {t['before']:.1f} ms in, the last ended {t['after']:.1f} ms before the end; "
+                      f"the first kernel began {t['before']:.1f} ms in, the last ended {t['after']:.1f} ms before "
+                      f"the end; "
                       f"{t['gaps']} gaps over 1 ms between kernels took {t['gaps_ms']:.1f} ms, "
                       f"{t['gaps_copying_ms']:.1f} ms of them while a copy ran."]
     if kernel_rows:
