@@ -902,9 +902,10 @@ def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram, *, waits: st
     first kernel), ``layer`` per layer, overlapping each epilogue with the later layers' wgmmas, ``stem_last``
     the same with the stem issued last in phase A. Same arithmetic either way. ``identity``: ``epilogue`` adds each
     block's identity after conv2's wgmmas; ``mma`` folds it into them (:data:`IDENTITIES`; the float32 sums then
-    run in another order). ``step``: band positions per step (:data:`STEPS`): ``one``, or ``pair``, each conv's
-    output pair in one accumulator twice as wide (``waits="layer"``, ``identity="epilogue"``); None:
-    :data:`DEFAULT_STEP` where ``waits`` and ``identity`` allow it, else ``one``."""
+    run in another order). ``step``: how a step is laid out (:data:`STEPS`): ``one`` position on one warpgroup;
+    ``pair``, each conv's output pair in one accumulator twice as wide; ``ws``, one position over two warpgroups
+    (``pair`` and ``ws`` need ``waits="layer"``, ``identity="epilogue"``); None: :data:`DEFAULT_STEP` (``ws``)
+    where ``waits`` and ``identity`` allow it, else ``one``. Same arithmetic in every form."""
     step = _resolve_step(waits, identity, step)
     _check_form(waits, identity, step)
     _check(x, program, step)
