@@ -905,7 +905,7 @@ def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram, *, waits: st
     run in another order). ``step``: how a step is laid out (:data:`STEPS`): ``one`` position on one warpgroup;
     ``pair``, each conv's output pair in one accumulator twice as wide; ``ws``, one position over two warpgroups
     (``pair`` and ``ws`` need ``waits="layer"``, ``identity="epilogue"``); None: :data:`DEFAULT_STEP` (``ws``)
-    where ``waits`` and ``identity`` allow it, else ``one``. Same arithmetic in every form."""
+    where ``waits`` and ``identity`` allow it, else ``one``."""
     step = _resolve_step(waits, identity, step)
     _check_form(waits, identity, step)
     _check(x, program, step)
