@@ -37,6 +37,7 @@ import argparse
 import contextlib
 import datetime as dt
 import functools
+import logging
 import platform
 import shlex
 import statistics
@@ -348,7 +349,44 @@ def timeline(begin: float, end: float, kernels: list[tuple[float, float]], copie
     ms = 1e-3
     return dict(wall=(end - begin) * ms, kernels=sum(b - a for a, b in k) * ms, copies=sum(b - a for a, b in c) * ms,
                 before=(k[0][0] - begin) * ms, after=(end - k[-1][1]) * ms, gaps=len(gaps),
-                gaps_ms=sum(b - a for a, b in gaps) * ms, gaps_copying_ms=covered * ms)
+                gaps_ms=sum(b - a for a, b in gaps) * ms, gaps_copying_ms=covered * ms,
+                gap_spans=[((a - begin) * ms, (b - begin) * ms) for a, b in gaps],
+                copy_spans=[((a - begin) * ms, (b - begin) * ms) for a, b in c])
+
+
+class _TileMarks(logging.Handler):
+    """The runner's DEBUG timeline lines (``tile N <what> at T s``, ``tile N (rows ...) written at T s``) as
+    ``{tile: {what: ms}}``."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.tiles: dict[int, dict[str, float]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == "tile %d %s at %.4f s":
+            i, what, t = record.args
+        elif str(record.msg).startswith("tile %d (rows") and "written at" in str(record.msg):
+            i, what, t = record.args[0], "written", record.args[5]
+        else:
+            return
+        self.tiles.setdefault(int(i), {})[str(what)] = 1e3 * float(t)
+
+
+@contextlib.contextmanager
+def tile_marks():
+    """The runner's per-tile host timeline for the duration of the block (its DEBUG lines, kept from the log's
+    other handlers)."""
+    log = logging.getLogger("hsi_engine.runner")
+    marks, level, propagate = _TileMarks(), log.level, log.propagate
+    log.addHandler(marks)
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    try:
+        yield marks.tiles
+    finally:
+        log.removeHandler(marks)
+        log.setLevel(level)
+        log.propagate = propagate
 
 
 def engine_profile(device: torch.device, backend: str, side: int, *, precision: str = "float32",
@@ -368,7 +406,7 @@ def engine_profile(device: torch.device, backend: str, side: int, *, precision: 
     _time_run(scene[:, :64, :64], model, 1, **kw)  # warm-up: compile / autotune / allocator outside the trace
     cuda = device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=acts) as prof:
+    with profile(activities=acts) as prof, tile_marks() as marks:
         wall, stats = _time_run(scene, model, 1, **kw)
     events = list(prof.key_averages())
     if cuda:  # kernels and copies only: a CPU op's device time is that of the kernels it launched, listed too
@@ -396,7 +434,7 @@ def engine_profile(device: torch.device, backend: str, side: int, *, precision: 
             when = timeline(min(r.start for r in cpu), max(r.end for r in cpu), spans[False], spans[True])
     return dict(desc=f"{side}x{side}x200 float32 scene in memory, backend={backend}, {precision}", wall_ms=wall * 1e3,
                 total_ms=total, rows=rows, what="device" if cuda else "self CPU (all threads)",
-                others=max(0, len(events) - top), timeline=when)
+                others=max(0, len(events) - top), timeline=when, tiles=marks)
 
 
 # --- main ------------------------------------------------------------------------------------------------------
@@ -485,6 +523,19 @@ def render(head: list[str], peaks: dict[str, float], stage_rows: list, layer_row
                       f"the end; "
                       f"{t['gaps']} gaps over 1 ms between kernels took {t['gaps_ms']:.1f} ms, "
                       f"{t['gaps_copying_ms']:.1f} ms of them while a copy ran."]
+            spans = ", ".join(f"{a:.1f}-{b:.1f}" for a, b in t.get("gap_spans", []))
+            copies = ", ".join(f"{a:.1f}-{b:.1f}" for a, b in t.get("copy_spans", []))
+            lines += ["", f"Gaps over 1 ms (ms from the span's start): {spans or 'none'}.", "",
+                      f"Copies (merged, ms from the span's start): {copies or 'none'}."]
+        tiles = profile.get("tiles")
+        if tiles:
+            whats = ["ready on the host", "copy queued", "compute queued", "written"]
+            lines += ["", "Per tile, on the host (ms from run_plan's start, a few ms after the span's; the runner's "
+                      "DEBUG timeline):", "", "| tile | " + " | ".join(whats) + " |",
+                      "|---:|" + "---:|" * len(whats)]
+            for i in sorted(tiles):
+                lines.append(f"| {i} | " + " | ".join(f"{tiles[i][w]:.1f}" if w in tiles[i] else ""
+                                                       for w in whats) + " |")
     if kernel_rows:
         keys = list(dict.fromkeys(k for _, info in kernel_rows for k in info if k not in ("ttgir", "ptx")))
         lines += ["", "## The compiled fused kernel (what Triton built for the timed calls)", "",

@@ -621,20 +621,30 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     std_t = None if std is None or not on_device else torch.as_tensor(std64, device=device)
     stats = collections.Counter()
 
+    def mark(tile: Tile, what: str) -> None:  # when a tile reached a point, for a timeline (DEBUG only)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("tile %d %s at %.4f s", tile.index, what, time.perf_counter() - t_start)
+
     rpool = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="hsi-read")
     if on_device:  # readers read; one stager copies the windows in plan order, over `readers` copy threads
         stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsi-stage")
         copies = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="hsi-copy")
 
         def submit(tile: Tile) -> Future:
-            return submit_in_plan_order(rpool, stager, read, tile, pin=cuda, copies=copies, parts=readers,
-                                        stats=stats)
+            return marked(tile, submit_in_plan_order(rpool, stager, read, tile, pin=cuda, copies=copies,
+                                                     parts=readers, stats=stats))
     else:
         stager = copies = None
 
         def submit(tile: Tile) -> Future:
-            return rpool.submit(load_tile, read, tile, bands=bands, halo=plan.halo, mean=mean64, std=std64,
-                                nodata=nodata, pin=cuda, stats=stats, nodata_bands=nodata_bands)
+            return marked(tile, rpool.submit(load_tile, read, tile, bands=bands, halo=plan.halo, mean=mean64,
+                                             std=std64, nodata=nodata, pin=cuda, stats=stats,
+                                             nodata_bands=nodata_bands))
+
+    def marked(tile: Tile, fut: Future) -> Future:
+        if log.isEnabledFor(logging.DEBUG):
+            fut.add_done_callback(lambda _, tile=tile: mark(tile, "ready on the host"))
+        return fut
 
     copy_stream = torch.cuda.Stream(device) if cuda else None
 
@@ -707,6 +717,8 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
                 if t is not None:
                     pending.append(submit(t))
                 staged = (p, *to_device(p))
+                if cuda:
+                    mark(p.tile, "copy queued")
             p, x, ev = staged
             staged = None
             if ev is not None:
@@ -722,6 +734,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
             stats["nodata_tiles"] += all_nodata(p.mask)
             item = finish(p.tile, logits, p.mask, mask_t, nonfinite)
             stats["compute_s"] += time.perf_counter() - t0
+            mark(p.tile, "compute queued")
             if cuda and pending:  # the next tile's copy runs beside this tile's compute; queued after it, so
                 # this tile never waits for the next one to be staged on the host
                 nxt = pending.popleft().result()
@@ -729,6 +742,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
                 if t is not None:
                     pending.append(submit(t))
                 staged = (nxt, *to_device(nxt))
+                mark(nxt.tile, "copy queued")  # (CUDA only)
             while len(writes) >= depth:
                 writes.popleft().result()
             writes.append(wpool.submit(write, item))

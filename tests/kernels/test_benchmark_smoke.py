@@ -170,8 +170,45 @@ def test_kernels_benchmark_timeline_says_when_the_gpu_waited() -> None:
     copies = [(0, 3000), (8000, 9000)]
     t = timeline(0, 15000, kernels, copies)
     assert t == dict(wall=15.0, kernels=5.5, copies=4.0, before=3.0, after=3.0, gaps=1, gaps_ms=3.0,
-                     gaps_copying_ms=1.0)
+                     gaps_copying_ms=1.0, gap_spans=[(7.0, 10.0)], copy_spans=[(0.0, 3.0), (8.0, 9.0)])
     assert timeline(0, 10, [], copies) == {}
+
+
+def test_kernels_benchmark_collects_the_runner_s_per_tile_timeline() -> None:
+    """The profile's per-tile table comes from the runner's DEBUG lines: every tile ready on the host, its compute
+    queued and written, in order, and nothing of it reaches the log's other handlers."""
+    import logging
+
+    import numpy as np
+    import xarray as xr
+
+    import hsi_engine
+    from benchmarks.kernels import tile_marks
+    from ssrn import SSRN, SSRNConfig
+
+    torch.manual_seed(0)
+    model = SSRN(SSRNConfig(bands=9, classes=3)).eval()
+    da = xr.DataArray(np.random.default_rng(0).random((9, 12, 20), dtype=np.float32), dims=("band", "y", "x"))
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record)
+
+    root = logging.getLogger()
+    keep = Keep(logging.DEBUG)
+    root.addHandler(keep)
+    try:
+        with tile_marks() as tiles:
+            hsi_engine.classify(da, model, tile=8, progress=False)
+    finally:
+        root.removeHandler(keep)
+    assert sorted(tiles) == list(range(6))  # 2 x 3 tiles of 8 pixels
+    for marks in tiles.values():
+        assert marks["ready on the host"] <= marks["compute queued"] <= marks["written"] + 10, marks
+        assert "copy queued" not in marks  # nothing is copied on the CPU
+    assert not [r for r in seen if r.name == "hsi_engine.runner" and r.levelno == logging.DEBUG]
+    assert logging.getLogger("hsi_engine.runner").level == logging.NOTSET
 
 
 def test_demo_precision_benchmark_runs_on_cpu(tmp_path: Path) -> None:
