@@ -179,7 +179,7 @@ def normalise_tensor(raw: "torch.Tensor", mean: "torch.Tensor | None", std: "tor
     bands at a time (``chunk_elems`` values), so its memory is bounded whatever the tile. ``nodata_bands``: as
     :func:`normalise_into`. ``fused``: with mean / std, subtract and divide in two passes (``torch.sub`` makes the
     float64 difference, ``torch.div`` rounds the float64 quotient once into ``out``) instead of four (cast, subtract,
-    divide, copy): the same bits, 1.46-1.79x on an H200 and 0.48-0.67x on a 2-core CPU
+    divide, copy): the same bits, 1.46-1.79x on an H200 and 0.40-0.67x on 2-core CPUs
     (``benchmarks/results/normalise-device-*.md``); None: on CUDA.
     """
     import torch
