@@ -371,6 +371,16 @@ def scene_georef(da: xr.DataArray, scene_path: Any = None) -> tuple[Any, Any, An
             v = np.asarray(da[d].values, np.float64) if d in da.coords and da[d].ndim == 1 else None
             return v is None or v.size < 2 or bool(np.allclose(v - np.floor(v[0]), np.arange(v.size) + v[0] % 1))
 
+        try:
+            stored = da.rio.transform()
+        except Exception:  # noqa: BLE001 - no transform to read
+            stored = None
+        if stored is not None and (stored.b or stored.d):  # a rotated grid without a CRS: keep its placement
+            warnings.warn(f"scene {_scene_name(da, scene_path)} has no CRS: the class map is placed by the "
+                          "scene's rotated transform, with no CRS; set one with da.rio.write_crs(...) in Python, "
+                          "or write it into the scene file (e.g. gdal_edit.py -a_srs EPSG:32633 for a GeoTIFF)",
+                          stacklevel=user_stacklevel())
+            return None, _grid_transform(da, scene_path), None
         placed = ("written in pixel coordinates" if pixel_indices("x") and pixel_indices("y")
                   else "placed by the scene's x/y coordinates, with no CRS")
         warnings.warn(f"scene {_scene_name(da, scene_path)} has no georeferencing (no CRS): the class map is "
@@ -407,6 +417,42 @@ def _longitude_wrap(da: xr.DataArray, d: str, steps: np.ndarray) -> str | None:
     return "from 360 to 0 degrees" if x.max() > 180 else "from 180 to -180 degrees"
 
 
+def _window_of(stored: Any, t: Any) -> bool:
+    """Whether ``t`` is the transform of a window of ``stored``'s grid taken with a positive step (its pixel
+    centres on the grid's centres): what a strided ``isel`` leaves, rioxarray keeping the whole scene's
+    GeoTransform. A flip (negative step) is not: a GeoTransform left north-up on a flipped array is worth a word."""
+    try:
+        m = ~stored * t
+    except Exception:  # noqa: BLE001 - a degenerate stored transform
+        return False
+    steps, shifts = (m.a, m.e), (m.c + m.a / 2 - 0.5, m.f + m.e / 2 - 0.5)  # map centre 0 -> source centre
+    tol = 1e-6
+    return (abs(m.b) < tol and abs(m.d) < tol and all(s >= 1 - tol and abs(s - round(s)) < tol for s in steps)
+            and all(abs(v - round(v)) < 1e-3 for v in shifts))
+
+
+def _rotated_from_centres(da: xr.DataArray, stored: Any, scene_path: Any = None) -> Any:
+    """A rotated scene's transform from its 2-D pixel-centre coordinates ``xc`` / ``yc`` (``(y, x)``, as
+    ``rioxarray.open_rasterio`` gives a rotated raster; ``isel`` moves them with the pixels); None without them.
+    Along a dimension of one pixel the stored transform's step is kept."""
+    from affine import Affine
+
+    if not all(c in da.coords and da[c].dims == ("y", "x") for c in ("xc", "yc")):
+        return None
+    xc, yc = (np.asarray(da[c].values, np.float64) for c in ("xc", "yc"))
+    a, d = (xc[0, 1] - xc[0, 0], yc[0, 1] - yc[0, 0]) if xc.shape[1] > 1 else (stored.a, stored.d)
+    b, e = (xc[1, 0] - xc[0, 0], yc[1, 0] - yc[0, 0]) if xc.shape[0] > 1 else (stored.b, stored.e)
+    t = Affine(a, b, xc[0, 0] - (a + b) / 2, d, e, yc[0, 0] - (d + e) / 2)
+    rows, cols = np.mgrid[0:xc.shape[0], 0:xc.shape[1]] + 0.5
+    px, py = t * (cols, rows)
+    off = float(np.max(np.hypot(px - xc, py - yc))) if xc.size else 0.0
+    if not np.isfinite(off) or off > 0.25 * math.hypot(a, d):
+        raise IrregularGridError(f"scene {_scene_name(da, scene_path)} has a rotated grid and its pixels were "
+                                 "selected irregularly (its xc / yc coordinates follow no one transform): only a "
+                                 "regular window can be placed; select one with a slice, e.g. da.isel(x=slice(a, b))")
+    return stored if t.almost_equals(stored, precision=1e-6 * math.hypot(stored.a, stored.d)) else t
+
+
 def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
     """The scene's transform: the stored one (rioxarray's ``GeoTransform``, which keeps a rotation), unless its
     x/y coordinates say otherwise: a NetCDF flipped with ``isel(y=slice(None, None, -1))`` kept its north-up
@@ -422,15 +468,21 @@ def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
     if stored.b or stored.d:  # rotated: no x/y coordinates; a window (isel) of it keeps source_row/source_col
         from affine import Affine
 
-        from .io import SOURCE_COL, SOURCE_ROW, _source_step
+        from .io import SOURCE_COL, SOURCE_ROW, _source_step, unplaced_window
 
+        if SOURCE_ROW not in da.coords and SOURCE_COL not in da.coords:
+            centres = _rotated_from_centres(da, stored, scene_path)  # rioxarray's 2-D xc / yc, which isel moves
+            if centres is not None:
+                return centres
+            unplaced_window(da, "a rotated transform")
         try:
             (r0, rs), (c0, cs) = _source_step(da, SOURCE_ROW, "y"), _source_step(da, SOURCE_COL, "x")
         except SceneError:
             raise IrregularGridError(f"scene {_scene_name(da, scene_path)} has a rotated grid and its pixels were "
                                      "selected irregularly: only a regular window can be placed; select one with "
                                      "a slice, e.g. da.isel(x=slice(a, b))") from None
-        return stored * Affine.translation(c0, r0) * Affine.scale(cs, rs)
+        # map pixel k's centre on source pixel r0 + k * rs's centre (as the GCP and x/y paths place them)
+        return stored * Affine.translation(c0 + 0.5 - cs / 2, r0 + 0.5 - rs / 2) * Affine.scale(cs, rs)
     if not have_coords:
         return stored  # no 1-D coordinates to check against
     for d in ("x", "y"):
@@ -458,6 +510,8 @@ def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
         return stored
     if from_coords.almost_equals(stored, precision=1e-6 * max(abs(stored.a), abs(stored.e), 1e-12)):
         return stored
+    if _window_of(stored, from_coords):  # isel(x=slice(a, b, k)): rioxarray kept the whole scene's transform
+        return from_coords
     warnings.warn(f"scene {_scene_name(da, scene_path)}: its stored transform {tuple(stored)[:6]} disagrees with "
                   f"its x/y coordinates, which give {tuple(from_coords)[:6]} (a GeoTransform attribute left stale by "
                   "flipping or cutting the array?): the map is placed by the coordinates", stacklevel=user_stacklevel())

@@ -1157,6 +1157,7 @@ def scene_gcps(da: xr.DataArray) -> list | None:
     gcps = da.rio.get_gcps() or None
     if not gcps:
         return None
+    unplaced_window(da, "ground control points")
     (r0, rs), (c0, cs) = _source_step(da, SOURCE_ROW, "y"), _source_step(da, SOURCE_COL, "x")
     if (r0, rs, c0, cs) == (0, 1, 0, 1):
         return gcps
@@ -1174,13 +1175,37 @@ def with_window_gcps(da: xr.DataArray, gcps: list, crs: Any) -> xr.DataArray:
     return da.drop_vars([c for c in (SOURCE_ROW, SOURCE_COL) if c in da.coords]).rio.write_gcps(gcps, crs)
 
 
+def unplaced_window(da: xr.DataArray, placed_by: str) -> None:
+    """Refuse a window of a scene placed by ``placed_by`` (GCPs, a rotated transform) that carries nothing saying
+    where in its file it lies (no ``source_row``/``source_col``: opened with ``rioxarray.open_rasterio``, not
+    :func:`open_scene`): the file's placement would put its map at the file's origin."""
+    if SOURCE_ROW in da.coords or SOURCE_COL in da.coords:
+        return
+    src = da.encoding.get("source")
+    if not isinstance(src, (str, os.PathLike)) or not os.path.isfile(src):
+        return
+    try:
+        import rasterio
+
+        with rasterio.open(src) as f:
+            shape = (f.height, f.width)
+    except Exception:  # noqa: BLE001 - not a file rasterio reads: nothing to compare with
+        return
+    if shape != (da.sizes.get("y"), da.sizes.get("x")):
+        raise SceneError(f"scene {src} is placed by {placed_by}, and this is a {da.sizes.get('y')} x "
+                         f"{da.sizes.get('x')} window of its {shape[0]} x {shape[1]} pixels opened without "
+                         "hsi_engine.open_scene, so nothing says where in the file it lies (its map would be placed "
+                         "at the file's origin): open it with hsi_engine.open_scene(path) and select the window "
+                         "from that (its source_row / source_col coordinates place it)")
+
+
 def _source_step(da: xr.DataArray, name: str, dim: str) -> tuple[float, float]:
     """``(first, step)`` of a GCP-placed scene's source pixel indices along ``dim`` ((0, 1) without them)."""
     if name not in da.coords or da[name].dims != (dim,) or da.sizes[dim] == 0:
         return 0, 1
     v = np.asarray(da[name].values, dtype=np.float64)
     step = float(v[1] - v[0]) if v.size > 1 else 1.0
-    if step <= 0 or not np.allclose(np.diff(v), step):
+    if step == 0 or not np.allclose(np.diff(v), step):  # a negative step is regular: a flip, isel(y=slice(-1, ...))
         raise SceneError(f"the scene is placed by ground control points, but its {dim} pixels were selected "
                          f"irregularly ({name} runs {_preview(v)}); its GCPs can place only a regular window: "
                          f"select one with a slice, e.g. da.isel({dim}=slice(a, b))")

@@ -888,7 +888,9 @@ def write_classmap(labels_da, path: str | os.PathLike, **kw: Any) -> Path:
                 if gcps:  # placed by ground control points: rio.transform() would read the identity
                     kw.setdefault("gcps", gcps)
                 elif "spatial_ref" in da.coords or ("x" in da.coords and "y" in da.coords):
-                    kw.setdefault("transform", da.rio.transform())
+                    from .api import _grid_transform  # irregular x/y refused, as classify_to_file refuses them
+
+                    kw.setdefault("transform", _grid_transform(da))
             except HSIEngineError:  # GCPs that cannot place this selection: said, not written wrong
                 raise
             except Exception:  # no spatial coords: leave ungeoreferenced

@@ -538,9 +538,82 @@ def test_a_window_of_a_rotated_scene_is_placed_at_the_window(case, tmp_path):
     assert labels.rio.transform().almost_equals(t * Affine.translation(5, 3))
     assert "source_row" not in labels.coords
     strided = classify(scene.isel(x=slice(1, None, 2)), model, progress=False)
-    assert strided.rio.transform().almost_equals(t * Affine.translation(1, 0) * Affine.scale(2, 1))
+    # map pixel k's centre on source pixel 1 + 2k's centre (the strided map was anchored at corners: 21 m off)
+    assert strided.rio.transform().almost_equals(t * Affine.translation(0.5, 0) * Affine.scale(2, 1))
+    assert strided.rio.transform() * (0.5, 0.5) == pytest.approx(t * (1.5, 0.5))
     with pytest.raises(IrregularGridError, match="rotated grid and its pixels were selected irregularly"):
         classify_to_file(scene.isel(x=[0, 1, 5]), model, tmp_path / "irr.tif", progress=False)
+
+
+def test_a_flipped_rotated_or_gcp_scene_is_placed_flipped(case, tmp_path):
+    """``isel(y=slice(None, None, -1))`` (classify's advice for a south-up scene) of a rotated or GCP scene was
+    refused as 'selected irregularly'; the in-memory map kept the unflipped transform. Map row 0 is now source row
+    h - 1, on the ground."""
+    import rasterio
+    from affine import Affine
+
+    cube, model, _ = case
+    h, w = cube.shape[1:]
+    t = Affine.translation(366000, 5810000) * Affine.rotation(15) * Affine.scale(30, -30)
+    rot = hsi_engine.open_scene(_write_rotated(tmp_path / "rot.tif", cube, t)).isel(y=slice(None, None, -1))
+    out = classify_to_file(rot, model, tmp_path / "rot-map.tif", progress=False)
+    with rasterio.open(out) as f:
+        for r, c in ((0, 0), (2, 5), (h - 1, w - 1)):
+            assert f.transform * (c + 0.5, r + 0.5) == pytest.approx(t * (c + 0.5, h - 1 - r + 0.5))
+        np.testing.assert_array_equal(f.read(1), classify(rot, model, progress=False).values)
+    gcp = hsi_engine.open_scene(_gcp_scene(tmp_path / "gcp.tif", cube)).isel(x=slice(None, None, -1))
+    labels = classify(gcp, model, progress=False)
+    for g in labels.rio.get_gcps():  # map column c is source column w - 1 - c: its centre c + 0.5 -> w - (c + 0.5)
+        r, c = g.row, w - g.col
+        assert (g.x, g.y) == pytest.approx((366000.0 + 30 * c + 3 * r, 5810000.0 - 30 * r))
+
+
+def test_a_rioxarray_window_of_a_rotated_scene_is_placed_and_of_a_gcp_scene_refused(case, tmp_path):
+    """A window of a rotated scene opened with ``rioxarray.open_rasterio`` (no source_row / source_col) was placed
+    at the file's origin, 280 m off, silently: its 2-D xc / yc coordinates now place it. A GCP scene's window
+    opened so carries nothing that says where it lies: refused, naming open_scene."""
+    import rasterio
+    import rioxarray
+    from affine import Affine
+
+    from hsi_engine.errors import SceneError
+
+    cube, model, _ = case
+    t = Affine.translation(366000, 5810000) * Affine.rotation(30) * Affine.scale(30, -30)
+    path = _write_rotated(tmp_path / "rot.tif", cube, t)
+    win = rioxarray.open_rasterio(path).isel(y=slice(3, 11), x=slice(5, 13))
+    for name in ("w.tif", "w.zarr"):
+        out = classify_to_file(win, model, tmp_path / name, progress=False)
+        if name.endswith(".tif"):
+            with rasterio.open(out) as f:
+                assert f.transform.almost_equals(t * Affine.translation(5, 3))
+        else:
+            ds = xr.open_zarr(out, consolidated=False, decode_coords="all")
+            assert ds["classes"].rio.transform().almost_equals(t * Affine.translation(5, 3))
+    strided = rioxarray.open_rasterio(path).isel(x=slice(1, None, 2))
+    assert classify(strided, model, progress=False).rio.transform() * (0.5, 0.5) == pytest.approx(t * (1.5, 0.5))
+    gwin = rioxarray.open_rasterio(_gcp_scene(tmp_path / "gcp.tif", cube)).isel(y=slice(4, 12))
+    with pytest.raises(SceneError, match="window of its .* opened without hsi_engine.open_scene"):
+        classify_to_file(gwin, model, tmp_path / "g.tif", progress=False)
+    assert not (tmp_path / "g.tif").exists()
+
+
+def test_a_rotated_scene_without_a_crs_keeps_its_transform(case, tmp_path):
+    """A rotated GeoTIFF with no CRS lost its transform (the map was written in pixel coordinates): it keeps it,
+    with no CRS, and the warning says so."""
+    import rasterio
+    from affine import Affine
+
+    cube, model, _ = case
+    t = Affine.translation(366000, 5810000) * Affine.rotation(30) * Affine.scale(30, -30)
+    path = tmp_path / "nocrs.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=cube.shape[1], width=cube.shape[2], count=cube.shape[0],
+                       dtype="float32", transform=t) as dst:
+        dst.write(cube.astype(np.float32))
+    with pytest.warns(UserWarning, match="placed by the scene's rotated transform, with no CRS"):
+        out = classify_to_file(path, model, tmp_path / "map.tif", progress=False)
+    with rasterio.open(out) as f:
+        assert f.transform.almost_equals(t) and f.crs is None
 
 
 def test_integer_dtypes_converted_without_overflow(case):
@@ -856,10 +929,28 @@ def test_a_stale_geotransform_is_overruled_by_the_coordinates(tmp_path, geo):
         labels = classify(flipped, model, progress=False)
     assert tuple(labels.rio.transform())[:6] == pytest.approx((30, 0, 500000, 0, 30, 366000 - 12 * 30))
     consistent = flipped.rio.write_transform(flipped.rio.transform(recalc=True))
-    for scene, name in ((da, "north.tif"), (consistent, "south.tif")):
+    # a strided or offset window keeps rioxarray's whole-scene GeoTransform: a window of the grid, nothing stale
+    strided = da.isel(x=slice(1, None, 2), y=slice(2, 11))
+    for scene, name in ((da, "north.tif"), (consistent, "south.tif"), (strided, "strided.tif")):
         with warnings.catch_warnings():
             warnings.filterwarnings("error", message=".*disagrees with its x/y")
             classify_to_file(scene, model, tmp_path / name, progress=False)
+
+
+def test_write_classmap_refuses_a_map_on_irregular_coordinates(geo, tmp_path):
+    """write_classmap (the demo's writer) wrote a map whose x had columns dropped with the scene's stale
+    GeoTransform, 300 m off, silently, where classify_to_file refuses it: it refuses it too."""
+    from hsi_engine.errors import IrregularGridError
+    from hsi_engine.writers import write_classmap
+
+    labels = xr.DataArray(np.ones((6, 12), np.uint8), dims=("y", "x")).assign_coords(
+        y=366000 - 30 * (np.arange(6) + 0.5), x=500000 + 30 * (np.arange(12) + 0.5))
+    labels = labels.rio.write_crs("EPSG:32633").rio.write_transform(labels.rio.transform(recalc=True))
+    cut = labels.isel(x=np.r_[0:4, 8:12])
+    with pytest.raises(IrregularGridError, match="x coordinates are not evenly spaced"):
+        write_classmap(cut, tmp_path / "cut.tif")
+    assert not (tmp_path / "cut.tif").exists()
+    assert write_classmap(labels, tmp_path / "ok.tif").exists()
 
 
 def test_irregular_coordinates_are_refused_for_a_file_and_warned_in_memory(geo, tmp_path):
