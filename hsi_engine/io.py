@@ -558,6 +558,14 @@ def _envi_header_beside(path: Path) -> Path | None:
             cand = Path(str(base) + suf)
             if cand.is_file():
                 return cand
+    try:  # a header in any other case (scene.Hdr beside scene.Bsq), as the header finds its binary in any case
+        for base in (path.with_suffix(""), path):
+            for cand in base.parent.iterdir():
+                if cand.name.lower() == base.name.lower() + ".hdr" and cand.name.startswith(base.name) \
+                        and cand.is_file():
+                    return cand
+    except OSError:  # an unlistable directory: no header found
+        pass
     return None
 
 

@@ -51,12 +51,15 @@ def lock_held(out: str | os.PathLike) -> bool:
     return False
 
 
-def _holder(path: Path) -> str:
+def _holder(path: Path) -> tuple[str, bool | None]:
+    """Who holds the lock, and whether its run keeps its tiles when stopped (None: it did not say)."""
     try:
         info = json.loads(path.read_text())
-        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "a process that has not recorded itself yet"
+        resumable = info.get("resumable")
+        return (f"pid {info['pid']} on {info['host']}, started {info['started']}",
+                resumable if isinstance(resumable, bool) else None)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "a process that has not recorded itself yet", None
 
 
 def _open_lock_file(path: Path) -> int:
@@ -86,14 +89,15 @@ def _open_lock_file(path: Path) -> int:
 
 @contextlib.contextmanager
 def output_lock(out: str | os.PathLike, *, fix: str | None = None, sweep: bool = True,
-                required: bool = True, create_dir: bool = True) -> Iterator[Path | None]:
+                required: bool = True, create_dir: bool = True, resumable: bool = False) -> Iterator[Path | None]:
     """Hold the lock of ``out`` for the ``with`` block; raise :class:`OutputError` when another live run holds it.
 
     Yields the lock file's path (None where the platform has no ``flock``); creates the output's directory.
     ``fix``: what the refusal tells the second run to do (default: a class map's); ``sweep``: remove a killed
     class-map run's hidden temps once the lock is held; ``required=False``: where the lock file cannot be made
     (a read-only directory), go on without a lock (yields None) instead of refusing; ``create_dir=False``: a
-    missing output directory is not created (no lock then, with ``required=False``).
+    missing output directory is not created (no lock then, with ``required=False``). ``resumable``: this run keeps
+    its tiles when stopped (recorded, so that a second run's refusal says whether stopping this one loses them).
     """
     try:
         import fcntl
@@ -119,8 +123,12 @@ def output_lock(out: str | os.PathLike, *, fix: str | None = None, sweep: bool =
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            fix = fix or "wait for it to finish, or stop it and rerun with resume=True (--resume) to finish its tiles"
-            raise OutputError(f"another run is writing {out} now ({_holder(path)}); {fix}") from None
+            who, keeps = _holder(path)
+            if fix is None:
+                fix = ("wait for it to finish, or stop it and rerun (it was started without resume=True (--resume), "
+                       "so it keeps no tiles: the rerun starts over)" if keeps is False else
+                       "wait for it to finish, or stop it and rerun with resume=True (--resume) to finish its tiles")
+            raise OutputError(f"another run is writing {out} now ({who}); {fix}") from None
         try:  # the previous holder may have removed the file between our open and our lock: lock the new one
             same = os.path.samestat(os.fstat(fd), os.stat(path))
         except FileNotFoundError:
@@ -130,7 +138,7 @@ def output_lock(out: str | os.PathLike, *, fix: str | None = None, sweep: bool =
         os.close(fd)
     try:
         info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "resumable": resumable}
         with contextlib.suppress(OSError):  # read-only (another user's file): the holder goes unnamed
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps(info).encode())

@@ -463,8 +463,9 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
         if scene.nodata_bands is not None:  # a scene classified later without its bbl is still not all nodata
             meta["bad_bands"] = sorted(set(range(bands)) - {int(b) for b in scene.nodata_bands})
         if scene.wavelengths is None:
-            log.warning("%s: the scene has no band wavelengths (a mosaic loses them), so the model records none and "
-                        "cannot check a scene's bands against its own when it classifies", scene.name)
+            log.warning("%s: the scene has no band wavelengths (none in its file; a mosaic also loses them), so the "
+                        "model records none and cannot check a scene's bands against its own when it classifies",
+                        scene.name)
         else:
             meta["wavelengths"] = scene.wavelengths
             meta["wavelength_unit"] = "nm"

@@ -122,6 +122,10 @@ def test_envi_files_are_found_in_any_case_and_by_any_binary_name(make_scene):
     da = open_scene(upper / "SCENE.rfl")
     np.testing.assert_array_equal(da.values, cube)
     np.testing.assert_allclose(da["wavelength"].values, WAVELENGTHS_NM)
+    (upper / "SCENE.rfl").rename(upper / "SCENE.Bsq")  # mixed case both ways: the binary found its header only
+    (upper / "SCENE.HDR").rename(upper / "SCENE.Hdr")  # as .hdr or .HDR
+    for p in (upper / "SCENE.Bsq", upper / "SCENE.Hdr"):
+        np.testing.assert_array_equal(open_scene(p).values, cube)
 
 
 @pytest.mark.parametrize("interleave", ["bsq", "bip"])

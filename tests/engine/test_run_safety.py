@@ -46,12 +46,13 @@ def _stopped_run_s_task(case, out: Path, token: str, index: int, fingerprint: st
     return spec, tile
 
 
-def _hold_lock(out: Path) -> subprocess.Popen:
+def _hold_lock(out: Path, resumable: bool = False) -> subprocess.Popen:
     """Another process holding ``out``'s lock, as a live run does (returns once it holds it)."""
     script = ("import sys, time; from hsi_engine.lock import output_lock\n"
-              "with output_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
-    proc = subprocess.Popen([sys.executable, "-c", script, str(out)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+              "with output_lock(sys.argv[1], resumable=sys.argv[2] == '1'):\n    print('held', flush=True)\n"
+              "    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(out), "1" if resumable else "0"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held", proc.stderr.read()
     return proc
 
@@ -71,6 +72,26 @@ def test_a_second_run_into_a_live_run_s_output_is_refused_until_that_run_dies(ca
     assert rep.computed == case["tiles"]
     np.testing.assert_array_equal(F.read_classes(out), case["ref"])
     assert F.leftovers(tmp_path, out.name) == ["map.tif", "map.tif.aux.xml"]  # the lock file went with the run
+
+
+@pytest.mark.parametrize("resumable", [False, True])
+def test_the_refusal_says_whether_stopping_the_live_run_keeps_its_tiles(case, tmp_path, resumable):
+    """A run started without --resume keeps no tiles when stopped: the refusal told the second run to stop it and
+    'rerun with --resume to finish its tiles', which then started over. It says so now; a resumable holder's
+    refusal keeps the advice."""
+    out = tmp_path / "map.tif"
+    holder = _hold_lock(out, resumable=resumable)
+    try:
+        with pytest.raises(OutputError) as e:
+            hsi_engine.classify_to_file(case["scene"], case["model"], out, tile=TILE, progress=False)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+    if resumable:
+        assert "rerun with resume=True (--resume) to finish its tiles" in str(e.value)
+    else:
+        assert "started without resume=True (--resume), so it keeps no tiles" in str(e.value)
+        assert "to finish its tiles" not in str(e.value)
 
 
 def test_the_cli_names_the_live_run_in_one_line_and_exits_2(case, tmp_path, capsys):
