@@ -33,8 +33,9 @@ _lazy_getattr, __dir__, _ = lazy_loader.attach(
         "allocator": ["reuse_large_buffers"],
         "api": ["classify", "classify_to_file", "load_model", "open_scene"],
         "errors": ["BandMismatchError", "CheckpointError", "ClusterUsageError", "CorruptChunkError", "HSIEngineError",
-                   "IrregularGridError", "MissingSpatialDimsError", "NonFiniteInputError", "OutputError", "SceneError",
-                   "SceneTooSmallError", "UnnormalisedInputWarning", "WorkerLostError"],
+                   "IrregularGridError", "MissingSpatialDimsError", "NonFiniteInputError", "OptionError", "OutputError",
+                   "SceneError", "SceneNotFoundError", "SceneTooSmallError", "UnnormalisedInputWarning",
+                   "WorkerLostError"],
         "fused": ["FusedSSRN", "fold_spatial", "fold_spectral", "patch_forward"],
         "io": ["as_scene"],
         "tiles": ["Tile", "TilePlan", "plan_tiles"],
@@ -43,9 +44,9 @@ _lazy_getattr, __dir__, _ = lazy_loader.attach(
 
 __all__ = ["BandMismatchError", "CheckpointError", "ClusterUsageError", "CorruptChunkError", "FusedSSRN",
            "HSIAccessor", "HSIEngineError", "IrregularGridError", "MissingSpatialDimsError", "NonFiniteInputError",
-           "OutputError", "SceneError", "SceneTooSmallError", "Tile", "TilePlan", "UnnormalisedInputWarning",
-           "WorkerLostError", "as_scene", "classify", "classify_to_file", "fold_spatial", "fold_spectral",
-           "load_model", "open_scene", "patch_forward", "plan_tiles", "reuse_large_buffers"]
+           "OptionError", "OutputError", "SceneError", "SceneNotFoundError", "SceneTooSmallError", "Tile", "TilePlan",
+           "UnnormalisedInputWarning", "WorkerLostError", "as_scene", "classify", "classify_to_file", "fold_spatial",
+           "fold_spectral", "load_model", "open_scene", "patch_forward", "plan_tiles", "reuse_large_buffers"]
 
 
 
@@ -59,8 +60,9 @@ if TYPE_CHECKING:
     from .allocator import reuse_large_buffers
     from .api import classify, classify_to_file, load_model, open_scene
     from .errors import (BandMismatchError, CheckpointError, ClusterUsageError, CorruptChunkError, HSIEngineError,
-                         IrregularGridError, MissingSpatialDimsError, NonFiniteInputError, OutputError, SceneError,
-                         SceneTooSmallError, UnnormalisedInputWarning, WorkerLostError)
+                         IrregularGridError, MissingSpatialDimsError, NonFiniteInputError, OptionError, OutputError,
+                         SceneError, SceneNotFoundError, SceneTooSmallError, UnnormalisedInputWarning,
+                         WorkerLostError)
     from .fused import FusedSSRN, fold_spatial, fold_spectral, patch_forward
     from .io import as_scene
     from .tiles import Tile, TilePlan, plan_tiles

@@ -19,8 +19,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import xarray as xr
 
-from .errors import (HSIEngineError, IrregularGridError, OutputError, SceneError, UnnormalisedInputWarning,
-                     user_stacklevel)
+from .errors import (HSIEngineError, IrregularGridError, OptionError, OutputError, SceneError,
+                     UnnormalisedInputWarning, user_stacklevel)
 from .io import as_scene, open_scene, scene_gcps, with_window_gcps
 from .owned import closes_its_scenes, open_owned
 from .tiles import TilePlan, default_tile, plan_tiles
@@ -66,9 +66,9 @@ def _device(device: Any):
     try:
         dev = resolve_device(device)
     except DeviceError as e:
-        raise HSIEngineError(str(e)) from None
+        raise OptionError(str(e)) from None
     if dev.type not in ("cpu", "cuda"):
-        raise HSIEngineError(f"device {device!r} is not supported by the engine; expected cpu, cuda or cuda:N")
+        raise OptionError(f"device {device!r} is not supported by the engine; expected cpu, cuda or cuda:N")
     return dev
 
 
@@ -248,13 +248,13 @@ class _Job:
         from .runner import check_scene
 
         if precision not in PRECISIONS:  # before anything is opened or read
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+            raise OptionError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         check_spatial_precision(spatial_precision, precision)
         if isinstance(nodata, np.ndarray) and nodata.ndim == 0:
             nodata = nodata[()]  # a 0-d array (e.g. from a file's attributes): its number
         if nodata is not None and (isinstance(nodata, (bool, np.bool_)) or not isinstance(nodata, numbers.Real)):
-            raise ValueError(f"nodata={nodata!r}; expected a number (e.g. nodata=-9999, or nodata=float('nan') for "
-                             "NaN) or None (the scene's declared nodata value)")
+            raise OptionError(f"nodata={nodata!r}; expected a number (e.g. nodata=-9999, or nodata=float('nan') for "
+                              "NaN) or None (the scene's declared nodata value)")
         da = open_owned(scene) if isinstance(scene, (str, os.PathLike)) else as_scene(scene)
         if da.ndim != 3 or set(da.dims) != {"band", "y", "x"}:
             raise SceneError(f"expected a (band, y, x) scene; got dims {da.dims}")
@@ -568,7 +568,7 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     from .runner import ArraySink
 
     if not (isinstance(probabilities, (bool, np.bool_)) or probabilities in (None, "float32", "float16")):
-        raise ValueError(f"probabilities must be a bool, 'float32' or 'float16'; got {probabilities!r}")
+        raise OptionError(f"probabilities must be a bool, 'float32' or 'float16'; got {probabilities!r}")
     half = probabilities == "float16"
     probabilities = bool(probabilities)
     job = _Job(scene, model, tile=tile, device=device, backend=backend, precision=precision, nodata=nodata,
@@ -643,6 +643,9 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     taking interruptions then: a SIGTERM in those milliseconds reported a finished map as interrupted).
     """
     _import_whole()
+    prob = "float16" if probabilities is True else (None if probabilities in (False, None) else probabilities)
+    if prob not in (None, "float16", "float32"):  # before anything is opened, on either path
+        raise OptionError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
     # zarr outputs always carry a per-tile completion record, so any interrupted run can be resumed
     if workers is not None or scheduler is not None or resume or str(out).rstrip("/").endswith(".zarr"):
         try:
@@ -669,9 +672,6 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                spatial_precision=spatial_precision)
     da = job.da
     crs, transform, gcps = scene_georef(da, scene_path)
-    prob = "float16" if probabilities is True else (None if probabilities in (False, None) else probabilities)
-    if prob not in (None, "float16", "float32"):
-        raise ValueError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
     ycoords = np.asarray(da["y"].values) if "y" in da.coords else None
     xcoords = np.asarray(da["x"].values) if "x" in da.coords else None
     with output_lock(out):  # one live run per output (a resumable one may be writing <out>.partial)

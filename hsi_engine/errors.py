@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from ssrn.errors import CheckpointError, HSIEngineError  # the base lives with the model: the trainer's errors are ours
+# the base lives with the model: the trainer's errors are ours
+from ssrn.errors import CheckpointError, HSIEngineError, OptionError
 
 
 class SceneError(HSIEngineError, ValueError):
     """A scene that cannot be read or is not shaped like a hyperspectral cube."""
+
+
+class SceneNotFoundError(SceneError, FileNotFoundError):
+    """A scene path (or the binary its header names) that does not exist; a ``FileNotFoundError`` too."""
 
 
 class MissingSpatialDimsError(SceneError):
@@ -66,5 +71,5 @@ def user_stacklevel() -> int:
 
 
 __all__ = ["BandMismatchError", "CheckpointError", "ClusterUsageError", "CorruptChunkError", "HSIEngineError",
-           "IrregularGridError", "MissingSpatialDimsError", "NonFiniteInputError", "OutputError", "SceneError",
-           "SceneTooSmallError", "UnnormalisedInputWarning", "WorkerLostError"]
+           "IrregularGridError", "MissingSpatialDimsError", "NonFiniteInputError", "OptionError", "OutputError",
+           "SceneError", "SceneNotFoundError", "SceneTooSmallError", "UnnormalisedInputWarning", "WorkerLostError"]

@@ -32,6 +32,8 @@ from torch import nn
 
 from kernels.program import Affine, FoldedBlock, FoldedConv, SpectralProgram
 
+from .errors import OptionError
+
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SPATIAL_FORMS = ("auto", "conv", "dense")
 FP32_PRODUCTS = ("ieee", "tf32x3", "bf16x3", "bf16x6")  # one plain TF32 product would break float32's exactness
@@ -143,7 +145,7 @@ def check_spatial_precision(spatial_precision: str, precision: str) -> None:
     """``spatial_precision`` is ``auto``, ``float32`` or the engine's ``precision``: the spatial stage never runs
     below the spectral stage's precision, so a float32 engine stays exact."""
     if spatial_precision not in ("auto", "float32", precision):
-        raise ValueError(f"spatial_precision must be 'auto', 'float32' or the engine's precision ({precision!r}); "
+        raise OptionError(f"spatial_precision must be 'auto', 'float32' or the engine's precision ({precision!r}); "
                          f"got {spatial_precision!r}: the spatial stage never runs below the spectral stage's "
                          "precision, so a float32 engine stays exact")
 
@@ -324,11 +326,11 @@ class FusedSSRN:
         from kernels.dispatch import get_spectral_stage, resolve_backend
 
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+            raise OptionError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if spatial not in SPATIAL_FORMS:
-            raise ValueError(f"spatial must be one of {list(SPATIAL_FORMS)}, got {spatial!r}")
+            raise OptionError(f"spatial must be one of {list(SPATIAL_FORMS)}, got {spatial!r}")
         if fp32_products not in FP32_PRODUCTS or (fp32_products != "ieee" and precision != "float32"):
-            raise ValueError(f"fp32_products must be one of {list(FP32_PRODUCTS)}, and anything but 'ieee' only "
+            raise OptionError(f"fp32_products must be one of {list(FP32_PRODUCTS)}, and anything but 'ieee' only "
                              f"with precision='float32'; got {fp32_products!r} with precision={precision!r}")
         check_spatial_precision(spatial_precision, precision)
         self.device = torch.device(device) if device is not None else torch.device("cpu")

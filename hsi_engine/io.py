@@ -41,7 +41,7 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers ``.rio`` on every DataArray open_scene returns)
 import xarray as xr
 
-from .errors import MissingSpatialDimsError, SceneError, user_stacklevel
+from .errors import MissingSpatialDimsError, SceneError, SceneNotFoundError, user_stacklevel
 
 log = logging.getLogger(__name__)
 
@@ -683,7 +683,7 @@ def _check_envi_size(header: dict[str, str], hdr: Path, data: Path) -> None:
 def _open_envi(path: Path, chunks) -> xr.DataArray:
     hdr, data = _envi_paths(path)
     if not data.is_file():
-        raise FileNotFoundError(f"ENVI binary {data} not found")
+        raise SceneNotFoundError(f"ENVI binary {data} not found")
     if not _is_envi_header(hdr):  # an ESRI EHdr .hdr beside a .bil/.bsq: GDAL's EHdr driver reads it
         return _open_geotiff(data, chunks)
     header = _parse_envi_header(hdr)
@@ -1072,7 +1072,7 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
                          "window, in any order; save it to a file first")
     fmt = scene_format(p)
     if not p.exists() and not (fmt == "envi" and p.suffix.lower() == ".hdr" and p.with_suffix(".bsq").exists()):
-        raise FileNotFoundError(f"scene {p} does not exist")
+        raise SceneNotFoundError(f"scene {p} does not exist")
     if fmt in ("geotiff", "envi"):
         given = [f"{k}={v!r}" for k, v in (("variable", variable), ("band_axis", band_axis)) if v is not None]
         if given:  # one cube, its axes named by the format: an option that cannot apply is a mistake to name

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .blocks import BlockCache
-from .errors import BandMismatchError, HSIEngineError, NonFiniteInputError, SceneError, SceneTooSmallError
+from .errors import BandMismatchError, HSIEngineError, NonFiniteInputError, OptionError, SceneError, SceneTooSmallError
 from .normalise import normalise_into, normalise_tensor, stage_raw
 from .tiles import Tile, TilePlan
 
@@ -443,9 +443,9 @@ def check_read_settings(*, cache_blocks: int | None, decoders: int | None) -> No
     """Refuse a negative block-cache budget or decoder count (None: the runner's default) before anything is
     opened or written."""
     if cache_blocks is not None and int(cache_blocks) < 0:
-        raise ValueError(f"cache_blocks must be >= 0 (0 turns the block cache off); got {cache_blocks}")
+        raise OptionError(f"cache_blocks must be >= 0 (0 turns the block cache off); got {cache_blocks}")
     if decoders is not None and int(decoders) < 0:
-        raise ValueError(f"decoders must be >= 0 (0: the readers decode); got {decoders}")
+        raise OptionError(f"decoders must be >= 0 (0: the readers decode); got {decoders}")
 
 
 def _cores() -> int:
@@ -594,14 +594,14 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     if queue_depth is None:
         queue_depth = readers + 1
     if int(readers) < 1 or int(queue_depth) < 1:
-        raise ValueError(f"readers and queue_depth must be >= 1; got readers={readers}, queue_depth={queue_depth}")
+        raise OptionError(f"readers and queue_depth must be >= 1; got readers={readers}, queue_depth={queue_depth}")
     check_read_settings(cache_blocks=cache_blocks, decoders=decoders)
     asked_decoders = decoders is not None
     decoders = int(decoders) if decoders is not None else (_cores() if cuda else 0)
     if normalise_on is None:
         normalise_on = "device" if cuda else "host"
     if normalise_on not in ("host", "device"):
-        raise ValueError(f"normalise_on must be 'host' or 'device'; got {normalise_on!r}")
+        raise OptionError(f"normalise_on must be 'host' or 'device'; got {normalise_on!r}")
     on_device = normalise_on == "device"
     bands = engine.config.bands
     if cache_blocks is None:

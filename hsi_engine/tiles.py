@@ -15,6 +15,8 @@ import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from .errors import OptionError, SceneTooSmallError
+
 
 @dataclass(frozen=True)
 class Tile:
@@ -69,10 +71,10 @@ def normalise_tile(tile: int | Sequence[int]) -> tuple[int, int]:
     sides = (tile,) * 2 if isinstance(tile, numbers.Integral) else tile
     if isinstance(sides, (str, bytes)) or not isinstance(sides, Sequence) or len(sides) != 2 \
             or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in sides):
-        raise ValueError(f"tile={tile!r}; expected a whole number of pixels T (e.g. tile=128) or a pair (ty, tx)")
+        raise OptionError(f"tile={tile!r}; expected a whole number of pixels T (e.g. tile=128) or a pair (ty, tx)")
     ty, tx = (int(v) for v in sides)
     if ty < 1 or tx < 1:
-        raise ValueError(f"tile sides must be >= 1 pixel, got {(ty, tx)}")
+        raise OptionError(f"tile sides must be >= 1 pixel, got {(ty, tx)}")
     return ty, tx
 
 
@@ -87,11 +89,11 @@ def _chunk_starts(chunks: int | Sequence[int] | None, n: int) -> list[int] | Non
         return None
     if isinstance(chunks, int):
         if chunks < 1:
-            raise ValueError(f"chunk size must be >= 1, got {chunks}")
+            raise OptionError(f"chunk size must be >= 1, got {chunks}")
         return list(range(0, n, chunks))
     sizes = [int(c) for c in chunks]
     if sum(sizes) != n or any(c < 1 for c in sizes):
-        raise ValueError(f"chunk sizes {sizes} do not add up to the axis length {n}")
+        raise OptionError(f"chunk sizes {sizes} do not add up to the axis length {n}")
     return list(itertools.accumulate([0] + sizes[:-1]))
 
 
@@ -112,9 +114,9 @@ def plan_tiles(height: int, width: int, tile: int | Sequence[int], halo: int, *,
     row-major.
     """
     if height < 1 or width < 1:
-        raise ValueError(f"scene must have at least one pixel, got {height} x {width}")
+        raise SceneTooSmallError(f"scene must have at least one pixel, got {height} x {width}")
     if halo < 0:
-        raise ValueError(f"halo must be >= 0, got {halo}")
+        raise OptionError(f"halo must be >= 0, got {halo}")
     ty, tx = normalise_tile(tile)
     ys, xs = _edges(height, ty), _edges(width, tx)
     cy = _chunk_starts(chunks[0], height) if chunks is not None else None

@@ -128,8 +128,10 @@ def resolve_backend(backend: str, device: torch.device | str | None = None,
                     dtype: torch.dtype = torch.float32) -> str:
     """The concrete backend (``eager``, ``compile`` or ``triton``) that ``backend`` means on ``device`` for a
     spectral stage run in ``dtype``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown spectral backend {backend!r}; valid backends are {list(BACKENDS)}")
+    if backend not in BACKENDS:  # the engine's OptionError (a ValueError): a user's backend= / --backend
+        from ssrn.errors import OptionError
+
+        raise OptionError(f"unknown spectral backend {backend!r}; valid backends are {list(BACKENDS)}")
     dev = _device(device)
     if backend == "auto":
         triton_ok = (dev.type == "cuda" and dtype != torch.float32 and _triton_unavailable_reason(dev) is None

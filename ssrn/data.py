@@ -28,10 +28,10 @@ import torch
 from .errors import HSIEngineError
 
 __all__ = [
-    "DATASETS", "DataError", "DatasetSpec", "PatchDataset", "Scene", "Split", "UnknownDatasetError", "block_split",
-    "decode_mask", "default_data_dir", "encode_mask", "is_scene_path", "load_dataset", "load_labelled_raster",
-    "load_mat_array", "load_scene", "per_class_split", "shipped_indian_pines", "split_masks_from_meta", "standardize",
-    "standardize_scene", "stratified_split",
+    "DATASETS", "DataError", "DataNotFoundError", "DatasetSpec", "PatchDataset", "Scene", "Split",
+    "UnknownDatasetError", "block_split", "decode_mask", "default_data_dir", "encode_mask", "is_scene_path",
+    "load_dataset", "load_labelled_raster", "load_mat_array", "load_scene", "per_class_split", "shipped_indian_pines",
+    "split_masks_from_meta", "standardize", "standardize_scene", "stratified_split",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +41,10 @@ SHIPPED_IN = REPO / "hsi_engine" / "data" / "indian_pines" / "indian_pines.h5"
 
 class DataError(HSIEngineError, ValueError):
     """A scene or label file that cannot be used: missing key, wrong shape, bad values."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A data directory, scene, ground truth or label raster that is not there (a ``FileNotFoundError`` too)."""
 
 
 class UnknownDatasetError(DataError, KeyError):
@@ -140,7 +144,7 @@ def default_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     if data_dir is not None:
         if not Path(data_dir).is_dir():
             what = "is not a directory" if Path(data_dir).exists() else "does not exist"
-            raise FileNotFoundError(f"data directory {data_dir} {what}; expected the directory holding the "
+            raise DataNotFoundError(f"data directory {data_dir} {what}; expected the directory holding the "
                                     "scene files (fix --data-dir, or leave it out for $HSI_ENGINE_DATA or "
                                     "../shared/data)")
         return Path(data_dir)
@@ -360,7 +364,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Scene:
         source = f"{SHIPPED_IN} (shipped copy)"
     else:
         missing = [n for n, f in ((spec.scene_files, scene_file), (spec.gt_files, gt_file)) if f is None]
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"dataset {spec.name!r}: looked in {ddir} for {' and '.join(' or '.join(m) for m in missing)} and "
             f"did not find {'them' if len(missing) > 1 else 'it'}. Download the scene and ground truth from the "
             "GIC 'Hyperspectral Remote Sensing Scenes' page (ehu.eus/ccwintco) into a directory and pass "
@@ -405,7 +409,7 @@ def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray, list[float] | None, Any]
 def _load_path(p: Path) -> Scene:
     """A scene given by path: our HDF5 (cube/labels), an .npz (cube (band,y,x), labels) or a .mat + _gt.mat."""
     if not p.exists():
-        raise FileNotFoundError(f"scene file {p} not found")
+        raise DataNotFoundError(f"scene file {p} not found")
     suf = p.suffix.lower()
     names = None
     if suf not in (".npz", ".h5", ".hdf5", ".mat"):  # a scene without its labels inside or beside it
@@ -435,7 +439,7 @@ def _load_path(p: Path) -> Scene:
                                     p.parent / "gic_gt" / (p.stem.replace("_corrected", "") + "_gt.mat")]))
         gt = next((c for c in cands if c.is_file()), None)
         if gt is None:
-            raise FileNotFoundError(f"no ground truth for {p}: looked for {[str(c) for c in cands]}; or give a "
+            raise DataNotFoundError(f"no ground truth for {p}: looked for {[str(c) for c in cands]}; or give a "
                                     "label raster with --labels RASTER")
         da, labels = load_scene(p, gt)
     labels = _check_labels(labels, da.shape[1:], str(p))
@@ -657,7 +661,7 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
 
     scene_path, labels_path = Path(scene_path), Path(labels_path)
     if not labels_path.exists():
-        raise FileNotFoundError(f"label raster {labels_path} not found")
+        raise DataNotFoundError(f"label raster {labels_path} not found")
     if labels_path.suffix.lower() == ".hdr":  # an ENVI classification given by its header, as --dataset takes one
         try:
             labels_path = _envi_paths(labels_path)[1]

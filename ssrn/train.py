@@ -19,11 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import PRESETS, SSRNConfig
+from .config import MAX_BANDS, PRESETS, SSRNConfig
 from .data import (DataError, DatasetSpec, PatchDataset, Scene, Split, block_split, dataset_spec, is_scene_path,
                    load_dataset, load_labelled_raster, per_class_split, standardize_scene, stratified_split)
 from .devices import DeviceError, resolve_device
-from .errors import HSIEngineError
+from .errors import HSIEngineError, OptionError
 from .metrics import classification_report
 from .model import SSRN, count_parameters
 
@@ -42,8 +42,9 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-class TrainOptionError(HSIEngineError, ValueError):
-    """A training option that cannot work: out of range, two options that cannot both apply, a missing device."""
+class TrainOptionError(OptionError):
+    """A training option that cannot work: out of range, two options that cannot both apply, a missing device
+    (an :class:`~ssrn.errors.OptionError`: an ``HSIEngineError`` and a ``ValueError``)."""
 
 
 class TrainingDivergedError(HSIEngineError, RuntimeError):
@@ -125,11 +126,22 @@ def predict(model: SSRN, data: PatchDataset, batch_size: int = 256, device: str 
 
 
 CLASS_WEIGHTS = (None, "none", "balanced")
+OPTIMIZERS = ("rmsprop", "adamw")
+SCHEDULES = ("constant", "cosine")
 
 
 def _check_class_weight(mode: str | None) -> None:
     if mode not in CLASS_WEIGHTS:
-        raise ValueError(f"class_weight must be None, 'none' or 'balanced', got {mode!r}")
+        raise TrainOptionError(f"class_weight must be None, 'none' or 'balanced', got {mode!r}")
+
+
+def _check_optimizer_options(optimizer: str, schedule: str, class_weight: str | None) -> None:
+    """Refuse an optimizer, schedule or class weighting the trainer does not have, before any work."""
+    if optimizer not in OPTIMIZERS:
+        raise TrainOptionError(f"optimizer must be 'rmsprop' or 'adamw', got {optimizer!r}")
+    if schedule not in SCHEDULES:
+        raise TrainOptionError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    _check_class_weight(class_weight)
 
 
 def class_weights(labels: np.ndarray | torch.Tensor, classes: int, mode: str | None) -> torch.Tensor | None:
@@ -162,13 +174,13 @@ class Trainer:
                  eval_batch_size: int = 256, progress: bool = True, time_budget_s: float | None = None,
                  class_weight: str | None = None,
                  on_improve: Callable[[SSRN, TrainResult], None] | None = None) -> None:
+        _check_optimizer_options(optimizer, schedule, class_weight)  # now, not after the data has loaded
         self.device = _device(device)
         self.model = model.to(self.device)
         self.batch_size, self.epochs, self.patience, self.seed = batch_size, epochs, patience, seed
         self.eval_batch_size, self.progress, self.on_improve = eval_batch_size, progress, on_improve
         self.time_budget_s = time_budget_s
         self.class_weight = class_weight
-        _check_class_weight(class_weight)  # now, not after the data has loaded
         self.amp = amp and self.device.type == "cuda"
         self.optimizer_name, self.lr, self.schedule_name = optimizer, lr, schedule
         params = model.parameters()
@@ -177,13 +189,13 @@ class Trainer:
         elif optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay or 1e-2)
         else:
-            raise ValueError(f"optimizer must be 'rmsprop' or 'adamw', got {optimizer!r}")
+            raise TrainOptionError(f"optimizer must be 'rmsprop' or 'adamw', got {optimizer!r}")
         if schedule == "constant":
             self.scheduler = None
         elif schedule == "cosine":
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, epochs))
         else:
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+            raise TrainOptionError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
 
     def fit(self, train: PatchDataset, val: PatchDataset | None = None) -> TrainResult:
         seed_everything(self.seed)
@@ -358,6 +370,21 @@ def _scene_config(scene: Scene, base: SSRNConfig | None, bands: int, classes: in
                         f"classes): {e}") from None
 
 
+def _check_network_options(patch: int, variant: str, overrides: dict[str, Any] | None,
+                           base: SSRNConfig | None = None) -> None:
+    """The network's own fields (``patch``, ``variant``, ``config_overrides``) checked before the data is read, on
+    the dataset's preset where it has one: on the widest scene a network takes, so only what the scene decides (its
+    bands and classes) is left for later."""
+    fields = {k: v for k, v in dict(overrides or {}).items() if k not in ("bands", "classes")}
+    try:
+        if base is not None:
+            base.replace(bands=MAX_BANDS, classes=2, patch=patch, variant=variant, **fields)
+        else:
+            SSRNConfig(bands=MAX_BANDS, classes=2, patch=patch, variant=variant, **fields)
+    except ValueError as e:  # an InvalidConfig naming the field
+        raise TrainOptionError(str(e)) from None
+
+
 def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = None, epochs: int = 200,
                  batch_size: int = 16, train_fraction: float | None = None, val_fraction: float | None = None,
                  per_class: int | None = None, split: str = "random", seed: int = 0, device: str | None = None,
@@ -402,7 +429,8 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
         check_train_options(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, max_minutes=max_minutes,
                             spec=spec, split=split, train_fraction=train_fraction, val_fraction=val_fraction,
                             per_class=per_class)
-        _check_class_weight(class_weight)
+        _check_optimizer_options(optimizer, schedule, class_weight)
+        _check_network_options(patch, variant, config_overrides, PRESETS.get(spec.name) if spec is not None else None)
         amp_used = amp and dev.type == "cuda"
         if amp and not amp_used:
             log.warning("--amp (bfloat16 autocast) applies on CUDA only: training on %s in float32", dev)

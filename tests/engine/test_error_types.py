@@ -1,0 +1,220 @@
+"""README's promise: every error the packages raise is an ``hsi_engine.HSIEngineError`` (also a ``ValueError``
+where the input is at fault), so one ``except`` covers a run. The public API's argument checks raise
+:class:`~hsi_engine.OptionError` (an ``HSIEngineError`` and a ``ValueError``); a path that is not there is also
+a ``FileNotFoundError``. Messages are those the builtins carried before."""
+
+from __future__ import annotations
+
+import pytest
+
+import hsi_engine
+from hsi_engine.demo import SHIPPED_MODEL, SHIPPED_SCENE
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return hsi_engine.open_scene(SHIPPED_SCENE).isel(y=slice(0, 20), x=slice(0, 20))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return hsi_engine.load_model(SHIPPED_MODEL)
+
+
+def test_the_new_classes_are_exported_and_keep_their_builtins():
+    import ssrn.errors
+    from ssrn.data import DataError, DataNotFoundError
+    from ssrn.train import TrainOptionError
+
+    assert hsi_engine.OptionError is ssrn.errors.OptionError
+    assert issubclass(hsi_engine.OptionError, hsi_engine.HSIEngineError)
+    assert issubclass(hsi_engine.OptionError, ValueError)
+    for cls in (hsi_engine.SceneNotFoundError, DataNotFoundError):
+        assert issubclass(cls, hsi_engine.HSIEngineError) and issubclass(cls, FileNotFoundError)
+        assert issubclass(cls, ValueError)
+    assert issubclass(hsi_engine.SceneNotFoundError, hsi_engine.SceneError)
+    assert issubclass(DataNotFoundError, DataError)
+    assert issubclass(TrainOptionError, hsi_engine.OptionError)
+    for name in ("OptionError", "SceneNotFoundError"):
+        assert name in hsi_engine.__all__ and name in hsi_engine.errors.__all__
+
+
+def test_open_scene_of_a_missing_path(tmp_path):
+    missing = tmp_path / "nope.tif"
+    with pytest.raises(hsi_engine.HSIEngineError, match=f"scene {missing} does not exist") as e:
+        hsi_engine.open_scene(missing)
+    assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, hsi_engine.SceneNotFoundError)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"tile": 0}, r"tile sides must be >= 1 pixel, got \(0, 0\)"),
+    ({"tile": "a"}, r"tile='a'; expected a whole number of pixels"),
+    ({"cache_blocks": -1}, r"cache_blocks must be >= 0 \(0 turns the block cache off\); got -1"),
+    ({"decoders": -1}, r"decoders must be >= 0"),
+    ({"spatial_precision": "foo"}, r"spatial_precision must be 'auto', 'float32' or the engine's precision"),
+    ({"backend": "foo"}, r"unknown spectral backend 'foo'; valid backends are"),
+    ({"precision": "fp8"}, r"precision must be one of \['bfloat16', 'float16', 'float32'\], got 'fp8'"),
+    ({"readers": 0}, r"readers and queue_depth must be >= 1; got readers=0"),
+    ({"queue_depth": 0}, r"readers and queue_depth must be >= 1"),
+    ({"nodata": "abc"}, r"nodata='abc'; expected a number"),
+    ({"probabilities": "x"}, r"probabilities must be a bool, 'float32' or 'float16'; got 'x'"),
+    ({"device": "foo"}, r"device 'foo' is not a torch device name"),
+])
+def test_classify_option_errors(scene, model, kwargs, match):
+    with pytest.raises(hsi_engine.HSIEngineError, match=match) as e:
+        hsi_engine.classify(scene, model, progress=False, **({"device": "cpu"} | kwargs))
+    assert isinstance(e.value, ValueError) and isinstance(e.value, hsi_engine.OptionError)
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_classify_to_file_probabilities_refused_before_the_scene_is_opened(scene, model, tmp_path, suffix):
+    out = tmp_path / f"map{suffix}"
+    with pytest.raises(hsi_engine.HSIEngineError, match="probabilities must be a bool, 'float16' or 'float32'; "
+                                                         "got 'x'") as e:
+        hsi_engine.classify_to_file(scene, model, out, probabilities="x", device="cpu", progress=False)
+    assert isinstance(e.value, ValueError)
+    # a scene that is not there: the option is refused first, on either path (streaming and resumable)
+    with pytest.raises(hsi_engine.OptionError, match="probabilities must be"):
+        hsi_engine.classify_to_file(tmp_path / "missing.tif", model, out, probabilities="x", device="cpu")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"fp32_products": "foo"}, r"fp32_products must be one of \['ieee'"),
+    ({"spatial": "foo"}, r"spatial must be one of \['auto', 'conv', 'dense'\], got 'foo'"),
+    ({"precision": "fp8"}, r"precision must be one of"),
+    ({"spatial_precision": "foo"}, r"spatial_precision must be 'auto', 'float32'"),
+    ({"backend": "foo"}, r"unknown spectral backend 'foo'"),
+])
+def test_fused_ssrn_option_errors(model, kwargs, match):
+    from hsi_engine.fused import FusedSSRN
+
+    with pytest.raises(hsi_engine.HSIEngineError, match=match) as e:
+        FusedSSRN(model, **kwargs)
+    assert isinstance(e.value, ValueError)
+
+
+def test_resolve_backend_option_error():
+    from kernels.dispatch import resolve_backend
+
+    with pytest.raises(hsi_engine.HSIEngineError, match=r"unknown spectral backend 'cudnn'") as e:
+        resolve_backend("cudnn")
+    assert isinstance(e.value, ValueError)
+
+
+@pytest.mark.parametrize("args, kwargs, match", [
+    ((10, 10, 0, 3), {}, r"tile sides must be >= 1 pixel"),
+    ((10, 10, "a", 3), {}, r"tile='a'"),
+    ((10, 10, 4, -1), {}, r"halo must be >= 0, got -1"),
+    ((0, 10, 4, 3), {}, r"scene must have at least one pixel, got 0 x 10"),
+    ((10, 10, 4, 3), {"chunks": (0, None)}, r"chunk size must be >= 1, got 0"),
+    ((10, 10, 4, 3), {"chunks": ((4, 4), None)}, r"chunk sizes \[4, 4\] do not add up to the axis length 10"),
+])
+def test_plan_tiles_argument_errors(args, kwargs, match):
+    with pytest.raises(hsi_engine.HSIEngineError, match=match) as e:
+        hsi_engine.plan_tiles(*args, **kwargs)
+    assert isinstance(e.value, ValueError)
+
+
+def test_run_plan_option_errors(scene, model):
+    from hsi_engine.fused import FusedSSRN
+    from hsi_engine.runner import ArraySink, check_read_settings, run_plan
+
+    engine = FusedSSRN(model, backend="eager", device="cpu")
+    plan = hsi_engine.plan_tiles(20, 20, 10, model.config.halo)
+    sink = ArraySink(20, 20, model.config.classes)
+    for kwargs, match in (({"normalise_on": "gpu"}, "normalise_on must be 'host' or 'device'; got 'gpu'"),
+                          ({"readers": 0}, "readers and queue_depth must be >= 1")):
+        with pytest.raises(hsi_engine.HSIEngineError, match=match) as e:
+            run_plan(scene.values, plan, engine, sink, progress=False, **kwargs)
+        assert isinstance(e.value, ValueError)
+    with pytest.raises(hsi_engine.OptionError, match="decoders must be >= 0"):
+        check_read_settings(cache_blocks=None, decoders=-2)
+
+
+# --------------------------------------------------------------------------------------------------
+# the trainer
+
+
+@pytest.fixture
+def no_data_read(monkeypatch):
+    """Fail the test if run_training reaches its data."""
+    import ssrn.train
+
+    def read(*args, **kwargs):
+        raise AssertionError("run_training read the data before refusing an option")
+
+    monkeypatch.setattr(ssrn.train, "load_dataset", read)
+    monkeypatch.setattr(ssrn.train, "load_labelled_raster", read)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"optimizer": "sgd"}, r"optimizer must be 'rmsprop' or 'adamw', got 'sgd'"),
+    ({"schedule": "foo"}, r"schedule must be 'constant' or 'cosine', got 'foo'"),
+    ({"class_weight": "foo"}, r"class_weight must be None, 'none' or 'balanced', got 'foo'"),
+    ({"variant": "foo"}, r"variant must be one of \('ssrn', 'spc', 'spa'\)"),
+    ({"patch": 4}, r"patch must be an odd whole number 3..31"),
+    ({"config_overrides": {"dropout": 2.0}}, r"dropout must be a finite number"),
+])
+def test_run_training_options_refused_before_the_data_is_read(tmp_path, no_data_read, kwargs, match):
+    from ssrn.train import TrainOptionError, run_training
+
+    with pytest.raises(hsi_engine.HSIEngineError, match=match) as e:
+        run_training("indian_pines", tmp_path / "m", epochs=1, device="cpu", **kwargs)
+    assert isinstance(e.value, ValueError) and isinstance(e.value, TrainOptionError)
+    assert not (tmp_path / "m").exists()
+
+
+def test_run_training_bad_optimizer_wins_over_missing_data(tmp_path):
+    """A data directory that is not there is only found when the data is read: the option is refused first."""
+    from ssrn.train import run_training
+
+    with pytest.raises(hsi_engine.OptionError, match="optimizer must be"):
+        run_training("indian_pines", tmp_path / "m", data_dir=tmp_path / "nonexist", epochs=1, device="cpu",
+                     optimizer="sgd")
+
+
+def test_trainer_option_errors(model):
+    from ssrn.train import TrainOptionError, Trainer
+
+    for kwargs in ({"optimizer": "sgd"}, {"schedule": "foo"}, {"class_weight": "foo"}):
+        with pytest.raises(TrainOptionError):
+            Trainer(model, device="cpu", **kwargs)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("data_dir", r"data directory .*nonexist does not exist; expected the directory"),
+    ("labels", r"label raster .*nolabels.tif not found"),
+    ("scene", r"scene file .*nope.npz not found"),
+])
+def test_run_training_missing_data(tmp_path, case, match):
+    from ssrn.data import DataNotFoundError
+    from ssrn.train import run_training
+
+    dataset, kwargs = {"data_dir": ("indian_pines", {"data_dir": tmp_path / "nonexist"}),
+                       "labels": (str(SHIPPED_SCENE), {"labels": tmp_path / "nolabels.tif"}),
+                       "scene": (str(tmp_path / "nope.npz"), {})}[case]
+    with pytest.raises(hsi_engine.HSIEngineError, match=match) as e:
+        run_training(dataset, tmp_path / "m", epochs=1, device="cpu", **kwargs)
+    assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, DataNotFoundError)
+
+
+def test_load_dataset_missing_files(tmp_path):
+    from ssrn.data import load_dataset
+
+    with pytest.raises(hsi_engine.HSIEngineError, match="dataset 'salinas': looked in") as e:
+        load_dataset("salinas", tmp_path)
+    assert isinstance(e.value, FileNotFoundError)
+
+
+def test_mat_scene_without_ground_truth(tmp_path):
+    import numpy as np
+    import scipy.io
+
+    from ssrn.data import load_dataset
+
+    p = tmp_path / "scene.mat"
+    scipy.io.savemat(p, {"cube": np.zeros((4, 4, 3))})
+    with pytest.raises(hsi_engine.HSIEngineError, match="no ground truth for") as e:
+        load_dataset(str(p))
+    assert isinstance(e.value, FileNotFoundError)
