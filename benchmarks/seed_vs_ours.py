@@ -1,10 +1,13 @@
 """The seed's released Keras SSRN beside this project's trained SSRN on the shipped Indian Pines scene.
 
 For each model, in one run on one device: OA / AA / kappa / per-class accuracy from the engine's class map,
-on (a) the labelled pixels this project's model did not train or validate on and (b) all labelled pixels,
-and pixels/s of patch-mode inference (``SSRN.forward`` on every pixel's 7x7 patch, as the seed runs it,
-timed on a random subset) versus the engine (``hsi_engine.classify`` on the whole scene). The engine's map
-is checked against patch mode on the timed subset. Writes benchmarks/results/seed-vs-ours-<device>.md.
+on (a) the labelled pixels this project's model did not train or validate on, (b) the seed's own test split
+(rebuilt from its code by ``ssrn.seed_split.seed_split``), (c) the labelled pixels neither model trained or
+validated on, and (d) all labelled pixels; the seed model's figures on (b) as the seed's Load_IN.py computes
+them, against its record ``records/IN_test_SS_10.txt``; and pixels/s of patch-mode inference
+(``SSRN.forward`` on every pixel's 7x7 patch, as the seed runs it, timed on a random subset) versus the engine
+(``hsi_engine.classify`` on the whole scene). The engine's map is checked against patch mode on the timed
+subset. Writes benchmarks/results/seed-vs-ours-<device>.md.
 
     python benchmarks/seed_vs_ours.py [--patch-pixels 2048] [--device cpu]
 """
@@ -29,12 +32,12 @@ import torch  # noqa: E402
 
 import hsi_engine  # noqa: E402
 from benchmarks._common import bench_device, cpu_name, positive_int, results_out  # noqa: E402
-import ssrn  # noqa: E402
 from hsi_engine.demo import evaluation_mask  # noqa: E402
 from hsi_engine.fused import patch_forward  # noqa: E402
-from ssrn.data import shipped_indian_pines  # noqa: E402
+from ssrn.data import shipped_indian_pines, split_masks_from_meta  # noqa: E402
 from ssrn.keras import import_keras_to_dir  # noqa: E402
 from ssrn.metrics import classification_report  # noqa: E402
+from ssrn.seed_split import SEED_IN_RECORD, seed_scores, seed_split  # noqa: E402
 
 OURS = REPO / "hsi_engine" / "data" / "models" / "ssrn_indian_pines"
 SEED_FILE = "Indian_best_RES_3D_SS4_10_1.hdf5"
@@ -69,6 +72,7 @@ def _measure(model, da, labels, masks, device, n_patch, rng) -> dict:
            "n_patch": len(pix)}
     for name, mask in masks.items():
         out[name] = classification_report(labels[mask] - 1, pred[mask] - 1, n_classes=int(labels.max()))
+    out["seed_formula"] = seed_scores(np.asarray(out["seed_test"]["confusion_matrix"]))  # as the seed's Load_IN.py
     return out
 
 
@@ -88,12 +92,23 @@ def main(argv=None) -> int:
     da, labels = shipped_indian_pines()
     ours = hsi_engine.load_model(OURS)
     test_mask, counts = evaluation_mask(labels, ours.meta)
-    masks = {"held_out": test_mask, "all_labelled": labels > 0}
+    our_split = split_masks_from_meta(ours.meta)
+    seed_sets = seed_split(labels)  # the seed's np.random.seed(1334); sampling(0.8, gt); last 1025 validate
+    sm = seed_sets.masks()
+    masks = {"held_out": test_mask, "seed_test": sm["test"], "held_out_by_both": test_mask & sm["test"],
+             "all_labelled": labels > 0}
+    overlap = {"held_in_seed_train": int((test_mask & sm["train"]).sum()),
+               "held_in_seed_val": int((test_mask & sm["val"]).sum()),
+               "seed_test_in_our_train": int((sm["test"] & our_split["train"]).sum()),
+               "seed_test_in_our_val": int((sm["test"] & our_split["val"]).sum())}
     with tempfile.TemporaryDirectory() as tmp:
         seed = hsi_engine.load_model(import_keras_to_dir(_seed_file(), Path(tmp) / "seed", dataset="indian_pines"))
     results = {"seed (released Keras, imported)": _measure(seed, da, labels, masks, device, args.patch_pixels, rng),
                "hsi-engine (trained here)": _measure(ours, da, labels, masks, device, args.patch_pixels, rng)}
     names = ours.meta.get("class_names") or [str(i) for i in range(1, 17)]
+    seed_r = results["seed (released Keras, imported)"]
+    sf = seed_r["seed_formula"]
+    rec_ok = all(abs(sf[k] - SEED_IN_RECORD[k]) < 1e-12 for k in ("oa", "aa", "kappa"))
     dev = torch.cuda.get_device_name(device) if cuda else cpu_name()
     lines = ["# The seed's released SSRN beside hsi-engine's trained SSRN (Indian Pines, shipped scene)", "",
              f"- device: {dev} ({device}, torch threads {torch.get_num_threads()})",
@@ -101,8 +116,28 @@ def main(argv=None) -> int:
              f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
              f"- command: `python benchmarks/seed_vs_ours.py {shlex.join(argv if argv is not None else sys.argv[1:])}`",
              f"- ours: `{ours.meta.get('command', '?')}`; held-out pixels = labelled pixels outside its training and "
-             f"validation split ({counts}). The seed's own split is not published with its weights, so its "
-             "held-out figure may include pixels it trained on; 'all labelled' is the same set for both.",
+             f"validation split ({counts}).",
+             "- seed_test = the seed's own test split, rebuilt from its code (`ssrn.seed_split.seed_split`: "
+             "`np.random.seed(1334)`, then its `sampling(0.8, gt)` as in its SSRN_IN.py and Load_Models/Load_IN.py, "
+             f"the last {seed_sets.val.size} of the second list validating): {seed_sets.train.size} train, "
+             f"{seed_sets.val.size} validation, {seed_sets.test.size} test pixels. The seed model's engine map scored "
+             "there as its Load_IN.py scores it gives OA / AA (its own, see below) / kappa "
+             f"{' / '.join(f'{sf[k]:.17g}' for k in ('oa', 'aa', 'kappa'))}; its record "
+             "`records/IN_test_SS_10.txt` has "
+             f"{' / '.join(f'{SEED_IN_RECORD[k]:.17g}' for k in ('oa', 'aa', 'kappa'))} "
+             f"({'equal to 1e-12' if rec_ok else 'NOT equal to 1e-12'}).",
+             f"- Of our {int(test_mask.sum())} held-out pixels, {overlap['held_in_seed_train']} are in the seed's "
+             f"training set and {overlap['held_in_seed_val']} in its validation set, so the seed's 'held_out' "
+             f"figures include pixels it trained or validated on; of the seed's {seed_sets.test.size} test pixels, "
+             f"our model trained on {overlap['seed_test_in_our_train']} and validated on "
+             f"{overlap['seed_test_in_our_val']}, so ours on 'seed_test' include pixels it trained or validated on. "
+             f"held_out_by_both = the {int(masks['held_out_by_both'].sum())} labelled pixels neither model trained or "
+             "validated on; 'all labelled' is the same set for both.",
+             f"- The record's AA {100 * SEED_IN_RECORD['aa']:.2f} % is another metric than this table's AA: the "
+             "seed's Load_IN.py calls `confusion_matrix(pred, gt)` with the predictions first, so its per-class "
+             "'accuracy' is precision (the fraction of the pixels predicted as a class that are that class); the "
+             f"seed model's mean precision on seed_test is {100 * sf['aa']:.2f} % here, its mean per-class recall "
+             f"(our AA) {100 * seed_r['seed_test']['aa']:.2f} %.",
              "- patch mode = `SSRN.forward` on each pixel's 7x7 patch (what the seed runs), timed on "
              f"{args.patch_pixels} random pixels; engine = `hsi_engine.classify` on the whole 145 x 145 scene "
              "(eager backend, I/O and normalisation included); both in this one run.", "",

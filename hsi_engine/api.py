@@ -203,10 +203,13 @@ def _sample_window(da: xr.DataArray, side: int = 32) -> dict[str, slice]:
     return window
 
 
-def _check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: float | None) -> None:
+def _check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: float | None,
+                 trained_stats: bool = True) -> None:
     """Warn (``UnnormalisedInputWarning``, an error on the command line) when a sample of the scene is
     ``_SCALE_OFF`` times or more off the training scene's magnitude in nearly every band (its 10th-90th
-    percentile band): reflectance 0-1 against a model trained on integers x 10000 gives a map of one class."""
+    percentile band): reflectance 0-1 against a model trained on integers x 10000 gives a map of one class.
+    ``trained_stats=False``: the model has no mean/std and takes the scene as normalised (``mean`` 0, ``std`` 1:
+    values of about 1), and a float scene of raw values gave a one-class map without a word."""
     from .normalise import scale_ratios
 
     window = _sample_window(da)
@@ -226,6 +229,14 @@ def _check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: fl
     if _SCALE_OFF * hi >= 1 and lo <= _SCALE_OFF:
         return
     factor = 1 / mid if hi < 1 else mid
+    if not trained_stats:
+        warnings.warn(f"the model has no per-band mean/std (model.json meta), so the scene is taken as already "
+                      f"normalised (values of about 1 in every band), but its values are about {factor:,.0f}x "
+                      f"{'smaller' if hi < 1 else 'larger'} in nearly every band (a {raw.shape[1]} x {raw.shape[2]}"
+                      "-pixel sample): the map will be meaningless. Use a model that records its normalisation "
+                      "(trained with `hsi-engine train`, or `import-keras --dataset NAME`), or normalise the scene "
+                      "first", UnnormalisedInputWarning, stacklevel=user_stacklevel())
+        return
     power = 10 ** round(math.log10(factor))
     fix = f"scene * {power:g}" if hi < 1 else f"scene / {power:g}"
     declared = [f"{k} = {da.attrs[k]}" for k in ("reflectance scale factor", "reflectance_scale_factor")
@@ -286,6 +297,9 @@ class _Job:
         self.nodata_bands = _tested_bands(da, model_bad, bands, trained_stats=trained_stats)
         if trained_stats:
             _check_scale(da, self.mean, self.std, self.nodata)
+        elif da.dtype.kind == "f":  # integers were warned about above
+            _check_scale(da, np.zeros(bands) if self.mean is None else self.mean,
+                         np.ones(bands) if self.std is None else self.std, self.nodata, trained_stats=False)
         from .integrity import check_store
 
         check_store(da, nodata=self.nodata)  # zarr fills missing chunks silently: refuse them up front

@@ -12,12 +12,13 @@ import lazy_loader
 
 __getattr__, __dir__, _ = lazy_loader.attach(
     __name__,
-    submodules=["checkpoint", "config", "data", "devices", "errors", "keras", "metrics", "model", "train"],
+    submodules=["checkpoint", "config", "data", "devices", "errors", "keras", "metrics", "model", "seed_split",
+                "train"],
     submod_attrs={
         "checkpoint": ["load_model", "save_model"],
         "config": ["PRESETS", "SSRNConfig"],
         "data": ["DataError", "PatchDataset", "load_dataset", "standardize"],
-        "errors": ["CheckpointError"],
+        "errors": ["CheckpointError", "OptionError"],
         "keras": ["KerasImportError", "import_keras_to_dir", "load_keras"],
         "metrics": ["classification_report"],
         "model": ["SSRN", "count_parameters"],
@@ -25,15 +26,15 @@ __getattr__, __dir__, _ = lazy_loader.attach(
     },
 )
 
-__all__ = ["CheckpointError", "DataError", "KerasImportError", "PRESETS", "PatchDataset", "SSRN", "SSRNConfig",
-           "Trainer", "classification_report", "count_parameters", "import_keras_to_dir", "load_dataset",
+__all__ = ["CheckpointError", "DataError", "KerasImportError", "OptionError", "PRESETS", "PatchDataset", "SSRN",
+           "SSRNConfig", "Trainer", "classification_report", "count_parameters", "import_keras_to_dir", "load_dataset",
            "load_keras", "load_model", "run_training", "save_model", "standardize"]
 
 if TYPE_CHECKING:
     from .checkpoint import load_model, save_model
     from .config import PRESETS, SSRNConfig
     from .data import DataError, PatchDataset, load_dataset, standardize
-    from .errors import CheckpointError
+    from .errors import CheckpointError, OptionError
     from .keras import KerasImportError, import_keras_to_dir, load_keras
     from .metrics import classification_report
     from .model import SSRN, count_parameters

@@ -265,6 +265,12 @@ def test_a_model_without_normalisation_on_raw_integers_is_warned_about(case):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # float input taken as normalised: no warning
         classify((cube - cube.mean()) / cube.std(), bare, progress=False)
+    # a float scene of raw values (an imported Keras model without --dataset on a float32 GeoTIFF) gave a map of
+    # one class without a word: its scale is checked against the normalised one's
+    raw = (np.clip(cube, 0, None) * 1000 + 1000).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"no per-band mean/std .* taken as already normalised .* about [\d,]+x "
+                                         r"larger in nearly every band"):
+        classify(raw, bare, progress=False)
 
 
 def test_scene_smaller_than_a_patch_equals_patch_mode(case):
