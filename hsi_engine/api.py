@@ -431,17 +431,19 @@ def _longitude_wrap(da: xr.DataArray, d: str, steps: np.ndarray) -> str | None:
     return "from 360 to 0 degrees" if x.max() > 180 else "from 180 to -180 degrees"
 
 
-def _window_of(stored: Any, t: Any) -> bool:
+def _window_of(stored: Any, t: Any, flips: bool = False) -> bool:
     """Whether ``t`` is the transform of a window of ``stored``'s grid taken with a positive step (its pixel
     centres on the grid's centres): what a strided ``isel`` leaves, rioxarray keeping the whole scene's
-    GeoTransform. A flip (negative step) is not: a GeoTransform left north-up on a flipped array is worth a word."""
+    GeoTransform. A flip (negative step) only with ``flips``: a GeoTransform left north-up on a flipped array of
+    1-D coordinates is worth a word."""
     try:
         m = ~stored * t
     except Exception:  # noqa: BLE001 - a degenerate stored transform
         return False
     steps, shifts = (m.a, m.e), (m.c + m.a / 2 - 0.5, m.f + m.e / 2 - 0.5)  # map centre 0 -> source centre
     tol = 1e-6
-    return (abs(m.b) < tol and abs(m.d) < tol and all(s >= 1 - tol and abs(s - round(s)) < tol for s in steps)
+    return (abs(m.b) < tol and abs(m.d) < tol
+            and all((abs(s) if flips else s) >= 1 - tol and abs(s - round(s)) < tol for s in steps)
             and all(abs(v - round(v)) < 1e-3 for v in shifts))
 
 
@@ -464,14 +466,36 @@ def _rotated_from_centres(da: xr.DataArray, stored: Any, scene_path: Any = None)
         raise IrregularGridError(f"scene {_scene_name(da, scene_path)} has a rotated grid and its pixels were "
                                  "selected irregularly (its xc / yc coordinates follow no one transform): only a "
                                  "regular window can be placed; select one with a slice, e.g. da.isel(x=slice(a, b))")
-    return stored if t.almost_equals(stored, precision=1e-6 * math.hypot(stored.a, stored.d)) else t
+    if t.almost_equals(stored, precision=1e-6 * math.hypot(stored.a, stored.d)):
+        return stored
+    if _window_of(stored, t, flips=True):  # isel moved them with the pixels: a window, strided or flipped
+        return t
+    warnings.warn(f"scene {_scene_name(da, scene_path)}: its stored transform {tuple(stored)[:6]} disagrees with its "
+                  f"xc / yc coordinates, which give {tuple(t)[:6]} and are no window of it (a transform written with "
+                  "rio.write_transform after opening leaves them as they were): the map is placed by the stored "
+                  "transform", stacklevel=user_stacklevel())
+    return stored
+
+
+def _transform_from_1d(da: xr.DataArray, stored: Any) -> Any:
+    """The north-up transform of regular 1-D pixel-centre ``x`` / ``y``; along a dimension of one pixel the stored
+    pixel size (a window one pixel wide of a strided selection kept the whole scene's, and its other step)."""
+    from affine import Affine
+
+    origin, step = {}, {}
+    for d, stored_step in (("x", stored.a), ("y", stored.e)):
+        v = np.asarray(da[d].values, np.float64)
+        step[d] = (v[-1] - v[0]) / (v.size - 1) if v.size > 1 else stored_step
+        origin[d] = v[0] - step[d] / 2
+    return Affine(step["x"], 0.0, origin["x"], 0.0, step["y"], origin["y"])
 
 
 def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
     """The scene's transform: the stored one (rioxarray's ``GeoTransform``, which keeps a rotation), unless its
     x/y coordinates say otherwise: a NetCDF flipped with ``isel(y=slice(None, None, -1))`` kept its north-up
     GeoTransform while its y ran upwards, and the map was written flipped and a scene's height off the ground."""
-    have_coords = all(d in da.coords and da[d].ndim == 1 and da[d].size > 1 for d in ("x", "y"))
+    have_coords = (all(d in da.coords and da[d].ndim == 1 and da[d].size > 0 for d in ("x", "y"))
+                   and max(da["x"].size, da["y"].size) > 1)  # one pixel wide (or tall) is placed by them too
     if have_coords:
         for d in ("x", "y"):
             if not np.all(np.isfinite(np.asarray(da[d].values, np.float64))):
@@ -501,6 +525,8 @@ def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
         return stored  # no 1-D coordinates to check against
     for d in ("x", "y"):
         steps = np.diff(np.asarray(da[d].values, np.float64))
+        if steps.size == 0:  # one pixel: its coordinate places it, at the stored pixel size
+            continue
         mean = float(steps.mean())
         # refused where some pixel would land more than half a pixel off: float32 or rounded coordinates of a
         # regular grid step unevenly by their storage precision, but stay within a fraction of a pixel
@@ -518,10 +544,7 @@ def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
                 f"{steps.min():g} to {steps.max():g}; columns or rows dropped with isel?): a map on a regular grid "
                 f"would put its pixels up to {off:.4g} (coordinate units) off; classify each evenly spaced part on "
                 f"its own (e.g. scene.isel({d}=slice(0, k)))")
-    try:
-        from_coords = da.rio.transform(recalc=True)
-    except Exception:  # noqa: BLE001 - irregular coordinates: the stored transform is all there is
-        return stored
+    from_coords = _transform_from_1d(da, stored)
     if from_coords.almost_equals(stored, precision=1e-6 * max(abs(stored.a), abs(stored.e), 1e-12)):
         return stored
     if _window_of(stored, from_coords):  # isel(x=slice(a, b, k)): rioxarray kept the whole scene's transform

@@ -42,7 +42,7 @@ class OutputError(HSIEngineError, OSError):
     """The output exists (without overwrite) or cannot be written."""
 
 
-class ClusterUsageError(HSIEngineError, ValueError):
+class ClusterUsageError(OptionError):
     """Contradictory or invalid cluster options (``workers`` and ``scheduler`` together, ``workers < 1``, a
     malformed scheduler address)."""
 

@@ -1197,9 +1197,19 @@ def unplaced_window(da: xr.DataArray, placed_by: str) -> None:
 
         with rasterio.open(src) as f:
             shape = (f.height, f.width)
+            file_gcps, _ = f.gcps
+            file_transform = f.transform
     except Exception:  # noqa: BLE001 - not a file rasterio reads: nothing to compare with
         return
-    if shape != (da.sizes.get("y"), da.sizes.get("x")):
+    # the file's own placement, unchanged, on fewer pixels: a window; an overview (its GCPs or transform scaled) or
+    # a container GDAL reads as something else (a NetCDF of several variables) carries another placement
+    if placed_by == "ground control points":
+        ours = da.rio.get_gcps() or []
+        same = len(ours) == len(file_gcps) and all(
+            (a.row, a.col, a.x, a.y) == (b.row, b.col, b.x, b.y) for a, b in zip(ours, file_gcps))
+    else:
+        same = da.rio.transform().almost_equals(file_transform)
+    if same and shape != (da.sizes.get("y"), da.sizes.get("x")):
         raise SceneError(f"scene {src} is placed by {placed_by}, and this is a {da.sizes.get('y')} x "
                          f"{da.sizes.get('x')} window of its {shape[0]} x {shape[1]} pixels opened without "
                          "hsi_engine.open_scene, so nothing says where in the file it lies (its map would be placed "

@@ -643,7 +643,8 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
 
     def marked(tile: Tile, fut: Future) -> Future:
         if log.isEnabledFor(logging.DEBUG):
-            fut.add_done_callback(lambda _, tile=tile: mark(tile, "ready on the host"))
+            fut.add_done_callback(lambda f, tile=tile: f.cancelled() or f.exception() is not None
+                                  or mark(tile, "ready on the host"))
         return fut
 
     copy_stream = torch.cuda.Stream(device) if cuda else None

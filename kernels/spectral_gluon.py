@@ -738,13 +738,18 @@ if GLUON_ERROR is None:
 SHARED_LIMIT = 232_448  # bytes of shared memory one program may use on an H100 / H200 (227 KB)
 
 
-def _resolve_step(waits: str, identity: str, step: str | None) -> str:
-    """``step`` as given; None: the default step where ``waits`` and ``identity`` allow it (``pair`` runs the
-    ``layer`` waits with the identity in the epilogue), else ``one``. Read when called, so a changed
-    :data:`DEFAULT_STEP` applies."""
+def _resolve_step(waits: str, identity: str, step: str | None,
+                  program: SpectralProgram | None = None) -> str:
+    """``step`` as given; None: the default step where ``waits`` and ``identity`` allow it (``pair`` and ``ws`` run
+    the ``layer`` waits with the identity in the epilogue) and ``program`` fits its shared memory, else ``one``.
+    Read when called, so a changed :data:`DEFAULT_STEP` applies."""
     if step is not None:
         return step
-    return DEFAULT_STEP if (waits, identity) == ("layer", "epilogue") else "one"
+    if (waits, identity) != ("layer", "epilogue"):
+        return "one"
+    if program is not None and DEFAULT_STEP != "one" and shared_bytes(program, identity, DEFAULT_STEP) > SHARED_LIMIT:
+        return "one"  # ws needs one more tile than one: a program at the edge of an SM's memory runs one
+    return DEFAULT_STEP
 
 
 def _check_form(waits: str, identity: str, step: str = "one") -> None:
@@ -886,7 +891,7 @@ def gluon_unsupported(x: torch.Tensor, program: SpectralProgram, step: str | Non
     """None when :func:`spectral_stage_gluon` can run ``program`` on ``x`` here (with ``step``, None: the
     default's); else why not (then the ``triton`` backend runs :func:`kernels.spectral.spectral_stage_triton`)."""
     try:
-        _check(x, program, _resolve_step(DEFAULT_WAITS, DEFAULT_IDENTITY, step))
+        _check(x, program, _resolve_step(DEFAULT_WAITS, DEFAULT_IDENTITY, step, program))
     except (RuntimeError, TypeError, NotImplementedError, ValueError) as e:
         return str(e)
     return None
@@ -906,7 +911,7 @@ def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram, *, waits: st
     ``pair``, each conv's output pair in one accumulator twice as wide; ``ws``, one position over two warpgroups
     (``pair`` and ``ws`` need ``waits="layer"``, ``identity="epilogue"``); None: :data:`DEFAULT_STEP` (``ws``)
     where ``waits`` and ``identity`` allow it, else ``one``."""
-    step = _resolve_step(waits, identity, step)
+    step = _resolve_step(waits, identity, step, program)
     _check_form(waits, identity, step)
     _check(x, program, step)
     return _run(x, program, waits=waits, identity=identity, step=step)
@@ -925,7 +930,7 @@ def traced_run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAUL
     """:func:`spectral_stage_gluon` compiled with ``TRACE``: its output, and the SM-cycle timestamps of every
     program's steps, ``(programs, steps + 1, TRACE_WIDTH)`` int64 (:data:`TRACE_POINTS`; the last row holds the
     program's start and end). A diagnostic for ``benchmarks/gluon_trace.py``: where a step's time goes."""
-    step = _resolve_step(waits, identity, step)
+    step = _resolve_step(waits, identity, step, program)
     _check_form(waits, identity, step)
     _check(x, program, step)
     trace = torch.zeros(-(-x.shape[0] // BLOCK_P), trace_steps(program, step) + 1, TRACE_WIDTH, dtype=torch.int64,

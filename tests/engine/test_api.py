@@ -604,6 +604,50 @@ def test_a_rioxarray_window_of_a_rotated_scene_is_placed_and_of_a_gcp_scene_refu
     assert not (tmp_path / "g.tif").exists()
 
 
+def test_whole_scenes_of_another_grid_than_their_file_are_not_taken_for_windows(case, tmp_path):
+    """The window check compared the array with its file's shape only: a GCP GeoTIFF's overview (its GCPs scaled
+    to it) was refused as a window. A transform written onto a rotated rioxarray scene (its xc / yc left as they
+    were) is the one placed, with a warning, not the stale coordinates'."""
+    import rasterio
+    import rioxarray
+    from affine import Affine
+    from rasterio.enums import Resampling
+
+    cube, model, _ = case
+    path = _gcp_scene(tmp_path / "gcp.tif", cube)
+    with rasterio.open(path, "r+") as f:
+        f.build_overviews([2], Resampling.average)
+    ovr = rioxarray.open_rasterio(path, overview_level=0)
+    assert ovr.sizes["y"] < cube.shape[1]
+    labels = classify(ovr, model, progress=False)
+    assert [(g.row, g.col) for g in labels.rio.get_gcps()] == [(g.row, g.col) for g in ovr.rio.get_gcps()]
+    t = Affine.translation(366000, 5810000) * Affine.rotation(30) * Affine.scale(30, -30)
+    rot = rioxarray.open_rasterio(_write_rotated(tmp_path / "rot.tif", cube, t))
+    moved = Affine.translation(1000, 0) * t
+    with pytest.warns(UserWarning, match="disagrees with its xc / yc coordinates.*placed by the stored transform"):
+        labels = classify(rot.rio.write_transform(moved), model, progress=False)
+    assert labels.rio.transform().almost_equals(moved)
+
+
+def test_a_strided_window_one_pixel_wide_is_placed_at_its_own_pixel_size(geo, tmp_path):
+    """One column of every third row: the map kept the whole scene's 30 m row height (a 5-row map 150 m tall
+    where its rows lie 90 m apart), as a one-pixel-wide window was never checked against its coordinates."""
+    import rioxarray
+    from affine import Affine
+
+    cube = geo.make_cube(height=15, width=10)
+    model = make_model(geo.BANDS, cube=cube)
+    t = Affine.translation(366000, 5810000) * Affine.scale(30, -30)
+    path = _write_rotated(tmp_path / "north.tif", cube, t)
+    da = rioxarray.open_rasterio(path)
+    for win, step in ((da.isel(x=slice(4, 5), y=slice(0, None, 3)), (30, -90)),
+                      (da.isel(y=slice(3, 4), x=slice(1, None, 2)), (60, -30))):
+        got = classify(win, model, progress=False).rio.transform()
+        assert (got.a, got.e) == pytest.approx(step)
+        for r in range(win.sizes["y"]):  # every map pixel's centre on its source pixel's centre
+            assert got * (0.5, r + 0.5) == pytest.approx((float(win.x[0]), float(win.y[r])))
+
+
 def test_a_rotated_scene_without_a_crs_keeps_its_transform(case, tmp_path):
     """A rotated GeoTIFF with no CRS lost its transform (the map was written in pixel coordinates): it keeps it,
     with no CRS, and the warning says so."""

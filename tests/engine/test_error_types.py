@@ -218,3 +218,14 @@ def test_mat_scene_without_ground_truth(tmp_path):
     with pytest.raises(hsi_engine.HSIEngineError, match="no ground truth for") as e:
         load_dataset(str(p))
     assert isinstance(e.value, FileNotFoundError)
+
+
+def test_cluster_option_errors_are_option_errors_too() -> None:
+    """README: an argument outside what a function accepts is an OptionError; workers=0 or workers with a scheduler
+    raised a ClusterUsageError that `except OptionError` missed."""
+    import hsi_engine
+    from hsi_engine.errors import ClusterUsageError, OptionError
+
+    assert issubclass(ClusterUsageError, OptionError) and issubclass(ClusterUsageError, ValueError)
+    with pytest.raises(OptionError, match="workers"):
+        hsi_engine.classify_to_file("nope.tif", "nope", "out.zarr", workers=0)

@@ -729,3 +729,19 @@ def test_gpu_gluon_default_form_wrong_falls_back_to_the_phase_form(monkeypatch, 
         out = dispatch.fused_stage(x, prog)
     assert torch.equal(out, real(x, prog, waits="phase"))
     assert list(dispatch._GLUON_FORM.values()) == [("phase", "one")] and "one-wait-per-phase form" in caplog.text
+
+
+def test_the_default_step_falls_back_to_one_position_where_ws_does_not_fit() -> None:
+    """step='ws' needs one more tile of shared memory than 'one': a program at the edge of an SM's memory (width 16,
+    3 blocks of kernel 9, 64 features) was refused by spectral_stage_gluon's default where 'one' fits; the
+    default is now 'one' for it, and 'ws' wherever 'ws' fits."""
+    from kernels import spectral_gluon as sg
+
+    edge = _random_program(200, 16, 64, blocks=3, kernel=9, generator=torch.Generator().manual_seed(0))
+    assert sg.shared_bytes(edge, step="one") <= sg.SHARED_LIMIT < sg.shared_bytes(edge, step="ws")
+    assert sg._resolve_step("layer", "epilogue", None, edge) == "one"
+    default = _random_program(200, 24, 128, generator=torch.Generator().manual_seed(0))
+    assert sg._resolve_step("layer", "epilogue", None, default) == sg.DEFAULT_STEP
+    assert sg._resolve_step("layer", "epilogue", "ws", edge) == "ws"  # asked for: refused by its check, by name
+    why = sg.gluon_unsupported(torch.zeros(2, 200, dtype=torch.bfloat16), edge)
+    assert why is not None and "shared memory" not in why  # refused for this CPU tensor, not for its memory
