@@ -76,7 +76,7 @@ def _model(model: Any):
     if isinstance(model, (str, os.PathLike)):
         return load_model(model)
     if not hasattr(model, "config") or not hasattr(model, "spectral_blocks"):
-        raise TypeError(f"model must be an ssrn.SSRN (or a model directory path); got {type(model).__name__}")
+        raise OptionError(f"model must be an ssrn.SSRN (or a model directory path); got {type(model).__name__}")
     from ssrn.checkpoint import _check_meta
 
     _check_meta(getattr(model, "meta", None), model.config, "model.meta")  # edited in memory: load_model's checks
@@ -98,12 +98,23 @@ def _wavelengths(da: xr.DataArray) -> np.ndarray | None:
     ``band`` coordinate that reads as wavelengths (all within 250-3000 nm, or 0.25-3 µm and not whole numbers;
     not necessarily monotonic: AVIRIS's spectrometers overlap), so that a reordered or mismatched band axis is
     caught either way; None when neither is there."""
-    from .io import _to_nm
+    from .io import _WL_IN_NAME, _to_nm
 
     if "wavelength" in da.coords and da.coords["wavelength"].dims == ("band",):
         wl = da.coords["wavelength"]
         return _to_nm(np.asarray(wl.values, np.float64), wl.attrs.get("units"))
     band = da.coords.get("band")
+    # band names that carry wavelengths ('460.0 nm', 'band 1 (0.4554 Micrometers)'): a ``band`` coordinate of
+    # strings, or rioxarray's band descriptions (``long_name``, one per band, of rioxarray.open_rasterio)
+    names = None
+    if band is not None and band.dims == ("band",) and band.dtype.kind in "UO":
+        names = [str(v) for v in band.values]
+    elif isinstance(da.attrs.get("long_name"), (tuple, list)) and len(da.attrs["long_name"]) == da.sizes["band"]:
+        names = [str(v) for v in da.attrs["long_name"]]
+    if names:
+        found = [_WL_IN_NAME.search(n) for n in names]
+        if all(found):
+            return _to_nm([float(m.group(1)) for m in found], found[0].group(2))  # type: ignore[union-attr]
     if band is None or band.dims != ("band",) or band.dtype.kind != "f" or band.size < 2:
         return None
     v = np.asarray(band.values, np.float64)
@@ -117,7 +128,21 @@ def _wavelengths(da: xr.DataArray) -> np.ndarray | None:
 
 
 def _declared_nodata(da: xr.DataArray) -> float | None:
-    v = da.attrs.get("_FillValue", da.attrs.get("nodata"))
+    declared = {}
+    for k in ("_FillValue", "missing_value", "nodata"):
+        try:
+            declared[k] = float(da.attrs[k]) if k in da.attrs else None
+        except (TypeError, ValueError):
+            declared[k] = None
+    values = {k: v for k, v in declared.items() if v is not None}
+    masked = next((k for k in ("_FillValue", "nodata", "missing_value") if k in da.attrs), None)
+    if len({("nan" if np.isnan(v) else v) for v in values.values()}) > 1:
+        listed = ", ".join(f"{k}={v:g}" for k, v in values.items())
+        warnings.warn(f"the scene declares more than one nodata value ({listed}): only {masked}'s is masked, and "
+                      "pixels holding the others are classified. Mask them first (e.g. scene.where(scene != VALUE) "
+                      "and nodata=float('nan')), or open the file by its path, which decodes them",
+                      stacklevel=user_stacklevel())
+    v = da.attrs.get(masked) if masked is not None else None
     if v is None:
         try:
             v = da.rio.nodata
@@ -263,6 +288,10 @@ class _Job:
         check_spatial_precision(spatial_precision, precision)
         if isinstance(nodata, np.ndarray) and nodata.ndim == 0:
             nodata = nodata[()]  # a 0-d array (e.g. from a file's attributes): its number
+        if isinstance(nodata, numbers.Integral) and not isinstance(nodata, (bool, np.bool_)) \
+                and abs(int(nodata)) > 2 ** 1023:  # past any float: float() overflows
+            raise OptionError(f"nodata={nodata}: too large for any scene dtype (beyond float64); expected a number "
+                              "a scene can hold")
         if nodata is not None and (isinstance(nodata, (bool, np.bool_)) or not isinstance(nodata, numbers.Real)):
             raise OptionError(f"nodata={nodata!r}; expected a number (e.g. nodata=-9999, or nodata=float('nan') for "
                               "NaN) or None (the scene's declared nodata value)")

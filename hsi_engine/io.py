@@ -1116,7 +1116,12 @@ def as_scene(obj: Any, *, band_axis: int | None = None) -> xr.DataArray:
         return _cf_georef(_normalise_dims(obj, f"DataArray {obj.name!r}" if obj.name is not None
                                           else "the DataArray"))
     if type(obj).__module__.startswith("torch"):
-        obj = obj.detach().cpu().numpy()
+        import torch
+
+        if getattr(obj, "layout", torch.strided) != torch.strided:  # sparse: numpy has no such arrays
+            obj = obj.to_dense()
+        obj = obj.detach().cpu()
+        obj = (obj.float() if obj.dtype == torch.bfloat16 else obj).numpy()  # numpy has no bfloat16: exact in float32
     if isinstance(obj, np.ndarray) or hasattr(obj, "__array__") or hasattr(obj, "chunks"):
         if getattr(obj, "ndim", None) != 3:
             raise SceneError(f"expected a 3-D (band, y, x) array; got shape {tuple(getattr(obj, 'shape', ()))}. "

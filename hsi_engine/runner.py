@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import numbers
 import os
 import sys
 import threading
@@ -89,9 +90,11 @@ def check_scene(config: Any, meta: dict[str, Any], *, bands: int, height: int, w
     if wavelengths is not None and model_wl is not None and len(model_wl) == bands:
         a = np.asarray(wavelengths, dtype=np.float64)
         b = np.asarray(model_wl, dtype=np.float64)
-        if a.shape == b.shape and np.all(np.isfinite(a)) and np.all(np.isfinite(b)):
-            diff = np.abs(a - b)
-            tol = max(1.0, 0.5 * float(np.median(np.abs(np.diff(b))))) if bands > 1 else 1.0
+        both = np.isfinite(a) & np.isfinite(b)  # a band without a wavelength (NaN) is compared by the others
+        if a.shape == b.shape and both.sum() >= min(2, bands):
+            diff = np.where(both, np.abs(a - b), 0.0)
+            steps = np.abs(np.diff(b[np.isfinite(b)]))
+            tol = max(1.0, 0.5 * float(np.median(steps))) if steps.size else 1.0
             if diff.max() > tol:
                 i = int(diff.argmax())
                 raise BandMismatchError(
@@ -589,6 +592,9 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
 
     device = engine.device
     cuda = device.type == "cuda"
+    for name, v in (("readers", readers), ("queue_depth", queue_depth)):
+        if v is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral)):
+            raise OptionError(f"{name} must be a whole number of threads / tiles (e.g. {name}=2); got {v!r}")
     if readers is None:
         readers = min(8, os.cpu_count() or 1) if cuda else 2
     if queue_depth is None:

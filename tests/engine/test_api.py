@@ -224,6 +224,37 @@ def test_wavelengths_in_a_float_band_coordinate_are_checked_too(case, geo, scale
     classify(numbered, model, progress=False)  # band numbers: nothing to compare, so it runs
 
 
+def test_wavelengths_in_band_names_and_with_gaps_are_checked(case, geo, tmp_path):
+    """A reversed cube was classified silently (17,601 of 21,025 pixels wrong on Indian Pines) when its wavelengths
+    were band names ('2498.96 nm') in a string ``band`` coordinate or a NetCDF, rioxarray's band descriptions
+    (``long_name``), or a ``wavelength`` coordinate with one NaN: each is now compared with the model's."""
+    import rasterio
+    import rioxarray
+
+    cube, model, ref = case
+    model.meta["wavelengths"] = list(geo.WAVELENGTHS_NM)
+    names = [f"{w:.2f} nm" for w in geo.WAVELENGTHS_NM]
+    da = xr.DataArray(cube, dims=("band", "y", "x"), coords={"band": names})
+    np.testing.assert_array_equal(classify(da, model, progress=False).values, ref)
+    rev = da.isel(band=slice(None, None, -1))
+    with pytest.raises(BandMismatchError, match="wavelengths differ"):
+        classify(rev, model, progress=False)
+    rev.to_dataset(name="reflectance").to_netcdf(tmp_path / "rev.nc")
+    with pytest.raises(BandMismatchError, match="wavelengths differ"):
+        classify(tmp_path / "rev.nc", model, progress=False)
+    with rasterio.open(tmp_path / "rev.tif", "w", driver="GTiff", height=cube.shape[1], width=cube.shape[2],
+                       count=cube.shape[0], dtype="float32") as dst:
+        dst.write(cube[::-1].astype(np.float32))
+        dst.descriptions = tuple(names[::-1])
+    with pytest.raises(BandMismatchError, match="wavelengths differ"):
+        classify(rioxarray.open_rasterio(tmp_path / "rev.tif"), model, progress=False)
+    gap = np.asarray(geo.WAVELENGTHS_NM, np.float64)[::-1].copy()
+    gap[3] = np.nan  # one band without a wavelength: the others are still compared
+    with pytest.raises(BandMismatchError, match="wavelengths differ"):
+        classify(xr.DataArray(cube[::-1].copy(), dims=("band", "y", "x"), coords={"wavelength": ("band", gap)}),
+                 model, progress=False)
+
+
 def test_overlapping_spectrometer_wavelengths_are_checked(case, geo):
     """AVIRIS's wavelengths step back where its spectrometers overlap: a float ``band`` coordinate like that is
     still read as wavelengths, so a reversed band axis is refused rather than classified into a wrong map."""
@@ -271,6 +302,37 @@ def test_a_model_without_normalisation_on_raw_integers_is_warned_about(case):
     with pytest.warns(UserWarning, match=r"no per-band mean/std .* taken as already normalised .* about [\d,]+x "
                                          r"larger in nearly every band"):
         classify(raw, bare, progress=False)
+
+
+def test_two_declared_nodata_values_are_warned_about(case):
+    """``_FillValue`` and ``missing_value`` (or ``nodata``) both declared in a scene's attrs (xr.open_dataset with
+    mask_and_scale=False): only the first was masked, and a dropped scan line of the other was classified, without
+    a word."""
+    cube, model, _ = case
+    da = xr.DataArray(np.clip(cube, 0, None).astype(np.int16), dims=("band", "y", "x"),
+                      attrs={"_FillValue": -32768, "missing_value": -9999})
+    with pytest.warns(UserWarning, match=r"more than one nodata value \(_FillValue=-32768, missing_value=-9999\): "
+                                         r"only _FillValue's is masked"):
+        classify(da, model, progress=False)
+
+
+def test_odd_arguments_are_option_errors_and_bfloat16_tensors_are_scenes(case):
+    """model=None, readers='2' and nodata=10**400 escaped ``except HSIEngineError`` (TypeError, OverflowError); a
+    bfloat16 or sparse torch tensor could not be read (numpy has neither)."""
+    import torch
+
+    from hsi_engine.errors import OptionError
+
+    cube, model, ref = case
+    for kw in ({"model": None}, {"readers": "2"}, {"nodata": 10 ** 400}):
+        args = {"model": model, **kw}
+        with pytest.raises(OptionError):
+            classify(cube, args.pop("model"), progress=False, **args)
+    t = torch.from_numpy(cube)
+    exact = t.to(torch.bfloat16).float().numpy()  # what the bf16 tensor holds, exactly, in float32
+    np.testing.assert_array_equal(classify(t.to(torch.bfloat16), model, progress=False).values,
+                                  classify(exact, model, progress=False).values)
+    np.testing.assert_array_equal(classify(t.to_sparse(), model, progress=False).values, ref)
 
 
 def test_scene_smaller_than_a_patch_equals_patch_mode(case):
