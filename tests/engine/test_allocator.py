@@ -80,7 +80,7 @@ def test_the_cli_classify_applies_it_to_its_own_process(tmp_path, monkeypatch, c
     calls = []
     monkeypatch.setattr(hsi_engine.allocator, "reuse_large_buffers", lambda *a, **k: calls.append(a) or True)
     xr.DataArray(_cube(np.float32, h=12, w=14), dims=("band", "y", "x"), name="r").to_zarr(tmp_path / "s.zarr")
-    save_model(_model(), tmp_path / "model")
+    save_model(_model(stats=True), tmp_path / "model")
     assert main(["classify", str(tmp_path / "s.zarr"), "--model", str(tmp_path / "model"), "--out",
                  str(tmp_path / "map.tif")]) == 0
     assert calls == [()] and (tmp_path / "map.tif").exists()

@@ -838,7 +838,7 @@ def test_spatial_precision_reaches_the_engine_and_bad_pairs_are_refused(tmp_path
     from test_runner import _cube, _model
 
     cube = _cube(np.float32, h=12, w=14)
-    model = _model()
+    model = _model(stats=True)
     with pytest.raises(ValueError, match="spatial_precision must be 'auto', 'float32' or the engine's precision"):
         classify(cube, model, spatial_precision="bfloat16", progress=False)
     job = _Job(cube, model, tile=8, device="cpu", backend="eager", precision="bfloat16", nodata=None,

@@ -354,7 +354,7 @@ def test_cli_takes_reader_settings_and_refuses_bad_ones(tmp_path, capsys):
     cube = _cube(np.float32, h=20, w=26)
     xr.DataArray(cube, dims=("band", "y", "x"), name="r").chunk({"band": -1, "y": 8, "x": 8}).to_zarr(
         tmp_path / "s.zarr")
-    model = _model()
+    model = _model(stats=True)
     save_model(model, tmp_path / "model")
     base = ["classify", str(tmp_path / "s.zarr"), "--model", str(tmp_path / "model"), "--tile", "8"]
     for flag, value in (("--cache-blocks", "-1"), ("--readers", "0"), ("--decoders", "-1")):

@@ -25,10 +25,14 @@ DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipi
     not torch.cuda.is_available(), reason="needs a CUDA device")])]
 
 
-def _model() -> SSRN:
+def _model(stats: bool = False) -> SSRN:
+    """``stats``: the per-band mean / std of :func:`_cube`'s scale in its meta, as a trained model records them (a
+    model without them takes a scene as normalised, and the command line refuses one of raw values)."""
     torch.manual_seed(3)
     m = randomise_bn(SSRN(SSRNConfig(bands=BANDS, classes=CLASSES)), seed=3)
     m.head.weight.data *= 300  # random init maps everything to one class; a sharp head gives a varied map
+    if stats:
+        m.meta = {**(getattr(m, "meta", None) or {}), "mean": [32000.0] * BANDS, "std": [7000.0] * BANDS}
     return m
 
 
