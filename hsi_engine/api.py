@@ -713,7 +713,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     if prob not in (None, "float16", "float32"):  # before anything is opened, on either path
         raise OptionError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
     # zarr outputs always carry a per-tile completion record, so any interrupted run can be resumed
-    if workers is not None or scheduler is not None or resume or str(out).rstrip("/").endswith(".zarr"):
+    if workers is not None or scheduler is not None or resume or os.fspath(out).rstrip("/").lower().endswith(".zarr"):
         try:
             from . import cluster  # noqa: F401 - provided by the distributed-execution issue
         except ImportError:

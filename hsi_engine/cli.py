@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -286,6 +287,9 @@ def _unrecognised(extra: Sequence[str], command: argparse.ArgumentParser) -> str
     return f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})" if hints else "")
 
 
+_PATH_ARGS = {"scene", "out", "model", "data_dir", "labels", "dataset", "hdf5", "keras", "weights"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .errors import HSIEngineError
 
@@ -295,6 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:  # the command's usage and name, as for its other argument errors (the top level's said 'hsi-engine')
         command = parser.commands[args.command]
         command.error(_unrecognised(extra, command))
+    # '~' the shell left as typed (quoted, or --out=~/x): the user's home, as the shell would have made it (a
+    # literal './~' directory took the map, and the log line read as if it were in the home directory)
+    for name, value in vars(args).items():
+        if isinstance(value, str) and value.startswith("~") and name in _PATH_ARGS:
+            setattr(args, name, os.path.expanduser(value))
     # other libraries' INFO/DEBUG (rasterio echoes every GDAL message) stay out; this project's own logs come through
     # a pipeline's log (stderr not a terminal) gets timestamps: when a run stalled, how long a tile took
     stamp = "" if sys.stderr.isatty() else "%(asctime)s "
@@ -324,6 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_import_keras(args, argv)
     except (HSIEngineError, FileNotFoundError, FileExistsError, PermissionError) as e:
         print(f"hsi-engine {args.command}: error: {cli_words(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENAMETOOLONG, errno.ELOOP):
+            raise
+        print(f"hsi-engine {args.command}: error: {e.strerror}: {e.filename}; use a shorter path", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if any(h.finished for h in handlers.values()):

@@ -1063,6 +1063,10 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
     Values come back as stored, but CF-packed NetCDF/zarr variables are decoded (see the module docstring).
     """
     p = Path(path)
+    if isinstance(path, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", path):
+        raise SceneError(f"scene {path} is a URL: hsi-engine reads local files and zarr stores only; download the "
+                         "scene first, or open it with xarray / rioxarray (e.g. rioxarray.open_rasterio(url)) and "
+                         "pass the DataArray")
     if str(path) in ("", "-"):
         raise SceneError(f"scene path {str(path)!r}: " + ("reading a scene from standard input is not supported"
                                                           if str(path) == "-" else "it is empty") +

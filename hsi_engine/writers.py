@@ -849,13 +849,34 @@ def open_writer(path: str | os.PathLike, *, height: int, width: int, n_classes: 
     return (GeoTiffClassMapWriter if check_output_suffix(p) in _TIFF else ZarrClassMapWriter)(p, **kw)
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# the longest name the writers add to the output's own: '.' + NAME + '.aux.xml.tmp-XXXXXXXX.xml' (and
+# NAME_probabilities.tif's side files)
+_TEMP_EXTRA = 40
+
+
 def check_output_suffix(path: str | os.PathLike) -> str:
-    """The output's suffix (lower case) when it names a class-map format we write; else :class:`OutputError`."""
+    """The output's suffix (lower case) when it names a class-map format we write; else :class:`OutputError`.
+    A URL (``s3://``, ``file://``) or a name too long for the temporary files written beside it is refused too,
+    before anything is computed."""
+    raw = os.fspath(path)
+    if isinstance(raw, str) and _URL.match(raw):
+        raise OutputError(f"cannot write a class map to {raw}: hsi-engine writes local paths only (a URL would be "
+                          "taken as a local directory named after its scheme); write the map locally and copy it "
+                          "(e.g. aws s3 cp map.tif s3://...), or write into a mounted path")
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in _TIFF + _ZARR:
         raise OutputError(f"cannot write a class map to {p}: suffix {suffix or '(none)'!r} is not supported; use "
                           ".tif/.tiff (Cloud-Optimised GeoTIFF) or .zarr")
+    try:
+        name_max = os.pathconf(p.parent if p.parent.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max = 255
+    if len(os.fsencode(p.name)) + _TEMP_EXTRA > name_max:
+        raise OutputError(f"cannot write a class map to {p}: its name is {len(os.fsencode(p.name))} bytes, and the "
+                          f"temporary and side files written beside it add up to {_TEMP_EXTRA} more than this file "
+                          f"system's {name_max}: choose a name of at most {name_max - _TEMP_EXTRA} bytes")
     return suffix
 
 

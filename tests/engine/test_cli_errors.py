@@ -559,3 +559,42 @@ def test_a_pipe_stdin_an_empty_out_and_a_full_disk_are_one_line_each(scene, mode
                                   stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
         assert proc.returncode == 2 and "cannot write to standard output" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/map.zarr", "gs://b/map.tif", "file:///tmp/map.tif",
+                                 "https://example.com/map.tif"])
+def test_urls_are_refused_in_one_line_and_nothing_is_made(scene, model_dir, tmp_path, monkeypatch, url):
+    """``--out s3://bucket/map.zarr`` exited 0 having written the map into ./s3:/bucket/ (pathlib collapses '//');
+    a file:// output left a hidden temp beside the real path. URLs are refused, outputs and scenes alike."""
+    monkeypatch.chdir(tmp_path)
+    rc, err = _cli(["classify", str(scene), "--model", str(model_dir), "--out", url])
+    assert rc == 2 and "writes local paths only" in err and err.count("\n") == 1
+    rc, err = _cli(["classify", url.rsplit(".", 1)[0] + ".tif", "--model", str(model_dir), "--out", "m.tif"])
+    assert rc == 2 and "is a URL" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_name_too_long_for_its_temporaries_is_refused_before_any_tile(scene, model_dir, tmp_path):
+    """A 230-byte name computed every tile, then failed at commit with a traceback (exit 1): its temporaries'
+    names passed NAME_MAX. It is refused up front; a name within the limit works."""
+    rc, err = _cli(["classify", str(scene), "--model", str(model_dir), "--out", str(tmp_path / ("a" * 226 + ".tif"))])
+    assert rc == 2 and "choose a name of at most 215 bytes" in err
+    assert list(tmp_path.iterdir()) == []
+    rc, _ = _cli(["classify", str(scene), "--model", str(model_dir), "--out", str(tmp_path / ("b" * 211 + ".tif"))])
+    assert rc == 0
+
+
+def test_a_tilde_the_shell_left_is_the_home_directory_and_zarr_in_capitals_is_resumable(scene, model_dir, tmp_path,
+                                                                                      monkeypatch):
+    """``--out '~/maps/x.tif'`` wrote into a literal ./~ directory; ``--out MAP.ZARR`` took the single-process
+    writer (no completion record: an interrupted run kept nothing, and --resume then refused the finished map)."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    assert _cli(["classify", str(scene), "--model", str(model_dir), "--out", "~/maps/x.tif"])[0] == 0
+    assert (home / "maps" / "x.tif").is_file() and list(work.iterdir()) == []
+    assert _cli(["classify", str(scene), "--model", str(model_dir), "--out", "MAP.ZARR"])[0] == 0
+    rc, err = _cli(["classify", str(scene), "--model", str(model_dir), "--out", "MAP.ZARR", "--resume"])
+    assert rc == 0, err
