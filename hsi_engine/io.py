@@ -1063,7 +1063,9 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
     Values come back as stored, but CF-packed NetCDF/zarr variables are decoded (see the module docstring).
     """
     p = Path(path)
-    if isinstance(path, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", path):
+    from .writers import URL
+
+    if isinstance(path, str) and URL.match(path):
         raise SceneError(f"scene {path} is a URL: hsi-engine reads local files and zarr stores only; download the "
                          "scene first, or open it with xarray / rioxarray (e.g. rioxarray.open_rasterio(url)) and "
                          "pass the DataArray")

@@ -849,7 +849,7 @@ def open_writer(path: str | os.PathLike, *, height: int, width: int, n_classes: 
     return (GeoTiffClassMapWriter if check_output_suffix(p) in _TIFF else ZarrClassMapWriter)(p, **kw)
 
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # scheme://...: a URL, which pathlib would collapse to scheme:/...
 # the longest name the writers add to the output's own: '.' + NAME + '.aux.xml.tmp-XXXXXXXX.xml' (and
 # NAME_probabilities.tif's side files)
 _TEMP_EXTRA = 40
@@ -860,7 +860,7 @@ def check_output_suffix(path: str | os.PathLike) -> str:
     A URL (``s3://``, ``file://``) or a name too long for the temporary files written beside it is refused too,
     before anything is computed."""
     raw = os.fspath(path)
-    if isinstance(raw, str) and _URL.match(raw):
+    if isinstance(raw, str) and URL.match(raw):
         raise OutputError(f"cannot write a class map to {raw}: hsi-engine writes local paths only (a URL would be "
                           "taken as a local directory named after its scheme); write the map locally and copy it "
                           "(e.g. aws s3 cp map.tif s3://...), or write into a mounted path")
