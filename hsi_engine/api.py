@@ -98,7 +98,7 @@ def _wavelengths(da: xr.DataArray) -> np.ndarray | None:
     ``band`` coordinate that reads as wavelengths (all within 250-3000 nm, or 0.25-3 µm and not whole numbers;
     not necessarily monotonic: AVIRIS's spectrometers overlap), so that a reordered or mismatched band axis is
     caught either way; None when neither is there."""
-    from .io import _WL_IN_NAME, _to_nm
+    from .io import _to_nm, wavelengths_in_names
 
     if "wavelength" in da.coords and da.coords["wavelength"].dims == ("band",):
         wl = da.coords["wavelength"]
@@ -111,10 +111,9 @@ def _wavelengths(da: xr.DataArray) -> np.ndarray | None:
         names = [str(v) for v in band.values]
     elif isinstance(da.attrs.get("long_name"), (tuple, list)) and len(da.attrs["long_name"]) == da.sizes["band"]:
         names = [str(v) for v in da.attrs["long_name"]]
-    if names:
-        found = [_WL_IN_NAME.search(n) for n in names]
-        if all(found):
-            return _to_nm([float(m.group(1)) for m in found], found[0].group(2))  # type: ignore[union-attr]
+    wl = wavelengths_in_names(names) if names else None
+    if wl is not None:
+        return wl
     if band is None or band.dims != ("band",) or band.dtype.kind != "f" or band.size < 2:
         return None
     v = np.asarray(band.values, np.float64)

@@ -472,11 +472,16 @@ def _gdal_wavelengths(tags: list[dict[str, str]], descriptions: list[str | None]
                 continue
             if len(values) == len(tags):
                 return _to_nm(values, domain.get("wavelength_units") or domain.get("wavelength units"))
-    found = [(_WL_IN_NAME.search(d or "")) for d in descriptions]
-    if found and all(found):
-        vals = [float(m.group(1)) for m in found]  # type: ignore[union-attr]
-        return _to_nm(vals, found[0].group(2))  # type: ignore[union-attr]
-    return None
+    return wavelengths_in_names(descriptions)
+
+
+def wavelengths_in_names(names: Sequence[str | None]) -> np.ndarray | None:
+    """Wavelengths (nm) from band names such as 'band 1 (0.4554 Micrometers)' or '460.0 nm', when every name
+    carries one (the first name's unit for all); else None."""
+    found = [_WL_IN_NAME.search(n or "") for n in names]
+    if not found or not all(found):
+        return None
+    return _to_nm([float(m.group(1)) for m in found], found[0].group(2))  # type: ignore[union-attr]
 
 
 # an ENVI header is text of a few KB (~100 KB with per-band names, wavelength and fwhm lists for 400+ bands): one

@@ -93,12 +93,9 @@ def test_record_figures_are_the_published_ones() -> None:
 
 @pytest.fixture(scope="module")
 def seed_weights(request) -> Path:
-    """The seed's released IN weights: the data directory's copy, else the one shipped in tests/data."""
-    try:
-        d = request.getfixturevalue("seed_ssrn_dir")  # tests/conftest.py
-    except FileNotFoundError as e:
-        pytest.skip(f"the seed's released weights {IN_FILE} are missing: {e}")
-    return d / IN_FILE
+    """The seed's released IN weights: the data directory's copy, else the one shipped in tests/data (always there:
+    missing, the test fails rather than skips)."""
+    return request.getfixturevalue("seed_ssrn_dir") / IN_FILE  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
