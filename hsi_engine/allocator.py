@@ -25,6 +25,8 @@ import ctypes
 import ctypes.util
 import logging
 
+from .errors import OptionError
+
 log = logging.getLogger("hsi_engine.allocator")
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
@@ -39,7 +41,7 @@ def reuse_large_buffers(mmap_threshold_mb: int = 256, trim_threshold_mb: int = 1
     warning)."""
     for name, mb in (("mmap_threshold_mb", mmap_threshold_mb), ("trim_threshold_mb", trim_threshold_mb)):
         if not 1 <= int(mb) < 2048:  # mallopt takes a C int of bytes
-            raise ValueError(f"{name} must be in 1..2047 (MB; mallopt takes a 32-bit byte count); got {mb}")
+            raise OptionError(f"{name} must be in 1..2047 (MB; mallopt takes a 32-bit byte count); got {mb}")
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import xarray as xr
 
-from .errors import (HSIEngineError, IrregularGridError, OptionError, OutputError, SceneError,
+from .errors import (IrregularGridError, OptionError, OutputError, SceneError,
                      UnnormalisedInputWarning, user_stacklevel)
 from .io import as_scene, open_scene, scene_gcps, with_window_gcps
 from .owned import closes_its_scenes, open_owned
@@ -713,12 +713,8 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
         raise OptionError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
     # zarr outputs always carry a per-tile completion record, so any interrupted run can be resumed
     if workers is not None or scheduler is not None or resume or os.fspath(out).rstrip("/").lower().endswith(".zarr"):
-        try:
-            from . import cluster  # noqa: F401 - provided by the distributed-execution issue
-        except ImportError:
-            raise HSIEngineError("workers=, scheduler= and resume= (distributed / resumable runs) are not yet "
-                                 "supported in this build: run without them for a single-process "
-                                 "streaming run") from None
+        from . import cluster
+
         return cluster.classify_to_file(scene_path, model_path, out, tile=tile, device=device, backend=backend,
                                         precision=precision, probabilities=probabilities, overwrite=overwrite,
                                         nodata=nodata, workers=workers, scheduler=scheduler, resume=resume,

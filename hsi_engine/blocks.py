@@ -21,6 +21,8 @@ from concurrent.futures import Executor, Future
 
 import numpy as np
 
+from .errors import OptionError
+
 Block = tuple[int, int]
 
 
@@ -40,7 +42,7 @@ class BlockCache:
                  chunks: tuple[Sequence[int], Sequence[int]], max_blocks: int, *,
                  decoders: Executor | None = None) -> None:
         if max_blocks < 1:
-            raise ValueError(f"max_blocks must be >= 1, got {max_blocks}")
+            raise OptionError(f"max_blocks must be >= 1, got {max_blocks}")
         self._decode = decode
         self._decoders = decoders
         self._ys = list(itertools.accumulate([0, *chunks[0]]))

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from .dask_client import _cuda_count, _gpu_resources, _parse_scheduler_address, connect, make_local_cluster
-from .errors import ClusterUsageError, HSIEngineError, OutputError, WorkerLostError
+from .errors import ClusterUsageError, HSIEngineError, OptionError, OutputError, WorkerLostError
 from .lock import output_lock
 from .logs import dropped
 from .owned import closes_its_scenes, open_owned
@@ -227,7 +227,7 @@ def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarra
         mask = prepare_tile(raw, tile, mean=mean, std=std, nodata=nodata, out=x.numpy(), nodata_bands=nodata_bands)
         x = x.to(engine.device)
     else:
-        raise ValueError(f"normalise_on must be 'host' or 'device'; got {normalise_on!r}")
+        raise OptionError(f"normalise_on must be 'host' or 'device'; got {normalise_on!r}")
     logits = tile_logits(engine, x, tile, mask)  # (K, h, w)
     if normalise_on == "device" and nodata is None and nonfinite is not None and bool(nonfinite):
         raise _nonfinite_error(raw, tile, nodata_bands)  # read after the launch, so the check does not stall it
@@ -513,7 +513,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
 
     prob = "float16" if probabilities is True else (None if probabilities in (False, None) else probabilities)
     if prob not in (None, "float16", "float32"):
-        raise ValueError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
+        raise OptionError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
     crs, transform, gcps = scene_georef(da, scene_path)
     digest = model_digest(job.model)
     scene_id = {"shape": [int(s) for s in da.shape], "dtype": str(da.dtype),

@@ -199,11 +199,11 @@ def _classify_and_report(out: Path, scene: Any, scene_path: Path, labels: np.nda
     from .resume import model_digest, provenance
     from .writers import write_classmap
 
-    try:
-        from kernels.dispatch import resolve_backend
+    from kernels.dispatch import resolve_backend
 
+    try:
         resolved = resolve_backend(backend, dev, PRECISIONS[precision])
-    except (ImportError, ValueError):
+    except ValueError:  # classify below says what is wrong with it
         resolved = backend
 
     log.info("classifying %s (%d x %d x %d) on %s with backend %s", scene_path.name, *scene.shape, dev, resolved)

@@ -770,16 +770,6 @@ def _decode_packed(da: xr.DataArray) -> xr.DataArray:
     return out
 
 
-def _dataset_chunks(var: xr.DataArray) -> dict[str, int] | None:
-    pref = var.encoding.get("preferred_chunks") or {}
-    if pref:
-        return dict(pref)
-    ch = var.encoding.get("chunksizes") or var.encoding.get("chunks")
-    if ch:
-        return dict(zip(var.dims, ch))
-    return None
-
-
 def _open_netcdf(path: Path, chunks, variable: str | None) -> xr.DataArray:
     try:
         ds = xr.open_dataset(path, chunks={}, decode_coords="all", mask_and_scale=False)
@@ -972,10 +962,8 @@ def _open_hdf5_file(f, path: Path, chunks, variable: str | None, band_axis: int 
 def _open_matlab(path: Path, chunks, variable: str | None, band_axis: int | None) -> xr.DataArray:
     import dask.array as dsa
 
-    try:
-        from ssrn.data import DataError, load_mat_array
-    except ImportError as e:  # pragma: no cover - ssrn ships with hsi-engine
-        raise SceneError(f"reading {path} needs ssrn.data ({e})") from None
+    from ssrn.data import DataError, load_mat_array
+
     try:
         arr, key = load_mat_array(path, [variable] if variable else None, ndim=3, what="scene")
     except DataError as e:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import OptionError
+
 __all__ = ["classmap_rgb", "false_colour", "pick_rgb_bands", "save_classmap", "save_comparison", "save_false_colour"]
 
 RGB_NM = (650.0, 550.0, 450.0)
@@ -165,7 +167,7 @@ def save_comparison(scene, ground_truth, prediction, path: str | os.PathLike, *,
     gt = np.asarray(ground_truth)
     pred = np.asarray(prediction)
     if gt.shape != pred.shape:
-        raise ValueError(f"ground truth {gt.shape} and prediction {pred.shape} differ in shape")
+        raise OptionError(f"ground truth {gt.shape} and prediction {pred.shape} differ in shape")
     k = len(class_names) if class_names is not None else (len(palette_colours(palette)) if palette is not None
                                                           else int(max(gt.max(), pred.max())))
     names = list(class_names) if class_names is not None else [f"class {i}" for i in range(1, k + 1)]

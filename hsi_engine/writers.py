@@ -49,7 +49,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from .errors import HSIEngineError, OutputError, user_stacklevel
+from .errors import HSIEngineError, OptionError, OutputError, user_stacklevel
 from .logs import dropped
 
 __all__ = ["ClassMapWriter", "GeoTiffClassMapWriter", "ZarrClassMapWriter", "ZARR_TITLE", "check_not_scene",
@@ -80,7 +80,7 @@ def palette_colours(palette) -> list:
     :func:`hsi_engine.classify` stores it in the map's attrs) cut into triplets."""
     if len(palette) and all(np.ndim(v) == 0 for v in palette):
         if len(palette) % 3:
-            raise ValueError(f"a flat palette holds R, G, B per class; {len(palette)} values is not a multiple of 3")
+            raise OptionError(f"a flat palette holds R, G, B per class; {len(palette)} values is not a multiple of 3")
         return [palette[i:i + 3] for i in range(0, len(palette), 3)]
     return list(palette)
 
@@ -94,10 +94,10 @@ def _norm_palette(palette, n_classes: int) -> list[tuple[int, int, int]]:
     if len(pal) == n_classes + 1:
         pal = pal[1:]
     if len(pal) < n_classes:
-        raise ValueError(f"palette has {len(pal)} colours for {n_classes} classes; give one RGB triplet per class "
+        raise OptionError(f"palette has {len(pal)} colours for {n_classes} classes; give one RGB triplet per class "
                          "1..K (or K+1 starting with class 0)")
     if any(not 0 <= v <= 255 for c in pal for v in c):
-        raise ValueError("palette colours must be RGB triplets of integers 0..255")
+        raise OptionError("palette colours must be RGB triplets of integers 0..255")
     return pal[:n_classes]
 
 
@@ -108,7 +108,7 @@ def _norm_names(class_names, n_classes: int) -> list[str]:
     if len(names) == n_classes + 1:
         names = names[1:]
     if len(names) != n_classes:
-        raise ValueError(f"{len(names)} class names for {n_classes} classes; give one name per class 1..K")
+        raise OptionError(f"{len(names)} class names for {n_classes} classes; give one name per class 1..K")
     return names
 
 
@@ -395,13 +395,13 @@ class ClassMapWriter:
                  confidence: bool = False, overwrite: bool = False, block: int = 256, gcps=None,
                  tags: dict[str, str] | None = None):
         if probabilities not in _PROB_DTYPES:
-            raise ValueError(f"probabilities={probabilities!r}; expected one of {_PROB_DTYPES}")
+            raise OptionError(f"probabilities={probabilities!r}; expected one of {_PROB_DTYPES}")
         if not (1 <= n_classes <= 255):
-            raise ValueError(f"n_classes={n_classes}; a uint8 class map holds 1..255 classes (0 = nodata)")
+            raise OptionError(f"n_classes={n_classes}; a uint8 class map holds 1..255 classes (0 = nodata)")
         if height < 1 or width < 1:
-            raise ValueError(f"class map of {height} x {width} pixels; expected at least 1 x 1")
+            raise OptionError(f"class map of {height} x {width} pixels; expected at least 1 x 1")
         if block < 16 or block % 16:
-            raise ValueError(f"block={block}; expected a multiple of 16 (GeoTIFF tiles), e.g. 256 or 512")
+            raise OptionError(f"block={block}; expected a multiple of 16 (GeoTIFF tiles), e.g. 256 or 512")
         self.path = path
         self.height, self.width, self.n_classes = int(height), int(width), int(n_classes)
         self.class_names = _norm_names(class_names, n_classes)
@@ -426,7 +426,7 @@ class ClassMapWriter:
         self.x_coords = None if x_coords is None else np.asarray(x_coords)
         for name, c, n in (("y_coords", self.y_coords, self.height), ("x_coords", self.x_coords, self.width)):
             if c is not None and c.shape != (n,):
-                raise ValueError(f"{name} has shape {c.shape}; expected ({n},) for the {self.height} x "
+                raise OptionError(f"{name} has shape {c.shape}; expected ({n},) for the {self.height} x "
                                  f"{self.width} map")
         if self.crs is None or (self.transform is None and self.gcps is None):
             missing = " and ".join(m for m, v in (("CRS", self.crs), ("transform", self.transform)) if v is None)
@@ -460,29 +460,29 @@ class ClassMapWriter:
             raise RuntimeError(f"writer for {self.path} is already committed or aborted")
         labels = np.asarray(labels)
         if labels.ndim != 2:
-            raise ValueError(f"labels tile has shape {labels.shape}; expected (h, w)")
+            raise OptionError(f"labels tile has shape {labels.shape}; expected (h, w)")
         h, w = labels.shape
         if y0 < 0 or x0 < 0 or y0 + h > self.height or x0 + w > self.width:
-            raise ValueError(f"tile at (y0={y0}, x0={x0}) of {h} x {w} lies outside the {self.height} x "
+            raise OptionError(f"tile at (y0={y0}, x0={x0}) of {h} x {w} lies outside the {self.height} x "
                              f"{self.width} class map")
         if labels.dtype != np.uint8:
             if labels.size and (labels.min() < 0 or labels.max() > self.n_classes):
-                raise ValueError(f"labels lie in {labels.min()}..{labels.max()}; expected 0 (nodata) or 1.."
+                raise OptionError(f"labels lie in {labels.min()}..{labels.max()}; expected 0 (nodata) or 1.."
                                  f"{self.n_classes}")
             labels = labels.astype(np.uint8)
         if probabilities is not None:
             if self.probabilities is None:
-                raise ValueError("probabilities given, but the writer was opened with probabilities=None")
+                raise OptionError("probabilities given, but the writer was opened with probabilities=None")
             probabilities = np.asarray(probabilities)
             if probabilities.shape != (self.n_classes, h, w):
-                raise ValueError(f"probabilities tile has shape {probabilities.shape}; expected "
+                raise OptionError(f"probabilities tile has shape {probabilities.shape}; expected "
                                  f"({self.n_classes}, {h}, {w})")
         if confidence is not None:
             if not self.confidence:
-                raise ValueError("confidence given, but the writer was opened with confidence=False")
+                raise OptionError("confidence given, but the writer was opened with confidence=False")
             confidence = np.asarray(confidence)
             if confidence.shape != (h, w):
-                raise ValueError(f"confidence tile has shape {confidence.shape}; expected ({h}, {w})")
+                raise OptionError(f"confidence tile has shape {confidence.shape}; expected ({h}, {w})")
         return labels, probabilities, confidence
 
     # ---- public ------------------------------------------------------------------------------
@@ -895,7 +895,7 @@ def write_classmap(labels_da, path: str | os.PathLike, **kw: Any) -> Path:
     prob_dtype = kw.pop("probabilities_dtype", "float32")
     if isinstance(labels_da, xr.DataArray):
         if labels_da.ndim != 2:
-            raise ValueError(f"class map has dims {labels_da.dims}; expected (y, x)")
+            raise OptionError(f"class map has dims {labels_da.dims}; expected (y, x)")
         da = labels_da.transpose(*[d for d in ("y", "x") if d in labels_da.dims] or labels_da.dims)
         attrs = da.attrs
         if "crs" not in kw or "transform" not in kw:

@@ -10,6 +10,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import OptionError
+
 VARIANTS = ("ssrn", "spc", "spa")
 BLOCK_FORMS = ("paper", "seed")
 SHORTCUTS = ("identity", "projection")
@@ -27,7 +29,7 @@ MAX_STAGE_NORMS = 16
 MAX_KERNEL = 255
 
 
-class InvalidConfig(ValueError):
+class InvalidConfig(OptionError):
     """An SSRNConfig field of the wrong type or out of bounds; ``field`` names it (None: the whole config)
     and ``found`` holds the value given."""
 
@@ -35,6 +37,13 @@ class InvalidConfig(ValueError):
         super().__init__(message)
         self.field = field
         self.found = found
+
+
+class UnknownPresetError(OptionError, KeyError):
+    """A preset name :meth:`SSRNConfig.from_name` does not know (a ``KeyError`` too, for older callers)."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted, as a repr
+        return str(self.args[0]) if self.args else ""
 
 
 # field -> (kind, low, high): kind "int" (an integer, not a bool), "odd" (an odd one), "float" (a finite number),
@@ -187,9 +196,9 @@ class SSRNConfig:
     def from_name(cls, name: str, **overrides: Any) -> "SSRNConfig":
         """A dataset preset (``indian_pines``, ``pavia_university``, ``ksc``, ``salinas``)."""
         key = name.lower().replace("-", "_")
-        key = _ALIASES.get(key, key)
+        key = DATASET_ALIASES.get(key, key)
         if key not in PRESETS:
-            raise KeyError(f"no SSRN preset {name!r}; known presets: {sorted(PRESETS)}")
+            raise UnknownPresetError(f"no SSRN preset {name!r}; known presets: {sorted(PRESETS)}")
         return dataclasses.replace(PRESETS[key], **overrides)
 
 
@@ -199,5 +208,7 @@ PRESETS: dict[str, SSRNConfig] = {
     "ksc": SSRNConfig(bands=176, classes=13),
     "salinas": SSRNConfig(bands=204, classes=16),
 }
-_ALIASES = {"in": "indian_pines", "ip": "indian_pines", "up": "pavia_university", "paviau": "pavia_university",
-            "pavia": "pavia_university", "kennedy_space_center": "ksc", "sa": "salinas"}
+DATASET_ALIASES = {"in": "indian_pines", "ip": "indian_pines", "indianpines": "indian_pines", "up": "pavia_university",
+                   "paviau": "pavia_university", "pavia": "pavia_university", "pavia_u": "pavia_university",
+                   "kennedy_space_center": "ksc", "sa": "salinas"}  # short names of the presets and of ssrn.data's
+

@@ -25,7 +25,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .errors import HSIEngineError
+from .config import DATASET_ALIASES
+from .errors import HSIEngineError, OptionError
 
 __all__ = [
     "DATASETS", "DataError", "DataNotFoundError", "DatasetSpec", "PatchDataset", "Scene", "Split",
@@ -116,14 +117,11 @@ DATASETS: dict[str, DatasetSpec] = {
         "not in the seed; hsi-engine uses 10% train / 10% val / 80% test like Pavia University "
         "(Salinas has 54129 labelled pixels, more than 5x Indian Pines)"),
 }
-_ALIASES = {"in": "indian_pines", "ip": "indian_pines", "indianpines": "indian_pines", "up": "pavia_university",
-            "paviau": "pavia_university", "pavia": "pavia_university", "pavia_u": "pavia_university",
-            "kennedy_space_center": "ksc", "sa": "salinas"}
 
 
 def dataset_spec(name: str) -> DatasetSpec:
     key = name.lower().replace("-", "_")
-    key = _ALIASES.get(key, key)
+    key = DATASET_ALIASES.get(key, key)
     if key not in DATASETS:
         raise UnknownDatasetError(f"unknown dataset {name!r}; known: {sorted(DATASETS)} (or pass a path to a "
                                   ".mat/.h5/.npz scene)")
@@ -188,7 +186,7 @@ def load_mat_array(path: str | os.PathLike, keys: Sequence[str] | None = None, *
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} file {path} not found")
+        raise DataNotFoundError(f"{what} file {path} not found")
     found, get, close = _mat_keys_and_reader(path)
     try:
         lower = {k.lower(): k for k in found}
@@ -835,7 +833,7 @@ def stratified_split(labels: np.ndarray, train_fraction: float, val_fraction: fl
     """The seed's split: per class, a random ``train_fraction`` for training, ``val_fraction`` for validation,
     the rest for test (each set gets at least one pixel of a class with >= 3 pixels)."""
     if not (0 < train_fraction < 1 and 0 <= val_fraction < 1 and train_fraction + val_fraction < 1):
-        raise ValueError(f"fractions must satisfy 0 < train, 0 <= val, train + val < 1; got "
+        raise OptionError(f"fractions must satisfy 0 < train, 0 <= val, train + val < 1; got "
                          f"{train_fraction}, {val_fraction}")
     rng = np.random.default_rng(seed)
     tr, va, te = [], [], []
@@ -859,7 +857,7 @@ def per_class_split(labels: np.ndarray, per_class: int, val_fraction: float = 0.
     maps those class ids to the number they got), ``val_fraction`` of each class for validation, the rest for
     test."""
     if per_class < 1:
-        raise ValueError(f"per_class must be >= 1, got {per_class}")
+        raise OptionError(f"per_class must be >= 1, got {per_class}")
     rng = np.random.default_rng(seed)
     tr, va, te = [], [], []
     capped = {}  # class id -> its training pixels, for classes too small to give per_class and keep half to test
@@ -941,10 +939,10 @@ class PatchDataset(torch.utils.data.Dataset):
     def __init__(self, normed: np.ndarray | torch.Tensor, labels: np.ndarray | None, indices: np.ndarray,
                  patch: int) -> None:
         if patch < 1 or patch % 2 == 0:
-            raise ValueError(f"patch must be odd, got {patch}")
+            raise OptionError(f"patch must be odd, got {patch}")
         x = torch.as_tensor(np.asarray(normed, dtype=np.float32))
         if x.dim() != 3:
-            raise ValueError(f"normed scene must be (band, y, x); got {tuple(x.shape)}")
+            raise OptionError(f"normed scene must be (band, y, x); got {tuple(x.shape)}")
         self.bands, self.h, self.w = x.shape
         self.patch = patch
         r = patch // 2
@@ -956,7 +954,7 @@ class PatchDataset(torch.utils.data.Dataset):
         if labels is not None:
             lab = torch.as_tensor(np.asarray(labels).reshape(-1)[np.asarray(indices, dtype=np.int64)]) - 1
             if (lab < 0).any():
-                raise ValueError("PatchDataset: an index points at an unlabelled pixel")
+                raise OptionError("PatchDataset: an index points at an unlabelled pixel")
             self.labels = lab.long()
         else:
             self.labels = None

@@ -65,6 +65,10 @@ class KerasImportError(CheckpointError):
     """
 
 
+class KerasFileNotFoundError(KerasImportError, FileNotFoundError):
+    """A Keras model path that is not there, or a directory (a ``FileNotFoundError`` too)."""
+
+
 # --------------------------------------------------------------------------------------------------
 # reading the file
 
@@ -78,10 +82,10 @@ def read_keras_config(path: str | os.PathLike) -> dict[str, Any]:
 
     path = Path(path)
     if path.is_dir():
-        raise FileNotFoundError(f"{path} is a directory; expected the Keras model file itself (e.g. "
-                                f"{path / 'Indian_best_RES_3D_SS4_10_1.hdf5'})")
+        raise KerasFileNotFoundError(f"{path} is a directory; expected the Keras model file itself (e.g. "
+                                     f"{path / 'Indian_best_RES_3D_SS4_10_1.hdf5'})")
     if not path.is_file():
-        raise FileNotFoundError(f"Keras model file {path} not found")
+        raise KerasFileNotFoundError(f"Keras model file {path} not found")
     try:
         with h5py.File(path, "r") as f:
             if "model_config" not in f.attrs:
@@ -561,47 +565,15 @@ def load_keras(path: str | os.PathLike) -> SSRN:
 # --------------------------------------------------------------------------------------------------
 # model directories
 
-_IN_CLASSES = ["Alfalfa", "Corn-notill", "Corn-mintill", "Corn", "Grass-pasture", "Grass-trees",
-               "Grass-pasture-mowed", "Hay-windrowed", "Oats", "Soybean-notill", "Soybean-mintill",
-               "Soybean-clean", "Wheat", "Woods", "Buildings-Grass-Trees-Drives", "Stone-Steel-Towers"]
-# the colours of the seed's IN_classification_maps.py, class 1..16
-_IN_SEED_PALETTE = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255], [255, 0, 255],
-                    [192, 192, 192], [128, 128, 128], [128, 0, 0], [128, 128, 0], [0, 128, 0], [128, 0, 128],
-                    [0, 128, 128], [0, 0, 128], [255, 165, 0], [255, 215, 0]]
-
-
 def _scene_for(dataset: str, data_dir: str | os.PathLike | None):
-    """(cube (band, y, x), class_names, palette, source, canonical name, wavelengths) of a dataset.
+    """(cube (band, y, x), class_names, palette, source, canonical name, wavelengths) of a dataset, through
+    ``ssrn.data.load_dataset`` (registry, data directory, shipped copy)."""
+    from .data import load_dataset
 
-    Uses ``ssrn.data.load_dataset`` (registry, data directory, shipped copy); without that module, Indian
-    Pines is read with numpy/h5py from ``data_dir``'s ``Indian_pines_corrected.npy`` or the shipped copy.
-    """
-    try:
-        from .data import load_dataset
-    except ImportError:
-        load_dataset = None  # type: ignore[assignment]
-    if load_dataset is not None:
-        scene = load_dataset(dataset, data_dir)
-        cube = scene.cube.values if hasattr(scene.cube, "values") else scene.cube
-        return (np.asarray(cube), list(scene.class_names), [list(c) for c in scene.palette], str(scene.source),
-                scene.name, scene.wavelengths)
-    if dataset.lower().replace("-", "_") not in ("indian_pines", "in", "ip", "indianpines"):
-        raise FileNotFoundError(f"no loader for dataset {dataset!r} here (ssrn.data is not available); "
-                                "import without --dataset or install hsi-engine completely")
-    env = os.environ.get("HSI_ENGINE_DATA")
-    ddir = Path(data_dir) if data_dir else Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    npy = ddir / "Indian_pines_corrected.npy"
-    shipped = Path(__file__).resolve().parents[1] / "hsi_engine" / "data" / "indian_pines" / "indian_pines.h5"
-    if npy.is_file():
-        return (np.moveaxis(np.load(npy), -1, 0), list(_IN_CLASSES), [list(c) for c in _IN_SEED_PALETTE],
-                str(npy), "indian_pines", None)
-    if shipped.is_file():
-        import h5py
-
-        with h5py.File(shipped, "r") as f:
-            return (f["cube"][()], list(_IN_CLASSES), [list(c) for c in _IN_SEED_PALETTE],
-                    f"{shipped} (shipped copy)", "indian_pines", f["wavelength"][()].tolist())
-    raise FileNotFoundError(f"Indian Pines not found: looked for {npy} and {shipped}")
+    scene = load_dataset(dataset, data_dir)
+    cube = scene.cube.values if hasattr(scene.cube, "values") else scene.cube
+    return (np.asarray(cube), list(scene.class_names), [list(c) for c in scene.palette], str(scene.source),
+            scene.name, scene.wavelengths)
 
 
 def seed_standardisation(cube: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

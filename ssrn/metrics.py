@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import OptionError
+
 __all__ = ["average_accuracy", "classification_report", "cohen_kappa", "confusion_matrix", "overall_accuracy",
            "per_class_accuracy"]
 
@@ -15,11 +17,11 @@ def confusion_matrix(y_true, y_pred, n_classes: int | None = None) -> np.ndarray
     t = np.asarray(y_true, dtype=np.int64).reshape(-1)
     p = np.asarray(y_pred, dtype=np.int64).reshape(-1)
     if t.shape != p.shape:
-        raise ValueError(f"y_true and y_pred differ in length: {t.size} vs {p.size}")
+        raise OptionError(f"y_true and y_pred differ in length: {t.size} vs {p.size}")
     if n_classes is None:
         n_classes = int(max(t.max(initial=-1), p.max(initial=-1))) + 1
     if t.size and (min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= n_classes):
-        raise ValueError(f"labels must lie in 0..{n_classes - 1}")
+        raise OptionError(f"labels must lie in 0..{n_classes - 1}")
     return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 

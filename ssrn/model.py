@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import SSRNConfig
+from .errors import OptionError
 
 
 class ResidualBlock(nn.Module):
@@ -96,7 +97,7 @@ class SSRN(nn.Module):
         No spatial mixing: the output at a pixel depends on that pixel's spectrum alone.
         """
         if x.dim() != 4 or x.shape[1] != self.config.bands:
-            raise ValueError(f"spectral() expects (N, {self.config.bands}, H, W); got {tuple(x.shape)}")
+            raise OptionError(f"spectral() expects (N, {self.config.bands}, H, W); got {tuple(x.shape)}")
         n, b, h, w = x.shape
         # channels-last strides spelled out: for one channel .contiguous(channels_last) keeps NCHW strides,
         # and the convs would then run (and return) NCHW, 2x slower on CPU
@@ -120,7 +121,7 @@ class SSRN(nn.Module):
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         c = self.config
         if patches.dim() != 4 or patches.shape[1:] != (c.bands, c.patch, c.patch):
-            raise ValueError(f"SSRN expects patches (N, {c.bands}, {c.patch}, {c.patch}); "
+            raise OptionError(f"SSRN expects patches (N, {c.bands}, {c.patch}, {c.patch}); "
                              f"got {tuple(patches.shape)}")
         return self.spatial(self.spectral(patches))
 

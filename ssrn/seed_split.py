@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .data import Split
+from .errors import OptionError
 
 __all__ = ["SEED_IN_RECORD", "SEED_RNG_SEED", "SEED_VAL_SIZE", "SEED_VAL_TEST_FRACTION", "seed_sampling",
            "seed_scores", "seed_split"]
@@ -71,10 +72,10 @@ def seed_split(labels: np.ndarray, seed: int = SEED_RNG_SEED, proportion_val: fl
     so numpy's global state is left alone. The index arrays keep the seed's order."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
-        raise ValueError(f"labels must be a (y, x) map, got shape {labels.shape}")
+        raise OptionError(f"labels must be a (y, x) map, got shape {labels.shape}")
     tr, te = seed_sampling(proportion_val, labels, np.random.RandomState(seed))
     if not 0 < val_size < len(te):
-        raise ValueError(f"val_size {val_size} must be positive and below the {len(te)} validation + test pixels")
+        raise OptionError(f"val_size {val_size} must be positive and below the {len(te)} validation + test pixels")
     arr = lambda xs: np.asarray(xs, dtype=np.int64)  # noqa: E731
     return Split(tuple(labels.shape), arr(tr), arr(te[-val_size:]), arr(te[:-val_size]),
                  {"method": "seed_sampling", "seed": seed, "proportion_val": proportion_val, "val_size": val_size,

@@ -166,9 +166,10 @@ class Trainer:
 
     Defaults are the seed's: RMSprop (Keras' rho 0.9, epsilon 1e-7), lr 3e-4, batch 16, 200 epochs,
     constant learning rate, no early stopping, float32 (``amp=True``: bfloat16 autocast on CUDA, opt-in).
+    ``weight_decay=None`` is each optimizer's usual default: 0 for RMSprop, 1e-2 for AdamW.
     """
 
-    def __init__(self, model: SSRN, *, optimizer: str = "rmsprop", lr: float = 3e-4, weight_decay: float = 0.0,
+    def __init__(self, model: SSRN, *, optimizer: str = "rmsprop", lr: float = 3e-4, weight_decay: float | None = None,
                  batch_size: int = 16, epochs: int = 200, schedule: str = "constant", patience: int | None = None,
                  device: str | torch.device | None = None, amp: bool = False, seed: int = 0,
                  eval_batch_size: int = 256, progress: bool = True, time_budget_s: float | None = None,
@@ -182,20 +183,15 @@ class Trainer:
         self.time_budget_s = time_budget_s
         self.class_weight = class_weight
         self.amp = amp and self.device.type == "cuda"
-        self.optimizer_name, self.lr, self.schedule_name = optimizer, lr, schedule
+        self.lr = lr
         params = model.parameters()
         if optimizer == "rmsprop":
-            self.optimizer = torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-7, weight_decay=weight_decay)
-        elif optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay or 1e-2)
-        else:
-            raise TrainOptionError(f"optimizer must be 'rmsprop' or 'adamw', got {optimizer!r}")
-        if schedule == "constant":
-            self.scheduler = None
-        elif schedule == "cosine":
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, epochs))
-        else:
-            raise TrainOptionError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+            self.optimizer = torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-7,
+                                                 weight_decay=0.0 if weight_decay is None else weight_decay)
+        else:  # adamw (_check_optimizer_options refused the rest)
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2 if weight_decay is None else weight_decay)
+        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, epochs))
+                          if schedule == "cosine" else None)
 
     def fit(self, train: PatchDataset, val: PatchDataset | None = None) -> TrainResult:
         seed_everything(self.seed)

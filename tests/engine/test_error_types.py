@@ -229,3 +229,40 @@ def test_cluster_option_errors_are_option_errors_too() -> None:
     assert issubclass(ClusterUsageError, OptionError) and issubclass(ClusterUsageError, ValueError)
     with pytest.raises(OptionError, match="workers"):
         hsi_engine.classify_to_file("nope.tif", "nope", "out.zarr", workers=0)
+
+
+def test_ssrn_public_functions_raise_the_projects_errors(tmp_path):
+    """Raised outside the hierarchy before: a preset name (KeyError), a config field (ValueError), a missing
+    Keras file or .mat file (FileNotFoundError), metrics on mismatched labels (ValueError). Each keeps its
+    builtin as a base, so older ``except`` clauses still catch it."""
+    import numpy as np
+
+    import ssrn
+    from ssrn.config import SSRNConfig
+    from ssrn.data import load_mat_array
+
+    with pytest.raises(hsi_engine.OptionError, match="no SSRN preset 'nope'; known presets") as e:
+        SSRNConfig.from_name("nope")
+    assert isinstance(e.value, KeyError) and not str(e.value).startswith('"')
+    with pytest.raises(hsi_engine.OptionError, match="bands must be"):
+        SSRNConfig(bands=-1, classes=2)
+    for path in (tmp_path / "missing.hdf5", tmp_path):
+        with pytest.raises(hsi_engine.HSIEngineError, match="Keras model file .* not found|is a directory") as e:
+            ssrn.import_keras_to_dir(path, tmp_path / "m")
+        assert isinstance(e.value, FileNotFoundError)
+    with pytest.raises(hsi_engine.HSIEngineError, match="scene file .* not found") as e:
+        load_mat_array(tmp_path / "missing.mat", what="scene")
+    assert isinstance(e.value, FileNotFoundError)
+    with pytest.raises(hsi_engine.OptionError, match="differ in length"):
+        ssrn.classification_report(np.zeros(3, int), np.zeros(4, int))
+
+
+@pytest.mark.parametrize("alias, preset", [("indianpines", "indian_pines"), ("pavia_u", "pavia_university"),
+                                           ("IP", "indian_pines"), ("Kennedy-Space-Center", "ksc")])
+def test_presets_and_datasets_know_the_same_short_names(alias, preset):
+    """``SSRNConfig.from_name`` and ``ssrn.data.dataset_spec`` read one alias table (the config's lacked two)."""
+    from ssrn.config import PRESETS, SSRNConfig
+    from ssrn.data import dataset_spec
+
+    assert SSRNConfig.from_name(alias) == PRESETS[preset]
+    assert dataset_spec(alias).name == preset

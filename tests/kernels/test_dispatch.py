@@ -79,3 +79,18 @@ def test_conv3d_formulation_equals_the_reference(form: str, bands: int) -> None:
     with pytest.raises(ValueError, match=rf"expected pixels \(P, {bands}\)"):
         spectral_stage_conv3d(x[:, :-1], prog)
 
+
+
+def test_gluon_check_pixels_are_not_only_the_halo() -> None:
+    """The Gluon self-check's input: the scene's pixels spread over the whole call (not only its first, which on
+    a first tile are zero halo rows) and seeded random spectra, in the call's dtype."""
+    x = torch.zeros(10_000, 23, dtype=torch.bfloat16)
+    x[-1] = 1.0  # a scene pixel only a spread sample reaches
+    got = dispatch._check_pixels(x, n=64)
+    assert got.dtype == torch.bfloat16 and got.shape == (128, 23)
+    assert (got[:64] == 1.0).all(dim=1).sum() == 1  # the last pixel is among the scene's
+    noise = got[64:].float()
+    assert noise.std() > 0.5 and len(noise.unique(dim=0)) == 64
+    assert torch.equal(dispatch._check_pixels(x, n=64), got)  # seeded: the same check every time
+    small = dispatch._check_pixels(torch.ones(3, 23), n=64)  # a call smaller than n: each pixel once
+    assert small.shape == (67, 23) and (small[:3] == 1).all()

@@ -85,6 +85,16 @@ def test_trainer_keeps_best_val_weights_and_early_stops(crop):
     assert vl == pytest.approx(res.best_val_loss, rel=1e-4)
 
 
+@pytest.mark.parametrize("optimizer, given, used", [("adamw", None, 1e-2), ("adamw", 0.0, 0.0), ("adamw", 3e-4, 3e-4),
+                                                   ("rmsprop", None, 0.0), ("rmsprop", 1e-3, 1e-3)])
+def test_trainer_weight_decay_is_the_one_given(optimizer, given, used):
+    """An explicit ``weight_decay=0`` turns AdamW's decay off (it was taken for 'not given' and became 1e-2)."""
+    model = ssrn.SSRN(ssrn.SSRNConfig(bands=12, classes=3, patch=5, variant="spc"))
+    kw = {} if given is None else {"weight_decay": given}
+    t = Trainer(model, optimizer=optimizer, epochs=1, progress=False, **kw)
+    assert t.optimizer.param_groups[0]["weight_decay"] == used
+
+
 def test_dense_prediction_equals_patch_mode(crop):
     _, cube, lab = crop
     normed, _, _ = D.standardize(cube)
