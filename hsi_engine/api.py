@@ -14,7 +14,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import xarray as xr
@@ -25,12 +25,15 @@ from .io import as_scene, open_scene, scene_gcps, with_window_gcps
 from .owned import closes_its_scenes, open_owned
 from .tiles import TilePlan, default_tile, plan_tiles
 
+if TYPE_CHECKING:
+    from ssrn.model import SSRN
+
 log = logging.getLogger(__name__)
 
 __all__ = ["classify", "classify_to_file", "load_model", "open_scene"]
 
 
-def load_model(path: str | os.PathLike, map_location: Any = "cpu"):
+def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> SSRN:
     """Load a model directory (``weights.safetensors`` + ``model.json``) as an ``ssrn.SSRN`` in eval mode.
 
     ``model.meta`` carries the per-band ``mean``/``std`` the scene is normalised with, ``class_names``,
@@ -60,16 +63,10 @@ def _import_whole() -> None:
 
 def _device(device: Any):
     """The torch device to run on (default: cuda when available, else cpu): cpu or cuda, checked by
-    :func:`ssrn.devices.resolve_device` before anything is read."""
-    from ssrn.devices import DeviceError, resolve_device
+    :func:`hsi_engine.fused.engine_device` before anything is read."""
+    from .fused import engine_device
 
-    try:
-        dev = resolve_device(device)
-    except DeviceError as e:
-        raise OptionError(str(e)) from None
-    if dev.type not in ("cpu", "cuda"):
-        raise OptionError(f"device {device!r} is not supported by the engine; expected cpu, cuda or cuda:N")
-    return dev
+    return engine_device(device)
 
 
 def _model(model: Any):
@@ -459,13 +456,18 @@ def _longitude_wrap(da: xr.DataArray, d: str, steps: np.ndarray) -> str | None:
     return "from 360 to 0 degrees" if x.max() > 180 else "from 180 to -180 degrees"
 
 
+def _compose(t: Any, other: Any) -> Any:
+    """``t @ other`` (a composed transform, or points): affine 3 warns on ``*``, which affine before 2.4 needs."""
+    return t @ other if hasattr(type(t), "__matmul__") else t * other
+
+
 def _window_of(stored: Any, t: Any, flips: bool = False) -> bool:
     """Whether ``t`` is the transform of a window of ``stored``'s grid taken with a positive step (its pixel
     centres on the grid's centres): what a strided ``isel`` leaves, rioxarray keeping the whole scene's
     GeoTransform. A flip (negative step) only with ``flips``: a GeoTransform left north-up on a flipped array of
     1-D coordinates is worth a word."""
     try:
-        m = ~stored * t
+        m = _compose(~stored, t)
     except Exception:  # noqa: BLE001 - a degenerate stored transform
         return False
     steps, shifts = (m.a, m.e), (m.c + m.a / 2 - 0.5, m.f + m.e / 2 - 0.5)  # map centre 0 -> source centre
@@ -488,7 +490,7 @@ def _rotated_from_centres(da: xr.DataArray, stored: Any, scene_path: Any = None)
     b, e = (xc[1, 0] - xc[0, 0], yc[1, 0] - yc[0, 0]) if xc.shape[0] > 1 else (stored.b, stored.e)
     t = Affine(a, b, xc[0, 0] - (a + b) / 2, d, e, yc[0, 0] - (d + e) / 2)
     rows, cols = np.mgrid[0:xc.shape[0], 0:xc.shape[1]] + 0.5
-    px, py = t * (cols, rows)
+    px, py = _compose(t, (cols, rows))
     off = float(np.max(np.hypot(px - xc, py - yc))) if xc.size else 0.0
     if not np.isfinite(off) or off > 0.25 * math.hypot(a, d):
         raise IrregularGridError(f"scene {_scene_name(da, scene_path)} has a rotated grid and its pixels were "
@@ -548,7 +550,8 @@ def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
                                      "selected irregularly: only a regular window can be placed; select one with "
                                      "a slice, e.g. da.isel(x=slice(a, b))") from None
         # map pixel k's centre on source pixel r0 + k * rs's centre (as the GCP and x/y paths place them)
-        return stored * Affine.translation(c0 + 0.5 - cs / 2, r0 + 0.5 - rs / 2) * Affine.scale(cs, rs)
+        shift = Affine.translation(c0 + 0.5 - cs / 2, r0 + 0.5 - rs / 2)
+        return _compose(stored, _compose(shift, Affine.scale(cs, rs)))
     if not have_coords:
         return stored  # no 1-D coordinates to check against
     for d in ("x", "y"):

@@ -333,7 +333,7 @@ class FusedSSRN:
             raise OptionError(f"fp32_products must be one of {list(FP32_PRODUCTS)}, and anything but 'ieee' only "
                              f"with precision='float32'; got {fp32_products!r} with precision={precision!r}")
         check_spatial_precision(spatial_precision, precision)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = engine_device(device, default="cpu")
         self.config = model.config
         self.halo = model.config.halo
         self.patch = model.config.patch
@@ -435,6 +435,11 @@ class FusedSSRN:
             pix = pix.contiguous()  # as it is cast (one pass, no float32 copy of the tile)
         return self.spectral_features(pix).t().reshape(-1, hh, ww)
 
+    def __repr__(self) -> str:
+        return (f"FusedSSRN(backend={self.backend!r}, device={str(self.device)!r}, precision={self.precision!r}, "
+                f"spatial={self.spatial_form!r}, spatial_precision={self.spatial_precision!r}, "
+                f"bands={self.config.bands}, classes={self.classes}, max_pixels={self.max_pixels})")
+
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -518,6 +523,24 @@ class FusedSSRN:
             out.append(self._windows(wins, sp))  # (rows*w, classes)
         logits = out[0] if len(out) == 1 else torch.cat(out)
         return logits.t().reshape(-1, h, w)
+
+
+def engine_device(device: torch.device | str | None, *, default: str | None = None) -> torch.device:
+    """``device`` checked as one the engine runs on (cpu, or a CUDA device this torch sees), else an
+    :class:`OptionError` saying what was asked for and what to pass; None: ``default``, or cuda when available."""
+    from ssrn.devices import DeviceError, resolve_device
+
+    asked = default if device is None else device
+    try:
+        kind = None if asked is None else torch.device(asked).type
+    except (RuntimeError, TypeError):
+        kind = None  # resolve_device names it: not a torch device name
+    if kind not in (None, "cpu", "cuda"):
+        raise OptionError(f"device {device!r} is not supported by the engine; expected cpu, cuda or cuda:N")
+    try:
+        return resolve_device(asked)
+    except DeviceError as e:
+        raise OptionError(str(e)) from None
 
 
 def gpu_chunk_pixels(sms: int | None, target: int = 65536, program_pixels: int = 64) -> int:

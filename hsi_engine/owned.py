@@ -6,10 +6,12 @@ import contextlib
 import contextvars
 import functools
 import os
-from typing import Any, Callable
+from typing import Any, Callable, ParamSpec, TypeVar
 
 __all__ = ["closes_its_scenes", "open_owned"]
 
+P = ParamSpec("P")
+R = TypeVar("R")
 _OPENED: contextvars.ContextVar[list | None] = contextvars.ContextVar("hsi_engine_opened", default=None)
 
 
@@ -24,11 +26,11 @@ def open_owned(path: str | os.PathLike) -> Any:
     return da
 
 
-def closes_its_scenes(fn: Callable[..., Any]) -> Callable[..., Any]:
+def closes_its_scenes(fn: Callable[P, R]) -> Callable[P, R]:
     """Close the scenes ``fn`` opened from paths when it returns or fails: a service classifying files in a loop
     held each one open (deleted ones' disk space included) until a garbage collection."""
     @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
         opened: list = []
         token = _OPENED.set(opened)
         try:

@@ -44,7 +44,12 @@ SpectralStage = Callable[[torch.Tensor, SpectralProgram], torch.Tensor]
 
 
 def _device(device: torch.device | str | None) -> torch.device:
-    return torch.device(device if device is not None else "cpu")
+    try:
+        return torch.device(device if device is not None else "cpu")
+    except (RuntimeError, TypeError):
+        from ssrn.errors import OptionError
+
+        raise OptionError(f"device {device!r} is not a torch device name; expected cpu, cuda or cuda:N") from None
 
 
 @functools.lru_cache(maxsize=None)

@@ -72,6 +72,7 @@ class SpectralProgram:
         return total + 2 * self.reduce.weight.numel()
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "SpectralProgram":
+        """The program with every tensor moved to ``device`` and / or cast to ``dtype``."""
         return _map_tensors(self, lambda t: t.to(device=device, dtype=dtype))
 
     def with_conv_dtype(self, dtype: torch.dtype) -> "SpectralProgram":

@@ -170,9 +170,11 @@ class SSRNConfig:
         return 0 if self.variant == "spc" else self.spatial_blocks
 
     def replace(self, **changes: Any) -> "SSRNConfig":
+        """A copy with ``changes`` applied (and checked, as any new config is)."""
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (what ``model.json`` stores)."""
         return dataclasses.asdict(self)
 
     @classmethod

@@ -340,13 +340,14 @@ def _find(data_dir: Path, names: Sequence[str]) -> Path | None:
     return None
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Scene:
+def load_dataset(name: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Scene:
     """A registered dataset (``indian_pines``, ``pavia_university``, ``ksc``, ``salinas``) or a path.
 
     Looks in ``data_dir`` (else ``$HSI_ENGINE_DATA``, else ``../shared/data`` beside the repository);
     Indian Pines falls back to the copy this package ships.
     """
     ddir = default_data_dir(data_dir)  # an explicit data_dir that is not there is an error, even for a path
+    name = os.fspath(name)
     if is_scene_path(name):
         return _load_path(Path(name))
     spec = dataset_spec(name)

@@ -36,5 +36,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         try:
             torch.empty(0, device=dev)
         except (RuntimeError, AssertionError) as e:
-            raise DeviceError(f"device {device!r} is not usable here ({e}); expected cpu, cuda or cuda:N") from None
+            why = (str(e).splitlines() or [type(e).__name__])[0][:200]  # torch's lists every dispatch key
+            raise DeviceError(f"device {device!r} is not usable here ({why}); expected cpu, cuda or cuda:N") from None
     return dev

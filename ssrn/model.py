@@ -119,6 +119,7 @@ class SSRN(nn.Module):
         return self.head(self.dropout(y))
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, classes)`` of the centre pixels of ``patches`` ``(N, bands, patch, patch)``, normalised."""
         c = self.config
         if patches.dim() != 4 or patches.shape[1:] != (c.bands, c.patch, c.patch):
             raise OptionError(f"SSRN expects patches (N, {c.bands}, {c.patch}, {c.patch}); "
@@ -127,4 +128,5 @@ class SSRN(nn.Module):
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Number of trainable and frozen parameters (the paper's tables count both)."""
     return sum(p.numel() for p in model.parameters())

@@ -7,6 +7,7 @@ import contextlib
 import copy
 import logging
 import math
+import os
 import platform
 import random
 import time
@@ -34,6 +35,8 @@ log = logging.getLogger("ssrn.train")
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python's, numpy's and torch's global generators; ``deterministic``: also set cuDNN's flags for
+    repeatable convolutions, process-wide (:meth:`Trainer.fit` restores them when it returns)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -189,11 +192,22 @@ class Trainer:
             self.optimizer = torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-7,
                                                  weight_decay=0.0 if weight_decay is None else weight_decay)
         else:  # adamw (_check_optimizer_options refused the rest)
-            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2 if weight_decay is None else weight_decay)
+            decay = 1e-2 if weight_decay is None else weight_decay
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=decay)
         self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, epochs))
                           if schedule == "cosine" else None)
 
     def fit(self, train: PatchDataset, val: PatchDataset | None = None) -> TrainResult:
+        """Train on ``train``, keeping the weights of the best ``val`` loss; cuDNN runs deterministic meanwhile,
+        and its flags are as before when this returns (a classify after it in the same process keeps its own)."""
+        cudnn = torch.backends.cudnn
+        flags = cudnn.benchmark, cudnn.deterministic
+        try:
+            return self._fit(train, val)
+        finally:
+            cudnn.benchmark, cudnn.deterministic = flags
+
+    def _fit(self, train: PatchDataset, val: PatchDataset | None) -> TrainResult:
         seed_everything(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
         res = TrainResult()
@@ -381,7 +395,7 @@ def _check_network_options(patch: int, variant: str, overrides: dict[str, Any] |
         raise TrainOptionError(str(e)) from None
 
 
-def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = None, epochs: int = 200,
+def run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | Path | None = None, epochs: int = 200,
                  batch_size: int = 16, train_fraction: float | None = None, val_fraction: float | None = None,
                  per_class: int | None = None, split: str = "random", seed: int = 0, device: str | None = None,
                  variant: str = "ssrn", patch: int = 7, optimizer: str = "rmsprop", lr: float = 3e-4,
@@ -405,6 +419,7 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
 
     from .checkpoint import check_model_target, save_model
 
+    dataset = os.fspath(dataset)
     # one run per model directory: a second run into the same --out (a copied job script) is refused now, not
     # after hours of training when its save finds the first run's model (nor told to pass --overwrite because the
     # first one's progress save is there); no lock where none can be made beside it (a read-only or missing
@@ -430,7 +445,7 @@ def run_training(dataset: str, out: str | Path, data_dir: str | Path | None = No
         amp_used = amp and dev.type == "cuda"
         if amp and not amp_used:
             log.warning("--amp (bfloat16 autocast) applies on CUDA only: training on %s in float32", dev)
-        seed_everything(seed)
+        seed_everything(seed, deterministic=False)  # the weights' initialisation; fit sets cuDNN's flags
         scene = load_dataset(dataset, data_dir) if labels is None else \
             load_labelled_raster(dataset, labels, class_names=class_names)
         if scene.n_classes > 255:

@@ -1160,3 +1160,33 @@ def test_a_returned_map_does_not_read_the_scene_file_it_came_from(case, geo, tmp
     os.remove(path)  # a service deletes the scene it classified
     np.testing.assert_allclose(out["lat"].values, lat)
     np.testing.assert_allclose(out["labels"]["lon"].values, 13.0 + 0.001 * lat)
+
+
+def test_a_strided_window_is_placed_without_affines_deprecated_operator(geo, tmp_path):
+    """affine 3 warns on ``*``; under a filter making that warning an error (a test suite's usual setting) the
+    window check swallowed it and warned that a correct strided window's transform was stale."""
+    import warnings
+
+    from affine import Affine
+
+    cube = geo.make_cube(height=12, width=12)
+    model = make_model(geo.BANDS, cube=cube)
+    t = Affine.translation(366000, 5810000) * Affine.scale(30, -30)
+    win = hsi_engine.open_scene(_write_rotated(tmp_path / "north.tif", cube, t)).isel(y=slice(0, 12, 2), x=slice(0, 12, 2))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("error", category=PendingDeprecationWarning, module="hsi_engine")
+        got = classify(win, model, progress=False).rio.transform()
+    assert (got.a, got.e) == pytest.approx((60, -60))
+    assert not [w for w in seen if "disagrees" in str(w.message)]
+
+
+def test_the_packages_are_marked_typed_for_type_checkers():
+    """Without a ``py.typed`` in the wheel mypy read every hsi_engine, ssrn and kernels name as Any."""
+    import tomllib
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    data = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    for pkg in ("hsi_engine", "ssrn", "kernels"):
+        assert (repo / pkg / "py.typed").is_file() and "py.typed" in data[pkg]

@@ -85,6 +85,10 @@ def test_classify_to_file_probabilities_refused_before_the_scene_is_opened(scene
     ({"precision": "fp8"}, r"precision must be one of"),
     ({"spatial_precision": "foo"}, r"spatial_precision must be 'auto', 'float32'"),
     ({"backend": "foo"}, r"unknown spectral backend 'foo'"),
+    ({"device": "tpu"}, r"device 'tpu' is not a torch device name; expected cpu, cuda or cuda:N"),
+    ({"device": "mps"}, r"device 'mps' is not supported by the engine"),
+    pytest.param({"device": "cuda"}, r"sees no CUDA device", marks=pytest.mark.skipif(
+        __import__("torch").cuda.is_available(), reason="a test of the refusal where CUDA is absent")),
 ])
 def test_fused_ssrn_option_errors(model, kwargs, match):
     from hsi_engine.fused import FusedSSRN
@@ -92,6 +96,13 @@ def test_fused_ssrn_option_errors(model, kwargs, match):
     with pytest.raises(hsi_engine.HSIEngineError, match=match) as e:
         FusedSSRN(model, **kwargs)
     assert isinstance(e.value, ValueError)
+
+
+def test_kernels_device_name_error():
+    from kernels import available_backends
+
+    with pytest.raises(hsi_engine.OptionError, match=r"device 'tpu' is not a torch device name"):
+        available_backends("tpu")
 
 
 def test_resolve_backend_option_error():

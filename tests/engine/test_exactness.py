@@ -163,9 +163,8 @@ def test_random_weights_on_real_scene(indian_pines, form):
         np.testing.assert_array_equal(labels.values, ref.argmax(0).numpy() + 1)
 
 
-@pytest.mark.skipif(not SHIPPED_MODEL.is_dir(), reason="shipped model hsi_engine/data/models/ssrn_indian_pines "
-                                                      "not present")
 def test_shipped_model_map_equals_patch_mode(indian_pines):
+    assert SHIPPED_MODEL.is_dir(), f"the shipped model {SHIPPED_MODEL} is missing: it ships with the package"
     model = load_model(SHIPPED_MODEL)
     raw, ref = crop_case(indian_pines[0], model, 16, 15)
     assert rel_err(tiled_logits(model, raw, (6, 9)), ref) < 1e-4
@@ -179,4 +178,4 @@ def test_bf16_agreement_is_measured(trained_case, capsys):
     agree = float((labels.values == ref.argmax(0).numpy() + 1).mean())
     with capsys.disabled():
         print(f"\nbfloat16 spectral stage on the real crop (trained weights): argmax agreement {agree:.4f}")
-    assert agree > 0.5  # measured and reported, not required to be exact
+    assert agree >= 0.98  # not required to be exact; 1.0 measured on this crop (README: 99.7% on the scene)

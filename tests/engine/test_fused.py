@@ -129,6 +129,12 @@ def test_fused_chunking_does_not_change_results():
     assert rel_err(b, a) < 1e-5
 
 
+def test_fused_repr_says_what_runs():
+    m = random_model()
+    r = repr(FusedSSRN(m, backend="auto", max_pixels=7))
+    assert r.startswith("FusedSSRN(backend='eager', device='cpu', precision='float32'") and "max_pixels=7" in r
+
+
 def test_fused_rejects_bad_tiles():
     m = random_model()
     f = FusedSSRN(m, backend="eager")

@@ -400,8 +400,7 @@ def test_shipped_indian_pines_h5():
     from pathlib import Path
 
     p = Path(__file__).resolve().parents[2] / "hsi_engine" / "data" / "indian_pines" / "indian_pines.h5"
-    if not p.exists():
-        pytest.skip(f"shipped scene {p} not present")
+    assert p.is_file(), f"the shipped scene {p} is missing: it ships with the package"
     da = open_scene(p)
     assert da.shape == (200, 145, 145) and da.dtype == np.uint16 and _is_lazy(da)
     assert da["wavelength"].values[0] == pytest.approx(400.02)

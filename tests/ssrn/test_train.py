@@ -95,6 +95,27 @@ def test_trainer_weight_decay_is_the_one_given(optimizer, given, used):
     assert t.optimizer.param_groups[0]["weight_decay"] == used
 
 
+def test_fit_restores_cudnn_flags(crop):
+    """fit runs cuDNN deterministic and leaves the process's flags as they were: a classify in the same notebook
+    after training kept benchmark=False, deterministic=True for good."""
+    _, cube, lab = crop
+    normed, _, _ = D.standardize(cube[:12])
+    s = D.per_class_split(lab, 4, 0.05, seed=1)
+    cudnn = torch.backends.cudnn
+    before = cudnn.benchmark, cudnn.deterministic
+    seen = []
+    try:
+        cudnn.benchmark, cudnn.deterministic = True, False
+        model = ssrn.SSRN(ssrn.SSRNConfig(bands=12, classes=5, patch=5, variant="spc"))
+        t = Trainer(model, epochs=1, progress=False,
+                    on_improve=lambda m, r: seen.append((cudnn.benchmark, cudnn.deterministic)))
+        t.fit(D.PatchDataset(normed, lab, s.train, 5), D.PatchDataset(normed, lab, s.val, 5))
+        assert seen and seen[0] == (False, True)  # deterministic while it trained
+        assert (cudnn.benchmark, cudnn.deterministic) == (True, False)
+    finally:
+        cudnn.benchmark, cudnn.deterministic = before
+
+
 def test_dense_prediction_equals_patch_mode(crop):
     _, cube, lab = crop
     normed, _, _ = D.standardize(cube)
