@@ -357,13 +357,14 @@ def all_nodata(mask: np.ndarray | None) -> bool:
     return mask is not None and bool(mask.all())
 
 
-def blown_pixels(logits: Any, mask: Any = None) -> Any:
-    """``(h, w)`` bool tensor of the pixels, nodata ones left out, whose logits are not finite: finite scene
-    values too large for the network's float32 arithmetic (a corrupted float's 1e30, a float64 1e300). Their
-    argmax would be class 1 on a 7 x 7 block of pixels, silently."""
-    import torch
+LOGIT_LIMIT = 1e6  # the shipped model's logits on its whole scene stay within 142; on the scene x 100, 3.1e4
 
-    blown = ~torch.isfinite(logits).all(0)
+
+def blown_pixels(logits: Any, mask: Any = None) -> Any:
+    """``(h, w)`` bool tensor of the pixels, nodata ones left out, whose logits are not finite or beyond
+    :data:`LOGIT_LIMIT`: scene values no sensor gives near them (a corrupted float's 1e30, a float64 1e300 that
+    overflows float32). Their argmax is one class at confidence 1 on a 7 x 7 block of pixels, silently."""
+    blown = ~(logits.abs() <= LOGIT_LIMIT).all(0)  # NaN compares False: flagged too
     return blown if mask is None else blown & ~mask
 
 
@@ -396,16 +397,16 @@ def _blown_error(raw: np.ndarray, tile: Tile, blown: np.ndarray, halo: int, mean
             f"the network's output at pixel (y={gy}, x={gx}) is not finite: its float16 arithmetic (largest value "
             f"65,504) overflowed on the scene's values within {halo} pixels of it ({worst}); run "
             "precision='bfloat16' (float32's range) or 'float32' (--precision), or check the scene's scale")
-    if abs(win[b, dy, dx]) < 1e30 and z[b, dy, dx] < 1e6:  # no value out of range: the normalisation or weights
+    if abs(win[b, dy, dx]) < 1e30 and z[b, dy, dx] < 1e4:  # no value out of range: the normalisation or weights
         return NonFiniteInputError(
-            f"the network's output at pixel (y={gy}, x={gx}) is not finite, and no scene value within {halo} pixels "
-            f"of it is out of range (the furthest: {worst}): the normalisation's mean/std or the model's weights "
-            "hold NaN or inf")
+            f"the network's output at pixel (y={gy}, x={gx}) is not finite or beyond {LOGIT_LIMIT:.0e}, and no scene "
+            f"value within {halo} pixels of it is out of range (the furthest: {worst}): the normalisation's "
+            "mean/std or the model's weights hold NaN, inf or huge values")
     return NonFiniteInputError(
-        f"the network's output at pixel (y={gy}, x={gx}) is not finite: scene values within {halo} pixels of it "
-        f"are too large for its float32 arithmetic ({worst}). Such values are not data (a corrupted or "
-        "unconverted value): set them to a nodata value and pass it (scene.where(abs(scene) < LIMIT, "
-        "NODATA) with nodata=NODATA; --nodata NODATA)")
+        f"the network's output at pixel (y={gy}, x={gx}) is not finite or beyond {LOGIT_LIMIT:.0e} (a trained "
+        f"network's stay within a few hundred on data): scene values within {halo} pixels of it are far outside "
+        f"the model's data ({worst}). Such values are not data (a corrupted or unconverted value): set them to a "
+        "nodata value and pass it (scene.where(abs(scene) < LIMIT, NODATA) with nodata=NODATA; --nodata NODATA)")
 
 
 def labels_from_logits(logits: Any, *, probabilities: bool, mask: Any = None) -> tuple[Any, Any, Any]:

@@ -136,7 +136,7 @@ def test_finite_values_too_large_for_float32_are_named_not_classified(crop, mode
     da = F.dataarray(cube)
     npy = tmp_path / "big.npy"
     np.save(npy, np.moveaxis(cube, 0, -1))
-    match = r"not finite: .*band 7 at \(y=21, x=30\) holds"
+    match = r"not finite or beyond 1e\+06 .*band 7 at \(y=21, x=30\) holds"
     msg = classify_everywhere(da, model_dir, outdir, NonFiniteInputError, match, cli_scene=npy)
     assert "band 7 at (y=21, x=30)" in msg
     with pytest.raises(NonFiniteInputError, match=match):
@@ -155,6 +155,18 @@ def test_finite_values_too_large_for_float32_are_named_not_classified(crop, mode
     assert out[21, 30] == 0 and (out > 0).sum() == 40 * 40 - 1
     cube[7, 21, 30] = -1e45  # beyond float32 on the cast alone
     with pytest.raises(NonFiniteInputError, match=r"holds -1e\+45"):
+        hsi_engine.classify(F.dataarray(cube), model_dir, tile=TILE, progress=False)
+
+
+@pytest.mark.parametrize("value", [1e30, -3e38, 1e12])
+def test_finite_float32_values_far_outside_the_data_are_named_not_classified(crop, model_dir, outdir, value):
+    """A float32 1e30 (a corrupted value) kept the logits finite: a 7 x 7 block of one class at confidence 1,
+    silently, though README says such a value stops the run."""
+    cube = crop.astype(np.float32)
+    cube[7, 21, 30] = value
+    match = r"beyond 1e\+06 .*far outside the model's data \(band 7 at \(y=21, x=30\) holds"
+    classify_everywhere(F.dataarray(cube), model_dir, outdir, NonFiniteInputError, match)
+    with pytest.raises(NonFiniteInputError, match=match + r".*pass it \(scene.where"):
         hsi_engine.classify(F.dataarray(cube), model_dir, tile=TILE, progress=False)
 
 
