@@ -224,6 +224,51 @@ def _sample_window(da: xr.DataArray, side: int = 32) -> dict[str, slice]:
     return window
 
 
+def _packing(attrs: dict, bands: int) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """``(scale, offset, unsigned)`` per band from CF packing attributes (``scale_factor``, ``add_offset``,
+    ``_Unsigned``; one value or one per band, as rioxarray gives them); None when they pack nothing."""
+    try:
+        scale, offset = (np.broadcast_to(np.asarray(attrs.get(k, v), np.float64).reshape(-1), (bands,))
+                         for k, v in (("scale_factor", 1.0), ("add_offset", 0.0)))
+    except (TypeError, ValueError):
+        return None
+    unsigned = str(attrs.get("_Unsigned", "false")).lower() == "true"
+    return None if (scale == 1).all() and (offset == 0).all() and not unsigned else (scale, offset, unsigned)
+
+
+def _check_packing(da: xr.DataArray, raw: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                   nodata: float | None) -> None:
+    """Warn when an integer scene handed over in memory carries CF packing it was not decoded with
+    (``xr.open_dataset(..., mask_and_scale=False)``, ``rioxarray.open_rasterio``) and its decoded values fit the
+    model's training data far better than the stored integers the engine reads: the map was silently another.
+    Packing that is only a note (a GeoTIFF's scale on counts a model was trained on) fits worse, and says nothing."""
+    packing = _packing(da.attrs, raw.shape[0]) if raw.dtype.kind in "ui" and "unpacked" not in da.attrs else None
+    if packing is None:
+        return
+    scale, offset, unsigned = packing
+    stored = raw.astype(np.float64)
+    ok = np.ones(raw.shape[1:], bool) if nodata is None else ~(raw == nodata).any(axis=0)
+    used = np.isfinite(mean)
+    if ok.sum() < 16 or not used.any():
+        return
+    if unsigned and raw.dtype.kind == "i":
+        stored = raw.view(raw.dtype.str.replace("i", "u")).astype(np.float64)
+    decoded = stored * scale[:, None, None] + offset[:, None, None]
+
+    def off(x: np.ndarray) -> float:  # the median band's sample mean from the model's, in its standard deviations
+        return float(np.median(np.abs(x[used][:, ok].mean(axis=1) - mean[used]) / std[used]))
+
+    as_read, as_decoded = off(raw.astype(np.float64)), off(decoded)
+    if as_read > 3 and as_decoded * 3 < as_read:
+        given = ", ".join(f"{k}={da.attrs[k]}" for k in ("scale_factor", "add_offset", "_Unsigned") if k in da.attrs)
+        warnings.warn(f"the scene carries CF packing ({given}) that was not applied: the engine reads its stored "
+                      f"{raw.dtype} values, {as_read:,.0f} standard deviations off the model's training data in the "
+                      f"median band, against {as_decoded:,.1f} for the decoded values (a {raw.shape[1]} x "
+                      f"{raw.shape[2]}-pixel sample). Decode it first (xr.decode_cf(ds), or open the file with "
+                      "hsi_engine.open_scene or xr.open_dataset's defaults)",
+                      UnnormalisedInputWarning, stacklevel=user_stacklevel())
+
+
 def _check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: float | None,
                  trained_stats: bool = True) -> None:
     """Warn (``UnnormalisedInputWarning``, an error on the command line) when a sample of the scene is
@@ -240,6 +285,8 @@ def _check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: fl
     except Exception as e:  # noqa: BLE001 - a sanity check: the run reports an unreadable scene itself
         log.debug("scale check skipped: the sample could not be read (%s)", e)
         return
+    if trained_stats:
+        _check_packing(da, raw, mean, std, nodata)
     ratios = scale_ratios(raw, mean, std, nodata)
     if ratios is None:
         return

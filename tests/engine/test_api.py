@@ -506,6 +506,33 @@ def test_cf_packed_values_are_decoded_as_xarray_decodes_them(tmp_path, store, ca
     assert got[3, 4] == 0
 
 
+def test_cf_packing_left_undecoded_in_memory_is_named(tmp_path, case):
+    """``xr.open_dataset(mask_and_scale=False)`` or ``rioxarray.open_rasterio`` hand over the packed integers with
+    their ``scale_factor`` / ``add_offset`` / ``_Unsigned`` as attributes: the map was of the integers, silently.
+    It warns where the decoded values fit the model and the integers do not; a scale that is only a note on
+    integers the model was trained on (a GeoTIFF's reflectance scale) says nothing, nor does a decoded scene."""
+    cube, model, _ = case
+    packed = np.round((cube - 1000.0) / 0.1).astype(np.int16)
+    ds = xr.Dataset({"r": (("band", "y", "x"), packed, {"scale_factor": 0.1, "add_offset": 1000.0})})
+    p = tmp_path / "packed.nc"
+    ds.to_netcdf(p, engine="h5netcdf")
+    raw = xr.open_dataset(p, engine="h5netcdf", mask_and_scale=False)
+    for scene in (raw["r"], raw):
+        with pytest.warns(hsi_engine.UnnormalisedInputWarning, match=r"CF packing \(scale_factor=0.1, "
+                          r"add_offset=1000.0\) that was not applied: .* Decode it first"):
+            classify(scene, model, progress=False)
+    unsigned = np.round(cube * 10).astype(np.uint16)  # uint16 values stored as int16: CF's _Unsigned
+    assert (unsigned > 32767).any()
+    with pytest.warns(hsi_engine.UnnormalisedInputWarning, match=r"_Unsigned=true\) .* against 0\.[0-9] for"):
+        classify(xr.DataArray(unsigned.view(np.int16), dims=("band", "y", "x"),
+                              attrs={"scale_factor": 0.1, "_Unsigned": "true"}), model, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", hsi_engine.UnnormalisedInputWarning)
+        classify(xr.open_dataset(p, engine="h5netcdf")["r"], model, progress=False)
+        note = xr.DataArray(cube.astype(np.uint16), dims=("band", "y", "x"), attrs={"scale_factor": 1e-4})
+        classify(note, model, progress=False)
+
+
 @pytest.mark.parametrize("name, resume", [("map.tif", False), ("map.zarr", False), ("map.tif", True),
                                           ("map.zarr", True), ("mem", False)])
 def test_a_scene_placed_by_ground_control_points_gives_a_map_placed_by_them(case, tmp_path, name, resume):
