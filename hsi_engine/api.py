@@ -364,6 +364,12 @@ class _Job:
                           "`hsi-engine train`, or `import-keras --dataset NAME`), or normalise the scene first",
                           UnnormalisedInputWarning, stacklevel=user_stacklevel())
         self.nodata = nodata if nodata is not None else _declared_nodata(da)
+        if nodata is not None and da.dtype.kind in "uib" and math.isnan(float(nodata)):
+            declared = _declared_nodata(da)
+            warnings.warn(f"nodata=nan masks nothing in this {da.dtype} scene (integers hold no NaN)"
+                          + (f" and replaces its declared nodata value {declared:g}: pass nodata=None to use it, or "
+                             "the integer its fill pixels hold" if declared is not None else
+                             ": pass the integer its fill pixels hold"), UserWarning, stacklevel=user_stacklevel())
         if self.nodata is not None:  # a numpy scalar compares as a strong type in numpy, as a Python float in
             self.nodata = float(self.nodata)  # torch: the CPU and CUDA masks differed
         self.nodata_bands = _tested_bands(da, model_bad, bands, trained_stats=trained_stats)

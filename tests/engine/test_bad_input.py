@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -187,6 +188,22 @@ def test_non_finite_on_a_cluster_leaves_nothing(crop, model_dir, outdir):
     with pytest.raises(NonFiniteInputError, match=r"band 0 at \(y=39, x=39\) holds 1e\+300"):
         cluster.run_to_file(F.dataarray(cube), model_dir, outdir / "map.zarr", tile=TILE, workers=1)
     assert_nothing_written(outdir)
+
+
+def test_nodata_nan_on_an_integer_scene_is_named(crop, model_dir):
+    """nodata=nan on an integer scene can only do harm: it masks nothing and replaced the declared fill value,
+    whose pixels were classified, without a word."""
+    cube = crop.astype(np.int16)
+    cube[:, :, :4] = -32768
+    da = F.dataarray(cube)
+    da.attrs["_FillValue"] = -32768
+    with pytest.warns(UserWarning, match=r"nodata=nan masks nothing in this int16 scene .* replaces its declared "
+                                         r"nodata value -32768: pass nodata=None"):
+        out = hsi_engine.classify(da, model_dir, tile=TILE, nodata=float("nan"), progress=False).values
+    assert (out[:, :4] > 0).all()  # as asked: the fill is classified (and the warning said so)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert (hsi_engine.classify(da, model_dir, tile=TILE, progress=False).values[:, :4] == 0).all()
 
 
 @pytest.mark.parametrize("nodata, value", [(float("nan"), np.nan), (float("nan"), np.inf), (-9999.0, -9999.0)])
