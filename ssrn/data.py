@@ -669,8 +669,11 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
     da = open_scene(scene_path)
     try:
         scene_crs = da.rio.crs
-        # as the engine places the scene's map: its coordinates overrule a GeoTransform left stale by flipping it
-        scene_transform = _grid_transform(da, scene_path) if scene_crs is not None and "x" in da.coords else None
+        # as the engine places the scene's map: its coordinates overrule a GeoTransform left stale by flipping it;
+        # a scene with a transform and no CRS is placed by it too (pixel coordinates are no placement)
+        scene_transform = _grid_transform(da, scene_path) if "x" in da.coords else None
+        if scene_transform is not None and scene_transform.is_identity:
+            scene_transform = None
     except IrregularGridError as e:  # its labels could not be placed on it either
         raise DataError(str(e)) from None
     except Exception:  # noqa: BLE001 - rioxarray cannot tell: nothing to compare

@@ -499,8 +499,14 @@ def run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | Pa
         }
         if scene.grid is not None:  # the split's pixel indices, placed on the ground
             meta["grid"] = scene.grid
-        if scene.nodata_bands is not None:  # a scene classified later without its bbl is still not all nodata
-            meta["bad_bands"] = sorted(set(range(bands)) - {int(b) for b in scene.nodata_bands})
+        bad_bands = set() if scene.nodata_bands is None else set(range(bands)) - {int(b) for b in scene.nodata_bands}
+        constant = sorted(set(np.flatnonzero(~normed.reshape(bands, -1).any(axis=1)).tolist()) - bad_bands)
+        if constant:  # trained as 0 ((c - c) / 1): read as 0 when classifying too, whatever another scene holds
+            log.warning("%s: bands %s hold one value in every pixel with data: they carry nothing to learn, and are "
+                        "recorded as bad bands (read as 0 when classifying, as in training), so a scene with data "
+                        "in them is not read raw", scene.name, constant)
+        if scene.nodata_bands is not None or constant:  # a scene classified later without its bbl is still not
+            meta["bad_bands"] = sorted(bad_bands | set(constant))  # all nodata
         if scene.wavelengths is None:
             log.warning("%s: the scene has no band wavelengths (none in its file; a mosaic also loses them), so the "
                         "model records none and cannot check a scene's bands against its own when it classifies",

@@ -16,13 +16,13 @@ T = from_origin(366015.0, 5809965.0, 30.0, 30.0)
 NODATA = -32768
 
 
-def _write_scene(path, *, bands=12, h=20, w=24, seed=0, hole=(4, 5), bbl=True):
+def _write_scene(path, *, bands=12, h=20, w=24, seed=0, hole=(4, 5), bbl=True, crs="EPSG:32633"):
     rng = np.random.default_rng(seed)
     cube = rng.integers(200, 6000, size=(bands, h, w)).astype(np.int16)
     cube[3] = NODATA  # a bad band (bbl 0), nodata in every pixel, as EnMAP's
     cube[:, hole[0], hole[1]] = NODATA  # a real hole
     with rasterio.open(path, "w", driver="GTiff", height=h, width=w, count=bands, dtype="int16", nodata=NODATA,
-                       crs="EPSG:32633", transform=T) as dst:
+                       crs=crs, transform=T) as dst:
         dst.write(cube)
         for b in range(bands):
             dst.update_tags(b + 1, wavelength=str(450.0 + 20 * b), **({"bbl": "0" if b == 3 else "1"} if bbl else {}))
@@ -90,6 +90,28 @@ def test_a_label_raster_off_the_scene_grid_is_refused_with_the_fix(tmp_path, wha
         _write_labels(tmp_path / "l.tif", _labels(), **kw)
     with pytest.raises(DataError, match=match):
         load_labelled_raster(tmp_path / "s.tif", tmp_path / ("l.npy" if what == "shape" else "l.tif"))
+
+
+def test_a_scene_with_a_transform_and_no_crs_is_placed_by_it(tmp_path):
+    """The label grid was compared only for a scene with a CRS: a GeoTIFF with a transform and no CRS took labels
+    half a pixel off, or stored south-up, row for row (782 of 1,024 EnMAP labels upside down)."""
+    import warnings
+
+    from rasterio.transform import Affine
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rasterio's NotGeoreferencedWarning-like notes on a CRS-less file
+        _write_scene(tmp_path / "s.tif", crs=None)
+    lab = _labels()
+    _write_labels(tmp_path / "half.tif", lab, transform=from_origin(366030.0, 5809965.0, 30.0, 30.0))
+    with pytest.raises(DataError, match=r"is not the scene's \(30.0, 0.0, 366015.0.* and not on its pixels"):
+        load_labelled_raster(tmp_path / "s.tif", tmp_path / "half.tif")
+    south_up = Affine(30.0, 0.0, 366015.0, 0.0, 30.0, 5809965.0 - 30.0 * 20)
+    _write_labels(tmp_path / "south.tif", lab[::-1], transform=south_up)
+    sc = load_labelled_raster(tmp_path / "s.tif", tmp_path / "south.tif")
+    expect = lab.copy()
+    expect[4, 5] = 0  # the scene's hole
+    np.testing.assert_array_equal(sc.labels, expect)
 
 
 def test_a_larger_label_raster_on_the_scene_grid_is_cut_to_the_scene(tmp_path):
@@ -233,6 +255,34 @@ def test_what_a_bad_band_holds_does_not_change_the_map(tmp_path):
         w.simplefilter("always")
         hsi_engine.classify(more, model, progress=False)
     assert any("flags bands 7 (0-based) bad, but the model was trained with data in them" in str(x.message) for x in seen)
+
+
+def test_a_band_constant_in_training_is_read_as_0_when_classifying(tmp_path, caplog):
+    """A band with one value in every training pixel (a dead detector) is trained as 0 ((c - c) / 1): the model
+    read it raw on a scene with data there, hundreds of standard deviations off, and mapped every pixel to one
+    class without a word. It is recorded as a bad band, with a warning, so any value there gives the same map."""
+    import logging
+
+    import hsi_engine
+    from hsi_engine.cli import main
+
+    cube = _write_scene(tmp_path / "s.tif")
+    with rasterio.open(tmp_path / "s.tif", "r+") as f:
+        band = f.read(11)
+        band[band != NODATA] = 500  # constant on the pixels with data; the hole stays nodata
+        f.write(band, 11)
+    _write_labels(tmp_path / "l.tif", _labels(), colours=False)
+    model_dir = tmp_path / "model"
+    with caplog.at_level(logging.WARNING, logger="ssrn.train"):
+        assert main(["train", "--dataset", str(tmp_path / "s.tif"), "--labels", str(tmp_path / "l.tif"),
+                     "--out", str(model_dir), "--epochs", "1", "--batch-size", "32", "--device", "cpu"]) == 0
+    assert "bands [10] hold one value in every pixel with data" in caplog.text
+    assert json.loads((model_dir / "model.json").read_text())["meta"]["bad_bands"] == [3, 10]
+    model = hsi_engine.load_model(model_dir)
+    scene = hsi_engine.open_scene(tmp_path / "s.tif")
+    ref = hsi_engine.classify(scene, model, progress=False).values
+    live = scene.copy(data=np.where(np.arange(12)[:, None, None] == 10, cube[0], scene.values))
+    np.testing.assert_array_equal(hsi_engine.classify(live, model, progress=False).values, ref)
 
 
 def test_a_bad_band_with_data_and_no_nodata_is_0_in_training_as_in_the_engine(tmp_path):
