@@ -220,8 +220,15 @@ def _check_labels(labels: np.ndarray, shape: tuple[int, int], where: str) -> np.
         raise DataError(f"{where}: label map has shape {labels.shape} but the scene is {shape[0]} x {shape[1]} "
                         "(y, x); the ground truth must be a 2-D map of the same size as the scene")
     if not np.issubdtype(labels.dtype, np.integer):
-        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
-            raise DataError(f"{where}: labels must be integers (0 = unlabelled, 1..K)")
+        finite = np.isfinite(labels)
+        if not finite.all():
+            raise DataError(f"{where}: labels must be integers (0 = unlabelled, 1..K); found {int((~finite).sum())} "
+                            "NaN or inf cells: declare NaN as the label raster's nodata (rio edit-info --nodata nan "
+                            "FILE) so they are unlabelled, or set them to 0")
+        if np.any(labels != np.round(labels)):
+            bad = labels[labels != np.round(labels)]
+            raise DataError(f"{where}: labels must be integers (0 = unlabelled, 1..K); found fractional values "
+                            f"such as {bad[0]:g}")
     if labels.min() < 0:
         raise DataError(f"{where}: labels must be >= 0 (0 = unlabelled); found {labels.min()}")
     return labels.astype(np.int64)
@@ -690,8 +697,13 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
                                                 str(scene_path))
     k = int(labels.max())
     if k == 0:
+        tested = np.arange(raw.shape[0]) if nodata_bands is None else np.asarray(nodata_bands)
+        dead = np.intersect1d(_bands_without_data(raw, nodata), tested).tolist()
+        why = (f": bands {dead[:10]}{'...' if len(dead) > 10 else ''} (0-based) hold nodata in every pixel yet the "
+               "scene flags them good, so every pixel counts as nodata; flag them with a 'bbl' band coordinate (0 = "
+               "bad; GeoTIFF band metadata bbl=0, ENVI 'bbl'), or drop them" if dead else "")
         raise DataError(f"{where}: no labelled pixel with data (labels 1..K on pixels that are not nodata); found "
-                        f"{int(bad.sum())} nodata pixels")
+                        f"{int(bad.sum())} nodata pixels{why}")
     _check_class_ids(labels, str(labels_path))
     names = class_names if class_names is not None else names
     if names is not None:

@@ -7,6 +7,7 @@ import contextlib
 import copy
 import logging
 import math
+import numbers
 import os
 import platform
 import random
@@ -332,8 +333,20 @@ def _check_split_options(spec: DatasetSpec | None, split: str, train_fraction: f
 def check_train_options(*, epochs: int, batch_size: int, lr: float, patience: int | None,
                         max_minutes: float | None, spec: DatasetSpec | None = None, split: str = "random",
                         train_fraction: float | None = None, val_fraction: float | None = None,
-                        per_class: int | None = None) -> None:
+                        per_class: int | None = None, seed: int = 0) -> None:
     """Raise :class:`TrainOptionError` for an option that cannot give a trained model, before any data is read."""
+    whole = [("epochs (--epochs)", epochs, False), ("batch_size (--batch-size)", batch_size, False),
+             ("patience (--patience)", patience, True), ("per_class (--per-class)", per_class, True),
+             ("seed (--seed)", seed, False)]
+    for name, value, optional in whole:
+        if not (optional and value is None) and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise TrainOptionError(f"{name} must be a whole number, got {value!r} ({type(value).__name__})")
+    for name, value, optional in (("lr (--lr)", lr, False), ("max_minutes (--max-minutes)", max_minutes, True)):
+        if not (optional and value is None) and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise TrainOptionError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    if not 0 <= seed < 2 ** 32:
+        raise TrainOptionError(f"seed (--seed) must be in 0..{2 ** 32 - 1} (numpy's and torch's generators take it), "
+                               f"got {seed}")
     bounds = [("epochs (--epochs)", epochs, epochs >= 1, ">= 1"),
               ("batch_size (--batch-size)", batch_size, batch_size >= 2,
                ">= 2 (BatchNorm needs two samples per batch: with 1 no optimiser step ever runs)"),
@@ -439,7 +452,7 @@ def run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | Pa
         spec = None if labels is not None or is_scene_path(dataset) else dataset_spec(dataset)
         check_train_options(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, max_minutes=max_minutes,
                             spec=spec, split=split, train_fraction=train_fraction, val_fraction=val_fraction,
-                            per_class=per_class)
+                            per_class=per_class, seed=seed)
         _check_optimizer_options(optimizer, schedule, class_weight)
         _check_network_options(patch, variant, config_overrides, PRESETS.get(spec.name) if spec is not None else None)
         amp_used = amp and dev.type == "cuda"
@@ -473,6 +486,10 @@ def run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | Pa
         absent = [scene.class_names[i] for i, c in enumerate(counts["train"]) if c == 0]
         untested = [scene.class_names[i] for i in range(k)
                     if counts["test"][i] == 0 and counts["train"][i] + counts["val"][i] > 0]
+        if absent:  # the model gets an output for it that no training pixel ever raised
+            log.warning("%s: classes %s have no training pixel (the split put all their pixels in validation or "
+                        "test): the model will hardly ever predict them; use a larger --train-fraction, "
+                        "--split random, or more labels", scene.name, absent)
         if untested:  # its few pixels all went to training: AA and per-class accuracy leave it out
             log.warning("%s: classes %s have no test pixel (all their pixels are in training or validation): AA "
                         "averages the other classes and reports no accuracy for them", scene.name, untested)

@@ -166,12 +166,19 @@ def no_data_read(monkeypatch):
     ({"variant": "foo"}, r"variant must be one of \('ssrn', 'spc', 'spa'\)"),
     ({"patch": 4}, r"patch must be an odd whole number 3..31"),
     ({"config_overrides": {"dropout": 2.0}}, r"dropout must be a finite number"),
+    ({"seed": -1}, r"seed \(--seed\) must be in 0..4294967295"),
+    ({"seed": 10 ** 20}, r"seed \(--seed\) must be in 0..4294967295"),
+    ({"seed": 1.5}, r"seed \(--seed\) must be a whole number, got 1.5 \(float\)"),
+    ({"epochs": 2.5}, r"epochs \(--epochs\) must be a whole number, got 2.5"),
+    ({"batch_size": True}, r"batch_size \(--batch-size\) must be a whole number, got True"),
+    ({"per_class": 2.5}, r"per_class \(--per-class\) must be a whole number"),
+    ({"lr": "0.001"}, r"lr \(--lr\) must be a number, got '0.001' \(str\)"),
 ])
 def test_run_training_options_refused_before_the_data_is_read(tmp_path, no_data_read, kwargs, match):
     from ssrn.train import TrainOptionError, run_training
 
     with pytest.raises(hsi_engine.HSIEngineError, match=match) as e:
-        run_training("indian_pines", tmp_path / "m", epochs=1, device="cpu", **kwargs)
+        run_training("indian_pines", tmp_path / "m", **{"epochs": 1, "device": "cpu", **kwargs})
     assert isinstance(e.value, ValueError) and isinstance(e.value, TrainOptionError)
     assert not (tmp_path / "m").exists()
 

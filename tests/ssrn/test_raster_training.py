@@ -114,6 +114,34 @@ def test_a_scene_with_a_transform_and_no_crs_is_placed_by_it(tmp_path):
     np.testing.assert_array_equal(sc.labels, expect)
 
 
+def test_a_band_flagged_good_but_empty_is_named_when_it_masks_every_pixel(tmp_path):
+    """Every labelled pixel was nodata because one band flagged good held nodata everywhere; the error named
+    neither the band nor the fix (classify's names both)."""
+    _write_scene(tmp_path / "s.tif")
+    with rasterio.open(tmp_path / "s.tif", "r+") as f:
+        f.write(np.full((20, 24), NODATA, np.int16), 6)
+    _write_labels(tmp_path / "l.tif", _labels())
+    with pytest.raises(DataError, match=r"no labelled pixel with data .*: bands \[5\] \(0-based\) hold nodata in "
+                                        r"every pixel yet the scene flags them good.*'bbl'"):
+        load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+
+
+def test_float_labels_with_nan_and_no_nodata_name_the_fix(tmp_path):
+    _write_scene(tmp_path / "s.tif")
+    lab = _labels().astype(np.float32)
+    lab[0, :3] = np.nan
+    with rasterio.open(tmp_path / "l.tif", "w", driver="GTiff", height=20, width=24, count=1, dtype="float32",
+                       crs="EPSG:32633", transform=T) as dst:
+        dst.write(lab, 1)
+    with pytest.raises(DataError, match=r"found 3 NaN or inf cells: declare NaN as the label raster's nodata"):
+        load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+    lab[0, :3] = 1.5
+    with rasterio.open(tmp_path / "l.tif", "r+") as dst:
+        dst.write(lab, 1)
+    with pytest.raises(DataError, match=r"found fractional values such as 1.5"):
+        load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+
+
 def test_a_larger_label_raster_on_the_scene_grid_is_cut_to_the_scene(tmp_path):
     """Land-cover rasters cover more than one scene: on the same pixel grid, the scene's window is read (pixels
     beyond the raster unlabelled), as for the Berlin scenes and their 400 x 220 land-cover map."""

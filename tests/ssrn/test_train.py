@@ -321,6 +321,19 @@ def test_a_class_without_test_pixels_is_named(tmp_path, caplog):
     assert any("classes ['class 3'] have no test pixel" in r.getMessage() for r in caplog.records)
 
 
+def test_a_class_without_training_pixels_is_warned_about(tmp_path, caplog):
+    """A block split that put a small class wholly in validation and test said so only at INFO level, inside
+    the split's line, though the model then has an output no training pixel ever raised."""
+    labels = np.zeros((30, 30), int)
+    labels[:, :15], labels[:, 15:], labels[25:, 25:] = 1, 2, 3
+    scene = _npz_scene(tmp_path / "s.npz", labels)
+    with caplog.at_level("WARNING", logger="ssrn.train"):
+        rep = run_training(scene, tmp_path / "m", epochs=1, device="cpu", patch=5, variant="spc", split="blocks",
+                           train_fraction=0.4, val_fraction=0.2, seed=1)
+    assert rep["split"]["classes_absent_from_train"] == ["class 3"]
+    assert any("classes ['class 3'] have no training pixel" in r.getMessage() for r in caplog.records)
+
+
 def _npz_scene(path, labels, bands=24, seed=0):
     rng = np.random.default_rng(seed)
     np.savez(path, cube=rng.normal(size=(bands, labels.shape[0], labels.shape[1])).astype(np.float32),
