@@ -120,6 +120,8 @@ def plan_tiles(height: int, width: int, tile: int | Sequence[int], halo: int, *,
     ty, tx = normalise_tile(tile)
     ys, xs = _edges(height, ty), _edges(width, tx)
     cy = _chunk_starts(chunks[0], height) if chunks is not None else None
+    if chunks is not None:
+        _chunk_starts(chunks[1], width)  # checked as the y chunks are; the order needs only the chunk rows
     if cy is None:
         order = [(y, x) for y in ys for x in xs]
     else:

@@ -542,7 +542,7 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
     becomes 0 (unlabelled); names from a ``class_names`` tag (as hsi-engine's maps carry them), an ENVI
     classification header or GDAL category names (``.aux.xml``), colours from its colour table."""
     if path.suffix.lower() == ".npy":
-        return _check_labels(np.load(path), shape, where), None, None
+        return _check_labels(np.load(path, allow_pickle=False), shape, where), None, None
     import rasterio
     from affine import Affine
 

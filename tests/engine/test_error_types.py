@@ -120,6 +120,7 @@ def test_resolve_backend_option_error():
     ((0, 10, 4, 3), {}, r"scene must have at least one pixel, got 0 x 10"),
     ((10, 10, 4, 3), {"chunks": (0, None)}, r"chunk size must be >= 1, got 0"),
     ((10, 10, 4, 3), {"chunks": ((4, 4), None)}, r"chunk sizes \[4, 4\] do not add up to the axis length 10"),
+    ((10, 12, 4, 3), {"chunks": ((5, 5), (3, 3))}, r"chunk sizes \[3, 3\] do not add up to the axis length 12"),
 ])
 def test_plan_tiles_argument_errors(args, kwargs, match):
     with pytest.raises(hsi_engine.HSIEngineError, match=match) as e:

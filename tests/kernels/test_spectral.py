@@ -80,14 +80,12 @@ def test_kernel_matches_reference_interpreted(interpreted: dict[str, dict], name
 
 
 def test_kernel_matches_folded_ssrn_interpreted(interpreted: dict[str, dict]) -> None:
-    pytest.importorskip("hsi_engine.fused")
     for form in ("paper", "seed"):
         check_tolerance(interpreted[f"folded-ssrn-{form}-b37"])
 
 
 def test_engine_map_with_triton_equals_eager_interpreted(interpreted: dict[str, dict]) -> None:
     """Issue 4's CPU check: ``classify(backend="triton")`` runs the kernel (interpreted) and gives eager's map."""
-    pytest.importorskip("hsi_engine")
     r = interpreted["engine-triton-vs-eager"]
     assert r["backend"] == "triton", "the engine fell back instead of running the kernel"
     assert r["labels_equal"], r
@@ -98,7 +96,6 @@ def test_engine_map_with_triton_equals_eager_interpreted(interpreted: dict[str, 
 def test_bf16_engine_casts_the_transposed_tile_chunk_by_chunk_interpreted(interpreted: dict[str, dict]) -> None:
     """The bf16 triton engine makes each chunk pixel-major as it casts it (no float32 copy of the whole tile): the
     kernel sees the bits a pixel-major float32 copy cast to bf16 gives, so its features are equal."""
-    pytest.importorskip("hsi_engine")
     r = interpreted["engine-triton-bf16-features"]
     assert r["backend"] == "triton" and r["shape"] == [128, 4, 4], r
     assert r["equal"], r
@@ -107,7 +104,6 @@ def test_bf16_engine_casts_the_transposed_tile_chunk_by_chunk_interpreted(interp
 def test_engine_float32_with_split_products_reaches_the_kernel_interpreted(interpreted: dict[str, dict]) -> None:
     """``FusedSSRN(fp32_products="tf32x3")`` runs the Triton kernel with split products (the interpreter multiplies
     in fp32 whatever they are, so this checks the wiring; the GPU test checks the accuracy)."""
-    pytest.importorskip("hsi_engine")
     r = interpreted["engine-triton-tf32x3-vs-eager"]
     assert (r["backend"], r["products"]) == ("triton", "tf32x3"), r
     assert r["argmax_equal"] and r["rel_err"] < FP32_RTOL, r
