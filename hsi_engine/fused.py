@@ -147,7 +147,7 @@ def check_spatial_precision(spatial_precision: str, precision: str) -> None:
     if spatial_precision not in ("auto", "float32", precision):
         raise OptionError(f"spatial_precision must be 'auto', 'float32' or the engine's precision ({precision!r}); "
                          f"got {spatial_precision!r}: the spatial stage never runs below the spectral stage's "
-                         "precision, so a float32 engine stays exact")
+                         "precision" + (", so a float32 engine stays exact" if precision == "float32" else ""))
 
 
 def _relu_affine(y: torch.Tensor, a: Affine) -> torch.Tensor:

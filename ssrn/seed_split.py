@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .data import Split
+from .metrics import cohen_kappa, overall_accuracy
 from .errors import OptionError
 
 __all__ = ["SEED_IN_RECORD", "SEED_RNG_SEED", "SEED_VAL_SIZE", "SEED_VAL_TEST_FRACTION", "seed_sampling",
@@ -95,8 +96,5 @@ def seed_scores(cm: np.ndarray) -> dict[str, Any]:
     predicted = cm.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         prec = np.nan_to_num(np.diag(cm) / predicted)
-    n = cm.sum()
-    po = np.trace(cm) / n
-    pe = float((cm.sum(0) * cm.sum(1)).sum()) / (n * n)
-    return {"oa": float(po), "aa": float(prec[present].mean()), "kappa": float((po - pe) / (1 - pe)),
+    return {"oa": overall_accuracy(cm), "aa": float(prec[present].mean()), "kappa": cohen_kappa(cm),
             "per_class": [float(p) if k else None for p, k in zip(prec, present)]}
