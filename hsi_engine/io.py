@@ -107,7 +107,8 @@ def _canonical_dim(name: str) -> str | None:
 
 
 def _to_nm(values: Sequence[float], units: str | None) -> np.ndarray:
-    """Wavelengths in nm: micrometre values (or values < 30 with no unit) are scaled by 1000."""
+    """Wavelengths in nm: micrometre values (or values < 30 with no unit) are scaled by 1000, metres (or values
+    below 1e-3 with no unit) by 1e9."""
     w = np.asarray(values, dtype=np.float64)
     u = (units or "").strip().lower()
     if u.startswith(("micro", "um", "µm", "μm")):
@@ -123,6 +124,8 @@ def _to_nm(values: Sequence[float], units: str | None) -> np.ndarray:
         return w * 1e7
     if u in ("m", "meter", "meters", "metre", "metres"):
         return w * 1e9
+    if w.size and 0 < np.nanmax(w) < 1e-3:  # no unit: metres (optical wavelengths are 1e-7..1e-5 m)
+        return np.round(w * 1e9, 6)
     if w.size and np.nanmax(w) < 30:  # no unit: micrometres are < 30, nanometres > 300
         return np.round(w * 1000.0, 6)
     return w

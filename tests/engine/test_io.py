@@ -453,7 +453,8 @@ def test_zarr_nodata_is_recorded_not_masked(tmp_path, zarr_format):
     ("cm-1", [22222.2222, 4166.6667], [450.0, 2400.0]), ("cm^-1", [22222.2222, 4166.6667], [450.0, 2400.0]),
     ("wavenumber", [22222.2222, 4166.6667], [450.0, 2400.0]), ("cm", [4.5e-5, 2.4e-4], [450.0, 2400.0]),
     ("centimeters", [4.5e-5, 2.4e-4], [450.0, 2400.0]), ("m", [4.5e-7, 2.4e-6], [450.0, 2400.0]),
-    ("mm", [4.5e-4, 2.4e-3], [450.0, 2400.0]), (None, [0.45, 2.4], [450.0, 2400.0])])
+    ("mm", [4.5e-4, 2.4e-3], [450.0, 2400.0]), (None, [0.45, 2.4], [450.0, 2400.0]),
+    (None, [4.5e-7, 2.4e-6], [450.0, 2400.0])])  # metres without a unit read as "0.00 nm"
 def test_wavelength_units_are_read_as_written(units, values, nm):
     """'cm' was read as a wavenumber (cm-1): 4.5e-5 cm became 2.2e11 nm and every band check failed."""
     from hsi_engine.io import _to_nm
