@@ -41,7 +41,7 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers ``.rio`` on every DataArray open_scene returns)
 import xarray as xr
 
-from .errors import MissingSpatialDimsError, SceneError, SceneNotFoundError, user_stacklevel
+from .errors import HSIEngineError, MissingSpatialDimsError, SceneError, SceneNotFoundError, user_stacklevel
 
 log = logging.getLogger(__name__)
 
@@ -776,8 +776,9 @@ def _decode_packed(da: xr.DataArray) -> xr.DataArray:
 def _open_netcdf(path: Path, chunks, variable: str | None) -> xr.DataArray:
     try:
         ds = xr.open_dataset(path, chunks={}, decode_coords="all", mask_and_scale=False)
-    except (OSError, ValueError) as e:
-        raise SceneError(f"{path} could not be opened as NetCDF ({e}); is the file complete?") from None
+    except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as e:  # h5netcdf's for damaged metadata
+        raise SceneError(f"{path} could not be opened as NetCDF ({type(e).__name__}: {_first_line(e)}); is the "
+                         "file complete and undamaged?") from None
     var = _decode_packed(_pick_variable(ds, str(path), variable))
     da = _normalise_dims(var, f"{path}'s variable {var.name!r}")
     da = _finish(_keep_grid_mapping(da, ds), path, "netcdf", chunks=chunks)
@@ -910,14 +911,23 @@ class _H5Source:
             return f[self.name][key]
 
 
+def _first_line(e: BaseException) -> str:
+    """An exception's message, its first line only (xarray's and h5py's run on with advice that does not apply)."""
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return (text.splitlines() or [""])[0][:300]
+
+
 def _open_hdf5(path: Path, chunks, variable: str | None, band_axis: int | None) -> xr.DataArray:
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
             return _open_hdf5_file(f, path, chunks, variable, band_axis)
-    except OSError as e:
-        raise SceneError(f"{path} is not a readable HDF5 file ({e})") from None
+    except HSIEngineError:
+        raise
+    except (OSError, RuntimeError, KeyError, AttributeError, ValueError) as e:  # h5py's for damaged metadata too
+        raise SceneError(f"{path} is not a readable HDF5 file ({type(e).__name__}: {_first_line(e)}); is it "
+                         "complete and undamaged?") from None
 
 
 def _open_hdf5_file(f, path: Path, chunks, variable: str | None, band_axis: int | None) -> xr.DataArray:
@@ -1244,8 +1254,8 @@ def _preview(v: np.ndarray) -> str:
 def scene_info(path: str | os.PathLike, *, variable: str | None = None, band_axis: int | None = None) -> str:
     """A human summary of a scene: format, shape, bands, dtype, chunks, CRS, transform, wavelengths, size;
     ``variable`` / ``band_axis`` as in :func:`open_scene`."""
+    da = open_scene(path, variable=variable, band_axis=band_axis)  # the path as given: a URL is named as one
     p = Path(path)
-    da = open_scene(p, variable=variable, band_axis=band_axis)
     lines = [f"scene      {p}", f"format     {da.attrs.get('source_format', scene_format(p))}",
              f"shape      band={da.sizes['band']} y={da.sizes['y']} x={da.sizes['x']}",
              f"dtype      {da.dtype}"]

@@ -452,8 +452,9 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:  # a diverged training's weights: every pixel would map to one class, silently
         more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-        raise CheckpointError(f"{wf}: tensor {bad[0]!r}{more} hold NaN or inf values: the training that wrote them "
-                              "diverged; retrain with a lower learning rate (--lr)")
+        raise CheckpointError(f"{wf}: tensor {bad[0]!r}{more} {'hold' if more else 'holds'} NaN or inf values: the "
+                              "training that wrote them diverged (retrain with a lower learning rate, --lr), or the "
+                              "file is damaged")
     model = SSRN(config)
     model.load_state_dict(tensors)
     model.meta = doc.get("meta") or {}

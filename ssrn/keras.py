@@ -94,8 +94,8 @@ def read_keras_config(path: str | os.PathLike) -> dict[str, Any]:
                 raise KerasImportError(f"{path} has no 'model_config' attribute: not a Keras whole-model "
                                        f"file.{hint}")
             raw = _attr_str(f.attrs["model_config"])
-    except OSError as e:
-        raise KerasImportError(f"{path} is not a readable HDF5 file ({e})") from None
+    except (OSError, RuntimeError, KeyError, AttributeError) as e:  # h5py's for damaged metadata too
+        raise KerasImportError(f"{path} is not a readable HDF5 file ({_damage(e)})") from None
     try:
         cfg = json.loads(raw)
     except json.JSONDecodeError as e:
@@ -525,6 +525,11 @@ def _convert(module: str, kind: str, layer: str, ws: dict[str, np.ndarray],
     return out
 
 
+def _damage(e: BaseException) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return f"{type(e).__name__}: {(text.splitlines() or [''])[0][:300]}"
+
+
 def load_keras(path: str | os.PathLike) -> SSRN:
     """The seed's Keras ``.hdf5`` SSRN as an :class:`SSRN` in eval mode (h5py only; no TensorFlow, no pickle).
 
@@ -540,10 +545,18 @@ def load_keras(path: str | os.PathLike) -> SSRN:
     model = SSRN(graph.config)
     target = model.state_dict()
     state: dict[str, np.ndarray] = {}
-    with h5py.File(path, "r") as f:
-        version = _attr_str(f.attrs.get("keras_version", ""))
-        for module, (layer, kind) in graph.mapping.items():
-            state.update(_convert(module, kind, layer, _layer_weights(f, layer), target))
+    try:
+        with h5py.File(path, "r") as f:
+            version = _attr_str(f.attrs.get("keras_version", ""))
+            for module, (layer, kind) in graph.mapping.items():
+                state.update(_convert(module, kind, layer, _layer_weights(f, layer), target))
+    except (OSError, RuntimeError, KeyError, AttributeError) as e:  # a damaged file, or a weight it names but lacks
+        raise KerasImportError(f"{path}: its weights could not be read ({_damage(e)}); is the file complete and "
+                               "undamaged?") from None
+    bad = sorted(k for k, v in state.items() if not np.isfinite(v).all())
+    if bad:
+        raise KerasImportError(f"{path}: the weights of {bad[:5]} hold NaN or inf: the file is damaged (or the Keras "
+                               "training diverged); import an intact copy")
     missing = sorted(k for k in target if k not in state and not k.endswith("num_batches_tracked"))
     if missing:
         raise KerasImportError(f"no Keras weights for SSRN parameters {missing[:5]}")

@@ -293,6 +293,19 @@ def test_corrupt_zarr(tmp_path):
         open_scene(p)
 
 
+@pytest.mark.parametrize("suffix", [".h5", ".nc"])
+def test_damaged_hdf5_and_netcdf_metadata_is_a_scene_error(tmp_path, suffix):
+    """h5py raises RuntimeError / KeyError for damaged metadata: a traceback and exit 1, not one error line."""
+    p = tmp_path / f"s{suffix}"
+    xr.Dataset({"r": (("band", "y", "x"), np.ones((3, 8, 8), np.float32))}).to_netcdf(p, engine="h5netcdf")
+    with open(p, "r+b") as f:
+        f.seek(400)
+        f.write(b"\xff" * 256)
+    with pytest.raises(SceneError, match=r"(not a readable HDF5 file|could not be opened as NetCDF) \(\w+Error: "
+                                         r".*undamaged\?"):
+        open_scene(p)
+
+
 def test_ambiguous_bare_array_warns_and_band_axis_decides(tmp_path):
     p = tmp_path / "amb.h5"
     import h5py
@@ -343,6 +356,8 @@ def test_cli_info(make_scene, capsys):
 
     assert main(["info", str(make_scene("zarr"))]) == 0
     assert "EPSG:32633" in capsys.readouterr().out
+    assert main(["info", "https://example.com/x.tif"]) == 2  # was "scene https:/example.com/x.tif does not exist"
+    assert "https://example.com/x.tif is a URL" in capsys.readouterr().err
 
 
 def test_cli_info_into_a_closed_pipe_ends_quietly(make_scene):

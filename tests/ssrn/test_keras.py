@@ -346,6 +346,30 @@ def _layer(cfg, name):
     return next(lay for lay in cfg["config"]["layers"] if lay["name"] == name)
 
 
+def test_damaged_weights_are_refused_at_import(seed_dir, tmp_path):
+    """A weight the file names but lacks gave a KeyError traceback (exit 1); NaN weights imported with exit 0
+    into a model that only classify refused, blaming training."""
+    lacking = tmp_path / "lacking.hdf5"
+    shutil.copy(seed_dir / IN_FILE, lacking)
+    with h5py.File(lacking, "r+") as f:
+        names = []
+        f["model_weights"].visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        victim = next(n for n in names if n.endswith("bias:0"))
+        del f["model_weights"][victim]
+    with pytest.raises(KerasImportError, match=r"its weights could not be read \(KeyError: .*undamaged"):
+        load_keras(lacking)
+    nan = tmp_path / "nan.hdf5"
+    shutil.copy(seed_dir / IN_FILE, nan)
+    with h5py.File(nan, "r+") as f:
+        kernel = next(n for n in names if n.endswith("kernel:0"))
+        w = f["model_weights"][kernel][()]
+        w.flat[0] = np.nan
+        f["model_weights"][kernel][...] = w
+    with pytest.raises(KerasImportError, match=r"hold NaN or inf: the file is damaged"):
+        import_keras_to_dir(nan, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
 def test_refuses_tanh_activation(seed_dir, tmp_path):
     p = _altered_copy(seed_dir / IN_FILE, tmp_path / "tanh.hdf5",
                       lambda cfg: _layer(cfg, "activation_2")["config"].update(activation="tanh"))
