@@ -598,3 +598,14 @@ def test_a_tilde_the_shell_left_is_the_home_directory_and_zarr_in_capitals_is_re
     assert _cli(["classify", str(scene), "--model", str(model_dir), "--out", "MAP.ZARR"])[0] == 0
     rc, err = _cli(["classify", str(scene), "--model", str(model_dir), "--out", "MAP.ZARR", "--resume"])
     assert rc == 0, err
+
+
+@pytest.mark.parametrize("argv, name", [(["demo", "--out", ""], "--out"),
+                                        (["classify", "", "--model", "m", "--out", "x.tif"], "scene")])
+def test_an_empty_path_is_refused_not_read_as_the_current_directory(argv, name, tmp_path, monkeypatch, capsys):
+    """``hsi-engine demo --out "$OUT"`` with OUT unset wrote the demo's files into the current directory."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and f"argument {name}: an empty path" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
