@@ -975,10 +975,12 @@ def _open_hdf5_file(f, path: Path, chunks, variable: str | None, band_axis: int 
 def _open_matlab(path: Path, chunks, variable: str | None, band_axis: int | None) -> xr.DataArray:
     import dask.array as dsa
 
-    from ssrn.data import DataError, load_mat_array
+    from ssrn.data import DataError, DataNotFoundError, load_mat_array
 
     try:
         arr, key = load_mat_array(path, [variable] if variable else None, ndim=3, what="scene")
+    except DataNotFoundError as e:
+        raise SceneNotFoundError(str(e)) from None
     except DataError as e:
         raise SceneError(f"{e}. Pass variable=NAME (--variable NAME) to pick the cube.") from None
     # MATLAB scenes are stored (rows, cols, bands): band-last unless the shape or band_axis says otherwise

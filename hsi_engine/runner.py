@@ -357,7 +357,7 @@ def all_nodata(mask: np.ndarray | None) -> bool:
     return mask is not None and bool(mask.all())
 
 
-LOGIT_LIMIT = 1e6  # the shipped model's logits on its whole scene stay within 142; on the scene x 100, 3.1e4
+LOGIT_LIMIT = 1e6  # the shipped model's logits on its whole scene stay within 142; the scene x 100 reaches 8.5e5
 
 
 def blown_pixels(logits: Any, mask: Any = None) -> Any:
@@ -397,6 +397,14 @@ def _blown_error(raw: np.ndarray, tile: Tile, blown: np.ndarray, halo: int, mean
             f"the network's output at pixel (y={gy}, x={gx}) is not finite: its float16 arithmetic (largest value "
             f"65,504) overflowed on the scene's values within {halo} pixels of it ({worst}); run "
             "precision='bfloat16' (float32's range) or 'float32' (--precision), or check the scene's scale")
+    typical = float(np.nanmedian(np.where(np.isfinite(z), z, np.nan))) if mean is not None else 0.0
+    if typical > 30:  # the whole window far off, not one value: a scene on another scale than the training scene's
+        return NonFiniteInputError(
+            f"the network's output at pixel (y={gy}, x={gx}) is beyond {LOGIT_LIMIT:.0e}: the scene's values around it "
+            f"are {typical:,.0f} standard deviations from the model's mean in the median band and value ({worst}), "
+            "so the scene is on another scale than the model's training scene (reflectance 0-1 against integers x "
+            "10000, or the reverse: see the UnnormalisedInputWarning): rescale it to the training scene's units, or "
+            "use a model trained on this scale")
     if abs(win[b, dy, dx]) < 1e30 and z[b, dy, dx] < 1e4:  # no value out of range: the normalisation or weights
         return NonFiniteInputError(
             f"the network's output at pixel (y={gy}, x={gx}) is not finite or beyond {LOGIT_LIMIT:.0e}, and no scene "

@@ -223,8 +223,8 @@ def _check_labels(labels: np.ndarray, shape: tuple[int, int], where: str) -> np.
         finite = np.isfinite(labels)
         if not finite.all():
             raise DataError(f"{where}: labels must be integers (0 = unlabelled, 1..K); found {int((~finite).sum())} "
-                            "NaN or inf cells: declare NaN as the label raster's nodata (rio edit-info --nodata nan "
-                            "FILE) so they are unlabelled, or set them to 0")
+                            "NaN or inf cells: set them to 0 (unlabelled), or declare NaN as the label file's nodata "
+                            "value (a GeoTIFF: rio edit-info --nodata nan FILE)")
         if np.any(labels != np.round(labels)):
             bad = labels[labels != np.round(labels)]
             raise DataError(f"{where}: labels must be integers (0 = unlabelled, 1..K); found fractional values "
@@ -678,7 +678,12 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
         scene_crs = da.rio.crs
         # as the engine places the scene's map: its coordinates overrule a GeoTransform left stale by flipping it;
         # a scene with a transform and no CRS is placed by it too (pixel coordinates are no placement)
-        scene_transform = _grid_transform(da, scene_path) if "x" in da.coords else None
+        try:
+            scene_transform = _grid_transform(da, scene_path) if "x" in da.coords else None
+        except IrregularGridError:
+            if scene_crs is not None:
+                raise
+            scene_transform = None  # no CRS and no regular grid: nothing places it; labels match pixel for pixel
         if scene_transform is not None and scene_transform.is_identity:
             scene_transform = None
     except IrregularGridError as e:  # its labels could not be placed on it either

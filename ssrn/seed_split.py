@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .data import Split
-from .metrics import cohen_kappa, overall_accuracy
+from .metrics import overall_accuracy
 from .errors import OptionError
 
 __all__ = ["SEED_IN_RECORD", "SEED_RNG_SEED", "SEED_VAL_SIZE", "SEED_VAL_TEST_FRACTION", "seed_sampling",
@@ -96,5 +96,8 @@ def seed_scores(cm: np.ndarray) -> dict[str, Any]:
     predicted = cm.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         prec = np.nan_to_num(np.diag(cm) / predicted)
-    return {"oa": overall_accuracy(cm), "aa": float(prec[present].mean()), "kappa": cohen_kappa(cm),
+    n = cm.sum()
+    pe = float((cm.sum(0) * cm.sum(1)).sum()) / (n * n)
+    kappa = (overall_accuracy(cm) - pe) / (1 - pe) if pe != 1 else float("nan")  # sklearn's NaN, not metrics' 1.0
+    return {"oa": overall_accuracy(cm), "aa": float(prec[present].mean()), "kappa": float(kappa),
             "per_class": [float(p) if k else None for p, k in zip(prec, present)]}

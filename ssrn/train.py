@@ -344,9 +344,8 @@ def check_train_options(*, epochs: int, batch_size: int, lr: float, patience: in
     for name, value, optional in (("lr (--lr)", lr, False), ("max_minutes (--max-minutes)", max_minutes, True)):
         if not (optional and value is None) and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
             raise TrainOptionError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    if not 0 <= seed < 2 ** 32:
-        raise TrainOptionError(f"seed (--seed) must be in 0..{2 ** 32 - 1} (numpy's and torch's generators take it), "
-                               f"got {seed}")
+    if not 0 <= seed < 2 ** 63:
+        raise TrainOptionError(f"seed (--seed) must be in 0..2**63-1 (what torch's generator takes), got {seed}")
     bounds = [("epochs (--epochs)", epochs, epochs >= 1, ">= 1"),
               ("batch_size (--batch-size)", batch_size, batch_size >= 2,
                ">= 2 (BatchNorm needs two samples per batch: with 1 no optimiser step ever runs)"),

@@ -190,6 +190,16 @@ def test_non_finite_on_a_cluster_leaves_nothing(crop, model_dir, outdir):
     assert_nothing_written(outdir)
 
 
+def test_a_whole_scene_on_another_scale_is_named_as_one_not_as_corrupted_values(crop, model_dir):
+    """The logit limit stops a whole scene far off the training scale too: its error told the user to mask the 'corrupted' values,
+    which would have masked every pixel; it names the scale."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hsi_engine.UnnormalisedInputWarning)
+        with pytest.raises(NonFiniteInputError, match=r"standard deviations from the model's mean in the median "
+                                                      r"band .* another scale than the model's training scene"):
+            hsi_engine.classify(F.dataarray(crop.astype(np.float32) * 1e7), model_dir, tile=TILE, progress=False)
+
+
 def test_nodata_nan_on_an_integer_scene_is_named(crop, model_dir):
     """nodata=nan on an integer scene can only do harm: it masks nothing and replaced the declared fill value,
     whose pixels were classified, without a word."""

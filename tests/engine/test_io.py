@@ -306,6 +306,15 @@ def test_damaged_hdf5_and_netcdf_metadata_is_a_scene_error(tmp_path, suffix):
         open_scene(p)
 
 
+def test_a_mat_path_that_is_not_a_file_is_scene_not_found(tmp_path):
+    from hsi_engine import SceneNotFoundError
+
+    (tmp_path / "d.mat").mkdir()
+    with pytest.raises(SceneNotFoundError, match=r"not found$") as e:
+        open_scene(tmp_path / "d.mat")
+    assert isinstance(e.value, FileNotFoundError)
+
+
 def test_ambiguous_bare_array_warns_and_band_axis_decides(tmp_path):
     p = tmp_path / "amb.h5"
     import h5py

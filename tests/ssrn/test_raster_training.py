@@ -133,13 +133,28 @@ def test_float_labels_with_nan_and_no_nodata_name_the_fix(tmp_path):
     with rasterio.open(tmp_path / "l.tif", "w", driver="GTiff", height=20, width=24, count=1, dtype="float32",
                        crs="EPSG:32633", transform=T) as dst:
         dst.write(lab, 1)
-    with pytest.raises(DataError, match=r"found 3 NaN or inf cells: declare NaN as the label raster's nodata"):
+    with pytest.raises(DataError, match=r"found 3 NaN or inf cells: set them to 0 \(unlabelled\), or declare NaN "
+                                        r"as the label file's nodata"):
         load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
     lab[0, :3] = 1.5
     with rasterio.open(tmp_path / "l.tif", "r+") as dst:
         dst.write(lab, 1)
     with pytest.raises(DataError, match=r"found fractional values such as 1.5"):
         load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+
+
+def test_a_scene_without_crs_or_regular_grid_takes_labels_pixel_for_pixel(tmp_path):
+    """Placing CRS-less scenes by their transform must not refuse one whose x/y place nothing (uneven
+    coordinates, no CRS): its .npy labels are its pixels'."""
+    import xarray as xr
+
+    cube = np.random.default_rng(0).integers(200, 6000, size=(12, 20, 24)).astype(np.int16)
+    x = np.r_[np.arange(12), np.arange(20, 32)].astype(float)
+    xr.Dataset({"r": (("band", "y", "x"), cube)}, coords={"x": x, "y": np.arange(20.0)}).to_netcdf(
+        tmp_path / "irr.nc", engine="h5netcdf")
+    np.save(tmp_path / "l.npy", _labels())
+    sc = load_labelled_raster(tmp_path / "irr.nc", tmp_path / "l.npy")
+    np.testing.assert_array_equal(sc.labels, _labels())
 
 
 def test_a_larger_label_raster_on_the_scene_grid_is_cut_to_the_scene(tmp_path):
