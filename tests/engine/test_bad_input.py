@@ -191,8 +191,8 @@ def test_non_finite_on_a_cluster_leaves_nothing(crop, model_dir, outdir):
 
 
 def test_a_whole_scene_on_another_scale_is_named_as_one_not_as_corrupted_values(crop, model_dir):
-    """The logit limit stops a whole scene far off the training scale too: its error told the user to mask the 'corrupted' values,
-    which would have masked every pixel; it names the scale."""
+    """The logit limit stops a whole scene far off the training scale too: its error told the user to mask the
+    'corrupted' values, which would have masked every pixel; it names the scale."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", hsi_engine.UnnormalisedInputWarning)
         with pytest.raises(NonFiniteInputError, match=r"standard deviations from the model's mean in the median "
