@@ -698,12 +698,13 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     job.run(sink, probabilities=probabilities, progress=progress, queue_depth=queue_depth, readers=readers,
             cache_blocks=cache_blocks, decoders=decoders)
     from .io import SOURCE_COL, SOURCE_ROW
+    from .writers import flag_meanings
 
     # (source_row/source_col place a window of a rotated or GCP scene: the map carries its own transform or GCPs)
     coords = {k: v for k, v in _spatial_coords(job.da).items() if k not in (SOURCE_ROW, SOURCE_COL)}
     attrs = {"class_names": job.class_names(), "_FillValue": 0, "long_name": "SSRN class (0 = nodata)",
              "flag_values": list(range(1, job.classes + 1)),
-             "flag_meanings": " ".join(n.replace(" ", "_") for n in job.class_names())}
+             "flag_meanings": flag_meanings(job.class_names())}
     if job.palette() is not None:  # flat: NetCDF attributes are 1-D
         attrs["palette"] = [v for rgb in job.palette() for v in rgb]
     labels = xr.DataArray(sink.labels, dims=("y", "x"), coords=coords, name="class", attrs=attrs)

@@ -92,7 +92,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="a one-band label raster (GeoTIFF, ENVI, .npy) on the grid of the --dataset scene: class "
                         "ids 1..K, 0 (or its nodata) unlabelled; mosaic tiles first (e.g. rio merge)")
     p.add_argument("--class-names", default=None, type=lambda v: [n.strip() for n in v.split(",")],
-                   help="comma-separated names of the --labels classes 1..K, in order (for the map's legend)")
+                   help="comma-separated names of the --labels classes 1..K, in order (for the map's legend); a "
+                        "name cannot hold a comma here (quotes do not group): use the label raster's legend or "
+                        "run_training(class_names=[...]) for such names")
     p.add_argument("--out", required=True, help="model directory to write: new or empty (or, with --overwrite, "
                                                 "a model directory to replace)")
     p.add_argument("--overwrite", action="store_true",
@@ -290,10 +292,27 @@ def _unrecognised(extra: Sequence[str], command: argparse.ArgumentParser) -> str
 _PATH_ARGS = {"scene", "out", "model", "data_dir", "labels", "dataset", "hdf5", "keras", "weights"}
 
 
+def _negative_values_joined(argv: list[str]) -> list[str]:
+    """``--nodata -3.4e38`` as ``--nodata=-3.4e38``: argparse takes a negative number in exponent form for an
+    option and refused it ("expected one argument"), though -3.4028235e38 is float32's usual nodata value."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if out and out[-1] == "--nodata" and arg.startswith("-") and i > 0:
+            try:
+                float(arg.replace(",", "."))
+            except ValueError:
+                out.append(arg)
+                continue
+            out[-1] = f"--nodata={arg}"
+            continue
+        out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .errors import HSIEngineError
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _negative_values_joined(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # the command's usage and name, as for its other argument errors (the top level's said 'hsi-engine')

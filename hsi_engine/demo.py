@@ -101,7 +101,7 @@ def _versions() -> dict[str, str]:
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -119,7 +119,7 @@ def _check_demo_out(out: Path) -> None:
     if not taken:
         return
     try:
-        doc = json.loads((out / "report.json").read_text())
+        doc = json.loads((out / "report.json").read_text(encoding="utf-8"))
         ours = "evaluated_on" in doc and doc["outputs"]["report"] == "report.json"
     except (OSError, ValueError, TypeError, KeyError):
         ours = False

@@ -509,8 +509,13 @@ def _parse_envi_header(hdr: Path) -> dict[str, str]:
     ``}``, on its line or a later one (``key =`` with the ``{`` on the next line too); an unclosed ``{`` is only
     its own line. Linear in the header's size, which is capped at ``_ENVI_HEADER_MAX``."""
     size = hdr.stat().st_size
-    with open(hdr, errors="replace") as f:
-        text = f.read(_ENVI_HEADER_MAX + 1)
+    with open(hdr, "rb") as f:
+        raw = f.read(_ENVI_HEADER_MAX + 1)
+    try:  # UTF-8, whatever the locale; else Latin-1 (ENVI on Windows), which reads any byte
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # as text mode's universal newlines read them
     if len(text) > _ENVI_HEADER_MAX:
         raise SceneError(f"ENVI header {hdr} is {max(size, len(text)):,} bytes; expected a text header of at most "
                          f"{_ENVI_HEADER_MAX:,} bytes (ENVI headers are a few KB, some 100 KB with per-band lists "
@@ -1013,7 +1018,7 @@ def _sidecar_wavelengths(path: Path) -> np.ndarray | None:
     for cand in (path.with_name(path.stem + ".wavelengths.json"), path.with_name(path.stem + "_wavelengths.json")):
         if cand.is_file():
             try:
-                doc = json.loads(cand.read_text())
+                doc = json.loads(cand.read_text(encoding="utf-8"))
             except (ValueError, OSError) as e:  # not JSON (or not text)
                 _warn_wavelengths(str(cand), f"cannot be read as JSON ({type(e).__name__}: {e})", _SIDECAR_FIX)
                 return None
@@ -1088,6 +1093,11 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
     if not p.exists() and not (fmt == "envi" and p.suffix.lower() == ".hdr" and p.with_suffix(".bsq").exists()):
         raise SceneNotFoundError(f"scene {p} does not exist")
     if fmt in ("geotiff", "envi"):
+        try:
+            str(p.absolute()).encode("utf-8")
+        except UnicodeEncodeError:
+            raise SceneError(f"scene {os.fsencode(p)!r}: its path holds bytes that are not UTF-8 text, which GDAL "
+                             "cannot open; rename it (or its directory) in UTF-8") from None
         given = [f"{k}={v!r}" for k, v in (("variable", variable), ("band_axis", band_axis)) if v is not None]
         if given:  # one cube, its axes named by the format: an option that cannot apply is a mistake to name
             raise SceneError(f"{p} is {'a GeoTIFF' if fmt == 'geotiff' else 'an ENVI file'}: one cube whose "

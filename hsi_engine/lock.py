@@ -54,7 +54,7 @@ def lock_held(out: str | os.PathLike) -> bool:
 def _holder(path: Path) -> tuple[str, bool | None]:
     """Who holds the lock, and whether its run keeps its tiles when stopped (None: it did not say)."""
     try:
-        info = json.loads(path.read_text())
+        info = json.loads(path.read_text(encoding="utf-8"))
         resumable = info.get("resumable")
         return (f"pid {info['pid']} on {info['host']}, started {info['started']}",
                 resumable if isinstance(resumable, bool) else None)

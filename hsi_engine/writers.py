@@ -195,7 +195,7 @@ def side_paths(path: str | os.PathLike) -> dict[str, Path]:
 def zarr_root_attributes(path: str | os.PathLike) -> dict[str, Any]:
     """The attributes in a zarr v3 store's root ``zarr.json``, read as plain JSON ({} when there is none)."""
     try:
-        doc = json.loads((Path(path) / "zarr.json").read_text())
+        doc = json.loads((Path(path) / "zarr.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     attrs = doc.get("attributes") if isinstance(doc, dict) else None
@@ -277,6 +277,17 @@ def check_not_scene(out: str | os.PathLike, scene: Any) -> None:
             continue
         raise OutputError(f"output {t} {how} the input scene {src}: writing the class map there would destroy "
                           "the scene; choose an --out outside the scene")
+
+
+def flag_meanings(names: Sequence[str]) -> str:
+    """CF ``flag_meanings`` for class names: one word per class, in CF's characters (letters, digits, ``_ @ - +
+    .``; anything else, whitespace of any kind included, becomes ``_``), distinct (a repeat gets ``_<class id>``)
+    and never empty (``class_<id>``). The names themselves stay in ``class_names``."""
+    words: list[str] = []
+    for i, name in enumerate(names, start=1):
+        word = re.sub(r"[^A-Za-z0-9_@+.\-]", "_", str(name)) or f"class_{i}"
+        words.append(f"{word}_{i}" if word in words else word)
+    return " ".join(words)
 
 
 def _quiet_float16_padding():
@@ -700,7 +711,7 @@ class GeoTiffClassMapWriter(ClassMapWriter):
             cogs.append((cog, target))
         aux_tmp = self._tmp_name(self._sides["aux"])
         self._temps.append(aux_tmp)
-        aux_tmp.write_text(self._aux_xml())
+        aux_tmp.write_text(self._aux_xml(), encoding="utf-8")  # GDAL reads PAM XML as UTF-8
         if self.overwrite:
             check_replaceable(self.path)  # again: something may have taken a name while the tiles ran
             self._remove_stale_sides()
@@ -767,7 +778,7 @@ class ZarrClassMapWriter(ClassMapWriter):
         ds["classes"] = (("y", "x"), dsa.zeros((self.height, self.width), chunks=(b, b), dtype=np.uint8))
         ds["classes"].attrs.update(
             long_name="class", nodata=0, flag_values=list(range(1, self.n_classes + 1)),
-            flag_meanings=" ".join(n.replace(" ", "_") for n in self.class_names),
+            flag_meanings=flag_meanings(self.class_names),
             class_names=list(self.class_names), palette=[int(v) for c in self.palette for v in c[:3]])
         # (flat R, G, B, ...: a nested list became a 2-D NetCDF attribute that GDAL cannot open, as the in-memory
         # map's attrs have it)
@@ -855,6 +866,15 @@ URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # scheme://...: a URL, which p
 _TEMP_EXTRA = 40
 
 
+def _utf8(text: str) -> bool:
+    """Whether ``text`` is UTF-8 text: a path's bytes that are not come back from the OS as lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_output_suffix(path: str | os.PathLike) -> str:
     """The output's suffix (lower case) when it names a class-map format we write; else :class:`OutputError`.
     A URL (``s3://``, ``file://``) or a name too long for the temporary files written beside it is refused too,
@@ -866,6 +886,9 @@ def check_output_suffix(path: str | os.PathLike) -> str:
                           "(e.g. aws s3 cp map.tif s3://...), or write into a mounted path")
     p = Path(path)
     suffix = p.suffix.lower()
+    if suffix in _TIFF and not _utf8(str(p.absolute())):
+        raise OutputError(f"cannot write a GeoTIFF to {os.fsencode(p)!r}: the path holds bytes that are not UTF-8 "
+                          "text, which GDAL cannot take; choose a path in UTF-8 (or write a .zarr)")
     if suffix not in _TIFF + _ZARR:
         raise OutputError(f"cannot write a class map to {p}: suffix {suffix or '(none)'!r} is not supported; use "
                           ".tif/.tiff (Cloud-Optimised GeoTIFF) or .zarr")

@@ -98,6 +98,9 @@ def _is_model_json(path: Path) -> bool:
     return isinstance(doc, dict) and doc.get("format") == FORMAT
 
 
+_TEMP_EXTRA = len(".") + len(".old.") + 8  # mkdtemp's prefix around the name, and its 8 random characters
+
+
 def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Refuse a ``save_model`` target that cannot or must not be written, before any work is spent on it.
 
@@ -112,6 +115,19 @@ def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path
                               "expected a directory path such as models/indian_pines")
     # "." or "a/.." say little in a message: name the directory they stand for too
     given = str(path) if Path(path).name == target.name else f"{path} ({target})"
+    existing = target.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        name_max = os.pathconf(existing if existing.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max = 255
+    size = len(os.fsencode(target.name))
+    if size + _TEMP_EXTRA > name_max:  # the save's temporary directories beside it: '.NAME.old.XXXXXXXX'
+        raise CheckpointError(f"cannot write a model directory named {target.name[:40]!r}...: its name is {size} "
+                              f"bytes, and the temporary directories the save writes beside it add {_TEMP_EXTRA} "
+                              f"more than the file system's {name_max}; choose a name of at most "
+                              f"{name_max - _TEMP_EXTRA} bytes")
     if target.is_dir():
         entries = sorted(e.name for e in target.iterdir())
         if not entries:
@@ -225,7 +241,7 @@ def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
                "weights_sha256": file_sha256(tmp / WEIGHTS), "meta": _jsonable(meta)}
-        (tmp / MODEL_JSON).write_text(json.dumps(doc, indent=1))
+        (tmp / MODEL_JSON).write_text(json.dumps(doc, indent=1), encoding="utf-8")
         (tmp / WEIGHTS).chmod(0o666 & ~umask)
         if not target.exists():
             tmp.rename(target)
@@ -301,6 +317,25 @@ def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def class_names_problem(names: list[str]) -> str | None:
+    """Why ``names`` cannot name a map's classes (GeoTIFF tags and ``.aux.xml`` are UTF-8 XML, ``flag_meanings``
+    one word per class), else None: an empty or repeated name, a control character, text that is not UTF-8."""
+    import unicodedata
+
+    for i, n in enumerate(names, start=1):
+        if not n.strip():
+            return f"class {i}'s name is empty; expected one non-empty, distinct name per class"
+        if any(unicodedata.category(c) == "Cc" for c in n):
+            return f"class {i}'s name {n!r} holds a control character (a tab, a newline, NUL); remove it"
+        try:
+            n.encode("utf-8")
+        except UnicodeEncodeError:
+            return (f"class {i}'s name {n!r} is not valid text (bytes that were not UTF-8, or half of an escaped "
+                    "character): retype it")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    return f"the names {repeated} are repeated; expected one distinct name per class" if repeated else None
+
+
 def _check_meta(meta: object, config: SSRNConfig, where: Path | str) -> None:
     """The ``meta`` values the engine reads, checked at load: an edited model.json whose per-band statistics,
     wavelengths, class names or palette no longer fit the network fails here, naming the key, not as a silently wrong
@@ -336,6 +371,9 @@ def _check_meta(meta: object, config: SSRNConfig, where: Path | str) -> None:
         raise CheckpointError(f"{where}: meta.std[{negative[0]}] is {meta['std'][negative[0]]!r}; a standard deviation "
                               f"is >= 0 (0: a constant band, read as 1){fix}")
     names = meta.get("class_names")
+    why = class_names_problem(names) if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
+    if why:
+        raise CheckpointError(f"{where}: meta.class_names: {why}{fix}")
     if names is not None and not (isinstance(names, list) and len(names) == config.classes
                                   and all(isinstance(n, str) for n in names)):
         found = (f"{len(names)} entries" if isinstance(names, list) and len(names) != config.classes

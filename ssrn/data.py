@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .checkpoint import class_names_problem
 from .config import DATASET_ALIASES
 from .errors import HSIEngineError, OptionError
 
@@ -331,7 +332,7 @@ def shipped_indian_pines():
 
 def _in_wavelengths(data_dir: Path | None) -> list[float] | None:
     if data_dir is not None and (data_dir / "Indian_pines_wavelengths.json").is_file():
-        return list(json.loads((data_dir / "Indian_pines_wavelengths.json").read_text())["wavelengths"])
+        return list(json.loads((data_dir / "Indian_pines_wavelengths.json").read_text(encoding="utf-8"))["wavelengths"])
     if SHIPPED_IN.is_file():
         import h5py
 
@@ -713,8 +714,9 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
     names = class_names if class_names is not None else names
     if names is not None:
         names = [str(n).strip() for n in names]
-        if any(not n for n in names) or len(set(names)) < len(names):
-            raise DataError(f"class names {names}: expected one non-empty, distinct name per class 1..K "
+        why = class_names_problem(names)
+        if why:
+            raise DataError(f"class names {names}: {why} "
                             f"({'--class-names' if class_names is not None else 'the label raster'})")
         if k <= len(names):  # the legend's classes, whether or not this scene holds the last ones
             unseen = [n for i, n in enumerate(names, start=1) if not (labels == i).any()]

@@ -609,3 +609,15 @@ def test_an_empty_path_is_refused_not_read_as_the_current_directory(argv, name, 
         main(argv)
     assert e.value.code == 2 and f"argument {name}: an empty path" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_negative_nodata_in_exponent_form_is_a_value(scene, model_dir, tmp_path):
+    """``--nodata -3.4028235e38`` (float32's usual nodata) gave 'argument --nodata: expected one argument'."""
+    from hsi_engine.cli import _negative_values_joined
+
+    assert _negative_values_joined(["classify", "s", "--nodata", "-3.4e38", "-v"]) == \
+        ["classify", "s", "--nodata=-3.4e38", "-v"]
+    assert _negative_values_joined(["--nodata", "-v"]) == ["--nodata", "-v"]
+    rc, err = _cli(["classify", str(scene), "--model", str(model_dir), "--out", str(tmp_path / "m.tif"),
+                    "--nodata", "-3.4028235e38"])
+    assert rc == 0, err

@@ -825,3 +825,19 @@ def test_an_esri_ehdr_raster_is_not_held_to_envi_s_header_keys(tmp_path):
     da = open_scene(tmp_path / "s.bil")
     np.testing.assert_array_equal(da.values, cube)
     assert da.rio.crs.to_epsg() == 32633
+
+
+def test_a_path_of_bytes_that_are_not_utf8_is_named_not_a_traceback(tmp_path):
+    """A file name unzipped from a Latin-1 archive reached GDAL as a UnicodeEncodeError traceback (exit 1)."""
+    import os
+
+    from hsi_engine.errors import OutputError
+    from hsi_engine.writers import check_output_suffix
+
+    bad = tmp_path / os.fsdecode(b"sc\xe8ne.tif")
+    bad.write_bytes(b"II*\x00")  # refused before GDAL would read it
+    with pytest.raises(SceneError, match=r"holds bytes that are not UTF-8 text, which GDAL cannot open"):
+        open_scene(bad)
+    with pytest.raises(OutputError, match=r"not UTF-8 text, which GDAL cannot take"):
+        check_output_suffix(tmp_path / os.fsdecode(b"d\xe9") / "m.tif")
+    assert check_output_suffix(tmp_path / os.fsdecode(b"d\xe9") / "m.zarr") == ".zarr"

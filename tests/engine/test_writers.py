@@ -323,3 +323,17 @@ def test_concurrent_geotiff_writers_put_gdal_s_cache_back(tmp_path, geo, labels,
     [t.join(timeout=120) for t in threads]
     assert errors == []
     assert get_gdal_config("GDAL_CACHEMAX") == before
+
+
+def test_flag_meanings_are_cf_words_one_per_class():
+    """Only ASCII spaces were replaced: a tab, a no-break or ideographic space gave more words than flag_values,
+    an empty name fewer, and '&', '<', accents left the attribute outside CF's characters."""
+    import re
+
+    from hsi_engine.writers import flag_meanings
+
+    names = ["Maïs (labouré)", "玉米\u3000无耕", "a\tb", "", "Oak/Broadleaf", "Oak_Broadleaf", "water & <wet>"]
+    words = flag_meanings(names).split(" ")
+    assert len(words) == len(names) and len(set(words)) == len(names)
+    assert all(re.fullmatch(r"[A-Za-z0-9_@+.\-]+", w) for w in words)
+    assert words[3] == "class_4" and words[5] == "Oak_Broadleaf_6"

@@ -66,6 +66,10 @@ def test_refuses_mismatched_config(tmp_path):
     (lambda m: m.update(wavelengths=[400.0] * 7), r"meta.wavelengths must be 30 numbers .* found 7 values"),
     (lambda m: m.update(class_names=["a", "b", "c"]), r"meta.class_names must be 4 strings .* found 3 entries"),
     (lambda m: m.update(class_names=["a", "b", "c", 4]), r"meta.class_names must be 4 strings"),
+    (lambda m: m.update(class_names=["a", "", "c", "d"]), r"meta.class_names: class 2's name is empty"),
+    (lambda m: m.update(class_names=["a", "b", "a", "d"]), r"meta.class_names: the names \['a'\] are repeated"),
+    (lambda m: m.update(class_names=["a", "b\tc", "c", "d"]), r"class 2's name 'b\\tc' holds a control character"),
+    (lambda m: m.update(class_names=["a", "b", "\ud83c", "d"]), r"class 3's name .* is not valid text"),
     (lambda m: m.update(bad_bands=[2, 30]), r"meta.bad_bands must be band indices 0..29"),
 ])
 def test_refuses_edited_meta_that_no_longer_fits_the_network(tmp_path, edit, message):
@@ -495,3 +499,14 @@ def test_a_safetensors_header_length_starting_with_0x80_is_not_taken_for_a_pickl
     torch.save(m.state_dict(), d / "weights.safetensors")  # a real pickle still is one
     with pytest.raises(CheckpointError, match="pickle"):
         ssrn.load_model(d)
+
+
+def test_a_model_name_too_long_for_the_save_s_temporary_directories_is_refused_up_front(tmp_path):
+    """A 247-byte --out passed the check and failed after the whole training, at the save's '.NAME.XXXXXXXX'."""
+    with pytest.raises(CheckpointError, match=r"its name is 242 bytes.* choose a name of at most 241 bytes"):
+        ssrn.checkpoint.check_model_target(tmp_path / ("m" * 242))
+    target = tmp_path / ("m" * 241)
+    ssrn.checkpoint.check_model_target(target)
+    ssrn.save_model(_model(), target)
+    ssrn.save_model(_model(), target, overwrite=True)  # the longest temporary name: '.NAME.old.XXXXXXXX'
+    assert ssrn.load_model(target) is not None
