@@ -325,7 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             setattr(args, name, os.path.expanduser(value))
         if value == "" and name in _PATH_ARGS:  # an unset shell variable ("$OUT"): not the current directory
             shown = name if name in ("scene", "hdf5", "keras", "weights") else f"--{name.replace('_', '-')}"
-            parser.commands[args.command].error(f"argument {shown}: an empty path; expected a file or directory name")
+            print(f"hsi-engine {args.command}: error: argument {shown}: an empty path (an unset variable?); expected "
+                  "a file or directory name", file=sys.stderr)
+            return 2
     # other libraries' INFO/DEBUG (rasterio echoes every GDAL message) stay out; this project's own logs come through
     # a pipeline's log (stderr not a terminal) gets timestamps: when a run stalled, how long a tile took
     stamp = "" if sys.stderr.isatty() else "%(asctime)s "
