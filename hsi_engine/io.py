@@ -41,6 +41,8 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers ``.rio`` on every DataArray open_scene returns)
 import xarray as xr
 
+from ssrn.errors import first_line
+
 from .errors import HSIEngineError, MissingSpatialDimsError, SceneError, SceneNotFoundError, user_stacklevel
 
 log = logging.getLogger(__name__)
@@ -782,7 +784,7 @@ def _open_netcdf(path: Path, chunks, variable: str | None) -> xr.DataArray:
     try:
         ds = xr.open_dataset(path, chunks={}, decode_coords="all", mask_and_scale=False)
     except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as e:  # h5netcdf's for damaged metadata
-        raise SceneError(f"{path} could not be opened as NetCDF ({type(e).__name__}: {_first_line(e)}); is the "
+        raise SceneError(f"{path} could not be opened as NetCDF ({first_line(e)}); is the "
                          "file complete and undamaged?") from None
     var = _decode_packed(_pick_variable(ds, str(path), variable))
     da = _normalise_dims(var, f"{path}'s variable {var.name!r}")
@@ -916,12 +918,6 @@ class _H5Source:
             return f[self.name][key]
 
 
-def _first_line(e: BaseException) -> str:
-    """An exception's message, its first line only (xarray's and h5py's run on with advice that does not apply)."""
-    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    return (text.splitlines() or [""])[0][:300]
-
-
 def _open_hdf5(path: Path, chunks, variable: str | None, band_axis: int | None) -> xr.DataArray:
     import h5py
 
@@ -931,7 +927,7 @@ def _open_hdf5(path: Path, chunks, variable: str | None, band_axis: int | None) 
     except HSIEngineError:
         raise
     except (OSError, RuntimeError, KeyError, AttributeError, ValueError) as e:  # h5py's for damaged metadata too
-        raise SceneError(f"{path} is not a readable HDF5 file ({type(e).__name__}: {_first_line(e)}); is it "
+        raise SceneError(f"{path} is not a readable HDF5 file ({first_line(e)}); is it "
                          "complete and undamaged?") from None
 
 
@@ -1076,7 +1072,7 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
     Values come back as stored, but CF-packed NetCDF/zarr variables are decoded (see the module docstring).
     """
     p = Path(path)
-    from .writers import URL
+    from .writers import URL, _utf8
 
     if isinstance(path, str) and URL.match(path):
         raise SceneError(f"scene {path} is a URL: hsi-engine reads local files and zarr stores only; download the "
@@ -1093,11 +1089,9 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
     if not p.exists() and not (fmt == "envi" and p.suffix.lower() == ".hdr" and p.with_suffix(".bsq").exists()):
         raise SceneNotFoundError(f"scene {p} does not exist")
     if fmt in ("geotiff", "envi"):
-        try:
-            str(p.absolute()).encode("utf-8")
-        except UnicodeEncodeError:
+        if not _utf8(str(p.absolute())):
             raise SceneError(f"scene {os.fsencode(p)!r}: its path holds bytes that are not UTF-8 text, which GDAL "
-                             "cannot open; rename it (or its directory) in UTF-8") from None
+                             "cannot open; rename it (or its directory) in UTF-8")
         given = [f"{k}={v!r}" for k, v in (("variable", variable), ("band_axis", band_axis)) if v is not None]
         if given:  # one cube, its axes named by the format: an option that cannot apply is a mistake to name
             raise SceneError(f"{p} is {'a GeoTIFF' if fmt == 'geotiff' else 'an ENVI file'}: one cube whose "

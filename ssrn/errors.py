@@ -1,6 +1,13 @@
 """Errors the engine's command line catches before anything heavy is imported (no torch here)."""
 
 
+def first_line(e: BaseException) -> str:
+    """``Type: message`` of an exception, its message's first line only (h5py's and xarray's run on with advice
+    that does not apply; a ``KeyError``'s without the quotes its str adds)."""
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return f"{type(e).__name__}: {(text.splitlines() or [''])[0][:300]}"
+
+
 class HSIEngineError(Exception):
     """Base of the project's errors, the trainer's and the model's included: one ``except`` for a pipeline."""
 

@@ -50,6 +50,7 @@ import torch
 
 from .checkpoint import CheckpointError, file_sha256
 from .config import SSRNConfig
+from .errors import first_line
 from .model import SSRN
 
 __all__ = ["KerasImportError", "import_keras_to_dir", "load_keras", "parse_keras_graph", "read_keras_config"]
@@ -95,7 +96,7 @@ def read_keras_config(path: str | os.PathLike) -> dict[str, Any]:
                                        f"file.{hint}")
             raw = _attr_str(f.attrs["model_config"])
     except (OSError, RuntimeError, KeyError, AttributeError) as e:  # h5py's for damaged metadata too
-        raise KerasImportError(f"{path} is not a readable HDF5 file ({_damage(e)})") from None
+        raise KerasImportError(f"{path} is not a readable HDF5 file ({first_line(e)})") from None
     try:
         cfg = json.loads(raw)
     except json.JSONDecodeError as e:
@@ -525,11 +526,6 @@ def _convert(module: str, kind: str, layer: str, ws: dict[str, np.ndarray],
     return out
 
 
-def _damage(e: BaseException) -> str:
-    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    return f"{type(e).__name__}: {(text.splitlines() or [''])[0][:300]}"
-
-
 def load_keras(path: str | os.PathLike) -> SSRN:
     """The seed's Keras ``.hdf5`` SSRN as an :class:`SSRN` in eval mode (h5py only; no TensorFlow, no pickle).
 
@@ -551,7 +547,7 @@ def load_keras(path: str | os.PathLike) -> SSRN:
             for module, (layer, kind) in graph.mapping.items():
                 state.update(_convert(module, kind, layer, _layer_weights(f, layer), target))
     except (OSError, RuntimeError, KeyError, AttributeError) as e:  # a damaged file, or a weight it names but lacks
-        raise KerasImportError(f"{path}: its weights could not be read ({_damage(e)}); is the file complete and "
+        raise KerasImportError(f"{path}: its weights could not be read ({first_line(e)}); is the file complete and "
                                "undamaged?") from None
     bad = sorted(k for k, v in state.items() if not np.isfinite(v).all())
     if bad:
