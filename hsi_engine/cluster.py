@@ -620,7 +620,9 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
         if writer.owner() != token:  # a run that ignored the lock took the store over: it is not ours to touch
             writer.keep_partial()
             raise
-        if writer.resumed or (isinstance(e, WorkerLostError) and (writer.done() > 0).any()):
+        # a lost worker, or a write that failed (a full disk) after tiles were written: not bad input, and the
+        # tiles written so far are hours of work to keep for --resume
+        if writer.resumed or (isinstance(e, (WorkerLostError, OutputError)) and (writer.done() > 0).any()):
             kept = writer.keep_partial()  # earlier runs' tiles (and finished ones) are kept for the next --resume
             log.warning("run stopped; %s keeps the tiles written so far: fix the cause, then rerun with "
                         "resume=True (--resume)", kept)

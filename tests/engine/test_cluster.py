@@ -558,3 +558,31 @@ def test_a_stall_from_dying_workers_is_told_apart(client):
     assert why is not None and why.startswith("workers are dying and being restarted (most often out of memory")
     assert "4 worker(s) came or went" in why
     assert status() is None  # settled
+
+
+def test_a_write_that_fails_mid_run_keeps_the_tiles_for_resume(case, tmp_path, monkeypatch):
+    """A full disk late in an in-process .zarr run (an OutputError from the writer) was taken for bad input: the
+    partial store, with every tile written so far, was deleted. It is kept, and --resume finishes the map."""
+    from hsi_engine.errors import OutputError
+    from hsi_engine.resume import ResumableZarrWriter
+
+    original = ResumableZarrWriter.write_tile
+    calls = []
+
+    def fails_on_the_fourth(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise OutputError("cannot write the class map: the file system is full (test)")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ResumableZarrWriter, "write_tile", fails_on_the_fourth)
+    out = tmp_path / "map.zarr"
+    with pytest.raises(OutputError, match="file system is full"):
+        cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, progress=False)
+    assert partial_path(out).is_dir() and not out.exists()
+    monkeypatch.setattr(ResumableZarrWriter, "write_tile", original)
+    cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, progress=False)
+    import xarray as xr
+
+    with xr.open_zarr(out) as ds:
+        np.testing.assert_array_equal(ds["classes"].values, case["ref"]["labels"].values)
