@@ -633,11 +633,16 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
             writer._temps.append(writer.partial)
             writer._cleanup()
         raise
-    except BaseException:
+    except BaseException as e:
         if not writer.resumed and not (writer.done() > 0).any():
             writer.abort()  # nothing written (e.g. the cluster did not start): leave nothing behind
             raise
         kept = writer.keep_partial()
+        if isinstance(e, OSError):  # a worker's write failed (a full disk): one error line, not a traceback
+            from .writers import _write_failed
+
+            raise OutputError(f"{_write_failed(Path(out), e)}; {kept} keeps the tiles written so far: rerun with "
+                              "resume=True (--resume) once it is fixed") from None
         log.warning("run interrupted; %s holds the tiles written so far: rerun with resume=True (--resume) to "
                     "finish it", kept)
         raise

@@ -586,3 +586,28 @@ def test_a_write_that_fails_mid_run_keeps_the_tiles_for_resume(case, tmp_path, m
 
     with xr.open_zarr(out) as ds:
         np.testing.assert_array_equal(ds["classes"].values, case["ref"]["labels"].values)
+
+
+def test_a_raw_write_error_from_a_worker_is_one_output_error_and_keeps_the_tiles(case, tmp_path, monkeypatch):
+    """A worker's failed write reached the command line as a bare OSError (a traceback, exit 1, after 'run
+    interrupted'): it is an OutputError naming the failure and the kept tiles. (Raised here in-process, as a
+    worker's write error arrives: a plain OSError.)"""
+    import errno
+
+    from hsi_engine.errors import OutputError
+    from hsi_engine.resume import ResumableZarrWriter
+
+    original = ResumableZarrWriter.write_tile
+    calls = []
+
+    def fails_on_the_fourth(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise OSError(errno.EFBIG, "File too large")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ResumableZarrWriter, "write_tile", fails_on_the_fourth)
+    out = tmp_path / "map.zarr"
+    with pytest.raises(OutputError, match=r"a write failed .*File too large.* keeps the tiles written so far"):
+        cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, progress=False)
+    assert partial_path(out).is_dir()
