@@ -296,8 +296,8 @@ def _negative_values_joined(argv: list[str]) -> list[str]:
     """``--nodata -3.4e38`` as ``--nodata=-3.4e38``: argparse takes a negative number in exponent form for an
     option and refused it ("expected one argument"), though -3.4028235e38 is float32's usual nodata value."""
     out: list[str] = []
-    for i, arg in enumerate(argv):
-        if out and out[-1] == "--nodata" and arg.startswith("-") and i > 0:
+    for arg in argv:
+        if out and out[-1] == "--nodata" and arg.startswith("-"):
             try:
                 float(arg.replace(",", "."))
             except ValueError:
