@@ -338,7 +338,8 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
     by_key = {f"hsi-tile-{spec.token[:8]}-{t.index}": t for t in tiles}
     pending = {key: client.submit(_tile_task, spec, t, scene_arg, model_arg, key=key, resources=resources,
                                   pure=False) for key, t in by_key.items()}
-    bar = _progress_bar(sum(t.pixels for t in tiles), progress, _ClusterStatus(client))
+    bar = _progress_bar(sum(t.pixels for t in tiles), progress, _ClusterStatus(client, local))
+    watch = _OwnWorkersGone(client, list(pending.values())) if local else None
     pids: set[int] = set()
     nodata_px = reused = 0
     try:
@@ -349,6 +350,8 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
             try:
                 res = fut.result()  # re-raises the task's error (bad input, store gone...)
             except Exception as e:
+                if watch is not None and watch.gone.is_set():
+                    raise _own_workers_gone(client) from None
                 if isinstance(e, KilledWorker):
                     raise _worker_lost(client, by_key[fut.key], spec, local) from None
                 if isinstance(e, CancelledError) and (scene_arg is not None or model_arg is not None):
@@ -368,6 +371,8 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
         client.cancel(list(pending.values()))
         raise
     finally:
+        if watch is not None:
+            watch.stop()
         bar.close()
     if tiles and nodata_px == sum(t.pixels for t in tiles):
         from .runner import warn_all_nodata
@@ -376,13 +381,62 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
     return {"worker_pids": sorted(pids), "resources": resources, "nodata_px": nodata_px, "tiles_reused": reused}
 
 
+class _OwnWorkersGone:
+    """Watches the local cluster a run started (``workers=N``) for the state it cannot leave: no worker and no
+    nanny to start one. A worker that dies is restarted by its nanny, but one killed again while it restarts stays
+    lost, and after ``distributed.deploy.lost-worker-timeout`` (15 s) the cluster closes its nanny for good; with
+    the last one gone the run waited for ever. Then the pending tiles are cancelled and :attr:`gone` is set."""
+
+    def __init__(self, client: Any, futures: list[Any], poll_s: float = 1.0) -> None:
+        self.client, self.futures, self.poll_s = client, futures, poll_s
+        self.gone = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="hsi-engine-own-workers", daemon=True)
+        self._thread.start()
+
+    def _none_left(self) -> bool:
+        cluster = getattr(self.client, "cluster", None)
+        try:
+            return (cluster is not None and not cluster.workers
+                    and not self.client.scheduler_info().get("workers"))
+        except Exception:  # noqa: BLE001 - a cluster closing under us: the run's own error says why
+            return False
+
+    def _watch(self) -> None:
+        seen = 0  # consecutive polls that found nothing: a nanny between close and removal is never counted
+        while not self._stop.wait(self.poll_s):
+            seen = seen + 1 if self._none_left() else 0
+            if seen >= 2:
+                self.gone.set()
+                try:
+                    self.client.cancel(self.futures)
+                except Exception:  # noqa: BLE001 - the loop then ends on the cancelled futures or its own error
+                    pass
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _own_workers_gone(client: Any) -> WorkerLostError:
+    """The error for a run whose own local cluster (``--workers``) lost every worker and every nanny."""
+    n = len(getattr(getattr(client, "cluster", None), "worker_spec", {}) or {}) or "its"
+    return WorkerLostError(
+        f"every one of the {n} workers this run started (--workers) died and none was restarted: each was killed "
+        "again while its nanny restarted it (most often out of memory: the system's OOM killer, or a container "
+        "limit). Free memory or use fewer --workers or a smaller --tile, and rerun with --resume to keep the tiles "
+        "written")
+
+
 class _ClusterStatus:
     """Why a cluster run may have stalled, in words (None when nothing looks wrong), asked each time the log says
     no tile finished: workers that keep being replaced (dying, most often out of memory, and restarted by their
-    nannies), no workers, or workers paused by dask because their memory passed its pause threshold."""
+    nannies), no workers, or workers paused by dask because their memory passed its pause threshold. ``local``:
+    the cluster is the run's own (``--workers``), so no worker can be started by hand."""
 
-    def __init__(self, client: Any) -> None:
-        self.client = client
+    def __init__(self, client: Any, local: bool = False) -> None:
+        self.client, self.local = client, local
         self.seen: set[str] | None = None  # worker addresses at the last call
         try:
             self.seen = set(client.scheduler_info().get("workers", {}))
@@ -399,6 +453,8 @@ class _ClusterStatus:
         self.seen = now
         dying = ("workers are dying and being restarted (most often out of memory: give them more, or use a "
                  "smaller --tile)")
+        if not workers and self.local:
+            return f"every worker this run started is gone for now: {dying}"
         if not workers:
             return "the cluster has no workers now: start some (dask worker <scheduler address>)" + \
                 (f"; {dying}" if new else "")
