@@ -370,6 +370,13 @@ class _Job:
                           + (f" and replaces its declared nodata value {declared:g}: pass nodata=None to use it, or "
                              "the integer its fill pixels hold" if declared is not None else
                              ": pass the integer its fill pixels hold"), UserWarning, stacklevel=user_stacklevel())
+        elif nodata is not None and math.isnan(float(nodata)):
+            declared = _declared_nodata(da)
+            if declared is not None and not math.isnan(declared):
+                warnings.warn(f"nodata=nan replaces this scene's declared nodata value {declared:g}, so pixels "
+                              f"holding {declared:g} are classified, not class 0. NaN is masked with the declared "
+                              "value too: pass nodata=None (no --nodata) to mask both", UserWarning,
+                              stacklevel=user_stacklevel())
         if self.nodata is not None:  # a numpy scalar compares as a strong type in numpy, as a Python float in
             self.nodata = float(self.nodata)  # torch: the CPU and CUDA masks differed
         self.nodata_bands = _tested_bands(da, model_bad, bands, trained_stats=trained_stats)

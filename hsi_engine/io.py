@@ -408,6 +408,7 @@ def _open_geotiff(path: Path, chunks) -> xr.DataArray:
             ds_tags = src.tags()
             envi_tags = src.tags(ns="ENVI")
             rpcs = getattr(src, "rpcs", None)
+            masked = any(rasterio.enums.MaskFlags.per_dataset in f for f in src.mask_flag_enums)
     except rasterio.errors.RasterioIOError as e:
         raise SceneError(f"{path} could not be opened as a raster ({e}); is it a complete GeoTIFF/ENVI file?") from None
     default = {"band": -1, "y": _aligned_chunk(bh, h), "x": _aligned_chunk(bw, w)}
@@ -421,12 +422,59 @@ def _open_geotiff(path: Path, chunks) -> xr.DataArray:
     if "wavelength" in da.coords:  # rioxarray adds ENVI wavelengths as a (dask) coordinate in file units
         da = da.drop_vars([c for c in ("wavelength", "fwhm") if c in da.coords])
     if nodata is not None:
-        da = da.rio.write_nodata(nodata, encoded=False)
+        da = _with_nodata(da, nodata, f"{path}'s nodata value")
     da = _finish(_scales_to_encoding(da), path, "geotiff", wavelengths=wl, chunks=chunks, bbl=_gdal_bbl(tags))
+    if masked:
+        da = _with_gdal_mask(da, path)
     if rpcs is not None:  # placed by rational polynomial coefficients (a level-1 product); see api.scene_georef
         da.encoding["rpcs"] = rpcs.to_dict()
     da.set_close(closer)
     return da
+
+
+def _with_nodata(da: xr.DataArray, value: float, what: str) -> xr.DataArray:
+    """``da`` with nodata ``value``; a value its dtype cannot hold (-9999 or 0.5 in a uint16 file) is left out with
+    a log line: no pixel can hold it, so it masks nothing (rioxarray raised OverflowError for it, and GDAL reads an
+    ENVI header's 0.5 as 0 for uint16, which masked the zeros)."""
+    if da.dtype.kind in "ui" and not (math.isfinite(value) and value == int(value)
+                                      and np.iinfo(da.dtype).min <= value <= np.iinfo(da.dtype).max):
+        log.info("%s (%s) cannot occur in a %s scene, so it masks nothing: left out", what, value, da.dtype)
+        return da.rio.write_nodata(None, encoded=False)
+    return da.rio.write_nodata(value, encoded=False)
+
+
+def _with_gdal_mask(da: xr.DataArray, path: Path) -> xr.DataArray:
+    """Pixels that a GDAL per-dataset mask (an internal mask band or a ``.msk`` file) marks invalid read as NaN, so
+    they are nodata (class 0), as GIS software reads them; an integer scene is read as floats for it (exactly:
+    float32 up to 16 bits), and NaN is its nodata value where it declares none."""
+    import dask.array as dsa
+
+    encoding = dict(da.encoding)
+    if da.dtype.kind != "f":
+        da = da.astype(np.float32 if da.dtype.itemsize <= 2 else np.float64)
+    valid = dsa.zeros((da.sizes["y"], da.sizes["x"]), chunks=(da.chunks[1], da.chunks[2]), dtype=bool)
+    valid = valid.map_blocks(_gdal_valid, str(path), dtype=bool)
+    out = da.copy(data=dsa.where(valid[None], da.data, np.array(np.nan, da.dtype)))
+    out.encoding = encoding
+    if _nodata_attr(out) is None:
+        out = out.rio.write_nodata(np.nan, encoded=False)
+    out.attrs["gdal_mask"] = "per-dataset mask: invalid pixels read as NaN (nodata)"
+    log.info("%s has a GDAL mask band: the pixels it marks invalid are nodata", path)
+    return out
+
+
+def _nodata_attr(da: xr.DataArray) -> Any:
+    return next((da.attrs[k] for k in ("_FillValue", "nodata", "missing_value") if k in da.attrs), None)
+
+
+def _gdal_valid(block: np.ndarray, path: str, block_info: dict | None = None) -> np.ndarray:
+    """One block of a GDAL per-dataset mask: True where the pixel is valid."""
+    import rasterio
+    from rasterio.windows import Window
+
+    (y0, y1), (x0, x1) = block_info[0]["array-location"]
+    with rasterio.open(path) as src:
+        return src.read_masks(1, window=Window(x0, y0, x1 - x0, y1 - y0)) > 0
 
 
 def _scales_to_encoding(da: xr.DataArray) -> xr.DataArray:
@@ -729,11 +777,13 @@ def _open_envi(path: Path, chunks) -> xr.DataArray:
             da = _with_bbl(da, [int(float(v)) for v in _envi_list(header["bbl"])])
         except ValueError:
             pass
-    if "data ignore value" in header and "_FillValue" not in da.attrs:
+    if "data ignore value" in header:  # the header's own value: GDAL reads 0.5 as 0 for uint16
         try:
-            da = da.rio.write_nodata(float(header["data ignore value"]), encoded=False)
+            value = float(header["data ignore value"])
         except ValueError:
             pass
+        else:
+            da = _with_nodata(da, value, f"{hdr}'s data ignore value")
     da.attrs["source_format"] = "envi"
     da.attrs["envi_interleave"] = header["interleave"].strip().lower()
     da.set_close(closer)
@@ -1286,6 +1336,8 @@ def scene_info(path: str | os.PathLike, *, variable: str | None = None, band_axi
                      + (" (rotated grid)" if transform.b or transform.d else ""))
     nodata = da.attrs.get("_FillValue")
     lines.append(f"nodata     {nodata if nodata is not None else 'none'}")
+    if "gdal_mask" in da.attrs:
+        lines.append(f"mask       {da.attrs['gdal_mask']}")
     if "wavelength" in da.coords:
         wl = np.asarray(da["wavelength"].values, dtype=float)
         lines.append(f"wavelength {np.nanmin(wl):.1f}..{np.nanmax(wl):.1f} nm ({wl.size} bands)")

@@ -216,6 +216,101 @@ def test_nodata_nan_on_an_integer_scene_is_named(crop, model_dir):
         assert (hsi_engine.classify(da, model_dir, tile=TILE, progress=False).values[:, :4] == 0).all()
 
 
+def test_nodata_nan_on_a_float_scene_with_a_declared_value_is_named(crop, model_dir):
+    """On a float scene NaN is masked with the declared value anyway; nodata=nan only unmasked the declared
+    value's pixels, which were classified without a word (integer scenes had the warning)."""
+    cube = crop.astype(np.float32)
+    cube[:, :, :4] = -32768
+    da = F.dataarray(cube)
+    da.attrs["_FillValue"] = -32768.0
+    with pytest.warns(UserWarning, match=r"nodata=nan replaces this scene's declared nodata value -32768, so pixels "
+                                         r"holding -32768 are classified.* pass nodata=None"):
+        out = hsi_engine.classify(da, model_dir, tile=TILE, nodata=float("nan"), progress=False).values
+    assert (out[:, :4] > 0).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert (hsi_engine.classify(da, model_dir, tile=TILE, progress=False).values[:, :4] == 0).all()
+        da.attrs["_FillValue"] = np.nan  # nodata=nan where NaN is declared: nothing to say
+        hsi_engine.classify(da, model_dir, tile=TILE, nodata=float("nan"), progress=False)
+
+
+def _masked_geotiff(path, cube, holes, *, sidecar: bool, nodata=None):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=not sidecar), \
+            rasterio.open(path, "w", driver="GTiff", height=cube.shape[1], width=cube.shape[2], count=cube.shape[0],
+                          dtype=cube.dtype, crs=F.CRS, transform=from_origin(500000, 4500000, 20, 20),
+                          nodata=nodata, tiled=True, blockxsize=16, blockysize=16) as dst:
+        dst.write(cube)
+        dst.write_mask(np.where(holes, 0, 255).astype(np.uint8))
+    assert path.with_name(path.name + ".msk").exists() == sidecar
+    return path
+
+
+@pytest.mark.parametrize("sidecar", [False, True], ids=["internal-mask", "msk-file"])
+def test_a_gdal_mask_band_makes_the_pixels_it_masks_nodata(crop, model_dir, tmp_path, sidecar):
+    """A GeoTIFF's per-dataset mask (internal, or a .msk file) is how GDAL, QGIS and rasterio mark nodata pixels;
+    it was ignored without a word and the masked pixels (holding anything) were classified. They read as NaN and
+    are class 0: the map equals that of the same scene with the pixels declared nodata by value."""
+    holes = np.zeros(crop.shape[1:], bool)
+    holes[10:14, 10:14] = holes[0, 39] = holes[25, 17] = True
+    cube = crop.copy()  # the masked pixels hold ordinary spectra: only the mask says they are nodata
+    scene = hsi_engine.open_scene(_masked_geotiff(tmp_path / "m.tif", cube, holes, sidecar=sidecar))
+    assert scene.dtype == np.float32 and np.isnan(scene.rio.nodata)  # uint16 is exact in float32
+    values = scene.values
+    assert np.isnan(values[:, holes]).all() and not np.isnan(values[:, ~holes]).any()
+    np.testing.assert_array_equal(values[:, ~holes], cube[:, ~holes])
+    out = hsi_engine.classify(scene, model_dir, tile=TILE, progress=False).values
+    zeroed = cube.copy()
+    zeroed[:, holes] = 0
+    ref = F.dataarray(zeroed)
+    ref.attrs["_FillValue"] = 0
+    expected = hsi_engine.classify(ref, model_dir, tile=TILE, progress=False).values
+    assert (out == 0).sum() == holes.sum() and (out[holes] == 0).all()
+    np.testing.assert_array_equal(out, expected)
+    from hsi_engine.io import scene_info
+
+    assert "mask       per-dataset mask: invalid pixels read as NaN" in scene_info(scene.encoding["source"])
+
+
+def test_a_gdal_mask_with_a_declared_nodata_value_masks_both(crop, model_dir, tmp_path):
+    holes = np.zeros(crop.shape[1:], bool)
+    holes[5, 5] = True
+    cube = crop.copy()
+    cube[:, 30, 30] = 7
+    scene = hsi_engine.open_scene(_masked_geotiff(tmp_path / "m.tif", cube, holes, sidecar=False, nodata=7))
+    assert scene.rio.nodata == 7
+    out = hsi_engine.classify(scene, model_dir, tile=TILE, progress=False).values
+    assert out[5, 5] == 0 and out[30, 30] == 0 and (out == 0).sum() == 2
+
+
+@pytest.mark.parametrize("fmt, value", [("envi", -9999.0), ("envi", 0.5), ("geotiff", 0.5)])
+def test_a_declared_nodata_value_the_dtype_cannot_hold_masks_nothing(crop, model_dir, tmp_path, fmt, value):
+    """A uint16 file declaring nodata -9999 or 0.5 (no pixel can hold it) raised rioxarray's OverflowError, a
+    traceback (exit 1) from open_scene, info and classify, even with --nodata given. It masks nothing."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    path = tmp_path / ("s.bsq" if fmt == "envi" else "s.tif")
+    with rasterio.open(path, "w", driver="ENVI" if fmt == "envi" else "GTiff", height=crop.shape[1],
+                       width=crop.shape[2], count=crop.shape[0], dtype=crop.dtype, crs=F.CRS,
+                       transform=from_origin(500000, 4500000, 20, 20)) as dst:
+        dst.write(crop)
+    if fmt == "envi":
+        hdr = path.with_suffix(".hdr")
+        hdr.write_text(hdr.read_text() + f"data ignore value = {value:g}\n")
+    else:
+        with rasterio.open(path, "r+") as dst:
+            dst.nodata = value
+    scene = hsi_engine.open_scene(path)
+    assert scene.dtype == np.uint16 and scene.rio.nodata is None
+    out = hsi_engine.classify(scene, model_dir, tile=TILE, progress=False).values
+    np.testing.assert_array_equal(out, hsi_engine.classify(F.dataarray(crop), model_dir, tile=TILE,
+                                                           progress=False).values)
+    assert main(["info", str(path)]) == 0
+
+
 @pytest.mark.parametrize("nodata, value", [(float("nan"), np.nan), (float("nan"), np.inf), (-9999.0, -9999.0)])
 def test_nodata_pixels_are_class_0_and_do_not_reach_beyond_the_patch(crop, model_dir, nodata, value):
     model = hsi_engine.load_model(model_dir)
