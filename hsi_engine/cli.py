@@ -226,7 +226,8 @@ def _add_open_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--band-axis", type=int, choices=[0, 1, 2], default=None,
                    help="where the bands are in a bare array (.npy, .mat, HDF5/zarr without dims): 0 for "
                         "(band, y, x), 1 for (y, band, x) (PRISMA's HDF5 cubes), 2 for (y, x, band); default: "
-                        "guessed, with a warning when ambiguous")
+                        "0 or 2, whichever leaves two equal sides (a square scene); else 2 for .npy and .mat, and "
+                        "a guess with a warning for the others")
 
 
 def _scene_arg(args: argparse.Namespace):
@@ -330,10 +331,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     # other libraries' INFO/DEBUG (rasterio echoes every GDAL message) stay out; this project's own logs come through
     # a pipeline's log (stderr not a terminal) gets timestamps: when a run stalled, how long a tile took
-    stamp = "" if sys.stderr.isatty() else "%(asctime)s "
-    handler = logging.StreamHandler()  # (a caller's own logging setup is kept: basicConfig then does nothing)
-    handler.setFormatter(_CliFormatter(f"{stamp}%(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    stamp = "" if sys.stderr is not None and sys.stderr.isatty() else "%(asctime)s "
+    log_handler = logging.StreamHandler()  # (a caller's own logging setup is kept: basicConfig then does nothing)
+    log_handler.setFormatter(_CliFormatter(f"{stamp}%(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    root_level = root.level
+    logging.basicConfig(level=logging.WARNING, handlers=[log_handler])
+    ours = log_handler in root.handlers  # taken off again on return: a caller's later basicConfig then works
     own = {name: logging.getLogger(name) for name in ("hsi_engine", "ssrn", "kernels")}
     levels = {name: lg.level for name, lg in own.items()}
     for lg in own.values():
@@ -380,6 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.captureWarnings(captured)
         for name, lg in own.items():
             lg.setLevel(levels[name])
+        if ours:
+            root.removeHandler(log_handler)
+            root.setLevel(root_level)
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -13,6 +13,7 @@ import re
 import signal
 import threading
 import time
+from pathlib import Path
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -94,8 +95,20 @@ def _started(n: int, start: Callable[[], Any]) -> Any:
             raise
         cause = e.__cause__ if isinstance(e, RuntimeError) and e.__cause__ is not None else e
         raise HSIEngineError(f"could not start a local dask cluster of {n} workers ({_brief(cause)}): check "
-                             f"{_scratch_hint()}, or run without workers= (--workers) to classify in-process") \
-            from None
+                             f"{_main_guard_hint()}{_scratch_hint()}, or run without workers= (--workers) to classify "
+                             "in-process") from None
+
+
+def _main_guard_hint() -> str:
+    """Run from a script, a likely cause first: each worker process imports the script, which without a main
+    guard runs its classify call again in the worker (whose start then fails, e.g. on the output's lock)."""
+    import __main__
+
+    script = getattr(__main__, "__file__", None)
+    if not script or Path(script).name == "hsi-engine" or "pytest" in Path(script).name:
+        return ""
+    return (f"that {Path(script).name} keeps its top-level code under `if __name__ == \"__main__\":` (each worker "
+            "process imports it, and runs unguarded code again), then ")
 
 
 def _library_error(e: BaseException) -> bool:

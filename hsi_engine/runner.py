@@ -553,6 +553,8 @@ def _progress_bar(total: int, enabled: bool | None, status: Callable[[], str | N
     (:class:`_LoggedProgress`, with ``status`` saying why a stalled run stalls); False: nothing."""
     from tqdm.auto import tqdm
 
+    if sys.stderr is None:  # pythonw, a closed fd 2 (``2>&-``): no terminal to draw on
+        return _LoggedProgress(total, status) if enabled is None else _NoProgress()
     if enabled is None:
         if not sys.stderr.isatty():
             return _LoggedProgress(total, status)

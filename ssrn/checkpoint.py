@@ -493,7 +493,8 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"{wf}: tensor {bad[0]!r}{more} {'hold' if more else 'holds'} NaN or inf values: the "
                               "training that wrote them diverged (retrain with a lower learning rate, --lr), or the "
                               "file is damaged")
-    model = SSRN(config)
+    with torch.random.fork_rng(devices=[]):  # the initial weights, replaced at once, drew from the caller's stream
+        model = SSRN(config)
     model.load_state_dict(tensors)
     model.meta = doc.get("meta") or {}
     report = model.meta.get("report") or {}

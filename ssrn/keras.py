@@ -538,7 +538,8 @@ def load_keras(path: str | os.PathLike) -> SSRN:
     path = Path(path)
     cfg = read_keras_config(path)
     graph = parse_keras_graph(cfg)
-    model = SSRN(graph.config)
+    with torch.random.fork_rng(devices=[]):  # initial weights, all replaced: the caller's stream is left as is
+        model = SSRN(graph.config)
     target = model.state_dict()
     state: dict[str, np.ndarray] = {}
     try:

@@ -46,6 +46,21 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.backends.cudnn.deterministic = True
 
 
+@contextlib.contextmanager
+def global_rngs_kept():
+    """Python's, numpy's and torch's global generators (CPU and every CUDA device) put back as they were on exit:
+    a run that seeds them for its own reproducibility leaves a caller's streams where the caller left them."""
+    py, nps = random.getstate(), np.random.get_state()
+    # CUDA's generators only where the caller has used CUDA (saving them would initialise it)
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(nps)
+
+
 class TrainOptionError(OptionError):
     """A training option that cannot work: out of range, two options that cannot both apply, a missing device
     (an :class:`~ssrn.errors.OptionError`: an ``HSIEngineError`` and a ``ValueError``)."""
@@ -425,8 +440,19 @@ def run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | Pa
     options are checked before the data is read, so a training run is never lost to a bad argument.
     ``labels``: a label raster on the grid of the scene ``dataset`` names (a GeoTIFF, ENVI, zarr... path), for
     training on your own georeferenced data (:func:`~ssrn.data.load_labelled_raster`); ``class_names`` name its
-    classes 1..K.
+    classes 1..K. The global random generators it seeds are put back when it returns.
     """
+    with global_rngs_kept():
+        return _run_training(**locals())
+
+
+def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | Path | None, epochs: int,
+                  batch_size: int, train_fraction: float | None, val_fraction: float | None, per_class: int | None,
+                  split: str, seed: int, device: str | None, variant: str, patch: int, optimizer: str, lr: float,
+                  schedule: str, patience: int | None, command: str | None, save_progress_every_s: float,
+                  max_minutes: float | None, config_overrides: dict[str, Any] | None, amp: bool,
+                  class_weight: str | None, overwrite: bool, labels: str | Path | None,
+                  class_names: Sequence[str] | None) -> dict[str, Any]:
     from hsi_engine.lock import output_lock
 
     from .checkpoint import check_model_target, save_model

@@ -205,6 +205,36 @@ def test_main_leaves_the_callers_warning_capture_as_it_was(scene, caller_capture
         logging.captureWarnings(False)
 
 
+def test_main_takes_its_root_log_handler_off_again(scene, capsys):
+    """main() adds a stderr handler to the root logger when the caller has none; it stayed after main returned,
+    so the caller's own logging.basicConfig(...) afterwards did nothing."""
+    import logging
+
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    root.handlers = []  # a caller without logging set up (pytest adds its own capture handlers)
+    try:
+        assert main(["info", str(scene)]) == 0
+        assert root.handlers == [] and root.level == level
+    finally:
+        root.handlers = saved
+        root.setLevel(level)
+
+
+def test_no_stderr_at_all_is_not_a_crash(scene, model_dir, tmp_path, monkeypatch, capsys):
+    """sys.stderr is None under pythonw, in a windowed app, or with fd 2 closed (``2>&-``): choosing whether to
+    show progress called sys.stderr.isatty() and raised AttributeError (exit 1, nothing written)."""
+    import sys
+
+    monkeypatch.setattr(sys, "stderr", None)
+    assert main(["info", str(scene)]) == 0
+    assert main(["classify", str(scene), "--model", str(model_dir), "--out", str(tmp_path / "m.tif")]) == 0
+    import hsi_engine
+
+    assert hsi_engine.classify(str(scene), str(model_dir)).shape == (24, 24)
+    assert hsi_engine.classify(str(scene), str(model_dir), progress=True).shape == (24, 24)
+
+
 def test_verbose_logs_are_this_projects_not_gdals(tmp_path, model_dir):
     """``-v`` (before or after the command) turns on hsi-engine's DEBUG lines only: rasterio echoes every GDAL
     message at DEBUG/INFO, which drowned a run's log (hundreds of lines for a 32 x 32 tile)."""

@@ -516,3 +516,20 @@ def test_a_local_cluster_leaves_the_process_as_it_found_it():
     assert after[0] == before[0]
     assert {n: c for n, c in after[1].items() if c != before[1].get(n, 0)} == {}
     assert after[2] == before[2]
+
+
+def test_a_script_s_failed_cluster_start_names_the_main_guard_first(monkeypatch):
+    """Each spawned worker imports the script that started it: without `if __name__ == "__main__":` the worker
+    ran the script's classify call again and the start failed ('Nanny failed to start worker process'); the
+    error pointed at the dask configuration only."""
+    import __main__
+
+    from hsi_engine import dask_client
+
+    monkeypatch.setattr(__main__, "__file__", "/srv/jobs/make_maps.py", raising=False)
+    hint = dask_client._main_guard_hint()
+    assert hint.startswith('that make_maps.py keeps its top-level code under `if __name__ == "__main__":`')
+    monkeypatch.setattr(__main__, "__file__", "/venv/bin/hsi-engine")  # the command line has its guard
+    assert dask_client._main_guard_hint() == ""
+    monkeypatch.delattr(__main__, "__file__")  # python -c, a notebook
+    assert dask_client._main_guard_hint() == ""

@@ -36,6 +36,18 @@ def test_round_trip(tmp_path):
     assert m2.config == m.config
 
 
+def test_loading_leaves_the_callers_random_stream_alone(tmp_path):
+    """Building the network to load into drew its (discarded) initial weights from torch's global generator, so
+    a caller's seeded stream moved on each load_model."""
+    m = _model()
+    ssrn.save_model(m, tmp_path / "m")
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    ssrn.load_model(tmp_path / "m")
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_refuses_pickled_weights(tmp_path):
     m = _model()
     d = ssrn.save_model(m, tmp_path / "m")

@@ -35,8 +35,22 @@ def crop(tmp_path_factory):
 def test_short_training_beats_majority_baseline(crop, tmp_path):
     path, cube, lab = crop
     out = tmp_path / "model"
+    import random
+
+    def seed_all():
+        random.seed(999)
+        np.random.seed(999)
+        torch.manual_seed(999)
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+    seed_all()
+    expected = draws()
+    seed_all()
     rep = run_training(str(path), out, epochs=4, batch_size=16, per_class=25, val_fraction=0.05, seed=0,
                        device="cpu", patch=5, optimizer="adamw", lr=1e-3, command="pytest")
+    assert draws() == expected  # the caller's global streams, not reseeded to the run's seed=0
     counts = np.bincount(lab[lab > 0])[1:]
     test_counts = np.array(rep["support"])
     majority = test_counts.max() / test_counts.sum()
