@@ -52,7 +52,13 @@ def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
     beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
     scale = gamma / torch.sqrt(var + bn.eps)
-    return scale, beta - mean * scale
+    shift = beta - mean * scale
+    if not bool(torch.isfinite(scale).all() and torch.isfinite(shift).all()):
+        # (a NaN folded into the spectral stage came out of its ReLU as 0: a plausible map, not an error)
+        raise OptionError(f"the model's BatchNorm ({tuple(var.shape)[0]} channels) folds to non-finite values: its "
+                          f"running variance goes down to {float(var.min()):g} (never below 0 in a trained network) "
+                          "or its parameters hold NaN or inf; the weights were edited or damaged")
+    return scale, shift
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -149,10 +149,24 @@ def _short(v: Any, n: int = 100) -> str:
 
 
 def model_digest(model: Any) -> str:
-    """sha256 over the model's config, normalisation (meta mean/std) and state dict: identifies the weights."""
+    """sha256 over the model's config, normalisation (meta mean/std, and its bad bands, read as 0) and state dict:
+    identifies what makes the map. Numbers count by value: -32768 and -32768.0 (a JSON tool's rewrite of
+    model.json) or a numpy array and a list of the same values digest alike."""
     h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
     meta = getattr(model, "meta", None) or {}
-    h.update(json.dumps([meta.get("mean"), meta.get("std")], default=str).encode())  # normalisation
+    norm: list[Any] = [meta.get("mean"), meta.get("std")]
+    try:
+        norm = [None if v is None else [float(x) for x in np.asarray(v, dtype=np.float64).ravel()] for v in norm]
+    except (TypeError, ValueError):
+        pass  # not numbers (refused when the engine reads them): as they are
+    h.update(json.dumps(norm, default=str).encode())  # normalisation
+    bad = meta.get("bad_bands")
+    if bad:  # (left out when empty: the digests of models without bad bands are as before)
+        try:
+            bad = sorted({int(b) for b in bad})
+        except (TypeError, ValueError):
+            pass
+        h.update(json.dumps({"bad_bands": bad}, default=str).encode())
     for k, v in sorted(model.state_dict().items()):
         t = v.detach().to("cpu").contiguous()
         h.update(k.encode())

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
 from .config import InvalidConfig, SSRNConfig
 from .errors import CheckpointError
@@ -45,6 +46,15 @@ def _looks_pickled(path: Path) -> bool:
     return not (len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size)
 
 
+def _check_not_a_pointer(path: Path) -> None:
+    """Refuse a Git LFS pointer (a repository cloned without its LFS files) for what it is."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"version https://git-lfs"):
+        raise CheckpointError(f"{path} is a Git LFS pointer, not the weights: the repository was cloned without its "
+                              "LFS files; run `git lfs pull` in it (or copy the model directory from a full copy)")
+
+
 def _parse_int(text: str) -> int:
     if len(text.lstrip("-")) > _MAX_INT_DIGITS:
         raise ValueError(f"an integer of {len(text.lstrip('-'))} digits (at most {_MAX_INT_DIGITS} are read)")
@@ -59,19 +69,21 @@ def _parse_json(path: Path) -> Any:
         raise CheckpointError(f"{path} is {size:,} bytes; a model.json is at most {MAX_MODEL_JSON_BYTES:,} "
                               f"(the shipped model's is ~60 KB): it is not a model written by ssrn.save_model; "
                               "re-save the model, or trim what was added to its meta")
+    _check_not_a_pointer(path)
     with open(path, "rb") as f:
         data = f.read(MAX_MODEL_JSON_BYTES + 1)  # the file may have grown since stat
     if len(data) > MAX_MODEL_JSON_BYTES:
         raise CheckpointError(f"{path} is over {MAX_MODEL_JSON_BYTES:,} bytes; a model.json is at most that: "
                               "re-save the model")
     try:
-        return json.loads(data.decode("utf-8"), parse_int=_parse_int)
+        return json.loads(data.decode("utf-8-sig"), parse_int=_parse_int)  # (a BOM: Windows editors add one)
     except RecursionError:
         raise CheckpointError(f"{path} is not a readable model.json: its JSON nests too deeply (a model.json nests "
                               "a few levels); re-save the model with ssrn.save_model") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, _parse_int's refusal
         raise CheckpointError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:200]}); expected the "
-                              "UTF-8 JSON written by ssrn.save_model: re-save the model") from None
+                              "UTF-8 JSON written by ssrn.save_model: if you edited it, fix it and save it as UTF-8; "
+                              "else re-save the model") from None
 
 
 def _jsonable(value: Any) -> Any:
@@ -138,6 +150,7 @@ def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path
                 raise CheckpointError(f"{given} is an existing model directory; pass --overwrite "
                                       "(overwrite=True) to replace it, or choose another output directory")
             _check_writable(target.parent, given)
+            _check_writable(target, given)  # the replaced model's files are deleted from it after the save
             return target
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise CheckpointError(f"{given} exists and is not a model directory (it holds {shown}); hsi-engine "
@@ -166,16 +179,18 @@ def _check_writable(directory: Path, given: str) -> None:
 def _remove_model_dir(path: Path) -> None:
     """Delete a replaced model directory: only the files save_model writes, then the (then empty) directory.
 
-    Anything else found there is left in place (with a warning), never deleted."""
-    for name in _MODEL_FILES:
-        (path / name).unlink(missing_ok=True)
+    Anything else found there, or what cannot be deleted (a directory made read-only since the save began), is
+    left in place with a warning: the new model is already in place."""
     try:
+        for name in _MODEL_FILES:
+            (path / name).unlink(missing_ok=True)
         path.rmdir()
     except OSError as e:
         import logging
 
-        logging.getLogger("ssrn.checkpoint").warning("the replaced model directory %s was left in place: %s",
-                                                     path, e)
+        logging.getLogger("ssrn.checkpoint").warning("the replaced model directory %s was left in place (%s); "
+                                                     "the new model is saved: delete it by hand", path,
+                                                     e.strerror or e)
 
 
 def _holds_cwd(target: Path) -> bool:
@@ -415,6 +430,43 @@ def _expected_tensors(config: SSRNConfig) -> dict[str, tuple[tuple[int, ...], to
     return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
 
 
+def _read_model_files(path: Path) -> tuple[dict[str, Any], SSRNConfig, Path, bytes]:
+    """model.json (checked against the network), and the weights file's bytes, read once."""
+    doc = read_model_json(path)
+    if not isinstance(doc.get("config"), dict):
+        raise CheckpointError(f"{path / MODEL_JSON} has no 'config' object (the network's bands, classes, widths); "
+                              "expected a model directory written by ssrn.save_model")
+    config = _config_from(doc["config"], path / MODEL_JSON)
+    _check_meta(doc.get("meta"), config, path / MODEL_JSON)
+    wf = path / WEIGHTS
+    if not wf.is_file():
+        if wf.is_symlink():
+            raise CheckpointError(f"{wf} is a broken symbolic link (to {os.readlink(wf)}): its file is not there (a "
+                                  "git-annex file not fetched: `git annex get`); copy the model directory again")
+        raise CheckpointError(f"{path} has no {WEIGHTS}")
+    _check_not_a_pointer(wf)
+    if _looks_pickled(wf):
+        raise CheckpointError(f"{wf} is a pickle/torch.save file, not safetensors; hsi-engine never unpickles. "
+                              "Convert it with safetensors.torch.save_file in a trusted environment.")
+    recorded = doc.get("weights_sha256")
+    if recorded is not None and not isinstance(recorded, str):
+        raise CheckpointError(f"{path / MODEL_JSON}: 'weights_sha256' must be the hex sha256 of {WEIGHTS} (a "
+                              f"string); found {repr(recorded)[:40]} ({type(recorded).__name__}); re-save the "
+                              f"model, or delete 'weights_sha256' from {MODEL_JSON}")
+    try:
+        data = wf.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{wf} could not be read ({e.strerror or e})") from None
+    return doc, config, wf, data
+
+
+def _json_changed(path: Path, doc: dict[str, Any]) -> bool:
+    try:
+        return read_model_json(path) != doc
+    except CheckpointError:
+        return True
+
+
 def _check_weights_header(wf: Path, expected: dict[str, tuple[tuple[int, ...], torch.dtype]],
                           config: SSRNConfig) -> None:
     """The tensors ``wf`` declares (read from its header only) are exactly ``expected``'s names and shapes, each
@@ -448,27 +500,20 @@ def _check_weights_header(wf: Path, expected: dict[str, tuple[tuple[int, ...], t
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SSRN:
-    """Load a model directory into an ``SSRN`` in eval mode with ``.meta`` from model.json."""
+    """Load a model directory into an ``SSRN`` in eval mode with ``.meta`` from model.json.
+
+    The weights are read once: their checksum and their tensors come from the same bytes, so a save replacing
+    the directory meanwhile (``train --overwrite``) gives the old model or the new one, never one's meta with the
+    other's weights (read again when model.json changed under the load; refused if it keeps changing)."""
     path = Path(path)
-    doc = read_model_json(path)
-    if not isinstance(doc.get("config"), dict):
-        raise CheckpointError(f"{path / MODEL_JSON} has no 'config' object (the network's bands, classes, widths); "
-                              "expected a model directory written by ssrn.save_model")
-    config = _config_from(doc["config"], path / MODEL_JSON)
-    _check_meta(doc.get("meta"), config, path / MODEL_JSON)
-    wf = path / WEIGHTS
-    if not wf.is_file():
-        raise CheckpointError(f"{path} has no {WEIGHTS}")
-    if _looks_pickled(wf):
-        raise CheckpointError(f"{wf} is a pickle/torch.save file, not safetensors; hsi-engine never unpickles. "
-                              "Convert it with safetensors.torch.save_file in a trusted environment.")
-    recorded = doc.get("weights_sha256")
-    if recorded is not None and not isinstance(recorded, str):
-        raise CheckpointError(f"{path / MODEL_JSON}: 'weights_sha256' must be the hex sha256 of {WEIGHTS} (a "
-                              f"string); found {repr(recorded)[:40]} ({type(recorded).__name__}); re-save the "
-                              f"model, or delete 'weights_sha256' from {MODEL_JSON}")
-    actual = file_sha256(wf) if recorded is not None else None
-    if recorded is not None and recorded != actual:
+    for attempt in range(3):
+        doc, config, wf, data = _read_model_files(path)
+        recorded = doc.get("weights_sha256")
+        actual = hashlib.sha256(data).hexdigest() if recorded is not None else None
+        if recorded is None or recorded == actual:
+            break
+        if attempt < 2 and _json_changed(path, doc):  # a save replaced the model between the two reads
+            continue
         raise CheckpointError(f"{wf} does not match the checksum in {MODEL_JSON} (sha256 {actual[:16]}..., "
                               f"recorded {str(recorded)[:16]}...): the file was changed or damaged since the model "
                               "was saved; copy the model directory again, or, if you replaced the weights on "
@@ -478,7 +523,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     expected = _expected_tensors(config)
     _check_weights_header(wf, expected, config)
     try:
-        tensors = load_file(str(wf), device=str(map_location))
+        tensors = {k: t.to(map_location) for k, t in load_safetensors(data).items()}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{wf} is not a readable safetensors file ({e})") from None
     floats = {getattr(torch, name) for name in _WEIGHT_DTYPES.values()}
@@ -493,6 +538,11 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"{wf}: tensor {bad[0]!r}{more} {'hold' if more else 'holds'} NaN or inf values: the "
                               "training that wrote them diverged (retrain with a lower learning rate, --lr), or the "
                               "file is damaged")
+    negative = [k for k, t in tensors.items() if k.endswith("running_var") and bool((t < 0).any())]
+    if negative:  # a variance below 0: its folded BatchNorm scale is NaN, and the spectral stage's ReLU hid it
+        raise CheckpointError(f"{wf}: tensor {negative[0]!r} holds negative values (a BatchNorm's running variance "
+                              f"is never below 0, {float(tensors[negative[0]].min()):g} here): the file was edited or "
+                              "damaged; copy the model directory again, or retrain")
     with torch.random.fork_rng(devices=[]):  # the initial weights, replaced at once, drew from the caller's stream
         model = SSRN(config)
     model.load_state_dict(tensors)

@@ -438,3 +438,15 @@ def test_low_precision_on_a_cpu_without_onednn_bf16_says_float32_is_faster(monke
     with caplog.at_level("WARNING", logger="hsi_engine.fused"):
         FusedSSRN(model, device="cpu", precision="float32")
     assert not caplog.records
+
+
+def test_a_batchnorm_that_folds_to_nan_is_refused():
+    """A negative running variance (an edited in-memory model) folded to NaN weights; the spectral stage's ReLU
+    turned the NaN into 0 and the engine wrote a plausible map. Folding refuses it, naming the variance."""
+    from hsi_engine.errors import OptionError
+
+    model = SSRN(SSRNConfig(bands=20, classes=4, patch=5)).eval()
+    with torch.no_grad():
+        model.reduce_bn.running_var[1] = -5.0
+    with pytest.raises(OptionError, match=r"folds to non-finite values: its running variance goes down to -5"):
+        fold_spectral(model)

@@ -271,3 +271,31 @@ def test_a_window_of_an_opened_file_is_not_taken_for_another_finished_window(tmp
     full = hsi_engine.open_scene(SHIPPED_SCENE)
     assert cluster._scene_identity(None, full, None, None, None)["source"] == str(Path(SHIPPED_SCENE).resolve())
     assert cluster._scene_identity(None, b, None, None, None)["source"] is None
+
+
+def test_the_model_digest_counts_what_makes_the_map_and_nothing_else():
+    """The digest (the map's provenance tag, and --resume's model check) ignored meta bad_bands, which change
+    the map, and changed when a JSON tool rewrote -32768.0 as -32768, or meta held a numpy array, which do not."""
+    import copy
+
+    from hsi_engine.resume import model_digest
+
+    model = F.tiny_model()
+    base = model_digest(model)
+    same = copy.deepcopy(model)
+    same.meta["mean"] = np.asarray(model.meta["mean"])
+    same.meta["std"] = [int(v) if float(v).is_integer() else v for v in model.meta["std"]]
+    same.meta["std"][0] = float(round(model.meta["std"][0]))
+    model.meta["std"][0] = float(round(model.meta["std"][0]))
+    assert model_digest(same) == model_digest(model)
+    same.meta["std"][0] = int(same.meta["std"][0])  # -32768.0 -> -32768
+    assert model_digest(same) == model_digest(model)
+    bad = copy.deepcopy(model)
+    bad.meta["bad_bands"] = [3, 4]
+    with_bad = model_digest(bad)
+    assert with_bad != model_digest(model)
+    bad.meta["bad_bands"] = [4, 3, 3]  # the same set of bands
+    assert model_digest(bad) == with_bad
+    bad.meta["bad_bands"] = []
+    assert model_digest(bad) == model_digest(model)
+    assert base != model_digest(model)  # (std[0] rounded: the normalisation did change)

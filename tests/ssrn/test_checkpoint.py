@@ -124,6 +124,79 @@ def test_refuses_weights_holding_nan(tmp_path):
         ssrn.load_model(d)
 
 
+def test_refuses_a_negative_batchnorm_variance(tmp_path):
+    """A BatchNorm running variance below 0 (an edited or damaged file) folds to NaN, which the engine's spectral
+    ReLU turned into 0: a plausible-looking wrong map, exit 0."""
+    m = _model()
+    with torch.no_grad():
+        m.reduce_bn.running_var[0] = -5.0
+    d = ssrn.save_model(m, tmp_path / "m")
+    with pytest.raises(CheckpointError, match=r"tensor 'reduce_bn.running_var' holds negative values .* -5 here"):
+        ssrn.load_model(d)
+
+
+def test_an_lfs_pointer_or_a_missing_annex_file_is_named(tmp_path):
+    d = ssrn.save_model(_model(), tmp_path / "m")
+    weights = d / "weights.safetensors"
+    weights.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 123456\n")
+    with pytest.raises(CheckpointError, match=r"is a Git LFS pointer, not the weights: .* `git lfs pull`"):
+        ssrn.load_model(d)  # (the checksum in model.json did not match either: its fix led nowhere)
+    weights.unlink()
+    weights.symlink_to(tmp_path / ".git" / "annex" / "objects" / "xx" / "SHA256E-s1--0")
+    with pytest.raises(CheckpointError, match=r"is a broken symbolic link .* `git annex get`"):
+        ssrn.load_model(d)
+
+
+def test_a_model_json_saved_with_a_byte_order_mark_loads(tmp_path):
+    """Windows editors (Notepad, PowerShell 5) save UTF-8 with a BOM; the README says model.json may be edited."""
+    d = ssrn.save_model(_model(), tmp_path / "m")
+    text = (d / "model.json").read_text(encoding="utf-8")
+    (d / "model.json").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert ssrn.load_model(d).config == _model().config
+    (d / "model.json").write_bytes(text.replace("}", "").encode("latin-1"))
+    with pytest.raises(CheckpointError, match="if you edited it, fix it and save it as UTF-8"):
+        ssrn.load_model(d)
+
+
+def test_a_replaced_model_that_cannot_be_deleted_is_left_with_a_warning(tmp_path, monkeypatch, caplog):
+    """--overwrite: the old model's files are deleted after the new one is in place; a directory made read-only
+    raised a bare PermissionError (exit 2 after the training was spent, the new model saved)."""
+    d = ssrn.save_model(_model(seed=0), tmp_path / "m")
+    real = Path.unlink
+
+    def refused(self, missing_ok=False):
+        if ".m.old." in str(self):
+            raise PermissionError(13, "Permission denied")
+        return real(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    ssrn.save_model(_model(seed=1), d, overwrite=True)
+    assert any("was left in place (Permission denied); the new model is saved" in r.getMessage()
+               for r in caplog.records)
+    loaded = ssrn.load_model(d).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in _model(seed=1).state_dict().items())
+
+
+def test_a_save_between_the_loads_reads_gives_one_model_not_a_mix(tmp_path, monkeypatch):
+    """load_model read model.json, then hashed the weights, then opened them again: a save (train --overwrite)
+    replacing the directory in between gave one save's meta (mean/std, class names) with the other's weights,
+    without an error (9 of 199 loads beside a saver). The weights are read once; model.json changed meanwhile is
+    read again."""
+    d = ssrn.save_model(_model(seed=0), tmp_path / "m", meta={"tag": "A"})
+    real = Path.read_bytes
+    saves = []
+
+    def save_first(self):
+        if self.name == "weights.safetensors" and not saves:  # model.json was read: now the directory changes
+            saves.append(ssrn.save_model(_model(seed=1), d, meta={"tag": "B"}, overwrite=True))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", save_first)
+    m = ssrn.load_model(d)
+    assert saves and m.meta == {"tag": "B"}
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in _model(seed=1).state_dict().items())
+
+
 def test_refuses_foreign_json(tmp_path):
     d = ssrn.save_model(_model(), tmp_path / "m")
     (d / "model.json").write_text(json.dumps({"format": "keras"}))
