@@ -22,6 +22,7 @@ import xarray as xr
 from .errors import (IrregularGridError, OptionError, OutputError, SceneError,
                      UnnormalisedInputWarning, user_stacklevel)
 from .io import as_scene, open_scene, scene_gcps, with_window_gcps
+from .logs import warnings_ignored
 from .owned import closes_its_scenes, open_owned
 from .tiles import TilePlan, default_tile, plan_tiles
 
@@ -801,8 +802,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     xcoords = np.asarray(da["x"].values) if "x" in da.coords else None
     with output_lock(out):  # one live run per output (a resumable one may be writing <out>.partial)
         stale = check_no_partial(out, overwrite=overwrite)  # an interrupted --resume run's store: finish or discard
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # georeferencing: warned above, once
+        with warnings_ignored(UserWarning, "writing .* without georeferencing"):  # warned above, once
             writer = open_writer(out, height=job.height, width=job.width, n_classes=job.classes, crs=crs,
                                  transform=transform, y_coords=ycoords, x_coords=xcoords, class_names=job.class_names(),
                                  palette=job.palette(), probabilities=prob, confidence=prob is not None,

@@ -48,7 +48,6 @@ import os
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -60,7 +59,7 @@ import numpy as np
 from .dask_client import _cuda_count, _gpu_resources, _parse_scheduler_address, connect, make_local_cluster
 from .errors import ClusterUsageError, HSIEngineError, OptionError, OutputError, WorkerLostError
 from .lock import output_lock
-from .logs import dropped
+from .logs import dropped, warnings_ignored
 from .owned import closes_its_scenes, open_owned
 from .resume import (MAP_VERSION, OWNER_ATTR, ResumableZarrWriter, check_owner, describe_differences, discard_partial,
                      finished_with, mark_tile, model_digest, partial_path, partial_tile, pinned_store, provenance,
@@ -621,8 +620,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     tags = provenance(digest, precision, spatial_precision)
     ycoords = np.asarray(da["y"].values) if "y" in da.coords else None
     xcoords = np.asarray(da["x"].values) if "x" in da.coords else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # georeferencing: warned above
+    with warnings_ignored(UserWarning, "writing .* without georeferencing"):  # warned above
         writer = ResumableZarrWriter(out, grid=grid, fingerprint=fingerprint, resume=resume, height=job.height,
                                      width=job.width, n_classes=job.classes, crs=crs, transform=transform,
                                      y_coords=ycoords, x_coords=xcoords, class_names=job.class_names(),

@@ -20,13 +20,13 @@ import logging
 import os
 import platform
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import HSIEngineError, OutputError
+from .logs import warnings_ignored
 
 __all__ = ["SHIPPED_MODEL", "SHIPPED_SCENE", "evaluation_mask", "run_demo"]
 
@@ -227,8 +227,8 @@ def _classify_and_report(out: Path, scene: Any, scene_path: Path, labels: np.nda
     rep["per_class_accuracy"] = rep["per_class_accuracy"][1:]
     rep["support"] = rep["support"][1:]
 
-    with warnings.catch_warnings():  # the shipped scene has no CRS: the map is in pixel coordinates, by design
-        warnings.filterwarnings("ignore", message=".*without georeferencing")
+    # the shipped scene has no CRS: the map is in pixel coordinates, by design
+    with warnings_ignored(UserWarning, ".*without georeferencing"):
         tif = write_classmap(pred_da, out / "classmap.tif", n_classes=k, class_names=class_names, palette=palette,
                              overwrite=True, tags={**provenance(model_digest(model), precision, "auto"), DEMO_TAG: "1"})
     title = (f"Indian Pines, SSRN: OA {rep['oa']:.4f}, AA {rep['aa']:.4f}, kappa {rep['kappa']:.4f} "

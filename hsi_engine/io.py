@@ -44,6 +44,7 @@ import xarray as xr
 from ssrn.errors import first_line
 
 from .errors import HSIEngineError, MissingSpatialDimsError, SceneError, SceneNotFoundError, user_stacklevel
+from .logs import warnings_ignored
 
 log = logging.getLogger(__name__)
 
@@ -875,8 +876,7 @@ def _open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) 
     for name, arr in node.arrays():  # xarray opens each of them
         _check_zarr_chunks(arr, path / name)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*consolidated metadata", category=RuntimeWarning)
+        with warnings_ignored(RuntimeWarning, ".*consolidated metadata"):
             ds = xr.open_dataset(str(path), engine="zarr", chunks={}, decode_coords="all", mask_and_scale=False,
                                  consolidated=None)
     except (KeyError, ValueError, TypeError):

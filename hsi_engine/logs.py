@@ -1,12 +1,15 @@
-"""Other libraries' log lines that say nothing to a user of this engine, dropped for the span that makes them."""
+"""Log lines and warnings that say nothing to a user of this engine, dropped for the span that makes them."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import threading
+import warnings
 from collections.abc import Callable, Iterator
 
-__all__ = ["dropped"]
+__all__ = ["dropped", "warnings_ignored"]
 
 
 class _Dropping(logging.Filter):
@@ -31,3 +34,35 @@ def dropped(drop: Callable[[str], bool], *loggers: str) -> Iterator[None]:
     finally:
         for lg in targets:
             lg.removeFilter(f)
+
+
+_ignored_lock = threading.Lock()
+_ignored: dict[tuple[str, type[Warning]], list] = {}  # (message, category) -> [users, the filter entry]
+
+
+@contextlib.contextmanager
+def warnings_ignored(category: type[Warning] = Warning, message: str = "") -> Iterator[None]:
+    """Ignore warnings of ``category`` whose message starts with the regex ``message`` inside the ``with`` block,
+    safely beside other threads. ``warnings.catch_warnings`` saves and restores the whole filter list, so two
+    threads' blocks ending out of order left one's ``ignore`` in place for good (a service's later
+    UnnormalisedInputWarning went unseen); this adds one entry, shared by the blocks that want it, and takes
+    that entry alone off when the last one ends. Keep ``message`` narrow: the entry applies to every thread."""
+    key = (message, category)
+    with _ignored_lock:
+        if key not in _ignored:
+            entry = ("ignore", re.compile(message, re.I) if message else None, category, None, 0)
+            warnings.filters.insert(0, entry)  # type: ignore[attr-defined]
+            warnings._filters_mutated()  # type: ignore[attr-defined]
+            _ignored[key] = [0, entry]
+        _ignored[key][0] += 1
+    try:
+        yield
+    finally:
+        with _ignored_lock:
+            held = _ignored[key]
+            held[0] -= 1
+            if held[0] == 0:
+                del _ignored[key]
+                with contextlib.suppress(ValueError):  # (a caller's resetwarnings() took it already)
+                    warnings.filters.remove(held[1])  # type: ignore[attr-defined]
+                warnings._filters_mutated()  # type: ignore[attr-defined]

@@ -45,7 +45,6 @@ import hashlib
 import json
 import os
 import uuid
-import warnings
 from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
@@ -53,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from .errors import OutputError
+from .logs import warnings_ignored
 from .writers import _TIFF, ZarrClassMapWriter, check_replaceable, remove_tree, zarr_root_attributes
 
 __all__ = ["MAP_VERSION", "PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "check_owner", "discard_partial",
@@ -407,8 +407,7 @@ class ResumableZarrWriter(ZarrClassMapWriter):
         classes = g["classes"]
         prob = g["probabilities"] if "probabilities" in g else None
         conf = g["confidence"] if "confidence" in g else None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # georeferencing was warned about already
+        with warnings_ignored(UserWarning, "writing .* without georeferencing"):  # warned about already
             w = open_writer(out, height=self.height, width=self.width, n_classes=self.n_classes, crs=crs,
                             transform=transform, y_coords=self.y_coords, x_coords=self.x_coords,
                             class_names=self.class_names, palette=self.palette, probabilities=self.probabilities,

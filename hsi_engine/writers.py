@@ -50,7 +50,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from .errors import HSIEngineError, OptionError, OutputError, user_stacklevel
-from .logs import dropped
+from .logs import dropped, warnings_ignored
 
 __all__ = ["ClassMapWriter", "GeoTiffClassMapWriter", "ZarrClassMapWriter", "ZARR_TITLE", "check_not_scene",
            "check_replaceable", "default_palette", "is_hsi_zarr", "open_writer", "side_paths", "write_classmap",
@@ -610,8 +610,7 @@ class GeoTiffClassMapWriter(ClassMapWriter):
                 tmp = self._tmp_name(self._final[key])
                 self._temps.append(tmp)
                 self._tmp[key] = tmp
-                with warnings.catch_warnings(), self._gdal_cache():
-                    warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                with warnings_ignored(rasterio.errors.NotGeoreferencedWarning), self._gdal_cache():
                     self._datasets[key] = rasterio.open(tmp, "w", **base, **opts)
                 if self.gcps:  # the COG copy keeps them
                     self._datasets[key].gcps = (self.gcps, self.crs)
@@ -704,9 +703,8 @@ class GeoTiffClassMapWriter(ClassMapWriter):
             float16 = key == "probabilities" and self.probabilities == "float16"
             if float16:
                 opts["NBITS"] = 16
-            with warnings.catch_warnings(), (_quiet_float16_padding() if float16 else contextlib.nullcontext()), \
-                    self._gdal_cache():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with warnings_ignored(NotGeoreferencedWarning), \
+                    (_quiet_float16_padding() if float16 else contextlib.nullcontext()), self._gdal_cache():
                 rio_copy(str(tmp), str(cog), **opts)
             cogs.append((cog, target))
         aux_tmp = self._tmp_name(self._sides["aux"])
@@ -826,8 +824,7 @@ class ZarrClassMapWriter(ClassMapWriter):
         import zarr
 
         self._group.attrs["complete"] = 1  # an int, not a bool: NetCDF has no boolean attributes
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "consolidated metadata is not part of the zarr v3 spec"
+        with warnings_ignored(Warning, ".*consolidated metadata"):  # "... not part of the zarr v3 spec"
             zarr.consolidate_metadata(str(self._tmp))
         if self.path.exists() or self.path.is_symlink():
             if not self.overwrite:

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -774,11 +773,13 @@ def _standardize_valid(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray
         return standardize(raw)  # the seed's datasets: the statistics exactly as before
     from hsi_engine.normalise import normalise_into
 
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # 'Mean of empty slice' for a band without data: 0 below
-        valid = raw[:, ~bad].astype(np.float64)
-        valid[~np.isfinite(valid)] = np.nan  # inf in a bad band, like NaN, is no data for its statistics
-        mean, std = np.nanmean(valid, axis=1), np.nanstd(valid, axis=1)
+    valid = raw[:, ~bad].astype(np.float64)
+    finite = np.isfinite(valid)  # inf in a bad band, like NaN, is no data for its statistics
+    valid[~finite] = 0
+    n = finite.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a band without data: NaN, made 0 below
+        mean = valid.sum(axis=1) / n
+        std = np.sqrt((np.where(finite, valid - mean[:, None], 0) ** 2).sum(axis=1) / n)
     mean = np.where(np.isfinite(mean), mean, 0.0)
     std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
     normed = np.empty(raw.shape, np.float32)

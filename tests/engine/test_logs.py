@@ -1,0 +1,76 @@
+"""Warnings ignored for a span, beside other threads (hsi_engine.logs)."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import numpy as np
+
+import _scale_fixtures as F
+
+import hsi_engine
+from hsi_engine.logs import warnings_ignored
+
+
+def test_spans_that_end_out_of_order_leave_the_filters_as_they_were():
+    """warnings.catch_warnings restores a snapshot of the whole filter list: two threads' spans ending out of
+    order left one's 'ignore' in place for good."""
+    before = list(warnings.filters)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    inside: list[int] = []
+
+    def a():
+        with warnings_ignored(UserWarning, "writing .* without georeferencing"):
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b():
+        a_in.wait(10)
+        with warnings_ignored(UserWarning, "writing .* without georeferencing"):
+            b_in.set()
+            a_out.wait(10)
+            inside.append(sum(f[0] == "ignore" and f[2] is UserWarning for f in warnings.filters)
+                          - sum(f[0] == "ignore" and f[2] is UserWarning for f in before))
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert inside == [1]  # still ignored for B once A's span ended, and one entry for both
+    assert warnings.filters == before
+
+
+def test_only_the_named_warning_is_ignored():
+    with warnings_ignored(UserWarning, "writing .* without georeferencing"):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.warn("writing m.tif without georeferencing (no CRS)", UserWarning)
+            warnings.warn("the scene is on another scale", hsi_engine.UnnormalisedInputWarning)
+    assert [type(w.message) for w in seen] == [hsi_engine.UnnormalisedInputWarning]
+
+
+def test_maps_written_from_several_threads_leave_the_process_s_warning_filters_alone(tmp_path):
+    """Four threads writing maps of a scene without a CRS (each ignoring its writer's repeat of the warning):
+    the process was left ignoring every UserWarning, the UnnormalisedInputWarning of a later call included."""
+    cube = F.ip_crop(16, 16)
+    model = F.tiny_model(cube)
+    scene = F.dataarray(cube, crs=None)
+    before = list(warnings.filters)
+    errors = []
+
+    def run(i):
+        try:
+            hsi_engine.classify_to_file(scene, model, tmp_path / f"m{i}.tif", progress=False)
+        except Exception as e:  # noqa: BLE001 - asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and warnings.filters == before
+    assert all(np.array_equal(F.read_classes(tmp_path / f"m{i}.tif"), F.read_classes(tmp_path / "m0.tif"))
+               for i in range(4))
