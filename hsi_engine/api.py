@@ -800,7 +800,8 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     crs, transform, gcps = scene_georef(da, scene_path)
     ycoords = np.asarray(da["y"].values) if "y" in da.coords else None
     xcoords = np.asarray(da["x"].values) if "x" in da.coords else None
-    with output_lock(out):  # one live run per output (a resumable one may be writing <out>.partial)
+    # one live run per output (a resumable one may be writing <out>.partial)
+    with output_lock(out, side_files=prob is not None):
         stale = check_no_partial(out, overwrite=overwrite)  # an interrupted --resume run's store: finish or discard
         with warnings_ignored(UserWarning, "writing .* without georeferencing"):  # warned above, once
             writer = open_writer(out, height=job.height, width=job.width, n_classes=job.classes, crs=crs,

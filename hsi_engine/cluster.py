@@ -510,7 +510,7 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     check_output_suffix(out)  # before the lock creates the output's directory (and before side-file names)
     check_not_scene(out, scene_path)  # before anything is read: the output must never replace the scene
     # one live run per output: a second would share (and delete) its partial store, which a stopped run keeps
-    with output_lock(out, resumable=True):
+    with output_lock(out, resumable=True, side_files=bool(probabilities)):
         return _run_to_file(scene_path, model_path, out, tile=tile, device=device, backend=backend,
                             precision=precision, probabilities=probabilities, overwrite=overwrite,
                             nodata=nodata, workers=workers, scheduler=scheduler, resume=resume,

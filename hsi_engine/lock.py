@@ -89,7 +89,8 @@ def _open_lock_file(path: Path) -> int:
 
 @contextlib.contextmanager
 def output_lock(out: str | os.PathLike, *, fix: str | None = None, sweep: bool = True,
-                required: bool = True, create_dir: bool = True, resumable: bool = False) -> Iterator[Path | None]:
+                required: bool = True, create_dir: bool = True, resumable: bool = False,
+                side_files: bool = False) -> Iterator[Path | None]:
     """Hold the lock of ``out`` for the ``with`` block; raise :class:`OutputError` when another live run holds it.
 
     Yields the lock file's path (None where the platform has no ``flock``); creates the output's directory.
@@ -98,6 +99,9 @@ def output_lock(out: str | os.PathLike, *, fix: str | None = None, sweep: bool =
     (a read-only directory), go on without a lock (yields None) instead of refusing; ``create_dir=False``: a
     missing output directory is not created (no lock then, with ``required=False``). ``resumable``: this run keeps
     its tiles when stopped (recorded, so that a second run's refusal says whether stopping this one loses them).
+    A class-map run (``sweep``) into another live run's side file (``m_confidence.tif`` while ``m.tif`` is written
+    with its probabilities) is refused, and so is one writing side files (``side_files``) one of which another
+    live run writes as its map: they shared (and swept) each other's temporaries.
     """
     try:
         import fcntl
@@ -138,14 +142,43 @@ def output_lock(out: str | os.PathLike, *, fix: str | None = None, sweep: bool =
         os.close(fd)
     try:
         info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "resumable": resumable}
+                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "resumable": resumable,
+                "side_files": side_files}
         with contextlib.suppress(OSError):  # read-only (another user's file): the holder goes unnamed
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps(info).encode())
         if sweep:
+            _check_side_clash(Path(out), side_files)
             sweep_leftovers(out)  # hidden temps of a killed run: nobody else writes them while we hold the lock
         yield path
     finally:
         with contextlib.suppress(OSError):  # gone, or another user's in a sticky directory
             path.unlink()  # while still locked: a waiting run then opens a fresh file
         os.close(fd)
+
+
+def _check_side_clash(out: Path, side_files: bool) -> None:
+    """Refuse a run whose output is a live run's side file, or whose side files (``side_files``) are a live run's
+    output (see :func:`output_lock`)."""
+    from .writers import side_paths
+
+    for suffix in ("_probabilities", "_confidence"):
+        if out.stem.endswith(suffix) and out.suffix.lower() in (".tif", ".tiff"):
+            owner = out.with_name(out.stem[: -len(suffix)] + out.suffix)
+            if lock_held(owner) and _writes_side_files(owner):
+                raise OutputError(f"another run is writing {owner} with its side file {out.name} now: choose "
+                                  "another output name, or wait for that run to finish")
+    if side_files and out.suffix.lower() in (".tif", ".tiff"):
+        for key in ("probabilities", "confidence"):
+            side = side_paths(out)[key]
+            if lock_held(side):
+                raise OutputError(f"another run is writing {side} now, which this run's {key} would replace: "
+                                  "choose another output name, or wait for that run to finish")
+
+
+def _writes_side_files(out: Path) -> bool:
+    """Whether the live run into ``out`` said it writes side files (True when its lock file does not say)."""
+    try:
+        return json.loads(lock_path(out).read_text(encoding="utf-8")).get("side_files", True) is not False
+    except (OSError, ValueError, AttributeError):
+        return True

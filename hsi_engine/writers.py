@@ -597,6 +597,7 @@ class GeoTiffClassMapWriter(ClassMapWriter):
         if self.confidence:
             specs["confidence"] = dict(count=1, dtype="float32", nodata=float("nan"))
         self._final = {k: (self.path if k == "labels" else self._sides[k]) for k in specs}
+        self._there_at_start = {t for t in (*self._final.values(), self._sides["aux"]) if _present(t)}
         self._tmp: dict[str, Path] = {}
         self._datasets: dict[str, Any] = {}
         # GDAL keeps written blocks in its block cache (5 % of RAM by default) until the file closes: a scene's
@@ -713,6 +714,11 @@ class GeoTiffClassMapWriter(ClassMapWriter):
         if self.overwrite:
             check_replaceable(self.path)  # again: something may have taken a name while the tiles ran
             self._remove_stale_sides()
+        else:  # a file another program put at one of our names while the tiles ran is not ours to replace
+            appeared = [t for t in (*self._final.values(), self._sides["aux"])
+                        if t not in self._there_at_start and _present(t)]
+            if appeared:
+                raise OutputError(_appeared(appeared[0]))
         # Side files first, the class map last: its presence means the whole output is complete.
         os.replace(aux_tmp, self._sides["aux"])
         for cog, target in cogs[::-1]:
@@ -828,7 +834,7 @@ class ZarrClassMapWriter(ClassMapWriter):
             zarr.consolidate_metadata(str(self._tmp))
         if self.path.exists() or self.path.is_symlink():
             if not self.overwrite:
-                raise OutputError(f"output {self.path} appeared while writing; pass overwrite=True to replace it")
+                raise OutputError(_appeared(self.path))
             check_replaceable(self.path)  # again: what is there now is what gets deleted
             old = self._tmp_name(self.path, "old")
             self._temps.append(old)
@@ -836,6 +842,15 @@ class ZarrClassMapWriter(ClassMapWriter):
             os.replace(self._tmp, self.path)
         else:
             os.replace(self._tmp, self.path)
+
+
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _appeared(path: Path) -> str:
+    return (f"output {path} appeared while this run was writing (another program or run wrote it): nothing was "
+            "replaced; pass overwrite=True (--overwrite) to replace it, or choose another output")
 
 
 def open_writer(path: str | os.PathLike, *, height: int, width: int, n_classes: int, crs=None, transform=None,

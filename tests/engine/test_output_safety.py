@@ -447,3 +447,52 @@ def test_a_sweep_leaves_the_temps_of_a_live_run_into_a_side_file_s_name(tmp_path
     with output_lock(tmp_path / "x_probabilities.tif", sweep=False):
         assert sweep_leftovers(tmp_path / "x.tif") == [] and temp.exists()
     assert sweep_leftovers(tmp_path / "x.tif") == [temp] and not temp.exists()
+
+
+def test_a_run_into_a_live_run_s_side_file_is_refused_and_sweeps_nothing(case, tmp_path, computed):
+    """Run A writing m.tif with probabilities; run B into m_confidence.tif: B's sweep deleted A's live temporary
+    (A then failed after its whole compute, told to check the disk), or B's map silently replaced A's confidence
+    file. B is refused up front; with A writing no side files, B goes on."""
+    from hsi_engine.lock import output_lock
+
+    scene = F.dataarray(case["cube"])
+    live_temp = tmp_path / ".m_confidence.tif.tmp-0123abcd.tif"  # A's confidence file being written
+    with output_lock(tmp_path / "m.tif", side_files=True):
+        live_temp.write_bytes(b"A's tiles")
+        for run in (hsi_engine.classify_to_file, cluster.run_to_file):
+            with pytest.raises(OutputError, match=r"another run is writing .*m\.tif with its side file "
+                                                  r"m_confidence\.tif now"):
+                run(scene, case["model"], tmp_path / "m_confidence.tif", tile=TILE, progress=False)
+        assert live_temp.read_bytes() == b"A's tiles" and computed["n"] == 0
+    with output_lock(tmp_path / "n.tif", side_files=False):
+        hsi_engine.classify_to_file(scene, case["model"], tmp_path / "n_confidence.tif", tile=TILE, progress=False)
+
+
+def test_a_run_whose_side_file_is_a_live_run_s_map_is_refused(case, tmp_path, computed):
+    from hsi_engine.lock import output_lock
+
+    scene = F.dataarray(case["cube"])
+    with output_lock(tmp_path / "m_probabilities.tif"):  # B: a map of its own at A's side-file name
+        with pytest.raises(OutputError, match=r"another run is writing .*m_probabilities\.tif now, which this run's "
+                                              r"probabilities would replace"):
+            hsi_engine.classify_to_file(scene, case["model"], tmp_path / "m.tif", tile=TILE, probabilities=True,
+                                        progress=False)
+        assert computed["n"] == 0
+        hsi_engine.classify_to_file(scene, case["model"], tmp_path / "m.tif", tile=TILE, progress=False)
+
+
+def test_a_file_put_at_the_output_while_the_run_wrote_is_not_replaced(case, tmp_path, monkeypatch):
+    """Without --overwrite, a .tif run replaced a file another program put at its name meanwhile (a .zarr run
+    refused); it refuses, keeps that file and leaves no temporaries."""
+    out = tmp_path / "m.tif"
+    real = GeoTiffClassMapWriter._commit
+
+    def someone_writes_first(self):
+        out.write_bytes(b"another program's file")
+        return real(self)
+
+    monkeypatch.setattr(GeoTiffClassMapWriter, "_commit", someone_writes_first)
+    with pytest.raises(OutputError, match=r"appeared while this run was writing .* nothing was replaced; pass "
+                                          r"overwrite=True \(--overwrite\)"):
+        hsi_engine.classify_to_file(F.dataarray(case["cube"]), case["model"], out, tile=TILE, progress=False)
+    assert out.read_bytes() == b"another program's file" and sorted(p.name for p in tmp_path.iterdir()) == ["m.tif"]
