@@ -338,7 +338,8 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
     pending = {key: client.submit(_tile_task, spec, t, scene_arg, model_arg, key=key, resources=resources,
                                   pure=False) for key, t in by_key.items()}
     bar = _progress_bar(sum(t.pixels for t in tiles), progress, _ClusterStatus(client, local))
-    watch = _OwnWorkersGone(client, list(pending.values())) if local else None
+    submitted = list(pending.values())
+    watch = _OwnWorkersGone(client, submitted) if local else None
     pids: set[int] = set()
     nodata_px = reused = 0
     try:
@@ -368,6 +369,11 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
             bar.update(res["pixels"])
     except BaseException:
         client.cancel(list(pending.values()))
+        # released now: the error's traceback holds this frame (its futures), and the client holds the failed
+        # task's state, which holds the error: on the caller's cluster the scattered scene stayed in memory for
+        # as long as that client lived, one more copy each failed run
+        for f in [*submitted, *(a for a in (scene_arg, model_arg) if a is not None)]:
+            f.release()  # (a no-op for one released already)
         raise
     finally:
         if watch is not None:

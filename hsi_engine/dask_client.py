@@ -41,8 +41,15 @@ def make_local_cluster(n_workers: int | None = None, *, gpu: bool | None = None,
     ``gpu=None``: use GPUs when CUDA is available. GPU workers carry the resource ``GPU=1``. A cluster that fails
     to start is an :class:`HSIEngineError` naming the cause and the fix (not distributed's ``RuntimeError``).
     """
+    import multiprocessing
+
     from distributed import LocalCluster
 
+    if multiprocessing.current_process().daemon:  # (distributed's error: 'AssertionError: Status.starting')
+        raise ClusterUsageError("this process cannot start worker processes: it is a daemon process (a dask "
+                                "worker's, or a multiprocessing pool's), which may have no children. Pass scheduler= "
+                                "(the cluster it runs on: distributed.get_client().scheduler.address) instead of "
+                                "workers=, or run without workers= to classify in-process")
     ngpu = _cuda_count() if gpu is not False else 0
     if gpu and ngpu == 0:
         raise HSIEngineError("gpu=True but no CUDA device is visible: run CPU workers (gpu=False) or check "

@@ -136,6 +136,12 @@ def read_error(da: Any, window: Sequence[int], exc: BaseException) -> HSIEngineE
         return exc
     src = getattr(da, "encoding", {}).get("source", "the scene")
     ry0, ry1, rx0, rx1 = (int(v) for v in window)
+    if "Missing dependency" in str(exc):  # dask's synchronous scheduler on a graph of a client's futures
+        return SceneError(f"reading rows {ry0}:{ry1}, cols {rx0}:{rx1} of the scene failed: it was persist()-ed "
+                          "under a dask.distributed client, so its chunks are that client's futures, which cannot be "
+                          "fetched here (on another cluster's worker, or after that client closed); the file is "
+                          "not at fault. Pass the scene computed (scene.compute()) or opened from its file, or "
+                          "persist it again under the client in use")
     arr = zarr_array_of(da)
     axes = _axes(arr, da) if arr is not None else None
     if arr is not None and axes is not None:

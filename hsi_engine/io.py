@@ -1172,6 +1172,7 @@ def as_scene(obj: Any, *, band_axis: int | None = None) -> xr.DataArray:
     """
     if isinstance(obj, (str, os.PathLike)):
         return open_scene(obj)
+    _check_known_chunks(obj)
     if isinstance(obj, xr.Dataset):
         # values as they are: in memory, a scale_factor attr may be rioxarray's note on raw GeoTIFF counts, not
         # CF packing (open_scene decodes the NetCDF/zarr variables that are packed)
@@ -1199,6 +1200,18 @@ def as_scene(obj: Any, *, band_axis: int | None = None) -> xr.DataArray:
         return da.assign_coords(band=np.arange(1, da.sizes["band"] + 1))
     raise SceneError(f"cannot make a scene from {type(obj).__name__}; pass an xarray.DataArray (band, y, x), "
                      "a numpy array, a torch tensor or a path")
+
+
+def _check_known_chunks(obj: Any) -> None:
+    """Refuse a dask array whose chunk sizes are unknown (NaN: boolean indexing), which no tile can be planned on."""
+    arrays = [v.data for v in obj.data_vars.values()] if isinstance(obj, xr.Dataset) else \
+        [obj.data if isinstance(obj, xr.DataArray) else obj]
+    for a in arrays:
+        chunks = getattr(a, "chunks", None)
+        if isinstance(chunks, tuple) and any(isinstance(c, float) and math.isnan(c) for dim in chunks for c in dim):
+            raise SceneError("the scene's dask chunk sizes are unknown (NaN, as boolean indexing leaves them), so "
+                             "its shape is unknown: call .compute_chunk_sizes() on the dask array (or "
+                             "scene.copy(data=scene.data.compute_chunk_sizes()) on a DataArray) first")
 
 
 def _human(n: float) -> str:

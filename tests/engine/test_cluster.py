@@ -154,6 +154,29 @@ def test_in_memory_scene_and_model_are_scattered(case, client, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif", "map.tif.aux.xml"]
 
 
+def test_a_failed_run_leaves_nothing_on_the_caller_s_cluster(case, client, tmp_path):
+    """A run on the caller's cluster that failed (a tile's bad value) kept its scattered scene and the failed task
+    on the cluster as long as the client lived: the error's traceback held the run's futures, the client held the
+    error. Two failed runs held two copies of the scene."""
+    import gc
+
+    from hsi_engine.errors import NonFiniteInputError
+
+    def ours(dask_scheduler):
+        return sorted(k for k in map(str, dask_scheduler.tasks) if k.startswith(("DataArray-", "hsi-tile-")))
+
+    cube = case["cube"].astype(np.float32)
+    cube[5, 20, 20] = 1e30
+    for _ in range(2):
+        with pytest.raises(NonFiniteInputError):
+            cluster.run_to_file(F.dataarray(cube), case["model"], tmp_path / "x.tif", tile=TILE, scheduler=client)
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while client.run_on_scheduler(ours) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.run_on_scheduler(ours) == []
+
+
 def test_worker_sigkilled_mid_run_still_gives_the_same_map(case, client, tmp_path):
     """... and no finished tile is computed twice: the driver drops each result as it arrives, so the scheduler
     has nothing to recompute when the worker that held it dies."""

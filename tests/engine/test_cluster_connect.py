@@ -457,6 +457,10 @@ def test_a_scene_persisted_under_a_client_is_classified(files):
     finally:
         client.close()
     np.testing.assert_array_equal(got, ref)
+    # its client gone, the futures cannot be fetched: said so, not blamed on the (intact) file
+    with pytest.raises(hsi_engine.SceneError, match=r"persist\(\)-ed under a dask.distributed client.* the file is "
+                                                    r"not at fault"):
+        hsi_engine.classify(persisted, files["model"], tile=16, progress=False)
 
 
 def test_a_service_s_timeout_during_the_cluster_start_leaves_no_workers_and_stays_its_own():
@@ -533,3 +537,13 @@ def test_a_script_s_failed_cluster_start_names_the_main_guard_first(monkeypatch)
     assert dask_client._main_guard_hint() == ""
     monkeypatch.delattr(__main__, "__file__")  # python -c, a notebook
     assert dask_client._main_guard_hint() == ""
+
+
+def test_a_daemon_process_asking_for_workers_is_told_why_it_cannot(monkeypatch):
+    """classify_to_file(workers=N) inside a dask task (a daemonic worker process) failed with 'AssertionError:
+    Status.starting' and a hint at the dask configuration (or at a main guard the script had)."""
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True)
+    with pytest.raises(cluster.ClusterUsageError, match=r"it is a daemon process .* Pass scheduler="):
+        cluster.make_local_cluster(1, gpu=False)

@@ -328,6 +328,18 @@ def test_ambiguous_bare_array_warns_and_band_axis_decides(tmp_path):
         assert open_scene(p, band_axis=2).sizes["band"] == 20
 
 
+def test_a_dask_scene_of_unknown_chunk_sizes_is_one_clear_error():
+    """Boolean indexing leaves dask chunk sizes NaN: classify raised numpy's 'cannot convert float NaN to integer'
+    or xarray's TypeError, not an HSIEngineError naming the fix."""
+    import dask.array as dsa
+
+    a = dsa.zeros((4, 20, 20), chunks=(4, 10, 20))[:, dsa.from_array(np.arange(20) != 3, chunks=10), :]
+    for obj in (a, xr.DataArray(a, dims=("band", "y", "x")), xr.Dataset({"r": (("band", "y", "x"), a)})):
+        with pytest.raises(SceneError, match=r"chunk sizes are unknown .* \.compute_chunk_sizes\(\)"):
+            as_scene(obj)
+    assert as_scene(a.compute_chunk_sizes()).shape == (4, 19, 20)
+
+
 def test_as_scene_variants():
     cube = make_cube(bands=3, height=5, width=6)
     da = as_scene(cube)
