@@ -1,5 +1,6 @@
 """Trainer for SSRN: the seed's protocol by default (RMSprop lr 3e-4, batch 16, 200 epochs, best validation
-loss kept), with options (AdamW, cosine schedule, early stopping, AMP on CUDA, seeds: the same weights again on the same number of threads)."""
+loss kept), with options (AdamW, cosine schedule, early stopping, AMP on CUDA, seeds: the same weights again on
+the same number of threads)."""
 
 from __future__ import annotations
 
