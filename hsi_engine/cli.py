@@ -209,6 +209,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from .io import scene_info
 
     text = scene_info(args.scene, variable=args.variable, band_axis=args.band_axis)
+    if sys.stdout is None:  # `>&-`: print() would write nothing and the command say it had
+        print("hsi-engine info: error: standard output is closed; nothing to write the description to",
+              file=sys.stderr)
+        return 2
     try:
         print(text, flush=True)
     except OSError as e:

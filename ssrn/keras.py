@@ -636,6 +636,7 @@ def import_keras_to_dir(hdf5: str | os.PathLike, out: str | os.PathLike, *, data
         meta["command"] = command
     model.meta = meta
     written = save_model(model, out, meta, overwrite=overwrite)
+    log.info("wrote %s: %d bands, %d classes, from %s", written, c.bands, c.classes, Path(hdf5).name)
     if dataset is None:
         log.warning("%s has no per-band mean/std (no --dataset given): the scenes it classifies must already be "
                     "normalised as in training, or every pixel may fall into one class; pass --dataset NAME to "

@@ -228,6 +228,10 @@ def test_no_stderr_at_all_is_not_a_crash(scene, model_dir, tmp_path, monkeypatch
 
     monkeypatch.setattr(sys, "stderr", None)
     assert main(["info", str(scene)]) == 0
+    monkeypatch.setattr(sys, "stdout", None)  # `info >&-`: exit 0 having printed nothing, before
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert main(["info", str(scene)]) == 2 and "standard output is closed" in sys.stderr.getvalue()
+    monkeypatch.setattr(sys, "stderr", None)
     assert main(["classify", str(scene), "--model", str(model_dir), "--out", str(tmp_path / "m.tif")]) == 0
     import hsi_engine
 

@@ -440,13 +440,17 @@ def test_save_load_round_trip(in_model, tmp_path):
         assert torch.equal(back(x), in_model(x))
 
 
-def test_cli_import_keras(seed_dir, tmp_path, in_scene):
+def test_cli_import_keras(seed_dir, tmp_path, in_scene, caplog):
+    import logging
+
     from hsi_engine.cli import main
 
     out = tmp_path / "seed_in"
-    rc = main(["import-keras", str(seed_dir / IN_FILE), "--out", str(out), "--dataset", "indian_pines",
-               "--data-dir", str(seed_dir.parent)])
+    with caplog.at_level(logging.INFO, logger="ssrn.keras"):
+        rc = main(["import-keras", str(seed_dir / IN_FILE), "--out", str(out), "--dataset", "indian_pines",
+                   "--data-dir", str(seed_dir.parent)])
     assert rc == 0
+    assert f"wrote {out}: 200 bands, 16 classes, from {IN_FILE}" in caplog.text  # as every other command says
     doc = json.loads((out / "model.json").read_text())
     meta = doc["meta"]
     assert len(meta["mean"]) == 200 and len(meta["std"]) == 200
