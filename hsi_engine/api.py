@@ -92,10 +92,11 @@ def _normalisation(model: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
 
 
 def _wavelengths(da: xr.DataArray) -> np.ndarray | None:
-    """The scene's band wavelengths in nm: its ``wavelength`` coordinate (in its ``units``), else a float
-    ``band`` coordinate that reads as wavelengths (all within 250-3000 nm, or 0.25-3 µm and not whole numbers;
-    not necessarily monotonic: AVIRIS's spectrometers overlap), so that a reordered or mismatched band axis is
-    caught either way; None when neither is there."""
+    """The scene's band wavelengths in nm: its ``wavelength`` coordinate (in its ``units``), else a ``band``
+    coordinate in a length unit or wavenumbers (its ``units``), else a float ``band`` coordinate that reads as
+    wavelengths (all within 250-3000 nm, or 0.25-3 µm and not whole numbers; not necessarily monotonic: AVIRIS's
+    spectrometers overlap), so that a reordered or mismatched band axis is caught either way; None when neither is
+    there."""
     from .io import _to_nm, wavelengths_in_names
 
     if "wavelength" in da.coords and da.coords["wavelength"].dims == ("band",):
@@ -103,16 +104,31 @@ def _wavelengths(da: xr.DataArray) -> np.ndarray | None:
         return _to_nm(np.asarray(wl.values, np.float64), wl.attrs.get("units"))
     band = da.coords.get("band")
     # band names that carry wavelengths ('460.0 nm', 'band 1 (0.4554 Micrometers)'): a ``band`` coordinate of
-    # strings, or rioxarray's band descriptions (``long_name``, one per band, of rioxarray.open_rasterio)
+    # strings, or rioxarray's band descriptions (``long_name``, one per band of the file, of rioxarray.open_rasterio)
     names = None
+    long_name = da.attrs.get("long_name")
     if band is not None and band.dims == ("band",) and band.dtype.kind in "UO":
         names = [str(v) for v in band.values]
-    elif isinstance(da.attrs.get("long_name"), (tuple, list)) and len(da.attrs["long_name"]) == da.sizes["band"]:
-        names = [str(v) for v in da.attrs["long_name"]]
+    elif isinstance(long_name, (tuple, list)):
+        numbers = np.asarray(band.values) if band is not None and band.dims == ("band",) else None
+        if numbers is not None and numbers.dtype.kind in "iu" and numbers.size and numbers.min() >= 1 \
+                and numbers.max() <= len(long_name):
+            # rioxarray's band numbers (1..N of the file) move with isel; the attribute stays the file's whole
+            # list: a reordered or cut band axis read it as if nothing had moved
+            names = [str(long_name[int(b) - 1]) for b in numbers]
+        elif len(long_name) == da.sizes["band"]:
+            names = [str(v) for v in long_name]
     wl = wavelengths_in_names(names) if names else None
     if wl is not None:
         return wl
-    if band is None or band.dims != ("band",) or band.dtype.kind != "f" or band.size < 2:
+    if band is None or band.dims != ("band",) or band.size < 2:
+        return None
+    units = str(band.attrs.get("units", "")).strip().lower()
+    spectral = units.startswith(("nano", "nm", "micro", "um", "µm", "μm", "wavenumber")) or \
+        units.replace(" ", "") in ("cm-1", "cm^-1", "cm**-1", "1/cm", "/cm")
+    if band.dtype.kind in "iuf" and spectral:
+        return _to_nm(np.asarray(band.values, np.float64), units)  # a unit says what the numbers are
+    if band.dtype.kind != "f":
         return None
     v = np.asarray(band.values, np.float64)
     if not np.all(np.isfinite(v)):

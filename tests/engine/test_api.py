@@ -255,6 +255,50 @@ def test_wavelengths_in_band_names_and_with_gaps_are_checked(case, geo, tmp_path
                  model, progress=False)
 
 
+def test_a_rioxarray_scene_reordered_or_cut_after_opening_is_checked(case, geo, tmp_path):
+    """rioxarray keeps the file's band descriptions (long_name) whole after isel, while its band numbers move:
+    a reversed or cut band axis read the stale names as its own and ran into a wrong map (827 of 1,600 pixels),
+    where the same isel of an open_scene scene was refused. The names follow the band numbers now."""
+    import rasterio
+    import rioxarray
+
+    cube, model, ref = case
+    model.meta["wavelengths"] = list(geo.WAVELENGTHS_NM)
+    with rasterio.open(tmp_path / "s.tif", "w", driver="GTiff", height=cube.shape[1], width=cube.shape[2],
+                       count=cube.shape[0], dtype="float32") as dst:
+        dst.write(cube.astype(np.float32))
+        dst.descriptions = tuple(f"{w:.2f} nm" for w in geo.WAVELENGTHS_NM)
+    ro = rioxarray.open_rasterio(tmp_path / "s.tif")
+    np.testing.assert_array_equal(classify(ro, model, progress=False).values, ref)
+    with pytest.raises(BandMismatchError, match="wavelengths differ"):
+        classify(ro.isel(band=slice(None, None, -1)), model, progress=False)
+    swapped = np.arange(geo.BANDS)
+    swapped[[0, 5]] = swapped[[5, 0]]
+    with pytest.raises(BandMismatchError, match="wavelengths differ"):
+        classify(ro.isel(band=swapped), model, progress=False)
+    with pytest.raises(BandMismatchError, match="scene has"):
+        classify(ro.isel(band=slice(1, None)), model, progress=False)  # (and its names are the right ones)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "int64"])
+def test_a_band_coordinate_with_units_is_read_in_them(case, geo, dtype):
+    """A ``band`` coordinate in wavenumbers (cm-1, ascending: wavelengths descending) or integer nm with its
+    ``units`` was not read as wavelengths (outside the float-nm heuristic): reversed bands ran into a wrong map,
+    while the same coordinate named ``channel`` was checked."""
+    cube, model, ref = case
+    model.meta["wavelengths"] = list(geo.WAVELENGTHS_NM)
+    wl = np.asarray(geo.WAVELENGTHS_NM, np.float64)
+    if dtype == "int64":
+        model.meta["wavelengths"] = list(np.round(wl))
+        coord = xr.Variable("band", np.round(wl).astype(np.int64), attrs={"units": "nm"})
+    else:
+        coord = xr.Variable("band", 1e7 / wl, attrs={"units": "cm-1"})
+    da = xr.DataArray(cube, dims=("band", "y", "x"), coords={"band": coord})
+    np.testing.assert_array_equal(classify(da, model, progress=False).values, ref)
+    with pytest.raises(BandMismatchError, match="wavelengths differ"):
+        classify(da.isel(band=slice(None, None, -1)), model, progress=False)
+
+
 def test_overlapping_spectrometer_wavelengths_are_checked(case, geo):
     """AVIRIS's wavelengths step back where its spectrometers overlap: a float ``band`` coordinate like that is
     still read as wavelengths, so a reversed band axis is refused rather than classified into a wrong map."""
