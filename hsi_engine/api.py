@@ -597,6 +597,18 @@ def _transform_from_1d(da: xr.DataArray, stored: Any) -> Any:
     return Affine(step["x"], 0.0, origin["x"], 0.0, step["y"], origin["y"])
 
 
+def _stored_geotransform(da: xr.DataArray) -> bool:
+    """Whether the scene stores a transform (its grid mapping's GeoTransform, or a ``transform`` attribute), as
+    rioxarray reads one, rather than rioxarray working one out from the coordinates."""
+    try:
+        gm = da.rio.grid_mapping
+    except Exception:  # noqa: BLE001 - no grid mapping to look in
+        gm = None
+    if gm is not None and gm in da.coords and da.coords[gm].attrs.get("GeoTransform"):
+        return True
+    return da.attrs.get("transform") is not None
+
+
 def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
     """The scene's transform: the stored one (rioxarray's ``GeoTransform``, which keeps a rotation), unless its
     x/y coordinates say otherwise: a NetCDF flipped with ``isel(y=slice(None, None, -1))`` kept its north-up
@@ -610,6 +622,20 @@ def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
                                          "inf: no transform places its map; fix or drop them (e.g. "
                                          f"scene.assign_coords({d}=...))")
     stored = da.rio.transform()
+    single = [d for d in ("x", "y") if have_coords and da[d].size == 1]
+    if single and not stored.b and not stored.d and not _stored_geotransform(da):
+        # one pixel along an axis and no GeoTransform (a CF file from a non-GDAL tool, coordinates + write_crs):
+        # rioxarray's stored transform is its fallback (pixel size 1): the map was 1 unit tall and south-up
+        from affine import Affine
+
+        other = "y" if single[0] == "x" else "x"
+        v = np.asarray(da[other].values, np.float64)
+        size = abs(v[-1] - v[0]) / (v.size - 1)
+        warnings.warn(f"scene {_scene_name(da, scene_path)}: it is one pixel along {single[0]} and stores no "
+                      f"GeoTransform, so its pixel size along {single[0]} is unknown: taken as its {other} pixel size "
+                      f"({size:g}, square pixels); write its transform (scene.rio.write_transform(...)) to place it "
+                      "exactly", stacklevel=user_stacklevel())
+        return _transform_from_1d(da, Affine(size, 0.0, 0.0, 0.0, -size, 0.0))
     if stored.b or stored.d:  # rotated: no x/y coordinates; a window (isel) of it keeps source_row/source_col
         from affine import Affine
 

@@ -781,6 +781,28 @@ def test_a_strided_window_one_pixel_wide_is_placed_at_its_own_pixel_size(geo, tm
             assert got * (0.5, r + 0.5) == pytest.approx((float(win.x[0]), float(win.y[r])))
 
 
+def test_a_one_row_window_of_a_scene_without_a_stored_transform_keeps_its_pixel_size(geo, tmp_path):
+    """A scene placed by its x/y coordinates alone (a CF file from a non-GDAL tool, coordinates + write_crs) has
+    no stored transform; one row (or column) of it took rioxarray's fallback pixel size, 1: the map was 1 m tall,
+    south-up, with a warning blaming a stale GeoTransform. The other axis's pixel size is taken, and said."""
+    import rasterio
+
+    cube = geo.make_cube(height=15, width=10)
+    model = make_model(geo.BANDS, cube=cube)
+    da = xr.DataArray(cube, dims=("band", "y", "x"),
+                      coords={"y": 4500000.0 - 20 * (np.arange(15) + 0.5), "x": 600000.0 + 20 * (np.arange(10) + 0.5)})
+    da = da.rio.write_crs("EPSG:32616")
+    assert "GeoTransform" not in da["spatial_ref"].attrs
+    for win, centre in ((da.isel(y=slice(5, 6)), (600010.0, 4499890.0)), (da.isel(x=slice(3, 4)), (600070.0,
+                                                                                                    4499990.0))):
+        with pytest.warns(UserWarning, match=r"stores no GeoTransform, so its pixel size along [xy] is unknown: "
+                                             r"taken as its [xy] pixel size \(20, square pixels\)"):
+            out = classify_to_file(win, model, tmp_path / f"w{win.sizes['y']}.tif", progress=False)
+        with rasterio.open(out) as f:
+            assert (f.transform.a, f.transform.e) == (20.0, -20.0)
+            assert f.transform * (0.5, 0.5) == pytest.approx(centre)
+
+
 def test_a_rotated_scene_without_a_crs_keeps_its_transform(case, tmp_path):
     """A rotated GeoTIFF with no CRS lost its transform (the map was written in pixel coordinates): it keeps it,
     with no CRS, and the warning says so."""
