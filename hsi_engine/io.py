@@ -802,7 +802,16 @@ def _pick_variable(ds: xr.Dataset, where: str, variable: str | None,
         return ds[cands[0]]
     if not cands:
         shapes = {str(k): tuple(v.dims) for k, v in ds.data_vars.items()}
-        raise SceneError(f"{where} holds no 3-D variable (found {shapes or 'none'}); expected one (band, y, x) cube")
+        stacks = {k: [(str(d), n) for d, n in v.sizes.items() if _canonical_dim(str(d)) is None and n > 1]
+                  for k, v in ds.data_vars.items() if v.ndim == 4}
+        extra = next(((k, dims[0]) for k, dims in stacks.items() if len(dims) == 1), None)
+        fix = "" if extra is None else (
+            f": {extra[0]!r} is a stack of {extra[1][1]} along {extra[1][0]!r}; classify one {extra[1][0]} at a "
+            f"time, in Python hsi_engine.classify(xr.open_dataset(path)[{extra[0]!r}].isel({extra[1][0]}=0), model) "
+            f"(or write each to its own file, e.g. ds.isel({extra[1][0]}=0).to_netcdf('one.nc'), for the command "
+            "line)")
+        raise SceneError(f"{where} holds no 3-D variable (found {shapes or 'none'}); expected one (band, y, x) cube"
+                         + fix)
     for pref in ("cube", "reflectance", "radiance", "data", "image"):
         if pref in cands:
             log.info("%s: classifying its variable %r (of %s)", where, pref, ", ".join(map(str, cands)))

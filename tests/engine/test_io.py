@@ -340,6 +340,16 @@ def test_a_dask_scene_of_unknown_chunk_sizes_is_one_clear_error():
     assert as_scene(a.compute_chunk_sizes()).shape == (4, 19, 20)
 
 
+def test_a_multi_date_file_says_how_to_classify_one_date(tmp_path):
+    """A (time, band, y, x) file was refused with no way forward named, on the command line too."""
+    cube = np.zeros((3, 4, 5, 6), np.float32)
+    xr.Dataset({"refl": (("time", "band", "y", "x"), cube)}).to_netcdf(tmp_path / "stack.nc")
+    with pytest.raises(SceneError, match=r"'refl' is a stack of 3 along 'time'; classify one time at a time, in "
+                                         r"Python hsi_engine.classify\(xr.open_dataset\(path\)\['refl'\]"
+                                         r"\.isel\(time=0\), model\)"):
+        open_scene(tmp_path / "stack.nc")
+
+
 def test_as_scene_variants():
     cube = make_cube(bands=3, height=5, width=6)
     da = as_scene(cube)
