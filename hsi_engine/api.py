@@ -97,7 +97,7 @@ def _wavelengths(da: xr.DataArray) -> np.ndarray | None:
     wavelengths (all within 250-3000 nm, or 0.25-3 µm and not whole numbers; not necessarily monotonic: AVIRIS's
     spectrometers overlap), so that a reordered or mismatched band axis is caught either way; None when neither is
     there."""
-    from .io import _to_nm, wavelengths_in_names
+    from .io import _to_nm, spectral_unit, wavelengths_in_names
 
     if "wavelength" in da.coords and da.coords["wavelength"].dims == ("band",):
         wl = da.coords["wavelength"]
@@ -123,10 +123,8 @@ def _wavelengths(da: xr.DataArray) -> np.ndarray | None:
         return wl
     if band is None or band.dims != ("band",) or band.size < 2:
         return None
-    units = str(band.attrs.get("units", "")).strip().lower()
-    spectral = units.startswith(("nano", "nm", "micro", "um", "µm", "μm", "wavenumber")) or \
-        units.replace(" ", "") in ("cm-1", "cm^-1", "cm**-1", "1/cm", "/cm")
-    if band.dtype.kind in "iuf" and spectral:
+    units = str(band.attrs.get("units", ""))
+    if band.dtype.kind in "iuf" and spectral_unit(units):
         return _to_nm(np.asarray(band.values, np.float64), units)  # a unit says what the numbers are
     if band.dtype.kind != "f":
         return None
@@ -497,8 +495,10 @@ def scene_georef(da: xr.DataArray, scene_path: Any = None) -> tuple[Any, Any, An
                           "or write it into the scene file (e.g. gdal_edit.py -a_srs EPSG:32633 for a GeoTIFF)",
                           stacklevel=user_stacklevel())
             return None, _grid_transform(da, scene_path), None
-        placed = ("written in pixel coordinates" if pixel_indices("x") and pixel_indices("y")
-                  else "placed by the scene's x/y coordinates, with no CRS")
+        by_pixels = pixel_indices("x") and pixel_indices("y")
+        if not by_pixels and all(d in da.coords and da[d].ndim == 1 for d in ("x", "y")):
+            _grid_transform(da, scene_path)  # coordinates that no regular grid fits are refused, as with a CRS
+        placed = "written in pixel coordinates" if by_pixels else "placed by the scene's x/y coordinates, with no CRS"
         warnings.warn(f"scene {_scene_name(da, scene_path)} has no georeferencing (no CRS): the class map is "
                       f"{placed}; set one with da.rio.write_crs(...) in Python, or write it into "
                       "the scene file (e.g. gdal_edit.py -a_srs EPSG:32633 -a_ullr ... for a GeoTIFF)",
@@ -622,20 +622,6 @@ def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
                                          "inf: no transform places its map; fix or drop them (e.g. "
                                          f"scene.assign_coords({d}=...))")
     stored = da.rio.transform()
-    single = [d for d in ("x", "y") if have_coords and da[d].size == 1]
-    if single and not stored.b and not stored.d and not _stored_geotransform(da):
-        # one pixel along an axis and no GeoTransform (a CF file from a non-GDAL tool, coordinates + write_crs):
-        # rioxarray's stored transform is its fallback (pixel size 1): the map was 1 unit tall and south-up
-        from affine import Affine
-
-        other = "y" if single[0] == "x" else "x"
-        v = np.asarray(da[other].values, np.float64)
-        size = abs(v[-1] - v[0]) / (v.size - 1)
-        warnings.warn(f"scene {_scene_name(da, scene_path)}: it is one pixel along {single[0]} and stores no "
-                      f"GeoTransform, so its pixel size along {single[0]} is unknown: taken as its {other} pixel size "
-                      f"({size:g}, square pixels); write its transform (scene.rio.write_transform(...)) to place it "
-                      "exactly", stacklevel=user_stacklevel())
-        return _transform_from_1d(da, Affine(size, 0.0, 0.0, 0.0, -size, 0.0))
     if stored.b or stored.d:  # rotated: no x/y coordinates; a window (isel) of it keeps source_row/source_col
         from affine import Affine
 
@@ -678,6 +664,20 @@ def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
                 f"{steps.min():g} to {steps.max():g}; columns or rows dropped with isel?): a map on a regular grid "
                 f"would put its pixels up to {off:.4g} (coordinate units) off; classify each evenly spaced part on "
                 f"its own (e.g. scene.isel({d}=slice(0, k)))")
+    single = [d for d in ("x", "y") if da[d].size == 1]
+    if single and not _stored_geotransform(da):
+        # one pixel along an axis and no GeoTransform (a CF file from a non-GDAL tool, coordinates + write_crs):
+        # rioxarray's stored transform is its fallback (pixel size 1): the map was 1 unit tall and south-up
+        from affine import Affine
+
+        other = "y" if single[0] == "x" else "x"
+        v = np.asarray(da[other].values, np.float64)
+        size = abs(v[-1] - v[0]) / (v.size - 1)
+        warnings.warn(f"scene {_scene_name(da, scene_path)}: it is one pixel along {single[0]} and stores no "
+                      f"GeoTransform, so its pixel size along {single[0]} is unknown: taken as its {other} pixel size "
+                      f"({size:g}, square pixels); write its transform (scene.rio.write_transform(...)) to place it "
+                      "exactly", stacklevel=user_stacklevel())
+        return _transform_from_1d(da, Affine(size, 0.0, 0.0, 0.0, -size, 0.0))
     from_coords = _transform_from_1d(da, stored)
     if from_coords.almost_equals(stored, precision=1e-6 * max(abs(stored.a), abs(stored.e), 1e-12)):
         return stored

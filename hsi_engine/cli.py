@@ -144,13 +144,14 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _add_classify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="classify a scene into a class map (GeoTIFF or zarr)")
-    p.add_argument("scene", help="zarr store, NetCDF, GeoTIFF, ENVI .hdr or MATLAB .mat scene")
+    p.add_argument("scene", help="zarr store, NetCDF, GeoTIFF, ENVI .hdr, HDF5 (.h5), MATLAB .mat or .npy scene")
     _add_open_options(p)
     p.add_argument("--model", required=True, help="model directory (weights.safetensors + model.json)")
     p.add_argument("--out", required=True, help="OUT.tif (Cloud-Optimised GeoTIFF) or OUT.zarr")
     p.add_argument("--tile", type=_at_least(1), default=None,
                    help="output tile side in pixels (default 128 on CPU, 64 above 256 bands, 512 on CUDA; any size "
-                        "gives the same map)")
+                        "gives the same map; .zarr, --resume and --workers runs round it up to a square of a "
+                        "multiple of 16)")
     p.add_argument("--device", default=None)
     p.add_argument("--backend", default="auto", choices=["auto", "eager", "compile", "triton"])
     p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"])

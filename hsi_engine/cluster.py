@@ -767,15 +767,15 @@ def _scene_identity(scene_path: Any, da: Any, crs: Any, transform: Any, gcps: An
 
 def _files_stat(p: Path) -> list[int]:
     """``[files, bytes, newest mtime_ns]`` of a scene's files: every file under a directory store, an ENVI
-    header with its data file, else the file itself."""
+    header with its data file, else the file itself (and its ``.msk``)."""
     from .io import _envi_paths, scene_format
 
     if p.is_dir():
         files = [Path(root) / f for root, _, names in os.walk(p) for f in names]
     elif scene_format(p) == "envi":
         files = [f for f in _envi_paths(p) if f.is_file()]
-    else:
-        files = [p]
+    else:  # (and a GDAL mask beside it: it masks pixels too)
+        files = [p] + [m for m in (p.with_name(p.name + ".msk"),) if m.is_file()]
     stats = [f.stat() for f in files]
     return [len(stats), sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)]
 

@@ -43,7 +43,8 @@ import xarray as xr
 
 from ssrn.errors import first_line
 
-from .errors import HSIEngineError, MissingSpatialDimsError, SceneError, SceneNotFoundError, user_stacklevel
+from .errors import (HSIEngineError, MissingSpatialDimsError, OptionError, SceneError, SceneNotFoundError,
+                     user_stacklevel)
 from .logs import warnings_ignored
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,18 @@ def _canonical_dim(name: str) -> str | None:
     return None
 
 
+_WAVENUMBER_UNITS = ("cm-1", "cm^-1", "cm**-1", "1/cm", "/cm", "cm⁻¹")
+_METRE_UNITS = ("m", "meter", "meters", "metre", "metres")
+_LENGTH_PREFIXES = ("micro", "um", "µm", "μm", "nano", "nm", "milli", "mm", "centi", "cm")
+
+
+def spectral_unit(units: str | None) -> bool:
+    """Whether ``units`` names a length or a wavenumber, which :func:`_to_nm` converts to nm."""
+    u = (units or "").strip().lower()
+    return bool(u) and (u.startswith(_LENGTH_PREFIXES + ("wavenumber",)) or u.replace(" ", "") in _WAVENUMBER_UNITS
+                        or u in _METRE_UNITS)
+
+
 def _to_nm(values: Sequence[float], units: str | None) -> np.ndarray:
     """Wavelengths in nm: micrometre values (or values < 30 with no unit) are scaled by 1000, metres (or values
     below 1e-3 with no unit) by 1e9."""
@@ -120,12 +133,12 @@ def _to_nm(values: Sequence[float], units: str | None) -> np.ndarray:
         return w
     if u.startswith(("milli", "mm")):
         return w * 1e6
-    if u.startswith("wavenumber") or u.replace(" ", "") in ("cm-1", "cm^-1", "cm**-1", "1/cm", "/cm", "cm⁻¹"):
+    if u.startswith("wavenumber") or u.replace(" ", "") in _WAVENUMBER_UNITS:
         with np.errstate(divide="ignore"):
             return 1e7 / w
     if u.startswith(("centi", "cm")):  # a length in centimetres, not a wavenumber
         return w * 1e7
-    if u in ("m", "meter", "meters", "metre", "metres"):
+    if u in _METRE_UNITS:
         return w * 1e9
     if w.size and 0 < np.nanmax(w) < 1e-3:  # no unit: metres (optical wavelengths are 1e-7..1e-5 m)
         return np.round(w * 1e9, 6)
@@ -289,7 +302,11 @@ def _rechunk_bands(da: xr.DataArray, chunks) -> xr.DataArray:
     if chunks is not None:
         if isinstance(chunks, Mapping):
             chunks = {_canonical_dim(k) or k: v for k, v in chunks.items()}
-        return da.chunk(chunks)
+        try:
+            return da.chunk(chunks)
+        except (ValueError, TypeError, KeyError) as e:  # (not the file's fault: the HDF5 reader blamed it)
+            raise OptionError(f"chunks={chunks!r} cannot chunk a {dict(da.sizes)} scene ({first_line(e)}); expected "
+                              "what DataArray.chunk takes, e.g. {'band': -1, 'y': 512, 'x': 512}") from None
     return da
 
 
@@ -1212,9 +1229,9 @@ def as_scene(obj: Any, *, band_axis: int | None = None) -> xr.DataArray:
 
 
 def _check_known_chunks(obj: Any) -> None:
-    """Refuse a dask array whose chunk sizes are unknown (NaN: boolean indexing), which no tile can be planned on."""
-    arrays = [v.data for v in obj.data_vars.values()] if isinstance(obj, xr.Dataset) else \
-        [obj.data if isinstance(obj, xr.DataArray) else obj]
+    """Refuse a dask array whose chunk sizes are unknown (NaN: boolean indexing), which no tile can be planned on.
+    Reads ``.chunks`` only (``.data`` of a lazily opened variable reads the whole array)."""
+    arrays = list(obj.data_vars.values()) if isinstance(obj, xr.Dataset) else [obj]
     for a in arrays:
         chunks = getattr(a, "chunks", None)
         if isinstance(chunks, tuple) and any(isinstance(c, float) and math.isnan(c) for dim in chunks for c in dim):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -43,17 +42,16 @@ _ignored: dict[tuple[str, type[Warning]], list] = {}  # (message, category) -> [
 @contextlib.contextmanager
 def warnings_ignored(category: type[Warning] = Warning, message: str = "") -> Iterator[None]:
     """Ignore warnings of ``category`` whose message starts with the regex ``message`` inside the ``with`` block,
-    safely beside other threads. ``warnings.catch_warnings`` saves and restores the whole filter list, so two
-    threads' blocks ending out of order left one's ``ignore`` in place for good (a service's later
+    beside other threads doing the same. ``warnings.catch_warnings`` saves and restores the whole filter list, so
+    two threads' blocks ending out of order left one's ``ignore`` in place for good (a service's later
     UnnormalisedInputWarning went unseen); this adds one entry, shared by the blocks that want it, and takes
-    that entry alone off when the last one ends. Keep ``message`` narrow: the entry applies to every thread."""
+    that entry alone off when the last one ends. Keep ``message`` narrow: the entry applies to every thread (and a
+    ``catch_warnings`` block of another thread that spans the end of ours restores it with its snapshot)."""
     key = (message, category)
     with _ignored_lock:
         if key not in _ignored:
-            entry = ("ignore", re.compile(message, re.I) if message else None, category, None, 0)
-            warnings.filters.insert(0, entry)  # type: ignore[attr-defined]
-            warnings._filters_mutated()  # type: ignore[attr-defined]
-            _ignored[key] = [0, entry]
+            warnings.filterwarnings("ignore", message=message, category=category)  # (inserted first)
+            _ignored[key] = [0, warnings.filters[0]]  # type: ignore[attr-defined]
         _ignored[key][0] += 1
     try:
         yield
@@ -65,4 +63,17 @@ def warnings_ignored(category: type[Warning] = Warning, message: str = "") -> It
                 del _ignored[key]
                 with contextlib.suppress(ValueError):  # (a caller's resetwarnings() took it already)
                     warnings.filters.remove(held[1])  # type: ignore[attr-defined]
-                warnings._filters_mutated()  # type: ignore[attr-defined]
+                _filters_changed()
+
+
+def _filters_changed() -> None:
+    """Tell the warnings module its filter list changed (its per-module caches of what was shown go stale); no
+    public call does it, and the private one's name differs between Python versions."""
+    mutated = getattr(warnings, "_filters_mutated", None)
+    if mutated is not None:
+        mutated()
+        return
+    held = getattr(warnings, "_filters_mutated_lock_held", None)
+    if held is not None:
+        with getattr(warnings, "_lock", contextlib.nullcontext()):
+            held()

@@ -64,9 +64,9 @@ RECORD = "resume/tiles_done"
 FINGERPRINT_ATTR = "hsi_engine_resume"
 RUNS_ATTR = "resume_runs"
 # bumped whenever the same scene, model and options give other classes than before (v2: a model's bad bands
-# read as 0 without a mean/std; a finite value beyond float32 is an error): a partial of another version is
-# never continued, since its tiles and the ones this engine adds would disagree
-MAP_VERSION = 2
+# read as 0 without a mean/std; a finite value beyond float32 is an error; v3: a GeoTIFF's GDAL mask band masks
+# its pixels): a partial of another version is never continued, since its tiles and this engine's would disagree
+MAP_VERSION = 3
 OWNER_ATTR = "run_token"  # the live run's token: tasks of an earlier, cancelled run write nothing once it changes
 
 

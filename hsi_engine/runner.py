@@ -102,7 +102,8 @@ def check_scene(config: Any, meta: dict[str, Any], *, bands: int, height: int, w
                     f"scene, {b[i]:.2f} nm in the model (max difference {diff.max():.2f} nm > {tol:.2f} nm): "
                     "pass a scene from the same sensor and band subset, in the model's band order, or, if you are "
                     "sure the bands match, drop the scene's wavelengths (Python: scene.drop_vars('wavelength'), or "
-                    "band numbers for a float 'band' coordinate)")
+                    "band numbers for a 'band' coordinate of wavelengths, or del scene.attrs['long_name'] for "
+                    "rioxarray's band names)")
     if height < 1 or width < 1:  # smaller than a patch is fine: zero-padded exactly as patch mode pads it
         raise SceneTooSmallError(f"scene is {height} x {width} pixels: nothing to classify; pass a scene of at "
                                  "least one pixel")

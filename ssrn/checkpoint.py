@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from .config import InvalidConfig, SSRNConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .model import SSRN
 
 WEIGHTS = "weights.safetensors"
@@ -240,6 +240,9 @@ def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None
     given = Path(path)
     target = check_model_target(given, overwrite)
     meta = dict(model.meta if meta is None else meta)
+    # as load_model will read it: a meta that no longer fits the network (a cut std, two class names for 16
+    # classes) was saved, over a working model with overwrite=True, as a directory that could not be loaded
+    _check_meta(json.loads(json.dumps(_jsonable(meta))), model.config, f"the meta to save in {given}")
     # built inside the target where the directory itself must stay: an empty one (its parent may be read-only)
     # or one holding the working directory (`--out .`: swapping it would leave the process in a deleted one)
     empty = target.is_dir() and not any(target.iterdir())
@@ -467,16 +470,21 @@ def _json_changed(path: Path, doc: dict[str, Any]) -> bool:
         return True
 
 
-def _check_weights_header(wf: Path, expected: dict[str, tuple[tuple[int, ...], torch.dtype]],
+def _check_weights_header(wf: Path, data: bytes, expected: dict[str, tuple[tuple[int, ...], torch.dtype]],
                           config: SSRNConfig) -> None:
-    """The tensors ``wf`` declares (read from its header only) are exactly ``expected``'s names and shapes, each
-    stored as a float (int64 also allowed for BatchNorm's integer counters). Raises CheckpointError."""
+    """The tensors the weights file's bytes ``data`` declare (their header, parsed before any tensor is made) are
+    exactly ``expected``'s names and shapes, each stored as a float (int64 also allowed for BatchNorm's integer
+    counters). Raises CheckpointError."""
     try:
-        with safe_open(str(wf), framework="pt", device="cpu") as f:
-            header = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{wf} is not a readable safetensors file ({e}); copy the model directory again, or "
-                              "re-save the model with ssrn.save_model") from None
+        n = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or n > len(data) - 8:
+            raise ValueError(f"its header length ({n} bytes) runs past the file's {len(data)} bytes")
+        doc = json.loads(data[8:8 + n].decode("utf-8"))
+        header = {k: (tuple(int(d) for d in v["shape"]), str(v["dtype"])) for k, v in doc.items()
+                  if k != "__metadata__"}
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{wf} is not a readable safetensors file ({first_line(e)}); copy the model directory "
+                              "again, or re-save the model with ssrn.save_model") from None
     missing = sorted(set(expected) - set(header))
     unexpected = sorted(set(header) - set(expected))
     if missing or unexpected:
@@ -505,6 +513,9 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     The weights are read once: their checksum and their tensors come from the same bytes, so a save replacing
     the directory meanwhile (``train --overwrite``) gives the old model or the new one, never one's meta with the
     other's weights (read again when model.json changed under the load; refused if it keeps changing)."""
+    from .devices import resolve_device
+
+    map_location = resolve_device(map_location)  # (torch's AssertionError for "cuda" on a CPU build)
     path = Path(path)
     for attempt in range(3):
         doc, config, wf, data = _read_model_files(path)
@@ -518,10 +529,10 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                               f"recorded {str(recorded)[:16]}...): the file was changed or damaged since the model "
                               "was saved; copy the model directory again, or, if you replaced the weights on "
                               f"purpose, delete 'weights_sha256' from {MODEL_JSON}")
-    # names, dtypes and shapes from the safetensors header (no tensor data read) against the config's, before
+    # names, dtypes and shapes from the safetensors header (of the bytes read once) against the config's, before
     # any tensor or the network is materialised: a config edited to need gigabytes fails here, allocating nothing
     expected = _expected_tensors(config)
-    _check_weights_header(wf, expected, config)
+    _check_weights_header(wf, data, expected, config)
     try:
         tensors = {k: t.to(map_location) for k, t in load_safetensors(data).items()}
     except (SafetensorError, OSError, ValueError) as e:

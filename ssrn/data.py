@@ -956,8 +956,9 @@ def block_split(labels: np.ndarray, train_fraction: float, val_fraction: float, 
 # patches
 
 class PatchDataset(torch.utils.data.Dataset):
-    """Patches ``(bands, P, P)`` float32 around the given pixels, cut on the fly from the zero-padded
-    normalised scene. ``dataset[i]`` -> ``(patch, label)`` with label 0-based; :meth:`batch` cuts many at once.
+    """Patches ``(bands, P, P)`` float32 around the given pixels (``indices``: flat row-major pixel indices, as
+    ``np.flatnonzero(mask)`` gives), cut on the fly from the zero-padded normalised scene. ``dataset[i]`` ->
+    ``(patch, label)`` with label 0-based; :meth:`batch` cuts many at once.
     """
 
     def __init__(self, normed: np.ndarray | torch.Tensor, labels: np.ndarray | None, indices: np.ndarray,
@@ -972,7 +973,16 @@ class PatchDataset(torch.utils.data.Dataset):
         r = patch // 2
         # (y + 2r, x + 2r, band): a patch is one strided gather, band-contiguous
         self.padded = torch.nn.functional.pad(x, (r, r, r, r)).permute(1, 2, 0).contiguous()
-        self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        idx = np.asarray(indices)
+        if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+            raise OptionError(f"PatchDataset: indices must be a 1-D array of flat pixel indices (row * width + col, "
+                              f"as np.flatnonzero(mask) gives); got shape {idx.shape}, dtype {idx.dtype}"
+                              + (": for (row, col) pairs pass np.ravel_multi_index(pairs.T, (height, width))"
+                                 if idx.ndim == 2 and idx.shape[-1] == 2 else ""))
+        if idx.size and (idx.min() < 0 or idx.max() >= self.h * self.w):
+            raise OptionError(f"PatchDataset: indices must be in 0..{self.h * self.w - 1} (the scene's "
+                              f"{self.h} x {self.w} pixels); got {idx.min()}..{idx.max()}")
+        self.indices = torch.as_tensor(idx.astype(np.int64))
         self.ys = self.indices // self.w
         self.xs = self.indices % self.w
         if labels is not None:

@@ -196,6 +196,10 @@ class Trainer:
                  class_weight: str | None = None,
                  on_improve: Callable[[SSRN, TrainResult], None] | None = None) -> None:
         _check_optimizer_options(optimizer, schedule, class_weight)  # now, not after the data has loaded
+        # (run_training checks these too; a Trainer built directly took batch_size=1, skipped every batch and
+        # reported a trained model)
+        check_train_options(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
+                            max_minutes=None if time_budget_s is None else time_budget_s / 60, seed=seed)
         self.device = _device(device)
         self.model = model.to(self.device)
         self.batch_size, self.epochs, self.patience, self.seed = batch_size, epochs, patience, seed

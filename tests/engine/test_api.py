@@ -801,6 +801,10 @@ def test_a_one_row_window_of_a_scene_without_a_stored_transform_keeps_its_pixel_
         with rasterio.open(out) as f:
             assert (f.transform.a, f.transform.e) == (20.0, -20.0)
             assert f.transform * (0.5, 0.5) == pytest.approx(centre)
+    from hsi_engine.errors import IrregularGridError
+
+    with pytest.raises(IrregularGridError, match="x coordinates are not evenly spaced"):  # still checked
+        classify_to_file(da.isel(y=slice(5, 6), x=[0, 1, 2, 7, 8, 9]), model, tmp_path / "gap.tif", progress=False)
 
 
 def test_a_rotated_scene_without_a_crs_keeps_its_transform(case, tmp_path):
@@ -1171,6 +1175,10 @@ def test_irregular_coordinates_are_refused_for_a_file_and_warned_in_memory(geo, 
     gappy = da.isel(x=np.r_[0:4, 8:12])
     with pytest.raises(IrregularGridError, match=r"its x coordinates are not evenly spaced \(steps from 30 to 150"):
         classify_to_file(gappy, model, tmp_path / "gap.tif", progress=False)
+    assert list(tmp_path.iterdir()) == []
+    # without a CRS too: the file was written in pixel coordinates, under a warning that said the coordinates placed it
+    with pytest.raises(IrregularGridError, match=r"its x coordinates are not evenly spaced"):
+        classify_to_file(gappy.drop_vars("spatial_ref"), model, tmp_path / "gap.tif", progress=False)
     assert list(tmp_path.iterdir()) == []
     with pytest.warns(UserWarning, match="no transform can place it"):
         labels = classify(gappy, model, progress=False)

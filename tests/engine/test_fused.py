@@ -450,3 +450,13 @@ def test_a_batchnorm_that_folds_to_nan_is_refused():
         model.reduce_bn.running_var[1] = -5.0
     with pytest.raises(OptionError, match=r"folds to non-finite values: its running variance goes down to -5"):
         fold_spectral(model)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True])
+def test_max_pixels_is_checked_when_the_engine_is_built(bad):
+    """0 and -5 failed at the first call (range() / torch.cat errors); 2.5 became 2 silently."""
+    from hsi_engine.errors import OptionError
+
+    model = SSRN(SSRNConfig(bands=20, classes=4, patch=5)).eval()
+    with pytest.raises(OptionError, match="max_pixels must be a whole number >= 1"):
+        FusedSSRN(model, max_pixels=bad)

@@ -340,6 +340,16 @@ def test_a_dask_scene_of_unknown_chunk_sizes_is_one_clear_error():
     assert as_scene(a.compute_chunk_sizes()).shape == (4, 19, 20)
 
 
+def test_as_scene_leaves_a_lazily_opened_file_unread(tmp_path):
+    """The chunk check read .data, which loads a lazily opened (unchunked) variable whole: a NetCDF larger than
+    memory ran out of it before any tile."""
+    xr.Dataset({"r": (("band", "y", "x"), np.zeros((4, 30, 30), np.float32))}).to_netcdf(tmp_path / "s.nc")
+    with xr.open_dataset(tmp_path / "s.nc") as ds:
+        for obj in (ds, ds["r"]):
+            as_scene(obj)
+            assert not ds["r"].variable._in_memory
+
+
 def test_a_multi_date_file_says_how_to_classify_one_date(tmp_path):
     """A (time, band, y, x) file was refused with no way forward named, on the command line too."""
     cube = np.zeros((3, 4, 5, 6), np.float32)
@@ -348,6 +358,16 @@ def test_a_multi_date_file_says_how_to_classify_one_date(tmp_path):
                                          r"Python hsi_engine.classify\(xr.open_dataset\(path\)\['refl'\]"
                                          r"\.isel\(time=0\), model\)"):
         open_scene(tmp_path / "stack.nc")
+
+
+def test_chunks_that_cannot_chunk_the_scene_are_an_option_error(make_scene):
+    """A bad chunks= was xarray's ValueError, or for HDF5 a 'not a readable HDF5 file' blaming the file."""
+    from hsi_engine.demo import SHIPPED_SCENE
+    from hsi_engine.errors import OptionError
+
+    for path, chunks in ((make_scene("geotiff"), {"foo": 3}), (SHIPPED_SCENE, {"y": -5})):
+        with pytest.raises(OptionError, match=r"chunks=.* cannot chunk a .* scene"):
+            open_scene(path, chunks=chunks)
 
 
 def test_as_scene_variants():

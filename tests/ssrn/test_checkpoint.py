@@ -188,13 +188,13 @@ def test_a_save_between_the_loads_reads_gives_one_model_not_a_mix(tmp_path, monk
 
     def save_first(self):
         if self.name == "weights.safetensors" and not saves:  # model.json was read: now the directory changes
-            saves.append(ssrn.save_model(_model(seed=1), d, meta={"tag": "B"}, overwrite=True))
+            saves.append(ssrn.save_model(_model(seed=1, classes=7), d, meta={"tag": "B"}, overwrite=True))
         return real(self)
 
     monkeypatch.setattr(Path, "read_bytes", save_first)
     m = ssrn.load_model(d)
-    assert saves and m.meta == {"tag": "B"}
-    assert all(torch.equal(m.state_dict()[k], v) for k, v in _model(seed=1).state_dict().items())
+    assert saves and m.meta == {"tag": "B"} and m.config.classes == 7  # (another network: its header is B's too)
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in _model(seed=1, classes=7).state_dict().items())
 
 
 def test_refuses_foreign_json(tmp_path):
@@ -595,3 +595,26 @@ def test_a_model_name_too_long_for_the_save_s_temporary_directories_is_refused_u
     ssrn.save_model(_model(), target)
     ssrn.save_model(_model(), target, overwrite=True)  # the longest temporary name: '.NAME.old.XXXXXXXX'
     assert ssrn.load_model(target) is not None
+
+
+def test_save_refuses_a_meta_that_load_would_refuse(tmp_path):
+    """A meta no longer fitting the network (a cut std) was saved, over a working model with overwrite=True, as a
+    directory load_model refused."""
+    m = _model()
+    m.meta = {"mean": [0.0] * 30, "std": [1.0] * 30}
+    d = ssrn.save_model(m, tmp_path / "m")
+    m.meta = {"mean": [0.0] * 30, "std": [1.0] * 29}
+    with pytest.raises(CheckpointError, match=r"meta.std must be 30 numbers"):
+        ssrn.save_model(m, d, overwrite=True)
+    assert ssrn.load_model(d).meta["std"] == [1.0] * 30  # the working model is still there
+
+
+def test_a_device_that_is_not_there_is_a_device_error(tmp_path):
+    from ssrn.devices import DeviceError
+
+    d = ssrn.save_model(_model(), tmp_path / "m")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="sees no CUDA device"):
+            ssrn.load_model(d, map_location="cuda")
+    with pytest.raises(DeviceError, match="is not a torch device name"):
+        ssrn.load_model(d, map_location="foo")

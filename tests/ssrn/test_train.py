@@ -398,3 +398,26 @@ def test_a_second_run_into_the_same_out_is_refused_at_once(tmp_path, no_data):
         with pytest.raises(OutputError, match=r"another run is writing .*m now .*train into another --out"):
             run_training("indian_pines", tmp_path / "m", epochs=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_trainer_built_directly_checks_its_options(crop):
+    """Trainer(batch_size=1) skipped every batch (BatchNorm needs two) and reported a trained model; a negative lr
+    was torch's ValueError. Both are TrainOptionError, as from run_training."""
+    from ssrn.train import TrainOptionError
+
+    model = ssrn.SSRN(ssrn.SSRNConfig(bands=20, classes=5, patch=5))
+    with pytest.raises(TrainOptionError, match=r"batch_size \(--batch-size\) must be >= 2"):
+        Trainer(model, batch_size=1, progress=False)
+    with pytest.raises(TrainOptionError, match=r"lr \(--lr\) must be > 0"):
+        Trainer(model, lr=-1.0, progress=False)
+
+
+def test_patch_dataset_indices_are_flat_and_in_the_scene():
+    """(row, col) pairs were taken as 2N flat indices: a dataset of the wrong length that failed later."""
+    normed = np.zeros((3, 6, 5), np.float32)
+    labels = np.ones((6, 5), np.int64)
+    with pytest.raises(ssrn.OptionError, match=r"1-D array of flat pixel indices .* np.ravel_multi_index"):
+        D.PatchDataset(normed, labels, np.array([[2, 3], [5, 4]]), 3)
+    with pytest.raises(ssrn.OptionError, match=r"indices must be in 0..29"):
+        D.PatchDataset(normed, labels, np.array([0, 30]), 3)
+    assert len(D.PatchDataset(normed, labels, np.array([0, 29]), 3)) == 2
