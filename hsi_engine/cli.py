@@ -328,7 +328,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # literal './~' directory took the map, and the log line read as if it were in the home directory)
     for name, value in vars(args).items():
         if isinstance(value, str) and value.startswith("~") and name in _PATH_ARGS:
-            setattr(args, name, os.path.expanduser(value))
+            expanded = os.path.expanduser(value)
+            if expanded.startswith("~"):  # no HOME and no passwd entry: a directory literally named '~' is a trap
+                print(f"hsi-engine {args.command}: error: {value} names the home directory, but this user has none "
+                      "(HOME is unset): give the path in full", file=sys.stderr)
+                return 2
+            setattr(args, name, expanded)
         if value == "" and name in _PATH_ARGS:  # an unset shell variable ("$OUT"): not the current directory
             shown = name if name in ("scene", "hdf5", "keras", "weights") else f"--{name.replace('_', '-')}"
             print(f"hsi-engine {args.command}: error: argument {shown}: an empty path (an unset variable?); expected "
@@ -368,9 +373,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hsi-engine {args.command}: error: {cli_words(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:
-        if e.errno not in (errno.ENAMETOOLONG, errno.ELOOP):
+        fixes = {errno.ENAMETOOLONG: "use a shorter path", errno.ELOOP: "use a shorter path",
+                 errno.EROFS: "the file system is read-only: write elsewhere, or point TMPDIR (and "
+                              "TORCHINDUCTOR_CACHE_DIR, for torch.compile's cache) at a writable directory",
+                 errno.ENOSPC: "the file system is full: free space there, or write elsewhere",
+                 errno.EDQUOT: "the disk quota is used up: free space, or write elsewhere"}
+        if e.errno not in fixes:
             raise
-        print(f"hsi-engine {args.command}: error: {e.strerror}: {e.filename}; use a shorter path", file=sys.stderr)
+        print(f"hsi-engine {args.command}: error: {e.strerror}: {e.filename}; {fixes[e.errno]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if any(h.finished for h in handlers.values()):

@@ -153,6 +153,10 @@ def read_error(da: Any, window: Sequence[int], exc: BaseException) -> HSIEngineE
         for coords in itertools.product(*per_axis):
             try:
                 arr.get_block_selection(coords)
+            except PermissionError as e:  # a readable store, not a corrupt one
+                key = arr.metadata.encode_chunk_key(coords)
+                return SceneError(f"zarr chunk {key} of array {arr.path or '/'} in {src} cannot be read "
+                                  f"({e.strerror or e}): check the store's permissions")
             except Exception as e:  # noqa: BLE001 - the codec's own error type
                 key = arr.metadata.encode_chunk_key(coords)
                 return CorruptChunkError(

@@ -256,7 +256,11 @@ def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None
     try:
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a model directory is as readable as any new one
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        try:
+            save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        except SafetensorError as e:  # (a full disk: 'I/O error: No space left on device', a traceback)
+            raise CheckpointError(f"cannot write the model into {given} ({first_line(e)}); free space there, or "
+                                  "write it elsewhere") from None
         doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
                "weights_sha256": file_sha256(tmp / WEIGHTS), "meta": _jsonable(meta)}
         (tmp / MODEL_JSON).write_text(json.dumps(doc, indent=1), encoding="utf-8")
@@ -447,8 +451,12 @@ def _read_model_files(path: Path) -> tuple[dict[str, Any], SSRNConfig, Path, byt
             raise CheckpointError(f"{wf} is a broken symbolic link (to {os.readlink(wf)}): its file is not there (a "
                                   "git-annex file not fetched: `git annex get`); copy the model directory again")
         raise CheckpointError(f"{path} has no {WEIGHTS}")
-    _check_not_a_pointer(wf)
-    if _looks_pickled(wf):
+    try:
+        _check_not_a_pointer(wf)
+        pickled = _looks_pickled(wf)
+    except OSError as e:  # (unreadable: another user's model) an HSIEngineError like every other refusal
+        raise CheckpointError(f"{wf} could not be read ({e.strerror or e}); check its permissions") from None
+    if pickled:
         raise CheckpointError(f"{wf} is a pickle/torch.save file, not safetensors; hsi-engine never unpickles. "
                               "Convert it with safetensors.torch.save_file in a trusted environment.")
     recorded = doc.get("weights_sha256")

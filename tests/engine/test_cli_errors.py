@@ -654,3 +654,29 @@ def test_a_negative_nodata_in_exponent_form_is_a_value(scene, model_dir, tmp_pat
     rc, err = _cli(["classify", str(scene), "--model", str(model_dir), "--out", str(tmp_path / "m.tif"),
                     "--nodata", "-3.4028235e38"])
     assert rc == 0, err
+
+
+def test_a_read_only_or_full_file_system_is_one_line(scene, monkeypatch, capsys):
+    """An OSError other than a few named ones (a read-only TORCHINDUCTOR_CACHE_DIR at torch's import, a full disk)
+    was a traceback and exit 1."""
+    import errno
+
+    from hsi_engine import cli
+
+    for code, words in ((errno.EROFS, "the file system is read-only"), (errno.ENOSPC, "the file system is full")):
+        def fail(args, code=code):
+            raise OSError(code, os.strerror(code), "/scratch/cache/inductor")
+
+        monkeypatch.setattr(cli, "_cmd_info", fail)
+        assert main(["info", str(scene)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "/scratch/cache/inductor" in err[0] and words in err[0], err
+
+
+def test_a_tilde_without_a_home_is_refused_not_made_a_directory(tmp_path, monkeypatch, capsys):
+    """With no HOME and no passwd entry (a container's user), '~/x.tif' was written to a directory named '~'."""
+    monkeypatch.setattr(os.path, "expanduser", lambda p: p)
+    monkeypatch.chdir(tmp_path)
+    assert main(["info", "~/x.tif"]) == 2
+    assert "names the home directory, but this user has none" in capsys.readouterr().err
+    assert not (tmp_path / "~").exists()

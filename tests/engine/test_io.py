@@ -883,3 +883,19 @@ def test_a_path_of_bytes_that_are_not_utf8_is_named_not_a_traceback(tmp_path):
     with pytest.raises(OutputError, match=r"not UTF-8 text, which GDAL cannot take"):
         check_output_suffix(tmp_path / os.fsdecode(b"d\xe9") / "m.tif")
     assert check_output_suffix(tmp_path / os.fsdecode(b"d\xe9") / "m.zarr") == ".zarr"
+
+
+def test_an_unreadable_zarr_chunk_is_not_called_corrupt(make_scene, monkeypatch):
+    """A chunk the user may not read was reported as 'the store is corrupt: re-create it'."""
+    import zarr
+
+    from hsi_engine.integrity import read_error
+
+    da = open_scene(make_scene("zarr"))
+
+    def denied(self, *a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(zarr.Array, "get_block_selection", denied)
+    err = read_error(da, (0, 8, 0, 8), PermissionError(13, "Permission denied"))
+    assert isinstance(err, SceneError) and "check the store's permissions" in str(err) and "corrupt" not in str(err)

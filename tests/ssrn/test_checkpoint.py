@@ -618,3 +618,29 @@ def test_a_device_that_is_not_there_is_a_device_error(tmp_path):
             ssrn.load_model(d, map_location="cuda")
     with pytest.raises(DeviceError, match="is not a torch device name"):
         ssrn.load_model(d, map_location="foo")
+
+
+def test_unreadable_weights_and_a_full_disk_are_checkpoint_errors(tmp_path, monkeypatch):
+    """An unreadable weights file (another user's model) was a bare PermissionError; a full disk while saving was
+    safetensors' SafetensorError (a traceback from train)."""
+    from safetensors import SafetensorError
+
+    from ssrn import checkpoint
+
+    d = ssrn.save_model(_model(), tmp_path / "m")
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(checkpoint, "_looks_pickled", denied)
+    with pytest.raises(CheckpointError, match=r"could not be read \(Permission denied\); check its permissions"):
+        ssrn.load_model(d)
+    monkeypatch.undo()
+
+    def full(*a, **k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    with pytest.raises(CheckpointError, match=r"cannot write the model into .*No space left on device"):
+        ssrn.save_model(_model(), tmp_path / "n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
