@@ -1166,8 +1166,9 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
         raise SceneNotFoundError(f"scene {p} does not exist")
     if fmt in ("geotiff", "envi"):
         if not _utf8(str(p.absolute())):
-            raise SceneError(f"scene {os.fsencode(p)!r}: its path holds bytes that are not UTF-8 text, which GDAL "
-                             "cannot open; rename it (or its directory) in UTF-8")
+            raise SceneError(f"scene {os.fsencode(p)!r}: its path holds bytes that are not UTF-8 text (or this "
+                             "process's locale is not UTF-8), which GDAL cannot open; rename it (or its directory) in "
+                             "UTF-8, or run in a UTF-8 locale (e.g. LC_ALL=C.UTF-8)")
         given = [f"{k}={v!r}" for k, v in (("variable", variable), ("band_axis", band_axis)) if v is not None]
         if given:  # one cube, its axes named by the format: an option that cannot apply is a mistake to name
             raise SceneError(f"{p} is {'a GeoTIFF' if fmt == 'geotiff' else 'an ENVI file'}: one cube whose "

@@ -879,12 +879,13 @@ _TEMP_EXTRA = 40
 
 
 def _utf8(text: str) -> bool:
-    """Whether ``text`` is UTF-8 text: a path's bytes that are not come back from the OS as lone surrogates."""
+    """Whether GDAL, which takes a path's text as UTF-8, reaches the file whose bytes ``text`` stands for: not when
+    those bytes are not UTF-8 (they come back from the OS as lone surrogates), nor under a locale that is not
+    UTF-8 (Latin-1: 'ö' is b'\\xf6' on disk and b'\\xc3\\xb6' to GDAL)."""
     try:
-        text.encode("utf-8")
+        return os.fsencode(text) == text.encode("utf-8")
     except UnicodeEncodeError:
         return False
-    return True
 
 
 def check_output_suffix(path: str | os.PathLike) -> str:
@@ -900,7 +901,8 @@ def check_output_suffix(path: str | os.PathLike) -> str:
     suffix = p.suffix.lower()
     if suffix in _TIFF and not _utf8(str(p.absolute())):
         raise OutputError(f"cannot write a GeoTIFF to {os.fsencode(p)!r}: the path holds bytes that are not UTF-8 "
-                          "text, which GDAL cannot take; choose a path in UTF-8 (or write a .zarr)")
+                          "text (or this process's locale is not UTF-8), which GDAL cannot take; choose a path in "
+                          "UTF-8, run in a UTF-8 locale (e.g. LC_ALL=C.UTF-8), or write a .zarr")
     if suffix not in _TIFF + _ZARR:
         raise OutputError(f"cannot write a class map to {p}: suffix {suffix or '(none)'!r} is not supported; use "
                           ".tif/.tiff (Cloud-Optimised GeoTIFF) or .zarr")

@@ -878,11 +878,30 @@ def test_a_path_of_bytes_that_are_not_utf8_is_named_not_a_traceback(tmp_path):
 
     bad = tmp_path / os.fsdecode(b"sc\xe8ne.tif")
     bad.write_bytes(b"II*\x00")  # refused before GDAL would read it
-    with pytest.raises(SceneError, match=r"holds bytes that are not UTF-8 text, which GDAL cannot open"):
+    with pytest.raises(SceneError, match=r"holds bytes that are not UTF-8 text .*, which GDAL cannot open"):
         open_scene(bad)
-    with pytest.raises(OutputError, match=r"not UTF-8 text, which GDAL cannot take"):
+    with pytest.raises(OutputError, match=r"not UTF-8 text .*, which GDAL cannot take"):
         check_output_suffix(tmp_path / os.fsdecode(b"d\xe9") / "m.tif")
     assert check_output_suffix(tmp_path / os.fsdecode(b"d\xe9") / "m.zarr") == ".zarr"
+
+
+def test_a_non_ascii_path_under_a_locale_that_is_not_utf8_is_refused_before_gdal(tmp_path, monkeypatch):
+    """Under a Latin-1 locale 'ö' is b'\\xf6' on disk but GDAL takes the text as UTF-8 (b'\\xc3\\xb6'): a scene
+    'did not exist', and a map was computed, then its write failed, leaving garbled hidden temporaries and an
+    orphan .aux.xml. Both are refused up front, naming the locale."""
+    import os
+
+    from hsi_engine.errors import OutputError
+    from hsi_engine.writers import check_output_suffix
+
+    scene = tmp_path / "szene_ä.tif"
+    scene.write_bytes(b"II*\x00")
+    monkeypatch.setattr(os, "fsencode", lambda t: os.fspath(t).encode("latin-1", "surrogateescape"))
+    with pytest.raises(SceneError, match=r"locale is not UTF-8.*LC_ALL=C.UTF-8"):
+        open_scene(scene)
+    with pytest.raises(OutputError, match=r"locale is not UTF-8.*LC_ALL=C.UTF-8"):
+        check_output_suffix(tmp_path / "karte_ö.tif")
+    assert check_output_suffix(tmp_path / "karte.tif") == ".tif"
 
 
 def test_an_unreadable_zarr_chunk_is_not_called_corrupt(make_scene, monkeypatch):
