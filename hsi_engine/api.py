@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import xarray as xr
 
+from .dask_client import releases_task_thread
 from .errors import (IrregularGridError, OptionError, OutputError, SceneError,
                      UnnormalisedInputWarning, user_stacklevel)
 from .io import as_scene, open_scene, scene_gcps, with_window_gcps
@@ -693,6 +694,7 @@ def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
 # public functions
 
 
+@releases_task_thread
 @closes_its_scenes
 def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None, device: Any = None,
              backend: str = "auto", precision: str = "float32", probabilities: bool | str = False,
@@ -785,6 +787,7 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     return ds
 
 
+@releases_task_thread
 @closes_its_scenes
 def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *,
                      tile: int | Sequence[int] | None = None, device: Any = None, backend: str = "auto",

@@ -7,19 +7,24 @@ distributed's own logs kept at WARNING while it runs. Used by :mod:`hsi_engine.c
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
 import signal
+import sys
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 from .errors import ClusterUsageError, HSIEngineError
 from .logs import dropped
 from .whole import run_whole
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 log = logging.getLogger("hsi_engine.cluster")
 
@@ -116,6 +121,45 @@ def _main_guard_hint() -> str:
         return ""
     return (f"that {Path(script).name} keeps its top-level code under `if __name__ == \"__main__\":` (each worker "
             "process imports it, and runs unguarded code again), then ")
+
+
+@contextlib.contextmanager
+def task_thread_released() -> Iterator[None]:
+    """Inside a dask.distributed task (``client.submit(hsi_engine.classify, ...)``), hand the task's worker thread
+    back for the call (``secede``, then ``rejoin``): reading a scene persisted on that cluster runs tasks there,
+    and on a worker of one thread the call waited for ever for the thread it held itself."""
+    distributed = sys.modules.get("distributed")  # (not imported: not in a task)
+    in_task = False
+    if distributed is not None:
+        try:
+            from distributed.worker import thread_state
+
+            distributed.get_worker()
+            in_task = getattr(thread_state, "key", None) is not None
+        except (ImportError, ValueError, AttributeError):
+            in_task = False
+    if not in_task or getattr(_released, "on", False):  # (a nested call: released already)
+        yield
+        return
+    distributed.secede()
+    _released.on = True
+    try:
+        yield
+    finally:
+        _released.on = False
+        distributed.rejoin()
+
+
+_released = threading.local()
+
+
+def releases_task_thread(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` run under :func:`task_thread_released`."""
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        with task_thread_released():
+            return fn(*args, **kwargs)
+    return run
 
 
 def _library_error(e: BaseException) -> bool:

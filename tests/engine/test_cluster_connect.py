@@ -463,6 +463,34 @@ def test_a_scene_persisted_under_a_client_is_classified(files):
         hsi_engine.classify(persisted, files["model"], tile=16, progress=False)
 
 
+def test_classify_in_a_task_of_a_one_thread_worker_reads_a_persisted_scene(files, tmp_path):
+    """client.submit(hsi_engine.classify, persisted_scene): reading the persisted chunks runs tasks on the same
+    cluster, and a worker of one thread, held by the classify task itself, never ran them (a hang). The call hands
+    its worker thread back (secede) and rejoins when done."""
+    from distributed import Client, LocalCluster
+
+    import hsi_engine
+
+    scene = hsi_engine.open_scene(files["scene"])
+    ref = hsi_engine.classify(scene, files["model"], tile=16, progress=False).values
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cl = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
+        client = Client(cl)
+    try:
+        persisted = scene.compute().chunk({"y": 8}).persist()
+        got = client.submit(hsi_engine.classify, persisted, files["model"], tile=16, progress=False,
+                            pure=False).result(timeout=120)
+        np.testing.assert_array_equal(got.values, ref)
+        out = client.submit(hsi_engine.classify_to_file, persisted, files["model"], tmp_path / "m.tif", tile=16,
+                            progress=False, pure=False).result(timeout=120)
+        assert out.exists()
+        assert client.submit(lambda: 1, pure=False).result(timeout=30) == 1  # the worker's thread is back
+    finally:
+        client.close()
+        cl.close()
+
+
 def test_a_service_s_timeout_during_the_cluster_start_leaves_no_workers_and_stays_its_own():
     """A per-scene timeout raised by a SIGALRM handler while workers= started its local cluster left the whole
     cluster running (2 workers, ~300 MiB, per cancelled call); and a TimeoutError of the caller's own class was
