@@ -36,20 +36,24 @@ _MAX_INT_DIGITS = 100  # an integer in model.json longer than this is hostile (a
 
 
 def _looks_pickled(path: Path) -> bool:
-    """Whether ``path`` starts like a pickle (protocol >= 2) or a torch.save zip archive, and not like safetensors:
-    a safetensors file starts with its header's length (u64, little-endian; its first byte is 0x80 for 1 in 256
-    header sizes) followed by the header's ``{``."""
+    """Whether the file ``path`` starts like a pickle or a torch.save archive (see :func:`_pickled_bytes`)."""
     with open(path, "rb") as f:
         head = f.read(9)
+    return _pickled_bytes(head, path.stat().st_size)
+
+
+def _pickled_bytes(head: bytes, size: int) -> bool:
+    """Whether a file of ``size`` bytes starting with ``head`` is a pickle (protocol >= 2) or a torch.save zip
+    archive, and not safetensors: a safetensors file starts with its header's length (u64, little-endian; its
+    first byte is 0x80 for 1 in 256 header sizes) followed by the header's ``{``."""
     if not head.startswith(_PICKLE_MAGIC):
         return False
-    return not (len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size)
+    return not (len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size)
 
 
-def _check_not_a_pointer(path: Path) -> None:
-    """Refuse a Git LFS pointer (a repository cloned without its LFS files) for what it is."""
-    with open(path, "rb") as f:
-        head = f.read(64)
+def _check_not_a_pointer(path: Path, head: bytes) -> None:
+    """Refuse a Git LFS pointer (a repository cloned without its LFS files; ``head``: the file's first bytes) for
+    what it is."""
     if head.startswith(b"version https://git-lfs"):
         raise CheckpointError(f"{path} is a Git LFS pointer, not the weights: the repository was cloned without its "
                               "LFS files; run `git lfs pull` in it (or copy the model directory from a full copy)")
@@ -69,12 +73,12 @@ def _parse_json(path: Path) -> Any:
         raise CheckpointError(f"{path} is {size:,} bytes; a model.json is at most {MAX_MODEL_JSON_BYTES:,} "
                               f"(the shipped model's is ~60 KB): it is not a model written by ssrn.save_model; "
                               "re-save the model, or trim what was added to its meta")
-    _check_not_a_pointer(path)
     with open(path, "rb") as f:
         data = f.read(MAX_MODEL_JSON_BYTES + 1)  # the file may have grown since stat
     if len(data) > MAX_MODEL_JSON_BYTES:
         raise CheckpointError(f"{path} is over {MAX_MODEL_JSON_BYTES:,} bytes; a model.json is at most that: "
                               "re-save the model")
+    _check_not_a_pointer(path, data)
     try:
         return json.loads(data.decode("utf-8-sig"), parse_int=_parse_int)  # (a BOM: Windows editors add one)
     except RecursionError:
@@ -452,11 +456,11 @@ def _read_model_files(path: Path) -> tuple[dict[str, Any], SSRNConfig, Path, byt
                                   "git-annex file not fetched: `git annex get`); copy the model directory again")
         raise CheckpointError(f"{path} has no {WEIGHTS}")
     try:
-        _check_not_a_pointer(wf)
-        pickled = _looks_pickled(wf)
+        data = wf.read_bytes()
     except OSError as e:  # (unreadable: another user's model) an HSIEngineError like every other refusal
         raise CheckpointError(f"{wf} could not be read ({e.strerror or e}); check its permissions") from None
-    if pickled:
+    _check_not_a_pointer(wf, data)
+    if _pickled_bytes(data[:9], len(data)):
         raise CheckpointError(f"{wf} is a pickle/torch.save file, not safetensors; hsi-engine never unpickles. "
                               "Convert it with safetensors.torch.save_file in a trusted environment.")
     recorded = doc.get("weights_sha256")
@@ -464,10 +468,6 @@ def _read_model_files(path: Path) -> tuple[dict[str, Any], SSRNConfig, Path, byt
         raise CheckpointError(f"{path / MODEL_JSON}: 'weights_sha256' must be the hex sha256 of {WEIGHTS} (a "
                               f"string); found {repr(recorded)[:40]} ({type(recorded).__name__}); re-save the "
                               f"model, or delete 'weights_sha256' from {MODEL_JSON}")
-    try:
-        data = wf.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"{wf} could not be read ({e.strerror or e})") from None
     return doc, config, wf, data
 
 

@@ -629,10 +629,14 @@ def test_unreadable_weights_and_a_full_disk_are_checkpoint_errors(tmp_path, monk
 
     d = ssrn.save_model(_model(), tmp_path / "m")
 
-    def denied(path):
-        raise PermissionError(13, "Permission denied", str(path))
+    real = Path.read_bytes
 
-    monkeypatch.setattr(checkpoint, "_looks_pickled", denied)
+    def denied(self):
+        if self.name == "weights.safetensors":  # (root reads any file: the refusal is simulated)
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
     with pytest.raises(CheckpointError, match=r"could not be read \(Permission denied\); check its permissions"):
         ssrn.load_model(d)
     monkeypatch.undo()
