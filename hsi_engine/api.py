@@ -22,7 +22,7 @@ import xarray as xr
 from .dask_client import releases_task_thread
 from .errors import (IrregularGridError, OptionError, OutputError, SceneError,
                      UnnormalisedInputWarning, user_stacklevel)
-from .io import as_scene, open_scene, scene_gcps, with_window_gcps
+from .io import NODATA_ATTRS, as_scene, open_scene, scene_gcps, with_window_gcps
 from .logs import warnings_ignored
 from .owned import closes_its_scenes, open_owned
 from .tiles import TilePlan, default_tile, plan_tiles
@@ -147,7 +147,7 @@ def _declared_nodata(da: xr.DataArray) -> float | None:
         except (TypeError, ValueError):
             declared[k] = None
     values = {k: v for k, v in declared.items() if v is not None}
-    masked = next((k for k in ("_FillValue", "nodata", "missing_value") if k in da.attrs), None)
+    masked = next((k for k in NODATA_ATTRS if k in da.attrs), None)
     if len({("nan" if np.isnan(v) else v) for v in values.values()}) > 1:
         listed = ", ".join(f"{k}={v:g}" for k, v in values.items())
         warnings.warn(f"the scene declares more than one nodata value ({listed}): only {masked}'s is masked, and "

@@ -481,8 +481,12 @@ def _with_gdal_mask(da: xr.DataArray, path: Path) -> xr.DataArray:
     return out
 
 
+# the attributes a scene declares its nodata value in, the one that masks first
+NODATA_ATTRS = ("_FillValue", "nodata", "missing_value")
+
+
 def _nodata_attr(da: xr.DataArray) -> Any:
-    return next((da.attrs[k] for k in ("_FillValue", "nodata", "missing_value") if k in da.attrs), None)
+    return next((da.attrs[k] for k in NODATA_ATTRS if k in da.attrs), None)
 
 
 def _gdal_valid(block: np.ndarray, path: str, block_info: dict | None = None) -> np.ndarray:

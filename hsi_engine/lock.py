@@ -160,20 +160,20 @@ def output_lock(out: str | os.PathLike, *, fix: str | None = None, sweep: bool =
 def _check_side_clash(out: Path, side_files: bool) -> None:
     """Refuse a run whose output is a live run's side file, or whose side files (``side_files``) are a live run's
     output (see :func:`output_lock`)."""
-    from .writers import side_paths
+    from .writers import _TIFF, side_paths
 
-    for suffix in ("_probabilities", "_confidence"):
-        if out.stem.endswith(suffix) and out.suffix.lower() in (".tif", ".tiff"):
-            owner = out.with_name(out.stem[: -len(suffix)] + out.suffix)
+    if out.suffix.lower() not in _TIFF:
+        return
+    for key in ("probabilities", "confidence"):  # side_paths' names: <stem>_<key><suffix>
+        if out.stem.endswith(f"_{key}"):
+            owner = out.with_name(out.stem[: -len(key) - 1] + out.suffix)
             if lock_held(owner) and _writes_side_files(owner):
                 raise OutputError(f"another run is writing {owner} with its side file {out.name} now: choose "
                                   "another output name, or wait for that run to finish")
-    if side_files and out.suffix.lower() in (".tif", ".tiff"):
-        for key in ("probabilities", "confidence"):
-            side = side_paths(out)[key]
-            if lock_held(side):
-                raise OutputError(f"another run is writing {side} now, which this run's {key} would replace: "
-                                  "choose another output name, or wait for that run to finish")
+        side = side_paths(out)[key]
+        if side_files and lock_held(side):
+            raise OutputError(f"another run is writing {side} now, which this run's {key} would replace: "
+                              "choose another output name, or wait for that run to finish")
 
 
 def _writes_side_files(out: Path) -> bool:

@@ -64,6 +64,11 @@ _PROB_DTYPES = (None, "float16", "float32")
 ZARR_TITLE = "hsi-engine class map"  # the root attribute that marks a zarr store as ours (safe to overwrite)
 
 
+def _present(path: Path) -> bool:
+    """Whether anything is at ``path``: a file, a directory, or a link (a dangling one too)."""
+    return path.exists() or path.is_symlink()
+
+
 def default_palette(n_classes: int) -> list[tuple[int, int, int]]:
     """K distinct RGB colours (matplotlib's tab20, then hsv) for classes 1..K."""
     import matplotlib
@@ -235,7 +240,7 @@ def check_replaceable(path: str | os.PathLike) -> None:
     p = Path(path)
     fix = "choose another --out, or remove it yourself if you no longer need it"
     if p.suffix.lower() in _ZARR or p.name.endswith(".partial"):
-        if (p.exists() or p.is_symlink()) and not (p.is_dir() and is_hsi_zarr(p)):
+        if _present(p) and not (p.is_dir() and is_hsi_zarr(p)):
             raise OutputError(f"refusing to replace {p}: expected a zarr store hsi-engine wrote (zarr.json with "
                               f"title = {ZARR_TITLE!r}), found {_found(p)}; {fix}")
         return
@@ -262,7 +267,7 @@ def check_not_scene(out: str | os.PathLike, scene: Any) -> None:
     from .resume import partial_path  # resume imports this module
 
     src = _scene_source(scene)
-    if src is None or not (src.exists() or src.is_symlink()):
+    if src is None or not _present(src):
         return
     s = Path(os.path.realpath(src))
     for t in (Path(out), *side_paths(out).values(), partial_path(out)):
@@ -456,7 +461,7 @@ class ClassMapWriter:
 
     def _check_target(self) -> None:
         for t in self._targets():
-            if (t.exists() or t.is_symlink()) and not self.overwrite:
+            if _present(t) and not self.overwrite:
                 raise OutputError(f"output {t} already exists; pass overwrite=True (--overwrite on the command line) "
                                   "to replace it, or choose another path")
         if self.overwrite:
@@ -832,7 +837,7 @@ class ZarrClassMapWriter(ClassMapWriter):
         self._group.attrs["complete"] = 1  # an int, not a bool: NetCDF has no boolean attributes
         with warnings_ignored(Warning, ".*consolidated metadata"):  # "... not part of the zarr v3 spec"
             zarr.consolidate_metadata(str(self._tmp))
-        if self.path.exists() or self.path.is_symlink():
+        if _present(self.path):
             if not self.overwrite:
                 raise OutputError(_appeared(self.path))
             check_replaceable(self.path)  # again: what is there now is what gets deleted
@@ -842,10 +847,6 @@ class ZarrClassMapWriter(ClassMapWriter):
             os.replace(self._tmp, self.path)
         else:
             os.replace(self._tmp, self.path)
-
-
-def _present(path: Path) -> bool:
-    return path.exists() or path.is_symlink()
 
 
 def _appeared(path: Path) -> str:
