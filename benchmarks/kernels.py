@@ -770,6 +770,8 @@ def main(argv: list[str] | None = None) -> Path:
              ("triton", "bfloat16", False, {"max_pixels": 65536}),  # the default before whole waves
              ("triton", "bfloat16", False, {"gluon_step": "one"}),  # the default before the two-warpgroup form
              ("triton", "bfloat16", False, {"gluon_step": "pair"}),
+             ("triton", "bfloat16", False, {"gluon_step": "ws"}),
+             ("triton", "bfloat16", False, {"gluon_step": "wsp"}),
              ("triton", "float32", False, {"fp32_products": "bf16x3"}),
              ("triton", "bfloat16", False, {"scene_dtype": "uint16"}),
              ("triton", "bfloat16", False, {"normalise_on": "host"}),
@@ -839,7 +841,7 @@ def main(argv: list[str] | None = None) -> Path:
 GLUON_FORMS = {"phase": ("phase", "epilogue", "one"), "layer": ("layer", "epilogue", "one"),
                "stem_last": ("stem_last", "epilogue", "one"), "layer+mma": ("layer", "mma", "one"),
                "stem_last+mma": ("stem_last", "mma", "one"), "pair": ("layer", "epilogue", "pair"),
-               "ws": ("layer", "epilogue", "ws")}
+               "ws": ("layer", "epilogue", "ws"), "wsp": ("layer", "epilogue", "wsp")}
 
 _GLUON_PROBE = """
 import sys, torch

@@ -182,7 +182,8 @@ _GLUON_CHECKED: dict[tuple, str] = {}  # program shape -> '' (a Gluon form match
 _GLUON_FORM: dict[tuple, tuple[str, str]] = {}  # program shape -> the Gluon form (waits, step) that matched
 _FORM_NAMES = {("phase", "one"): "one-wait-per-phase form", ("layer", "one"): "per-layer-wait form",
                ("stem_last", "one"): "stem-last form", ("layer", "pair"): "two-positions-per-step form",
-               ("layer", "ws"): "two-warpgroup (warp-specialized) form"}
+               ("layer", "ws"): "two-warpgroup (warp-specialized) form",
+               ("layer", "wsp"): "persistent two-warpgroup form"}
 
 
 def _gluon_forms() -> list[tuple[str, str]]:

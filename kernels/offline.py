@@ -16,16 +16,15 @@ import torch
 
 from .program import SpectralProgram
 
-_SIZES = ["P", "B", "D", "F", "stride_xp", "stride_xb", "stride_op", "stride_of"]
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def _signature(pointers: dict[str, str], constexprs: dict, dtype: str) -> dict[str, str]:
-    # pointers: name -> "x" (the input's dtype), "f" (float32) or "i64"
+def _signature(fn, pointers: dict[str, str], constexprs: dict, dtype: str) -> dict[str, str]:
+    # pointers: name -> "x" (the input's dtype), "f" (float32) or "i64"; every other argument an i32 size or a
+    # constexpr; in the kernel's argument order
     sig = {n: {"x": f"*{dtype}", "f": "*fp32", "i64": "*i64"}[kind] for n, kind in pointers.items()}
-    sig.update(dict.fromkeys(_SIZES, "i32"))
     sig.update(dict.fromkeys(constexprs, "constexpr"))
-    return sig
+    return {n: sig.get(n, "i32") for n in fn.arg_names}
 
 
 def _aligned(fn, pointers: dict[str, str]) -> dict:
@@ -57,7 +56,7 @@ def compile_triton(variant: dict, *, num_warps: int = 4, num_stages: int = 1, dt
                 INTERP_BF16=False, **(dict(CHAINS=1, PIPE=False) | variant))
     pointers = dict(x_ptr="x", out_ptr="x", stem_w_ptr="x", stem_b_ptr="f", conv_w_ptr="x", conv_b_ptr="f",
                     pre_ptr="f", post_ptr="f", red_w_ptr="x", red_b_ptr="f")
-    src = ASTSource(fn=spectral._spectral_stage_kernel, signature=_signature(pointers, meta, dtype), constexprs=meta,
+    src = ASTSource(fn=spectral._spectral_stage_kernel, signature=_signature(spectral._spectral_stage_kernel, pointers, meta, dtype), constexprs=meta,
                     attrs=_aligned(spectral._spectral_stage_kernel, pointers))
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": num_warps, "num_stages": num_stages})
@@ -87,14 +86,14 @@ def compile_gluon(*, dtype: str = "bf16", program: SpectralProgram | None = None
     identity = identity or spectral_gluon.DEFAULT_IDENTITY
     step = spectral_gluon._resolve_step(waits, identity, step)
     spectral_gluon._check_form(waits, identity, step)
-    if step == "ws":
+    if step in spectral_gluon.WS_STEPS:
         fn, const = spectral_gluon._gluon_ws_kernel, spectral_gluon._ws_constants(m)
     elif step == "pair":
         fn, const = spectral_gluon._gluon_pair_kernel, spectral_gluon._pair_constants(m)
     else:
         fn, const = spectral_gluon._gluon_stage_kernel, spectral_gluon._one_constants(m, waits, identity)
     const = dict(const, TRACE=trace)
-    src = GluonASTSource(fn=fn, signature=_signature(pointers, const, dtype), constexprs=const,
+    src = GluonASTSource(fn=fn, signature=_signature(fn, pointers, const, dtype), constexprs=const,
                          attrs=_aligned(fn, pointers))
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 

@@ -96,8 +96,10 @@ DEFAULT_IDENTITY = "epilogue"
 # layer, identity in the epilogue) or "ws" (one position per step over two warpgroups, warp-specialized: stem and
 # conv2s in one, conv1s and the reduce in the other, a step apart, so each one's epilogues run while the tensor
 # cores take the other's wgmmas). H200, Triton 3.6, 65,536 pixels of 200 bands, one run (kernels-h200.md,
-# session 19): one 2.321 ms, pair 2.158, ws 1.516
-STEPS = ("one", "pair", "ws")
+# session 19): one 2.321 ms, pair 2.158, ws 1.516. "wsp": ws with one program per SM, each running its blocks of
+# pixels as one stream of band positions (a block's fill under the last one's drain; not yet timed on a GPU)
+STEPS = ("one", "pair", "ws", "wsp")
+WS_STEPS = ("ws", "wsp")  # the steps the two-warpgroup kernel runs
 WS_WORKER_REGS = 232  # registers per thread of step="ws"'s second warpgroup (8 warps share the SM's 64 K)
 DEFAULT_STEP = "ws"
 # TRACE (benchmarks/gluon_trace.py): SM-cycle timestamps a traced run writes per program and step, as the program's
@@ -215,12 +217,15 @@ if GLUON_ERROR is None:
     @gluon.jit
     def _block_out(acc, rings, last, conv_b_ptr, offs_c, j, D, b: gl.constexpr, NUM_BLOCKS: gl.constexpr,
                    BEHIND: gl.constexpr, RING: gl.constexpr, WP: gl.constexpr, RELU2_MASK: gl.constexpr,
-                   BLOCK_RELU_MASK: gl.constexpr, acc_l: gl.constexpr, dt: gl.constexpr, ID_MMA: gl.constexpr):
-        # block b's conv2 epilogue (one position per step) at its output position q
+                   BLOCK_RELU_MASK: gl.constexpr, acc_l: gl.constexpr, dt: gl.constexpr, ID_MMA: gl.constexpr,
+                   S=None, nblk=None):
+        # block b's conv2 epilogue (one position per step) at its output position q (with S: a stream position,
+        # zero where _ws_position says so)
         q = j - (b + 1) * BEHIND
         ident = None if ID_MMA else rings.index(2 * b * RING + (q & (RING - 1))).load(acc_l)
         dst = rings.index(2 * (b + 1) * RING + (q & (RING - 1))) if b + 1 < NUM_BLOCKS else last
-        _residual_out(acc, ident, dst, q, D, gl.expand_dims(gl.load(conv_b_ptr + (2 * b + 1) * WP + offs_c), 0),
+        _residual_out(acc, ident, dst, q if S is None else _ws_position(q, S, D, nblk), D,
+                      gl.expand_dims(gl.load(conv_b_ptr + (2 * b + 1) * WP + offs_c), 0),
                       (RELU2_MASK >> b) & 1, (BLOCK_RELU_MASK >> b) & 1, dt)
 
     @gluon.jit
@@ -577,31 +582,44 @@ if GLUON_ERROR is None:
         _reduce_out(acc_r, out_ptr, red_b_ptr, pid, P, F, stride_op, stride_of, BP, FP, REDUCE_RELU, accr_l, dt)
 
     @gluon.jit
+    def _ws_position(g, S, D, nblk):
+        # stream position g -> its block's band position (S per block, D of them real, the rest zeros); -1 before
+        # the stream or past the program's last block: where this is outside [0, D) a layer's output is zero
+        k = gl.maximum(g, 0) // S
+        return ((g >= 0) & (k < nblk)).to(gl.int32) * (g - k * S + 1) - 1
+
+    @gluon.jit
     def _ws_stem_and_conv2s(rings, w_smem, stem_smem, xs_smem, lasts, done_a, done_b, x_ptr, stem_b_ptr, conv_b_ptr,
-                            trace_ptr, pid, P, B, D, stride_xp, stride_xb, STEM_STRIDE: gl.constexpr, KS: gl.constexpr,
+                            trace_ptr, pid, P, B, D, G, NPB, stride_xp, stride_xb, STEM_STRIDE: gl.constexpr,
+                            KS: gl.constexpr,
                             KS_PAD: gl.constexpr, KT: gl.constexpr, NUM_BLOCKS: gl.constexpr, WP: gl.constexpr,
                             STEM_RELU: gl.constexpr, RELU2_MASK: gl.constexpr, BLOCK_RELU_MASK: gl.constexpr,
                             RING: gl.constexpr, BP: gl.constexpr, TRACE: gl.constexpr):
         # step="ws", warpgroup A (the default partition): at step j, every block's conv2 (last block first) over
-        # the conv1 outputs of step j - 2 and earlier, with its identity, then the stem -> position j
+        # the conv1 outputs of step j - 2 and earlier, with its identity, then the stem -> stream position j
         dt: gl.constexpr = rings.dtype
         HALF: gl.constexpr = KT // 2
         LAG: gl.constexpr = KT + 1
         acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, WP, 16])
         ld_x: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])
-        xp = pid * BP + gl.arange(0, BP, layout=gl.SliceLayout(1, ld_x))
+        xr = gl.arange(0, BP, layout=gl.SliceLayout(1, ld_x))
         xk = gl.arange(0, KS_PAD, layout=gl.SliceLayout(0, ld_x))
-        x_rows = x_ptr + gl.expand_dims(xp.to(gl.int64), 1) * stride_xp
-        x_mask = gl.expand_dims(xp < P, 1) & gl.expand_dims(xk < KS, 0)
         offs_c = gl.arange(0, WP, layout=gl.SliceLayout(0, acc_l))
         zero_f = gl.zeros([BP, WP], gl.float32, acc_l)
-        n_steps = D + NUM_BLOCKS * LAG
+        nblk = (NPB - pid + G - 1) // G  # this program's blocks of BP pixels: pid, pid + G, ...
+        S = D + HALF  # a block's stream positions: D, then HALF zeros (the convs' padding on both sides)
+        n_steps = (nblk - 1) * S + D + NUM_BLOCKS * LAG
         trow = pid.to(gl.int64) * (n_steps + 1)  # TRACE: A's timestamps in columns 0-3 (TRACE_POINTS_WS)
         _trace_bounds(trace_ptr, trow + n_steps, 0, TRACE)
         for j in range(0, n_steps):
             _mark(trace_ptr, trow + j, 0, TRACE)
-            cols = (j + 1) * STEM_STRIDE + xk  # the next step's stem input, in flight while this step runs
-            xs_next = gl.load(x_rows + gl.expand_dims(cols, 0) * stride_xb, mask=x_mask & gl.expand_dims(cols < B, 0),
+            k_x = (j + 1) // S  # the next step's stem input (block k_x, position p_x), in flight while this step runs
+            p_x = j + 1 - k_x * S
+            xp = (pid + k_x * G) * BP + xr
+            cols = p_x * STEM_STRIDE + xk
+            xs_next = gl.load(x_ptr + gl.expand_dims(xp.to(gl.int64), 1) * stride_xp
+                              + gl.expand_dims(cols, 0) * stride_xb,
+                              mask=gl.expand_dims((xp < P) & (k_x < nblk), 1) & gl.expand_dims((xk < KS) & (cols < B), 0),
                               other=0.0)
             # warpgroup B's step j - 2 is done: the conv1 outputs read here are written, and nothing written here
             # is still read by it (its step j - 1 may run alongside: neither touches what the other writes)
@@ -618,10 +636,13 @@ if GLUON_ERROR is None:
                 # slot of the block after it: the last block's epilogue runs first, the stem's last
                 accs = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - i) * KT + 1, deps=accs)
                 _block_out(accs[i], rings, lasts.index(j & 1), conv_b_ptr, offs_c, j, D, NUM_BLOCKS - 1 - i,
-                           NUM_BLOCKS, LAG, RING, WP, RELU2_MASK, BLOCK_RELU_MASK, acc_l, dt, False)
+                           NUM_BLOCKS, LAG, RING, WP, RELU2_MASK, BLOCK_RELU_MASK, acc_l, dt, False, S, nblk)
             accs = warpgroup_mma_wait(num_outstanding=0, deps=accs)
-            _stem_out(accs[NUM_BLOCKS], rings, j, D, STEM_RELU, RING, dt,
-                      gl.expand_dims(gl.load(stem_b_ptr + offs_c), 0))
+            s = accs[NUM_BLOCKS] + gl.expand_dims(gl.load(stem_b_ptr + offs_c), 0)
+            if STEM_RELU:
+                s = gl.maximum(s, 0.0)
+            p_s = _ws_position(j, S, D, nblk)
+            rings.index(j & (RING - 1)).store(gl.where((p_s >= 0) & (p_s < D), s, 0.0).to(dt))
             xs_smem.store(xs_next.to(dt))  # its reader, this step's stem wgmma, completed above
             _mark(trace_ptr, trow + j, 3, TRACE)
             fence_async_shared()
@@ -631,12 +652,13 @@ if GLUON_ERROR is None:
 
     @gluon.jit
     def _ws_conv1s_and_reduce(rings, w_smem, red_smem, lasts, done_a, done_b, out_ptr, conv_b_ptr, red_w_ptr,
-                              red_b_ptr, trace_ptr, pid, P, D, F, stride_op, stride_of, KT: gl.constexpr,
+                              red_b_ptr, trace_ptr, pid, P, D, F, G, NPB, stride_op, stride_of, KT: gl.constexpr,
                               NUM_BLOCKS: gl.constexpr, WP: gl.constexpr, FP: gl.constexpr,
                               RELU1_MASK: gl.constexpr, REDUCE_RELU: gl.constexpr, RING: gl.constexpr,
                               BP: gl.constexpr, TRACE: gl.constexpr):
         # step="ws", warpgroup B (the worker partition): at step j, every block's conv1 over the block input
-        # warpgroup A wrote in its step j, and the reduce of the last block's output of that step
+        # warpgroup A wrote in its step j, and the reduce of the last block's output of that step; at the last
+        # position of a block of pixels, that block's reduce epilogue
         dt: gl.constexpr = rings.dtype
         HALF: gl.constexpr = KT // 2
         LAG: gl.constexpr = KT + 1
@@ -650,11 +672,14 @@ if GLUON_ERROR is None:
         offs_c = gl.arange(0, WP, layout=gl.SliceLayout(0, acc_l))
         zero_f = gl.zeros([BP, WP], gl.float32, acc_l)
         acc_r = gl.zeros([BP, FP], gl.float32, accr_l)
-        n_steps = D + NUM_BLOCKS * LAG
+        nblk = (NPB - pid + G - 1) // G
+        S = D + HALF
+        n_steps = (nblk - 1) * S + D + NUM_BLOCKS * LAG
         trow = pid.to(gl.int64) * (n_steps + 1)  # TRACE: B's timestamps in columns 4-7 (TRACE_POINTS_WS)
         # the reduce's weights for the position of the last block's output A writes at step j (clamped: outside
         # [0, D) that output is zero), loaded a step ahead so the load's latency hides behind a step's wgmmas
-        red_next = gl.load(red_w_ptr + gl.minimum(gl.maximum(-NUM_BLOCKS * LAG, 0), D - 1) * WP * FP + r_tile)
+        red_next = gl.load(red_w_ptr + gl.minimum(gl.maximum(_ws_position(-NUM_BLOCKS * LAG, S, D, nblk), 0), D - 1)
+                           * WP * FP + r_tile)
         for j in range(0, n_steps):
             _mark(trace_ptr, trow + j, 4, TRACE)
             red_smem.store(red_next)  # its reader, the last step's reduce, completed there
@@ -667,7 +692,8 @@ if GLUON_ERROR is None:
                 accs = accs + (_conv_issue(rings, w_smem, 2 * b * RING, j - b * LAG, 2 * b * KT, zero_f, KT, RING),)
             acc_r = warpgroup_mma(lasts.index(j & 1), red_smem, acc_r, is_async=True)
             _mark(trace_ptr, trow + j, 6, TRACE)
-            red_next = gl.load(red_w_ptr + gl.minimum(gl.maximum(j + 1 - NUM_BLOCKS * LAG, 0), D - 1) * WP * FP + r_tile)
+            red_next = gl.load(red_w_ptr + gl.minimum(gl.maximum(_ws_position(j + 1 - NUM_BLOCKS * LAG, S, D, nblk), 0),
+                                                      D - 1) * WP * FP + r_tile)
             waited = accs + (acc_r,)
             for b in gl.static_range(NUM_BLOCKS):
                 waited = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - b) * KT + 1, deps=waited)
@@ -675,19 +701,25 @@ if GLUON_ERROR is None:
                 acc = waited[b] + gl.expand_dims(gl.load(conv_b_ptr + (2 * b) * WP + offs_c), 0)
                 if (RELU1_MASK >> b) & 1:
                     acc = gl.maximum(acc, 0.0)
-                rings.index((2 * b + 1) * RING + (u & (RING - 1))).store(gl.where((u >= 0) & (u < D), acc, 0.0).to(dt))
+                p_u = _ws_position(u, S, D, nblk)
+                rings.index((2 * b + 1) * RING + (u & (RING - 1))).store(
+                    gl.where((p_u >= 0) & (p_u < D), acc, 0.0).to(dt))
             waited = warpgroup_mma_wait(num_outstanding=0, deps=waited)
             acc_r = waited[NUM_BLOCKS]
             _mark(trace_ptr, trow + j, 7, TRACE)
             fence_async_shared()
             _cta_barrier()
             mbarrier.arrive(done_b.index(j & 1), count=1)
-        _reduce_out(acc_r, out_ptr, red_b_ptr, pid, P, F, stride_op, stride_of, BP, FP, REDUCE_RELU, accr_l, dt)
+            g_r = j - NUM_BLOCKS * LAG  # the stream position this step reduced: a block's last, its epilogue
+            if _ws_position(g_r, S, D, nblk) == D - 1:
+                _reduce_out(acc_r, out_ptr, red_b_ptr, pid + (g_r // S) * G, P, F, stride_op, stride_of, BP, FP,
+                            REDUCE_RELU, accr_l, dt)
+                acc_r = gl.zeros([BP, FP], gl.float32, accr_l)
 
     @gluon.jit
     def _gluon_ws_kernel(
         x_ptr, out_ptr, stem_w_ptr, stem_b_ptr, conv_w_ptr, conv_b_ptr, red_w_ptr, red_b_ptr, trace_ptr,
-        P, B, D, F, stride_xp, stride_xb, stride_op, stride_of,
+        P, B, D, F, stride_xp, stride_xb, stride_op, stride_of, G, NPB,
         STEM_STRIDE: gl.constexpr, KS: gl.constexpr, KS_PAD: gl.constexpr, KT: gl.constexpr,
         NUM_BLOCKS: gl.constexpr, WP: gl.constexpr, FP: gl.constexpr, STEM_RELU: gl.constexpr,
         RELU1_MASK: gl.constexpr, RELU2_MASK: gl.constexpr, BLOCK_RELU_MASK: gl.constexpr,
@@ -699,7 +731,10 @@ if GLUON_ERROR is None:
         while the tensor cores take the other's wgmmas. Each block runs KT + 1 positions behind the one before
         it (one more than ``step="one"``): A's step j reads conv1 outputs of B's step j - 2, B's step j the block
         inputs of A's step j, and the two steps that may run at once touch disjoint ring slots. Two mbarriers per
-        direction (alternate steps) so a phase parity never aliases."""
+        direction (alternate steps) so a phase parity never aliases. A program of a grid of G runs the blocks of
+        BP pixels pid, pid + G, ... (NPB in all) as one stream of band positions, D per block and KT // 2 zeros
+        between blocks, so one block's pipeline fill runs under the last one's drain (``step="wsp"``, G the SM
+        count; ``ws`` launches one program per block, G = NPB)."""
         dt: gl.constexpr = x_ptr.dtype.element_ty
         tile_s: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=SW_W, element_bitwidth=16, rank=2)
         stem_s: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=SW_X, element_bitwidth=16, rank=2)
@@ -726,11 +761,12 @@ if GLUON_ERROR is None:
         _cta_barrier()
         gl.warp_specialize([
             (_ws_stem_and_conv2s, (rings, w_smem, stem_smem, xs_smem, lasts, done_a, done_b, x_ptr, stem_b_ptr,
-                                   conv_b_ptr, trace_ptr, pid, P, B, D, stride_xp, stride_xb, STEM_STRIDE, KS, KS_PAD,
-                                   KT, NUM_BLOCKS, WP, STEM_RELU, RELU2_MASK, BLOCK_RELU_MASK, RING, BP, TRACE)),
+                                   conv_b_ptr, trace_ptr, pid, P, B, D, G, NPB, stride_xp, stride_xb, STEM_STRIDE, KS,
+                                   KS_PAD, KT, NUM_BLOCKS, WP, STEM_RELU, RELU2_MASK, BLOCK_RELU_MASK, RING, BP,
+                                   TRACE)),
             (_ws_conv1s_and_reduce, (rings, w_smem, red_smem, lasts, done_a, done_b, out_ptr, conv_b_ptr, red_w_ptr,
-                                     red_b_ptr, trace_ptr, pid, P, D, F, stride_op, stride_of, KT, NUM_BLOCKS, WP, FP,
-                                     RELU1_MASK, REDUCE_RELU, RING, BP, TRACE)),
+                                     red_b_ptr, trace_ptr, pid, P, D, F, G, NPB, stride_op, stride_of, KT, NUM_BLOCKS,
+                                     WP, FP, RELU1_MASK, REDUCE_RELU, RING, BP, TRACE)),
         ], [4], [WORKER_REGS])
 
 
@@ -851,7 +887,7 @@ def shared_bytes(program: SpectralProgram, identity: str = DEFAULT_IDENTITY, ste
                     + ks2_pad * 2 * wp + BLOCK_P * ks2_pad + 2 * wp * fp)
     tiles = 2 * nb * kt * wp * wp + 2 * nb * ring * BLOCK_P * wp + BLOCK_P * wp + ks_pad * wp + BLOCK_P * ks_pad \
         + wp * fp + (wp * wp if identity == "mma" else 0)
-    if step == "ws":  # the last block's output of alternate steps (one more tile), four 8-byte mbarriers
+    if step in WS_STEPS:  # the last block's output of alternate steps (one more tile), four 8-byte mbarriers
         return 2 * (tiles + BLOCK_P * wp) + 4 * 8
     return 2 * tiles
 
@@ -918,11 +954,12 @@ def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram, *, waits: st
 
 
 def trace_steps(program: SpectralProgram, step: str = "one") -> int:
-    """Steps of the kernel's band loop for ``program``: positions plus the pipeline's fill, per ``step``."""
+    """Steps of the kernel's band loop for ``program`` and one block of pixels: positions plus the pipeline's fill,
+    per ``step`` (``wsp``: a program's first block; each later one adds ``reduced_bands + KT // 2``)."""
     d, nb, kt = program.reduced_bands, len(program.blocks), program.blocks[0].conv1.weight.shape[2]
     if step == "pair":
         return (d + 1) // 2 + nb * (kt + 1) // 2
-    return d + nb * (kt + 1) if step == "ws" else d + nb * kt
+    return d + nb * (kt + 1) if step in WS_STEPS else d + nb * kt
 
 
 def traced_run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAITS,
@@ -932,6 +969,9 @@ def traced_run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAUL
     program's start and end). A diagnostic for ``benchmarks/gluon_trace.py``: where a step's time goes."""
     step = _resolve_step(waits, identity, step, program)
     _check_form(waits, identity, step)
+    if step == "wsp":
+        raise ValueError("traced_run times one block of pixels per program; step='wsp' runs several per program: "
+                         "trace step='ws' (the same step, one program per block)")
     _check(x, program, step)
     trace = torch.zeros(-(-x.shape[0] // BLOCK_P), trace_steps(program, step) + 1, TRACE_WIDTH, dtype=torch.int64,
                         device=x.device)
@@ -959,12 +999,14 @@ def _run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAIT
                 p, program.bands, program.reduced_bands, f, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
                 **_pair_constants(m), TRACE=trace is not None, num_warps=4)
         return out
-    if step == "ws":
+    if step in WS_STEPS:
+        npb = -(-p // BLOCK_P)
+        grid = npb if step == "ws" else min(npb, torch.cuda.get_device_properties(x.device).multi_processor_count)
         with torch.cuda.device(x.device):
-            _gluon_ws_kernel[(-(-p // BLOCK_P),)](
+            _gluon_ws_kernel[(grid,)](
                 x, out, pk["stem_w"], pk["stem_b"], pk["conv_w"], pk["conv_b"], pk["red_w"], pk["red_b"], tr,
                 p, program.bands, program.reduced_bands, f, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
-                **_ws_constants(m), TRACE=trace is not None, num_warps=4)
+                grid, npb, **_ws_constants(m), TRACE=trace is not None, num_warps=4)
         return out
     with torch.cuda.device(x.device):
         _gluon_stage_kernel[(-(-p // BLOCK_P),)](

@@ -168,41 +168,68 @@ def _ws_overlap_hazards(kt: int, nb: int, steps: int, **layout) -> list[tuple[in
     return out
 
 
-def _replay_ws_schedule(x: torch.Tensor, prog) -> torch.Tensor:
-    """``step="ws"``'s loop (float64): warpgroup A's step j (conv2s last block first, each over the conv1 outputs
-    of B's step j - 2, then the stem), then B's step j (conv1s over A's step j, the reduce of A's step-j output);
-    blocks KT + 1 positions apart, the last block's output in alternate buffers. Run in this order; the kernel
-    may run A's step j beside B's step j - 1, which _ws_overlap_hazards shows touch disjoint slots."""
+def _ws_position(g: int, s: int, d: int, nblk: int) -> int:
+    """The kernel's _ws_position: stream position g -> its block's band position, -1 outside the stream."""
+    k = max(g, 0) // s
+    return g - k * s if g >= 0 and k < nblk else -1
+
+
+def _replay_ws_schedule(x: torch.Tensor, prog, *, rows: int | None = None, grid: int = 1,
+                        gap: int | None = None) -> torch.Tensor:
+    """``step="ws"``'s loop (float64) for a grid of ``grid`` programs, each running its blocks of ``rows`` pixels
+    (None: one block of all of them) pid, pid + grid, ... as one stream of band positions, D per block and
+    ``gap`` zeros between blocks (the kernel's KT // 2). At step j warpgroup A's conv2s (last block first, each
+    over the conv1 outputs of B's step j - 2), then the stem; then B's step j (conv1s over A's step j, the reduce of
+    A's step-j output, and at a block's last position that block's output). Blocks KT + 1 positions apart, the
+    last block's output in alternate buffers. Run in this order; the kernel may run A's step j beside B's step
+    j - 1, which _ws_overlap_hazards shows touch disjoint slots."""
     p, bands = x.shape
     w, kt, d = prog.width, prog.blocks[0].conv1.weight.shape[2], prog.reduced_bands
     nb, half, lag, ring = len(prog.blocks), kt // 2, kt + 1, _next_pow2(kt + 1, 2)
-    rings = torch.zeros(2 * nb * ring, p, w, dtype=x.dtype)
-    last = torch.zeros(2, p, w, dtype=x.dtype)
-    acc_r = torch.zeros(p, prog.out_features, dtype=x.dtype)
+    rows = p if rows is None else rows
+    npb, s = -(-p // rows), d + (half if gap is None else gap)
     stem, ks = prog.stem, prog.stem.weight.shape[2]
+    xp = torch.cat([x, x.new_zeros(npb * rows - p, bands)])  # rows past P read as zeros, as the kernel's masks do
+    out = x.new_zeros(npb * rows, prog.out_features)
+    for pid in range(grid):
+        nblk = (npb - pid + grid - 1) // grid
+        rings = x.new_zeros(2 * nb * ring, rows, w)
+        last = x.new_zeros(2, rows, w)
+        acc_r = x.new_zeros(rows, prog.out_features)
 
-    def conv(base: int, newest: int, c) -> torch.Tensor:
-        return _replay_conv(rings, base, newest, c, kt, ring)
+        def conv(base: int, newest: int, c) -> torch.Tensor:
+            return _replay_conv(rings, base, newest, c, kt, ring)
 
-    for j in range(d + nb * lag):
-        c2 = [conv((2 * b + 1) * ring, j - 2 - b * lag - half, blk.conv2) for b, blk in enumerate(prog.blocks)]
-        for b in reversed(range(nb)):  # A
-            q = j - (b + 1) * lag
-            y = _replay_residual(c2[b], rings[2 * b * ring + (q & (ring - 1))], prog.blocks[b], q, d)
-            if b + 1 < nb:
-                rings[2 * (b + 1) * ring + (q & (ring - 1))] = y
-            else:
-                last[j & 1] = y
-        cols = j * stem.stride + torch.arange(ks)
-        s = torch.where(cols < bands, x[:, cols.clamp(max=bands - 1)], 0.0) @ stem.weight[:, 0, :].t() + stem.bias
-        rings[j & (ring - 1)] = (F.relu(s) if stem.relu else s) if 0 <= j < d else 0
-        c1 = [conv(2 * b * ring, j - b * lag, blk.conv1) for b, blk in enumerate(prog.blocks)]  # B
-        acc_r = acc_r + last[j & 1] @ prog.reduce.weight[:, :, min(max(j - nb * lag, 0), d - 1)].t()
-        for b in range(nb):
-            u = j - b * lag - half
-            rings[(2 * b + 1) * ring + (u & (ring - 1))] = c1[b] if 0 <= u < d else 0
-    out = acc_r + prog.reduce.bias
-    return F.relu(out) if prog.reduce.relu else out
+        def real(g: int) -> bool:
+            return 0 <= _ws_position(g, s, d, nblk) < d
+
+        for j in range((nblk - 1) * s + d + nb * lag):
+            c2 = [conv((2 * b + 1) * ring, j - 2 - b * lag - half, blk.conv2) for b, blk in enumerate(prog.blocks)]
+            for b in reversed(range(nb)):  # A
+                q = j - (b + 1) * lag
+                y = _replay_residual(c2[b], rings[2 * b * ring + (q & (ring - 1))], prog.blocks[b], 0 if real(q) else -1, d)
+                if b + 1 < nb:
+                    rings[2 * (b + 1) * ring + (q & (ring - 1))] = y
+                else:
+                    last[j & 1] = y
+            k = j // s
+            cols = (j - k * s) * stem.stride + torch.arange(ks)
+            xb = xp[(pid + k * grid) * rows:(pid + k * grid + 1) * rows] if k < nblk else x.new_zeros(rows, bands)
+            sv = torch.where(cols < bands, xb[:, cols.clamp(max=bands - 1)], 0.0) @ stem.weight[:, 0, :].t() + stem.bias
+            rings[j & (ring - 1)] = (F.relu(sv) if stem.relu else sv) if real(j) else 0
+            c1 = [conv(2 * b * ring, j - b * lag, blk.conv1) for b, blk in enumerate(prog.blocks)]  # B
+            g_r = j - nb * lag
+            pos = _ws_position(g_r, s, d, nblk)
+            acc_r = acc_r + last[j & 1] @ prog.reduce.weight[:, :, min(max(pos, 0), d - 1)].t()
+            for b in range(nb):
+                u = j - b * lag - half
+                rings[(2 * b + 1) * ring + (u & (ring - 1))] = c1[b] if real(u) else 0
+            if pos == d - 1:
+                o = acc_r + prog.reduce.bias
+                blk_i = pid + (g_r // s) * grid
+                out[blk_i * rows:(blk_i + 1) * rows] = F.relu(o) if prog.reduce.relu else o
+                acc_r = torch.zeros_like(acc_r)
+    return out[:p]
 
 
 @pytest.mark.parametrize("kernel,blocks", [(7, 2), (7, 1), (7, 3), (5, 2), (3, 3), (1, 2)])
@@ -236,6 +263,28 @@ def test_schedule_computes_the_reference(bands: int, kernel: int, blocks: int, w
     assert ref.abs().max() > 0.1
     replay = {"one": _replay_schedule, "pair": _replay_pair_schedule, "ws": _replay_ws_schedule}[step]
     assert ((replay(x, prog) - ref).abs().max() / ref.abs().max()).item() < 1e-12
+
+
+@pytest.mark.parametrize("bands,kernel,blocks,width,grid", [(40, 7, 2, 24, 2), (23, 7, 2, 20, 1), (23, 7, 2, 20, 3),
+                                                            (31, 5, 3, 16, 2), (17, 3, 1, 24, 1), (12, 1, 2, 16, 2),
+                                                            (9, 7, 1, 24, 5), (9, 7, 1, 24, 3)])
+def test_persistent_ws_schedule_computes_the_reference(bands: int, kernel: int, blocks: int, width: int,
+                                                        grid: int) -> None:
+    """step='wsp': each program runs its blocks of pixels as one stream of band positions, KT // 2 zeros between
+    blocks (9 pixels in blocks of 2: 5 blocks; grids of 1, 2, 3 and 5 programs run 5, 3 + 2, 2 + 2 + 1 and one
+    block each). The replay can fail: one zero fewer between blocks lets a block's convs read the next one's
+    first positions."""
+    g = torch.Generator().manual_seed(bands * 10 + kernel + grid)
+    prog = _random_program(bands, width, 40, blocks=blocks, kernel=kernel, conv2_relu=bool(blocks % 2),
+                           generator=g).to(dtype=torch.float64)
+    x = torch.randn(9, bands, generator=g, dtype=torch.float64)
+    ref = spectral_stage_reference(x, prog)
+    assert ref.abs().max() > 0.1
+    err = ((_replay_ws_schedule(x, prog, rows=2, grid=grid) - ref).abs().max() / ref.abs().max()).item()
+    assert err < 1e-12
+    if kernel > 1 and grid < 5:  # some program runs two blocks, and there is a gap to shorten
+        short = _replay_ws_schedule(x, prog, rows=2, grid=grid, gap=kernel // 2 - 1)
+        assert ((short - ref).abs().max() / ref.abs().max()).item() > 1e-6
 
 
 @pytest.mark.parametrize("stride,kernel", [(1, 7), (3, 5), (4, 3)])
@@ -436,7 +485,9 @@ def test_gluon_traced_build_reads_the_clock_at_every_point_and_the_plain_build_n
     assert t.count("%clock64") == sg.TRACE_WIDTH + 2 and t.count("%globaltimer") == 2 and "%smid" in t
     waits_of = [re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", s) for s in (p, t)]
     assert waits_of[0] == waits_of[1] and p.count("wgmma.mma_async") == t.count("wgmma.mma_async")
-    assert traced.metadata.shared == plain.metadata.shared
+    # the same tiles; step='ws' passes its worker partition's arguments through shared memory, and only the
+    # traced build passes the trace pointer (8 B, 16 with the alignment)
+    assert plain.metadata.shared <= traced.metadata.shared <= plain.metadata.shared + (16 if step == "ws" else 0)
     report = ptxas_report(t)
     if report is None:
         pytest.skip("no ptxas in this Triton")
@@ -493,7 +544,7 @@ def test_gluon_shared_memory_guard() -> None:
 
 
 def test_gluon_wrapper_errors() -> None:
-    from kernels.spectral_gluon import GLUON_ERROR, spectral_stage_gluon
+    from kernels.spectral_gluon import GLUON_ERROR, spectral_stage_gluon, traced_run
 
     if GLUON_ERROR is not None:
         with pytest.raises(RuntimeError, match="Gluon"):
@@ -519,6 +570,8 @@ def test_gluon_wrapper_errors() -> None:
         spectral_stage_gluon(torch.zeros(2, 23, dtype=torch.bfloat16), paper, step="pair", waits="phase")
     with pytest.raises(ValueError, match="step='ws' waits per layer"):
         spectral_stage_gluon(torch.zeros(2, 23, dtype=torch.bfloat16), paper, step="ws", identity="mma")
+    with pytest.raises(ValueError, match="trace step='ws'"):
+        traced_run(torch.zeros(2, 23, dtype=torch.bfloat16), paper, step="wsp")
 
 
 def _hopper() -> None:
@@ -530,7 +583,7 @@ def _hopper() -> None:
 @pytest.mark.parametrize("waits,identity,step", [("phase", "epilogue", "one"), ("layer", "epilogue", "one"),
                                                  ("stem_last", "epilogue", "one"), ("layer", "mma", "one"),
                                                  ("stem_last", "mma", "one"), ("layer", "epilogue", "pair"),
-                                                 ("layer", "epilogue", "ws")])
+                                                 ("layer", "epilogue", "ws"), ("layer", "epilogue", "wsp")])
 @pytest.mark.parametrize("bands", [103, 200, 224])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gpu_gluon_matches_reference(bands: int, dtype: torch.dtype, waits: str, identity: str, step: str) -> None:
@@ -553,18 +606,19 @@ def test_gpu_gluon_matches_reference(bands: int, dtype: torch.dtype, waits: str,
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("step", ["pair", "ws"])
+@pytest.mark.parametrize("step", ["pair", "ws", "wsp"])
 @pytest.mark.parametrize("blocks,kernel", [(1, 1), (2, 1), (1, 3), (2, 3), (1, 7), (2, 5), (3, 3)])
 def test_gpu_gluon_small_programs(blocks: int, kernel: int, step: str) -> None:
-    """step='pair' and 'ws' on small programs, so that a wrong result says where: kernel 1 (one tap: the
+    """step='pair', 'ws' and 'wsp' on small programs, so that a wrong result says where: kernel 1 (one tap: the
     pair form's stacked tiles are [W_0; 0] and [0; W_0]), one block (no X_1 ring), rings wider than KT + 1
-    (kernel 5), three blocks (ws: three hand-overs per step in flight)."""
+    (kernel 5), three blocks (ws: three hand-overs per step in flight); wsp on 40,003 pixels, 626 blocks of
+    64, several per program on any GPU (one program per SM), the last one partial."""
     _hopper()
     from kernels.spectral_gluon import spectral_stage_gluon
 
     g = torch.Generator().manual_seed(blocks * 10 + kernel)
     prog = _random_program(41, 24, 128, blocks=blocks, kernel=kernel, generator=g).to("cuda")
-    x64 = torch.randn(777, 41, generator=g, dtype=torch.float64).cuda()
+    x64 = torch.randn(40_003 if step == "wsp" else 777, 41, generator=g, dtype=torch.float64).cuda()
     ref = spectral_stage_reference(x64, prog.to(dtype=torch.float64))
     x = x64.to(torch.bfloat16)
     out = spectral_stage_gluon(x, prog, step=step)
@@ -667,9 +721,9 @@ def test_dispatch_skips_a_default_form_the_program_does_not_fit_without_a_warnin
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("step", ["pair", "ws"])
+@pytest.mark.parametrize("step", ["pair", "ws", "wsp"])
 def test_gpu_triton_backend_runs_the_default_step(monkeypatch, step: str) -> None:
-    """With step='pair' or 'ws' the default, the backend checks it once and runs it (same numbers as calling it)."""
+    """With step='pair', 'ws' or 'wsp' the default, the backend checks it once and runs it (same numbers as calling it)."""
     _hopper()
     from kernels import dispatch, spectral_gluon
 
