@@ -45,7 +45,7 @@ from ssrn.errors import first_line
 
 from .errors import (HSIEngineError, MissingSpatialDimsError, OptionError, SceneError, SceneNotFoundError,
                      user_stacklevel)
-from .logs import warnings_ignored
+from .logs import dropped, warnings_ignored
 
 log = logging.getLogger(__name__)
 
@@ -112,19 +112,33 @@ def _canonical_dim(name: str) -> str | None:
 
 _WAVENUMBER_UNITS = ("cm-1", "cm^-1", "cm**-1", "1/cm", "/cm", "cm⁻¹")
 _METRE_UNITS = ("m", "meter", "meters", "metre", "metres")
-_LENGTH_PREFIXES = ("micro", "um", "µm", "μm", "nano", "nm", "milli", "mm", "centi", "cm")
+_LENGTH_PREFIXES = ("micro", "um", "µm", "μm", "nano", "nm", "milli", "mm", "centi", "cm", "angstrom", "ångström",
+                    "å")
+# frequencies (ENVI's 'GHz' and 'MHz'), in Hz each: a band centre at f Hz is at c / f metres
+_FREQUENCY_UNITS = {"thz": 1e12, "ghz": 1e9, "mhz": 1e6}
+_SPEED_OF_LIGHT = 299_792_458.0  # m/s
+# ENVI's 'wavelength units' that say the values are not wavelengths: 'Index' (band numbers 1, 2, ...), 'Unknown'
+_NOT_WAVELENGTH_UNITS = ("index", "unknown")
 
 
 def spectral_unit(units: str | None) -> bool:
-    """Whether ``units`` names a length or a wavenumber, which :func:`_to_nm` converts to nm."""
+    """Whether ``units`` names a length, a wavenumber or a frequency, which :func:`_to_nm` converts to nm."""
     u = (units or "").strip().lower()
-    return bool(u) and (u.startswith(_LENGTH_PREFIXES + ("wavenumber",)) or u.replace(" ", "") in _WAVENUMBER_UNITS
-                        or u in _METRE_UNITS)
+    return bool(u) and (u.startswith(_LENGTH_PREFIXES + ("wavenumber",) + tuple(_FREQUENCY_UNITS))
+                        or u.replace(" ", "") in _WAVENUMBER_UNITS or u in _METRE_UNITS)
+
+
+def not_wavelengths(units: str | None) -> bool:
+    """Whether ``units`` says the listed values are not wavelengths (ENVI's ``Index``, ``Unknown``): band numbers
+    read as nm made ``info`` print 'wavelength 1.0..177.0 nm' and the model refuse the scene."""
+    return (units or "").strip().lower() in _NOT_WAVELENGTH_UNITS
 
 
 def _to_nm(values: Sequence[float], units: str | None) -> np.ndarray:
     """Wavelengths in nm: micrometre values (or values < 30 with no unit) are scaled by 1000, metres (or values
-    below 1e-3 with no unit) by 1e9."""
+    below 1e-3 with no unit) by 1e9, Angstroms by 0.1; wavenumbers (cm-1) and frequencies (GHz, MHz, THz) are
+    converted (nm = 1e7 / cm-1 = 299792458 / GHz = 299792458000 / MHz). Units that are not wavelengths
+    (:func:`not_wavelengths`) are for the caller to leave out."""
     w = np.asarray(values, dtype=np.float64)
     u = (units or "").strip().lower()
     if u.startswith(("micro", "um", "µm", "μm")):
@@ -138,6 +152,12 @@ def _to_nm(values: Sequence[float], units: str | None) -> np.ndarray:
             return 1e7 / w
     if u.startswith(("centi", "cm")):  # a length in centimetres, not a wavenumber
         return w * 1e7
+    if u.startswith(("angstrom", "ångström", "å")):
+        return np.round(w * 0.1, 6)
+    hz = next((per for prefix, per in _FREQUENCY_UNITS.items() if u.startswith(prefix)), None)
+    if hz is not None:
+        with np.errstate(divide="ignore"):
+            return np.round(_SPEED_OF_LIGHT * 1e9 / (w * hz), 6)
     if u in _METRE_UNITS:
         return w * 1e9
     if w.size and 0 < np.nanmax(w) < 1e-3:  # no unit: metres (optical wavelengths are 1e-7..1e-5 m)
@@ -145,6 +165,12 @@ def _to_nm(values: Sequence[float], units: str | None) -> np.ndarray:
     if w.size and np.nanmax(w) < 30:  # no unit: micrometres are < 30, nanometres > 300
         return np.round(w * 1000.0, 6)
     return w
+
+
+def _wavelengths_nm(values: Sequence[float], units: str | None) -> np.ndarray | None:
+    """:func:`_to_nm` of ``values``, or None where ``units`` says they are not wavelengths (ENVI's ``Index``): the
+    scene's wavelengths are then unknown, as if none were given."""
+    return None if not_wavelengths(units) else _to_nm(values, units)
 
 
 def _guess_band_axis(shape: tuple[int, ...], where: str, default_last: bool) -> int:
@@ -233,7 +259,7 @@ def _normalise_dims(da: xr.DataArray, where: str) -> xr.DataArray:
                     wl = values
                 da = da.drop_vars(old)
         da = da.rename(rename)
-        if wl is not None and np.issubdtype(wl.dtype, np.number):
+        if wl is not None and np.issubdtype(wl.dtype, np.number) and not not_wavelengths(units):
             da = da.assign_coords(wavelength=("band", _to_nm(wl, units)))
             da["wavelength"].attrs["units"] = "nm"
     if set(da.dims) != {"band", "y", "x"}:
@@ -258,6 +284,8 @@ def _named_wavelengths(da: xr.DataArray, source: Any = None) -> xr.DataArray:
         if c.dims != ("band",) and c.dims[0] not in ("band", *(n for n in _BAND_NAMES)):
             continue
         units = c.attrs.get("units") or {"wavelength_nm": "nm", "wavelength_um": "um"}.get(name)
+        if not_wavelengths(units):
+            continue
         da = da.assign_coords(wavelength=("band", _to_nm(np.asarray(c.values, np.float64), units)))
         da["wavelength"].attrs["units"] = "nm"
         return da
@@ -375,8 +403,13 @@ def _finish(da: xr.DataArray, path: Path, fmt: str, *, wavelengths=None, nodata=
         da["wavelength"].attrs["units"] = "nm"
     elif "wavelength" in da.coords and da["wavelength"].dims == ("band",):
         wl = da["wavelength"]
-        da = da.assign_coords(wavelength=("band", _to_nm(wl.values, wl.attrs.get("units"))))
-        da["wavelength"].attrs["units"] = "nm"
+        if not_wavelengths(wl.attrs.get("units")):  # band numbers ('Index'): no wavelengths, as if none were given
+            log.info("%s: its wavelength coordinate is in %r, not a wavelength unit: left out", path,
+                     wl.attrs.get("units"))
+            da = da.drop_vars("wavelength")
+        else:
+            da = da.assign_coords(wavelength=("band", _to_nm(wl.values, wl.attrs.get("units"))))
+            da["wavelength"].attrs["units"] = "nm"
     if "band" not in da.coords:
         da = da.assign_coords(band=np.arange(1, da.sizes["band"] + 1))
     if nodata is not None and "_FillValue" not in da.attrs:
@@ -413,24 +446,48 @@ def _has_gcps(da: xr.DataArray) -> bool:
 # --------------------------------------------------------------------------------------------------
 # readers
 
+# rasterio's log line for each metadata item that is not UTF-8 text (it skips the item), once per item and read: a
+# Latin-1 ENVI header (Windows tools write 'wavelength units = µm', band names with 'grün') gave ~180 of them
+_UNDECODED = "Failed to decode metadata item"
+
+
 def _open_geotiff(path: Path, chunks) -> xr.DataArray:
     import rasterio
 
-    try:
-        with rasterio.open(path) as src:
-            bh, bw = src.block_shapes[0]
-            h, w, count = src.height, src.width, src.count
-            tags = [src.tags(i) for i in range(1, count + 1)]
-            descriptions = list(src.descriptions)
-            nodata = src.nodata
-            ds_tags = src.tags()
-            envi_tags = src.tags(ns="ENVI")
-            rpcs = getattr(src, "rpcs", None)
-            masked = any(rasterio.enums.MaskFlags.per_dataset in f for f in src.mask_flag_enums)
-    except rasterio.errors.RasterioIOError as e:
-        raise SceneError(f"{path} could not be opened as a raster ({e}); is it a complete GeoTIFF/ENVI file?") from None
-    default = {"band": -1, "y": _aligned_chunk(bh, h), "x": _aligned_chunk(bw, w)}
-    da = rioxarray.open_rasterio(path, chunks=default, mask_and_scale=False)
+    undecoded: set[str] = set()
+
+    def drop(message: str) -> bool:
+        if message.startswith(_UNDECODED):
+            undecoded.add(message)
+            return True
+        return False
+
+    with dropped(drop, "rasterio._base"):  # (a filter of this call's own: other threads' opens keep theirs)
+        try:
+            with rasterio.open(path) as src:
+                bh, bw = src.block_shapes[0]
+                h, w, count = src.height, src.width, src.count
+                tags = [src.tags(i) for i in range(1, count + 1)]
+                descriptions = _band_descriptions(src)
+                nodata = src.nodata
+                ds_tags = src.tags()
+                envi_tags = src.tags(ns="ENVI")
+                rpcs = getattr(src, "rpcs", None)
+                masked = any(rasterio.enums.MaskFlags.per_dataset in f for f in src.mask_flag_enums)
+                # band names that are not UTF-8 raise UnicodeDecodeError in rasterio's ``descriptions``, which
+                # rioxarray reads too: it opens a VRT of the file then, which has the file's values and placement
+                # and no band names
+                source = str(path) if descriptions is not None else _vrt_without_names(src, tags, ds_tags)
+        except rasterio.errors.RasterioIOError as e:
+            raise SceneError(f"{path} could not be opened as a raster ({e}); is it a complete GeoTIFF/ENVI "
+                             "file?") from None
+        default = {"band": -1, "y": _aligned_chunk(bh, h), "x": _aligned_chunk(bw, w)}
+        da = rioxarray.open_rasterio(source, chunks=default, mask_and_scale=False)
+    if undecoded or descriptions is None:
+        log.info("%s: %d metadata item(s)%s not UTF-8 text (a Latin-1 header?), left out", path, len(undecoded),
+                 " and the band names are" if descriptions is None else " are")
+    if descriptions is None:
+        descriptions = [None] * count
     closer = getattr(da, "_close", None)  # the file's: the new arrays made below do not carry it
     if isinstance(da, list):
         raise SceneError(f"{path} holds {len(da)} subdatasets; open one of them")
@@ -448,6 +505,56 @@ def _open_geotiff(path: Path, chunks) -> xr.DataArray:
         da.encoding["rpcs"] = rpcs.to_dict()
     da.set_close(closer)
     return da
+
+
+def _band_descriptions(src) -> list[str | None] | None:
+    """The band names (GDAL descriptions) of open rasterio dataset ``src``, None when they are not UTF-8 text."""
+    try:
+        return list(src.descriptions)
+    except UnicodeDecodeError:
+        return None
+
+
+def _vrt_without_names(src, tags: list[dict[str, str]], ds_tags: Mapping[str, str]) -> str:
+    """A GDAL VRT (XML text, which rasterio opens as a file) over every band of open dataset ``src`` with its size,
+    CRS, transform or GCPs, data types, nodata values, scales/offsets and readable metadata, but no band names:
+    rioxarray reads a file's band names, and rasterio raises UnicodeDecodeError for names that are not UTF-8."""
+    import xml.etree.ElementTree as ET
+
+    from rasterio.dtypes import dtype_rev, typename_fwd
+
+    def metadata(parent: ET.Element, items: Mapping[str, str]) -> None:
+        if items:
+            md = ET.SubElement(parent, "Metadata")
+            for k, v in items.items():
+                ET.SubElement(md, "MDI", key=k).text = v
+
+    root = ET.Element("VRTDataset", rasterXSize=str(src.width), rasterYSize=str(src.height))
+    if src.crs is not None:
+        ET.SubElement(root, "SRS").text = src.crs.to_wkt()
+    if not src.transform.is_identity:
+        ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in src.transform.to_gdal())
+    gcps, gcp_crs = src.gcps
+    if gcps:
+        listed = ET.SubElement(root, "GCPList", Projection=gcp_crs.to_wkt() if gcp_crs is not None else "")
+        for g in gcps:
+            ET.SubElement(listed, "GCP", Id=str(g.id or ""), Info=str(g.info or ""), Pixel=repr(g.col),
+                          Line=repr(g.row), X=repr(g.x), Y=repr(g.y), Z=repr(g.z or 0.0))
+    metadata(root, ds_tags)
+    binary = str(Path(src.name).absolute())
+    for i in range(src.count):
+        band = ET.SubElement(root, "VRTRasterBand", dataType=typename_fwd[dtype_rev[src.dtypes[i]]], band=str(i + 1))
+        metadata(band, tags[i])
+        if src.nodatavals[i] is not None:
+            ET.SubElement(band, "NoDataValue").text = repr(float(src.nodatavals[i]))
+        if src.offsets[i] != 0:
+            ET.SubElement(band, "Offset").text = repr(float(src.offsets[i]))
+        if src.scales[i] != 1:
+            ET.SubElement(band, "Scale").text = repr(float(src.scales[i]))
+        source = ET.SubElement(band, "SimpleSource")
+        ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = binary
+        ET.SubElement(source, "SourceBand").text = str(i + 1)
+    return ET.tostring(root, encoding="unicode")
 
 
 def _with_nodata(da: xr.DataArray, value: float, what: str) -> xr.DataArray:
@@ -536,7 +643,7 @@ def _gdal_wavelengths(tags: list[dict[str, str]], descriptions: list[str | None]
     try:
         if tags and all("wavelength" in t for t in tags):
             units = tags[0].get("wavelength_units") or ds_tags.get("wavelength_units")
-            return _to_nm([float(t["wavelength"]) for t in tags], units)
+            return _wavelengths_nm([float(t["wavelength"]) for t in tags], units)
     except ValueError:
         pass
     for domain in (envi_tags or {}, ds_tags):
@@ -546,7 +653,7 @@ def _gdal_wavelengths(tags: list[dict[str, str]], descriptions: list[str | None]
             except ValueError:
                 continue
             if len(values) == len(tags):
-                return _to_nm(values, domain.get("wavelength_units") or domain.get("wavelength units"))
+                return _wavelengths_nm(values, domain.get("wavelength_units") or domain.get("wavelength units"))
     return wavelengths_in_names(descriptions)
 
 
@@ -744,7 +851,31 @@ def _envi_layout(header: dict[str, str], hdr: Path, data: Path) -> tuple[list[in
         raise SceneError(f"ENVI header {hdr}: 'interleave = {header['interleave']}' is not an ENVI interleave; "
                          "expected bsq, bil or bip (bands one after another, interleaved by line, or by pixel; "
                          "any case). GDAL would read it as bsq: fix that line")
+    if _ENVI_BYTES[code] > 1:  # (one byte a value has no byte order: uint8 headers often leave it out)
+        _check_envi_byte_order(header, hdr, code)
     return shape, code, interleave
+
+
+def _check_envi_byte_order(header: dict[str, str], hdr: Path, code: int) -> None:
+    """Refuse a header of values wider than a byte without a readable ``byte order`` (0 little-endian, 1
+    big-endian): GDAL reads a missing one as little-endian (a value as C's atoi reads it: 0 little-endian, any other
+    big-endian), so big-endian data (as older ENVI on Sun/SGI/PowerPC, and some instruments, wrote it) became a
+    wrong map without a word."""
+    what = f"its {_ENVI_BYTES[code]}-byte {_ENVI_TYPES[code]} values ('data type = {code}')"
+    fix = ("'byte order = 0' (little-endian: Intel/AMD x86, ARM; what most files are) or 'byte order = 1' "
+           "(big-endian: older Sun/SGI/PowerPC ENVI files, some instruments)")
+    if "byte order" not in header:
+        raise SceneError(f"ENVI header {hdr} has no 'byte order' key for {what}; expected {fix}. GDAL would "
+                         "read them as little-endian: add the line for the byte order the binary was written in")
+    try:
+        order = _envi_int(header["byte order"])
+    except ValueError:
+        order = None
+    if order not in (0, 1):
+        leading = re.match(r"\s*[-+]?\d+", header["byte order"])  # what GDAL's atoi reads of it
+        gdal = "big" if leading and int(leading.group()) != 0 else "little"
+        raise SceneError(f"ENVI header {hdr}: 'byte order = {header['byte order']}' is not an ENVI byte order; "
+                         f"expected {fix}. GDAL would read it as {gdal}-endian: fix that line")
 
 
 def _check_envi_size(header: dict[str, str], hdr: Path, data: Path) -> None:
@@ -778,9 +909,15 @@ def _open_envi(path: Path, chunks) -> xr.DataArray:
     _check_envi_size(header, hdr, data)
     da = _open_geotiff(data, chunks)
     closer = da._close
-    if "wavelength" in header:
+    units = header.get("wavelength units")
+    if "wavelength" in header and not_wavelengths(units):  # band numbers ('Index'): as if no list were given
+        log.info("%s: 'wavelength units = %s': its wavelength list holds band numbers (or values of no known unit), "
+                 "not wavelengths, so the scene's wavelengths are unknown (a model checks its band count only)", hdr,
+                 units)
+        da = da.drop_vars([c for c in ("wavelength", "fwhm") if c in da.coords])
+    elif "wavelength" in header:
         try:
-            wl = _to_nm([float(v) for v in _envi_list(header["wavelength"])], header.get("wavelength units"))
+            wl = _to_nm([float(v) for v in _envi_list(header["wavelength"])], units)
         except ValueError:
             wl = None
             problem = "holds values that are not numbers"
@@ -795,10 +932,7 @@ def _open_envi(path: Path, chunks) -> xr.DataArray:
                           "are not checked against the model's; fix the header's wavelength list",
                           stacklevel=user_stacklevel())
     if "bbl" in header:
-        try:
-            da = _with_bbl(da, [int(float(v)) for v in _envi_list(header["bbl"])])
-        except ValueError:
-            pass
+        da = _envi_bbl(da, header["bbl"], hdr)
     if "data ignore value" in header:  # the header's own value: GDAL reads 0.5 as 0 for uint16
         try:
             value = float(header["data ignore value"])
@@ -809,6 +943,26 @@ def _open_envi(path: Path, chunks) -> xr.DataArray:
     da.attrs["source_format"] = "envi"
     da.attrs["envi_interleave"] = header["interleave"].strip().lower()
     da.set_close(closer)
+    return da
+
+
+def _envi_bbl(da: xr.DataArray, value: str, hdr: Path) -> xr.DataArray:
+    """``da`` with the header's ``bbl`` (bad band list) as a band coordinate; a list that is not one number per band
+    is named and left out, as a wavelength list of the wrong length is (it was dropped without a word, and nodata
+    in the bad bands it names then masked their pixels)."""
+    try:
+        bbl = [float(v) for v in _envi_list(value)]
+    except ValueError:
+        bbl = None
+    if bbl is None or not all(math.isfinite(v) for v in bbl):
+        problem = "holds values that are not numbers"
+    elif len(bbl) != da.sizes["band"]:
+        problem = f"lists {len(bbl)} values for {da.sizes['band']} bands"
+    else:
+        return _with_bbl(da, [int(v) for v in bbl])
+    warnings.warn(f"{hdr}: its 'bbl' (bad band list) entry {problem}, so every band is taken as good (the nodata "
+                  "value in a bad band masks its pixels); fix the header's bbl list: one 0 (bad) or 1 (good) per "
+                  "band", stacklevel=user_stacklevel())
     return da
 
 
@@ -886,7 +1040,7 @@ def _keep_grid_mapping(da: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
     if gm is None and "spatial_ref" in ds.variables and "spatial_ref" not in da.coords:
         da = da.assign_coords(spatial_ref=ds["spatial_ref"])
     if "wavelength" in ds.variables and "wavelength" not in da.coords and ds["wavelength"].ndim == 1 \
-            and ds["wavelength"].size == da.sizes["band"]:
+            and ds["wavelength"].size == da.sizes["band"] and not not_wavelengths(ds["wavelength"].attrs.get("units")):
         wl = ds["wavelength"]
         da = da.assign_coords(wavelength=("band", _to_nm(wl.values, wl.attrs.get("units"))))
         da["wavelength"].attrs["units"] = "nm"
@@ -1046,7 +1200,7 @@ def _open_hdf5_file(f, path: Path, chunks, variable: str | None, band_axis: int 
     for k in ("wavelength", "wavelengths"):
         if k in f and f[k].ndim == 1 and f[k].shape[0] == da.sizes["band"]:
             units = f[k].attrs.get("units")
-            wl = _to_nm(f[k][()], units.decode() if isinstance(units, bytes) else units)
+            wl = _wavelengths_nm(f[k][()], units.decode() if isinstance(units, bytes) else units)
     nodata = ds.attrs.get("nodata", ds.attrs.get("_FillValue"))
     if hasattr(nodata, "item"):
         nodata = nodata.item()
@@ -1128,7 +1282,7 @@ def _listed_wavelengths(values: Any, units: Any, where: str, name: str, unit_nam
     if not numbers:
         _warn_wavelengths(where, f"its {name} is {_short(values)}, not a list of numbers", fix)
         return None
-    return _to_nm(values, units)
+    return _wavelengths_nm(values, units)
 
 
 def _short(value: Any) -> str:

@@ -193,7 +193,7 @@ def test_a_line_interleaved_cube_opens_with_band_axis_1(tmp_path):
 @pytest.mark.parametrize("fmt", ["geotiff", "envi"])
 def test_bad_band_list_becomes_a_bbl_coordinate(make_scene, fmt):
     """Per-band GDAL ``bbl`` metadata (as EnMAP's GeoTIFFs carry it) and an ENVI header's ``bbl`` list become a
-    ``bbl`` band coordinate, which the engine's nodata mask reads; a list of the wrong length is ignored."""
+    ``bbl`` band coordinate, which the engine's nodata mask reads; a list of the wrong length is named and left out."""
     bbl = [1] * BANDS
     bbl[2] = bbl[7] = 0
     path = make_scene(fmt)
@@ -209,7 +209,9 @@ def test_bad_band_list_becomes_a_bbl_coordinate(make_scene, fmt):
     np.testing.assert_array_equal(da["bbl"].values, bbl)
     if fmt == "envi":
         hdr.write_text(hdr.read_text().replace("bbl = {", "bbl = {1, "))
-        assert "bbl" not in open_scene(path).coords
+        with pytest.warns(UserWarning, match=rf"'bbl' \(bad band list\) entry lists {BANDS + 1} values for {BANDS} "
+                                             "bands"):
+            assert "bbl" not in open_scene(path).coords
 
 
 @pytest.mark.parametrize("fmt", ["zarr", "netcdf", "hdf5", "zarr-bare", "npy"])
