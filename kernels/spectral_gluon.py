@@ -41,8 +41,8 @@ conv's transposed taps last-first between zero tiles. Blocks run KT + 1 position
 conv2 epilogues last block first, the stem last, and each reads its identity just before (each warp reads its rows,
 then writes them, in program order).
 
-Two warpgroups (``step="ws"``, the default since it ran on an H200: 1.516 ms against 2.321 for ``one``, same
-run). One warpgroup per SM issues every wgmma
+Two warpgroups (``step="ws"``, the default from session 19, when it ran on an H200: 1.516 ms against 2.321 for
+``one``, same run). One warpgroup per SM issues every wgmma
 and runs every epilogue, so whatever it does on the CUDA cores (bias, ReLU, identity, the stores into the rings,
 barriers) the tensor cores wait for. ``ws`` splits the one-position step over two warpgroups
 (``gl.warp_specialize``): A runs the stem and every block's conv2, B every block's conv1 and the reduce, each with
@@ -52,14 +52,22 @@ conv1 outputs), not j - 1, so A's step j + 1 runs beside B's step j: blocks run 
 steps in all) and the two steps that may overlap touch disjoint ring slots (the tests check every step). Same
 shared memory as ``one`` plus a second ``last`` tile; 8 warps, B's registers capped by ``setmaxnreg``.
 
+Persistent (``step="wsp"``, the default since session 22: 1.390 ms against 1.571 for ``ws``, same run). A ``ws``
+program runs D + NB (KT + 1) steps for D band positions: each block of 64 pixels fills the pipeline and drains it
+again (113 steps for 97 positions). ``wsp`` launches one program per SM; each runs its blocks (pid, pid + G, ...)
+as one stream of band positions, D per block and KT // 2 zeros between blocks (the convs' padding on both sides),
+so a block's fill runs under the last one's drain: D + KT // 2 steps per block after the first. Every layer masks
+its output by the stream position's place in its block, and B writes a block's reduce when it has reduced that
+block's last position. ``ws`` is the same kernel with one program per block.
+
 Every form has a ``TRACE`` build (:func:`traced_run`, ``benchmarks/gluon_trace.py``) that stores the SM's cycle
 counter at fixed points of every step (:data:`TRACE_POINTS`, :data:`TRACE_POINTS_WS`): where a step's time goes.
 
 Scope: the paper's block form (no pre-activation or stage affines), bfloat16 / float16 inputs, fp32
 accumulation, CUDA with a Hopper GPU (sm_90: wgmma). Measured on an H200 (Triton 3.6,
-benchmarks/results/kernels-h200.md, session 19): 1.516 ms per 65,536 pixels of 200 bands in bf16 with two
-warpgroups (the default), 2.158 ms two positions per step, 2.321 ms one warpgroup with per-layer waits, against
-3.089 ms for the best Triton config and 12.347 ms for the Conv3d formulation, same run. The engine's ``triton`` backend runs it
+benchmarks/results/kernels-h200.md, session 22, run 12): 1.390 ms per 65,536 pixels of 200 bands in bf16 with
+``wsp`` (the default), 1.571 ms with ``ws``, against 3.087 ms for the best Triton config and 12.364 ms for the Conv3d
+formulation, same run (session 19: ``pair`` 2.158 ms, ``one`` 2.321 ms). The engine's ``triton`` backend runs it
 where it applies (:mod:`kernels.dispatch`), after checking it once per program shape against the reference.
 """
 
@@ -97,11 +105,12 @@ DEFAULT_IDENTITY = "epilogue"
 # conv2s in one, conv1s and the reduce in the other, a step apart, so each one's epilogues run while the tensor
 # cores take the other's wgmmas). H200, Triton 3.6, 65,536 pixels of 200 bands, one run (kernels-h200.md,
 # session 19): one 2.321 ms, pair 2.158, ws 1.516. "wsp": ws with one program per SM, each running its blocks of
-# pixels as one stream of band positions (a block's fill under the last one's drain; not yet timed on a GPU)
+# pixels as one stream of band positions (a block's fill under the last one's drain): 1.390 ms against 1.571 for ws
+# (session 22, run 12, same run; ws now computes each layer's stream position, 3.6 % slower than in session 19)
 STEPS = ("one", "pair", "ws", "wsp")
 WS_STEPS = ("ws", "wsp")  # the steps the two-warpgroup kernel runs
 WS_WORKER_REGS = 232  # registers per thread of step="ws"'s second warpgroup (8 warps share the SM's 64 K)
-DEFAULT_STEP = "ws"
+DEFAULT_STEP = "wsp"
 # TRACE (benchmarks/gluon_trace.py): SM-cycle timestamps a traced run writes per program and step, as the program's
 # first thread (warp 0) passes them (the other warps' may differ by their skew), in this order;
 # the step's end is the next step's "step start". One more row per program: cycles and global ns at its start
@@ -944,9 +953,10 @@ def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram, *, waits: st
     the same with the stem issued last in phase A. Same arithmetic either way. ``identity``: ``epilogue`` adds each
     block's identity after conv2's wgmmas; ``mma`` folds it into them (:data:`IDENTITIES`; the float32 sums then
     run in another order). ``step``: how a step is laid out (:data:`STEPS`): ``one`` position on one warpgroup;
-    ``pair``, each conv's output pair in one accumulator twice as wide; ``ws``, one position over two warpgroups
-    (``pair`` and ``ws`` need ``waits="layer"``, ``identity="epilogue"``); None: :data:`DEFAULT_STEP` (``ws``)
-    where ``waits`` and ``identity`` allow it, else ``one``."""
+    ``pair``, each conv's output pair in one accumulator twice as wide; ``ws``, one position over two warpgroups;
+    ``wsp``, ``ws`` with one program per SM, each running its blocks of pixels as one stream of band positions
+    (``pair``, ``ws`` and ``wsp`` need ``waits="layer"``, ``identity="epilogue"``); None: :data:`DEFAULT_STEP`
+    (``wsp``) where ``waits`` and ``identity`` allow it, else ``one``."""
     step = _resolve_step(waits, identity, step, program)
     _check_form(waits, identity, step)
     _check(x, program, step)
@@ -966,8 +976,12 @@ def traced_run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAUL
                identity: str = DEFAULT_IDENTITY, step: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`spectral_stage_gluon` compiled with ``TRACE``: its output, and the SM-cycle timestamps of every
     program's steps, ``(programs, steps + 1, TRACE_WIDTH)`` int64 (:data:`TRACE_POINTS`; the last row holds the
-    program's start and end). A diagnostic for ``benchmarks/gluon_trace.py``: where a step's time goes."""
+    program's start and end). A diagnostic for ``benchmarks/gluon_trace.py``: where a step's time goes. The
+    default step, ``wsp``, is traced as ``ws`` (one program per block, the same step)."""
+    asked = step
     step = _resolve_step(waits, identity, step, program)
+    if step == "wsp" and asked is None:
+        step = "ws"  # the default's step, one program per block of pixels: what a trace's rows can hold
     _check_form(waits, identity, step)
     if step == "wsp":
         raise ValueError("traced_run times one block of pixels per program; step='wsp' runs several per program: "
