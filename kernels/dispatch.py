@@ -6,7 +6,9 @@ One small function decides (STYLE: never an environment variable read at import 
   :func:`kernels.spectral.spectral_stage_reference` (channels-last conv2d) on CPU,
   :func:`kernels.spectral.spectral_stage_conv3d` (cuDNN Conv3d) on CUDA.
 - ``compile``: a cached ``torch.compile`` of the reference (``max-autotune`` on CUDA, default mode on
-  CPU; ``dynamic=True`` so changing tile sizes, i.e. pixel counts, do not recompile).
+  CPU; ``dynamic=True`` so changing tile sizes, i.e. pixel counts, do not recompile: it sees each chunk as a
+  contiguous tensor of its own, since a view's base sizes and strides became guards that edge tiles failed; torch's
+  conv picks its algorithm by size, which may still add a recompile or two as chunks cross those sizes).
 - ``triton``: :func:`kernels.spectral.spectral_stage_triton`, CUDA only (and CPU under Triton's
   interpreter, ``TRITON_INTERPRET=1``, which tests use); in bfloat16 / float16 on a Hopper GPU, for the
   paper's block form, :func:`kernels.spectral_gluon.spectral_stage_gluon` instead (2.30 ms against the Triton
@@ -153,13 +155,14 @@ def resolve_backend(backend: str, device: torch.device | str | None = None,
 
 @functools.lru_cache(maxsize=None)
 def _compiled(device_type: str) -> SpectralStage:
-    if device_type != "cuda":
-        return torch.compile(spectral_stage_reference, dynamic=True)
-    fn = torch.compile(spectral_stage_reference, mode="max-autotune", dynamic=True)
+    cuda = device_type == "cuda"
+    fn = torch.compile(spectral_stage_reference, mode="max-autotune" if cuda else None, dynamic=True)
 
     def stage(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
+        # a contiguous tensor that is no view: a view's base (a tile, square or not) and strides became guards
+        out = fn(x.contiguous().detach(), program)
         # max-autotune replays CUDA graphs whose outputs the next replay overwrites; callers keep results
-        return fn(x, program).clone()
+        return out.clone() if cuda else out
 
     return stage
 

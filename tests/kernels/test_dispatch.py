@@ -41,13 +41,21 @@ def test_unknown_backend_lists_valid_ones() -> None:
 
 
 def test_compile_backend_equals_eager() -> None:
-    """torch.compile of the reference (dynamic pixel dim): same numbers, and a new pixel count reuses it."""
+    """torch.compile of the reference (dynamic pixel dim): same numbers, and new pixel counts reuse it: a square
+    tile's pixels, an edge tile's (a view of a (3, 8) tile: its base's sizes were a guard), band-major pixels."""
+    from torch._dynamo.utils import counters
+
     prog = _random_program(31, 24, 128, form="seed", stage_norms=2, generator=torch.Generator().manual_seed(0))
     fn = get_spectral_stage("compile", CPU)
     assert fn is get_spectral_stage("compile", CPU)  # cached
-    for p in (37, 64):
-        x = torch.randn(p, 31, generator=torch.Generator().manual_seed(p))
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(8, 8, 31, generator=g).view(64, 31), torch.randn(3, 8, 31, generator=g).view(24, 31),
+          torch.randn(31, 37, generator=g).t(), torch.randn(7, 31, generator=g)]
+    graphs = None
+    for x in xs:
         torch.testing.assert_close(fn(x, prog), spectral_stage_reference(x, prog), rtol=1e-5, atol=1e-5)
+        graphs = graphs if graphs is not None else counters["stats"]["unique_graphs"]
+    assert counters["stats"]["unique_graphs"] == graphs
 
 
 def test_auto_choice_follows_the_measured_table() -> None:
