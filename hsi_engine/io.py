@@ -451,9 +451,32 @@ def _has_gcps(da: xr.DataArray) -> bool:
 _UNDECODED = "Failed to decode metadata item"
 
 
+def gdal_name(path: str | os.PathLike) -> str:
+    """The name to hand GDAL for the file at ``path``: absolute, since GDAL reads a name that starts with a driver
+    prefix (``GTIFF_DIR:1:x.tif``, ``NETCDF:...``, ``/vsizip/``...) as that driver's syntax: a file so named in the
+    working directory opened another file."""
+    return os.path.abspath(path)
+
+
+def _check_gdal_side_files(path: Path) -> None:
+    """Refuse a file GDAL opens beside the raster (its .aux.xml, .msk, .ovr, .aux, an ENVI .hdr) that is a pipe or a
+    device: GDAL's open then blocked for ever (a FIFO), and a first Ctrl-C did not end it."""
+    for side in (path.with_name(path.name + ext) for ext in (".aux.xml", ".msk", ".ovr", ".aux", ".hdr")):
+        if side.exists() and not side.is_file() and not side.is_dir():
+            raise SceneError(f"{side}, beside the scene {path}, is not a regular file (a pipe or a device): GDAL reads "
+                             "it when it opens the scene, and would wait on it for ever; remove it or replace it "
+                             "with a file")
+    hdr = path.with_suffix(".hdr")
+    if hdr != path and hdr.exists() and not hdr.is_file() and not hdr.is_dir():
+        raise SceneError(f"{hdr}, beside the scene {path}, is not a regular file (a pipe or a device): GDAL reads "
+                         "it as the scene's ENVI header, and would wait on it for ever; remove it or replace it "
+                         "with a file")
+
+
 def _open_geotiff(path: Path, chunks) -> xr.DataArray:
     import rasterio
 
+    _check_gdal_side_files(path)
     undecoded: set[str] = set()
 
     def drop(message: str) -> bool:
@@ -464,7 +487,7 @@ def _open_geotiff(path: Path, chunks) -> xr.DataArray:
 
     with dropped(drop, "rasterio._base"):  # (a filter of this call's own: other threads' opens keep theirs)
         try:
-            with rasterio.open(path) as src:
+            with rasterio.open(gdal_name(path)) as src:
                 bh, bw = src.block_shapes[0]
                 h, w, count = src.height, src.width, src.count
                 tags = [src.tags(i) for i in range(1, count + 1)]
@@ -477,7 +500,7 @@ def _open_geotiff(path: Path, chunks) -> xr.DataArray:
                 # band names that are not UTF-8 raise UnicodeDecodeError in rasterio's ``descriptions``, which
                 # rioxarray reads too: it opens a VRT of the file then, which has the file's values and placement
                 # and no band names
-                source = str(path) if descriptions is not None else _vrt_without_names(src, tags, ds_tags)
+                source = gdal_name(path) if descriptions is not None else _vrt_without_names(src, tags, ds_tags)
         except rasterio.errors.RasterioIOError as e:
             raise SceneError(f"{path} could not be opened as a raster ({e}); is it a complete GeoTIFF/ENVI "
                              "file?") from None
@@ -602,7 +625,7 @@ def _gdal_valid(block: np.ndarray, path: str, block_info: dict | None = None) ->
     from rasterio.windows import Window
 
     (y0, y1), (x0, x1) = block_info[0]["array-location"]
-    with rasterio.open(path) as src:
+    with rasterio.open(gdal_name(path)) as src:
         return src.read_masks(1, window=Window(x0, y0, x1 - x0, y1 - y0)) > 0
 
 
@@ -900,6 +923,7 @@ def _open_envi(path: Path, chunks) -> xr.DataArray:
     hdr, data = _envi_paths(path)
     if not data.is_file():
         raise SceneNotFoundError(f"ENVI binary {data} not found")
+    _check_gdal_side_files(data)  # before the header is read here: a pipe there would block this read too
     if not _is_envi_header(hdr):  # an ESRI EHdr .hdr beside a .bil/.bsq: GDAL's EHdr driver reads it
         return _open_geotiff(data, chunks)
     header = _parse_envi_header(hdr)
@@ -1242,15 +1266,22 @@ def _open_npy(path: Path, chunks, band_axis: int | None) -> xr.DataArray:
 _SIDECAR_FIX = 'the file (a list of numbers, or {"wavelengths": [...], "unit": "nm"})'
 
 
+_MAX_SIDECAR_BYTES = 1 << 20  # a wavelength list's JSON: some 10 bytes a band
+
+
 def _sidecar_wavelengths(path: Path) -> np.ndarray | None:
     """Wavelengths from ``<stem>.wavelengths.json`` or ``<stem>_wavelengths.json`` beside the file, if any: a list
     of numbers, or ``{"wavelengths": [...], "unit": "nm"}``."""
     for cand in (path.with_name(path.stem + ".wavelengths.json"), path.with_name(path.stem + "_wavelengths.json")):
         if cand.is_file():
             try:
+                if cand.stat().st_size > _MAX_SIDECAR_BYTES:
+                    raise ValueError(f"{_human(cand.stat().st_size)}, more than the {_human(_MAX_SIDECAR_BYTES)} a "
+                                     "list of wavelengths takes")
                 doc = json.loads(cand.read_text(encoding="utf-8"))
-            except (ValueError, OSError) as e:  # not JSON (or not text)
-                _warn_wavelengths(str(cand), f"cannot be read as JSON ({type(e).__name__}: {e})", _SIDECAR_FIX)
+            except (ValueError, OSError, RecursionError) as e:  # not JSON (or not text, or nested past Python's limit)
+                _warn_wavelengths(str(cand), f"cannot be read as JSON ({first_line(e)})",
+                                  _SIDECAR_FIX)
                 return None
             if isinstance(doc, dict):
                 return _listed_wavelengths(doc.get("wavelengths"), doc.get("unit"), str(cand), "'wavelengths' entry",
@@ -1466,7 +1497,7 @@ def unplaced_window(da: xr.DataArray, placed_by: str) -> None:
     try:
         import rasterio
 
-        with rasterio.open(src) as f:
+        with rasterio.open(gdal_name(src)) as f:
             shape = (f.height, f.width)
             file_gcps, _ = f.gcps
             file_transform = f.transform

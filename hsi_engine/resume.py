@@ -207,7 +207,7 @@ def recorded_fingerprint(path: str | os.PathLike) -> dict[str, Any] | None:
         import rasterio
 
         try:
-            with rasterio.open(p) as f:
+            with rasterio.open(os.path.abspath(p)) as f:  # (see io.gdal_name)
                 found = json.loads(f.tags().get(FINGERPRINT_ATTR, "null"))
         except (OSError, ValueError, rasterio.errors.RasterioError):
             return None
