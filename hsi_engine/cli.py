@@ -370,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "import-keras":
             return _cmd_import_keras(args, argv)
     except (HSIEngineError, FileNotFoundError, FileExistsError, PermissionError) as e:
-        print(f"hsi-engine {args.command}: error: {cli_words(str(e))}", file=sys.stderr)
+        print(f"hsi-engine {args.command}: error: {one_line(cli_words(str(e)))}", file=sys.stderr)
         return 2
     except OSError as e:
         fixes = {errno.ENAMETOOLONG: "use a shorter path", errno.ELOOP: "use a shorter path",
@@ -380,7 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  errno.EDQUOT: "the disk quota is used up: free space, or write elsewhere"}
         if e.errno not in fixes:
             raise
-        print(f"hsi-engine {args.command}: error: {e.strerror}: {e.filename}; {fixes[e.errno]}", file=sys.stderr)
+        print(f"hsi-engine {args.command}: error: {e.strerror}: {one_line(str(e.filename))}; {fixes[e.errno]}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if any(h.finished for h in handlers.values()):
@@ -420,11 +421,20 @@ def cli_words(message: str) -> str:
     return message
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: a newline or carriage return (in a path: ``$'a\\nb.tif'``) shown escaped, so an error is
+    the one line the exit status promises and a path cannot forge a log line of its own."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class _CliFormatter(logging.Formatter):
-    """Log lines with options spelled for the shell (:func:`cli_words`)."""
+    """Log lines with options spelled for the shell (:func:`cli_words`), one line each (:func:`one_line`; a
+    traceback a record carries keeps its lines)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return cli_words(super().format(record))
+        text = cli_words(super().format(record))
+        head, sep, tail = text.partition("\nTraceback (most recent call last):")
+        return one_line(head) + sep + tail
 
 
 # a SIGTERM burst is one stop; each Ctrl-C counts; SIGHUP (a closed terminal or SSH session) stops as SIGTERM does
@@ -489,7 +499,7 @@ def _main_thread() -> bool:
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 - warnings' hook
-    return f"{category.__name__}: {message}"
+    return f"{category.__name__}: {one_line(str(message))}"
 
 
 def run() -> None:

@@ -1,0 +1,33 @@
+"""The command line's error and log lines stay one line each, whatever a path holds (hsi_engine/cli.py)."""
+
+from __future__ import annotations
+
+import logging
+
+from hsi_engine.cli import _CliFormatter, main, one_line
+
+
+def test_a_newline_in_a_path_is_shown_escaped_in_the_one_error_line(tmp_path, capsys) -> None:
+    """A scene named $'no\\nhsi-engine classify: finished OK.tif' printed its error over two lines, the second one
+    forged by the name."""
+    bad = tmp_path / "no\nhsi-engine classify: finished OK.tif"
+    rc = main(["classify", str(bad), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o.tif")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("hsi-engine classify: error:") and "no\\nhsi-engine classify: finished OK.tif" in err
+
+
+def test_log_lines_escape_newlines_but_keep_a_traceback() -> None:
+    fmt = _CliFormatter("%(levelname)s %(message)s")
+    record = logging.LogRecord("hsi_engine", logging.INFO, __file__, 1, "wrote %s", ("o6\nINFO fake.tif",), None)
+    assert fmt.format(record) == "INFO wrote o6\\nINFO fake.tif"
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("hsi_engine", logging.ERROR, __file__, 1, "a\nb", (), sys.exc_info())
+    lines = fmt.format(record).splitlines()
+    assert lines[0] == "ERROR a\\nb" and lines[1] == "Traceback (most recent call last):" and len(lines) > 3
+    assert one_line("x\r\ny") == "x\\r\\ny"
