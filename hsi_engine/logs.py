@@ -41,7 +41,8 @@ _ignored: dict[tuple[str, type[Warning]], list] = {}  # (message, category) -> [
 
 @contextlib.contextmanager
 def warnings_ignored(category: type[Warning] = Warning, message: str = "") -> Iterator[None]:
-    """Ignore warnings of ``category`` whose message starts with the regex ``message`` inside the ``with`` block,
+    """Ignore warnings of ``category`` whose message starts with the regex ``message`` (``.`` matching newlines
+    too) inside the ``with`` block,
     beside other threads doing the same. ``warnings.catch_warnings`` saves and restores the whole filter list, so
     two threads' blocks ending out of order left one's ``ignore`` in place for good (a service's later
     UnnormalisedInputWarning went unseen); this adds one entry, shared by the blocks that want it, and takes
@@ -49,8 +50,8 @@ def warnings_ignored(category: type[Warning] = Warning, message: str = "") -> It
     ``catch_warnings`` block of another thread that spans the end of ours restores it with its snapshot)."""
     key = (message, category)
     with _ignored_lock:
-        if key not in _ignored:
-            warnings.filterwarnings("ignore", message=message, category=category)  # (inserted first)
+        if key not in _ignored:  # "(?s)": a path with a newline in it must not make '.*' stop short
+            warnings.filterwarnings("ignore", message="(?s)" + message if message else "", category=category)
             _ignored[key] = [0, warnings.filters[0]]  # type: ignore[attr-defined]
         _ignored[key][0] += 1
     try:

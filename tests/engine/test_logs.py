@@ -47,6 +47,7 @@ def test_only_the_named_warning_is_ignored():
     with warnings_ignored(UserWarning, "writing .* without georeferencing"):
         with warnings.catch_warnings(record=True) as seen:
             warnings.warn("writing m.tif without georeferencing (no CRS)", UserWarning)
+            warnings.warn("writing m\nx.tif without georeferencing (no CRS)", UserWarning)  # a newline in a path
             warnings.warn("the scene is on another scale", hsi_engine.UnnormalisedInputWarning)
     assert [type(w.message) for w in seen] == [hsi_engine.UnnormalisedInputWarning]
 
