@@ -7,16 +7,7 @@ import platform
 import shlex
 from pathlib import Path
 
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo, else what ``platform`` knows."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from hsi_engine.demo import cpu_name  # noqa: F401 - re-exported: every report names its CPU the same way
 
 
 def cpu_report_head(title: str, script: str, argv: list[str] | None, device=None) -> list[str]:

@@ -83,4 +83,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    print(main().read_text())
+    main()  # (write_report prints the report)

@@ -27,6 +27,7 @@ import numpy as np
 
 from .errors import HSIEngineError, OutputError
 from .logs import warnings_ignored
+from .tiles import default_tile
 
 __all__ = ["SHIPPED_MODEL", "SHIPPED_SCENE", "evaluation_mask", "run_demo"]
 
@@ -36,6 +37,19 @@ DATA = Path(__file__).resolve().parent / "data"
 SHIPPED_SCENE = DATA / "indian_pines" / "indian_pines.h5"
 SHIPPED_MODEL = DATA / "models" / "ssrn_indian_pines"
 
+
+
+def cpu_name() -> str:
+    """The CPU's model from /proc/cpuinfo (``platform.processor()`` says only 'x86_64' on Linux), else what
+    ``platform`` knows: a pixels-per-second figure names the machine it was measured on."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 def _load_labels(path: Path) -> np.ndarray:
     import h5py
@@ -251,10 +265,11 @@ def _classify_and_report(out: Path, scene: Any, scene_path: Path, labels: np.nda
         "pixels": n_pixels, "height": int(pred.shape[0]), "width": int(pred.shape[1]),
         "bands": int(scene.sizes["band"]), "seconds": seconds, "pixels_per_second": n_pixels / seconds,
         "device": str(dev),
-        "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
-                        else platform.processor() or platform.machine()),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
+        "torch_threads": torch.get_num_threads(),
         "backend": resolved, "backend_requested": backend, "precision": precision,
-        "tile": tile, "outputs": {"classmap": tif.name, "figure": png.name, "report": "report.json"},
+        "tile": tile if tile is not None else default_tile(dev.type, int(scene.sizes["band"])),
+        "outputs": {"classmap": tif.name, "figure": png.name, "report": "report.json"},
         "versions": _versions(),
         "training_report": meta.get("report"),
     }

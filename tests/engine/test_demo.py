@@ -50,6 +50,11 @@ def test_demo_end_to_end(tmp_path):
     assert len(rep["per_class_accuracy"]) == 16
     assert rep["pixels"] == 145 * 145 and rep["pixels_per_second"] > 0
     assert rep["device"] == "cpu" and rep["backend"] in ("eager", "compile", "triton")
+    # the machine a pixels-per-second figure was measured on: the CPU's model (not only 'x86_64'), its threads,
+    # and the tile the run used (the default, not null)
+    from hsi_engine.demo import cpu_name
+
+    assert rep["device_name"] == cpu_name() and rep["torch_threads"] >= 1 and isinstance(rep["tile"], int)
 
     # evaluated pixels = labelled - train - val, and they match the split recorded in model.json
     import h5py
