@@ -6,6 +6,7 @@ registering the accessor) stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import numbers
@@ -14,7 +15,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import xarray as xr
@@ -97,12 +98,19 @@ def _wavelengths(da: xr.DataArray) -> np.ndarray | None:
     coordinate in a length unit or wavenumbers (its ``units``), else a float ``band`` coordinate that reads as
     wavelengths (all within 250-3000 nm, or 0.25-3 µm and not whole numbers; not necessarily monotonic: AVIRIS's
     spectrometers overlap), so that a reordered or mismatched band axis is caught either way; None when neither is
-    there."""
-    from .io import _to_nm, spectral_unit, wavelengths_in_names
+    there. A ``units`` of ``Index`` or ``Unknown`` (ENVI's: band numbers) says the values are not wavelengths: None,
+    as without them; a ``wavelength`` coordinate of strings is read as band names are ('460.0 nm') or as numbers
+    ('460.0', in its ``units``)."""
+    from .io import _to_nm, not_wavelengths, spectral_unit, wavelengths_in_names
 
     if "wavelength" in da.coords and da.coords["wavelength"].dims == ("band",):
         wl = da.coords["wavelength"]
-        return _to_nm(np.asarray(wl.values, np.float64), wl.attrs.get("units"))
+        units = wl.attrs.get("units")
+        if not_wavelengths(str(units) if units is not None else None):
+            return None
+        if wl.dtype.kind in "iufb":
+            return _to_nm(np.asarray(wl.values, np.float64), units)
+        return _wavelength_strings(wl.values, units)
     band = da.coords.get("band")
     # band names that carry wavelengths ('460.0 nm', 'band 1 (0.4554 Micrometers)'): a ``band`` coordinate of
     # strings, or rioxarray's band descriptions (``long_name``, one per band of the file, of rioxarray.open_rasterio)
@@ -125,6 +133,8 @@ def _wavelengths(da: xr.DataArray) -> np.ndarray | None:
     if band is None or band.dims != ("band",) or band.size < 2:
         return None
     units = str(band.attrs.get("units", ""))
+    if not_wavelengths(units):  # band numbers, whatever they look like
+        return None
     if band.dtype.kind in "iuf" and spectral_unit(units):
         return _to_nm(np.asarray(band.values, np.float64), units)  # a unit says what the numbers are
     if band.dtype.kind != "f":
@@ -137,6 +147,33 @@ def _wavelengths(da: xr.DataArray) -> np.ndarray | None:
     if np.all((v >= 0.25) & (v <= 3.0)) and not np.all(v == np.round(v)):
         return v * 1000.0
     return None
+
+
+def _wavelength_strings(values: Any, units: Any) -> np.ndarray:
+    """Wavelengths (nm) from a ``wavelength`` coordinate that does not hold numbers: strings with a unit ('460.0 nm',
+    '0.46 Micrometers', read as band names are), else strings of numbers in ``units``; else :class:`SceneError`."""
+    from .io import _to_nm, wavelengths_in_names
+
+    names = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in np.asarray(values).ravel()]
+    found = wavelengths_in_names(names)
+    if found is not None:
+        return found
+    try:
+        return _to_nm([float(v) for v in names], units)
+    except (TypeError, ValueError):
+        bad = next(v for v in names if not _is_number(v))
+        raise SceneError(f"the scene's wavelength coordinate holds {bad!r}, which is not a wavelength; expected one "
+                         "number per band (nm, or in its 'units' attribute) or text with a unit such as '460.0 nm': "
+                         "fix it (scene.assign_coords(wavelength=('band', [460.0, ...]))) or drop it "
+                         "(scene.drop_vars('wavelength'): the model then checks the band count only)") from None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _declared_nodata(da: xr.DataArray) -> float | None:
@@ -223,6 +260,10 @@ def _tested_bands(da: xr.DataArray, model_bad: list[int], bands: int, trained_st
 
 
 _SCALE_OFF = 30.0  # nearly every band this many times off the training scene's magnitude: another scale
+# a sample a median this many training standard deviations from the training means: windows of real scenes of the
+# training sensor read 0.3-1.2 (a window of one land cover, water included, up to 2), the shipped Indian Pines
+# scene x 0.5 or x 1.5 reads 4.3 or more, x 2 9-11 (each a one-class map: its model is off by 10 % already)
+_SCALE_Z = 4.0
 
 
 def _sample_window(da: xr.DataArray, side: int = 32) -> dict[str, slice]:
@@ -253,20 +294,21 @@ def _packing(attrs: dict, bands: int) -> tuple[np.ndarray, np.ndarray, bool] | N
 
 
 def _check_packing(da: xr.DataArray, raw: np.ndarray, mean: np.ndarray, std: np.ndarray,
-                   nodata: float | None) -> None:
+                   nodata: float | None) -> bool:
     """Warn when an integer scene handed over in memory carries CF packing it was not decoded with
     (``xr.open_dataset(..., mask_and_scale=False)``, ``rioxarray.open_rasterio``) and its decoded values fit the
     model's training data far better than the stored integers the engine reads: the map was silently another.
-    Packing that is only a note (a GeoTIFF's scale on counts a model was trained on) fits worse, and says nothing."""
+    Packing that is only a note (a GeoTIFF's scale on counts a model was trained on) fits worse, and says nothing.
+    Returns whether it warned."""
     packing = _packing(da.attrs, raw.shape[0]) if raw.dtype.kind in "ui" and "unpacked" not in da.attrs else None
     if packing is None:
-        return
+        return False
     scale, offset, unsigned = packing
     stored = raw.astype(np.float64)
     ok = np.ones(raw.shape[1:], bool) if nodata is None else ~(raw == nodata).any(axis=0)
     used = np.isfinite(mean)
     if ok.sum() < 16 or not used.any():
-        return
+        return False
     if unsigned and raw.dtype.kind == "i":
         stored = raw.view(raw.dtype.str.replace("i", "u")).astype(np.float64)
     decoded = stored * scale[:, None, None] + offset[:, None, None]
@@ -283,16 +325,23 @@ def _check_packing(da: xr.DataArray, raw: np.ndarray, mean: np.ndarray, std: np.
                       f"{raw.shape[2]}-pixel sample). Decode it first (xr.decode_cf(ds), or open the file with "
                       "hsi_engine.open_scene or xr.open_dataset's defaults)",
                       UnnormalisedInputWarning, stacklevel=user_stacklevel())
+        return True
+    return False
 
 
 def _check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: float | None,
                  trained_stats: bool = True) -> None:
-    """Warn (``UnnormalisedInputWarning``, an error on the command line) when a sample of the scene is
-    ``_SCALE_OFF`` times or more off the training scene's magnitude in nearly every band (its 10th-90th
-    percentile band): reflectance 0-1 against a model trained on integers x 10000 gives a map of one class.
+    """Warn (``UnnormalisedInputWarning``, an error on the command line) when a sample of the scene is not on the
+    training scene's scale: ``_SCALE_OFF`` times or more off its magnitude in nearly every band (its 10th-90th
+    percentile band; reflectance 0-1 against a model trained on integers x 10000), or a median ``_SCALE_Z`` or
+    more training standard deviations from the training means (reflectance x 1000 against x 10000, or a scene 2x
+    off: the shipped model's map is one class at 1.5x). Both on medians, so a corrupt pixel in the sample does
+    not read as a scale (the run names it). The message names a power of ten where one explains the distance,
+    says so where the scene looks already standardised, and otherwise gives the distance.
     ``trained_stats=False``: the model has no mean/std and takes the scene as normalised (``mean`` 0, ``std`` 1:
-    values of about 1), and a float scene of raw values gave a one-class map without a word."""
-    from .normalise import scale_ratios
+    values of about 1), and a float scene of raw values gave a one-class map without a word; only the factor of
+    30 is checked then (no training distribution to measure a distance in)."""
+    from .normalise import looks_standardised, scale_distance, scale_factor, scale_ratios
 
     window = _sample_window(da)
     try:  # synchronously: under a client a read through the cluster waits for its (maybe paused) workers
@@ -301,8 +350,8 @@ def _check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: fl
     except Exception as e:  # noqa: BLE001 - a sanity check: the run reports an unreadable scene itself
         log.debug("scale check skipped: the sample could not be read (%s)", e)
         return
-    if trained_stats:
-        _check_packing(da, raw, mean, std, nodata)
+    if trained_stats and _check_packing(da, raw, mean, std, nodata):
+        return  # its fix is to decode the scene: a factor named beside it would mislead
     ratios = scale_ratios(raw, mean, std, nodata)
     if ratios is None:
         return
@@ -310,28 +359,76 @@ def _check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: fl
     if ratios.size == 0:
         return
     lo, mid, hi = np.quantile(ratios, [0.1, 0.5, 0.9])
-    if _SCALE_OFF * hi >= 1 and lo <= _SCALE_OFF:
+    off_scale = not (_SCALE_OFF * hi >= 1 and lo <= _SCALE_OFF)
+    distance = scale_distance(raw, mean, std, nodata) if trained_stats else None
+    if not off_scale and (distance is None or distance < _SCALE_Z):
         return
-    factor = 1 / mid if hi < 1 else mid
+    pixels = f"a {raw.shape[1]} x {raw.shape[2]}-pixel sample"
     if not trained_stats:
+        factor = 1 / mid if hi < 1 else mid
         warnings.warn(f"the model has no per-band mean/std (model.json meta), so the scene is taken as already "
                       f"normalised (values of about 1 in every band), but its values are about {factor:,.0f}x "
-                      f"{'smaller' if hi < 1 else 'larger'} in nearly every band (a {raw.shape[1]} x {raw.shape[2]}"
-                      "-pixel sample): the map will be meaningless. Use a model that records its normalisation "
-                      "(trained with `hsi-engine train`, or `import-keras --dataset NAME`), or normalise the scene "
-                      "first", UnnormalisedInputWarning, stacklevel=user_stacklevel())
+                      f"{'smaller' if hi < 1 else 'larger'} in nearly every band ({pixels}): the map will be "
+                      "meaningless. Use a model that records its normalisation (trained with `hsi-engine train`, or "
+                      "`import-keras --dataset NAME`), or normalise the scene first",
+                      UnnormalisedInputWarning, stacklevel=user_stacklevel())
         return
-    power = 10 ** round(math.log10(factor))
-    fix = f"scene * {power:g}" if hi < 1 else f"scene / {power:g}"
+    if looks_standardised(raw, mean, std, nodata):
+        x = raw.astype(np.float64)
+        warnings.warn(f"the scene looks already standardised ({pixels}: {np.mean(x < 0):.0%} of its values "
+                      f"negative, a median magnitude of {np.nanmedian(np.abs(x)):.2g}), but the model standardises "
+                      "the scene itself with its training scene's per-band mean and std (model.json meta), so it "
+                      "would be standardised twice and the map be meaningless. Pass the raw values (as the scene "
+                      "file stores them, on the training scene's scale), not a z-scored copy",
+                      UnnormalisedInputWarning, stacklevel=user_stacklevel())
+        return
     declared = [f"{k} = {da.attrs[k]}" for k in ("reflectance scale factor", "reflectance_scale_factor")
                 if k in da.attrs]
-    warnings.warn(f"the scene's values are about {factor:,.0f}x {'smaller' if hi < 1 else 'larger'} than those the "
-                  f"model was trained on, in nearly every band (a {raw.shape[1]} x {raw.shape[2]}-pixel sample "
-                  "against the model's per-band mean and std): a scene on another scale (reflectance 0-1 against "
-                  "integers x 10000, percent against fractions) gives a meaningless map. Rescale the scene to the "
-                  f"training scene's units (e.g. {fix}) or use a model trained on this scale"
-                  + (f"; the scene declares {declared[0]}" if declared else ""),
+    also = f"; the scene declares {declared[0]}" if declared else ""
+    k = scale_factor(raw, mean, std, nodata)
+    if k is None or k <= 0:  # no band with a positive training mean: the magnitudes' ratio
+        k = float(mid)
+    power = 10.0 ** round(math.log10(k))
+    explained = power != 1 and (scale_distance(raw, mean, std, nodata, factor=1 / power) or 0.0) < _SCALE_Z
+    word = "smaller" if k < 1 else "larger"
+    fold = 1 / k if k < 1 else k
+    fold_text = f"{fold:,.0f}" if fold >= 10 else f"{fold:.2g}"
+    if explained:
+        fix = f"scene * {1 / power:g}" if k < 1 else f"scene / {power:g}"
+        warnings.warn(f"the scene's values are about {fold_text}x {word} than those the model was trained on, in "
+                      f"nearly every band ({pixels} against the model's per-band mean and std): a scene on another "
+                      "scale (reflectance 0-1 against integers x 10000, x 1000 against x 10000, percent against "
+                      "fractions) gives a meaningless map. Rescale the scene to the training scene's units (e.g. "
+                      f"{fix}) or use a model trained on this scale" + also,
+                      UnnormalisedInputWarning, stacklevel=user_stacklevel())
+        return
+    if distance is None:
+        distance = scale_distance(raw, mean, std, nodata) or float("inf")
+    like = (f"; its values look about {fold_text}x {word} than the training scene's"
+            if (scale_distance(raw, mean, std, nodata, factor=1 / k) or 0.0) < _SCALE_Z else "")
+    warnings.warn(f"the scene's values lie a median {distance:,.1f} standard deviations from the model's per-band "
+                  f"training means ({pixels}; windows of the training scene lie about 1 from them){like}: the "
+                  "scene is not on the training scene's scale or in its units (reflectance x 1000 against x 10000, "
+                  "radiance against reflectance), or not from its sensor, and the map would be meaningless. "
+                  "Rescale it to the training scene's units, or use a model trained on data like it" + also,
                   UnnormalisedInputWarning, stacklevel=user_stacklevel())
+
+
+def _check_array_dims(scene: Any) -> None:
+    """Refuse a numpy array or torch tensor of more than 3 dimensions, naming the fix: a length-1 axis to drop (a
+    batch of one, ``(1, band, y, x)``), else a cube to pick. (A 2-D one is io's: one band, ``arr[None]``.)"""
+    ndim = getattr(scene, "ndim", None)
+    if isinstance(scene, (xr.DataArray, xr.Dataset, str, os.PathLike)) or not isinstance(ndim, int) or ndim <= 3:
+        return
+    shape = tuple(int(n) for n in scene.shape)
+    extra, ones = ndim - 3, [i for i, n in enumerate(shape) if n == 1]
+    if len(ones) >= extra:
+        drop = ones[:extra]
+        fix = (f"drop its length-1 axis with arr.squeeze({drop[0]})" if extra == 1 else
+               f"drop {extra} of its length-1 axes with arr.squeeze({tuple(drop)})")
+    else:
+        fix = "it holds more than one cube: classify one at a time (e.g. arr[0])"
+    raise SceneError(f"expected a 3-D (band, y, x) array; got {ndim} dims (shape {shape}): {fix}")
 
 
 class _Job:
@@ -354,6 +451,7 @@ class _Job:
         if nodata is not None and (isinstance(nodata, (bool, np.bool_)) or not isinstance(nodata, numbers.Real)):
             raise OptionError(f"nodata={nodata!r}; expected a number (e.g. nodata=-9999, or nodata=float('nan') for "
                               "NaN) or None (the scene's declared nodata value)")
+        _check_array_dims(scene)
         da = open_owned(scene) if isinstance(scene, (str, os.PathLike)) else as_scene(scene)
         if da.ndim != 3 or set(da.dims) != {"band", "y", "x"}:
             raise SceneError(f"expected a (band, y, x) scene; got dims {da.dims}")
@@ -665,6 +763,14 @@ def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
                 f"{steps.min():g} to {steps.max():g}; columns or rows dropped with isel?): a map on a regular grid "
                 f"would put its pixels up to {off:.4g} (coordinate units) off; classify each evenly spaced part on "
                 f"its own (e.g. scene.isel({d}=slice(0, k)))")
+        v = np.asarray(da[d].values, np.float64)
+        if not abs(mean) > 1e-9 * float(np.abs(v).max()):  # all equal: a map of pixels without height (width)
+            raise IrregularGridError(
+                f"scene {_scene_name(da, scene_path)}: its {d} coordinates are all {v[0]:g}, so its pixels would "
+                f"have no {'height' if d == 'y' else 'width'} and no transform can place its map; give each "
+                f"{'row' if d == 'y' else 'column'} its own pixel-centre coordinate (e.g. "
+                f"scene.assign_coords({d}=...)), or drop the {d} coordinates (scene.drop_vars('{d}')) to write the "
+                "map by its stored transform")
     single = [d for d in ("x", "y") if da[d].size == 1]
     if single and not _stored_geotransform(da):
         # one pixel along an axis and no GeoTransform (a CF file from a non-GDAL tool, coordinates + write_crs):
@@ -787,6 +893,30 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     return ds
 
 
+@contextlib.contextmanager
+def _removes_directories_made(out: str | os.PathLike) -> Iterator[None]:
+    """Remove, when the block fails, the output's parent directories that did not exist before it (deepest first,
+    each only while empty): ``classify_to_file(..., "new/dir/map.tif")`` failing on the scene left ``new/dir/``.
+    A directory that holds something (a resumable run's ``<out>.partial``, a map committed before an interruption,
+    another program's file) stays, and so do those above it."""
+    made = []
+    d = Path(os.fspath(out)).absolute().parent
+    while not os.path.lexists(d) and d != d.parent:
+        made.append(d)
+        d = d.parent
+    try:
+        yield
+    except BaseException:
+        for d in made:
+            try:
+                d.rmdir()  # only an empty directory
+            except FileNotFoundError:
+                continue  # not made after all (the run failed before it got there)
+            except OSError:
+                break
+        raise
+
+
 @releases_task_thread
 @closes_its_scenes
 def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *,
@@ -802,11 +932,12 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     Opens the scene (a path, or anything :func:`classify` takes), loads the model (a directory, or an
     ``SSRN``), checks bands / wavelengths / size before reading a tile, then writes tile by tile through
     ``hsi_engine.writers.open_writer`` with the scene's CRS, transform, coords, the model's class names and
-    palette, and commits atomically (an error leaves no output). ``probabilities``: ``True`` (float16),
-    ``"float16"`` or ``"float32"`` also writes per-class probabilities and the confidence. ``overwrite``
-    replaces an output hsi-engine wrote, all of it (old side files this run does not write, a stale
-    ``<out>.partial``), and is refused up front for anything else: a directory or store we did not write, or an
-    ``out`` that is (or holds, or lies inside) the scene.
+    palette, and commits atomically (an error leaves no output, nor a directory made for it). ``out`` is a local
+    path; one starting with ``~`` is refused (Python does not expand it: pass ``os.path.expanduser(out)``).
+    ``probabilities``: ``True`` (float16), ``"float16"`` or ``"float32"`` also writes per-class probabilities and the
+    confidence. ``overwrite`` replaces an output hsi-engine wrote, all of it (old side files this run does not write,
+    a stale ``<out>.partial``), and is refused up front for anything else: a directory or store we did not write, or
+    an ``out`` that is (or holds, or lies inside) the scene.
 
     ``workers`` (local dask cluster of N workers), ``scheduler`` (address of a running scheduler) and
     ``resume`` (finish an interrupted output) run the same plan on ``hsi_engine.cluster``. A ``.zarr`` output
@@ -821,59 +952,65 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     prob = "float16" if probabilities is True else (None if probabilities in (False, None) else probabilities)
     if prob not in (None, "float16", "float32"):  # before anything is opened, on either path
         raise OptionError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
-    # zarr outputs always carry a per-tile completion record, so any interrupted run can be resumed
-    if workers is not None or scheduler is not None or resume or os.fspath(out).rstrip("/").lower().endswith(".zarr"):
-        from . import cluster
-
-        return cluster.classify_to_file(scene_path, model_path, out, tile=tile, device=device, backend=backend,
-                                        precision=precision, probabilities=probabilities, overwrite=overwrite,
-                                        nodata=nodata, workers=workers, scheduler=scheduler, resume=resume,
-                                        progress=progress, queue_depth=queue_depth, readers=readers,
-                                        cache_blocks=cache_blocks, decoders=decoders,
-                                        spatial_precision=spatial_precision, on_written=on_written)
-    from .lock import output_lock
-    from .resume import check_no_partial, discard_partial, model_digest, provenance
-    from .writers import check_not_scene, check_output_suffix, open_writer
+    from .writers import check_output_suffix
 
     check_output_suffix(out)  # first: an empty or suffix-less path has no side files to check
-    check_not_scene(out, scene_path)  # before anything is read: --out must never replace the scene itself
+    with _removes_directories_made(out):  # a failed run leaves no directory it made for the output either
+        # zarr outputs always carry a per-tile completion record, so any interrupted run can be resumed
+        zarr = os.fspath(out).rstrip("/").lower().endswith(".zarr")
+        if workers is not None or scheduler is not None or resume or zarr:
+            from . import cluster
 
-    scene = open_owned(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
-    job = _Job(scene, model_path, tile=tile, device=device, backend=backend, precision=precision, nodata=nodata,
-               spatial_precision=spatial_precision)
-    da = job.da
-    crs, transform, gcps = scene_georef(da, scene_path)
-    ycoords = np.asarray(da["y"].values) if "y" in da.coords else None
-    xcoords = np.asarray(da["x"].values) if "x" in da.coords else None
-    # one live run per output (a resumable one may be writing <out>.partial)
-    with output_lock(out, side_files=prob is not None):
-        stale = check_no_partial(out, overwrite=overwrite)  # an interrupted --resume run's store: finish or discard
-        with warnings_ignored(UserWarning, "writing .* without georeferencing"):  # warned above, once
-            writer = open_writer(out, height=job.height, width=job.width, n_classes=job.classes, crs=crs,
-                                 transform=transform, y_coords=ycoords, x_coords=xcoords, class_names=job.class_names(),
-                                 palette=job.palette(), probabilities=prob, confidence=prob is not None,
-                                 overwrite=overwrite, gcps=gcps,
-                                 tags=provenance(model_digest(job.model), precision, spatial_precision))
-        t0 = time.perf_counter()
-        try:
-            stats = job.run(writer, probabilities=prob is not None, progress=progress, queue_depth=queue_depth,
-                            readers=readers, cache_blocks=cache_blocks, decoders=decoders)
-        except BaseException:
-            writer.abort()  # nothing half-written is left behind
-            raise
-        try:
-            path = Path(writer.commit())
-        except BaseException:
-            if writer.committed and on_written is not None:  # stopped while removing temps: the map is in place
-                on_written(Path(out))
-            raise
-        if on_written is not None:
-            on_written(path)
-        if stale is not None:
+            return cluster.classify_to_file(scene_path, model_path, out, tile=tile, device=device, backend=backend,
+                                            precision=precision, probabilities=probabilities, overwrite=overwrite,
+                                            nodata=nodata, workers=workers, scheduler=scheduler, resume=resume,
+                                            progress=progress, queue_depth=queue_depth, readers=readers,
+                                            cache_blocks=cache_blocks, decoders=decoders,
+                                            spatial_precision=spatial_precision, on_written=on_written)
+        from .lock import output_lock
+        from .resume import check_no_partial, discard_partial, model_digest, provenance
+        from .writers import check_not_scene, open_writer
+
+        check_not_scene(out, scene_path)  # before anything is read: --out must never replace the scene itself
+
+        scene = open_owned(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
+        job = _Job(scene, model_path, tile=tile, device=device, backend=backend, precision=precision, nodata=nodata,
+                   spatial_precision=spatial_precision)
+        da = job.da
+        crs, transform, gcps = scene_georef(da, scene_path)
+        ycoords = np.asarray(da["y"].values) if "y" in da.coords else None
+        xcoords = np.asarray(da["x"].values) if "x" in da.coords else None
+        # one live run per output (a resumable one may be writing <out>.partial)
+        with output_lock(out, side_files=prob is not None):
+            # an interrupted --resume run's store: finish or discard
+            stale = check_no_partial(out, overwrite=overwrite)
+            with warnings_ignored(UserWarning, "writing .* without georeferencing"):  # warned above, once
+                writer = open_writer(out, height=job.height, width=job.width, n_classes=job.classes, crs=crs,
+                                     transform=transform, y_coords=ycoords, x_coords=xcoords,
+                                     class_names=job.class_names(), palette=job.palette(), probabilities=prob,
+                                     confidence=prob is not None,
+                                     overwrite=overwrite, gcps=gcps,
+                                     tags=provenance(model_digest(job.model), precision, spatial_precision))
+            t0 = time.perf_counter()
             try:
-                discard_partial(stale)  # replaced by the output just committed
-            except OutputError as e:  # the map is written: say what is left, do not fail the run
-                log.warning("wrote %s, but %s", path, e)
-    log.info("wrote %s: %d tiles, %d x %d pixels in %.1f s", path, stats.get("tiles", len(job.plan)), job.height,
-             job.width, time.perf_counter() - t0)
-    return path
+                stats = job.run(writer, probabilities=prob is not None, progress=progress, queue_depth=queue_depth,
+                                readers=readers, cache_blocks=cache_blocks, decoders=decoders)
+            except BaseException:
+                writer.abort()  # nothing half-written is left behind
+                raise
+            try:
+                path = Path(writer.commit())
+            except BaseException:
+                if writer.committed and on_written is not None:  # stopped while removing temps: the map is in place
+                    on_written(Path(out))
+                raise
+            if on_written is not None:
+                on_written(path)
+            if stale is not None:
+                try:
+                    discard_partial(stale)  # replaced by the output just committed
+                except OutputError as e:  # the map is written: say what is left, do not fail the run
+                    log.warning("wrote %s, but %s", path, e)
+        log.info("wrote %s: %d tiles, %d x %d pixels in %.1f s", path, stats.get("tiles", len(job.plan)), job.height,
+                 job.width, time.perf_counter() - t0)
+        return path

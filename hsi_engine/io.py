@@ -1336,6 +1336,10 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
     default to band-last, the GIC convention).
     Values come back as stored, but CF-packed NetCDF/zarr variables are decoded (see the module docstring).
     """
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):  # pathlib's TypeError
+        raise OptionError(f"open_scene takes a scene path (a str or pathlib.Path); got {type(path).__name__} "
+                          f"{repr(path)[:80]}" + (": decode it first (os.fsdecode(path))" if isinstance(path, bytes)
+                                                  else "; hsi_engine.classify takes arrays and DataArrays as they are"))
     p = Path(path)
     from .writers import URL, _utf8
 

@@ -24,22 +24,84 @@ if TYPE_CHECKING:
     import torch
 
 
-def scale_ratios(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: float | None) -> np.ndarray | None:
-    """Per band, the RMS of a raw ``(bands, h, w)`` sample over the RMS the model's normalisation implies
-    (``sqrt(mean^2 + std^2)``), on pixels finite and free of ``nodata`` in every band the model reads (finite
-    ``mean``) and not 0 in all of them (a fill); NaN for the bands it does not read; None with fewer than 16 such
-    pixels or a quarter of the sample. A scene on another scale than the training
-    scene (reflectance 0-1 against integers x 10000) reads about 1e-4 in every band."""
+# a value more than this many times the training scene's magnitude (sqrt(mean^2 + std^2)) is no measurement on any
+# scale (a corrupted float32 1e30, a float64 1e300): such pixels are left out of the scale sample, and the run names
+# them (a scene 1e4x off, reflectance 0-1 against integers x 10000, is far inside)
+_EXTREME = 1e9
+
+
+def _scale_sample(raw: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                  nodata: float | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(x, used)``: the float64 values ``(used bands, pixels)`` of a raw ``(bands, h, w)`` sample on the pixels
+    finite, free of ``nodata`` and within ``_EXTREME`` of the training magnitude in every band the model reads
+    (finite ``mean``: ``used``), and not 0 in all of them (a fill); None with fewer than 16 such pixels or a quarter
+    of the sample (too few to tell a scale from a dark corner)."""
     used = np.isfinite(mean)
     x = raw[used].reshape(int(used.sum()), -1).astype(np.float64)
-    ok = np.isfinite(x).all(axis=0) & (x != 0).any(axis=0)  # a fill of 0 without a declared nodata is no data
+    magnitude = np.hypot(mean[used], std[used])[:, None]
+    with np.errstate(invalid="ignore"):  # NaN compares False: left out by the finite test
+        ok = np.isfinite(x).all(axis=0) & (x != 0).any(axis=0) & (np.abs(x) <= _EXTREME * magnitude).all(axis=0)
     if nodata is not None:
         ok &= ~(x == nodata).any(axis=0)
-    if ok.sum() < max(16, ok.size // 4):  # too few pixels to tell a scale from a dark corner
+    if ok.sum() < max(16, ok.size // 4):
         return None
+    return x[:, ok], used
+
+
+def scale_ratios(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: float | None) -> np.ndarray | None:
+    """Per band, the median magnitude of a raw ``(bands, h, w)`` sample over the magnitude the model's
+    normalisation implies (``sqrt(mean^2 + std^2)``), on the pixels :func:`_scale_sample` keeps; NaN for the bands
+    the model does not read (non-finite ``mean``); None where too few pixels are left. A scene on another scale than
+    the training scene (reflectance 0-1 against integers x 10000) reads about 1e-4 in every band. Medians: one
+    corrupt pixel (1e30 in every band) made an RMS read the whole scene as 1e25x too large."""
+    sample = _scale_sample(raw, mean, std, nodata)
+    if sample is None:
+        return None
+    x, used = sample
     out = np.full(mean.shape, np.nan)
-    out[used] = np.sqrt((x[:, ok] ** 2).mean(axis=1)) / np.sqrt(mean[used] ** 2 + std[used] ** 2)
+    out[used] = np.median(np.abs(x), axis=1) / np.hypot(mean[used], std[used])
     return out
+
+
+def scale_distance(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: float | None,
+                   factor: float = 1.0) -> float | None:
+    """How far a raw ``(bands, h, w)`` sample (times ``factor``) lies from the model's training data: the median,
+    over the pixels :func:`_scale_sample` keeps and the bands the model reads, of ``|x - mean| / std``; None where
+    too few pixels are left. Real scenes of the training sensor read about 0.3-1.2 (a window of one land cover,
+    water included, up to 2); the shipped Indian Pines scene x 2 reads 9-11, x 0.5 4.5-5."""
+    sample = _scale_sample(raw, mean, std, nodata)
+    if sample is None:
+        return None
+    x, used = sample
+    return float(np.median(np.abs(x * factor - mean[used, None]) / std[used, None]))
+
+
+def scale_factor(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: float | None) -> float | None:
+    """The factor a raw ``(bands, h, w)`` sample looks scaled by from the training scene: the median, over the bands
+    whose training mean is positive, of the sample's median over that mean; None where too few pixels are left or
+    no band has a positive mean."""
+    sample = _scale_sample(raw, mean, std, nodata)
+    if sample is None:
+        return None
+    x, used = sample
+    positive = mean[used] > 0
+    if not positive.any():
+        return None
+    return float(np.median(np.median(x[positive], axis=1) / mean[used][positive]))
+
+
+def looks_standardised(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: float | None) -> bool:
+    """Whether a raw ``(bands, h, w)`` sample looks already standardised (values about mean 0 and std 1: a fifth or
+    more of them negative, their median magnitude 0.1-5) where the model's training data are not (its per-band
+    means are mostly over 2 standard deviations above 0): a scene z-scored by the user, which the model would
+    standardise a second time. Reflectance 0-1 is not negative that often, except near 0 (water's infrared bands),
+    where its magnitude is far below 0.1; a window of a z-scored scene has a median magnitude of 0.5-1.2."""
+    sample = _scale_sample(raw, mean, std, nodata)
+    if sample is None:
+        return False
+    x, used = sample
+    raw_training = np.median(mean[used] / std[used]) > 2  # the model reads raw values: it standardises them itself
+    return bool(raw_training and (x < 0).mean() >= 0.2 and 0.1 <= np.median(np.abs(x)) < 5)
 
 
 def normalise_into_reference(raw: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None,
@@ -233,4 +295,5 @@ def normalise_tensor(raw: "torch.Tensor", mean: "torch.Tensor | None", std: "tor
     return bad | nonf, nonf.any()
 
 
-__all__ = ["normalise_into", "normalise_into_reference", "normalise_tensor", "stage_raw"]
+__all__ = ["looks_standardised", "normalise_into", "normalise_into_reference", "normalise_tensor", "scale_distance",
+           "scale_factor", "scale_ratios", "stage_raw"]

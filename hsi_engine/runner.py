@@ -607,12 +607,14 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     for name, v in (("readers", readers), ("queue_depth", queue_depth)):
         if v is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral)):
             raise OptionError(f"{name} must be a whole number of threads / tiles (e.g. {name}=2); got {v!r}")
+    for name, v in (("readers", readers), ("queue_depth", queue_depth)):  # as passed: a default is never at fault
+        if v is not None and int(v) < 1:
+            raise OptionError(f"readers and queue_depth must be >= 1; got {name}={v} (pass a whole number of "
+                              f"{'threads' if name == 'readers' else 'tiles'}, e.g. {name}=2, or None for the default)")
     if readers is None:
         readers = min(8, os.cpu_count() or 1) if cuda else 2
     if queue_depth is None:
         queue_depth = readers + 1
-    if int(readers) < 1 or int(queue_depth) < 1:
-        raise OptionError(f"readers and queue_depth must be >= 1; got readers={readers}, queue_depth={queue_depth}")
     check_read_settings(cache_blocks=cache_blocks, decoders=decoders)
     asked_decoders = decoders is not None
     decoders = int(decoders) if decoders is not None else (_cores() if cuda else 0)

@@ -892,9 +892,19 @@ def _utf8(text: str) -> bool:
 def check_output_suffix(path: str | os.PathLike) -> str:
     """The output's suffix (lower case) when it names a class-map format we write; else :class:`OutputError`.
     A URL (``s3://``, ``file://``) or a name too long for the temporary files written beside it is refused too,
-    before anything is computed."""
+    before anything is computed, and so is a path starting with ``~``, which Python does not expand (the command line
+    does): ``"~/map.tif"`` made a directory named ``~`` in the working directory."""
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise OutputError(f"the output must be a path (a str or pathlib.Path, e.g. 'map.tif'); got "
+                          f"{type(path).__name__} {repr(path)[:80]}" + (": decode it first (os.fsdecode(out))"
+                                                                        if isinstance(path, bytes) else ""))
     raw = os.fspath(path)
-    if isinstance(raw, str) and URL.match(raw):
+    first = Path(raw).parts[0] if Path(raw).parts else ""
+    if first.startswith("~") and (first == "~" or os.path.expanduser(first) != first):
+        raise OutputError(f"output {raw!r} starts with {first!r}, which Python does not expand to a home directory "
+                          f"(a directory named {first!r} would be made in {os.getcwd()}): pass "
+                          f"os.path.expanduser({raw!r}) ({os.path.expanduser(raw)}) or a path without '~'")
+    if URL.match(raw):
         raise OutputError(f"cannot write a class map to {raw}: hsi-engine writes local paths only (a URL would be "
                           "taken as a local directory named after its scheme); write the map locally and copy it "
                           "(e.g. aws s3 cp map.tif s3://...), or write into a mounted path")

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -19,7 +20,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from .config import InvalidConfig, SSRNConfig
-from .errors import CheckpointError, first_line
+from .errors import CheckpointError, OptionError, first_line
 from .model import SSRN
 
 WEIGHTS = "weights.safetensors"
@@ -515,6 +516,9 @@ def _check_weights_header(wf: Path, data: bytes, expected: dict[str, tuple[tuple
                                   f"{shape}; the weights and model.json must come from the same save")
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # scheme://..., as the engine tells a URL from a path
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SSRN:
     """Load a model directory into an ``SSRN`` in eval mode with ``.meta`` from model.json.
 
@@ -523,6 +527,13 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     other's weights (read again when model.json changed under the load; refused if it keeps changing)."""
     from .devices import resolve_device
 
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise OptionError(f"load_model takes a model directory path (a str or pathlib.Path); got "
+                          f"{type(path).__name__} {repr(path)[:80]}" + (": decode it first (os.fsdecode(path))"
+                                                                        if isinstance(path, bytes) else ""))
+    if _URL.match(os.fspath(path)):  # pathlib would collapse it to 'https:/...' and call that missing
+        raise CheckpointError(f"model {os.fspath(path)} is a URL: hsi-engine loads local model directories only; "
+                              f"download its {WEIGHTS} and {MODEL_JSON} into one directory and pass that directory")
     map_location = resolve_device(map_location)  # (torch's AssertionError for "cuda" on a CPU build)
     path = Path(path)
     for attempt in range(3):

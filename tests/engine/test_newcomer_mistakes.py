@@ -1,0 +1,322 @@
+"""What a newcomer following the README ran into: a scene a few times off the training scale classified as one class
+without a word, a corrupt pixel blamed on the scale, a z-scored scene told to be multiplied by 1000, string
+wavelengths, '~' outputs, directories left by a failed run, a map of zero pixel height, and errors that were no
+HSIEngineError. Each defect's test failed on the code before the fix; the real-data tests keep the scale check's
+threshold clear of real scenes."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+import hsi_engine
+from hsi_engine import (IrregularGridError, NonFiniteInputError, OptionError, OutputError, SceneError,
+                        UnnormalisedInputWarning)
+from hsi_engine.api import _check_scale, _normalisation
+from hsi_engine.demo import SHIPPED_MODEL, SHIPPED_SCENE
+from hsi_engine.normalise import scale_ratios
+
+CRS = "EPSG:32633"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return hsi_engine.load_model(SHIPPED_MODEL)
+
+
+@pytest.fixture(scope="module")
+def crop():
+    """A 40 x 40 float32 crop of the shipped Indian Pines scene, in memory (the tester's 64 x 64, smaller)."""
+    return hsi_engine.open_scene(SHIPPED_SCENE).isel(y=slice(0, 40), x=slice(0, 40)).astype("float32").load()
+
+
+def _refused(scene, model, match: str) -> str:
+    """The UnnormalisedInputWarning ``classify`` gives, as the command line sees it (an error, raised before any
+    tile is computed); its message."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnnormalisedInputWarning)
+        with pytest.raises(UnnormalisedInputWarning, match=match) as e:
+            hsi_engine.classify(scene, model, progress=False)
+    return str(e.value)
+
+
+def _cli(args: list[str]) -> tuple[int, str]:
+    from hsi_engine.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(args)
+    return rc, err.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# D1: a scene 2x-29x off the training scale
+
+
+@pytest.mark.parametrize("k", [0.05, 0.5, 1.5, 2.0, 29.0])
+def test_a_scene_a_few_times_off_the_training_scale_is_named(crop, model, k):
+    """x 0.05 .. x 29 gave a one-class map (11 % agreement with the unscaled one) without a word: the RMS check
+    needs 30x. The sample's median distance from the training means, in training standard deviations, catches
+    them; the message gives the distance and the factor, and no power of ten that would not fix it."""
+    msg = _refused(crop * k, model, r"lie a median [0-9.,]+ standard deviations from the model's per-band training "
+                                    r"means .* Rescale it to the training scene's units")
+    word = "smaller" if k < 1 else "larger"
+    assert f"x {word} than the training scene's" in msg and "e.g. scene" not in msg
+
+
+@pytest.mark.parametrize("k, fix", [(0.1, "scene * 10"), (10.0, "scene / 10"), (1e-4, "scene * 10000")])
+def test_a_power_of_ten_is_named_where_it_explains_the_distance(crop, model, k, fix):
+    """Reflectance x 1000 against a model trained on x 10000 (10x: under the 30x of the old check) gets the factor
+    that fixes it, as 0-1 reflectance against x 10000 did."""
+    _refused(crop * k, model, rf"about [0-9.,]+x .*\(e\.g\. {re.escape(fix)}\)")
+
+
+def test_a_scene_on_the_command_line_2x_off_is_named(crop, tmp_path, caplog):
+    """The command line wrote the one-class map with exit 0 and no word. It now says so in a warning line, not an
+    error: a sample far from the training data, with no power of ten to explain it, may be a cloud or snow over the
+    scene's centre (a factor of ten stays an error, below)."""
+    path = tmp_path / "scene.npy"
+    np.save(path, np.moveaxis(crop.values * 2, 0, -1))  # (y, x, band), as a .npy is read
+    rc, err = _cli(["classify", str(path), "--model", str(SHIPPED_MODEL), "--out", str(tmp_path / "map.tif")])
+    said = err + caplog.text  # (the command's log handler, or pytest's where it has one)
+    assert rc == 0 and "standard deviations from the model's per-band training means" in said, said
+    assert "UnnormalisedInputWarning" in said and (tmp_path / "map.tif").exists()
+
+
+def test_a_scene_on_the_command_line_10x_off_is_an_error(crop, tmp_path):
+    path = tmp_path / "scene.npy"
+    np.save(path, np.moveaxis(crop.values * 10, 0, -1))
+    rc, err = _cli(["classify", str(path), "--model", str(SHIPPED_MODEL), "--out", str(tmp_path / "map.tif")])
+    assert rc == 2 and "e.g. scene / 10" in err, err
+    assert not (tmp_path / "map.tif").exists()
+
+
+def test_real_scenes_of_the_training_sensor_pass_the_check_comfortably(model):
+    """The threshold leaves the shipped scene's every window (and the seed protocol's whole-scene statistics) far
+    inside: at most half of it."""
+    from hsi_engine.api import _SCALE_Z
+    from hsi_engine.normalise import scale_distance
+
+    mean, std = _normalisation(model)
+    cube = hsi_engine.open_scene(SHIPPED_SCENE).values
+    worst = max(scale_distance(cube[:, y:y + 32, x:x + 32], mean, std, None)
+                for y in range(0, 114, 16) for x in range(0, 114, 16))
+    assert worst < _SCALE_Z / 2
+    a = cube.reshape(cube.shape[0], -1).astype(np.float64)
+    assert scale_distance(cube[:, 56:88, 56:88], a.mean(1), a.std(1), None) < _SCALE_Z / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnnormalisedInputWarning)
+        _check_scale(hsi_engine.open_scene(SHIPPED_SCENE), mean, std, None)
+
+
+def test_the_seed_model_passes_on_its_scene(seed_ssrn_dir, data_dir, tmp_path):
+    """The seed's released model, imported with the seed's whole-scene standardisation, on the shipped scene."""
+    from hsi_engine.api import _SCALE_Z
+    from hsi_engine.normalise import scale_distance
+    from ssrn.keras import import_keras_to_dir
+
+    seed = hsi_engine.load_model(import_keras_to_dir(seed_ssrn_dir / "Indian_best_RES_3D_SS4_10_1.hdf5",
+                                                     tmp_path / "seed", dataset="indian_pines", data_dir=data_dir))
+    mean, std = _normalisation(seed)
+    cube = hsi_engine.open_scene(SHIPPED_SCENE).values
+    assert max(scale_distance(cube[:, y:y + 32, x:x + 32], mean, std, None)
+               for y in range(0, 114, 16) for x in range(0, 114, 16)) < _SCALE_Z / 2
+
+
+def test_enmap_tiles_pass_with_statistics_of_their_scene(data_dir):
+    """Every EnMAP Potsdam tile (one of them a third water) against the per-band statistics of all the tiles with
+    data, as the trainer takes them (its bad bands 130-135, nodata everywhere, left out); the HyMap and simulated
+    EnMAP Berlin scenes' windows against their own."""
+    from hsi_engine.api import _SCALE_Z
+    from hsi_engine.normalise import scale_distance
+
+    tiles = sorted((data_dir / "enmap_potsdam" / "images").glob("*.tif"))
+    if not tiles:
+        pytest.skip("no EnMAP Potsdam tiles in the data directory")
+    scenes = [hsi_engine.open_scene(t).load() for t in tiles]
+    pix = np.concatenate([s.values.reshape(s.shape[0], -1) for s in scenes], axis=1).astype(np.float64)
+    pix[pix == -32768] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the bad bands' empty means: NaN, not read
+        mean, std = np.nanmean(pix, axis=1), np.nanstd(pix, axis=1)
+    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    for s in scenes:
+        assert scale_distance(s.values, mean, std, -32768.0) < _SCALE_Z / 2
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UnnormalisedInputWarning)
+            _check_scale(s, mean, std, -32768.0)
+    for name in ("EnMAP_BerlinUrbanGradient.bsq", "HyMap02_Berlin_Urban_Gradient_2009.bsq"):
+        cube = hsi_engine.open_scene(data_dir / "berlin_urban_gradient" / name).values.astype(np.float64)
+        a = cube.reshape(cube.shape[0], -1)
+        b, h, w = cube.shape
+        assert max(scale_distance(cube[:, y:y + 32, x:x + 32], a.mean(1), a.std(1), None)
+                   for y in range(0, h - 31, 8) for x in range(0, w - 31, 8)) < _SCALE_Z / 2
+
+
+# --------------------------------------------------------------------------------------------------
+# D2: one corrupt pixel in the sample
+
+
+@pytest.mark.parametrize("value, dtype", [(1e30, "float32"), (1e7, "float32"), (1e300, "float64")])
+def test_a_corrupt_pixel_in_the_sample_is_named_not_read_as_a_scale(crop, model, value, dtype):
+    """One pixel of 1e30 (or 1e7) in every band inside the 32 x 32 sample dominated the RMS: the scene was refused
+    as '1.6e25x larger'. The run now names the pixel and its value; a float64 1e300 no longer overflows a square
+    first (RuntimeWarning)."""
+    bad = crop.astype(dtype)
+    bad[:, 20, 20] = value
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnnormalisedInputWarning)
+        warnings.simplefilter("error", RuntimeWarning)
+        named = r"band [0-9]+ at \(y=20, x=20\) holds " + re.escape(f"{value:.6g}")
+        with pytest.raises(NonFiniteInputError, match=named):
+            hsi_engine.classify(bad, model, progress=False)
+    raw = bad.values
+    mean, std = _normalisation(model)
+    np.testing.assert_allclose(scale_ratios(raw, mean, std, None), scale_ratios(crop.values, mean, std, None),
+                               rtol=0.05)
+
+
+def test_a_corrupt_pixel_on_the_command_line_is_named(crop, tmp_path):
+    path = tmp_path / "scene.npy"
+    cube = crop.values.copy()
+    cube[:, 20, 20] = 1e30
+    np.save(path, np.moveaxis(cube, 0, -1))
+    rc, err = _cli(["classify", str(path), "--model", str(SHIPPED_MODEL), "--out", str(tmp_path / "map.tif")])
+    assert rc == 2 and "(y=20, x=20) holds 1e+30" in err and "larger" not in err, err
+
+
+# --------------------------------------------------------------------------------------------------
+# D3: a z-scored scene
+
+
+def test_a_scene_already_standardised_is_told_to_pass_raw_values(crop, model):
+    """It was told 'about 2,468x smaller ... (e.g. scene * 1000)': the model standardises the scene itself."""
+    a = crop.values.astype(np.float64)
+    z = crop.copy(data=((a - a.mean(axis=(1, 2), keepdims=True)) / a.std(axis=(1, 2), keepdims=True)).astype("f4"))
+    msg = _refused(z, model, r"looks already standardised .* the model standardises the scene itself .* Pass the "
+                             r"raw values")
+    assert "scene * " not in msg
+    with warnings.catch_warnings():  # reflectance 0-1 is not taken for it
+        warnings.simplefilter("error", UnnormalisedInputWarning)
+        with pytest.raises(UnnormalisedInputWarning, match=r"\(e\.g\. scene \* 10000\)"):
+            hsi_engine.classify(crop / 10000, model, progress=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# D4: wavelengths as strings, and units that say they are none
+
+
+def test_wavelengths_given_as_strings_are_read(crop, model):
+    """A ``wavelength`` coordinate of '400.0 nm' raised numpy's bare ValueError."""
+    small = crop.isel(y=slice(0, 12), x=slice(0, 12))
+    wl = np.asarray(model.meta["wavelengths"], np.float64)
+    ref = hsi_engine.classify(small, model, progress=False).values
+    for text in ([f"{w:.2f} nm" for w in wl], [f"{w / 1000:.6f} Micrometers" for w in wl], [f"{w:.3f}" for w in wl]):
+        got = hsi_engine.classify(small.assign_coords(wavelength=("band", text)), model, progress=False)
+        np.testing.assert_array_equal(got.values, ref)
+    with pytest.raises(SceneError, match=r"wavelength coordinate holds 'band 1', which is not a wavelength.*drop_vars"):
+        hsi_engine.classify(small.assign_coords(wavelength=("band", [f"band {i}" for i in range(1, 201)])), model,
+                            progress=False)
+    wrong = [f"{w + 100:.2f} nm" for w in wl]  # read, so still checked
+    with pytest.raises(hsi_engine.BandMismatchError):
+        hsi_engine.classify(small.assign_coords(wavelength=("band", wrong)), model, progress=False)
+
+
+@pytest.mark.parametrize("units", ["Index", "Unknown"])
+def test_a_wavelength_coordinate_of_band_numbers_is_no_wavelengths(crop, model, units):
+    """ENVI's 'Index' / 'Unknown' units: band numbers, which were read as 1..200 nm and refused."""
+    small = crop.isel(y=slice(0, 10), x=slice(0, 10))
+    numbered = small.assign_coords(wavelength=("band", np.arange(1.0, 201.0), {"units": units}))
+    np.testing.assert_array_equal(hsi_engine.classify(numbered, model, progress=False).values,
+                                  hsi_engine.classify(small, model, progress=False).values)
+
+
+# --------------------------------------------------------------------------------------------------
+# D5, D6, D7: outputs
+
+
+@pytest.mark.parametrize("out", ["~/map.tif", "~/new/map.zarr"])
+def test_an_output_starting_with_a_tilde_is_refused_in_python(crop, model, tmp_path, monkeypatch, out):
+    """It made a directory named '~' in the working directory (inputs said 'does not exist'; the command line
+    expands it, Python does not)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputError, match=r"Python does not expand .* os\.path\.expanduser\('~/"):
+        hsi_engine.classify_to_file(crop, model, out)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore:scene .* has no georeferencing")
+def test_a_failed_run_removes_the_directories_it_made(crop, model, tmp_path):
+    """'new/dir/map.tif' failing (a NaN, no nodata) left new/dir/; an error leaves no output. Directories that were
+    there stay, and so does one that holds something."""
+    nan = crop.copy()
+    nan[:, 5, 5] = np.nan
+    (tmp_path / "kept").mkdir()
+    for out in (tmp_path / "new" / "dir" / "map.tif", tmp_path / "kept" / "new" / "map.tif",
+                tmp_path / "kept" / "map.tif"):
+        with pytest.raises(NonFiniteInputError):
+            hsi_engine.classify_to_file(nan, model, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"] and list((tmp_path / "kept").iterdir()) == []
+
+
+def test_constant_coordinates_are_refused_not_written_with_pixel_height_0(crop, model, tmp_path):
+    """y coordinates all equal gave a GeoTIFF of pixel height 0 (a transform that cannot be inverted) after a
+    warning; dropping them writes the map by the stored transform, as the error says."""
+    import rasterio
+    from affine import Affine
+
+    small = crop.isel(y=slice(0, 12), x=slice(0, 12))
+    a = Affine(30.0, 0.0, 366015.0, 0.0, -30.0, 5809965.0)
+    geo = small.assign_coords(y=a.f + a.e * (np.arange(12) + 0.5), x=a.c + a.a * (np.arange(12) + 0.5))
+    geo = geo.rio.write_crs(CRS).rio.write_transform(a)
+    flat = geo.assign_coords(y=np.full(12, 5.0))
+    with pytest.raises(IrregularGridError, match=r"y coordinates are all 5, so its pixels would have no height"):
+        hsi_engine.classify_to_file(flat, model, tmp_path / "map.tif")
+    assert list(tmp_path.iterdir()) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        path = hsi_engine.classify_to_file(flat.drop_vars("y"), model, tmp_path / "map.tif")
+    with rasterio.open(path) as f:
+        assert f.transform == a
+
+
+# --------------------------------------------------------------------------------------------------
+# errors that were not HSIEngineErrors, or said the wrong thing
+
+
+def test_paths_that_are_not_text_are_refused_as_hsi_engine_errors(crop, model, tmp_path):
+    with pytest.raises(OptionError, match=r"open_scene takes a scene path .* got bytes .*os\.fsdecode"):
+        hsi_engine.open_scene(b"/data/scene.tif")
+    with pytest.raises(OptionError, match=r"load_model takes a model directory path .* got bytes"):
+        hsi_engine.load_model(bytes(SHIPPED_MODEL))
+    with pytest.raises(OutputError, match=r"the output must be a path .* got bytes"):
+        hsi_engine.classify_to_file(crop, model, bytes(tmp_path / "map.tif"))
+
+
+def test_a_model_url_is_named_as_a_url():
+    with pytest.raises(hsi_engine.CheckpointError, match=r"model https://example\.com/model is a URL"):
+        hsi_engine.load_model("https://example.com/model")
+
+
+@pytest.mark.parametrize("shape, fix", [((1, 200, 8, 8), r"drop its length-1 axis with arr\.squeeze\(0\)"),
+                                        ((200, 8, 8, 1), r"drop its length-1 axis with arr\.squeeze\(3\)"),
+                                        ((2, 200, 8, 8), r"it holds more than one cube: classify one at a time")])
+def test_an_array_of_four_dims_is_told_how_to_drop_one(model, shape, fix):
+    """The hint was 'A 2-D image is one band: add an axis with arr[None]'."""
+    with pytest.raises(SceneError, match=rf"expected a 3-D \(band, y, x\) array; got 4 dims \(shape .*\): {fix}"):
+        hsi_engine.classify(np.ones(shape, np.float32), model, progress=False)
+
+
+def test_a_bad_readers_count_is_reported_as_passed(crop, model):
+    """readers=-1 reported 'queue_depth=0', a value the user never passed (its default, readers + 1)."""
+    with pytest.raises(OptionError, match=r"got readers=-1") as e:
+        hsi_engine.classify(crop.isel(y=slice(0, 8), x=slice(0, 8)), model, readers=-1, progress=False)
+    assert "queue_depth=" not in str(e.value)
+    with pytest.raises(OptionError, match=r"got queue_depth=0"):
+        hsi_engine.classify(crop.isel(y=slice(0, 8), x=slice(0, 8)), model, queue_depth=0, progress=False)
+
