@@ -181,8 +181,11 @@ def _gdal_cache_cap(nbytes: int):
 
 
 def _ours_aux(path: Path) -> bool:
-    """Whether ``path`` is an ``.aux.xml`` hsi-engine wrote (its ``hsi_engine`` metadata domain)."""
+    """Whether ``path`` is an ``.aux.xml`` hsi-engine wrote (its ``hsi_engine`` metadata domain); a pipe or device
+    there is not (opening a FIFO to read it blocked for ever)."""
     try:
+        if not path.is_file():
+            return False
         with open(path, "rb") as f:
             return b'domain="hsi_engine"' in f.read(1 << 20)
     except OSError:
@@ -198,10 +201,14 @@ def side_paths(path: str | os.PathLike) -> dict[str, Path]:
 
 
 def zarr_root_attributes(path: str | os.PathLike) -> dict[str, Any]:
-    """The attributes in a zarr v3 store's root ``zarr.json``, read as plain JSON ({} when there is none)."""
+    """The attributes in a zarr v3 store's root ``zarr.json``, read as plain JSON ({} when there is none, or when it
+    is no regular file of at most 16 MiB: a FIFO there blocked the read for ever)."""
+    doc_path = Path(path) / "zarr.json"
     try:
-        doc = json.loads((Path(path) / "zarr.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        if not doc_path.is_file() or doc_path.stat().st_size > 16 << 20:
+            return {}
+        doc = json.loads(doc_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return {}
     attrs = doc.get("attributes") if isinstance(doc, dict) else None
     return attrs if isinstance(attrs, dict) else {}
