@@ -151,7 +151,7 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=_at_least(1), default=None,
                    help="output tile side in pixels (default 128 on CPU, 64 above 256 bands, 512 on CUDA; any size "
                         "gives the same map; .zarr, --resume and --workers runs round it up to a square of a "
-                        "multiple of 16)")
+                        "multiple of 16); memory grows with it: lower it (and --readers) where memory is short")
     p.add_argument("--device", default=None)
     p.add_argument("--backend", default="auto", choices=["auto", "eager", "compile", "triton"])
     p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -168,7 +168,8 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler to join")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run (.zarr outputs always record finished tiles; for .tif give --resume from the first run)")
     p.add_argument("--readers", type=_at_least(1), default=None,
-                   help="reader threads preparing tiles ahead of the compute (default 2 on CPU, up to 8 on CUDA)")
+                   help="reader threads preparing tiles ahead of the compute (default 2 on CPU, up to 8 on CUDA); "
+                        "each holds a tile window in memory")
     p.add_argument("--cache-blocks", type=_at_least(0), default=None,
                    help="decoded chunks of the scene kept for neighbouring tiles (default: what the tile "
                         "needs on CUDA, 0 on CPU; 0 decodes each chunk once per tile that touches it)")
@@ -374,6 +375,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_import_keras(args, argv)
     except (HSIEngineError, FileNotFoundError, FileExistsError, PermissionError) as e:
         print(f"hsi-engine {args.command}: error: {one_line(cli_words(str(e)))}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        # torch's CPU allocator raises RuntimeError ("DefaultCPUAllocator: can't allocate memory"), Python MemoryError
+        if isinstance(e, RuntimeError) and "can't allocate memory" not in str(e) and "out of memory" not in str(e):
+            raise
+        said = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        print(f"hsi-engine {args.command}: error: out of memory ({one_line(said)}); use less: a smaller --tile, "
+              "fewer --readers (or give the process more memory)", file=sys.stderr)
         return 2
     except OSError as e:
         fixes = {errno.ENAMETOOLONG: "use a shorter path", errno.ELOOP: "use a shorter path",

@@ -357,6 +357,9 @@ def _write_failed(path: Path, e: BaseException) -> OutputError:
     if full:
         why = "the file system is full" + (f" ({free:,} bytes free)" if free is not None else "")
         fix = "free space there or choose another location"
+    elif "cannot allocate" in str(e).lower() or isinstance(e, MemoryError):  # GDAL's CPLMalloc, under a limit
+        why, fix = "out of memory", ("give the process more memory, or use less: a smaller --tile (tile=...), "
+                                     "fewer --readers, or set GDAL_CACHEMAX (e.g. GDAL_CACHEMAX=64, MB)")
     else:
         why, fix = "a write failed", "check that the location is writable and healthy, or choose another"
     return OutputError(f"cannot write the class map {path}: {why} ({e}); {fix}")

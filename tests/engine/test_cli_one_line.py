@@ -31,3 +31,36 @@ def test_log_lines_escape_newlines_but_keep_a_traceback() -> None:
     lines = fmt.format(record).splitlines()
     assert lines[0] == "ERROR a\\nb" and lines[1] == "Traceback (most recent call last):" and len(lines) > 3
     assert one_line("x\r\ny") == "x\\r\\ny"
+
+
+def test_running_out_of_memory_is_one_error_line_naming_the_fix(tmp_path, capsys, monkeypatch) -> None:
+    """torch's CPU allocator under a memory limit raised RuntimeError: an 87-line traceback and exit 1."""
+    import numpy as np
+
+    import hsi_engine.api
+
+    def starved(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 262144 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(hsi_engine.api, "classify_to_file", starved)
+    np.save(tmp_path / "s.npy", np.ones((4, 4, 3), np.float32))
+    rc = main(["classify", str(tmp_path / "s.npy"), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o.tif")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "out of memory" in err and "--tile" in err and "--readers" in err
+
+
+def test_another_runtime_error_is_not_called_a_memory_error(tmp_path, monkeypatch) -> None:
+    import numpy as np
+    import pytest
+
+    import hsi_engine.api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(hsi_engine.api, "classify_to_file", broken)
+    np.save(tmp_path / "s.npy", np.ones((4, 4, 3), np.float32))
+    with pytest.raises(RuntimeError, match="something else"):
+        main(["classify", str(tmp_path / "s.npy"), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o.tif")])
