@@ -476,15 +476,19 @@ class _LoggedProgress:
     """Progress as a log line every :data:`LOG_PROGRESS_EVERY_S` seconds, for a run whose stderr is not a
     terminal (a pipeline's log, a batch job): a bar redrawn with carriage returns would be one endless line
     there, and no progress at all leaves an hour-long run silent. A timer keeps the lines coming when no tile
-    finishes (a stalled run says so, with ``status()``'s words on why, e.g. a cluster's paused workers). The rate
-    counts from the first finished tile, so start-up (a cluster's, a model's compile) does not dilute it. The
-    tqdm calls the runners use."""
+    finishes: a WARNING where the run looks stalled (``status()`` has words on why, e.g. a cluster's paused workers,
+    or no tile finished in three times the run's usual time between tiles, or in ten intervals before the first),
+    else an INFO line that says how long tiles take here (a big tile, a compile or a loaded node make tiles of a
+    healthy run take longer than the interval). The rate counts from the first finished tile, so start-up (a
+    cluster's, a model's compile) does not dilute it: the first tile's line has no estimate yet. The tqdm calls
+    the runners use."""
 
     def __init__(self, total: int, status: Callable[[], str | None] | None = None) -> None:
         self.every = LOG_PROGRESS_EVERY_S
         self.total, self.n = int(total), 0
         self.t0 = self.last_log = self.last_progress = self.last_tile = time.perf_counter()
         self.first: tuple[float, int] | None = None  # (time, pixels) when the first tile finished
+        self.tiles = 0
         self.status = status
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -494,6 +498,7 @@ class _LoggedProgress:
     def update(self, n: int) -> None:
         with self._lock:
             self.n += int(n)
+            self.tiles += 1
             self.last_tile = now = time.perf_counter()
             if self.first is None:
                 self.first = (now, self.n)
@@ -515,10 +520,26 @@ class _LoggedProgress:
         self.last_log = now
         done = f"{100 * self.n / max(self.total, 1):.0f} % ({_amount(self.n, self.total)})"
         if stalled:  # nothing finished since the last line: say so, and why if known
-            log.warning("classify: no tile finished in the last %s; %s done%s", _duration(now - self.last_tile),
-                        done, f"; {why}" if why else "")
+            quiet = now - self.last_tile
+            if self.first is None:
+                usual = None
+                late = quiet >= 10 * self.every
+            else:
+                usual = (self.last_tile - self.first[0]) / (self.tiles - 1) if self.tiles > 1 else \
+                    self.first[0] - self.t0
+                late = quiet >= max(self.every, 3 * usual)
+            if why or late:
+                log.warning("classify: no tile finished in the last %s; %s done%s", _duration(quiet), done,
+                            f"; {why}" if why else "")
+            else:
+                log.info("classify: no tile finished in the last %s (%s); %s done", _duration(quiet),
+                         "the first tiles, with the start-up" if usual is None
+                         else f"a tile takes about {_duration(usual)} here", done)
             return
-        t, n = self.first if self.first is not None and self.n > self.first[1] else (self.t0, 0)
+        if self.first is None or self.n <= self.first[1]:  # one tile in: its time holds the start-up
+            log.info("classify: %s done (an estimate once the next tile finishes)", done)
+            return
+        t, n = self.first
         rate = (self.n - n) / max(now - t, 1e-9)
         log.info("classify: %s at %s, about %s left", done, _rate(rate), _duration((self.total - self.n) /
                                                                                  max(rate, 1e-9)))

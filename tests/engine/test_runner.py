@@ -310,6 +310,34 @@ def test_a_stalled_run_s_log_says_no_tile_finished_and_why(monkeypatch, caplog):
     assert len(caplog.records) == n  # closed: the timer stopped
 
 
+def test_a_healthy_run_with_slow_tiles_is_not_called_stalled(monkeypatch, caplog):
+    """Tiles that take longer than the log interval (a big --tile, bf16 on AVX2, a loaded node) gave WARNING lines
+    'no tile finished' in a healthy run, and the first tile's estimate counted the start-up. Now: INFO lines saying
+    how long a tile takes here, a WARNING only past three such times, and no estimate from one tile."""
+    import logging
+
+    from hsi_engine import runner
+
+    monkeypatch.setattr(runner, "LOG_PROGRESS_EVERY_S", 0.2)
+    with caplog.at_level(logging.INFO, "hsi_engine.runner"):
+        bar = runner._LoggedProgress(4_000_000)
+        try:
+            time.sleep(0.5)  # start-up and the first tile
+            bar.update(1_000_000)
+            for _ in range(2):
+                time.sleep(0.6)  # each tile 0.6 s: three timer ticks between tiles
+                bar.update(1_000_000)
+            time.sleep(3.0)  # then no tile for five tiles' time: stalled
+        finally:
+            bar.close()
+    msgs = [(r.levelno, r.getMessage()) for r in caplog.records]
+    healthy = [m for lv, m in msgs if lv == logging.INFO and "no tile finished" in m]
+    assert healthy and any("a tile takes about" in m for m in healthy), msgs
+    warned = [m for lv, m in msgs if lv == logging.WARNING]
+    assert warned and all("75 % (3 of 4 Mpx) done" in m for m in warned), warned  # only once it stalled
+    assert not any("left" in m for lv, m in msgs if "25 % (1 of 4 Mpx)" in m and "no tile finished" not in m)
+
+
 def test_rates_read_in_pixels_per_second_below_a_tenth_of_a_megapixel():
     from hsi_engine.runner import _rate
 
