@@ -414,6 +414,31 @@ def _check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: fl
                   UnnormalisedInputWarning, stacklevel=user_stacklevel())
 
 
+LARGE_CHUNK_BYTES = 256 << 20  # a decoded chunk above this, and 16 tile windows, costs memory the tile does not set
+
+
+def _warn_large_chunks(da: xr.DataArray, plan: TilePlan) -> None:
+    """Warn where the scene's chunks dwarf a tile's window: every tile decodes the whole chunks it touches, so a
+    store written as one chunk (``to_zarr`` of a contiguous NetCDF opened with ``chunks={}``) costs its whole size
+    per reader, and is decoded again for every tile in it (a 172 KB single-chunk store took 3.6 GB and hours)."""
+    if da.chunks is None:
+        return
+    itemsize = np.dtype(da.dtype).itemsize
+    chunk = max(da.chunks[0]) * max(da.chunks[1]) * max(da.chunks[2]) * itemsize
+    th, tw = plan.tile
+    window = da.sizes["band"] * (th + 2 * plan.halo) * (tw + 2 * plan.halo) * itemsize
+    if chunk > max(LARGE_CHUNK_BYTES, 16 * window):
+        warnings.warn(f"the scene's chunks are {max(da.chunks[1])} x {max(da.chunks[2])} pixels of "
+                      f"{max(da.chunks[0])} bands ({chunk / 2**20:,.0f} MiB decoded each) against tiles of "
+                      f"{th} x {tw}: "
+                      "every tile decodes the whole chunks it touches, so memory grows by about that much per "
+                      "reader thread and each chunk is decoded again for every tile in it. Rechunk the store (e.g. "
+                      "xr.open_zarr(path).chunk({'y': 256, 'x': 256}).to_zarr(new_path); chunks asked of a store "
+                      "that has larger ones still decode whole ones), or keep them decoded once with cache_blocks=1 "
+                      "(--cache-blocks 1), at that memory", UserWarning,
+                      stacklevel=user_stacklevel())
+
+
 def _check_array_dims(scene: Any) -> None:
     """Refuse a numpy array or torch tensor of more than 3 dimensions, naming the fix: a length-1 axis to drop (a
     batch of one, ``(1, band, y, x)``), else a cube to pick. (A 2-D one is io's: one band, ``arr[None]``.)"""
@@ -506,6 +531,7 @@ class _Job:
         self.tile = tile if tile is not None else default_tile(self.device.type, bands)
         chunks = (da.chunks[1], da.chunks[2]) if da.chunks is not None else None
         self.plan: TilePlan = plan_tiles(height, width, self.tile, m.config.halo, chunks=chunks)
+        _warn_large_chunks(da, self.plan)
         self.precision = precision
         self.spatial_precision = spatial_precision
         self.backend = backend

@@ -320,3 +320,21 @@ def test_a_bad_readers_count_is_reported_as_passed(crop, model):
     with pytest.raises(OptionError, match=r"got queue_depth=0"):
         hsi_engine.classify(crop.isel(y=slice(0, 8), x=slice(0, 8)), model, queue_depth=0, progress=False)
 
+
+
+def test_chunks_far_larger_than_a_tile_are_named(monkeypatch, model):
+    """A store written as one chunk cost its whole size per reader, decoded again for every tile (a 172 KB store:
+    3.6 GB and hours), without a word; the same scene in tile-sized chunks says nothing."""
+    import dask.array as dsa
+
+    import hsi_engine.api as api
+
+    monkeypatch.setattr(api, "LARGE_CHUNK_BYTES", 1 << 10)
+    scene = hsi_engine.open_scene(SHIPPED_SCENE).isel(y=slice(0, 64), x=slice(0, 64)).load()
+    one = scene.copy(data=dsa.from_array(scene.values, chunks=-1))
+    with pytest.warns(UserWarning, match=r"chunks are 64 x 64 pixels .* every tile decodes the whole chunks"):
+        hsi_engine.classify(one, model, tile=8, progress=False)  # (16 windows of 14 x 14 pixels: 1.25 of 1.6 MB)
+    small = scene.copy(data=dsa.from_array(scene.values, chunks=(-1, 16, 16)))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="the scene's chunks", category=UserWarning)
+        hsi_engine.classify(small, model, tile=8, progress=False)
