@@ -9,6 +9,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -34,6 +35,9 @@ MAX_MAP_CLASSES = 255  # class maps are uint8: 0 is nodata
 _WEIGHT_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 _COUNTER_DTYPES = {**_WEIGHT_DTYPES, "I64": "int64"}
 _MAX_INT_DIGITS = 100  # an integer in model.json longer than this is hostile (a class count has 3 digits)
+_DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I64": 8}
+# a weights file's safetensors header: the shipped model's is 6 KB, a 64 + 64-block network's ~200 KB
+MAX_WEIGHTS_HEADER_BYTES = 4 << 20
 
 
 def _looks_pickled(path: Path) -> bool:
@@ -124,9 +128,17 @@ def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path
     A target is fine when it does not exist (its nearest existing ancestor must be a writable directory), is
     an empty directory, or, with ``overwrite``, is a model directory (only model.json with this project's
     format marker and weights.safetensors). Anything else raises :class:`CheckpointError`; nothing is
-    created. Returns the absolute path.
+    created. Returns the absolute path (its directories resolved, its last component kept as given).
+
+    A symbolic link at the target is never written through (as classify's outputs): one to a model directory is,
+    with ``overwrite``, replaced by the new model directory, the directory it points to left untouched (without
+    ``overwrite`` it is refused like that directory); a link to anything else (an empty or other directory, a file,
+    nothing) is refused, naming what it points to.
     """
-    target = Path(path).resolve()
+    given_path = Path(path)
+    # the last component is not resolved: a link there is the target itself, replaced (never written through)
+    target = (given_path.resolve() if given_path.name in ("", "..")
+              else given_path.parent.resolve() / given_path.name)
     if not target.name:
         raise CheckpointError(f"cannot write a model directory at {str(path)!r} (the file-system root); "
                               "expected a directory path such as models/indian_pines")
@@ -145,6 +157,9 @@ def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path
                               f"bytes, and the temporary directories the save writes beside it add {_TEMP_EXTRA} "
                               f"more than the file system's {name_max}; choose a name of at most "
                               f"{name_max - _TEMP_EXTRA} bytes")
+    if target.is_symlink():
+        _check_model_link(target, given, overwrite)
+        return target
     if target.is_dir():
         entries = sorted(e.name for e in target.iterdir())
         if not entries:
@@ -174,6 +189,35 @@ def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path
     return target
 
 
+def _is_model_dir(path: Path) -> bool:
+    """Whether ``path`` is a directory holding only what save_model writes, its model.json carrying the format."""
+    try:
+        entries = {e.name for e in path.iterdir()}
+    except OSError:
+        return False
+    return entries <= _MODEL_FILES and MODEL_JSON in entries and _is_model_json(path / MODEL_JSON)
+
+
+def _check_model_link(target: Path, given: str, overwrite: bool) -> None:
+    """Refuse a symbolic link at a save target unless it points to a model directory and ``overwrite`` is set:
+    then the save replaces the link itself (its directory is kept), as classify replaces a link at its outputs."""
+    link = os.readlink(target)
+    if target.is_dir() and _is_model_dir(target):
+        if not overwrite:
+            raise CheckpointError(f"{given} is a symbolic link to the model directory {link}; pass --overwrite "
+                                  "(overwrite=True) to replace the link by the new model directory (the directory "
+                                  f"it points to is kept), or choose another output directory")
+        _check_writable(target.parent, given)
+        return
+    found = ("nothing (a broken link)" if not target.exists() else "a file" if target.is_file()
+             else "an empty directory" if target.is_dir() and not any(target.iterdir())
+             else "a directory that is not a model directory" if target.is_dir() else "a special file")
+    raise CheckpointError(f"{given} is a symbolic link to {link} ({found}); hsi-engine never writes a model "
+                          "through a link, and replaces one only where it points to a model directory (with "
+                          f"--overwrite): pass the directory itself ({Path(os.path.realpath(target))}) or choose "
+                          "another output directory")
+
+
 def _check_writable(directory: Path, given: str) -> None:
     """Refuse now a directory the model could not be written into later (after the training is spent)."""
     if not os.access(directory, os.W_OK | os.X_OK):
@@ -185,8 +229,12 @@ def _remove_model_dir(path: Path) -> None:
     """Delete a replaced model directory: only the files save_model writes, then the (then empty) directory.
 
     Anything else found there, or what cannot be deleted (a directory made read-only since the save began), is
-    left in place with a warning: the new model is already in place."""
+    left in place with a warning: the new model is already in place. A replaced symbolic link is removed, never
+    what it points to."""
     try:
+        if path.is_symlink():
+            path.unlink()
+            return
         for name in _MODEL_FILES:
             (path / name).unlink(missing_ok=True)
         path.rmdir()
@@ -250,8 +298,9 @@ def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None
     _check_meta(json.loads(json.dumps(_jsonable(meta))), model.config, f"the meta to save in {given}")
     # built inside the target where the directory itself must stay: an empty one (its parent may be read-only)
     # or one holding the working directory (`--out .`: swapping it would leave the process in a deleted one)
-    empty = target.is_dir() and not any(target.iterdir())
-    in_place = target.is_dir() and (empty or _holds_cwd(target))
+    link = target.is_symlink()  # (to a model directory, overwrite=True: checked above) replaced, not written into
+    empty = not link and target.is_dir() and not any(target.iterdir())
+    in_place = not link and target.is_dir() and (empty or _holds_cwd(target))
     if in_place and not os.access(target, os.W_OK | os.X_OK):
         raise CheckpointError(f"cannot write the model into {given}: no write permission there")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -270,7 +319,7 @@ def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None
                "weights_sha256": file_sha256(tmp / WEIGHTS), "meta": _jsonable(meta)}
         (tmp / MODEL_JSON).write_text(json.dumps(doc, indent=1), encoding="utf-8")
         (tmp / WEIGHTS).chmod(0o666 & ~umask)
-        if not target.exists():
+        if not (target.exists() or link):
             tmp.rename(target)
         elif empty:
             _move_into_empty(tmp, target)
@@ -442,34 +491,110 @@ def _expected_tensors(config: SSRNConfig) -> dict[str, tuple[tuple[int, ...], to
     return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
 
 
-def _read_model_files(path: Path) -> tuple[dict[str, Any], SSRNConfig, Path, bytes]:
-    """model.json (checked against the network), and the weights file's bytes, read once."""
+def _read_model_files(path: Path) -> tuple[dict[str, Any], SSRNConfig, Path, dict[str, Any]]:
+    """model.json (checked against the network), the weights file's path and the tensors the config needs (name
+    -> (shape, dtype); the weights are read by :func:`_read_weights`)."""
     doc = read_model_json(path)
     if not isinstance(doc.get("config"), dict):
         raise CheckpointError(f"{path / MODEL_JSON} has no 'config' object (the network's bands, classes, widths); "
                               "expected a model directory written by ssrn.save_model")
     config = _config_from(doc["config"], path / MODEL_JSON)
     _check_meta(doc.get("meta"), config, path / MODEL_JSON)
-    wf = path / WEIGHTS
-    if not wf.is_file():
-        if wf.is_symlink():
-            raise CheckpointError(f"{wf} is a broken symbolic link (to {os.readlink(wf)}): its file is not there (a "
-                                  "git-annex file not fetched: `git annex get`); copy the model directory again")
-        raise CheckpointError(f"{path} has no {WEIGHTS}")
-    try:
-        data = wf.read_bytes()
-    except OSError as e:  # (unreadable: another user's model) an HSIEngineError like every other refusal
-        raise CheckpointError(f"{wf} could not be read ({e.strerror or e}); check its permissions") from None
-    _check_not_a_pointer(wf, data)
-    if _pickled_bytes(data[:9], len(data)):
-        raise CheckpointError(f"{wf} is a pickle/torch.save file, not safetensors; hsi-engine never unpickles. "
-                              "Convert it with safetensors.torch.save_file in a trusted environment.")
     recorded = doc.get("weights_sha256")
     if recorded is not None and not isinstance(recorded, str):
         raise CheckpointError(f"{path / MODEL_JSON}: 'weights_sha256' must be the hex sha256 of {WEIGHTS} (a "
                               f"string); found {repr(recorded)[:40]} ({type(recorded).__name__}); re-save the "
                               f"model, or delete 'weights_sha256' from {MODEL_JSON}")
-    return doc, config, wf, data
+    wf = path / WEIGHTS
+    return doc, config, wf, _expected_tensors(config)
+
+
+def _kind(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` is, in words, for a file that is not a regular one."""
+    for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "a special file"
+
+
+def _read_weights(path: Path, wf: Path, expected: dict[str, tuple[tuple[int, ...], torch.dtype]],
+                  config: SSRNConfig) -> bytes:
+    """The bytes of the weights file ``wf``, read once, and only once it is known to be this model's: a regular
+    file (a symbolic link to one, as git-annex makes, is followed), not a Git LFS pointer or a pickle, no larger
+    than the config's tensors stored as float64 plus a header of MAX_WEIGHTS_HEADER_BYTES, whose header declares
+    ``expected``'s tensors and whose size is exactly that header plus those tensors. A file that fails is refused
+    before the rest of it is read (a 40 GiB sparse file costs one stat). Raises CheckpointError."""
+    link = f" (a symbolic link to {os.readlink(wf)})" if wf.is_symlink() else ""
+    try:
+        # O_NONBLOCK: opening a FIFO would wait for a writer (it is refused below, once fstat says what it is)
+        fd = os.open(wf, os.O_RDONLY | sum(getattr(os, f, 0) for f in ("O_NONBLOCK", "O_CLOEXEC", "O_BINARY")))
+    except FileNotFoundError:
+        if link:
+            raise CheckpointError(f"{wf} is a broken symbolic link (to {os.readlink(wf)}): its file is not there (a "
+                                  "git-annex file not fetched: `git annex get`); copy the model directory again"
+                                  ) from None
+        raise CheckpointError(f"{path} has no {WEIGHTS}; expected a model directory written by ssrn.save_model "
+                              f"({WEIGHTS} beside {MODEL_JSON}): copy the model directory again") from None
+    except OSError as e:  # (unreadable: another user's model) an HSIEngineError like every other refusal
+        fix = "check its permissions" if isinstance(e, PermissionError) else "copy the model directory again"
+        raise CheckpointError(f"{wf}{link} could not be read ({e.strerror or e}); {fix}") from None
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise CheckpointError(f"{wf}{link} is {_kind(st.st_mode)}, not a regular file; expected the safetensors "
+                              "file written by ssrn.save_model: copy the model directory again")
+    size = st.st_size
+    with os.fdopen(fd, "rb") as f:
+        try:
+            head = f.read(min(size, 64))
+            _check_not_a_pointer(wf, head)
+            if _pickled_bytes(head[:9], size):
+                raise CheckpointError(f"{wf} is a pickle/torch.save file, not safetensors; hsi-engine never "
+                                      "unpickles. Convert it with safetensors.torch.save_file in a trusted "
+                                      "environment.")
+            numel = sum(math.prod(shape) for shape, _ in expected.values())
+            most = 8 + MAX_WEIGHTS_HEADER_BYTES + 8 * numel
+            if size > most:
+                raise CheckpointError(f"{wf}{link} is {size:,} bytes, but the config in {MODEL_JSON} (bands="
+                                      f"{config.bands}, classes={config.classes}) needs {numel:,} weights: at most "
+                                      f"{most:,} bytes (each weight as float64, plus a header of at most "
+                                      f"{MAX_WEIGHTS_HEADER_BYTES:,}); it is not this model's weights file: copy "
+                                      "the model directory again, or re-save the model with ssrn.save_model")
+            bad = f"{wf}{link} is not a safetensors file"
+            fix = "copy the model directory again, or re-save the model with ssrn.save_model"
+            if size < 8:
+                raise CheckpointError(f"{bad}: it is {size} bytes, shorter than the 8-byte header length a "
+                                      f"safetensors file starts with; {fix}")
+            n = int.from_bytes(head[:8], "little")
+            if n > size - 8:  # (its value is not shown: it is 8 bytes of whatever file this is)
+                raise CheckpointError(f"{bad}: its header length field (its first 8 bytes) exceeds the file's "
+                                      f"size ({size:,} bytes); {fix}")
+            if n > MAX_WEIGHTS_HEADER_BYTES:
+                raise CheckpointError(f"{bad} of this model: its header length field declares over "
+                                      f"{MAX_WEIGHTS_HEADER_BYTES:,} bytes of header (at most that for any model "
+                                      f"hsi-engine reads; the shipped model's is ~6 KB); {fix}")
+            start = head if len(head) >= 8 + n else head + f.read(8 + n - len(head))
+            tensor_bytes = _check_weights_header(wf, start[8:8 + n], expected, config)
+            need = 8 + n + tensor_bytes
+            if size != need:
+                raise CheckpointError(f"{wf}{link} is {size:,} bytes, but its header and the config in {MODEL_JSON} "
+                                      f"make {need:,} ({n:,} bytes of header, {tensor_bytes:,} of tensors): the "
+                                      f"file is {'truncated' if size < need else 'longer than its tensors'}; {fix}")
+            f.seek(0)
+            data = f.read(need + 1)  # (once, whole: the checksum and the tensors come from these bytes)
+        except OSError as e:
+            raise CheckpointError(f"{wf}{link} could not be read ({e.strerror or e}); check its permissions, or "
+                                  "copy the model directory again") from None
+    if len(data) != need or not data.startswith(start[:8 + n]):
+        raise CheckpointError(f"{wf} changed while it was being read ({len(data):,} bytes read, {need:,} expected); "
+                              "load the model again once the copy is complete")
+    return bytes(data)
 
 
 def _json_changed(path: Path, doc: dict[str, Any]) -> bool:
@@ -479,41 +604,67 @@ def _json_changed(path: Path, doc: dict[str, Any]) -> bool:
         return True
 
 
-def _check_weights_header(wf: Path, data: bytes, expected: dict[str, tuple[tuple[int, ...], torch.dtype]],
-                          config: SSRNConfig) -> None:
-    """The tensors the weights file's bytes ``data`` declare (their header, parsed before any tensor is made) are
-    exactly ``expected``'s names and shapes, each stored as a float (int64 also allowed for BatchNorm's integer
-    counters). Raises CheckpointError."""
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number (safetensors headers hold integers)")
+
+
+def _is_dim(d: object) -> bool:
+    return isinstance(d, int) and not isinstance(d, bool) and d >= 0
+
+
+def _check_weights_header(wf: Path, header: bytes, expected: dict[str, tuple[tuple[int, ...], torch.dtype]],
+                          config: SSRNConfig) -> int:
+    """The tensors the weights file's header (``header``: its JSON bytes) declares are exactly ``expected``'s
+    names and shapes, each stored as a float (int64 also allowed for BatchNorm's integer counters); returns the
+    bytes those tensors take as stored. Every header value is type-checked before it is used (a shape of
+    ``1e400``, JSON nested 3,000 deep). Raises CheckpointError."""
+    fix = "copy the model directory again, or re-save the model with ssrn.save_model"
     try:
-        n = int.from_bytes(data[:8], "little")
-        if len(data) < 8 or n > len(data) - 8:
-            raise ValueError(f"its header length ({n} bytes) runs past the file's {len(data)} bytes")
-        doc = json.loads(data[8:8 + n].decode("utf-8"))
-        header = {k: (tuple(int(d) for d in v["shape"]), str(v["dtype"])) for k, v in doc.items()
-                  if k != "__metadata__"}
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise CheckpointError(f"{wf} is not a readable safetensors file ({first_line(e)}); copy the model directory "
-                              "again, or re-save the model with ssrn.save_model") from None
-    missing = sorted(set(expected) - set(header))
-    unexpected = sorted(set(header) - set(expected))
+        doc = json.loads(header.decode("utf-8"), parse_int=_parse_int, parse_constant=_reject_constant)
+    except RecursionError:
+        raise CheckpointError(f"{wf} is not a readable safetensors file: its header's JSON nests too deeply (a "
+                              f"safetensors header nests 3 levels); {fix}") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, _parse_int's and _reject_constant's refusals
+        raise CheckpointError(f"{wf} is not a readable safetensors file (its header is not valid JSON: "
+                              f"{type(e).__name__}: {str(e)[:200]}); {fix}") from None
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{wf} is not a readable safetensors file: its header is a JSON {type(doc).__name__}, "
+                              f"expected an object of tensors; {fix}")
+    header_: dict[str, tuple[Any, Any]] = {}
+    for k, v in doc.items():
+        if k == "__metadata__":
+            continue
+        shape = v.get("shape") if isinstance(v, dict) else None
+        dtype = v.get("dtype") if isinstance(v, dict) else None
+        if not (isinstance(shape, list) and all(_is_dim(d) for d in shape) and isinstance(dtype, str)):
+            found = (f"shape {repr(shape)[:80]}, dtype {repr(dtype)[:40]}" if isinstance(v, dict)
+                     else f"a JSON {type(v).__name__}")
+            raise CheckpointError(f"{wf} is not a readable safetensors file: tensor {k[:80]!r} has {found}; "
+                                  "expected a shape of non-negative integers and a dtype name (such as "
+                                  f"{{\"dtype\": \"F32\", \"shape\": [16, 24]}}); {fix}")
+        header_[k] = (tuple(shape), dtype)
+    missing = sorted(set(expected) - set(header_))
+    unexpected = sorted(set(header_) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{wf} does not match the config in {MODEL_JSON}: missing {missing[:5]}"
                               f"{'...' if len(missing) > 5 else ''}, unexpected {[k[:80] for k in unexpected[:5]]}"
                               f"{'...' if len(unexpected) > 5 else ''}; the weights and model.json must come from "
                               "the same save (ssrn.save_model)")
     for k, (_, dtype) in expected.items():
-        stored = header[k][1]
+        stored = header_[k][1]
         allowed = _WEIGHT_DTYPES if dtype.is_floating_point else _COUNTER_DTYPES
         if stored not in allowed:
-            raise CheckpointError(f"{wf}: tensor {k!r} is stored as {stored}; expected one of "
+            raise CheckpointError(f"{wf}: tensor {k!r} is stored as {stored[:40]}; expected one of "
                                   f"{', '.join(allowed.values())} (weights are floats; they are not cast from "
                                   "integers, booleans or 8-bit floats): re-save the weights with "
                                   "ssrn.save_model, or convert them to float32")
     for k, (shape, dtype) in expected.items():
-        if header[k][0] != shape:
-            raise CheckpointError(f"{wf}: tensor {k!r} has shape {header[k][0]}, but the config in "
+        if header_[k][0] != shape:
+            shown = str(header_[k][0]) if len(str(header_[k][0])) <= 120 else str(header_[k][0])[:120] + "..."
+            raise CheckpointError(f"{wf}: tensor {k!r} has shape {shown}, but the config in "
                                   f"{MODEL_JSON} (bands={config.bands}, classes={config.classes}) needs "
                                   f"{shape}; the weights and model.json must come from the same save")
+    return sum(math.prod(shape) * _DTYPE_BYTES[header_[k][1]] for k, (shape, _) in expected.items())
 
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # scheme://..., as the engine tells a URL from a path
@@ -537,7 +688,15 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     map_location = resolve_device(map_location)  # (torch's AssertionError for "cuda" on a CPU build)
     path = Path(path)
     for attempt in range(3):
-        doc, config, wf, data = _read_model_files(path)
+        doc, config, wf, expected = _read_model_files(path)
+        try:  # names, dtypes and shapes from the safetensors header against the config's, then the file's size,
+            # before the rest is read, any tensor or the network is materialised: a config edited to need gigabytes
+            # fails here, allocating nothing (nor does a 40 GiB weights file)
+            data = _read_weights(path, wf, expected, config)
+        except CheckpointError:
+            if attempt < 2 and _json_changed(path, doc):  # a save replaced the model between the two reads
+                continue
+            raise
         recorded = doc.get("weights_sha256")
         actual = hashlib.sha256(data).hexdigest() if recorded is not None else None
         if recorded is None or recorded == actual:
@@ -548,10 +707,6 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                               f"recorded {str(recorded)[:16]}...): the file was changed or damaged since the model "
                               "was saved; copy the model directory again, or, if you replaced the weights on "
                               f"purpose, delete 'weights_sha256' from {MODEL_JSON}")
-    # names, dtypes and shapes from the safetensors header (of the bytes read once) against the config's, before
-    # any tensor or the network is materialised: a config edited to need gigabytes fails here, allocating nothing
-    expected = _expected_tensors(config)
-    _check_weights_header(wf, data, expected, config)
     try:
         tensors = {k: t.to(map_location) for k, t in load_safetensors(data).items()}
     except (SafetensorError, OSError, ValueError) as e:

@@ -182,16 +182,18 @@ def test_a_save_between_the_loads_reads_gives_one_model_not_a_mix(tmp_path, monk
     replacing the directory in between gave one save's meta (mean/std, class names) with the other's weights,
     without an error (9 of 199 loads beside a saver). The weights are read once; model.json changed meanwhile is
     read again."""
+    import os
+
     d = ssrn.save_model(_model(seed=0), tmp_path / "m", meta={"tag": "A"})
-    real = Path.read_bytes
+    real = os.open
     saves = []
 
-    def save_first(self):
-        if self.name == "weights.safetensors" and not saves:  # model.json was read: now the directory changes
+    def save_first(file, *a, **k):  # (the weights are opened with os.open: a FIFO must not block the open)
+        if Path(file).name == "weights.safetensors" and not saves:  # model.json was read: now the directory changes
             saves.append(ssrn.save_model(_model(seed=1, classes=7), d, meta={"tag": "B"}, overwrite=True))
-        return real(self)
+        return real(file, *a, **k)
 
-    monkeypatch.setattr(Path, "read_bytes", save_first)
+    monkeypatch.setattr(os, "open", save_first)
     m = ssrn.load_model(d)
     assert saves and m.meta == {"tag": "B"} and m.config.classes == 7  # (another network: its header is B's too)
     assert all(torch.equal(m.state_dict()[k], v) for k, v in _model(seed=1, classes=7).state_dict().items())
@@ -629,14 +631,16 @@ def test_unreadable_weights_and_a_full_disk_are_checkpoint_errors(tmp_path, monk
 
     d = ssrn.save_model(_model(), tmp_path / "m")
 
-    real = Path.read_bytes
+    import os
 
-    def denied(self):
-        if self.name == "weights.safetensors":  # (root reads any file: the refusal is simulated)
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self)
+    real = os.open
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    def denied(file, *a, **k):
+        if Path(file).name == "weights.safetensors":  # (root reads any file: the refusal is simulated)
+            raise PermissionError(13, "Permission denied", str(file))
+        return real(file, *a, **k)
+
+    monkeypatch.setattr(os, "open", denied)
     with pytest.raises(CheckpointError, match=r"could not be read \(Permission denied\); check its permissions"):
         ssrn.load_model(d)
     monkeypatch.undo()
