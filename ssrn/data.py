@@ -579,8 +579,14 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
             if flip:
                 labels = np.ascontiguousarray(labels[::-1])
             if f.nodata is not None:
+                zeros = int(np.count_nonzero(labels == 0)) if f.nodata != 0 else 0
                 labels = np.nan_to_num(labels, nan=0) if np.isnan(f.nodata) else np.where(labels == f.nodata, 0,
                                                                                           labels)
+                if zeros and zeros < labels.size and np.count_nonzero(labels) > 0:
+                    log.warning("%s declares nodata %s and also holds 0 in %d pixels: 0 is read as unlabelled "
+                                "(classes are 1..K), so if its classes count from 0, class 0's pixels are left out of "
+                                "training; add 1 to the labels (and make 0 the nodata) to keep them", path,
+                                f"{f.nodata:g}", zeros)
             names = _tag_names(f.tags().get("class_names"), path)
             try:
                 cmap = f.colormap(1)

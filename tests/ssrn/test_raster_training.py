@@ -514,3 +514,21 @@ def test_a_scene_whose_coordinates_are_not_evenly_spaced_is_a_data_error(tmp_pat
     scene.isel(x=np.r_[0:8, 16:24]).to_dataset(name="r").to_netcdf(tmp_path / "gap.nc")
     with pytest.raises(DataError, match="its x coordinates are not evenly spaced"):
         load_labelled_raster(tmp_path / "gap.nc", tmp_path / "l.tif")
+
+
+def test_zero_labels_beside_a_negative_nodata_are_named_as_maybe_zero_based(tmp_path, caplog):
+    """Classes 0..2 with 255 declared nodata (classes counted from 0) lost class 0 as unlabelled without a word."""
+    import logging
+
+    _write_scene(tmp_path / "s.tif")
+    lab = (_labels().astype(np.int16) - 1) % 256  # 0-based classes, the background 255
+    _write_labels(tmp_path / "l.tif", lab, nodata=255, colours=False)
+    with caplog.at_level(logging.WARNING, "ssrn"):
+        load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+    assert any("declares nodata 255 and also holds 0" in r.getMessage() and "add 1" in r.getMessage()
+               for r in caplog.records), caplog.text
+    caplog.clear()
+    _write_labels(tmp_path / "l.tif", _labels(), nodata=0)  # 1-based, 0 the nodata: nothing to say
+    with caplog.at_level(logging.WARNING, "ssrn"):
+        load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+    assert not any("also holds 0" in r.getMessage() for r in caplog.records)
