@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> Path:
     unknown = [f for f in args.forms.split(",") if f not in GLUON_FORMS]
     if unknown:
         raise SystemExit(f"unknown form(s) {unknown}; expected names from {sorted(GLUON_FORMS)}")
+    if "wsp" in args.forms.split(","):  # several blocks a program: a trace's rows hold one
+        raise SystemExit("--forms wsp: a trace holds one block of pixels per program; trace ws (the same step, a "
+                         "program per block)")
     if dev.type != "cuda" or not torch.cuda.is_available():
         raise SystemExit(f"gluon_trace.py times the Gluon kernel on a Hopper GPU; got device {args.device!r} "
                          f"(CUDA available: {torch.cuda.is_available()}): run it on the GPU machine")

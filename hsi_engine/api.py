@@ -98,15 +98,15 @@ def _wavelengths(da: xr.DataArray) -> np.ndarray | None:
     coordinate in a length unit or wavenumbers (its ``units``), else a float ``band`` coordinate that reads as
     wavelengths (all within 250-3000 nm, or 0.25-3 µm and not whole numbers; not necessarily monotonic: AVIRIS's
     spectrometers overlap), so that a reordered or mismatched band axis is caught either way; None when neither is
-    there. A ``units`` of ``Index`` or ``Unknown`` (ENVI's: band numbers) says the values are not wavelengths: None,
-    as without them; a ``wavelength`` coordinate of strings is read as band names are ('460.0 nm') or as numbers
-    ('460.0', in its ``units``)."""
+    there. A ``units`` of ``Index`` (ENVI's band numbers; ``Unknown`` over values 1..N) says the values are not
+    wavelengths: None, as without them; a ``wavelength`` coordinate of strings is read as band names are
+    ('460.0 nm') or as numbers ('460.0', in its ``units``)."""
     from .io import _to_nm, not_wavelengths, spectral_unit, wavelengths_in_names
 
     if "wavelength" in da.coords and da.coords["wavelength"].dims == ("band",):
         wl = da.coords["wavelength"]
         units = wl.attrs.get("units")
-        if not_wavelengths(str(units) if units is not None else None):
+        if not_wavelengths(str(units) if units is not None else None, wl.values if wl.dtype.kind in "iuf" else None):
             return None
         if wl.dtype.kind in "iufb":
             return _to_nm(np.asarray(wl.values, np.float64), units)
@@ -133,7 +133,7 @@ def _wavelengths(da: xr.DataArray) -> np.ndarray | None:
     if band is None or band.dims != ("band",) or band.size < 2:
         return None
     units = str(band.attrs.get("units", ""))
-    if not_wavelengths(units):  # band numbers, whatever they look like
+    if not_wavelengths(units, band.values if band.dtype.kind in "iuf" else None):  # band numbers
         return None
     if band.dtype.kind in "iuf" and spectral_unit(units):
         return _to_nm(np.asarray(band.values, np.float64), units)  # a unit says what the numbers are
@@ -393,13 +393,13 @@ def _check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: fl
     word = "smaller" if k < 1 else "larger"
     fold = 1 / k if k < 1 else k
     fold_text = f"{fold:,.0f}" if fold >= 10 else f"{fold:.2g}"
-    if explained:
-        fix = f"scene * {1 / power:g}" if k < 1 else f"scene / {power:g}"
+    if explained or off_scale:  # a plain cause (an error on the command line): a factor, named where it is 10^n
+        fix = (f" (e.g. {f'scene * {1 / power:g}' if k < 1 else f'scene / {power:g}'})" if explained else "")
         warnings.warn(f"the scene's values are about {fold_text}x {word} than those the model was trained on, in "
                       f"nearly every band ({pixels} against the model's per-band mean and std): a scene on another "
                       "scale (reflectance 0-1 against integers x 10000, x 1000 against x 10000, percent against "
-                      "fractions) gives a meaningless map. Rescale the scene to the training scene's units (e.g. "
-                      f"{fix}) or use a model trained on this scale" + also,
+                      "fractions) gives a meaningless map. Rescale the scene to the training scene's units"
+                      f"{fix} or use a model trained on this scale" + also,
                       UnnormalisedInputWarning, stacklevel=user_stacklevel())
         return
     if distance is None:
@@ -790,7 +790,7 @@ def _grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
                 f"would put its pixels up to {off:.4g} (coordinate units) off; classify each evenly spaced part on "
                 f"its own (e.g. scene.isel({d}=slice(0, k)))")
         v = np.asarray(da[d].values, np.float64)
-        if not abs(mean) > 1e-9 * float(np.abs(v).max()):  # all equal: a map of pixels without height (width)
+        if np.ptp(v) == 0:  # all equal: a map of pixels without height (width); a fine grid's steps are not 0
             raise IrregularGridError(
                 f"scene {_scene_name(da, scene_path)}: its {d} coordinates are all {v[0]:g}, so its pixels would "
                 f"have no {'height' if d == 'y' else 'width'} and no transform can place its map; give each "

@@ -334,8 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(value, str) and value.startswith("~") and name in _PATH_ARGS:
             expanded = os.path.expanduser(value)
             if expanded.startswith("~"):  # no HOME and no passwd entry: a directory literally named '~' is a trap
-                print(f"hsi-engine {args.command}: error: {value} names the home directory, but this user has none "
-                      "(HOME is unset): give the path in full", file=sys.stderr)
+                print(f"hsi-engine {args.command}: error: {one_line(value)} names the home directory, but this user "
+                      "has none (HOME is unset): give the path in full", file=sys.stderr)
                 return 2
             setattr(args, name, expanded)
         if value == "" and name in _PATH_ARGS:  # an unset shell variable ("$OUT"): not the current directory

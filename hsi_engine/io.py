@@ -117,8 +117,6 @@ _LENGTH_PREFIXES = ("micro", "um", "µm", "μm", "nano", "nm", "milli", "mm", "c
 # frequencies (ENVI's 'GHz' and 'MHz'), in Hz each: a band centre at f Hz is at c / f metres
 _FREQUENCY_UNITS = {"thz": 1e12, "ghz": 1e9, "mhz": 1e6}
 _SPEED_OF_LIGHT = 299_792_458.0  # m/s
-# ENVI's 'wavelength units' that say the values are not wavelengths: 'Index' (band numbers 1, 2, ...), 'Unknown'
-_NOT_WAVELENGTH_UNITS = ("index", "unknown")
 
 
 def spectral_unit(units: str | None) -> bool:
@@ -128,10 +126,21 @@ def spectral_unit(units: str | None) -> bool:
                         or u.replace(" ", "") in _WAVENUMBER_UNITS or u in _METRE_UNITS)
 
 
-def not_wavelengths(units: str | None) -> bool:
-    """Whether ``units`` says the listed values are not wavelengths (ENVI's ``Index``, ``Unknown``): band numbers
-    read as nm made ``info`` print 'wavelength 1.0..177.0 nm' and the model refuse the scene."""
-    return (units or "").strip().lower() in _NOT_WAVELENGTH_UNITS
+def not_wavelengths(units: str | None, values: Any = None) -> bool:
+    """Whether ``units`` says the listed ``values`` are not wavelengths: ENVI's ``Index`` (band numbers, read as nm
+    they made ``info`` print 'wavelength 1.0..177.0 nm' and the model refuse the scene), or ``Unknown`` over values
+    that are band numbers (1..N or 0..N-1); ``Unknown`` over other values is no unit at all (derived files keep
+    their nm or µm lists under it), read as a list without a unit is."""
+    u = (units or "").strip().lower()
+    if u == "index":
+        return True
+    if u != "unknown" or values is None:
+        return False
+    try:
+        v = np.asarray(values, np.float64).ravel()
+    except (TypeError, ValueError):
+        return False
+    return v.size > 0 and bool(np.all(v == np.arange(v.size) + v[0])) and v[0] in (0.0, 1.0)
 
 
 def _to_nm(values: Sequence[float], units: str | None) -> np.ndarray:
@@ -170,7 +179,7 @@ def _to_nm(values: Sequence[float], units: str | None) -> np.ndarray:
 def _wavelengths_nm(values: Sequence[float], units: str | None) -> np.ndarray | None:
     """:func:`_to_nm` of ``values``, or None where ``units`` says they are not wavelengths (ENVI's ``Index``): the
     scene's wavelengths are then unknown, as if none were given."""
-    return None if not_wavelengths(units) else _to_nm(values, units)
+    return None if not_wavelengths(units, values) else _to_nm(values, units)
 
 
 def _guess_band_axis(shape: tuple[int, ...], where: str, default_last: bool) -> int:
@@ -259,7 +268,7 @@ def _normalise_dims(da: xr.DataArray, where: str) -> xr.DataArray:
                     wl = values
                 da = da.drop_vars(old)
         da = da.rename(rename)
-        if wl is not None and np.issubdtype(wl.dtype, np.number) and not not_wavelengths(units):
+        if wl is not None and np.issubdtype(wl.dtype, np.number) and not not_wavelengths(units, wl):
             da = da.assign_coords(wavelength=("band", _to_nm(wl, units)))
             da["wavelength"].attrs["units"] = "nm"
     if set(da.dims) != {"band", "y", "x"}:
@@ -284,7 +293,7 @@ def _named_wavelengths(da: xr.DataArray, source: Any = None) -> xr.DataArray:
         if c.dims != ("band",) and c.dims[0] not in ("band", *(n for n in _BAND_NAMES)):
             continue
         units = c.attrs.get("units") or {"wavelength_nm": "nm", "wavelength_um": "um"}.get(name)
-        if not_wavelengths(units):
+        if not_wavelengths(units, c.values):
             continue
         da = da.assign_coords(wavelength=("band", _to_nm(np.asarray(c.values, np.float64), units)))
         da["wavelength"].attrs["units"] = "nm"
@@ -403,7 +412,7 @@ def _finish(da: xr.DataArray, path: Path, fmt: str, *, wavelengths=None, nodata=
         da["wavelength"].attrs["units"] = "nm"
     elif "wavelength" in da.coords and da["wavelength"].dims == ("band",):
         wl = da["wavelength"]
-        if not_wavelengths(wl.attrs.get("units")):  # band numbers ('Index'): no wavelengths, as if none were given
+        if not_wavelengths(wl.attrs.get("units"), wl.values):  # band numbers ('Index'): no wavelengths, as if none
             log.info("%s: its wavelength coordinate is in %r, not a wavelength unit: left out", path,
                      wl.attrs.get("units"))
             da = da.drop_vars("wavelength")
@@ -459,18 +468,25 @@ def gdal_name(path: str | os.PathLike) -> str:
 
 
 def _check_gdal_side_files(path: Path) -> None:
-    """Refuse a file GDAL opens beside the raster (its .aux.xml, .msk, .ovr, .aux, an ENVI .hdr) that is a pipe or a
-    device: GDAL's open then blocked for ever (a FIFO), and a first Ctrl-C did not end it."""
-    for side in (path.with_name(path.name + ext) for ext in (".aux.xml", ".msk", ".ovr", ".aux", ".hdr")):
-        if side.exists() and not side.is_file() and not side.is_dir():
-            raise SceneError(f"{side}, beside the scene {path}, is not a regular file (a pipe or a device): GDAL reads "
-                             "it when it opens the scene, and would wait on it for ever; remove it or replace it "
-                             "with a file")
-    hdr = path.with_suffix(".hdr")
-    if hdr != path and hdr.exists() and not hdr.is_file() and not hdr.is_dir():
-        raise SceneError(f"{hdr}, beside the scene {path}, is not a regular file (a pipe or a device): GDAL reads "
-                         "it as the scene's ENVI header, and would wait on it for ever; remove it or replace it "
-                         "with a file")
+    """Refuse a pipe or device beside the raster under a name GDAL may open with it (its stem with any ending:
+    .aux.xml, .msk, .ovr, .aux, .tfw, .wld, .rpb, an ENVI .hdr...): GDAL's open then blocked for ever on a FIFO,
+    and a first Ctrl-C did not end it."""
+    stem = path.name.split(".")[0]
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(stem + ".") or entry.name == path.name:
+            continue
+        try:
+            odd = not entry.is_file() and not entry.is_dir()
+        except OSError:
+            continue
+        if odd:
+            raise SceneError(f"{path.parent / entry.name}, beside the scene {path}, is not a regular file (a pipe or "
+                             "a device): GDAL may read it when it opens the scene (a side file or header of that "
+                             "name), and would wait on it for ever; remove it or replace it with a file")
 
 
 def _open_geotiff(path: Path, chunks) -> xr.DataArray:
@@ -920,6 +936,7 @@ def _check_envi_size(header: dict[str, str], hdr: Path, data: Path) -> None:
 
 
 def _open_envi(path: Path, chunks) -> xr.DataArray:
+    _check_gdal_side_files(path)  # before the header is looked for: a pipe there would block the look
     hdr, data = _envi_paths(path)
     if not data.is_file():
         raise SceneNotFoundError(f"ENVI binary {data} not found")
@@ -934,7 +951,11 @@ def _open_envi(path: Path, chunks) -> xr.DataArray:
     da = _open_geotiff(data, chunks)
     closer = da._close
     units = header.get("wavelength units")
-    if "wavelength" in header and not_wavelengths(units):  # band numbers ('Index'): as if no list were given
+    try:
+        listed = [float(v) for v in _envi_list(header["wavelength"])] if "wavelength" in header else None
+    except ValueError:
+        listed = None
+    if "wavelength" in header and not_wavelengths(units, listed):  # band numbers ('Index'): as if no list were given
         log.info("%s: 'wavelength units = %s': its wavelength list holds band numbers (or values of no known unit), "
                  "not wavelengths, so the scene's wavelengths are unknown (a model checks its band count only)", hdr,
                  units)
@@ -1064,7 +1085,8 @@ def _keep_grid_mapping(da: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
     if gm is None and "spatial_ref" in ds.variables and "spatial_ref" not in da.coords:
         da = da.assign_coords(spatial_ref=ds["spatial_ref"])
     if "wavelength" in ds.variables and "wavelength" not in da.coords and ds["wavelength"].ndim == 1 \
-            and ds["wavelength"].size == da.sizes["band"] and not not_wavelengths(ds["wavelength"].attrs.get("units")):
+            and ds["wavelength"].size == da.sizes["band"] \
+            and not not_wavelengths(ds["wavelength"].attrs.get("units"), ds["wavelength"].values):
         wl = ds["wavelength"]
         da = da.assign_coords(wavelength=("band", _to_nm(wl.values, wl.attrs.get("units"))))
         da["wavelength"].attrs["units"] = "nm"
@@ -1276,8 +1298,9 @@ def _sidecar_wavelengths(path: Path) -> np.ndarray | None:
         if cand.is_file():
             try:
                 if cand.stat().st_size > _MAX_SIDECAR_BYTES:
-                    raise ValueError(f"{_human(cand.stat().st_size)}, more than the {_human(_MAX_SIDECAR_BYTES)} a "
-                                     "list of wavelengths takes")
+                    _warn_wavelengths(str(cand), f"holds {_human(cand.stat().st_size)}, more than the "
+                                      f"{_human(_MAX_SIDECAR_BYTES)} a list of wavelengths takes", _SIDECAR_FIX)
+                    return None
                 doc = json.loads(cand.read_text(encoding="utf-8"))
             except (ValueError, OSError, RecursionError) as e:  # not JSON (or not text, or nested past Python's limit)
                 _warn_wavelengths(str(cand), f"cannot be read as JSON ({first_line(e)})",

@@ -521,12 +521,11 @@ class _LoggedProgress:
         done = f"{100 * self.n / max(self.total, 1):.0f} % ({_amount(self.n, self.total)})"
         if stalled:  # nothing finished since the last line: say so, and why if known
             quiet = now - self.last_tile
-            if self.first is None:
+            if self.tiles < 2:  # no time between two tiles yet (the first one's holds the start-up)
                 usual = None
                 late = quiet >= 10 * self.every
             else:
-                usual = (self.last_tile - self.first[0]) / (self.tiles - 1) if self.tiles > 1 else \
-                    self.first[0] - self.t0
+                usual = (self.last_tile - self.first[0]) / (self.tiles - 1)
                 late = quiet >= max(self.every, 3 * usual)
             if why or late:
                 log.warning("classify: no tile finished in the last %s; %s done%s", _duration(quiet), done,

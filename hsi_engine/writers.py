@@ -357,7 +357,7 @@ def _write_failed(path: Path, e: BaseException) -> OutputError:
     if full:
         why = "the file system is full" + (f" ({free:,} bytes free)" if free is not None else "")
         fix = "free space there or choose another location"
-    elif "cannot allocate" in str(e).lower() or isinstance(e, MemoryError):  # GDAL's CPLMalloc, under a limit
+    elif any(w in str(e).lower() for w in ("cannot allocate", "out of memory")) or isinstance(e, MemoryError):
         why, fix = "out of memory", ("give the process more memory, or use less: a smaller --tile (tile=...), "
                                      "fewer --readers, or set GDAL_CACHEMAX (e.g. GDAL_CACHEMAX=64, MB)")
     else:

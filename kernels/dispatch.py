@@ -194,7 +194,8 @@ def _gluon_forms() -> list[tuple[str, str]]:
     form, the one-wait-per-phase form (the first that ran on a GPU)."""
     from .spectral_gluon import DEFAULT_STEP, DEFAULT_WAITS
 
-    return list(dict.fromkeys([(DEFAULT_WAITS, DEFAULT_STEP), (DEFAULT_WAITS, "one"), ("phase", "one")]))
+    steps = [DEFAULT_STEP, "ws"] if DEFAULT_STEP == "wsp" else [DEFAULT_STEP]  # ws: the same step, a block a program
+    return list(dict.fromkeys([(DEFAULT_WAITS, s) for s in steps] + [(DEFAULT_WAITS, "one"), ("phase", "one")]))
 
 
 def fused_stage(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:
@@ -248,11 +249,12 @@ def _gluon_disagrees(x: torch.Tensor, program: SpectralProgram, n: int = 512, *,
     of the float32 reference (bf16 / fp16 rounding stays near 1 %), else why not. It ran on one GPU and one
     Triton release before it was wired in: a miscompile elsewhere must cost speed, never numbers."""
     from .spectral import _off_by
-    from .spectral_gluon import DEFAULT_WAITS, spectral_stage_gluon
+    from . import spectral_gluon
 
     head = _check_pixels(x, n)
-    try:
-        got = spectral_stage_gluon(head, program, waits=waits or DEFAULT_WAITS, step=step).float()
+    try:  # wsp on two programs: each runs several blocks of pixels, as on the engine's chunks
+        got = spectral_gluon.spectral_stage_gluon(head, program, waits=waits or spectral_gluon.DEFAULT_WAITS,
+                                                  step=step, programs=2 if step == "wsp" else None).float()
     except Exception as e:  # noqa: BLE001 - any failure means: use the Triton kernel
         return f"the Gluon kernel failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]})"
     off = _off_by(got, spectral_stage_reference(head.float(), program.to(dtype=torch.float32)), 5e-2)

@@ -943,7 +943,8 @@ def gluon_unsupported(x: torch.Tensor, program: SpectralProgram, step: str | Non
 
 
 def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAITS,
-                         identity: str = DEFAULT_IDENTITY, step: str | None = None) -> torch.Tensor:
+                         identity: str = DEFAULT_IDENTITY, step: str | None = None,
+                         programs: int | None = None) -> torch.Tensor:
     """Gluon spectral stage: ``x (P, bands)`` bf16/fp16 on a Hopper GPU -> ``(P, out_features)``.
 
     Same contract as :func:`kernels.spectral.spectral_stage_reference` for the forms it covers (see the module
@@ -956,11 +957,12 @@ def spectral_stage_gluon(x: torch.Tensor, program: SpectralProgram, *, waits: st
     ``pair``, each conv's output pair in one accumulator twice as wide; ``ws``, one position over two warpgroups;
     ``wsp``, ``ws`` with one program per SM, each running its blocks of pixels as one stream of band positions
     (``pair``, ``ws`` and ``wsp`` need ``waits="layer"``, ``identity="epilogue"``); None: :data:`DEFAULT_STEP`
-    (``wsp``) where ``waits`` and ``identity`` allow it, else ``one``."""
+    (``wsp``) where ``waits`` and ``identity`` allow it, else ``one``. ``programs``: ``wsp``'s grid (None: the
+    SM count); a check on a few pixels passes 2, so that each program runs several blocks as on a whole chunk."""
     step = _resolve_step(waits, identity, step, program)
     _check_form(waits, identity, step)
     _check(x, program, step)
-    return _run(x, program, waits=waits, identity=identity, step=step)
+    return _run(x, program, waits=waits, identity=identity, step=step, programs=programs)
 
 
 def trace_steps(program: SpectralProgram, step: str = "one") -> int:
@@ -993,9 +995,12 @@ def traced_run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAUL
 
 
 def _run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAITS,
-         identity: str = DEFAULT_IDENTITY, step: str = "one", trace: torch.Tensor | None = None) -> torch.Tensor:
+         identity: str = DEFAULT_IDENTITY, step: str = "one", trace: torch.Tensor | None = None,
+         programs: int | None = None) -> torch.Tensor:
     """:func:`spectral_stage_gluon` once ``x`` and ``program`` passed its checks (the dispatcher has run them);
-    with ``trace`` (from :func:`traced_run`) the traced build, writing its timestamps there."""
+    with ``trace`` (from :func:`traced_run`) the traced build, writing its timestamps there. ``programs``:
+    ``step="wsp"``'s grid (default: the SM count), so that a check on a few pixels runs several blocks per program,
+    as the engine's chunks do."""
     from .spectral import _pack
 
     p, f = x.shape[0], program.out_features
@@ -1015,7 +1020,8 @@ def _run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAIT
         return out
     if step in WS_STEPS:
         npb = -(-p // BLOCK_P)
-        grid = npb if step == "ws" else min(npb, torch.cuda.get_device_properties(x.device).multi_processor_count)
+        grid = npb if step == "ws" else min(npb, programs or torch.cuda.get_device_properties(x.device)
+                                            .multi_processor_count)
         with torch.cuda.device(x.device):
             _gluon_ws_kernel[(grid,)](
                 x, out, pk["stem_w"], pk["stem_b"], pk["conv_w"], pk["conv_b"], pk["red_w"], pk["red_b"], tr,

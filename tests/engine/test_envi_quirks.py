@@ -211,7 +211,8 @@ def test_envi_wavelength_units_are_converted_to_nm(tmp_path, units, values):
 @pytest.mark.parametrize("units", ["Index", "Unknown", "index"])
 def test_envi_band_indices_are_not_wavelengths(tmp_path, units):
     """'wavelength units = Index' (band numbers) printed 'wavelength 1.0..12.0 nm' and made classify refuse the
-    scene for a wavelength mismatch: now the scene has no wavelengths, as without a list."""
+    scene for a wavelength mismatch: now the scene has no wavelengths, as without a list ('Unknown' too, over band
+    numbers; over real wavelengths it is no unit: test_envi_unknown_units_over_wavelengths_keep_them)."""
     path = write_envi(tmp_path / "s.bsq", make_cube(), lines=wavelength_lines(np.arange(1, BANDS + 1), units))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # as if no list were given: nothing to warn about
@@ -250,3 +251,10 @@ def test_a_scene_with_band_indices_is_classified_by_band_count(tmp_path):
     labels = hsi_engine.classify(open_scene(path), model, progress=False)
     ghz = write_envi(tmp_path / "g.bsq", cube, lines=wavelength_lines(C / WAVELENGTHS_NM, "GHz"))
     np.testing.assert_array_equal(hsi_engine.classify(open_scene(ghz), model, progress=False).values, labels.values)
+
+
+def test_envi_unknown_units_over_wavelengths_keep_them(tmp_path):
+    """ENVI writes 'Unknown' on derived files whose lists are still wavelengths: they are read as a list without a
+    unit is (here nm), and checked against a model's, not dropped."""
+    path = write_envi(tmp_path / "s.bsq", make_cube(), lines=wavelength_lines(WAVELENGTHS_NM, "Unknown"))
+    np.testing.assert_allclose(open_scene(path)["wavelength"].values, WAVELENGTHS_NM, rtol=1e-6)

@@ -28,7 +28,7 @@ def test_a_file_named_in_gdal_syntax_is_read_as_itself(tmp_path, monkeypatch, ge
 
 
 @pytest.mark.timeout(60)  # the old code waited on the pipe for ever
-@pytest.mark.parametrize("side", [".tif.aux.xml", ".tif.msk", ".hdr"])
+@pytest.mark.parametrize("side", [".tif.aux.xml", ".tif.msk", ".hdr", ".aux", ".tfw", ".wld", ".rpb"])
 def test_a_pipe_where_gdal_reads_a_side_file_is_refused(tmp_path, side: str, geo) -> None:
     """GDAL opens scene.tif.aux.xml / .msk beside a GeoTIFF and scene.hdr beside an ENVI binary: a FIFO there
     blocked the open for ever (and a first Ctrl-C did not end it)."""
@@ -41,7 +41,7 @@ def test_a_pipe_where_gdal_reads_a_side_file_is_refused(tmp_path, side: str, geo
     fifo = tmp_path / ("scene" + side)
     fifo.unlink(missing_ok=True)
     os.mkfifo(fifo)
-    with pytest.raises(SceneError, match="has no header" if side == ".hdr" else "not a regular file.*remove it"):
+    with pytest.raises(SceneError, match="not a regular file.*remove it"):
         open_scene(scene)
 
 
@@ -55,4 +55,5 @@ def test_a_hostile_wavelength_sidecar_is_named_and_left_out(tmp_path, content: s
         warnings.simplefilter("always")
         da = open_scene(tmp_path / "s.npy")
     assert "wavelength" not in da.coords
-    assert any("s.wavelengths.json" in str(w.message) and "cannot be read" in str(w.message) for w in caught)
+    assert any("s.wavelengths.json" in str(w.message) and ("cannot be read" in str(w.message) or "more than the"
+                                                             in str(w.message)) for w in caught)

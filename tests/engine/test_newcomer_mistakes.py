@@ -88,6 +88,14 @@ def test_a_scene_on_the_command_line_2x_off_is_named(crop, tmp_path, caplog):
     assert "UnnormalisedInputWarning" in said and (tmp_path / "map.tif").exists()
 
 
+@pytest.mark.parametrize("k", [200.0, 1 / 300])
+def test_a_scene_30x_off_is_named_by_its_factor_even_off_a_power_of_ten(crop, model, k):
+    """200x rounds to 100, which leaves it 2x off: it got the distance wording, which the command line lets through
+    as a warning; 30x or more is a plain cause (an error there), with or without a power of ten that fixes it."""
+    msg = _refused(crop * k, model, r"the scene's values are about [0-9.,]+x (larger|smaller) than those the model")
+    assert "lie a median" not in msg
+
+
 def test_a_scene_on_the_command_line_10x_off_is_an_error(crop, tmp_path):
     path = tmp_path / "scene.npy"
     np.save(path, np.moveaxis(crop.values * 10, 0, -1))
@@ -283,6 +291,13 @@ def test_constant_coordinates_are_refused_not_written_with_pixel_height_0(crop, 
         path = hsi_engine.classify_to_file(flat.drop_vars("y"), model, tmp_path / "map.tif")
     with rasterio.open(path) as f:
         assert f.transform == a
+    # a fine geographic grid (1e-7 degrees, about 1 cm) at longitude -122.4 was refused as 'all -122.4'
+    fine = small.assign_coords(x=-122.4 + 1e-7 * (np.arange(12) + 0.5), y=37.8 - 1e-7 * (np.arange(12) + 0.5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        path = hsi_engine.classify_to_file(fine.rio.write_crs("EPSG:4326"), model, tmp_path / "fine.tif")
+    with rasterio.open(path) as f:
+        assert f.transform.a == pytest.approx(1e-7) and f.transform.e == pytest.approx(-1e-7)
 
 
 # --------------------------------------------------------------------------------------------------

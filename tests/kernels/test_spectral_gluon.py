@@ -697,6 +697,8 @@ def test_dispatch_tries_the_default_gluon_form_then_the_one_position_forms(monke
     assert dispatch._gluon_forms() == [("layer", step), ("layer", "one"), ("phase", "one")]
     monkeypatch.setattr(spectral_gluon, "DEFAULT_STEP", "one")
     assert dispatch._gluon_forms() == [("layer", "one"), ("phase", "one")]
+    monkeypatch.setattr(spectral_gluon, "DEFAULT_STEP", "wsp")  # then ws: the same step, one block a program
+    assert dispatch._gluon_forms() == [("layer", "wsp"), ("layer", "ws"), ("layer", "one"), ("phase", "one")]
 
 
 def test_dispatch_skips_a_default_form_the_program_does_not_fit_without_a_warning(monkeypatch, caplog) -> None:
@@ -799,3 +801,23 @@ def test_the_default_step_falls_back_to_one_position_where_ws_does_not_fit() -> 
     assert sg._resolve_step("layer", "epilogue", "ws", edge) == "ws"  # asked for: refused by its check, by name
     why = sg.gluon_unsupported(torch.zeros(2, 200, dtype=torch.bfloat16), edge)
     assert why is not None and "shared memory" not in why  # refused for this CPU tensor, not for its memory
+
+
+def test_the_check_of_the_persistent_form_runs_several_blocks_per_program(monkeypatch) -> None:
+    """The once-per-shape check runs 1,024 pixels: 16 blocks, one per program on a GPU of 132 SMs, so wsp's
+    stream across blocks (the gaps, the reduce's reset, the output rows of later blocks) went unchecked. wsp's check
+    now runs on two programs."""
+    from kernels import dispatch, spectral_gluon
+
+    seen = {}
+
+    def record(x, p, **kw):
+        seen[kw["step"]] = kw.get("programs")
+        return spectral_stage_reference(x.float(), p.to(dtype=torch.float32))
+
+    monkeypatch.setattr(spectral_gluon, "spectral_stage_gluon", record)
+    prog = _random_program(23, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(700, 23, generator=torch.Generator().manual_seed(1))
+    for step in ("wsp", "ws"):
+        assert dispatch._gluon_disagrees(x, prog, step=step) == ""
+    assert seen == {"wsp": 2, "ws": None}
