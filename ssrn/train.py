@@ -462,12 +462,19 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
 
     from .checkpoint import check_model_target, save_model
 
+    for name, value in (("dataset", dataset), ("labels", labels), ("out", out)):
+        if value is not None and not (isinstance(value, (str, os.PathLike)) and isinstance(os.fspath(value), str)):
+            what = "a path (a str or pathlib.Path)" + (" or a dataset name" if name == "dataset" else "")
+            fix = ("pass the model directory's path" if name == "out" else "write an array or DataArray to a file "
+                   "first (e.g. da.rio.to_raster('scene.tif'), or np.save for labels) and pass its path")
+            raise TrainOptionError(f"run_training's {name} is {what}; got {type(value).__name__}: {fix}")
     dataset = os.fspath(dataset)
     # one run per model directory: a second run into the same --out (a copied job script) is refused now, not
     # after hours of training when its save finds the first run's model (nor told to pass --overwrite because the
     # first one's progress save is there); no lock where none can be made beside it (a read-only or missing
     # parent: nothing is created before the checks)
-    target = Path(out).resolve()
+    target = Path(os.path.abspath(out))  # beside a symlink at --out, not its target (the link is replaced, not
+    # written through: checkpoint.check_model_target)
     with (output_lock(target, fix="wait for it to finish, or train into another --out", sweep=False,
                       required=False, create_dir=False) if target.name else contextlib.nullcontext()):
         check_model_target(out, overwrite)

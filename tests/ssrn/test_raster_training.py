@@ -532,3 +532,38 @@ def test_zero_labels_beside_a_negative_nodata_are_named_as_maybe_zero_based(tmp_
     with caplog.at_level(logging.WARNING, "ssrn"):
         load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
     assert not any("also holds 0" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("what", ["dataset", "labels", "out"])
+def test_arrays_where_run_training_takes_paths_are_named(tmp_path, what):
+    """An ndarray or DataArray for the scene or the labels raised a bare TypeError ('expected str, bytes or
+    os.PathLike object, not ndarray') from deep inside."""
+    from ssrn.train import TrainOptionError, run_training
+
+    _write_scene(tmp_path / "s.tif")
+    _write_labels(tmp_path / "l.tif", _labels())
+    kw = dict(dataset=tmp_path / "s.tif", labels=tmp_path / "l.tif", out=tmp_path / "m")
+    kw[what] = np.zeros((3, 4, 5))
+    with pytest.raises(TrainOptionError, match=rf"run_training's {what} is a path .* got ndarray"):
+        run_training(kw.pop("dataset"), kw.pop("out"), labels=kw.pop("labels"), epochs=1)
+    assert not (tmp_path / "m").exists()
+
+
+def test_the_run_lock_of_a_symlinked_target_sits_beside_the_link(tmp_path, monkeypatch):
+    """The lock sat beside the directory a symlink at --out points to, which the run never writes (the link is
+    replaced): two runs into one link were not kept apart by where they write."""
+    import hsi_engine.lock
+    from ssrn.train import run_training
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    seen = []
+
+    def lock(target, **kw):
+        seen.append(target)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(hsi_engine.lock, "output_lock", lock)
+    with pytest.raises(RuntimeError, match="stop here"):
+        run_training(tmp_path / "s.tif", tmp_path / "link", labels=tmp_path / "l.tif", epochs=1)
+    assert seen == [tmp_path / "link"]
