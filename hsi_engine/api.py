@@ -402,8 +402,6 @@ def _check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: fl
                       f"{fix} or use a model trained on this scale" + also,
                       UnnormalisedInputWarning, stacklevel=user_stacklevel())
         return
-    if distance is None:
-        distance = scale_distance(raw, mean, std, nodata) or float("inf")
     like = (f"; its values look about {fold_text}x {word} than the training scene's"
             if (scale_distance(raw, mean, std, nodata, factor=1 / k) or 0.0) < _SCALE_Z else "")
     warnings.warn(f"the scene's values lie a median {distance:,.1f} standard deviations from the model's per-band "

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from .errors import OutputError
+from .io import gdal_name
 from .logs import warnings_ignored
 from .writers import _TIFF, ZarrClassMapWriter, check_replaceable, remove_tree, zarr_root_attributes
 
@@ -207,7 +208,7 @@ def recorded_fingerprint(path: str | os.PathLike) -> dict[str, Any] | None:
         import rasterio
 
         try:
-            with rasterio.open(os.path.abspath(p)) as f:  # (see io.gdal_name)
+            with rasterio.open(gdal_name(p)) as f:
                 found = json.loads(f.tags().get(FINGERPRINT_ATTR, "null"))
         except (OSError, ValueError, rasterio.errors.RasterioError):
             return None
