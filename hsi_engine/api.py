@@ -412,6 +412,65 @@ def _check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: fl
                   UnnormalisedInputWarning, stacklevel=user_stacklevel())
 
 
+def declared_scaling(da: xr.DataArray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(scales, offsets)`` per band that the scene declares and the engine does not apply (GDAL band
+    scale/offset, kept in ``encoding`` by :func:`open_scene`; rioxarray's ``scale_factor``/``add_offset`` or
+    ``scales``/``offsets`` attrs in memory); None when it declares none."""
+    n = int(da.sizes["band"])
+    found = {}
+    for key, one, default in (("scales", "scale_factor", 1.0), ("offsets", "add_offset", 0.0)):
+        v = da.encoding.get(key, da.attrs.get(key, da.attrs.get(one)))
+        if v is None:
+            continue
+        try:
+            found[key] = np.broadcast_to(np.asarray(v, np.float64).reshape(-1), (n,)).copy()
+        except (TypeError, ValueError):  # not numbers, or not one per band: nothing the engine can compare
+            return None
+    if not found:
+        return None
+    return found.get("scales", np.ones(n)), found.get("offsets", np.zeros(n))
+
+
+def _scaling_text(scales: np.ndarray, offsets: np.ndarray) -> str:
+    def one(v: np.ndarray) -> str:
+        return f"{v[0]:g}" if np.all(v == v[0]) else f"{v.min():g}..{v.max():g} (per band)"
+    return f"scale {one(scales)}, offset {one(offsets)}"
+
+
+def _check_declared_scaling(da: xr.DataArray, meta: dict, bands: int) -> None:
+    """Warn where the scene declares a band scale/offset (not applied: values are read as stored) other than the
+    one the model's training scene declared (``meta["scales"]``/``["offsets"]``): the same reflectance stored
+    two ways gives two maps (EnMAP-style uint16 stored + 1000 with offset -0.1 changed 98 % of a tile's
+    classes without a word). ``UnnormalisedInputWarning``, an error on the command line. A model that records
+    none is only told about a non-zero offset, as a ``UserWarning``: it cannot be checked."""
+    declared = declared_scaling(da)
+    if declared is None:
+        return
+    scales, offsets = declared
+    if meta.get("scales") is None and meta.get("offsets") is None:
+        # (in memory, attrs may be CF packing left undecoded: _check_packing tells of that)
+        if np.any(offsets != 0) and ("offsets" in da.encoding or "scales" in da.encoding):
+            warnings.warn(f"the scene declares band {_scaling_text(scales, offsets)} (GDAL metadata), which the "
+                          "engine does not apply: values are read as stored. The model records no scale/offset of "
+                          "its training scene (trained before hsi-engine recorded them, or on a scene without "
+                          "them), so it cannot check that its training values were stored the same way",
+                          UserWarning, stacklevel=user_stacklevel())
+        return
+    m_scales = np.asarray(meta.get("scales") or [1.0] * bands, np.float64)
+    m_offsets = np.asarray(meta.get("offsets") or [0.0] * bands, np.float64)
+    if np.allclose(scales, m_scales, rtol=1e-6, atol=0) and np.allclose(offsets, m_offsets, rtol=1e-6, atol=1e-12):
+        return
+    one = (np.all(scales == scales[0]) and np.all(offsets == offsets[0]) and np.all(m_scales == m_scales[0])
+           and np.all(m_offsets == m_offsets[0]))
+    fix = (f" ((scene * {scales[0]:g} + {offsets[0]:g} - {m_offsets[0]:g}) / {m_scales[0]:g} in Python)" if one
+           else "")
+    warnings.warn(f"the scene declares band {_scaling_text(scales, offsets)}, but the model's "
+                  f"training scene declared {_scaling_text(m_scales, m_offsets)} (model.json meta): values are "
+                  "read as stored, not scaled, so the same reflectance stored another way gives another map. "
+                  f"Store the scene as the training scene was{fix}, or use a model trained on scenes stored "
+                  "like this one", UnnormalisedInputWarning, stacklevel=user_stacklevel())
+
+
 LARGE_CHUNK_BYTES = 256 << 20  # a decoded chunk above this, and 16 tile windows, costs memory the tile does not set
 
 
@@ -517,6 +576,7 @@ class _Job:
         if self.nodata is not None:  # a numpy scalar compares as a strong type in numpy, as a Python float in
             self.nodata = float(self.nodata)  # torch: the CPU and CUDA masks differed
         self.nodata_bands = _tested_bands(da, model_bad, bands, trained_stats=trained_stats)
+        _check_declared_scaling(da, self.meta, bands)
         if trained_stats:
             _check_scale(da, self.mean, self.std, self.nodata)
         elif da.dtype.kind == "f":  # integers were warned about above

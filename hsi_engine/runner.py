@@ -204,7 +204,7 @@ def _nonfinite_error(raw: np.ndarray, tile: Tile, nodata_bands: np.ndarray | Non
     b, y, x = (int(v[0]) for v in np.nonzero(~np.isfinite(raw[tested])))
     b = int(tested[b])
     return NonFiniteInputError(
-        f"scene value at band {b}, pixel (y={ry0 + y}, x={rx0 + x}) is {raw[b, y, x]} (tile "
+        f"scene value at band {b + 1} (index {b}), pixel (y={ry0 + y}, x={rx0 + x}) is {raw[b, y, x]} (tile "
         f"{tile.index}, rows {tile.y0}:{tile.y1}, cols {tile.x0}:{tile.x1}), and no nodata policy "
         "was given: pass nodata=VALUE (--nodata VALUE; for NaN: nodata=float('nan'), --nodata nan) to "
         "classify such pixels as 0, or "
@@ -390,7 +390,7 @@ def _blown_error(raw: np.ndarray, tile: Tile, blown: np.ndarray, halo: int, mean
     win = raw[:, wy0:gy + halo + 1 - ry0, wx0:gx + halo + 1 - rx0].astype(np.float64)
     z = np.abs(win if mean is None else (win - mean[:, None, None]) / std[:, None, None])
     b, dy, dx = np.unravel_index(int(np.nanargmax(np.where(np.isfinite(z), z, -1.0))), z.shape)
-    worst = f"band {b} at (y={ry0 + wy0 + dy}, x={rx0 + wx0 + dx}) holds {win[b, dy, dx]:.6g}"
+    worst = f"band {b + 1} (index {b}) at (y={ry0 + wy0 + dy}, x={rx0 + wx0 + dx}) holds {win[b, dy, dx]:.6g}"
     if mean is not None:
         worst += f", {z[b, dy, dx]:.3g} standard deviations from the model's mean"
     if precision == "float16":

@@ -414,9 +414,10 @@ def class_names_problem(names: list[str]) -> str | None:
 
 def _check_meta(meta: object, config: SSRNConfig, where: Path | str) -> None:
     """The ``meta`` values the engine reads, checked at load: an edited model.json whose per-band statistics,
-    wavelengths, class names or palette no longer fit the network fails here, naming the key, not as a silently wrong
-    map (a null mean made every pixel one class; a short class_names list gave generic names). A wavelength may
-    be null (unknown: the scene's bands are then not checked against the model's)."""
+    wavelengths, declared band scales/offsets, class names or palette no longer fit the network fails here, naming
+    the key, not as a silently wrong map (a null mean made every pixel one class; a short class_names list gave
+    generic names). A wavelength may be null (unknown: the scene's bands are then not checked against the
+    model's)."""
     if meta is None:
         return
     if not isinstance(meta, dict):
@@ -425,12 +426,13 @@ def _check_meta(meta: object, config: SSRNConfig, where: Path | str) -> None:
     fix = "; fix model.json or retrain (hsi-engine train writes them)"
     # an in-memory model's meta may hold numpy arrays or tuples (what save_model writes as JSON lists)
     meta = {k: (v.tolist() if hasattr(v, "tolist") else list(v) if isinstance(v, tuple) else v)
-            for k, v in meta.items() if k in ("mean", "std", "wavelengths", "class_names", "bad_bands")}
+            for k, v in meta.items() if k in ("mean", "std", "wavelengths", "class_names", "bad_bands",
+                                                 "scales", "offsets")}
     if ("mean" in meta) != ("std" in meta):
         has, lacks = ("mean", "std") if "mean" in meta else ("std", "mean")
         raise CheckpointError(f"{where}: meta has '{has}' but no '{lacks}': the engine normalises with both, or "
                               f"takes the scene as normalised with neither{fix}")
-    for key in ("mean", "std", "wavelengths"):
+    for key in ("mean", "std", "wavelengths", "scales", "offsets"):
         v = meta.get(key)
         if v is None:
             continue

@@ -79,6 +79,15 @@ def _device(device: str | torch.device | None) -> torch.device:
         raise TrainOptionError(str(e)) from None
 
 
+def _declared_scaling(cube: Any) -> tuple[Any, Any] | None:
+    """The training scene's declared band ``(scales, offsets)`` (values stored as read, not scaled), or None."""
+    import xarray as xr
+
+    from hsi_engine.api import declared_scaling
+
+    return declared_scaling(cube) if isinstance(cube, xr.DataArray) else None
+
+
 def _device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(dev)})"
@@ -568,6 +577,9 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
         else:
             meta["wavelengths"] = scene.wavelengths
             meta["wavelength_unit"] = "nm"
+        declared = _declared_scaling(scene.cube)
+        if declared is not None:  # the band scale/offset its values were stored with: classify checks a scene's
+            meta["scales"], meta["offsets"] = (v.tolist() for v in declared)
         base_report = {"dataset": scene.name, "device": _device_name(dev), "seed": seed, "split": split_desc,
                        "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "epochs": epochs,
                        "schedule": schedule, "patience": patience, "max_minutes": max_minutes, "amp": amp_used,

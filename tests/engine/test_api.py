@@ -1291,3 +1291,47 @@ def test_the_packages_are_marked_typed_for_type_checkers():
     data = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     for pkg in ("hsi_engine", "ssrn", "kernels"):
         assert (repo / pkg / "py.typed").is_file() and "py.typed" in data[pkg]
+
+
+def test_a_band_scale_and_offset_other_than_the_training_scenes_is_named(tmp_path, case):
+    """GDAL band scales/offsets are not applied (values are read as stored), so the same reflectance stored
+    another way gave another map without a word: a model recording its training scene's (``hsi-engine train``
+    does) names a scene declaring others (an error on the command line); one recording none hears of an offset
+    only, and in-memory attrs (maybe CF packing, told of elsewhere) only where the model records some."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    cube, model, _ = case
+    bands = cube.shape[0]
+    model.meta.update(scales=[1e-4] * bands, offsets=[0.0] * bands)
+
+    def write(name, values, offset):
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", width=values.shape[2], height=values.shape[1],
+                           count=bands, dtype="uint16", crs="EPSG:32633",
+                           transform=from_origin(0, 0, 30, 30)) as dst:
+            dst.write(values)
+            dst.scales, dst.offsets = [1e-4] * bands, [offset] * bands
+        return tmp_path / name
+
+    same, shifted = write("a.tif", cube.astype(np.uint16), 0.0), write("b.tif", (cube + 1000).astype(np.uint16), -0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", category=PendingDeprecationWarning)  # rioxarray's affine use
+        classify(same, model, progress=False)
+        with pytest.raises(hsi_engine.UnnormalisedInputWarning, match=r"declares band scale 0.0001, offset -0.1, "
+                           r"but the model's training scene declared scale 0.0001, offset 0 .*\(\(scene \* 0.0001 "
+                           r"\+ -0.1 - 0\) / 0.0001 in Python\)"):
+            classify(shifted, model, progress=False)
+        attrs = xr.DataArray(cube.astype(np.uint16), dims=("band", "y", "x"),
+                             attrs={"scale_factor": 1e-4, "add_offset": -0.1})  # rioxarray's in memory
+        with pytest.raises(hsi_engine.UnnormalisedInputWarning, match="declares band scale 0.0001, offset -0.1"):
+            classify(attrs, model, progress=False)
+        model.meta["offsets"] = [0.0] * (bands - 1) + [-0.1]
+        with pytest.raises(hsi_engine.UnnormalisedInputWarning, match=r"declared scale 0.0001, offset -0.1..0 "
+                           r"\(per band\) .* like this one$"):
+            classify(shifted, model, progress=False)
+        del model.meta["scales"], model.meta["offsets"]  # a model from before they were recorded
+        with pytest.raises(UserWarning, match="offset -0.1 .* records no scale/offset"):
+            classify(shifted, model, progress=False)
+        classify(same, model, progress=False)  # a scale alone: the scale check looks at the values
+        classify(attrs, model, progress=False)

@@ -124,7 +124,7 @@ def test_non_finite_without_nodata_policy(crop, model_dir, outdir, tmp_path, bad
     npy = tmp_path / "nan.npy"
     np.save(npy, np.moveaxis(cube, 0, -1))  # .npy: band-last, no declared nodata
     msg = classify_everywhere(da, model_dir, outdir, NonFiniteInputError,
-                              r"band 5, pixel \(y=21, x=30\).*no nodata policy", cli_scene=npy)
+                              r"band 6 \(index 5\), pixel \(y=21, x=30\).*no nodata policy", cli_scene=npy)
     assert "nodata" in msg
 
 
@@ -137,9 +137,9 @@ def test_finite_values_too_large_for_float32_are_named_not_classified(crop, mode
     da = F.dataarray(cube)
     npy = tmp_path / "big.npy"
     np.save(npy, np.moveaxis(cube, 0, -1))
-    match = r"not finite or beyond 1e\+06 .*band 7 at \(y=21, x=30\) holds"
+    match = r"not finite or beyond 1e\+06 .*band 8 \(index 7\) at \(y=21, x=30\) holds"
     msg = classify_everywhere(da, model_dir, outdir, NonFiniteInputError, match, cli_scene=npy)
-    assert "band 7 at (y=21, x=30)" in msg
+    assert "band 8 (index 7) at (y=21, x=30)" in msg
     with pytest.raises(NonFiniteInputError, match=match):
         hsi_engine.classify(da, model_dir, tile=TILE, nodata=-9999.0, progress=False)
     from hsi_engine.runner import run_plan  # the device-normalising path, on the CPU
@@ -165,7 +165,7 @@ def test_finite_float32_values_far_outside_the_data_are_named_not_classified(cro
     silently, though README says such a value stops the run."""
     cube = crop.astype(np.float32)
     cube[7, 21, 30] = value
-    match = r"beyond 1e\+06 .*far outside the model's data \(band 7 at \(y=21, x=30\) holds"
+    match = r"beyond 1e\+06 .*far outside the model's data \(band 8 \(index 7\) at \(y=21, x=30\) holds"
     classify_everywhere(F.dataarray(cube), model_dir, outdir, NonFiniteInputError, match)
     with pytest.raises(NonFiniteInputError, match=match + r".*pass it \(scene.where"):
         hsi_engine.classify(F.dataarray(cube), model_dir, tile=TILE, progress=False)
@@ -185,7 +185,7 @@ def test_non_finite_on_a_cluster_leaves_nothing(crop, model_dir, outdir):
     assert_nothing_written(outdir)
     cube = cube.astype(np.float64)
     cube[0, 39, 39] = 1e300  # finite, but beyond the network's float32: named on the worker too
-    with pytest.raises(NonFiniteInputError, match=r"band 0 at \(y=39, x=39\) holds 1e\+300"):
+    with pytest.raises(NonFiniteInputError, match=r"band 1 \(index 0\) at \(y=39, x=39\) holds 1e\+300"):
         cluster.run_to_file(F.dataarray(cube), model_dir, outdir / "map.zarr", tile=TILE, workers=1)
     assert_nothing_written(outdir)
 

@@ -228,6 +228,8 @@ def test_train_from_a_geotiff_and_its_labels_then_classify(tmp_path, capsys):
     from hsi_engine.cli import main
 
     _write_scene(tmp_path / "s.tif")
+    with rasterio.open(tmp_path / "s.tif", "r+") as f:  # EnMAP's band scale, not applied: recorded
+        f.scales = [1e-4] * 12
     _write_labels(tmp_path / "l.tif", _labels(), colours=False)
     model = tmp_path / "model"
     assert main(["train", "--dataset", str(tmp_path / "s.tif"), "--labels", str(tmp_path / "l.tif"),
@@ -235,6 +237,7 @@ def test_train_from_a_geotiff_and_its_labels_then_classify(tmp_path, capsys):
                  "--device", "cpu"]) == 0
     meta = json.loads((model / "model.json").read_text())["meta"]
     assert meta["class_names"] == ["roof", "tree", "water"] and meta["source"].endswith("l.tif")
+    assert meta["scales"] == [1e-4] * 12 and meta["offsets"] == [0.0] * 12
     assert meta["grid"]["transform"] == list(T)[:6] and meta["grid"]["shape"] == [20, 24]  # the split, placed
     assert rasterio.crs.CRS.from_wkt(meta["grid"]["crs"]).to_epsg() == 32633
     assert main(["classify", str(tmp_path / "s.tif"), "--model", str(model), "--out", str(tmp_path / "m.tif")]) == 0
@@ -567,3 +570,4 @@ def test_the_run_lock_of_a_symlinked_target_sits_beside_the_link(tmp_path, monke
     with pytest.raises(RuntimeError, match="stop here"):
         run_training(tmp_path / "s.tif", tmp_path / "link", labels=tmp_path / "l.tif", epochs=1)
     assert seen == [tmp_path / "link"]
+
