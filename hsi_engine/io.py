@@ -512,7 +512,11 @@ def _open_geotiff(path: Path, chunks) -> xr.DataArray:
                 ds_tags = src.tags()
                 envi_tags = src.tags(ns="ENVI")
                 rpcs = getattr(src, "rpcs", None)
-                masked = any(rasterio.enums.MaskFlags.per_dataset in f for f in src.mask_flag_enums)
+                # a last band that is alpha (gdalwarp -dstalpha) is no spectral band: left out, its 0s nodata
+                alpha = count > 1 and src.colorinterp[-1] == rasterio.enums.ColorInterp.alpha
+                flags = rasterio.enums.MaskFlags
+                masked = any(flags.per_dataset in f and not (alpha and flags.alpha in f) for f in src.mask_flag_enums)
+                band_nodata = list(src.nodatavals[:count - int(alpha)])
                 # band names that are not UTF-8 raise UnicodeDecodeError in rasterio's ``descriptions``, which
                 # rioxarray reads too: it opens a VRT of the file then, which has the file's values and placement
                 # and no band names
@@ -527,6 +531,8 @@ def _open_geotiff(path: Path, chunks) -> xr.DataArray:
                  " and the band names are" if descriptions is None else " are")
     if descriptions is None:
         descriptions = [None] * count
+    if alpha:
+        tags, descriptions = tags[:-1], descriptions[:-1]
     closer = getattr(da, "_close", None)  # the file's: the new arrays made below do not carry it
     if isinstance(da, list):
         raise SceneError(f"{path} holds {len(da)} subdatasets; open one of them")
@@ -535,8 +541,11 @@ def _open_geotiff(path: Path, chunks) -> xr.DataArray:
     wl = _gdal_wavelengths(tags, descriptions, ds_tags, envi_tags)
     if "wavelength" in da.coords:  # rioxarray adds ENVI wavelengths as a (dask) coordinate in file units
         da = da.drop_vars([c for c in ("wavelength", "fwhm") if c in da.coords])
-    if nodata is not None:
+    per_band = len({"nan" if v is not None and math.isnan(v) else v for v in band_nodata}) > 1
+    if nodata is not None and not per_band:
         da = _with_nodata(da, nodata, f"{path}'s nodata value")
+    if per_band or alpha:
+        da = _nan_masked(da, path, band_nodata if per_band else None, alpha=alpha)
     da = _finish(_scales_to_encoding(da), path, "geotiff", wavelengths=wl, chunks=chunks, bbl=_gdal_bbl(tags))
     if masked:
         da = _with_gdal_mask(da, path)
@@ -596,12 +605,17 @@ def _vrt_without_names(src, tags: list[dict[str, str]], ds_tags: Mapping[str, st
     return ET.tostring(root, encoding="unicode")
 
 
+def _holds(dtype: np.dtype, value: float) -> bool:
+    """Whether a pixel of ``dtype`` can hold nodata ``value`` (an integer type holds no -9999 unsigned, no 0.5)."""
+    return dtype.kind not in "ui" or (math.isfinite(value) and value == int(value)
+                                      and np.iinfo(dtype).min <= value <= np.iinfo(dtype).max)
+
+
 def _with_nodata(da: xr.DataArray, value: float, what: str) -> xr.DataArray:
     """``da`` with nodata ``value``; a value its dtype cannot hold (-9999 or 0.5 in a uint16 file) is left out with
     a log line: no pixel can hold it, so it masks nothing (rioxarray raised OverflowError for it, and GDAL reads an
     ENVI header's 0.5 as 0 for uint16, which masked the zeros)."""
-    if da.dtype.kind in "ui" and not (math.isfinite(value) and value == int(value)
-                                      and np.iinfo(da.dtype).min <= value <= np.iinfo(da.dtype).max):
+    if not _holds(da.dtype, value):
         log.info("%s (%s) cannot occur in a %s scene, so it masks nothing: left out", what, value, da.dtype)
         return da.rio.write_nodata(None, encoded=False)
     return da.rio.write_nodata(value, encoded=False)
@@ -622,9 +636,72 @@ def _with_gdal_mask(da: xr.DataArray, path: Path) -> xr.DataArray:
     out.encoding = encoding
     if _nodata_attr(out) is None:
         out = out.rio.write_nodata(np.nan, encoded=False)
-    out.attrs["gdal_mask"] = "per-dataset mask: invalid pixels read as NaN (nodata)"
+    note = "per-dataset mask: invalid pixels read as NaN (nodata)"
+    out.attrs["gdal_mask"] = f"{out.attrs['gdal_mask']}; {note}" if "gdal_mask" in out.attrs else note
     log.info("%s has a GDAL mask band: the pixels it marks invalid are nodata", path)
     return out
+
+
+def _nan_masked(da: xr.DataArray, path: Path, band_nodata: list[float | None] | None, *,
+                alpha: bool) -> xr.DataArray:
+    """``da`` (as rioxarray opened the GeoTIFF) with each band's own nodata value (``band_nodata``, when the bands
+    declare different ones: GDAL's ``nodata`` is band 1's, which masked 65535 holes nowhere and 0s in bands whose
+    nodata is 65535) and, with ``alpha``, the pixels its last (alpha) band marks 0 read as NaN, that band left out
+    (as a warp's fill, they were classified). Integers are read as floats for it, as :func:`_with_gdal_mask` does;
+    NaN is the nodata value then, unless one value for every band is declared."""
+    import dask.array as dsa
+
+    n = da.sizes["band"] - int(alpha)
+    data = da.data
+    kept = da.isel(band=slice(0, n))
+    count = da.sizes["band"]  # per-band attrs (long_name, scales, offsets) lose the alpha band's entry too
+    kept.attrs = {k: (v[:n] if alpha and isinstance(v, (tuple, list)) and len(v) == count else v)
+                  for k, v in da.attrs.items()}
+    ftype = da.dtype if da.dtype.kind == "f" else np.dtype(np.float32 if da.dtype.itemsize <= 2 else np.float64)
+    hit = None
+    notes = []
+    if band_nodata is not None:
+        usable = [v is not None and not math.isnan(v) and _holds(da.dtype, v) for v in band_nodata]
+        values = np.array([v if ok else 0 for v, ok in zip(band_nodata, usable)], dtype=da.dtype)[:, None, None]
+        hit = (kept.data == values) & np.array(usable)[:, None, None]
+        unheld = sorted({v for v, ok in zip(band_nodata, usable) if v is not None and not math.isnan(v) and not ok})
+        notes.append(f"its bands declare different nodata values ({_band_values(band_nodata)}): each band's own "
+                     "reads as NaN (nodata)" + (f"; {', '.join(f'{v:g}' for v in unheld)} cannot occur in "
+                                                f"{da.dtype} and masks nothing" if unheld else ""))
+    if alpha:
+        hole = (data[n] == 0)[None]  # (1, y, x): the same chunks as the bands
+        hit = hole if hit is None else hit | hole
+        notes.append(f"band {count} is an alpha band: left out of the scene, and the pixels it marks 0 read as NaN "
+                     "(nodata)")
+    out = kept.copy(data=dsa.where(hit, np.array(np.nan, ftype), kept.data.astype(ftype)))
+    if band_nodata is not None or _nodata_attr(out) is None:
+        out = out.rio.write_nodata(np.nan, encoded=False)
+    if band_nodata is not None:
+        out.attrs["band_nodata"] = _band_values(band_nodata)
+    if alpha:
+        out.attrs["gdal_mask"] = (f"alpha band {count}: pixels with alpha 0 read as NaN (nodata); the band is "
+                                  "left out of the scene")
+    log.info("%s: %s", path, "; ".join(notes))
+    return out
+
+
+def _band_values(values: Sequence[float | None]) -> str:
+    """Per-band values as 'band 1: 0; bands 2-200: 65535', by value in order of first band (cut at ~150 chars)."""
+    groups: dict[str, list[int]] = {}
+    for i, v in enumerate(values, start=1):
+        groups.setdefault("none" if v is None else f"{v:g}", []).append(i)
+    parts = []
+    for v, bands in groups.items():
+        runs: list[list[int]] = []
+        for b in bands:
+            if runs and b == runs[-1][1] + 1:
+                runs[-1][1] = b
+            else:
+                runs.append([b, b])
+        listed = ", ".join(f"{a}-{z}" if z > a else str(a) for a, z in runs)
+        parts.append(f"{'bands' if len(bands) > 1 else 'band'} {listed}: {v}")
+    text = "; ".join(parts)
+    return text if len(text) <= 150 else text[:147] + "..."
 
 
 # the attributes a scene declares its nodata value in, the one that masks first
@@ -1591,9 +1668,12 @@ def scene_info(path: str | os.PathLike, *, variable: str | None = None, band_axi
         lines.append(f"pixel      {math.hypot(transform.a, transform.d):g} x {math.hypot(transform.b, transform.e):g}"
                      + (" (rotated grid)" if transform.b or transform.d else ""))
     nodata = da.attrs.get("_FillValue")
-    lines.append(f"nodata     {nodata if nodata is not None else 'none'}")
+    lines.append(f"nodata     {nodata if nodata is not None else 'none'}"
+                 + (f" (declared per band: {da.attrs['band_nodata']}; each read as NaN)" if "band_nodata" in da.attrs
+                    else ""))
     if "gdal_mask" in da.attrs:
         lines.append(f"mask       {da.attrs['gdal_mask']}")
+    lines += _scale_lines(da)
     if "wavelength" in da.coords:
         wl = np.asarray(da["wavelength"].values, dtype=float)
         lines.append(f"wavelength {np.nanmin(wl):.1f}..{np.nanmax(wl):.1f} nm ({wl.size} bands)")
@@ -1602,3 +1682,18 @@ def scene_info(path: str | os.PathLike, *, variable: str | None = None, band_axi
     lines.append(f"in memory  {_human(da.nbytes)}")
     lines.append(f"on disk    {_human(_disk_size(p))}")
     return "\n".join(lines)
+
+
+def _scale_lines(da: xr.DataArray) -> list[str]:
+    """``info``'s lines for the GDAL band scales/offsets a scene declares (kept in its encoding, not applied), when
+    they are not all 1 / all 0: EnMAP's 0.0001 says the values are reflectance x 10000."""
+    lines = []
+    for key, name, identity in (("scales", "scale", 1.0), ("offsets", "offset", 0.0)):
+        values = np.asarray(da.encoding.get(key) or (), dtype=np.float64)
+        if values.size == 0 or np.all(values == identity):
+            continue
+        lo, hi = np.nanmin(values), np.nanmax(values)
+        which = "all bands" if lo == hi else f"per band, {values.size} bands"
+        text = f"{lo:g}" if lo == hi else f"{lo:g}..{hi:g}"
+        lines.append(f"{name:<10} {text} ({which}; declared, not applied: values are read as stored)")
+    return lines
