@@ -110,7 +110,9 @@ def check_scene(config: Any, meta: dict[str, Any], *, bands: int, height: int, w
     if dtype is not None:
         kind = np.dtype(dtype).kind
         if kind not in "uifb":
-            raise SceneError(f"scene has dtype {np.dtype(dtype)}; expected integer or floating point values")
+            what = " (complex values: a GDAL CInt16/CFloat32 raster reads as complex64)" if kind == "c" else ""
+            raise SceneError(f"scene has dtype {np.dtype(dtype)}{what}; expected integer or floating point values "
+                             "(a complex scene's magnitude, np.abs(scene), or real part, scene.real)")
 
 
 # ----------------------------------------------------------------------------------------------

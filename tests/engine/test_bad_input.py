@@ -17,7 +17,7 @@ import hsi_engine
 from hsi_engine import cluster
 from hsi_engine.cli import main
 from hsi_engine.errors import (BandMismatchError, CheckpointError, CorruptChunkError, NonFiniteInputError,
-                               OutputError, SceneTooSmallError)
+                               OutputError, SceneError, SceneTooSmallError)
 
 TILE = 16
 
@@ -89,6 +89,12 @@ def test_scene_without_pixels(crop, model_dir, outdir, tmp_path):
     scene = hsi_engine.as_scene(np.ascontiguousarray(crop[:, :0, :30]))
     classify_everywhere(scene, model_dir, outdir, SceneTooSmallError, r"0 x 30 pixels: nothing to classify")
 
+
+
+def test_a_complex_scene_is_refused_naming_what_to_pass(crop, model_dir, outdir):
+    scene = hsi_engine.as_scene(crop[:, :8, :8].astype(np.complex64))
+    classify_everywhere(scene, model_dir, outdir, SceneError, r"dtype complex64 \(complex values: .*CInt16.*\); "
+                        r"expected integer or floating point values \(.*np.abs\(scene\)")
 
 @pytest.mark.parametrize("shape", [(5, 30), (1, 20), (1, 1)])
 def test_scene_smaller_than_a_patch_is_padded_like_patch_mode(crop, model_dir, tmp_path, shape):
