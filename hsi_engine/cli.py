@@ -219,6 +219,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
+        encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+        try:
+            text.encode(encoding)
+        except UnicodeEncodeError:  # a path in ä to an ASCII stdout: escaped, as the other commands' messages are
+            text = text.encode(encoding, "backslashreplace").decode(encoding)
         print(text, flush=True)
     except OSError as e:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not raise again
@@ -270,7 +275,7 @@ def _cmd_import_keras(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hsi-engine", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="hsi-engine", description=(__doc__ or "hsi-engine").splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     from . import __version__
 
@@ -375,6 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_import_keras(args, argv)
     except (HSIEngineError, FileNotFoundError, FileExistsError, PermissionError) as e:
         print(f"hsi-engine {args.command}: error: {one_line(cli_words(str(e)))}", file=sys.stderr)
+        return 2
+    except Warning as e:  # one of ours raised by -W error / PYTHONWARNINGS=error: said as the error it was made
+        print(f"hsi-engine {args.command}: error: {one_line(cli_words(str(e)))} ({type(e).__name__}, raised as an "
+              "error by -W error / PYTHONWARNINGS)", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:
         # torch's CPU allocator raises RuntimeError ("DefaultCPUAllocator: can't allocate memory"), Python MemoryError

@@ -466,6 +466,8 @@ class FusedSSRN:
             raise
         except Exception as e:  # noqa: BLE001 - the compiler's own error types vary by version
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if "PermissionError" in reason or "Read-only file system" in reason:
+                reason += "; point TORCHINDUCTOR_CACHE_DIR (the compiler's cache) at a writable directory"
         log.warning("torch.compile failed on the first tile (%s); falling back to the eager backend for the "
                     "whole run", reason)
         self._use_eager()

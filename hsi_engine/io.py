@@ -1176,7 +1176,11 @@ def _open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) 
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as e:  # zarr raises several types for a missing/corrupt store
-        raise SceneError(f"{path} is not a readable zarr store ({type(e).__name__}: {e})") from None
+        from .writers import zarr_unusable
+
+        why = zarr_unusable() if isinstance(e, TypeError) else None
+        raise SceneError(f"cannot read the zarr store {path}: {why}" if why else
+                         f"{path} is not a readable zarr store ({type(e).__name__}: {e})") from None
     if isinstance(node, zarr.Array):
         return _zarr_bare_array(node, path, chunks, band_axis)
     # a group: xarray-written (dims recorded), else fall back to its single 3-D array

@@ -34,11 +34,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 import threading
 import uuid
 import warnings
@@ -899,6 +901,27 @@ def _utf8(text: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=1)
+def zarr_unusable() -> str | None:
+    """Why this process cannot read or write zarr groups holding groups, or None: under ``python -O`` zarr 3.1
+    loses a group's metadata (an ``assert`` that pops a key; zarr-python #4362), so every class map (its
+    ``resume`` group) failed once written, leaving a ``.partial``. Probed once, in memory, only under -O."""
+    if not sys.flags.optimize:
+        return None
+    import zarr
+    import zarr.storage
+
+    store = zarr.storage.MemoryStore()
+    try:
+        with warnings_ignored(Warning, "Consolidated metadata"):
+            zarr.open_group(store, mode="w").create_group("sub")
+            zarr.consolidate_metadata(store)
+    except TypeError as e:
+        return (f"this zarr ({zarr.__version__}) cannot read a group's metadata under python -O / PYTHONOPTIMIZE "
+                f"({e}; zarr-python issue 4362): run without -O (unset PYTHONOPTIMIZE), or write a .tif")
+    return None
+
+
 def check_output_suffix(path: str | os.PathLike) -> str:
     """The output's suffix (lower case) when it names a class-map format we write; else :class:`OutputError`.
     A URL (``s3://``, ``file://``) or a name too long for the temporary files written beside it is refused too,
@@ -927,6 +950,8 @@ def check_output_suffix(path: str | os.PathLike) -> str:
     if suffix not in _TIFF + _ZARR:
         raise OutputError(f"cannot write a class map to {p}: suffix {suffix or '(none)'!r} is not supported; use "
                           ".tif/.tiff (Cloud-Optimised GeoTIFF) or .zarr")
+    if suffix in _ZARR and zarr_unusable():
+        raise OutputError(f"cannot write a class map to {p}: {zarr_unusable()}")
     try:
         name_max = os.pathconf(p.parent if p.parent.is_dir() else ".", "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):

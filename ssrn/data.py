@@ -1012,7 +1012,9 @@ class PatchDataset(torch.utils.data.Dataset):
         return out.permute(0, 3, 1, 2).contiguous()
 
     def targets(self, positions) -> torch.Tensor:
-        assert self.labels is not None
+        if self.labels is None:
+            raise OptionError("this PatchDataset has no labels (made with labels=None), so it has no targets; "
+                              "pass the label array when making it")
         return self.labels[torch.as_tensor(positions, dtype=torch.long)]
 
     def __getitem__(self, i: int):
