@@ -159,6 +159,9 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                    help="the spatial stage's precision: auto (the --precision given on CUDA, and for a "
                         "bfloat16 run on a CPU with AMX-BF16; float32 elsewhere), float32, or the --precision given")
     p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities")
+    p.add_argument("--probabilities-dtype", default=None, choices=["float16", "float32"],
+                   help="their storage (implies --probabilities; default float16, which rounds by up to 2.4e-4: "
+                        "near-tied classes can then read as equal; float32 keeps the argmax the class map's)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output (with --resume: finish an interrupted run with the same settings "
                         "if there is one, else replace the existing output)")
@@ -196,7 +199,8 @@ def _cmd_classify(args: argparse.Namespace, on_written: Callable[[Path], None] |
         # training data (4+ standard deviations) may be a cloud or snow over the scene's centre: a warning
         warnings.filterwarnings("default", message="the scene's values lie a median", category=UnnormalisedInputWarning)
         classify_to_file(_scene_arg(args), args.model, args.out, tile=args.tile, device=args.device,
-                         backend=args.backend, precision=args.precision, probabilities=args.probabilities,
+                         backend=args.backend, precision=args.precision,
+                         probabilities=args.probabilities_dtype or args.probabilities,
                          overwrite=args.overwrite, nodata=args.nodata, workers=args.workers,
                          scheduler=args.scheduler, resume=args.resume, readers=args.readers,
                          cache_blocks=args.cache_blocks, decoders=args.decoders,

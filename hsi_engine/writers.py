@@ -736,6 +736,7 @@ class GeoTiffClassMapWriter(ClassMapWriter):
                         if t not in self._there_at_start and _present(t)]
             if appeared:
                 raise OutputError(_appeared(appeared[0]))
+        self._remove_stale_pam()
         # Side files first, the class map last: its presence means the whole output is complete.
         os.replace(aux_tmp, self._sides["aux"])
         for cog, target in cogs[::-1]:
@@ -745,8 +746,21 @@ class GeoTiffClassMapWriter(ClassMapWriter):
         """Remove the old output's ``_probabilities``/``_confidence`` files this run does not write: an
         overwrite replaces the whole output set, so no sidecar outlives the map it was computed with."""
         for key in ("probabilities", "confidence"):
-            side = self._sides[key]
-            if key not in self._final and (side.is_file() or side.is_symlink()):
+            if key in self._final:
+                continue
+            for side in (self._sides[key], *(self._sides[key].with_name(self._sides[key].name + end)
+                                             for end in (".aux.xml", ".ovr"))):
+                if side.is_file() or side.is_symlink():
+                    side.unlink()
+
+    def _remove_stale_pam(self) -> None:
+        """Remove what GDAL keeps beside the files this run writes: a ``_probabilities``/``_confidence`` file's
+        ``.aux.xml`` (QGIS or ``gdalinfo -stats`` write one; an overwrite with another model left the old class
+        names as band names and the old statistics) and any ``.ovr`` (external overviews of the old pixels)."""
+        stale = [t.with_name(t.name + ".ovr") for t in self._final.values()]
+        stale += [t.with_name(t.name + ".aux.xml") for k, t in self._final.items() if k != "labels"]
+        for side in stale:
+            if side.is_file() or side.is_symlink():
                 side.unlink()
 
     def _close(self) -> None:

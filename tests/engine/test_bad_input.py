@@ -362,16 +362,18 @@ def test_probabilities_at_nodata_pixels_are_nan_and_declared(crop, model_dir, tm
     npy = tmp_path / "nan.npy"
     np.save(npy, np.moveaxis(cube, 0, -1))
     out = tmp_path / name
-    assert main(["classify", str(npy), "--model", str(model_dir), "--out", str(out), "--nodata", "nan",
-                 "--probabilities"]) == 0
+    how = ["--probabilities"] if name.endswith(".tif") else ["--probabilities-dtype", "float32"]  # (implied)
+    assert main(["classify", str(npy), "--model", str(model_dir), "--out", str(out), "--nodata", "nan", *how]) == 0
     if name.endswith(".tif"):
         for side in ("m_probabilities.tif", "m_confidence.tif"):
             with rasterio.open(tmp_path / side) as f:
                 data = f.read()
                 assert np.isnan(f.nodata) and all(np.isnan(v) for v in f.nodatavals)
+                assert side == "m_confidence.tif" or f.tags()["storage_dtype"] == "float16"
             assert np.isnan(data[:, 10, 12]).all() and np.isnan(data).sum() == data.shape[0]
     else:
         ds = xr.open_zarr(out, consolidated=False)
+        assert ds["probabilities"].dtype == np.float32
         for var in ("probabilities", "confidence"):
             data = ds[var].values
             assert np.isnan(data[..., 10, 12]).all() and np.isnan(data).sum() == data[..., 10, 12].size

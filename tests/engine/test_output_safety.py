@@ -270,6 +270,32 @@ def test_overwrite_removes_sidecars_the_new_run_does_not_write(case, tmp_path, r
     np.testing.assert_array_equal(prob.argmax(0) + 1, case["ref"])
 
 
+
+def test_an_overwrite_leaves_no_gdal_side_file_of_the_old_outputs(case, tmp_path):
+    """GDAL keeps a ``_probabilities``/``_confidence`` file's statistics and band names in its own ``.aux.xml``
+    (QGIS writes one when it shows the layer) and external overviews in ``.ovr``: an overwrite kept them, so the
+    new file read with the old model's class names as band names and the old statistics."""
+    out = tmp_path / "a.tif"
+    classify_to_file(case, out, probabilities=True)
+    sides = side_paths(out)
+
+    def stale(path):
+        pam = path.with_name(path.name + ".aux.xml")
+        pam.write_text('<PAMDataset><PAMRasterBand band="1"><Description>p(Old)</Description><Metadata><MDI '
+                       'key="STATISTICS_MINIMUM">0.09</MDI></Metadata></PAMRasterBand></PAMDataset>')
+        return pam
+
+    pams = [stale(sides["probabilities"]), stale(sides["confidence"])]
+    ovr = out.with_name("a.tif.ovr")
+    ovr.write_bytes(b"old overviews")
+    classify_to_file(case, out, overwrite=True, probabilities=True)
+    assert not any(p.exists() for p in (*pams, ovr))
+    with rasterio.open(sides["probabilities"]) as src:
+        assert src.descriptions[0] != "p(Old)" and "STATISTICS_MINIMUM" not in src.tags(1)
+    pams = [stale(sides["probabilities"]), stale(sides["confidence"])]
+    classify_to_file(case, out, overwrite=True)  # without them: their side files go too
+    assert listing(tmp_path) == ["a.tif", "a.tif.aux.xml"]
+
 def test_without_overwrite_sidecars_are_never_removed(case, tmp_path):
     out = tmp_path / "a.tif"
     classify_to_file(case, out, probabilities=True)
