@@ -389,24 +389,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hsi-engine {args.command}: error: {one_line(cli_words(str(e)))} ({type(e).__name__}, raised as an "
               "error by -W error / PYTHONWARNINGS)", file=sys.stderr)
         return 2
-    except (MemoryError, RuntimeError) as e:
-        # torch's CPU allocator raises RuntimeError ("DefaultCPUAllocator: can't allocate memory"), Python MemoryError
-        if isinstance(e, RuntimeError) and "can't allocate memory" not in str(e) and "out of memory" not in str(e):
+    except (MemoryError, RuntimeError, ImportError) as e:
+        # torch's CPU allocator raises RuntimeError ("DefaultCPUAllocator: can't allocate memory"), Python
+        # MemoryError; past an address-space limit (ulimit -v) threads and shared libraries fail to start or map too
+        text = str(e)
+        if not isinstance(e, MemoryError) and not any(w in text for w in _OUT_OF_MEMORY):
             raise
-        said = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        print(f"hsi-engine {args.command}: error: out of memory ({one_line(said)}); use less: a smaller --tile, "
-              "fewer --readers (or give the process more memory)", file=sys.stderr)
+        said = (text.splitlines() or [type(e).__name__])[0][:200]
+        less = {"classify": "use less: a smaller --tile, fewer --readers", "train": "use less: a smaller "
+                "--batch-size", "demo": "use less: --device cpu with fewer threads (OMP_NUM_THREADS)"}
+        print(f"hsi-engine {args.command}: error: out of memory ({one_line(said)}); "
+              f"{less.get(args.command, 'use less memory')} (or give the process more memory: ulimit -v)",
+              file=sys.stderr)
         return 2
     except OSError as e:
         fixes = {errno.ENAMETOOLONG: "use a shorter path", errno.ELOOP: "use a shorter path",
                  errno.EROFS: "the file system is read-only: write elsewhere, or point TMPDIR (and "
                               "TORCHINDUCTOR_CACHE_DIR, for torch.compile's cache) at a writable directory",
                  errno.ENOSPC: "the file system is full: free space there, or write elsewhere",
-                 errno.EDQUOT: "the disk quota is used up: free space, or write elsewhere"}
+                 errno.EDQUOT: "the disk quota is used up: free space, or write elsewhere",
+                 errno.EFBIG: "a file grew past the file-size limit (ulimit -f) or what the file system holds: "
+                              "raise the limit, or write elsewhere",
+                 errno.EMFILE: "this process may open no more files: raise the limit (ulimit -n), or use fewer "
+                               "--readers / --workers",
+                 errno.ENFILE: "the system may open no more files: close other programs' files, or use fewer "
+                               "--readers / --workers"}
         if e.errno not in fixes:
             raise
-        print(f"hsi-engine {args.command}: error: {e.strerror}: {one_line(str(e.filename))}; {fixes[e.errno]}",
-              file=sys.stderr)
+        where = f": {one_line(str(e.filename))}" if e.filename is not None else ""
+        print(f"hsi-engine {args.command}: error: {e.strerror}{where}; {fixes[e.errno]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if any(h.finished for h in handlers.values()):
@@ -429,6 +440,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             root.removeHandler(log_handler)
             root.setLevel(root_level)
     raise AssertionError(f"unhandled command {args.command}")
+
+
+# what a failure for want of memory says: torch's allocator, CUDA, and past an address-space limit (ulimit -v)
+# a thread that cannot start or a shared library that cannot be mapped
+_OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "can't start new thread", "failed to map segment",
+                  "Cannot allocate memory")
 
 
 _OPTION_WORDS = [  # the library's messages name both spellings, "resume=True (--resume)": a shell user reads one

@@ -1176,6 +1176,8 @@ def _open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) 
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as e:  # zarr raises several types for a missing/corrupt store
+        if isinstance(e, MemoryError) or "can't start new thread" in str(e):  # this process's want, not the store's
+            raise
         from .writers import zarr_unusable
 
         why = zarr_unusable() if isinstance(e, TypeError) else None

@@ -362,9 +362,34 @@ def _write_failed(path: Path, e: BaseException) -> OutputError:
     elif any(w in str(e).lower() for w in ("cannot allocate", "out of memory")) or isinstance(e, MemoryError):
         why, fix = "out of memory", ("give the process more memory, or use less: a smaller --tile (tile=...), "
                                      "fewer --readers, or set GDAL_CACHEMAX (e.g. GDAL_CACHEMAX=64, MB)")
+    elif getattr(e, "errno", None) == errno.EFBIG or "file too large" in str(e).lower() or _file_size_limit():
+        limit = _file_size_limit()
+        why = ("a file grew past " + (f"this process's file-size limit ({limit:,} bytes, ulimit -f)" if limit else
+                                      "the largest this file system holds"))
+        fix = "raise the limit (ulimit -f unlimited), or write to another file system"
     else:
         why, fix = "a write failed", "check that the location is writable and healthy, or choose another"
     return OutputError(f"cannot write the class map {path}: {why} ({e}); {fix}")
+
+
+def _open_failed(where: Path, e: BaseException) -> OutputError:
+    """The error for an output that could not be created in ``where``: too many open files is not an unwritable
+    location (the advice was to choose a writable one)."""
+    if getattr(e, "errno", None) in (errno.EMFILE, errno.ENFILE) or "too many open files" in str(e).lower():
+        return OutputError(f"cannot create the output in {where} ({e}): this process may open no more files; raise "
+                           "the limit (ulimit -n) or use fewer --readers / --workers")
+    return OutputError(f"cannot write in {where} ({e}); choose a writable location")
+
+
+def _file_size_limit() -> int | None:
+    """The process's file-size limit in bytes (``ulimit -f``; GDAL names only a seek error past it), or None."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError, AttributeError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def sweep_leftovers(out: str | os.PathLike) -> list[Path]:
@@ -567,6 +592,9 @@ class ClassMapWriter:
                     t.unlink()
                 except FileNotFoundError:
                     pass
+                except OSError as e:  # (a directory made read-only mid-run): the error that got here is the one
+                    log.warning("could not remove the temporary %s (%s); the next run writing %s removes it",
+                                t, e.strerror or e, self.path)
         self._temps.clear()
 
     def __enter__(self) -> ClassMapWriter:
@@ -635,7 +663,7 @@ class GeoTiffClassMapWriter(ClassMapWriter):
             self._describe()  # colour table and tags before any pixel: TIFF fixes Photometric at first write
         except (OSError, rasterio.errors.RasterioIOError) as e:
             self.abort()
-            raise OutputError(f"cannot write in {self.path.parent} ({e}); choose a writable location") from None
+            raise _open_failed(self.path.parent, e) from None
         except BaseException:  # Ctrl-C, SystemExit: no hidden temp left behind either
             self.abort()
             raise
@@ -780,7 +808,7 @@ class ZarrClassMapWriter(ClassMapWriter):
             self._create()
         except OSError as e:
             self.abort()
-            raise OutputError(f"cannot write in {self.path.parent} ({e}); choose a writable location") from None
+            raise _open_failed(self.path.parent, e) from None
         except BaseException:
             self.abort()
             raise

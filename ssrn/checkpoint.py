@@ -317,7 +317,11 @@ def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None
                                   "write it elsewhere") from None
         doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
                "weights_sha256": file_sha256(tmp / WEIGHTS), "meta": _jsonable(meta)}
-        (tmp / MODEL_JSON).write_text(json.dumps(doc, indent=1), encoding="utf-8")
+        try:
+            (tmp / MODEL_JSON).write_text(json.dumps(doc, indent=1), encoding="utf-8")
+        except OSError as e:  # a full disk: a bare OSError without a file name
+            raise CheckpointError(f"cannot write the model into {given} ({e.strerror or e}); free space there, or "
+                                  "write it elsewhere") from None
         (tmp / WEIGHTS).chmod(0o666 & ~umask)
         if not (target.exists() or link):
             tmp.rename(target)

@@ -64,3 +64,39 @@ def test_another_runtime_error_is_not_called_a_memory_error(tmp_path, monkeypatc
     np.save(tmp_path / "s.npy", np.ones((4, 4, 3), np.float32))
     with pytest.raises(RuntimeError, match="something else"):
         main(["classify", str(tmp_path / "s.npy"), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o.tif")])
+
+
+def test_resource_limits_are_one_error_line_naming_the_limit(tmp_path, capsys, monkeypatch) -> None:
+    """Past ``ulimit -v`` a thread or shared library fails to start (a traceback, exit 1); ``ulimit -n`` and -f
+    (EMFILE, EFBIG) and a full disk's OSError without a file name ('No space left on device: None') were
+    tracebacks or garbled; each is one line naming the limit, and train is not told of --tile."""
+    import errno
+
+    import numpy as np
+
+    import hsi_engine.api
+
+    np.save(tmp_path / "s.npy", np.ones((4, 4, 3), np.float32))
+    args = ["classify", str(tmp_path / "s.npy"), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o.tif")]
+    for raised, said in [(RuntimeError("can't start new thread"), "out of memory (can't start new thread); use "
+                                                                   "less: a smaller --tile"),
+                         (ImportError("x.so: failed to map segment from shared object"), "out of memory (x.so"),
+                         (OSError(errno.EMFILE, "Too many open files"), "Too many open files; this process may "
+                                                                         "open no more files: raise the limit (ulimit -n)"),
+                         (OSError(errno.EFBIG, "File too large"), "File too large; a file grew past the file-size "
+                                                                  "limit (ulimit -f)"),
+                         (OSError(errno.ENOSPC, "No space left on device"), "No space left on device; the file "
+                                                                            "system is full")]:
+        def fails(*a, raised=raised, **k):
+            raise raised
+
+        monkeypatch.setattr(hsi_engine.api, "classify_to_file", fails)
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and err.startswith(f"hsi-engine classify: error: {said}"), err
+    import ssrn.train
+
+    monkeypatch.setattr(ssrn.train, "run_training", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    assert main(["train", "--dataset", "indian_pines", "--out", str(tmp_path / "model")]) == 2
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "--batch-size" in err and "--tile" not in err

@@ -195,6 +195,39 @@ def test_exception_inside_with_leaves_nothing(tmp_path, geo, labels, suffix):
     assert list(tmp_path.iterdir()) == []
 
 
+
+def test_a_temporary_that_cannot_be_removed_does_not_hide_the_error(tmp_path, geo, labels, monkeypatch, caplog):
+    """A directory made read-only mid-run: removing the hidden temporary raised PermissionError, which replaced
+    the run's own error; now the run's error stands and a log line names the temporary the next run removes."""
+    import logging
+    from pathlib import Path
+
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if self.name.startswith(".x.tif.tmp-"):
+            raise PermissionError(13, "Permission denied")
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with caplog.at_level(logging.WARNING, logger="hsi_engine.writers"), pytest.raises(RuntimeError, match="boom"):
+        with open_writer(tmp_path / "x.tif", **_kw(geo)) as w:
+            w.write(0, 0, labels[:50, :50])
+            raise RuntimeError("boom")
+    assert "could not remove the temporary" in caplog.text and "Permission denied" in caplog.text
+
+
+def test_write_and_open_failures_name_the_file_limits(tmp_path):
+    import errno
+
+    from hsi_engine.writers import _open_failed, _write_failed
+
+    big = str(_write_failed(tmp_path / "m.tif", OSError(errno.EFBIG, "File too large")))
+    assert "a file grew past" in big and "ulimit -f unlimited" in big
+    many = str(_open_failed(tmp_path, OSError(errno.EMFILE, "Too many open files")))
+    assert "may open no more files" in many and "ulimit -n" in many and "choose a writable" not in many
+    assert "choose a writable location" in str(_open_failed(tmp_path, PermissionError(13, "Permission denied")))
+
 @pytest.mark.parametrize("suffix", [".tif", ".zarr"])
 def test_failed_run_leaves_previous_output_untouched(tmp_path, geo, labels, suffix):
     out = tmp_path / f"keep{suffix}"

@@ -652,3 +652,15 @@ def test_unreadable_weights_and_a_full_disk_are_checkpoint_errors(tmp_path, monk
     with pytest.raises(CheckpointError, match=r"cannot write the model into .*No space left on device"):
         ssrn.save_model(_model(), tmp_path / "n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    monkeypatch.undo()
+    real_write = Path.write_text
+
+    def full_json(self, *a, **k):  # the weights fit, model.json does not: a bare OSError without a file name
+        if self.name == "model.json":
+            raise OSError(28, "No space left on device")
+        return real_write(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full_json)
+    with pytest.raises(CheckpointError, match=r"cannot write the model into .* \(No space left on device\); free"):
+        ssrn.save_model(_model(), tmp_path / "n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
