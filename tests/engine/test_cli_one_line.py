@@ -81,8 +81,8 @@ def test_resource_limits_are_one_error_line_naming_the_limit(tmp_path, capsys, m
     for raised, said in [(RuntimeError("can't start new thread"), "out of memory (can't start new thread); use "
                                                                    "less: a smaller --tile"),
                          (ImportError("x.so: failed to map segment from shared object"), "out of memory (x.so"),
-                         (OSError(errno.EMFILE, "Too many open files"), "Too many open files; this process may "
-                                                                         "open no more files: raise the limit (ulimit -n)"),
+                         (OSError(errno.EMFILE, "Too many open files"),
+                          "Too many open files; this process may open no more files: raise the limit (ulimit -n)"),
                          (OSError(errno.EFBIG, "File too large"), "File too large; a file grew past the file-size "
                                                                   "limit (ulimit -f)"),
                          (OSError(errno.ENOSPC, "No space left on device"), "No space left on device; the file "
