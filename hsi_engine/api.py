@@ -415,20 +415,21 @@ def _check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: fl
 def declared_scaling(da: xr.DataArray) -> tuple[np.ndarray, np.ndarray] | None:
     """``(scales, offsets)`` per band that the scene declares and the engine does not apply (GDAL band
     scale/offset, kept in ``encoding`` by :func:`open_scene`; rioxarray's ``scale_factor``/``add_offset`` or
-    ``scales``/``offsets`` attrs in memory); None when it declares none."""
+    ``scales``/``offsets`` attrs in memory); None when it declares none, or scale 1 and offset 0 in every band:
+    GDAL reads a band without them as 1 and 0, so those say nothing (a ``rio merge`` mosaic drops EnMAP's)."""
     n = int(da.sizes["band"])
     found = {}
-    for key, one, default in (("scales", "scale_factor", 1.0), ("offsets", "add_offset", 0.0)):
+    for key, one in (("scales", "scale_factor"), ("offsets", "add_offset")):
         v = da.encoding.get(key, da.attrs.get(key, da.attrs.get(one)))
         if v is None:
             continue
         try:
             found[key] = np.broadcast_to(np.asarray(v, np.float64).reshape(-1), (n,)).copy()
-        except (TypeError, ValueError):  # not numbers, or not one per band: nothing the engine can compare
+        except (TypeError, ValueError):  # not numbers, or not one per band (a band subset keeps the file's list)
+            log.debug("the scene's declared %s (%s) are not one number per band: not compared", key, v)
             return None
-    if not found:
-        return None
-    return found.get("scales", np.ones(n)), found.get("offsets", np.zeros(n))
+    scales, offsets = found.get("scales", np.ones(n)), found.get("offsets", np.zeros(n))
+    return None if (scales == 1).all() and (offsets == 0).all() else (scales, offsets)
 
 
 def _scaling_text(scales: np.ndarray, offsets: np.ndarray) -> str:
@@ -441,13 +442,16 @@ def _check_declared_scaling(da: xr.DataArray, meta: dict, bands: int) -> None:
     """Warn where the scene declares a band scale/offset (not applied: values are read as stored) other than the
     one the model's training scene declared (``meta["scales"]``/``["offsets"]``): the same reflectance stored
     two ways gives two maps (EnMAP-style uint16 stored + 1000 with offset -0.1 changed 98 % of a tile's
-    classes without a word). ``UnnormalisedInputWarning``, an error on the command line. A model that records
-    none is only told about a non-zero offset, as a ``UserWarning``: it cannot be checked."""
+    classes without a word). ``UnnormalisedInputWarning``, an error on the command line. A scene declaring none
+    (or 1 and 0) is not compared: GDAL cannot tell that from values stored as the model's; a model recording none
+    only tells of a non-zero offset, as a ``UserWarning``: it cannot be checked."""
     declared = declared_scaling(da)
     if declared is None:
         return
     scales, offsets = declared
-    if meta.get("scales") is None and meta.get("offsets") is None:
+    m_scales, m_offsets = (np.full(bands, default) if meta.get(key) is None else np.asarray(meta[key], np.float64)
+                           for key, default in (("scales", 1.0), ("offsets", 0.0)))
+    if (m_scales == 1).all() and (m_offsets == 0).all():
         # (in memory, attrs may be CF packing left undecoded: _check_packing tells of that)
         if np.any(offsets != 0) and ("offsets" in da.encoding or "scales" in da.encoding):
             warnings.warn(f"the scene declares band {_scaling_text(scales, offsets)} (GDAL metadata), which the "
@@ -456,8 +460,6 @@ def _check_declared_scaling(da: xr.DataArray, meta: dict, bands: int) -> None:
                           "them), so it cannot check that its training values were stored the same way",
                           UserWarning, stacklevel=user_stacklevel())
         return
-    m_scales = np.asarray(meta.get("scales") or [1.0] * bands, np.float64)
-    m_offsets = np.asarray(meta.get("offsets") or [0.0] * bands, np.float64)
     if np.allclose(scales, m_scales, rtol=1e-6, atol=0) and np.allclose(offsets, m_offsets, rtol=1e-6, atol=1e-12):
         return
     one = (np.all(scales == scales[0]) and np.all(offsets == offsets[0]) and np.all(m_scales == m_scales[0])

@@ -525,7 +525,9 @@ def _open_geotiff(path: Path, chunks) -> xr.DataArray:
             raise SceneError(f"{path} could not be opened as a raster ({e}); is it a complete GeoTIFF/ENVI "
                              "file?") from None
         default = {"band": -1, "y": _aligned_chunk(bh, h), "x": _aligned_chunk(bw, w)}
-        da = rioxarray.open_rasterio(source, chunks=default, mask_and_scale=False)
+        # per-band scales/offsets are kept in the encoding (_scales_to_encoding): rioxarray's note on them
+        with warnings_ignored(UserWarning, "(Scales|Offsets) differ across bands"):
+            da = rioxarray.open_rasterio(source, chunks=default, mask_and_scale=False)
     if undecoded or descriptions is None:
         log.info("%s: %d metadata item(s)%s not UTF-8 text (a Latin-1 header?), left out", path, len(undecoded),
                  " and the band names are" if descriptions is None else " are")

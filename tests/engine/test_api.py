@@ -1330,8 +1330,20 @@ def test_a_band_scale_and_offset_other_than_the_training_scenes_is_named(tmp_pat
         with pytest.raises(hsi_engine.UnnormalisedInputWarning, match=r"declared scale 0.0001, offset -0.1..0 "
                            r"\(per band\) .* like this one$"):
             classify(shifted, model, progress=False)
+        model.meta["offsets"] = np.zeros(bands)  # numpy meta, as an in-memory model may hold
+        model.meta["scales"] = np.full(bands, 1e-4)
+        classify(same, model, progress=False)
+        plain = write("plain.tif", cube.astype(np.uint16), 0.0)  # no scale (GDAL: 1 and 0): not compared, as a
+        with rasterio.open(plain, "r+") as f:  # `rio merge` mosaic of the training tiles declares none
+            f.scales = [1.0] * bands
+        classify(plain, model, progress=False)
         del model.meta["scales"], model.meta["offsets"]  # a model from before they were recorded
         with pytest.raises(UserWarning, match="offset -0.1 .* records no scale/offset"):
             classify(shifted, model, progress=False)
         classify(same, model, progress=False)  # a scale alone: the scale check looks at the values
         classify(attrs, model, progress=False)
+        model.meta.update(scales=[1.0] * bands, offsets=[0.0] * bands)  # recorded as none
+        classify(same, model, progress=False)
+    from hsi_engine.api import declared_scaling
+
+    assert declared_scaling(hsi_engine.open_scene(plain)) is None

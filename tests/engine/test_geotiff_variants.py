@@ -194,8 +194,8 @@ def test_gdalwarp_dstalpha_output(crop, tmp_path):
 def test_info_names_declared_scales_and_offsets(tmp_path, scales, offsets, expect, absent):
     """EnMAP-style band scales (kept in the encoding, not applied) were invisible in ``info``."""
     path = _write(tmp_path / "s.tif", np.ones((3, 4, 5), np.uint16), scales=scales, offsets=offsets)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "(Scales|Offsets) differ across bands", UserWarning)
+    with warnings.catch_warnings():  # rioxarray's note on per-band scales is not passed on: they are kept
+        warnings.simplefilter("error", UserWarning)
         text = scene_info(path)
     for line in expect:
         assert line in text
