@@ -197,6 +197,8 @@ def _declared_nodata(da: xr.DataArray) -> float | None:
             v = da.rio.nodata
         except Exception:  # noqa: BLE001 - rioxarray not able to tell
             v = None
+    if v is None and da.dtype.kind == "f" and "missing_value" in da.encoding:
+        return float("nan")  # xarray decoded a declared missing_value to NaN (rioxarray reads only _FillValue)
     if v is None:
         return None
     try:

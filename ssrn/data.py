@@ -172,8 +172,9 @@ def _mat_keys_and_reader(path: Path):
             a = f[key][()]
             return np.ascontiguousarray(a.transpose(tuple(range(a.ndim))[::-1]))  # MATLAB is column-major
         return keys, get, f.close
-    except (ValueError, OSError, TypeError) as e:
-        raise DataError(f"{path} is not a readable MATLAB file ({e})") from None
+    except (ValueError, OSError, TypeError, IndexError, EOFError, scipy.io.matlab.MatReadError) as e:
+        raise DataError(f"{path} is not a readable MATLAB file ({type(e).__name__}: {e}); is it complete? "
+                        "Write it again (savemat, or MATLAB's save), or convert the scene to GeoTIFF or zarr") from None
     keys = [k for k in d if not k.startswith("__")]
     return keys, (lambda key: np.asarray(d[key])), (lambda: None)
 

@@ -1347,3 +1347,17 @@ def test_a_band_scale_and_offset_other_than_the_training_scenes_is_named(tmp_pat
     from hsi_engine.api import declared_scaling
 
     assert declared_scaling(hsi_engine.open_scene(plain)) is None
+
+
+def test_a_missing_value_decoded_by_xarray_is_nodata(tmp_path, case):
+    """A variable declaring only ``missing_value``, opened with ``xr.open_dataset`` (decoded to NaN; rioxarray reads
+    only ``_FillValue``), was a NonFiniteInputError where its path was masked."""
+    cube, model, _ = case
+    held = cube.astype(np.int16)
+    held[:, 3, 4] = -9999
+    xr.Dataset({"r": (("band", "y", "x"), held, {"missing_value": np.int16(-9999)})}).to_netcdf(
+        tmp_path / "mv.nc", engine="h5netcdf")
+    by_path = classify(tmp_path / "mv.nc", model, progress=False).values
+    decoded = classify(xr.open_dataset(tmp_path / "mv.nc", engine="h5netcdf"), model, progress=False).values
+    assert by_path[3, 4] == 0
+    np.testing.assert_array_equal(decoded, by_path)

@@ -365,3 +365,20 @@ def test_a_scene_without_labels_asks_for_them(tmp_path, name):
     (tmp_path / name).write_bytes(b"\0" * 64)
     with pytest.raises(DataError, match=r"holds no labels .*give its label raster with --labels RASTER"):
         load_dataset(str(tmp_path / name))
+
+
+@pytest.mark.parametrize("content", [b"", b"not a mat file\n", "truncated"])
+def test_a_broken_mat_file_is_a_data_error_naming_the_fix(tmp_path, content):
+    """An empty, text or truncated .mat raised scipy's MatReadError or an IndexError: a traceback, exit 1."""
+    import scipy.io
+
+    from ssrn.data import DataError, load_mat_array
+
+    path = tmp_path / "scene.mat"
+    if content == "truncated":
+        scipy.io.savemat(tmp_path / "whole.mat", {"cube": np.ones((4, 5, 6), np.uint16)})
+        path.write_bytes((tmp_path / "whole.mat").read_bytes()[:100])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=r"is not a readable MATLAB file \(.*\); is it complete\?"):
+        load_mat_array(path, ndim=3, what="scene")
