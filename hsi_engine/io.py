@@ -15,8 +15,9 @@
 
 The result is dask-backed and chunked to match the store (zarr/NetCDF/HDF5 chunks, band chunks included;
 GeoTIFF/ENVI blocks grouped to about 256 pixels a side, all bands in one chunk). Band-last sources are
-transposed lazily. Values are those stored, except CF-packed NetCDF/zarr variables (``scale_factor`` /
-``add_offset``), which are decoded as ``xarray.open_dataset`` decodes them (their fill becomes NaN); GDAL's
+transposed lazily. Values are those stored, except CF-packed NetCDF/zarr/HDF5 variables (``scale_factor`` /
+``add_offset``), which are decoded as ``xarray.open_dataset`` decodes them (their fill becomes NaN), and stored
+values outside a CF ``valid_range`` / ``valid_min`` / ``valid_max``, which read as NaN as GDAL reads them; GDAL's
 scale/offset of a GeoTIFF or ENVI file are not applied, as in ``rioxarray.open_rasterio``'s default, and are kept
 per band in ``encoding["scales"]`` / ``["offsets"]`` (not as CF attributes, which would make a NetCDF or zarr
 copy of the scene read back scaled; ``rio.to_raster`` writes them back). The CRS and transform travel in the
@@ -93,6 +94,8 @@ def scene_format(path: str | os.PathLike) -> str:
         listed = ", ".join(inside[:6]) + (f" ... ({len(inside)} in all)" if len(inside) > 6 else "")
         raise SceneError(f"{p} is a directory, not a scene (nor a zarr store): pass one of its scenes"
                          + (f": {listed}" if inside else "; it holds none hsi-engine reads"))
+    if p.name.lower().endswith((".zarr.zip", ".zarr.zipx")) or (suffix == ".zip" and ".zarr" in p.name.lower()):
+        raise _zipped_zarr(p)
     supported = ", ".join(sorted(SUPPORTED_SUFFIXES))
     raise SceneError(f"cannot tell the format of {p}: suffix {suffix or '(none)'!r} is not one hsi-engine reads. "
                      f"Supported: {supported} (and zarr directories). Convert the scene to GeoTIFF or zarr, "
@@ -196,6 +199,19 @@ def _guess_band_axis(shape: tuple[int, ...], where: str, default_last: bool) -> 
                   f"(length {shape[band]}) as the band axis. Pass band_axis=0, 1 or 2 to open_scene "
                   "(--band-axis 0, 1 or 2 on the command line) to say which it is.", stacklevel=user_stacklevel())
     return band
+
+
+def _zipped_zarr(p: Path) -> SceneError:
+    """The error for a zipped zarr store (``scene.zarr.zip``, or one renamed ``.zarr``): read only unzipped."""
+    if p.name.lower().endswith(".zip"):
+        stem = p.name[:-4]
+        how = f"unzip {p.name} -d {stem if stem.lower().endswith('.zarr') else stem + '.zarr'}"
+    else:  # a zip renamed .zarr: the directory takes its name back
+        how = f"mv {p.name} {p.name}.zip && unzip {p.name}.zip -d {p.name}"
+    return SceneError(f"{p} is a zipped zarr store, which hsi-engine does not open (renaming it does not help): "
+                      f"unzip it first ({how}), or open it in Python with "
+                      "xr.open_zarr(zarr.storage.ZipStore(path, mode='r')) and pass "
+                      "the Dataset (hsi_engine.classify(ds, model))")
 
 
 def _dims_from_attr(value: Any) -> tuple[str, ...] | None:
@@ -1090,16 +1106,80 @@ def _envi_bbl(da: xr.DataArray, value: str, hdr: Path) -> xr.DataArray:
     return da
 
 
+_LISTED = 6  # variables named in an error before the count
+_FLAT_FIX = ("; its variables are 2-D images: stack the bands into one cube in Python "
+             "(hsi_engine.classify(xr.open_dataset(path).to_array('band'), model)), or convert the file to a "
+             "multi-band GeoTIFF with GDAL (gdalbuildvrt -separate, then gdal_translate)")
+_GDAL_BAND = re.compile(r"Band(\d+)")
+
+
+def _gdal_band_stack(ds: xr.Dataset, where: str, *, decode: bool) -> xr.DataArray | None:
+    """The (band, y, x) cube of a NetCDF that ``gdal_translate -of netCDF`` wrote (one 2-D variable per band,
+    ``Band1`` .. ``BandN``, over the same dims), its bands in band-number order; None for any other Dataset.
+    ``decode``: CF-decode each band (:func:`_decode_packed`), as a file is read."""
+    names = [str(k) for k, v in ds.data_vars.items() if v.ndim > 0]  # a 0-D 'crs' is the grid mapping
+    numbers = [_GDAL_BAND.fullmatch(k) for k in names]
+    if len(names) < 2 or not all(numbers):
+        return None
+    order = sorted(int(m.group(1)) for m in numbers)
+    if order != list(range(1, len(names) + 1)) or len({ds[k].dims for k in names}) != 1 or ds[names[0]].ndim != 2:
+        return None
+    bands = [ds[f"Band{i}"] for i in order]
+    if decode:
+        bands = [_decode_packed(b, f"{where}'s variable {b.name!r}") for b in bands]
+    first = ds["Band1"]
+    cube = xr.concat(bands, dim="band", coords="minimal", compat="override", join="exact",
+                     combine_attrs="drop_conflicts")
+    cube.name = "bands"
+    cube.encoding = {k: v for k, v in first.encoding.items() if k in ("grid_mapping", "source")}
+    if "grid_mapping" in first.attrs:
+        cube.attrs["grid_mapping"] = first.attrs["grid_mapping"]
+    log.info("%s: its %d variables Band1..Band%d (GDAL's netCDF bands) read as one cube, in band order", where,
+             len(bands), len(bands))
+    return cube.assign_coords(band=np.arange(1, len(bands) + 1))
+
+
+def _netcdf_group_cubes(path: Path) -> tuple[list[str], dict[str, tuple[int, ...]]]:
+    """The groups of a NetCDF4 file and the 3-D (or more) variables they hold (``group/name``: shape); nothing for
+    NetCDF3 (no groups)."""
+    import h5py
+
+    groups: list[str] = []
+    cubes: dict[str, tuple[int, ...]] = {}
+    try:
+        if not h5py.is_hdf5(path):
+            return groups, cubes
+        with h5py.File(path, "r") as f:
+            def visit(name: str, obj: Any) -> None:
+                if isinstance(obj, h5py.Group):
+                    groups.append(name)
+                elif obj.ndim >= 3 and "/" in name and obj.attrs.get("CLASS") != b"DIMENSION_SCALE":
+                    cubes[name] = tuple(obj.shape)
+            f.visititems(visit)
+    except (OSError, RuntimeError, ValueError):  # unreadable metadata: the error names what xarray found
+        pass
+    return groups, cubes
+
+
 def _pick_variable(ds: xr.Dataset, where: str, variable: str | None,
                    how: str = "open_scene(path, variable=NAME) (--variable NAME on the command line)") -> xr.DataArray:
     if variable is not None:
         if variable not in ds.data_vars:
-            raise SceneError(f"{where} has no variable {variable!r}; variables: {sorted(map(str, ds.data_vars))}")
+            names = sorted(map(str, ds.data_vars))
+            listed = str(names) if len(names) <= _LISTED else f"{', '.join(names[:_LISTED])} ... ({len(names)} in all)"
+            raise SceneError(f"{where} has no variable {variable!r}; variables: {listed}. Pass one of them (a NetCDF4 "
+                             "group's as 'GROUP/NAME')")
         return ds[variable]
     cands = [k for k, v in ds.data_vars.items() if _cube_like(v)]  # (time=1, band, y, x) is a cube too
     if len(cands) == 1:
         return ds[cands[0]]
     if not cands:
+        names = list(ds.data_vars)
+        flat = sum(ds[k].ndim == 2 for k in names) > 1 and all(ds[k].ndim in (0, 2) for k in names)
+        if len(names) > _LISTED:  # 200 GDAL bands were listed in one 4.6 kB line
+            shown = ", ".join(f"{k!s} {tuple(map(str, ds[k].dims))}" for k in names[:_LISTED])
+            raise SceneError(f"{where} holds no 3-D variable (found {len(names)} variables: {shown}, ...); expected "
+                             "one (band, y, x) cube" + (_FLAT_FIX if flat else ""))
         shapes = {str(k): tuple(v.dims) for k, v in ds.data_vars.items()}
         stacks = {k: [(str(d), n) for d, n in v.sizes.items() if _canonical_dim(str(d)) is None and n > 1]
                   for k, v in ds.data_vars.items() if v.ndim == 4}
@@ -1110,7 +1190,7 @@ def _pick_variable(ds: xr.Dataset, where: str, variable: str | None,
             f"(or write each to its own file, e.g. ds.isel({extra[1][0]}=0).to_netcdf('one.nc'), for the command "
             "line)")
         raise SceneError(f"{where} holds no 3-D variable (found {shapes or 'none'}); expected one (band, y, x) cube"
-                         + fix)
+                         + (fix or (_FLAT_FIX if flat else "")))
     for pref in ("cube", "reflectance", "radiance", "data", "image"):
         if pref in cands:
             log.info("%s: classifying its variable %r (of %s)", where, pref, ", ".join(map(str, cands)))
@@ -1118,35 +1198,101 @@ def _pick_variable(ds: xr.Dataset, where: str, variable: str | None,
     raise SceneError(f"{where} holds several 3-D variables {sorted(map(str, cands))}; pick one with {how}")
 
 
-def _decode_packed(da: xr.DataArray) -> xr.DataArray:
+_PACKING_ATTRS = ("scale_factor", "add_offset", "_Unsigned", "missing_value")
+_VALID_ATTRS = ("valid_range", "valid_min", "valid_max")
+
+
+def _valid_bounds(attrs: Mapping[str, Any]) -> tuple[float, float, str] | None:
+    """The CF valid range ``(low, high, attribute names)`` that ``attrs`` declare (``valid_range``, else
+    ``valid_min`` / ``valid_max``), in stored (packed) values; None where none, or not numbers."""
+    def number(v: Any) -> float | None:
+        a = np.asarray(v).ravel()
+        return float(a[0]) if a.size == 1 and a.dtype.kind in "iuf" else None
+
+    if "valid_range" in attrs:
+        a = np.asarray(attrs["valid_range"]).ravel()
+        if a.size == 2 and a.dtype.kind in "iuf":
+            return float(a[0]), float(a[1]), "valid_range"
+        return None
+    low, high = number(attrs.get("valid_min")), number(attrs.get("valid_max"))
+    if low is None and high is None:
+        return None
+    names = " and ".join(k for k, v in (("valid_min", low), ("valid_max", high)) if v is not None)
+    return (-math.inf if low is None else low), (math.inf if high is None else high), names
+
+
+def _decode_packed(da: xr.DataArray, where: str | None = None) -> xr.DataArray:
     """A CF-packed variable (``scale_factor`` / ``add_offset``, ``_Unsigned`` or a ``missing_value`` in its
     attrs) decoded lazily as ``xarray.open_dataset`` decodes it (float values; fill and missing values become
     NaN, declared as the nodata value), so its map is that of the values it stands for (int16 counts with
-    ``_Unsigned`` read as negative; a ``missing_value`` beside ``_FillValue`` was classified); other variables
-    are returned as stored."""
-    if not any(k in da.attrs for k in ("scale_factor", "add_offset", "_Unsigned", "missing_value")):
+    ``_Unsigned`` read as negative; a ``missing_value`` beside ``_FillValue`` was classified); stored values
+    outside a declared ``valid_range`` / ``valid_min`` / ``valid_max`` read as NaN too, as GDAL reads them (xarray
+    ignores them: a -9999 hole was classified). Other variables are returned as stored."""
+    valid = _valid_bounds(da.attrs)
+    if valid is None and not any(k in da.attrs for k in _PACKING_ATTRS):
         return da
-    decoded = xr.decode_cf(xr.Dataset({"v": da.variable}), mask_and_scale=True, decode_times=False,
-                           decode_coords=False)["v"]
+    # named as in the file, so xarray's warnings (a missing_value list) name the file's variable
+    name = str(da.name) if da.name is not None and str(da.name) not in da.dims else "variable"
+    decoded = xr.decode_cf(xr.Dataset({name: da.variable}), mask_and_scale=True, decode_times=False,
+                           decode_coords=False)[name]
     out = da.copy(data=decoded.variable.data)
     out.attrs = dict(decoded.attrs)
-    if any(k in da.attrs for k in ("_FillValue", "missing_value")):
+    applied = [f"{k}={da.attrs[k]}" for k in _PACKING_ATTRS if k in da.attrs]
+    if valid is not None:
+        low, high, names = valid
+        raw = da.variable.data
+        if str(da.attrs.get("_Unsigned", "false")).lower() == "true" and raw.dtype.kind == "i":
+            raw = raw.astype(raw.dtype.str.replace("i", "u"))  # the stored values as CF reads them
+        bad = (raw < low) | (raw > high)
+        data = out.data if out.dtype.kind == "f" else out.data.astype(
+            np.float32 if out.dtype.itemsize <= 2 else np.float64)
+        out = out.copy(data=xr.Variable(da.dims, data).where(~xr.Variable(da.dims, bad)).data)
+        for k in _VALID_ATTRS:  # in stored values: not this decoded array's
+            out.attrs.pop(k, None)
+        applied += [f"{k}={np.asarray(da.attrs[k]).ravel().tolist()}" for k in _VALID_ATTRS if k in da.attrs]
+        log.info("%s: values outside its %s (%s to %s, stored values) read as NaN (nodata)",
+                 where or f"variable {name!r}", names, f"{low:g}", f"{high:g}")
+    if valid is not None or any(k in da.attrs for k in ("_FillValue", "missing_value")):
         out.attrs["_FillValue"] = np.nan
-    out.attrs["unpacked"] = (f"scale_factor={da.attrs.get('scale_factor', 1)}, "
-                             f"add_offset={da.attrs.get('add_offset', 0)}, _Unsigned="
-                             f"{da.attrs.get('_Unsigned', 'false')}, missing_value="
-                             f"{da.attrs.get('missing_value')}, applied by hsi_engine.open_scene")
+    out.attrs["unpacked"] = f"{', '.join(applied)}, applied by hsi_engine.open_scene"
     return out
 
 
 def _open_netcdf(path: Path, chunks, variable: str | None) -> xr.DataArray:
+    group = None
+    if variable is not None and "/" in variable.strip("/"):  # a NetCDF4 group's variable, "science/reflectance"
+        group, variable = variable.strip("/").rsplit("/", 1)
     try:
-        ds = xr.open_dataset(path, chunks={}, decode_coords="all", mask_and_scale=False)
+        ds = xr.open_dataset(path, chunks={}, decode_coords="all", mask_and_scale=False, group=group)
     except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as e:  # h5netcdf's for damaged metadata
+        if group is not None:
+            groups, _ = _netcdf_group_cubes(path)
+            if group not in groups:
+                raise SceneError(f"{path} has no group {group!r} (for variable {group}/{variable}); groups: "
+                                 f"{groups or 'none'}. Pass variable='GROUP/NAME' (--variable GROUP/NAME) with one "
+                                 "of them") from None
         raise SceneError(f"{path} could not be opened as NetCDF ({first_line(e)}); is the "
                          "file complete and undamaged?") from None
-    var = _decode_packed(_pick_variable(ds, str(path), variable))
-    da = _normalise_dims(var, f"{path}'s variable {var.name!r}")
+    where = str(path) if group is None else f"{path} (group {group})"
+    if variable is None and not any(_cube_like(v) for v in ds.data_vars.values()):
+        stack = _gdal_band_stack(ds, where, decode=True)
+        if stack is not None:
+            da = _normalise_dims(stack, f"{where}'s variables Band1..Band{stack.sizes['band']}")
+            da = _finish(_keep_grid_mapping(da, ds), path, "netcdf", chunks=chunks)
+            da.set_close(ds.close)
+            return da
+        groups, cubes = _netcdf_group_cubes(path) if group is None else ([], {})
+        if groups:
+            listed = ", ".join(f"{k} {v}" for k, v in list(cubes.items())[:_LISTED]) + (
+                f" ... ({len(cubes)} in all)" if len(cubes) > _LISTED else "")
+            example = next(iter(cubes), f"{groups[0]}/NAME")
+            raise SceneError(f"{path} holds no 3-D variable at its root (found {sorted(map(str, ds.data_vars))}), "
+                             f"but it has groups ({', '.join(groups[:_LISTED])})"
+                             + (f" holding {listed}" if cubes else "")
+                             + f"; pass variable={example!r} (--variable {example})")
+    var = _pick_variable(ds, where, variable)
+    var = _decode_packed(var, f"{where}'s variable {var.name!r}")
+    da = _normalise_dims(var, f"{where}'s variable {var.name!r}")
     da = _finish(_keep_grid_mapping(da, ds), path, "netcdf", chunks=chunks)
     da.set_close(ds.close)  # (closed by a run that opened it; else when collected)
     return da
@@ -1175,6 +1321,11 @@ def _keep_grid_mapping(da: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
 def _open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) -> xr.DataArray:
     import zarr
 
+    if path.is_file():
+        import zipfile
+
+        if zipfile.is_zipfile(path):
+            raise _zipped_zarr(path)
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as e:  # zarr raises several types for a missing/corrupt store
@@ -1197,7 +1348,8 @@ def _open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) 
     except (KeyError, ValueError, TypeError):
         ds = None
     if ds is not None and ds.data_vars:
-        var = _decode_packed(_pick_variable(ds, str(path), variable))
+        var = _pick_variable(ds, str(path), variable)
+        var = _decode_packed(var, f"{path}'s variable {var.name!r}")
         da = _normalise_dims(var, f"{path}'s variable {var.name!r}")
         da = _keep_grid_mapping(da, ds)
         da = _finish(da, path, "zarr", chunks=chunks)
@@ -1296,6 +1448,23 @@ def _open_hdf5(path: Path, chunks, variable: str | None, band_axis: int | None) 
                          "complete and undamaged?") from None
 
 
+def _h5_unit_axes(shape: tuple[int, ...]) -> list[int]:
+    """The length-1 axes of an HDF5 dataset of more than 3 dims that leave a cube once dropped (a (1, 200, H, W)
+    stack of one scene), as the NetCDF and zarr paths drop a length-1 ``time``; none otherwise."""
+    ones = [i for i, n in enumerate(shape) if n == 1]
+    return ones if len(shape) > 3 and len(shape) - len(ones) == 3 else []
+
+
+def _h5_attr(value: Any) -> Any:
+    """An HDF5 attribute as xarray's CF decoding takes it: text as str, a 1-element array (netCDF4's) as a
+    scalar."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "iufb":
+        return value.reshape(()).item() if value.dtype.kind == "b" else value.reshape(())[()]
+    return value
+
+
 def _open_hdf5_file(f, path: Path, chunks, variable: str | None, band_axis: int | None) -> xr.DataArray:
     import dask.array as dsa
     import h5py
@@ -1306,7 +1475,7 @@ def _open_hdf5_file(f, path: Path, chunks, variable: str | None, band_axis: int 
             raise SceneError(f"{path} has no dataset {variable!r}; datasets: {sorted(found)}")
         name = variable
     else:
-        cubes = [k for k, v in found.items() if v.ndim == 3]
+        cubes = [k for k, v in found.items() if v.ndim == 3 or _h5_unit_axes(v.shape)]
         if "cube" in cubes:
             name = "cube"
         elif len(cubes) == 1:
@@ -1316,22 +1485,42 @@ def _open_hdf5_file(f, path: Path, chunks, variable: str | None, band_axis: int 
             raise SceneError(f"{path}: expected one 3-D dataset (or one named 'cube'); found {shapes}. "
                              "Pass variable=NAME (--variable NAME).")
     ds = found[name]
-    if ds.ndim != 3:
-        raise SceneError(f"{path}:{name} has shape {ds.shape}; expected a 3-D cube")
+    unit = _h5_unit_axes(ds.shape)
+    if ds.ndim != 3 and not unit:
+        raise SceneError(f"{path}:{name} has shape {ds.shape}; expected a 3-D cube (band, y, x), or one with "
+                         "extra length-1 dims. Pass the dataset that holds the cube with variable=NAME "
+                         "(--variable NAME), or write the cube to its own dataset")
     dims = _dims_from_attr(ds.attrs.get("dims")) or _dims_from_attr(ds.attrs.get("DIMENSION_LABELS"))
-    dims = _resolve_dims(ds.shape, dims, f"{path}:{name}", band_axis=band_axis, default_last=False)
+    shape = tuple(n for i, n in enumerate(ds.shape) if i not in unit)
+    if unit:
+        named = dims is not None and len(dims) == ds.ndim
+        log.info("%s:%s: dropping its length-1 dims %s", path, name,
+                 ", ".join(dims[i] if named else f"axis {i}" for i in unit))
+        dims = tuple(d for i, d in enumerate(dims) if i not in unit) if named else None
+    dims = _resolve_dims(shape, dims, f"{path}:{name}", band_axis=band_axis, default_last=False)
     from dask.base import tokenize
 
     token = tokenize(str(path.resolve()), ds.name, os.stat(path).st_mtime_ns)
-    data = dsa.from_array(_H5Source(path, ds.name, ds.shape, ds.dtype),
-                          chunks=ds.chunks or _default_chunks(ds.shape, dims), lock=True,
-                          name=f"hdf5-{token}", meta=np.empty((0, 0, 0), ds.dtype))
+    if ds.chunks:
+        store_chunks = ds.chunks
+    else:
+        inner = iter(_default_chunks(shape, dims))
+        store_chunks = tuple(1 if i in unit else next(inner) for i in range(ds.ndim))
+    data = dsa.from_array(_H5Source(path, ds.name, ds.shape, ds.dtype), chunks=store_chunks, lock=True,
+                          name=f"hdf5-{token}", meta=np.empty((0,) * ds.ndim, ds.dtype))
+    if unit:
+        data = data[tuple(0 if i in unit else slice(None) for i in range(ds.ndim))]  # (band, y, x) in some order
     da = _bare_dataarray(data, dims, f"{path}:{name}", band_axis=None, default_last=False)
     wl = None
     for k in ("wavelength", "wavelengths"):
         if k in f and f[k].ndim == 1 and f[k].shape[0] == da.sizes["band"]:
             units = f[k].attrs.get("units")
             wl = _wavelengths_nm(f[k][()], units.decode() if isinstance(units, bytes) else units)
+    cf = {k: _h5_attr(ds.attrs[k]) for k in ("_FillValue", *_PACKING_ATTRS, *_VALID_ATTRS) if k in ds.attrs}
+    if _valid_bounds(cf) is not None or any(k in cf for k in _PACKING_ATTRS):
+        # CF packing as the NetCDF path decodes it: a NetCDF4 file named .h5 gave a one-class map without a word
+        da = _decode_packed(da.rename(name.rsplit("/", 1)[-1]).assign_attrs(cf), f"{path}:{name}")
+        return _finish(da, path, "hdf5", wavelengths=wl, chunks=chunks)
     nodata = ds.attrs.get("nodata", ds.attrs.get("_FillValue"))
     if hasattr(nodata, "item"):
         nodata = nodata.item()
@@ -1442,7 +1631,8 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
     ``band_axis``: 0, 1 or 2 for arrays without dimension names (.npy, .mat, bare zarr/HDF5) whose layout
     cannot be told from the shape (1: line-interleaved (y, band, x), as PRISMA's HDF5 cubes; MATLAB and .npy
     default to band-last, the GIC convention).
-    Values come back as stored, but CF-packed NetCDF/zarr variables are decoded (see the module docstring).
+    Values come back as stored, but CF-packed NetCDF/zarr/HDF5 variables are decoded (see the module docstring).
+    A NetCDF4 group's variable is named ``GROUP/NAME``.
     """
     if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):  # pathlib's TypeError
         raise OptionError(f"open_scene takes a scene path (a str or pathlib.Path); got {type(path).__name__} "
@@ -1504,8 +1694,11 @@ def as_scene(obj: Any, *, band_axis: int | None = None) -> xr.DataArray:
     if isinstance(obj, xr.Dataset):
         # values as they are: in memory, a scale_factor attr may be rioxarray's note on raw GeoTIFF counts, not
         # CF packing (open_scene decodes the NetCDF/zarr variables that are packed)
-        cube = _pick_variable(obj, "the Dataset", None, how="ds[NAME] (e.g. classify(ds[NAME], model) or "
-                              "ds[NAME].hsi.classify(model))")
+        cube = _gdal_band_stack(obj, "the Dataset", decode=False) if not any(
+            _cube_like(v) for v in obj.data_vars.values()) else None
+        if cube is None:
+            cube = _pick_variable(obj, "the Dataset", None, how="ds[NAME] (e.g. classify(ds[NAME], model) or "
+                                  "ds[NAME].hsi.classify(model))")
         # as open_scene reads the file: its grid mapping, wavelengths and CF lat/lon, where xr.open_dataset left
         # them data variables
         return _cf_georef(_keep_grid_mapping(_normalise_dims(cube, f"the Dataset's variable {cube.name!r}"), obj))

@@ -180,7 +180,7 @@ def test_a_corrupt_pixel_in_the_sample_is_named_not_read_as_a_scale(crop, model,
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnnormalisedInputWarning)
         warnings.simplefilter("error", RuntimeWarning)
-        named = r"band [0-9]+ at \(y=20, x=20\) holds " + re.escape(f"{value:.6g}")
+        named = r"band [0-9]+ \(index [0-9]+\) at \(y=20, x=20\) holds " + re.escape(f"{value:.6g}")
         with pytest.raises(NonFiniteInputError, match=named):
             hsi_engine.classify(bad, model, progress=False)
     raw = bad.values
