@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -626,7 +627,8 @@ def test_a_stall_from_dying_workers_is_told_apart(client):
     client.wait_for_workers(2, timeout=60)
     why = status()
     assert why is not None and why.startswith("workers are dying and being restarted (most often out of memory")
-    assert "4 worker(s) came or went" in why
+    came_or_went = re.search(r"(\d+) worker\(s\) came or went", why)  # 4 (2 gone, 2 new), fewer if counted mid-way
+    assert came_or_went and int(came_or_went.group(1)) >= 2, why
     assert status() is None  # settled
 
 
@@ -654,8 +656,9 @@ def test_a_write_that_fails_mid_run_keeps_the_tiles_for_resume(case, tmp_path, m
     cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, progress=False)
     import xarray as xr
 
-    with xr.open_zarr(out) as ds:
-        np.testing.assert_array_equal(ds["classes"].values, case["ref"]["labels"].values)
+    with xr.open_zarr(out) as ds:  # read here, not on the module's cluster if it is dask's default
+        np.testing.assert_array_equal(ds["classes"].compute(scheduler="threads").values,
+                                      case["ref"]["labels"].values)
 
 
 def test_a_raw_write_error_from_a_worker_is_one_output_error_and_keeps_the_tiles(case, tmp_path, monkeypatch):
