@@ -99,6 +99,27 @@ def test_trainer_keeps_best_val_weights_and_early_stops(crop):
     assert vl == pytest.approx(res.best_val_loss, rel=1e-4)
 
 
+
+def test_early_stop_ends_at_the_patience_and_restores_the_best_epoch(crop):
+    """Validation pixels labelled against their training labels (class c as c + 1): training makes their loss
+    worse from the first epoch on, so the run stops ``patience`` epochs after epoch 1 and keeps epoch 1's weights
+    (the check above passed without either: its run never stopped early and its best epoch was its last)."""
+    _, cube, lab = crop
+    normed, _, _ = D.standardize(cube[:40])
+    s = D.per_class_split(lab, 8, 0.05, seed=1)
+    against = lab.copy()
+    against[lab > 0] = lab[lab > 0] % 5 + 1
+    torch.manual_seed(0)
+    model = ssrn.SSRN(ssrn.SSRNConfig(bands=40, classes=5, patch=5, variant="spc"))
+    val = D.PatchDataset(normed, against, s.train, 5)
+    t = Trainer(model, epochs=8, lr=1e-3, patience=2, seed=0, optimizer="adamw", progress=False)
+    res = t.fit(D.PatchDataset(normed, lab, s.train, 5), val)
+    assert res.stopped_early and res.best_epoch == 1 and res.epochs_run == 3, res.history
+    losses = [r["val_loss"] for r in res.history]
+    assert losses[1] > losses[0] and losses[2] > losses[0]
+    _, vl = predict(model, val)
+    assert vl == pytest.approx(res.best_val_loss, rel=1e-4) and vl < losses[-1]
+
 @pytest.mark.parametrize("optimizer, given, used", [("adamw", None, 1e-2), ("adamw", 0.0, 0.0), ("adamw", 3e-4, 3e-4),
                                                    ("rmsprop", None, 0.0), ("rmsprop", 1e-3, 1e-3)])
 def test_trainer_weight_decay_is_the_one_given(optimizer, given, used):
