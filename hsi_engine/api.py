@@ -23,7 +23,7 @@ import xarray as xr
 from .dask_client import releases_task_thread
 from .errors import (IrregularGridError, OptionError, OutputError, SceneError,
                      UnnormalisedInputWarning, user_stacklevel)
-from .io import NODATA_ATTRS, as_scene, open_scene, scene_gcps, with_window_gcps
+from .io import NODATA_ATTRS, as_scene, band_runs, open_scene, scene_gcps, with_window_gcps
 from .logs import warnings_ignored
 from .owned import closes_its_scenes, open_owned
 from .tiles import TilePlan, default_tile, plan_tiles
@@ -225,17 +225,6 @@ def _model_bad_bands(meta: dict[str, Any], bands: int) -> list[int]:
     return bad if bad and set(bad) < set(range(bands)) else []
 
 
-def _band_list(bands: list[int]) -> str:
-    """``[3, 4, 5, 9]`` as ``3-5, 9``: EnMAP's bad bands are runs."""
-    runs: list[list[int]] = []
-    for b in bands:
-        if runs and b == runs[-1][1] + 1:
-            runs[-1][1] = b
-        else:
-            runs.append([b, b])
-    return ", ".join(f"{a}-{z}" if z > a else str(a) for a, z in runs)
-
-
 def _tested_bands(da: xr.DataArray, model_bad: list[int], bands: int, trained_stats: bool = True
                   ) -> np.ndarray | None:
     """The bands nodata is looked for in: the scene's bbl good bands (every band without a bbl) less the bands
@@ -246,8 +235,8 @@ def _tested_bands(da: xr.DataArray, model_bad: list[int], bands: int, trained_st
         flagged = sorted(set(range(bands)) - set(good.tolist() if good is not None else range(bands)))
         extra = sorted(set(flagged) - set(model_bad))
         if extra:
-            theirs = f"its bad bands: {_band_list(model_bad)}" if model_bad else "it has no bad bands"
-            warnings.warn(f"the scene's bbl flags bands {_band_list(extra)} (0-based) bad, but the model was "
+            theirs = f"its bad bands: {band_runs(model_bad)}" if model_bad else "it has no bad bands"
+            warnings.warn(f"the scene's bbl flags bands {band_runs(extra)} (0-based) bad, but the model was "
                           f"trained with data in them ({theirs}): "
                           "their nodata and NaN values reach the network as the band's mean, the others as they are; "
                           "the map may differ from one of the scene without those gaps",

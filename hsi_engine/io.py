@@ -708,18 +708,20 @@ def _band_values(values: Sequence[float | None]) -> str:
     groups: dict[str, list[int]] = {}
     for i, v in enumerate(values, start=1):
         groups.setdefault("none" if v is None else f"{v:g}", []).append(i)
-    parts = []
-    for v, bands in groups.items():
-        runs: list[list[int]] = []
-        for b in bands:
-            if runs and b == runs[-1][1] + 1:
-                runs[-1][1] = b
-            else:
-                runs.append([b, b])
-        listed = ", ".join(f"{a}-{z}" if z > a else str(a) for a, z in runs)
-        parts.append(f"{'bands' if len(bands) > 1 else 'band'} {listed}: {v}")
+    parts = [f"{'bands' if len(bands) > 1 else 'band'} {band_runs(bands)}: {v}" for v, bands in groups.items()]
     text = "; ".join(parts)
     return text if len(text) <= 150 else text[:147] + "..."
+
+
+def band_runs(bands: Sequence[int]) -> str:
+    """``[3, 4, 5, 9]`` as ``3-5, 9``: EnMAP's bad bands are runs."""
+    runs: list[list[int]] = []
+    for b in bands:
+        if runs and b == runs[-1][1] + 1:
+            runs[-1][1] = b
+        else:
+            runs.append([b, b])
+    return ", ".join(f"{a}-{z}" if z > a else str(a) for a, z in runs)
 
 
 # the attributes a scene declares its nodata value in, the one that masks first
