@@ -12,21 +12,8 @@ import warnings
 import numpy as np
 import pytest
 
-import _scale_fixtures as F
-
 from hsi_engine.cli import main
-
-
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    path = tmp_path_factory.mktemp("scene") / "crop.npy"
-    np.save(path, np.moveaxis(F.ip_crop(24, 24), 0, -1))
-    return path
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return F.save_tiny_model(tmp_path_factory.mktemp("model") / "model", F.ip_crop(24, 24))
+from test_cli_errors import model_dir, scene  # noqa: F401 - the command line's scene and model fixtures
 
 
 def test_without_docstrings_the_cli_runs(monkeypatch, capsys):
