@@ -362,13 +362,16 @@ def _write_failed(path: Path, e: BaseException) -> OutputError:
     elif any(w in str(e).lower() for w in ("cannot allocate", "out of memory")) or isinstance(e, MemoryError):
         why, fix = "out of memory", ("give the process more memory, or use less: a smaller --tile (tile=...), "
                                      "fewer --readers, or set GDAL_CACHEMAX (e.g. GDAL_CACHEMAX=64, MB)")
-    elif getattr(e, "errno", None) == errno.EFBIG or "file too large" in str(e).lower() or _file_size_limit():
+    elif getattr(e, "errno", None) == errno.EFBIG or "file too large" in str(e).lower():
         limit = _file_size_limit()
         why = ("a file grew past " + (f"this process's file-size limit ({limit:,} bytes, ulimit -f)" if limit else
                                       "the largest this file system holds"))
         fix = "raise the limit (ulimit -f unlimited), or write to another file system"
     else:
-        why, fix = "a write failed", "check that the location is writable and healthy, or choose another"
+        limit = _file_size_limit()  # GDAL names only a seek or directory error past it
+        why, fix = "a write failed", "check that the location is writable and healthy, or choose another" + (
+            f"; this process may write files of at most {limit:,} bytes (ulimit -f), which a large output passes"
+            if limit else "")
     return OutputError(f"cannot write the class map {path}: {why} ({e}); {fix}")
 
 

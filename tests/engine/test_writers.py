@@ -227,6 +227,18 @@ def test_write_and_open_failures_name_the_file_limits(tmp_path):
     many = str(_open_failed(tmp_path, OSError(errno.EMFILE, "Too many open files")))
     assert "may open no more files" in many and "ulimit -n" in many and "choose a writable" not in many
     assert "choose a writable location" in str(_open_failed(tmp_path, PermissionError(13, "Permission denied")))
+    import resource
+
+    gdal = OSError("TIFFReadDirectory:Failed to read directory at offset 4096")  # what GDAL says past ulimit -f
+    assert "ulimit -f" not in str(_write_failed(tmp_path / "m.tif", gdal))
+    before = resource.getrlimit(resource.RLIMIT_FSIZE)
+    limit = 1 << 40 if before[1] == resource.RLIM_INFINITY else min(1 << 40, before[1])  # no test file nears it
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, before[1]))
+    try:
+        said = str(_write_failed(tmp_path / "m.tif", gdal))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before)
+    assert "a write failed" in said and f"files of at most {limit:,} bytes (ulimit -f)" in said
 
 @pytest.mark.parametrize("suffix", [".tif", ".zarr"])
 def test_failed_run_leaves_previous_output_untouched(tmp_path, geo, labels, suffix):
