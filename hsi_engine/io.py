@@ -639,6 +639,13 @@ def _with_nodata(da: xr.DataArray, value: float, what: str) -> xr.DataArray:
     return da.rio.write_nodata(value, encoded=False)
 
 
+def _nan_capable(dtype: np.dtype) -> np.dtype:
+    """The dtype that holds a scene's values and NaN for its nodata: floats as they are, integers as float32 up
+    to 16 bits (exactly) and float64 above."""
+    dtype = np.dtype(dtype)
+    return dtype if dtype.kind == "f" else np.dtype(np.float32 if dtype.itemsize <= 2 else np.float64)
+
+
 def _with_gdal_mask(da: xr.DataArray, path: Path) -> xr.DataArray:
     """Pixels that a GDAL per-dataset mask (an internal mask band or a ``.msk`` file) marks invalid read as NaN, so
     they are nodata (class 0), as GIS software reads them; an integer scene is read as floats for it (exactly:
@@ -646,8 +653,7 @@ def _with_gdal_mask(da: xr.DataArray, path: Path) -> xr.DataArray:
     import dask.array as dsa
 
     encoding = dict(da.encoding)
-    if da.dtype.kind != "f":
-        da = da.astype(np.float32 if da.dtype.itemsize <= 2 else np.float64)
+    da = da.astype(_nan_capable(da.dtype))
     valid = dsa.zeros((da.sizes["y"], da.sizes["x"]), chunks=(da.chunks[1], da.chunks[2]), dtype=bool)
     valid = valid.map_blocks(_gdal_valid, str(path), dtype=bool)
     out = da.copy(data=dsa.where(valid[None], da.data, np.array(np.nan, da.dtype)))
@@ -675,7 +681,7 @@ def _nan_masked(da: xr.DataArray, path: Path, band_nodata: list[float | None] | 
     count = da.sizes["band"]  # per-band attrs (long_name, scales, offsets) lose the alpha band's entry too
     kept.attrs = {k: (v[:n] if alpha and isinstance(v, (tuple, list)) and len(v) == count else v)
                   for k, v in da.attrs.items()}
-    ftype = da.dtype if da.dtype.kind == "f" else np.dtype(np.float32 if da.dtype.itemsize <= 2 else np.float64)
+    ftype = _nan_capable(da.dtype)
     hit = None
     notes = []
     if band_nodata is not None:
@@ -1246,8 +1252,7 @@ def _decode_packed(da: xr.DataArray, where: str | None = None) -> xr.DataArray:
         if str(da.attrs.get("_Unsigned", "false")).lower() == "true" and raw.dtype.kind == "i":
             raw = raw.astype(raw.dtype.str.replace("i", "u"))  # the stored values as CF reads them
         bad = (raw < low) | (raw > high)
-        data = out.data if out.dtype.kind == "f" else out.data.astype(
-            np.float32 if out.dtype.itemsize <= 2 else np.float64)
+        data = out.data.astype(_nan_capable(out.dtype))
         out = out.copy(data=xr.Variable(da.dims, data).where(~xr.Variable(da.dims, bad)).data)
         for k in _VALID_ATTRS:  # in stored values: not this decoded array's
             out.attrs.pop(k, None)
