@@ -648,7 +648,8 @@ def _georeferenced(da: xr.DataArray) -> bool:
 def scene_georef(da: xr.DataArray, scene_path: Any = None) -> tuple[Any, Any, Any]:
     """``(crs, transform, gcps)`` of a scene for its class map: the transform of a gridded scene, or the ground
     control points of one georeferenced by them (not orthorectified: no transform, no y/x coordinates, where
-    ``rio.transform()`` reads the identity); all None, with one warning, when the scene has no CRS."""
+    ``rio.transform()`` reads the identity); with one warning when the scene has no CRS: then no CRS, and the
+    transform its x/y coordinates give (None where they are pixel indices or absent)."""
     if not _georeferenced(da) and da.encoding.get("rpcs"):
         warnings.warn(f"scene {_scene_name(da, scene_path)} is placed by RPCs (rational polynomial coefficients, a "
                       "level-1 product), which hsi-engine's class maps do not carry: the map has no georeferencing. "
@@ -672,14 +673,15 @@ def scene_georef(da: xr.DataArray, scene_path: Any = None) -> tuple[Any, Any, An
                           stacklevel=user_stacklevel())
             return None, _grid_transform(da, scene_path), None
         by_pixels = pixel_indices("x") and pixel_indices("y")
+        transform = None
         if not by_pixels and all(d in da.coords and da[d].ndim == 1 for d in ("x", "y")):
-            _grid_transform(da, scene_path)  # coordinates that no regular grid fits are refused, as with a CRS
+            transform = _grid_transform(da, scene_path)  # irregular coordinates are refused, as with a CRS
         placed = "written in pixel coordinates" if by_pixels else "placed by the scene's x/y coordinates, with no CRS"
         warnings.warn(f"scene {_scene_name(da, scene_path)} has no georeferencing (no CRS): the class map is "
                       f"{placed}; set one with da.rio.write_crs(...) in Python, or write it into "
                       "the scene file (e.g. gdal_edit.py -a_srs EPSG:32633 -a_ullr ... for a GeoTIFF)",
                       stacklevel=user_stacklevel())
-        return None, None, None
+        return None, transform, None
     gcps = scene_gcps(da)
     return (da.rio.crs, None, gcps) if gcps else (da.rio.crs, _grid_transform(da, scene_path), None)
 

@@ -132,17 +132,22 @@ def _norm_crs(crs):
 
 
 def _transform_from_coords(y, x):
-    """The affine transform of regularly spaced pixel-centre coordinates, else None."""
+    """The affine transform of regularly spaced pixel-centre coordinates, else None. The step is the mean one and
+    a grid is taken where no pixel lies more than half a pixel off it, as ``api._grid_transform`` takes it:
+    float32 or rounded coordinates of a regular grid step unevenly by their precision (the map of such a scene
+    was written with the identity transform)."""
     from affine import Affine
 
-    y = np.asarray(y, dtype=np.float64)
-    x = np.asarray(x, dtype=np.float64)
-    if y.size < 2 or x.size < 2:
-        return None
-    dx, dy = np.diff(x), np.diff(y)
-    if not (np.allclose(dx, dx[0], rtol=1e-6) and np.allclose(dy, dy[0], rtol=1e-6)):
-        return None
-    return Affine(dx[0], 0.0, x[0] - dx[0] / 2, 0.0, dy[0], y[0] - dy[0] / 2)
+    steps = []
+    for v in (np.asarray(y, dtype=np.float64), np.asarray(x, dtype=np.float64)):
+        if v.ndim != 1 or v.size < 2 or not np.all(np.isfinite(v)):
+            return None
+        step = (v[-1] - v[0]) / (v.size - 1)
+        if step == 0 or np.abs(v - (v[0] + step * np.arange(v.size))).max() > 0.5 * abs(step):
+            return None
+        steps.append(step)
+    (dy, dx), y0, x0 = steps, float(np.asarray(y, np.float64)[0]), float(np.asarray(x, np.float64)[0])
+    return Affine(dx, 0.0, x0 - dx / 2, 0.0, dy, y0 - dy / 2)
 
 
 class _CacheCaps:

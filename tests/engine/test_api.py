@@ -990,6 +990,30 @@ def test_an_ungeoreferenced_scene_is_warned_about_once_and_the_output_logged(cas
     assert any(r.getMessage().startswith(f"wrote {path}") for r in caplog.records)
 
 
+@pytest.mark.parametrize("name", ["map.tif", "map.zarr"])
+def test_a_scene_without_crs_is_placed_by_its_float32_coordinates(case, geo, tmp_path, name):
+    """No CRS, float32 x/y coordinates of a 2.7e-4 degree grid (which step unevenly by their precision): the map
+    lies where the warning says, on those coordinates; it was written with the identity transform."""
+    import rasterio
+
+    cube, model, ref = case
+    x = (np.float32(-86.9) + np.float32(2.7e-4) * np.arange(cube.shape[2], dtype=np.float32)).astype(np.float32)
+    y = (np.float32(40.6) - np.float32(2.7e-4) * np.arange(cube.shape[1], dtype=np.float32)).astype(np.float32)
+    assert np.ptp(np.diff(x.astype(np.float64))) > 1e-6 * 2.7e-4  # uneven steps, as float32 stores them
+    da = geo.cube_dataarray(cube, crs=None).assign_coords(x=x, y=y)
+    with pytest.warns(UserWarning, match="placed by the scene's x/y coordinates"):
+        path = classify_to_file(da, model, tmp_path / name, tile=8, progress=False)
+    if name.endswith(".tif"):
+        with rasterio.open(path) as f:
+            t, got = f.transform, f.read(1)
+    else:
+        out = xr.open_zarr(path)
+        t, got = out.rio.transform(), out["classes"].values
+    np.testing.assert_array_equal(got, ref)
+    dx, dy = (float(x[-1]) - float(x[0])) / (x.size - 1), (float(y[-1]) - float(y[0])) / (y.size - 1)
+    assert tuple(t)[:6] == pytest.approx((dx, 0, float(x[0]) - dx / 2, 0, dy, float(y[0]) - dy / 2), rel=1e-9)
+
+
 def test_warnings_point_at_the_callers_line_on_every_path(tmp_path):
     """The engine's warnings name the user's line, however many of its own frames lie between (the resumable
     path adds cluster frames; a fixed stacklevel pointed into hsi_engine/cluster.py there)."""

@@ -185,6 +185,22 @@ def test_zarr_coords_passed_through(tmp_path, geo, labels):
     assert tuple(ds.rio.transform())[:6] == pytest.approx(geo.TRANSFORM)  # derived from the coords
 
 
+def test_float32_coords_give_their_grid_and_irregular_ones_none():
+    """A writer given only pixel-centre coordinates derives its transform from them: float32 ones of a fine grid
+    (uneven in their last bits) give the grid; coordinates more than half a pixel off any grid give none."""
+    from hsi_engine.writers import _transform_from_coords
+
+    x = (np.float32(13.1) + np.float32(2.7e-4) * np.arange(300, dtype=np.float32)).astype(np.float32)
+    y = (np.float32(52.4) - np.float32(2.7e-4) * np.arange(200, dtype=np.float32)).astype(np.float32)
+    t = _transform_from_coords(y, x)
+    dx, dy = (float(x[-1]) - float(x[0])) / 299, (float(y[-1]) - float(y[0])) / 199
+    assert t is not None and tuple(t)[:6] == pytest.approx((dx, 0, float(x[0]) - dx / 2, 0, dy, float(y[0]) - dy / 2))
+    gap = np.r_[x[:100], x[101:]]  # a column dropped: every pixel after it one pixel off
+    assert _transform_from_coords(y, gap) is None
+    assert _transform_from_coords(y, np.full(x.shape, x[0])) is None
+    assert _transform_from_coords(y[:1], x) is None
+
+
 @pytest.mark.parametrize("suffix", [".tif", ".zarr"])
 def test_exception_inside_with_leaves_nothing(tmp_path, geo, labels, suffix):
     out = tmp_path / f"x{suffix}"
