@@ -616,17 +616,16 @@ class _Job:
                         readers=readers, progress=progress, cache_blocks=cache_blocks, decoders=decoders,
                         nodata_bands=self.nodata_bands)
 
+    # meta's class_names and palette were checked against the classes by _model (lists, tuples or arrays)
     def class_names(self) -> list[str]:
         names = self.meta.get("class_names")
-        if names and len(names) == self.classes:
+        if names is not None:
             return [str(n) for n in names]
         return [f"class {i}" for i in range(1, self.classes + 1)]
 
     def palette(self) -> list[list[int]] | None:
         pal = self.meta.get("palette")
-        if pal and len(pal) == self.classes:
-            return [[int(c) for c in rgb][:3] for rgb in pal]
-        return None
+        return None if pal is None else [[int(c) for c in rgb][:3] for rgb in pal]
 
 
 def _spatial_coords(da: xr.DataArray) -> dict[str, Any]:

@@ -416,6 +416,14 @@ def class_names_problem(names: list[str]) -> str | None:
     return f"the names {repeated} are repeated; expected one distinct name per class" if repeated else None
 
 
+def _as_lists(value: Any) -> Any:
+    """``value`` with its arrays and tuples as lists, nested, as JSON will hold them; numbers kept as they are
+    (NaN too, so that a check names it)."""
+    if hasattr(value, "tolist") and not isinstance(value, (int, float, str)):
+        value = value.tolist()
+    return [_as_lists(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def _check_meta(meta: object, config: SSRNConfig, where: Path | str) -> None:
     """The ``meta`` values the engine reads, checked at load: an edited model.json whose per-band statistics,
     wavelengths, declared band scales/offsets, class names or palette no longer fit the network fails here, naming
@@ -426,12 +434,11 @@ def _check_meta(meta: object, config: SSRNConfig, where: Path | str) -> None:
         return
     if not isinstance(meta, dict):
         raise CheckpointError(f"{where}: 'meta' must be an object; found {type(meta).__name__}")
+    # an in-memory model's meta may hold numpy arrays or tuples (what save_model writes as JSON lists)
+    meta = {k: _as_lists(v) for k, v in meta.items() if k in ("mean", "std", "wavelengths", "class_names",
+                                                               "bad_bands", "scales", "offsets", "palette")}
     _check_palette(meta.get("palette"), config.classes, where)
     fix = "; fix model.json or retrain (hsi-engine train writes them)"
-    # an in-memory model's meta may hold numpy arrays or tuples (what save_model writes as JSON lists)
-    meta = {k: (v.tolist() if hasattr(v, "tolist") else list(v) if isinstance(v, tuple) else v)
-            for k, v in meta.items() if k in ("mean", "std", "wavelengths", "class_names", "bad_bands",
-                                                 "scales", "offsets")}
     if ("mean" in meta) != ("std" in meta):
         has, lacks = ("mean", "std") if "mean" in meta else ("std", "mean")
         raise CheckpointError(f"{where}: meta has '{has}' but no '{lacks}': the engine normalises with both, or "

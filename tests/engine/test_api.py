@@ -91,6 +91,23 @@ def test_output_keeps_coords_crs_and_class_metadata(case, geo):
     assert out.attrs["_FillValue"] == 0
 
 
+def test_class_metadata_held_as_arrays_or_tuples_in_memory_is_taken(case, tmp_path):
+    """An in-memory model's palette and class names as numpy arrays or tuples (save_model writes them as lists,
+    and the saved model loaded) are taken as the lists: a numpy palette was refused as "must be 4 colours", then
+    failed on its truth value."""
+    import rasterio
+
+    cube, model, ref = case
+    palette, names = model.meta["palette"], model.meta["class_names"]
+    model.meta = dict(model.meta, palette=np.asarray(palette, np.uint8), class_names=tuple(names))
+    out = classify(cube, model, progress=False)
+    assert out.attrs["palette"] == [v for rgb in palette for v in rgb] and out.attrs["class_names"] == names
+    model.meta["palette"] = [tuple(rgb) for rgb in palette]
+    with rasterio.open(classify_to_file(cube, model, tmp_path / "m.tif", progress=False)) as f:
+        assert [f.colormap(1)[i][:3] for i in (1, 4)] == [tuple(palette[0]), tuple(palette[3])]
+        np.testing.assert_array_equal(f.read(1), ref)
+
+
 @pytest.mark.parametrize("probabilities", [False, True])
 def test_the_map_writes_to_netcdf_and_back_with_its_metadata(case, geo, tmp_path, probabilities):
     """The returned map (or Dataset) is written by ``to_netcdf`` (a nested palette attribute made it fail) and
