@@ -238,31 +238,55 @@ _CLUSTER_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "M
                 "PYTHONHASHSEED", "__DASK_PARENT_PID")
 
 
+class _Kept:
+    """What the first of the live local clusters found (see above): overlapping runs in one process put it back
+    when the last one closes; each putting back its own snapshot left the first one's single-thread settings."""
+
+    lock = threading.Lock()
+    live = 0
+    env: dict[str, str | None] = {}
+    loggers: dict[str, list[logging.Handler]] = {}
+    routes: list | None = None
+
+
 @contextlib.contextmanager
 def _process_state_kept() -> Iterator[None]:
-    """Put back, once the local cluster is closed, what starting it changed in this process (see above)."""
+    """Put back, once the last local cluster is closed, what starting them changed in this process (see above)."""
     import dask
 
-    env = {k: os.environ.get(k) for k in _CLUSTER_ENV}
-    loggers = {name: list(lg.handlers) for name, lg in list(logging.Logger.manager.loggerDict.items())
-               if name.startswith("distributed") and isinstance(lg, logging.Logger)}
-    routes = dask.config.get("distributed.scheduler.http.routes", None)
-    routes = list(routes) if isinstance(routes, (list, tuple)) else None
+    kept = _Kept
+    with kept.lock:
+        if not kept.live:
+            kept.env = {k: os.environ.get(k) for k in _CLUSTER_ENV}
+            kept.loggers = {name: list(lg.handlers) for name, lg in list(logging.Logger.manager.loggerDict.items())
+                            if name.startswith("distributed") and isinstance(lg, logging.Logger)}
+            routes = dask.config.get("distributed.scheduler.http.routes", None)
+            kept.routes = list(routes) if isinstance(routes, (list, tuple)) else None
+        kept.live += 1
     try:
         yield
     finally:
-        for k, v in env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        for name, lg in list(logging.Logger.manager.loggerDict.items()):
-            if name.startswith("distributed") and isinstance(lg, logging.Logger):
-                before = loggers.get(name, [])
-                for h in [h for h in lg.handlers if h not in before]:
-                    lg.removeHandler(h)
-        if routes is not None:
-            dask.config.set({"distributed.scheduler.http.routes": routes})
+        with kept.lock:
+            kept.live -= 1
+            if not kept.live:
+                _put_back(kept)
+
+
+def _put_back(kept: type[_Kept]) -> None:
+    import dask
+
+    for k, v in kept.env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    for name, lg in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith("distributed") and isinstance(lg, logging.Logger):
+            before = kept.loggers.get(name, [])
+            for h in [h for h in lg.handlers if h not in before]:
+                lg.removeHandler(h)
+    if kept.routes is not None:
+        dask.config.set({"distributed.scheduler.http.routes": kept.routes})
 
 
 _SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")  # dask's comm schemes

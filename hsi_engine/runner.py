@@ -634,7 +634,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
             raise OptionError(f"readers and queue_depth must be >= 1; got {name}={v} (pass a whole number of "
                               f"{'threads' if name == 'readers' else 'tiles'}, e.g. {name}=2, or None for the default)")
     if readers is None:
-        readers = min(8, os.cpu_count() or 1) if cuda else 2
+        readers = min(8, _cores()) if cuda else 2  # the cores this process may run on (taskset)
     if queue_depth is None:
         queue_depth = readers + 1
     check_read_settings(cache_blocks=cache_blocks, decoders=decoders)

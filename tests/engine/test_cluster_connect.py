@@ -542,8 +542,29 @@ def test_a_local_cluster_leaves_the_process_as_it_found_it():
                 list(dask.config.get("distributed.scheduler.http.routes", [])))
 
     before = state()
-    with dask_client.connect(workers=1) as client:
-        assert client.submit(operator.add, 1, 2).result() == 3
+    # two overlapping runs, the first to start closing first: each put back what it had found, so the second
+    # restored the first one's settings for good
+    first_up, second_up, first_may_close = threading.Event(), threading.Event(), threading.Event()
+    results = []
+
+    def first():
+        with dask_client.connect(workers=1) as client:
+            results.append(client.submit(operator.add, 1, 2).result())
+            first_up.set()
+            first_may_close.wait(60)
+
+    def second():
+        first_up.wait(60)
+        with dask_client.connect(workers=1) as client:
+            second_up.set()
+            first_may_close.set()
+            t1.join(60)
+            results.append(client.submit(operator.add, 2, 3).result())
+
+    t1, t2 = threading.Thread(target=first), threading.Thread(target=second)
+    t1.start(), t2.start()
+    t2.join(120)
+    assert results == [3, 5] and second_up.is_set()
     after = state()
     assert after[0] == before[0]
     assert {n: c for n, c in after[1].items() if c != before[1].get(n, 0)} == {}
