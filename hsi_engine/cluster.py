@@ -48,6 +48,7 @@ import os
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -124,19 +125,21 @@ class TaskSpec:
     token: str = ""  # this run's own: a worker opens the scene once per run (a reused path may hold a new scene)
 
 
-_CACHE: dict[Any, Any] = {}
+_CACHE: dict[Any, Any] = {"engines": OrderedDict()}
 _CACHE_LOCK = threading.Lock()
+_ENGINES_KEPT = 4  # a long-lived worker given model after model kept every one (its weights, on its device)
 
 
 def _worker_engine(spec: TaskSpec, model_obj: Any):
     """The FusedSSRN of this worker process, built once per (model, backend, device, precision, spatial
-    precision)."""
+    precision); the last few used are kept."""
     import torch
 
     dev = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    key = ("engine", spec.model_key, spec.backend, dev, spec.precision, spec.spatial_precision)
+    key = (spec.model_key, spec.backend, dev, spec.precision, spec.spatial_precision)
     with _CACHE_LOCK:
-        eng = _CACHE.get(key)
+        engines = _CACHE["engines"]
+        eng = engines.get(key)
         if eng is None:
             from .api import load_model
             from .fused import FusedSSRN
@@ -144,7 +147,10 @@ def _worker_engine(spec: TaskSpec, model_obj: Any):
             model = model_obj if model_obj is not None else load_model(spec.model)
             eng = FusedSSRN(model, backend=spec.backend, device=dev, precision=spec.precision,
                             spatial_precision=spec.spatial_precision)
-            _CACHE[key] = eng
+            engines[key] = eng
+            while len(engines) > _ENGINES_KEPT:
+                engines.popitem(last=False)
+        engines.move_to_end(key)
     return eng
 
 

@@ -142,6 +142,12 @@ def test_a_worker_builds_its_engine_with_the_run_s_spatial_precision(case):
     kept = cluster._worker_engine(cluster.TaskSpec(**spec, spatial_precision="float32"), model)
     low = cluster._worker_engine(cluster.TaskSpec(**spec, spatial_precision="bfloat16"), model)
     assert (kept.spatial_precision, low.spatial_precision) == ("float32", "bfloat16") and kept is not low
+    assert cluster._worker_engine(cluster.TaskSpec(**spec, spatial_precision="float32"), model) is kept
+    # a long-lived worker given model after model keeps the last few engines, not every one
+    for i in range(cluster._ENGINES_KEPT):
+        cluster._worker_engine(cluster.TaskSpec(**dict(spec, model_key=f"other {i}")), model)
+    assert len(cluster._CACHE["engines"]) == cluster._ENGINES_KEPT
+    assert cluster._worker_engine(cluster.TaskSpec(**spec, spatial_precision="float32"), model) is not kept
 
 
 def test_in_memory_scene_and_model_are_scattered(case, client, tmp_path):
