@@ -476,7 +476,7 @@ def _warn_large_chunks(da: xr.DataArray, plan: TilePlan) -> None:
     itemsize = np.dtype(da.dtype).itemsize
     chunk = max(da.chunks[0]) * max(da.chunks[1]) * max(da.chunks[2]) * itemsize
     th, tw = plan.tile
-    window = da.sizes["band"] * (th + 2 * plan.halo) * (tw + 2 * plan.halo) * itemsize
+    window = da.sizes["band"] * math.prod(plan.max_read_shape) * itemsize
     if chunk > max(LARGE_CHUNK_BYTES, 16 * window):
         warnings.warn(f"the scene's chunks are {max(da.chunks[1])} x {max(da.chunks[2])} pixels of "
                       f"{max(da.chunks[0])} bands ({chunk / 2**20:,.0f} MiB decoded each) against tiles of "

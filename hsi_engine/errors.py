@@ -54,9 +54,11 @@ class WorkerLostError(HSIEngineError, RuntimeError):
 
 class UnnormalisedInputWarning(UserWarning, HSIEngineError):
     """The scene is not on the scale the model was trained on, so the map will be meaningless: its values are
-    30x or more off the model's per-band statistics (reflectance 0-1 against a model trained on x 10000), a
-    CF-packed scene was handed over still packed, or a model without per-band mean/std meets raw integers. A
-    warning in Python; the command line turns it into an error (a pipeline sees only the exit status)."""
+    30x or more off the model's per-band statistics (reflectance 0-1 against a model trained on x 10000), or lie
+    a median of several training standard deviations from its means (other units, another sensor), it declares
+    band scales/offsets other than the training scene's, a CF-packed scene was handed over still packed, or a
+    model without per-band mean/std meets raw integers. A warning in Python; the command line turns it into an
+    error (a pipeline sees only the exit status)."""
 
 
 def user_stacklevel() -> int:

@@ -150,6 +150,11 @@ def _transform_from_coords(y, x):
     return Affine(dx, 0.0, x0 - dx / 2, 0.0, dy, y0 - dy / 2)
 
 
+# rasterio's one NotGeoreferencedWarning, for a map without a transform (ungeoreferenced, or placed by GCPs);
+# ignored by its message alone, as the filter applies to every thread
+_NO_GEOTRANSFORM = "Dataset has no geotransform"
+
+
 class _CacheCaps:
     """The GeoTIFF writers' caps on GDAL's block cache, a process-wide setting: rasterio.Env per write saved and
     put back the value it found, so two writers in two threads left the other's 64 MiB cap for good (1,205 MiB
@@ -664,7 +669,8 @@ class GeoTiffClassMapWriter(ClassMapWriter):
                 tmp = self._tmp_name(self._final[key])
                 self._temps.append(tmp)
                 self._tmp[key] = tmp
-                with warnings_ignored(rasterio.errors.NotGeoreferencedWarning), self._gdal_cache():
+                with warnings_ignored(rasterio.errors.NotGeoreferencedWarning, _NO_GEOTRANSFORM), \
+                        self._gdal_cache():
                     self._datasets[key] = rasterio.open(tmp, "w", **base, **opts)
                 if self.gcps:  # the COG copy keeps them
                     self._datasets[key].gcps = (self.gcps, self.crs)
@@ -757,7 +763,7 @@ class GeoTiffClassMapWriter(ClassMapWriter):
             float16 = key == "probabilities" and self.probabilities == "float16"
             if float16:
                 opts["NBITS"] = 16
-            with warnings_ignored(NotGeoreferencedWarning), \
+            with warnings_ignored(NotGeoreferencedWarning, _NO_GEOTRANSFORM), \
                     (_quiet_float16_padding() if float16 else contextlib.nullcontext()), self._gdal_cache():
                 rio_copy(str(tmp), str(cog), **opts)
             cogs.append((cog, target))
@@ -820,11 +826,6 @@ class ZarrClassMapWriter(ClassMapWriter):
         except BaseException:
             self.abort()
             raise
-
-    @property
-    def tmp_path(self) -> Path:
-        """The hidden store being written (for region writes from other processes before commit)."""
-        return self._tmp
 
     def _coords(self) -> tuple[np.ndarray, np.ndarray] | None:
         if self.gcps:

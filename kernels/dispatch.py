@@ -13,8 +13,9 @@ One small function decides (STYLE: never an environment variable read at import 
   interpreter, ``TRITON_INTERPRET=1``, which tests use); in bfloat16 / float16 on a Hopper GPU, for the
   paper's block form, :func:`kernels.spectral_gluon.spectral_stage_gluon` instead (2.30 ms against the Triton
   kernel's 3.13 per 65,536 pixels of 200 bands on an H200, benchmarks/results/kernels-h200.md run 6), once it
-  matched the reference on the first pixels of a program shape (its default form first, then its
-  one-wait-per-phase form; else the Triton kernel, with one warning).
+  matched the reference on the first pixels of a program shape (in the order of ``_gluon_forms``: its persistent
+  two-warpgroup form, the two-warpgroup form, the one-position form, the one-wait-per-phase form; else the Triton
+  kernel, with one warning).
 - ``auto``: on CUDA, ``triton`` for bfloat16 / float16 when Triton imports and the kernel passes a tiny
   self-check against the reference, and ``eager`` for float32 (exact float32 has no tensor-core path: on an
   H100 the Conv3d formulation took 20.98 ms per 65,536 pixels, the fused kernel 23.96 and compile 19.70
@@ -190,8 +191,9 @@ _FORM_NAMES = {("phase", "one"): "one-wait-per-phase form", ("layer", "one"): "p
 
 
 def _gluon_forms() -> list[tuple[str, str]]:
-    """The Gluon forms ``(waits, step)`` the backend tries, in order: the default, the default one-position
-    form, the one-wait-per-phase form (the first that ran on a GPU)."""
+    """The Gluon forms ``(waits, step)`` the backend tries, in order: the default (``wsp``), then ``ws`` (the
+    same step, one block a program) where the default is ``wsp``, the default waits' one-position form, and the
+    one-wait-per-phase form (the first that ran on a GPU)."""
     from .spectral_gluon import DEFAULT_STEP, DEFAULT_WAITS
 
     steps = [DEFAULT_STEP, "ws"] if DEFAULT_STEP == "wsp" else [DEFAULT_STEP]  # ws: the same step, a block a program

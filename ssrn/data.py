@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from .checkpoint import class_names_problem
 from .config import DATASET_ALIASES
@@ -75,9 +76,6 @@ class DatasetSpec:
     val_fraction: float
     sensor: str = ""
     note: str = ""
-
-    def fractions(self) -> tuple[float, float]:
-        return self.train_fraction, self.val_fraction
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -506,7 +504,7 @@ def _unlabel_nodata(raw: np.ndarray, labels: np.ndarray, nodata: float | None, n
 # --------------------------------------------------------------------------------------------------
 # normalisation
 
-def standardize(cube) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def standardize(cube: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-band standardisation over the scene (the seed's ``preprocessing.scale``, population std).
 
     Returns ``(normalised float32 (band, y, x), mean (band,), std (band,))``; a constant band gets std 1.

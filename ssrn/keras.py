@@ -125,7 +125,6 @@ class KerasGraph:
     config: SSRNConfig
     # SSRN module prefix ("stem", "spectral_blocks.0.conv1", ...) -> (Keras layer name, kind)
     mapping: dict[str, tuple[str, str]]
-    keras_version: str = ""
 
 
 class _Walker:

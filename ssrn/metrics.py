@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import OptionError
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
 __all__ = ["average_accuracy", "classification_report", "cohen_kappa", "confusion_matrix", "overall_accuracy",
            "per_class_accuracy"]
 
 
-def confusion_matrix(y_true, y_pred, n_classes: int | None = None) -> np.ndarray:
+def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int | None = None) -> np.ndarray:
     """``C[i, j]`` = number of samples of true class ``i`` predicted as ``j`` (labels 0..n_classes-1)."""
     t = np.asarray(y_true, dtype=np.int64).reshape(-1)
     p = np.asarray(y_pred, dtype=np.int64).reshape(-1)
@@ -53,7 +56,7 @@ def cohen_kappa(cm: np.ndarray) -> float:
     return float((po - pe) / (1 - pe)) if pe != 1 else 1.0
 
 
-def classification_report(y_true, y_pred, n_classes: int | None = None,
+def classification_report(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int | None = None,
                           class_names: list[str] | None = None) -> dict[str, Any]:
     """``{"oa", "aa", "kappa", "per_class_accuracy", "confusion_matrix", "support"}`` (JSON-ready)."""
     cm = confusion_matrix(y_true, y_pred, n_classes)
