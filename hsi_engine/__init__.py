@@ -26,8 +26,8 @@ def _version() -> str:
 _lazy_getattr, __dir__, _ = lazy_loader.attach(
     __name__,
     submodules=["accessor", "allocator", "api", "blocks", "cli", "cluster", "dask_client", "demo", "errors", "fused",
-                "integrity", "io", "lock", "logs", "normalise", "owned", "render", "resume", "runner", "tiles", "whole",
-                "writers"],
+                "georef", "integrity", "io", "lock", "logs", "normalise", "owned", "render", "resume", "runner",
+                "scene_checks", "tiles", "whole", "writers"],
     submod_attrs={
         "accessor": ["HSIAccessor"],
         "allocator": ["reuse_large_buffers"],

@@ -537,7 +537,8 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
                  readers: int | None, cache_blocks: int | None, decoders: int | None, throttle_s: float,
                  spatial_precision: str, on_written: Callable[[Path], None] | None) -> RunReport:
     """run_to_file, holding the output's lock."""
-    from .api import _Job, scene_georef
+    from .api import _Job
+    from .georef import scene_georef
     from .runner import check_read_settings
     from .writers import _TIFF, _ZARR, _ours_aux, check_replaceable, side_paths
 

@@ -442,7 +442,7 @@ def _finish(da: xr.DataArray, path: Path, fmt: str, *, wavelengths=None, nodata=
     da = _rechunk_bands(da, chunks)
     if "x" not in da.coords and "y" not in da.coords and SOURCE_ROW not in da.coords and \
             SOURCE_COL not in da.coords and (_has_gcps(da) or _rotated(da)):  # see scene_gcps and
-        # api._grid_transform: such a scene has no x/y coordinates that isel could shift (a saved window keeps its
+        # georef.grid_transform: such a scene has no x/y coordinates that isel could shift (a saved window keeps its
         # own)
         da = da.assign_coords({SOURCE_ROW: ("y", np.arange(da.sizes["y"])),
                                SOURCE_COL: ("x", np.arange(da.sizes["x"]))})
@@ -567,7 +567,7 @@ def _open_geotiff(path: Path, chunks) -> xr.DataArray:
     da = _finish(_scales_to_encoding(da), path, "geotiff", wavelengths=wl, chunks=chunks, bbl=_gdal_bbl(tags))
     if masked:
         da = _with_gdal_mask(da, path)
-    if rpcs is not None:  # placed by rational polynomial coefficients (a level-1 product); see api.scene_georef
+    if rpcs is not None:  # placed by rational polynomial coefficients (a level-1 product); see georef.scene_georef
         da.encoding["rpcs"] = rpcs.to_dict()
     da.set_close(closer)
     return da

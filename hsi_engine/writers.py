@@ -133,7 +133,7 @@ def _norm_crs(crs):
 
 def _transform_from_coords(y, x):
     """The affine transform of regularly spaced pixel-centre coordinates, else None. The step is the mean one and
-    a grid is taken where no pixel lies more than half a pixel off it, as ``api._grid_transform`` takes it:
+    a grid is taken where no pixel lies more than half a pixel off it, as ``georef.grid_transform`` takes it:
     float32 or rounded coordinates of a regular grid step unevenly by their precision (the map of such a scene
     was written with the identity transform)."""
     from affine import Affine
@@ -1043,9 +1043,9 @@ def write_classmap(labels_da, path: str | os.PathLike, **kw: Any) -> Path:
                 if gcps:  # placed by ground control points: rio.transform() would read the identity
                     kw.setdefault("gcps", gcps)
                 elif "spatial_ref" in da.coords or ("x" in da.coords and "y" in da.coords):
-                    from .api import _grid_transform  # irregular x/y refused, as classify_to_file refuses them
+                    from .georef import grid_transform  # irregular x/y refused, as classify_to_file refuses them
 
-                    kw.setdefault("transform", _grid_transform(da))
+                    kw.setdefault("transform", grid_transform(da))
             except HSIEngineError:  # GCPs that cannot place this selection: said, not written wrong
                 raise
             except Exception:  # no spatial coords: leave ungeoreferenced

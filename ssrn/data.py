@@ -666,8 +666,10 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
     label raster on its pixel grid (the same pixels, or a larger raster on the same grid, cut to the scene) as a
     training :class:`Scene`. The scene's nodata pixels (its declared nodata, or NaN, in the bands a ``bbl`` does
     not flag bad) are unlabelled and masked as the engine masks them; mosaic tiles first (e.g. ``rio merge``)."""
-    from hsi_engine.api import _declared_nodata, _grid_transform, _nodata_bands
     from hsi_engine.errors import IrregularGridError, SceneError
+    from hsi_engine.georef import grid_transform
+    from hsi_engine.scene_checks import declared_nodata
+    from hsi_engine.scene_checks import nodata_bands as scene_nodata_bands
     from hsi_engine.io import _envi_paths, open_scene, scene_format
 
     scene_path, labels_path = Path(scene_path), Path(labels_path)
@@ -684,7 +686,7 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
         # as the engine places the scene's map: its coordinates overrule a GeoTransform left stale by flipping it;
         # a scene with a transform and no CRS is placed by it too (pixel coordinates are no placement)
         try:
-            scene_transform = _grid_transform(da, scene_path) if "x" in da.coords else None
+            scene_transform = grid_transform(da, scene_path) if "x" in da.coords else None
         except IrregularGridError:
             if scene_crs is not None:
                 raise
@@ -701,7 +703,7 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
         like = _envi_paths(scene_path)[1]
     labels, names, cmap = _read_label_raster(labels_path, tuple(da.shape[1:]), scene_crs, scene_transform, where,
                                              like)
-    nodata, nodata_bands = _declared_nodata(da), _nodata_bands(da)
+    nodata, nodata_bands = declared_nodata(da), scene_nodata_bands(da)
     raw = np.asarray(da.values)
     labels, nodata_bands, bad = _unlabel_nodata(raw, labels, nodata, nodata_bands,  # (no bbl: a mosaic lost it)
                                                 str(scene_path))

@@ -83,7 +83,7 @@ def _declared_scaling(cube: Any) -> tuple[Any, Any] | None:
     """The training scene's declared band ``(scales, offsets)`` (values stored as read, not scaled), or None."""
     import xarray as xr
 
-    from hsi_engine.api import declared_scaling
+    from hsi_engine.scene_checks import declared_scaling
 
     return declared_scaling(cube) if isinstance(cube, xr.DataArray) else None
 

@@ -17,7 +17,8 @@ import pytest
 import hsi_engine
 from hsi_engine import (IrregularGridError, NonFiniteInputError, OptionError, OutputError, SceneError,
                         UnnormalisedInputWarning)
-from hsi_engine.api import _check_scale, _normalisation
+from hsi_engine.api import _normalisation
+from hsi_engine.scene_checks import _SCALE_Z, check_scale
 from hsi_engine.demo import SHIPPED_MODEL, SHIPPED_SCENE
 from hsi_engine.normalise import scale_ratios
 
@@ -107,7 +108,6 @@ def test_a_scene_on_the_command_line_10x_off_is_an_error(crop, tmp_path):
 def test_real_scenes_of_the_training_sensor_pass_the_check_comfortably(model):
     """The threshold leaves the shipped scene's every window (and the seed protocol's whole-scene statistics) far
     inside: at most half of it."""
-    from hsi_engine.api import _SCALE_Z
     from hsi_engine.normalise import scale_distance
 
     mean, std = _normalisation(model)
@@ -119,12 +119,11 @@ def test_real_scenes_of_the_training_sensor_pass_the_check_comfortably(model):
     assert scale_distance(cube[:, 56:88, 56:88], a.mean(1), a.std(1), None) < _SCALE_Z / 2
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnnormalisedInputWarning)
-        _check_scale(hsi_engine.open_scene(SHIPPED_SCENE), mean, std, None)
+        check_scale(hsi_engine.open_scene(SHIPPED_SCENE), mean, std, None)
 
 
 def test_the_seed_model_passes_on_its_scene(seed_ssrn_dir, data_dir, tmp_path):
     """The seed's released model, imported with the seed's whole-scene standardisation, on the shipped scene."""
-    from hsi_engine.api import _SCALE_Z
     from hsi_engine.normalise import scale_distance
     from ssrn.keras import import_keras_to_dir
 
@@ -140,7 +139,6 @@ def test_enmap_tiles_pass_with_statistics_of_their_scene(data_dir):
     """Every EnMAP Potsdam tile (one of them a third water) against the per-band statistics of all the tiles with
     data, as the trainer takes them (its bad bands 130-135, nodata everywhere, left out); the HyMap and simulated
     EnMAP Berlin scenes' windows against their own."""
-    from hsi_engine.api import _SCALE_Z
     from hsi_engine.normalise import scale_distance
 
     tiles = sorted((data_dir / "enmap_potsdam" / "images").glob("*.tif"))
@@ -157,7 +155,7 @@ def test_enmap_tiles_pass_with_statistics_of_their_scene(data_dir):
         assert scale_distance(s.values, mean, std, -32768.0) < _SCALE_Z / 2
         with warnings.catch_warnings():
             warnings.simplefilter("error", UnnormalisedInputWarning)
-            _check_scale(s, mean, std, -32768.0)
+            check_scale(s, mean, std, -32768.0)
     for name in ("EnMAP_BerlinUrbanGradient.bsq", "HyMap02_Berlin_Urban_Gradient_2009.bsq"):
         cube = hsi_engine.open_scene(data_dir / "berlin_urban_gradient" / name).values.astype(np.float64)
         a = cube.reshape(cube.shape[0], -1)
@@ -342,9 +340,9 @@ def test_chunks_far_larger_than_a_tile_are_named(monkeypatch, model):
     3.6 GB and hours), without a word; the same scene in tile-sized chunks says nothing."""
     import dask.array as dsa
 
-    import hsi_engine.api as api
+    import hsi_engine.scene_checks as checks
 
-    monkeypatch.setattr(api, "LARGE_CHUNK_BYTES", 1 << 10)
+    monkeypatch.setattr(checks, "LARGE_CHUNK_BYTES", 1 << 10)
     scene = hsi_engine.open_scene(SHIPPED_SCENE).isel(y=slice(0, 64), x=slice(0, 64)).load()
     one = scene.copy(data=dsa.from_array(scene.values, chunks=-1))
     with pytest.warns(UserWarning, match=r"chunks are 64 x 64 pixels .* every tile decodes the whole chunks"):

@@ -314,7 +314,7 @@ def test_the_scale_sample_leaves_out_zero_fill_and_sits_at_the_centre():
     import dask.array as dsa
     import xarray as xr
 
-    from hsi_engine.api import _sample_window
+    from hsi_engine.scene_checks import _sample_window
     from hsi_engine.normalise import scale_ratios
 
     mean, std = np.full(4, 1000.0), np.full(4, 100.0)

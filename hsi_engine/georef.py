@@ -1,0 +1,252 @@
+"""Where a scene's class map lies: its CRS and transform (stored, or from its x/y coordinates, checked against
+each other), or the ground control points it is placed by; irregular coordinates are refused, not written wrong."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .errors import IrregularGridError, SceneError, user_stacklevel
+from .io import scene_gcps
+
+
+def georeferenced(da: xr.DataArray) -> bool:
+    try:
+        return da.rio.crs is not None
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def scene_georef(da: xr.DataArray, scene_path: Any = None) -> tuple[Any, Any, Any]:
+    """``(crs, transform, gcps)`` of a scene for its class map: the transform of a gridded scene, or the ground
+    control points of one georeferenced by them (not orthorectified: no transform, no y/x coordinates, where
+    ``rio.transform()`` reads the identity); with one warning when the scene has no CRS: then no CRS, and the
+    transform its x/y coordinates give (None where they are pixel indices or absent)."""
+    if not georeferenced(da) and da.encoding.get("rpcs"):
+        warnings.warn(f"scene {scene_name(da, scene_path)} is placed by RPCs (rational polynomial coefficients, a "
+                      "level-1 product), which hsi-engine's class maps do not carry: the map has no georeferencing. "
+                      "Orthorectify the scene first (gdalwarp -rpc -t_srs EPSG:... scene.tif ortho.tif), or copy "
+                      "the scene's RPCs onto the map, which lies on the scene's pixel grid (in rasterio: "
+                      "dst.rpcs = src.rpcs)", stacklevel=user_stacklevel())
+        return None, None, None
+    if not georeferenced(da):
+        def pixel_indices(d: str) -> bool:
+            v = np.asarray(da[d].values, np.float64) if d in da.coords and da[d].ndim == 1 else None
+            return v is None or v.size < 2 or bool(np.allclose(v - np.floor(v[0]), np.arange(v.size) + v[0] % 1))
+
+        try:
+            stored = da.rio.transform()
+        except Exception:  # noqa: BLE001 - no transform to read
+            stored = None
+        if stored is not None and (stored.b or stored.d):  # a rotated grid without a CRS: keep its placement
+            warnings.warn(f"scene {scene_name(da, scene_path)} has no CRS: the class map is placed by the "
+                          "scene's rotated transform, with no CRS; set one with da.rio.write_crs(...) in Python, "
+                          "or write it into the scene file (e.g. gdal_edit.py -a_srs EPSG:32633 for a GeoTIFF)",
+                          stacklevel=user_stacklevel())
+            return None, grid_transform(da, scene_path), None
+        by_pixels = pixel_indices("x") and pixel_indices("y")
+        transform = None
+        if not by_pixels and all(d in da.coords and da[d].ndim == 1 for d in ("x", "y")):
+            transform = grid_transform(da, scene_path)  # irregular coordinates are refused, as with a CRS
+        placed = "written in pixel coordinates" if by_pixels else "placed by the scene's x/y coordinates, with no CRS"
+        warnings.warn(f"scene {scene_name(da, scene_path)} has no georeferencing (no CRS): the class map is "
+                      f"{placed}; set one with da.rio.write_crs(...) in Python, or write it into "
+                      "the scene file (e.g. gdal_edit.py -a_srs EPSG:32633 -a_ullr ... for a GeoTIFF)",
+                      stacklevel=user_stacklevel())
+        return None, transform, None
+    gcps = scene_gcps(da)
+    return (da.rio.crs, None, gcps) if gcps else (da.rio.crs, grid_transform(da, scene_path), None)
+
+
+def scene_name(da: xr.DataArray, scene_path: Any = None) -> str:
+    """The scene as messages name it: the path given, else the file it was opened from, else ``(in memory)``."""
+    name = scene_path if isinstance(scene_path, (str, os.PathLike)) else da.encoding.get("source")
+    return str(name) if name else "(in memory)"
+
+
+def _longitude_wrap(da: xr.DataArray, d: str, steps: np.ndarray) -> str | None:
+    """How a geographic scene's x coordinates wrap (one step of about -360 or +360 degrees among regular ones):
+    ``"from 360 to 0"`` or ``"from 180 to -180"``; None otherwise."""
+    if d != "x" or steps.size < 2:
+        return None
+    try:
+        geographic = da.rio.crs is not None and da.rio.crs.is_geographic
+    except Exception:  # noqa: BLE001 - no readable CRS
+        geographic = False
+    if not geographic:
+        return None
+    step = float(np.median(steps))
+    jumps = np.flatnonzero(np.abs(steps - step) > 0.5 * abs(step))
+    if jumps.size != 1 or abs(abs(steps[jumps[0]] - step) - 360) > 1:
+        return None
+    x = np.asarray(da["x"].values, np.float64)
+    return "from 360 to 0 degrees" if x.max() > 180 else "from 180 to -180 degrees"
+
+
+def _compose(t: Any, other: Any) -> Any:
+    """``t @ other`` (a composed transform, or points): affine 3 warns on ``*``, which affine before 2.4 needs."""
+    return t @ other if hasattr(type(t), "__matmul__") else t * other
+
+
+def _window_of(stored: Any, t: Any, flips: bool = False) -> bool:
+    """Whether ``t`` is the transform of a window of ``stored``'s grid taken with a positive step (its pixel
+    centres on the grid's centres): what a strided ``isel`` leaves, rioxarray keeping the whole scene's
+    GeoTransform. A flip (negative step) only with ``flips``: a GeoTransform left north-up on a flipped array of
+    1-D coordinates is worth a word."""
+    try:
+        m = _compose(~stored, t)
+    except Exception:  # noqa: BLE001 - a degenerate stored transform
+        return False
+    steps, shifts = (m.a, m.e), (m.c + m.a / 2 - 0.5, m.f + m.e / 2 - 0.5)  # map centre 0 -> source centre
+    tol = 1e-6
+    return (abs(m.b) < tol and abs(m.d) < tol
+            and all((abs(s) if flips else s) >= 1 - tol and abs(s - round(s)) < tol for s in steps)
+            and all(abs(v - round(v)) < 1e-3 for v in shifts))
+
+
+def _rotated_from_centres(da: xr.DataArray, stored: Any, scene_path: Any = None) -> Any:
+    """A rotated scene's transform from its 2-D pixel-centre coordinates ``xc`` / ``yc`` (``(y, x)``, as
+    ``rioxarray.open_rasterio`` gives a rotated raster; ``isel`` moves them with the pixels); None without them.
+    Along a dimension of one pixel the stored transform's step is kept."""
+    from affine import Affine
+
+    if not all(c in da.coords and da[c].dims == ("y", "x") for c in ("xc", "yc")):
+        return None
+    xc, yc = (np.asarray(da[c].values, np.float64) for c in ("xc", "yc"))
+    a, d = (xc[0, 1] - xc[0, 0], yc[0, 1] - yc[0, 0]) if xc.shape[1] > 1 else (stored.a, stored.d)
+    b, e = (xc[1, 0] - xc[0, 0], yc[1, 0] - yc[0, 0]) if xc.shape[0] > 1 else (stored.b, stored.e)
+    t = Affine(a, b, xc[0, 0] - (a + b) / 2, d, e, yc[0, 0] - (d + e) / 2)
+    rows, cols = np.mgrid[0:xc.shape[0], 0:xc.shape[1]] + 0.5
+    px, py = _compose(t, (cols, rows))
+    off = float(np.max(np.hypot(px - xc, py - yc))) if xc.size else 0.0
+    if not np.isfinite(off) or off > 0.25 * math.hypot(a, d):
+        raise IrregularGridError(f"scene {scene_name(da, scene_path)} has a rotated grid and its pixels were "
+                                 "selected irregularly (its xc / yc coordinates follow no one transform): only a "
+                                 "regular window can be placed; select one with a slice, e.g. da.isel(x=slice(a, b))")
+    if t.almost_equals(stored, precision=1e-6 * math.hypot(stored.a, stored.d)):
+        return stored
+    if _window_of(stored, t, flips=True):  # isel moved them with the pixels: a window, strided or flipped
+        return t
+    warnings.warn(f"scene {scene_name(da, scene_path)}: its stored transform {tuple(stored)[:6]} disagrees with its "
+                  f"xc / yc coordinates, which give {tuple(t)[:6]} and are no window of it (a transform written with "
+                  "rio.write_transform after opening leaves them as they were): the map is placed by the stored "
+                  "transform", stacklevel=user_stacklevel())
+    return stored
+
+
+def _transform_from_1d(da: xr.DataArray, stored: Any) -> Any:
+    """The north-up transform of regular 1-D pixel-centre ``x`` / ``y``; along a dimension of one pixel the stored
+    pixel size (a window one pixel wide of a strided selection kept the whole scene's, and its other step)."""
+    from affine import Affine
+
+    origin, step = {}, {}
+    for d, stored_step in (("x", stored.a), ("y", stored.e)):
+        v = np.asarray(da[d].values, np.float64)
+        step[d] = (v[-1] - v[0]) / (v.size - 1) if v.size > 1 else stored_step
+        origin[d] = v[0] - step[d] / 2
+    return Affine(step["x"], 0.0, origin["x"], 0.0, step["y"], origin["y"])
+
+
+def _stored_geotransform(da: xr.DataArray) -> bool:
+    """Whether the scene stores a transform (its grid mapping's GeoTransform, or a ``transform`` attribute), as
+    rioxarray reads one, rather than rioxarray working one out from the coordinates."""
+    try:
+        gm = da.rio.grid_mapping
+    except Exception:  # noqa: BLE001 - no grid mapping to look in
+        gm = None
+    if gm is not None and gm in da.coords and da.coords[gm].attrs.get("GeoTransform"):
+        return True
+    return da.attrs.get("transform") is not None
+
+
+def grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
+    """The scene's transform: the stored one (rioxarray's ``GeoTransform``, which keeps a rotation), unless its
+    x/y coordinates say otherwise: a NetCDF flipped with ``isel(y=slice(None, None, -1))`` kept its north-up
+    GeoTransform while its y ran upwards, and the map was written flipped and a scene's height off the ground."""
+    have_coords = (all(d in da.coords and da[d].ndim == 1 and da[d].size > 0 for d in ("x", "y"))
+                   and max(da["x"].size, da["y"].size) > 1)  # one pixel wide (or tall) is placed by them too
+    if have_coords:
+        for d in ("x", "y"):
+            if not np.all(np.isfinite(np.asarray(da[d].values, np.float64))):
+                raise IrregularGridError(f"scene {scene_name(da, scene_path)}: its {d} coordinates hold NaN or "
+                                         "inf: no transform places its map; fix or drop them (e.g. "
+                                         f"scene.assign_coords({d}=...))")
+    stored = da.rio.transform()
+    if stored.b or stored.d:  # rotated: no x/y coordinates; a window (isel) of it keeps source_row/source_col
+        from affine import Affine
+
+        from .io import SOURCE_COL, SOURCE_ROW, _source_step, unplaced_window
+
+        if SOURCE_ROW not in da.coords and SOURCE_COL not in da.coords:
+            centres = _rotated_from_centres(da, stored, scene_path)  # rioxarray's 2-D xc / yc, which isel moves
+            if centres is not None:
+                return centres
+            unplaced_window(da, "a rotated transform")
+        try:
+            (r0, rs), (c0, cs) = _source_step(da, SOURCE_ROW, "y"), _source_step(da, SOURCE_COL, "x")
+        except SceneError:
+            raise IrregularGridError(f"scene {scene_name(da, scene_path)} has a rotated grid and its pixels were "
+                                     "selected irregularly: only a regular window can be placed; select one with "
+                                     "a slice, e.g. da.isel(x=slice(a, b))") from None
+        # map pixel k's centre on source pixel r0 + k * rs's centre (as the GCP and x/y paths place them)
+        shift = Affine.translation(c0 + 0.5 - cs / 2, r0 + 0.5 - rs / 2)
+        return _compose(stored, _compose(shift, Affine.scale(cs, rs)))
+    if not have_coords:
+        return stored  # no 1-D coordinates to check against
+    for d in ("x", "y"):
+        steps = np.diff(np.asarray(da[d].values, np.float64))
+        if steps.size == 0:  # one pixel: its coordinate places it, at the stored pixel size
+            continue
+        mean = float(steps.mean())
+        # refused where some pixel would land more than half a pixel off: float32 or rounded coordinates of a
+        # regular grid step unevenly by their storage precision, but stay within a fraction of a pixel
+        off = float(np.abs(np.cumsum(steps - mean)).max())
+        wrap = _longitude_wrap(da, d, steps) if off > 0.5 * abs(mean) else None
+        if wrap is not None:
+            raise IrregularGridError(
+                f"scene {scene_name(da, scene_path)}: its longitudes wrap around ({wrap}), so its x coordinates "
+                "are not evenly spaced and no transform can place its map: make them continuous first, e.g. "
+                + ("scene.assign_coords(x=(scene.x + 180) % 360 - 180)" if "360" in wrap else
+                   "scene.assign_coords(x=scene.x % 360)"))
+        if off > 0.5 * abs(mean):
+            raise IrregularGridError(
+                f"scene {scene_name(da, scene_path)}: its {d} coordinates are not evenly spaced (steps from "
+                f"{steps.min():g} to {steps.max():g}; columns or rows dropped with isel?): a map on a regular grid "
+                f"would put its pixels up to {off:.4g} (coordinate units) off; classify each evenly spaced part on "
+                f"its own (e.g. scene.isel({d}=slice(0, k)))")
+        v = np.asarray(da[d].values, np.float64)
+        if np.ptp(v) == 0:  # all equal: a map of pixels without height (width); a fine grid's steps are not 0
+            raise IrregularGridError(
+                f"scene {scene_name(da, scene_path)}: its {d} coordinates are all {v[0]:g}, so its pixels would "
+                f"have no {'height' if d == 'y' else 'width'} and no transform can place its map; give each "
+                f"{'row' if d == 'y' else 'column'} its own pixel-centre coordinate (e.g. "
+                f"scene.assign_coords({d}=...)), or drop the {d} coordinates (scene.drop_vars('{d}')) to write the "
+                "map by its stored transform")
+    single = [d for d in ("x", "y") if da[d].size == 1]
+    if single and not _stored_geotransform(da):
+        # one pixel along an axis and no GeoTransform (a CF file from a non-GDAL tool, coordinates + write_crs):
+        # rioxarray's stored transform is its fallback (pixel size 1): the map was 1 unit tall and south-up
+        from affine import Affine
+
+        other = "y" if single[0] == "x" else "x"
+        v = np.asarray(da[other].values, np.float64)
+        size = abs(v[-1] - v[0]) / (v.size - 1)
+        warnings.warn(f"scene {scene_name(da, scene_path)}: it is one pixel along {single[0]} and stores no "
+                      f"GeoTransform, so its pixel size along {single[0]} is unknown: taken as its {other} pixel size "
+                      f"({size:g}, square pixels); write its transform (scene.rio.write_transform(...)) to place it "
+                      "exactly", stacklevel=user_stacklevel())
+        return _transform_from_1d(da, Affine(size, 0.0, 0.0, 0.0, -size, 0.0))
+    from_coords = _transform_from_1d(da, stored)
+    if from_coords.almost_equals(stored, precision=1e-6 * max(abs(stored.a), abs(stored.e), 1e-12)):
+        return stored
+    if _window_of(stored, from_coords):  # isel(x=slice(a, b, k)): rioxarray kept the whole scene's transform
+        return from_coords
+    warnings.warn(f"scene {scene_name(da, scene_path)}: its stored transform {tuple(stored)[:6]} disagrees with "
+                  f"its x/y coordinates, which give {tuple(from_coords)[:6]} (a GeoTransform attribute left stale by "
+                  "flipping or cutting the array?): the map is placed by the coordinates", stacklevel=user_stacklevel())
+    return from_coords

@@ -1,0 +1,433 @@
+"""The checks a scene passes before it is classified: its wavelengths against the model's, its declared nodata
+and bad bands, its scale against the training scene's (magnitude, CF packing, GDAL scale/offset), its chunking
+and dimensions. Each names the problem and the fix; the scale checks warn (the command line makes them errors)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .errors import SceneError, UnnormalisedInputWarning, user_stacklevel
+from .io import NODATA_ATTRS, band_runs
+from .tiles import TilePlan
+
+log = logging.getLogger(__name__)
+
+
+def scene_wavelengths(da: xr.DataArray) -> np.ndarray | None:
+    """The scene's band wavelengths in nm: its ``wavelength`` coordinate (in its ``units``), else a ``band``
+    coordinate in a length unit or wavenumbers (its ``units``), else a float ``band`` coordinate that reads as
+    wavelengths (all within 250-3000 nm, or 0.25-3 µm and not whole numbers; not necessarily monotonic: AVIRIS's
+    spectrometers overlap), so that a reordered or mismatched band axis is caught either way; None when neither is
+    there. A ``units`` of ``Index`` (ENVI's band numbers; ``Unknown`` over values 1..N) says the values are not
+    wavelengths: None, as without them; a ``wavelength`` coordinate of strings is read as band names are
+    ('460.0 nm') or as numbers ('460.0', in its ``units``)."""
+    from .io import _to_nm, not_wavelengths, spectral_unit, wavelengths_in_names
+
+    if "wavelength" in da.coords and da.coords["wavelength"].dims == ("band",):
+        wl = da.coords["wavelength"]
+        units = wl.attrs.get("units")
+        if not_wavelengths(str(units) if units is not None else None, wl.values if wl.dtype.kind in "iuf" else None):
+            return None
+        if wl.dtype.kind in "iufb":
+            return _to_nm(np.asarray(wl.values, np.float64), units)
+        return _wavelength_strings(wl.values, units)
+    band = da.coords.get("band")
+    # band names that carry wavelengths ('460.0 nm', 'band 1 (0.4554 Micrometers)'): a ``band`` coordinate of
+    # strings, or rioxarray's band descriptions (``long_name``, one per band of the file, of rioxarray.open_rasterio)
+    names = None
+    long_name = da.attrs.get("long_name")
+    if band is not None and band.dims == ("band",) and band.dtype.kind in "UO":
+        names = [str(v) for v in band.values]
+    elif isinstance(long_name, (tuple, list)):
+        numbers = np.asarray(band.values) if band is not None and band.dims == ("band",) else None
+        if numbers is not None and numbers.dtype.kind in "iu" and numbers.size and numbers.min() >= 1 \
+                and numbers.max() <= len(long_name):
+            # rioxarray's band numbers (1..N of the file) move with isel; the attribute stays the file's whole
+            # list: a reordered or cut band axis read it as if nothing had moved
+            names = [str(long_name[int(b) - 1]) for b in numbers]
+        elif len(long_name) == da.sizes["band"]:
+            names = [str(v) for v in long_name]
+    wl = wavelengths_in_names(names) if names else None
+    if wl is not None:
+        return wl
+    if band is None or band.dims != ("band",) or band.size < 2:
+        return None
+    units = str(band.attrs.get("units", ""))
+    if not_wavelengths(units, band.values if band.dtype.kind in "iuf" else None):  # band numbers
+        return None
+    if band.dtype.kind in "iuf" and spectral_unit(units):
+        return _to_nm(np.asarray(band.values, np.float64), units)  # a unit says what the numbers are
+    if band.dtype.kind != "f":
+        return None
+    v = np.asarray(band.values, np.float64)
+    if not np.all(np.isfinite(v)):
+        return None
+    if np.all((v >= 250) & (v <= 3000)):
+        return v
+    if np.all((v >= 0.25) & (v <= 3.0)) and not np.all(v == np.round(v)):
+        return v * 1000.0
+    return None
+
+
+def _wavelength_strings(values: Any, units: Any) -> np.ndarray:
+    """Wavelengths (nm) from a ``wavelength`` coordinate that does not hold numbers: strings with a unit ('460.0 nm',
+    '0.46 Micrometers', read as band names are), else strings of numbers in ``units``; else :class:`SceneError`."""
+    from .io import _to_nm, wavelengths_in_names
+
+    names = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in np.asarray(values).ravel()]
+    found = wavelengths_in_names(names)
+    if found is not None:
+        return found
+    try:
+        return _to_nm([float(v) for v in names], units)
+    except (TypeError, ValueError):
+        bad = next(v for v in names if not _is_number(v))
+        raise SceneError(f"the scene's wavelength coordinate holds {bad!r}, which is not a wavelength; expected one "
+                         "number per band (nm, or in its 'units' attribute) or text with a unit such as '460.0 nm': "
+                         "fix it (scene.assign_coords(wavelength=('band', [460.0, ...]))) or drop it "
+                         "(scene.drop_vars('wavelength'): the model then checks the band count only)") from None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def declared_nodata(da: xr.DataArray) -> float | None:
+    declared = {}
+    for k in ("_FillValue", "missing_value", "nodata"):
+        try:
+            declared[k] = float(da.attrs[k]) if k in da.attrs else None
+        except (TypeError, ValueError):
+            declared[k] = None
+    values = {k: v for k, v in declared.items() if v is not None}
+    masked = next((k for k in NODATA_ATTRS if k in da.attrs), None)
+    if len({("nan" if np.isnan(v) else v) for v in values.values()}) > 1:
+        listed = ", ".join(f"{k}={v:g}" for k, v in values.items())
+        warnings.warn(f"the scene declares more than one nodata value ({listed}): only {masked}'s is masked, and "
+                      "pixels holding the others are classified. Mask them first (e.g. scene.where(scene != VALUE) "
+                      "and nodata=float('nan')), or open the file by its path, which decodes them",
+                      stacklevel=user_stacklevel())
+    v = da.attrs.get(masked) if masked is not None else None
+    if v is None:
+        try:
+            v = da.rio.nodata
+        except Exception:  # noqa: BLE001 - rioxarray not able to tell
+            v = None
+    if v is None and da.dtype.kind == "f" and "missing_value" in da.encoding:
+        return float("nan")  # xarray decoded a declared missing_value to NaN (rioxarray reads only _FillValue)
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise SceneError(f"the scene declares a nodata value ({v!r}, its _FillValue/nodata attribute) that is not a "
+                         "number: fix the attribute, or pass nodata=VALUE (--nodata VALUE) to override it") from None
+
+
+def nodata_bands(da: xr.DataArray) -> np.ndarray | None:
+    """Indices of the bands the nodata value is looked for in: those a ``bbl`` band coordinate (ENVI's bad band
+    list, 0 = bad) does not flag; None (every band) without one, or when it flags every band."""
+    bbl = da.coords.get("bbl")
+    if bbl is None or bbl.dims != ("band",):
+        return None
+    good = np.flatnonzero(np.asarray(bbl.values) != 0)
+    return good if 0 < good.size < bbl.size else None
+
+
+def model_bad_bands(meta: dict[str, Any], bands: int) -> list[int]:
+    """The bands the model was trained with as bad (``meta["bad_bands"]``: its training scene's bbl, or bands
+    without any data there), when they fit its band count."""
+    bad = sorted({int(b) for b in meta.get("bad_bands") or ()})
+    return bad if bad and set(bad) < set(range(bands)) else []
+
+
+def tested_bands(da: xr.DataArray, model_bad: list[int], bands: int, trained_stats: bool = True
+                  ) -> np.ndarray | None:
+    """The bands nodata is looked for in: the scene's bbl good bands (every band without a bbl) less the bands
+    the model was trained with as bad (which it reads as 0 whatever they hold); None: every band. Warns when
+    the scene flags bands bad that a model with recorded training statistics (``trained_stats``) had data in."""
+    good = nodata_bands(da)
+    if "bbl" in da.coords and (model_bad or trained_stats):
+        flagged = sorted(set(range(bands)) - set(good.tolist() if good is not None else range(bands)))
+        extra = sorted(set(flagged) - set(model_bad))
+        if extra:
+            theirs = f"its bad bands: {band_runs(model_bad)}" if model_bad else "it has no bad bands"
+            warnings.warn(f"the scene's bbl flags bands {band_runs(extra)} (0-based) bad, but the model was "
+                          f"trained with data in them ({theirs}): "
+                          "their nodata and NaN values reach the network as the band's mean, the others as they are; "
+                          "the map may differ from one of the scene without those gaps",
+                          stacklevel=user_stacklevel())
+    if not model_bad:
+        return good
+    if "bbl" not in da.coords:
+        log.info("the scene flags no bad bands (no 'bbl'): the model's bad bands %s are left out of the nodata "
+                 "test", model_bad)
+    keep = set(range(bands)) if good is None else set(good.tolist())
+    return np.array(sorted(keep - set(model_bad)), dtype=np.intp)
+
+
+_SCALE_OFF = 30.0  # nearly every band this many times off the training scene's magnitude: another scale
+# a sample a median this many training standard deviations from the training means: windows of real scenes of the
+# training sensor read 0.3-1.2 (a window of one land cover, water included, up to 2), the shipped Indian Pines
+# scene x 0.5 or x 1.5 reads 4.3 or more, x 2 9-11 (each a one-class map: its model is off by 10 % already)
+_SCALE_Z = 4.0
+
+
+def _sample_window(da: xr.DataArray, side: int = 32) -> dict[str, slice]:
+    """At most ``side`` x ``side`` pixels at the scene's centre, inside one chunk (one chunk read)."""
+    window = {}
+    for axis, dim in ((1, "y"), (2, "x")):
+        n = int(da.sizes[dim])
+        lo, hi = 0, n
+        if da.chunks is not None:
+            edges = np.cumsum((0,) + tuple(da.chunks[axis]))
+            k = int(np.searchsorted(edges, n // 2, side="right")) - 1
+            lo, hi = int(edges[k]), int(edges[k + 1])
+        start = min(max(lo, n // 2 - side // 2), max(lo, hi - side))
+        window[dim] = slice(start, min(hi, start + side))
+    return window
+
+
+def _packing(attrs: dict, bands: int) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """``(scale, offset, unsigned)`` per band from CF packing attributes (``scale_factor``, ``add_offset``,
+    ``_Unsigned``; one value or one per band, as rioxarray gives them); None when they pack nothing."""
+    try:
+        scale, offset = (np.broadcast_to(np.asarray(attrs.get(k, v), np.float64).reshape(-1), (bands,))
+                         for k, v in (("scale_factor", 1.0), ("add_offset", 0.0)))
+    except (TypeError, ValueError):
+        return None
+    unsigned = str(attrs.get("_Unsigned", "false")).lower() == "true"
+    return None if (scale == 1).all() and (offset == 0).all() and not unsigned else (scale, offset, unsigned)
+
+
+def _check_packing(da: xr.DataArray, raw: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                   nodata: float | None) -> bool:
+    """Warn when an integer scene handed over in memory carries CF packing it was not decoded with
+    (``xr.open_dataset(..., mask_and_scale=False)``, ``rioxarray.open_rasterio``) and its decoded values fit the
+    model's training data far better than the stored integers the engine reads: the map was silently another.
+    Packing that is only a note (a GeoTIFF's scale on counts a model was trained on) fits worse, and says nothing.
+    Returns whether it warned."""
+    packing = _packing(da.attrs, raw.shape[0]) if raw.dtype.kind in "ui" and "unpacked" not in da.attrs else None
+    if packing is None:
+        return False
+    scale, offset, unsigned = packing
+    stored = raw.astype(np.float64)
+    ok = np.ones(raw.shape[1:], bool) if nodata is None else ~(raw == nodata).any(axis=0)
+    used = np.isfinite(mean)
+    if ok.sum() < 16 or not used.any():
+        return False
+    if unsigned and raw.dtype.kind == "i":
+        stored = raw.view(raw.dtype.str.replace("i", "u")).astype(np.float64)
+    decoded = stored * scale[:, None, None] + offset[:, None, None]
+
+    def off(x: np.ndarray) -> float:  # the median band's sample mean from the model's, in its standard deviations
+        return float(np.median(np.abs(x[used][:, ok].mean(axis=1) - mean[used]) / std[used]))
+
+    as_read, as_decoded = off(raw.astype(np.float64)), off(decoded)
+    if as_read > 3 and as_decoded * 3 < as_read:
+        given = ", ".join(f"{k}={da.attrs[k]}" for k in ("scale_factor", "add_offset", "_Unsigned") if k in da.attrs)
+        warnings.warn(f"the scene carries CF packing ({given}) that was not applied: the engine reads its stored "
+                      f"{raw.dtype} values, {as_read:,.0f} standard deviations off the model's training data in the "
+                      f"median band, against {as_decoded:,.1f} for the decoded values (a {raw.shape[1]} x "
+                      f"{raw.shape[2]}-pixel sample). Decode it first (xr.decode_cf(ds), or open the file with "
+                      "hsi_engine.open_scene or xr.open_dataset's defaults)",
+                      UnnormalisedInputWarning, stacklevel=user_stacklevel())
+        return True
+    return False
+
+
+def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: float | None,
+                 trained_stats: bool = True) -> None:
+    """Warn (``UnnormalisedInputWarning``, an error on the command line) when a sample of the scene is not on the
+    training scene's scale: ``_SCALE_OFF`` times or more off its magnitude in nearly every band (its 10th-90th
+    percentile band; reflectance 0-1 against a model trained on integers x 10000), or a median ``_SCALE_Z`` or
+    more training standard deviations from the training means (reflectance x 1000 against x 10000, or a scene 2x
+    off: the shipped model's map is one class at 1.5x). Both on medians, so a corrupt pixel in the sample does
+    not read as a scale (the run names it). The message names a power of ten where one explains the distance,
+    says so where the scene looks already standardised, and otherwise gives the distance.
+    ``trained_stats=False``: the model has no mean/std and takes the scene as normalised (``mean`` 0, ``std`` 1:
+    values of about 1), and a float scene of raw values gave a one-class map without a word; only the factor of
+    30 is checked then (no training distribution to measure a distance in)."""
+    from .normalise import looks_standardised, scale_distance, scale_factor, scale_ratios
+
+    window = _sample_window(da)
+    try:  # synchronously: under a client a read through the cluster waits for its (maybe paused) workers
+        sample = da.isel(window).data
+        raw = np.asarray(sample.compute(scheduler="synchronous") if hasattr(sample, "dask") else sample)
+    except Exception as e:  # noqa: BLE001 - a sanity check: the run reports an unreadable scene itself
+        log.debug("scale check skipped: the sample could not be read (%s)", e)
+        return
+    if trained_stats and _check_packing(da, raw, mean, std, nodata):
+        return  # its fix is to decode the scene: a factor named beside it would mislead
+    ratios = scale_ratios(raw, mean, std, nodata)
+    if ratios is None:
+        return
+    ratios = ratios[np.isfinite(ratios) & (ratios > 0)]
+    if ratios.size == 0:
+        return
+    lo, mid, hi = np.quantile(ratios, [0.1, 0.5, 0.9])
+    off_scale = not (_SCALE_OFF * hi >= 1 and lo <= _SCALE_OFF)
+    distance = scale_distance(raw, mean, std, nodata) if trained_stats else None
+    if not off_scale and (distance is None or distance < _SCALE_Z):
+        return
+    pixels = f"a {raw.shape[1]} x {raw.shape[2]}-pixel sample"
+    if not trained_stats:
+        factor = 1 / mid if hi < 1 else mid
+        warnings.warn(f"the model has no per-band mean/std (model.json meta), so the scene is taken as already "
+                      f"normalised (values of about 1 in every band), but its values are about {factor:,.0f}x "
+                      f"{'smaller' if hi < 1 else 'larger'} in nearly every band ({pixels}): the map will be "
+                      "meaningless. Use a model that records its normalisation (trained with `hsi-engine train`, or "
+                      "`import-keras --dataset NAME`), or normalise the scene first",
+                      UnnormalisedInputWarning, stacklevel=user_stacklevel())
+        return
+    if looks_standardised(raw, mean, std, nodata):
+        x = raw.astype(np.float64)
+        warnings.warn(f"the scene looks already standardised ({pixels}: {np.mean(x < 0):.0%} of its values "
+                      f"negative, a median magnitude of {np.nanmedian(np.abs(x)):.2g}), but the model standardises "
+                      "the scene itself with its training scene's per-band mean and std (model.json meta), so it "
+                      "would be standardised twice and the map be meaningless. Pass the raw values (as the scene "
+                      "file stores them, on the training scene's scale), not a z-scored copy",
+                      UnnormalisedInputWarning, stacklevel=user_stacklevel())
+        return
+    declared = [f"{k} = {da.attrs[k]}" for k in ("reflectance scale factor", "reflectance_scale_factor")
+                if k in da.attrs]
+    also = f"; the scene declares {declared[0]}" if declared else ""
+    k = scale_factor(raw, mean, std, nodata)
+    if k is None or k <= 0:  # no band with a positive training mean: the magnitudes' ratio
+        k = float(mid)
+    power = 10.0 ** round(math.log10(k))
+    explained = power != 1 and (scale_distance(raw, mean, std, nodata, factor=1 / power) or 0.0) < _SCALE_Z
+    word = "smaller" if k < 1 else "larger"
+    fold = 1 / k if k < 1 else k
+    fold_text = f"{fold:,.0f}" if fold >= 10 else f"{fold:.2g}"
+    if explained or off_scale:  # a plain cause (an error on the command line): a factor, named where it is 10^n
+        fix = (f" (e.g. {f'scene * {1 / power:g}' if k < 1 else f'scene / {power:g}'})" if explained else "")
+        warnings.warn(f"the scene's values are about {fold_text}x {word} than those the model was trained on, in "
+                      f"nearly every band ({pixels} against the model's per-band mean and std): a scene on another "
+                      "scale (reflectance 0-1 against integers x 10000, x 1000 against x 10000, percent against "
+                      "fractions) gives a meaningless map. Rescale the scene to the training scene's units"
+                      f"{fix} or use a model trained on this scale" + also,
+                      UnnormalisedInputWarning, stacklevel=user_stacklevel())
+        return
+    like = (f"; its values look about {fold_text}x {word} than the training scene's"
+            if (scale_distance(raw, mean, std, nodata, factor=1 / k) or 0.0) < _SCALE_Z else "")
+    warnings.warn(f"the scene's values lie a median {distance:,.1f} standard deviations from the model's per-band "
+                  f"training means ({pixels}; windows of the training scene lie about 1 from them){like}: the "
+                  "scene is not on the training scene's scale or in its units (reflectance x 1000 against x 10000, "
+                  "radiance against reflectance), or not from its sensor, and the map would be meaningless. "
+                  "Rescale it to the training scene's units, or use a model trained on data like it" + also,
+                  UnnormalisedInputWarning, stacklevel=user_stacklevel())
+
+
+def declared_scaling(da: xr.DataArray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(scales, offsets)`` per band that the scene declares and the engine does not apply (GDAL band
+    scale/offset, kept in ``encoding`` by :func:`open_scene`; rioxarray's ``scale_factor``/``add_offset`` or
+    ``scales``/``offsets`` attrs in memory); None when it declares none, or scale 1 and offset 0 in every band:
+    GDAL reads a band without them as 1 and 0, so those say nothing (a ``rio merge`` mosaic drops EnMAP's)."""
+    n = int(da.sizes["band"])
+    found = {}
+    for key, one in (("scales", "scale_factor"), ("offsets", "add_offset")):
+        v = da.encoding.get(key, da.attrs.get(key, da.attrs.get(one)))
+        if v is None:
+            continue
+        try:
+            found[key] = np.broadcast_to(np.asarray(v, np.float64).reshape(-1), (n,)).copy()
+        except (TypeError, ValueError):  # not numbers, or not one per band (a band subset keeps the file's list)
+            log.debug("the scene's declared %s (%s) are not one number per band: not compared", key, v)
+            return None
+    scales, offsets = found.get("scales", np.ones(n)), found.get("offsets", np.zeros(n))
+    return None if (scales == 1).all() and (offsets == 0).all() else (scales, offsets)
+
+
+def _scaling_text(scales: np.ndarray, offsets: np.ndarray) -> str:
+    def one(v: np.ndarray) -> str:
+        return f"{v[0]:g}" if np.all(v == v[0]) else f"{v.min():g}..{v.max():g} (per band)"
+    return f"scale {one(scales)}, offset {one(offsets)}"
+
+
+def check_declared_scaling(da: xr.DataArray, meta: dict, bands: int) -> None:
+    """Warn where the scene declares a band scale/offset (not applied: values are read as stored) other than the
+    one the model's training scene declared (``meta["scales"]``/``["offsets"]``): the same reflectance stored
+    two ways gives two maps (EnMAP-style uint16 stored + 1000 with offset -0.1 changed 98 % of a tile's
+    classes without a word). ``UnnormalisedInputWarning``, an error on the command line. A scene declaring none
+    (or 1 and 0) is not compared: GDAL cannot tell that from values stored as the model's; a model recording none
+    only tells of a non-zero offset, as a ``UserWarning``: it cannot be checked."""
+    declared = declared_scaling(da)
+    if declared is None:
+        return
+    scales, offsets = declared
+    m_scales, m_offsets = (np.full(bands, default) if meta.get(key) is None else np.asarray(meta[key], np.float64)
+                           for key, default in (("scales", 1.0), ("offsets", 0.0)))
+    if (m_scales == 1).all() and (m_offsets == 0).all():
+        # (in memory, attrs may be CF packing left undecoded: _check_packing tells of that)
+        if np.any(offsets != 0) and ("offsets" in da.encoding or "scales" in da.encoding):
+            warnings.warn(f"the scene declares band {_scaling_text(scales, offsets)} (GDAL metadata), which the "
+                          "engine does not apply: values are read as stored. The model records no scale/offset of "
+                          "its training scene (trained before hsi-engine recorded them, or on a scene without "
+                          "them), so it cannot check that its training values were stored the same way",
+                          UserWarning, stacklevel=user_stacklevel())
+        return
+    if np.allclose(scales, m_scales, rtol=1e-6, atol=0) and np.allclose(offsets, m_offsets, rtol=1e-6, atol=1e-12):
+        return
+    one = (np.all(scales == scales[0]) and np.all(offsets == offsets[0]) and np.all(m_scales == m_scales[0])
+           and np.all(m_offsets == m_offsets[0]))
+    fix = (f" ((scene * {scales[0]:g} + {offsets[0]:g} - {m_offsets[0]:g}) / {m_scales[0]:g} in Python)" if one
+           else "")
+    warnings.warn(f"the scene declares band {_scaling_text(scales, offsets)}, but the model's "
+                  f"training scene declared {_scaling_text(m_scales, m_offsets)} (model.json meta): values are "
+                  "read as stored, not scaled, so the same reflectance stored another way gives another map. "
+                  f"Store the scene as the training scene was{fix}, or use a model trained on scenes stored "
+                  "like this one", UnnormalisedInputWarning, stacklevel=user_stacklevel())
+
+
+LARGE_CHUNK_BYTES = 256 << 20  # a decoded chunk above this, and 16 tile windows, costs memory the tile does not set
+
+
+def warn_large_chunks(da: xr.DataArray, plan: TilePlan) -> None:
+    """Warn where the scene's chunks dwarf a tile's window: every tile decodes the whole chunks it touches, so a
+    store written as one chunk (``to_zarr`` of a contiguous NetCDF opened with ``chunks={}``) costs its whole size
+    per reader, and is decoded again for every tile in it (a 172 KB single-chunk store took 3.6 GB and hours)."""
+    if da.chunks is None:
+        return
+    itemsize = np.dtype(da.dtype).itemsize
+    chunk = max(da.chunks[0]) * max(da.chunks[1]) * max(da.chunks[2]) * itemsize
+    th, tw = plan.tile
+    window = da.sizes["band"] * math.prod(plan.max_read_shape) * itemsize
+    if chunk > max(LARGE_CHUNK_BYTES, 16 * window):
+        warnings.warn(f"the scene's chunks are {max(da.chunks[1])} x {max(da.chunks[2])} pixels of "
+                      f"{max(da.chunks[0])} bands ({chunk / 2**20:,.0f} MiB decoded each) against tiles of "
+                      f"{th} x {tw}: "
+                      "every tile decodes the whole chunks it touches, so memory grows by about that much per "
+                      "reader thread and each chunk is decoded again for every tile in it. Rechunk the store (e.g. "
+                      "xr.open_zarr(path).chunk({'y': 256, 'x': 256}).to_zarr(new_path); chunks asked of a store "
+                      "that has larger ones still decode whole ones), or keep them decoded once with cache_blocks=1 "
+                      "(--cache-blocks 1), at that memory", UserWarning,
+                      stacklevel=user_stacklevel())
+
+
+def check_array_dims(scene: Any) -> None:
+    """Refuse a numpy array or torch tensor of more than 3 dimensions, naming the fix: a length-1 axis to drop (a
+    batch of one, ``(1, band, y, x)``), else a cube to pick. (A 2-D one is io's: one band, ``arr[None]``.)"""
+    ndim = getattr(scene, "ndim", None)
+    if isinstance(scene, (xr.DataArray, xr.Dataset, str, os.PathLike)) or not isinstance(ndim, int) or ndim <= 3:
+        return
+    shape = tuple(int(n) for n in scene.shape)
+    extra, ones = ndim - 3, [i for i, n in enumerate(shape) if n == 1]
+    if len(ones) >= extra:
+        drop = ones[:extra]
+        fix = (f"drop its length-1 axis with arr.squeeze({drop[0]})" if extra == 1 else
+               f"drop {extra} of its length-1 axes with arr.squeeze({tuple(drop)})")
+    else:
+        fix = "it holds more than one cube: classify one at a time (e.g. arr[0])"
+    raise SceneError(f"expected a 3-D (band, y, x) array; got {ndim} dims (shape {shape}): {fix}")
