@@ -330,6 +330,7 @@ def _negative_values_joined(argv: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .errors import HSIEngineError
+    from .logs import warnings_ignored
 
     argv = _negative_values_joined(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
@@ -371,6 +372,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (timeout, batch schedulers) unwinds like Ctrl-C, so outputs are committed whole or not at all
     handlers = _handlers()
     previous = {s: signal.signal(s, h) for s, h in handlers.items()}
+    # rioxarray's own use of affine's deprecated `*` (every GeoTIFF read) is not the user's to act on: under -W
+    # error it failed every run
+    affine_mul = warnings_ignored(PendingDeprecationWarning, "Use `@` matmul instead of `\\*` mul")
+    affine_mul.__enter__()
     try:
         if args.command == "demo":
             return _cmd_demo(args)
@@ -432,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 handler.finish()  # the command's own (run()): a signal while main returns changes nothing
             if handler is not None:  # (None: a handler set from C, which Python cannot put back)
                 signal.signal(s, handler)
+        affine_mul.__exit__(None, None, None)
         warnings.formatwarning = formatwarning
         logging.captureWarnings(captured)
         for name, lg in own.items():

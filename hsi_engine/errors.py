@@ -58,7 +58,8 @@ class UnnormalisedInputWarning(UserWarning, HSIEngineError):
     a median of several training standard deviations from its means (other units, another sensor), it declares
     band scales/offsets other than the training scene's, a CF-packed scene was handed over still packed, or a
     model without per-band mean/std meets raw integers. A warning in Python; the command line turns it into an
-    error (a pipeline sees only the exit status)."""
+    error (a pipeline sees only the exit status) where the cause is plain, not for the distance alone (a cloud
+    over the sampled centre reads that way too)."""
 
 
 def user_stacklevel() -> int:

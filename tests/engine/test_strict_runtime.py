@@ -70,6 +70,19 @@ def test_our_warning_raised_as_an_error_by_w_error_is_one_cli_error_line(scene, 
     assert not (tmp_path / "m.tif").exists()
 
 
+def test_a_georeferenced_geotiff_is_classified_under_w_error(model_dir, tmp_path):
+    """Under ``-W error`` rioxarray's own use of affine's deprecated ``*`` (a PendingDeprecationWarning on every
+    GeoTIFF read) failed every run with 'Use `@` matmul': it is not the user's to act on, and the map is written."""
+    import _scale_fixtures as F
+
+    src = tmp_path / "scene.tif"
+    F.dataarray(F.ip_crop(24, 24)).rio.to_raster(src)
+    out = tmp_path / "m.tif"
+    r = subprocess.run([sys.executable, "-W", "error", "-m", "hsi_engine.cli", "classify", str(src), "--model",
+                        str(model_dir), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and out.is_file(), r.stderr[-2000:]
+
+
 def test_info_escapes_a_path_its_standard_output_cannot_encode(tmp_path, monkeypatch):
     path = tmp_path / "szene_ä.npy"
     np.save(path, np.zeros((4, 5, 3), np.float32))
