@@ -117,8 +117,9 @@ def layer_cases(program: SpectralProgram, p: int, device: torch.device, dtype: t
     x2 = x.t().reshape(1, 1, program.bands, p).contiguous(memory_format=torch.channels_last)
     conv = program.blocks[0].conv1 if program.blocks else None
 
-    def c2(y, c):
-        return F.conv2d(y, c.weight.unsqueeze(-1), c.bias, stride=(c.stride, 1), padding=(c.padding, 0))
+    def c2(y, c):  # with the layer's ReLU, as _conv3d applies it (until 2026-11-28 the Conv3d side alone had it)
+        out = F.conv2d(y, c.weight.unsqueeze(-1), c.bias, stride=(c.stride, 1), padding=(c.padding, 0))
+        return F.relu(out) if c.relu else out
 
     cases = [("stem (1->24, k7, s2)", 2 * program.stem.weight.numel() * d * p,
               lambda: _conv3d(x[:, None, :, None, None], program.stem), lambda: c2(x2, program.stem))]

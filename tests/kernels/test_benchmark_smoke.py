@@ -334,3 +334,19 @@ def test_kernels_spatial_cases_honour_bf16_only() -> None:
 
     labels = [label for label, _, _ in spatial_cases(torch.device("cpu"), 4, float32=False)]
     assert labels and not any("float32" in label for label in labels), labels
+
+
+@pytest.mark.parametrize("form", ["paper", "seed"])
+def test_kernels_benchmark_layer_rows_time_the_same_layer_both_ways(form):
+    """benchmarks/kernels.py's per-layer rows: the seed's Conv3d and the eager conv2d compute the same layer,
+    ReLU included (the Conv3d side alone applied it, so the per-layer ratios compared unlike work)."""
+    from benchmarks.kernels import layer_cases
+    from kernels.spectral import _random_program
+
+    prog = _random_program(23, 24, 40, form=form, stage_norms=2 if form == "seed" else 0,
+                           generator=torch.Generator().manual_seed(3))
+    cases = layer_cases(prog, 37, torch.device("cpu"), torch.float32)
+    assert [c[0].split(" ")[0] for c in cases] == ["stem", "block", "reduce"]
+    for name, _, seed, eager in cases:
+        a, b = seed(), eager()  # (P, C, D, 1, 1) and (1, C, D, P)
+        torch.testing.assert_close(a[..., 0, 0].permute(1, 2, 0), b[0], rtol=1e-5, atol=1e-5, msg=name)
