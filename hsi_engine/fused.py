@@ -312,8 +312,8 @@ class FusedSSRN:
     elsewhere (float32 stays on the convs that the exactness tests hold to patch mode). ``spatial_precision``:
     ``float32`` (the per-window blocks in float32, TF32 on CUDA when ``precision`` is low), the engine's own low
     ``precision`` (they run in it, weights cast once), or ``auto``: the engine's low precision on CUDA (dense
-    bf16 GEMMs 0.82 ms per 65,536 windows against 1.49 for TF32, the bf16 engine 12.8 against 11.3 Mpix/s on an
-    H200: benchmarks/results/kernels-h200.md) and for a bfloat16 engine on a CPU with AMX-BF16 units, where it
+    bf16 GEMMs 0.74 ms per 65,536 windows against 1.36 for TF32, the bf16 engine 20.5 Mpix/s against 12.3 with
+    the spatial stage as cuDNN convs on an H200: benchmarks/results/kernels-h200.md, run 9) and for a bfloat16 engine on a CPU with AMX-BF16 units, where it
     then runs as dense GEMMs at 2,048 windows per call (the bf16 engine end to end 1.48x the same engine with a
     float32 spatial stage, 2.51x the float32 engine: benchmarks/results/spatial-precision-cpu.md); float32
     elsewhere: float16 on a CPU (slower than float32 on that CPU, either way) and CPUs without AMX (not
@@ -348,7 +348,8 @@ class FusedSSRN:
         self.precision = precision
         self.dtype = PRECISIONS[precision]
         cpu_bf16 = self.device.type == "cpu" and precision == "bfloat16" and _cpu_has_amx_bf16()
-        # CPU: 512-pixel chunks ran the whole tile 2x faster than 8192 (benchmarks/results/scene-cpu.md). With
+        # CPU: 512-pixel chunks ran the whole tile 2x faster than 8192 when chosen (commit be4c591; no results
+        # file kept that run). With
         # the fused oneDNN layers, bf16 at 2,048 ran 1.23-1.33x 512 in sweeps of sizes and 0.85x alternated with
         # 512 alone (benchmarks/results/chunks-cpu.md): not changed. GPU: about 65,536 pixels per call (eager
         # activations are then ~0.6 GB per layer), rounded to whole waves of the Gluon kernel (gpu_chunk_pixels)

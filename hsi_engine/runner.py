@@ -614,7 +614,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     from the store. Default on CUDA: what the plan and the readers use (:func:`cache_blocks_for`), since
     decoding is what bounds a GPU run; on CPU: 0, because there the cache cost more host memory than its
     blocks (allocator fragmentation beside the compute's allocations: +145 MB for four 6.5 MB blocks on a
-    1024 x 1024 x 200 scene) for a 5-10 % speed-up (benchmarks/results/scene-cpu.md). ``decoders``: threads
+    1024 x 1024 x 200 scene) for a 0.5-10 % speed-up (benchmarks/results/scene-cpu.md). ``decoders``: threads
     that decode the cached blocks of one window concurrently (default on CUDA: one per core, since a reader
     otherwise decodes a window's chunks, 16 for 512-pixel tiles on 256-pixel chunks, one after the other on
     one core; 0, the CPU default, leaves decoding to the readers, whose cores the compute needs); they need

@@ -74,8 +74,8 @@ def _autocast_operands(*ts: torch.Tensor | None) -> tuple:
 
 def _conv_relu_cpu(y: torch.Tensor, c: FoldedConv) -> torch.Tensor:
     """ReLU(conv) as one oneDNN primitive (the post-op inductor uses): the same bits as F.conv2d then F.relu for
-    finite values, without a second pass over the activations (1.33x / 1.43x per layer in float32 / bf16 on the
-    development CPU, benchmarks/results/conv-relu-cpu.md). oneDNN's ReLU maps NaN to 0 where F.relu keeps it, so
+    finite values, without a second pass over the activations (1.14-1.44x / 1.28-1.33x per layer in float32 /
+    bf16 in three runs on the development CPU, benchmarks/results/conv-relu-cpu.md). oneDNN's ReLU maps NaN to 0 where F.relu keeps it, so
     :func:`spectral_stage_reference` takes this path only for finite input."""
     y, w, b = _autocast_operands(y, c.weight.unsqueeze(-1), c.bias)
     return _CONV_POINTWISE(y, w, b, [c.padding, 0], [c.stride, 1], [1, 1], 1, "relu", [], "")
@@ -140,7 +140,7 @@ def spectral_stage_reference(x: torch.Tensor, program: SpectralProgram) -> torch
     The formulation (conv2d with (k, 1) kernels, channels-last, bands on dim 2, pixels on dim 3)
     measured fastest on CPU; see benchmarks/results/formulations.md. On CPU, for finite float32 / bfloat16
     input, each conv + ReLU and each residual block's conv2 + identity + ReLU run as one oneDNN primitive
-    (the engine 1.11x / 1.15x end to end, benchmarks/results/conv-relu-cpu.md): float32 gives the same bits as
+    (the engine 1.10x / 1.20x end to end in float32 / bf16, benchmarks/results/conv-relu-cpu.md): float32 gives the same bits as
     the plain layers, bf16 rounds the residual sums once instead of twice.
     """
     _check_pixels(x, program)
@@ -178,7 +178,8 @@ def spectral_stage_conv3d(x: torch.Tensor, program: SpectralProgram) -> torch.Te
     Same contract and arithmetic, another summation order. On CUDA (cuDNN) it measured the fastest eager
     formulation of the whole stage, in float32 (20.98 ms against 24.13 for the channels-last conv2d, TF32
     off) and bfloat16 (14.14 against 14.94; benchmarks/results/kernels-h100.md, 65,536 pixels); on CPU the
-    channels-last conv2d is faster (DESIGN: ~66 against ~37 GFLOP/s), so that stays the CPU eager path.
+    channels-last conv2d is faster (58.2 against 28.2 GFLOP/s for a default-layout Conv3d,
+    benchmarks/results/formulations.md), so that stays the CPU eager path.
     """
     _check_pixels(x, program)
     _check_dtypes(x, program)

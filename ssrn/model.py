@@ -3,7 +3,8 @@
 Spectral layers have a 1x1 spatial footprint, so they are stored as ``nn.Conv2d`` with kernel
 ``(k, 1)`` over a ``(N, C, bands, pixels)`` layout: the band axis is dim 2, all pixels of all
 patches sit on dim 3. In channels-last memory this is the fastest CPU formulation measured
-(conv2d channels-last ~240 GFLOP/s vs Conv3d ~73 on 2 cores, benchmarks/results/formulations.md).
+(conv2d channels-last 58.2 GFLOP/s against 28.2 for the seed's Conv3d layout and 55.8 for a channels-last
+Conv3d, on 2 cores: benchmarks/results/formulations.md).
 """
 
 from __future__ import annotations
