@@ -88,9 +88,9 @@ def make_timer(device: torch.device, cpu_reps: int) -> Callable[[Callable[[], ob
     return bench_cpu
 
 
-def measure_peaks(device: torch.device, bench, dtypes: list[torch.dtype]) -> dict[str, float]:
+def measure_peaks(device: torch.device, bench, dtypes: list[torch.dtype], n: int | None = None) -> dict[str, float]:
     out: dict[str, float] = {}
-    n = 8192 if device.type == "cuda" else 1024
+    n = n or (8192 if device.type == "cuda" else 1024)
     for dtype in dtypes:
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
@@ -560,6 +560,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--engine-side", type=positive_int, default=None,
                     help="scene side for the in-memory end-to-end rows")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--peak-side", type=positive_int, default=None,
+                    help="side n of the n^3 matmuls that measure the peaks (default 8192 on CUDA, 1024 on CPU)")
     ap.add_argument("--quick", action="store_true", help="skip the per-layer rows, the pinned Triton configs and "
                                                          "the engine's older-default rows")
     ap.add_argument("--zarr-side", type=positive_int, default=1024,
@@ -639,7 +641,8 @@ def main(argv: list[str] | None = None) -> Path:
     def precise(dtype: torch.dtype):
         return exact_fp32() if dtype == torch.float32 else contextlib.nullcontext()
 
-    peaks.update(measure_peaks(device, bench, [torch.bfloat16, torch.float32] if cuda else [torch.float32, torch.bfloat16]))
+    peaks.update(measure_peaks(device, bench, [torch.bfloat16, torch.float32] if cuda else [torch.float32, torch.bfloat16],
+                               args.peak_side))
     emit(f"peaks: {peaks}")
 
     def time_stage(label: str, fn: Callable, dtype: torch.dtype, x, prog, ref,
