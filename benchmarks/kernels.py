@@ -641,8 +641,8 @@ def main(argv: list[str] | None = None) -> Path:
     def precise(dtype: torch.dtype):
         return exact_fp32() if dtype == torch.float32 else contextlib.nullcontext()
 
-    peaks.update(measure_peaks(device, bench, [torch.bfloat16, torch.float32] if cuda else [torch.float32, torch.bfloat16],
-                               args.peak_side))
+    order = [torch.bfloat16, torch.float32] if cuda else [torch.float32, torch.bfloat16]
+    peaks.update(measure_peaks(device, bench, order, args.peak_side))
     emit(f"peaks: {peaks}")
 
     def time_stage(label: str, fn: Callable, dtype: torch.dtype, x, prog, ref,

@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_kernels_benchmark_runs_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "kernels-cpu.md"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernels.py"), "--device", "cpu", "--pixels", "256",
-                           "--engine-side", "32", "--reps", "1", "--no-compile", "--peak-side", "256", "--out", str(out)],
+                           "--engine-side", "32", "--reps", "1", "--no-compile", "--peak-side", "256",
+                           "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
