@@ -108,7 +108,8 @@ echo "spatial precision rc=$?"
   --out "$OUT/staging-host.md" >"$OUT/staging.log" 2>&1
 echo "staging rc=$?"
 
-# 4c. the device path's normalisation: four passes per chunk (the CPU's form) against two (CUDA's), on this GPU (seconds)
+# 4c. the device path's normalisation: four passes per chunk (the CPU's form) against two (CUDA's), on this GPU
+# (seconds)
 [ -n "${SKIP_NORMALISE:-}" ] || step normalise "${NORMALISE_TIMEOUT:-60}" python3 benchmarks/normalise_device.py \
   --device cuda --out "$OUT/normalise-device-gpu.md" >"$OUT/normalise-device.log" 2>&1
 echo "normalise rc=$?"

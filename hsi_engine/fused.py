@@ -313,9 +313,9 @@ class FusedSSRN:
     ``float32`` (the per-window blocks in float32, TF32 on CUDA when ``precision`` is low), the engine's own low
     ``precision`` (they run in it, weights cast once), or ``auto``: the engine's low precision on CUDA (dense
     bf16 GEMMs 0.74 ms per 65,536 windows against 1.36 for TF32, the bf16 engine 20.5 Mpix/s against 12.3 with
-    the spatial stage as cuDNN convs on an H200: benchmarks/results/kernels-h200.md, run 9) and for a bfloat16 engine on a CPU with AMX-BF16 units, where it
-    then runs as dense GEMMs at 2,048 windows per call (the bf16 engine end to end 1.48x the same engine with a
-    float32 spatial stage, 2.51x the float32 engine: benchmarks/results/spatial-precision-cpu.md); float32
+    the spatial stage as cuDNN convs on an H200: benchmarks/results/kernels-h200.md, run 9) and for a bfloat16
+    engine on a CPU with AMX-BF16 units, where it then runs as dense GEMMs at 2,048 windows per call (the bf16
+    engine end to end 1.48x the same engine with a float32 spatial stage, 2.51x the float32 engine: benchmarks/results/spatial-precision-cpu.md); float32
     elsewhere: float16 on a CPU (slower than float32 on that CPU, either way) and CPUs without AMX (not
     measured). On the shipped Indian Pines scene the bf16 engine moved 53 of 21,025 pixels with its spatial
     stage in bf16 and in float32 alike on the CPU, 39 against 37 on an H200; float16 10 and 10, 8 against 7.

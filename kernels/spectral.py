@@ -75,8 +75,8 @@ def _autocast_operands(*ts: torch.Tensor | None) -> tuple:
 def _conv_relu_cpu(y: torch.Tensor, c: FoldedConv) -> torch.Tensor:
     """ReLU(conv) as one oneDNN primitive (the post-op inductor uses): the same bits as F.conv2d then F.relu for
     finite values, without a second pass over the activations (1.14-1.44x / 1.28-1.33x per layer in float32 /
-    bf16 in three runs on the development CPU, benchmarks/results/conv-relu-cpu.md). oneDNN's ReLU maps NaN to 0 where F.relu keeps it, so
-    :func:`spectral_stage_reference` takes this path only for finite input."""
+    bf16 in three runs on the development CPU, benchmarks/results/conv-relu-cpu.md). oneDNN's ReLU maps NaN to 0
+    where F.relu keeps it, so :func:`spectral_stage_reference` takes this path only for finite input."""
     y, w, b = _autocast_operands(y, c.weight.unsqueeze(-1), c.bias)
     return _CONV_POINTWISE(y, w, b, [c.padding, 0], [c.stride, 1], [1, 1], 1, "relu", [], "")
 
@@ -140,8 +140,8 @@ def spectral_stage_reference(x: torch.Tensor, program: SpectralProgram) -> torch
     The formulation (conv2d with (k, 1) kernels, channels-last, bands on dim 2, pixels on dim 3)
     measured fastest on CPU; see benchmarks/results/formulations.md. On CPU, for finite float32 / bfloat16
     input, each conv + ReLU and each residual block's conv2 + identity + ReLU run as one oneDNN primitive
-    (the engine 1.10x / 1.20x end to end in float32 / bf16, benchmarks/results/conv-relu-cpu.md): float32 gives the same bits as
-    the plain layers, bf16 rounds the residual sums once instead of twice.
+    (the engine 1.10x / 1.20x end to end in float32 / bf16, benchmarks/results/conv-relu-cpu.md): float32 gives
+    the same bits as the plain layers, bf16 rounds the residual sums once instead of twice.
     """
     _check_pixels(x, program)
     _check_dtypes(x, program)
