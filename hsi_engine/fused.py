@@ -315,9 +315,9 @@ class FusedSSRN:
     bf16 GEMMs 0.74 ms per 65,536 windows against 1.36 for TF32, the bf16 engine 20.5 Mpix/s against 12.3 with
     the spatial stage as cuDNN convs on an H200: benchmarks/results/kernels-h200.md, run 9) and for a bfloat16
     engine on a CPU with AMX-BF16 units, where it then runs as dense GEMMs at 2,048 windows per call (the bf16
-    engine end to end 1.48x the same engine with a float32 spatial stage, 2.51x the float32 engine: benchmarks/results/spatial-precision-cpu.md); float32
-    elsewhere: float16 on a CPU (slower than float32 on that CPU, either way) and CPUs without AMX (not
-    measured). On the shipped Indian Pines scene the bf16 engine moved 53 of 21,025 pixels with its spatial
+    engine end to end 1.48x the same engine with a float32 spatial stage, 2.51x the float32 engine:
+    benchmarks/results/spatial-precision-cpu.md); float32 elsewhere: float16 on a CPU (slower than float32 on
+    that CPU, either way) and CPUs without AMX (not measured). On the shipped Indian Pines scene the bf16 engine moved 53 of 21,025 pixels with its spatial
     stage in bf16 and in float32 alike on the CPU, 39 against 37 on an H200; float16 10 and 10, 8 against 7.
     ``fp32_products``: how the triton backend's float32 spectral stage multiplies on CUDA: ``ieee`` (exact FMAs,
     the default) or products split across tensor-core MMAs that keep ~fp32 accuracy (``bf16x3``: 12.2 ms per
