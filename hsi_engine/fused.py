@@ -318,7 +318,8 @@ class FusedSSRN:
     engine end to end 1.48x the same engine with a float32 spatial stage, 2.51x the float32 engine:
     benchmarks/results/spatial-precision-cpu.md); float32 elsewhere: float16 on a CPU (slower than float32 on
     that CPU, either way) and CPUs without AMX (not measured). On the shipped Indian Pines scene the bf16
-    engine moved 53 of 21,025 pixels with its spatial stage in bf16 and in float32 alike on the CPU, 39 against 37 on an H200; float16 10 and 10, 8 against 7.
+    engine moved 53 of 21,025 pixels with its spatial stage in bf16 and in float32 alike on the CPU, 39 against
+    37 on an H200; float16 10 and 10, 8 against 7.
     ``fp32_products``: how the triton backend's float32 spectral stage multiplies on CUDA: ``ieee`` (exact FMAs,
     the default) or products split across tensor-core MMAs that keep ~fp32 accuracy (``bf16x3``: 12.2 ms per
     65,536 pixels against 19.7 for the Conv3d stage and 24.2 for ``ieee`` on an H200, max error 1e-5 of the
