@@ -168,14 +168,25 @@ def grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
     """The scene's transform: the stored one (rioxarray's ``GeoTransform``, which keeps a rotation), unless its
     x/y coordinates say otherwise: a NetCDF flipped with ``isel(y=slice(None, None, -1))`` kept its north-up
     GeoTransform while its y ran upwards, and the map was written flipped and a scene's height off the ground."""
-    have_coords = (all(d in da.coords and da[d].ndim == 1 and da[d].size > 0 for d in ("x", "y"))
-                   and max(da["x"].size, da["y"].size) > 1)  # one pixel wide (or tall) is placed by them too
-    if have_coords:
+    any_coords = all(d in da.coords and da[d].ndim == 1 and da[d].size > 0 for d in ("x", "y"))
+    have_coords = any_coords and max(da["x"].size, da["y"].size) > 1  # one pixel wide (or tall): placed by them too
+    if any_coords:
         for d in ("x", "y"):
             if not np.all(np.isfinite(np.asarray(da[d].values, np.float64))):
                 raise IrregularGridError(f"scene {scene_name(da, scene_path)}: its {d} coordinates hold NaN or "
                                          "inf: no transform places its map; fix or drop them (e.g. "
                                          f"scene.assign_coords({d}=...))")
+    if any_coords and not have_coords and not _stored_geotransform(da):
+        # one pixel, its centre in x/y, no GeoTransform: rioxarray's fallback read the identity, and the GeoTIFF
+        # map lay at (0.5, 0.5) of the CRS, thousands of km off
+        from affine import Affine
+
+        x0, y0 = float(da["x"].values[0]), float(da["y"].values[0])
+        warnings.warn(f"scene {scene_name(da, scene_path)}: it is one pixel and stores no GeoTransform, so its pixel "
+                      f"size is unknown: the map's pixel is centred on its coordinates ({x0:g}, {y0:g}) with a size "
+                      "of 1 (coordinate unit); write its transform (scene.rio.write_transform(...)) to give it its "
+                      "size", stacklevel=user_stacklevel())
+        return Affine(1.0, 0.0, x0 - 0.5, 0.0, -1.0, y0 + 0.5)
     stored = da.rio.transform()
     if stored.b or stored.d:  # rotated: no x/y coordinates; a window (isel) of it keeps source_row/source_col
         from affine import Affine

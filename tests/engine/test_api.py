@@ -832,6 +832,14 @@ def test_a_one_row_window_of_a_scene_without_a_stored_transform_keeps_its_pixel_
 
     with pytest.raises(IrregularGridError, match="x coordinates are not evenly spaced"):  # still checked
         classify_to_file(da.isel(y=slice(5, 6), x=[0, 1, 2, 7, 8, 9]), model, tmp_path / "gap.tif", progress=False)
+    # one pixel: no pixel size to take, and rioxarray's fallback read the identity (the GeoTIFF's pixel lay at
+    # (0.5, 0.5) of the CRS); it is centred on its coordinates, and said
+    one = da.isel(y=slice(5, 6), x=slice(3, 4))
+    with pytest.warns(UserWarning, match=r"one pixel and stores no GeoTransform, so its pixel size is unknown: the "
+                                         r"map's pixel is centred on its coordinates \(600070, 4\.49989e\+06\)"):
+        out = classify_to_file(one, model, tmp_path / "one.tif", progress=False)
+    with rasterio.open(out) as f:
+        assert f.transform * (0.5, 0.5) == pytest.approx((600070.0, 4499890.0)) and f.transform.e < 0
 
 
 def test_a_rotated_scene_without_a_crs_keeps_its_transform(case, tmp_path):
