@@ -247,11 +247,13 @@ class _Kept:
     env: dict[str, str | None] = {}
     loggers: dict[str, list[logging.Handler]] = {}
     routes: list | None = None
+    scheduler: Any = None  # dask's "scheduler" config: each Client sets it, and two closed out of order left it set
 
 
 @contextlib.contextmanager
 def _process_state_kept() -> Iterator[None]:
-    """Put back, once the last local cluster is closed, what starting them changed in this process (see above)."""
+    """Put back, once the last local cluster (or joined scheduler) is closed, what starting them changed in this
+    process (see above)."""
     import dask
 
     kept = _Kept
@@ -262,6 +264,7 @@ def _process_state_kept() -> Iterator[None]:
                             if name.startswith("distributed") and isinstance(lg, logging.Logger)}
             routes = dask.config.get("distributed.scheduler.http.routes", None)
             kept.routes = list(routes) if isinstance(routes, (list, tuple)) else None
+            kept.scheduler = dask.config.get("scheduler", None)
         kept.live += 1
     try:
         yield
@@ -287,6 +290,10 @@ def _put_back(kept: type[_Kept]) -> None:
                 lg.removeHandler(h)
     if kept.routes is not None:
         dask.config.set({"distributed.scheduler.http.routes": kept.routes})
+    if kept.scheduler is None:  # ("Requested dask.distributed scheduler but no Client active" for every compute)
+        dask.config.config.pop("scheduler", None)
+    else:
+        dask.config.set(scheduler=kept.scheduler)
 
 
 _SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")  # dask's comm schemes
@@ -488,11 +495,12 @@ def connect(*, workers: int | None = None, scheduler: Any = None, gpu: bool | No
         yield scheduler
         return
     if scheduler is not None:
-        client = _join_scheduler(scheduler)
-        try:
-            yield client
-        finally:
-            client.close()
+        with _process_state_kept():  # dask's scheduler config, which overlapping Clients closed out of order leave
+            client = _join_scheduler(scheduler)
+            try:
+                yield client
+            finally:
+                client.close()
         return
     with contextlib.ExitStack() as stack:  # closed in reverse: the client, the cluster, then the log levels
         stack.enter_context(_process_state_kept())

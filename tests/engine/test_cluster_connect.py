@@ -534,12 +534,13 @@ def test_a_local_cluster_leaves_the_process_as_it_found_it():
     import os
 
     import dask
+    import dask.array
 
     def state():
         return ({k: os.environ.get(k) for k in dask_client._CLUSTER_ENV},
                 {n: len(lg.handlers) for n, lg in logging.Logger.manager.loggerDict.items()
                  if n.startswith("distributed") and isinstance(lg, logging.Logger) and lg.handlers},
-                list(dask.config.get("distributed.scheduler.http.routes", [])))
+                list(dask.config.get("distributed.scheduler.http.routes", [])), dask.config.get("scheduler", None))
 
     before = state()
     # two overlapping runs, the first to start closing first: each put back what it had found, so the second
@@ -569,6 +570,8 @@ def test_a_local_cluster_leaves_the_process_as_it_found_it():
     assert after[0] == before[0]
     assert {n: c for n, c in after[1].items() if c != before[1].get(n, 0)} == {}
     assert after[2] == before[2]
+    assert after[3] == before[3]  # each Client sets dask's scheduler: closed out of order, they left it set
+    assert dask.array.ones(3).sum().compute() == 3  # "Requested dask.distributed scheduler but no Client active"
 
 
 def test_a_script_s_failed_cluster_start_names_the_main_guard_first(monkeypatch):
