@@ -239,8 +239,9 @@ _CLUSTER_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "M
 
 
 class _Kept:
-    """What the first of the live local clusters found (see above): overlapping runs in one process put it back
-    when the last one closes; each putting back its own snapshot left the first one's single-thread settings."""
+    """What the first of the live local clusters (or joined schedulers) found (see above): overlapping runs in one
+    process put it back when the last one closes; each putting back its own snapshot left the first one's
+    single-thread settings, and dask's scheduler config at dask.distributed."""
 
     lock = threading.Lock()
     live = 0
