@@ -164,8 +164,10 @@ def normalise_into(raw: np.ndarray, mean: np.ndarray | None, std: np.ndarray | N
         band = raw[k]
         with np.errstate(over="ignore"):  # a float64 value beyond float32 becomes inf: the runner names it
             if mean is not None:
-                np.subtract(band, mean[k], out=tmp)
-                np.divide(tmp, std[k], out=tmp)
+                # dtype: numpy 1.x subtracts a float64 scalar in the band's own dtype (float16: 178 of the shipped
+                # scene's pixels changed class), whatever ``out`` holds
+                np.subtract(band, mean[k], out=tmp, dtype=np.float64)
+                np.divide(tmp, std[k], out=tmp, dtype=np.float64)
                 out[k] = tmp
             else:
                 out[k] = band
