@@ -164,6 +164,16 @@ def _stored_geotransform(da: xr.DataArray) -> bool:
     return da.attrs.get("transform") is not None
 
 
+def grid_step(v: np.ndarray) -> tuple[float, float]:
+    """``(step, off)`` of 1-D pixel-centre coordinates (at least two): their mean step, and how far the farthest
+    pixel lies from the regular grid of that step through the first. Grids are taken where ``off`` is at most half
+    a pixel: float32 or rounded coordinates of a regular grid step unevenly by their storage precision, but stay
+    within a fraction of a pixel."""
+    steps = np.diff(v)
+    mean = float(steps.mean())
+    return mean, float(np.abs(np.cumsum(steps - mean)).max())
+
+
 def grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
     """The scene's transform: the stored one (rioxarray's ``GeoTransform``, which keeps a rotation), unless its
     x/y coordinates say otherwise: a NetCDF flipped with ``isel(y=slice(None, None, -1))`` kept its north-up
@@ -210,13 +220,11 @@ def grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
     if not have_coords:
         return stored  # no 1-D coordinates to check against
     for d in ("x", "y"):
-        steps = np.diff(np.asarray(da[d].values, np.float64))
-        if steps.size == 0:  # one pixel: its coordinate places it, at the stored pixel size
+        v = np.asarray(da[d].values, np.float64)
+        if v.size < 2:  # one pixel: its coordinate places it, at the stored pixel size
             continue
-        mean = float(steps.mean())
-        # refused where some pixel would land more than half a pixel off: float32 or rounded coordinates of a
-        # regular grid step unevenly by their storage precision, but stay within a fraction of a pixel
-        off = float(np.abs(np.cumsum(steps - mean)).max())
+        steps = np.diff(v)
+        mean, off = grid_step(v)
         wrap = _longitude_wrap(da, d, steps) if off > 0.5 * abs(mean) else None
         if wrap is not None:
             raise IrregularGridError(
@@ -230,7 +238,6 @@ def grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
                 f"{steps.min():g} to {steps.max():g}; columns or rows dropped with isel?): a map on a regular grid "
                 f"would put its pixels up to {off:.4g} (coordinate units) off; classify each evenly spaced part on "
                 f"its own (e.g. scene.isel({d}=slice(0, k)))")
-        v = np.asarray(da[d].values, np.float64)
         if np.ptp(v) == 0:  # all equal: a map of pixels without height (width); a fine grid's steps are not 0
             raise IrregularGridError(
                 f"scene {scene_name(da, scene_path)}: its {d} coordinates are all {v[0]:g}, so its pixels would "

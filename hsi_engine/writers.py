@@ -132,18 +132,19 @@ def _norm_crs(crs):
 
 
 def _transform_from_coords(y, x):
-    """The affine transform of regularly spaced pixel-centre coordinates, else None. The step is the mean one and
-    a grid is taken where no pixel lies more than half a pixel off it, as ``georef.grid_transform`` takes it:
-    float32 or rounded coordinates of a regular grid step unevenly by their precision (the map of such a scene
-    was written with the identity transform)."""
+    """The affine transform of regularly spaced pixel-centre coordinates, else None: a grid within half a pixel,
+    by :func:`georef.grid_step` as the scene's own transform is taken (float32 coordinates of a regular grid step
+    unevenly; the map of such a scene was written with the identity transform)."""
     from affine import Affine
+
+    from .georef import grid_step
 
     steps = []
     for v in (np.asarray(y, dtype=np.float64), np.asarray(x, dtype=np.float64)):
         if v.ndim != 1 or v.size < 2 or not np.all(np.isfinite(v)):
             return None
-        step = (v[-1] - v[0]) / (v.size - 1)
-        if step == 0 or np.abs(v - (v[0] + step * np.arange(v.size))).max() > 0.5 * abs(step):
+        step, off = grid_step(v)
+        if step == 0 or off > 0.5 * abs(step):
             return None
         steps.append(step)
     (dy, dx), y0, x0 = steps, float(np.asarray(y, np.float64)[0]), float(np.asarray(x, np.float64)[0])
