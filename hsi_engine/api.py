@@ -23,8 +23,8 @@ import xarray as xr
 from .dask_client import releases_task_thread
 from .errors import (IrregularGridError, OptionError, OutputError, SceneError,
                      UnnormalisedInputWarning, user_stacklevel)
-from .georef import georeferenced, grid_transform, scene_georef, scene_name
-from .io import as_scene, open_scene, scene_gcps, with_window_gcps
+from .georef import georeferenced, grid_transform, scene_gcps, scene_georef, scene_name, with_window_gcps
+from .io import as_scene, open_scene
 from .logs import warnings_ignored
 from .owned import closes_its_scenes, open_owned
 from .scene_checks import (check_array_dims, check_declared_scaling, check_scale, declared_nodata, model_bad_bands,
@@ -287,7 +287,7 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     sink = ArraySink(job.height, job.width, job.classes, probabilities=probabilities)
     job.run(sink, probabilities=probabilities, progress=progress, queue_depth=queue_depth, readers=readers,
             cache_blocks=cache_blocks, decoders=decoders)
-    from .io import SOURCE_COL, SOURCE_ROW
+    from .cube import SOURCE_COL, SOURCE_ROW
     from .writers import flag_meanings
 
     # (source_row/source_col place a window of a rotated or GCP scene: the map carries its own transform or GCPs)

@@ -775,12 +775,13 @@ def _scene_identity(scene_path: Any, da: Any, crs: Any, transform: Any, gcps: An
 def _files_stat(p: Path) -> list[int]:
     """``[files, bytes, newest mtime_ns]`` of a scene's files: every file under a directory store, an ENVI
     header with its data file, else the file itself (and its ``.msk``)."""
-    from .io import _envi_paths, scene_format
+    from .envi import envi_paths
+    from .io import scene_format
 
     if p.is_dir():
         files = [Path(root) / f for root, _, names in os.walk(p) for f in names]
     elif scene_format(p) == "envi":
-        files = [f for f in _envi_paths(p) if f.is_file()]
+        files = [f for f in envi_paths(p) if f.is_file()]
     else:  # (and a GDAL mask beside it: it masks pixels too)
         files = [p] + [m for m in (p.with_name(p.name + ".msk"),) if m.is_file()]
     stats = [f.stat() for f in files]

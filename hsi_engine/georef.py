@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .cube import SOURCE_COL, SOURCE_ROW
 from .errors import IrregularGridError, SceneError, user_stacklevel
-from .io import scene_gcps
+from .geotiff import gdal_name
 
 
 def georeferenced(da: xr.DataArray) -> bool:
@@ -201,8 +202,6 @@ def grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
     if stored.b or stored.d:  # rotated: no x/y coordinates; a window (isel) of it keeps source_row/source_col
         from affine import Affine
 
-        from .io import SOURCE_COL, SOURCE_ROW, _source_step, unplaced_window
-
         if SOURCE_ROW not in da.coords and SOURCE_COL not in da.coords:
             centres = _rotated_from_centres(da, stored, scene_path)  # rioxarray's 2-D xc / yc, which isel moves
             if centres is not None:
@@ -268,3 +267,88 @@ def grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
                   f"its x/y coordinates, which give {tuple(from_coords)[:6]} (a GeoTransform attribute left stale by "
                   "flipping or cutting the array?): the map is placed by the coordinates", stacklevel=user_stacklevel())
     return from_coords
+
+
+def scene_gcps(da: xr.DataArray) -> list | None:
+    """The ground control points of a scene placed by them (no y/x coordinates: not orthorectified, where
+    ``rio.transform()`` reads the identity), in the pixel coordinates of ``da`` itself; None for a gridded scene
+    or one without any.
+
+    Such a scene has no coordinates that ``isel`` could shift, so :func:`open_scene` gives it ``source_row`` /
+    ``source_col``: the row and column of each pixel in the file whose GCPs it carries. A window of it
+    (``da.isel(y=slice(100, 300))``) keeps them, and its GCPs are moved to the window here; an irregular
+    selection cannot be placed by them and is refused. rioxarray's ``rio.reproject`` does not accept 1-D
+    coordinates along y/x: drop these two first (``da.drop_vars(["source_row", "source_col"])``).
+    """
+    if "x" in da.coords or "y" in da.coords:
+        return None
+    gcps = da.rio.get_gcps() or None
+    if not gcps:
+        return None
+    unplaced_window(da, "ground control points")
+    (r0, rs), (c0, cs) = _source_step(da, SOURCE_ROW, "y"), _source_step(da, SOURCE_COL, "x")
+    if (r0, rs, c0, cs) == (0, 1, 0, 1):
+        return gcps
+    from rasterio.control import GroundControlPoint
+
+    # pixel centres: source row r0 + k * rs + 0.5 is row k + 0.5 of the window
+    return [GroundControlPoint(row=(g.row - r0 - 0.5) / rs + 0.5, col=(g.col - c0 - 0.5) / cs + 0.5, x=g.x, y=g.y,
+                               z=g.z, id=g.id, info=g.info) for g in gcps]
+
+
+def with_window_gcps(da: xr.DataArray, gcps: list, crs: Any) -> xr.DataArray:
+    """``da`` (on a GCP-placed scene's pixels) carrying ``gcps`` already moved to its window (:func:`scene_gcps`),
+    without ``source_row``/``source_col``: a class map is placed by its own GCPs, as rioxarray expects (its
+    ``rio.reproject`` refuses 1-D coordinates along y/x)."""
+    return da.drop_vars([c for c in (SOURCE_ROW, SOURCE_COL) if c in da.coords]).rio.write_gcps(gcps, crs)
+
+
+def unplaced_window(da: xr.DataArray, placed_by: str) -> None:
+    """Refuse a window of a scene placed by ``placed_by`` (GCPs, a rotated transform) that carries nothing saying
+    where in its file it lies (no ``source_row``/``source_col``: opened with ``rioxarray.open_rasterio``, not
+    :func:`open_scene`): the file's placement would put its map at the file's origin."""
+    if SOURCE_ROW in da.coords or SOURCE_COL in da.coords:
+        return
+    src = da.encoding.get("source")
+    if not isinstance(src, (str, os.PathLike)) or not os.path.isfile(src):
+        return
+    try:
+        import rasterio
+
+        with rasterio.open(gdal_name(src)) as f:
+            shape = (f.height, f.width)
+            file_gcps, _ = f.gcps
+            file_transform = f.transform
+    except Exception:  # noqa: BLE001 - not a file rasterio reads: nothing to compare with
+        return
+    # the file's own placement, unchanged, on fewer pixels: a window; an overview (its GCPs or transform scaled) or
+    # a container GDAL reads as something else (a NetCDF of several variables) carries another placement
+    if placed_by == "ground control points":
+        ours = da.rio.get_gcps() or []
+        same = len(ours) == len(file_gcps) and all(
+            (a.row, a.col, a.x, a.y) == (b.row, b.col, b.x, b.y) for a, b in zip(ours, file_gcps))
+    else:
+        same = da.rio.transform().almost_equals(file_transform)
+    if same and shape != (da.sizes.get("y"), da.sizes.get("x")):
+        raise SceneError(f"scene {src} is placed by {placed_by}, and this is a {da.sizes.get('y')} x "
+                         f"{da.sizes.get('x')} window of its {shape[0]} x {shape[1]} pixels opened without "
+                         "hsi_engine.open_scene, so nothing says where in the file it lies (its map would be placed "
+                         "at the file's origin): open it with hsi_engine.open_scene(path) and select the window "
+                         "from that (its source_row / source_col coordinates place it)")
+
+
+def _source_step(da: xr.DataArray, name: str, dim: str) -> tuple[float, float]:
+    """``(first, step)`` of a GCP-placed scene's source pixel indices along ``dim`` ((0, 1) without them)."""
+    if name not in da.coords or da[name].dims != (dim,) or da.sizes[dim] == 0:
+        return 0, 1
+    v = np.asarray(da[name].values, dtype=np.float64)
+    step = float(v[1] - v[0]) if v.size > 1 else 1.0
+    if step == 0 or not np.allclose(np.diff(v), step):  # a negative step is regular: a flip, isel(y=slice(-1, ...))
+        raise SceneError(f"the scene is placed by ground control points, but its {dim} pixels were selected "
+                         f"irregularly ({name} runs {_preview(v)}); its GCPs can place only a regular window: "
+                         f"select one with a slice, e.g. da.isel({dim}=slice(a, b))")
+    return float(v[0]), step
+
+
+def _preview(v: np.ndarray) -> str:
+    return ", ".join(f"{x:g}" for x in v[:4]) + (", ..." if v.size > 4 else "")

@@ -115,12 +115,12 @@ def check_store(da: Any, *, nodata: float | None = None) -> None:
 
 def _axes(arr, da: Any) -> list[str] | None:
     """Which of band/y/x each axis of ``arr`` is."""
-    from .io import _canonical_dim
+    from .cube import canonical_dim
 
     names = getattr(arr.metadata, "dimension_names", None) or arr.attrs.get("_ARRAY_DIMENSIONS") \
         or arr.attrs.get("dims")
     if names and len(names) == 3:
-        axes = [_canonical_dim(str(n)) for n in names]
+        axes = [canonical_dim(str(n)) for n in names]
         if sorted(a for a in axes if a) == ["band", "x", "y"]:
             return axes  # type: ignore[return-value]
     sizes = {d: int(da.sizes[d]) for d in ("band", "y", "x")}

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from .errors import OutputError
-from .io import gdal_name
+from .geotiff import gdal_name
 from .logs import warnings_ignored
 from .writers import _TIFF, ZarrClassMapWriter, check_replaceable, remove_tree, zarr_root_attributes
 

@@ -14,7 +14,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import SceneError, UnnormalisedInputWarning, user_stacklevel
-from .io import NODATA_ATTRS, band_runs
+from .cube import NODATA_ATTRS, band_runs
 from .tiles import TilePlan
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def scene_wavelengths(da: xr.DataArray) -> np.ndarray | None:
     there. A ``units`` of ``Index`` (ENVI's band numbers; ``Unknown`` over values 1..N) says the values are not
     wavelengths: None, as without them; a ``wavelength`` coordinate of strings is read as band names are
     ('460.0 nm') or as numbers ('460.0', in its ``units``)."""
-    from .io import _to_nm, not_wavelengths, spectral_unit, wavelengths_in_names
+    from .wavelengths import not_wavelengths, spectral_unit, to_nm, wavelengths_in_names
 
     if "wavelength" in da.coords and da.coords["wavelength"].dims == ("band",):
         wl = da.coords["wavelength"]
@@ -36,7 +36,7 @@ def scene_wavelengths(da: xr.DataArray) -> np.ndarray | None:
         if not_wavelengths(str(units) if units is not None else None, wl.values if wl.dtype.kind in "iuf" else None):
             return None
         if wl.dtype.kind in "iufb":
-            return _to_nm(np.asarray(wl.values, np.float64), units)
+            return to_nm(np.asarray(wl.values, np.float64), units)
         return _wavelength_strings(wl.values, units)
     band = da.coords.get("band")
     # band names that carry wavelengths ('460.0 nm', 'band 1 (0.4554 Micrometers)'): a ``band`` coordinate of
@@ -63,7 +63,7 @@ def scene_wavelengths(da: xr.DataArray) -> np.ndarray | None:
     if not_wavelengths(units, band.values if band.dtype.kind in "iuf" else None):  # band numbers
         return None
     if band.dtype.kind in "iuf" and spectral_unit(units):
-        return _to_nm(np.asarray(band.values, np.float64), units)  # a unit says what the numbers are
+        return to_nm(np.asarray(band.values, np.float64), units)  # a unit says what the numbers are
     if band.dtype.kind != "f":
         return None
     v = np.asarray(band.values, np.float64)
@@ -79,14 +79,14 @@ def scene_wavelengths(da: xr.DataArray) -> np.ndarray | None:
 def _wavelength_strings(values: Any, units: Any) -> np.ndarray:
     """Wavelengths (nm) from a ``wavelength`` coordinate that does not hold numbers: strings with a unit ('460.0 nm',
     '0.46 Micrometers', read as band names are), else strings of numbers in ``units``; else :class:`SceneError`."""
-    from .io import _to_nm, wavelengths_in_names
+    from .wavelengths import to_nm, wavelengths_in_names
 
     names = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in np.asarray(values).ravel()]
     found = wavelengths_in_names(names)
     if found is not None:
         return found
     try:
-        return _to_nm([float(v) for v in names], units)
+        return to_nm([float(v) for v in names], units)
     except (TypeError, ValueError):
         bad = next(v for v in names if not _is_number(v))
         raise SceneError(f"the scene's wavelength coordinate holds {bad!r}, which is not a wavelength; expected one "

@@ -1037,7 +1037,7 @@ def write_classmap(labels_da, path: str | os.PathLike, **kw: Any) -> Path:
             try:
                 import rioxarray  # noqa: F401
 
-                from .io import scene_gcps
+                from .georef import scene_gcps
 
                 kw.setdefault("crs", da.rio.crs)
                 gcps = scene_gcps(da) if kw.get("crs") is not None else None

@@ -650,13 +650,13 @@ def _gdal_category_names(path: Path) -> list[str] | None:
 def _envi_class_names(path: Path) -> list[str] | None:
     """The names of classes 1..K from an ENVI classification header's ``class names`` (its first name is class
     0's, e.g. "unclassified"); None when the header has none."""
-    from hsi_engine.io import _envi_list, _envi_paths, _parse_envi_header
+    from hsi_engine.envi import envi_list, envi_paths, parse_envi_header
 
     try:
-        header = _parse_envi_header(_envi_paths(path)[0])
+        header = parse_envi_header(envi_paths(path)[0])
     except Exception:  # noqa: BLE001 - no readable header beside it: no names
         return None
-    names = _envi_list(header.get("class names", ""))
+    names = envi_list(header.get("class names", ""))
     return names[1:] or None
 
 
@@ -670,14 +670,15 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
     from hsi_engine.georef import grid_transform
     from hsi_engine.scene_checks import declared_nodata
     from hsi_engine.scene_checks import nodata_bands as scene_nodata_bands
-    from hsi_engine.io import _envi_paths, open_scene, scene_format
+    from hsi_engine.envi import envi_paths
+    from hsi_engine.io import open_scene, scene_format
 
     scene_path, labels_path = Path(scene_path), Path(labels_path)
     if not labels_path.exists():
         raise DataNotFoundError(f"label raster {labels_path} not found")
     if labels_path.suffix.lower() == ".hdr":  # an ENVI classification given by its header, as --dataset takes one
         try:
-            labels_path = _envi_paths(labels_path)[1]
+            labels_path = envi_paths(labels_path)[1]
         except SceneError as e:
             raise DataError(str(e)) from None
     da = open_scene(scene_path)
@@ -700,7 +701,7 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
     where = f"{labels_path} vs {scene_path}"
     like = scene_path  # what `rio warp --like` opens: an ENVI scene's data file, not its header
     if scene_format(scene_path) == "envi":
-        like = _envi_paths(scene_path)[1]
+        like = envi_paths(scene_path)[1]
     labels, names, cmap = _read_label_raster(labels_path, tuple(da.shape[1:]), scene_crs, scene_transform, where,
                                              like)
     nodata, nodata_bands = declared_nodata(da), scene_nodata_bands(da)

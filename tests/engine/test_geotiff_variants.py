@@ -79,7 +79,7 @@ def test_per_band_nodata_masks_each_band_by_its_own_value(crop, model, tmp_path,
     cube[2, 10, 10] = 0  # band 3's nodata is 65535: this 0 is data
     path = _write(tmp_path / "s.tif", cube)
     _pam_nodata(path, [0] + [65535] * (crop.shape[0] - 1))
-    with caplog.at_level(logging.INFO, logger="hsi_engine.io"):
+    with caplog.at_level(logging.INFO, logger="hsi_engine"):
         scene = hsi_engine.open_scene(path)
     said = [r.getMessage() for r in caplog.records if "different nodata values" in r.getMessage()]
     assert len(said) == 1 and "band 1: 0; bands 2-24: 65535" in said[0]
@@ -137,7 +137,7 @@ def test_a_trailing_alpha_band_is_left_out_and_its_zeros_are_nodata(crop, model,
     tags = [{"wavelength": str(w), "wavelength_units": "nm", "bbl": "1"} for w in wl]
     path = _with_alpha(tmp_path / "s.tif", crop, np.where(holes, 0, 65535).astype(np.uint16), tags=tags,
                        scales=(0.0001,) * (n + 1))
-    with caplog.at_level(logging.INFO, logger="hsi_engine.io"):
+    with caplog.at_level(logging.INFO, logger="hsi_engine"):
         scene = hsi_engine.open_scene(path)
     assert sum("alpha band" in r.getMessage() for r in caplog.records) == 1
     assert scene.sizes["band"] == n and scene["band"].values.tolist() == list(range(1, n + 1))

@@ -525,9 +525,9 @@ def test_zarr_nodata_is_recorded_not_masked(tmp_path, zarr_format):
     (None, [4.5e-7, 2.4e-6], [450.0, 2400.0])])  # metres without a unit read as "0.00 nm"
 def test_wavelength_units_are_read_as_written(units, values, nm):
     """'cm' was read as a wavenumber (cm-1): 4.5e-5 cm became 2.2e11 nm and every band check failed."""
-    from hsi_engine.io import _to_nm
+    from hsi_engine.wavelengths import to_nm
 
-    np.testing.assert_allclose(_to_nm(values, units), nm, rtol=1e-6)
+    np.testing.assert_allclose(to_nm(values, units), nm, rtol=1e-6)
 
 
 @pytest.mark.parametrize("save", ["netcdf", "zarr"])
@@ -741,13 +741,13 @@ def test_an_envi_header_is_parsed_in_linear_time(make_scene):
 def test_envi_header_values_are_read_as_gdal_reads_them(tmp_path):
     """The line-by-line parser keeps what the regex read (keys in any case, braced values over several lines,
     ';' comments, a '{' on the line after 'key ='), and reads GDAL's 'data_type' spelling as 'data type'."""
-    from hsi_engine.io import _parse_envi_header
+    from hsi_engine.envi import parse_envi_header
 
     hdr = tmp_path / "h.hdr"
     hdr.write_text("ENVI\ndescription = {\n  made by = hand,\n  two lines}\n; comment = 1\nSamples   = 24 \n"
                    "Data_Type = 2\nwavelength =\n\n{ 0.4,\n 0.5 }\nbbl = {1, 1} trailing\nopen = {\n"
                    "next = 3\n\n  spaced key\t=\tv \n")
-    assert _parse_envi_header(hdr) == {
+    assert parse_envi_header(hdr) == {
         "description": "{\n  made by = hand,\n  two lines}", "; comment": "1", "samples": "24", "data type": "2",
         "wavelength": "{ 0.4,\n 0.5 }", "bbl": "{1, 1}", "open": "{", "next": "3", "spaced key": "v"}
 

@@ -1,5 +1,5 @@
 """Reading a scene where the file system holds traps: a name in GDAL's own syntax, pipes where GDAL looks for its
-side files, hostile wavelength sidecars (hsi_engine/io.py)."""
+side files, hostile wavelength sidecars (hsi_engine/geotiff.py, envi.py, stores.py)."""
 
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ def test_valid_range_masks_in_netcdf_zarr_and_hdf5(tmp_path, caplog):
         d.attrs["valid_max"], d.attrs["dims"] = np.int16(10000), "band,y,x"
     for name, masked in (("vr.nc", below | above), ("vmin.zarr", below), ("vmax.h5", above)):
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="hsi_engine.io"):
+        with caplog.at_level(logging.INFO, logger="hsi_engine"):
             da = open_scene(tmp_path / name)
         assert da.dtype == np.float32 and np.isnan(da.attrs["_FillValue"])
         np.testing.assert_array_equal(np.isnan(da.values), masked)
@@ -103,7 +103,7 @@ def test_hdf5_length1_leading_dim_dropped(tmp_path, caplog, dims):
         d = f.create_dataset("reflectance", data=_cube()[None])
         if dims:
             d.attrs["dims"] = dims
-    with caplog.at_level(logging.INFO, logger="hsi_engine.io"):
+    with caplog.at_level(logging.INFO, logger="hsi_engine"):
         da = open_scene(path, band_axis=None if dims else 0)
     assert da.dims == ("band", "y", "x") and da.shape == (B, H, W)
     np.testing.assert_array_equal(da.values, _cube())

@@ -1,0 +1,315 @@
+"""GeoTIFF (and ENVI's data, through GDAL) read with rioxarray: nodata values and GDAL masks as NaN, band
+scales kept, wavelengths and bad-band flags from band metadata, side files checked."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import rioxarray  # noqa: F401  (registers ``.rio`` on the DataArrays read here)
+import xarray as xr
+
+from .cube import aligned_chunk, band_runs, finish_scene, holds_value, nan_capable, nodata_attr
+from .errors import SceneError
+from .logs import dropped, warnings_ignored
+from .wavelengths import wavelengths_in_names, wavelengths_nm
+
+log = logging.getLogger(__name__)
+
+
+# rasterio's log line for each metadata item that is not UTF-8 text (it skips the item), once per item and read: a
+# Latin-1 ENVI header (Windows tools write 'wavelength units = µm', band names with 'grün') gave ~180 of them
+_UNDECODED = "Failed to decode metadata item"
+
+
+def gdal_name(path: str | os.PathLike) -> str:
+    """The name to hand GDAL for the file at ``path``: absolute, since GDAL reads a name that starts with a driver
+    prefix (``GTIFF_DIR:1:x.tif``, ``NETCDF:...``, ``/vsizip/``...) as that driver's syntax: a file so named in the
+    working directory opened another file."""
+    return os.path.abspath(path)
+
+
+def check_gdal_side_files(path: Path) -> None:
+    """Refuse a pipe or device beside the raster under a name GDAL may open with it (its stem with any ending:
+    .aux.xml, .msk, .ovr, .aux, .tfw, .wld, .rpb, an ENVI .hdr...): GDAL's open then blocked for ever on a FIFO,
+    and a first Ctrl-C did not end it."""
+    stem = path.name.split(".")[0]
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(stem + ".") or entry.name == path.name:
+            continue
+        try:
+            odd = not entry.is_file() and not entry.is_dir()
+        except OSError:
+            continue
+        if odd:
+            raise SceneError(f"{path.parent / entry.name}, beside the scene {path}, is not a regular file (a pipe or "
+                             "a device): GDAL may read it when it opens the scene (a side file or header of that "
+                             "name), and would wait on it for ever; remove it or replace it with a file")
+
+
+def open_geotiff(path: Path, chunks) -> xr.DataArray:
+    import rasterio
+
+    check_gdal_side_files(path)
+    undecoded: set[str] = set()
+
+    def drop(message: str) -> bool:
+        if message.startswith(_UNDECODED):
+            undecoded.add(message)
+            return True
+        return False
+
+    with dropped(drop, "rasterio._base"):  # (a filter of this call's own: other threads' opens keep theirs)
+        try:
+            with rasterio.open(gdal_name(path)) as src:
+                bh, bw = src.block_shapes[0]
+                h, w, count = src.height, src.width, src.count
+                tags = [src.tags(i) for i in range(1, count + 1)]
+                descriptions = _band_descriptions(src)
+                nodata = src.nodata
+                ds_tags = src.tags()
+                envi_tags = src.tags(ns="ENVI")
+                rpcs = getattr(src, "rpcs", None)
+                # a last band that is alpha (gdalwarp -dstalpha) is no spectral band: left out, its 0s nodata
+                alpha = count > 1 and src.colorinterp[-1] == rasterio.enums.ColorInterp.alpha
+                flags = rasterio.enums.MaskFlags
+                masked = any(flags.per_dataset in f and not (alpha and flags.alpha in f) for f in src.mask_flag_enums)
+                band_nodata = list(src.nodatavals[:count - int(alpha)])
+                # band names that are not UTF-8 raise UnicodeDecodeError in rasterio's ``descriptions``, which
+                # rioxarray reads too: it opens a VRT of the file then, which has the file's values and placement
+                # and no band names
+                source = gdal_name(path) if descriptions is not None else _vrt_without_names(src, tags, ds_tags)
+        except rasterio.errors.RasterioIOError as e:
+            raise SceneError(f"{path} could not be opened as a raster ({e}); is it a complete GeoTIFF/ENVI "
+                             "file?") from None
+        default = {"band": -1, "y": aligned_chunk(bh, h), "x": aligned_chunk(bw, w)}
+        # per-band scales/offsets are kept in the encoding (_scales_to_encoding): rioxarray's note on them
+        with warnings_ignored(UserWarning, "(Scales|Offsets) differ across bands"):
+            da = rioxarray.open_rasterio(source, chunks=default, mask_and_scale=False)
+    if undecoded or descriptions is None:
+        log.info("%s: %d metadata item(s)%s not UTF-8 text (a Latin-1 header?), left out", path, len(undecoded),
+                 " and the band names are" if descriptions is None else " are")
+    if descriptions is None:
+        descriptions = [None] * count
+    if alpha:
+        tags, descriptions = tags[:-1], descriptions[:-1]
+    closer = getattr(da, "_close", None)  # the file's: the new arrays made below do not carry it
+    if isinstance(da, list):
+        raise SceneError(f"{path} holds {len(da)} subdatasets; open one of them")
+    if isinstance(da, xr.Dataset):
+        raise SceneError(f"{path} opened as a Dataset; expected a single multi-band raster")
+    wl = _gdal_wavelengths(tags, descriptions, ds_tags, envi_tags)
+    if "wavelength" in da.coords:  # rioxarray adds ENVI wavelengths as a (dask) coordinate in file units
+        da = da.drop_vars([c for c in ("wavelength", "fwhm") if c in da.coords])
+    per_band = len({"nan" if v is not None and math.isnan(v) else v for v in band_nodata}) > 1
+    if nodata is not None and not per_band:
+        da = with_nodata(da, nodata, f"{path}'s nodata value")
+    if per_band or alpha:
+        da = _nan_masked(da, path, band_nodata if per_band else None, alpha=alpha)
+    da = finish_scene(_scales_to_encoding(da), path, "geotiff", wavelengths=wl, chunks=chunks, bbl=_gdal_bbl(tags))
+    if masked:
+        da = _with_gdal_mask(da, path)
+    if rpcs is not None:  # placed by rational polynomial coefficients (a level-1 product); see georef.scene_georef
+        da.encoding["rpcs"] = rpcs.to_dict()
+    da.set_close(closer)
+    return da
+
+
+def _band_descriptions(src) -> list[str | None] | None:
+    """The band names (GDAL descriptions) of open rasterio dataset ``src``, None when they are not UTF-8 text."""
+    try:
+        return list(src.descriptions)
+    except UnicodeDecodeError:
+        return None
+
+
+def _vrt_without_names(src, tags: list[dict[str, str]], ds_tags: Mapping[str, str]) -> str:
+    """A GDAL VRT (XML text, which rasterio opens as a file) over every band of open dataset ``src`` with its size,
+    CRS, transform or GCPs, data types, nodata values, scales/offsets and readable metadata, but no band names:
+    rioxarray reads a file's band names, and rasterio raises UnicodeDecodeError for names that are not UTF-8."""
+    import xml.etree.ElementTree as ET
+
+    from rasterio.dtypes import dtype_rev, typename_fwd
+
+    def metadata(parent: ET.Element, items: Mapping[str, str]) -> None:
+        if items:
+            md = ET.SubElement(parent, "Metadata")
+            for k, v in items.items():
+                ET.SubElement(md, "MDI", key=k).text = v
+
+    root = ET.Element("VRTDataset", rasterXSize=str(src.width), rasterYSize=str(src.height))
+    if src.crs is not None:
+        ET.SubElement(root, "SRS").text = src.crs.to_wkt()
+    if not src.transform.is_identity:
+        ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in src.transform.to_gdal())
+    gcps, gcp_crs = src.gcps
+    if gcps:
+        listed = ET.SubElement(root, "GCPList", Projection=gcp_crs.to_wkt() if gcp_crs is not None else "")
+        for g in gcps:
+            ET.SubElement(listed, "GCP", Id=str(g.id or ""), Info=str(g.info or ""), Pixel=repr(g.col),
+                          Line=repr(g.row), X=repr(g.x), Y=repr(g.y), Z=repr(g.z or 0.0))
+    metadata(root, ds_tags)
+    binary = str(Path(src.name).absolute())
+    for i in range(src.count):
+        band = ET.SubElement(root, "VRTRasterBand", dataType=typename_fwd[dtype_rev[src.dtypes[i]]], band=str(i + 1))
+        metadata(band, tags[i])
+        if src.nodatavals[i] is not None:
+            ET.SubElement(band, "NoDataValue").text = repr(float(src.nodatavals[i]))
+        if src.offsets[i] != 0:
+            ET.SubElement(band, "Offset").text = repr(float(src.offsets[i]))
+        if src.scales[i] != 1:
+            ET.SubElement(band, "Scale").text = repr(float(src.scales[i]))
+        source = ET.SubElement(band, "SimpleSource")
+        ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = binary
+        ET.SubElement(source, "SourceBand").text = str(i + 1)
+    return ET.tostring(root, encoding="unicode")
+
+
+def with_nodata(da: xr.DataArray, value: float, what: str) -> xr.DataArray:
+    """``da`` with nodata ``value``; a value its dtype cannot hold (-9999 or 0.5 in a uint16 file) is left out with
+    a log line: no pixel can hold it, so it masks nothing (rioxarray raised OverflowError for it, and GDAL reads an
+    ENVI header's 0.5 as 0 for uint16, which masked the zeros)."""
+    if not holds_value(da.dtype, value):
+        log.info("%s (%s) cannot occur in a %s scene, so it masks nothing: left out", what, value, da.dtype)
+        return da.rio.write_nodata(None, encoded=False)
+    return da.rio.write_nodata(value, encoded=False)
+
+
+def _with_gdal_mask(da: xr.DataArray, path: Path) -> xr.DataArray:
+    """Pixels that a GDAL per-dataset mask (an internal mask band or a ``.msk`` file) marks invalid read as NaN, so
+    they are nodata (class 0), as GIS software reads them; an integer scene is read as floats for it (exactly:
+    float32 up to 16 bits), and NaN is its nodata value where it declares none."""
+    import dask.array as dsa
+
+    encoding = dict(da.encoding)
+    da = da.astype(nan_capable(da.dtype))
+    valid = dsa.zeros((da.sizes["y"], da.sizes["x"]), chunks=(da.chunks[1], da.chunks[2]), dtype=bool)
+    valid = valid.map_blocks(_gdal_valid, str(path), dtype=bool)
+    out = da.copy(data=dsa.where(valid[None], da.data, np.array(np.nan, da.dtype)))
+    out.encoding = encoding
+    if nodata_attr(out) is None:
+        out = out.rio.write_nodata(np.nan, encoded=False)
+    note = "per-dataset mask: invalid pixels read as NaN (nodata)"
+    out.attrs["gdal_mask"] = f"{out.attrs['gdal_mask']}; {note}" if "gdal_mask" in out.attrs else note
+    log.info("%s has a GDAL mask band: the pixels it marks invalid are nodata", path)
+    return out
+
+
+def _nan_masked(da: xr.DataArray, path: Path, band_nodata: list[float | None] | None, *,
+                alpha: bool) -> xr.DataArray:
+    """``da`` (as rioxarray opened the GeoTIFF) with each band's own nodata value (``band_nodata``, when the bands
+    declare different ones: GDAL's ``nodata`` is band 1's, which masked 65535 holes nowhere and 0s in bands whose
+    nodata is 65535) and, with ``alpha``, the pixels its last (alpha) band marks 0 read as NaN, that band left out
+    (as a warp's fill, they were classified). Integers are read as floats for it, as :func:`_with_gdal_mask` does;
+    NaN is the nodata value then, unless one value for every band is declared."""
+    import dask.array as dsa
+
+    n = da.sizes["band"] - int(alpha)
+    data = da.data
+    kept = da.isel(band=slice(0, n))
+    count = da.sizes["band"]  # per-band attrs (long_name, scales, offsets) lose the alpha band's entry too
+    kept.attrs = {k: (v[:n] if alpha and isinstance(v, (tuple, list)) and len(v) == count else v)
+                  for k, v in da.attrs.items()}
+    ftype = nan_capable(da.dtype)
+    hit = None
+    notes = []
+    if band_nodata is not None:
+        usable = [v is not None and not math.isnan(v) and holds_value(da.dtype, v) for v in band_nodata]
+        values = np.array([v if ok else 0 for v, ok in zip(band_nodata, usable)], dtype=da.dtype)[:, None, None]
+        hit = (kept.data == values) & np.array(usable)[:, None, None]
+        unheld = sorted({v for v, ok in zip(band_nodata, usable) if v is not None and not math.isnan(v) and not ok})
+        notes.append(f"its bands declare different nodata values ({_band_values(band_nodata)}): each band's own "
+                     "reads as NaN (nodata)" + (f"; {', '.join(f'{v:g}' for v in unheld)} cannot occur in "
+                                                f"{da.dtype} and masks nothing" if unheld else ""))
+    if alpha:
+        hole = (data[n] == 0)[None]  # (1, y, x): the same chunks as the bands
+        hit = hole if hit is None else hit | hole
+        notes.append(f"band {count} is an alpha band: left out of the scene, and the pixels it marks 0 read as NaN "
+                     "(nodata)")
+    out = kept.copy(data=dsa.where(hit, np.array(np.nan, ftype), kept.data.astype(ftype)))
+    if band_nodata is not None or nodata_attr(out) is None:
+        out = out.rio.write_nodata(np.nan, encoded=False)
+    if band_nodata is not None:
+        out.attrs["band_nodata"] = _band_values(band_nodata)
+    if alpha:
+        out.attrs["gdal_mask"] = (f"alpha band {count}: pixels with alpha 0 read as NaN (nodata); the band is "
+                                  "left out of the scene")
+    log.info("%s: %s", path, "; ".join(notes))
+    return out
+
+
+def _band_values(values: Sequence[float | None]) -> str:
+    """Per-band values as 'band 1: 0; bands 2-200: 65535', by value in order of first band (cut at ~150 chars)."""
+    groups: dict[str, list[int]] = {}
+    for i, v in enumerate(values, start=1):
+        groups.setdefault("none" if v is None else f"{v:g}", []).append(i)
+    parts = [f"{'bands' if len(bands) > 1 else 'band'} {band_runs(bands)}: {v}" for v, bands in groups.items()]
+    text = "; ".join(parts)
+    return text if len(text) <= 150 else text[:147] + "..."
+
+
+def _gdal_valid(block: np.ndarray, path: str, block_info: dict | None = None) -> np.ndarray:
+    """One block of a GDAL per-dataset mask: True where the pixel is valid."""
+    import rasterio
+    from rasterio.windows import Window
+
+    (y0, y1), (x0, x1) = block_info[0]["array-location"]
+    with rasterio.open(gdal_name(path)) as src:
+        return src.read_masks(1, window=Window(x0, y0, x1 - x0, y1 - y0)) > 0
+
+
+def _scales_to_encoding(da: xr.DataArray) -> xr.DataArray:
+    """GDAL's band scales/offsets (EnMAP: 0.0001), not applied, moved from rioxarray's CF-named attrs
+    (``scale_factor``/``add_offset``, or ``scales``/``offsets`` when bands differ) to ``encoding["scales"]`` /
+    ``["offsets"]``: with the CF names, ``to_netcdf``/``to_zarr`` of the stored counts wrote a file whose reader
+    decodes them (x 0.0001), so the same pixels gave another map; ``rio.to_raster`` writes the band scales back
+    from the encoding."""
+    n = da.sizes["band"]
+    for one, per_band in (("scale_factor", "scales"), ("add_offset", "offsets")):
+        values = da.attrs.pop(per_band, None)
+        single = da.attrs.pop(one, None)
+        if values is None and single is not None:
+            values = (single,) * n
+        if values is not None:
+            da.encoding[per_band] = tuple(float(v) for v in values)
+    return da
+
+
+def _gdal_bbl(tags: list[dict[str, str]]) -> list[int] | None:
+    """Per-band ``bbl`` metadata (1 good, 0 bad, as EnMAP's GeoTIFFs carry it), when every band has it."""
+    try:
+        return [int(float(t["bbl"])) for t in tags] if tags and all("bbl" in t for t in tags) else None
+    except ValueError:
+        return None
+
+
+def _gdal_wavelengths(tags: list[dict[str, str]], descriptions: list[str | None],
+                      ds_tags: Mapping[str, str], envi_tags: Mapping[str, str] | None = None) -> np.ndarray | None:
+    """Wavelengths (nm) from per-band ``wavelength`` metadata, else from the ENVI metadata domain's list
+    (``wavelength = {...}``, as GDAL writes an ENVI header's into a GeoTIFF), else from band names such as
+    'band 1 (0.4554 Micrometers)' or '460.0 nm'."""
+    try:
+        if tags and all("wavelength" in t for t in tags):
+            units = tags[0].get("wavelength_units") or ds_tags.get("wavelength_units")
+            return wavelengths_nm([float(t["wavelength"]) for t in tags], units)
+    except ValueError:
+        pass
+    for domain in (envi_tags or {}, ds_tags):
+        if "wavelength" in domain:
+            try:
+                from .envi import envi_list  # (envi reads its cubes through this module)
+
+                values = [float(v) for v in envi_list(domain["wavelength"])]
+            except ValueError:
+                continue
+            if len(values) == len(tags):
+                return wavelengths_nm(values, domain.get("wavelength_units") or domain.get("wavelength units"))
+    return wavelengths_in_names(descriptions)

@@ -1,0 +1,519 @@
+"""Self-describing array stores: NetCDF, zarr, HDF5, MATLAB and NumPy ``.npy`` (with a wavelength sidecar);
+the variable picked, CF packing decoded, a store's chunk limits checked."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ssrn.errors import first_line
+
+from .cube import (bare_dataarray, canonical_dim, cube_like, default_chunks, dims_from_attr, finish_scene, human_bytes,
+                   named_wavelengths, nan_capable, normalise_dims, resolve_dims)
+from .errors import HSIEngineError, SceneError, SceneNotFoundError
+from .logs import warnings_ignored
+from .wavelengths import listed_wavelengths, not_wavelengths, to_nm, warn_wavelengths, wavelengths_nm
+
+log = logging.getLogger(__name__)
+
+
+def zipped_zarr(p: Path) -> SceneError:
+    """The error for a zipped zarr store (``scene.zarr.zip``, or one renamed ``.zarr``): read only unzipped."""
+    if p.name.lower().endswith(".zip"):
+        stem = p.name[:-4]
+        how = f"unzip {p.name} -d {stem if stem.lower().endswith('.zarr') else stem + '.zarr'}"
+    else:  # a zip renamed .zarr: the directory takes its name back
+        how = f"mv {p.name} {p.name}.zip && unzip {p.name}.zip -d {p.name}"
+    return SceneError(f"{p} is a zipped zarr store, which hsi-engine does not open (renaming it does not help): "
+                      f"unzip it first ({how}), or open it in Python with "
+                      "xr.open_zarr(zarr.storage.ZipStore(path, mode='r')) and pass "
+                      "the Dataset (hsi_engine.classify(ds, model))")
+
+
+_LISTED = 6  # variables named in an error before the count
+_FLAT_FIX = ("; its variables are 2-D images: stack the bands into one cube in Python "
+             "(hsi_engine.classify(xr.open_dataset(path).to_array('band'), model)), or convert the file to a "
+             "multi-band GeoTIFF with GDAL (gdalbuildvrt -separate, then gdal_translate)")
+_GDAL_BAND = re.compile(r"Band(\d+)")
+
+
+def gdal_band_stack(ds: xr.Dataset, where: str, *, decode: bool) -> xr.DataArray | None:
+    """The (band, y, x) cube of a NetCDF that ``gdal_translate -of netCDF`` wrote (one 2-D variable per band,
+    ``Band1`` .. ``BandN``, over the same dims), its bands in band-number order; None for any other Dataset.
+    ``decode``: CF-decode each band (:func:`_decode_packed`), as a file is read."""
+    names = [str(k) for k, v in ds.data_vars.items() if v.ndim > 0]  # a 0-D 'crs' is the grid mapping
+    numbers = [_GDAL_BAND.fullmatch(k) for k in names]
+    if len(names) < 2 or not all(numbers):
+        return None
+    order = sorted(int(m.group(1)) for m in numbers)
+    if order != list(range(1, len(names) + 1)) or len({ds[k].dims for k in names}) != 1 or ds[names[0]].ndim != 2:
+        return None
+    bands = [ds[f"Band{i}"] for i in order]
+    if decode:
+        bands = [_decode_packed(b, f"{where}'s variable {b.name!r}") for b in bands]
+    first = ds["Band1"]
+    cube = xr.concat(bands, dim="band", coords="minimal", compat="override", join="exact",
+                     combine_attrs="drop_conflicts")
+    cube.name = "bands"
+    cube.encoding = {k: v for k, v in first.encoding.items() if k in ("grid_mapping", "source")}
+    if "grid_mapping" in first.attrs:
+        cube.attrs["grid_mapping"] = first.attrs["grid_mapping"]
+    log.info("%s: its %d variables Band1..Band%d (GDAL's netCDF bands) read as one cube, in band order", where,
+             len(bands), len(bands))
+    return cube.assign_coords(band=np.arange(1, len(bands) + 1))
+
+
+def _netcdf_group_cubes(path: Path) -> tuple[list[str], dict[str, tuple[int, ...]]]:
+    """The groups of a NetCDF4 file and the 3-D (or more) variables they hold (``group/name``: shape); nothing for
+    NetCDF3 (no groups)."""
+    import h5py
+
+    groups: list[str] = []
+    cubes: dict[str, tuple[int, ...]] = {}
+    try:
+        if not h5py.is_hdf5(path):
+            return groups, cubes
+        with h5py.File(path, "r") as f:
+            def visit(name: str, obj: Any) -> None:
+                if isinstance(obj, h5py.Group):
+                    groups.append(name)
+                elif obj.ndim >= 3 and "/" in name and obj.attrs.get("CLASS") != b"DIMENSION_SCALE":
+                    cubes[name] = tuple(obj.shape)
+            f.visititems(visit)
+    except (OSError, RuntimeError, ValueError):  # unreadable metadata: the error names what xarray found
+        pass
+    return groups, cubes
+
+
+def pick_variable(ds: xr.Dataset, where: str, variable: str | None,
+                   how: str = "open_scene(path, variable=NAME) (--variable NAME on the command line)") -> xr.DataArray:
+    if variable is not None:
+        if variable not in ds.data_vars:
+            names = sorted(map(str, ds.data_vars))
+            listed = str(names) if len(names) <= _LISTED else f"{', '.join(names[:_LISTED])} ... ({len(names)} in all)"
+            raise SceneError(f"{where} has no variable {variable!r}; variables: {listed}. Pass one of them (a NetCDF4 "
+                             "group's as 'GROUP/NAME')")
+        return ds[variable]
+    cands = [k for k, v in ds.data_vars.items() if cube_like(v)]  # (time=1, band, y, x) is a cube too
+    if len(cands) == 1:
+        return ds[cands[0]]
+    if not cands:
+        names = list(ds.data_vars)
+        flat = sum(ds[k].ndim == 2 for k in names) > 1 and all(ds[k].ndim in (0, 2) for k in names)
+        if len(names) > _LISTED:  # 200 GDAL bands were listed in one 4.6 kB line
+            shown = ", ".join(f"{k!s} {tuple(map(str, ds[k].dims))}" for k in names[:_LISTED])
+            raise SceneError(f"{where} holds no 3-D variable (found {len(names)} variables: {shown}, ...); expected "
+                             "one (band, y, x) cube" + (_FLAT_FIX if flat else ""))
+        shapes = {str(k): tuple(v.dims) for k, v in ds.data_vars.items()}
+        stacks = {k: [(str(d), n) for d, n in v.sizes.items() if canonical_dim(str(d)) is None and n > 1]
+                  for k, v in ds.data_vars.items() if v.ndim == 4}
+        extra = next(((k, dims[0]) for k, dims in stacks.items() if len(dims) == 1), None)
+        fix = "" if extra is None else (
+            f": {extra[0]!r} is a stack of {extra[1][1]} along {extra[1][0]!r}; classify one {extra[1][0]} at a "
+            f"time, in Python hsi_engine.classify(xr.open_dataset(path)[{extra[0]!r}].isel({extra[1][0]}=0), model) "
+            f"(or write each to its own file, e.g. ds.isel({extra[1][0]}=0).to_netcdf('one.nc'), for the command "
+            "line)")
+        raise SceneError(f"{where} holds no 3-D variable (found {shapes or 'none'}); expected one (band, y, x) cube"
+                         + (fix or (_FLAT_FIX if flat else "")))
+    for pref in ("cube", "reflectance", "radiance", "data", "image"):
+        if pref in cands:
+            log.info("%s: classifying its variable %r (of %s)", where, pref, ", ".join(map(str, cands)))
+            return ds[pref]
+    raise SceneError(f"{where} holds several 3-D variables {sorted(map(str, cands))}; pick one with {how}")
+
+
+_PACKING_ATTRS = ("scale_factor", "add_offset", "_Unsigned", "missing_value")
+_VALID_ATTRS = ("valid_range", "valid_min", "valid_max")
+
+
+def _valid_bounds(attrs: Mapping[str, Any]) -> tuple[float, float, str] | None:
+    """The CF valid range ``(low, high, attribute names)`` that ``attrs`` declare (``valid_range``, else
+    ``valid_min`` / ``valid_max``), in stored (packed) values; None where none, or not numbers."""
+    def number(v: Any) -> float | None:
+        a = np.asarray(v).ravel()
+        return float(a[0]) if a.size == 1 and a.dtype.kind in "iuf" else None
+
+    if "valid_range" in attrs:
+        a = np.asarray(attrs["valid_range"]).ravel()
+        if a.size == 2 and a.dtype.kind in "iuf":
+            return float(a[0]), float(a[1]), "valid_range"
+        return None
+    low, high = number(attrs.get("valid_min")), number(attrs.get("valid_max"))
+    if low is None and high is None:
+        return None
+    names = " and ".join(k for k, v in (("valid_min", low), ("valid_max", high)) if v is not None)
+    return (-math.inf if low is None else low), (math.inf if high is None else high), names
+
+
+def _decode_packed(da: xr.DataArray, where: str | None = None) -> xr.DataArray:
+    """A CF-packed variable (``scale_factor`` / ``add_offset``, ``_Unsigned`` or a ``missing_value`` in its
+    attrs) decoded lazily as ``xarray.open_dataset`` decodes it (float values; fill and missing values become
+    NaN, declared as the nodata value), so its map is that of the values it stands for (int16 counts with
+    ``_Unsigned`` read as negative; a ``missing_value`` beside ``_FillValue`` was classified); stored values
+    outside a declared ``valid_range`` / ``valid_min`` / ``valid_max`` read as NaN too, as GDAL reads them (xarray
+    ignores them: a -9999 hole was classified). Other variables are returned as stored."""
+    valid = _valid_bounds(da.attrs)
+    if valid is None and not any(k in da.attrs for k in _PACKING_ATTRS):
+        return da
+    # named as in the file, so xarray's warnings (a missing_value list) name the file's variable
+    name = str(da.name) if da.name is not None and str(da.name) not in da.dims else "variable"
+    decoded = xr.decode_cf(xr.Dataset({name: da.variable}), mask_and_scale=True, decode_times=False,
+                           decode_coords=False)[name]
+    out = da.copy(data=decoded.variable.data)
+    out.attrs = dict(decoded.attrs)
+    applied = [f"{k}={da.attrs[k]}" for k in _PACKING_ATTRS if k in da.attrs]
+    if valid is not None:
+        low, high, names = valid
+        raw = da.variable.data
+        if str(da.attrs.get("_Unsigned", "false")).lower() == "true" and raw.dtype.kind == "i":
+            raw = raw.astype(raw.dtype.str.replace("i", "u"))  # the stored values as CF reads them
+        bad = (raw < low) | (raw > high)
+        data = out.data.astype(nan_capable(out.dtype))
+        out = out.copy(data=xr.Variable(da.dims, data).where(~xr.Variable(da.dims, bad)).data)
+        for k in _VALID_ATTRS:  # in stored values: not this decoded array's
+            out.attrs.pop(k, None)
+        applied += [f"{k}={np.asarray(da.attrs[k]).ravel().tolist()}" for k in _VALID_ATTRS if k in da.attrs]
+        log.info("%s: values outside its %s (%s to %s, stored values) read as NaN (nodata)",
+                 where or f"variable {name!r}", names, f"{low:g}", f"{high:g}")
+    if valid is not None or any(k in da.attrs for k in ("_FillValue", "missing_value")):
+        out.attrs["_FillValue"] = np.nan
+    out.attrs["unpacked"] = f"{', '.join(applied)}, applied by hsi_engine.open_scene"
+    return out
+
+
+def open_netcdf(path: Path, chunks, variable: str | None) -> xr.DataArray:
+    group = None
+    if variable is not None and "/" in variable.strip("/"):  # a NetCDF4 group's variable, "science/reflectance"
+        group, variable = variable.strip("/").rsplit("/", 1)
+    try:
+        ds = xr.open_dataset(path, chunks={}, decode_coords="all", mask_and_scale=False, group=group)
+    except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as e:  # h5netcdf's for damaged metadata
+        if group is not None:
+            groups, _ = _netcdf_group_cubes(path)
+            if group not in groups:
+                raise SceneError(f"{path} has no group {group!r} (for variable {group}/{variable}); groups: "
+                                 f"{groups or 'none'}. Pass variable='GROUP/NAME' (--variable GROUP/NAME) with one "
+                                 "of them") from None
+        raise SceneError(f"{path} could not be opened as NetCDF ({first_line(e)}); is the "
+                         "file complete and undamaged?") from None
+    where = str(path) if group is None else f"{path} (group {group})"
+    if variable is None and not any(cube_like(v) for v in ds.data_vars.values()):
+        stack = gdal_band_stack(ds, where, decode=True)
+        if stack is not None:
+            da = normalise_dims(stack, f"{where}'s variables Band1..Band{stack.sizes['band']}")
+            da = finish_scene(keep_grid_mapping(da, ds), path, "netcdf", chunks=chunks)
+            da.set_close(ds.close)
+            return da
+        groups, cubes = _netcdf_group_cubes(path) if group is None else ([], {})
+        if groups:
+            listed = ", ".join(f"{k} {v}" for k, v in list(cubes.items())[:_LISTED]) + (
+                f" ... ({len(cubes)} in all)" if len(cubes) > _LISTED else "")
+            example = next(iter(cubes), f"{groups[0]}/NAME")
+            raise SceneError(f"{path} holds no 3-D variable at its root (found {sorted(map(str, ds.data_vars))}), "
+                             f"but it has groups ({', '.join(groups[:_LISTED])})"
+                             + (f" holding {listed}" if cubes else "")
+                             + f"; pass variable={example!r} (--variable {example})")
+    var = pick_variable(ds, where, variable)
+    var = _decode_packed(var, f"{where}'s variable {var.name!r}")
+    da = normalise_dims(var, f"{where}'s variable {var.name!r}")
+    da = finish_scene(keep_grid_mapping(da, ds), path, "netcdf", chunks=chunks)
+    da.set_close(ds.close)  # (closed by a run that opened it; else when collected)
+    return da
+
+
+def keep_grid_mapping(da: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
+    """Carry the grid-mapping variable (``spatial_ref``) as a coordinate so ``da.rio.crs`` works."""
+    gm = da.encoding.get("grid_mapping") or da.attrs.get("grid_mapping")
+    if isinstance(gm, str) and ":" in gm:  # CF 1.7's extended form, "crs: x y" (GDAL reads it)
+        gm = gm.split(":")[0].strip()
+        da.encoding["grid_mapping"] = gm
+        da.attrs.pop("grid_mapping", None)
+    if gm and gm in ds.variables and gm not in da.coords:
+        da = da.assign_coords({gm: ds[gm]})
+    if gm is None and "spatial_ref" in ds.variables and "spatial_ref" not in da.coords:
+        da = da.assign_coords(spatial_ref=ds["spatial_ref"])
+    if "wavelength" in ds.variables and "wavelength" not in da.coords and ds["wavelength"].ndim == 1 \
+            and ds["wavelength"].size == da.sizes["band"] \
+            and not not_wavelengths(ds["wavelength"].attrs.get("units"), ds["wavelength"].values):
+        wl = ds["wavelength"]
+        da = da.assign_coords(wavelength=("band", to_nm(wl.values, wl.attrs.get("units"))))
+        da["wavelength"].attrs["units"] = "nm"
+    return named_wavelengths(da, ds)
+
+
+def open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) -> xr.DataArray:
+    import zarr
+
+    if path.is_file():
+        import zipfile
+
+        if zipfile.is_zipfile(path):
+            raise zipped_zarr(path)
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as e:  # zarr raises several types for a missing/corrupt store
+        if isinstance(e, MemoryError) or "can't start new thread" in str(e):  # this process's want, not the store's
+            raise
+        from .writers import zarr_unusable
+
+        why = zarr_unusable() if isinstance(e, TypeError) else None
+        raise SceneError(f"cannot read the zarr store {path}: {why}" if why else
+                         f"{path} is not a readable zarr store ({type(e).__name__}: {e})") from None
+    if isinstance(node, zarr.Array):
+        return _zarr_bare_array(node, path, chunks, band_axis)
+    # a group: xarray-written (dims recorded), else fall back to its single 3-D array
+    for name, arr in node.arrays():  # xarray opens each of them
+        _check_zarr_chunks(arr, path / name)
+    try:
+        with warnings_ignored(RuntimeWarning, ".*consolidated metadata"):
+            ds = xr.open_dataset(str(path), engine="zarr", chunks={}, decode_coords="all", mask_and_scale=False,
+                                 consolidated=None)
+    except (KeyError, ValueError, TypeError):
+        ds = None
+    if ds is not None and ds.data_vars:
+        var = pick_variable(ds, str(path), variable)
+        var = _decode_packed(var, f"{path}'s variable {var.name!r}")
+        da = normalise_dims(var, f"{path}'s variable {var.name!r}")
+        da = keep_grid_mapping(da, ds)
+        da = finish_scene(da, path, "zarr", chunks=chunks)
+        da.set_close(ds.close)
+        return da
+    arrays = {k: a for k, a in node.arrays() if a.ndim == 3}
+    if variable is not None:
+        if variable not in arrays:
+            raise SceneError(f"{path} has no 3-D array {variable!r}; arrays: {sorted(k for k, _ in node.arrays())}")
+        arrays = {variable: arrays[variable]}
+    if len(arrays) != 1:
+        raise SceneError(f"{path}: expected exactly one 3-D array in the zarr group, found {sorted(arrays)}; "
+                         "pass variable=NAME (--variable NAME)")
+    (name, arr), = arrays.items()
+    return _zarr_bare_array(arr, path / name, chunks, band_axis)
+
+
+# a store's own limits: a decoded chunk far larger than its array (a 6 MB store decoding 6.7 GB per read) or an
+# absurd chunk count (10^7 x 10^7 pixels: tens of GB just to index the chunks) is refused before anything is read
+MAX_DECODED_CHUNK = 1 << 30
+MAX_CHUNKS = 10_000_000
+
+
+def _check_zarr_chunks(arr, path: Path) -> None:
+    """Refuse a zarr array whose metadata gives a chunk length of 0 or less (dask divided by it: a traceback)."""
+    try:
+        chunk_shape = tuple(arr.chunks)
+    except (AttributeError, NotImplementedError, TypeError):
+        return
+    if any(not isinstance(c, int) or c <= 0 for c in chunk_shape):
+        raise SceneError(f"zarr array {path} declares chunks {list(chunk_shape)} for its shape {list(arr.shape)}; "
+                         "expected a positive chunk length along every axis (a 0 or negative one is a corrupt "
+                         "'chunk_shape' / 'chunks' in its metadata): rewrite the store, e.g. with xarray's to_zarr")
+    shape = tuple(int(n) for n in arr.shape)
+    itemsize = np.dtype(arr.dtype).itemsize if np.dtype(arr.dtype).kind != "O" else 8
+    chunk_bytes = math.prod(chunk_shape) * itemsize
+    if chunk_bytes > max(4 * math.prod(shape) * itemsize, MAX_DECODED_CHUNK):
+        raise SceneError(f"zarr array {path} declares chunks {list(chunk_shape)} ({human_bytes(chunk_bytes)} "
+                         f"decoded per chunk) for a {human_bytes(math.prod(shape) * itemsize)} array of shape "
+                         f"{list(shape)}: every read would decode a whole chunk (a corrupt or hostile store); rewrite "
+                         "it with chunks of at most its shape, e.g. with xarray's to_zarr")
+    count = math.prod(math.ceil(n / c) for n, c in zip(shape, chunk_shape))
+    if count > MAX_CHUNKS:
+        raise SceneError(f"zarr array {path} declares shape {list(shape)} in {count:,} chunks of {list(chunk_shape)}, "
+                         f"more than the {MAX_CHUNKS:,} a scene may have (reading it would index every chunk first): "
+                         "a corrupt or hostile store; if it is real, rewrite it with larger chunks")
+
+
+def _zarr_bare_array(arr, path: Path, chunks, band_axis: int | None) -> xr.DataArray:
+    import dask.array as dsa
+
+    dims = None
+    meta = getattr(arr, "metadata", None)
+    if getattr(meta, "dimension_names", None):
+        dims = tuple(meta.dimension_names)
+    _check_zarr_chunks(arr, path)
+    attrs = dict(arr.attrs)
+    dims = dims or dims_from_attr(attrs.get("_ARRAY_DIMENSIONS")) or dims_from_attr(attrs.get("dims"))
+    data = dsa.from_zarr(arr)
+    da = bare_dataarray(data, dims, str(path), band_axis=band_axis, default_last=False)
+    key = "wavelength" if attrs.get("wavelength") or "wavelengths" not in attrs else "wavelengths"
+    wl = listed_wavelengths(attrs.get(key), attrs.get("wavelength_units"), str(path), f"'{key}' attribute",
+                             "'wavelength_units' attribute", f"the attributes ('{key}' a list of numbers, "
+                             "'wavelength_units' a unit name)")
+    nodata = attrs.get("nodata", attrs.get("_FillValue"))
+    return finish_scene(da, path, "zarr", wavelengths=wl, nodata=nodata, chunks=chunks)
+
+
+class _H5Source:
+    """A picklable array-like over one HDF5 dataset: each read opens the file (dask workers included)."""
+
+    def __init__(self, path: Path, name: str, shape: tuple[int, ...], dtype) -> None:
+        self.path, self.name, self.shape, self.dtype = str(path), name, tuple(shape), np.dtype(dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key):
+        import h5py
+
+        with h5py.File(self.path, "r") as f:
+            return f[self.name][key]
+
+
+def open_hdf5(path: Path, chunks, variable: str | None, band_axis: int | None) -> xr.DataArray:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return _open_hdf5_file(f, path, chunks, variable, band_axis)
+    except HSIEngineError:
+        raise
+    except (OSError, RuntimeError, KeyError, AttributeError, ValueError) as e:  # h5py's for damaged metadata too
+        raise SceneError(f"{path} is not a readable HDF5 file ({first_line(e)}); is it "
+                         "complete and undamaged?") from None
+
+
+def _h5_unit_axes(shape: tuple[int, ...]) -> list[int]:
+    """The length-1 axes of an HDF5 dataset of more than 3 dims that leave a cube once dropped (a (1, 200, H, W)
+    stack of one scene), as the NetCDF and zarr paths drop a length-1 ``time``; none otherwise."""
+    ones = [i for i, n in enumerate(shape) if n == 1]
+    return ones if len(shape) > 3 and len(shape) - len(ones) == 3 else []
+
+
+def _h5_attr(value: Any) -> Any:
+    """An HDF5 attribute as xarray's CF decoding takes it: text as str, a 1-element array (netCDF4's) as a
+    scalar."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "iufb":
+        return value.reshape(()).item() if value.dtype.kind == "b" else value.reshape(())[()]
+    return value
+
+
+def _open_hdf5_file(f, path: Path, chunks, variable: str | None, band_axis: int | None) -> xr.DataArray:
+    import dask.array as dsa
+    import h5py
+    found: dict[str, Any] = {}
+    f.visititems(lambda name, obj: found.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
+    if variable is not None:
+        if variable not in found:
+            raise SceneError(f"{path} has no dataset {variable!r}; datasets: {sorted(found)}")
+        name = variable
+    else:
+        cubes = [k for k, v in found.items() if v.ndim == 3 or _h5_unit_axes(v.shape)]
+        if "cube" in cubes:
+            name = "cube"
+        elif len(cubes) == 1:
+            name = cubes[0]
+        else:
+            shapes = {k: v.shape for k, v in found.items()}
+            raise SceneError(f"{path}: expected one 3-D dataset (or one named 'cube'); found {shapes}. "
+                             "Pass variable=NAME (--variable NAME).")
+    ds = found[name]
+    unit = _h5_unit_axes(ds.shape)
+    if ds.ndim != 3 and not unit:
+        raise SceneError(f"{path}:{name} has shape {ds.shape}; expected a 3-D cube (band, y, x), or one with "
+                         "extra length-1 dims. Pass the dataset that holds the cube with variable=NAME "
+                         "(--variable NAME), or write the cube to its own dataset")
+    dims = dims_from_attr(ds.attrs.get("dims")) or dims_from_attr(ds.attrs.get("DIMENSION_LABELS"))
+    shape = tuple(n for i, n in enumerate(ds.shape) if i not in unit)
+    if unit:
+        named = dims is not None and len(dims) == ds.ndim
+        log.info("%s:%s: dropping its length-1 dims %s", path, name,
+                 ", ".join(dims[i] if named else f"axis {i}" for i in unit))
+        dims = tuple(d for i, d in enumerate(dims) if i not in unit) if named else None
+    dims = resolve_dims(shape, dims, f"{path}:{name}", band_axis=band_axis, default_last=False)
+    from dask.base import tokenize
+
+    token = tokenize(str(path.resolve()), ds.name, os.stat(path).st_mtime_ns)
+    if ds.chunks:
+        store_chunks = ds.chunks
+    else:
+        inner = iter(default_chunks(shape, dims))
+        store_chunks = tuple(1 if i in unit else next(inner) for i in range(ds.ndim))
+    data = dsa.from_array(_H5Source(path, ds.name, ds.shape, ds.dtype), chunks=store_chunks, lock=True,
+                          name=f"hdf5-{token}", meta=np.empty((0,) * ds.ndim, ds.dtype))
+    if unit:
+        data = data[tuple(0 if i in unit else slice(None) for i in range(ds.ndim))]  # (band, y, x) in some order
+    da = bare_dataarray(data, dims, f"{path}:{name}", band_axis=None, default_last=False)
+    wl = None
+    for k in ("wavelength", "wavelengths"):
+        if k in f and f[k].ndim == 1 and f[k].shape[0] == da.sizes["band"]:
+            units = f[k].attrs.get("units")
+            wl = wavelengths_nm(f[k][()], units.decode() if isinstance(units, bytes) else units)
+    cf = {k: _h5_attr(ds.attrs[k]) for k in ("_FillValue", *_PACKING_ATTRS, *_VALID_ATTRS) if k in ds.attrs}
+    if _valid_bounds(cf) is not None or any(k in cf for k in _PACKING_ATTRS):
+        # CF packing as the NetCDF path decodes it: a NetCDF4 file named .h5 gave a one-class map without a word
+        da = _decode_packed(da.rename(name.rsplit("/", 1)[-1]).assign_attrs(cf), f"{path}:{name}")
+        return finish_scene(da, path, "hdf5", wavelengths=wl, chunks=chunks)
+    nodata = ds.attrs.get("nodata", ds.attrs.get("_FillValue"))
+    if hasattr(nodata, "item"):
+        nodata = nodata.item()
+    return finish_scene(da, path, "hdf5", wavelengths=wl, nodata=nodata, chunks=chunks)
+
+
+def open_matlab(path: Path, chunks, variable: str | None, band_axis: int | None) -> xr.DataArray:
+    import dask.array as dsa
+
+    from ssrn.data import DataError, DataNotFoundError, load_mat_array
+
+    try:
+        arr, key = load_mat_array(path, [variable] if variable else None, ndim=3, what="scene")
+    except DataNotFoundError as e:
+        raise SceneNotFoundError(str(e)) from None
+    except DataError as e:
+        raise SceneError(f"{e}. Pass variable=NAME (--variable NAME) to pick the cube.") from None
+    # MATLAB scenes are stored (rows, cols, bands): band-last unless the shape or band_axis says otherwise
+    dims = resolve_dims(arr.shape, None, f"{path}:{key}", band_axis=band_axis, default_last=True)
+    data = dsa.from_array(arr, chunks=default_chunks(arr.shape, dims))
+    da = bare_dataarray(data, dims, f"{path}:{key}", band_axis=None, default_last=True)
+    da.name = key
+    return finish_scene(da, path, "matlab", wavelengths=_sidecar_wavelengths(path), chunks=chunks)
+
+
+def open_npy(path: Path, chunks, band_axis: int | None) -> xr.DataArray:
+    import dask.array as dsa
+
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise SceneError(f"{path} is not a plain .npy array ({e}); object arrays are refused") from None
+    dims = resolve_dims(arr.shape, None, str(path), band_axis=band_axis, default_last=True)
+    data = dsa.from_array(arr, chunks=default_chunks(arr.shape, dims))
+    da = bare_dataarray(data, dims, str(path), band_axis=None, default_last=True)
+    return finish_scene(da, path, "npy", wavelengths=_sidecar_wavelengths(path), chunks=chunks)
+
+
+_SIDECAR_FIX = 'the file (a list of numbers, or {"wavelengths": [...], "unit": "nm"})'
+
+
+_MAX_SIDECAR_BYTES = 1 << 20  # a wavelength list's JSON: some 10 bytes a band
+
+
+def _sidecar_wavelengths(path: Path) -> np.ndarray | None:
+    """Wavelengths from ``<stem>.wavelengths.json`` or ``<stem>_wavelengths.json`` beside the file, if any: a list
+    of numbers, or ``{"wavelengths": [...], "unit": "nm"}``."""
+    for cand in (path.with_name(path.stem + ".wavelengths.json"), path.with_name(path.stem + "_wavelengths.json")):
+        if cand.is_file():
+            try:
+                if cand.stat().st_size > _MAX_SIDECAR_BYTES:
+                    warn_wavelengths(str(cand), f"holds {human_bytes(cand.stat().st_size)}, more than the "
+                                      f"{human_bytes(_MAX_SIDECAR_BYTES)} a list of wavelengths takes", _SIDECAR_FIX)
+                    return None
+                doc = json.loads(cand.read_text(encoding="utf-8"))
+            except (ValueError, OSError, RecursionError) as e:  # not JSON (or not text, or nested past Python's limit)
+                warn_wavelengths(str(cand), f"cannot be read as JSON ({first_line(e)})",
+                                  _SIDECAR_FIX)
+                return None
+            if isinstance(doc, dict):
+                return listed_wavelengths(doc.get("wavelengths"), doc.get("unit"), str(cand), "'wavelengths' entry",
+                                           "'unit' entry", _SIDECAR_FIX)
+            return listed_wavelengths(doc, None, str(cand), "content", "unit", _SIDECAR_FIX)
+    return None
