@@ -384,7 +384,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     prob = "float16" if probabilities is True else (None if probabilities in (False, None) else probabilities)
     if prob not in (None, "float16", "float32"):  # before anything is opened, on either path
         raise OptionError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
-    from .writers import check_output_suffix
+    from .outputs import check_output_suffix
 
     check_output_suffix(out)  # first: an empty or suffix-less path has no side files to check
     with _removes_directories_made(out):  # a failed run leaves no directory it made for the output either
@@ -401,7 +401,8 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                                             spatial_precision=spatial_precision, on_written=on_written)
         from .lock import output_lock
         from .resume import check_no_partial, discard_partial, model_digest, provenance
-        from .writers import check_not_scene, open_writer
+        from .outputs import check_not_scene
+        from .writers import open_writer
 
         check_not_scene(out, scene_path)  # before anything is read: --out must never replace the scene itself
 

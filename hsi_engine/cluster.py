@@ -517,7 +517,7 @@ def run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, til
     (:func:`~hsi_engine.lock.output_lock`); a second is refused. ``on_written``: as in
     :func:`~hsi_engine.api.classify_to_file`. Returns a :class:`RunReport`.
     """
-    from .writers import check_not_scene, check_output_suffix
+    from .outputs import check_not_scene, check_output_suffix
 
     check_output_suffix(out)  # before the lock creates the output's directory (and before side-file names)
     check_not_scene(out, scene_path)  # before anything is read: the output must never replace the scene
@@ -540,7 +540,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     from .api import _Job
     from .georef import scene_georef
     from .runner import check_read_settings
-    from .writers import _TIFF, _ZARR, _ours_aux, check_replaceable, side_paths
+    from .outputs import TIFF_SUFFIXES, ZARR_SUFFIXES, check_replaceable, ours_aux, side_paths
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -593,7 +593,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
                    "output": suffix.lstrip("."), "map_version": MAP_VERSION}
     if job.nodata_bands is not None:  # a resumed run must mask the same bands (absent: every band, as before)
         fingerprint["nodata_bands"] = [int(b) for b in job.nodata_bands]
-    sides = [side_paths(out)[k] for k in ("probabilities", "confidence")] if prob and suffix in _TIFF else []
+    sides = [side_paths(out)[k] for k in ("probabilities", "confidence")] if prob and suffix in TIFF_SUFFIXES else []
     own = json.loads(json.dumps(fingerprint))  # as recorded (JSON): compared with what outputs carry
     if resume and not overwrite and scene_id["source"] is not None and finished_with(out, fingerprint, sides):
         part = partial_path(out)
@@ -617,7 +617,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
             raise OutputError(f"{out} was made with different settings ({describe_differences(found, own, 'it')}); "
                               "resume=True (--resume) continues only a run with the same settings: pass "
                               "overwrite=True (--overwrite) to replace it, or choose another path")
-    if suffix in _TIFF and not overwrite and prob is not None:
+    if suffix in TIFF_SUFFIXES and not overwrite and prob is not None:
         for key in ("probabilities", "confidence"):
             p = side_paths(out)[key]
             if p.exists() and resume and not out.exists() and recorded_fingerprint(p) == own:
@@ -627,7 +627,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
                 raise OutputError(f"output {p} already exists; pass overwrite=True (--overwrite) to replace it, "
                                   "or choose another path")
     aux = side_paths(out)["aux"]
-    if suffix in _TIFF and not overwrite and (aux.exists() or aux.is_symlink()) and not _ours_aux(aux):
+    if suffix in TIFF_SUFFIXES and not overwrite and (aux.exists() or aux.is_symlink()) and not ours_aux(aux):
         raise OutputError(f"output {aux} already exists; pass overwrite=True (--overwrite on the command line) to "
                           "replace it, or choose another path")  # before any tile, as the in-process writer does
     tags = provenance(digest, precision, spatial_precision)
@@ -721,7 +721,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     wall = time.perf_counter() - t_start
     try:
         writer.finish_run(run, workers=n_workers, wall_s=round(wall, 3))
-        if suffix in _ZARR:
+        if suffix in ZARR_SUFFIXES:
             path = Path(writer.commit())
         else:
             path = writer.commit_geotiff(out, crs=crs, transform=transform, gcps=gcps, tags=tags)

@@ -101,7 +101,7 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
                           f"{repr(path)[:80]}" + (": decode it first (os.fsdecode(path))" if isinstance(path, bytes)
                                                   else "; hsi_engine.classify takes arrays and DataArrays as they are"))
     p = Path(path)
-    from .writers import URL, _utf8
+    from .outputs import URL, gdal_reaches
 
     if isinstance(path, str) and URL.match(path):
         raise SceneError(f"scene {path} is a URL: hsi-engine reads local files and zarr stores only; download the "
@@ -118,7 +118,7 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
     if not p.exists() and not (fmt == "envi" and p.suffix.lower() == ".hdr" and p.with_suffix(".bsq").exists()):
         raise SceneNotFoundError(f"scene {p} does not exist")
     if fmt in ("geotiff", "envi"):
-        if not _utf8(str(p.absolute())):
+        if not gdal_reaches(str(p.absolute())):
             raise SceneError(f"scene {os.fsencode(p)!r}: its path holds bytes that are not UTF-8 text (or this "
                              "process's locale is not UTF-8), which GDAL cannot open; rename it (or its directory) in "
                              "UTF-8, or run in a UTF-8 locale (e.g. LC_ALL=C.UTF-8)")

@@ -5,7 +5,7 @@ Two resumable runs into the same output would write the same partial store, and 
 whole run; a second run is refused with the first one's pid, host and start time. The kernel drops the lock when
 its process dies, however it dies (SIGKILL, a lost node), so a stale lock file never blocks a rerun: the next run
 simply takes it. The file is removed when its run ends; one left by a killed run is harmless. A run that takes the
-lock first removes the hidden temps a killed run left (:func:`~hsi_engine.writers.sweep_leftovers`). ``flock`` is
+lock first removes the hidden temps a killed run left (:func:`~hsi_engine.outputs.sweep_leftovers`). ``flock`` is
 honoured across processes on one host and, on Linux, across NFS clients (emulated by POSIX locks); on a platform
 without ``fcntl`` (Windows) no lock is taken.
 """
@@ -108,7 +108,7 @@ def output_lock(out: str | os.PathLike, *, fix: str | None = None, sweep: bool =
     except ImportError:  # pragma: no cover - Windows
         yield None
         return
-    from .writers import ensure_output_dir, sweep_leftovers
+    from .outputs import ensure_output_dir, sweep_leftovers
 
     path = lock_path(out)
     while True:
@@ -160,9 +160,9 @@ def output_lock(out: str | os.PathLike, *, fix: str | None = None, sweep: bool =
 def _check_side_clash(out: Path, side_files: bool) -> None:
     """Refuse a run whose output is a live run's side file, or whose side files (``side_files``) are a live run's
     output (see :func:`output_lock`)."""
-    from .writers import _TIFF, side_paths
+    from .outputs import TIFF_SUFFIXES, side_paths
 
-    if out.suffix.lower() not in _TIFF:
+    if out.suffix.lower() not in TIFF_SUFFIXES:
         return
     for key in ("probabilities", "confidence"):  # side_paths' names: <stem>_<key><suffix>
         if out.stem.endswith(f"_{key}"):

@@ -54,7 +54,8 @@ import numpy as np
 from .errors import OutputError
 from .geotiff import gdal_name
 from .logs import warnings_ignored
-from .writers import _TIFF, ZarrClassMapWriter, check_replaceable, remove_tree, zarr_root_attributes
+from .outputs import TIFF_SUFFIXES, check_replaceable, remove_tree, zarr_root_attributes
+from .writers import ZarrClassMapWriter
 
 __all__ = ["MAP_VERSION", "PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "check_owner", "discard_partial",
            "finished_with", "json_attr", "model_digest", "partial_path", "partial_tile", "pinned_store", "provenance",
@@ -99,8 +100,8 @@ def check_no_partial(out: str | os.PathLike, *, overwrite: bool) -> Path | None:
 
 
 def discard_partial(part: Path) -> None:
-    """Remove a partial store cleared for removal by :func:`~hsi_engine.writers.check_replaceable` (a symbolic
-    link goes, its target stays); renamed away first (:func:`~hsi_engine.writers.remove_tree`), so the next run
+    """Remove a partial store cleared for removal by :func:`~hsi_engine.outputs.check_replaceable` (a symbolic
+    link goes, its target stays); renamed away first (:func:`~hsi_engine.outputs.remove_tree`), so the next run
     creates a fresh directory that a stopped run's pinned tasks cannot reach."""
     if part.is_dir() and not part.is_symlink():
         if not remove_tree(part):
@@ -204,7 +205,7 @@ def json_attr(attrs: dict[str, Any], key: str) -> Any:
 def recorded_fingerprint(path: str | os.PathLike) -> dict[str, Any] | None:
     """The run fingerprint a resumable output recorded: a zarr store's root attribute, a GeoTIFF's tag."""
     p = Path(path)
-    if p.suffix.lower() in _TIFF:
+    if p.suffix.lower() in TIFF_SUFFIXES:
         import rasterio
 
         try:

@@ -263,7 +263,7 @@ def open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) -
     except Exception as e:  # zarr raises several types for a missing/corrupt store
         if isinstance(e, MemoryError) or "can't start new thread" in str(e):  # this process's want, not the store's
             raise
-        from .writers import zarr_unusable
+        from .outputs import zarr_unusable
 
         why = zarr_unusable() if isinstance(e, TypeError) else None
         raise SceneError(f"cannot read the zarr store {path}: {why}" if why else

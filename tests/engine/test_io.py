@@ -876,7 +876,7 @@ def test_a_path_of_bytes_that_are_not_utf8_is_named_not_a_traceback(tmp_path):
     import os
 
     from hsi_engine.errors import OutputError
-    from hsi_engine.writers import check_output_suffix
+    from hsi_engine.outputs import check_output_suffix
 
     bad = tmp_path / os.fsdecode(b"sc\xe8ne.tif")
     bad.write_bytes(b"II*\x00")  # refused before GDAL would read it
@@ -894,7 +894,7 @@ def test_a_non_ascii_path_under_a_locale_that_is_not_utf8_is_refused_before_gdal
     import os
 
     from hsi_engine.errors import OutputError
-    from hsi_engine.writers import check_output_suffix
+    from hsi_engine.outputs import check_output_suffix
 
     scene = tmp_path / "szene_ä.tif"
     scene.write_bytes(b"II*\x00")

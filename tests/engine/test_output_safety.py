@@ -22,7 +22,8 @@ from hsi_engine.cli import main
 from hsi_engine.errors import OutputError
 from hsi_engine.fused import FusedSSRN
 from hsi_engine.resume import partial_path, read_record
-from hsi_engine.writers import GeoTiffClassMapWriter, side_paths
+from hsi_engine.outputs import side_paths
+from hsi_engine.writers import GeoTiffClassMapWriter
 
 TILE = 16
 
@@ -466,7 +467,7 @@ def test_a_sweep_leaves_the_temps_of_a_live_run_into_a_side_file_s_name(tmp_path
     x_probabilities.tif; that run then failed at its end ('a write failed'). Names another live run holds are
     left alone; a killed run's temps (no live lock) are still swept."""
     from hsi_engine.lock import output_lock
-    from hsi_engine.writers import sweep_leftovers
+    from hsi_engine.outputs import sweep_leftovers
 
     temp = tmp_path / ".x_probabilities.tif.tmp-e700f66b.tif"
     temp.write_bytes(b"live")

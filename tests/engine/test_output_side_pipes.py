@@ -1,4 +1,4 @@
-"""A pipe where the writer looks for its own side files: refused or ignored, never waited on (hsi_engine/writers.py)."""
+"""A pipe where the writer looks for its own side files: refused or ignored, never waited on (hsi_engine/writers.py, outputs.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 import hsi_engine
 from hsi_engine.errors import HSIEngineError
-from hsi_engine.writers import _ours_aux, zarr_root_attributes
+from hsi_engine.outputs import ours_aux, zarr_root_attributes
 
 
 @pytest.mark.timeout(120)  # the old code opened the pipe to read it and waited for ever
@@ -33,5 +33,5 @@ def test_side_file_readers_do_not_open_pipes(tmp_path) -> None:
     os.mkfifo(tmp_path / "x.aux.xml")
     (tmp_path / "store.zarr").mkdir()
     os.mkfifo(tmp_path / "store.zarr" / "zarr.json")
-    assert _ours_aux(tmp_path / "x.aux.xml") is False
+    assert ours_aux(tmp_path / "x.aux.xml") is False
     assert zarr_root_attributes(tmp_path / "store.zarr") == {}

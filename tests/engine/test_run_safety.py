@@ -285,7 +285,7 @@ def test_a_commit_stopped_between_the_side_files_and_the_map_is_resumed(case, tm
         with pytest.raises(KeyboardInterrupt):
             cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, probabilities=True)
     gc.collect()
-    sides = hsi_engine.writers.side_paths(out)
+    sides = hsi_engine.outputs.side_paths(out)
     assert sides["probabilities"].exists() and not out.exists() and (read_record(partial_path(out)) == 1).all()
     rep = cluster.run_to_file(case["scene"], case["model"], out, resume=True, probabilities=True)
     assert rep.computed == 0

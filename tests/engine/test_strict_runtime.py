@@ -31,10 +31,10 @@ def test_under_python_o_a_zarr_that_loses_group_metadata_is_named():
     """zarr 3.1 under ``-O`` loses a group's metadata (an assert that pops a key; zarr-python #4362): every .zarr
     map failed once written, leaving a .partial. The probe finds it under -O (or finds it fixed), and never
     without -O."""
-    from hsi_engine.writers import zarr_unusable
+    from hsi_engine.outputs import zarr_unusable
 
     assert zarr_unusable() is None
-    script = ("import zarr; from hsi_engine.writers import zarr_unusable; "
+    script = ("import zarr; from hsi_engine.outputs import zarr_unusable; "
               "print(zarr.__version__); print(zarr_unusable())")
     r = subprocess.run([sys.executable, "-O", "-c", script], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -45,9 +45,9 @@ def test_under_python_o_a_zarr_that_loses_group_metadata_is_named():
 
 
 def test_a_zarr_output_this_process_cannot_write_is_refused_up_front(scene, model_dir, tmp_path, monkeypatch):
-    import hsi_engine.writers as writers
+    import hsi_engine.outputs as outputs
 
-    monkeypatch.setattr(writers, "zarr_unusable", lambda: "this zarr cannot (...): run without -O")
+    monkeypatch.setattr(outputs, "zarr_unusable", lambda: "this zarr cannot (...): run without -O")
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         rc = main(["classify", str(scene), "--model", str(model_dir), "--out", str(tmp_path / "map.zarr")])

@@ -1,0 +1,287 @@
+"""Where class maps go: which paths an output may take or replace (only what hsi-engine wrote, and the whole of it),
+its side files (``_probabilities``, ``_confidence``, ``.aux.xml``), and the hidden leftovers of killed runs."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .errors import OutputError
+from .logs import warnings_ignored
+
+__all__ = ["ZARR_TITLE", "check_not_scene", "check_output_suffix", "check_replaceable", "ensure_output_dir",
+           "is_hsi_zarr", "side_paths", "sweep_leftovers", "zarr_root_attributes"]
+
+log = logging.getLogger(__name__)
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+ZARR_SUFFIXES = (".zarr",)
+ZARR_TITLE = "hsi-engine class map"  # the root attribute that marks a zarr store as ours (safe to overwrite)
+
+
+def path_present(path: Path) -> bool:
+    """Whether anything is at ``path``: a file, a directory, or a link (a dangling one too)."""
+    return path.exists() or path.is_symlink()
+
+
+def ours_aux(path: Path) -> bool:
+    """Whether ``path`` is an ``.aux.xml`` hsi-engine wrote (its ``hsi_engine`` metadata domain); a pipe or device
+    there is not (opening a FIFO to read it blocked for ever)."""
+    try:
+        if not path.is_file():
+            return False
+        with open(path, "rb") as f:
+            return b'domain="hsi_engine"' in f.read(1 << 20)
+    except OSError:
+        return False
+
+
+def side_paths(path: str | os.PathLike) -> dict[str, Path]:
+    """Where the optional outputs of a GeoTIFF class map go: probabilities, confidence, the .aux.xml sidecar."""
+    p = Path(path)
+    return {"probabilities": p.with_name(f"{p.stem}_probabilities{p.suffix}"),
+            "confidence": p.with_name(f"{p.stem}_confidence{p.suffix}"),
+            "aux": p.with_name(p.name + ".aux.xml")}
+
+
+def zarr_root_attributes(path: str | os.PathLike) -> dict[str, Any]:
+    """The attributes in a zarr v3 store's root ``zarr.json``, read as plain JSON ({} when there is none, or when it
+    is no regular file of at most 16 MiB: a FIFO there blocked the read for ever)."""
+    doc_path = Path(path) / "zarr.json"
+    try:
+        if not doc_path.is_file() or doc_path.stat().st_size > 16 << 20:
+            return {}
+        doc = json.loads(doc_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    return attrs if isinstance(attrs, dict) else {}
+
+
+def is_hsi_zarr(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a zarr store hsi-engine wrote: a root ``zarr.json`` whose attributes hold our title."""
+    return zarr_root_attributes(path).get("title") == ZARR_TITLE
+
+
+def _found(path: Path) -> str:
+    """What is at ``path``, in words, for error messages (``a directory holding thesis.txt, ...``)."""
+    if path.is_symlink():
+        return f"a symbolic link to {os.readlink(path)}"
+    if path.is_dir():
+        try:
+            names = sorted(p.name for p in path.iterdir())
+        except OSError:
+            return "a directory that cannot be listed"
+        if not names:
+            return "an empty directory"
+        if "zarr.json" in names:
+            return f"a zarr store without the attribute title = {ZARR_TITLE!r}"
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        return f"a directory holding {shown}"
+    return "a file" if path.is_file() else "something that is neither a file nor a directory"
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Refuse (``OutputError``) to replace anything at ``path`` but an output hsi-engine wrote there.
+
+    ``.zarr`` and ``.partial``: an hsi-engine store (:func:`is_hsi_zarr`; a symbolic link to one is replaced,
+    its target kept); ``.tif``/``.tiff``: the map and its side files must not be directories (``os.replace``
+    cannot put a file there).
+    """
+    p = Path(path)
+    fix = "choose another --out, or remove it yourself if you no longer need it"
+    if p.suffix.lower() in ZARR_SUFFIXES or p.name.endswith(".partial"):
+        if path_present(p) and not (p.is_dir() and is_hsi_zarr(p)):
+            raise OutputError(f"refusing to replace {p}: expected a zarr store hsi-engine wrote (zarr.json with "
+                              f"title = {ZARR_TITLE!r}), found {_found(p)}; {fix}")
+        return
+    for t in (p, *side_paths(p).values()):
+        if t.is_dir():
+            raise OutputError(f"refusing to replace {t}: expected a GeoTIFF file, found {_found(t)}; {fix}")
+
+
+def _scene_source(scene: Any) -> Path | None:
+    """The file or store a scene argument comes from: a path, or the ``source`` of an opened DataArray."""
+    if isinstance(scene, (str, os.PathLike)):
+        return Path(scene)
+    enc = getattr(scene, "encoding", None)
+    src = enc.get("source") if isinstance(enc, dict) else None
+    return Path(src) if isinstance(src, str) and src else None
+
+
+def check_not_scene(out: str | os.PathLike, scene: Any) -> None:
+    """Refuse an output that is, holds or lies inside the input scene: writing it would destroy the input.
+
+    Checks the map, its side files (``_probabilities``, ``_confidence``, ``.aux.xml``, replaced or removed at
+    commit) and its ``.partial`` store, after resolving symbolic links (and hard links, by inode).
+    """
+    from .resume import partial_path  # resume imports this module
+
+    src = _scene_source(scene)
+    if src is None or not path_present(src):
+        return
+    s = Path(os.path.realpath(src))
+    for t in (Path(out), *side_paths(out).values(), partial_path(out)):
+        r = Path(os.path.realpath(t))
+        if r == s or (t.exists() and os.path.samefile(t, s)):
+            how = "is"
+        elif s in r.parents:
+            how = "lies inside"
+        elif r in s.parents:
+            how = "holds"
+        else:
+            continue
+        raise OutputError(f"output {t} {how} the input scene {src}: writing the class map there would destroy "
+                          "the scene; choose an --out outside the scene")
+
+
+# what follows ".<output name>" in the names _tmp_name and remove_tree give (".tmp-0123abcd.tif", ".partial.trash-...")
+_LEFTOVER = re.compile(r"(?:\.(?:partial\.)?(?:tmp|old|cog|trash)-[0-9a-f]{8}(?:\.(?:tiff?|zarr|xml|partial))?)+")
+
+
+def remove_tree(path: Path) -> bool:
+    """Delete a directory we wrote, renaming it to a hidden ``.<name>.trash-<random>`` first, so an interruption
+    (SIGTERM) mid-delete leaves no half-deleted store under its real name, and a write still pinned to the
+    directory (a stopped cluster task, see :func:`hsi_engine.resume.pinned_store`) lands in the trash. Returns
+    whether it is gone (a directory the process may not delete stays, under the trash name if it could be
+    renamed)."""
+    trash = path.with_name(f".{path.name.lstrip('.')}.trash-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, trash)
+    except OSError:
+        trash = path  # cannot rename (gone, or a read-only directory entry): delete it where it is
+    for _ in range(3):  # a file a late write created between rmtree's listing and its rmdir: one more pass
+        shutil.rmtree(trash, ignore_errors=True)
+        if not trash.exists():
+            return True
+    return False
+
+
+def sweep_leftovers(out: str | os.PathLike) -> list[Path]:
+    """Remove what a killed run into ``out`` left hidden beside it: ``.<name>.tmp-*``, ``.old-*``, ``.cog-*`` and
+    ``.trash-*`` of the map, its side files and ``<out>.partial`` (never the partial store itself). Call only
+    while holding the output's lock (:func:`hsi_engine.lock.output_lock`): no other run is writing them then."""
+    p = Path(out)
+    names = [p.name] + [s.name for s in side_paths(p).values()]
+    removed = []
+    try:
+        entries = list(p.parent.iterdir())
+    except OSError:
+        return removed
+    # a side file's name may be another live run's own output (x_probabilities.tif): its temps are that run's
+    from .lock import lock_held
+
+    names = [n for n in names if n == p.name or not lock_held(p.with_name(n))]
+    for e in entries:
+        if not any(e.name.startswith(f".{n}") and _LEFTOVER.fullmatch(e.name, len(n) + 1) for n in names):
+            continue
+        with contextlib.suppress(OSError):
+            if e.is_dir() and not e.is_symlink():
+                remove_tree(e)
+            else:
+                e.unlink()
+            removed.append(e)
+    if removed:
+        log.info("removed %d leftover(s) of an interrupted run beside %s: %s", len(removed), p,
+                 ", ".join(r.name for r in removed[:3]) + (" ..." if len(removed) > 3 else ""))
+    return removed
+
+
+def ensure_output_dir(d: Path) -> None:
+    """Create the output's directory (and its parents); :class:`OutputError` when it cannot be made or written."""
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the output directory {d} ({e.strerror or e}); choose a writable "
+                          "location for the class map") from None
+    if not d.is_dir():
+        raise OutputError(f"output directory {d} is not a directory")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory {d} is not writable; choose another --out or fix its permissions")
+
+
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # scheme://...: a URL, which pathlib would collapse to scheme:/...
+# the longest name the writers add to the output's own: '.' + NAME + '.aux.xml.tmp-XXXXXXXX.xml' (and
+# NAME_probabilities.tif's side files)
+_TEMP_EXTRA = 40
+
+
+def gdal_reaches(text: str) -> bool:
+    """Whether GDAL, which takes a path's text as UTF-8, reaches the file whose bytes ``text`` stands for: not when
+    those bytes are not UTF-8 (they come back from the OS as lone surrogates), nor under a locale that is not
+    UTF-8 (Latin-1: 'ö' is b'\\xf6' on disk and b'\\xc3\\xb6' to GDAL)."""
+    try:
+        return os.fsencode(text) == text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def zarr_unusable() -> str | None:
+    """Why this process cannot read or write zarr groups holding groups, or None: under ``python -O`` zarr 3.1
+    loses a group's metadata (an ``assert`` that pops a key; zarr-python #4362), so every class map (its
+    ``resume`` group) failed once written, leaving a ``.partial``. Probed once, in memory, only under -O."""
+    if not sys.flags.optimize:
+        return None
+    import zarr
+    import zarr.storage
+
+    store = zarr.storage.MemoryStore()
+    try:
+        with warnings_ignored(Warning, "Consolidated metadata"):
+            zarr.open_group(store, mode="w").create_group("sub")
+            zarr.consolidate_metadata(store)
+    except TypeError as e:
+        return (f"this zarr ({zarr.__version__}) cannot read a group's metadata under python -O / PYTHONOPTIMIZE "
+                f"({e}; zarr-python issue 4362): run without -O (unset PYTHONOPTIMIZE), or write a .tif")
+    return None
+
+
+def check_output_suffix(path: str | os.PathLike) -> str:
+    """The output's suffix (lower case) when it names a class-map format we write; else :class:`OutputError`.
+    A URL (``s3://``, ``file://``) or a name too long for the temporary files written beside it is refused too,
+    before anything is computed, and so is a path starting with ``~``, which Python does not expand (the command line
+    does): ``"~/map.tif"`` made a directory named ``~`` in the working directory."""
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise OutputError(f"the output must be a path (a str or pathlib.Path, e.g. 'map.tif'); got "
+                          f"{type(path).__name__} {repr(path)[:80]}" + (": decode it first (os.fsdecode(out))"
+                                                                        if isinstance(path, bytes) else ""))
+    raw = os.fspath(path)
+    first = Path(raw).parts[0] if Path(raw).parts else ""
+    if first.startswith("~") and (first == "~" or os.path.expanduser(first) != first):
+        raise OutputError(f"output {raw!r} starts with {first!r}, which Python does not expand to a home directory "
+                          f"(a directory named {first!r} would be made in {os.getcwd()}): pass "
+                          f"os.path.expanduser({raw!r}) ({os.path.expanduser(raw)}) or a path without '~'")
+    if URL.match(raw):
+        raise OutputError(f"cannot write a class map to {raw}: hsi-engine writes local paths only (a URL would be "
+                          "taken as a local directory named after its scheme); write the map locally and copy it "
+                          "(e.g. aws s3 cp map.tif s3://...), or write into a mounted path")
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in TIFF_SUFFIXES and not gdal_reaches(str(p.absolute())):
+        raise OutputError(f"cannot write a GeoTIFF to {os.fsencode(p)!r}: the path holds bytes that are not UTF-8 "
+                          "text (or this process's locale is not UTF-8), which GDAL cannot take; choose a path in "
+                          "UTF-8, run in a UTF-8 locale (e.g. LC_ALL=C.UTF-8), or write a .zarr")
+    if suffix not in TIFF_SUFFIXES + ZARR_SUFFIXES:
+        raise OutputError(f"cannot write a class map to {p}: suffix {suffix or '(none)'!r} is not supported; use "
+                          ".tif/.tiff (Cloud-Optimised GeoTIFF) or .zarr")
+    if suffix in ZARR_SUFFIXES and zarr_unusable():
+        raise OutputError(f"cannot write a class map to {p}: {zarr_unusable()}")
+    try:
+        name_max = os.pathconf(p.parent if p.parent.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max = 255
+    if len(os.fsencode(p.name)) + _TEMP_EXTRA > name_max:
+        raise OutputError(f"cannot write a class map to {p}: its name is {len(os.fsencode(p.name))} bytes, and the "
+                          f"temporary and side files written beside it add up to {_TEMP_EXTRA} more than this file "
+                          f"system's {name_max}: choose a name of at most {name_max - _TEMP_EXTRA} bytes")
+    return suffix
