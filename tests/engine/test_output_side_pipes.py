@@ -1,4 +1,5 @@
-"""A pipe where the writer looks for its own side files: refused or ignored, never waited on (hsi_engine/writers.py, outputs.py)."""
+"""A pipe where the writer looks for its own side files: refused or ignored, never waited on
+(hsi_engine/writers.py, outputs.py)."""
 
 from __future__ import annotations
 
