@@ -309,6 +309,10 @@ class Scene:
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """``(band, y, x)``: a DataArray's dims named so are read by name, whatever order it stores them in."""
+        dims = tuple(getattr(self.cube, "dims", None) or ())
+        if dims and set(dims) == {"band", "y", "x"}:
+            return tuple(int(self.cube.sizes[d]) for d in ("band", "y", "x"))  # type: ignore[return-value]
         return tuple(self.cube.shape)  # type: ignore[return-value]
 
 
@@ -504,17 +508,57 @@ def _unlabel_nodata(raw: np.ndarray, labels: np.ndarray, nodata: float | None, n
 # --------------------------------------------------------------------------------------------------
 # normalisation
 
+def _as_numpy(data: Any, *, fill: float = np.nan) -> np.ndarray:
+    """``data`` as a numpy array: a tensor detached and on the CPU, a masked array's masked values ``fill`` (NaN: a
+    float array, exact for integers up to 32 bits), anything else through ``np.asarray``."""
+    if torch.is_tensor(data):
+        return data.detach().cpu().resolve_conj().resolve_neg().numpy()
+    if isinstance(data, np.ma.MaskedArray):
+        if not np.ma.getmaskarray(data).any():
+            return np.asarray(data.data)
+        dtype = np.promote_types(data.dtype, np.float32) if np.isnan(fill) else data.dtype
+        return data.astype(dtype).filled(fill)
+    return np.asarray(data)
+
+
 def standardize(cube: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-band standardisation over the scene (the seed's ``preprocessing.scale``, population std).
 
     Returns ``(normalised float32 (band, y, x), mean (band,), std (band,))``; a constant band gets std 1.
     The engine applies ``(x - mean) / std`` with the stored statistics.
+
+    NaN, inf and a numpy masked array's masked values are nodata, as :func:`standardize_scene` reads them: a pixel
+    with one in any band (bands without a finite value aside) is left out of the statistics and its spectrum is 0
+    (the band means), as the engine reads nodata with ``nodata=float('nan')``; a warning counts those pixels.
     """
-    a = np.asarray(cube, dtype=np.float64)
+    raw = _as_numpy(cube)
+    if raw.ndim != 3:
+        raise OptionError(f"standardize: expected a (band, y, x) scene; got shape {raw.shape}")
+    a = np.ascontiguousarray(raw, dtype=np.float64)  # C order: the sums run in the same order for any layout
+    if not np.isfinite(a).all():
+        return _standardize_nonfinite(a)
     mean = a.mean(axis=(1, 2))
     std = a.std(axis=(1, 2))
     std = np.where(std > 0, std, 1.0)
     normed = ((a - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
+    return normed, mean, std
+
+
+def _standardize_nonfinite(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`standardize` of a float64 cube holding NaN or inf: its bands without a finite value are bad bands
+    (0), its other non-finite values mark nodata pixels (left out of the statistics, spectra 0)."""
+    empty = _bands_without_data(a, None)
+    if empty.size == a.shape[0]:
+        raise DataError(f"standardize: no band of the {a.shape} scene holds a finite value (NaN, inf or masked "
+                        "everywhere); expected a cube with data")
+    good = np.setdiff1d(np.arange(a.shape[0]), empty) if empty.size else None
+    normed, mean, std, bad = _valid_statistics(a, None, good)
+    if good is not None:
+        normed[empty] = 0
+    log.warning("standardize: %d of %d pixels hold NaN, inf or masked values%s: they are nodata, left out of the "
+                "statistics and read as 0 (the band means), as the engine reads them with nodata=float('nan'); "
+                "leave them out of the training indices", int(bad.sum()), bad.size,
+                f" (bands {empty.tolist()[:10]} hold no finite value: read as 0)" if empty.size else "")
     return normed, mean, std
 
 
@@ -765,22 +809,46 @@ def standardize_scene(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     """:func:`standardize` for a scene; one with nodata pixels (a raster scene) takes its statistics over the
     pixels with data and normalises as the engine does (the same float64 operations, nodata pixels' spectra 0);
     bad bands (outside ``scene.nodata_bands``) are 0, as the engine reads a model's bad bands, so training sees
-    what classifying will."""
+    what classifying will. A cube DataArray is read by its dim names (band, y, x); a plain array as stored."""
     normed, mean, std = _standardize_valid(scene)
     if scene.nodata_bands is not None:
         normed[np.setdiff1d(np.arange(normed.shape[0]), scene.nodata_bands)] = 0
     return normed, mean, std
 
 
+def _scene_array(scene: Scene) -> np.ndarray:
+    """The scene's cube as a numpy ``(band, y, x)`` array: a DataArray's dims named band, y and x in another order
+    are transposed; a plain array (or tensor, or masked array: masked values NaN) is read as stored."""
+    cube = scene.cube
+    dims = tuple(getattr(cube, "dims", None) or ())
+    if dims and set(dims) == {"band", "y", "x"}:
+        if dims != ("band", "y", "x"):
+            cube = cube.transpose("band", "y", "x")
+    elif "band" in dims and dims[0] != "band":
+        raise DataError(f"{scene.source or scene.name}: the scene's cube has dims {dims}; expected (band, y, x): "
+                        "name its spatial dims y and x (da.rename(...)), or transpose it to (band, y, x)")
+    return _as_numpy(cube.values if hasattr(cube, "dims") else cube)
+
+
 def _standardize_valid(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if scene.nodata is None and not np.issubdtype(np.asarray(scene.cube.values).dtype, np.floating):
-        return standardize(scene.cube.values)
-    raw = np.asarray(scene.cube.values)
+    raw = _scene_array(scene)
+    if scene.nodata is None and not np.issubdtype(raw.dtype, np.floating):
+        return standardize(raw)
     bad = _nodata_pixels(raw, scene.nodata, scene.nodata_bands)
     if scene.nodata is None and not bad.any() and np.isfinite(raw).all():
         return standardize(raw)  # the seed's datasets: the statistics exactly as before
+    normed, mean, std, _ = _valid_statistics(raw, scene.nodata, scene.nodata_bands, bad)
+    return normed, mean, std
+
+
+def _valid_statistics(raw: np.ndarray, nodata: float | None, nodata_bands: np.ndarray | None,
+                      bad: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(normed, mean, std, nodata pixels)``: per-band statistics over the pixels with data, normalised as the
+    engine does (the same float64 operations), nodata pixels' spectra 0."""
     from hsi_engine.normalise import normalise_into
 
+    if bad is None:
+        bad = _nodata_pixels(raw, nodata, nodata_bands)
     valid = raw[:, ~bad].astype(np.float64)
     finite = np.isfinite(valid)  # inf in a bad band, like NaN, is no data for its statistics
     valid[~finite] = 0
@@ -791,9 +859,9 @@ def _standardize_valid(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray
     mean = np.where(np.isfinite(mean), mean, 0.0)
     std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
     normed = np.empty(raw.shape, np.float32)
-    masked, _ = normalise_into(raw, mean, std, scene.nodata, normed, scene.nodata_bands)
+    masked, _ = normalise_into(raw, mean, std, nodata, normed, nodata_bands)
     normed[:, masked] = 0
-    return normed, mean, std
+    return normed, mean, std, masked
 
 
 # --------------------------------------------------------------------------------------------------
@@ -966,16 +1034,26 @@ def block_split(labels: np.ndarray, train_fraction: float, val_fraction: float, 
 class PatchDataset(torch.utils.data.Dataset):
     """Patches ``(bands, P, P)`` float32 around the given pixels (``indices``: flat row-major pixel indices, as
     ``np.flatnonzero(mask)`` gives), cut on the fly from the zero-padded normalised scene. ``dataset[i]`` ->
-    ``(patch, label)`` with label 0-based; :meth:`batch` cuts many at once.
+    ``(patch, label)`` with label 0-based; :meth:`batch` cuts many at once. The scene must be finite (NaN, inf and
+    masked values are refused: :func:`standardize` reads them as nodata); ``labels`` is its ``(y, x)`` map.
     """
 
     def __init__(self, normed: np.ndarray | torch.Tensor, labels: np.ndarray | None, indices: np.ndarray,
                  patch: int) -> None:
         if patch < 1 or patch % 2 == 0:
             raise OptionError(f"patch must be odd, got {patch}")
-        x = torch.as_tensor(np.asarray(normed, dtype=np.float32))
+        arr = _as_numpy(normed)  # a tensor detached, masked values NaN (refused below)
+        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))  # native byte order, positive strides
         if x.dim() != 3:
             raise OptionError(f"normed scene must be (band, y, x); got {tuple(x.shape)}")
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            b, y, c = ((~finite).nonzero()[0]).tolist()
+            masked = " (a masked array's masked values count as NaN)" if isinstance(normed, np.ma.MaskedArray) else ""
+            raise DataError(f"PatchDataset: the normalised scene holds {int((~finite).sum())} NaN or inf values"
+                            f"{masked}, the first at band {b}, row {y}, col {c}; expected finite values. Normalise "
+                            "the scene with ssrn.standardize, which reads NaN, inf and masked values as nodata (0, "
+                            "as the engine reads them), and leave those pixels out of the indices")
         self.bands, self.h, self.w = x.shape
         self.patch = patch
         r = patch // 2
@@ -990,17 +1068,34 @@ class PatchDataset(torch.utils.data.Dataset):
         if idx.size and (idx.min() < 0 or idx.max() >= self.h * self.w):
             raise OptionError(f"PatchDataset: indices must be in 0..{self.h * self.w - 1} (the scene's "
                               f"{self.h} x {self.w} pixels); got {idx.min()}..{idx.max()}")
-        self.indices = torch.as_tensor(idx.astype(np.int64))
+        idx = idx.astype(np.int64)
+        self.indices = torch.from_numpy(idx)
         self.ys = self.indices // self.w
         self.xs = self.indices % self.w
-        if labels is not None:
-            lab = torch.as_tensor(np.asarray(labels).reshape(-1)[np.asarray(indices, dtype=np.int64)]) - 1
-            if (lab < 0).any():
-                raise OptionError("PatchDataset: an index points at an unlabelled pixel")
-            self.labels = lab.long()
-        else:
-            self.labels = None
+        self.labels = None if labels is None else self._targets_of(labels, idx)
         self._off = torch.arange(patch)
+
+    def _targets_of(self, labels: Any, idx: np.ndarray) -> torch.Tensor:
+        """The 0-based int64 classes of the pixels ``idx`` in the ``(y, x)`` label map (masked cells unlabelled)."""
+        lab = _as_numpy(labels, fill=0)
+        if lab.shape != (self.h, self.w):
+            hint = ": transposed? pass labels.T" if lab.shape == (self.w, self.h) else ""
+            raise DataError(f"PatchDataset: labels have shape {lab.shape} but the scene is {self.h} x {self.w} "
+                            f"(y, x); expected a (y, x) label map of the scene's size{hint}")
+        sel = lab.reshape(-1)[idx]
+        if sel.dtype.kind == "f" and sel.size and not (np.isfinite(sel).all() and (sel == np.round(sel)).all()):
+            raise DataError("PatchDataset: labels must be integers (0 = unlabelled, 1..K); the indexed pixels hold "
+                            "NaN, inf or fractional values: give integer class ids")
+        if sel.dtype.kind not in "biuf":
+            raise DataError(f"PatchDataset: labels must be integers (0 = unlabelled, 1..K); got dtype {sel.dtype}")
+        lab = torch.from_numpy(sel.astype(np.int64) - 1)  # int64 first: uint8 0 - 1 would wrap to 255
+        if (lab < 0).any():
+            at = int(torch.nonzero(lab < 0)[0])
+            first = int(idx[at])
+            raise OptionError(f"PatchDataset: an index points at an unlabelled pixel ({int((lab < 0).sum())} do, the "
+                              f"first {first}: row {first // self.w}, col {first % self.w}, label {int(lab[at]) + 1})"
+                              "; expected labelled pixels (1..K): keep indices[labels.reshape(-1)[indices] > 0]")
+        return lab
 
     def __len__(self) -> int:
         return int(self.indices.numel())
