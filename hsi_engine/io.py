@@ -170,16 +170,29 @@ def as_scene(obj: Any, *, band_axis: int | None = None) -> xr.DataArray:
     if type(obj).__module__.startswith("torch"):
         import torch
 
+        if getattr(obj, "is_meta", False):
+            raise SceneError(f"the scene is a meta tensor (shape {tuple(obj.shape)}), which holds no values: pass "
+                             "the tensor with its data (on the cpu or a GPU)")
         if getattr(obj, "layout", torch.strided) != torch.strided:  # sparse: numpy has no such arrays
             obj = obj.to_dense()
-        obj = obj.detach().cpu()
+        obj = obj.detach().cpu().resolve_conj().resolve_neg()
         obj = (obj.float() if obj.dtype == torch.bfloat16 else obj).numpy()  # numpy has no bfloat16: exact in float32
     if isinstance(obj, np.ndarray) or hasattr(obj, "__array__") or hasattr(obj, "chunks"):
-        if getattr(obj, "ndim", None) != 3:
-            raise SceneError(f"expected a 3-D (band, y, x) array; got shape {tuple(getattr(obj, 'shape', ()))}. "
-                             "A 2-D image is one band: add an axis with arr[None].")
+        ndim = getattr(obj, "ndim", None)
+        if ndim != 3:
+            shape = tuple(getattr(obj, "shape", ()))
+            fix = ("A 2-D image is one band: add an axis (" + ("df.to_numpy()[None]" if hasattr(obj, "to_numpy")
+                   and not isinstance(obj, np.ndarray) else "arr[None]") + ")" if ndim == 2 else
+                   "Reshape it to (band, y, x), e.g. arr.reshape(bands, height, width)" if ndim == 1 else
+                   "Select or squeeze it to (band, y, x)")
+            raise SceneError(f"expected a 3-D (band, y, x) array; got shape {shape}. {fix}.")
+        masked = isinstance(obj, np.ma.MaskedArray) and bool(np.ma.getmaskarray(obj).any())
+        if isinstance(obj, np.ma.MaskedArray):  # masked values read as NaN: exact for <= 16-bit ints and float32
+            obj = np.ma.filled(obj.astype(np.result_type(obj.dtype, np.float32)), np.nan) if masked else obj.data
         ax = 0 if band_axis is None else band_axis
         da = bare_dataarray(obj, None, "the array", band_axis=ax, default_last=False)
+        if masked:  # the mask says which values are no data: nodata pixels (class 0), as a declared nodata value
+            da.attrs["_FillValue"] = np.nan
         return da.assign_coords(band=np.arange(1, da.sizes["band"] + 1))
     raise SceneError(f"cannot make a scene from {type(obj).__name__}; pass an xarray.DataArray (band, y, x), "
                      "a numpy array, a torch tensor or a path")

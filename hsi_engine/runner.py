@@ -84,8 +84,8 @@ def check_scene(config: Any, meta: dict[str, Any], *, bands: int, height: int, w
                 "as_scene(array, ...) or open_scene(path, ...) (--band-axis on the command line)") if axis else ""
         raise BandMismatchError(
             f"scene has {bands} band{'s' if bands != 1 else ''}, model expects {config.bands}{trained_s}{hint}: "
-            "pass a scene with the model's "
-            f"bands (select or resample them, e.g. scene.isel(band=...)) or a model trained on {bands}-band data")
+            "pass a scene with the model's bands (select or resample them, e.g. scene.isel(band=...))"
+            + (f" or a model trained on {bands}-band data" if bands else " (a band selection left none)"))
     model_wl = meta.get("wavelengths")
     if wavelengths is not None and model_wl is not None and len(model_wl) == bands:
         a = np.asarray(wavelengths, dtype=np.float64)
@@ -109,10 +109,13 @@ def check_scene(config: Any, meta: dict[str, Any], *, bands: int, height: int, w
                                  "least one pixel")
     if dtype is not None:
         kind = np.dtype(dtype).kind
-        if kind not in "uifb":
+        if kind not in "uif":
+            fix = ("a complex scene's magnitude, np.abs(scene), or real part, scene.real" if kind == "c" else
+                   "a boolean array is a mask, not a scene: pass the scene's values" if kind == "b" else
+                   "convert numbers held as objects or text with scene.astype(np.float32)")
             what = " (complex values: a GDAL CInt16/CFloat32 raster reads as complex64)" if kind == "c" else ""
             raise SceneError(f"scene has dtype {np.dtype(dtype)}{what}; expected integer or floating point values "
-                             "(a complex scene's magnitude, np.abs(scene), or real part, scene.real)")
+                             f"({fix})")
 
 
 # ----------------------------------------------------------------------------------------------

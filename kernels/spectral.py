@@ -130,8 +130,9 @@ def _check_dtypes(x: torch.Tensor, program: SpectralProgram) -> None:
     weights to ``x``'s dtype itself), except under autocast, which casts both."""
     w = program.stem.weight.dtype
     if x.dtype != w and not torch.is_autocast_enabled(x.device.type):
-        raise TypeError(f"x is {x.dtype} but the program's weights are {w}: pass program.to(dtype=x.dtype) "
-                        f"(or run under torch.autocast('{x.device.type}', dtype={x.dtype}))")
+        raise TypeError(f"x is {x.dtype} but the weights are {w}: convert x (x.to({w})) or the weights "
+                        f"(program.to(dtype=x.dtype)), or run under torch.autocast('{x.device.type}', "
+                        f"dtype={x.dtype})")
 
 
 def spectral_stage_reference(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:

@@ -192,8 +192,8 @@ def test_every_formulation_has_the_kernels_contract_on_edge_inputs(stage) -> Non
     assert out.shape == (0, 40) and out.dtype == torch.float32
     with pytest.raises(TypeError, match=r"floating point .*\(x\.float\(\)\)"):
         stage(torch.zeros(3, 13, dtype=torch.int16), prog)
-    with pytest.raises(TypeError, match=r"x is torch.bfloat16 but the program's weights are torch.float32: "
-                                        r"pass program.to\(dtype=x.dtype\)"):
+    with pytest.raises(TypeError, match=r"x is torch.bfloat16 but the weights are torch.float32: convert x "
+                                        r"\(x.to\(torch.float32\)\) or the weights \(program.to\(dtype=x.dtype\)\)"):
         stage(torch.zeros(3, 13, dtype=torch.bfloat16), prog)
     assert stage(torch.zeros(3, 13, dtype=torch.bfloat16), prog.to(dtype=torch.bfloat16)).shape == (3, 40)
     short = replace(prog, bands=5)
