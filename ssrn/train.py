@@ -530,12 +530,14 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
         test_ds = PatchDataset(normed, scene.labels, sp.test, patch)
         counts = sp.counts(scene.labels, scene.n_classes)
         absent = [scene.class_names[i] for i, c in enumerate(counts["train"]) if c == 0]
+        split_away = [scene.class_names[i] for i, c in enumerate(counts["train"]) if c == 0
+                      and counts["val"][i] + counts["test"][i] > 0]  # (one without a labelled pixel: warned of above)
         untested = [scene.class_names[i] for i in range(k)
                     if counts["test"][i] == 0 and counts["train"][i] + counts["val"][i] > 0]
-        if absent:  # the model gets an output for it that no training pixel ever raised
+        if split_away:  # the model gets an output for it that no training pixel ever raised
             log.warning("%s: classes %s have no training pixel (the split put all their pixels in validation or "
                         "test): the model will hardly ever predict them; use a larger --train-fraction, "
-                        "--split random, or more labels", scene.name, absent)
+                        "--split random, or more labels", scene.name, split_away)
         if untested:  # its few pixels all went to training: AA and per-class accuracy leave it out
             log.warning("%s: classes %s have no test pixel (all their pixels are in training or validation): AA "
                         "averages the other classes and reports no accuracy for them", scene.name, untested)

@@ -571,3 +571,19 @@ def test_the_run_lock_of_a_symlinked_target_sits_beside_the_link(tmp_path, monke
         run_training(tmp_path / "s.tif", tmp_path / "link", labels=tmp_path / "l.tif", epochs=1)
     assert seen == [tmp_path / "link"]
 
+
+
+def test_a_legend_class_without_labelled_pixels_is_not_said_to_be_split_away(tmp_path, caplog):
+    """A legend class no pixel carries was warned of twice, the second time as 'the split put all their pixels in
+    validation or test'; the report still lists it as absent from training."""
+    from ssrn.train import run_training
+
+    _write_scene(tmp_path / "s.tif")
+    _write_labels(tmp_path / "l.tif", _labels(), names=["roof", "tree", "water", "pool"])
+    with caplog.at_level("INFO"):
+        meta = run_training(str(tmp_path / "s.tif"), out=tmp_path / "m", labels=tmp_path / "l.tif", epochs=1,
+                            batch_size=32, device="cpu")
+    said = [r.getMessage() for r in caplog.records]
+    assert any("classes ['pool'] have no labelled pixel with data in this scene" in m for m in said)
+    assert not any("have no training pixel" in m for m in said)
+    assert meta["split"]["classes_absent_from_train"] == ["pool"]
