@@ -209,15 +209,25 @@ def _cmd_classify(args: argparse.Namespace, on_written: Callable[[Path], None] |
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="shape, bands, dtype, chunks, CRS and size on disk of a scene")
-    p.add_argument("scene")
+    p = sub.add_parser("info", help="shape, bands, dtype, chunks, CRS and size on disk of a scene; or what a model "
+                                    "directory holds, with the model digest its class maps record")
+    p.add_argument("scene", help="a scene, or a model directory (model.json + weights.safetensors)")
     _add_open_options(p)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from .io import scene_info
+    from .model_info import is_model_dir, model_info
 
-    text = scene_info(args.scene, variable=args.variable, band_axis=args.band_axis)
+    if is_model_dir(args.scene):
+        given = [o for o, v in (("--variable", args.variable), ("--band-axis", args.band_axis)) if v is not None]
+        if given:
+            print(f"hsi-engine info: error: {args.scene} is a model directory: {' and '.join(given)} apply to "
+                  "scenes; leave them out", file=sys.stderr)
+            return 2
+        text = model_info(args.scene)
+    else:
+        text = scene_info(args.scene, variable=args.variable, band_axis=args.band_axis)
     if sys.stdout is None:  # `>&-`: print() would write nothing and the command say it had
         print("hsi-engine info: error: standard output is closed; nothing to write the description to",
               file=sys.stderr)

@@ -1,0 +1,66 @@
+"""``hsi-engine info MODEL_DIR``: a model directory described, with the digest its class maps record, so a map's
+``model_digest`` tag can be traced to the model that made it (the digest was reproducible only through a private
+function, and ``info`` refused model directories)."""
+
+from __future__ import annotations
+
+import shutil
+import numpy as np
+import pytest
+import rasterio
+
+import hsi_engine
+from hsi_engine.cli import main
+from hsi_engine.demo import SHIPPED_MODEL, SHIPPED_SCENE
+
+
+def _info(path, capsys, *extra: str) -> tuple[int, str, str]:
+    rc = main(["info", str(path), *extra])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_info_of_a_model_names_the_digest_its_maps_record(tmp_path, capsys):
+    scene = hsi_engine.open_scene(SHIPPED_SCENE).isel(y=slice(0, 9), x=slice(0, 9))
+    scene.rio.to_raster(tmp_path / "s.tif")
+    assert main(["classify", str(tmp_path / "s.tif"), "--model", str(SHIPPED_MODEL), "--out",
+                 str(tmp_path / "map.tif")]) == 0
+    capsys.readouterr()
+    with rasterio.open(tmp_path / "map.tif") as f:
+        tag = f.tags()["model_digest"]
+    rc, out, _ = _info(SHIPPED_MODEL, capsys)
+    lines = dict(line.split(None, 1) for line in out.splitlines())
+    assert rc == 0 and lines["digest"].split()[0] == tag
+    assert lines["network"].startswith("SSRN ssrn: 200 bands, 16 classes, patch 7")
+    assert lines["classes"].startswith("Alfalfa, Corn-notill,") and "(16 in all)" in lines["classes"]
+    assert lines["wavelength"].endswith("nm (200 bands)")
+    assert lines["test"].startswith("OA 0.99")
+    assert len(lines["weights"].split()[1]) == 64
+
+
+def test_a_copied_model_has_the_same_digest_and_a_changed_one_another(tmp_path, capsys):
+    shutil.copytree(SHIPPED_MODEL, tmp_path / "copy")
+    digest = [line for line in _info(tmp_path / "copy", capsys)[1].splitlines() if line.startswith("digest")]
+    assert digest == [line for line in _info(SHIPPED_MODEL, capsys)[1].splitlines() if line.startswith("digest")]
+    model = hsi_engine.load_model(SHIPPED_MODEL)
+    model.meta["mean"] = (np.asarray(model.meta["mean"]) + 1).tolist()  # another normalisation: another map
+    from ssrn.checkpoint import save_model
+
+    save_model(model, tmp_path / "other", meta=model.meta)
+    other = [line for line in _info(tmp_path / "other", capsys)[1].splitlines() if line.startswith("digest")]
+    assert other and other != digest
+
+
+def test_scene_options_on_a_model_directory_are_named(capsys):
+    rc, out, err = _info(SHIPPED_MODEL, capsys, "--band-axis", "0")
+    assert rc == 2 and out == "" and "is a model directory: --band-axis apply to scenes; leave them out" in err
+
+
+def test_a_model_directory_with_bad_weights_is_an_error_not_a_traceback(tmp_path, capsys):
+    shutil.copytree(SHIPPED_MODEL, tmp_path / "m")
+    with open(tmp_path / "m" / "weights.safetensors", "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\0" * 8)
+    rc, out, err = _info(tmp_path / "m", capsys)
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith("hsi-engine info: error:") and "sha256" in err
