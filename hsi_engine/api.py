@@ -219,6 +219,15 @@ class _Job:
         return None if pal is None else [[int(c) for c in rgb][:3] for rgb in pal]
 
 
+def _provenance(job: _Job) -> dict[str, str]:
+    """The provenance (:func:`hsi_engine.resume.provenance`) of a map ``job`` makes in this process, its spatial
+    precision as the engine resolves ``auto`` on the job's device."""
+    from .resume import model_digest, provenance, resolved_spatial_precision
+
+    spatial = resolved_spatial_precision(job.spatial_precision, job.precision, job.device.type)
+    return provenance(model_digest(job.model), job.precision, spatial)
+
+
 def _spatial_coords(da: xr.DataArray) -> dict[str, Any]:
     """Coords of ``da`` that live on (a subset of) ``(y, x)``, plus the CRS's ``spatial_ref`` variable."""
     out = {}
@@ -270,8 +279,11 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     Returns a DataArray ``(y, x)`` uint8 named ``class`` (0 = nodata, 1..K = classes) carrying the scene's
     y/x coords and CRS, with attrs ``class_names`` (label i is ``class_names[i-1]``), CF's ``flag_values`` /
     ``flag_meanings``, ``palette`` (when the model has one: R, G, B of class 1, then of class 2, ... as one flat
-    list, so the map writes to NetCDF too) and ``_FillValue`` 0. With ``probabilities=True`` it returns an
-    ``xr.Dataset`` instead with ``labels`` (that DataArray), ``probabilities`` ``(class, y, x)`` float32
+    list, so the map writes to NetCDF too), ``_FillValue`` 0 and the provenance the file outputs carry
+    (``software``, ``model_digest``, ``precision``, ``spatial_precision`` as resolved, ``map_version``: see
+    :func:`hsi_engine.resume.provenance`), which ``to_netcdf`` and ``rio.to_raster`` keep. With
+    ``probabilities=True`` it returns an ``xr.Dataset`` instead (the provenance on it and on each variable)
+    with ``labels`` (that DataArray), ``probabilities`` ``(class, y, x)`` float32
     (softmax; NaN at nodata pixels) and ``confidence`` ``(y, x)`` float32 (the top probability);
     ``probabilities="float16"`` stores them in half precision, as ``classify_to_file`` does by default.
     """
@@ -297,6 +309,9 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
              "flag_meanings": flag_meanings(job.class_names())}
     if job.palette() is not None:  # flat: NetCDF attributes are 1-D
         attrs["palette"] = [v for rgb in job.palette() for v in rgb]
+    # what made the map, as the file outputs record it: kept by labels.to_netcdf() and labels.rio.to_raster()
+    made_by = _provenance(job)
+    attrs.update(made_by)
     labels = xr.DataArray(sink.labels, dims=("y", "x"), coords=coords, name="class", attrs=attrs)
     if georeferenced(job.da):
         labels = labels.rio.write_crs(job.da.rio.crs)
@@ -316,10 +331,11 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
                      "probabilities": xr.DataArray(sink.probabilities.astype(np.float16) if half
                                                    else sink.probabilities, dims=("class", "y", "x"),
                                                    coords={**coords, "class": cls},
-                                                   attrs={"long_name": "softmax probability"}),
+                                                   attrs={"long_name": "softmax probability", **made_by}),
                      "confidence": xr.DataArray(sink.confidence, dims=("y", "x"), coords=coords,
-                                                attrs={"long_name": "top-class probability"})})
+                                                attrs={"long_name": "top-class probability", **made_by})})
     ds.attrs["class_names"] = job.class_names()
+    ds.attrs.update(made_by)
     if "spatial_ref" in labels.coords:  # every variable's grid mapping: GDAL read probabilities without a CRS
         ds = ds.rio.write_grid_mapping("spatial_ref")
     return ds
@@ -400,7 +416,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                                             cache_blocks=cache_blocks, decoders=decoders,
                                             spatial_precision=spatial_precision, on_written=on_written)
         from .lock import output_lock
-        from .resume import check_no_partial, discard_partial, model_digest, provenance
+        from .resume import check_no_partial, discard_partial
         from .outputs import check_not_scene
         from .writers import open_writer
 
@@ -423,7 +439,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                                      class_names=job.class_names(), palette=job.palette(), probabilities=prob,
                                      confidence=prob is not None,
                                      overwrite=overwrite, gcps=gcps,
-                                     tags=provenance(model_digest(job.model), precision, spatial_precision))
+                                     tags=_provenance(job))
             t0 = time.perf_counter()
             try:
                 stats = job.run(writer, probabilities=prob is not None, progress=progress, queue_depth=queue_depth,

@@ -41,6 +41,7 @@ takeover (slow storage) lands in the discarded store, never in the new one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -64,7 +65,7 @@ from .logs import dropped, warnings_ignored
 from .owned import closes_its_scenes, open_owned
 from .resume import (MAP_VERSION, OWNER_ATTR, ResumableZarrWriter, check_owner, describe_differences, discard_partial,
                      finished_with, mark_tile, model_digest, partial_path, partial_tile, pinned_store, provenance,
-                     read_record, recorded_fingerprint, store_replaced)
+                     read_record, recorded_fingerprint, resolved_spatial_precision, store_replaced)
 from .tiles import Tile, TilePlan, default_tile, describe_plan, normalise_tile, plan_tiles
 
 log = logging.getLogger("hsi_engine.cluster")
@@ -584,18 +585,34 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
         raise OptionError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
     crs, transform, gcps = scene_georef(da, scene_path)
     digest = model_digest(job.model)
+    # the device type and spatial precision the tiles run with, where this host can tell (in-process, or a local
+    # cluster's workers on this host; a scheduler's workers decide auto on their own hosts): recorded, and given
+    # to the engines, so a resumed run continues a map only with tiles computed the same way
+    if not distributed:
+        device_type: str | None = job.device.type
+    elif device is not None:
+        import torch
+
+        device_type = torch.device(device).type
+    else:
+        device_type = ("cuda" if _cuda_count() > 0 else "cpu") if workers is not None else None
+    spatial = resolved_spatial_precision(spatial_precision, precision, device_type, this_host=workers is not None
+                                         or not distributed)
+    job.spatial_precision = spatial
     scene_id = {"shape": [int(s) for s in da.shape], "dtype": str(da.dtype),
-                **_scene_identity(scene_path, scene, crs, transform, gcps)}
+                **_scene_identity(scene_path, scene, crs, transform, gcps, cube=da)}
     fingerprint = {"scene": scene_id, "model": digest, "labels": [job.class_names(), job.palette()],
                    "tile": side, "halo": halo, "classes": job.classes, "probabilities": prob,
                    "nodata": None if job.nodata is None else repr(float(job.nodata)), "precision": precision,
-                   "spatial_precision": spatial_precision,
+                   "spatial_precision": spatial_precision if precision == "float32" else spatial,
                    "output": suffix.lstrip("."), "map_version": MAP_VERSION}
+    if precision != "float32":  # a low-precision map depends on the device (float32's is exact: left out, as before)
+        fingerprint["device"] = _device_record(device_type, precision, this_host=workers is not None or not distributed)
     if job.nodata_bands is not None:  # a resumed run must mask the same bands (absent: every band, as before)
         fingerprint["nodata_bands"] = [int(b) for b in job.nodata_bands]
     sides = [side_paths(out)[k] for k in ("probabilities", "confidence")] if prob and suffix in TIFF_SUFFIXES else []
     own = json.loads(json.dumps(fingerprint))  # as recorded (JSON): compared with what outputs carry
-    if resume and not overwrite and scene_id["source"] is not None and finished_with(out, fingerprint, sides):
+    if resume and not overwrite and finished_with(out, fingerprint, sides):  # (an in-memory scene: by its digest)
         part = partial_path(out)
         if (part.exists() or part.is_symlink()) and recorded_fingerprint(part) == own:
             check_replaceable(part)  # the finished run was stopped before removing it: nothing in it is needed
@@ -630,7 +647,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     if suffix in TIFF_SUFFIXES and not overwrite and (aux.exists() or aux.is_symlink()) and not ours_aux(aux):
         raise OutputError(f"output {aux} already exists; pass overwrite=True (--overwrite on the command line) to "
                           "replace it, or choose another path")  # before any tile, as the in-process writer does
-    tags = provenance(digest, precision, spatial_precision)
+    tags = provenance(digest, precision, spatial)
     ycoords = np.asarray(da["y"].values) if "y" in da.coords else None
     xcoords = np.asarray(da["x"].values) if "x" in da.coords else None
     with warnings_ignored(UserWarning, "writing .* without georeferencing"):  # warned above
@@ -668,7 +685,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
                             nodata=job.nodata, backend=backend, precision=precision,
                             device=None if device is None else str(device), probabilities=prob is not None,
                             throttle_s=float(throttle_s), cache_blocks=cache_blocks, decoders=decoders,
-                            spatial_precision=spatial_precision,
+                            spatial_precision=spatial,
                             nodata_bands=None if job.nodata_bands is None else tuple(map(int, job.nodata_bands)),
                             token=token)
             # distributed's "Couldn't gather N keys, rescheduling" (a worker died holding a finished tile's small
@@ -751,25 +768,99 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     return report
 
 
-def _scene_identity(scene_path: Any, da: Any, crs: Any, transform: Any, gcps: Any) -> dict[str, Any]:
-    """Which scene a run classified, for its fingerprint: the resolved path, the size and newest modification
-    time of its files (every file of a zarr store, an ENVI header and its data), and where it lies, so neither an
-    interrupted nor a finished run is taken for another scene, or the same one rewritten in place. ``source``
-    stays None for an in-memory scene and for a window of an opened file (then a finished output is never taken
-    as done: two same-shape windows of an ungeoreferenced file had the same identity)."""
-    src = scene_path if isinstance(scene_path, (str, os.PathLike)) else getattr(da, "encoding", {}).get("source")
-    if src is not None and not isinstance(scene_path, (str, os.PathLike)) and \
-            tuple(da.encoding.get("source_shape", ())) != tuple(da.shape):
-        src = None  # a window of the file (isel keeps its encoding): not the file, so never taken as done
+def _device_record(device_type: str | None, precision: str, *, this_host: bool) -> str | None:
+    """The kind of device a low-precision run computes on, for its fingerprint: ``cuda``, ``cpu``, or
+    ``cpu+amx_bf16`` for a bfloat16 engine on a CPU with AMX-BF16 (its spatial stage runs otherwise there); None
+    where unknown (a scheduler's workers, or a CPU bfloat16 engine on other hosts)."""
+    if device_type == "cpu" and precision == "bfloat16":
+        if not this_host:
+            return None
+        from .fused import _cpu_has_amx_bf16
+
+        return "cpu+amx_bf16" if _cpu_has_amx_bf16() else "cpu"
+    return device_type
+
+
+def _scene_identity(scene_path: Any, da: Any, crs: Any, transform: Any, gcps: Any, cube: Any = None
+                    ) -> dict[str, Any]:
+    """Which scene a run classified, for its fingerprint, so that neither an interrupted nor a finished run is taken
+    for another scene, or the same one rewritten in place or edited in memory.
+
+    A scene given as a path, or a DataArray whose data is still the untouched lazy array :func:`open_scene` made of
+    the whole file (:func:`_file_of`), is its file: the resolved path (``source``) and the count, size and newest
+    modification time of its files (``stat``: every file of a zarr store, an ENVI header and its data). Any other
+    scene (numpy or torch data, a DataArray loaded, edited in place, copied with other data or windowed, whose
+    ``encoding`` still names the file) has ``source`` None and a ``digest`` of its values (:func:`_content_digest`
+    of ``cube``, the ``(band, y, x)`` DataArray classified; default ``da``). Both record where the scene lies
+    (``georef``). Since the digest tells two arrays apart, a finished output of an in-memory scene is taken as
+    done for the same values (the same array passed again), no longer refused as it was while only the shape
+    identified such a scene; an array of other values, or an edited one, never continues nor completes another's
+    output."""
+    src = scene_path if isinstance(scene_path, (str, os.PathLike)) else _file_of(da)
     ident: dict[str, Any] = {"source": None}
     if src and Path(src).exists():
         p = Path(src).resolve()
         ident["source"] = str(p)
         ident["stat"] = _files_stat(p)
+    else:
+        ident["digest"] = _content_digest(da if cube is None else cube)
     ident["georef"] = [None if crs is None else crs.to_wkt(),
                        None if transform is None else [float(v) for v in tuple(transform)[:6]],
                        None if not gcps else [[g.row, g.col, g.x, g.y] for g in gcps]]
     return ident
+
+
+def _file_of(da: Any) -> str | None:
+    """The file ``da`` holds whole and unchanged: its ``encoding["source"]`` when its data is still the dask array
+    :func:`~hsi_engine.io.open_scene` recorded (same name, same shape); else None. xarray keeps the encoding
+    through ``load()``, in-place assignment, ``copy(data=...)`` and ``isel``, none of which keeps that array."""
+    enc = getattr(da, "encoding", None) or {}
+    src, name = enc.get("source"), enc.get("source_array")
+    if src is None or name is None or getattr(da, "chunks", None) is None:
+        return None
+    if tuple(enc.get("source_shape", ())) != tuple(da.shape):
+        return None  # a window of the file
+    return src if getattr(da.data, "name", None) == name else None
+
+
+def _content_digest(da: Any) -> str:
+    """A digest (blake2b) of a scene's dtype, shape and values, for the identity of a scene that is not its file.
+    In-memory data is hashed band by band (no copy of the whole scene; about 1 GB/s, little beside classifying
+    it); dask data block by block through dask, which reads the scene once more (logged). The digest depends on
+    how the data is held: the same values as numpy and as a dask array, or chunked otherwise, are other scenes."""
+    import xarray as xr
+
+    if not isinstance(da, xr.DataArray):
+        from .io import as_scene
+
+        da = as_scene(da)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([np.dtype(da.dtype).newbyteorder("=").str, [int(n) for n in da.shape]]).encode())
+    if da.chunks is not None:
+        import dask
+
+        log.info("the scene is a dask array that is not a file opened whole and unchanged (a window, an edit, or "
+                 "built in memory): reading it once more to record a digest of its values, so a resumed run can "
+                 "tell it from another scene; write it to a zarr store (scene.to_zarr(PATH)) and classify that "
+                 "path to skip this read")
+        arr = da.data
+        h.update(json.dumps([[int(n) for n in c] for c in arr.chunks]).encode())
+        blocks = arr.to_delayed().ravel()
+        for part in dask.compute(*[dask.delayed(_bytes_digest, pure=True)(b) for b in blocks]):
+            h.update(part)
+    else:
+        var = da.variable
+        for i in range(int(da.shape[0])):  # one band at a time: a lazy backend reads one, numpy copies none
+            h.update(_bytes_digest(np.asarray(var[i].values)))
+    return h.hexdigest()
+
+
+def _bytes_digest(a: np.ndarray) -> bytes:
+    """blake2b of an array's values in C order and native byte order."""
+    a = np.asarray(a)
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    return hashlib.blake2b(np.ascontiguousarray(a).data, digest_size=16).digest()
 
 
 def _files_stat(p: Path) -> list[int]:

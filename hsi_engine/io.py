@@ -127,18 +127,23 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
             raise SceneError(f"{p} is {'a GeoTIFF' if fmt == 'geotiff' else 'an ENVI file'}: one cube whose "
                              f"bands the format names, so {' and '.join(given)} (--variable / --band-axis) "
                              "cannot apply; leave them out")
-        return open_geotiff(p, chunks) if fmt == "geotiff" else open_envi(p, chunks)
-    if fmt == "netcdf":
-        return open_netcdf(p, chunks, variable)
-    if fmt == "zarr":
-        return open_zarr(p, chunks, variable, band_axis)
-    if fmt == "hdf5":
-        return open_hdf5(p, chunks, variable, band_axis)
-    if fmt == "matlab":
-        return open_matlab(p, chunks, variable, band_axis)
-    if fmt == "npy":
-        return open_npy(p, chunks, band_axis)
-    raise AssertionError(fmt)
+        da = open_geotiff(p, chunks) if fmt == "geotiff" else open_envi(p, chunks)
+    elif fmt == "netcdf":
+        da = open_netcdf(p, chunks, variable)
+    elif fmt == "zarr":
+        da = open_zarr(p, chunks, variable, band_axis)
+    elif fmt == "hdf5":
+        da = open_hdf5(p, chunks, variable, band_axis)
+    elif fmt == "matlab":
+        da = open_matlab(p, chunks, variable, band_axis)
+    elif fmt == "npy":
+        da = open_npy(p, chunks, band_axis)
+    else:
+        raise AssertionError(fmt)
+    # the name of the file's own lazy (dask) array: a scene still holding it is the file, while one loaded, edited
+    # in place, copied with other data or windowed keeps the encoding but not the name (cluster._scene_identity)
+    da.encoding["source_array"] = da.data.name if da.chunks is not None else None
+    return da
 
 
 def as_scene(obj: Any, *, band_axis: int | None = None) -> xr.DataArray:

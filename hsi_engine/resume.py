@@ -19,8 +19,11 @@ chunk atomically (temp file + rename), so a process killed at any point never ma
 output arrays are chunked exactly like the tiles (tile side = chunk side), so each tile is one chunk
 (region writes, no read-modify-write across tiles). The marker values double as a count: after a resumed run,
 ``(tiles_done == k).sum()`` is the number of tiles run ``k`` computed. The group attrs hold, as JSON strings (so
-the finished store converts to NetCDF), the run history (``resume_runs``) and a fingerprint of scene shape/dtype,
-model weights, tile plan and output options; resuming with different settings is refused. ``run_token`` names the
+the finished store converts to NetCDF), the run history (``resume_runs``) and a fingerprint of the scene (shape,
+dtype, georeferencing, and its file's path, size and modification time, or a digest of its values when it is not a
+file opened whole and unchanged: see ``cluster._scene_identity``), model weights, tile plan, output options and, for a
+low-precision run, the spatial precision ``auto`` resolved to and the kind of device; resuming with different
+settings is refused. ``run_token`` names the
 run that owns the store now (each run sets it at its start): a cluster task checks it before writing and before
 marking its tile (:func:`check_owner`).
 
@@ -59,7 +62,7 @@ from .writers import ZarrClassMapWriter
 
 __all__ = ["MAP_VERSION", "PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "check_owner", "discard_partial",
            "finished_with", "json_attr", "model_digest", "partial_path", "partial_tile", "pinned_store", "provenance",
-           "read_record", "recorded_fingerprint", "store_replaced"]
+           "read_record", "recorded_fingerprint", "resolved_spatial_precision", "store_replaced"]
 
 PARTIAL_SUFFIX = ".partial"
 RECORD = "resume/tiles_done"
@@ -126,12 +129,18 @@ def describe_differences(found: dict[str, Any] | None, own: dict[str, Any], firs
         return f"{first} records no settings: a run that did not ask for resuming made it"
     parts = []
     diffs = _differences(found, own)
-    if any(k == "scene.source" for k, _, _ in diffs):  # another scene: its files' stat says nothing more
-        diffs = [d for d in diffs if d[0] != "scene.stat"]
+    if any(k == "scene.source" for k, _, _ in diffs):  # another scene: its files' stat or values say nothing more
+        diffs = [d for d in diffs if d[0] not in ("scene.stat", "scene.digest")]
     for k, a, b in diffs[:4]:
         text = f"{k}: {first} has {_short(a)}, this run {_short(b)}"
-        if k == "scene.source" and b is None:
-            text = f"scene: {first} has {_short(a)}, this run an in-memory scene (never taken for a finished one)"
+        if k == "scene.source" and (a is None or b is None):
+            memory = "an in-memory scene (an array, or a file's scene loaded, edited or windowed)"
+            text = f"scene: {first} has {_short(a) if a else memory}, this run {_short(b) if b else memory}"
+        elif k == "scene.digest" and a is None:
+            text = (f"scene: {first} records no digest of its in-memory scene's values (an earlier hsi-engine made "
+                    "it), so it cannot be told to be this scene")
+        elif k == "scene.digest":
+            text = "scene: another in-memory scene (its values, or how they are held or chunked, differ)"
         elif k == "scene.stat":  # [files, bytes, newest mtime_ns]
             text = "the scene's files changed (size or modification time) since"
         elif k == "model":
@@ -139,6 +148,10 @@ def describe_differences(found: dict[str, Any] | None, own: dict[str, Any], firs
         elif k == "map_version":
             text = (f"{first} was made by another hsi-engine version, whose maps may differ from this one's "
                     f"(map version {_short(a)}, this run {_short(b)})")
+        elif k in ("spatial_precision", "device"):  # (recorded for a bfloat16 / float16 run only)
+            text += (f" (a {own.get('precision')} map depends on the device it is computed on, and spatial_precision "
+                     "'auto' on the host: a low-precision spatial stage on CUDA and, for bfloat16, on CPUs with "
+                     "AMX-BF16, float32 elsewhere; continue it on the kind of device that started it)")
         elif k == "tile" and isinstance(a, int):
             text += f" (a tile is rounded up to a multiple of 16 pixels; --tile {a} continues it)"
         parts.append(text)
@@ -178,8 +191,9 @@ def model_digest(model: Any) -> str:
 
 
 def provenance(digest: str, precision: str, spatial_precision: str) -> dict[str, str]:
-    """What made a class map, for its metadata: software version, the model's :func:`model_digest` (its
-    config, normalisation and weights), precisions."""
+    """What made a class map, for its metadata (GeoTIFF tags, zarr and DataArray attributes): software version,
+    the model's :func:`model_digest` (its config, normalisation and weights), precisions (the spatial one as
+    :func:`resolved_spatial_precision` gives it, where it is known) and the map version (:data:`MAP_VERSION`)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -187,7 +201,25 @@ def provenance(digest: str, precision: str, spatial_precision: str) -> dict[str,
     except PackageNotFoundError:  # run from a checkout without installing
         software = "hsi-engine (not installed)"
     return {"software": software, "model_digest": digest, "precision": precision,
-            "spatial_precision": spatial_precision}
+            "spatial_precision": spatial_precision, "map_version": str(MAP_VERSION)}
+
+
+def resolved_spatial_precision(spatial_precision: str, precision: str, device_type: str | None, *,
+                               this_host: bool = True) -> str:
+    """What ``spatial_precision`` means for a :class:`~hsi_engine.fused.FusedSSRN` of ``precision`` on a
+    ``device_type`` device (``cpu``, ``cuda``): ``auto`` resolved as the engine resolves it (the low precision on
+    CUDA, and bfloat16 on a CPU with AMX-BF16), so a record says what ran. ``auto`` stays where that is unknown:
+    ``device_type`` None, or a CPU bfloat16 engine on another host (``this_host=False``: a cluster's workers)."""
+    from .fused import _auto_spatial_precision, _cpu_has_amx_bf16
+
+    if spatial_precision != "auto":
+        return spatial_precision
+    if precision == "float32":
+        return "float32"
+    if device_type is None or (device_type == "cpu" and precision == "bfloat16" and not this_host):
+        return "auto"
+    amx = device_type == "cpu" and precision == "bfloat16" and _cpu_has_amx_bf16()
+    return _auto_spatial_precision(device_type, precision, amx)
 
 
 def json_attr(attrs: dict[str, Any], key: str) -> Any:

@@ -232,8 +232,8 @@ def test_plain_zarr_run_is_resumable_without_asking(case, tmp_path, monkeypatch)
 
 def test_a_scene_rewritten_in_place_is_not_taken_for_the_finished_one(case, tmp_path):
     """Scene identity is every file of the store (size, newest modification), not its root metadata: a region
-    rewritten in place is another scene, and --resume refuses to call the old map done; an in-memory scene (no
-    source to compare) is never taken as done either."""
+    rewritten in place is another scene, and --resume refuses to call the old map done; the file's scene loaded
+    into memory is no longer the file (its values are identified by a digest instead): refused too."""
     import shutil
 
     import zarr
@@ -250,27 +250,29 @@ def test_a_scene_rewritten_in_place_is_not_taken_for_the_finished_one(case, tmp_
     with pytest.raises(OutputError, match=r"different settings \(the scene's files changed \(size or modification "
                                           r"time\) since\)"):
         cluster.run_to_file(scene, case["model"], out, tile=TILE, resume=True)
-    da = hsi_engine.open_scene(scene).load()
-    da.encoding.pop("source", None)
-    with pytest.raises(OutputError, match="this run an in-memory scene"):
+    da = hsi_engine.open_scene(scene).load()  # (its encoding still names the file)
+    with pytest.raises(OutputError, match=r"scene: it has '[^']*scene.zarr', this run an in-memory scene"):
         cluster.run_to_file(da, case["model"], out, tile=TILE, resume=True)
 
 
 def test_a_window_of_an_opened_file_is_not_taken_for_another_finished_window(tmp_path):
     """Two same-shape windows of an ungeoreferenced file (``isel`` keeps the file in ``encoding``): the second,
     resumed into the first's finished output, was reported complete and the output kept the first window's map.
-    A window counts as an in-memory scene, never taken as done: refused; the whole opened file is still recognised."""
+    A window is identified by a digest of its values: the other window is refused, the same one is done; the
+    whole opened file is still recognised as the file."""
     from hsi_engine.demo import SHIPPED_MODEL, SHIPPED_SCENE
 
     da = hsi_engine.open_scene(SHIPPED_SCENE)
     a, b = da.isel(y=slice(0, 12), x=slice(0, 12)), da.isel(y=slice(100, 112), x=slice(100, 112))
     out = tmp_path / "crop.zarr"
     hsi_engine.classify_to_file(a, SHIPPED_MODEL, out, progress=False)
-    with pytest.raises(OutputError, match="already exists"):
+    with pytest.raises(OutputError, match=r"made with different settings \(scene: another in-memory scene"):
         hsi_engine.classify_to_file(b, SHIPPED_MODEL, out, resume=True, progress=False)
+    assert cluster.run_to_file(a, SHIPPED_MODEL, out, resume=True, progress=False).computed == 0
     full = hsi_engine.open_scene(SHIPPED_SCENE)
     assert cluster._scene_identity(None, full, None, None, None)["source"] == str(Path(SHIPPED_SCENE).resolve())
-    assert cluster._scene_identity(None, b, None, None, None)["source"] is None
+    ident = cluster._scene_identity(None, b, None, None, None)
+    assert ident["source"] is None and ident["digest"] != cluster._scene_identity(None, a, None, None, None)["digest"]
 
 
 def test_the_model_digest_counts_what_makes_the_map_and_nothing_else():

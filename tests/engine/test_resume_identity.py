@@ -1,0 +1,216 @@
+"""What a resumable output records about what made it, read back from real outputs: a scene is its file only while
+it holds the file's untouched lazy array (an edited, loaded or windowed one is identified by a digest of its
+values), so no other array continues or completes its map; a low-precision run records the spatial precision auto
+resolved to and the device kind; every map, classify()'s in-memory one included, carries its provenance."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+import _scale_fixtures as F
+
+import hsi_engine
+from hsi_engine import cluster
+from hsi_engine.errors import OutputError
+from hsi_engine.resume import MAP_VERSION, partial_path, read_record, recorded_fingerprint
+
+TILE = 16
+PROVENANCE = ("software", "model_digest", "precision", "spatial_precision", "map_version")
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    return F.classified_crop(tmp_path_factory.mktemp("identity"), 64, 64, y0=20, x0=20, tile=TILE)  # 4 x 4 tiles
+
+
+def _classify(scene, model, **kw) -> np.ndarray:
+    return hsi_engine.classify(scene, model, tile=TILE, progress=False, **kw).values
+
+
+def _interrupted(monkeypatch, scene, model, out, n: int = 3, **kw) -> None:
+    """A resumable run into ``out`` that crashes after ``n`` tiles, leaving ``<out>.partial``."""
+    F.crash_writes_after(monkeypatch, n)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        cluster.run_to_file(scene, model, out, tile=TILE, resume=True, readers=1, queue_depth=1, **kw)
+    monkeypatch.undo()
+    assert int((read_record(partial_path(out)) > 0).sum()) == n
+
+
+def test_a_file_s_scene_edited_in_memory_is_not_taken_for_the_file(case, tmp_path):
+    """xarray keeps ``encoding["source"]`` through ``load()``, in-place assignment and ``copy(data=...)``: such a
+    scene was recorded as the file, and --resume into the file's finished map said "complete" and kept the file's
+    map. Now only the file's own lazy array is the file; an edited scene is refused there and recorded by digest."""
+    out = tmp_path / "map.tif"
+    cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)
+    before = F.read_classes(out)
+    opened = hsi_engine.open_scene(case["scene"])
+    assert cluster.run_to_file(opened, case["model"], out, tile=TILE, resume=True).computed == 0  # still the file
+    relabelled = opened.assign_coords(band=opened["band"].values * 10)  # the same data: still the file
+    assert cluster._file_of(relabelled) == cluster._file_of(opened) is not None
+
+    loaded = hsi_engine.open_scene(case["scene"]).load()
+    loaded[:, :30, :] = loaded[:, :30, :] // 2  # a haze correction, say, done in place after loading
+    copied = opened.copy(data=loaded.values)
+    lazy_edit = hsi_engine.open_scene(case["scene"])
+    lazy_edit[:, :30, :] = lazy_edit[:, :30, :] // 2  # in place on the dask array: a new array, the same encoding
+    edited_map = _classify(loaded, case["model"])
+    assert (edited_map != before).any()  # the edit changes the map
+    for edited in (loaded, copied, lazy_edit):
+        assert edited.encoding["source"] == opened.encoding["source"]  # what fooled the old check
+        assert cluster._file_of(edited) is None
+        with pytest.raises(OutputError, match=r"scene: it has '[^']*scene.zarr', this run an in-memory scene"):
+            cluster.run_to_file(edited, case["model"], out, tile=TILE, resume=True)
+    np.testing.assert_array_equal(F.read_classes(out), before)  # refused: the file's map untouched
+
+    fresh = tmp_path / "edited.zarr"
+    cluster.run_to_file(copied, case["model"], fresh, tile=TILE, resume=True)
+    np.testing.assert_array_equal(F.read_classes(fresh), edited_map)
+    scene = recorded_fingerprint(fresh)["scene"]
+    assert scene["source"] is None and "stat" not in scene and len(scene["digest"]) == 32
+    # the same values again (another copy of them) complete it; the file itself does not
+    assert cluster.run_to_file(loaded.copy(deep=True), case["model"], fresh, tile=TILE, resume=True).computed == 0
+    with pytest.raises(OutputError, match=r"scene: it has an in-memory scene .*, this run '[^']*scene.zarr'"):
+        cluster.run_to_file(case["scene"], case["model"], fresh, tile=TILE, resume=True)
+
+
+@pytest.mark.parametrize("name", ["map.zarr", "map.tif"])
+def test_an_interrupted_in_memory_run_is_continued_only_by_the_same_values(case, tmp_path, monkeypatch, name):
+    """Two in-memory arrays of one shape, dtype and georeferencing had one fingerprint: an interrupted run of A
+    was finished with B's tiles. The digest of the values refuses B; A (another copy of it) continues, and then
+    finds its finished output done."""
+    a = F.dataarray(case["cube"])
+    b = F.dataarray(np.ascontiguousarray(case["cube"][:, ::-1, ::-1]))  # another scene, same shape and place
+    ref_a, ref_b = _classify(a, case["model"]), _classify(b, case["model"])
+    assert (ref_a != ref_b).any()
+    out = tmp_path / name
+    _interrupted(monkeypatch, a, case["model"], out)
+    with pytest.raises(OutputError, match=r"started with different settings \(scene: another in-memory scene"):
+        cluster.run_to_file(b, case["model"], out, tile=TILE, resume=True)
+    assert not out.exists() and int((read_record(partial_path(out)) > 0).sum()) == 3
+    rep = cluster.run_to_file(F.dataarray(case["cube"].copy()), case["model"], out, tile=TILE, resume=True)
+    assert (rep.skipped, rep.computed) == (3, case["tiles"] - 3)
+    np.testing.assert_array_equal(F.read_classes(out), ref_a)
+    assert cluster.run_to_file(a, case["model"], out, tile=TILE, resume=True).computed == 0
+    with pytest.raises(OutputError, match=r"made with different settings \(scene: another in-memory scene"):
+        cluster.run_to_file(b, case["model"], out, tile=TILE, resume=True)
+    np.testing.assert_array_equal(F.read_classes(out), ref_a)
+
+
+def test_a_window_of_a_file_is_identified_by_its_values_read_once_more(case, tmp_path, monkeypatch, caplog):
+    """A window of an opened file (dask data that is not the file) is hashed block by block, which reads it once
+    more (said in the log, with the way to avoid it); another window of the same shape does not continue its
+    partial; the same window does."""
+    opened = hsi_engine.open_scene(case["scene"])
+    a, b = opened.isel(y=slice(0, 48), x=slice(0, 48)), opened.isel(y=slice(16, 64), x=slice(16, 64))
+    out = tmp_path / "window.zarr"
+    with caplog.at_level(logging.INFO, logger="hsi_engine"):
+        _interrupted(monkeypatch, a, case["model"], out)
+    assert any("reading it once more" in r.getMessage() and "to_zarr" in r.getMessage() for r in caplog.records)
+    with pytest.raises(OutputError, match=r"scene: another in-memory scene"):
+        cluster.run_to_file(b, case["model"], out, tile=TILE, resume=True)
+    rep = cluster.run_to_file(opened.isel(y=slice(0, 48), x=slice(0, 48)), case["model"], out, tile=TILE,
+                              resume=True)
+    assert rep.computed == 9 - 3
+    np.testing.assert_array_equal(F.read_classes(out), _classify(a, case["model"]))
+
+
+def test_an_in_memory_scene_on_a_local_cluster_is_identified_by_its_values(case, tmp_path):
+    """A numpy scene scattered to workers=2 gives the in-process map; the same array again finds it done (before
+    the cluster starts), another array is refused."""
+    pytest.importorskip("distributed")
+    a = F.dataarray(case["cube"])
+    out = tmp_path / "map.zarr"
+    rep = cluster.run_to_file(a, case["model"], out, tile=TILE, workers=2, resume=True, progress=False)
+    assert rep.computed == case["tiles"] and rep.workers == 2
+    np.testing.assert_array_equal(F.read_classes(out), _classify(a, case["model"]))
+    assert "device" not in recorded_fingerprint(out)  # float32: exact on any device, recorded as before
+    assert cluster.run_to_file(a, case["model"], out, tile=TILE, workers=2, resume=True).computed == 0
+    other = F.dataarray(np.ascontiguousarray(case["cube"][:, ::-1]))
+    with pytest.raises(OutputError, match=r"scene: another in-memory scene"):
+        cluster.run_to_file(other, case["model"], out, tile=TILE, workers=2, resume=True)
+
+
+def test_a_bfloat16_run_records_what_auto_resolved_to(case, tmp_path, monkeypatch):
+    """spatial_precision='auto' was recorded as asked: a bfloat16 run interrupted where auto meant a bfloat16
+    spatial stage (an AMX-BF16 CPU, simulated) was continued where it means float32, one map of two kinds of
+    tiles. The fingerprint and tags now hold the resolved precision and the device kind."""
+    from hsi_engine import fused
+
+    out = tmp_path / "map.tif"
+    monkeypatch.setattr(fused, "_cpu_has_amx_bf16", lambda: True)
+    _interrupted(monkeypatch, case["scene"], case["model"], out, precision="bfloat16")  # (undoes the patch too)
+    found = recorded_fingerprint(partial_path(out))
+    assert (found["spatial_precision"], found["device"]) == ("bfloat16", "cpu+amx_bf16")
+    with pytest.raises(OutputError, match=r"spatial_precision: partial has 'bfloat16', this run 'float32' \(a "
+                                          r"bfloat16 map depends on the device"):
+        cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, precision="bfloat16")
+    monkeypatch.setattr(fused, "_cpu_has_amx_bf16", lambda: True)
+    rep = cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, precision="bfloat16")
+    assert rep.computed == case["tiles"] - 3
+    import rasterio
+
+    with rasterio.open(out) as f:
+        tags = f.tags()
+    assert (tags["precision"], tags["spatial_precision"]) == ("bfloat16", "bfloat16")
+    assert json.loads(tags["hsi_engine_resume"])["device"] == "cpu+amx_bf16"
+
+
+def test_classify_s_map_carries_the_provenance_of_the_file_outputs(case, tmp_path):
+    """classify() returned a map without provenance, so labels.rio.to_raster() / to_netcdf() lost what made it;
+    every output also records the map version."""
+    import rasterio
+    import xarray as xr
+    import zarr
+
+    labels = hsi_engine.classify(hsi_engine.open_scene(case["scene"]), case["model"], tile=TILE, progress=False)
+    tif = tmp_path / "plain.tif"
+    hsi_engine.classify_to_file(case["scene"], case["model"], tif, tile=TILE, progress=False)
+    with rasterio.open(tif) as f:
+        file_tags = {k: f.tags()[k] for k in PROVENANCE}
+    assert file_tags["map_version"] == str(MAP_VERSION) and file_tags["spatial_precision"] == "float32"
+    assert {k: labels.attrs[k] for k in PROVENANCE} == file_tags
+
+    labels.rio.to_raster(tmp_path / "labels.tif")
+    with rasterio.open(tmp_path / "labels.tif") as f:
+        assert {k: f.tags()[k] for k in PROVENANCE} == file_tags
+    labels.to_netcdf(tmp_path / "labels.nc")
+    with xr.open_dataset(tmp_path / "labels.nc") as ds:
+        assert {k: ds["class"].attrs[k] for k in PROVENANCE} == file_tags
+
+    ds = hsi_engine.classify(hsi_engine.open_scene(case["scene"]), case["model"], tile=TILE, progress=False,
+                             probabilities=True)
+    ds.to_netcdf(tmp_path / "probabilities.nc")
+    with xr.open_dataset(tmp_path / "probabilities.nc") as back:
+        for attrs in (back.attrs, *(back[v].attrs for v in ("labels", "probabilities", "confidence"))):
+            assert {k: attrs[k] for k in PROVENANCE} == file_tags
+    store = tmp_path / "map.zarr"
+    hsi_engine.classify_to_file(case["scene"], case["model"], store, tile=TILE, progress=False)
+    root = dict(zarr.open_group(str(store), mode="r").attrs)
+    assert {k: root[k] for k in PROVENANCE} == file_tags
+
+
+def test_a_geotiff_with_an_internal_mask_opened_whole_is_its_file(case, tmp_path):
+    """A masked GeoTIFF's array is rebuilt after the reader finishes it (its mask read as NaN): the name of the
+    file's array is recorded once open_scene is done, so such a scene is still its file (no digest, no extra
+    read)."""
+    import rasterio
+
+    src = hsi_engine.open_scene(case["scene"])
+    path = tmp_path / "masked.tif"
+    data = np.asarray(src.values)
+    profile = {"driver": "GTiff", "count": data.shape[0], "height": data.shape[1], "width": data.shape[2],
+               "dtype": str(data.dtype), "crs": "EPSG:32633", "transform": rasterio.Affine(30, 0, 0, 0, -30, 0)}
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        mask = np.full(data.shape[1:], 255, np.uint8)
+        mask[:3, :3] = 0
+        dst.write_mask(mask)
+    opened = hsi_engine.open_scene(path)
+    assert "gdal_mask" in opened.attrs and src.sizes == opened.sizes
+    assert cluster._file_of(opened) == str(path)
+    ident = cluster._scene_identity(None, opened, None, None, None)
+    assert ident["source"] == str(path.resolve()) and "digest" not in ident
