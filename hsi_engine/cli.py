@@ -101,8 +101,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="replace --out when it is a model directory (never a directory holding other files)")
     p.add_argument("--data-dir", default=None, help="directory holding the scenes (default: $HSI_ENGINE_DATA "
                                                     "or ../shared/data)")
-    p.add_argument("--epochs", type=_at_least(1), default=200)
-    p.add_argument("--batch-size", type=_at_least(2), default=16)
+    p.add_argument("--epochs", type=_at_least(1), default=200, help="training epochs (default: 200, the seed's)")
+    p.add_argument("--batch-size", type=_at_least(2), default=16, help="patches per step (default: 16, the seed's)")
     pixels = p.add_mutually_exclusive_group()  # both choose the training pixels: one or the other
     pixels.add_argument("--train-fraction", type=_fraction(), default=None,
                         help="fraction of each class for training (default: the dataset's seed protocol)")
@@ -112,14 +112,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=_fraction(low_included=True), default=None,
                    help="fraction of each class for validation (default: the dataset's seed protocol); "
                         "train + val must stay below 1")
-    p.add_argument("--split", choices=["random", "blocks"], default="random")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=["random", "blocks"], default="random",
+                   help="random (default: the paper's stratified random pixels) or blocks (spatially disjoint "
+                        "blocks, so test pixels have no training pixel in their patch)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the weights (default: 0)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
-    p.add_argument("--variant", choices=["ssrn", "spc", "spa"], default="ssrn")
-    p.add_argument("--patch", type=int, default=7, choices=[5, 7, 9, 11])
-    p.add_argument("--optimizer", choices=["rmsprop", "adamw"], default="rmsprop")
-    p.add_argument("--lr", type=_positive_float, default=3e-4)
-    p.add_argument("--schedule", choices=["constant", "cosine"], default="constant")
+    p.add_argument("--variant", choices=["ssrn", "spc", "spa"], default="ssrn",
+                   help="ssrn (default: spectral and spatial blocks), or the paper's ablations spc (spectral blocks "
+                        "only) and spa (spatial blocks only)")
+    p.add_argument("--patch", type=int, default=7, choices=[5, 7, 9, 11],
+                   help="patch side in pixels (default: 7, the paper's)")
+    p.add_argument("--optimizer", choices=["rmsprop", "adamw"], default="rmsprop",
+                   help="rmsprop (default, the seed's) or adamw")
+    p.add_argument("--lr", type=_positive_float, default=3e-4, help="learning rate (default: 3e-4, the seed's)")
+    p.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                   help="learning-rate schedule: constant (default, the seed's) or cosine")
     p.add_argument("--patience", type=_at_least(1), default=None, help="early-stopping patience in epochs")
     p.add_argument("--max-minutes", type=_positive_float, default=None,
                    help="stop after the last epoch that fits this training-time budget (recorded in the report)")
@@ -152,9 +159,16 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                    help="output tile side in pixels (default 128 on CPU, 64 above 256 bands, 512 on CUDA; any size "
                         "gives the same map; .zarr, --resume and --workers runs round it up to a square of a "
                         "multiple of 16); memory grows with it: lower it (and --readers) where memory is short")
-    p.add_argument("--device", default=None)
-    p.add_argument("--backend", default="auto", choices=["auto", "eager", "compile", "triton"])
-    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    p.add_argument("--backend", default="auto", choices=["auto", "eager", "compile", "triton"],
+                   help="auto (default: the fastest measured: triton for a bfloat16/float16 run on CUDA, eager "
+                        "otherwise), eager (plain torch), compile (torch.compile; eager if it cannot compile), or "
+                        "triton (the fused CUDA kernel; eager, with one warning, where there is no CUDA or Triton); "
+                        "all compute the same network")
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="float32 (default: the patch-mode network's map, exactly), or bfloat16 / float16 (opt-in, "
+                        "approximate: a few pixels change class; faster on GPUs and on CPUs with AMX-BF16, slower "
+                        "elsewhere)")
     p.add_argument("--spatial-precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="the spatial stage's precision: auto (the --precision given on CUDA, and for a "
                         "bfloat16 run on a CPU with AMX-BF16; float32 elsewhere), float32, or the --precision given")
@@ -277,7 +291,8 @@ def _add_import_keras(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default=None,
                    help="record this dataset's preprocessing (per-band mean/std), class names, palette; without "
                         "it the model expects scenes normalised already")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", default=None, help="directory holding the --dataset scene (default: "
+                                                    "$HSI_ENGINE_DATA or ../shared/data)")
 
 
 def _cmd_import_keras(args: argparse.Namespace, argv: Sequence[str]) -> int:

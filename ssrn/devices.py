@@ -32,6 +32,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if dev.index is not None and dev.index >= n:
             raise DeviceError(f"device {device!r} asked for, but this machine has {n} CUDA device(s): cuda:0 to "
                               f"cuda:{n - 1}")
+    elif dev.type == "meta":  # torch.empty works there, and then every value read fails
+        raise DeviceError(f"device {device!r} holds shapes, not values, so nothing can be trained or loaded on it; "
+                          "expected cpu, cuda or cuda:N")
     elif dev.type != "cpu":
         try:
             torch.empty(0, device=dev)

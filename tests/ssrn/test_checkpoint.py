@@ -622,6 +622,21 @@ def test_a_device_that_is_not_there_is_a_device_error(tmp_path):
         ssrn.load_model(d, map_location="foo")
 
 
+@pytest.mark.parametrize("device", ["meta", torch.device("meta")])
+def test_the_meta_device_is_refused_before_any_work(tmp_path, device):
+    """load_model(map_location='meta') ended in torch's 'Tensor.item() cannot be called on meta tensors', and
+    train --device meta in a traceback after loading the scene: meta holds shapes, not values."""
+    from ssrn.devices import DeviceError
+    from ssrn.train import TrainOptionError, run_training
+
+    d = ssrn.save_model(_model(), tmp_path / "m")
+    with pytest.raises(DeviceError, match=r"holds shapes, not values, .* expected cpu, cuda or cuda:N"):
+        ssrn.load_model(d, map_location=device)
+    with pytest.raises(TrainOptionError, match=r"holds shapes, not values"):
+        run_training("indian_pines", out=tmp_path / "t", device=device, epochs=1)
+    assert not (tmp_path / "t").exists()
+
+
 def test_unreadable_weights_and_a_full_disk_are_checkpoint_errors(tmp_path, monkeypatch):
     """An unreadable weights file (another user's model) was a bare PermissionError; a full disk while saving was
     safetensors' SafetensorError (a traceback from train)."""

@@ -1,0 +1,29 @@
+"""Every option of every command says what it does in --help (classify's --device, --backend and --precision
+showed only their choices: no default, no meaning, nothing on fallbacks or approximation)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from hsi_engine.cli import build_parser
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+@pytest.mark.parametrize("command", sorted(_subparsers()))
+def test_every_option_has_help(command):
+    undocumented = [a.option_strings[0] for a in _subparsers()[command]._actions
+                    if a.option_strings and a.help in (None, "") and a.dest != "help"]
+    assert undocumented == [], f"hsi-engine {command}: options without help: {undocumented}"
+
+
+def test_classify_help_names_the_fallbacks_and_the_exact_precision():
+    text = _subparsers()["classify"].format_help()
+    assert "eager, with one warning, where there is no CUDA or Triton" in " ".join(text.split())
+    assert "float32 (default: the patch-mode network's map, exactly)" in " ".join(text.split())
