@@ -396,6 +396,9 @@ class FusedSSRN:
                             "runs several times slower than float32 (bfloat16 0.15x on a 2-core AMD EPYC with AVX2, "
                             "benchmarks/results/demo-precision-cpu-avx2.md): use 'float32', exact and faster here",
                             precision)
+            elif precision == "bfloat16" and not (_cpu_has_amx_bf16() or _cpuinfo_has("avx512_bf16")):
+                log.warning("precision='bfloat16' on this CPU (AVX-512 without AVX512-BF16 or AMX-BF16: oneDNN "
+                            "emulates bfloat16) runs slower than float32: use 'float32', exact and faster here")
             elif precision == "float16" and not _cpu_has_amx_fp16():
                 log.warning("precision='float16' on a CPU without AMX-FP16 units runs slower than float32 (0.6x on "
                             "a Xeon with AMX-BF16, benchmarks/results/spatial-precision-cpu.md): use 'bfloat16' for "

@@ -162,6 +162,7 @@ def test_float16_on_a_cpu_without_amx_fp16_warns_it_is_slow(caplog, monkeypatch)
     from kernels import spectral
 
     monkeypatch.setattr(spectral, "_onednn_bf16", lambda: True)
+    monkeypatch.setattr(fused, "_cpu_has_amx_bf16", lambda: True)  # (bfloat16 fast: its own test below)
     for amx_fp16, warned in ((False, True), (True, False)):
         monkeypatch.setattr(fused, "_cpu_has_amx_fp16", lambda v=amx_fp16: v)
         caplog.clear()
@@ -169,6 +170,22 @@ def test_float16_on_a_cpu_without_amx_fp16_warns_it_is_slow(caplog, monkeypatch)
             FusedSSRN(random_model(), backend="eager", precision="float16")
             FusedSSRN(random_model(), backend="eager", precision="bfloat16")
         assert ("runs slower than float32" in caplog.text) is warned, caplog.text
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, warned", [(False, False, True), (True, False, False),
+                                                      (False, True, False)])
+def test_bfloat16_where_onednn_emulates_it_warns_it_is_slow(caplog, monkeypatch, amx, avx512_bf16, warned):
+    """An AVX-512 CPU without AVX512-BF16 or AMX: oneDNN says it supports bf16, by emulation, and a bf16 run was
+    slower than float32 without a word (a tester's Xeon)."""
+    from hsi_engine import fused
+    from kernels import spectral
+
+    monkeypatch.setattr(spectral, "_onednn_bf16", lambda: True)
+    monkeypatch.setattr(fused, "_cpu_has_amx_bf16", lambda: amx)
+    monkeypatch.setattr(fused, "_cpuinfo_has", lambda flag, *a: avx512_bf16 and flag == "avx512_bf16")
+    with caplog.at_level("WARNING", logger="hsi_engine.fused"):
+        FusedSSRN(random_model(), backend="eager", precision="bfloat16")
+    assert ("emulates bfloat16) runs slower than float32" in caplog.text) is warned, caplog.text
 
 
 def test_fp32_products_outside_the_triton_backend_warns(caplog):
@@ -419,10 +436,12 @@ def test_gpu_chunk_pixels_is_the_least_whole_number_of_waves_past_65536(sms):
 def test_low_precision_on_a_cpu_without_onednn_bf16_says_float32_is_faster(monkeypatch, caplog, onednn_bf16):
     """On an AVX2-only CPU oneDNN has no bf16/fp16 convolutions: the bf16 demo ran at 0.15x float32's pixels/s
     (benchmarks/results/demo-precision-cpu-avx2.md) without a word, and the float16 warning recommended bf16.
-    One warning names float32 there; where oneDNN has bf16, bf16 runs without one."""
+    One warning names float32 there; where oneDNN has bf16 (and the CPU bf16 units), bf16 runs without one."""
+    from hsi_engine import fused
     from kernels import spectral
 
     monkeypatch.setattr(spectral, "_onednn_bf16", lambda: onednn_bf16)
+    monkeypatch.setattr(fused, "_cpu_has_amx_bf16", lambda: True)  # (emulated bf16: its own test)
     model = random_model(21, 4)
     for precision in ("bfloat16", "float16"):
         caplog.clear()
