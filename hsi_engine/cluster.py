@@ -45,6 +45,7 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import os
 import threading
 import time
@@ -548,22 +549,15 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     suffix = out.suffix.lower()
     distributed = workers is not None or scheduler is not None
     check_read_settings(cache_blocks=cache_blocks, decoders=decoders)
-    if workers is not None and int(workers) < 1:
-        raise ClusterUsageError(f"workers must be >= 1, got {workers}: pass the number of worker processes")
+    check_workers(workers)
     if workers is not None and scheduler is not None:
         raise ClusterUsageError("give workers= (--workers, start a local cluster) or scheduler= (--scheduler, "
                                 "join one), not both")
     if isinstance(scheduler, str):
         _parse_scheduler_address(scheduler)  # a malformed address fails here, before the scene is read
+    if distributed:  # what the workers would refuse on their first tile, refused before any cluster starts
+        _check_cluster_engine(device, backend, local=workers is not None)
     scene = open_owned(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
-    if distributed and device is not None:  # the workers' device: only its name is checked here
-        import torch
-
-        try:
-            torch.device(device)
-        except (RuntimeError, TypeError):
-            raise ClusterUsageError(f"device {device!r} is not a torch device name; expected cpu, cuda or "
-                                    "cuda:N") from None
     job_device = "cpu" if distributed else device  # the driver computes nothing; it may have no GPU
     job = _Job(scene, model_path, tile=tile if tile is not None else 1 << 20, device=job_device, backend=backend,
                precision=precision, nodata=nodata, spatial_precision=spatial_precision)
@@ -766,6 +760,43 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     log.info("wrote %s: %d tiles computed, %d skipped (run %d, %s) in %.1f s", path, report.computed, skipped, run,
              f"{n_workers} workers" if distributed else "in-process", report.wall_s)
     return report
+
+
+def check_workers(workers: Any) -> None:
+    """Refuse a worker count that is not a whole number >= 1 (None: no local cluster), as readers= is refused."""
+    if workers is None:
+        return
+    if isinstance(workers, (bool, np.bool_)) or not isinstance(workers, numbers.Integral):
+        raise ClusterUsageError(f"workers must be a whole number of worker processes (e.g. workers=2); got "
+                                f"{workers!r}")
+    if int(workers) < 1:
+        raise ClusterUsageError(f"workers must be >= 1, got {workers}: pass the number of worker processes")
+
+
+def _check_cluster_engine(device: Any, backend: str, *, local: bool) -> None:
+    """On the driver, before a cluster starts: the backend name, and the device as far as this host can tell. Any
+    cluster: a torch device name of a kind the engine runs on (cpu, cuda); a local one (``workers=``, this host):
+    the in-process check (:func:`~hsi_engine.fused.engine_device`: a CUDA device this torch sees). The workers
+    checked these only on their first tile, after the cluster had started, and distributed logged its own
+    traceback of the error."""
+    from kernels.dispatch import check_backend
+
+    check_backend(backend)
+    if device is None:
+        return  # the workers' default: cuda where they see one, else cpu
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ClusterUsageError(f"device {device!r} is not a torch device name; expected cpu, cuda or "
+                                "cuda:N") from None
+    if kind not in ("cpu", "cuda"):
+        raise ClusterUsageError(f"device {device!r} is not supported by the engine; expected cpu, cuda or cuda:N")
+    if local:
+        from .fused import engine_device
+
+        engine_device(device)  # an OptionError naming the fix (e.g. no CUDA device on this host)
 
 
 def _device_record(device_type: str | None, precision: str, *, this_host: bool) -> str | None:

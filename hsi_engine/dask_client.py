@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import numbers
 import os
 import re
 import signal
@@ -55,6 +56,11 @@ def make_local_cluster(n_workers: int | None = None, *, gpu: bool | None = None,
                                 "worker's, or a multiprocessing pool's), which may have no children. Pass scheduler= "
                                 "(the cluster it runs on: distributed.get_client().scheduler.address) instead of "
                                 "workers=, or run without workers= to classify in-process")
+    if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, numbers.Integral)):
+        raise ClusterUsageError(f"workers must be a whole number of worker processes (e.g. workers=2); got "
+                                f"{n_workers!r}")
+    if n_workers is not None and int(n_workers) < 1:
+        raise ClusterUsageError(f"workers must be >= 1, got {n_workers}: pass the number of worker processes")
     ngpu = _cuda_count() if gpu is not False else 0
     if gpu and ngpu == 0:
         raise HSIEngineError("gpu=True but no CUDA device is visible: run CPU workers (gpu=False) or check "
@@ -69,8 +75,6 @@ def make_local_cluster(n_workers: int | None = None, *, gpu: bool | None = None,
                                                     dashboard_address=":0", silence_logs=silence_logs,
                                                     preload=[_PRELOAD]))
     n = int(n_workers or 1)
-    if n < 1:
-        raise ClusterUsageError(f"workers must be >= 1, got {n_workers}: pass the number of worker processes")
     from .runner import _cores
 
     cores = _cores()

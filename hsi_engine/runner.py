@@ -458,8 +458,12 @@ def mask_nodata(labels: np.ndarray, probabilities: np.ndarray | None, confidence
 
 
 def check_read_settings(*, cache_blocks: int | None, decoders: int | None) -> None:
-    """Refuse a negative block-cache budget or decoder count (None: the runner's default) before anything is
-    opened or written."""
+    """Refuse a block-cache budget or decoder count that is not a whole number >= 0 (None: the runner's default)
+    before anything is opened or written."""
+    for name, v, what in (("cache_blocks", cache_blocks, "blocks (e.g. cache_blocks=64)"),
+                          ("decoders", decoders, "threads (e.g. decoders=2)")):
+        if v is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral)):
+            raise OptionError(f"{name} must be a whole number of {what}; got {v!r}")
     if cache_blocks is not None and int(cache_blocks) < 0:
         raise OptionError(f"cache_blocks must be >= 0 (0 turns the block cache off); got {cache_blocks}")
     if decoders is not None and int(decoders) < 0:

@@ -25,13 +25,16 @@ One small function decides (STYLE: never an environment variable read at import 
   eager, warm-up included (benchmarks/results/compile-cpu.md).
 
 Asking for ``triton`` where it cannot run falls back with ONE warning on
-``logging.getLogger("kernels.dispatch")`` (per device and reason), never an exception.
+``logging.getLogger("kernels.dispatch")`` (per device and reason), never an exception; so does ``compile`` where
+``torch.compile`` cannot start (its cache directory, ``TORCHINDUCTOR_CACHE_DIR``, cannot be created: torch makes it
+when the compiler is imported). ``triton`` on CPU under the interpreter runs, with one warning that it is slow.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 from typing import Callable
 
 import torch
@@ -132,14 +135,20 @@ def auto_choice(device_type: str, dtype: torch.dtype, triton_ok: bool) -> str:
     return "eager"
 
 
+def check_backend(backend: str) -> None:
+    """Refuse a name that is not one of :data:`BACKENDS` (an ``OptionError``), without looking at any device: what
+    a cluster's driver checks before its workers start."""
+    if not isinstance(backend, str) or backend not in BACKENDS:  # the engine's OptionError (a ValueError)
+        from ssrn.errors import OptionError
+
+        raise OptionError(f"unknown spectral backend {backend!r}; valid backends are {list(BACKENDS)}")
+
+
 def resolve_backend(backend: str, device: torch.device | str | None = None,
                     dtype: torch.dtype = torch.float32) -> str:
     """The concrete backend (``eager``, ``compile`` or ``triton``) that ``backend`` means on ``device`` for a
     spectral stage run in ``dtype``."""
-    if backend not in BACKENDS:  # the engine's OptionError (a ValueError): a user's backend= / --backend
-        from ssrn.errors import OptionError
-
-        raise OptionError(f"unknown spectral backend {backend!r}; valid backends are {list(BACKENDS)}")
+    check_backend(backend)  # a user's backend= / --backend
     dev = _device(device)
     if backend == "auto":
         triton_ok = (dev.type == "cuda" and dtype != torch.float32 and _triton_unavailable_reason(dev) is None
@@ -151,7 +160,35 @@ def resolve_backend(backend: str, device: torch.device | str | None = None,
             fallback = "eager"
             _warn_once(f"spectral backend 'triton' is not available ({reason}); falling back to '{fallback}'")
             return fallback
+        if dev.type == "cpu":  # runs only under the interpreter (reason None): correct, but ~100x slower
+            _warn_once("spectral backend 'triton' on CPU runs Triton's interpreter (TRITON_INTERPRET=1 is set), "
+                       "which is for tests only and about 100x slower than the eager backend: unset "
+                       "TRITON_INTERPRET and use backend 'eager' (or 'auto') on CPU for the fast path")
+    if backend == "compile":
+        reason = _compile_failure(dev.type)
+        if reason is not None:
+            _warn_once(f"torch.compile failed to start ({reason}); falling back to the eager backend for the "
+                       "whole run")
+            return "eager"
     return backend
+
+
+@functools.lru_cache(maxsize=None)
+def _compile_failure(device_type: str) -> str | None:
+    """None when the compiled stage for ``device_type`` can be made; else why not (cached: torch's compiler is
+    imported once per process, and an import that failed half-way cannot be retried). ``torch.compile`` imports
+    ``torch._dynamo``, which creates the compiler's cache directory: an unusable ``TORCHINDUCTOR_CACHE_DIR``
+    (read-only, or under a file) fails there, before any first-tile fallback could catch it."""
+    try:
+        _compiled(device_type)
+    except OSError as e:
+        where = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        asked = f"TORCHINDUCTOR_CACHE_DIR={where}" if where else "its default, TORCHINDUCTOR_CACHE_DIR unset"
+        return (f"{type(e).__name__}: {e}: the compiler's cache directory ({asked}) cannot be created; point "
+                "TORCHINDUCTOR_CACHE_DIR (the compiler's cache) at a writable directory")
+    except Exception as e:  # noqa: BLE001 - the compiler's own error types vary by version: run eager
+        return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+    return None
 
 
 @functools.lru_cache(maxsize=None)

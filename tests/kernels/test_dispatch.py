@@ -40,6 +40,14 @@ def test_unknown_backend_lists_valid_ones() -> None:
         get_spectral_stage("", CPU)
 
 
+def test_check_backend_needs_no_device() -> None:
+    """What a cluster's driver runs before its workers start: the name alone, the same error as resolve_backend."""
+    dispatch.check_backend("compile")
+    for bad in ("TRITON", "", None, ["eager"]):
+        with pytest.raises(ValueError, match=r"unknown spectral backend .*valid backends are"):
+            dispatch.check_backend(bad)  # type: ignore[arg-type]
+
+
 def test_compile_backend_equals_eager() -> None:
     """torch.compile of the reference (dynamic pixel dim): same numbers, and new pixel counts reuse it: a square
     tile's pixels, an edge tile's (a view of a (3, 8) tile: its base's sizes were a guard), band-major pixels."""
