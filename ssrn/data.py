@@ -534,7 +534,7 @@ def standardize(cube: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     raw = _as_numpy(cube)
     if raw.ndim != 3:
         raise OptionError(f"standardize: expected a (band, y, x) scene; got shape {raw.shape}")
-    a = np.ascontiguousarray(raw, dtype=np.float64)  # C order: the sums run in the same order for any layout
+    a = np.asarray(raw, dtype=np.float64)  # the stored layout, as before: the seed's statistics to the last bit
     if not np.isfinite(a).all():
         return _standardize_nonfinite(a)
     mean = a.mean(axis=(1, 2))

@@ -382,3 +382,17 @@ def test_a_broken_mat_file_is_a_data_error_naming_the_fix(tmp_path, content):
         path.write_bytes(content)
     with pytest.raises(DataError, match=r"is not a readable MATLAB file \(.*\); is it complete\?"):
         load_mat_array(path, ndim=3, what="scene")
+
+
+
+def test_standardize_of_indian_pines_is_the_shipped_models_statistics(data_dir):
+    """The shipped model's mean/std came from standardize on Indian Pines as the trainer loads it (a MATLAB,
+    Fortran-ordered cube): the same bits (a C-order copy before summing changed them by 1e-13, so the model's
+    recorded training command no longer reproduced it)."""
+    import hsi_engine
+    from hsi_engine.demo import SHIPPED_MODEL
+
+    meta = hsi_engine.load_model(SHIPPED_MODEL).meta
+    scene = D.load_dataset("indian_pines", data_dir)
+    _, mean, std = D.standardize_scene(scene)
+    assert mean.tolist() == meta["mean"] and std.tolist() == meta["std"]
