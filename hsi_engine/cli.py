@@ -167,8 +167,8 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                         "all compute the same network")
     p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="float32 (default: the patch-mode network's map, exactly), or bfloat16 / float16 (opt-in, "
-                        "approximate: a few pixels change class; faster on GPUs and on CPUs with AMX-BF16, slower "
-                        "elsewhere)")
+                        "approximate: a few pixels change class; faster on GPUs, bfloat16 also on CPUs with "
+                        "AMX-BF16; slower elsewhere)")
     p.add_argument("--spatial-precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="the spatial stage's precision: auto (the --precision given on CUDA, and for a "
                         "bfloat16 run on a CPU with AMX-BF16; float32 elsewhere), float32, or the --precision given")
@@ -233,6 +233,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from .io import scene_info
     from .model_info import is_model_dir, model_info
 
+    if Path(args.scene).name == "model.json" and is_model_dir(Path(args.scene).parent):
+        args.scene = str(Path(args.scene).parent)  # the model directory's own file: the model
     if is_model_dir(args.scene):
         given = [o for o, v in (("--variable", args.variable), ("--band-axis", args.band_axis)) if v is not None]
         if given:

@@ -51,6 +51,12 @@ def test_a_copied_model_has_the_same_digest_and_a_changed_one_another(tmp_path, 
     assert other and other != digest
 
 
+def test_a_model_json_path_is_its_model(capsys):
+    """info MODEL_DIR/model.json said "suffix '.json' is not one hsi-engine reads"."""
+    rc, out, _ = _info(SHIPPED_MODEL / "model.json", capsys)
+    assert rc == 0 and out == _info(SHIPPED_MODEL, capsys)[1]
+
+
 def test_scene_options_on_a_model_directory_are_named(capsys):
     rc, out, err = _info(SHIPPED_MODEL, capsys, "--band-axis", "0")
     assert rc == 2 and out == "" and "is a model directory: --band-axis apply to scenes; leave them out" in err
