@@ -354,7 +354,8 @@ class _H5Source:
     """A picklable array-like over one HDF5 dataset: each read opens the file (dask workers included)."""
 
     def __init__(self, path: Path, name: str, shape: tuple[int, ...], dtype) -> None:
-        self.path, self.name, self.shape, self.dtype = str(path), name, tuple(shape), np.dtype(dtype)
+        # absolute: each read opens the file, and the process may change directory between reads
+        self.path, self.name, self.shape, self.dtype = os.path.abspath(path), name, tuple(shape), np.dtype(dtype)
 
     @property
     def ndim(self) -> int:

@@ -920,3 +920,23 @@ def test_an_unreadable_zarr_chunk_is_not_called_corrupt(make_scene, monkeypatch)
     monkeypatch.setattr(zarr.Array, "get_block_selection", denied)
     err = read_error(da, (0, 8, 0, 8), PermissionError(13, "Permission denied"))
     assert isinstance(err, SceneError) and "check the store's permissions" in str(err) and "corrupt" not in str(err)
+
+
+def test_a_scene_opened_by_a_relative_path_is_read_and_identified_after_a_chdir(tmp_path, monkeypatch):
+    """The HDF5 reader kept the relative path, so reading after os.chdir raised a raw FileNotFoundError, and the
+    recorded source of every format was relative, so a resumed run elsewhere no longer found the scene's file."""
+    import h5py
+
+    from hsi_engine import cluster
+
+    cube = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5)
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f.create_dataset("cube", data=cube).attrs["dims"] = "band,y,x"
+    xr.DataArray(cube, dims=("band", "y", "x")).to_dataset(name="r").to_zarr(tmp_path / "s.zarr")
+    monkeypatch.chdir(tmp_path)
+    scenes = {name: open_scene(name) for name in ("s.h5", "s.zarr")}
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    for name, da in scenes.items():
+        np.testing.assert_array_equal(da.values, cube)
+        assert da.encoding["source"] == str(tmp_path / name) == cluster._file_of(da)
