@@ -64,9 +64,9 @@ from .errors import ClusterUsageError, HSIEngineError, OptionError, OutputError,
 from .lock import output_lock
 from .logs import dropped, warnings_ignored
 from .owned import closes_its_scenes, open_owned
-from .resume import (MAP_VERSION, OWNER_ATTR, ResumableZarrWriter, check_owner, describe_differences, discard_partial,
-                     finished_with, mark_tile, model_digest, partial_path, partial_tile, pinned_store, provenance,
-                     read_record, recorded_fingerprint, resolved_spatial_precision, store_replaced)
+from .resume import (MAP_VERSION, OWNER_ATTR, ResumableZarrWriter, check_no_partial, check_owner, describe_differences,
+                     discard_partial, finished_with, mark_tile, model_digest, partial_path, partial_tile, pinned_store,
+                     provenance, read_record, recorded_fingerprint, resolved_spatial_precision, store_replaced)
 from .tiles import Tile, TilePlan, default_tile, describe_plan, normalise_tile, plan_tiles
 
 log = logging.getLogger("hsi_engine.cluster")
@@ -593,6 +593,8 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     spatial = resolved_spatial_precision(spatial_precision, precision, device_type, this_host=workers is not None
                                          or not distributed)
     job.spatial_precision = spatial
+    if not resume:  # an output in the way is refused before the scene's identity, whose digest may read it all
+        _refuse_outputs_in_the_way(out, suffix, prob, overwrite=overwrite)
     scene_id = {"shape": [int(s) for s in da.shape], "dtype": str(da.dtype),
                 **_scene_identity(scene_path, scene, crs, transform, gcps, cube=da)}
     fingerprint = {"scene": scene_id, "model": digest, "labels": [job.class_names(), job.palette()],
@@ -762,6 +764,31 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     return report
 
 
+def _refuse_outputs_in_the_way(out: Path, suffix: str, prob: str | None, *, overwrite: bool) -> None:
+    """The refusals of a run that does not resume which need no fingerprint, in the order and words the checks
+    after it (and the writer) give them: a side file or foreign ``.aux.xml`` of a GeoTIFF, ``<out>.partial``, the
+    output itself (without ``overwrite``), or, with it, a partial store or output hsi-engine did not write. Made
+    before the scene's identity, since its digest may read the whole scene (a dask or lazily opened one)."""
+    from .outputs import TIFF_SUFFIXES, check_replaceable, ours_aux, path_present, side_paths
+
+    sides = side_paths(out)
+    if not overwrite:
+        for key in ("probabilities", "confidence") if suffix in TIFF_SUFFIXES and prob is not None else ():
+            if sides[key].exists():
+                raise OutputError(f"output {sides[key]} already exists; pass overwrite=True (--overwrite) to replace "
+                                  "it, or choose another path")
+        aux = sides["aux"]
+        if suffix in TIFF_SUFFIXES and (aux.exists() or aux.is_symlink()) and not ours_aux(aux):
+            raise OutputError(f"output {aux} already exists; pass overwrite=True (--overwrite on the command line) "
+                              "to replace it, or choose another path")
+    check_no_partial(out, overwrite=overwrite)  # (with overwrite: only a store of ours is to be replaced)
+    if not overwrite and path_present(out):
+        raise OutputError(f"output {out} already exists; pass overwrite=True (--overwrite on the command line) to "
+                          "replace it, or choose another path")
+    if overwrite:
+        check_replaceable(out)
+
+
 def check_workers(workers: Any) -> None:
     """Refuse a worker count that is not a whole number >= 1 (None: no local cluster), as readers= is refused."""
     if workers is None:
@@ -854,11 +881,24 @@ def _file_of(da: Any) -> str | None:
     return src if getattr(da.data, "name", None) == name else None
 
 
+_DIGEST_STRIP_BYTES = 32 << 20  # about this much of the scene (all bands, whole rows) is hashed at a time
+
+
+def _digest_rows(shape: Sequence[int], dtype: Any) -> int:
+    """Rows of the ``(band, y, x)`` scene in each strip :func:`_content_digest` hashes: about
+    :data:`_DIGEST_STRIP_BYTES` of all bands, from the shape and dtype alone, so every process, and numpy, lazy and
+    dask data of the same values, hash the same strips."""
+    bands, width = int(shape[0]), int(shape[-1])
+    return max(1, _DIGEST_STRIP_BYTES // max(1, bands * width * np.dtype(dtype).itemsize))
+
+
 def _content_digest(da: Any) -> str:
     """A digest (blake2b) of a scene's dtype, shape and values, for the identity of a scene that is not its file.
-    In-memory data is hashed band by band (no copy of the whole scene; about 1 GB/s, little beside classifying
-    it); dask data block by block through dask, which reads the scene once more (logged). The digest depends on
-    how the data is held: the same values as numpy and as a dask array, or chunked otherwise, are other scenes."""
+    The ``(band, y, x)`` scene is hashed in strips of whole rows of all bands (:func:`_digest_rows`, about 32 MB
+    each): numpy data in memory (about 1 GB/s, little beside classifying it); a lazily opened file (xarray or
+    rioxarray without chunks) one strip read at a time, and dask data in the same strips through dask, each block
+    read once: both read the scene once more (logged). The digest depends on the values, dtype and shape only,
+    not on how they are held or chunked."""
     import xarray as xr
 
     if not isinstance(da, xr.DataArray):
@@ -867,31 +907,84 @@ def _content_digest(da: Any) -> str:
         da = as_scene(da)
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps([np.dtype(da.dtype).newbyteorder("=").str, [int(n) for n in da.shape]]).encode())
+    rows = _digest_rows(da.shape, da.dtype)
+    height = int(da.shape[1])
+    how = ("write it to a zarr store (scene.to_zarr(PATH)) and classify that path, or pass a file opened whole by "
+           "hsi_engine.open_scene(PATH), to skip this read")
     if da.chunks is not None:
         import dask
 
         log.info("the scene is a dask array that is not a file opened whole and unchanged (a window, an edit, or "
                  "built in memory): reading it once more to record a digest of its values, so a resumed run can "
-                 "tell it from another scene; write it to a zarr store (scene.to_zarr(PATH)) and classify that "
-                 "path to skip this read")
-        arr = da.data
-        h.update(json.dumps([[int(n) for n in c] for c in arr.chunks]).encode())
-        blocks = arr.to_delayed().ravel()
-        for part in dask.compute(*[dask.delayed(_bytes_digest, pure=True)(b) for b in blocks]):
-            h.update(part)
+                 "tell it from another scene; %s", how)
+        strips = da.data.rechunk({0: -1, 1: rows, 2: -1}).to_delayed().ravel() if height else []
+        parts: Any = dask.compute(*[dask.delayed(_bytes_digest, pure=True)(b) for b in strips])
     else:
         var = da.variable
-        for i in range(int(da.shape[0])):  # one band at a time: a lazy backend reads one, numpy copies none
-            h.update(_bytes_digest(np.asarray(var[i].values)))
+        if not var._in_memory:  # a backend's lazy array (xr.open_dataset, rioxarray.open_rasterio, no chunks)
+            log.info("the scene is read lazily from a file it was not opened whole from by open_scene (opened by "
+                     "xarray or rioxarray, a window, or an edit): reading it once more, %d rows of all bands at a "
+                     "time, to record a digest of its values, so a resumed run can tell it from another scene; %s",
+                     rows, how)
+        read = _source_order_reader(var) or (lambda y0, y1: np.asarray(
+            (var if (y0, y1) == (0, height) else var[:, y0:y1]).values))  # (whole: not sliced lazily)
+        parts = (_bytes_digest(read(y0, min(y0 + rows, height))) for y0 in range(0, height, rows))
+    for part in parts:
+        h.update(part)
     return h.hexdigest()
 
 
+def _source_order_reader(var: Any) -> Callable[[int, int], np.ndarray] | None:
+    """For a backend's lazy array that :func:`~hsi_engine.io.as_scene` transposed (a band-last file opened by
+    xarray without chunks): ``(y0, y1) -> (band, y1 - y0, x)`` numpy rows of all bands, read through the file's own
+    axis order (slices) and transposed in memory; None for anything else (read as sliced). xarray holds a lazy
+    transpose as an index array per axis and turns a slice of it into an index per element (about 0.5 us each, 20
+    times a read of the file: 5 s for a 300 x 300 x 120 NetCDF, 0.3 s this way). Only a pure transpose of
+    ascending ranges is taken (checked here); any other lazy indexing, or another xarray, is read as sliced."""
+    try:
+        from xarray.core import indexing
+
+        data = var._data
+        while isinstance(data, (indexing.CopyOnWriteArray, indexing.MemoryCachedArray)):
+            data = data.array
+        if not isinstance(data, indexing.LazilyVectorizedIndexedArray) or var.ndim != 3:
+            return None
+        keys = [np.asarray(k) for k in data.key.tuple]
+        source: dict[int, tuple[int, int]] = {}  # axis of the scene -> (axis of the file, first index read)
+        for i, k in enumerate(keys):
+            axes = [a for a in range(3) if k.ndim == 3 and k.shape[a] != 1]
+            flat = k.reshape(-1)
+            if len(axes) != 1 or flat[0] < 0 or not np.array_equal(flat, np.arange(flat[0], flat[0] + flat.size)):
+                return None  # (a length-1 axis cannot be told from a broadcast one: read as sliced)
+            source[axes[0]] = (i, int(flat[0]))
+        if sorted(source) != [0, 1, 2] or len(keys) != 3 or any(
+                keys[source[j][0]].shape[j] != var.shape[j] for j in range(3)):
+            return None
+        inner = data.array
+    except Exception:  # noqa: BLE001 - xarray's internals as they were (2024-2026): else read as sliced
+        return None
+    order = [source[j][0] for j in range(3)]
+
+    def read(y0: int, y1: int) -> np.ndarray:
+        sl: list[slice] = [slice(None)] * 3
+        for j, (i, first) in source.items():
+            lo, hi = (y0, y1) if j == 1 else (0, int(var.shape[j]))
+            sl[i] = slice(first + lo, first + hi)
+        block = indexing.LazilyIndexedArray(inner, indexing.BasicIndexer(tuple(sl))).get_duck_array()
+        return np.transpose(np.asarray(block), order)
+    return read
+
+
 def _bytes_digest(a: np.ndarray) -> bytes:
-    """blake2b of an array's values in C order and native byte order."""
+    """blake2b of an array's values in C order and native byte order (fed a band at a time: a strip of a C-order
+    scene is hashed without a copy, and the digest is that of the strip's bytes however it is laid out)."""
     a = np.asarray(a)
     if not a.dtype.isnative:
         a = a.astype(a.dtype.newbyteorder("="))
-    return hashlib.blake2b(np.ascontiguousarray(a).data, digest_size=16).digest()
+    h = hashlib.blake2b(digest_size=16)
+    for part in (a if a.ndim > 1 else (a,)):
+        h.update(np.ascontiguousarray(part).data)
+    return h.digest()
 
 
 def _files_stat(p: Path) -> list[int]:

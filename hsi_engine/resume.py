@@ -131,6 +131,13 @@ def describe_differences(found: dict[str, Any] | None, own: dict[str, Any], firs
     diffs = _differences(found, own)
     if any(k == "scene.source" for k, _, _ in diffs):  # another scene: its files' stat or values say nothing more
         diffs = [d for d in diffs if d[0] not in ("scene.stat", "scene.digest")]
+    # a low-precision record without the device: an hsi-engine before it was recorded, which also recorded
+    # spatial_precision as asked ('auto', not what it resolved to): one cause, said once, with what can be done
+    unrecorded = "device" in own and "device" not in found
+    auto = unrecorded and found.get("spatial_precision") == "auto" != own.get("spatial_precision")
+    if auto:
+        diffs = [d for d in diffs if d[0] != "spatial_precision"]
+    explained = False  # the device parenthetical, given once
     for k, a, b in diffs[:4]:
         text = f"{k}: {first} has {_short(a)}, this run {_short(b)}"
         if k == "scene.source" and (a is None or b is None):
@@ -140,7 +147,8 @@ def describe_differences(found: dict[str, Any] | None, own: dict[str, Any], firs
             text = (f"scene: {first} records no digest of its in-memory scene's values (an earlier hsi-engine made "
                     "it), so it cannot be told to be this scene")
         elif k == "scene.digest":
-            text = "scene: another in-memory scene (its values, or how they are held or chunked, differ)"
+            text = ("scene: another in-memory scene (other values, or a digest of them that an earlier hsi-engine "
+                    "made another way)")
         elif k == "scene.stat":  # [files, bytes, newest mtime_ns]
             text = "the scene's files changed (size or modification time) since"
         elif k == "model":
@@ -148,7 +156,14 @@ def describe_differences(found: dict[str, Any] | None, own: dict[str, Any], firs
         elif k == "map_version":
             text = (f"{first} was made by another hsi-engine version, whose maps may differ from this one's "
                     f"(map version {_short(a)}, this run {_short(b)})")
-        elif k in ("spatial_precision", "device"):  # (recorded for a bfloat16 / float16 run only)
+        elif k == "device" and unrecorded:
+            text = (f"{first} was made by an earlier hsi-engine, which did not record the kind of device its "
+                    f"low-precision tiles ran on" + (" (nor what spatial_precision 'auto' resolved to)" if auto else "")
+                    + (", so it cannot be continued safely" if first == "partial" else
+                       ", so it cannot be taken for this run's map") + ": pass overwrite=True (--overwrite) to start "
+                    "over")
+        elif k in ("spatial_precision", "device") and not explained and not unrecorded:  # (low precision only)
+            explained = True
             text += (f" (a {own.get('precision')} map depends on the device it is computed on, and spatial_precision "
                      "'auto' on the host: a low-precision spatial stage on CUDA and, for bfloat16, on CPUs with "
                      "AMX-BF16, float32 elsewhere; continue it on the kind of device that started it)")

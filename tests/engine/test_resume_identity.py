@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ import _scale_fixtures as F
 import hsi_engine
 from hsi_engine import cluster
 from hsi_engine.errors import OutputError
-from hsi_engine.resume import MAP_VERSION, partial_path, read_record, recorded_fingerprint
+from hsi_engine.resume import FINGERPRINT_ATTR, MAP_VERSION, partial_path, read_record, recorded_fingerprint
 
 TILE = 16
 PROVENANCE = ("software", "model_digest", "precision", "spatial_precision", "map_version")
@@ -145,9 +147,11 @@ def test_a_bfloat16_run_records_what_auto_resolved_to(case, tmp_path, monkeypatc
     _interrupted(monkeypatch, case["scene"], case["model"], out, precision="bfloat16")  # (undoes the patch too)
     found = recorded_fingerprint(partial_path(out))
     assert (found["spatial_precision"], found["device"]) == ("bfloat16", "cpu+amx_bf16")
-    with pytest.raises(OutputError, match=r"spatial_precision: partial has 'bfloat16', this run 'float32' \(a "
-                                          r"bfloat16 map depends on the device"):
+    with pytest.raises(OutputError, match=r"device: partial has 'cpu\+amx_bf16', this run 'cpu' \(a bfloat16 map "
+                                          r"depends on the device .*\); spatial_precision: partial has 'bfloat16', "
+                                          r"this run 'float32'\)") as err:
         cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, precision="bfloat16")
+    assert str(err.value).count("depends on the device") == 1  # the explanation once, not after each difference
     monkeypatch.setattr(fused, "_cpu_has_amx_bf16", lambda: True)
     rep = cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, precision="bfloat16")
     assert rep.computed == case["tiles"] - 3
@@ -214,3 +218,154 @@ def test_a_geotiff_with_an_internal_mask_opened_whole_is_its_file(case, tmp_path
     assert cluster._file_of(opened) == str(path)
     ident = cluster._scene_identity(None, opened, None, None, None)
     assert ident["source"] == str(path.resolve()) and "digest" not in ident
+
+
+def test_a_low_precision_partial_of_the_previous_engine_says_to_start_over(case, tmp_path, monkeypatch):
+    """The previous hsi-engine recorded no device and spatial_precision as asked ('auto'): such a partial was refused
+    with "device: partial has None, this run 'cpu' (... continue it on the kind of device that started it)" and the
+    same parenthetical again after spatial_precision, advice no one can follow. It says what made the partial, once,
+    and the way on."""
+    import zarr
+
+    out = tmp_path / "map.tif"
+    _interrupted(monkeypatch, case["scene"], case["model"], out, precision="bfloat16")
+    group = zarr.open_group(str(partial_path(out)), mode="r+")
+    old = json.loads(group.attrs[FINGERPRINT_ATTR])
+    del old["device"]  # as the hsi-engine before the device was recorded wrote it
+    old["spatial_precision"] = "auto"
+    group.attrs[FINGERPRINT_ATTR] = json.dumps(old, sort_keys=True)
+    with pytest.raises(OutputError, match=r"\(partial was made by an earlier hsi-engine, which did not record the "
+                                          r"kind of device its low-precision tiles ran on \(nor what "
+                                          r"spatial_precision 'auto' resolved to\), so it cannot be continued "
+                                          r"safely: pass overwrite=True \(--overwrite\) to start over\)") as err:
+        cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, precision="bfloat16")
+    assert "has None" not in str(err.value) and "kind of device that started it" not in str(err.value)
+    assert int((read_record(partial_path(out)) > 0).sum()) == 3  # refusing keeps the tiles
+    rep = cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, precision="bfloat16", overwrite=True)
+    assert rep.computed == case["tiles"] and not partial_path(out).exists()
+
+
+def _counting_lazy_scene(cube: np.ndarray):
+    """A band-last ``(y, x, band)`` DataArray on a lazy backend array, as xr.open_dataset gives one without chunks,
+    counting the reads of its data."""
+    import xarray as xr
+    from xarray.backends import BackendArray
+    from xarray.core import indexing
+
+    class Counting(BackendArray):
+        def __init__(self, a: np.ndarray) -> None:
+            self.a, self.shape, self.dtype, self.reads = a, a.shape, a.dtype, 0
+
+        def __getitem__(self, key):
+            return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC, self._read)
+
+        def _read(self, key):
+            self.reads += 1
+            return self.a[key]
+
+    backend = Counting(np.ascontiguousarray(np.moveaxis(cube, 0, -1)))
+    var = xr.Variable(("y", "x", "band"), indexing.LazilyIndexedArray(backend))
+    return xr.DataArray(var, name="r"), backend
+
+
+def test_the_digest_reads_rows_of_all_bands_and_depends_on_the_values_only(case, tmp_path, monkeypatch, caplog):
+    """A lazily opened file (xr.open_dataset without chunks) was hashed a band at a time: a band-last store read
+    whole once per band (31-40 s against 0.3 s for one read of a 300 x 300 x 120 NetCDF), with no word in the log.
+    The digest reads strips of whole rows of all bands (rows from the shape and dtype only), says so, and numpy,
+    lazy and dask data of the same values (chunked any way) give one digest."""
+    import dask.array as dsa
+    import xarray as xr
+
+    cube = case["cube"]  # (24, 64, 64) uint16: 3,072 bytes a row of all bands
+    monkeypatch.setattr(cluster, "_DIGEST_STRIP_BYTES", 16 * 3072)  # 16 rows a strip: 4 strips
+    assert cluster._digest_rows(cube.shape, cube.dtype) == 16
+    expected = cluster._content_digest(cube)
+    lazy, backend = _counting_lazy_scene(cube)
+    with caplog.at_level(logging.INFO, logger="hsi_engine"):
+        assert cluster._content_digest(hsi_engine.as_scene(lazy)) == expected
+    assert backend.reads == 4  # a strip a read (was 24: a band a read)
+    assert any("read lazily" in r.getMessage() and "reading it once more, 16 rows of all bands" in r.getMessage()
+               for r in caplog.records)
+
+    nc = tmp_path / "band_last.nc"
+    xr.DataArray(np.moveaxis(cube, 0, -1), dims=("y", "x", "band"), name="r").to_netcdf(nc)
+    with xr.open_dataset(nc) as ds:
+        assert cluster._content_digest(hsi_engine.as_scene(ds["r"])) == expected
+        window = hsi_engine.as_scene(ds["r"][5:50, 3:60, 2:20])  # a lazy window, then transposed
+        assert cluster._content_digest(window) == cluster._content_digest(np.asarray(window.values))
+    for chunks in ((24, 16, 16), (5, 7, 64), (24, 64, 64)):  # (was: another digest for each chunking)
+        assert cluster._content_digest(xr.DataArray(dsa.from_array(cube, chunks=chunks),
+                                                    dims=("band", "y", "x"))) == expected
+    assert cluster._content_digest(np.asfortranarray(cube)) == cluster._content_digest(cube.astype(">u2")) == expected
+    assert cluster._content_digest(cube.astype(np.int32)) != expected  # the dtype counts
+
+
+def test_a_dask_scene_s_digest_reads_each_block_once(case, monkeypatch):
+    """Strips that cut across the scene's chunks still read each block once (one dask graph)."""
+    import threading
+
+    import dask.array as dsa
+    import xarray as xr
+
+    cube, reads, lock = case["cube"], {"n": 0}, threading.Lock()
+
+    def count(block):
+        with lock:
+            reads["n"] += 1
+        return block
+
+    lazy = dsa.from_array(cube, chunks=(24, 16, 16)).map_blocks(count, dtype=cube.dtype)
+    monkeypatch.setattr(cluster, "_DIGEST_STRIP_BYTES", 10 * 3072)  # 10-row strips across 16-row chunks
+    reads["n"] = 0  # (map_blocks calls it once on an empty block to learn its output)
+    assert cluster._content_digest(xr.DataArray(lazy, dims=("band", "y", "x"))) == cluster._content_digest(cube)
+    assert reads["n"] == lazy.npartitions
+
+
+def test_the_digest_is_the_same_in_every_process(case, tmp_path):
+    """A resumed run is another process: its digest of the same values (numpy or dask) must be the recorded one."""
+    np.save(tmp_path / "cube.npy", case["cube"])
+    code = ("import sys, numpy as np, dask.array as dsa, xarray as xr\n"
+            "from hsi_engine import cluster\n"
+            "c = np.load(sys.argv[1])\n"
+            "print(cluster._content_digest(c), cluster._content_digest(xr.DataArray(dsa.from_array(c, chunks=(8, 16, "
+            "16)), dims=('band', 'y', 'x'))))\n")
+    outs = [subprocess.run([sys.executable, "-c", code, str(tmp_path / "cube.npy")], capture_output=True, text=True,
+                           check=True, timeout=300).stdout.split() for _ in range(2)]
+    assert outs[0] == outs[1] == [cluster._content_digest(case["cube"])] * 2
+
+
+@pytest.mark.parametrize("name", ["map.zarr", "map.tif"])
+def test_an_output_in_the_way_is_refused_before_the_scene_is_read_for_its_digest(case, tmp_path, monkeypatch, name):
+    """An existing output without overwrite read the whole (dask) scene for its digest before "already exists"
+    (10 block reads where 1 did before): the refusals that need no fingerprint come first, in the same words."""
+    import shutil
+
+    scene = F.dataarray(case["cube"]).chunk({"y": 16, "x": 16})  # dask, not a file: identified by a digest
+    out = tmp_path / name
+    F.crash_writes_after(monkeypatch, 2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, readers=1, queue_depth=1)
+    monkeypatch.undo()
+
+    def no_digest(da):
+        raise AssertionError("the scene was read for its digest before the refusal")
+
+    monkeypatch.setattr(cluster, "_content_digest", no_digest)
+    with pytest.raises(OutputError, match=r"an interrupted run left .*\.partial; pass resume=True"):
+        hsi_engine.classify_to_file(scene, case["model"], out, tile=TILE, progress=False)
+    monkeypatch.undo()
+    cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, overwrite=True, probabilities=True)
+    monkeypatch.setattr(cluster, "_content_digest", no_digest)
+    with pytest.raises(OutputError, match=r"output .*map\.(zarr|tif) already exists; pass overwrite=True"):
+        cluster.run_to_file(scene, case["model"], out, tile=TILE)
+    if name == "map.tif":  # a side file left beside no map
+        out.unlink()
+        with pytest.raises(OutputError, match=r"output .*map_probabilities\.tif already exists"):
+            cluster.run_to_file(scene, case["model"], out, tile=TILE, probabilities=True)
+    else:  # overwrite: only a store hsi-engine wrote is replaced
+        shutil.rmtree(out)
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+        with pytest.raises(OutputError, match=r"refusing to replace .*map\.zarr: expected a zarr store"):
+            cluster.run_to_file(scene, case["model"], out, tile=TILE, overwrite=True)
+        assert (out / "notes.txt").read_text() == "mine"
