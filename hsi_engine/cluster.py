@@ -858,6 +858,11 @@ def _scene_identity(scene_path: Any, da: Any, crs: Any, transform: Any, gcps: An
     ident: dict[str, Any] = {"source": None}
     if src and Path(src).exists():
         p = Path(src).resolve()
+        from .envi import envi_paths
+        from .io import scene_format
+
+        if not p.is_dir() and scene_format(p) == "envi":  # its header or its data file: one scene, one name
+            p = envi_paths(p)[1].resolve()
         ident["source"] = str(p)
         ident["stat"] = _files_stat(p)
     else:

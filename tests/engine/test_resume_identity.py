@@ -369,3 +369,16 @@ def test_an_output_in_the_way_is_refused_before_the_scene_is_read_for_its_digest
         with pytest.raises(OutputError, match=r"refusing to replace .*map\.zarr: expected a zarr store"):
             cluster.run_to_file(scene, case["model"], out, tile=TILE, overwrite=True)
         assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_an_envi_scene_named_by_its_header_or_its_data_file_is_one_scene(tmp_path):
+    """The scene path 's.hdr' and open_scene('s.hdr') (whose source is the data file 's.bsq') had two identities,
+    so --resume across the two forms was refused."""
+    import rasterio
+
+    cube = np.arange(3 * 5 * 4, dtype=np.int16).reshape(3, 5, 4)
+    with rasterio.open(tmp_path / "s.bsq", "w", driver="ENVI", count=3, height=5, width=4, dtype="int16") as dst:
+        dst.write(cube)
+    idents = [cluster._scene_identity(p, None, None, None, None) for p in (tmp_path / "s.hdr", tmp_path / "s.bsq")]
+    idents += [cluster._scene_identity(None, hsi_engine.open_scene(tmp_path / "s.hdr"), None, None, None)]
+    assert idents[0] == idents[1] == idents[2] and idents[0]["source"] == str((tmp_path / "s.bsq").resolve())
