@@ -143,6 +143,9 @@ def describe_differences(found: dict[str, Any] | None, own: dict[str, Any], firs
         if k == "scene.source" and (a is None or b is None):
             memory = "an in-memory scene (an array, or a file's scene loaded, edited or windowed)"
             text = f"scene: {first} has {_short(a) if a else memory}, this run {_short(b) if b else memory}"
+            if a and not b:  # the file's scene loaded or edited: continued by the file itself, if it is unchanged
+                text += (f" (if this run's scene is that file's, unchanged, pass its path, or open_scene({_short(a)})"
+                         " without loading it, to continue)")
         elif k == "scene.digest" and a is None:
             text = (f"scene: {first} records no digest of its in-memory scene's values (an earlier hsi-engine made "
                     "it), so it cannot be told to be this scene")

@@ -251,7 +251,9 @@ def test_a_scene_rewritten_in_place_is_not_taken_for_the_finished_one(case, tmp_
                                           r"time\) since\)"):
         cluster.run_to_file(scene, case["model"], out, tile=TILE, resume=True)
     da = hsi_engine.open_scene(scene).load()  # (its encoding still names the file)
-    with pytest.raises(OutputError, match=r"scene: it has '[^']*scene.zarr', this run an in-memory scene"):
+    with pytest.raises(OutputError, match=r"scene: it has '[^']*scene.zarr', this run an in-memory scene .*\(if "
+                                          r"this run's scene is that file's, unchanged, pass its path, or "
+                                          r"open_scene\('[^']*scene.zarr'\) without loading it, to continue\)"):
         cluster.run_to_file(da, case["model"], out, tile=TILE, resume=True)
 
 
