@@ -26,9 +26,9 @@ def _version() -> str:
 _lazy_getattr, __dir__, _ = lazy_loader.attach(
     __name__,
     submodules=["accessor", "allocator", "api", "blocks", "cli", "cluster", "cube", "dask_client", "demo", "envi",
-                "errors", "fused", "georef", "geotiff", "integrity", "io", "lock", "logs", "model_info", "normalise",
-                "outputs", "owned", "render", "resume", "runner", "scene_checks", "stores", "tiles", "wavelengths",
-                "whole", "writers"],
+                "errors", "fused", "georef", "geotiff", "integrity", "io", "lock", "logs", "map_info", "model_info",
+                "normalise", "outputs", "owned", "render", "resume", "runner", "scene_checks", "stores", "tiles",
+                "wavelengths", "whole", "writers"],
     submod_attrs={
         "accessor": ["HSIAccessor"],
         "allocator": ["reuse_large_buffers"],

@@ -223,14 +223,16 @@ def _cmd_classify(args: argparse.Namespace, on_written: Callable[[Path], None] |
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="shape, bands, dtype, chunks, CRS and size on disk of a scene; or what a model "
-                                    "directory holds, with the model digest its class maps record")
-    p.add_argument("scene", help="a scene, or a model directory (model.json + weights.safetensors)")
+    p = sub.add_parser("info", help="shape, bands, dtype, chunks, CRS and size on disk of a scene; what a model "
+                                    "directory holds, with the model digest its class maps record; or what made a "
+                                    "class map (or an interrupted run's partial store)")
+    p.add_argument("scene", help="a scene, a model directory (model.json + weights.safetensors), or a class map")
     _add_open_options(p)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from .io import scene_info
+    from .map_info import class_map_attrs, map_info
     from .model_info import is_model_dir, model_info
 
     if Path(args.scene).name == "model.json" and is_model_dir(Path(args.scene).parent):
@@ -242,6 +244,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
                   "scenes; leave them out", file=sys.stderr)
             return 2
         text = model_info(args.scene)
+    elif class_map_attrs(args.scene) is not None:  # a map (or partial run) of ours: what made it, not its pixels
+        text = map_info(args.scene)
     else:
         text = scene_info(args.scene, variable=args.variable, band_axis=args.band_axis)
     if sys.stdout is None:  # `>&-`: print() would write nothing and the command say it had

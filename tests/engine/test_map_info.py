@@ -1,0 +1,62 @@
+"""``hsi-engine info MAP``: a class map or an interrupted run's partial store that hsi-engine wrote is described by
+what made it (software, model digest, precisions, map version, scene, tiles done), where info read a .tif map as a
+1-band scene and refused a .zarr map or partial ("expected (band, y, x)")."""
+
+from __future__ import annotations
+
+import pytest
+
+import _scale_fixtures as F
+
+from hsi_engine import cluster
+from hsi_engine.cli import main
+from hsi_engine.resume import partial_path
+
+TILE = 16
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    return F.classified_crop(tmp_path_factory.mktemp("mapinfo"), 32, 48, y0=10, x0=10, tile=TILE)  # 2 x 3 tiles
+
+
+def _info(path, capsys) -> dict[str, str]:
+    assert main(["info", str(path)]) == 0
+    return dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_a_class_map_is_described_by_what_made_it(case, tmp_path, capsys, suffix):
+    out = tmp_path / f"map{suffix}"
+    assert main(["classify", str(case["scene"]), "--model", str(case["model"]), "--out", str(out), "--tile",
+                 str(TILE), "--resume"]) == 0
+    capsys.readouterr()
+    model_digest = _info(case["model"], capsys)["digest"].split()[0]
+    said = _info(out, capsys)
+    assert said["class"] == f"map  {out}" and said["shape"] == "y=32 x=48"
+    assert said["model"].startswith(f"digest {model_digest} ")
+    assert said["software"].startswith("hsi-engine ") and said["precision"] == "float32"
+    assert said["map"] == "version 3" and said["scene"] == f"{case['scene']}; tile {TILE}"
+    assert said["classes"].startswith("4: ")
+
+
+def test_an_interrupted_runs_partial_store_says_how_far_it_got(case, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "map.tif"
+    F.crash_writes_after(monkeypatch, 2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, readers=1, queue_depth=1)
+    monkeypatch.undo()
+    said = _info(partial_path(out), capsys)
+    assert said["format"] == "zarr, the partial store of an interrupted run" and said["tiles"] == "2 of 6 done"
+
+
+def test_a_scene_is_still_described_as_a_scene(case, capsys):
+    assert _info(case["scene"], capsys)["format"] == "zarr"
+
+
+def test_a_map_of_a_plain_run_records_no_scene_but_what_made_it(case, tmp_path, capsys):
+    out = tmp_path / "plain.tif"
+    assert main(["classify", str(case["scene"]), "--model", str(case["model"]), "--out", str(out)]) == 0
+    capsys.readouterr()
+    said = _info(out, capsys)
+    assert said["format"] == "GeoTIFF" and said["model"].startswith("digest ") and "scene" not in said
