@@ -1421,3 +1421,33 @@ def test_a_missing_value_decoded_by_xarray_is_nodata(tmp_path, case):
     decoded = classify(xr.open_dataset(tmp_path / "mv.nc", engine="h5netcdf"), model, progress=False).values
     assert by_path[3, 4] == 0
     np.testing.assert_array_equal(decoded, by_path)
+
+
+def _model_with_a_zero_std(std0: bool):
+    import torch
+    from ssrn.config import SSRNConfig
+    from ssrn.model import SSRN
+    cfg = SSRNConfig.from_name("indian_pines")
+    torch.manual_seed(0)
+    m = SSRN(cfg).eval()
+    std = [2.0] * cfg.bands
+    if std0:
+        std[5] = 0.0
+    m.meta = {"mean": [1.0] * cfg.bands, "std": std}
+    return m, cfg
+
+
+def test_a_saved_std_of_0_loads_and_reads_as_1(tmp_path):
+    import hsi_engine
+    from ssrn.checkpoint import load_model, save_model
+    m, cfg = _model_with_a_zero_std(std0=True)
+    path = save_model(m, tmp_path / "m")
+    loaded = load_model(path)  # (was refused: 'a standard deviation is >= 0')
+    rng = np.random.default_rng(0)
+    scene = rng.normal(3.0, 2.0, (cfg.bands, 9, 9)).astype(np.float32)
+    scene[5] = 1.0  # the constant band, at its mean
+    got = hsi_engine.classify(scene, loaded, progress=False).values
+    m1 = load_model(path)
+    m1.meta["std"] = [1.0 if s == 0 else s for s in m1.meta["std"]]
+    want = hsi_engine.classify(scene, m1, progress=False).values
+    np.testing.assert_array_equal(got, want)  # (raised NonFiniteInputError: a division by 0)

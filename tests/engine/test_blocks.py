@@ -369,3 +369,12 @@ def test_cli_takes_reader_settings_and_refuses_bad_ones(tmp_path, capsys):
     with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
     assert not (tmp_path / "bad.tif").exists()
+
+
+def test_block_cache_refuses_a_short_block():
+    from hsi_engine.blocks import BlockCache
+    full = np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8)
+    # a store that returns one row for a 4-row chunk: must raise, not broadcast the row into the chunk
+    cache = BlockCache(lambda y0, y1, x0, x1: full[:, y0:y0 + 1, x0:x1], ((4, 4), (4, 4)), 4)
+    with pytest.raises(ValueError, match="decoded to"):
+        cache(0, 4, 0, 4)

@@ -303,3 +303,15 @@ def test_the_model_digest_counts_what_makes_the_map_and_nothing_else():
     bad.meta["bad_bands"] = []
     assert model_digest(bad) == model_digest(model)
     assert base != model_digest(model)  # (std[0] rounded: the normalisation did change)
+
+
+def test_a_tile_whose_write_fails_is_not_recorded_done(tmp_path):
+    from hsi_engine.resume import ResumableZarrWriter
+    w = ResumableZarrWriter(tmp_path / "m.zarr", grid=(2, 2), fingerprint={"k": 1}, resume=False, height=32,
+                            width=32, n_classes=3, block=16)
+    def boom(*a, **k):
+        raise OSError("disk full")
+    w.write = boom
+    with pytest.raises(OSError):
+        w.write_tile(0, 1, 1, 0, 16, np.ones((16, 16), np.uint8))
+    assert (w.done() == 0).all()

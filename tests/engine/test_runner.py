@@ -348,3 +348,14 @@ def test_durations_read_as_people_write_them():
     from hsi_engine.runner import _duration
 
     assert [_duration(s) for s in (4.4, 75, 3600 * 2 + 61)] == ["4 s", "1 min 15 s", "2 h 01 min"]
+
+
+def test_a_scene_one_band_off_the_model_is_refused():
+    from types import SimpleNamespace
+    from hsi_engine.errors import BandMismatchError
+    from hsi_engine.runner import check_scene
+    wl = 400.0 + 10.0 * np.arange(50)
+    cfg = SimpleNamespace(classes=5, bands=50)
+    check_scene(cfg, {"wavelengths": wl.tolist()}, bands=50, height=9, width=9, wavelengths=wl + 4.0)  # within 1/2
+    with pytest.raises(BandMismatchError, match="wavelengths differ"):  # the scene's bands one band further on
+        check_scene(cfg, {"wavelengths": wl.tolist()}, bands=50, height=9, width=9, wavelengths=wl + 10.0)

@@ -398,3 +398,54 @@ def test_flag_meanings_are_cf_words_one_per_class():
     assert len(words) == len(names) and len(set(words)) == len(names)
     assert all(re.fullmatch(r"[A-Za-z0-9_@+.\-]+", w) for w in words)
     assert words[3] == "class_4" and words[5] == "Oak_Broadleaf_6"
+
+
+def test_k_plus_1_palette_drops_the_class_0_colour(tmp_path):
+    import rasterio
+    from hsi_engine.writers import write_classmap
+    labels = np.array([[1, 2], [3, 0]], np.uint8)
+    pal = [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255)]  # class 0 first, then classes 1..3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = write_classmap(labels, tmp_path / "m.tif", n_classes=3, palette=pal)
+    with rasterio.open(out) as ds:
+        cmap = ds.colormap(1)
+    assert cmap[1][:3] == (255, 0, 0) and cmap[3][:3] == (0, 0, 255)
+
+
+def test_coordinates_whose_step_drifts_are_not_a_grid():
+    import xarray as xr
+    from hsi_engine.errors import IrregularGridError
+    from hsi_engine.georef import grid_transform
+    from hsi_engine.writers import _transform_from_coords
+    # each step within 30 % of the mean step, but the steps drift: the last pixel ~7 pixels off the fitted grid
+    x = np.concatenate([[0.0], np.cumsum(np.linspace(0.7, 1.3, 99))]) * 30 + 500000
+    y = 4000000 - np.arange(50) * 30.0
+    assert _transform_from_coords(y, x) is None
+    da = xr.DataArray(np.zeros((1, 50, 100), np.float32), dims=("band", "y", "x"), coords={"x": x, "y": y})
+    da = da.rio.write_crs("EPSG:32633")
+    with pytest.raises(IrregularGridError):
+        grid_transform(da)
+
+
+def test_class_map_overviews_hold_only_classes(tmp_path):
+    import rasterio
+    from hsi_engine.writers import write_classmap
+    labels = np.ones((1024, 1024), np.uint8)
+    labels[:, 1::2] = 3  # stripes of classes 1 and 3 (GDAL averages a paletted band's colours: class 6 here)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = write_classmap(labels, tmp_path / "m.tif", n_classes=8)
+    with rasterio.open(out) as ds:
+        assert ds.overviews(1), "the COG has no overviews to check"
+    with rasterio.open(out, overview_level=0) as ov:
+        assert set(np.unique(ov.read(1)).tolist()) <= {1, 3}
+
+
+def test_int_labels_up_to_n_classes_are_written(tmp_path):
+    from hsi_engine.writers import write_classmap
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = write_classmap(np.array([[0, 1], [2, 3]], np.int64), tmp_path / "m.zarr", n_classes=3)
+    import xarray as xr
+    assert int(xr.open_zarr(out)["classes"].max()) == 3

@@ -38,3 +38,15 @@ def test_absent_class_and_report():
 def test_length_mismatch():
     with pytest.raises(ValueError, match="differ"):
         confusion_matrix([0, 1], [0])
+
+
+def test_kappa_of_perfect_single_class_agreement_is_1():
+    from ssrn.metrics import classification_report, cohen_kappa
+    assert cohen_kappa(np.array([[5, 0], [0, 0]])) == 1.0
+    assert classification_report([1, 1, 1], [1, 1, 1], 2)["kappa"] == 1.0
+
+
+def test_confusion_matrix_infers_n_classes_from_the_largest_label():
+    from ssrn.metrics import confusion_matrix
+    cm = confusion_matrix([0, 2, 1], [0, 2, 2])
+    assert cm.shape == (3, 3) and cm[1, 2] == 1 and cm[2, 2] == 1

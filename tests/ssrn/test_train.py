@@ -67,6 +67,8 @@ def test_short_training_beats_majority_baseline(crop, tmp_path):
     meta = m.meta
     assert len(meta["mean"]) == len(meta["std"]) == 200
     assert meta["mean"][0] == pytest.approx(cube[0].astype(np.float64).mean())
+    np.testing.assert_array_equal(meta["mean"], cube.astype(np.float64).mean(axis=(1, 2)))  # float64, every band
+    np.testing.assert_array_equal(meta["std"], cube.astype(np.float64).std(axis=(1, 2)))
     assert meta["command"] == "pytest" and meta["report"]["oa"] == rep["oa"]
     assert len(meta["wavelengths"]) == 200
     masks = D.split_masks_from_meta(meta)
