@@ -46,15 +46,18 @@ from .stores import (gdal_band_stack, keep_grid_mapping, open_hdf5, open_matlab,
                      pick_variable, zipped_zarr)
 
 # the other public names io.py held before it was split by job; importable from here as before
-from .cube import NODATA_ATTRS, SOURCE_COL, SOURCE_ROW, band_runs  # noqa: F401,E402
-from .georef import unplaced_window  # noqa: F401,E402
-from .geotiff import gdal_name  # noqa: F401,E402
-from .stores import MAX_CHUNKS, MAX_DECODED_CHUNK  # noqa: F401,E402
-from .wavelengths import WAVELENGTH_NAMES, not_wavelengths, spectral_unit, wavelengths_in_names  # noqa: F401,E402
+from .cube import NODATA_ATTRS, SOURCE_COL, SOURCE_ROW, band_runs
+from .georef import unplaced_window
+from .geotiff import gdal_name
+from .stores import MAX_CHUNKS, MAX_DECODED_CHUNK
+from .wavelengths import WAVELENGTH_NAMES, not_wavelengths, spectral_unit, wavelengths_in_names
 
 
 __all__ = ["SUPPORTED_SUFFIXES", "as_scene", "open_scene", "scene_format", "scene_gcps", "scene_info",
-           "with_window_gcps"]
+           "with_window_gcps",
+           # held here before the split by job (imported above)
+           "MAX_CHUNKS", "MAX_DECODED_CHUNK", "NODATA_ATTRS", "SOURCE_COL", "SOURCE_ROW", "WAVELENGTH_NAMES",
+           "band_runs", "gdal_name", "not_wavelengths", "spectral_unit", "unplaced_window", "wavelengths_in_names"]
 
 SUPPORTED_SUFFIXES: dict[str, str] = {
     ".zarr": "zarr", ".nc": "netcdf", ".nc4": "netcdf", ".cdf": "netcdf",

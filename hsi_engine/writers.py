@@ -53,13 +53,13 @@ from .errors import HSIEngineError, OptionError, OutputError, user_stacklevel
 from .logs import dropped, warnings_ignored
 from .outputs import (TIFF_SUFFIXES, ZARR_TITLE, check_output_suffix, check_replaceable, ensure_output_dir,
                       ours_aux, path_present, remove_tree, side_paths)
-from .outputs import (URL, check_not_scene, is_hsi_zarr, sweep_leftovers, zarr_root_attributes,  # noqa: F401
-                      zarr_unusable)
+from .outputs import URL, check_not_scene, is_hsi_zarr, sweep_leftovers, zarr_root_attributes, zarr_unusable
 
 __all__ = ["ClassMapWriter", "GeoTiffClassMapWriter", "ZarrClassMapWriter", "default_palette", "open_writer",
            "write_classmap",
            # where outputs go (hsi_engine.outputs), importable from here as before the split
-           "ZARR_TITLE", "check_not_scene", "check_replaceable", "is_hsi_zarr", "side_paths", "zarr_root_attributes"]
+           "URL", "ZARR_TITLE", "check_not_scene", "check_output_suffix", "check_replaceable", "ensure_output_dir",
+           "is_hsi_zarr", "remove_tree", "side_paths", "sweep_leftovers", "zarr_root_attributes", "zarr_unusable"]
 
 log = logging.getLogger(__name__)
 _PROB_DTYPES = (None, "float16", "float32")
