@@ -3,7 +3,6 @@ by what it records of what made it: software, model digest, precisions, map vers
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -33,22 +32,13 @@ def class_map_attrs(path: str | os.PathLike) -> dict[str, Any] | None:
     return tags if "model_digest" in tags and "n_classes" in tags else None
 
 
-def _json(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
-
-
 def map_info(path: str | os.PathLike) -> str:
     """A human summary of a class map hsi-engine wrote: format, shape, classes, CRS and what made it (software,
     model digest - compare ``hsi-engine info MODEL_DIR`` -, precisions, map version, the scene a resumable run
     recorded, its runs); for a partial store, how many tiles are done."""
     import xarray as xr
 
-    from .resume import FINGERPRINT_ATTR, read_record
+    from .resume import FINGERPRINT_ATTR, json_attr, read_record
 
     p = Path(path)
     attrs = class_map_attrs(p)
@@ -74,7 +64,7 @@ def map_info(path: str | os.PathLike) -> str:
 
         extra = [k for k in ("probabilities", "confidence") if side_paths(p)[k].exists()]
     lines.append(f"shape      y={h} x={w}" + (f"; with {' and '.join(extra)}" if extra else ""))
-    names = _json(attrs.get("class_names")) or []
+    names = json_attr(attrs, "class_names") or []
     lines.append(f"classes    {attrs.get('n_classes', len(names))}" + (
         f": {', '.join(map(str, names[:6]))}" + (", ..." if len(names) > 6 else "") if names else ""))
     if crs is not None:
@@ -89,13 +79,13 @@ def map_info(path: str | os.PathLike) -> str:
             text = {"model_digest": f"digest {value} (hsi-engine info MODEL_DIR prints a model's)",
                     "map_version": f"version {value}", "spatial_precision": f"stage in {value}"}.get(key, value)
             lines.append(f"{label:<10} {text}")
-    fingerprint = _json(attrs.get(FINGERPRINT_ATTR))
+    fingerprint = json_attr(attrs, FINGERPRINT_ATTR)
     if isinstance(fingerprint, dict):
         scene = fingerprint.get("scene") or {}
         what = scene.get("source") or (f"an in-memory scene (values digest {scene['digest'][:16]}...)"
                                        if scene.get("digest") else "an in-memory scene")
         lines.append(f"scene      {what}; tile {fingerprint.get('tile')}")
-    runs = _json(attrs.get("resume_runs"))
+    runs = json_attr(attrs, "resume_runs")
     if isinstance(runs, list) and runs:
         lines.append(f"runs       {len(runs)}; the last started {runs[-1].get('started', '?')}")
     if p.is_dir():
