@@ -1,4 +1,4 @@
-"""Tile normalisation: the whole-tile numpy formulation vs the per-band one the engine uses (hsi_engine.normalise).
+"""Tile normalisation: the whole-tile numpy formulation vs the per-band one the engine uses (ssrn.normalise).
 
 One tile of ``--bands x (--tile + 6)^2`` pixels per dtype, written into the interior of a padded float32
 buffer as the engine does; median of ``--reps`` runs after a warm-up.
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _common import cpu_name, results_out, write_report  # noqa: E402
-from hsi_engine.normalise import normalise_into, normalise_into_reference  # noqa: E402
+from ssrn.normalise import normalise_into, normalise_into_reference  # noqa: E402
 
 
 def _median_ms(fn, reps: int) -> float:

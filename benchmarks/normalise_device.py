@@ -1,4 +1,4 @@
-"""The device path's normalisation (``hsi_engine.normalise.normalise_tensor``) in its two forms: four passes per
+"""The device path's normalisation (``ssrn.normalise.normalise_tensor``) in its two forms: four passes per
 chunk of bands (cast to float64, subtract in place, divide in place, copy to float32; ``fused=False``, the CPU's)
 against two (raw -> float64 difference by type promotion, then the quotient rounded once to float32 as it is
 stored; ``fused=True``, CUDA's). Same float64 operations, same bits: the run checks it. Two passes move 24 bytes
@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks._common import (bench_device, cpu_report_head, doc_description, positive_int, results_out,  # noqa: E402
                                 wall_ms, write_report)
-from hsi_engine.normalise import normalise_tensor  # noqa: E402
+from ssrn.normalise import normalise_tensor  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> Path:

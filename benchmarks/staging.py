@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from benchmarks._common import cpu_report_head, doc_description, positive_int, results_out, write_report  # noqa: E402
-from hsi_engine.normalise import stage_raw  # noqa: E402
+from ssrn.normalise import stage_raw  # noqa: E402
 from hsi_engine.runner import read_window, submit_in_plan_order, window_reader  # noqa: E402
 from hsi_engine.tiles import plan_tiles  # noqa: E402
 

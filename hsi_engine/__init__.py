@@ -27,8 +27,8 @@ _lazy_getattr, __dir__, _ = lazy_loader.attach(
     __name__,
     submodules=["accessor", "allocator", "api", "blocks", "cli", "cluster", "cube", "dask_client", "demo", "envi",
                 "errors", "fused", "georef", "geotiff", "integrity", "io", "lock", "logs", "map_info", "model_info",
-                "normalise", "outputs", "owned", "render", "resume", "runner", "scene_checks", "stores", "tiles",
-                "wavelengths", "whole", "writers"],
+                "outputs", "owned", "render", "resume", "runner", "scene_checks", "stores", "tiles",
+                "training", "wavelengths", "whole", "writers"],
     submod_attrs={
         "accessor": ["HSIAccessor"],
         "allocator": ["reuse_large_buffers"],
@@ -40,6 +40,7 @@ _lazy_getattr, __dir__, _ = lazy_loader.attach(
         "fused": ["FusedSSRN", "fold_spatial", "fold_spectral", "patch_forward"],
         "io": ["as_scene"],
         "tiles": ["Tile", "TilePlan", "plan_tiles"],
+        "training": ["load_labelled_raster", "train"],
     },
 )
 
@@ -47,7 +48,8 @@ __all__ = ["BandMismatchError", "CheckpointError", "ClusterUsageError", "Corrupt
            "HSIAccessor", "HSIEngineError", "IrregularGridError", "MissingSpatialDimsError", "NonFiniteInputError",
            "OptionError", "OutputError", "SceneError", "SceneNotFoundError", "SceneTooSmallError", "Tile", "TilePlan",
            "UnnormalisedInputWarning", "WorkerLostError", "as_scene", "classify", "classify_to_file", "fold_spatial",
-           "fold_spectral", "load_model", "open_scene", "patch_forward", "plan_tiles", "reuse_large_buffers"]
+           "fold_spectral", "load_labelled_raster", "load_model", "open_scene", "patch_forward", "plan_tiles",
+           "reuse_large_buffers", "train"]
 
 
 
@@ -67,3 +69,4 @@ if TYPE_CHECKING:
     from .fused import FusedSSRN, fold_spatial, fold_spectral, patch_forward
     from .io import as_scene
     from .tiles import Tile, TilePlan, plan_tiles
+    from .training import load_labelled_raster, train

@@ -136,16 +136,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from ssrn.train import run_training
+    from .training import train
 
-    run_training(dataset=args.dataset, out=args.out, data_dir=args.data_dir, epochs=args.epochs,
-                 batch_size=args.batch_size, train_fraction=args.train_fraction,
-                 val_fraction=args.val_fraction, per_class=args.per_class, split=args.split, seed=args.seed,
-                 device=args.device, variant=args.variant, patch=args.patch, optimizer=args.optimizer,
-                 lr=args.lr, schedule=args.schedule, patience=args.patience, max_minutes=args.max_minutes,
-                 amp=args.amp, class_weight=None if args.class_weight == "none" else args.class_weight,
-                 overwrite=args.overwrite, labels=args.labels, class_names=args.class_names,
-                 command="hsi-engine " + shlex.join(argv))  # its errors are HSIEngineErrors: main() says them
+    train(dataset=args.dataset, out=args.out, data_dir=args.data_dir, epochs=args.epochs,
+          batch_size=args.batch_size, train_fraction=args.train_fraction, val_fraction=args.val_fraction,
+          per_class=args.per_class, split=args.split, seed=args.seed, device=args.device, variant=args.variant,
+          patch=args.patch, optimizer=args.optimizer, lr=args.lr, schedule=args.schedule, patience=args.patience,
+          max_minutes=args.max_minutes, amp=args.amp,
+          class_weight=None if args.class_weight == "none" else args.class_weight, overwrite=args.overwrite,
+          labels=args.labels, class_names=args.class_names,
+          command="hsi-engine " + shlex.join(argv))  # its errors are HSIEngineErrors: main() says them
     return 0
 
 

@@ -212,7 +212,7 @@ def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarra
     ``read``: a window reader of ``da`` (default: a direct one); ``nodata_bands``: as in ``run_plan``."""
     import torch
 
-    from .normalise import stage_raw
+    from ssrn.normalise import stage_raw
     from .runner import (_check_window, _nonfinite_error, blown_pixels, check_blown, labels_from_logits,
                          mask_nodata, prepare_tile, prepare_tile_tensor, tile_logits, window_reader)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # the base lives with the model: the trainer's errors are ours
-from ssrn.errors import CheckpointError, HSIEngineError, OptionError
+from ssrn.errors import CheckpointError, HSIEngineError, OptionError, OutputError
 
 
 class SceneError(HSIEngineError, ValueError):
@@ -36,10 +36,6 @@ class IrregularGridError(SceneError):
 
 class CorruptChunkError(SceneError):
     """A zarr chunk that is missing or cannot be decoded."""
-
-
-class OutputError(HSIEngineError, OSError):
-    """The output exists (without overwrite) or cannot be written."""
 
 
 class ClusterUsageError(OptionError):

@@ -1,90 +1,21 @@
-"""One live run per output: an advisory lock on a hidden file beside it (``.<name>.lock``).
-
-Two resumable runs into the same output would write the same partial store, and one's commit (a rename) or abort
-(a delete) would pull it from under the other. :func:`output_lock` takes ``flock`` on ``.<out name>.lock`` for the
-whole run; a second run is refused with the first one's pid, host and start time. The kernel drops the lock when
-its process dies, however it dies (SIGKILL, a lost node), so a stale lock file never blocks a rerun: the next run
-simply takes it. The file is removed when its run ends; one left by a killed run is harmless. A run that takes the
-lock first removes the hidden temps a killed run left (:func:`~hsi_engine.outputs.sweep_leftovers`). ``flock`` is
-honoured across processes on one host and, on Linux, across NFS clients (emulated by POSIX locks); on a platform
-without ``fcntl`` (Windows) no lock is taken.
+"""One live run per class map: :func:`ssrn.lock.file_lock` on ``.<name>.lock`` beside the output, with what a
+class-map run adds: the output's directory is created, a killed run's hidden temps are removed once the lock is held
+(:func:`~hsi_engine.outputs.sweep_leftovers`), and a run into another live run's side file is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import json
 import os
-import socket
-import stat
 from collections.abc import Iterator
 from pathlib import Path
+
+from ssrn.lock import file_lock, lock_held, lock_path
 
 from .errors import OutputError
 
 __all__ = ["lock_held", "lock_path", "output_lock"]
-
-
-def lock_path(out: str | os.PathLike) -> Path:
-    """The lock file of output ``out``: ``.<name>.lock`` in its directory."""
-    p = Path(out)
-    return p.with_name(f".{p.name}.lock")
-
-
-def lock_held(out: str | os.PathLike) -> bool:
-    """Whether a live run holds the lock of output ``out`` now (never through a link)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no locks
-        return False
-    try:
-        fd = os.open(lock_path(out), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # (closing releases a lock taken here)
-    return False
-
-
-def _holder(path: Path) -> tuple[str, bool | None]:
-    """Who holds the lock, and whether its run keeps its tiles when stopped (None: it did not say)."""
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-        resumable = info.get("resumable")
-        return (f"pid {info['pid']} on {info['host']}, started {info['started']}",
-                resumable if isinstance(resumable, bool) else None)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return "a process that has not recorded itself yet", None
-
-
-def _open_lock_file(path: Path) -> int:
-    """Open (or create) the lock file, never through a link: a symlink or a hard link planted at the lock's name
-    made the run truncate and overwrite the file it pointed at (the input scene, any file the process could
-    write)."""
-    flags = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o644)
-        except PermissionError:  # another user's file (a run of theirs, or its leftover): flock needs no write
-            fd = os.open(path, os.O_RDONLY | flags)
-    except OSError as e:
-        if path.is_symlink():
-            raise OutputError(f"the lock file {path} is a symbolic link (to {os.readlink(path)}); hsi-engine never "
-                              "writes through one: remove it, or choose another output") from None
-        raise OutputError(f"cannot open the lock file {path} ({e.strerror or e}); choose a writable location "
-                          "for the output") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
-        os.close(fd)
-        what = "is not a regular file" if not stat.S_ISREG(st.st_mode) else f"has {st.st_nlink} hard links"
-        raise OutputError(f"the lock file {path} {what}; hsi-engine writes only a file of its own there: remove it, "
-                          "or choose another output")
-    return fd
 
 
 @contextlib.contextmanager
@@ -103,58 +34,24 @@ def output_lock(out: str | os.PathLike, *, fix: str | None = None, sweep: bool =
     with its probabilities) is refused, and so is one writing side files (``side_files``) one of which another
     live run writes as its map: they shared (and swept) each other's temporaries.
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield None
-        return
     from .outputs import ensure_output_dir, sweep_leftovers
 
-    path = lock_path(out)
-    while True:
-        try:
-            if create_dir:
-                ensure_output_dir(path.parent)
-            fd = _open_lock_file(path)
-        except OutputError:
-            if required:
-                raise
-            fd = None
-        if fd is None:
-            yield None
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            who, keeps = _holder(path)
-            if fix is None:
-                fix = ("wait for it to finish, or stop it and rerun (it was started without resume=True (--resume), "
-                       "so it keeps no tiles: the rerun starts over)" if keeps is False else
-                       "wait for it to finish, or stop it and rerun with resume=True (--resume) to finish its tiles")
-            raise OutputError(f"another run is writing {out} now ({who}); {fix}") from None
-        try:  # the previous holder may have removed the file between our open and our lock: lock the new one
-            same = os.path.samestat(os.fstat(fd), os.stat(path))
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "resumable": resumable,
-                "side_files": side_files}
-        with contextlib.suppress(OSError):  # read-only (another user's file): the holder goes unnamed
-            os.ftruncate(fd, 0)
-            os.write(fd, json.dumps(info).encode())
+    def on_locked() -> None:
         if sweep:
             _check_side_clash(Path(out), side_files)
             sweep_leftovers(out)  # hidden temps of a killed run: nobody else writes them while we hold the lock
+
+    with file_lock(out, fix=fix if fix is not None else _class_map_fix, required=required,
+                   prepare=ensure_output_dir if create_dir else None, on_locked=on_locked, resumable=resumable,
+                   side_files=side_files) as path:
         yield path
-    finally:
-        with contextlib.suppress(OSError):  # gone, or another user's in a sticky directory
-            path.unlink()  # while still locked: a waiting run then opens a fresh file
-        os.close(fd)
+
+
+def _class_map_fix(keeps: bool | None) -> str:
+    """What a second class-map run is told to do, by whether the live one keeps its tiles when stopped."""
+    return ("wait for it to finish, or stop it and rerun (it was started without resume=True (--resume), so it keeps "
+            "no tiles: the rerun starts over)" if keeps is False else
+            "wait for it to finish, or stop it and rerun with resume=True (--resume) to finish its tiles")
 
 
 def _check_side_clash(out: Path, side_files: bool) -> None:

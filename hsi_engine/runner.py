@@ -32,7 +32,7 @@ import numpy as np
 
 from .blocks import BlockCache
 from .errors import BandMismatchError, HSIEngineError, NonFiniteInputError, OptionError, SceneError, SceneTooSmallError
-from .normalise import normalise_into, normalise_tensor, stage_raw
+from ssrn.normalise import normalise_into, normalise_tensor, stage_raw
 from .tiles import Tile, TilePlan
 
 log = logging.getLogger("hsi_engine.runner")
@@ -223,7 +223,7 @@ def prepare_tile(raw: np.ndarray, tile: Tile, *, mean: np.ndarray | None, std: n
     ``out`` may hold garbage: the padding ring around the read window is zeroed here, the window written.
 
     ``(x - mean) / std`` per band is computed in float64 (as the trainer does) and stored as float32, band by
-    band (:mod:`hsi_engine.normalise`); any integer or float dtype is accepted (uint16 cannot
+    band (:mod:`ssrn.normalise`); any integer or float dtype is accepted (uint16 cannot
     overflow). Pixels that are nodata (any band equal to ``nodata``, or non-finite, once a nodata policy is
     given) get spectrum 0, like the border padding; ``nodata_bands`` (band indices, None: all) limits the
     bands the nodata value is looked for in, leaving out a sensor's bad bands.

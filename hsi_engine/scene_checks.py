@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ssrn.normalise import declared_scaling
+
 from .errors import SceneError, UnnormalisedInputWarning, user_stacklevel
 from .cube import NODATA_ATTRS, band_runs
 from .tiles import TilePlan
@@ -259,7 +261,7 @@ def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: flo
     ``trained_stats=False``: the model has no mean/std and takes the scene as normalised (``mean`` 0, ``std`` 1:
     values of about 1), and a float scene of raw values gave a one-class map without a word; only the factor of
     30 is checked then (no training distribution to measure a distance in)."""
-    from .normalise import looks_standardised, scale_distance, scale_factor, scale_ratios
+    from ssrn.normalise import looks_standardised, scale_distance, scale_factor, scale_ratios
 
     window = _sample_window(da)
     try:  # synchronously: under a client a read through the cluster waits for its (maybe paused) workers
@@ -328,26 +330,6 @@ def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: flo
                   "radiance against reflectance), or not from its sensor, and the map would be meaningless. "
                   "Rescale it to the training scene's units, or use a model trained on data like it" + also,
                   UnnormalisedInputWarning, stacklevel=user_stacklevel())
-
-
-def declared_scaling(da: xr.DataArray) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(scales, offsets)`` per band that the scene declares and the engine does not apply (GDAL band
-    scale/offset, kept in ``encoding`` by :func:`open_scene`; rioxarray's ``scale_factor``/``add_offset`` or
-    ``scales``/``offsets`` attrs in memory); None when it declares none, or scale 1 and offset 0 in every band:
-    GDAL reads a band without them as 1 and 0, so those say nothing (a ``rio merge`` mosaic drops EnMAP's)."""
-    n = int(da.sizes["band"])
-    found = {}
-    for key, one in (("scales", "scale_factor"), ("offsets", "add_offset")):
-        v = da.encoding.get(key, da.attrs.get(key, da.attrs.get(one)))
-        if v is None:
-            continue
-        try:
-            found[key] = np.broadcast_to(np.asarray(v, np.float64).reshape(-1), (n,)).copy()
-        except (TypeError, ValueError):  # not numbers, or not one per band (a band subset keeps the file's list)
-            log.debug("the scene's declared %s (%s) are not one number per band: not compared", key, v)
-            return None
-    scales, offsets = found.get("scales", np.ones(n)), found.get("offsets", np.zeros(n))
-    return None if (scales == 1).all() and (offsets == 0).all() else (scales, offsets)
 
 
 def _scaling_text(scales: np.ndarray, offsets: np.ndarray) -> str:

@@ -25,14 +25,13 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
-from .checkpoint import class_names_problem
 from .config import DATASET_ALIASES
 from .errors import HSIEngineError, OptionError
 
 __all__ = [
     "DATASETS", "DataError", "DataNotFoundError", "DatasetSpec", "PatchDataset", "Scene", "Split",
     "UnknownDatasetError", "block_split", "decode_mask", "default_data_dir", "encode_mask", "is_scene_path",
-    "load_dataset", "load_labelled_raster", "load_mat_array", "load_scene", "per_class_split", "shipped_indian_pines",
+    "load_dataset", "load_mat_array", "load_scene", "per_class_split", "shipped_indian_pines",
     "split_masks_from_meta", "standardize", "standardize_scene", "stratified_split",
 ]
 
@@ -562,232 +561,6 @@ def _standardize_nonfinite(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     return normed, mean, std
 
 
-def _label_window(transform: Any, scene_transform: Any, shape: tuple[int, int]):
-    """The scene's pixels as a window of a label raster on the same pixel grid (same pixel size and axes, its
-    origin a whole number of pixels away), else None."""
-    from rasterio.windows import Window
-
-    a, b, c, d, e, f = tuple(transform)[:6]
-    sa, sb, sc, sd, se, sf = tuple(scene_transform)[:6]
-    if b or d or sb or sd or not (math.isclose(a, sa, rel_tol=1e-9) and math.isclose(e, se, rel_tol=1e-9)):
-        return None
-    col, row = (sc - c) / a, (sf - f) / e
-    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
-        return None
-    return Window(round(col), round(row), shape[1], shape[0])
-
-
-def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene_transform: Any, where: str,
-                       like: Path) -> tuple[np.ndarray, list[str] | None, dict[int, tuple] | None]:
-    """A one-band label raster (GeoTIFF, ENVI, ... through rasterio; or .npy ``(y, x)``) on the scene's pixels:
-    ``(labels, class names, colour table)``. A raster on the same pixel grid but a larger (or other) extent is cut to
-    the scene's window (pixels beyond it unlabelled); another CRS or grid is refused with the fix. Its nodata
-    becomes 0 (unlabelled); names from a ``class_names`` tag (as hsi-engine's maps carry them), an ENVI
-    classification header or GDAL category names (``.aux.xml``), colours from its colour table."""
-    if path.suffix.lower() == ".npy":
-        return _check_labels(np.load(path, allow_pickle=False), shape, where), None, None
-    import rasterio
-    from affine import Affine
-
-    try:
-        with rasterio.open(path) as f:
-            if f.count != 1:
-                raise DataError(f"{path} has {f.count} bands; expected one band of class ids (0 = unlabelled)")
-            transform = None if f.transform.is_identity else f.transform
-            flip = (transform is not None and scene_transform is not None and transform.e * scene_transform.e < 0
-                    and not (scene_transform.b or scene_transform.d))
-            if flip:  # a south-up scene over north-up labels (or the reverse): read the window, then flip its rows
-                st = scene_transform
-                scene_transform = Affine(st.a, st.b, st.c, st.d, -st.e, st.f + st.e * shape[0])
-            if f.crs is not None and scene_crs is not None and f.crs != scene_crs:
-                raise DataError(f"{where}: the labels are in {f.crs}, the scene in {scene_crs}; reproject the "
-                                f"labels onto the scene's grid (e.g. rio warp {path} out.tif --like {like})")
-            window = None
-            if transform is not None and scene_transform is not None and \
-                    (not transform.almost_equals(scene_transform) or f.shape != tuple(shape)):
-                window = _label_window(transform, scene_transform, shape)
-                if window is None:
-                    raise DataError(f"{where}: the labels' grid {tuple(transform)[:6]} is not the scene's "
-                                    f"{tuple(scene_transform)[:6]} and not on its pixels; warp the labels to the "
-                                    f"scene's pixels (rio warp {path} out.tif --like {like})")
-                if not (window.row_off < f.height and window.row_off + shape[0] > 0 and
-                        window.col_off < f.width and window.col_off + shape[1] > 0):
-                    raise DataError(f"{where}: the labels do not overlap the scene: on the labels' grid the scene "
-                                    f"is rows {_span(window.row_off, shape[0])}, cols {_span(window.col_off, shape[1])}"
-                                    f", the labels rows 0..{f.height - 1}, cols 0..{f.width - 1}; give the label "
-                                    "raster that covers this scene")
-            fill = f.nodata if f.nodata is not None else 0
-            height, width = f.height, f.width
-            labels = f.read(1, window=window, boundless=window is not None, fill_value=fill)
-            if flip:
-                labels = np.ascontiguousarray(labels[::-1])
-            if f.nodata is not None:
-                zeros = int(np.count_nonzero(labels == 0)) if f.nodata != 0 else 0
-                labels = np.nan_to_num(labels, nan=0) if np.isnan(f.nodata) else np.where(labels == f.nodata, 0,
-                                                                                          labels)
-                if zeros and zeros < labels.size and np.count_nonzero(labels) > 0:
-                    log.warning("%s declares nodata %s and also holds 0 in %d pixels: 0 is read as unlabelled "
-                                "(classes are 1..K), so if its classes count from 0, class 0's pixels are left out of "
-                                "training; add 1 to the labels (and make 0 the nodata) to keep them", path,
-                                f"{f.nodata:g}", zeros)
-            names = _tag_names(f.tags().get("class_names"), path)
-            try:
-                cmap = f.colormap(1)
-            except ValueError:  # no colour table
-                cmap = None
-            if names is None and f.driver == "ENVI":  # an ENVI classification (e.g. from the EnMAP-Box)
-                names = _envi_class_names(path)
-            if names is None:  # GDAL category names (QGIS, gdal_translate and hsi-engine keep them in .aux.xml)
-                names = _gdal_category_names(path)
-    except rasterio.errors.RasterioIOError as e:
-        raise DataError(f"{path} could not be read as a label raster ({e})") from None
-    if window is not None:
-        log.info("%s: the scene is rows %s, cols %s of the labels' grid (%d x %d px)%s", path,
-                 _span(window.row_off, shape[0]), _span(window.col_off, shape[1]), width, height,
-                 "" if window.row_off >= 0 and window.col_off >= 0 and window.row_off + shape[0] <= height and
-                 window.col_off + shape[1] <= width else "; its pixels beyond the labels are unlabelled")
-    return _check_labels(labels, shape, where), names, cmap
-
-
-def _span(start: int, size: int) -> str:
-    return f"{start}..{start + size - 1}"
-
-
-def _tag_names(text: str | None, path: Path) -> list[str] | None:
-    """Class names from a ``class_names`` tag: JSON, as hsi-engine's maps write it, or a Python list's repr, as
-    ``rio.to_raster`` writes a map's ``class_names`` attribute; anything else is ignored with a warning."""
-    if not text:
-        return None
-    import ast
-
-    for parse in (json.loads, ast.literal_eval):
-        try:
-            names = parse(text)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            continue
-        if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
-            return list(names)
-    log.warning("%s: its class_names tag %r is not a list of names (expected JSON such as [\"water\", \"forest\"]); "
-                "ignored: give the names with --class-names A,B,... (class_names= in Python)", path, text[:80])
-    return None
-
-
-def _gdal_category_names(path: Path) -> list[str] | None:
-    """The names of classes 1..K from GDAL's category names of band 1 in the ``.aux.xml`` beside a raster (entry i
-    names value i; entry 0, the unlabelled value's, is dropped, as are empty trailing ones); None without any."""
-    import xml.etree.ElementTree as ET
-
-    aux = path.with_name(path.name + ".aux.xml")
-    try:
-        root = ET.parse(aux).getroot()
-    except (OSError, ET.ParseError):
-        return None
-    for band in root.iter("PAMRasterBand"):
-        if band.get("band", "1") == "1":
-            names = [(c.text or "").strip() for c in band.iter("Category")][1:]
-            while names and not names[-1]:
-                names.pop()
-            return names or None
-    return None
-
-
-def _envi_class_names(path: Path) -> list[str] | None:
-    """The names of classes 1..K from an ENVI classification header's ``class names`` (its first name is class
-    0's, e.g. "unclassified"); None when the header has none."""
-    from hsi_engine.envi import envi_list, envi_paths, parse_envi_header
-
-    try:
-        header = parse_envi_header(envi_paths(path)[0])
-    except Exception:  # noqa: BLE001 - no readable header beside it: no names
-        return None
-    names = envi_list(header.get("class names", ""))
-    return names[1:] or None
-
-
-def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.PathLike, *,
-                         class_names: Sequence[str] | None = None) -> Scene:
-    """A georeferenced scene (anything ``hsi_engine.open_scene`` reads: GeoTIFF, ENVI, zarr, NetCDF...) and a
-    label raster on its pixel grid (the same pixels, or a larger raster on the same grid, cut to the scene) as a
-    training :class:`Scene`. The scene's nodata pixels (its declared nodata, or NaN, in the bands a ``bbl`` does
-    not flag bad) are unlabelled and masked as the engine masks them; mosaic tiles first (e.g. ``rio merge``)."""
-    from hsi_engine.errors import IrregularGridError, SceneError
-    from hsi_engine.georef import grid_transform
-    from hsi_engine.scene_checks import declared_nodata
-    from hsi_engine.scene_checks import nodata_bands as scene_nodata_bands
-    from hsi_engine.envi import envi_paths
-    from hsi_engine.io import open_scene, scene_format
-
-    scene_path, labels_path = Path(scene_path), Path(labels_path)
-    if not labels_path.exists():
-        raise DataNotFoundError(f"label raster {labels_path} not found")
-    if labels_path.suffix.lower() == ".hdr":  # an ENVI classification given by its header, as --dataset takes one
-        try:
-            labels_path = envi_paths(labels_path)[1]
-        except SceneError as e:
-            raise DataError(str(e)) from None
-    da = open_scene(scene_path)
-    try:
-        scene_crs = da.rio.crs
-        # as the engine places the scene's map: its coordinates overrule a GeoTransform left stale by flipping it;
-        # a scene with a transform and no CRS is placed by it too (pixel coordinates are no placement)
-        try:
-            scene_transform = grid_transform(da, scene_path) if "x" in da.coords else None
-        except IrregularGridError:
-            if scene_crs is not None:
-                raise
-            scene_transform = None  # no CRS and no regular grid: nothing places it; labels match pixel for pixel
-        if scene_transform is not None and scene_transform.is_identity:
-            scene_transform = None
-    except IrregularGridError as e:  # its labels could not be placed on it either
-        raise DataError(str(e)) from None
-    except Exception:  # noqa: BLE001 - rioxarray cannot tell: nothing to compare
-        scene_crs = scene_transform = None
-    where = f"{labels_path} vs {scene_path}"
-    like = scene_path  # what `rio warp --like` opens: an ENVI scene's data file, not its header
-    if scene_format(scene_path) == "envi":
-        like = envi_paths(scene_path)[1]
-    labels, names, cmap = _read_label_raster(labels_path, tuple(da.shape[1:]), scene_crs, scene_transform, where,
-                                             like)
-    nodata, nodata_bands = declared_nodata(da), scene_nodata_bands(da)
-    raw = np.asarray(da.values)
-    labels, nodata_bands, bad = _unlabel_nodata(raw, labels, nodata, nodata_bands,  # (no bbl: a mosaic lost it)
-                                                str(scene_path))
-    k = int(labels.max())
-    if k == 0:
-        tested = np.arange(raw.shape[0]) if nodata_bands is None else np.asarray(nodata_bands)
-        dead = np.intersect1d(_bands_without_data(raw, nodata), tested).tolist()
-        why = (f": bands {dead[:10]}{'...' if len(dead) > 10 else ''} (0-based) hold nodata in every pixel yet the "
-               "scene flags them good, so every pixel counts as nodata; flag them with a 'bbl' band coordinate (0 = "
-               "bad; GeoTIFF band metadata bbl=0, ENVI 'bbl'), or drop them" if dead else "")
-        raise DataError(f"{where}: no labelled pixel with data (labels 1..K on pixels that are not nodata); found "
-                        f"{int(bad.sum())} nodata pixels{why}")
-    _check_class_ids(labels, str(labels_path))
-    names = class_names if class_names is not None else names
-    if names is not None:
-        names = [str(n).strip() for n in names]
-        why = class_names_problem(names)
-        if why:
-            raise DataError(f"class names {names}: {why} "
-                            f"({'--class-names' if class_names is not None else 'the label raster'})")
-        if k <= len(names):  # the legend's classes, whether or not this scene holds the last ones
-            unseen = [n for i, n in enumerate(names, start=1) if not (labels == i).any()]
-            if unseen:
-                log.warning("%s: classes %s have no labelled pixel with data in this scene; the model still "
-                            "has an output for each of the %d named classes", labels_path, unseen, len(names))
-            k = len(names)
-    names = _class_names(names, k, str(labels_path))
-    palette = [list(cmap[i][:3]) for i in range(1, k + 1)] if cmap and all(i in cmap for i in range(1, k + 1)) \
-        else np.random.default_rng(0).integers(0, 256, size=(k, 3)).tolist()
-    wl = da.coords["wavelength"].values.tolist() if "wavelength" in da.coords else None
-    cube = da.copy(data=raw)
-    grid = None
-    if scene_crs is not None and scene_transform is not None:  # where the split's pixels lie on the ground
-        grid = {"crs": scene_crs.to_wkt(), "transform": [float(v) for v in tuple(scene_transform)[:6]],
-                "shape": [int(n) for n in labels.shape]}
-    return Scene(scene_path.stem, cube, labels, names, palette, wl,
-                 f"{scene_path.resolve()} + {labels_path.resolve()}", None, nodata, nodata_bands, grid)
-
-
 def _bands_without_data(raw: np.ndarray, nodata: float | None) -> np.ndarray:
     """Indices of the bands that hold the nodata value (or a non-finite one) in every pixel."""
     flat = raw.reshape(raw.shape[0], -1)
@@ -799,7 +572,7 @@ def _bands_without_data(raw: np.ndarray, nodata: float | None) -> np.ndarray:
 
 def _nodata_pixels(raw: np.ndarray, nodata: float | None, nodata_bands: np.ndarray | None) -> np.ndarray:
     """``(y, x)`` pixels the engine masks: a non-finite value or ``nodata`` in a tested band."""
-    from hsi_engine.normalise import normalise_into
+    from .normalise import normalise_into
 
     bad, _ = normalise_into(raw, None, None, nodata, np.empty(raw.shape, np.float32), nodata_bands)
     return bad
@@ -845,7 +618,7 @@ def _valid_statistics(raw: np.ndarray, nodata: float | None, nodata_bands: np.nd
                       bad: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(normed, mean, std, nodata pixels)``: per-band statistics over the pixels with data, normalised as the
     engine does (the same float64 operations), nodata pixels' spectra 0."""
-    from hsi_engine.normalise import normalise_into
+    from .normalise import normalise_into
 
     if bad is None:
         bad = _nodata_pixels(raw, nodata, nodata_bands)
@@ -1125,3 +898,10 @@ class PatchDataset(torch.utils.data.Dataset):
         for s in range(0, n, batch_size):
             pos = order[s:s + batch_size]
             yield self.batch(pos), (self.labels[pos] if self.labels is not None else None), pos
+
+
+def __getattr__(name: str) -> Any:
+    if name == "load_labelled_raster":  # (0.2.0 had it here; the engine's readers place label rasters now)
+        raise AttributeError("ssrn.data.load_labelled_raster moved to the engine, whose readers place a label raster "
+                             "on its scene: use hsi_engine.load_labelled_raster (and hsi_engine.train to train on it)")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,5 +16,9 @@ class OptionError(HSIEngineError, ValueError):
     """An argument outside what the function accepts: names the argument, what was given and what is accepted."""
 
 
+class OutputError(HSIEngineError, OSError):
+    """The output (a class map, a model directory) exists (without overwrite) or cannot be written."""
+
+
 class CheckpointError(HSIEngineError, ValueError):
     """A model directory that is missing, not ours, or whose weights do not match its config."""

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .config import MAX_BANDS, PRESETS, SSRNConfig
 from .data import (DataError, DatasetSpec, PatchDataset, Scene, Split, block_split, dataset_spec, is_scene_path,
-                   load_dataset, load_labelled_raster, per_class_split, standardize_scene, stratified_split)
+                   load_dataset, per_class_split, standardize_scene, stratified_split)
 from .devices import DeviceError, resolve_device
 from .errors import HSIEngineError, OptionError
 from .metrics import classification_report
@@ -83,7 +83,7 @@ def _declared_scaling(cube: Any) -> tuple[Any, Any] | None:
     """The training scene's declared band ``(scales, offsets)`` (values stored as read, not scaled), or None."""
     import xarray as xr
 
-    from hsi_engine.scene_checks import declared_scaling
+    from .normalise import declared_scaling
 
     return declared_scaling(cube) if isinstance(cube, xr.DataArray) else None
 
@@ -91,6 +91,8 @@ def _declared_scaling(cube: Any) -> tuple[Any, Any] | None:
 def _device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(dev)})"
+    if dev.type != "cpu":  # mps, xpu...: not a CPU's run
+        return str(dev)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
@@ -436,7 +438,8 @@ def _check_network_options(patch: int, variant: str, overrides: dict[str, Any] |
         raise TrainOptionError(str(e)) from None
 
 
-def run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | Path | None = None, epochs: int = 200,
+def run_training(dataset: str | os.PathLike | Scene | Callable[[], Scene], out: str | Path,
+                 data_dir: str | Path | None = None, epochs: int = 200,
                  batch_size: int = 16, train_fraction: float | None = None, val_fraction: float | None = None,
                  per_class: int | None = None, split: str = "random", seed: int = 0, device: str | None = None,
                  variant: str = "ssrn", patch: int = 7, optimizer: str = "rmsprop", lr: float = 3e-4,
@@ -452,9 +455,11 @@ def run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | Pa
     written to ``out`` at most every ``save_progress_every_s`` seconds (report ``status: "training"``).
     ``out`` must be new or empty, or (with ``overwrite``) a model directory; the output, the device and the
     options are checked before the data is read, so a training run is never lost to a bad argument.
-    ``labels``: a label raster on the grid of the scene ``dataset`` names (a GeoTIFF, ENVI, zarr... path), for
-    training on your own georeferenced data (:func:`~ssrn.data.load_labelled_raster`); ``class_names`` name its
-    classes 1..K. The global random generators it seeds are put back when it returns.
+    ``dataset``: a registered dataset's name, a scene file that holds its labels (.mat beside its _gt.mat, .npz,
+    .h5), a :class:`~ssrn.data.Scene`, or a function returning one (called once the options are checked).
+    A georeferenced scene with a label raster is read by the engine: ``hsi_engine.train(scene, out, labels=...)``
+    (``labels`` and ``class_names`` here only say so). The global random generators it seeds are put back when it
+    returns.
     """
     with global_rngs_kept():
         return _run_training(**locals())
@@ -467,35 +472,37 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
                   max_minutes: float | None, config_overrides: dict[str, Any] | None, amp: bool,
                   class_weight: str | None, overwrite: bool, labels: str | Path | None,
                   class_names: Sequence[str] | None) -> dict[str, Any]:
-    from hsi_engine.lock import output_lock
-
     from .checkpoint import check_model_target, save_model
+    from .lock import file_lock
 
-    for name, value in (("dataset", dataset), ("labels", labels), ("out", out)):
-        if value is not None and not (isinstance(value, (str, os.PathLike)) and isinstance(os.fspath(value), str)):
-            what = "a path (a str or pathlib.Path)" + (" or a dataset name" if name == "dataset" else "")
+    if labels is not None or class_names is not None:
+        raise TrainOptionError("ssrn.run_training reads no label rasters (the engine's readers place them on the "
+                               "scene): call hsi_engine.train(dataset, out, labels=..., class_names=..., <the same "
+                               "options>), or pass a Scene (hsi_engine.load_labelled_raster(scene, labels))")
+    for name, value in (("dataset", dataset), ("out", out)):
+        if name == "dataset" and (isinstance(value, Scene) or callable(value)):
+            continue
+        if not (isinstance(value, (str, os.PathLike)) and isinstance(os.fspath(value), str)):
+            what = "a path (a str or pathlib.Path)" + (", a dataset name or a Scene" if name == "dataset" else "")
             fix = ("pass the model directory's path" if name == "out" else "write an array or DataArray to a file "
-                   "first (e.g. da.rio.to_raster('scene.tif'), or np.save for labels) and pass its path")
+                   "first (e.g. da.rio.to_raster('scene.tif')) and pass its path, or build a ssrn.data.Scene")
             raise TrainOptionError(f"run_training's {name} is {what}; got {type(value).__name__}: {fix}")
-    dataset = os.fspath(dataset)
+    if isinstance(dataset, (str, os.PathLike)):
+        dataset = os.fspath(dataset)
     # one run per model directory: a second run into the same --out (a copied job script) is refused now, not
     # after hours of training when its save finds the first run's model (nor told to pass --overwrite because the
     # first one's progress save is there); no lock where none can be made beside it (a read-only or missing
     # parent: nothing is created before the checks)
     target = Path(os.path.abspath(out))  # beside a symlink at --out, not its target (the link is replaced, not
     # written through: checkpoint.check_model_target)
-    with (output_lock(target, fix="wait for it to finish, or train into another --out", sweep=False,
-                      required=False, create_dir=False) if target.name else contextlib.nullcontext()):
+    with (file_lock(target, fix="wait for it to finish, or train into another --out", required=False)
+          if target.name else contextlib.nullcontext()):
         check_model_target(out, overwrite)
         dev = _device(device)
-        if isinstance(class_names, str):
-            raise TrainOptionError(f"class_names must be a list of names, one per class; got the string "
-                                   f"{class_names[:60]!r}: pass class_names={class_names.split(',')[:3]}... (the "
-                                   "command line's --class-names splits on commas)")
-        if class_names is not None and labels is None:
-            raise TrainOptionError("class_names (--class-names) name the classes of a label raster: give labels= "
-                                   "(--labels) too, or put 'class_names' in the .npz / .h5 scene")
-        spec = None if labels is not None or is_scene_path(dataset) else dataset_spec(dataset)
+        if isinstance(dataset, Scene):
+            spec = dataset.spec
+        else:
+            spec = None if callable(dataset) or is_scene_path(dataset) else dataset_spec(dataset)
         check_train_options(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, max_minutes=max_minutes,
                             spec=spec, split=split, train_fraction=train_fraction, val_fraction=val_fraction,
                             per_class=per_class, seed=seed)
@@ -505,8 +512,11 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
         if amp and not amp_used:
             log.warning("--amp (bfloat16 autocast) applies on CUDA only: training on %s in float32", dev)
         seed_everything(seed, deterministic=False)  # the weights' initialisation; fit sets cuDNN's flags
-        scene = load_dataset(dataset, data_dir) if labels is None else \
-            load_labelled_raster(dataset, labels, class_names=class_names)
+        scene = dataset if isinstance(dataset, Scene) else dataset() if callable(dataset) else \
+            load_dataset(dataset, data_dir)
+        if not isinstance(scene, Scene):
+            raise TrainOptionError(f"run_training's dataset function returned a {type(scene).__name__}; expected a "
+                                   "ssrn.data.Scene")
         if scene.n_classes > 255:
             raise DataError(f"{scene.source}: the labels have {scene.n_classes} classes; class maps are uint8 (0 = "
                             "nodata, classes 1..255), so a model of more than 255 classes could not map a scene: merge "

@@ -156,8 +156,10 @@ def no_data_read(monkeypatch):
     def read(*args, **kwargs):
         raise AssertionError("run_training read the data before refusing an option")
 
+    import hsi_engine.training
+
     monkeypatch.setattr(ssrn.train, "load_dataset", read)
-    monkeypatch.setattr(ssrn.train, "load_labelled_raster", read)
+    monkeypatch.setattr(hsi_engine.training, "load_labelled_raster", read)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -207,14 +209,14 @@ def test_trainer_option_errors(model):
     ("scene", r"scene file .*nope.npz not found"),
 ])
 def test_run_training_missing_data(tmp_path, case, match):
+    from hsi_engine.training import train
     from ssrn.data import DataNotFoundError
-    from ssrn.train import run_training
 
     dataset, kwargs = {"data_dir": ("indian_pines", {"data_dir": tmp_path / "nonexist"}),
                        "labels": (str(SHIPPED_SCENE), {"labels": tmp_path / "nolabels.tif"}),
                        "scene": (str(tmp_path / "nope.npz"), {})}[case]
     with pytest.raises(hsi_engine.HSIEngineError, match=match) as e:
-        run_training(dataset, tmp_path / "m", epochs=1, device="cpu", **kwargs)
+        train(dataset, tmp_path / "m", epochs=1, device="cpu", **kwargs)
     assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, DataNotFoundError)
 
 

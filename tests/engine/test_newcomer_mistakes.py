@@ -20,7 +20,7 @@ from hsi_engine import (IrregularGridError, NonFiniteInputError, OptionError, Ou
 from hsi_engine.api import _normalisation
 from hsi_engine.scene_checks import _SCALE_Z, check_scale
 from hsi_engine.demo import SHIPPED_MODEL, SHIPPED_SCENE
-from hsi_engine.normalise import scale_ratios
+from ssrn.normalise import scale_ratios
 
 CRS = "EPSG:32633"
 
@@ -108,7 +108,7 @@ def test_a_scene_on_the_command_line_10x_off_is_an_error(crop, tmp_path):
 def test_real_scenes_of_the_training_sensor_pass_the_check_comfortably(model):
     """The threshold leaves the shipped scene's every window (and the seed protocol's whole-scene statistics) far
     inside: at most half of it."""
-    from hsi_engine.normalise import scale_distance
+    from ssrn.normalise import scale_distance
 
     mean, std = _normalisation(model)
     cube = hsi_engine.open_scene(SHIPPED_SCENE).values
@@ -124,7 +124,7 @@ def test_real_scenes_of_the_training_sensor_pass_the_check_comfortably(model):
 
 def test_the_seed_model_passes_on_its_scene(seed_ssrn_dir, data_dir, tmp_path):
     """The seed's released model, imported with the seed's whole-scene standardisation, on the shipped scene."""
-    from hsi_engine.normalise import scale_distance
+    from ssrn.normalise import scale_distance
     from ssrn.keras import import_keras_to_dir
 
     seed = hsi_engine.load_model(import_keras_to_dir(seed_ssrn_dir / "Indian_best_RES_3D_SS4_10_1.hdf5",
@@ -139,7 +139,7 @@ def test_enmap_tiles_pass_with_statistics_of_their_scene(data_dir):
     """Every EnMAP Potsdam tile (one of them a third water) against the per-band statistics of all the tiles with
     data, as the trainer takes them (its bad bands 130-135, nodata everywhere, left out); the HyMap and simulated
     EnMAP Berlin scenes' windows against their own."""
-    from hsi_engine.normalise import scale_distance
+    from ssrn.normalise import scale_distance
 
     tiles = sorted((data_dir / "enmap_potsdam" / "images").glob("*.tif"))
     if not tiles:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hsi_engine.normalise import normalise_into, normalise_into_reference
+from ssrn.normalise import normalise_into, normalise_into_reference
 
 DTYPES = [np.uint8, np.uint16, np.int16, np.int32, np.uint32, np.int64, np.float16, np.float32, np.float64, bool]
 
@@ -98,7 +98,7 @@ def _tensor_form(raw, mean, std, nodata, chunk_elems=1 << 24, nodata_bands=None)
     """normalise_tensor's result, after checking that its two-pass form (CUDA's) gives the four-pass form's bits."""
     import torch
 
-    from hsi_engine.normalise import normalise_tensor, stage_raw
+    from ssrn.normalise import normalise_tensor, stage_raw
 
     staged, wrap = stage_raw(raw)
     m = None if mean is None else torch.as_tensor(mean, dtype=torch.float64)
@@ -123,7 +123,7 @@ def test_stage_raw_split_over_copy_threads_gives_the_same_bytes(dtype, parts):
     more parts than bands) equals the one-thread copy: same dtype, same wrap, same bytes."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from hsi_engine.normalise import stage_raw
+    from ssrn.normalise import stage_raw
 
     raw = _raw(np.dtype(dtype).newbyteorder("=") if isinstance(dtype, str) else dtype, seed=3)
     raw = raw.astype(dtype) if isinstance(dtype, str) else raw
@@ -286,7 +286,7 @@ def test_tensor_form_on_cuda_equals_reference_bit_for_bit(dtype, nodata):
     """The engine's CUDA path: staged in pinned memory, normalised in float64 on the GPU, the same bits."""
     import torch
 
-    from hsi_engine.normalise import normalise_tensor, stage_raw
+    from ssrn.normalise import normalise_tensor, stage_raw
 
     raw = _raw(np.dtype(dtype).newbyteorder("=") if isinstance(dtype, str) else dtype, shape=(37, 61, 53), seed=9)
     raw = raw.astype(dtype)
@@ -315,7 +315,7 @@ def test_the_scale_sample_leaves_out_zero_fill_and_sits_at_the_centre():
     import xarray as xr
 
     from hsi_engine.scene_checks import _sample_window
-    from hsi_engine.normalise import scale_ratios
+    from ssrn.normalise import scale_ratios
 
     mean, std = np.full(4, 1000.0), np.full(4, 100.0)
     raw = np.zeros((4, 32, 32))

@@ -14,6 +14,7 @@ operations, so the tile's bits are those of ``normalise_into``.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from concurrent.futures import Executor
 
     import torch
+    import xarray as xr
+
+_log = logging.getLogger(__name__)
 
 
 # a value more than this many times the training scene's magnitude (sqrt(mean^2 + std^2)) is no measurement on any
@@ -297,5 +301,25 @@ def normalise_tensor(raw: "torch.Tensor", mean: "torch.Tensor | None", std: "tor
     return bad | nonf, nonf.any()
 
 
-__all__ = ["looks_standardised", "normalise_into", "normalise_into_reference", "normalise_tensor", "scale_distance",
-           "scale_factor", "scale_ratios", "stage_raw"]
+__all__ = ["declared_scaling", "looks_standardised", "normalise_into", "normalise_into_reference", "normalise_tensor",
+           "scale_distance", "scale_factor", "scale_ratios", "stage_raw"]
+
+
+def declared_scaling(da: xr.DataArray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(scales, offsets)`` per band that the scene declares and the engine does not apply (GDAL band
+    scale/offset, kept in ``encoding`` by ``hsi_engine.open_scene``; rioxarray's ``scale_factor``/``add_offset`` or
+    ``scales``/``offsets`` attrs in memory); None when it declares none, or scale 1 and offset 0 in every band:
+    GDAL reads a band without them as 1 and 0, so those say nothing (a ``rio merge`` mosaic drops EnMAP's)."""
+    n = int(da.sizes["band"])
+    found = {}
+    for key, one in (("scales", "scale_factor"), ("offsets", "add_offset")):
+        v = da.encoding.get(key, da.attrs.get(key, da.attrs.get(one)))
+        if v is None:
+            continue
+        try:
+            found[key] = np.broadcast_to(np.asarray(v, np.float64).reshape(-1), (n,)).copy()
+        except (TypeError, ValueError):  # not numbers, or not one per band (a band subset keeps the file's list)
+            _log.debug("the scene's declared %s (%s) are not one number per band: not compared", key, v)
+            return None
+    scales, offsets = found.get("scales", np.ones(n)), found.get("offsets", np.zeros(n))
+    return None if (scales == 1).all() and (offsets == 0).all() else (scales, offsets)

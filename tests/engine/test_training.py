@@ -10,7 +10,8 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from ssrn.data import DataError, load_labelled_raster, standardize_scene
+from hsi_engine.training import load_labelled_raster, train
+from ssrn.data import DataError, standardize_scene
 
 T = from_origin(366015.0, 5809965.0, 30.0, 30.0)
 NODATA = -32768
@@ -51,7 +52,7 @@ def test_a_scene_and_its_label_raster_make_a_training_scene_masked_as_the_engine
     """The hole's label is dropped and its spectrum zeroed, the bad band does not mask anything, the label raster's
     nodata is unlabelled, names and colours come from the raster; the statistics are those of the pixels with
     data and the normalised cube is, bit for bit, what the engine classifies."""
-    from hsi_engine.normalise import normalise_into
+    from ssrn.normalise import normalise_into
 
     cube = _write_scene(tmp_path / "s.tif")
     lab = _labels()
@@ -538,25 +539,24 @@ def test_zero_labels_beside_a_negative_nodata_are_named_as_maybe_zero_based(tmp_
 
 
 @pytest.mark.parametrize("what", ["dataset", "labels", "out"])
-def test_arrays_where_run_training_takes_paths_are_named(tmp_path, what):
+def test_arrays_where_train_takes_paths_are_named(tmp_path, what):
     """An ndarray or DataArray for the scene or the labels raised a bare TypeError ('expected str, bytes or
     os.PathLike object, not ndarray') from deep inside."""
-    from ssrn.train import TrainOptionError, run_training
+    from ssrn.train import TrainOptionError
 
     _write_scene(tmp_path / "s.tif")
     _write_labels(tmp_path / "l.tif", _labels())
     kw = dict(dataset=tmp_path / "s.tif", labels=tmp_path / "l.tif", out=tmp_path / "m")
     kw[what] = np.zeros((3, 4, 5))
-    with pytest.raises(TrainOptionError, match=rf"run_training's {what} is a path .* got ndarray"):
-        run_training(kw.pop("dataset"), kw.pop("out"), labels=kw.pop("labels"), epochs=1)
+    with pytest.raises(TrainOptionError, match=rf"train's {what} is a path .* got ndarray"):
+        train(kw.pop("dataset"), kw.pop("out"), labels=kw.pop("labels"), epochs=1)
     assert not (tmp_path / "m").exists()
 
 
 def test_the_run_lock_of_a_symlinked_target_sits_beside_the_link(tmp_path, monkeypatch):
     """The lock sat beside the directory a symlink at --out points to, which the run never writes (the link is
     replaced): two runs into one link were not kept apart by where they write."""
-    import hsi_engine.lock
-    from ssrn.train import run_training
+    import ssrn.lock
 
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
@@ -566,9 +566,9 @@ def test_the_run_lock_of_a_symlinked_target_sits_beside_the_link(tmp_path, monke
         seen.append(target)
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr(hsi_engine.lock, "output_lock", lock)
+    monkeypatch.setattr(ssrn.lock, "file_lock", lock)
     with pytest.raises(RuntimeError, match="stop here"):
-        run_training(tmp_path / "s.tif", tmp_path / "link", labels=tmp_path / "l.tif", epochs=1)
+        train(tmp_path / "s.tif", tmp_path / "link", labels=tmp_path / "l.tif", epochs=1)
     assert seen == [tmp_path / "link"]
 
 
@@ -576,14 +576,39 @@ def test_the_run_lock_of_a_symlinked_target_sits_beside_the_link(tmp_path, monke
 def test_a_legend_class_without_labelled_pixels_is_not_said_to_be_split_away(tmp_path, caplog):
     """A legend class no pixel carries was warned of twice, the second time as 'the split put all their pixels in
     validation or test'; the report still lists it as absent from training."""
-    from ssrn.train import run_training
 
     _write_scene(tmp_path / "s.tif")
     _write_labels(tmp_path / "l.tif", _labels(), names=["roof", "tree", "water", "pool"])
     with caplog.at_level("INFO"):
-        meta = run_training(str(tmp_path / "s.tif"), out=tmp_path / "m", labels=tmp_path / "l.tif", epochs=1,
-                            batch_size=32, device="cpu")
+        meta = train(str(tmp_path / "s.tif"), out=tmp_path / "m", labels=tmp_path / "l.tif", epochs=1,
+                     batch_size=32, device="cpu")
     said = [r.getMessage() for r in caplog.records]
     assert any("classes ['pool'] have no labelled pixel with data in this scene" in m for m in said)
     assert not any("have no training pixel" in m for m in said)
     assert meta["split"]["classes_absent_from_train"] == ["pool"]
+
+
+def test_train_checks_its_class_names_before_reading(tmp_path, monkeypatch):
+    """--class-names split on commas is a list; names without a label raster name nothing: both refused before
+    the scene is read."""
+    import hsi_engine.training
+    from ssrn.train import TrainOptionError
+
+    def refuse(*a, **k):
+        raise AssertionError("the scene was read before refusing a bad argument")
+
+    monkeypatch.setattr(hsi_engine.training, "load_labelled_raster", refuse)
+    with pytest.raises(TrainOptionError, match=r"class_names must be a list of names.*\['roof', 'tree'\]"):
+        train(str(tmp_path / "s.tif"), tmp_path / "m", labels=tmp_path / "l.tif", class_names="roof,tree", epochs=1)
+    with pytest.raises(TrainOptionError, match=r"name the classes of a label raster: give labels="):
+        train("indian_pines", tmp_path / "m", class_names=["a", "b"], epochs=1)
+    with pytest.raises(TrainOptionError, match=r"lr \(--lr\) must be > 0"):
+        train(str(tmp_path / "s.tif"), tmp_path / "m", labels=tmp_path / "l.tif", epochs=1, lr=-1.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_is_the_public_name_of_training_on_a_label_raster():
+    import hsi_engine
+
+    assert hsi_engine.train is train and hsi_engine.load_labelled_raster is load_labelled_raster
+    assert {"train", "load_labelled_raster"} <= set(hsi_engine.__all__)
