@@ -1404,7 +1404,7 @@ def test_a_band_scale_and_offset_other_than_the_training_scenes_is_named(tmp_pat
         classify(attrs, model, progress=False)
         model.meta.update(scales=[1.0] * bands, offsets=[0.0] * bands)  # recorded as none
         classify(same, model, progress=False)
-    from ssrn.normalise import declared_scaling
+    from hsi_engine.scene_checks import declared_scaling
 
     assert declared_scaling(hsi_engine.open_scene(plain)) is None
 
