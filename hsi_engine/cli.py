@@ -466,8 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s, handler in previous.items():
             if done and isinstance(handler, _Interrupt):
                 handler.finish()  # the command's own (run()): a signal while main returns changes nothing
-            if handler is not None:  # (None: a handler set from C, which Python cannot put back)
-                signal.signal(s, handler)
+            signal.signal(s, handler)
         affine_mul.__exit__(None, None, None)
         warnings.formatwarning = formatwarning
         logging.captureWarnings(captured)
@@ -556,10 +555,11 @@ class _Interrupt:
 
 def _handlers() -> dict[int, _Interrupt]:
     """A fresh :class:`_Interrupt` for SIGTERM, SIGINT and SIGHUP, in the main thread only, and not for a signal the
-    process was started ignoring (``cmd &`` in a script, ``nohup``): that choice stays the caller's."""
+    process was started ignoring (``cmd &`` in a script, ``nohup``), nor over a handler set from C (an embedding
+    application's, which reads as None and could not be put back): those stay the caller's."""
     if not _main_thread():
         return {}
-    return {s: _Interrupt(grace) for s, grace in _GRACE_S.items() if signal.getsignal(s) is not signal.SIG_IGN}
+    return {s: _Interrupt(grace) for s, grace in _GRACE_S.items() if signal.getsignal(s) not in (signal.SIG_IGN, None)}
 
 
 def _in_logging(frame: object) -> bool:

@@ -538,14 +538,15 @@ def _signals_held() -> Iterator[list[int]]:
         yield []
         return
     held: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT,
-                                                                                       signal.SIGTERM)}
+    # a handler set from C (an embedding application's: QGIS, uWSGI) reads as None and could not be put back:
+    # such a signal is left to it
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(s) is not None}
     try:
         yield held
     finally:
         for s, h in previous.items():
-            if h is not None:  # (None: set from C; Python cannot put it back)
-                signal.signal(s, h)
+            signal.signal(s, h)
 
 
 def _close_workers(cluster: Any, timeout: float = 10.0) -> None:
