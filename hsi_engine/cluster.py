@@ -845,7 +845,7 @@ def _scene_identity(scene_path: Any, da: Any, crs: Any, transform: Any, gcps: An
     for another scene, or the same one rewritten in place or edited in memory.
 
     A scene given as a path, or a DataArray whose data is still the untouched lazy array :func:`open_scene` made of
-    the whole file (:func:`_file_of`), is its file: the resolved path (``source``) and the count, size and newest
+    the whole file (:func:`~hsi_engine.io.file_of`), is its file: the resolved path (``source``) and the count, size and newest
     modification time of its files (``stat``: every file of a zarr store, an ENVI header and its data). Any other
     scene (numpy or torch data, a DataArray loaded, edited in place, copied with other data or windowed, whose
     ``encoding`` still names the file) has ``source`` None and a ``digest`` of its values (:func:`_content_digest`
@@ -854,7 +854,9 @@ def _scene_identity(scene_path: Any, da: Any, crs: Any, transform: Any, gcps: An
     done for the same values (the same array passed again), no longer refused as it was while only the shape
     identified such a scene; an array of other values, or an edited one, never continues nor completes another's
     output."""
-    src = scene_path if isinstance(scene_path, (str, os.PathLike)) else _file_of(da)
+    from .io import file_of
+
+    src = scene_path if isinstance(scene_path, (str, os.PathLike)) else file_of(da)
     ident: dict[str, Any] = {"source": None}
     if src and Path(src).exists():
         p = Path(src).resolve()
@@ -871,19 +873,6 @@ def _scene_identity(scene_path: Any, da: Any, crs: Any, transform: Any, gcps: An
                        None if transform is None else [float(v) for v in tuple(transform)[:6]],
                        None if not gcps else [[g.row, g.col, g.x, g.y] for g in gcps]]
     return ident
-
-
-def _file_of(da: Any) -> str | None:
-    """The file ``da`` holds whole and unchanged: its ``encoding["source"]`` when its data is still the dask array
-    :func:`~hsi_engine.io.open_scene` recorded (same name, same shape); else None. xarray keeps the encoding
-    through ``load()``, in-place assignment, ``copy(data=...)`` and ``isel``, none of which keeps that array."""
-    enc = getattr(da, "encoding", None) or {}
-    src, name = enc.get("source"), enc.get("source_array")
-    if src is None or name is None or getattr(da, "chunks", None) is None:
-        return None
-    if tuple(enc.get("source_shape", ())) != tuple(da.shape):
-        return None  # a window of the file
-    return src if getattr(da.data, "name", None) == name else None
 
 
 _DIGEST_STRIP_BYTES = 32 << 20  # about this much of the scene (all bands, whole rows) is hashed at a time

@@ -130,8 +130,10 @@ def _axes(arr, da: Any) -> list[str] | None:
     return None
 
 
-def read_error(da: Any, window: Sequence[int], exc: BaseException) -> HSIEngineError:
-    """The error to raise for a failed read of ``window = (ry0, ry1, rx0, rx1)`` of the scene ``da``."""
+def read_error(da: Any, window: Sequence[int], exc: BaseException) -> BaseException:
+    """The error to raise for a failed read of ``window = (ry0, ry1, rx0, rx1)`` of the scene ``da``: a named
+    corrupt zarr chunk, the file's read failure for a scene that is its file (:func:`~hsi_engine.io.file_of`), or,
+    for a scene computed from it (a caller's own dask graph), ``exc`` itself: the file is not at fault."""
     if isinstance(exc, HSIEngineError):
         return exc
     src = getattr(da, "encoding", {}).get("source", "the scene")
@@ -163,5 +165,9 @@ def read_error(da: Any, window: Sequence[int], exc: BaseException) -> HSIEngineE
                     f"zarr chunk {key} (chunk index {coords}) of array {arr.path or '/'} in {src} cannot be "
                     f"decoded ({type(e).__name__}: {e}); the store is corrupt: re-create (re-copy) it from its "
                     "source")
+    from .io import file_of
+
+    if file_of(da) is None:  # another graph than the file's own read (a caller's map_blocks, arithmetic)
+        return exc
     return SceneError(f"reading rows {ry0}:{ry1}, cols {rx0}:{rx1} of {src} failed ({type(exc).__name__}: "
                       f"{exc}); the store may be damaged or unreadable: check it (hsi-engine info) or re-create it")

@@ -53,7 +53,7 @@ from .stores import MAX_CHUNKS, MAX_DECODED_CHUNK
 from .wavelengths import WAVELENGTH_NAMES, not_wavelengths, spectral_unit, wavelengths_in_names
 
 
-__all__ = ["SUPPORTED_SUFFIXES", "as_scene", "open_scene", "scene_format", "scene_gcps", "scene_info",
+__all__ = ["SUPPORTED_SUFFIXES", "as_scene", "file_of", "open_scene", "scene_format", "scene_gcps", "scene_info",
            "with_window_gcps",
            # held here before the split by job (imported above)
            "MAX_CHUNKS", "MAX_DECODED_CHUNK", "NODATA_ATTRS", "SOURCE_COL", "SOURCE_ROW", "WAVELENGTH_NAMES",
@@ -294,3 +294,16 @@ def _scale_lines(da: xr.DataArray) -> list[str]:
         text = f"{lo:g}" if lo == hi else f"{lo:g}..{hi:g}"
         lines.append(f"{name:<10} {text} ({which}; declared, not applied: values are read as stored)")
     return lines
+
+
+def file_of(da: Any) -> str | None:
+    """The file ``da`` holds whole and unchanged: its ``encoding["source"]`` when its data is still the dask array
+    :func:`open_scene` recorded (same name, same shape); else None. xarray keeps the encoding
+    through ``load()``, in-place assignment, ``copy(data=...)`` and ``isel``, none of which keeps that array."""
+    enc = getattr(da, "encoding", None) or {}
+    src, name = enc.get("source"), enc.get("source_array")
+    if src is None or name is None or getattr(da, "chunks", None) is None:
+        return None
+    if tuple(enc.get("source_shape", ())) != tuple(da.shape):
+        return None  # a window of the file
+    return src if getattr(da.data, "name", None) == name else None

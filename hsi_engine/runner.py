@@ -161,6 +161,8 @@ def window_reader(scene: Any, *, cache_blocks: int | Callable[[int, int], int] =
                     return np.asarray(window.compute())
                 try:
                     return np.asarray(window.compute(scheduler="synchronous"))
+                except MemoryError:  # not the store's fault: the command line's out-of-memory advice, a caller's
+                    raise  # own `except MemoryError`
                 except Exception as e:  # noqa: BLE001 - codec errors: name the corrupt chunk
                     # a scene persist()-ed under a dask.distributed client holds futures only that client can
                     # fetch (synchronously: 'Missing dependency', which was blamed on the store); looked for only
@@ -172,7 +174,10 @@ def window_reader(scene: Any, *, cache_blocks: int | Callable[[int, int], int] =
                             return out
                     from .integrity import read_error
 
-                    raise read_error(scene, (ry0, ry1, rx0, rx1), e) from e
+                    err = read_error(scene, (ry0, ry1, rx0, rx1), e)
+                    if err is e:
+                        raise
+                    raise err from e
             _, ych, xch = scene.chunks
             n = cache_blocks(max(ych), max(xch)) if callable(cache_blocks) else int(cache_blocks)
             if n >= 1:

@@ -12,7 +12,7 @@ import rasterio
 import xarray as xr
 
 from hsi_engine.errors import MissingSpatialDimsError, SceneError
-from hsi_engine.io import as_scene, open_scene, scene_info
+from hsi_engine.io import as_scene, file_of, open_scene, scene_info
 
 CRS = "EPSG:32633"
 TRANSFORM = (30.0, 0.0, 366015.0, 0.0, -30.0, 5809965.0)
@@ -922,12 +922,31 @@ def test_an_unreadable_zarr_chunk_is_not_called_corrupt(make_scene, monkeypatch)
     assert isinstance(err, SceneError) and "check the store's permissions" in str(err) and "corrupt" not in str(err)
 
 
+@pytest.mark.parametrize("error", [ZeroDivisionError, TypeError, MemoryError])
+def test_an_error_of_the_callers_own_graph_is_its_own_not_the_stores(make_scene, error):
+    """A step of the caller's own dask graph over a healthy file (map_blocks) that raised came back as 'reading
+    rows ... of FILE failed ...; the store may be damaged: re-create it', its type lost to a SceneError (a host's
+    `except MemoryError` no longer fired). The file's own read failing still names the file."""
+    from hsi_engine.integrity import read_error
+    from hsi_engine.runner import window_reader
+
+    da = open_scene(make_scene("hdf5"))
+
+    def fail(block):
+        raise error("in the caller's step")
+
+    derived = da.copy(data=da.data.map_blocks(fail, dtype=da.dtype))
+    with pytest.raises(error, match="in the caller's step"):
+        window_reader(derived)(0, 8, 0, 8)
+    assert read_error(derived, (0, 8, 0, 8), e := OSError("x")) is e
+    err = read_error(da, (0, 8, 0, 8), OSError("Can't read data"))
+    assert isinstance(err, SceneError) and "the store may be damaged" in str(err)
+
+
 def test_a_scene_opened_by_a_relative_path_is_read_and_identified_after_a_chdir(tmp_path, monkeypatch):
     """The HDF5 reader kept the relative path, so reading after os.chdir raised a raw FileNotFoundError, and the
     recorded source of every format was relative, so a resumed run elsewhere no longer found the scene's file."""
     import h5py
-
-    from hsi_engine import cluster
 
     cube = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5)
     with h5py.File(tmp_path / "s.h5", "w") as f:
@@ -939,4 +958,4 @@ def test_a_scene_opened_by_a_relative_path_is_read_and_identified_after_a_chdir(
     monkeypatch.chdir(tmp_path / "elsewhere")
     for name, da in scenes.items():
         np.testing.assert_array_equal(da.values, cube)
-        assert da.encoding["source"] == str(tmp_path / name) == cluster._file_of(da)
+        assert da.encoding["source"] == str(tmp_path / name) == file_of(da)

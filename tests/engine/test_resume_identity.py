@@ -52,7 +52,7 @@ def test_a_file_s_scene_edited_in_memory_is_not_taken_for_the_file(case, tmp_pat
     opened = hsi_engine.open_scene(case["scene"])
     assert cluster.run_to_file(opened, case["model"], out, tile=TILE, resume=True).computed == 0  # still the file
     relabelled = opened.assign_coords(band=opened["band"].values * 10)  # the same data: still the file
-    assert cluster._file_of(relabelled) == cluster._file_of(opened) is not None
+    assert hsi_engine.io.file_of(relabelled) == hsi_engine.io.file_of(opened) is not None
 
     loaded = hsi_engine.open_scene(case["scene"]).load()
     loaded[:, :30, :] = loaded[:, :30, :] // 2  # a haze correction, say, done in place after loading
@@ -63,7 +63,7 @@ def test_a_file_s_scene_edited_in_memory_is_not_taken_for_the_file(case, tmp_pat
     assert (edited_map != before).any()  # the edit changes the map
     for edited in (loaded, copied, lazy_edit):
         assert edited.encoding["source"] == opened.encoding["source"]  # what fooled the old check
-        assert cluster._file_of(edited) is None
+        assert hsi_engine.io.file_of(edited) is None
         with pytest.raises(OutputError, match=r"scene: it has '[^']*scene.zarr', this run an in-memory scene"):
             cluster.run_to_file(edited, case["model"], out, tile=TILE, resume=True)
     np.testing.assert_array_equal(F.read_classes(out), before)  # refused: the file's map untouched
@@ -215,7 +215,7 @@ def test_a_geotiff_with_an_internal_mask_opened_whole_is_its_file(case, tmp_path
         dst.write_mask(mask)
     opened = hsi_engine.open_scene(path)
     assert "gdal_mask" in opened.attrs and src.sizes == opened.sizes
-    assert cluster._file_of(opened) == str(path)
+    assert hsi_engine.io.file_of(opened) == str(path)
     ident = cluster._scene_identity(None, opened, None, None, None)
     assert ident["source"] == str(path.resolve()) and "digest" not in ident
 
