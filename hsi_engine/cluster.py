@@ -387,6 +387,9 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
         if watch is not None:
             watch.stop()
         bar.close()
+        for a in (scene_arg, model_arg):  # the caller's cluster keeps no copy of them once the run is over
+            if a is not None:
+                a.release()
     if tiles and nodata_px == sum(t.pixels for t in tiles):
         from .runner import warn_all_nodata
 

@@ -554,10 +554,12 @@ def _close_workers(cluster: Any, timeout: float = 10.0) -> None:
     was in flight logged 'Failed to communicate with scheduler during heartbeat' with two tracebacks (seen after
     a Ctrl-C, when the workers, which ignore SIGINT, are still up). Its "Removing worker ... caused the cluster to
     lose already computed task(s)" is dropped: a tile's small result whose release had not reached the scheduler
-    yet; nothing is lost. So is the nanny's "Worker process still alive after 4.0 seconds, killing" (a worker slow
-    to exit on a loaded machine, its work done)."""
+    yet; nothing is lost. So is its ERROR "... caused the cluster to lose scattered data" (the run's scene and
+    model, whose release was still on its way: the run is over), and the nanny's "Worker process still alive after
+    4.0 seconds, killing" (a worker slow to exit on a loaded machine, its work done)."""
     try:
-        with dropped(lambda m: "lose already computed task" in m, "distributed.scheduler"), \
+        with dropped(lambda m: "lose already computed task" in m or "lose scattered data" in m,
+                     "distributed.scheduler"), \
                 dropped(lambda m: m.startswith("Worker process still alive after"), "distributed.nanny"):
             cluster.scale(0)
             deadline = time.monotonic() + timeout

@@ -279,6 +279,18 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _umask_in(directory: Path) -> int:
+    """The process's umask, read from a directory made in ``directory`` (this save's own temporary one):
+    ``os.umask`` can only be read by setting it, process-wide, and for that moment other threads (GDAL's, HDF5's)
+    created files world-writable."""
+    probe = directory / ".umask"
+    probe.mkdir(0o777)
+    try:
+        return 0o777 & ~stat.S_IMODE(probe.stat().st_mode)
+    finally:
+        probe.rmdir()
+
+
 def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None = None, *,
                overwrite: bool = False) -> Path:
     """Write ``model`` to the directory ``path``, never half-written (built beside it, then moved in).
@@ -305,8 +317,7 @@ def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None
         raise CheckpointError(f"cannot write the model into {given}: no write permission there")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target if in_place else target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _umask_in(tmp)
     try:
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a model directory is as readable as any new one
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}

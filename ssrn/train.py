@@ -231,11 +231,13 @@ class Trainer:
 
     def fit(self, train: PatchDataset, val: PatchDataset | None = None) -> TrainResult:
         """Train on ``train``, keeping the weights of the best ``val`` loss; cuDNN runs deterministic meanwhile,
-        and its flags are as before when this returns (a classify after it in the same process keeps its own)."""
+        and its flags are as before when this returns (a classify after it in the same process keeps its own), as
+        are the global random generators it seeds (dropout draws from torch's)."""
         cudnn = torch.backends.cudnn
         flags = cudnn.benchmark, cudnn.deterministic
         try:
-            return self._fit(train, val)
+            with global_rngs_kept():
+                return self._fit(train, val)
         finally:
             cudnn.benchmark, cudnn.deterministic = flags
 

@@ -36,6 +36,27 @@ def test_round_trip(tmp_path):
     assert m2.config == m.config
 
 
+def test_a_model_directory_takes_the_umask_without_setting_it(tmp_path, monkeypatch):
+    """save_model read the umask by setting it to 0 and back: for that moment files other threads created were
+    world-writable. The model still gets the modes the umask gives, and the umask is never set."""
+    import os
+    import stat
+
+    previous = os.umask(0o027)
+    try:
+        def refuse(mask):
+            raise AssertionError("save_model set the process's umask")
+
+        monkeypatch.setattr(os, "umask", refuse)
+        d = ssrn.save_model(_model(), tmp_path / "m")
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    assert stat.S_IMODE(Path(d).stat().st_mode) == 0o750
+    assert {stat.S_IMODE(p.stat().st_mode) for p in Path(d).iterdir()} == {0o640}
+    assert sorted(p.name for p in Path(d).iterdir()) == ["model.json", "weights.safetensors"]
+
+
 def test_loading_leaves_the_callers_random_stream_alone(tmp_path):
     """Building the network to load into drew its (discarded) initial weights from torch's global generator, so
     a caller's seeded stream moved on each load_model."""

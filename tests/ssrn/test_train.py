@@ -153,6 +153,21 @@ def test_fit_restores_cudnn_flags(crop):
         cudnn.benchmark, cudnn.deterministic = before
 
 
+def test_fit_leaves_the_callers_random_streams_where_they_were(crop):
+    """Trainer.fit (public, as run_training) reseeded Python's, numpy's and torch's global generators for good."""
+    import random
+
+    _, cube, lab = crop
+    normed, _, _ = D.standardize(cube[:12])
+    s = D.per_class_split(lab, 4, 0.05, seed=1)
+    model = ssrn.SSRN(ssrn.SSRNConfig(bands=12, classes=5, patch=5, variant="spc"))
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    expected = random.random(), np.random.random(), torch.rand(1).item()
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    Trainer(model, epochs=1, progress=False, seed=3).fit(D.PatchDataset(normed, lab, s.train, 5))
+    assert (random.random(), np.random.random(), torch.rand(1).item()) == expected
+
+
 def test_dense_prediction_equals_patch_mode(crop):
     _, cube, lab = crop
     normed, _, _ = D.standardize(cube)
