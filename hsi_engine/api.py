@@ -400,12 +400,15 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     prob = "float16" if probabilities is True else (None if probabilities in (False, None) else probabilities)
     if prob not in (None, "float16", "float32"):  # before anything is opened, on either path
         raise OptionError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
-    from .outputs import check_output_suffix
+    from .outputs import ZARR_SUFFIXES, check_output_suffix
 
-    check_output_suffix(out)  # first: an empty or suffix-less path has no side files to check
+    # first: an empty or suffix-less path has no side files to check. The suffix it resolves decides the path below
+    # too, as it decides the writer: a test of the text ('m.zarr/.', Windows' 'maps\\m.zarr\\') sent a .zarr output
+    # down the plain path, without the completion record that makes it resumable
+    suffix = check_output_suffix(out)
     with _removes_directories_made(out):  # a failed run leaves no directory it made for the output either
         # zarr outputs always carry a per-tile completion record, so any interrupted run can be resumed
-        zarr = os.fspath(out).rstrip("/").lower().endswith(".zarr")
+        zarr = suffix in ZARR_SUFFIXES
         if workers is not None or scheduler is not None or resume or zarr:
             from . import cluster
 

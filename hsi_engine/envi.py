@@ -36,6 +36,34 @@ def _is_envi_header(hdr: Path) -> bool:
         return True  # unreadable: the ENVI path names the problem
 
 
+def _unicode_mark(hdr: Path) -> str | None:
+    """``"utf-8"`` when ``hdr`` starts with a UTF-8 byte-order mark (Notepad's 'UTF-8 with BOM'), ``"utf-16"`` when it
+    is UTF-16 text starting with ``ENVI`` (Notepad's 'Unicode'); else None. GDAL's ENVI driver recognises a header
+    only by its first bytes, ``ENVI``: it reads neither, and the scene 'could not be opened ... not recognized'."""
+    try:
+        with open(hdr, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if head.startswith(b"\xef\xbb\xbf"):
+        return "utf-8"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = head[:len(head) // 2 * 2].decode("utf-16", errors="replace")
+        return "utf-16" if text.lstrip(" \t\r\n").upper().startswith("ENVI") else None
+    return None
+
+
+def _unicode_header_error(hdr: Path, mark: str) -> SceneError:
+    """The error for a header GDAL does not recognise because of how it is encoded (see :func:`_unicode_mark`)."""
+    what = ("starts with a UTF-8 byte-order mark (bytes EF BB BF, as Notepad's 'UTF-8 with BOM' writes)"
+            if mark == "utf-8" else "is UTF-16 text (as Notepad's 'Unicode' writes)")
+    encoding = "utf-8-sig" if mark == "utf-8" else "utf-16"
+    return SceneError(f"ENVI header {hdr} {what}, so GDAL does not recognise it as an ENVI header (it must start "
+                      "with the bytes 'ENVI'); re-save it as UTF-8 without a byte-order mark (Notepad: Save As, "
+                      "Encoding 'UTF-8'), e.g. python -c \"import sys; p = sys.argv[1]; t = open(p, encoding="
+                      f"'{encoding}').read(); open(p, 'w', encoding='utf-8').write(t)\" \"{hdr}\"")
+
+
 def parse_envi_header(hdr: Path) -> dict[str, str]:
     """``key -> raw value`` of an ENVI header (braced values may span lines).
 
@@ -258,6 +286,9 @@ def open_envi(path: Path, chunks) -> xr.DataArray:
     if not data.is_file():
         raise SceneNotFoundError(f"ENVI binary {data} not found")
     check_gdal_side_files(data)  # before the header is read here: a pipe there would block this read too
+    mark = _unicode_mark(hdr)
+    if mark == "utf-16":  # this parser cannot read it either
+        raise _unicode_header_error(hdr, mark)
     if not _is_envi_header(hdr):  # an ESRI EHdr .hdr beside a .bil/.bsq: GDAL's EHdr driver reads it
         return open_geotiff(data, chunks)
     header = parse_envi_header(hdr)
@@ -265,7 +296,12 @@ def open_envi(path: Path, chunks) -> xr.DataArray:
         raise SceneError(f"{hdr} declares 'file compression = {header['file compression']}' (gzip); GDAL cannot "
                          "read compressed ENVI. Gunzip the binary and remove that header line.")
     _check_envi_size(header, hdr, data)
-    da = open_geotiff(data, chunks)
+    try:
+        da = open_geotiff(data, chunks)
+    except SceneError as e:  # this parser reads past a byte-order mark; GDAL (3.10) does not: say which
+        if mark == "utf-8":
+            raise _unicode_header_error(hdr, mark) from None
+        raise
     closer = da._close
     units = header.get("wavelength units")
     try:

@@ -396,7 +396,7 @@ class FusedSSRN:
                             "runs several times slower than float32 (bfloat16 0.15x on a 2-core AMD EPYC with AVX2, "
                             "benchmarks/results/demo-precision-cpu-avx2.md): use 'float32', exact and faster here",
                             precision)
-            elif precision == "bfloat16" and not (_cpu_has_amx_bf16() or _cpuinfo_has("avx512_bf16")):
+            elif precision == "bfloat16" and not (_cpu_has_amx_bf16() or _cpu_has_avx512_bf16()):
                 log.warning("precision='bfloat16' on this CPU (AVX-512 without AVX512-BF16 or AMX-BF16: oneDNN "
                             "emulates bfloat16) runs slower than float32: use 'float32', exact and faster here")
             elif precision == "float16" and not _cpu_has_amx_fp16():
@@ -590,35 +590,52 @@ def _auto_spatial_precision(device_type: str, precision: str, cpu_amx_bf16: bool
 def _cpu_has_amx_bf16() -> bool:
     """Whether this CPU has AMX-BF16 matrix units that this process may use: the ``amx_bf16`` flag (Linux
     /proc/cpuinfo) and, where torch has the probe, tiles the OS has enabled. oneDNN's bf16 convolutions ran 2.9x
-    float32 on such a Xeon (Sapphire Rapids, benchmarks/results/kernels-cpu.md)."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private; absent from older torch
-    if probe is not None:
-        try:
-            if not probe():
-                return False
-        except Exception:  # noqa: BLE001 - a probe that fails says nothing either way: the flag decides
-            pass
-    return _cpuinfo_has("amx_bf16")
+    float32 on such a Xeon (Sapphire Rapids, benchmarks/results/kernels-cpu.md). Where there is no /proc/cpuinfo
+    (Windows, macOS) torch's probe decides alone: every CPU with AMX tiles (Sapphire Rapids and later) has AMX-BF16,
+    and without this fallback such a CPU ran ``spatial_precision="auto"`` in float32 and was warned bf16 was slow."""
+    tiles = _torch_cpu_probe("_is_amx_tile_supported")  # private; absent from older torch
+    if tiles is False:
+        return False
+    flag = _cpuinfo_has("amx_bf16")
+    return bool(tiles) if flag is None else flag
 
 
 @functools.lru_cache(maxsize=1)
 def _cpu_has_amx_fp16() -> bool:
     """Whether this CPU has AMX-FP16 units (torch's probe; Granite Rapids and later), the only CPUs where a float16
     engine could run faster than float32."""
-    probe = getattr(torch.cpu, "_is_amx_fp16_supported", None)
+    probe = _torch_cpu_probe("_is_amx_fp16_supported")
+    return bool(_cpuinfo_has("amx_fp16")) if probe is None else probe
+
+
+def _cpu_has_avx512_bf16() -> bool:
+    """Whether this CPU has AVX512-BF16 (oneDNN's bf16 is native there, emulated on other AVX-512 CPUs): the flag in
+    /proc/cpuinfo, else (Windows, macOS) torch's probe."""
+    flag = _cpuinfo_has("avx512_bf16")
+    return bool(_torch_cpu_probe("_is_avx512_bf16_supported")) if flag is None else flag
+
+
+def _torch_cpu_probe(name: str) -> bool | None:
+    """What ``torch.cpu.<name>()`` (a private CPU-feature probe) says; None where this torch lacks it or it fails
+    (a failing probe says nothing either way)."""
+    probe = getattr(torch.cpu, name, None)
+    if probe is None:
+        return None
     try:
-        return bool(probe()) if probe is not None else _cpuinfo_has("amx_fp16")
-    except Exception:  # noqa: BLE001 - a failing probe: ask the flags
-        return _cpuinfo_has("amx_fp16")
+        return bool(probe())
+    except Exception:  # noqa: BLE001 - see above
+        return None
 
 
-def _cpuinfo_has(flag: str, path: str = "/proc/cpuinfo") -> bool:
-    """Whether a ``flags`` line of ``path`` lists ``flag`` (False where there is no such file)."""
+def _cpuinfo_has(flag: str, path: str = "/proc/cpuinfo") -> bool | None:
+    """Whether a ``flags`` line of ``path`` lists ``flag``; None where there is no such file or it has no ``flags``
+    line (Windows, macOS, ARM's ``Features``): the flags are unknown, not absent."""
     try:
         with open(path) as f:
-            return any(flag in line.split() for line in f if line.startswith("flags"))
+            lines = [line for line in f if line.startswith("flags")]
     except OSError:
-        return False
+        return None
+    return any(flag in line.split() for line in lines) if lines else None
 
 
 def exact_fp32() -> contextlib.AbstractContextManager[None]:

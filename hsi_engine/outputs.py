@@ -144,8 +144,13 @@ def check_not_scene(out: str | os.PathLike, scene: Any) -> None:
                           "the scene; choose an --out outside the scene")
 
 
-# what follows ".<output name>" in the names _tmp_name and remove_tree give (".tmp-0123abcd.tif", ".partial.trash-...")
-_LEFTOVER = re.compile(r"(?:\.(?:partial\.)?(?:tmp|old|cog|trash)-[0-9a-f]{8}(?:\.(?:tiff?|zarr|xml|partial))?)+")
+# what follows ".<output name>" in the names _tmp_name and remove_tree give (".tmp-0123abcd.tif", ".partial.trash-...");
+# a GeoTIFF commit moves an old map's GDAL side files aside too (".m.tif.ovr.old-0123abcd.ovr",
+# ".m_confidence.tif.aux.xml.old-0123abcd.xml"), and GDAL's COG driver builds overviews in "<destination>.ovr.tmp"
+# and "<destination>.msk.ovr.tmp" beside the hidden COG copy (a run killed then left them for good)
+_LEFTOVER = re.compile(r"(?:\.(?:aux\.xml|ovr))?"
+                       r"(?:\.(?:partial\.)?(?:tmp|old|cog|trash)-[0-9a-f]{8}(?:\.(?:tiff?|zarr|xml|ovr|partial))?)+"
+                       r"(?:\.(?:msk\.)?ovr\.tmp)?")
 
 
 def remove_tree(path: Path) -> bool:
@@ -167,9 +172,10 @@ def remove_tree(path: Path) -> bool:
 
 
 def sweep_leftovers(out: str | os.PathLike) -> list[Path]:
-    """Remove what a killed run into ``out`` left hidden beside it: ``.<name>.tmp-*``, ``.old-*``, ``.cog-*`` and
-    ``.trash-*`` of the map, its side files and ``<out>.partial`` (never the partial store itself). Call only
-    while holding the output's lock (:func:`hsi_engine.lock.output_lock`): no other run is writing them then."""
+    """Remove what a killed run into ``out`` left hidden beside it: ``.<name>.tmp-*``, ``.old-*``, ``.cog-*`` (and
+    GDAL's ``.ovr.tmp`` overviews of it) and ``.trash-*`` of the map, its side files and ``<out>.partial`` (never the
+    partial store itself). Call only while holding the output's lock (:func:`hsi_engine.lock.output_lock`): no other
+    run is writing them then."""
     p = Path(out)
     names = [p.name] + [s.name for s in side_paths(p).values()]
     removed = []

@@ -27,7 +27,9 @@ writable, warns when there is no georeferencing, and on ``abort`` (or an excepti
 store whose root ``zarr.json`` carries ``title = "hsi-engine class map"`` (any other directory is refused, not
 deleted); no ``.tif`` name (map, ``_probabilities``, ``_confidence``, ``.aux.xml``) may be a directory; and a
 GeoTIFF commit removes the old ``_probabilities``/``_confidence`` sidecars the new run does not write, so no
-sidecar outlives the map it belongs to.
+sidecar outlives the map it belongs to. A commit is all or nothing as far as the file system allows: when a file
+cannot be replaced (Windows refuses while another program holds it open) or the commit is interrupted, every file
+of the previous output is put back.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import shutil
 import threading
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -254,6 +256,91 @@ def _open_failed(where: Path, e: BaseException) -> OutputError:
         return OutputError(f"cannot create the output in {where} ({e}): this process may open no more files; raise "
                            "the limit (ulimit -n) or use fewer --readers / --workers")
     return OutputError(f"cannot write in {where} ({e}); choose a writable location")
+
+
+def _replace_all(installs: Sequence[tuple[Path, Path]], remove: Sequence[Path],
+                 aside: Callable[[Path], Path]) -> list[Path]:
+    """Move each ``(new, target)`` of ``installs`` into place, in order, and take ``remove`` away: all or nothing, as
+    far as the file system allows. Each target that exists, the last first, is first kept under ``aside(target)`` (a
+    hidden name :func:`~hsi_engine.outputs.sweep_leftovers` knows): a file as a hard link, so it stays at its name
+    until replaced (a reader never finds it missing), else (a directory, a link, a file system without hard links)
+    renamed. Then each path in ``remove`` is renamed aside and the new files are renamed in. On any failure, an
+    interruption included, each new file goes back to its ``new`` name and every old one back to its own, and the
+    error is raised. Returns the aside names, for the caller to delete once the output is committed.
+
+    Why: Windows refuses to replace a file another program holds open (the old map shown in a GIS; a virus scan of a
+    store's fresh chunks). Replaced one after another, side files first and the map last, the commit stopped half
+    way and left the old map beside the new run's ``.aux.xml`` (the new model's class names on the old pixels), and
+    a zarr store moved aside was deleted with the temporaries when the new one could not take its name."""
+    # each listed before it is moved, so that an interruption right after the move is undone too
+    moved: list[tuple[Path, Path]] = []  # (path, its aside name)
+    done: list[tuple[Path, Path]] = []  # (new, target)
+    current = None
+    try:
+        for current in [t for _, t in reversed(installs)]:
+            if path_present(current):
+                moved.append((current, aside(current)))
+                _keep_aside(current, moved[-1][1])
+        for current in remove:
+            if path_present(current):
+                moved.append((current, aside(current)))
+                os.replace(current, moved[-1][1])
+        for new, current in installs:
+            done.append((new, current))
+            os.replace(new, current)
+    except BaseException as e:
+        stuck = _put_back(done, moved)
+        if stuck:
+            where = "; ".join(f"{t} is at {a}" for t, a in stuck)
+            what = (f"cannot replace {current} ({str(e) or type(e).__name__}), nor put back what was moved aside: "
+                    f"{where}. Rename each back to its name before running again (the next run into this output deletes hidden "
+                    "leftovers)")
+            if not isinstance(e, Exception):  # an interruption stays one (Ctrl-C, SystemExit): said, not replaced
+                log.error("%s", what)
+                raise
+            raise OutputError(what) from None
+        if isinstance(e, PermissionError) and current is not None:
+            raise OutputError(f"cannot replace {current} ({e.strerror or e}): another program may hold it open "
+                              "(Windows refuses to replace a file in use: close it in that program, e.g. the GIS "
+                              "showing the map, or wait for a virus scan to finish, and run again), or "
+                              f"{current.parent} is not writable. Nothing was replaced: the previous output is "
+                              "unchanged") from None
+        raise
+    return [a for _, a in moved]
+
+
+def _keep_aside(path: Path, aside: Path) -> None:
+    """Keep ``path`` also under ``aside``: a hard link for a plain file (it stays at its name), else a rename."""
+    if path.is_file() and not path.is_symlink():
+        try:
+            os.link(path, aside)
+            return
+        except OSError:  # no hard links here (FAT/exFAT, some network shares): renamed instead
+            pass
+    os.replace(path, aside)
+
+
+def _put_back(done: Sequence[tuple[Path, Path]], moved: Sequence[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    """Undo what :func:`_replace_all` did, newest first; returns the ``(path, aside name)`` pairs that could not be
+    put back (the old file or store stays under its aside name)."""
+    for new, target in reversed(done):
+        if not path_present(new) and path_present(target):  # renamed in (a failed rename leaves ``new`` there)
+            with contextlib.suppress(OSError):
+                os.replace(target, new)
+    stuck = []
+    for path, where in reversed(moved):
+        try:
+            if not path_present(where):  # never moved (its link or rename failed)
+                continue
+            if path_present(path):
+                if not os.path.samefile(path, where):  # a new file that could not be moved off it
+                    raise FileExistsError(path)
+                os.unlink(where)  # a hard link to what is still at its name
+            else:
+                os.replace(where, path)
+        except OSError:
+            stuck.append((path, where))
+    return stuck
 
 
 def _file_size_limit() -> int | None:
@@ -591,38 +678,34 @@ class GeoTiffClassMapWriter(ClassMapWriter):
         aux_tmp.write_text(self._aux_xml(), encoding="utf-8")  # GDAL reads PAM XML as UTF-8
         if self.overwrite:
             check_replaceable(self.path)  # again: something may have taken a name while the tiles ran
-            self._remove_stale_sides()
         else:  # a file another program put at one of our names while the tiles ran is not ours to replace
             appeared = [t for t in (*self._final.values(), self._sides["aux"])
                         if t not in self._there_at_start and path_present(t)]
             if appeared:
                 raise OutputError(_appeared(appeared[0]))
-        self._remove_stale_pam()
-        # Side files first, the class map last: its presence means the whole output is complete.
-        os.replace(aux_tmp, self._sides["aux"])
-        for cog, target in cogs[::-1]:
-            os.replace(cog, target)
+        stale = (self._stale_sides() if self.overwrite else []) + self._stale_pam()
+        # All or nothing (_replace_all): the new side files go in first and the class map last, so its presence
+        # means the whole output is complete; a file that cannot be replaced (on Windows, one a GIS holds open)
+        # puts every old one back.
+        installs = [(aux_tmp, self._sides["aux"]), *cogs[::-1]]
+        olds = _replace_all(installs, [p for p in stale if p.is_file() or p.is_symlink()],
+                            lambda p: self._tmp_name(p, "old"))
+        self._temps += olds  # the old output goes with the temporaries once this output is committed
 
-    def _remove_stale_sides(self) -> None:
-        """Remove the old output's ``_probabilities``/``_confidence`` files this run does not write: an
-        overwrite replaces the whole output set, so no sidecar outlives the map it was computed with."""
-        for key in ("probabilities", "confidence"):
-            if key in self._final:
-                continue
-            for side in (self._sides[key], *(self._sides[key].with_name(self._sides[key].name + end)
-                                             for end in (".aux.xml", ".ovr"))):
-                if side.is_file() or side.is_symlink():
-                    side.unlink()
+    def _stale_sides(self) -> list[Path]:
+        """The old output's ``_probabilities``/``_confidence`` files this run does not write (and their ``.aux.xml``
+        and ``.ovr``), to remove: an overwrite replaces the whole output set, so no sidecar outlives the map it was
+        computed with."""
+        return [side for key in ("probabilities", "confidence") if key not in self._final
+                for side in (self._sides[key], *(self._sides[key].with_name(self._sides[key].name + end)
+                                                 for end in (".aux.xml", ".ovr")))]
 
-    def _remove_stale_pam(self) -> None:
-        """Remove what GDAL keeps beside the files this run writes: a ``_probabilities``/``_confidence`` file's
+    def _stale_pam(self) -> list[Path]:
+        """What GDAL keeps beside the files this run writes, to remove: a ``_probabilities``/``_confidence`` file's
         ``.aux.xml`` (QGIS or ``gdalinfo -stats`` write one; an overwrite with another model left the old class
         names as band names and the old statistics) and any ``.ovr`` (external overviews of the old pixels)."""
         stale = [t.with_name(t.name + ".ovr") for t in self._final.values()]
-        stale += [t.with_name(t.name + ".aux.xml") for k, t in self._final.items() if k != "labels"]
-        for side in stale:
-            if side.is_file() or side.is_symlink():
-                side.unlink()
+        return stale + [t.with_name(t.name + ".aux.xml") for k, t in self._final.items() if k != "labels"]
 
     def _close(self) -> None:
         for ds in getattr(self, "_datasets", {}).values():
@@ -723,12 +806,9 @@ class ZarrClassMapWriter(ClassMapWriter):
             if not self.overwrite:
                 raise OutputError(_appeared(self.path))
             check_replaceable(self.path)  # again: what is there now is what gets deleted
-            old = self._tmp_name(self.path, "old")
-            self._temps.append(old)
-            os.replace(self.path, old)
-            os.replace(self._tmp, self.path)
-        else:
-            os.replace(self._tmp, self.path)
+        # the old store moved aside, the new one in; if the new one cannot take the name, the old one goes back
+        # (it was deleted with the temporaries: the old map lost, nothing at the output's name)
+        self._temps += _replace_all([(self._tmp, self.path)], [], lambda p: self._tmp_name(p, "old"))
 
 
 def _appeared(path: Path) -> str:

@@ -950,6 +950,19 @@ def test_bad_input_leaves_no_output(case, tmp_path):
     assert not (tmp_path / "m.tif").exists()
 
 
+@pytest.mark.parametrize("spelling", ["m.zarr/.", "M.ZARR", "m.zarr/"])
+def test_every_spelling_of_a_zarr_output_takes_the_resumable_path(case, tmp_path, spelling):
+    """The writer goes by the suffix pathlib resolves; the resumable path was chosen by the text's ending, so
+    'm.zarr/.' (as Windows' 'maps\\m.zarr\\') wrote a .zarr map without the completion record --resume needs."""
+    import zarr
+
+    cube, model, _ = case
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = classify_to_file(cube, model, str(tmp_path) + "/" + spelling, tile=8, progress=False)
+    assert out.name == spelling.rstrip("/.") and "resume" in zarr.open_group(str(out), mode="r")
+
+
 
 def test_bad_precision_is_refused_before_anything_is_read():
     import dask.array as dsa

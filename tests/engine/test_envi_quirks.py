@@ -153,6 +153,29 @@ def test_a_header_without_byte_order_is_refused_for_multibyte_data(tmp_path):
         hdr.write_text(hdr.read_text().replace(f"byte order = {value}", "byte order = 1"))
 
 
+@pytest.mark.parametrize("encoding, found", [("utf-8-sig", r"starts with a UTF-8 byte-order mark \(bytes EF BB BF"),
+                                             ("utf-16", r"is UTF-16 text")], ids=["utf-8 with BOM", "utf-16"])
+@pytest.mark.parametrize("given", ["s.hdr", "s.bsq"])
+def test_a_header_saved_with_a_byte_order_mark_is_named_with_the_fix(tmp_path, encoding, found, given):
+    """Notepad's 'UTF-8 with BOM' and 'Unicode': GDAL recognises an ENVI header by its first bytes, 'ENVI', so the
+    scene 'could not be opened as a raster (... not recognized ...)'. The error names the encoding and how to
+    re-save the header; the command it gives does, and the scene then opens as written."""
+    import shlex
+    import subprocess
+    import sys
+
+    cube = make_cube()
+    write_envi(tmp_path / "s.bsq", cube, encoding=encoding)
+    with pytest.raises(SceneError, match=rf"ENVI header .*s\.hdr {found}.*GDAL does not recognise it as an ENVI "
+                                         r"header .*re-save it as UTF-8 without a byte-order mark") as info:
+        open_scene(tmp_path / given)
+    command = shlex.split(str(info.value).split("e.g. ", 1)[1])
+    assert command[0] == "python"
+    subprocess.run([sys.executable, *command[1:]], check=True)
+    assert (tmp_path / "s.hdr").read_bytes().startswith(b"ENVI\n")
+    np.testing.assert_array_equal(open_scene(tmp_path / given).values, cube)
+
+
 def test_single_byte_data_needs_no_byte_order(tmp_path):
     cube = (make_cube() % 251).astype(np.uint8)
     path = write_envi(tmp_path / "s.bsq", cube, byte_order=None)

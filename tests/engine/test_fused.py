@@ -257,6 +257,35 @@ def test_amx_probe_needs_the_flag_and_the_os(tmp_path, monkeypatch):
     fused._cpu_has_amx_bf16.cache_clear()
 
 
+@pytest.mark.parametrize("amx, avx512_bf16", [(True, False), (False, True), (False, False)])
+def test_without_proc_cpuinfo_torch_s_probes_tell_the_cpu_s_bf16_units(tmp_path, monkeypatch, caplog, amx,
+                                                                        avx512_bf16):
+    """Windows and macOS have no /proc/cpuinfo: an AMX Xeon ran ``spatial_precision="auto"`` in float32 and was told
+    its bf16 was emulated. Where the file says nothing, torch's own probes decide."""
+    from hsi_engine import fused
+    from kernels import spectral
+
+    real = fused._cpuinfo_has
+    monkeypatch.setattr(fused, "_cpuinfo_has", lambda flag, path=str(tmp_path / "none"): real(flag, path))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(spectral, "_onednn_bf16", lambda: True)
+    fused._cpu_has_amx_bf16.cache_clear()
+    try:
+        assert fused._cpuinfo_has("amx_bf16") is None  # unknown, not absent
+        assert fused._cpu_has_amx_bf16() is amx and fused._cpu_has_avx512_bf16() is avx512_bf16
+        with caplog.at_level("WARNING", logger="hsi_engine.fused"):
+            engine = FusedSSRN(random_model(), backend="eager", precision="bfloat16")
+        assert engine.spatial_precision == ("bfloat16" if amx else "float32")
+        assert ("emulates bfloat16" in caplog.text) is not (amx or avx512_bf16), caplog.text
+        monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # an older torch without the probes: as before
+        monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+        fused._cpu_has_amx_bf16.cache_clear()
+        assert not fused._cpu_has_amx_bf16() and not fused._cpu_has_avx512_bf16()
+    finally:
+        fused._cpu_has_amx_bf16.cache_clear()
+
+
 @pytest.mark.slow  # 15-50 s of inductor compilation on 2 shared cores; run with -m slow
 def test_fused_compile_equals_eager():
     """torch.compile of the fused form equals eager (tiny shapes; ~15-50 s of compilation on 2 cores)."""

@@ -476,6 +476,24 @@ def test_a_sweep_leaves_the_temps_of_a_live_run_into_a_side_file_s_name(tmp_path
     assert sweep_leftovers(tmp_path / "x.tif") == [temp] and not temp.exists()
 
 
+def test_a_sweep_removes_gdal_s_overview_temps_and_a_commit_s_aside_copies(tmp_path):
+    """GDAL's COG driver builds overviews in '<destination>.ovr.tmp' (and '.msk.ovr.tmp') beside the hidden COG copy,
+    and a commit keeps the old output's files under hidden '.old-' names until it is done: a run killed then left
+    them for good. Names that only look alike stay."""
+    from hsi_engine.outputs import sweep_leftovers
+
+    gone = [".m.tif.cog-0123abcd.tif.ovr.tmp", ".m.tif.cog-0123abcd.tif.msk.ovr.tmp", ".m.tif.cog-0123abcd.tif",
+            ".m_probabilities.tif.cog-89abcdef.tif.ovr.tmp", ".m.tif.old-0123abcd.tif", ".m.tif.ovr.old-0123abcd.ovr",
+            ".m_confidence.tif.aux.xml.old-0123abcd.xml", ".m_probabilities.tif.ovr.old-0123abcd.ovr",
+            ".m.tif.aux.xml.old-0123abcd.xml"]
+    keep = ["m.tif", ".m.tif.ovr.tmp", ".m.tif.cog-0123abcd.tif.ovr.tmp.bak", ".m.tif.cog-0123abcd.tif.ovr",
+            ".m.tif.ovr.old-backup.ovr", ".m.tif.aux.xml.ovr.tmp", ".other.tif.cog-0123abcd.tif.ovr.tmp"]
+    for n in gone + keep:
+        (tmp_path / n).write_bytes(b"x")
+    assert sorted(p.name for p in sweep_leftovers(tmp_path / "m.tif")) == sorted(gone)
+    assert listing(tmp_path) == sorted(keep)
+
+
 def test_a_run_into_a_live_run_s_side_file_is_refused_and_sweeps_nothing(case, tmp_path, computed):
     """Run A writing m.tif with probabilities; run B into m_confidence.tif: B's sweep deleted A's live temporary
     (A then failed after its whole compute, told to check the disk), or B's map silently replaced A's confidence

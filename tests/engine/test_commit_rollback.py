@@ -1,0 +1,213 @@
+"""A commit that replaces an output is all or nothing: when one of the renames fails (Windows refuses to replace a file
+another program holds open: the old map shown in a GIS, a store's chunks being scanned by an antivirus) or is
+interrupted, every file of the previous output is back where it was, and no hidden temporary is left."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import _scale_fixtures as F
+
+import hsi_engine
+from hsi_engine.errors import OutputError
+from hsi_engine.writers import open_writer
+
+TILE = 16
+
+
+def write_map(path: Path, *, names=("water", "field", "forest"), probabilities: str | None = "float32",
+              overwrite: bool = False) -> Path:
+    """A 32 x 32 class map through the writer alone (no model run): ``names`` end up in its ``.aux.xml``."""
+    rng = np.random.default_rng(len(names[0]))
+    labels = rng.integers(1, 4, (32, 32)).astype(np.uint8)
+    probs = rng.random((3, 32, 32)).astype(np.float32) if probabilities else None
+    w = open_writer(path, height=32, width=32, n_classes=3, crs="EPSG:32633", transform=(30, 0, 0, 0, -30, 0),
+                    class_names=list(names), probabilities=probabilities, confidence=probabilities is not None,
+                    overwrite=overwrite, block=TILE)
+    w.write(0, 0, labels, probs, None if probs is None else probs.max(0))
+    return w.commit()
+
+
+def state(d: Path) -> dict[str, tuple[int, str]]:
+    """Every entry of ``d`` (hidden ones too): its inode and the sha256 of its bytes (of every file under a store)."""
+    out = {}
+    for p in sorted(d.iterdir()):
+        h = hashlib.sha256()
+        for f in sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]:
+            h.update(str(f.relative_to(d)).encode())
+            h.update(f.read_bytes())
+        out[p.name] = (p.stat().st_ino, h.hexdigest())
+    return out
+
+
+def held_open(monkeypatch, *held: Path, links: bool = True, exc=None) -> None:
+    """Rename as Windows does while another program holds each of ``held`` open: neither renaming it away nor
+    replacing it (PermissionError, WinError 32), while a hard link to it is made (NTFS); ``links=False``: a file
+    system without hard links (FAT, exFAT). ``exc``: raise that instead (an interruption at that rename)."""
+    real_replace = os.replace
+    held = {os.fspath(p) for p in held}
+
+    def replace(src, dst, *a, **k):
+        if os.fspath(src) in held or os.fspath(dst) in held:
+            if exc is not None:
+                raise exc
+            raise PermissionError(errno.EACCES, "The process cannot access the file because it is being used by "
+                                  "another process", os.fspath(src), 32, os.fspath(dst))
+        return real_replace(src, dst, *a, **k)
+
+    def no_link(src, dst, *a, **k):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "replace", replace)
+    if not links:
+        monkeypatch.setattr(os, "link", no_link)
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard links", "no hard links"])
+@pytest.mark.parametrize("held", ["m.tif", "m_confidence.tif", "m.tif.aux.xml"])
+def test_a_geotiff_overwrite_that_cannot_replace_a_file_changes_nothing(tmp_path, monkeypatch, held, links):
+    """The side files and .aux.xml were replaced first and the map last, with no way back: a map held open in a
+    GIS was left beside the new run's class names. Now every file is as before, and the error names the file and
+    the program that may hold it (not 'check that the location is writable')."""
+    out = write_map(tmp_path / "m.tif")
+    (tmp_path / "m.tif.ovr").write_bytes(b"old overviews")  # GDAL side files of the old map: removed at commit
+    (tmp_path / "m_probabilities.tif.aux.xml").write_text("<PAMDataset/>")
+    before = state(tmp_path)
+    held_open(monkeypatch, tmp_path / held, links=links)
+    with pytest.raises(OutputError, match=rf"cannot replace .*{held} .*another program may hold it open .*close it "
+                                          r"in that program.* Nothing was replaced"):
+        write_map(out, names=("new 1", "new 2", "new 3"), overwrite=True)
+    monkeypatch.undo()
+    assert state(tmp_path) == before  # the same files (inodes), the same bytes, and no hidden temp or aside copy
+    assert "new 1" not in (tmp_path / "m.tif.aux.xml").read_text()
+
+
+def test_a_geotiff_overwrite_that_cannot_replace_the_map_keeps_the_side_files_it_would_remove(tmp_path, monkeypatch):
+    """A run without probabilities removes the old _probabilities/_confidence files at commit: not when the map
+    itself cannot be replaced."""
+    out = write_map(tmp_path / "m.tif")
+    before = state(tmp_path)
+    held_open(monkeypatch, out)
+    with pytest.raises(OutputError, match="another program may hold it open"):
+        write_map(out, probabilities=None, overwrite=True)
+    monkeypatch.undo()
+    assert state(tmp_path) == before
+    write_map(out, probabilities=None, overwrite=True)  # closed: the overwrite goes through, leaving no aside copy
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif", "m.tif.aux.xml"]
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+def test_a_geotiff_commit_interrupted_at_the_map_s_rename_puts_the_old_output_back(tmp_path, monkeypatch, exc):
+    out = write_map(tmp_path / "m.tif")
+    before = state(tmp_path)
+    held_open(monkeypatch, out, exc=exc())
+    with pytest.raises(exc):
+        write_map(out, names=("new 1", "new 2", "new 3"), overwrite=True)
+    monkeypatch.undo()
+    assert state(tmp_path) == before
+    fresh = tmp_path / "fresh"  # a first run stopped there leaves nothing, not the side files without their map
+    fresh.mkdir()
+    held_open(monkeypatch, fresh / "m.tif", exc=exc())
+    with pytest.raises(exc):
+        write_map(fresh / "m.tif")
+    assert list(fresh.iterdir()) == []
+
+
+@pytest.mark.parametrize("exc", [PermissionError, KeyboardInterrupt])
+def test_an_old_file_that_cannot_be_put_back_is_named_and_kept(tmp_path, monkeypatch, caplog, exc):
+    """No hard links, and the map's name refuses every rename onto it, its own return included: the error says
+    where the old map is (under its hidden aside name, not deleted with the temporaries); the rest is put back. An
+    interruption stays one, with the same words logged."""
+    out = write_map(tmp_path / "m.tif")
+    old = out.read_bytes()
+    real_replace = os.replace
+
+    calls = []
+
+    def replace(src, dst, *a, **k):  # (interrupted at the map's first rename; its return then refused)
+        if Path(dst) == out:
+            calls.append(src)
+            raise exc() if len(calls) == 1 and exc is not PermissionError else PermissionError(
+                errno.EACCES, "Access is denied", os.fspath(dst))
+        return real_replace(src, dst, *a, **k)
+
+    def no_link(src, dst, *a, **k):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "link", no_link)
+    said = r"nor put back what was moved aside: .*m\.tif is at .*\.m\.tif\.old-[0-9a-f]{8}\.tif\. Rename each back"
+    with pytest.raises(OutputError if exc is PermissionError else exc) as info, \
+            caplog.at_level("ERROR", logger="hsi_engine.writers"):
+        write_map(out, names=("new 1", "new 2", "new 3"), overwrite=True)
+    monkeypatch.undo()
+    assert re.search(said, str(info.value) if exc is PermissionError else caplog.text)
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith(".m.tif.old-")]
+    assert len(kept) == 1 and kept[0].read_bytes() == old and not out.exists()
+    assert "new 1" not in (tmp_path / "m.tif.aux.xml").read_text()  # the side files went back
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "m.tif.aux.xml", "m_confidence.tif", "m_probabilities.tif"]
+
+
+def test_a_zarr_overwrite_whose_new_store_cannot_take_the_name_keeps_the_old_store(tmp_path, monkeypatch):
+    """The plain writer: the old store was moved aside, registered as a temporary, and deleted with them when the
+    new one could not be renamed in."""
+    out = write_map(tmp_path / "m.zarr", probabilities=None)
+    before = state(tmp_path)
+    real_replace = os.replace
+
+    def scanned(src, dst, *a, **k):  # the new store's fresh chunks are being scanned: it cannot be renamed
+        if ".tmp-" in Path(src).name and Path(dst) == out:
+            raise PermissionError(errno.EACCES, "Access is denied", os.fspath(src), 5, os.fspath(dst))
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", scanned)
+    with pytest.raises(OutputError, match=r"cannot replace .*m\.zarr .*another program may hold it open"):
+        write_map(out, names=("new 1", "new 2", "new 3"), probabilities=None, overwrite=True)
+    monkeypatch.undo()
+    assert state(tmp_path) == before
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rollback")
+    cube = F.ip_crop(32, 32)
+    model = F.save_tiny_model(d / "model", cube)
+    ref = hsi_engine.classify(F.dataarray(cube), str(model), tile=TILE, progress=False).values
+    return {"scene": F.write_zarr(d / "scene.zarr", cube), "model": model, "ref": ref}
+
+
+def test_a_resumable_zarr_overwrite_that_cannot_rename_the_new_store_keeps_the_old_map(case, tmp_path, monkeypatch):
+    """``classify_to_file(..., "m.zarr", overwrite=True)``: the old map was moved aside, then deleted when the
+    complete ``m.zarr.partial`` could not take its name (Windows: 'Access is denied' while an antivirus scans the
+    fresh chunks): the old map lost. It stays, and the partial store finishes the new map with --resume."""
+    out = tmp_path / "m.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hsi_engine.classify_to_file(case["scene"], case["model"], out, tile=TILE, progress=False)
+        before = state(tmp_path)
+        real_replace = os.replace
+
+        def scanned(src, dst, *a, **k):  # the store's fresh chunks are being scanned: it cannot be renamed
+            if Path(src).name == "m.zarr.partial" and Path(dst) == out:
+                raise PermissionError(errno.EACCES, "Access is denied", os.fspath(src), 5, os.fspath(dst))
+            return real_replace(src, dst, *a, **k)
+
+        monkeypatch.setattr(os, "replace", scanned)
+        with pytest.raises(OutputError, match=r"cannot replace .*m\.zarr \(Access is denied\): another program may "
+                                              r"hold it open"):
+            hsi_engine.classify_to_file(case["scene"], case["model"], out, tile=TILE, overwrite=True, progress=False)
+        monkeypatch.undo()
+        assert {k: v for k, v in state(tmp_path).items() if k != "m.zarr.partial"} == before
+        assert (tmp_path / "m.zarr.partial").is_dir()  # every tile, for --resume
+        hsi_engine.classify_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, progress=False)
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zarr"]
