@@ -298,7 +298,7 @@ def open_envi(path: Path, chunks) -> xr.DataArray:
     _check_envi_size(header, hdr, data)
     try:
         da = open_geotiff(data, chunks)
-    except SceneError as e:  # this parser reads past a byte-order mark; GDAL (3.10) does not: say which
+    except SceneError:  # this parser reads past a byte-order mark; GDAL (3.10) does not: say which
         if mark == "utf-8":
             raise _unicode_header_error(hdr, mark) from None
         raise
