@@ -419,11 +419,12 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                                             cache_blocks=cache_blocks, decoders=decoders,
                                             spatial_precision=spatial_precision, on_written=on_written)
         from .lock import output_lock
-        from .resume import check_no_partial, discard_partial
+        from .resume import check_no_partial, discard_partial, refuse_outputs_in_the_way
         from .outputs import check_not_scene
         from .writers import open_writer
 
         check_not_scene(out, scene_path)  # before anything is read: --out must never replace the scene itself
+        refuse_outputs_in_the_way(Path(out), suffix, prob, overwrite=overwrite)  # (the writer checks again)
 
         scene = open_owned(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
         job = _Job(scene, model_path, tile=tile, device=device, backend=backend, precision=precision, nodata=nodata,

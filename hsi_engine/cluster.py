@@ -64,9 +64,10 @@ from .errors import ClusterUsageError, HSIEngineError, OptionError, OutputError,
 from .lock import output_lock
 from .logs import dropped, warnings_ignored
 from .owned import closes_its_scenes, open_owned
-from .resume import (MAP_VERSION, OWNER_ATTR, ResumableZarrWriter, check_no_partial, check_owner, describe_differences,
-                     discard_partial, finished_with, mark_tile, model_digest, partial_path, partial_tile, pinned_store,
-                     provenance, read_record, recorded_fingerprint, resolved_spatial_precision, store_replaced)
+from .resume import (MAP_VERSION, OWNER_ATTR, ResumableZarrWriter, check_owner, describe_differences, discard_partial,
+                     finished_with, mark_tile, model_digest, partial_path, partial_tile, pinned_store, provenance,
+                     read_record, recorded_fingerprint, refuse_outputs_in_the_way, resolved_spatial_precision,
+                     store_replaced)
 from .tiles import Tile, TilePlan, default_tile, describe_plan, normalise_tile, plan_tiles
 
 log = logging.getLogger("hsi_engine.cluster")
@@ -560,6 +561,11 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
         _parse_scheduler_address(scheduler)  # a malformed address fails here, before the scene is read
     if distributed:  # what the workers would refuse on their first tile, refused before any cluster starts
         _check_cluster_engine(device, backend, local=workers is not None)
+    prob = "float16" if probabilities is True else (None if probabilities in (False, None) else probabilities)
+    if prob not in (None, "float16", "float32"):
+        raise OptionError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
+    if not resume:  # an output in the way is refused before the scene is read (its scale sample, its digest)
+        refuse_outputs_in_the_way(out, suffix, prob, overwrite=overwrite)
     scene = open_owned(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
     job_device = "cpu" if distributed else device  # the driver computes nothing; it may have no GPU
     job = _Job(scene, model_path, tile=tile if tile is not None else 1 << 20, device=job_device, backend=backend,
@@ -577,9 +583,6 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     log.debug("plan: %s", describe_plan(plan))
     grid = (math.ceil(job.height / side), math.ceil(job.width / side))
 
-    prob = "float16" if probabilities is True else (None if probabilities in (False, None) else probabilities)
-    if prob not in (None, "float16", "float32"):
-        raise OptionError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
     crs, transform, gcps = scene_georef(da, scene_path)
     digest = model_digest(job.model)
     # the device type and spatial precision the tiles run with, where this host can tell (in-process, or a local
@@ -596,8 +599,6 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     spatial = resolved_spatial_precision(spatial_precision, precision, device_type, this_host=workers is not None
                                          or not distributed)
     job.spatial_precision = spatial
-    if not resume:  # an output in the way is refused before the scene's identity, whose digest may read it all
-        _refuse_outputs_in_the_way(out, suffix, prob, overwrite=overwrite)
     scene_id = {"shape": [int(s) for s in da.shape], "dtype": str(da.dtype),
                 **_scene_identity(scene_path, scene, crs, transform, gcps, cube=da)}
     fingerprint = {"scene": scene_id, "model": digest, "labels": [job.class_names(), job.palette()],
@@ -765,31 +766,6 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     log.info("wrote %s: %d tiles computed, %d skipped (run %d, %s) in %.1f s", path, report.computed, skipped, run,
              f"{n_workers} workers" if distributed else "in-process", report.wall_s)
     return report
-
-
-def _refuse_outputs_in_the_way(out: Path, suffix: str, prob: str | None, *, overwrite: bool) -> None:
-    """The refusals of a run that does not resume which need no fingerprint, in the order and words the checks
-    after it (and the writer) give them: a side file or foreign ``.aux.xml`` of a GeoTIFF, ``<out>.partial``, the
-    output itself (without ``overwrite``), or, with it, a partial store or output hsi-engine did not write. Made
-    before the scene's identity, since its digest may read the whole scene (a dask or lazily opened one)."""
-    from .outputs import TIFF_SUFFIXES, check_replaceable, ours_aux, path_present, side_paths
-
-    sides = side_paths(out)
-    if not overwrite:
-        for key in ("probabilities", "confidence") if suffix in TIFF_SUFFIXES and prob is not None else ():
-            if sides[key].exists():
-                raise OutputError(f"output {sides[key]} already exists; pass overwrite=True (--overwrite) to replace "
-                                  "it, or choose another path")
-        aux = sides["aux"]
-        if suffix in TIFF_SUFFIXES and (aux.exists() or aux.is_symlink()) and not ours_aux(aux):
-            raise OutputError(f"output {aux} already exists; pass overwrite=True (--overwrite on the command line) "
-                              "to replace it, or choose another path")
-    check_no_partial(out, overwrite=overwrite)  # (with overwrite: only a store of ours is to be replaced)
-    if not overwrite and path_present(out):
-        raise OutputError(f"output {out} already exists; pass overwrite=True (--overwrite on the command line) to "
-                          "replace it, or choose another path")
-    if overwrite:
-        check_replaceable(out)
 
 
 def check_workers(workers: Any) -> None:

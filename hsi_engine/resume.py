@@ -62,7 +62,8 @@ from .writers import ZarrClassMapWriter
 
 __all__ = ["MAP_VERSION", "PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "check_owner", "discard_partial",
            "finished_with", "json_attr", "model_digest", "partial_path", "partial_tile", "pinned_store", "provenance",
-           "read_record", "recorded_fingerprint", "resolved_spatial_precision", "store_replaced"]
+           "read_record", "recorded_fingerprint", "refuse_outputs_in_the_way", "resolved_spatial_precision",
+           "store_replaced"]
 
 PARTIAL_SUFFIX = ".partial"
 RECORD = "resume/tiles_done"
@@ -536,3 +537,29 @@ def mark_tile(store: str | os.PathLike, row: int, col: int, run: int) -> None:
 
     arr = zarr.open_array(str(store), path=RECORD, mode="r+")
     arr[row, col] = run
+
+
+def refuse_outputs_in_the_way(out: Path, suffix: str, prob: str | None, *, overwrite: bool) -> None:
+    """The refusals of a run that does not resume which need no fingerprint, in the order and words the checks
+    after it (and the writer) give them: a side file or foreign ``.aux.xml`` of a GeoTIFF, ``<out>.partial``, the
+    output itself (without ``overwrite``), or, with it, a partial store or output hsi-engine did not write. Made
+    before the scene is read (its scale sample; a resumable run's digest may read all of it); the writer checks
+    again when it opens the output."""
+    from .outputs import ours_aux, path_present, side_paths
+
+    sides = side_paths(out)
+    if not overwrite:
+        for key in ("probabilities", "confidence") if suffix in TIFF_SUFFIXES and prob is not None else ():
+            if sides[key].exists():
+                raise OutputError(f"output {sides[key]} already exists; pass overwrite=True (--overwrite) to replace "
+                                  "it, or choose another path")
+        aux = sides["aux"]
+        if suffix in TIFF_SUFFIXES and (aux.exists() or aux.is_symlink()) and not ours_aux(aux):
+            raise OutputError(f"output {aux} already exists; pass overwrite=True (--overwrite on the command line) "
+                              "to replace it, or choose another path")
+    check_no_partial(out, overwrite=overwrite)  # (with overwrite: only a store of ours is to be replaced)
+    if not overwrite and path_present(out):
+        raise OutputError(f"output {out} already exists; pass overwrite=True (--overwrite on the command line) to "
+                          "replace it, or choose another path")
+    if overwrite:
+        check_replaceable(out)

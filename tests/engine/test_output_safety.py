@@ -541,3 +541,20 @@ def test_a_file_put_at_the_output_while_the_run_wrote_is_not_replaced(case, tmp_
                                           r"overwrite=True \(--overwrite\)"):
         hsi_engine.classify_to_file(F.dataarray(case["cube"]), case["model"], out, tile=TILE, progress=False)
     assert out.read_bytes() == b"another program's file" and sorted(p.name for p in tmp_path.iterdir()) == ["m.tif"]
+
+
+@pytest.mark.parametrize("name, kw", [("a.tif", {}), ("a.zarr", {}), ("a.tif", {"probabilities": True})])
+def test_an_output_in_the_way_is_refused_before_the_scene_is_read(case, tmp_path, monkeypatch, name, kw):
+    """Into an existing output without overwrite, the run read the scene (its georeferencing, its scale sample: a
+    large scene's seconds) before 'already exists; pass --overwrite'."""
+    import hsi_engine.api
+
+    out = tmp_path / name
+    classify_to_file(case, out, **kw)
+
+    def read(*a, **k):
+        raise AssertionError("the scene was read before the output in the way was refused")
+
+    monkeypatch.setattr(hsi_engine.api, "_Job", read)
+    with pytest.raises(OutputError, match=r"already exists; pass overwrite=True"):
+        classify_to_file(case, out, **kw)
