@@ -122,6 +122,10 @@ class _Job:
         if da.ndim != 3 or set(da.dims) != {"band", "y", "x"}:
             raise SceneError(f"expected a (band, y, x) scene; got dims {da.dims}")
         self.da = da = da.transpose("band", "y", "x")
+        from .io import file_of
+
+        # what the map records it was made of: the scene's file, or the in-memory array's shape and type
+        self.source = os.path.abspath(scene) if isinstance(scene, (str, os.PathLike)) else file_of(da)
         self.model = m = _model(model)
         self.meta = dict(getattr(m, "meta", None) or {})
         bands, height, width = (int(da.sizes[d]) for d in ("band", "y", "x"))
@@ -221,11 +225,15 @@ class _Job:
 
 def _provenance(job: _Job) -> dict[str, str]:
     """The provenance (:func:`hsi_engine.resume.provenance`) of a map ``job`` makes in this process, its spatial
-    precision as the engine resolves ``auto`` on the job's device."""
+    precision as the engine resolves ``auto`` on the job's device, and the scene it classified (its file, or the
+    array's shape and type) with the nodata value it masked."""
     from .resume import model_digest, provenance, resolved_spatial_precision
 
     spatial = resolved_spatial_precision(job.spatial_precision, job.precision, job.device.type)
-    return provenance(model_digest(job.model), job.precision, spatial)
+    scene = job.source or f"an in-memory array {tuple(int(n) for n in job.da.shape)} (band, y, x) of {job.da.dtype}"
+    # ('scene_nodata', not 'nodata': rioxarray reads a 'nodata' attribute as the class map's own)
+    return {**provenance(model_digest(job.model), job.precision, spatial), "scene": scene,
+            "scene_nodata": "none" if job.nodata is None else repr(float(job.nodata))}
 
 
 def _spatial_coords(da: xr.DataArray) -> dict[str, Any]:

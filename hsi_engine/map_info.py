@@ -34,8 +34,8 @@ def class_map_attrs(path: str | os.PathLike) -> dict[str, Any] | None:
 
 def map_info(path: str | os.PathLike) -> str:
     """A human summary of a class map hsi-engine wrote: format, shape, classes, CRS and what made it (software,
-    model digest - compare ``hsi-engine info MODEL_DIR`` -, precisions, map version, the scene a resumable run
-    recorded, its runs); for a partial store, how many tiles are done."""
+    model digest - compare ``hsi-engine info MODEL_DIR`` -, precisions, map version, the scene it was made of,
+    a resumable run's runs); for a partial store, how many tiles are done."""
     import xarray as xr
 
     from .resume import FINGERPRINT_ATTR, json_attr, read_record
@@ -85,6 +85,9 @@ def map_info(path: str | os.PathLike) -> str:
         what = scene.get("source") or (f"an in-memory scene (values digest {scene['digest'][:16]}...)"
                                        if scene.get("digest") else "an in-memory scene")
         lines.append(f"scene      {what}; tile {fingerprint.get('tile')}")
+    elif attrs.get("scene"):  # a run in one go records its scene and the nodata it masked
+        nodata = attrs.get("scene_nodata")
+        lines.append(f"scene      {attrs['scene']}" + (f"; nodata {nodata}" if nodata not in (None, "none") else ""))
     runs = json_attr(attrs, "resume_runs")
     if isinstance(runs, list) and runs:
         lines.append(f"runs       {len(runs)}; the last started {runs[-1].get('started', '?')}")

@@ -54,9 +54,24 @@ def test_a_scene_is_still_described_as_a_scene(case, capsys):
     assert _info(case["scene"], capsys)["format"] == "zarr"
 
 
-def test_a_map_of_a_plain_run_records_no_scene_but_what_made_it(case, tmp_path, capsys):
+def test_a_map_of_a_plain_run_records_its_scene_and_what_made_it(case, tmp_path, capsys):
+    """A run in one go recorded no scene (a resumable one's fingerprint does): its GeoTIFF tags, classify()'s attrs
+    and info now name the scene's file (or the array) and the nodata it masked."""
+    import numpy as np
+    import rasterio
+
+    import hsi_engine
+
     out = tmp_path / "plain.tif"
-    assert main(["classify", str(case["scene"]), "--model", str(case["model"]), "--out", str(out)]) == 0
+    assert main(["classify", str(case["scene"]), "--model", str(case["model"]), "--out", str(out), "--nodata",
+                 "-9999"]) == 0
     capsys.readouterr()
     said = _info(out, capsys)
-    assert said["format"] == "GeoTIFF" and said["model"].startswith("digest ") and "scene" not in said
+    assert said["format"] == "GeoTIFF" and said["model"].startswith("digest ")
+    assert said["scene"] == f"{case['scene']}; nodata -9999.0"
+    with rasterio.open(out) as f:
+        assert f.tags()["scene"] == str(case["scene"]) and f.nodata == 0  # (the map's own nodata is untouched)
+    cube = np.asarray(hsi_engine.open_scene(case["scene"]).values)
+    labels = hsi_engine.classify(cube, case["model"], progress=False)
+    assert labels.attrs["scene"] == f"an in-memory array {cube.shape} (band, y, x) of {cube.dtype}"
+    assert labels.attrs["scene_nodata"] == "none" and labels.rio.nodata == 0
