@@ -428,6 +428,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                                             spatial_precision=spatial_precision, on_written=on_written)
         from .lock import output_lock
         from .resume import check_no_partial, discard_partial, refuse_outputs_in_the_way
+        from .runner import default_readers, read_cache_bytes
         from .outputs import check_not_scene
         from .writers import open_writer
 
@@ -450,8 +451,10 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                                      transform=transform, y_coords=ycoords, x_coords=xcoords,
                                      class_names=job.class_names(), palette=job.palette(), probabilities=prob,
                                      confidence=prob is not None,
-                                     overwrite=overwrite, gcps=gcps,
-                                     tags=_provenance(job))
+                                     overwrite=overwrite, gcps=gcps, tags=_provenance(job),
+                                     read_cache_bytes=read_cache_bytes(job.da, job.tile, job.model.config.halo,
+                                                                       readers or default_readers(job.device.type
+                                                                                                  == "cuda")))
             t0 = time.perf_counter()
             try:
                 stats = job.run(writer, probabilities=prob is not None, progress=progress, queue_depth=queue_depth,

@@ -475,6 +475,26 @@ def check_read_settings(*, cache_blocks: int | None, decoders: int | None) -> No
         raise OptionError(f"decoders must be >= 0 (0: the readers decode); got {decoders}")
 
 
+def default_readers(cuda: bool) -> int:
+    """Reader threads when none are asked for: the cores this process may run on (taskset), up to 8, feeding a GPU;
+    2 beside a CPU's compute."""
+    return min(8, _cores()) if cuda else 2
+
+
+def read_cache_bytes(da: Any, tile: int | Sequence[int], halo: int, readers: int) -> int:
+    """Room in GDAL's block cache for the scene blocks the reader threads have in flight: the chunks that
+    ``readers + 1`` windows of ``tile + 2 * halo`` pixels touch, all bands (0 for a scene not read in chunks). A
+    GeoTIFF writer's cap without it evicted a GeoTIFF scene's blocks at every tile, and its readers decoded them
+    again (3.4x the read time). Follows the tile and chunk sizes, never the scene's."""
+    chunks = getattr(da, "chunks", None)
+    if not chunks:
+        return 0
+    ch, cw = max(chunks[1]), max(chunks[2])
+    win = (max(int(t) for t in tile) if isinstance(tile, Sequence) else int(tile)) + 2 * int(halo)
+    per_window = (-(-win // ch) + 1) * (-(-win // cw) + 1) * ch * cw
+    return (int(readers) + 1) * per_window * int(da.shape[0]) * np.dtype(da.dtype).itemsize
+
+
 def _cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     try:
@@ -646,7 +666,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
             raise OptionError(f"readers and queue_depth must be >= 1; got {name}={v} (pass a whole number of "
                               f"{'threads' if name == 'readers' else 'tiles'}, e.g. {name}=2, or None for the default)")
     if readers is None:
-        readers = min(8, _cores()) if cuda else 2  # the cores this process may run on (taskset)
+        readers = default_readers(cuda)
     if queue_depth is None:
         queue_depth = readers + 1
     check_read_settings(cache_blocks=cache_blocks, decoders=decoders)

@@ -544,9 +544,11 @@ class ClassMapWriter:
 
 
 class GeoTiffClassMapWriter(ClassMapWriter):
-    """Tiles into hidden tiled GeoTIFFs, converted to Cloud-Optimised GeoTIFFs at commit."""
+    """Tiles into hidden tiled GeoTIFFs, converted to Cloud-Optimised GeoTIFFs at commit. ``read_cache_bytes``:
+    room left in GDAL's block cache, while it writes, for the blocks a GeoTIFF scene's readers have in flight
+    (:func:`~hsi_engine.runner.read_cache_bytes`)."""
 
-    def __init__(self, path: Path, **kw):
+    def __init__(self, path: Path, *, read_cache_bytes: int = 0, **kw):
         super().__init__(path, **kw)
         import rasterio
 
@@ -569,7 +571,7 @@ class GeoTiffClassMapWriter(ClassMapWriter):
         # (tiles fill a block row before the next one starts), the memory follows the width, not the scene.
         bands = sum(opts["count"] * (1 if opts["dtype"] == "uint8" else 4) for opts in specs.values())
         row = -(-self.width // self.block) * self.block * self.block * bands
-        self._cache_bytes = max(64 << 20, 2 * row + (16 << 20))
+        self._cache_bytes = max(64 << 20, 2 * row + (16 << 20)) + int(read_cache_bytes)
         try:
             for key, opts in specs.items():
                 tmp = self._tmp_name(self._final[key])
@@ -819,20 +821,23 @@ def _appeared(path: Path) -> str:
 def open_writer(path: str | os.PathLike, *, height: int, width: int, n_classes: int, crs=None, transform=None,
                 y_coords=None, x_coords=None, class_names: Sequence[str] | None = None, palette=None,
                 probabilities: str | None = None, confidence: bool = False, overwrite: bool = False,
-                block: int = 256, gcps=None, tags: dict[str, str] | None = None) -> ClassMapWriter:
+                block: int = 256, gcps=None, tags: dict[str, str] | None = None,
+                read_cache_bytes: int = 0) -> ClassMapWriter:
     """A class-map writer for ``path``: ``.tif``/``.tiff`` (Cloud-Optimised GeoTIFF) or ``.zarr`` (zarr v3).
 
     ``labels`` tiles are uint8 with 0 = nodata and 1..``n_classes``; ``palette`` is one RGB triplet per class
     (default: a tab20-based palette); ``probabilities`` is None, "float16" or "float32"; ``block`` is the
     internal tile / chunk side. ``gcps``: ground control points (with ``crs`` and no ``transform``) for a map of
-    a scene georeferenced by them; ``tags``: provenance strings (GeoTIFF metadata, zarr root attributes). The
-    output appears at ``path`` only at ``commit``.
+    a scene georeferenced by them; ``tags``: provenance strings (GeoTIFF metadata, zarr root attributes);
+    ``read_cache_bytes``: see :class:`GeoTiffClassMapWriter`. The output appears at ``path`` only at ``commit``.
     """
     p = Path(path)
     kw = dict(height=height, width=width, n_classes=n_classes, crs=crs, transform=transform, y_coords=y_coords,
               x_coords=x_coords, class_names=class_names, palette=palette, probabilities=probabilities,
               confidence=confidence, overwrite=overwrite, block=block, gcps=gcps, tags=tags)
-    return (GeoTiffClassMapWriter if check_output_suffix(p) in TIFF_SUFFIXES else ZarrClassMapWriter)(p, **kw)
+    if check_output_suffix(p) in TIFF_SUFFIXES:
+        return GeoTiffClassMapWriter(p, read_cache_bytes=read_cache_bytes, **kw)
+    return ZarrClassMapWriter(p, **kw)
 
 
 def write_classmap(labels_da, path: str | os.PathLike, **kw: Any) -> Path:

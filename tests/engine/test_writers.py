@@ -449,3 +449,43 @@ def test_int_labels_up_to_n_classes_are_written(tmp_path):
         out = write_classmap(np.array([[0, 1], [2, 3]], np.int64), tmp_path / "m.zarr", n_classes=3)
     import xarray as xr
     assert int(xr.open_zarr(out)["classes"].max()) == 3
+
+
+def test_a_geotiff_map_s_cache_cap_leaves_room_for_the_scene_s_blocks(tmp_path, monkeypatch):
+    """The writer's cap on GDAL's block cache (process-wide, while it writes) evicted a GeoTIFF scene's blocks at
+    every tile, and the readers decoded them again (3.4x the read time). The cap now adds room for the chunks the
+    readers have in flight, sized by tile and chunk, never by the scene."""
+    import dask.array as da_
+    import xarray as xr
+
+    import hsi_engine
+    import ssrn
+    from hsi_engine.runner import read_cache_bytes
+    from hsi_engine.writers import GeoTiffClassMapWriter
+
+    lazy = xr.DataArray(da_.zeros((200, 1024, 4096), dtype=np.float32, chunks=(200, 256, 256)),
+                        dims=("band", "y", "x"))
+    # a 128-px tile + 2 * 3 halo touches at most 2 x 2 chunks; 3 windows (2 readers + 1) of 256^2 px x 200 bands
+    assert read_cache_bytes(lazy, 128, 3, 2) == 3 * 4 * 256 * 256 * 200 * 4
+    assert read_cache_bytes(lazy.isel(x=slice(0, 512)), 128, 3, 2) == read_cache_bytes(lazy, 128, 3, 2)
+    assert read_cache_bytes(np.zeros((3, 8, 8)), 128, 3, 2) == 0
+    base = open_writer(tmp_path / "a.tif", height=8, width=8, n_classes=2)
+    roomy = open_writer(tmp_path / "b.tif", height=8, width=8, n_classes=2, read_cache_bytes=1 << 30)
+    assert roomy._cache_bytes == base._cache_bytes + (1 << 30)
+    base.abort(), roomy.abort()
+    seen = []
+    real = GeoTiffClassMapWriter.__init__
+
+    def recording(self, path, *, read_cache_bytes=0, **kw):
+        seen.append(read_cache_bytes)
+        real(self, path, read_cache_bytes=read_cache_bytes, **kw)
+
+    monkeypatch.setattr(GeoTiffClassMapWriter, "__init__", recording)
+    scene = xr.DataArray(np.random.default_rng(0).normal(size=(20, 16, 16)).astype(np.float32),
+                         dims=("band", "y", "x")).chunk({"y": 8, "x": 8})
+    model = ssrn.SSRN(ssrn.SSRNConfig(bands=20, classes=3, patch=5))
+    model.meta = {"mean": [0.0] * 20, "std": [1.0] * 20}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hsi_engine.classify_to_file(scene, model, tmp_path / "m.tif", tile=8, progress=False, readers=1)
+    assert seen == [read_cache_bytes(scene, 8, 2, 1)] and seen[0] > 0

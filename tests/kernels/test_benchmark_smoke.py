@@ -354,3 +354,14 @@ def test_kernels_benchmark_layer_rows_time_the_same_layer_both_ways(form):
     for name, _, seed, eager in cases:
         a, b = seed(), eager()  # (P, C, D, 1, 1) and (1, C, D, P)
         torch.testing.assert_close(a[..., 0, 0].permute(1, 2, 0), b[0], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_geotiff_read_cache_benchmark_runs_on_cpu(tmp_path: Path) -> None:
+    """Both ways give the same map, which the report says (a cache setting must never change a class)."""
+    out = tmp_path / "cache.md"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "geotiff_read_cache.py"), "--size", "64",
+                           "--bands", "12", "--reps", "1", "--out", str(out)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    assert "maps identical: True" in text and "| with room |" in text and "| without |" in text
