@@ -293,8 +293,8 @@ def _replace_all(installs: Sequence[tuple[Path, Path]], remove: Sequence[Path],
         if stuck:
             where = "; ".join(f"{t} is at {a}" for t, a in stuck)
             what = (f"cannot replace {current} ({str(e) or type(e).__name__}), nor put back what was moved aside: "
-                    f"{where}. Rename each back to its name before running again (the next run into this output deletes hidden "
-                    "leftovers)")
+                    f"{where}. Rename each back to its name before running again (the next run into this output "
+                    "deletes hidden leftovers, where the file system has locks)")
             if not isinstance(e, Exception):  # an interruption stays one (Ctrl-C, SystemExit): said, not replaced
                 log.error("%s", what)
                 raise
@@ -335,7 +335,10 @@ def _put_back(done: Sequence[tuple[Path, Path]], moved: Sequence[tuple[Path, Pat
             if path_present(path):
                 if not os.path.samefile(path, where):  # a new file that could not be moved off it
                     raise FileExistsError(path)
-                os.unlink(where)  # a hard link to what is still at its name
+                # a hard link to what is still at its name: the old file never left it. Windows refuses the unlink
+                # while a program holds the file open (the GIS this commit could not replace it under): not stuck
+                with contextlib.suppress(OSError):
+                    os.unlink(where)
             else:
                 os.replace(where, path)
         except OSError:

@@ -144,6 +144,7 @@ def file_lock(out: str | os.PathLike, *, fix: str | Callable[[bool | None], str]
         if fd is None:
             yield None
             return
+        unlocked = None  # why no lock can be had here (the run then goes on without one)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -151,25 +152,27 @@ def file_lock(out: str | os.PathLike, *, fix: str | Callable[[bool | None], str]
             if e.errno == errno.EBADF and not writable:  # NFS: an exclusive lock needs a file open for writing
                 no_locks = _stale_for_us(fd)  # (else another user's live run holds it)
                 if no_locks and not removed_stale:  # another user's leftover, held by nobody: make our own
-                    os.close(fd)
                     removed_stale = True
                     with contextlib.suppress(OSError):
-                        path.unlink()
+                        path.unlink()  # while our shared lock keeps its owner's new run from taking it
+                    os.close(fd)
                     continue
             os.close(fd)
-            if no_locks:
-                if not existed:
-                    with contextlib.suppress(OSError):
-                        path.unlink()
-                why = ("another user's lock file there, left by an ended run, is read-only to this user and cannot "
-                       "be replaced" if e.errno == errno.EBADF else e.strerror or str(e))
-                log.warning("file locks are not available for %s (%s): a second run into %s at the same time is "
-                            "not detected; make sure only one runs", path.parent, why, out)
-                yield None
-                return
-            who, keeps = _holder(path)
-            raise OutputError(f"another run is writing {out} now ({who}); "
-                              f"{fix if isinstance(fix, str) else fix(keeps)}") from None
+            if not no_locks:
+                who, keeps = _holder(path)
+                raise OutputError(f"another run is writing {out} now ({who}); "
+                                  f"{fix if isinstance(fix, str) else fix(keeps)}") from None
+            if not existed:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            unlocked = ("another user's lock file there, left by an ended run, is read-only to this user and cannot "
+                        "be replaced" if e.errno == errno.EBADF else e.strerror or str(e))
+        if unlocked is not None:  # (outside the except: the run's own errors are not chained to flock's)
+            log.warning("file locks are not available for %s (%s): a second run into %s at the same time is not "
+                        "detected, and a killed run's hidden temporaries are not removed; make sure only one runs",
+                        path.parent, unlocked, out)
+            yield None
+            return
         try:  # the previous holder may have removed the file between our open and our lock: lock the new one
             same = os.path.samestat(os.fstat(fd), os.stat(path))
         except FileNotFoundError:

@@ -52,8 +52,15 @@ def held_open(monkeypatch, *held: Path, links: bool = True, exc=None) -> None:
     """Rename as Windows does while another program holds each of ``held`` open: neither renaming it away nor
     replacing it (PermissionError, WinError 32), while a hard link to it is made (NTFS); ``links=False``: a file
     system without hard links (FAT, exFAT). ``exc``: raise that instead (an interruption at that rename)."""
-    real_replace = os.replace
+    real_replace, real_unlink = os.replace, os.unlink
+    inodes = {p.stat().st_ino for p in held if p.exists()}
     held = {os.fspath(p) for p in held}
+
+    def unlink(path, *a, **k):  # no name of a file held open can be deleted, a hard link's included
+        if exc is None and os.path.exists(path) and os.stat(path).st_ino in inodes:
+            raise PermissionError(errno.EACCES, "The process cannot access the file because it is being used by "
+                                  "another process", os.fspath(path), 32)
+        return real_unlink(path, *a, **k)
 
     def replace(src, dst, *a, **k):
         if os.fspath(src) in held or os.fspath(dst) in held:
@@ -67,6 +74,7 @@ def held_open(monkeypatch, *held: Path, links: bool = True, exc=None) -> None:
         raise OSError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "unlink", unlink)
     if not links:
         monkeypatch.setattr(os, "link", no_link)
 
@@ -86,7 +94,12 @@ def test_a_geotiff_overwrite_that_cannot_replace_a_file_changes_nothing(tmp_path
                                           r"in that program.* Nothing was replaced"):
         write_map(out, names=("new 1", "new 2", "new 3"), overwrite=True)
     monkeypatch.undo()
-    assert state(tmp_path) == before  # the same files (inodes), the same bytes, and no hidden temp or aside copy
+    after = state(tmp_path)
+    # the same files (inodes), the same bytes, no hidden temp; at most a hard link to the held file, which Windows
+    # does not let go while it is open (left for a later run's sweep)
+    asides = {k: v for k, v in after.items() if ".old-" in k}
+    assert {k: v for k, v in after.items() if k not in asides} == before
+    assert all(v[0] == before[held][0] for v in asides.values()) and len(asides) <= (1 if links else 0)
     assert "new 1" not in (tmp_path / "m.tif.aux.xml").read_text()
 
 
@@ -99,8 +112,15 @@ def test_a_geotiff_overwrite_that_cannot_replace_the_map_keeps_the_side_files_it
     with pytest.raises(OutputError, match="another program may hold it open"):
         write_map(out, probabilities=None, overwrite=True)
     monkeypatch.undo()
-    assert state(tmp_path) == before
-    write_map(out, probabilities=None, overwrite=True)  # closed: the overwrite goes through, leaving no aside copy
+    after = state(tmp_path)
+    asides = [k for k in after if k.startswith(".m.tif.old-")]  # a link to the held map Windows does not let go
+    assert {k: v for k, v in after.items() if k not in asides} == before
+    assert [after[k][0] for k in asides] == [before["m.tif"][0]]
+    write_map(out, probabilities=None, overwrite=True)  # closed: the overwrite goes through
+    assert sorted(p.name for p in tmp_path.iterdir() if ".old-" not in p.name) == ["m.tif", "m.tif.aux.xml"]
+    from hsi_engine.outputs import sweep_leftovers
+
+    sweep_leftovers(out)  # (as a run's lock does before it starts: the link left behind goes)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif", "m.tif.aux.xml"]
 
 

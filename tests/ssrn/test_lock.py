@@ -32,6 +32,10 @@ def test_a_filesystem_without_locks_is_warned_of_not_blamed_on_another_run(tmp_p
                for r in caplog.records)
     assert list(tmp_path.iterdir()) == []
     assert not lock_held(out)
+    with pytest.raises(ValueError) as raised:  # the run's own error, not chained to flock's
+        with file_lock(out, fix="wait"):
+            raise ValueError("the run's")
+    assert raised.value.__context__ is None
 
 
 def _nfs(monkeypatch, *, other_holds: bool, foreign):
