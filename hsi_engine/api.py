@@ -230,7 +230,9 @@ def _provenance(job: _Job) -> dict[str, str]:
     from .resume import model_digest, provenance, resolved_spatial_precision
 
     spatial = resolved_spatial_precision(job.spatial_precision, job.precision, job.device.type)
-    scene = job.source or f"an in-memory array {tuple(int(n) for n in job.da.shape)} (band, y, x) of {job.da.dtype}"
+    # (a file name that is not UTF-8, as Linux allows, with its odd bytes escaped: GDAL's tags are UTF-8)
+    scene = (os.fsencode(job.source).decode("utf-8", "backslashreplace") if job.source else
+             f"an in-memory array {tuple(int(n) for n in job.da.shape)} (band, y, x) of {job.da.dtype}")
     # ('scene_nodata', not 'nodata': rioxarray reads a 'nodata' attribute as the class map's own)
     return {**provenance(model_digest(job.model), job.precision, spatial), "scene": scene,
             "scene_nodata": "none" if job.nodata is None else repr(float(job.nodata))}
@@ -428,6 +430,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                                             spatial_precision=spatial_precision, on_written=on_written)
         from .lock import output_lock
         from .resume import check_no_partial, discard_partial, refuse_outputs_in_the_way
+        from .io import scene_format
         from .runner import default_readers, read_cache_bytes
         from .outputs import check_not_scene
         from .writers import open_writer
@@ -442,6 +445,10 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
         crs, transform, gcps = scene_georef(da, scene_path)
         ycoords = np.asarray(da["y"].values) if "y" in da.coords else None
         xcoords = np.asarray(da["x"].values) if "x" in da.coords else None
+        # GDAL's block cache, capped while the map is written, keeps room for the blocks a scene GDAL reads
+        # (GeoTIFF, ENVI) has in flight
+        gdal_room = read_cache_bytes(job.da, job.tile, job.model.config.halo, readers or default_readers(
+            job.device.type == "cuda")) if job.source and scene_format(job.source) in ("geotiff", "envi") else 0
         # one live run per output (a resumable one may be writing <out>.partial)
         with output_lock(out, side_files=prob is not None):
             # an interrupted --resume run's store: finish or discard
@@ -452,9 +459,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                                      class_names=job.class_names(), palette=job.palette(), probabilities=prob,
                                      confidence=prob is not None,
                                      overwrite=overwrite, gcps=gcps, tags=_provenance(job),
-                                     read_cache_bytes=read_cache_bytes(job.da, job.tile, job.model.config.halo,
-                                                                       readers or default_readers(job.device.type
-                                                                                                  == "cuda")))
+                                     read_cache_bytes=gdal_room)
             t0 = time.perf_counter()
             try:
                 stats = job.run(writer, probabilities=prob is not None, progress=progress, queue_depth=queue_depth,

@@ -167,7 +167,26 @@ def read_error(da: Any, window: Sequence[int], exc: BaseException) -> BaseExcept
                     "source")
     from .io import file_of
 
-    if file_of(da) is None:  # another graph than the file's own read (a caller's map_blocks, arithmetic)
-        return exc
-    return SceneError(f"reading rows {ry0}:{ry1}, cols {rx0}:{rx1} of {src} failed ({type(exc).__name__}: "
-                      f"{exc}); the store may be damaged or unreadable: check it (hsi-engine info) or re-create it")
+    if file_of(da) is not None:
+        return SceneError(f"reading rows {ry0}:{ry1}, cols {rx0}:{rx1} of {src} failed ({type(exc).__name__}: "
+                          f"{exc}); the store may be damaged or unreadable: check it (hsi-engine info) or re-create "
+                          "it")
+    # a window, a band selection or a cast of the file, whose read failed (what a reader, a codec or GDAL raises:
+    # an OSError always, the others where the file's read is still in the graph), or the caller's step over it
+    if isinstance(exc, OSError) or (_reads_the_file(da) and isinstance(exc, (RuntimeError, ValueError, KeyError,
+                                                                             EOFError))):
+        what = f"{src}" if src != "the scene" else "the file it is read from"
+        return SceneError(f"reading rows {ry0}:{ry1}, cols {rx0}:{rx1} of a scene computed from "
+                          f"{'a file' if src == 'the scene' else src} failed ({type(exc).__name__}: {exc}); {what} "
+                          "may be damaged or unreadable (check it: hsi-engine info; or re-create it), or the error "
+                          "is in the computation over it")
+    return exc  # the caller's own graph (a map_blocks step, arithmetic) raised it: its own error, as raised
+
+
+def _reads_the_file(da: Any) -> bool:
+    """Whether the dask graph of ``da`` still holds the read of the file :func:`~hsi_engine.io.open_scene` made
+    (its array's layer: windows, band selections and casts keep it)."""
+    name = (getattr(da, "encoding", None) or {}).get("source_array")
+    graph = getattr(getattr(da, "data", None), "dask", None)
+    layers = getattr(graph, "layers", None)
+    return bool(name) and layers is not None and name in layers

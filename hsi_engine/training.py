@@ -252,7 +252,7 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
                  f"{scene_path.resolve()} + {labels_path.resolve()}", None, nodata, nodata_bands, grid)
 
 
-def train(dataset: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.PathLike | None = None,
+def train(dataset: str | os.PathLike | Scene, out: str | os.PathLike, *, labels: str | os.PathLike | None = None,
           class_names: Sequence[str] | None = None, **options: Any) -> dict[str, Any]:
     """Train a model into ``out`` (:func:`ssrn.train.run_training` with ``options``), on a standard dataset or a
     self-contained scene file, or (``labels``) on the scene ``dataset`` names and its label raster
@@ -262,6 +262,8 @@ def train(dataset: str | os.PathLike, out: str | os.PathLike, *, labels: str | o
     from ssrn.train import TrainOptionError, run_training
 
     for name, value in (("dataset", dataset), ("labels", labels), ("out", out)):
+        if name == "dataset" and labels is None and (isinstance(value, Scene) or callable(value)):
+            continue  # (run_training's own)
         if value is not None and not (isinstance(value, (str, os.PathLike)) and isinstance(os.fspath(value), str)):
             what = "a path (a str or pathlib.Path)" + (" or a dataset name" if name == "dataset" else "")
             fix = ("pass the model directory's path" if name == "out" else "write an array or DataArray to a file "

@@ -422,8 +422,8 @@ def _load_path(p: Path) -> Scene:
     names = None
     if suf not in (".npz", ".h5", ".hdf5", ".mat"):  # a scene without its labels inside or beside it
         raise DataError(f"{p} holds no labels ({suf or 'no suffix'}: a scene only): give its label raster with "
-                        "--labels RASTER (labels= in Python); .mat (with a _gt.mat beside it), .npz and .h5 scenes "
-                        "carry their own")
+                        "--labels RASTER (hsi_engine.train(..., labels=RASTER) in Python); .mat (with a _gt.mat "
+                        "beside it), .npz and .h5 scenes carry their own")
     if suf == ".npz":
         cube, labels, wl, names = _read_npz(p)
         da = _to_dataarray(np.moveaxis(cube, 0, -1), wl, p.stem)
@@ -902,6 +902,8 @@ class PatchDataset(torch.utils.data.Dataset):
 
 def __getattr__(name: str) -> Any:
     if name == "load_labelled_raster":  # (0.2.0 had it here; the engine's readers place label rasters now)
-        raise AttributeError("ssrn.data.load_labelled_raster moved to the engine, whose readers place a label raster "
-                             "on its scene: use hsi_engine.load_labelled_raster (and hsi_engine.train to train on it)")
+        # an ImportError: what `from ssrn.data import load_labelled_raster` then says (an AttributeError here
+        # becomes 'cannot import name')
+        raise ImportError("ssrn.data.load_labelled_raster moved to the engine, whose readers place a label raster "
+                          "on its scene: use hsi_engine.load_labelled_raster (and hsi_engine.train to train on it)")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -517,8 +517,8 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
         scene = dataset if isinstance(dataset, Scene) else dataset() if callable(dataset) else \
             load_dataset(dataset, data_dir)
         if not isinstance(scene, Scene):
-            raise TrainOptionError(f"run_training's dataset function returned a {type(scene).__name__}; expected a "
-                                   "ssrn.data.Scene")
+            raise TrainOptionError(f"run_training's dataset function returned {type(scene).__name__!r}; expected "
+                                   "a ssrn.data.Scene")
         if scene.n_classes > 255:
             raise DataError(f"{scene.source}: the labels have {scene.n_classes} classes; class maps are uint8 (0 = "
                             "nodata, classes 1..255), so a model of more than 255 classes could not map a scene: merge "

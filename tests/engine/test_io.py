@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import dask.array as dsa
@@ -938,9 +939,32 @@ def test_an_error_of_the_callers_own_graph_is_its_own_not_the_stores(make_scene,
     derived = da.copy(data=da.data.map_blocks(fail, dtype=da.dtype))
     with pytest.raises(error, match="in the caller's step"):
         window_reader(derived)(0, 8, 0, 8)
-    assert read_error(derived, (0, 8, 0, 8), e := OSError("x")) is e
+    assert read_error(derived, (0, 8, 0, 8), e := ZeroDivisionError("x")) is e
     err = read_error(da, (0, 8, 0, 8), OSError("Can't read data"))
     assert isinstance(err, SceneError) and "the store may be damaged" in str(err)
+
+
+def test_a_damaged_file_read_through_a_window_or_a_cast_is_still_named(tmp_path):
+    """A corrupt GeoTIFF read as open_scene(p).isel(...) or .astype(...) (not the file's own array) raised
+    rasterio's bare 'Read failed' without the file or the fix."""
+    import rasterio
+
+    from hsi_engine.runner import window_reader
+
+    p = tmp_path / "s.tif"
+    cube = (np.random.default_rng(0).random((200, 64, 64)) * 4000).astype("uint16")
+    with rasterio.open(p, "w", driver="GTiff", width=64, height=64, count=200, dtype="uint16", tiled=True,
+                       blockxsize=32, blockysize=32, compress="deflate", interleave="pixel") as f:
+        f.write(cube)
+    raw = bytearray(p.read_bytes())
+    for i in range(len(raw) // 3, len(raw) // 3 + 2000):
+        raw[i] ^= 0x5A
+    p.write_bytes(bytes(raw))
+    scene = open_scene(p)
+    for derived, named in ((scene.isel(y=slice(0, 48)), str(p)), (scene.astype("float32"), "a file")):
+        with pytest.raises(SceneError, match=rf"of a scene computed from {re.escape(named)} failed .*may be "
+                                             r"damaged or unreadable"):
+            window_reader(derived)(0, derived.sizes["y"], 0, 64)
 
 
 def test_a_scene_opened_by_a_relative_path_is_read_and_identified_after_a_chdir(tmp_path, monkeypatch):

@@ -75,3 +75,20 @@ def test_a_map_of_a_plain_run_records_its_scene_and_what_made_it(case, tmp_path,
     labels = hsi_engine.classify(cube, case["model"], progress=False)
     assert labels.attrs["scene"] == f"an in-memory array {cube.shape} (band, y, x) of {cube.dtype}"
     assert labels.attrs["scene_nodata"] == "none" and labels.rio.nodata == 0
+
+
+def test_a_scene_whose_file_name_is_not_utf8_is_recorded_escaped(case, tmp_path):
+    """Linux file names are bytes: a scene at 'sc\\xffene.zarr' crashed the GeoTIFF map's tags (UTF-8 only)."""
+    import os
+    import shutil
+
+    import rasterio
+
+    import hsi_engine
+
+    scene = tmp_path / os.fsdecode(b"sc\xffene.zarr")
+    shutil.copytree(case["scene"], scene)
+    out = tmp_path / "m.tif"
+    hsi_engine.classify_to_file(scene, case["model"], out, progress=False)
+    with rasterio.open(out) as f:
+        assert f.tags()["scene"] == str(tmp_path / "sc\\xffene.zarr")

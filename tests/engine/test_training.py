@@ -612,3 +612,19 @@ def test_train_is_the_public_name_of_training_on_a_label_raster():
 
     assert hsi_engine.train is train and hsi_engine.load_labelled_raster is load_labelled_raster
     assert {"train", "load_labelled_raster"} <= set(hsi_engine.__all__)
+
+
+def test_train_passes_a_scene_object_to_the_trainer(tmp_path):
+    """hsi_engine.train took only paths, where run_training takes a Scene too."""
+    _write_scene(tmp_path / "s.tif")
+    _write_labels(tmp_path / "l.tif", _labels())
+    scene = load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+    report = train(scene, tmp_path / "m", epochs=1, batch_size=32, device="cpu")
+    assert report["status"] == "done" and report["dataset"] == "s"
+
+
+def test_the_old_module_name_of_the_normalisation_still_imports():
+    import hsi_engine.normalise as old
+    import ssrn.normalise as new
+
+    assert old.normalise_into is new.normalise_into and set(old.__all__) == set(new.__all__)

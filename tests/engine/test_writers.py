@@ -481,11 +481,15 @@ def test_a_geotiff_map_s_cache_cap_leaves_room_for_the_scene_s_blocks(tmp_path, 
         real(self, path, read_cache_bytes=read_cache_bytes, **kw)
 
     monkeypatch.setattr(GeoTiffClassMapWriter, "__init__", recording)
-    scene = xr.DataArray(np.random.default_rng(0).normal(size=(20, 16, 16)).astype(np.float32),
-                         dims=("band", "y", "x")).chunk({"y": 8, "x": 8})
+    cube = np.random.default_rng(0).normal(size=(20, 16, 16)).astype(np.float32)
+    with rasterio.open(tmp_path / "s.tif", "w", driver="GTiff", width=16, height=16, count=20, dtype="float32") as f:
+        f.write(cube)
     model = ssrn.SSRN(ssrn.SSRNConfig(bands=20, classes=3, patch=5))
     model.meta = {"mean": [0.0] * 20, "std": [1.0] * 20}
+    in_memory = xr.DataArray(cube, dims=("band", "y", "x")).chunk({"y": 8, "x": 8})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        hsi_engine.classify_to_file(scene, model, tmp_path / "m.tif", tile=8, progress=False, readers=1)
-    assert seen == [read_cache_bytes(scene, 8, 2, 1)] and seen[0] > 0
+        for scene, out in ((tmp_path / "s.tif", "m.tif"), (in_memory, "n.tif")):
+            hsi_engine.classify_to_file(scene, model, tmp_path / out, tile=8, progress=False, readers=1)
+    # room for what GDAL reads (a GeoTIFF scene); none where the writer's cap competes with no GDAL read
+    assert seen == [read_cache_bytes(hsi_engine.open_scene(tmp_path / "s.tif"), 8, 2, 1), 0] and seen[0] > 0
