@@ -17,8 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ssrn.checkpoint import class_names_problem
-from ssrn.data import (DataError, DataNotFoundError, Scene, _bands_without_data, _check_class_ids, _check_labels,
-                       _class_names, _unlabel_nodata)
+from ssrn.data import (DataError, DataNotFoundError, Scene, bands_without_data, check_class_ids, check_labels,
+                       label_class_names, unlabel_nodata)
 
 __all__ = ["load_labelled_raster", "train"]
 
@@ -48,7 +48,7 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
     becomes 0 (unlabelled); names from a ``class_names`` tag (as hsi-engine's maps carry them), an ENVI
     classification header or GDAL category names (``.aux.xml``), colours from its colour table."""
     if path.suffix.lower() == ".npy":
-        return _check_labels(np.load(path, allow_pickle=False), shape, where), None, None
+        return check_labels(np.load(path, allow_pickle=False), shape, where), None, None
     import rasterio
     from affine import Affine
 
@@ -109,7 +109,7 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
                  _span(window.row_off, shape[0]), _span(window.col_off, shape[1]), width, height,
                  "" if window.row_off >= 0 and window.col_off >= 0 and window.row_off + shape[0] <= height and
                  window.col_off + shape[1] <= width else "; its pixels beyond the labels are unlabelled")
-    return _check_labels(labels, shape, where), names, cmap
+    return check_labels(labels, shape, where), names, cmap
 
 
 def _span(start: int, size: int) -> str:
@@ -214,18 +214,18 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
                                              like)
     nodata, nodata_bands = declared_nodata(da), scene_nodata_bands(da)
     raw = np.asarray(da.values)
-    labels, nodata_bands, bad = _unlabel_nodata(raw, labels, nodata, nodata_bands,  # (no bbl: a mosaic lost it)
+    labels, nodata_bands, bad = unlabel_nodata(raw, labels, nodata, nodata_bands,  # (no bbl: a mosaic lost it)
                                                 str(scene_path))
     k = int(labels.max())
     if k == 0:
         tested = np.arange(raw.shape[0]) if nodata_bands is None else np.asarray(nodata_bands)
-        dead = np.intersect1d(_bands_without_data(raw, nodata), tested).tolist()
+        dead = np.intersect1d(bands_without_data(raw, nodata), tested).tolist()
         why = (f": bands {dead[:10]}{'...' if len(dead) > 10 else ''} (0-based) hold nodata in every pixel yet the "
                "scene flags them good, so every pixel counts as nodata; flag them with a 'bbl' band coordinate (0 = "
                "bad; GeoTIFF band metadata bbl=0, ENVI 'bbl'), or drop them" if dead else "")
         raise DataError(f"{where}: no labelled pixel with data (labels 1..K on pixels that are not nodata); found "
                         f"{int(bad.sum())} nodata pixels{why}")
-    _check_class_ids(labels, str(labels_path))
+    check_class_ids(labels, str(labels_path))
     names = class_names if class_names is not None else names
     if names is not None:
         names = [str(n).strip() for n in names]
@@ -239,7 +239,7 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
                 log.warning("%s: classes %s have no labelled pixel with data in this scene; the model still "
                             "has an output for each of the %d named classes", labels_path, unseen, len(names))
             k = len(names)
-    names = _class_names(names, k, str(labels_path))
+    names = label_class_names(names, k, str(labels_path))
     palette = [list(cmap[i][:3]) for i in range(1, k + 1)] if cmap and all(i in cmap for i in range(1, k + 1)) \
         else np.random.default_rng(0).integers(0, 256, size=(k, 3)).tolist()
     wl = da.coords["wavelength"].values.tolist() if "wavelength" in da.coords else None
@@ -261,14 +261,12 @@ def train(dataset: str | os.PathLike | Scene, out: str | os.PathLike, *, labels:
     As ``hsi-engine train``: the output, the device and the options are checked before the scene is read."""
     from ssrn.train import TrainOptionError, run_training
 
-    for name, value in (("dataset", dataset), ("labels", labels), ("out", out)):
-        if name == "dataset" and labels is None and (isinstance(value, Scene) or callable(value)):
-            continue  # (run_training's own)
-        if value is not None and not (isinstance(value, (str, os.PathLike)) and isinstance(os.fspath(value), str)):
-            what = "a path (a str or pathlib.Path)" + (" or a dataset name" if name == "dataset" else "")
-            fix = ("pass the model directory's path" if name == "out" else "write an array or DataArray to a file "
-                   "first (e.g. da.rio.to_raster('scene.tif'), or np.save for labels) and pass its path")
-            raise TrainOptionError(f"train's {name} is {what}; got {type(value).__name__}: {fix}")
+    if labels is not None:  # (without labels, run_training checks dataset and out; with them, out)
+        for name, value in (("dataset", dataset), ("labels", labels)):
+            if not (isinstance(value, (str, os.PathLike)) and isinstance(os.fspath(value), str)):
+                raise TrainOptionError(f"{name} must be a path (a str or pathlib.Path) with labels=; got "
+                                       f"{type(value).__name__}: write an array or DataArray to a file first (e.g. "
+                                       "da.rio.to_raster('scene.tif'), or np.save for labels) and pass its path")
     if isinstance(class_names, str):
         raise TrainOptionError(f"class_names must be a list of names, one per class; got the string "
                                f"{class_names[:60]!r}: pass class_names={class_names.split(',')[:3]}... (the "

@@ -212,7 +212,7 @@ def load_mat_array(path: str | os.PathLike, keys: Sequence[str] | None = None, *
     return arr, key
 
 
-def _check_labels(labels: np.ndarray, shape: tuple[int, int], where: str) -> np.ndarray:
+def check_labels(labels: np.ndarray, shape: tuple[int, int], where: str) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.shape != tuple(shape):
         raise DataError(f"{where}: label map has shape {labels.shape} but the scene is {shape[0]} x {shape[1]} "
@@ -232,7 +232,7 @@ def _check_labels(labels: np.ndarray, shape: tuple[int, int], where: str) -> np.
     return labels.astype(np.int64)
 
 
-def _class_names(values: Any, k: int, where: str) -> list[str]:
+def label_class_names(values: Any, k: int, where: str) -> list[str]:
     """The scene file's ``class_names`` (one per class 1..K, for the map's legend), else ``class 1..K``."""
     if values is None:
         return [f"class {i}" for i in range(1, k + 1)]
@@ -243,7 +243,7 @@ def _class_names(values: Any, k: int, where: str) -> list[str]:
     return names
 
 
-def _check_class_ids(labels: np.ndarray, where: str) -> None:
+def check_class_ids(labels: np.ndarray, where: str) -> None:
     """Refuse a label map whose class ids 1..K are mostly empty (e.g. 1..16 plus 255 for "ignore"): the model
     would get K outputs, most of them classes without a single pixel."""
     present = np.unique(labels[labels > 0])
@@ -279,7 +279,7 @@ def load_scene(scene_path: str | os.PathLike, gt_path: str | os.PathLike | None 
     if gt_path is None:
         return da, None
     gt, gkey = load_mat_array(gt_path, gt_keys, ndim=2, what="ground truth")
-    labels = _check_labels(gt, da.shape[1:], f"{gt_path} (key {gkey!r}) vs {scene_path} (key {key!r})")
+    labels = check_labels(gt, da.shape[1:], f"{gt_path} (key {gkey!r}) vs {scene_path} (key {key!r})")
     return da, labels
 
 
@@ -450,13 +450,13 @@ def _load_path(p: Path) -> Scene:
             raise DataNotFoundError(f"no ground truth for {p}: looked for {[str(c) for c in cands]}; or give a "
                                     "label raster with --labels RASTER")
         da, labels = load_scene(p, gt)
-    labels = _check_labels(labels, da.shape[1:], str(p))
+    labels = check_labels(labels, da.shape[1:], str(p))
     k = int(labels.max())
     if k == 0:
         raise DataError(f"{p}: the label map has no labelled pixels (all 0); expected classes 1..K on the "
                         "pixels to train and test on (0 = unlabelled)")
-    _check_class_ids(labels, str(p))
-    names = _class_names(names, k, str(p))
+    check_class_ids(labels, str(p))
+    names = label_class_names(names, k, str(p))
     rng = np.random.default_rng(0)
     palette = rng.integers(0, 256, size=(k, 3)).tolist()
     wl = da.coords["wavelength"].values.tolist() if "wavelength" in da.coords else None
@@ -474,21 +474,21 @@ def _empty_bands_out(da: Any, labels: np.ndarray, where: str) -> tuple[np.ndarra
         return labels, None
     if not np.isfinite(raw).any(axis=tuple(range(1, raw.ndim))).any():
         raise DataError(f"{where}: no band holds a finite value; expected a cube with data")
-    unlabelled, good, bad = _unlabel_nodata(raw, labels, None, None, where)
+    unlabelled, good, bad = unlabel_nodata(raw, labels, None, None, where)
     if good is not None:
         log.info("%s: bands %s hold no finite value: read as bad bands (0 once normalised), as the engine reads "
                  "them", where, np.setdiff1d(np.arange(raw.shape[0]), good).tolist())
     return unlabelled, good
 
 
-def _unlabel_nodata(raw: np.ndarray, labels: np.ndarray, nodata: float | None, nodata_bands: np.ndarray | None,
+def unlabel_nodata(raw: np.ndarray, labels: np.ndarray, nodata: float | None, nodata_bands: np.ndarray | None,
                     where: str = "") -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """The engine's mask on a training scene: without a bbl (``nodata_bands`` None), bands with no data in any
     pixel are the bad ones; the pixels the mask takes lose their labels. ``(labels, nodata_bands, bad)``.
     Pixels with NaN or inf in a tested band and no NaN nodata declared are left out with a warning: the engine
     refuses them unless told ``--nodata nan``."""
     if nodata_bands is None:
-        empty = _bands_without_data(raw, nodata)
+        empty = bands_without_data(raw, nodata)
         if 0 < empty.size < raw.shape[0]:
             nodata_bands = np.setdiff1d(np.arange(raw.shape[0]), empty)
     bad = _nodata_pixels(raw, nodata, nodata_bands)
@@ -546,7 +546,7 @@ def standardize(cube: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _standardize_nonfinite(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`standardize` of a float64 cube holding NaN or inf: its bands without a finite value are bad bands
     (0), its other non-finite values mark nodata pixels (left out of the statistics, spectra 0)."""
-    empty = _bands_without_data(a, None)
+    empty = bands_without_data(a, None)
     if empty.size == a.shape[0]:
         raise DataError(f"standardize: no band of the {a.shape} scene holds a finite value (NaN, inf or masked "
                         "everywhere); expected a cube with data")
@@ -561,7 +561,7 @@ def _standardize_nonfinite(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     return normed, mean, std
 
 
-def _bands_without_data(raw: np.ndarray, nodata: float | None) -> np.ndarray:
+def bands_without_data(raw: np.ndarray, nodata: float | None) -> np.ndarray:
     """Indices of the bands that hold the nodata value (or a non-finite one) in every pixel."""
     flat = raw.reshape(raw.shape[0], -1)
     empty = ~np.isfinite(flat).any(axis=1) if flat.dtype.kind == "f" else np.zeros(flat.shape[0], bool)

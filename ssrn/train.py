@@ -488,7 +488,7 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
             what = "a path (a str or pathlib.Path)" + (", a dataset name or a Scene" if name == "dataset" else "")
             fix = ("pass the model directory's path" if name == "out" else "write an array or DataArray to a file "
                    "first (e.g. da.rio.to_raster('scene.tif')) and pass its path, or build a ssrn.data.Scene")
-            raise TrainOptionError(f"run_training's {name} is {what}; got {type(value).__name__}: {fix}")
+            raise TrainOptionError(f"{name} must be {what}; got {type(value).__name__}: {fix}")
     if isinstance(dataset, (str, os.PathLike)):
         dataset = os.fspath(dataset)
     # one run per model directory: a second run into the same --out (a copied job script) is refused now, not

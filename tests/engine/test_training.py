@@ -548,7 +548,7 @@ def test_arrays_where_train_takes_paths_are_named(tmp_path, what):
     _write_labels(tmp_path / "l.tif", _labels())
     kw = dict(dataset=tmp_path / "s.tif", labels=tmp_path / "l.tif", out=tmp_path / "m")
     kw[what] = np.zeros((3, 4, 5))
-    with pytest.raises(TrainOptionError, match=rf"train's {what} is a path .* got ndarray"):
+    with pytest.raises(TrainOptionError, match=rf"^{what} must be a path .* got ndarray"):
         train(kw.pop("dataset"), kw.pop("out"), labels=kw.pop("labels"), epochs=1)
     assert not (tmp_path / "m").exists()
 
