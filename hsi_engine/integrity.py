@@ -30,7 +30,9 @@ __all__ = ["check_store", "read_error", "zarr_array_of"]
 def zarr_array_of(da: Any):
     """The zarr array behind a scene opened from a zarr store, or ``None`` (other formats, in-memory data)."""
     src = getattr(da, "encoding", {}).get("source") if da is not None else None
-    if not src or Path(src).suffix.lower() != ".zarr" and not Path(src).parent.suffix.lower() == ".zarr":
+    # by what the directory holds, not its name: open_scene reads any directory with zarr metadata as a store, and
+    # one not named *.zarr went unchecked, its missing chunks read as 0
+    if not src or not (_holds_zarr(Path(src)) or _holds_zarr(Path(src).parent)):
         return None
     try:
         import zarr
@@ -51,6 +53,12 @@ def zarr_array_of(da: Any):
     if sorted(arr.shape) != sorted(int(s) for s in da.shape):
         return None  # sliced or resampled after opening: chunk coordinates no longer map
     return arr
+
+
+def _holds_zarr(p: Path) -> bool:
+    """Whether ``p`` is a zarr store or group: named ``*.zarr``, or a directory with zarr v2/v3 metadata."""
+    return p.suffix.lower() == ".zarr" or (p.is_dir() and any((p / n).is_file() for n in ("zarr.json", ".zgroup",
+                                                                                             ".zarray")))
 
 
 def _list_keys(arr) -> set[str]:

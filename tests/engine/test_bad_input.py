@@ -428,6 +428,16 @@ def test_missing_zarr_chunk_is_named_not_filled(crop, model_dir, outdir, tmp_pat
         hsi_engine.classify(hsi_engine.open_scene(store), model_dir, tile=TILE, progress=False)
 
 
+def test_missing_chunk_of_a_store_not_named_zarr_is_named_not_filled(crop, model_dir, tmp_path):
+    """open_scene reads any directory with zarr metadata as a store; the missing-chunk check looked at the name
+    (*.zarr) only, so the same store named 'scene_store' was classified with the chunk read as 0 (277 px wrong)."""
+    store = F.write_zarr(tmp_path / "missing.zarr", crop)
+    _chunk_file(store).unlink()
+    plain = store.rename(tmp_path / "scene_store")
+    with pytest.raises(CorruptChunkError, match=r"missing 1 of 9 chunks.*c/0/1/1"):
+        hsi_engine.classify(plain, model_dir, tile=TILE, progress=False)
+
+
 def test_missing_chunk_of_a_store_without_fill_value_is_one_error(crop, model_dir, outdir, tmp_path):
     """A zarr v2 store written by xarray from integers has fill_value None: the message must still build (it
     raised a TypeError while formatting), and it cannot offer the fill value as nodata."""
