@@ -93,7 +93,15 @@ def open_geotiff(path: Path, chunks) -> xr.DataArray:
         default = {"band": -1, "y": aligned_chunk(bh, h), "x": aligned_chunk(bw, w)}
         # per-band scales/offsets are kept in the encoding (_scales_to_encoding): rioxarray's note on them
         with warnings_ignored(UserWarning, "(Scales|Offsets) differ across bands"):
-            da = rioxarray.open_rasterio(source, chunks=default, mask_and_scale=False)
+            try:
+                da = rioxarray.open_rasterio(source, chunks=default, mask_and_scale=False)
+            except ValueError as e:  # rioxarray parses an ENVI header's lists into numbers: 'n/a', '450 nm'
+                if not envi_tags:
+                    raise SceneError(f"{path} could not be read as a raster ({type(e).__name__}: {e})") from None
+                lists = [k for k in ("wavelength", "fwhm") if k in envi_tags]
+                raise SceneError(f"the ENVI header of {path}: its {' or '.join(lists) or 'lists'} could not be "
+                                 f"read as numbers ({e}); write them as plain numbers (e.g. {{450.5, 460.2, ...}}, "
+                                 "the unit in 'wavelength units'), or remove the list from the header") from None
     if undecoded or descriptions is None:
         log.info("%s: %d metadata item(s)%s not UTF-8 text (a Latin-1 header?), left out", path, len(undecoded),
                  " and the band names are" if descriptions is None else " are")

@@ -153,6 +153,21 @@ def test_a_header_without_byte_order_is_refused_for_multibyte_data(tmp_path):
         hdr.write_text(hdr.read_text().replace(f"byte order = {value}", "byte order = 1"))
 
 
+@pytest.mark.parametrize("key, values", [("wavelength", "n/a"), ("wavelength", "{} nm"), ("fwhm", "unknown")])
+def test_a_header_list_of_words_is_named_with_the_fix(tmp_path, key, values):
+    """rioxarray parses an ENVI header's wavelength and fwhm lists into numbers: 'n/a' or '450 nm' raised numpy's
+    bare ValueError (a traceback on the command line) from deep inside."""
+    cube = make_cube()
+    path = write_envi(tmp_path / "s.bsq", cube)
+    hdr = path.with_suffix(".hdr")
+    listed = ", ".join(values.format(400 + 10 * i) for i in range(cube.shape[0]))
+    hdr.write_text("\n".join(line for line in hdr.read_text().splitlines() if not line.startswith(key))
+                   + f"\n{key} = {{{listed}}}\n")
+    with pytest.raises(SceneError, match=rf"the ENVI header of .*s\.bsq: its {key} could not be read as numbers .*"
+                                         r"write them as plain numbers"):
+        open_scene(path)
+
+
 @pytest.mark.parametrize("encoding, found", [("utf-8-sig", r"starts with a UTF-8 byte-order mark \(bytes EF BB BF"),
                                              ("utf-16", r"is UTF-16 text")], ids=["utf-8 with BOM", "utf-16"])
 @pytest.mark.parametrize("given", ["s.hdr", "s.bsq"])
