@@ -843,11 +843,28 @@ def open_writer(path: str | os.PathLike, *, height: int, width: int, n_classes: 
     return ZarrClassMapWriter(p, **kw)
 
 
+def _classes_of(data: Any, names: Sequence[str] | None, probs: Any) -> int:
+    """How many classes a whole map written without ``n_classes`` has: one per probability band, else one per
+    name (names of K+1, class 0's first, as :func:`open_writer` takes them, are refused where the largest class
+    cannot tell which is meant), else the largest class."""
+    if probs is not None:
+        return int(np.shape(probs)[0])
+    largest = max(1, int(np.asarray(data.max())))
+    if names is None:
+        return largest
+    if len(names) == largest + 1:  # K+1 names starting with class 0's, or K names of which class K is absent
+        raise OptionError(f"{len(names)} class names for a map whose largest class is {largest}: pass "
+                          f"n_classes={largest} if the first name is class 0's (nodata), or n_classes={len(names)} "
+                          "if it names class 1")
+    return len(names)
+
+
 def write_classmap(labels_da, path: str | os.PathLike, **kw: Any) -> Path:
     """Write a whole ``(y, x)`` class map (DataArray or array; uint8, 0 = nodata) in one call.
 
     CRS, transform and coordinates come from the DataArray (rioxarray) unless given; ``class_names`` and
-    ``palette`` from its attrs; ``n_classes`` from the attrs or the largest label. Other keywords go to
+    ``palette`` from its attrs; ``n_classes`` from the attrs (``n_classes``, or CF's ``flag_values``), else the
+    probabilities' bands, the names or the largest label. Other keywords go to
     :func:`open_writer` (``overwrite``, ``block``...). ``probabilities`` may be a ``(K, y, x)`` array (stored as
     ``probabilities_dtype``, default float32) and ``confidence`` a ``(y, x)`` array.
     """
@@ -888,13 +905,14 @@ def write_classmap(labels_da, path: str | os.PathLike, **kw: Any) -> Path:
                 kw[key] = json.loads(v) if isinstance(v, str) else v
         if "n_classes" not in kw and "n_classes" in attrs:
             kw["n_classes"] = int(attrs["n_classes"])
+        elif "n_classes" not in kw and np.ndim(attrs.get("flag_values")) == 1:  # CF's, as classify() writes them
+            kw["n_classes"] = len(attrs["flag_values"])
         data = da.data
     else:
         data = labels_da
     h, w = data.shape
     if "n_classes" not in kw:
-        kw["n_classes"] = len(kw["class_names"]) if kw.get("class_names") is not None else \
-            max(1, int(np.asarray(data.max())))
+        kw["n_classes"] = _classes_of(data, kw.get("class_names"), probs)
     kw["probabilities"] = None if probs is None else prob_dtype
     kw.setdefault("block", 256)
     step = 4 * kw["block"]

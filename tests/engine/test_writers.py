@@ -493,3 +493,29 @@ def test_a_geotiff_map_s_cache_cap_leaves_room_for_the_scene_s_blocks(tmp_path, 
             hsi_engine.classify_to_file(scene, model, tmp_path / out, tile=8, progress=False, readers=1)
     # room for what GDAL reads (a GeoTIFF scene); none where the writer's cap competes with no GDAL read
     assert seen == [read_cache_bytes(hsi_engine.open_scene(tmp_path / "s.tif"), 8, 2, 1), 0] and seen[0] > 0
+
+
+def test_write_classmap_does_not_guess_which_class_a_name_is(tmp_path):
+    """Names of K+1 (class 0's first, as open_writer takes them) without n_classes made a map of K+1 classes whose
+    pixel 1 was called 'unlabelled' and 3 'forest': every name one class off. Where the largest class cannot tell,
+    it is asked for; where it can (or n_classes is given), the names land on their classes."""
+    labels = np.array([[1, 2], [3, 3]], np.uint8)
+    names = ["unlabelled", "water", "urban", "forest"]
+    with pytest.raises(Exception, match=r"4 class names for a map whose largest class is 3: pass n_classes=3"):
+        write_classmap(labels, tmp_path / "a.tif", class_names=names)
+    assert not (tmp_path / "a.tif").exists()
+    write_classmap(labels, tmp_path / "b.tif", class_names=names, n_classes=3)
+    write_classmap(labels, tmp_path / "c.tif", class_names=names[1:])  # K names, K the largest class: as before
+    for out in ("b.tif", "c.tif"):
+        with rasterio.open(tmp_path / out) as f:
+            assert json.loads(f.tags()["class_names"]) == names[1:]
+
+
+def test_write_classmap_reads_the_classes_of_classify_s_map_from_its_flag_values(tmp_path):
+    """classify()'s map names K classes and carries CF's flag_values 1..K: a map lacking class K is written with K."""
+    names = ["water", "urban", "forest", "crop"]
+    labels = xr.DataArray(np.array([[1, 2], [3, 3]], np.uint8), dims=("y", "x"),
+                          attrs={"class_names": names, "flag_values": [1, 2, 3, 4]})
+    write_classmap(labels, tmp_path / "m.tif")
+    with rasterio.open(tmp_path / "m.tif") as f:
+        assert json.loads(f.tags()["class_names"]) == names
