@@ -136,6 +136,21 @@ def test_an_in_memory_scene_on_a_local_cluster_is_identified_by_its_values(case,
         cluster.run_to_file(other, case["model"], out, tile=TILE, workers=2, resume=True)
 
 
+def test_a_bfloat16_run_records_whether_onednn_computed_it(case, tmp_path, monkeypatch):
+    """A bfloat16 run stopped on a CPU whose oneDNN has no bfloat16 (AVX2 only: the plain path, two roundings of a
+    residual sum) was continued on one that fuses it (one rounding): a map of both, matching neither (7 px apart)."""
+    import kernels.spectral
+
+    out = tmp_path / "map.tif"
+    monkeypatch.setattr(kernels.spectral, "_onednn_bf16", lambda: False)
+    _interrupted(monkeypatch, case["scene"], case["model"], out, precision="bfloat16")  # (undoes the patch too)
+    assert recorded_fingerprint(partial_path(out))["device"] in ("cpu", "cpu+amx_bf16")
+    monkeypatch.setattr(kernels.spectral, "_onednn_bf16", lambda: True)
+    if cluster._device_record("cpu", "bfloat16", this_host=True) == "cpu+onednn_bf16":  # (not on an AMX host)
+        with pytest.raises(OutputError, match=r"device: partial has 'cpu', this run 'cpu\+onednn_bf16'"):
+            cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, precision="bfloat16")
+
+
 def test_a_bfloat16_run_records_what_auto_resolved_to(case, tmp_path, monkeypatch):
     """spatial_precision='auto' was recorded as asked: a bfloat16 run interrupted where auto meant a bfloat16
     spatial stage (an AMX-BF16 CPU, simulated) was continued where it means float32, one map of two kinds of
@@ -147,7 +162,8 @@ def test_a_bfloat16_run_records_what_auto_resolved_to(case, tmp_path, monkeypatc
     _interrupted(monkeypatch, case["scene"], case["model"], out, precision="bfloat16")  # (undoes the patch too)
     found = recorded_fingerprint(partial_path(out))
     assert (found["spatial_precision"], found["device"]) == ("bfloat16", "cpu+amx_bf16")
-    with pytest.raises(OutputError, match=r"device: partial has 'cpu\+amx_bf16', this run 'cpu' \(a bfloat16 map "
+    with pytest.raises(OutputError, match=r"device: partial has 'cpu\+amx_bf16', this run 'cpu(\+onednn_bf16)?' "
+                                          r"\(a bfloat16 map "
                                           r"depends on the device .*\); spatial_precision: partial has 'bfloat16', "
                                           r"this run 'float32'\)") as err:
         cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, precision="bfloat16")
