@@ -334,8 +334,10 @@ def open_envi(path: Path, chunks) -> xr.DataArray:
     if "data ignore value" in header:  # the header's own value: GDAL reads 0.5 as 0 for uint16
         try:
             value = float(header["data ignore value"])
-        except ValueError:
-            pass
+        except ValueError:  # GDAL read it as 0 ('none': atof), which masked every pixel with a 0 in any band
+            log.warning("%s: 'data ignore value = %s' is not a number, so the scene has no nodata value (pass "
+                        "--nodata, nodata= in Python, if it has one)", hdr, header["data ignore value"].strip()[:40])
+            da = da.rio.write_nodata(None, encoded=False)
         else:
             da = with_nodata(da, value, f"{hdr}'s data ignore value")
     da.attrs["source_format"] = "envi"

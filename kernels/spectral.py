@@ -43,8 +43,10 @@ def _fusable(y: torch.Tensor, c: FoldedConv) -> bool:
     """Whether this conv and what follows it can run as one oneDNN primitive: CPU, eager (torch.compile fuses
     on its own), no autograd, float32 or bfloat16 (oneDNN has no float64; float16 stays on the plain path
     measured; bfloat16 only where oneDNN runs it: AVX-512 or AVX-NE-CONVERT, not an AVX2-only CPU), a torch that
-    has the op."""
+    has the op, oneDNN not turned off (``torch.backends.mkldnn.flags(enabled=False)``)."""
     if _CONV_POINTWISE is None or y.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    if not torch.backends.mkldnn.enabled:  # turned off (around a oneDNN fault on some CPU): ATen's convs, as torch's
         return False
     dt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else y.dtype
     if dt not in (torch.float32, torch.bfloat16) or c.weight.dtype not in (torch.float32, torch.bfloat16):

@@ -153,6 +153,18 @@ def test_a_header_without_byte_order_is_refused_for_multibyte_data(tmp_path):
         hdr.write_text(hdr.read_text().replace(f"byte order = {value}", "byte order = 1"))
 
 
+def test_a_data_ignore_value_that_is_not_a_number_masks_nothing(tmp_path, caplog):
+    """'data ignore value = none': GDAL read it as 0, so every pixel with a 0 in any band was nodata (class 0)."""
+    cube = make_cube()
+    cube[1, :3, :3] = 0
+    path = write_envi(tmp_path / "s.bsq", cube, lines=("data ignore value = none",))
+    with caplog.at_level(logging.WARNING, "hsi_engine.envi"):
+        da = open_scene(path)
+    assert da.rio.nodata is None
+    assert any("'data ignore value = none' is not a number" in r.getMessage() for r in caplog.records)
+    np.testing.assert_array_equal(da.values, cube)
+
+
 @pytest.mark.parametrize("key, values", [("wavelength", "n/a"), ("wavelength", "{} nm"), ("fwhm", "unknown")])
 def test_a_header_list_of_words_is_named_with_the_fix(tmp_path, key, values):
     """rioxarray parses an ENVI header's wavelength and fwhm lists into numbers: 'n/a' or '450 nm' raised numpy's

@@ -220,3 +220,21 @@ def test_bf16_takes_the_plain_layers_where_onednn_has_no_bf16(monkeypatch) -> No
         _all_plain(monkeypatch)
         want = spectral_stage_reference(x, prog.to(dtype=torch.bfloat16))
     assert torch.equal(got, want)
+
+
+@needs_op
+def test_onednn_turned_off_takes_aten_s_convolutions() -> None:
+    """torch.backends.mkldnn.flags(enabled=False) (a way around a oneDNN fault on some CPU) was ignored: the fused
+    oneDNN ops still ran. Turned off, the stage takes the plain convolutions, with the reference's numbers."""
+    import warnings
+
+    c = FoldedConv(torch.randn(24, 24, 7), torch.randn(24), 1, 3, True)
+    y = torch.randn(1, 24, 97, 40).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert spectral._fusable(y, c)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (torch's note on TF32 for Intel GPUs when the flags are set)
+            with torch.backends.mkldnn.flags(enabled=False):
+                assert not spectral._fusable(y, c)
+                torch.testing.assert_close(spectral._conv(y, c), _plain(y, c), rtol=1e-5, atol=1e-5)
+        assert spectral._fusable(y, c)
