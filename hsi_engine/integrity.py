@@ -183,11 +183,10 @@ def read_error(da: Any, window: Sequence[int], exc: BaseException) -> BaseExcept
     # an OSError always, the others where the file's read is still in the graph), or the caller's step over it
     if isinstance(exc, OSError) or (_reads_the_file(da) and isinstance(exc, (RuntimeError, ValueError, KeyError,
                                                                              EOFError))):
-        what = f"{src}" if src != "the scene" else "the file it is read from"
-        return SceneError(f"reading rows {ry0}:{ry1}, cols {rx0}:{rx1} of a scene computed from "
-                          f"{'a file' if src == 'the scene' else src} failed ({type(exc).__name__}: {exc}); {what} "
-                          "may be damaged or unreadable (check it: hsi-engine info; or re-create it), or the error "
-                          "is in the computation over it")
+        origin, culprit = (src, src) if src != "the scene" else ("a file", "the file it is read from")
+        return SceneError(f"reading rows {ry0}:{ry1}, cols {rx0}:{rx1} of a scene computed from {origin} failed "
+                          f"({type(exc).__name__}: {exc}); {culprit} may be damaged or unreadable (check it: "
+                          "hsi-engine info; or re-create it), or the error is in the computation over it")
     return exc  # the caller's own graph (a map_blocks step, arithmetic) raised it: its own error, as raised
 
 
