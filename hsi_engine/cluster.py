@@ -546,7 +546,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     from .api import _Job
     from .georef import scene_georef
     from .runner import check_read_settings
-    from .outputs import TIFF_SUFFIXES, ZARR_SUFFIXES, check_replaceable, ours_aux, side_paths
+    from .outputs import TIFF_SUFFIXES, ZARR_SUFFIXES, why_not_ours, check_replaceable, in_the_way, ours_aux, side_paths
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -626,6 +626,8 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
                              wall_s=time.perf_counter() - t_start, tile=side)
     if resume and not overwrite and out.exists() and not partial_path(out).exists():
         found = recorded_fingerprint(out)
+        if found is None and why_not_ours(out) is not None:
+            raise in_the_way(out)
         if found is None:
             raise OutputError(f"{out} exists but records no run settings (made without resume=True (--resume), "
                               "by an older hsi-engine, or unreadable), so there is nothing to resume: pass "
@@ -641,12 +643,10 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
                 p.unlink()  # written by this run's commit, stopped before the map: the commit writes it again
                 log.info("removed %s, left by this run's interrupted commit", p)
             elif p.exists():
-                raise OutputError(f"output {p} already exists; pass overwrite=True (--overwrite) to replace it, "
-                                  "or choose another path")
+                raise in_the_way(p)
     aux = side_paths(out)["aux"]
     if suffix in TIFF_SUFFIXES and not overwrite and (aux.exists() or aux.is_symlink()) and not ours_aux(aux):
-        raise OutputError(f"output {aux} already exists; pass overwrite=True (--overwrite on the command line) to "
-                          "replace it, or choose another path")  # before any tile, as the in-process writer does
+        raise in_the_way(aux)  # before any tile, as the in-process writer does
     tags = provenance(digest, precision, spatial)
     ycoords = np.asarray(da["y"].values) if "y" in da.coords else None
     xcoords = np.asarray(da["x"].values) if "x" in da.coords else None

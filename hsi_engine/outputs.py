@@ -19,7 +19,7 @@ from .errors import OutputError
 from .logs import warnings_ignored
 
 __all__ = ["ZARR_TITLE", "check_not_scene", "check_output_suffix", "check_replaceable", "ensure_output_dir",
-           "is_hsi_zarr", "side_paths", "sweep_leftovers", "zarr_root_attributes"]
+           "in_the_way", "is_hsi_zarr", "side_paths", "sweep_leftovers", "zarr_root_attributes"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,19 @@ def _found(path: Path) -> str:
     return "a file" if path.is_file() else "something that is neither a file nor a directory"
 
 
+def why_not_ours(path: Path) -> str | None:
+    """Why ``overwrite`` would not replace what is at ``path`` (``expected ..., found ...``), or None when it would
+    (nothing there, or an output hsi-engine wrote)."""
+    if path.suffix.lower() in ZARR_SUFFIXES or path.name.endswith(".partial"):
+        if path_present(path) and not (path.is_dir() and is_hsi_zarr(path)):
+            return f"expected a zarr store hsi-engine wrote (zarr.json with title = {ZARR_TITLE!r}), found {_found(path)}"
+        return None
+    return f"expected a GeoTIFF file, found {_found(path)}" if path.is_dir() else None
+
+
+_REMOVE_IT = "choose another output path (--out), or remove it yourself if you no longer need it"
+
+
 def check_replaceable(path: str | os.PathLike) -> None:
     """Refuse (``OutputError``) to replace anything at ``path`` but an output hsi-engine wrote there.
 
@@ -98,15 +111,24 @@ def check_replaceable(path: str | os.PathLike) -> None:
     cannot put a file there).
     """
     p = Path(path)
-    fix = "choose another --out, or remove it yourself if you no longer need it"
-    if p.suffix.lower() in ZARR_SUFFIXES or p.name.endswith(".partial"):
-        if path_present(p) and not (p.is_dir() and is_hsi_zarr(p)):
-            raise OutputError(f"refusing to replace {p}: expected a zarr store hsi-engine wrote (zarr.json with "
-                              f"title = {ZARR_TITLE!r}), found {_found(p)}; {fix}")
-        return
-    for t in (p, *side_paths(p).values()):
-        if t.is_dir():
-            raise OutputError(f"refusing to replace {t}: expected a GeoTIFF file, found {_found(t)}; {fix}")
+    zarr_like = p.suffix.lower() in ZARR_SUFFIXES or p.name.endswith(".partial")
+    for t in (p,) if zarr_like else (p, *side_paths(p).values()):
+        why = why_not_ours(t)
+        if why is not None:
+            raise OutputError(f"refusing to replace {t}: {why}; {_REMOVE_IT}")
+
+
+def in_the_way(path: str | os.PathLike, fix: str = "pass overwrite=True (--overwrite on the command line) to replace "
+               "it, or choose another path") -> OutputError:
+    """The error for something at ``path`` that a run without ``overwrite`` will not write over. ``fix`` (overwrite
+    by default) is offered only where ``overwrite`` would replace it; elsewhere the error says what is there and
+    that only its owner can remove it, so no suggestion leads to a second refusal."""
+    p = Path(path)
+    why = why_not_ours(p)
+    if why is None:
+        return OutputError(f"output {p} already exists; {fix}")
+    return OutputError(f"{p} is in the way: {why}, and overwrite=True (--overwrite) replaces only what hsi-engine "
+                       f"wrote; {_REMOVE_IT}")
 
 
 def _scene_source(scene: Any) -> Path | None:

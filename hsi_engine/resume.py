@@ -57,7 +57,7 @@ import numpy as np
 from .errors import OutputError
 from .geotiff import gdal_name
 from .logs import warnings_ignored
-from .outputs import TIFF_SUFFIXES, check_replaceable, remove_tree, zarr_root_attributes
+from .outputs import TIFF_SUFFIXES, why_not_ours, check_replaceable, in_the_way, remove_tree, zarr_root_attributes
 from .writers import ZarrClassMapWriter
 
 __all__ = ["MAP_VERSION", "PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "check_owner", "discard_partial",
@@ -83,7 +83,10 @@ def partial_path(out: str | os.PathLike) -> Path:
 
 
 def _interrupted(part: Path) -> OutputError:
-    """The error for a run that would ignore the partial store an interrupted run left."""
+    """The error for a run that would ignore the partial store an interrupted run left (or, at its name, something
+    hsi-engine did not write, which neither resuming nor overwrite takes)."""
+    if why_not_ours(part) is not None:
+        return in_the_way(part)
     return OutputError(f"an interrupted run left {part}; pass resume=True (--resume) to finish it, or "
                        "overwrite=True (--overwrite) to discard it and start over")
 
@@ -338,6 +341,8 @@ class ResumableZarrWriter(ZarrClassMapWriter):
             found = json_attr(dict(g.attrs), FINGERPRINT_ATTR)
             zarr.open_array(str(self.partial), path=RECORD, mode="r")
         except Exception as e:  # noqa: BLE001 - not a store we wrote
+            if why_not_ours(self.partial) is not None:
+                raise in_the_way(self.partial) from None
             raise OutputError(f"{self.partial} is not a resumable hsi-engine output ({type(e).__name__}: {e}); "
                               "remove it, or pass overwrite=True (--overwrite) without resume=True (--resume) to "
                               "start over") from None
@@ -551,15 +556,12 @@ def refuse_outputs_in_the_way(out: Path, suffix: str, prob: str | None, *, overw
     if not overwrite:
         for key in ("probabilities", "confidence") if suffix in TIFF_SUFFIXES and prob is not None else ():
             if sides[key].exists():
-                raise OutputError(f"output {sides[key]} already exists; pass overwrite=True (--overwrite) to replace "
-                                  "it, or choose another path")
+                raise in_the_way(sides[key])
         aux = sides["aux"]
         if suffix in TIFF_SUFFIXES and (aux.exists() or aux.is_symlink()) and not ours_aux(aux):
-            raise OutputError(f"output {aux} already exists; pass overwrite=True (--overwrite on the command line) "
-                              "to replace it, or choose another path")
+            raise in_the_way(aux)
     check_no_partial(out, overwrite=overwrite)  # (with overwrite: only a store of ours is to be replaced)
     if not overwrite and path_present(out):
-        raise OutputError(f"output {out} already exists; pass overwrite=True (--overwrite on the command line) to "
-                          "replace it, or choose another path")
+        raise in_the_way(out)
     if overwrite:
         check_replaceable(out)

@@ -54,7 +54,7 @@ import numpy as np
 from .errors import HSIEngineError, OptionError, OutputError, user_stacklevel
 from .logs import dropped, warnings_ignored
 from .outputs import (TIFF_SUFFIXES, ZARR_TITLE, check_output_suffix, check_replaceable, ensure_output_dir,
-                      ours_aux, path_present, remove_tree, side_paths)
+                      in_the_way, ours_aux, path_present, remove_tree, side_paths)
 from .outputs import URL, check_not_scene, is_hsi_zarr, sweep_leftovers, zarr_root_attributes, zarr_unusable
 
 __all__ = ["ClassMapWriter", "GeoTiffClassMapWriter", "ZarrClassMapWriter", "default_palette", "open_writer",
@@ -421,8 +421,7 @@ class ClassMapWriter:
     def _check_target(self) -> None:
         for t in self._targets():
             if path_present(t) and not self.overwrite:
-                raise OutputError(f"output {t} already exists; pass overwrite=True (--overwrite on the command line) "
-                                  "to replace it, or choose another path")
+                raise in_the_way(t)
         if self.overwrite:
             check_replaceable(self.path)  # before any pixel is computed: replace only what we wrote
         ensure_output_dir(self.path.parent)

@@ -113,7 +113,7 @@ def test_overwrite_refuses_a_zarr_path_that_is_not_our_store(case, tmp_path, com
     before = digest(out)
     expect = {"files": "thesis.txt", "foreign zarr": "zarr store without the attribute title",
               "empty": "empty directory"}[kind]
-    with pytest.raises(OutputError, match=rf"refusing to replace .*x\.zarr.*found .*{expect}.*another --out"):
+    with pytest.raises(OutputError, match=rf"refusing to replace .*x\.zarr.*found .*{expect}.*another output path"):
         classify_to_file(case, out, overwrite=True)
     with pytest.raises(OutputError, match="refusing to replace"):  # the resumable path: same refusal
         cluster.run_to_file(F.dataarray(case["cube"]), case["model"], out, tile=TILE, overwrite=True, resume=True)
@@ -147,6 +147,27 @@ def test_overwrite_refuses_a_foreign_partial_store(case, tmp_path, computed):
         assert (part / "notes.txt").read_text() == "mine"
     assert computed["n"] == 0
     assert listing(tmp_path) == ["m.tif.partial", "m.zarr.partial"]
+
+
+@pytest.mark.parametrize("what", ["file named .zarr", "foreign partial"])
+def test_what_overwrite_would_refuse_is_not_offered_overwrite(case, tmp_path, computed, what):
+    """Without overwrite, something in the way that overwrite would refuse too gets the fix that works (another path,
+    or remove it): the message offered --overwrite (and --resume), and the run it suggested was refused again."""
+    out = tmp_path / ("m.zarr" if what == "file named .zarr" else "m.tif")
+    if what == "file named .zarr":
+        out.write_text("notes")
+    else:
+        partial_path(out).mkdir()
+        (partial_path(out) / "notes.txt").write_text("mine")
+    for kw in ({}, {"resume": True}):
+        with pytest.raises(OutputError) as e:
+            classify_to_file(case, out, **kw)
+        assert "is in the way" in str(e.value) and "remove it yourself" in str(e.value), str(e.value)
+        assert "pass overwrite=True" not in str(e.value) and "pass resume=True" not in str(e.value), str(e.value)
+    with pytest.raises(OutputError, match="refusing to replace"):
+        classify_to_file(case, out, overwrite=True)
+    assert computed["n"] == 0
+    assert listing(tmp_path) == (["m.zarr"] if what == "file named .zarr" else ["m.tif.partial"])
 
 
 def test_overwrite_through_a_symlink_replaces_the_link_not_its_target(case, tmp_path):
