@@ -95,7 +95,8 @@ def why_not_ours(path: Path) -> str | None:
     (nothing there, or an output hsi-engine wrote)."""
     if path.suffix.lower() in ZARR_SUFFIXES or path.name.endswith(".partial"):
         if path_present(path) and not (path.is_dir() and is_hsi_zarr(path)):
-            return f"expected a zarr store hsi-engine wrote (zarr.json with title = {ZARR_TITLE!r}), found {_found(path)}"
+            return (f"expected a zarr store hsi-engine wrote (zarr.json with title = {ZARR_TITLE!r}), "
+                    f"found {_found(path)}")
         return None
     return f"expected a GeoTIFF file, found {_found(path)}" if path.is_dir() else None
 
