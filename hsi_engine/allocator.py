@@ -1,4 +1,5 @@
-"""An opt-in, process-wide malloc setting that makes decoding compressed scenes cheaper (glibc only).
+"""glibc malloc settings: an opt-in, process-wide one that makes decoding compressed scenes cheaper, and the
+zeroed allocations a GeoTIFF map's commit needs (glibc only).
 
 Decoding one chunk of a compressed store allocates a few fresh buffers the size of the chunk: zarr's read of
 the file, the codec's output. A 200-band 256 x 256 float32 chunk is 52 MB, above the largest threshold glibc's
@@ -21,9 +22,15 @@ on its own: ``hsi-engine classify`` applies it to its own process; Python caller
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
+import re
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 from .errors import OptionError
 
@@ -31,6 +38,62 @@ log = logging.getLogger("hsi_engine.allocator")
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
+_M_PERTURB = -6
+
+
+def _mallopt() -> Any:
+    """glibc's ``mallopt`` (C int, C int -> C int), or None where the C library has none (macOS, Windows, musl)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        return None
+    if mallopt is not None:
+        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt
+
+
+def _startup_perturb() -> int:
+    """The perturb byte glibc started with (``MALLOC_PERTURB_``, or the ``glibc.malloc.perturb`` tunable), which
+    :func:`zeroed_allocations` puts back; 0 (off) unless the user asked for it."""
+    tunable = re.search(r"glibc\.malloc\.perturb=(\d+)", os.environ.get("GLIBC_TUNABLES", ""))
+    value = tunable.group(1) if tunable else os.environ.get("MALLOC_PERTURB_", "0")
+    try:
+        return int(value) & 0xFF
+    except ValueError:
+        return 0
+
+
+class _Zeroing:
+    """How many :func:`zeroed_allocations` blocks are running (writers may commit in several threads at once)."""
+    lock = threading.Lock()
+    depth = 0
+
+
+@contextlib.contextmanager
+def zeroed_allocations() -> Iterator[None]:
+    """While the block runs, glibc's malloc hands out zeroed memory (``M_PERTURB``), process-wide.
+
+    GDAL's COG copy encodes the padding of a map's edge tiles (beyond its right and bottom edges) from a buffer it
+    allocates and never clears, so the padding held whatever the process had freed there: pieces of the scene or
+    of other arrays went into the file, and compressed badly (a 20 x 20-pixel probabilities file took 1.3 MB, not
+    5 kB). A no-op where the C library has no ``mallopt``; there the padding stays as GDAL leaves it."""
+    mallopt = _mallopt()
+    if mallopt is None:
+        yield
+        return
+    with _Zeroing.lock:
+        if _Zeroing.depth == 0:
+            mallopt(_M_PERTURB, 0xFF)  # allocated bytes are set to the complement of this byte: 0
+        _Zeroing.depth += 1
+    try:
+        yield
+    finally:
+        with _Zeroing.lock:
+            _Zeroing.depth -= 1
+            if _Zeroing.depth == 0:
+                mallopt(_M_PERTURB, _startup_perturb())
 
 
 def reuse_large_buffers(mmap_threshold_mb: int = 256, trim_threshold_mb: int = 1024) -> bool:
@@ -42,16 +105,10 @@ def reuse_large_buffers(mmap_threshold_mb: int = 256, trim_threshold_mb: int = 1
     for name, mb in (("mmap_threshold_mb", mmap_threshold_mb), ("trim_threshold_mb", trim_threshold_mb)):
         if not 1 <= int(mb) < 2048:  # mallopt takes a C int of bytes
             raise OptionError(f"{name} must be in 1..2047 (MB; mallopt takes a 32-bit byte count); got {mb}")
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
-    except (OSError, AttributeError):
-        mallopt = None
+    mallopt = _mallopt()
     if mallopt is None:
         log.info("this C library has no mallopt: large decode buffers keep the system allocator's behaviour")
         return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     ok = mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold_mb) << 20) == 1
     ok = ok and mallopt(_M_TRIM_THRESHOLD, int(trim_threshold_mb) << 20) == 1
     if not ok:

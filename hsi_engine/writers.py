@@ -51,6 +51,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
+from .allocator import zeroed_allocations
 from .errors import HSIEngineError, OptionError, OutputError, user_stacklevel
 from .logs import dropped, warnings_ignored
 from .outputs import (TIFF_SUFFIXES, ZARR_TITLE, check_output_suffix, check_replaceable, ensure_output_dir,
@@ -674,7 +675,8 @@ class GeoTiffClassMapWriter(ClassMapWriter):
             if float16:
                 opts["NBITS"] = 16
             with warnings_ignored(NotGeoreferencedWarning, _NO_GEOTRANSFORM), \
-                    (_quiet_float16_padding() if float16 else contextlib.nullcontext()), self._gdal_cache():
+                    (_quiet_float16_padding() if float16 else contextlib.nullcontext()), self._gdal_cache(), \
+                    zeroed_allocations():  # edge tiles' padding: zeros, not freed memory of this process
                 rio_copy(str(tmp), str(cog), **opts)
             cogs.append((cog, target))
         aux_tmp = self._tmp_name(self._sides["aux"])
