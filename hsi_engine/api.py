@@ -22,7 +22,7 @@ import xarray as xr
 
 from .dask_client import releases_task_thread
 from .errors import (IrregularGridError, OptionError, OutputError, SceneError,
-                     UnnormalisedInputWarning, user_stacklevel)
+                     UnnormalisedInputWarning, check_flag, user_stacklevel)
 from .georef import georeferenced, grid_transform, scene_gcps, scene_georef, scene_name, with_window_gcps
 from .io import as_scene, open_scene
 from .logs import warnings_ignored
@@ -304,6 +304,7 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
         raise OptionError(f"probabilities must be a bool, 'float32' or 'float16'; got {probabilities!r}")
     half = probabilities == "float16"
     probabilities = bool(probabilities)
+    progress = check_flag("progress", progress, none=True) if progress is not None else None
     job = _Job(scene, model, tile=tile, device=device, backend=backend, precision=precision, nodata=nodata,
                spatial_precision=spatial_precision)
     sink = ArraySink(job.height, job.width, job.classes, probabilities=probabilities)
@@ -407,9 +408,16 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     taking interruptions then: a SIGTERM in those milliseconds reported a finished map as interrupted).
     """
     _import_whole()
+    if isinstance(probabilities, np.bool_):
+        probabilities = bool(probabilities)
     prob = "float16" if probabilities is True else (None if probabilities in (False, None) else probabilities)
     if prob not in (None, "float16", "float32"):  # before anything is opened, on either path
         raise OptionError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
+    overwrite, resume = check_flag("overwrite", overwrite), check_flag("resume", resume)
+    progress = check_flag("progress", progress, none=True) if progress is not None else None
+    if on_written is not None and not callable(on_written):  # (called once the map is committed: too late then)
+        raise OptionError(f"on_written must be a function taking the output's path, or None; got "
+                          f"{type(on_written).__name__} {on_written!r}")
     from .outputs import ZARR_SUFFIXES, check_output_suffix
 
     # first: an empty or suffix-less path has no side files to check. The suffix it resolves decides the path below

@@ -665,27 +665,51 @@ def patch_forward(model: nn.Module, normalised: torch.Tensor, pixels: torch.Tens
                   batch: int = 256) -> torch.Tensor:
     """Patch-mode logits: ``model.forward`` on each pixel's ``P x P`` patch of the zero-padded scene.
 
-    ``normalised``: ``(bands, H, W)`` float32; ``pixels``: ``(N, 2)`` (row, col) indices (default every pixel,
-    row-major). Returns ``(N, classes)``. This is what the seed and peer toolboxes run; it recomputes the
-    spectral stage ``P*P`` times per pixel.
+    ``normalised``: ``(bands, H, W)`` floating tensor or array (cast to the model's dtype); ``pixels``: ``(N, 2)``
+    integer (row, col) indices inside the scene (default every pixel, row-major). Returns ``(N, classes)``. This is
+    what the seed and peer toolboxes run; it recomputes the spectral stage ``P*P`` times per pixel. The model runs
+    in eval mode (running statistics, no dropout), as the engine folds it; its mode is put back after.
     """
-    p, h = model.config.patch, model.config.halo
-    padded = pad_scene(normalised, h)
+    from .errors import OptionError
+
+    normalised = torch.as_tensor(normalised)
+    if normalised.ndim != 3 or not normalised.is_floating_point():
+        raise OptionError(f"normalised must be a (bands, H, W) floating array; got {tuple(normalised.shape)} "
+                          f"{normalised.dtype}")
+    normalised = normalised.to(next(model.parameters()).dtype)
     if pixels is None:
         yy, xx = torch.meshgrid(torch.arange(normalised.shape[1]), torch.arange(normalised.shape[2]),
                                 indexing="ij")
         pixels = torch.stack([yy.reshape(-1), xx.reshape(-1)], 1)
+    pixels = torch.as_tensor(pixels)
+    if pixels.ndim != 2 or pixels.shape[1] != 2 or pixels.is_floating_point() or pixels.is_complex() \
+            or pixels.dtype == torch.bool:
+        raise OptionError(f"pixels must be an (N, 2) integer array of (row, col) indices; got {tuple(pixels.shape)} "
+                          f"{pixels.dtype}")
+    pixels = pixels.long()
+    size = torch.tensor(normalised.shape[1:])
+    if len(pixels) and ((pixels < 0).any() or (pixels >= size).any()):
+        bad = pixels[((pixels < 0) | (pixels >= size)).any(1)][0].tolist()
+        raise OptionError(f"pixel {bad} lies outside the {normalised.shape[1]} x {normalised.shape[2]} scene: rows "
+                          f"and columns run from 0 (negative indices do not count from the end)")
+    p, h = model.config.patch, model.config.halo
+    padded = pad_scene(normalised, h)
     out = []
     offs = torch.arange(p)
-    with torch.no_grad():
-        for i in range(0, pixels.shape[0], batch):
-            pix = pixels[i:i + batch]
-            ys = (pix[:, 0:1] + offs).view(-1, 1, p, 1)  # (n, 1, P, 1)
-            xs = (pix[:, 1:2] + offs).view(-1, 1, 1, p)
-            patches = padded[:, ys, xs]  # (bands, n, 1, P, P)
-            patches = patches[:, :, 0].permute(1, 0, 2, 3).contiguous()  # (n, bands, P, P)
-            out.append(model(patches))
-    return torch.cat(out)
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, pixels.shape[0], batch):
+                pix = pixels[i:i + batch]
+                ys = (pix[:, 0:1] + offs).view(-1, 1, p, 1)  # (n, 1, P, 1)
+                xs = (pix[:, 1:2] + offs).view(-1, 1, 1, p)
+                patches = padded[:, ys, xs]  # (bands, n, 1, P, P)
+                patches = patches[:, :, 0].permute(1, 0, 2, 3).contiguous()  # (n, bands, P, P)
+                out.append(model(patches))
+    finally:
+        model.train(training)
+    return torch.cat(out) if out else torch.empty(0, model.config.classes)
 
 
 __all__ = ["FusedSSRN", "PRECISIONS", "SpatialBlock", "SpatialProgram", "check_spatial_precision", "fold_spatial",

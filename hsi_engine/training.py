@@ -167,6 +167,14 @@ def _envi_class_names(path: Path) -> list[str] | None:
     return names[1:] or None
 
 
+def _check_class_names(class_names: Any, error: type[Exception]) -> None:
+    """Refuse a string for ``class_names`` (a list of its letters would name the classes)."""
+    if isinstance(class_names, (str, bytes)):
+        raise error(f"class_names must be a list of names, one per class; got the string {class_names[:60]!r}: pass "
+                    f"class_names={str(class_names).split(',')[:3]}... (the command line's --class-names splits on "
+                    "commas)")
+
+
 def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.PathLike, *,
                          class_names: Sequence[str] | None = None) -> Scene:
     """A georeferenced scene (anything :func:`~hsi_engine.open_scene` reads: GeoTIFF, ENVI, zarr, NetCDF...) and a
@@ -181,6 +189,11 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
     from .scene_checks import declared_nodata
     from .scene_checks import nodata_bands as scene_nodata_bands
 
+    _check_class_names(class_names, DataError)
+    for name, value in (("scene_path", scene_path), ("labels_path", labels_path)):
+        if not (isinstance(value, (str, os.PathLike)) and isinstance(os.fspath(value), str)):
+            raise DataError(f"{name} must be a path (a str or pathlib.Path); got {type(value).__name__}"
+                            + (": decode it with os.fsdecode()" if isinstance(value, bytes) else ""))
     scene_path, labels_path = Path(scene_path), Path(labels_path)
     if not labels_path.exists():
         raise DataNotFoundError(f"label raster {labels_path} not found")
@@ -267,10 +280,7 @@ def train(dataset: str | os.PathLike | Scene, out: str | os.PathLike, *, labels:
                 raise TrainOptionError(f"{name} must be a path (a str or pathlib.Path) with labels=; got "
                                        f"{type(value).__name__}: write an array or DataArray to a file first (e.g. "
                                        "da.rio.to_raster('scene.tif'), or np.save for labels) and pass its path")
-    if isinstance(class_names, str):
-        raise TrainOptionError(f"class_names must be a list of names, one per class; got the string "
-                               f"{class_names[:60]!r}: pass class_names={class_names.split(',')[:3]}... (the "
-                               "command line's --class-names splits on commas)")
+    _check_class_names(class_names, TrainOptionError)
     if labels is None:
         if class_names is not None:
             raise TrainOptionError("class_names (--class-names) name the classes of a label raster: give labels= "

@@ -52,7 +52,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from .allocator import zeroed_allocations
-from .errors import HSIEngineError, OptionError, OutputError, user_stacklevel
+from .errors import HSIEngineError, OptionError, OutputError, check_flag, user_stacklevel
 from .logs import dropped, warnings_ignored
 from .outputs import (TIFF_SUFFIXES, ZARR_TITLE, check_output_suffix, check_replaceable, ensure_output_dir,
                       in_the_way, ours_aux, path_present, remove_tree, side_paths)
@@ -383,9 +383,9 @@ class ClassMapWriter:
         self.class_names = _norm_names(class_names, n_classes)
         self.palette = _norm_palette(palette, n_classes)
         self.probabilities = probabilities
-        self.confidence = bool(confidence)
+        self.confidence = check_flag("confidence", confidence)
         self.block = int(block)
-        self.overwrite = overwrite
+        self.overwrite = check_flag("overwrite", overwrite)
         self.crs = _norm_crs(crs)
         if transform is None and y_coords is not None and x_coords is not None:
             transform = _transform_from_coords(y_coords, x_coords)

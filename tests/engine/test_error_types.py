@@ -5,10 +5,12 @@ a ``FileNotFoundError``. Messages are those the builtins carried before."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import hsi_engine
 from hsi_engine.demo import SHIPPED_MODEL, SHIPPED_SCENE
+from hsi_engine.writers import write_classmap
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +79,54 @@ def test_classify_to_file_probabilities_refused_before_the_scene_is_opened(scene
     with pytest.raises(hsi_engine.OptionError, match="probabilities must be"):
         hsi_engine.classify_to_file(tmp_path / "missing.tif", model, out, probabilities="x", device="cpu")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"overwrite": "False"}, r"overwrite must be True or False; got str 'False': a string from a config file"),
+    ({"resume": "no"}, r"resume must be True or False; got str 'no'"),
+    ({"resume": 1}, r"resume must be True or False; got int 1"),
+    ({"progress": "yes"}, r"progress must be True or False \(or None\); got str 'yes'"),
+    ({"on_written": "print"}, r"on_written must be a function taking the output's path, or None; got str"),
+])
+def test_classify_to_file_flags_must_be_bools(scene, model, tmp_path, kwargs, match):
+    """A truthy string (overwrite='False' from os.environ) replaced a map; on_written='print' failed only after
+    the map was committed."""
+    out = tmp_path / "map.tif"
+    out.write_bytes(b"someone's map")
+    with pytest.raises(hsi_engine.OptionError, match=match):
+        hsi_engine.classify_to_file(scene, model, out, device="cpu", **kwargs)
+    with pytest.raises(hsi_engine.OptionError, match="overwrite must be True or False"):
+        write_classmap(np.ones((4, 4), np.uint8), out, class_names=["a"], overwrite="False")
+    assert out.read_bytes() == b"someone's map"
+    np.testing.assert_array_equal(  # numpy's bools are bools
+        hsi_engine.classify(scene, model, device="cpu", progress=np.False_).values,
+        hsi_engine.classify(scene, model, device="cpu", progress=False).values)
+
+
+def test_patch_forward_takes_arrays_refuses_pixels_outside_and_runs_in_eval_mode(model):
+    """Negative pixels wrapped to the far edge; a model in train mode used batch statistics (the engine folds the
+    running ones); numpy scenes and pixel lists raised bare torch errors."""
+    import torch
+
+    from hsi_engine.fused import patch_forward
+
+    torch.manual_seed(0)
+    x = torch.randn(model.config.bands, 9, 7)
+    ref = patch_forward(model.eval(), x)
+    model.train()
+    try:
+        torch.testing.assert_close(patch_forward(model, x.double().numpy()), ref, rtol=1e-5, atol=1e-6)
+        assert model.training  # its mode is put back
+    finally:
+        model.eval()
+    torch.testing.assert_close(patch_forward(model, x, [[8, 6], [0, 0]]), ref[[62, 0]])
+    for pixels, match in (([[-1, 0]], r"pixel \[-1, 0\] lies outside the 9 x 7 scene"),
+                          ([[9, 0]], "lies outside"), ([[0.5, 1]], r"pixels must be an \(N, 2\) integer array"),
+                          ([0, 1], r"got \(2,\)")):
+        with pytest.raises(hsi_engine.OptionError, match=match):
+            patch_forward(model, x, pixels)
+    with pytest.raises(hsi_engine.OptionError, match=r"normalised must be a \(bands, H, W\) floating array"):
+        patch_forward(model, x[0])
 
 
 @pytest.mark.parametrize("kwargs, match", [

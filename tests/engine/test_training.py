@@ -607,6 +607,17 @@ def test_train_checks_its_class_names_before_reading(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_load_labelled_raster_refuses_a_string_of_names_and_bytes_paths(tmp_path):
+    """class_names='abc' named three classes 'a', 'b', 'c'; a bytes path raised pathlib's TypeError."""
+    from hsi_engine import load_labelled_raster
+    from ssrn.data import DataError
+
+    with pytest.raises(DataError, match=r"class_names must be a list of names.*\['water', 'grass'\]"):
+        load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif", class_names="water,grass")
+    with pytest.raises(DataError, match=r"labels_path must be a path \(a str or pathlib.Path\); got bytes: decode"):
+        load_labelled_raster(tmp_path / "s.tif", b"l.tif")
+
+
 def test_train_is_the_public_name_of_training_on_a_label_raster():
     import hsi_engine
 
