@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import numbers
 import os
 import re
 import threading
@@ -103,8 +104,9 @@ def reuse_large_buffers(mmap_threshold_mb: int = 256, trim_threshold_mb: int = 1
     C library without ``mallopt`` (macOS, Windows, musl) or a glibc that refuses the thresholds (logged as a
     warning)."""
     for name, mb in (("mmap_threshold_mb", mmap_threshold_mb), ("trim_threshold_mb", trim_threshold_mb)):
-        if not 1 <= int(mb) < 2048:  # mallopt takes a C int of bytes
-            raise OptionError(f"{name} must be in 1..2047 (MB; mallopt takes a 32-bit byte count); got {mb}")
+        if isinstance(mb, bool) or not isinstance(mb, numbers.Integral) or not 1 <= int(mb) < 2048:  # a C int
+            raise OptionError(f"{name} must be a whole number in 1..2047 (MB; mallopt takes a 32-bit byte count); "
+                              f"got {mb!r}")
     mallopt = _mallopt()
     if mallopt is None:
         log.info("this C library has no mallopt: large decode buffers keep the system allocator's behaviour")

@@ -25,7 +25,7 @@ import numbers
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +84,15 @@ def _band_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, *, relu: bool) -> Fol
     return FoldedConv(w[..., 0].contiguous(), b, stride=conv.stride[0], padding=conv.padding[0], relu=relu)
 
 
+def _check_model(model: Any, where: str) -> None:
+    """Refuse what is not an ``ssrn.SSRN`` (a path, a state dict, a config) with the call that makes one."""
+    from ssrn.config import SSRNConfig
+
+    if not (isinstance(model, nn.Module) and isinstance(getattr(model, "config", None), SSRNConfig)):
+        raise OptionError(f"{where} takes an ssrn.SSRN model; got {type(model).__name__}: load a model directory "
+                          "with hsi_engine.load_model(path), or build one with ssrn.SSRN(SSRNConfig(...))")
+
+
 def fold_spectral(model: nn.Module) -> SpectralProgram:
     """The spectral stage of ``model`` (an ``ssrn.SSRN``) as a ``SpectralProgram`` with BN folded in.
 
@@ -91,6 +100,7 @@ def fold_spectral(model: nn.Module) -> SpectralProgram:
     (bias, no BN), add, no ReLU; blocks after the first start with ``pre = relu(bn0(x))``. The seed's stage
     norms become the program's ``post`` affines.
     """
+    _check_model(model, "fold_spectral")
     c = model.config
     blocks = []
     for blk in model.spectral_blocks:
@@ -333,6 +343,7 @@ class FusedSSRN:
                  spatial_precision: str = "auto", fp32_products: str = "ieee") -> None:
         from kernels.dispatch import get_spectral_stage, resolve_backend
 
+        _check_model(model, "FusedSSRN")
         if precision not in PRECISIONS:
             raise OptionError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if spatial not in SPATIAL_FORMS:

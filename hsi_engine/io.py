@@ -29,6 +29,7 @@ copy of the scene read back scaled; ``rio.to_raster`` writes them back). The CRS
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,23 @@ def scene_format(path: str | os.PathLike) -> str:
                      "or rename it with the suffix of its real format.")
 
 
+def _check_chunks(chunks: Any) -> None:
+    """Refuse chunk sizes dask would take in another sense or fail on deep inside: ``0`` (a division by zero) and a
+    bare number as text (``'8'``: dask reads 8 bytes, so one-element chunks)."""
+    values = chunks.values() if isinstance(chunks, dict) else chunks if isinstance(chunks, (tuple, list)) else [chunks]
+    for v in values:
+        sizes = v if isinstance(v, (tuple, list)) else [v]
+        for size in sizes:
+            if size is None or size == -1 or (isinstance(size, str) and not size.strip().isdigit()):
+                continue  # the whole axis, or dask's 'auto' / '64MiB'
+            if isinstance(size, str):
+                raise OptionError(f"chunks={chunks!r}: dask reads the text {size!r} as a number of bytes; pass "
+                                  f"{int(size)} (elements), or a size with its unit ('64MiB')")
+            if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+                raise OptionError(f"chunks={chunks!r}: each chunk size must be a whole number >= 1 (or -1 / None for "
+                                  f"the whole axis, 'auto'); got {size!r}")
+
+
 def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | None = None,
                band_axis: int | None = None) -> xr.DataArray:
     """Open a scene lazily as a dask-backed ``DataArray`` with dims ``(band, y, x)``.
@@ -110,6 +128,10 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
         raise OptionError(f"open_scene takes a scene path (a str or pathlib.Path); got {type(path).__name__} "
                           f"{repr(path)[:80]}" + (": decode it first (os.fsdecode(path))" if isinstance(path, bytes)
                                                   else "; hsi_engine.classify takes arrays and DataArrays as they are"))
+    if variable is not None and not isinstance(variable, str):
+        raise OptionError(f"variable must be the name of one array (a str); got {type(variable).__name__} "
+                          f"{repr(variable)[:80]}")
+    _check_chunks(chunks)
     p = Path(path)
     from .outputs import URL, gdal_reaches
 
@@ -126,7 +148,9 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
                          "window, in any order; save it to a file first")
     fmt = scene_format(p)
     if not p.exists() and not (fmt == "envi" and p.suffix.lower() == ".hdr" and p.with_suffix(".bsq").exists()):
-        raise SceneNotFoundError(f"scene {p} does not exist")
+        tilde = isinstance(path, str) and path.startswith("~") and Path(os.path.expanduser(path)).exists()
+        raise SceneNotFoundError(f"scene {p} does not exist" + (
+            f" (Python does not expand '~': pass os.path.expanduser({str(path)!r}))" if tilde else ""))
     if fmt in ("geotiff", "envi"):
         if not gdal_reaches(str(p.absolute())):
             raise SceneError(f"scene {os.fsencode(p)!r}: its path holds bytes that are not UTF-8 text (or this "
@@ -212,7 +236,8 @@ def as_scene(obj: Any, *, band_axis: int | None = None) -> xr.DataArray:
             da.attrs["_FillValue"] = np.nan
         return da.assign_coords(band=np.arange(1, da.sizes["band"] + 1))
     raise SceneError(f"cannot make a scene from {type(obj).__name__}; pass an xarray.DataArray (band, y, x), "
-                     "a numpy array, a torch tensor or a path")
+                     "a numpy array, a torch tensor or a path" + (" (a str: decode a bytes path with os.fsdecode())"
+                                                                  if isinstance(obj, bytes) else ""))
 
 
 def _check_known_chunks(obj: Any) -> None:

@@ -87,7 +87,8 @@ def _chunk_starts(chunks: int | Sequence[int] | None, n: int) -> list[int] | Non
     """Start offsets of the store's chunks along one axis (dask style sizes, or one regular size)."""
     if chunks is None:
         return None
-    if isinstance(chunks, int):
+    if isinstance(chunks, numbers.Integral) and not isinstance(chunks, bool):
+        chunks = int(chunks)
         if chunks < 1:
             raise OptionError(f"chunk size must be >= 1, got {chunks}")
         return list(range(0, n, chunks))
@@ -113,10 +114,18 @@ def plan_tiles(height: int, width: int, tile: int | Sequence[int], halo: int, *,
     walks chunk rows top to bottom and, inside a chunk row, tiles column by column. Without chunks it is
     row-major.
     """
+    for name, v in (("height", height), ("width", width), ("halo", halo)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise OptionError(f"{name} must be a whole number of pixels; got {type(v).__name__} {v!r}")
+    height, width, halo = int(height), int(width), int(halo)
     if height < 1 or width < 1:
         raise SceneTooSmallError(f"scene must have at least one pixel, got {height} x {width}")
     if halo < 0:
         raise OptionError(f"halo must be >= 0, got {halo}")
+    if chunks is not None and (isinstance(chunks, (str, bytes)) or not isinstance(chunks, Sequence)
+                               or len(chunks) != 2):
+        raise OptionError(f"chunks must be a (y_chunks, x_chunks) pair (each one size, or dask-style sizes); got "
+                          f"{chunks!r}")
     ty, tx = normalise_tile(tile)
     ys, xs = _edges(height, ty), _edges(width, tx)
     cy = _chunk_starts(chunks[0], height) if chunks is not None else None

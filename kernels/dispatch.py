@@ -128,8 +128,20 @@ def _warn_once(message: str) -> None:
     log.warning(message)
 
 
+def _check_dtype(dtype: torch.dtype) -> None:
+    """Refuse a dtype that is not a ``torch.dtype`` ('float32' compared unequal to torch.float32: a low-precision
+    path was taken)."""
+    if not isinstance(dtype, torch.dtype):
+        from ssrn.errors import OptionError
+
+        raise OptionError(f"dtype must be a torch.dtype (torch.float32, torch.bfloat16 or torch.float16); got "
+                          f"{type(dtype).__name__} {dtype!r}")
+
+
 def auto_choice(device_type: str, dtype: torch.dtype, triton_ok: bool) -> str:
     """What ``auto`` picks: the fastest measured path end to end (see the module doc)."""
+    device_type = getattr(device_type, "type", device_type)  # a torch.device is taken for its type
+    _check_dtype(dtype)
     if device_type == "cuda" and dtype in (torch.bfloat16, torch.float16) and triton_ok:
         return "triton"
     return "eager"
@@ -149,6 +161,7 @@ def resolve_backend(backend: str, device: torch.device | str | None = None,
     """The concrete backend (``eager``, ``compile`` or ``triton``) that ``backend`` means on ``device`` for a
     spectral stage run in ``dtype``."""
     check_backend(backend)  # a user's backend= / --backend
+    _check_dtype(dtype)
     dev = _device(device)
     if backend == "auto":
         triton_ok = (dev.type == "cuda" and dtype != torch.float32 and _triton_unavailable_reason(dev) is None

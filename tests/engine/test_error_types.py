@@ -337,3 +337,24 @@ def test_presets_and_datasets_know_the_same_short_names(alias, preset):
 
     assert SSRNConfig.from_name(alias) == PRESETS[preset]
     assert dataset_spec(alias).name == preset
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: hsi_engine.open_scene(SHIPPED_SCENE, chunks={"y": 0}), r"each chunk size must be a whole number >= 1"),
+    (lambda: hsi_engine.open_scene(SHIPPED_SCENE, chunks="8"), r"dask reads the text '8' as a number of bytes; pass 8"),
+    (lambda: hsi_engine.open_scene(SHIPPED_SCENE, variable=b"x"), r"variable must be the name of one array"),
+    (lambda: hsi_engine.plan_tiles(20, 20, 8, 3, chunks=8), r"chunks must be a \(y_chunks, x_chunks\) pair"),
+    (lambda: hsi_engine.plan_tiles(20, 20, 8, True), r"halo must be a whole number of pixels; got bool True"),
+    (lambda: hsi_engine.plan_tiles(20.0, 20, 8, 3), r"height must be a whole number of pixels; got float"),
+    (lambda: hsi_engine.FusedSSRN(SHIPPED_MODEL), r"FusedSSRN takes an ssrn.SSRN model; got PosixPath: load a model"),
+    (lambda: hsi_engine.classify(b"scene.tif", SHIPPED_MODEL), r"decode a bytes path with os.fsdecode"),
+])
+def test_arguments_of_the_wrong_type_are_named(call, match):
+    """Each raised a bare numpy/dask/pathlib error, or was taken in another sense (chunks='8': one-byte chunks)."""
+    with pytest.raises(hsi_engine.HSIEngineError, match=match):
+        call()
+
+
+def test_numpy_chunk_sizes_plan_as_ints():
+    plan = hsi_engine.plan_tiles(20, 20, 8, 3, chunks=(np.int64(8), np.int64(8)))
+    assert plan == hsi_engine.plan_tiles(20, 20, 8, 3, chunks=(8, 8))

@@ -368,8 +368,9 @@ def test_chunks_that_cannot_chunk_the_scene_are_an_option_error(make_scene):
     from hsi_engine.demo import SHIPPED_SCENE
     from hsi_engine.errors import OptionError
 
-    for path, chunks in ((make_scene("geotiff"), {"foo": 3}), (SHIPPED_SCENE, {"y": -5})):
-        with pytest.raises(OptionError, match=r"chunks=.* cannot chunk a .* scene"):
+    for path, chunks, match in ((make_scene("geotiff"), {"foo": 3}, r"chunks=.* cannot chunk a .* scene"),
+                                (SHIPPED_SCENE, {"y": -5}, r"chunks=.* each chunk size must be a whole number >= 1")):
+        with pytest.raises(OptionError, match=match):
             open_scene(path, chunks=chunks)
 
 

@@ -75,6 +75,9 @@ def test_auto_choice_follows_the_measured_table() -> None:
     assert dispatch.auto_choice("cuda", torch.bfloat16, False) == "eager"
     assert dispatch.auto_choice("cpu", torch.bfloat16, True) == "eager"
     assert resolve_backend("auto", CPU, torch.bfloat16) == "eager"
+    assert dispatch.auto_choice(torch.device("cuda"), torch.bfloat16, True) == "triton"  # a device: its type
+    with pytest.raises(ValueError, match=r"dtype must be a torch.dtype .*; got str 'float32'"):
+        dispatch.get_spectral_stage("triton", CPU, "float32")  # != torch.float32: took the low-precision path
 
 
 @pytest.mark.parametrize("form, bands", [("paper", 200), ("paper", 103), ("seed", 31)])
