@@ -105,11 +105,16 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _one_value(v: Any) -> Any:
+    """A one-element array attribute (HDF5 and some NetCDF writers store ``_FillValue = [-9999.]``) as its value."""
+    return np.asarray(v).reshape(-1)[0] if np.ndim(v) > 0 and np.size(v) == 1 else v
+
+
 def declared_nodata(da: xr.DataArray) -> float | None:
     declared = {}
     for k in ("_FillValue", "missing_value", "nodata"):
         try:
-            declared[k] = float(da.attrs[k]) if k in da.attrs else None
+            declared[k] = float(_one_value(da.attrs[k])) if k in da.attrs else None
         except (TypeError, ValueError):
             declared[k] = None
     values = {k: v for k, v in declared.items() if v is not None}
@@ -131,7 +136,7 @@ def declared_nodata(da: xr.DataArray) -> float | None:
     if v is None:
         return None
     try:
-        return float(v)
+        return float(_one_value(v))
     except (TypeError, ValueError):
         raise SceneError(f"the scene declares a nodata value ({v!r}, its _FillValue/nodata attribute) that is not a "
                          "number: fix the attribute, or pass nodata=VALUE (--nodata VALUE) to override it") from None

@@ -358,3 +358,15 @@ def test_arguments_of_the_wrong_type_are_named(call, match):
 def test_numpy_chunk_sizes_plan_as_ints():
     plan = hsi_engine.plan_tiles(20, 20, 8, 3, chunks=(np.int64(8), np.int64(8)))
     assert plan == hsi_engine.plan_tiles(20, 20, 8, 3, chunks=(8, 8))
+
+
+def test_a_one_element_fill_value_array_is_the_nodata_value(scene, model):
+    """HDF5 and some NetCDF writers store ``_FillValue = [-9999.]``: it was refused as 'not a number'."""
+    raw = scene.values.astype(np.float32)
+    raw[:, 3, 4] = -9999.0
+    as_scalar = hsi_engine.classify(scene.copy(data=raw).assign_attrs(_FillValue=-9999.0), model, device="cpu",
+                                    progress=False).values
+    as_array = hsi_engine.classify(scene.copy(data=raw).assign_attrs(_FillValue=np.array([-9999.0])), model,
+                                   device="cpu", progress=False).values
+    assert as_array[3, 4] == 0
+    np.testing.assert_array_equal(as_array, as_scalar)
