@@ -577,6 +577,10 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
         wdev = "cuda" if (str(device or "").startswith("cuda") or (device is None and _cuda_count() > 0)) else "cpu"
         tile = default_tile(wdev if distributed else job.device.type, int(da.sizes["band"]))
     side = chunk_side(tile)
+    # a tile larger than the scene is the scene: the side is also the store's chunk (memory grows with its square;
+    # --tile 100000 was killed for memory on a 64 x 64 scene), unless a partial store made with it is continued
+    if side > chunk_side(max(job.height, job.width)) and not (resume and partial_tile(out) == side):
+        side = chunk_side(max(job.height, job.width))
     halo = job.model.config.halo
     chunks = (da.chunks[1], da.chunks[2]) if da.chunks is not None else None
     plan: TilePlan = plan_tiles(job.height, job.width, side, halo, chunks=chunks)

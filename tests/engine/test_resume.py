@@ -207,6 +207,16 @@ def test_api_resume_routes_here(case, tmp_path, caplog):
     assert plans == [f"plan: {case['tiles']} tiles, up to {TILE} x {TILE} px (+3 px halo each side)"], plans
 
 
+def test_a_tile_larger_than_the_scene_is_the_scene(case, tmp_path):
+    """The side is also the store's chunk: --tile 16384 stored a 64 x 64 map as one 16384^2 chunk (2 GB of memory),
+    and --tile 100000 was killed for memory; the plain .tif path already clipped it."""
+    import zarr
+
+    out = hsi_engine.classify_to_file(case["scene"], case["model"], tmp_path / "m.zarr", tile=16384)
+    assert zarr.open_array(str(out), path="classes", mode="r").chunks == (64, 64)
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+
+
 def test_plain_zarr_run_is_resumable_without_asking(case, tmp_path, monkeypatch):
     """A .zarr output records finished tiles even when the first run did not ask for --resume."""
     out = tmp_path / "plain.zarr"
