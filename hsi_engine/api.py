@@ -25,7 +25,7 @@ from .errors import (IrregularGridError, OptionError, OutputError, SceneError,
                      UnnormalisedInputWarning, check_flag, user_stacklevel)
 from .georef import georeferenced, grid_transform, scene_gcps, scene_georef, scene_name, with_window_gcps
 from .io import as_scene, open_scene
-from .logs import warnings_ignored
+from .logs import quiet_affine_mul, warnings_ignored
 from .owned import closes_its_scenes, open_owned
 from .scene_checks import (check_array_dims, check_declared_scaling, check_scale, declared_nodata, model_bad_bands,
                            scene_wavelengths, tested_bands, warn_large_chunks)
@@ -251,6 +251,7 @@ def _spatial_coords(da: xr.DataArray) -> dict[str, Any]:
 # public functions
 
 
+@quiet_affine_mul
 @releases_task_thread
 @closes_its_scenes
 def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None, device: Any = None,
@@ -376,6 +377,7 @@ def _removes_directories_made(out: str | os.PathLike) -> Iterator[None]:
         raise
 
 
+@quiet_affine_mul
 @releases_task_thread
 @closes_its_scenes
 def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *,

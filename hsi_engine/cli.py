@@ -361,7 +361,7 @@ def _negative_values_joined(argv: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .errors import HSIEngineError
-    from .logs import warnings_ignored
+    from .logs import affine_mul_quiet
 
     argv = _negative_values_joined(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
@@ -403,9 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (timeout, batch schedulers) unwinds like Ctrl-C, so outputs are committed whole or not at all
     handlers = _handlers()
     previous = {s: signal.signal(s, h) for s, h in handlers.items()}
-    # rioxarray's own use of affine's deprecated `*` (every GeoTIFF read) is not the user's to act on: under -W
-    # error it failed every run
-    affine_mul = warnings_ignored(PendingDeprecationWarning, "Use `@` matmul instead of `\\*` mul")
+    affine_mul = affine_mul_quiet()  # rioxarray's use of affine's deprecated `*`: -W error failed every run
     affine_mul.__enter__()
     try:
         if args.command == "demo":

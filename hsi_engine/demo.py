@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .errors import HSIEngineError, OutputError
-from .logs import warnings_ignored
+from .logs import quiet_affine_mul, warnings_ignored
 from .tiles import default_tile
 
 __all__ = ["SHIPPED_MODEL", "SHIPPED_SCENE", "evaluation_mask", "run_demo"]
@@ -148,6 +148,7 @@ def _check_demo_out(out: Path) -> None:
     if not ours:
         raise OutputError(f"{out} already holds {', '.join(taken)}, which no earlier demo wrote (no demo report.json "
                           "beside them); the demo would replace them: pass another --out, or move them away")
+@quiet_affine_mul
 
 
 def run_demo(out: str | os.PathLike, *, device: Any = None, backend: str = "auto", tile: int | None = None,

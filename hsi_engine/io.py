@@ -43,6 +43,7 @@ from .envi import envi_header_beside, envi_paths, open_envi
 from .errors import OptionError, SceneError, SceneNotFoundError
 from .georef import scene_gcps, with_window_gcps
 from .geotiff import open_geotiff
+from .logs import quiet_affine_mul
 from .stores import (gdal_band_stack, keep_grid_mapping, open_hdf5, open_matlab, open_netcdf, open_npy, open_zarr,
                      pick_variable, zipped_zarr)
 
@@ -109,6 +110,7 @@ def _check_chunks(chunks: Any) -> None:
             if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
                 raise OptionError(f"chunks={chunks!r}: each chunk size must be a whole number >= 1 (or -1 / None for "
                                   f"the whole axis, 'auto'); got {size!r}")
+@quiet_affine_mul
 
 
 def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | None = None,

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import warnings
 from collections.abc import Callable, Iterator
+from typing import ParamSpec, TypeVar
 
-__all__ = ["dropped", "warnings_ignored"]
+__all__ = ["affine_mul_quiet", "dropped", "quiet_affine_mul", "warnings_ignored"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class _Dropping(logging.Filter):
@@ -65,6 +70,22 @@ def warnings_ignored(category: type[Warning] = Warning, message: str = "") -> It
                 with contextlib.suppress(ValueError):  # (a caller's resetwarnings() took it already)
                     warnings.filters.remove(held[1])  # type: ignore[attr-defined]
                 _filters_changed()
+
+
+def affine_mul_quiet() -> contextlib.AbstractContextManager[None]:
+    """Ignore affine's ``PendingDeprecationWarning`` for rioxarray's own use of its ``*`` (every GeoTIFF read and
+    transform): not the user's to act on, and under ``-W error`` (pytest's ``filterwarnings = error``) it failed
+    every run."""
+    return warnings_ignored(PendingDeprecationWarning, "Use `@` matmul instead of `\\*` mul")
+
+
+def quiet_affine_mul(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` run inside :func:`affine_mul_quiet` (the public functions that read or write rasters)."""
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        with affine_mul_quiet():
+            return fn(*args, **kwargs)
+    return run
 
 
 def _filters_changed() -> None:

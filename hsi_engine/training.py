@@ -20,6 +20,8 @@ from ssrn.checkpoint import class_names_problem
 from ssrn.data import (DataError, DataNotFoundError, Scene, bands_without_data, check_class_ids, check_labels,
                        label_class_names, unlabel_nodata)
 
+from .logs import quiet_affine_mul
+
 __all__ = ["load_labelled_raster", "train"]
 
 log = logging.getLogger("ssrn.data")  # (the trainer's data logger: what a training run says of its data)
@@ -173,6 +175,7 @@ def _check_class_names(class_names: Any, error: type[Exception]) -> None:
         raise error(f"class_names must be a list of names, one per class; got the string {class_names[:60]!r}: pass "
                     f"class_names={str(class_names).split(',')[:3]}... (the command line's --class-names splits on "
                     "commas)")
+@quiet_affine_mul
 
 
 def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.PathLike, *,
@@ -263,6 +266,7 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
                 "shape": [int(n) for n in labels.shape]}
     return Scene(scene_path.stem, cube, labels, names, palette, wl,
                  f"{scene_path.resolve()} + {labels_path.resolve()}", None, nodata, nodata_bands, grid)
+@quiet_affine_mul
 
 
 def train(dataset: str | os.PathLike | Scene, out: str | os.PathLike, *, labels: str | os.PathLike | None = None,

@@ -53,7 +53,7 @@ import numpy as np
 
 from .allocator import zeroed_allocations
 from .errors import HSIEngineError, OptionError, OutputError, check_flag, user_stacklevel
-from .logs import dropped, warnings_ignored
+from .logs import dropped, quiet_affine_mul, warnings_ignored
 from .outputs import (TIFF_SUFFIXES, ZARR_TITLE, check_output_suffix, check_replaceable, ensure_output_dir,
                       in_the_way, ours_aux, path_present, remove_tree, side_paths)
 from .outputs import URL, check_not_scene, is_hsi_zarr, sweep_leftovers, zarr_root_attributes, zarr_unusable
@@ -858,6 +858,7 @@ def _classes_of(data: Any, names: Sequence[str] | None, probs: Any) -> int:
                           f"n_classes={largest} if the first name is class 0's (nodata), or n_classes={len(names)} "
                           "if it names class 1")
     return len(names)
+@quiet_affine_mul
 
 
 def write_classmap(labels_da, path: str | os.PathLike, **kw: Any) -> Path:

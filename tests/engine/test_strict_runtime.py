@@ -83,6 +83,27 @@ def test_a_georeferenced_geotiff_is_classified_under_w_error(model_dir, tmp_path
     assert r.returncode == 0 and out.is_file(), r.stderr[-2000:]
 
 
+def test_the_python_api_reads_and_writes_geotiffs_with_warnings_as_errors(model_dir, tmp_path):
+    """pytest's ``filterwarnings = error`` in a user's project: open_scene, classify and classify_to_file failed on
+    rioxarray's use of affine's ``*`` (the command line already ignored it); the user's filters are kept."""
+    import warnings
+
+    import _scale_fixtures as F
+
+    import hsi_engine
+
+    src = tmp_path / "scene.tif"
+    F.dataarray(F.ip_crop(24, 24)).rio.to_raster(src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        da = hsi_engine.open_scene(src)
+        labels = hsi_engine.classify(src, model_dir, progress=False)
+        out = hsi_engine.classify_to_file(da, model_dir, tmp_path / "m.tif", progress=False)
+        with pytest.raises(PendingDeprecationWarning):
+            warnings.warn("the user's own", PendingDeprecationWarning)
+    assert out.is_file() and labels.shape == (24, 24)
+
+
 def test_info_escapes_a_path_its_standard_output_cannot_encode(tmp_path, monkeypatch):
     path = tmp_path / "szene_ä.npy"
     np.save(path, np.zeros((4, 5, 3), np.float32))
