@@ -120,8 +120,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variant", choices=["ssrn", "spc", "spa"], default="ssrn",
                    help="ssrn (default: spectral and spatial blocks), or the paper's ablations spc (spectral blocks "
                         "only) and spa (spatial blocks only)")
-    p.add_argument("--patch", type=int, default=7, choices=[5, 7, 9, 11],
-                   help="patch side in pixels (default: 7, the paper's)")
+    p.add_argument("--patch", type=int, default=7, metavar="P",
+                   help="patch side in pixels, odd, 3..31 (default: 7, the paper's; it studies 5, 7, 9 and 11)")
     p.add_argument("--optimizer", choices=["rmsprop", "adamw"], default="rmsprop",
                    help="rmsprop (default, the seed's) or adamw")
     p.add_argument("--lr", type=_positive_float, default=3e-4, help="learning rate (default: 3e-4, the seed's)")

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import HSIEngineError, OutputError
+from .errors import HSIEngineError, OptionError, OutputError
 from .logs import quiet_affine_mul, warnings_ignored
 from .tiles import default_tile
 
@@ -176,9 +176,9 @@ def run_demo(out: str | os.PathLike, *, device: Any = None, backend: str = "auto
                              "model.json), or train one with `hsi-engine train --dataset indian_pines --out DIR`")
     dev = _device(device)  # every argument checked before OUT is created
     if backend not in BACKENDS:
-        raise HSIEngineError(f"backend must be one of {list(BACKENDS)}; got {backend!r}")
+        raise OptionError(f"backend must be one of {list(BACKENDS)}; got {backend!r}")
     if precision not in PRECISIONS:
-        raise HSIEngineError(f"precision must be one of {sorted(PRECISIONS)}; got {precision!r}")
+        raise OptionError(f"precision must be one of {sorted(PRECISIONS)}; got {precision!r}")
     out = Path(out)
     scene = open_scene(scene_path)
     labels = _load_labels(scene_path)

@@ -162,6 +162,17 @@ def test_no_validation_set_is_allowed():
     assert args.val_fraction == 0.0
 
 
+def test_patch_takes_every_odd_side_the_api_takes(tmp_path, no_data, capsys):
+    """--patch offered 5, 7, 9 and 11 only, where Python trains (and the CLI classifies) any odd side 3..31."""
+    from hsi_engine.cli import build_parser
+
+    for side in (3, 13, 31):
+        assert build_parser().parse_args(["train", "--dataset", "x", "--out", "m", "--patch", str(side)]).patch == side
+    assert main(["train", "--dataset", "indian_pines", "--out", str(tmp_path / "m"), "--patch", "4"]) == 2
+    assert "patch must be an odd whole number 3..31" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_fractions_must_leave_a_test_set(tmp_path, no_data, capsys):
     assert main(["train", "--dataset", "indian_pines", "--out", str(tmp_path / "m"), "--train-fraction", "0.95",
                  "--val-fraction", "0.1"]) == 2

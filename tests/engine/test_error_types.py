@@ -370,3 +370,12 @@ def test_a_one_element_fill_value_array_is_the_nodata_value(scene, model):
                                    device="cpu", progress=False).values
     assert as_array[3, 4] == 0
     np.testing.assert_array_equal(as_array, as_scalar)
+
+
+@pytest.mark.parametrize("kwargs", [{"backend": "x"}, {"precision": "fp16"}])
+def test_run_demo_option_errors_are_option_errors(tmp_path, kwargs):
+    from hsi_engine.demo import run_demo
+
+    with pytest.raises(hsi_engine.OptionError, match="must be one of") as e:
+        run_demo(tmp_path / "out", **kwargs)
+    assert isinstance(e.value, ValueError) and not (tmp_path / "out").exists()
