@@ -133,6 +133,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class-weight", choices=["none", "balanced"], default="none",
                    help="'balanced': weigh the loss by inverse class frequency (default: none, as the seed)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (default: float32, as the seed)")
+    _add_open_options(p, " of the --dataset scene (with --labels)")
 
 
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -144,7 +145,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
           patch=args.patch, optimizer=args.optimizer, lr=args.lr, schedule=args.schedule, patience=args.patience,
           max_minutes=args.max_minutes, amp=args.amp,
           class_weight=None if args.class_weight == "none" else args.class_weight, overwrite=args.overwrite,
-          labels=args.labels, class_names=args.class_names,
+          labels=args.labels, class_names=args.class_names, variable=args.variable, band_axis=args.band_axis,
           command="hsi-engine " + shlex.join(argv))  # its errors are HSIEngineErrors: main() says them
     return 0
 
@@ -268,11 +269,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_open_options(p: argparse.ArgumentParser) -> None:
+def _add_open_options(p: argparse.ArgumentParser, of: str = "") -> None:
     p.add_argument("--variable", default=None,
-                   help="the array to read from a NetCDF / zarr / HDF5 / MATLAB file holding several cubes")
+                   help=f"the array to read from a NetCDF / zarr / HDF5 / MATLAB file holding several cubes{of}")
     p.add_argument("--band-axis", type=int, choices=[0, 1, 2], default=None,
-                   help="where the bands are in a bare array (.npy, .mat, HDF5/zarr without dims): 0 for "
+                   help=f"where the bands are in a bare array{of} (.npy, .mat, HDF5/zarr without dims): 0 for "
                         "(band, y, x), 1 for (y, band, x) (PRISMA's HDF5 cubes), 2 for (y, x, band); default: "
                         "0 or 2, whichever leaves two equal sides (a square scene); else 2 for .npy and .mat, and "
                         "a guess with a warning for the others")

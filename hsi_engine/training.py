@@ -179,12 +179,13 @@ def _check_class_names(class_names: Any, error: type[Exception]) -> None:
 
 
 def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.PathLike, *,
-                         class_names: Sequence[str] | None = None) -> Scene:
+                         class_names: Sequence[str] | None = None, variable: str | None = None,
+                         band_axis: int | None = None) -> Scene:
     """A georeferenced scene (anything :func:`~hsi_engine.open_scene` reads: GeoTIFF, ENVI, zarr, NetCDF...) and a
     label raster on its pixel grid (the same pixels, or a larger raster on the same grid, cut to the scene) as a
     training :class:`ssrn.data.Scene`. The scene's nodata pixels (its declared nodata, or NaN, in the bands a
     ``bbl`` does not flag bad) are unlabelled and masked as the engine masks them; mosaic tiles first (e.g.
-    ``rio merge``)."""
+    ``rio merge``). ``variable`` and ``band_axis`` open the scene as :func:`~hsi_engine.open_scene` does."""
     from .envi import envi_paths
     from .errors import IrregularGridError, SceneError
     from .georef import grid_transform
@@ -205,7 +206,7 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
             labels_path = envi_paths(labels_path)[1]
         except SceneError as e:
             raise DataError(str(e)) from None
-    da = open_scene(scene_path)
+    da = open_scene(scene_path, variable=variable, band_axis=band_axis)
     try:
         scene_crs = da.rio.crs
         # as the engine places the scene's map: its coordinates overrule a GeoTransform left stale by flipping it;
@@ -270,10 +271,12 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
 
 
 def train(dataset: str | os.PathLike | Scene, out: str | os.PathLike, *, labels: str | os.PathLike | None = None,
-          class_names: Sequence[str] | None = None, **options: Any) -> dict[str, Any]:
+          class_names: Sequence[str] | None = None, variable: str | None = None, band_axis: int | None = None,
+          **options: Any) -> dict[str, Any]:
     """Train a model into ``out`` (:func:`ssrn.train.run_training` with ``options``), on a standard dataset or a
     self-contained scene file, or (``labels``) on the scene ``dataset`` names and its label raster
-    (:func:`load_labelled_raster`; ``class_names`` name its classes 1..K). Returns the training report.
+    (:func:`load_labelled_raster`; ``class_names`` name its classes 1..K; ``variable`` and ``band_axis`` open
+    that scene as :func:`~hsi_engine.open_scene` does). Returns the training report.
 
     As ``hsi-engine train``: the output, the device and the options are checked before the scene is read."""
     from ssrn.train import TrainOptionError, run_training
@@ -289,7 +292,13 @@ def train(dataset: str | os.PathLike | Scene, out: str | os.PathLike, *, labels:
         if class_names is not None:
             raise TrainOptionError("class_names (--class-names) name the classes of a label raster: give labels= "
                                    "(--labels) too, or put 'class_names' in the .npz / .h5 scene")
+        given = [f"{k} (--{k.replace('_', '-')})" for k, v in (("variable", variable), ("band_axis", band_axis))
+                 if v is not None]
+        if given:
+            raise TrainOptionError(f"{' and '.join(given)} open the scene of a label raster: give labels= (--labels) "
+                                   "too; a .mat / .npz / .h5 training scene is read by its own keys ('cube', "
+                                   "'labels')")
         return run_training(dataset, out, **options)
     scene_path, labels_path = Path(dataset), Path(labels)
-    return run_training(lambda: load_labelled_raster(scene_path, labels_path, class_names=class_names), out,
-                        **options)
+    return run_training(lambda: load_labelled_raster(scene_path, labels_path, class_names=class_names,
+                                                     variable=variable, band_axis=band_axis), out, **options)

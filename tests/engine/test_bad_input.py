@@ -214,7 +214,7 @@ def test_nodata_nan_on_an_integer_scene_is_named(crop, model_dir):
     da = F.dataarray(cube)
     da.attrs["_FillValue"] = -32768
     with pytest.warns(UserWarning, match=r"nodata=nan masks nothing in this int16 scene .* replaces its declared "
-                                         r"nodata value -32768: pass nodata=None"):
+                                         r"nodata value -32768: leave nodata unset \(no --nodata\)"):
         out = hsi_engine.classify(da, model_dir, tile=TILE, nodata=float("nan"), progress=False).values
     assert (out[:, :4] > 0).all()  # as asked: the fill is classified (and the warning said so)
     with warnings.catch_warnings():

@@ -253,7 +253,7 @@ def test_decoders_without_the_block_cache_say_so(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="hsi_engine.runner"):
         stats = run_plan(cube, plan, engine, ArraySink(12, 14, CLASSES), progress=False, decoders=4)
     assert stats["decoders"] == 0
-    assert "decoders=4 has no effect here" in caplog.text and "cache_blocks=N" in caplog.text
+    assert "decoders=4 (--decoders) has no effect here" in caplog.text and "cache_blocks=N" in caplog.text
     assert "the scene is not chunked" in caplog.text  # an in-memory array: no chunks to cache
     caplog.clear()
     import dask.array as dsa
@@ -261,7 +261,7 @@ def test_decoders_without_the_block_cache_say_so(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="hsi_engine.runner"):
         stats = run_plan(dsa.from_array(cube, chunks=(-1, 6, 7)), plan, engine, ArraySink(12, 14, CLASSES),
                          progress=False, decoders=4, cache_blocks=0)
-    assert stats["decoders"] == 0 and "decoders=4 has no effect here" in caplog.text
+    assert stats["decoders"] == 0 and "decoders=4 (--decoders) has no effect here" in caplog.text
     assert "(cache_blocks=0)" in caplog.text and "not chunked" not in caplog.text
 
 

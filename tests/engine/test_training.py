@@ -618,6 +618,25 @@ def test_load_labelled_raster_refuses_a_string_of_names_and_bytes_paths(tmp_path
         load_labelled_raster(tmp_path / "s.tif", b"l.tif")
 
 
+def test_a_line_interleaved_scene_trains_with_band_axis(tmp_path):
+    """train --band-axis / --variable: the trainer's warning named --band-axis, which train did not have, and
+    load_labelled_raster read a PRISMA-like (y, band, x) cube as (band, y, x) = 12 bands of 7 x 10."""
+    from hsi_engine import load_labelled_raster, train
+    from hsi_engine.cli import build_parser
+    from ssrn.train import TrainOptionError
+
+    cube = np.random.default_rng(0).random((12, 7, 10), dtype=np.float32)  # (y, band, x)
+    np.save(tmp_path / "scene.npy", cube)
+    np.save(tmp_path / "labels.npy", (np.arange(120).reshape(12, 10) % 3).astype(np.uint8))
+    scene = load_labelled_raster(tmp_path / "scene.npy", tmp_path / "labels.npy", band_axis=1)
+    np.testing.assert_array_equal(np.asarray(scene.cube), cube.transpose(1, 0, 2))
+    with pytest.raises(TrainOptionError, match=r"band_axis \(--band-axis\) open the scene of a label raster"):
+        train(tmp_path / "scene.npz", tmp_path / "m", band_axis=1)
+    args = build_parser().parse_args(["train", "--dataset", "s.h5", "--labels", "l.tif", "--out", "m",
+                                      "--variable", "cube", "--band-axis", "1"])
+    assert (args.variable, args.band_axis) == ("cube", 1)
+
+
 def test_train_is_the_public_name_of_training_on_a_label_raster():
     import hsi_engine
 
