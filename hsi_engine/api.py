@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 import xarray as xr
 
+from ssrn.errors import check_flag
+
 from .dask_client import releases_task_thread
 from .errors import (IrregularGridError, OptionError, OutputError, SceneError,
-                     UnnormalisedInputWarning, check_flag, user_stacklevel)
+                     UnnormalisedInputWarning, user_stacklevel)
 from .georef import georeferenced, grid_transform, scene_gcps, scene_georef, scene_name, with_window_gcps
 from .io import as_scene, open_scene
 from .logs import quiet_affine_mul, warnings_ignored
@@ -305,7 +307,7 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
         raise OptionError(f"probabilities must be a bool, 'float32' or 'float16'; got {probabilities!r}")
     half = probabilities == "float16"
     probabilities = bool(probabilities)
-    progress = check_flag("progress", progress, none=True) if progress is not None else None
+    progress = check_flag("progress", progress) if progress is not None else None
     job = _Job(scene, model, tile=tile, device=device, backend=backend, precision=precision, nodata=nodata,
                spatial_precision=spatial_precision)
     sink = ArraySink(job.height, job.width, job.classes, probabilities=probabilities)
@@ -416,7 +418,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     if prob not in (None, "float16", "float32"):  # before anything is opened, on either path
         raise OptionError(f"probabilities must be a bool, 'float16' or 'float32'; got {probabilities!r}")
     overwrite, resume = check_flag("overwrite", overwrite), check_flag("resume", resume)
-    progress = check_flag("progress", progress, none=True) if progress is not None else None
+    progress = check_flag("progress", progress) if progress is not None else None
     if on_written is not None and not callable(on_written):  # (called once the map is committed: too late then)
         raise OptionError(f"on_written must be a function taking the output's path, or None; got "
                           f"{type(on_written).__name__} {on_written!r}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 # the base lives with the model: the trainer's errors are ours
 from ssrn.errors import CheckpointError, HSIEngineError, OptionError, OutputError
 
@@ -58,20 +56,6 @@ class UnnormalisedInputWarning(UserWarning, HSIEngineError):
     model without per-band mean/std meets raw integers. A warning in Python; the command line turns it into an
     error (a pipeline sees only the exit status) where the cause is plain, not for the distance alone (a cloud
     over the sampled centre reads that way too)."""
-
-
-def check_flag(name: str, value: Any, *, none: bool = False) -> bool:
-    """``value`` as a bool, refusing anything but ``True``/``False`` (numpy's too; ``None`` too when ``none``):
-    ``overwrite='False'`` read from a config file or ``os.environ`` is truthy, and replaced a map."""
-    import numpy as np
-
-    if value is None and none:
-        return False
-    if not isinstance(value, (bool, np.bool_)):
-        raise OptionError(f"{name} must be True or False{' (or None)' if none else ''}; got {type(value).__name__} "
-                          f"{value!r}" + (": a string from a config file or os.environ is not read as a bool, "
-                                          "convert it first" if isinstance(value, str) else ""))
-    return bool(value)
 
 
 def user_stacklevel() -> int:

@@ -51,8 +51,10 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
+from ssrn.errors import check_flag
+
 from .allocator import zeroed_allocations
-from .errors import HSIEngineError, OptionError, OutputError, check_flag, user_stacklevel
+from .errors import HSIEngineError, OptionError, OutputError, user_stacklevel
 from .logs import dropped, quiet_affine_mul, warnings_ignored
 from .outputs import (TIFF_SUFFIXES, ZARR_TITLE, check_output_suffix, check_replaceable, ensure_output_dir,
                       in_the_way, ours_aux, path_present, remove_tree, side_paths)

@@ -21,7 +21,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from .config import InvalidConfig, SSRNConfig
-from .errors import CheckpointError, OptionError, first_line
+from .errors import CheckpointError, OptionError, check_flag, first_line, unexpanded_home
 from .model import SSRN
 
 WEIGHTS = "weights.safetensors"
@@ -122,6 +122,18 @@ def _is_model_json(path: Path) -> bool:
 _TEMP_EXTRA = len(".") + len(".old.") + 8  # mkdtemp's prefix around the name, and its 8 random characters
 
 
+def check_model_path(path: Any) -> None:
+    """Refuse a model directory path that is no text path (:class:`OptionError`) or starts with ``~``
+    (:class:`CheckpointError`: Python does not expand it, and ``"~/models/in"`` made a directory named ``~``)."""
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise OptionError(f"the model directory must be a path (a str or pathlib.Path); got {type(path).__name__} "
+                          f"{repr(path)[:80]}" + (": decode it first (os.fsdecode(path))" if isinstance(path, bytes)
+                                                  else ""))
+    home = unexpanded_home(path)
+    if home is not None:
+        raise CheckpointError(f"model directory {home}")
+
+
 def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Refuse a ``save_model`` target that cannot or must not be written, before any work is spent on it.
 
@@ -135,6 +147,8 @@ def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path
     ``overwrite`` it is refused like that directory); a link to anything else (an empty or other directory, a file,
     nothing) is refused, naming what it points to.
     """
+    check_model_path(path)
+    overwrite = check_flag("overwrite", overwrite)
     given_path = Path(path)
     # the last component is not resolved: a link there is the target itself, replaced (never written through)
     target = (given_path.resolve() if given_path.name in ("", "..")
@@ -302,8 +316,8 @@ def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None
     ``meta`` (default: ``model.meta``) travels in model.json: normalisation ``mean``/``std`` per band,
     ``class_names``, ``palette`` (RGB triplets), ``wavelengths``, the training ``report``, ``command``.
     """
+    target = check_model_target(path, overwrite)
     given = Path(path)
-    target = check_model_target(given, overwrite)
     meta = dict(model.meta if meta is None else meta)
     # as load_model will read it: a meta that no longer fits the network (a cut std, two class names for 16
     # classes) was saved, over a working model with overwrite=True, as a directory that could not be loaded
@@ -367,8 +381,9 @@ def read_model_json(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path} is a file; expected a model directory holding {WEIGHTS} and "
                               f"{MODEL_JSON}.{hint}")
     if not path.is_dir():
+        home = unexpanded_home(path, written=False)
         raise CheckpointError(f"model directory {path} does not exist; pass a directory written by "
-                              "ssrn.save_model or `hsi-engine train --out`")
+                              "ssrn.save_model or `hsi-engine train --out`" + (f" (the path {home})" if home else ""))
     mj = path / MODEL_JSON
     if not mj.is_file():
         raise CheckpointError(f"{path} has no {MODEL_JSON}; expected a directory written by ssrn.save_model")

@@ -171,6 +171,7 @@ class SSRNConfig:
 
     def replace(self, **changes: Any) -> "SSRNConfig":
         """A copy with ``changes`` applied (and checked, as any new config is)."""
+        _refuse_unknown(changes)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,11 +184,7 @@ class SSRNConfig:
         bounded; a bad one raises :class:`InvalidConfig` (a ``ValueError``) naming it."""
         if not isinstance(d, dict):
             raise InvalidConfig(None, f"an SSRNConfig is an object of fields; found {type(d).__name__}", d)
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(str(k) for k in set(d) - set(names))
-        if unknown:
-            raise InvalidConfig(unknown[0], f"unknown SSRNConfig fields {unknown}; expected a subset of "
-                                f"{sorted(names)}", d[unknown[0]] if unknown[0] in d else None)
+        _refuse_unknown(d)
         missing = [n for n in ("bands", "classes") if n not in d]
         if missing:
             raise InvalidConfig(missing[0], f"SSRNConfig needs {' and '.join(missing)} (no default); found none",
@@ -197,11 +194,24 @@ class SSRNConfig:
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> "SSRNConfig":
         """A dataset preset (``indian_pines``, ``pavia_university``, ``ksc``, ``salinas``)."""
+        if not isinstance(name, str):
+            raise OptionError(f"SSRNConfig.from_name takes a preset's name (a str, one of {sorted(PRESETS)}); got "
+                              f"{type(name).__name__} {repr(name)[:60]}"
+                              + (": decode it first (name.decode())" if isinstance(name, bytes) else ""))
         key = name.lower().replace("-", "_")
         key = DATASET_ALIASES.get(key, key)
         if key not in PRESETS:
             raise UnknownPresetError(f"no SSRN preset {name!r}; known presets: {sorted(PRESETS)}")
-        return dataclasses.replace(PRESETS[key], **overrides)
+        return PRESETS[key].replace(**overrides)
+
+
+def _refuse_unknown(fields: dict[str, Any]) -> None:
+    """Refuse names that are no SSRNConfig field (``replace(foo=1)`` was dataclasses' bare TypeError)."""
+    names = [f.name for f in dataclasses.fields(SSRNConfig)]
+    unknown = sorted(str(k) for k in set(fields) - set(names))
+    if unknown:
+        raise InvalidConfig(unknown[0], f"unknown SSRNConfig fields {unknown}; expected a subset of "
+                            f"{sorted(names)}", fields[unknown[0]] if unknown[0] in fields else None)
 
 
 PRESETS: dict[str, SSRNConfig] = {

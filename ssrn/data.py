@@ -16,6 +16,7 @@ import base64
 import json
 import logging
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch
 from numpy.typing import ArrayLike
 
 from .config import DATASET_ALIASES
-from .errors import HSIEngineError, OptionError
+from .errors import HSIEngineError, OptionError, check_flag, unexpanded_home
 
 __all__ = [
     "DATASETS", "DataError", "DataNotFoundError", "DatasetSpec", "PatchDataset", "Scene", "Split",
@@ -137,11 +138,15 @@ def default_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     A ``data_dir`` given explicitly must be a directory: a typo must not fall back to other data silently.
     """
     if data_dir is not None:
+        if not (isinstance(data_dir, (str, os.PathLike)) and isinstance(os.fspath(data_dir), str)):
+            raise OptionError(f"data_dir must be a path (a str or pathlib.Path) or None; got {type(data_dir).__name__}"
+                              + (": decode it first (os.fsdecode(data_dir))" if isinstance(data_dir, bytes) else ""))
         if not Path(data_dir).is_dir():
             what = "is not a directory" if Path(data_dir).exists() else "does not exist"
+            home = unexpanded_home(data_dir, written=False)
             raise DataNotFoundError(f"data directory {data_dir} {what}; expected the directory holding the "
                                     "scene files (fix --data-dir, or leave it out for $HSI_ENGINE_DATA or "
-                                    "../shared/data)")
+                                    "../shared/data)" + (f" (the path {home})" if home else ""))
         return Path(data_dir)
     env = os.environ.get("HSI_ENGINE_DATA")
     if env:
@@ -526,13 +531,18 @@ def standardize(cube: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     Returns ``(normalised float32 (band, y, x), mean (band,), std (band,))``; a constant band gets std 1.
     The engine applies ``(x - mean) / std`` with the stored statistics.
 
+    A DataArray is read by its dim names (band, y and x, in any order; other names are refused: rename them, or
+    read it with ``hsi_engine.as_scene``), as :func:`standardize_scene` reads a scene's.
+
     NaN, inf and a numpy masked array's masked values are nodata, as :func:`standardize_scene` reads them: a pixel
     with one in any band (bands without a finite value aside) is left out of the statistics and its spectrum is 0
     (the band means), as the engine reads nodata with ``nodata=float('nan')``; a warning counts those pixels.
     """
-    raw = _as_numpy(cube)
+    raw = cube_array(cube, "standardize: the cube")
     if raw.ndim != 3:
         raise OptionError(f"standardize: expected a (band, y, x) scene; got shape {raw.shape}")
+    if raw.dtype.kind not in "biuf":
+        raise OptionError(f"standardize: expected a numeric (band, y, x) scene; got dtype {raw.dtype}")
     a = np.asarray(raw, dtype=np.float64)  # the stored layout, as before: the seed's statistics to the last bit
     if not np.isfinite(a).all():
         return _standardize_nonfinite(a)
@@ -590,17 +600,27 @@ def standardize_scene(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _scene_array(scene: Scene) -> np.ndarray:
-    """The scene's cube as a numpy ``(band, y, x)`` array: a DataArray's dims named band, y and x in another order
-    are transposed; a plain array (or tensor, or masked array: masked values NaN) is read as stored."""
-    cube = scene.cube
-    dims = tuple(getattr(cube, "dims", None) or ())
-    if dims and set(dims) == {"band", "y", "x"}:
-        if dims != ("band", "y", "x"):
-            cube = cube.transpose("band", "y", "x")
-    elif "band" in dims and dims[0] != "band":
-        raise DataError(f"{scene.source or scene.name}: the scene's cube has dims {dims}; expected (band, y, x): "
-                        "name its spatial dims y and x (da.rename(...)), or transpose it to (band, y, x)")
-    return _as_numpy(cube.values if hasattr(cube, "dims") else cube)
+    """The scene's cube as a numpy ``(band, y, x)`` array (:func:`cube_array`)."""
+    return cube_array(scene.cube, f"{scene.source or scene.name}: the scene's cube")
+
+
+def cube_array(cube: Any, where: str, dims: tuple[str, ...] = ("band", "y", "x"), *,
+               fill: float = np.nan) -> np.ndarray:
+    """A cube as a numpy array in ``dims`` order: a DataArray's dims named so (any order) are read by name; one
+    with other names (``lat``, ``lon``, ``wavelength``: whose axis is the band axis?) is refused, unless they are
+    xarray's unnamed ``dim_0``, ``dim_1``...; a plain array (or tensor, or masked array: masked values NaN) is read
+    as stored. ``where`` names the cube in the error; ``fill``: what a masked value becomes (:func:`_as_numpy`)."""
+    if not hasattr(cube, "dims"):
+        return _as_numpy(cube, fill=fill)
+    found = tuple(str(d) for d in cube.dims)
+    if set(found) == set(dims) and len(found) == len(dims):
+        return _as_numpy(cube.transpose(*dims).values, fill=fill)
+    if found != tuple(f"dim_{i}" for i in range(len(found))):
+        shown = ", ".join(dims)
+        raise DataError(f"{where} has dims {found}; expected ({shown}), read by name in any order: rename them "
+                        f"(da.rename(...)), or read the scene with hsi_engine.as_scene(da), which knows the usual "
+                        "other names (wavelength, lat/lon, rows/cols)")
+    return _as_numpy(cube.values, fill=fill)
 
 
 def _standardize_valid(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -704,7 +724,11 @@ def _labelled_by_class(labels: np.ndarray) -> dict[int, np.ndarray]:
 
 def stratified_split(labels: np.ndarray, train_fraction: float, val_fraction: float, seed: int = 0) -> Split:
     """The seed's split: per class, a random ``train_fraction`` for training, ``val_fraction`` for validation,
-    the rest for test (each set gets at least one pixel of a class with >= 3 pixels)."""
+    the rest for test, each share rounded. Every class gets at least one training pixel, and a class of >= 3 pixels
+    at least one validation pixel (when ``val_fraction`` > 0) and one test pixel as long as its rounded training
+    share leaves it two: at high fractions a small class can get none (0.7 / 0.1 gives a class of 3 pixels two
+    training pixels, no validation pixel and one test pixel; 0.9 gives it three training pixels). The trainer
+    names such classes in a warning and in its report's split."""
     if not (0 < train_fraction < 1 and 0 <= val_fraction < 1 and train_fraction + val_fraction < 1):
         raise OptionError(f"fractions must satisfy 0 < train, 0 <= val, train + val < 1; got "
                          f"{train_fraction}, {val_fraction}")
@@ -804,6 +828,11 @@ def block_split(labels: np.ndarray, train_fraction: float, val_fraction: float, 
 # --------------------------------------------------------------------------------------------------
 # patches
 
+class PositionError(OptionError, IndexError):
+    """A :class:`PatchDataset` position that is not a whole number in the dataset (an ``IndexError`` too, as a
+    sequence's: iterating a dataset ends on it)."""
+
+
 class PatchDataset(torch.utils.data.Dataset):
     """Patches ``(bands, P, P)`` float32 around the given pixels (``indices``: flat row-major pixel indices, as
     ``np.flatnonzero(mask)`` gives), cut on the fly from the zero-padded normalised scene. ``dataset[i]`` ->
@@ -813,9 +842,13 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def __init__(self, normed: np.ndarray | torch.Tensor, labels: np.ndarray | None, indices: np.ndarray,
                  patch: int) -> None:
-        if patch < 1 or patch % 2 == 0:
-            raise OptionError(f"patch must be odd, got {patch}")
-        arr = _as_numpy(normed)  # a tensor detached, masked values NaN (refused below)
+        if isinstance(patch, (bool, np.bool_)) or not isinstance(patch, numbers.Integral) or patch < 1 \
+                or patch % 2 == 0:
+            raise OptionError(f"PatchDataset: patch must be an odd whole number >= 1 (the model's, e.g. 5, 7, 9, 11); "
+                              f"got {patch!r} ({type(patch).__name__})")
+        patch = int(patch)
+        # a tensor detached, masked values NaN (refused below); a DataArray by its dim names
+        arr = cube_array(normed, "PatchDataset: the normalised scene")
         x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))  # native byte order, positive strides
         if x.dim() != 3:
             raise OptionError(f"normed scene must be (band, y, x); got {tuple(x.shape)}")
@@ -850,7 +883,7 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def _targets_of(self, labels: Any, idx: np.ndarray) -> torch.Tensor:
         """The 0-based int64 classes of the pixels ``idx`` in the ``(y, x)`` label map (masked cells unlabelled)."""
-        lab = _as_numpy(labels, fill=0)
+        lab = cube_array(labels, "PatchDataset: the labels", ("y", "x"), fill=0)
         if lab.shape != (self.h, self.w):
             hint = ": transposed? pass labels.T" if lab.shape == (self.w, self.h) else ""
             raise DataError(f"PatchDataset: labels have shape {lab.shape} but the scene is {self.h} x {self.w} "
@@ -873,9 +906,31 @@ class PatchDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return int(self.indices.numel())
 
+    def _positions(self, positions: Any) -> torch.Tensor:
+        """``positions`` as a long tensor of positions in the dataset (negative ones from the end, as a list's),
+        else a :class:`PositionError`: floats were truncated, a boolean mask read as positions 0 and 1."""
+        try:
+            pos = positions if torch.is_tensor(positions) else torch.as_tensor(np.asarray(positions))
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise PositionError(f"PatchDataset: positions must be whole numbers (an integer array, tensor or list); "
+                                f"got {type(positions).__name__} ({e})") from None
+        if pos.numel() == 0:
+            return pos.long().reshape(-1)
+        if pos.dtype == torch.bool or pos.is_floating_point() or pos.is_complex():
+            fix = (": for a mask, pass its positions (torch.nonzero(mask) or np.flatnonzero(mask))"
+                   if pos.dtype == torch.bool else "")
+            raise PositionError(f"PatchDataset: positions must be whole numbers (the dataset's 0..{len(self) - 1}); "
+                                f"got dtype {str(pos.dtype).replace('torch.', '')}{fix}")
+        pos = pos.long()
+        lo, hi = int(pos.min()), int(pos.max())
+        if lo < -len(self) or hi >= len(self):
+            raise PositionError(f"PatchDataset: positions must be in 0..{len(self) - 1} (its {len(self)} patches; "
+                                f"negative ones count from the end); got {lo}..{hi}")
+        return pos
+
     def batch(self, positions: torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
         """Patches for dataset positions ``positions``: ``(n, bands, P, P)`` float32."""
-        pos = torch.as_tensor(positions, dtype=torch.long)
+        pos = self._positions(positions)
         rows = self.ys[pos][:, None] + self._off  # padded coords: pixel y sits at y + r, window starts at y
         cols = self.xs[pos][:, None] + self._off
         out = self.padded[rows[:, :, None], cols[:, None, :]]  # (n, P, P, B)
@@ -885,14 +940,22 @@ class PatchDataset(torch.utils.data.Dataset):
         if self.labels is None:
             raise OptionError("this PatchDataset has no labels (made with labels=None), so it has no targets; "
                               "pass the label array when making it")
-        return self.labels[torch.as_tensor(positions, dtype=torch.long)]
+        return self.labels[self._positions(positions)]
 
     def __getitem__(self, i: int):
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, numbers.Integral):
+            raise PositionError(f"PatchDataset index must be a whole number; got {i!r} ({type(i).__name__}): for "
+                                "many patches at once use .batch(positions)")
         p = self.batch([i])[0]
         return (p, self.labels[i]) if self.labels is not None else p
 
     def iter_batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
         """Yield ``(patches, targets, positions)`` batches; targets is None without labels."""
+        if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise OptionError(f"iter_batches: batch_size must be a whole number >= 1; got {batch_size!r} "
+                              f"({type(batch_size).__name__})")
+        batch_size = int(batch_size)
+        shuffle = check_flag("shuffle", shuffle)
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         for s in range(0, n, batch_size):

@@ -1,4 +1,12 @@
-"""Errors the engine's command line catches before anything heavy is imported (no torch here)."""
+"""Errors the engine's command line catches before anything heavy is imported (no torch here), and the checks of
+arguments every module shares (a flag, a path starting with ``~``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
 
 
 def first_line(e: BaseException) -> str:
@@ -22,3 +30,28 @@ class OutputError(HSIEngineError, OSError):
 
 class CheckpointError(HSIEngineError, ValueError):
     """A model directory that is missing, not ours, or whose weights do not match its config."""
+
+
+def check_flag(name: str, value: Any, error: type[Exception] = OptionError) -> bool:
+    """``value`` as a bool, refusing anything but ``True``/``False`` (numpy's too) with ``error``:
+    ``overwrite='no'`` read from a config file or ``os.environ`` is truthy, and replaced a model."""
+    np = sys.modules.get("numpy")  # (not imported here: a numpy bool exists only where numpy is loaded)
+    if isinstance(value, bool) or (np is not None and isinstance(value, np.bool_)):
+        return bool(value)
+    raise error(f"{name} must be True or False; got {type(value).__name__} {repr(value)[:80]}"
+                + (": a string from a config file or os.environ is not read as a bool, convert it first"
+                   if isinstance(value, str) else ""))
+
+
+def unexpanded_home(path: str | os.PathLike, *, written: bool = True) -> str | None:
+    """Why ``path`` cannot be used as given when it starts with ``~`` (``~`` or ``~user``), which Python does not
+    expand (a shell does): ``"~/models/in"`` made a directory named ``~`` in the working directory (``written``:
+    say so). None if it does not."""
+    raw = os.fspath(path)
+    parts = Path(raw).parts
+    first = parts[0] if parts else ""
+    if not (first.startswith("~") and (first == "~" or os.path.expanduser(first) != first)):
+        return None
+    made = f" (a directory named {first!r} would be made in {os.getcwd()})" if written else ""
+    return (f"{raw!r} starts with {first!r}, which Python does not expand to a home directory{made}: pass "
+            f"os.path.expanduser({raw!r}) ({os.path.expanduser(raw)}) or a path without '~'")

@@ -378,7 +378,8 @@ def parse_keras_graph(model_cfg: dict[str, Any]) -> KerasGraph:
     rs = w.only_consumer(x, f"Reshape to ({patch}, {patch}, {reduce_width}, 1)")
     lay = w.take(rs, "Reshape", f"Reshape to ({patch}, {patch}, {reduce_width}, 1)")
     if list(lay.config.get("target_shape", [])) != [patch, patch, reduce_width, 1]:
-        w.fail(rs, f"Reshape to ({patch}, {patch}, {reduce_width}, 1)", f"target_shape {lay.config.get('target_shape')}")
+        w.fail(rs, f"Reshape to ({patch}, {patch}, {reduce_width}, 1)",
+               f"target_shape {lay.config.get('target_shape')}")
 
     # spatial stem
     ss, x = _conv_bn_relu(w, rs, "spatial_stem", f"spatial stem Conv3D k(3,3,{reduce_width}) valid", "spatial_stem",

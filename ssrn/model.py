@@ -64,6 +64,11 @@ class SSRN(nn.Module):
     """
 
     def __init__(self, config: SSRNConfig) -> None:
+        if not isinstance(config, SSRNConfig):
+            fix = ("SSRN(SSRNConfig.from_dict(d))" if isinstance(config, dict) else
+                   f"SSRN(SSRNConfig.from_name({config!r}))" if isinstance(config, str) else
+                   "SSRN(SSRNConfig(bands=..., classes=...)), or a preset: SSRN(SSRNConfig.from_name('indian_pines'))")
+            raise OptionError(f"SSRN takes an SSRNConfig; got {type(config).__name__}: pass {fix}")
         super().__init__()
         self.config = c = config
         self.meta: dict[str, Any] = {}
@@ -130,4 +135,8 @@ class SSRN(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable and frozen parameters (the paper's tables count both)."""
+    if not isinstance(model, nn.Module):
+        fix = ": pass the network, count_parameters(SSRN(config))" if isinstance(model, SSRNConfig) else ""
+        raise OptionError(f"count_parameters takes a model (a torch nn.Module such as an SSRN); got "
+                          f"{type(model).__name__}{fix}")
     return sum(p.numel() for p in model.parameters())

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import decimal
 import logging
 import math
 import numbers
+import operator
 import os
 import platform
 import random
@@ -26,7 +28,7 @@ from .config import MAX_BANDS, PRESETS, SSRNConfig
 from .data import (DataError, DatasetSpec, PatchDataset, Scene, Split, block_split, dataset_spec, is_scene_path,
                    load_dataset, per_class_split, standardize_scene, stratified_split)
 from .devices import DeviceError, resolve_device
-from .errors import HSIEngineError, OptionError
+from .errors import HSIEngineError, OptionError, check_flag
 from .metrics import classification_report
 from .model import SSRN, count_parameters
 
@@ -39,6 +41,8 @@ log = logging.getLogger("ssrn.train")
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed Python's, numpy's and torch's global generators; ``deterministic``: also set cuDNN's flags for
     repeatable convolutions, process-wide (:meth:`Trainer.fit` restores them when it returns)."""
+    seed = _whole("seed", seed)  # a numpy integer as an int (random.seed refuses np.int64)
+    deterministic = check_flag("deterministic", deterministic, TrainOptionError)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -65,6 +69,31 @@ def global_rngs_kept():
 class TrainOptionError(OptionError):
     """A training option that cannot work: out of range, two options that cannot both apply, a missing device
     (an :class:`~ssrn.errors.OptionError`: an ``HSIEngineError`` and a ``ValueError``)."""
+
+
+_AS_TEXT = (": a string (from a config file or os.environ) is not read as a number, convert it first (int(...) or "
+            "float(...))")
+
+
+def _whole(name: str, value: Any, optional: bool = False) -> int | None:
+    """``value`` as an int (a numpy integer too), else a :class:`TrainOptionError` naming the option."""
+    if optional and value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TrainOptionError(f"{name} must be a whole number{' (or None)' if optional else ''}, got {value!r} "
+                               f"({type(value).__name__})" + (_AS_TEXT if isinstance(value, str) else ""))
+    return int(value)
+
+
+def _real(name: str, value: Any, optional: bool = False) -> float | None:
+    """``value`` as a float (a numpy number, Fraction or Decimal too: model.json holds JSON's numbers only, and such
+    an option failed the save after the training), else a :class:`TrainOptionError` naming the option."""
+    if optional and value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, decimal.Decimal)):
+        raise TrainOptionError(f"{name} must be a number{' (or None)' if optional else ''}, got {value!r} "
+                               f"({type(value).__name__})" + (_AS_TEXT if isinstance(value, str) else ""))
+    return float(value)
 
 
 class TrainingDivergedError(HSIEngineError, RuntimeError):
@@ -98,9 +127,16 @@ def _device_name(dev: torch.device) -> str:
 
 @dataclass
 class TrainResult:
-    history: list[dict[str, float]] = field(default_factory=list)
+    """What :meth:`Trainer.fit` did. The best epoch is the one of the lowest ``selected_on`` loss (``"val_loss"``,
+    or ``"train_loss"`` without validation pixels), that loss weighted as the training's (``class_weight``);
+    ``best_val_loss`` is None (and each epoch's ``val_loss`` in ``history``) without validation pixels."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
-    best_val_loss: float = float("inf")
+    best_val_loss: float | None = float("inf")
+    best_loss: float = float("inf")  # the selection loss at the best epoch
+    selected_on: str = "val_loss"
+    selection_class_weight: str | None = None  # the weighting of the selection loss: the training loss's
     epochs_run: int = 0
     stopped_early: bool = False
     stopped_by_time_budget: bool = False
@@ -129,13 +165,20 @@ def scene_features(model: SSRN, data: PatchDataset, rows: int = 8, amp: bool = F
 
 @torch.no_grad()
 def predict(model: SSRN, data: PatchDataset, batch_size: int = 256, device: str | torch.device | None = None,
-            amp: bool = False, dense: bool | None = None) -> tuple[np.ndarray, float | None]:
+            amp: bool = False, dense: bool | None = None,
+            weight: torch.Tensor | None = None) -> tuple[np.ndarray, float | None]:
     """Argmax predictions (0-based) for every patch of ``data`` and the mean loss when labelled.
 
     ``dense`` (default: when the patches cover more pixels than the scene) computes the spectral stage once
     per scene pixel and runs only the spatial stage per patch (same result as patch mode, far fewer FLOPs).
+    ``weight``: per-class loss weights (:func:`class_weights`); the loss is then their weighted mean, as
+    ``F.cross_entropy(..., weight=weight)`` gives (NaN where no pixel has a weight above 0).
     """
+    amp = check_flag("amp", amp, TrainOptionError)
+    if dense is not None:
+        dense = check_flag("dense", dense, TrainOptionError)
     dev = _device(device) if device is not None else next(model.parameters()).device
+    weight = weight.to(dev) if weight is not None else None
     model.eval()
     if dense is None:
         dense = len(data) * data.patch ** 2 > data.padded.shape[0] * data.padded.shape[1]
@@ -144,16 +187,22 @@ def predict(model: SSRN, data: PatchDataset, batch_size: int = 256, device: str 
         feat_ds = PatchDataset.__new__(PatchDataset)
         feat_ds.__dict__.update(data.__dict__)
         feat_ds.padded = feats
-    preds, loss_sum = [], 0.0
+    preds, loss_sum, weight_sum = [], 0.0, 0.0
     for x, y, pos in data.iter_batches(batch_size) if feats is None else feat_ds.iter_batches(batch_size):
         x = x.to(dev, non_blocking=True)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
             logits = (model(x) if feats is None else model.spatial(x)).float()
         if y is not None:
-            loss_sum += float(F.cross_entropy(logits, y.to(dev), reduction="sum"))
+            y = y.to(dev)
+            loss_sum += float(F.cross_entropy(logits, y, weight=weight, reduction="sum"))
+            weight_sum += float(weight[y].sum()) if weight is not None else 0.0
         preds.append(logits.argmax(1).cpu())
     p = torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
-    return p, (loss_sum / max(1, len(data)) if data.labels is not None else None)
+    if data.labels is None:
+        return p, None
+    if weight is None:
+        return p, loss_sum / max(1, len(data))
+    return p, loss_sum / weight_sum if weight_sum > 0 else float("nan")
 
 
 CLASS_WEIGHTS = (None, "none", "balanced")
@@ -209,8 +258,17 @@ class Trainer:
         _check_optimizer_options(optimizer, schedule, class_weight)  # now, not after the data has loaded
         # (run_training checks these too; a Trainer built directly took batch_size=1, skipped every batch and
         # reported a trained model)
-        check_train_options(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
-                            max_minutes=None if time_budget_s is None else time_budget_s / 60, seed=seed)
+        time_budget_s = _real("time_budget_s", time_budget_s, optional=True)
+        o = check_train_options(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
+                                max_minutes=None if time_budget_s is None else time_budget_s / 60, seed=seed)
+        epochs, batch_size, lr, patience, seed = (o[k] for k in ("epochs", "batch_size", "lr", "patience", "seed"))
+        weight_decay = _real("weight_decay", weight_decay, optional=True)
+        if weight_decay is not None and not weight_decay >= 0:
+            raise TrainOptionError(f"weight_decay must be >= 0 (or None: the optimizer's default), got {weight_decay}")
+        eval_batch_size = _whole("eval_batch_size", eval_batch_size)
+        if eval_batch_size < 1:
+            raise TrainOptionError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
+        amp, progress = check_flag("amp", amp, TrainOptionError), check_flag("progress", progress, TrainOptionError)
         self.device = _device(device)
         self.model = model.to(self.device)
         self.batch_size, self.epochs, self.patience, self.seed = batch_size, epochs, patience, seed
@@ -251,6 +309,18 @@ class Trainer:
         model, dev = self.model, self.device
         weight = class_weights(train.labels.numpy(), model.config.classes, self.class_weight)
         weight = weight.to(dev) if weight is not None else None
+        # the best epoch is chosen on the loss training minimises: weighted as it is (an unweighted validation
+        # loss kept the epoch best on the big classes that --class-weight balanced trains away from), and on the
+        # training loss where there is no validation pixel (recorded so: not as a validation loss)
+        has_val = val is not None and len(val) > 0
+        res.selected_on = "val_loss" if has_val else "train_loss"
+        res.best_val_loss = float("inf") if has_val else None
+        val_weight = weight
+        if has_val and weight is not None and not bool(weight[val.labels.to(dev)].sum() > 0):
+            log.warning("the validation pixels all belong to classes without a training pixel (weight 0 in the "
+                        "class-weighted loss): the best epoch is chosen on their unweighted loss")
+            val_weight = None
+        res.selection_class_weight = self.class_weight if (val_weight if has_val else weight) is not None else None
         for epoch in range(1, self.epochs + 1):
             te = time.perf_counter()
             model.train()
@@ -270,18 +340,20 @@ class Trainer:
                 seen += x.shape[0]
             if self.scheduler is not None:
                 self.scheduler.step()
-            rec = {"epoch": epoch, "train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen)}
-            if val is not None and len(val):
-                vp, vl = predict(model, val, self.eval_batch_size, amp=self.amp)
+            rec: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / max(1, seen),
+                                   "train_acc": correct / max(1, seen)}
+            if has_val:
+                vp, vl = predict(model, val, self.eval_batch_size, amp=self.amp, weight=val_weight)
                 rec["val_loss"] = float(vl)
                 rec["val_acc"] = float((vp == val.labels.numpy()).mean())
             else:
-                rec["val_loss"] = rec["train_loss"]
+                rec["val_loss"] = None  # (the training loss stood here, read as a validation loss)
             rec["time_s"] = time.perf_counter() - te
             res.history.append(rec)
             res.epochs_run = epoch
-            if not (math.isfinite(rec["train_loss"]) and math.isfinite(rec["val_loss"])):
-                loss = rec["train_loss"] if not math.isfinite(rec["train_loss"]) else rec["val_loss"]
+            crit = rec[res.selected_on]
+            if not (math.isfinite(rec["train_loss"]) and math.isfinite(crit)):
+                loss = rec["train_loss"] if not math.isfinite(rec["train_loss"]) else crit
                 which = "training" if not math.isfinite(rec["train_loss"]) else "validation"
                 if best_state is None:
                     raise TrainingDivergedError(
@@ -293,9 +365,9 @@ class Trainer:
                             "a lower learning rate (--lr, now %g) may train further", which, loss, epoch,
                             res.best_epoch, self.lr)
                 break
-            improved = rec["val_loss"] < res.best_val_loss
+            improved = crit < res.best_loss
             if improved:
-                res.best_val_loss, res.best_epoch, bad = rec["val_loss"], epoch, 0
+                res.best_loss, res.best_val_loss, res.best_epoch, bad = crit, rec["val_loss"], epoch, 0
                 best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             else:
                 bad += 1
@@ -309,7 +381,8 @@ class Trainer:
                 self.on_improve(model, res)
             if self.patience is not None and bad >= self.patience:
                 res.stopped_early = True
-                log.info("early stop: no val-loss improvement for %d epochs (best epoch %d)", bad, res.best_epoch)
+                log.info("early stop: no %s improvement for %d epochs (best epoch %d)",
+                         "val-loss" if has_val else "training-loss", bad, res.best_epoch)
                 break
             elapsed = time.perf_counter() - t0
             if (self.time_budget_s is not None and epoch < self.epochs
@@ -335,9 +408,13 @@ def _fractions(spec: DatasetSpec | None, train_fraction: float | None,
     return tf, vf
 
 
-def _check_split_options(spec: DatasetSpec | None, split: str, train_fraction: float | None,
-                         val_fraction: float | None, per_class: int | None) -> None:
-    """Refuse split options that cannot all apply (each message names the option to drop or change)."""
+def _check_split_options(spec: DatasetSpec | None, split: str, train_fraction: Any, val_fraction: Any,
+                         per_class: Any) -> tuple[float | None, float | None, int | None]:
+    """Refuse split options that cannot all apply (each message names the option to drop or change); returns
+    ``(train_fraction, val_fraction, per_class)`` as plain floats and int (None where not given)."""
+    train_fraction = _real("train fraction (--train-fraction)", train_fraction, optional=True)
+    val_fraction = _real("validation fraction (--val-fraction)", val_fraction, optional=True)
+    per_class = _whole("per_class (--per-class)", per_class, optional=True)
     if split not in ("random", "blocks"):
         raise TrainOptionError(f"split must be 'random' or 'blocks', got {split!r}")
     if per_class is not None:
@@ -361,35 +438,43 @@ def _check_split_options(spec: DatasetSpec | None, split: str, train_fraction: f
             f"train fraction {tf}{'' if train_fraction is not None else where} + validation fraction "
             f"{vf}{'' if val_fraction is not None else where} = {tf + vf:g} leaves no test pixels; expected a sum "
             "< 1: lower --train-fraction or --val-fraction")
+    return train_fraction, val_fraction, per_class
 
 
 def check_train_options(*, epochs: int, batch_size: int, lr: float, patience: int | None,
                         max_minutes: float | None, spec: DatasetSpec | None = None, split: str = "random",
                         train_fraction: float | None = None, val_fraction: float | None = None,
-                        per_class: int | None = None, seed: int = 0) -> None:
-    """Raise :class:`TrainOptionError` for an option that cannot give a trained model, before any data is read."""
-    whole = [("epochs (--epochs)", epochs, False), ("batch_size (--batch-size)", batch_size, False),
-             ("patience (--patience)", patience, True), ("per_class (--per-class)", per_class, True),
-             ("seed (--seed)", seed, False)]
-    for name, value, optional in whole:
-        if not (optional and value is None) and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
-            raise TrainOptionError(f"{name} must be a whole number, got {value!r} ({type(value).__name__})")
-    for name, value, optional in (("lr (--lr)", lr, False), ("max_minutes (--max-minutes)", max_minutes, True)):
-        if not (optional and value is None) and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
-            raise TrainOptionError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    if not 0 <= seed < 2 ** 63:
+                        per_class: int | None = None, seed: int = 0,
+                        save_progress_every_s: float = 300.0) -> dict[str, Any]:
+    """Raise :class:`TrainOptionError` for an option that cannot give a trained model, before any data is read.
+
+    Returns the numeric options by name as plain ints and floats (a numpy number, ``Fraction`` or ``Decimal``
+    converted; a string or a bool is refused): what the run uses and records."""
+    o: dict[str, Any] = {name: _whole(f"{name} (--{name.replace('_', '-')})", value, optional) for name, value, optional
+                         in (("epochs", epochs, False), ("batch_size", batch_size, False),
+                             ("patience", patience, True), ("seed", seed, False))}
+    o["lr"] = _real("lr (--lr)", lr)
+    o["max_minutes"] = _real("max_minutes (--max-minutes)", max_minutes, optional=True)
+    o["save_progress_every_s"] = _real("save_progress_every_s", save_progress_every_s)
+    if not 0 <= o["seed"] < 2 ** 63:
         raise TrainOptionError(f"seed (--seed) must be in 0..2**63-1 (what torch's generator takes), got {seed}")
+    epochs, batch_size, patience, lr, max_minutes = (o[k] for k in ("epochs", "batch_size", "patience", "lr",
+                                                                    "max_minutes"))
+    every = o["save_progress_every_s"]
     bounds = [("epochs (--epochs)", epochs, epochs >= 1, ">= 1"),
               ("batch_size (--batch-size)", batch_size, batch_size >= 2,
                ">= 2 (BatchNorm needs two samples per batch: with 1 no optimiser step ever runs)"),
               ("lr (--lr)", lr, lr > 0 and math.isfinite(lr), "> 0"),
               ("patience (--patience)", patience, patience is None or patience >= 1, ">= 1 (or None: no early stop)"),
               ("max_minutes (--max-minutes)", max_minutes, max_minutes is None or max_minutes > 0,
-               "> 0 (or None: no budget)")]
+               "> 0 (or None: no budget)"),
+              ("save_progress_every_s", every, every >= 0, ">= 0 (0: a progress save at every better epoch)")]
     for name, value, ok, bound in bounds:
         if not ok:
             raise TrainOptionError(f"{name} must be {bound}, got {value}")
-    _check_split_options(spec, split, train_fraction, val_fraction, per_class)
+    o["train_fraction"], o["val_fraction"], o["per_class"] = _check_split_options(spec, split, train_fraction,
+                                                                                  val_fraction, per_class)
+    return o
 
 
 def make_split(scene: Scene, split: str = "random", train_fraction: float | None = None,
@@ -397,7 +482,8 @@ def make_split(scene: Scene, split: str = "random", train_fraction: float | None
                patch: int = 7) -> Split:
     """The split the options ask for: blocks, a count per class, or stratified fractions (the seed's)."""
     spec = scene.spec
-    _check_split_options(spec, split, train_fraction, val_fraction, per_class)
+    train_fraction, val_fraction, per_class = _check_split_options(spec, split, train_fraction, val_fraction,
+                                                                   per_class)
     tf, vf = _fractions(spec, train_fraction, val_fraction)
     if split == "blocks":
         return block_split(scene.labels, tf, vf, patch, seed)
@@ -474,21 +560,27 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
                   max_minutes: float | None, config_overrides: dict[str, Any] | None, amp: bool,
                   class_weight: str | None, overwrite: bool, labels: str | Path | None,
                   class_names: Sequence[str] | None) -> dict[str, Any]:
-    from .checkpoint import check_model_target, save_model
+    from .checkpoint import check_model_path, check_model_target, save_model
     from .lock import file_lock
 
     if labels is not None or class_names is not None:
         raise TrainOptionError("ssrn.run_training reads no label rasters (the engine's readers place them on the "
                                "scene): call hsi_engine.train(dataset, out, labels=..., class_names=..., <the same "
                                "options>), or pass a Scene (hsi_engine.load_labelled_raster(scene, labels))")
-    for name, value in (("dataset", dataset), ("out", out)):
-        if name == "dataset" and (isinstance(value, Scene) or callable(value)):
+    for name, value in (("dataset", dataset), ("out", out), ("data_dir", data_dir)):
+        if (name == "dataset" and (isinstance(value, Scene) or callable(value))) or (name == "data_dir"
+                                                                                     and value is None):
             continue
         if not (isinstance(value, (str, os.PathLike)) and isinstance(os.fspath(value), str)):
-            what = "a path (a str or pathlib.Path)" + (", a dataset name or a Scene" if name == "dataset" else "")
-            fix = ("pass the model directory's path" if name == "out" else "write an array or DataArray to a file "
-                   "first (e.g. da.rio.to_raster('scene.tif')) and pass its path, or build a ssrn.data.Scene")
+            what = "a path (a str or pathlib.Path)" + (", a dataset name or a Scene" if name == "dataset" else
+                                                       " or None" if name == "data_dir" else "")
+            fix = ("pass the model directory's path" if name == "out" else "decode it first (os.fsdecode(data_dir))"
+                   if isinstance(value, bytes) and name == "data_dir" else "pass the directory's path"
+                   if name == "data_dir" else "write an array or DataArray to a file first (e.g. "
+                   "da.rio.to_raster('scene.tif')) and pass its path, or build a ssrn.data.Scene")
             raise TrainOptionError(f"{name} must be {what}; got {type(value).__name__}: {fix}")
+    check_model_path(out)  # ('~/models/in' is refused before a lock beside it is made in a directory named '~')
+    amp, overwrite = check_flag("amp", amp, TrainOptionError), check_flag("overwrite", overwrite, TrainOptionError)
     if isinstance(dataset, (str, os.PathLike)):
         dataset = os.fspath(dataset)
     # one run per model directory: a second run into the same --out (a copied job script) is refused now, not
@@ -505,11 +597,18 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
             spec = dataset.spec
         else:
             spec = None if callable(dataset) or is_scene_path(dataset) else dataset_spec(dataset)
-        check_train_options(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, max_minutes=max_minutes,
-                            spec=spec, split=split, train_fraction=train_fraction, val_fraction=val_fraction,
-                            per_class=per_class, seed=seed)
+        o = check_train_options(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
+                                max_minutes=max_minutes, spec=spec, split=split, train_fraction=train_fraction,
+                                val_fraction=val_fraction, per_class=per_class, seed=seed,
+                                save_progress_every_s=save_progress_every_s)
+        # plain ints and floats from here on: a Fraction or numpy number failed model.json's save after training
+        epochs, batch_size, lr, patience, max_minutes, seed = (o[k] for k in ("epochs", "batch_size", "lr", "patience",
+                                                                              "max_minutes", "seed"))
+        train_fraction, val_fraction, per_class = o["train_fraction"], o["val_fraction"], o["per_class"]
+        save_progress_every_s = o["save_progress_every_s"]
         _check_optimizer_options(optimizer, schedule, class_weight)
         _check_network_options(patch, variant, config_overrides, PRESETS.get(spec.name) if spec is not None else None)
+        patch = operator.index(patch)  # (an odd whole number: checked with the network's options)
         amp_used = amp and dev.type == "cuda"
         if amp and not amp_used:
             log.warning("--amp (bfloat16 autocast) applies on CUDA only: training on %s in float32", dev)
@@ -546,10 +645,16 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
                       and counts["val"][i] + counts["test"][i] > 0]  # (one without a labelled pixel: warned of above)
         untested = [scene.class_names[i] for i in range(k)
                     if counts["test"][i] == 0 and counts["train"][i] + counts["val"][i] > 0]
+        unvalidated = [scene.class_names[i] for i in range(k) if len(val_ds) and counts["val"][i] == 0
+                       and counts["train"][i] + counts["test"][i] > 0]  # (none asked for: no validation set)
         if split_away:  # the model gets an output for it that no training pixel ever raised
             log.warning("%s: classes %s have no training pixel (the split put all their pixels in validation or "
                         "test): the model will hardly ever predict them; use a larger --train-fraction, "
                         "--split random, or more labels", scene.name, split_away)
+        if unvalidated:  # a small class at a high --train-fraction: the best epoch is chosen without it
+            log.warning("%s: classes %s have no validation pixel (their few pixels are in training or test): the "
+                        "best epoch is chosen on the other classes' validation loss; use a larger --val-fraction "
+                        "or more labels", scene.name, unvalidated)
         if untested:  # its few pixels all went to training: AA and per-class accuracy leave it out
             log.warning("%s: classes %s have no test pixel (all their pixels are in training or validation): AA "
                         "averages the other classes and reports no accuracy for them", scene.name, untested)
@@ -560,7 +665,8 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
                         [scene.class_names[c - 1] for c in capped], 2 * sp.description["per_class"],
                         ", ".join(f"{scene.class_names[c - 1]} {n}" for c, n in capped.items()))
         split_desc = {**sp.description, "n_train": len(train_ds), "n_val": len(val_ds), "n_test": len(test_ds),
-                      "classes_absent_from_train": absent, "classes_absent_from_test": untested}
+                      "classes_absent_from_train": absent, "classes_absent_from_val": unvalidated,
+                      "classes_absent_from_test": untested}
         split_desc.pop("block_assignment", None)
         log.info("%s: scene %s from %s; split %s; %d parameters; device %s", scene.name, scene.shape, scene.source,
                  split_desc, count_parameters(model), dev)
@@ -615,7 +721,8 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
                 return
             last_save[0] = time.monotonic()
             rep = {**base_report, "status": "training", "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
-                   "best_val_loss": res.best_val_loss, "train_time_s": res.train_time_s}
+                   "best_val_loss": res.best_val_loss, "selected_on": res.selected_on,
+                   "train_time_s": res.train_time_s}
             m_state = {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
             snap = SSRN(config)
             snap.load_state_dict(m_state)
@@ -634,9 +741,13 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
         rep = classification_report(true, pred, k, scene.class_names)
         report = {**base_report, "status": "done", "oa": rep["oa"], "aa": rep["aa"], "kappa": rep["kappa"],
                   "per_class_accuracy": rep["per_class_accuracy"], "support": rep["support"],
-                  "confusion_matrix": rep["confusion_matrix"], "test_loss": test_loss,
+                  "confusion_matrix": rep["confusion_matrix"],
+                  "confusion_matrix_layout": "rows: true class 1..K; columns: predicted class 1..K (class_names' "
+                                             "order)",
+                  "test_loss": test_loss,
                   "train_time_s": res.train_time_s, "test_time_s": test_time, "epochs_run": res.epochs_run,
-                  "best_epoch": res.best_epoch, "best_val_loss": res.best_val_loss, "stopped_early": res.stopped_early,
+                  "best_epoch": res.best_epoch, "best_val_loss": res.best_val_loss, "selected_on": res.selected_on,
+                  "selection_class_weight": res.selection_class_weight, "stopped_early": res.stopped_early,
                   "stopped_by_time_budget": res.stopped_by_time_budget, "diverged_epoch": res.diverged_epoch,
                   "epoch_time_s_mean": float(np.mean([h["time_s"] for h in res.history])) if res.history else None,
                   "history": [{k2: round(v, 5) if isinstance(v, float) else v for k2, v in h.items()}

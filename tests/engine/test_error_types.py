@@ -85,7 +85,7 @@ def test_classify_to_file_probabilities_refused_before_the_scene_is_opened(scene
     ({"overwrite": "False"}, r"overwrite must be True or False; got str 'False': a string from a config file"),
     ({"resume": "no"}, r"resume must be True or False; got str 'no'"),
     ({"resume": 1}, r"resume must be True or False; got int 1"),
-    ({"progress": "yes"}, r"progress must be True or False \(or None\); got str 'yes'"),
+    ({"progress": "yes"}, r"progress must be True or False; got str 'yes'"),
     ({"on_written": "print"}, r"on_written must be a function taking the output's path, or None; got str"),
 ])
 def test_classify_to_file_flags_must_be_bools(scene, model, tmp_path, kwargs, match):

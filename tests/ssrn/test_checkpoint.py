@@ -700,3 +700,31 @@ def test_unreadable_weights_and_a_full_disk_are_checkpoint_errors(tmp_path, monk
     with pytest.raises(CheckpointError, match=r"cannot write the model into .* \(No space left on device\); free"):
         ssrn.save_model(_model(), tmp_path / "n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+@pytest.mark.parametrize("write", [lambda m, out: ssrn.save_model(m, out),
+                                   lambda m, out: ssrn.import_keras_to_dir("seed.hdf5", out),
+                                   lambda m, out: ssrn.run_training("indian_pines", out, epochs=1)])
+@pytest.mark.parametrize("out", ["~/models/in", "~"])
+def test_a_model_path_starting_with_a_tilde_is_refused_not_made_in_the_working_directory(tmp_path, monkeypatch,
+                                                                                         write, out):
+    """'~/models/in' made a directory named '~' in the working directory (Python does not expand it)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=rf"model directory '{out}' starts with '~', which Python does not "
+                                              rf"expand .*pass os.path.expanduser\('{out}'\)"):
+        write(_model(), out)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("overwrite", ["no", "False", 0, 1, None])
+def test_overwrite_must_be_a_bool(tmp_path, overwrite):
+    """overwrite='no' (truthy) replaced the model."""
+    m = _model()
+    ssrn.save_model(m, tmp_path / "m")
+    before = (tmp_path / "m" / "model.json").read_bytes()
+    with pytest.raises(ssrn.OptionError, match=rf"overwrite must be True or False; got \w+ {overwrite!r}"):
+        ssrn.save_model(_model(seed=1), tmp_path / "m", overwrite=overwrite)
+    assert (tmp_path / "m" / "model.json").read_bytes() == before
+    import numpy as np
+
+    ssrn.save_model(m, tmp_path / "m", overwrite=np.True_)  # numpy's bool is a bool

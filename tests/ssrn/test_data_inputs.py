@@ -278,3 +278,61 @@ def test_standardize_scene_refuses_a_band_dim_that_is_not_first_among_unknown_di
     da = xr.DataArray(np.moveaxis(_cube(), 0, -1), dims=("row", "col", "band"))
     with pytest.raises(DataError, match=r"dims \('row', 'col', 'band'\); expected \(band, y, x\)"):
         D.standardize_scene(_scene(da))
+
+
+@pytest.mark.parametrize("dims", [("y", "x", "band"), ("x", "band", "y")])
+def test_standardize_and_patch_dataset_read_a_dataarray_by_its_dim_names(dims):
+    """standardize and PatchDataset read a DataArray by position: a (y, x, band) cube was standardised over x
+    and a PatchDataset of it had 9 bands. They read it by name now, as standardize_scene does."""
+    cube, labels = _cube(), _labels()
+    order = [("band", "y", "x").index(d) for d in dims]
+    ref = D.standardize(cube)
+    for got, want in zip(D.standardize(xr.DataArray(cube.transpose(order), dims=dims)), ref):
+        np.testing.assert_array_equal(got, want)
+    idx = np.arange(0, 90, 7)
+    want = D.PatchDataset(ref[0], labels, idx, 5)
+    got = D.PatchDataset(xr.DataArray(ref[0].transpose(order), dims=dims), xr.DataArray(labels.T, dims=("x", "y")),
+                         idx, 5)
+    assert got.bands == 12 and torch.equal(got.batch(np.arange(len(idx))), want.batch(np.arange(len(idx))))
+    assert torch.equal(got.labels, want.labels)
+    unnamed = xr.DataArray(cube)  # xarray's dim_0..dim_2: read as stored, as a plain array
+    assert np.array_equal(D.standardize(unnamed)[1], ref[1])
+
+
+@pytest.mark.parametrize("call", [lambda a: D.standardize(a), lambda a: D.PatchDataset(a, None, np.arange(3), 5)])
+def test_a_dataarray_with_other_dim_names_is_refused_not_read_by_position(call):
+    da = xr.DataArray(np.moveaxis(_cube(), 0, -1), dims=("lat", "lon", "wavelength"))
+    with pytest.raises(DataError, match=r"has dims \('lat', 'lon', 'wavelength'\); expected \(band, y, x\), read by "
+                                        r"name in any order: rename them .*hsi_engine.as_scene\(da\)"):
+        call(da)
+
+
+@pytest.mark.parametrize("patch", [7.0, "7", True, np.float64(5)])
+def test_patch_dataset_refuses_a_patch_that_is_not_a_whole_number(patch):
+    """patch=True made 1 x 1 patches; 7.0 and '7' were torch's and Python's TypeErrors."""
+    with pytest.raises(OptionError, match=rf"patch must be an odd whole number >= 1 .*got {re.escape(repr(patch))}"):
+        D.PatchDataset(D.standardize(_cube())[0], None, np.arange(4), patch)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda d: d.batch(np.array([True, False, True, False])), r"got dtype bool: for a mask, pass its positions"),
+    (lambda d: d.batch(np.arange(4) + 0.7), "positions must be whole numbers .*got dtype float64"),
+    (lambda d: d.targets([0.5, 1.5]), "positions must be whole numbers"),
+    (lambda d: d.batch([10 ** 6]), r"positions must be in 0..5 \(its 6 patches; .*got 1000000..1000000"),
+    (lambda d: d[6], r"positions must be in 0..5"),
+    (lambda d: d[1.0], "index must be a whole number; got 1.0"),
+    (lambda d: list(d.iter_batches(0)), r"batch_size must be a whole number >= 1; got 0 \(int\)"),
+    (lambda d: list(d.iter_batches(4.0)), r"batch_size must be a whole number >= 1; got 4.0 \(float\)"),
+    (lambda d: list(d.iter_batches(-1)), "batch_size must be a whole number >= 1; got -1"),
+    (lambda d: list(d.iter_batches(True)), r"batch_size must be a whole number >= 1; got True \(bool\)"),
+    (lambda d: list(d.iter_batches(4, shuffle="no")), "shuffle must be True or False; got str 'no'"),
+])
+def test_patch_dataset_positions_and_batches_are_checked(call, message):
+    """A boolean mask was read as positions 1 and 0, floats were truncated, iter_batches(True) gave batches of one
+    and iter_batches(-1) none; out-of-range positions were a bare IndexError (still an IndexError: iteration)."""
+    d = D.PatchDataset(D.standardize(_cube())[0], _labels(), np.arange(6), 5)
+    with pytest.raises(OptionError, match=message) as e:
+        call(d)
+    if "positions must be in" in message:
+        assert isinstance(e.value, IndexError)
+    assert d.batch([-1]).shape == (1, 12, 5, 5) and len(list(d)) == 6  # negative positions, as a list's

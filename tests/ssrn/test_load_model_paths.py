@@ -22,3 +22,14 @@ def test_a_path_that_is_not_text_is_an_option_error(path, hint):
     with pytest.raises(OptionError, match=rf"load_model takes a model directory path .*{hint}") as e:
         load_model(path)
     assert isinstance(e.value, HSIEngineError) and isinstance(e.value, ValueError)
+
+
+def test_a_missing_path_starting_with_a_tilde_hints_at_expanduser(tmp_path, monkeypatch):
+    """load_model('~/m') said 'does not exist' while ~/m existed."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m").mkdir()
+    with pytest.raises(CheckpointError, match=rf"model directory ~/m does not exist; .* \(the path '~/m' starts with "
+                                              rf"'~', which Python does not expand .*os.path.expanduser\('~/m'\) "
+                                              rf"\({tmp_path}/m\)"):
+        load_model("~/m")

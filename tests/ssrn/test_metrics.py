@@ -50,3 +50,30 @@ def test_confusion_matrix_infers_n_classes_from_the_largest_label():
     from ssrn.metrics import confusion_matrix
     cm = confusion_matrix([0, 2, 1], [0, 2, 2])
     assert cm.shape == (3, 3) and cm[1, 2] == 1 and cm[2, 2] == 1
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(y_true=np.array([0.6, 1.6, 2.6])), r"y_true must hold whole class ids; found 0.6 among its float64"),
+    (dict(y_true=np.array([0.0, 1.0, np.nan])), "y_true must hold whole class ids; found nan"),
+    (dict(y_pred=np.array(["0", "1", "2"])), "y_pred must hold integer class ids; got dtype <U1"),
+    (dict(y_true=(v for v in (0, 1, 2))), r"y_true must be an array of class ids .*got generator: make a list"),
+    (dict(n_classes=3.0), r"n_classes must be a whole number >= 1 .*got 3.0 \(float\)"),
+    (dict(n_classes="3"), r"n_classes must be a whole number >= 1 .*got '3' \(str\)"),
+    (dict(n_classes=True), "n_classes must be a whole number"),
+    (dict(class_names="corn,soy,wheat"), r"class_names must be a list of names .*pass a list, e.g. \['corn', 'soy',"),
+    (dict(class_names=["corn"]), r"class_names has 1 names for 3 classes; expected one name per class"),
+    (dict(class_names=[b"a", b"b", b"c"]), "class_names must be a list of names"),
+])
+def test_report_refuses_what_it_would_misread(kw, message):
+    """Fractional labels were truncated to classes, a str of names became letters, n_classes 3.0 a numpy error."""
+    from ssrn.errors import OptionError
+
+    args = dict(y_true=np.array([0, 1, 2]), y_pred=np.array([0, 1, 1]), n_classes=3) | kw
+    with pytest.raises(OptionError, match=message):
+        classification_report(**args)
+
+
+def test_report_takes_whole_floats_numpy_counts_and_a_tuple_of_names():
+    ref = classification_report(np.array([0, 1, 2]), np.array([0, 1, 1]), 3)
+    rep = classification_report(np.array([0.0, 1.0, 2.0]), [0, 1, 1], np.int64(3), class_names=("a", "b", "c"))
+    assert rep["class_names"] == ["a", "b", "c"] and {k: rep[k] for k in ref} == ref

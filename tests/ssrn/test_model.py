@@ -98,3 +98,21 @@ def test_spectral_is_per_pixel():
         full = m.spectral(x)
         single = m.spectral(x[:, :, 2:3, 4:5])
     torch.testing.assert_close(full[:, :, 2:3, 4:5], single, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: SSRNConfig.from_name(None), r"from_name takes a preset's name \(a str, .*got NoneType None"),
+    (lambda: SSRNConfig.from_name(3), r"from_name takes a preset's name .*got int 3"),
+    (lambda: SSRNConfig.from_name(b"indian_pines"), r"got bytes b'indian_pines': decode it first"),
+    (lambda: SSRNConfig.from_name("ksc", foo=1), r"unknown SSRNConfig fields \['foo'\]"),
+    (lambda: PRESETS["ksc"].replace(foo=1), r"unknown SSRNConfig fields \['foo'\]; expected a subset of"),
+    (lambda: SSRN(PRESETS["ksc"].to_dict()), r"SSRN takes an SSRNConfig; got dict: pass SSRN\(SSRNConfig.from_dict"),
+    (lambda: SSRN("indian_pines"), r"got str: pass SSRN\(SSRNConfig.from_name\('indian_pines'\)\)"),
+    (lambda: count_parameters(PRESETS["ksc"]), r"takes a model .*got SSRNConfig: .*count_parameters\(SSRN\(config\)\)"),
+])
+def test_a_wrong_argument_type_is_an_option_error_saying_what_to_pass(call, message):
+    """Each was a bare TypeError or AttributeError ('dict' object has no attribute 'kernel')."""
+    from ssrn.errors import OptionError
+
+    with pytest.raises(OptionError, match=message):
+        call()

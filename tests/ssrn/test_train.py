@@ -222,6 +222,10 @@ def test_balanced_loss_changes_training_and_is_recorded(crop, tmp_path):
     plain = run_training(str(path), tmp_path / "plain", **common)
     weighted = run_training(str(path), tmp_path / "weighted", class_weight="balanced", **common)
     assert plain["class_weight"] is None and weighted["class_weight"] == "balanced"
+    # the best epoch is chosen on the loss the run minimises: the weighted one (it was the unweighted val loss)
+    assert (plain["selected_on"], plain["selection_class_weight"]) == ("val_loss", None)
+    assert (weighted["selected_on"], weighted["selection_class_weight"]) == ("val_loss", "balanced")
+    assert plain["confusion_matrix_layout"].startswith("rows: true class 1..K; columns: predicted class 1..K")
     a = ssrn.load_model(tmp_path / "plain").state_dict()
     b = ssrn.load_model(tmp_path / "weighted").state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
@@ -258,6 +262,15 @@ def no_data(monkeypatch):
     (dict(split="blocks", per_class=5), "--per-class applies to the random split only"),
     (dict(per_class=5, train_fraction=0.2), "--per-class and --train-fraction both set the training pixels"),
     (dict(device="bogus"), "device 'bogus' is not a torch device name; expected cpu, cuda or cuda:N"),
+    # options that passed these checks and failed after the training (lost), or that a truthy string turned on
+    (dict(train_fraction="0.2"), (r"train fraction \(--train-fraction\) must be a number \(or None\), got '0.2' "
+                                  r"\(str\): a string .* convert it first")),
+    (dict(save_progress_every_s="0"), r"save_progress_every_s must be a number, got '0' \(str\)"),
+    (dict(save_progress_every_s=-1), r"save_progress_every_s must be >= 0"),
+    (dict(lr=torch.tensor(1e-3)), r"lr \(--lr\) must be a number, got tensor"),
+    (dict(amp="no"), "amp must be True or False; got str 'no'"),
+    (dict(overwrite="no"), "overwrite must be True or False; got str 'no'"),
+    (dict(data_dir=b".."), r"data_dir must be a path \(a str or pathlib.Path\) or None; got bytes: decode it"),
 ])
 def test_bad_options_are_refused_before_reading_data(tmp_path, no_data, kw, message):
     from ssrn.train import TrainOptionError
@@ -370,6 +383,83 @@ def test_a_class_without_test_pixels_is_named(tmp_path, caplog):
                            val_fraction=0.0, device="cpu", patch=5, variant="spc")
     assert rep["split"]["classes_absent_from_test"] == ["class 3"]
     assert any("classes ['class 3'] have no test pixel" in r.getMessage() for r in caplog.records)
+    # no validation pixels: the best epoch is chosen on the training loss, recorded as that (it stood as val_loss)
+    assert rep["selected_on"] == "train_loss" and rep["best_val_loss"] is None
+    assert [h["val_loss"] for h in rep["history"]] == [None] and "val_acc" not in rep["history"][0]
+
+
+def test_a_class_without_validation_pixels_is_named_and_exotic_numbers_train(tmp_path, caplog):
+    """A 3-pixel class at --train-fraction 0.7 got no validation pixel, silently (stratified_split's docstring
+    promised one). Fraction, Decimal and numpy options passed the checks and failed model.json's save after the
+    training, or random.seed (np.int64): they are plain numbers in the report now."""
+    import json
+    from decimal import Decimal
+    from fractions import Fraction
+
+    labels = np.zeros((8, 8), int)
+    labels[:4], labels[4:] = 1, 2
+    labels[0, :3] = 3
+    with caplog.at_level("WARNING", logger="ssrn.train"):
+        rep = run_training(_npz_scene(tmp_path / "s.npz", labels, bands=12), tmp_path / "m", epochs=1, device="cpu",
+                           patch=5, variant="spc", batch_size=64, train_fraction=Fraction(7, 10),
+                           val_fraction=Decimal("0.1"),
+                           seed=np.int64(0), max_minutes=Fraction(1, 2), lr=np.float32(1e-3))
+    assert rep["split"]["classes_absent_from_val"] == ["class 3"]
+    assert any("classes ['class 3'] have no validation pixel" in r.getMessage() for r in caplog.records)
+    assert (rep["split"]["train_fraction"], rep["max_minutes"], rep["seed"]) == (0.7, 0.5, 0)
+    saved = json.loads((tmp_path / "m" / "model.json").read_text())["meta"]["report"]
+    assert saved["split"]["val_fraction"] == 0.1 and type(saved["lr"]) is float
+
+
+def test_stratified_split_docstring_holds():
+    labels = np.zeros((10, 10), np.int64)
+    labels[0, :3], labels[5, :] = 1, 2
+    counts = [[c[0] for c in D.stratified_split(labels, tf, vf, 0).counts(labels, 2).values()]
+              for tf, vf in ((0.2, 0.1), (0.7, 0.1), (0.9, 0.05))]
+    assert counts == [[1, 1, 1], [2, 0, 1], [3, 0, 0]]
+
+
+def test_check_train_options_gives_plain_numbers_and_seeding_takes_numpy_integers():
+    import random
+    from decimal import Decimal
+    from fractions import Fraction
+
+    from ssrn.train import check_train_options, seed_everything
+
+    o = check_train_options(epochs=np.int64(2), batch_size=np.int32(16), lr=Fraction(3, 10000), patience=None,
+                            max_minutes=Fraction(1, 2), train_fraction=Decimal("0.2"), val_fraction=np.float32(0.1),
+                            seed=np.uint8(3), save_progress_every_s=0)
+    assert {k: type(v) for k, v in o.items() if v is not None} == {
+        "epochs": int, "batch_size": int, "seed": int, "lr": float, "max_minutes": float, "train_fraction": float,
+        "val_fraction": float, "save_progress_every_s": float}
+    draws = []
+    for seed in (np.int64(3), 3):
+        seed_everything(seed, deterministic=False)  # np.int64: random.seed's bare TypeError
+        draws.append((random.random(), np.random.rand(), torch.rand(1).item()))
+    assert draws[0] == draws[1]
+
+
+def test_predict_weighs_its_loss_as_the_training_does():
+    """The validation loss that picks the best epoch was unweighted under --class-weight balanced."""
+    import torch.nn.functional as F
+
+    from ssrn.train import class_weights
+
+    rng = np.random.default_rng(0)
+    normed = rng.normal(size=(12, 8, 8)).astype(np.float32)
+    labels = rng.integers(1, 4, (8, 8))
+    labels[:, :6] = 1  # class 1 dominates: its weight is small
+    data = D.PatchDataset(normed, labels, np.arange(64), 5)
+    torch.manual_seed(0)
+    model = ssrn.SSRN(ssrn.SSRNConfig(bands=12, classes=3, kernel=3, patch=5, variant="spc")).eval()
+    w = class_weights(data.labels.numpy(), 3, "balanced")
+    with torch.no_grad():
+        logits = model(data.batch(np.arange(64)))
+    _, plain = predict(model, data, batch_size=10)
+    _, weighted = predict(model, data, batch_size=10, weight=w)
+    assert plain == pytest.approx(float(F.cross_entropy(logits, data.labels)), rel=1e-5)
+    assert weighted == pytest.approx(float(F.cross_entropy(logits, data.labels, weight=w)), rel=1e-5)
+    assert weighted != pytest.approx(plain, rel=1e-3)
 
 
 def test_a_class_without_training_pixels_is_warned_about(tmp_path, caplog):
@@ -447,6 +537,10 @@ def test_a_trainer_built_directly_checks_its_options(crop):
         Trainer(model, batch_size=1, progress=False)
     with pytest.raises(TrainOptionError, match=r"lr \(--lr\) must be > 0"):
         Trainer(model, lr=-1.0, progress=False)
+    with pytest.raises(TrainOptionError, match="amp must be True or False; got str 'no'"):
+        Trainer(model, amp="no", progress=False)
+    with pytest.raises(TrainOptionError, match=r"weight_decay must be a number \(or None\), got '0'"):
+        Trainer(model, weight_decay="0", progress=False)
 
 
 def test_patch_dataset_indices_are_flat_and_in_the_scene():
