@@ -84,7 +84,8 @@ def map_info(path: str | os.PathLike) -> str:
         scene = fingerprint.get("scene") or {}
         what = scene.get("source") or (f"an in-memory scene (values digest {scene['digest'][:16]}...)"
                                        if scene.get("digest") else "an in-memory scene")
-        lines.append(f"scene      {what}; tile {fingerprint.get('tile')}")
+        nodata = fingerprint.get("nodata")  # (repr of the float it masked, or None)
+        lines.append(f"scene      {what}; tile {fingerprint.get('tile')}" + (f"; nodata {nodata}" if nodata else ""))
     elif attrs.get("scene"):  # a run in one go records its scene and the nodata it masked
         nodata = attrs.get("scene_nodata")
         lines.append(f"scene      {attrs['scene']}" + (f"; nodata {nodata}" if nodata not in (None, "none") else ""))

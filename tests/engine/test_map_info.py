@@ -29,14 +29,15 @@ def _info(path, capsys) -> dict[str, str]:
 def test_a_class_map_is_described_by_what_made_it(case, tmp_path, capsys, suffix):
     out = tmp_path / f"map{suffix}"
     assert main(["classify", str(case["scene"]), "--model", str(case["model"]), "--out", str(out), "--tile",
-                 str(TILE), "--resume"]) == 0
+                 str(TILE), "--resume", "--nodata", "-9999"]) == 0
     capsys.readouterr()
     model_digest = _info(case["model"], capsys)["digest"].split()[0]
     said = _info(out, capsys)
     assert said["class"] == f"map  {out}" and said["shape"] == "y=32 x=48"
     assert said["model"].startswith(f"digest {model_digest} ")
     assert said["software"].startswith("hsi-engine ") and said["precision"] == "float32"
-    assert said["map"] == "version 3" and said["scene"] == f"{case['scene']}; tile {TILE}"
+    # the nodata it masked, as a plain run's map says it (a resumable run's was not shown)
+    assert said["map"] == "version 3" and said["scene"] == f"{case['scene']}; tile {TILE}; nodata -9999.0"
     assert said["classes"].startswith("4: ")
 
 
