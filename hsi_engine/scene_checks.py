@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 import warnings
 from typing import Any
@@ -313,6 +314,11 @@ def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: flo
     k = scale_factor(raw, mean, std, nodata)
     if k is None or k <= 0:  # no band with a positive training mean: the magnitudes' ratio
         k = float(mid)
+    applied = _one_value(da.encoding.get("scale_factor", 1.0))
+    if isinstance(applied, numbers.Real) and applied != 1 and (applied < 1) == (k < 1):
+        also += (f"; it was opened with the file's scale_factor {float(applied):g} applied (xarray's or rioxarray's "
+                 "mask_and_scale): a model trained on the stored values takes hsi_engine.open_scene(path), which "
+                 "reads them as stored")
     power = 10.0 ** round(math.log10(k))
     explained = power != 1 and (scale_distance(raw, mean, std, nodata, factor=1 / power) or 0.0) < _SCALE_Z
     word = "smaller" if k < 1 else "larger"

@@ -351,3 +351,21 @@ def test_chunks_far_larger_than_a_tile_are_named(monkeypatch, model):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="the scene's chunks", category=UserWarning)
         hsi_engine.classify(small, model, tile=8, progress=False)
+
+
+def test_a_scene_opened_with_its_scale_factor_applied_is_told_to_open_it_as_stored(crop, model, tmp_path):
+    """rioxarray's mask_and_scale=True (or xarray's open_dataarray) applied a GeoTIFF's 1e-4 scale: the engine
+    named a factor of 10000 but not where it came from."""
+    import rasterio
+    import rioxarray
+
+    path = tmp_path / "scaled.tif"
+    crop.astype("uint16").rio.write_crs(CRS).rio.to_raster(path)
+    with rasterio.open(path, "r+") as f:
+        f.scales = [1e-4] * f.count
+    scaled = rioxarray.open_rasterio(path, mask_and_scale=True)
+    message = _refused(scaled, model, r"x smaller .* \(e.g. scene \* 10000\)")
+    assert "opened with the file's scale_factor 0.0001 applied" in message and "hsi_engine.open_scene(path)" in message
+    with warnings.catch_warnings():  # as stored, the same file passes the check
+        warnings.simplefilter("error", UnnormalisedInputWarning)
+        hsi_engine.classify(hsi_engine.open_scene(path), model, progress=False)
