@@ -252,6 +252,17 @@ def _tile_task(spec: TaskSpec, tile: Tile, scene_obj: Any = None, model_obj: Any
     """One tile on a worker: compute, write its chunk(s) into the partial store, then mark it done. A tile this
     run has already written is not computed again: dask reschedules a finished task whose worker died before
     the driver fetched its (small) result."""
+    try:
+        return _tile_work(spec, tile, scene_obj, model_obj)
+    except HSIEngineError as e:
+        # its message says all; the exceptions it was raised from may not cross back: GDAL's errors do not
+        # unpickle (rasterio's CPLE_* 'args' has no setter), and the driver got a bare Exception of its repr
+        e.__cause__ = e.__context__ = None
+        e.__suppress_context__ = True
+        raise
+
+
+def _tile_work(spec: TaskSpec, tile: Tile, scene_obj: Any, model_obj: Any) -> dict[str, Any]:
     import zarr
 
     t0 = time.perf_counter()

@@ -100,11 +100,16 @@ def _nanny_per_gpu(n: int, ngpu: int, silence_logs: int) -> Any:
                        silence_logs=silence_logs)
 
 
+_STARTING = threading.Lock()
+
+
 def _started(n: int, start: Callable[[], Any]) -> Any:
     """``start()``, a local cluster of ``n`` workers; failing to start is one clear error (distributed raises
     ``RuntimeError('Cluster failed to start: ...')`` and has already closed what it started)."""
     try:  # (distributed's 'closed without starting up' warning: our error says so, with the cause)
-        with dropped(lambda m: m == "Cluster closed without starting up", "distributed.deploy.spec"):
+        # one start at a time: two threads' schedulers importing distributed.dashboard at once (bokeh absent, it
+        # is imported again at every start) failed one of them, 3 runs in 15
+        with _STARTING, dropped(lambda m: m == "Cluster closed without starting up", "distributed.deploy.spec"):
             return start()
     except Exception as e:  # noqa: BLE001 - whatever stopped it is named in the error
         if not _library_error(e):  # the caller's own (a service's timeout raised by its signal handler): theirs

@@ -138,6 +138,15 @@ def _axes(arr, da: Any) -> list[str] | None:
     return None
 
 
+def _why(exc: BaseException) -> str:
+    """``exc``'s type and message, with the message of the error it was raised from where it defers to that one
+    (rasterio's "Read failed. See previous exception for details." hid GDAL's reason: a truncated tile...)."""
+    inner, text = exc.__cause__ or exc.__context__, str(exc)
+    if inner is None or "previous exception" not in text or not str(inner).strip():
+        return f"{type(exc).__name__}: {text}"
+    return f"{type(exc).__name__}: {text.replace(' See previous exception for details.', '')} {str(inner).strip()}"
+
+
 def read_error(da: Any, window: Sequence[int], exc: BaseException) -> BaseException:
     """The error to raise for a failed read of ``window = (ry0, ry1, rx0, rx1)`` of the scene ``da``: a named
     corrupt zarr chunk, the file's read failure for a scene that is its file (:func:`~hsi_engine.io.file_of`), or,
@@ -176,8 +185,8 @@ def read_error(da: Any, window: Sequence[int], exc: BaseException) -> BaseExcept
     from .io import file_of
 
     if file_of(da) is not None:
-        return SceneError(f"reading rows {ry0}:{ry1}, cols {rx0}:{rx1} of {src} failed ({type(exc).__name__}: "
-                          f"{exc}); the store may be damaged or unreadable: check it (hsi-engine info) or re-create "
+        return SceneError(f"reading rows {ry0}:{ry1}, cols {rx0}:{rx1} of {src} failed ({_why(exc)}); the store "
+                          f"may be damaged or unreadable: check it (hsi-engine info) or re-create "
                           "it")
     # a window, a band selection or a cast of the file, whose read failed (what a reader, a codec or GDAL raises:
     # an OSError always, the others where the file's read is still in the graph), or the caller's step over it
@@ -185,7 +194,7 @@ def read_error(da: Any, window: Sequence[int], exc: BaseException) -> BaseExcept
                                                                              EOFError))):
         origin, culprit = (src, src) if src != "the scene" else ("a file", "the file it is read from")
         return SceneError(f"reading rows {ry0}:{ry1}, cols {rx0}:{rx1} of a scene computed from {origin} failed "
-                          f"({type(exc).__name__}: {exc}); {culprit} may be damaged or unreadable (check it: "
+                          f"({_why(exc)}); {culprit} may be damaged or unreadable (check it: "
                           "hsi-engine info; or re-create it), or the error is in the computation over it")
     return exc  # the caller's own graph (a map_blocks step, arithmetic) raised it: its own error, as raised
 

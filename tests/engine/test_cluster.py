@@ -21,6 +21,7 @@ import _scale_fixtures as F  # noqa: E402
 
 import hsi_engine  # noqa: E402
 from hsi_engine import cluster  # noqa: E402
+from hsi_engine.errors import SceneError  # noqa: E402
 from hsi_engine.resume import partial_path, read_record  # noqa: E402
 
 TILE = 16
@@ -98,6 +99,25 @@ def test_a_scaled_integer_geotiff_with_nodata_gives_the_same_map_on_the_cluster(
     assert want[5, 7] == 0 and want[30, 41] == 0 and (want == 0).sum() == 2
     np.testing.assert_array_equal(want, hsi_engine.classify(cube, hsi_engine.load_model(model), tile=TILE,
                                                             nodata=0, progress=False).values)
+
+
+def test_a_damaged_geotiff_read_on_a_worker_is_the_same_scene_error_as_in_process(case, client, tmp_path):
+    """The error came back as a bare ``Exception`` of its repr (GDAL's errors in its chain do not unpickle on the
+    driver), so no HSIEngineError and a traceback on the command line; the message now holds GDAL's reason."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    cube = case["cube"].astype(np.uint16)
+    scene = tmp_path / "damaged.tif"
+    with rasterio.open(scene, "w", driver="GTiff", height=48, width=48, count=cube.shape[0], dtype="uint16",
+                       crs="EPSG:32633", transform=from_origin(366000, 5810000, 30, 30), tiled=True,
+                       blockxsize=16, blockysize=16) as dst:
+        dst.write(cube)
+    data = scene.read_bytes()
+    scene.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(SceneError, match=r"reading rows .*damaged\.tif failed \(RasterioIOError: Read failed\. "
+                                         r".*TIFFReadEncodedTile"):
+        cluster.run_to_file(scene, case["model"], tmp_path / "m.zarr", tile=TILE, scheduler=client)
 
 
 def test_a_new_scene_at_a_reused_path_is_read_afresh_by_the_workers(case, client, tmp_path):
