@@ -538,9 +538,9 @@ def load_keras(path: str | os.PathLike) -> SSRN:
     path = Path(path)
     cfg = read_keras_config(path)
     graph = parse_keras_graph(cfg)
-    with torch.random.fork_rng(devices=[]):  # initial weights, all replaced: the caller's stream is left as is
+    with torch.device("meta"):  # no initial weights (all replaced): no draw from the global generator
         model = SSRN(graph.config)
-    target = model.state_dict()
+    target = model.state_dict()  # (shapes only)
     state: dict[str, np.ndarray] = {}
     try:
         with h5py.File(path, "r") as f:
@@ -561,7 +561,10 @@ def load_keras(path: str | os.PathLike) -> SSRN:
     for k, v in tensors.items():
         if tuple(v.shape) != tuple(target[k].shape):  # pragma: no cover - guarded by _need
             raise KerasImportError(f"{k}: converted shape {tuple(v.shape)} != {tuple(target[k].shape)}")
-    model.load_state_dict(tensors, strict=False)
+    for k in target.keys() - tensors.keys():  # BatchNorm's num_batches_tracked: Keras keeps no count
+        tensors[k] = torch.zeros(target[k].shape, dtype=target[k].dtype)
+    model = model.to_empty(device="cpu")
+    model.load_state_dict(tensors)
     model.eval()
     model.meta = {
         "source": "keras", "keras_file": path.name, "sha256": file_sha256(path), "keras_version": version,
