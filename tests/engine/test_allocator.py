@@ -59,10 +59,13 @@ def test_large_buffers_are_reused_instead_of_faulted_in_again():
 def test_bad_thresholds_are_refused():
     """0 MB, and 2 GB or more (mallopt's C int of bytes would wrap round to 0 or a negative, silently asking for
     the opposite)."""
-    with pytest.raises(ValueError, match=r"mmap_threshold_mb must be in 1\.\.2047"):
+    with pytest.raises(ValueError, match=r"mmap_threshold_mb must be a whole number in 1\.\.2047"):
         reuse_large_buffers(0)
-    with pytest.raises(ValueError, match=r"trim_threshold_mb must be in 1\.\.2047 .* got 4096"):
+    with pytest.raises(ValueError, match=r"trim_threshold_mb must be a whole number in 1\.\.2047 .* got 4096"):
         reuse_large_buffers(256, 4096)
+    for bad in ("256", True, 2.0):  # text from a config file, a flag, a float: refused, not read as 256 or 1
+        with pytest.raises(ValueError, match=rf"mmap_threshold_mb must be a whole number .* got {bad!r}"):
+            reuse_large_buffers(bad)
 
 
 def test_the_cli_classify_applies_it_to_its_own_process(tmp_path, monkeypatch, caplog):
