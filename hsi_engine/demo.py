@@ -148,9 +148,9 @@ def _check_demo_out(out: Path) -> None:
     if not ours:
         raise OutputError(f"{out} already holds {', '.join(taken)}, which no earlier demo wrote (no demo report.json "
                           "beside them); the demo would replace them: pass another --out, or move them away")
+
+
 @quiet_affine_mul
-
-
 def run_demo(out: str | os.PathLike, *, device: Any = None, backend: str = "auto", tile: int | None = None,
              model_dir: str | os.PathLike | None = None, scene_path: str | os.PathLike | None = None,
              progress: bool | None = None, precision: str = "float32") -> dict[str, Any]:

@@ -110,9 +110,9 @@ def _check_chunks(chunks: Any) -> None:
             if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
                 raise OptionError(f"chunks={chunks!r}: each chunk size must be a whole number >= 1 (or -1 / None for "
                                   f"the whole axis, 'auto'); got {size!r}")
+
+
 @quiet_affine_mul
-
-
 def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | None = None,
                band_axis: int | None = None) -> xr.DataArray:
     """Open a scene lazily as a dask-backed ``DataArray`` with dims ``(band, y, x)``.

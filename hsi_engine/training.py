@@ -175,9 +175,9 @@ def _check_class_names(class_names: Any, error: type[Exception]) -> None:
         raise error(f"class_names must be a list of names, one per class; got the string {class_names[:60]!r}: pass "
                     f"class_names={str(class_names).split(',')[:3]}... (the command line's --class-names splits on "
                     "commas)")
+
+
 @quiet_affine_mul
-
-
 def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.PathLike, *,
                          class_names: Sequence[str] | None = None, variable: str | None = None,
                          band_axis: int | None = None) -> Scene:
@@ -267,7 +267,6 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
                 "shape": [int(n) for n in labels.shape]}
     return Scene(scene_path.stem, cube, labels, names, palette, wl,
                  f"{scene_path.resolve()} + {labels_path.resolve()}", None, nodata, nodata_bands, grid)
-@quiet_affine_mul
 
 
 def train(dataset: str | os.PathLike | Scene, out: str | os.PathLike, *, labels: str | os.PathLike | None = None,

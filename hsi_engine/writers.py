@@ -860,9 +860,9 @@ def _classes_of(data: Any, names: Sequence[str] | None, probs: Any) -> int:
                           f"n_classes={largest} if the first name is class 0's (nodata), or n_classes={len(names)} "
                           "if it names class 1")
     return len(names)
+
+
 @quiet_affine_mul
-
-
 def write_classmap(labels_da, path: str | os.PathLike, **kw: Any) -> Path:
     """Write a whole ``(y, x)`` class map (DataArray or array; uint8, 0 = nodata) in one call.
 
