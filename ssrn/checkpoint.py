@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from .config import InvalidConfig, SSRNConfig
 from .errors import CheckpointError, OptionError, check_flag, first_line, unexpanded_home
-from .model import SSRN
+from .model import SSRN, filled_model
 
 WEIGHTS = "weights.safetensors"
 MODEL_JSON = "model.json"
@@ -767,12 +767,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"{wf}: tensor {negative[0]!r} holds negative values (a BatchNorm's running variance "
                               f"is never below 0, {float(tensors[negative[0]].min()):g} here): the file was edited or "
                               "damaged; copy the model directory again, or retrain")
-    # built without weights (no draw from the global generator: fork_rng's save and restore rewound a training
-    # running in another thread), then given the file's: every parameter and buffer is in it (strict)
-    with torch.device("meta"):
-        model = SSRN(config)
-    model = model.to_empty(device="cpu")
-    model.load_state_dict(tensors)
+    model = filled_model(config, tensors)
     model.meta = doc.get("meta") or {}
     report = model.meta.get("report") or {}
     if isinstance(report, dict) and report.get("status") == "training":

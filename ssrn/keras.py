@@ -51,7 +51,7 @@ import torch
 from .checkpoint import CheckpointError, file_sha256
 from .config import SSRNConfig
 from .errors import first_line
-from .model import SSRN
+from .model import SSRN, filled_model
 
 __all__ = ["KerasImportError", "import_keras_to_dir", "load_keras", "parse_keras_graph", "read_keras_config"]
 
@@ -538,9 +538,8 @@ def load_keras(path: str | os.PathLike) -> SSRN:
     path = Path(path)
     cfg = read_keras_config(path)
     graph = parse_keras_graph(cfg)
-    with torch.device("meta"):  # no initial weights (all replaced): no draw from the global generator
-        model = SSRN(graph.config)
-    target = model.state_dict()  # (shapes only)
+    with torch.device("meta"):  # the state's names and shapes only
+        target = SSRN(graph.config).state_dict()
     state: dict[str, np.ndarray] = {}
     try:
         with h5py.File(path, "r") as f:
@@ -561,10 +560,10 @@ def load_keras(path: str | os.PathLike) -> SSRN:
     for k, v in tensors.items():
         if tuple(v.shape) != tuple(target[k].shape):  # pragma: no cover - guarded by _need
             raise KerasImportError(f"{k}: converted shape {tuple(v.shape)} != {tuple(target[k].shape)}")
-    for k in target.keys() - tensors.keys():  # BatchNorm's num_batches_tracked: Keras keeps no count
-        tensors[k] = torch.zeros(target[k].shape, dtype=target[k].dtype)
-    model = model.to_empty(device="cpu")
-    model.load_state_dict(tensors)
+    for k in target:  # BatchNorm's num_batches_tracked: Keras keeps no count (a missing weight was refused above)
+        if k.endswith("num_batches_tracked") and k not in tensors:
+            tensors[k] = torch.zeros(target[k].shape, dtype=target[k].dtype)
+    model = filled_model(graph.config, tensors)
     model.eval()
     model.meta = {
         "source": "keras", "keras_file": path.name, "sha256": file_sha256(path), "keras_version": version,

@@ -133,6 +133,17 @@ class SSRN(nn.Module):
         return self.spatial(self.spectral(patches))
 
 
+def filled_model(config: SSRNConfig, state: dict[str, torch.Tensor]) -> SSRN:
+    """An ``SSRN`` holding ``state`` (every parameter and buffer, checked strictly), built without initial weights:
+    drawing them from torch's global generator, or saving and restoring it around the draw, moved or rewound the
+    stream of a seeded training (its dropout) in this or another thread."""
+    with torch.device("meta"):
+        model = SSRN(config)
+    model = model.to_empty(device="cpu")
+    model.load_state_dict(state)
+    return model
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable and frozen parameters (the paper's tables count both)."""
     if not isinstance(model, nn.Module):

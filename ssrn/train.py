@@ -30,7 +30,7 @@ from .data import (DataError, DatasetSpec, PatchDataset, Scene, Split, block_spl
 from .devices import DeviceError, resolve_device
 from .errors import HSIEngineError, OptionError, check_flag
 from .metrics import classification_report
-from .model import SSRN, count_parameters
+from .model import SSRN, count_parameters, filled_model
 
 __all__ = ["TrainOptionError", "Trainer", "TrainResult", "check_train_options", "predict", "run_training",
            "seed_everything"]
@@ -723,9 +723,8 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
             rep = {**base_report, "status": "training", "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
                    "best_val_loss": res.best_val_loss, "selected_on": res.selected_on,
                    "train_time_s": res.train_time_s}
-            m_state = {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
-            snap = SSRN(config)
-            snap.load_state_dict(m_state)
+            # (not SSRN(config): its initial weights drew from the generator the training's dropout draws from)
+            snap = filled_model(config, {k: v.detach().cpu().clone() for k, v in m.state_dict().items()})
             save(snap, {**meta, "report": rep})
             log.info("saved progress to %s (epoch %d)", out, res.epochs_run)
 

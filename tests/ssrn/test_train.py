@@ -602,3 +602,21 @@ def test_the_report_names_a_device_that_is_not_a_cpu_by_its_own_name():
 
     assert _device_name(torch.device("mps")) == "mps"
     assert _device_name(torch.device("cpu")).startswith("cpu (")
+
+
+def test_progress_saves_do_not_change_a_seeded_training(tmp_path):
+    """Each progress save built ``SSRN(config)``, whose initial weights drew from the generator dropout draws from:
+    the same seed gave other weights when a save happened (saves follow the wall clock)."""
+    from safetensors.numpy import load_file
+
+    rng = np.random.default_rng(0)
+    labels = (np.arange(16 * 16).reshape(16, 16) % 3 + 1).astype(np.uint8)
+    cube = rng.normal(size=(12, 16, 16)).astype(np.float32) + labels * 0.3
+    np.savez(tmp_path / "s.npz", cube=cube, labels=labels)
+    weights = []
+    for every in (0.0, 1e9):  # a save after every improvement, and none
+        out = tmp_path / f"m{every:g}"
+        run_training(str(tmp_path / "s.npz"), out, epochs=3, batch_size=16, seed=3, save_progress_every_s=every)
+        weights.append(load_file(str(out / "weights.safetensors")))
+    for k in weights[0]:
+        np.testing.assert_array_equal(weights[0][k], weights[1][k], err_msg=k)
