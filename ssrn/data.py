@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import numbers
+import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -606,20 +607,29 @@ def _scene_array(scene: Scene) -> np.ndarray:
 
 def cube_array(cube: Any, where: str, dims: tuple[str, ...] = ("band", "y", "x"), *,
                fill: float = np.nan) -> np.ndarray:
-    """A cube as a numpy array in ``dims`` order: a DataArray's dims named so (any order) are read by name; one
-    with other names (``lat``, ``lon``, ``wavelength``: whose axis is the band axis?) is refused, unless they are
-    xarray's unnamed ``dim_0``, ``dim_1``...; a plain array (or tensor, or masked array: masked values NaN) is read
-    as stored. ``where`` names the cube in the error; ``fill``: what a masked value becomes (:func:`_as_numpy`)."""
+    """A cube as a numpy array in ``dims`` order. A DataArray is read by its dim names: those of ``dims`` in any
+    order; for a (band, y, x) cube also ``band`` first beside two others (``row``/``col``, ``lat``/``lon``: read
+    as stored) or ``y`` and ``x`` beside a third (``wavelength``: the bands). One whose axes cannot be told apart
+    (``lat``, ``lon``, ``wavelength``; ``band`` after two unknown dims) is refused; xarray's unnamed ``dim_0``...
+    and 2-D labels with other names are read as stored, as is a plain array (or tensor, or masked array: masked
+    values ``fill``, :func:`_as_numpy`). ``where`` names the cube in the error."""
     if not hasattr(cube, "dims"):
         return _as_numpy(cube, fill=fill)
     found = tuple(str(d) for d in cube.dims)
+    order: tuple[str, ...] | None = None
     if set(found) == set(dims) and len(found) == len(dims):
-        return _as_numpy(cube.transpose(*dims).values, fill=fill)
-    if found != tuple(f"dim_{i}" for i in range(len(found))):
-        shown = ", ".join(dims)
-        raise DataError(f"{where} has dims {found}; expected ({shown}), read by name in any order: rename them "
-                        f"(da.rename(...)), or read the scene with hsi_engine.as_scene(da), which knows the usual "
-                        "other names (wavelength, lat/lon, rows/cols)")
+        order = dims
+    elif dims == ("band", "y", "x") and len(found) == 3 and len(set(found)) == 3:
+        if found[0] == "band" and "y" not in found and "x" not in found:
+            order = found  # (band, row, col), (band, lat, lon): the other two's order is y, x as stored
+        elif "y" in found and "x" in found:
+            order = (next(d for d in found if d not in ("y", "x")), "y", "x")
+    if order is not None:
+        return _as_numpy(cube.transpose(*order).values, fill=fill)
+    if len(dims) == 3 and found != tuple(f"dim_{i}" for i in range(len(found))):
+        raise DataError(f"{where} has dims {found}, which do not tell its bands, y and x apart: expected (band, y, "
+                        "x), read by name in any order: rename them (da.rename(...)), or read the scene with "
+                        "hsi_engine.as_scene(da), which knows the usual other names (wavelength, lat/lon, rows/cols)")
     return _as_numpy(cube.values, fill=fill)
 
 
@@ -943,9 +953,17 @@ class PatchDataset(torch.utils.data.Dataset):
         return self.labels[self._positions(positions)]
 
     def __getitem__(self, i: int):
-        if isinstance(i, (bool, np.bool_)) or not isinstance(i, numbers.Integral):
-            raise PositionError(f"PatchDataset index must be a whole number; got {i!r} ({type(i).__name__}): for "
-                                "many patches at once use .batch(positions)")
+        given = i
+        if isinstance(i, (bool, np.bool_)) or (isinstance(i, torch.Tensor) and i.dtype == torch.bool):
+            i = None
+        else:
+            try:  # a Python or numpy integer, or a 0-dim integer tensor (for i in torch.randperm(len(ds)))
+                i = operator.index(i)
+            except TypeError:
+                i = None
+        if i is None:
+            raise PositionError(f"PatchDataset index must be a whole number; got {given!r} ({type(given).__name__}): "
+                                "for many patches at once use .batch(positions)")
         p = self.batch([i])[0]
         return (p, self.labels[i]) if self.labels is not None else p
 

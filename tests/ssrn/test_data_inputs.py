@@ -276,7 +276,7 @@ def test_standardize_scene_reads_a_dataarray_by_its_dim_names(dims):
 
 def test_standardize_scene_refuses_a_band_dim_that_is_not_first_among_unknown_dims():
     da = xr.DataArray(np.moveaxis(_cube(), 0, -1), dims=("row", "col", "band"))
-    with pytest.raises(DataError, match=r"dims \('row', 'col', 'band'\); expected \(band, y, x\)"):
+    with pytest.raises(DataError, match=r"dims \('row', 'col', 'band'\), which do not tell its bands, y and x apart"):
         D.standardize_scene(_scene(da))
 
 
@@ -302,9 +302,25 @@ def test_standardize_and_patch_dataset_read_a_dataarray_by_its_dim_names(dims):
 @pytest.mark.parametrize("call", [lambda a: D.standardize(a), lambda a: D.PatchDataset(a, None, np.arange(3), 5)])
 def test_a_dataarray_with_other_dim_names_is_refused_not_read_by_position(call):
     da = xr.DataArray(np.moveaxis(_cube(), 0, -1), dims=("lat", "lon", "wavelength"))
-    with pytest.raises(DataError, match=r"has dims \('lat', 'lon', 'wavelength'\); expected \(band, y, x\), read by "
-                                        r"name in any order: rename them .*hsi_engine.as_scene\(da\)"):
+    with pytest.raises(DataError, match=r"has dims \('lat', 'lon', 'wavelength'\), which do not tell its bands, y "
+                                        r"and x apart: expected \(band, y, x\), read by name in any order: rename them "
+                                        r".*hsi_engine.as_scene\(da\)"):
         call(da)
+
+
+@pytest.mark.parametrize("dims", [("band", "row", "col"), ("band", "lat", "lon"), ("wavelength", "y", "x"),
+                                  ("y", "x", "wavelength")])
+def test_a_cube_whose_band_axis_its_names_tell_is_read(dims):
+    """``band`` first beside two other dims, or ``y`` and ``x`` beside a third: the axes are known, and were read so
+    before dims were read by name (then refused); 2-D labels of other names are read as stored."""
+    cube = _cube()
+    band = dims.index("band") if "band" in dims else next(i for i, d in enumerate(dims) if d not in ("y", "x"))
+    stored = np.moveaxis(cube, 0, band)
+    for got, want in zip(D.standardize(xr.DataArray(stored, dims=dims)), D.standardize(cube)):
+        np.testing.assert_array_equal(got, want)
+    ds = D.PatchDataset(D.standardize(cube)[0], xr.DataArray(_labels(), dims=("row", "col")), np.arange(4), 5)
+    assert torch.equal(ds.labels, D.PatchDataset(D.standardize(cube)[0], _labels(), np.arange(4), 5).labels)
+    assert torch.equal(ds[torch.tensor(2)][0], ds[2][0])  # a 0-dim tensor index (for i in torch.randperm(n))
 
 
 @pytest.mark.parametrize("patch", [7.0, "7", True, np.float64(5)])
