@@ -698,9 +698,10 @@ def patch_forward(model: nn.Module, normalised: torch.Tensor, pixels: torch.Tens
         raise OptionError(f"pixels must be an (N, 2) integer array of (row, col) indices; got {tuple(pixels.shape)} "
                           f"{pixels.dtype}")
     pixels = pixels.long()
-    size = torch.tensor(normalised.shape[1:])
-    if len(pixels) and ((pixels < 0).any() or (pixels >= size).any()):
-        bad = pixels[((pixels < 0) | (pixels >= size)).any(1)][0].tolist()
+    h_px, w_px = normalised.shape[1:]
+    outside = (pixels < 0).any(1) | (pixels[:, 0] >= h_px) | (pixels[:, 1] >= w_px)  # (on the pixels' device)
+    if bool(outside.any()):
+        bad = pixels[outside][0].tolist()
         raise OptionError(f"pixel {bad} lies outside the {normalised.shape[1]} x {normalised.shape[2]} scene: rows "
                           f"and columns run from 0 (negative indices do not count from the end)")
     p, h = model.config.patch, model.config.halo
@@ -720,7 +721,10 @@ def patch_forward(model: nn.Module, normalised: torch.Tensor, pixels: torch.Tens
                 out.append(model(patches))
     finally:
         model.train(training)
-    return torch.cat(out) if out else torch.empty(0, model.config.classes)
+    if not out:
+        weight = next(model.parameters())
+        return weight.new_empty(0, model.config.classes)
+    return torch.cat(out)
 
 
 __all__ = ["FusedSSRN", "PRECISIONS", "SpatialBlock", "SpatialProgram", "check_spatial_precision", "fold_spatial",
