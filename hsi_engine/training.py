@@ -34,16 +34,43 @@ def _label_window(transform: Any, scene_transform: Any, shape: tuple[int, int]):
 
     a, b, c, d, e, f = tuple(transform)[:6]
     sa, sb, sc, sd, se, sf = tuple(scene_transform)[:6]
-    if b or d or sb or sd or not (math.isclose(a, sa, rel_tol=1e-9) and math.isclose(e, se, rel_tol=1e-9)):
+    scale = max(abs(a), abs(b), abs(d), abs(e))
+    pairs = ((a, sa), (b, sb), (d, sd), (e, se))
+    if not all(math.isclose(u, v, rel_tol=1e-9, abs_tol=1e-12 * scale) for u, v in pairs):
         return None
-    col, row = (sc - c) / a, (sf - f) / e
+    col, row = ~transform * (sc, sf)  # the scene's corner on the labels' pixel grid (rotated grids too)
     if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
         return None
     return Window(round(col), round(row), shape[1], shape[0])
 
 
+def _read_window(f: Any, window: Any, shape: tuple[int, int], fill: float) -> np.ndarray:
+    """Band 1 of the open raster ``f`` in ``window`` (None: all of it), ``fill`` beyond its edges. Not rasterio's
+    boundless read, which goes through a warped VRT: on a rotated grid it resampled north-up."""
+    from rasterio.windows import Window
+
+    if window is None:
+        return f.read(1, fill_value=fill)
+    r0, c0 = int(window.row_off), int(window.col_off)
+    out = np.full(shape, fill, dtype=f.dtypes[0])
+    ir0, ic0 = max(r0, 0), max(c0, 0)
+    ir1, ic1 = min(r0 + shape[0], f.height), min(c0 + shape[1], f.width)
+    if ir1 > ir0 and ic1 > ic0:
+        out[ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0] = f.read(1, window=Window(ic0, ir0, ic1 - ic0, ir1 - ir0),
+                                                           fill_value=fill)
+    return out
+
+
+def _same_gcps(a: Any, b: Any) -> bool:
+    """Whether two lists of ground control points place the same pixels at the same coordinates."""
+    def key(g: Any) -> tuple[float, ...]:
+        return (round(g.row, 6), round(g.col, 6), round(g.x, 6), round(g.y, 6))
+    return sorted(map(key, a)) == sorted(map(key, b))
+
+
 def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene_transform: Any, where: str,
-                       like: Path) -> tuple[np.ndarray, list[str] | None, dict[int, tuple] | None]:
+                       like: Path, scene_gcps: Any = None
+                       ) -> tuple[np.ndarray, list[str] | None, dict[int, tuple] | None]:
     """A one-band label raster (GeoTIFF, ENVI, ... through rasterio; or .npy ``(y, x)``) on the scene's pixels:
     ``(labels, class names, colour table)``. A raster on the same pixel grid but a larger (or other) extent is cut to
     the scene's window (pixels beyond it unlabelled); another CRS or grid is refused with the fix. Its nodata
@@ -64,6 +91,16 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
             if flip:  # a south-up scene over north-up labels (or the reverse): read the window, then flip its rows
                 st = scene_transform
                 scene_transform = Affine(st.a, st.b, st.c, st.d, -st.e, st.f + st.e * shape[0])
+            if scene_gcps:  # not orthorectified: only labels on its raw pixels (no placement, or its own GCPs) fit
+                label_gcps = f.gcps[0] if f.gcps and f.gcps[0] else None
+                other = label_gcps and not _same_gcps(label_gcps, scene_gcps)
+                if (transform is not None and not label_gcps) or other:
+                    raise DataError(f"{where}: the scene is placed by ground control points (not orthorectified), "
+                                    "the labels by " + ("other ground control points" if label_gcps else "a "
+                                    "geotransform") + ", so their pixels cannot be matched: give labels on the "
+                                    "scene's own pixels (the same size, with its GCPs or no georeferencing), or "
+                                    f"orthorectify the scene (gdalwarp) and warp the labels onto it (rio warp {path} "
+                                    "out.tif --like ORTHO.tif)")
             if f.crs is not None and scene_crs is not None and f.crs != scene_crs:
                 raise DataError(f"{where}: the labels are in {f.crs}, the scene in {scene_crs}; reproject the "
                                 f"labels onto the scene's grid (e.g. rio warp {path} out.tif --like {like})")
@@ -83,7 +120,7 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
                                     "raster that covers this scene")
             fill = f.nodata if f.nodata is not None else 0
             height, width = f.height, f.width
-            labels = f.read(1, window=window, boundless=window is not None, fill_value=fill)
+            labels = _read_window(f, window, shape, fill)
             if flip:
                 labels = np.ascontiguousarray(labels[::-1])
             if f.nodata is not None:
@@ -188,7 +225,7 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
     ``rio merge``). ``variable`` and ``band_axis`` open the scene as :func:`~hsi_engine.open_scene` does."""
     from .envi import envi_paths
     from .errors import IrregularGridError, SceneError
-    from .georef import grid_transform
+    from .georef import grid_transform, scene_gcps
     from .io import open_scene, scene_format
     from .scene_checks import declared_nodata
     from .scene_checks import nodata_bands as scene_nodata_bands
@@ -211,8 +248,10 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
         scene_crs = da.rio.crs
         # as the engine places the scene's map: its coordinates overrule a GeoTransform left stale by flipping it;
         # a scene with a transform and no CRS is placed by it too (pixel coordinates are no placement)
-        try:
-            scene_transform = grid_transform(da, scene_path) if "x" in da.coords else None
+        gcps = scene_gcps(da) if scene_crs is not None else None
+        try:  # (a rotated scene has no x/y coordinates, only its transform; a GCP-placed one neither)
+            scene_transform = grid_transform(da, scene_path) if not gcps and (
+                "x" in da.coords or scene_crs is not None) else None
         except IrregularGridError:
             if scene_crs is not None:
                 raise
@@ -222,13 +261,13 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
     except IrregularGridError as e:  # its labels could not be placed on it either
         raise DataError(str(e)) from None
     except Exception:  # noqa: BLE001 - rioxarray cannot tell: nothing to compare
-        scene_crs = scene_transform = None
+        scene_crs = scene_transform = gcps = None
     where = f"{labels_path} vs {scene_path}"
     like = scene_path  # what `rio warp --like` opens: an ENVI scene's data file, not its header
     if scene_format(scene_path) == "envi":
         like = envi_paths(scene_path)[1]
     labels, names, cmap = _read_label_raster(labels_path, tuple(da.shape[1:]), scene_crs, scene_transform, where,
-                                             like)
+                                             like, gcps)
     nodata, nodata_bands = declared_nodata(da), scene_nodata_bands(da)
     raw = np.asarray(da.values)
     labels, nodata_bands, bad = unlabel_nodata(raw, labels, nodata, nodata_bands,  # (no bbl: a mosaic lost it)

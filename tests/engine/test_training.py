@@ -637,6 +637,44 @@ def test_a_line_interleaved_scene_trains_with_band_axis(tmp_path):
     assert (args.variable, args.band_axis) == ("cube", 1)
 
 
+def test_labels_of_a_rotated_or_gcp_placed_scene_are_checked_against_its_grid(tmp_path):
+    """A rotated scene has no x/y coordinates and a GCP-placed one no transform: the labels' grid was never compared,
+    so labels 100 km away trained without a word, and labels on the scene's own rotated grid but offset were
+    refused (or, read boundless, warped north-up)."""
+    import rasterio
+    from rasterio.control import GroundControlPoint
+    from rasterio.transform import Affine
+
+    from hsi_engine import load_labelled_raster
+    from ssrn.data import DataError
+
+    rotated = Affine(17.32, 10.0, 500000.0, 10.0, -17.32, 4500000.0)  # 20 m pixels turned 30 degrees
+    cube = np.random.default_rng(0).random((4, 16, 16), dtype=np.float32)
+    labels = (np.arange(256).reshape(16, 16) % 3 + 1).astype(np.uint8)
+
+    def tif(name, data, **kw):
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", count=data.shape[0], height=16, width=16,
+                           dtype=data.dtype, crs="EPSG:32633", **kw) as dst:
+            dst.write(data)
+        return tmp_path / name
+
+    scene = tif("rot.tif", cube, transform=rotated)
+    shifted = tif("shifted.tif", labels[None], transform=rotated * Affine.translation(5, 2))
+    got = np.asarray(load_labelled_raster(scene, shifted).labels)
+    np.testing.assert_array_equal(got[2:, 5:], labels[:14, :11])  # the scene's pixel (x, y) is the labels' (x-5, y-2)
+    assert not got[:2].any() and not got[:, :5].any()
+    far = tif("far.tif", labels[None], transform=Affine(20, 0, 600000.0, 0, -20, 4400000.0))
+    with pytest.raises(DataError, match="not the scene's .* and not on its pixels"):
+        load_labelled_raster(scene, far)
+    gcps = [GroundControlPoint(row=r, col=c, x=500000.0 + 20 * c, y=4500000.0 - 20 * r) for r, c in
+            ((0, 0), (0, 16), (16, 0), (16, 16))]
+    with rasterio.open(tmp_path / "gcp.tif", "w", driver="GTiff", count=4, height=16, width=16, dtype="float32") as dst:
+        dst.write(cube)
+        dst.gcps = (gcps, "EPSG:32633")
+    with pytest.raises(DataError, match="placed by ground control points .* the labels by a geotransform"):
+        load_labelled_raster(tmp_path / "gcp.tif", far)
+
+
 def test_train_is_the_public_name_of_training_on_a_label_raster():
     import hsi_engine
 
