@@ -38,6 +38,8 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers ``.rio`` on every DataArray open_scene returns)
 import xarray as xr
 
+from ssrn.errors import unexpanded_home
+
 from .cube import bare_dataarray, cf_georef, cube_like, human_bytes, normalise_dims
 from .envi import envi_header_beside, envi_paths, open_envi
 from .errors import OptionError, SceneError, SceneNotFoundError
@@ -98,10 +100,15 @@ def scene_format(path: str | os.PathLike) -> str:
 def _check_chunks(chunks: Any) -> None:
     """Refuse chunk sizes dask would take in another sense or fail on deep inside: ``0`` (a division by zero) and a
     bare number as text (``'8'``: dask reads 8 bytes, so one-element chunks)."""
-    values = chunks.values() if isinstance(chunks, dict) else chunks if isinstance(chunks, (tuple, list)) else [chunks]
+    def listed(v: Any) -> list:  # (a numpy array of sizes as its items)
+        v = v.tolist() if isinstance(v, np.ndarray) else v
+        return list(v) if isinstance(v, (tuple, list)) else [v]
+
+    values = list(chunks.values()) if isinstance(chunks, dict) else listed(chunks)
     for v in values:
-        sizes = v if isinstance(v, (tuple, list)) else [v]
-        for size in sizes:
+        for size in listed(v):
+            if isinstance(size, float) and size.is_integer():
+                size = int(size)  # (16.0: dask takes it)
             if size is None or size == -1 or (isinstance(size, str) and not size.strip().isdigit()):
                 continue  # the whole axis, or dask's 'auto' / '64MiB'
             if isinstance(size, str):
@@ -150,9 +157,8 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
                          "window, in any order; save it to a file first")
     fmt = scene_format(p)
     if not p.exists() and not (fmt == "envi" and p.suffix.lower() == ".hdr" and p.with_suffix(".bsq").exists()):
-        tilde = isinstance(path, str) and path.startswith("~") and Path(os.path.expanduser(path)).exists()
-        raise SceneNotFoundError(f"scene {p} does not exist" + (
-            f" (Python does not expand '~': pass os.path.expanduser({str(path)!r}))" if tilde else ""))
+        home = unexpanded_home(path, written=False)
+        raise SceneNotFoundError(f"scene {p} does not exist" + (f" (the path {home})" if home else ""))
     if fmt in ("geotiff", "envi"):
         if not gdal_reaches(str(p.absolute())):
             raise SceneError(f"scene {os.fsencode(p)!r}: its path holds bytes that are not UTF-8 text (or this "

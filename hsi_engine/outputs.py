@@ -15,6 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ssrn.errors import unexpanded_home
+
 from .errors import OutputError
 from .logs import warnings_ignored
 
@@ -285,11 +287,9 @@ def check_output_suffix(path: str | os.PathLike) -> str:
                           f"{type(path).__name__} {repr(path)[:80]}" + (": decode it first (os.fsdecode(out))"
                                                                         if isinstance(path, bytes) else ""))
     raw = os.fspath(path)
-    first = Path(raw).parts[0] if Path(raw).parts else ""
-    if first.startswith("~") and (first == "~" or os.path.expanduser(first) != first):
-        raise OutputError(f"output {raw!r} starts with {first!r}, which Python does not expand to a home directory "
-                          f"(a directory named {first!r} would be made in {os.getcwd()}): pass "
-                          f"os.path.expanduser({raw!r}) ({os.path.expanduser(raw)}) or a path without '~'")
+    home = unexpanded_home(raw)
+    if home:
+        raise OutputError(f"output {home}")
     if URL.match(raw):
         raise OutputError(f"cannot write a class map to {raw}: hsi-engine writes local paths only (a URL would be "
                           "taken as a local directory named after its scheme); write the map locally and copy it "

@@ -330,10 +330,11 @@ def train(dataset: str | os.PathLike | Scene, out: str | os.PathLike, *, labels:
         if class_names is not None:
             raise TrainOptionError("class_names (--class-names) name the classes of a label raster: give labels= "
                                    "(--labels) too, or put 'class_names' in the .npz / .h5 scene")
-        given = [f"{k} (--{k.replace('_', '-')})" for k, v in (("variable", variable), ("band_axis", band_axis))
-                 if v is not None]
+        given = [f"{k}=... (--{k.replace('_', '-')})" for k, v in (("variable", variable), ("band_axis", band_axis))
+                 if v is not None]  # (the command line reads "--band-axis opens ...")
         if given:
-            raise TrainOptionError(f"{' and '.join(given)} open the scene of a label raster: give labels= (--labels) "
+            raise TrainOptionError(f"{' and '.join(given)} {'opens' if len(given) == 1 else 'open'} the scene of a "
+                                   "label raster: give labels= (--labels) "
                                    "too; a .mat / .npz / .h5 training scene is read by its own keys ('cube', "
                                    "'labels')")
         return run_training(dataset, out, **options)

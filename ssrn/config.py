@@ -84,7 +84,7 @@ def _checked(name: str, value: Any, kind: Any, lo: Any, hi: Any) -> Any:
     float becomes an int or float, so the config stays hashable and JSON-writable)."""
     found = f"found {_shown(value)} ({type(value).__name__})"
     if kind in ("int", "odd"):
-        what = (f"an odd whole number {lo}..{hi}" + (" (5, 7, 9, 11)" if name == "patch" else
+        what = (f"an odd whole number {lo}..{hi}" + (" (the paper studies 5, 7, 9 and 11)" if name == "patch" else
                                                      " (so 'same' convs keep the band axis)")
                 if kind == "odd" else f"a whole number {lo}..{hi}")
         if _is_bool(value) or not hasattr(value, "__index__"):

@@ -630,7 +630,7 @@ def test_a_line_interleaved_scene_trains_with_band_axis(tmp_path):
     np.save(tmp_path / "labels.npy", (np.arange(120).reshape(12, 10) % 3).astype(np.uint8))
     scene = load_labelled_raster(tmp_path / "scene.npy", tmp_path / "labels.npy", band_axis=1)
     np.testing.assert_array_equal(np.asarray(scene.cube), cube.transpose(1, 0, 2))
-    with pytest.raises(TrainOptionError, match=r"band_axis \(--band-axis\) open the scene of a label raster"):
+    with pytest.raises(TrainOptionError, match=r"band_axis=\.\.\. \(--band-axis\) opens the scene of a label raster"):
         train(tmp_path / "scene.npz", tmp_path / "m", band_axis=1)
     args = build_parser().parse_args(["train", "--dataset", "s.h5", "--labels", "l.tif", "--out", "m",
                                       "--variable", "cube", "--band-axis", "1"])
