@@ -30,7 +30,7 @@ from .io import as_scene, open_scene
 from .logs import quiet_affine_mul, warnings_ignored
 from .owned import closes_its_scenes, open_owned
 from .scene_checks import (check_array_dims, check_declared_scaling, check_scale, declared_nodata, model_bad_bands,
-                           scene_wavelengths, tested_bands, warn_large_chunks)
+                           scene_wavelengths, tested_bands, warn_file_read_elsewhere, warn_large_chunks)
 from .tiles import TilePlan, default_tile, plan_tiles
 
 if TYPE_CHECKING:
@@ -124,6 +124,8 @@ class _Job:
         if da.ndim != 3 or set(da.dims) != {"band", "y", "x"}:
             raise SceneError(f"expected a (band, y, x) scene; got dims {da.dims}")
         self.da = da = da.transpose("band", "y", "x")
+        if not isinstance(scene, (str, os.PathLike)):
+            warn_file_read_elsewhere(da)
         from .io import file_of
 
         # what the map records it was made of: the scene's file, or the in-memory array's shape and type

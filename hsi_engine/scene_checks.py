@@ -424,3 +424,35 @@ def check_array_dims(scene: Any) -> None:
     else:
         fix = "it holds more than one cube: classify one at a time (e.g. arr[0])"
     raise SceneError(f"expected a 3-D (band, y, x) array; got {ndim} dims (shape {shape}): {fix}")
+
+
+def warn_file_read_elsewhere(da: xr.DataArray) -> None:
+    """Warn when ``da`` was read from a GeoTIFF or ENVI file by another reader (``rioxarray.open_rasterio``,
+    ``xr.open_dataarray``) and the file holds what that reader leaves behind and :func:`~hsi_engine.open_scene`
+    reads: a GDAL mask or alpha band (those pixels were classified), per-band nodata values (one was kept), or per-band
+    wavelengths (only band 1's kept: the model could not check the bands)."""
+    enc = getattr(da, "encoding", None) or {}
+    src = enc.get("source")
+    if not isinstance(src, str) or "source_array" in enc or "://" in src or not os.path.isfile(src):
+        return  # open_scene's own, an in-memory scene, or a remote file (not opened again here)
+    try:
+        import rasterio
+        from rasterio.enums import MaskFlags
+
+        with rasterio.open(src) as f:
+            if f.count != da.sizes.get("band"):
+                return
+            lost = []
+            if any(MaskFlags.all_valid not in flags and MaskFlags.nodata not in flags for flags in f.mask_flag_enums):
+                lost.append("its GDAL mask (or alpha band): the masked pixels are classified")
+            if len({("nan" if v is not None and v != v else v) for v in f.nodatavals}) > 1:
+                lost.append("its per-band nodata values (one is kept)")
+            if f.count > 1 and scene_wavelengths(da) is None and any(
+                    "wavelength" in {k.lower() for k in f.tags(b)} for b in range(2, f.count + 1)):
+                lost.append("its band wavelengths (the model cannot check the bands)")
+    except Exception:  # noqa: BLE001 - not a file GDAL reads: nothing to compare
+        return
+    if lost:
+        warnings.warn(f"the scene was read from {src} by another reader than hsi_engine.open_scene, which leaves out "
+                      f"{'; '.join(lost)}: pass the path, or hsi_engine.open_scene(path)",
+                      UserWarning, stacklevel=user_stacklevel())

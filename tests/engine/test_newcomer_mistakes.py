@@ -18,7 +18,7 @@ import hsi_engine
 from hsi_engine import (IrregularGridError, NonFiniteInputError, OptionError, OutputError, SceneError,
                         UnnormalisedInputWarning)
 from hsi_engine.api import _normalisation
-from hsi_engine.scene_checks import _SCALE_Z, check_scale
+from hsi_engine.scene_checks import _SCALE_Z, check_scale, scene_wavelengths
 from hsi_engine.demo import SHIPPED_MODEL, SHIPPED_SCENE
 from ssrn.normalise import scale_ratios
 
@@ -369,3 +369,25 @@ def test_a_scene_opened_with_its_scale_factor_applied_is_told_to_open_it_as_stor
     with warnings.catch_warnings():  # as stored, the same file passes the check
         warnings.simplefilter("error", UnnormalisedInputWarning)
         hsi_engine.classify(hsi_engine.open_scene(path), model, progress=False)
+
+
+def test_a_geotiff_read_by_rioxarray_is_warned_about_what_it_left_out(crop, model, tmp_path):
+    """rioxarray.open_rasterio keeps neither a GDAL mask (the masked pixels were classified) nor the bands' own
+    wavelengths (band 1's only: a band-reversed scene was classified as one class), without a word."""
+    import rasterio
+    import rioxarray
+
+    path = tmp_path / "masked.tif"
+    small = crop.isel(y=slice(0, 16), x=slice(0, 16))
+    small.rio.write_crs(CRS).rio.to_raster(path)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "r+") as f:
+        f.write_mask(np.where(np.arange(256).reshape(16, 16) < 20, 0, 255).astype("uint8"))
+        for b, nm in enumerate(scene_wavelengths(crop), start=1):  # (the scene's own: the model's)
+            f.update_tags(b, wavelength=f"{nm:g}")
+    with pytest.warns(UserWarning, match=r"read from .*masked\.tif by another reader than hsi_engine\.open_scene, "
+                                         r"which leaves out its GDAL mask .*; its band wavelengths"):
+        hsi_engine.classify(rioxarray.open_rasterio(path), model, progress=False)
+    with warnings.catch_warnings():  # read by open_scene: masked as nodata, and no warning
+        warnings.simplefilter("error", UserWarning)
+        labels = hsi_engine.classify(hsi_engine.open_scene(path), model, progress=False).values
+    assert (labels.reshape(-1)[:20] == 0).all() and (labels.reshape(-1)[20:] > 0).all()
