@@ -981,16 +981,17 @@ def _bytes_digest(a: np.ndarray) -> bytes:
 
 def _files_stat(p: Path) -> list[int]:
     """``[files, bytes, newest mtime_ns]`` of a scene's files: every file under a directory store, an ENVI
-    header with its data file, else the file itself (and its ``.msk``)."""
+    header with its data file, else the file itself; beside a file GDAL reads, its ``.msk`` (a mask) and its
+    ``.aux.xml`` (per-band nodata, ``bbl``, georeferencing: a corrected nodata typo left a stale map finished)."""
     from .envi import envi_paths
     from .io import scene_format
 
     if p.is_dir():
         files = [Path(root) / f for root, _, names in os.walk(p) for f in names]
-    elif scene_format(p) == "envi":
-        files = [f for f in envi_paths(p) if f.is_file()]
-    else:  # (and a GDAL mask beside it: it masks pixels too)
-        files = [p] + [m for m in (p.with_name(p.name + ".msk"),) if m.is_file()]
+    else:
+        files = [f for f in envi_paths(p) if f.is_file()] if scene_format(p) == "envi" else [p]
+        files += [side for f in files[-1:] for side in (f.with_name(f.name + ".msk"), f.with_name(f.name + ".aux.xml"))
+                  if side.is_file()]
     stats = [f.stat() for f in files]
     return [len(stats), sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)]
 

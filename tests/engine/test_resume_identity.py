@@ -236,6 +236,24 @@ def test_a_geotiff_with_an_internal_mask_opened_whole_is_its_file(case, tmp_path
     assert ident["source"] == str(path.resolve()) and "digest" not in ident
 
 
+def test_a_scene_s_aux_xml_and_msk_are_part_of_its_identity(case, tmp_path):
+    """A corrected per-band nodata value in the scene's .aux.xml (PAM) left a --resume finished on the stale map:
+    the identity held the file and its .msk only (an ENVI scene's .msk neither)."""
+    import shutil
+
+    scene = tmp_path / "scene.tif"
+    hsi_engine.open_scene(case["scene"]).rio.write_crs("EPSG:32633").rio.to_raster(scene)
+    before = cluster._files_stat(scene)
+    (tmp_path / "scene.tif.aux.xml").write_text("<PAMDataset></PAMDataset>\n")
+    after = cluster._files_stat(scene)
+    assert after[0] == before[0] + 1 and after != before
+    shutil.copy(scene, tmp_path / "scene.bsq")  # (any bytes: the stat only)
+    (tmp_path / "scene.hdr").write_text("ENVI\n")
+    envi = cluster._files_stat(tmp_path / "scene.hdr")
+    (tmp_path / "scene.bsq.msk").write_bytes(b"mask")
+    assert cluster._files_stat(tmp_path / "scene.hdr")[0] == envi[0] + 1
+
+
 def test_a_low_precision_partial_of_the_previous_engine_says_to_start_over(case, tmp_path, monkeypatch):
     """The previous hsi-engine recorded no device and spatial_precision as asked ('auto'): such a partial was refused
     with "device: partial has None, this run 'cpu' (... continue it on the kind of device that started it)" and the
