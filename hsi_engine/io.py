@@ -92,6 +92,10 @@ def scene_format(path: str | os.PathLike) -> str:
     if p.name.lower().endswith((".zarr.zip", ".zarr.zipx")) or (suffix == ".zip" and ".zarr" in p.name.lower()):
         raise zipped_zarr(p)
     supported = ", ".join(sorted(SUPPORTED_SUFFIXES))
+    if suffix == ".vrt":  # (a mosaic's sources would escape a resumed run's check of its files)
+        raise SceneError(f"{p} is a GDAL virtual raster (.vrt), which hsi-engine does not read: write it out as a "
+                         f"GeoTIFF with `gdal_translate {p} {p.with_suffix('.tif')}`, which keeps the bands' "
+                         "wavelengths and bbl (`rio convert` and `rio merge` drop them)")
     raise SceneError(f"cannot tell the format of {p}: suffix {suffix or '(none)'!r} is not one hsi-engine reads. "
                      f"Supported: {supported} (and zarr directories). Convert the scene to GeoTIFF or zarr, "
                      "or rename it with the suffix of its real format.")
