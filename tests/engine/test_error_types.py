@@ -384,5 +384,5 @@ def test_run_demo_option_errors_are_option_errors(tmp_path, kwargs):
 def test_a_vrt_scene_is_told_the_conversion_that_keeps_its_band_metadata(tmp_path):
     vrt = tmp_path / "mosaic.vrt"
     vrt.write_text("<VRTDataset/>")
-    with pytest.raises(hsi_engine.SceneError, match=r"GDAL virtual raster .* gdal_translate .*mosaic\.tif"):
+    with pytest.raises(hsi_engine.SceneError, match=r"GDAL virtual raster .*`gdal_translate .*mosaic\.tif`"):
         hsi_engine.open_scene(vrt)
