@@ -138,7 +138,7 @@ def _axes(arr, da: Any) -> list[str] | None:
     return None
 
 
-def _why(exc: BaseException) -> str:
+def why_failed(exc: BaseException) -> str:
     """``exc``'s type and message, with the message of the error it was raised from where it defers to that one
     (rasterio's "Read failed. See previous exception for details." hid GDAL's reason: a truncated tile...)."""
     inner, text = exc.__cause__ or exc.__context__, str(exc)
@@ -185,7 +185,7 @@ def read_error(da: Any, window: Sequence[int], exc: BaseException) -> BaseExcept
     from .io import file_of
 
     if file_of(da) is not None:
-        return SceneError(f"reading rows {ry0}:{ry1}, cols {rx0}:{rx1} of {src} failed ({_why(exc)}); the store "
+        return SceneError(f"reading rows {ry0}:{ry1}, cols {rx0}:{rx1} of {src} failed ({why_failed(exc)}); the store "
                           f"may be damaged or unreadable: check it (hsi-engine info) or re-create "
                           "it")
     # a window, a band selection or a cast of the file, whose read failed (what a reader, a codec or GDAL raises:
@@ -194,7 +194,7 @@ def read_error(da: Any, window: Sequence[int], exc: BaseException) -> BaseExcept
                                                                              EOFError))):
         origin, culprit = (src, src) if src != "the scene" else ("a file", "the file it is read from")
         return SceneError(f"reading rows {ry0}:{ry1}, cols {rx0}:{rx1} of a scene computed from {origin} failed "
-                          f"({_why(exc)}); {culprit} may be damaged or unreadable (check it: "
+                          f"({why_failed(exc)}); {culprit} may be damaged or unreadable (check it: "
                           "hsi-engine info; or re-create it), or the error is in the computation over it")
     return exc  # the caller's own graph (a map_blocks step, arithmetic) raised it: its own error, as raised
 

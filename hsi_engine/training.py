@@ -84,7 +84,12 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
     try:
         with rasterio.open(path) as f:
             if f.count != 1:
-                raise DataError(f"{path} has {f.count} bands; expected one band of class ids (0 = unlabelled)")
+                from rasterio.enums import ColorInterp
+
+                alpha = f.count == 2 and f.colorinterp[1] == ColorInterp.alpha
+                raise DataError(f"{path} has {f.count} bands; expected one band of class ids (0 = unlabelled)" + (
+                    f": its second is an alpha band (as gdalwarp -dstalpha adds); keep band 1 (gdal_translate -b 1 "
+                    f"{path} labels.tif) and make its unlabelled pixels 0 or its nodata" if alpha else ""))
             transform = None if f.transform.is_identity else f.transform
             flip = (transform is not None and scene_transform is not None and transform.e * scene_transform.e < 0
                     and not (scene_transform.b or scene_transform.d))
@@ -142,7 +147,9 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
             if names is None:  # GDAL category names (QGIS, gdal_translate and hsi-engine keep them in .aux.xml)
                 names = _gdal_category_names(path)
     except rasterio.errors.RasterioIOError as e:
-        raise DataError(f"{path} could not be read as a label raster ({e})") from None
+        from .integrity import why_failed
+
+        raise DataError(f"{path} could not be read as a label raster ({why_failed(e)})") from None
     if window is not None:
         log.info("%s: the scene is rows %s, cols %s of the labels' grid (%d x %d px)%s", path,
                  _span(window.row_off, shape[0]), _span(window.col_off, shape[1]), width, height,

@@ -675,6 +675,21 @@ def test_labels_of_a_rotated_or_gcp_placed_scene_are_checked_against_its_grid(tm
         load_labelled_raster(tmp_path / "gcp.tif", far)
 
 
+def test_a_label_raster_with_an_alpha_band_is_told_to_keep_band_1(tmp_path):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from hsi_engine.training import _read_label_raster
+    from ssrn.data import DataError
+
+    path = tmp_path / "labels.tif"
+    with rasterio.open(path, "w", driver="GTiff", count=2, height=4, width=4, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(0, 0, 1, 1), ALPHA="YES") as dst:
+        dst.write(np.ones((2, 4, 4), np.uint8))
+    with pytest.raises(DataError, match=r"has 2 bands; .*its second is an alpha band .* gdal_translate -b 1"):
+        _read_label_raster(path, (4, 4), None, None, "labels", path)
+
+
 def test_train_is_the_public_name_of_training_on_a_label_raster():
     import hsi_engine
 
