@@ -686,7 +686,7 @@ def test_a_label_raster_with_an_alpha_band_is_told_to_keep_band_1(tmp_path):
     with rasterio.open(path, "w", driver="GTiff", count=2, height=4, width=4, dtype="uint8", crs="EPSG:32633",
                        transform=from_origin(0, 0, 1, 1), ALPHA="YES") as dst:
         dst.write(np.ones((2, 4, 4), np.uint8))
-    with pytest.raises(DataError, match=r"has 2 bands; .*its second is an alpha band .* gdal_translate -b 1"):
+    with pytest.raises(DataError, match=r"has 2 bands; .*its second is an alpha band .*\(gdal_translate -b 1"):
         _read_label_raster(path, (4, 4), None, None, "labels", path)
 
 
