@@ -38,7 +38,7 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers ``.rio`` on every DataArray open_scene returns)
 import xarray as xr
 
-from ssrn.errors import unexpanded_home
+from ssrn.errors import is_text_path, unexpanded_home
 
 from .cube import bare_dataarray, cf_georef, cube_like, human_bytes, normalise_dims
 from .envi import envi_header_beside, envi_paths, open_envi
@@ -137,7 +137,7 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
     Values come back as stored, but CF-packed NetCDF/zarr/HDF5 variables are decoded (see the module docstring).
     A NetCDF4 group's variable is named ``GROUP/NAME``.
     """
-    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):  # pathlib's TypeError
+    if not is_text_path(path):  # (pathlib's bare TypeError)
         raise OptionError(f"open_scene takes a scene path (a str or pathlib.Path); got {type(path).__name__} "
                           f"{repr(path)[:80]}" + (": decode it first (os.fsdecode(path))" if isinstance(path, bytes)
                                                   else "; hsi_engine.classify takes arrays and DataArrays as they are"))

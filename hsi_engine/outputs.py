@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ssrn.errors import unexpanded_home
+from ssrn.errors import is_text_path, unexpanded_home
 
 from .errors import OutputError
 from .logs import warnings_ignored
@@ -282,7 +282,7 @@ def check_output_suffix(path: str | os.PathLike) -> str:
     A URL (``s3://``, ``file://``) or a name too long for the temporary files written beside it is refused too,
     before anything is computed, and so is a path starting with ``~``, which Python does not expand (the command line
     does): ``"~/map.tif"`` made a directory named ``~`` in the working directory."""
-    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+    if not is_text_path(path):
         raise OutputError(f"the output must be a path (a str or pathlib.Path, e.g. 'map.tif'); got "
                           f"{type(path).__name__} {repr(path)[:80]}" + (": decode it first (os.fsdecode(out))"
                                                                         if isinstance(path, bytes) else ""))

@@ -19,6 +19,7 @@ import numpy as np
 from ssrn.checkpoint import class_names_problem
 from ssrn.data import (DataError, DataNotFoundError, Scene, bands_without_data, check_class_ids, check_labels,
                        label_class_names, unlabel_nodata)
+from ssrn.errors import is_text_path
 
 from .logs import quiet_affine_mul
 
@@ -239,7 +240,7 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
 
     _check_class_names(class_names, DataError)
     for name, value in (("scene_path", scene_path), ("labels_path", labels_path)):
-        if not (isinstance(value, (str, os.PathLike)) and isinstance(os.fspath(value), str)):
+        if not is_text_path(value):
             raise DataError(f"{name} must be a path (a str or pathlib.Path); got {type(value).__name__}"
                             + (": decode it with os.fsdecode()" if isinstance(value, bytes) else ""))
     scene_path, labels_path = Path(scene_path), Path(labels_path)
@@ -328,7 +329,7 @@ def train(dataset: str | os.PathLike | Scene, out: str | os.PathLike, *, labels:
 
     if labels is not None:  # (without labels, run_training checks dataset and out; with them, out)
         for name, value in (("dataset", dataset), ("labels", labels)):
-            if not (isinstance(value, (str, os.PathLike)) and isinstance(os.fspath(value), str)):
+            if not is_text_path(value):
                 raise TrainOptionError(f"{name} must be a path (a str or pathlib.Path) with labels=; got "
                                        f"{type(value).__name__}: write an array or DataArray to a file first (e.g. "
                                        "da.rio.to_raster('scene.tif'), or np.save for labels) and pass its path")

@@ -21,7 +21,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from .config import InvalidConfig, SSRNConfig
-from .errors import CheckpointError, OptionError, check_flag, first_line, unexpanded_home
+from .errors import CheckpointError, OptionError, check_flag, first_line, is_text_path, unexpanded_home
 from .model import SSRN, filled_model
 
 WEIGHTS = "weights.safetensors"
@@ -125,7 +125,7 @@ _TEMP_EXTRA = len(".") + len(".old.") + 8  # mkdtemp's prefix around the name, a
 def check_model_path(path: Any) -> None:
     """Refuse a model directory path that is no text path (:class:`OptionError`) or starts with ``~``
     (:class:`CheckpointError`: Python does not expand it, and ``"~/models/in"`` made a directory named ``~``)."""
-    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+    if not is_text_path(path):
         raise OptionError(f"the model directory must be a path (a str or pathlib.Path); got {type(path).__name__} "
                           f"{repr(path)[:80]}" + (": decode it first (os.fsdecode(path))" if isinstance(path, bytes)
                                                   else ""))
@@ -717,7 +717,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     other's weights (read again when model.json changed under the load; refused if it keeps changing)."""
     from .devices import resolve_device
 
-    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+    if not is_text_path(path):
         raise OptionError(f"load_model takes a model directory path (a str or pathlib.Path); got "
                           f"{type(path).__name__} {repr(path)[:80]}" + (": decode it first (os.fsdecode(path))"
                                                                         if isinstance(path, bytes) else ""))

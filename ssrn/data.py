@@ -28,7 +28,7 @@ import torch
 from numpy.typing import ArrayLike
 
 from .config import DATASET_ALIASES
-from .errors import HSIEngineError, OptionError, check_flag, unexpanded_home
+from .errors import HSIEngineError, OptionError, check_flag, is_text_path, unexpanded_home
 
 __all__ = [
     "DATASETS", "DataError", "DataNotFoundError", "DatasetSpec", "PatchDataset", "Scene", "Split",
@@ -139,7 +139,7 @@ def default_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     A ``data_dir`` given explicitly must be a directory: a typo must not fall back to other data silently.
     """
     if data_dir is not None:
-        if not (isinstance(data_dir, (str, os.PathLike)) and isinstance(os.fspath(data_dir), str)):
+        if not is_text_path(data_dir):
             raise OptionError(f"data_dir must be a path (a str or pathlib.Path) or None; got {type(data_dir).__name__}"
                               + (": decode it first (os.fsdecode(data_dir))" if isinstance(data_dir, bytes) else ""))
         if not Path(data_dir).is_dir():

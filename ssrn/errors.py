@@ -43,6 +43,12 @@ def check_flag(name: str, value: Any, error: type[Exception] = OptionError) -> b
                    if isinstance(value, str) else ""))
 
 
+def is_text_path(value: Any) -> bool:
+    """Whether ``value`` is a path given as text: a ``str`` or an ``os.PathLike`` of one (bytes paths are not:
+    pathlib refuses them with a bare ``TypeError``, and their names would need decoding)."""
+    return isinstance(value, (str, os.PathLike)) and isinstance(os.fspath(value), str)
+
+
 def unexpanded_home(path: str | os.PathLike, *, written: bool = True) -> str | None:
     """Why ``path`` cannot be used as given when it starts with ``~`` (``~`` or ``~user``), which Python does not
     expand (a shell does): ``"~/models/in"`` made a directory named ``~`` in the working directory (``written``:

@@ -28,7 +28,7 @@ from .config import MAX_BANDS, PRESETS, SSRNConfig
 from .data import (DataError, DatasetSpec, PatchDataset, Scene, Split, block_split, dataset_spec, is_scene_path,
                    load_dataset, per_class_split, standardize_scene, stratified_split)
 from .devices import DeviceError, resolve_device
-from .errors import HSIEngineError, OptionError, check_flag
+from .errors import HSIEngineError, OptionError, check_flag, is_text_path
 from .metrics import classification_report
 from .model import SSRN, count_parameters, filled_model
 
@@ -571,7 +571,7 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
         if (name == "dataset" and (isinstance(value, Scene) or callable(value))) or (name == "data_dir"
                                                                                      and value is None):
             continue
-        if not (isinstance(value, (str, os.PathLike)) and isinstance(os.fspath(value), str)):
+        if not is_text_path(value):
             what = "a path (a str or pathlib.Path)" + (", a dataset name or a Scene" if name == "dataset" else
                                                        " or None" if name == "data_dir" else "")
             fix = ("pass the model directory's path" if name == "out" else "decode it first (os.fsdecode(data_dir))"
