@@ -255,6 +255,20 @@ def _check_packing(da: xr.DataArray, raw: np.ndarray, mean: np.ndarray, std: np.
     return False
 
 
+def _warn_zero_fill(raw: np.ndarray, nodata: float | None) -> None:
+    """Warn when pixels of the scale check's sample hold 0 in every band and the scene declares no nodata value (a
+    mosaic's gaps after ``rio merge``, a swath's edge): they are classified as land cover. A sample of the scene's
+    centre only: a fill elsewhere goes unseen."""
+    if nodata is not None or raw.ndim != 3 or raw.shape[0] < 2:
+        return
+    zero = ~np.asarray(raw != 0).any(axis=0)
+    if int(zero.sum()) >= 4:
+        warnings.warn(f"{int(zero.sum())} of {zero.size} pixels of a sample of the scene hold 0 in every band, and the "
+                      "scene declares no nodata value: such pixels (a mosaic's gaps, a swath's edge) are classified "
+                      "as land cover. Pass nodata=0 (--nodata 0) to make them class 0, or declare the fill as the "
+                      "scene's nodata", UserWarning, stacklevel=user_stacklevel())
+
+
 def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: float | None,
                  trained_stats: bool = True) -> None:
     """Warn (``UnnormalisedInputWarning``, an error on the command line) when a sample of the scene is not on the
@@ -276,6 +290,7 @@ def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: flo
     except Exception as e:  # noqa: BLE001 - a sanity check: the run reports an unreadable scene itself
         log.debug("scale check skipped: the sample could not be read (%s)", e)
         return
+    _warn_zero_fill(raw, nodata)
     if trained_stats and _check_packing(da, raw, mean, std, nodata):
         return  # its fix is to decode the scene: a factor named beside it would mislead
     ratios = scale_ratios(raw, mean, std, nodata)

@@ -391,3 +391,17 @@ def test_a_geotiff_read_by_rioxarray_is_warned_about_what_it_left_out(crop, mode
         warnings.simplefilter("error", UserWarning)
         labels = hsi_engine.classify(hsi_engine.open_scene(path), model, progress=False).values
     assert (labels.reshape(-1)[:20] == 0).all() and (labels.reshape(-1)[20:] > 0).all()
+
+
+def test_a_mosaic_s_zero_fill_without_nodata_is_warned_about(crop, model):
+    """`rio merge` of tiles in an L leaves 0 in every band where no tile lies, and declares no nodata: the gap was
+    classified as land cover (2,304 pixels of Soybean-mintill) without a word."""
+    gap = crop.copy(data=crop.values.copy())
+    gap[:, 20:, 20:] = 0  # a missing tile, reaching the scene's centre
+    with pytest.warns(UserWarning, match=r"pixels of a sample of the scene hold 0 in every band, and the scene "
+                                         r"declares no nodata value: .* Pass nodata=0 \(--nodata 0\)"):
+        hsi_engine.classify(gap, model, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        labels = hsi_engine.classify(gap, model, nodata=0, progress=False).values
+    assert (labels[20:, 20:] == 0).all() and (labels[:20] > 0).all()
