@@ -155,8 +155,8 @@ class _Job:
         if nodata is not None and da.dtype.kind in "uib" and math.isnan(float(nodata)):
             declared = declared_nodata(da)
             warnings.warn(f"nodata=nan masks nothing in this {da.dtype} scene (integers hold no NaN)"
-                          + (f" and replaces its declared nodata value {declared:g}: leave nodata unset (no --nodata) to use it, or "
-                             "the integer its fill pixels hold" if declared is not None else
+                          + (f" and replaces its declared nodata value {declared:g}: leave nodata unset (no "
+                             "--nodata) to use it, or the integer its fill pixels hold" if declared is not None else
                              ": pass the integer its fill pixels hold"), UserWarning, stacklevel=user_stacklevel())
         elif nodata is not None and math.isnan(float(nodata)):
             declared = declared_nodata(da)

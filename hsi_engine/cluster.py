@@ -557,7 +557,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     from .api import _Job
     from .georef import scene_georef
     from .runner import check_read_settings
-    from .outputs import TIFF_SUFFIXES, ZARR_SUFFIXES, why_not_ours, check_replaceable, in_the_way, ours_aux, side_paths
+    from .outputs import TIFF_SUFFIXES, ZARR_SUFFIXES, check_replaceable, in_the_way, ours_aux, side_paths, why_not_ours
 
     t_start = time.perf_counter()
     out = Path(out)

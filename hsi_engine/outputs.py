@@ -121,15 +121,15 @@ def check_replaceable(path: str | os.PathLike) -> None:
             raise OutputError(f"refusing to replace {t}: {why}; {_REMOVE_IT}")
 
 
-def in_the_way(path: str | os.PathLike, fix: str = "pass overwrite=True (--overwrite on the command line) to replace "
-               "it, or choose another path") -> OutputError:
-    """The error for something at ``path`` that a run without ``overwrite`` will not write over. ``fix`` (overwrite
-    by default) is offered only where ``overwrite`` would replace it; elsewhere the error says what is there and
-    that only its owner can remove it, so no suggestion leads to a second refusal."""
+def in_the_way(path: str | os.PathLike) -> OutputError:
+    """The error for something at ``path`` that a run without ``overwrite`` will not write over: ``overwrite`` is
+    offered only where it would replace it; elsewhere the error says what is there and that only its owner can
+    remove it, so no suggestion leads to a second refusal."""
     p = Path(path)
     why = why_not_ours(p)
     if why is None:
-        return OutputError(f"output {p} already exists; {fix}")
+        return OutputError(f"output {p} already exists; pass overwrite=True (--overwrite on the command line) to "
+                           "replace it, or choose another path")
     return OutputError(f"{p} is in the way: {why}, and overwrite=True (--overwrite) replaces only what hsi-engine "
                        f"wrote; {_REMOVE_IT}")
 

@@ -57,7 +57,7 @@ import numpy as np
 from .errors import OutputError
 from .geotiff import gdal_name
 from .logs import warnings_ignored
-from .outputs import TIFF_SUFFIXES, why_not_ours, check_replaceable, in_the_way, remove_tree, zarr_root_attributes
+from .outputs import TIFF_SUFFIXES, check_replaceable, in_the_way, remove_tree, why_not_ours, zarr_root_attributes
 from .writers import ZarrClassMapWriter
 
 __all__ = ["MAP_VERSION", "PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "check_owner", "discard_partial",

@@ -686,8 +686,9 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
         dpool.shutdown()
         dpool = None
         if asked_decoders:
-            log.warning("decoders=%d (--decoders) has no effect here: decoder threads decode the block cache's chunks, and this "
-                        "run has no cache (%s); pass cache_blocks=N (--cache-blocks N) to use them", decoders,
+            log.warning("decoders=%d (--decoders) has no effect here: decoder threads decode the block cache's "
+                        "chunks, and this run has no cache (%s); pass cache_blocks=N (--cache-blocks N) to use them",
+                        decoders,
                         "the scene is not chunked" if getattr(scene, "chunks", None) is None else "cache_blocks=0")
     mean64 = None if mean is None else np.asarray(mean, np.float64)
     std64 = None if std is None else np.asarray(std, np.float64)
