@@ -903,6 +903,21 @@ def _content_digest(da: Any) -> str:
     height = int(da.shape[1])
     how = ("write it to a zarr store (scene.to_zarr(PATH)) and classify that path, or pass a file opened whole by "
            "hsi_engine.open_scene(PATH), to skip this read")
+    try:
+        for part in _digest_parts(da, rows, height, how):
+            h.update(part)
+    except Exception as e:  # noqa: BLE001 - the read's failure, as a tile's read would report it
+        from .integrity import read_error
+
+        err = read_error(da, (0, height, 0, int(da.shape[2])), e)
+        if err is e:
+            raise
+        raise err from e
+    return h.hexdigest()
+
+
+def _digest_parts(da: Any, rows: int, height: int, how: str) -> Any:
+    """The digests of :func:`_content_digest`'s strips, in order (computed through dask for dask data)."""
     if da.chunks is not None:
         import dask
 
@@ -910,20 +925,16 @@ def _content_digest(da: Any) -> str:
                  "built in memory): reading it once more to record a digest of its values, so a resumed run can "
                  "tell it from another scene; %s", how)
         strips = da.data.rechunk({0: -1, 1: rows, 2: -1}).to_delayed().ravel() if height else []
-        parts: Any = dask.compute(*[dask.delayed(_bytes_digest, pure=True)(b) for b in strips])
-    else:
-        var = da.variable
-        if not var._in_memory:  # a backend's lazy array (xr.open_dataset, rioxarray.open_rasterio, no chunks)
-            log.info("the scene is read lazily from a file it was not opened whole from by open_scene (opened by "
-                     "xarray or rioxarray, a window, or an edit): reading it once more, %d rows of all bands at a "
-                     "time, to record a digest of its values, so a resumed run can tell it from another scene; %s",
-                     rows, how)
-        read = _source_order_reader(var) or (lambda y0, y1: np.asarray(
-            (var if (y0, y1) == (0, height) else var[:, y0:y1]).values))  # (whole: not sliced lazily)
-        parts = (_bytes_digest(read(y0, min(y0 + rows, height))) for y0 in range(0, height, rows))
-    for part in parts:
-        h.update(part)
-    return h.hexdigest()
+        return dask.compute(*[dask.delayed(_bytes_digest, pure=True)(b) for b in strips])
+    var = da.variable
+    if not var._in_memory:  # a backend's lazy array (xr.open_dataset, rioxarray.open_rasterio, no chunks)
+        log.info("the scene is read lazily from a file it was not opened whole from by open_scene (opened by "
+                 "xarray or rioxarray, a window, or an edit): reading it once more, %d rows of all bands at a "
+                 "time, to record a digest of its values, so a resumed run can tell it from another scene; %s",
+                 rows, how)
+    read = _source_order_reader(var) or (lambda y0, y1: np.asarray(
+        (var if (y0, y1) == (0, height) else var[:, y0:y1]).values))  # (whole: not sliced lazily)
+    return (_bytes_digest(read(y0, min(y0 + rows, height))) for y0 in range(0, height, rows))
 
 
 def _source_order_reader(var: Any) -> Callable[[int, int], np.ndarray] | None:

@@ -254,6 +254,25 @@ def test_a_scene_s_aux_xml_and_msk_are_part_of_its_identity(case, tmp_path):
     assert cluster._files_stat(tmp_path / "scene.hdr")[0] == envi[0] + 1
 
 
+def test_a_read_that_fails_while_digesting_is_the_error_a_tile_s_read_gives(case, tmp_path):
+    """An OSError in the caller's dask graph over a file: a plain .tif run named the file and the window (a
+    SceneError), while .zarr, resume=True and workers= runs, which read the scene first for its digest, raised the
+    bare OSError."""
+    import dask.array as dsa
+
+    def failing(block):
+        raise OSError(5, "Input/output error")
+
+    base = hsi_engine.open_scene(case["scene"]).load()
+    scene = base.copy(data=dsa.from_array(base.values, chunks=(base.shape[0], 16, 16)).map_blocks(
+        failing, dtype=base.dtype))
+    for out, kw in ((tmp_path / "plain.tif", {}), (tmp_path / "resumable.tif", {"resume": True}),
+                    (tmp_path / "m.zarr", {})):
+        with pytest.raises(hsi_engine.SceneError, match=r"reading rows .* of a scene computed from .* failed "
+                                                        r"\(OSError: \[Errno 5\] Input/output error\)"):
+            hsi_engine.classify_to_file(scene, case["model"], out, tile=TILE, **kw)
+
+
 def test_a_low_precision_partial_of_the_previous_engine_says_to_start_over(case, tmp_path, monkeypatch):
     """The previous hsi-engine recorded no device and spatial_precision as asked ('auto'): such a partial was refused
     with "device: partial has None, this run 'cpu' (... continue it on the kind of device that started it)" and the
