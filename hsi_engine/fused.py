@@ -687,7 +687,8 @@ def patch_forward(model: nn.Module, normalised: torch.Tensor, pixels: torch.Tens
     if normalised.ndim != 3 or not normalised.is_floating_point():
         raise OptionError(f"normalised must be a (bands, H, W) floating array; got {tuple(normalised.shape)} "
                           f"{normalised.dtype}")
-    normalised = normalised.to(next(model.parameters()).dtype)
+    weight = next(model.parameters())  # (its dtype and device: those of the logits)
+    normalised = normalised.to(weight.dtype)
     if pixels is None:
         yy, xx = torch.meshgrid(torch.arange(normalised.shape[1]), torch.arange(normalised.shape[2]),
                                 indexing="ij")
@@ -721,10 +722,7 @@ def patch_forward(model: nn.Module, normalised: torch.Tensor, pixels: torch.Tens
                 out.append(model(patches))
     finally:
         model.train(training)
-    if not out:
-        weight = next(model.parameters())
-        return weight.new_empty(0, model.config.classes)
-    return torch.cat(out)
+    return torch.cat(out) if out else weight.new_empty(0, model.config.classes)
 
 
 __all__ = ["FusedSSRN", "PRECISIONS", "SpatialBlock", "SpatialProgram", "check_spatial_precision", "fold_spatial",
