@@ -26,12 +26,13 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
-import numbers
 import os
 import re
 import threading
 from collections.abc import Iterator
 from typing import Any
+
+from ssrn.errors import is_whole
 
 from .errors import OptionError
 
@@ -108,7 +109,7 @@ def reuse_large_buffers(mmap_threshold_mb: int = 256, trim_threshold_mb: int = 1
     C library without ``mallopt`` (macOS, Windows, musl) or a glibc that refuses the thresholds (logged as a
     warning)."""
     for name, mb in (("mmap_threshold_mb", mmap_threshold_mb), ("trim_threshold_mb", trim_threshold_mb)):
-        if isinstance(mb, bool) or not isinstance(mb, numbers.Integral) or not 1 <= int(mb) < 2048:  # a C int
+        if not is_whole(mb) or not 1 <= int(mb) < 2048:  # a C int
             raise OptionError(f"{name} must be a whole number in 1..2047 (MB; mallopt takes a 32-bit byte count); "
                               f"got {mb!r}")
     mallopt = _mallopt()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 import xarray as xr
 
-from ssrn.errors import check_flag
+from ssrn.errors import check_flag, is_whole
 
 from .dask_client import releases_task_thread
 from .errors import (IrregularGridError, OptionError, OutputError, SceneError,
@@ -112,8 +112,7 @@ class _Job:
         check_spatial_precision(spatial_precision, precision)
         if isinstance(nodata, np.ndarray) and nodata.ndim == 0:
             nodata = nodata[()]  # a 0-d array (e.g. from a file's attributes): its number
-        if isinstance(nodata, numbers.Integral) and not isinstance(nodata, (bool, np.bool_)) \
-                and abs(int(nodata)) > 2 ** 1023:  # past any float: float() overflows
+        if is_whole(nodata) and abs(int(nodata)) > 2 ** 1023:  # past any float: float() overflows
             raise OptionError(f"nodata={nodata}: too large for any scene dtype (beyond float64); expected a number "
                               "a scene can hold")
         if nodata is not None and (isinstance(nodata, (bool, np.bool_)) or not isinstance(nodata, numbers.Real)):

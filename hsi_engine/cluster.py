@@ -45,7 +45,6 @@ import hashlib
 import json
 import logging
 import math
-import numbers
 import os
 import threading
 import time
@@ -59,7 +58,8 @@ from typing import Any
 
 import numpy as np
 
-from .dask_client import _cuda_count, _gpu_resources, _parse_scheduler_address, connect, make_local_cluster
+from .dask_client import (_cuda_count, _gpu_resources, _parse_scheduler_address, check_workers, connect,
+                          make_local_cluster)
 from .errors import ClusterUsageError, HSIEngineError, OptionError, OutputError, WorkerLostError
 from .lock import output_lock
 from .logs import dropped, warnings_ignored
@@ -781,17 +781,6 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     log.info("wrote %s: %d tiles computed, %d skipped (run %d, %s) in %.1f s", path, report.computed, skipped, run,
              f"{n_workers} workers" if distributed else "in-process", report.wall_s)
     return report
-
-
-def check_workers(workers: Any) -> None:
-    """Refuse a worker count that is not a whole number >= 1 (None: no local cluster), as readers= is refused."""
-    if workers is None:
-        return
-    if isinstance(workers, (bool, np.bool_)) or not isinstance(workers, numbers.Integral):
-        raise ClusterUsageError(f"workers must be a whole number of worker processes (e.g. workers=2); got "
-                                f"{workers!r}")
-    if int(workers) < 1:
-        raise ClusterUsageError(f"workers must be >= 1, got {workers}: pass the number of worker processes")
 
 
 def _check_cluster_engine(device: Any, backend: str, *, local: bool) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import numbers
 import os
 import re
 import signal
@@ -19,6 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
+
+from ssrn.errors import is_whole
 
 from .errors import ClusterUsageError, HSIEngineError
 from .logs import dropped
@@ -41,6 +42,17 @@ def _cuda_count() -> int:
         return 0
 
 
+def check_workers(workers: Any) -> None:
+    """Refuse a worker count that is not a whole number >= 1 (None: no local cluster), as readers= is refused."""
+    if workers is None:
+        return
+    if not is_whole(workers):
+        raise ClusterUsageError(f"workers must be a whole number of worker processes (e.g. workers=2); got "
+                                f"{workers!r}")
+    if int(workers) < 1:
+        raise ClusterUsageError(f"workers must be >= 1, got {workers}: pass the number of worker processes")
+
+
 def make_local_cluster(n_workers: int | None = None, *, gpu: bool | None = None, silence_logs: int = logging.ERROR):
     """A local dask cluster for the engine: one worker per GPU, else ``n_workers`` single-threaded processes.
 
@@ -56,11 +68,7 @@ def make_local_cluster(n_workers: int | None = None, *, gpu: bool | None = None,
                                 "worker's, or a multiprocessing pool's), which may have no children. Pass scheduler= "
                                 "(the cluster it runs on: distributed.get_client().scheduler.address) instead of "
                                 "workers=, or run without workers= to classify in-process")
-    if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, numbers.Integral)):
-        raise ClusterUsageError(f"workers must be a whole number of worker processes (e.g. workers=2); got "
-                                f"{n_workers!r}")
-    if n_workers is not None and int(n_workers) < 1:
-        raise ClusterUsageError(f"workers must be >= 1, got {n_workers}: pass the number of worker processes")
+    check_workers(n_workers)
     ngpu = _cuda_count() if gpu is not False else 0
     if gpu and ngpu == 0:
         raise HSIEngineError("gpu=True but no CUDA device is visible: run CPU workers (gpu=False) or check "

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import numbers
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.program import Affine, FoldedBlock, FoldedConv, SpectralProgram
+from ssrn.errors import is_whole
 
 from .errors import OptionError
 
@@ -366,7 +366,7 @@ class FusedSSRN:
         # 512 alone (benchmarks/results/chunks-cpu.md): not changed. GPU: about 65,536 pixels per call (eager
         # activations are then ~0.6 GB per layer), rounded to whole waves of the Gluon kernel (gpu_chunk_pixels)
         if max_pixels is not None:
-            if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1:
+            if not is_whole(max_pixels) or max_pixels < 1:
                 raise OptionError(f"max_pixels must be a whole number >= 1 (pixels per spectral call), got "
                                   f"{max_pixels!r}")
             self.max_pixels = int(max_pixels)

@@ -29,7 +29,6 @@ copy of the scene read back scaled; ``rio.to_raster`` writes them back). The CRS
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers ``.rio`` on every DataArray open_scene returns)
 import xarray as xr
 
-from ssrn.errors import is_text_path, unexpanded_home
+from ssrn.errors import is_text_path, is_whole, unexpanded_home
 
 from .cube import bare_dataarray, cf_georef, cube_like, human_bytes, normalise_dims
 from .envi import envi_header_beside, envi_paths, open_envi
@@ -118,7 +117,7 @@ def _check_chunks(chunks: Any) -> None:
             if isinstance(size, str):
                 raise OptionError(f"chunks={chunks!r}: dask reads the text {size!r} as a number of bytes; pass "
                                   f"{int(size)} (elements), or a size with its unit ('64MiB')")
-            if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+            if not is_whole(size) or size < 1:
                 raise OptionError(f"chunks={chunks!r}: each chunk size must be a whole number >= 1 (or -1 / None for "
                                   f"the whole axis, 'auto'); got {size!r}")
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import numbers
 import os
 import sys
 import threading
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+
+from ssrn.errors import is_whole
 
 from .blocks import BlockCache
 from .errors import BandMismatchError, HSIEngineError, NonFiniteInputError, OptionError, SceneError, SceneTooSmallError
@@ -467,7 +468,7 @@ def check_read_settings(*, cache_blocks: int | None, decoders: int | None) -> No
     before anything is opened or written."""
     for name, v, what in (("cache_blocks", cache_blocks, "blocks (e.g. cache_blocks=64)"),
                           ("decoders", decoders, "threads (e.g. decoders=2)")):
-        if v is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral)):
+        if v is not None and not is_whole(v):
             raise OptionError(f"{name} must be a whole number of {what}; got {v!r}")
     if cache_blocks is not None and int(cache_blocks) < 0:
         raise OptionError(f"cache_blocks must be >= 0 (0 turns the block cache off); got {cache_blocks}")
@@ -659,7 +660,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     device = engine.device
     cuda = device.type == "cuda"
     for name, v in (("readers", readers), ("queue_depth", queue_depth)):
-        if v is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral)):
+        if v is not None and not is_whole(v):
             raise OptionError(f"{name} must be a whole number of threads / tiles (e.g. {name}=2); got {v!r}")
     for name, v in (("readers", readers), ("queue_depth", queue_depth)):  # as passed: a default is never at fault
         if v is not None and int(v) < 1:

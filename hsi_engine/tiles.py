@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+from ssrn.errors import is_whole
 
 from .errors import OptionError, SceneTooSmallError
 
@@ -68,9 +69,9 @@ class TilePlan:
 
 def normalise_tile(tile: int | Sequence[int]) -> tuple[int, int]:
     """``T`` or ``(ty, tx)`` -> ``(ty, tx)``, both positive whole numbers of pixels."""
-    sides = (tile,) * 2 if isinstance(tile, numbers.Integral) else tile
+    sides = (tile,) * 2 if is_whole(tile) else tile
     if isinstance(sides, (str, bytes)) or not isinstance(sides, Sequence) or len(sides) != 2 \
-            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in sides):
+            or not all(is_whole(v) for v in sides):
         raise OptionError(f"tile={tile!r}; expected a whole number of pixels T (e.g. tile=128) or a pair (ty, tx)")
     ty, tx = (int(v) for v in sides)
     if ty < 1 or tx < 1:
@@ -87,7 +88,7 @@ def _chunk_starts(chunks: int | Sequence[int] | None, n: int) -> list[int] | Non
     """Start offsets of the store's chunks along one axis (dask style sizes, or one regular size)."""
     if chunks is None:
         return None
-    if isinstance(chunks, numbers.Integral) and not isinstance(chunks, bool):
+    if is_whole(chunks):
         chunks = int(chunks)
         if chunks < 1:
             raise OptionError(f"chunk size must be >= 1, got {chunks}")
@@ -115,7 +116,7 @@ def plan_tiles(height: int, width: int, tile: int | Sequence[int], halo: int, *,
     row-major.
     """
     for name, v in (("height", height), ("width", width), ("halo", halo)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        if not is_whole(v):
             raise OptionError(f"{name} must be a whole number of pixels; got {type(v).__name__} {v!r}")
     height, width, halo = int(height), int(width), int(halo)
     if height < 1 or width < 1:

@@ -16,7 +16,6 @@ import base64
 import json
 import logging
 import math
-import numbers
 import operator
 import os
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ import torch
 from numpy.typing import ArrayLike
 
 from .config import DATASET_ALIASES
-from .errors import HSIEngineError, OptionError, check_flag, is_text_path, unexpanded_home
+from .errors import HSIEngineError, OptionError, check_flag, is_text_path, is_whole, unexpanded_home
 
 __all__ = [
     "DATASETS", "DataError", "DataNotFoundError", "DatasetSpec", "PatchDataset", "Scene", "Split",
@@ -852,8 +851,7 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def __init__(self, normed: np.ndarray | torch.Tensor, labels: np.ndarray | None, indices: np.ndarray,
                  patch: int) -> None:
-        if isinstance(patch, (bool, np.bool_)) or not isinstance(patch, numbers.Integral) or patch < 1 \
-                or patch % 2 == 0:
+        if not is_whole(patch) or patch < 1 or patch % 2 == 0:
             raise OptionError(f"PatchDataset: patch must be an odd whole number >= 1 (the model's, e.g. 5, 7, 9, 11); "
                               f"got {patch!r} ({type(patch).__name__})")
         patch = int(patch)
@@ -969,7 +967,7 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def iter_batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
         """Yield ``(patches, targets, positions)`` batches; targets is None without labels."""
-        if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        if not is_whole(batch_size) or batch_size < 1:
             raise OptionError(f"iter_batches: batch_size must be a whole number >= 1; got {batch_size!r} "
                               f"({type(batch_size).__name__})")
         batch_size = int(batch_size)

@@ -3,6 +3,7 @@ arguments every module shares (a flag, a path starting with ``~``)."""
 
 from __future__ import annotations
 
+import numbers
 import os
 import sys
 from pathlib import Path
@@ -41,6 +42,12 @@ def check_flag(name: str, value: Any, error: type[Exception] = OptionError) -> b
     raise error(f"{name} must be True or False; got {type(value).__name__} {repr(value)[:80]}"
                 + (": a string from a config file or os.environ is not read as a bool, convert it first"
                    if isinstance(value, str) else ""))
+
+
+def is_whole(value: Any) -> bool:
+    """Whether ``value`` is a whole number: a Python or numpy integer, not a bool (``True`` is 1 to Python, never
+    a count of pixels or epochs)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def is_text_path(value: Any) -> bool:

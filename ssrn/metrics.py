@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import OptionError
+from .errors import OptionError, is_whole
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
@@ -41,7 +40,7 @@ def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int | None
     if t.shape != p.shape:
         raise OptionError(f"y_true and y_pred differ in length: {t.size} vs {p.size}")
     if n_classes is not None:
-        if isinstance(n_classes, (bool, np.bool_)) or not isinstance(n_classes, numbers.Integral) or n_classes < 1:
+        if not is_whole(n_classes) or n_classes < 1:
             raise OptionError(f"n_classes must be a whole number >= 1 (or None: the largest label + 1); got "
                               f"{n_classes!r} ({type(n_classes).__name__})")
         n_classes = int(n_classes)

@@ -28,7 +28,7 @@ from .config import MAX_BANDS, PRESETS, SSRNConfig
 from .data import (DataError, DatasetSpec, PatchDataset, Scene, Split, block_split, dataset_spec, is_scene_path,
                    load_dataset, per_class_split, standardize_scene, stratified_split)
 from .devices import DeviceError, resolve_device
-from .errors import HSIEngineError, OptionError, check_flag, is_text_path
+from .errors import HSIEngineError, OptionError, check_flag, is_text_path, is_whole
 from .metrics import classification_report
 from .model import SSRN, count_parameters, filled_model
 
@@ -79,7 +79,7 @@ def _whole(name: str, value: Any, optional: bool = False) -> int | None:
     """``value`` as an int (a numpy integer too), else a :class:`TrainOptionError` naming the option."""
     if optional and value is None:
         return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    if not is_whole(value):
         raise TrainOptionError(f"{name} must be a whole number{' (or None)' if optional else ''}, got {value!r} "
                                f"({type(value).__name__})" + (_AS_TEXT if isinstance(value, str) else ""))
     return int(value)
