@@ -213,6 +213,7 @@ def _cmd_classify(args: argparse.Namespace, on_written: Callable[[Path], None] |
         # ... where the cause is plain (a power of ten, 30x, a standardised scene); a sample merely far from the
         # training data (4+ standard deviations) may be a cloud or snow over the scene's centre: a warning
         warnings.filterwarnings("default", message="the scene's values lie a median", category=UnnormalisedInputWarning)
+        warnings.filterwarnings("default", message="the scene's values look about", category=UnnormalisedInputWarning)
         classify_to_file(_scene_arg(args), args.model, args.out, tile=args.tile, device=args.device,
                          backend=args.backend, precision=args.precision,
                          probabilities=args.probabilities_dtype or args.probabilities,

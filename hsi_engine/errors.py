@@ -51,7 +51,8 @@ class WorkerLostError(HSIEngineError, RuntimeError):
 class UnnormalisedInputWarning(UserWarning, HSIEngineError):
     """The scene is not on the scale the model was trained on, so the map will be meaningless: its values are
     30x or more off the model's per-band statistics (reflectance 0-1 against a model trained on x 10000), or lie
-    a median of several training standard deviations from its means (other units, another sensor), it declares
+    a median of several training standard deviations from its means (other units, another sensor), or keep the
+    training data's spectral shape off by a power of ten (x 1000 against x 10000), it declares
     band scales/offsets other than the training scene's, a CF-packed scene was handed over still packed, or a
     model without per-band mean/std meets raw integers. A warning in Python; the command line turns it into an
     error (a pipeline sees only the exit status) where the cause is plain, not for the distance alone (a cloud

@@ -269,6 +269,42 @@ def _warn_zero_fill(raw: np.ndarray, nodata: float | None) -> None:
                       "scene's nodata", UserWarning, stacklevel=user_stacklevel())
 
 
+_UNIFORM_SPREAD = 4.0  # the 90th over the 10th percentile band's ratio: a window's spectral shape kept
+_UNIFORM_GAIN = 0.6  # how much nearer the training data a power of ten must bring a sample to be read as its cause
+
+
+def _warn_uniform_power(raw: np.ndarray, ratios: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                        nodata: float | None, distance: float, pixels: str) -> None:
+    """Warn when a sample under the distance limit is the training data's spectral shape off by a power of ten:
+    where the training scene's bands spread widely (EnMAP over a city), x 0.1 cannot read 4 standard deviations
+    (an all-dark sample reads only ``median(mean / std)``, 1.6 there), so reflectance x 1000 against a model of
+    x 10000 gave a one-class map without a word. Windows of EnMAP tiles x 0.1 keep their ratios within 3.4x of
+    each other and come 0.27-0.78 from the training data once x 10 (1.4 as given); open water (ratios 0 in the
+    infrared) and a window only darker (x 0.3, a shadow) do not. A warning, not an error on the command line:
+    a window that is dark by nature could read this way."""
+    from ssrn.normalise import scale_distance, scale_factor
+
+    k = scale_factor(raw, mean, std, nodata)
+    if k is None or k <= 0:
+        return
+    power = 10.0 ** round(math.log10(k))
+    lo, hi = np.quantile(ratios, [0.1, 0.9])
+    if power == 1 or hi > _UNIFORM_SPREAD * lo:
+        return
+    rescaled = scale_distance(raw, mean, std, nodata, factor=1 / power)
+    if rescaled is None or rescaled >= min(_UNIFORM_GAIN * distance, 2.0):
+        return
+    word, fold = ("smaller", 1 / power) if power < 1 else ("larger", power)
+    fix = f"scene * {1 / power:g}" if power < 1 else f"scene / {power:g}"
+    warnings.warn(f"the scene's values look about {fold:g}x {word} than the training scene's, in nearly every band by "
+                  f"about the same factor ({pixels}: per-band ratios {lo:.2g}-{hi:.2g} of the training magnitude, a "
+                  f"median {distance:.1f} standard deviations from the model's per-band means as given, {rescaled:.1f} "
+                  f"once {'multiplied' if power < 1 else 'divided'} by {fold:g}): a scene on another scale (reflectance x 1000 against x 10000) gives "
+                  f"a meaningless map, often one class. Rescale it ({fix}) or use a model trained on its scale; if "
+                  "the scene's centre is dark by nature (a shadow), check the map",
+                  UnnormalisedInputWarning, stacklevel=user_stacklevel())
+
+
 def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: float | None,
                  trained_stats: bool = True) -> None:
     """Warn (``UnnormalisedInputWarning``, an error on the command line) when a sample of the scene is not on the
@@ -277,7 +313,8 @@ def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: flo
     more training standard deviations from the training means (reflectance x 1000 against x 10000, or a scene 2x
     off: the shipped model's map is one class at 1.5x). Both on medians, so a corrupt pixel in the sample does
     not read as a scale (the run names it). The message names a power of ten where one explains the distance,
-    says so where the scene looks already standardised, and otherwise gives the distance.
+    says so where the scene looks already standardised, and otherwise gives the distance. Under the distance limit,
+    a sample off by a power of ten in the training data's spectral shape is named too (:func:`_warn_uniform_power`).
     ``trained_stats=False``: the model has no mean/std and takes the scene as normalised (``mean`` 0, ``std`` 1:
     values of about 1), and a float scene of raw values gave a one-class map without a word; only the factor of
     30 is checked then (no training distribution to measure a distance in)."""
@@ -302,9 +339,11 @@ def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: flo
     lo, mid, hi = np.quantile(ratios, [0.1, 0.5, 0.9])
     off_scale = not (_SCALE_OFF * hi >= 1 and lo <= _SCALE_OFF)
     distance = scale_distance(raw, mean, std, nodata) if trained_stats else None
-    if not off_scale and (distance is None or distance < _SCALE_Z):
-        return
     pixels = f"a {raw.shape[1]} x {raw.shape[2]}-pixel sample"
+    if not off_scale and (distance is None or distance < _SCALE_Z):
+        if distance is not None:
+            _warn_uniform_power(raw, ratios, mean, std, nodata, distance, pixels)
+        return
     if not trained_stats:
         factor = 1 / mid if hi < 1 else mid
         warnings.warn(f"the model has no per-band mean/std (model.json meta), so the scene is taken as already "

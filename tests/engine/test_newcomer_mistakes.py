@@ -105,6 +105,58 @@ def test_a_scene_on_the_command_line_10x_off_is_an_error(crop, tmp_path):
     assert not (tmp_path / "map.tif").exists()
 
 
+def _wide_spread(bands: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training statistics that spread as an EnMAP scene over a city does (std = mean / 1.6: an all-dark sample reads
+    only 1.6 standard deviations), and a 32 x 32 window drawn from them (pixels of several brightnesses)."""
+    rng = np.random.default_rng(seed)
+    mean = np.linspace(800, 3000, bands) * (1 + 0.3 * np.sin(np.arange(bands) / 5))
+    window = mean[:, None, None] * rng.lognormal(0, 0.4, (1, 32, 32)) * (1 + 0.1 * rng.standard_normal((bands, 32, 32)))
+    return mean, mean / 1.6, window
+
+
+def _scale_warnings(cube: np.ndarray, mean: np.ndarray, std: np.ndarray) -> list[str]:
+    import xarray as xr
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        check_scale(xr.DataArray(cube, dims=("band", "y", "x")), mean, std, None)
+    return [str(w.message) for w in seen if w.category is UnnormalisedInputWarning]
+
+
+def test_a_power_of_ten_off_widely_spread_training_data_is_named():
+    """Reflectance x 1000 against a model of x 10000 trained on an EnMAP mosaic read 1.5 standard deviations (under
+    4): a one-class map with exit 0 and no word. The spectral shape kept, off by a power of ten that brings the
+    sample near the training data, is named with its fix; the window itself, the window x 0.3 (a shadow) and a
+    window dark in the infrared only (water) are not."""
+    mean, std, window = _wide_spread()
+    said = _scale_warnings(window * 0.1, mean, std)
+    assert len(said) == 1 and "look about 10x smaller" in said[0] and "Rescale it (scene * 10)" in said[0], said
+    assert "larger" in " ".join(_scale_warnings(window * 10, mean, std))  # (10x larger: the distance, as before)
+    water = window.copy()
+    water[60:] *= 0.01
+    for cube in (window, window * 0.3, water, water * 0.1):
+        assert _scale_warnings(cube, mean, std) == []
+
+
+def test_a_power_of_ten_off_widely_spread_training_data_is_a_warning_line_on_the_command_line(tmp_path, caplog):
+    """The command line says so and writes the map (exit 0): a window dark by nature could read this way."""
+    import json
+    import shutil
+
+    mean, std, window = _wide_spread()
+    model_dir = tmp_path / "model"
+    shutil.copytree(SHIPPED_MODEL, model_dir)
+    spec = json.loads((model_dir / "model.json").read_text())
+    spec["meta"].update(mean=mean.tolist(), std=std.tolist())
+    (model_dir / "model.json").write_text(json.dumps(spec))
+    path = tmp_path / "scene.npy"
+    np.save(path, np.moveaxis((window[:, :12, :12] * 0.1).astype(np.float32), 0, -1))
+    rc, err = _cli(["classify", str(path), "--model", str(model_dir), "--out", str(tmp_path / "map.tif"),
+                    "--tile", "12"])
+    said = err + caplog.text
+    assert rc == 0 and "look about 10x smaller" in said and (tmp_path / "map.tif").exists(), said
+
+
 def test_real_scenes_of_the_training_sensor_pass_the_check_comfortably(model):
     """The threshold leaves the shipped scene's every window (and the seed protocol's whole-scene statistics) far
     inside: at most half of it."""
@@ -156,6 +208,9 @@ def test_enmap_tiles_pass_with_statistics_of_their_scene(data_dir):
         with warnings.catch_warnings():
             warnings.simplefilter("error", UnnormalisedInputWarning)
             check_scale(s, mean, std, -32768.0)
+        tenth = s.where(s == -32768, s * 0.1)  # reflectance x 1000 against x 10000: 1.4 standard deviations only
+        with pytest.warns(UnnormalisedInputWarning, match=re.escape("Rescale it (scene * 10)")):
+            check_scale(tenth, mean, std, -32768.0)
     for name in ("EnMAP_BerlinUrbanGradient.bsq", "HyMap02_Berlin_Urban_Gradient_2009.bsq"):
         cube = hsi_engine.open_scene(data_dir / "berlin_urban_gradient" / name).values.astype(np.float64)
         a = cube.reshape(cube.shape[0], -1)
