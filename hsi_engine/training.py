@@ -289,7 +289,6 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
                "bad; GeoTIFF band metadata bbl=0, ENVI 'bbl'), or drop them" if dead else "")
         raise DataError(f"{where}: no labelled pixel with data (labels 1..K on pixels that are not nodata); found "
                         f"{int(bad.sum())} nodata pixels{why}")
-    check_class_ids(labels, str(labels_path))
     names = class_names if class_names is not None else names
     if names is not None:
         names = [str(n).strip() for n in names]
@@ -297,12 +296,10 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
         if why:
             raise DataError(f"class names {names}: {why} "
                             f"({'--class-names' if class_names is not None else 'the label raster'})")
-        if k <= len(names):  # the legend's classes, whether or not this scene holds the last ones
-            unseen = [n for i, n in enumerate(names, start=1) if not (labels == i).any()]
-            if unseen:
-                log.warning("%s: classes %s have no labelled pixel with data in this scene; the model still "
-                            "has an output for each of the %d named classes", labels_path, unseen, len(names))
-            k = len(names)
+        if k <= len(names):  # the legend's classes, whether or not this scene holds the last ones (a crop of a
+            k = len(names)   # larger legend: its ids kept; run_training warns of the classes without a pixel)
+    if names is None or k > len(names):
+        check_class_ids(labels, str(labels_path))
     names = label_class_names(names, k, str(labels_path))
     palette = [list(cmap[i][:3]) for i in range(1, k + 1)] if cmap and all(i in cmap for i in range(1, k + 1)) \
         else np.random.default_rng(0).integers(0, 256, size=(k, 3)).tolist()

@@ -186,10 +186,13 @@ def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path
             _check_writable(target.parent, given)
             _check_writable(target, given)  # the replaced model's files are deleted from it after the save
             return target
-        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-        raise CheckpointError(f"{given} exists and is not a model directory (it holds {shown}); hsi-engine "
+        foreign = [e for e in entries if e not in _MODEL_FILES]
+        shown = ", ".join((foreign or entries)[:5]) + (", ..." if len(foreign or entries) > 5 else "")
+        what = (f"it holds files a model directory does not ({shown})" if foreign
+                else f"its {MODEL_JSON} is not a model's")
+        raise CheckpointError(f"{given} exists and is not a model directory ({what}); hsi-engine "
                               "writes a model only into a new or empty directory, or replaces one it wrote "
-                              "(with --overwrite): choose another output directory")
+                              "(with --overwrite): choose another output directory, or move those files out")
     if target.exists() or target.is_symlink():
         raise CheckpointError(f"{given} exists and is not a directory; expected a new or empty directory "
                               "for the model: choose another output path")

@@ -230,10 +230,14 @@ def check_labels(labels: np.ndarray, shape: tuple[int, int], where: str) -> np.n
                             "value (a GeoTIFF: rio edit-info --nodata nan FILE)")
         if np.any(labels != np.round(labels)):
             bad = labels[labels != np.round(labels)]
-            raise DataError(f"{where}: labels must be integers (0 = unlabelled, 1..K); found fractional values "
-                            f"such as {bad[0]:g}")
+            raise DataError(f"{where}: labels must be integers (0 = unlabelled, 1..K); found {bad.size} fractional "
+                            f"values such as {float(bad[0])!r} (a resampled label raster: resample labels with "
+                            "nearest neighbour, or round them)")
     if labels.min() < 0:
-        raise DataError(f"{where}: labels must be >= 0 (0 = unlabelled); found {labels.min()}")
+        lowest = labels.min()
+        raise DataError(f"{where}: labels must be >= 0 (0 = unlabelled); found {lowest:g} "
+                        f"({int((labels < 0).sum())} pixels): if it marks unlabelled pixels, set them to 0 or declare "
+                        f"{lowest:g} the label raster's nodata value (rio edit-info --nodata {lowest:g} FILE)")
     return labels.astype(np.int64)
 
 
@@ -506,6 +510,10 @@ def unlabel_nodata(raw: np.ndarray, labels: np.ndarray, nodata: float | None, no
                         "training leaves them out; classifying this scene then needs --nodata nan "
                         "(nodata=float('nan')), which maps them to class 0", where or "the scene",
                         int(nonfinite.sum()), int((nonfinite & (labels > 0)).sum()))
+    lost = int((bad & (labels > 0)).sum())
+    if lost:
+        log.info("%s: %d labelled pixels hold the scene's nodata and are left out of training", where or "the scene",
+                 lost)
     return np.where(bad, 0, labels), nodata_bands, bad
 
 

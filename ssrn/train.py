@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from .config import MAX_BANDS, PRESETS, SSRNConfig
-from .data import (DataError, DatasetSpec, PatchDataset, Scene, Split, block_split, dataset_spec, is_scene_path,
-                   load_dataset, per_class_split, standardize_scene, stratified_split)
+from .data import (DataError, DatasetSpec, PatchDataset, Scene, Split, block_split, check_labels, dataset_spec,
+                   is_scene_path, load_dataset, per_class_split, standardize_scene, stratified_split)
 from .devices import DeviceError, resolve_device
 from .errors import HSIEngineError, OptionError, check_flag, is_text_path, is_whole
 from .metrics import classification_report
@@ -498,6 +498,60 @@ def _versions() -> dict[str, str]:
     return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__}
 
 
+def _check_scene(scene: Scene) -> None:
+    """A ``Scene`` as run_training reads it, checked before training (one built in Python skips the loaders'
+    checks): labels whole numbers >= 0 on the scene's grid (float labels holding whole numbers, as GeoTIFF label
+    tiles are, read as ints), one name per class up to the highest label, names and palette a model can record.
+    A name list the labels outgrew failed with an IndexError, and a bad palette only at the save, after training."""
+    from .checkpoint import class_names_problem
+
+    where = scene.source or scene.name
+    scene.labels = check_labels(scene.labels, scene.shape[1:], where)
+    names = scene.class_names
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise DataError(f"{where}: Scene.class_names must be a list of str, one per class 1..K; found "
+                        f"{str(names)[:120]}")
+    top = int(scene.labels.max())
+    if top == 0:
+        raise DataError(f"{where}: the label map has no labelled pixels (all 0); expected classes 1..K on the "
+                        "pixels to train and test on (0 = unlabelled)")
+    if top > len(names):
+        raise DataError(f"{where}: the labels run up to {top} ({int((scene.labels == top).sum())} pixels) but "
+                        f"class_names name {len(names)} classes: give one name per class 1..{top}; if {top} marks "
+                        "unlabelled or ignored pixels, set them to 0")
+    why = class_names_problem(list(names))
+    if why:
+        raise DataError(f"{where}: Scene.class_names: {why}")
+    palette = scene.palette
+    if not (isinstance(palette, (list, tuple)) and len(palette) == len(names) and all(
+            isinstance(c, (list, tuple)) and len(c) in (3, 4) and all(is_whole(v) and 0 <= v <= 255 for v in c)
+            for c in palette)):
+        raise DataError(f"{where}: Scene.palette must be {len(names)} colours (one per class), each [r, g, b] of "
+                        f"integers 0-255; found {str(palette)[:120]}")
+
+
+def _warn_empty_classes(scene: Scene) -> None:
+    """Warn of classes 1..K without a labelled pixel: the model gets an output for each that no pixel trains. Where
+    the classes are unnamed, the highest label may be an "ignore" code (10 beside classes 1..6 trained a 10-class
+    model without a word)."""
+    k = scene.n_classes
+    counts = np.bincount(scene.labels.ravel(), minlength=k + 1)[1:k + 1]
+    empty = [i + 1 for i in range(k) if counts[i] == 0]
+    if not empty:
+        return
+    def shown(items: list) -> str:
+        return str(items) if len(items) <= 12 else f"{str(items[:12])[:-1]}, ...] ({len(items)} in all)"
+
+    if scene.class_names != [f"class {i}" for i in range(1, k + 1)]:
+        log.warning("%s: classes %s have no labelled pixel with data in this scene; the model still has an output "
+                    "for each of the %d named classes", scene.name, shown([scene.class_names[i - 1] for i in empty]), k)
+        return
+    log.warning("%s: the labels hold no pixel of classes %s (of 1..%d): the model still has an output for each, "
+                "which no pixel trains. If %d (%d pixels) marks unlabelled or ignored pixels, set them to 0 (or "
+                "declare %d the label raster's nodata value); else number the classes 1..K without gaps, or name "
+                "them (--class-names) to keep the ids", scene.name, shown(empty), k, k, int(counts[k - 1]), k)
+
+
 def _scene_config(scene: Scene, base: SSRNConfig | None, bands: int, classes: int, patch: int, variant: str,
                   overrides: dict[str, Any]) -> SSRNConfig:
     """The network's config for this scene; a scene the network cannot take (too few bands or classes) is a
@@ -507,8 +561,10 @@ def _scene_config(scene: Scene, base: SSRNConfig | None, bands: int, classes: in
             return base.replace(bands=bands, classes=classes, patch=patch, variant=variant, **overrides)
         return SSRNConfig(bands=bands, classes=classes, patch=patch, variant=variant, **overrides)
     except ValueError as e:
-        raise DataError(f"{scene.source}: an SSRN cannot be built for this scene ({bands} bands, {classes} "
-                        f"classes): {e}") from None
+        hint = (": a classifier needs 2 or more classes; label a background or other class too" if classes < 2
+                else "")
+        raise DataError(f"{scene.source or scene.name}: an SSRN cannot be built for this scene ({bands} bands, "
+                        f"{classes} classes): {e}{hint}") from None
 
 
 def _check_network_options(patch: int, variant: str, overrides: dict[str, Any] | None,
@@ -618,10 +674,12 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
         if not isinstance(scene, Scene):
             raise TrainOptionError(f"run_training's dataset function returned {type(scene).__name__!r}; expected "
                                    "a ssrn.data.Scene")
+        _check_scene(scene)
         if scene.n_classes > 255:
             raise DataError(f"{scene.source}: the labels have {scene.n_classes} classes; class maps are uint8 (0 = "
                             "nodata, classes 1..255), so a model of more than 255 classes could not map a scene: merge "
                             "classes")
+        _warn_empty_classes(scene)
         normed, mean, std = standardize_scene(scene)
         sp = make_split(scene, split, train_fraction, val_fraction, per_class, seed, patch)
         if sp.train.size == 0:
@@ -688,6 +746,10 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
             log.warning("%s: bands %s hold one value in every pixel with data: they carry nothing to learn, and are "
                         "recorded as bad bands (read as 0 when classifying, as in training), so a scene with data "
                         "in them is not read raw", scene.name, constant)
+        if len(bad_bands | set(constant)) == bands:
+            raise DataError(f"{scene.source or scene.name}: no band varies over the pixels with data (every band "
+                            "is a bad band or holds one value): there is nothing to learn; check the scene (a fill, "
+                            "a nodata value not declared, the wrong file)")
         if scene.nodata_bands is not None or constant:  # a scene classified later without its bbl is still not
             meta["bad_bands"] = sorted(bad_bands | set(constant))  # all nodata
         if scene.wavelengths is None:

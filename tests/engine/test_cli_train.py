@@ -59,7 +59,8 @@ def test_train_never_wipes_an_existing_directory(tmp_path, tiny, capsys, overwri
     before = _tree(tmp_path)
     assert main(["train", "--dataset", str(tiny), "--out", str(proj), *FAST, *overwrite]) == 2
     line = _one_error_line(capsys.readouterr().err)
-    assert "proj exists and is not a model directory (it holds data.txt, sub)" in line
+    assert "proj exists and is not a model directory (it holds files a model directory does not (data.txt, " \
+           "sub))" in line
     assert _tree(tmp_path) == before
 
 
@@ -119,7 +120,8 @@ def test_out_is_checked_before_training(tmp_path, no_data, capsys, monkeypatch):
     assert "afile is a file, not a directory" in _one_error_line(capsys.readouterr().err)
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--dataset", "indian_pines", "--out", "."]) == 2
-    assert f"error: . ({tmp_path.resolve()}) exists and is not a model directory (it holds afile)" in \
+    assert f"error: . ({tmp_path.resolve()}) exists and is not a model directory (it holds files a model " \
+           "directory does not (afile))" in \
         _one_error_line(capsys.readouterr().err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 

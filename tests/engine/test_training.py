@@ -140,7 +140,7 @@ def test_float_labels_with_nan_and_no_nodata_name_the_fix(tmp_path):
     lab[0, :3] = 1.5
     with rasterio.open(tmp_path / "l.tif", "r+") as dst:
         dst.write(lab, 1)
-    with pytest.raises(DataError, match=r"found fractional values such as 1.5"):
+    with pytest.raises(DataError, match=r"fractional values such as 1.5"):
         load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
 
 
@@ -711,3 +711,18 @@ def test_the_old_module_name_of_the_normalisation_still_imports():
     import ssrn.normalise as new
 
     assert old.normalise_into is new.normalise_into and set(old.__all__) == set(new.__all__)
+
+
+def test_a_crop_of_a_larger_legend_keeps_its_ids(tmp_path):
+    """A crop holding classes 2, 11 and 16 of a 16-class legend, all 16 names given, was refused ('number the classes
+    1..K'), a fix that breaks the legend: the names set K; without them the mostly-empty ids are still refused."""
+    from hsi_engine.training import load_labelled_raster
+
+    _write_scene(tmp_path / "s.tif")
+    lab = np.array([0, 2, 11, 16], np.uint8)[_labels()]
+    _write_labels(tmp_path / "l.tif", lab, colours=False)
+    names = [f"class {c}" for c in "ABCDEFGHIJKLMNOP"]
+    scene = load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif", class_names=names)
+    assert scene.n_classes == 16 and sorted(np.unique(scene.labels).tolist()) == [0, 2, 11, 16]
+    with pytest.raises(DataError, match=r"the labels hold 3 distinct classes \(2, 11, 16\) but run up to 16"):
+        load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")

@@ -271,7 +271,8 @@ def test_save_never_touches_a_directory_that_is_not_a_model(tmp_path, overwrite)
     (proj / "sub").mkdir(parents=True)
     (proj / "data.txt").write_text("important")
     before = _tree(tmp_path)
-    with pytest.raises(CheckpointError, match=r"proj exists and is not a model directory \(it holds data.txt, sub\)"):
+    with pytest.raises(CheckpointError, match=r"proj exists and is not a model directory \(it holds files a model "
+                                              r"directory does not \(data.txt, sub\)\)"):
         ssrn.save_model(_model(), proj, overwrite=overwrite)
     assert _tree(tmp_path) == before  # nothing deleted, nothing left beside it
 

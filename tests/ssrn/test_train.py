@@ -620,3 +620,64 @@ def test_progress_saves_do_not_change_a_seeded_training(tmp_path):
         weights.append(load_file(str(out / "weights.safetensors")))
     for k in weights[0]:
         np.testing.assert_array_equal(weights[0][k], weights[1][k], err_msg=k)
+
+
+def _scene_object(labels, names, palette=None, cube=None):
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    if cube is None:
+        cube = rng.uniform(100, 900, (6,) + labels.shape).astype(np.float32)
+    return D.Scene("s", xr.DataArray(cube, dims=("band", "y", "x")), labels, names,
+                   [[0, 0, 0]] * len(names) if palette is None else palette)
+
+
+@pytest.mark.parametrize("labels, names, palette, message", [
+    (np.full((8, 8), 7), ["a", "b"], None, r"the labels run up to 7 \(64 pixels\) but class_names name 2 classes"),
+    (np.full((8, 8), -1), ["a"], None, r"found -1 \(64 pixels\): if it marks unlabelled pixels, set them to 0 or "
+                                       r"declare -1 the label raster's nodata value"),
+    (np.full((8, 8), 1.5), ["a", "b"], None, r"fractional values such as 1\.5 \(a resampled label raster"),
+    (np.ones((8, 8), int), ["a", "a"], None, r"Scene\.class_names: the names \['a'\] are repeated"),
+    (np.ones((8, 8), int), ["a", "b"], [[0, 0, 0]], r"Scene\.palette must be 2 colours"),
+    (np.ones((8, 8), int), ["a", "b"], [[300, 0, 0]] * 2, r"Scene\.palette must be 2 colours"),
+])
+def test_a_scene_object_is_checked_before_training(tmp_path, labels, names, palette, message):
+    """A Scene built in Python skipped the loaders' checks: labels beyond its names were an IndexError, a bad palette
+    or repeated names a CheckpointError at the save, after every epoch had run. Refused up front, nothing written."""
+    with pytest.raises(D.DataError, match=message):
+        run_training(_scene_object(labels, names, palette), tmp_path / "m", epochs=1, patch=3)
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_scene_object_with_whole_float_labels_reads_them_as_classes():
+    """GeoTIFF label tiles are often float32: whole numbers train (a TypeError in the split's counts before)."""
+    from ssrn.train import _check_scene
+
+    scene = _scene_object(np.array([[0.0, 1.0], [2.0, 2.0]], np.float32), ["a", "b"])
+    _check_scene(scene)
+    assert scene.labels.dtype == np.int64 and scene.labels.tolist() == [[0, 1], [2, 2]]
+
+
+def test_a_scene_of_no_varying_band_is_refused(tmp_path):
+    """Every band one value (a fill, an undeclared nodata): a model that can only answer one class was saved."""
+    labels = np.zeros((8, 8), int)
+    labels[:4], labels[4:] = 1, 2
+    with pytest.raises(D.DataError, match="no band varies over the pixels with data"):
+        run_training(_scene_object(labels, ["a", "b"], cube=np.full((8, 8, 8), 7.0, np.float32)), tmp_path / "m",
+                     epochs=1, patch=3)
+    assert not (tmp_path / "m").exists()
+
+
+def test_classes_without_a_pixel_are_warned_of_and_an_ignore_code_is_named(caplog):
+    """Labels 1..6 plus 10 meant as 'not surveyed' trained a 10-class model without a word (classes 7-9 empty)."""
+    from ssrn.train import _warn_empty_classes
+
+    labels = np.array([[1, 2, 3], [4, 5, 6], [10, 10, 0]])
+    with caplog.at_level("WARNING", logger="ssrn.train"):
+        _warn_empty_classes(_scene_object(labels, [f"class {i}" for i in range(1, 11)]))
+        _warn_empty_classes(_scene_object(labels, [f"c{i}" for i in range(1, 11)]))
+        _warn_empty_classes(_scene_object(np.array([[1, 2]]), ["a", "b"]))
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said
+    assert "no pixel of classes [7, 8, 9] (of 1..10)" in said[0] and "If 10 (2 pixels) marks unlabelled" in said[0]
+    assert "classes ['c7', 'c8', 'c9'] have no labelled pixel" in said[1]
