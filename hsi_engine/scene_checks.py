@@ -255,18 +255,52 @@ def _check_packing(da: xr.DataArray, raw: np.ndarray, mean: np.ndarray, std: np.
     return False
 
 
-def _warn_zero_fill(raw: np.ndarray, nodata: float | None) -> None:
-    """Warn when pixels of the scale check's sample hold 0 in every band and the scene declares no nodata value (a
-    mosaic's gaps after ``rio merge``, a swath's edge): they are classified as land cover. A sample of the scene's
-    centre only: a fill elsewhere goes unseen."""
-    if nodata is not None or raw.ndim != 3 or raw.shape[0] < 2:
+def _corners(da: xr.DataArray, side: int = 8) -> list[np.ndarray]:
+    """The scene's four ``side`` x ``side`` corners (one chunk each), where a window read past the scene's edge
+    (rasterio's ``boundless=True``, ``gdal_translate -srcwin``) or a swath's edge holds its fill; none that
+    cannot be read."""
+    h, w = int(da.sizes["y"]), int(da.sizes["x"])
+    if h <= 32 and w <= 32:
+        return []  # (the centre's sample is the whole scene)
+    out = []
+    for ys in (slice(0, min(side, h)), slice(max(0, h - side), h)):
+        for xs in (slice(0, min(side, w)), slice(max(0, w - side), w)):
+            try:
+                part = da.isel(y=ys, x=xs).data
+                out.append(np.asarray(part.compute(scheduler="synchronous") if hasattr(part, "dask") else part))
+            except Exception as e:  # noqa: BLE001 - a sanity check: the run reports an unreadable scene itself
+                log.debug("fill check: a corner could not be read (%s)", e)
+                return out
+    return out
+
+
+def _warn_fill(da: xr.DataArray, raw: np.ndarray, nodata: float | None) -> None:
+    """Warn when pixels of the scale check's sample or of the scene's corners hold one value in every band that is
+    not the scene's nodata (a mosaic's gaps after ``rio merge``, a swath's edge, a window read past the scene's
+    edge, -32768 in a crop handed over as an array): they are classified as land cover, and the pixels within 3 of
+    them with them. Samples only: a fill elsewhere goes unseen."""
+    if raw.ndim != 3 or raw.shape[0] < 2:
         return
-    zero = ~np.asarray(raw != 0).any(axis=0)
-    if int(zero.sum()) >= 4:
-        warnings.warn(f"{int(zero.sum())} of {zero.size} pixels of a sample of the scene hold 0 in every band, and the "
-                      "scene declares no nodata value: such pixels (a mosaic's gaps, a swath's edge) are classified "
-                      "as land cover. Pass nodata=0 (--nodata 0) to make them class 0, or declare the fill as the "
-                      "scene's nodata", UserWarning, stacklevel=user_stacklevel())
+    found: dict[float, int] = {}
+    looked = 0
+    for part in [raw, *_corners(da)]:
+        flat = part.reshape(part.shape[0], -1)
+        looked += flat.shape[1]
+        with np.errstate(invalid="ignore"):
+            same = (flat == flat[:1]).all(axis=0) & np.isfinite(flat[0].astype(np.float64))
+        for v, n in zip(*np.unique(flat[0][same], return_counts=True)):
+            if nodata is None or v != nodata:
+                found[float(v)] = found.get(float(v), 0) + int(n)
+    if not found or max(found.values()) < 4:
+        return
+    value = max(found, key=found.get)
+    v = f"{value:g}"
+    declared = "the scene declares no nodata value" if nodata is None else f"the scene's nodata is {nodata:g}"
+    warnings.warn(f"{found[value]} of {looked} pixels sampled (the scene's centre and corners) hold {v} in every band, "
+                  f"and {declared}: such pixels (a mosaic's gaps, a swath's edge, a window read past the scene's edge) "
+                  f"are classified as land cover, and the pixels within 3 of them with the fill in their 7 x 7 window. Pass "
+                  f"nodata={v} (--nodata {v}) to make them class 0, or declare the fill as the scene's nodata",
+                  UserWarning, stacklevel=user_stacklevel())
 
 
 _UNIFORM_SPREAD = 4.0  # the 90th over the 10th percentile band's ratio: a window's spectral shape kept
@@ -299,9 +333,10 @@ def _warn_uniform_power(raw: np.ndarray, ratios: np.ndarray, mean: np.ndarray, s
     warnings.warn(f"the scene's values look about {fold:g}x {word} than the training scene's, in nearly every band by "
                   f"about the same factor ({pixels}: per-band ratios {lo:.2g}-{hi:.2g} of the training magnitude, a "
                   f"median {distance:.1f} standard deviations from the model's per-band means as given, {rescaled:.1f} "
-                  f"once {'multiplied' if power < 1 else 'divided'} by {fold:g}): a scene on another scale (reflectance x 1000 against x 10000) gives "
-                  f"a meaningless map, often one class. Rescale it ({fix}) or use a model trained on its scale; if "
-                  "the scene's centre is dark by nature (a shadow), check the map",
+                  f"once {'multiplied' if power < 1 else 'divided'} by {fold:g}): a scene on another scale "
+                  f"(reflectance x 1000 against x 10000) gives a meaningless map, often one class. Rescale it ({fix}) "
+                  "or use a model trained on its scale; if the scene's centre is dark by nature (a shadow), check the "
+                  "map",
                   UnnormalisedInputWarning, stacklevel=user_stacklevel())
 
 
@@ -327,7 +362,7 @@ def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: flo
     except Exception as e:  # noqa: BLE001 - a sanity check: the run reports an unreadable scene itself
         log.debug("scale check skipped: the sample could not be read (%s)", e)
         return
-    _warn_zero_fill(raw, nodata)
+    _warn_fill(da, raw, nodata)
     if trained_stats and _check_packing(da, raw, mean, std, nodata):
         return  # its fix is to decode the scene: a factor named beside it would mislead
     ratios = scale_ratios(raw, mean, std, nodata)

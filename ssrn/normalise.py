@@ -38,13 +38,15 @@ def _scale_sample(raw: np.ndarray, mean: np.ndarray, std: np.ndarray,
                   nodata: float | None) -> tuple[np.ndarray, np.ndarray] | None:
     """``(x, used)``: the float64 values ``(used bands, pixels)`` of a raw ``(bands, h, w)`` sample on the pixels
     finite, free of ``nodata`` and within ``_EXTREME`` of the training magnitude in every band the model reads
-    (finite ``mean``: ``used``), and not 0 in all of them (a fill); None with fewer than 16 such pixels or a quarter
-    of the sample (too few to tell a scale from a dark corner)."""
+    (finite ``mean``: ``used``), and not one value in all of them (a fill: 0, or -32768 in a crop handed over
+    without its nodata, read as a scale 56 standard deviations off); None with fewer than 16 such pixels or a
+    quarter of the sample (too few to tell a scale from a dark corner)."""
     used = np.isfinite(mean)
     x = raw[used].reshape(int(used.sum()), -1).astype(np.float64)
     magnitude = np.hypot(mean[used], std[used])[:, None]
     with np.errstate(invalid="ignore"):  # NaN compares False: left out by the finite test
-        ok = np.isfinite(x).all(axis=0) & (x != 0).any(axis=0) & (np.abs(x) <= _EXTREME * magnitude).all(axis=0)
+        varies = (x != x[:1]).any(axis=0) if x.shape[0] > 1 else (x != 0)[0]
+        ok = np.isfinite(x).all(axis=0) & varies & (np.abs(x) <= _EXTREME * magnitude).all(axis=0)
     if nodata is not None:
         ok &= ~(x == nodata).any(axis=0)
     if ok.sum() < max(16, ok.size // 4):

@@ -448,13 +448,29 @@ def test_a_geotiff_read_by_rioxarray_is_warned_about_what_it_left_out(crop, mode
     assert (labels.reshape(-1)[:20] == 0).all() and (labels.reshape(-1)[20:] > 0).all()
 
 
+@pytest.mark.parametrize("value, rows", [(0.0, slice(0, 3)), (-32768.0, slice(0, 40))])
+def test_a_fill_at_the_edge_or_of_another_value_is_named(crop, model, value, rows):
+    """A window read past the scene's edge (rasterio's boundless read) holds 0 along the edge only, away from the
+    centre's sample: classified as land cover without a word. A crop handed over as an array loses its nodata:
+    -32768 in every band read as a scale 56 standard deviations off. The corners are sampled too, any one value in
+    every band is a fill, and the scale check leaves such pixels out."""
+    filled = crop.copy(data=crop.values.copy())
+    filled[:, rows, 34:] = value
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        hsi_engine.classify(filled, model, progress=False)
+    said = [str(w.message) for w in seen if issubclass(w.category, UserWarning)]
+    assert any(f"hold {value:g} in every band" in m and f"Pass nodata={value:g}" in m for m in said), said
+    assert not any(issubclass(w.category, UnnormalisedInputWarning) for w in seen), said
+
+
 def test_a_mosaic_s_zero_fill_without_nodata_is_warned_about(crop, model):
     """`rio merge` of tiles in an L leaves 0 in every band where no tile lies, and declares no nodata: the gap was
     classified as land cover (2,304 pixels of Soybean-mintill) without a word."""
     gap = crop.copy(data=crop.values.copy())
     gap[:, 20:, 20:] = 0  # a missing tile, reaching the scene's centre
-    with pytest.warns(UserWarning, match=r"pixels of a sample of the scene hold 0 in every band, and the scene "
-                                         r"declares no nodata value: .* Pass nodata=0 \(--nodata 0\)"):
+    with pytest.warns(UserWarning, match=r"pixels sampled \(the scene.s centre and corners\) hold 0 in every band, "
+                                         r"and the scene declares no nodata value: .* Pass nodata=0 \(--nodata 0\)"):
         hsi_engine.classify(gap, model, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)

@@ -318,11 +318,14 @@ def test_the_scale_sample_leaves_out_zero_fill_and_sits_at_the_centre():
     from ssrn.normalise import scale_ratios
 
     mean, std = np.full(4, 1000.0), np.full(4, 100.0)
+    spectrum = np.array([999.0, 1000.0, 1001.0, 1000.0])[:, None]  # (a pixel of one value in every band is a fill)
     raw = np.zeros((4, 32, 32))
-    raw[:, 0, 0] = 1000.0  # one real pixel in a fill
+    raw[:, 0, 0] = spectrum[:, 0]  # one real pixel in a fill
     assert scale_ratios(raw, mean, std, None) is None
-    raw[:, :, 8:] = 1000.0
-    np.testing.assert_allclose(scale_ratios(raw, mean, std, None), 1000 / np.hypot(1000, 100))
+    raw[:, :, 8:] = spectrum[:, :, None]
+    np.testing.assert_allclose(scale_ratios(raw, mean, std, None), spectrum[:, 0] / np.hypot(1000, 100))
+    raw[:, :, 8:12] = -32768.0  # a fill of another value (a crop handed over without its nodata) is left out too
+    np.testing.assert_allclose(scale_ratios(raw, mean, std, None), spectrum[:, 0] / np.hypot(1000, 100))
     da = xr.DataArray(dsa.zeros((4, 40, 700), chunks=(4, 40, 512)), dims=("band", "y", "x"))
     assert _sample_window(da) == {"y": slice(4, 36), "x": slice(334, 366)}
     da = xr.DataArray(dsa.zeros((4, 40, 530), chunks=(4, 40, 256)), dims=("band", "y", "x"))
