@@ -178,8 +178,8 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                    help="their storage (implies --probabilities; default float16, which rounds by up to 2.4e-4: "
                         "near-tied classes can then read as equal; float32 keeps the argmax the class map's)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing output (with --resume: finish an interrupted run with the same settings "
-                        "if there is one, else replace the existing output)")
+                   help="replace an existing output hsi-engine wrote, never another file (with --resume: finish an "
+                        "interrupted run with the same settings if there is one, else replace the existing output)")
     p.add_argument("--nodata", type=float, default=None,
                    help="input value marking missing pixels; NaN/inf pixels are then masked to class 0 too")
     p.add_argument("--workers", type=_at_least(1), default=None, help="run on a local dask cluster of N workers")

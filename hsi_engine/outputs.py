@@ -92,15 +92,52 @@ def _found(path: Path) -> str:
     return "a file" if path.is_file() else "something that is neither a file nor a directory"
 
 
+MAP_NODATA_MEANING = "0 = no data (not classified)"  # a class map's tag since the first release
+CONFIDENCE_QUANTITY = "confidence of the predicted class (max softmax probability)"  # a confidence file's tag
+PROBABILITY_QUANTITY = "class probability (softmax)"  # a probabilities file's tag
+
+
+def _tiff_tags(path: Path) -> dict[str, str] | None:
+    """The dataset tags of the GeoTIFF at ``path``, or None where it is no regular file GDAL reads as a raster (a
+    pipe there is not opened: reading it blocked for ever)."""
+    if not path.is_file():
+        return None
+    import rasterio
+
+    try:
+        with rasterio.open(path) as f:
+            return f.tags()
+    except Exception:  # noqa: BLE001 - anything GDAL cannot open is not a map we wrote
+        return None
+
+
+def _is_ours_tiff(tags: dict[str, str]) -> bool:
+    """Whether GeoTIFF ``tags`` are those of an output hsi-engine wrote: a class map (its ``nodata_meaning``, any
+    version), a probabilities or confidence file (their ``quantity``), or any with our ``software`` tag."""
+    return (tags.get("nodata_meaning") == MAP_NODATA_MEANING
+            or tags.get("quantity") in (CONFIDENCE_QUANTITY, PROBABILITY_QUANTITY)
+            or str(tags.get("software", "")).startswith("hsi-engine"))
+
+
 def why_not_ours(path: Path) -> str | None:
     """Why ``overwrite`` would not replace what is at ``path`` (``expected ..., found ...``), or None when it would
-    (nothing there, or an output hsi-engine wrote)."""
+    (nothing there, or an output hsi-engine wrote: a zarr store with our title, a GeoTIFF with our tags; a
+    ``--out scene.tif --overwrite`` typo replaced a 200-band scene with a class map)."""
     if path.suffix.lower() in ZARR_SUFFIXES or path.name.endswith(".partial"):
         if path_present(path) and not (path.is_dir() and is_hsi_zarr(path)):
             return (f"expected a zarr store hsi-engine wrote (zarr.json with title = {ZARR_TITLE!r}), "
                     f"found {_found(path)}")
         return None
-    return f"expected a GeoTIFF file, found {_found(path)}" if path.is_dir() else None
+    if path.is_dir():
+        return f"expected a GeoTIFF file, found {_found(path)}"
+    if path.suffix.lower() in TIFF_SUFFIXES and path_present(path):
+        tags = _tiff_tags(path)
+        if tags is None:
+            return f"expected a GeoTIFF hsi-engine wrote, found {_found(path)} that is not a GeoTIFF"
+        if not _is_ours_tiff(tags):
+            return (f"expected a GeoTIFF hsi-engine wrote (its tag nodata_meaning = {MAP_NODATA_MEANING!r}), found "
+                    "a GeoTIFF without it (a scene, or another program's raster)")
+    return None
 
 
 _REMOVE_IT = "choose another output path (--out), or remove it yourself if you no longer need it"

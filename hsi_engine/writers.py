@@ -56,8 +56,9 @@ from ssrn.errors import check_flag
 from .allocator import zeroed_allocations
 from .errors import HSIEngineError, OptionError, OutputError, user_stacklevel
 from .logs import dropped, quiet_affine_mul, warnings_ignored
-from .outputs import (TIFF_SUFFIXES, ZARR_TITLE, check_output_suffix, check_replaceable, ensure_output_dir,
-                      in_the_way, ours_aux, path_present, remove_tree, side_paths)
+from .outputs import (CONFIDENCE_QUANTITY, MAP_NODATA_MEANING, PROBABILITY_QUANTITY, TIFF_SUFFIXES, ZARR_TITLE,
+                      check_output_suffix, check_replaceable, ensure_output_dir, in_the_way, ours_aux, path_present,
+                      remove_tree, side_paths)
 from .outputs import URL, check_not_scene, is_hsi_zarr, sweep_leftovers, zarr_root_attributes, zarr_unusable
 
 __all__ = ["ClassMapWriter", "GeoTiffClassMapWriter", "ZarrClassMapWriter", "default_palette", "open_writer",
@@ -631,18 +632,18 @@ class GeoTiffClassMapWriter(ClassMapWriter):
         lab.write_colormap(1, cmap)
         lab.set_band_description(1, "class")
         lab.update_tags(class_names=json.dumps(self.class_names), palette=json.dumps([list(c) for c in self.palette]),
-                        n_classes=str(self.n_classes), nodata_meaning="0 = no data (not classified)", **self.tags)
+                        n_classes=str(self.n_classes), nodata_meaning=MAP_NODATA_MEANING, **self.tags)
         lab.update_tags(1, **{f"class_{i + 1}": n for i, n in enumerate(self.class_names)})
         if "probabilities" in self._datasets:
             ds = self._datasets["probabilities"]
             for i, n in enumerate(self.class_names):
                 ds.set_band_description(i + 1, f"p({n})")
             ds.update_tags(**{**self.tags, "class_names": json.dumps(self.class_names),  # provenance, run record
-                              "quantity": "class probability (softmax)", "storage_dtype": self.probabilities})
+                              "quantity": PROBABILITY_QUANTITY, "storage_dtype": self.probabilities})
         if "confidence" in self._datasets:
             ds = self._datasets["confidence"]
             ds.set_band_description(1, "confidence")
-            ds.update_tags(**{**self.tags, "quantity": "confidence of the predicted class (max softmax probability)"})
+            ds.update_tags(**{**self.tags, "quantity": CONFIDENCE_QUANTITY})
 
     def _aux_xml(self) -> str:
         cats = "".join(f"<Category>{escape(n)}</Category>" for n in ["no data", *self.class_names])

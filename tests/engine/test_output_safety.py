@@ -125,6 +125,36 @@ def test_overwrite_refuses_a_zarr_path_that_is_not_our_store(case, tmp_path, com
     assert listing(tmp_path) == ["s.zarr", "x.zarr"]
 
 
+@pytest.mark.parametrize("kind", ["scene", "text", "probabilities of another", "ours"])
+def test_overwrite_replaces_only_a_geotiff_hsi_engine_wrote(case, tmp_path, computed, kind):
+    """`--out other_scene.tif --overwrite` (a typo in a script that always passes it) replaced a 200-band scene with a
+    class map, and a text file named notes.tif too: a GeoTIFF is replaced only when its tags say we wrote it (a class
+    map's nodata_meaning, any version), the main map and its side files alike."""
+    out = tmp_path / "out.tif"
+    classify_to_file(case, out, probabilities=True)  # an earlier run's map, probabilities and .aux.xml
+    computed["n"] = 0
+    target = {"scene": out, "text": out, "probabilities of another": side_paths(out)["probabilities"],
+              "ours": out}[kind]
+    if kind == "text":
+        target.write_text("precious notes")
+    elif kind != "ours":
+        write_scene_tif(target, case["cube"][:3])
+    before = digest(target)
+    if kind == "ours":
+        inode = target.stat().st_ino
+        classify_to_file(case, out, overwrite=True, probabilities=True)
+        assert computed["n"] > 0 and target.stat().st_ino != inode  # written anew (to the same bytes)
+        return
+    expect = "that is not a GeoTIFF" if kind == "text" else "a GeoTIFF without it"
+    with pytest.raises(OutputError, match=rf"refusing to replace .*{target.name}: expected a GeoTIFF hsi-engine "
+                                          rf"wrote.*{expect}"):
+        classify_to_file(case, out, overwrite=True, probabilities=True)
+    rc, msg = cli(write_scene_tif(tmp_path / "s.tif", case["cube"]), case["model"], out, "--overwrite",
+                  "--probabilities")
+    assert rc == 2 and "refusing to replace" in msg and "Traceback" not in msg, msg
+    assert computed["n"] == 0 and digest(target) == before
+
+
 def test_overwrite_replaces_our_own_zarr_store_whole(case, tmp_path):
     import zarr
 
