@@ -99,6 +99,25 @@ def _normalisation(model: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
 
 
 
+def _warn_given_nodata(da: xr.DataArray, nodata: float) -> None:
+    """Warn where a number given as ``nodata`` masks nothing in an integer scene (-9999 or 0.5 in uint16), or
+    replaces the value the scene declares: one nodata value is read, so ``--nodata 0`` for a mosaic's gaps made
+    the declared fill's pixels land cover without a word."""
+    if da.dtype.kind in "ui":
+        info = np.iinfo(da.dtype)
+        if not (nodata.is_integer() and info.min <= nodata <= info.max):
+            warnings.warn(f"nodata={nodata:g} masks nothing in this {da.dtype} scene (it holds whole numbers "
+                          f"{info.min}..{info.max}): pass the value its fill pixels hold", UserWarning,
+                          stacklevel=user_stacklevel())
+            return
+    declared = declared_nodata(da)
+    if declared is not None and declared != nodata and not math.isnan(declared):
+        warnings.warn(f"nodata={nodata:g} replaces this scene's declared nodata value {declared:g}: one nodata value "
+                      f"is read, so pixels holding {declared:g} are classified, not class 0. To mask both, make one fill "
+                      f"of them first (scene.where(scene != {nodata:g}, {declared:g}), then no nodata=), or pass "
+                      "nodata=None (no --nodata) to use the declared one", UserWarning, stacklevel=user_stacklevel())
+
+
 class _Job:
     """Scene + model + engine + plan: everything checked before a single tile is read."""
 
@@ -164,6 +183,8 @@ class _Job:
                               f"holding {declared:g} are classified, not class 0. NaN is masked with the declared "
                               "value too: pass nodata=None (no --nodata) to mask both", UserWarning,
                               stacklevel=user_stacklevel())
+        elif nodata is not None:
+            _warn_given_nodata(da, float(nodata))
         if self.nodata is not None:  # a numpy scalar compares as a strong type in numpy, as a Python float in
             self.nodata = float(self.nodata)  # torch: the CPU and CUDA masks differed
         self.nodata_bands = tested_bands(da, model_bad, bands, trained_stats=trained_stats)

@@ -99,8 +99,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                                 "a model directory to replace)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out when it is a model directory (never a directory holding other files)")
-    p.add_argument("--data-dir", default=None, help="directory holding the scenes (default: $HSI_ENGINE_DATA "
-                                                    "or ../shared/data)")
+    p.add_argument("--data-dir", default=None, help="directory holding the scenes (default: $HSI_ENGINE_DATA, "
+                                                    "else shared/data beside the hsi-engine checkout; Indian Pines "
+                                                    "ships with hsi-engine)")
     p.add_argument("--epochs", type=_at_least(1), default=200, help="training epochs (default: 200, the seed's)")
     p.add_argument("--batch-size", type=_at_least(2), default=16, help="patches per step (default: 16, the seed's)")
     pixels = p.add_mutually_exclusive_group()  # both choose the training pixels: one or the other
@@ -129,7 +130,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="learning-rate schedule: constant (default, the seed's) or cosine")
     p.add_argument("--patience", type=_at_least(1), default=None, help="early-stopping patience in epochs")
     p.add_argument("--max-minutes", type=_positive_float, default=None,
-                   help="stop after the last epoch that fits this training-time budget (recorded in the report)")
+                   help="stop after the last epoch that fits this training-time budget (the first epoch always runs; "
+                        "recorded in the report)")
     p.add_argument("--class-weight", choices=["none", "balanced"], default="none",
                    help="'balanced': weigh the loss by inverse class frequency (default: none, as the seed)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (default: float32, as the seed)")
@@ -300,7 +302,8 @@ def _add_import_keras(sub: argparse._SubParsersAction) -> None:
                    help="record this dataset's preprocessing (per-band mean/std), class names, palette; without "
                         "it the model expects scenes normalised already")
     p.add_argument("--data-dir", default=None, help="directory holding the --dataset scene (default: "
-                                                    "$HSI_ENGINE_DATA or ../shared/data)")
+                                                    "$HSI_ENGINE_DATA, else shared/data beside the hsi-engine "
+                                                    "checkout)")
 
 
 def _cmd_import_keras(args: argparse.Namespace, argv: Sequence[str]) -> int:

@@ -245,7 +245,9 @@ def _classify_and_report(out: Path, scene: Any, scene_path: Path, labels: np.nda
     # the shipped scene has no CRS: the map is in pixel coordinates, by design
     with warnings_ignored(UserWarning, ".*without georeferencing"):
         tif = write_classmap(pred_da, out / "classmap.tif", n_classes=k, class_names=class_names, palette=palette,
-                             overwrite=True, tags={**provenance(model_digest(model), precision, "auto"), DEMO_TAG: "1"})
+                             overwrite=True, tags={**provenance(model_digest(model), precision,  # (auto as it resolved)
+                                                                 pred_da.attrs.get("spatial_precision", "auto")),
+                                                      DEMO_TAG: "1"})
     title = (f"Indian Pines, SSRN: OA {rep['oa']:.4f}, AA {rep['aa']:.4f}, kappa {rep['kappa']:.4f} "
              f"on {counts['evaluated_pixels']} test pixels")
     png = save_comparison(scene, labels, pred, out / "classmap.png", class_names=class_names, palette=palette,

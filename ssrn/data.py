@@ -379,6 +379,10 @@ def load_dataset(name: str | os.PathLike, data_dir: str | os.PathLike | None = N
     elif spec.name == "indian_pines" and SHIPPED_IN.is_file():
         da, labels = shipped_indian_pines()
         source = f"{SHIPPED_IN} (shipped copy)"
+        # (the same scene; said where a data directory was given, whose own copy under another name is not read)
+        (log.warning if data_dir is not None or os.environ.get("HSI_ENGINE_DATA") else log.info)(
+            "indian_pines: %s holds no %s; using the copy shipped with hsi-engine (the same scene)", ddir,
+            " or ".join(spec.scene_files))
     else:
         missing = [n for n, f in ((spec.scene_files, scene_file), (spec.gt_files, gt_file)) if f is None]
         raise DataNotFoundError(

@@ -40,7 +40,7 @@ def test_demo_end_to_end(tmp_path):
             assert len(json.loads(src.tags()["class_names"])) == 16
             tags = src.tags()  # the provenance a classify map carries (the demo's lacked it)
             assert tags["software"].startswith("hsi-engine") and len(tags["model_digest"]) == 32
-            assert tags["precision"] == "float32"
+            assert tags["precision"] == "float32" and tags["spatial_precision"] == "float32"  # (auto, resolved)
     assert pred.min() >= 1 and pred.max() <= 16  # every pixel classified, none left as nodata
 
     rep = json.loads((out / "report.json").read_text())

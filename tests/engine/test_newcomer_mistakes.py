@@ -464,6 +464,29 @@ def test_a_fill_at_the_edge_or_of_another_value_is_named(crop, model, value, row
     assert not any(issubclass(w.category, UnnormalisedInputWarning) for w in seen), said
 
 
+def test_a_given_nodata_that_replaces_the_declared_one_or_masks_nothing_is_named(crop, model):
+    """`--nodata 0` for a mosaic's gaps on a scene declaring -9999 made the -9999 pixels land cover without a word (NaN
+    was warned of, numbers not); -9999 or 0.5 in a uint16 scene masked nothing, silently."""
+    counts = (crop * 10).round().astype("int16")
+    counts.values[:, 0, 0] = -9999
+    counts.attrs["nodata"] = -9999
+
+    def said(scene, nodata) -> list[str]:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            hsi_engine.classify(scene.isel(y=slice(0, 12), x=slice(0, 12)), model, nodata=nodata, progress=False,
+                                tile=12)
+        return [str(w.message) for w in seen if issubclass(w.category, UserWarning)]
+
+    assert any("nodata=7777 replaces this scene's declared nodata value -9999: one nodata value is read, so pixels "
+               "holding -9999 are classified" in m for m in said(counts, 7777)), said(counts, 7777)
+    assert not any("declared nodata value" in m for m in said(counts, -9999))
+    unsigned = counts.where(counts > 0, 1).astype("uint16")
+    unsigned.attrs = {}
+    for value in (-9999, 0.5):
+        assert any(f"nodata={value:g} masks nothing in this uint16 scene" in m for m in said(unsigned, value))
+
+
 def test_a_mosaic_s_zero_fill_without_nodata_is_warned_about(crop, model):
     """`rio merge` of tiles in an L leaves 0 in every band where no tile lies, and declares no nodata: the gap was
     classified as land cover (2,304 pixels of Soybean-mintill) without a word."""

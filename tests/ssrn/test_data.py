@@ -396,3 +396,13 @@ def test_standardize_of_indian_pines_is_the_shipped_models_statistics(data_dir):
     scene = D.load_dataset("indian_pines", data_dir)
     _, mean, std = D.standardize_scene(scene)
     assert mean.tolist() == meta["mean"] and std.tolist() == meta["std"]
+
+
+def test_a_data_directory_without_indian_pines_says_the_shipped_copy_is_read(tmp_path, caplog):
+    """--data-dir of a directory lacking the files read the shipped copy without a word: a user's own Indian Pines
+    under another name was silently not the one trained on."""
+    with caplog.at_level("INFO", logger="ssrn.data"):
+        scene = D.load_dataset("indian_pines", data_dir=tmp_path)
+    assert "(shipped copy)" in scene.source
+    said = [r for r in caplog.records if "using the copy shipped with hsi-engine" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING" and str(tmp_path) in said[0].getMessage()
