@@ -60,7 +60,7 @@ import numpy as np
 
 from .dask_client import (_cuda_count, _gpu_resources, _parse_scheduler_address, check_workers, connect,
                           make_local_cluster)
-from .errors import ClusterUsageError, HSIEngineError, OptionError, OutputError, WorkerLostError
+from .errors import ClusterUsageError, HSIEngineError, OptionError, OutputError, SceneError, WorkerLostError
 from .lock import output_lock
 from .logs import dropped, warnings_ignored
 from .owned import closes_its_scenes, open_owned
@@ -745,6 +745,10 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
         log.warning("run interrupted; %s holds the tiles written so far: rerun with resume=True (--resume) to "
                     "finish it", kept)
         raise
+    changed = scene_changed(scene_id.get("source"), scene_id.get("stat"))
+    if changed is not None:
+        writer.keep_partial()  # (its identity no longer matches the scene: --resume refuses it)
+        raise changed
     missing = int((writer.done() == 0).sum())
     if missing:
         kept = writer.keep_partial()
@@ -977,6 +981,24 @@ def _bytes_digest(a: np.ndarray) -> bytes:
     for part in (a if a.ndim > 1 else (a,)):
         h.update(np.ascontiguousarray(part).data)
     return h.digest()
+
+
+def scene_changed(source: str | None, stat: list[int] | None) -> SceneError | None:
+    """The error for a scene file (or store) whose files changed since ``stat`` (:func:`_files_stat`, taken before
+    the run read it): a ``cp`` over it, a truncation, a chunk deleted. HDF5 reads zeros past a new end of file and
+    zarr fills a missing chunk, so such a run finished with a map of two versions, exit 0. None when unchanged or
+    not a file."""
+    if not source or stat is None:
+        return None
+    try:
+        now = _files_stat(Path(source))
+    except OSError:
+        now = None
+    if now == stat:
+        return None
+    return SceneError(f"the scene {source} changed while this run read it (its files, bytes or modification time: "
+                      f"{stat} before, {now} after): the map would mix two versions of it. Rerun once nothing "
+                      "writes to it (or classify a copy)")
 
 
 def _files_stat(p: Path) -> list[int]:

@@ -540,3 +540,35 @@ def test_a_rescheduled_task_of_a_tile_its_run_wrote_does_not_compute_it_again(ca
     assert again["reused"] is True and computed == [] and again["nodata_px"] == first["nodata_px"]
     other_run = cluster.TaskSpec(**{**spec.__dict__, "run": 2, "token": "token"})  # another run number: computes
     assert cluster._tile_task(other_run, tile)["reused"] is False and computed == [1]
+
+
+@pytest.mark.parametrize("out_name", ["map.tif", "map.zarr"])
+def test_a_scene_changed_while_it_is_read_leaves_no_map(case, tmp_path, monkeypatch, out_name):
+    """A `cp` over the scene, a truncation, a zarr chunk deleted part-way through a run: HDF5 reads zeros past the
+    new end and zarr fills a missing chunk, so the run finished with a map of two versions, exit 0. The scene's files
+    are checked again after the last tile: a change is a SceneError and no map is written (a resumable run keeps
+    its tiles, which --resume then refuses as another scene's)."""
+    import shutil
+
+    from hsi_engine.errors import SceneError
+    from hsi_engine.fused import FusedSSRN
+
+    scene = tmp_path / "scene.zarr"
+    shutil.copytree(case["scene"], scene)
+    real = FusedSSRN.__call__
+
+    def touching(self, x):  # after the first tile: a chunk file rewritten (another mtime)
+        chunk = next(p for p in sorted(scene.rglob("*")) if p.is_file() and p.name != "zarr.json")
+        os.utime(chunk, ns=(chunk.stat().st_atime_ns, chunk.stat().st_mtime_ns + 10**9))
+        return real(self, x)
+
+    monkeypatch.setattr(FusedSSRN, "__call__", touching)
+    out = tmp_path / out_name
+    with pytest.raises(SceneError, match=r"changed while this run read it .* the map would mix two versions"):
+        hsi_engine.classify_to_file(str(scene), str(case["model"]), out, tile=TILE, progress=False)
+    assert not out.exists()
+    monkeypatch.setattr(FusedSSRN, "__call__", real)
+    if out_name.endswith(".zarr"):
+        assert partial_path(out).exists()
+        with pytest.raises(OutputError):
+            hsi_engine.classify_to_file(str(scene), str(case["model"]), out, tile=TILE, progress=False, resume=True)
