@@ -437,8 +437,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         said = (text.splitlines() or [type(e).__name__])[0][:200]
         less = {"classify": "use less: a smaller --tile, fewer --readers", "train": "use less: a smaller "
                 "--batch-size", "demo": "use less: --device cpu with fewer threads (OMP_NUM_THREADS)"}
-        print(f"hsi-engine {args.command}: error: out of memory ({one_line(said)}); "
-              f"{less.get(args.command, 'use less memory')} (or give the process more memory: ulimit -v)",
+        threads = "can't start new thread" in text  # (ulimit -u as well as ulimit -v)
+        print(f"hsi-engine {args.command}: error: out of memory{' or threads' if threads else ''} "
+              f"({one_line(said)}); {less.get(args.command, 'use less memory')} (or give the process more memory: "
+              f"ulimit -v{'; or more threads: ulimit -u, or fewer of them: OMP_NUM_THREADS=1' if threads else ''})",
               file=sys.stderr)
         return 2
     except OSError as e:
@@ -484,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # what a failure for want of memory says: torch's allocator, CUDA, and past an address-space limit (ulimit -v)
 # a thread that cannot start or a shared library that cannot be mapped
 _OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "can't start new thread", "failed to map segment",
-                  "Cannot allocate memory")
+                  "Cannot allocate memory", "could not create a primitive")  # (the last: oneDNN's)
 
 
 _OPTION_WORDS = [  # the library's messages name both spellings, "resume=True (--resume)": a shell user reads one

@@ -233,7 +233,8 @@ def _write_failed(path: Path, e: BaseException) -> OutputError:
         free = shutil.disk_usage(path.parent).free
     except OSError:
         free = None
-    full = getattr(e, "errno", None) == errno.ENOSPC or (free is not None and free < (1 << 20))
+    full = getattr(e, "errno", None) == errno.ENOSPC or "no space left" in str(e).lower() or (
+        free is not None and free < (1 << 20))
     if full:
         why = "the file system is full" + (f" ({free:,} bytes free)" if free is not None else "")
         fix = "free space there or choose another location"
@@ -259,6 +260,9 @@ def _open_failed(where: Path, e: BaseException) -> OutputError:
     if getattr(e, "errno", None) in (errno.EMFILE, errno.ENFILE) or "too many open files" in str(e).lower():
         return OutputError(f"cannot create the output in {where} ({e}): this process may open no more files; raise "
                            "the limit (ulimit -n) or use fewer --readers / --workers")
+    if getattr(e, "errno", None) == errno.ENOSPC or "no space left" in str(e).lower():
+        return OutputError(f"cannot create the output in {where} ({e}): the file system is full, or out of inodes "
+                           "(df -h, df -i); free space there or choose another location")
     return OutputError(f"cannot write in {where} ({e}); choose a writable location")
 
 
@@ -485,8 +489,9 @@ class ClassMapWriter:
             self._commit_failed()
             raise
         except _io_errors() as e:  # a full disk: GDAL's 'TIFFWriteDirectoryTagData: IO error', a traceback
+            failed = _write_failed(self.path, e)  # (the free space while the temps still fill the disk)
             self._commit_failed()
-            raise _write_failed(self.path, e) from None
+            raise failed from None
         except BaseException:
             self._commit_failed()
             raise

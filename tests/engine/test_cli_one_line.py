@@ -78,8 +78,10 @@ def test_resource_limits_are_one_error_line_naming_the_limit(tmp_path, capsys, m
 
     np.save(tmp_path / "s.npy", np.ones((4, 4, 3), np.float32))
     args = ["classify", str(tmp_path / "s.npy"), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o.tif")]
-    for raised, said in [(RuntimeError("can't start new thread"), "out of memory (can't start new thread); use "
-                                                                   "less: a smaller --tile"),
+    for raised, said in [(RuntimeError("can't start new thread"), "out of memory or threads (can't start new "
+                                                                   "thread); use less: a smaller --tile"),
+                         (RuntimeError("could not create a primitive"), "out of memory (could not create a "
+                                                                         "primitive)"),
                          (ImportError("x.so: failed to map segment from shared object"), "out of memory (x.so"),
                          (OSError(errno.EMFILE, "Too many open files"),
                           "Too many open files; this process may open no more files: raise the limit (ulimit -n)"),
@@ -94,6 +96,7 @@ def test_resource_limits_are_one_error_line_naming_the_limit(tmp_path, capsys, m
         assert main(args) == 2
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1 and err.startswith(f"hsi-engine classify: error: {said}"), err
+        assert ("ulimit -u" in err) == ("thread" in said), err  # (a thread limit as well as an address-space one)
     import ssrn.train
 
     monkeypatch.setattr(ssrn.train, "run_training", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))

@@ -231,3 +231,28 @@ def test_a_resumable_zarr_overwrite_that_cannot_rename_the_new_store_keeps_the_o
         hsi_engine.classify_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, progress=False)
     np.testing.assert_array_equal(F.read_classes(out), case["ref"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zarr"]
+
+
+def test_a_commit_that_fills_the_disk_is_named_full_though_its_temps_free_it(tmp_path, monkeypatch):
+    """The COG conversion needs about twice the map's size: a disk filled by it said 'a write failed ... check that
+    the location is writable and healthy', since the free space was measured after the temps were removed."""
+    import shutil
+
+    import rasterio.errors
+
+    from hsi_engine import writers
+
+    w = open_writer(tmp_path / "m.tif", height=8, width=8, n_classes=2)
+    w.write(0, 0, np.ones((8, 8), np.uint8))
+    assert w._temps and all(t.exists() for t in w._temps)
+
+    def filling() -> None:
+        raise rasterio.errors.RasterioIOError("TIFFAppendToStrip: Write error at scanline 0")
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(w, "_commit", filling)
+    monkeypatch.setattr(writers.shutil, "disk_usage",  # full while the temps are on it
+                        lambda p: real(p)._replace(free=0 if any(t.exists() for t in w._temps) else 1 << 40))
+    with pytest.raises(OutputError, match="the file system is full"):
+        w.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
