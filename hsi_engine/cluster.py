@@ -674,7 +674,16 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     done = writer.done()
     todo = [t for t in plan if done[t.y0 // side, t.x0 // side] == 0]
     token = uuid.uuid4().hex  # this run's: its tasks write only while the store still names it (check_owner)
-    run = writer.start_run(token)
+    try:
+        run = writer.start_run(token)
+    except BaseException as e:  # (its record not written: a full disk, no inodes left) a new store is not kept
+        if not writer.resumed:
+            writer.abort()
+        if isinstance(e, OSError):
+            from .writers import _write_failed
+
+            raise _write_failed(Path(out), e) from None
+        raise
     skipped = len(plan) - len(todo)
     if writer.resumed:
         log.info("resuming %s: %d of %d tiles already written, %d to go", writer.partial, skipped, len(plan),

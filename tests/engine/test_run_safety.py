@@ -572,3 +572,23 @@ def test_a_scene_changed_while_it_is_read_leaves_no_map(case, tmp_path, monkeypa
         assert partial_path(out).exists()
         with pytest.raises(OutputError):
             hsi_engine.classify_to_file(str(scene), str(case["model"]), out, tile=TILE, progress=False, resume=True)
+
+
+def test_a_run_record_that_cannot_be_written_leaves_no_store(case, tmp_path, monkeypatch):
+    """The journal's run record written on a full disk (or with no inode left): a bare OSError, and an empty
+    .partial store left that refused the next plain run."""
+    import errno
+
+    from hsi_engine.resume import ResumableZarrWriter
+
+    def full(self, token=""):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.partial / "zarr.json"))
+
+    out = tmp_path / "map.zarr"
+    with monkeypatch.context() as m:
+        m.setattr(ResumableZarrWriter, "start_run", full)
+        with pytest.raises(OutputError, match="the file system is full"):
+            hsi_engine.classify_to_file(str(case["scene"]), str(case["model"]), out, tile=TILE, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    hsi_engine.classify_to_file(str(case["scene"]), str(case["model"]), out, tile=TILE, progress=False)
+    assert (F.read_classes(out) == case["ref"]).all()
