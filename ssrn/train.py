@@ -28,7 +28,7 @@ from .config import MAX_BANDS, PRESETS, SSRNConfig
 from .data import (DataError, DatasetSpec, PatchDataset, Scene, Split, block_split, check_labels, dataset_spec,
                    is_scene_path, load_dataset, per_class_split, standardize_scene, stratified_split)
 from .devices import DeviceError, resolve_device
-from .errors import HSIEngineError, OptionError, check_flag, is_text_path, is_whole
+from .errors import HSIEngineError, OptionError, check_flag, first_line, is_text_path, is_whole
 from .metrics import classification_report
 from .model import SSRN, count_parameters, filled_model
 
@@ -787,7 +787,14 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
                    "train_time_s": res.train_time_s}
             # (not SSRN(config): its initial weights drew from the generator the training's dropout draws from)
             snap = filled_model(config, {k: v.detach().cpu().clone() for k, v in m.state_dict().items()})
-            save(snap, {**meta, "report": rep})
+            from .checkpoint import CheckpointError
+
+            try:
+                save(snap, {**meta, "report": rep})
+            except (CheckpointError, OSError) as e:  # (a full disk): the training in memory is not lost for it
+                log.warning("could not save progress to %s (%s): training goes on, %s", out, first_line(e),
+                            "the last progress save there is kept" if written[0] else "and saves at its end")
+                return
             log.info("saved progress to %s (epoch %d)", out, res.epochs_run)
 
         trainer = Trainer(model, optimizer=optimizer, lr=lr, batch_size=batch_size, epochs=epochs, schedule=schedule,

@@ -681,3 +681,29 @@ def test_classes_without_a_pixel_are_warned_of_and_an_ignore_code_is_named(caplo
     assert len(said) == 2, said
     assert "no pixel of classes [7, 8, 9] (of 1..10)" in said[0] and "If 10 (2 pixels) marks unlabelled" in said[0]
     assert "classes ['c7', 'c8', 'c9'] have no labelled pixel" in said[1]
+
+
+def test_a_progress_save_that_fails_does_not_end_the_training(crop, tmp_path, caplog, monkeypatch):
+    """A full disk at the second progress save raised a CheckpointError: training stopped and the model in memory
+    was lost. It is a warning; the first save is kept and the training saves at its end."""
+    import errno
+
+    import ssrn.checkpoint
+
+    path, _, _ = crop
+    real, calls = ssrn.checkpoint.save_model, []
+
+    def flaky(*a, **k):
+        calls.append(k.get("meta", {}).get("report", {}).get("status"))
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ssrn.checkpoint, "save_model", flaky)
+    with caplog.at_level("WARNING", logger="ssrn.train"):
+        rep = run_training(str(path), tmp_path / "m", epochs=3, batch_size=16, per_class=4, val_fraction=0.05,
+                           device="cpu", patch=5, variant="spc", save_progress_every_s=0.0, patience=None)
+    assert rep["status"] == "done" and calls[1] == "training" and calls[-1] == "done", calls
+    assert any("could not save progress" in r.getMessage() and "the last progress save there is kept" in
+               r.getMessage() for r in caplog.records)
+    assert ssrn.load_model(tmp_path / "m").meta["report"]["status"] == "done"
