@@ -74,7 +74,8 @@ def scale_distance(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: f
     """How far a raw ``(bands, h, w)`` sample (times ``factor``) lies from the model's training data: the median,
     over the pixels :func:`_scale_sample` keeps and the bands the model reads, of ``|x - mean| / std``; None where
     too few pixels are left. Real scenes of the training sensor read about 0.3-1.2 (a window of one land cover,
-    water included, up to 2.5; a small crop of water against a model trained without any, 4.4); the shipped Indian Pines scene x 2 reads 9-11, x 0.5 4.5-5."""
+    water included, up to 2.5; a small crop of water against a model trained without any, 4.4); the shipped
+    Indian Pines scene x 2 reads 9-11, x 0.5 4.5-5."""
     sample = _scale_sample(raw, mean, std, nodata)
     if sample is None:
         return None
