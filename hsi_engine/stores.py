@@ -270,6 +270,12 @@ def open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) -
                          f"{path} is not a readable zarr store ({type(e).__name__}: {e})") from None
     if isinstance(node, zarr.Array):
         return _zarr_bare_array(node, path, chunks, band_axis)
+    if variable is not None and "/" in variable.strip("/"):  # a cube in a subgroup ('tile_0_0/cube'), as in NetCDF4
+        group, _, name = variable.strip("/").rpartition("/")
+        if not (path / group).is_dir():
+            raise SceneError(f"{path} has no group {group!r} (from variable={variable!r}); groups: "
+                             f"{sorted(k for k, _ in node.groups())}")
+        return open_zarr(path / group, chunks, name, band_axis)
     # a group: xarray-written (dims recorded), else fall back to its single 3-D array
     for name, arr in node.arrays():  # xarray opens each of them
         _check_zarr_chunks(arr, path / name)
@@ -288,13 +294,18 @@ def open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) -
         da.set_close(ds.close)
         return da
     arrays = {k: a for k, a in node.arrays() if a.ndim == 3}
+    groups = sorted(k for k, _ in node.groups())
+    in_groups = (f"; its groups {groups[:8]}{' ...' if len(groups) > 8 else ''} hold arrays: pass "
+                 f"variable='{groups[0]}/NAME' (--variable {groups[0]}/NAME), or open {path / groups[0]}"
+                 if groups else "")
     if variable is not None:
         if variable not in arrays:
-            raise SceneError(f"{path} has no 3-D array {variable!r}; arrays: {sorted(k for k, _ in node.arrays())}")
+            raise SceneError(f"{path} has no 3-D array {variable!r}; arrays: {sorted(k for k, _ in node.arrays())}"
+                             + in_groups)
         arrays = {variable: arrays[variable]}
     if len(arrays) != 1:
-        raise SceneError(f"{path}: expected exactly one 3-D array in the zarr group, found {sorted(arrays)}; "
-                         "pass variable=NAME (--variable NAME)")
+        raise SceneError(f"{path}: expected exactly one 3-D array in the zarr group, found {sorted(arrays)}"
+                         + (in_groups if not arrays and groups else "; pass variable=NAME (--variable NAME)"))
     (name, arr), = arrays.items()
     return _zarr_bare_array(arr, path / name, chunks, band_axis)
 

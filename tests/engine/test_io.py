@@ -984,3 +984,19 @@ def test_a_scene_opened_by_a_relative_path_is_read_and_identified_after_a_chdir(
     for name, da in scenes.items():
         np.testing.assert_array_equal(da.values, cube)
         assert da.encoding["source"] == str(tmp_path / name) == file_of(da)
+
+
+def test_a_cube_in_a_zarr_subgroup_opens_by_group_and_name(tmp_path):
+    """Crops written as to_zarr(store, group='c_0_0'): --variable c_0_0/cube said 'no 3-D array ...; arrays: []'
+    and the store alone 'pass --variable NAME'. The group's path works as in NetCDF4, and the errors name the groups."""
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        da = xr.DataArray(rng.random((5, 4, 6), np.float32) + i, dims=("band", "y", "x"))
+        da.to_dataset(name="cube").to_zarr(tmp_path / "t.zarr", group=f"c_{i}", mode="w")
+    opened = open_scene(tmp_path / "t.zarr", variable="c_1/cube")
+    np.testing.assert_array_equal(opened.values, open_scene(tmp_path / "t.zarr" / "c_1").values)
+    assert opened.values.min() >= 1
+    for variable, said in [(None, "its groups ['c_0', 'c_1'] hold arrays: pass variable='c_0/NAME'"),
+                           ("nope/cube", "has no group 'nope' (from variable='nope/cube'); groups: ['c_0', 'c_1']")]:
+        with pytest.raises(SceneError, match=re.escape(said)):
+            open_scene(tmp_path / "t.zarr", variable=variable)
