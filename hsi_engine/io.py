@@ -158,7 +158,12 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
     if p.exists() and not (p.is_file() or p.is_dir()):  # a FIFO was read twice (a hang) or half-consumed
         raise SceneError(f"scene {p} is not a regular file (a pipe or a device): hsi-engine reads scenes by "
                          "window, in any order; save it to a file first")
-    fmt = scene_format(p)
+    try:
+        fmt = scene_format(p)
+    except SceneError:  # (a missing nothere.vrt was told to be converted)
+        if p.exists() or p.is_symlink():
+            raise
+        fmt = None
     if not p.exists() and not (fmt == "envi" and p.suffix.lower() == ".hdr" and p.with_suffix(".bsq").exists()):
         home = unexpanded_home(path, written=False)
         raise SceneNotFoundError(f"scene {p} does not exist" + (f" (the path {home})" if home else ""))

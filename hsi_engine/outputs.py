@@ -338,6 +338,9 @@ def check_output_suffix(path: str | os.PathLike) -> str:
                           "text (or this process's locale is not UTF-8), which GDAL cannot take; choose a path in "
                           "UTF-8, run in a UTF-8 locale (e.g. LC_ALL=C.UTF-8), or write a .zarr")
     if suffix not in TIFF_SUFFIXES + ZARR_SUFFIXES:
+        if p.name.lower() in TIFF_SUFFIXES + ZARR_SUFFIXES:  # ('.tif': a hidden file's name, without a suffix)
+            raise OutputError(f"cannot write a class map to {p}: the name {p.name!r} is a suffix alone; give the map "
+                              f"a name (e.g. map{p.name})")
         raise OutputError(f"cannot write a class map to {p}: suffix {suffix or '(none)'!r} is not supported; use "
                           ".tif/.tiff (Cloud-Optimised GeoTIFF) or .zarr")
     if suffix in ZARR_SUFFIXES and zarr_unusable():

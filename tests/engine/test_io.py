@@ -1000,3 +1000,18 @@ def test_a_cube_in_a_zarr_subgroup_opens_by_group_and_name(tmp_path):
                            ("nope/cube", "has no group 'nope' (from variable='nope/cube'); groups: ['c_0', 'c_1']")]:
         with pytest.raises(SceneError, match=re.escape(said)):
             open_scene(tmp_path / "t.zarr", variable=variable)
+
+
+def test_a_missing_vrt_is_missing_and_a_bare_suffix_is_no_output_name(tmp_path):
+    """A typo'd nothere.vrt was told to be converted with gdal_translate; `--out .tif` read 'suffix (none)'."""
+    from hsi_engine.errors import OutputError, SceneNotFoundError
+    from hsi_engine.outputs import check_output_suffix
+
+    with pytest.raises(SceneNotFoundError, match="does not exist"):
+        open_scene(tmp_path / "nothere.vrt")
+    (tmp_path / "there.vrt").write_text("<VRTDataset/>")
+    with pytest.raises(SceneError, match="gdal_translate"):
+        open_scene(tmp_path / "there.vrt")
+    with pytest.raises(OutputError, match=re.escape("the name '.tif' is a suffix alone; give the map a name (e.g. "
+                                                    "map.tif)")):
+        check_output_suffix(tmp_path / ".tif")
