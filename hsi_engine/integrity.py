@@ -185,9 +185,11 @@ def read_error(da: Any, window: Sequence[int], exc: BaseException) -> BaseExcept
     from .io import file_of
 
     if file_of(da) is not None:
+        # (HDF5's decompression filter fails the same way when the process is short of memory: ulimit -v)
+        short = ("; or this process ran short of memory (a limit such as ulimit -v, or other work): retry with "
+                 "more, or a smaller --tile" if "filter returned failure" in str(exc) else "")
         return SceneError(f"reading rows {ry0}:{ry1}, cols {rx0}:{rx1} of {src} failed ({why_failed(exc)}); the store "
-                          f"may be damaged or unreadable: check it (hsi-engine info) or re-create "
-                          "it")
+                          f"may be damaged or unreadable: check it (hsi-engine info) or re-create it{short}")
     # a window, a band selection or a cast of the file, whose read failed (what a reader, a codec or GDAL raises:
     # an OSError always, the others where the file's read is still in the graph), or the caller's step over it
     if isinstance(exc, OSError) or (_reads_the_file(da) and isinstance(exc, (RuntimeError, ValueError, KeyError,

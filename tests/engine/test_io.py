@@ -1015,3 +1015,18 @@ def test_a_missing_vrt_is_missing_and_a_bare_suffix_is_no_output_name(tmp_path):
     with pytest.raises(OutputError, match=re.escape("the name '.tif' is a suffix alone; give the map a name (e.g. "
                                                     "map.tif)")):
         check_output_suffix(tmp_path / ".tif")
+
+
+def test_a_decompression_failure_also_names_memory(tmp_path):
+    """Under `ulimit -v` HDF5's filter fails as on a damaged file: the error said only 're-create it'."""
+    import h5py
+
+    from hsi_engine.integrity import read_error
+
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f["cube"] = np.ones((3, 4, 5), np.float32)
+    da = open_scene(tmp_path / "s.h5", variable="cube", band_axis=0)
+    said = str(read_error(da, (0, 4, 0, 5), OSError("Can't synchronously read data (filter returned failure "
+                                                    "during read)")))
+    assert "may be damaged or unreadable" in said and "ran short of memory (a limit such as ulimit -v" in said
+    assert "short of memory" not in str(read_error(da, (0, 4, 0, 5), OSError("truncated file")))
