@@ -123,9 +123,24 @@ def _started(n: int, start: Callable[[], Any]) -> Any:
         if not _library_error(e):  # the caller's own (a service's timeout raised by its signal handler): theirs
             raise
         cause = e.__cause__ if isinstance(e, RuntimeError) and e.__cause__ is not None else e
-        raise HSIEngineError(f"could not start a local dask cluster of {n} workers ({_brief(cause)}): check "
-                             f"{_main_guard_hint()}{_scratch_hint()}, or run without workers= (--workers) to classify "
-                             "in-process") from None
+        raise HSIEngineError(f"could not start a local dask cluster of {n} workers ({_brief(cause)}): "
+                             f"{_nofile_hint()}check {_main_guard_hint()}{_scratch_hint()}, or run without workers= "
+                             "(--workers) to classify in-process") from None
+
+
+def _nofile_hint() -> str:
+    """A low open-files limit, named first: under ``ulimit -n 32`` the workers failed with 'Too many open files' in
+    their own logs, and the error named distributed's follow-on ``AssertionError`` and the dask configuration."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # (no resource module on Windows)
+        return ""
+    if soft == resource.RLIM_INFINITY or soft >= 1024:
+        return ""
+    return (f"this process may open only {soft} files (ulimit -n), too few for a cluster's processes and their "
+            "connections: raise it (ulimit -n 4096); else ")
 
 
 def _main_guard_hint() -> str:

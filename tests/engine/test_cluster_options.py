@@ -104,3 +104,16 @@ def test_read_settings_must_be_whole_numbers(case, tmp_path, name, value):
         cluster.run_to_file(case["scene"], case["model"], tmp_path / "map.zarr", progress=False, **{name: value})
     assert list(tmp_path.iterdir()) == []
     check_read_settings(cache_blocks=np.int64(4), decoders=0)  # numpy integers and 0 stay accepted
+
+
+def test_a_low_open_files_limit_is_named_when_a_local_cluster_fails(monkeypatch):
+    """Under `ulimit -n 32` the workers failed with 'Too many open files' in their logs only; the error named
+    distributed's follow-on AssertionError and the dask configuration."""
+    import resource
+
+    from hsi_engine import dask_client
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (32, 4096))
+    assert "may open only 32 files (ulimit -n)" in dask_client._nofile_hint()
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (65536, 65536))
+    assert dask_client._nofile_hint() == ""
