@@ -110,7 +110,10 @@ def _warn_given_nodata(da: xr.DataArray, nodata: float) -> None:
                           f"{info.min}..{info.max}): pass the value its fill pixels hold", UserWarning,
                           stacklevel=user_stacklevel())
             return
-    declared = declared_nodata(da)
+    try:
+        declared = declared_nodata(da)
+    except SceneError:  # a declared value that is no number: the given one overrides it, as its error says
+        return
     if declared is not None and declared != nodata and not math.isnan(declared):
         warnings.warn(f"nodata={nodata:g} replaces this scene's declared nodata value {declared:g}: one nodata value "
                       f"is read, so pixels holding {declared:g} are classified, not class 0. To mask both, make one fill "
