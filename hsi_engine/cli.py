@@ -339,6 +339,8 @@ def _unrecognised(extra: Sequence[str], command: argparse.ArgumentParser) -> str
     for arg in extra:
         word = arg.split("=", 1)[0]
         close = difflib.get_close_matches(word, options, n=1, cutoff=0.7) if arg.startswith("--") else []
+        if word == "--verbose":  # (the command's own is -v only: --verbose would make --v ambiguous)
+            close = ["-v (or hsi-engine --verbose COMMAND ...)"]
         if close:
             hints.append(f"{arg}: did you mean {close[0]}?")
     return f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})" if hints else "")

@@ -27,3 +27,12 @@ def test_classify_help_names_the_fallbacks_and_the_exact_precision():
     text = _subparsers()["classify"].format_help()
     assert "eager, with one warning, where there is no CUDA or Triton" in " ".join(text.split())
     assert "float32 (default: the patch-mode network's map, exactly)" in " ".join(text.split())
+
+
+def test_verbose_after_a_command_points_to_its_spelling(capsys):
+    """`classify ... --verbose` read only 'unrecognized arguments: --verbose': the command's own is -v."""
+    from hsi_engine.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["info", "x.tif", "--verbose"])
+    assert "--verbose: did you mean -v (or hsi-engine --verbose COMMAND ...)?" in capsys.readouterr().err
