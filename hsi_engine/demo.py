@@ -129,6 +129,9 @@ def _check_demo_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; the demo writes a directory (classmap.tif, classmap.png, "
                           "report.json): pass a directory's path")
+    if not out.exists() and out.suffix.lower() in (".tif", ".tiff", ".png", ".json", ".zarr"):
+        raise OutputError(f"--out {out} names a file, but the demo writes a directory (classmap.tif, classmap.png, "
+                          f"report.json): pass a directory's path (e.g. --out {out.with_suffix('')})")
     taken = [n for n in DEMO_OUTPUTS if (out / n).exists()] if out.is_dir() else []
     if not taken:
         return

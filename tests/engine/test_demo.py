@@ -113,6 +113,9 @@ def test_the_demo_replaces_its_own_outputs_but_never_other_files(tmp_path, capsy
         f.update_tags(software="hsi-engine 0.1.0", model_digest="0" * 32)
     with pytest.raises(OutputError, match="which no earlier demo wrote"):
         _check_demo_out(mine)
+    with pytest.raises(OutputError, match=r"names a file, but the demo writes a directory .* \(e\.g\. --out "):
+        _check_demo_out(tmp_path / "x.tif")  # (it made a directory named x.tif)
+    assert not (tmp_path / "x.tif").exists()
 
 
 def test_evaluation_mask_excludes_train_and_val():
