@@ -498,14 +498,13 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                                      overwrite=overwrite, gcps=gcps, tags=_provenance(job),
                                      read_cache_bytes=gdal_room)
             t0 = time.perf_counter()
-            from .cluster import _files_stat, scene_changed
+            from .cluster import scene_changed, scene_state
 
-            source = job.source if job.source and os.path.exists(job.source) else None
-            before = _files_stat(Path(source)) if source else None
             try:
+                before = scene_state(job.source)
                 stats = job.run(writer, probabilities=prob is not None, progress=progress, queue_depth=queue_depth,
                                 readers=readers, cache_blocks=cache_blocks, decoders=decoders)
-                changed = scene_changed(source, before)
+                changed = scene_changed(job.source, before)
                 if changed is not None:
                     raise changed
             except BaseException:

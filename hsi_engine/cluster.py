@@ -616,6 +616,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     job.spatial_precision = spatial
     scene_id = {"shape": [int(s) for s in da.shape], "dtype": str(da.dtype),
                 **_scene_identity(scene_path, scene, crs, transform, gcps, cube=da)}
+    watched = scene_state(scene_id.get("source"))  # (checked again after the last tile)
     fingerprint = {"scene": scene_id, "model": digest, "labels": [job.class_names(), job.palette()],
                    "tile": side, "halo": halo, "classes": job.classes, "probabilities": prob,
                    "nodata": None if job.nodata is None else repr(float(job.nodata)), "precision": precision,
@@ -754,7 +755,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
         log.warning("run interrupted; %s holds the tiles written so far: rerun with resume=True (--resume) to "
                     "finish it", kept)
         raise
-    changed = scene_changed(scene_id.get("source"), scene_id.get("stat"))
+    changed = scene_changed(scene_id.get("source"), watched)
     if changed is not None:
         writer.keep_partial()  # (its identity no longer matches the scene: --resume refuses it)
         raise changed
@@ -992,22 +993,48 @@ def _bytes_digest(a: np.ndarray) -> bytes:
     return h.digest()
 
 
-def scene_changed(source: str | None, stat: list[int] | None) -> SceneError | None:
-    """The error for a scene file (or store) whose files changed since ``stat`` (:func:`_files_stat`, taken before
-    the run read it): a ``cp`` over it, a truncation, a chunk deleted. HDF5 reads zeros past a new end of file and
-    zarr fills a missing chunk, so such a run finished with a map of two versions, exit 0. None when unchanged or
-    not a file."""
-    if not source or stat is None:
+def scene_state(source: str | os.PathLike | None) -> dict[str, tuple[int, int]] | None:
+    """``{file: (bytes, mtime_ns)}`` of the files a scene's pixels are read from: every file under a directory
+    store, an ENVI header with its data file, else the file itself (and a GDAL ``.msk`` mask beside it). Not its
+    ``.aux.xml``: GDAL writes statistics there when a GIS shows the scene, the pixels unchanged. Entries that cannot
+    be read (a dangling link zarr skips) are left out. None for no file (an in-memory scene)."""
+    from .envi import envi_paths
+    from .io import scene_format
+
+    if not source or not os.path.exists(source):
         return None
-    try:
-        now = _files_stat(Path(source))
-    except OSError:
-        now = None
-    if now == stat:
+    p = Path(source)
+    if p.is_dir():
+        files = [Path(root) / f for root, _, names in os.walk(p) for f in names]
+    else:
+        files = [f for f in envi_paths(p) if f.is_file()] if scene_format(p) == "envi" else [p]
+        files += [f.with_name(f.name + ".msk") for f in files[-1:] if f.with_name(f.name + ".msk").is_file()]
+    state = {}
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        state[str(f)] = (st.st_size, st.st_mtime_ns)
+    return state
+
+
+def scene_changed(source: str | os.PathLike | None, before: dict[str, tuple[int, int]] | None) -> SceneError | None:
+    """The error for a scene whose files changed since ``before`` (:func:`scene_state`, taken before the run read
+    it): a ``cp`` over it, a truncation, a chunk deleted. HDF5 reads zeros past a new end of file and zarr fills a
+    missing chunk, so such a run finished with a map of two versions, exit 0. None when unchanged or not a file."""
+    if before is None:
         return None
-    return SceneError(f"the scene {source} changed while this run read it (its files, bytes or modification time: "
-                      f"{stat} before, {now} after): the map would mix two versions of it. Rerun once nothing "
-                      "writes to it (or classify a copy)")
+    now = scene_state(source) or {}
+    changed = sorted(set(before) ^ set(now)) or [f for f in sorted(before) if before[f] != now.get(f)]
+    if not changed:
+        return None
+    f = changed[0]
+    what = ("appeared" if f not in before else "disappeared" if f not in now else
+            f"changed ({before[f][0]:,} bytes before, {now[f][0]:,} after; modified again)")
+    more = f" (and {len(changed) - 1} more files)" if len(changed) > 1 else ""
+    return SceneError(f"the scene {source} changed while this run read it: {f} {what}{more}; the map would mix two "
+                      "versions of it. Rerun once nothing writes to it (or classify a copy)")
 
 
 def _files_stat(p: Path) -> list[int]:

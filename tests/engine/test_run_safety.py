@@ -564,7 +564,7 @@ def test_a_scene_changed_while_it_is_read_leaves_no_map(case, tmp_path, monkeypa
 
     monkeypatch.setattr(FusedSSRN, "__call__", touching)
     out = tmp_path / out_name
-    with pytest.raises(SceneError, match=r"changed while this run read it .* the map would mix two versions"):
+    with pytest.raises(SceneError, match=r"changed while this run read it: .* changed .*; the map would mix two"):
         hsi_engine.classify_to_file(str(scene), str(case["model"]), out, tile=TILE, progress=False)
     assert not out.exists()
     monkeypatch.setattr(FusedSSRN, "__call__", real)
@@ -592,3 +592,29 @@ def test_a_run_record_that_cannot_be_written_leaves_no_store(case, tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     hsi_engine.classify_to_file(str(case["scene"]), str(case["model"]), out, tile=TILE, progress=False)
     assert (F.read_classes(out) == case["ref"]).all()
+
+
+def test_statistics_a_gis_writes_beside_the_scene_are_no_change(tmp_path):
+    """GDAL writes a scene's statistics to its .aux.xml when a GIS shows it: the pixels are the same, so that is no
+    change (a run was refused for it); a dangling link in a store (zarr skips it) is left out, not an OSError."""
+    import rasterio
+
+    from hsi_engine.cluster import scene_changed, scene_state
+
+    tif = tmp_path / "s.tif"
+    with rasterio.open(tif, "w", driver="GTiff", height=4, width=4, count=2, dtype="uint16") as f:
+        f.write(np.ones((2, 4, 4), np.uint16))
+    before = scene_state(tif)
+    (tmp_path / "s.tif.aux.xml").write_text("<PAMDataset/>")
+    assert scene_changed(tif, before) is None
+    with open(tif, "ab") as f:
+        f.write(b"\0")
+    assert "s.tif changed (" in str(scene_changed(tif, before))
+    store = tmp_path / "z"
+    store.mkdir()
+    (store / "a").write_bytes(b"1")
+    (store / "dangling").symlink_to(tmp_path / "nowhere")
+    before = scene_state(store)
+    assert list(before) == [str(store / "a")]
+    (store / "b").write_bytes(b"2")
+    assert "z/b appeared" in str(scene_changed(store, before))
