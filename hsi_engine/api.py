@@ -114,7 +114,9 @@ def _warn_given_nodata(da: xr.DataArray, nodata: float) -> None:
         declared = declared_nodata(da)
     except SceneError:  # a declared value that is no number: the given one overrides it, as its error says
         return
-    if declared is not None and declared != nodata and not math.isnan(declared):
+    same = declared is not None and (declared == nodata or (da.dtype.kind == "f" and np.asarray(
+        declared, da.dtype) == np.asarray(nodata, da.dtype)))  # (float32's min as gdalinfo prints it)
+    if declared is not None and not same and not math.isnan(declared):
         warnings.warn(f"nodata={nodata:g} replaces this scene's declared nodata value {declared:g}: one nodata value "
                       f"is read, so pixels holding {declared:g} are classified, not class 0. To mask both, make one fill "
                       f"of them first (scene.where(scene != {nodata:g}, {declared:g}), then no nodata=), or pass "

@@ -434,7 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # torch's CPU allocator raises RuntimeError ("DefaultCPUAllocator: can't allocate memory"), Python
         # MemoryError; past an address-space limit (ulimit -v) threads and shared libraries fail to start or map too
         text = str(e)
-        if not isinstance(e, MemoryError) and not any(w in text for w in _OUT_OF_MEMORY):
+        if not isinstance(e, MemoryError) and (not any(w in text for w in _OUT_OF_MEMORY)
+                                               or "primitive descriptor" in text):  # (oneDNN: unsupported, not OOM)
             raise
         said = (text.splitlines() or [type(e).__name__])[0][:200]
         less = {"classify": "use less: a smaller --tile, fewer --readers", "train": "use less: a smaller "

@@ -137,7 +137,7 @@ def _nofile_hint() -> str:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     except (ImportError, OSError, ValueError):  # (no resource module on Windows)
         return ""
-    if soft == resource.RLIM_INFINITY or soft >= 1024:
+    if soft == resource.RLIM_INFINITY or soft >= 200:  # (macOS's default is 256, Linux's 1024)
         return ""
     return (f"this process may open only {soft} files (ulimit -n), too few for a cluster's processes and their "
             "connections: raise it (ulimit -n 4096); else ")

@@ -104,9 +104,13 @@ def _tiff_tags(path: Path) -> dict[str, str] | None:
         return None
     import rasterio
 
+    import warnings
+
     try:
-        with rasterio.open(path) as f:
-            return f.tags()
+        with warnings.catch_warnings():  # (a map in pixel coordinates: rasterio's NotGeoreferencedWarning)
+            warnings.simplefilter("ignore")
+            with rasterio.open(path) as f:
+                return f.tags()
     except Exception:  # noqa: BLE001 - anything GDAL cannot open is not a map we wrote
         return None
 

@@ -255,13 +255,22 @@ def _check_packing(da: xr.DataArray, raw: np.ndarray, mean: np.ndarray, std: np.
     return False
 
 
+_CORNER_BYTES = 64 << 20  # at most this much decoded per corner (a band-chunked store decodes whole bands)
+
+
 def _corners(da: xr.DataArray, side: int = 8) -> list[np.ndarray]:
     """The scene's four ``side`` x ``side`` corners (one chunk each), where a window read past the scene's edge
     (rasterio's ``boundless=True``, ``gdal_translate -srcwin``) or a swath's edge holds its fill; none that
     cannot be read."""
     h, w = int(da.sizes["y"]), int(da.sizes["x"])
-    if h <= 32 and w <= 32:
-        return []  # (the centre's sample is the whole scene)
+    if h < 48 or w < 48:
+        return []  # (the centre's sample reaches the corners' rows or columns)
+    if da.chunks is not None:  # each corner decodes its chunks in every band: skip where that costs a scene's read
+        itemsize = np.dtype(da.dtype).itemsize
+        for ys in (0, -1):
+            for xs in (0, -1):
+                if int(da.chunks[1][ys]) * int(da.chunks[2][xs]) * int(da.sizes["band"]) * itemsize > _CORNER_BYTES:
+                    return []
     out = []
     for ys in (slice(0, min(side, h)), slice(max(0, h - side), h)):
         for xs in (slice(0, min(side, w)), slice(max(0, w - side), w)):
@@ -298,7 +307,7 @@ def _warn_fill(da: xr.DataArray, raw: np.ndarray, nodata: float | None) -> None:
     declared = "the scene declares no nodata value" if nodata is None else f"the scene's nodata is {nodata:g}"
     warnings.warn(f"{found[value]} of {looked} pixels sampled (the scene's centre and corners) hold {v} in every band, "
                   f"and {declared}: such pixels (a mosaic's gaps, a swath's edge, a window read past the scene's edge) "
-                  f"are classified as land cover, and the pixels within 3 of them with the fill in their 7 x 7 window. Pass "
+                  f"are classified as land cover, and the pixels near them with the fill in their window. Pass "
                   f"nodata={v} (--nodata {v}) to make them class 0, or declare the fill as the scene's nodata",
                   UserWarning, stacklevel=user_stacklevel())
 
@@ -323,7 +332,7 @@ def _warn_uniform_power(raw: np.ndarray, ratios: np.ndarray, mean: np.ndarray, s
         return
     power = 10.0 ** round(math.log10(k))
     lo, hi = np.quantile(ratios, [0.1, 0.9])
-    if power == 1 or hi > _UNIFORM_SPREAD * lo:
+    if power == 1 or hi > _UNIFORM_SPREAD * lo or abs(math.log10(k / power)) > 0.2:  # (x 3.5 is no 10x)
         return
     rescaled = scale_distance(raw, mean, std, nodata, factor=1 / power)
     if rescaled is None or rescaled >= min(_UNIFORM_GAIN * distance, 2.0):

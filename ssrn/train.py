@@ -507,6 +507,10 @@ def _check_scene(scene: Scene) -> None:
 
     where = scene.source or scene.name
     scene.labels = check_labels(scene.labels, scene.shape[1:], where)
+    if isinstance(scene.class_names, np.ndarray):  # (numpy str arrays trained before this check)
+        scene.class_names = [str(n) for n in scene.class_names.tolist()]
+    if isinstance(scene.palette, np.ndarray) and scene.palette.dtype.kind in "ui":
+        scene.palette = scene.palette.tolist()
     names = scene.class_names
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise DataError(f"{where}: Scene.class_names must be a list of str, one per class 1..K; found "
@@ -527,7 +531,7 @@ def _check_scene(scene: Scene) -> None:
             isinstance(c, (list, tuple)) and len(c) in (3, 4) and all(is_whole(v) and 0 <= v <= 255 for v in c)
             for c in palette)):
         raise DataError(f"{where}: Scene.palette must be {len(names)} colours (one per class), each [r, g, b] of "
-                        f"integers 0-255; found {str(palette)[:120]}")
+                        f"integers 0-255; found {repr(palette)[:120]}")
 
 
 def _warn_empty_classes(scene: Scene) -> None:
@@ -546,10 +550,12 @@ def _warn_empty_classes(scene: Scene) -> None:
         log.warning("%s: classes %s have no labelled pixel with data in this scene; the model still has an output "
                     "for each of the %d named classes", scene.name, shown([scene.class_names[i - 1] for i in empty]), k)
         return
+    apart = counts[k - 1] > 0 and k - 1 in empty  # (10 beside 1..6; not 4 beside 2..3, a crop's classes)
+    hint = (f"If {k} ({int(counts[k - 1])} pixels) marks unlabelled or ignored pixels, set them to 0 (or declare {k} "
+            "the label raster's nodata value); else number" if apart else "Number")
     log.warning("%s: the labels hold no pixel of classes %s (of 1..%d): the model still has an output for each, "
-                "which no pixel trains. If %d (%d pixels) marks unlabelled or ignored pixels, set them to 0 (or "
-                "declare %d the label raster's nodata value); else number the classes 1..K without gaps, or name "
-                "them (--class-names) to keep the ids", scene.name, shown(empty), k, k, int(counts[k - 1]), k)
+                "which no pixel trains. %s the classes 1..K without gaps, or name them (--class-names) to keep the "
+                "ids", scene.name, shown(empty), k, hint)
 
 
 def _scene_config(scene: Scene, base: SSRNConfig | None, bands: int, classes: int, patch: int, variant: str,

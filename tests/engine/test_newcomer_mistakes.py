@@ -134,7 +134,7 @@ def test_a_power_of_ten_off_widely_spread_training_data_is_named():
     assert "larger" in " ".join(_scale_warnings(window * 10, mean, std))  # (10x larger: the distance, as before)
     water = window.copy()
     water[60:] *= 0.01
-    for cube in (window, window * 0.3, water, water * 0.1):
+    for cube in (window, window * 0.3, window * 0.05, water, water * 0.1):  # (x 0.05 is 20x: no "10x" to name)
         assert _scale_warnings(cube, mean, std) == []
 
 
@@ -448,14 +448,15 @@ def test_a_geotiff_read_by_rioxarray_is_warned_about_what_it_left_out(crop, mode
     assert (labels.reshape(-1)[:20] == 0).all() and (labels.reshape(-1)[20:] > 0).all()
 
 
-@pytest.mark.parametrize("value, rows", [(0.0, slice(0, 3)), (-32768.0, slice(0, 40))])
-def test_a_fill_at_the_edge_or_of_another_value_is_named(crop, model, value, rows):
+@pytest.mark.parametrize("value, rows", [(0.0, slice(0, 3)), (-32768.0, slice(0, 48))])
+def test_a_fill_at_the_edge_or_of_another_value_is_named(model, value, rows):
     """A window read past the scene's edge (rasterio's boundless read) holds 0 along the edge only, away from the
     centre's sample: classified as land cover without a word. A crop handed over as an array loses its nodata:
     -32768 in every band read as a scale 56 standard deviations off. The corners are sampled too, any one value in
     every band is a fill, and the scale check leaves such pixels out."""
-    filled = crop.copy(data=crop.values.copy())
-    filled[:, rows, 34:] = value
+    scene = hsi_engine.open_scene(SHIPPED_SCENE).isel(y=slice(0, 48), x=slice(0, 48)).astype("float32").load()
+    filled = scene.copy(data=scene.values.copy())  # (48 x 48: the corners are sampled apart from the centre)
+    filled[:, rows, 42:] = value
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         hsi_engine.classify(filled, model, progress=False)
@@ -481,6 +482,9 @@ def test_a_given_nodata_that_replaces_the_declared_one_or_masks_nothing_is_named
     assert any("nodata=7777 replaces this scene's declared nodata value -9999: one nodata value is read, so pixels "
                "holding -9999 are classified" in m for m in said(counts, 7777)), said(counts, 7777)
     assert not any("declared nodata value" in m for m in said(counts, -9999))
+    low = crop.astype("float32")
+    low.attrs["nodata"] = float(np.finfo(np.float32).min)
+    assert not any("declared nodata value" in m for m in said(low, -3.40282346638529e+38))  # (as gdalinfo prints it)
     unsigned = counts.where(counts > 0, 1).astype("uint16")
     unsigned.attrs = {}
     for value in (-9999, 0.5):

@@ -653,9 +653,11 @@ def test_a_scene_object_with_whole_float_labels_reads_them_as_classes():
     """GeoTIFF label tiles are often float32: whole numbers train (a TypeError in the split's counts before)."""
     from ssrn.train import _check_scene
 
-    scene = _scene_object(np.array([[0.0, 1.0], [2.0, 2.0]], np.float32), ["a", "b"])
+    scene = _scene_object(np.array([[0.0, 1.0], [2.0, 2.0]], np.float32), np.array(["a", "b"]),
+                          palette=np.array([[1, 2, 3], [4, 5, 6]], np.uint8))  # (numpy names and palette train too)
     _check_scene(scene)
     assert scene.labels.dtype == np.int64 and scene.labels.tolist() == [[0, 1], [2, 2]]
+    assert scene.class_names == ["a", "b"] and scene.palette == [[1, 2, 3], [4, 5, 6]]
 
 
 def test_a_scene_of_no_varying_band_is_refused(tmp_path):
@@ -677,10 +679,12 @@ def test_classes_without_a_pixel_are_warned_of_and_an_ignore_code_is_named(caplo
         _warn_empty_classes(_scene_object(labels, [f"class {i}" for i in range(1, 11)]))
         _warn_empty_classes(_scene_object(labels, [f"c{i}" for i in range(1, 11)]))
         _warn_empty_classes(_scene_object(np.array([[1, 2]]), ["a", "b"]))
+        _warn_empty_classes(_scene_object(np.array([[2, 3, 4]]), [f"class {i}" for i in range(1, 5)]))
     said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 2, said
+    assert len(said) == 3, said
     assert "no pixel of classes [7, 8, 9] (of 1..10)" in said[0] and "If 10 (2 pixels) marks unlabelled" in said[0]
     assert "classes ['c7', 'c8', 'c9'] have no labelled pixel" in said[1]
+    assert "no pixel of classes [1] (of 1..4)" in said[2] and "If 4" not in said[2]  # (a crop's classes: no code)
 
 
 def test_a_progress_save_that_fails_does_not_end_the_training(crop, tmp_path, caplog, monkeypatch):
