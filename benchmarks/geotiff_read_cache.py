@@ -25,7 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import cpu_report_head, positive_int, results_out, write_report  # noqa: E402
+from benchmarks._common import cpu_report_head, positive_int, results_out, write_report  # noqa: E402
 
 
 def _scene(path: Path, size: int, bands: int) -> Path:
@@ -64,27 +64,32 @@ def main(argv: list[str] | None = None) -> Path:
 
     model = ssrn.SSRN(ssrn.SSRNConfig(bands=args.bands, classes=8))
     model.meta = {"mean": [1000.0] * args.bands, "std": [200.0] * args.bands}
-    if not args.network:
-        def zeros(self, x):
-            return torch.zeros((self.classes, x.shape[1] - 2 * self.halo, x.shape[2] - 2 * self.halo))
-        FusedSSRN.__call__ = zeros
-    real = runner.read_cache_bytes
+
+    def zeros(self, x):
+        return torch.zeros((self.classes, x.shape[1] - 2 * self.halo, x.shape[2] - 2 * self.halo))
+
+    real, network = runner.read_cache_bytes, FusedSSRN.__call__
     times: dict[str, list[tuple[float, float]]] = {"with room": [], "without": []}
     maps = {}
+    # both patches are undone on the way out: main() also runs in the test process (test_benchmark_smoke.py)
     with tempfile.TemporaryDirectory() as d:
-        scene = _scene(Path(d) / "scene.tif", args.size, args.bands)
-        for rep in range(args.reps):
-            for name in (list(times) if rep % 2 == 0 else list(times)[::-1]):
-                runner.read_cache_bytes = real if name == "with room" else (lambda *a, **k: 0)
-                out = Path(d) / f"{name.replace(' ', '_')}.tif"
-                t0, c0 = time.perf_counter(), time.process_time()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    hsi_engine.classify_to_file(scene, model, out, overwrite=True, progress=False)
-                times[name].append((time.perf_counter() - t0, time.process_time() - c0))
-                with rasterio.open(out) as f:
-                    maps[name] = f.read(1)
-        runner.read_cache_bytes = real
+        try:
+            if not args.network:
+                FusedSSRN.__call__ = zeros
+            scene = _scene(Path(d) / "scene.tif", args.size, args.bands)
+            for rep in range(args.reps):
+                for name in (list(times) if rep % 2 == 0 else list(times)[::-1]):
+                    runner.read_cache_bytes = real if name == "with room" else (lambda *a, **k: 0)
+                    out = Path(d) / f"{name.replace(' ', '_')}.tif"
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        hsi_engine.classify_to_file(scene, model, out, overwrite=True, progress=False)
+                    times[name].append((time.perf_counter() - t0, time.process_time() - c0))
+                    with rasterio.open(out) as f:
+                        maps[name] = f.read(1)
+        finally:
+            runner.read_cache_bytes, FusedSSRN.__call__ = real, network
     same = all(np.array_equal(maps["with room"], m) for m in maps.values())
     med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in times.items()}
     lines = cpu_report_head("GeoTIFF scene to GeoTIFF map: GDAL's block cache with room for the scene's blocks",

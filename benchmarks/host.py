@@ -39,7 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import cpu_name, results_out, write_report  # noqa: E402
+from benchmarks._common import cpu_name, results_out, write_report  # noqa: E402
 from hsi_engine.runner import _cores, cache_blocks_for, load_tile, submit_in_plan_order, window_reader  # noqa: E402
 from hsi_engine.tiles import plan_tiles  # noqa: E402
 

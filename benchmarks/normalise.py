@@ -23,7 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import cpu_name, results_out, write_report  # noqa: E402
+from benchmarks._common import cpu_name, results_out, write_report  # noqa: E402
 from ssrn.normalise import normalise_into, normalise_into_reference  # noqa: E402
 
 

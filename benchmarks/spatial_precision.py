@@ -27,7 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import bench_device, cpu_name, results_out, timed_run, write_report  # noqa: E402
+from benchmarks._common import bench_device, cpu_name, results_out, timed_run, write_report  # noqa: E402
 
 
 def classify_map(scene, model, *, device: str, backend: str, precision: str, spatial: str,

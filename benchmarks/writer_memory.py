@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import cpu_report_head, results_out, write_report  # noqa: E402
+from benchmarks._common import cpu_report_head, results_out, write_report  # noqa: E402
 
 CLASSES, TILE = 16, 128
 

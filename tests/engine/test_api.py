@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import re
 import warnings
 
@@ -48,10 +49,11 @@ def reference_labels(model: SSRN, raw: np.ndarray) -> np.ndarray:
     return patch_forward(model, x).argmax(1).reshape(x.shape[1:]).numpy().astype(np.uint8) + 1
 
 
-@pytest.fixture
-def case(geo):
+@pytest.fixture(scope="module")
+def _case_once(geo) -> tuple[np.ndarray, SSRN, np.ndarray]:
     """A 14 x 13 cube and a random-weight model whose head bias is centred on the cube's median logits, so the
-    map holds every class (random init maps every pixel to one class, and a one-class map checks nothing)."""
+    map holds every class (random init maps every pixel to one class, and a one-class map checks nothing).
+    Built once per module (a model and two patch_forward passes); tests take copies through ``case``."""
     cube = geo.make_cube(height=14, width=13)
     model = make_model(geo.BANDS, cube=cube)
     a = cube.astype(np.float64)
@@ -61,6 +63,14 @@ def case(geo):
     ref = reference_labels(model, cube)
     assert len(np.unique(ref)) == CLASSES, np.unique(ref)
     return cube, model, ref
+
+
+@pytest.fixture
+def case(_case_once) -> tuple[np.ndarray, SSRN, np.ndarray]:
+    """Fresh copies of the module's cube, model and reference map: some tests change the model's meta in place,
+    and none of that may reach the next test."""
+    cube, model, ref = _case_once
+    return cube.copy(), copy.deepcopy(model), ref.copy()
 
 
 def test_numpy_torch_dataarray_and_accessor_agree(case, geo):

@@ -16,7 +16,7 @@ import pytest
 import _scale_fixtures as F
 
 import hsi_engine
-from hsi_engine import cluster
+from hsi_engine import cluster, dask_client
 from hsi_engine.errors import HSIEngineError, OutputError
 from hsi_engine.resume import RUNS_ATTR, json_attr, partial_path, read_record
 
@@ -109,6 +109,7 @@ def test_a_resumed_run_that_cannot_reach_its_cluster_keeps_the_tiles(case, tmp_p
     with pytest.raises(RuntimeError, match="simulated crash"):
         cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, readers=1, queue_depth=1)
     monkeypatch.undo()
+    monkeypatch.setattr(dask_client, "_REFUSED_GRACE_S", 0.2)  # the refused port's retries (2 s): not waited out
     with socket.socket() as s:  # a free port: nothing listens there
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

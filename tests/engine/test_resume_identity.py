@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 
@@ -375,16 +376,22 @@ def test_a_dask_scene_s_digest_reads_each_block_once(case, monkeypatch):
 
 
 def test_the_digest_is_the_same_in_every_process(case, tmp_path):
-    """A resumed run is another process: its digest of the same values (numpy or dask) must be the recorded one."""
+    """A resumed run is another process: its digest of the same values (numpy or dask) must be the recorded one.
+    One child process (its own hash seed) against this one."""
+    import dask.array as dsa
+    import xarray as xr
+
     np.save(tmp_path / "cube.npy", case["cube"])
     code = ("import sys, numpy as np, dask.array as dsa, xarray as xr\n"
             "from hsi_engine import cluster\n"
             "c = np.load(sys.argv[1])\n"
             "print(cluster._content_digest(c), cluster._content_digest(xr.DataArray(dsa.from_array(c, chunks=(8, 16, "
             "16)), dims=('band', 'y', 'x'))))\n")
-    outs = [subprocess.run([sys.executable, "-c", code, str(tmp_path / "cube.npy")], capture_output=True, text=True,
-                           check=True, timeout=300).stdout.split() for _ in range(2)]
-    assert outs[0] == outs[1] == [cluster._content_digest(case["cube"])] * 2
+    child = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cube.npy")], capture_output=True, text=True,
+                           check=True, timeout=300, env={**os.environ, "PYTHONHASHSEED": "random"}).stdout.split()
+    here = cluster._content_digest(case["cube"])
+    lazy = xr.DataArray(dsa.from_array(case["cube"], chunks=(8, 16, 16)), dims=("band", "y", "x"))
+    assert child == [here, cluster._content_digest(lazy)] == [here] * 2
 
 
 @pytest.mark.parametrize("name", ["map.zarr", "map.tif"])

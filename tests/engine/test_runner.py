@@ -5,6 +5,7 @@ and must give the same map, probabilities, nodata handling and errors; the same 
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -279,22 +280,59 @@ def test_without_a_terminal_progress_is_a_log_line_not_a_bar(monkeypatch, caplog
     assert not any(r.getMessage().startswith("classify: ") for r in caplog.records)
 
 
+class _FakeTime:
+    """The runner's ``time`` with a ``perf_counter`` the test moves (the real module's other functions pass
+    through). The progress timer still ticks in real time (every 0.05 s here) and reads this clock at each tick:
+    :meth:`advance` moves it and returns once the timer has read it twice (the first read sees the new time, the
+    second comes after that tick's log line), so a phase takes a tick or two of real time, not its length."""
+
+    def __init__(self) -> None:
+        self.now, self.timer_reads = 1000.0, 0
+        self.timer: threading.Thread | None = None  # the progress timer's thread: its reads are counted
+        self._cv = threading.Condition()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+    def perf_counter(self) -> float:
+        with self._cv:
+            if threading.current_thread() is self.timer:
+                self.timer_reads += 1
+                self._cv.notify_all()
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._cv:
+            self.now += seconds
+            start = self.timer_reads
+            assert self._cv.wait_for(lambda: self.timer_reads >= start + 2, timeout=30), "the timer stopped ticking"
+
+
+def _logged_progress(monkeypatch, total: int, status=None) -> tuple[object, _FakeTime]:
+    """A runner._LoggedProgress logging every 0.2 s of a fake clock, and the clock."""
+    from hsi_engine import runner
+
+    clock = _FakeTime()
+    monkeypatch.setattr(runner, "time", clock)
+    monkeypatch.setattr(runner, "LOG_PROGRESS_EVERY_S", 0.2)
+    bar = runner._LoggedProgress(total, status=status)
+    clock.timer = bar._timer
+    return bar, clock
+
+
 def test_a_stalled_run_s_log_says_no_tile_finished_and_why(monkeypatch, caplog):
     """The log lines came only when a tile finished: a stalled run (a cluster's paused workers, a hung read) was
     silent. A timer now says no tile finished, with the runner's words on why; the rate leaves start-up out."""
     import logging
 
-    from hsi_engine import runner
-
-    monkeypatch.setattr(runner, "LOG_PROGRESS_EVERY_S", 0.2)
     with caplog.at_level(logging.INFO, "hsi_engine.runner"):
-        bar = runner._LoggedProgress(4_000_000, status=lambda: "every worker (2) is paused")
+        bar, clock = _logged_progress(monkeypatch, 4_000_000, status=lambda: "every worker (2) is paused")
         try:
-            time.sleep(2.0)  # start-up: nothing finishes
+            clock.advance(2.0)  # start-up: nothing finishes
             bar.update(1_000_000)
-            time.sleep(0.3)
+            clock.advance(0.3)
             bar.update(1_000_000)  # 1 Mpx in 0.3 s after the first tile: 3.3 Mpx/s (not 2 Mpx in 2.3 s, 0.9)
-            time.sleep(0.7)  # stalled again
+            clock.advance(0.7)  # stalled again
         finally:
             bar.close()
     msgs = [(r.levelno, r.getMessage()) for r in caplog.records]
@@ -306,7 +344,8 @@ def test_a_stalled_run_s_log_says_no_tile_finished_and_why(monkeypatch, caplog):
     rates = [m for lv, m in msgs if "Mpx/s" in m]
     assert rates and float(rates[-1].split(" at ")[1].split(" Mpx/s")[0]) > 1.5, rates
     n = len(caplog.records)
-    time.sleep(0.5)
+    clock.now += 1.0  # five intervals with no tile: a running timer would say so within a tick
+    time.sleep(0.3)  # six ticks
     assert len(caplog.records) == n  # closed: the timer stopped
 
 
@@ -316,18 +355,17 @@ def test_a_healthy_run_with_slow_tiles_is_not_called_stalled(monkeypatch, caplog
     how long a tile takes here, a WARNING only past three such times, and no estimate from one tile."""
     import logging
 
-    from hsi_engine import runner
-
-    monkeypatch.setattr(runner, "LOG_PROGRESS_EVERY_S", 0.2)
     with caplog.at_level(logging.INFO, "hsi_engine.runner"):
-        bar = runner._LoggedProgress(4_000_000)
+        bar, clock = _logged_progress(monkeypatch, 4_000_000)
         try:
-            time.sleep(0.5)  # start-up and the first tile
+            clock.advance(0.5)  # start-up and the first tile
             bar.update(1_000_000)
             for _ in range(2):
-                time.sleep(0.6)  # each tile 0.6 s: three timer ticks between tiles
+                clock.advance(0.3)  # each tile 0.6 s: a timer line between tiles
+                clock.advance(0.3)
                 bar.update(1_000_000)
-            time.sleep(3.0)  # then no tile for five tiles' time: stalled
+            for _ in range(3):
+                clock.advance(1.0)  # then no tile for five tiles' time: stalled
         finally:
             bar.close()
     msgs = [(r.levelno, r.getMessage()) for r in caplog.records]

@@ -1,9 +1,13 @@
 """benchmarks/kernels.py runs end to end on the CPU (tiny sizes), so a GPU session does not find a broken
-script: every section of its report is written, the CPU rows hold numbers and the Triton rows say pending."""
+script: every section of its report is written, the CPU rows hold numbers and the Triton rows say pending.
+
+kernels.py and demo_precision.py run as scripts, as the GPU session and users run them; the other scripts'
+``main(argv)`` runs in this process (a subprocess costs an interpreter and a torch import)."""
 
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 import shlex
 import subprocess
@@ -14,6 +18,18 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _run_main(module: str, argv: list[str]) -> object:
+    """``benchmarks.<module>.main(argv)`` in this process, the root logger as it was afterwards (a script's
+    ``logging.basicConfig`` must not reach the tests after it)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        return importlib.import_module(f"benchmarks.{module}").main(argv)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def test_kernels_benchmark_runs_on_cpu(tmp_path: Path) -> None:
@@ -41,10 +57,8 @@ def test_kernels_benchmark_runs_on_cpu(tmp_path: Path) -> None:
 def test_staging_benchmark_runs_on_cpu(tmp_path: Path) -> None:
     """benchmarks/staging.py (which gpu_session.sh runs on the GPU host) on a tiny scene: both arms timed."""
     out = tmp_path / "staging.md"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "staging.py"), "--readers", "2", "--side", "64",
-                           "--bands", "5", "--tile", "16", "--repeats", "1", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _run_main("staging", ["--readers", "2", "--side", "64", "--bands", "5", "--tile", "16", "--repeats", "1",
+                                 "--out", str(out)]) == out
     rows = re.findall(r"^\| (each reader stages its tile \(before\)|one stager, plan order \(now\)) \| (\d+) \| "
                       r"(\d+) \| (\d+) \|$", out.read_text(), re.M)
     assert [r[0] for r in rows] == ["each reader stages its tile (before)", "one stager, plan order (now)"]
@@ -56,21 +70,16 @@ def test_normalise_device_benchmark_runs_on_cpu(tmp_path: Path) -> None:
     """benchmarks/normalise_device.py (which gpu_session.sh runs on CUDA) on a tiny tile: both forms timed, the
     same bits."""
     out = tmp_path / "normalise.md"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "normalise_device.py"), "--tile", "10",
-                           "--bands", "7", "--reps", "1", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _run_main("normalise_device", ["--tile", "10", "--bands", "7", "--reps", "1", "--out", str(out)]) == out
     rows = re.findall(r"^\| (int16|float32) \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \| True \|$", out.read_text(), re.M)
     assert rows == ["int16", "float32"]
 
 
 def test_spatial_epilogue_benchmark_runs_on_cpu(tmp_path: Path) -> None:
     """benchmarks/spatial_epilogue.py (which gpu_session.sh runs on CUDA) on a few windows: both forms timed, the
-    same bits (the script exits non-zero otherwise)."""
+    same bits (the script raises SystemExit otherwise)."""
     out = tmp_path / "epilogue.md"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "spatial_epilogue.py"), "--windows", "64",
-                           "--reps", "1", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _run_main("spatial_epilogue", ["--windows", "64", "--reps", "1", "--out", str(out)]) == out
     rows = re.findall(r"^\| (float32|bfloat16) \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \| True \|$", out.read_text(), re.M)
     assert rows == ["float32", "bfloat16"]
 
@@ -109,11 +118,15 @@ def test_gluon_trace_segments_and_programs_from_a_known_trace() -> None:
     assert text.endswith("## ws\n\nNot run: the probe failed (a hang)")
 
 
-def test_gluon_trace_refuses_a_cpu_by_name() -> None:
+def test_gluon_trace_refuses_a_cpu_by_name(tmp_path: Path) -> None:
     """Without a GPU the trace script says what it needs and writes nothing (never a made-up figure)."""
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gluon_trace.py"), "--device", "cpu",
-                           "--out", "/nonexistent/x.md"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and "Hopper GPU" in proc.stderr and "run it on the GPU machine" in proc.stderr
+    out = tmp_path / "x.md"
+    with pytest.raises(SystemExit) as e:
+        _run_main("gluon_trace", ["--device", "cpu", "--out", str(out)])
+    # a string code: Python prints it to stderr and exits 1
+    assert isinstance(e.value.code, str), e.value.code
+    assert "Hopper GPU" in e.value.code and "run it on the GPU machine" in e.value.code, e.value.code
+    assert not out.exists()
 
 
 def test_kernels_benchmark_gluon_step_row_restores_the_default() -> None:
@@ -137,18 +150,14 @@ def test_kernels_benchmark_gluon_step_row_restores_the_default() -> None:
         dispatch._GLUON_CHECKED.pop(("shape",), None)
 
 
-def test_accuracy_benchmark_finds_the_shipped_scene_without_a_data_directory(tmp_path: Path) -> None:
+def test_accuracy_benchmark_finds_the_shipped_scene_without_a_data_directory(tmp_path: Path, monkeypatch) -> None:
     """gpu_session.sh runs benchmarks/accuracy.py where no data directory travels (HSI_ENGINE_DATA points nowhere):
     Indian Pines must come from the shipped copy, not be reported unavailable (which trained nothing, rc 0)."""
-    import os
-
     out = tmp_path / "acc.md"
     (tmp_path / "runs").mkdir()  # --render-only refuses a runs directory that is not there
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--datasets", "indian_pines",
-                           "--render-only", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HSI_ENGINE_DATA": str(tmp_path / "nonexistent")})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.setenv("HSI_ENGINE_DATA", str(tmp_path / "nonexistent"))
+    assert _run_main("accuracy", ["--datasets", "indian_pines", "--render-only", "--runs-dir", str(tmp_path / "runs"),
+                                  "--out", str(out)]) == 0
     assert "Not available" not in out.read_text() and "does not exist" not in out.read_text()
 
 
@@ -247,10 +256,7 @@ def test_conv_relu_benchmark_runs_on_cpu(tmp_path: Path) -> None:
     from kernels.spectral import _onednn_bf16
 
     out = tmp_path / "conv.md"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "conv_relu_cpu.py"), "--side", "16", "--pixels",
-                           "32", "--reps", "1", "--out", str(out)], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _run_main("conv_relu_cpu", ["--side", "16", "--pixels", "32", "--reps", "1", "--out", str(out)]) == out
     text = out.read_text()
     timed = r" \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \| "
     for layer in ("conv \\+ ReLU", "conv \\+ identity \\+ ReLU"):
@@ -357,11 +363,14 @@ def test_kernels_benchmark_layer_rows_time_the_same_layer_both_ways(form):
 
 
 def test_geotiff_read_cache_benchmark_runs_on_cpu(tmp_path: Path) -> None:
-    """Both ways give the same map, which the report says (a cache setting must never change a class)."""
+    """Both ways give the same map, which the report says (a cache setting must never change a class); the run
+    puts back what it patched (the network and the runner's cache size), as it runs in this process."""
+    import hsi_engine.runner as runner
+    from hsi_engine.fused import FusedSSRN
+
+    network, cache = FusedSSRN.__call__, runner.read_cache_bytes
     out = tmp_path / "cache.md"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "geotiff_read_cache.py"), "--size", "64",
-                           "--bands", "12", "--reps", "1", "--out", str(out)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _run_main("geotiff_read_cache", ["--size", "64", "--bands", "12", "--reps", "1", "--out", str(out)]) == out
+    assert (FusedSSRN.__call__, runner.read_cache_bytes) == (network, cache)
     text = out.read_text()
     assert "maps identical: True" in text and "| with room |" in text and "| without |" in text

@@ -95,17 +95,19 @@ def test_engine_map_with_triton_equals_eager_interpreted(interpreted: dict[str, 
 
 def test_bf16_engine_casts_the_transposed_tile_chunk_by_chunk_interpreted(interpreted: dict[str, dict]) -> None:
     """The bf16 triton engine makes each chunk pixel-major as it casts it (no float32 copy of the whole tile): the
-    kernel sees the bits a pixel-major float32 copy cast to bf16 gives, so its features are equal."""
+    kernel sees the bits a pixel-major float32 copy cast to bf16 gives, so its features are equal (a random
+    37-band SSRN: the path does not depend on the band count)."""
     r = interpreted["engine-triton-bf16-features"]
-    assert r["backend"] == "triton" and r["shape"] == [128, 4, 4], r
+    assert r["backend"] == "triton" and r["shape"] == [128, 4, 4] and r["bands"] == 37, r
     assert r["equal"], r
 
 
 def test_engine_float32_with_split_products_reaches_the_kernel_interpreted(interpreted: dict[str, dict]) -> None:
     """``FusedSSRN(fp32_products="tf32x3")`` runs the Triton kernel with split products (the interpreter multiplies
-    in fp32 whatever they are, so this checks the wiring; the GPU test checks the accuracy)."""
+    in fp32 whatever they are, so this checks the wiring, on a random 37-band SSRN; the GPU test checks the
+    accuracy)."""
     r = interpreted["engine-triton-tf32x3-vs-eager"]
-    assert (r["backend"], r["products"]) == ("triton", "tf32x3"), r
+    assert (r["backend"], r["products"], r["bands"]) == ("triton", "tf32x3", 37), r
     assert r["argmax_equal"] and r["rel_err"] < FP32_RTOL, r
 
 
