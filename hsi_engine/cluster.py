@@ -998,19 +998,10 @@ def scene_state(source: str | os.PathLike | None) -> dict[str, tuple[int, int]] 
     store, an ENVI header with its data file, else the file itself (and a GDAL ``.msk`` mask beside it). Not its
     ``.aux.xml``: GDAL writes statistics there when a GIS shows the scene, the pixels unchanged. Entries that cannot
     be read (a dangling link zarr skips) are left out. None for no file (an in-memory scene)."""
-    from .envi import envi_paths
-    from .io import scene_format
-
     if not source or not os.path.exists(source):
         return None
-    p = Path(source)
-    if p.is_dir():
-        files = [Path(root) / f for root, _, names in os.walk(p) for f in names]
-    else:
-        files = [f for f in envi_paths(p) if f.is_file()] if scene_format(p) == "envi" else [p]
-        files += [f.with_name(f.name + ".msk") for f in files[-1:] if f.with_name(f.name + ".msk").is_file()]
     state = {}
-    for f in files:
+    for f in _scene_files(Path(source), (".msk",)):
         try:
             st = f.stat()
         except OSError:
@@ -1037,20 +1028,23 @@ def scene_changed(source: str | os.PathLike | None, before: dict[str, tuple[int,
                       "versions of it. Rerun once nothing writes to it (or classify a copy)")
 
 
-def _files_stat(p: Path) -> list[int]:
-    """``[files, bytes, newest mtime_ns]`` of a scene's files: every file under a directory store, an ENVI
-    header with its data file, else the file itself; beside a file GDAL reads, its ``.msk`` (a mask) and its
-    ``.aux.xml`` (per-band nodata, ``bbl``, georeferencing: a corrected nodata typo left a stale map finished)."""
+def _scene_files(p: Path, sides: tuple[str, ...]) -> list[Path]:
+    """A scene's files: every file under a directory store, an ENVI header with its data file, else the file itself;
+    beside a file (the data file), those of its ``sides`` suffixes that exist (``.msk``, ``.aux.xml``)."""
     from .envi import envi_paths
     from .io import scene_format
 
     if p.is_dir():
-        files = [Path(root) / f for root, _, names in os.walk(p) for f in names]
-    else:
-        files = [f for f in envi_paths(p) if f.is_file()] if scene_format(p) == "envi" else [p]
-        files += [side for f in files[-1:] for side in (f.with_name(f.name + ".msk"), f.with_name(f.name + ".aux.xml"))
-                  if side.is_file()]
-    stats = [f.stat() for f in files]
+        return [Path(root) / f for root, _, names in os.walk(p) for f in names]
+    files = [f for f in envi_paths(p) if f.is_file()] if scene_format(p) == "envi" else [p]
+    return files + [f.with_name(f.name + s) for f in files[-1:] for s in sides if f.with_name(f.name + s).is_file()]
+
+
+def _files_stat(p: Path) -> list[int]:
+    """``[files, bytes, newest mtime_ns]`` of a scene's files: every file under a directory store, an ENVI
+    header with its data file, else the file itself; beside a file GDAL reads, its ``.msk`` (a mask) and its
+    ``.aux.xml`` (per-band nodata, ``bbl``, georeferencing: a corrected nodata typo left a stale map finished)."""
+    stats = [f.stat() for f in _scene_files(p, (".msk", ".aux.xml"))]
     return [len(stats), sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)]
 
 
