@@ -100,9 +100,22 @@ def _normalisation(model: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
 
 
 def _warn_given_nodata(da: xr.DataArray, nodata: float) -> None:
-    """Warn where a number given as ``nodata`` masks nothing in an integer scene (-9999 or 0.5 in uint16), or
+    """Warn where a value given as ``nodata`` masks nothing in an integer scene (NaN, -9999 or 0.5 in uint16), or
     replaces the value the scene declares: one nodata value is read, so ``--nodata 0`` for a mosaic's gaps made
-    the declared fill's pixels land cover without a word."""
+    the declared fill's pixels land cover without a word (NaN is masked beside a declared value, not instead)."""
+    if math.isnan(nodata):
+        declared = declared_nodata(da)
+        if da.dtype.kind in "uib":
+            warnings.warn(f"nodata=nan masks nothing in this {da.dtype} scene (integers hold no NaN)"
+                          + (f" and replaces its declared nodata value {declared:g}: leave nodata unset (no "
+                             "--nodata) to use it, or the integer its fill pixels hold" if declared is not None else
+                             ": pass the integer its fill pixels hold"), UserWarning, stacklevel=user_stacklevel())
+        elif declared is not None and not math.isnan(declared):
+            warnings.warn(f"nodata=nan replaces this scene's declared nodata value {declared:g}, so pixels "
+                          f"holding {declared:g} are classified, not class 0. NaN is masked with the declared "
+                          "value too: pass nodata=None (no --nodata) to mask both", UserWarning,
+                          stacklevel=user_stacklevel())
+        return
     if da.dtype.kind in "ui":
         info = np.iinfo(da.dtype)
         if not (nodata.is_integer() and info.min <= nodata <= info.max):
@@ -118,8 +131,8 @@ def _warn_given_nodata(da: xr.DataArray, nodata: float) -> None:
         declared, da.dtype) == np.asarray(nodata, da.dtype)))  # (float32's min as gdalinfo prints it)
     if declared is not None and not same and not math.isnan(declared):
         warnings.warn(f"nodata={nodata:g} replaces this scene's declared nodata value {declared:g}: one nodata value "
-                      f"is read, so pixels holding {declared:g} are classified, not class 0. To mask both, make one fill "
-                      f"of them first (scene.where(scene != {nodata:g}, {declared:g}), then no nodata=), or pass "
+                      f"is read, so pixels holding {declared:g} are classified, not class 0. To mask both, make one "
+                      f"fill of them first (scene.where(scene != {nodata:g}, {declared:g}), then no nodata=), or pass "
                       "nodata=None (no --nodata) to use the declared one", UserWarning, stacklevel=user_stacklevel())
 
 
@@ -175,20 +188,7 @@ class _Job:
                           "`hsi-engine train`, or `import-keras --dataset NAME`), or normalise the scene first",
                           UnnormalisedInputWarning, stacklevel=user_stacklevel())
         self.nodata = nodata if nodata is not None else declared_nodata(da)
-        if nodata is not None and da.dtype.kind in "uib" and math.isnan(float(nodata)):
-            declared = declared_nodata(da)
-            warnings.warn(f"nodata=nan masks nothing in this {da.dtype} scene (integers hold no NaN)"
-                          + (f" and replaces its declared nodata value {declared:g}: leave nodata unset (no "
-                             "--nodata) to use it, or the integer its fill pixels hold" if declared is not None else
-                             ": pass the integer its fill pixels hold"), UserWarning, stacklevel=user_stacklevel())
-        elif nodata is not None and math.isnan(float(nodata)):
-            declared = declared_nodata(da)
-            if declared is not None and not math.isnan(declared):
-                warnings.warn(f"nodata=nan replaces this scene's declared nodata value {declared:g}, so pixels "
-                              f"holding {declared:g} are classified, not class 0. NaN is masked with the declared "
-                              "value too: pass nodata=None (no --nodata) to mask both", UserWarning,
-                              stacklevel=user_stacklevel())
-        elif nodata is not None:
+        if nodata is not None:
             _warn_given_nodata(da, float(nodata))
         if self.nodata is not None:  # a numpy scalar compares as a strong type in numpy, as a Python float in
             self.nodata = float(self.nodata)  # torch: the CPU and CUDA masks differed

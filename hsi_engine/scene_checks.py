@@ -255,6 +255,13 @@ def _check_packing(da: xr.DataArray, raw: np.ndarray, mean: np.ndarray, std: np.
     return False
 
 
+def _read(da: xr.DataArray, window: dict[str, slice]) -> np.ndarray:
+    """A window of the scene as numpy, read synchronously: under a client a read through the cluster waits for its
+    (maybe paused) workers."""
+    part = da.isel(window).data
+    return np.asarray(part.compute(scheduler="synchronous") if hasattr(part, "dask") else part)
+
+
 _CORNER_BYTES = 64 << 20  # at most this much decoded per corner (a band-chunked store decodes whole bands)
 
 
@@ -275,8 +282,7 @@ def _corners(da: xr.DataArray, side: int = 8) -> list[np.ndarray]:
     for ys in (slice(0, min(side, h)), slice(max(0, h - side), h)):
         for xs in (slice(0, min(side, w)), slice(max(0, w - side), w)):
             try:
-                part = da.isel(y=ys, x=xs).data
-                out.append(np.asarray(part.compute(scheduler="synchronous") if hasattr(part, "dask") else part))
+                out.append(_read(da, {"y": ys, "x": xs}))
             except Exception as e:  # noqa: BLE001 - a sanity check: the run reports an unreadable scene itself
                 log.debug("fill check: a corner could not be read (%s)", e)
                 return out
@@ -286,8 +292,8 @@ def _corners(da: xr.DataArray, side: int = 8) -> list[np.ndarray]:
 def _warn_fill(da: xr.DataArray, raw: np.ndarray, nodata: float | None) -> None:
     """Warn when pixels of the scale check's sample or of the scene's corners hold one value in every band that is
     not the scene's nodata (a mosaic's gaps after ``rio merge``, a swath's edge, a window read past the scene's
-    edge, -32768 in a crop handed over as an array): they are classified as land cover, and the pixels within 3 of
-    them with them. Samples only: a fill elsewhere goes unseen."""
+    edge, -32768 in a crop handed over as an array): they are classified as land cover, and the pixels near them
+    read the fill in their window. Samples only: a fill elsewhere goes unseen."""
     if raw.ndim != 3 or raw.shape[0] < 2:
         return
     found: dict[float, int] = {}
@@ -365,9 +371,8 @@ def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: flo
     from ssrn.normalise import looks_standardised, scale_distance, scale_factor, scale_ratios
 
     window = _sample_window(da)
-    try:  # synchronously: under a client a read through the cluster waits for its (maybe paused) workers
-        sample = da.isel(window).data
-        raw = np.asarray(sample.compute(scheduler="synchronous") if hasattr(sample, "dask") else sample)
+    try:
+        raw = _read(da, window)
     except Exception as e:  # noqa: BLE001 - a sanity check: the run reports an unreadable scene itself
         log.debug("scale check skipped: the sample could not be read (%s)", e)
         return
