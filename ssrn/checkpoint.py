@@ -408,15 +408,20 @@ def read_model_json(path: str | os.PathLike) -> dict[str, Any]:
     return doc
 
 
+def palette_ok(palette: object, classes: int) -> bool:
+    """Whether ``palette`` is what model.json holds: a list of ``classes`` colours, each a list ``[r, g, b]`` (or
+    with alpha) of Python integers 0-255 (a numpy integer fails JSON's save)."""
+    return isinstance(palette, list) and len(palette) == classes and all(
+        isinstance(c, list) and len(c) in (3, 4) and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+        for c in palette)
+
+
 def _check_palette(palette: object, classes: int, where: Path | str) -> None:
     """A model's ``meta["palette"]`` is absent or one ``[r, g, b]`` (0-255 integers) per class: checked at load,
     so a bad one fails before a scene is classified, not when the class map is committed."""
     if palette is None:
         return
-    ok = isinstance(palette, list) and len(palette) == classes and all(
-        isinstance(c, list) and len(c) in (3, 4) and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
-        for c in palette)
-    if not ok:
+    if not palette_ok(palette, classes):
         raise CheckpointError(f"{where}: meta.palette must be {classes} colours (one per class), each [r, g, b] of "
                               f"integers 0-255; found {str(palette)[:120]}. Fix or remove it (a default palette "
                               "is used without one)")

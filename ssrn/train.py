@@ -503,7 +503,7 @@ def _check_scene(scene: Scene) -> None:
     checks): labels whole numbers >= 0 on the scene's grid (float labels holding whole numbers, as GeoTIFF label
     tiles are, read as ints), one name per class up to the highest label, names and palette a model can record.
     A name list the labels outgrew failed with an IndexError, and a bad palette only at the save, after training."""
-    from .checkpoint import class_names_problem
+    from .checkpoint import class_names_problem, palette_ok
 
     where = scene.source or scene.name
     scene.labels = check_labels(scene.labels, scene.shape[1:], where)
@@ -511,6 +511,9 @@ def _check_scene(scene: Scene) -> None:
         scene.class_names = [str(n) for n in scene.class_names.tolist()]
     if isinstance(scene.palette, np.ndarray) and scene.palette.dtype.kind in "ui":
         scene.palette = scene.palette.tolist()
+    elif isinstance(scene.palette, (list, tuple)) and all(  # tuples and numpy integers, as model.json holds them
+            isinstance(c, (list, tuple)) and all(is_whole(v) for v in c) for c in scene.palette):
+        scene.palette = [[int(v) for v in c] for c in scene.palette]
     names = scene.class_names
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise DataError(f"{where}: Scene.class_names must be a list of str, one per class 1..K; found "
@@ -526,12 +529,9 @@ def _check_scene(scene: Scene) -> None:
     why = class_names_problem(list(names))
     if why:
         raise DataError(f"{where}: Scene.class_names: {why}")
-    palette = scene.palette
-    if not (isinstance(palette, (list, tuple)) and len(palette) == len(names) and all(
-            isinstance(c, (list, tuple)) and len(c) in (3, 4) and all(is_whole(v) and 0 <= v <= 255 for v in c)
-            for c in palette)):
+    if not palette_ok(scene.palette, len(names)):
         raise DataError(f"{where}: Scene.palette must be {len(names)} colours (one per class), each [r, g, b] of "
-                        f"integers 0-255; found {repr(palette)[:120]}")
+                        f"integers 0-255; found {repr(scene.palette)[:120]}")
 
 
 def _warn_empty_classes(scene: Scene) -> None:

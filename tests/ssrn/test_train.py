@@ -658,6 +658,9 @@ def test_a_scene_object_with_whole_float_labels_reads_them_as_classes():
     _check_scene(scene)
     assert scene.labels.dtype == np.int64 and scene.labels.tolist() == [[0, 1], [2, 2]]
     assert scene.class_names == ["a", "b"] and scene.palette == [[1, 2, 3], [4, 5, 6]]
+    scene.palette = [(np.uint8(1), 2, 3), [np.int64(4), 5, 6]]  # (numpy integers failed model.json's save)
+    _check_scene(scene)
+    assert scene.palette == [[1, 2, 3], [4, 5, 6]] and all(type(v) is int for c in scene.palette for v in c)
 
 
 def test_a_scene_of_no_varying_band_is_refused(tmp_path):
