@@ -241,14 +241,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     if Path(args.scene).name == "model.json" and is_model_dir(Path(args.scene).parent):
         args.scene = str(Path(args.scene).parent)  # the model directory's own file: the model
+    given = [o for o, v in (("--variable", args.variable), ("--band-axis", args.band_axis)) if v is not None]
+    scene_only = (f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to scenes; leave "
+                  f"{'them' if len(given) > 1 else 'it'} out")
     if is_model_dir(args.scene):
-        given = [o for o, v in (("--variable", args.variable), ("--band-axis", args.band_axis)) if v is not None]
         if given:
-            print(f"hsi-engine info: error: {args.scene} is a model directory: {' and '.join(given)} apply to "
-                  "scenes; leave them out", file=sys.stderr)
+            print(f"hsi-engine info: error: {args.scene} is a model directory: {scene_only}", file=sys.stderr)
             return 2
         text = model_info(args.scene)
     elif class_map_attrs(args.scene) is not None:  # a map (or partial run) of ours: what made it, not its pixels
+        if given:
+            print(f"hsi-engine info: error: {args.scene} is a class map hsi-engine wrote: {scene_only}",
+                  file=sys.stderr)
+            return 2
         text = map_info(args.scene)
     else:
         text = scene_info(args.scene, variable=args.variable, band_axis=args.band_axis)

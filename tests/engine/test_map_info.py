@@ -39,6 +39,11 @@ def test_a_class_map_is_described_by_what_made_it(case, tmp_path, capsys, suffix
     # the nodata it masked, as a plain run's map says it (a resumable run's was not shown)
     assert said["map"] == "version 3" and said["scene"] == f"{case['scene']}; tile {TILE}; nodata -9999.0"
     assert said["classes"].startswith("4: ")
+    # a map's pixels are class ids, not a scene's bands: the scene options were ignored and the map described
+    assert main(["info", str(out), "--variable", "x", "--band-axis", "0"]) == 2
+    got = capsys.readouterr()
+    assert got.out == "" and f"{out} is a class map hsi-engine wrote: --variable and --band-axis apply to scenes; " \
+        "leave them out" in got.err
 
 
 def test_an_interrupted_runs_partial_store_says_how_far_it_got(case, tmp_path, capsys, monkeypatch):

@@ -58,7 +58,7 @@ def test_a_model_json_path_is_its_model(capsys):
 
 def test_scene_options_on_a_model_directory_are_named(capsys):
     rc, out, err = _info(SHIPPED_MODEL, capsys, "--band-axis", "0")
-    assert rc == 2 and out == "" and "is a model directory: --band-axis apply to scenes; leave them out" in err
+    assert rc == 2 and out == "" and "is a model directory: --band-axis applies to scenes; leave it out" in err
 
 
 def test_a_model_directory_with_bad_weights_is_an_error_not_a_traceback(tmp_path, capsys):
