@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> Path:
              "spill stores (B) | shared (B) "
              "| stagings / step | smem operand loads / step | wgmma waits / step | layout conversions / step | "
              + " | ".join(_PTX_OPS) + " |",
-             "|" + "---|" * (18 + len(_PTX_OPS))]
+             "|" + "---|" * (17 + len(_PTX_OPS))]
     for kind, c in configs:
         t0 = time.perf_counter()
         k = compile_triton(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, dtype=args.dtype)
