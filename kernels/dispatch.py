@@ -115,7 +115,9 @@ def _triton_self_check(device: torch.device, dtype: torch.dtype = torch.float32)
 
 
 def available_backends(device: torch.device | str | None = None) -> list[str]:
-    """Concrete backends that can run on ``device`` (``auto`` excluded), fastest first."""
+    """Concrete backends that can run on ``device`` (``auto`` excluded): ``triton`` first where it can run (a CUDA
+    device, or any under ``TRITON_INTERPRET=1``, where it is for tests, not speed), then ``eager`` and ``compile``.
+    Which is fastest depends on the dtype too: :func:`auto_choice` says."""
     dev = _device(device)
     out = ["eager", "compile"]
     if _triton_unavailable_reason(dev) is None:
