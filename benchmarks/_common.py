@@ -28,14 +28,31 @@ def cpu_report_head(title: str, script: str, argv: list[str] | None, device=None
 
 
 def cpu_isa() -> str:
-    """What decides the CPU's low-precision speed: torch's vector ISA and whether oneDNN has bf16 here (a CPU
-    without it runs bf16 several times slower than float32)."""
+    """What decides the CPU's low-precision speed: torch's vector ISA and whether oneDNN has bf16 here, and how.
+    oneDNN's probe says yes on any AVX-512 CPU, but without AVX512_BF16 or AMX-BF16 it emulates bf16 (a bf16 run
+    several times slower than float32, as on the development CPU), which the line must not call plain "yes"."""
     import torch
 
+    from hsi_engine.fused import _cpu_has_amx_bf16, _cpuinfo_has, _torch_cpu_probe
     from kernels.spectral import _onednn_bf16
 
-    return (f"ISA {torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 "
-            f"{'yes' if _onednn_bf16() else 'no'}")
+    isa = f"ISA {torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 "
+    if not _onednn_bf16():
+        return isa + "no"
+    if _cpu_has_amx_bf16():
+        return isa + "yes (AMX-BF16)"
+    avx512_bf16 = _torch_cpu_probe("_is_avx512_bf16_supported")
+    if avx512_bf16 is None:
+        avx512_bf16 = _cpuinfo_has("avx512_bf16")
+    if avx512_bf16 is None:
+        return isa + "yes (whether in hardware is unknown: no CPU flags to read)"
+    return isa + ("yes (AVX512_BF16)" if avx512_bf16 else "emulated (no AVX512_BF16 or AMX-BF16: slower than float32)")
+
+
+def gpu_label(name: str) -> str:
+    """The word a report's default name takes from a GPU's name: its model ("NVIDIA H100 80GB HBM3": h100), the
+    same for every script (spatial_epilogue.py once took the last word, the memory's "hbm3")."""
+    return name.replace("NVIDIA ", "").split()[0].lower()
 
 
 def doc_description(doc: str) -> str:
@@ -53,6 +70,22 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def int_at_least(low: int, why: str = ""):
+    """An argparse ``type`` for an integer of at least ``low``; ``why`` (e.g. "one 7x7 patch") says where the bound
+    comes from, so the refusal names the minimum and its reason (argparse then names the option)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}{f' ({why})' if why else ''}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"  # argparse's 'invalid <name> value' for errors not raised above
+    return parse
 
 
 def bench_device(name: str):

@@ -28,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import results_out  # noqa: E402
+from benchmarks._common import positive_int, results_out  # noqa: E402
 from ssrn.data import DATASETS, load_dataset  # noqa: E402
 
 ANCHORS = {  # the seed's records (released models / paper tables as recorded in the seed repository)
@@ -159,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
     p.add_argument("--datasets", nargs="*", default=list(DATASETS))
-    p.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
+    p.add_argument("--seeds", type=positive_int, default=1, help="number of seeds (0..N-1)")
     p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--epochs", type=positive_int, default=200)
     p.add_argument("--split", nargs="+", default=["random"], choices=["random", "blocks"])
     p.add_argument("--max-minutes", type=float, default=None, help="training-time budget per run")
     p.add_argument("--patience", type=int, default=None)

@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--out", default=None, help="report path (default benchmarks/results/chunks-cpu.md, "
                     "refused when that file exists)")
     args = ap.parse_args(argv)
+    if args.pair == 512:  # the sizes are a dict's keys: the pair would collapse to one size, timed alone
+        ap.error("argument --pair: expected a size other than 512 (it is timed against 512), got 512")
     args.out = results_out(args.out, REPO / "benchmarks" / "results" / "chunks-cpu.md")
     sizes = {"bfloat16": (512, args.pair)} if args.pair else SIZES
     lines = cpu_report_head("Pixels per spectral call on CPU (the engine end to end)", "chunks_cpu.py", argv) + [

@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0] or ".").resolve() == REPO / "benchmarks":
     sys.path[0] = str(REPO)  # benchmarks/kernels.py must not shadow the kernels package
 
-from benchmarks._common import cpu_name, results_out, write_report  # noqa: E402
-from benchmarks.scene import SHIPPED_MODEL, build_scene, read_map  # noqa: E402
+from benchmarks._common import cpu_name, int_at_least, results_out, write_report  # noqa: E402
+from benchmarks.scene import SHIPPED_MODEL, build_scene, read_map, scene_path  # noqa: E402
 
 
 def worker(store: str, out: str, backend: str) -> dict:
@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(*argv[1:4])))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=1536)
+    # the engine classifies any scene of a pixel or more (its halo is zero-padded): 0 is the only size too small
+    ap.add_argument("--size", type=int_at_least(1, "a scene of at least one pixel"), default=1536,
+                    help="scene side in pixels")
     ap.add_argument("--work", default="/tmp/hsi-bench")
     ap.add_argument("--out", default=None, help="report path (default benchmarks/results/compile-cpu.md, "
                     "refused when that file exists)")
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    store = build_scene(work / f"scene-{args.size}-200.zarr", args.size, 200, seed=2)
+    store = build_scene(scene_path(work, args.size, 200, 2), args.size, 200, seed=2)
     px = args.size ** 2
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     rows, maps = [], {}

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
-from benchmarks._common import cpu_name, results_out  # noqa: E402
+from benchmarks._common import cpu_name, int_at_least, positive_int, results_out  # noqa: E402
 
 C, D, K = 24, 97, 7
 
@@ -69,8 +69,9 @@ def formulations(pixels: int):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pixels", type=int, default=4900)
-    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--pixels", type=int_at_least(49, "one 7x7 patch for the Conv3d rows"), default=4900,
+                    help="pixels per call, rounded down to whole 7x7 patches")
+    ap.add_argument("--repeat", type=positive_int, default=10)
     ap.add_argument("--out", default=None, help="report path (default benchmarks/results/formulations.md, "
                     "refused when that file exists)")
     args = ap.parse_args(argv)

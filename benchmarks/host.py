@@ -39,7 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import cpu_name, results_out, write_report  # noqa: E402
+from benchmarks._common import cpu_name, positive_int, results_out, write_report  # noqa: E402
 from hsi_engine.runner import _cores, cache_blocks_for, load_tile, submit_in_plan_order, window_reader  # noqa: E402
 from hsi_engine.tiles import plan_tiles  # noqa: E402
 
@@ -125,12 +125,12 @@ def measure(args, plan, tmp: Path, alloc: str) -> list[tuple]:
 
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--side", type=int, default=1536)
-    ap.add_argument("--bands", type=int, default=200)
-    ap.add_argument("--tile", type=int, default=512)
-    ap.add_argument("--readers", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--decoders", type=int, default=_cores(),
+    ap.add_argument("--side", type=positive_int, default=1536)
+    ap.add_argument("--bands", type=positive_int, default=200)
+    ap.add_argument("--tile", type=positive_int, default=512)
+    ap.add_argument("--readers", type=positive_int, nargs="+", default=[1, 2])
+    ap.add_argument("--reps", type=positive_int, default=3)
+    ap.add_argument("--decoders", type=positive_int, default=_cores(),
                     help="decoder threads of the concurrent-decode rows (default: the cores, as the runner on CUDA)")
     ap.add_argument("--dtypes", nargs="+", default=["uint16", "float32"])
     ap.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES))

@@ -23,7 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import cpu_name, results_out, write_report  # noqa: E402
+from benchmarks._common import cpu_name, positive_int, results_out, write_report  # noqa: E402
 from ssrn.normalise import normalise_into, normalise_into_reference  # noqa: E402
 
 
@@ -39,9 +39,9 @@ def _median_ms(fn, reps: int) -> float:
 
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tile", type=int, default=256)
-    ap.add_argument("--bands", type=int, default=200)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--tile", type=positive_int, default=256)
+    ap.add_argument("--bands", type=positive_int, default=200)
+    ap.add_argument("--reps", type=positive_int, default=5)
     ap.add_argument("--note", default=None)
     ap.add_argument("--out", default=None, help="report path (default benchmarks/results/normalise-cpu.md, "
                     "refused when that file exists)")

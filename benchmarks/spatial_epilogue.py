@@ -21,8 +21,8 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import (bench_device, cpu_report_head, doc_description, positive_int, results_out,  # noqa: E402
-                                wall_ms, write_report)
+from benchmarks._common import (bench_device, cpu_report_head, doc_description, gpu_label,  # noqa: E402
+                                positive_int, results_out, wall_ms, write_report)
 from hsi_engine.fused import DenseSpatial, dense_spatial, exact_fp32, fold_spatial, spatial_dense  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> Path:
                     "spatial-epilogue-<device>.md, refused when that file exists)")
     args = ap.parse_args(argv)
     dev = bench_device(args.device)
-    name = "cpu" if dev.type == "cpu" else torch.cuda.get_device_name(dev).split()[-1].lower()
+    name = "cpu" if dev.type == "cpu" else gpu_label(torch.cuda.get_device_name(dev))
     out = results_out(args.out, REPO / "benchmarks" / "results" / f"spatial-epilogue-{name}.md")
     from ssrn.config import SSRNConfig
     from ssrn.model import SSRN

@@ -27,7 +27,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import bench_device, cpu_name, results_out, timed_run, write_report  # noqa: E402
+from benchmarks._common import (bench_device, cpu_name, int_at_least, positive_int, results_out,  # noqa: E402
+                                timed_run, write_report)
+from kernels.dispatch import BACKENDS  # noqa: E402
 
 
 def classify_map(scene, model, *, device: str, backend: str, precision: str, spatial: str,
@@ -87,10 +89,11 @@ def time_engine(side: int, reps: int, *, device: str, backend: str) -> list[tupl
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--backend", default="auto")
-    ap.add_argument("--time-side", type=int, default=384, help="side of the random scene the bf16 engine is timed "
-                    "on, spatial stage in float32 and in bfloat16 (0: no timing)")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--backend", default="auto", choices=BACKENDS)
+    # both checked here: the timing comes after minutes of maps, and a bad value once failed only then
+    ap.add_argument("--time-side", type=int_at_least(0, "0: no timing"), default=384, help="side of the random "
+                    "scene the bf16 engine is timed on, spatial stage in float32 and in bfloat16 (0: no timing)")
+    ap.add_argument("--reps", type=positive_int, default=3)
     ap.add_argument("--out", default=None, help="report path (default benchmarks/results/"
                     "spatial-precision-<device>.md, refused when that file exists)")
     args = ap.parse_args(argv)

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._common import cpu_report_head, results_out, write_report  # noqa: E402
+from benchmarks._common import cpu_report_head, positive_int, results_out, write_report  # noqa: E402
 
 CLASSES, TILE = 16, 128
 
@@ -71,7 +71,7 @@ def _case(n: int, capped: bool, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 3000])
+    ap.add_argument("--sizes", type=positive_int, nargs="+", default=[1000, 3000], help="map sides in pixels")
     ap.add_argument("--work", default="/tmp/hsi-writer-memory", help="directory for the maps written")
     ap.add_argument("--out", default=None, help="report path (default benchmarks/results/writer-memory-cpu.md, "
                     "refused when that file exists)")
@@ -88,12 +88,16 @@ def main(argv: list[str] | None = None) -> Path:
     for n in args.sizes:
         for capped in (False, True):
             proc = subprocess.run([sys.executable, __file__, "--work", str(work), "--case", f"{n},{int(capped)}"],
-                                  capture_output=True, text=True, check=True)
+                                  capture_output=True, text=True)
+            if proc.returncode:  # the child's own reason, not a bare CalledProcessError
+                raise SystemExit(f"the {n:,}^2 case ({'capped' if capped else 'GDAL default'} cache) failed (exit "
+                                 f"{proc.returncode}):\n{proc.stderr.strip()[-3000:]}")
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     lines = cpu_report_head("GeoTIFF writer memory with probabilities", "writer_memory.py", argv)
-    lines += [f"{CLASSES} classes, float16 probabilities + confidence, {TILE}-pixel tiles in plan order, then the COG "
-              "commit; peak RSS of a fresh process (its baseline: imports). The cap (two block rows of every band, "
-              "at least 64 MiB) trades write time for memory: GDAL flushes and re-reads blocks it kept before.", "",
+    lines += ["", f"{CLASSES} classes, float16 probabilities + confidence, {TILE}-pixel tiles in plan order, then "
+              "the COG commit; peak RSS of a fresh process (its baseline: imports). The cap (two block rows of every "
+              "band, at least 64 MiB) trades write time for memory: GDAL flushes and re-reads blocks it kept before.",
+              "",
               "| map | GDAL cache | baseline MiB | peak writing tiles MiB | peak in commit MiB | commit s | total s |",
               "|---|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['n']:,}^2 | {'capped' if r['capped'] else 'GDAL default'} | {r['base_mib']} | {r['tiles_mib']} | "

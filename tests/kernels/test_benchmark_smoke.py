@@ -7,6 +7,7 @@ kernels.py and demo_precision.py run as scripts, as the GPU session and users ru
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import re
 import shlex
@@ -52,6 +53,10 @@ def test_kernels_benchmark_runs_on_cpu(tmp_path: Path) -> None:
     assert "## Where the engine's time goes" in text, "no engine profile section"
     ops = re.findall(r"^\| `([^`]+)` \| (\d+) \| ([0-9.]+) \| ([0-9.]+)% \|$", text, re.M)
     assert ops and all(int(c) > 0 and float(ms) > 0 for _, c, ms, _ in ops), "profile rows without time"
+    # the CPU rows' bf16 figures depend on the ISA, which the header names; the FLOP count says what it counts
+    assert re.search(r"^- device: .+, ISA \w+, oneDNN bf16 (no|yes|emulated)", text, re.M), "no ISA line"
+    assert "padding work not counted" not in text and "taps on the block convs' zero padding, 1.5% of it" in text
+    assert "the dense (Toeplitz GEMM) rows report that conv-equivalent rate" in text
 
 
 def test_staging_benchmark_runs_on_cpu(tmp_path: Path) -> None:
@@ -292,12 +297,165 @@ def _refusal(capsys, module: str, argv: list[str]) -> tuple[object, str]:
     ("conv_relu_cpu", ["--reps", "0"], "argument --reps: expected a positive integer, got 0"),
     ("staging", ["--queue", "x"], "argument --queue: expected a positive integer, got 'x'"),
     ("accuracy", ["--render-only", "--runs-dir", "/nonexistent/runs"], "/nonexistent/runs is not a directory"),
+    ("chunks_cpu", ["--pair", "512"], "argument --pair: expected a size other than 512"),
+    ("scene", ["--size", "0"], "argument --size: expected a positive integer, got 0"),
+    ("scene", ["--size", "8", "--patch-pixels", "65"], "argument --patch-pixels: expected at most --size^2 = 64 "
+                                                        "pixels, got 65"),
+    ("scene", ["--backends", "compile,eagr"], "argument --backends: unknown backend(s) ['eagr']; expected some of"),
+    ("scene", ["--bands", "5"], "argument --bands: expected an integer >= 7 (the stem convolution's kernel), got 5"),
+    ("formulations", ["--pixels", "48"], "argument --pixels: expected an integer >= 49 (one 7x7 patch for the "
+                                         "Conv3d rows), got 48"),
+    ("formulations", ["--repeat", "0"], "argument --repeat: expected a positive integer, got 0"),
+    ("normalise", ["--tile", "0"], "argument --tile: expected a positive integer, got 0"),
+    ("normalise", ["--bands", "0"], "argument --bands: expected a positive integer, got 0"),
+    ("normalise", ["--reps", "0"], "argument --reps: expected a positive integer, got 0"),
+    ("host", ["--reps", "0"], "argument --reps: expected a positive integer, got 0"),
+    ("host", ["--readers", "2", "0"], "argument --readers: expected a positive integer, got 0"),
+    ("spatial_precision", ["--time-side", "-5"], "argument --time-side: expected an integer >= 0 (0: no timing), "
+                                                 "got -5"),
+    ("spatial_precision", ["--reps", "0"], "argument --reps: expected a positive integer, got 0"),
+    ("spatial_precision", ["--backend", "foo"], "argument --backend: invalid choice: 'foo'"),
+    ("compile_cpu", ["--size", "0"], "argument --size: expected an integer >= 1 (a scene of at least one pixel), "
+                                     "got 0"),
+    ("writer_memory", ["--sizes", "1000", "0"], "argument --sizes: expected a positive integer, got 0"),
 ])
 def test_benchmarks_refuse_bad_arguments(capsys, tmp_path: Path, module: str, argv: list[str], message: str) -> None:
     """A bad argument ends the run with argparse's usage error (exit 2) naming it: no traceback, nothing written."""
     code, err = _refusal(capsys, module, [*argv, "--out", str(tmp_path / "x.md")])
     assert code == 2 and message in err, err
     assert not (tmp_path / "x.md").exists()
+
+
+def test_accuracy_benchmark_refuses_no_seeds_before_making_its_runs_dir(capsys, tmp_path: Path) -> None:
+    """--seeds 0 trained nothing and wrote "Not run" everywhere (exit 0), after making the runs directory."""
+    runs = tmp_path / "runs"
+    code, err = _refusal(capsys, "accuracy", ["--seeds", "0", "--runs-dir", str(runs), "--out", str(tmp_path / "x.md")])
+    assert code == 2 and "argument --seeds: expected a positive integer, got 0" in err, err
+    assert not runs.exists() and not (tmp_path / "x.md").exists()
+
+
+def test_writer_memory_benchmark_says_why_a_case_failed(capsys, tmp_path: Path, monkeypatch) -> None:
+    """A case's process that fails ends the run with its own error (it read a bare CalledProcessError)."""
+    import benchmarks.writer_memory as wm
+
+    def failed(cmd, **kw):
+        return subprocess.CompletedProcess(cmd, 1, "", "Traceback ...\nMemoryError: no room for the map\n")
+
+    monkeypatch.setattr(wm.subprocess, "run", failed)
+    with pytest.raises(SystemExit) as e:
+        wm.main(["--sizes", "64", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "x.md")])
+    assert "the 64^2 case (GDAL default cache) failed (exit 1)" in e.value.code, e.value.code
+    assert "MemoryError: no room for the map" in e.value.code and not (tmp_path / "x.md").exists()
+
+    def ran(cmd, **kw):  # the report of cases that ran: its paragraph apart from the command's bullet
+        case = dict(n=64, capped=cmd[-1].endswith(",1"), base_mib=90, tiles_mib=100, commit_mib=110, commit_s=0.1,
+                    total_s=0.2)
+        return subprocess.CompletedProcess(cmd, 0, json.dumps(case) + "\n", "")
+
+    monkeypatch.setattr(wm.subprocess, "run", ran)
+    wm.main(["--sizes", "64", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "x.md")])
+    assert re.search(r"^- command: `[^\n]*`\n\n16 classes, ", (tmp_path / "x.md").read_text(), re.M)
+    assert "| 64^2 | capped | 90 | 100 | 110 | 0.1 | 0.2 |" in (tmp_path / "x.md").read_text()
+
+
+def test_scene_benchmark_summary_takes_the_eager_row_by_name() -> None:
+    """With --backends compile,eager the summary gave compile's ratio as eager's: the eager row is found by name,
+    and a run without one says so rather than name another backend's figure."""
+    from benchmarks.scene import engine_lines
+
+    def row(backend: str, pps: float, rss: float, **kw) -> dict:
+        return dict(backend=backend, scene="16 x 16", pps=pps, patch_agree="16/16", same=True, peak_rss_mb=rss, **kw)
+
+    big = dict(scene="64 x 64", pps=600.0, peak_rss_mb=330.0)
+    rows = [row("compile", 60.0, 900.0), row("eager", 510.0, 300.0),
+            row("eager", 520.0, 310.0, label="engine eager, block cache on")]
+    text = "\n".join(engine_lines(rows, big, 100.0, "eager"))
+    assert "Engine eager / patch mode: 5.1x" in text and "Peak RSS 16x / 1x (eager): 1.10" in text, text
+    assert "| engine compile (classify_to_file -> zarr) | 16 x 16 | 60 | 0.6 | patch-mode agreement 16/16; " \
+           "identical to eager: True | 900 |" in text
+    text = "\n".join(engine_lines(rows[:1], big, 100.0, "compile"))
+    assert "No engine eager row (--backends has no eager)" in text and "no 16x / 1x RSS ratio" in text, text
+    assert "Engine eager / patch mode" not in text and "Peak RSS 16x / 1x (eager):" not in text
+
+
+def test_scene_cache_is_keyed_by_seed() -> None:
+    """scene.py and compile_cpu.py cache their scenes in one folder with different seeds: a path per seed."""
+    from benchmarks.scene import scene_path
+
+    assert scene_path(Path("/w"), 256, 200, 0) != scene_path(Path("/w"), 256, 200, 2)
+
+
+def test_cpu_isa_says_when_onednn_emulates_bf16(monkeypatch) -> None:
+    """oneDNN's probe says bf16 on any AVX-512 CPU; without AVX512_BF16 or AMX-BF16 it emulates it (several times
+    slower than float32), which the report's ISA line must not call "yes"."""
+    import hsi_engine.fused as fused
+    import kernels.spectral as spectral
+    from benchmarks._common import cpu_isa
+
+    flags: dict[str, bool | None] = {}
+    monkeypatch.setattr(spectral, "_onednn_bf16", lambda: True)
+    monkeypatch.setattr(fused, "_cpu_has_amx_bf16", lambda: flags["amx"])
+    monkeypatch.setattr(fused, "_torch_cpu_probe", lambda name: flags["probe"])
+    monkeypatch.setattr(fused, "_cpuinfo_has", lambda flag: flags["cpuinfo"])
+    flags.update(amx=False, probe=False, cpuinfo=False)
+    assert cpu_isa().endswith("oneDNN bf16 emulated (no AVX512_BF16 or AMX-BF16: slower than float32)")
+    flags.update(probe=None, cpuinfo=True)
+    assert cpu_isa().endswith("oneDNN bf16 yes (AVX512_BF16)")
+    flags.update(amx=True)
+    assert cpu_isa().endswith("oneDNN bf16 yes (AMX-BF16)")
+    flags.update(amx=False, probe=None, cpuinfo=None)
+    assert "whether in hardware is unknown" in cpu_isa()
+    monkeypatch.setattr(spectral, "_onednn_bf16", lambda: False)
+    assert cpu_isa().endswith("oneDNN bf16 no")
+
+
+def test_kernels_benchmark_quick_says_why_there_are_no_layer_rows() -> None:
+    """--quick skips the per-layer rows: the section says so instead of showing an empty table."""
+    from benchmarks.kernels import render
+
+    text = render([], {}, [], [], [], layers_skipped="--quick skips the per-layer rows")
+    assert "## Per layer\n\nNot run: --quick skips the per-layer rows.\n" in text
+    assert "| layer | formulation |" not in text
+
+
+def test_gpu_report_names_take_the_gpu_model() -> None:
+    """kernels.py and spatial_epilogue.py name a GPU's reports by the same word: its model, not its memory."""
+    from benchmarks._common import gpu_label
+
+    assert gpu_label("NVIDIA H100 80GB HBM3") == "h100" and gpu_label("NVIDIA H200") == "h200"
+
+
+def test_geotiff_read_cache_words_a_ratio_below_one_as_slower() -> None:
+    from benchmarks.geotiff_read_cache import ratio_words
+
+    assert ratio_words(2.0, 1.0, "faster", "slower") == "2.00x faster"
+    assert ratio_words(0.65, 2.1, "faster", "slower") == "3.23x slower"
+
+
+def _table_cells(line: str) -> int:
+    """Cells of a Markdown table row as GitHub counts them: split at every pipe not escaped (a code span does not
+    protect one), the outer pipes left out."""
+    s = line.strip()
+    s = s[1:] if s.startswith("|") else s
+    s = s[:-1] if s.endswith("|") and not s.endswith("\\|") else s
+    return len(re.split(r"(?<!\\)\|", s))
+
+
+def test_committed_reports_tables_have_whole_separator_rows() -> None:
+    """Every table in benchmarks/results has a separator row right under its header, with as many cells: GitHub
+    renders a table whose separator has fewer or more as plain text."""
+    sep = re.compile(r"^\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?$")
+    bad = []
+    for path in sorted((REPO / "benchmarks" / "results").glob("*.md")):
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if not line.lstrip().startswith("|") or (i and lines[i - 1].lstrip().startswith("|")):
+                continue  # not a table's first row
+            under = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            if not sep.match(under) or _table_cells(under) != _table_cells(line):
+                bad.append(f"{path.name}:{i + 1}: {_table_cells(line)} header cells, separator {under!r}")
+    assert not bad, "\n".join(bad)
+    assert _table_cells("| a | `b|c` | d \\| e |") == 4 and _table_cells("|---|---|") == 2
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="refusals of CUDA-only options on a machine without CUDA")
@@ -374,3 +532,5 @@ def test_geotiff_read_cache_benchmark_runs_on_cpu(tmp_path: Path) -> None:
     assert (FusedSSRN.__call__, runner.read_cache_bytes) == (network, cache)
     text = out.read_text()
     assert "maps identical: True" in text and "| with room |" in text and "| without |" in text
+    assert "median of 1 after an untimed warm-up of each" in text
+    assert re.search(r"^with room / without: wall [0-9.]+x (faster|slower), CPU [0-9.]+x (less|more)$", text, re.M)
