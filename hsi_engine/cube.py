@@ -289,6 +289,8 @@ def finish_scene(da: xr.DataArray, path: Path, fmt: str, *, wavelengths=None, no
         # own)
         da = da.assign_coords({SOURCE_ROW: ("y", np.arange(da.sizes["y"])),
                                SOURCE_COL: ("x", np.arange(da.sizes["x"]))})
+        if _rotated(da):  # the file's transform, which its source rows/cols index (rio.isel_window rewrites the
+            da[SOURCE_ROW].attrs[FILE_TRANSFORM] = list(da.rio.transform())[:6]  # scene's to the window's own)
     da.encoding["source"] = str(path)
     da.encoding["source_shape"] = tuple(int(n) for n in da.shape)  # a crop (isel keeps the encoding) is not the file
     da.attrs["source_format"] = fmt  # (a NetCDF saved from a GeoTIFF scene carries the GeoTIFF's: not this file's)
@@ -352,3 +354,4 @@ def human_bytes(n: float) -> str:
 
 
 SOURCE_ROW, SOURCE_COL = "source_row", "source_col"  # pixel indices in the file of a GCP-placed or rotated scene
+FILE_TRANSFORM = "file_transform"  # SOURCE_ROW's attribute: a rotated scene's transform in its file

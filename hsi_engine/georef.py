@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .cube import SOURCE_COL, SOURCE_ROW
+from .cube import FILE_TRANSFORM, SOURCE_COL, SOURCE_ROW
 from .errors import IrregularGridError, SceneError, user_stacklevel
 from .geotiff import gdal_name
 
@@ -165,6 +165,29 @@ def _stored_geotransform(da: xr.DataArray) -> bool:
     return da.attrs.get("transform") is not None
 
 
+def _bottom_up(da: xr.DataArray, from_coords: Any) -> bool:
+    """Whether the scene's rows run upwards on the rows of its grid mapping's top-down GeoTransform (GDAL's netCDF
+    driver stores rows bottom-up and writes the GeoTransform of the flipped, north-up raster)."""
+    try:
+        gm = da.rio.grid_mapping
+        c, a, b, f, d, e = (float(v) for v in str(da.coords[gm].attrs["GeoTransform"]).split())
+    except Exception:  # noqa: BLE001 - no grid mapping, no GeoTransform, or not six numbers
+        return False
+    if b or d or not e < 0 < from_coords.e or not math.isclose(from_coords.e, -e, rel_tol=1e-6):
+        return False
+    rows = (np.asarray(da["y"].values, np.float64) - f) / e - 0.5
+    return bool(np.all(np.abs(rows - np.round(rows)) < 1e-3))
+
+
+def _warn_bottom_up(da: xr.DataArray, scene_path: Any) -> None:
+    warnings.warn(f"scene {scene_name(da, scene_path)}: its rows run upwards (y ascending) under its top-down "
+                  "GeoTransform, as GDAL's netCDF driver stores them (or as a flip, isel(y=slice(None, None, -1)), "
+                  "leaves them): the map is placed by its x/y coordinates, and is the map of the rows as they run "
+                  "(south-up). The network is not flip-invariant, so it differs slightly from the north-up scene's "
+                  "map (a GeoTIFF the file was converted from): for that one classify "
+                  "scene.isel(y=slice(None, None, -1))", stacklevel=user_stacklevel())
+
+
 def grid_step(v: np.ndarray) -> tuple[float, float]:
     """``(step, off)`` of 1-D pixel-centre coordinates (at least two): their mean step, and how far the farthest
     pixel lies from the regular grid of that step through the first. Grids are taken where ``off`` is at most half
@@ -200,12 +223,16 @@ def grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
         return Affine(1.0, 0.0, x0 - 0.5, 0.0, -1.0, y0 + 0.5)
     stored = da.rio.transform()
     if stored.b or stored.d:  # rotated: no x/y coordinates; a window (isel) of it keeps source_row/source_col
-        from affine import Affine
-
         if SOURCE_ROW not in da.coords and SOURCE_COL not in da.coords:
             centres = _rotated_from_centres(da, stored, scene_path)  # rioxarray's 2-D xc / yc, which isel moves
             if centres is not None:
                 return centres
+            if have_coords:  # GDAL's netCDF driver: 1-D x/y of the unrotated terms, rows stored bottom-up
+                placed = _rotated_from_1d(da, stored)
+                if placed is not None:
+                    if _compose(~stored, placed).e < 0:
+                        _warn_bottom_up(da, scene_path)
+                    return placed
             unplaced_window(da, "a rotated transform")
         try:
             (r0, rs), (c0, cs) = _source_step(da, SOURCE_ROW, "y"), _source_step(da, SOURCE_COL, "x")
@@ -213,9 +240,7 @@ def grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
             raise IrregularGridError(f"scene {scene_name(da, scene_path)} has a rotated grid and its pixels were "
                                      "selected irregularly: only a regular window can be placed; select one with "
                                      "a slice, e.g. da.isel(x=slice(a, b))") from None
-        # map pixel k's centre on source pixel r0 + k * rs's centre (as the GCP and x/y paths place them)
-        shift = Affine.translation(c0 + 0.5 - cs / 2, r0 + 0.5 - rs / 2)
-        return _compose(stored, _compose(shift, Affine.scale(cs, rs)))
+        return _rotated_window(da, stored, (r0, rs), (c0, cs), scene_path)
     if not have_coords:
         return stored  # no 1-D coordinates to check against
     for d in ("x", "y"):
@@ -263,10 +288,58 @@ def grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
         return stored
     if _window_of(stored, from_coords):  # isel(x=slice(a, b, k)): rioxarray kept the whole scene's transform
         return from_coords
+    if _bottom_up(da, from_coords):
+        _warn_bottom_up(da, scene_path)
+        return from_coords
     warnings.warn(f"scene {scene_name(da, scene_path)}: its stored transform {tuple(stored)[:6]} disagrees with "
                   f"its x/y coordinates, which give {tuple(from_coords)[:6]} (a GeoTransform attribute left stale by "
                   "flipping or cutting the array?): the map is placed by the coordinates", stacklevel=user_stacklevel())
     return from_coords
+
+
+def _rotated_window(da: xr.DataArray, stored: Any, rows: tuple[float, float], cols: tuple[float, float],
+                    scene_path: Any = None) -> Any:
+    """The transform of a window of a rotated scene whose pixel k lies on file row ``r0 + k * rs`` (and column):
+    composed with the file's transform as :func:`open_scene` recorded it, since ``rio.isel_window`` (or
+    ``write_transform``) rewrites the scene's to the window's own, which the source rows would shift again."""
+    from affine import Affine
+
+    (r0, rs), (c0, cs) = rows, cols
+    # map pixel k's centre on source pixel r0 + k * rs's centre (as the GCP and x/y paths place them)
+    window = _compose(Affine.translation(c0 + 0.5 - cs / 2, r0 + 0.5 - rs / 2), Affine.scale(cs, rs))
+    recorded = da[SOURCE_ROW].attrs.get(FILE_TRANSFORM) if SOURCE_ROW in da.coords else None
+    if recorded is None:
+        return _compose(stored, window)
+    file_t = Affine(*recorded)
+    placed = _compose(file_t, window)
+    tol = 1e-6 * math.hypot(file_t.a, file_t.d)
+    if not (stored.almost_equals(file_t, precision=tol) or _window_of(file_t, stored, flips=True)):
+        # (a window's own transform, written by rio.isel_window, is one on the file's grid; a later isel leaves it)
+        warnings.warn(f"scene {scene_name(da, scene_path)}: its transform {tuple(stored)[:6]} was written after "
+                      f"opening, and is neither its file's {tuple(file_t)[:6]} nor a window's of it: the map is placed "
+                      "by the file's transform and the window's source_row / source_col; to place it by its own "
+                      "transform, drop those (da.drop_vars(['source_row', 'source_col']))", stacklevel=user_stacklevel())
+    return placed
+
+
+def _rotated_from_1d(da: xr.DataArray, stored: Any) -> Any:
+    """A rotated scene's transform from 1-D x/y coordinates as GDAL's netCDF driver writes them beside the rotated
+    GeoTransform (x = c + a (col + 0.5), y = f + e (row + 0.5), its rows stored bottom-up): the file's row and
+    column of each pixel, flips and windows included; None where the coordinates are not of that form."""
+    index = {}
+    for d, (step, origin) in (("x", (stored.a, stored.c)), ("y", (stored.e, stored.f))):
+        v = np.asarray(da[d].values, np.float64)
+        if step == 0:
+            return None
+        k = (v - origin) / step - 0.5
+        if not np.all(np.abs(k - np.round(k)) < 1e-3):
+            return None
+        k = np.round(k)
+        s = float(k[1] - k[0]) if k.size > 1 else 1.0
+        if s == 0 or not np.array_equal(k, k[0] + s * np.arange(k.size)):
+            return None
+        index[d] = (float(k[0]), s)
+    return _rotated_window(da, stored, index["y"], index["x"])
 
 
 def scene_gcps(da: xr.DataArray) -> list | None:

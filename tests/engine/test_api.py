@@ -722,6 +722,79 @@ def test_a_window_of_a_rotated_scene_is_placed_at_the_window(case, tmp_path):
         classify_to_file(scene.isel(x=[0, 1, 5]), model, tmp_path / "irr.tif", progress=False)
 
 
+def test_rio_isel_window_of_a_rotated_scene_is_placed_once(case, tmp_path):
+    """``rio.isel_window`` rewrites a rotated scene's transform to the window's own, and its source_row /
+    source_col moved with the window too: the map was shifted twice (at twice the window's offset), silently. The
+    file's transform, recorded at open, now places it; a transform written that is neither is named."""
+    import rasterio
+    from affine import Affine
+    from rasterio.windows import Window
+
+    cube, model, _ = case
+    t = Affine.translation(366000, 5810000) * Affine.rotation(20) * Affine.scale(30, -30)
+    scene = hsi_engine.open_scene(_write_rotated(tmp_path / "rot.tif", cube, t))
+    window = scene.rio.isel_window(Window(5, 3, 8, 6))
+    assert window.rio.transform().almost_equals(t * Affine.translation(5, 3))  # rioxarray wrote the window's own
+    out = classify_to_file(window, model, tmp_path / "w.tif", progress=False)
+    with rasterio.open(out) as f:
+        assert f.transform.almost_equals(t * Affine.translation(5, 3))
+    inner = window.isel(y=slice(1, None), x=slice(2, None))  # a plain isel of it: the window's transform left stale
+    assert classify(inner, model, progress=False).rio.transform().almost_equals(t * Affine.translation(7, 4))
+    moved = window.rio.write_transform(Affine.translation(10, 0) * t)
+    with pytest.warns(UserWarning, match="was written after opening, and is neither its file's .* nor a window's of it: .*drop_vars"):
+        labels = classify(moved, model, progress=False)
+    assert labels.rio.transform().almost_equals(t * Affine.translation(5, 3))
+
+
+def test_a_rotated_scene_converted_to_netcdf_by_gdal_is_placed_by_its_rows(case, tmp_path):
+    """GDAL's netCDF driver stores rows bottom-up beside the top-down rotated GeoTransform: the map was placed
+    upside down (three quarters of its pixels on other ground) and a window at the file's origin, silently. The
+    1-D x/y it writes say which file row and column each pixel is; every map pixel now lies on its source pixel."""
+    import rasterio
+    from affine import Affine
+    from rasterio.shutil import copy as gdal_translate
+
+    cube, model, _ = case
+    h = cube.shape[1]
+    t = Affine.translation(366000, 5810000) * Affine.rotation(20) * Affine.scale(30, -30)
+    gdal_translate(str(_write_rotated(tmp_path / "rot.tif", cube, t)), str(tmp_path / "rot.nc"), driver="netCDF")
+    scene = hsi_engine.open_scene(tmp_path / "rot.nc")
+    np.testing.assert_array_equal(scene.values, cube[:, ::-1].astype(np.float32))  # stored bottom-up
+    with pytest.warns(UserWarning, match="rows run upwards .* GDAL's netCDF driver"):
+        out = classify_to_file(scene, model, tmp_path / "map.tif", progress=False)
+    with rasterio.open(out) as f:
+        for r, c in ((0, 0), (2, 5), (h - 1, 3)):  # map row r holds stored row r: file row h - 1 - r
+            assert f.transform * (c + 0.5, r + 0.5) == pytest.approx(t * (c + 0.5, h - 1 - r + 0.5))
+    with pytest.warns(UserWarning, match="rows run upwards"):
+        labels = classify(scene.isel(y=slice(2, 9), x=slice(3, 10)), model, progress=False)
+    assert labels.rio.transform() * (0.5, 0.5) == pytest.approx(t * (3.5, h - 3 + 0.5))
+
+
+def test_a_north_up_netcdf_written_by_gdal_is_named_bottom_up_not_stale(case, tmp_path):
+    """Every north-up GeoTIFF converted with ``gdal_translate -of netCDF`` warned of a GeoTransform "left stale by
+    flipping or cutting the array" that nobody flipped: GDAL stores the rows bottom-up. Named as that, with the
+    way to the north-up scene's map."""
+    import rasterio
+    from affine import Affine
+    from rasterio.shutil import copy as gdal_translate
+
+    cube, model, ref = case
+    t = Affine.translation(366000, 5810000) * Affine.scale(30, -30)
+    src = tmp_path / "n.tif"
+    with rasterio.open(src, "w", driver="GTiff", height=cube.shape[1], width=cube.shape[2], count=cube.shape[0],
+                       dtype="float32", crs="EPSG:32633", transform=t) as dst:
+        dst.write(cube.astype(np.float32))
+    gdal_translate(str(src), str(tmp_path / "n.nc"), driver="netCDF")
+    scene = hsi_engine.open_scene(tmp_path / "n.nc")
+    with pytest.warns(UserWarning, match=r"rows run upwards .* classify scene.isel\(y=slice\(None, None, -1\)\)") as w:
+        classify(scene, model, progress=False)
+    assert not any("stale" in str(x.message) for x in w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # flipped back: the north-up scene, its map the GeoTIFF's, no warning
+        np.testing.assert_array_equal(classify(scene.isel(y=slice(None, None, -1)), model, progress=False).values,
+                                      ref)
+
+
 def test_a_flipped_rotated_or_gcp_scene_is_placed_flipped(case, tmp_path):
     """``isel(y=slice(None, None, -1))`` (classify's advice for a south-up scene) of a rotated or GCP scene was
     refused as 'selected irregularly'; the in-memory map kept the unflipped transform. Map row 0 is now source row
@@ -1212,12 +1285,12 @@ def test_a_stale_geotransform_is_overruled_by_the_coordinates(tmp_path, geo):
         y=366000 - 30 * (np.arange(12) + 0.5), x=500000 + 30 * (np.arange(10) + 0.5))
     da = da.rio.write_crs("EPSG:32633").rio.write_transform(from_origin(500000, 366000, 30, 30))
     flipped = da.isel(y=slice(None, None, -1))
-    with pytest.warns(UserWarning, match="disagrees with its x/y coordinates"):
+    with pytest.warns(UserWarning, match=r"rows run upwards .* a flip, isel\(y=slice\(None, None, -1\)\)"):
         classify_to_file(flipped, model, tmp_path / "flipped.tif", progress=False)
     with rasterio.open(tmp_path / "flipped.tif") as f:
         assert tuple(f.transform)[:6] == pytest.approx((30, 0, 500000, 0, 30, 366000 - 12 * 30))
     # the in-memory map kept the scene's spatial_ref, stale GeoTransform and all: rio.transform() read it
-    with pytest.warns(UserWarning, match="disagrees with its x/y coordinates"):
+    with pytest.warns(UserWarning, match="rows run upwards"):
         labels = classify(flipped, model, progress=False)
     assert tuple(labels.rio.transform())[:6] == pytest.approx((30, 0, 500000, 0, 30, 366000 - 12 * 30))
     consistent = flipped.rio.write_transform(flipped.rio.transform(recalc=True))
@@ -1225,7 +1298,7 @@ def test_a_stale_geotransform_is_overruled_by_the_coordinates(tmp_path, geo):
     strided = da.isel(x=slice(1, None, 2), y=slice(2, 11))
     for scene, name in ((da, "north.tif"), (consistent, "south.tif"), (strided, "strided.tif")):
         with warnings.catch_warnings():
-            warnings.filterwarnings("error", message=".*disagrees with its x/y")
+            warnings.filterwarnings("error", message=".*(disagrees with its x/y|rows run upwards)")
             classify_to_file(scene, model, tmp_path / name, progress=False)
 
 

@@ -190,7 +190,7 @@ def test_a_south_up_scene_takes_the_labels_of_its_own_ground_rows(tmp_path):
     assert north[0, 0] == 1 and north[19, 0] == 20
     scene = hsi_engine.open_scene(tmp_path / "s.tif").load()
     scene.isel(y=slice(None, None, -1)).to_dataset(name="r").to_netcdf(tmp_path / "south.nc")
-    with pytest.warns(UserWarning, match="disagrees with its x/y coordinates"):
+    with pytest.warns(UserWarning, match="rows run upwards"):
         south = load_labelled_raster(tmp_path / "south.nc", tmp_path / "rows.tif").labels
     np.testing.assert_array_equal(south, north[::-1])
 
