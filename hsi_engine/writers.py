@@ -754,7 +754,8 @@ class ZarrClassMapWriter(ClassMapWriter):
         t = self.transform
         if t is not None:
             return (t.f + t.e * (np.arange(self.height) + 0.5), t.c + t.a * (np.arange(self.width) + 0.5))
-        return np.arange(self.height, dtype=np.float64), np.arange(self.width, dtype=np.float64)
+        # pixel centres of the identity transform, as the GeoTIFF map and rioxarray place an ungeoreferenced raster
+        return np.arange(self.height, dtype=np.float64) + 0.5, np.arange(self.width, dtype=np.float64) + 0.5
 
     def _create(self) -> None:
         import dask.array as dsa

@@ -341,6 +341,13 @@ def test_no_georeferencing_warns_but_writes(tmp_path, labels, suffix):
     with w:
         _write_tiles(w, labels)
     np.testing.assert_array_equal(_read_labels(out), labels)
+    # both maps on the identity grid: the zarr's pixel-index coordinates (0, 1, ...) put it half a pixel off the tif
+    if suffix == ".tif":
+        with rasterio.open(out) as f:
+            assert f.transform.is_identity
+    else:
+        ds = xr.open_zarr(out, consolidated=False)
+        assert ds["classes"].rio.transform().is_identity
 
 
 def test_bad_tiles_and_suffix(tmp_path, geo, labels):
