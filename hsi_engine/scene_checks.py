@@ -193,8 +193,10 @@ _SCALE_Z = 4.0
 
 
 def _sample_window(da: xr.DataArray, side: int = 32) -> dict[str, slice]:
-    """At most ``side`` x ``side`` pixels at the scene's centre, inside one chunk (one chunk read)."""
-    window = {}
+    """At most ``side`` x ``side`` pixels at the scene's centre, inside one chunk (one chunk read), or across the
+    chunks it spans where one holds under a quarter of that and they decode at most ``_CORNER_BYTES`` together (a
+    store of 3 x 3-pixel chunks gave a sample of 9 pixels: too few to check its scale)."""
+    window, spans = {}, {}
     for axis, dim in ((1, "y"), (2, "x")):
         n = int(da.sizes[dim])
         lo, hi = 0, n
@@ -202,8 +204,18 @@ def _sample_window(da: xr.DataArray, side: int = 32) -> dict[str, slice]:
             edges = np.cumsum((0,) + tuple(da.chunks[axis]))
             k = int(np.searchsorted(edges, n // 2, side="right")) - 1
             lo, hi = int(edges[k]), int(edges[k + 1])
+            wide = max(0, min(n, n // 2 + side - side // 2) - side)  # the centred window, kept within the scene
+            first = int(np.searchsorted(edges, wide, side="right")) - 1
+            last = int(np.searchsorted(edges, min(n, wide + side), side="left"))
+            spans[dim] = (lo, hi, wide, int(edges[last] - edges[first]))
         start = min(max(lo, n // 2 - side // 2), max(lo, hi - side))
         window[dim] = slice(start, min(hi, start + side))
+    one_chunk = (window["y"].stop - window["y"].start) * (window["x"].stop - window["x"].start)
+    whole = min(side, int(da.sizes["y"])) * min(side, int(da.sizes["x"]))
+    if len(spans) == 2 and one_chunk < min(whole, side * side // 4):
+        decoded = spans["y"][3] * spans["x"][3] * int(da.sizes["band"]) * np.dtype(da.dtype).itemsize
+        if decoded <= _CORNER_BYTES:
+            window = {d: slice(wide, min(int(da.sizes[d]), wide + side)) for d, (_, _, wide, _) in spans.items()}
     return window
 
 
@@ -289,7 +301,8 @@ def _corners(da: xr.DataArray, side: int = 8) -> list[np.ndarray]:
     return out
 
 
-def _warn_fill(da: xr.DataArray, raw: np.ndarray, nodata: float | None) -> None:
+def _warn_fill(da: xr.DataArray, raw: np.ndarray, nodata: float | None,
+               corners: list[np.ndarray] | None = None) -> None:
     """Warn when pixels of the scale check's sample or of the scene's corners hold one value in every band that is
     not the scene's nodata (a mosaic's gaps after ``rio merge``, a swath's edge, a window read past the scene's
     edge, -32768 in a crop handed over as an array): they are classified as land cover, and the pixels near them
@@ -298,7 +311,7 @@ def _warn_fill(da: xr.DataArray, raw: np.ndarray, nodata: float | None) -> None:
         return
     found: dict[float, int] = {}
     looked = 0
-    for part in [raw, *_corners(da)]:
+    for part in [raw, *(_corners(da) if corners is None else corners)]:
         flat = part.reshape(part.shape[0], -1)
         looked += flat.shape[1]
         with np.errstate(invalid="ignore"):
@@ -376,19 +389,33 @@ def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: flo
     except Exception as e:  # noqa: BLE001 - a sanity check: the run reports an unreadable scene itself
         log.debug("scale check skipped: the sample could not be read (%s)", e)
         return
-    _warn_fill(da, raw, nodata)
+    corners = _corners(da)
+    _warn_fill(da, raw, nodata, corners)
     if trained_stats and _check_packing(da, raw, mean, std, nodata):
         return  # its fix is to decode the scene: a factor named beside it would mislead
+    pixels = f"a {raw.shape[1]} x {raw.shape[2]}-pixel sample"
+    few: int | None = None  # the fewest pixels the sample may hold: the default (16 and a quarter) unless small
     ratios = scale_ratios(raw, mean, std, nodata)
+    if ratios is None and corners:  # its centre masked (a cloud, a lake, a mosaic's gap): its corners
+        raw = np.concatenate([c.reshape(c.shape[0], 1, -1) for c in corners], axis=2)
+        pixels = f"the scene's four corners, {raw.shape[2]} pixels (the sample at its centre held too few with data)"
+        ratios = scale_ratios(raw, mean, std, nodata)
+    if ratios is None and raw.shape[1:] == (da.sizes["y"], da.sizes["x"]):  # a small scene, sampled whole: the
+        few = 1  # factor of 30 in nearly every band is plain on one pixel's spectrum; no distance on so few
+        pixels = f"all {raw.shape[1] * raw.shape[2]} pixels of a small scene"
+        ratios = scale_ratios(raw, mean, std, nodata, few)
     if ratios is None:
+        warnings.warn(f"the scene's scale was not checked: the pixels sampled ({pixels}) hold too few with data "
+                      "(finite, not nodata, not one value in every band), so a scene on another scale "
+                      "than the model's training scene (reflectance 0-1 against integers x 10000) would go unnamed: "
+                      "check that the map is not one class", UserWarning, stacklevel=user_stacklevel())
         return
     ratios = ratios[np.isfinite(ratios) & (ratios > 0)]
     if ratios.size == 0:
         return
     lo, mid, hi = np.quantile(ratios, [0.1, 0.5, 0.9])
     off_scale = not (_SCALE_OFF * hi >= 1 and lo <= _SCALE_OFF)
-    distance = scale_distance(raw, mean, std, nodata) if trained_stats else None
-    pixels = f"a {raw.shape[1]} x {raw.shape[2]}-pixel sample"
+    distance = scale_distance(raw, mean, std, nodata) if trained_stats and few is None else None
     if not off_scale and (distance is None or distance < _SCALE_Z):
         if distance is not None:
             _warn_uniform_power(raw, ratios, mean, std, nodata, distance, pixels)
@@ -402,7 +429,7 @@ def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: flo
                       "`import-keras --dataset NAME`), or normalise the scene first",
                       UnnormalisedInputWarning, stacklevel=user_stacklevel())
         return
-    if looks_standardised(raw, mean, std, nodata):
+    if looks_standardised(raw, mean, std, nodata, few):
         x = raw.astype(np.float64)
         warnings.warn(f"the scene looks already standardised ({pixels}: {np.mean(x < 0):.0%} of its values "
                       f"negative, a median magnitude of {np.nanmedian(np.abs(x)):.2g}), but the model standardises "
@@ -414,7 +441,7 @@ def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: flo
     declared = [f"{k} = {da.attrs[k]}" for k in ("reflectance scale factor", "reflectance_scale_factor")
                 if k in da.attrs]
     also = f"; the scene declares {declared[0]}" if declared else ""
-    k = scale_factor(raw, mean, std, nodata)
+    k = scale_factor(raw, mean, std, nodata, few)
     if k is None or k <= 0:  # no band with a positive training mean: the magnitudes' ratio
         k = float(mid)
     applied = _one_value(da.encoding.get("scale_factor", 1.0))
@@ -423,7 +450,8 @@ def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: flo
                  "mask_and_scale): a model trained on the stored values takes hsi_engine.open_scene(path), which "
                  "reads them as stored")
     power = 10.0 ** round(math.log10(k))
-    explained = power != 1 and (scale_distance(raw, mean, std, nodata, factor=1 / power) or 0.0) < _SCALE_Z
+    explained = power != 1 and (scale_distance(raw, mean, std, nodata, factor=1 / power, min_pixels=few)
+                                or 0.0) < _SCALE_Z
     word = "smaller" if k < 1 else "larger"
     fold = 1 / k if k < 1 else k
     fold_text = f"{fold:,.0f}" if fold >= 10 else f"{fold:.2g}"
@@ -437,7 +465,7 @@ def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: flo
                       UnnormalisedInputWarning, stacklevel=user_stacklevel())
         return
     like = (f"; its values look about {fold_text}x {word} than the training scene's"
-            if (scale_distance(raw, mean, std, nodata, factor=1 / k) or 0.0) < _SCALE_Z else "")
+            if (scale_distance(raw, mean, std, nodata, factor=1 / k, min_pixels=few) or 0.0) < _SCALE_Z else "")
     warnings.warn(f"the scene's values lie a median {distance:,.1f} standard deviations from the model's per-band "
                   f"training means ({pixels}; windows of the training scene lie about 1 from them){like}: the "
                   "scene is not on the training scene's scale or in its units (reflectance x 1000 against x 10000, "

@@ -34,13 +34,14 @@ _log = logging.getLogger(__name__)
 _EXTREME = 1e9
 
 
-def _scale_sample(raw: np.ndarray, mean: np.ndarray, std: np.ndarray,
-                  nodata: float | None) -> tuple[np.ndarray, np.ndarray] | None:
+def _scale_sample(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: float | None,
+                  min_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """``(x, used)``: the float64 values ``(used bands, pixels)`` of a raw ``(bands, h, w)`` sample on the pixels
     finite, free of ``nodata`` and within ``_EXTREME`` of the training magnitude in every band the model reads
     (finite ``mean``: ``used``), and not one value in all of them (a fill: 0, or -32768 in a crop handed over
     without its nodata, read as a scale 56 standard deviations off); None with fewer than 16 such pixels or a
-    quarter of the sample (too few to tell a scale from a dark corner)."""
+    quarter of the sample (too few to tell a scale from a dark corner), or than ``min_pixels`` where given (a small
+    scene sampled whole)."""
     used = np.isfinite(mean)
     x = raw[used].reshape(int(used.sum()), -1).astype(np.float64)
     magnitude = np.hypot(mean[used], std[used])[:, None]
@@ -49,18 +50,19 @@ def _scale_sample(raw: np.ndarray, mean: np.ndarray, std: np.ndarray,
         ok = np.isfinite(x).all(axis=0) & varies & (np.abs(x) <= _EXTREME * magnitude).all(axis=0)
     if nodata is not None:
         ok &= ~(x == nodata).any(axis=0)
-    if ok.sum() < max(16, ok.size // 4):
+    if ok.sum() < (max(16, ok.size // 4) if min_pixels is None else max(1, min_pixels)):
         return None
     return x[:, ok], used
 
 
-def scale_ratios(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: float | None) -> np.ndarray | None:
+def scale_ratios(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: float | None,
+                 min_pixels: int | None = None) -> np.ndarray | None:
     """Per band, the median magnitude of a raw ``(bands, h, w)`` sample over the magnitude the model's
     normalisation implies (``sqrt(mean^2 + std^2)``), on the pixels :func:`_scale_sample` keeps; NaN for the bands
     the model does not read (non-finite ``mean``); None where too few pixels are left. A scene on another scale than
     the training scene (reflectance 0-1 against integers x 10000) reads about 1e-4 in every band. Medians: one
     corrupt pixel (1e30 in every band) made an RMS read the whole scene as 1e25x too large."""
-    sample = _scale_sample(raw, mean, std, nodata)
+    sample = _scale_sample(raw, mean, std, nodata, min_pixels)
     if sample is None:
         return None
     x, used = sample
@@ -70,24 +72,25 @@ def scale_ratios(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: flo
 
 
 def scale_distance(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: float | None,
-                   factor: float = 1.0) -> float | None:
+                   factor: float = 1.0, min_pixels: int | None = None) -> float | None:
     """How far a raw ``(bands, h, w)`` sample (times ``factor``) lies from the model's training data: the median,
     over the pixels :func:`_scale_sample` keeps and the bands the model reads, of ``|x - mean| / std``; None where
     too few pixels are left. Real scenes of the training sensor read about 0.3-1.2 (a window of one land cover,
     water included, up to 2.5; a small crop of water against a model trained without any, 4.4); the shipped
     Indian Pines scene x 2 reads 9-11, x 0.5 4.5-5."""
-    sample = _scale_sample(raw, mean, std, nodata)
+    sample = _scale_sample(raw, mean, std, nodata, min_pixels)
     if sample is None:
         return None
     x, used = sample
     return float(np.median(np.abs(x * factor - mean[used, None]) / std[used, None]))
 
 
-def scale_factor(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: float | None) -> float | None:
+def scale_factor(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: float | None,
+                 min_pixels: int | None = None) -> float | None:
     """The factor a raw ``(bands, h, w)`` sample looks scaled by from the training scene: the median, over the bands
     whose training mean is positive, of the sample's median over that mean; None where too few pixels are left or
     no band has a positive mean."""
-    sample = _scale_sample(raw, mean, std, nodata)
+    sample = _scale_sample(raw, mean, std, nodata, min_pixels)
     if sample is None:
         return None
     x, used = sample
@@ -97,13 +100,14 @@ def scale_factor(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: flo
     return float(np.median(np.median(x[positive], axis=1) / mean[used][positive]))
 
 
-def looks_standardised(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: float | None) -> bool:
+def looks_standardised(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: float | None,
+                       min_pixels: int | None = None) -> bool:
     """Whether a raw ``(bands, h, w)`` sample looks already standardised (values about mean 0 and std 1: a fifth or
     more of them negative, their median magnitude 0.1-5) where the model's training data are not (its per-band
     means are mostly over 2 standard deviations above 0): a scene z-scored by the user, which the model would
     standardise a second time. Reflectance 0-1 is not negative that often, except near 0 (water's infrared bands),
     where its magnitude is far below 0.1; a window of a z-scored scene has a median magnitude of 0.5-1.2."""
-    sample = _scale_sample(raw, mean, std, nodata)
+    sample = _scale_sample(raw, mean, std, nodata, min_pixels)
     if sample is None:
         return False
     x, used = sample

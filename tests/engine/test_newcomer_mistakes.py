@@ -503,3 +503,49 @@ def test_a_mosaic_s_zero_fill_without_nodata_is_warned_about(crop, model):
         warnings.simplefilter("error", UserWarning)
         labels = hsi_engine.classify(gap, model, nodata=0, progress=False).values
     assert (labels[20:, 20:] == 0).all() and (labels[:20] > 0).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# The scale check's sample without enough pixels with data
+
+
+def test_a_scene_whose_centre_is_masked_is_checked_at_its_corners(model):
+    """A 64 x 64 reflectance 0-1 scene (10,000x off) whose centre 36 x 36 is NaN (a lake, a cloud masked) gave a
+    one-class map with exit 0: the centre's sample held no pixel with data and the check returned silently. Its
+    corners are checked instead."""
+    scene = hsi_engine.open_scene(SHIPPED_SCENE).isel(y=slice(0, 64), x=slice(0, 64)).astype("float32").load()
+    scene = scene.copy(data=scene.values / 10000)
+    scene[:, 14:50, 14:50] = np.nan
+    msg = _refused(scene, model, r"about [0-9,]+x smaller .*\(the scene's four corners, 256 pixels")
+    assert "scene * 10000" in msg
+
+
+@pytest.mark.parametrize("h, w", [(1, 1), (1, 5), (3, 5)])
+def test_a_scene_too_small_for_the_sample_is_checked_on_all_its_pixels(crop, model, h, w):
+    """1 x 1 to 3 x 5 scenes of reflectance 0-1 gave one class without a word (fewer than 16 pixels to sample).
+    The factor of 30 in nearly every band is plain on one pixel's spectrum; the same pixels on the training
+    scale pass."""
+    small = crop.isel(y=slice(10, 10 + h), x=slice(10, 10 + w))
+    _refused(small / 10000, model, rf"about [0-9,]+x smaller .*all {h * w} pixels of a small scene")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hsi_engine.classify(small, model, progress=False)
+
+
+def test_a_store_of_small_chunks_is_sampled_across_them(crop, model):
+    """A store of 3 x 3-pixel chunks gave a 9-pixel sample (one chunk): too few, and reflectance 0-1 went
+    unnamed. The sample spans the small chunks at the centre."""
+    scene = (crop / 10000).chunk({"band": -1, "y": 3, "x": 3})
+    _refused(scene, model, r"about [0-9,]+x smaller .*a 32 x 32-pixel sample")
+
+
+def test_a_scene_without_enough_data_to_check_says_its_scale_was_not_checked(crop, model):
+    """A small scene all but nodata: nothing to measure a scale on. Said, not passed over."""
+    scene = crop.isel(y=slice(0, 20), x=slice(0, 20)).copy()
+    scene[:] = np.nan
+    scene[:, 3, 4] = crop[:, 3, 4]
+    scene[:, 3, 4] = np.nan  # no pixel with data at all
+    with pytest.warns(UserWarning, match=r"the scene's scale was not checked: the pixels sampled \(all 400 pixels of a "
+                                         r"small scene\) hold too few with data"):
+        labels = hsi_engine.classify(scene, model, nodata=float("nan"), progress=False)
+    assert (labels.values == 0).all()
