@@ -29,8 +29,9 @@ from .georef import georeferenced, grid_transform, scene_gcps, scene_georef, sce
 from .io import as_scene, open_scene
 from .logs import quiet_affine_mul, warnings_ignored
 from .owned import closes_its_scenes, open_owned
-from .scene_checks import (check_array_dims, check_declared_scaling, check_scale, declared_nodata, model_bad_bands,
-                           scene_wavelengths, tested_bands, warn_file_read_elsewhere, warn_large_chunks)
+from .scene_checks import (as_stored_nodata, check_array_dims, check_declared_scaling, check_scale, declared_nodata,
+                           model_bad_bands, scene_wavelengths, tested_bands, warn_file_read_elsewhere,
+                           warn_large_chunks)
 from .tiles import TilePlan, default_tile, plan_tiles
 
 if TYPE_CHECKING:
@@ -116,9 +117,11 @@ def _warn_given_nodata(da: xr.DataArray, nodata: float) -> None:
                           "value too: pass nodata=None (no --nodata) to mask both", UserWarning,
                           stacklevel=user_stacklevel())
         return
+    nodata = as_stored_nodata(nodata, da.dtype)
     if da.dtype.kind in "ui":
         info = np.iinfo(da.dtype)
-        if not (nodata.is_integer() and info.min <= nodata <= info.max):
+        if not (nodata.is_integer() and (info.min <= nodata <= info.max or nodata == float(info.max))):
+            # (2**64 - 1, GDAL's UInt64 nodata, is 2**64 as a float: the mask compares it so and finds its pixels)
             warnings.warn(f"nodata={nodata:g} masks nothing in this {da.dtype} scene (it holds whole numbers "
                           f"{info.min}..{info.max}): pass the value its fill pixels hold", UserWarning,
                           stacklevel=user_stacklevel())
@@ -191,7 +194,7 @@ class _Job:
         if nodata is not None:
             _warn_given_nodata(da, float(nodata))
         if self.nodata is not None:  # a numpy scalar compares as a strong type in numpy, as a Python float in
-            self.nodata = float(self.nodata)  # torch: the CPU and CUDA masks differed
+            self.nodata = as_stored_nodata(float(self.nodata), da.dtype)  # torch: the CPU and CUDA masks differed
         self.nodata_bands = tested_bands(da, model_bad, bands, trained_stats=trained_stats)
         check_declared_scaling(da, self.meta, bands)
         if trained_stats:

@@ -549,3 +549,45 @@ def test_a_scene_without_enough_data_to_check_says_its_scale_was_not_checked(cro
                                          r"small scene\) hold too few with data"):
         labels = hsi_engine.classify(scene, model, nodata=float("nan"), progress=False)
     assert (labels.values == 0).all()
+
+
+def test_float32_s_largest_value_as_a_header_prints_it_is_that_value(crop, model, tmp_path):
+    """-FLT_MAX fills, declared as an ENVI header or a user writes them (-3.40282e+38, which rounds to another
+    float32), were not masked: GDAL's masks find them, hsi-engine stopped on "holds -3.40282e+38 ... not data"
+    and a --nodata -3.40282e+38 was said to replace the declared -3.40282e+38. Taken as float32's largest, as GDAL
+    takes it, for a declared and a given value, in a GeoTIFF and in memory."""
+    import rasterio
+
+    scene = crop.isel(y=slice(0, 12), x=slice(0, 12)).astype("float32")
+    scene = scene.copy(data=scene.values.copy())
+    scene.values[:, 2, 3] = np.finfo(np.float32).min
+    scene.attrs = {}
+    path = tmp_path / "fill.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=12, width=12, count=scene.sizes["band"], dtype="float32",
+                       nodata=-3.40282e+38) as f:
+        f.write(scene.values)
+        assert f.nodata != float(np.finfo(np.float32).min)  # the tag holds the rounded value
+    with rasterio.open(path) as f:
+        assert f.read_masks(1)[2, 3] == 0  # GDAL masks the pixel
+    ref = hsi_engine.classify(scene, model, nodata=float(np.finfo(np.float32).min), progress=False, tile=12).values
+    assert ref[2, 3] == 0 and (np.delete(ref.ravel(), 2 * 12 + 3) > 0).all()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        np.testing.assert_array_equal(hsi_engine.classify(path, model, progress=False, tile=12).values, ref)
+        np.testing.assert_array_equal(hsi_engine.classify(path, model, nodata=-3.40282e+38, progress=False,
+                                                          tile=12).values, ref)
+        np.testing.assert_array_equal(hsi_engine.classify(scene, model, nodata=-3.40282e+38, progress=False,
+                                                          tile=12).values, ref)
+    assert not [str(w.message) for w in seen if "nodata" in str(w.message)]
+
+
+def test_the_largest_64_bit_integer_as_nodata_is_not_said_to_mask_nothing(crop, model):
+    """nodata=2**64 - 1 (GDAL's UInt64 nodata) on a uint64 scene masks its pixels (the mask compares it as a
+    float, 2**64), yet was warned to mask nothing."""
+    counts = crop.isel(y=slice(0, 12), x=slice(0, 12)).round().astype("uint64")
+    counts = counts.copy(data=counts.values.copy())
+    counts.values[:, 4, 5] = np.iinfo(np.uint64).max
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        labels = hsi_engine.classify(counts, model, nodata=2 ** 64 - 1, progress=False, tile=12).values
+    assert labels[4, 5] == 0 and (labels > 0).sum() == 143
