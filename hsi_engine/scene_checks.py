@@ -107,8 +107,16 @@ def _is_number(text: str) -> bool:
 
 
 def _one_value(v: Any) -> Any:
-    """A one-element array attribute (HDF5 and some NetCDF writers store ``_FillValue = [-9999.]``) as its value."""
-    return np.asarray(v).reshape(-1)[0] if np.ndim(v) > 0 and np.size(v) == 1 else v
+    """A one-element array attribute (HDF5 and some NetCDF writers store ``_FillValue = [-9999.]``), or one value
+    repeated per band, as its value."""
+    if np.ndim(v) == 0 or np.size(v) == 0 or isinstance(v, (str, bytes)):
+        return v
+    flat = np.asarray(v).reshape(-1)
+    try:
+        same = flat.size == 1 or bool(np.all(flat == flat[0]) or np.all(np.isnan(flat.astype(np.float64))))
+    except (TypeError, ValueError):
+        return v
+    return flat[0] if same else v
 
 
 def as_stored_nodata(value: float | None, dtype: Any) -> float | None:
@@ -149,6 +157,11 @@ def declared_nodata(da: xr.DataArray) -> float | None:
     try:
         return as_stored_nodata(float(_one_value(v)), da.dtype)
     except (TypeError, ValueError):
+        if np.ndim(v) > 0 and np.size(v) > 1:
+            raise SceneError(f"the scene declares {np.size(v)} nodata values, not all the same (its "
+                             f"_FillValue/nodata attribute, {np.asarray(v).reshape(-1)[:3].tolist()}...), and one "
+                             "value is masked in every band: pass nodata=VALUE (--nodata VALUE), the fill its "
+                             "pixels hold") from None
         raise SceneError(f"the scene declares a nodata value ({v!r}, its _FillValue/nodata attribute) that is not a "
                          "number: fix the attribute, or pass nodata=VALUE (--nodata VALUE) to override it") from None
 

@@ -159,10 +159,17 @@ def test_progress_off_leaves_no_thread_and_a_non_numeric_nodata_attr_is_named(ca
     classify(da, model, progress=False)
     assert not [t for t in threading.enumerate() if t not in earlier and "monitor" in type(t).__name__.lower()
                 or t.name not in before and t.is_alive()]
-    for bad in ("abc", [1, 2]):
-        da.attrs["_FillValue"] = bad
-        with pytest.raises(SceneError, match=r"declares a nodata value .* that is not a number.*--nodata"):
-            classify(da, model, progress=False)
+    da.attrs["_FillValue"] = "abc"
+    with pytest.raises(SceneError, match=r"declares a nodata value .* that is not a number.*--nodata"):
+        classify(da, model, progress=False)
+    da.attrs["_FillValue"] = [1, 2] * 100  # one per band: refused in a line, not 200 values long
+    with pytest.raises(SceneError, match=r"declares 200 nodata values, not all the same .*\[1, 2, 1\]\.\.\.\), "
+                                         r"and one value is masked in every band: pass nodata=VALUE") as e:
+        classify(da, model, progress=False)
+    assert len(str(e.value)) < 300
+    da.attrs["_FillValue"] = [-1.0] * da.sizes["band"]  # one value repeated per band: that value
+    np.testing.assert_array_equal(classify(da, model, progress=False).values,
+                                  classify(geo.cube_dataarray(cube), model, progress=False).values)
     np.testing.assert_array_equal(classify(da, model, nodata=-1.0, progress=False).values,
                                   classify(geo.cube_dataarray(cube), model, progress=False).values)
 
