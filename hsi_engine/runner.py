@@ -214,6 +214,13 @@ def _nonfinite_error(raw: np.ndarray, tile: Tile, nodata_bands: np.ndarray | Non
     tested = np.arange(raw.shape[0]) if nodata_bands is None else np.asarray(nodata_bands)
     b, y, x = (int(v[0]) for v in np.nonzero(~np.isfinite(raw[tested])))
     b = int(tested[b])
+    if not np.isfinite(raw[b]).any():  # a band without data: --nodata nan would make every pixel class 0
+        return NonFiniteInputError(
+            f"scene band {b + 1} (index {b}) is {raw[b, y, x]} in every pixel of tile {tile.index} (rows "
+            f"{tile.y0}:{tile.y1}, cols {tile.x0}:{tile.x1}) and no nodata policy was given: a band without data "
+            "(a sensor's bad band) makes every pixel nodata under nodata=nan (--nodata nan); flag it bad with a "
+            "'bbl' band coordinate (0 = bad, scene.assign_coords(bbl=('band', flags))) or drop it "
+            f"(scene.isel(band=...)) with a model trained without it")
     return NonFiniteInputError(
         f"scene value at band {b + 1} (index {b}), pixel (y={ry0 + y}, x={rx0 + x}) is {raw[b, y, x]} (tile "
         f"{tile.index}, rows {tile.y0}:{tile.y1}, cols {tile.x0}:{tile.x1}), and no nodata policy "

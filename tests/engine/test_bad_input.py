@@ -177,6 +177,19 @@ def test_finite_float32_values_far_outside_the_data_are_named_not_classified(cro
         hsi_engine.classify(F.dataarray(cube), model_dir, tile=TILE, progress=False)
 
 
+def test_a_band_without_data_is_named_as_a_band_not_as_one_pixel(crop, model_dir):
+    """A band NaN in every pixel was named by one pixel with the advice --nodata nan, which then made every pixel
+    class 0 (exit 0, one log line). The error names the band and the fixes that keep the map: bbl, or drop it."""
+    cube = crop.astype(np.float32)
+    cube[17] = np.nan
+    with pytest.raises(NonFiniteInputError, match=r"scene band 18 \(index 17\) is nan in every pixel of tile .*"
+                                                  r"flag it bad with a 'bbl' band coordinate"):
+        hsi_engine.classify(F.dataarray(cube), model_dir, tile=TILE, progress=False)
+    flagged = F.dataarray(cube).assign_coords(bbl=("band", (np.arange(cube.shape[0]) != 17).astype(int)))
+    labels = hsi_engine.classify(flagged, model_dir, tile=TILE, nodata=float("nan"), progress=False).values
+    assert (labels > 0).all()
+
+
 class _NullSink:
     def write(self, *a, **k):
         pass
