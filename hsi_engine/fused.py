@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -469,9 +470,11 @@ class FusedSSRN:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
+        if not isinstance(x, torch.Tensor):  # a numpy tile, as patch_forward takes one
+            x = torch.as_tensor(np.asarray(x), device=self.device)
         if x.dim() != 3 or x.shape[0] != c.bands or x.shape[1] < self.patch or x.shape[2] < self.patch:
-            raise ValueError(f"expected a padded tile ({c.bands}, h + {2 * self.halo}, w + {2 * self.halo}) "
-                             f"with h, w >= 1; got {tuple(x.shape)}")
+            raise OptionError(f"expected a padded tile ({c.bands}, h + {2 * self.halo}, w + {2 * self.halo}) "
+                              f"with h, w >= 1; got {tuple(x.shape)}")
         if self.backend != "compile" or self._compiled_once:
             return self._run(x)
         try:  # the first call compiles: if that fails (no C++ compiler for inductor, an unsupported op), go eager

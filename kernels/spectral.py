@@ -11,6 +11,8 @@ import weakref
 import torch
 import torch.nn.functional as F
 
+from ssrn.errors import OptionError, OptionTypeError
+
 from .program import Affine, FoldedBlock, FoldedConv, SpectralProgram
 
 
@@ -118,13 +120,13 @@ def _check_pixels(x: torch.Tensor, program: SpectralProgram) -> None:
     """Every formulation's input, with the same errors in each: a 2-D floating ``(P, bands)`` tensor of the
     program's band count, at least the stem kernel's."""
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != program.bands:
-        raise ValueError(f"expected pixels (P, {program.bands}); got "
+        raise OptionError(f"expected pixels (P, {program.bands}); got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(f"x must be floating point (float32, bfloat16 or float16); got {x.dtype}: convert it "
+        raise OptionTypeError(f"x must be floating point (float32, bfloat16 or float16); got {x.dtype}: convert it "
                         "(x.float()) first")
     if program.reduced_bands < 1:
-        raise ValueError(f"{program.bands} bands are fewer than the stem kernel {program.stem.weight.shape[2]}")
+        raise OptionError(f"{program.bands} bands are fewer than the stem kernel {program.stem.weight.shape[2]}")
 
 
 def _check_dtypes(x: torch.Tensor, program: SpectralProgram) -> None:
@@ -132,7 +134,7 @@ def _check_dtypes(x: torch.Tensor, program: SpectralProgram) -> None:
     weights to ``x``'s dtype itself), except under autocast, which casts both."""
     w = program.stem.weight.dtype
     if x.dtype != w and not torch.is_autocast_enabled(x.device.type):
-        raise TypeError(f"x is {x.dtype} but the weights are {w}: convert x (x.to({w})) or the weights "
+        raise OptionTypeError(f"x is {x.dtype} but the weights are {w}: convert x (x.to({w})) or the weights "
                         f"(program.to(dtype=x.dtype)), or run under torch.autocast('{x.device.type}', "
                         f"dtype={x.dtype})")
 
@@ -692,26 +694,26 @@ def _check_program(program: SpectralProgram) -> None:
     """The program forms the kernel implements; anything else is a real error, not a silent mismatch."""
     stem, red = program.stem, program.reduce
     if stem.weight.dim() != 3 or stem.weight.shape[1] != 1:
-        raise ValueError(f"stem weight must be (width, 1, k); got {tuple(stem.weight.shape)}")
+        raise OptionError(f"stem weight must be (width, 1, k); got {tuple(stem.weight.shape)}")
     if stem.padding != 0:
-        raise ValueError(f"the Triton kernel implements a valid (unpadded) stem; got padding {stem.padding}")
+        raise OptionError(f"the Triton kernel implements a valid (unpadded) stem; got padding {stem.padding}")
     d, w = program.reduced_bands, program.width
     if d < 1:
-        raise ValueError(f"{program.bands} bands are fewer than the stem kernel {stem.weight.shape[2]}")
+        raise OptionError(f"{program.bands} bands are fewer than the stem kernel {stem.weight.shape[2]}")
     if red.weight.shape[1:] != (w, d) or red.stride != 1 or red.padding != 0:
-        raise ValueError(f"reduce must be a valid full-band conv with weight (F, {w}, {d}); got "
+        raise OptionError(f"reduce must be a valid full-band conv with weight (F, {w}, {d}); got "
                          f"{tuple(red.weight.shape)}, stride {red.stride}, padding {red.padding}")
     kts = {c.weight.shape[2] for b in program.blocks for c in (b.conv1, b.conv2)}
     if len(kts) > 1:
-        raise ValueError(f"all residual-block convs must share one kernel size; got {sorted(kts)}")
+        raise OptionError(f"all residual-block convs must share one kernel size; got {sorted(kts)}")
     for i, b in enumerate(program.blocks):
         for name, c in (("conv1", b.conv1), ("conv2", b.conv2)):
             k = c.weight.shape[2]
             if c.weight.shape[:2] != (w, w) or c.stride != 1 or c.padding != k // 2 or k % 2 == 0:
-                raise ValueError(f"blocks[{i}].{name} must be a same-padded stride-1 odd-kernel conv {w}->{w}; "
+                raise OptionError(f"blocks[{i}].{name} must be a same-padded stride-1 odd-kernel conv {w}->{w}; "
                                  f"got weight {tuple(c.weight.shape)}, stride {c.stride}, padding {c.padding}")
     if len(program.blocks) > 30:
-        raise ValueError(f"at most 30 residual blocks are supported; got {len(program.blocks)}")
+        raise OptionError(f"at most 30 residual blocks are supported; got {len(program.blocks)}")
 
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -755,7 +757,7 @@ def spectral_stage_triton(x: torch.Tensor, program: SpectralProgram, *, allow_tf
         return _launch(x, program, precision, config)[0]
     except Exception as e:  # noqa: BLE001 - Triton's OutOfResources moved between modules across releases
         if precision == "tf32x3" and type(e).__name__ == "OutOfResources":
-            raise ValueError(
+            raise OptionError(
                 f"input_precision='tf32x3' stages the program's weights twice in float32 and needs more shared "
                 f"memory than this GPU has for it ({str(e).splitlines()[0][:200]}); use input_precision='bf16x3' "
                 "(max error 1e-5 of the largest feature, 1.6x the Conv3d stage on an H200) or 'bf16x6'") from e
@@ -767,12 +769,12 @@ def _products(x: torch.Tensor, allow_tf32: bool, input_precision: str | None) ->
     if input_precision is None:
         return "tf32" if allow_tf32 else "ieee"
     if input_precision not in INPUT_PRECISIONS:
-        raise ValueError(f"input_precision must be one of {list(INPUT_PRECISIONS)}; got {input_precision!r}")
+        raise OptionError(f"input_precision must be one of {list(INPUT_PRECISIONS)}; got {input_precision!r}")
     if allow_tf32 and input_precision != "tf32":
-        raise ValueError(f"allow_tf32=True asks for TF32 products, input_precision={input_precision!r} for "
+        raise OptionError(f"allow_tf32=True asks for TF32 products, input_precision={input_precision!r} for "
                          "others: pass one of them")
     if input_precision != "ieee" and isinstance(x, torch.Tensor) and x.dtype != torch.float32:
-        raise ValueError(f"input_precision={input_precision!r} chooses how float32 products run; x is {x.dtype}, "
+        raise OptionError(f"input_precision={input_precision!r} chooses how float32 products run; x is {x.dtype}, "
                          "whose products the tensor cores take as they are: leave input_precision unset")
     return input_precision
 
@@ -785,25 +787,25 @@ def _check_config(config: dict) -> None:
     missing = [k for k in _VARIANT_KEYS if k not in config]
     extra = sorted(set(config) - set(_VARIANT_KEYS) - set(_OPTIONAL_KEYS) - {"num_warps", "num_stages"})
     if missing or extra:
-        raise ValueError(f"config needs keys {list(_VARIANT_KEYS)} (optional {list(_OPTIONAL_KEYS)}, num_warps, "
+        raise OptionError(f"config needs keys {list(_VARIANT_KEYS)} (optional {list(_OPTIONAL_KEYS)}, num_warps, "
                          f"num_stages); missing {missing}, unknown {extra}")
     bp, un, kc, sc = config["BLOCK_P"], config["UNROLL"], config["KCAT"], config["SCATTER"]
     if not (isinstance(bp, int) and bp >= 16 and bp & (bp - 1) == 0):
-        raise ValueError(f"config BLOCK_P must be a power of two >= 16 (a tl.dot tile); got {bp!r}")
+        raise OptionError(f"config BLOCK_P must be a power of two >= 16 (a tl.dot tile); got {bp!r}")
     if not (isinstance(un, int) and un >= 1):
-        raise ValueError(f"config UNROLL must be an int >= 1 (band positions per loop iteration); got {un!r}")
+        raise OptionError(f"config UNROLL must be an int >= 1 (band positions per loop iteration); got {un!r}")
     if not (isinstance(kc, bool) and isinstance(sc, bool)):
-        raise ValueError(f"config KCAT and SCATTER must be bools; got KCAT={kc!r}, SCATTER={sc!r}")
+        raise OptionError(f"config KCAT and SCATTER must be bools; got KCAT={kc!r}, SCATTER={sc!r}")
     if kc and sc:
-        raise ValueError("config KCAT and SCATTER are two forms of the same convs: set at most one")
+        raise OptionError("config KCAT and SCATTER are two forms of the same convs: set at most one")
     chains, pipe = config.get("CHAINS", 1), config.get("PIPE", False)
     if not (type(chains) is int and chains in (1, 2)):
-        raise ValueError(f"config CHAINS must be the int 1 or 2 (accumulator chains per conv); got {chains!r}")
+        raise OptionError(f"config CHAINS must be the int 1 or 2 (accumulator chains per conv); got {chains!r}")
     if chains == 2 and (kc or sc):
-        raise ValueError("config CHAINS=2 splits the plain form's tap-by-tap sums; KCAT and SCATTER sum otherwise: "
+        raise OptionError("config CHAINS=2 splits the plain form's tap-by-tap sums; KCAT and SCATTER sum otherwise: "
                          "set CHAINS=2 only with both off")
     if not isinstance(pipe, bool):
-        raise ValueError(f"config PIPE must be a bool; got {pipe!r}")
+        raise OptionError(f"config PIPE must be a bool; got {pipe!r}")
 
 
 def _launch(x: torch.Tensor, program: SpectralProgram, precision: str,
@@ -815,10 +817,10 @@ def _launch(x: torch.Tensor, program: SpectralProgram, precision: str,
         _check_config(config)
     _check_pixels(x, program)
     if x.dtype not in _DTYPES:
-        raise TypeError(f"x must be float32, bfloat16 or float16; got {x.dtype}")
+        raise OptionTypeError(f"x must be float32, bfloat16 or float16; got {x.dtype}")
     interp = _interpreting()
     if x.device.type != "cuda" and not interp:
-        raise ValueError(f"spectral_stage_triton needs a CUDA tensor; got one on {x.device} "
+        raise OptionError(f"spectral_stage_triton needs a CUDA tensor; got one on {x.device} "
                          "(use kernels.get_spectral_stage('auto', device) to pick a backend)")
     _check_program(program)
     p, f = x.shape[0], program.out_features

@@ -75,6 +75,8 @@ from __future__ import annotations
 
 import torch
 
+from ssrn.errors import OptionError, OptionTypeError
+
 from .program import SpectralProgram
 
 GLUON_ERROR: str | None = None  # why the kernel is unavailable here (None: it is defined)
@@ -799,13 +801,13 @@ def _resolve_step(waits: str, identity: str, step: str | None,
 
 def _check_form(waits: str, identity: str, step: str = "one") -> None:
     if waits not in WAITS:
-        raise ValueError(f"waits must be one of {list(WAITS)}; got {waits!r}")
+        raise OptionError(f"waits must be one of {list(WAITS)}; got {waits!r}")
     if identity not in IDENTITIES:
-        raise ValueError(f"identity must be one of {list(IDENTITIES)}; got {identity!r}")
+        raise OptionError(f"identity must be one of {list(IDENTITIES)}; got {identity!r}")
     if step not in STEPS:
-        raise ValueError(f"step must be one of {list(STEPS)}; got {step!r}")
+        raise OptionError(f"step must be one of {list(STEPS)}; got {step!r}")
     if step != "one" and (waits, identity) != ("layer", "epilogue"):
-        raise ValueError(f"step={step!r} waits per layer and adds the identity in the epilogue (waits='layer', "
+        raise OptionError(f"step={step!r} waits per layer and adds the identity in the epilogue (waits='layer', "
                          f"identity='epilogue'); got waits={waits!r}, identity={identity!r}")
 
 
@@ -817,7 +819,7 @@ def _layout_constants(m: dict, waits: str = DEFAULT_WAITS, identity: str = DEFAU
 
     _check_form(waits, identity)
     if identity == "mma" and m["RELU2_MASK"]:
-        raise ValueError("identity='mma' adds the identity inside conv2's sum: it needs blocks without a ReLU "
+        raise OptionError("identity='mma' adds the identity inside conv2's sum: it needs blocks without a ReLU "
                          "after conv2 (the SSRN's); this program has one: use identity='epilogue'")
     split, stem_last = WAITS[waits]
     return dict(RING=_next_pow2(m["KT"] + 1, 2), BP=BLOCK_P, SW_W=min(128, 2 * m["WP"]),
@@ -908,7 +910,7 @@ def _check(x: torch.Tensor, program: SpectralProgram, step: str = "one") -> None
         raise RuntimeError(f"spectral_stage_gluon needs Triton's Gluon with Hopper support ({GLUON_ERROR})")
     _check_pixels(x, program)
     if x.dtype not in (torch.bfloat16, torch.float16):
-        raise TypeError(f"spectral_stage_gluon runs bfloat16 or float16; got {x.dtype}")
+        raise OptionTypeError(f"spectral_stage_gluon runs bfloat16 or float16; got {x.dtype}")
     _check_program(program)
     if not program.blocks:
         raise NotImplementedError("spectral_stage_gluon needs at least one residual block; use spectral_stage_triton")
@@ -925,10 +927,10 @@ def _check(x: torch.Tensor, program: SpectralProgram, step: str = "one") -> None
                                   f"this program ({len(program.blocks)} blocks, kernel {kt}); an H100 / H200 SM has "
                                   f"{SHARED_LIMIT}: use spectral_stage_triton")
     if x.device.type != "cuda":
-        raise ValueError(f"spectral_stage_gluon needs a CUDA tensor on a Hopper GPU; got one on {x.device}")
+        raise OptionError(f"spectral_stage_gluon needs a CUDA tensor on a Hopper GPU; got one on {x.device}")
     cap = torch.cuda.get_device_capability(x.device)
     if cap != (9, 0):  # wgmma exists on sm_90 alone
-        raise ValueError(f"spectral_stage_gluon needs a Hopper GPU (compute capability 9.0, wgmma); "
+        raise OptionError(f"spectral_stage_gluon needs a Hopper GPU (compute capability 9.0, wgmma); "
                          f"{torch.cuda.get_device_name(x.device)} is {cap[0]}.{cap[1]}: use spectral_stage_triton")
 
 
@@ -986,7 +988,7 @@ def traced_run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAUL
         step = "ws"  # the default's step, one program per block of pixels: what a trace's rows can hold
     _check_form(waits, identity, step)
     if step == "wsp":
-        raise ValueError("traced_run times one block of pixels per program; step='wsp' runs several per program: "
+        raise OptionError("traced_run times one block of pixels per program; step='wsp' runs several per program: "
                          "trace step='ws' (the same step, one program per block)")
     _check(x, program, step)
     trace = torch.zeros(-(-x.shape[0] // BLOCK_P), trace_steps(program, step) + 1, TRACE_WIDTH, dtype=torch.int64,

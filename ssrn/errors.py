@@ -25,6 +25,11 @@ class OptionError(HSIEngineError, ValueError):
     """An argument outside what the function accepts: names the argument, what was given and what is accepted."""
 
 
+class OptionTypeError(OptionError, TypeError):
+    """An argument of a type the function does not take (an integer tensor where floats are computed): an
+    ``OptionError`` that is also the ``TypeError`` Python code expects."""
+
+
 class OutputError(HSIEngineError, OSError):
     """The output (a class map, a model directory) exists (without overwrite) or cannot be written."""
 

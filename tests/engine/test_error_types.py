@@ -155,6 +155,30 @@ def test_kernels_device_name_error():
         available_backends("tpu")
 
 
+def test_kernels_and_a_fused_tile_raise_the_engine_s_errors(model):
+    """The kernels' argument checks and FusedSSRN's tile check raised bare ValueError / TypeError (a numpy tile an
+    AttributeError), which a service's ``except HSIEngineError`` let through. Still ValueError / TypeError."""
+    import numpy as np
+    import torch
+
+    import kernels
+    from hsi_engine.fused import FusedSSRN, fold_spectral
+
+    program = fold_spectral(model)
+    cases = [(lambda: kernels.spectral_stage_reference(torch.zeros(3, program.bands - 1), program), ValueError,
+              r"expected pixels \(P, 200\)"),
+             (lambda: kernels.spectral_stage_reference(torch.zeros(3, program.bands, dtype=torch.int64), program),
+              TypeError, "floating point"),
+             (lambda: kernels.spectral_stage_triton(torch.zeros(3, program.bands), program), Exception, ""),
+             (lambda: FusedSSRN(model)(torch.zeros(program.bands - 1, 9, 9)), ValueError, "expected a padded tile")]
+    for call, kind, match in cases:
+        with pytest.raises(hsi_engine.HSIEngineError, match=match) as e:
+            call()
+        assert isinstance(e.value, kind)
+    tile = np.zeros((program.bands, 9, 9), np.float32)  # a numpy tile is taken, as patch_forward takes one
+    assert FusedSSRN(model)(tile).shape == FusedSSRN(model)(torch.from_numpy(tile)).shape
+
+
 def test_resolve_backend_option_error():
     from kernels.dispatch import resolve_backend
 
