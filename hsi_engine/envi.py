@@ -290,14 +290,14 @@ def open_envi(path: Path, chunks) -> xr.DataArray:
     if mark == "utf-16":  # this parser cannot read it either
         raise _unicode_header_error(hdr, mark)
     if not _is_envi_header(hdr):  # an ESRI EHdr .hdr beside a .bil/.bsq: GDAL's EHdr driver reads it
-        return open_geotiff(data, chunks)
+        return open_geotiff(data, chunks, driver="EHdr")
     header = parse_envi_header(hdr)
     if header.get("file compression", "0").strip() not in ("0", ""):
         raise SceneError(f"{hdr} declares 'file compression = {header['file compression']}' (gzip); GDAL cannot "
                          "read compressed ENVI. Gunzip the binary and remove that header line.")
     _check_envi_size(header, hdr, data)
     try:
-        da = open_geotiff(data, chunks)
+        da = open_geotiff(data, chunks, driver="ENVI")
     except SceneError:  # this parser reads past a byte-order mark; GDAL (3.10) does not: say which
         if mark == "utf-8":
             raise _unicode_header_error(hdr, mark) from None

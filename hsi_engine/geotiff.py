@@ -55,7 +55,13 @@ def check_gdal_side_files(path: Path) -> None:
                              "name), and would wait on it for ever; remove it or replace it with a file")
 
 
-def open_geotiff(path: Path, chunks) -> xr.DataArray:
+_DRIVER_NAMES = {"GTiff": "GeoTIFF", "ENVI": "ENVI", "EHdr": "ESRI EHdr"}
+
+
+def open_geotiff(path: Path, chunks, driver: str = "GTiff") -> xr.DataArray:
+    """A GeoTIFF (or, with ``driver``, an ENVI or EHdr binary) as a lazy ``(band, y, x)`` scene. Only that GDAL
+    driver opens it: a GDAL VRT (XML) saved under a .tif name or as an ENVI binary was opened as a VRT, whose
+    sources read any local file, device or pipe (a hang) or a URL (``/vsicurl/``)."""
     import rasterio
 
     check_gdal_side_files(path)
@@ -69,7 +75,7 @@ def open_geotiff(path: Path, chunks) -> xr.DataArray:
 
     with dropped(drop, "rasterio._base"):  # (a filter of this call's own: other threads' opens keep theirs)
         try:
-            with rasterio.open(gdal_name(path)) as src:
+            with rasterio.open(gdal_name(path), driver=driver) as src:
                 bh, bw = src.block_shapes[0]
                 h, w, count = src.height, src.width, src.count
                 tags = [src.tags(i) for i in range(1, count + 1)]
@@ -88,13 +94,16 @@ def open_geotiff(path: Path, chunks) -> xr.DataArray:
                 # and no band names
                 source = gdal_name(path) if descriptions is not None else _vrt_without_names(src, tags, ds_tags)
         except rasterio.errors.RasterioIOError as e:
-            raise SceneError(f"{path} could not be opened as a raster ({e}); is it a complete GeoTIFF/ENVI "
-                             "file?") from None
+            kind = _DRIVER_NAMES.get(driver, driver)
+            raise SceneError(f"{path} could not be opened as a {kind} raster ({e}); is it a complete {kind} file? "
+                             f"(GDAL's {driver} driver alone reads it: a file of another format under this name, a "
+                             "GDAL VRT among them, is not read)") from None
         default = {"band": -1, "y": aligned_chunk(bh, h), "x": aligned_chunk(bw, w)}
         # per-band scales/offsets are kept in the encoding (_scales_to_encoding): rioxarray's note on them
         with warnings_ignored(UserWarning, "(Scales|Offsets) differ across bands"):
             try:
-                da = rioxarray.open_rasterio(source, chunks=default, mask_and_scale=False)
+                da = rioxarray.open_rasterio(source, chunks=default, mask_and_scale=False,
+                                             driver=driver if source == gdal_name(path) else "VRT")
             except ValueError as e:  # rioxarray parses an ENVI header's lists into numbers: 'n/a', '450 nm'
                 if not envi_tags:
                     raise SceneError(f"{path} could not be read as a raster ({type(e).__name__}: {e})") from None
@@ -124,7 +133,7 @@ def open_geotiff(path: Path, chunks) -> xr.DataArray:
         da = _nan_masked(da, path, band_nodata if per_band else None, alpha=alpha)
     da = finish_scene(_scales_to_encoding(da), path, "geotiff", wavelengths=wl, chunks=chunks, bbl=_gdal_bbl(tags))
     if masked:
-        da = _with_gdal_mask(da, path)
+        da = _with_gdal_mask(da, path, driver)
     if rpcs is not None:  # placed by rational polynomial coefficients (a level-1 product); see georef.scene_georef
         da.encoding["rpcs"] = rpcs.to_dict()
     da.set_close(closer)
@@ -191,7 +200,7 @@ def with_nodata(da: xr.DataArray, value: float, what: str) -> xr.DataArray:
     return da.rio.write_nodata(value, encoded=False)
 
 
-def _with_gdal_mask(da: xr.DataArray, path: Path) -> xr.DataArray:
+def _with_gdal_mask(da: xr.DataArray, path: Path, driver: str = "GTiff") -> xr.DataArray:
     """Pixels that a GDAL per-dataset mask (an internal mask band or a ``.msk`` file) marks invalid read as NaN, so
     they are nodata (class 0), as GIS software reads them; an integer scene is read as floats for it (exactly:
     float32 up to 16 bits), and NaN is its nodata value where it declares none."""
@@ -200,7 +209,7 @@ def _with_gdal_mask(da: xr.DataArray, path: Path) -> xr.DataArray:
     encoding = dict(da.encoding)
     da = da.astype(nan_capable(da.dtype))
     valid = dsa.zeros((da.sizes["y"], da.sizes["x"]), chunks=(da.chunks[1], da.chunks[2]), dtype=bool)
-    valid = valid.map_blocks(_gdal_valid, str(path), dtype=bool)
+    valid = valid.map_blocks(_gdal_valid, str(path), driver, dtype=bool)
     out = da.copy(data=dsa.where(valid[None], da.data, np.array(np.nan, da.dtype)))
     out.encoding = encoding
     if nodata_attr(out) is None:
@@ -264,13 +273,13 @@ def _band_values(values: Sequence[float | None]) -> str:
     return text if len(text) <= 150 else text[:147] + "..."
 
 
-def _gdal_valid(block: np.ndarray, path: str, block_info: dict | None = None) -> np.ndarray:
+def _gdal_valid(block: np.ndarray, path: str, driver: str = "GTiff", block_info: dict | None = None) -> np.ndarray:
     """One block of a GDAL per-dataset mask: True where the pixel is valid."""
     import rasterio
     from rasterio.windows import Window
 
     (y0, y1), (x0, x1) = block_info[0]["array-location"]
-    with rasterio.open(gdal_name(path)) as src:
+    with rasterio.open(gdal_name(path), driver=driver) as src:
         return src.read_masks(1, window=Window(x0, y0, x1 - x0, y1 - y0)) > 0
 
 

@@ -25,7 +25,7 @@ def class_map_attrs(path: str | os.PathLike) -> dict[str, Any] | None:
 
         from .geotiff import gdal_name
 
-        with rasterio.open(gdal_name(p)) as f:
+        with rasterio.open(gdal_name(p), driver="GTiff") as f:
             tags = dict(f.tags())
     except Exception:  # noqa: BLE001 - not a raster rasterio reads: a scene's reader says why
         return None
@@ -58,7 +58,7 @@ def map_info(path: str | os.PathLike) -> str:
     else:
         import rasterio
 
-        with rasterio.open(p) as f:
+        with rasterio.open(p, driver="GTiff") as f:
             h, w, crs = f.height, f.width, (f.crs.to_string() if f.crs else None)
         from .outputs import side_paths
 

@@ -103,14 +103,13 @@ def _tiff_tags(path: Path) -> dict[str, str] | None:
     if not path.is_file():
         return None
     import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
 
-    import warnings
+    from .logs import warnings_ignored
 
-    try:
-        with warnings.catch_warnings():  # (a map in pixel coordinates: rasterio's NotGeoreferencedWarning)
-            warnings.simplefilter("ignore")
-            with rasterio.open(path) as f:
-                return f.tags()
+    try:  # (a map in pixel coordinates: rasterio's warning; catch_warnings would mute other threads' warnings)
+        with warnings_ignored(NotGeoreferencedWarning), rasterio.open(path, driver="GTiff") as f:
+            return f.tags()  # (a VRT saved under the name is no map of ours: its sources are not opened)
     except Exception:  # noqa: BLE001 - anything GDAL cannot open is not a map we wrote
         return None
 

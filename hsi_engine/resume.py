@@ -263,7 +263,7 @@ def recorded_fingerprint(path: str | os.PathLike) -> dict[str, Any] | None:
         import rasterio
 
         try:
-            with rasterio.open(gdal_name(p)) as f:
+            with rasterio.open(gdal_name(p), driver="GTiff") as f:
                 found = json.loads(f.tags().get(FINGERPRINT_ATTR, "null"))
         except (OSError, ValueError, rasterio.errors.RasterioError):
             return None

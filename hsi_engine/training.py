@@ -83,7 +83,7 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
     from affine import Affine
 
     try:
-        with rasterio.open(path) as f:
+        with _open_label_raster(path) as f:
             if f.count != 1:
                 from rasterio.enums import ColorInterp
 
@@ -150,7 +150,8 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
     except rasterio.errors.RasterioIOError as e:
         from .integrity import why_failed
 
-        raise DataError(f"{path} could not be read as a label raster ({why_failed(e)})") from None
+        raise DataError(f"{path} could not be read as a label raster ({why_failed(e)}); label rasters are read as "
+                        f"{', '.join(_LABEL_DRIVERS.values())} or .npy: convert it (gdal_translate -of GTiff)") from None
     if window is not None:
         log.info("%s: the scene is rows %s, cols %s of the labels' grid (%d x %d px)%s", path,
                  _span(window.row_off, shape[0]), _span(window.col_off, shape[1]), width, height,
@@ -220,6 +221,25 @@ def _check_class_names(class_names: Any, error: type[Exception]) -> None:
         raise error(f"class_names must be a list of names, one per class; got the string {class_names[:60]!r}: pass "
                     f"class_names={str(class_names).split(',')[:3]}... (the command line's --class-names splits on "
                     "commas)")
+
+
+_LABEL_DRIVERS = {"GTiff": "GeoTIFF", "ENVI": "ENVI", "EHdr": "ESRI EHdr", "HFA": "ERDAS Imagine (.img)",
+                  "PNG": "PNG"}  # GDAL drivers a label raster is opened with
+
+
+def _open_label_raster(path: Path) -> Any:
+    """``path`` opened by the first of :data:`_LABEL_DRIVERS` that reads it (not GDAL's VRT, whose sources read any
+    file, pipe or URL; rasterio takes one driver per open)."""
+    import rasterio
+
+    errors = []
+    for driver in _LABEL_DRIVERS:
+        try:
+            return rasterio.open(path, driver=driver)
+        except rasterio.errors.RasterioIOError as e:
+            errors.append(e)
+    # the error of the driver that knew the file (a truncated GeoTIFF's), not the others' "not recognized"
+    raise next((e for e in errors if "not recognized" not in str(e)), errors[-1])
 
 
 @quiet_affine_mul

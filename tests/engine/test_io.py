@@ -129,6 +129,32 @@ def test_envi_files_are_found_in_any_case_and_by_any_binary_name(make_scene):
         np.testing.assert_array_equal(open_scene(p).values, cube)
 
 
+def test_a_vrt_under_a_geotiff_or_envi_name_is_not_opened_as_a_vrt(make_scene, tmp_path):
+    """A GDAL VRT (XML) saved as scene.tif, or as an ENVI binary beside a valid header, was opened as a VRT: its
+    sources read any local file (/etc/passwd as pixel values), a URL (/vsicurl/: the refusal of URLs got round) or
+    a pipe (a hang Ctrl-C did not end). Only the named format's driver opens a scene now."""
+    cube = make_cube(dtype=np.int16)
+    real = make_scene("geotiff", cube=cube)
+    secret = tmp_path / "secret.raw"
+    secret.write_bytes(b"x" * 4000)
+    bands = "".join(f'<VRTRasterBand dataType="Byte" band="{i}" subClass="VRTRawRasterBand"><SourceFilename '
+                    f'relativeToVRT="0">{secret}</SourceFilename><ImageOffset>0</ImageOffset><PixelOffset>1'
+                    f'</PixelOffset><LineOffset>{WIDTH}</LineOffset></VRTRasterBand>' for i in range(1, BANDS + 1))
+    xml = f'<VRTDataset rasterXSize="{WIDTH}" rasterYSize="{HEIGHT}">{bands}</VRTDataset>'.encode()
+    with rasterio.open(real) as f:
+        assert f.driver == "GTiff"
+    (tmp_path / "scene.tif").write_bytes(xml)
+    with rasterio.open(tmp_path / "scene.tif") as f:
+        assert f.driver == "VRT" and f.read(1)[0, 0] == ord("x")  # what GDAL alone makes of it
+    with pytest.raises(SceneError, match=r"could not be opened as a GeoTIFF raster .*GDAL's GTiff driver alone "
+                                         r"reads it: .* a GDAL VRT among them, is not read"):
+        open_scene(tmp_path / "scene.tif")
+    envi = make_scene("envi", cube=cube)
+    envi.write_bytes(xml.ljust(envi.stat().st_size, b" "))  # the size its header declares
+    values = open_scene(envi).values  # the ENVI driver reads the file's bytes as its pixels, not as a VRT's XML
+    np.testing.assert_array_equal(values.ravel()[:4].astype("<i2").tobytes(), xml[:8])
+
+
 @pytest.mark.parametrize("interleave", ["bsq", "bip"])
 def test_a_truncated_envi_binary_is_refused(make_scene, interleave):
     """An interrupted download: GDAL read the missing half as zeros and the map classified them, exit 0."""

@@ -726,3 +726,23 @@ def test_a_crop_of_a_larger_legend_keeps_its_ids(tmp_path):
     assert scene.n_classes == 16 and sorted(np.unique(scene.labels).tolist()) == [0, 2, 11, 16]
     with pytest.raises(DataError, match=r"the labels hold 3 distinct classes \(2, 11, 16\) but run up to 16"):
         load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+
+
+def test_a_vrt_saved_as_the_label_raster_is_not_opened_as_one(tmp_path):
+    """GDAL opened a VRT (XML) saved as labels.tif, whose sources read any local file, pipe or URL: refused, with
+    the formats label rasters are read as; a truncated GeoTIFF keeps the GeoTIFF driver's own reason."""
+    _write_scene(tmp_path / "s.tif", h=20, w=24)
+    secret = tmp_path / "secret.raw"
+    secret.write_bytes(bytes(range(1, 4)) * 200)
+    (tmp_path / "labels.tif").write_text(
+        '<VRTDataset rasterXSize="24" rasterYSize="20"><VRTRasterBand dataType="Byte" band="1" '
+        f'subClass="VRTRawRasterBand"><SourceFilename relativeToVRT="0">{secret}</SourceFilename><ImageOffset>0'
+        '</ImageOffset><PixelOffset>1</PixelOffset><LineOffset>24</LineOffset></VRTRasterBand></VRTDataset>')
+    with pytest.raises(DataError, match=r"could not be read as a label raster .* read as GeoTIFF, ENVI, .* or "
+                                        r"\.npy: convert it"):
+        load_labelled_raster(tmp_path / "s.tif", tmp_path / "labels.tif")
+    _write_labels(tmp_path / "good.tif", np.ones((20, 24), np.uint8))
+    data = (tmp_path / "good.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[:100])  # its directory cut off
+    with pytest.raises(DataError, match="could not be read as a label raster .*TIFFReadDirectory"):
+        load_labelled_raster(tmp_path / "s.tif", tmp_path / "cut.tif")
