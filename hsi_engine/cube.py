@@ -222,7 +222,9 @@ def _eager_coords(da: xr.DataArray) -> xr.DataArray:
     lazy = {n: c for n, c in da.coords.items() if c.ndim <= 1 and c.chunks is not None}
     if not lazy:
         return da
-    return da.assign_coords({n: c.compute(scheduler="synchronous") for n, c in lazy.items()})
+    from dask.local import get_sync  # (not "synchronous": dask imports distributed to look that name up)
+
+    return da.assign_coords({n: c.compute(scheduler=get_sync) for n, c in lazy.items()})
 
 
 _KM = {"km", "kilometre", "kilometer", "kilometres", "kilometers"}

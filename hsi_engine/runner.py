@@ -153,6 +153,8 @@ def window_reader(scene: Any, *, cache_blocks: int | Callable[[int, int], int] =
     if isinstance(scene, xr.DataArray):
         scene = scene.transpose("band", "y", "x")
         if scene.chunks is not None:
+            from dask.local import get_sync  # (the name "synchronous" imports distributed: its logging config)
+
             data = scene.data
             through_client = [False]
 
@@ -161,7 +163,7 @@ def window_reader(scene: Any, *, cache_blocks: int | Callable[[int, int], int] =
                 if through_client[0]:
                     return np.asarray(window.compute())
                 try:
-                    return np.asarray(window.compute(scheduler="synchronous"))
+                    return np.asarray(window.compute(scheduler=get_sync))
                 except MemoryError:  # not the store's fault: the command line's out-of-memory advice, a caller's
                     raise  # own `except MemoryError`
                 except Exception as e:  # noqa: BLE001 - codec errors: name the corrupt chunk

@@ -294,7 +294,9 @@ def _read(da: xr.DataArray, window: dict[str, slice]) -> np.ndarray:
     """A window of the scene as numpy, read synchronously: under a client a read through the cluster waits for its
     (maybe paused) workers."""
     part = da.isel(window).data
-    return np.asarray(part.compute(scheduler="synchronous") if hasattr(part, "dask") else part)
+    from dask.local import get_sync  # (the name "synchronous" imports distributed, whose logging config a service
+                                     # then has: its tornado logger set to CRITICAL)
+    return np.asarray(part.compute(scheduler=get_sync) if hasattr(part, "dask") else part)
 
 
 _CORNER_BYTES = 64 << 20  # at most this much decoded per corner (a band-chunked store decodes whole bands)

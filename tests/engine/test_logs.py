@@ -75,3 +75,30 @@ def test_maps_written_from_several_threads_leave_the_process_s_warning_filters_a
     assert not errors and warnings.filters == before
     assert all(np.array_equal(F.read_classes(tmp_path / f"m{i}.tif"), F.read_classes(tmp_path / "m0.tif"))
                for i in range(4))
+
+
+def test_classifying_a_file_leaves_distributed_and_its_logging_config_unimported(tmp_path):
+    """A plain classify of a GeoTIFF imported dask.distributed (dask looks the scheduler name "synchronous" up
+    through it), whose import reconfigures logging process-wide: a Tornado service's access log went silent
+    (tornado at CRITICAL). Read with dask's synchronous scheduler function, nothing is imported."""
+    import subprocess
+    import sys
+
+    script = f"""
+import logging, sys, warnings
+import numpy as np, rasterio
+from rasterio.transform import from_origin
+import hsi_engine
+from hsi_engine.demo import SHIPPED_MODEL
+warnings.simplefilter("ignore")
+cube = np.random.default_rng(0).uniform(1000, 5000, (200, 16, 16)).astype("float32")  # (no dask compute here)
+with rasterio.open({str(tmp_path / 's.tif')!r}, "w", driver="GTiff", height=16, width=16, count=cube.shape[0],
+                   dtype=cube.dtype, crs="EPSG:32633", transform=from_origin(0, 16, 1, 1)) as f:
+    f.write(cube)
+level = logging.getLogger("tornado").level
+hsi_engine.classify({str(tmp_path / 's.tif')!r}, hsi_engine.load_model(SHIPPED_MODEL), progress=False)
+print("distributed" in sys.modules, logging.getLogger("tornado").level == level)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
