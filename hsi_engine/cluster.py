@@ -374,6 +374,12 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
                     raise _own_workers_gone(client) from None
                 if isinstance(e, KilledWorker):
                     raise _worker_lost(client, by_key[fut.key], spec, local) from None
+                reason = _cancel_reason(e)
+                if reason is not None:
+                    raise WorkerLostError(
+                        f"the cluster cancelled tile {by_key[fut.key].index}'s task: {reason}. Tiles written are "
+                        "kept where the run is resumable: rerun with --resume (resume=True) once the cluster is "
+                        "back") from None
                 if isinstance(e, CancelledError) and (scene_arg is not None or model_arg is not None):
                     what = " and ".join(n for n, a in (("scene", scene_arg), ("model", model_arg)) if a is not None)
                     raise WorkerLostError(
@@ -407,6 +413,20 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
 
         warn_all_nodata(spec.nodata, spec.nodata_bands)
     return {"worker_pids": sorted(pids), "resources": resources, "nodata_px": nodata_px, "tiles_reused": reused}
+
+
+_CANCEL_REASONS = {"scheduler-restart": "its scheduler was restarted (client.restart(), which drops every task)",
+                   "scheduler-connection-lost": "the connection to its scheduler was lost (the scheduler stopped, "
+                                                "or its host or the network went down)"}
+
+
+def _cancel_reason(e: BaseException) -> str | None:
+    """What cancelled a tile's task, from distributed's message ("... cancelled for reason: scheduler-restart"),
+    where it is one the cluster's owner caused rather than the run (a worker out of memory is told otherwise)."""
+    if not isinstance(e, CancelledError):
+        return None
+    said = str(e)
+    return next((why for key, why in _CANCEL_REASONS.items() if key in said), None)
 
 
 class _OwnWorkersGone:

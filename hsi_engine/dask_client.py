@@ -525,6 +525,9 @@ def connect(*, workers: int | None = None, scheduler: Any = None, gpu: bool | No
     if scheduler is not None and workers is not None:
         raise ClusterUsageError("give workers= (start a local cluster) or scheduler= (join one), not both")
     if scheduler is not None and hasattr(scheduler, "submit"):
+        if getattr(scheduler, "status", None) in ("closing", "closed"):  # its first scatter raised dask's own
+            raise ClusterUsageError(f"the Client given as scheduler= is {scheduler.status}: pass an open one (or "
+                                    "its scheduler's address, which is joined afresh)")
         yield scheduler
         return
     if scheduler is not None:

@@ -158,9 +158,10 @@ def read_error(da: Any, window: Sequence[int], exc: BaseException) -> BaseExcept
     if "Missing dependency" in str(exc):  # dask's synchronous scheduler on a graph of a client's futures
         return SceneError(f"reading rows {ry0}:{ry1}, cols {rx0}:{rx1} of the scene failed: it was persist()-ed "
                           "under a dask.distributed client, so its chunks are that client's futures, which cannot be "
-                          "fetched here (on another cluster's worker, or after that client closed); the file is "
-                          "not at fault. Pass the scene computed (scene.compute()) or opened from its file, or "
-                          "persist it again under the client in use")
+                          "fetched here (inside a tile task on a cluster's worker, the same cluster's included, or "
+                          "after that client closed); the file is not at fault. Pass the scene computed "
+                          "(scene.compute()) or opened from its file (each worker then reads its own tiles); "
+                          "without scheduler=/workers=, a scene persisted under the client in use is read as it is")
     arr = zarr_array_of(da)
     axes = _axes(arr, da) if arr is not None else None
     if arr is not None and axes is not None:

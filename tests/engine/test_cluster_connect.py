@@ -625,3 +625,25 @@ def test_closing_a_runs_workers_says_nothing_of_the_data_it_no_longer_needs(capl
         dask_client._close_workers(Closing())
     said = [r.getMessage() for r in caplog.records]
     assert said == ["something else went wrong"]
+
+
+def test_a_closed_client_and_a_cluster_s_own_cancellations_are_named(local, files, tmp_path):
+    """A closed Client passed as scheduler= raised distributed's ClosedClientError; a task cancelled by the
+    cluster's owner (client.restart(), a lost scheduler) raised FutureCancelledError, a traceback on the command
+    line, or was blamed on memory. Both are the engine's errors, saying what happened and that --resume finishes."""
+    from distributed import Client
+    from distributed.client import FutureCancelledError
+
+    from hsi_engine.cluster import _cancel_reason
+    from hsi_engine.errors import ClusterUsageError
+
+    client = Client(local)
+    client.close()
+    with pytest.raises(ClusterUsageError, match="the Client given as scheduler= is closed: pass an open one"):
+        cluster.run_to_file(files["scene"], files["model"], tmp_path / "map.zarr", scheduler=client)
+    assert not (tmp_path / "map.zarr").exists()
+    assert "scheduler was restarted" in _cancel_reason(FutureCancelledError("k", "scheduler-restart"))
+    assert "connection to its scheduler was lost" in _cancel_reason(
+        FutureCancelledError("k", "scheduler-connection-lost"))
+    assert _cancel_reason(FutureCancelledError("k", "lost dependencies")) is None  # (told as before)
+    assert _cancel_reason(ValueError("scheduler-restart")) is None
