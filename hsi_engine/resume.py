@@ -462,9 +462,26 @@ class ResumableZarrWriter(ZarrClassMapWriter):
         from .writers import open_writer
 
         g = self._group
-        classes = g["classes"]
-        prob = g["probabilities"] if "probabilities" in g else None
-        conf = g["confidence"] if "confidence" in g else None
+
+        def damaged(e: Exception, where: str) -> OutputError:  # a rerun with --resume would fail the same way
+            return OutputError(f"the partial store {self.partial} is damaged ({where}: {type(e).__name__}: "
+                               f"{str(e)[:200]}), so its map cannot be finished: start over with --overwrite "
+                               "(without --resume; overwrite=True, resume=False)")
+
+        try:
+            classes = g["classes"]
+            prob = g["probabilities"] if "probabilities" in g else None
+            conf = g["confidence"] if "confidence" in g else None
+        except Exception as e:  # noqa: BLE001 - broken array metadata (zarr.json)
+            raise damaged(e, "its arrays' metadata") from None
+
+        def read(array: Any, *index: slice) -> np.ndarray:
+            try:
+                return np.asarray(array[index])
+            except Exception as e:  # noqa: BLE001 - a corrupt or truncated chunk
+                raise damaged(e, f"rows {index[-2].start}:{index[-2].stop}, cols {index[-1].start}:"
+                                 f"{index[-1].stop}") from None
+
         with warnings_ignored(UserWarning, "writing .* without georeferencing"):  # warned about already
             w = open_writer(out, height=self.height, width=self.width, n_classes=self.n_classes, crs=crs,
                             transform=transform, y_coords=self.y_coords, x_coords=self.x_coords,
@@ -476,9 +493,8 @@ class ResumableZarrWriter(ZarrClassMapWriter):
             for y0 in range(0, self.height, step):
                 for x0 in range(0, self.width, step):
                     ys, xs = slice(y0, min(self.height, y0 + step)), slice(x0, min(self.width, x0 + step))
-                    w.write(y0, x0, np.asarray(classes[ys, xs]),
-                            None if prob is None else np.asarray(prob[:, ys, xs]),
-                            None if conf is None else np.asarray(conf[ys, xs]))
+                    w.write(y0, x0, read(classes, ys, xs), None if prob is None else read(prob, slice(None), ys, xs),
+                            None if conf is None else read(conf, ys, xs))
             w.commit()
         except BaseException:  # interrupted (SIGTERM, Ctrl-C) or failed: the complete store stays for --resume
             self.map_written = w.committed  # stopped while removing its temps: the map is in place

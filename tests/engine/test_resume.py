@@ -4,6 +4,7 @@ tiles that were not recorded done; the partial store never poses as the finished
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -97,6 +98,26 @@ def test_crash_keeps_partial_and_resume_finishes_geotiff(case, tmp_path, monkeyp
     assert (rep.skipped, rep.computed, rep.run, rep.tile) == (5, case["tiles"] - 5, 2, TILE)
     np.testing.assert_array_equal(F.read_classes(out), case["ref"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif", "map.tif.aux.xml"]
+
+
+def test_a_damaged_partial_store_is_named_with_the_way_to_start_over(case, tmp_path, monkeypatch):
+    """A corrupt chunk (or broken array metadata) in OUT.partial made --resume end in a codec traceback after
+    computing the rest, every time: a retrying pipeline looped. It is an OutputError naming the store and the way
+    out (--overwrite without --resume), which then makes the map."""
+    out = tmp_path / "map.tif"
+    F.crash_writes_after(monkeypatch, 5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, readers=1, queue_depth=1)
+    monkeypatch.undo()
+    part = partial_path(out)
+    chunk = sorted(p for p in (part / "classes" / "c").rglob("*") if p.is_file())[0]
+    chunk.write_bytes(b"\x28\xb5\x2f\xfd" + bytes(range(200)))  # a zstd frame's magic, then garbage
+    with pytest.raises(OutputError, match=rf"partial store {re.escape(str(part))} is damaged \(rows .*: start over "
+                                          r"with --overwrite \(without --resume"):
+        cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True)
+    assert not out.exists()
+    cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, overwrite=True)
+    np.testing.assert_array_equal(F.read_classes(out), case["ref"])
 
 
 def test_a_resumed_run_that_cannot_reach_its_cluster_keeps_the_tiles(case, tmp_path, monkeypatch):
