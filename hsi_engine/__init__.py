@@ -1,8 +1,9 @@
 """hsi-engine: exact, streaming SSRN inference over full hyperspectral scenes.
 
-``import hsi_engine`` registers the ``.hsi`` (and rioxarray's ``.rio``) xarray accessors and nothing heavier; the
-other names and the submodules load on first use (``lazy_loader``), so the ``hsi-engine`` command answers
-``--help`` at once and takes Ctrl-C from its first moment.
+``import hsi_engine`` registers the ``.hsi`` (and rioxarray's ``.rio``) xarray accessors (importing xarray and
+rioxarray: about a second) and nothing heavier; the other names and the submodules (torch among them) load on first
+use (``lazy_loader``), so the ``hsi-engine`` command answers ``--help`` without loading torch, and takes Ctrl-C as
+an interruption once those imports are done.
 """
 
 from __future__ import annotations
