@@ -215,6 +215,7 @@ def _classify_and_report(out: Path, scene: Any, scene_path: Path, labels: np.nda
     from .fused import PRECISIONS
     from .render import save_comparison
     from .resume import model_digest, provenance
+    from .scene_checks import declared_nodata
     from .writers import write_classmap
 
     from kernels.dispatch import resolve_backend
@@ -247,10 +248,14 @@ def _classify_and_report(out: Path, scene: Any, scene_path: Path, labels: np.nda
 
     # the shipped scene has no CRS: the map is in pixel coordinates, by design
     with warnings_ignored(UserWarning, ".*without georeferencing"):
+        # the scene and the nodata it masked, as a classify map records them (`hsi-engine info MAP` prints them)
+        nodata = declared_nodata(scene)
+        scene_tags = {"scene": os.fsencode(scene_path).decode("utf-8", "backslashreplace"),
+                      "scene_nodata": "none" if nodata is None else repr(float(nodata))}
         tif = write_classmap(pred_da, out / "classmap.tif", n_classes=k, class_names=class_names, palette=palette,
                              overwrite=True, tags={**provenance(model_digest(model), precision,  # (auto as it resolved)
                                                                  pred_da.attrs.get("spatial_precision", "auto")),
-                                                      DEMO_TAG: "1"})
+                                                   **scene_tags, DEMO_TAG: "1"})
     title = (f"Indian Pines, SSRN: OA {rep['oa']:.4f}, AA {rep['aa']:.4f}, kappa {rep['kappa']:.4f} "
              f"on {counts['evaluated_pixels']} test pixels")
     png = save_comparison(scene, labels, pred, out / "classmap.png", class_names=class_names, palette=palette,

@@ -41,6 +41,8 @@ def test_demo_end_to_end(tmp_path):
             tags = src.tags()  # the provenance a classify map carries (the demo's lacked it)
             assert tags["software"].startswith("hsi-engine") and len(tags["model_digest"]) == 32
             assert tags["precision"] == "float32" and tags["spatial_precision"] == "float32"  # (auto, resolved)
+            # the scene it was made of, as a classify map records it (the demo's did not)
+            assert tags["scene"] == str(SHIPPED_SCENE) and tags["scene_nodata"] == "none"
     assert pred.min() >= 1 and pred.max() <= 16  # every pixel classified, none left as nodata
 
     rep = json.loads((out / "report.json").read_text())
