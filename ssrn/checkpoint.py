@@ -509,6 +509,9 @@ def _check_meta(meta: object, config: SSRNConfig, where: Path | str) -> None:
             isinstance(b, int) and not isinstance(b, bool) and 0 <= b < config.bands for b in bad_bands)):
         raise CheckpointError(f"{where}: meta.bad_bands must be band indices 0..{config.bands - 1}; found "
                               f"{str(bad_bands)[:120]}{fix}")
+    if bad_bands is not None and len(set(bad_bands)) >= config.bands:  # the engine ignored such a list silently
+        raise CheckpointError(f"{where}: meta.bad_bands lists every one of the {config.bands} bands, so the network "
+                              f"would read none of the scene; list only the bands without data{fix}")
 
 
 def _config_from(raw: dict[str, Any], mj: Path) -> SSRNConfig:

@@ -118,6 +118,7 @@ def test_refuses_mismatched_config(tmp_path):
     (lambda m: m.update(class_names=["a", "b\tc", "c", "d"]), r"class 2's name 'b\\tc' holds a control character"),
     (lambda m: m.update(class_names=["a", "b", "\ud83c", "d"]), r"class 3's name .* is not valid text"),
     (lambda m: m.update(bad_bands=[2, 30]), r"meta.bad_bands must be band indices 0..29"),
+    (lambda m: m.update(bad_bands=list(range(30))), r"meta.bad_bands lists every one of the 30 bands"),
 ])
 def test_refuses_edited_meta_that_no_longer_fits_the_network(tmp_path, edit, message):
     """An edited model.json whose statistics, wavelengths or names do not fit the config fails at load (a null
