@@ -495,8 +495,10 @@ def open_npy(path: Path, chunks, band_axis: int | None) -> xr.DataArray:
 
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        raise SceneError(f"{path} is not a plain .npy array ({e}); object arrays are refused") from None
+    except (ValueError, OSError, EOFError, OverflowError) as e:  # truncated, empty, a negative shape, objects
+        from ssrn.data import npy_problem
+
+        raise SceneError(npy_problem(path, e, "a numeric array of the scene")) from None
     dims = resolve_dims(arr.shape, None, str(path), band_axis=band_axis, default_last=True)
     data = dsa.from_array(arr, chunks=default_chunks(arr.shape, dims))
     da = bare_dataarray(data, dims, str(path), band_axis=None, default_last=True)

@@ -78,7 +78,13 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
     becomes 0 (unlabelled); names from a ``class_names`` tag (as hsi-engine's maps carry them), an ENVI
     classification header or GDAL category names (``.aux.xml``), colours from its colour table."""
     if path.suffix.lower() == ".npy":
-        return check_labels(np.load(path, allow_pickle=False), shape, where), None, None
+        try:
+            labels = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError, OverflowError) as e:  # objects, truncated, empty, not a .npy
+            from ssrn.data import npy_problem
+
+            raise DataError(npy_problem(path, e, "a 2-D array of integer class ids")) from None
+        return check_labels(labels, shape, where), None, None
     import rasterio
     from affine import Affine
 

@@ -27,7 +27,7 @@ import torch
 from numpy.typing import ArrayLike
 
 from .config import DATASET_ALIASES
-from .errors import HSIEngineError, OptionError, check_flag, is_text_path, is_whole, unexpanded_home
+from .errors import HSIEngineError, OptionError, check_flag, first_line, is_text_path, is_whole, unexpanded_home
 
 __all__ = [
     "DATASETS", "DataError", "DataNotFoundError", "DatasetSpec", "PatchDataset", "Scene", "Split",
@@ -157,8 +157,14 @@ def default_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 # --------------------------------------------------------------------------------------------------
 # MATLAB loading
 
+def _mat_damaged(path: Path, e: BaseException) -> DataError:
+    return DataError(f"{path} is a MATLAB v7.3 (HDF5) file that is truncated or damaged ({first_line(e)}); fetch it "
+                     "again, or save it again (MATLAB's save -v7.3), or convert the scene to GeoTIFF or zarr")
+
+
 def _mat_keys_and_reader(path: Path):
-    """(keys, get(key) -> ndarray) for a MATLAB v5 or v7.3 file."""
+    """(keys, get(key) -> ndarray, ndim(key) -> int or None, close) for a MATLAB v5 or v7.3 file. ``ndim`` reads a
+    v7.3 variable's header only (None for a group: a struct), so finding the cube reads no other variable's data."""
     import h5py
     import scipy.io
 
@@ -167,18 +173,35 @@ def _mat_keys_and_reader(path: Path):
             raise NotImplementedError("MATLAB v7.3")
         d = scipy.io.loadmat(str(path))
     except NotImplementedError:  # v7.3 = HDF5
-        f = h5py.File(path, "r")
-        keys = [k for k in f.keys() if not k.startswith("#")]
+        try:
+            f = h5py.File(path, "r")
+        except OSError as e:  # truncated (its end-of-file address beyond the file), damaged superblock
+            raise _mat_damaged(path, e) from None
+        try:
+            keys = [k for k in f.keys() if not k.startswith("#")]
+        except (OSError, RuntimeError, KeyError) as e:
+            f.close()
+            raise _mat_damaged(path, e) from None
 
         def get(key: str) -> np.ndarray:
-            a = f[key][()]
+            try:
+                a = f[key][()]
+            except (OSError, RuntimeError) as e:  # a chunk cut off or corrupt (a gzip filter failure)
+                raise _mat_damaged(path, e) from None
             return np.ascontiguousarray(a.transpose(tuple(range(a.ndim))[::-1]))  # MATLAB is column-major
-        return keys, get, f.close
+
+        def ndim(key: str) -> int | None:
+            try:
+                obj = f.get(key)
+            except (OSError, RuntimeError, KeyError) as e:
+                raise _mat_damaged(path, e) from None
+            return obj.ndim if isinstance(obj, h5py.Dataset) else None
+        return keys, get, ndim, f.close
     except (ValueError, OSError, TypeError, IndexError, EOFError, scipy.io.matlab.MatReadError) as e:
         raise DataError(f"{path} is not a readable MATLAB file ({type(e).__name__}: {e}); is it complete? "
                         "Write it again (savemat, or MATLAB's save), or convert the scene to GeoTIFF or zarr") from None
     keys = [k for k in d if not k.startswith("__")]
-    return keys, (lambda key: np.asarray(d[key])), (lambda: None)
+    return keys, (lambda key: np.asarray(d[key])), (lambda key: np.ndim(d[key])), (lambda: None)
 
 
 def load_mat_array(path: str | os.PathLike, keys: Sequence[str] | None = None, *, ndim: int | None = None,
@@ -190,7 +213,7 @@ def load_mat_array(path: str | os.PathLike, keys: Sequence[str] | None = None, *
     path = Path(path)
     if not path.is_file():
         raise DataNotFoundError(f"{what} file {path} not found")
-    found, get, close = _mat_keys_and_reader(path)
+    found, get, ndim_of, close = _mat_keys_and_reader(path)
     try:
         lower = {k.lower(): k for k in found}
         if keys:
@@ -202,7 +225,7 @@ def load_mat_array(path: str | os.PathLike, keys: Sequence[str] | None = None, *
                 raise DataError(f"{path}: no {what} under the expected key(s) {list(keys)}; keys found: "
                                 f"{sorted(found)}. Rename the variable or pass the matching file.")
         else:
-            cands = [k for k in found if ndim is None or np.ndim(get(k)) == ndim]
+            cands = [k for k in found if ndim is None or ndim_of(k) == ndim]  # (no variable's data read)
             if len(cands) != 1:
                 kind = f"{ndim}-D {what}" if ndim is not None else what
                 raise DataError(f"{path}: expected exactly one {kind}; found {len(cands)} (keys: {sorted(found)}). "
@@ -222,6 +245,11 @@ def check_labels(labels: np.ndarray, shape: tuple[int, int], where: str) -> np.n
     if labels.ndim != 2 or labels.shape != tuple(shape):
         raise DataError(f"{where}: label map has shape {labels.shape} but the scene is {shape[0]} x {shape[1]} "
                         "(y, x); the ground truth must be a 2-D map of the same size as the scene")
+    if labels.dtype.kind not in "biuf":  # strings (an HDF5 of class names), objects, complex, records
+        found = {"S": "strings", "U": "strings", "O": "Python objects", "c": "complex numbers"}.get(
+            labels.dtype.kind, "values that are not numbers")
+        raise DataError(f"{where}: labels must be integer class ids (0 = unlabelled, 1..K); found {found} (dtype "
+                        f"{labels.dtype}): store each pixel's class as an integer, numbering the classes 1..K")
     if not np.issubdtype(labels.dtype, np.integer):
         finite = np.isfinite(labels)
         if not finite.all():
@@ -399,17 +427,48 @@ def load_dataset(name: str | os.PathLike, data_dir: str | os.PathLike | None = N
                  nodata_bands=bands)
 
 
+def npy_problem(path: Path, e: BaseException, expected: str) -> str:
+    """Why ``np.load(path, allow_pickle=False)`` refused a .npy with ``e``, read from the file's header, and the fix:
+    a message naming ``path`` (never numpy's advice to unpickle a file, which runs code it holds)."""
+    fix = f"expected {expected}: fetch it again, or write it again with numpy.save"
+    try:
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                what = "is empty (0 bytes)" if f.tell() == 0 else "does not begin with the .npy signature"
+                return f"{path} is not a .npy file: it {what}; {fix}"
+            f.seek(0)
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            offset = f.tell()
+        size = path.stat().st_size
+    except (ValueError, TypeError, OSError, EOFError, SyntaxError) as err:  # a header cut short or not a literal
+        return f"{path} is not a complete .npy file: its header cannot be read ({first_line(err)}); {fix}"
+    if dtype.hasobject:
+        return (f"{path} holds an object array (dtype {dtype}: pickled Python objects), refused as loading it could "
+                f"run code; expected {expected}: convert the array to numbers (arr.astype) and save it with numpy.save")
+    if any(n < 0 for n in shape):
+        return f"{path} is not a complete .npy file: its header declares the shape {shape}, with a negative size; {fix}"
+    need = offset + math.prod(shape) * dtype.itemsize
+    if size < need:
+        return (f"{path} is not a complete .npy file: its header declares {shape} {dtype} ({need} bytes with the "
+                f"header) but it holds {size} bytes (truncated); {fix}")
+    said = "" if "pickle" in str(e) else f" ({first_line(e)})"
+    return f"{path} is not a readable .npy file{said}; {fix}"
+
+
 def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray, list[float] | None, Any]:
     """(cube (band, y, x), labels (y, x), wavelengths or None, class names or None) of an .npz; DataError for
     anything else."""
     import zipfile
+    import zlib
 
     if not zipfile.is_zipfile(p):
         raise DataError(f"{p} is not an .npz archive (a zip of .npy arrays, as numpy.savez writes); expected "
                         "arrays 'cube' (band, y, x) and 'labels' (y, x)")
     try:
         z = np.load(p, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{p}: not a readable .npz ({e}); expected arrays 'cube' (band, y, x) and 'labels' "
                         "(y, x) written by numpy.savez") from None
     with z:
@@ -419,7 +478,10 @@ def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray, list[float] | None, Any]
             cube, labels = z["cube"], z["labels"]
             wl = z["wavelength"].tolist() if "wavelength" in z else None
             names = z["class_names"] if "class_names" in z else None
-        except (ValueError, OSError, zipfile.BadZipFile) as e:  # object arrays (pickles), corrupt members
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # a member cut off or corrupt
+            raise DataError(f"{p} is truncated or damaged: an array in it cannot be read ({first_line(e)}); fetch "
+                            "it again, or write it again with numpy.savez") from None
+        except ValueError as e:  # object arrays (pickles), a member that is not an .npy
             raise DataError(f"{p}: its arrays are not readable numeric arrays ({e}); expected 'cube' "
                             "(band, y, x) and 'labels' (y, x) of numbers, written by numpy.savez") from None
     if cube.ndim != 3:
@@ -445,12 +507,17 @@ def _load_path(p: Path) -> Scene:
 
         if not h5py.is_hdf5(p):
             raise DataError(f"{p} is not an HDF5 file; expected datasets 'cube' (band, y, x) and 'labels' (y, x)")
-        with h5py.File(p, "r") as f:
-            if "cube" not in f or "labels" not in f:
-                raise DataError(f"{p}: expected datasets 'cube' (band, y, x) and 'labels' (y, x); found {sorted(f)}")
-            cube, labels = f["cube"][()], f["labels"][()]
-            wl = f["wavelength"][()].tolist() if "wavelength" in f else None
-            names = f["class_names"][()] if "class_names" in f else None
+        try:
+            with h5py.File(p, "r") as f:
+                if "cube" not in f or "labels" not in f:
+                    raise DataError(f"{p}: expected datasets 'cube' (band, y, x) and 'labels' (y, x); found "
+                                    f"{sorted(f)}")
+                cube, labels = f["cube"][()], f["labels"][()]
+                wl = f["wavelength"][()].tolist() if "wavelength" in f else None
+                names = f["class_names"][()] if "class_names" in f else None
+        except (OSError, RuntimeError) as e:  # cut off (its end beyond the file), a corrupt chunk (a filter failure)
+            raise DataError(f"{p} is truncated or damaged: HDF5 cannot read it ({first_line(e)}); fetch it again, "
+                            "or write it again (h5py)") from None
         if cube.ndim != 3:
             raise DataError(f"{p}: 'cube' has shape {cube.shape}; expected a 3-D (band, y, x) array")
         da = _to_dataarray(np.moveaxis(cube, 0, -1), wl, p.stem)

@@ -5,6 +5,7 @@ a model directory never touched; ``--overwrite`` replaces only a model directory
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -265,3 +266,68 @@ def test_import_keras_without_dataset_warns_about_normalisation(seed_ssrn_dir, t
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "ssrn.keras"]
     assert len(warnings) == 1 and "has no per-band mean/std" in warnings[0] and "--dataset" in warnings[0]
     assert "mean" not in json.loads((out / "model.json").read_text())["meta"]
+
+
+# --------------------------------------------------------------------------------------------------
+# damaged scene and label files: one error line naming the file and the damage, never a traceback
+
+def _damaged(tmp_path: Path, case: str) -> list[str]:
+    """``train`` arguments for a damaged input (``case``)."""
+    import zipfile
+
+    import h5py
+
+    rng = np.random.default_rng(0)
+    cube, labels = rng.normal(size=(20, 16, 16)).astype(np.float32), rng.integers(1, 4, (16, 16)).astype(np.uint8)
+    p = tmp_path / "s.h5"
+    if case in ("truncated .h5", "corrupt chunk .h5", "string labels .h5"):
+        with h5py.File(p, "w") as f:
+            f.create_dataset("cube", data=cube, chunks=(20, 8, 8), compression="gzip")
+            f["labels"] = np.full((16, 16), b"a") if case == "string labels .h5" else labels
+            chunk = f["cube"].id.get_chunk_info(1)
+        b = bytearray(p.read_bytes())
+        if case == "truncated .h5":
+            b = b[:len(b) // 2]
+        elif case == "corrupt chunk .h5":
+            b[chunk.byte_offset + 10:chunk.byte_offset + 74] = b"\xff" * 64
+        p.write_bytes(bytes(b))
+        return ["--dataset", str(p)]
+    if case == "corrupt .npz":
+        p = tmp_path / "s.npz"
+        np.savez_compressed(p, cube=cube, labels=labels)
+        with zipfile.ZipFile(p) as z:
+            info = z.getinfo("cube.npy")
+        b = bytearray(p.read_bytes())
+        at = info.header_offset + 30 + len(info.filename) + len(info.extra) + 200  # inside its deflate stream
+        b[at:at + 64] = b"\xff" * 64
+        p.write_bytes(bytes(b))
+        return ["--dataset", str(p)]
+    np.save(tmp_path / "scene.npy", np.moveaxis(cube, 0, -1))
+    lab = tmp_path / "labels.npy"
+    if case == "object .npy labels":
+        np.save(lab, labels.astype(object), allow_pickle=True)
+    else:
+        lab.write_bytes(rng.bytes(3000))
+    return ["--dataset", str(tmp_path / "scene.npy"), "--labels", str(lab)]
+
+
+DAMAGED_SAYS = {
+    "truncated .h5": r"s\.h5 is truncated or damaged: HDF5 cannot read it \(OSError: .*\); fetch it again",
+    "corrupt chunk .h5": r"s\.h5 is truncated or damaged: HDF5 cannot read it \(OSError: .*\); fetch it again",
+    "corrupt .npz": r"s\.npz is truncated or damaged: an array in it cannot be read \(error: Error -3 .*\); fetch",
+    "string labels .h5": r"s\.h5: labels must be integer class ids \(0 = unlabelled, 1..K\); found strings",
+    "object .npy labels": r"labels\.npy holds an object array \(dtype object: pickled Python objects\), refused",
+    "random .npy labels": r"labels\.npy is not a \.npy file: it does not begin with the \.npy signature; expected "
+                          r"a 2-D array of integer class ids: fetch it again",
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_SAYS))
+def test_damaged_inputs_are_one_line_errors(tmp_path, capsys, case):
+    """A truncated .h5 or a corrupt gzip chunk (OSError), a corrupt .npz member (zlib.error), string labels
+    (TypeError from isfinite) and an object .npy as --labels (numpy's ValueError) were tracebacks, exit 1."""
+    args = _damaged(tmp_path, case)
+    assert main(["train", *args, "--out", str(tmp_path / "m"), *FAST]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert re.search(DAMAGED_SAYS[case], line) and "pickle.load" not in line, line
+    assert not (tmp_path / "m").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import h5py
 import numpy as np
 import pytest
@@ -406,3 +408,152 @@ def test_a_data_directory_without_indian_pines_says_the_shipped_copy_is_read(tmp
     assert "(shipped copy)" in scene.source
     said = [r for r in caplog.records if "using the copy shipped with hsi-engine" in r.getMessage()]
     assert len(said) == 1 and said[0].levelname == "WARNING" and str(tmp_path) in said[0].getMessage()
+
+
+# --------------------------------------------------------------------------------------------------
+# damaged scene files: a DataError naming the file, the damage and the fix, never h5py's or zlib's traceback
+
+def _h5_scene(path, labels=None, **create):
+    """Our HDF5 scene: 'cube' (band, y, x) (``create``: h5py dataset options) and 'labels' (y, x)."""
+    cube, gt = _scene(16, 16, 20)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("cube", data=np.moveaxis(cube, -1, 0), **create)
+        f["labels"] = gt if labels is None else labels
+    return path
+
+
+def test_a_truncated_or_corrupt_h5_scene_is_a_data_error(tmp_path):
+    """A truncated .h5 raised OSError on opening, a corrupt gzip chunk OSError on reading: tracebacks, exit 1."""
+    whole = _h5_scene(tmp_path / "whole.h5").read_bytes()
+    (tmp_path / "cut.h5").write_bytes(whole[:len(whole) // 2])
+    bad = _h5_scene(tmp_path / "gz.h5", chunks=(20, 8, 8), compression="gzip")
+    with h5py.File(bad, "r") as f:
+        chunk = f["cube"].id.get_chunk_info(1)
+    with open(bad, "r+b") as fh:
+        fh.seek(chunk.byte_offset + 10)
+        fh.write(b"\xff" * 64)
+    for p in (tmp_path / "cut.h5", bad):
+        said = rf"^{re.escape(str(p))} is truncated or damaged: HDF5 cannot read it \(OSError: .*\); fetch it again"
+        with pytest.raises(DataError, match=said + r", or write it again \(h5py\)$"):
+            D.load_dataset(str(p))
+
+
+def test_a_corrupt_npz_member_is_a_data_error(tmp_path):
+    """A corrupt deflate stream in an .npz raised zlib.error (not among _read_npz's exceptions): a traceback."""
+    import zipfile
+
+    cube, gt = _scene(16, 16, 20)
+    p = tmp_path / "s.npz"
+    np.savez_compressed(p, cube=np.moveaxis(cube, -1, 0), labels=gt)
+    with zipfile.ZipFile(p) as z:
+        info = z.getinfo("cube.npy")
+    b = bytearray(p.read_bytes())
+    at = info.header_offset + 30 + len(info.filename) + len(info.extra) + 200  # inside its compressed data
+    b[at:at + 64] = b"\xff" * 64
+    p.write_bytes(bytes(b))
+    said = rf"^{re.escape(str(p))} is truncated or damaged: an array in it cannot be read \(error: Error -3 .*\); "
+    with pytest.raises(DataError, match=said + r"fetch it again, or write it again with numpy.savez$"):
+        D.load_dataset(str(p))
+
+
+@pytest.mark.parametrize("labels, found", [(np.full((16, 16), b"a"), "strings"), (np.full((16, 16), "a"), "strings"),
+                                           (np.full((16, 16), None, object), "Python objects"),
+                                           (np.ones((16, 16), np.complex64), "complex numbers")])
+def test_labels_that_are_not_numbers_are_a_data_error(tmp_path, labels, found):
+    """Labels held as strings (an .h5's) raised numpy's TypeError from isfinite: a traceback, exit 1."""
+    if labels.dtype.kind in "SU":
+        p = _h5_scene(tmp_path / "s.h5", labels=labels.astype("S1"))
+        with pytest.raises(DataError, match=rf"^{re.escape(str(p))}: labels must be .*; found strings \(dtype \|S1\)"):
+            D.load_dataset(str(p))
+    with pytest.raises(DataError, match=rf"^where: labels must be integer class ids \(0 = unlabelled, 1..K\); "
+                                        rf"found {found} \(dtype .*\): store each pixel's class as an integer"):
+        D.check_labels(labels, (16, 16), "where")
+
+
+def test_a_truncated_v73_mat_is_a_data_error(tmp_path):
+    """h5py.File was outside the try: a truncated MATLAB v7.3 file raised OSError, a traceback."""
+    cube, _ = _scene()
+    _write_v73(tmp_path / "whole.mat", cube=cube)
+    whole = (tmp_path / "whole.mat").read_bytes()
+    p = tmp_path / "cut.mat"
+    p.write_bytes(whole[:len(whole) // 2])
+    said = rf"^{re.escape(str(p))} is a MATLAB v7.3 \(HDF5\) file that is truncated or damaged \(OSError: .*\); "
+    with pytest.raises(DataError, match=said + r"fetch it again, or save it again"):
+        D.load_mat_array(p, ndim=3, what="scene")
+
+
+def test_finding_a_v73_cube_reads_no_other_variable(tmp_path, monkeypatch):
+    """Every variable was read whole to learn its ndim: a 40 x 40 scene beside a large unrelated variable allocated
+    it, and a 2 KB file declaring a 6 GB cube allocated 6 GB to be looked at. The datasets' shapes tell."""
+    cube, _ = _scene()
+    p = tmp_path / "s.mat"
+    _write_v73(p, cube=cube)
+    with h5py.File(p, "a") as f:  # never written: a few bytes on disk, GBs once read
+        f.create_dataset("junk2d", shape=(40000, 40000), dtype=np.uint16, chunks=(256, 256), compression="gzip")
+        f.create_dataset("junk4d", shape=(2, 200, 2000, 2000), dtype=np.uint16, chunks=(1, 200, 64, 64),
+                         compression="gzip")
+    read = []
+
+    def only_the_cube(self, key):
+        read.append(self.name)
+        if self.name != "/cube":
+            raise AssertionError(f"{self.name} was read to find the cube")
+        return getitem(self, key)
+    getitem = h5py.Dataset.__getitem__
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", only_the_cube)
+    arr, key = D.load_mat_array(p, ndim=3, what="scene")
+    assert key == "cube" and read == ["/cube"]
+    np.testing.assert_array_equal(arr, cube)
+    with h5py.File(p, "a") as f:
+        f.create_dataset("junk3d", shape=(200, 4000, 4000), dtype=np.uint16, chunks=(200, 64, 64), compression="gzip")
+    read.clear()
+    with pytest.raises(DataError, match=r"expected exactly one 3-D scene; found 2 \(keys: \['cube', 'junk2d', "
+                                        r"'junk3d', 'junk4d'\]\)"):
+        D.load_mat_array(p, ndim=3, what="scene")
+    assert read == [] and p.stat().st_size < 100_000
+
+
+# --------------------------------------------------------------------------------------------------
+# .npy scenes the engine opens (hsi_engine.open_scene): a SceneError naming what is wrong with the file
+
+def _npy_variants(tmp_path):
+    np.save(tmp_path / "ok.npy", np.arange(24, dtype=np.float32).reshape(2, 3, 4))
+    whole = (tmp_path / "ok.npy").read_bytes()
+    np.save(tmp_path / "obj.npy", np.array([[1]], dtype=object), allow_pickle=True)
+    return {"empty": b"", "random": np.random.default_rng(0).bytes(3000),
+            "header cut": whole[:40], "data cut": whole[:-10], "header only": whole[:128],
+            "negative shape": whole.replace(b"(2, 3, 4)", b"(2,-3, 4)"),
+            "negative size": whole.replace(b"(2, 3, 4)", b"(2,-3,-4)"),
+            "object": (tmp_path / "obj.npy").read_bytes()}
+
+
+NPY_SAYS = {"empty": r"is not a .npy file: it is empty \(0 bytes\)",
+            "random": r"is not a .npy file: it does not begin with the .npy signature",
+            "header cut": r"is not a complete .npy file: its header cannot be read \(ValueError: EOF: reading array",
+            "data cut": r"is not a complete .npy file: its header declares \(2, 3, 4\) float32 \(224 bytes with the "
+                        r"header\) but it holds 214 bytes \(truncated\)",
+            "header only": r"is not a complete .npy file: its header declares \(2, 3, 4\) float32 .* holds 128 bytes",
+            "negative shape": r"is not a complete .npy file: its header declares the shape \(2, -3, 4\), with a neg",
+            "negative size": r"is not a complete .npy file: its header declares the shape \(2, -3, -4\), with a neg",
+            "object": r"holds an object array \(dtype object: pickled Python objects\), refused as loading it could "
+                      r"run code; expected a numeric array of the scene: convert the array to numbers"}
+
+
+@pytest.mark.parametrize("case", list(NPY_SAYS))
+def test_a_broken_npy_scene_is_a_scene_error_naming_the_problem(tmp_path, case):
+    """An empty .npy raised EOFError, a negative size in its header OverflowError: tracebacks. Random bytes repeated
+    numpy's advice to unpickle the file, and every refusal said 'object arrays are refused'."""
+    import hsi_engine
+    from hsi_engine.errors import SceneError
+
+    p = tmp_path / "scene.npy"
+    p.write_bytes(_npy_variants(tmp_path)[case])
+    with pytest.raises(SceneError) as e:
+        hsi_engine.open_scene(p)
+    said = str(e.value)
+    assert said.startswith(f"{p} ") and "pickle.load" not in said and "allow_pickle" not in said, said
+    assert ("object array" in said) == (case == "object"), said
+    assert re.search(NPY_SAYS[case], said), said
+    if case != "object":
+        assert said.endswith("expected a numeric array of the scene: fetch it again, or write it again with "
+                             "numpy.save"), said
