@@ -277,7 +277,15 @@ def open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) -
                              f"{sorted(k for k, _ in node.groups())}")
         return open_zarr(path / group, chunks, name, band_axis)
     # a group: xarray-written (dims recorded), else fall back to its single 3-D array
-    for name, arr in node.arrays():  # xarray opens each of them
+    try:
+        members = list(node.arrays())  # (each array's zarr.json / .zarray is read here: a broken one raises)
+    except Exception as e:  # noqa: BLE001 - JSONDecodeError, a codec zarr does not know, an invalid shape...
+        if isinstance(e, MemoryError):
+            raise
+        raise SceneError(f"{path} holds an array whose metadata zarr cannot read ({type(e).__name__}: "
+                         f"{str(e)[:200]}): the store is damaged or written by another tool; write it again (e.g. "
+                         "xarray's to_zarr)") from None
+    for name, arr in members:  # xarray opens each of them
         _check_zarr_chunks(arr, path / name)
     try:
         with warnings_ignored(RuntimeWarning, ".*consolidated metadata"):

@@ -444,6 +444,23 @@ def test_missing_zarr_chunk_is_named_not_filled(crop, model_dir, outdir, tmp_pat
         hsi_engine.classify(hsi_engine.open_scene(store), model_dir, tile=TILE, progress=False)
 
 
+@pytest.mark.parametrize("meta", ["{oops", "", "negative shape"])
+def test_an_array_s_damaged_zarr_metadata_is_a_scene_error(crop, model_dir, outdir, tmp_path, meta):
+    """A store without consolidated metadata whose array zarr.json is damaged (bad JSON, empty, an invalid shape)
+    raised zarr's JSONDecodeError / ValueError: a traceback on the command line."""
+    import json
+
+    store = F.write_zarr(tmp_path / "broken.zarr", crop)
+    path = store / "reflectance" / "zarr.json"
+    if meta == "negative shape":
+        doc = json.loads(path.read_text())
+        doc["shape"][0] = -1
+        meta = json.dumps(doc)
+    path.write_text(meta)
+    classify_everywhere(store, model_dir, outdir, SceneError, r"holds an array whose metadata zarr cannot read .* "
+                        r"write it again", cli_scene=store)
+
+
 def test_missing_chunk_of_a_store_not_named_zarr_is_named_not_filled(crop, model_dir, tmp_path):
     """open_scene reads any directory with zarr metadata as a store; the missing-chunk check looked at the name
     (*.zarr) only, so the same store named 'scene_store' was classified with the chunk read as 0 (277 px wrong)."""
