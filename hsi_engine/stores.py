@@ -223,11 +223,29 @@ def open_netcdf(path: Path, chunks, variable: str | None) -> xr.DataArray:
                              + (f" holding {listed}" if cubes else "")
                              + f"; pass variable={example!r} (--variable {example})")
     var = pick_variable(ds, where, variable)
+    _check_netcdf4_chunks(path, group, var, where)
     var = _decode_packed(var, f"{where}'s variable {var.name!r}")
     da = normalise_dims(var, f"{where}'s variable {var.name!r}")
     da = finish_scene(keep_grid_mapping(da, ds), path, "netcdf", chunks=chunks)
     da.set_close(ds.close)  # (closed by a run that opened it; else when collected)
     return da
+
+
+def _check_netcdf4_chunks(path: Path, group: str | None, var: xr.DataArray, where: str) -> None:
+    """:func:`check_h5_chunks` on a NetCDF4 (HDF5) file's variable; nothing for NetCDF3, which has no chunks."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r") if h5py.is_hdf5(path) else None
+    except (OSError, RuntimeError, ValueError):
+        return  # the reader itself reports a damaged file
+    if f is None:
+        return
+    with f:
+        dset = f.get(f"{group}/{var.name}" if group else str(var.name))
+        if isinstance(dset, h5py.Dataset):
+            declared = any(k in var.attrs or k in var.encoding for k in ("_FillValue", "missing_value", "nodata"))
+            check_h5_chunks(dset, f"{where}'s variable {var.name!r}", declared)
 
 
 def keep_grid_mapping(da: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
@@ -349,6 +367,31 @@ def _check_zarr_chunks(arr, path: Path) -> None:
                          "a corrupt or hostile store; if it is real, rewrite it with larger chunks")
 
 
+def check_h5_chunks(ds: Any, where: str, declared: bool) -> None:
+    """Refuse an HDF5 (or NetCDF4) dataset of more than ``MAX_CHUNKS`` chunks (dask indexed each: a 6 KB file
+    held a run for minutes), or with chunks never written (an interrupted write: HDF5 reads them as its fill value,
+    0 by default, which was classified as land cover without a word) unless ``declared`` (a nodata value masks
+    the fill)."""
+    if not ds.chunks:
+        return
+    count = math.prod(math.ceil(n / c) for n, c in zip(ds.shape, ds.chunks))
+    if count > MAX_CHUNKS:
+        raise SceneError(f"{where} declares shape {list(ds.shape)} in {count:,} chunks of {list(ds.chunks)}, more "
+                         f"than the {MAX_CHUNKS:,} a scene may have (reading it would index every chunk first): a "
+                         "corrupt or hostile file; if it is real, rewrite it with larger chunks")
+    if declared or count > 1_000_000 or not math.prod(ds.shape):
+        return
+    try:
+        written = ds.id.get_num_chunks()
+    except Exception:  # noqa: BLE001 - an HDF5 library without it: nothing to compare
+        return
+    if written < count:
+        raise SceneError(f"{where}: {count - written:,} of its {count:,} chunks were never written (an interrupted "
+                         f"write or copy?), and HDF5 reads them as its fill value {ds.fillvalue}, which would be "
+                         "classified as land cover: write the file again, or declare the fill as its nodata (a "
+                         "_FillValue attribute) to make those pixels class 0")
+
+
 def _zarr_bare_array(arr, path: Path, chunks, band_axis: int | None) -> xr.DataArray:
     import dask.array as dsa
 
@@ -450,6 +493,7 @@ def _open_hdf5_file(f, path: Path, chunks, variable: str | None, band_axis: int 
                  ", ".join(dims[i] if named else f"axis {i}" for i in unit))
         dims = tuple(d for i, d in enumerate(dims) if i not in unit) if named else None
     dims = resolve_dims(shape, dims, f"{path}:{name}", band_axis=band_axis, default_last=False)
+    check_h5_chunks(ds, f"{path}:{name}", any(k in ds.attrs for k in ("_FillValue", "nodata", "missing_value")))
     from dask.base import tokenize
 
     token = tokenize(str(path.resolve()), ds.name, os.stat(path).st_mtime_ns)

@@ -461,6 +461,34 @@ def test_an_array_s_damaged_zarr_metadata_is_a_scene_error(crop, model_dir, outd
                         r"write it again", cli_scene=store)
 
 
+@pytest.mark.parametrize("fmt", ["h5", "nc"])
+def test_never_written_hdf5_chunks_are_named_not_read_as_zeros(crop, model_dir, outdir, tmp_path, fmt):
+    """A chunked HDF5 / NetCDF4 file whose write stopped part way: HDF5 reads the chunks never written as its fill
+    value (0), which were classified as land cover with exit 0 (a zarr store's are refused). Named, unless a
+    nodata value is declared (then they are its fill, class 0); a file of millions of tiny chunks is refused
+    before dask indexes them."""
+    import h5py
+
+    path = tmp_path / f"part.{fmt}"
+    if fmt == "h5":
+        with h5py.File(path, "w") as f:
+            f.create_dataset("cube", shape=crop.shape, chunks=(crop.shape[0], 16, 16), dtype=crop.dtype)
+            f["cube"][:, :32] = crop[:, :32]  # the last row of chunks never written
+    else:
+        import h5netcdf
+
+        with h5netcdf.File(path, "w") as f:
+            f.dimensions = dict(zip(("band", "y", "x"), crop.shape))
+            v = f.create_variable("cube", ("band", "y", "x"), crop.dtype, chunks=(crop.shape[0], 16, 16))
+            v[:, :32] = crop[:, :32]
+    classify_everywhere(path, model_dir, outdir, SceneError, r"3 of its 9 chunks were never written .* fill value "
+                        r"0, which would be classified as land cover", cli_scene=path)
+    with h5py.File(tmp_path / "tiny.h5", "w") as f:  # 11 million chunks declared in a few KB
+        f.create_dataset("cube", shape=(11, 1000, 1000), chunks=(1, 1, 1), dtype="f4")
+    with pytest.raises(SceneError, match=r"in 11,000,000 chunks of \[1, 1, 1\], more than the 10,000,000"):
+        hsi_engine.open_scene(tmp_path / "tiny.h5")
+
+
 def test_missing_chunk_of_a_store_not_named_zarr_is_named_not_filled(crop, model_dir, tmp_path):
     """open_scene reads any directory with zarr metadata as a store; the missing-chunk check looked at the name
     (*.zarr) only, so the same store named 'scene_store' was classified with the chunk read as 0 (277 px wrong)."""
