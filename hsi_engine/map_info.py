@@ -45,8 +45,15 @@ def map_info(path: str | os.PathLike) -> str:
     if attrs is None:
         raise ValueError(f"{p} is not a class map hsi-engine wrote")
     partial = p.is_dir() and str(attrs.get("partial", "0")) == "1"
+    state = "an interrupted run"
+    if partial:  # (a run still writing it holds its output's lock: "interrupted" sent users to --resume it)
+        from ssrn.lock import held_by
+
+        holder = held_by(p.with_name(p.name.removesuffix(".partial")))
+        if holder is not None:
+            state = f"a run in progress ({holder})"
     lines = [f"class map  {p}",
-             "format     " + ("zarr, the partial store of an interrupted run" if partial else
+             "format     " + (f"zarr, the partial store of {state}" if partial else
                               "zarr" if p.is_dir() else "GeoTIFF")]
     if p.is_dir():
         with xr.open_zarr(p, consolidated=False) as ds:

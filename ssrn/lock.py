@@ -61,6 +61,11 @@ def lock_held(out: str | os.PathLike) -> bool:
     return False
 
 
+def held_by(out: str | os.PathLike) -> str | None:
+    """Who holds the lock of output ``out`` now ("pid N on HOST, started T"), or None where no live run does."""
+    return _holder(lock_path(out))[0] if lock_held(out) else None
+
+
 def _holder(path: Path) -> tuple[str, bool | None]:
     """Who holds the lock, and whether its run keeps its tiles when stopped (None: it did not say)."""
     try:

@@ -4,6 +4,8 @@ what made it (software, model digest, precisions, map version, scene, tiles done
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import _scale_fixtures as F
@@ -54,6 +56,12 @@ def test_an_interrupted_runs_partial_store_says_how_far_it_got(case, tmp_path, c
     monkeypatch.undo()
     said = _info(partial_path(out), capsys)
     assert said["format"] == "zarr, the partial store of an interrupted run" and said["tiles"] == "2 of 6 done"
+    # while a run holds the output's lock (resuming it now), the store is not called interrupted
+    from hsi_engine.lock import output_lock
+
+    with output_lock(out):
+        said = _info(partial_path(out), capsys)
+    assert said["format"].startswith(f"zarr, the partial store of a run in progress (pid {os.getpid()} on ")
 
 
 def test_a_scene_is_still_described_as_a_scene(case, capsys):
