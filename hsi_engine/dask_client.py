@@ -242,25 +242,42 @@ def _brief(e: BaseException) -> str:
 
 @contextlib.contextmanager
 def _quiet_distributed_logs() -> Iterator[None]:
-    """distributed's loggers at WARNING while our local cluster runs (its scheduler and nannies log every start,
-    registration and close at INFO), unless our logger is at DEBUG; their levels are restored afterwards."""
+    """distributed's loggers at WARNING while our local clusters run (its scheduler and nannies log every start,
+    registration and close at INFO), unless our logger is at DEBUG; their levels are restored when the last of
+    overlapping runs ends (the first to end restored INFO while another's cluster was still closing)."""
     if log.isEnabledFor(logging.DEBUG):
         yield
         return
-    names = ["distributed"] + sorted(name for name, lg in list(logging.Logger.manager.loggerDict.items())
-                                     if name.startswith("distributed.") and isinstance(lg, logging.Logger))
-    raised: list[tuple[logging.Logger, int]] = []
-    for name in names:
-        lg = logging.getLogger(name)
-        if (name == "distributed" or lg.level != logging.NOTSET) and lg.getEffectiveLevel() < logging.WARNING:
-            raised.append((lg, lg.level))
-            lg.setLevel(logging.WARNING)
+    with _Quiet.lock:
+        _Quiet.live += 1
+        if _Quiet.live == 1:
+            names = ["distributed"] + sorted(name for name, lg in list(logging.Logger.manager.loggerDict.items())
+                                             if name.startswith("distributed.") and isinstance(lg, logging.Logger))
+            _Quiet.raised = []
+            for name in names:
+                lg = logging.getLogger(name)
+                if (name == "distributed" or lg.level != logging.NOTSET) and \
+                        lg.getEffectiveLevel() < logging.WARNING:
+                    _Quiet.raised.append((lg, lg.level))
+                    lg.setLevel(logging.WARNING)
     try:
         yield
     finally:
-        for lg, level in raised:
-            if lg.level == logging.WARNING:  # not changed by someone else meanwhile
-                lg.setLevel(level)
+        with _Quiet.lock:
+            _Quiet.live -= 1
+            if _Quiet.live == 0:
+                for lg, level in _Quiet.raised:
+                    if lg.level == logging.WARNING:  # not changed by someone else meanwhile
+                        lg.setLevel(level)
+                _Quiet.raised = []
+
+
+class _Quiet:
+    """The loggers the first of the live quiet spans raised to WARNING, and how many spans are live."""
+
+    lock = threading.Lock()
+    live = 0
+    raised: list[tuple[logging.Logger, int]] = []
 
 
 # what distributed's local cluster leaves in the process that started it: environment variables for the workers

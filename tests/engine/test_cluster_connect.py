@@ -408,6 +408,19 @@ def test_quieting_restores_explicit_levels_of_distributed_s_loggers():
         assert child.level == logging.DEBUG
 
 
+def test_overlapping_quiet_spans_restore_the_levels_when_the_last_ends():
+    """Two runs' local clusters in threads: the first to end put distributed's INFO back while the other's
+    cluster was still closing, and its INFO lines reached stderr."""
+    with logger_at(logging.INFO):
+        first, second = dask_client._quiet_distributed_logs(), dask_client._quiet_distributed_logs()
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        assert not distributed_levels()[0]  # still quiet: the second run goes on
+        second.__exit__(None, None, None)
+        assert distributed_levels()[0]  # put back by the last
+
+
 def test_closing_a_worker_slow_to_exit_logs_no_warning(caplog):
     """A worker still busy (or slow on a loaded machine) when the run ends is killed after 4 s: distributed logged
     "Worker process still alive after 4.0 seconds, killing", a WARNING at the end of a finished run (seen in
