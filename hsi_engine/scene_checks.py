@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import numbers
 import os
 import warnings
@@ -393,6 +394,29 @@ def _warn_uniform_power(raw: np.ndarray, ratios: np.ndarray, mean: np.ndarray, s
                   UnnormalisedInputWarning, stacklevel=user_stacklevel())
 
 
+def _warn_swapped(da: xr.DataArray, raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: float | None,
+                  distance: float | None, pixels: str) -> bool:
+    """Warn (and say so) where the sample read with its bytes in the other order lies near the training data: an
+    ENVI header's wrong 'byte order' (or a raw file's) gave a meaningless map under a warning of its distance."""
+    from ssrn.normalise import scale_distance
+
+    if raw.dtype.itemsize < 2 or raw.dtype.kind not in "iuf":
+        return False
+    with np.errstate(all="ignore"):
+        swapped = scale_distance(raw.byteswap(), mean, std, nodata, min_pixels=None if distance is not None else 1)
+    if swapped is None or swapped >= 2.0:
+        return False
+    order = {"<": "little-endian", ">": "big-endian", "=": sys.byteorder + "-endian"}
+    as_read = order.get(raw.dtype.byteorder, order["="])
+    warnings.warn(f"the scene's values look byte-swapped ({pixels}): read with each value's bytes in the other "
+                  f"order they lie a median {swapped:.1f} standard deviations from the model's training means"
+                  + (f" ({distance:,.0f} as read)" if distance is not None else "") + f"; they were read "
+                  f"{as_read}. Fix the byte order the file declares (an ENVI header's 'byte order = 0' is "
+                  "little-endian, 1 big-endian), or swap the values (scene.copy(data=scene.values.byteswap()))",
+                  UnnormalisedInputWarning, stacklevel=user_stacklevel())
+    return True
+
+
 def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: float | None,
                  trained_stats: bool = True) -> None:
     """Warn (``UnnormalisedInputWarning``, an error on the command line) when a sample of the scene is not on the
@@ -444,6 +468,8 @@ def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: flo
     if not off_scale and (distance is None or distance < _SCALE_Z):
         if distance is not None:
             _warn_uniform_power(raw, ratios, mean, std, nodata, distance, pixels)
+        return
+    if trained_stats and _warn_swapped(da, raw, mean, std, nodata, distance, pixels):
         return
     if not trained_stats:
         factor = 1 / mid if hi < 1 else mid

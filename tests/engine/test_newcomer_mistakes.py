@@ -591,3 +591,17 @@ def test_the_largest_64_bit_integer_as_nodata_is_not_said_to_mask_nothing(crop, 
         warnings.simplefilter("error", UserWarning)
         labels = hsi_engine.classify(counts, model, nodata=2 ** 64 - 1, progress=False, tile=12).values
     assert labels[4, 5] == 0 and (labels > 0).sum() == 143
+
+
+def test_a_scene_read_in_the_wrong_byte_order_is_named_as_that(crop, model):
+    """An ENVI header's wrong 'byte order' gave a meaningless map under a warning of "a median 104 standard
+    deviations": the sample read with its bytes swapped lies near the training data, and the fix is named. A
+    scene on its right order is not."""
+    counts = crop.round().astype("int16")
+    swapped = counts.copy(data=counts.values.byteswap())
+    msg = _refused(swapped, model, r"look byte-swapped .* a median [0-9.]+ standard deviations from the model's "
+                                   r"training means .* 'byte order = 0' is little-endian")
+    assert "as read" in msg
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnnormalisedInputWarning)
+        hsi_engine.classify(counts.isel(y=slice(0, 12), x=slice(0, 12)), model, progress=False)
