@@ -244,6 +244,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     given = [o for o, v in (("--variable", args.variable), ("--band-axis", args.band_axis)) if v is not None]
     scene_only = (f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to scenes; leave "
                   f"{'them' if len(given) > 1 else 'it'} out")
+    if Path(args.scene).suffix.lower() in (".pt", ".pth", ".pkl", ".pickle", ".ckpt") and Path(args.scene).is_file():
+        model_info(args.scene)  # a model saved another way: the model reader's refusal (a pickle is never read)
     if is_model_dir(args.scene):
         if given:
             print(f"hsi-engine info: error: {args.scene} is a model directory: {scene_only}", file=sys.stderr)

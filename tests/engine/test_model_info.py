@@ -69,3 +69,14 @@ def test_a_model_directory_with_bad_weights_is_an_error_not_a_traceback(tmp_path
     rc, out, err = _info(tmp_path / "m", capsys)
     assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert err.startswith("hsi-engine info: error:") and "sha256" in err
+
+
+def test_info_on_a_pickled_model_file_names_it_as_one(tmp_path, capsys):
+    """`info model.pt` listed the scene suffixes it reads; classify --model said what the file is. Now info too,
+    without unpickling it."""
+    import pickle
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(pickle.dumps({"state_dict": [1, 2, 3]}))
+    rc, out, err = _info(path, capsys)
+    assert rc == 2 and out == "" and "looks like a pickle/torch.save file; hsi-engine never unpickles" in err
