@@ -169,6 +169,10 @@ def describe_differences(found: dict[str, Any] | None, own: dict[str, Any], firs
                     + (", so it cannot be continued safely" if first == "partial" else
                        ", so it cannot be taken for this run's map") + ": pass overwrite=True (--overwrite) to start "
                     "over")
+        elif k == "device" and a == "cpu" and str(b).startswith("cpu+"):  # (0.2.0 recorded plain 'cpu' here too)
+            text += (f" ({first} was made on a CPU without oneDNN's bfloat16, or on this kind of CPU by hsi-engine "
+                     "0.2.0, which did not record it; either way it cannot be continued here: pass overwrite=True "
+                     "(--overwrite) without resume to start over)")
         elif k in ("spatial_precision", "device") and not explained and not unrecorded:  # (low precision only)
             explained = True
             text += (f" (a {own.get('precision')} map depends on the device it is computed on, and spatial_precision "

@@ -148,7 +148,9 @@ def test_a_bfloat16_run_records_whether_onednn_computed_it(case, tmp_path, monke
     assert recorded_fingerprint(partial_path(out))["device"] in ("cpu", "cpu+amx_bf16")
     monkeypatch.setattr(kernels.spectral, "_onednn_bf16", lambda: True)
     if cluster._device_record("cpu", "bfloat16", this_host=True) == "cpu+onednn_bf16":  # (not on an AMX host)
-        with pytest.raises(OutputError, match=r"device: partial has 'cpu', this run 'cpu\+onednn_bf16'"):
+        with pytest.raises(OutputError, match=r"device: partial has 'cpu', this run 'cpu\+onednn_bf16' \(partial was "
+                                              r"made on a CPU without oneDNN's bfloat16, or on this kind of CPU by "
+                                              r"hsi-engine 0.2.0.* \(--overwrite\) without resume"):
             cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, resume=True, precision="bfloat16")
 
 
