@@ -359,7 +359,7 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
                                   pure=False) for key, t in by_key.items()}
     bar = _progress_bar(sum(t.pixels for t in tiles), progress, _ClusterStatus(client, local))
     submitted = list(pending.values())
-    watch = _OwnWorkersGone(client, submitted) if local else None
+    watch = _OwnWorkersGone(client, submitted) if local or _watchable(client) else None
     pids: set[int] = set()
     nodata_px = reused = 0
     try:
@@ -371,7 +371,7 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
                 res = fut.result()  # re-raises the task's error (bad input, store gone...)
             except Exception as e:
                 if watch is not None and watch.gone.is_set():
-                    raise _own_workers_gone(client) from None
+                    raise _own_workers_gone(client, local) from None
                 if isinstance(e, KilledWorker):
                     raise _worker_lost(client, by_key[fut.key], spec, local) from None
                 reason = _cancel_reason(e)
@@ -467,8 +467,22 @@ class _OwnWorkersGone:
         self._thread.join(timeout=5)
 
 
-def _own_workers_gone(client: Any) -> WorkerLostError:
-    """The error for a run whose own local cluster (``--workers``) lost every worker and every nanny."""
+def _watchable(client: Any) -> bool:
+    """Whether a caller's client drives a cluster object in this process that cannot grow back by itself (a
+    ``LocalCluster`` passed as ``scheduler=``, not adaptive): one that lost every worker for good left the run
+    waiting for ever, silently with ``progress=False``."""
+    cluster = getattr(client, "cluster", None)
+    return cluster is not None and hasattr(cluster, "worker_spec") and getattr(cluster, "_adaptive", None) is None
+
+
+def _own_workers_gone(client: Any, local: bool = True) -> WorkerLostError:
+    """The error for a run whose local cluster (its own, ``--workers``; or ``local=False``, a cluster object the
+    caller passed) lost every worker and every nanny."""
+    if not local:
+        return WorkerLostError(
+            "every worker of the cluster given as scheduler= died and none was restarted (most often out of memory: "
+            "the system's OOM killer, or a container limit), so the run could not go on: give its workers more "
+            "memory, or fewer per host, or a smaller tile, and rerun with resume=True to keep the tiles written")
     n = len(getattr(getattr(client, "cluster", None), "worker_spec", {}) or {}) or "its"
     return WorkerLostError(
         f"every one of the {n} workers this run started (--workers) died and none was restarted: each was killed "

@@ -660,3 +660,18 @@ def test_a_closed_client_and_a_cluster_s_own_cancellations_are_named(local, file
         FutureCancelledError("k", "scheduler-connection-lost"))
     assert _cancel_reason(FutureCancelledError("k", "lost dependencies")) is None  # (told as before)
     assert _cancel_reason(ValueError("scheduler-restart")) is None
+
+
+def test_a_caller_s_local_cluster_is_watched_for_losing_every_worker(local):
+    """A caller's LocalCluster whose workers all died for good (killed again while their nannies restarted them)
+    left classify_to_file(scheduler=client) waiting for ever, silently with progress=False; a cluster object in
+    this process that cannot grow back by itself is watched as the run's own is (an adaptive one is not)."""
+    from distributed import Client
+
+    from hsi_engine.cluster import _own_workers_gone, _watchable
+
+    with Client(local) as client:
+        assert _watchable(client)
+        assert "every worker of the cluster given as scheduler= died" in str(_own_workers_gone(client, local=False))
+    with Client(local.scheduler_address) as by_address:
+        assert not _watchable(by_address)  # (no cluster object: someone else's scheduler)
