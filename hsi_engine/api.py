@@ -29,9 +29,8 @@ from .georef import georeferenced, grid_transform, scene_gcps, scene_georef, sce
 from .io import as_scene, open_scene
 from .logs import quiet_affine_mul, warnings_ignored
 from .owned import closes_its_scenes, open_owned
-from .scene_checks import (as_stored_nodata, check_array_dims, check_declared_scaling, check_scale, declared_nodata,
-                           model_bad_bands, scene_wavelengths, tested_bands, warn_file_read_elsewhere,
-                           warn_large_chunks)
+from .scene_checks import (check_array_dims, check_declared_scaling, check_scale, declared_nodata, model_bad_bands,
+                           scene_wavelengths, tested_bands, warn_file_read_elsewhere, warn_large_chunks)
 from .tiles import TilePlan, default_tile, plan_tiles
 
 if TYPE_CHECKING:
@@ -100,6 +99,13 @@ def _normalisation(model: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
 
 
 
+class _Shown(float):
+    """A float whose ``:g`` shows all its digits (two values that print alike under ``:g`` told apart)."""
+
+    def __format__(self, spec: str) -> str:
+        return repr(float(self)) if spec == "g" else super().__format__(spec)
+
+
 def _warn_given_nodata(da: xr.DataArray, nodata: float) -> None:
     """Warn where a value given as ``nodata`` masks nothing in an integer scene (NaN, -9999 or 0.5 in uint16), or
     replaces the value the scene declares: one nodata value is read, so ``--nodata 0`` for a mosaic's gaps made
@@ -117,7 +123,6 @@ def _warn_given_nodata(da: xr.DataArray, nodata: float) -> None:
                           "value too: pass nodata=None (no --nodata) to mask both", UserWarning,
                           stacklevel=user_stacklevel())
         return
-    nodata = as_stored_nodata(nodata, da.dtype)
     if da.dtype.kind in "ui":
         info = np.iinfo(da.dtype)
         if not (nodata.is_integer() and (info.min <= nodata <= info.max or nodata == float(info.max))):
@@ -133,6 +138,8 @@ def _warn_given_nodata(da: xr.DataArray, nodata: float) -> None:
     same = declared is not None and (declared == nodata or (da.dtype.kind == "f" and np.asarray(
         declared, da.dtype) == np.asarray(nodata, da.dtype)))  # (float32's min as gdalinfo prints it)
     if declared is not None and not same and not math.isnan(declared):
+        if f"{nodata:g}" == f"{declared:g}":  # (-3.40282e+38 given, float32's -3.4028235e+38 declared: both print so)
+            nodata, declared = _Shown(nodata), _Shown(declared)
         warnings.warn(f"nodata={nodata:g} replaces this scene's declared nodata value {declared:g}: one nodata value "
                       f"is read, so pixels holding {declared:g} are classified, not class 0. To mask both, make one "
                       f"fill of them first (scene.where(scene != {nodata:g}, {declared:g}), then no nodata=), or pass "
@@ -194,7 +201,7 @@ class _Job:
         if nodata is not None:
             _warn_given_nodata(da, float(nodata))
         if self.nodata is not None:  # a numpy scalar compares as a strong type in numpy, as a Python float in
-            self.nodata = as_stored_nodata(float(self.nodata), da.dtype)  # torch: the CPU and CUDA masks differed
+            self.nodata = float(self.nodata)  # torch: the CPU and CUDA masks differed
         self.nodata_bands = tested_bands(da, model_bad, bands, trained_stats=trained_stats)
         check_declared_scaling(da, self.meta, bands)
         if trained_stats:

@@ -431,11 +431,17 @@ def _blown_error(raw: np.ndarray, tile: Tile, blown: np.ndarray, halo: int, mean
             f"the network's output at pixel (y={gy}, x={gx}) is not finite or beyond {LOGIT_LIMIT:.0e}, and no scene "
             f"value within {halo} pixels of it is out of range (the furthest: {worst}): the normalisation's "
             "mean/std or the model's weights hold NaN, inf or huge values")
+    fill = ""
+    if abs(win[b, dy, dx]) == float(np.finfo(np.float32).max):  # a fill declared as a header prints it misses it
+        v = f"{win[b, dy, dx]:.8g}"
+        fill = (f" It is float32's largest magnitude, a usual fill: if it is the scene's nodata, give it in full, "
+                f"nodata={v} (--nodata {v}); -3.40282e+38, as headers print it, is another float32")
     return NonFiniteInputError(
         f"the network's output at pixel (y={gy}, x={gx}) is not finite or beyond {LOGIT_LIMIT:.0e} (a trained "
         f"network's stay within a few hundred on data): scene values within {halo} pixels of it are far outside "
         f"the model's data ({worst}). Such values are not data (a corrupted or unconverted value): set them to a "
-        "nodata value and pass it (scene.where(abs(scene) < LIMIT, NODATA) with nodata=NODATA; --nodata NODATA)")
+        "nodata value and pass it (scene.where(abs(scene) < LIMIT, NODATA) with nodata=NODATA; --nodata NODATA)"
+        + fill)
 
 
 def labels_from_logits(logits: Any, *, probabilities: bool, mask: Any = None) -> tuple[Any, Any, Any]:

@@ -120,16 +120,6 @@ def _one_value(v: Any) -> Any:
     return flat[0] if same else v
 
 
-def as_stored_nodata(value: float | None, dtype: Any) -> float | None:
-    """``value`` as a float32 scene holds it where it is float32's largest magnitude to 5 digits (-3.40282e+38,
-    as an ENVI header or gdalinfo prints -FLT_MAX, which rounds to another float32): GDAL's masks take it for
-    that value, and an exact comparison masked nothing."""
-    if value is None or np.dtype(dtype) != np.float32 or not math.isfinite(value):
-        return value
-    big = float(np.finfo(np.float32).max)
-    return math.copysign(big, value) if math.isclose(abs(value), big, rel_tol=1e-5) else value
-
-
 def declared_nodata(da: xr.DataArray) -> float | None:
     declared = {}
     for k in ("_FillValue", "missing_value", "nodata"):
@@ -156,7 +146,7 @@ def declared_nodata(da: xr.DataArray) -> float | None:
     if v is None:
         return None
     try:
-        return as_stored_nodata(float(_one_value(v)), da.dtype)
+        return float(_one_value(v))
     except (TypeError, ValueError):
         if np.ndim(v) > 0 and np.size(v) > 1:
             raise SceneError(f"the scene declares {np.size(v)} nodata values, not all the same (its "
