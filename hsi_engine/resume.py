@@ -476,13 +476,17 @@ class ResumableZarrWriter(ZarrClassMapWriter):
             classes = g["classes"]
             prob = g["probabilities"] if "probabilities" in g else None
             conf = g["confidence"] if "confidence" in g else None
+        except (MemoryError, OSError):  # this process's want or the disk's: not the store's damage; kept to resume
+            raise
         except Exception as e:  # noqa: BLE001 - broken array metadata (zarr.json)
             raise damaged(e, "its arrays' metadata") from None
 
         def read(array: Any, *index: slice) -> np.ndarray:
             try:
                 return np.asarray(array[index])
-            except Exception as e:  # noqa: BLE001 - a corrupt or truncated chunk
+            except (MemoryError, OSError):
+                raise
+            except Exception as e:  # noqa: BLE001 - a corrupt or truncated chunk (a codec's or zarr's error)
                 raise damaged(e, f"rows {index[-2].start}:{index[-2].stop}, cols {index[-1].start}:"
                                  f"{index[-1].stop}") from None
 

@@ -118,6 +118,32 @@ def test_a_damaged_partial_store_is_named_with_the_way_to_start_over(case, tmp_p
     assert not out.exists()
     cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, overwrite=True)
     np.testing.assert_array_equal(F.read_classes(out), case["ref"])
+    # this process's want while finishing is no damage: it goes through, and the complete store stays to resume
+    import zarr
+
+    from hsi_engine import resume
+
+    real_commit, real_get = resume.ResumableZarrWriter.commit_geotiff, zarr.Array.__getitem__
+    finishing = [False]
+
+    def get(self, sel):
+        if finishing[0]:
+            raise MemoryError("Unable to allocate 64.0 MiB for an array")
+        return real_get(self, sel)
+
+    def commit(self, *a, **kw):
+        finishing[0] = True
+        try:
+            return real_commit(self, *a, **kw)
+        finally:
+            finishing[0] = False
+
+    monkeypatch.setattr(zarr.Array, "__getitem__", get)
+    monkeypatch.setattr(resume.ResumableZarrWriter, "commit_geotiff", commit)
+    with pytest.raises(MemoryError):
+        cluster.run_to_file(case["scene"], case["model"], tmp_path / "oom.tif", tile=TILE, resume=True)
+    monkeypatch.undo()
+    assert partial_path(tmp_path / "oom.tif").is_dir()
 
 
 def test_a_resumed_run_that_cannot_reach_its_cluster_keeps_the_tiles(case, tmp_path, monkeypatch):
