@@ -293,6 +293,8 @@ def finish_scene(da: xr.DataArray, path: Path, fmt: str, *, wavelengths=None, no
                                SOURCE_COL: ("x", np.arange(da.sizes["x"]))})
         if _rotated(da):  # the file's transform, which its source rows/cols index (rio.isel_window rewrites the
             da[SOURCE_ROW].attrs[FILE_TRANSFORM] = list(da.rio.transform())[:6]  # scene's to the window's own)
+    elif "x" in da.coords and da["x"].ndim == 1 and _rotated(da):  # GDAL's rotated NetCDF: its 1-D x/y index the
+        da["x"].attrs[FILE_TRANSFORM] = list(da.rio.transform())[:6]  # file's grid (see georef._rotated_from_1d)
     da.encoding["source"] = str(path)
     da.encoding["source_shape"] = tuple(int(n) for n in da.shape)  # a crop (isel keeps the encoding) is not the file
     da.attrs["source_format"] = fmt  # (a NetCDF saved from a GeoTIFF scene carries the GeoTIFF's: not this file's)

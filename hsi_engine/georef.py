@@ -227,7 +227,7 @@ def grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
             centres = _rotated_from_centres(da, stored, scene_path)  # rioxarray's 2-D xc / yc, which isel moves
             if centres is not None:
                 return centres
-            if have_coords:  # GDAL's netCDF driver: 1-D x/y of the unrotated terms, rows stored bottom-up
+            if any_coords:  # GDAL's netCDF driver: 1-D x/y of the unrotated terms, rows stored bottom-up
                 placed = _rotated_from_1d(da, stored)
                 if placed is not None:
                     if _compose(~stored, placed).e < 0:
@@ -313,6 +313,10 @@ def _rotated_window(da: xr.DataArray, stored: Any, rows: tuple[float, float], co
     file_t = Affine(*recorded)
     placed = _compose(file_t, window)
     tol = 1e-6 * math.hypot(file_t.a, file_t.d)
+    whole = (r0, rs, c0, cs) == (0, 1, 0, 1) and tuple(da.encoding.get("source_shape", ()))[1:] == (
+        da.sizes.get("y"), da.sizes.get("x"))
+    if whole and not stored.almost_equals(file_t, precision=tol):
+        return stored  # the whole file's pixels under a transform written on them: the caller's correction
     if not (stored.almost_equals(file_t, precision=tol) or _window_of(file_t, stored, flips=True)):
         # (a window's own transform, written by rio.isel_window, is one on the file's grid; a later isel leaves it)
         warnings.warn(f"scene {scene_name(da, scene_path)}: its transform {tuple(stored)[:6]} was written after "
@@ -326,6 +330,11 @@ def _rotated_from_1d(da: xr.DataArray, stored: Any) -> Any:
     """A rotated scene's transform from 1-D x/y coordinates as GDAL's netCDF driver writes them beside the rotated
     GeoTransform (x = c + a (col + 0.5), y = f + e (row + 0.5), its rows stored bottom-up): the file's row and
     column of each pixel, flips and windows included; None where the coordinates are not of that form."""
+    from affine import Affine
+
+    recorded = da["x"].attrs.get(FILE_TRANSFORM)
+    if recorded is not None:  # open_scene's record of the file's (rio.isel_window rewrites the GeoTransform)
+        stored = Affine(*recorded)
     index = {}
     for d, (step, origin) in (("x", (stored.a, stored.c)), ("y", (stored.e, stored.f))):
         v = np.asarray(da[d].values, np.float64)

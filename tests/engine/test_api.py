@@ -751,6 +751,11 @@ def test_rio_isel_window_of_a_rotated_scene_is_placed_once(case, tmp_path):
     with pytest.warns(UserWarning, match="was written after opening, and is neither its file's .* nor a window's of it: .*drop_vars"):
         labels = classify(moved, model, progress=False)
     assert labels.rio.transform().almost_equals(t * Affine.translation(5, 3))
+    corrected = Affine.translation(100000, 0) * t  # a transform written on the whole scene: the caller's own
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*was written after opening")
+        assert classify(scene.rio.write_transform(corrected), model, progress=False).rio.transform().almost_equals(
+            corrected)
 
 
 def test_a_rotated_scene_converted_to_netcdf_by_gdal_is_placed_by_its_rows(case, tmp_path):
@@ -775,6 +780,15 @@ def test_a_rotated_scene_converted_to_netcdf_by_gdal_is_placed_by_its_rows(case,
     with pytest.warns(UserWarning, match="rows run upwards"):
         labels = classify(scene.isel(y=slice(2, 9), x=slice(3, 10)), model, progress=False)
     assert labels.rio.transform() * (0.5, 0.5) == pytest.approx(t * (3.5, h - 3 + 0.5))
+    # rio.isel_window rewrites the GeoTransform (to a top-down window over bottom-up rows), and one pixel has no
+    # step: both were placed off by pixels, silently; the file's transform recorded at open places them
+    from rasterio.windows import Window
+
+    with pytest.warns(UserWarning, match="rows run upwards"):
+        labels = classify(scene.rio.isel_window(Window(5, 3, 9, 6)), model, progress=False)
+    assert labels.rio.transform() * (0.5, 0.5) == pytest.approx(t * (5.5, h - 3 - 1 + 0.5))
+    one = classify(scene.isel(y=slice(4, 5), x=slice(6, 7)), model, progress=False)
+    assert one.rio.transform() * (0.5, 0.5) == pytest.approx(t * (6.5, h - 4 - 1 + 0.5))
 
 
 def test_a_north_up_netcdf_written_by_gdal_is_named_bottom_up_not_stale(case, tmp_path):
