@@ -230,7 +230,8 @@ def _check_class_names(class_names: Any, error: type[Exception]) -> None:
 
 
 _LABEL_DRIVERS = {"GTiff": "GeoTIFF", "ENVI": "ENVI", "EHdr": "ESRI EHdr", "HFA": "ERDAS Imagine (.img)",
-                  "PNG": "PNG"}  # GDAL drivers a label raster is opened with
+                  "netCDF": "NetCDF", "AAIGrid": "ESRI ASCII grid (.asc)", "SAGA": "SAGA (.sdat)",
+                  "RST": "IDRISI (.rst)", "PNG": "PNG"}  # GDAL drivers a label raster is opened with (not VRT)
 
 
 def _open_label_raster(path: Path) -> Any:
