@@ -439,7 +439,15 @@ def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: flo
         raw = np.concatenate([c.reshape(c.shape[0], 1, -1) for c in corners], axis=2)
         pixels = f"the scene's four corners, {raw.shape[2]} pixels (the sample at its centre held too few with data)"
         ratios = scale_ratios(raw, mean, std, nodata)
-    if ratios is None and raw.shape[1:] == (da.sizes["y"], da.sizes["x"]):  # a small scene, sampled whole: the
+    h, w = int(da.sizes["y"]), int(da.sizes["x"])
+    if ratios is None and raw.shape[1:] != (h, w) and h * w <= 64 * 64:  # a small scene (33-47 px: no corners
+        try:                                                                # read) whose centre is masked: all of it
+            raw = _read(da, {"y": slice(0, h), "x": slice(0, w)})
+            pixels = f"all {h * w} pixels of a small scene"
+            ratios = scale_ratios(raw, mean, std, nodata)
+        except Exception as e:  # noqa: BLE001 - a sanity check: the run reports an unreadable scene itself
+            log.debug("scale check: the small scene could not be read whole (%s)", e)
+    if ratios is None and raw.shape[1:] == (h, w):  # a small scene, sampled whole: the
         few = 1  # factor of 30 in nearly every band is plain on one pixel's spectrum; no distance on so few
         pixels = f"all {raw.shape[1] * raw.shape[2]} pixels of a small scene"
         ratios = scale_ratios(raw, mean, std, nodata, few)

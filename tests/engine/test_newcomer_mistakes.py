@@ -603,3 +603,14 @@ def test_a_scene_read_in_the_wrong_byte_order_is_named_as_that(crop, model):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnnormalisedInputWarning)
         hsi_engine.classify(counts.isel(y=slice(0, 12), x=slice(0, 12)), model, progress=False)
+
+
+def test_a_small_scene_with_a_masked_centre_is_checked_on_all_its_pixels(crop, model):
+    """A 40 x 40 scene (too small for the corners) whose centre is 80 % NaN: 'scale was not checked', though
+    hundreds of its pixels hold data. A scene of at most 64 x 64 is sampled whole then."""
+    scene = crop.copy(data=crop.values / 10000)
+    scene[:, 4:36, 4:36] = np.nan
+    _refused(scene, model, r"about [0-9,]+x smaller .*all 1600 pixels of a small scene")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnnormalisedInputWarning)
+        hsi_engine.classify(scene * 10000, model, nodata=float("nan"), progress=False)
