@@ -470,8 +470,8 @@ class FusedSSRN:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
-        if not isinstance(x, torch.Tensor):  # a numpy tile, as patch_forward takes one
-            x = torch.as_tensor(np.asarray(x), device=self.device)
+        if not isinstance(x, torch.Tensor):  # a numpy tile (float64 as numpy makes it), as patch_forward takes one:
+            x = torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)  # the engine's tiles' dtype
         if x.dim() != 3 or x.shape[0] != c.bands or x.shape[1] < self.patch or x.shape[2] < self.patch:
             raise OptionError(f"expected a padded tile ({c.bands}, h + {2 * self.halo}, w + {2 * self.halo}) "
                               f"with h, w >= 1; got {tuple(x.shape)}")

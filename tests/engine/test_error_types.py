@@ -175,8 +175,9 @@ def test_kernels_and_a_fused_tile_raise_the_engine_s_errors(model):
         with pytest.raises(hsi_engine.HSIEngineError, match=match) as e:
             call()
         assert isinstance(e.value, kind)
-    tile = np.zeros((program.bands, 9, 9), np.float32)  # a numpy tile is taken, as patch_forward takes one
-    assert FusedSSRN(model)(tile).shape == FusedSSRN(model)(torch.from_numpy(tile)).shape
+    tile = np.random.default_rng(0).normal(size=(program.bands, 9, 9))  # float64, as numpy makes it: taken
+    np.testing.assert_array_equal(FusedSSRN(model)(tile).numpy(),  # as patch_forward takes one
+                                  FusedSSRN(model)(torch.from_numpy(tile.astype(np.float32))).numpy())
 
 
 def test_resolve_backend_option_error():
