@@ -322,7 +322,8 @@ def _rotated_window(da: xr.DataArray, stored: Any, rows: tuple[float, float], co
         warnings.warn(f"scene {scene_name(da, scene_path)}: its transform {tuple(stored)[:6]} was written after "
                       f"opening, and is neither its file's {tuple(file_t)[:6]} nor a window's of it: the map is placed "
                       "by the file's transform and the window's source_row / source_col; to place it by its own "
-                      "transform, drop those (da.drop_vars(['source_row', 'source_col']))", stacklevel=user_stacklevel())
+                      "transform, drop those (da.drop_vars(['source_row', 'source_col']))",
+                      stacklevel=user_stacklevel())
     return placed
 
 

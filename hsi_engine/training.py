@@ -156,8 +156,9 @@ def _read_label_raster(path: Path, shape: tuple[int, int], scene_crs: Any, scene
     except rasterio.errors.RasterioIOError as e:
         from .integrity import why_failed
 
+        formats = ", ".join(_LABEL_DRIVERS.values())
         raise DataError(f"{path} could not be read as a label raster ({why_failed(e)}); label rasters are read as "
-                        f"{', '.join(_LABEL_DRIVERS.values())} or .npy: convert it (gdal_translate -of GTiff)") from None
+                        f"{formats} or .npy: convert it (gdal_translate -of GTiff)") from None
     if window is not None:
         log.info("%s: the scene is rows %s, cols %s of the labels' grid (%d x %d px)%s", path,
                  _span(window.row_off, shape[0]), _span(window.col_off, shape[1]), width, height,

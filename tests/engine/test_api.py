@@ -748,7 +748,8 @@ def test_rio_isel_window_of_a_rotated_scene_is_placed_once(case, tmp_path):
     inner = window.isel(y=slice(1, None), x=slice(2, None))  # a plain isel of it: the window's transform left stale
     assert classify(inner, model, progress=False).rio.transform().almost_equals(t * Affine.translation(7, 4))
     moved = window.rio.write_transform(Affine.translation(10, 0) * t)
-    with pytest.warns(UserWarning, match="was written after opening, and is neither its file's .* nor a window's of it: .*drop_vars"):
+    with pytest.warns(UserWarning, match="was written after opening, and is neither its file's .* nor a window's "
+                                         "of it: .*drop_vars"):
         labels = classify(moved, model, progress=False)
     assert labels.rio.transform().almost_equals(t * Affine.translation(5, 3))
     corrected = Affine.translation(100000, 0) * t  # a transform written on the whole scene: the caller's own
