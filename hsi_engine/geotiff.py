@@ -8,6 +8,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rioxarray  # noqa: F401  (registers ``.rio`` on the DataArrays read here)
@@ -89,6 +90,8 @@ def open_geotiff(path: Path, chunks, driver: str = "GTiff") -> xr.DataArray:
                 flags = rasterio.enums.MaskFlags
                 masked = any(flags.per_dataset in f and not (alpha and flags.alpha in f) for f in src.mask_flag_enums)
                 band_nodata = list(src.nodatavals[:count - int(alpha)])
+                if driver == "GTiff" and nodata is None and not masked:
+                    _check_unwritten_blocks(src, path)
                 # band names that are not UTF-8 raise UnicodeDecodeError in rasterio's ``descriptions``, which
                 # rioxarray reads too: it opens a VRT of the file then, which has the file's values and placement
                 # and no band names
@@ -271,6 +274,26 @@ def _band_values(values: Sequence[float | None]) -> str:
     parts = [f"{'bands' if len(bands) > 1 else 'band'} {band_runs(bands)}: {v}" for v, bands in groups.items()]
     text = "; ".join(parts)
     return text if len(text) <= 150 else text[:147] + "..."
+
+
+def _check_unwritten_blocks(src: Any, path: Path, limit: int = 100_000) -> None:
+    """Refuse a GeoTIFF with blocks never written (a sparse file, ``SPARSE_OK``, whose writer stopped): GDAL reads
+    them as 0, which was classified as land cover without a word (a zarr store's missing chunks are refused).
+    Band 1's block offsets, looked up in GDAL's TIFF metadata domain; skipped beyond ``limit`` blocks."""
+    bh, bw = src.block_shapes[0]
+    rows, cols = -(-src.height // bh), -(-src.width // bw)
+    if rows * cols > limit:
+        return
+    missing = [(y, x) for y in range(rows) for x in range(cols)
+               if src.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=1) is None]
+    if missing:
+        y, x = missing[0]
+        first = f"rows {y * bh}:{min(src.height, (y + 1) * bh)}, cols {x * bw}:{min(src.width, (x + 1) * bw)}"
+        raise SceneError(f"{path}: {len(missing)} of its {rows * cols} blocks ({bh} x {bw} pixels) were never written "
+                         f"(a sparse GeoTIFF whose writer stopped? the first at {first}), and GDAL reads them as 0, "
+                         "which would be "
+                         "classified as land cover: write the file again, or declare its nodata (gdal_edit.py "
+                         "-a_nodata 0 FILE) to make those pixels class 0")
 
 
 def _gdal_valid(block: np.ndarray, path: str, driver: str = "GTiff", block_info: dict | None = None) -> np.ndarray:

@@ -489,6 +489,33 @@ def test_never_written_hdf5_chunks_are_named_not_read_as_zeros(crop, model_dir, 
         hsi_engine.open_scene(tmp_path / "tiny.h5")
 
 
+def test_a_sparse_geotiff_s_unwritten_blocks_are_named_not_read_as_zeros(crop, model_dir, outdir, tmp_path):
+    """A sparse GeoTIFF (SPARSE_OK) whose writer stopped: GDAL read the blocks never written as 0 and they were
+    classified (1,024 pixels of one class, exit 0). Named, unless the file declares a nodata value (GDAL then
+    fills them with it: class 0)."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    def sparse(path, nodata=None):
+        with rasterio.open(path, "w", driver="GTiff", width=40, height=40, count=crop.shape[0], dtype=crop.dtype,
+                           tiled=True, blockxsize=16, blockysize=16, sparse_ok=True, crs="EPSG:32633",
+                           transform=from_origin(500000, 4500000, 30, 30), nodata=nodata) as d:
+            for r in (0, 16, 32):
+                for c in (0, 16, 32):
+                    if (r, c) != (16, 32):
+                        h, w = min(16, 40 - r), min(16, 40 - c)
+                        d.write(crop[:, r:r + h, c:c + w], window=Window(c, r, w, h))
+        return path
+
+    path = sparse(tmp_path / "sparse.tif")
+    classify_everywhere(path, model_dir, outdir, SceneError, r"1 of its 9 blocks \(16 x 16 pixels\) were never "
+                        r"written .* rows 16:32, cols 32:40\), and GDAL reads them as 0", cli_scene=path)
+    labels = hsi_engine.classify(sparse(tmp_path / "declared.tif", nodata=0), model_dir, tile=TILE,
+                                 progress=False).values
+    assert (labels[16:32, 32:40] == 0).all() and (labels[:16] > 0).all()
+
+
 def test_missing_chunk_of_a_store_not_named_zarr_is_named_not_filled(crop, model_dir, tmp_path):
     """open_scene reads any directory with zarr metadata as a store; the missing-chunk check looked at the name
     (*.zarr) only, so the same store named 'scene_store' was classified with the chunk read as 0 (277 px wrong)."""
