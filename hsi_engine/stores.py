@@ -164,6 +164,15 @@ def _decode_packed(da: xr.DataArray, where: str | None = None) -> xr.DataArray:
     valid = _valid_bounds(da.attrs)
     if valid is None and not any(k in da.attrs for k in _PACKING_ATTRS):
         return da
+    shown = where or f"variable {da.name!r}"
+    if valid is not None and valid[0] > valid[1]:  # every pixel would be nodata: a map of class 0, exit 0
+        raise SceneError(f"{shown} declares {valid[2]} {valid[0]:g} to {valid[1]:g}: its low end above its high one, "
+                         "so every value would be outside it and read as nodata; fix the attribute (low, high) or "
+                         "remove it")
+    for k in ("scale_factor", "add_offset"):
+        if k in da.attrs and np.asarray(da.attrs[k]).dtype.kind not in "iuf":  # text: xarray's decode failed on it
+            raise SceneError(f"{shown} declares {k} = {str(da.attrs[k])[:40]!r}, which is not a number; fix the "
+                             "attribute (a number, as CF packing has it) or remove it")
     # named as in the file, so xarray's warnings (a missing_value list) name the file's variable
     name = str(da.name) if da.name is not None and str(da.name) not in da.dims else "variable"
     decoded = xr.decode_cf(xr.Dataset({name: da.variable}), mask_and_scale=True, decode_times=False,

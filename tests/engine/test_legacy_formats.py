@@ -83,6 +83,23 @@ def test_valid_range_masks_in_netcdf_zarr_and_hdf5(tmp_path, caplog):
         assert {"vr.nc": "valid_range", "vmin.zarr": "valid_min", "vmax.h5": "valid_max"}[name] in caplog.text
 
 
+def test_an_inverted_valid_range_or_a_text_scale_factor_is_named(tmp_path):
+    """valid_range [10000, 0] made every pixel nodata: a map of class 0, exit 0, an INFO line the only word; a
+    scale_factor stored as text ('NaN') failed as "dtype <U3" with advice to astype the scene."""
+    from hsi_engine.errors import SceneError
+
+    ds = _dataset(_cube())
+    ds["reflectance"].attrs["valid_range"] = np.array([10000, 0], np.int16)
+    ds.to_zarr(tmp_path / "inverted.zarr")
+    with pytest.raises(SceneError, match=r"declares valid_range 10000 to 0: its low end above its high one"):
+        open_scene(tmp_path / "inverted.zarr")
+    ds = _dataset(_cube())
+    ds["reflectance"].attrs["scale_factor"] = "NaN"
+    ds.to_zarr(tmp_path / "text.zarr")
+    with pytest.raises(SceneError, match=r"declares scale_factor = 'NaN', which is not a number"):
+        open_scene(tmp_path / "text.zarr")
+
+
 def test_scene_without_cf_attrs_unchanged(tmp_path):
     """A plain int16 scene stays int16, as stored."""
     _dataset(_cube()).to_netcdf(tmp_path / "plain.nc")
