@@ -8,7 +8,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -369,11 +369,18 @@ def _check_zarr_chunks(arr, path: Path) -> None:
                          f"decoded per chunk) for a {human_bytes(math.prod(shape) * itemsize)} array of shape "
                          f"{list(shape)}: every read would decode a whole chunk (a corrupt or hostile store); rewrite "
                          "it with chunks of at most its shape, e.g. with xarray's to_zarr")
-    count = math.prod(math.ceil(n / c) for n, c in zip(shape, chunk_shape))
+    _chunk_count(f"zarr array {path}", shape, chunk_shape, "store")
+
+
+def _chunk_count(where: str, shape: Sequence[int], chunks: Sequence[int], kind: str) -> int:
+    """The number of chunks of ``shape`` in ``chunks``; a SceneError beyond ``MAX_CHUNKS`` (dask would index each
+    before the first read: a few-KB file held a run for minutes)."""
+    count = math.prod(math.ceil(n / c) for n, c in zip(shape, chunks))
     if count > MAX_CHUNKS:
-        raise SceneError(f"zarr array {path} declares shape {list(shape)} in {count:,} chunks of {list(chunk_shape)}, "
-                         f"more than the {MAX_CHUNKS:,} a scene may have (reading it would index every chunk first): "
-                         "a corrupt or hostile store; if it is real, rewrite it with larger chunks")
+        raise SceneError(f"{where} declares shape {list(shape)} in {count:,} chunks of {list(chunks)}, more than the "
+                         f"{MAX_CHUNKS:,} a scene may have (reading it would index every chunk first): a corrupt or "
+                         f"hostile {kind}; if it is real, rewrite it with larger chunks")
+    return count
 
 
 def check_h5_chunks(ds: Any, where: str, declared: bool) -> None:
@@ -383,11 +390,7 @@ def check_h5_chunks(ds: Any, where: str, declared: bool) -> None:
     the fill)."""
     if not ds.chunks:
         return
-    count = math.prod(math.ceil(n / c) for n, c in zip(ds.shape, ds.chunks))
-    if count > MAX_CHUNKS:
-        raise SceneError(f"{where} declares shape {list(ds.shape)} in {count:,} chunks of {list(ds.chunks)}, more "
-                         f"than the {MAX_CHUNKS:,} a scene may have (reading it would index every chunk first): a "
-                         "corrupt or hostile file; if it is real, rewrite it with larger chunks")
+    count = _chunk_count(where, ds.shape, ds.chunks, "file")
     if declared or count > 1_000_000 or not math.prod(ds.shape):
         return
     try:
