@@ -22,7 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 from ssrn.errors import is_whole
 
 from .errors import ClusterUsageError, HSIEngineError
-from .logs import dropped
+from .logs import dropped, dropped_for_good
 from .whole import run_whole
 
 P = ParamSpec("P")
@@ -216,11 +216,15 @@ _PRELOAD = __name__  # the local workers run dask_setup below when they start (r
 def dask_setup(worker: Any) -> None:
     """Preload of our local workers: ignore SIGINT. A terminal's Ctrl-C reaches every process of its group, and
     each worker printed a 30-line KeyboardInterrupt traceback while the driver was already stopping the run and
-    closing them; the driver alone handles it."""
+    closing them; the driver alone handles it. A worker's "Failed to communicate with scheduler during heartbeat"
+    (two tracebacks) is dropped: on a loaded machine a worker still closing when the scheduler goes logged it after a
+    Ctrl-C; a scheduler really lost is the driver's to name (:class:`hsi_engine.errors.WorkerLostError`)."""
     import signal
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    dropped_for_good(lambda m: m.startswith("Failed to communicate with scheduler during heartbeat"),
+                     "distributed.worker")
 
 
 def _scratch_hint() -> str:

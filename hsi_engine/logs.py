@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import ParamSpec, TypeVar
 
-__all__ = ["affine_mul_quiet", "dropped", "quiet_affine_mul", "warnings_ignored"]
+__all__ = ["affine_mul_quiet", "dropped", "dropped_for_good", "quiet_affine_mul", "warnings_ignored"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -38,6 +38,12 @@ def dropped(drop: Callable[[str], bool], *loggers: str) -> Iterator[None]:
     finally:
         for lg in targets:
             lg.removeFilter(f)
+
+
+def dropped_for_good(drop: Callable[[str], bool], logger: str) -> None:
+    """Drop the records of ``logger`` whose message ``drop`` matches from now on (for a process of our own, such as
+    a local cluster's worker)."""
+    logging.getLogger(logger).addFilter(_Dropping(drop))
 
 
 _ignored_lock = threading.Lock()
