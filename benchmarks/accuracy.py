@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         for split in args.split:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 rep = run_one(name, split, seed, args, runs_dir)
-                logging.info("%s %s seed %d: OA %.4f AA %.4f kappa %.4f", name, split, seed, rep["oa"], rep["aa"],
-                             rep["kappa"])
+                logging.info("%s %s seed %d: OA %.4f AA %.4f kappa %s", name, split, seed, rep["oa"], rep["aa"],
+                             "n/a" if rep["kappa"] is None else f"{rep['kappa']:.4f}")
     reports = [(str(f.relative_to(REPO)) if f.is_relative_to(REPO) else str(f), json.loads(f.read_text()))
                for f in sorted(runs_dir.glob("*.json"))]
     for d in args.include_model:

@@ -52,7 +52,8 @@ def model_info(path: str | os.PathLike) -> str:
                      "otherwise is refused)")
     report = meta.get("report") or {}
     if all(k in report for k in ("oa", "aa", "kappa")):
-        lines.append(f"test       OA {report['oa']:.4f}, AA {report['aa']:.4f}, kappa {report['kappa']:.4f}"
+        lines.append(f"test       OA {report['oa']:.4f}, AA {report['aa']:.4f}, kappa "
+                     + (f"{report['kappa']:.4f}" if report['kappa'] is not None else "n/a (one class in the test set)")
                      + (f" ({report['split']['n_test']} test pixels)" if "n_test" in report.get("split", {})
                         else ""))
     if report.get("date") or meta.get("command"):

@@ -71,18 +71,23 @@ def average_accuracy(cm: np.ndarray) -> float:
 
 
 def cohen_kappa(cm: np.ndarray) -> float:
+    """Cohen's kappa, (po - pe) / (1 - pe); NaN where it is undefined: no samples, or chance agreement pe = 1
+    (truth and predictions all one class, as a test set of one class gives), as scikit-learn and
+    :func:`ssrn.seed_split.seed_scores` have it (the 1.0 returned before read as agreement beyond chance, which one
+    class cannot show)."""
     cm = cm.astype(np.float64)
     n = cm.sum()
     if n == 0:
         return float("nan")
     po = np.trace(cm) / n
     pe = float((cm.sum(0) * cm.sum(1)).sum()) / (n * n)
-    return float((po - pe) / (1 - pe)) if pe != 1 else 1.0
+    return float((po - pe) / (1 - pe)) if pe != 1 else float("nan")
 
 
 def classification_report(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int | None = None,
                           class_names: list[str] | None = None) -> dict[str, Any]:
-    """``{"oa", "aa", "kappa", "per_class_accuracy", "confusion_matrix", "support"}`` (JSON-ready); with
+    """``{"oa", "aa", "kappa", "per_class_accuracy", "confusion_matrix", "support"}`` (JSON-ready but for
+    ``kappa``, NaN where undefined (one class in truth and predictions): write it as null); with
     ``class_names`` (a list of one name per class: the class count when ``n_classes`` is None) also
     ``"class_names"``."""
     if class_names is not None:

@@ -98,6 +98,6 @@ def seed_scores(cm: np.ndarray) -> dict[str, Any]:
         prec = np.nan_to_num(np.diag(cm) / predicted)
     n = cm.sum()
     pe = float((cm.sum(0) * cm.sum(1)).sum()) / (n * n)
-    kappa = (overall_accuracy(cm) - pe) / (1 - pe) if pe != 1 else float("nan")  # sklearn's NaN, not metrics' 1.0
+    kappa = (overall_accuracy(cm) - pe) / (1 - pe) if pe != 1 else float("nan")  # undefined: sklearn's NaN
     return {"oa": overall_accuracy(cm), "aa": float(prec[present].mean()), "kappa": float(kappa),
             "per_class": [float(p) if k else None for p, k in zip(prec, present)]}

@@ -244,8 +244,12 @@ def class_weights(labels: np.ndarray | torch.Tensor, classes: int, mode: str | N
 class Trainer:
     """Train an SSRN on patch datasets, keeping the weights of the best validation loss.
 
-    Defaults are the seed's: RMSprop (Keras' rho 0.9, epsilon 1e-7), lr 3e-4, batch 16, 200 epochs,
-    constant learning rate, no early stopping, float32 (``amp=True``: bfloat16 autocast on CUDA, opt-in).
+    Defaults are the seed's: RMSprop (Keras' rho 0.9), lr 3e-4, batch 16, 200 epochs, constant learning rate, no
+    early stopping, float32 (``amp=True``: bfloat16 autocast on CUDA, opt-in). Two numerics differ from the seed's
+    Keras 2.0.6 run, and are kept as the shipped model and ``benchmarks/results/accuracy.md`` were trained (a seed
+    gives the same weights again): RMSprop's epsilon is 1e-7 where the seed's hdf5 ``training_config`` records
+    1e-08, and BatchNormalization's running statistics move with torch's momentum 0.1 where the seed's Keras
+    momentum 0.99 is torch's 0.01 (too slow for their averages to settle in a short run).
     ``weight_decay=None`` is each optimizer's usual default: 0 for RMSprop, 1e-2 for AdamW.
     """
 
@@ -379,7 +383,7 @@ class Trainer:
             if improved and self.on_improve is not None:
                 res.train_time_s = time.perf_counter() - t0
                 self.on_improve(model, res)
-            if self.patience is not None and bad >= self.patience:
+            if self.patience is not None and bad >= self.patience and epoch < self.epochs:  # (the last: not early)
                 res.stopped_early = True
                 log.info("early stop: no %s improvement for %d epochs (best epoch %d)",
                          "val-loss" if has_val else "training-loss", bad, res.best_epoch)
@@ -480,7 +484,8 @@ def check_train_options(*, epochs: int, batch_size: int, lr: float, patience: in
 def make_split(scene: Scene, split: str = "random", train_fraction: float | None = None,
                val_fraction: float | None = None, per_class: int | None = None, seed: int = 0,
                patch: int = 7) -> Split:
-    """The split the options ask for: blocks, a count per class, or stratified fractions (the seed's)."""
+    """The split the options ask for: blocks, a count per class, or stratified fractions (the seed's fractions;
+    its own draws are :func:`ssrn.seed_split.seed_split`)."""
     spec = scene.spec
     train_fraction, val_fraction, per_class = _check_split_options(spec, split, train_fraction, val_fraction,
                                                                    per_class)
@@ -710,7 +715,12 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
         untested = [scene.class_names[i] for i in range(k)
                     if counts["test"][i] == 0 and counts["train"][i] + counts["val"][i] > 0]
         unvalidated = [scene.class_names[i] for i in range(k) if len(val_ds) and counts["val"][i] == 0
-                       and counts["train"][i] + counts["test"][i] > 0]  # (none asked for: no validation set)
+                       and counts["train"][i] + counts["test"][i] > 0]  # (none drawn: warned of below)
+        if not len(val_ds) and sp.description.get("val_fraction", 0) > 0:  # asked for, none drawn
+            log.warning("%s: the split drew no validation pixel (validation fraction %g), so the best epoch is chosen "
+                        "on the training loss; for a validated choice %s", scene.name, sp.description["val_fraction"],
+                        "use a larger scene or a smaller --patch (more, smaller blocks), --split random, or a larger "
+                        "--val-fraction" if split == "blocks" else "use a larger --val-fraction or more labels")
         if split_away:  # the model gets an output for it that no training pixel ever raised
             log.warning("%s: classes %s have no training pixel (the split put all their pixels in validation or "
                         "test): the model will hardly ever predict them; use a larger --train-fraction, "
@@ -813,7 +823,8 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
         test_time = time.perf_counter() - t0
         true = test_ds.labels.numpy()
         rep = classification_report(true, pred, k, scene.class_names)
-        report = {**base_report, "status": "done", "oa": rep["oa"], "aa": rep["aa"], "kappa": rep["kappa"],
+        kappa = rep["kappa"] if math.isfinite(rep["kappa"]) else None  # undefined: null in JSON, not NaN
+        report = {**base_report, "status": "done", "oa": rep["oa"], "aa": rep["aa"], "kappa": kappa,
                   "per_class_accuracy": rep["per_class_accuracy"], "support": rep["support"],
                   "confusion_matrix": rep["confusion_matrix"],
                   "confusion_matrix_layout": "rows: true class 1..K; columns: predicted class 1..K (class_names' "
@@ -830,9 +841,18 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
         meta["report"] = report
         trainer.model.meta = meta
         save(trainer.model.cpu(), meta)
-        log.info("%s: OA %.4f  AA %.4f  kappa %.4f  (%d epochs, best %d, train %.0fs, test %.1fs) -> %s", scene.name,
-                 rep["oa"], rep["aa"], rep["kappa"], res.epochs_run, res.best_epoch, res.train_time_s, test_time, out)
+        log.info("%s: OA %.4f  AA %.4f  %s  (%d epochs, best %d, train %.0fs, test %.1fs) -> %s", scene.name,
+                 rep["oa"], rep["aa"], _kappa_text(kappa), res.epochs_run, res.best_epoch, res.train_time_s, test_time,
+                 out)
         return report
+
+
+def _kappa_text(kappa: float | None) -> str:
+    """``kappa 0.9967`` for a log line, or why there is none: kappa is undefined (NaN, null in a report) when the
+    test set holds one class and every prediction is that class (chance agreement 1)."""
+    if kappa is None or not math.isfinite(kappa):
+        return "kappa n/a (one class in the test set)"
+    return f"kappa {kappa:.4f}"
 
 
 def _finished_model(out: Any) -> bool:

@@ -50,6 +50,18 @@ def test_a_copied_model_has_the_same_digest_and_a_changed_one_another(tmp_path, 
     assert other and other != digest
 
 
+def test_a_model_whose_kappa_is_undefined_is_described(tmp_path, capsys):
+    """A test set of one class has no kappa (0/0: null in model.json); ``info`` raised a TypeError formatting it."""
+    model = hsi_engine.load_model(SHIPPED_MODEL)
+    model.meta["report"] = {**model.meta["report"], "kappa": None}
+    from ssrn.checkpoint import save_model
+
+    save_model(model, tmp_path / "one_class", meta=model.meta)
+    rc, out, err = _info(tmp_path / "one_class", capsys)
+    lines = dict(line.split(None, 1) for line in out.splitlines())
+    assert rc == 0 and "kappa n/a (one class in the test set)" in lines["test"], err
+
+
 def test_a_model_json_path_is_its_model(capsys):
     """info MODEL_DIR/model.json said "suffix '.json' is not one hsi-engine reads"."""
     rc, out, _ = _info(SHIPPED_MODEL / "model.json", capsys)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -40,10 +42,18 @@ def test_length_mismatch():
         confusion_matrix([0, 1], [0])
 
 
-def test_kappa_of_perfect_single_class_agreement_is_1():
-    from ssrn.metrics import classification_report, cohen_kappa
-    assert cohen_kappa(np.array([[5, 0], [0, 0]])) == 1.0
-    assert classification_report([1, 1, 1], [1, 1, 1], 2)["kappa"] == 1.0
+def test_kappa_of_single_class_agreement_is_undefined():
+    """Truth and predictions all one class (a test set of one class): chance agreement is 1 and kappa 0 / 0. It
+    was 1.0; scikit-learn and the project's seed_scores give NaN."""
+    from ssrn.seed_split import seed_scores
+
+    cm = np.array([[5, 0], [0, 0]])
+    assert np.isnan(cohen_kappa(cm)) and np.isnan(seed_scores(cm)["kappa"])
+    with warnings.catch_warnings():  # (scikit-learn warns of the one label and of its 0 / 0)
+        warnings.simplefilter("ignore")
+        assert np.isnan(skm.cohen_kappa_score([1, 1, 1], [1, 1, 1]))
+    assert np.isnan(classification_report([1, 1, 1], [1, 1, 1], 2)["kappa"])
+    assert cohen_kappa(np.array([[5, 1], [0, 0]])) == pytest.approx(skm.cohen_kappa_score([0] * 6, [0] * 5 + [1]))
 
 
 def test_confusion_matrix_infers_n_classes_from_the_largest_label():

@@ -714,3 +714,71 @@ def test_a_progress_save_that_fails_does_not_end_the_training(crop, tmp_path, ca
     assert any("could not save progress" in r.getMessage() and "the last progress save there is kept" in
                r.getMessage() for r in caplog.records)
     assert ssrn.load_model(tmp_path / "m").meta["report"]["status"] == "done"
+
+
+def test_patience_reached_on_the_last_epoch_is_not_an_early_stop(monkeypatch, caplog):
+    """--patience whose count ran out on the last of --epochs: the report said stopped_early and the log
+    'early stop', though every epoch asked for ran. (The validation loss rises every epoch: a stub.)"""
+    import ssrn.train as T
+
+    rng = np.random.default_rng(0)
+    data = D.PatchDataset(rng.normal(size=(12, 8, 8)).astype(np.float32), rng.integers(1, 4, (8, 8)), np.arange(64),
+                          5)
+    real, calls = T.predict, []
+
+    def rising(*a, **k):
+        pred, _ = real(*a, **k)
+        calls.append(1)
+        return pred, float(len(calls))
+
+    monkeypatch.setattr(T, "predict", rising)
+    for epochs, early in ((2, False), (3, True)):
+        calls.clear()
+        caplog.clear()
+        torch.manual_seed(0)
+        model = ssrn.SSRN(ssrn.SSRNConfig(bands=12, classes=3, kernel=3, patch=5, variant="spc"))
+        with caplog.at_level("INFO", logger="ssrn.train"):
+            res = Trainer(model, epochs=epochs, patience=1, seed=0, progress=False).fit(data, data)
+        assert (res.epochs_run, res.best_epoch, res.stopped_early) == (2, 1, early), epochs
+        assert any("early stop" in r.getMessage() for r in caplog.records) == early, epochs
+
+
+def test_a_test_set_of_one_class_reports_kappa_as_undefined(tmp_path, caplog, monkeypatch):
+    """A test set of one class (every prediction that class) reported kappa 1.0, as perfect agreement beyond
+    chance; it is undefined: null in the report and model.json (valid JSON: no NaN), 'n/a' in the log. (Class 2's
+    one pixel trains; the predictions are made all class 1 by a stub, as a short run's may be.)"""
+    import json
+
+    import ssrn.train as T
+
+    real = T.predict
+    monkeypatch.setattr(T, "predict", lambda *a, **k: (lambda p, loss: (np.zeros_like(p), loss))(*real(*a, **k)))
+    labels = np.ones((8, 8), int)
+    labels[0, 0] = 2
+    scene = _npz_scene(tmp_path / "s.npz", labels, bands=12)
+    with caplog.at_level("INFO", logger="ssrn.train"):
+        rep = run_training(scene, tmp_path / "m", epochs=1, device="cpu", patch=3, variant="spc")
+    assert rep["split"]["classes_absent_from_test"] == ["class 2"]
+    assert rep["kappa"] is None and rep["oa"] == 1.0
+    json.dumps(rep, allow_nan=False)  # (benchmarks/accuracy.py writes the report so)
+
+    def refuse(constant):
+        raise AssertionError(f"model.json holds {constant}")
+
+    saved = json.loads((tmp_path / "m" / "model.json").read_text(), parse_constant=refuse)["meta"]["report"]
+    assert saved["kappa"] is None
+    assert any("kappa n/a (one class in the test set)" in r.getMessage() for r in caplog.records)
+
+
+def test_a_split_that_draws_no_validation_pixel_warns(tmp_path, caplog):
+    """--split blocks on a small scene drew no validation block at --val-fraction 0.1: the best epoch was chosen on
+    the training loss with only an INFO line saying so."""
+    labels = np.zeros((16, 16), int)
+    labels[:8], labels[8:] = 1, 2
+    scene = _npz_scene(tmp_path / "s.npz", labels, bands=12)
+    with caplog.at_level("WARNING", logger="ssrn.train"):
+        rep = run_training(scene, tmp_path / "m", epochs=1, device="cpu", patch=3, variant="spc", split="blocks")
+    assert rep["split"]["n_val"] == 0 and rep["split"]["n_train"] > 0 and rep["selected_on"] == "train_loss"
+    said = [r.getMessage() for r in caplog.records if "drew no validation pixel" in r.getMessage()]
+    assert len(said) == 1 and "validation fraction 0.1), so the best epoch is chosen on the training loss" in said[0]
+    assert "a smaller --patch (more, smaller blocks), --split random, or a larger --val-fraction" in said[0]
