@@ -21,7 +21,7 @@ from .errors import OutputError
 from .logs import warnings_ignored
 
 __all__ = ["ZARR_TITLE", "check_not_scene", "check_output_suffix", "check_replaceable", "ensure_output_dir",
-           "in_the_way", "is_hsi_zarr", "side_paths", "sweep_leftovers", "zarr_root_attributes"]
+           "in_the_way", "is_hsi_zarr", "side_paths", "sweep_leftovers", "tiff_quantity", "zarr_root_attributes"]
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ def _found(path: Path) -> str:
         if not names:
             return "an empty directory"
         if "zarr.json" in names:
-            return f"a zarr store without the attribute title = {ZARR_TITLE!r}"
+            return ("a class-map zarr store hsi-engine wrote" if is_hsi_zarr(path) else
+                    f"a zarr store without the attribute title = {ZARR_TITLE!r}")
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         return f"a directory holding {shown}"
     return "a file" if path.is_file() else "something that is neither a file nor a directory"
@@ -120,6 +121,12 @@ def _is_ours_tiff(tags: dict[str, str]) -> bool:
     return (tags.get("nodata_meaning") == MAP_NODATA_MEANING
             or tags.get("quantity") in (CONFIDENCE_QUANTITY, PROBABILITY_QUANTITY)
             or str(tags.get("software", "")).startswith("hsi-engine"))
+
+
+def tiff_quantity(path: Path) -> str | None:
+    """The ``quantity`` tag of the GeoTIFF at ``path`` (our probabilities and confidence files carry one; a class map
+    does not), or None."""
+    return (_tiff_tags(path) or {}).get("quantity")
 
 
 def why_not_ours(path: Path) -> str | None:
@@ -272,6 +279,10 @@ def ensure_output_dir(d: Path) -> None:
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        above = next((a for a in (d, *d.parents) if a.exists() or a.is_symlink()), None)
+        if above is not None and not above.is_dir():  # mkdir says only "File exists"
+            raise OutputError(f"cannot create the output directory {d}: {above} is {_found(above)}, not a directory; "
+                              "choose another --out") from None
         raise OutputError(f"cannot create the output directory {d} ({e.strerror or e}); choose a writable "
                           "location for the class map") from None
     if not d.is_dir():

@@ -341,6 +341,23 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
                  f"{scene_path.resolve()} + {labels_path.resolve()}", None, nodata, nodata_bands, grid)
 
 
+def _check_not_shipped(out: Any) -> None:
+    """Refuse the model this package ships as a training output: ``--overwrite`` replaced it, and the demo (which
+    scores it on its own split) then failed."""
+    from ssrn.train import TrainOptionError
+
+    from .demo import SHIPPED_MODEL
+
+    if is_text_path(out):
+        try:  # lstat: a link to it is replaced, its target kept (ssrn.checkpoint.check_model_target)
+            here, ours = os.lstat(out), os.stat(SHIPPED_MODEL)
+        except OSError:
+            return
+        if (here.st_dev, here.st_ino) == (ours.st_dev, ours.st_ino):
+            raise TrainOptionError(f"out {os.fspath(out)} is the model hsi-engine ships ({SHIPPED_MODEL}, the demo's): "
+                                   "train into another directory")
+
+
 def train(dataset: str | os.PathLike | Scene, out: str | os.PathLike, *, labels: str | os.PathLike | None = None,
           class_names: Sequence[str] | None = None, variable: str | None = None, band_axis: int | None = None,
           **options: Any) -> dict[str, Any]:
@@ -352,6 +369,7 @@ def train(dataset: str | os.PathLike | Scene, out: str | os.PathLike, *, labels:
     As ``hsi-engine train``: the output, the device and the options are checked before the scene is read."""
     from ssrn.train import TrainOptionError, run_training
 
+    _check_not_shipped(out)
     if labels is not None:  # (without labels, run_training checks dataset and out; with them, out)
         for name, value in (("dataset", dataset), ("labels", labels)):
             if not is_text_path(value):

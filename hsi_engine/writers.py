@@ -58,7 +58,7 @@ from .errors import HSIEngineError, OptionError, OutputError, user_stacklevel
 from .logs import dropped, quiet_affine_mul, warnings_ignored
 from .outputs import (CONFIDENCE_QUANTITY, MAP_NODATA_MEANING, PROBABILITY_QUANTITY, TIFF_SUFFIXES, ZARR_TITLE,
                       check_output_suffix, check_replaceable, ensure_output_dir, in_the_way, ours_aux, path_present,
-                      remove_tree, side_paths)
+                      remove_tree, side_paths, tiff_quantity)
 from .outputs import URL, check_not_scene, is_hsi_zarr, sweep_leftovers, zarr_root_attributes, zarr_unusable
 
 __all__ = ["ClassMapWriter", "GeoTiffClassMapWriter", "ZarrClassMapWriter", "default_palette", "open_writer",
@@ -516,7 +516,9 @@ class ClassMapWriter:
     def _cleanup(self) -> None:
         for t in self._temps:
             if t.is_dir() and not t.is_symlink():  # a replaced symlink goes, never what it points to
-                remove_tree(t)
+                if not remove_tree(t):  # (an old store this process may not delete: a full-size hidden copy)
+                    log.warning("could not remove the hidden %s (or its .trash-* rename) beside %s: a directory "
+                                "this process may not delete; delete it yourself", t.name, self.path)
             else:
                 try:
                     t.unlink()
@@ -702,15 +704,18 @@ class GeoTiffClassMapWriter(ClassMapWriter):
         # means the whole output is complete; a file that cannot be replaced (on Windows, one a GIS holds open)
         # puts every old one back.
         installs = [(aux_tmp, self._sides["aux"]), *cogs[::-1]]
-        olds = _replace_all(installs, [p for p in stale if p.is_file() or p.is_symlink()],
-                            lambda p: self._tmp_name(p, "old"))
-        self._temps += olds  # the old output goes with the temporaries once this output is committed
+        self._temps += _replace_all(installs, [p for p in stale if p.is_file() or p.is_symlink()],
+                                    lambda p: self._tmp_name(p, "old"))  # the old output goes with the temps
+        self.committed = True  # now, not once commit() returns: a signal landing on the way is after the map
 
     def _stale_sides(self) -> list[Path]:
         """The old output's ``_probabilities``/``_confidence`` files this run does not write (and their ``.aux.xml``
         and ``.ovr``), to remove: an overwrite replaces the whole output set, so no sidecar outlives the map it was
-        computed with."""
-        return [side for key in ("probabilities", "confidence") if key not in self._final
+        computed with. Only a file tagged as that quantity: a class map of its own a user named ``m_confidence.tif``
+        was deleted, its ``.aux.xml`` too, by an overwrite of ``m.tif``."""
+        role = {"probabilities": PROBABILITY_QUANTITY, "confidence": CONFIDENCE_QUANTITY}
+        return [side for key in ("probabilities", "confidence")
+                if key not in self._final and tiff_quantity(self._sides[key]) == role[key]
                 for side in (self._sides[key], *(self._sides[key].with_name(self._sides[key].name + end)
                                                  for end in (".aux.xml", ".ovr")))]
 
@@ -824,6 +829,7 @@ class ZarrClassMapWriter(ClassMapWriter):
         # the old store moved aside, the new one in; if the new one cannot take the name, the old one goes back
         # (it was deleted with the temporaries: the old map lost, nothing at the output's name)
         self._temps += _replace_all([(self._tmp, self.path)], [], lambda p: self._tmp_name(p, "old"))
+        self.committed = True  # (see the GeoTIFF writer)
 
 
 def _appeared(path: Path) -> str:

@@ -77,6 +77,21 @@ def test_train_replaces_its_model_only_with_overwrite(tmp_path, tiny, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
+def test_train_never_replaces_the_shipped_model(tmp_path, tiny, capsys):
+    """``--overwrite`` onto the package's own model replaced it, and the demo then failed; a link to it is a link."""
+    from hsi_engine.demo import SHIPPED_MODEL
+
+    before = _tree(SHIPPED_MODEL)
+    via = tmp_path / "via"
+    via.symlink_to(SHIPPED_MODEL.parent)
+    assert main(["train", "--dataset", str(tiny), "--out", str(via / SHIPPED_MODEL.name), *FAST, "--overwrite"]) == 2
+    assert "is the model hsi-engine ships" in _one_error_line(capsys.readouterr().err)
+    assert _tree(SHIPPED_MODEL) == before
+    (tmp_path / "link").symlink_to(SHIPPED_MODEL)
+    assert main(["train", "--dataset", str(tiny), "--out", str(tmp_path / "link"), *FAST, "--overwrite"]) == 0
+    assert _tree(SHIPPED_MODEL) == before and not (tmp_path / "link").is_symlink()
+
+
 def test_train_fills_an_empty_directory(tmp_path, tiny):
     out = tmp_path / "empty"
     out.mkdir()

@@ -256,3 +256,41 @@ def test_a_commit_that_fills_the_disk_is_named_full_though_its_temps_free_it(tmp
     with pytest.raises(OutputError, match="the file system is full"):
         w.commit()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_a_signal_once_the_new_map_is_in_place_finds_the_writer_committed(tmp_path, monkeypatch, suffix):
+    """A SIGTERM landing after the renames but before ``commit()`` returned: the new map was in place and the old one
+    gone, yet the writer was not marked committed, so the run said "interrupted" (exit 130) over a finished map."""
+    from hsi_engine import writers
+
+    old = write_map(tmp_path / f"m{suffix}", probabilities=None)
+    before = state(tmp_path)
+    cls = writers.GeoTiffClassMapWriter if suffix == ".tif" else writers.ZarrClassMapWriter
+    real = cls._commit
+
+    def signalled(self):
+        real(self)
+        raise KeyboardInterrupt  # what the CLI's SIGTERM handler raises, here at the end of the commit
+
+    monkeypatch.setattr(cls, "_commit", signalled)
+    w = open_writer(old, height=32, width=32, n_classes=3, crs="EPSG:32633", transform=(30, 0, 0, 0, -30, 0),
+                    class_names=["a", "b", "c"], overwrite=True, block=TILE)
+    w.write(0, 0, np.full((32, 32), 2, np.uint8))
+    with pytest.raises(KeyboardInterrupt):
+        w.commit()
+    assert w.committed
+    after = state(tmp_path)
+    assert sorted(after) == sorted(before) and after[old.name] != before[old.name]  # the new map, no leftovers
+
+
+def test_an_old_store_that_cannot_be_deleted_is_named(tmp_path, monkeypatch, caplog):
+    """An overwritten zarr map the process may not delete stayed as a full-size hidden copy, and the run said
+    nothing (a file that cannot be removed was already named)."""
+    from hsi_engine import writers
+
+    old = write_map(tmp_path / "m.zarr", probabilities=None)
+    monkeypatch.setattr(writers, "remove_tree", lambda path: False)
+    with caplog.at_level("WARNING", logger="hsi_engine.writers"):
+        write_map(old, probabilities=None, overwrite=True)
+    assert re.search(r"could not remove the hidden \.m\.zarr\.old-\w+\.zarr .*beside .*m\.zarr", caplog.text)

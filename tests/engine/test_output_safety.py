@@ -323,6 +323,17 @@ def test_overwrite_removes_sidecars_the_new_run_does_not_write(case, tmp_path, r
 
 
 
+def test_an_overwrite_keeps_a_class_map_named_like_a_side_file(case, tmp_path):
+    """A class map of its own the user named ``a_confidence.tif`` is no confidence file of ``a.tif``: an overwrite
+    of ``a.tif`` without probabilities deleted it and its ``.aux.xml``, silently, exit 0."""
+    own = tmp_path / "a_confidence.tif"
+    classify_to_file(case, own)
+    kept = {p.name: digest(p) for p in (own, own.with_name(own.name + ".aux.xml"))}
+    out = tmp_path / "a.tif"
+    classify_to_file(case, out)
+    classify_to_file(case, out, overwrite=True)
+    assert {n: digest(tmp_path / n) for n in kept} == kept
+
 def test_an_overwrite_leaves_no_gdal_side_file_of_the_old_outputs(case, tmp_path):
     """GDAL keeps a ``_probabilities``/``_confidence`` file's statistics and band names in its own ``.aux.xml``
     (QGIS writes one when it shows the layer) and external overviews in ``.ovr``: an overwrite kept them, so the
@@ -609,3 +620,16 @@ def test_an_output_in_the_way_is_refused_before_the_scene_is_read(case, tmp_path
     monkeypatch.setattr(hsi_engine.api, "_Job", read)
     with pytest.raises(OutputError, match=r"already exists; pass overwrite=True"):
         classify_to_file(case, out, **kw)
+
+
+def test_what_is_in_the_way_is_named_as_it_is(case, tmp_path):
+    """Our own zarr map at a ``.tif`` name was called "a zarr store without the attribute title ..." (it has it), and
+    an output under a path whose parent is a file got mkdir's bare "File exists"."""
+    classify_to_file(case, tmp_path / "z.zarr")
+    (tmp_path / "z.zarr").rename(tmp_path / "z.tif")
+    with pytest.raises(OutputError, match="found a class-map zarr store hsi-engine wrote"):
+        classify_to_file(case, tmp_path / "z.tif", overwrite=True)
+    (tmp_path / "notes").write_text("x")
+    with pytest.raises(OutputError, match=r"notes is a file, not a directory; choose another --out"):
+        classify_to_file(case, tmp_path / "notes" / "sub" / "m.tif")
+    assert listing(tmp_path) == ["notes", "z.tif"]
