@@ -189,13 +189,24 @@ def _warn_bottom_up(da: xr.DataArray, scene_path: Any) -> None:
 
 
 def grid_step(v: np.ndarray) -> tuple[float, float]:
-    """``(step, off)`` of 1-D pixel-centre coordinates (at least two): their mean step, and how far the farthest
-    pixel lies from the regular grid of that step through the first. Grids are taken where ``off`` is at most half
-    a pixel: float32 or rounded coordinates of a regular grid step unevenly by their storage precision, but stay
-    within a fraction of a pixel."""
+    """``(step, off)`` of 1-D pixel-centre coordinates (at least two, of any numeric dtype): their mean step, and
+    how far the farthest pixel lies from the regular grid of that step through the first or, where more, how far
+    one step is from the usual (median) one beyond the coordinates' storage precision: a column dropped in the
+    middle keeps every pixel within half a pixel of the mean grid, and its map was written on a stretched grid,
+    15 m off at 30 m pixels. Grids are taken where ``off`` is at most half a pixel: float32 or rounded coordinates of
+    a regular grid step unevenly by their storage precision (float32 longitudes of 1 m pixels step by one or two
+    float32 spacings), but stay within a fraction of a pixel."""
+    stored = np.asarray(v)
+    v = stored.astype(np.float64)
     steps = np.diff(v)
     mean = float(steps.mean())
-    return mean, float(np.abs(np.cumsum(steps - mean)).max())
+    drift = float(np.abs(np.cumsum(steps - mean)).max())
+    top = float(np.abs(v).max())
+    quantum = float(np.spacing(stored.dtype.type(top))) if stored.dtype.kind == "f" else 1.0
+    if np.all(v == np.round(v)):  # whole units (rounded metres): a step of 2.5 stored as 2s and 3s
+        quantum = max(quantum, 1.0)
+    jump = float(np.abs(steps - np.median(steps)).max()) - 2 * quantum
+    return mean, max(drift, jump)
 
 
 def grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
@@ -248,7 +259,7 @@ def grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
         if v.size < 2:  # one pixel: its coordinate places it, at the stored pixel size
             continue
         steps = np.diff(v)
-        mean, off = grid_step(v)
+        mean, off = grid_step(np.asarray(da[d].values))
         wrap = _longitude_wrap(da, d, steps) if off > 0.5 * abs(mean) else None
         if wrap is not None:
             raise IrregularGridError(

@@ -140,10 +140,11 @@ def _transform_from_coords(y, x):
     from .georef import grid_step
 
     steps = []
-    for v in (np.asarray(y, dtype=np.float64), np.asarray(x, dtype=np.float64)):
+    for c in (np.asarray(y), np.asarray(x)):
+        v = c.astype(np.float64)
         if v.ndim != 1 or v.size < 2 or not np.all(np.isfinite(v)):
             return None
-        step, off = grid_step(v)
+        step, off = grid_step(c)
         if step == 0 or off > 0.5 * abs(step):
             return None
         steps.append(step)

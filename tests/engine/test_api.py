@@ -1336,6 +1336,9 @@ def test_write_classmap_refuses_a_map_on_irregular_coordinates(geo, tmp_path):
     cut = labels.isel(x=np.r_[0:4, 8:12])
     with pytest.raises(IrregularGridError, match="x coordinates are not evenly spaced"):
         write_classmap(cut, tmp_path / "cut.tif")
+    # one column dropped in the middle: every pixel within half a pixel of the mean grid, yet a stretched map
+    with pytest.raises(IrregularGridError, match=r"x coordinates are not evenly spaced \(steps from 30 to 60"):
+        write_classmap(labels.isel(x=np.r_[0:6, 7:12]), tmp_path / "cut.tif")
     assert not (tmp_path / "cut.tif").exists()
     assert write_classmap(labels, tmp_path / "ok.tif").exists()
 
@@ -1353,6 +1356,8 @@ def test_irregular_coordinates_are_refused_for_a_file_and_warned_in_memory(geo, 
     gappy = da.isel(x=np.r_[0:4, 8:12])
     with pytest.raises(IrregularGridError, match=r"its x coordinates are not evenly spaced \(steps from 30 to 150"):
         classify_to_file(gappy, model, tmp_path / "gap.tif", progress=False)
+    with pytest.raises(IrregularGridError, match=r"its x coordinates are not evenly spaced \(steps from 30 to 60"):
+        classify_to_file(da.isel(x=np.r_[0:6, 7:12]), model, tmp_path / "gap.tif", progress=False)  # the middle one
     assert list(tmp_path.iterdir()) == []
     # without a CRS too: the file was written in pixel coordinates, under a warning that said the coordinates placed it
     with pytest.raises(IrregularGridError, match=r"its x coordinates are not evenly spaced"):
