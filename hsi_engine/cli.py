@@ -437,6 +437,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hsi-engine {args.command}: error: {one_line(cli_words(str(e)))} ({type(e).__name__}, raised as an "
               "error by -W error / PYTHONWARNINGS)", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if not top or top in ("hsi_engine", "ssrn", "kernels") or any(w in str(e) for w in _OUT_OF_MEMORY):
+            raise
+        print(f"hsi-engine {args.command}: error: the package {top!r} is missing ({one_line(str(e))}); it is one of "
+              f"hsi-engine's dependencies: reinstall them (pip install 'hsi-engine', or pip install -e . in a "
+              f"checkout) or pip install {top}", file=sys.stderr)
+        return 2
     except (MemoryError, RuntimeError, ImportError) as e:
         # torch's CPU allocator raises RuntimeError ("DefaultCPUAllocator: can't allocate memory"), Python
         # MemoryError; past an address-space limit (ulimit -v) threads and shared libraries fail to start or map too

@@ -126,6 +126,13 @@ def normalise_dims(da: xr.DataArray, where: str) -> xr.DataArray:
                 if old == "wavelength" or "wavelength" not in da.coords:
                     wl = values
                 da = da.drop_vars(old)
+        clash = {old: new for old, new in rename.items() if new in da.coords and new not in da.dims}
+        if clash:
+            old, new = next(iter(clash.items()))
+            raise MissingSpatialDimsError(
+                f"{where}: its dim {str(old)!r} is read as {new!r}, but it also has a coordinate named {new!r} on "
+                f"dims {da[new].dims} (2-D x/y beside a lat/lon grid?); drop or rename that coordinate first, e.g. "
+                f"da.drop_vars({new!r}) or da.rename({{{new!r}: '{new}_aux'}})")
         da = da.rename(rename)
         if wl is not None and np.issubdtype(wl.dtype, np.number) and not not_wavelengths(units, wl):
             da = da.assign_coords(wavelength=("band", to_nm(wl, units)))

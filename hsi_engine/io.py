@@ -216,8 +216,14 @@ def as_scene(obj: Any, *, band_axis: int | None = None) -> xr.DataArray:
         cube = gdal_band_stack(obj, "the Dataset", decode=False) if not any(
             cube_like(v) for v in obj.data_vars.values()) else None
         if cube is None:
-            cube = pick_variable(obj, "the Dataset", None, how="ds[NAME] (e.g. classify(ds[NAME], model) or "
-                                  "ds[NAME].hsi.classify(model))")
+            maps = sorted({str(v.attrs["grid_mapping"]) for v in obj.data_vars.values()
+                           if isinstance(v.attrs.get("grid_mapping"), str) and v.attrs["grid_mapping"] in obj})
+            keep = "".join(f", {m!r}" for m in maps)  # ds[NAME] alone drops a grid mapping that is a data variable
+            cube = pick_variable(obj, "the Dataset", None,
+                                 how=(f"ds[['NAME'{keep}]] (e.g. classify(ds[['NAME'{keep}]], model), which keeps "
+                                      f"its grid mapping {maps[0]!r} and so its CRS; from a file, "
+                                      "open_scene(path, variable='NAME'))" if maps else
+                                      "ds[NAME] (e.g. classify(ds[NAME], model) or ds[NAME].hsi.classify(model))"))
         # as open_scene reads the file: its grid mapping, wavelengths and CF lat/lon, where xr.open_dataset left
         # them data variables
         return cf_georef(keep_grid_mapping(normalise_dims(cube, f"the Dataset's variable {cube.name!r}"), obj))

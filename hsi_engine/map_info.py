@@ -10,6 +10,9 @@ from typing import Any
 __all__ = ["class_map_attrs", "map_info"]
 
 
+_NO_GEOTRANSFORM = "Dataset has no geotransform"  # rasterio's warning on a map without georeferencing (the demo's)
+
+
 def class_map_attrs(path: str | os.PathLike) -> dict[str, Any] | None:
     """The metadata of a class map hsi-engine wrote (a GeoTIFF's tags, a zarr store's root attributes, partial
     stores included), or None for anything else."""
@@ -22,10 +25,13 @@ def class_map_attrs(path: str | os.PathLike) -> dict[str, Any] | None:
         return None
     try:
         import rasterio
+        from rasterio.errors import NotGeoreferencedWarning
 
         from .geotiff import gdal_name
+        from .logs import warnings_ignored
 
-        with rasterio.open(gdal_name(p), driver="GTiff") as f:
+        with warnings_ignored(NotGeoreferencedWarning, _NO_GEOTRANSFORM), \
+                rasterio.open(gdal_name(p), driver="GTiff") as f:  # (under -W error: raised, and taken for a scene)
             tags = dict(f.tags())
     except Exception:  # noqa: BLE001 - not a raster rasterio reads: a scene's reader says why
         return None
@@ -64,8 +70,12 @@ def map_info(path: str | os.PathLike) -> str:
                 attrs["class_names"] = ds["classes"].attrs.get("class_names")
     else:
         import rasterio
+        from rasterio.errors import NotGeoreferencedWarning
 
-        with rasterio.open(p, driver="GTiff") as f:
+        from .logs import warnings_ignored
+
+        with warnings_ignored(NotGeoreferencedWarning, _NO_GEOTRANSFORM), \
+                rasterio.open(p, driver="GTiff") as f:  # (its "crs none" says so)
             h, w, crs = f.height, f.width, (f.crs.to_string() if f.crs else None)
         from .outputs import side_paths
 

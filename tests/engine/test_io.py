@@ -285,6 +285,39 @@ def test_alternative_dim_names_are_renamed(tmp_path):
     np.testing.assert_array_equal(da.values, cube)
 
 
+
+def test_a_2d_x_coordinate_beside_lat_lon_dims_is_named_not_a_bare_value_error():
+    """dims (band, lat, lon) with 2-D x/y coordinates: renaming lon to x raised xarray's bare ValueError."""
+    from hsi_engine.errors import MissingSpatialDimsError
+    from hsi_engine.io import as_scene
+
+    cube = make_cube(bands=3, height=5, width=6)
+    xx, yy = np.meshgrid(np.arange(6.0), np.arange(5.0))
+    da = xr.DataArray(cube, dims=("band", "lat", "lon"),
+                      coords={"x": (("lat", "lon"), xx), "y": (("lat", "lon"), yy)})
+    with pytest.raises(MissingSpatialDimsError, match=r"dim 'lat' is read as 'y', but it also has a coordinate "
+                                                      r"named 'y' .*da\.drop_vars\('y'\)"):
+        as_scene(da)
+    assert as_scene(da.drop_vars(["x", "y"])).dims == ("band", "y", "x")
+
+
+def test_the_advice_for_a_dataset_of_two_cubes_keeps_its_crs(tmp_path):
+    """xr.open_dataset leaves a CF grid mapping a data variable: the advice ds[NAME] dropped it (a map without a
+    CRS); the advice names it, and following it keeps the CRS."""
+    from hsi_engine.errors import SceneError
+    from hsi_engine.io import as_scene
+
+    cube = make_cube(bands=3, height=5, width=6)
+    da = xr.DataArray(cube, dims=("band", "y", "x"),
+                      coords={"y": 4000015.0 - 30 * np.arange(5), "x": 500015.0 + 30 * np.arange(6)})
+    ds = xr.Dataset({"a": da, "b": da + 1}).rio.write_crs("EPSG:32616")
+    ds.to_netcdf(tmp_path / "two.nc", engine="h5netcdf")
+    opened = xr.open_dataset(tmp_path / "two.nc", engine="h5netcdf")
+    assert "spatial_ref" in opened.data_vars
+    with pytest.raises(SceneError, match=r"pick one with ds\[\['NAME', 'spatial_ref'\]\]"):
+        as_scene(opened)
+    assert as_scene(opened[["a", "spatial_ref"]]).rio.crs.to_epsg() == 32616
+
 # --------------------------------------------------------------------------------------------------
 # errors
 

@@ -106,3 +106,41 @@ def test_a_scene_whose_file_name_is_not_utf8_is_recorded_escaped(case, tmp_path)
     hsi_engine.classify_to_file(scene, case["model"], out, progress=False)
     with rasterio.open(out) as f:
         assert f.tags()["scene"] == str(tmp_path / "sc\\xffene.zarr")
+
+
+def _ungeoreferenced_map(path):
+    import warnings
+
+    import numpy as np
+
+    from hsi_engine.writers import open_writer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w = open_writer(path, height=4, width=4, n_classes=2, class_names=["a", "b"], tags={"model_digest": "0" * 16})
+        w.write(0, 0, np.ones((4, 4), np.uint8))
+        return w.commit()
+
+
+def test_an_ungeoreferenced_map_is_described_without_rasterio_s_warning(tmp_path, capsys):
+    """The demo's map has no georeferencing: ``info`` printed rasterio's NotGeoreferencedWarning beside its own
+    "crs none", and exited 2 under -W error."""
+    import warnings
+
+    out = _ungeoreferenced_map(tmp_path / "m.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["info", str(out)]) == 0
+    assert "crs        none" in capsys.readouterr().out
+
+
+def test_a_missing_dependency_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    """A dependency removed from the environment gave a raw traceback; the line names the package and the fix."""
+    import sys
+
+    out = _ungeoreferenced_map(tmp_path / "m.tif")
+    monkeypatch.setitem(sys.modules, "rasterio", None)  # what an uninstalled package raises: ModuleNotFoundError
+    assert main(["info", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "error: the package 'rasterio' is missing" in err and "pip install rasterio" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
