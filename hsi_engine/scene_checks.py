@@ -575,15 +575,21 @@ def warn_large_chunks(da: xr.DataArray, plan: TilePlan) -> None:
         return
     itemsize = np.dtype(da.dtype).itemsize
     chunk = max(da.chunks[0]) * max(da.chunks[1]) * max(da.chunks[2]) * itemsize
+    # a tile reads every band: a chunk of few bands (a band-sequential store, xr.concat of 2-D bands) is small
+    # itself, yet a tile decodes the whole planes of all of them (one of 4000 x 4000 pixels: 12 GiB per tile)
+    per_tile = da.sizes["band"] * max(da.chunks[1]) * max(da.chunks[2]) * itemsize
     th, tw = plan.tile
     window = da.sizes["band"] * math.prod(plan.max_read_shape) * itemsize
-    if chunk > max(LARGE_CHUNK_BYTES, 16 * window):
+    if per_tile > max(LARGE_CHUNK_BYTES, 16 * window):
+        bands = (f"; a tile's {da.sizes['band']} bands span {len(da.chunks[0])} chunks, "
+                 f"{per_tile / 2**20:,.0f} MiB decoded per tile" if per_tile > chunk else "")
         warnings.warn(f"the scene's chunks are {max(da.chunks[1])} x {max(da.chunks[2])} pixels of "
-                      f"{max(da.chunks[0])} bands ({chunk / 2**20:,.0f} MiB decoded each) against tiles of "
+                      f"{max(da.chunks[0])} bands ({chunk / 2**20:,.0f} MiB decoded each{bands}) against tiles of "
                       f"{th} x {tw}: "
                       "every tile decodes the whole chunks it touches, so memory grows by about that much per "
                       "reader thread and each chunk is decoded again for every tile in it. Rechunk the store (e.g. "
-                      "xr.open_zarr(path).chunk({'y': 256, 'x': 256}).to_zarr(new_path); chunks asked of a store "
+                      "xr.open_zarr(path).chunk({'band': -1, 'y': 256, 'x': 256}).to_zarr(new_path); chunks asked of a "
+                      "store "
                       "that has larger ones still decode whole ones), or keep them decoded once with cache_blocks=1 "
                       "(--cache-blocks 1), at that memory", UserWarning,
                       stacklevel=user_stacklevel())

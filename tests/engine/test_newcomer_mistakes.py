@@ -402,10 +402,18 @@ def test_chunks_far_larger_than_a_tile_are_named(monkeypatch, model):
     one = scene.copy(data=dsa.from_array(scene.values, chunks=-1))
     with pytest.warns(UserWarning, match=r"chunks are 64 x 64 pixels .* every tile decodes the whole chunks"):
         hsi_engine.classify(one, model, tile=8, progress=False)  # (16 windows of 14 x 14 pixels: 1.25 of 1.6 MB)
+    from hsi_engine.tiles import plan_tiles
+
+    plan = plan_tiles(64, 64, 8, 3)
     small = scene.copy(data=dsa.from_array(scene.values, chunks=(-1, 16, 16)))
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="the scene's chunks", category=UserWarning)
-        hsi_engine.classify(small, model, tile=8, progress=False)
+        checks.warn_large_chunks(small, plan)
+    # one band per chunk (a band-sequential store): each chunk small, yet every tile decodes 200 whole planes
+    planes = scene.copy(data=dsa.from_array(scene.values, chunks=(1, -1, -1)))
+    with pytest.warns(UserWarning, match=r"a tile's 200 bands span 200 chunks, .* MiB decoded per tile\) against "
+                                         r"tiles of 8 x 8: .*\.chunk\(\{'band': -1, 'y': 256, 'x': 256\}\)"):
+        checks.warn_large_chunks(planes, plan)
 
 
 def test_a_scene_opened_with_its_scale_factor_applied_is_told_to_open_it_as_stored(crop, model, tmp_path):
