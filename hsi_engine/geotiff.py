@@ -54,6 +54,42 @@ def check_gdal_side_files(path: Path) -> None:
             raise SceneError(f"{path.parent / entry.name}, beside the scene {path}, is not a regular file (a pipe or "
                              "a device): GDAL may read it when it opens the scene (a side file or header of that "
                              "name), and would wait on it for ever; remove it or replace it with a file")
+    _check_side_files_read(path, [e.name for e in entries if e.name.startswith(stem + ".") and e.name != path.name])
+
+
+# side files that change what a scene reads: its mask, nodata, scales and georeferencing, an ENVI/EHdr header
+_SIDE_ENDINGS = (".msk", ".aux.xml", ".hdr", ".tfw", ".tifw", ".wld", ".rpb", ".prj")
+_PAM_KEYS = ("<NoDataValue", "<GeoTransform", "<SRS", "<Offset", "<Scale")
+
+
+def _check_side_files_read(path: Path, names: list[str]) -> None:
+    """Refuse a scene whose side files GDAL is configured to ignore (a process-wide setting, common in cloud
+    images): ``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR`` hides every side file (an external ``.msk`` mask: its
+    pixels were classified as land cover, exit 0), ``GDAL_PAM_ENABLED=NO`` the ``.aux.xml`` (per-band nodata)."""
+    from rasterio.env import get_gdal_config
+
+    sides = [n for n in names if n.lower().endswith(_SIDE_ENDINGS)]
+    if not sides:
+        return
+    hide = str(get_gdal_config("GDAL_DISABLE_READDIR_ON_OPEN", normalize=False) or "").upper()
+    if hide == "EMPTY_DIR":
+        raise SceneError(f"{path}: GDAL is set to ignore the files beside it (GDAL_DISABLE_READDIR_ON_OPEN="
+                         f"EMPTY_DIR), but {path.parent / sides[0]} is there, and what it says of the scene (mask, "
+                         "nodata, georeferencing, header) would be lost: unset GDAL_DISABLE_READDIR_ON_OPEN (or set "
+                         "it to FALSE) for this run")
+    pam = str(get_gdal_config("GDAL_PAM_ENABLED", normalize=False) or "YES").upper()
+    aux = path.parent / (path.name + ".aux.xml")
+    if pam in ("NO", "FALSE", "OFF", "0") and aux.name in sides:
+        try:
+            with open(aux, encoding="utf-8", errors="replace") as f:
+                text = f.read(1 << 20)
+        except OSError:
+            return
+        said = [k[1:] for k in _PAM_KEYS if k in text]
+        if said:
+            raise SceneError(f"{path}: GDAL is set not to read .aux.xml files (GDAL_PAM_ENABLED={pam}), but {aux} "
+                             f"gives the scene's {', '.join(said)}, which would be lost (nodata read as data): "
+                             "unset GDAL_PAM_ENABLED (or set it to YES) for this run")
 
 
 _DRIVER_NAMES = {"GTiff": "GeoTIFF", "ENVI": "ENVI", "EHdr": "ESRI EHdr"}

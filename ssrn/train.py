@@ -66,6 +66,21 @@ def global_rngs_kept():
         np.random.set_state(nps)
 
 
+def _check_optimizer_setup() -> None:
+    """Building a torch optimizer imports ``torch._dynamo``, which creates the compiler's cache directory (though
+    training never compiles): an unusable ``TORCHINDUCTOR_CACHE_DIR``, or no usable temporary directory, failed
+    the run after the scene was read, with only "[Errno 2] No such file or directory: '/proc/nope'". Now, before."""
+    try:
+        import torch._dynamo  # noqa: F401
+    except (OSError, AssertionError) as e:  # (AssertionError: a second import, after one that failed)
+        where = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        asked = f"TORCHINDUCTOR_CACHE_DIR={where}" if where else "its default under the temporary directory"
+        again = "" if isinstance(e, OSError) else ", then start a new process (it failed earlier in this one)"
+        raise TrainOptionError(f"torch cannot create its compiler cache directory ({asked}: "
+                               f"{getattr(e, 'strerror', None) or e}), which building the optimizer needs: point "
+                               f"TORCHINDUCTOR_CACHE_DIR (or TMPDIR) at a writable directory{again}") from None
+
+
 class TrainOptionError(OptionError):
     """A training option that cannot work: out of range, two options that cannot both apply, a missing device
     (an :class:`~ssrn.errors.OptionError`: an ``HSIEngineError`` and a ``ValueError``)."""
@@ -660,6 +675,7 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
           if target.name else contextlib.nullcontext()):
         check_model_target(out, overwrite)
         dev = _device(device)
+        _check_optimizer_setup()
         if isinstance(dataset, Scene):
             spec = dataset.spec
         else:

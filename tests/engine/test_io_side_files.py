@@ -57,3 +57,31 @@ def test_a_hostile_wavelength_sidecar_is_named_and_left_out(tmp_path, content: s
     assert "wavelength" not in da.coords
     assert any("s.wavelengths.json" in str(w.message) and ("cannot be read" in str(w.message) or "more than the"
                                                              in str(w.message)) for w in caught)
+
+
+def test_side_files_gdal_is_set_to_ignore_are_refused(tmp_path, monkeypatch, geo) -> None:
+    """GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR (common in cloud images) hid an external .msk (its pixels classified
+    as land cover, exit 0) and an ENVI header; GDAL_PAM_ENABLED=NO the per-band nodata of an .aux.xml."""
+    import rasterio
+
+    cube = np.ones((3, 8, 8), np.float32)
+    masked = geo.write_geotiff(tmp_path / "masked.tif", cube, block=None)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=False), rasterio.open(masked, "r+") as f:
+        f.write_mask(np.where(np.arange(64).reshape(8, 8) < 5, 0, 255).astype(np.uint8))
+    assert (tmp_path / "masked.tif.msk").exists()
+    pam = geo.write_geotiff(tmp_path / "pam.tif", cube, block=None)
+    (tmp_path / "pam.tif.aux.xml").write_text('<PAMDataset><PAMRasterBand band="1"><NoDataValue>1</NoDataValue>'
+                                              "</PAMRasterBand></PAMDataset>")
+    monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
+    with pytest.raises(SceneError, match=r"masked\.tif: GDAL is set to ignore the files beside it .*masked\.tif\.msk "
+                                         r"is there.*unset GDAL_DISABLE_READDIR_ON_OPEN"):
+        open_scene(masked)
+    monkeypatch.delenv("GDAL_DISABLE_READDIR_ON_OPEN")
+    monkeypatch.setenv("GDAL_PAM_ENABLED", "NO")
+    with pytest.raises(SceneError, match=r"GDAL_PAM_ENABLED=NO\), but .*pam\.tif\.aux\.xml gives the scene's "
+                                         r"NoDataValue"):
+        open_scene(pam)
+    open_scene(masked)  # an .msk is read without PAM
+    (tmp_path / "pam.tif.aux.xml").write_text("<PAMDataset><Metadata><MDI key='STATISTICS_MEAN'>1</MDI></Metadata>"
+                                              "</PAMDataset>")
+    open_scene(pam)  # statistics alone change nothing the engine reads

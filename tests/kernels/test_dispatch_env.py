@@ -85,18 +85,25 @@ def test_an_engine_asked_for_compile_runs_eager_when_compile_cannot_start(fresh_
 
 
 def test_a_real_unusable_cache_dir_falls_back_in_a_fresh_process(tmp_path):
-    """The real thing: ``torch._dynamo`` makes its cache directory at import, here under a file."""
+    """The real thing: ``torch._dynamo`` makes its cache directory at import, here under a file. Training, which
+    never compiles, imports it too (building its optimizer): it failed after the scene was read with a bare errno
+    line; it is refused before, naming the variable."""
     (tmp_path / "file").write_text("")
     script = textwrap.dedent("""
         import logging, torch
         logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s: %(message)s")
         from kernels.dispatch import get_spectral_stage
         from kernels.spectral import _random_program, spectral_stage_reference
+        from ssrn.train import TrainOptionError, run_training
+        try:
+            run_training(OUT + "/none.npz", OUT + "/model")  # (no such scene: the check comes before it is read)
+        except TrainOptionError as e:
+            print("TRAIN", e)
         fn = get_spectral_stage("compile", "cpu")
         prog = _random_program(23, 8, 16, generator=torch.Generator().manual_seed(0))
         x = torch.randn(5, 23, generator=torch.Generator().manual_seed(1))
         print("EQUAL", torch.equal(fn(x, prog), spectral_stage_reference(x, prog)))
-    """)
+    """).replace("OUT", repr(str(tmp_path)))
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "file" / "sub"), PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
                           cwd=ROOT)
@@ -105,6 +112,9 @@ def test_a_real_unusable_cache_dir_falls_back_in_a_fresh_process(tmp_path):
     warned = [ln for ln in proc.stderr.splitlines() if ln.startswith("kernels.dispatch WARNING")]
     assert len(warned) == 1 and "NotADirectoryError" in warned[0] and "TORCHINDUCTOR_CACHE_DIR" in warned[0], \
         proc.stderr[-2000:]
+    assert "TRAIN torch cannot create its compiler cache directory (TORCHINDUCTOR_CACHE_DIR=" in proc.stdout, \
+        proc.stdout + proc.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_triton_under_the_interpreter_warns_once_that_it_is_slow(fresh_dispatch, monkeypatch, caplog):
