@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import decimal
+import importlib
 import logging
 import math
 import numbers
@@ -71,7 +72,7 @@ def _check_optimizer_setup() -> None:
     training never compiles): an unusable ``TORCHINDUCTOR_CACHE_DIR``, or no usable temporary directory, failed
     the run after the scene was read, with only "[Errno 2] No such file or directory: '/proc/nope'". Now, before."""
     try:
-        import torch._dynamo  # noqa: F401
+        importlib.import_module("torch._dynamo")
     except (OSError, AssertionError) as e:  # (AssertionError: a second import, after one that failed)
         where = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
         asked = f"TORCHINDUCTOR_CACHE_DIR={where}" if where else "its default under the temporary directory"
