@@ -438,8 +438,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               "error by -W error / PYTHONWARNINGS)", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:
+        import importlib.util
+
         top = (e.name or "").split(".")[0]
-        if not top or top in ("hsi_engine", "ssrn", "kernels") or any(w in str(e) for w in _OUT_OF_MEMORY):
+        if not top or top in ("hsi_engine", "ssrn", "kernels") or any(w in str(e) for w in _OUT_OF_MEMORY) or \
+                (top != e.name and importlib.util.find_spec(top) is not None):  # installed, lacking a part: a bug
             raise
         print(f"hsi-engine {args.command}: error: the package {top!r} is missing ({one_line(str(e))}); it is one of "
               f"hsi-engine's dependencies: reinstall them (pip install 'hsi-engine', or pip install -e . in a "

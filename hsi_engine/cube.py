@@ -126,7 +126,8 @@ def normalise_dims(da: xr.DataArray, where: str) -> xr.DataArray:
                 if old == "wavelength" or "wavelength" not in da.coords:
                     wl = values
                 da = da.drop_vars(old)
-        clash = {old: new for old, new in rename.items() if new in da.coords and new not in da.dims}
+        clash = {old: new for old, new in rename.items()  # (1-D on that dim: swap_dims' band numbers, renamed fine)
+                 if new in da.coords and new not in da.dims and da[new].dims != (old,)}
         if clash:
             old, new = next(iter(clash.items()))
             raise MissingSpatialDimsError(

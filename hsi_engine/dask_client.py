@@ -218,13 +218,21 @@ def dask_setup(worker: Any) -> None:
     each worker printed a 30-line KeyboardInterrupt traceback while the driver was already stopping the run and
     closing them; the driver alone handles it. A worker's "Failed to communicate with scheduler during heartbeat"
     (two tracebacks) is dropped: on a loaded machine a worker still closing when the scheduler goes logged it after a
-    Ctrl-C; a scheduler really lost is the driver's to name (:class:`hsi_engine.errors.WorkerLostError`)."""
+    Ctrl-C; a scheduler really lost is the driver's to name (:class:`hsi_engine.errors.WorkerLostError`). Only
+    once the worker is closing: see :func:`closing_heartbeat`."""
     import signal
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    dropped_for_good(lambda m: m.startswith("Failed to communicate with scheduler during heartbeat"),
-                     "distributed.worker")
+    dropped_for_good(lambda m: closing_heartbeat(worker, m), "distributed.worker")
+
+
+def closing_heartbeat(worker: Any, message: str) -> bool:
+    """Whether ``message`` is a closing worker's heartbeat failure (dropped): while it runs, the same line is the
+    clue to a driver whose scheduler stopped answering, and is kept."""
+    status = getattr(getattr(worker, "status", None), "name", "")
+    return message.startswith("Failed to communicate with scheduler during heartbeat") and status in (
+        "stopping", "stopped", "closing", "closed", "closing_gracefully", "failed")
 
 
 def _scratch_hint() -> str:

@@ -202,10 +202,11 @@ def grid_step(v: np.ndarray) -> tuple[float, float]:
     mean = float(steps.mean())
     drift = float(np.abs(np.cumsum(steps - mean)).max())
     top = float(np.abs(v).max())
-    quantum = float(np.spacing(stored.dtype.type(top))) if stored.dtype.kind == "f" else 1.0
-    if np.all(v == np.round(v)):  # whole units (rounded metres): a step of 2.5 stored as 2s and 3s
-        quantum = max(quantum, 1.0)
-    jump = float(np.abs(steps - np.median(steps)).max()) - 2 * quantum
+    # two stored values each off by up to half their spacing: a step off by one spacing, the median step too
+    slack = 2 * float(np.spacing(stored.dtype.type(top))) if stored.dtype.kind == "f" else 1.0
+    if np.all(v == np.round(v)):  # whole units (rounded metres): a step of 2.5 stored as 2s and 3s, never further
+        slack = max(slack, 1.0)
+    jump = float(np.abs(steps - np.median(steps)).max()) - slack
     return mean, max(drift, jump)
 
 

@@ -588,7 +588,8 @@ def warn_large_chunks(da: xr.DataArray, plan: TilePlan) -> None:
                       f"{th} x {tw}: "
                       "every tile decodes the whole chunks it touches, so memory grows by about that much per "
                       "reader thread and each chunk is decoded again for every tile in it. Rechunk the store (e.g. "
-                      "xr.open_zarr(path).chunk({'band': -1, 'y': 256, 'x': 256}).to_zarr(new_path); chunks asked of a "
+                      "xr.open_zarr(path).drop_encoding().chunk({'band': -1, 'y': 256, 'x': 256}).to_zarr(new_path); "
+                      "chunks asked of a "
                       "store "
                       "that has larger ones still decode whole ones), or keep them decoded once with cache_blocks=1 "
                       "(--cache-blocks 1), at that memory", UserWarning,

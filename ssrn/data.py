@@ -880,6 +880,8 @@ def _assign_blocks(hist: np.ndarray, target: np.ndarray, rng: np.random.Generato
     never hides them. The kept candidate has the smallest deviation from ``target`` summed over the splits,
     averaged over the classes both per pixel and per class (so a small class counts too)."""
     n_blocks, k = hist.shape
+    if not hist.any():  # no labelled pixel: nothing to balance
+        return rng.choice(3, size=n_blocks, p=target)
     n = BLOCK_CANDIDATES
     total = hist.sum(0) + 1e-9
     size = hist.sum(1)

@@ -1339,6 +1339,9 @@ def test_write_classmap_refuses_a_map_on_irregular_coordinates(geo, tmp_path):
     # one column dropped in the middle: every pixel within half a pixel of the mean grid, yet a stretched map
     with pytest.raises(IrregularGridError, match=r"x coordinates are not evenly spaced \(steps from 30 to 60"):
         write_classmap(labels.isel(x=np.r_[0:6, 7:12]), tmp_path / "cut.tif")
+    three = labels.assign_coords(x=500000 + 3 * np.arange(12))  # whole metres: told from rounding at 3 m
+    with pytest.raises(IrregularGridError, match=r"x coordinates are not evenly spaced \(steps from 3 to 6"):
+        write_classmap(three.isel(x=np.r_[0:6, 7:12]), tmp_path / "cut.tif")
     assert not (tmp_path / "cut.tif").exists()
     assert write_classmap(labels, tmp_path / "ok.tif").exists()
 

@@ -20,7 +20,7 @@ pytest.importorskip("distributed")
 import _scale_fixtures as F  # noqa: E402
 
 import hsi_engine  # noqa: E402
-from hsi_engine import cluster  # noqa: E402
+from hsi_engine import cluster, dask_client  # noqa: E402
 from hsi_engine.errors import SceneError  # noqa: E402
 from hsi_engine.resume import partial_path, read_record  # noqa: E402
 
@@ -157,16 +157,25 @@ def _heartbeat_failure_logged() -> bool:
     import logging
 
     lg = logging.getLogger("distributed.worker")
-    failed = lg.makeRecord(lg.name, logging.ERROR, __file__, 0, "Failed to communicate with scheduler during heartbeat.",
-                           (), None)
+    failed = lg.makeRecord(lg.name, logging.ERROR, __file__, 0,
+                           "Failed to communicate with scheduler during heartbeat.", (), None)
     other = lg.makeRecord(lg.name, logging.ERROR, __file__, 0, "Compute Failed", (), None)
     return lg.filter(failed), lg.filter(other)
 
 
 def test_our_workers_drop_the_heartbeat_failure_of_a_closing_cluster(client):
     """On a loaded machine a worker still closing after a Ctrl-C when the scheduler went logged this with two
-    tracebacks; our local workers drop that line alone (a lost scheduler is the driver's to name)."""
-    assert set(map(tuple, client.run(_heartbeat_failure_logged).values())) == {(False, True)}
+    tracebacks; our local workers drop that line once they are closing (while they run it is a stalled driver's
+    clue, and kept)."""
+    from types import SimpleNamespace
+
+    from distributed.core import Status
+
+    assert set(map(tuple, client.run(_heartbeat_failure_logged).values())) == {(True, True)}  # running: kept
+    line = "Failed to communicate with scheduler during heartbeat."
+    for status, dropped in ((Status.running, False), (Status.closing, True), (Status.closed, True)):
+        assert dask_client.closing_heartbeat(SimpleNamespace(status=status), line) is dropped
+    assert not dask_client.closing_heartbeat(SimpleNamespace(status=Status.closing), "Compute Failed")
 
 
 def test_a_worker_builds_its_engine_with_the_run_s_spatial_precision(case):

@@ -299,6 +299,11 @@ def test_a_2d_x_coordinate_beside_lat_lon_dims_is_named_not_a_bare_value_error()
                                                       r"named 'y' .*da\.drop_vars\('y'\)"):
         as_scene(da)
     assert as_scene(da.drop_vars(["x", "y"])).dims == ("band", "y", "x")
+    # a 1-D coordinate of the target name on that very dim is renamed with it, as before: swap_dims' band numbers
+    wl = xr.DataArray(cube, dims=("band", "y", "x"), coords={"band": [1, 2, 3], "wavelength": ("band", [450.0,
+                                                                                                      550.0, 650.0])})
+    swapped = as_scene(wl.swap_dims({"band": "wavelength"}).sel(wavelength=[550.0, 650.0]))
+    np.testing.assert_array_equal(swapped["wavelength"].values, [550.0, 650.0])
 
 
 def test_the_advice_for_a_dataset_of_two_cubes_keeps_its_crs(tmp_path):

@@ -139,8 +139,18 @@ def test_a_missing_dependency_is_one_line_naming_it(tmp_path, capsys, monkeypatc
     import sys
 
     out = _ungeoreferenced_map(tmp_path / "m.tif")
+    real = sys.modules["rasterio"]  # (imported by the map's writer)
     monkeypatch.setitem(sys.modules, "rasterio", None)  # what an uninstalled package raises: ModuleNotFoundError
     assert main(["info", str(out)]) == 2
     err = capsys.readouterr().err
     assert "error: the package 'rasterio' is missing" in err and "pip install rasterio" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setitem(sys.modules, "rasterio", real)
+    import hsi_engine.map_info
+
+    def lacking(path):  # an installed package lacking a part (a typo in our code, a version mismatch): a bug,
+        import rasterio.errorz  # noqa: F401  # its traceback kept, not "pip install rasterio"
+
+    monkeypatch.setattr(hsi_engine.map_info, "map_info", lacking)
+    with pytest.raises(ModuleNotFoundError, match="rasterio.errorz"):
+        main(["info", str(out)])

@@ -412,7 +412,8 @@ def test_chunks_far_larger_than_a_tile_are_named(monkeypatch, model):
     # one band per chunk (a band-sequential store): each chunk small, yet every tile decodes 200 whole planes
     planes = scene.copy(data=dsa.from_array(scene.values, chunks=(1, -1, -1)))
     with pytest.warns(UserWarning, match=r"a tile's 200 bands span 200 chunks, .* MiB decoded per tile\) against "
-                                         r"tiles of 8 x 8: .*\.chunk\(\{'band': -1, 'y': 256, 'x': 256\}\)"):
+                                         r"tiles of 8 x 8: .*\.drop_encoding\(\)\.chunk\(\{'band': -1, "
+                                         r"'y': 256, 'x': 256\}\)"):
         checks.warn_large_chunks(planes, plan)
 
 
