@@ -198,6 +198,21 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                         "(default: one per core on CUDA, 0 on CPU: the reader threads decode)")
 
 
+def _said(text: str) -> None:
+    """An error line on stderr; a stderr that cannot take it (``2>/dev/full``, a pipe closed early) leaves the exit
+    status 2 (the line raised OSError out of main: exit 1, a crash's status)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=sys.stderr)
+
+
+def _warnings_are_errors(category: type[Warning], message: str) -> bool:
+    """Whether the warning filters in force make a ``category`` warning reading ``message`` an error."""
+    for action, msg, cat, _module, _lineno in warnings.filters:
+        if issubclass(category, cat) and (msg is None or msg.match(message)):
+            return action == "error"
+    return False
+
+
 def _cmd_classify(args: argparse.Namespace, on_written: Callable[[Path], None] | None = None) -> int:
     from .allocator import reuse_large_buffers
     from .api import classify_to_file
@@ -209,13 +224,18 @@ def _cmd_classify(args: argparse.Namespace, on_written: Callable[[Path], None] |
               "a float32 run stays exact): pass auto or float32", file=sys.stderr)
         return 2
     reuse_large_buffers()  # this process only reads, classifies and writes: chunk-sized decode buffers are reused
+    strict = _warnings_are_errors(UnnormalisedInputWarning, "the scene's values lie a median")  # -W error
     with warnings.catch_warnings():
         # a meaningless map must not pass for a result where only the exit status is read: an error (exit 2)
         warnings.simplefilter("error", UnnormalisedInputWarning)
         # ... where the cause is plain (a power of ten, 30x, a standardised scene); a sample merely far from the
-        # training data (4+ standard deviations) may be a cloud or snow over the scene's centre: a warning
-        warnings.filterwarnings("default", message="the scene's values lie a median", category=UnnormalisedInputWarning)
-        warnings.filterwarnings("default", message="the scene's values look about", category=UnnormalisedInputWarning)
+        # training data (4+ standard deviations) may be a cloud or snow over the scene's centre: a warning, unless
+        # the user made warnings errors (-W error, PYTHONWARNINGS=error): they asked for it to stop the run
+        if not strict:
+            warnings.filterwarnings("default", message="the scene's values lie a median",
+                                    category=UnnormalisedInputWarning)
+            warnings.filterwarnings("default", message="the scene's values look about",
+                                    category=UnnormalisedInputWarning)
         classify_to_file(_scene_arg(args), args.model, args.out, tile=args.tile, device=args.device,
                          backend=args.backend, precision=args.precision,
                          probabilities=args.probabilities_dtype or args.probabilities,
@@ -431,11 +451,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "import-keras":
             return _cmd_import_keras(args, argv)
     except (HSIEngineError, FileNotFoundError, FileExistsError, PermissionError) as e:
-        print(f"hsi-engine {args.command}: error: {one_line(cli_words(str(e)))}", file=sys.stderr)
+        _said(f"hsi-engine {args.command}: error: {one_line(cli_words(str(e)))}")
         return 2
     except Warning as e:  # one of ours raised by -W error / PYTHONWARNINGS=error: said as the error it was made
-        print(f"hsi-engine {args.command}: error: {one_line(cli_words(str(e)))} ({type(e).__name__}, raised as an "
-              "error by -W error / PYTHONWARNINGS)", file=sys.stderr)
+        _said(f"hsi-engine {args.command}: error: {one_line(cli_words(str(e)))} ({type(e).__name__}, raised as an "
+              "error by -W error / PYTHONWARNINGS)")
         return 2
     except ModuleNotFoundError as e:
         import importlib.util
@@ -444,9 +464,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not top or top in ("hsi_engine", "ssrn", "kernels") or any(w in str(e) for w in _OUT_OF_MEMORY) or \
                 (top != e.name and importlib.util.find_spec(top) is not None):  # installed, lacking a part: a bug
             raise
-        print(f"hsi-engine {args.command}: error: the package {top!r} is missing ({one_line(str(e))}); it is one of "
+        _said(f"hsi-engine {args.command}: error: the package {top!r} is missing ({one_line(str(e))}); it is one of "
               f"hsi-engine's dependencies: reinstall them (pip install 'hsi-engine', or pip install -e . in a "
-              f"checkout) or pip install {top}", file=sys.stderr)
+              f"checkout) or pip install {top}")
         return 2
     except (MemoryError, RuntimeError, ImportError) as e:
         # torch's CPU allocator raises RuntimeError ("DefaultCPUAllocator: can't allocate memory"), Python
@@ -459,10 +479,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         less = {"classify": "use less: a smaller --tile, fewer --readers", "train": "use less: a smaller "
                 "--batch-size", "demo": "use less: --device cpu with fewer threads (OMP_NUM_THREADS)"}
         threads = "can't start new thread" in text  # (ulimit -u as well as ulimit -v)
-        print(f"hsi-engine {args.command}: error: out of memory{' or threads' if threads else ''} "
+        _said(f"hsi-engine {args.command}: error: out of memory{' or threads' if threads else ''} "
               f"({one_line(said)}); {less.get(args.command, 'use less memory')} (or give the process more memory: "
-              f"ulimit -v{'; or more threads: ulimit -u, or fewer of them: OMP_NUM_THREADS=1' if threads else ''})",
-              file=sys.stderr)
+              f"ulimit -v{'; or more threads: ulimit -u, or fewer of them: OMP_NUM_THREADS=1' if threads else ''})")
         return 2
     except OSError as e:
         fixes = {errno.ENAMETOOLONG: "use a shorter path", errno.ELOOP: "use a shorter path",
@@ -479,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if e.errno not in fixes:
             raise
         where = f": {one_line(str(e.filename))}" if e.filename is not None else ""
-        print(f"hsi-engine {args.command}: error: {e.strerror}{where}; {fixes[e.errno]}", file=sys.stderr)
+        _said(f"hsi-engine {args.command}: error: {e.strerror}{where}; {fixes[e.errno]}")
         return 2
     except KeyboardInterrupt:
         if any(h.finished for h in handlers.values()):

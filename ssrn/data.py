@@ -416,9 +416,15 @@ def load_dataset(name: str | os.PathLike, data_dir: str | os.PathLike | None = N
             " or ".join(spec.scene_files))
     else:
         missing = [n for n, f in ((spec.scene_files, scene_file), (spec.gt_files, gt_file)) if f is None]
+        env = os.environ.get("HSI_ENGINE_DATA") if data_dir is None else None
+        whence = ""
+        if env:  # the variable's directory: said where it comes from, and why nothing was found there
+            home = unexpanded_home(env, written=False)
+            what = "" if ddir.is_dir() else " (not a directory)" if ddir.exists() else " (it does not exist)"
+            whence = f" ($HSI_ENGINE_DATA{what}{f'; the path {home}' if home else ''})"
         raise DataNotFoundError(
-            f"dataset {spec.name!r}: looked in {ddir} for {' and '.join(' or '.join(m) for m in missing)} and "
-            f"did not find {'them' if len(missing) > 1 else 'it'}. Download the scene and ground truth from the "
+            f"dataset {spec.name!r}: looked in {ddir}{whence} for {' and '.join(' or '.join(m) for m in missing)} "
+            f"and did not find {'them' if len(missing) > 1 else 'it'}. Download the scene and ground truth from the "
             "GIC 'Hyperspectral Remote Sensing Scenes' page (ehu.eus/ccwintco) into a directory and pass "
             "--data-dir DIR (or set HSI_ENGINE_DATA=DIR).")
     k = int(labels.max())

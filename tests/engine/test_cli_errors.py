@@ -704,3 +704,14 @@ def test_a_tilde_without_a_home_is_refused_not_made_a_directory(tmp_path, monkey
     assert main(["info", "~/x.tif"]) == 2
     assert "names the home directory, but this user has none" in capsys.readouterr().err
     assert not (tmp_path / "~").exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_an_error_line_stderr_cannot_take_still_exits_2(tmp_path):
+    """``2>/dev/full`` (or a pipe closed early): writing the error line raised OSError out of main, and the command
+    exited 1, a crash's status, where scripts tell errors (2) from crashes (1)."""
+    from hsi_engine.cli import main
+
+    with io.TextIOWrapper(open("/dev/full", "wb", buffering=0), write_through=True) as full, \
+            contextlib.redirect_stderr(full):  # (as a process's stderr: each write reaches the device)
+        assert main(["info", str(tmp_path / "none.tif")]) == 2

@@ -87,6 +87,11 @@ def test_a_scene_on_the_command_line_2x_off_is_named(crop, tmp_path, caplog):
     said = err + caplog.text  # (the command's log handler, or pytest's where it has one)
     assert rc == 0 and "standard deviations from the model's per-band training means" in said, said
     assert "UnnormalisedInputWarning" in said and (tmp_path / "map.tif").exists()
+    with warnings.catch_warnings():  # -W error / PYTHONWARNINGS=error: the user asked warnings to stop the run
+        warnings.simplefilter("error")
+        rc, err = _cli(["classify", str(path), "--model", str(SHIPPED_MODEL), "--out", str(tmp_path / "m2.tif")])
+    assert rc == 2 and "standard deviations from the model's per-band training means" in err, err
+    assert not (tmp_path / "m2.tif").exists()
 
 
 @pytest.mark.parametrize("k", [200.0, 1 / 300])

@@ -620,3 +620,18 @@ def test_block_split_of_a_map_without_labels_is_quiet():
         warnings.simplefilter("error")
         split = block_split(np.zeros((30, 30), np.int64), 0.2, 0.1, 7, seed=0)
     assert all(not np.asarray(m).any() for m in (split.train, split.val, split.test))
+
+
+def test_a_data_directory_from_the_environment_is_named_as_such(monkeypatch, tmp_path):
+    """HSI_ENGINE_DATA='~/hsi' (a quoted profile line: '~' not expanded) or a file: "looked in ~/hsi ... did not
+    find them" did not say the path came from the variable, nor that it does not exist."""
+    from ssrn.data import DataNotFoundError, load_dataset
+
+    monkeypatch.setenv("HSI_ENGINE_DATA", "~/hsi-engine-no-such-dir")
+    with pytest.raises(DataNotFoundError, match=r"looked in ~/hsi-engine-no-such-dir \(\$HSI_ENGINE_DATA \(it does "
+                                                r"not exist\); the path '~/hsi-engine-no-such-dir' starts with '~'"):
+        load_dataset("pavia_university")
+    (tmp_path / "f").write_text("")
+    monkeypatch.setenv("HSI_ENGINE_DATA", str(tmp_path / "f"))
+    with pytest.raises(DataNotFoundError, match=r"\(\$HSI_ENGINE_DATA \(not a directory\)\) for PaviaU"):
+        load_dataset("pavia_university")
