@@ -3,6 +3,8 @@ device this torch or machine does not have (shared by the trainer and the engine
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .errors import HSIEngineError
@@ -24,14 +26,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError):
         raise DeviceError(f"device {device!r} is not a torch device name; expected cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
+        hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+        shown = "" if hidden is None else f" (CUDA_VISIBLE_DEVICES={hidden!r} limits what it sees)"
         if not torch.cuda.is_available():
+            fix = ("use cpu (--device cpu, or leave the device out), or install a CUDA build of torch on a machine "
+                   "with an NVIDIA GPU") if torch.version.cuda is None or hidden is None else (
+                   "unset or widen CUDA_VISIBLE_DEVICES, or use cpu (--device cpu)")
             raise DeviceError(f"device {device!r} asked for, but this torch ({torch.__version__}) sees no CUDA "
-                              "device: use cpu (--device cpu, or leave the device out), or install a CUDA build "
-                              "of torch on a machine with an NVIDIA GPU")
+                              f"device{shown}: {fix}")
         n = torch.cuda.device_count()
         if dev.index is not None and dev.index >= n:
-            raise DeviceError(f"device {device!r} asked for, but this machine has {n} CUDA device(s): cuda:0 to "
-                              f"cuda:{n - 1}")
+            raise DeviceError(f"device {device!r} asked for, but this process sees {n} CUDA device(s){shown}: "
+                              f"cuda:0 to cuda:{n - 1}")
     elif dev.type == "meta":  # torch.empty works there, and then every value read fails
         raise DeviceError(f"device {device!r} holds shapes, not values, so nothing can be trained or loaded on it; "
                           "expected cpu, cuda or cuda:N")

@@ -226,12 +226,20 @@ def test_device_is_checked_before_the_data(tmp_path, no_data, capsys, monkeypatc
     assert "device 'bogus' is not a torch device name; expected cpu, cuda or cuda:N" in \
         _one_error_line(capsys.readouterr().err)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert main(["train", "--dataset", "indian_pines", "--out", str(tmp_path / "m"), "--device", "cuda"]) == 2
     assert "sees no CUDA device: use cpu (--device cpu" in _one_error_line(capsys.readouterr().err)
+    # a CUDA build whose GPUs CUDA_VISIBLE_DEVICES hides: the variable is named, not "install a CUDA build"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    assert main(["train", "--dataset", "indian_pines", "--out", str(tmp_path / "m"), "--device", "cuda"]) == 2
+    assert "sees no CUDA device (CUDA_VISIBLE_DEVICES='' limits what it sees): unset or widen CUDA_VISIBLE_DEVICES" \
+        in _one_error_line(capsys.readouterr().err)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert main(["train", "--dataset", "indian_pines", "--out", str(tmp_path / "m"), "--device", "cuda:2"]) == 2
-    assert "this machine has 2 CUDA device(s): cuda:0 to cuda:1" in _one_error_line(capsys.readouterr().err)
+    assert "this process sees 2 CUDA device(s): cuda:0 to cuda:1" in _one_error_line(capsys.readouterr().err)
     assert list(tmp_path.iterdir()) == []
 
 
