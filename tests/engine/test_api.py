@@ -261,8 +261,11 @@ def test_wavelengths_in_a_float_band_coordinate_are_checked_too(case, geo, scale
     wl = np.asarray(geo.WAVELENGTHS_NM) * scale
     da = xr.DataArray(cube, dims=("band", "y", "x"), coords={"band": wl})
     np.testing.assert_array_equal(classify(da, model, progress=False).values, ref)
-    with pytest.raises(BandMismatchError, match="wavelengths differ.*model's band order"):
+    with pytest.raises(BandMismatchError, match=r"wavelengths differ.*run in the reverse of the model's band order "
+                                                r".*reverse them, e\.g\. scene\.isel\(band=slice\(None, None, -1\)\)"):
         classify(da.isel(band=slice(None, None, -1)), model, progress=False)
+    with pytest.raises(BandMismatchError, match=r"wavelengths differ.*in the model's band order, or"):  # not reversed
+        classify(da.isel(band=np.r_[1, 0, 2:geo.BANDS]), model, progress=False)
     numbered = xr.DataArray(cube[::-1].copy(), dims=("band", "y", "x"), coords={"band": np.arange(1.0, geo.BANDS + 1)})
     classify(numbered, model, progress=False)  # band numbers: nothing to compare, so it runs
 
