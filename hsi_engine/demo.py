@@ -66,7 +66,8 @@ def evaluation_mask(labels: np.ndarray, meta: dict[str, Any]) -> tuple[np.ndarra
 
     Returns ``(mask, counts)`` with ``counts`` = labelled / train / val / evaluated pixel numbers. Raises
     :class:`HSIEngineError` when the model records no split (its accuracy on the scene would include
-    pixels it was trained on).
+    pixels it was trained on), or when ``labels`` leave some of its training pixels unlabelled: not its own scene's
+    labels (a neighbouring tile of the same size was scored on 10 arbitrary pixels, OA 0.50 for 0.26).
     """
     from ssrn.data import split_masks_from_meta
 
@@ -90,6 +91,13 @@ def evaluation_mask(labels: np.ndarray, meta: dict[str, Any]) -> tuple[np.ndarra
         if m.shape != labels.shape:
             raise HSIEngineError(f"the model's {k} mask is {m.shape} but the scene is {labels.shape}: this model "
                                  "was not trained on this scene")
+        unlabelled = int((m & ~labelled).sum())
+        if unlabelled:  # every pixel it trained (or validated) on was labelled in its own labels
+            raise HSIEngineError(
+                f"{unlabelled} of the model's {int(m.sum())} {'training' if k == 'train' else 'validation'} pixels "
+                "are unlabelled in these labels: they are not the labels it was trained on (another scene of the "
+                "same size, or these shifted), and its split does not apply to them; a scene the model never saw "
+                "is scored on all its labelled pixels (labels > 0)")
         counts[f"{k}_pixels"] = int((m & labelled).sum())
         excl |= m
     mask = labelled & ~excl

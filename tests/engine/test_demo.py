@@ -133,6 +133,23 @@ def test_evaluation_mask_excludes_train_and_val():
     assert mask.sum() == (labels > 0).sum() - sp.train.size - sp.val.size
 
 
+def test_evaluation_mask_refuses_labels_that_are_not_the_model_s_scene():
+    """A neighbouring tile of the same size passed the shape check: the training tile's split scored it on 10
+    arbitrary pixels (OA 0.50 where all its labelled pixels give 0.26), and its counts said the model trained on 3
+    of them."""
+    from hsi_engine.errors import HSIEngineError
+    from ssrn.data import stratified_split
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=(30, 40))
+    meta = {"split": stratified_split(labels, 0.2, 0.1, seed=0).to_meta()}
+    neighbour = rng.integers(0, 4, size=(30, 40))
+    with pytest.raises(HSIEngineError, match=r"\d+ of the model's \d+ training pixels are unlabelled in these "
+                                             r"labels: .*scored on all its labelled pixels"):
+        evaluation_mask(neighbour, meta)
+    assert evaluation_mask(labels, meta)[1]["train_pixels"] == int(meta["split"]["n_train"])
+
+
 def test_evaluation_mask_of_a_block_split_is_its_test_set():
     """A spatially disjoint split drops labelled pixels whose patch reaches another set: they are neither train,
     val nor test, and the accuracy must not count them."""

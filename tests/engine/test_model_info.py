@@ -37,6 +37,24 @@ def test_info_of_a_model_names_the_digest_its_maps_record(tmp_path, capsys):
     assert len(lines["weights"].split()[1]) == 64
 
 
+def test_a_file_without_wavelengths_is_said_to_go_unchecked(tmp_path, caplog):
+    """A file that lost its band metadata (rio merge, rio.to_raster) was classified against a model that records
+    its wavelengths without a word: bands out of order gave a wrong map silently (903 of 1,024 pixels)."""
+    import logging
+
+    scene = hsi_engine.open_scene(SHIPPED_SCENE).isel(y=slice(0, 9), x=slice(0, 9))
+    scene.rio.write_crs("EPSG:32616").rio.to_raster(tmp_path / "s.tif")  # (no band descriptions)
+    with caplog.at_level(logging.WARNING, logger="hsi_engine.api"):
+        hsi_engine.classify(str(tmp_path / "s.tif"), SHIPPED_MODEL, progress=False)
+    assert "s.tif records no wavelengths, so its 200 bands are not checked against the model's (400-2499 nm)" \
+        in caplog.text
+    caplog.clear()
+    scene.to_netcdf(tmp_path / "s.nc")  # its wavelength coordinate kept: checked, nothing said
+    with caplog.at_level(logging.WARNING, logger="hsi_engine.api"):
+        hsi_engine.classify(str(tmp_path / "s.nc"), SHIPPED_MODEL, progress=False)
+    assert "records no wavelengths" not in caplog.text
+
+
 def test_a_copied_model_has_the_same_digest_and_a_changed_one_another(tmp_path, capsys):
     shutil.copytree(SHIPPED_MODEL, tmp_path / "copy")
     digest = [line for line in _info(tmp_path / "copy", capsys)[1].splitlines() if line.startswith("digest")]
