@@ -30,7 +30,8 @@ from .io import as_scene, open_scene
 from .logs import quiet_affine_mul, warnings_ignored
 from .owned import closes_its_scenes, open_owned
 from .scene_checks import (check_array_dims, check_declared_scaling, check_scale, declared_nodata, model_bad_bands,
-                           scene_wavelengths, tested_bands, warn_file_read_elsewhere, warn_large_chunks)
+                           scene_wavelengths, tested_bands, warn_file_read_elsewhere, warn_large_chunks,
+                           warn_other_pixel_size)
 from .tiles import TilePlan, default_tile, plan_tiles
 
 if TYPE_CHECKING:
@@ -207,6 +208,7 @@ class _Job:
                           "will be meaningless. Use a model that records its normalisation (trained with "
                           "`hsi-engine train`, or `import-keras --dataset NAME`), or normalise the scene first",
                           UnnormalisedInputWarning, stacklevel=user_stacklevel())
+        warn_other_pixel_size(da, self.meta, str(scene) if isinstance(scene, (str, os.PathLike)) else "the scene")
         self.nodata = nodata if nodata is not None else declared_nodata(da)
         if nodata is not None:
             _warn_given_nodata(da, float(nodata))

@@ -613,6 +613,37 @@ def check_array_dims(scene: Any) -> None:
     raise SceneError(f"expected a 3-D (band, y, x) array; got {ndim} dims (shape {shape}): {fix}")
 
 
+def warn_other_pixel_size(da: xr.DataArray, meta: dict[str, Any], where: str) -> None:
+    """Log a warning where the scene's pixels are not the training scene's size (``meta["grid"]``): the model's
+    patch then covers other ground (a scene warped to 10 m against a 30 m model: 70 m where training saw 210 m),
+    and the map is silently of another network's worth; or where their CRSs' units cannot be compared."""
+    grid = meta.get("grid") or {}
+    if not grid.get("crs") or not grid.get("transform") or da.rio.crs is None:
+        return
+    try:
+        from rasterio.crs import CRS
+
+        ours, theirs = CRS.from_user_input(da.rio.crs), CRS.from_user_input(grid["crs"])
+        t = grid["transform"]
+        size = (math.hypot(t[0], t[3]), math.hypot(t[1], t[4]))
+        s = da.rio.transform()
+        here = (math.hypot(s.a, s.d), math.hypot(s.b, s.e))
+    except Exception:  # noqa: BLE001 - an odd CRS or grid: nothing to compare, nothing said
+        return
+    if ours.is_geographic != theirs.is_geographic or (ours.linear_units or "") != (theirs.linear_units or ""):
+        log.warning("%s is in %s, the model's training scene in %s: their pixel sizes cannot be compared, and a "
+                    "patch covers the ground of the training scene's only on pixels of its size (%g x %g %s); "
+                    "classify scenes on a grid like the training scene's", where, ours.to_string(),
+                    theirs.to_string(), size[0], size[1], theirs.linear_units or "degrees")
+        return
+    ratio = max(here[0] / size[0], here[1] / size[1], size[0] / here[0], size[1] / here[1])
+    if ratio > 1.25:
+        log.warning("%s has pixels of %g x %g, the model's training scene %g x %g (CRS units): the model's patch "
+                    "covers %.3gx the ground it was trained on, and its map is no longer the trained network's; "
+                    "classify scenes at the training scene's pixel size (resample first)", where, here[0],
+                    here[1], size[0], size[1], here[0] / size[0])
+
+
 def warn_file_read_elsewhere(da: xr.DataArray) -> None:
     """Warn when ``da`` was read from a GeoTIFF or ENVI file by another reader (``rioxarray.open_rasterio``,
     ``xr.open_dataarray``) and the file holds what that reader leaves behind and :func:`~hsi_engine.open_scene`

@@ -55,6 +55,30 @@ def test_a_file_without_wavelengths_is_said_to_go_unchecked(tmp_path, caplog):
     assert "records no wavelengths" not in caplog.text
 
 
+def test_a_scene_of_another_pixel_size_than_the_training_scene_is_said(caplog):
+    """A scene warped to 10 m pixels against a model trained at 30 m (its 7 x 7 patch covering 70 m, not 210 m), or
+    reprojected to degrees, was classified without a word, though the model records its training grid."""
+    import logging
+
+    model = hsi_engine.load_model(SHIPPED_MODEL)
+    model.meta["grid"] = {"crs": "EPSG:32633", "transform": [30.0, 0.0, 367935.0, 0.0, -30.0, 5807085.0],
+                          "shape": [145, 145]}
+    crop = hsi_engine.open_scene(SHIPPED_SCENE).isel(y=slice(0, 9), x=slice(0, 9)).load()
+
+    def said(step: float, crs: str) -> str:
+        scene = crop.assign_coords(x=367935.0 + step * (np.arange(9) + 0.5),
+                                   y=5807085.0 - step * (np.arange(9) + 0.5)).rio.write_crs(crs)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="hsi_engine.scene_checks"):
+            hsi_engine.classify(scene, model, progress=False)
+        return caplog.text
+
+    assert "has pixels of 10 x 10, the model's training scene 30 x 30 (CRS units): the model's patch covers 0.333x" \
+        in said(10.0, "EPSG:32633")
+    assert said(30.0, "EPSG:32632") == ""  # another UTM zone, the same pixel size: nothing to say
+    assert "the model's training scene in EPSG:32633: their pixel sizes cannot be compared" in said(1e-4, "EPSG:4326")
+
+
 def test_a_copied_model_has_the_same_digest_and_a_changed_one_another(tmp_path, capsys):
     shutil.copytree(SHIPPED_MODEL, tmp_path / "copy")
     digest = [line for line in _info(tmp_path / "copy", capsys)[1].splitlines() if line.startswith("digest")]
