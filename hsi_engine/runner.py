@@ -83,9 +83,16 @@ def check_scene(config: Any, meta: dict[str, Any], *, bands: int, height: int, w
         hint = (f"; its {axis} has {config.bands} values: if those are the bands, the array's layout was taken "
                 "wrongly: say which it is with band_axis=0 (band, y, x), 1 (y, band, x) or 2 (y, x, band) in "
                 "as_scene(array, ...) or open_scene(path, ...) (--band-axis on the command line)") if axis else ""
+        model_wl = meta.get("wavelengths")
+        ranges = ""
+        if wavelengths is not None and model_wl is not None and bands:
+            a, b = np.asarray(wavelengths, np.float64), np.asarray(model_wl, np.float64)
+            if np.isfinite(a).any() and np.isfinite(b).any():  # another sensor shows in its range
+                ranges = (f" (scene {np.nanmin(a):.0f}-{np.nanmax(a):.0f} nm in {bands} bands, model "
+                          f"{np.nanmin(b):.0f}-{np.nanmax(b):.0f} nm in {config.bands})")
         raise BandMismatchError(
-            f"scene has {bands} band{'s' if bands != 1 else ''}, model expects {config.bands}{trained_s}{hint}: "
-            "pass a scene with the model's bands (select or resample them, e.g. scene.isel(band=...))"
+            f"scene has {bands} band{'s' if bands != 1 else ''}, model expects {config.bands}{trained_s}{ranges}"
+            f"{hint}: pass a scene with the model's bands (select or resample them, e.g. scene.isel(band=...))"
             + (f" or a model trained on {bands}-band data" if bands else " (a band selection left none)"))
     model_wl = meta.get("wavelengths")
     if wavelengths is not None and model_wl is not None and len(model_wl) == bands:
