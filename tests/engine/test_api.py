@@ -238,7 +238,8 @@ def test_band_mismatch_named_before_reading(case, geo):
     # with wavelengths on both sides, their ranges: another sensor shows (there are no 12 bands to select)
     saved = model.meta.get("wavelengths")
     model.meta["wavelengths"] = list(np.linspace(400.0, 1000.0, 12))
-    other = xr.DataArray(cube[:11], dims=("band", "y", "x"), coords={"wavelength": np.linspace(450.0, 2400.0, 11)})
+    other = xr.DataArray(cube[:11], dims=("band", "y", "x"),
+                         coords={"wavelength": ("band", np.linspace(450.0, 2400.0, 11))})
     with pytest.raises(BandMismatchError, match=r"model expects 12 \(scene 450-2400 nm in 11 bands, model 400-1000 nm "
                                                 r"in 12\)"):
         classify(other, model, progress=False)
