@@ -78,11 +78,19 @@ def warnings_ignored(category: type[Warning] = Warning, message: str = "") -> It
                 _filters_changed()
 
 
-def affine_mul_quiet() -> contextlib.AbstractContextManager[None]:
+@contextlib.contextmanager
+def affine_mul_quiet() -> Iterator[None]:
     """Ignore affine's ``PendingDeprecationWarning`` for rioxarray's own use of its ``*`` (every GeoTIFF read and
     transform): not the user's to act on, and under ``-W error`` (pytest's ``filterwarnings = error``) it failed
-    every run."""
-    return warnings_ignored(PendingDeprecationWarning, "Use `@` matmul instead of `\\*` mul")
+    every run. So are rasterio's ``NotGeoreferencedWarning`` of a raster without georeferencing (read, or written
+    as a map in pixel coordinates): the engine says so itself, with the fix; under ``-W error`` rasterio's line
+    failed every such scene ("The identity matrix will be returned")."""
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings_ignored(PendingDeprecationWarning, "Use `@` matmul instead of `\\*` mul"), \
+            warnings_ignored(NotGeoreferencedWarning, "Dataset has no geotransform"), \
+            warnings_ignored(NotGeoreferencedWarning, "The given matrix is equal to Affine.identity"):
+        yield
 
 
 def quiet_affine_mul(fn: Callable[P, R]) -> Callable[P, R]:

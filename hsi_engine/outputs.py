@@ -177,6 +177,9 @@ def in_the_way(path: str | os.PathLike) -> OutputError:
     if why is None:
         return OutputError(f"output {p} already exists; pass overwrite=True (--overwrite on the command line) to "
                            "replace it, or choose another path")
+    if p.is_dir() and not p.is_symlink() and is_hsi_zarr(p):  # ours, but a store where a GeoTIFF goes
+        return OutputError(f"{p} is in the way: {why}, and overwrite=True (--overwrite) does not replace a map of "
+                           f"one format with another's; {_REMOVE_IT}")
     return OutputError(f"{p} is in the way: {why}, and overwrite=True (--overwrite) replaces only what hsi-engine "
                        f"wrote; {_REMOVE_IT}")
 

@@ -862,17 +862,17 @@ def open_writer(path: str | os.PathLike, *, height: int, width: int, n_classes: 
 
 def _classes_of(data: Any, names: Sequence[str] | None, probs: Any) -> int:
     """How many classes a whole map written without ``n_classes`` has: one per probability band, else one per
-    name (names of K+1, class 0's first, as :func:`open_writer` takes them, are refused where the largest class
-    cannot tell which is meant), else the largest class."""
+    name (more names than the largest class are refused: K+1 names with class 0's first, or K names of a map
+    without its top classes, a crop missing the rarest, cannot be told apart), else the largest class."""
     if probs is not None:
         return int(np.shape(probs)[0])
     largest = max(1, int(np.asarray(data.max())))
     if names is None:
         return largest
-    if len(names) == largest + 1:  # K+1 names starting with class 0's, or K names of which class K is absent
+    if len(names) > largest:  # K+1 names starting with class 0's, or K names of which the top classes are absent
         raise OptionError(f"{len(names)} class names for a map whose largest class is {largest}: pass "
-                          f"n_classes={largest} if the first name is class 0's (nodata), or n_classes={len(names)} "
-                          "if it names class 1")
+                          f"n_classes={len(names) - 1} if the first name is class 0's (nodata), or "
+                          f"n_classes={len(names)} if it names class 1")
     return len(names)
 
 

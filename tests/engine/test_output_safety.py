@@ -629,6 +629,9 @@ def test_what_is_in_the_way_is_named_as_it_is(case, tmp_path):
     (tmp_path / "z.zarr").rename(tmp_path / "z.tif")
     with pytest.raises(OutputError, match="found a class-map zarr store hsi-engine wrote"):
         classify_to_file(case, tmp_path / "z.tif", overwrite=True)
+    with pytest.raises(OutputError, match=r"class-map zarr store hsi-engine wrote, and overwrite=True \(--overwrite\) "
+                                          r"does not replace a map of one format with another's"):
+        classify_to_file(case, tmp_path / "z.tif")  # (not offered --overwrite, which would be refused)
     (tmp_path / "notes").write_text("x")
     with pytest.raises(OutputError, match=r"notes is a file, not a directory; choose another --out"):
         classify_to_file(case, tmp_path / "notes" / "sub" / "m.tif")

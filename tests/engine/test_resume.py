@@ -373,3 +373,15 @@ def test_a_tile_whose_write_fails_is_not_recorded_done(tmp_path):
     with pytest.raises(OSError):
         w.write_tile(0, 1, 1, 0, 16, np.ones((16, 16), np.uint8))
     assert (w.done() == 0).all()
+
+
+def test_a_partial_that_counted_fewer_scene_files_names_0_2_0_as_a_cause():
+    """hsi-engine 0.2.0 did not count a scene's side files (its .aux.xml): its partial of such a scene was refused
+    as "the scene's files changed" though the user changed nothing; the count is told, with the upgrade as a
+    cause and the way to start over."""
+    from hsi_engine.resume import describe_differences
+
+    said = describe_differences({"scene": {"stat": [1, 100, 5]}}, {"scene": {"stat": [2, 180, 7]}})
+    assert "the scene's files changed (size or modification time) since (1 files then, 2 now: if none changed, " \
+           "hsi-engine 0.2.0 made the partial" in said and "pass overwrite=True (--overwrite) without resume" in said
+    assert "0.2.0" not in describe_differences({"scene": {"stat": [1, 100, 5]}}, {"scene": {"stat": [1, 120, 7]}})

@@ -122,3 +122,27 @@ def test_patch_dataset_without_labels_says_it_has_no_targets():
     ds = ssrn.PatchDataset(np.zeros((4, 8, 8), np.float32), None, np.arange(10), 3)
     with pytest.raises(OptionError, match="no labels .* pass the label array"):
         ds.targets([0, 1])
+
+
+def test_a_scene_without_georeferencing_is_read_under_w_error_and_only_our_warning_said(scene, model_dir, tmp_path):
+    """rasterio's NotGeoreferencedWarning ("... The identity matrix will be returned") failed open_scene of such a
+    GeoTIFF under -W error, and printed three lines beside the engine's own warning, which names the fix."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    import hsi_engine
+
+    cube = np.ascontiguousarray(np.moveaxis(np.load(scene), -1, 0))  # the model's bands and scale
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(tmp_path / "nogeo.tif", "w", driver="GTiff", height=cube.shape[1], width=cube.shape[2],
+                           count=cube.shape[0], dtype=cube.dtype) as dst:
+            dst.write(cube)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(hsi_engine.open_scene(tmp_path / "nogeo.tif").values, cube)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        hsi_engine.classify_to_file(tmp_path / "nogeo.tif", model_dir, tmp_path / "m.tif", progress=False)
+    assert not [w for w in seen if issubclass(w.category, NotGeoreferencedWarning)], [str(w.message) for w in seen]
+    assert any("georeferencing" in str(w.message) for w in seen)

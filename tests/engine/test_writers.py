@@ -512,6 +512,10 @@ def test_write_classmap_does_not_guess_which_class_a_name_is(tmp_path):
     names = ["unlabelled", "water", "urban", "forest"]
     with pytest.raises(Exception, match=r"4 class names for a map whose largest class is 3: pass n_classes=3"):
         write_classmap(labels, tmp_path / "a.tif", class_names=names)
+    # a crop without the top class: its largest class (2) no more tells than K+1 names did
+    with pytest.raises(Exception, match=r"4 class names for a map whose largest class is 2: pass n_classes=3 if the "
+                                        r"first name is class 0's \(nodata\), or n_classes=4"):
+        write_classmap(np.minimum(labels, 2), tmp_path / "a.tif", class_names=names)
     assert not (tmp_path / "a.tif").exists()
     write_classmap(labels, tmp_path / "b.tif", class_names=names, n_classes=3)
     write_classmap(labels, tmp_path / "c.tif", class_names=names[1:])  # K names, K the largest class: as before
