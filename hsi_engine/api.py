@@ -183,15 +183,14 @@ class _Job:
         wavelengths = scene_wavelengths(da)
         check_scene(m.config, self.meta, bands=bands, height=height, width=width, wavelengths=wavelengths,
                     dtype=da.dtype)
-        model_wl = self.meta.get("wavelengths")
-        if wavelengths is None and model_wl and isinstance(scene, (str, os.PathLike)):
+        model_wl = np.asarray(self.meta.get("wavelengths") or [], np.float64)
+        if wavelengths is None and model_wl.size and isinstance(scene, (str, os.PathLike)):
             # a file that lost its band metadata (rio merge, gdal_translate): bands out of order ran silently into
             # a wrong map (903 of 1,024 pixels), where the same file with its wavelengths is refused
             log.warning("%s records no wavelengths, so its %d bands are not checked against the model's (%.0f-%.0f "
                         "nm): bands in another order or subset would give a wrong map without a word; write the "
                         "wavelengths into the file (ENVI header 'wavelength', GeoTIFF band descriptions) to check "
-                        "them", scene, bands, np.nanmin(np.asarray(model_wl, np.float64)),
-                        np.nanmax(np.asarray(model_wl, np.float64)))
+                        "them", scene, bands, np.nanmin(model_wl), np.nanmax(model_wl))
         self.mean, self.std = _normalisation(m)
         trained_stats = self.mean is not None
         model_bad = model_bad_bands(self.meta, bands)

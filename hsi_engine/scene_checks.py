@@ -589,9 +589,8 @@ def warn_large_chunks(da: xr.DataArray, plan: TilePlan) -> None:
                       "every tile decodes the whole chunks it touches, so memory grows by about that much per "
                       "reader thread and each chunk is decoded again for every tile in it. Rechunk the store (e.g. "
                       "xr.open_zarr(path).drop_encoding().chunk({'band': -1, 'y': 256, 'x': 256}).to_zarr(new_path); "
-                      "chunks asked of a "
-                      "store "
-                      "that has larger ones still decode whole ones), or keep them decoded once with cache_blocks=1 "
+                      "chunks asked of a store that has larger ones still decode whole ones), or keep them decoded "
+                      "once with cache_blocks=1 "
                       "(--cache-blocks 1), at that memory", UserWarning,
                       stacklevel=user_stacklevel())
 
@@ -629,6 +628,8 @@ def warn_other_pixel_size(da: xr.DataArray, meta: dict[str, Any], where: str) ->
         s = da.rio.transform()
         here = (math.hypot(s.a, s.d), math.hypot(s.b, s.e))
     except Exception:  # noqa: BLE001 - an odd CRS or grid: nothing to compare, nothing said
+        return
+    if not all(size) or not all(here):
         return
     if ours.is_geographic != theirs.is_geographic or (ours.linear_units or "") != (theirs.linear_units or ""):
         log.warning("%s is in %s, the model's training scene in %s: their pixel sizes cannot be compared, and a "
