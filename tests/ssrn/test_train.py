@@ -284,11 +284,12 @@ def test_cuda_asked_for_but_not_there(tmp_path, no_data, monkeypatch):
     from ssrn.train import TrainOptionError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # (set, it is named instead)
     with pytest.raises(TrainOptionError, match="sees no CUDA device: use cpu"):
         run_training("indian_pines", tmp_path / "m", device="cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(TrainOptionError, match=r"has 1 CUDA device\(s\): cuda:0 to cuda:0"):
+    with pytest.raises(TrainOptionError, match=r"sees 1 CUDA device\(s\): cuda:0 to cuda:0"):
         run_training("indian_pines", tmp_path / "m", device="cuda:1")
 
 
