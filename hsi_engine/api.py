@@ -184,13 +184,13 @@ class _Job:
         check_scene(m.config, self.meta, bands=bands, height=height, width=width, wavelengths=wavelengths,
                     dtype=da.dtype)
         model_wl = np.asarray(self.meta.get("wavelengths") or [], np.float64)
-        if wavelengths is None and model_wl.size and isinstance(scene, (str, os.PathLike)):
+        if wavelengths is None and np.isfinite(model_wl).any() and self.source is not None:  # (a file's scene)
             # a file that lost its band metadata (rio merge, gdal_translate): bands out of order ran silently into
             # a wrong map (903 of 1,024 pixels), where the same file with its wavelengths is refused
             log.warning("%s records no wavelengths, so its %d bands are not checked against the model's (%.0f-%.0f "
                         "nm): bands in another order or subset would give a wrong map without a word; write the "
                         "wavelengths into the file (ENVI header 'wavelength', GeoTIFF band descriptions) to check "
-                        "them", scene, bands, np.nanmin(model_wl), np.nanmax(model_wl))
+                        "them", self.source, bands, np.nanmin(model_wl), np.nanmax(model_wl))
         self.mean, self.std = _normalisation(m)
         trained_stats = self.mean is not None
         model_bad = model_bad_bands(self.meta, bands)
@@ -207,7 +207,7 @@ class _Job:
                           "will be meaningless. Use a model that records its normalisation (trained with "
                           "`hsi-engine train`, or `import-keras --dataset NAME`), or normalise the scene first",
                           UnnormalisedInputWarning, stacklevel=user_stacklevel())
-        warn_other_pixel_size(da, self.meta, str(scene) if isinstance(scene, (str, os.PathLike)) else "the scene")
+        warn_other_pixel_size(da, self.meta, self.source or "the scene")
         self.nodata = nodata if nodata is not None else declared_nodata(da)
         if nodata is not None:
             _warn_given_nodata(da, float(nodata))

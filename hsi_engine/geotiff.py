@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import rioxarray  # noqa: F401  (registers ``.rio`` on the DataArrays read here)
 import xarray as xr
 
 from .cube import aligned_chunk, band_runs, finish_scene, holds_value, nan_capable, nodata_attr
-from .errors import SceneError
+from .errors import SceneError, user_stacklevel
 from .logs import dropped, warnings_ignored
 from .wavelengths import wavelengths_in_names, wavelengths_nm
 
@@ -54,11 +55,13 @@ def check_gdal_side_files(path: Path) -> None:
             raise SceneError(f"{path.parent / entry.name}, beside the scene {path}, is not a regular file (a pipe or "
                              "a device): GDAL may read it when it opens the scene (a side file or header of that "
                              "name), and would wait on it for ever; remove it or replace it with a file")
-    _check_side_files_read(path, [e.name for e in entries if e.name.startswith(stem + ".") and e.name != path.name])
+    _check_side_files_read(path, [e.name for e in entries])
 
 
-# side files that change what a scene reads: its mask, nodata, scales and georeferencing, an ENVI/EHdr header
-_SIDE_ENDINGS = (".msk", ".aux.xml", ".hdr", ".tfw", ".tifw", ".wld", ".rpb", ".prj")
+# the side files GDAL reads for a scene that change what it reads (mask, nodata, scales, georeferencing, an ENVI or
+# EHdr header): after its whole name, or after its name without the last suffix
+_AFTER_NAME = (".aux.xml", ".msk", ".hdr")
+_AFTER_STEM = (".aux.xml", ".aux", ".hdr", ".tfw", ".tifw", ".wld", ".rpb", "_rpc.txt")
 _PAM_KEYS = ("<NoDataValue", "<GeoTransform", "<SRS", "<Offset", "<Scale")
 
 
@@ -68,7 +71,9 @@ def _check_side_files_read(path: Path, names: list[str]) -> None:
     pixels were classified as land cover, exit 0), ``GDAL_PAM_ENABLED=NO`` the ``.aux.xml`` (per-band nodata)."""
     from rasterio.env import get_gdal_config
 
-    sides = [n for n in names if n.lower().endswith(_SIDE_ENDINGS)]
+    name, stem = path.name.lower(), path.stem.lower()
+    wanted = {name + e for e in _AFTER_NAME} | {stem + e for e in _AFTER_STEM}
+    sides = [n for n in names if n.lower() in wanted]  # (GDAL finds them whatever their case)
     if not sides:
         return
     hide = str(get_gdal_config("GDAL_DISABLE_READDIR_ON_OPEN", normalize=False) or "").upper()
@@ -78,8 +83,8 @@ def _check_side_files_read(path: Path, names: list[str]) -> None:
                          "nodata, georeferencing, header) would be lost: unset GDAL_DISABLE_READDIR_ON_OPEN (or set "
                          "it to FALSE) for this run")
     pam = str(get_gdal_config("GDAL_PAM_ENABLED", normalize=False) or "YES").upper()
-    aux = path.parent / (path.name + ".aux.xml")
-    if pam in ("NO", "FALSE", "OFF", "0") and aux.name in sides:
+    aux = next((path.parent / n for n in sides if n.lower() == name + ".aux.xml"), None)
+    if pam in ("NO", "FALSE", "OFF", "0") and aux is not None:
         try:
             with open(aux, encoding="utf-8", errors="replace") as f:
                 text = f.read(1 << 20)
@@ -121,6 +126,10 @@ def open_geotiff(path: Path, chunks, driver: str = "GTiff") -> xr.DataArray:
                 ds_tags = src.tags()
                 envi_tags = src.tags(ns="ENVI")
                 rpcs = getattr(src, "rpcs", None)
+                # a CRS without a geotransform: rasterio's NotGeoreferencedWarning (quiet in our calls) was the only
+                # word, and the map sat at the CRS's origin in 1-unit pixels
+                crs_only = (src.crs.to_string() if src.crs is not None and src.transform.is_identity
+                            and not src.gcps[0] and not rpcs else None)
                 # a last band that is alpha (gdalwarp -dstalpha) is no spectral band: left out, its 0s nodata
                 alpha = count > 1 and src.colorinterp[-1] == rasterio.enums.ColorInterp.alpha
                 flags = rasterio.enums.MaskFlags
@@ -137,6 +146,11 @@ def open_geotiff(path: Path, chunks, driver: str = "GTiff") -> xr.DataArray:
             raise SceneError(f"{path} could not be opened as a {kind} raster ({e}); is it a complete {kind} file? "
                              f"(GDAL's {driver} driver alone reads it: a file of another format under this name, a "
                              "GDAL VRT among them, is not read)") from None
+        if crs_only is not None:
+            warnings.warn(f"{path} has a CRS ({crs_only}) but no geotransform (nor GCPs): its map would lie at the "
+                          "CRS's origin in 1-unit pixels, far from its ground; write its transform (gdal_edit.py "
+                          f"-a_ullr ULX ULY LRX LRY {path}), or drop the CRS for a map in pixel coordinates",
+                          UserWarning, stacklevel=user_stacklevel())
         default = {"band": -1, "y": aligned_chunk(bh, h), "x": aligned_chunk(bw, w)}
         # per-band scales/offsets are kept in the encoding (_scales_to_encoding): rioxarray's note on them
         with warnings_ignored(UserWarning, "(Scales|Offsets) differ across bands"):

@@ -158,7 +158,7 @@ def describe_differences(found: dict[str, Any] | None, own: dict[str, Any], firs
                     "made another way)")
         elif k == "scene.stat":  # [files, bytes, newest mtime_ns]
             text = "the scene's files changed (size or modification time) since"
-            if isinstance(a, list) and isinstance(b, list) and a and b and a[0] != b[0]:
+            if isinstance(a, list) and isinstance(b, list) and a and b and a[0] < b[0]:  # (0.2.0 counted fewer)
                 text += (f" ({_short(a[0])} files then, {_short(b[0])} now: if none changed, hsi-engine 0.2.0 made "
                          f"the {first}, and did not count the scene's side files such as its .aux.xml; either way "
                          "pass overwrite=True (--overwrite) without resume to start over)")

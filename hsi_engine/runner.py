@@ -105,11 +105,13 @@ def check_scene(config: Any, meta: dict[str, Any], *, bands: int, height: int, w
             tol = max(1.0, 0.5 * float(np.median(steps))) if steps.size else 1.0
             if diff.max() > tol:
                 i = int(diff.argmax())
-                flipped = np.where(both[::-1] & both, np.abs(a[::-1] - b), 0.0)
-                if flipped.max() <= tol:  # the model's bands, last first: a descending store or an isel(-1)
+                paired = np.isfinite(a[::-1]) & np.isfinite(b)
+                flipped = np.where(paired, np.abs(a[::-1] - b), 0.0)
+                if paired.sum() >= min(2, bands) and flipped.max() <= tol:  # the model's, last first
+                    j = int(np.argmax(both))  # (a descending store, an isel(band=slice(None, None, -1)))
                     raise BandMismatchError(
                         f"scene wavelengths differ from the model's{trained_s}: its bands run in the reverse of the "
-                        f"model's band order (band 0 is {a[0]:.2f} nm in the scene, {b[0]:.2f} nm in the model; "
+                        f"model's band order (band {j} is {a[j]:.2f} nm in the scene, {b[j]:.2f} nm in the model; "
                         "reversed, they match): reverse them, e.g. scene.isel(band=slice(None, None, -1)) (not "
                         "sortby: a sensor's wavelengths need not rise throughout)")
                 raise BandMismatchError(

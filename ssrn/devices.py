@@ -29,8 +29,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
         shown = "" if hidden is None else f" (CUDA_VISIBLE_DEVICES={hidden!r} limits what it sees)"
         if not torch.cuda.is_available():
+            hides_all = hidden is not None and hidden.strip() in ("", "-1")  # (a list may name GPUs not there)
             fix = ("use cpu (--device cpu, or leave the device out), or install a CUDA build of torch on a machine "
-                   "with an NVIDIA GPU") if torch.version.cuda is None or hidden is None else (
+                   "with an NVIDIA GPU") if torch.version.cuda is None or not hides_all else (
                    "unset or widen CUDA_VISIBLE_DEVICES, or use cpu (--device cpu)")
             raise DeviceError(f"device {device!r} asked for, but this torch ({torch.__version__}) sees no CUDA "
                               f"device{shown}: {fix}")

@@ -235,6 +235,9 @@ def test_device_is_checked_before_the_data(tmp_path, no_data, capsys, monkeypatc
     assert main(["train", "--dataset", "indian_pines", "--out", str(tmp_path / "m"), "--device", "cuda"]) == 2
     assert "sees no CUDA device (CUDA_VISIBLE_DEVICES='' limits what it sees): unset or widen CUDA_VISIBLE_DEVICES" \
         in _one_error_line(capsys.readouterr().err)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # (a job's inherited list on a machine without a GPU: not blamed)
+    assert main(["train", "--dataset", "indian_pines", "--out", str(tmp_path / "m"), "--device", "cuda"]) == 2
+    assert "limits what it sees): use cpu (--device cpu" in _one_error_line(capsys.readouterr().err)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

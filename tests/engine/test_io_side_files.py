@@ -85,3 +85,18 @@ def test_side_files_gdal_is_set_to_ignore_are_refused(tmp_path, monkeypatch, geo
     (tmp_path / "pam.tif.aux.xml").write_text("<PAMDataset><Metadata><MDI key='STATISTICS_MEAN'>1</MDI></Metadata>"
                                               "</PAMDataset>")
     open_scene(pam)  # statistics alone change nothing the engine reads
+
+
+def test_a_crs_without_a_geotransform_is_warned_of(tmp_path) -> None:
+    """A GeoTIFF with a CRS and no geotransform: its map lay at the CRS's origin in 1-unit pixels, and rasterio's
+    warning (quiet in the engine's calls) had been the only word."""
+    import rasterio
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(tmp_path / "crs.tif", "w", driver="GTiff", height=4, width=4, count=3, dtype="float32",
+                           crs="EPSG:32633") as dst:
+            dst.write(np.ones((3, 4, 4), np.float32))
+    with pytest.warns(UserWarning, match=r"crs\.tif has a CRS \(EPSG:32633\) but no geotransform \(nor GCPs\): its "
+                                         r"map would lie at the CRS's origin"):
+        open_scene(tmp_path / "crs.tif")

@@ -49,6 +49,10 @@ def test_a_file_without_wavelengths_is_said_to_go_unchecked(tmp_path, caplog):
     assert "s.tif records no wavelengths, so its 200 bands are not checked against the model's (400-2499 nm)" \
         in caplog.text
     caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hsi_engine.api"):  # the command line's way: the file opened first
+        hsi_engine.classify_to_file(str(tmp_path / "s.tif"), SHIPPED_MODEL, tmp_path / "m.tif", progress=False)
+    assert "s.tif records no wavelengths" in caplog.text
+    caplog.clear()
     scene.to_netcdf(tmp_path / "s.nc")  # its wavelength coordinate kept: checked, nothing said
     with caplog.at_level(logging.WARNING, logger="hsi_engine.api"):
         hsi_engine.classify(str(tmp_path / "s.nc"), SHIPPED_MODEL, progress=False)

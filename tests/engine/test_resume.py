@@ -385,3 +385,4 @@ def test_a_partial_that_counted_fewer_scene_files_names_0_2_0_as_a_cause():
     assert "the scene's files changed (size or modification time) since (1 files then, 2 now: if none changed, " \
            "hsi-engine 0.2.0 made the partial" in said and "pass overwrite=True (--overwrite) without resume" in said
     assert "0.2.0" not in describe_differences({"scene": {"stat": [1, 100, 5]}}, {"scene": {"stat": [1, 120, 7]}})
+    assert "0.2.0" not in describe_differences({"scene": {"stat": [2, 100, 5]}}, {"scene": {"stat": [1, 80, 7]}})

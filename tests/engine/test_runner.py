@@ -397,3 +397,20 @@ def test_a_scene_one_band_off_the_model_is_refused():
     check_scene(cfg, {"wavelengths": wl.tolist()}, bands=50, height=9, width=9, wavelengths=wl + 4.0)  # within 1/2
     with pytest.raises(BandMismatchError, match="wavelengths differ"):  # the scene's bands one band further on
         check_scene(cfg, {"wavelengths": wl.tolist()}, bands=50, height=9, width=9, wavelengths=wl + 10.0)
+
+
+def test_reversed_bands_are_said_only_where_wavelengths_were_compared():
+    """Reversed with NaN in the way: "reversed, they match" was said where no pair had been compared, and "band 0
+    is nan nm" named a band without a wavelength."""
+    from hsi_engine.errors import BandMismatchError
+    from hsi_engine.runner import check_scene
+    from ssrn.config import SSRNConfig
+
+    wl = 400.0 + 100.0 * np.arange(8)
+    meta = {"wavelengths": wl.tolist()}
+    config = SSRNConfig(bands=8, classes=3)
+    with pytest.raises(BandMismatchError, match=r"reverse of the model's band order \(band 1 is 1000\.00 nm"):
+        check_scene(config, meta, bands=8, height=5, width=5, wavelengths=np.r_[np.nan, wl[::-1][1:]])
+    with pytest.raises(BandMismatchError) as e:
+        check_scene(config, meta, bands=8, height=5, width=5, wavelengths=np.r_[1900.0, 1990.0, [np.nan] * 6])
+    assert "reverse" not in str(e.value)
