@@ -447,7 +447,8 @@ def test_a_geotiff_read_by_rioxarray_is_warned_about_what_it_left_out(crop, mode
     import rioxarray
 
     path = tmp_path / "masked.tif"
-    small = crop.isel(y=slice(0, 16), x=slice(0, 16))
+    small = crop.isel(y=slice(0, 16), x=slice(0, 16)).assign_coords(  # (placed: a CRS alone is warned of)
+        x=500000 + 20 * (np.arange(16) + 0.5), y=4500000 - 20 * (np.arange(16) + 0.5))
     small.rio.write_crs(CRS).rio.to_raster(path)
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "r+") as f:
         f.write_mask(np.where(np.arange(256).reshape(16, 16) < 20, 0, 255).astype("uint8"))
