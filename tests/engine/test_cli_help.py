@@ -36,3 +36,21 @@ def test_verbose_after_a_command_points_to_its_spelling(capsys):
     with pytest.raises(SystemExit):
         main(["info", "x.tif", "--verbose"])
     assert "--verbose: did you mean -v (or hsi-engine --verbose COMMAND ...)?" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_command(tmp_path):
+    """``python -m hsi_engine`` is the command (a venv whose bin/ is not on PATH has no ``hsi-engine``): its version,
+    and an error's one line and exit status, as the script gives them."""
+    import subprocess
+    import sys
+
+    from hsi_engine import __version__
+
+    done = subprocess.run([sys.executable, "-m", "hsi_engine", "--version"], capture_output=True, text=True,
+                          timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, f"hsi-engine {__version__}")
+    missing = tmp_path / "nowhere.zarr"
+    failed = subprocess.run([sys.executable, "-m", "hsi_engine", "info", str(missing)], capture_output=True, text=True,
+                            timeout=120)
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr
+    assert str(missing) in failed.stderr
