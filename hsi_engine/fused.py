@@ -269,7 +269,7 @@ class _TF32Flags:
 
     lock = threading.Lock()
     depth = 0
-    saved: tuple[bool, bool] = (True, False)
+    saved: tuple[bool, bool] | tuple[str, str] = (True, False)
 
 
 @contextlib.contextmanager
@@ -278,19 +278,46 @@ def _tf32(*, cudnn: bool | None = None, matmul: bool | None = None) -> Iterator[
     flags = _TF32Flags
     with flags.lock:
         if flags.depth == 0:
-            flags.saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+            flags.saved = _tf32_switches()
         flags.depth += 1
-        if cudnn is not None:
-            torch.backends.cudnn.allow_tf32 = cudnn
-        if matmul is not None:
-            torch.backends.cuda.matmul.allow_tf32 = matmul
+        _set_tf32_switches(cudnn, matmul, new_api=isinstance(flags.saved[0], str))
     try:
         yield
     finally:
         with flags.lock:
             flags.depth -= 1
             if flags.depth == 0:
-                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags.saved
+                cudnn_was, matmul_was = flags.saved
+                _set_tf32_switches(cudnn_was, matmul_was, new_api=isinstance(cudnn_was, str))
+
+
+def _tf32_switches() -> tuple[bool, bool] | tuple[str, str]:
+    """cuDNN's and cuBLAS's TF32 switches as the process has set them: the legacy ``allow_tf32`` flags, or, once
+    anything set torch's newer ``fp32_precision`` ones (``torch.backends.fp32_precision = "tf32"``, torch >= 2.9;
+    torch then refuses to read the legacy flags, and every CUDA tile stopped on that), those."""
+    try:
+        return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    except RuntimeError:
+        return torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+
+
+def _set_tf32_switches(cudnn: bool | str | None, matmul: bool | str | None, *, new_api: bool) -> None:
+    """Set the switches through the API :func:`_tf32_switches` read them from (None: left as they are); a bool
+    is on/off, a string a ``fp32_precision`` value put back as it was."""
+    if not new_api:
+        if cudnn is not None:
+            torch.backends.cudnn.allow_tf32 = cudnn
+        if matmul is not None:
+            torch.backends.cuda.matmul.allow_tf32 = matmul
+        return
+
+    def precision(v: bool | str) -> str:
+        return v if isinstance(v, str) else ("tf32" if v else "ieee")
+
+    if cudnn is not None:
+        torch.backends.cudnn.conv.fp32_precision = precision(cudnn)
+    if matmul is not None:
+        torch.backends.cuda.matmul.fp32_precision = precision(matmul)
 
 
 def tf32_matmul() -> contextlib.AbstractContextManager[None]:

@@ -166,9 +166,15 @@ def resolve_backend(backend: str, device: torch.device | str | None = None,
     _check_dtype(dtype)
     dev = _device(device)
     if backend == "auto":
-        triton_ok = (dev.type == "cuda" and dtype != torch.float32 and _triton_unavailable_reason(dev) is None
-                     and _triton_self_check(dev, dtype) is None)
-        return auto_choice(dev.type, dtype, triton_ok)
+        reason = None
+        if dev.type == "cuda" and dtype != torch.float32:  # where auto would pick the kernel
+            reason = _triton_unavailable_reason(dev) or _triton_self_check(dev, dtype)
+            if reason is not None:  # the kernel is several times faster: a DEBUG line had been all that said so
+                _warn_once(f"spectral backend 'auto' runs the {str(dtype).removeprefix('torch.')} spectral stage on "
+                           f"the eager backend: the Triton kernel, several times faster on a GPU, cannot run here "
+                           f"({reason}); install a Triton that matches torch (pip install 'hsi-engine[gpu]'), or "
+                           "pass backend='eager' (--backend eager) to choose eager")
+        return auto_choice(dev.type, dtype, dev.type == "cuda" and reason is None)
     if backend == "triton":
         reason = _triton_unavailable_reason(dev)
         if reason is not None:

@@ -283,6 +283,12 @@ except ImportError:  # pragma: no cover
 if HAS_TRITON:
 
     @triton.jit
+    def _relu(v):
+        # NaN stays NaN, as in torch's relu and the reference (tl.maximum's default returns the other operand: a
+        # NaN or inf pixel became finite features, and the engine's check of the logits never saw it)
+        return tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL)
+
+    @triton.jit
     def _in_bands(q, D, like):
         # 0 <= q < D as a tensor shaped like `like` (broadcast-ready; the interpreter mishandles scalar masks)
         qv = like * 0 + q
@@ -352,21 +358,21 @@ if HAS_TRITON:
         if (PRE_MASK >> b) & 1:
             sc = tl.load(pre_ptr + (2 * b) * WP + offs_c)
             sh = tl.load(pre_ptr + (2 * b + 1) * WP + offs_c)
-            h = tl.maximum(y.to(tl.float32) * sc[None, :] + sh[None, :], 0.0)
+            h = _relu(y.to(tl.float32) * sc[None, :] + sh[None, :])
             h = _round(tl.where(_in_bands(pos, D, col0), h, 0.0), dt, INTERP_BF16)
         acc, ring1 = _scatter_conv(h, st[0], 2 * b, conv_w_ptr, conv_b_ptr, offs_c, w_tile, KT, WP, PRECISION,
                                    INTERP_BF16, BLOCK_P)
         if (RELU1_MASK >> b) & 1:
-            acc = tl.maximum(acc, 0.0)
+            acc = _relu(acc)
         u = _round(tl.where(_in_bands(pos - HALF, D, col0), acc, 0.0), dt, INTERP_BF16)
         acc, ring2 = _scatter_conv(u, st[1], 2 * b + 1, conv_w_ptr, conv_b_ptr, offs_c, w_tile, KT, WP, PRECISION,
                                    INTERP_BF16, BLOCK_P)
         if (RELU2_MASK >> b) & 1:
-            acc = tl.maximum(acc, 0.0)
+            acc = _relu(acc)
         delay = st[2] + (y,)
         acc = acc + delay[0].to(tl.float32)  # the block input at pos - LAG (y itself when KT == 1)
         if (BLOCK_RELU_MASK >> b) & 1:
-            acc = tl.maximum(acc, 0.0)
+            acc = _relu(acc)
         out = _round(tl.where(_in_bands(pos - (KT - 1), D, col0), acc, 0.0), dt, INTERP_BF16)
         return out, (ring1, ring2, delay[1:])
 
@@ -406,7 +412,7 @@ if HAS_TRITON:
             sh = tl.load(pre_ptr + (2 * b + 1) * WP + offs_c)
             hs = ()
             for t in tl.static_range(KT):
-                h = tl.maximum(yw[t].to(tl.float32) * sc[None, :] + sh[None, :], 0.0)
+                h = _relu(yw[t].to(tl.float32) * sc[None, :] + sh[None, :])
                 hs = hs + (_round(tl.where(_in_bands(pos - LAG + t, D, col0), h, 0.0), dt, INTERP_BF16),)
         if KCAT:
             wk = tl.load(conv_w_ptr + (2 * b) * KT * WP * WP + k_tile, mask=k_mask, other=0.0)
@@ -414,7 +420,7 @@ if HAS_TRITON:
         else:
             acc = _taps(hs, 2 * b, acc, conv_w_ptr, w_tile, KT, WP, PRECISION, INTERP_BF16, CHAINS)
         if (RELU1_MASK >> b) & 1:
-            acc = tl.maximum(acc, 0.0)
+            acc = _relu(acc)
         u = _round(tl.where(_in_bands(pos - HALF, D, col0), acc, 0.0), dt, INTERP_BF16)
         uw = st[1][1:] + (u,)
         # conv2 -> position pos - LAG, then the identity add (the oldest tile of yw is that position)
@@ -425,10 +431,10 @@ if HAS_TRITON:
         else:
             acc = _taps(uw, 2 * b + 1, acc, conv_w_ptr, w_tile, KT, WP, PRECISION, INTERP_BF16, CHAINS)
         if (RELU2_MASK >> b) & 1:
-            acc = tl.maximum(acc, 0.0)
+            acc = _relu(acc)
         acc = acc + yw[0].to(tl.float32)
         if (BLOCK_RELU_MASK >> b) & 1:
-            acc = tl.maximum(acc, 0.0)
+            acc = _relu(acc)
         out = _round(tl.where(_in_bands(pos - LAG, D, col0), acc, 0.0), dt, INTERP_BF16)
         return out, (yw, uw)
 
@@ -455,7 +461,7 @@ if HAS_TRITON:
                      mask=p_mask[:, None] & (offs_k[None, :] < KS) & (cols[None, :] < B), other=0.0)
         s = _dot(xs.to(dt), stem_w, tl.zeros((BLOCK_P, WP), dtype=tl.float32), PRECISION, INTERP_BF16) + stem_b[None, :]
         if STEM_RELU:
-            s = tl.maximum(s, 0.0)
+            s = _relu(s)
         new = _round(tl.where(_in_bands(j, D, col0), s, 0.0), dt, INTERP_BF16)
         made = (new,)
         pos = j
@@ -484,7 +490,7 @@ if HAS_TRITON:
         for a in tl.static_range(NUM_POST):
             sc = tl.load(post_ptr + (2 * a) * WP + offs_c)
             sh = tl.load(post_ptr + (2 * a + 1) * WP + offs_c)
-            yf = tl.maximum(yf * sc[None, :] + sh[None, :], 0.0)
+            yf = _relu(yf * sc[None, :] + sh[None, :])
         wr = tl.load(red_w_ptr + pos * WP * FP + r_tile, mask=_in_bands(pos, D, r_tile), other=0.0)
         acc_r = _dot(_round(yf, dt, INTERP_BF16), wr, acc_r, PRECISION, INTERP_BF16)
         return state_next, acc_r
@@ -552,7 +558,7 @@ if HAS_TRITON:
 
         out = acc_r + tl.load(red_b_ptr + offs_f)[None, :]
         if REDUCE_RELU:
-            out = tl.maximum(out, 0.0)
+            out = _relu(out)
         tl.store(out_ptr + rows64 * stride_op + offs_f[None, :] * stride_of,
                  _round(out, out_ptr.dtype.element_ty, INTERP_BF16), mask=p_mask[:, None] & (offs_f[None, :] < F))
 
@@ -808,6 +814,18 @@ def _check_config(config: dict) -> None:
         raise OptionError(f"config PIPE must be a bool; got {pipe!r}")
 
 
+_INT32_OFFSETS = 2**31  # the kernels form a band's offset, band x x.stride(1), in 32 bits (a row's in 64)
+
+
+def _bands_addressable(x: torch.Tensor) -> torch.Tensor:
+    """``x``, or a contiguous copy where a band's offset within a row, ``band * x.stride(1)``, passes 32 bits (a
+    ``cube.reshape(bands, -1).t()`` view of a 224-band cube of 9.6 M pixels): the kernels would wrap it and read
+    other memory (a wrong spectrum, or a fault that ends the CUDA context)."""
+    if x.dim() == 2 and (x.shape[1] - 1) * x.stride(1) >= _INT32_OFFSETS:
+        return x.contiguous()
+    return x
+
+
 def _launch(x: torch.Tensor, program: SpectralProgram, precision: str,
             config: dict | None = None) -> tuple[torch.Tensor, object]:
     """Checks, packs and launches the kernel (autotuned, or the pinned ``config``): ``(out, Triton's launch)``."""
@@ -823,6 +841,7 @@ def _launch(x: torch.Tensor, program: SpectralProgram, precision: str,
         raise OptionError(f"spectral_stage_triton needs a CUDA tensor; got one on {x.device} "
                          "(use kernels.get_spectral_stage('auto', device) to pick a backend)")
     _check_program(program)
+    x = _bands_addressable(x)
     p, f = x.shape[0], program.out_features
     out = torch.empty(p, f, device=x.device, dtype=x.dtype)
     if p == 0:

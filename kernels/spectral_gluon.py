@@ -81,6 +81,7 @@ from .program import SpectralProgram
 
 GLUON_ERROR: str | None = None  # why the kernel is unavailable here (None: it is defined)
 try:
+    import triton.language as tl  # PropagateNan, which gluon's language does not re-export
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,
@@ -125,6 +126,11 @@ TRACE_POINTS_WS = (("A: step start", "A: B's step j - 2 done", "A: issued", "A: 
                    ("B: step start", "B: A's step j done", "B: issued", "B: epilogues"))
 
 if GLUON_ERROR is None:
+
+    @gluon.jit
+    def _relu(v):
+        # NaN stays NaN, as in the reference (gl.maximum's default returns the other operand; see kernels.spectral)
+        return gl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL)
 
     @gluon.jit
     def _clock():
@@ -208,7 +214,7 @@ if GLUON_ERROR is None:
         if bias is not None:
             s = s + bias
         if STEM_RELU:
-            s = gl.maximum(s, 0.0)
+            s = _relu(s)
         s = gl.where((j >= 0) & (j < D), s, 0.0)
         rings.index(j & (RING - 1)).store(s.to(dt))
 
@@ -218,11 +224,11 @@ if GLUON_ERROR is None:
         # outside [0, D) (the next block's input ring, or `last`, the reduce's operand)
         y = y + bias
         if RELU2:
-            y = gl.maximum(y, 0.0)
+            y = _relu(y)
         if ident is not None:
             y = y + ident.to(gl.float32)
         if BLOCK_RELU:
-            y = gl.maximum(y, 0.0)
+            y = _relu(y)
         dst.store(gl.where((q >= 0) & (q < D), y, 0.0).to(dt))
 
     @gluon.jit
@@ -247,7 +253,7 @@ if GLUON_ERROR is None:
         of = gl.arange(0, FP, layout=gl.SliceLayout(0, accr_l))
         out = acc_r + gl.expand_dims(gl.load(red_b_ptr + of), 0)
         if REDUCE_RELU:
-            out = gl.maximum(out, 0.0)
+            out = _relu(out)
         gl.store(out_ptr + gl.expand_dims(op.to(gl.int64), 1) * stride_op + gl.expand_dims(of, 0) * stride_of,
                  out.to(dt), mask=gl.expand_dims(op < P, 1) & gl.expand_dims(of < F, 0))
 
@@ -389,7 +395,7 @@ if GLUON_ERROR is None:
                     waited = warpgroup_mma_wait(num_outstanding=(NUM_BLOCKS - 1 - b) * KT + 1, deps=waited)
                 acc = waited[b] + gl.expand_dims(gl.load(conv_b_ptr + (2 * b) * WP + offs_c), 0)
                 if (RELU1_MASK >> b) & 1:
-                    acc = gl.maximum(acc, 0.0)
+                    acc = _relu(acc)
                 rings.index((2 * b + 1) * RING + (u & (RING - 1))).store(
                     gl.where((u >= 0) & (u < D), acc, 0.0).to(dt))
             if SPLIT_WAIT:
@@ -578,8 +584,8 @@ if GLUON_ERROR is None:
                 h0 = h0 + bias
                 h1 = h1 + bias
                 if (RELU1_MASK >> b) & 1:
-                    h0 = gl.maximum(h0, 0.0)
-                    h1 = gl.maximum(h1, 0.0)
+                    h0 = _relu(h0)
+                    h1 = _relu(h1)
                 base = (2 * b + 1) * RING
                 rings.index(base + (u & (RING - 1))).store(gl.where((u >= 0) & (u < D), h0, 0.0).to(dt))
                 rings.index(base + ((u + 1) & (RING - 1))).store(gl.where((u + 1 >= 0) & (u + 1 < D), h1, 0.0).to(dt))
@@ -651,7 +657,7 @@ if GLUON_ERROR is None:
             accs = warpgroup_mma_wait(num_outstanding=0, deps=accs)
             s = accs[NUM_BLOCKS] + gl.expand_dims(gl.load(stem_b_ptr + offs_c), 0)
             if STEM_RELU:
-                s = gl.maximum(s, 0.0)
+                s = _relu(s)
             p_s = _ws_position(j, S, D, nblk)
             rings.index(j & (RING - 1)).store(gl.where((p_s >= 0) & (p_s < D), s, 0.0).to(dt))
             xs_smem.store(xs_next.to(dt))  # its reader, this step's stem wgmma, completed above
@@ -711,7 +717,7 @@ if GLUON_ERROR is None:
                 u = j - b * LAG - HALF
                 acc = waited[b] + gl.expand_dims(gl.load(conv_b_ptr + (2 * b) * WP + offs_c), 0)
                 if (RELU1_MASK >> b) & 1:
-                    acc = gl.maximum(acc, 0.0)
+                    acc = _relu(acc)
                 p_u = _ws_position(u, S, D, nblk)
                 rings.index((2 * b + 1) * RING + (u & (RING - 1))).store(
                     gl.where((p_u >= 0) & (p_u < D), acc, 0.0).to(dt))
@@ -1003,8 +1009,9 @@ def _run(x: torch.Tensor, program: SpectralProgram, *, waits: str = DEFAULT_WAIT
     with ``trace`` (from :func:`traced_run`) the traced build, writing its timestamps there. ``programs``:
     ``step="wsp"``'s grid (default: the SM count), so that a check on a few pixels runs several blocks per program,
     as the engine's chunks do."""
-    from .spectral import _pack
+    from .spectral import _bands_addressable, _pack
 
+    x = _bands_addressable(x)
     p, f = x.shape[0], program.out_features
     out = torch.empty(p, f, device=x.device, dtype=x.dtype)
     if p == 0:

@@ -342,6 +342,38 @@ def test_exact_fp32_turns_tf32_off_and_restores_the_flags():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+_NEW_TF32_API = r"""
+import json, sys, torch
+from hsi_engine.fused import exact_fp32, tf32_matmul
+exec(sys.argv[1])
+m, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+before = conv.fp32_precision, m.fp32_precision
+with exact_fp32():
+    exact = conv.fp32_precision, m.fp32_precision
+with tf32_matmul():
+    fast = m.fp32_precision
+print(json.dumps([before, exact, fast, (conv.fp32_precision, m.fp32_precision)]))
+"""
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch < 2.9 has no "
+                    "fp32_precision switches")
+@pytest.mark.parametrize("user", ["torch.backends.fp32_precision = 'tf32'",
+                                  "torch.backends.cuda.matmul.fp32_precision = 'tf32'"])
+def test_tf32_sections_work_under_torch_s_newer_precision_switches(user):
+    """Once a user sets torch's newer ``fp32_precision`` switches, torch refuses to read the legacy ``allow_tf32``
+    flags (every CUDA tile raised torch's RuntimeError): the sections use the newer ones then, and put back what
+    the user set. In a subprocess: the switches are process-wide and would refuse the other tests' legacy reads."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _NEW_TF32_API, user], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, exact, fast, after = json.loads(done.stdout)
+    assert exact == ["ieee", "ieee"] and fast == "tf32" and after == before
+
+
 def test_overlapping_tf32_sections_in_threads_put_the_user_s_flags_back():
     """Tiles of an engine shared by threads (a processes=False cluster) overlap: A saved (on, on) and set off, B
     saved A's (off, off), A put back (on, on), B put back (off, off): TF32 was left off for the process. The first

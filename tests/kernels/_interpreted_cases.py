@@ -212,11 +212,47 @@ def variant_check_case():
     return [dict(name="variant-check", kind="variant-check", agrees=verdict(good.clone()), disagrees=verdict(wrong))]
 
 
+def nonfinite_case() -> list[dict]:
+    """A pixel holding inf or NaN gives NaN features in the kernel, as in the reference (the ReLUs' max kept the
+    other operand: finite features, and the engine's check of the logits never saw the pixel); the others are
+    untouched."""
+    g = torch.Generator().manual_seed(11)
+    prog = _random_program(23, 24, 40, generator=g)
+    x = torch.randn(4, 23, generator=g)
+    x[1, 5], x[2, 9] = float("inf"), float("nan")
+    out, ref = spectral_stage_triton(x, prog), spectral_stage_reference(x, prog)
+    return [dict(name="nonfinite", kind="nonfinite", kernel_nan=torch.isnan(out).any(1).tolist(),
+                 reference_nan=torch.isnan(ref).any(1).tolist(),
+                 clean_err=float((out[[0, 3]] - ref[[0, 3]]).abs().max()), scale=float(ref[[0, 3]].abs().max()))]
+
+
+def wide_stride_case() -> list[dict]:
+    """A view whose band offsets pass the kernels' 32-bit limit is copied before the launch (the limit lowered so
+    that a small view reaches it: a real one is a cube.reshape(bands, -1).t() of 9.6 M pixels at 224 bands)."""
+    from kernels import spectral
+
+    g = torch.Generator().manual_seed(12)
+    prog = _random_program(23, 24, 40, generator=g)
+    x = torch.randn(23, 5, generator=g).t()  # (5, 23), stride (1, 5): band 22 sits 110 elements in
+    seen = []
+    real = spectral._bands_addressable
+    spectral._INT32_OFFSETS = 100
+    spectral._bands_addressable = lambda t: seen.append(real(t).is_contiguous()) or real(t)
+    try:
+        out = spectral_stage_triton(x, prog)
+    finally:
+        spectral._INT32_OFFSETS, spectral._bands_addressable = 2**31, real
+    ref = spectral_stage_reference(x.contiguous(), prog)
+    return [dict(name="wide-stride", kind="wide-stride", copied=seen, err=float((out - ref).abs().max()),
+                 scale=float(ref.abs().max()))]
+
+
 def kernel_cases() -> list[dict]:
-    """The kernel against the float64 reference: every pinned case and a strided input."""
+    """The kernel against the float64 reference: every pinned case and a strided input; non-finite pixels and a
+    view too wide for 32-bit band offsets."""
     rows = [run_case(*c) for c in CASES]
     rows.append(run_case("paper-b23-w24-strided", 23, 24, 128, 2, "paper", 0, 3, "float32", strided=True))
-    return rows
+    return rows + nonfinite_case() + wide_stride_case()
 
 
 # the two folded SSRNs run in the engine group: it balances the two (about 44 s of CPU time each)

@@ -33,6 +33,26 @@ def test_triton_without_cuda_falls_back_with_one_warning(caplog: pytest.LogCaptu
     assert "triton" in msg and "CUDA" in msg and "eager" in msg
 
 
+def test_auto_on_cuda_without_a_working_kernel_says_so_once(monkeypatch, caplog: pytest.LogCaptureFixture) -> None:
+    """``auto`` in bf16 on a CUDA device whose Triton fails its self-check runs eager, several times slower: one
+    warning names why (it had been a DEBUG line); float32, where auto picks eager anyway, says nothing."""
+    dispatch._warn_once.cache_clear()
+    monkeypatch.setattr(dispatch, "_triton_unavailable_reason", lambda dev: None)
+    monkeypatch.setattr(dispatch, "_triton_self_check", lambda dev, dtype: "the Triton kernel failed its self-check "
+                        "(CalledProcessError: no C compiler)")
+    cuda = torch.device("cuda")
+    with caplog.at_level(logging.WARNING, logger="kernels.dispatch"):
+        assert resolve_backend("auto", cuda, torch.float32) == "eager"
+        assert not caplog.records
+        assert resolve_backend("auto", cuda, torch.bfloat16) == "eager"
+        assert resolve_backend("auto", cuda, torch.bfloat16) == "eager"
+    assert len(caplog.records) == 1
+    msg = caplog.records[0].getMessage()
+    assert "'auto' runs the bfloat16 spectral stage on the eager backend" in msg and "no C compiler" in msg
+    monkeypatch.setattr(dispatch, "_triton_self_check", lambda dev, dtype: None)
+    assert resolve_backend("auto", cuda, torch.bfloat16) == "triton"
+
+
 def test_unknown_backend_lists_valid_ones() -> None:
     with pytest.raises(ValueError, match=r"unknown spectral backend 'cudnn'.*'auto', 'eager', 'compile', 'triton'"):
         resolve_backend("cudnn", CPU)

@@ -84,6 +84,34 @@ def test_kernel_matches_folded_ssrn_interpreted(interpreted: dict[str, dict]) ->
         check_tolerance(interpreted[f"folded-ssrn-{form}-b37"])
 
 
+def test_kernel_keeps_nan_and_inf_pixels_nan_interpreted(interpreted: dict[str, dict]) -> None:
+    """The ReLUs propagate NaN (``tl.maximum`` returns the other operand by default): a pixel holding inf or NaN
+    gives NaN features as in the reference, so the engine's check of the logits names it."""
+    r = interpreted["nonfinite"]
+    assert r["reference_nan"] == [False, True, True, False], r
+    assert r["kernel_nan"] == r["reference_nan"], r
+    assert r["clean_err"] <= FP32_RTOL * r["scale"], r
+
+
+def test_kernel_copies_a_view_whose_band_offsets_pass_32_bits_interpreted(interpreted: dict[str, dict]) -> None:
+    r = interpreted["wide-stride"]
+    assert r["copied"] == [True], r
+    assert r["err"] <= FP32_RTOL * r["scale"], r
+
+
+def test_band_offsets_past_32_bits_are_copied_and_others_kept() -> None:
+    """``_bands_addressable`` on the strides of a real scene (meta tensors: no memory): the transposed view of a
+    224-band cube of 9.63 M pixels reaches 2**31 at its last band and is made contiguous; 9.5 M pixels are not."""
+    from kernels.spectral import _bands_addressable
+
+    for pixels, copied in ((9_630_000, True), (9_500_000, False)):
+        view = torch.empty(224, pixels, device="meta").t()
+        got = _bands_addressable(view)
+        assert got.is_contiguous() is copied and (got is view) is not copied
+    row_major = torch.empty(40_000_000, 224, device="meta")  # rows are addressed in 64 bits already
+    assert _bands_addressable(row_major) is row_major
+
+
 def test_engine_map_with_triton_equals_eager_interpreted(interpreted: dict[str, dict]) -> None:
     """Issue 4's CPU check: ``classify(backend="triton")`` runs the kernel (interpreted) and gives eager's map."""
     r = interpreted["engine-triton-vs-eager"]
@@ -378,6 +406,26 @@ def test_gpu_odd_pixel_counts_and_strided_input() -> None:
         out = spectral_stage_triton(x, prog)
         assert out.shape == (p, 128)
         assert (out.double() - ref).abs().max() <= FP32_RTOL * ref.abs().max()
+
+
+@gpu
+def test_gpu_view_whose_band_offsets_pass_32_bits() -> None:
+    """The transposed view of a 224-band cube past 9.6 M pixels: band offsets beyond 2**31 elements (a 4.3 GB
+    bf16 buffer on the GPU), read right by the Triton kernel and by the Gluon one where it runs."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from kernels.spectral_gluon import gluon_unsupported, spectral_stage_gluon
+
+    prog = _random_program(224, 24, 128, generator=torch.Generator().manual_seed(4)).to("cuda")
+    step = 2**31 // 223 + 1
+    cube = torch.zeros(224 * step, dtype=torch.bfloat16, device="cuda")
+    view = cube.as_strided((5, 224), (1, step))  # pixels 0-4 of a (224, step) cube, as cube.reshape(224, -1).t()
+    view.copy_(torch.randn(5, 224, device="cuda"))
+    want = spectral_stage_reference(view.double(), prog.to(dtype=torch.float64))
+    tol = LOWP_CAP * float(want.abs().max())
+    assert float((spectral_stage_triton(view, prog).double() - want).abs().max()) <= tol
+    if gluon_unsupported(view, prog) is None:
+        assert float((spectral_stage_gluon(view, prog).double() - want).abs().max()) <= tol
 
 
 @gpu
