@@ -268,9 +268,18 @@ class _Job:
             return [str(n) for n in names]
         return [f"class {i}" for i in range(1, self.classes + 1)]
 
-    def palette(self) -> list[list[int]] | None:
+    def model_palette(self) -> list[list[int]] | None:
+        """The model's class colours, None where it has none (what a resumable run's settings record)."""
         pal = self.meta.get("palette")
         return None if pal is None else [[int(c) for c in rgb][:3] for rgb in pal]
+
+    def palette(self) -> list[list[int]]:
+        """The model's class colours, or the writers' default ones (the GeoTIFF map had its colour table while the
+        map in memory had no palette to draw a matching legend with)."""
+        from ssrn.palette import default_palette
+
+        pal = self.model_palette()
+        return pal if pal is not None else [list(c) for c in default_palette(self.classes)]
 
 
 def _provenance(job: _Job) -> dict[str, str]:
@@ -330,8 +339,8 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     declared nodata (``_FillValue``), if any. Without one, NaN/inf raise :class:`NonFiniteInputError`. A pixel
     is nodata when one of its bands holds the value, except bands a ``bbl`` band coordinate flags bad (0; read
     from GeoTIFF and ENVI band metadata): a sensor's bad bands, nodata in every pixel, would mask the scene.
-    ``progress``: tqdm bar with pixels/s (default: when stderr is a terminal). ``readers``/``queue_depth``:
-    reader threads and tiles prepared ahead (defaults in :func:`hsi_engine.runner.run_plan`).
+    ``progress``: tqdm bar with pixels/s (default: when stderr is a terminal, or in a Jupyter kernel).
+    ``readers``/``queue_depth``: reader threads and tiles prepared ahead (defaults in :func:`hsi_engine.runner.run_plan`).
     ``cache_blocks``: decoded blocks of a chunked scene kept for reuse by neighbouring tiles (default: what
     the tile plan needs on CUDA, none on CPU; :func:`hsi_engine.runner.run_plan` says why). ``decoders``:
     threads decoding the cached blocks of one tile's window concurrently (default: one per core on CUDA, none
@@ -339,8 +348,8 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
 
     Returns a DataArray ``(y, x)`` uint8 named ``class`` (0 = nodata, 1..K = classes) carrying the scene's
     y/x coords and CRS, with attrs ``class_names`` (label i is ``class_names[i-1]``), CF's ``flag_values`` /
-    ``flag_meanings``, ``palette`` (when the model has one: R, G, B of class 1, then of class 2, ... as one flat
-    list, so the map writes to NetCDF too), ``_FillValue`` 0 and the provenance the file outputs carry
+    ``flag_meanings``, ``palette`` (the model's, or the default colours the GeoTIFF map gets: R, G, B of class 1,
+    then of class 2, ... as one flat list, so the map writes to NetCDF too), ``_FillValue`` 0 and the provenance the file outputs carry
     (``software``, ``model_digest``, ``precision``, ``spatial_precision`` as resolved, ``map_version``: see
     :func:`hsi_engine.resume.provenance`), which ``to_netcdf`` and ``rio.to_raster`` keep. With
     ``probabilities=True`` it returns an ``xr.Dataset`` instead (the provenance on it and on each variable)
@@ -369,8 +378,7 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     attrs = {"class_names": job.class_names(), "_FillValue": 0, "long_name": "SSRN class (0 = nodata)",
              "flag_values": list(range(1, job.classes + 1)),
              "flag_meanings": flag_meanings(job.class_names())}
-    if job.palette() is not None:  # flat: NetCDF attributes are 1-D
-        attrs["palette"] = [v for rgb in job.palette() for v in rgb]
+    attrs["palette"] = [v for rgb in job.palette() for v in rgb]  # flat: NetCDF attributes are 1-D
     # what made the map, as the file outputs record it: kept by labels.to_netcdf() and labels.rio.to_raster()
     made_by = _provenance(job)
     attrs.update(made_by)

@@ -651,7 +651,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     scene_id = {"shape": [int(s) for s in da.shape], "dtype": str(da.dtype),
                 **_scene_identity(scene_path, scene, crs, transform, gcps, cube=da)}
     watched = scene_state(scene_id.get("source"))  # (checked again after the last tile)
-    fingerprint = {"scene": scene_id, "model": digest, "labels": [job.class_names(), job.palette()],
+    fingerprint = {"scene": scene_id, "model": digest, "labels": [job.class_names(), job.model_palette()],
                    "tile": side, "halo": halo, "classes": job.classes, "probabilities": prob,
                    "nodata": None if job.nodata is None else repr(float(job.nodata)), "precision": precision,
                    "spatial_precision": spatial_precision if precision == "float32" else spatial,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib.util
 import logging
 import os
 import sys
@@ -636,19 +637,32 @@ def _duration(s: float) -> str:
 
 
 def _progress_bar(total: int, enabled: bool | None, status: Callable[[], str | None] | None = None):
-    """A tqdm bar on a terminal (``enabled`` True, or None and stderr is a terminal); None without one: log lines
-    (:class:`_LoggedProgress`, with ``status`` saying why a stalled run stalls); False: nothing."""
-    from tqdm.auto import tqdm
-
-    if sys.stderr is None:  # pythonw, a closed fd 2 (``2>&-``): no terminal to draw on
+    """A tqdm bar on a terminal or in a Jupyter kernel (``enabled`` True, or None and stderr is a terminal or a
+    notebook's); None elsewhere: log lines (:class:`_LoggedProgress`, with ``status`` saying why a stalled run
+    stalls); False: nothing."""
+    notebook = _in_notebook()
+    if sys.stderr is None and not notebook:  # pythonw, a closed fd 2 (``2>&-``): no terminal to draw on
         return _LoggedProgress(total, status) if enabled is None else _NoProgress()
     if enabled is None:
-        if not sys.stderr.isatty():
+        # a notebook's stderr is no terminal, and the log lines reach no handler there: a run had shown nothing
+        if not notebook and not sys.stderr.isatty():
             return _LoggedProgress(total, status)
         enabled = True
     if not enabled:  # (a disabled tqdm still starts its monitor thread, left running after the call)
         return _NoProgress()
+    if notebook and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.notebook import tqdm
+    else:  # (tqdm.auto warned "IProgress not found" in a kernel without ipywidgets, even for progress=False)
+        from tqdm.std import tqdm
     return tqdm(total=total, unit="px", unit_scale=True, desc="classify", smoothing=0.1, dynamic_ncols=True)
+
+
+def _in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (notebook, JupyterLab, VS Code's, Colab's): IPython's shell has a
+    kernel there, none in a terminal IPython."""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython is not None else None
+    return getattr(shell, "kernel", None) is not None
 
 
 class _NoProgress:

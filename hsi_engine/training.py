@@ -20,6 +20,7 @@ from ssrn.checkpoint import class_names_problem
 from ssrn.data import (DataError, DataNotFoundError, Scene, bands_without_data, check_class_ids, check_labels,
                        label_class_names, unlabel_nodata)
 from ssrn.errors import is_text_path
+from ssrn.palette import default_palette
 
 from .logs import quiet_affine_mul
 
@@ -330,7 +331,7 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
         check_class_ids(labels, str(labels_path))
     names = label_class_names(names, k, str(labels_path))
     palette = [list(cmap[i][:3]) for i in range(1, k + 1)] if cmap and all(i in cmap for i in range(1, k + 1)) \
-        else np.random.default_rng(0).integers(0, 256, size=(k, 3)).tolist()
+        else [list(c) for c in default_palette(k)]  # (random colours had made grass near-black, water beige)
     wl = da.coords["wavelength"].values.tolist() if "wavelength" in da.coords else None
     cube = da.copy(data=raw)
     grid = None

@@ -52,6 +52,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from ssrn.errors import check_flag
+from ssrn.palette import default_palette
 
 from .allocator import zeroed_allocations
 from .errors import HSIEngineError, OptionError, OutputError, user_stacklevel
@@ -69,17 +70,6 @@ __all__ = ["ClassMapWriter", "GeoTiffClassMapWriter", "ZarrClassMapWriter", "def
 
 log = logging.getLogger(__name__)
 _PROB_DTYPES = (None, "float16", "float32")
-
-
-def default_palette(n_classes: int) -> list[tuple[int, int, int]]:
-    """K distinct RGB colours (matplotlib's tab20, then hsv) for classes 1..K."""
-    import matplotlib
-
-    base = [tuple(int(round(255 * c)) for c in matplotlib.colormaps["tab20"](i)[:3]) for i in range(20)]
-    if n_classes <= 20:
-        return base[:n_classes]
-    hsv = matplotlib.colormaps["hsv"]
-    return base + [tuple(int(round(255 * c)) for c in hsv(i / (n_classes - 20))[:3]) for i in range(n_classes - 20)]
 
 
 def palette_colours(palette) -> list:

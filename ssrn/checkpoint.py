@@ -784,6 +784,20 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     if isinstance(report, dict) and report.get("status") == "training":
         warnings.warn(f"{path} holds a training run's progress save (epoch {report.get('epochs_run', '?')} of "
                       f"{report.get('epochs', '?')}; the run was stopped or is still going), not its final model: "
-                      "its accuracy is not the report's; finish the training (rerun it with --overwrite)",
-                      stacklevel=2)
+                      "its accuracy is not the report's; finish the training (rerun it with --overwrite, or "
+                      "overwrite=True in Python)", stacklevel=_caller_stacklevel())
     return model.to(map_location).eval()
+
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` pointing at the first frame outside this project's packages (the user's line): with a fixed 2
+    the warning was the line in ``hsi_engine.load_model`` that called here, so Python's once-per-location filter
+    showed it for the first unfinished model loaded and never again in the session."""
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ours = tuple(os.path.join(root, pkg) + os.sep for pkg in ("ssrn", "hsi_engine", "kernels"))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(ours):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -28,6 +28,7 @@ from numpy.typing import ArrayLike
 
 from .config import DATASET_ALIASES
 from .errors import HSIEngineError, OptionError, check_flag, first_line, is_text_path, is_whole, unexpanded_home
+from .palette import default_palette
 
 __all__ = [
     "DATASETS", "DataError", "DataNotFoundError", "DatasetSpec", "PatchDataset", "Scene", "Split",
@@ -547,8 +548,7 @@ def _load_path(p: Path) -> Scene:
     if names is None or k > np.size(names):  # names for every id: its classes, gaps and all (as a label raster's
         check_class_ids(labels, str(p))       # --class-names, hsi_engine.training.load_labelled_raster)
     names = label_class_names(names, k, str(p))
-    rng = np.random.default_rng(0)
-    palette = rng.integers(0, 256, size=(k, 3)).tolist()
+    palette = [list(c) for c in default_palette(k)]  # (random colours had made grass near-black, water beige)
     wl = da.coords["wavelength"].values.tolist() if "wavelength" in da.coords else None
     labels, bands = _empty_bands_out(da, labels, str(p))
     return Scene(p.stem, da, labels, names, palette, wl, str(p), None, nodata_bands=bands)

@@ -118,6 +118,20 @@ def test_class_metadata_held_as_arrays_or_tuples_in_memory_is_taken(case, tmp_pa
         np.testing.assert_array_equal(f.read(1), ref)
 
 
+def test_a_model_without_a_palette_gives_the_map_in_memory_the_geotiff_s_colours(case, tmp_path):
+    """The GeoTIFF of a model without a palette had a colour table (the default colours) while the map in memory
+    had no ``palette`` to draw a matching legend with: both carry the same colours now."""
+    import rasterio
+
+    cube, model, _ = case
+    model.meta = {k: v for k, v in model.meta.items() if k != "palette"}
+    out = classify(cube, model, progress=False)
+    with rasterio.open(classify_to_file(cube, model, tmp_path / "m.tif", progress=False)) as f:
+        table = [list(f.colormap(1)[i][:3]) for i in range(1, len(model.meta["class_names"]) + 1)]
+    assert out.attrs["palette"] == [v for rgb in table for v in rgb]
+    assert len(set(map(tuple, table))) == len(table)  # distinct colours
+
+
 @pytest.mark.parametrize("probabilities", [False, True])
 def test_the_map_writes_to_netcdf_and_back_with_its_metadata(case, geo, tmp_path, probabilities):
     """The returned map (or Dataset) is written by ``to_netcdf`` (a nested palette attribute made it fail) and
@@ -1279,7 +1293,7 @@ def test_the_lazy_packages_give_every_public_name_and_submodule(package):
     from pathlib import Path
 
     pkg = importlib.import_module(package)
-    files = {p.stem for p in Path(pkg.__file__).parent.glob("*.py")} - {"__init__"}
+    files = {p.stem for p in Path(pkg.__file__).parent.glob("*.py")} - {"__init__", "__main__"}  # (python -m's)
     assert files <= set(dir(pkg))  # a new module is reachable too
     for name in pkg.__all__:
         assert getattr(pkg, name) is not None

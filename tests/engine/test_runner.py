@@ -320,6 +320,34 @@ def _logged_progress(monkeypatch, total: int, status=None) -> tuple[object, _Fak
     return bar, clock
 
 
+def test_in_a_jupyter_kernel_progress_is_a_bar(monkeypatch):
+    """A notebook's stderr is no terminal, and the log lines reach no handler there: a run showed nothing. In a
+    kernel (IPython's shell has one) the default is a bar; tqdm's plain one without ipywidgets, which
+    ``tqdm.auto`` had warned about even for ``progress=False``."""
+    import sys
+    import types
+
+    from tqdm.std import tqdm as plain_bar
+
+    from hsi_engine import runner
+
+    monkeypatch.setattr(sys, "stderr", type("KernelStream", (), {"isatty": staticmethod(lambda: False),
+                                                                 "write": staticmethod(lambda s: len(s)),
+                                                                 "flush": staticmethod(lambda: None)})())
+    assert isinstance(runner._progress_bar(10, None), runner._LoggedProgress)  # a pipeline's log, as before
+    shell = types.SimpleNamespace(kernel=object())
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+    monkeypatch.setattr(runner.importlib.util, "find_spec", lambda name: None)  # no ipywidgets
+    bar = runner._progress_bar(10, None)
+    try:
+        assert type(bar) is plain_bar and bar.total == 10
+    finally:
+        bar.close()
+    assert isinstance(runner._progress_bar(10, False), runner._NoProgress)
+    shell.kernel = None  # a terminal IPython: no kernel
+    assert isinstance(runner._progress_bar(10, None), runner._LoggedProgress)
+
+
 def test_a_stalled_run_s_log_says_no_tile_finished_and_why(monkeypatch, caplog):
     """The log lines came only when a tile finished: a stalled run (a cluster's paused workers, a hung read) was
     silent. A timer now says no tile finished, with the runner's words on why; the rate leaves start-up out."""

@@ -48,6 +48,17 @@ def _labels(h=20, w=24):
     return lab
 
 
+def test_a_label_raster_without_a_colour_table_gets_the_maps_default_colours(tmp_path):
+    """Random colours had made a model's classes near-black and look-alike (grass [19, 4, 44]); the default
+    palette the GeoTIFF maps use (tab20) is stored instead."""
+    from ssrn.palette import default_palette
+
+    _write_scene(tmp_path / "s.tif")
+    _write_labels(tmp_path / "l.tif", _labels(), colours=False)
+    sc = load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
+    assert sc.palette == [list(c) for c in default_palette(3)] and sc.palette[0] == [31, 119, 180]
+
+
 def test_a_scene_and_its_label_raster_make_a_training_scene_masked_as_the_engine_masks(tmp_path):
     """The hole's label is dropped and its spectrum zeroed, the bad band does not mask anything, the label raster's
     nodata is unlabelled, names and colours come from the raster; the statistics are those of the pixels with

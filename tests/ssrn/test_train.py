@@ -366,8 +366,15 @@ def test_a_progress_save_loads_with_a_warning(crop, tmp_path):
     doc = json.loads((out / "model.json").read_text())
     doc["meta"]["report"].update(status="training", epochs_run=3, epochs=200)
     (out / "model.json").write_text(json.dumps(doc))
-    with pytest.warns(UserWarning, match=r"holds a training run's progress save \(epoch 3 of 200"):
+    with pytest.warns(UserWarning, match=r"holds a training run's progress save \(epoch 3 of 200") as caught:
         ssrn.load_model(out)
+    import hsi_engine
+
+    with pytest.warns(UserWarning, match="progress save") as again:
+        hsi_engine.load_model(out)
+    # the user's line, not the line in hsi_engine.load_model that called the loader: Python's once-per-location
+    # filter had shown it for the first unfinished model of a session and never again
+    assert {w.filename for w in caught.list + again.list} == {__file__}, [w.filename for w in again.list]
 
 
 def test_a_class_without_test_pixels_is_named(tmp_path, caplog):
