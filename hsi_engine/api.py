@@ -187,10 +187,12 @@ class _Job:
         if wavelengths is None and np.isfinite(model_wl).any() and self.source is not None:  # (a file's scene)
             # a file that lost its band metadata (rio merge, gdal_translate): bands out of order ran silently into
             # a wrong map (903 of 1,024 pixels), where the same file with its wavelengths is refused
+            from .wavelengths import record_wavelengths_fix
+
             log.warning("%s records no wavelengths, so its %d bands are not checked against the model's (%.0f-%.0f "
-                        "nm): bands in another order or subset would give a wrong map without a word; write the "
-                        "wavelengths into the file (ENVI header 'wavelength', GeoTIFF band descriptions) to check "
-                        "them", self.source, bands, np.nanmin(model_wl), np.nanmax(model_wl))
+                        "nm): bands in another order or subset would give a wrong map without a word; %s to check "
+                        "them", self.source, bands, np.nanmin(model_wl), np.nanmax(model_wl),
+                        record_wavelengths_fix(da.attrs.get("source_format")))
         self.mean, self.std = _normalisation(m)
         trained_stats = self.mean is not None
         model_bad = model_bad_bands(self.meta, bands)

@@ -13,7 +13,8 @@ import xarray as xr
 
 from .cube import with_bbl
 from .errors import SceneError, SceneNotFoundError, user_stacklevel
-from .geotiff import check_gdal_side_files, open_geotiff, with_nodata
+from .geotiff import check_gdal_side_files, gdal_name, open_geotiff, with_nodata
+from .logs import warnings_ignored
 from .wavelengths import not_wavelengths, to_nm
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,40 @@ def _check_envi_size(header: dict[str, str], hdr: Path, data: Path) -> None:
                          "incomplete (an interrupted download or copy?); fetch it again")
 
 
+def _gdal_envi_header(data: Path) -> Path | None:
+    """The header GDAL's ENVI driver reads binary ``data`` with (among its files, ``rasterio``'s ``src.files``);
+    None where GDAL does not open it (the read that follows names the problem) or names no ``.hdr``."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    try:
+        with warnings_ignored(NotGeoreferencedWarning, "Dataset has no geotransform"), \
+                rasterio.open(gdal_name(data), driver="ENVI") as src:
+            files = list(src.files)
+    except rasterio.errors.RasterioIOError:
+        return None
+    return next((Path(f) for f in files if f.lower().endswith(".hdr")), None)
+
+
+def _check_gdal_header(header: dict[str, str], hdr: Path, data: Path) -> None:
+    """Refuse an ENVI binary that GDAL reads with another header than ``hdr``, the one parsed here (its layout
+    checked, its wavelengths, bad bands and nodata read): with ``scene.hdr`` and a stale ``scene.img.hdr`` beside
+    ``scene.img`` each side read its own, and a bsq cube read as bil was classified without a word. Two headers
+    that say the same are read."""
+    gdal_hdr = _gdal_envi_header(data)
+    if gdal_hdr is None:
+        return
+    try:
+        if gdal_hdr.samefile(hdr) or parse_envi_header(gdal_hdr) == header:
+            return
+    except (OSError, SceneError):
+        pass  # unreadable, gone or not a header: not the one parsed, so refused as one that differs
+    raise SceneError(f"ENVI binary {data} has two headers beside it that differ: {hdr} (the one hsi-engine read) and "
+                     f"{gdal_hdr} (the one GDAL reads the binary with), so its values would not be read as the "
+                     "header checked here says; remove or rename the stale one, keeping the header the binary was "
+                     f"written with (e.g. mv '{gdal_hdr}' '{gdal_hdr}.old' if that one is stale)")
+
+
 def open_envi(path: Path, chunks) -> xr.DataArray:
     check_gdal_side_files(path)  # before the header is looked for: a pipe there would block the look
     hdr, data = envi_paths(path)
@@ -296,6 +331,7 @@ def open_envi(path: Path, chunks) -> xr.DataArray:
         raise SceneError(f"{hdr} declares 'file compression = {header['file compression']}' (gzip); GDAL cannot "
                          "read compressed ENVI. Gunzip the binary and remove that header line.")
     _check_envi_size(header, hdr, data)
+    _check_gdal_header(header, hdr, data)
     try:
         da = open_geotiff(data, chunks, driver="ENVI")
     except SceneError:  # this parser reads past a byte-order mark; GDAL (3.10) does not: say which

@@ -9,7 +9,8 @@ value), and those pixels are masked to class 0 like any other nodata pixel.
 
 A chunk whose bytes do not decode raises whatever the codec raises (``RuntimeError: Zstd decompression
 error`` ...); :func:`read_error` turns such a failure of one read window into a :class:`CorruptChunkError`
-naming the chunk key and index (found by decoding the window's chunks one by one).
+naming the chunk key and index (found by decoding the window's chunks one by one). A sharded store (zarr 3) is
+checked and named by its shards, the objects it holds (``c/0/1/1``), each of several chunks.
 """
 
 from __future__ import annotations
@@ -90,6 +91,18 @@ def _fill_is_nodata(arr, da: Any, nodata: float | None) -> bool:
     return False
 
 
+def _stored_grid(arr) -> tuple[tuple[int, ...], str]:
+    """The shape of the objects ``arr`` is stored in, and what they are called: its shards where sharded (zarr 3:
+    one object, ``c/0/1/1``, holds several chunks), else its chunks. Their coordinates make the store's keys
+    (``arr.metadata.encode_chunk_key``): a chunk's coordinates there named keys that do not exist."""
+    shards = getattr(arr, "shards", None)
+    return (tuple(int(c) for c in shards), "shards") if shards else (tuple(int(c) for c in arr.chunks), "chunks")
+
+
+def _grid_coords(shape: Sequence[int], grid: Sequence[int]):
+    return itertools.product(*(range(-(-int(n) // int(c))) for n, c in zip(shape, grid)))
+
+
 def check_store(da: Any, *, nodata: float | None = None) -> None:
     """Raise :class:`CorruptChunkError` if the zarr store behind ``da`` lacks chunks (see the module doc)."""
     arr = zarr_array_of(da)
@@ -101,8 +114,9 @@ def check_store(da: Any, *, nodata: float | None = None) -> None:
         if _fill_is_nodata(arr, da, nodata):
             return
         present = _list_keys(arr)
-        missing = [(c, arr.metadata.encode_chunk_key(c)) for c in arr._iter_chunk_coords()
-                   if arr.metadata.encode_chunk_key(c) not in present]
+        grid, kind = _stored_grid(arr)
+        keys = [(c, arr.metadata.encode_chunk_key(c)) for c in _grid_coords(arr.shape, grid)]
+        missing = [(c, k) for c, k in keys if k not in present]
     except HSIEngineError:
         raise
     except Exception:  # noqa: BLE001 - a store we cannot list: leave it to the reads
@@ -110,14 +124,15 @@ def check_store(da: Any, *, nodata: float | None = None) -> None:
     if not missing:
         return
     src = da.encoding.get("source")
-    shown = ", ".join(f"{k} (chunk {tuple(int(i) for i in c)})" for c, k in missing[:5])
+    one = kind[:-1]
+    shown = ", ".join(f"{k} ({one} {tuple(int(i) for i in c)})" for c, k in missing[:5])
     more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
     fill = arr.fill_value
     declare = (f"; if those regions are meant to be empty, declare the fill value as nodata (nodata={float(fill)!r}, "
                f"--nodata {float(fill)!r}) so they are classified as 0") if isinstance(fill, (int, float, np.number)) \
         and not isinstance(fill, bool) else ""
     raise CorruptChunkError(
-        f"zarr store {src} is missing {len(missing)} of {arr.nchunks} chunks of array {arr.path or '/'}: {shown}"
+        f"zarr store {src} is missing {len(missing)} of {len(keys)} {kind} of array {arr.path or '/'}: {shown}"
         f"{more}. zarr would silently fill them with {fill!r}. Re-create (re-copy) the store{declare}")
 
 
@@ -166,21 +181,23 @@ def read_error(da: Any, window: Sequence[int], exc: BaseException) -> BaseExcept
     axes = _axes(arr, da) if arr is not None else None
     if arr is not None and axes is not None:
         ranges = {"band": (0, int(da.sizes["band"])), "y": (ry0, ry1), "x": (rx0, rx1)}
+        grid, kind = _stored_grid(arr)  # a shard is one object: read whole, it names the key that is at fault
         per_axis = []
-        for ax, c in zip(axes, arr.chunks):
+        for ax, c in zip(axes, grid):
             a, b = ranges[ax]
             per_axis.append(range(a // c, max(a // c + 1, -(-b // c))))
+        what = kind[:-1]
         for coords in itertools.product(*per_axis):
             try:
-                arr.get_block_selection(coords)
+                arr.get_block_selection(coords)  # (zarr's blocks are its shards where it has them)
             except PermissionError as e:  # a readable store, not a corrupt one
                 key = arr.metadata.encode_chunk_key(coords)
-                return SceneError(f"zarr chunk {key} of array {arr.path or '/'} in {src} cannot be read "
+                return SceneError(f"zarr {what} {key} of array {arr.path or '/'} in {src} cannot be read "
                                   f"({e.strerror or e}): check the store's permissions")
             except Exception as e:  # noqa: BLE001 - the codec's own error type
                 key = arr.metadata.encode_chunk_key(coords)
                 return CorruptChunkError(
-                    f"zarr chunk {key} (chunk index {coords}) of array {arr.path or '/'} in {src} cannot be "
+                    f"zarr {what} {key} ({what} index {coords}) of array {arr.path or '/'} in {src} cannot be "
                     f"decoded ({type(e).__name__}: {e}); the store is corrupt: re-create (re-copy) it from its "
                     "source")
     from .io import file_of

@@ -18,10 +18,11 @@ import xarray as xr
 from ssrn.errors import first_line
 
 from .cube import (bare_dataarray, canonical_dim, cube_like, default_chunks, dims_from_attr, finish_scene, human_bytes,
-                   named_wavelengths, nan_capable, normalise_dims, resolve_dims)
+                   named_wavelengths, nan_capable, normalise_dims, resolve_dims, with_bbl)
 from .errors import HSIEngineError, SceneError, SceneNotFoundError
 from .logs import warnings_ignored
-from .wavelengths import listed_wavelengths, not_wavelengths, to_nm, warn_wavelengths, wavelengths_nm
+from .wavelengths import (WAVELENGTH_NAMES, inverse_spectral_unit, listed_wavelengths, not_wavelengths, to_nm,
+                          warn_wavelengths, wavelengths_in_names, wavelengths_nm)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,62 @@ def gdal_band_stack(ds: xr.Dataset, where: str, *, decode: bool) -> xr.DataArray
         cube.attrs["grid_mapping"] = first.attrs["grid_mapping"]
     log.info("%s: its %d variables Band1..Band%d (GDAL's netCDF bands) read as one cube, in band order", where,
              len(bands), len(bands))
-    return cube.assign_coords(band=np.arange(1, len(bands) + 1))
+    cube = cube.assign_coords(band=np.arange(1, len(bands) + 1))
+    return _gdal_band_coords(cube, bands, where)
+
+
+def _per_band_numbers(bands: Sequence[xr.DataArray], key: str) -> np.ndarray | None:
+    """Attribute ``key`` of every band as numbers (GDAL's netCDF driver writes band metadata as numbers, or as text
+    where it reads as none); None where a band lacks it or holds no single number."""
+    values = []
+    for b in bands:
+        v = b.attrs.get(key)
+        if v is None or isinstance(v, bool) or np.ndim(v) > 1 or np.size(v) != 1:
+            return None
+        try:
+            x = np.asarray(v).ravel()[0]
+            # a float32 as written (GDAL stores 419.62 as float32 where that round-trips, 400.02 as float64)
+            values.append(float(str(x)) if isinstance(x, np.float32) else float(x))
+        except (TypeError, ValueError):
+            return None
+    return np.asarray(values, np.float64)
+
+
+def _gdal_band_coords(cube: xr.DataArray, bands: Sequence[xr.DataArray], where: str) -> xr.DataArray:
+    """``cube`` with the band metadata that ``gdal_translate -of netCDF`` writes as attributes of each ``BandN``
+    (a GeoTIFF's or ENVI file's per-band ``wavelength`` with ``wavelength_units``, ``fwhm``, ``bbl``), or band names
+    such as '460.0 nm' in their ``long_name``, as band coordinates, as the GeoTIFF and ENVI readers give them:
+    concatenated, they were dropped as attributes that differ, and the scene had no wavelengths and no bad bands
+    (its bad bands' nodata then masked every pixel)."""
+    unit_set = {str(b.attrs.get("wavelength_units", "")).strip() for b in bands}
+    units = (next(iter(unit_set)) or None) if len(unit_set) == 1 else None
+    raw = _per_band_numbers(bands, "wavelength")
+    wl = None
+    if raw is not None and len(unit_set) > 1:
+        warn_wavelengths(where, f"its bands' 'wavelength_units' attributes differ ({sorted(unit_set)})",
+                         "the variables' wavelength_units (one unit for every band)")
+        raw = None
+    elif raw is not None:
+        wl = wavelengths_nm(raw, units)
+    else:
+        wl = wavelengths_in_names([b.attrs.get("long_name") if isinstance(b.attrs.get("long_name"), str) else None
+                                   for b in bands])
+    if wl is not None:
+        cube = cube.assign_coords(wavelength=("band", np.asarray(wl, np.float64)))
+        cube["wavelength"].attrs["units"] = "nm"
+        fwhm = _per_band_numbers(bands, "fwhm")
+        if fwhm is not None and raw is not None and np.all(raw != 0) and not inverse_spectral_unit(units):
+            cube = cube.assign_coords(fwhm=("band", fwhm * (np.asarray(wl) / raw)))  # in the wavelengths' unit
+            cube["fwhm"].attrs["units"] = "nm"
+    bbl = _per_band_numbers(bands, "bbl")
+    if bbl is not None:
+        cube = with_bbl(cube, [int(v) for v in bbl])
+    found = [k for k in ("wavelength", "fwhm", "bbl") if k in cube.coords]
+    if found:
+        log.info("%s: band %s read from its variables' attributes", where, ", ".join(found))
+    for k in ("wavelength", "wavelength_units", "fwhm", "bbl"):
+        cube.attrs.pop(k, None)  # (left where every band held the same)
+    return cube
 
 
 def _netcdf_group_cubes(path: Path) -> tuple[list[str], dict[str, tuple[int, ...]]]:
@@ -472,6 +528,88 @@ def _h5_attr(value: Any) -> Any:
     return value
 
 
+def _h5_text(value: Any) -> str | None:
+    """An HDF5 text attribute (bytes, str or a 1-element array of either) as str; None for anything else."""
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(())[()]
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value.strip("\x00 ").strip() if isinstance(value, str) else None
+
+
+# the NAME netCDF4 gives the dimension scale of a dim that has no coordinate variable: the dim is the scale's name
+_NC_PHONY_SCALE = "This is a netCDF dimension but not a netCDF variable"
+
+
+def _h5_dim_scales(ds: Any) -> list[tuple[str | None, Any]]:
+    """Per axis of HDF5 dataset ``ds``: its dim's name from the HDF5 dimension scale attached to it (its
+    ``DIMENSION_LIST``; the scale's ``NAME``, else its dataset name, as netCDF4 and h5py's ``make_scale`` write
+    them), and that scale dataset; ``(None, None)`` for an axis without one. Unreadable references give none."""
+    out: list[tuple[str | None, Any]] = []
+    for i in range(ds.ndim):
+        try:
+            scale = ds.dims[i][0] if len(ds.dims[i]) else None
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError):  # a dangling reference
+            scale = None
+        if scale is None:
+            out.append((None, None))
+            continue
+        named = _h5_text(scale.attrs.get("NAME"))
+        if not named or named.startswith(_NC_PHONY_SCALE):
+            named = str(scale.name).rsplit("/", 1)[-1]
+        out.append((named or None, scale))
+    return out
+
+
+def _h5_scale_dims(scales: list[tuple[str | None, Any]], unit: list[int]) -> tuple[str, ...] | None:
+    """The dims of a dataset from its dimension scales (:func:`_h5_dim_scales`), its length-1 axes ``unit``
+    included, when the others read as band, y and x (one of them unnamed, or named otherwise, is the one left);
+    else None (the shape is guessed from, as before)."""
+    names = [n for n, _ in scales]
+    axes = [i for i in range(len(names)) if i not in unit]
+    if len(axes) != 3:
+        return None
+    canon = {i: canonical_dim(names[i]) if names[i] else None for i in axes}
+    known = [c for c in canon.values() if c is not None]
+    if len(known) < 2 or len(set(known)) != len(known):
+        return None
+    if len(known) == 2:
+        left = ({"band", "y", "x"} - set(known)).pop()
+        canon = {i: c or left for i, c in canon.items()}
+    return tuple(str(canon[i]) if i in canon else (names[i] or f"dim_{i}") for i in range(len(names)))
+
+
+def _h5_scale_wavelengths(found: Mapping[str, Any], scale: Any, bands: int,
+                          where: str) -> tuple[np.ndarray | None, str] | None:
+    """The wavelengths (nm) that go with a cube's band dimension scale ``scale``: the scale itself where it is a
+    wavelength coordinate (a NetCDF4 dim ``wavelength``), else a 1-D dataset named as a wavelength list
+    (:data:`WAVELENGTH_NAMES`) on that scale (NetCDF4's ``wavelength`` coordinate of dim ``band``), in its
+    ``units``; ``(None, name)`` where its units say they are not wavelengths (``Index``), None where there is
+    none."""
+    def names_wavelengths(ds: Any) -> bool:
+        return str(ds.name).rsplit("/", 1)[-1].lower() in WAVELENGTH_NAMES
+
+    def on_scale(ds: Any) -> bool:
+        try:
+            return ds == scale or (len(ds.dims[0]) > 0 and ds.dims[0][0] == scale)
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError):
+            return False
+
+    phony = (_h5_text(scale.attrs.get("NAME")) or "").startswith(_NC_PHONY_SCALE)
+    cands = [scale] if names_wavelengths(scale) and not phony else []
+    cands += [d for d in found.values() if d.ndim == 1 and d.shape[0] == bands and d != scale
+              and names_wavelengths(d) and on_scale(d)]
+    for ds in cands:
+        if ds.shape != (bands,) or ds.dtype.kind not in "iuf":
+            continue
+        short = str(ds.name).rsplit("/", 1)[-1]
+        units = _h5_text(ds.attrs.get("units")) or {"wavelength_nm": "nm", "wavelength_um": "um"}.get(short.lower())
+        wl = wavelengths_nm(np.asarray(ds[()], np.float64), units)
+        log.info("%s: wavelengths from its band dimension's %r (%s)", where, str(ds.name), units or "no units")
+        return wl, str(ds.name)
+    return None
+
+
 def _open_hdf5_file(f, path: Path, chunks, variable: str | None, band_axis: int | None) -> xr.DataArray:
     import dask.array as dsa
     import h5py
@@ -498,6 +636,9 @@ def _open_hdf5_file(f, path: Path, chunks, variable: str | None, band_axis: int 
                          "extra length-1 dims. Pass the dataset that holds the cube with variable=NAME "
                          "(--variable NAME), or write the cube to its own dataset")
     dims = dims_from_attr(ds.attrs.get("dims")) or dims_from_attr(ds.attrs.get("DIMENSION_LABELS"))
+    scales = _h5_dim_scales(ds)
+    if dims is None or len(dims) != ds.ndim or not all(dims):  # (h5py leaves a label not set '')
+        dims = _h5_scale_dims(scales, unit) or dims  # a NetCDF4 file named .h5: its dims are dimension scales
     shape = tuple(n for i, n in enumerate(ds.shape) if i not in unit)
     if unit:
         named = dims is not None and len(dims) == ds.ndim
@@ -520,10 +661,27 @@ def _open_hdf5_file(f, path: Path, chunks, variable: str | None, band_axis: int 
         data = data[tuple(0 if i in unit else slice(None) for i in range(ds.ndim))]  # (band, y, x) in some order
     da = bare_dataarray(data, dims, f"{path}:{name}", band_axis=None, default_last=False)
     wl = None
-    for k in ("wavelength", "wavelengths"):
-        if k in f and f[k].ndim == 1 and f[k].shape[0] == da.sizes["band"]:
-            units = f[k].attrs.get("units")
-            wl = wavelengths_nm(f[k][()], units.decode() if isinstance(units, bytes) else units)
+    axes = [i for i in range(ds.ndim) if i not in unit]  # the file's axes that hold dims (band, y, x in some order)
+    band = next((axes[k] for k, d in enumerate(dims) if canonical_dim(d) == "band"), None)
+    scale = scales[band][1] if band is not None else None
+    wl_set = None if scale is None else _h5_scale_wavelengths(found, scale, da.sizes["band"], f"{path}:{name}")
+    own = next((k for k in ("wavelength", "wavelengths") if k in ds.attrs), None)
+    if wl_set is not None:
+        wl = wl_set[0]
+    elif own is not None:  # the dataset's own attributes, as a zarr array's are read
+        wl = listed_wavelengths(_h5_attr(ds.attrs[own]), _h5_attr(ds.attrs.get("wavelength_units")),
+                                f"{path}:{name}", f"'{own}' attribute", "'wavelength_units' attribute",
+                                f"the dataset's attributes ('{own}' one number per band, 'wavelength_units' a unit "
+                                "name)")
+        if wl is not None and len(wl) != da.sizes["band"]:
+            warn_wavelengths(f"{path}:{name}", f"its '{own}' attribute lists {len(wl)} values for "
+                             f"{da.sizes['band']} bands", f"the dataset's '{own}' attribute (one number per band)")
+            wl = None
+    else:
+        for k in ("wavelength", "wavelengths"):
+            if k in f and f[k].ndim == 1 and f[k].shape[0] == da.sizes["band"]:
+                units = f[k].attrs.get("units")
+                wl = wavelengths_nm(f[k][()], units.decode() if isinstance(units, bytes) else units)
     cf = {k: _h5_attr(ds.attrs[k]) for k in ("_FillValue", *_PACKING_ATTRS, *_VALID_ATTRS) if k in ds.attrs}
     if _valid_bounds(cf) is not None or any(k in cf for k in _PACKING_ATTRS):
         # CF packing as the NetCDF path decodes it: a NetCDF4 file named .h5 gave a one-class map without a word

@@ -35,6 +35,13 @@ def spectral_unit(units: str | None) -> bool:
                         or u.replace(" ", "") in _WAVENUMBER_UNITS or u in _METRE_UNITS)
 
 
+def inverse_spectral_unit(units: str | None) -> bool:
+    """Whether ``units`` is a wavenumber or a frequency, whose values :func:`to_nm` inverts (a band width in them is
+    no width in nm by one factor)."""
+    u = (units or "").strip().lower()
+    return u.startswith(("wavenumber", *_FREQUENCY_UNITS)) or u.replace(" ", "") in _WAVENUMBER_UNITS
+
+
 def not_wavelengths(units: str | None, values: Any = None) -> bool:
     """Whether ``units`` says the listed ``values`` are not wavelengths: ENVI's ``Index`` (band numbers, read as nm
     they made ``info`` print 'wavelength 1.0..177.0 nm' and the model refuse the scene), or ``Unknown`` over values
@@ -91,7 +98,8 @@ def wavelengths_nm(values: Sequence[float], units: str | None) -> np.ndarray | N
     return None if not_wavelengths(units, values) else to_nm(values, units)
 
 
-_WL_IN_NAME = re.compile(r"(?<![\w.])([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*"
+# (a number after '_' too: 'B001_400nm'; not one inside a word or a number, 'B12nm', '1.5')
+_WL_IN_NAME = re.compile(r"(?<![A-Za-z0-9.])([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*"
                          r"(nanometers?|nanometres?|micrometers?|micrometres?|nm|um|µm|μm)(?![a-z])", re.I)
 
 
@@ -102,6 +110,32 @@ def wavelengths_in_names(names: Sequence[str | None]) -> np.ndarray | None:
     if not found or not all(found):
         return None
     return to_nm([float(m.group(1)) for m in found], found[0].group(2))  # type: ignore[union-attr]
+
+
+# where each format's reader takes wavelengths from (see the readers), as the fix for a scene that records none
+_RECORD_WAVELENGTHS = {
+    "geotiff": "as GeoTIFF band metadata 'wavelength' and 'wavelength_units' (gdal_edit.py -mo), or band "
+               "descriptions such as '460.0 nm'",
+    "envi": "as the ENVI header's 'wavelength' list and 'wavelength units'",
+    "netcdf": "as a 'wavelength' coordinate on the band dimension, with 'units' (e.g. 'nm')",
+    "zarr": "as a 'wavelength' coordinate on the band dimension with 'units' (xarray's to_zarr), or the array's "
+            "'wavelength' and 'wavelength_units' attributes",
+    "hdf5": "as a 1-D 'wavelength' dataset with 'units' (or the cube's own 'wavelength' and 'wavelength_units' "
+            "attributes)",
+    "matlab": "in a '<name>.wavelengths.json' beside the file (a list of numbers, or "
+              '{"wavelengths": [...], "unit": "nm"})',
+}
+_RECORD_WAVELENGTHS["npy"] = _RECORD_WAVELENGTHS["matlab"]
+
+
+def record_wavelengths_fix(fmt: str | None) -> str:
+    """How to record band wavelengths in a scene of format ``fmt`` (a scene's ``attrs['source_format']``: 'geotiff',
+    'envi', 'netcdf', 'zarr', 'hdf5', 'matlab', 'npy') so that its reader takes them; every format's where ``fmt``
+    is another or None."""
+    if fmt in _RECORD_WAVELENGTHS:
+        return f"write them into the file {_RECORD_WAVELENGTHS[fmt]}"
+    return ("write them into the file (ENVI header 'wavelength', GeoTIFF band descriptions, a NetCDF/zarr "
+            "'wavelength' coordinate with units)")
 
 
 def warn_wavelengths(where: str, problem: str, fix: str) -> None:

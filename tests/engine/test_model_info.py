@@ -48,6 +48,7 @@ def test_a_file_without_wavelengths_is_said_to_go_unchecked(tmp_path, caplog):
         hsi_engine.classify(str(tmp_path / "s.tif"), SHIPPED_MODEL, progress=False)
     assert "s.tif records no wavelengths, so its 200 bands are not checked against the model's (400-2499 nm)" \
         in caplog.text
+    assert "write them into the file as GeoTIFF band metadata 'wavelength'" in caplog.text  # this format's way
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="hsi_engine.api"):  # the command line's way: the file opened first
         hsi_engine.classify_to_file(str(tmp_path / "s.tif"), SHIPPED_MODEL, tmp_path / "m.tif", progress=False)
