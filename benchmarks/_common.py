@@ -27,6 +27,16 @@ def cpu_report_head(title: str, script: str, argv: list[str] | None, device=None
             f"- command: `{cmd.strip()}`"]
 
 
+def package_version(name: str) -> str:
+    """An installed distribution's version, without importing it; "not installed" where it is not."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def cpu_isa() -> str:
     """What decides the CPU's low-precision speed: torch's vector ISA and whether oneDNN has bf16 here, and how.
     oneDNN's probe says yes on any AVX-512 CPU, but without AVX512_BF16 or AMX-BF16 it emulates bf16 (a bf16 run

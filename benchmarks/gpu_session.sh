@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # One lent-GPU session in one call: environment, GPU tests, seed-protocol training runs, kernel benchmark.
 #
+#   BENCH_ONLY=1 bash benchmarks/gpu_session.sh   # the issue's one benchmark run alone (kernels.py --required-only:
+#                                                 # ~6 minutes of the call; carry .whl): what the next call runs
 #   bash benchmarks/gpu_session.sh            # on the GPU machine, from the repository root; results in $OUT
 #   SEEDS=0 bash benchmarks/gpu_session.sh    # tests and benchmark only
-#   SEEDS=0 SKIP_TESTS=1 SKIP_COMPILE=1 BENCH_ARGS="--quick --no-compile --zarr-side 2048" BENCH_TIMEOUT=480 \
-#     bash benchmarks/gpu_session.sh          # the benchmark alone, sized for one 10-minute call
-#   SEEDS=0 SKIP_COMPILE=1 SKIP_SPATIAL=1 TEST_K="gluon" TEST_TIMEOUT=70 BENCH_TIMEOUT=140 \
-#     BENCH_ARGS="--quick --no-compile --no-zarr --bf16-only --no-trials" bash benchmarks/gpu_session.sh
-#                                             # the Gluon forms against each other and the bf16 engine: ~2 minutes
-#   (add --gluon-forms layer,pair,ws to BENCH_ARGS to time only those forms beside the engine's; TEST_K="gluon and
-#   (pair or ws or layer)" runs their GPU tests; the next planned call is in benchmarks/results/kernels-h200.md)
+#   BENCH_ONLY=1 BENCH_ARGS="--quick --no-compile --no-zarr --bf16-only --no-trials --gluon-forms ws,wsp" \
+#     BENCH_TIMEOUT=150 bash benchmarks/gpu_session.sh   # the Gluon forms against each other (optional rows)
 #   SEEDS=5 TRAIN_MINUTES=9 SKIP_TESTS=1 SKIP_BENCH=1 bash benchmarks/gpu_session.sh   # 5 full 200-epoch seeds
 #                                             # (measured on an H100: 2.6 s/epoch per process with 5 in parallel)
+#   DEVICE=cpu BENCH_ONLY=1 BENCH_ARGS="--required-only --pixels 256 --engine-side 32 --reps 1 --no-compile" \
+#     bash benchmarks/gpu_session.sh          # a dry run of the script on a machine without a GPU
+#
+# BENCH_ARGS (default "--required-only") replaces kernels.py's options; the script adds --device "$DEVICE" (cuda),
+# --budget-s (the bench step's timeout less 30 s, so the report is finished rather than cut) and --zarr-dir (a
+# temporary directory removed on exit, a timeout included). BENCH_ONLY=1 skips every other step (SEEDS=0 and every
+# SKIP_*). The next planned call is in benchmarks/results/kernels-h200.md.
 #
 # Training runs (5 seeds of the Indian Pines seed protocol, one process each) share the GPU with the tests,
 # which only check correctness; the kernel benchmark starts after both finish, on a quiet GPU.
@@ -19,14 +23,32 @@
 # RESERVE for the final archive), and a step with under 20 s left is skipped and named in env.txt, so the
 # script ends, its files packed, inside the device tool's 600-second limit (give the call timeout_s >= BUDGET + 20).
 # Wheels for packages the machine lacks (zarr, dask, rioxarray, ...) are installed from .whl/ when present:
-# make them here with `bash benchmarks/device_wheels.sh` and carry ".whl" with the call. A failed install, or a
-# Python without torch and triton, stops the script at once (rc 1) rather than running every step into errors.
+# make them here with `bash benchmarks/device_wheels.sh` and carry ".whl" with the call. A machine whose torch sees
+# no CUDA device, a failed install, or a Python without torch and triton stops the script at once (rc 1) rather than
+# running every step into errors (or the benchmark on the CPU). The script's exit status: the benchmark's, else the
+# GPU tests' (0 when both passed or were skipped on purpose); the other steps' are in their logs.
 set -u
 START=$(date +%s)
 BUDGET=${BUDGET:-570}
 RESERVE=${RESERVE:-15}
 OUT=${OUT:-/tmp/hsi-gpu-session}
+DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT"
+: > "$OUT/env.txt"
+if [ -n "${BENCH_ONLY:-}" ]; then
+  SEEDS=0 SKIP_TESTS=1 SKIP_COMPILE=1 SKIP_TRACE=1 SKIP_SPATIAL=1 SKIP_STAGING=1 SKIP_NORMALISE=1 SKIP_EPILOGUE=1
+fi
+# the benchmark's zarr store (3.4 GB at --zarr-side 2048): removed on any exit, a TERM from a timeout included
+ZARR_DIR=$(mktemp -d "${TMPDIR:-/tmp}/kernels-zarr.XXXXXX")
+trap 'rm -rf "$ZARR_DIR"' EXIT
+trap 'exit 143' TERM INT HUP
+# fail fast (seconds, before the wheels): on a machine whose torch sees no GPU every step would run into errors or,
+# worse, the benchmark would spend the budget on a CPU report
+if [ "$DEVICE" != cpu ]; then
+  python3 -c "import sys, torch; sys.exit(None if torch.cuda.is_available() else 'SETUP FAILED: torch ' + torch.__version__ + ' sees no CUDA device (torch.cuda.is_available() is False)')" \
+    2>&1 | tee -a "$OUT/env.txt"
+  if [ "${PIPESTATUS[0]}" -ne 0 ]; then exit 1; fi
+fi
 TRAIN_MINUTES=${TRAIN_MINUTES:-3.2}
 SEEDS=${SEEDS:-5}
 # the shipped Indian Pines copy: no data directory travels to the device
@@ -51,7 +73,7 @@ fi
   python3 -c "import sys, torch, triton, numpy, xarray; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'numpy', numpy.__version__, 'xarray', xarray.__version__)" \
     || echo "SETUP FAILED: torch, triton, numpy or xarray does not import"
   python3 -c "import zarr, dask, rioxarray; print('zarr', zarr.__version__, 'dask', dask.__version__, 'rioxarray', rioxarray.__version__)"
-  nproc; } 2>&1 | tee "$OUT/env.txt"
+  nproc; } 2>&1 | tee -a "$OUT/env.txt"
 if grep -q "SETUP FAILED" "$OUT/env.txt"; then exit 1; fi
 
 # 1. training seeds in the background (float32, the seed's protocol, a time budget per run; logs under $OUT)
@@ -73,11 +95,13 @@ if [ -z "${SKIP_COMPILE:-}" ]; then  # offline: the CPU development machine prod
   pids+=($!)
 fi
 # TEST_K: a pytest -k expression (default: every GPU test); TEST_TIMEOUT: seconds for the whole test step
+tests_rc=0
 if [ -z "${SKIP_TESTS:-}" ]; then
   # shellcheck disable=SC2086
   step tests "${TEST_TIMEOUT:-240}" python3 -m pytest -m gpu tests/kernels tests/engine -q -n 6 \
     -p no:cacheprovider --timeout 220 -rs ${TEST_K:+-k "$TEST_K"} 2>&1 | tee "$OUT/gpu-tests.log"
-  echo "pytest rc=${PIPESTATUS[0]}" | tee -a "$OUT/gpu-tests.log"
+  tests_rc=${PIPESTATUS[0]}
+  echo "pytest rc=$tests_rc" | tee -a "$OUT/gpu-tests.log"
 fi
 
 for p in "${pids[@]}"; do wait "$p"; done
@@ -87,11 +111,19 @@ if ((SEEDS > 0)); then
 fi
 tar -czf "$OUT/runs.tar.gz" -C "$OUT" runs train && rm -rf "$OUT/runs" "$OUT/train"
 
-# 3. kernel benchmark on the quiet GPU (the report is rewritten after every row)
-# shellcheck disable=SC2086  # BENCH_ARGS is a list of options, e.g. "--quick --no-compile --zarr-side 2048"
-[ -n "${SKIP_BENCH:-}" ] || step bench "${BENCH_TIMEOUT:-330}" python3 benchmarks/kernels.py ${BENCH_ARGS:-} \
-  --out "$OUT/kernels-gpu.md" 2>&1 | tee "$OUT/kernels.log"
-echo "bench rc=${PIPESTATUS[0]}"
+# 3. kernel benchmark on the quiet GPU (the report is rewritten after every row; --budget-s lets it finish its
+#    report, every row it could not fit named, before the step's timeout)
+bench_rc=0
+if [ -z "${SKIP_BENCH:-}" ]; then
+  bench_cap=$(cap "${BENCH_TIMEOUT:-360}")
+  bench_budget=$((bench_cap - (bench_cap > 90 ? 30 : bench_cap / 3)))  # the report finished before the timeout
+  # shellcheck disable=SC2086  # BENCH_ARGS is a list of options, e.g. "--quick --no-compile --zarr-side 2048"
+  step bench "${BENCH_TIMEOUT:-360}" python3 benchmarks/kernels.py --device "$DEVICE" --budget-s "$bench_budget" \
+    --zarr-dir "$ZARR_DIR" ${BENCH_ARGS:---required-only} --out "$OUT/kernels-gpu.md" 2>&1 | tee "$OUT/kernels.log"
+  bench_rc=${PIPESTATUS[0]}
+  rm -rf "${ZARR_DIR:?}"/*  # the store is not needed by the later steps
+fi
+echo "bench rc=$bench_rc"
 
 # 3b. (second: the kernel work needs it most) where a step of the Gluon kernel spends its cycles (its traced build beside the plain one; seconds)
 [ -n "${SKIP_TRACE:-}" ] || step trace "${TRACE_TIMEOUT:-120}" python3 benchmarks/gluon_trace.py --device cuda \
@@ -126,3 +158,6 @@ echo "epilogue rc=$?"
   -e staging-host.md -e normalise-device-gpu.md -e spatial-epilogue-gpu.md -e gluon-trace-gpu.md \
   -e extras.tar.gz) && [ -n "$extra" ] && tar -czf extras.tar.gz $extra && rm -rf $extra)
 ls "$OUT"
+# the benchmark's status first (3: a required row failed or was cut; 124 / 143: the step's timeout), then the tests'
+if ((bench_rc != 0)); then exit "$bench_rc"; fi
+exit "$tests_rc"

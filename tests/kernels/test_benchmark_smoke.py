@@ -33,23 +33,32 @@ def _run_main(module: str, argv: list[str]) -> object:
         root.setLevel(level)
 
 
-def test_kernels_benchmark_runs_on_cpu(tmp_path: Path) -> None:
-    out = tmp_path / "kernels-cpu.md"
+def _kernels(tmp_path: Path, name: str, *argv: str) -> str:
+    """benchmarks/kernels.py run as the GPU session runs it (a script), at tiny sizes on the CPU: its report."""
+    out = tmp_path / name
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernels.py"), "--device", "cpu", "--pixels", "256",
-                           "--engine-side", "32", "--reps", "1", "--no-compile", "--peak-side", "256",
+                           "--engine-side", "16", "--reps", "1", "--no-compile", "--peak-side", "256", "--copy-mib",
+                           "32", *argv,
                            "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    text = out.read_text()
-    for section in ("## Device peaks", "## Whole spectral stage", "## Per layer", "## Spatial stage",
-                    "## Engine end to end"):
+    return out.read_text()
+
+
+def test_kernels_benchmark_runs_on_cpu(tmp_path: Path) -> None:
+    """Every mode's optional sections (--quick leaves out the per-layer rows, which --required-only runs below)."""
+    text = _kernels(tmp_path, "kernels-cpu.md", "--quick", "--no-zarr")
+    for section in ("## Device peaks", "## The issue's goals", "## Whole spectral stage", "## Per layer",
+                    "## Spatial stage", "## Engine end to end"):
         assert section in text, f"{section} missing from the report"
     row = re.search(r"\| eager \(conv2d channels-last\) \| float32 \| ([0-9.]+) ", text)
     assert row and float(row.group(1)) > 0, "no timed eager float32 stage row"
+    assert "## Per layer\n\nNot run in this run: --quick skips the per-layer rows." in text
     assert re.search(r"\| float32 exact \(TF32 off\) \| 256 \| [0-9.]+ ", text), "no timed spatial row"
     assert re.search(r"\| dense \(Toeplitz GEMMs\), bfloat16 \(spatial_precision=bfloat16\) \| 256 \| "
                      r"[0-9.]+ ", text), "no timed low-precision dense spatial row"
-    assert "| triton (fused) | bfloat16 | pending: needs a CUDA device |" in text
+    fused = "| triton (fused): backend='triton' as the engine calls it"
+    assert f"{fused} | bfloat16 | pending: needs a CUDA device |" in text
     assert "## Where the engine's time goes" in text, "no engine profile section"
     ops = re.findall(r"^\| `([^`]+)` \| (\d+) \| ([0-9.]+) \| ([0-9.]+)% \|$", text, re.M)
     assert ops and all(int(c) > 0 and float(ms) > 0 for _, c, ms, _ in ops), "profile rows without time"
@@ -57,6 +66,66 @@ def test_kernels_benchmark_runs_on_cpu(tmp_path: Path) -> None:
     assert re.search(r"^- device: .+, ISA \w+, oneDNN bf16 (no|yes|emulated)", text, re.M), "no ISA line"
     assert "padding work not counted" not in text and "taps on the block convs' zero padding, 1.5% of it" in text
     assert "the dense (Toeplitz GEMM) rows report that conv-equivalent rate" in text
+    # the optional engine rows are alternated with the default arm, each repeat shown
+    assert re.search(r"spatial_precision=float32, median of 1; alternated with: eager float32 in memory \(last run"
+                     r".*this row / it: [0-9.]+x \| [0-9.]+ \| [0-9.]+ \|", text)
+    # what a flag left out is said, not silently missing
+    assert re.search(r"^Optional rows not run in this run: the Triton kernel's variants .*: pending: needs a CUDA "
+                     r"device; a static-shape whole-stage compile \(--no-compile\)\.$", text, re.M)
+    assert re.search(r"^\| 16x16x200 float32 scene streamed from zarr [^|]*, backend=eager, float32: not run in this "
+                     r"run \(--no-zarr\) \| not run \|", text, re.M)
+    assert "| compile (dynamic shapes: as the engine builds it) | float32 | not run in this run (--no-compile) |" \
+        in text
+
+
+def test_kernels_benchmark_required_only_writes_the_issue_s_whole_run(tmp_path: Path) -> None:
+    """--required-only (what gpu_session.sh runs): every row the issue asks for, timed on the CPU where it can be,
+    "pending" for the Triton rows, "not run in this run (why)" for what the CPU or a flag leaves out; the goals
+    table written from the run's own rows (none measured on a CPU); the optional sections named as not run."""
+    text = _kernels(tmp_path, "required.md", "--required-only")
+    timed = r"[0-9.]+ \[[0-9.]+, [0-9.]+\]"
+    for dtype in ("float32", "bfloat16"):
+        for label in ("seed-conv3d \\(eager\\)", "eager \\(conv2d channels-last\\)"):
+            # ms, TFLOP/s, % of the peaks, GB/s, % of copy, Mpix/s: achieved bandwidth on every timed row
+            assert re.search(rf"^\| {label} \| {dtype} \| {timed} \| [0-9.]+ \| [^|]* \| [0-9.]+ \| [0-9.]+%|n/a \| "
+                             rf"[0-9.]+ \|", text, re.M), (label, dtype)
+            assert re.search(rf"^\| {label}, cudnn.benchmark on \| {dtype} \| not run in this run \(cuDNN's "
+                             "autotuning: CUDA only", text, re.M), (label, dtype)
+        assert f"| triton (fused): backend='triton' as the engine calls it | {dtype} | pending: needs a CUDA device |" \
+            in text
+        assert f"| compile (dynamic shapes: as the engine builds it) | {dtype} | not run in this run (--no-compile) |" \
+            in text
+        for layer in ("stem \\(1->24, k7, s2\\)", "block conv \\(24->24, k7, same\\)", "reduce \\(24x97 -> 128\\)"):
+            for label in ("seed-conv3d", "eager conv2d"):
+                assert re.search(rf"^\| {layer} \| {label} \| {dtype} \| {timed} \| [0-9.]+ \| [0-9.]+ \| "
+                                 rf"[0-9.]+% \|$", text, re.M), (layer, label, dtype)
+            assert re.search(rf"^\| {layer} \| compile \(static shapes\) \| {dtype} \| not run in this run "
+                             r"\(--no-compile\) \|", text, re.M), (layer, dtype)
+    # the peaks: measured before and after the stage rows, in fixed notation, the largest used
+    peaks = text.split("## Device peaks")[1].split("## The issue's goals")[0]
+    assert re.search(r"^\| matmul bfloat16 TFLOP/s \| 256\^3 \| [0-9.]+ \| [0-9.]+ \|$", peaks, re.M), peaks
+    assert re.search(r"^\| copy GB/s \(read \+ write\) \| 32 MiB \| [0-9.]+ \| [0-9.]+ \|$", peaks, re.M), peaks
+    assert "Peaks used below (the largest of each" in peaks and "e+" not in peaks and "e-" not in peaks
+    # the goals: every one named, none measured on the CPU
+    goals = text.split("## The issue's goals")[1].split("## Whole spectral stage")[0]
+    rows = re.findall(r"^\| ([^|]+) \| not measured in this run \(([^|]+)\) \|  \| not measured \|$", goals, re.M)
+    assert len(rows) == 7 and any("engine >= 50 Mpix/s" in g for g, _ in rows), goals
+    assert not re.search(r"\| (yes|no) \|$", goals, re.M)
+    # the engine: in memory and from zarr, alternated, three repeats each shown; what it times said
+    for where in ("in memory", "streamed from zarr"):
+        other = "from zarr" if where == "in memory" else "in memory"
+        assert re.search(rf"^\| 16x16x200 float32 scene {where}[^|]*, backend=eager, float32, [^|]*median of 3; "
+                         rf"alternated with: eager float32 {other} \(last run[^|]+ \| [0-9.]+ \| [0-9.]+, [0-9.]+, "
+                         r"[0-9.]+ \|$", text, re.M), where
+    assert "the store in page cache" in text and "normalising it with the model's per-band mean/std" in text
+    assert "| backend=triton (the engine's GPU backend), bfloat16, in memory and streamed from zarr | pending" in text
+    for section in ("Spatial stage", "Where the engine's time goes", "The compiled fused kernel"):
+        assert re.search(rf"## {section}[^\n]*\n\nNot run in this run: --required-only", text), section
+    assert "Optional rows not run in this run (--required-only)" in text
+    # provenance: the commit with its state, the scene readers' versions
+    assert re.search(r"^- commit: ([0-9a-f]+ \(clean\)|[0-9a-f]+-dirty \(\d+ tracked files differ from it\)|unknown)",
+                     text, re.M)
+    assert re.search(r"^- versions: .*zarr [0-9.]+, numcodecs [0-9.]+", text, re.M)
 
 
 def test_staging_benchmark_runs_on_cpu(tmp_path: Path) -> None:
@@ -172,6 +241,8 @@ def test_kernels_benchmark_says_failed_not_pending_for_a_row_that_failed() -> No
 
     assert _engine_cell("triton bfloat16 {}: failed (OutOfResources: shared memory)", None) == "failed"
     assert _engine_cell("triton bfloat16 {'gluon_step': 'ws'}: not run (probe failed)", None) == "not run"
+    assert _engine_cell("2048x2048x200 float32 scene in memory, backend=triton, float32: not run in this run "
+                        "(--bf16-only)", None) == "not run"
     assert _engine_cell("backend=triton", None) == PENDING_GPU
     assert _engine_cell("eager float32 in memory", 2.5) == "2.5000"
 
@@ -248,11 +319,16 @@ def test_kernels_benchmark_reports_no_percentage_above_a_measured_peak() -> None
     report printed '10065.8%': a rate above the measured peak reads n/a, with the reason under the table."""
     from benchmarks.kernels import render
 
-    peaks = {"matmul float32 TFLOP/s (1024^3)": 0.04, "matmul bfloat16 TFLOP/s (1024^3)": 0.0006}
-    rows = [("eager", "float32", (2.0, 1.9, 2.1), 0.03, 1.0, ""), ("eager", "bfloat16", (9.0, 8.0, 10.0), 0.005, 0.2, "")]
-    text = render([], peaks, rows, [], [])
+    from benchmarks.kernels import PEAK_BF16, PEAK_FP32, Report
+
+    rep = Report(head=[], pixels=1000, stage_flops=60_000_000,
+                 peaks=[("before", PEAK_FP32, "1024^3", 0.04), ("before", PEAK_BF16, "1024^3", 0.0006)])
+    rep.stage_rows = [dict(key="eager", label="eager", dtype="float32", t=(2.0, 1.9, 2.1), note=""),
+                      dict(key="eager", label="eager", dtype="bfloat16", t=(12.0, 11.0, 13.0), note="")]
+    text = render(rep)
     assert "| 0.0300 | n/a / 75.0% |" in text and "| 0.0050 | n/a / n/a |" in text
-    assert "n/a: the formulation ran faster than the matmul measured" in text and "%" not in text.split("n/a:")[1]
+    assert "n/a: the formulation ran faster than the matmul measured" in text
+    assert "%" not in text.split("n/a:")[1].split("\n\n")[0]
 
 
 def test_conv_relu_benchmark_runs_on_cpu(tmp_path: Path) -> None:
@@ -293,6 +369,9 @@ def _refusal(capsys, module: str, argv: list[str]) -> tuple[object, str]:
     ("kernels", ["--pixels", "0"], "argument --pixels: expected a positive integer, got 0"),
     ("kernels", ["--engine-side", "0"], "argument --engine-side: expected a positive integer, got 0"),
     ("kernels", ["--device", "cpu", "--gluon-forms", "layer,bogus"], "--gluon-forms: unknown ['bogus']; expected"),
+    ("kernels", ["--peak-side", "4096,0"], "argument --peak-side: expected positive integers separated by commas"),
+    ("kernels", ["--engine-reps", "2"], "argument --engine-reps: expected an integer >= 3 (a median of 3 at least)"),
+    ("kernels", ["--required-only", "--quick"], "--required-only runs the per-layer rows the issue asks for"),
     ("chunks_cpu", ["--reps", "0"], "argument --reps: expected a positive integer, got 0"),
     ("conv_relu_cpu", ["--reps", "0"], "argument --reps: expected a positive integer, got 0"),
     ("staging", ["--queue", "x"], "argument --queue: expected a positive integer, got 'x'"),
@@ -411,11 +490,131 @@ def test_cpu_isa_says_when_onednn_emulates_bf16(monkeypatch) -> None:
 
 def test_kernels_benchmark_quick_says_why_there_are_no_layer_rows() -> None:
     """--quick skips the per-layer rows: the section says so instead of showing an empty table."""
-    from benchmarks.kernels import render
+    from benchmarks.kernels import Report, render
 
-    text = render([], {}, [], [], [], layers_skipped="--quick skips the per-layer rows")
-    assert "## Per layer\n\nNot run: --quick skips the per-layer rows.\n" in text
+    text = render(Report(head=[], skipped={"layers": "--quick skips the per-layer rows"}))
+    assert "## Per layer\n\nNot run in this run: --quick skips the per-layer rows.\n" in text
     assert "| layer | formulation |" not in text
+
+
+def _gpu_report(**engine):
+    """A made-up CUDA run's report: seed Conv3d 12 ms (cudnn.benchmark off) and 10 ms (on), the fused stage 1.5 ms,
+    compile 4 ms (as the engine builds it) and 3.5 ms (static), bf16 peaks 700 before and 720 after."""
+    from benchmarks.kernels import FUSED_LABEL, PEAK_BF16, PEAK_COPY, Report
+
+    rep = Report(head=[], cuda=True, pixels=65536, stage_flops=3_757_392 * 65536, peaks_after="",
+                 peaks=[("before", PEAK_BF16, "8192^3", 700.0), ("after", PEAK_BF16, "8192^3", 720.0),
+                        ("before", PEAK_BF16, "16384^3", 690.0), ("before", PEAK_COPY, "1024 MiB", 4231.25)])
+    for key, label, ms in (("seed", "seed-conv3d (eager)", 12.0), ("seed+bench", "seed-conv3d (eager), cudnn.benchmark "
+                           "on", 10.0), ("fused", FUSED_LABEL, 1.5), ("compile", "compile (max-autotune)", 4.0),
+                           ("compile-static", "compile (max-autotune, static shapes)", 3.5)):
+        rep.stage_rows.append(dict(key=key, label=label, dtype="bfloat16", t=(ms, ms, ms), bytes=43_000_000, note="",
+                                   required=key != "compile-static"))
+    rep.stage_rows.append(dict(key="fused", label=FUSED_LABEL, dtype="float32", t=None, required=True,
+                               note="failed: OutOfResources: shared memory"))
+    rep.engine_rows.append(dict(key="triton:bfloat16:memory", required=True, **{
+        "desc": "2048x2048x200 float32 scene in memory, backend=triton, bfloat16, median of 3", **engine}))
+    rep.engine_rows.append(dict(key="triton:bfloat16:zarr", mpix=None, reps=[], required=True,
+                                why="not run in this run (--no-zarr)", desc="1024x1024x200 float32 scene streamed "
+                                "from zarr, backend=triton, bfloat16: not run in this run (--no-zarr)"))
+    return rep
+
+
+def test_kernels_benchmark_goals_come_from_the_run_s_own_rows() -> None:
+    """The goals table: the fair baselines (the faster seed-Conv3d row of cudnn.benchmark off / on, the faster
+    compile row), the largest peak measured before or after, each goal's rows named, met or not; a goal whose rows
+    the run lacks says "not measured in this run" and why (a failed row, a flag)."""
+    from benchmarks.kernels import goals, render
+
+    rep = _gpu_report(mpix=20.49, reps=[19.8, 20.49, 20.6])
+    got = {g: (fig, rows, met) for g, fig, rows, met in goals(rep)}
+    five = got["fused Triton stage >= 5x faster than the Conv3d eager formulation"]
+    assert five[0].startswith("10.000 / 1.500 ms = **6.67x**; the other baseline row: 12.000 ms") and five[2] == "yes"
+    assert "`seed-conv3d (eager), cudnn.benchmark on`" in five[1]
+    compile_ = got["fused Triton stage >= 1.5x faster than torch.compile"]
+    assert compile_[0].startswith("3.500 / 1.500 ms = **2.33x**") and compile_[2] == "yes"
+    tf = 3_757_392 * 65536 / 1.5e-3 / 1e12
+    assert got[">= 30% of the measured bf16 matrix peak (fused stage, bf16)"] == (
+        f"{tf:.1f} TFLOP/s of 720.0 = **{100 * tf / 720:.1f}%**",
+        "`triton (fused): backend='triton' as the engine calls it`, bfloat16; the peak table's largest bf16 matmul",
+        "no")
+    fp32 = got["fused Triton stage >= 5x faster than the Conv3d eager formulation (float32)"]
+    assert fp32 == ("not measured in this run (fused stage: failed: OutOfResources: shared memory)", "",
+                    "not measured")
+    mem = got["engine >= 50 Mpix/s on 200 bands (backend=triton, bf16, scene held in memory)"]
+    assert mem[0] == "**20.490 Mpix/s** (median; repeats 19.800, 20.490, 20.600)" and mem[2] == "no"
+    assert got["engine >= 50 Mpix/s on 200 bands (backend=triton, bf16, scene streamed from zarr)"][0] == \
+        "not measured in this run (not run in this run (--no-zarr))"
+    text = render(rep)
+    assert "| matmul bfloat16 TFLOP/s | 8192^3 | 700.0 | 720.0 |" in text and "e+" not in text
+    assert "| copy GB/s (read + write) | 1024 MiB | 4231.2 |  |" in text
+    # GB/s and % of copy on a stage row: 43 MB in 1.5 ms
+    assert re.search(r"\| triton \(fused\): backend='triton' as the engine calls it \| bfloat16 \| "
+                     r"1.500 \[1.500, 1.500\] \| [0-9.]+ \| [0-9.]+% / [0-9.]+% \| 28.667 \| 0.7% \|", text)
+
+
+def test_kernels_benchmark_names_the_required_rows_it_lacks() -> None:
+    """A required row that failed (or that the budget cut, or the run never reached) makes the run incomplete (the
+    script exits 3, gpu_session.sh with it); one a flag left out, or pending on the CPU, does not."""
+    from benchmarks.kernels import NOT_REACHED, incomplete
+
+    rep = _gpu_report(mpix=None, reps=[], why=NOT_REACHED, desc="in memory: " + NOT_REACHED)
+    bad = incomplete(rep)
+    assert any("failed: OutOfResources" in b for b in bad) and any(NOT_REACHED in b for b in bad)
+    assert not any("--no-zarr" in b for b in bad) and len(bad) == 2
+
+
+def test_kernels_benchmark_engine_model_normalises() -> None:
+    """The engine rows' model carries per-band mean/std, as every real model does, so the engine times the
+    normalisation (without them it took the scene as normalised and only copied it); the scale checks pass."""
+    import warnings
+
+    from benchmarks.kernels import _engine_model, _random_scene
+    from hsi_engine import UnnormalisedInputWarning
+    from hsi_engine.api import _Job
+
+    model = _engine_model()
+    mean, std = model.meta["mean"], model.meta["std"]
+    assert len(mean) == len(std) == model.config.bands == 200 and len(set(mean)) > 1 and len(set(std)) > 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnnormalisedInputWarning)
+        job = _Job(_random_scene(16, "float32"), model, tile=None, device="cpu", backend="eager", precision="float32",
+                   nodata=None)
+    assert job.mean is not None and job.std is not None
+    assert _engine_model("uint16").meta["mean"] == [6000.0] * 200
+
+
+def test_kernels_benchmark_cudnn_benchmark_rows() -> None:
+    """The cudnn.benchmark-on rows (a child process on CUDA: cuDNN's plan cache ignores the flag) for the stage and
+    each layer, in the parent's row form; the flag is the child's to keep (put back here)."""
+    from benchmarks.kernels import cudnn_benchmark_rows
+
+    saved = torch.backends.cudnn.benchmark
+    try:
+        rows = cudnn_benchmark_rows(23, 37, ["float32"], True, "cpu")
+    finally:
+        torch.backends.cudnn.benchmark = saved
+    assert [(r["kind"], r["key"]) for r in rows[:2]] == [("stage", "seed+bench"), ("stage", "eager+bench")]
+    assert [r["layer"].split(" ")[0] for r in rows[2:]] == ["stem", "stem", "block", "block", "reduce", "reduce"]
+    assert all(len(r["t"]) == 3 and r["t"][0] > 0 and r["bytes"] > 0 and r["dtype"] == "float32" for r in rows)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of a machine without CUDA")
+def test_gpu_session_fails_fast_without_cuda(tmp_path: Path) -> None:
+    """gpu_session.sh stops in seconds where torch sees no GPU (it ran every step, the benchmark on the CPU, rc 0),
+    says why, and leaves no temporary zarr directory; the benchmark step passes --device and --required-only."""
+    import os
+    import time
+
+    t0 = time.monotonic()
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_session.sh")], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, OUT=str(tmp_path / "out"),
+                                                           TMPDIR=str(tmp_path)))
+    assert proc.returncode == 1 and time.monotonic() - t0 < 60, proc.stdout + proc.stderr
+    assert "sees no CUDA device" in (tmp_path / "out" / "env.txt").read_text()
+    assert not list(tmp_path.glob("kernels-zarr.*"))
+    script = (REPO / "benchmarks" / "gpu_session.sh").read_text()
+    assert 'benchmarks/kernels.py --device "$DEVICE"' in script and "${BENCH_ARGS:---required-only}" in script
 
 
 def test_gpu_report_names_take_the_gpu_model() -> None:
@@ -500,7 +699,7 @@ def test_kernels_spatial_cases_honour_bf16_only() -> None:
     """--bf16-only leaves the float32 engine's spatial rows out."""
     from benchmarks.kernels import spatial_cases
 
-    labels = [label for label, _, _ in spatial_cases(torch.device("cpu"), 4, float32=False)]
+    labels = [label for label, *_ in spatial_cases(torch.device("cpu"), 4, float32=False)]
     assert labels and not any("float32" in label for label in labels), labels
 
 
@@ -515,9 +714,10 @@ def test_kernels_benchmark_layer_rows_time_the_same_layer_both_ways(form):
                            generator=torch.Generator().manual_seed(3))
     cases = layer_cases(prog, 37, torch.device("cpu"), torch.float32)
     assert [c[0].split(" ")[0] for c in cases] == ["stem", "block", "reduce"]
-    for name, _, seed, eager in cases:
-        a, b = seed(), eager()  # (P, C, D, 1, 1) and (1, C, D, P)
-        torch.testing.assert_close(a[..., 0, 0].permute(1, 2, 0), b[0], rtol=1e-5, atol=1e-5, msg=name)
+    for case in cases:
+        a, b = case.seed(), case.eager()  # (P, C, D, 1, 1) and (1, C, D, P)
+        torch.testing.assert_close(a[..., 0, 0].permute(1, 2, 0), b[0], rtol=1e-5, atol=1e-5, msg=case.name)
+        assert case.in_bytes == case.conv2d_args[0].numel() * 4  # the input read once (float32)
 
 
 def test_geotiff_read_cache_benchmark_runs_on_cpu(tmp_path: Path) -> None:
