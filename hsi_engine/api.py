@@ -378,7 +378,7 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     # (source_row/source_col place a window of a rotated or GCP scene: the map carries its own transform or GCPs)
     coords = {k: v for k, v in _spatial_coords(job.da).items() if k not in (SOURCE_ROW, SOURCE_COL)}
     attrs = {"class_names": job.class_names(), "_FillValue": 0, "long_name": "SSRN class (0 = nodata)",
-             "flag_values": list(range(1, job.classes + 1)),
+             "flag_values": np.arange(1, job.classes + 1, dtype=np.uint8),  # CF: the variable's type, in NetCDF too
              "flag_meanings": flag_meanings(job.class_names())}
     attrs["palette"] = [v for rgb in job.palette() for v in rgb]  # flat: NetCDF attributes are 1-D
     # what made the map, as the file outputs record it: kept by labels.to_netcdf() and labels.rio.to_raster()

@@ -185,7 +185,9 @@ def _warn_bottom_up(da: xr.DataArray, scene_path: Any) -> None:
                   "leaves them): the map is placed by its x/y coordinates, and is the map of the rows as they run "
                   "(south-up). The network is not flip-invariant, so it differs slightly from the north-up scene's "
                   "map (a GeoTIFF the file was converted from): for that one classify "
-                  "scene.isel(y=slice(None, None, -1))", stacklevel=user_stacklevel())
+                  "scene.isel(y=slice(None, None, -1)). A map file of these rows is stored south-up (a positive "
+                  "pixel height), which rasterio.merge and gdalbuildvrt refuse to mosaic: `gdalwarp -r near "
+                  "map.tif map-north-up.tif` turns it north-up, class for class", stacklevel=user_stacklevel())
 
 
 def grid_step(v: np.ndarray) -> tuple[float, float]:

@@ -97,7 +97,8 @@ def test_output_keeps_coords_crs_and_class_metadata(case, geo):
     assert tuple(out.rio.transform())[:6] == tuple(da.rio.transform())[:6]
     assert out.attrs["class_names"] == model.meta["class_names"]
     assert out.attrs["palette"] == [v for rgb in model.meta["palette"] for v in rgb]
-    assert out.attrs["flag_values"] == list(range(1, len(model.meta["class_names"]) + 1))
+    flags = out.attrs["flag_values"]
+    assert flags.dtype == np.uint8 and flags.tolist() == list(range(1, len(model.meta["class_names"]) + 1))
     assert out.attrs["_FillValue"] == 0
 
 
@@ -145,6 +146,7 @@ def test_the_map_writes_to_netcdf_and_back_with_its_metadata(case, geo, tmp_path
     np.testing.assert_array_equal(got.values, labels.values)
     assert list(got.attrs["class_names"]) == model.meta["class_names"]
     assert [int(v) for v in got.attrs["palette"]] == labels.attrs["palette"]
+    assert got.attrs["flag_values"].dtype == got.dtype == np.uint8  # CF 3.5: flag_values of the variable's type
     import rasterio
 
     from hsi_engine.writers import write_classmap
