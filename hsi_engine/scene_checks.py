@@ -9,6 +9,7 @@ import math
 import sys
 import numbers
 import os
+import shlex
 import warnings
 from typing import Any
 
@@ -235,50 +236,127 @@ def _sample_window(da: xr.DataArray, side: int = 32) -> dict[str, slice]:
 
 def _packing(attrs: dict, bands: int) -> tuple[np.ndarray, np.ndarray, bool] | None:
     """``(scale, offset, unsigned)`` per band from CF packing attributes (``scale_factor``, ``add_offset``,
-    ``_Unsigned``; one value or one per band, as rioxarray gives them); None when they pack nothing."""
+    ``_Unsigned``; one value or one per band, as rioxarray gives them: ``scales``/``offsets`` where they differ
+    between bands); None when they pack nothing."""
     try:
-        scale, offset = (np.broadcast_to(np.asarray(attrs.get(k, v), np.float64).reshape(-1), (bands,))
-                         for k, v in (("scale_factor", 1.0), ("add_offset", 0.0)))
+        scale, offset = (np.broadcast_to(np.asarray(attrs.get(k, attrs.get(many, v)), np.float64).reshape(-1),
+                                         (bands,))
+                         for k, many, v in (("scale_factor", "scales", 1.0), ("add_offset", "offsets", 0.0)))
     except (TypeError, ValueError):
         return None
     unsigned = str(attrs.get("_Unsigned", "false")).lower() == "true"
     return None if (scale == 1).all() and (offset == 0).all() and not unsigned else (scale, offset, unsigned)
 
 
+def _gdal_scaling(da: xr.DataArray, bands: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(scale, offset)`` per band of a GDAL band scale/offset that :func:`~hsi_engine.open_scene` kept in the
+    encoding (``scales``/``offsets``: GeoTIFF and ENVI values are read as stored); None without one, with scale 1 and
+    offset 0 (GDAL's reading of none), or with a list that is not one finite number per band (a band subset keeps
+    the file's)."""
+    if "scales" not in da.encoding and "offsets" not in da.encoding:
+        return None
+    try:
+        scale, offset = (np.broadcast_to(np.asarray(da.encoding.get(k, v), np.float64).reshape(-1), (bands,))
+                         for k, v in (("scales", 1.0), ("offsets", 0.0)))
+    except (TypeError, ValueError):
+        return None
+    if not (np.isfinite(scale).all() and np.isfinite(offset).all()) or ((scale == 1).all() and (offset == 0).all()):
+        return None
+    return scale, offset
+
+
+def _number(v: float) -> str:
+    """``v`` as Python reads a float (``5000.0``, ``0.5``, ``1e-05``): an int16 scene plus ``5000`` stays int16."""
+    text = f"{v:g}"
+    return text if any(c in text for c in ".en") else text + ".0"
+
+
+def _decoding(scale: np.ndarray, offset: np.ndarray, nodata: float | None) -> str:
+    """The Python expression that decodes ``scene = hsi_engine.open_scene(path)`` with ``scale``/``offset`` (per
+    band: the lists its encoding keeps), its nodata pixels first made NaN (masked whatever the declared value) and
+    its attributes (the nodata value) put back: xarray before 2025.11 drops them in arithmetic. Coordinates (the
+    CRS, wavelengths, bbl) go along in any version."""
+    masked = nodata is not None and not np.isnan(nodata)
+    x = f"scene.where(scene != {nodata:g})" if masked else "scene"
+    if not (np.all(scale == scale[0]) and np.all(offset == offset[0])):
+        s, o = (f"xr.DataArray(list(scene.encoding[{k!r}]), dims='band')" for k in ("scales", "offsets"))
+        expr = f"{x} * {s} + {o}"
+    else:
+        s, o = float(scale[0]), float(offset[0])
+        expr = (x + (f" * {_number(s)}" if s != 1 else "") + (f" + {_number(o)}" if o > 0 else "")
+                + (f" - {_number(-o)}" if o < 0 else ""))
+    return f"({expr}).assign_attrs(scene.attrs)" if masked else expr
+
+
 def _check_packing(da: xr.DataArray, raw: np.ndarray, mean: np.ndarray, std: np.ndarray,
                    nodata: float | None) -> bool:
-    """Warn when an integer scene handed over in memory carries CF packing it was not decoded with
-    (``xr.open_dataset(..., mask_and_scale=False)``, ``rioxarray.open_rasterio``) and its decoded values fit the
-    model's training data far better than the stored integers the engine reads: the map was silently another.
-    Packing that is only a note (a GeoTIFF's scale on counts a model was trained on) fits worse, and says nothing.
-    Returns whether it warned."""
-    packing = _packing(da.attrs, raw.shape[0]) if raw.dtype.kind in "ui" and "unpacked" not in da.attrs else None
-    if packing is None:
+    """Warn when the scene carries a packing it was not decoded with and its decoded values fit the model's
+    training data far better than the stored values the engine reads: the map was silently another. Either CF
+    packing on an integer scene handed over in memory (``xr.open_dataset(..., mask_and_scale=False)``,
+    ``rioxarray.open_rasterio``), or a GDAL band scale/offset of a GeoTIFF or ENVI file opened by its path (kept in
+    the encoding, values read as stored: a file storing 2x the data with scale 0.5, or the data - 5000 with offset
+    5000, read only as 'about 2.1x larger' or 22 standard deviations off). Packing that is only a note (a GeoTIFF's
+    reflectance scale on counts a model was trained on) fits worse, and says nothing. ``mean``'s non-finite bands
+    (the model's and the scene's bad bands) are left out. Returns whether it warned."""
+    bands = raw.shape[0]
+    packing = _packing(da.attrs, bands) if raw.dtype.kind in "ui" and "unpacked" not in da.attrs else None
+    gdal = _gdal_scaling(da, bands) if packing is None and raw.dtype.kind in "uif" else None
+    if packing is None and gdal is None:
         return False
-    scale, offset, unsigned = packing
-    stored = raw.astype(np.float64)
-    ok = np.ones(raw.shape[1:], bool) if nodata is None else ~(raw == nodata).any(axis=0)
+    scale, offset, unsigned = packing if packing is not None else (*gdal, False)
     used = np.isfinite(mean)
-    if ok.sum() < 16 or not used.any():
+    if not used.any():
         return False
+    part = raw[used]
+    as_stored = part.astype(np.float64)
+    stored = as_stored
     if unsigned and raw.dtype.kind == "i":
-        stored = raw.view(raw.dtype.str.replace("i", "u")).astype(np.float64)
-    decoded = stored * scale[:, None, None] + offset[:, None, None]
+        stored = part.view(raw.dtype.str.replace("i", "u")).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(as_stored).all(axis=0)
+        if nodata is not None:
+            ok &= ~(part == nodata).any(axis=0)
+    if ok.sum() < 16:
+        return False
+    decoded = stored * scale[used, None, None] + offset[used, None, None]
 
     def off(x: np.ndarray) -> float:  # the median band's sample mean from the model's, in its standard deviations
-        return float(np.median(np.abs(x[used][:, ok].mean(axis=1) - mean[used]) / std[used]))
+        return float(np.median(np.abs(x[:, ok].mean(axis=1) - mean[used]) / std[used]))
 
-    as_read, as_decoded = off(raw.astype(np.float64)), off(decoded)
-    if as_read > 3 and as_decoded * 3 < as_read:
-        given = ", ".join(f"{k}={da.attrs[k]}" for k in ("scale_factor", "add_offset", "_Unsigned") if k in da.attrs)
-        warnings.warn(f"the scene carries CF packing ({given}) that was not applied: the engine reads its stored "
-                      f"{raw.dtype} values, {as_read:,.0f} standard deviations off the model's training data in the "
-                      f"median band, against {as_decoded:,.1f} for the decoded values (a {raw.shape[1]} x "
-                      f"{raw.shape[2]}-pixel sample). Decode it first (xr.decode_cf(ds), or open the file with "
-                      "hsi_engine.open_scene or xr.open_dataset's defaults)",
+    as_read, as_decoded = off(as_stored), off(decoded)
+    if not (as_read > 3 and as_decoded * 3 < as_read):
+        return False
+    found = (f"{as_read:,.0f} standard deviations off the model's training data in the median band, against "
+             f"{as_decoded:,.1f} for the decoded values (a {raw.shape[1]} x {raw.shape[2]}-pixel sample)")
+    by_gdal = gdal is not None or "rasterio_dtype" in da.encoding  # a GeoTIFF's or ENVI file's (GDAL's) scales
+    src = da.encoding.get("source")
+    translate = (f"gdal_translate -unscale -ot Float32 {shlex.quote(src if isinstance(src, str) else 'scene.tif')} "
+                 "decoded.tif")
+    if gdal is not None:
+        envi = (" (the ENVI header's 'data gain values' / 'data offset values')"
+                if da.attrs.get("source_format") == "envi" else "")
+        expr = _decoding(scale, offset, nodata)
+        warnings.warn(f"the scene declares band {_scaling_text(scale, offset)}{envi}, GDAL metadata that hsi-engine "
+                      f"does not apply (GeoTIFF and ENVI values are read as stored), and its stored {raw.dtype} "
+                      f"values lie {found}: the file packs its data with them, and the map of the stored values "
+                      "would be meaningless. Decode the scene first: in Python, scene = hsi_engine.open_scene(path); "
+                      f"hsi_engine.classify({expr}, model) (its CRS and wavelengths go along), or on the command "
+                      f"line write a decoded copy ({translate}) and classify that",
                       UnnormalisedInputWarning, stacklevel=user_stacklevel())
         return True
-    return False
+    given = ", ".join(f"{k}={da.attrs[k]}" for k in ("scale_factor", "add_offset", "_Unsigned") if k in da.attrs)
+    if "scales" in da.attrs or "offsets" in da.attrs:  # rioxarray's, where they differ between bands
+        given = _scaling_text(scale, offset)
+    if by_gdal:  # open_scene reads a GeoTIFF's or ENVI file's values as stored: it is no fix here
+        fix = ("scene = hsi_engine.open_scene(path), which keeps the band wavelengths but reads the values as "
+               f"stored, then hsi_engine.classify({_decoding(scale, offset, nodata)}, model); or "
+               f"rioxarray.open_rasterio(path, mask_and_scale=True); on the command line, a decoded copy: {translate}")
+    else:
+        fix = "xr.decode_cf(ds), or open the file with hsi_engine.open_scene or xr.open_dataset's defaults"
+    warnings.warn(f"the scene carries CF packing ({given}) that was not applied: the engine reads its stored "
+                  f"{raw.dtype} values, {found}. Decode it first ({fix})",
+                  UnnormalisedInputWarning, stacklevel=user_stacklevel())
+    return True
 
 
 def _read(da: xr.DataArray, window: dict[str, slice]) -> np.ndarray:
@@ -419,9 +497,18 @@ def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: flo
     a sample off by a power of ten in the training data's spectral shape is named too (:func:`_warn_uniform_power`).
     ``trained_stats=False``: the model has no mean/std and takes the scene as normalised (``mean`` 0, ``std`` 1:
     values of about 1), and a float scene of raw values gave a one-class map without a word; only the factor of
-    30 is checked then (no training distribution to measure a distance in)."""
+    30 is checked then (no training distribution to measure a distance in). The bands the scene's ``bbl`` flags bad
+    are left out of the sample, as they are of the nodata mask (:func:`nodata_bands`)."""
     from ssrn.normalise import looks_standardised, scale_distance, scale_factor, scale_ratios
 
+    good = nodata_bands(da)
+    if good is not None:  # the bands the scene's bbl flags bad are left out of the sample, as the nodata mask leaves
+        # them out: EnMAP-style bad bands holding nodata in every pixel left no pixel to sample, and reflectance 0-1
+        # against a model of x 10000 went unnamed (a NaN mean: a band the sample does not read)
+        mean = mean.astype(np.float64, copy=True)
+        mean[np.setdiff1d(np.arange(mean.shape[0]), good)] = np.nan
+    if not np.isfinite(mean).any():
+        return  # (every band bad, the scene's or the model's: nothing to sample)
     window = _sample_window(da)
     try:
         raw = _read(da, window)
@@ -615,19 +702,32 @@ def check_array_dims(scene: Any) -> None:
 def warn_other_pixel_size(da: xr.DataArray, meta: dict[str, Any], where: str) -> None:
     """Log a warning where the scene's pixels are not the training scene's size (``meta["grid"]``): the model's
     patch then covers other ground (a scene warped to 10 m against a 30 m model: 70 m where training saw 210 m),
-    and the map is silently of another network's worth; or where their CRSs' units cannot be compared."""
+    and the map is silently of another network's worth; or where their CRSs' units cannot be compared. A scene placed
+    by ground control points (no geotransform: ``rio.transform()`` reads the identity, pixels of 1 x 1) is measured
+    by the affine transform that fits its GCPs best; one placed otherwise without a geotransform (RPCs only) is not
+    compared."""
     grid = meta.get("grid") or {}
     if not grid.get("crs") or not grid.get("transform") or da.rio.crs is None:
         return
+    by_gcps = ""
     try:
         from rasterio.crs import CRS
+        from rasterio.transform import from_gcps
+
+        from .georef import scene_gcps
 
         ours, theirs = CRS.from_user_input(da.rio.crs), CRS.from_user_input(grid["crs"])
         t = grid["transform"]
         size = (math.hypot(t[0], t[3]), math.hypot(t[1], t[4]))
         s = da.rio.transform()
+        if "x" not in da.coords and "y" not in da.coords:  # no 1-D grid: GCPs (in this window's pixels), a
+            gcps = scene_gcps(da)  # rotated transform (2-D xc/yc), or no geotransform (the identity: RPCs only)
+            if gcps and len(gcps) >= 3:
+                s, by_gcps = from_gcps(gcps), " (fitted to its ground control points)"
+            elif gcps or s.is_identity:
+                return
         here = (math.hypot(s.a, s.d), math.hypot(s.b, s.e))
-    except Exception:  # noqa: BLE001 - an odd CRS or grid: nothing to compare, nothing said
+    except Exception:  # noqa: BLE001 - an odd CRS, grid or set of GCPs: nothing to compare, nothing said
         return
     if not all(size) or not all(here):
         return
@@ -639,10 +739,10 @@ def warn_other_pixel_size(da: xr.DataArray, meta: dict[str, Any], where: str) ->
         return
     ratio = max(here[0] / size[0], here[1] / size[1], size[0] / here[0], size[1] / here[1])
     if ratio > 1.25:
-        log.warning("%s has pixels of %g x %g, the model's training scene %g x %g (CRS units): the model's patch "
-                    "covers %.3gx the ground it was trained on, and its map is no longer the trained network's; "
+        log.warning("%s has pixels of %.4g x %.4g%s, the model's training scene %g x %g (CRS units): the model's "
+                    "patch covers %.3gx the ground it was trained on, and its map is no longer the trained network's; "
                     "classify scenes at the training scene's pixel size (resample first)", where, here[0],
-                    here[1], size[0], size[1], here[0] / size[0])
+                    here[1], by_gcps, size[0], size[1], here[0] / size[0])
 
 
 def warn_file_read_elsewhere(da: xr.DataArray) -> None:

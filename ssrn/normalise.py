@@ -41,8 +41,11 @@ def _scale_sample(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, nodata: fl
     (finite ``mean``: ``used``), and not one value in all of them (a fill: 0, or -32768 in a crop handed over
     without its nodata, read as a scale 56 standard deviations off); None with fewer than 16 such pixels or a
     quarter of the sample (too few to tell a scale from a dark corner), or than ``min_pixels`` where given (a small
-    scene sampled whole)."""
+    scene sampled whole). A band of non-finite ``mean`` is left out: the model's bad bands, and those the scene's
+    ``bbl`` flags bad, which the caller marks so (they may hold nodata in every pixel, as EnMAP's 130-135 do)."""
     used = np.isfinite(mean)
+    if not used.any():
+        return None
     x = raw[used].reshape(int(used.sum()), -1).astype(np.float64)
     magnitude = np.hypot(mean[used], std[used])[:, None]
     with np.errstate(invalid="ignore"):  # NaN compares False: left out by the finite test
