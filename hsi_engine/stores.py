@@ -690,6 +690,9 @@ def _open_hdf5_file(f, path: Path, chunks, variable: str | None, band_axis: int 
     nodata = ds.attrs.get("nodata", ds.attrs.get("_FillValue"))
     if hasattr(nodata, "item"):
         nodata = nodata.item()
+    # named for its dataset, as the packed one above and a NetCDF/zarr variable are (a dask token had been its name
+    # in reprs and errors)
+    da = da.rename(name.rsplit("/", 1)[-1])
     return finish_scene(da, path, "hdf5", wavelengths=wl, nodata=nodata, chunks=chunks)
 
 
@@ -723,7 +726,7 @@ def open_npy(path: Path, chunks, band_axis: int | None) -> xr.DataArray:
         raise SceneError(npy_problem(path, e, "a numeric array of the scene")) from None
     dims = resolve_dims(arr.shape, None, str(path), band_axis=band_axis, default_last=True)
     data = dsa.from_array(arr, chunks=default_chunks(arr.shape, dims))
-    da = bare_dataarray(data, dims, str(path), band_axis=None, default_last=True)
+    da = bare_dataarray(data, dims, str(path), band_axis=None, default_last=True).rename(path.stem)  # (not a token)
     return finish_scene(da, path, "npy", wavelengths=_sidecar_wavelengths(path), chunks=chunks)
 
 

@@ -185,3 +185,16 @@ def test_sharded_zarr_truncated_shard_is_named(tmp_path):
     err = read_error(s, (0, 40, 0, 40), failed.value)
     assert isinstance(err, CorruptChunkError)
     assert "zarr shard c/0/1/1 (shard index (0, 1, 1))" in str(err) and "re-create" in str(err)
+
+
+def test_hdf5_and_npy_scenes_are_named_for_their_dataset_and_file(tmp_path):
+    """A bare HDF5 dataset and a .npy were named by a dask token ('hdf5-e92b...'), shown in every repr and in
+    errors ("DataArray 'hdf5-e92b...' has dims ..."): the dataset's name and the file's stem now."""
+    import hsi_engine
+
+    cube = np.arange(5 * 4 * 3, dtype=np.float32).reshape(5, 4, 3)
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f.create_dataset("group/radiance", data=cube)
+    np.save(tmp_path / "flight_07.npy", cube)
+    assert hsi_engine.open_scene(tmp_path / "s.h5", band_axis=0).name == "radiance"
+    assert hsi_engine.open_scene(tmp_path / "flight_07.npy", band_axis=0).name == "flight_07"
