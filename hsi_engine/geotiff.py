@@ -125,6 +125,7 @@ def open_geotiff(path: Path, chunks, driver: str = "GTiff") -> xr.DataArray:
                 nodata = src.nodata
                 ds_tags = src.tags()
                 envi_tags = src.tags(ns="ENVI")
+                imagery = [src.tags(i, ns="IMAGERY") for i in range(1, count + 1)]  # GDAL >= 3.10's wavelengths
                 rpcs = getattr(src, "rpcs", None)
                 # a CRS without a geotransform: rasterio's NotGeoreferencedWarning (quiet in our calls) was the only
                 # word, and the map sat at the CRS's origin in 1-unit pixels
@@ -176,7 +177,7 @@ def open_geotiff(path: Path, chunks, driver: str = "GTiff") -> xr.DataArray:
         raise SceneError(f"{path} holds {len(da)} subdatasets; open one of them")
     if isinstance(da, xr.Dataset):
         raise SceneError(f"{path} opened as a Dataset; expected a single multi-band raster")
-    wl = _gdal_wavelengths(tags, descriptions, ds_tags, envi_tags)
+    wl = _gdal_wavelengths(tags, descriptions, ds_tags, envi_tags, imagery[:len(tags)], where=str(path))
     if "wavelength" in da.coords:  # rioxarray adds ENVI wavelengths as a (dask) coordinate in file units
         da = da.drop_vars([c for c in ("wavelength", "fwhm") if c in da.coords])
     per_band = len({"nan" if v is not None and math.isnan(v) else v for v in band_nodata}) > 1
@@ -382,14 +383,38 @@ def _gdal_bbl(tags: list[dict[str, str]]) -> list[int] | None:
 
 
 def _gdal_wavelengths(tags: list[dict[str, str]], descriptions: list[str | None],
-                      ds_tags: Mapping[str, str], envi_tags: Mapping[str, str] | None = None) -> np.ndarray | None:
-    """Wavelengths (nm) from per-band ``wavelength`` metadata, else from the ENVI metadata domain's list
-    (``wavelength = {...}``, as GDAL writes an ENVI header's into a GeoTIFF), else from band names such as
-    'band 1 (0.4554 Micrometers)' or '460.0 nm'."""
+                      ds_tags: Mapping[str, str], envi_tags: Mapping[str, str] | None = None,
+                      imagery: list[dict[str, str]] | None = None, where: str = "the scene") -> np.ndarray | None:
+    """Wavelengths (nm) from per-band ``wavelength`` metadata, else the IMAGERY domain's ``CENTRAL_WAVELENGTH_UM``
+    (GDAL >= 3.10's), else from the ENVI metadata domain's list (``wavelength = {...}``, as GDAL writes an ENVI
+    header's into a GeoTIFF), else from band names such as 'band 1 (0.4554 Micrometers)' or '460.0 nm'. Band
+    names that say other wavelengths than the metadata taken are warned of (which is right cannot be told)."""
+    named = wavelengths_in_names(descriptions)
+    found = _metadata_wavelengths(tags, ds_tags, envi_tags, imagery)
+    if found is None:
+        return named
+    if named is not None and len(named) == len(found) and np.isfinite(found).all() and np.isfinite(named).all() \
+            and not np.allclose(named, found, rtol=0.01, atol=1.0):
+        i = int(np.argmax(np.abs(named - found)))
+        warnings.warn(f"{where}: its band names say other wavelengths than its band metadata (band {i + 1}: "
+                      f"{named[i]:g} nm in its name, {found[i]:g} nm in its metadata); the metadata's are used, and "
+                      "a model's check of the band order follows them: correct whichever is wrong",
+                      UserWarning, stacklevel=user_stacklevel())
+    return found
+
+
+def _metadata_wavelengths(tags: list[dict[str, str]], ds_tags: Mapping[str, str],
+                          envi_tags: Mapping[str, str] | None, imagery: list[dict[str, str]] | None
+                          ) -> np.ndarray | None:
     try:
         if tags and all("wavelength" in t for t in tags):
             units = tags[0].get("wavelength_units") or ds_tags.get("wavelength_units")
             return wavelengths_nm([float(t["wavelength"]) for t in tags], units)
+    except ValueError:
+        pass
+    try:
+        if imagery and len(imagery) == len(tags) and all("CENTRAL_WAVELENGTH_UM" in t for t in imagery):
+            return wavelengths_nm([float(t["CENTRAL_WAVELENGTH_UM"]) for t in imagery], "micrometers")
     except ValueError:
         pass
     for domain in (envi_tags or {}, ds_tags):
@@ -402,4 +427,4 @@ def _gdal_wavelengths(tags: list[dict[str, str]], descriptions: list[str | None]
                 continue
             if len(values) == len(tags):
                 return wavelengths_nm(values, domain.get("wavelength_units") or domain.get("wavelength units"))
-    return wavelengths_in_names(descriptions)
+    return None

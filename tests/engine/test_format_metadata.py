@@ -198,3 +198,48 @@ def test_hdf5_and_npy_scenes_are_named_for_their_dataset_and_file(tmp_path):
     np.save(tmp_path / "flight_07.npy", cube)
     assert hsi_engine.open_scene(tmp_path / "s.h5", band_axis=0).name == "radiance"
     assert hsi_engine.open_scene(tmp_path / "flight_07.npy", band_axis=0).name == "flight_07"
+
+
+def _geotiff_bands(path, describe, bands=4):
+    """A small georeferenced float32 GeoTIFF whose bands ``describe(dst, band)`` tags."""
+    with rasterio.open(path, "w", driver="GTiff", height=3, width=3, count=bands, dtype="float32",
+                       crs="EPSG:32633", transform=Affine(30, 0, 0, 0, -30, 0)) as dst:
+        dst.write(np.arange(bands * 3 * 3, dtype=np.float32).reshape(bands, 3, 3))
+        for b in range(1, bands + 1):
+            describe(dst, b)
+
+
+def test_geotiff_imagery_domain_central_wavelengths_are_read(tmp_path):
+    """GDAL >= 3.10 records a band's centre wavelength in the IMAGERY domain (``CENTRAL_WAVELENGTH_UM``): alone,
+    it had given a scene without wavelengths (band order unchecked)."""
+    import hsi_engine
+
+    um = (0.45, 0.55, 0.65, 0.85)
+    _geotiff_bands(tmp_path / "s.tif", lambda dst, b: dst.update_tags(b, ns="IMAGERY",
+                                                                     CENTRAL_WAVELENGTH_UM=str(um[b - 1])))
+    wl = hsi_engine.open_scene(tmp_path / "s.tif")["wavelength"].values
+    np.testing.assert_allclose(wl, [450, 550, 650, 850])
+
+
+def test_band_names_that_disagree_with_the_wavelength_metadata_are_warned_of(tmp_path):
+    """Per-band 'wavelength' tags and band names saying other wavelengths (the names reversed): the tags won without
+    a word. Still the tags, with a warning naming a band of each."""
+    import hsi_engine
+
+    nm = (450.0, 550.0, 650.0, 850.0)
+
+    def describe(dst, b):
+        dst.update_tags(b, wavelength=str(nm[b - 1]), wavelength_units="nm")
+        dst.set_band_description(b, f"band {b} ({nm[4 - b]} nm)")
+
+    _geotiff_bands(tmp_path / "s.tif", describe)
+    with pytest.warns(UserWarning, match=r"band names say other wavelengths than its band metadata \(band 1: 850 nm "
+                                         r"in its name, 450 nm in its metadata\)"):
+        wl = hsi_engine.open_scene(tmp_path / "s.tif")["wavelength"].values
+    np.testing.assert_allclose(wl, nm)
+    with rasterio.open(tmp_path / "s.tif", "r+") as f:  # names that agree (rounded): nothing said
+        for b in range(1, 5):
+            f.set_band_description(b, f"band {b} ({nm[b - 1] + 0.4:.1f} nm)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        hsi_engine.open_scene(tmp_path / "s.tif")
