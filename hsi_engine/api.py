@@ -396,6 +396,11 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
             except IrregularGridError as e:  # the map keeps the scene's coordinates; a transform would lie
                 warnings.warn(f"{e}. The map keeps the scene's coordinates, but no transform can place it "
                               "(rio.transform() and rio.to_raster would not)", stacklevel=user_stacklevel())
+        if "x" in labels.coords and "y" in labels.coords:  # CF's units, standard_name and axis for readers
+            try:                                              # that place by coordinates (NetCDF without GDAL)
+                labels = labels.rio.write_coordinate_system()
+            except Exception:  # noqa: BLE001 - a CRS pyproj cannot describe in CF terms: the attributes are extras
+                pass
     if not probabilities:
         return labels
     cls = np.arange(1, job.classes + 1)

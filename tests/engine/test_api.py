@@ -100,6 +100,9 @@ def test_output_keeps_coords_crs_and_class_metadata(case, geo):
     flags = out.attrs["flag_values"]
     assert flags.dtype == np.uint8 and flags.tolist() == list(range(1, len(model.meta["class_names"]) + 1))
     assert out.attrs["_FillValue"] == 0
+    # CF's coordinate attributes, for readers that place a NetCDF copy by its coordinates (no units had been there)
+    assert (out["x"].attrs["axis"], out["y"].attrs["axis"]) == ("X", "Y")
+    assert out["x"].attrs["standard_name"] == "projection_x_coordinate" and out["x"].attrs["units"] == "metre"
 
 
 def test_class_metadata_held_as_arrays_or_tuples_in_memory_is_taken(case, tmp_path):
