@@ -296,6 +296,16 @@ def _gdal_envi_header(data: Path) -> Path | None:
     return next((Path(f) for f in files if f.lower().endswith(".hdr")), None)
 
 
+# the keys that say how the binary is read or what its values mean (a description or a date may differ freely)
+_READ_KEYS = ("samples", "lines", "bands", "header offset", "data type", "interleave", "byte order", "file type",
+              "wavelength", "wavelength units", "fwhm", "bbl", "data ignore value", "data gain values",
+              "data offset values", "reflectance scale factor", "map info", "coordinate system string")
+
+
+def _read_as(header: dict[str, str]) -> dict[str, str]:
+    return {k: " ".join(header[k].split()) for k in _READ_KEYS if k in header}
+
+
 def _check_gdal_header(header: dict[str, str], hdr: Path, data: Path) -> None:
     """Refuse an ENVI binary that GDAL reads with another header than ``hdr``, the one parsed here (its layout
     checked, its wavelengths, bad bands and nodata read): with ``scene.hdr`` and a stale ``scene.img.hdr`` beside
@@ -305,10 +315,11 @@ def _check_gdal_header(header: dict[str, str], hdr: Path, data: Path) -> None:
     if gdal_hdr is None:
         return
     try:
-        if gdal_hdr.samefile(hdr) or parse_envi_header(gdal_hdr) == header:
+        if gdal_hdr.samefile(hdr) or _read_as(parse_envi_header(gdal_hdr)) == _read_as(header):
             return
     except (OSError, SceneError):
         pass  # unreadable, gone or not a header: not the one parsed, so refused as one that differs
+    hdr = hdr.absolute()  # (GDAL names its own absolute)
     raise SceneError(f"ENVI binary {data} has two headers beside it that differ: {hdr} (the one hsi-engine read) and "
                      f"{gdal_hdr} (the one GDAL reads the binary with), so its values would not be read as the "
                      "header checked here says; remove or rename the stale one, keeping the header the binary was "

@@ -266,9 +266,10 @@ def _gdal_scaling(da: xr.DataArray, bands: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def _number(v: float) -> str:
-    """``v`` as Python reads a float (``5000.0``, ``0.5``, ``1e-05``): an int16 scene plus ``5000`` stays int16."""
-    text = f"{v:g}"
-    return text if any(c in text for c in ".en") else text + ".0"
+    """``v`` as Python reads a float, every digit kept (``5000.0``, ``0.5``, ``-3.4028234663852886e+38``: ``:g``'s
+    six digits had made float32's lowest, a common nodata, a value no pixel holds): an int16 scene plus ``5000.0``
+    stays exact."""
+    return repr(float(v))
 
 
 def _decoding(scale: np.ndarray, offset: np.ndarray, nodata: float | None) -> str:
@@ -277,7 +278,7 @@ def _decoding(scale: np.ndarray, offset: np.ndarray, nodata: float | None) -> st
     its attributes (the nodata value) put back: xarray before 2025.11 drops them in arithmetic. Coordinates (the
     CRS, wavelengths, bbl) go along in any version."""
     masked = nodata is not None and not np.isnan(nodata)
-    x = f"scene.where(scene != {nodata:g})" if masked else "scene"
+    x = f"scene.where(scene != {_number(nodata)})" if masked else "scene"
     if not (np.all(scale == scale[0]) and np.all(offset == offset[0])):
         s, o = (f"xr.DataArray(list(scene.encoding[{k!r}]), dims='band')" for k in ("scales", "offsets"))
         expr = f"{x} * {s} + {o}"
@@ -726,6 +727,8 @@ def warn_other_pixel_size(da: xr.DataArray, meta: dict[str, Any], where: str) ->
                 s, by_gcps = from_gcps(gcps), " (fitted to its ground control points)"
             elif gcps or s.is_identity:
                 return
+        elif s.is_identity and not scene_gcps(da):  # a CRS and no geotransform: pixel coordinates (its own warning)
+            return
         here = (math.hypot(s.a, s.d), math.hypot(s.b, s.e))
     except Exception:  # noqa: BLE001 - an odd CRS, grid or set of GCPs: nothing to compare, nothing said
         return

@@ -114,7 +114,8 @@ def wavelengths_in_names(names: Sequence[str | None]) -> np.ndarray | None:
 
 # where each format's reader takes wavelengths from (see the readers), as the fix for a scene that records none
 _RECORD_WAVELENGTHS = {
-    "geotiff": "as GeoTIFF band metadata 'wavelength' and 'wavelength_units' (gdal_edit.py -mo), or band "
+    "geotiff": "as GeoTIFF band metadata 'wavelength' and 'wavelength_units' (rasterio's update_tags(band, ...)), "
+               "the file's metadata 'wavelength={400,410,...}' and 'wavelength_units=nm' (gdal_edit.py -mo), or band "
                "descriptions such as '460.0 nm'",
     "envi": "as the ENVI header's 'wavelength' list and 'wavelength units'",
     "netcdf": "as a 'wavelength' coordinate on the band dimension, with 'units' (e.g. 'nm')",

@@ -915,10 +915,17 @@ def _variant_disagrees(tuner, x: torch.Tensor, out: torch.Tensor, args: tuple, m
 
 
 def _off_by(got: torch.Tensor, ref: torch.Tensor, rel: float) -> str:
-    """'' when ``got`` is finite and within ``rel`` x the largest ``|ref|`` of ``ref``, else 'by D (tolerance T)':
-    the once-per-shape checks that keep a fast form's wrong numbers from being handed on."""
-    tol = rel * max(float(ref.abs().max()), 1e-6)
-    diff = float((got - ref).abs().max()) if bool(torch.isfinite(got).all()) else float("inf")
+    """'' when ``got``'s rows are finite and within ``rel`` x the largest ``|ref|`` of ``ref`` where ``ref``'s are
+    (a pixel holding NaN or inf gives NaN in both, the kernels' ReLUs keeping it: those rows must be non-finite in
+    ``got`` too), else 'by D (tolerance T)': the once-per-shape checks that keep a fast form's wrong numbers from
+    being handed on. (A NaN pixel among the checked ones had made the tolerance NaN and passed any output.)"""
+    rows = torch.isfinite(ref).flatten(1).all(1)
+    if not bool((~torch.isfinite(got[~rows])).flatten(1).any(1).all()):
+        return "by a finite output where the reference is NaN or inf"
+    got, ref = got[rows], ref[rows]
+    tol = rel * max(float(ref.abs().max()) if ref.numel() else 0.0, 1e-6)
+    diff = (float((got - ref).abs().max()) if got.numel() else 0.0) if bool(torch.isfinite(got).all()) \
+        else float("inf")
     return f"by {diff:.3g} (tolerance {tol:.3g})" if diff > tol else ""
 
 

@@ -123,8 +123,12 @@ def test_envi_two_headers_that_differ_are_refused(tmp_path, passed):
 
 
 def test_envi_two_headers_that_agree_are_read(tmp_path):
+    """Headers that agree on how the binary is read are read, whatever else differs (a description ENVI adds)."""
     cube = _cube((4, 5, 6)).astype(np.int16)
     _envi(tmp_path, cube, {"s.hdr": "bsq", "s.img.hdr": "bsq"})
+    np.testing.assert_array_equal(open_scene(tmp_path / "s.hdr").values, cube)
+    with open(tmp_path / "s.hdr", "a") as f:
+        f.write("description = {written by ENVI 5.6}\n")
     np.testing.assert_array_equal(open_scene(tmp_path / "s.hdr").values, cube)
 
 

@@ -144,7 +144,7 @@ def test_a_gdal_scale_or_offset_that_packs_the_data_is_named_by_path(tmp_path, i
         stored, kw, expr = crop * 2, {"scale": 0.5}, "scene * 0.5"
     else:
         stored, kw = crop - 5000, {"offset": 5000.0, "nodata": -9999}
-        expr = "(scene.where(scene != -9999) + 5000.0).assign_attrs(scene.attrs)"
+        expr = "(scene.where(scene != -9999.0) + 5000.0).assign_attrs(scene.attrs)"
         stored[:, 3, 4] = -9999
     path = _geotiff(tmp_path / "packed.tif", stored.astype(np.int16), wl, **kw)
     with warnings.catch_warnings():
@@ -250,3 +250,29 @@ def test_a_scene_with_a_crs_and_no_geotransform_is_not_measured(caplog):
     with caplog.at_level(logging.WARNING, logger="hsi_engine.scene_checks"):
         warn_other_pixel_size(da, {"grid": GRID}, "scene")
     assert caplog.text == ""
+
+
+def test_a_crs_only_geotiff_opened_by_path_is_not_measured(tmp_path, caplog):
+    """The same from a real file: opened by path it has x/y (0.5, 1.5, ...) in pixel units, and was told "pixels of
+    1 x 1 ... resample first" beside its own "CRS but no geotransform" warning."""
+    with rasterio.open(tmp_path / "s.tif", "w", driver="GTiff", height=8, width=8, count=3, dtype="float32",
+                       crs="EPSG:32633") as dst:
+        dst.write(np.ones((3, 8, 8), np.float32))
+    with pytest.warns(UserWarning, match="no geotransform"):
+        da = hsi_engine.open_scene(tmp_path / "s.tif")
+    assert "x" in da.coords
+    with caplog.at_level(logging.WARNING, logger="hsi_engine.scene_checks"):
+        warn_other_pixel_size(da, {"grid": GRID}, "scene")
+    assert caplog.text == ""
+
+
+def test_the_decoding_the_packing_message_gives_keeps_every_digit():
+    """The expression the message tells users to run printed numbers with six digits: float32's lowest, a common
+    nodata, became a value no pixel holds (its pixels read as data), and a 7-digit offset another number."""
+    from hsi_engine.scene_checks import _decoding
+
+    lowest = float(np.finfo(np.float32).min)
+    scene = xr.DataArray(np.array([[[lowest, 2.0]]], np.float32), dims=("band", "y", "x"), attrs={"nodata": lowest})
+    got = eval(_decoding(np.array([0.5]), np.array([1234567.0]), lowest), {"scene": scene, "xr": xr})
+    assert np.isnan(got.values[0, 0, 0]) and got.values[0, 0, 1] == np.float32(2.0) * 0.5 + 1234567.0
+    assert got.attrs == scene.attrs

@@ -99,6 +99,27 @@ def test_kernel_copies_a_view_whose_band_offsets_pass_32_bits_interpreted(interp
     assert r["err"] <= FP32_RTOL * r["scale"], r
 
 
+def test_the_once_per_shape_checks_compare_pixels_holding_nan_as_nan() -> None:
+    """The kernels keep NaN now, so a NaN pixel among the checked ones reaches ``_off_by``: it had made the
+    tolerance NaN (any output passed) and would now fail a right kernel (its NaN row): that row must be NaN in both,
+    the others are compared."""
+    from kernels.spectral import _off_by
+
+    ref = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    ref[2] = float("nan")
+    got = ref + 1e-5
+    assert _off_by(got, ref, 1e-3) == ""
+    wrong = got.clone()
+    wrong[4] += 1.0
+    assert _off_by(wrong, ref, 1e-3).startswith("by 1")
+    finite = got.clone()
+    finite[2] = 0.0  # the kernel that turned the NaN pixel into numbers
+    assert "finite output where the reference is NaN" in _off_by(finite, ref, 1e-3)
+    stray = got.clone()
+    stray[0, 0] = float("nan")
+    assert _off_by(stray, ref, 1e-3).startswith("by inf")
+
+
 def test_band_offsets_past_32_bits_are_copied_and_others_kept() -> None:
     """``_bands_addressable`` on the strides of a real scene (meta tensors: no memory): the transposed view of a
     224-band cube of 9.63 M pixels reaches 2**31 at its last band and is made contiguous; 9.5 M pixels are not."""
