@@ -342,7 +342,8 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     is nodata when one of its bands holds the value, except bands a ``bbl`` band coordinate flags bad (0; read
     from GeoTIFF and ENVI band metadata): a sensor's bad bands, nodata in every pixel, would mask the scene.
     ``progress``: tqdm bar with pixels/s (default: when stderr is a terminal, or in a Jupyter kernel).
-    ``readers``/``queue_depth``: reader threads and tiles prepared ahead (defaults in :func:`hsi_engine.runner.run_plan`).
+    ``readers``/``queue_depth``: reader threads and tiles prepared ahead (defaults in
+    :func:`hsi_engine.runner.run_plan`).
     ``cache_blocks``: decoded blocks of a chunked scene kept for reuse by neighbouring tiles (default: what
     the tile plan needs on CUDA, none on CPU; :func:`hsi_engine.runner.run_plan` says why). ``decoders``:
     threads decoding the cached blocks of one tile's window concurrently (default: one per core on CUDA, none
@@ -351,8 +352,8 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     Returns a DataArray ``(y, x)`` uint8 named ``class`` (0 = nodata, 1..K = classes) carrying the scene's
     y/x coords and CRS, with attrs ``class_names`` (label i is ``class_names[i-1]``), CF's ``flag_values`` /
     ``flag_meanings``, ``palette`` (the model's, or the default colours the GeoTIFF map gets: R, G, B of class 1,
-    then of class 2, ... as one flat list, so the map writes to NetCDF too), ``_FillValue`` 0 and the provenance the file outputs carry
-    (``software``, ``model_digest``, ``precision``, ``spatial_precision`` as resolved, ``map_version``: see
+    then of class 2, ... as one flat list, so the map writes to NetCDF too), ``_FillValue`` 0, CF attributes on
+    x and y, and the provenance the file outputs carry (``software``, ``model_digest``, ``precision``, ``spatial_precision`` as resolved, ``map_version``: see
     :func:`hsi_engine.resume.provenance`), which ``to_netcdf`` and ``rio.to_raster`` keep. With
     ``probabilities=True`` it returns an ``xr.Dataset`` instead (the provenance on it and on each variable)
     with ``labels`` (that DataArray), ``probabilities`` ``(class, y, x)`` float32
