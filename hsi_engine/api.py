@@ -356,8 +356,8 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     x and y, and the provenance the file outputs carry (``software``, ``model_digest``, ``precision``,
     ``spatial_precision`` as resolved, ``map_version``: see :func:`hsi_engine.resume.provenance`), which
     ``to_netcdf`` and ``rio.to_raster`` keep. With ``probabilities=True`` it returns an ``xr.Dataset`` instead
-    (the provenance on it and on each variable) with ``labels`` (that DataArray), ``probabilities`` ``(class, y, x)`` float32
-    (softmax; NaN at nodata pixels) and ``confidence`` ``(y, x)`` float32 (the top probability);
+    (the provenance on it and on each variable) with ``labels`` (that DataArray), ``probabilities``
+    ``(class, y, x)`` float32 (softmax; NaN at nodata pixels) and ``confidence`` ``(y, x)`` float32 (the top probability);
     ``probabilities="float16"`` stores them in half precision, as ``classify_to_file`` does by default.
     """
     _import_whole()
