@@ -357,8 +357,9 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     ``spatial_precision`` as resolved, ``map_version``: see :func:`hsi_engine.resume.provenance`), which
     ``to_netcdf`` and ``rio.to_raster`` keep. With ``probabilities=True`` it returns an ``xr.Dataset`` instead
     (the provenance on it and on each variable) with ``labels`` (that DataArray), ``probabilities``
-    ``(class, y, x)`` float32 (softmax; NaN at nodata pixels) and ``confidence`` ``(y, x)`` float32 (the top probability);
-    ``probabilities="float16"`` stores them in half precision, as ``classify_to_file`` does by default.
+    ``(class, y, x)`` float32 (softmax; NaN at nodata pixels) and ``confidence`` ``(y, x)`` float32 (the top
+    probability); ``probabilities="float16"`` stores them in half precision, as ``classify_to_file`` does by
+    default.
     """
     _import_whole()
     from .runner import ArraySink
