@@ -2,7 +2,10 @@
 # One lent-GPU session in one call: environment, GPU tests, seed-protocol training runs, kernel benchmark.
 #
 #   BENCH_ONLY=1 bash benchmarks/gpu_session.sh   # the issue's one benchmark run alone (kernels.py --required-only:
-#                                                 # ~6 minutes of the call; carry .whl): what the next call runs
+#                                                 # ~6 minutes of the call; carry .whl): see the plan in
+#                                                 # benchmarks/results/kernels-h200.md
+#   BENCH_ONLY=1 BENCH_ARGS="--required-only --rows fused,compile,layer-compile" BENCH_TIMEOUT=240 \
+#     bash benchmarks/gpu_session.sh              # a second call: only the row groups a first one missed
 #   bash benchmarks/gpu_session.sh            # on the GPU machine, from the repository root; results in $OUT
 #   SEEDS=0 bash benchmarks/gpu_session.sh    # tests and benchmark only
 #   BENCH_ONLY=1 BENCH_ARGS="--quick --no-compile --no-zarr --bf16-only --no-trials --gluon-forms ws,wsp" \
@@ -12,10 +15,13 @@
 #   DEVICE=cpu BENCH_ONLY=1 BENCH_ARGS="--required-only --pixels 256 --engine-side 32 --reps 1 --no-compile" \
 #     bash benchmarks/gpu_session.sh          # a dry run of the script on a machine without a GPU
 #
-# BENCH_ARGS (default "--required-only") replaces kernels.py's options; the script adds --device "$DEVICE" (cuda),
-# --budget-s (the bench step's timeout less 30 s, so the report is finished rather than cut) and --zarr-dir (a
-# temporary directory removed on exit, a timeout included). BENCH_ONLY=1 skips every other step (SEEDS=0 and every
-# SKIP_*). The next planned call is in benchmarks/results/kernels-h200.md.
+# BENCH_ARGS (unset: "--required-only"; set, even to "", it replaces kernels.py's options: BENCH_ARGS="" is the full
+# sweep); the script adds --device "$DEVICE" (cuda), --deadline (an absolute time: the bench step's start plus its
+# timeout less 30 s, so the report is finished rather than cut; kernels.py's own clock would start after its imports)
+# and --zarr-dir (a temporary directory removed on exit, a timeout included). BENCH_ONLY=1 skips every other step
+# (SEEDS=0 and every SKIP_*). The next planned calls are in benchmarks/results/kernels-h200.md.
+# TEST_WORKERS (default 12; the machine has 16 cores): pytest-xdist workers of the GPU-test step (139 tests took 119 s
+# with 12 in session 22, and ran out of 175 s with 6); TEST_TIMEOUT (default 240): that step's seconds.
 #
 # Training runs (5 seeds of the Indian Pines seed protocol, one process each) share the GPU with the tests,
 # which only check correctness; the kernel benchmark starts after both finish, on a quiet GPU.
@@ -24,8 +30,10 @@
 # script ends, its files packed, inside the device tool's 600-second limit (give the call timeout_s >= BUDGET + 20).
 # Wheels for packages the machine lacks (zarr, dask, rioxarray, ...) are installed from .whl/ when present:
 # make them here with `bash benchmarks/device_wheels.sh` and carry ".whl" with the call. A machine whose torch sees
-# no CUDA device, a failed install, or a Python without torch and triton stops the script at once (rc 1) rather than
-# running every step into errors (or the benchmark on the CPU). The script's exit status: the benchmark's, else the
+# no CUDA device, a failed install, a Python without torch and triton, or (when the benchmark step will run rows that
+# stream a zarr store: its engine rows, unless BENCH_ARGS has --no-zarr or a --rows without engine) one without zarr,
+# dask and numcodecs stops the script at once (rc 1) rather than running every step into errors (or the benchmark on
+# the CPU, or for minutes into a required row that cannot run). The script's exit status: the benchmark's, else the
 # GPU tests' (0 when both passed or were skipped on purpose); the other steps' are in their logs.
 set -u
 START=$(date +%s)
@@ -54,6 +62,15 @@ SEEDS=${SEEDS:-5}
 # the shipped Indian Pines copy: no data directory travels to the device
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD HSI_ENGINE_DATA=${HSI_ENGINE_DATA:-/nonexistent}
 
+# the benchmark's options (unset: the issue's one run; "" the full sweep) and whether its rows need zarr, dask and
+# numcodecs (the engine rows stream a zarr store; the required zarr arm fails without them)
+bench_args=${BENCH_ARGS---required-only}
+zarr_needed=""
+if [ -z "${SKIP_BENCH:-}" ] && [[ " $bench_args " != *" --no-zarr "* ]]; then
+  bench_rows=$(sed -n 's/.*--rows[= ]\([^ ]*\).*/\1/p' <<<"$bench_args")
+  if [ -z "$bench_rows" ] || [[ ",$bench_rows," == *,engine,* ]]; then zarr_needed=1; fi
+fi
+
 # seconds a step may run: its own cap ($1), cut to what is left of BUDGET less RESERVE
 cap() { local left=$((START + BUDGET - RESERVE - $(date +%s))); if ((left < $1)); then echo "$left"; else echo "$1"; fi; }
 # step NAME CAP CMD...: CMD under timeout, or skipped (named in env.txt) when under 20 s are left
@@ -73,6 +90,11 @@ fi
   python3 -c "import sys, torch, triton, numpy, xarray; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'numpy', numpy.__version__, 'xarray', xarray.__version__)" \
     || echo "SETUP FAILED: torch, triton, numpy or xarray does not import"
   python3 -c "import zarr, dask, rioxarray; print('zarr', zarr.__version__, 'dask', dask.__version__, 'rioxarray', rioxarray.__version__)"
+  if [ -n "$zarr_needed" ]; then
+    python3 -c "import zarr, dask, numcodecs" || echo "SETUP FAILED: zarr, dask or numcodecs does not import, and" \
+      "the benchmark's engine rows stream a zarr store (carry .whl, made with bash benchmarks/device_wheels.sh; or" \
+      "add --no-zarr to BENCH_ARGS)"
+  fi
   nproc; } 2>&1 | tee -a "$OUT/env.txt"
 if grep -q "SETUP FAILED" "$OUT/env.txt"; then exit 1; fi
 
@@ -98,7 +120,7 @@ fi
 tests_rc=0
 if [ -z "${SKIP_TESTS:-}" ]; then
   # shellcheck disable=SC2086
-  step tests "${TEST_TIMEOUT:-240}" python3 -m pytest -m gpu tests/kernels tests/engine -q -n 6 \
+  step tests "${TEST_TIMEOUT:-240}" python3 -m pytest -m gpu tests/kernels tests/engine -q -n "${TEST_WORKERS:-12}" \
     -p no:cacheprovider --timeout 220 -rs ${TEST_K:+-k "$TEST_K"} 2>&1 | tee "$OUT/gpu-tests.log"
   tests_rc=${PIPESTATUS[0]}
   echo "pytest rc=$tests_rc" | tee -a "$OUT/gpu-tests.log"
@@ -111,15 +133,17 @@ if ((SEEDS > 0)); then
 fi
 tar -czf "$OUT/runs.tar.gz" -C "$OUT" runs train && rm -rf "$OUT/runs" "$OUT/train"
 
-# 3. kernel benchmark on the quiet GPU (the report is rewritten after every row; --budget-s lets it finish its
-#    report, every row it could not fit named, before the step's timeout)
+# 3. kernel benchmark on the quiet GPU (the report is rewritten when a row starts and after it; --deadline lets it
+#    finish its report, every row it could not fit named, before the step's timeout; a row the timeout stops says so)
 bench_rc=0
 if [ -z "${SKIP_BENCH:-}" ]; then
   bench_cap=$(cap "${BENCH_TIMEOUT:-360}")
-  bench_budget=$((bench_cap - (bench_cap > 90 ? 30 : bench_cap / 3)))  # the report finished before the timeout
+  # the rows end by this absolute time, 30 s before the step's timeout (the report finished, the store removed);
+  # an absolute time, since kernels.py's imports (5-15 s on a cold machine) count against the timeout too
+  bench_deadline=$(($(date +%s) + bench_cap - (bench_cap > 90 ? 30 : bench_cap / 3)))
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of options, e.g. "--quick --no-compile --zarr-side 2048"
-  step bench "${BENCH_TIMEOUT:-360}" python3 benchmarks/kernels.py --device "$DEVICE" --budget-s "$bench_budget" \
-    --zarr-dir "$ZARR_DIR" ${BENCH_ARGS:---required-only} --out "$OUT/kernels-gpu.md" 2>&1 | tee "$OUT/kernels.log"
+  step bench "$bench_cap" python3 benchmarks/kernels.py --device "$DEVICE" --deadline "$bench_deadline" \
+    --zarr-dir "$ZARR_DIR" $bench_args --out "$OUT/kernels-gpu.md" 2>&1 | tee "$OUT/kernels.log"
   bench_rc=${PIPESTATUS[0]}
   rm -rf "${ZARR_DIR:?}"/*  # the store is not needed by the later steps
 fi

@@ -24,17 +24,26 @@ writes its goals table from its own rows.
 ``--required-only`` runs exactly that (what the issue asks, in one run) and nothing else; without it the optional
 sweeps follow: the Triton kernel's pinned and trial configs, TF32 and split products, other Gluon forms, a
 static-shape compile, the spatial stage, the engine's older defaults and a profile. Every row or section a run
-leaves out (by a flag, the time budget or a failure) says so in the report: "not run in this run (why)".
+leaves out (by a flag, the time budget or a failure) says so in the report: "not run in this run (why)"; a row
+the run ended in (a timeout, a hang) says "stopped during this row". Every log line starts with the seconds since
+the script's start, every row has its wall seconds (compiles included), and the report lists where the time went.
 
 Timing: ``triton.testing.do_bench`` on CUDA (median, 20th / 80th percentiles; L2 flushed between calls); on CPU
 the median of repeated wall-clock runs after a warm-up. Compilation and autotuning run on an untimed first call.
 
-    python benchmarks/kernels.py --device cuda --required-only --budget-s 330 --out k.md   # the issue's one run
+    python benchmarks/kernels.py --device cuda --required-only --deadline $(($(date +%s) + 330)) --out k.md
+                                                  # the issue's one run (gpu_session.sh passes its own deadline)
+    python benchmarks/kernels.py --device cuda --required-only --rows fused,compile,layer-compile --out k2.md
+                                                  # a second call: only the rows the first one missed
     python benchmarks/kernels.py --device cpu --pixels 4096                  # CPU: every Triton row "pending"
     python benchmarks/kernels.py --quick           # no per-layer rows, pinned configs or older-default engine rows
 """
 
 from __future__ import annotations
+
+import time
+
+T0 = time.time()  # the run's clock starts here, before torch's and the repository's imports (5-15 s on a cold machine)
 
 import argparse
 import contextlib
@@ -50,7 +59,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -71,6 +80,7 @@ PENDING_GPU = "pending: needs a CUDA device"
 NOT_RUN = "not run in this run"
 NOT_REACHED = f"{NOT_RUN} (not reached: the run stopped before this row: a timeout, a signal or a crash; see its log)"
 FUSED_LABEL = "triton (fused): backend='triton' as the engine calls it"
+STOPPED_IN = "stopped during this row"
 BENCH_ON = ", cudnn.benchmark on"
 
 
@@ -105,20 +115,38 @@ def make_timer(device: torch.device, cpu_reps: int) -> Callable[[Callable[[], ob
 
 
 class Budget:
-    """The run's time budget (``--budget-s``): a row that needs more than is left is not started, and says so."""
+    """The run's time: ``--budget-s`` seconds counted from this module's import (the step's timeout counts the
+    imports too), and ``--deadline``, an absolute time (seconds since the epoch) the GPU session passes, computed
+    from the step's own timeout; the earlier binds. A row that needs more than is left is not started, and says
+    so."""
 
-    def __init__(self, seconds: float | None) -> None:
-        self.seconds, self.start = seconds, time.monotonic()
+    def __init__(self, seconds: float | None, deadline: float | None = None) -> None:
+        self.seconds, self.deadline = seconds, deadline
 
     def left(self) -> float:
-        return float("inf") if self.seconds is None else self.seconds - (time.monotonic() - self.start)
+        now = time.time()
+        left = [float("inf")]
+        if self.seconds is not None:
+            left.append(self.seconds - (now - T0))
+        if self.deadline is not None:
+            left.append(self.deadline - now)
+        return min(left)
+
+    def what(self) -> str:
+        return " and ".join(w for w in (f"--budget-s {self.seconds:.0f}" if self.seconds is not None else "",
+                                        "--deadline" if self.deadline is not None else "") if w)
 
     def why_not(self, need_s: float) -> str | None:
         """None when ``need_s`` seconds fit in what is left, else the reason the row is not run."""
         if self.left() >= need_s:
             return None
-        return (f"time budget: {max(0.0, self.left()):.0f} s of --budget-s {self.seconds:.0f} left, this needs "
-                f"about {need_s:.0f} s")
+        return (f"time budget: {max(0.0, self.left()):.0f} s of {self.what()} left {elapsed():.0f} s into the run, "
+                f"this needs about {need_s:.0f} s")
+
+
+def elapsed() -> float:
+    """Seconds since this module's import: every log line and the report's step times count from there."""
+    return time.time() - T0
 
 
 # --- device peaks ---------------------------------------------------------------------------------------------
@@ -173,7 +201,8 @@ def measure_peaks(device: torch.device, bench, dtypes: list[torch.dtype], sides:
 
 def sm_clock(device: torch.device) -> str | None:
     """The GPU's SM clock now (and its maximum, temperature and power) from nvidia-smi, else torch's
-    ``cuda.clock_rate``; None on the CPU or where neither answers. A peak measured at a lower clock is no peak."""
+    ``cuda.clock_rate``; None on the CPU or where neither answers. Read on an idle GPU it says little (the clock
+    drops between kernels): :func:`clock_under_load` reads it while a matmul runs."""
     if device.type != "cuda":
         return None
     try:
@@ -187,6 +216,96 @@ def sm_clock(device: torch.device) -> str | None:
         return f"SM clock {torch.cuda.clock_rate(device)} MHz (torch.cuda.clock_rate)"
     except Exception:  # noqa: BLE001 - optional (needs pynvml)
         return None
+
+
+SMI_SAMPLE_MS = 50
+
+
+class ClockSampler:
+    """nvidia-smi's SM clock, maximum SM clock, temperature and power every :data:`SMI_SAMPLE_MS` ms, in the
+    background for the duration of the block (``cmd``: another command printing such lines, for the tests);
+    ``lines`` holds its readings afterwards (none where nvidia-smi is missing)."""
+
+    def __init__(self, index: int = 0, cmd: list[str] | None = None) -> None:
+        self.cmd = cmd or ["nvidia-smi", "-i", str(index), "--query-gpu=clocks.sm,clocks.max.sm,temperature.gpu,"
+                           "power.draw", "--format=csv,noheader,nounits", "-lms", str(SMI_SAMPLE_MS)]
+        self.proc: subprocess.Popen | None = None
+        self.lines: list[str] = []
+
+    def __enter__(self) -> "ClockSampler":
+        try:
+            self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        except OSError:
+            self.proc = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        self.lines = (out or "").splitlines()
+
+
+def clock_summary(lines: list[str]) -> str | None:
+    """nvidia-smi's readings (``sm, max sm, temperature, power`` without units) in one line: the SM clock's
+    minimum / median / maximum, the maximum SM clock, the highest temperature and power; None without a reading."""
+    rows = []
+    for line in lines:
+        parts = [v.strip() for v in line.split(",")]
+        try:
+            rows.append((float(parts[0]), parts[1], parts[2], parts[3]))
+        except (ValueError, IndexError):
+            continue
+    if not rows:
+        return None
+
+    def top(i: int) -> str:
+        vals = []
+        for r in rows:
+            try:
+                vals.append(float(r[i]))
+            except ValueError:
+                pass
+        return f"{max(vals):.0f}" if vals else "n/a"
+
+    sm = sorted(r[0] for r in rows)
+    return (f"SM clock {sm[0]:.0f} / {statistics.median(sm):.0f} / {sm[-1]:.0f} MHz (min / median / max of "
+            f"{len(sm)} readings), max SM clock {rows[-1][1]} MHz, temperature up to {top(2)} C, power up to "
+            f"{top(3)} W")
+
+
+def clock_under_load(device: torch.device, sides: list[int], seconds: float = 1.0) -> str | None:
+    """The SM clock while the largest bf16 matmul of ``sides`` that fits runs back to back for ``seconds``
+    (nvidia-smi sampling in the background): the clock the peak ran at, not an idle GPU's. None on the CPU."""
+    if device.type != "cuda":
+        return None
+    n = max([s for s in sides if _fits(device, 3 * s * s * 2)] or [0])
+    if not n:
+        return None
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    a @ b
+    torch.cuda.synchronize(device)
+    with ClockSampler(device.index or 0) as smi:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            for _ in range(8):
+                a @ b
+            torch.cuda.synchronize(device)
+    a = b = None
+    torch.cuda.empty_cache()
+    got = clock_summary(smi.lines)
+    where = f"during {seconds:.0f} s of {n}^3 bf16 matmuls back to back (nvidia-smi every {SMI_SAMPLE_MS} ms)"
+    if got:
+        return f"{got}, {where}"
+    after = sm_clock(device)
+    return f"{after} (right after {seconds:.0f} s of {n}^3 bf16 matmuls: nvidia-smi gave no readings during them)" \
+        if after else None
 
 
 def fixed(v: float) -> str:
@@ -292,11 +411,13 @@ def _nbytes(t: torch.Tensor) -> int:
 
 
 def cudnn_benchmark_rows(bands: int, p: int, dtype_names: list[str], layers: bool, device: str,
-                         cpu_reps: int = 1) -> list[dict]:
+                         cpu_reps: int = 1, on_row: Callable[[dict], None] | None = None) -> list[dict]:
     """The seed-Conv3d and eager rows (whole stage, and per layer where ``layers``) timed with
     ``torch.backends.cudnn.benchmark`` on, in this process: run it in a fresh one (:func:`_cudnn_child`), where
     the flag is on before any convolution ran. cuDNN's plan cache (``Conv_v8.cpp``) is keyed without the flag and
-    looked up first, so in a process that ran a shape with the flag off the flag changes nothing for it."""
+    looked up first, so in a process that ran a shape with the flag off the flag changes nothing for it. Each row
+    goes to ``on_row`` as soon as it is timed (the child prints it at once: a timeout keeps the rows before it);
+    ``s``: the row's wall seconds, cuDNN's search included."""
     from hsi_engine.fused import exact_fp32
 
     torch.backends.cudnn.benchmark = True
@@ -305,8 +426,11 @@ def cudnn_benchmark_rows(bands: int, p: int, dtype_names: list[str], layers: boo
     rows: list[dict] = []
     timer = make_timer(dev, cpu_reps)  # do_bench on CUDA, as the parent times; the CPU for the tests
 
-    def bench(fn):
-        return list(timer(fn))
+    def add(row: dict, t0: float) -> None:
+        row["s"] = round(time.perf_counter() - t0, 2)
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
 
     for dtn in dtype_names:
         dtype = getattr(torch, dtn)
@@ -316,29 +440,66 @@ def cudnn_benchmark_rows(bands: int, p: int, dtype_names: list[str], layers: boo
         with precise:
             ref = spectral_stage_reference(x, prog)
             for key, fn in (("seed", spectral_stage_conv3d), ("eager", spectral_stage_reference)):
+                t0 = time.perf_counter()
                 got = fn(x, prog)  # cuDNN's search for each shape: untimed
                 err = ((got.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
-                rows.append(dict(kind="stage", key=key + "+bench", dtype=dtn, t=bench(lambda: fn(x, prog)),
-                                 bytes=_nbytes(x) + _nbytes(got), note=f"max rel. diff vs eager {err:.1e}"))
+                add(dict(kind="stage", key=key + "+bench", dtype=dtn, t=list(timer(lambda: fn(x, prog))),
+                         bytes=_nbytes(x) + _nbytes(got), note=f"max rel. diff vs eager {err:.1e}"), t0)
             if layers:
                 for case in layer_cases(prog, p, dev, dtype):
                     for key, fn in (("seed", case.seed), ("eager", case.eager)):
+                        t0 = time.perf_counter()
                         out = fn()
-                        rows.append(dict(kind="layer", key=key + "+bench", dtype=dtn, layer=case.name,
-                                         t=bench(fn), bytes=case.in_bytes + _nbytes(out)))
+                        add(dict(kind="layer", key=key + "+bench", dtype=dtn, layer=case.name, t=list(timer(fn)),
+                                 bytes=case.in_bytes + _nbytes(out)), t0)
     return rows
 
 
-def _cudnn_child(bands: int, p: int, dtype_names: list[str], layers: bool, device: str, timeout: float) -> list[dict]:
-    """:func:`cudnn_benchmark_rows` in a child process (a fresh cuDNN plan cache, the flag on from its start)."""
+def stream_rows(cmd: list[str], timeout: float, on_row: Callable[[dict], None]) -> int:
+    """Run ``cmd`` (a child printing one ``ROW <json>`` line per row, flushed), handing each row to ``on_row`` as
+    it arrives; the child is killed after ``timeout`` s. Returns the rows' count; raises RuntimeError (after the
+    rows that did arrive were handed on) when the child failed, was killed or sent no row. A signal to this
+    process (the step's timeout) leaves the rows already handed on in place."""
+    with tempfile.TemporaryFile(mode="w+") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        killed = threading.Event()
+
+        def kill() -> None:
+            killed.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        n = 0
+        try:
+            for line in proc.stdout:
+                if line.startswith("ROW "):
+                    on_row(json.loads(line[4:]))
+                    n += 1
+            rc = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if killed.is_set():
+            raise RuntimeError(f"no result within {timeout:.0f} s (killed after {n} rows)")
+        if rc != 0 or not n:
+            err.seek(0)
+            last = (err.read().strip().splitlines() or [f"exit {rc}, {n} rows"])[-1][:300]
+            raise RuntimeError(f"{last} (after {n} rows)" if n else last)
+        return n
+
+
+def _cudnn_child(bands: int, p: int, dtype_names: list[str], layers: bool, device: str, timeout: float,
+                 on_row: Callable[[dict], None]) -> int:
+    """:func:`cudnn_benchmark_rows` in a child process (a fresh cuDNN plan cache, the flag on from its start),
+    each row handed to ``on_row`` as the child times it (:func:`stream_rows`)."""
     code = (f"import json, sys; sys.path.insert(0, {str(REPO)!r}); import torch; "
             "torch.backends.cudnn.benchmark = True; from benchmarks.kernels import cudnn_benchmark_rows; "
-            f"print('ROWS ' + json.dumps(cudnn_benchmark_rows({bands}, {p}, {dtype_names!r}, {layers}, {device!r})))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
-    for line in proc.stdout.splitlines():
-        if line.startswith("ROWS "):
-            return json.loads(line[5:])
-    raise RuntimeError((proc.stderr.strip().splitlines() or [f"exit {proc.returncode}, no rows"])[-1][:300])
+            f"cudnn_benchmark_rows({bands}, {p}, {dtype_names!r}, {layers}, {device!r}, "
+            "on_row=lambda r: print('ROW ' + json.dumps(r), flush=True))")
+    return stream_rows([sys.executable, "-c", code], timeout, on_row)
 
 
 def spatial_cases(device: torch.device, n: int, float32: bool = True):
@@ -471,6 +632,7 @@ class Arm:
     stats: dict = dataclasses.field(default_factory=dict)
     warm: bool = False
     error: str | None = None  # why the arm stopped (its rows say "failed"; the other arms go on)
+    seconds: float = 0.0  # wall seconds spent on this arm: its build, its untimed run and its timed ones
 
     def mpix(self) -> list[float]:
         return [self.pixels / t / 1e6 for t in self.times]
@@ -489,6 +651,7 @@ def build_arm(device: torch.device, backend: str, side: int, *, precision: str =
     from hsi_engine.api import _Job, open_scene
     from hsi_engine.fused import FusedSSRN
 
+    t0 = time.perf_counter()
     scene, where = _random_scene(side, scene_dtype), "in memory"
     if zarr_dir is not None:
         scene, where = open_scene(zarr_scene(zarr_dir, side, scene_dtype)), ZARR_WHERE
@@ -514,7 +677,8 @@ def build_arm(device: torch.device, backend: str, side: int, *, precision: str =
              + (f" ({', '.join(extra)})" if extra else "") + ("" if scene_dtype == "float32" else f", {scene_dtype}"))
     return Arm(key, f"{side}x{side}x200 {scene_dtype} scene {where}, backend={backend}, {precision}, "
                f"{', '.join(opts)}", short, job, engine,
-               dict(readers=readers, normalise_on=normalise_on, decoders=decoders), side * side)
+               dict(readers=readers, normalise_on=normalise_on, decoders=decoders), side * side,
+               seconds=time.perf_counter() - t0)
 
 
 def run_arms(arms: list[Arm], reps: int) -> None:
@@ -524,11 +688,14 @@ def run_arms(arms: list[Arm], reps: int) -> None:
     def run(arm: Arm) -> float | None:
         if arm.error is not None:
             return None
+        t0 = time.perf_counter()
         try:
             t, stats = timed_run(arm.job, arm.engine, **arm.run_kw)
         except Exception as e:  # noqa: BLE001 - one failing arm must not lose the others
             arm.error = f"{type(e).__name__}: {str(e)[:300]}"
             return None
+        finally:
+            arm.seconds += time.perf_counter() - t0
         arm.stats = stats
         return t
 
@@ -546,14 +713,14 @@ def arm_row(arm: Arm, others: list[Arm] = (), note: str = "") -> dict:
     """The engine table's row of a timed arm: its median, every repeat, with whom it alternated."""
     if arm.error is not None or not arm.times:
         return dict(key=arm.key, desc=f"{arm.what}: failed ({arm.error})", mpix=None, reps=arm.mpix(),
-                    why=f"failed ({arm.error})")
+                    why=f"failed ({arm.error})", s=arm.seconds)
     s = arm.stats
     busy = ", ".join(f"{k} {s[k]:.2f}" for k in ("read_s", "prepare_s", "compute_s", "write_s") if k in s)
     alt = (f"; alternated with: {'; '.join(o.short for o in others)}" if others else "; not alternated")
     dec = f", {s['decoders']} decoders" if "decoders" in s and "zarr" in arm.what else ""
     desc = (f"{arm.what}, median of {len(arm.times)}{alt} (last run{dec}, s summed over threads: {busy}; wall "
             f"{s.get('wall_s', 0):.2f}){note}")
-    return dict(key=arm.key, desc=desc, mpix=arm.median(), reps=arm.mpix(), why="")
+    return dict(key=arm.key, desc=desc, mpix=arm.median(), reps=arm.mpix(), why="", s=arm.seconds)
 
 
 def engine_mpix(device: torch.device, backend: str, side: int, reps: int = 3, *, precision: str = "float32",
@@ -754,6 +921,9 @@ class Report:
     profile: dict | None = None
     skipped: dict = dataclasses.field(default_factory=dict)  # section -> why it was not run in this run
     notes: dict = dataclasses.field(default_factory=dict)  # section -> lines under its table
+    steps: list = dataclasses.field(default_factory=list)  # (what, seconds into the run at its start, its seconds)
+    running: dict | None = None  # what runs now: what, t0 (time.time()), rows (their placeholders say so)
+    stopped: str | None = None  # what stopped the run mid-way (a signal), said at the report's top
 
     def find(self, rows: str, key: str, dtype: str | None = None, layer: str | None = None) -> dict | None:
         for r in getattr(self, rows):
@@ -790,6 +960,14 @@ def _engine_cell(desc: str, mpix: float | None) -> str:
     return PENDING_GPU if "triton" in desc else "pending"
 
 
+ROW_S = ("s: the row's wall seconds in this run, its untimed first call (compile, autotuning, cuDNN's search) "
+         "included; the cudnn.benchmark rows' as their child process timed them.")
+
+
+def _row_s(row: dict) -> str:
+    return f"{row['s']:.1f}" if row.get("s") is not None else ""
+
+
 def _measured(row: dict | None) -> bool:
     return row is not None and row.get("t") is not None
 
@@ -804,6 +982,9 @@ def _stage_ms(row: dict) -> float:
     return row["t"][0]
 
 
+REFERENCE = "n/a (reference)"
+
+
 def goals(rep: Report) -> list[tuple[str, str, str, str]]:
     """The issue's goals, each ``(goal, figure, rows it came from, met)`` from this run's own rows only; a goal
     whose rows this run lacks says "not measured in this run (why)". The Conv3d baseline is the faster of its
@@ -815,7 +996,10 @@ def goals(rep: Report) -> list[tuple[str, str, str, str]]:
         if not _measured(fused):  # where the engine's form could not run: the Triton kernel, said as such
             plain = rep.find("stage_rows", "triton-plain", dtn)
             fused = plain if _measured(plain) else fused
-        tag = "" if dtn == "bfloat16" else " (float32)"
+        # the issue's goals name no dtype and every earlier table measured them in bf16: the float32 lines are a
+        # reference, never a goal met or missed
+        reference = dtn != "bfloat16"
+        tag = " (float32: a reference, not an issue goal)" if reference else ""
         for goal, keys, need in ((f"fused Triton stage >= 5x faster than the Conv3d eager formulation{tag}",
                                   ("seed", "seed+bench"), 5.0),
                                  (f"fused Triton stage >= 1.5x faster than torch.compile{tag}",
@@ -824,15 +1008,24 @@ def goals(rep: Report) -> list[tuple[str, str, str, str]]:
             if not _measured(fused) or not bases:
                 why = (_why_missing(fused, "fused stage") if not _measured(fused)
                        else _why_missing(rep.find("stage_rows", keys[0], dtn), "baseline"))
-                out.append((goal, f"not measured in this run ({why})", "", "not measured"))
+                out.append((goal, f"not measured in this run ({why})", "", REFERENCE if reference else
+                            "not measured"))
                 continue
             base = min(bases, key=_stage_ms)
             r = _stage_ms(base) / _stage_ms(fused)
             others = [b for b in bases if b is not base]
-            also = (f"; the other baseline row: {_stage_ms(others[0]):.3f} ms ({others[0]['label']})" if others
-                    else "; the other baseline row was not measured")
+            if others:
+                also = f"; the other baseline row: {_stage_ms(others[0]):.3f} ms ({others[0]['label']})"
+            elif keys[0] == "compile":  # only the dynamic-shape compile ran: a static one may be faster
+                static = rep.find("stage_rows", "compile-static", dtn)
+                also = ("; the static-shape compile (perhaps faster, which would lower this ratio): "
+                        + ("not run in this run (an optional row: not with --required-only or --rows)"
+                           if static is None else (static.get("note") or "not measured")))
+            else:
+                also = "; the other baseline row was not measured"
             out.append((goal, f"{_stage_ms(base):.3f} / {_stage_ms(fused):.3f} ms = **{r:.2f}x**{also}",
-                        f"`{base['label']}` / `{fused['label']}`, {dtn}", "yes" if r >= need else "no"))
+                        f"`{base['label']}` / `{fused['label']}`, {dtn}",
+                        REFERENCE if reference else "yes" if r >= need else "no"))
     fused = rep.find("stage_rows", "fused", "bfloat16")
     if not _measured(fused):
         plain = rep.find("stage_rows", "triton-plain", "bfloat16")
@@ -881,9 +1074,24 @@ def render(rep: Report) -> str:
     lines = list(rep.head)
     bf16, copy = peak(rep, PEAK_BF16), peak(rep, PEAK_COPY)
     peaks = {"float32": peak(rep, PEAK_FP32), "bfloat16": bf16}
+    if rep.running:
+        n = time.time() - rep.running["t0"]
+        lines += [f"**{'Stopped' if rep.stopped else 'Running'} during {rep.running['what']}**, "
+                  f"{rep.running['t0'] - T0:.0f} s into the run, after {n:.0f} s of it"
+                  + (f" ({rep.stopped})." if rep.stopped else ": where this line stays, the run ended there (a "
+                     "timeout's kill, a hang or a crash; see its log)."), ""]
+    elif rep.stopped:
+        lines += [f"**Stopped between rows** ({rep.stopped}), {elapsed():.0f} s into the run.", ""]
+    if rep.steps:
+        lines += ["## Where this run's time went (wall seconds from the script's start, imports included)", "",
+                  "| step | started at s | s |", "|---|---:|---:|"]
+        lines += [f"| {what} | {at:.1f} | {took:.1f} |" for what, at, took in rep.steps]
+        lines.append("")
 
-    lines += ["## Device peaks (measured in this run)", "",
-              "| what | size | before the stage rows | after the stage rows |", "|---|---|---|---|"]
+    lines += ["## Device peaks (measured in this run)", ""]
+    if "peaks" in rep.skipped:
+        lines += [f"Not run in this run: {rep.skipped['peaks']}.", ""]
+    lines += ["| what | size | before the stage rows | after the stage rows |", "|---|---|---|---|"]
     keys = list(dict.fromkeys((w, s) for _, w, s, _ in rep.peaks))
     for w, s in keys:
         cells = []
@@ -906,7 +1114,8 @@ def render(rep: Report) -> str:
         lines.append(f"| {goal} | {figure} | {rows} | {met} |")
     lines += ["", "The goals are stated for one H100. Baselines: the faster of the seed-Conv3d rows with "
               "cudnn.benchmark off (the engine's setting) and on (autotuned, as Keras/TF runs); the faster of the "
-              "compile rows."]
+              "compile rows. The float32 lines are a reference (met: n/a): the issue's goals name no dtype, and "
+              "every earlier table measured them in bf16."]
 
     lines += ["", "## Whole spectral stage", "",
               "Rows without \"cudnn.benchmark on\" ran with it off (torch's default, the engine's). GB/s: the "
@@ -914,40 +1123,42 @@ def render(rep: Report) -> str:
               "copy bandwidth measured above (a row far below both the matmul peak and the copy bandwidth is bound "
               "by neither).", "",
               "| formulation | dtype | ms (median [p20, p80]) | TFLOP/s | % of matmul peak (bf16 / same dtype) "
-              "| GB/s | % of copy | Mpix/s | check |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| GB/s | % of copy | Mpix/s | check | s |",
+              "|---|---|---|---|---|---|---|---|---|---:|"]
     for r in rep.stage_rows:
         t, dtn = r.get("t"), r["dtype"]
         if t is None:
-            lines.append(f"| {r['label']} | {dtn} | {r.get('note', '')} | | | | | | |")
+            lines.append(f"| {r['label']} | {dtn} | {r.get('note', '')} | | | | | | | {_row_s(r)} |")
             continue
         tf = rep.stage_flops / (t[0] * 1e-3) / 1e12
         pct = f"{_pct(tf, bf16)} / {_pct(tf, peaks.get(dtn))}" if peaks.get(dtn) else ""
         gb = _gbps(r.get("bytes"), t[0])
         lines.append(f"| {r['label']} | {dtn} | {t[0]:.3f} [{t[1]:.3f}, {t[2]:.3f}] | {tf:.4f} | {pct} | "
                      f"{fixed(gb) if gb else ''} | {_pct(gb, copy) if gb else ''} | "
-                     f"{rep.pixels / (t[0] * 1e-3) / 1e6:.3f} | {r.get('note', '')} |")
+                     f"{rep.pixels / (t[0] * 1e-3) / 1e6:.3f} | {r.get('note', '')} | {_row_s(r)} |")
     if any("n/a" in ln for ln in lines if ln.startswith("| ")):
         lines += ["", "n/a: the formulation ran faster than the matmul measured as that dtype's peak, so that matmul "
                   "is no peak on this device (a CPU without bfloat16 matrix units; one matmul size that is not the "
                   "CPU's best)"]
+    lines += ["", ROW_S]
     lines += rep.notes.get("stage", [])
 
     lines += ["", "## Per layer", ""]
     if "layers" in rep.skipped:
         lines.append(f"Not run in this run: {rep.skipped['layers']}.")
     else:
-        lines += ["| layer | formulation | dtype | ms (median [p20, p80]) | TFLOP/s | GB/s | % of copy |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["| layer | formulation | dtype | ms (median [p20, p80]) | TFLOP/s | GB/s | % of copy | s |",
+                  "|---|---|---|---|---|---|---|---:|"]
         for r in rep.layer_rows:
             t = r.get("t")
             if t is None:
-                lines.append(f"| {r['layer']} | {r['label']} | {r['dtype']} | {r.get('note', '')} | | | |")
+                lines.append(f"| {r['layer']} | {r['label']} | {r['dtype']} | {r.get('note', '')} | | | | "
+                             f"{_row_s(r)} |")
                 continue
             gb = _gbps(r.get("bytes"), t[0])
             lines.append(f"| {r['layer']} | {r['label']} | {r['dtype']} | {t[0]:.3f} [{t[1]:.3f}, {t[2]:.3f}] | "
                          f"{r['flops'] / (t[0] * 1e-3) / 1e12:.4f} | {fixed(gb) if gb else ''} | "
-                         f"{_pct(gb, copy) if gb else ''} |")
+                         f"{_pct(gb, copy) if gb else ''} | {_row_s(r)} |")
 
     lines += ["", "## Spatial stage (after the spectral stage: two residual blocks of 3x3 convs on each pixel's "
               "5x5 window, pool, head; `hsi_engine.fused.spatial_windows`)", ""]
@@ -968,10 +1179,12 @@ def render(rep: Report) -> str:
 
     lines += ["", "## Engine end to end (classify's job + runner.run_plan, random-init Indian Pines SSRN with "
               "per-band mean/std)", "", ENGINE_SCOPE, "",
-              "| run | Mpix/s (median) | every repeat, in run order (Mpix/s) |", "|---|---|---|"]
+              "| run | Mpix/s (median) | every repeat, in run order (Mpix/s) | s |", "|---|---|---|---:|"]
     for r in rep.engine_rows:
         reps = ", ".join(fixed(m) for m in r.get("reps") or [])
-        lines.append(f"| {r['desc']} | {_engine_cell(r['desc'], r.get('mpix'))} | {reps} |")
+        lines.append(f"| {r['desc']} | {_engine_cell(r['desc'], r.get('mpix'))} | {reps} | {_row_s(r)} |")
+    lines += ["", "s: the arm's wall seconds in this run: its build (the job's checks, the fold), its untimed run "
+              "(compiles, autotuning, the Gluon self-check) and its timed runs."]
     lines += rep.notes.get("engine", [])
 
     profile = rep.profile
@@ -1036,13 +1249,14 @@ def incomplete(rep: Report) -> list[str]:
         for r in getattr(rep, section):
             note = r.get("note") or ""
             if r.get("required") and r.get("t") is None and (note.startswith("failed") or "time budget" in note
-                                                            or note == NOT_REACHED):
+                                                            or note == NOT_REACHED or STOPPED_IN in note):
                 bad.append(f"{r.get('layer') or 'stage'}: {r['label']} {r['dtype']}: {note}")
     for r in rep.engine_rows:
         if r.get("required") and r.get("mpix") is None and (": failed (" in r["desc"] or "time budget" in r["desc"]
-                                                            or NOT_REACHED in r["desc"]):
+                                                            or NOT_REACHED in r["desc"] or STOPPED_IN in r["desc"]):
             bad.append(r["desc"])
-    if rep.peaks_after and (rep.peaks_after == NOT_REACHED or "time budget" in rep.peaks_after):
+    if rep.peaks_after and (rep.peaks_after == NOT_REACHED or "time budget" in rep.peaks_after
+                            or STOPPED_IN in rep.peaks_after):
         bad.append(f"peaks after the stage rows: {rep.peaks_after}")
     return bad
 
@@ -1074,7 +1288,74 @@ def _fused_note(dtype: torch.dtype) -> str:
     if forms:
         return f"; the Gluon kernel, waits={forms[-1][0]!r}, step={forms[-1][1]!r}"
     whys = [w for k, w in dispatch._GLUON_CHECKED.items() if k[-2] == dtype and w]
-    return (f"; the Triton kernel (the Gluon kernel disagreed: {whys[-1][:200]})" if whys else "") + _tuned_config()
+    return (f"; the Triton kernel, not the Gluon kernel: {whys[-1][:300]}" if whys else "") + _tuned_config()
+
+
+def gluon_key(program: SpectralProgram, dtype: torch.dtype, device: torch.device) -> tuple:
+    """The key :func:`kernels.dispatch.fused_stage` files a program shape's Gluon check under (``_GLUON_CHECKED``,
+    ``_GLUON_FORM``), for inputs of ``dtype`` on ``device`` (a tensor's device: ``cuda:0``, not ``cuda``). The
+    expression is fused_stage's own, copied: the dispatcher has no function that makes it."""
+    return (program.bands, tuple(program.stem.weight.shape), program.stem.stride, program.out_features,
+            len(program.blocks), program.blocks[0].conv1.weight.shape[2], dtype, device)
+
+
+def skip_gluon(reason: str, programs: list[SpectralProgram], device: torch.device | str,
+               dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)) -> list[tuple]:
+    """Make this process's ``backend='triton'`` run the Triton kernel, never the Gluon kernel, for ``programs``'
+    shapes in ``dtypes``: each shape's per-shape check is filed as failed with ``reason`` (what the dispatcher
+    does after a self-check that failed), so neither the check nor the kernel runs here. For a probe that failed
+    in a child process: a fault would poison this process's CUDA context, a hang would stop it in a CUDA call that
+    no signal interrupts. Returns the keys set."""
+    from kernels import dispatch
+
+    dev = torch.empty(0, device=device).device  # as a tensor's .device reads: cuda:0
+    keys = [gluon_key(prog, dtype, dev) for prog in programs if prog.blocks for dtype in dtypes]
+    for key in keys:
+        dispatch._GLUON_CHECKED[key] = reason
+        dispatch._GLUON_FORM.pop(key, None)
+    return keys
+
+
+ROW_GROUPS = {"peaks": "the matmul and copy peaks, before and after the stage rows",
+              "stage": "the whole stage's seed-Conv3d and eager rows (cudnn.benchmark off)",
+              "fused": "the whole stage's fused row (backend='triton' as the engine calls it)",
+              "bench": "the seed-Conv3d and eager rows with cudnn.benchmark on (stage and per layer; a child process)",
+              "compile": "the whole stage's torch.compile (bf16 before the engine rows, float32 after them)",
+              "engine": "the engine end to end (in memory and from zarr)",
+              "layers": "the per-layer seed-Conv3d and eager rows",
+              "layer-compile": "the per-layer torch.compile rows"}
+
+
+def _row_groups(text: str) -> list[str]:
+    """An argparse ``type``: names of :data:`ROW_GROUPS`, comma-separated."""
+    names = [n for n in text.split(",") if n]
+    unknown = [n for n in names if n not in ROW_GROUPS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown row group(s) {unknown}; expected some of {list(ROW_GROUPS)}"
+                                         if unknown else "expected row groups, comma-separated")
+    return list(dict.fromkeys(names))
+
+
+def _group(section: str, key: str) -> str:
+    """The row group (:data:`ROW_GROUPS`) a required row belongs to."""
+    if key.endswith("+bench"):
+        return "bench"
+    if section == "layer_rows":
+        return "layer-compile" if key == "compile" else "layers"
+    return {"fused": "fused", "compile": "compile"}.get(key, "stage")
+
+
+def _set_why(row: dict, why: str) -> None:
+    """Say why a row has no figure: a stage or layer row's note, an engine row's reason and text."""
+    if "desc" in row:
+        row["why"] = why
+        row["desc"] = f"{row.get('base', row['desc'])}: {why}"
+    else:
+        row["note"] = why
+
+
+def _has_figure(row: dict) -> bool:
+    return row.get("mpix") is not None if "desc" in row else row.get("t") is not None
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -1084,9 +1365,17 @@ def main(argv: list[str] | None = None) -> Path:
                     help="exactly the issue's rows (seed Conv3d with cudnn.benchmark off and on, eager, torch.compile, "
                          "the fused kernel's default form; per layer and whole stage; fp32 and bf16; the peaks; the "
                          "engine in memory and from zarr) and nothing else")
+    ap.add_argument("--rows", type=_row_groups, default=None,
+                    help="run only these groups of the required rows, comma-separated (the others say 'not run in "
+                         "this run (--rows ...)'; no optional sweep): a second call fills what a first one missed. "
+                         + "; ".join(f"{k}: {v}" for k, v in ROW_GROUPS.items()))
     ap.add_argument("--budget-s", type=positive_int, default=None,
-                    help="seconds this run may take: a row that would not fit is not started, and says so (the GPU "
-                         "session passes its step's timeout less a margin, so the report is finished, not cut)")
+                    help="seconds this run may take, counted from the script's start (its imports included): a row "
+                         "that would not fit is not started, and says so")
+    ap.add_argument("--deadline", type=float, default=None,
+                    help="the time (seconds since the epoch, as `date +%%s` prints) by which the run must have "
+                         "finished its rows: what the GPU session passes, its step's timeout less a margin for the "
+                         "report; with --budget-s, the earlier binds")
     ap.add_argument("--pixels", type=positive_int, default=None,
                     help="pixels per call (default 65536 CUDA, 4096 CPU)")
     ap.add_argument("--bands", type=positive_int, default=200)
@@ -1131,7 +1420,7 @@ def main(argv: list[str] | None = None) -> Path:
     p = args.pixels if args.pixels is not None else (65536 if cuda else 4096)
     side = args.engine_side if args.engine_side is not None else (2048 if cuda else 145)
     zside = args.zarr_side if args.zarr_side is not None else (1024 if cuda else side)
-    budget = Budget(args.budget_s)
+    budget = Budget(args.budget_s, args.deadline)
     bench = make_timer(device, args.reps)
     if cuda:
         name = torch.cuda.get_device_name(device)
@@ -1152,14 +1441,21 @@ def main(argv: list[str] | None = None) -> Path:
     flops = base.flops_per_pixel() * p
     sides = args.peak_side or ([4096, 8192, 16384] if cuda else [1024])
     copy_mib = args.copy_mib or ([256, 1024, 2048] if cuda else [128])
+    rows_why = (not_run(f"--rows {','.join(args.rows)}: not among the rows asked for")
+                if args.rows is not None else None)
+    limit = ""
+    if budget.what():
+        left = budget.left()
+        limit = (f"; time budget: {budget.what()}, {left:.0f} s left {elapsed():.0f} s after the script's start "
+                 "(a row that would not fit is not started, and says so)")
     head = [f"# Spectral-stage kernels: {name}", "",
             f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
             f"- device: {name}" + ("" if cuda else f", {cpu_isa()}"), *provenance(cuda),
             f"- command: `{cmd.strip()}`",
             "- mode: " + ("--required-only: the issue's rows, nothing else" if req else
                           "every row: the issue's first, then the optional sweeps")
-            + (f"; time budget {args.budget_s} s (a row that would not fit is not started, and says so)"
-               if args.budget_s else ""),
+            + (f"; only the row groups {', '.join(args.rows)} (--rows; no optional sweep)" if args.rows else "")
+            + limit,
             f"- program: {args.bands} bands, stem 24 k7 s2 -> {base.reduced_bands} positions, "
             f"{len(base.blocks)} residual blocks (24, k7), reduce -> {base.out_features}; random folded weights",
             f"- pixels per call: {p}; FLOPs = program.flops_per_pixel() x pixels = "
@@ -1168,7 +1464,8 @@ def main(argv: list[str] | None = None) -> Path:
             "included); bytes = the input read once and the output written once",
             f"- peaks: matmuls of sides {', '.join(map(str, sides))} (bf16 with float32 accumulation; float32 with "
             f"TF32 off{', at most 8192' if cuda else ''}), copies of {', '.join(f'{m} MiB' for m in copy_mib)} "
-            "(read + write counted), each measured before the stage rows and after them",
+            "(read + write counted), each measured before the stage rows and after them"
+            + ("; the SM clock read while the largest bf16 matmul runs for 1 s" if cuda else ""),
             "- timing: " + ("triton.testing.do_bench (L2 flushed between calls), median [p20, p80]; compiles, "
                             "autotuning and cuDNN's search on an untimed first call" if cuda else
                             f"median [p20, p80] of {args.reps} wall-clock runs after one warm-up"),
@@ -1176,8 +1473,9 @@ def main(argv: list[str] | None = None) -> Path:
             "float32 is what the engine's `precision=\"float32\"` promises; the `tf32` row is the opt-in.", "",
             "The fused kernel runs the whole stage in one launch (stem, residual blocks, stage affines, full-band "
             "reduce; activations stay on chip, band axis streamed); per-layer fused rows therefore do not exist. The "
-            "report is rewritten after every row, so a run cut short keeps what it measured, and every row it did "
-            "not measure says why.", ""]
+            "report is rewritten after every row and when a row starts, so a run cut short keeps what it measured, "
+            "and every row it did not measure says why (\"stopped during this row\": the run ended while it ran).",
+            ""]
     if not cuda:
         head += ["CPU-only run: this machine has no GPU.",
                  f"Every Triton row is \"{PENDING_GPU}\"; no GPU figure here is estimated.", ""]
@@ -1185,7 +1483,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     def emit(msg: str) -> None:
         out_path.write_text(render(rep))
-        print(msg, flush=True)
+        print(f"[{elapsed():7.1f} s] {msg}", flush=True)
 
     def put(section: str, key: str, dn: str, layer: str | None = None, label: str | None = None, **fields) -> dict:
         """Fill the row ``key`` (a required row's placeholder) or append it (an optional row)."""
@@ -1198,6 +1496,32 @@ def main(argv: list[str] | None = None) -> Path:
         row.update(fields)
         return row
 
+    @contextlib.contextmanager
+    def running(what: str, rows: list[dict] = (), step: bool = False):
+        """While the block runs, the report says so and ``rows`` say "stopped during this row" (written to disk at
+        once: a kill or a hang leaves that, not "not reached"); a signal during it (_Stopped) makes them say after
+        how many seconds. ``step``: the block's seconds go into the report's table of where the time went."""
+        prev, t0 = rep.running, time.time()
+        rep.running = dict(what=what, t0=t0, rows=list(rows))
+        for r in rows:
+            _set_why(r, not_run(f"{STOPPED_IN}: it started {t0 - T0:.0f} s into the run and did not finish: a "
+                                "timeout's kill, a hang or a crash; see its log"))
+        emit(f"start: {what}")
+        try:
+            yield
+        except _Stopped as e:
+            if rep.stopped is None:  # the innermost block: its rows were the ones running
+                rep.stopped = str(e)
+                for r in rows:
+                    if not _has_figure(r):
+                        _set_why(r, not_run(f"{STOPPED_IN} after {time.time() - t0:.0f} s: {e}"))
+            raise
+        finally:
+            if step:
+                rep.steps.append((what, t0 - T0, time.time() - t0))
+            if rep.stopped is None:
+                rep.running = prev
+
     # every required row, as a placeholder that says why it has no figure until it has one
     compile_label = "compile (max-autotune, dynamic shapes: as the engine builds it)" if cuda else \
         "compile (dynamic shapes: as the engine builds it)"
@@ -1206,7 +1530,7 @@ def main(argv: list[str] | None = None) -> Path:
                       ("eager+bench", "eager (conv2d channels-last)" + BENCH_ON),
                       ("fused", FUSED_LABEL), ("compile", compile_label)]
 
-    def preset(key: str, dn: str) -> str:
+    def preset(section: str, key: str, dn: str) -> str:
         if dn == "float32" and args.bf16_only:
             return not_run("--bf16-only")
         if key.endswith("+bench") and not cuda:
@@ -1215,12 +1539,14 @@ def main(argv: list[str] | None = None) -> Path:
             return PENDING_GPU
         if key == "compile" and args.no_compile:
             return not_run("--no-compile")
+        if rows_why and _group(section, key) not in args.rows:
+            return rows_why
         return NOT_REACHED
 
     for dtype in dtypes:
         for key, label in stage_required:
             rep.stage_rows.append(dict(key=key, label=label, dtype=dtn(dtype), layer=None, t=None,
-                                       note=preset(key, dtn(dtype)), required=True))
+                                       note=preset("stage_rows", key, dtn(dtype)), required=True))
     layer_required = [("seed", "seed-conv3d"), ("seed+bench", "seed-conv3d" + BENCH_ON), ("eager", "eager conv2d"),
                       ("eager+bench", "eager conv2d" + BENCH_ON),
                       ("compile", "compile (max-autotune without CUDA graphs, static shapes)" if cuda else
@@ -1232,7 +1558,8 @@ def main(argv: list[str] | None = None) -> Path:
             for case in layer_cases(base, 1, torch.device("cpu"), torch.float32):
                 for key, label in layer_required:
                     rep.layer_rows.append(dict(key=key, label=label, dtype=dtn(dtype), layer=case.name, t=None,
-                                               flops=case.flops * p, note=preset(key, dtn(dtype)), required=True))
+                                               flops=case.flops * p, note=preset("layer_rows", key, dtn(dtype)),
+                                               required=True))
                 rep.layer_rows.append(dict(key="fused", label="triton", dtype=dtn(dtype), layer=case.name, t=None,
                                            note="fused: timed as a whole stage only"))
     engine_backend = "triton" if cuda else "eager"
@@ -1241,40 +1568,45 @@ def main(argv: list[str] | None = None) -> Path:
                   ("bfloat16" if args.bf16_only else "float32", "zarr")])
     for precision, where in arm_specs:
         why = (not_run("--no-zarr") if where == "zarr" and args.no_zarr else
-               not_run("--bf16-only") if precision == "float32" and args.bf16_only and cuda else NOT_REACHED)
+               not_run("--bf16-only") if precision == "float32" and args.bf16_only and cuda else
+               rows_why if rows_why and "engine" not in args.rows else NOT_REACHED)
         s = zside if where == "zarr" else side
-        rep.engine_rows.append(dict(
-            key=f"{engine_backend}:{precision}:{where}", mpix=None, reps=[], required=True, why=why,
-            desc=f"{s}x{s}x200 float32 scene {'in memory' if where == 'memory' else ZARR_WHERE}, "
-                 f"backend={engine_backend}, {precision}: {why}"))
+        base_desc = (f"{s}x{s}x200 float32 scene {'in memory' if where == 'memory' else ZARR_WHERE}, "
+                     f"backend={engine_backend}, {precision}")
+        rep.engine_rows.append(dict(key=f"{engine_backend}:{precision}:{where}", mpix=None, reps=[], required=True,
+                                    why=why, base=base_desc, desc=f"{base_desc}: {why}"))
     if not cuda:
         rep.engine_rows.append(dict(key=None, mpix=None, reps=[], desc="backend=triton (the engine's GPU backend), "
                                     "bfloat16, in memory and streamed from zarr"))
-    if req:
-        why = "--required-only: not among the issue's rows"
+    if rows_why and "peaks" not in args.rows:
+        rep.skipped["peaks"] = rep.peaks_after = rows_why
+    if req or args.rows is not None:
+        why = "--required-only: not among the issue's rows" if req else "--rows: the required rows asked for only"
         rep.skipped.update(spatial=why, profile=why, kernel=why)
-        rep.notes["stage"] = ["", f"Optional rows {NOT_RUN} (--required-only): the plain Triton kernel in bf16 (the "
-                              "engine runs the Gluon kernel there), its pinned and trial configs, TF32 and split "
-                              "products in float32, the Gluon kernel's other forms, a static-shape whole-stage "
-                              "compile."]
-        rep.notes["engine"] = ["", f"Optional rows {NOT_RUN} (--required-only): the engine's older defaults and "
-                               "options (max_pixels, normalisation on the host, spatial forms, Gluon forms, "
-                               "fp32_products, float16, a uint16 scene, decoders=0, malloc reuse, backends eager "
-                               "and compile)."]
+        rep.notes["stage"] = ["", f"Optional rows {NOT_RUN} ({'--required-only' if req else '--rows'}): the plain "
+                              "Triton kernel in bf16 (the engine runs the Gluon kernel there), its pinned and trial "
+                              "configs, TF32 and split products in float32, the Gluon kernel's other forms, a "
+                              "static-shape whole-stage compile."]
+        rep.notes["engine"] = ["", f"Optional rows {NOT_RUN} ({'--required-only' if req else '--rows'}): the "
+                               "engine's older defaults and options (max_pixels, normalisation on the host, spatial "
+                               "forms, Gluon forms, fp32_products, float16, a uint16 scene, decoders=0, malloc "
+                               "reuse, backends eager and compile)."]
 
     zarr_tmp = None if args.zarr_dir else tempfile.TemporaryDirectory(prefix="kernels-zarr-")
     zdir = Path(args.zarr_dir) if args.zarr_dir else Path(zarr_tmp.name)
 
     def on_term(signum, frame):  # noqa: ARG001
-        raise _Stopped(f"signal {signum}")
+        raise _Stopped(f"{signal.Signals(signum).name}, {elapsed():.0f} s into the run: the step's timeout, or a "
+                       "kill")
 
     old_term = signal.signal(signal.SIGTERM, on_term)
     stopped = None
     try:
-        _run(args, rep, emit, put, device, cuda, req, p, side, zside, budget, bench, run_dtypes, dtn, base, sides,
-             copy_mib, zdir, out_path, engine_backend, arm_specs)
+        _run(args, rep, emit, put, running, device, cuda, req, p, side, zside, budget, bench, run_dtypes, dtn, base,
+             sides, copy_mib, zdir, out_path, engine_backend, arm_specs)
     except _Stopped as e:
         stopped = str(e)
+        rep.stopped = rep.stopped or stopped
     finally:
         signal.signal(signal.SIGTERM, old_term)
         if zarr_tmp is not None:
@@ -1282,22 +1614,38 @@ def main(argv: list[str] | None = None) -> Path:
         out_path.write_text(render(rep))
     print(render(rep))
     if stopped:
-        print(f"stopped by {stopped}: the report keeps what ran ({out_path})", file=sys.stderr)
+        print(f"[{elapsed():7.1f} s] stopped by {stopped}: the report keeps what ran ({out_path})", file=sys.stderr)
         raise SystemExit(143)
     bad = incomplete(rep)
     if bad:
-        print("required rows without a figure:\n  " + "\n  ".join(bad), file=sys.stderr)
+        print(f"[{elapsed():7.1f} s] required rows without a figure:\n  " + "\n  ".join(bad), file=sys.stderr)
         raise SystemExit(3)
+    print(f"[{elapsed():7.1f} s] done: {out_path}", file=sys.stderr)
     return out_path
 
 
-def _run(args, rep: Report, emit, put, device, cuda, req, p, side, zside, budget: Budget, bench, run_dtypes, dtn,
-         base, sides, copy_mib, zdir, out_path, engine_backend, arm_specs) -> None:
-    """The rows in the order that keeps the issue's rows safe from a budget cut: peaks, the stage (Conv3d, eager,
-    fused; cudnn.benchmark on; compile), peaks again, the engine, per layer; then (without --required-only) the
-    optional sweeps."""
+def _run(args, rep: Report, emit, put, running, device, cuda, req, p, side, zside, budget: Budget, bench,
+         run_dtypes, dtn, base, sides, copy_mib, zdir, out_path, engine_backend, arm_specs) -> None:
+    """The rows in the order that keeps the issue's goals safe from a budget cut: peaks; the stage (Conv3d, eager,
+    fused; bf16 first); cudnn.benchmark on; the bf16 compile; peaks again; the engine; per layer (Conv3d, eager);
+    the float32 compile; per-layer compile; then (without --required-only or --rows) the optional sweeps."""
     from hsi_engine.fused import exact_fp32
+
     from kernels import dispatch
+
+    rep.steps.append(("imports, arguments, the report's placeholders", 0.0, elapsed()))
+
+    def wanted(group: str) -> bool:
+        return args.rows is None or group in args.rows
+
+    @contextlib.contextmanager
+    def step_time(what: str):
+        """The block's seconds in the report's table of where the time went (a signal's stop included)."""
+        t0 = time.time()
+        try:
+            yield
+        finally:
+            rep.steps.append((what, t0 - T0, time.time() - t0))
 
     def precise(dtype: torch.dtype):
         return exact_fp32() if dtype == torch.float32 else contextlib.nullcontext()
@@ -1323,18 +1671,23 @@ def _run(args, rep: Report, emit, put, device, cuda, req, p, side, zside, budget
             put("stage_rows", key, dn, label=label, t=None, note=not_run(why))
             emit(f"stage {key} {dn}: {why}")
             return
-        x, prog, ref = get_inputs(dtype)
-        try:
-            with precise(dtype):
-                got = fn(x, prog)
-                err = ((got.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
-                t = bench(lambda: fn(x, prog))
-            put("stage_rows", key, dn, label=label, t=t, bytes=_nbytes(x) + _nbytes(got),
-                note=f"max rel. diff vs eager {err:.1e}" + (note() if callable(note) else note))
-            emit(f"stage {key} {dn}: {t[0]:.3f} ms")
-        except Exception as e:  # noqa: BLE001 - one failing row must not lose the others or the report
-            put("stage_rows", key, dn, label=label, t=None, note=f"failed: {type(e).__name__}: {str(e)[:300]}")
-            emit(f"stage {key} {dn}: failed {e}")
+        row = put("stage_rows", key, dn, label=label)
+        t0 = time.perf_counter()
+        with running(f"the stage row `{row['label']}`, {dn}", [row]):
+            try:
+                x, prog, ref = get_inputs(dtype)
+                with precise(dtype):
+                    got = fn(x, prog)
+                    err = ((got.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+                    t = bench(lambda: fn(x, prog))
+                put("stage_rows", key, dn, label=label, t=t, bytes=_nbytes(x) + _nbytes(got),
+                    note=f"max rel. diff vs eager {err:.1e}" + (note() if callable(note) else note),
+                    s=time.perf_counter() - t0)
+                emit(f"stage {key} {dn}: {t[0]:.3f} ms (the row took {time.perf_counter() - t0:.1f} s)")
+            except Exception as e:  # noqa: BLE001 - one failing row must not lose the others or the report
+                put("stage_rows", key, dn, label=label, t=None, note=f"failed: {type(e).__name__}: {str(e)[:300]}",
+                    s=time.perf_counter() - t0)
+                emit(f"stage {key} {dn}: failed {e}")
 
     def time_layer(case: LayerCase, key: str, fn: Callable, dtype: torch.dtype, need_s: float = 3.0) -> None:
         dn = dtn(dtype)
@@ -1343,72 +1696,110 @@ def _run(args, rep: Report, emit, put, device, cuda, req, p, side, zside, budget
             put("layer_rows", key, dn, layer=case.name, t=None, note=not_run(why))
             emit(f"layer {case.name} {key} {dn}: {why}")
             return
-        try:
-            with precise(dtype):
-                nbytes = case.in_bytes + _nbytes(fn())
-                fn()  # a second untimed call (a compiled layer's lazy work, cuDNN's caches)
-                t = bench(fn)
-            put("layer_rows", key, dn, layer=case.name, t=t, bytes=nbytes)
-            emit(f"layer {case.name} {key} {dn}: {t[0]:.3f} ms")
-        except Exception as e:  # noqa: BLE001
-            put("layer_rows", key, dn, layer=case.name, t=None, note=f"failed: {type(e).__name__}: {str(e)[:300]}")
-            emit(f"layer {case.name} {key} {dn}: failed {e}")
+        row = put("layer_rows", key, dn, layer=case.name)
+        t0 = time.perf_counter()
+        with running(f"the layer row {case.name}, `{row['label']}`, {dn}", [row]):
+            try:
+                with precise(dtype):
+                    nbytes = case.in_bytes + _nbytes(fn())
+                    fn()  # a second untimed call (a compiled layer's lazy work, cuDNN's caches)
+                    t = bench(fn)
+                put("layer_rows", key, dn, layer=case.name, t=t, bytes=nbytes, s=time.perf_counter() - t0)
+                emit(f"layer {case.name} {key} {dn}: {t[0]:.3f} ms (the row took {time.perf_counter() - t0:.1f} s)")
+            except Exception as e:  # noqa: BLE001
+                put("layer_rows", key, dn, layer=case.name, t=None, note=f"failed: {type(e).__name__}: {str(e)[:300]}",
+                    s=time.perf_counter() - t0)
+                emit(f"layer {case.name} {key} {dn}: failed {e}")
 
     def measure(when: str) -> None:
         order = [torch.bfloat16, torch.float32] if cuda else [torch.float32, torch.bfloat16]
-        clock = sm_clock(device)
-        rep.peaks += [(when, w, s, v) for w, s, v in measure_peaks(device, bench, order, sides, copy_mib)]
-        clock_after = sm_clock(device)
-        if clock or clock_after:
-            rep.clocks.append((f"{when} the stage rows",
-                               f"{clock} (at the peaks' start); {clock_after} (at their end)"))
+        with running(f"the peaks {when} the stage rows", step=True):
+            rep.peaks += [(when, w, s, v) for w, s, v in measure_peaks(device, bench, order, sides, copy_mib)]
+            clock = clock_under_load(device, sides)
+            if clock:
+                rep.clocks.append((f"{when} the stage rows", clock))
+        emit(f"peaks {when} the stage rows: " + ", ".join(f"{w} {s} {fixed(v) if v else v}"
+                                                          for wh, w, s, v in rep.peaks if wh == when))
 
-    # 0. the Gluon kernel's default form, probed in a child process (a fault there costs only the probe), while
+    # 0. the Gluon kernel's default form, probed in a child process (a fault there costs only the probe) as this
+    # process runs it: the dispatcher's self-check (two programs), the stage row's and the engine's pixels; while
     # this process makes the engine's scenes and zarr store (host work, nothing timed)
     probe_future = None
-    if cuda and torch.bfloat16 in run_dtypes:
+    gluon_needed = cuda and any(d != torch.float32 for d in run_dtypes) and (
+        wanted("fused") or wanted("engine") or args.rows is None)
+    if gluon_needed:
         from concurrent.futures import ThreadPoolExecutor
 
         from kernels.spectral_gluon import DEFAULT_IDENTITY, DEFAULT_STEP, DEFAULT_WAITS
 
         pool = ThreadPoolExecutor(1)
-        probe_future = pool.submit(_probe_gluon, args.bands, DEFAULT_WAITS, DEFAULT_IDENTITY, DEFAULT_STEP)
+        probe_future = pool.submit(_probe_gluon, args.bands, DEFAULT_WAITS, DEFAULT_IDENTITY, DEFAULT_STEP,
+                                   pixels=p)
         pool.shutdown(wait=False)
-    try:
-        for row, (_, where) in zip([r for r in rep.engine_rows if r.get("required")], arm_specs):
-            if row["why"] == NOT_REACHED:
-                _random_scene(zside if where == "zarr" else side, "float32")
-                if where == "zarr":
-                    zarr_scene(zdir, zside, "float32")
-    except Exception:  # noqa: BLE001 - the engine rows say it when they build their arms
-        pass
+    gluon: dict = {}
+
+    def gluon_guard() -> str:
+        """Before this process's first bf16 call of backend='triton': the probe's result ('' when it passed).
+        When it failed, the dispatcher's per-shape check is filed as failed with the probe's reason, for the
+        stage's program and the engine's, so this process runs the Triton kernel and never the Gluon one (nor
+        its self-check); the rows say so."""
+        if probe_future is None:
+            return ""
+        if "probe" not in gluon:
+            with running("waiting for the Gluon kernel's probe (a child process)", step=True):
+                gluon["probe"] = probe_future.result()
+            if gluon["probe"]:
+                from hsi_engine.fused import fold_spectral
+
+                why = (f"the Gluon kernel's probe in a child process failed ({gluon['probe'][:300]}): this process "
+                       "never ran it")
+                keys = skip_gluon(why, [base, fold_spectral(_engine_model())], device)
+                note = [f"**The Gluon kernel's probe failed** ({gluon['probe'][:300]}): backend='triton' ran the "
+                        "Triton kernel in bf16 in this run (the dispatcher's per-shape check filed as failed for "
+                        f"{len(keys)} program shapes and dtypes before any bf16 call, so this process never ran the "
+                        "Gluon kernel)."]
+                rep.notes["stage"] = ["", *note, *rep.notes.get("stage", [])]
+                rep.notes["engine"] = ["", *note, *rep.notes.get("engine", [])]
+                emit(f"the Gluon kernel's probe failed: {gluon['probe']}; backend='triton' runs the Triton kernel "
+                     "in this process")
+            else:
+                emit("the Gluon kernel's probe passed")
+        return gluon["probe"]
+
+    engine_todo = [(row, spec) for row, spec in zip([r for r in rep.engine_rows if r.get("required")], arm_specs)
+                   if row["why"] == NOT_REACHED]
+    if engine_todo:
+        try:
+            with running("the engine's scenes in memory and the zarr store (host work; the probe meanwhile)",
+                         step=True):
+                for _, (_, where) in engine_todo:
+                    _random_scene(zside if where == "zarr" else side, "float32")
+                    if where == "zarr":
+                        zarr_scene(zdir, zside, "float32")
+        except Exception:  # noqa: BLE001 - the engine rows say it when they build their arms
+            pass
 
     # 1. peaks, before
-    measure("before")
-    emit("peaks before the stage rows: " + ", ".join(f"{w} {s} {v}" for _, w, s, v in rep.peaks))
+    if wanted("peaks"):
+        measure("before")
 
     # 2. the stage: seed Conv3d, eager, the fused kernel (the engine's form), per dtype
-    probe: str | None = None
     for dtype in run_dtypes:
-        time_stage("seed", spectral_stage_conv3d, dtype)
-        time_stage("eager", spectral_stage_reference, dtype)
-        if not cuda:
+        if not (wanted("stage") or (cuda and wanted("fused"))):
             continue
-        if dtype != torch.float32 and probe is None and probe_future is not None:
-            probe = probe_future.result()
-        if dtype != torch.float32 and probe:
-            put("stage_rows", "fused", dtn(dtype), t=None,
-                note=f"failed: not run in this process: the Gluon kernel's probe failed ({probe[:300]})")
-            from kernels.spectral import spectral_stage_triton
+        if cuda and wanted("fused") and dtype != torch.float32:
+            gluon_guard()
+        with step_time(f"the stage rows, {dtn(dtype)}"):
+            if wanted("stage"):
+                time_stage("seed", spectral_stage_conv3d, dtype)
+                time_stage("eager", spectral_stage_reference, dtype)
+            if cuda and wanted("fused"):
+                time_stage("fused", _resolved(get_spectral_stage, "triton", device, dtype), dtype,
+                           functools.partial(_fused_note, dtype), need_s=60 if dtype == torch.float32 else 30)
 
-            time_stage("triton-plain", spectral_stage_triton, dtype, _tuned_config, need_s=30,
-                       label="triton (fused, the Triton kernel: what runs where the Gluon kernel does not)")
-            continue
-        time_stage("fused", _resolved(get_spectral_stage, "triton", device, dtype), dtype,
-                   functools.partial(_fused_note, dtype), need_s=60 if dtype == torch.float32 else 30)
-
-    # 3. the Conv3d and eager rows with cudnn.benchmark on (stage, and per layer), in a child process
-    if cuda:
+    # 3. the Conv3d and eager rows with cudnn.benchmark on (stage, and per layer), in a child process, each row
+    # sent as it is timed
+    if cuda and wanted("bench"):
         bench_rows = [r for sec in ("stage_rows", "layer_rows") for r in getattr(rep, sec)
                       if r["key"].endswith("+bench") and r.get("t") is None and r["note"] == NOT_REACHED]
         why = budget.why_not(60)
@@ -1416,91 +1807,124 @@ def _run(args, rep: Report, emit, put, device, cuda, req, p, side, zside, budget
             for r in bench_rows:
                 r["note"] = not_run(why)
         elif bench_rows:
-            try:
-                rows = _cudnn_child(args.bands, p, [dtn(d) for d in run_dtypes], not args.quick, str(device),
-                                    timeout=max(30.0, min(300.0, budget.left() - 30)))
-                for r in rows:
-                    put("stage_rows" if r["kind"] == "stage" else "layer_rows", r["key"], r["dtype"],
-                        layer=r.get("layer"), t=tuple(r["t"]), bytes=r["bytes"],
-                        note=(r.get("note", "") + "; " if r.get("note") else "") + "a child process, the flag on "
-                        "from its start")
-            except Exception as e:  # noqa: BLE001
-                for r in bench_rows:
-                    r["note"] = f"failed: the cudnn.benchmark child process: {type(e).__name__}: {str(e)[:300]}"
+            def got_row(r: dict) -> None:
+                put("stage_rows" if r["kind"] == "stage" else "layer_rows", r["key"], r["dtype"],
+                    layer=r.get("layer"), t=tuple(r["t"]), bytes=r["bytes"], s=r.get("s"),
+                    note=(r.get("note", "") + "; " if r.get("note") else "") + "a child process, the flag on "
+                    "from its start")
+                emit(f"cudnn.benchmark row {r.get('layer') or 'stage'} {r['key']} {r['dtype']}: {r['t'][0]:.3f} ms")
+
+            with running("the cudnn.benchmark rows (a child process)", bench_rows, step=True):
+                try:
+                    _cudnn_child(args.bands, p, [dtn(d) for d in run_dtypes], not args.quick, str(device),
+                                 timeout=max(30.0, min(300.0, budget.left() - 15)), on_row=got_row)
+                except Exception as e:  # noqa: BLE001
+                    for r in bench_rows:
+                        if r.get("t") is None:
+                            r["note"] = (f"failed: the cudnn.benchmark child process: {type(e).__name__}: "
+                                         f"{str(e)[:300]}")
         emit("cudnn.benchmark rows: done")
 
-    # 4. torch.compile of the whole stage, as the engine builds it: before any optional sweep
-    if not args.no_compile:
-        reason = dispatch._compile_failure(device.type)
-        for dtype in run_dtypes:
-            if reason:
-                put("stage_rows", "compile", dtn(dtype), t=None, note=f"failed: torch.compile did not start: {reason}")
-                continue
-            time_stage("compile", _resolved(get_spectral_stage, "compile", device), dtype, need_s=90 if cuda else 5)
+    # 4. torch.compile of the whole stage, as the engine builds it, in the goals' dtype (bf16; float32 is a
+    # reference, compiled after the engine rows)
+    compile_reason = None
+
+    def compile_stage(dtypes: list[torch.dtype]) -> None:
+        nonlocal compile_reason
+        if args.no_compile or not wanted("compile") or not dtypes:
+            return
+        with step_time(f"the whole stage's torch.compile, {', '.join(dtn(d) for d in dtypes)}"):
+            compile_reason = compile_reason or dispatch._compile_failure(device.type)
+            for dtype in dtypes:
+                if compile_reason:
+                    put("stage_rows", "compile", dtn(dtype), t=None,
+                        note=f"failed: torch.compile did not start: {compile_reason}")
+                    continue
+                time_stage("compile", _resolved(get_spectral_stage, "compile", device), dtype,
+                           need_s=90 if cuda else 5)
+
+    compile_stage([d for d in run_dtypes if d != torch.float32])
 
     # 5. peaks, after the stage rows
-    why = budget.why_not(20 if cuda else 1)
-    if why:
-        rep.peaks_after = not_run(why)
-    else:
-        measure("after")
-        rep.peaks_after = ""
-    emit("peaks after the stage rows")
+    if wanted("peaks"):
+        why = budget.why_not(20 if cuda else 1)
+        if why:
+            rep.peaks_after = not_run(why)
+            emit(f"peaks after the stage rows: {why}")
+        else:
+            rep.peaks_after = not_run(f"{STOPPED_IN}: the run ended while the peaks after the stage rows ran")
+            measure("after")
+            rep.peaks_after = ""
 
     # 6. the engine end to end: in memory and from zarr, arms alternated
     arms: list[Arm] = []
     default_arm = {}
-    why = budget.why_not(60 if cuda else 1)
-    for row, (precision, where) in zip([r for r in rep.engine_rows if r.get("required")], arm_specs):
-        if row["why"] != NOT_REACHED:
-            continue
+    if engine_todo:
+        if cuda:
+            gluon_guard()
+        why = budget.why_not(60 if cuda else 1)
+        rows = [row for row, _ in engine_todo]
         if why:
-            row.update(why=not_run(why), desc=row["desc"].replace(NOT_REACHED, not_run(why)))
-            continue
-        try:
-            arm = build_arm(device, engine_backend, zside if where == "zarr" else side, precision=precision,
-                            zarr_dir=zdir if where == "zarr" else None, key=row["key"])
-            arms.append(arm)
-        except Exception as e:  # noqa: BLE001
-            failed = f"failed ({type(e).__name__}: {str(e)[:300]})"
-            row.update(why=failed, desc=row["desc"].replace(NOT_REACHED, failed))
-    if arms:
-        try:
-            run_arms(arms, args.engine_reps)
-            for arm in arms:
-                row = next(r for r in rep.engine_rows if r.get("key") == arm.key)
-                row.update(arm_row(arm, [a for a in arms if a is not arm]))
-                if arm.error is None:
-                    default_arm.setdefault(arm.key.rsplit(":", 1)[1], arm)  # bf16 (CUDA) in memory, from zarr
-        except Exception as e:  # noqa: BLE001
-            failed = f"failed ({type(e).__name__}: {str(e)[:300]})"
-            for arm in arms:
-                row = next(r for r in rep.engine_rows if r.get("key") == arm.key)
-                if row.get("mpix") is None:
-                    row.update(why=failed, desc=f"{arm.what}: {failed}")
-    emit("engine rows: " + ", ".join(f"{r['key']} {r.get('mpix')}" for r in rep.engine_rows if r.get("required")))
+            for row in rows:
+                _set_why(row, not_run(why))
+        else:
+            with running("the engine rows (each arm built, run once untimed, then the arms alternated)", rows,
+                         step=True):
+                for row, (precision, where) in engine_todo:
+                    try:
+                        arm = build_arm(device, engine_backend, zside if where == "zarr" else side,
+                                        precision=precision, zarr_dir=zdir if where == "zarr" else None,
+                                        key=row["key"])
+                        arms.append(arm)
+                    except Exception as e:  # noqa: BLE001
+                        _set_why(row, f"failed ({type(e).__name__}: {str(e)[:300]})")
+                if arms:
+                    try:
+                        run_arms(arms, args.engine_reps)
+                        for arm in arms:
+                            row = next(r for r in rep.engine_rows if r.get("key") == arm.key)
+                            row.update(arm_row(arm, [a for a in arms if a is not arm]))
+                            if arm.error is None:  # bf16 (CUDA) in memory, from zarr
+                                default_arm.setdefault(arm.key.rsplit(":", 1)[1], arm)
+                    except Exception as e:  # noqa: BLE001
+                        failed = f"failed ({type(e).__name__}: {str(e)[:300]})"
+                        for arm in arms:
+                            row = next(r for r in rep.engine_rows if r.get("key") == arm.key)
+                            if row.get("mpix") is None:
+                                row.update(why=failed, desc=f"{arm.what}: {failed}")
+        emit("engine rows: " + ", ".join(f"{r['key']} {r.get('mpix')}" for r in rep.engine_rows if r.get("required")))
 
-    # 7. per layer: seed Conv3d and eager, then compile (static shapes; max-autotune on CUDA, the slowest to make,
-    # so last, where a budget cut costs only these rows; without CUDA graphs, whose replays copy every input that is
-    # not a parameter into the graph's own buffers: a 300 MB activation per call, which the layer does not read)
-    if not args.quick:
+    # 7. per layer: seed Conv3d and eager; the float32 whole-stage compile; then the per-layer compile rows (static
+    # shapes; max-autotune on CUDA, the slowest to make, so last, where a budget cut costs only these rows; without
+    # CUDA graphs, whose replays copy every input that is not a parameter into the graph's own buffers: a 300 MB
+    # activation per call, which the layer does not read)
+    cases: dict = {}
+    if not args.quick and (wanted("layers") or wanted("layer-compile")):
         cases = {dtype: layer_cases(get_inputs(dtype)[1], p, device, dtype) for dtype in run_dtypes}
-        for dtype in run_dtypes:
-            for case in cases[dtype]:
-                time_layer(case, "seed", case.seed, dtype)
-                time_layer(case, "eager", case.eager, dtype)
-        for dtype in [] if args.no_compile else run_dtypes:
-            for case in cases[dtype]:
-                compiled = torch.compile(_layer_conv2d, mode="max-autotune-no-cudagraphs" if cuda else None,
-                                         dynamic=False)
-                time_layer(case, "compile", functools.partial(compiled, *case.conv2d_args), dtype,
-                           need_s=45 if cuda else 3)
-    if req:
+    if cases and wanted("layers"):
+        with step_time("the per-layer seed-Conv3d and eager rows"):
+            for dtype in run_dtypes:
+                for case in cases[dtype]:
+                    time_layer(case, "seed", case.seed, dtype)
+                    time_layer(case, "eager", case.eager, dtype)
+    compile_stage([d for d in run_dtypes if d == torch.float32])
+    if cases and wanted("layer-compile") and not args.no_compile:
+        with step_time("the per-layer torch.compile rows"):
+            for dtype in run_dtypes:
+                for case in cases[dtype]:
+                    compiled = torch.compile(_layer_conv2d, mode="max-autotune-no-cudagraphs" if cuda else None,
+                                             dynamic=False)
+                    time_layer(case, "compile", functools.partial(compiled, *case.conv2d_args), dtype,
+                               need_s=45 if cuda else 3)
+    if req or args.rows is not None:
         return
 
     # --- the optional sweeps ---
-    _optional(args, rep, emit, put, device, cuda, p, side, zside, budget, bench, run_dtypes, dtn, get_inputs,
-              time_stage, zdir, out_path, engine_backend, default_arm)
+    if cuda:
+        gluon_guard()
+    with step_time("the optional sweeps"):
+        _optional(args, rep, emit, put, device, cuda, p, side, zside, budget, bench, run_dtypes, dtn, get_inputs,
+                  time_stage, zdir, out_path, engine_backend, default_arm)
 
 
 def _optional(args, rep: Report, emit, put, device, cuda, p, side, zside, budget: Budget, bench, run_dtypes, dtn,
@@ -1560,7 +1984,7 @@ def _optional(args, rep: Report, emit, put, device, cuda, p, side, zside, budget
 
         forms = list(dict.fromkeys(GLUON_FORMS[n] for n in args.gluon_forms.split(",")))
         with ThreadPoolExecutor(len(forms)) as pool:
-            probes.update(zip(forms, pool.map(lambda f: _probe_gluon(args.bands, *f), forms)))
+            probes.update(zip(forms, pool.map(lambda f: _probe_gluon(args.bands, *f, pixels=p), forms)))
         for dtype in [d for d in run_dtypes if d != torch.float32]:
             for w, i, st in forms:
                 label = (f"gluon (shared-memory rings, wgmma), waits={w!r}, identity={i!r}"
@@ -1580,7 +2004,7 @@ def _optional(args, rep: Report, emit, put, device, cuda, p, side, zside, budget
                        label="compile (max-autotune, static shapes)" if cuda else "compile (static shapes)",
                        need_s=120 if cuda else 5)
     if skipped:
-        rep.notes["stage"] = ["", f"Optional rows {NOT_RUN}: " + "; ".join(skipped) + "."]
+        rep.notes["stage"] = [*rep.notes.get("stage", []), "", f"Optional rows {NOT_RUN}: " + "; ".join(skipped) + "."]
 
     # the spatial stage
     if budget.why_not(20 if cuda else 1):
@@ -1658,8 +2082,8 @@ def _optional(args, rep: Report, emit, put, device, cuda, p, side, zside, budget
         rep.engine_rows.append(row | {"key": None})
         emit(f"engine {row['desc']}: {row.get('mpix')}")
     if not cuda:
-        rep.notes["engine"] = ["", "The other rows of a GPU run (older defaults, Gluon forms, a uint16 scene, "
-                               "decoders=0) need CUDA: not run on the CPU."]
+        rep.notes["engine"] = [*rep.notes.get("engine", []), "", "The other rows of a GPU run (older defaults, Gluon "
+                               "forms, a uint16 scene, decoders=0) need CUDA: not run on the CPU."]
 
     try:
         if budget.why_not(20 if cuda else 1):
@@ -1718,26 +2142,40 @@ GLUON_FORMS = {"phase": ("phase", "epilogue", "one"), "layer": ("layer", "epilog
 _GLUON_PROBE = """
 import sys, torch
 sys.path.insert(0, {repo!r})
+from kernels.dispatch import _check_pixels
 from kernels.spectral import _random_program, spectral_stage_reference
 from kernels.spectral_gluon import spectral_stage_gluon
-prog = _random_program({bands}, 24, 128, generator=torch.Generator().manual_seed(0)).to("cuda")
-x = torch.randn(3001, {bands}, generator=torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
-out = spectral_stage_gluon(x, prog, waits={waits!r}, identity={identity!r}, step={step!r}).float()
-ref = spectral_stage_reference(x.float(), prog)
-torch.cuda.synchronize()
-rel = float((out - ref).abs().max() / ref.abs().max())
-print("rel", rel)
-if not rel < 5e-2:  # a kernel that runs but computes something else must not be timed
-    sys.exit(f"the kernel ran but differs from the reference: max rel. diff {{rel:.3g}}")
+dev = {device!r}
+prog = _random_program({bands}, 24, 128, generator=torch.Generator().manual_seed(0)).to(dev)
+x = torch.randn({pixels}, {bands}, generator=torch.Generator().manual_seed(1)).to(dev, torch.bfloat16)
+two = 2 if {step!r} == "wsp" else None  # the dispatcher's self-check runs wsp on two programs
+
+def run(what, x, programs):
+    out = spectral_stage_gluon(x, prog, waits={waits!r}, identity={identity!r}, step={step!r},
+                               programs=programs).float()
+    ref = spectral_stage_reference(x.float(), prog)
+    torch.cuda.synchronize()
+    rel = float((out - ref).abs().max() / ref.abs().max())
+    print(what, "max rel. diff", rel, flush=True)
+    if not rel < 5e-2:  # a kernel that runs but computes something else must not be timed (NaN included)
+        sys.exit(f"{{what}}: the kernel ran but differs from the reference: max rel. diff {{rel:.3g}}")
+
+run("the dispatcher's self-check (its check pixels, programs=2)", _check_pixels(x), two)
+run("{pixels} pixels on two programs (each runs many blocks)", x, two)
+run("{pixels} pixels, the default grid (the stage row's and the engine's call)", x, None)
 """
 
 
-def _probe_gluon(bands: int, waits: str, identity: str, step: str = "one", timeout: int = 45) -> str:
-    """Run the Gluon kernel once in a child process: '' when it ran, else why not (its error, a fault, a hang)."""
+def _probe_gluon(bands: int, waits: str, identity: str, step: str = "one", timeout: int = 60,
+                 pixels: int = 65536, device: str = "cuda") -> str:
+    """Run the Gluon kernel in a child process as this process would: the dispatcher's self-check (its check
+    pixels, ``wsp`` on two programs), then ``pixels`` pixels on two programs (each runs many blocks as one stream)
+    and on the default grid (what the stage row and the engine run), each against the float32 reference. '' when
+    all ran and matched, else why not (the first error, a fault, a hang)."""
     try:
-        proc = subprocess.run([sys.executable, "-c", _GLUON_PROBE.format(repo=str(REPO), bands=bands, waits=waits,
-                                                                         identity=identity, step=step)],
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run([sys.executable, "-c", _GLUON_PROBE.format(
+            repo=str(REPO), bands=bands, waits=waits, identity=identity, step=step, pixels=pixels, device=device)],
+            capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return f"no result within {timeout} s"
     if proc.returncode != 0:
