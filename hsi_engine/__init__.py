@@ -37,7 +37,7 @@ _lazy_getattr, __dir__, _ = lazy_loader.attach(
         "errors": ["BandMismatchError", "CheckpointError", "ClusterUsageError", "CorruptChunkError", "HSIEngineError",
                    "IrregularGridError", "MissingSpatialDimsError", "NonFiniteInputError", "OptionError", "OutputError",
                    "SceneError", "SceneNotFoundError", "SceneTooSmallError", "UnnormalisedInputWarning",
-                   "WorkerLostError"],
+                   "WorkerEnvironmentError", "WorkerLostError"],
         "fused": ["FusedSSRN", "fold_spatial", "fold_spectral", "patch_forward"],
         "io": ["as_scene"],
         "tiles": ["Tile", "TilePlan", "plan_tiles"],
@@ -48,7 +48,7 @@ _lazy_getattr, __dir__, _ = lazy_loader.attach(
 __all__ = ["BandMismatchError", "CheckpointError", "ClusterUsageError", "CorruptChunkError", "FusedSSRN",
            "HSIAccessor", "HSIEngineError", "IrregularGridError", "MissingSpatialDimsError", "NonFiniteInputError",
            "OptionError", "OutputError", "SceneError", "SceneNotFoundError", "SceneTooSmallError", "Tile", "TilePlan",
-           "UnnormalisedInputWarning", "WorkerLostError", "as_scene", "classify", "classify_to_file", "fold_spatial",
+           "UnnormalisedInputWarning", "WorkerEnvironmentError", "WorkerLostError", "as_scene", "classify", "classify_to_file", "fold_spatial",
            "fold_spectral", "load_labelled_raster", "load_model", "open_scene", "patch_forward", "plan_tiles",
            "reuse_large_buffers", "train"]
 
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from .errors import (BandMismatchError, CheckpointError, ClusterUsageError, CorruptChunkError, HSIEngineError,
                          IrregularGridError, MissingSpatialDimsError, NonFiniteInputError, OptionError, OutputError,
                          SceneError, SceneNotFoundError, SceneTooSmallError, UnnormalisedInputWarning,
-                         WorkerLostError)
+                         WorkerEnvironmentError, WorkerLostError)
     from .fused import FusedSSRN, fold_spatial, fold_spectral, patch_forward
     from .io import as_scene
     from .tiles import Tile, TilePlan, plan_tiles

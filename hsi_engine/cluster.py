@@ -58,9 +58,9 @@ from typing import Any
 
 import numpy as np
 
-from .dask_client import (_cuda_count, _gpu_resources, _parse_scheduler_address, check_workers, connect,
-                          make_local_cluster)
-from .errors import ClusterUsageError, HSIEngineError, OptionError, OutputError, SceneError, WorkerLostError
+from .dask_client import _cuda_count, _gpu_resources, check_scheduler, check_workers, connect, make_local_cluster
+from .errors import (ClusterUsageError, HSIEngineError, OptionError, OutputError, SceneError, SceneNotFoundError,
+                     WorkerEnvironmentError, WorkerLostError)
 from .lock import output_lock
 from .logs import dropped, warnings_ignored
 from .owned import closes_its_scenes, open_owned
@@ -126,6 +126,10 @@ class TaskSpec:
     spatial_precision: str = "auto"  # FusedSSRN's: auto is decided on each worker's host
     nodata_bands: tuple[int, ...] | None = None  # the bands nodata is looked for in; None: all
     token: str = ""  # this run's own: a worker opens the scene once per run (a reused path may hold a new scene)
+    # the driver's hsi-engine, which each task checks its worker runs (a worker joining after the run's pre-flight
+    # check, :func:`_check_workers`); map_version 0: not checked (a driver that did not send them)
+    engine_version: str = ""
+    map_version: int = 0
 
 
 _CACHE: dict[Any, Any] = {"engines": OrderedDict()}
@@ -139,6 +143,14 @@ def _worker_engine(spec: TaskSpec, model_obj: Any):
     import torch
 
     dev = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(dev).type == "cuda":
+        from .fused import engine_device
+
+        try:
+            engine_device(dev)
+        except OptionError as e:  # the driver's host may have one: say whose torch sees none
+            raise WorkerEnvironmentError(f"{_this_worker()} cannot run device={dev!r}: {e}; or run the workers "
+                                         "on hosts with a GPU") from None
     key = (spec.model_key, spec.backend, dev, spec.precision, spec.spatial_precision)
     with _CACHE_LOCK:
         engines = _CACHE["engines"]
@@ -168,8 +180,206 @@ def _worker_scene(spec: TaskSpec, scene_obj: Any):
         if hit is None or hit[0] != key:
             from .io import as_scene
 
-            hit = _CACHE["scene"] = (key, as_scene(spec.scene).transpose("band", "y", "x"))
+            try:
+                scene = as_scene(spec.scene)
+            except SceneNotFoundError as e:  # the driver opened it: this worker does not see the driver's files
+                raise WorkerEnvironmentError(f"{_this_worker()} does not see the scene ({e}), which the driver read "
+                                             f"at that path: {_SHARED_FS}") from None
+            hit = _CACHE["scene"] = (key, scene.transpose("band", "y", "x"))
     return hit[1]
+
+
+_SHARED_FS = ("a cluster run (scheduler=, --scheduler) reads the scene and writes the output at the driver's paths, so "
+              "every worker must see both at the same paths (a shared filesystem mounted alike on every host): put "
+              "the scene and --out there (in Python, a scene passed in memory is sent to the workers instead)")
+
+
+def _this_worker() -> str:
+    """``worker tcp://HOST:PORT`` (this dask worker's address, for an error about its environment), or ``this
+    process`` outside a worker."""
+    try:
+        from distributed import get_worker
+
+        return f"worker {get_worker().address}"
+    except (ImportError, ValueError, AttributeError):
+        return "this process"
+
+
+def _engine_identity() -> dict[str, Any]:
+    """This process's hsi-engine: version, map version (:data:`~hsi_engine.resume.MAP_VERSION`) and package
+    directory; the same for the driver and (in :func:`_worker_identity`) for each worker."""
+    with _CACHE_LOCK:
+        hit = _CACHE.get("identity")
+        if hit is None:
+            import hsi_engine
+
+            hit = _CACHE["identity"] = {"version": str(hsi_engine.__version__),
+                                        "package": os.path.dirname(os.path.abspath(hsi_engine.__file__))}
+    return {**hit, "map_version": MAP_VERSION}
+
+
+def _check_task_engine(spec: TaskSpec) -> None:
+    """Refuse to compute on a worker whose hsi-engine differs from the driver's (a worker that joined after the
+    run's pre-flight check): its tiles would not be this version's map."""
+    if not spec.map_version:
+        return
+    mine = _engine_identity()
+    if (mine["version"], mine["map_version"]) != (spec.engine_version, spec.map_version):
+        raise WorkerEnvironmentError(
+            f"{_this_worker()} runs hsi-engine {mine['version']} (map version {mine['map_version']}, from "
+            f"{mine['package']}), the driver hsi-engine {spec.engine_version} (map version {spec.map_version}): its "
+            f"tiles would not be the driver's map. {_SAME_ENGINE}")
+
+
+def _worker_identity(store: str, scene: str | None, token: str, cuda: bool) -> dict[str, Any]:
+    """What :func:`_check_workers` asks each worker (through :func:`_probe`): its hsi-engine
+    (:func:`_engine_identity`), which packages the tiles import it lacks, its CUDA device count (``cuda``: the run
+    asks for a CUDA device), and whether it sees the run's output store (made by this run: ``token``) and scene."""
+    import importlib.util
+
+    ident: dict[str, Any] = _engine_identity()
+    missing = []
+    for name in ("torch", "ssrn", "kernels"):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    ident["missing"] = missing
+    if cuda and "torch" not in missing:
+        import torch
+
+        ident["torch"] = str(torch.__version__)
+        ident["cuda"] = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not os.path.isdir(store):
+        ident["store"] = "missing"
+    else:
+        try:
+            import zarr
+
+            owner = dict(zarr.open_group(store, mode="r").attrs).get(OWNER_ATTR)
+        except Exception:  # noqa: BLE001 - not a store this run made
+            owner = None
+        ident["store"] = "ours" if owner == token else "other"
+    ident["scene"] = None if scene is None else os.path.exists(scene)
+    return ident
+
+
+def _probe() -> Callable[..., Any]:
+    """The function :func:`_check_workers` runs on every worker (``client.run``): it imports hsi_engine there and
+    returns :func:`_worker_identity`'s answer, or what stopped the import. Defined inside this function so that it
+    is pickled by value (cloudpickle): a function of this module, pickled by name, could not even be unpickled by
+    a worker without hsi_engine, whose error then came back as the scheduler's and the worker's logged tracebacks.
+    A coroutine running the work in a thread: the imports (torch's, for a CUDA check) do not stall the worker's
+    event loop (its heartbeats)."""
+
+    async def probe(*args: Any) -> dict[str, Any]:
+        import asyncio
+
+        def ask() -> dict[str, Any]:
+            import importlib
+
+            try:
+                mod = importlib.import_module("hsi_engine.cluster")
+            except Exception as e:  # noqa: BLE001 - a worker without hsi_engine (or a package it imports)
+                return {"import_error": f"{type(e).__name__}: {e}"}
+            identity = getattr(mod, "_worker_identity", None)
+            if identity is None:  # an hsi-engine from before this check: another version
+                import importlib.metadata
+
+                try:
+                    version = importlib.metadata.version("hsi-engine")
+                except Exception:  # noqa: BLE001
+                    version = "unknown"
+                return {"version": version, "map_version": getattr(mod, "MAP_VERSION", 0),
+                        "package": os.path.dirname(os.path.abspath(mod.__file__))}
+            try:
+                return identity(*args)
+            except Exception as e:  # noqa: BLE001 - named by the driver
+                return {"error": f"{type(e).__name__}: {e}"}
+
+        return await asyncio.get_running_loop().run_in_executor(None, ask)
+
+    return probe
+
+
+def _check_workers(client: Any, spec: TaskSpec) -> None:
+    """The run's pre-flight, before any tile is submitted: refuse workers that cannot compute the driver's map
+    (:class:`WorkerEnvironmentError`, naming them and the fix): without hsi_engine (a task could not be unpickled:
+    a real worker died of it, and the run waited for ever for workers), or torch; another hsi-engine version or map
+    version (a worker importing another copy wrote a different map, exit 0); no CUDA device for ``device='cuda'``;
+    the output store or the scene not seen at the driver's paths (no shared filesystem). A worker that joins later
+    is checked by its tasks (:func:`_check_task_engine`)."""
+    import torch
+
+    cuda = spec.device is not None and torch.device(spec.device).type == "cuda"
+    try:
+        answers = client.run(_probe(), spec.store, spec.scene, spec.token, cuda, on_error="return")
+    except Exception as e:  # noqa: BLE001 - a scheduler that does not answer: the run's own error says so
+        log.debug("could not ask the workers about their environment (%s)", e)
+        return
+    mine = _engine_identity()
+    problems: dict[str, list[tuple[str, dict[str, Any]]]] = {}  # what is wrong -> the workers it is wrong with
+    for addr, answer in sorted(answers.items()):
+        if not isinstance(answer, dict):  # a worker that left meanwhile (an exception): not one to refuse
+            log.debug("worker %s did not answer the environment check: %r", addr, answer)
+            continue
+        why = _worker_problem(answer, mine, spec, cuda)
+        if why is not None:
+            problems.setdefault(why, []).append((addr, answer))
+    if not problems:
+        return
+    why, found = next(iter(problems.items()))
+    addrs = [addr for addr, _ in found]
+    if len(addrs) > 1:
+        why = _worker_problem(found[0][1], mine, spec, cuda, plural=True) or why
+    who = f"worker {addrs[0]}" if len(addrs) == 1 else \
+        f"{len(addrs)} workers ({', '.join(addrs[:3])}{', ...' if len(addrs) > 3 else ''})"
+    more = "" if len(problems) == 1 else f" (and {len(problems) - 1} other problem(s) on other workers)"
+    raise WorkerEnvironmentError(f"{who} {why}{more}")
+
+
+def _worker_problem(answer: dict[str, Any], mine: dict[str, Any], spec: TaskSpec, cuda: bool, *,
+                    plural: bool = False) -> str | None:
+    """What makes a worker (its :func:`_worker_identity` answer) unfit for the run, as the rest of a sentence
+    after its name (``plural``: after several workers' names); None when it is fit."""
+    run, see, does, its, it = ("run", "see", "do", "their", "them") if plural else ("runs", "sees", "does", "its", "it")
+    install = (f"install hsi-engine {mine['version']} (the driver's version, from the same source) with torch in the "
+               "workers' environment and restart them")
+    if "import_error" in answer:
+        return f"cannot import hsi_engine ({answer['import_error']}): {install}"
+    if "error" in answer:
+        return f"failed the environment check ({answer['error']}): {install}"
+    if (answer.get("version"), answer.get("map_version")) != (mine["version"], mine["map_version"]):
+        return (f"{run} hsi-engine {answer.get('version')} (map version {answer.get('map_version')}, from "
+                f"{answer.get('package')}), the driver hsi-engine {mine['version']} (map version "
+                f"{mine['map_version']}, from {mine['package']}): {its} tiles would not be the driver's map: {install} "
+                "(or run the driver with the workers' hsi-engine)")
+    if answer.get("missing"):
+        import torch
+
+        return (f"cannot import {', '.join(answer['missing'])} (not installed there), which the tiles need: {install} "
+                f"(the driver runs torch {torch.__version__})")
+    if cuda:
+        import torch
+
+        index = torch.device(spec.device).index or 0
+        if int(answer.get("cuda") or 0) <= index:
+            return (f"{see} {answer.get('cuda') or 'no'} CUDA device(s) ({its} torch {answer.get('torch')}) for "
+                    f"device={spec.device!r}: leave the device out (each worker then uses its GPU where it has one, "
+                    "else its CPU) or pass device='cpu' (--device cpu), or run the workers on hosts with a GPU")
+    if answer.get("store") != "ours":
+        found = "not there" if answer.get("store") == "missing" else "another store is at that path"
+        return (f"{does} not see the output store {spec.store} that this run made ({found} for {it}): "
+                f"{_SHARED_FS}")
+    if answer.get("scene") is False:
+        return f"{does} not see the scene {spec.scene}, which the driver read at that path: {_SHARED_FS}"
+    return None
+
+
+_SAME_ENGINE = ("Install the driver's hsi-engine in the workers' environment (the same version and source) and restart "
+                "them, or run the driver with theirs; then rerun with --resume (resume=True) to keep the tiles written")
 
 
 def _worker_threads() -> int:
@@ -253,7 +463,13 @@ def _tile_task(spec: TaskSpec, tile: Tile, scene_obj: Any = None, model_obj: Any
     run has already written is not computed again: dask reschedules a finished task whose worker died before
     the driver fetched its (small) result."""
     try:
+        _check_task_engine(spec)
         return _tile_work(spec, tile, scene_obj, model_obj)
+    except ImportError as e:  # torch (or a package it needs) missing on this worker, not on the driver
+        raise WorkerEnvironmentError(
+            f"{_this_worker()} cannot import {e.name or 'a package hsi-engine needs'} ({type(e).__name__}: {e}): "
+            f"install it in the workers' environment (the driver runs hsi-engine {spec.engine_version or '?'}; "
+            "pip install the same hsi-engine with torch there) and restart the workers") from None
     except HSIEngineError as e:
         # its message says all; the exceptions it was raised from may not cross back: GDAL's errors do not
         # unpickle (rasterio's CPLE_* 'args' has no setter), and the driver got a bare Exception of its repr
@@ -267,6 +483,9 @@ def _tile_work(spec: TaskSpec, tile: Tile, scene_obj: Any, model_obj: Any) -> di
 
     t0 = time.perf_counter()
     row, col = tile.y0 // spec.tile, tile.x0 // spec.tile
+    if not os.path.isdir(spec.store):  # before computing: the store the driver made is not there
+        raise OutputError(f"{_this_worker()} does not see the output store {spec.store}, which the driver made: "
+                          f"{_SHARED_FS}. (Or this task's run was stopped and its store removed: it writes nothing.)")
     reused = _already_written(spec, row, col)
     if reused is not None:
         return {"index": tile.index, "pixels": tile.pixels, "seconds": time.perf_counter() - t0, "pid": os.getpid(),
@@ -349,17 +568,29 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
                      progress: bool | None, local: bool = False) -> dict[str, Any]:
     from distributed import KilledWorker, as_completed
 
-    from .runner import _progress_bar
+    from .runner import _LoggedProgress, _progress_bar
 
+    _check_workers(client, spec)
     resources = _gpu_resources(client)
-    scene_arg = client.scatter(scene_obj, broadcast=True, hash=False) if scene_obj is not None else None
-    model_arg = client.scatter(model_obj, broadcast=True, hash=False) if model_obj is not None else None
+    scene_arg = _scattered(client, scene_obj, "scene")
+    try:
+        model_arg = _scattered(client, model_obj, "model")
+    except BaseException:
+        if scene_arg is not None:
+            scene_arg.release()
+        raise
     by_key = {f"hsi-tile-{spec.token[:8]}-{t.index}": t for t in tiles}
     pending = {key: client.submit(_tile_task, spec, t, scene_arg, model_arg, key=key, resources=resources,
                                   pure=False) for key, t in by_key.items()}
-    bar = _progress_bar(sum(t.pixels for t in tiles), progress, _ClusterStatus(client, local))
+    status = _ClusterStatus(client, local)
+    bar = _progress_bar(sum(t.pixels for t in tiles), progress, status)
     submitted = list(pending.values())
-    watch = _OwnWorkersGone(client, submitted) if local or _watchable(client) else None
+    own = local or _watchable(client)
+    watch = _OwnWorkersGone(client, submitted) if own else None
+    # a stall is told whatever the display (the log lines' own timer tells it there); an own cluster whose every
+    # worker stays paused is stopped: hung for ever before, silently with progress=False or on a terminal
+    stall = _StallWatch(client, submitted, status, warn=not isinstance(bar, _LoggedProgress),
+                        stop_after=PAUSED_STOP_S if own else None, tiles=len(tiles), local=local)
     pids: set[int] = set()
     nodata_px = reused = 0
     try:
@@ -372,6 +603,8 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
             except Exception as e:
                 if watch is not None and watch.gone.is_set():
                     raise _own_workers_gone(client, local) from None
+                if stall.error is not None:
+                    raise stall.error from None
                 if isinstance(e, KilledWorker):
                     raise _worker_lost(client, by_key[fut.key], spec, local) from None
                 reason = _cancel_reason(e)
@@ -393,6 +626,7 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
             pids.add(res["pid"])
             nodata_px += res["nodata_px"]
             bar.update(res["pixels"])
+            stall.tile_done()
     except BaseException:
         client.cancel(list(pending.values()))
         # released now: the error's traceback holds this frame (its futures), and the client holds the failed
@@ -404,6 +638,7 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
     finally:
         if watch is not None:
             watch.stop()
+        stall.stop()
         bar.close()
         for a in (scene_arg, model_arg):  # the caller's cluster keeps no copy of them once the run is over
             if a is not None:
@@ -413,6 +648,19 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
 
         warn_all_nodata(spec.nodata, spec.nodata_bands)
     return {"worker_pids": sorted(pids), "resources": resources, "nodata_px": nodata_px, "tiles_reused": reused}
+
+
+def _scattered(client: Any, obj: Any, what: str) -> Any:
+    """``obj`` scattered to every worker (a future), or None for None. A cluster without workers made dask's
+    scatter wait, then raise a bare ``TimeoutError('No valid workers found')``."""
+    if obj is None:
+        return None
+    try:
+        return client.scatter(obj, broadcast=True, hash=False)
+    except TimeoutError as e:  # (asyncio's TimeoutError is the builtin since Python 3.11)
+        raise HSIEngineError(f"the cluster has no worker to take the in-memory {what} ({e}): start some (dask worker "
+                             "<scheduler address>), or give the scene and the model as paths every worker sees") \
+            from None
 
 
 _CANCEL_REASONS = {"scheduler-restart": "its scheduler was restarted (client.restart(), which drops every task)",
@@ -467,6 +715,122 @@ class _OwnWorkersGone:
         self._thread.join(timeout=5)
 
 
+PAUSED_STOP_S = 600.0  # an own cluster's workers all paused for memory this long, no tile finishing: stopped
+
+
+def _workers_info(client: Any) -> dict[str, Any]:
+    """The scheduler's record of every worker (``scheduler_info`` lists only the first few by default)."""
+    try:
+        info = client.scheduler_info(n_workers=-1)
+    except TypeError:  # (a distributed before its n_workers argument)
+        info = client.scheduler_info()
+    return info.get("workers", {})
+
+
+class _StallWatch:
+    """Tells a stalled cluster run whatever its progress display: every :data:`~hsi_engine.runner.
+    LOG_PROGRESS_EVERY_S` without a finished tile, a WARNING where :class:`_ClusterStatus` sees why (paused, dying
+    or no workers); ``warn=False`` where the display's log lines tell it themselves
+    (:class:`~hsi_engine.runner._LoggedProgress`). A terminal's bar or ``progress=False`` showed nothing, and a run
+    whose every worker dask had paused for memory hung for ever in silence.
+
+    ``stop_after`` (seconds; None: never): a run on its own cluster (``workers=``, or a ``LocalCluster`` object
+    given as ``scheduler=``) whose every worker has stayed paused that long with no tile finishing is stopped:
+    :attr:`error` is set (a :class:`WorkerLostError` naming dask's pause threshold and the fix) and the pending
+    tiles are cancelled, so the run raises it, keeping the tiles written. Only there: nothing but the run's own
+    tasks fills those workers, so their memory does not come back, while the workers of a shared cluster may
+    resume once another client's work releases its memory (the WARNING repeats meanwhile)."""
+
+    def __init__(self, client: Any, futures: list[Any], status: Callable[[], str | None], *, warn: bool,
+                 stop_after: float | None, tiles: int, local: bool) -> None:
+        from .runner import LOG_PROGRESS_EVERY_S
+
+        self.client, self.futures, self.status, self.local = client, futures, status, local
+        self.every, self.warn, self.stop_after, self.total = LOG_PROGRESS_EVERY_S, warn, stop_after, tiles
+        self.done = 0
+        self.last_tile = self.last_log = time.monotonic()
+        self.paused_since: float | None = None
+        self.error: WorkerLostError | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if warn or stop_after is not None:
+            self._thread = threading.Thread(target=self._watch, name="hsi-engine-stall-watch", daemon=True)
+            self._thread.start()
+
+    def tile_done(self) -> None:
+        self.done += 1
+        self.last_tile = time.monotonic()
+
+    def _watch(self) -> None:
+        from .runner import _duration
+
+        poll = max(min(self.every / 6, 5.0), 0.05)
+        while not self._stop.wait(poll):
+            now = time.monotonic()
+            quiet = now - self.last_tile
+            if self.stop_after is not None and self._paused_for_good(now, quiet):
+                return
+            if self.warn and quiet >= self.every and now - self.last_log >= self.every:
+                self.last_log = now
+                why = self.status()  # (None: nothing looks wrong, a slow tile)
+                if why and not self._stop.is_set():
+                    log.warning("classify: no tile finished in the last %s; %d of %d tiles done; %s",
+                                _duration(quiet), self.done, self.total, why)
+
+    def _paused_for_good(self, now: float, quiet: float) -> bool:
+        try:
+            workers = _workers_info(self.client)
+        except Exception:  # noqa: BLE001 - a scheduler that does not answer: the run's own error says why
+            return False
+        if not workers or any(w.get("status") != "paused" for w in workers.values()):
+            self.paused_since = None
+            return False
+        if self.paused_since is None:
+            self.paused_since = now
+        if now - self.paused_since < self.stop_after or quiet < self.stop_after:
+            return False
+        self.error = _paused_error(workers, now - self.paused_since, self.local)
+        try:
+            self.client.cancel(self.futures)
+        except Exception:  # noqa: BLE001 - the loop then ends on the cancelled futures or its own error
+            pass
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _pause_fraction() -> str:
+    """dask's pause threshold as this process's config has it (``80 % of ``), for the messages about paused
+    workers; empty where it is not a fraction."""
+    import dask
+
+    pause = dask.config.get("distributed.worker.memory.pause", 0.8)
+    if isinstance(pause, bool) or not isinstance(pause, (int, float)):
+        return ""
+    return f"{100 * pause:.3g} % of "
+
+
+def _paused_error(workers: dict[str, Any], paused_s: float, local: bool) -> WorkerLostError:
+    """The error for a run whose own cluster's workers all stayed paused by dask for memory (:class:`_StallWatch`)."""
+    from .runner import _duration
+
+    limits = [int(w.get("memory_limit") or 0) for w in workers.values()]
+    held = [int((w.get("metrics") or {}).get("memory") or 0) for w in workers.values()]
+    limit = f"{_pause_fraction()}their {max(limits) / 2**20:,.0f} MiB limit" if limits and min(limits) > 0 else \
+        f"{_pause_fraction()}their memory limit"
+    now = f" ({max(held) / 2**20:,.0f} MiB now)" if held and max(held) > 0 else ""
+    more = ("fewer --workers on this host" if local else  # --workers: the cluster this run started
+            "a larger memory_limit, or fewer workers per host")  # a LocalCluster the caller started
+    return WorkerLostError(
+        f"every worker ({len(workers)}) stayed paused by dask for memory for {_duration(paused_s)} and no tile "
+        f"finished, so the run was stopped: a worker's memory{now} is above dask's pause threshold (distributed."
+        f"worker.memory.pause, {limit}), which the model and a tile's buffers alone can pass. Give each worker more "
+        f"memory ({more}) or use a smaller --tile, and rerun with --resume (resume=True) to keep the tiles written")
+
+
 def _watchable(client: Any) -> bool:
     """Whether a caller's client drives a cluster object in this process that cannot grow back by itself (a
     ``LocalCluster`` passed as ``scheduler=``, not adaptive): one that lost every worker for good left the run
@@ -501,13 +865,13 @@ class _ClusterStatus:
         self.client, self.local = client, local
         self.seen: set[str] | None = None  # worker addresses at the last call
         try:
-            self.seen = set(client.scheduler_info().get("workers", {}))
+            self.seen = set(_workers_info(client))
         except Exception:  # noqa: BLE001 - asked again at the first call
             pass
 
     def __call__(self) -> str | None:
         try:
-            workers = self.client.scheduler_info().get("workers", {})
+            workers = _workers_info(self.client)
         except Exception:  # noqa: BLE001 - a scheduler that does not answer
             return "the scheduler does not answer"
         now = set(workers)
@@ -525,8 +889,9 @@ class _ClusterStatus:
         paused = sum(1 for w in workers.values() if w.get("status") == "paused")
         if not paused:
             return None
-        fix = ("dask paused them because their memory is above its pause threshold (distributed.worker.memory."
-               "pause, 80 % of the limit); give the workers more memory (fewer per host) or a smaller --tile")
+        fix = (f"dask paused them because their memory is above its pause threshold (distributed.worker.memory."
+               f"pause, {_pause_fraction()}the limit); give the workers more memory (fewer per host) or a smaller "
+               "--tile")
         return f"every worker ({len(workers)}) is paused: {fix}" if paused == len(workers) else \
             f"{paused} of {len(workers)} workers are paused: {fix}"
 
@@ -602,8 +967,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     if workers is not None and scheduler is not None:
         raise ClusterUsageError("give workers= (--workers, start a local cluster) or scheduler= (--scheduler, "
                                 "join one), not both")
-    if isinstance(scheduler, str):
-        _parse_scheduler_address(scheduler)  # a malformed address fails here, before the scene is read
+    check_scheduler(scheduler)  # a malformed address, or no address at all, fails here, before the scene is read
     if distributed:  # what the workers would refuse on their first tile, refused before any cluster starts
         _check_cluster_engine(device, backend, local=workers is not None)
     prob = "float16" if probabilities is True else (None if probabilities in (False, None) else probabilities)
@@ -746,7 +1110,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
                             throttle_s=float(throttle_s), cache_blocks=cache_blocks, decoders=decoders,
                             spatial_precision=spatial,
                             nodata_bands=None if job.nodata_bands is None else tuple(map(int, job.nodata_bands)),
-                            token=token)
+                            token=token, engine_version=_engine_identity()["version"], map_version=MAP_VERSION)
             # distributed's "Couldn't gather N keys, rescheduling" (a worker died holding a finished tile's small
             # result; the rescheduled task finds its tile written): a lost worker is reported once, by this run
             with connect(workers=workers, scheduler=scheduler) as client, \
@@ -765,7 +1129,8 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
             raise
         # a lost worker, or a write that failed (a full disk) after tiles were written: not bad input, and the
         # tiles written so far are hours of work to keep for --resume
-        if writer.resumed or (isinstance(e, (WorkerLostError, OutputError)) and (writer.done() > 0).any()):
+        if writer.resumed or (isinstance(e, (WorkerLostError, OutputError, WorkerEnvironmentError))
+                              and (writer.done() > 0).any()):
             kept = writer.keep_partial()  # earlier runs' tiles (and finished ones) are kept for the next --resume
             log.warning("run stopped; %s keeps the tiles written so far: fix the cause, then rerun with "
                         "resume=True (--resume)", kept)

@@ -404,6 +404,22 @@ def _parse_scheduler_address(address: str) -> tuple[str, str, int | None]:
     return scheme, host, int(port)
 
 
+def check_scheduler(scheduler: Any) -> None:
+    """Refuse, before anything is read, a ``scheduler=`` that is neither a scheduler address (text, checked by
+    :func:`_parse_scheduler_address`) nor a ``distributed.Client`` or cluster object (a port number alone,
+    ``scheduler=8786``, was tried as an address after the scene was read: 'cannot reach the dask scheduler at 8786
+    (TypeError ...)'); None: no scheduler."""
+    if scheduler is None or hasattr(scheduler, "submit") or hasattr(scheduler, "scheduler_address"):
+        return
+    if isinstance(scheduler, str):
+        _parse_scheduler_address(scheduler)
+        return
+    example = f" (tcp://HOST:{scheduler})" if is_whole(scheduler) else ""
+    raise ClusterUsageError(f"scheduler must be the scheduler's address as text{example}, a distributed.Client or a "
+                            f"cluster object (e.g. a LocalCluster); got {type(scheduler).__name__} {scheduler!r:.80}: "
+                            f"give the address as {_ADDRESS_FORM}")
+
+
 def _connect_timeout() -> float:
     """dask's connect timeout in seconds (config ``distributed.comm.timeouts.connect``, 30 s by default)."""
     import dask
@@ -553,6 +569,7 @@ def connect(*, workers: int | None = None, scheduler: Any = None, gpu: bool | No
 
     if scheduler is not None and workers is not None:
         raise ClusterUsageError("give workers= (start a local cluster) or scheduler= (join one), not both")
+    check_scheduler(scheduler)
     if scheduler is not None and hasattr(scheduler, "submit"):
         if getattr(scheduler, "status", None) in ("closing", "closed"):  # its first scatter raised dask's own
             raise ClusterUsageError(f"the Client given as scheduler= is {scheduler.status}: pass an open one (or "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # the base lives with the model: the trainer's errors are ours
-from ssrn.errors import CheckpointError, HSIEngineError, OptionError, OutputError
+from ssrn.errors import CheckpointError, HSIEngineError, OptionError, OutputError, reduce_not_found
 
 
 class SceneError(HSIEngineError, ValueError):
@@ -12,6 +12,8 @@ class SceneError(HSIEngineError, ValueError):
 
 class SceneNotFoundError(SceneError, FileNotFoundError):
     """A scene path (or the binary its header names) that does not exist; a ``FileNotFoundError`` too."""
+
+    __reduce__ = reduce_not_found  # (a task's error crosses back from a dask worker as itself)
 
 
 class MissingSpatialDimsError(SceneError):
@@ -48,6 +50,13 @@ class WorkerLostError(HSIEngineError, RuntimeError):
     running out of memory; the run's partial store keeps the tiles written."""
 
 
+class WorkerEnvironmentError(HSIEngineError, RuntimeError):
+    """A worker of a dask cluster that cannot compute this run's tiles as the driver would: it cannot import
+    hsi_engine (or torch), runs another hsi-engine (version or map version), has no CUDA device for
+    ``device='cuda'``, or does not see the scene or the output at the driver's paths (no shared filesystem). It
+    names the worker and the fix; a cluster run refuses such workers before any tile runs."""
+
+
 class UnnormalisedInputWarning(UserWarning, HSIEngineError):
     """The scene is not on the scale the model was trained on, so the map will be meaningless: its values are
     30x or more off the model's per-band statistics (reflectance 0-1 against a model trained on x 10000), or lie
@@ -74,4 +83,5 @@ def user_stacklevel() -> int:
 
 __all__ = ["BandMismatchError", "CheckpointError", "ClusterUsageError", "CorruptChunkError", "HSIEngineError",
            "IrregularGridError", "MissingSpatialDimsError", "NonFiniteInputError", "OptionError", "OutputError",
-           "SceneError", "SceneNotFoundError", "SceneTooSmallError", "UnnormalisedInputWarning", "WorkerLostError"]
+           "SceneError", "SceneNotFoundError", "SceneTooSmallError", "UnnormalisedInputWarning",
+           "WorkerEnvironmentError", "WorkerLostError"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import importlib.util
 import logging
 import os
@@ -140,17 +141,43 @@ def check_scene(config: Any, meta: dict[str, Any], *, bands: int, height: int, w
 # reading and preparing one tile
 
 
-def _active_client() -> bool:
-    """Whether a dask.distributed client is the default scheduler here."""
+def _active_client(task: contextvars.Context | None = None) -> bool:
+    """Whether a dask.distributed client is the default scheduler here; inside a task (on a worker) its worker's
+    client, made now if no task there has asked for it yet (it becomes the process's default). A worker process
+    has no default client until then: ``classify(scene.persist())`` in a task failed on a fresh worker
+    ('persist()-ed ... cannot be fetched here') and passed once any task on that worker had called
+    ``distributed.get_client()``. ``task``: the context of the task that made the reader (:func:`_task_context`),
+    for a reader thread, which does not carry the task's worker itself."""
     try:
-        from distributed import default_client
+        from distributed import default_client, get_client
     except ImportError:
         return False
     try:
         default_client()
+        return True
     except ValueError:  # "No clients found"
+        pass
+    task = task or _task_context()
+    if task is None:  # not in a task
+        return False
+    try:
+        task.copy().run(get_client)  # (a copy: reader threads may ask at once, and a context runs in one thread)
+    except Exception:  # noqa: BLE001 - a worker whose scheduler does not answer: read as without a client
         return False
     return True
+
+
+def _task_context() -> contextvars.Context | None:
+    """This thread's context when it runs a dask.distributed task (``distributed.get_worker()`` answers), else
+    None; distributed not imported: None."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return None
+    try:
+        distributed.get_worker()
+    except (ValueError, AttributeError):
+        return None
+    return contextvars.copy_context()
 
 
 def window_reader(scene: Any, *, cache_blocks: int | Callable[[int, int], int] = 0,
@@ -174,6 +201,7 @@ def window_reader(scene: Any, *, cache_blocks: int | Callable[[int, int], int] =
 
             data = scene.data
             through_client = [False]
+            task = _task_context()  # made in a task: its reader threads fetch a persisted scene through its worker
 
             def read(ry0: int, ry1: int, rx0: int, rx1: int) -> np.ndarray:
                 window = data[:, ry0:ry1, rx0:rx1]
@@ -187,7 +215,7 @@ def window_reader(scene: Any, *, cache_blocks: int | Callable[[int, int], int] =
                     # a scene persist()-ed under a dask.distributed client holds futures only that client can
                     # fetch (synchronously: 'Missing dependency', which was blamed on the store); looked for only
                     # after a failure: walking a lazy graph for them took 26 s at 800,000 chunks
-                    if _active_client():
+                    if _active_client(task):
                         with contextlib.suppress(Exception):
                             out = np.asarray(window.compute())
                             through_client[0] = True

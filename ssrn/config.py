@@ -38,6 +38,9 @@ class InvalidConfig(OptionError):
         self.field = field
         self.found = found
 
+    def __reduce__(self) -> tuple:  # pickle called __init__ with the message alone (a process pool's, a worker's)
+        return type(self), (self.field, str(self.args[0]) if self.args else "", self.found)
+
 
 class UnknownPresetError(OptionError, KeyError):
     """A preset name :meth:`SSRNConfig.from_name` does not know (a ``KeyError`` too, for older callers)."""

@@ -27,7 +27,8 @@ import torch
 from numpy.typing import ArrayLike
 
 from .config import DATASET_ALIASES
-from .errors import HSIEngineError, OptionError, check_flag, first_line, is_text_path, is_whole, unexpanded_home
+from .errors import (HSIEngineError, OptionError, check_flag, first_line, is_text_path, is_whole, reduce_not_found,
+                     unexpanded_home)
 from .palette import default_palette
 
 __all__ = [
@@ -48,6 +49,8 @@ class DataError(HSIEngineError, ValueError):
 
 class DataNotFoundError(DataError, FileNotFoundError):
     """A data directory, scene, ground truth or label raster that is not there (a ``FileNotFoundError`` too)."""
+
+    __reduce__ = reduce_not_found  # (crosses back from a dask worker as itself)
 
 
 class UnknownDatasetError(DataError, KeyError):

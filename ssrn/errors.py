@@ -21,6 +21,17 @@ class HSIEngineError(Exception):
     """Base of the project's errors, the trainer's and the model's included: one ``except`` for a pipeline."""
 
 
+def reduce_not_found(self: BaseException) -> tuple:
+    """``__reduce__`` for an error that is a ``FileNotFoundError`` and a ``ValueError`` (or another non-OSError
+    base): BaseException's reduction, not OSError's. With OSError's, the exception pickling distributed uses for a
+    task's error (tblib) rebuilt it through ValueError.__new__, which Python refuses for a class that is also an
+    OSError, and the caller got a bare Exception of its repr (a cluster run's traceback, exit 1)."""
+    args = self.args
+    if getattr(self, "filename", None) is not None and len(args) == 2:  # OSError(errno, strerror, filename)
+        args = (*args, self.filename)
+    return type(self), args, self.__dict__ or None
+
+
 class OptionError(HSIEngineError, ValueError):
     """An argument outside what the function accepts: names the argument, what was given and what is accepted."""
 

@@ -50,7 +50,7 @@ import torch
 
 from .checkpoint import CheckpointError, file_sha256
 from .config import SSRNConfig
-from .errors import first_line
+from .errors import first_line, reduce_not_found
 from .model import SSRN, filled_model
 
 __all__ = ["KerasImportError", "import_keras_to_dir", "load_keras", "parse_keras_graph", "read_keras_config"]
@@ -68,6 +68,8 @@ class KerasImportError(CheckpointError):
 
 class KerasFileNotFoundError(KerasImportError, FileNotFoundError):
     """A Keras model path that is not there, or a directory (a ``FileNotFoundError`` too)."""
+
+    __reduce__ = reduce_not_found  # (crosses back from a dask worker as itself)
 
 
 # --------------------------------------------------------------------------------------------------
