@@ -48,9 +48,9 @@ _lazy_getattr, __dir__, _ = lazy_loader.attach(
 __all__ = ["BandMismatchError", "CheckpointError", "ClusterUsageError", "CorruptChunkError", "FusedSSRN",
            "HSIAccessor", "HSIEngineError", "IrregularGridError", "MissingSpatialDimsError", "NonFiniteInputError",
            "OptionError", "OutputError", "SceneError", "SceneNotFoundError", "SceneTooSmallError", "Tile", "TilePlan",
-           "UnnormalisedInputWarning", "WorkerEnvironmentError", "WorkerLostError", "as_scene", "classify", "classify_to_file", "fold_spatial",
-           "fold_spectral", "load_labelled_raster", "load_model", "open_scene", "patch_forward", "plan_tiles",
-           "reuse_large_buffers", "train"]
+           "UnnormalisedInputWarning", "WorkerEnvironmentError", "WorkerLostError", "as_scene", "classify",
+           "classify_to_file", "fold_spatial", "fold_spectral", "load_labelled_raster", "load_model", "open_scene",
+           "patch_forward", "plan_tiles", "reuse_large_buffers", "train"]
 
 
 
