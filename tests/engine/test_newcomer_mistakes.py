@@ -6,8 +6,6 @@ threshold clear of real scenes."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 import warnings
 
@@ -15,6 +13,8 @@ import numpy as np
 import pytest
 
 import hsi_engine
+from _refusals import cli as _cli
+from _refusals import refused as _refused
 from hsi_engine import (IrregularGridError, NonFiniteInputError, OptionError, OutputError, SceneError,
                         UnnormalisedInputWarning)
 from hsi_engine.api import _normalisation
@@ -34,25 +34,6 @@ def model():
 def crop():
     """A 40 x 40 float32 crop of the shipped Indian Pines scene, in memory (the tester's 64 x 64, smaller)."""
     return hsi_engine.open_scene(SHIPPED_SCENE).isel(y=slice(0, 40), x=slice(0, 40)).astype("float32").load()
-
-
-def _refused(scene, model, match: str) -> str:
-    """The UnnormalisedInputWarning ``classify`` gives, as the command line sees it (an error, raised before any
-    tile is computed); its message."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UnnormalisedInputWarning)
-        with pytest.raises(UnnormalisedInputWarning, match=match) as e:
-            hsi_engine.classify(scene, model, progress=False)
-    return str(e.value)
-
-
-def _cli(args: list[str]) -> tuple[int, str]:
-    from hsi_engine.cli import main
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        rc = main(args)
-    return rc, err.getvalue()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,8 +5,6 @@ cut from the shipped Indian Pines scene, against the shipped model; each test fa
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import warnings
 
@@ -19,6 +17,8 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 import hsi_engine
+from _refusals import cli as _cli
+from _refusals import refused as _refused
 from hsi_engine import UnnormalisedInputWarning
 from hsi_engine.demo import SHIPPED_MODEL, SHIPPED_SCENE
 from hsi_engine.scene_checks import check_scale, warn_other_pixel_size
@@ -37,25 +37,6 @@ def ip():
     scene = hsi_engine.open_scene(SHIPPED_SCENE)
     cube = np.asarray(scene.isel(y=slice(0, 100), x=slice(0, 100)).values)
     return cube, np.asarray(scene["wavelength"].values, np.float64)
-
-
-def _refused(scene, model, match: str) -> str:
-    """The UnnormalisedInputWarning ``classify`` gives, as an error (as the command line makes it: raised before
-    any tile is computed); its message."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UnnormalisedInputWarning)
-        with pytest.raises(UnnormalisedInputWarning, match=match) as e:
-            hsi_engine.classify(scene, model, progress=False)
-    return str(e.value)
-
-
-def _cli(args: list[str]) -> tuple[int, str]:
-    from hsi_engine.cli import main
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        rc = main(args)
-    return rc, err.getvalue()
 
 
 def _envi(path, cube: np.ndarray, wavelengths: np.ndarray, lines: list[str]):
