@@ -1292,11 +1292,11 @@ def _fused_note(dtype: torch.dtype) -> str:
 
 
 def gluon_key(program: SpectralProgram, dtype: torch.dtype, device: torch.device) -> tuple:
-    """The key :func:`kernels.dispatch.fused_stage` files a program shape's Gluon check under (``_GLUON_CHECKED``,
-    ``_GLUON_FORM``), for inputs of ``dtype`` on ``device`` (a tensor's device: ``cuda:0``, not ``cuda``). The
-    expression is fused_stage's own, copied: the dispatcher has no function that makes it."""
-    return (program.bands, tuple(program.stem.weight.shape), program.stem.stride, program.out_features,
-            len(program.blocks), program.blocks[0].conv1.weight.shape[2], dtype, device)
+    """The key :func:`kernels.dispatch.fused_stage` files a program shape's Gluon check under, for inputs of
+    ``dtype`` on ``device`` (a tensor's device: ``cuda:0``, not ``cuda``)."""
+    from kernels.dispatch import gluon_check_key
+
+    return gluon_check_key(program, dtype, device)
 
 
 def skip_gluon(reason: str, programs: list[SpectralProgram], device: torch.device | str,
