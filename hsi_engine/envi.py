@@ -302,8 +302,16 @@ _READ_KEYS = ("samples", "lines", "bands", "header offset", "data type", "interl
               "data offset values", "reflectance scale factor", "map info", "coordinate system string")
 
 
-def _read_as(header: dict[str, str]) -> dict[str, str]:
-    return {k: " ".join(header[k].split()) for k in _READ_KEYS if k in header}
+def _read_as(header: dict[str, str]) -> dict[str, tuple]:
+    """The read keys' values as what they say: case-folded words and numbers as numbers (``BSQ`` is ``bsq``,
+    ``-99`` is ``-99.0``, ``0.46`` is ``0.460000``), however the header spaces or writes them."""
+    def value(token: str) -> float | str:
+        try:
+            return float(token)
+        except ValueError:
+            return token
+    return {k: tuple(value(t) for t in re.split(r"[\s,{}]+", header[k].strip().lower()) if t)
+            for k in _READ_KEYS if k in header}
 
 
 def _check_gdal_header(header: dict[str, str], hdr: Path, data: Path) -> None:

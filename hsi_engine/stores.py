@@ -677,7 +677,7 @@ def _open_hdf5_file(f, path: Path, chunks, variable: str | None, band_axis: int 
             warn_wavelengths(f"{path}:{name}", f"its '{own}' attribute lists {len(wl)} values for "
                              f"{da.sizes['band']} bands", f"the dataset's '{own}' attribute (one number per band)")
             wl = None
-    else:
+    if wl is None and wl_set is None:  # (an unusable attribute of the cube's own leaves the file's dataset to read)
         for k in ("wavelength", "wavelengths"):
             if k in f and f[k].ndim == 1 and f[k].shape[0] == da.sizes["band"]:
                 units = f[k].attrs.get("units")

@@ -93,6 +93,21 @@ def test_h5_dataset_wavelength_attribute(tmp_path):
     np.testing.assert_allclose(s["wavelength"].values, np.linspace(400.0, 900.0, 6))
 
 
+def test_an_unusable_wavelength_attribute_leaves_the_file_s_wavelength_dataset_to_read(tmp_path):
+    """The cube's own 'wavelength' attribute of another length (copied from before a band subset) had hidden the
+    file's right '/wavelength' dataset: no wavelengths, and a reversed cube was classified without a word."""
+    cube = _cube((6, 5, 4))
+    path = tmp_path / "scene.h5"
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("reflectance", data=cube)
+        d.attrs["dims"] = "band, y, x"
+        d.attrs["wavelength"] = np.linspace(0.4, 0.9, 10)
+        f.create_dataset("wavelength", data=np.linspace(400.0, 900.0, 6)).attrs["units"] = "nm"
+    with pytest.warns(UserWarning, match="attribute lists 10 values for 6 bands"):
+        s = open_scene(path)
+    np.testing.assert_allclose(s["wavelength"].values, np.linspace(400.0, 900.0, 6))
+
+
 def test_band_names_with_an_underscore_before_the_wavelength():
     np.testing.assert_allclose(wavelengths_in_names(["B001_400nm", "B002_410.5nm"]), [400.0, 410.5])
     assert wavelengths_in_names(["B12nm", "B13nm"]) is None  # a number inside a word is no wavelength
@@ -129,6 +144,12 @@ def test_envi_two_headers_that_agree_are_read(tmp_path):
     np.testing.assert_array_equal(open_scene(tmp_path / "s.hdr").values, cube)
     with open(tmp_path / "s.hdr", "a") as f:
         f.write("description = {written by ENVI 5.6}\n")
+    np.testing.assert_array_equal(open_scene(tmp_path / "s.hdr").values, cube)
+    # the same values written otherwise (BSQ, -99 against -99.0, spacing): the same header to GDAL
+    (tmp_path / "s.hdr").write_text((tmp_path / "s.img.hdr").read_text().replace("bsq", "BSQ")
+                                    + "data ignore value = -99\nwavelength = {0.46,0.5, 0.6,0.7}\n")
+    with open(tmp_path / "s.img.hdr", "a") as f:
+        f.write("data ignore value = -99.0\nwavelength = { 0.460000, 0.500000, 0.600000, 0.700000 }\n")
     np.testing.assert_array_equal(open_scene(tmp_path / "s.hdr").values, cube)
 
 
