@@ -147,6 +147,7 @@ class SpatialProgram:
 
 def fold_spatial(model: nn.Module) -> SpatialProgram:
     """The spatial stage of ``model`` in eval mode with every foldable BN folded into its conv."""
+    _check_model(model, "fold_spatial")
     blocks = []
     for blk in model.spatial_blocks:
         w1, b1 = _fold(blk.conv1, blk.bn1)
@@ -496,6 +497,8 @@ class FusedSSRN:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(classes, h, w)`` of a normalised tile padded by the halo, ``(bands, h + 2*halo, w + 2*halo)``:
+        each pixel's patch-mode logits, with the spectral stage computed once per padded pixel."""
         c = self.config
         if not isinstance(x, torch.Tensor):  # a numpy tile (float64 as numpy makes it), as patch_forward takes one:
             x = torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)  # the engine's tiles' dtype
@@ -713,6 +716,7 @@ def patch_forward(model: nn.Module, normalised: torch.Tensor, pixels: torch.Tens
     """
     from .errors import OptionError
 
+    _check_model(model, "patch_forward")
     normalised = torch.as_tensor(normalised)
     if normalised.ndim != 3 or not normalised.is_floating_point():
         raise OptionError(f"normalised must be a (bands, H, W) floating array; got {tuple(normalised.shape)} "

@@ -540,3 +540,16 @@ def test_max_pixels_is_checked_when_the_engine_is_built(bad):
     model = SSRN(SSRNConfig(bands=20, classes=4, patch=5)).eval()
     with pytest.raises(OptionError, match="max_pixels must be a whole number >= 1"):
         FusedSSRN(model, max_pixels=bad)
+
+
+@pytest.mark.parametrize("call", ["fold_spectral", "fold_spatial", "patch_forward"])
+def test_the_folding_functions_refuse_what_is_not_a_model(call, tmp_path):
+    """A model directory's path handed where the model goes: fold_spatial and patch_forward raised a bare
+    AttributeError ('str' object has no attribute 'spatial_blocks'); all three name load_model."""
+    import hsi_engine
+    from hsi_engine.errors import OptionError
+
+    args = (str(tmp_path),) + ((torch.zeros(20, 5, 5),) if call == "patch_forward" else ())
+    with pytest.raises(OptionError, match=rf"{call} takes an ssrn.SSRN model; got str: load a model directory "
+                                          r"with hsi_engine.load_model\(path\)"):
+        getattr(hsi_engine, call)(*args)
