@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ssrn.dims import BAND_NAMES, X_NAMES, Y_NAMES, canonical_dim, dims_by_axis
 from ssrn.errors import first_line
 
 from .errors import MissingSpatialDimsError, OptionError, SceneError, user_stacklevel
@@ -22,23 +23,9 @@ from .wavelengths import WAVELENGTH_NAMES, not_wavelengths, to_nm
 log = logging.getLogger(__name__)
 
 
-# Dimension names accepted for each axis; anything here is renamed to band / y / x.
-_BAND_NAMES = ("band", "bands", "wavelength", "wavelengths", "spectral", "spectrum", "channel", "channels",
-               "lambda", "wl", "bandnumber", "band_number", "z")
-_Y_NAMES = ("y", "lat", "latitude", "row", "rows", "line", "lines", "northing", "height")
-_X_NAMES = ("x", "lon", "longitude", "col", "cols", "column", "columns", "sample", "samples", "easting", "width")
+# The dimension names read as band / y / x: the trainer's table (ssrn.dims), so both read a DataArray alike.
+_BAND_NAMES, _Y_NAMES, _X_NAMES = BAND_NAMES, Y_NAMES, X_NAMES
 _TARGET_CHUNK = 256  # pixels a side when grouping small GeoTIFF/ENVI blocks into dask chunks
-
-
-def canonical_dim(name: str) -> str | None:
-    n = str(name).lower()
-    if n in _BAND_NAMES:
-        return "band"
-    if n in _Y_NAMES:
-        return "y"
-    if n in _X_NAMES:
-        return "x"
-    return None
 
 
 def _guess_band_axis(shape: tuple[int, ...], where: str, default_last: bool) -> int:
@@ -103,11 +90,8 @@ def normalise_dims(da: xr.DataArray, where: str) -> xr.DataArray:
                                       f"(band, y, x). {fix}.")
     if set(da.dims) == {"band", "y", "x"}:
         return named_wavelengths(da.transpose("band", "y", "x"))
-    rename: dict[Any, str] = {}
-    for d in da.dims:
-        c = canonical_dim(str(d))
-        if c is not None and d != c and c not in rename.values() and c not in da.dims:
-            rename[d] = c
+    axes = dims_by_axis(da.dims, where, MissingSpatialDimsError)  # unknown, repeated or missing axes refused
+    rename: dict[Any, str] = {d: axis for axis, d in axes.items() if d != axis}
     if rename:
         # A coordinate named after the target (e.g. 'wavelength' data coord when renaming dim 'wavelength')
         # would clash; keep wavelength values as a non-index coordinate.
@@ -138,11 +122,6 @@ def normalise_dims(da: xr.DataArray, where: str) -> xr.DataArray:
         if wl is not None and np.issubdtype(wl.dtype, np.number) and not not_wavelengths(units, wl):
             da = da.assign_coords(wavelength=("band", to_nm(wl, units)))
             da["wavelength"].attrs["units"] = "nm"
-    if set(da.dims) != {"band", "y", "x"}:
-        raise MissingSpatialDimsError(
-            f"{where} has dims {tuple(str(d) for d in da.dims)}; expected (band, y, x). Accepted names: band "
-            f"{list(_BAND_NAMES)}, y {list(_Y_NAMES)}, x {list(_X_NAMES)}. Fix: "
-            "da.rename({...: 'band', ...: 'y', ...: 'x'}).")
     return named_wavelengths(da.transpose("band", "y", "x"))
 
 
@@ -157,7 +136,7 @@ def named_wavelengths(da: xr.DataArray, source: Any = None) -> xr.DataArray:
             c = source[name]
         if c is None or c.ndim != 1 or c.size != da.sizes["band"] or c.dtype.kind not in "fiu":
             continue
-        if c.dims != ("band",) and c.dims[0] not in ("band", *(n for n in _BAND_NAMES)):
+        if c.dims != ("band",) and c.dims[0] not in BAND_NAMES:
             continue
         units = c.attrs.get("units") or {"wavelength_nm": "nm", "wavelength_um": "um"}.get(name)
         if not_wavelengths(units, c.values):

@@ -12,8 +12,8 @@ import lazy_loader
 
 __getattr__, __dir__, _ = lazy_loader.attach(
     __name__,
-    submodules=["checkpoint", "config", "data", "devices", "errors", "keras", "lock", "metrics", "model", "normalise",
-                "palette", "seed_split", "train"],
+    submodules=["checkpoint", "config", "data", "devices", "dims", "errors", "keras", "lock", "metrics", "model",
+                "normalise", "palette", "seed_split", "train"],
     submod_attrs={
         "checkpoint": ["load_model", "save_model"],
         "config": ["PRESETS", "SSRNConfig"],

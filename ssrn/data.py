@@ -27,6 +27,7 @@ import torch
 from numpy.typing import ArrayLike
 
 from .config import DATASET_ALIASES
+from .dims import MAP_AXES, SCENE_AXES, dims_by_axis, unnamed
 from .errors import (HSIEngineError, OptionError, check_flag, first_line, is_text_path, is_whole, reduce_not_found,
                      unexpanded_home)
 from .palette import default_palette
@@ -245,7 +246,9 @@ def load_mat_array(path: str | os.PathLike, keys: Sequence[str] | None = None, *
 
 
 def check_labels(labels: np.ndarray, shape: tuple[int, int], where: str) -> np.ndarray:
-    labels = np.asarray(labels)
+    """``labels`` as an int64 ``(y, x)`` map of ``shape``, refusing what is not class ids; a DataArray is read by
+    its dim names (:func:`cube_array`), as the engine reads a scene's."""
+    labels = cube_array(labels, f"{where}: the label map", MAP_AXES, fill=0) if _named(labels) else np.asarray(labels)
     if labels.ndim != 2 or labels.shape != tuple(shape):
         raise DataError(f"{where}: label map has shape {labels.shape} but the scene is {shape[0]} x {shape[1]} "
                         "(y, x); the ground truth must be a 2-D map of the same size as the scene")
@@ -346,16 +349,25 @@ class Scene:
     nodata_bands: np.ndarray | None = None  # the bands nodata is looked for in (a bbl's good bands); None: all
     grid: dict[str, Any] | None = None  # a georeferenced raster scene's CRS (WKT), transform and (height, width)
 
+    def __post_init__(self) -> None:
+        """A cube or label DataArray is read by its dim names (:mod:`ssrn.dims`, the engine's table) and kept as
+        ``(band, y, x)`` / ``(y, x)`` under those names: whatever reads the scene then meets one order."""
+        where = self.source or self.name
+        if _named(self.cube):
+            self.cube = _by_axes(self.cube, f"{where}: the scene's cube", SCENE_AXES)
+        if _named(self.labels):
+            self.labels = _by_axes(self.labels, f"{where}: the label map", MAP_AXES)
+
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """``(band, y, x)``: a DataArray's dims named so are read by name, whatever order it stores them in."""
-        dims = tuple(getattr(self.cube, "dims", None) or ())
-        if dims and set(dims) == {"band", "y", "x"}:
-            return tuple(int(self.cube.sizes[d]) for d in ("band", "y", "x"))  # type: ignore[return-value]
+        """``(band, y, x)``: a DataArray's dims are read by name (:func:`cube_array`), whatever their order."""
+        if _named(self.cube):
+            axes = dims_by_axis(self.cube.dims, f"{self.source or self.name}: the scene's cube", DataError)
+            return tuple(int(self.cube.sizes[axes[a]]) for a in SCENE_AXES)  # type: ignore[return-value]
         return tuple(self.cube.shape)  # type: ignore[return-value]
 
 
@@ -623,8 +635,8 @@ def standardize(cube: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     Returns ``(normalised float32 (band, y, x), mean (band,), std (band,))``; a constant band gets std 1.
     The engine applies ``(x - mean) / std`` with the stored statistics.
 
-    A DataArray is read by its dim names (band, y and x, in any order; other names are refused: rename them, or
-    read it with ``hsi_engine.as_scene``), as :func:`standardize_scene` reads a scene's.
+    A DataArray is read by its dim names in any order, as the engine reads a scene's (:mod:`ssrn.dims`: band, y, x
+    or ``wavelength``, ``lat``/``lon``, ``row``/``col``...); unknown or repeated names are refused (:func:`cube_array`).
 
     NaN, inf and a numpy masked array's masked values are nodata, as :func:`standardize_scene` reads them: a pixel
     with one in any band (bands without a finite value aside) is left out of the statistics and its spectrum is 0
@@ -696,32 +708,38 @@ def _scene_array(scene: Scene) -> np.ndarray:
     return cube_array(scene.cube, f"{scene.source or scene.name}: the scene's cube")
 
 
-def cube_array(cube: Any, where: str, dims: tuple[str, ...] = ("band", "y", "x"), *,
-               fill: float = np.nan) -> np.ndarray:
-    """A cube as a numpy array in ``dims`` order. A DataArray is read by its dim names: those of ``dims`` in any
-    order; for a (band, y, x) cube also ``band`` first beside two others (``row``/``col``, ``lat``/``lon``: read
-    as stored) or ``y`` and ``x`` beside a third (``wavelength``: the bands). One whose axes cannot be told apart
-    (``lat``, ``lon``, ``wavelength``; ``band`` after two unknown dims) is refused; xarray's unnamed ``dim_0``...
-    and 2-D labels with other names are read as stored, as is a plain array (or tensor, or masked array: masked
-    values ``fill``, :func:`_as_numpy`). ``where`` names the cube in the error."""
-    if not hasattr(cube, "dims"):
-        return _as_numpy(cube, fill=fill)
-    found = tuple(str(d) for d in cube.dims)
-    order: tuple[str, ...] | None = None
-    if set(found) == set(dims) and len(found) == len(dims):
-        order = dims
-    elif dims == ("band", "y", "x") and len(found) == 3 and len(set(found)) == 3:
-        if found[0] == "band" and "y" not in found and "x" not in found:
-            order = found  # (band, row, col), (band, lat, lon): the other two's order is y, x as stored
-        elif "y" in found and "x" in found:
-            order = (next(d for d in found if d not in ("y", "x")), "y", "x")
-    if order is not None:
-        return _as_numpy(cube.transpose(*order).values, fill=fill)
-    if len(dims) == 3 and found != tuple(f"dim_{i}" for i in range(len(found))):
-        raise DataError(f"{where} has dims {found}, which do not tell its bands, y and x apart: expected (band, y, "
-                        "x), read by name in any order: rename them (da.rename(...)), or read the scene with "
-                        "hsi_engine.as_scene(da), which knows the usual other names (wavelength, lat/lon, rows/cols)")
-    return _as_numpy(cube.values, fill=fill)
+def _named(a: Any) -> bool:
+    """Whether ``a`` is an array with dim names of its own (a DataArray not left as xarray's ``dim_0``...)."""
+    return hasattr(a, "dims") and not unnamed(a.dims)
+
+
+def _by_axes(da: Any, where: str, axes: tuple[str, ...]) -> Any:
+    """DataArray ``da`` transposed to ``axes`` and its dims renamed to them (its coordinates keep their names),
+    each dim read by name (:func:`ssrn.dims.dims_by_axis`); refused with a :class:`DataError` naming the fix."""
+    if tuple(da.dims) == axes:
+        return da
+    found = dims_by_axis(da.dims, where, DataError, axes)
+    swap = {d: a for a, d in found.items() if d != a}
+    clash = next((a for d, a in swap.items() if a in da.coords and da[a].dims != (d,)), None)
+    if clash is not None:  # a 2-D 'y' coordinate beside dims lat/lon
+        raise DataError(f"{where}: its dims {tuple(map(str, da.dims))} are read as {axes}, but it also has a "
+                        f"coordinate named {clash!r} on dims {tuple(map(str, da[clash].dims))}; drop or rename that "
+                        f"coordinate first, e.g. da.drop_vars({clash!r})")
+    return da.transpose(*(found[a] for a in axes)).swap_dims(swap)
+
+
+def cube_array(cube: Any, where: str, dims: tuple[str, ...] = SCENE_AXES, *, fill: float = np.nan) -> np.ndarray:
+    """A cube (``dims`` band, y, x) or label map (y, x) as a numpy array in ``dims`` order.
+
+    A DataArray is read by its dim names, as the engine reads a scene's (:mod:`ssrn.dims`: ``lat``/``lon``,
+    ``row``/``col``, ``wavelength``... in any order); names that are unknown, repeated (``lat`` beside ``row``) or
+    of another axis are refused, never read by position. xarray's unnamed ``dim_0``... are read as stored, as is a
+    plain array (or tensor, or masked array: masked values ``fill``, :func:`_as_numpy`). ``where`` names the cube in
+    the error."""
+    if not _named(cube):
+        return _as_numpy(cube.values if hasattr(cube, "dims") else cube, fill=fill)
+    found = dims_by_axis(cube.dims, where, DataError, dims)
+    return _as_numpy(cube.transpose(*(found[a] for a in dims)).values, fill=fill)
 
 
 def _standardize_valid(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1015,7 +1033,7 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def _targets_of(self, labels: Any, idx: np.ndarray) -> torch.Tensor:
         """The 0-based int64 classes of the pixels ``idx`` in the ``(y, x)`` label map (masked cells unlabelled)."""
-        lab = cube_array(labels, "PatchDataset: the labels", ("y", "x"), fill=0)
+        lab = cube_array(labels, "PatchDataset: the label map", MAP_AXES, fill=0)
         if lab.shape != (self.h, self.w):
             hint = ": transposed? pass labels.T" if lab.shape == (self.w, self.h) else ""
             raise DataError(f"PatchDataset: labels have shape {lab.shape} but the scene is {self.h} x {self.w} "
