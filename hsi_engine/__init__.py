@@ -28,8 +28,8 @@ _lazy_getattr, __dir__, _ = lazy_loader.attach(
     __name__,
     submodules=["accessor", "allocator", "api", "blocks", "cli", "cluster", "cube", "dask_client", "demo", "envi",
                 "errors", "fused", "georef", "geotiff", "integrity", "io", "lock", "logs", "map_info", "model_info",
-                "normalise", "outputs", "owned", "render", "resume", "runner", "scene_checks", "stores", "tiles",
-                "training", "wavelengths", "whole", "writers"],
+                "normalise", "outputs", "owned", "products", "render", "resume", "runner", "scene_checks",
+                "scene_identity", "stores", "tiles", "training", "wavelengths", "whole", "writers"],
     submod_attrs={
         "accessor": ["HSIAccessor"],
         "allocator": ["reuse_large_buffers"],

@@ -21,6 +21,9 @@ from .cube import (bare_dataarray, canonical_dim, cube_like, default_chunks, dim
                    named_wavelengths, nan_capable, normalise_dims, resolve_dims, with_bbl)
 from .errors import HSIEngineError, SceneError, SceneNotFoundError
 from .logs import warnings_ignored
+from .products import (H5_NODATA_ATTRS, BandList, band_axis_by_lists, band_axis_fix, cube_hints, good_wavelengths_bbl,
+                       h5_dims_attr, h5_good_bands, h5_nodata, h5_wavelength_lists, prisma_scaling,
+                       sensor_geometry_error)
 from .wavelengths import (WAVELENGTH_NAMES, inverse_spectral_unit, listed_wavelengths, not_wavelengths, to_nm,
                           warn_wavelengths, wavelengths_in_names, wavelengths_nm)
 
@@ -288,6 +291,10 @@ def open_netcdf(path: Path, chunks, variable: str | None) -> xr.DataArray:
                              + (f" holding {listed}" if cubes else "")
                              + f"; pass variable={example!r} (--variable {example})")
     var = pick_variable(ds, where, variable)
+    swath = sensor_geometry_error(path, var, f"{where}'s variable {var.name!r}")
+    if swath is not None:
+        ds.close()
+        raise swath
     _check_netcdf4_chunks(path, group, var, where)
     var = _decode_packed(var, f"{where}'s variable {var.name!r}")
     da = normalise_dims(var, f"{where}'s variable {var.name!r}")
@@ -314,7 +321,8 @@ def _check_netcdf4_chunks(path: Path, group: str | None, var: xr.DataArray, wher
 
 
 def keep_grid_mapping(da: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
-    """Carry the grid-mapping variable (``spatial_ref``) as a coordinate so ``da.rio.crs`` works."""
+    """Carry the grid-mapping variable (``spatial_ref``) as a coordinate so ``da.rio.crs`` works, and the band
+    wavelengths and ``good_wavelengths`` flags (as ``bbl``) that ``ds`` holds beside the cube."""
     gm = da.encoding.get("grid_mapping") or da.attrs.get("grid_mapping")
     if isinstance(gm, str) and ":" in gm:  # CF 1.7's extended form, "crs: x y" (GDAL reads it)
         gm = gm.split(":")[0].strip()
@@ -330,7 +338,7 @@ def keep_grid_mapping(da: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
         wl = ds["wavelength"]
         da = da.assign_coords(wavelength=("band", to_nm(wl.values, wl.attrs.get("units"))))
         da["wavelength"].attrs["units"] = "nm"
-    return named_wavelengths(da, ds)
+    return named_wavelengths(good_wavelengths_bbl(da, ds), ds)
 
 
 def open_zarr(path: Path, chunks, variable: str | None, band_axis: int | None) -> xr.DataArray:
@@ -627,15 +635,16 @@ def _open_hdf5_file(f, path: Path, chunks, variable: str | None, band_axis: int 
             name = cubes[0]
         else:
             shapes = {k: v.shape for k, v in found.items()}
+            # (PRISMA: its VNIR and SWIR cubes, bands on axis 1 as their wavelength lists tell)
             raise SceneError(f"{path}: expected one 3-D dataset (or one named 'cube'); found {shapes}. "
-                             "Pass variable=NAME (--variable NAME).")
+                             "Pass variable=NAME (--variable NAME)" + cube_hints(f, found, cubes) + ".")
     ds = found[name]
     unit = _h5_unit_axes(ds.shape)
     if ds.ndim != 3 and not unit:
         raise SceneError(f"{path}:{name} has shape {ds.shape}; expected a 3-D cube (band, y, x), or one with "
                          "extra length-1 dims. Pass the dataset that holds the cube with variable=NAME "
                          "(--variable NAME), or write the cube to its own dataset")
-    dims = dims_from_attr(ds.attrs.get("dims")) or dims_from_attr(ds.attrs.get("DIMENSION_LABELS"))
+    dims = h5_dims_attr(ds.attrs)
     scales = _h5_dim_scales(ds)
     if dims is None or len(dims) != ds.ndim or not all(dims):  # (h5py leaves a label not set '')
         dims = _h5_scale_dims(scales, unit) or dims  # a NetCDF4 file named .h5: its dims are dimension scales
@@ -645,8 +654,15 @@ def _open_hdf5_file(f, path: Path, chunks, variable: str | None, band_axis: int 
         log.info("%s:%s: dropping its length-1 dims %s", path, name,
                  ", ".join(dims[i] if named else f"axis {i}" for i in unit))
         dims = tuple(d for i, d in enumerate(dims) if i not in unit) if named else None
+    lists = h5_wavelength_lists(f, found, name)
+    if band_axis is None and (dims is None or len(dims) != 3):
+        by_list = band_axis_by_lists(shape, lists)  # (PRISMA's (lines, bands, samples): never guessed, axis 0 or 2)
+        if by_list is not None:
+            band_axis = by_list[0]
+            log.info("%s:%s: its axis %d (length %d) read as its band axis: the length of the wavelengths in %s",
+                     path, name, band_axis, shape[band_axis], by_list[1].source)
     dims = resolve_dims(shape, dims, f"{path}:{name}", band_axis=band_axis, default_last=False)
-    check_h5_chunks(ds, f"{path}:{name}", any(k in ds.attrs for k in ("_FillValue", "nodata", "missing_value")))
+    check_h5_chunks(ds, f"{path}:{name}", any(k in ds.attrs for k in (*H5_NODATA_ATTRS, "missing_value")))
     from dask.base import tokenize
 
     token = tokenize(str(path.resolve()), ds.name, os.stat(path).st_mtime_ns)
@@ -674,26 +690,30 @@ def _open_hdf5_file(f, path: Path, chunks, variable: str | None, band_axis: int 
                                 f"the dataset's attributes ('{own}' one number per band, 'wavelength_units' a unit "
                                 "name)")
         if wl is not None and len(wl) != da.sizes["band"]:
+            match = band_axis_by_lists(shape, [BandList(np.asarray(wl), None, "")])
+            fix = f"; its axis {match[0]} has that length: open it with {band_axis_fix(name, match[0])}" \
+                if match is not None else ""
             warn_wavelengths(f"{path}:{name}", f"its '{own}' attribute lists {len(wl)} values for "
-                             f"{da.sizes['band']} bands", f"the dataset's '{own}' attribute (one number per band)")
+                             f"{da.sizes['band']} bands{fix}", f"the dataset's '{own}' attribute (one number per band)")
             wl = None
-    if wl is None and wl_set is None:  # (an unusable attribute of the cube's own leaves the file's dataset to read)
-        for k in ("wavelength", "wavelengths"):
-            if k in f and f[k].ndim == 1 and f[k].shape[0] == da.sizes["band"]:
-                units = f[k].attrs.get("units")
-                wl = wavelengths_nm(f[k][()], units.decode() if isinstance(units, bytes) else units)
+    if wl is None and wl_set is None:  # (an unusable attribute of the cube's own leaves the file's lists to read)
+        lst = next((b for b in lists if not b.own and b.values.size == da.sizes["band"]), None)
+        if lst is not None:
+            wl = wavelengths_nm(lst.values, lst.units)
+            log.info("%s:%s: wavelengths from its %s (%s)", path, name, lst.source, lst.units or "no units")
+    bbl = h5_good_bands(f, found, name, da.sizes["band"], f"{path}:{name}")
     cf = {k: _h5_attr(ds.attrs[k]) for k in ("_FillValue", *_PACKING_ATTRS, *_VALID_ATTRS) if k in ds.attrs}
     if _valid_bounds(cf) is not None or any(k in cf for k in _PACKING_ATTRS):
         # CF packing as the NetCDF path decodes it: a NetCDF4 file named .h5 gave a one-class map without a word
         da = _decode_packed(da.rename(name.rsplit("/", 1)[-1]).assign_attrs(cf), f"{path}:{name}")
-        return finish_scene(da, path, "hdf5", wavelengths=wl, chunks=chunks)
-    nodata = ds.attrs.get("nodata", ds.attrs.get("_FillValue"))
-    if hasattr(nodata, "item"):
-        nodata = nodata.item()
+        return finish_scene(da, path, "hdf5", wavelengths=wl, chunks=chunks, bbl=bbl)
     # named for its dataset, as the packed one above and a NetCDF/zarr variable are (a dask token had been its name
     # in reprs and errors)
     da = da.rename(name.rsplit("/", 1)[-1])
-    return finish_scene(da, path, "hdf5", wavelengths=wl, nodata=nodata, chunks=chunks)
+    packed = prisma_scaling(f, name, ds.dtype, da.sizes["band"], f"{path}:{name}")
+    if packed is not None:  # as GDAL's band scales are kept: not applied, compared with the model's by classify
+        da.encoding["scales"], da.encoding["offsets"] = packed
+    return finish_scene(da, path, "hdf5", wavelengths=wl, nodata=h5_nodata(ds.attrs), chunks=chunks, bbl=bbl)
 
 
 def open_matlab(path: Path, chunks, variable: str | None, band_axis: int | None) -> xr.DataArray:
