@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.program import Affine, FoldedBlock, FoldedConv, SpectralProgram
-from ssrn.errors import is_whole
+from ssrn.errors import OptionTypeError, is_whole
 
 from .errors import OptionError
 
@@ -505,6 +505,10 @@ class FusedSSRN:
         if x.dim() != 3 or x.shape[0] != c.bands or x.shape[1] < self.patch or x.shape[2] < self.patch:
             raise OptionError(f"expected a padded tile ({c.bands}, h + {2 * self.halo}, w + {2 * self.halo}) "
                               f"with h, w >= 1; got {tuple(x.shape)}")
+        if self.precision == "float32" and x.is_floating_point() and x.dtype != torch.float32:
+            raise OptionTypeError(f"this float32 FusedSSRN takes float32 tiles; got {x.dtype}: pass x.float(), or "
+                                  "build FusedSSRN(model, precision='bfloat16') (or 'float16') to run in low "
+                                  "precision")
         if self.backend != "compile" or self._compiled_once:
             return self._run(x)
         try:  # the first call compiles: if that fails (no C++ compiler for inductor, an unsupported op), go eager

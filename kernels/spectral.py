@@ -134,9 +134,10 @@ def _check_dtypes(x: torch.Tensor, program: SpectralProgram) -> None:
     weights to ``x``'s dtype itself), except under autocast, which casts both."""
     w = program.stem.weight.dtype
     if x.dtype != w and not torch.is_autocast_enabled(x.device.type):
+        autocast = f", or run under torch.autocast('{x.device.type}', dtype={x.dtype})" \
+            if x.dtype in (torch.bfloat16, torch.float16) else ""  # (autocast's only dtypes)
         raise OptionTypeError(f"x is {x.dtype} but the weights are {w}: convert x (x.to({w})) or the weights "
-                        f"(program.to(dtype=x.dtype)), or run under torch.autocast('{x.device.type}', "
-                        f"dtype={x.dtype})")
+                              f"(program.to(dtype=x.dtype)){autocast}")
 
 
 def spectral_stage_reference(x: torch.Tensor, program: SpectralProgram) -> torch.Tensor:

@@ -553,3 +553,27 @@ def test_the_folding_functions_refuse_what_is_not_a_model(call, tmp_path):
     with pytest.raises(OptionError, match=rf"{call} takes an ssrn.SSRN model; got str: load a model directory "
                                           r"with hsi_engine.load_model\(path\)"):
         getattr(hsi_engine, call)(*args)
+
+
+def test_a_float32_engine_names_its_tile_dtype_and_the_dtype_fixes_work():
+    """A float64 tensor tile was refused with 'run under torch.autocast(cpu, dtype=torch.float64)', which torch's
+    autocast does not take (it warns and the same error comes back), and program.to(), which a FusedSSRN user cannot
+    reach. The engine names x.float() and the low-precision engine; the kernel's message offers autocast only for
+    the dtypes autocast runs."""
+    from kernels import spectral_stage_reference
+    from ssrn.errors import OptionTypeError
+
+    model = SSRN(SSRNConfig(bands=20, classes=4, patch=5)).eval()
+    engine = FusedSSRN(model)
+    x = torch.randn(20, 7, 7, dtype=torch.float64)
+    with pytest.raises(OptionTypeError, match=r"takes float32 tiles; got torch.float64: pass x.float\(\)"):
+        engine(x)
+    assert torch.equal(engine(x.float()), engine(x.numpy()))  # the fix named, as a numpy tile is taken
+    program = fold_spectral(model)
+    with pytest.raises(OptionTypeError) as err:
+        spectral_stage_reference(torch.zeros(3, 20, dtype=torch.float64), program)
+    assert "autocast" not in str(err.value)
+    with pytest.raises(OptionTypeError, match=r"torch.autocast\('cpu', dtype=torch.bfloat16\)"):
+        spectral_stage_reference(torch.zeros(3, 20, dtype=torch.bfloat16), program)
+    assert spectral_stage_reference(torch.zeros(3, 20, dtype=torch.float64), program.to(dtype=torch.float64)).dtype \
+        == torch.float64
