@@ -13,14 +13,45 @@ import xarray as xr
 
 from .cube import FILE_TRANSFORM, SOURCE_COL, SOURCE_ROW
 from .errors import IrregularGridError, SceneError, user_stacklevel
-from .geotiff import gdal_name
+from .geotiff import CRS_ONLY_SAID, gdal_name
+from .logs import quiet_affine_mul
 
 
-def georeferenced(da: xr.DataArray) -> bool:
+def georeferenced(da: xr.DataArray, scene_path: Any = None) -> bool:
+    """Whether the scene declares a CRS; :class:`SceneError` where it declares one that cannot be read."""
+    return scene_crs(da, scene_path) is not None
+
+
+def scene_crs(da: xr.DataArray, scene_path: Any = None, *, what: str | None = None, var: str = "scene",
+              error: type[Exception] = SceneError) -> Any:
+    """``da.rio.crs``: None where ``da`` declares no CRS, ``error`` where it declares one pyproj cannot parse. An
+    unreadable CRS is not "no CRS": read as one, the map lost its placement without a word. ``what`` names ``da``
+    in the message (default: ``scene <its path>``), ``var`` in the fix's code."""
+    import pyproj
+    import rasterio.errors
+
     try:
-        return da.rio.crs is not None
-    except Exception:  # noqa: BLE001
-        return False
+        return da.rio.crs
+    except (pyproj.exceptions.CRSError, rasterio.errors.CRSError) as e:
+        where, text, drop = _declared_crs(da, var)
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        name = what or f"scene {scene_name(da, scene_path)}"
+        raise error(f"{name} declares a CRS that pyproj cannot parse ({where}: {shown!r}); taken as no CRS, the "
+                    "class map would lose its placement: write the real CRS over it (in Python: "
+                    f"{var} = {var}.rio.write_crs(\"EPSG:32633\"), with its own EPSG code; in the file: fix "
+                    f"{where}), or remove it to place the map without a CRS ({drop})") from e
+
+
+def _declared_crs(da: xr.DataArray, var: str) -> tuple[str, str, str]:
+    """``(where, text, how to remove it)`` of the CRS text rioxarray reads: the grid mapping's ``spatial_ref`` or
+    ``crs_wkt`` attribute, else a ``crs`` attribute."""
+    gm = da.rio.grid_mapping
+    attrs = da.coords[gm].attrs if gm in da.coords else {}
+    for key in ("spatial_ref", "crs_wkt"):  # (rioxarray's order)
+        if key in attrs:
+            return (f"its {gm} coordinate's {key} attribute", str(attrs[key]),
+                    f"{var} = {var}.drop_vars({gm!r}): the map is then placed by the x/y coordinates")
+    return "its crs attribute", str(da.attrs.get("crs", "")), f"del {var}.attrs['crs']"
 
 
 def scene_georef(da: xr.DataArray, scene_path: Any = None) -> tuple[Any, Any, Any]:
@@ -28,14 +59,14 @@ def scene_georef(da: xr.DataArray, scene_path: Any = None) -> tuple[Any, Any, An
     control points of one georeferenced by them (not orthorectified: no transform, no y/x coordinates, where
     ``rio.transform()`` reads the identity); with one warning when the scene has no CRS: then no CRS, and the
     transform its x/y coordinates give (None where they are pixel indices or absent)."""
-    if not georeferenced(da) and da.encoding.get("rpcs"):
+    if not georeferenced(da, scene_path) and da.encoding.get("rpcs"):
         warnings.warn(f"scene {scene_name(da, scene_path)} is placed by RPCs (rational polynomial coefficients, a "
                       "level-1 product), which hsi-engine's class maps do not carry: the map has no georeferencing. "
                       "Orthorectify the scene first (gdalwarp -rpc -t_srs EPSG:... scene.tif ortho.tif), or copy "
                       "the scene's RPCs onto the map, which lies on the scene's pixel grid (in rasterio: "
                       "dst.rpcs = src.rpcs)", stacklevel=user_stacklevel())
         return None, None, None
-    if not georeferenced(da):
+    if not georeferenced(da, scene_path):
         def pixel_indices(d: str) -> bool:
             v = np.asarray(da[d].values, np.float64) if d in da.coords and da[d].ndim == 1 else None
             return v is None or v.size < 2 or bool(np.allclose(v - np.floor(v[0]), np.arange(v.size) + v[0] % 1))
@@ -55,13 +86,58 @@ def scene_georef(da: xr.DataArray, scene_path: Any = None) -> tuple[Any, Any, An
         if not by_pixels and all(d in da.coords and da[d].ndim == 1 for d in ("x", "y")):
             transform = grid_transform(da, scene_path)  # irregular coordinates are refused, as with a CRS
         placed = "written in pixel coordinates" if by_pixels else "placed by the scene's x/y coordinates, with no CRS"
+        # pixel coordinates: a CRS alone would place the map at the CRS's origin (crs_without_transform)
+        fix = ("set one and its transform in Python, da.rio.write_crs(...).rio.write_transform(Affine(...)) (a CRS "
+               "alone puts the map at the CRS's origin)" if by_pixels else
+               "set one with da.rio.write_crs(...) in Python")
         warnings.warn(f"scene {scene_name(da, scene_path)} has no georeferencing (no CRS): the class map is "
-                      f"{placed}; set one with da.rio.write_crs(...) in Python, or write it into "
-                      "the scene file (e.g. gdal_edit.py -a_srs EPSG:32633 -a_ullr ... for a GeoTIFF)",
-                      stacklevel=user_stacklevel())
+                      f"{placed}; {fix}, or write it into the scene file (e.g. gdal_edit.py -a_srs EPSG:32633 "
+                      "-a_ullr ... for a GeoTIFF)", stacklevel=user_stacklevel())
         return None, transform, None
     gcps = scene_gcps(da)
     return (da.rio.crs, None, gcps) if gcps else (da.rio.crs, grid_transform(da, scene_path), None)
+
+
+@quiet_affine_mul
+def crs_without_transform(da: xr.DataArray) -> bool:
+    """Whether ``da`` declares a CRS but nothing places it in it: no GCPs or RPCs, and its transform is the
+    identity, GDAL's "no geotransform", which rioxarray also reads for a scene with no x/y coordinates and no stored
+    GeoTransform (x/y, where there are any, the identity's pixel centres 0.5, 1.5, ...). Its map would lie at the
+    CRS's origin in 1-unit pixels, far from its ground."""
+    try:
+        if (da.rio.crs is None or da.encoding.get("rpcs") or scene_gcps(da)
+                or not da.rio.transform().is_identity):
+            return False
+    except Exception:  # noqa: BLE001 - an unreadable CRS or GCPs: refused where the map is placed
+        return False
+    for d in ("x", "y"):
+        if d in da.coords:
+            v = np.asarray(da[d].values, np.float64)
+            if da[d].ndim != 1 or not np.allclose(v, np.arange(v.size) + 0.5):
+                return False
+    return True
+
+
+def warn_crs_without_transform(da: xr.DataArray, scene_path: Any = None) -> bool:
+    """Warn where ``da`` has a CRS but no transform (:func:`crs_without_transform`), unless its opening did
+    (``CRS_ONLY_SAID``); True where it warned. Its map is written as the GeoTIFF reader's warning says: with the
+    CRS, on the scene's pixel grid at the CRS's origin, as the scene lies."""
+    if da.encoding.get(CRS_ONLY_SAID) or not crs_without_transform(da):
+        return False
+    name = scene_name(da, scene_path)
+    gm = da.rio.grid_mapping
+    drop = f"scene.drop_vars({gm!r})" if gm in da.coords else "del scene.attrs['crs']"
+    in_file = ""
+    if name != "(in memory)":
+        in_file = (f"; in the file: gdal_edit.py -a_ullr ULX ULY LRX LRY {name}" if name.lower().endswith(
+            (".tif", ".tiff", ".hdr", ".img", ".bsq", ".bil", ".bip", ".dat")) else
+            "; in the file: x/y pixel-centre coordinate variables, or a GeoTransform attribute on its grid mapping")
+    warnings.warn(f"scene {name} has a CRS ({da.rio.crs.to_string()}) but no transform (no GeoTransform or GCPs, "
+                  "no x/y coordinates but pixel indices): its class map lies at the CRS's origin in 1-unit pixels, "
+                  "far from its ground; give it its transform (in Python: scene = scene.rio.write_transform(Affine("
+                  f"PIXEL, 0, ULX, 0, -PIXEL, ULY)), the product's pixel size and upper-left corner{in_file}), or "
+                  f"drop the CRS for a map in pixel coordinates ({drop})", UserWarning, stacklevel=user_stacklevel())
+    return True
 
 
 def scene_name(da: xr.DataArray, scene_path: Any = None) -> str:
@@ -215,7 +291,9 @@ def grid_step(v: np.ndarray) -> tuple[float, float]:
 def grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
     """The scene's transform: the stored one (rioxarray's ``GeoTransform``, which keeps a rotation), unless its
     x/y coordinates say otherwise: a NetCDF flipped with ``isel(y=slice(None, None, -1))`` kept its north-up
-    GeoTransform while its y ran upwards, and the map was written flipped and a scene's height off the ground."""
+    GeoTransform while its y ran upwards, and the map was written flipped and a scene's height off the ground.
+    A CRS without a transform is warned of (:func:`warn_crs_without_transform`): rioxarray's identity is returned."""
+    warn_crs_without_transform(da, scene_path)
     any_coords = all(d in da.coords and da[d].ndim == 1 and da[d].size > 0 for d in ("x", "y"))
     have_coords = any_coords and max(da["x"].size, da["y"].size) > 1  # one pixel wide (or tall): placed by them too
     if any_coords:
@@ -255,8 +333,8 @@ def grid_transform(da: xr.DataArray, scene_path: Any = None) -> Any:
                                      "selected irregularly: only a regular window can be placed; select one with "
                                      "a slice, e.g. da.isel(x=slice(a, b))") from None
         return _rotated_window(da, stored, (r0, rs), (c0, cs), scene_path)
-    if not have_coords:
-        return stored  # no 1-D coordinates to check against
+    if not have_coords:  # no 1-D coordinates to check against (and no GeoTransform: the identity, warned of above)
+        return stored
     for d in ("x", "y"):
         v = np.asarray(da[d].values, np.float64)
         if v.size < 2:  # one pixel: its coordinate places it, at the stored pixel size

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 # rasterio's log line for each metadata item that is not UTF-8 text (it skips the item), once per item and read: a
 # Latin-1 ENVI header (Windows tools write 'wavelength units = µm', band names with 'grün') gave ~180 of them
 _UNDECODED = "Failed to decode metadata item"
+# the encoding key of a scene whose opening warned that it has a CRS but no transform: classify does not again
+CRS_ONLY_SAID = "crs_without_transform_said"
 
 
 def gdal_name(path: str | os.PathLike) -> str:
@@ -190,6 +192,8 @@ def open_geotiff(path: Path, chunks, driver: str = "GTiff") -> xr.DataArray:
         da = _with_gdal_mask(da, path, driver)
     if rpcs is not None:  # placed by rational polynomial coefficients (a level-1 product); see georef.scene_georef
         da.encoding["rpcs"] = rpcs.to_dict()
+    if crs_only is not None:
+        da.encoding[CRS_ONLY_SAID] = True
     da.set_close(closer)
     return da
 

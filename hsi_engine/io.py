@@ -42,9 +42,10 @@ from ssrn.errors import is_text_path, is_whole, unexpanded_home
 from .cube import bare_dataarray, cf_georef, cube_like, human_bytes, normalise_dims
 from .envi import envi_header_beside, envi_paths, open_envi
 from .errors import OptionError, SceneError, SceneNotFoundError
-from .georef import scene_gcps, with_window_gcps
-from .geotiff import open_geotiff
+from .georef import crs_without_transform, scene_crs, scene_gcps, warn_crs_without_transform, with_window_gcps
+from .geotiff import CRS_ONLY_SAID, open_geotiff
 from .logs import quiet_affine_mul
+from .scene_checks import declared_nodata, scene_wavelengths
 from .stores import (gdal_band_stack, keep_grid_mapping, open_hdf5, open_matlab, open_netcdf, open_npy, open_zarr,
                      pick_variable, zipped_zarr)
 
@@ -195,6 +196,9 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
     da.encoding["source_array"] = da.data.name if da.chunks is not None else None
     if "source" in da.encoding:  # absolute: the file a resumed run compares with, from any working directory
         da.encoding["source"] = os.path.abspath(da.encoding["source"])
+    # a CRS but no transform (a CF file's grid mapping without x/y coordinates): said on opening, as a GeoTIFF's is
+    if warn_crs_without_transform(da, p):
+        da.encoding[CRS_ONLY_SAID] = True
     return da
 
 
@@ -284,6 +288,7 @@ def _disk_size(path: Path) -> int:
     return total
 
 
+@quiet_affine_mul
 def scene_info(path: str | os.PathLike, *, variable: str | None = None, band_axis: int | None = None) -> str:
     """A human summary of a scene: format, shape, bands, dtype, chunks, CRS, transform, wavelengths, size;
     ``variable`` / ``band_axis`` as in :func:`open_scene`."""
@@ -298,34 +303,59 @@ def scene_info(path: str | os.PathLike, *, variable: str | None = None, band_axi
         cs = tuple(c[0] for c in da.chunks)
         lines.append(f"chunks     {cs} (band, y, x); {math.prod(len(c) for c in da.chunks)} chunks")
     crs = transform = None
+    try:  # an unreadable CRS is said on its line (classify refuses it), not shown as none
+        crs = scene_crs(da, path)
+        crs_line = crs.to_string() if crs is not None else "none"
+    except SceneError as e:
+        crs_line = f"unreadable: {e}"
     try:
-        crs = da.rio.crs
         transform = da.rio.transform() if crs is not None or "spatial_ref" in da.coords else None
     except Exception:  # a scene without coordinates has no transform
         pass
-    lines.append(f"crs        {crs.to_string() if crs is not None else 'none'}")
+    lines.append(f"crs        {crs_line}")
     gcps = scene_gcps(da) if crs is not None else None
     if gcps:  # placed by ground control points: the identity transform rioxarray reads means nothing
         lines.append(f"gcps       {len(gcps)} ground control points (no transform: not orthorectified)")
+    elif crs is not None and crs_without_transform(da):  # rioxarray's identity is no transform (open_scene warned)
+        lines.append("transform  none: a CRS without a transform (no GeoTransform, no x/y coordinates but pixel "
+                     "indices), so a map would lie at the CRS's origin in 1-unit pixels")
     elif transform is not None:
         lines.append(f"transform  {tuple(round(v, 6) for v in transform[:6])}")
         lines.append(f"pixel      {math.hypot(transform.a, transform.d):g} x {math.hypot(transform.b, transform.e):g}"
                      + (" (rotated grid)" if transform.b or transform.d else ""))
-    nodata = da.attrs.get("_FillValue")
-    lines.append(f"nodata     {nodata if nodata is not None else 'none'}"
+    lines.append(f"nodata     {_nodata_text(da)}"
                  + (f" (declared per band: {da.attrs['band_nodata']}; each read as NaN)" if "band_nodata" in da.attrs
                     else ""))
     if "gdal_mask" in da.attrs:
         lines.append(f"mask       {da.attrs['gdal_mask']}")
     lines += _scale_lines(da)
-    if "wavelength" in da.coords:
-        wl = np.asarray(da["wavelength"].values, dtype=float)
-        lines.append(f"wavelength {np.nanmin(wl):.1f}..{np.nanmax(wl):.1f} nm ({wl.size} bands)")
-    else:
-        lines.append("wavelength unknown")
+    lines.append(f"wavelength {_wavelength_text(da)}")
     lines.append(f"in memory  {human_bytes(da.nbytes)}")
     lines.append(f"on disk    {human_bytes(_disk_size(p))}")
     return "\n".join(lines)
+
+
+def _nodata_text(da: xr.DataArray) -> str:
+    """``info``'s nodata value: the one classify masks (:func:`~hsi_engine.scene_checks.declared_nodata`)."""
+    try:
+        v = declared_nodata(da)
+    except SceneError as e:  # classify refuses it: said here, with the rest of the summary
+        return f"unreadable: {e}"
+    if v is None:
+        return "none"
+    return str(int(v)) if da.dtype.kind in "iu" and float(v).is_integer() else str(v)
+
+
+def _wavelength_text(da: xr.DataArray) -> str:
+    """``info``'s wavelengths: those classify checks against the model's
+    (:func:`~hsi_engine.scene_checks.scene_wavelengths`)."""
+    try:
+        wl = scene_wavelengths(da)
+    except SceneError as e:  # classify refuses them: said here, with the rest of the summary
+        return f"unreadable: {e}"
+    if wl is None:
+        return "unknown"
+    return f"{np.nanmin(wl):.1f}..{np.nanmax(wl):.1f} nm ({wl.size} bands)"
 
 
 def _scale_lines(da: xr.DataArray) -> list[str]:

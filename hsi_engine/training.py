@@ -263,6 +263,7 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
     from .envi import envi_paths
     from .errors import IrregularGridError, SceneError
     from .georef import grid_transform, scene_gcps
+    from .georef import scene_crs as declared_crs
     from .io import open_scene, scene_format
     from .scene_checks import declared_nodata
     from .scene_checks import nodata_bands as scene_nodata_bands
@@ -281,8 +282,9 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
         except SceneError as e:
             raise DataError(str(e)) from None
     da = open_scene(scene_path, variable=variable, band_axis=band_axis)
+    # an unreadable CRS is refused, not read as none (the labels were matched pixel for pixel, unchecked)
+    scene_crs = declared_crs(da, scene_path, error=DataError)
     try:
-        scene_crs = da.rio.crs
         # as the engine places the scene's map: its coordinates overrule a GeoTransform left stale by flipping it;
         # a scene with a transform and no CRS is placed by it too (pixel coordinates are no placement)
         gcps = scene_gcps(da) if scene_crs is not None else None
@@ -295,10 +297,10 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
             scene_transform = None  # no CRS and no regular grid: nothing places it; labels match pixel for pixel
         if scene_transform is not None and scene_transform.is_identity:
             scene_transform = None
-    except IrregularGridError as e:  # its labels could not be placed on it either
+    except SceneError as e:  # irregular coordinates (or GCPs): its labels could not be placed on it either
         raise DataError(str(e)) from None
-    except Exception:  # noqa: BLE001 - rioxarray cannot tell: nothing to compare
-        scene_crs = scene_transform = gcps = None
+    except Exception:  # noqa: BLE001 - rioxarray cannot tell where it lies: only its CRS to compare
+        scene_transform = gcps = None
     where = f"{labels_path} vs {scene_path}"
     like = scene_path  # what `rio warp --like` opens: an ENVI scene's data file, not its header
     if scene_format(scene_path) == "envi":

@@ -405,7 +405,9 @@ class ClassMapWriter:
         if self.crs is None or (self.transform is None and self.gcps is None):
             missing = " and ".join(m for m, v in (("CRS", self.crs), ("transform", self.transform)) if v is None)
             warnings.warn(f"writing {path} without georeferencing (no {missing}): the class map is in pixel "
-                          "coordinates. Give the scene a CRS (da.rio.write_crs) and transform to georeference it.",
+                          "coordinates. Give the scene a CRS and a transform to georeference it (in Python: "
+                          "da.rio.write_crs(...).rio.write_transform(...); a CRS alone puts the map at the CRS's "
+                          "origin).",
                           UserWarning, stacklevel=user_stacklevel())
         self._lock = threading.Lock()
         self._done = False
@@ -438,10 +440,11 @@ class ClassMapWriter:
         if y0 < 0 or x0 < 0 or y0 + h > self.height or x0 + w > self.width:
             raise OptionError(f"tile at (y0={y0}, x0={x0}) of {h} x {w} lies outside the {self.height} x "
                              f"{self.width} class map")
+        # uint8 too: a class past n_classes has no colour or name, and would read as a real class
+        if labels.size and ((labels.dtype != np.uint8 and labels.min() < 0) or labels.max() > self.n_classes):
+            raise OptionError(f"labels lie in {labels.min()}..{labels.max()}; expected 0 (nodata) or 1.."
+                             f"{self.n_classes}")
         if labels.dtype != np.uint8:
-            if labels.size and (labels.min() < 0 or labels.max() > self.n_classes):
-                raise OptionError(f"labels lie in {labels.min()}..{labels.max()}; expected 0 (nodata) or 1.."
-                                 f"{self.n_classes}")
             labels = labels.astype(np.uint8)
         if probabilities is not None:
             if self.probabilities is None:
@@ -887,19 +890,18 @@ def write_classmap(labels_da, path: str | os.PathLike, **kw: Any) -> Path:
         da = labels_da.transpose(*[d for d in ("y", "x") if d in labels_da.dims] or labels_da.dims)
         attrs = da.attrs
         if "crs" not in kw or "transform" not in kw:
+            import rioxarray  # noqa: F401
+
+            from .georef import grid_transform, scene_crs, scene_gcps
+
+            if "crs" not in kw:  # an unreadable CRS is refused: written as none, the map would lose its placement
+                kw["crs"] = scene_crs(da, what="the class map", var="labels", error=OptionError)
             try:
-                import rioxarray  # noqa: F401
-
-                from .georef import scene_gcps
-
-                kw.setdefault("crs", da.rio.crs)
                 gcps = scene_gcps(da) if kw.get("crs") is not None else None
                 if gcps:  # placed by ground control points: rio.transform() would read the identity
                     kw.setdefault("gcps", gcps)
                 elif "spatial_ref" in da.coords or ("x" in da.coords and "y" in da.coords):
-                    from .georef import grid_transform  # irregular x/y refused, as classify_to_file refuses them
-
-                    kw.setdefault("transform", grid_transform(da))
+                    kw.setdefault("transform", grid_transform(da))  # irregular x/y refused, as classify_to_file does
             except HSIEngineError:  # GCPs that cannot place this selection: said, not written wrong
                 raise
             except Exception:  # no spatial coords: leave ungeoreferenced

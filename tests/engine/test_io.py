@@ -470,6 +470,25 @@ def test_scene_info(make_scene):
         assert expect in text
 
 
+def test_scene_info_reports_the_wavelengths_and_nodata_classify_uses(tmp_path):
+    """info read only a 'wavelength' coordinate and _FillValue: a band coordinate of wavelengths (which classify
+    checks) printed 'wavelength unknown', and an int16 scene's nodata attribute (which classify masks) 'none'."""
+    from hsi_engine.scene_checks import declared_nodata, scene_wavelengths
+
+    data = np.random.default_rng(0).integers(1, 1000, (5, 8, 8)).astype(np.int16)
+    by_band = xr.DataArray(data, dims=("band", "y", "x"), name="cube",
+                           coords={"band": ("band", np.linspace(450.5, 850.5, 5), {"units": "nm"})})
+    by_band.to_netcdf(tmp_path / "band.nc")
+    assert scene_wavelengths(open_scene(tmp_path / "band.nc")) is not None
+    assert "wavelength 450.5..850.5 nm (5 bands)" in scene_info(tmp_path / "band.nc")
+    xr.DataArray(data, dims=("band", "y", "x"), name="cube", attrs={"nodata": -1}).to_netcdf(tmp_path / "nd.nc")
+    assert declared_nodata(open_scene(tmp_path / "nd.nc")) == -1
+    assert "nodata     -1\n" in scene_info(tmp_path / "nd.nc")
+    xr.DataArray(data, dims=("band", "y", "x"), name="cube").to_netcdf(tmp_path / "none.nc")
+    text = scene_info(tmp_path / "none.nc")
+    assert "nodata     none" in text and "wavelength unknown" in text
+
+
 def test_cli_info(make_scene, capsys):
     from hsi_engine.cli import main
 

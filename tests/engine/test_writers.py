@@ -361,6 +361,10 @@ def test_bad_tiles_and_suffix(tmp_path, geo, labels):
             w.write(H - 5, 0, labels[:10, :10])
         with pytest.raises(ValueError, match=r"0 \(nodata\) or 1\.\.5"):
             w.write(0, 0, np.full((4, 4), 9, np.int64))
+        # uint8 as well: written, class 9 had no colour or name and read as a real class
+        with pytest.raises(ValueError, match=r"labels lie in 0\.\.9; expected 0 \(nodata\) or 1\.\.5"):
+            w.write(0, 0, np.array([[0, 9], [1, 2]], np.uint8))
+        w.write(0, 0, np.array([[0, K], [1, 2]], np.uint8))  # n_classes itself is a class
         with pytest.raises(ValueError, match="probabilities=None"):
             w.write(0, 0, labels[:4, :4], probabilities=np.zeros((K, 4, 4)))
     finally:
@@ -449,6 +453,16 @@ def test_class_map_overviews_hold_only_classes(tmp_path):
         assert ds.overviews(1), "the COG has no overviews to check"
     with rasterio.open(out, overview_level=0) as ov:
         assert set(np.unique(ov.read(1)).tolist()) <= {1, 3}
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8])
+def test_write_classmap_refuses_classes_past_n_classes_in_any_dtype(tmp_path, dtype):
+    """The range was checked for every dtype but uint8: a uint8 map holding class 20 of 16 was written."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match=r"labels lie in 20\.\.20; expected 0 \(nodata\) or 1\.\.16"):
+            write_classmap(np.full((32, 32), 20, dtype), tmp_path / "m.tif", n_classes=16)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_int_labels_up_to_n_classes_are_written(tmp_path):
