@@ -263,6 +263,15 @@ def _check_envi_byte_order(header: dict[str, str], hdr: Path, code: int) -> None
                          f"expected {fix}. GDAL would read it as {gdal}-endian: fix that line")
 
 
+def _declared_byte_order(header: dict[str, str]) -> str | None:
+    """The byte order GDAL read a checked header's values in (``'little-endian'`` or ``'big-endian'``, as its
+    ``byte order`` declares), None for one-byte values: the array it returns is in the machine's order, so a check
+    that names the order the file was read in (a byte-swapped scene's warning) takes it from here."""
+    if _ENVI_BYTES[_envi_int(header["data type"])] == 1:
+        return None
+    return "big-endian" if _envi_int(header["byte order"]) == 1 else "little-endian"
+
+
 def _check_envi_size(header: dict[str, str], hdr: Path, data: Path) -> None:
     """Refuse a binary shorter than its header says (an interrupted download or copy): GDAL reads the missing
     rows as zeros, which were classified as if they were the scene."""
@@ -397,6 +406,9 @@ def open_envi(path: Path, chunks) -> xr.DataArray:
             da = with_nodata(da, value, f"{hdr}'s data ignore value")
     da.attrs["source_format"] = "envi"
     da.attrs["envi_interleave"] = header["interleave"].strip().lower()
+    order = _declared_byte_order(header)
+    if order is not None:
+        da.attrs["byte_order"] = order
     da.set_close(closer)
     return da
 

@@ -25,7 +25,7 @@ from .products import (H5_NODATA_ATTRS, BandList, band_axis_by_lists, band_axis_
                        h5_dims_attr, h5_good_bands, h5_nodata, h5_wavelength_lists, prisma_scaling,
                        sensor_geometry_error)
 from .wavelengths import (WAVELENGTH_NAMES, inverse_spectral_unit, listed_wavelengths, not_wavelengths, to_nm,
-                          warn_wavelengths, wavelengths_in_names, wavelengths_nm)
+                          warn_wavelengths, wavelength_side_files, wavelengths_in_names, wavelengths_nm)
 
 log = logging.getLogger(__name__)
 
@@ -271,8 +271,7 @@ def open_netcdf(path: Path, chunks, variable: str | None) -> xr.DataArray:
                 raise SceneError(f"{path} has no group {group!r} (for variable {group}/{variable}); groups: "
                                  f"{groups or 'none'}. Pass variable='GROUP/NAME' (--variable GROUP/NAME) with one "
                                  "of them") from None
-        raise SceneError(f"{path} could not be opened as NetCDF ({first_line(e)}); is the "
-                         "file complete and undamaged?") from None
+        raise _netcdf_open_error(path, e) from None
     where = str(path) if group is None else f"{path} (group {group})"
     if variable is None and not any(cube_like(v) for v in ds.data_vars.values()):
         stack = gdal_band_stack(ds, where, decode=True)
@@ -301,6 +300,50 @@ def open_netcdf(path: Path, chunks, variable: str | None) -> xr.DataArray:
     da = finish_scene(keep_grid_mapping(da, ds), path, "netcdf", chunks=chunks)
     da.set_close(ds.close)  # (closed by a run that opened it; else when collected)
     return da
+
+
+# what a file named .nc that is not NetCDF is, by its first bytes: (signature, what it is, the fix)
+_NOT_NETCDF = ((b"II*\x00", "a TIFF image", "rename it to .tif"), (b"MM\x00*", "a TIFF image", "rename it to .tif"),
+               (b"II+\x00", "a BigTIFF image", "rename it to .tif"),
+               (b"MM\x00+", "a BigTIFF image", "rename it to .tif"),
+               (b"\x0e\x03\x13\x01", "an HDF4 file, which hsi-engine does not read",
+                "convert it to GeoTIFF (gdal_translate) or NetCDF4"),
+               (b"GRIB", "a GRIB file, which hsi-engine does not read",
+                "convert it to NetCDF (cdo -f nc copy IN OUT.nc)"),
+               (b"PK\x03\x04", "a zip archive", "unzip it and pass the file inside"),
+               (b"\x1f\x8b", "a gzip-compressed file", "gunzip it and pass the file inside"),
+               (b"MATLAB", "a MATLAB file", "rename it to .mat"), (b"\x93NUMPY", "a NumPy array", "rename it to .npy"))
+
+
+def _netcdf_open_error(path: Path, e: BaseException) -> SceneError:
+    """The error for a file xarray could not open as NetCDF: one naming what the file is where it does not start as
+    NetCDF (classic 'CDF') or NetCDF4 (HDF5) does, for xarray's own says only that no backend matched and to pass
+    an ``engine``, which neither open_scene nor the command line takes; else xarray's reason, the file damaged."""
+    import h5py
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+        hdf5 = h5py.is_hdf5(path)
+    except OSError:
+        head, hdf5 = b"CDF", False  # unreadable now: xarray's reason stands
+    if hdf5 or head.startswith(b"CDF"):
+        return SceneError(f"{path} could not be opened as NetCDF ({first_line(e)}); is the file complete and "
+                          "undamaged? Fetch or write it again")
+    expected = "expected a NetCDF file, which starts with 'CDF' (NetCDF3) or HDF5's signature (NetCDF4)"
+    if not head:
+        return SceneError(f"{path} is empty (0 bytes); {expected}: fetch or write it again")
+    kind = next(((what, fix) for sig, what, fix in _NOT_NETCDF if head.startswith(sig)), None)
+    if kind is not None:
+        return SceneError(f"{path} is not NetCDF but {kind[0]} (it starts with {head[:4]!r}); {expected}: {kind[1]}")
+    if all(c >= 32 or c in b"\t\r\n\f" for c in head):  # no control bytes: text (UTF-8 or another encoding)
+        text = head.decode("utf-8", errors="replace")
+        line = text.strip().splitlines()[0][:60] if text.strip() else ""
+        page = " (an HTML page: a failed download?)" if text.lstrip()[:1] == "<" else ""
+        return SceneError(f"{path} is not NetCDF but text{page}, starting {line!r}; {expected}: fetch or write the "
+                          "file again")
+    return SceneError(f"{path} is not a NetCDF file: it starts with {head[:8]!r}; {expected}. Pass the scene's NetCDF "
+                      "file, or give a file of another format its own suffix (.tif, .h5, .hdr, .mat, .npy)")
 
 
 def _check_netcdf4_chunks(path: Path, group: str | None, var: xr.DataArray, where: str) -> None:
@@ -726,13 +769,74 @@ def open_matlab(path: Path, chunks, variable: str | None, band_axis: int | None)
     except DataNotFoundError as e:
         raise SceneNotFoundError(str(e)) from None
     except DataError as e:
-        raise SceneError(f"{e}. Pass variable=NAME (--variable NAME) to pick the cube.") from None
+        raise SceneError(_matlab_problem(path, variable, e)) from None
+    except TypeError as e:  # a v7.3 struct (an HDF5 group) named by variable=: the loader reads it as an array
+        shapes = _mat_variables(path) or {}
+        if variable is None or not any(k.lower() == variable.lower() and v is None for k, v in shapes.items()):
+            raise
+        raise SceneError(_matlab_problem(path, variable, e)) from None
     # MATLAB scenes are stored (rows, cols, bands): band-last unless the shape or band_axis says otherwise
     dims = resolve_dims(arr.shape, None, f"{path}:{key}", band_axis=band_axis, default_last=True)
     data = dsa.from_array(arr, chunks=default_chunks(arr.shape, dims))
     da = bare_dataarray(data, dims, f"{path}:{key}", band_axis=None, default_last=True)
     da.name = key
     return finish_scene(da, path, "matlab", wavelengths=_sidecar_wavelengths(path), chunks=chunks)
+
+
+def _mat_variables(path: Path) -> dict[str, tuple[int, ...] | None] | None:
+    """Each variable of a .mat file with its shape as MATLAB shows it (None for a v7.3 struct), read from the
+    variables' headers only; None where the file cannot be listed (a damaged file: its own error says so)."""
+    import h5py
+    import scipy.io
+
+    try:
+        if h5py.is_hdf5(path):  # v7.3: HDF5, stored column-major (the shape reversed)
+            with h5py.File(path, "r") as f:
+                return {k: tuple(reversed(v.shape)) if isinstance(v, h5py.Dataset) else None
+                        for k, v in f.items() if not k.startswith("#")}
+        return {name: tuple(shape) for name, shape, _ in scipy.io.whosmat(str(path))}
+    except Exception:  # noqa: BLE001 - unlistable: the loader's error names the problem
+        return None
+
+
+def _matlab_problem(path: Path, variable: str | None, e: Exception) -> str:
+    """The error for a .mat scene the loader refused: where the problem is which variable holds the cube (none, or
+    several, 3-D; ``variable`` missing or not 3-D), one naming the file's variables and the fix; else the loader's
+    own (a damaged file, or a cube that cannot be read: no variable= helps there)."""
+    shapes = _mat_variables(path)
+    if shapes is None:
+        return str(e)
+
+    def shown(names: Sequence[str]) -> str:
+        text = ", ".join(f"{k} ({' x '.join(map(str, shapes[k])) if shapes[k] is not None else 'struct'})"
+                         for k in names[:_LISTED])
+        return text + (f" ... ({len(names)} in all)" if len(names) > _LISTED else "")
+
+    names = sorted(shapes)
+    cubes = [k for k in names if shapes[k] is not None and len(shapes[k]) == 3]  # type: ignore[arg-type]
+    pick = (f"; pass the scene cube's name, e.g. variable={cubes[0]!r} (--variable {cubes[0]} on the command line)"
+            if cubes else "")
+    save = ("; save the scene into it as one 3-D array, rows x columns x bands (MATLAB: save(file, 'cube'); Python: "
+            "scipy.io.savemat(file, {'cube': cube}))")
+    if variable is not None:
+        key = next((k for k in names if k.lower() == variable.lower()), None)
+        if key is None:
+            return (f"{path} has no variable {variable!r}; it holds {shown(names) or 'no variables'}"
+                    + (pick if cubes else f", none of them 3-D{save}"))
+        shape = shapes[key]
+        if shape is None or len(shape) != 3:
+            what = "a struct" if shape is None else f"a {len(shape)}-D array of {' x '.join(map(str, shape))}"
+            others = [k for k in cubes if k != key]
+            return (f"{path}: variable {key!r} is {what}; expected the scene cube, a 3-D array (rows x columns x "
+                    "bands)" + (f". Its 3-D arrays: {shown(others)}{pick}" if others else f", and the file holds "
+                                f"none{save}"))
+        return str(e)
+    if len(cubes) == 1:
+        return str(e)
+    if not cubes:
+        return (f"{path} holds no 3-D array; expected the scene cube, a 3-D array (rows x columns x bands), and found "
+                f"{shown(names) or 'no variables'}{save}")
+    return f"{path} holds {len(cubes)} 3-D arrays ({shown(cubes)}), and which is the scene cannot be told{pick}"
 
 
 def open_npy(path: Path, chunks, band_axis: int | None) -> xr.DataArray:
@@ -757,22 +861,35 @@ _MAX_SIDECAR_BYTES = 1 << 20  # a wavelength list's JSON: some 10 bytes a band
 
 
 def _sidecar_wavelengths(path: Path) -> np.ndarray | None:
-    """Wavelengths from ``<stem>.wavelengths.json`` or ``<stem>_wavelengths.json`` beside the file, if any: a list
-    of numbers, or ``{"wavelengths": [...], "unit": "nm"}``."""
-    for cand in (path.with_name(path.stem + ".wavelengths.json"), path.with_name(path.stem + "_wavelengths.json")):
-        if cand.is_file():
-            try:
-                if cand.stat().st_size > _MAX_SIDECAR_BYTES:
-                    warn_wavelengths(str(cand), f"holds {human_bytes(cand.stat().st_size)}, more than the "
-                                      f"{human_bytes(_MAX_SIDECAR_BYTES)} a list of wavelengths takes", _SIDECAR_FIX)
-                    return None
-                doc = json.loads(cand.read_text(encoding="utf-8"))
-            except (ValueError, OSError, RecursionError) as e:  # not JSON (or not text, or nested past Python's limit)
-                warn_wavelengths(str(cand), f"cannot be read as JSON ({first_line(e)})",
-                                  _SIDECAR_FIX)
-                return None
-            if isinstance(doc, dict):
-                return listed_wavelengths(doc.get("wavelengths"), doc.get("unit"), str(cand), "'wavelengths' entry",
-                                           "'unit' entry", _SIDECAR_FIX)
-            return listed_wavelengths(doc, None, str(cand), "content", "unit", _SIDECAR_FIX)
-    return None
+    """Wavelengths from the JSON file beside the scene (:func:`~hsi_engine.wavelengths.wavelength_side_files`:
+    ``scene.wavelengths.json``, ``scene_wavelengths.json`` or ``scene.mat.wavelengths.json``), if any: a list of
+    numbers, or ``{"wavelengths": [...], "unit": "nm"}``. Two of them that disagree are named and left out."""
+    found = [c for c in wavelength_side_files(path) if c.is_file()]
+    read = [_read_sidecar(c) for c in found]
+    if any(not _same_wavelengths(read[0], r) for r in read[1:]):
+        warn_wavelengths(str(path), f"its wavelength files {', '.join(c.name for c in found)} list different "
+                         "wavelengths", "it: keep the one that is right and remove the others")
+        return None
+    return read[0] if read else None
+
+
+def _same_wavelengths(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return a is b or (a is not None and b is not None and a.shape == b.shape and np.allclose(a, b, equal_nan=True))
+
+
+def _read_sidecar(cand: Path) -> np.ndarray | None:
+    """The wavelengths (nm) wavelength file ``cand`` lists; None, with a warning naming the problem, where it lists
+    none that can be read."""
+    try:
+        if cand.stat().st_size > _MAX_SIDECAR_BYTES:
+            warn_wavelengths(str(cand), f"holds {human_bytes(cand.stat().st_size)}, more than the "
+                              f"{human_bytes(_MAX_SIDECAR_BYTES)} a list of wavelengths takes", _SIDECAR_FIX)
+            return None
+        doc = json.loads(cand.read_text(encoding="utf-8"))
+    except (ValueError, OSError, RecursionError) as e:  # not JSON (or not text, or nested past Python's limit)
+        warn_wavelengths(str(cand), f"cannot be read as JSON ({first_line(e)})", _SIDECAR_FIX)
+        return None
+    if isinstance(doc, dict):
+        return listed_wavelengths(doc.get("wavelengths"), doc.get("unit"), str(cand), "'wavelengths' entry",
+                                   "'unit' entry", _SIDECAR_FIX)
+    return listed_wavelengths(doc, None, str(cand), "content", "unit", _SIDECAR_FIX)

@@ -3,9 +3,11 @@ descriptions, and listed wavelengths checked before a scene carries them."""
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -123,16 +125,38 @@ _RECORD_WAVELENGTHS = {
             "'wavelength' and 'wavelength_units' attributes",
     "hdf5": "as a 1-D 'wavelength' dataset with 'units' (or the cube's own 'wavelength' and 'wavelength_units' "
             "attributes)",
-    "matlab": "in a '<name>.wavelengths.json' beside the file (a list of numbers, or "
-              '{"wavelengths": [...], "unit": "nm"})',
 }
-_RECORD_WAVELENGTHS["npy"] = _RECORD_WAVELENGTHS["matlab"]
+# the formats that cannot hold wavelengths, read from a JSON file beside the scene (wavelength_side_files)
+_SIDE_FILE_FORMATS = ("matlab", "npy")
+_SIDE_FILE_CONTENT = 'a list of numbers, or {"wavelengths": [...], "unit": "nm"}'
 
 
-def record_wavelengths_fix(fmt: str | None) -> str:
+def wavelength_side_files(path: str | os.PathLike) -> list[Path]:
+    """The files a .mat or .npy scene's wavelengths are read from, in the order looked for: ``scene.wavelengths.json``
+    or ``scene_wavelengths.json`` beside ``scene.mat`` (its name without the suffix, as ENVI's ``scene.hdr``), or
+    ``scene.mat.wavelengths.json`` (its whole name, as GDAL's ``scene.tif.aux.xml``; ENVI's ``scene.img.hdr``)."""
+    path = Path(path)
+    names = [path.stem + ".wavelengths.json", path.stem + "_wavelengths.json", path.name + ".wavelengths.json"]
+    return [path.with_name(n) for n in dict.fromkeys(names)]
+
+
+def _side_file_fix(path: str | os.PathLike | None) -> str:
+    """Where a .mat/.npy scene's wavelengths go: the file names for ``path``, or the rule where it is not known."""
+    if path is None:
+        return (f"write them into a JSON file beside the scene named for it without its suffix ({_SIDE_FILE_CONTENT}): "
+                "scene.wavelengths.json for scene.mat (or scene.mat.wavelengths.json)")
+    path = Path(path)
+    first, whole = path.stem + ".wavelengths.json", path.name + ".wavelengths.json"
+    also = f" (or {whole})" if whole != first else ""
+    return f"write them into {first}{also} beside {path.name}, a JSON file ({_SIDE_FILE_CONTENT})"
+
+
+def record_wavelengths_fix(fmt: str | None, path: str | os.PathLike | None = None) -> str:
     """How to record band wavelengths in a scene of format ``fmt`` (a scene's ``attrs['source_format']``: 'geotiff',
     'envi', 'netcdf', 'zarr', 'hdf5', 'matlab', 'npy') so that its reader takes them; every format's where ``fmt``
-    is another or None."""
+    is another or None. ``path``, the scene's file, names the side file a .mat or .npy scene's are read from."""
+    if fmt in _SIDE_FILE_FORMATS:
+        return _side_file_fix(path)
     if fmt in _RECORD_WAVELENGTHS:
         return f"write them into the file {_RECORD_WAVELENGTHS[fmt]}"
     return ("write them into the file (ENVI header 'wavelength', GeoTIFF band descriptions, a NetCDF/zarr "

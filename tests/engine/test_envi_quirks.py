@@ -308,3 +308,33 @@ def test_envi_unknown_units_over_wavelengths_keep_them(tmp_path):
     unit is (here nm), and checked against a model's, not dropped."""
     path = write_envi(tmp_path / "s.bsq", make_cube(), lines=wavelength_lines(WAVELENGTHS_NM, "Unknown"))
     np.testing.assert_allclose(open_scene(path)["wavelength"].values, WAVELENGTHS_NM, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# the byte order a scene was read in, as its header declares it
+
+@pytest.mark.parametrize("order, word", [("0", "little-endian"), ("1", "big-endian")])
+def test_the_declared_byte_order_is_recorded_on_the_scene(tmp_path, order, word):
+    """GDAL returns the values in the machine's order whatever the header declares: the scene records the order they
+    were read in, which the byte-swap warning names (it had named numpy's native order, 'little-endian', for a
+    file read big-endian as declared). One-byte values have none."""
+    cube = make_cube()
+    path = write_envi(tmp_path / "s.bsq", cube, byte_order=order, big_endian=order == "1")
+    da = open_scene(path)
+    assert da.attrs["byte_order"] == word
+    np.testing.assert_array_equal(da.values, cube)
+    assert "byte_order" not in open_scene(write_envi(tmp_path / "u.bsq", make_cube(np.uint8), byte_order=None)).attrs
+
+
+@pytest.mark.xfail(strict=True, reason="needs scene_checks._warn_swapped to name da.attrs['byte_order'] (not this "
+                                       "fixer's file); remove this mark with that one-line change")
+def test_a_byte_swapped_warning_names_the_order_the_header_declared(tmp_path):
+    """A little-endian binary under 'byte order = 1': GDAL reads it big-endian, as declared, and the warning said
+    'they were read little-endian' (numpy's order of the array GDAL returned)."""
+    cube = make_cube()
+    path = write_envi(tmp_path / "s.bsq", cube, byte_order="1", big_endian=False,
+                      lines=wavelength_lines(WAVELENGTHS_NM, "nm"))
+    with pytest.warns(hsi_engine.UnnormalisedInputWarning, match=r"byte-swapped") as caught:
+        hsi_engine.classify(path, _model_with_wavelengths(cube), progress=False)
+    swapped = next(str(w.message) for w in caught if "byte-swapped" in str(w.message))
+    assert "they were read big-endian" in swapped

@@ -118,6 +118,16 @@ def test_record_wavelengths_fix_names_the_format():
     assert "ENVI header" in record_wavelengths_fix(None)
 
 
+def test_record_wavelengths_fix_names_the_side_file_of_the_scene():
+    """'<name>.wavelengths.json' left open whether <name> was 'scene' or 'scene.mat': the fix names the file for the
+    scene given, and the rule (with an example) where no path is known."""
+    assert record_wavelengths_fix("matlab", "/data/scene.mat").startswith(
+        "write them into scene.wavelengths.json (or scene.mat.wavelengths.json) beside scene.mat, a JSON file")
+    assert "p.v2.wavelengths.json (or p.v2.npy.wavelengths.json)" in record_wavelengths_fix("npy", "p.v2.npy")
+    assert "scene.wavelengths.json for scene.mat" in record_wavelengths_fix("matlab")
+    assert "<name>" not in record_wavelengths_fix("npy")
+
+
 # --- F3: two ENVI headers beside one binary -----------------------------------------------------------------------
 
 def _envi(dirname, cube: np.ndarray, headers: dict[str, str]) -> None:

@@ -100,3 +100,35 @@ def test_a_crs_without_a_geotransform_is_warned_of(tmp_path) -> None:
     with pytest.warns(UserWarning, match=r"crs\.tif has a CRS \(EPSG:32633\) but no geotransform \(nor GCPs\): its "
                                          r"map would lie at the CRS's origin"):
         open_scene(tmp_path / "crs.tif")
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".mat"])
+@pytest.mark.parametrize("side", ["{stem}.wavelengths.json", "{stem}_wavelengths.json", "{name}.wavelengths.json"])
+def test_wavelength_side_files_by_either_name_are_read(tmp_path, suffix: str, side: str) -> None:
+    """'scene.mat.wavelengths.json' (the whole name, as GDAL's scene.tif.aux.xml) was ignored without a word, and the
+    'records no wavelengths' warning repeated its fix: both names are read, as ENVI's scene.hdr and scene.img.hdr."""
+    import scipy.io
+
+    cube = np.ones((8, 8, 3), np.float32)
+    path = tmp_path / f"scene{suffix}"
+    if suffix == ".npy":
+        np.save(path, cube)
+    else:
+        scipy.io.savemat(path, {"cube": cube})
+    (tmp_path / side.format(stem="scene", name=path.name)).write_text(json.dumps([450.0, 550.0, 650.0]))
+    np.testing.assert_allclose(open_scene(path)["wavelength"].values, [450.0, 550.0, 650.0])
+
+
+def test_wavelength_side_files_that_disagree_are_named_and_left_out(tmp_path) -> None:
+    np.save(tmp_path / "s.npy", np.ones((8, 8, 3), np.float32))
+    (tmp_path / "s.wavelengths.json").write_text(json.dumps([450.0, 550.0, 650.0]))
+    (tmp_path / "s.npy.wavelengths.json").write_text(json.dumps({"wavelengths": [0.45, 0.55, 0.65], "unit": "um"}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(open_scene(tmp_path / "s.npy")["wavelength"].values, [450.0, 550.0, 650.0])
+    (tmp_path / "s.npy.wavelengths.json").write_text(json.dumps([460.0, 560.0, 660.0]))
+    with pytest.warns(UserWarning, match=r"s\.npy: its wavelength files s\.wavelengths\.json, "
+                                         r"s\.npy\.wavelengths\.json list different wavelengths, so the scene's "
+                                         r"wavelengths are unknown.*keep the one that is right"):
+        da = open_scene(tmp_path / "s.npy")
+    assert "wavelength" not in da.coords

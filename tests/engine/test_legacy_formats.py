@@ -211,3 +211,80 @@ def test_missing_value_list_warning_names_the_variable(tmp_path):
         open_scene(tmp_path / "mv.nc")
     texts = [str(w.message) for w in caught if "fill values" in str(w.message)]
     assert texts and all("'reflectance'" in t and "'v'" not in t for t in texts)
+
+
+# --- MATLAB: the variable= hint only where a variable can help ----------------------------------------------------
+
+def test_an_unreadable_mat_file_is_not_told_to_pick_a_variable(tmp_path):
+    """Every MATLAB error ended 'Pass variable=NAME (--variable NAME) to pick the cube.', a truncated file's too,
+    where passing one gave the same error."""
+    p = tmp_path / "bad.mat"
+    p.write_text("nope")
+    for kw in ({}, {"variable": "x"}):
+        with pytest.raises(SceneError, match=r"is not a readable MATLAB file") as e:
+            open_scene(p, **kw)
+        assert "variable" not in str(e.value)
+
+
+def test_a_mat_file_without_a_cube_says_what_was_looked_for(tmp_path):
+    """'found 0 (keys: ['x']). Keep only that variable in the file, or name it as the dataset registry expects':
+    no 'that variable', internal jargon, and a variable= hint no variable could satisfy."""
+    import scipy.io
+
+    p = tmp_path / "flat.mat"
+    scipy.io.savemat(p, {"x": np.zeros((4, 6))})
+    with pytest.raises(SceneError, match=r"flat\.mat holds no 3-D array; expected the scene cube, a 3-D array \(rows "
+                                         r"x columns x bands\), and found x \(4 x 6\); save the scene into it") as e:
+        open_scene(p)
+    assert "registry" not in str(e.value) and "variable=" not in str(e.value)
+    with pytest.raises(SceneError, match=r"variable 'x' is a 2-D array of 4 x 6; expected the scene cube.*holds none"):
+        open_scene(p, variable="x")
+
+
+def test_a_mat_file_with_several_cubes_names_them_and_variable(tmp_path):
+    import scipy.io
+
+    p = tmp_path / "two.mat"
+    cube = np.moveaxis(_cube(), 0, -1)
+    scipy.io.savemat(p, {"a": cube, "b": cube + 1, "m": np.zeros((2, 2))})
+    with pytest.raises(SceneError, match=r"holds 2 3-D arrays \(a \(4 x 6 x 5\), b \(4 x 6 x 5\)\), and which is the "
+                                         r"scene cannot be told; pass the scene cube's name, e.g. variable='a' "
+                                         r"\(--variable a on the command line\)"):
+        open_scene(p)
+    with pytest.raises(SceneError, match=r"has no variable 'c'; it holds a \(4 x 6 x 5\), b \(4 x 6 x 5\), m \(2 x 2\)"
+                                         r"; pass the scene cube's name"):
+        open_scene(p, variable="c")
+    with pytest.raises(SceneError, match=r"variable 'm' is a 2-D array of 2 x 2; .* Its 3-D arrays: a \(4 x 6 x 5\)"):
+        open_scene(p, variable="m")
+    np.testing.assert_array_equal(open_scene(p, variable="B").values, _cube() + 1)
+
+
+def test_a_v73_struct_named_as_the_cube_is_a_scene_error(tmp_path):
+    """A MATLAB v7.3 struct (an HDF5 group) passed as variable= raised h5py's bare TypeError."""
+    p = tmp_path / "v73.mat"
+    with h5py.File(p, "w") as f:
+        f["cube"] = np.moveaxis(_cube(), 0, -1).T  # (rows, columns, bands) in MATLAB's column-major order
+        f.create_group("meta")
+    with pytest.raises(SceneError, match=r"variable 'meta' is a struct; expected the scene cube.*Its 3-D arrays: "
+                                         r"cube \(4 x 6 x 5\)"):
+        open_scene(p, variable="meta")
+
+
+# --- a .nc file that is not NetCDF --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content, said", [
+    (b"hello", r"is not NetCDF but text, starting 'hello'"),
+    (b"<html><body>404 Not Found</body></html>", r"is not NetCDF but text \(an HTML page: a failed download\?\)"),
+    (b"II*\x00" + bytes(60), r"is not NetCDF but a TIFF image .*: rename it to \.tif"),
+    (b"", r"is empty \(0 bytes\)"),
+    (bytes(range(256)), r"is not a NetCDF file: it starts with b'\\x00\\x01"),
+])
+def test_a_nc_file_that_is_not_netcdf_is_named_as_such(tmp_path, content, said):
+    """xarray's 'did not find a match in any of xarray's currently installed IO backends ... via the ``engine``
+    parameter ... see:' was passed on: an option neither open_scene nor the command line has, cut at 'see:'."""
+    p = tmp_path / "s.nc"
+    p.write_bytes(content)
+    with pytest.raises(SceneError, match=said) as e:
+        open_scene(p)
+    assert "engine" not in str(e.value) and "see:" not in str(e.value)
+    assert "expected a NetCDF file, which starts with 'CDF' (NetCDF3) or HDF5's signature (NetCDF4)" in str(e.value)
