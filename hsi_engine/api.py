@@ -148,10 +148,11 @@ def _warn_given_nodata(da: xr.DataArray, nodata: float) -> None:
 
 
 class _Job:
-    """Scene + model + engine + plan: everything checked before a single tile is read."""
+    """Scene + model + engine + plan: everything checked before a single tile is read. ``plan=False`` leaves the
+    tile plan to the caller (:meth:`plan_for`): a resumable run plans on its output's chunk side."""
 
     def __init__(self, scene: Any, model: Any, *, tile: int | Sequence[int] | None, device: Any, backend: str,
-                 precision: str, nodata: float | None, spatial_precision: str = "auto") -> None:
+                 precision: str, nodata: float | None, spatial_precision: str = "auto", plan: bool = True) -> None:
         from .fused import PRECISIONS, check_spatial_precision
         from .runner import check_scene
 
@@ -226,21 +227,30 @@ class _Job:
 
         check_store(da, nodata=self.nodata)  # zarr fills missing chunks silently: refuse them up front
         self.device = _device(device)
-        self.tile = tile if tile is not None else default_tile(self.device.type, bands)
-        chunks = (da.chunks[1], da.chunks[2]) if da.chunks is not None else None
-        self.plan: TilePlan = plan_tiles(height, width, self.tile, m.config.halo, chunks=chunks)
-        warn_large_chunks(da, self.plan)
+        self.height, self.width, self.classes = height, width, m.config.classes
+        self.tile: int | Sequence[int] | None = None
+        self.plan: TilePlan | None = None
+        if plan:
+            self.tile = tile if tile is not None else default_tile(self.device.type, bands)
+            self.plan = self.plan_for(self.tile)
         self.precision = precision
         self.spatial_precision = spatial_precision
         self.backend = backend
-        self.height, self.width, self.classes = height, width, m.config.classes
         if log.isEnabledFor(logging.DEBUG):
             log.debug("scene %s: %d bands x %d x %d px, %s, chunks %s; model: %d classes, halo %d, %s",
                       scene_name(da), bands, height, width, da.dtype,
-                      None if chunks is None else (da.chunks[1][0], da.chunks[2][0]), self.classes, m.config.halo,
+                      None if da.chunks is None else (da.chunks[1][0], da.chunks[2][0]), self.classes, m.config.halo,
                       "per-band normalisation" if trained_stats else "no normalisation (scene taken as is)")
             log.debug("nodata: %s, looked for in %s", self.nodata, "every band" if self.nodata_bands is None else
                       f"{len(self.nodata_bands)} of {bands} bands")
+
+    def plan_for(self, tile: int | Sequence[int]) -> TilePlan:
+        """The tile plan of ``tile`` over this scene (cut on its chunks), with the warning for chunks that dwarf a
+        tile's window (:func:`warn_large_chunks`): made here for every path, so each warns on the plan it runs."""
+        chunks = (self.da.chunks[1], self.da.chunks[2]) if self.da.chunks is not None else None
+        plan = plan_tiles(self.height, self.width, tile, self.model.config.halo, chunks=chunks)
+        warn_large_chunks(self.da, plan)
+        return plan
 
     def engine(self):
         from .fused import FusedSSRN
@@ -254,14 +264,24 @@ class _Job:
     def run(self, sink: Any, *, probabilities: bool, progress: bool | None, queue_depth: int | None,
             readers: int | None, cache_blocks: int | None = None, decoders: int | None = None
             ) -> dict[str, float]:
+        """Classify the plan into ``sink``; a scene whose files change meanwhile raises :class:`SceneError` (its map
+        would mix two versions of it), whatever the sink: a map in memory as much as a file."""
         from .runner import run_plan
+        from .scene_identity import scene_changed, scene_state
         from .tiles import describe_plan
 
+        if self.plan is None:
+            raise RuntimeError("_Job(plan=False) has no plan to run: run_plan(job.da, job.plan_for(tile), ...)")
         log.debug("plan: %s", describe_plan(self.plan))
-        return run_plan(self.da, self.plan, self.engine(), sink, mean=self.mean, std=self.std,
-                        nodata=self.nodata, probabilities=probabilities, queue_depth=queue_depth,
-                        readers=readers, progress=progress, cache_blocks=cache_blocks, decoders=decoders,
-                        nodata_bands=self.nodata_bands)
+        before = scene_state(self.source)
+        stats = run_plan(self.da, self.plan, self.engine(), sink, mean=self.mean, std=self.std,
+                         nodata=self.nodata, probabilities=probabilities, queue_depth=queue_depth,
+                         readers=readers, progress=progress, cache_blocks=cache_blocks, decoders=decoders,
+                         nodata_bands=self.nodata_bands)
+        changed = scene_changed(self.source, before)
+        if changed is not None:
+            raise changed
+        return stats
 
     # meta's class_names and palette were checked against the classes by _model (lists, tuples or arrays)
     def class_names(self) -> list[str]:
@@ -362,10 +382,11 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     default.
     """
     _import_whole()
-    from .runner import ArraySink
+    from .runner import ArraySink, check_read_settings
 
     if not (isinstance(probabilities, (bool, np.bool_)) or probabilities in (None, "float32", "float16")):
         raise OptionError(f"probabilities must be a bool, 'float32' or 'float16'; got {probabilities!r}")
+    check_read_settings(cache_blocks=cache_blocks, decoders=decoders, readers=readers, queue_depth=queue_depth)
     half = probabilities == "float16"
     probabilities = bool(probabilities)
     progress = check_flag("progress", progress) if progress is not None else None
@@ -472,8 +493,9 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     always goes that way too: it is built in ``<out>.partial`` with a per-tile completion record, so an
     interrupted run is finished by ``resume=True`` (``--resume``). Warns when the scene has no
     georeferencing (the map is then written in pixel coordinates). ``progress``, ``queue_depth``, ``readers``
-    ``cache_blocks``, ``decoders`` and ``spatial_precision`` are as in :func:`classify`. ``on_written`` is called
-    with the output's path as soon as it is complete, before the run's last clean-up (the command line stops
+    ``cache_blocks``, ``decoders`` and ``spatial_precision`` are as in :func:`classify` (a cluster run's tasks use
+    no reader threads: ``readers``/``queue_depth`` have no effect there, and a warning says so). ``on_written`` is
+    called with the output's path as soon as it is complete, before the run's last clean-up (the command line stops
     taking interruptions then: a SIGTERM in those milliseconds reported a finished map as interrupted).
     """
     _import_whole()
@@ -487,6 +509,10 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     if on_written is not None and not callable(on_written):  # (called once the map is committed: too late then)
         raise OptionError(f"on_written must be a function taking the output's path, or None; got "
                           f"{type(on_written).__name__} {on_written!r}")
+    from .runner import check_read_settings
+
+    # on every path, before anything is opened: the .tif path's GDAL cache room reads readers first
+    check_read_settings(cache_blocks=cache_blocks, decoders=decoders, readers=readers, queue_depth=queue_depth)
     from .outputs import ZARR_SUFFIXES, check_output_suffix
 
     # first: an empty or suffix-less path has no side files to check. The suffix it resolves decides the path below
@@ -538,15 +564,9 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
                                      overwrite=overwrite, gcps=gcps, tags=_provenance(job),
                                      read_cache_bytes=gdal_room)
             t0 = time.perf_counter()
-            from .cluster import scene_changed, scene_state
-
-            try:
-                before = scene_state(job.source)
+            try:  # (a scene changed while read raises here too: no map of two versions of it is committed)
                 stats = job.run(writer, probabilities=prob is not None, progress=progress, queue_depth=queue_depth,
                                 readers=readers, cache_blocks=cache_blocks, decoders=decoders)
-                changed = scene_changed(job.source, before)
-                if changed is not None:
-                    raise changed
             except BaseException:
                 writer.abort()  # nothing half-written is left behind
                 raise

@@ -189,7 +189,8 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="finish an interrupted run (.zarr outputs always record finished tiles; for .tif give --resume from the first run)")
     p.add_argument("--readers", type=_at_least(1), default=None,
                    help="reader threads preparing tiles ahead of the compute (default 2 on CPU, up to 8 on CUDA); "
-                        "each holds a tile window in memory")
+                        "each holds a tile window in memory. No effect with --workers or --scheduler: each worker "
+                        "reads the tile it computes")
     p.add_argument("--cache-blocks", type=_at_least(0), default=None,
                    help="decoded chunks of the scene kept for neighbouring tiles (default: what the tile "
                         "needs on CUDA, 0 on CPU; 0 decodes each chunk once per tile that touches it)")

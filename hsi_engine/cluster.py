@@ -41,7 +41,6 @@ takeover (slow storage) lands in the discarded store, never in the new one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -59,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from .dask_client import _cuda_count, _gpu_resources, check_scheduler, check_workers, connect, make_local_cluster
-from .errors import (ClusterUsageError, HSIEngineError, OptionError, OutputError, SceneError, SceneNotFoundError,
+from .errors import (ClusterUsageError, HSIEngineError, OptionError, OutputError, SceneNotFoundError,
                      WorkerEnvironmentError, WorkerLostError)
 from .lock import output_lock
 from .logs import dropped, warnings_ignored
@@ -68,7 +67,8 @@ from .resume import (MAP_VERSION, OWNER_ATTR, ResumableZarrWriter, check_owner, 
                      finished_with, mark_tile, model_digest, partial_path, partial_tile, pinned_store, provenance,
                      read_record, recorded_fingerprint, refuse_outputs_in_the_way, resolved_spatial_precision,
                      store_replaced)
-from .tiles import Tile, TilePlan, default_tile, describe_plan, normalise_tile, plan_tiles
+from .scene_identity import scene_changed, scene_identity, scene_state
+from .tiles import Tile, TilePlan, default_tile, describe_plan, normalise_tile
 
 log = logging.getLogger("hsi_engine.cluster")
 
@@ -424,14 +424,14 @@ def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarra
     import torch
 
     from ssrn.normalise import stage_raw
-    from .runner import (_check_window, _nonfinite_error, blown_pixels, check_blown, labels_from_logits,
-                         mask_nodata, prepare_tile, prepare_tile_tensor, tile_logits, window_reader)
+    from .runner import (_check_window, finish_tile, prepare_tile, prepare_tile_tensor, tile_logits, tile_outputs,
+                         window_reader)
 
     if normalise_on is None:
         normalise_on = "device" if engine.device.type == "cuda" else "host"
     raw = (read or window_reader(da))(*tile.read)
     h, w = tile.shape
-    mask = mask_t = None
+    mask = mask_t = nonfinite = None
     if normalise_on == "device":
         _check_window(raw, tile)
         staged, wrap = stage_raw(raw)
@@ -447,15 +447,10 @@ def compute_tile(da: Any, tile: Tile, engine: Any, *, halo: int, mean: np.ndarra
     else:
         raise OptionError(f"normalise_on must be 'host' or 'device'; got {normalise_on!r}")
     logits = tile_logits(engine, x, tile, mask)  # (K, h, w)
-    if normalise_on == "device" and nodata is None and nonfinite is not None and bool(nonfinite):
-        raise _nonfinite_error(raw, tile, nodata_bands)  # read after the launch, so the check does not stall it
-    lab, prob, conf = labels_from_logits(logits, probabilities=probabilities, mask=mask_t)
-    check_blown(blown_pixels(logits, mask_t).cpu().numpy(), mask, lambda: raw, tile, halo, mean, std,
-                getattr(engine, "precision", "float32"))
-    lab = lab.cpu().numpy()
-    prob = prob.cpu().numpy() if prob is not None else None
-    conf = conf.cpu().numpy() if conf is not None else None
-    return mask_nodata(lab, prob, conf, mask)
+    outputs = tile_outputs(logits, probabilities=probabilities, mask=mask_t)
+    # (the non-finite flag is read after the launches, so the check does not stall them)
+    return finish_tile(tile, outputs, mask, nonfinite if nodata is None else None, lambda: raw, halo=halo, mean=mean,
+                       std=std, precision=getattr(engine, "precision", "float32"), nodata_bands=nodata_bands)
 
 
 def _tile_task(spec: TaskSpec, tile: Tile, scene_obj: Any = None, model_obj: Any = None) -> dict[str, Any]:
@@ -962,12 +957,14 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     out = Path(out)
     suffix = out.suffix.lower()
     distributed = workers is not None or scheduler is not None
-    check_read_settings(cache_blocks=cache_blocks, decoders=decoders)
+    check_read_settings(cache_blocks=cache_blocks, decoders=decoders, readers=readers, queue_depth=queue_depth)
     check_workers(workers)
     if workers is not None and scheduler is not None:
         raise ClusterUsageError("give workers= (--workers, start a local cluster) or scheduler= (--scheduler, "
                                 "join one), not both")
     check_scheduler(scheduler)  # a malformed address, or no address at all, fails here, before the scene is read
+    if distributed:
+        _warn_no_readers(readers, queue_depth)
     if distributed:  # what the workers would refuse on their first tile, refused before any cluster starts
         _check_cluster_engine(device, backend, local=workers is not None)
     prob = "float16" if probabilities is True else (None if probabilities in (False, None) else probabilities)
@@ -977,8 +974,8 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
         refuse_outputs_in_the_way(out, suffix, prob, overwrite=overwrite)
     scene = open_owned(scene_path) if isinstance(scene_path, (str, os.PathLike)) else scene_path
     job_device = "cpu" if distributed else device  # the driver computes nothing; it may have no GPU
-    job = _Job(scene, model_path, tile=tile if tile is not None else 1 << 20, device=job_device, backend=backend,
-               precision=precision, nodata=nodata, spatial_precision=spatial_precision)
+    job = _Job(scene, model_path, tile=None, device=job_device, backend=backend, precision=precision, nodata=nodata,
+               spatial_precision=spatial_precision, plan=False)  # planned below, on the output's chunk side
     da = job.da
     if tile is None and resume:
         tile = partial_tile(out)  # finish an interrupted run with its own tiles (None: no partial store yet)
@@ -991,8 +988,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     if side > chunk_side(max(job.height, job.width)) and not (resume and partial_tile(out) == side):
         side = chunk_side(max(job.height, job.width))
     halo = job.model.config.halo
-    chunks = (da.chunks[1], da.chunks[2]) if da.chunks is not None else None
-    plan: TilePlan = plan_tiles(job.height, job.width, side, halo, chunks=chunks)
+    plan: TilePlan = job.plan_for(side)  # (with the .tif path's warning for chunks that dwarf these tiles)
     log.debug("plan: %s", describe_plan(plan))
     grid = (math.ceil(job.height / side), math.ceil(job.width / side))
 
@@ -1013,7 +1009,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
                                          or not distributed)
     job.spatial_precision = spatial
     scene_id = {"shape": [int(s) for s in da.shape], "dtype": str(da.dtype),
-                **_scene_identity(scene_path, scene, crs, transform, gcps, cube=da)}
+                **scene_identity(scene_path, scene, crs, transform, gcps, cube=da)}
     watched = scene_state(scene_id.get("source"))  # (checked again after the last tile)
     fingerprint = {"scene": scene_id, "model": digest, "labels": [job.class_names(), job.model_palette()],
                    "tile": side, "halo": halo, "classes": job.classes, "probabilities": prob,
@@ -1196,6 +1192,19 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     return report
 
 
+def _warn_no_readers(readers: int | None, queue_depth: int | None) -> None:
+    """One warning for ``readers``/``queue_depth`` given to a cluster run, which does not use them: each task reads
+    the window of its own tile (no reader threads, nothing queued ahead), so they were taken and ignored silently."""
+    given = [f"{n}={v}" for n, v in (("readers", readers), ("queue_depth", queue_depth)) if v is not None]
+    if not given:
+        return
+    it, has = ("it", "has") if len(given) == 1 else ("them", "have")
+    log.warning("%s %s no effect with workers= or scheduler= (--workers, --scheduler): each worker reads only the "
+                "window of the tile its task computes, with no reader threads and no tiles queued ahead "
+                "(cache_blocks and decoders do apply, per worker). Leave %s out, or run in-process to use %s",
+                " and ".join(given), has, it, it)
+
+
 def _check_cluster_engine(device: Any, backend: str, *, local: bool) -> None:
     """On the driver, before a cluster starts: the backend name, and the device as far as this host can tell. Any
     cluster: a torch device name of a kind the engine runs on (cpu, cuda); a local one (``workers=``, this host):
@@ -1237,214 +1246,6 @@ def _device_record(device_type: str | None, precision: str, *, this_host: bool) 
 
         return "cpu+amx_bf16" if _cpu_has_amx_bf16() else "cpu+onednn_bf16" if _onednn_bf16() else "cpu"
     return device_type
-
-
-def _scene_identity(scene_path: Any, da: Any, crs: Any, transform: Any, gcps: Any, cube: Any = None
-                    ) -> dict[str, Any]:
-    """Which scene a run classified, for its fingerprint, so that neither an interrupted nor a finished run is taken
-    for another scene, or the same one rewritten in place or edited in memory.
-
-    A scene given as a path, or a DataArray whose data is still the untouched lazy array :func:`open_scene` made of
-    the whole file (:func:`~hsi_engine.io.file_of`), is its file: the resolved path (``source``) and the count, size and newest
-    modification time of its files (``stat``: every file of a zarr store, an ENVI header and its data). Any other
-    scene (numpy or torch data, a DataArray loaded, edited in place, copied with other data or windowed, whose
-    ``encoding`` still names the file) has ``source`` None and a ``digest`` of its values (:func:`_content_digest`
-    of ``cube``, the ``(band, y, x)`` DataArray classified; default ``da``). Both record where the scene lies
-    (``georef``). Since the digest tells two arrays apart, a finished output of an in-memory scene is taken as
-    done for the same values (the same array passed again), no longer refused as it was while only the shape
-    identified such a scene; an array of other values, or an edited one, never continues nor completes another's
-    output."""
-    from .io import file_of
-
-    src = scene_path if isinstance(scene_path, (str, os.PathLike)) else file_of(da)
-    ident: dict[str, Any] = {"source": None}
-    if src and Path(src).exists():
-        p = Path(src).resolve()
-        from .envi import envi_paths
-        from .io import scene_format
-
-        if not p.is_dir() and scene_format(p) == "envi":  # its header or its data file: one scene, one name
-            p = envi_paths(p)[1].resolve()
-        ident["source"] = str(p)
-        ident["stat"] = _files_stat(p)
-    else:
-        ident["digest"] = _content_digest(da if cube is None else cube)
-    ident["georef"] = [None if crs is None else crs.to_wkt(),
-                       None if transform is None else [float(v) for v in tuple(transform)[:6]],
-                       None if not gcps else [[g.row, g.col, g.x, g.y] for g in gcps]]
-    return ident
-
-
-_DIGEST_STRIP_BYTES = 32 << 20  # about this much of the scene (all bands, whole rows) is hashed at a time
-
-
-def _digest_rows(shape: Sequence[int], dtype: Any) -> int:
-    """Rows of the ``(band, y, x)`` scene in each strip :func:`_content_digest` hashes: about
-    :data:`_DIGEST_STRIP_BYTES` of all bands, from the shape and dtype alone, so every process, and numpy, lazy and
-    dask data of the same values, hash the same strips."""
-    bands, width = int(shape[0]), int(shape[-1])
-    return max(1, _DIGEST_STRIP_BYTES // max(1, bands * width * np.dtype(dtype).itemsize))
-
-
-def _content_digest(da: Any) -> str:
-    """A digest (blake2b) of a scene's dtype, shape and values, for the identity of a scene that is not its file.
-    The ``(band, y, x)`` scene is hashed in strips of whole rows of all bands (:func:`_digest_rows`, about 32 MB
-    each): numpy data in memory (about 1 GB/s, little beside classifying it); a lazily opened file (xarray or
-    rioxarray without chunks) one strip read at a time, and dask data in the same strips through dask, each block
-    read once: both read the scene once more (logged). The digest depends on the values, dtype and shape only,
-    not on how they are held or chunked."""
-    import xarray as xr
-
-    if not isinstance(da, xr.DataArray):
-        from .io import as_scene
-
-        da = as_scene(da)
-    h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps([np.dtype(da.dtype).newbyteorder("=").str, [int(n) for n in da.shape]]).encode())
-    rows = _digest_rows(da.shape, da.dtype)
-    height = int(da.shape[1])
-    how = ("write it to a zarr store (scene.to_zarr(PATH)) and classify that path, or pass a file opened whole by "
-           "hsi_engine.open_scene(PATH), to skip this read")
-    try:
-        for part in _digest_parts(da, rows, height, how):
-            h.update(part)
-    except Exception as e:  # noqa: BLE001 - the read's failure, as a tile's read would report it
-        from .integrity import read_error
-
-        err = read_error(da, (0, height, 0, int(da.shape[2])), e)
-        if err is e:
-            raise
-        raise err from e
-    return h.hexdigest()
-
-
-def _digest_parts(da: Any, rows: int, height: int, how: str) -> Any:
-    """The digests of :func:`_content_digest`'s strips, in order (computed through dask for dask data)."""
-    if da.chunks is not None:
-        import dask
-
-        log.info("the scene is a dask array that is not a file opened whole and unchanged (a window, an edit, or "
-                 "built in memory): reading it once more to record a digest of its values, so a resumed run can "
-                 "tell it from another scene; %s", how)
-        strips = da.data.rechunk({0: -1, 1: rows, 2: -1}).to_delayed().ravel() if height else []
-        return dask.compute(*[dask.delayed(_bytes_digest, pure=True)(b) for b in strips])
-    var = da.variable
-    if not var._in_memory:  # a backend's lazy array (xr.open_dataset, rioxarray.open_rasterio, no chunks)
-        log.info("the scene is read lazily from a file it was not opened whole from by open_scene (opened by "
-                 "xarray or rioxarray, a window, or an edit): reading it once more, %d rows of all bands at a "
-                 "time, to record a digest of its values, so a resumed run can tell it from another scene; %s",
-                 rows, how)
-    read = _source_order_reader(var) or (lambda y0, y1: np.asarray(
-        (var if (y0, y1) == (0, height) else var[:, y0:y1]).values))  # (whole: not sliced lazily)
-    return (_bytes_digest(read(y0, min(y0 + rows, height))) for y0 in range(0, height, rows))
-
-
-def _source_order_reader(var: Any) -> Callable[[int, int], np.ndarray] | None:
-    """For a backend's lazy array that :func:`~hsi_engine.io.as_scene` transposed (a band-last file opened by
-    xarray without chunks): ``(y0, y1) -> (band, y1 - y0, x)`` numpy rows of all bands, read through the file's own
-    axis order (slices) and transposed in memory; None for anything else (read as sliced). xarray holds a lazy
-    transpose as an index array per axis and turns a slice of it into an index per element (about 0.5 us each, 20
-    times a read of the file: 5 s for a 300 x 300 x 120 NetCDF, 0.3 s this way). Only a pure transpose of
-    ascending ranges is taken (checked here); any other lazy indexing, or another xarray, is read as sliced."""
-    try:
-        from xarray.core import indexing
-
-        data = var._data
-        while isinstance(data, (indexing.CopyOnWriteArray, indexing.MemoryCachedArray)):
-            data = data.array
-        if not isinstance(data, indexing.LazilyVectorizedIndexedArray) or var.ndim != 3:
-            return None
-        keys = [np.asarray(k) for k in data.key.tuple]
-        source: dict[int, tuple[int, int]] = {}  # axis of the scene -> (axis of the file, first index read)
-        for i, k in enumerate(keys):
-            axes = [a for a in range(3) if k.ndim == 3 and k.shape[a] != 1]
-            flat = k.reshape(-1)
-            if len(axes) != 1 or flat[0] < 0 or not np.array_equal(flat, np.arange(flat[0], flat[0] + flat.size)):
-                return None  # (a length-1 axis cannot be told from a broadcast one: read as sliced)
-            source[axes[0]] = (i, int(flat[0]))
-        if sorted(source) != [0, 1, 2] or len(keys) != 3 or any(
-                keys[source[j][0]].shape[j] != var.shape[j] for j in range(3)):
-            return None
-        inner = data.array
-    except Exception:  # noqa: BLE001 - xarray's internals as they were (2024-2026): else read as sliced
-        return None
-    order = [source[j][0] for j in range(3)]
-
-    def read(y0: int, y1: int) -> np.ndarray:
-        sl: list[slice] = [slice(None)] * 3
-        for j, (i, first) in source.items():
-            lo, hi = (y0, y1) if j == 1 else (0, int(var.shape[j]))
-            sl[i] = slice(first + lo, first + hi)
-        block = indexing.LazilyIndexedArray(inner, indexing.BasicIndexer(tuple(sl))).get_duck_array()
-        return np.transpose(np.asarray(block), order)
-    return read
-
-
-def _bytes_digest(a: np.ndarray) -> bytes:
-    """blake2b of an array's values in C order and native byte order (fed a band at a time: a strip of a C-order
-    scene is hashed without a copy, and the digest is that of the strip's bytes however it is laid out)."""
-    a = np.asarray(a)
-    if not a.dtype.isnative:
-        a = a.astype(a.dtype.newbyteorder("="))
-    h = hashlib.blake2b(digest_size=16)
-    for part in (a if a.ndim > 1 else (a,)):
-        h.update(np.ascontiguousarray(part).data)
-    return h.digest()
-
-
-def scene_state(source: str | os.PathLike | None) -> dict[str, tuple[int, int]] | None:
-    """``{file: (bytes, mtime_ns)}`` of the files a scene's pixels are read from: every file under a directory
-    store, an ENVI header with its data file, else the file itself (and a GDAL ``.msk`` mask beside it). Not its
-    ``.aux.xml``: GDAL writes statistics there when a GIS shows the scene, the pixels unchanged. Entries that cannot
-    be read (a dangling link zarr skips) are left out. None for no file (an in-memory scene)."""
-    if not source or not os.path.exists(source):
-        return None
-    state = {}
-    for f in _scene_files(Path(source), (".msk",)):
-        try:
-            st = f.stat()
-        except OSError:
-            continue
-        state[str(f)] = (st.st_size, st.st_mtime_ns)
-    return state
-
-
-def scene_changed(source: str | os.PathLike | None, before: dict[str, tuple[int, int]] | None) -> SceneError | None:
-    """The error for a scene whose files changed since ``before`` (:func:`scene_state`, taken before the run read
-    it): a ``cp`` over it, a truncation, a chunk deleted. HDF5 reads zeros past a new end of file and zarr fills a
-    missing chunk, so such a run finished with a map of two versions, exit 0. None when unchanged or not a file."""
-    if before is None:
-        return None
-    now = scene_state(source) or {}
-    changed = sorted(set(before) ^ set(now)) or [f for f in sorted(before) if before[f] != now.get(f)]
-    if not changed:
-        return None
-    f = changed[0]
-    what = ("appeared" if f not in before else "disappeared" if f not in now else
-            f"changed ({before[f][0]:,} bytes before, {now[f][0]:,} after; modified again)")
-    more = f" (and {len(changed) - 1} more files)" if len(changed) > 1 else ""
-    return SceneError(f"the scene {source} changed while this run read it: {f} {what}{more}; the map would mix two "
-                      "versions of it. Rerun once nothing writes to it (or classify a copy)")
-
-
-def _scene_files(p: Path, sides: tuple[str, ...]) -> list[Path]:
-    """A scene's files: every file under a directory store, an ENVI header with its data file, else the file itself;
-    beside a file (the data file), those of its ``sides`` suffixes that exist (``.msk``, ``.aux.xml``)."""
-    from .envi import envi_paths
-    from .io import scene_format
-
-    if p.is_dir():
-        return [Path(root) / f for root, _, names in os.walk(p) for f in names]
-    files = [f for f in envi_paths(p) if f.is_file()] if scene_format(p) == "envi" else [p]
-    return files + [f.with_name(f.name + s) for f in files[-1:] for s in sides if f.with_name(f.name + s).is_file()]
-
-
-def _files_stat(p: Path) -> list[int]:
-    """``[files, bytes, newest mtime_ns]`` of a scene's files: every file under a directory store, an ENVI
-    header with its data file, else the file itself; beside a file GDAL reads, its ``.msk`` (a mask) and its
-    ``.aux.xml`` (per-band nodata, ``bbl``, georeferencing: a corrected nodata typo left a stale map finished)."""
-    stats = [f.stat() for f in _scene_files(p, (".msk", ".aux.xml"))]
-    return [len(stats), sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)]
 
 
 def _run_local(job: Any, plan: TilePlan, writer: ResumableZarrWriter, run: int, side: int, throttle_s: float,

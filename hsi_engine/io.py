@@ -192,7 +192,7 @@ def open_scene(path: str | os.PathLike, *, chunks: Any = None, variable: str | N
     else:
         raise AssertionError(fmt)
     # the name of the file's own lazy (dask) array: a scene still holding it is the file, while one loaded, edited
-    # in place, copied with other data or windowed keeps the encoding but not the name (cluster._scene_identity)
+    # in place, copied with other data or windowed keeps the encoding but not the name (scene_identity.scene_identity)
     da.encoding["source_array"] = da.data.name if da.chunks is not None else None
     if "source" in da.encoding:  # absolute: the file a resumed run compares with, from any working directory
         da.encoding["source"] = os.path.abspath(da.encoding["source"])

@@ -21,9 +21,9 @@ output arrays are chunked exactly like the tiles (tile side = chunk side), so ea
 ``(tiles_done == k).sum()`` is the number of tiles run ``k`` computed. The group attrs hold, as JSON strings (so
 the finished store converts to NetCDF), the run history (``resume_runs``) and a fingerprint of the scene (shape,
 dtype, georeferencing, and its file's path, size and modification time, or a digest of its values when it is not a
-file opened whole and unchanged: see ``cluster._scene_identity``), model weights, tile plan, output options and, for a
-low-precision run, the spatial precision ``auto`` resolved to and the kind of device; resuming with different
-settings is refused. ``run_token`` names the
+file opened whole and unchanged: see :func:`hsi_engine.scene_identity.scene_identity`), model weights, tile plan,
+output options and, for a low-precision run, the spatial precision ``auto`` resolved to and the kind of device;
+resuming with different settings is refused. ``run_token`` names the
 run that owns the store now (each run sets it at its start): a cluster task checks it before writing and before
 marking its tile (:func:`check_owner`).
 

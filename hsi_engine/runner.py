@@ -523,9 +523,47 @@ def mask_nodata(labels: np.ndarray, probabilities: np.ndarray | None, confidence
     return labels, probabilities, confidence
 
 
-def check_read_settings(*, cache_blocks: int | None, decoders: int | None) -> None:
-    """Refuse a block-cache budget or decoder count that is not a whole number >= 0 (None: the runner's default)
-    before anything is opened or written."""
+# the per-tile steps after the network, shared by run_plan and the cluster's tasks (cluster.compute_tile), so that a
+# change to what is checked, or in which order, reaches both
+
+
+def tile_outputs(logits: Any, *, probabilities: bool, mask: Any = None) -> tuple[Any, Any, Any, Any]:
+    """On the logits' device: ``(labels, softmax | None, confidence | None, blown)`` of one tile
+    (:func:`labels_from_logits`, then :func:`blown_pixels`; ``mask``: the device nodata mask, or None)."""
+    lab, prob, conf = labels_from_logits(logits, probabilities=probabilities, mask=mask)
+    return lab, prob, conf, blown_pixels(logits, mask)
+
+
+def finish_tile(tile: Tile, outputs: tuple[Any, Any, Any, Any], mask: np.ndarray | None, nonfinite: Any,
+                raw: Callable[[], np.ndarray], *, halo: int, mean: np.ndarray | None, std: np.ndarray | None,
+                precision: str, nodata_bands: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """On the host: one tile's :func:`tile_outputs` (tensors, on the host or the device) checked and masked, in the
+    order every path takes: a non-finite input the device found (``nonfinite``: a bool tensor, None where a nodata
+    value masks them) named from the scene, then blown logits (:func:`check_blown`), then class 0 where the host
+    ``mask`` marks nodata (:func:`mask_nodata`). ``raw()`` reads the tile's window, only for an error."""
+    lab, prob, conf, blown = outputs
+    if nonfinite is not None and bool(nonfinite):
+        raise _nonfinite_error(raw(), tile, nodata_bands)
+    check_blown(blown.cpu().numpy(), mask, raw, tile, halo, mean, std, precision)
+    lab = lab.cpu().numpy()
+    prob = prob.cpu().numpy() if prob is not None else None
+    conf = conf.cpu().numpy() if conf is not None else None
+    return mask_nodata(lab, prob, conf, mask)
+
+
+def check_read_settings(*, cache_blocks: int | None, decoders: int | None, readers: int | None = None,
+                        queue_depth: int | None = None) -> None:
+    """Refuse reader threads or a queue depth that is not a whole number >= 1, or a block-cache budget or decoder
+    count that is not one >= 0 (None: the runner's default), before anything is opened or written: every path
+    calls it first, also one that does not use them all (a cluster's tasks read without run_plan's readers)."""
+    for name, v in (("readers", readers), ("queue_depth", queue_depth)):
+        if v is not None and not is_whole(v):
+            raise OptionError(f"{name} must be a whole number of threads / tiles (e.g. {name}=2); got {v!r}")
+    for name, v in (("readers", readers), ("queue_depth", queue_depth)):  # as passed: a default is never at fault
+        if v is not None and int(v) < 1:
+            raise OptionError(f"readers and queue_depth must be >= 1; got {name}={v} (pass a whole number of "
+                              f"{'threads' if name == 'readers' else 'tiles'}, e.g. {name}=2, or None for the default)")
     for name, v, what in (("cache_blocks", cache_blocks, "blocks (e.g. cache_blocks=64)"),
                           ("decoders", decoders, "threads (e.g. decoders=2)")):
         if v is not None and not is_whole(v):
@@ -732,18 +770,11 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
 
     device = engine.device
     cuda = device.type == "cuda"
-    for name, v in (("readers", readers), ("queue_depth", queue_depth)):
-        if v is not None and not is_whole(v):
-            raise OptionError(f"{name} must be a whole number of threads / tiles (e.g. {name}=2); got {v!r}")
-    for name, v in (("readers", readers), ("queue_depth", queue_depth)):  # as passed: a default is never at fault
-        if v is not None and int(v) < 1:
-            raise OptionError(f"readers and queue_depth must be >= 1; got {name}={v} (pass a whole number of "
-                              f"{'threads' if name == 'readers' else 'tiles'}, e.g. {name}=2, or None for the default)")
+    check_read_settings(cache_blocks=cache_blocks, decoders=decoders, readers=readers, queue_depth=queue_depth)
     if readers is None:
         readers = default_readers(cuda)
     if queue_depth is None:
         queue_depth = readers + 1
-    check_read_settings(cache_blocks=cache_blocks, decoders=decoders)
     asked_decoders = decoders is not None
     decoders = int(decoders) if decoders is not None else (_cores() if cuda else 0)
     if normalise_on is None:
@@ -810,8 +841,7 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     def finish(tile: Tile, logits: Any, mask: np.ndarray | None, mask_t: Any, nonfinite: Any):
         """On the compute thread: argmax (+ softmax) on the device, nodata masked there when the tile was
         normalised there, then start the copy back."""
-        lab, prob, conf = labels_from_logits(logits, probabilities=probabilities, mask=mask_t)
-        blown = blown_pixels(logits, mask_t)
+        lab, prob, conf, blown = tile_outputs(logits, probabilities=probabilities, mask=mask_t)
         if nonfinite is not None and nodata is not None:
             nonfinite = None  # a nodata policy is given: non-finite pixels are masked, not an error
         if cuda:
@@ -831,14 +861,10 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
         t0 = time.perf_counter()
         if ev is not None:
             ev.synchronize()
-        if nonfinite is not None and bool(nonfinite):  # found on the device: name the value from the store
-            raise _nonfinite_error(read(*tile.read), tile, nodata_bands)
-        check_blown(blown.numpy(), mask, lambda: read(*tile.read), tile, plan.halo, mean64, std64,
-                    getattr(engine, "precision", "float32"))
-        lab = lab.numpy()
-        prob = prob.numpy() if prob is not None else None
-        conf = conf.numpy() if conf is not None else None
-        lab, prob, conf = mask_nodata(lab, prob, conf, mask)
+        # (a non-finite value found on the device is named from the store: the window is read again)
+        lab, prob, conf = finish_tile(tile, (lab, prob, conf, blown), mask, nonfinite, lambda: read(*tile.read),
+                                      halo=plan.halo, mean=mean64, std=std64,
+                                      precision=getattr(engine, "precision", "float32"), nodata_bands=nodata_bands)
         nodata_px = lab.size - np.count_nonzero(lab)
         stats["nodata_px"] += nodata_px
         sink.write(tile.y0, tile.x0, lab, prob, conf)
@@ -936,5 +962,5 @@ def warn_all_nodata(nodata: float | None, nodata_bands: Sequence[int] | None) ->
 
 
 __all__ = ["ArraySink", "Prepared", "Sink", "blown_pixels", "cache_blocks_for", "check_blown", "check_read_settings",
-           "check_scene", "labels_from_logits", "load_tile", "prepare_tile", "prepare_tile_tensor", "read_window",
-           "run_plan", "stage_window", "submit_in_plan_order", "window_reader"]
+           "check_scene", "finish_tile", "labels_from_logits", "load_tile", "prepare_tile", "prepare_tile_tensor",
+           "read_window", "run_plan", "stage_window", "submit_in_plan_order", "tile_outputs", "window_reader"]

@@ -17,7 +17,7 @@ import pytest
 import _scale_fixtures as F
 
 import hsi_engine
-from hsi_engine import cluster, dask_client
+from hsi_engine import cluster, dask_client, scene_identity
 from hsi_engine.errors import HSIEngineError, OutputError
 from hsi_engine.resume import RUNS_ATTR, json_attr, partial_path, read_record
 
@@ -330,9 +330,10 @@ def test_a_window_of_an_opened_file_is_not_taken_for_another_finished_window(tmp
         hsi_engine.classify_to_file(b, SHIPPED_MODEL, out, resume=True, progress=False)
     assert cluster.run_to_file(a, SHIPPED_MODEL, out, resume=True, progress=False).computed == 0
     full = hsi_engine.open_scene(SHIPPED_SCENE)
-    assert cluster._scene_identity(None, full, None, None, None)["source"] == str(Path(SHIPPED_SCENE).resolve())
-    ident = cluster._scene_identity(None, b, None, None, None)
-    assert ident["source"] is None and ident["digest"] != cluster._scene_identity(None, a, None, None, None)["digest"]
+    assert scene_identity.scene_identity(None, full, None, None, None)["source"] == str(Path(SHIPPED_SCENE).resolve())
+    ident = scene_identity.scene_identity(None, b, None, None, None)
+    assert ident["source"] is None
+    assert ident["digest"] != scene_identity.scene_identity(None, a, None, None, None)["digest"]
 
 
 def test_the_model_digest_counts_what_makes_the_map_and_nothing_else():

@@ -17,7 +17,7 @@ import pytest
 import _scale_fixtures as F
 
 import hsi_engine
-from hsi_engine import cluster
+from hsi_engine import cluster, scene_identity
 from hsi_engine.errors import OutputError
 from hsi_engine.resume import FINGERPRINT_ATTR, MAP_VERSION, partial_path, read_record, recorded_fingerprint
 
@@ -235,7 +235,7 @@ def test_a_geotiff_with_an_internal_mask_opened_whole_is_its_file(case, tmp_path
     opened = hsi_engine.open_scene(path)
     assert "gdal_mask" in opened.attrs and src.sizes == opened.sizes
     assert hsi_engine.io.file_of(opened) == str(path)
-    ident = cluster._scene_identity(None, opened, None, None, None)
+    ident = scene_identity.scene_identity(None, opened, None, None, None)
     assert ident["source"] == str(path.resolve()) and "digest" not in ident
 
 
@@ -246,15 +246,15 @@ def test_a_scene_s_aux_xml_and_msk_are_part_of_its_identity(case, tmp_path):
 
     scene = tmp_path / "scene.tif"
     hsi_engine.open_scene(case["scene"]).rio.write_crs("EPSG:32633").rio.to_raster(scene)
-    before = cluster._files_stat(scene)
+    before = scene_identity._files_stat(scene)
     (tmp_path / "scene.tif.aux.xml").write_text("<PAMDataset></PAMDataset>\n")
-    after = cluster._files_stat(scene)
+    after = scene_identity._files_stat(scene)
     assert after[0] == before[0] + 1 and after != before
     shutil.copy(scene, tmp_path / "scene.bsq")  # (any bytes: the stat only)
     (tmp_path / "scene.hdr").write_text("ENVI\n")
-    envi = cluster._files_stat(tmp_path / "scene.hdr")
+    envi = scene_identity._files_stat(tmp_path / "scene.hdr")
     (tmp_path / "scene.bsq.msk").write_bytes(b"mask")
-    assert cluster._files_stat(tmp_path / "scene.hdr")[0] == envi[0] + 1
+    assert scene_identity._files_stat(tmp_path / "scene.hdr")[0] == envi[0] + 1
 
 
 def test_a_read_that_fails_while_digesting_is_the_error_a_tile_s_read_gives(case, tmp_path):
@@ -333,12 +333,12 @@ def test_the_digest_reads_rows_of_all_bands_and_depends_on_the_values_only(case,
     import xarray as xr
 
     cube = case["cube"]  # (24, 64, 64) uint16: 3,072 bytes a row of all bands
-    monkeypatch.setattr(cluster, "_DIGEST_STRIP_BYTES", 16 * 3072)  # 16 rows a strip: 4 strips
-    assert cluster._digest_rows(cube.shape, cube.dtype) == 16
-    expected = cluster._content_digest(cube)
+    monkeypatch.setattr(scene_identity, "_DIGEST_STRIP_BYTES", 16 * 3072)  # 16 rows a strip: 4 strips
+    assert scene_identity._digest_rows(cube.shape, cube.dtype) == 16
+    expected = scene_identity.content_digest(cube)
     lazy, backend = _counting_lazy_scene(cube)
     with caplog.at_level(logging.INFO, logger="hsi_engine"):
-        assert cluster._content_digest(hsi_engine.as_scene(lazy)) == expected
+        assert scene_identity.content_digest(hsi_engine.as_scene(lazy)) == expected
     assert backend.reads == 4  # a strip a read (was 24: a band a read)
     assert any("read lazily" in r.getMessage() and "reading it once more, 16 rows of all bands" in r.getMessage()
                for r in caplog.records)
@@ -346,14 +346,15 @@ def test_the_digest_reads_rows_of_all_bands_and_depends_on_the_values_only(case,
     nc = tmp_path / "band_last.nc"
     xr.DataArray(np.moveaxis(cube, 0, -1), dims=("y", "x", "band"), name="r").to_netcdf(nc)
     with xr.open_dataset(nc) as ds:
-        assert cluster._content_digest(hsi_engine.as_scene(ds["r"])) == expected
+        assert scene_identity.content_digest(hsi_engine.as_scene(ds["r"])) == expected
         window = hsi_engine.as_scene(ds["r"][5:50, 3:60, 2:20])  # a lazy window, then transposed
-        assert cluster._content_digest(window) == cluster._content_digest(np.asarray(window.values))
+        assert scene_identity.content_digest(window) == scene_identity.content_digest(np.asarray(window.values))
     for chunks in ((24, 16, 16), (5, 7, 64), (24, 64, 64)):  # (was: another digest for each chunking)
-        assert cluster._content_digest(xr.DataArray(dsa.from_array(cube, chunks=chunks),
+        assert scene_identity.content_digest(xr.DataArray(dsa.from_array(cube, chunks=chunks),
                                                     dims=("band", "y", "x"))) == expected
-    assert cluster._content_digest(np.asfortranarray(cube)) == cluster._content_digest(cube.astype(">u2")) == expected
-    assert cluster._content_digest(cube.astype(np.int32)) != expected  # the dtype counts
+    assert scene_identity.content_digest(np.asfortranarray(cube)) == expected
+    assert scene_identity.content_digest(cube.astype(">u2")) == expected
+    assert scene_identity.content_digest(cube.astype(np.int32)) != expected  # the dtype counts
 
 
 def test_a_dask_scene_s_digest_reads_each_block_once(case, monkeypatch):
@@ -371,9 +372,10 @@ def test_a_dask_scene_s_digest_reads_each_block_once(case, monkeypatch):
         return block
 
     lazy = dsa.from_array(cube, chunks=(24, 16, 16)).map_blocks(count, dtype=cube.dtype)
-    monkeypatch.setattr(cluster, "_DIGEST_STRIP_BYTES", 10 * 3072)  # 10-row strips across 16-row chunks
+    monkeypatch.setattr(scene_identity, "_DIGEST_STRIP_BYTES", 10 * 3072)  # 10-row strips across 16-row chunks
     reads["n"] = 0  # (map_blocks calls it once on an empty block to learn its output)
-    assert cluster._content_digest(xr.DataArray(lazy, dims=("band", "y", "x"))) == cluster._content_digest(cube)
+    assert (scene_identity.content_digest(xr.DataArray(lazy, dims=("band", "y", "x")))
+            == scene_identity.content_digest(cube))
     assert reads["n"] == lazy.npartitions
 
 
@@ -385,15 +387,15 @@ def test_the_digest_is_the_same_in_every_process(case, tmp_path):
 
     np.save(tmp_path / "cube.npy", case["cube"])
     code = ("import sys, numpy as np, dask.array as dsa, xarray as xr\n"
-            "from hsi_engine import cluster\n"
+            "from hsi_engine import scene_identity\n"
             "c = np.load(sys.argv[1])\n"
-            "print(cluster._content_digest(c), cluster._content_digest(xr.DataArray(dsa.from_array(c, chunks=(8, 16, "
-            "16)), dims=('band', 'y', 'x'))))\n")
+            "print(scene_identity.content_digest(c), scene_identity.content_digest(xr.DataArray(dsa.from_array("
+            "c, chunks=(8, 16, 16)), dims=('band', 'y', 'x'))))\n")
     child = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cube.npy")], capture_output=True, text=True,
                            check=True, timeout=300, env={**os.environ, "PYTHONHASHSEED": "random"}).stdout.split()
-    here = cluster._content_digest(case["cube"])
+    here = scene_identity.content_digest(case["cube"])
     lazy = xr.DataArray(dsa.from_array(case["cube"], chunks=(8, 16, 16)), dims=("band", "y", "x"))
-    assert child == [here, cluster._content_digest(lazy)] == [here] * 2
+    assert child == [here, scene_identity.content_digest(lazy)] == [here] * 2
 
 
 @pytest.mark.parametrize("name", ["map.zarr", "map.tif"])
@@ -412,12 +414,12 @@ def test_an_output_in_the_way_is_refused_before_the_scene_is_read_for_its_digest
     def no_digest(da):
         raise AssertionError("the scene was read for its digest before the refusal")
 
-    monkeypatch.setattr(cluster, "_content_digest", no_digest)
+    monkeypatch.setattr(scene_identity, "content_digest", no_digest)
     with pytest.raises(OutputError, match=r"an interrupted run left .*\.partial; pass resume=True"):
         hsi_engine.classify_to_file(scene, case["model"], out, tile=TILE, progress=False)
     monkeypatch.undo()
     cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, overwrite=True, probabilities=True)
-    monkeypatch.setattr(cluster, "_content_digest", no_digest)
+    monkeypatch.setattr(scene_identity, "content_digest", no_digest)
     with pytest.raises(OutputError, match=r"output .*map\.(zarr|tif) already exists; pass overwrite=True"):
         cluster.run_to_file(scene, case["model"], out, tile=TILE)
     if name == "map.tif":  # a side file left beside no map
@@ -441,6 +443,7 @@ def test_an_envi_scene_named_by_its_header_or_its_data_file_is_one_scene(tmp_pat
     cube = np.arange(3 * 5 * 4, dtype=np.int16).reshape(3, 5, 4)
     with rasterio.open(tmp_path / "s.bsq", "w", driver="ENVI", count=3, height=5, width=4, dtype="int16") as dst:
         dst.write(cube)
-    idents = [cluster._scene_identity(p, None, None, None, None) for p in (tmp_path / "s.hdr", tmp_path / "s.bsq")]
-    idents += [cluster._scene_identity(None, hsi_engine.open_scene(tmp_path / "s.hdr"), None, None, None)]
+    idents = [scene_identity.scene_identity(p, None, None, None, None)
+              for p in (tmp_path / "s.hdr", tmp_path / "s.bsq")]
+    idents += [scene_identity.scene_identity(None, hsi_engine.open_scene(tmp_path / "s.hdr"), None, None, None)]
     assert idents[0] == idents[1] == idents[2] and idents[0]["source"] == str((tmp_path / "s.bsq").resolve())

@@ -599,7 +599,7 @@ def test_statistics_a_gis_writes_beside_the_scene_are_no_change(tmp_path):
     change (a run was refused for it); a dangling link in a store (zarr skips it) is left out, not an OSError."""
     import rasterio
 
-    from hsi_engine.cluster import scene_changed, scene_state
+    from hsi_engine.scene_identity import scene_changed, scene_state
 
     tif = tmp_path / "s.tif"
     with rasterio.open(tif, "w", driver="GTiff", height=4, width=4, count=2, dtype="uint16") as f:
