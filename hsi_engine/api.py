@@ -193,7 +193,7 @@ class _Job:
             log.warning("%s records no wavelengths, so its %d bands are not checked against the model's (%.0f-%.0f "
                         "nm): bands in another order or subset would give a wrong map without a word; %s to check "
                         "them", self.source, bands, np.nanmin(model_wl), np.nanmax(model_wl),
-                        record_wavelengths_fix(da.attrs.get("source_format")))
+                        record_wavelengths_fix(da.attrs.get("source_format"), self.source))
         self.mean, self.std = _normalisation(m)
         trained_stats = self.mean is not None
         model_bad = model_bad_bands(self.meta, bands)

@@ -476,7 +476,8 @@ def _warn_swapped(da: xr.DataArray, raw: np.ndarray, mean: np.ndarray, std: np.n
     if swapped is None or swapped >= 2.0:
         return False
     order = {"<": "little-endian", ">": "big-endian", "=": sys.byteorder + "-endian"}
-    as_read = order.get(raw.dtype.byteorder, order["="])
+    # the order the file was read in (an ENVI header's, as GDAL reads it), not numpy's for the array GDAL returned
+    as_read = da.attrs.get("byte_order") or order.get(raw.dtype.byteorder, order["="])
     warnings.warn(f"the scene's values look byte-swapped ({pixels}): read with each value's bytes in the other "
                   f"order they lie a median {swapped:.1f} standard deviations from the model's training means"
                   + (f" ({distance:,.0f} as read)" if distance is not None else "") + f"; they were read "

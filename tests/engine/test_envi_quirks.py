@@ -326,8 +326,6 @@ def test_the_declared_byte_order_is_recorded_on_the_scene(tmp_path, order, word)
     assert "byte_order" not in open_scene(write_envi(tmp_path / "u.bsq", make_cube(np.uint8), byte_order=None)).attrs
 
 
-@pytest.mark.xfail(strict=True, reason="needs scene_checks._warn_swapped to name da.attrs['byte_order'] (not this "
-                                       "fixer's file); remove this mark with that one-line change")
 def test_a_byte_swapped_warning_names_the_order_the_header_declared(tmp_path):
     """A little-endian binary under 'byte order = 1': GDAL reads it big-endian, as declared, and the warning said
     'they were read little-endian' (numpy's order of the array GDAL returned)."""

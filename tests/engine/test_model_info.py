@@ -58,6 +58,11 @@ def test_a_file_without_wavelengths_is_said_to_go_unchecked(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="hsi_engine.api"):
         hsi_engine.classify(str(tmp_path / "s.nc"), SHIPPED_MODEL, progress=False)
     assert "records no wavelengths" not in caplog.text
+    caplog.clear()
+    np.save(tmp_path / "s.npy", scene.values)  # a format without band metadata: the side file named for this scene
+    with caplog.at_level(logging.WARNING, logger="hsi_engine.api"):
+        hsi_engine.classify(str(tmp_path / "s.npy"), SHIPPED_MODEL, progress=False)
+    assert "write them into s.wavelengths.json (or s.npy.wavelengths.json) beside s.npy" in caplog.text
 
 
 def test_a_scene_of_another_pixel_size_than_the_training_scene_is_said(caplog):
