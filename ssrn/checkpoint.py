@@ -21,7 +21,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from .config import InvalidConfig, SSRNConfig
-from .errors import CheckpointError, OptionError, check_flag, first_line, is_text_path, unexpanded_home
+from .errors import (CheckpointError, OptionError, check_flag, first_line, is_text_path, is_whole,
+                     not_a_model_error, unexpanded_home)
 from .model import SSRN, filled_model
 
 WEIGHTS = "weights.safetensors"
@@ -108,6 +109,30 @@ def _jsonable(value: Any) -> Any:
 
 
 _MODEL_FILES = frozenset({WEIGHTS, MODEL_JSON})
+# a file the model hsi-engine ships carries beside its model files (ssrn cannot import hsi_engine to find its path)
+SHIPPED_MARKER = "SHIPPED.md"
+
+
+def _shipped_dir(target: Path) -> Path | None:
+    """The directory holding :data:`SHIPPED_MARKER` that ``target`` is or lies in (a link at ``target`` is
+    replaced, not written through: only its parents count), else None."""
+    for d in ([] if target.is_symlink() else [target]) + list(target.parents):
+        if (d / SHIPPED_MARKER).is_file():
+            return d
+    return None
+
+
+def _check_not_shipped(target: Path, given: str) -> None:
+    """Refuse the model this package ships (or a directory inside it) as a save target, even with overwrite: an
+    ``import-keras --overwrite`` replaced it, and the demo, which scores it on its recorded split, then failed."""
+    shipped = _shipped_dir(target)
+    if shipped is None:
+        return
+    where = "is" if shipped == target else f"lies inside {shipped},"
+    raise CheckpointError(f"{given} {where} the model hsi-engine ships (its directory holds {SHIPPED_MARKER}; the "
+                          "demo scores it on its recorded split): hsi-engine never replaces it or writes into it, "
+                          "even with --overwrite; write the new model to a new directory (a new --out). If it is a "
+                          f"copy you made and mean to replace, delete {shipped / SHIPPED_MARKER} from it first")
 
 
 def _is_model_json(path: Path) -> bool:
@@ -139,8 +164,10 @@ def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path
 
     A target is fine when it does not exist (its nearest existing ancestor must be a writable directory), is
     an empty directory, or, with ``overwrite``, is a model directory (only model.json with this project's
-    format marker and weights.safetensors). Anything else raises :class:`CheckpointError`; nothing is
-    created. Returns the absolute path (its directories resolved, its last component kept as given).
+    format marker and weights.safetensors). The model hsi-engine ships (a directory holding
+    :data:`SHIPPED_MARKER`) is refused even with ``overwrite``, as is any path inside it. Anything else raises
+    :class:`CheckpointError`; nothing is created. Returns the absolute path (its directories resolved, its last
+    component kept as given).
 
     A symbolic link at the target is never written through (as classify's outputs): one to a model directory is,
     with ``overwrite``, replaced by the new model directory, the directory it points to left untouched (without
@@ -158,6 +185,7 @@ def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path
                               "expected a directory path such as models/indian_pines")
     # "." or "a/.." say little in a message: name the directory they stand for too
     given = str(path) if Path(path).name == target.name else f"{path} ({target})"
+    _check_not_shipped(target, given)
     existing = target.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -207,12 +235,13 @@ def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path
 
 
 def _is_model_dir(path: Path) -> bool:
-    """Whether ``path`` is a directory holding only what save_model writes, its model.json carrying the format."""
+    """Whether ``path`` is a directory holding only what save_model writes (and the shipped model's marker), its
+    model.json carrying the format."""
     try:
         entries = {e.name for e in path.iterdir()}
     except OSError:
         return False
-    return entries <= _MODEL_FILES and MODEL_JSON in entries and _is_model_json(path / MODEL_JSON)
+    return entries <= _MODEL_FILES | {SHIPPED_MARKER} and MODEL_JSON in entries and _is_model_json(path / MODEL_JSON)
 
 
 def _check_model_link(target: Path, given: str, overwrite: bool) -> None:
@@ -296,6 +325,12 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def is_ssrn(model: Any) -> bool:
+    """Whether ``model`` is an ``ssrn.SSRN`` (a torch module with an SSRNConfig), as save_model and the trainer
+    take: not a path, a state dict or a config."""
+    return isinstance(model, torch.nn.Module) and isinstance(getattr(model, "config", None), SSRNConfig)
+
+
 def _umask_in(directory: Path) -> int:
     """The process's umask, read from a directory made in ``directory`` (this save's own temporary one):
     ``os.umask`` can only be read by setting it, process-wide, and for that moment other threads (GDAL's, HDF5's)
@@ -319,6 +354,9 @@ def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None
     ``meta`` (default: ``model.meta``) travels in model.json: normalisation ``mean``/``std`` per band,
     ``class_names``, ``palette`` (RGB triplets), ``wavelengths``, the training ``report``, ``command``.
     """
+    if not is_ssrn(model):  # (a state dict or a path: an AttributeError on .meta before)
+        swapped = " (the arguments are save_model(model, path))" if is_ssrn(path) else ""
+        raise not_a_model_error("save_model", model, swapped)
     target = check_model_target(path, overwrite)
     given = Path(path)
     meta = dict(model.meta if meta is None else meta)
@@ -468,6 +506,7 @@ def _check_meta(meta: object, config: SSRNConfig, where: Path | str) -> None:
         return
     if not isinstance(meta, dict):
         raise CheckpointError(f"{where}: 'meta' must be an object; found {type(meta).__name__}")
+    _check_recorded_patch(meta, config, where)
     # an in-memory model's meta may hold numpy arrays or tuples (what save_model writes as JSON lists)
     meta = {k: _as_lists(v) for k, v in meta.items() if k in ("mean", "std", "wavelengths", "class_names",
                                                                "bad_bands", "scales", "offsets", "palette")}
@@ -514,6 +553,27 @@ def _check_meta(meta: object, config: SSRNConfig, where: Path | str) -> None:
                               f"would read none of the scene; list only the bands without data{fix}")
 
 
+def _check_recorded_patch(meta: dict[str, Any], config: SSRNConfig, where: Path | str) -> None:
+    """``config.patch`` against the patch the meta records the weights were made with: the training report's
+    ``patch``, an imported Keras model's zero ``padding`` width (``patch // 2``). No weight's shape depends on the
+    patch, so an edited config.patch loaded and classified, silently, with patches the network never saw."""
+    report, padding = meta.get("report"), meta.get("padding")
+    trained = report.get("patch") if isinstance(report, dict) else None
+    if is_whole(trained) and trained > 0 and trained != config.patch:
+        raise CheckpointError(f"{where}: config.patch is {config.patch}, but meta.report records that the weights "
+                              f"were trained on {trained} x {trained} patches; no weight's shape depends on the patch, "
+                              "so the network would classify with patches it never saw (another map, and not the "
+                              f"report's accuracy): set config.patch back to {trained}, or retrain with patch "
+                              f"{config.patch} (--patch {config.patch})")
+    width = padding.get("width") if isinstance(padding, dict) else None
+    if is_whole(width) and width >= 0 and width != config.patch // 2:
+        raise CheckpointError(f"{where}: config.patch is {config.patch}, but meta.padding records the zero padding "
+                              f"of a {2 * width + 1} x {2 * width + 1} patch ({width} pixels, patch // 2) the model "
+                              f"was imported with; no weight's shape depends on the patch, so the network would "
+                              f"classify with patches it never saw: set config.patch back to {2 * width + 1}, or "
+                              "import the model again (hsi-engine import-keras)")
+
+
 def _config_from(raw: dict[str, Any], mj: Path) -> SSRNConfig:
     """model.json's ``config`` as an SSRNConfig, every field type-checked and bounded (SSRNConfig does that),
     plus what a loadable model needs beyond a valid network: classes that fit the engine's uint8 maps."""
@@ -542,14 +602,13 @@ def _expected_tensors(config: SSRNConfig) -> dict[str, tuple[tuple[int, ...], to
 
 
 def _read_model_files(path: Path) -> tuple[dict[str, Any], SSRNConfig, Path, dict[str, Any]]:
-    """model.json (checked against the network), the weights file's path and the tensors the config needs (name
-    -> (shape, dtype); the weights are read by :func:`_read_weights`)."""
+    """model.json (its config checked), the weights file's path and the tensors the config needs (name -> (shape,
+    dtype); the weights are read by :func:`_read_weights`, and checked against the config before the meta is)."""
     doc = read_model_json(path)
     if not isinstance(doc.get("config"), dict):
         raise CheckpointError(f"{path / MODEL_JSON} has no 'config' object (the network's bands, classes, widths); "
                               "expected a model directory written by ssrn.save_model")
     config = _config_from(doc["config"], path / MODEL_JSON)
-    _check_meta(doc.get("meta"), config, path / MODEL_JSON)
     recorded = doc.get("weights_sha256")
     if recorded is not None and not isinstance(recorded, str):
         raise CheckpointError(f"{path / MODEL_JSON}: 'weights_sha256' must be the hex sha256 of {WEIGHTS} (a "
@@ -713,7 +772,8 @@ def _check_weights_header(wf: Path, header: bytes, expected: dict[str, tuple[tup
             shown = str(header_[k][0]) if len(str(header_[k][0])) <= 120 else str(header_[k][0])[:120] + "..."
             raise CheckpointError(f"{wf}: tensor {k!r} has shape {shown}, but the config in "
                                   f"{MODEL_JSON} (bands={config.bands}, classes={config.classes}) needs "
-                                  f"{shape}; the weights and model.json must come from the same save")
+                                  f"{shape}; the weights and model.json must come from the same save: if its "
+                                  "config was edited, undo the edit, else copy the model directory again")
     return sum(math.prod(shape) * _DTYPE_BYTES[header_[k][1]] for k, (shape, _) in expected.items())
 
 
@@ -757,6 +817,9 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                               f"recorded {str(recorded)[:16]}...): the file was changed or damaged since the model "
                               "was saved; copy the model directory again, or, if you replaced the weights on "
                               f"purpose, delete 'weights_sha256' from {MODEL_JSON}")
+    # after the weights' shapes: an edited config.classes is named as such, not as a palette or class_names list
+    # that no longer fits it (whose removal the user was sent to first, for nothing)
+    _check_meta(doc.get("meta"), config, path / MODEL_JSON)
     try:
         tensors = {k: t.to(map_location) for k, t in load_safetensors(data).items()}
     except (SafetensorError, OSError, ValueError) as e:

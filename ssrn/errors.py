@@ -6,6 +6,7 @@ from __future__ import annotations
 import numbers
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,18 @@ def unexpanded_home(path: str | os.PathLike, *, written: bool = True) -> str | N
     made = f" (a directory named {first!r} would be made in {os.getcwd()})" if written else ""
     return (f"{raw!r} starts with {first!r}, which Python does not expand to a home directory{made}: pass "
             f"os.path.expanduser({raw!r}) ({os.path.expanduser(raw)}) or a path without '~'")
+
+
+def not_a_model_error(where: str, got: Any, also: str = "") -> OptionTypeError:
+    """The error for ``where`` (a call that takes an ``ssrn.SSRN``) given ``got``, a path, a state dict or anything
+    else, naming the call that makes a model of it (``also``: a further hint for that call)."""
+    if is_text_path(got):
+        fix = (f"got the path {os.fspath(got)!r}: load the model directory first (model = ssrn.load_model(path), "
+               "or hsi_engine.load_model)")
+    elif isinstance(got, Mapping):
+        fix = ("got a dict (a state dict?): load it into a model first (model = ssrn.SSRN(SSRNConfig(...)); "
+               "model.load_state_dict(state_dict))")
+    else:
+        fix = (f"got {type(got).__name__}: load a model directory with ssrn.load_model(path), or build one with "
+               "ssrn.SSRN(SSRNConfig(...))")
+    return OptionTypeError(f"{where} takes an ssrn.SSRN model; {fix}{also}")

@@ -590,6 +590,20 @@ def _scene_for(dataset: str, data_dir: str | os.PathLike | None):
             scene.name, scene.wavelengths)
 
 
+def _dataset_fix(given: str, bands: int, classes: int) -> str:
+    """What to pass instead of a ``--dataset`` that does not fit a Keras model of ``bands`` and ``classes``: the
+    registered datasets with the model's number of classes (the registry records no band counts), else a scene
+    file, or no dataset at all."""
+    from .data import DATASETS
+
+    fits = [n for n, spec in DATASETS.items() if len(spec.class_names) == classes and n != given]
+    named = (f" (of the registered datasets, {' and '.join(fits)} {'has' if len(fits) == 1 else 'have'} "
+             f"{classes} classes)" if fits else "")
+    return (f"pass the dataset the model was trained on, a scene of {bands} bands and {classes} classes{named}, as "
+            "--dataset NAME or a .mat/.h5/.npz path; or leave --dataset out (the model then records no "
+            "normalisation, and the scenes it classifies must be normalised already)")
+
+
 def seed_standardisation(cube: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-band mean and population std (``ddof=0``) over all pixels: the seed's ``preprocessing.scale``."""
     a = np.asarray(cube, dtype=np.float64)
@@ -622,10 +636,11 @@ def import_keras_to_dir(hdf5: str | os.PathLike, out: str | os.PathLike, *, data
         cube, names, palette, source, name, wavelengths = _scene_for(dataset, data_dir)
         if cube.shape[0] != c.bands:
             raise KerasImportError(f"dataset {dataset!r} has {cube.shape[0]} bands but the Keras model "
-                                   f"{Path(hdf5).name} takes {c.bands}")
+                                   f"{Path(hdf5).name} takes {c.bands}: {_dataset_fix(name, c.bands, c.classes)}")
         if len(names) != c.classes:
             raise KerasImportError(f"dataset {dataset!r} has {len(names)} classes but the Keras model "
-                                   f"{Path(hdf5).name} predicts {c.classes}")
+                                   f"{Path(hdf5).name} predicts {c.classes}: "
+                                   f"{_dataset_fix(name, c.bands, c.classes)}")
         mean, std = seed_standardisation(cube)
         meta.update({
             "dataset": name, "mean": mean.tolist(), "std": std.tolist(), "class_names": names,

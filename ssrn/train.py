@@ -29,7 +29,8 @@ from .config import MAX_BANDS, PRESETS, SSRNConfig
 from .data import (DataError, DatasetSpec, PatchDataset, Scene, Split, block_split, check_labels, dataset_spec,
                    is_scene_path, load_dataset, per_class_split, standardize_scene, stratified_split)
 from .devices import DeviceError, resolve_device
-from .errors import HSIEngineError, OptionError, check_flag, first_line, is_text_path, is_whole
+from .errors import (HSIEngineError, OptionError, check_flag, first_line, is_text_path, is_whole,
+                     not_a_model_error)
 from .metrics import classification_report
 from .model import SSRN, count_parameters, filled_model
 
@@ -275,6 +276,11 @@ class Trainer:
                  eval_batch_size: int = 256, progress: bool = True, time_budget_s: float | None = None,
                  class_weight: str | None = None,
                  on_improve: Callable[[SSRN, TrainResult], None] | None = None) -> None:
+        from .checkpoint import is_ssrn
+
+        if not is_ssrn(model):  # (a path: an AttributeError on .to before)
+            raise not_a_model_error("Trainer", model, "; to train a new model on a dataset, call "
+                                    "ssrn.run_training(dataset, out)")
         _check_optimizer_options(optimizer, schedule, class_weight)  # now, not after the data has loaded
         # (run_training checks these too; a Trainer built directly took batch_size=1, skipped every batch and
         # reported a trained model)

@@ -92,6 +92,25 @@ def test_train_never_replaces_the_shipped_model(tmp_path, tiny, capsys):
     assert _tree(SHIPPED_MODEL) == before and not (tmp_path / "link").is_symlink()
 
 
+@pytest.mark.parametrize("cmd", ["train", "import-keras"])
+def test_a_copy_of_the_shipped_model_is_refused_by_its_marker_before_any_work(tmp_path, tiny, capsys, no_data, cmd):
+    """The shipped model's directory carries ssrn.checkpoint.SHIPPED_MARKER, so ssrn refuses it (and its copies)
+    without hsi_engine's path: import-keras --overwrite had replaced it. The fix said is a new --out."""
+    import shutil
+
+    from hsi_engine.demo import SHIPPED_MODEL
+
+    copy = tmp_path / "copy"
+    shutil.copytree(SHIPPED_MODEL, copy)
+    before = _tree(copy)
+    args = ({"train": ["train", "--dataset", str(tiny), *FAST],
+             "import-keras": ["import-keras", str(tmp_path / "never_read.hdf5")]}[cmd] + ["--out", str(copy)])
+    assert main([*args, "--overwrite"]) == 2
+    line = _one_error_line(capsys.readouterr().err, cmd)
+    assert "is the model hsi-engine ships" in line and "write the new model to a new directory (a new --out)" in line
+    assert _tree(copy) == before
+
+
 def test_train_fills_an_empty_directory(tmp_path, tiny):
     out = tmp_path / "empty"
     out.mkdir()

@@ -471,10 +471,38 @@ def test_cli_import_keras(seed_dir, tmp_path, in_scene, caplog):
 
 
 def test_import_refuses_mismatched_dataset(seed_dir, tmp_path):
-    with pytest.raises(KerasImportError, match="bands"):
+    """The refusal names the fix: the registered dataset with the model's classes, a scene, or no --dataset."""
+    with pytest.raises(KerasImportError, match="dataset 'indian_pines' has 200 bands but the Keras model "
+                                               f"{UP_FILE} takes 103: ") as e:
         import_keras_to_dir(seed_dir / UP_FILE, tmp_path / "x", dataset="indian_pines",
                             data_dir=seed_dir.parent)
+    assert ("pass the dataset the model was trained on, a scene of 103 bands and 9 classes (of the registered "
+            "datasets, pavia_university has 9 classes), as --dataset NAME or a .mat/.h5/.npz path; or leave "
+            "--dataset out") in str(e.value)
     assert not (tmp_path / "x").exists()
+
+
+def test_import_never_replaces_the_shipped_model(tmp_path, capsys):
+    """``import-keras --overwrite`` replaced the shipped model (its error had suggested --overwrite), and the demo
+    then failed. Tested on a copy: it carries the shipped model's marker too."""
+    from hsi_engine.cli import main
+    from hsi_engine.demo import SHIPPED_MODEL
+    from ssrn.checkpoint import SHIPPED_MARKER
+
+    shipped = tmp_path / "ssrn_indian_pines"
+    shutil.copytree(SHIPPED_MODEL, shipped)
+    before = {p.name: p.read_bytes() for p in shipped.iterdir()}
+    hdf5 = write_keras_ssrn(tmp_path / "m.hdf5", bands=31, classes=5, n_spec=1, n_spa=1, projection=False)
+    for extra in ([], ["--overwrite"]):
+        assert main(["import-keras", str(hdf5), "--out", str(shipped), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "is the model hsi-engine ships" in err, err
+        assert "write the new model to a new directory (a new --out)" in err and "pass --overwrite" not in err
+    with pytest.raises(ssrn.CheckpointError, match="the model hsi-engine ships"):
+        import_keras_to_dir(hdf5, shipped, overwrite=True)
+    assert {p.name: p.read_bytes() for p in shipped.iterdir()} == before
+    (shipped / SHIPPED_MARKER).unlink()  # the message's fix for a copy
+    assert ssrn.load_model(import_keras_to_dir(hdf5, shipped, overwrite=True)).config.bands == 31
 
 
 def test_cli_bad_file_exits_2(seed_dir, tmp_path, capsys):

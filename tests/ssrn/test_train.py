@@ -132,6 +132,21 @@ def test_trainer_weight_decay_is_the_one_given(optimizer, given, used):
     assert t.optimizer.param_groups[0]["weight_decay"] == used
 
 
+@pytest.mark.parametrize("given", ["path", "state_dict"])
+def test_trainer_refuses_what_is_not_a_model(tmp_path, given):
+    """``Trainer(path)`` raised a bare AttributeError on ``.to``."""
+    from ssrn.errors import HSIEngineError, OptionTypeError
+
+    model = ssrn.SSRN(ssrn.SSRNConfig(bands=12, classes=3, patch=5, variant="spc"))
+    arg = ssrn.save_model(model, tmp_path / "m") if given == "path" else model.state_dict()
+    with pytest.raises(OptionTypeError, match=r"Trainer takes an ssrn.SSRN model; got .*(ssrn.load_model\(path\)|"
+                                              r"load_state_dict).*") as e:
+        Trainer(arg, epochs=1, progress=False)
+    assert isinstance(e.value, HSIEngineError)
+    if given == "path":
+        assert "to train a new model on a dataset, call ssrn.run_training(dataset, out)" in str(e.value)
+
+
 def test_fit_restores_cudnn_flags(crop):
     """fit runs cuDNN deterministic and leaves the process's flags as they were: a classify in the same notebook
     after training kept benchmark=False, deterministic=True for good."""
