@@ -26,10 +26,10 @@ def _version() -> str:
 
 _lazy_getattr, __dir__, _ = lazy_loader.attach(
     __name__,
-    submodules=["accessor", "allocator", "api", "blocks", "cli", "cluster", "cube", "dask_client", "demo", "envi",
-                "errors", "fused", "georef", "geotiff", "integrity", "io", "lock", "logs", "map_info", "model_info",
-                "normalise", "outputs", "owned", "products", "render", "resume", "runner", "scene_checks",
-                "scene_identity", "stores", "tiles", "training", "wavelengths", "whole", "writers"],
+    submodules=["accessor", "allocator", "api", "blocks", "cli", "cluster", "commit_journal", "cube", "dask_client",
+                "demo", "envi", "errors", "fused", "georef", "geotiff", "integrity", "io", "lock", "logs", "map_info",
+                "model_info", "normalise", "outputs", "owned", "products", "render", "resume", "runner",
+                "scene_checks", "scene_identity", "stores", "tiles", "training", "wavelengths", "whole", "writers"],
     submod_attrs={
         "accessor": ["HSIAccessor"],
         "allocator": ["reuse_large_buffers"],

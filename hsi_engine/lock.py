@@ -15,7 +15,7 @@ from ssrn.lock import file_lock, lock_held, lock_path
 
 from .errors import OutputError
 
-__all__ = ["lock_held", "lock_path", "output_lock"]
+__all__ = ["lock_held", "lock_path", "output_lock", "tidy_interrupted"]
 
 
 @contextlib.contextmanager
@@ -79,3 +79,18 @@ def _writes_side_files(out: Path) -> bool:
         return json.loads(lock_path(out).read_text(encoding="utf-8")).get("side_files", True) is not False
     except (OSError, ValueError, AttributeError):
         return True
+
+
+def tidy_interrupted(out: str | os.PathLike) -> None:
+    """Where a killed run left a half-done commit (its journal) or hidden temporaries beside ``out`` and no live run
+    holds its lock, take the lock for a moment so they are finished and swept (:func:`output_lock`'s sweep): a
+    rerun refused because the output exists (without ``overwrite``) never took the lock, so the side files of a
+    commit killed before the map's rename stayed orphaned, and a full-size hidden copy of the output for ever."""
+    from .commit_journal import journal_path
+    from .outputs import leftovers
+
+    p = Path(out)
+    if lock_held(p) or not (os.path.lexists(journal_path(p)) or leftovers(p)):
+        return
+    with output_lock(p, create_dir=False, required=False):
+        pass

@@ -228,6 +228,26 @@ _LEFTOVER = re.compile(r"(?:\.(?:aux\.xml|ovr))?"
                        r"(?:\.(?:msk\.)?ovr\.tmp)?")
 
 
+def is_leftover(name: str, names: Any) -> bool:
+    """Whether ``name`` is a hidden temporary hsi-engine writes beside one of the outputs ``names``."""
+    return any(name.startswith(f".{n}") and _LEFTOVER.fullmatch(name, len(n) + 1) is not None for n in names)
+
+
+def leftovers(out: str | os.PathLike) -> list[Path]:
+    """The hidden temporaries of killed runs beside ``out`` (see :func:`sweep_leftovers`), but those of a side
+    file's name that another live run writes as its own output (``x_probabilities.tif``)."""
+    p = Path(out)
+    try:
+        entries = list(p.parent.iterdir())
+    except OSError:
+        return []
+    from .lock import lock_held
+
+    names = [n for n in (p.name, *(s.name for s in side_paths(p).values()))
+             if n == p.name or not lock_held(p.with_name(n))]
+    return [e for e in entries if is_leftover(e.name, names)]
+
+
 def remove_tree(path: Path) -> bool:
     """Delete a directory we wrote, renaming it to a hidden ``.<name>.trash-<random>`` first, so an interruption
     (SIGTERM) mid-delete leaves no half-deleted store under its real name, and a write still pinned to the
@@ -249,22 +269,15 @@ def remove_tree(path: Path) -> bool:
 def sweep_leftovers(out: str | os.PathLike) -> list[Path]:
     """Remove what a killed run into ``out`` left hidden beside it: ``.<name>.tmp-*``, ``.old-*``, ``.cog-*`` (and
     GDAL's ``.ovr.tmp`` overviews of it) and ``.trash-*`` of the map, its side files and ``<out>.partial`` (never the
-    partial store itself). Call only while holding the output's lock (:func:`hsi_engine.lock.output_lock`): no other
-    run is writing them then."""
-    p = Path(out)
-    names = [p.name] + [s.name for s in side_paths(p).values()]
-    removed = []
-    try:
-        entries = list(p.parent.iterdir())
-    except OSError:
-        return removed
-    # a side file's name may be another live run's own output (x_probabilities.tif): its temps are that run's
-    from .lock import lock_held
+    partial store itself). A commit the killed run left half done (its journal) is finished first
+    (:func:`~hsi_engine.commit_journal.roll_forward`): its hidden files are the new output. Call only while holding
+    the output's lock (:func:`hsi_engine.lock.output_lock`): no other run is writing them then."""
+    from .commit_journal import roll_forward
 
-    names = [n for n in names if n == p.name or not lock_held(p.with_name(n))]
-    for e in entries:
-        if not any(e.name.startswith(f".{n}") and _LEFTOVER.fullmatch(e.name, len(n) + 1) for n in names):
-            continue
+    p = Path(out)
+    roll_forward(p)
+    removed = []
+    for e in leftovers(p):
         with contextlib.suppress(OSError):
             if e.is_dir() and not e.is_symlink():
                 remove_tree(e)
@@ -277,11 +290,20 @@ def sweep_leftovers(out: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def raised_by_program(e: BaseException) -> bool:
+    """Whether an OSError is a timeout or interruption the program raised (a service's deadline from a signal
+    handler: ``TimeoutError``, a subclass of OSError, without an errno), not a failed write: it propagates as
+    itself, never re-labelled a disk failure (``except SceneTimeout`` never fired)."""
+    return isinstance(e, (TimeoutError, InterruptedError)) and e.errno is None
+
+
 def ensure_output_dir(d: Path) -> None:
     """Create the output's directory (and its parents); :class:`OutputError` when it cannot be made or written."""
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        if raised_by_program(e):
+            raise
         above = next((a for a in (d, *d.parents) if a.exists() or a.is_symlink()), None)
         if above is not None and not above.is_dir():  # mkdir says only "File exists"
             raise OutputError(f"cannot create the output directory {d}: {above} is {_found(above)}, not a directory; "

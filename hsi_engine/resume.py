@@ -47,6 +47,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 from collections.abc import Iterator
@@ -63,7 +64,7 @@ from .writers import ZarrClassMapWriter
 __all__ = ["MAP_VERSION", "PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "check_owner", "discard_partial",
            "finished_with", "json_attr", "model_digest", "partial_path", "partial_tile", "pinned_store", "provenance",
            "read_record", "recorded_fingerprint", "refuse_outputs_in_the_way", "resolved_spatial_precision",
-           "store_replaced"]
+           "store_replaced", "sweep_chunk_temps"]
 
 PARTIAL_SUFFIX = ".partial"
 RECORD = "resume/tiles_done"
@@ -461,6 +462,7 @@ class ResumableZarrWriter(ZarrClassMapWriter):
 
     def _commit(self) -> None:
         self._group.attrs["partial"] = 0
+        sweep_chunk_temps(self._tmp)  # a run killed mid-chunk-write left one: never delivered with the map
         super()._commit()
         self.map_written = True
 
@@ -564,6 +566,24 @@ def store_replaced(store: str | os.PathLike, pinned: str) -> bool:
         return True
 
 
+# zarr's local store writes each chunk (and zarr.json) to '<name>.<uuid4 hex>.partial' and renames it; a process
+# killed in between (or a signal zarr does not clean up after: it catches Exception only) leaves the temp for good
+_CHUNK_TEMP = re.compile(r".+\.[0-9a-f]{32}\.partial")
+
+
+def sweep_chunk_temps(store: str | os.PathLike) -> list[Path]:
+    """Remove zarr's temporary chunk files (``<chunk>.<uuid>.partial``) from ``store``: a resumed store held one
+    from the killed run, which the finished ``map.zarr`` then carried. Call once no task writes to the store."""
+    removed = []
+    for root, _dirs, files in os.walk(store):
+        for name in files:
+            if _CHUNK_TEMP.fullmatch(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(root, name))
+                    removed.append(Path(root, name))
+    return removed
+
+
 def mark_tile(store: str | os.PathLike, row: int, col: int, run: int) -> None:
     """Set one cell of the completion record (one atomic chunk write); used by workers too."""
     import zarr
@@ -578,8 +598,10 @@ def refuse_outputs_in_the_way(out: Path, suffix: str, prob: str | None, *, overw
     output itself (without ``overwrite``), or, with it, a partial store or output hsi-engine did not write. Made
     before the scene is read (its scale sample; a resumable run's digest may read all of it); the writer checks
     again when it opens the output."""
+    from .lock import tidy_interrupted
     from .outputs import ours_aux, path_present, side_paths
 
+    tidy_interrupted(out)  # a commit a killed run left half done is finished first: what is refused is whole
     sides = side_paths(out)
     if not overwrite:
         for key in ("probabilities", "confidence") if suffix in TIFF_SUFFIXES and prob is not None else ():

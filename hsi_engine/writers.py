@@ -55,11 +55,12 @@ from ssrn.errors import check_flag
 from ssrn.palette import default_palette
 
 from .allocator import zeroed_allocations
+from .commit_journal import remove_journal, write_journal
 from .errors import HSIEngineError, OptionError, OutputError, user_stacklevel
 from .logs import dropped, quiet_affine_mul, warnings_ignored
 from .outputs import (CONFIDENCE_QUANTITY, MAP_NODATA_MEANING, PROBABILITY_QUANTITY, TIFF_SUFFIXES, ZARR_TITLE,
                       check_output_suffix, check_replaceable, ensure_output_dir, in_the_way, ours_aux, path_present,
-                      remove_tree, side_paths, tiff_quantity)
+                      raised_by_program, remove_tree, side_paths, tiff_quantity)
 from .outputs import URL, check_not_scene, is_hsi_zarr, sweep_leftovers, zarr_root_attributes, zarr_unusable
 
 __all__ = ["ClassMapWriter", "GeoTiffClassMapWriter", "ZarrClassMapWriter", "default_palette", "open_writer",
@@ -258,7 +259,7 @@ def _open_failed(where: Path, e: BaseException) -> OutputError:
 
 
 def _replace_all(installs: Sequence[tuple[Path, Path]], remove: Sequence[Path],
-                 aside: Callable[[Path], Path]) -> list[Path]:
+                 aside: Callable[[Path], Path], journal: Path | None = None) -> list[Path]:
     """Move each ``(new, target)`` of ``installs`` into place, in order, and take ``remove`` away: all or nothing, as
     far as the file system allows. Each target that exists, the last first, is first kept under ``aside(target)`` (a
     hidden name :func:`~hsi_engine.outputs.sweep_leftovers` knows): a file as a hard link, so it stays at its name
@@ -270,12 +271,18 @@ def _replace_all(installs: Sequence[tuple[Path, Path]], remove: Sequence[Path],
     Why: Windows refuses to replace a file another program holds open (the old map shown in a GIS; a virus scan of a
     store's fresh chunks). Replaced one after another, side files first and the map last, the commit stopped half
     way and left the old map beside the new run's ``.aux.xml`` (the new model's class names on the old pixels), and
-    a zarr store moved aside was deleted with the temporaries when the new one could not take its name."""
+    a zarr store moved aside was deleted with the temporaries when the new one could not take its name.
+
+    ``journal``: the output whose commit this is; its commit journal (:mod:`hsi_engine.commit_journal`) lists the
+    renames before the first one and goes after the last (or once undone), so a process killed in between (SIGKILL:
+    no undo) leaves them for the next run into the output to finish: never a mixed or orphaned output set."""
     # each listed before it is moved, so that an interruption right after the move is undone too
     moved: list[tuple[Path, Path]] = []  # (path, its aside name)
     done: list[tuple[Path, Path]] = []  # (new, target)
     current = None
     try:
+        if journal is not None:
+            write_journal(journal, installs, [p for p in remove if path_present(p)])
         for current in [t for _, t in reversed(installs)]:
             if path_present(current):
                 moved.append((current, aside(current)))
@@ -289,6 +296,8 @@ def _replace_all(installs: Sequence[tuple[Path, Path]], remove: Sequence[Path],
             os.replace(new, current)
     except BaseException as e:
         stuck = _put_back(done, moved)
+        if journal is not None:  # undone: nothing left to finish (killed before here, the next run finishes it)
+            remove_journal(journal)
         if stuck:
             where = "; ".join(f"{t} is at {a}" for t, a in stuck)
             what = (f"cannot replace {current} ({str(e) or type(e).__name__}), nor put back what was moved aside: "
@@ -305,6 +314,8 @@ def _replace_all(installs: Sequence[tuple[Path, Path]], remove: Sequence[Path],
                               f"{current.parent} is not writable. Nothing was replaced: the previous output is "
                               "unchanged") from None
         raise
+    if journal is not None:
+        remove_journal(journal)
     return [a for _, a in moved]
 
 
@@ -420,6 +431,9 @@ class ClassMapWriter:
         return [self.path]
 
     def _check_target(self) -> None:
+        from .lock import tidy_interrupted
+
+        tidy_interrupted(self.path)  # (a run holding the output's lock has done it: skipped then)
         for t in self._targets():
             if path_present(t) and not self.overwrite:
                 raise in_the_way(t)
@@ -471,6 +485,8 @@ class ClassMapWriter:
         except OutputError:
             raise
         except _io_errors() as e:
+            if raised_by_program(e):
+                raise
             raise _write_failed(self.path, e) from None
 
     def commit(self) -> Path:
@@ -483,6 +499,9 @@ class ClassMapWriter:
             self._commit_failed()
             raise
         except _io_errors() as e:  # a full disk: GDAL's 'TIFFWriteDirectoryTagData: IO error', a traceback
+            if raised_by_program(e):
+                self._commit_failed()
+                raise
             failed = _write_failed(self.path, e)  # (the free space while the temps still fill the disk)
             self._commit_failed()
             raise failed from None
@@ -536,7 +555,7 @@ class ClassMapWriter:
         try:
             if not self._done:
                 self.abort()
-        except Exception:
+        except BaseException:  # noqa: BLE001 - a second Ctrl-C landing here printed a traceback; never from __del__
             pass
 
     # ---- format hooks ------------------------------------------------------------------------
@@ -592,6 +611,8 @@ class GeoTiffClassMapWriter(ClassMapWriter):
             self._describe()  # colour table and tags before any pixel: TIFF fixes Photometric at first write
         except (OSError, rasterio.errors.RasterioIOError) as e:
             self.abort()
+            if raised_by_program(e):
+                raise
             raise _open_failed(self.path.parent, e) from None
         except BaseException:  # Ctrl-C, SystemExit: no hidden temp left behind either
             self.abort()
@@ -699,7 +720,7 @@ class GeoTiffClassMapWriter(ClassMapWriter):
         # puts every old one back.
         installs = [(aux_tmp, self._sides["aux"]), *cogs[::-1]]
         self._temps += _replace_all(installs, [p for p in stale if p.is_file() or p.is_symlink()],
-                                    lambda p: self._tmp_name(p, "old"))  # the old output goes with the temps
+                                    lambda p: self._tmp_name(p, "old"), journal=self.path)  # (old: with the temps)
         self.committed = True  # now, not once commit() returns: a signal landing on the way is after the map
 
     def _stale_sides(self) -> list[Path]:
@@ -737,6 +758,8 @@ class ZarrClassMapWriter(ClassMapWriter):
             self._create()
         except OSError as e:
             self.abort()
+            if raised_by_program(e):
+                raise
             raise _open_failed(self.path.parent, e) from None
         except BaseException:
             self.abort()
@@ -822,7 +845,8 @@ class ZarrClassMapWriter(ClassMapWriter):
             check_replaceable(self.path)  # again: what is there now is what gets deleted
         # the old store moved aside, the new one in; if the new one cannot take the name, the old one goes back
         # (it was deleted with the temporaries: the old map lost, nothing at the output's name)
-        self._temps += _replace_all([(self._tmp, self.path)], [], lambda p: self._tmp_name(p, "old"))
+        self._temps += _replace_all([(self._tmp, self.path)], [], lambda p: self._tmp_name(p, "old"),
+                                    journal=self.path)
         self.committed = True  # (see the GeoTIFF writer)
 
 
