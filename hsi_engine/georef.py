@@ -32,8 +32,10 @@ def scene_crs(da: xr.DataArray, scene_path: Any = None, *, what: str | None = No
 
     try:
         return da.rio.crs
-    except (pyproj.exceptions.CRSError, rasterio.errors.CRSError) as e:
+    except (pyproj.exceptions.CRSError, rasterio.errors.CRSError, ValueError, TypeError) as e:
         where, text, drop = _declared_crs(da, var)
+        if text.strip() in ("", "None"):  # an empty placeholder (some HDF/NetCDF products write one) declares none
+            return None
         shown = text if len(text) <= 80 else text[:77] + "..."
         name = what or f"scene {scene_name(da, scene_path)}"
         raise error(f"{name} declares a CRS that pyproj cannot parse ({where}: {shown!r}); taken as no CRS, the "

@@ -114,10 +114,11 @@ SHIPPED_MARKER = "SHIPPED.md"
 
 
 def _shipped_dir(target: Path) -> Path | None:
-    """The directory holding :data:`SHIPPED_MARKER` that ``target`` is or lies in (a link at ``target`` is
-    replaced, not written through: only its parents count), else None."""
+    """The model directory holding :data:`SHIPPED_MARKER` that ``target`` is or lies in (a link at ``target`` is
+    replaced, not written through: only its parents count), else None. Only a model directory counts: a project's
+    own SHIPPED.md above its models is not the shipped model."""
     for d in ([] if target.is_symlink() else [target]) + list(target.parents):
-        if (d / SHIPPED_MARKER).is_file():
+        if (d / SHIPPED_MARKER).is_file() and all((d / f).is_file() for f in _MODEL_FILES):
             return d
     return None
 

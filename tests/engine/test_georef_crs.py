@@ -129,3 +129,58 @@ def test_training_refuses_a_scene_with_an_unreadable_crs(bad_nc, tmp_path):
         warnings.simplefilter("ignore")  # (no wavelengths)
         with pytest.raises(DataError, match=rf"scene {bad_nc} declares a CRS that pyproj cannot parse.*{FIX}"):
             load_labelled_raster(bad_nc, tmp_path / "l.npy")
+
+
+def test_classify_refuses_an_unreadable_crs_before_any_tile_runs(bad_nc, model, monkeypatch):
+    """classify() met the unreadable CRS only once the whole map was computed (georeferenced() at its end): a
+    large scene ran for its whole time to fail. Checked with the scene's other checks now; open_scene still opens
+    it (info shows the rest of the scene)."""
+    import hsi_engine.api as api
+
+    def ran(*a, **k):
+        raise AssertionError("a tile ran before the CRS was checked")
+
+    monkeypatch.setattr(api._Job, "run", ran)
+    scene = hsi_engine.open_scene(bad_nc)  # not refused on opening
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (no wavelengths to check)
+        for given in (bad_nc, scene, scene.load()):
+            with pytest.raises(SceneError, match=rf"declares a CRS that pyproj cannot parse.*{FIX}"):
+                hsi_engine.classify(given, model, progress=False)
+
+
+def test_the_pixel_size_check_refuses_an_unreadable_crs_with_the_fix(crop):
+    """warn_other_pixel_size read da.rio.crs itself: against a model that records its training grid, the scene's
+    unreadable CRS raised pyproj's CRSError (no HSIEngineError, no fix)."""
+    from hsi_engine.scene_checks import warn_other_pixel_size
+
+    grid = {"crs": F.CRS, "transform": list(F.TRANSFORM)}
+    with pytest.raises(SceneError, match=rf"scene s\.nc declares a CRS that pyproj cannot parse.*{FIX}"):
+        warn_other_pixel_size(_bad_crs(F.dataarray(crop)), {"grid": grid}, "s.nc")
+    warn_other_pixel_size(F.dataarray(crop), {"grid": grid}, "s.nc")  # a readable one: measured, nothing said
+
+
+@pytest.mark.parametrize("placeholder", ["", "  ", None])
+def test_an_empty_crs_placeholder_declares_no_crs(placeholder, tmp_path):
+    """Some HDF/NetCDF products write an empty ``crs`` attribute: it declares nothing, so the scene classifies as
+    one without a CRS (the unreadable-CRS refusal had stopped it), while an array or bytes value is refused."""
+    import warnings
+
+    import numpy as np
+    import xarray as xr
+
+    import hsi_engine
+    from hsi_engine.errors import SceneError
+    from hsi_engine.georef import scene_crs
+    from ssrn import SSRN, SSRNConfig
+
+    da = xr.DataArray(np.random.default_rng(0).random((20, 9, 9), np.float32), dims=("band", "y", "x"))
+    da.attrs["crs"] = placeholder
+    assert scene_crs(da) is None
+    model = SSRN(SSRNConfig(bands=20, classes=4, patch=5)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert hsi_engine.classify(da, model, progress=False).shape == (9, 9)
+    da.attrs["crs"] = np.array([1, 2])
+    with pytest.raises(SceneError, match=r"declares a CRS that pyproj cannot parse \(its crs attribute: '\[1 2\]'\)"):
+        scene_crs(da)

@@ -159,3 +159,15 @@ def test_the_shipped_model_s_copy_with_an_edited_patch_is_refused(tmp_path):
     _edited(d, lambda doc: doc["config"].update(patch=9))
     with pytest.raises(CheckpointError, match="trained on 7 x 7 patches"):
         ssrn.load_model(d)
+
+
+def test_a_shipped_md_that_is_not_beside_a_model_does_not_guard_anything(tmp_path):
+    """The guard looked for SHIPPED.md in every folder above the target: a project keeping its own SHIPPED.md at
+    its root could save no model under it, and was told to delete that file."""
+    from ssrn import SSRN, SSRNConfig, load_model, save_model
+
+    (tmp_path / "SHIPPED.md").write_text("our release notes\n")
+    model = SSRN(SSRNConfig(bands=20, classes=4, patch=5))
+    save_model(model, tmp_path / "models" / "run1")
+    assert load_model(tmp_path / "models" / "run1").config == model.config
+    assert (tmp_path / "SHIPPED.md").read_text() == "our release notes\n"
