@@ -22,7 +22,7 @@ import xarray as xr
 
 from ssrn.errors import check_flag, is_whole
 
-from .dask_client import releases_task_thread
+from .dask_client import refuse_unguarded_main, releases_task_thread
 from .errors import (IrregularGridError, OptionError, OutputError, SceneError,
                      UnnormalisedInputWarning, user_stacklevel)
 from .georef import georeferenced, grid_transform, scene_gcps, scene_georef, scene_name, with_window_gcps
@@ -114,13 +114,13 @@ def _warn_given_nodata(da: xr.DataArray, nodata: float) -> None:
     if math.isnan(nodata):
         declared = declared_nodata(da)
         if da.dtype.kind in "uib":
-            warnings.warn(f"nodata=nan masks nothing in this {da.dtype} scene (integers hold no NaN)"
+            warnings.warn(f"nodata=nan (--nodata nan) masks nothing in this {da.dtype} scene (integers hold no NaN)"
                           + (f" and replaces its declared nodata value {declared:g}: leave nodata unset (no "
                              "--nodata) to use it, or the integer its fill pixels hold" if declared is not None else
                              ": pass the integer its fill pixels hold"), UserWarning, stacklevel=user_stacklevel())
         elif declared is not None and not math.isnan(declared):
-            warnings.warn(f"nodata=nan replaces this scene's declared nodata value {declared:g}, so pixels "
-                          f"holding {declared:g} are classified, not class 0. NaN is masked with the declared "
+            warnings.warn(f"nodata=nan (--nodata nan) replaces this scene's declared nodata value {declared:g}, so "
+                          f"pixels holding {declared:g} are classified, not class 0. NaN is masked with the declared "
                           "value too: pass nodata=None (no --nodata) to mask both", UserWarning,
                           stacklevel=user_stacklevel())
         return
@@ -128,9 +128,9 @@ def _warn_given_nodata(da: xr.DataArray, nodata: float) -> None:
         info = np.iinfo(da.dtype)
         if not (nodata.is_integer() and (info.min <= nodata <= info.max or nodata == float(info.max))):
             # (2**64 - 1, GDAL's UInt64 nodata, is 2**64 as a float: the mask compares it so and finds its pixels)
-            warnings.warn(f"nodata={nodata:g} masks nothing in this {da.dtype} scene (it holds whole numbers "
-                          f"{info.min}..{info.max}): pass the value its fill pixels hold", UserWarning,
-                          stacklevel=user_stacklevel())
+            warnings.warn(f"nodata={nodata:g} (--nodata {nodata:g}) masks nothing in this {da.dtype} scene (it "
+                          f"holds whole numbers {info.min}..{info.max}): pass the value its fill pixels hold",
+                          UserWarning, stacklevel=user_stacklevel())
             return
     try:
         declared = declared_nodata(da)
@@ -141,10 +141,11 @@ def _warn_given_nodata(da: xr.DataArray, nodata: float) -> None:
     if declared is not None and not same and not math.isnan(declared):
         if f"{nodata:g}" == f"{declared:g}":  # (-3.40282e+38 given, float32's -3.4028235e+38 declared: both print so)
             nodata, declared = _Shown(nodata), _Shown(declared)
-        warnings.warn(f"nodata={nodata:g} replaces this scene's declared nodata value {declared:g}: one nodata value "
-                      f"is read, so pixels holding {declared:g} are classified, not class 0. To mask both, make one "
-                      f"fill of them first (scene.where(scene != {nodata:g}, {declared:g}), then no nodata=), or pass "
-                      "nodata=None (no --nodata) to use the declared one", UserWarning, stacklevel=user_stacklevel())
+        warnings.warn(f"nodata={nodata:g} (--nodata {nodata:g}) replaces this scene's declared nodata value "
+                      f"{declared:g}: one nodata value is read, so pixels holding {declared:g} are classified, not "
+                      f"class 0. To mask both, make one fill of them first (scene.where(scene != {nodata:g}, "
+                      f"{declared:g}), then no nodata=), or pass nodata=None (no --nodata) to use the declared one",
+                      UserWarning, stacklevel=user_stacklevel())
 
 
 class _Job:
@@ -178,6 +179,9 @@ class _Job:
 
         # what the map records it was made of: the scene's file, or the in-memory array's shape and type
         self.source = os.path.abspath(scene) if isinstance(scene, (str, os.PathLike)) else file_of(da)
+        # a CRS pyproj cannot read is refused before a tile runs (classify() met it only once the map was made);
+        # open_scene lets it through, so that info can show the rest of the scene
+        georeferenced(da, scene if isinstance(scene, (str, os.PathLike)) else None)
         self.model = m = _model(model)
         self.meta = dict(getattr(m, "meta", None) or {})
         bands, height, width = (int(da.sizes[d]) for d in ("band", "y", "x"))
@@ -381,6 +385,7 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     probability); ``probabilities="float16"`` stores them in half precision, as ``classify_to_file`` does by
     default.
     """
+    refuse_unguarded_main("classify")  # (a worker of workers= re-running an unguarded script)
     _import_whole()
     from .runner import ArraySink, check_read_settings
 
@@ -498,6 +503,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
     called with the output's path as soon as it is complete, before the run's last clean-up (the command line stops
     taking interruptions then: a SIGTERM in those milliseconds reported a finished map as interrupted).
     """
+    refuse_unguarded_main("classify_to_file")  # (a worker of workers= re-running an unguarded script)
     _import_whole()
     if isinstance(probabilities, np.bool_):
         probabilities = bool(probabilities)

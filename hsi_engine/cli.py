@@ -18,6 +18,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def _at_least(low: int):
@@ -139,8 +140,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from ssrn.config import InvalidConfig, SSRNConfig
+
     from .training import train
 
+    try:  # --patch checked by the network's own rule (on any valid config) before anything is read, and named as
+        SSRNConfig(bands=200, classes=16, patch=args.patch)  # typed: its error said 'patch must be ...'
+    except InvalidConfig as e:
+        raise InvalidConfig(e.field, f"--{e}" if e.field == "patch" else str(e), e.found) from None
     train(dataset=args.dataset, out=args.out, data_dir=args.data_dir, epochs=args.epochs,
           batch_size=args.batch_size, train_fraction=args.train_fraction, val_fraction=args.val_fraction,
           per_class=args.per_class, split=args.split, seed=args.seed, device=args.device, variant=args.variant,
@@ -530,19 +537,51 @@ _OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "can't start new thr
                   "Cannot allocate memory", "could not create a primitive")  # (the last: oneDNN's)
 
 
-_OPTION_WORDS = [  # the library's messages name both spellings, "resume=True (--resume)": a shell user reads one
+_OPTION_WORDS: list[tuple[re.Pattern, Any]] = [  # the library's messages name both spellings, "resume=True
+    # (--resume)": a shell user reads one
     (re.compile(r"\b[a-z_]+=[A-Za-z0-9_.]* \((--[a-z-]+(?: [A-Z]+)?)(?: on the command line)?\)"), r"\1"),
     (re.compile(r"\b[a-z_]+= \((--[a-z-]+), ([^)]*)\)"), r"\1 (\2)"),
     (re.compile(r"\b[a-z_]+=[A-Z]+ \((--[a-z-]+ [A-Z]+); for NaN: [a-z_]+=float\('nan'\), (--[a-z-]+ nan)\)"),
      r"\1 (for NaN: \2)"),
+    # the value given both ways: "nodata=-9999 (--nodata -9999)"
+    (re.compile(r"\b[a-z_]+=(\S+) \((--[a-z-]+) \1\)"), r"\2 \1"),
+    # the shell's spelling first: "pass --overwrite (overwrite=True)"
+    (re.compile(r"(--[a-z][a-z-]*(?: [A-Z]+)?) \([a-z_]+=[^()\s]*\)"), r"\1"),
 ]
 
 
+def _given_options(match: re.Match) -> str:
+    """``band_axis=0 and variable='x' (--variable / --band-axis)`` as the options were typed: ``--band-axis 0 and
+    --variable x``; as it was where one is not among the options named."""
+    import ast
+
+    named = set(match.group(2).split(" / "))
+    said = []
+    for item in match.group(1).split(" and "):
+        key, _, value = item.partition("=")
+        option = "--" + key.replace("_", "-")
+        if option not in named:
+            return match.group(0)
+        try:
+            value = str(ast.literal_eval(value))
+        except (ValueError, SyntaxError):
+            pass
+        said.append(f"{option} {shlex.quote(value)}")
+    return " and ".join(said)
+
+
+_GIVEN_VALUE = r"(?:'[^']*'|\"[^\"]*\"|[^\s()'\"]+)"  # a repr'd text (spaces and all), or a number
+_GIVEN_OPTIONS = re.compile(rf"\b([a-z_]+={_GIVEN_VALUE}(?: and [a-z_]+={_GIVEN_VALUE})*) "
+                            r"\((--[a-z-]+(?: / --[a-z-]+)+)\)")
+
+
 def cli_words(message: str) -> str:
-    """A library message as the command line says it: ``pass resume=True (--resume)`` -> ``pass --resume``."""
+    """A library message as the command line says it: ``pass resume=True (--resume)`` -> ``pass --resume``,
+    ``pass --overwrite (overwrite=True)`` -> ``pass --overwrite``, ``band_axis=0 (--variable / --band-axis)`` ->
+    ``--band-axis 0``."""
     for pattern, words in _OPTION_WORDS:
         message = pattern.sub(words, message)
-    return message
+    return _GIVEN_OPTIONS.sub(_given_options, message)
 
 
 def one_line(text: str) -> str:

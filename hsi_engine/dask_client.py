@@ -155,6 +155,27 @@ def _main_guard_hint() -> str:
             "process imports it, and runs unguarded code again), then ")
 
 
+def refuse_unguarded_main(call: str) -> None:
+    """Refuse ``call`` (the run being started) from the top-level code of a script that a child process of
+    multiprocessing (a dask worker that ``workers=`` started) is importing as ``__mp_main__``: the script has no
+    ``if __name__ == "__main__":`` guard, and its run started again in each worker. Told as that: the worker's
+    run had failed on the output's lock ('another run is writing ... (pid <its parent>)'), beside the parent's map.
+    (``multiprocessing.parent_process()`` is still None while the child imports the script: it is set after.)"""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == "__mp_main__":
+            break
+        frame = frame.f_back
+    else:
+        return
+    script = Path(frame.f_code.co_filename).name
+    raise ClusterUsageError(
+        f"{call} was called by {script}'s top-level code in a worker process (pid {os.getpid()}) that "
+        f"multiprocessing started for the run of pid {os.getppid()}: each worker process "
+        f"imports the script, and code outside `if __name__ == \"__main__\":` runs again in it (this call, and "
+        f"anything before it). Put {script}'s top-level code under `if __name__ == \"__main__\":`")
+
+
 @contextlib.contextmanager
 def task_thread_released() -> Iterator[None]:
     """Inside a dask.distributed task (``client.submit(hsi_engine.classify, ...)``), hand the task's worker thread

@@ -11,6 +11,7 @@ import numbers
 import os
 import shlex
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -289,6 +290,11 @@ def _decoding(scale: np.ndarray, offset: np.ndarray, nodata: float | None) -> st
     return f"({expr}).assign_attrs(scene.attrs)" if masked else expr
 
 
+# where an HDF5 scene's band scale/offset (kept in its encoding, as GDAL's are) comes from (hsi_engine.products)
+_HDF5_SCALING = ("the product's root attributes L2Scale*Min / L2Scale*Max, PRISMA L2's scaling: reflectance = Min + "
+                 "DN x (Max - Min) / 65535")
+
+
 def _check_packing(da: xr.DataArray, raw: np.ndarray, mean: np.ndarray, std: np.ndarray,
                    nodata: float | None) -> bool:
     """Warn when the scene carries a packing it was not decoded with and its decoded values fit the model's
@@ -296,9 +302,10 @@ def _check_packing(da: xr.DataArray, raw: np.ndarray, mean: np.ndarray, std: np.
     packing on an integer scene handed over in memory (``xr.open_dataset(..., mask_and_scale=False)``,
     ``rioxarray.open_rasterio``), or a GDAL band scale/offset of a GeoTIFF or ENVI file opened by its path (kept in
     the encoding, values read as stored: a file storing 2x the data with scale 0.5, or the data - 5000 with offset
-    5000, read only as 'about 2.1x larger' or 22 standard deviations off). Packing that is only a note (a GeoTIFF's
-    reflectance scale on counts a model was trained on) fits worse, and says nothing. ``mean``'s non-finite bands
-    (the model's and the scene's bad bands) are left out. Returns whether it warned."""
+    5000, read only as 'about 2.1x larger' or 22 standard deviations off), or an HDF5 product's own scaling kept
+    the same way (PRISMA's L2Scale*: its fix is Python's decoding, not gdal_translate). Packing that is only a note
+    (a GeoTIFF's reflectance scale on counts a model was trained on) fits worse, and says nothing. ``mean``'s
+    non-finite bands (the model's and the scene's bad bands) are left out. Returns whether it warned."""
     bands = raw.shape[0]
     packing = _packing(da.attrs, bands) if raw.dtype.kind in "ui" and "unpacked" not in da.attrs else None
     gdal = _gdal_scaling(da, bands) if packing is None and raw.dtype.kind in "uif" else None
@@ -333,6 +340,18 @@ def _check_packing(da: xr.DataArray, raw: np.ndarray, mean: np.ndarray, std: np.
     src = da.encoding.get("source")
     translate = (f"gdal_translate -unscale -ot Float32 {shlex.quote(src if isinstance(src, str) else 'scene.tif')} "
                  "decoded.tif")
+    if gdal is not None and da.attrs.get("source_format") == "hdf5":  # a product's own scaling (PRISMA's L2Scale*),
+        # kept as GDAL's band scales are: gdal_translate does not read it, Python decodes it
+        expr = _decoding(scale, offset, nodata)
+        warnings.warn(f"the scene declares band {_scaling_text(scale, offset)} ({_HDF5_SCALING}), which hsi-engine "
+                      f"does not apply (the product's values are read as stored), and its stored {raw.dtype} values "
+                      f"lie {found}: the product packs its data with them, and the map of the stored values would be "
+                      "meaningless. Decode the scene first, in Python: with scene = hsi_engine.open_scene(path, "
+                      f"variable=...) as opened now, hsi_engine.classify({expr}, model) (its CRS and wavelengths go "
+                      "along); for the command line, write the decoded scene to a store first "
+                      f"(({expr}).to_dataset(name='cube').to_zarr('decoded.zarr')) and classify that",
+                      UnnormalisedInputWarning, stacklevel=user_stacklevel())
+        return True
     if gdal is not None:
         envi = (" (the ENVI header's 'data gain values' / 'data offset values')"
                 if da.attrs.get("source_format") == "envi" else "")
@@ -634,7 +653,8 @@ def check_declared_scaling(da: xr.DataArray, meta: dict, bands: int) -> None:
     if (m_scales == 1).all() and (m_offsets == 0).all():
         # (in memory, attrs may be CF packing left undecoded: _check_packing tells of that)
         if np.any(offsets != 0) and ("offsets" in da.encoding or "scales" in da.encoding):
-            warnings.warn(f"the scene declares band {_scaling_text(scales, offsets)} (GDAL metadata), which the "
+            where = _HDF5_SCALING if da.attrs.get("source_format") == "hdf5" else "GDAL metadata"
+            warnings.warn(f"the scene declares band {_scaling_text(scales, offsets)} ({where}), which the "
                           "engine does not apply: values are read as stored. The model records no scale/offset of "
                           "its training scene (trained before hsi-engine recorded them, or on a scene without "
                           "them), so it cannot check that its training values were stored the same way",
@@ -654,12 +674,73 @@ def check_declared_scaling(da: xr.DataArray, meta: dict, bands: int) -> None:
 
 
 LARGE_CHUNK_BYTES = 256 << 20  # a decoded chunk above this, and 16 tile windows, costs memory the tile does not set
+RECHUNK_SIDE = 256  # the pixels a side of the chunks the rechunk recipe writes (all bands in each)
+
+
+def _file_axes(da: xr.DataArray, src: str, fmt: str) -> dict[str, str] | None:
+    """``{axis: the file's dim}`` of the variable ``da`` was read from (a NetCDF's or xarray zarr store's, named by
+    ``da.name``): open_scene renamed them to band/y/x, and a recipe in those names failed on the file ('chunks keys
+    not found'). A zarr store's are its encoding's ``preferred_chunks`` keys; a NetCDF's are read from its header.
+    None where they cannot be told (a variable in a group, a GDAL band stack, a zarr array without xarray's dims)."""
+    from ssrn.dims import canonical_dim
+
+    dims = list(da.encoding.get("preferred_chunks") or ())
+    if not dims and fmt == "netcdf" and da.name is not None:
+        try:
+            with xr.open_dataset(src, decode_cf=False, decode_times=False) as ds:  # (the header only)
+                dims = list(ds[da.name].dims) if da.name in ds.variables else []
+        except Exception:  # noqa: BLE001 - unreadable now: the generic recipe
+            return None
+    axes: dict[str, str] = {}
+    for d in dims:
+        axis = canonical_dim(d)
+        if axis is None or axis in axes:
+            return None
+        axes[axis] = str(d)
+    return axes if set(axes) == {"band", "y", "x"} else None
+
+
+def rechunk_recipe(da: xr.DataArray) -> str:
+    """Python that writes the scene's file again in chunks of all bands x :data:`RECHUNK_SIDE` pixels a side, beside
+    it, by its source format (``attrs['source_format']``): a NetCDF or zarr variable through xarray in the file's
+    own dim names, a GeoTIFF as a tiled GeoTIFF (GDAL's CreateCopy: its tags, scales and nodata kept), any other
+    file through :func:`~hsi_engine.open_scene`; for a scene that is not its file unchanged, where to chunk it."""
+    from .io import file_of
+
+    src, fmt, side = file_of(da), da.attrs.get("source_format"), RECHUNK_SIDE
+    if src is None:
+        return (f"open it in chunks of all bands x about {side} x {side} pixels where it is read (e.g. "
+                f"xr.open_dataset(path, chunks={{'band': -1, 'y': {side}, 'x': {side}}}) with the file's own dim "
+                "names: rechunking a "
+                "one-chunk array afterwards still decodes the whole chunk), or pass the file's path, or load the "
+                "scene into memory first (scene = scene.load()) where it fits")
+    stem = Path(src.rstrip("/\\"))
+    axes = _file_axes(da, src, fmt) if fmt in ("netcdf", "zarr") else None
+    if axes is not None:
+        new = str(stem.with_name(stem.stem + ".rechunked.zarr"))
+        chunks = "{" + ", ".join(f"{axes[a]!r}: {-1 if a == 'band' else side}" for a in ("band", "y", "x")) + "}"
+        opened = (f"xr.open_dataset({src!r}, mask_and_scale=False)" if fmt == "netcdf" else
+                  f"xr.open_zarr({src!r}, mask_and_scale=False)")  # (values as stored: the engine decodes them)
+        return (f"rewrite it in chunks of all bands x {side} x {side} pixels, in Python: import xarray as xr; "
+                f"{opened}.drop_encoding().chunk({chunks}).to_zarr({new!r}), and classify {new}")
+    if fmt == "geotiff":
+        new = str(stem.with_name(stem.stem + ".tiled.tif"))
+        return (f"rewrite it as a GeoTIFF of {side} x {side}-pixel tiles, in Python: import rasterio.shutil; "
+                f"rasterio.shutil.copy({src!r}, {new!r}, driver='GTiff', tiled=True, blockxsize={side}, "
+                f"blockysize={side}, BIGTIFF='IF_SAFER'), and classify {new} (on the command line: gdal_translate -co "
+                f"TILED=YES -co BLOCKXSIZE={side} -co BLOCKYSIZE={side} {shlex.quote(src)} {shlex.quote(new)})")
+    new = str(stem.with_name(stem.stem + ".rechunked.zarr"))
+    return (f"rewrite it as a zarr store in chunks of all bands x {side} x {side} pixels (open_scene given the "
+            "variable= / band_axis= it was opened with, if any), in Python: import hsi_engine; "
+            f"hsi_engine.open_scene({src!r}).drop_encoding().chunk({{'band': -1, 'y': {side}, 'x': {side}}})"
+            f".to_dataset(name='cube').to_zarr({new!r}), and classify {new}")
 
 
 def warn_large_chunks(da: xr.DataArray, plan: TilePlan) -> None:
     """Warn where the scene's chunks dwarf a tile's window: every tile decodes the whole chunks it touches, so a
     store written as one chunk (``to_zarr`` of a contiguous NetCDF opened with ``chunks={}``) costs its whole size
-    per reader, and is decoded again for every tile in it (a 172 KB single-chunk store took 3.6 GB and hours)."""
+    per reader, and is decoded again for every tile in it (a 172 KB single-chunk store took 3.6 GB and hours). The
+    fix names a recipe for the scene's own file (:func:`rechunk_recipe`)."""
     if da.chunks is None:
         return
     itemsize = np.dtype(da.dtype).itemsize
@@ -676,10 +757,9 @@ def warn_large_chunks(da: xr.DataArray, plan: TilePlan) -> None:
                       f"{max(da.chunks[0])} bands ({chunk / 2**20:,.0f} MiB decoded each{bands}) against tiles of "
                       f"{th} x {tw}: "
                       "every tile decodes the whole chunks it touches, so memory grows by about that much per "
-                      "reader thread and each chunk is decoded again for every tile in it. Rechunk the store (e.g. "
-                      "xr.open_zarr(path).drop_encoding().chunk({'band': -1, 'y': 256, 'x': 256}).to_zarr(new_path); "
-                      "chunks asked of a store that has larger ones still decode whole ones), or keep them decoded "
-                      "once with cache_blocks=1 "
+                      "reader thread and each chunk is decoded again for every tile in it. Fix: "
+                      f"{rechunk_recipe(da)} (chunks asked of a store that has larger ones, open_scene's chunks= "
+                      "among them, still decode whole ones); or keep them decoded once with cache_blocks=1 "
                       "(--cache-blocks 1), at that memory", UserWarning,
                       stacklevel=user_stacklevel())
 
@@ -708,8 +788,13 @@ def warn_other_pixel_size(da: xr.DataArray, meta: dict[str, Any], where: str) ->
     by ground control points (no geotransform: ``rio.transform()`` reads the identity, pixels of 1 x 1) is measured
     by the affine transform that fits its GCPs best; one placed otherwise without a geotransform (RPCs only) is not
     compared."""
+    from .georef import scene_crs
+
     grid = meta.get("grid") or {}
-    if not grid.get("crs") or not grid.get("transform") or da.rio.crs is None:
+    if not grid.get("crs") or not grid.get("transform"):
+        return
+    crs = scene_crs(da, None if where == "the scene" else where)  # unreadable: SceneError naming the fix, not pyproj's
+    if crs is None:
         return
     by_gcps = ""
     try:
@@ -718,7 +803,7 @@ def warn_other_pixel_size(da: xr.DataArray, meta: dict[str, Any], where: str) ->
 
         from .georef import scene_gcps
 
-        ours, theirs = CRS.from_user_input(da.rio.crs), CRS.from_user_input(grid["crs"])
+        ours, theirs = CRS.from_user_input(crs), CRS.from_user_input(grid["crs"])
         t = grid["transform"]
         size = (math.hypot(t[0], t[3]), math.hypot(t[1], t[4]))
         s = da.rio.transform()

@@ -209,6 +209,26 @@ def _mat_keys_and_reader(path: Path):
     return keys, (lambda key: np.asarray(d[key])), (lambda key: np.ndim(d[key])), (lambda: None)
 
 
+def _mat_which_problem(path: Path, what: str, ndim: int | None, cands: list[str], found: Sequence[str],
+                       ndim_of: Any) -> str:
+    """The error for a .mat file read without a key whose ``ndim``-D arrays (``cands``) are not exactly one: what was
+    looked for, what the file holds, and the fix (save the array into it, or name the one to read)."""
+    kind = f"{ndim}-D array" if ndim is not None else "array"
+    shown = sorted(found)[:12]
+    held = ", ".join(f"{k} ({'struct' if ndim_of(k) is None else f'{ndim_of(k)}-D'})" for k in shown) + (
+        f" ... ({len(found)} in all)" if len(found) > len(shown) else "")
+    save = f"(MATLAB: save(file, 'name'); Python: scipy.io.savemat(file, {{'name': {what.replace(' ', '_')}}}))"
+    if not cands:
+        return (f"{path}: looked for the {what} as the file's one {kind}, and it holds none (its variables: "
+                f"{held or 'none'}); save the {what} into it as one {kind} {save}")
+    name = {"scene": "scene_keys", "ground truth": "gt_keys"}.get(what)
+    by_name = (f"ssrn.data.load_scene(scene_file, gt_file, {name}=[{cands[0]!r}])" if name else
+               f"ssrn.data.load_mat_array(path, [{cands[0]!r}])")
+    return (f"{path}: looked for the {what} as the file's one {kind}, and it holds {len(cands)} ({', '.join(cands)}), "
+            f"so which is the {what} cannot be told; save the {what} alone in the file {save}, or name it in Python: "
+            f"{by_name}")
+
+
 def load_mat_array(path: str | os.PathLike, keys: Sequence[str] | None = None, *, ndim: int | None = None,
                    what: str = "array") -> tuple[np.ndarray, str]:
     """The array stored under the first of ``keys`` found (case-insensitive) in a .mat file.
@@ -232,9 +252,7 @@ def load_mat_array(path: str | os.PathLike, keys: Sequence[str] | None = None, *
         else:
             cands = [k for k in found if ndim is None or ndim_of(k) == ndim]  # (no variable's data read)
             if len(cands) != 1:
-                kind = f"{ndim}-D {what}" if ndim is not None else what
-                raise DataError(f"{path}: expected exactly one {kind}; found {len(cands)} (keys: {sorted(found)}). "
-                                "Keep only that variable in the file, or name it as the dataset registry expects")
+                raise DataError(_mat_which_problem(path, what, ndim, cands, found, ndim_of))
             key = cands[0]
         arr = get(key)
     finally:
@@ -276,12 +294,17 @@ def check_labels(labels: np.ndarray, shape: tuple[int, int], where: str) -> np.n
     return labels.astype(np.int64)
 
 
-def label_class_names(values: Any, k: int, where: str) -> list[str]:
-    """The scene file's ``class_names`` (one per class 1..K, for the map's legend), else ``class 1..K``."""
+def label_class_names(values: Any, k: int, where: str, *, given: str | None = None) -> list[str]:
+    """The scene file's ``class_names`` (one per class 1..K, for the map's legend), else ``class 1..K``. ``given``
+    names where names given by the user came from (``"--class-names"``): the error then names that, not the file
+    ``where`` whose labels they are for."""
     if values is None:
         return [f"class {i}" for i in range(1, k + 1)]
     names = [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(values).reshape(-1).tolist()]
     if len(names) != k:
+        if given is not None:
+            raise DataError(f"{given} gives {len(names)} class names ({', '.join(names)}), but the labels of {where} "
+                            f"run 1..{k}; give one name per class, in label order")
         raise DataError(f"{where}: 'class_names' holds {len(names)} names but the labels run 1..{k}; give one "
                         "name per class, in label order")
     return names

@@ -226,7 +226,8 @@ def test_nodata_nan_on_an_integer_scene_is_named(crop, model_dir):
     cube[:, :, :4] = -32768
     da = F.dataarray(cube)
     da.attrs["_FillValue"] = -32768
-    with pytest.warns(UserWarning, match=r"nodata=nan masks nothing in this int16 scene .* replaces its declared "
+    with pytest.warns(UserWarning, match=r"nodata=nan \(--nodata nan\) masks nothing in this int16 scene .* "
+                                         r"replaces its declared "
                                          r"nodata value -32768: leave nodata unset \(no --nodata\)"):
         out = hsi_engine.classify(da, model_dir, tile=TILE, nodata=float("nan"), progress=False).values
     assert (out[:, :4] > 0).all()  # as asked: the fill is classified (and the warning said so)
@@ -242,7 +243,8 @@ def test_nodata_nan_on_a_float_scene_with_a_declared_value_is_named(crop, model_
     cube[:, :, :4] = -32768
     da = F.dataarray(cube)
     da.attrs["_FillValue"] = -32768.0
-    with pytest.warns(UserWarning, match=r"nodata=nan replaces this scene's declared nodata value -32768, so pixels "
+    with pytest.warns(UserWarning, match=r"nodata=nan \(--nodata nan\) replaces this scene's declared nodata value "
+                                         r"-32768, so pixels "
                                          r"holding -32768 are classified.* pass nodata=None"):
         out = hsi_engine.classify(da, model_dir, tile=TILE, nodata=float("nan"), progress=False).values
     assert (out[:, :4] > 0).all()

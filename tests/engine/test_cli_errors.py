@@ -715,3 +715,46 @@ def test_an_error_line_stderr_cannot_take_still_exits_2(tmp_path):
     with io.TextIOWrapper(open("/dev/full", "wb", buffering=0), write_through=True) as full, \
             contextlib.redirect_stderr(full):  # (as a process's stderr: each write reaches the device)
         assert main(["info", str(tmp_path / "none.tif")]) == 2
+
+
+def test_messages_are_spelled_as_the_command_line_takes_them(scene, model_dir, tmp_path, capsys):
+    """Lines that kept Python's spelling on the command line: 'pass --overwrite (overwrite=True)', 'band_axis=0
+    (--variable / --band-axis) cannot apply', 'nodata=nan masks nothing', and 'patch must be ...' for --patch."""
+    import warnings
+
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    import hsi_engine
+    from hsi_engine.cli import cli_words
+    from ssrn.checkpoint import save_model
+
+    # import-keras / save_model into an existing model: the error as main() says it
+    with pytest.raises(CheckpointError) as e:
+        save_model(load_model(model_dir), model_dir)
+    said = cli_words(str(e.value))
+    assert "--overwrite" in said and "overwrite=True" not in said, said
+    assert cli_words("pass --overwrite (overwrite=True) to replace it") == "pass --overwrite to replace it"
+    # an option a GeoTIFF cannot use, named as typed
+    tif = tmp_path / "s.tif"
+    with rasterio.open(tif, "w", driver="GTiff", width=4, height=4, count=3, dtype="float32",
+                       transform=from_origin(0, 4, 1, 1)) as f:
+        f.write(np.ones((3, 4, 4), np.float32))
+    rc, err = _cli(["classify", str(tif), "--model", str(model_dir), "--out", str(tmp_path / "m.tif"),
+                    "--band-axis", "0"])
+    assert rc == 2 and "so --band-axis 0 cannot apply" in err and "band_axis=" not in err, err
+    rc, err = _cli(["info", str(tif), "--variable", "a b", "--band-axis", "2"])
+    assert rc == 2 and "so --variable 'a b' and --band-axis 2 cannot apply" in err, err
+    # --nodata nan on an integer scene: the warning's line as the command line formats it
+    with pytest.warns(UserWarning, match=r"nodata=nan \(--nodata nan\) masks nothing") as seen:
+        hsi_engine.classify(str(scene), model_dir, nodata=float("nan"), progress=False)
+    said = [cli_words(str(w.message)) for w in seen if "masks nothing" in str(w.message)]
+    assert said[0].startswith("--nodata nan masks nothing in this uint16 scene"), said
+    assert cli_words("nodata=-9999 (--nodata -9999) replaces") == "--nodata -9999 replaces"
+    # --patch, checked before anything is read, named as typed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc, err = _cli(["train", "--dataset", str(scene), "--out", str(tmp_path / "model"), "--patch", "4"])
+    assert rc == 2 and "error: --patch must be an odd whole number 3..31" in err, err
+    assert not (tmp_path / "model").exists()

@@ -395,11 +395,14 @@ def test_chunks_far_larger_than_a_tile_are_named(monkeypatch, model):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="the scene's chunks", category=UserWarning)
         checks.warn_large_chunks(small, plan)
-    # one band per chunk (a band-sequential store): each chunk small, yet every tile decodes 200 whole planes
+    # one band per chunk (a band-sequential store): each chunk small, yet every tile decodes 200 whole planes; an
+    # array in memory (not its file unchanged) is told where to chunk it, not given a file's recipe
     planes = scene.copy(data=dsa.from_array(scene.values, chunks=(1, -1, -1)))
     with pytest.warns(UserWarning, match=r"a tile's 200 bands span 200 chunks, .* MiB decoded per tile\) against "
-                                         r"tiles of 8 x 8: .*\.drop_encoding\(\)\.chunk\(\{'band': -1, "
-                                         r"'y': 256, 'x': 256\}\)"):
+                                         r"tiles of 8 x 8: .* Fix: open it in chunks of all bands x about 256 x 256 "
+                                         r"pixels where it is read \(e\.g\. xr\.open_dataset\(path, "
+                                         r"chunks=\{'band': -1, 'y': 256, 'x': 256\}\) with the file's own dim "
+                                         r"names"):
         checks.warn_large_chunks(planes, plan)
 
 
@@ -475,8 +478,8 @@ def test_a_given_nodata_that_replaces_the_declared_one_or_masks_nothing_is_named
                                 tile=12)
         return [str(w.message) for w in seen if issubclass(w.category, UserWarning)]
 
-    assert any("nodata=7777 replaces this scene's declared nodata value -9999: one nodata value is read, so pixels "
-               "holding -9999 are classified" in m for m in said(counts, 7777)), said(counts, 7777)
+    assert any("nodata=7777 (--nodata 7777) replaces this scene's declared nodata value -9999: one nodata value is "
+               "read, so pixels holding -9999 are classified" in m for m in said(counts, 7777)), said(counts, 7777)
     assert not any("declared nodata value" in m for m in said(counts, -9999))
     low = crop.astype("float32")
     low.attrs["nodata"] = float(np.finfo(np.float32).min)
@@ -484,7 +487,8 @@ def test_a_given_nodata_that_replaces_the_declared_one_or_masks_nothing_is_named
     unsigned = counts.where(counts > 0, 1).astype("uint16")
     unsigned.attrs = {}
     for value in (-9999, 0.5):
-        assert any(f"nodata={value:g} masks nothing in this uint16 scene" in m for m in said(unsigned, value))
+        assert any(f"nodata={value:g} (--nodata {value:g}) masks nothing in this uint16 scene" in m
+                   for m in said(unsigned, value))
 
 
 def test_a_mosaic_s_zero_fill_without_nodata_is_warned_about(crop, model):
@@ -566,7 +570,8 @@ def test_float32_s_largest_value_missed_by_a_printed_nodata_is_named_with_the_va
     with pytest.raises(NonFiniteInputError, match=r"float32's largest magnitude, a usual fill: .* give it in full, "
                                                   r"nodata=-3.4028235e\+38 \(--nodata -3.4028235e\+38\)"):
         hsi_engine.classify(scene, model, nodata=-3.40282e+38, progress=False, tile=12)
-    with pytest.warns(UserWarning, match=r"nodata=-3.40282e\+38 replaces this scene's declared nodata value "
+    with pytest.warns(UserWarning, match=r"nodata=-3.40282e\+38 \(--nodata -3.40282e\+38\) replaces this scene's "
+                                         r"declared nodata value "
                                          r"-3.4028234663852886e\+38"):
         with pytest.raises(NonFiniteInputError):
             hsi_engine.classify(path, model, nodata=-3.40282e+38, progress=False, tile=12)

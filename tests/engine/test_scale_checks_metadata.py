@@ -6,6 +6,7 @@ cut from the shipped Indian Pines scene, against the shipped model; each test fa
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 
 import numpy as np
@@ -257,3 +258,31 @@ def test_the_decoding_the_packing_message_gives_keeps_every_digit():
     got = eval(_decoding(np.array([0.5]), np.array([1234567.0]), lowest), {"scene": scene, "xr": xr})
     assert np.isnan(got.values[0, 0, 0]) and got.values[0, 0, 1] == np.float32(2.0) * 0.5 + 1234567.0
     assert got.attrs == scene.attrs
+
+
+def test_a_prisma_l2_scaling_that_packs_the_data_is_named_with_a_python_fix(tmp_path):
+    """PRISMA's L2Scale* (an HDF5 product's root attributes, kept as GDAL's band scales are) on DN a model trained
+    on reflectance takes: the message named 'GDAL metadata ... (GeoTIFF and ENVI values ...)' and told the user to
+    run gdal_translate -unscale, which does not read it. Named now by its attributes, with the Python decoding, which
+    works (and a store written from it classifies without the warning)."""
+    import _scale_fixtures as F
+    from test_sensor_products import VNIR, _prisma
+
+    dn = F.ip_crop(40, 40)
+    _prisma(tmp_path / "p.he5", dn, vnir_max=0.71)
+    model = F.tiny_model(dn * (0.71 / 65535))  # trained on the reflectance the product's DN stand for
+    scene = hsi_engine.open_scene(tmp_path / "p.he5", variable=VNIR)
+    msg = _refused(scene, model, r"the scene declares band scale 1\.08\d*e-05, offset 0 \(the product's root "
+                                 r"attributes L2Scale\*Min / L2Scale\*Max, PRISMA L2's scaling")
+    assert "gdal_translate" not in msg and "GDAL metadata" not in msg and "GeoTIFF and ENVI" not in msg
+    expr = re.search(r"hsi_engine\.classify\((.+?), model\)", msg).group(1)
+    assert expr.startswith("scene * 1.08")
+    decoded = eval(expr, {"scene": scene, "xr": xr})  # the fix, as the message gives it
+    np.testing.assert_allclose(decoded.values, dn * (0.71 / 65535), rtol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnnormalisedInputWarning)
+        hsi_engine.classify(decoded, model, progress=False)
+        store = re.search(r"write the decoded scene to a store first \(\((.+?)\)\.to_dataset", msg).group(1)
+        assert store == expr
+        decoded.to_dataset(name="cube").to_zarr(tmp_path / "decoded.zarr")
+        hsi_engine.classify(hsi_engine.open_scene(tmp_path / "decoded.zarr"), model, progress=False)

@@ -281,8 +281,24 @@ def test_mat_ground_truth_with_two_label_maps_names_them(tmp_path):
     cube, gt = _scene()
     scipy.io.savemat(tmp_path / "s.mat", {"s": cube})
     scipy.io.savemat(tmp_path / "s_gt.mat", {"gt_a": gt, "gt_b": gt})
-    with pytest.raises(DataError, match=r"expected exactly one 2-D ground truth; found 2 \(keys: \['gt_a', 'gt_b'\]\)"):
+    with pytest.raises(DataError, match=r"looked for the ground truth as the file's one 2-D array, and it holds 2 "
+                                        r"\(gt_a, gt_b\), so which is the ground truth cannot be told") as e:
         D.load_dataset(str(tmp_path / "s.mat"))
+    assert "registry" not in str(e.value) and "gt_keys=['gt_a']" in str(e.value)
+    # the fix it names works
+    da, labels = D.load_scene(tmp_path / "s.mat", tmp_path / "s_gt.mat", gt_keys=["gt_a"])
+    np.testing.assert_array_equal(labels, gt)
+
+
+def test_mat_without_the_array_says_what_was_looked_for(tmp_path):
+    """'found 0 (keys: ['x']). Keep only that variable in the file, or name it as the dataset registry expects': no
+    'that variable', and internal jargon. Now: what was looked for, what the file holds, and how to save it."""
+    scipy.io.savemat(tmp_path / "flat.mat", {"x": np.zeros((4, 6))})
+    with pytest.raises(DataError, match=r"flat\.mat: looked for the scene as the file's one 3-D array, and it holds "
+                                        r"none \(its variables: x \(2-D\)\); save the scene into it as one 3-D "
+                                        r"array \(MATLAB: save\(file, 'name'\); Python: scipy\.io\.savemat") as e:
+        D.load_mat_array(tmp_path / "flat.mat", ndim=3, what="scene")
+    assert "registry" not in str(e.value) and "that variable" not in str(e.value)
 
 
 def test_npz_that_is_not_a_zip(tmp_path):
@@ -557,8 +573,7 @@ def test_finding_a_v73_cube_reads_no_other_variable(tmp_path, monkeypatch):
     with h5py.File(p, "a") as f:
         f.create_dataset("junk3d", shape=(200, 4000, 4000), dtype=np.uint16, chunks=(200, 64, 64), compression="gzip")
     read.clear()
-    with pytest.raises(DataError, match=r"expected exactly one 3-D scene; found 2 \(keys: \['cube', 'junk2d', "
-                                        r"'junk3d', 'junk4d'\]\)"):
+    with pytest.raises(DataError, match=r"the scene as the file's one 3-D array, and it holds 2 \(cube, junk3d\)"):
         D.load_mat_array(p, ndim=3, what="scene")
     assert read == [] and p.stat().st_size < 100_000
 
@@ -635,3 +650,14 @@ def test_a_data_directory_from_the_environment_is_named_as_such(monkeypatch, tmp
     monkeypatch.setenv("HSI_ENGINE_DATA", str(tmp_path / "f"))
     with pytest.raises(DataNotFoundError, match=r"\(\$HSI_ENGINE_DATA \(not a directory\)\) for PaviaU"):
         load_dataset("pavia_university")
+
+
+def test_class_names_given_by_the_user_are_named_as_given():
+    """--class-names a,b for labels 1..7 read "fx/gt40c.tif: 'class_names' holds 2 names": the label file was
+    blamed for names given on the command line. With ``given``, the error names where they came from."""
+    with pytest.raises(DataError, match=r"--class-names gives 2 class names \(a, b\), but the labels of gt\.tif run "
+                                        r"1\.\.7; give one name per class") as e:
+        D.label_class_names(["a", "b"], 7, "gt.tif", given="--class-names")
+    assert "'class_names' holds" not in str(e.value)
+    with pytest.raises(DataError, match=r"gt\.tif: 'class_names' holds 2 names but the labels run 1\.\.7"):
+        D.label_class_names(["a", "b"], 7, "gt.tif")  # the file's own names: the file named, as before
