@@ -62,6 +62,7 @@ from .errors import (ClusterUsageError, HSIEngineError, OptionError, OutputError
                      WorkerEnvironmentError, WorkerLostError)
 from .lock import output_lock
 from .logs import dropped, warnings_ignored
+from .outputs import raised_by_program
 from .owned import closes_its_scenes, open_owned
 from .resume import (MAP_VERSION, OWNER_ATTR, ResumableZarrWriter, check_owner, describe_differences, discard_partial,
                      finished_with, mark_tile, model_digest, partial_path, partial_tile, pinned_store, provenance,
@@ -1074,7 +1075,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     except BaseException as e:  # (its record not written: a full disk, no inodes left) a new store is not kept
         if not writer.resumed:
             writer.abort()
-        if isinstance(e, OSError):
+        if isinstance(e, OSError) and not raised_by_program(e):  # (a service's timeout stays itself)
             from .writers import _write_failed
 
             raise _write_failed(Path(out), e) from None
@@ -1142,7 +1143,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
             writer.abort()  # nothing written (e.g. the cluster did not start): leave nothing behind
             raise
         kept = writer.keep_partial()
-        if isinstance(e, OSError):  # a worker's write failed (a full disk): one error line, not a traceback
+        if isinstance(e, OSError) and not raised_by_program(e):  # a worker's write failed (a full disk): one line
             from .writers import _write_failed
 
             raise OutputError(f"{_write_failed(Path(out), e)}; {kept} keeps the tiles written so far: rerun with "

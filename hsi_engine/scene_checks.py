@@ -410,9 +410,19 @@ def _corners(da: xr.DataArray, side: int = 8) -> list[np.ndarray]:
             try:
                 out.append(_read(da, {"y": ys, "x": xs}))
             except Exception as e:  # noqa: BLE001 - a sanity check: the run reports an unreadable scene itself
+                _reraise_the_programs(e)
                 log.debug("fill check: a corner could not be read (%s)", e)
                 return out
     return out
+
+
+def _reraise_the_programs(e: Exception) -> None:
+    """The checks' reads skip what the run reports itself (an unreadable scene), never a timeout the program
+    raised from a signal handler: swallowed, the call ran on past its deadline with its scale check skipped."""
+    from .outputs import raised_by_program
+
+    if raised_by_program(e):
+        raise e
 
 
 def _warn_fill(da: xr.DataArray, raw: np.ndarray, nodata: float | None,
@@ -534,6 +544,7 @@ def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: flo
     try:
         raw = _read(da, window)
     except Exception as e:  # noqa: BLE001 - a sanity check: the run reports an unreadable scene itself
+        _reraise_the_programs(e)
         log.debug("scale check skipped: the sample could not be read (%s)", e)
         return
     corners = _corners(da)
@@ -554,6 +565,7 @@ def check_scale(da: xr.DataArray, mean: np.ndarray, std: np.ndarray, nodata: flo
             pixels = f"all {h * w} pixels of a small scene"
             ratios = scale_ratios(raw, mean, std, nodata)
         except Exception as e:  # noqa: BLE001 - a sanity check: the run reports an unreadable scene itself
+            _reraise_the_programs(e)
             log.debug("scale check: the small scene could not be read whole (%s)", e)
     if ratios is None and raw.shape[1:] == (h, w):  # a small scene, sampled whole: the
         few = 1  # factor of 30 in nearly every band is plain on one pixel's spectrum; no distance on so few

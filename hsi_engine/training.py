@@ -331,7 +331,8 @@ def load_labelled_raster(scene_path: str | os.PathLike, labels_path: str | os.Pa
             k = len(names)   # larger legend: its ids kept; run_training warns of the classes without a pixel)
     if names is None or k > len(names):
         check_class_ids(labels, str(labels_path))
-    names = label_class_names(names, k, str(labels_path))
+    names = label_class_names(names, k, str(labels_path),
+                              given="class_names= (--class-names)" if class_names is not None else None)
     palette = [list(cmap[i][:3]) for i in range(1, k + 1)] if cmap and all(i in cmap for i in range(1, k + 1)) \
         else [list(c) for c in default_palette(k)]  # (random colours had made grass near-black, water beige)
     wl = da.coords["wavelength"].values.tolist() if "wavelength" in da.coords else None

@@ -28,8 +28,8 @@ from numpy.typing import ArrayLike
 
 from .config import DATASET_ALIASES
 from .dims import MAP_AXES, SCENE_AXES, dims_by_axis, unnamed
-from .errors import (HSIEngineError, OptionError, check_flag, first_line, is_text_path, is_whole, reduce_not_found,
-                     unexpanded_home)
+from .errors import (HSIEngineError, OptionError, OptionTypeError, check_flag, first_line, is_text_path, is_whole,
+                     reduce_not_found, unexpanded_home)
 from .palette import default_palette
 
 __all__ = [
@@ -434,6 +434,9 @@ def load_dataset(name: str | os.PathLike, data_dir: str | os.PathLike | None = N
     Looks in ``data_dir`` (else ``$HSI_ENGINE_DATA``, else ``../shared/data`` beside the repository);
     Indian Pines falls back to the copy this package ships.
     """
+    if not is_text_path(name):
+        raise OptionTypeError(f"load_dataset takes a dataset name ({', '.join(DATASETS)}) or a scene path (str or "
+                              f"pathlib.Path); got {type(name).__name__}")
     ddir = default_data_dir(data_dir)  # an explicit data_dir that is not there is an error, even for a path
     name = os.fspath(name)
     if is_scene_path(name):

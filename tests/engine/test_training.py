@@ -220,7 +220,8 @@ def test_the_legend_of_the_label_raster_decides_the_classes(tmp_path):
     sc = load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif")
     assert sc.class_names == names and sc.n_classes == 5 and sc.labels.max() == 3
     assert sc.palette[4] == [50, 100, 150]
-    with pytest.raises(DataError, match="'class_names' holds 2 names but the labels run 1..3"):
+    with pytest.raises(DataError, match=r"class_names= \(--class-names\) gives 2 class names \(a, b\), but the "
+                                         r"labels of .*l\.tif run 1\.\.3; give one name per class"):
         load_labelled_raster(tmp_path / "s.tif", tmp_path / "l.tif", class_names=["a", "b"])
     with rasterio.open(tmp_path / "f.tif", "w", driver="GTiff", height=20, width=24, count=12, dtype="float32",
                        crs="EPSG:32633", transform=T, nodata=NODATA) as dst:

@@ -661,3 +661,12 @@ def test_class_names_given_by_the_user_are_named_as_given():
     assert "'class_names' holds" not in str(e.value)
     with pytest.raises(DataError, match=r"gt\.tif: 'class_names' holds 2 names but the labels run 1\.\.7"):
         D.label_class_names(["a", "b"], 7, "gt.tif")  # the file's own names: the file named, as before
+
+
+def test_load_dataset_refuses_what_is_neither_a_name_nor_a_path():
+    """``load_dataset(None)`` raised a bare TypeError from os.fspath."""
+    from ssrn.errors import OptionTypeError
+
+    with pytest.raises(OptionTypeError, match=r"load_dataset takes a dataset name \(indian_pines, .*\) or a scene path "
+                                              r"\(str or pathlib.Path\); got NoneType"):
+        D.load_dataset(None)
