@@ -54,16 +54,23 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> SSRN:
     return _load(path, map_location=map_location)
 
 
-def _import_whole() -> None:
-    """torch's first import (through the engine and the checkpoint loader), run whole: cut half-way by a
-    service's timeout raised from a signal handler, torch could not be imported again (the next call segfaulted)."""
-    if "hsi_engine.fused" in sys.modules and "ssrn.checkpoint" in sys.modules:
+# the resumable/zarr/cluster path's own imports (zarr's codecs and fsspec load on a store's first use): a Ctrl-C in
+# the middle of them left zarr half-imported ("module 'zarr' has no attribute 'core'") for every later zarr run
+_CLUSTER_PATH_MODULES = ("hsi_engine.cluster", "distributed", "zarr", "zarr.storage", "numcodecs", "fsspec",
+                         "fsspec.compression")
+
+
+def _import_whole(modules: tuple[str, ...] = ("hsi_engine.fused", "ssrn.checkpoint")) -> None:
+    """First imports run whole (torch's, through the engine and the checkpoint loader, by default): cut half-way
+    by a service's timeout raised from a signal handler, torch could not be imported again (the next call
+    segfaulted)."""
+    if all(m in sys.modules for m in modules):
         return
     import importlib
 
     from .whole import run_whole
 
-    run_whole(lambda: [importlib.import_module(m) for m in ("hsi_engine.fused", "ssrn.checkpoint")])
+    run_whole(lambda: [importlib.import_module(m) for m in modules])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -529,6 +536,7 @@ def classify_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *
         # zarr outputs always carry a per-tile completion record, so any interrupted run can be resumed
         zarr = suffix in ZARR_SUFFIXES
         if workers is not None or scheduler is not None or resume or zarr:
+            _import_whole(_CLUSTER_PATH_MODULES)
             from . import cluster
 
             return cluster.classify_to_file(scene_path, model_path, out, tile=tile, device=device, backend=backend,
