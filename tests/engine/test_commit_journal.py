@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import signal
 import subprocess
 import sys

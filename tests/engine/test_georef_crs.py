@@ -104,7 +104,7 @@ def test_cli_classify_refuses_and_info_says_so(bad_nc, model, tmp_path, capsys):
 def test_write_classmap_refuses_a_map_with_an_unreadable_crs(tmp_path):
     """write_classmap's `except Exception: pass` wrote such a map without a CRS."""
     labels = F.dataarray(np.ones((1, 6, 6), np.uint8), crs=None).isel(band=0, drop=True)
-    with pytest.raises(OptionError, match=rf"the class map declares a CRS that pyproj cannot parse.*"
+    with pytest.raises(OptionError, match=r"the class map declares a CRS that pyproj cannot parse.*"
                                           r"labels = labels.rio.write_crs"):
         write_classmap(_bad_crs(labels), tmp_path / "m.tif", n_classes=2)
     assert not (tmp_path / "m.tif").exists()
