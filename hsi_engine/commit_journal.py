@@ -36,7 +36,8 @@ def _staging(out: str | os.PathLike) -> Path:
 def write_journal(out: str | os.PathLike, installs: Sequence[tuple[Path, Path]], remove: Sequence[Path]) -> Path:
     """Record the renames a commit into ``out`` is about to make (``(new, target)`` pairs, then the paths it takes
     away), all in the output's directory; written whole (staged, flushed, renamed) so a reader never finds half."""
-    doc = {"installs": [[Path(n).name, Path(t).name] for n, t in installs], "remove": [Path(r).name for r in remove]}
+    doc = {"installs": [[Path(n).name, Path(t).name] for n, t in installs], "remove": [Path(r).name for r in remove],
+           "before": {Path(t).name: _state(Path(t)) for t in [*(t for _, t in installs), *remove]}}
     staging, path = _staging(out), journal_path(out)
     with open(staging, "w", encoding="utf-8") as f:
         json.dump(doc, f)
@@ -44,6 +45,16 @@ def write_journal(out: str | os.PathLike, installs: Sequence[tuple[Path, Path]],
         os.fsync(f.fileno())
     os.replace(staging, path)
     return path
+
+
+def _state(path: Path) -> list[int] | None:
+    """What stands at ``path`` (inode, mtime, size; None when nothing): a target changed since the journal was
+    written is not the commit's to replace."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    return [st.st_ino, st.st_mtime_ns, st.st_size]
 
 
 def remove_journal(out: str | os.PathLike) -> None:
@@ -77,6 +88,7 @@ def roll_forward(out: str | os.PathLike) -> bool:
         doc = json.loads(path.read_text(encoding="utf-8"))
         installs = [(str(n), str(t)) for n, t in doc["installs"]]
         remove = [str(r) for r in doc.get("remove", [])]
+        before = dict(doc.get("before", {}))
     except FileNotFoundError:
         return False
     except (OSError, ValueError, TypeError, KeyError) as e:
@@ -88,6 +100,17 @@ def roll_forward(out: str | os.PathLike) -> bool:
     if not all(t in finals and hidden(n) for n, t in installs) or not all(
             any(r == f + end for f in finals for end in side_ends) for r in remove):
         log.warning("ignored the commit journal %s: it names files that are not this output's; removed it", path)
+        remove_journal(p)
+        return False
+    # a target that changed since the journal was written (a backup put back by hand, another program's file) is
+    # not the killed run's to replace: the commit is given up, the hidden files left to the sweep
+    pending = [t for n, t in installs if p.with_name(n).exists() or p.with_name(n).is_symlink()]
+    changed = [t for t in [*pending, *(remove if pending else [])]
+               if t in before and _state(p.with_name(t)) != (list(before[t]) if before[t] is not None else None)]
+    if changed:
+        log.warning("did not finish the commit an interrupted run left half done in %s: %s changed since it began "
+                    "(put back or written by something else), so they are kept; the run's hidden files are removed",
+                    p.parent, ", ".join(changed))
         remove_journal(p)
         return False
     finished = []

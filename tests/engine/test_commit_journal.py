@@ -113,6 +113,28 @@ def test_a_commit_killed_after_the_map_s_rename_leaves_no_hidden_copy_after_a_re
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_a_map_put_back_by_hand_after_the_kill_is_not_replaced_by_the_stale_commit(tmp_path, caplog):
+    """An --overwrite run killed mid-commit, then the user's own map.tif put back (a backup restored): the next run
+    finished the killed run's renames over it, without --overwrite. A target changed since the journal was written
+    gives the commit up: the user's file stays, the killed run's hidden files are swept."""
+    import shutil
+
+    out = tmp_path / "map.tif"
+    assert child(out, seed=1) == 0
+    backup = tmp_path.parent / f"{tmp_path.name}-backup.tif"
+    shutil.copy2(out, backup)
+    assert child(out, seed=2, kill="before", overwrite=True) == -signal.SIGKILL
+    out.unlink()
+    shutil.copy(backup, out)  # the backup put back by hand: another file at the map's name
+    kept = out.read_bytes()
+    with caplog.at_level(logging.WARNING, logger="hsi_engine"), pytest.raises(OutputError, match="already exists"):
+        open_writer(out, height=32, width=32, n_classes=3, crs="EPSG:32633", transform=(30, 0, 0, 0, -30, 0),
+                    probabilities="float32", confidence=True)
+    assert "did not finish the commit an interrupted run left half done" in caplog.text and "map.tif" in caplog.text
+    assert out.read_bytes() == kept
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_a_journal_naming_other_files_is_not_followed(tmp_path, caplog):
     from hsi_engine.commit_journal import roll_forward
 
