@@ -24,7 +24,7 @@ def _version() -> str:
         return "0+unknown"
 
 
-_lazy_getattr, __dir__, _ = lazy_loader.attach(
+_lazy_getattr, _lazy_dir, _ = lazy_loader.attach(
     __name__,
     submodules=["accessor", "allocator", "api", "blocks", "cli", "cluster", "commit_journal", "cube", "dask_client",
                 "demo", "envi", "errors", "fused", "georef", "geotiff", "integrity", "io", "lock", "logs", "map_info",
@@ -54,13 +54,18 @@ __all__ = ["BandMismatchError", "CheckpointError", "ClusterUsageError", "Corrupt
 
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name == "__version__":  # on first use: the metadata lookup costs ~50 ms of every import otherwise
         return _version()
     return _lazy_getattr(name)
 
 
+def __dir__() -> list[str]:
+    return [*_lazy_dir(), "__version__"]
+
+
 if TYPE_CHECKING:
+    __version__: str
     from .allocator import reuse_large_buffers
     from .api import classify, classify_to_file, load_model, open_scene
     from .errors import (BandMismatchError, CheckpointError, ClusterUsageError, CorruptChunkError, HSIEngineError,

@@ -15,7 +15,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence, overload
 
 import numpy as np
 import xarray as xr
@@ -343,6 +343,31 @@ def _spatial_coords(da: xr.DataArray) -> dict[str, Any]:
 # public functions
 
 
+# (the return type follows ``probabilities``: a map, or a Dataset with the probabilities, for type checkers)
+@overload
+def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None, device: Any = None,
+             backend: str = "auto", precision: str = "float32", probabilities: Literal[False] = False,
+             nodata: float | None = None, progress: bool | None = None, queue_depth: int | None = None,
+             readers: int | None = None, cache_blocks: int | None = None,
+             decoders: int | None = None, spatial_precision: str = "auto") -> xr.DataArray: ...
+
+
+@overload
+def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None, device: Any = None,
+             backend: str = "auto", precision: str = "float32", probabilities: Literal[True, "float32", "float16"],
+             nodata: float | None = None, progress: bool | None = None, queue_depth: int | None = None,
+             readers: int | None = None, cache_blocks: int | None = None,
+             decoders: int | None = None, spatial_precision: str = "auto") -> xr.Dataset: ...
+
+
+@overload
+def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None, device: Any = None,
+             backend: str = "auto", precision: str = "float32", probabilities: bool | str = False,
+             nodata: float | None = None, progress: bool | None = None, queue_depth: int | None = None,
+             readers: int | None = None, cache_blocks: int | None = None,
+             decoders: int | None = None, spatial_precision: str = "auto") -> xr.DataArray | xr.Dataset: ...
+
+
 @quiet_affine_mul
 @releases_task_thread
 @closes_its_scenes
@@ -383,8 +408,9 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     Returns a DataArray ``(y, x)`` uint8 named ``class`` (0 = nodata, 1..K = classes) carrying the scene's
     y/x coords and CRS, with attrs ``class_names`` (label i is ``class_names[i-1]``), CF's ``flag_values`` /
     ``flag_meanings``, ``palette`` (the model's, or the default colours the GeoTIFF map gets: R, G, B of class 1,
-    then of class 2, ... as one flat list, so the map writes to NetCDF too), ``_FillValue`` 0, CF attributes on
-    x and y, and the provenance the file outputs carry (``software``, ``model_digest``, ``precision``,
+    then of class 2, ... as one flat list, so the map writes to NetCDF too), ``_FillValue`` 0 (so GDAL reads 0 as
+    nodata; xarray reads such a file back as float with NaN unless opened with ``mask_and_scale=False``), CF
+    attributes on x and y, and the provenance the file outputs carry (``software``, ``model_digest``, ``precision``,
     ``spatial_precision`` as resolved, ``map_version``: see :func:`hsi_engine.resume.provenance`), which
     ``to_netcdf`` and ``rio.to_raster`` keep. With ``probabilities=True`` it returns an ``xr.Dataset`` instead
     (the provenance on it and on each variable) with ``labels`` (that DataArray), ``probabilities``

@@ -709,8 +709,8 @@ def pad_scene(normalised: torch.Tensor, halo: int) -> torch.Tensor:
     return F.pad(normalised, (halo, halo, halo, halo))
 
 
-def patch_forward(model: nn.Module, normalised: torch.Tensor, pixels: torch.Tensor | None = None, *,
-                  batch: int = 256) -> torch.Tensor:
+def patch_forward(model: nn.Module, normalised: torch.Tensor | np.ndarray,
+                  pixels: torch.Tensor | np.ndarray | None = None, *, batch: int = 256) -> torch.Tensor:
     """Patch-mode logits: ``model.forward`` on each pixel's ``P x P`` patch of the zero-padded scene.
 
     ``normalised``: ``(bands, H, W)`` floating tensor or array (cast to the model's dtype); ``pixels``: ``(N, 2)``

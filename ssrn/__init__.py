@@ -17,25 +17,25 @@ __getattr__, __dir__, _ = lazy_loader.attach(
     submod_attrs={
         "checkpoint": ["load_model", "save_model"],
         "config": ["PRESETS", "SSRNConfig"],
-        "data": ["DataError", "PatchDataset", "load_dataset", "standardize"],
+        "data": ["DataError", "PatchDataset", "Scene", "load_dataset", "standardize"],
         "errors": ["CheckpointError", "OptionError"],
         "keras": ["KerasImportError", "import_keras_to_dir", "load_keras"],
         "metrics": ["classification_report"],
         "model": ["SSRN", "count_parameters"],
-        "train": ["Trainer", "run_training"],
+        "train": ["TrainResult", "Trainer", "run_training"],
     },
 )
 
 __all__ = ["CheckpointError", "DataError", "KerasImportError", "OptionError", "PRESETS", "PatchDataset", "SSRN",
-           "SSRNConfig", "Trainer", "classification_report", "count_parameters", "import_keras_to_dir", "load_dataset",
+           "SSRNConfig", "Scene", "TrainResult", "Trainer", "classification_report", "count_parameters", "import_keras_to_dir", "load_dataset",
            "load_keras", "load_model", "run_training", "save_model", "standardize"]
 
 if TYPE_CHECKING:
     from .checkpoint import load_model, save_model
     from .config import PRESETS, SSRNConfig
-    from .data import DataError, PatchDataset, load_dataset, standardize
+    from .data import DataError, PatchDataset, Scene, load_dataset, standardize
     from .errors import CheckpointError, OptionError
     from .keras import KerasImportError, import_keras_to_dir, load_keras
     from .metrics import classification_report
     from .model import SSRN, count_parameters
-    from .train import Trainer, run_training
+    from .train import TrainResult, Trainer, run_training

@@ -618,7 +618,8 @@ def _check_network_options(patch: int, variant: str, overrides: dict[str, Any] |
 def run_training(dataset: str | os.PathLike | Scene | Callable[[], Scene], out: str | Path,
                  data_dir: str | Path | None = None, epochs: int = 200,
                  batch_size: int = 16, train_fraction: float | None = None, val_fraction: float | None = None,
-                 per_class: int | None = None, split: str = "random", seed: int = 0, device: str | None = None,
+                 per_class: int | None = None, split: str = "random", seed: int = 0,
+                 device: str | torch.device | None = None,
                  variant: str = "ssrn", patch: int = 7, optimizer: str = "rmsprop", lr: float = 3e-4,
                  schedule: str = "constant", patience: int | None = None, command: str | None = None,
                  save_progress_every_s: float = 300.0, max_minutes: float | None = None,
@@ -644,8 +645,8 @@ def run_training(dataset: str | os.PathLike | Scene | Callable[[], Scene], out: 
 
 def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | Path | None, epochs: int,
                   batch_size: int, train_fraction: float | None, val_fraction: float | None, per_class: int | None,
-                  split: str, seed: int, device: str | None, variant: str, patch: int, optimizer: str, lr: float,
-                  schedule: str, patience: int | None, command: str | None, save_progress_every_s: float,
+                  split: str, seed: int, device: str | torch.device | None, variant: str, patch: int, optimizer: str,
+                  lr: float, schedule: str, patience: int | None, command: str | None, save_progress_every_s: float,
                   max_minutes: float | None, config_overrides: dict[str, Any] | None, amp: bool,
                   class_weight: str | None, overwrite: bool, labels: str | Path | None,
                   class_names: Sequence[str] | None) -> dict[str, Any]:
