@@ -168,8 +168,8 @@ def resolve_dims(shape: tuple[int, ...], dims: Sequence[str] | None, where: str,
     if band_axis is not None:
         layouts = {0: ("band", "y", "x"), 1: ("y", "band", "x"), 2: ("y", "x", "band"), -1: ("y", "x", "band")}
         if isinstance(band_axis, bool) or band_axis not in layouts:
-            raise SceneError(f"band_axis={band_axis!r} for {where}; expected 0 (band, y, x), 1 (y, band, x: "
-                             "PRISMA's and other line-interleaved cubes) or 2 (y, x, band)")
+            raise OptionError(f"band_axis={band_axis!r} for {where}; expected 0 (band, y, x), 1 (y, band, x: "
+                              "PRISMA's and other line-interleaved cubes) or 2 (y, x, band; also -1)")
         return layouts[band_axis]
     if dims is not None and len(dims) == 3:
         return tuple(dims)

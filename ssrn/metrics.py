@@ -89,7 +89,8 @@ def classification_report(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int |
     """``{"oa", "aa", "kappa", "per_class_accuracy", "confusion_matrix", "support"}`` (JSON-ready but for
     ``kappa``, NaN where undefined (one class in truth and predictions): write it as null); with
     ``class_names`` (a list of one name per class: the class count when ``n_classes`` is None) also
-    ``"class_names"``."""
+    ``"class_names"``. Labels are 0-based: a class map's values (1..K, 0 = nodata) lose their nodata pixels and 1
+    first."""
     if class_names is not None:
         names = None if isinstance(class_names, (str, bytes)) or not hasattr(class_names, "__iter__") else \
             list(class_names)
@@ -99,7 +100,14 @@ def classification_report(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int |
                                                              if isinstance(class_names, str) and "," in class_names
                                                              else ""))
         class_names = names
-    cm = confusion_matrix(y_true, y_pred, len(class_names) if n_classes is None and class_names else n_classes)
+    try:
+        cm = confusion_matrix(y_true, y_pred, len(class_names) if n_classes is None and class_names else n_classes)
+    except OptionError as e:
+        if n_classes is not None or not class_names or not str(e).startswith("labels must lie"):
+            raise
+        raise OptionError(f"{e}, but class_names names {len(class_names)} classes (labels 0..{len(class_names) - 1}): "
+                          "give one name per class, or pass n_classes; labels are 0-based (a class map's 1..K: "
+                          "subtract 1)") from None
     if class_names is not None and len(class_names) != cm.shape[0]:
         raise OptionError(f"class_names has {len(class_names)} names for {cm.shape[0]} classes; expected one name "
                           "per class (0..n_classes-1)")

@@ -12,7 +12,7 @@ import rioxarray  # noqa: F401  (registers .rio)
 import rasterio
 import xarray as xr
 
-from hsi_engine.errors import MissingSpatialDimsError, SceneError
+from hsi_engine.errors import MissingSpatialDimsError, OptionError, SceneError
 from hsi_engine.io import as_scene, file_of, open_scene, scene_info
 
 CRS = "EPSG:32633"
@@ -213,8 +213,10 @@ def test_a_line_interleaved_cube_opens_with_band_axis_1(tmp_path):
     assert da.dims == ("band", "y", "x")
     np.testing.assert_array_equal(da.values, cube)
     np.testing.assert_array_equal(as_scene(np.moveaxis(cube, 0, 1), band_axis=1).values, cube)
-    with pytest.raises(SceneError, match=r"band_axis=3 .*1 \(y, band, x"):
+    with pytest.raises(OptionError, match=r"band_axis=3 .*1 \(y, band, x"):
         open_scene(p, band_axis=3)
+    with pytest.raises(OptionError, match=r"band_axis=.0. for"):  # (an argument outside what it accepts)
+        as_scene(cube, band_axis="0")
 
 
 @pytest.mark.parametrize("fmt", ["geotiff", "envi"])
