@@ -430,7 +430,8 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
     progress = check_flag("progress", progress) if progress is not None else None
     job = _Job(scene, model, tile=tile, device=device, backend=backend, precision=precision, nodata=nodata,
                spatial_precision=spatial_precision)
-    sink = ArraySink(job.height, job.width, job.classes, probabilities=probabilities)
+    sink = ArraySink(job.height, job.width, job.classes, probabilities=probabilities,
+                     probabilities_dtype=np.float16 if half else np.float32)
     job.run(sink, probabilities=probabilities, progress=progress, queue_depth=queue_depth, readers=readers,
             cache_blocks=cache_blocks, decoders=decoders)
     from .cube import SOURCE_COL, SOURCE_ROW
@@ -466,8 +467,7 @@ def classify(scene: Any, model: Any, *, tile: int | Sequence[int] | None = None,
         return labels
     cls = np.arange(1, job.classes + 1)
     ds = xr.Dataset({"labels": labels,
-                     "probabilities": xr.DataArray(sink.probabilities.astype(np.float16) if half
-                                                   else sink.probabilities, dims=("class", "y", "x"),
+                     "probabilities": xr.DataArray(sink.probabilities, dims=("class", "y", "x"),
                                                    coords={**coords, "class": cls},
                                                    attrs={"long_name": "softmax probability", **made_by}),
                      "confidence": xr.DataArray(sink.confidence, dims=("y", "x"), coords=coords,

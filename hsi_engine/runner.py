@@ -48,19 +48,28 @@ class Sink(Protocol):
 
 class ArraySink:
     """In-memory output: ``labels (H, W)`` uint8 (0 = nodata, 1..K), optional ``probabilities (K, H, W)``
-    float32 and ``confidence (H, W)`` float32. This is the output, so it is scene-sized by nature."""
+    (float32, or ``probabilities_dtype``) and ``confidence (H, W)`` float32. This is the output, so it is
+    scene-sized by nature: a map too big for memory is a :class:`MemoryError` that says so and names the fix."""
 
-    def __init__(self, height: int, width: int, classes: int, *, probabilities: bool = False) -> None:
-        self.labels = np.zeros((height, width), np.uint8)
-        self.probabilities = np.zeros((classes, height, width), np.float32) if probabilities else None
-        self.confidence = np.zeros((height, width), np.float32) if probabilities else None
-        self.written = np.zeros((height, width), np.uint8)  # times each pixel was written (tests: exactly once)
+    def __init__(self, height: int, width: int, classes: int, *, probabilities: bool = False,
+                 probabilities_dtype: Any = np.float32) -> None:
+        need = height * width * (1 + (classes * np.dtype(probabilities_dtype).itemsize + 4 if probabilities else 0))
+        try:
+            self.labels = np.zeros((height, width), np.uint8)
+            self.probabilities = np.zeros((classes, height, width), probabilities_dtype) if probabilities else None
+            self.confidence = np.zeros((height, width), np.float32) if probabilities else None
+        except MemoryError:
+            raise MemoryError(
+                f"the in-memory map of {height} x {width} pixels" + (f" with {classes} classes' probabilities"
+                                                                     if probabilities else "")
+                + f" needs {need / 2**30:.1f} GiB, more than this process can allocate: stream it to a file with "
+                "classify_to_file (hsi-engine classify), which holds one tile at a time"
+                + (", or leave the probabilities out" if probabilities else "")) from None
 
     def write(self, y0: int, x0: int, labels: np.ndarray, probabilities: np.ndarray | None = None,
               confidence: np.ndarray | None = None) -> None:
         h, w = labels.shape
         self.labels[y0:y0 + h, x0:x0 + w] = labels
-        self.written[y0:y0 + h, x0:x0 + w] += 1
         if self.probabilities is not None and probabilities is not None:
             self.probabilities[:, y0:y0 + h, x0:x0 + w] = probabilities
         if self.confidence is not None and confidence is not None:

@@ -21,6 +21,18 @@ from ssrn.model import SSRN
 
 from _models import randomise_bn
 
+
+class CountingSink(ArraySink):
+    """An ArraySink that counts how often each pixel is written (every pixel exactly once)."""
+
+    def __init__(self, height, width, classes, **kw):
+        super().__init__(height, width, classes, **kw)
+        self.written = np.zeros((height, width), np.uint8)
+
+    def write(self, y0, x0, labels, probabilities=None, confidence=None):
+        super().write(y0, x0, labels, probabilities, confidence)
+        self.written[y0:y0 + labels.shape[0], x0:x0 + labels.shape[1]] += 1
+
 BANDS, CLASSES = 9, 5
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device")])]
@@ -52,7 +64,7 @@ def _run(cube, mode, *, nodata=None, tile=8, probabilities=True, device="cpu", n
     mean, std = np.nanmean(a, axis=(1, 2)), np.nanstd(a, axis=(1, 2))
     engine = FusedSSRN(model, backend="eager", device=device)
     plan = plan_tiles(cube.shape[1], cube.shape[2], tile, model.config.halo)
-    sink = ArraySink(cube.shape[1], cube.shape[2], CLASSES, probabilities=probabilities)
+    sink = CountingSink(cube.shape[1], cube.shape[2], CLASSES, probabilities=probabilities)
     run_plan(cube, plan, engine, sink, mean=mean, std=std, nodata=nodata, probabilities=probabilities,
              progress=False, normalise_on=mode, nodata_bands=nodata_bands)
     return sink
@@ -242,7 +254,7 @@ def test_device_path_read_error_reaches_the_caller_and_stops_the_stager():
 
     a = cube.astype(np.float64)
     engine = FusedSSRN(_model(), backend="eager", device="cpu")
-    sink = ArraySink(24, 24, CLASSES)
+    sink = CountingSink(24, 24, CLASSES)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runner, "window_reader", failing_reader)
         with pytest.raises(SceneError, match="corrupt"):
@@ -446,3 +458,13 @@ def test_reversed_bands_are_said_only_where_wavelengths_were_compared():
     with pytest.raises(BandMismatchError) as e:
         check_scene(config, meta, bands=8, height=5, width=5, wavelengths=np.r_[1900.0, 1990.0, [np.nan] * 6])
     assert "reverse" not in str(e.value)
+
+
+def test_a_map_too_big_for_memory_says_so_and_names_classify_to_file():
+    """A scene-sized probabilities array that could not be allocated was numpy's bare MemoryError."""
+    with pytest.raises(MemoryError, match=r"in-memory map of 2000000 x 2000000 pixels with 16 classes' probabilities "
+                                          r"needs .* GiB.*classify_to_file .*leave the probabilities out"):
+        ArraySink(2_000_000, 2_000_000, 16, probabilities=True)
+    sink = ArraySink(2, 3, 4, probabilities=True, probabilities_dtype=np.float16)  # (classify's "float16")
+    sink.write(0, 0, np.ones((2, 3), np.uint8), np.full((4, 2, 3), 0.1, np.float32), np.ones((2, 3), np.float32))
+    assert sink.probabilities.dtype == np.float16 and sink.probabilities[0, 0, 0] == np.float16(0.1)
