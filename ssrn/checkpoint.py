@@ -3,6 +3,8 @@ load). Loading never unpickles."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -146,6 +148,15 @@ def _is_model_json(path: Path) -> bool:
 
 
 _TEMP_EXTRA = len(".") + len(".old.") + 8  # mkdtemp's prefix around the name, and its 8 random characters
+_TEMP_SUFFIX = re.compile(r"(old\.)?[a-z0-9_]{8}")  # (mkdtemp's alphabet)
+
+
+def _is_temp_name(entry: str, name: str) -> bool:
+    """Whether ``entry`` is a name save_model gives its temporaries for a model directory named ``name``:
+    ``.NAME.XXXXXXXX`` (the new model, built beside the target or inside it) or ``.NAME.old.XXXXXXXX`` (the
+    replaced one, beside it)."""
+    prefix = f".{name}."
+    return entry.startswith(prefix) and _TEMP_SUFFIX.fullmatch(entry[len(prefix):]) is not None
 
 
 def check_model_path(path: Any) -> None:
@@ -212,13 +223,21 @@ def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path
             if not overwrite:
                 raise CheckpointError(f"{given} is an existing model directory; pass --overwrite "
                                       "(overwrite=True) to replace it, or choose another output directory")
-            _check_writable(target.parent, given)
-            _check_writable(target, given)  # the replaced model's files are deleted from it after the save
+            # (its parent need not be writable: the files are then replaced inside it, see save_model)
+            _check_writable(target, given)
             return target
         foreign = [e for e in entries if e not in _MODEL_FILES]
         shown = ", ".join((foreign or entries)[:5]) + (", ..." if len(foreign or entries) > 5 else "")
+        if foreign and all(_is_temp_name(e, target.name) for e in foreign):
+            them = "it" if len(foreign) == 1 else "them"
+            raise CheckpointError(f"{given} holds {shown}: the temporary "
+                                  f"{'directory' if len(foreign) == 1 else 'directories'} of a save into it that "
+                                  f"was killed before it finished, or is still running; once none runs, delete "
+                                  f"{them} ({target / foreign[0]}) and rerun (hsi-engine train removes {them} "
+                                  "itself where it can lock its --out)")
         what = (f"it holds files a model directory does not ({shown})" if foreign
-                else f"its {MODEL_JSON} is not a model's")
+                else f"its {MODEL_JSON} is not a model's" if MODEL_JSON in entries
+                else f"it holds {shown} but no {MODEL_JSON}")
         raise CheckpointError(f"{given} exists and is not a model directory ({what}); hsi-engine "
                               "writes a model only into a new or empty directory, or replaces one it wrote "
                               "(with --overwrite): choose another output directory, or move those files out")
@@ -317,6 +336,124 @@ def _move_into_empty(tmp: Path, target: Path) -> None:
     tmp.rmdir()
 
 
+def _looks_like_save_temp(path: Path) -> bool:
+    """Whether the directory ``path`` holds nothing but what save_model writes into its temporary (model files,
+    and the empty ``.umask`` probe), so that removing it loses nothing of anyone else's."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    for e in path.iterdir():
+        if e.name == ".umask":
+            if e.is_symlink() or not e.is_dir() or any(e.iterdir()):
+                return False
+        elif e.name not in _MODEL_FILES or e.is_symlink() or not e.is_file():
+            return False
+    return True
+
+
+def sweep_save_leftovers(path: str | os.PathLike) -> list[str]:
+    """Remove what killed saves into the model directory ``path`` left, and name it: their new models'
+    temporaries (``.NAME.XXXXXXXX`` beside it or inside it) and the replaced models (``.NAME.old.XXXXXXXX``
+    beside it), only where they hold nothing but model files. When ``path`` is missing (a save killed between its
+    swap's renames), the model it was replacing is put back instead of removed. Call only while holding the
+    output's lock (:func:`ssrn.lock.file_lock`): no other save is writing them then."""
+    from .lock import lock_held
+
+    target = Path(os.path.abspath(path))
+    name, done = target.name, []
+    old_prefix = f".{name}.old."
+    # ('.NAME.old.XXXXXXXX' is also the name of a save into 'NAME.old': none while a run holds that output)
+    other_live = lock_held(target.with_name(f"{name}.old"))
+    try:
+        beside = [target.parent / e for e in os.listdir(target.parent) if _is_temp_name(e, name)
+                  and not (other_live and e.startswith(old_prefix))]
+        inner = ([target / e for e in os.listdir(target) if _is_temp_name(e, name)]
+                 if target.is_dir() and not target.is_symlink() else [])
+    except OSError:
+        return done
+    old = [e for e in beside if e.name.startswith(old_prefix) and _is_model_dir(e)]  # (or a link to one)
+    if old and not os.path.lexists(target):
+        back = max(old, key=lambda e: e.lstat().st_mtime_ns)
+        with contextlib.suppress(OSError):
+            os.rename(back, target)
+            done.append(f"{back.name} (put back as {name})")
+            old.remove(back)
+    for e in old + [e for e in beside + inner if e not in old and _looks_like_save_temp(e)]:
+        with contextlib.suppress(OSError):
+            if e.is_symlink():
+                e.unlink()  # a replaced link: never what it points to
+            else:
+                shutil.rmtree(e)
+            done.append(e.name)
+    return done
+
+
+def _replace_files(tmp: Path, target: Path) -> None:
+    """Replace the model files of the directory ``target`` by those of ``tmp`` (inside it), model.json last."""
+    for name in (WEIGHTS, MODEL_JSON):
+        os.replace(tmp / name, target / name)
+    tmp.rmdir()
+
+
+def _check_still_free(target: Path, tmp: Path, given: Path) -> None:
+    """Refuse, at the moment of the move, a target that is no longer new or empty (``tmp``, this save's own
+    temporary, aside): another save wrote there since the check, and without overwrite it is never replaced."""
+    if target.is_symlink() or (target.exists() and not (target.is_dir() and all(
+            e == tmp for e in target.iterdir()))):
+        raise CheckpointError(f"{given} was written by another save while this one ran (it was new or empty when "
+                              "this save began); it is left as that save wrote it: pass --overwrite "
+                              "(overwrite=True) to replace it, or choose another output directory")
+
+
+def _rename_new(tmp: Path, target: Path, given: Path) -> None:
+    """Move ``tmp`` to the new ``target``: a directory that appeared there since the check is never replaced
+    (rename(2) refuses a non-empty one; an empty one made meanwhile is)."""
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if not os.path.lexists(target):
+            raise
+        _check_still_free(target, tmp, given)
+        raise
+
+
+def _swap(tmp: Path, target: Path) -> None:
+    """Put the new model directory ``tmp`` in place of the model directory (or link to one) ``target``, then drop
+    the old one's files; a mount point, which cannot be renamed, has its files replaced inside it instead. Until the
+    new one is in place, any failure or interrupt puts the old one back."""
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    old.rmdir()  # a unique free name to move the old directory to
+    try:
+        try:
+            os.rename(target, old)
+        except OSError as e:
+            if e.errno != errno.EBUSY or target.is_symlink() or not target.is_dir():
+                raise
+            _replace_from_beside(tmp, target)  # (a mount point: rename(2) says EBUSY)
+            return
+        os.rename(tmp, target)
+    except BaseException:
+        # (checked here, not by a flag set after the rename: an interrupt between the two left the old model
+        # hidden under its temporary name and nothing at the target)
+        if os.path.lexists(old) and not os.path.lexists(target):
+            os.rename(old, target)  # the old model goes back where it was
+        raise
+    _remove_model_dir(old)
+
+
+def _replace_from_beside(tmp: Path, target: Path) -> None:
+    """Replace the model files inside ``target`` by those of ``tmp`` (beside it, maybe on another file system):
+    moved first into a temporary inside ``target``, so that the replacing renames stay on its file system."""
+    inner = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target))
+    try:
+        for name in (WEIGHTS, MODEL_JSON):
+            shutil.move(tmp / name, inner / name)
+        _replace_files(inner, target)
+    except BaseException:
+        shutil.rmtree(inner, ignore_errors=True)
+        raise
+    tmp.rmdir()
+
+
 def file_sha256(path: Path) -> str:
     """The sha256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
@@ -345,12 +482,16 @@ def _umask_in(directory: Path) -> int:
 
 
 def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None = None, *,
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, in_place: bool = False) -> Path:
     """Write ``model`` to the directory ``path``, never half-written (built beside it, then moved in).
 
     ``path`` must be new or an empty directory; an existing model directory (written by save_model) is
     replaced only with ``overwrite=True``. Any other existing path raises :class:`CheckpointError` and is
-    left untouched (see :func:`check_model_target`).
+    left untouched (see :func:`check_model_target`). A model directory that is replaced is swapped for the new
+    one, unless it must stay where it is: then its files are replaced inside it, model.json last (its checksum
+    pairs it with the weights). It stays when it was empty, holds the working directory, lies in a directory this
+    process cannot write, is a mount point, or ``in_place`` asks it to (the trainer's later saves into the
+    directory its first save filled: its mode and owner are the user's).
 
     ``meta`` (default: ``model.meta``) travels in model.json: normalisation ``mean``/``std`` per band,
     ``class_names``, ``palette`` (RGB triplets), ``wavelengths``, the training ``report``, ``command``.
@@ -359,20 +500,23 @@ def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None
         swapped = " (the arguments are save_model(model, path))" if is_ssrn(path) else ""
         raise not_a_model_error("save_model", model, swapped)
     target = check_model_target(path, overwrite)
+    in_place = check_flag("in_place", in_place)
     given = Path(path)
     meta = dict(model.meta if meta is None else meta)
     # as load_model will read it: a meta that no longer fits the network (a cut std, two class names for 16
     # classes) was saved, over a working model with overwrite=True, as a directory that could not be loaded
     _check_meta(json.loads(json.dumps(_jsonable(meta))), model.config, f"the meta to save in {given}")
-    # built inside the target where the directory itself must stay: an empty one (its parent may be read-only)
-    # or one holding the working directory (`--out .`: swapping it would leave the process in a deleted one)
+    # built inside the target where the directory itself must stay: an empty one or one the caller keeps
+    # (``in_place``), one holding the working directory (`--out .`: swapping it would leave the process in a
+    # deleted one), or one in a parent this process cannot write (an empty directory made for the user in theirs)
     link = target.is_symlink()  # (to a model directory, overwrite=True: checked above) replaced, not written into
     empty = not link and target.is_dir() and not any(target.iterdir())
-    in_place = not link and target.is_dir() and (empty or _holds_cwd(target))
-    if in_place and not os.access(target, os.W_OK | os.X_OK):
+    inside = not link and target.is_dir() and (empty or in_place or _holds_cwd(target)
+                                               or not os.access(target.parent, os.W_OK | os.X_OK))
+    if inside and not os.access(target, os.W_OK | os.X_OK):
         raise CheckpointError(f"cannot write the model into {given}: no write permission there")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target if in_place else target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target if inside else target.parent))
     umask = _umask_in(tmp)
     try:
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a model directory is as readable as any new one
@@ -390,24 +534,16 @@ def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None
             raise CheckpointError(f"cannot write the model into {given} ({e.strerror or e}); free space there, or "
                                   "write it elsewhere") from None
         (tmp / WEIGHTS).chmod(0o666 & ~umask)
-        if not (target.exists() or link):
-            tmp.rename(target)
-        elif empty:
+        if not overwrite:  # another save may have written there since the check: never replaced without overwrite
+            _check_still_free(target, tmp, given)
+        if inside and empty:
             _move_into_empty(tmp, target)
-        elif in_place:  # a model directory holding the working directory: its files replaced, model.json last
-            for name in (WEIGHTS, MODEL_JSON):
-                os.replace(tmp / name, target / name)
-            tmp.rmdir()
+        elif inside:  # a model directory that stays: its files replaced, model.json last (its checksum pairs them)
+            _replace_files(tmp, target)
+        elif not overwrite or not (target.exists() or link):
+            _rename_new(tmp, target, given)
         else:  # a model directory, overwrite=True (checked above): swap, then drop the old one's files
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            old.rmdir()  # a unique free name to move the old directory to
-            target.rename(old)
-            try:
-                tmp.rename(target)
-            except BaseException:
-                old.rename(target)  # the old model goes back where it was
-                raise
-            _remove_model_dir(old)
+            _swap(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

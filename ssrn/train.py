@@ -16,7 +16,7 @@ import os
 import platform
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -651,7 +651,6 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
                   class_weight: str | None, overwrite: bool, labels: str | Path | None,
                   class_names: Sequence[str] | None) -> dict[str, Any]:
     from .checkpoint import check_model_path, check_model_target, save_model
-    from .lock import file_lock
 
     if labels is not None or class_names is not None:
         raise TrainOptionError("ssrn.run_training reads no label rasters (the engine's readers place them on the "
@@ -673,33 +672,35 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
     amp, overwrite = check_flag("amp", amp, TrainOptionError), check_flag("overwrite", overwrite, TrainOptionError)
     if isinstance(dataset, (str, os.PathLike)):
         dataset = os.fspath(dataset)
+    dev = _device(device)
+    _check_optimizer_setup()
+    if isinstance(dataset, Scene):
+        spec = dataset.spec
+    else:
+        spec = None if callable(dataset) or is_scene_path(dataset) else dataset_spec(dataset)
+    o = check_train_options(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
+                            max_minutes=max_minutes, spec=spec, split=split, train_fraction=train_fraction,
+                            val_fraction=val_fraction, per_class=per_class, seed=seed,
+                            save_progress_every_s=save_progress_every_s)
+    # plain ints and floats from here on: a Fraction or numpy number failed model.json's save after training
+    epochs, batch_size, lr, patience, max_minutes, seed = (o[k] for k in ("epochs", "batch_size", "lr", "patience",
+                                                                          "max_minutes", "seed"))
+    train_fraction, val_fraction, per_class = o["train_fraction"], o["val_fraction"], o["per_class"]
+    save_progress_every_s = o["save_progress_every_s"]
+    _check_optimizer_options(optimizer, schedule, class_weight)
+    _check_network_options(patch, variant, config_overrides, PRESETS.get(spec.name) if spec is not None else None)
+    patch = operator.index(patch)  # (an odd whole number: checked with the network's options)
     # one run per model directory: a second run into the same --out (a copied job script) is refused now, not
     # after hours of training when its save finds the first run's model (nor told to pass --overwrite because the
-    # first one's progress save is there); no lock where none can be made beside it (a read-only or missing
-    # parent: nothing is created before the checks)
+    # first one's progress save is there)
     target = Path(os.path.abspath(out))  # beside a symlink at --out, not its target (the link is replaced, not
     # written through: checkpoint.check_model_target)
-    with (file_lock(target, fix="wait for it to finish, or train into another --out", required=False)
-          if target.name else contextlib.nullcontext()):
+    if not target.parent.is_dir():  # nothing to lock beside yet: the output is checked before its parents are made
         check_model_target(out, overwrite)
-        dev = _device(device)
-        _check_optimizer_setup()
-        if isinstance(dataset, Scene):
-            spec = dataset.spec
-        else:
-            spec = None if callable(dataset) or is_scene_path(dataset) else dataset_spec(dataset)
-        o = check_train_options(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
-                                max_minutes=max_minutes, spec=spec, split=split, train_fraction=train_fraction,
-                                val_fraction=val_fraction, per_class=per_class, seed=seed,
-                                save_progress_every_s=save_progress_every_s)
-        # plain ints and floats from here on: a Fraction or numpy number failed model.json's save after training
-        epochs, batch_size, lr, patience, max_minutes, seed = (o[k] for k in ("epochs", "batch_size", "lr", "patience",
-                                                                              "max_minutes", "seed"))
-        train_fraction, val_fraction, per_class = o["train_fraction"], o["val_fraction"], o["per_class"]
-        save_progress_every_s = o["save_progress_every_s"]
-        _check_optimizer_options(optimizer, schedule, class_weight)
-        _check_network_options(patch, variant, config_overrides, PRESETS.get(spec.name) if spec is not None else None)
-        patch = operator.index(patch)  # (an odd whole number: checked with the network's options)
+    with _output_locked(target):
+        check_model_target(out, overwrite)
+        # a directory that was there (empty) stays: its files are replaced inside it by the later saves too
+        stays = target.is_dir() and not target.is_symlink() and not any(target.iterdir())
         amp_used = amp and dev.type == "cuda"
         if amp and not amp_used:
             log.warning("--amp (bfloat16 autocast) applies on CUDA only: training on %s in float32", dev)
@@ -814,8 +815,9 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
             log.info("%s holds a finished model: progress is not saved over it; it is replaced when this run ends", out)
 
         def save(m: SSRN, meta_: dict[str, Any]) -> None:
-            """Write ``out``; once this run has written it, later saves replace its own model directory."""
-            save_model(m, out, meta=meta_, overwrite=overwrite or written[0])
+            """Write ``out``; once this run has written it, later saves replace its own model (inside the directory
+            where that was there before the run)."""
+            save_model(m, out, meta=meta_, overwrite=overwrite or written[0], in_place=stays)
             written[0] = True
 
         def on_improve(m: SSRN, res: TrainResult) -> None:
@@ -869,6 +871,42 @@ def _run_training(dataset: str | os.PathLike, out: str | Path, data_dir: str | P
                  rep["oa"], rep["aa"], _kappa_text(kappa), res.epochs_run, res.best_epoch, res.train_time_s, test_time,
                  out)
         return report
+
+
+@contextlib.contextmanager
+def _output_locked(target: Path) -> Iterator[None]:
+    """Hold the lock of the model directory ``target`` (none for the file-system root, which the check refuses, or
+    where none can be made beside it: a read-only directory), creating its parent directories first, and removing
+    those left empty when the run fails. Once the lock is held, what killed saves into it left is removed."""
+    from .checkpoint import CheckpointError, sweep_save_leftovers
+    from .lock import file_lock
+
+    if not target.name:
+        yield
+        return
+    made = next((d for d in reversed(target.parents) if not d.exists()), None)  # the first directory to make
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create the directory {target.parent} for the model ({e.strerror or e}); "
+                              "choose an output directory you can write to") from None
+
+    def sweep() -> None:
+        swept = sweep_save_leftovers(target)
+        if swept:
+            log.info("removed what a killed save into %s left: %s", target, ", ".join(swept))
+
+    try:
+        with file_lock(target, fix="wait for it to finish, or train into another --out", required=False,
+                       on_locked=sweep):
+            yield
+    except BaseException:
+        for d in [target.parent, *target.parent.parents] if made is not None else []:
+            if not d.is_relative_to(made):
+                break
+            with contextlib.suppress(OSError):
+                d.rmdir()  # (fails where a file is left in it)
+        raise
 
 
 def _kappa_text(kappa: float | None) -> str:
