@@ -51,6 +51,9 @@ def model_info(path: str | os.PathLike) -> str:
         lines.append("scaling    the training scene's declared band scales/offsets are recorded (a scene stored "
                      "otherwise is refused)")
     report = meta.get("report") or {}
+    if report.get("status") == "training":  # (a cron job that retrains, then classifies, must see it here)
+        lines.append(f"status     UNFINISHED: a training run's progress save (epoch {report.get('epochs_run', '?')} of "
+                     f"{report.get('epochs', '?')}); the run was stopped or is still going")
     if all(k in report for k in ("oa", "aa", "kappa")):
         lines.append(f"test       OA {report['oa']:.4f}, AA {report['aa']:.4f}, kappa "
                      + (f"{report['kappa']:.4f}" if report['kappa'] is not None else "n/a (one class in the test set)")

@@ -144,3 +144,17 @@ def test_info_on_a_pickled_model_file_names_it_as_one(tmp_path, capsys):
     path.write_bytes(pickle.dumps({"state_dict": [1, 2, 3]}))
     rc, out, err = _info(path, capsys)
     assert rc == 2 and out == "" and "looks like a pickle/torch.save file; hsi-engine never unpickles" in err
+
+
+def test_a_progress_save_is_said_unfinished_on_stdout(tmp_path, capsys):
+    """A stopped run's progress save printed no status line (only a warning on stderr): a script reading ``info``
+    took it for a finished model."""
+    model = hsi_engine.load_model(SHIPPED_MODEL)
+    model.meta["report"] = {**model.meta["report"], "status": "training", "epochs_run": 3, "epochs": 200}
+    from ssrn.checkpoint import save_model
+
+    save_model(model, tmp_path / "progress", meta=model.meta)
+    rc, out, _ = _info(tmp_path / "progress", capsys)
+    lines = dict(line.split(None, 1) for line in out.splitlines())
+    assert rc == 0 and lines["status"].startswith("UNFINISHED: a training run's progress save (epoch 3 of 200)")
+    assert "status" not in dict(line.split(None, 1) for line in _info(SHIPPED_MODEL, capsys)[1].splitlines())
