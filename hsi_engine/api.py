@@ -24,7 +24,7 @@ from ssrn.errors import check_flag, is_whole
 
 from .dask_client import refuse_unguarded_main, releases_task_thread
 from .errors import (IrregularGridError, OptionError, OutputError, SceneError,
-                     UnnormalisedInputWarning, user_stacklevel)
+                     UnnormalisedInputWarning, user_stacklevel, warn_each_call)
 from .georef import georeferenced, grid_transform, scene_gcps, scene_georef, scene_name, with_window_gcps
 from .io import as_scene, open_scene
 from .logs import quiet_affine_mul, warnings_ignored
@@ -121,23 +121,21 @@ def _warn_given_nodata(da: xr.DataArray, nodata: float) -> None:
     if math.isnan(nodata):
         declared = declared_nodata(da)
         if da.dtype.kind in "uib":
-            warnings.warn(f"nodata=nan (--nodata nan) masks nothing in this {da.dtype} scene (integers hold no NaN)"
-                          + (f" and replaces its declared nodata value {declared:g}: leave nodata unset (no "
-                             "--nodata) to use it, or the integer its fill pixels hold" if declared is not None else
-                             ": pass the integer its fill pixels hold"), UserWarning, stacklevel=user_stacklevel())
+            warn_each_call(f"nodata=nan (--nodata nan) masks nothing in this {da.dtype} scene (integers hold no NaN)"
+                           + (f" and replaces its declared nodata value {declared:g}: leave nodata unset (no "
+                              "--nodata) to use it, or the integer its fill pixels hold" if declared is not None else
+                              ": pass the integer its fill pixels hold"))
         elif declared is not None and not math.isnan(declared):
-            warnings.warn(f"nodata=nan (--nodata nan) replaces this scene's declared nodata value {declared:g}, so "
-                          f"pixels holding {declared:g} are classified, not class 0. NaN is masked with the declared "
-                          "value too: pass nodata=None (no --nodata) to mask both", UserWarning,
-                          stacklevel=user_stacklevel())
+            warn_each_call(f"nodata=nan (--nodata nan) replaces this scene's declared nodata value {declared:g}, so "
+                           f"pixels holding {declared:g} are classified, not class 0. NaN is masked with the declared "
+                           "value too: pass nodata=None (no --nodata) to mask both")
         return
     if da.dtype.kind in "ui":
         info = np.iinfo(da.dtype)
         if not (nodata.is_integer() and (info.min <= nodata <= info.max or nodata == float(info.max))):
             # (2**64 - 1, GDAL's UInt64 nodata, is 2**64 as a float: the mask compares it so and finds its pixels)
-            warnings.warn(f"nodata={nodata:g} (--nodata {nodata:g}) masks nothing in this {da.dtype} scene (it "
-                          f"holds whole numbers {info.min}..{info.max}): pass the value its fill pixels hold",
-                          UserWarning, stacklevel=user_stacklevel())
+            warn_each_call(f"nodata={nodata:g} (--nodata {nodata:g}) masks nothing in this {da.dtype} scene (it "
+                           f"holds whole numbers {info.min}..{info.max}): pass the value its fill pixels hold")
             return
     try:
         declared = declared_nodata(da)
@@ -148,11 +146,10 @@ def _warn_given_nodata(da: xr.DataArray, nodata: float) -> None:
     if declared is not None and not same and not math.isnan(declared):
         if f"{nodata:g}" == f"{declared:g}":  # (-3.40282e+38 given, float32's -3.4028235e+38 declared: both print so)
             nodata, declared = _Shown(nodata), _Shown(declared)
-        warnings.warn(f"nodata={nodata:g} (--nodata {nodata:g}) replaces this scene's declared nodata value "
-                      f"{declared:g}: one nodata value is read, so pixels holding {declared:g} are classified, not "
-                      f"class 0. To mask both, make one fill of them first (scene.where(scene != {nodata:g}, "
-                      f"{declared:g}), then no nodata=), or pass nodata=None (no --nodata) to use the declared one",
-                      UserWarning, stacklevel=user_stacklevel())
+        warn_each_call(f"nodata={nodata:g} (--nodata {nodata:g}) replaces this scene's declared nodata value "
+                       f"{declared:g}: one nodata value is read, so pixels holding {declared:g} are classified, not "
+                       f"class 0. To mask both, make one fill of them first (scene.where(scene != {nodata:g}, "
+                       f"{declared:g}), then no nodata=), or pass nodata=None (no --nodata) to use the declared one")
 
 
 class _Job:
@@ -216,11 +213,11 @@ class _Job:
             self.std = np.ones(bands) if self.std is None else self.std
             self.mean[model_bad] = np.nan
         if not trained_stats and da.dtype.kind in "ui":
-            warnings.warn(f"the model has no per-band mean/std (model.json meta), so the scene is taken as already "
-                          f"normalised, but it holds {da.dtype} values (raw counts or scaled reflectance): the map "
-                          "will be meaningless. Use a model that records its normalisation (trained with "
-                          "`hsi-engine train`, or `import-keras --dataset NAME`), or normalise the scene first",
-                          UnnormalisedInputWarning, stacklevel=user_stacklevel())
+            warn_each_call(f"the model has no per-band mean/std (model.json meta), so the scene is taken as already "
+                           f"normalised, but it holds {da.dtype} values (raw counts or scaled reflectance): the map "
+                           "will be meaningless. Use a model that records its normalisation (trained with "
+                           "`hsi-engine train`, or `import-keras --dataset NAME`), or normalise the scene first",
+                           UnnormalisedInputWarning)
         warn_other_pixel_size(da, self.meta, self.source or "the scene")
         self.nodata = nodata if nodata is not None else declared_nodata(da)
         if nodata is not None:

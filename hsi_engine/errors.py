@@ -81,6 +81,25 @@ def user_stacklevel() -> int:
     return level
 
 
+def warn_each_call(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` at the user's line, shown by every call that deserves it (filters still apply: ``once``,
+    ``ignore``, ``error``): Python's default shows a message once per line of code until the filters change, so of a
+    service's overlapping calls on several unnormalised scenes one was said and the others' maps went unflagged."""
+    import os
+    import sys
+    import warnings
+
+    pkg = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame = sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg):
+        frame = frame.f_back
+    if frame is None:
+        warnings.warn(message, category, stacklevel=2)
+        return
+    warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
+                           module=frame.f_globals.get("__name__"), registry=None)
+
+
 __all__ = ["BandMismatchError", "CheckpointError", "ClusterUsageError", "CorruptChunkError", "HSIEngineError",
            "IrregularGridError", "MissingSpatialDimsError", "NonFiniteInputError", "OptionError", "OutputError",
            "SceneError", "SceneNotFoundError", "SceneTooSmallError", "UnnormalisedInputWarning",
