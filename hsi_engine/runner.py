@@ -625,8 +625,9 @@ class _LoggedProgress:
     cluster's, a model's compile) does not dilute it: the first tile's line has no estimate yet. The tqdm calls
     the runners use."""
 
-    def __init__(self, total: int, status: Callable[[], str | None] | None = None) -> None:
+    def __init__(self, total: int, status: Callable[[], str | None] | None = None, name: str | None = None) -> None:
         self.every = LOG_PROGRESS_EVERY_S
+        self.what = f"classify {name}" if name else "classify"  # (a service's concurrent runs told apart)
         self.total, self.n = int(total), 0
         self.t0 = self.last_log = self.last_progress = self.last_tile = time.perf_counter()
         self.first: tuple[float, int] | None = None  # (time, pixels) when the first tile finished
@@ -670,20 +671,20 @@ class _LoggedProgress:
                 usual = (self.last_tile - self.first[0]) / (self.tiles - 1)
                 late = quiet >= max(self.every, 3 * usual)
             if why or late:
-                log.warning("classify: no tile finished in the last %s; %s done%s", _duration(quiet), done,
+                log.warning("%s: no tile finished in the last %s; %s done%s", self.what, _duration(quiet), done,
                             f"; {why}" if why else "")
             else:
-                log.info("classify: no tile finished in the last %s (%s); %s done", _duration(quiet),
+                log.info("%s: no tile finished in the last %s (%s); %s done", self.what, _duration(quiet),
                          "the first tiles, with the start-up" if usual is None
                          else f"a tile takes about {_duration(usual)} here", done)
             return
         if self.first is None or self.n <= self.first[1]:  # one tile in: its time holds the start-up
-            log.info("classify: %s done (an estimate once the next tile finishes)", done)
+            log.info("%s: %s done (an estimate once the next tile finishes)", self.what, done)
             return
         t, n = self.first
         rate = (self.n - n) / max(now - t, 1e-9)
-        log.info("classify: %s at %s, about %s left", done, _rate(rate), _duration((self.total - self.n) /
-                                                                                 max(rate, 1e-9)))
+        log.info("%s: %s at %s, about %s left", self.what, done, _rate(rate),
+                 _duration((self.total - self.n) / max(rate, 1e-9)))
 
     def close(self) -> None:
         self._stop.set()
@@ -711,17 +712,18 @@ def _duration(s: float) -> str:
         else f"{s} s"
 
 
-def _progress_bar(total: int, enabled: bool | None, status: Callable[[], str | None] | None = None):
+def _progress_bar(total: int, enabled: bool | None, status: Callable[[], str | None] | None = None,
+                  name: str | None = None):
     """A tqdm bar on a terminal or in a Jupyter kernel (``enabled`` True, or None and stderr is a terminal or a
     notebook's); None elsewhere: log lines (:class:`_LoggedProgress`, with ``status`` saying why a stalled run
     stalls); False: nothing."""
     notebook = _in_notebook()
     if sys.stderr is None and not notebook:  # pythonw, a closed fd 2 (``2>&-``): no terminal to draw on
-        return _LoggedProgress(total, status) if enabled is None else _NoProgress()
+        return _LoggedProgress(total, status, name) if enabled is None else _NoProgress()
     if enabled is None:
         # a notebook's stderr is no terminal, and the log lines reach no handler there: a run had shown nothing
         if not notebook and not sys.stderr.isatty():
-            return _LoggedProgress(total, status)
+            return _LoggedProgress(total, status, name)
         enabled = True
     if not enabled:  # (a disabled tqdm still starts its monitor thread, left running after the call)
         return _NoProgress()
@@ -885,7 +887,8 @@ def run_plan(scene: Any, plan: TilePlan, engine: Any, sink: Sink, *, mean: np.nd
     tiles = iter(plan.tiles)
     pending: collections.deque[Future] = collections.deque()
     writes: collections.deque[Future] = collections.deque()
-    bar = _progress_bar(sum(t.pixels for t in plan), progress)  # a resumed run's plan holds only its tiles
+    source = getattr(scene, "encoding", {}).get("source")  # (its progress lines say which run they are)
+    bar = _progress_bar(sum(t.pixels for t in plan), progress, name=source)  # a resumed run's: only its tiles
     t_start = time.perf_counter()
     wpool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsi-write")
     try:

@@ -290,6 +290,13 @@ def test_without_a_terminal_progress_is_a_log_line_not_a_bar(monkeypatch, caplog
     with caplog.at_level(logging.INFO, "hsi_engine.runner"):
         run_plan(_cube(np.float32), plan, FusedSSRN(m, backend="eager"), sink, progress=False)
     assert not any(r.getMessage().startswith("classify: ") for r in caplog.records)
+    import xarray as xr
+
+    scene = xr.DataArray(_cube(np.float32), dims=("band", "y", "x"))
+    scene.encoding["source"] = "/data/scene_a.tif"  # a service's concurrent runs: their lines say which run
+    with caplog.at_level(logging.INFO, "hsi_engine.runner"):
+        run_plan(scene, plan, FusedSSRN(m, backend="eager"), sink)
+    assert any(r.getMessage().startswith("classify /data/scene_a.tif: ") for r in caplog.records)
 
 
 class _FakeTime:
