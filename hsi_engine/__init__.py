@@ -28,7 +28,7 @@ _lazy_getattr, _lazy_dir, _ = lazy_loader.attach(
     __name__,
     submodules=["accessor", "allocator", "api", "blocks", "cli", "cluster", "commit_journal", "cube", "dask_client",
                 "demo", "envi", "errors", "fused", "georef", "geotiff", "integrity", "io", "lock", "logs", "map_info",
-                "model_info", "normalise", "outputs", "owned", "products", "render", "resume", "runner",
+                "model_info", "normalise", "output_space", "outputs", "owned", "products", "render", "resume", "runner",
                 "scene_checks", "scene_identity", "stores", "tiles", "training", "wavelengths", "whole", "writers"],
     submod_attrs={
         "accessor": ["HSIAccessor"],

@@ -20,8 +20,9 @@
   Written into ``.<name>.tmp-<random>`` and renamed into place at commit.
 
 Every writer refuses an existing output unless ``overwrite=True``, checks up front that the directory is
-writable, warns when there is no georeferencing, and on ``abort`` (or an exception inside ``with``, Ctrl-C and
-``SystemExit`` included) removes everything temporary and leaves the requested path untouched.
+writable and that its file system has room (:mod:`hsi_engine.output_space`: a warning where it may not), warns when
+there is no georeferencing, and on ``abort`` (or an exception inside ``with``, Ctrl-C and ``SystemExit`` included)
+removes everything temporary and leaves the requested path untouched.
 
 ``overwrite=True`` replaces only what hsi-engine wrote, and the whole of it: a ``.zarr`` path must hold a
 store whose root ``zarr.json`` carries ``title = "hsi-engine class map"`` (any other directory is refused, not
@@ -40,8 +41,8 @@ import json
 import logging
 import os
 import re
-import shutil
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Sequence
@@ -62,6 +63,7 @@ from .outputs import (CONFIDENCE_QUANTITY, MAP_NODATA_MEANING, PROBABILITY_QUANT
                       check_output_suffix, check_replaceable, ensure_output_dir, in_the_way, ours_aux, path_present,
                       raised_by_program, remove_tree, side_paths, tiff_quantity)
 from .outputs import URL, check_not_scene, is_hsi_zarr, sweep_leftovers, zarr_root_attributes, zarr_unusable
+from .output_space import check_free_space, conversion_bytes, free_bytes, store_bytes
 
 __all__ = ["ClassMapWriter", "GeoTiffClassMapWriter", "ZarrClassMapWriter", "default_palette", "open_writer",
            "write_classmap",
@@ -219,17 +221,27 @@ def _io_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _write_failed(path: Path, e: BaseException) -> OutputError:
-    """The error for an output that could not be written: names a full file system (GDAL says only 'IO error')."""
-    try:
-        free = shutil.disk_usage(path.parent).free
-    except OSError:
-        free = None
+def _write_failed(path: Path, e: BaseException, began_free: int | None = None,
+                  writes: int | None = None) -> OutputError:
+    """The error for an output that could not be written: names a full file system (GDAL says only 'IO error').
+
+    ``began_free`` / ``writes``: the free space when a GeoTIFF conversion began and about what it writes. GDAL deletes
+    the copy it could not finish before raising, so the disk that it filled has room again by then, and libtiff
+    prints its 'No space left on device' to stderr only: the error said 'a write failed ... check that the location
+    is writable and healthy'."""
+    free = free_bytes(path.parent)
+    short = began_free is not None and writes is not None and began_free < writes
     full = getattr(e, "errno", None) == errno.ENOSPC or "no space left" in str(e).lower() or (
-        free is not None and free < (1 << 20))
+        free is not None and free < (1 << 20)) or short
     if full:
-        why = "the file system is full" + (f" ({free:,} bytes free)" if free is not None else "")
-        fix = "free space there or choose another location"
+        if free is not None and free < (1 << 20) or not short:
+            why = "the file system is full" + (f" ({free:,} bytes free)" if free is not None else "")
+        else:
+            why = (f"the file system is full (converting the tiles to a Cloud-Optimised GeoTIFF writes about "
+                   f"{_human(writes)}, and {_human(began_free)} was free when it began)")
+        fix = "free space there, or choose another location (--out)" + (
+            "; a GeoTIFF takes about twice its size at the end of the run (its tiles and their Cloud-Optimised "
+            "copy), the probabilities most of it where it has them" if path.suffix.lower() in TIFF_SUFFIXES else "")
     elif any(w in str(e).lower() for w in ("cannot allocate", "out of memory")) or isinstance(e, MemoryError):
         why, fix = "out of memory", ("give the process more memory, or use less: a smaller --tile (tile=...), "
                                      "fewer --readers, or set GDAL_CACHEMAX (e.g. GDAL_CACHEMAX=64, MB)")
@@ -244,6 +256,20 @@ def _write_failed(path: Path, e: BaseException) -> OutputError:
             f"; this process may write files of at most {limit:,} bytes (ulimit -f), which a large output passes"
             if limit else "")
     return OutputError(f"cannot write the class map {path}: {why} ({e}); {fix}")
+
+
+def _file_bytes(path: Path) -> int:
+    """The size of the file at ``path``, 0 when there is none."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _human(n: int) -> str:
+    from .cube import human_bytes
+
+    return human_bytes(n)
 
 
 def _open_failed(where: Path, e: BaseException) -> OutputError:
@@ -427,6 +453,13 @@ class ClassMapWriter:
         self._check_target()
 
     # ---- checks -------------------------------------------------------------------------------
+    def _check_space(self, *, geotiff: bool, staged: bool = False, present: int = 0) -> None:
+        """Before any tile: refuse an output the file system certainly cannot hold, warn of one it may not
+        (:func:`~hsi_engine.output_space.check_free_space`)."""
+        check_free_space(self.path, height=self.height, width=self.width, n_classes=self.n_classes,
+                         probabilities=self.probabilities, confidence=self.confidence, block=self.block,
+                         geotiff=geotiff, staged=staged and geotiff, present=present)
+
     def _targets(self) -> list[Path]:
         return [self.path]
 
@@ -590,6 +623,7 @@ class GeoTiffClassMapWriter(ClassMapWriter):
             specs["confidence"] = dict(count=1, dtype="float32", nodata=float("nan"))
         self._final = {k: (self.path if k == "labels" else self._sides[k]) for k in specs}
         self._there_at_start = {t for t in (*self._final.values(), self._sides["aux"]) if path_present(t)}
+        self._check_space(geotiff=True)
         self._tmp: dict[str, Path] = {}
         self._datasets: dict[str, Any] = {}
         # GDAL keeps written blocks in its block cache (5 % of RAM by default) until the file closes: a scene's
@@ -686,8 +720,15 @@ class GeoTiffClassMapWriter(ClassMapWriter):
         from rasterio.errors import NotGeoreferencedWarning
         from rasterio.shutil import copy as rio_copy
 
+        began = time.perf_counter()
         with self._gdal_cache():  # closing writes the cached blocks out
             self._close()
+        tiles = {key: _file_bytes(tmp) for key, tmp in self._tmp.items()}
+        # after the last tile's progress line, a large map's conversion runs for minutes on one thread: said
+        log.info("committing %s: converting its %d x %d pixels (%s; %s of deflated tiles) to Cloud-Optimised GeoTIFF "
+                 "with overviews, on one thread", self.path, self.height, self.width,
+                 ", ".join("classes" if k == "labels" else k for k in self._tmp),
+                 _human(sum(tiles.values())))
         cogs: list[tuple[Path, Path]] = []
         for key, tmp in self._tmp.items():
             target = self._final[key]
@@ -699,11 +740,18 @@ class GeoTiffClassMapWriter(ClassMapWriter):
             float16 = key == "probabilities" and self.probabilities == "float16"
             if float16:
                 opts["NBITS"] = 16
-            with warnings_ignored(NotGeoreferencedWarning, _NO_GEOTRANSFORM), \
-                    (_quiet_float16_padding() if float16 else contextlib.nullcontext()), self._gdal_cache(), \
-                    zeroed_allocations():  # edge tiles' padding: zeros, not freed memory of this process
-                rio_copy(str(tmp), str(cog), **opts)
+            free = free_bytes(cog.parent)  # (a failed copy is deleted before GDAL raises: its disk has room again)
+            try:
+                with warnings_ignored(NotGeoreferencedWarning, _NO_GEOTRANSFORM), \
+                        (_quiet_float16_padding() if float16 else contextlib.nullcontext()), self._gdal_cache(), \
+                        zeroed_allocations():  # edge tiles' padding: zeros, not freed memory of this process
+                    rio_copy(str(tmp), str(cog), **opts)
+            except _io_errors() as e:
+                if raised_by_program(e):
+                    raise
+                raise _write_failed(self.path, e, began_free=free, writes=conversion_bytes(tiles[key])) from None
             cogs.append((cog, target))
+        written = sum(_file_bytes(cog) for cog, _ in cogs)
         aux_tmp = self._tmp_name(self._sides["aux"])
         self._temps.append(aux_tmp)
         aux_tmp.write_text(self._aux_xml(), encoding="utf-8")  # GDAL reads PAM XML as UTF-8
@@ -722,6 +770,7 @@ class GeoTiffClassMapWriter(ClassMapWriter):
         self._temps += _replace_all(installs, [p for p in stale if p.is_file() or p.is_symlink()],
                                     lambda p: self._tmp_name(p, "old"), journal=self.path)  # (old: with the temps)
         self.committed = True  # now, not once commit() returns: a signal landing on the way is after the map
+        log.info("committed %s in %.1f s (%s written)", self.path, time.perf_counter() - began, _human(written))
 
     def _stale_sides(self) -> list[Path]:
         """The old output's ``_probabilities``/``_confidence`` files this run does not write (and their ``.aux.xml``
@@ -753,6 +802,9 @@ class ZarrClassMapWriter(ClassMapWriter):
     def __init__(self, path: Path, **kw):
         super().__init__(path, **kw)
         self._tmp = self._tmp_name(self.path)
+        # a .tif output staged in a resumable store (its .partial) is converted at the end; one resumed is on disk
+        self._check_space(geotiff=self.path.suffix.lower() in TIFF_SUFFIXES, staged=True,
+                          present=store_bytes(self._tmp))
         self._temps.append(self._tmp)
         try:
             self._create()

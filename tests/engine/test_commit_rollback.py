@@ -240,8 +240,6 @@ def test_a_commit_that_fills_the_disk_is_named_full_though_its_temps_free_it(tmp
 
     import rasterio.errors
 
-    from hsi_engine import writers
-
     w = open_writer(tmp_path / "m.tif", height=8, width=8, n_classes=2)
     w.write(0, 0, np.ones((8, 8), np.uint8))
     assert w._temps and all(t.exists() for t in w._temps)
@@ -251,7 +249,7 @@ def test_a_commit_that_fills_the_disk_is_named_full_though_its_temps_free_it(tmp
 
     real = shutil.disk_usage
     monkeypatch.setattr(w, "_commit", filling)
-    monkeypatch.setattr(writers.shutil, "disk_usage",  # full while the temps are on it
+    monkeypatch.setattr(shutil, "disk_usage",  # full while the temps are on it
                         lambda p: real(p)._replace(free=0 if any(t.exists() for t in w._temps) else 1 << 40))
     with pytest.raises(OutputError, match="the file system is full"):
         w.commit()
