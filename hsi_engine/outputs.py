@@ -111,7 +111,9 @@ def _tiff_tags(path: Path) -> dict[str, str] | None:
     try:  # (a map in pixel coordinates: rasterio's warning; catch_warnings would mute other threads' warnings)
         with warnings_ignored(NotGeoreferencedWarning), rasterio.open(path, driver="GTiff") as f:
             return f.tags()  # (a VRT saved under the name is no map of ours: its sources are not opened)
-    except Exception:  # noqa: BLE001 - anything GDAL cannot open is not a map we wrote
+    except Exception as e:  # noqa: BLE001 - anything GDAL cannot open is not a map we wrote
+        if isinstance(e, OSError) and raised_by_program(e):  # (a service's deadline: not "no map of ours", which
+            raise  # left an old model's probabilities beside a new map, or called a valid map foreign)
         return None
 
 

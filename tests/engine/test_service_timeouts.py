@@ -54,3 +54,26 @@ def test_a_timeout_mid_run_is_not_a_disk_failure(monkeypatch, tmp_path):
     with pytest.raises(SceneTimeout, match="the service's limit"):
         hsi_engine.classify_to_file(cube, model, tmp_path / "m.tif", tile=8, resume=True, progress=False)
     assert len(calls) >= 2
+
+
+def test_a_timeout_while_an_old_output_is_checked_is_not_a_foreign_file(monkeypatch, tmp_path):
+    """The check of what stands at the output read a deadline as "not a map we wrote": a valid map was called
+    foreign (delete it yourself), or an old model's probabilities were left beside the new map (the call returned)."""
+    import rasterio
+
+    cube, model = _case()
+    out = tmp_path / "m.tif"
+    hsi_engine.classify_to_file(cube, model, out, progress=False, probabilities=True)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_open = rasterio.open
+
+    def deadline_at_probabilities(path, *a, **k):
+        if str(path).endswith("m_probabilities.tif"):
+            raise SceneTimeout("the service's limit")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(rasterio, "open", deadline_at_probabilities)
+    for probabilities in (True, False):  # (without them, the old probabilities file is a stale side to remove)
+        with pytest.raises(SceneTimeout, match="the service's limit"):
+            hsi_engine.classify_to_file(cube, model, out, progress=False, overwrite=True, probabilities=probabilities)
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
