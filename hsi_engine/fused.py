@@ -511,6 +511,9 @@ class FusedSSRN:
                                   "precision")
         if self.backend != "compile" or self._compiled_once:
             return self._run(x)
+        from kernels.dispatch import program_exception
+
+        interrupted = None
         try:  # the first call compiles: if that fails (no C++ compiler for inductor, an unsupported op), go eager
             out = self._run(x)
             self._compiled_once = True
@@ -518,9 +521,13 @@ class FusedSSRN:
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - the compiler's own error types vary by version
+            # a service's deadline (a TimeoutError from its signal handler) that dynamo wrapped is no compiler failure
+            interrupted = program_exception(e)
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             if "PermissionError" in reason or "Read-only file system" in reason:
                 reason += "; point TORCHINDUCTOR_CACHE_DIR (the compiler's cache) at a writable directory"
+        if interrupted is not None:  # as itself, outside the handler; the next call compiles again
+            raise interrupted
         log.warning("torch.compile failed on the first tile (%s); falling back to the eager backend for the "
                     "whole run", reason)
         self._use_eager()

@@ -25,9 +25,13 @@ One small function decides (STYLE: never an environment variable read at import 
   eager, warm-up included (benchmarks/results/compile-cpu.md).
 
 Asking for ``triton`` where it cannot run falls back with ONE warning on
-``logging.getLogger("kernels.dispatch")`` (per device and reason), never an exception; so does ``compile`` where
-``torch.compile`` cannot start (its cache directory, ``TORCHINDUCTOR_CACHE_DIR``, cannot be created: torch makes it
-when the compiler is imported). ``triton`` on CPU under the interpreter runs, with one warning that it is slow.
+``logging.getLogger("kernels.dispatch")`` per process (per device and reason: a service's log is not flooded
+request after request), then an INFO line at each later fallback (a request that asked for a backend and runs
+another is never silent), never an exception; so does ``compile`` where ``torch.compile`` cannot start (its cache
+directory, ``TORCHINDUCTOR_CACHE_DIR``, cannot be created: torch makes it when the compiler is imported).
+``triton`` on CPU under the interpreter runs, with one warning that it is slow. A timeout or interruption the
+caller's program raised while a backend was being checked (:func:`program_exception`: a service's deadline from a
+signal handler) propagates as itself: it is never reported, nor cached, as the backend's failure.
 """
 
 from __future__ import annotations
@@ -91,11 +95,51 @@ def _triton_unavailable_reason(device: torch.device) -> str | None:
     return _triton_import_error()
 
 
-@functools.lru_cache(maxsize=None)
+def program_exception(e: BaseException) -> BaseException | None:
+    """The exception the caller's program raised that ``e`` is or wraps (on its ``__cause__`` / ``__context__``
+    chain), else None: ``KeyboardInterrupt``, ``SystemExit``, or a ``TimeoutError`` / ``InterruptedError`` without
+    an errno (a service's deadline raised from a signal handler; the rule of ``hsi_engine.outputs.raised_by_program``).
+    torch.compile wraps what a first call raised (``TorchRuntimeError``, ``InternalTorchDynamoError``, often
+    ``from None``, which keeps ``__context__``): such an exception must reach the program as itself, never be taken
+    for a backend's failure."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [e]
+    while todo:
+        cur = todo.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, (KeyboardInterrupt, SystemExit)) or (
+                isinstance(cur, (TimeoutError, InterruptedError)) and cur.errno is None):
+            return cur
+        todo += [cur.__context__, cur.__cause__]  # the cause first
+    return None
+
+
+class _Transient(Exception):
+    """A failure that says nothing about the next try (out of memory), carrying its reason past a cache."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def _triton_self_check(device: torch.device, dtype: torch.dtype = torch.float32) -> str | None:
     """Run the kernel once in ``dtype`` on a tiny random program; None when it matches the float32 reference
-    (to 1e-3 in float32, to 5 % of the largest feature in bf16 / fp16). One small config, pinned: autotuning
-    over every config for a 23-band toy would cost a dozen compiles before the real work starts."""
+    (to 1e-3 in float32, to 5 % of the largest feature in bf16 / fp16), else why not. The verdict is cached per
+    device and dtype, except an out-of-memory failure's (the next engine tries again); a timeout or interruption
+    the program raised propagates (:func:`program_exception`) and is not cached either."""
+    try:
+        return _triton_self_check_cached(device, dtype)
+    except _Transient as t:
+        return t.reason
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_self_check_cached(device: torch.device, dtype: torch.dtype) -> str | None:
+    """:func:`_triton_self_check`'s run. One small config, pinned: autotuning over every config for a 23-band toy
+    would cost a dozen compiles before the real work starts."""
+    interrupted = None
     try:
         from .spectral import _SMALL_PLAIN, _random_program, spectral_stage_triton
 
@@ -109,8 +153,15 @@ def _triton_self_check(device: torch.device, dtype: torch.dtype = torch.float32)
         if not torch.allclose(out, ref, rtol=tol, atol=tol):
             return (f"the Triton kernel's {dtype} self-check differs from the reference by "
                     f"{(out - ref).abs().max():.3g}")
+    except torch.cuda.OutOfMemoryError as e:  # another engine holds the memory now: not cached
+        raise _Transient(f"the Triton kernel's self-check ran out of memory ({(str(e).splitlines() or [''])[0]})") \
+            from None
     except Exception as e:  # noqa: BLE001 - any failure means: do not pick triton automatically
-        return f"the Triton kernel failed its self-check ({type(e).__name__}: {e})"
+        interrupted = program_exception(e)
+        if interrupted is None:
+            return f"the Triton kernel failed its self-check ({type(e).__name__}: {e})"
+    if interrupted is not None:  # raised outside the handler: the program's exception as it was, not cached
+        raise interrupted
     return None
 
 
@@ -128,6 +179,15 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
 @functools.lru_cache(maxsize=None)
 def _warn_once(message: str) -> None:
     log.warning(message)
+
+
+def _fell_back(message: str) -> None:
+    """Say that a request runs another backend than it asked for: a WARNING the first time per process
+    (:func:`_warn_once`), an INFO line each later time, so no request falls back silently."""
+    hits = _warn_once.cache_info().hits
+    _warn_once(message)
+    if _warn_once.cache_info().hits > hits:  # (another thread's hit in between adds one INFO line, never hides one)
+        log.info(message)
 
 
 def _check_dtype(dtype: torch.dtype) -> None:
@@ -170,7 +230,7 @@ def resolve_backend(backend: str, device: torch.device | str | None = None,
         if dev.type == "cuda" and dtype != torch.float32:  # where auto would pick the kernel
             reason = _triton_unavailable_reason(dev) or _triton_self_check(dev, dtype)
             if reason is not None:  # the kernel is several times faster: a DEBUG line had been all that said so
-                _warn_once(f"spectral backend 'auto' runs the {str(dtype).removeprefix('torch.')} spectral stage on "
+                _fell_back(f"spectral backend 'auto' runs the {str(dtype).removeprefix('torch.')} spectral stage on "
                            f"the eager backend: the Triton kernel, several times faster on a GPU, cannot run here "
                            f"({reason}); install a Triton that matches torch (pip install 'hsi-engine[gpu]'), or "
                            "pass backend='eager' (--backend eager) to choose eager")
@@ -179,7 +239,7 @@ def resolve_backend(backend: str, device: torch.device | str | None = None,
         reason = _triton_unavailable_reason(dev)
         if reason is not None:
             fallback = "eager"
-            _warn_once(f"spectral backend 'triton' is not available ({reason}); falling back to '{fallback}'")
+            _fell_back(f"spectral backend 'triton' is not available ({reason}); falling back to '{fallback}'")
             return fallback
         if dev.type == "cpu":  # runs only under the interpreter (reason None): correct, but over 1000x slower
             _warn_once("spectral backend 'triton' on CPU runs Triton's interpreter (TRITON_INTERPRET=1 is set), "
@@ -189,7 +249,7 @@ def resolve_backend(backend: str, device: torch.device | str | None = None,
     if backend == "compile":
         reason = _compile_failure(dev.type)
         if reason is not None:
-            _warn_once(f"torch.compile failed to start ({reason}); falling back to the eager backend for the "
+            _fell_back(f"torch.compile failed to start ({reason}); falling back to the eager backend for the "
                        "whole run")
             return "eager"
     return backend
@@ -200,17 +260,28 @@ def _compile_failure(device_type: str) -> str | None:
     """None when the compiled stage for ``device_type`` can be made; else why not (cached: torch's compiler is
     imported once per process, and an import that failed half-way cannot be retried). ``torch.compile`` imports
     ``torch._dynamo``, which creates the compiler's cache directory: an unusable ``TORCHINDUCTOR_CACHE_DIR``
-    (read-only, or under a file) fails there, before any first-tile fallback could catch it."""
+    (read-only, or under a file) fails there, before any first-tile fallback could catch it. A timeout or
+    interruption the program raised meanwhile (:func:`program_exception`) propagates, and nothing is cached."""
+    interrupted = None
     try:
         _compiled(device_type)
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 - the compiler's own error types vary by version: run eager
+        interrupted = program_exception(e)  # a TimeoutError is an OSError: not a cache directory's failure
+        if interrupted is None:
+            return _compile_reason(e)
+    if interrupted is not None:  # raised outside the handler: the program's exception as it was
+        raise interrupted
+    return None
+
+
+def _compile_reason(e: Exception) -> str:
+    """Why ``torch.compile`` could not start, from what it raised (an OSError: its cache directory)."""
+    if isinstance(e, OSError):
         where = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
         asked = f"TORCHINDUCTOR_CACHE_DIR={where}" if where else "its default, TORCHINDUCTOR_CACHE_DIR unset"
         return (f"{type(e).__name__}: {e}: the compiler's cache directory ({asked}) cannot be created; point "
                 "TORCHINDUCTOR_CACHE_DIR (the compiler's cache) at a writable directory")
-    except Exception as e:  # noqa: BLE001 - the compiler's own error types vary by version: run eager
-        return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
-    return None
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
 
 
 @functools.lru_cache(maxsize=None)
