@@ -4,7 +4,9 @@ Task granularity: one task per output tile. The tile side is rounded up to a mul
 zarr is chunked with exactly that side, so a task owns one chunk of every output array: workers write their
 tiles straight into the output store (region writes of whole chunks, no read-modify-write shared between
 tasks) and then set the tile's cell of the completion record (see :mod:`hsi_engine.resume`). Any tile size
-gives the same map (the engine's exactness invariant), so the rounding does not change the result.
+gives the same map (the engine's exactness invariant), so the rounding does not change the result. The driver
+keeps a bounded window of tasks submitted (a few per worker thread, at least 512), refilled in plan order as
+tiles finish, so a scene of 150,000 tiles does not flood the scheduler.
 
 Workers. ``workers=N``: a local cluster, CPU workers as ``LocalCluster(n_workers=N, threads_per_worker=1,
 processes=True)``; with CUDA, one worker per GPU (``dask_cuda.LocalCUDACluster`` when installed, else one
@@ -66,7 +68,7 @@ from .outputs import raised_by_program
 from .owned import closes_its_scenes, open_owned
 from .resume import (MAP_VERSION, OWNER_ATTR, ResumableZarrWriter, check_owner, describe_differences, discard_partial,
                      finished_with, mark_tile, model_digest, partial_path, partial_tile, pinned_store, provenance,
-                     read_record, recorded_fingerprint, refuse_outputs_in_the_way, resolved_spatial_precision,
+                     read_record_cell, recorded_fingerprint, refuse_outputs_in_the_way, resolved_spatial_precision,
                      store_replaced)
 from .scene_identity import scene_changed, scene_identity, scene_state
 from .tiles import Tile, TilePlan, default_tile, describe_plan, normalise_tile
@@ -532,7 +534,7 @@ def _already_written(spec: TaskSpec, row: int, col: int) -> int | None:
 
     try:
         g = zarr.open_group(spec.store, mode="r")
-        if dict(g.attrs).get(OWNER_ATTR) != spec.token or int(read_record(spec.store)[row, col]) != spec.run:
+        if dict(g.attrs).get(OWNER_ATTR) != spec.token or read_record_cell(spec.store, row, col) != spec.run:
             return None
         ys = slice(row * spec.tile, (row + 1) * spec.tile)
         xs = slice(col * spec.tile, (col + 1) * spec.tile)
@@ -576,24 +578,29 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
             scene_arg.release()
         raise
     by_key = {f"hsi-tile-{spec.token[:8]}-{t.index}": t for t in tiles}
-    pending = {key: client.submit(_tile_task, spec, t, scene_arg, model_arg, key=key, resources=resources,
-                                  pure=False) for key, t in by_key.items()}
+
+    def submit(key: str) -> Any:
+        return client.submit(_tile_task, spec, by_key[key], scene_arg, model_arg, key=key, resources=resources,
+                             pure=False)
+
+    window = _TaskWindow(submit, list(by_key), as_completed(loop=client.loop), lambda: _window_size(client))
     status = _ClusterStatus(client, local)
     bar = _progress_bar(sum(t.pixels for t in tiles), progress, status)
-    submitted = list(pending.values())
     own = local or _watchable(client)
-    watch = _OwnWorkersGone(client, submitted) if own else None
+    watch = _OwnWorkersGone(client, window.close) if own else None
     # a stall is told whatever the display (the log lines' own timer tells it there); an own cluster whose every
     # worker stays paused is stopped: hung for ever before, silently with progress=False or on a terminal
-    stall = _StallWatch(client, submitted, status, warn=not isinstance(bar, _LoggedProgress),
+    stall = _StallWatch(client, window.close, status, warn=not isinstance(bar, _LoggedProgress),
                         stop_after=PAUSED_STOP_S if own else None, tiles=len(tiles), local=local)
     pids: set[int] = set()
     nodata_px = reused = 0
+    fut = None
     try:
-        for fut in as_completed(list(pending.values())):
+        window.fill()
+        for fut in window.completed:
             # a finished tile's result is dropped at once: while the driver held it, a worker that died took
             # the result with it and the scheduler recomputed a tile already written
-            del pending[fut.key]
+            window.finished(fut)
             try:
                 res = fut.result()  # re-raises the task's error (bad input, store gone...)
             except Exception as e:
@@ -623,12 +630,19 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
             nodata_px += res["nodata_px"]
             bar.update(res["pixels"])
             stall.tile_done()
+            window.fill()  # the next tiles, as many as finished
+        if window.left():  # a watcher stopped the run just after the last tile in flight finished
+            if watch is not None and watch.gone.is_set():
+                raise _own_workers_gone(client, local)
+            raise stall.error or WorkerLostError("the run was stopped before every tile was submitted; rerun with "
+                                                 "--resume (resume=True) to finish it")
     except BaseException:
-        client.cancel(list(pending.values()))
+        in_flight = window.close()
+        client.cancel(in_flight)
         # released now: the error's traceback holds this frame (its futures), and the client holds the failed
         # task's state, which holds the error: on the caller's cluster the scattered scene stayed in memory for
         # as long as that client lived, one more copy each failed run
-        for f in [*submitted, *(a for a in (scene_arg, model_arg) if a is not None)]:
+        for f in [*in_flight, *(a for a in (fut, scene_arg, model_arg) if a is not None)]:
             f.release()  # (a no-op for one released already)
         raise
     finally:
@@ -659,6 +673,71 @@ def _scattered(client: Any, obj: Any, what: str) -> Any:
             from None
 
 
+_WINDOW_MIN = 512  # tile tasks in flight at least: an adaptive cluster scales on the queued tasks it sees
+_WINDOW_PER_THREAD = 4  # ... and per worker thread, so that no worker waits for the driver's next submission
+_WINDOW_EVERY_S = 10.0  # how often the window follows the cluster's thread count (workers joining or leaving)
+
+
+def _window_size(client: Any) -> int:
+    """How many tile tasks a run keeps submitted: :data:`_WINDOW_PER_THREAD` per worker thread of the cluster now,
+    at least :data:`_WINDOW_MIN`."""
+    try:
+        try:
+            info = client.scheduler_info(n_workers=0)  # the totals, without every worker's record
+        except TypeError:  # (a distributed before its n_workers argument)
+            info = client.scheduler_info()
+        threads = info.get("total_threads")
+        if threads is None:
+            threads = sum(int(w.get("nthreads") or 0) for w in info.get("workers", {}).values())
+    except Exception:  # noqa: BLE001 - a scheduler that does not answer now: the smallest window
+        threads = 0
+    return max(_WINDOW_MIN, _WINDOW_PER_THREAD * int(threads))
+
+
+class _TaskWindow:
+    """The tile tasks of a run that are submitted and not yet finished, at most :func:`_window_size` of them,
+    refilled in plan order as they finish. 152,881 tasks submitted at once (a 50,000-pixel square scene at tile
+    128), each with its own copy of the run's spec, kept the scheduler's event loop busy for minutes and the
+    client's connection dropped before a tile was computed. ``completed``: a ``distributed.as_completed`` that
+    yields the submitted futures as they finish; :meth:`close` (from any thread) stops the submitting and returns
+    the futures in flight, to cancel: a watcher that stops the run then cancels all that was submitted."""
+
+    def __init__(self, submit: Callable[[str], Any], keys: Sequence[str], completed: Any,
+                 size: Callable[[], int]) -> None:
+        self._submit, self._keys, self._next, self.completed, self._size = submit, keys, 0, completed, size
+        self._lock = threading.Lock()
+        self._futures: dict[str, Any] = {}
+        self._closed = False
+        self._limit, self._sized_at = 0, -math.inf
+
+    def fill(self) -> None:
+        """Submit the next tiles until the window is full (nothing once :meth:`close` was called)."""
+        now = time.monotonic()
+        if now - self._sized_at >= _WINDOW_EVERY_S:
+            self._limit, self._sized_at = self._size(), now
+        with self._lock:
+            while not self._closed and len(self._futures) < self._limit and self._next < len(self._keys):
+                key = self._keys[self._next]
+                fut = self._futures[key] = self._submit(key)
+                self._next += 1
+                self.completed.add(fut)
+
+    def left(self) -> int:
+        """How many tiles were never submitted (none once every tile was)."""
+        return len(self._keys) - self._next
+
+    def finished(self, fut: Any) -> None:
+        """Take a future that ``completed`` yielded out of the window."""
+        with self._lock:
+            self._futures.pop(fut.key, None)
+
+    def close(self) -> list[Any]:
+        """Submit nothing more; the futures still in flight."""
+        with self._lock:
+            self._closed = True
+            return list(self._futures.values())
+
+
 _CANCEL_REASONS = {"scheduler-restart": "its scheduler was restarted (client.restart(), which drops every task)",
                    "scheduler-connection-lost": "the connection to its scheduler was lost (the scheduler stopped, "
                                                 "or its host or the network went down)"}
@@ -679,7 +758,7 @@ class _OwnWorkersGone:
     lost, and after ``distributed.deploy.lost-worker-timeout`` (15 s) the cluster closes its nanny for good; with
     the last one gone the run waited for ever. Then the pending tiles are cancelled and :attr:`gone` is set."""
 
-    def __init__(self, client: Any, futures: list[Any], poll_s: float = 1.0) -> None:
+    def __init__(self, client: Any, futures: Callable[[], list[Any]], poll_s: float = 1.0) -> None:
         self.client, self.futures, self.poll_s = client, futures, poll_s
         self.gone = threading.Event()
         self._stop = threading.Event()
@@ -701,7 +780,7 @@ class _OwnWorkersGone:
             if seen >= 2:
                 self.gone.set()
                 try:
-                    self.client.cancel(self.futures)
+                    self.client.cancel(self.futures())
                 except Exception:  # noqa: BLE001 - the loop then ends on the cancelled futures or its own error
                     pass
                 return
@@ -737,8 +816,8 @@ class _StallWatch:
     tasks fills those workers, so their memory does not come back, while the workers of a shared cluster may
     resume once another client's work releases its memory (the WARNING repeats meanwhile)."""
 
-    def __init__(self, client: Any, futures: list[Any], status: Callable[[], str | None], *, warn: bool,
-                 stop_after: float | None, tiles: int, local: bool) -> None:
+    def __init__(self, client: Any, futures: Callable[[], list[Any]], status: Callable[[], str | None], *,
+                 warn: bool, stop_after: float | None, tiles: int, local: bool) -> None:
         from .runner import LOG_PROGRESS_EVERY_S
 
         self.client, self.futures, self.status, self.local = client, futures, status, local
@@ -787,7 +866,7 @@ class _StallWatch:
             return False
         self.error = _paused_error(workers, now - self.paused_since, self.local)
         try:
-            self.client.cancel(self.futures)
+            self.client.cancel(self.futures())
         except Exception:  # noqa: BLE001 - the loop then ends on the cancelled futures or its own error
             pass
         return True
@@ -1127,7 +1206,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
         # a lost worker, or a write that failed (a full disk) after tiles were written: not bad input, and the
         # tiles written so far are hours of work to keep for --resume
         if writer.resumed or (isinstance(e, (WorkerLostError, OutputError, WorkerEnvironmentError))
-                              and (writer.done() > 0).any()):
+                              and (writer.done(fresh=True) > 0).any()):
             kept = writer.keep_partial()  # earlier runs' tiles (and finished ones) are kept for the next --resume
             log.warning("run stopped; %s keeps the tiles written so far: fix the cause, then rerun with "
                         "resume=True (--resume)", kept)
@@ -1139,7 +1218,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
             writer._cleanup()
         raise
     except BaseException as e:
-        if not writer.resumed and not (writer.done() > 0).any():
+        if not writer.resumed and not (writer.done(fresh=True) > 0).any():
             writer.abort()  # nothing written (e.g. the cluster did not start): leave nothing behind
             raise
         kept = writer.keep_partial()
@@ -1155,7 +1234,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     if changed is not None:
         writer.keep_partial()  # (its identity no longer matches the scene: --resume refuses it)
         raise changed
-    missing = int((writer.done() == 0).sum())
+    missing = int((writer.done(fresh=True) == 0).sum())  # (read again: the workers' marks are on disk only)
     if missing:
         kept = writer.keep_partial()
         raise OutputError(f"{missing} tiles of {kept} are not recorded as written after the run; rerun with "
