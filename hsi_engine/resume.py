@@ -58,7 +58,8 @@ import numpy as np
 from .errors import OutputError
 from .geotiff import gdal_name
 from .logs import warnings_ignored
-from .outputs import TIFF_SUFFIXES, check_replaceable, in_the_way, remove_tree, why_not_ours, zarr_root_attributes
+from .outputs import (TIFF_SUFFIXES, check_replaceable, in_the_way, raised_by_program, remove_tree, why_not_ours,
+                      zarr_root_attributes)
 from .writers import ZarrClassMapWriter
 
 __all__ = ["MAP_VERSION", "PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "check_owner",
@@ -410,6 +411,8 @@ class ResumableZarrWriter(ZarrClassMapWriter):
             found = json_attr(dict(g.attrs), FINGERPRINT_ATTR)
             zarr.open_array(str(self.partial), path=RECORD, mode="r")
         except Exception as e:  # noqa: BLE001 - not a store we wrote
+            if isinstance(e, OSError) and raised_by_program(e):  # a service's deadline: the store is kept as it is,
+                raise  # not called "not resumable, remove it" (its tiles thrown away on that advice)
             if why_not_ours(self.partial) is not None:
                 raise in_the_way(self.partial) from None
             raise OutputError(f"{self.partial} is not a resumable hsi-engine output ({type(e).__name__}: {e}); "

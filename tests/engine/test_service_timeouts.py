@@ -54,6 +54,23 @@ def test_a_timeout_mid_run_is_not_a_disk_failure(monkeypatch, tmp_path):
     with pytest.raises(SceneTimeout, match="the service's limit"):
         hsi_engine.classify_to_file(cube, model, tmp_path / "m.tif", tile=8, resume=True, progress=False)
     assert len(calls) >= 2
+    partial = tmp_path / "m.tif.partial"
+    assert partial.is_dir()  # (kept for the resume)
+    monkeypatch.setattr(resume, "mark_tile", real)
+    import zarr
+
+    real_open = zarr.open_group
+
+    def deadline_at_the_partial(store=None, *a, **k):
+        if str(store).endswith(".partial") and k.get("mode") == "r":
+            raise SceneTimeout("the service's limit")
+        return real_open(store, *a, **k)
+
+    # the deadline while the resume checks the store: it was "not a resumable output; remove it" (tiles thrown away)
+    monkeypatch.setattr(zarr, "open_group", deadline_at_the_partial)
+    with pytest.raises(SceneTimeout, match="the service's limit"):
+        hsi_engine.classify_to_file(cube, model, tmp_path / "m.tif", tile=8, resume=True, progress=False)
+    assert partial.is_dir()
 
 
 def test_a_timeout_while_an_old_output_is_checked_is_not_a_foreign_file(monkeypatch, tmp_path):
