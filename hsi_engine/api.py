@@ -316,7 +316,7 @@ def _provenance(job: _Job) -> dict[str, str]:
     """The provenance (:func:`hsi_engine.resume.provenance`) of a map ``job`` makes in this process, its spatial
     precision as the engine resolves ``auto`` on the job's device, and the scene it classified (its file, or the
     array's shape and type) with the nodata value it masked."""
-    from .resume import model_digest, provenance, resolved_spatial_precision
+    from .resume import model_digest, model_status, provenance, resolved_spatial_precision
 
     spatial = resolved_spatial_precision(job.spatial_precision, job.precision, job.device.type)
     # (a file name that is not UTF-8, as Linux allows, with its odd bytes escaped: GDAL's tags are UTF-8)
@@ -324,7 +324,7 @@ def _provenance(job: _Job) -> dict[str, str]:
              f"an in-memory array {tuple(int(n) for n in job.da.shape)} (band, y, x) of {job.da.dtype}")
     # ('scene_nodata', not 'nodata': rioxarray reads a 'nodata' attribute as the class map's own)
     return {**provenance(model_digest(job.model), job.precision, spatial), "scene": scene,
-            "scene_nodata": "none" if job.nodata is None else repr(float(job.nodata))}
+            "scene_nodata": "none" if job.nodata is None else repr(float(job.nodata)), **model_status(job.meta)}
 
 
 def _spatial_coords(da: xr.DataArray) -> dict[str, Any]:

@@ -67,9 +67,9 @@ from .logs import dropped, warnings_ignored
 from .outputs import raised_by_program
 from .owned import closes_its_scenes, open_owned
 from .resume import (MAP_VERSION, OWNER_ATTR, ResumableZarrWriter, check_owner, describe_differences, discard_partial,
-                     finished_with, mark_tile, model_digest, partial_path, partial_tile, pinned_store, provenance,
-                     read_record_cell, recorded_fingerprint, refuse_outputs_in_the_way, resolved_spatial_precision,
-                     store_replaced)
+                     finished_with, mark_tile, model_digest, model_status, partial_path, partial_tile, pinned_store,
+                     provenance, read_record_cell, recorded_fingerprint, refuse_outputs_in_the_way,
+                     resolved_spatial_precision, store_replaced)
 from .scene_identity import scene_changed, scene_identity, scene_state
 from .tiles import Tile, TilePlan, default_tile, describe_plan, normalise_tile
 
@@ -1137,7 +1137,7 @@ def _run_to_file(scene_path: Any, model_path: Any, out: str | os.PathLike, *, ti
     aux = side_paths(out)["aux"]
     if suffix in TIFF_SUFFIXES and not overwrite and (aux.exists() or aux.is_symlink()) and not ours_aux(aux):
         raise in_the_way(aux)  # before any tile, as the in-process writer does
-    tags = provenance(digest, precision, spatial)
+    tags = {**provenance(digest, precision, spatial), **model_status(job.meta)}
     ycoords = np.asarray(da["y"].values) if "y" in da.coords else None
     xcoords = np.asarray(da["x"].values) if "x" in da.coords else None
     with warnings_ignored(UserWarning, "writing .* without georeferencing"):  # warned above

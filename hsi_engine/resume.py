@@ -63,8 +63,8 @@ from .outputs import (TIFF_SUFFIXES, check_replaceable, in_the_way, raised_by_pr
 from .writers import ZarrClassMapWriter
 
 __all__ = ["MAP_VERSION", "PARTIAL_SUFFIX", "RECORD", "ResumableZarrWriter", "check_no_partial", "check_owner",
-           "discard_partial", "finished_with", "json_attr", "model_digest", "partial_path", "partial_tile",
-           "pinned_store", "provenance", "read_record", "read_record_cell", "recorded_fingerprint",
+           "discard_partial", "finished_with", "json_attr", "model_digest", "model_status", "partial_path",
+           "partial_tile", "pinned_store", "provenance", "read_record", "read_record_cell", "recorded_fingerprint",
            "refuse_outputs_in_the_way", "resolved_spatial_precision", "store_replaced", "sweep_chunk_temps"]
 
 PARTIAL_SUFFIX = ".partial"
@@ -234,6 +234,17 @@ def provenance(digest: str, precision: str, spatial_precision: str) -> dict[str,
         software = "hsi-engine (not installed)"
     return {"software": software, "model_digest": digest, "precision": precision,
             "spatial_precision": spatial_precision, "map_version": str(MAP_VERSION)}
+
+
+def model_status(meta: dict[str, Any]) -> dict[str, str]:
+    """``{"model_status": ...}`` for a map made with a training run's progress save (a stopped or running
+    training's, ``status: "training"`` in its report), else ``{}``: its tags say so, for a pipeline that retrains
+    and then classifies (the warning of its load went to stderr only)."""
+    report = meta.get("report") if isinstance(meta, dict) else None
+    if not isinstance(report, dict) or report.get("status") != "training":
+        return {}
+    return {"model_status": f"unfinished: a training run's progress save (epoch {report.get('epochs_run', '?')} of "
+                            f"{report.get('epochs', '?')})"}
 
 
 def resolved_spatial_precision(spatial_precision: str, precision: str, device_type: str | None, *,

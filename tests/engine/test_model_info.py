@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import numpy as np
+import pytest
 import rasterio
 
 import hsi_engine
@@ -158,3 +159,12 @@ def test_a_progress_save_is_said_unfinished_on_stdout(tmp_path, capsys):
     lines = dict(line.split(None, 1) for line in out.splitlines())
     assert rc == 0 and lines["status"].startswith("UNFINISHED: a training run's progress save (epoch 3 of 200)")
     assert "status" not in dict(line.split(None, 1) for line in _info(SHIPPED_MODEL, capsys)[1].splitlines())
+    # and a map made with it says so in its tags (a pipeline that retrains, then classifies, saw a warning only)
+    scene = hsi_engine.open_scene(SHIPPED_SCENE).isel(y=slice(0, 9), x=slice(0, 9))
+    with pytest.warns(UserWarning, match="progress save"):
+        labels = hsi_engine.classify(scene, str(tmp_path / "progress"), progress=False)
+        hsi_engine.classify_to_file(scene, str(tmp_path / "progress"), tmp_path / "map.tif", progress=False)
+    assert labels.attrs["model_status"] == "unfinished: a training run's progress save (epoch 3 of 200)"
+    with rasterio.open(tmp_path / "map.tif") as f:
+        assert f.tags()["model_status"] == labels.attrs["model_status"]
+    assert "model_status" not in hsi_engine.classify(scene, SHIPPED_MODEL, progress=False).attrs
