@@ -585,7 +585,8 @@ def _run_distributed(client: Any, spec: TaskSpec, tiles: Sequence[Tile], scene_o
 
     window = _TaskWindow(submit, list(by_key), as_completed(loop=client.loop), lambda: _window_size(client))
     status = _ClusterStatus(client, local)
-    bar = _progress_bar(sum(t.pixels for t in tiles), progress, status)
+    source = spec.scene or (getattr(scene_obj, "encoding", None) or {}).get("source")  # (names its log lines)
+    bar = _progress_bar(sum(t.pixels for t in tiles), progress, status, name=source)
     own = local or _watchable(client)
     watch = _OwnWorkersGone(client, window.close) if own else None
     # a stall is told whatever the display (the log lines' own timer tells it there); an own cluster whose every

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 # the base lives with the model: the trainer's errors are ours
 from ssrn.errors import CheckpointError, HSIEngineError, OptionError, OutputError, reduce_not_found
 
@@ -68,31 +70,32 @@ class UnnormalisedInputWarning(UserWarning, HSIEngineError):
     over the sampled centre reads that way too)."""
 
 
-def user_stacklevel() -> int:
-    """``stacklevel`` for ``warnings.warn`` called from hsi_engine that points at the first caller outside the
-    package (the user's line), however many of its own frames lie between (the cluster path adds some)."""
+def _user_frame() -> tuple[Any, int]:
+    """The first frame outside this package (the user's line) above the caller of this module's function, and how
+    many frames up it lies from that caller (its ``stacklevel``); ``(None, n)`` past the top of the stack."""
     import os
     import sys
 
     pkg = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    frame, level = sys._getframe(1), 1
+    frame, level = sys._getframe(2), 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg):
         frame, level = frame.f_back, level + 1
-    return level
+    return frame, level
+
+
+def user_stacklevel() -> int:
+    """``stacklevel`` for ``warnings.warn`` called from hsi_engine that points at the first caller outside the
+    package (the user's line), however many of its own frames lie between (the cluster path adds some)."""
+    return _user_frame()[1]
 
 
 def warn_each_call(message: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn`` at the user's line, shown by every call that deserves it (filters still apply: ``once``,
     ``ignore``, ``error``): Python's default shows a message once per line of code until the filters change, so of a
     service's overlapping calls on several unnormalised scenes one was said and the others' maps went unflagged."""
-    import os
-    import sys
     import warnings
 
-    pkg = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    frame = sys._getframe(1)
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg):
-        frame = frame.f_back
+    frame, _ = _user_frame()
     if frame is None:
         warnings.warn(message, category, stacklevel=2)
         return

@@ -15,13 +15,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ssrn.errors import is_text_path, unexpanded_home
+from ssrn.errors import is_text_path, raised_by_program, unexpanded_home
 
 from .errors import OutputError
 from .logs import warnings_ignored
 
 __all__ = ["ZARR_TITLE", "check_not_scene", "check_output_suffix", "check_replaceable", "ensure_output_dir",
-           "in_the_way", "is_hsi_zarr", "side_paths", "sweep_leftovers", "tiff_quantity", "zarr_root_attributes"]
+           "in_the_way", "is_hsi_zarr", "raised_by_program", "side_paths", "sweep_leftovers", "tiff_quantity",
+           "zarr_root_attributes"]
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def _tiff_tags(path: Path) -> dict[str, str] | None:
         with warnings_ignored(NotGeoreferencedWarning), rasterio.open(path, driver="GTiff") as f:
             return f.tags()  # (a VRT saved under the name is no map of ours: its sources are not opened)
     except Exception as e:  # noqa: BLE001 - anything GDAL cannot open is not a map we wrote
-        if isinstance(e, OSError) and raised_by_program(e):  # (a service's deadline: not "no map of ours", which
+        if raised_by_program(e):  # (a service's deadline: not "no map of ours", which
             raise  # left an old model's probabilities beside a new map, or called a valid map foreign)
         return None
 
@@ -290,13 +291,6 @@ def sweep_leftovers(out: str | os.PathLike) -> list[Path]:
         log.info("removed %d leftover(s) of an interrupted run beside %s: %s", len(removed), p,
                  ", ".join(r.name for r in removed[:3]) + (" ..." if len(removed) > 3 else ""))
     return removed
-
-
-def raised_by_program(e: BaseException) -> bool:
-    """Whether an OSError is a timeout or interruption the program raised (a service's deadline from a signal
-    handler: ``TimeoutError``, a subclass of OSError, without an errno), not a failed write: it propagates as
-    itself, never re-labelled a disk failure (``except SceneTimeout`` never fired)."""
-    return isinstance(e, (TimeoutError, InterruptedError)) and e.errno is None
 
 
 def ensure_output_dir(d: Path) -> None:

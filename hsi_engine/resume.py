@@ -422,7 +422,7 @@ class ResumableZarrWriter(ZarrClassMapWriter):
             found = json_attr(dict(g.attrs), FINGERPRINT_ATTR)
             zarr.open_array(str(self.partial), path=RECORD, mode="r")
         except Exception as e:  # noqa: BLE001 - not a store we wrote
-            if isinstance(e, OSError) and raised_by_program(e):  # a service's deadline: the store is kept as it is,
+            if raised_by_program(e):  # a service's deadline: the store is kept as it is,
                 raise  # not called "not resumable, remove it" (its tiles thrown away on that advice)
             if why_not_ours(self.partial) is not None:
                 raise in_the_way(self.partial) from None

@@ -43,6 +43,8 @@ from typing import Callable
 
 import torch
 
+from ssrn.errors import program_exception
+
 from .program import SpectralProgram
 from .spectral import spectral_stage_conv3d, spectral_stage_reference
 
@@ -93,27 +95,6 @@ def _triton_unavailable_reason(device: torch.device) -> str | None:
     if not torch.cuda.is_available():
         return "the triton backend needs CUDA; torch.cuda.is_available() is False"
     return _triton_import_error()
-
-
-def program_exception(e: BaseException) -> BaseException | None:
-    """The exception the caller's program raised that ``e`` is or wraps (on its ``__cause__`` / ``__context__``
-    chain), else None: ``KeyboardInterrupt``, ``SystemExit``, or a ``TimeoutError`` / ``InterruptedError`` without
-    an errno (a service's deadline raised from a signal handler; the rule of ``hsi_engine.outputs.raised_by_program``).
-    torch.compile wraps what a first call raised (``TorchRuntimeError``, ``InternalTorchDynamoError``, often
-    ``from None``, which keeps ``__context__``): such an exception must reach the program as itself, never be taken
-    for a backend's failure."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [e]
-    while todo:
-        cur = todo.pop()
-        if cur is None or id(cur) in seen:
-            continue
-        seen.add(id(cur))
-        if isinstance(cur, (KeyboardInterrupt, SystemExit)) or (
-                isinstance(cur, (TimeoutError, InterruptedError)) and cur.errno is None):
-            return cur
-        todo += [cur.__context__, cur.__cause__]  # the cause first
-    return None
 
 
 class _Transient(Exception):

@@ -18,6 +18,30 @@ def first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {(text.splitlines() or [''])[0][:300]}"
 
 
+def raised_by_program(e: BaseException) -> bool:
+    """Whether ``e`` is a timeout or interruption the caller's program raised: ``KeyboardInterrupt``, ``SystemExit``,
+    or a ``TimeoutError`` / ``InterruptedError`` without an errno (a service's deadline raised from a signal handler;
+    ``TimeoutError`` is an OSError: with an errno it is a socket's or a disk's). It propagates as itself, never
+    re-labelled a failed read, write or compile (``except SceneTimeout`` never fired)."""
+    return isinstance(e, (KeyboardInterrupt, SystemExit)) or (
+        isinstance(e, (TimeoutError, InterruptedError)) and e.errno is None)
+
+
+def program_exception(e: BaseException) -> BaseException | None:
+    """The exception of :func:`raised_by_program` that ``e`` is or wraps, else None: its ``__cause__`` chain, and its
+    ``__context__`` where that is hidden (``raise ... from None``, as torch.compile wraps what a traced call raised:
+    ``TorchRuntimeError``, ``InternalTorchDynamoError``). A timeout that code handled and then raised another error
+    for (a plain ``raise`` in its ``except``: the context shown) is that code's failure, not the program's."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if raised_by_program(cur):
+            return cur
+        cur = cur.__cause__ if cur.__cause__ is not None else (cur.__context__ if cur.__suppress_context__ else None)
+    return None
+
+
 class HSIEngineError(Exception):
     """Base of the project's errors, the trainer's and the model's included: one ``except`` for a pipeline."""
 

@@ -103,8 +103,9 @@ def classification_report(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int |
     try:
         cm = confusion_matrix(y_true, y_pred, len(class_names) if n_classes is None and class_names else n_classes)
     except OptionError as e:
-        if n_classes is not None or not class_names or not str(e).startswith("labels must lie"):
-            raise
+        low = min(_labels("y_true", y_true).min(initial=0), _labels("y_pred", y_pred).min(initial=0))
+        if n_classes is not None or not class_names or not str(e).startswith("labels must lie") or low < 0:
+            raise  # (a negative label is no class: the names are not to blame)
         raise OptionError(f"{e}, but class_names names {len(class_names)} classes (labels 0..{len(class_names) - 1}): "
                           "give one name per class, or pass n_classes; labels are 0-based (a class map's 1..K: "
                           "subtract 1)") from None

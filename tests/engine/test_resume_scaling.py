@@ -203,7 +203,13 @@ def client():
         lc.close()
 
 
-def test_a_cluster_run_keeps_a_bounded_window_of_tasks_submitted(case, client, tmp_path, monkeypatch):
+def test_a_cluster_run_keeps_a_bounded_window_of_tasks_submitted(case, client, tmp_path, monkeypatch, caplog):
+    import logging
+    from pathlib import Path
+
+    from hsi_engine import runner
+
+    monkeypatch.setattr(runner, "LOG_PROGRESS_EVERY_S", 0.0)  # (stderr is no terminal here: log lines)
     monkeypatch.setattr(cluster, "_WINDOW_MIN", 3)
     monkeypatch.setattr(cluster, "_WINDOW_PER_THREAD", 0)
     futures: list = []
@@ -217,9 +223,11 @@ def test_a_cluster_run_keeps_a_bounded_window_of_tasks_submitted(case, client, t
 
     monkeypatch.setattr(type(client), "submit", submit)
     out = tmp_path / "map.zarr"
-    rep = cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, scheduler=client, throttle_s=0.02,
-                              progress=False)
+    with caplog.at_level(logging.INFO, "hsi_engine.runner"):
+        rep = cluster.run_to_file(case["scene"], case["model"], out, tile=TILE, scheduler=client, throttle_s=0.02)
     assert rep.computed == rep.tiles == 12 and len(futures) == 12
+    # its progress lines say which run they are (a service's concurrent runs)
+    assert any(r.getMessage().startswith(f"classify {Path(case['scene']).resolve()}: ") for r in caplog.records)
     assert max(in_flight) <= 3, in_flight
     np.testing.assert_array_equal(F.read_classes(out), case["ref"])
     assert (read_record(out) == 1).all()

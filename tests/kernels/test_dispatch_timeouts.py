@@ -55,8 +55,15 @@ def test_program_exception_ignores_failures_and_errno_timeouts():
     assert program_exception(FileNotFoundError(2, "No such file or directory", "/proc/nope")) is None
     assert program_exception(TimeoutError(110, "Connection timed out")) is None  # a socket's, with its errno
     a, b = RuntimeError("a"), RuntimeError("b")
-    a.__context__, b.__context__ = b, a  # a cycle ends the walk
+    a.__cause__, b.__cause__ = b, a  # a cycle ends the walk
     assert program_exception(a) is None
+    try:  # a timeout the compiler's own code handled (a worker pool's), then raised its failure for: no deadline
+        try:
+            raise TimeoutError()
+        except TimeoutError:
+            raise RuntimeError("the compile worker did not answer")
+    except RuntimeError as handled:
+        assert program_exception(handled) is None
 
 
 @pytest.mark.parametrize("wrap", [False, True], ids=["bare", "wrapped"])

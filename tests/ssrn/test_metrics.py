@@ -75,6 +75,7 @@ def test_confusion_matrix_infers_n_classes_from_the_largest_label():
     (dict(class_names=[b"a", b"b", b"c"]), "class_names must be a list of names"),
     (dict(n_classes=None, class_names=["a", "b"]),  # (the class count came from class_names: the labels were blamed)
      r"found 0..2, but class_names names 2 classes \(labels 0..1\): give one name per class, or pass n_classes"),
+    (dict(n_classes=None, class_names=["a", "b"], y_true=np.array([0, 1, -1])), r"found -1..1$"),
 ])
 def test_report_refuses_what_it_would_misread(kw, message):
     """Fractional labels were truncated to classes, a str of names became letters, n_classes 3.0 a numpy error."""
