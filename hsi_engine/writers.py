@@ -230,7 +230,9 @@ def _write_failed(path: Path, e: BaseException, began_free: int | None = None,
     prints its 'No space left on device' to stderr only: the error said 'a write failed ... check that the location
     is writable and healthy'."""
     free = free_bytes(path.parent)
-    short = began_free is not None and writes is not None and began_free < writes
+    # (a failed write, not a read: an input/output error reading the tiles back is no full disk, whatever the space)
+    wrote = re.search(r"writ|flushcache", str(e), re.IGNORECASE) is not None and "read" not in str(e).lower()
+    short = began_free is not None and writes is not None and began_free < writes and wrote
     full = getattr(e, "errno", None) == errno.ENOSPC or "no space left" in str(e).lower() or (
         free is not None and free < (1 << 20)) or short
     if full:

@@ -135,6 +135,22 @@ def test_a_commit_that_fills_the_disk_is_named_full_from_the_space_it_began_with
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_a_conversion_that_fails_to_read_its_tiles_is_not_called_full(tmp_path, monkeypatch):
+    """Short of the upper estimate, any failure was called a full disk: a read error (EIO on NFS) too."""
+    import rasterio.shutil
+    from rasterio._err import CPLE_AppDefinedError
+
+    def read_fails(*args, **kwargs):
+        raise CPLE_AppDefinedError(1, 1, "TIFFReadEncodedTile() failed (Input/output error)")
+
+    w = _random_map(tmp_path)
+    _free(monkeypatch, 2 * MiB)
+    monkeypatch.setattr(rasterio.shutil, "copy", read_fails)
+    with pytest.raises(OutputError) as err:
+        w.commit()
+    assert "full" not in str(err.value) and "TIFFReadEncodedTile() failed" in str(err.value)
+
+
 def test_a_failed_conversion_with_room_to_spare_is_not_called_full(tmp_path, monkeypatch):
     import rasterio.shutil
 
