@@ -25,7 +25,7 @@ def model_info(path: str | os.PathLike) -> str:
     report, the weights' sha256 and the model digest a class map records (its ``model_digest`` tag/attribute)."""
     import json
 
-    from ssrn.checkpoint import MODEL_JSON, load_model
+    from ssrn.checkpoint import MODEL_JSON, is_progress_save, load_model
 
     from .cube import band_runs
     from .resume import model_digest
@@ -51,7 +51,7 @@ def model_info(path: str | os.PathLike) -> str:
         lines.append("scaling    the training scene's declared band scales/offsets are recorded (a scene stored "
                      "otherwise is refused)")
     report = meta.get("report") or {}
-    if report.get("status") == "training":  # (a cron job that retrains, then classifies, must see it here)
+    if is_progress_save(meta):  # (a cron job that retrains, then classifies, must see it here)
         lines.append(f"status     UNFINISHED: a training run's progress save (epoch {report.get('epochs_run', '?')} of "
                      f"{report.get('epochs', '?')}); the run was stopped or is still going")
     if all(k in report for k in ("oa", "aa", "kappa")):

@@ -240,9 +240,11 @@ def model_status(meta: dict[str, Any]) -> dict[str, str]:
     """``{"model_status": ...}`` for a map made with a training run's progress save (a stopped or running
     training's, ``status: "training"`` in its report), else ``{}``: its tags say so, for a pipeline that retrains
     and then classifies (the warning of its load went to stderr only)."""
-    report = meta.get("report") if isinstance(meta, dict) else None
-    if not isinstance(report, dict) or report.get("status") != "training":
+    from ssrn.checkpoint import is_progress_save
+
+    if not is_progress_save(meta):
         return {}
+    report = meta["report"]
     return {"model_status": f"unfinished: a training run's progress save (epoch {report.get('epochs_run', '?')} of "
                             f"{report.get('epochs', '?')})"}
 

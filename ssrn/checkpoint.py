@@ -7,6 +7,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -147,16 +148,43 @@ def _is_model_json(path: Path) -> bool:
     return isinstance(doc, dict) and doc.get("format") == FORMAT
 
 
-_TEMP_EXTRA = len(".") + len(".old.") + 8  # mkdtemp's prefix around the name, and its 8 random characters
-_TEMP_SUFFIX = re.compile(r"(old\.)?[a-z0-9_]{8}")  # (mkdtemp's alphabet)
+# save_model's temporaries beside or inside a model directory NAME: '.NAME.hsi-save-XXXXXXXX' (the new model) and
+# '.NAME.hsi-old-XXXXXXXX' (the replaced one), XXXXXXXX mkdtemp's 8 random characters; a tag no person would give a
+# backup, so that sweeping them never takes one
+_SAVE_TAG = "hsi-save-"
+_OLD_TAG = "hsi-old-"
+_TEMP_EXTRA = len(".") + len(".") + len(_SAVE_TAG) + 8  # the longest: mkdtemp's prefix around the name, 8 characters
+_TEMP_SUFFIX = re.compile(f"(?:{_SAVE_TAG}|{_OLD_TAG})[a-z0-9_]{{8}}")  # (mkdtemp's alphabet)
+# the names earlier releases gave them ('.NAME.XXXXXXXX', '.NAME.old.XXXXXXXX'): named in a refusal, never swept
+_LEGACY_TEMP_SUFFIX = re.compile(r"(?:old\.)?[a-z0-9_]{8}")
+
+
+def _temp_prefix(name: str, tag: str) -> str:
+    """The prefix of save_model's temporaries (``tag``: :data:`_SAVE_TAG` or :data:`_OLD_TAG`) for a model directory
+    named ``name``."""
+    return f".{name}.{tag}"
 
 
 def _is_temp_name(entry: str, name: str) -> bool:
     """Whether ``entry`` is a name save_model gives its temporaries for a model directory named ``name``:
-    ``.NAME.XXXXXXXX`` (the new model, built beside the target or inside it) or ``.NAME.old.XXXXXXXX`` (the
-    replaced one, beside it)."""
+    ``.NAME.hsi-save-XXXXXXXX`` (the new model, built beside the target or inside it) or ``.NAME.hsi-old-XXXXXXXX``
+    (the replaced one, beside it)."""
     prefix = f".{name}."
     return entry.startswith(prefix) and _TEMP_SUFFIX.fullmatch(entry[len(prefix):]) is not None
+
+
+def _is_legacy_temp_name(entry: str, name: str) -> bool:
+    """Whether ``entry`` is a name earlier releases gave save_model's temporaries (``.NAME.XXXXXXXX``,
+    ``.NAME.old.XXXXXXXX``); a person may name a backup so too (``.NAME.20240101``)."""
+    prefix = f".{name}."
+    return entry.startswith(prefix) and _LEGACY_TEMP_SUFFIX.fullmatch(entry[len(prefix):]) is not None
+
+
+def is_progress_save(meta: object) -> bool:
+    """Whether a model's ``meta`` is a training run's progress save (its report says ``status: "training"``), not
+    the finished model of a run."""
+    report = meta.get("report") if isinstance(meta, dict) else None
+    return isinstance(report, dict) and report.get("status") == "training"
 
 
 def check_model_path(path: Any) -> None:
@@ -206,7 +234,7 @@ def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path
     except (OSError, ValueError, AttributeError):
         name_max = 255
     size = len(os.fsencode(target.name))
-    if size + _TEMP_EXTRA > name_max:  # the save's temporary directories beside it: '.NAME.old.XXXXXXXX'
+    if size + _TEMP_EXTRA > name_max:  # the save's temporary directories beside it: '.NAME.hsi-save-XXXXXXXX'
         raise CheckpointError(f"cannot write a model directory named {target.name[:40]!r}...: its name is {size} "
                               f"bytes, and the temporary directories the save writes beside it add {_TEMP_EXTRA} "
                               f"more than the file system's {name_max}; choose a name of at most "
@@ -235,6 +263,14 @@ def check_model_target(path: str | os.PathLike, overwrite: bool = False) -> Path
                                   f"was killed before it finished, or is still running; once none runs, delete "
                                   f"{them} ({target / foreign[0]}) and rerun (hsi-engine train removes {them} "
                                   "itself where it can lock its --out)")
+        if foreign and all(_is_temp_name(e, target.name) or _is_legacy_temp_name(e, target.name) for e in foreign):
+            one = len(foreign) == 1
+            raise CheckpointError(f"{given} holds {shown}, named like the temporary "
+                                  f"{'directory' if one else 'directories'} an earlier hsi-engine's save left when "
+                                  "it was killed before it finished (this one no longer removes such names itself: "
+                                  f"a backup may be named so); if {'it is' if one else 'they are'} that, delete "
+                                  f"{'it' if one else 'them'} ({target / foreign[0]}), else move "
+                                  f"{'it' if one else 'them'} out; then rerun")
         what = (f"it holds files a model directory does not ({shown})" if foreign
                 else f"its {MODEL_JSON} is not a model's" if MODEL_JSON in entries
                 else f"it holds {shown} but no {MODEL_JSON}")
@@ -305,8 +341,6 @@ def _remove_model_dir(path: Path) -> None:
             (path / name).unlink(missing_ok=True)
         path.rmdir()
     except OSError as e:
-        import logging
-
         logging.getLogger("ssrn.checkpoint").warning("the replaced model directory %s was left in place (%s); "
                                                      "the new model is saved: delete it by hand", path,
                                                      e.strerror or e)
@@ -351,31 +385,35 @@ def _looks_like_save_temp(path: Path) -> bool:
 
 
 def sweep_save_leftovers(path: str | os.PathLike) -> list[str]:
-    """Remove what killed saves into the model directory ``path`` left, and name it: their new models'
-    temporaries (``.NAME.XXXXXXXX`` beside it or inside it) and the replaced models (``.NAME.old.XXXXXXXX``
-    beside it), only where they hold nothing but model files. When ``path`` is missing (a save killed between its
-    swap's renames), the model it was replacing is put back instead of removed. Call only while holding the
-    output's lock (:func:`ssrn.lock.file_lock`): no other save is writing them then."""
-    from .lock import lock_held
-
+    """Clear what killed saves into the model directory ``path`` left, returning the names removed: their new
+    models' temporaries (``.NAME.hsi-save-XXXXXXXX`` beside it or inside it) and the replaced models
+    (``.NAME.hsi-old-XXXXXXXX`` beside it), only where they hold nothing but model files. What can be recovered is,
+    with a warning: a save killed between moving its files into ``path`` is finished (see :func:`_finish_move`);
+    when ``path`` is missing (a save killed between its swap's renames), the model it was replacing is put back.
+    Call only while holding the output's lock (:func:`ssrn.lock.file_lock`): no other run is saving there then."""
+    log = logging.getLogger("ssrn.checkpoint")
     target = Path(os.path.abspath(path))
-    name, done = target.name, []
-    old_prefix = f".{name}.old."
-    # ('.NAME.old.XXXXXXXX' is also the name of a save into 'NAME.old': none while a run holds that output)
-    other_live = lock_held(target.with_name(f"{name}.old"))
+    name, removed = target.name, []
     try:
-        beside = [target.parent / e for e in os.listdir(target.parent) if _is_temp_name(e, name)
-                  and not (other_live and e.startswith(old_prefix))]
+        beside = [target.parent / e for e in os.listdir(target.parent) if _is_temp_name(e, name)]
         inner = ([target / e for e in os.listdir(target) if _is_temp_name(e, name)]
                  if target.is_dir() and not target.is_symlink() else [])
     except OSError:
-        return done
-    old = [e for e in beside if e.name.startswith(old_prefix) and _is_model_dir(e)]  # (or a link to one)
+        return removed
+    # an inner temporary left holding model.json alone: finished, or kept (never removed: the model is in it)
+    inner = [e for e in inner if _finish_move(e, target, log) is None]
+    old = [e for e in beside if e.name.startswith(_temp_prefix(name, _OLD_TAG)) and _is_model_dir(e)]  # (or a link)
     if old and not os.path.lexists(target):
         back = max(old, key=lambda e: e.lstat().st_mtime_ns)
-        with contextlib.suppress(OSError):
+        try:
             os.rename(back, target)
-            done.append(f"{back.name} (put back as {name})")
+        except OSError as err:
+            log.warning("%s is missing (a save replacing it was killed between its renames), and the model it replaced "
+                        "could not be put back from %s (%s): rename that to %s yourself", target, back,
+                        err.strerror or err, name)
+        else:
+            log.warning("%s was missing (a save replacing it was killed between its renames): put back the model "
+                        "it was replacing, from %s", target, back.name)
             old.remove(back)
     for e in old + [e for e in beside + inner if e not in old and _looks_like_save_temp(e)]:
         with contextlib.suppress(OSError):
@@ -383,8 +421,46 @@ def sweep_save_leftovers(path: str | os.PathLike) -> list[str]:
                 e.unlink()  # a replaced link: never what it points to
             else:
                 shutil.rmtree(e)
-            done.append(e.name)
-    return done
+            removed.append(e.name)
+    return removed
+
+
+def _finish_move(tmp: Path, target: Path, log: logging.Logger) -> bool | None:
+    """Finish the save whose temporary ``tmp`` (inside ``target``) was killed after moving its weights into
+    ``target`` but before its model.json followed (in :func:`_move_into_empty` or :func:`_replace_files`):
+    ``tmp``'s model.json is moved in where ``target``'s weights are the ones it records (``weights_sha256``), and
+    True returned; else both are left as they are, with a warning, and False returned. None where ``tmp`` is not
+    such a temporary (it does not hold model.json alone)."""
+    src = tmp / MODEL_JSON
+    try:
+        if tmp.is_symlink() or {e.name for e in tmp.iterdir()} != {MODEL_JSON} or src.is_symlink():
+            return None
+    except OSError:
+        return None
+    weights, dest = target / WEIGHTS, target / MODEL_JSON
+    try:
+        doc = _parse_json(src)
+        recorded = doc.get("weights_sha256") if isinstance(doc, dict) and doc.get("format") == FORMAT else None
+        ours = (isinstance(recorded, str) and weights.is_file() and not weights.is_symlink()
+                and (not os.path.lexists(dest) or (dest.is_file() and not dest.is_symlink() and _is_model_json(dest)))
+                and file_sha256(weights) == recorded)
+        if ours:
+            os.replace(src, dest)
+            tmp.rmdir()
+    except (OSError, CheckpointError) as e:
+        log.warning("%s holds the model.json of a save into %s that was killed before it finished; it could not be "
+                    "finished (%s) and is left as it is: delete %s, then rerun the training or the save", tmp.name,
+                    target, getattr(e, "strerror", None) or e, tmp)
+        return False
+    if not ours:
+        log.warning("%s holds the model.json of a save into %s that was killed before it finished, but %s is not the "
+                    "weights it records (missing, or another sha256): left as it is; delete %s, then rerun the "
+                    "training or the save", tmp.name, target, WEIGHTS, tmp)
+        return False
+    log.warning("finished a save into %s that was killed before it finished: its weights were in place (their "
+                "sha256 the one its model.json records), and its %s is now moved in from %s", target, MODEL_JSON,
+                tmp.name)
+    return True
 
 
 def _replace_files(tmp: Path, target: Path) -> None:
@@ -420,7 +496,7 @@ def _swap(tmp: Path, target: Path) -> None:
     """Put the new model directory ``tmp`` in place of the model directory (or link to one) ``target``, then drop
     the old one's files; a mount point, which cannot be renamed, has its files replaced inside it instead. Until the
     new one is in place, any failure or interrupt puts the old one back."""
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    old = Path(tempfile.mkdtemp(prefix=_temp_prefix(target.name, _OLD_TAG), dir=target.parent))
     old.rmdir()  # a unique free name to move the old directory to
     try:
         try:
@@ -443,7 +519,7 @@ def _swap(tmp: Path, target: Path) -> None:
 def _replace_from_beside(tmp: Path, target: Path) -> None:
     """Replace the model files inside ``target`` by those of ``tmp`` (beside it, maybe on another file system):
     moved first into a temporary inside ``target``, so that the replacing renames stay on its file system."""
-    inner = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target))
+    inner = Path(tempfile.mkdtemp(prefix=_temp_prefix(target.name, _SAVE_TAG), dir=target))
     try:
         for name in (WEIGHTS, MODEL_JSON):
             shutil.move(tmp / name, inner / name)
@@ -516,7 +592,7 @@ def save_model(model: SSRN, path: str | os.PathLike, meta: dict[str, Any] | None
     if inside and not os.access(target, os.W_OK | os.X_OK):
         raise CheckpointError(f"cannot write the model into {given}: no write permission there")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target if inside else target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target.name, _SAVE_TAG), dir=target if inside else target.parent))
     umask = _umask_in(tmp)
     try:
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a model directory is as readable as any new one
@@ -980,8 +1056,8 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                               "damaged; copy the model directory again, or retrain")
     model = filled_model(config, tensors)
     model.meta = doc.get("meta") or {}
-    report = model.meta.get("report") or {}
-    if isinstance(report, dict) and report.get("status") == "training":
+    if is_progress_save(model.meta):
+        report = model.meta["report"]
         warnings.warn(f"{path} holds a training run's progress save (epoch {report.get('epochs_run', '?')} of "
                       f"{report.get('epochs', '?')}; the run was stopped or is still going), not its final model: "
                       "its accuracy is not the report's; finish the training (rerun it with --overwrite, or "

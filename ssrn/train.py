@@ -920,11 +920,10 @@ def _kappa_text(kappa: float | None) -> str:
 def _finished_model(out: Any) -> bool:
     """Whether ``out`` holds a model whose training finished (not a progress save), which a Ctrl-C after a
     progress save over it would have lost."""
-    from .checkpoint import CheckpointError, read_model_json
+    from .checkpoint import CheckpointError, is_progress_save, read_model_json
 
     try:
         doc = read_model_json(out)
     except (CheckpointError, OSError):
         return False
-    report = (doc.get("meta") or {}).get("report")
-    return not (isinstance(report, dict) and report.get("status") == "training")
+    return not is_progress_save(doc.get("meta"))

@@ -110,7 +110,7 @@ def test_an_interrupt_between_the_swaps_renames_puts_the_old_model_back(tmp_path
 
     def rename(src, dst, *a, **k):
         real(src, dst, *a, **k)
-        if ".m.old." in str(dst):
+        if ".m.hsi-old-" in str(dst):
             raise KeyboardInterrupt
     monkeypatch.setattr(os, "rename", rename)
     with pytest.raises(KeyboardInterrupt):
@@ -166,45 +166,150 @@ def test_a_save_without_overwrite_never_replaces_a_model_written_meanwhile(tmp_p
     assert sorted(p.name for p in target.iterdir()) == ["model.json", "weights.safetensors"]
 
 
+def _killed_mid_move(out: Path, weights_seed: int, json_seed: int, tmp_name: str = ".ks.hsi-save-a7ls2wzy") -> Path:
+    """Leave ``out`` as a save killed inside _move_into_empty or between _replace_files' renames leaves it: the
+    weights of model ``weights_seed`` in it, the model.json of model ``json_seed`` still in its temporary."""
+    out.mkdir(exist_ok=True)
+    tmp = out / tmp_name
+    tmp.mkdir()
+    full = {seed: C.save_model(_model(seed=seed), out.with_name(f"full{seed}")) for seed in {weights_seed, json_seed}}
+    (full[weights_seed] / "weights.safetensors").rename(out / "weights.safetensors")  # moved first ...
+    (full[json_seed] / "model.json").rename(tmp / "model.json")  # ... killed before model.json followed
+    return tmp
+
+
 def test_a_killed_saves_temporary_is_named_and_a_training_run_removes_it(scene, tmp_path, caplog):
-    """A run killed while saving into a pre-made empty --out left '.ks.XXXXXXXX' in it; every rerun, with
+    """A run killed while saving into a pre-made empty --out left its temporary in it; every rerun, with
     --overwrite too, was refused as 'files a model directory does not (...): move those files out'."""
     out = tmp_path / "ks"
     out.mkdir()
-    left = out / ".ks.a7ls2wzy"
+    left = out / ".ks.hsi-save-a7ls2wzy"
     left.mkdir()
     C.save_model(_model(), tmp_path / "full")
     (tmp_path / "full" / "weights.safetensors").rename(left / "weights.safetensors")
-    with pytest.raises(CheckpointError, match=r"ks holds \.ks\.a7ls2wzy: the temporary directory of a save into "
-                                              r"it that was killed before it finished, or is still running; once "
-                                              r"none runs, delete it"):
+    with pytest.raises(CheckpointError, match=r"ks holds \.ks\.hsi-save-a7ls2wzy: the temporary directory of a "
+                                              r"save into it that was killed before it finished, or is still "
+                                              r"running; once none runs, delete it"):
         ssrn.save_model(_model(), out)
     with caplog.at_level("INFO", logger="ssrn.train"):
         assert _train(scene, out, epochs=1)["status"] == "done"
-    assert any("removed what a killed save into" in r.getMessage() and ".ks.a7ls2wzy" in r.getMessage()
+    assert any("removed what a killed save into" in r.getMessage() and ".ks.hsi-save-a7ls2wzy" in r.getMessage()
                for r in caplog.records)
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "weights.safetensors"]
 
 
-def test_the_sweep_removes_only_a_saves_leftovers_and_puts_back_a_model_a_kill_left_aside(tmp_path):
-    """Beside a new or swapped output: '.NAME.XXXXXXXX' (the new model) and '.NAME.old.XXXXXXXX' (the replaced
-    one) were never removed; a kill between the swap's renames left nothing at the output."""
-    old = C.save_model(_model(seed=0), tmp_path / ".m.old.abcd1234")
-    new = C.save_model(_model(seed=1), tmp_path / ".m.q8x_2zzz")
-    (tmp_path / ".m.umask123").mkdir()  # an empty temporary (killed before its weights were written)
-    (tmp_path / ".m.keep1234").mkdir()
-    (tmp_path / ".m.keep1234" / "notes.txt").write_text("mine")  # not a save's: kept
-    (tmp_path / ".mine.abcd1234").mkdir()  # another output's
-    swept = C.sweep_save_leftovers(tmp_path / "m")
-    assert sorted(swept) == sorted([".m.old.abcd1234 (put back as m)", new.name, ".m.umask123"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.keep1234", ".mine.abcd1234", "m"]
+def test_a_save_names_its_temporaries_with_a_tag_no_backup_has(tmp_path, monkeypatch):
+    """Every temporary save_model makes (new model beside or inside, the replaced one) carries the hsi- tag that
+    the sweep goes by."""
+    import tempfile
+
+    made, real = [], tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: made.append(k["prefix"]) or real(*a, **k))
+    d = ssrn.save_model(_model(seed=0), tmp_path / "m")
+    ssrn.save_model(_model(seed=1), d, overwrite=True)
+    ssrn.save_model(_model(seed=2), d, overwrite=True, in_place=True)
+    (tmp_path / "e").mkdir()
+    ssrn.save_model(_model(), tmp_path / "e")
+    assert made == [".m.hsi-save-", ".m.hsi-save-", ".m.hsi-old-", ".m.hsi-save-", ".e.hsi-save-"]
+
+
+def test_the_sweep_removes_only_a_saves_leftovers_and_puts_back_a_model_a_kill_left_aside(tmp_path, caplog):
+    """Beside a new or swapped output: '.NAME.hsi-save-XXXXXXXX' (the new model) and '.NAME.hsi-old-XXXXXXXX' (the
+    replaced one) were never removed; a kill between the swap's renames left nothing at the output. Putting the
+    model back changes what is at the output: a warning says so."""
+    old = C.save_model(_model(seed=0), tmp_path / ".m.hsi-old-abcd1234")
+    new = C.save_model(_model(seed=1), tmp_path / ".m.hsi-save-q8x_2zzz")
+    (tmp_path / ".m.hsi-save-umask123").mkdir()  # an empty temporary (killed before its weights were written)
+    (tmp_path / ".m.hsi-save-keep1234").mkdir()
+    (tmp_path / ".m.hsi-save-keep1234" / "notes.txt").write_text("mine")  # not a save's: kept
+    (tmp_path / ".mine.hsi-save-abcd1234").mkdir()  # another output's
+    with caplog.at_level("INFO", logger="ssrn.checkpoint"):
+        swept = C.sweep_save_leftovers(tmp_path / "m")
+    assert sorted(swept) == sorted([new.name, ".m.hsi-save-umask123"])
+    assert any(r.levelname == "WARNING" and "was missing" in r.getMessage() and "put back" in r.getMessage()
+               and ".m.hsi-old-abcd1234" in r.getMessage() for r in caplog.records), caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.hsi-save-keep1234", ".mine.hsi-save-abcd1234", "m"]
     loaded = ssrn.load_model(tmp_path / "m").state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in _model(seed=0).state_dict().items())
     assert not old.exists()
     # once the output is there, a replaced model left beside it is removed, not put back
-    C.save_model(_model(seed=2), tmp_path / ".m.old.zzzz9999")
-    assert C.sweep_save_leftovers(tmp_path / "m") == [".m.old.zzzz9999"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.keep1234", ".mine.abcd1234", "m"]
+    C.save_model(_model(seed=2), tmp_path / ".m.hsi-old-zzzz9999")
+    assert C.sweep_save_leftovers(tmp_path / "m") == [".m.hsi-old-zzzz9999"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.hsi-save-keep1234", ".mine.hsi-save-abcd1234", "m"]
+
+
+@pytest.mark.parametrize("target_there", [True, False])
+def test_the_sweep_never_takes_a_backup_named_like_an_earlier_releases_temporary(tmp_path, target_there):
+    """The sweep took any '.NAME.' + 8 characters: a hidden dated backup '.m.20240101' (a copy of the model) was
+    deleted, and with the output missing, a '.m.old.20240101' was renamed into it."""
+    if target_there:
+        C.save_model(_model(seed=0), tmp_path / "m")
+    for name in (".m.20240101", ".m.old.20240101", ".m.a7ls2wzy"):
+        C.save_model(_model(seed=1), tmp_path / name)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert C.sweep_save_leftovers(tmp_path / "m") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_training_run_leaves_a_hidden_backup_beside_its_output(scene, tmp_path):
+    out = tmp_path / "ip"
+    _train(scene, out, epochs=1)
+    backup = tmp_path / ".ip.20240101"
+    C.save_model(ssrn.load_model(out), backup)
+    _train(scene, out, epochs=1, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ip.20240101", "ip"]
+    assert ssrn.load_model(backup) is not None
+
+
+def test_an_earlier_releases_temporary_in_the_output_is_named_but_not_removed(scene, tmp_path):
+    """Temporaries of earlier releases ('.NAME.XXXXXXXX') are no longer swept (a backup may be named so): the
+    refusal names them, and says to delete them only if they are that."""
+    out = tmp_path / "ks"
+    out.mkdir()
+    (out / ".ks.a7ls2wzy").mkdir()
+    with pytest.raises(CheckpointError, match=r"ks holds \.ks\.a7ls2wzy, named like the temporary directory an "
+                                              r"earlier hsi-engine's save left .* if it is that, delete it .*else "
+                                              r"move it out; then rerun"):
+        _train(scene, out, epochs=1, overwrite=True)
+    assert (out / ".ks.a7ls2wzy").is_dir()
+
+
+@pytest.mark.parametrize("case", ["into an empty output", "between the replacing renames"])
+def test_a_save_killed_between_moving_its_files_in_is_finished_by_the_sweep(tmp_path, caplog, case):
+    """A kill inside _move_into_empty (weights moved in, model.json still in the temporary) or between
+    _replace_files' renames (new weights beside the old model.json): the sweep deleted the temporary holding the
+    model.json that completes the model, and every rerun was refused ('weights.safetensors but no model.json') or
+    the model failed its checksum. Where the weights are the ones that model.json records, the move is finished."""
+    out = tmp_path / "ks"
+    if case == "between the replacing renames":
+        C.save_model(_model(seed=0), out)
+    _killed_mid_move(out, weights_seed=1, json_seed=1)
+    with caplog.at_level("WARNING", logger="ssrn.checkpoint"):
+        assert C.sweep_save_leftovers(out) == []
+    assert any("finished a save into" in r.getMessage() for r in caplog.records), caplog.text
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "weights.safetensors"]
+    loaded = ssrn.load_model(out).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in _model(seed=1).state_dict().items())
+
+
+def test_a_killed_saves_model_json_that_does_not_match_the_weights_is_left_and_said(tmp_path, caplog):
+    out = tmp_path / "ks"
+    tmp = _killed_mid_move(out, weights_seed=0, json_seed=1)
+    with caplog.at_level("WARNING", logger="ssrn.checkpoint"):
+        assert C.sweep_save_leftovers(out) == []
+    assert any("is not the weights it records" in r.getMessage() and "left as it is" in r.getMessage()
+               for r in caplog.records), caplog.text
+    assert sorted(p.name for p in tmp.iterdir()) == ["model.json"]
+    assert sorted(p.name for p in out.iterdir()) == [tmp.name, "weights.safetensors"]
+    with pytest.raises(CheckpointError, match=r"the temporary directory of a save into it that was killed"):
+        C.check_model_target(out, overwrite=True)
+
+
+def test_is_progress_save():
+    assert C.is_progress_save({"report": {"status": "training", "epochs_run": 3}})
+    assert not C.is_progress_save({"report": {"status": "done"}})
+    assert not C.is_progress_save({"report": "training"}) and not C.is_progress_save(None)
+    assert not C.is_progress_save({})
 
 
 def test_a_directory_of_weights_without_model_json_is_said_to_be_so(tmp_path):
