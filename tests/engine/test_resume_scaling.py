@@ -5,7 +5,6 @@ bounded window. A 50,000-pixel square scene at tile 128 has 152,881 tiles: each 
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from pathlib import Path
@@ -16,7 +15,6 @@ import zarr
 
 import _scale_fixtures as F
 
-import hsi_engine
 from hsi_engine import cluster, resume
 from hsi_engine.resume import RECORD, ResumableZarrWriter, mark_tile, partial_path, read_record, read_record_cell
 
