@@ -22,20 +22,6 @@ CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _clear_caches() -> None:
-    for name in ("_compiled", "_compile_failure", "_warn_once"):
-        fn = getattr(dispatch, name, None)
-        if fn is not None:
-            fn.cache_clear()
-
-
-@pytest.fixture
-def fresh_dispatch():
-    """Dispatch's per-process caches cleared before and after: a failure cached here must not reach other tests."""
-    _clear_caches()
-    yield
-    _clear_caches()
-
 
 def _cache_dir_fails(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
     """What ``torch.compile`` raises where importing ``torch._dynamo`` cannot make the cache directory (that import

@@ -16,18 +16,6 @@ from kernels.dispatch import program_exception, resolve_backend
 CPU = torch.device("cpu")
 
 
-def _clear_caches() -> None:
-    for fn in (dispatch._compiled, dispatch._compile_failure, dispatch._warn_once, dispatch._triton_self_check_cached):
-        fn.cache_clear()
-
-
-@pytest.fixture
-def fresh_dispatch():
-    """Dispatch's per-process caches cleared before and after: nothing cached here reaches other tests."""
-    _clear_caches()
-    yield
-    _clear_caches()
-
 
 def _wrapped(inner: BaseException) -> Exception:
     """What dynamo raises around an exception of the traced call: a new error ``from None`` (the cause hidden, the
