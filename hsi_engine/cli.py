@@ -352,6 +352,8 @@ def _cmd_import_keras(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsi-engine", description=(__doc__ or "hsi-engine").splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="warnings and errors only (no INFO lines: a cron job's successful run prints nothing)")
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -361,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     for p in sub.choices.values():  # `hsi-engine classify ... -v` too (SUPPRESS: the top-level one stays)
         p.add_argument("-v", dest="verbose", action="store_true", default=argparse.SUPPRESS,  # (no --verbose: it
                        help="debug logging")  # would make --v, a prefix of --variable, ambiguous)
+        p.add_argument("-q", dest="quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="warnings and errors only")
     parser.commands = sub.choices  # type: ignore[attr-defined]
     return parser
 
@@ -437,8 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ours = log_handler in root.handlers  # taken off again on return: a caller's later basicConfig then works
     own = {name: logging.getLogger(name) for name in ("hsi_engine", "ssrn", "kernels")}
     levels = {name: lg.level for name, lg in own.items()}
+    level = logging.DEBUG if args.verbose else logging.WARNING if getattr(args, "quiet", False) else logging.INFO
     for lg in own.values():
-        lg.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+        lg.setLevel(level)
     captured = getattr(logging, "_warnings_showwarning", None) is not None  # a caller's own captureWarnings(True)
     logging.captureWarnings(True)  # one "WARNING py.warnings: ..." line each, like the log, not a source line
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
