@@ -287,6 +287,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         text = map_info(args.scene)
     else:
         text = scene_info(args.scene, variable=args.variable, band_axis=args.band_axis)
+    for given in {str(args.scene), os.path.abspath(args.scene)}:  # a newline in the path forged a "key  value" line
+        if given != one_line(given):
+            text = text.replace(given, one_line(given))
     if sys.stdout is None:  # `>&-`: print() would write nothing and the command say it had
         print("hsi-engine info: error: standard output is closed; nothing to write the description to",
               file=sys.stderr)
