@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import threading
 import time
 import uuid
@@ -230,12 +231,18 @@ def _write_failed(path: Path, e: BaseException, began_free: int | None = None,
     prints its 'No space left on device' to stderr only: the error said 'a write failed ... check that the location
     is writable and healthy'."""
     free = free_bytes(path.parent)
+    code, text = (e.errno if isinstance(e, OSError) else None), str(e).lower()  # (a CPLE_*'s errno is GDAL's code)
+    if code is None and not isinstance(e, MemoryError) and not any(
+            w in text for w in ("no space left", "quota exceeded", "cannot allocate", "out of memory", "too large")):
+        code = _refused_write(path.parent)  # GDAL's 'TIFFReadDirectory' error: libtiff's cause went to stderr only
     # (a failed write, not a read: an input/output error reading the tiles back is no full disk, whatever the space)
     wrote = re.search(r"writ|flushcache", str(e), re.IGNORECASE) is not None and "read" not in str(e).lower()
     short = began_free is not None and writes is not None and began_free < writes and wrote
-    full = getattr(e, "errno", None) == errno.ENOSPC or "no space left" in str(e).lower() or (
-        free is not None and free < (1 << 20)) or short
-    if full:
+    full = code == errno.ENOSPC or "no space left" in text or (free is not None and free < (1 << 20)) or short
+    if code == errno.EDQUOT or "quota exceeded" in text:
+        why, fix = "the disk quota is exceeded", ("free space within your quota (quota -s), or choose another "
+                                                  "location (--out)")
+    elif full:
         if free is not None and free < (1 << 20) or not short:
             why = "the file system is full" + (f" ({free:,} bytes free)" if free is not None else "")
         else:
@@ -252,12 +259,65 @@ def _write_failed(path: Path, e: BaseException, began_free: int | None = None,
         why = ("a file grew past " + (f"this process's file-size limit ({limit:,} bytes, ulimit -f)" if limit else
                                       "the largest this file system holds"))
         fix = "raise the limit (ulimit -f unlimited), or write to another file system"
+    elif isinstance(e, _UnreadableCopy):
+        why, fix = "the converted file does not read back", (
+            "a write failed without an error reaching this program (libtiff's messages above name the cause: a disk "
+            "or quota full for a moment, a failing disk); check that the location has room and is healthy, or "
+            "choose another, and rerun")
     else:
         limit = _file_size_limit()  # GDAL names only a seek or directory error past it
         why, fix = "a write failed", "check that the location is writable and healthy, or choose another" + (
             f"; this process may write files of at most {limit:,} bytes (ulimit -f), which a large output passes"
             if limit else "")
     return OutputError(f"cannot write the class map {path}: {why} ({e}); {fix}")
+
+
+def _refused_write(where: Path) -> int | None:
+    """The errno of a 64 KiB probe file written and synced in ``where`` when the file system refuses it for space
+    (ENOSPC, EDQUOT), else None: names the cause of a write failure GDAL reported only as a TIFF directory error."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".hsi-engine-probe-", dir=where)
+    except OSError as e:
+        return e.errno if e.errno in (errno.ENOSPC, errno.EDQUOT) else None
+    try:
+        os.write(fd, bytes(64 << 10))
+        os.fsync(fd)
+    except OSError as e:
+        return e.errno if e.errno in (errno.ENOSPC, errno.EDQUOT) else None
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+    return None
+
+
+class _UnreadableCopy(OSError):
+    """A converted GeoTIFF whose blocks do not decode: a write that failed without an error."""
+
+
+def _read_back(path: Path) -> None:
+    """Decode every block of every band of the GeoTIFF at ``path``, at full resolution and at each overview, one
+    block at a time; raise :class:`_UnreadableCopy` with GDAL's message at the first that fails.
+
+    Why: libtiff prints a failed write ('_tiffWriteProc: No space left on device', a disk full for a moment) to
+    stderr and carries on, so GDAL's COG copy returned normally and the run committed a map whose tiles were
+    unreadable. An overview block that decodes but holds the wrong values is not caught (that needs recomputing)."""
+    import rasterio
+
+    level: int | None = None
+    try:
+        with rasterio.open(path) as ds:
+            levels = len(ds.overviews(1))
+        for level in (None, *range(levels)):
+            with rasterio.open(path, **({} if level is None else {"overview_level": level})) as ds:
+                for _, win in ds.block_windows(1):
+                    ds.read(window=win)
+    except _io_errors() as e:
+        if raised_by_program(e):
+            raise
+        at = "at full resolution" if level is None else f"at overview level {level + 1}"
+        said = e.__cause__ if e.__cause__ is not None else e  # rasterio's 'Read failed': GDAL's reason is its cause
+        raise _UnreadableCopy(f"{path.name} {at}: {said}") from None
 
 
 def _file_bytes(path: Path) -> int:
@@ -280,6 +340,9 @@ def _open_failed(where: Path, e: BaseException) -> OutputError:
     if getattr(e, "errno", None) in (errno.EMFILE, errno.ENFILE) or "too many open files" in str(e).lower():
         return OutputError(f"cannot create the output in {where} ({e}): this process may open no more files; raise "
                            "the limit (ulimit -n) or use fewer --readers / --workers")
+    if getattr(e, "errno", None) == errno.EDQUOT or "quota exceeded" in str(e).lower():
+        return OutputError(f"cannot create the output in {where} ({e}): the disk quota is exceeded; free space "
+                           "within your quota (quota -s), or choose another location")
     if getattr(e, "errno", None) == errno.ENOSPC or "no space left" in str(e).lower():
         return OutputError(f"cannot create the output in {where} ({e}): the file system is full, or out of inodes "
                            "(df -h, df -i); free space there or choose another location")
@@ -748,6 +811,7 @@ class GeoTiffClassMapWriter(ClassMapWriter):
                         (_quiet_float16_padding() if float16 else contextlib.nullcontext()), self._gdal_cache(), \
                         zeroed_allocations():  # edge tiles' padding: zeros, not freed memory of this process
                     rio_copy(str(tmp), str(cog), **opts)
+                _read_back(cog)
             except _io_errors() as e:
                 if raised_by_program(e):
                     raise
