@@ -163,6 +163,15 @@ def test_staging_benchmark_runs_on_cpu(tmp_path: Path) -> None:
     assert "(the runner's queue: readers + 1)" in out.read_text()
 
 
+def test_record_scale_benchmark_runs_on_cpu(tmp_path: Path) -> None:
+    """benchmarks/record_scale.py on a record of 6 x 6 tiles: each step timed both ways (the reads checked equal)."""
+    out = tmp_path / "record.md"
+    assert _run_main("record_scale", ["--tiles", "6", "--marked", "0.5", "--out", str(out)]) == out
+    rows = re.findall(r"^\| (.+?) \| [0-9.]+ s \| [0-9.]+ s \| [0-9,]+x \|$", out.read_text(), re.M)
+    assert rows == ["create the output store (to_zarr, compute=False)", "read the empty record",
+                    "read the record, 18 of 36 tiles marked", "a cluster task's check of its own tile"]
+
+
 def test_normalise_device_benchmark_runs_on_cpu(tmp_path: Path) -> None:
     """benchmarks/normalise_device.py (which gpu_session.sh runs on CUDA) on a tiny tile: both forms timed, the
     same bits."""
