@@ -114,24 +114,21 @@ def _fallback_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
     return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "kernels.dispatch"]
 
 
-def test_each_explicit_triton_request_that_falls_back_says_so(fresh_dispatch, caplog):
+def _compile_fails(*a, **kw):
+    raise RuntimeError("CppCompileError: no working C++ compiler found")
+
+
+@pytest.mark.parametrize("backend, broken, said", [
+    ("triton", None, "spectral backend 'triton' is not available"),
+    ("compile", _compile_fails, "torch.compile failed to start (RuntimeError: CppCompileError"),
+])
+def test_each_explicit_request_that_falls_back_says_so(backend, broken, said, fresh_dispatch, monkeypatch, caplog):
     """One WARNING per process, then an INFO line per request: later requests had got no line at all."""
+    if broken is not None:
+        monkeypatch.setattr(torch, "compile", broken)
     with caplog.at_level(logging.INFO, logger="kernels.dispatch"):
         for _ in range(3):
-            assert resolve_backend("triton", CPU) == "eager"
+            assert resolve_backend(backend, CPU) == "eager"
     lines = _fallback_lines(caplog)
     assert [level for level, _ in lines] == [logging.WARNING, logging.INFO, logging.INFO], lines
-    assert all("spectral backend 'triton' is not available" in msg for _, msg in lines), lines
-
-
-def test_each_explicit_compile_request_that_falls_back_says_so(fresh_dispatch, monkeypatch, caplog):
-    def compile_(*a, **kw):
-        raise RuntimeError("CppCompileError: no working C++ compiler found")
-
-    monkeypatch.setattr(torch, "compile", compile_)
-    with caplog.at_level(logging.INFO, logger="kernels.dispatch"):
-        for _ in range(3):
-            assert resolve_backend("compile", CPU) == "eager"
-    lines = _fallback_lines(caplog)
-    assert [level for level, _ in lines] == [logging.WARNING, logging.INFO, logging.INFO], lines
-    assert all("torch.compile failed to start (RuntimeError: CppCompileError" in msg for _, msg in lines), lines
+    assert all(said in msg for _, msg in lines), lines
